@@ -1,0 +1,9 @@
+//! synx: an XDP-accelerated, server-side TCP connection engine.
+//!
+//! - [`bpf`]: load the embedded XDP program, attach/detach it, configure and read its maps.
+//! - [`control`]: the daemon's Unix control socket (`synx stats`, `synx conns`).
+//! - [`tcp`]: the sans-IO TCP core (no clock reads, no sockets; time is an argument).
+
+pub mod bpf;
+pub mod control;
+pub mod tcp;
