@@ -7,4 +7,5 @@
 #![no_std]
 
 pub mod counters;
+pub mod handshake;
 pub mod maps;
