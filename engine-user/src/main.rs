@@ -1,6 +1,6 @@
 //! `synx`: the daemon (`synx run`) and its operator commands (`synx stats`, `synx conns`).
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{io::Write as _, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -70,13 +70,16 @@ impl Responder for Daemon {
     }
 }
 
+/// Print counters one per line; a closed stdout is not worth a panic.
 fn print_stats(stats: &serde_json::Value) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
     if let Some(map) = stats.as_object() {
         for (k, v) in map {
-            println!("{k:<28} {v}");
+            let _ = writeln!(out, "{k:<28} {v}");
         }
     } else {
-        println!("{stats}");
+        let _ = writeln!(out, "{stats}");
     }
 }
 
@@ -89,12 +92,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let daemon = Arc::new(Daemon { xdp: std::sync::Mutex::new(xdp) });
     let server = tokio::spawn(control::serve(control, daemon.clone()));
     let addrs: Vec<String> = args.listen.iter().map(|a| a.to_string()).collect();
-    println!(
-        "listening on {} (iface {}, xdp {:?})",
-        addrs.join(", "),
-        args.iface,
-        args.xdp_mode
-    );
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "listening on {} (iface {}, xdp {:?})", addrs.join(", "), args.iface, args.xdp_mode)?;
+    stdout.flush()?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -102,13 +102,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     server.abort();
     let _ = std::fs::remove_file(&args.control_socket);
-    println!("shutting down; final counters:");
+    let _ = writeln!(std::io::stdout(), "shutting down; final counters:");
     print_stats(&daemon.stats_json());
     // Dropping the daemon detaches XDP (bpf_link).
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line for the operator; causes joined with ": ".
+            eprintln!("synx: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -1,1 +1,328 @@
+//! Fixtures for synx's veth-pair tests and demo: network namespaces joined by a veth pair, code
+//! run inside a namespace, and a `synx run` daemon started the way an operator starts it.
+//!
+//! Every resource is owned by a guard whose `Drop` removes it, so a failing (panicking) test
+//! cleans up too. Names carry the creating process id (`sx<pid>-...`), and [`sweep_stale`]
+//! removes whatever a killed process (SIGKILL, Ctrl-C) left behind, at the start of the next run.
+//!
+//! Addresses: IPv4 from 198.18.0.0/15 (RFC 2544 benchmark range) and IPv6 from fd00:5eed::/32
+//! (ULA). Namespaces get no default route, so nothing can leave them.
 
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+const PREFIX: &str = "sx";
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+
+/// Run a command, failing with its stderr when it fails.
+pub fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd} (is it installed? try `cargo xtask setup`)"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A unique short tag for this process and call: `sx<pid>x<n>` (fits interface names).
+fn unique_tag() -> String {
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    format!("{PREFIX}{}x{n}", std::process::id())
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    let alive = unsafe { libc::kill(pid as i32, 0) } == 0;
+    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Remove namespaces (and with them their veths and XDP attachments) left by test or demo
+/// processes that no longer exist.
+pub fn sweep_stale() {
+    let Ok(list) = sh("ip", &["netns", "list"]) else { return };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !pid_alive(pid) {
+            let _ = sh("ip", &["netns", "del", name]);
+        }
+    }
+}
+
+/// A network namespace that is deleted on drop (with everything inside it).
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn new(role: &str) -> anyhow::Result<Self> {
+        let name = format!("{}{role}", unique_tag());
+        sh("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n NS ...`
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    /// A command prefix that runs `cmd` inside the namespace.
+    pub fn command(&self, cmd: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, cmd]);
+        c
+    }
+
+    /// Run `cmd args` inside the namespace and return its stdout.
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["netns", "exec", &self.name, cmd];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    /// Run `f` on a thread that has entered this namespace: sockets it creates live there.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let path = PathBuf::from("/var/run/netns").join(&self.name);
+        std::thread::spawn(move || -> anyhow::Result<T> {
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            // SAFETY: setns on this thread only; the fd is valid for the call.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns {}: {}", path.display(), std::io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|p| anyhow::anyhow!("thread in netns panicked: {p:?}"))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// A server namespace and a client namespace joined by a veth pair, with IPv4 and IPv6
+/// addresses on both ends and no route anywhere else.
+pub struct VethPair {
+    // Field order matters: the client namespace goes first, then the server's.
+    pub client: Netns,
+    pub server: Netns,
+    pub server_if: String,
+    pub client_if: String,
+    pub server_v4: Ipv4Addr,
+    pub client_v4: Ipv4Addr,
+    pub server_v6: Ipv6Addr,
+    pub client_v6: Ipv6Addr,
+}
+
+impl VethPair {
+    pub fn new() -> anyhow::Result<Self> {
+        sweep_stale();
+        let server = Netns::new("s")?;
+        let client = Netns::new("c")?;
+        let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        // A /30 per pair inside 198.18.0.0/15, unique per process and call.
+        let subnet = ((std::process::id() as u32 * 64 + n) % (1 << 15)) * 4;
+        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + subnet;
+        let server_v4 = Ipv4Addr::from(base + 1);
+        let client_v4 = Ipv4Addr::from(base + 2);
+        let tag = (subnet / 4) as u16;
+        let server_v6 = Ipv6Addr::new(0xfd00, 0x5eed, tag, 0, 0, 0, 0, 1);
+        let client_v6 = Ipv6Addr::new(0xfd00, 0x5eed, tag, 0, 0, 0, 0, 2);
+        let server_if = format!("{}s", server.name().trim_end_matches('s'));
+        let client_if = format!("{}c", server.name().trim_end_matches('s'));
+        sh(
+            "ip",
+            &[
+                "link", "add", &server_if, "netns", server.name(), "type", "veth", "peer", "name",
+                &client_if, "netns", client.name(),
+            ],
+        )?;
+        for (ns, ifname, v4, v6) in [
+            (&server, &server_if, server_v4, server_v6),
+            (&client, &client_if, client_v4, client_v6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/30"), "dev", ifname])?;
+            ns.ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"])?;
+            ns.ip(&["link", "set", ifname, "up"])?;
+        }
+        // The client's veth would leave TCP checksums partial (offload) in frames that XDP sees.
+        client.exec("ethtool", &["-K", &client_if, "tx", "off"])?;
+        Ok(Self { client, server, server_if, client_if, server_v4, client_v4, server_v6, client_v6 })
+    }
+
+    pub fn server_ip(&self, v6: bool) -> IpAddr {
+        if v6 { self.server_v6.into() } else { self.server_v4.into() }
+    }
+}
+
+/// Path of the `synx` binary the tests drive: `$SYNX_BIN`, else the workspace's target dir
+/// (release first, as `cargo xtask test` builds it).
+pub fn synx_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SYNX_BIN") {
+        return p.into();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(root.join("target"));
+    for profile in ["release", "debug"] {
+        let p = target.join(profile).join("synx");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("no synx binary: run `cargo xtask test`, or build it and set SYNX_BIN");
+}
+
+/// A `synx run` daemon inside a namespace; stopped with SIGTERM (then SIGKILL) on drop.
+pub struct Daemon {
+    child: Child,
+    pub control_socket: PathBuf,
+    /// Lines the daemon printed to stdout up to its `listening on` line.
+    pub banner: Vec<String>,
+    /// Everything it printed to stdout so far (collected for its whole life).
+    output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Start `synx run --iface IF --control-socket ... <extra>` in `ns` and wait until it prints
+    /// `listening on`.
+    pub fn start(ns: &Netns, iface: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let control_socket = PathBuf::from(format!("/run/synx-test/{}.sock", ns.name()));
+        let mut child = ns
+            .command(synx_bin().to_str().context("binary path")?)
+            .args(["run", "--iface", iface, "--control-socket"])
+            .arg(&control_socket)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting synx")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            // Read until the daemon exits, so it never writes into a closed pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut daemon = Self { child, control_socket, banner: Vec::new(), output };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let done = line.starts_with("listening on");
+                    daemon.banner.push(line);
+                    if done {
+                        return Ok(daemon);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = daemon.child.wait()?;
+                    bail!("synx exited ({status}) before listening: {:?}", daemon.banner);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    ensure!(Instant::now() < deadline, "synx did not start within 20 s");
+                }
+            }
+        }
+    }
+
+    /// `synx stats --json` against this daemon.
+    pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
+        let out = sh(
+            synx_bin().to_str().context("binary path")?,
+            &["stats", "--json", "--control-socket", self.control_socket.to_str().unwrap()],
+        )?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// One counter from `synx stats`, 0 when absent.
+    pub fn counter(&self, name: &str) -> anyhow::Result<u64> {
+        Ok(self.stats()?.get(name).and_then(|v| v.as_u64()).unwrap_or(0))
+    }
+
+    /// Every stdout line the daemon printed so far.
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stop with SIGTERM and wait; returns the exit status.
+    pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        // `ip netns exec` execs synx, so the child pid is the daemon itself.
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return Ok(self.child.wait()?);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.terminate();
+        }
+        let _ = std::fs::remove_file(&self.control_socket);
+    }
+}
+
+/// Whether an XDP program is attached to `iface` in `ns` (from `ip link`).
+pub fn xdp_attached(ns: &Netns, iface: &str) -> anyhow::Result<bool> {
+    let out = ns.ip(&["-d", "link", "show", "dev", iface])?;
+    Ok(out.contains("prog/xdp") || out.split_whitespace().any(|w| w.starts_with("xdp")))
+}
+
+/// Fail early, with a message that says what to do, when not root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "veth tests need root (netns, veth, XDP)");
+}

@@ -1,1 +1,121 @@
-fn main() {}
+//! `cargo xtask`: the project's own build, setup, test and demo commands.
+
+mod demo;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "synx build, setup, test and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks: the pinned toolchain's rust-src, bpf-linker built
+    /// against that toolchain's LLVM, and the Debian and Python packages the tests use.
+    Setup,
+    /// Build the workspace (the XDP object is built and embedded by engine-user/build.rs).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run the daemon: `cargo xtask run -- run --iface IF --listen ADDR:PORT`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test tier: unit, BPF_PROG_TEST_RUN and veth integration (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Two namespaces joined by a veth pair, synx on one side, a real Linux client on the
+    /// other; prints what happened and removes everything it created.
+    Demo,
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace root")
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn run(mut cmd: Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Build the daemon in release mode and return its path.
+pub fn build_synx() -> anyhow::Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "--release", "--package", "synx", "--bin", "synx"]);
+    run(c)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    Ok(target.join("release").join("synx"))
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (network namespaces, veth, XDP): run it as root");
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Build { release } => {
+            let mut c = cargo();
+            c.args(["build", "--workspace"]);
+            if release {
+                c.arg("--release");
+            }
+            run(c)
+        }
+        Task::Run { args } => {
+            let bin = build_synx()?;
+            let mut c = Command::new(bin);
+            c.args(args);
+            run(c)
+        }
+        Task::Test { args } => {
+            require_root("cargo xtask test")?;
+            let bin = build_synx()?;
+            let mut c = cargo();
+            c.args(["test", "--workspace"]).args(&args).env("SYNX_BIN", &bin);
+            run(c)
+        }
+        Task::Demo => {
+            require_root("cargo xtask demo")?;
+            let bin = build_synx()?;
+            demo::demo(&bin)
+        }
+    }
+}
