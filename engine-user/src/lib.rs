@@ -3,7 +3,9 @@
 //! - [`bpf`]: load the embedded XDP program, attach/detach it, configure and read its maps.
 //! - [`control`]: the daemon's Unix control socket (`synx stats`, `synx conns`).
 //! - [`tcp`]: the sans-IO TCP core (no clock reads, no sockets; time is an argument).
+//! - [`wire`]: Ethernet/IPv4/IPv6 framing around TCP segments, and checksums.
 
 pub mod bpf;
 pub mod control;
 pub mod tcp;
+pub mod wire;

@@ -1,0 +1,354 @@
+//! Ethernet / IPv4 / IPv6 framing around TCP segments, and the Internet checksum.
+//!
+//! Incoming frames are sliced with `etherparse` (bounds and length checks) and the TCP checksum
+//! is verified against the pseudo-header (RFC 9293 3.1; never trusted from the NIC, since veth
+//! leaves it partial). Outgoing frames are built in place: the TCP core writes the segment at
+//! [`header_len`] into the buffer, then [`finish`] writes Ethernet and IP in front of it and
+//! fills in both checksums.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use etherparse::{LinkSlice, NetSlice, SlicedPacket, TransportSlice};
+
+const ETH_HLEN: usize = 14;
+const IPV4_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
+const PROTO_TCP: u8 = 6;
+/// Linux's default TTL / hop limit (net.ipv4.ip_default_ttl).
+const DEFAULT_TTL: u8 = 64;
+
+/// Why an incoming frame is not handed to the TCP core. Each is a counter in `synx stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("not an IP/TCP frame")]
+    NotTcp,
+    #[error("malformed frame")]
+    Malformed,
+    #[error("IP fragment")]
+    Fragment,
+    #[error("bad TCP checksum")]
+    BadChecksum,
+}
+
+impl WireError {
+    pub const ALL: [WireError; 4] =
+        [WireError::NotTcp, WireError::Malformed, WireError::Fragment, WireError::BadChecksum];
+
+    /// The counter name for `synx stats`.
+    pub fn counter_name(self) -> &'static str {
+        match self {
+            WireError::NotTcp => "wire_drop_not_tcp",
+            WireError::Malformed => "wire_drop_malformed",
+            WireError::Fragment => "wire_drop_fragment",
+            WireError::BadChecksum => "wire_drop_bad_checksum",
+        }
+    }
+}
+
+/// The link-layer addresses to answer with: we reply to the MAC the peer's frames came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Link {
+    pub local_mac: [u8; 6],
+    pub remote_mac: [u8; 6],
+}
+
+/// A received TCP segment with its addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    pub link: Link,
+    /// The peer (source) address.
+    pub remote: SocketAddr,
+    /// Our (destination) address.
+    pub local: SocketAddr,
+    /// TCP header, options and payload (checksum verified).
+    pub tcp: &'a [u8],
+}
+
+/// Slice a frame into addresses and the TCP segment; verify the TCP checksum.
+pub fn parse(frame: &[u8]) -> Result<Received<'_>, WireError> {
+    let sliced = SlicedPacket::from_ethernet(frame).map_err(|_| WireError::Malformed)?;
+    let Some(LinkSlice::Ethernet2(eth)) = &sliced.link else {
+        return Err(WireError::NotTcp);
+    };
+    let link = Link { local_mac: eth.destination(), remote_mac: eth.source() };
+    if !sliced.link_exts.is_empty() {
+        return Err(WireError::NotTcp);
+    }
+    let (src_ip, dst_ip, fragmented): (IpAddr, IpAddr, bool) = match &sliced.net {
+        Some(NetSlice::Ipv4(v4)) => {
+            let h = v4.header();
+            (h.source_addr().into(), h.destination_addr().into(), v4.is_payload_fragmented())
+        }
+        Some(NetSlice::Ipv6(v6)) => {
+            let h = v6.header();
+            (h.source_addr().into(), h.destination_addr().into(), v6.is_payload_fragmented())
+        }
+        _ => return Err(WireError::NotTcp),
+    };
+    if fragmented {
+        return Err(WireError::Fragment);
+    }
+    let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else {
+        return Err(WireError::NotTcp);
+    };
+    let segment = tcp.slice();
+    if checksum_tcp(src_ip, dst_ip, segment) != 0 {
+        return Err(WireError::BadChecksum);
+    }
+    Ok(Received {
+        link,
+        remote: SocketAddr::new(src_ip, tcp.source_port()),
+        local: SocketAddr::new(dst_ip, tcp.destination_port()),
+        tcp: segment,
+    })
+}
+
+/// Bytes of Ethernet + IP header in front of the TCP segment for this address family.
+pub fn header_len(v6: bool) -> usize {
+    ETH_HLEN + if v6 { IPV6_HLEN } else { IPV4_HLEN }
+}
+
+/// Write Ethernet and IP headers in front of the `tcp_len`-byte segment already at
+/// `buf[header_len(..)..]`, and fill in the IP and TCP checksums. Returns the frame length, or
+/// `None` when the addresses are of different families or the buffer is too small.
+pub fn finish(
+    buf: &mut [u8],
+    link: &Link,
+    local: SocketAddr,
+    remote: SocketAddr,
+    tcp_len: usize,
+) -> Option<usize> {
+    let v6 = match (local.ip(), remote.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => false,
+        (IpAddr::V6(_), IpAddr::V6(_)) => true,
+        _ => return None,
+    };
+    let hlen = header_len(v6);
+    let total = hlen.checked_add(tcp_len)?;
+    if total > buf.len() || tcp_len < 20 {
+        return None;
+    }
+    buf[0..6].copy_from_slice(&link.remote_mac);
+    buf[6..12].copy_from_slice(&link.local_mac);
+    match (local.ip(), remote.ip()) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            buf[12..14].copy_from_slice(&ETHERTYPE_IPV4);
+            write_ipv4(&mut buf[ETH_HLEN..hlen], src, dst, tcp_len)?;
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            buf[12..14].copy_from_slice(&ETHERTYPE_IPV6);
+            write_ipv6(&mut buf[ETH_HLEN..hlen], src, dst, tcp_len)?;
+        }
+        _ => return None,
+    }
+    let tcp = &mut buf[hlen..total];
+    tcp[16..18].copy_from_slice(&[0, 0]);
+    let sum = checksum_tcp(local.ip(), remote.ip(), tcp);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    Some(total)
+}
+
+fn write_ipv4(h: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, payload: usize) -> Option<()> {
+    let total = u16::try_from(IPV4_HLEN + payload).ok()?;
+    h[0] = 0x45; // version 4, IHL 5
+    h[1] = 0; // DSCP/ECN
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h[4..6].copy_from_slice(&[0, 0]); // ID 0: atomic datagram (DF set), RFC 6864 4.1
+    h[6..8].copy_from_slice(&[0x40, 0]); // DF
+    h[8] = DEFAULT_TTL;
+    h[9] = PROTO_TCP;
+    h[10..12].copy_from_slice(&[0, 0]);
+    h[12..16].copy_from_slice(&src.octets());
+    h[16..20].copy_from_slice(&dst.octets());
+    let sum = fold(sum_bytes(&h[..IPV4_HLEN], 0));
+    h[10..12].copy_from_slice(&sum.to_be_bytes());
+    Some(())
+}
+
+fn write_ipv6(h: &mut [u8], src: Ipv6Addr, dst: Ipv6Addr, payload: usize) -> Option<()> {
+    let len = u16::try_from(payload).ok()?;
+    h[0..4].copy_from_slice(&[0x60, 0, 0, 0]); // version 6, traffic class 0, flow label 0
+    h[4..6].copy_from_slice(&len.to_be_bytes());
+    h[6] = PROTO_TCP;
+    h[7] = DEFAULT_TTL;
+    h[8..24].copy_from_slice(&src.octets());
+    h[24..40].copy_from_slice(&dst.octets());
+    Some(())
+}
+
+/// Ones'-complement sum of `data` (big-endian 16-bit words) added to `acc` (RFC 1071).
+fn sum_bytes(data: &[u8], mut acc: u64) -> u64 {
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_be_bytes(c.try_into().expect("8 bytes"));
+        // Add the four 16-bit words at once: split into two 32-bit halves to avoid overflow.
+        acc += (w >> 32) + (w & 0xffff_ffff);
+    }
+    let rest = chunks.remainder();
+    let mut pairs = rest.chunks_exact(2);
+    for p in &mut pairs {
+        acc += u64::from(u16::from_be_bytes([p[0], p[1]]));
+    }
+    if let [last] = pairs.remainder() {
+        acc += u64::from(*last) << 8;
+    }
+    acc
+}
+
+/// Fold a 64-bit ones'-complement accumulator to 16 bits and complement it.
+fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// The TCP checksum over pseudo-header and segment (RFC 9293 3.1, RFC 8200 8.1). Over a
+/// segment whose checksum field is filled in, a correct checksum yields 0.
+pub fn checksum_tcp(src: IpAddr, dst: IpAddr, segment: &[u8]) -> u16 {
+    let mut acc = 0u64;
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            acc = sum_bytes(&s.octets(), acc);
+            acc = sum_bytes(&d.octets(), acc);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            acc = sum_bytes(&s.octets(), acc);
+            acc = sum_bytes(&d.octets(), acc);
+        }
+        // Mixed families cannot come from one IP header; make the check fail.
+        _ => return 0xffff,
+    }
+    acc += u64::from(PROTO_TCP) + segment.len() as u64;
+    fold(sum_bytes(segment, acc))
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::PacketBuilder;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    fn v4_frame(payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(A, B)
+            .ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64)
+            .tcp(40000, 80, 1234, 65535)
+            .ack(99)
+            .psh();
+        let mut out = Vec::new();
+        b.write(&mut out, payload).unwrap();
+        out
+    }
+
+    #[test]
+    fn parses_v4_and_verifies_checksum() {
+        let f = v4_frame(b"hello");
+        let r = parse(&f).unwrap();
+        assert_eq!(r.remote, "198.18.0.2:40000".parse().unwrap());
+        assert_eq!(r.local, "198.18.0.1:80".parse().unwrap());
+        assert_eq!(r.link, Link { local_mac: B, remote_mac: A });
+        assert_eq!(&r.tcp[20..], b"hello");
+        let mut bad = f.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(parse(&bad).unwrap_err(), WireError::BadChecksum);
+    }
+
+    #[test]
+    fn parses_v6() {
+        let b = PacketBuilder::ethernet2(A, B)
+            .ipv6(
+                "fd00:5eed::2".parse::<Ipv6Addr>().unwrap().octets(),
+                "fd00:5eed::1".parse::<Ipv6Addr>().unwrap().octets(),
+                64,
+            )
+            .tcp(40000, 80, 1, 100)
+            .syn();
+        let mut f = Vec::new();
+        b.write(&mut f, &[]).unwrap();
+        let r = parse(&f).unwrap();
+        assert_eq!(r.remote, "[fd00:5eed::2]:40000".parse().unwrap());
+        assert_eq!(r.tcp.len(), 20);
+    }
+
+    #[test]
+    fn rejects_non_tcp_truncated_and_fragments() {
+        let udp = {
+            let b = PacketBuilder::ethernet2(A, B).ipv4([1, 1, 1, 1], [2, 2, 2, 2], 64).udp(1, 2);
+            let mut f = Vec::new();
+            b.write(&mut f, b"x").unwrap();
+            f
+        };
+        assert_eq!(parse(&udp).unwrap_err(), WireError::NotTcp);
+        let f = v4_frame(b"hello");
+        for cut in [0, 10, 14, 20, 33, 40, 50] {
+            assert!(parse(&f[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut frag = f.clone();
+        frag[14 + 6] |= 0x20; // more fragments
+        // Fix the IPv4 header checksum so only the fragment bit is wrong.
+        frag[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let sum = fold(sum_bytes(&frag[14..34], 0));
+        frag[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(parse(&frag).unwrap_err(), WireError::Fragment);
+    }
+
+    #[test]
+    fn finish_builds_frames_that_parse_back() {
+        for (local, remote) in [
+            ("198.18.0.1:80", "198.18.0.2:40000"),
+            ("[fd00:5eed::1]:80", "[fd00:5eed::2]:40000"),
+        ] {
+            let local: SocketAddr = local.parse().unwrap();
+            let remote: SocketAddr = remote.parse().unwrap();
+            let link = Link { local_mac: B, remote_mac: A };
+            let mut buf = vec![0u8; 200];
+            let h = header_len(local.is_ipv6());
+            // A bare 20-byte TCP header with 3 bytes of payload.
+            let tcp = &mut buf[h..h + 23];
+            tcp[0..2].copy_from_slice(&local.port().to_be_bytes());
+            tcp[2..4].copy_from_slice(&remote.port().to_be_bytes());
+            tcp[12] = 5 << 4;
+            tcp[13] = 0x18;
+            tcp[20..23].copy_from_slice(b"abc");
+            let n = finish(&mut buf, &link, local, remote, 23).unwrap();
+            // Parse it as the peer would see it (addresses mirrored).
+            let r = parse(&buf[..n]).unwrap();
+            assert_eq!(r.remote, local);
+            assert_eq!(r.local, remote);
+            assert_eq!(&r.tcp[20..], b"abc");
+            // etherparse agrees about the IPv4 header checksum.
+            if !local.is_ipv6() {
+                let ip = etherparse::Ipv4HeaderSlice::from_slice(&buf[14..34]).unwrap();
+                assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum());
+            }
+        }
+        let v4: SocketAddr = "198.18.0.1:1".parse().unwrap();
+        let v6: SocketAddr = "[fd00::1]:1".parse().unwrap();
+        assert!(finish(&mut [0u8; 100], &Link::default(), v4, v6, 20).is_none());
+        assert!(finish(&mut [0u8; 40], &Link::default(), v4, v4, 20).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse(&data);
+        }
+
+        #[test]
+        fn checksum_matches_naive(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut naive = 0u32;
+            for c in data.chunks(2) {
+                let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
+                naive += u32::from(w);
+            }
+            while naive >> 16 != 0 { naive = (naive & 0xffff) + (naive >> 16); }
+            prop_assert_eq!(fold(sum_bytes(&data, 0)), !(naive as u16));
+        }
+    }
+}
