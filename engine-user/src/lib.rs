@@ -4,8 +4,10 @@
 //! - [`control`]: the daemon's Unix control socket (`synx stats`, `synx conns`).
 //! - [`tcp`]: the sans-IO TCP core (no clock reads, no sockets; time is an argument).
 //! - [`wire`]: Ethernet/IPv4/IPv6 framing around TCP segments, and checksums.
+//! - [`xsk`]: AF_XDP sockets (one UMEM and socket per RX queue).
 
 pub mod bpf;
 pub mod control;
 pub mod tcp;
 pub mod wire;
+pub mod xsk;

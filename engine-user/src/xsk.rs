@@ -1,0 +1,302 @@
+//! AF_XDP: one UMEM and one socket per RX queue (shared-nothing), on `xdpilone`'s rings.
+//!
+//! The UMEM is split in two halves: frames for the fill ring (the kernel writes received
+//! frames into them and hands them back on RX; we return each one to the fill ring as soon as
+//! the TCP core has consumed it) and frames for TX (taken from a free list, returned by the
+//! completion ring). Binding asks for need-wakeup and lets the kernel choose zero-copy where the
+//! driver has it, copy mode otherwise (veth).
+
+use std::{ffi::CString, num::NonZeroU32, os::fd::RawFd, ptr::NonNull};
+
+use xdpilone::{
+    DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, xdp::XdpDesc,
+};
+
+/// Frame size: one page, so frames up to the largest MTU native XDP allows on veth fit.
+pub const FRAME_SIZE: u32 = 4096;
+
+#[derive(Debug, Clone, Copy)]
+pub struct XskConfig {
+    /// Frames in the UMEM (half for RX, half for TX).
+    pub frames: u32,
+    /// Descriptors in each of the RX, TX, fill and completion rings (power of two).
+    pub ring_size: u32,
+}
+
+impl Default for XskConfig {
+    fn default() -> Self {
+        Self { frames: 4096, ring_size: 2048 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    #[error("AF_XDP on {iface} queue {queue}: {what}: {errno}")]
+    Sys { iface: String, queue: u32, what: &'static str, errno: String },
+    #[error("AF_XDP: cannot map {0} bytes of UMEM: {1}")]
+    Mmap(usize, std::io::Error),
+}
+
+/// An anonymous, page-aligned memory area that lives as long as the socket.
+struct Area {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Area {
+    fn new(len: usize) -> Result<Self, XskError> {
+        // SAFETY: anonymous private mapping; checked for MAP_FAILED below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(XskError::Mmap(len, std::io::Error::last_os_error()));
+        }
+        Ok(Self { ptr: NonNull::new(ptr.cast()).expect("mmap returned non-null"), len })
+    }
+}
+
+impl Area {
+    /// The received frame at `addr`, if the descriptor lies inside the area.
+    fn frame(&self, addr: u64, len: u32) -> Option<&[u8]> {
+        let start = usize::try_from(addr).ok()?;
+        let end = start.checked_add(len as usize)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: in bounds of the mapping; the kernel handed this frame to us via RX and will
+        // not touch it until we return it to the fill ring.
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(start), len as usize) })
+    }
+}
+
+impl Drop for Area {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped, after the socket (field order) is gone.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Counters of one socket, for `synx stats`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct XskStats {
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    /// A segment had to wait because no TX frame or ring slot was free.
+    pub tx_full: u64,
+    pub wakeups: u64,
+}
+
+/// One AF_XDP socket bound to one queue of one interface.
+pub struct XskSocket {
+    // Drop order: rings and sockets before the memory they point into.
+    rx: RingRx,
+    tx: RingTx,
+    device: DeviceQueue,
+    _umem: Umem,
+    area: Area,
+    free_tx: Vec<u64>,
+    pending_tx: Vec<XdpDesc>,
+    fd: RawFd,
+    zero_copy: bool,
+    pub stats: XskStats,
+}
+
+// SAFETY: the socket owns its memory area and rings exclusively; it moves to its engine thread
+// once and is used only there.
+unsafe impl Send for XskSocket {}
+
+const SOL_XDP: libc::c_int = 283;
+const XDP_OPTIONS: libc::c_int = 8;
+const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+
+impl XskSocket {
+    pub fn open(iface: &str, queue: u32, cfg: XskConfig) -> Result<Self, XskError> {
+        let sys = |what: &'static str, e: xdpilone::Errno| XskError::Sys {
+            iface: iface.into(),
+            queue,
+            what,
+            errno: e.to_string(),
+        };
+        let area = Area::new(cfg.frames as usize * FRAME_SIZE as usize)?;
+        let umem_cfg = UmemConfig {
+            fill_size: cfg.ring_size,
+            complete_size: cfg.ring_size,
+            frame_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+        };
+        let slice = NonNull::slice_from_raw_parts(area.ptr, area.len);
+        // SAFETY: the area is page aligned and outlives the Umem (field order).
+        let umem = unsafe { Umem::new(umem_cfg, slice) }.map_err(|e| sys("UMEM registration", e))?;
+        let mut info = IfInfo::invalid();
+        let name = CString::new(iface).map_err(|_| XskError::Sys {
+            iface: iface.into(),
+            queue,
+            what: "interface name",
+            errno: "contains NUL".into(),
+        })?;
+        info.from_name(&name).map_err(|e| sys("interface lookup", e))?;
+        info.set_queue(queue);
+        let sock = Socket::with_shared(&info, &umem).map_err(|e| sys("socket", e))?;
+        let mut device = umem.fq_cq(&sock).map_err(|e| sys("fill/completion rings", e))?;
+        let ring = NonZeroU32::new(cfg.ring_size);
+        let user = umem
+            .rx_tx(
+                &sock,
+                &SocketConfig {
+                    rx_size: ring,
+                    tx_size: ring,
+                    bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP,
+                },
+            )
+            .map_err(|e| sys("rx/tx rings", e))?;
+        let rx = user.map_rx().map_err(|e| sys("mapping the RX ring", e))?;
+        let tx = user.map_tx().map_err(|e| sys("mapping the TX ring", e))?;
+        umem.bind(&user).map_err(|e| sys("bind", e))?;
+        let fd = rx.as_raw_fd();
+
+        // Half the frames to the fill ring, half to the TX free list.
+        let half = cfg.frames / 2;
+        {
+            let mut fill = device.fill(half);
+            let n = fill.insert((0..half).map(|i| u64::from(i) * u64::from(FRAME_SIZE)));
+            fill.commit();
+            debug_assert_eq!(n, half.min(cfg.ring_size));
+        }
+        let free_tx = (half..cfg.frames).map(|i| u64::from(i) * u64::from(FRAME_SIZE)).collect();
+        let zero_copy = Self::query_zero_copy(fd);
+        Ok(Self {
+            rx,
+            tx,
+            device,
+            _umem: umem,
+            area,
+            free_tx,
+            pending_tx: Vec::with_capacity(cfg.ring_size as usize),
+            fd,
+            zero_copy,
+            stats: XskStats::default(),
+        })
+    }
+
+    fn query_zero_copy(fd: RawFd) -> bool {
+        let mut opts: u32 = 0;
+        let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+        // SAFETY: getsockopt into a u32 of the stated size.
+        let rc = unsafe {
+            libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&raw mut opts).cast(), &mut len)
+        };
+        rc == 0 && opts & XDP_OPTIONS_ZEROCOPY != 0
+    }
+
+    /// The socket's file descriptor: register it in the XSKMAP and poll it for RX.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
+
+    /// Hand up to `max` received frames to `f`, then return their buffers to the fill ring.
+    pub fn recv(&mut self, max: u32, mut f: impl FnMut(&[u8])) -> u32 {
+        let mut addrs = [0u64; 64];
+        let mut total = 0;
+        while total < max {
+            let mut n = 0;
+            {
+                let mut reader = self.rx.receive(max.saturating_sub(total).min(64));
+                while let Some(desc) = reader.read() {
+                    addrs[n] = desc.addr;
+                    n += 1;
+                    if let Some(frame) = self.area.frame(desc.addr, desc.len) {
+                        f(frame);
+                    }
+                }
+                reader.release();
+            }
+            if n == 0 {
+                break;
+            }
+            let mut fill = self.device.fill(n as u32);
+            let chunk_mask = !(u64::from(FRAME_SIZE) - 1);
+            let back = fill.insert(addrs[..n].iter().map(|a| a & chunk_mask));
+            fill.commit();
+            debug_assert_eq!(back as usize, n, "fill ring has room for what RX gave us");
+            total += n as u32;
+        }
+        self.stats.rx_frames += u64::from(total);
+        if total > 0 && self.device.needs_wakeup() {
+            self.device.wake();
+            self.stats.wakeups += 1;
+        }
+        total
+    }
+
+    /// Queue one frame for TX, written by `write` (returns its length, or `None` to skip).
+    /// Returns false when no TX frame is free (the caller keeps the segment for later).
+    pub fn send(&mut self, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+        if self.free_tx.is_empty() {
+            self.reap_completions();
+        }
+        let Some(addr) = self.free_tx.pop() else {
+            self.stats.tx_full += 1;
+            return false;
+        };
+        // SAFETY: a TX frame from our free list, in bounds, not owned by the kernel.
+        let buf = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.area.ptr.as_ptr().add(addr as usize),
+                FRAME_SIZE as usize,
+            )
+        };
+        match write(buf) {
+            Some(len) if len <= FRAME_SIZE as usize => {
+                self.pending_tx.push(XdpDesc { addr, len: len as u32, options: 0 });
+                if self.pending_tx.len() >= 64 {
+                    self.flush();
+                }
+            }
+            _ => self.free_tx.push(addr),
+        }
+        true
+    }
+
+    /// Frames that can be queued right now without waiting for completions.
+    pub fn tx_room(&self) -> usize {
+        self.free_tx.len()
+    }
+
+    /// Push queued frames to the TX ring, wake the kernel if it asks, and reap completions.
+    pub fn flush(&mut self) {
+        if !self.pending_tx.is_empty() {
+            let mut writer = self.tx.transmit(self.pending_tx.len() as u32);
+            let n = writer.insert(self.pending_tx.iter().copied()) as usize;
+            writer.commit();
+            drop(writer);
+            self.stats.tx_frames += n as u64;
+            self.pending_tx.drain(..n);
+            if n > 0 && self.tx.needs_wakeup() {
+                self.tx.wake();
+                self.stats.wakeups += 1;
+            }
+        }
+        self.reap_completions();
+    }
+
+    fn reap_completions(&mut self) {
+        let mut reader = self.device.complete(u32::MAX);
+        while let Some(addr) = reader.read() {
+            self.free_tx.push(addr & !(u64::from(FRAME_SIZE) - 1));
+        }
+        reader.release();
+    }
+}
