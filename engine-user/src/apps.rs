@@ -1,0 +1,294 @@
+//! Built-in applications for `synx run --app`: echo, discard, http and proxy.
+//!
+//! Each is written against `AsyncRead + AsyncWrite`, so it runs unchanged on a synx
+//! [`crate::api::Stream`], and is tested here on in-memory streams.
+
+use std::{fmt, net::SocketAddr, str::FromStr};
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+/// Which application serves a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum App {
+    /// Echo every byte; on the peer's FIN, send what is left, then close.
+    Echo,
+    /// Read and drop everything; close after the peer's FIN.
+    Discard,
+    /// A small fixed HTTP/1.1 response, keep-alive; `Connection: close` makes the server close
+    /// first.
+    Http,
+    /// Splice each connection to a kernel-TCP backend, with half-close and resets propagated.
+    Proxy(SocketAddr),
+}
+
+impl fmt::Display for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            App::Echo => f.write_str("echo"),
+            App::Discard => f.write_str("discard"),
+            App::Http => f.write_str("http"),
+            App::Proxy(a) => write!(f, "proxy={a}"),
+        }
+    }
+}
+
+impl FromStr for App {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "echo" => Ok(App::Echo),
+            "discard" => Ok(App::Discard),
+            "http" => Ok(App::Http),
+            _ => match s.strip_prefix("proxy=") {
+                Some(addr) => addr.parse().map(App::Proxy).map_err(|e| {
+                    format!("bad proxy backend {addr:?}: {e} (write proxy=HOST:PORT, e.g. proxy=198.18.0.5:80)")
+                }),
+                None => Err(format!(
+                    "unknown app {s:?}: choose echo, discard, http or proxy=HOST:PORT"
+                )),
+            },
+        }
+    }
+}
+
+/// Streams that can be torn down with a reset (RST) instead of a FIN.
+pub trait Abort {
+    fn abort(&mut self);
+}
+
+impl Abort for tokio::net::TcpStream {
+    fn abort(&mut self) {
+        // SO_LINGER 0 turns the close that follows into a RST.
+        let _ = socket2::SockRef::from(&*self).set_linger(Some(std::time::Duration::ZERO));
+    }
+}
+
+impl Abort for tokio::io::DuplexStream {
+    fn abort(&mut self) {}
+}
+
+/// Serve one connection with `app` until it is done.
+pub async fn serve<S>(app: App, stream: S) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Abort,
+{
+    match app {
+        App::Echo => echo(stream).await,
+        App::Discard => discard(stream).await,
+        App::Http => http(stream).await,
+        App::Proxy(backend) => {
+            let backend = tokio::net::TcpStream::connect(backend).await?;
+            backend.set_nodelay(true)?;
+            proxy(stream, backend).await
+        }
+    }
+}
+
+pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            // The peer's FIN: everything read has been written; close our side too.
+            return s.shutdown().await;
+        }
+        s.write_all(&buf[..n]).await?;
+    }
+}
+
+pub async fn discard<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    while s.read(&mut buf).await? != 0 {}
+    s.shutdown().await
+}
+
+/// The body of every HTTP response.
+pub const HTTP_BODY: &[u8] = b"hello from synx\n";
+const MAX_HEADER: usize = 16 * 1024;
+
+pub async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        // Parse one request from what we have; read more until it is complete.
+        let (consumed, close) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(head_len)) => {
+                    let mut body_len = 0usize;
+                    let mut close = req.version == Some(0);
+                    for h in req.headers.iter() {
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            body_len = std::str::from_utf8(h.value)
+                                .ok()
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                        } else if h.name.eq_ignore_ascii_case("connection") {
+                            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                            if v.contains("close") {
+                                close = true;
+                            } else if v.contains("keep-alive") {
+                                close = false;
+                            }
+                        }
+                    }
+                    // Wait for (and then discard) the request body.
+                    if buf.len() < head_len + body_len {
+                        if read_more(&mut s, &mut buf).await? == 0 {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    break (head_len + body_len, close);
+                }
+                Ok(httparse::Status::Partial) => {
+                    if buf.len() > MAX_HEADER {
+                        s.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await?;
+                        return s.shutdown().await;
+                    }
+                    if read_more(&mut s, &mut buf).await? == 0 {
+                        // EOF between requests: close our side too.
+                        return s.shutdown().await;
+                    }
+                }
+                Err(_) => {
+                    s.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await?;
+                    return s.shutdown().await;
+                }
+            }
+        };
+        buf.drain(..consumed);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n",
+            HTTP_BODY.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        let mut response = Vec::with_capacity(head.len() + HTTP_BODY.len());
+        response.extend_from_slice(head.as_bytes());
+        response.extend_from_slice(HTTP_BODY);
+        s.write_all(&response).await?;
+        if close {
+            // The server closes first: our FIN goes out now (FIN_WAIT_1 ... TIME_WAIT).
+            return s.shutdown().await;
+        }
+    }
+}
+
+async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut chunk = [0u8; 4096];
+    let n = s.read(&mut chunk).await?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+/// Copy both directions until both are closed. A FIN in one direction becomes a shutdown of the
+/// other side's write half; an error (a reset) on either side aborts the other.
+pub async fn proxy<A, B>(a: A, b: B) -> std::io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin + Abort,
+    B: AsyncRead + AsyncWrite + Unpin + Abort,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let a_to_b = async {
+        let r = tokio::io::copy(&mut ar, &mut bw).await;
+        if r.is_ok() {
+            bw.shutdown().await?;
+        }
+        r
+    };
+    let b_to_a = async {
+        let r = tokio::io::copy(&mut br, &mut aw).await;
+        if r.is_ok() {
+            aw.shutdown().await?;
+        }
+        r
+    };
+    let (r1, r2) = tokio::join!(a_to_b, b_to_a);
+    if r1.is_err() || r2.is_err() {
+        let mut a = ar.unsplit(aw);
+        let mut b = br.unsplit(bw);
+        a.abort();
+        b.abort();
+        return r1.and(r2).map(|_| ());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_names_parse_and_print() {
+        for s in ["echo", "discard", "http", "proxy=198.18.0.5:80", "proxy=[fd00::5]:8080"] {
+            assert_eq!(s.parse::<App>().unwrap().to_string(), s);
+        }
+        assert!("proxy=nohost".parse::<App>().unwrap_err().contains("proxy=HOST:PORT"));
+        assert!("ftp".parse::<App>().unwrap_err().contains("choose echo"));
+    }
+
+    #[tokio::test]
+    async fn echo_returns_every_byte_then_closes_after_fin() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let task = tokio::spawn(echo(server));
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        let (mut r, mut w) = tokio::io::split(&mut client);
+        let send = async {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        };
+        let mut got = Vec::new();
+        let recv = r.read_to_end(&mut got);
+        let (_, n) = tokio::join!(send, recv);
+        assert_eq!(n.unwrap(), data.len());
+        assert_eq!(got, data);
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn http_keeps_alive_and_closes_on_connection_close() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let task = tokio::spawn(http(server));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /last HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let text = String::from_utf8(got).unwrap();
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
+        assert_eq!(text.matches("hello from synx").count(), 3);
+        assert!(text.ends_with("Connection: close\r\n\r\nhello from synx\n"), "{text}");
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn http_rejects_garbage_with_400() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let task = tokio::spawn(http(server));
+        client.write_all(b"\x00\x01 nonsense\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(got.starts_with(b"HTTP/1.1 400"));
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn proxy_carries_both_directions_and_half_close() {
+        let (mut client, front) = tokio::io::duplex(1024);
+        let (back, mut backend) = tokio::io::duplex(1024);
+        let task = tokio::spawn(proxy(front, back));
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap(); // client half-closes
+        let mut at_backend = Vec::new();
+        backend.read_to_end(&mut at_backend).await.unwrap(); // sees EOF: half-close propagated
+        assert_eq!(at_backend, b"request");
+        backend.write_all(b"response after half-close").await.unwrap();
+        backend.shutdown().await.unwrap();
+        let mut at_client = Vec::new();
+        client.read_to_end(&mut at_client).await.unwrap();
+        assert_eq!(at_client, b"response after half-close");
+        task.await.unwrap().unwrap();
+    }
+}
