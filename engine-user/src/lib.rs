@@ -6,6 +6,7 @@
 //! - [`wire`]: Ethernet/IPv4/IPv6 framing around TCP segments, and checksums.
 //! - [`xsk`]: AF_XDP sockets (one UMEM and socket per RX queue).
 
+pub mod api;
 pub mod apps;
 pub mod bpf;
 pub mod control;

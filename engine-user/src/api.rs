@@ -1,0 +1,381 @@
+//! The application side, shaped like `tokio::net`: [`Listener::accept`] yields [`Stream`]s
+//! that implement `AsyncRead + AsyncWrite` (`shutdown()` is a half-close).
+//!
+//! A stream and its engine thread share a small state behind a mutex: bytes received (filled by
+//! the engine from the TCP core, bounded), bytes to send (drained by the engine into the TCP
+//! core's send buffer, bounded), close/shutdown requests and the final error. The app side wakes
+//! the engine through an eventfd only when the engine cannot know there is work (data written
+//! into an empty queue, room made in a full receive queue, shutdown, drop); the engine wakes the
+//! app side through the stored wakers.
+
+use std::{
+    collections::VecDeque,
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes the engine moves ahead of the application in each direction, per connection.
+pub const STREAM_RX_CAP: usize = 256 * 1024;
+pub const STREAM_TX_CAP: usize = 256 * 1024;
+
+/// Keepalive settings (RFC 1122 4.2.3.6). The seed's defaults: 2 h idle, 75 s interval,
+/// 10 probes (Linux uses 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub enabled: bool,
+    pub idle: Duration,
+    pub interval: Duration,
+    pub probes: u32,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            idle: Duration::from_secs(7200),
+            interval: Duration::from_secs(75),
+            probes: 10,
+        }
+    }
+}
+
+/// Wakes an engine thread: connection handles with app-side work, plus an eventfd it polls.
+pub struct EngineWaker {
+    eventfd: OwnedFd,
+    pending: Mutex<Vec<u32>>,
+}
+
+impl EngineWaker {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        Ok(Self { eventfd: unsafe { OwnedFd::from_raw_fd(fd) }, pending: Mutex::new(Vec::new()) })
+    }
+
+    /// Queue `handle` for the engine and wake it if it may be asleep.
+    pub fn notify(&self, handle: u32) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let was_empty = pending.is_empty();
+        pending.push(handle);
+        drop(pending);
+        if was_empty {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes to our eventfd.
+            unsafe { libc::write(self.eventfd.as_raw_fd(), (&raw const one).cast(), 8) };
+        }
+    }
+
+    /// Engine side: take the queued handles (and reset the eventfd).
+    pub fn drain(&self, out: &mut Vec<u32>) {
+        let mut counter: u64 = 0;
+        // SAFETY: reading 8 bytes from our non-blocking eventfd.
+        unsafe { libc::read(self.eventfd.as_raw_fd(), (&raw mut counter).cast(), 8) };
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        out.append(&mut pending);
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+}
+
+/// Why a stream ended badly, as the application sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamError {
+    /// The peer sent a RST.
+    Reset,
+    /// Keepalive or retransmission gave up on the peer.
+    TimedOut,
+    /// The engine shut down or aborted the connection.
+    Aborted,
+}
+
+impl StreamError {
+    fn to_io(self) -> io::Error {
+        match self {
+            StreamError::Reset => io::Error::new(io::ErrorKind::ConnectionReset, "connection reset by peer"),
+            StreamError::TimedOut => io::Error::new(io::ErrorKind::TimedOut, "connection timed out"),
+            StreamError::Aborted => io::Error::new(io::ErrorKind::ConnectionAborted, "connection aborted"),
+        }
+    }
+}
+
+/// The state a stream shares with its engine thread.
+#[derive(Debug, Default)]
+pub struct SharedState {
+    /// Received bytes not yet read by the app.
+    pub rx: VecDeque<u8>,
+    /// The peer's FIN has been received and everything before it is in `rx`.
+    pub rx_fin: bool,
+    /// The engine has more received data than fit in `rx`: notify it after reading.
+    pub rx_blocked: bool,
+    /// Bytes the app wrote that the engine has not yet moved into the TCP core.
+    pub tx: VecDeque<u8>,
+    /// The app called shutdown(): FIN after `tx` drains.
+    pub tx_shutdown: bool,
+    /// The app dropped its stream.
+    pub app_closed: bool,
+    /// The app asked for a reset.
+    pub abort: bool,
+    /// Per-stream keepalive override, applied by the engine.
+    pub keepalive: Option<Keepalive>,
+    pub error: Option<StreamError>,
+    pub read_waker: Option<Waker>,
+    pub write_waker: Option<Waker>,
+}
+
+/// One connection's shared state plus how to reach its engine.
+pub struct Shared {
+    pub handle: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    state: Mutex<SharedState>,
+    engine: Arc<EngineWaker>,
+}
+
+impl Shared {
+    pub fn new(handle: u32, local: SocketAddr, remote: SocketAddr, engine: Arc<EngineWaker>) -> Arc<Self> {
+        Arc::new(Self { handle, local, remote, state: Mutex::new(SharedState::default()), engine })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, SharedState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify_engine(&self) {
+        self.engine.notify(self.handle);
+    }
+}
+
+/// An accepted connection.
+pub struct Stream {
+    shared: Arc<Shared>,
+}
+
+impl Stream {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.remote
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local
+    }
+
+    /// Change this connection's keepalive settings.
+    pub fn set_keepalive(&self, keepalive: Keepalive) {
+        self.shared.lock().keepalive = Some(keepalive);
+        self.shared.notify_engine();
+    }
+
+    /// Reset the connection (RST) instead of closing it gracefully.
+    pub fn abort(&mut self) {
+        self.shared.lock().abort = true;
+        self.shared.notify_engine();
+    }
+}
+
+impl crate::apps::Abort for Stream {
+    fn abort(&mut self) {
+        Stream::abort(self);
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.shared.lock().app_closed = true;
+        self.shared.notify_engine();
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        if !st.rx.is_empty() {
+            let n = buf.remaining().min(st.rx.len());
+            let (a, b) = st.rx.as_slices();
+            let from_a = n.min(a.len());
+            buf.put_slice(&a[..from_a]);
+            buf.put_slice(&b[..n - from_a]);
+            st.rx.drain(..n);
+            let tell = std::mem::take(&mut st.rx_blocked);
+            drop(st);
+            if tell {
+                shared.notify_engine();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if st.rx_fin {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(e) = st.error {
+            return Poll::Ready(Err(e.to_io()));
+        }
+        st.read_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        if let Some(e) = st.error {
+            return Poll::Ready(Err(e.to_io()));
+        }
+        if st.tx_shutdown {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "write after shutdown")));
+        }
+        let room = STREAM_TX_CAP.saturating_sub(st.tx.len());
+        if room == 0 {
+            st.write_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = room.min(data.len());
+        let was_empty = st.tx.is_empty();
+        st.tx.extend(&data[..n]);
+        drop(st);
+        if was_empty {
+            shared.notify_engine();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Like a TCP socket: written bytes are the engine's to send.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        if !st.tx_shutdown {
+            st.tx_shutdown = true;
+            drop(st);
+            shared.notify_engine();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A listening address: yields accepted connections.
+pub struct Listener {
+    local: SocketAddr,
+    accepted: tokio::sync::mpsc::UnboundedReceiver<Stream>,
+}
+
+impl Listener {
+    pub fn new(local: SocketAddr, accepted: tokio::sync::mpsc::UnboundedReceiver<Stream>) -> Self {
+        Self { local, accepted }
+    }
+
+    /// The next established connection, and the peer's address.
+    pub async fn accept(&mut self) -> io::Result<(Stream, SocketAddr)> {
+        match self.accepted.recv().await {
+            Some(s) => {
+                let peer = s.peer_addr();
+                Ok((s, peer))
+            }
+            None => Err(io::Error::new(io::ErrorKind::NotConnected, "synx engine stopped")),
+        }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    fn pair() -> (Stream, Arc<Shared>, Arc<EngineWaker>) {
+        let waker = Arc::new(EngineWaker::new().unwrap());
+        let shared = Shared::new(
+            7,
+            "198.18.0.1:80".parse().unwrap(),
+            "198.18.0.2:4000".parse().unwrap(),
+            waker.clone(),
+        );
+        (Stream::new(shared.clone()), shared, waker)
+    }
+
+    #[tokio::test]
+    async fn reads_what_the_engine_delivers_then_eof() {
+        let (mut s, shared, waker) = pair();
+        let reader = tokio::spawn(async move {
+            let mut v = Vec::new();
+            s.read_to_end(&mut v).await.map(|_| v)
+        });
+        tokio::task::yield_now().await;
+        {
+            let mut st = shared.lock();
+            st.rx.extend(b"hello ");
+            st.rx.extend(b"world");
+            st.rx_fin = true;
+            st.rx_blocked = true;
+            if let Some(w) = st.read_waker.take() {
+                w.wake();
+            }
+        }
+        assert_eq!(reader.await.unwrap().unwrap(), b"hello world");
+        // Reading from a blocked queue told the engine (then the drop did too).
+        let mut handles = Vec::new();
+        waker.drain(&mut handles);
+        assert!(handles.contains(&7));
+        assert!(shared.lock().app_closed);
+    }
+
+    #[tokio::test]
+    async fn writes_queue_for_the_engine_and_block_when_full() {
+        let (mut s, shared, waker) = pair();
+        s.write_all(b"abc").await.unwrap();
+        let mut handles = Vec::new();
+        waker.drain(&mut handles);
+        assert_eq!(handles, vec![7]);
+        assert_eq!(shared.lock().tx.iter().copied().collect::<Vec<_>>(), b"abc");
+        // Fill to the cap: the next write waits until the engine drains.
+        let big = vec![1u8; STREAM_TX_CAP];
+        let writer = tokio::spawn(async move {
+            s.write_all(&big).await.unwrap();
+            s.shutdown().await.unwrap();
+            s
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(shared.lock().tx.len(), STREAM_TX_CAP);
+        {
+            let mut st = shared.lock();
+            st.tx.clear();
+            st.write_waker.take().unwrap().wake();
+        }
+        let s = writer.await.unwrap();
+        assert!(shared.lock().tx_shutdown);
+        drop(s);
+    }
+
+    #[tokio::test]
+    async fn errors_surface_as_io_errors() {
+        let (mut s, shared, _w) = pair();
+        shared.lock().error = Some(StreamError::TimedOut);
+        let mut b = [0u8; 4];
+        assert_eq!(s.read(&mut b).await.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert_eq!(s.write(b"x").await.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    }
+}
