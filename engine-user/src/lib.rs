@@ -9,6 +9,7 @@
 pub mod api;
 pub mod apps;
 pub mod bpf;
+pub mod config;
 pub mod control;
 pub mod tcp;
 pub mod wire;

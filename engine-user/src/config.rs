@@ -1,0 +1,260 @@
+//! `synx run` configuration: command-line flags over an optional TOML file over defaults.
+
+use std::{net::SocketAddr, path::Path, str::FromStr, time::Duration};
+
+use serde::Deserialize;
+
+use crate::{api::Keepalive, apps::App, bpf::AttachMode};
+
+/// Parse a duration as operators write it: `75s`, `2h`, `500ms`, `1m30s`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("bad duration {s:?}: {e} (write e.g. 75s, 2h, 500ms or plain seconds)"))
+}
+
+/// `ADDR:PORT[=APP]`; IPv6 as `[fd00::1]:80=http`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenSpec {
+    pub addr: SocketAddr,
+    /// Overrides `--app` for this listener.
+    pub app: Option<App>,
+}
+
+impl FromStr for ListenSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, app) = match s.split_once('=') {
+            Some((a, app)) => (a, Some(app.parse::<App>()?)),
+            None => (s, None),
+        };
+        let addr = addr.parse::<SocketAddr>().map_err(|e| {
+            format!("bad listen address {addr:?}: {e} (write ADDR:PORT, [V6ADDR]:PORT, optionally =APP)")
+        })?;
+        if addr.port() == 0 {
+            return Err(format!("listen address {addr} needs a port"));
+        }
+        Ok(Self { addr, app })
+    }
+}
+
+impl std::fmt::Display for ListenSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.app {
+            Some(app) => write!(f, "{}={app}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+/// Everything `synx run` needs, after merging flags, file and defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    pub iface: String,
+    pub listen: Vec<ListenSpec>,
+    pub app: App,
+    pub keepalive: Keepalive,
+    /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL.
+    pub msl: Duration,
+    pub max_conns: u32,
+    pub xdp_mode: AttachMode,
+    /// How long SIGTERM lets connections finish before resetting the rest.
+    pub grace: Duration,
+}
+
+impl RunConfig {
+    pub const DEFAULT_MSL: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_CONNS: u32 = 1 << 20;
+    pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+    /// The app that serves `spec`.
+    pub fn app_for(&self, spec: &ListenSpec) -> App {
+        spec.app.unwrap_or(self.app)
+    }
+}
+
+/// The TOML file: the same settings as the flags, with underscores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub iface: Option<String>,
+    #[serde(default)]
+    pub listen: Vec<String>,
+    pub app: Option<String>,
+    pub keepalive: Option<bool>,
+    pub keepalive_idle: Option<String>,
+    pub keepalive_interval: Option<String>,
+    pub keepalive_probes: Option<u32>,
+    pub msl: Option<String>,
+    pub max_conns: Option<u32>,
+    pub xdp_mode: Option<String>,
+    pub grace: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+}
+
+/// Flags as given on the command line (all optional so the file can fill them in).
+#[derive(Debug, Default, Clone)]
+pub struct FlagConfig {
+    pub iface: Option<String>,
+    pub listen: Vec<ListenSpec>,
+    pub app: Option<App>,
+    pub no_keepalive: bool,
+    pub keepalive_idle: Option<Duration>,
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_probes: Option<u32>,
+    pub msl: Option<Duration>,
+    pub max_conns: Option<u32>,
+    pub xdp_mode: Option<AttachMode>,
+    pub grace: Option<Duration>,
+}
+
+/// Flags win over the file, the file over defaults.
+pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
+    let dur = |v: Option<String>| v.as_deref().map(parse_duration).transpose();
+    let iface = flags
+        .iface
+        .or(file.iface)
+        .ok_or("no interface: pass --iface IF (or iface = \"IF\" in the config file)")?;
+    let listen = if flags.listen.is_empty() {
+        file.listen.iter().map(|s| s.parse()).collect::<Result<Vec<ListenSpec>, _>>()?
+    } else {
+        flags.listen
+    };
+    if listen.is_empty() {
+        return Err("nothing to serve: pass --listen ADDR:PORT[=APP]".into());
+    }
+    let app = match flags.app {
+        Some(a) => a,
+        None => file.app.as_deref().map(str::parse).transpose()?.unwrap_or(App::Echo),
+    };
+    let default = Keepalive::default();
+    let keepalive = Keepalive {
+        enabled: !flags.no_keepalive && file.keepalive.unwrap_or(true),
+        idle: flags.keepalive_idle.or(dur(file.keepalive_idle)?).unwrap_or(default.idle),
+        interval: flags
+            .keepalive_interval
+            .or(dur(file.keepalive_interval)?)
+            .unwrap_or(default.interval),
+        probes: flags.keepalive_probes.or(file.keepalive_probes).unwrap_or(default.probes),
+    };
+    if keepalive.probes == 0 || keepalive.interval.is_zero() || keepalive.idle.is_zero() {
+        return Err("keepalive idle, interval and probes must be greater than zero".into());
+    }
+    let xdp_mode = match (flags.xdp_mode, file.xdp_mode.as_deref()) {
+        (Some(m), _) => m,
+        (None, Some("native")) | (None, None) => AttachMode::Native,
+        (None, Some("skb")) => AttachMode::Skb,
+        (None, Some(other)) => return Err(format!("xdp_mode {other:?}: choose native or skb")),
+    };
+    let msl = flags.msl.or(dur(file.msl)?).unwrap_or(RunConfig::DEFAULT_MSL);
+    let max_conns = flags.max_conns.or(file.max_conns).unwrap_or(RunConfig::DEFAULT_MAX_CONNS);
+    if max_conns == 0 {
+        return Err("--max-conns must be at least 1".into());
+    }
+    Ok(RunConfig {
+        iface,
+        listen,
+        app,
+        keepalive,
+        msl,
+        max_conns,
+        xdp_mode,
+        grace: flags.grace.or(dur(file.grace)?).unwrap_or(RunConfig::DEFAULT_GRACE),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_as_operators_write_them() {
+        assert_eq!(parse_duration("75s").unwrap(), Duration::from_secs(75));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("soon").unwrap_err().contains("75s"));
+    }
+
+    #[test]
+    fn listen_specs_with_app_overrides() {
+        let s: ListenSpec = "198.18.0.1:80=http".parse().unwrap();
+        assert_eq!(s.addr, "198.18.0.1:80".parse().unwrap());
+        assert_eq!(s.app, Some(App::Http));
+        let s: ListenSpec = "[fd00::1]:80=http".parse().unwrap();
+        assert!(s.addr.is_ipv6());
+        let s: ListenSpec = "0.0.0.0:7".parse().unwrap();
+        assert_eq!(s.app, None);
+        let s: ListenSpec = "198.18.0.1:5201=proxy=198.18.0.9:5201".parse().unwrap();
+        assert_eq!(s.app, Some(App::Proxy("198.18.0.9:5201".parse().unwrap())));
+        assert!("198.18.0.1".parse::<ListenSpec>().is_err());
+        assert!("198.18.0.1:0".parse::<ListenSpec>().unwrap_err().contains("port"));
+        for text in ["198.18.0.1:80=http", "[fd00::1]:8080", "0.0.0.0:7=echo"] {
+            assert_eq!(text.parse::<ListenSpec>().unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn flags_override_file_and_defaults_are_the_seeds() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            iface = "eth0"
+            listen = ["198.18.0.1:80=http", "198.18.0.1:7"]
+            app = "discard"
+            keepalive_idle = "10m"
+            keepalive_probes = 3
+            msl = "1s"
+            "#,
+        )
+        .unwrap();
+        let flags = FlagConfig {
+            keepalive_probes: Some(5),
+            xdp_mode: Some(AttachMode::Skb),
+            ..Default::default()
+        };
+        let c = merge(flags, file).unwrap();
+        assert_eq!(c.iface, "eth0");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.app_for(&c.listen[0]), App::Http);
+        assert_eq!(c.app_for(&c.listen[1]), App::Discard);
+        assert_eq!(c.keepalive.idle, Duration::from_secs(600));
+        assert_eq!(c.keepalive.interval, Duration::from_secs(75));
+        assert_eq!(c.keepalive.probes, 5);
+        assert_eq!(c.msl, Duration::from_secs(1));
+        assert_eq!(c.xdp_mode, AttachMode::Skb);
+
+        let d = merge(
+            FlagConfig {
+                iface: Some("veth0".into()),
+                listen: vec!["198.18.0.1:7".parse().unwrap()],
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(d.keepalive, Keepalive::default());
+        assert_eq!(d.keepalive.idle, Duration::from_secs(7200));
+        assert_eq!(d.keepalive.probes, 10);
+        assert_eq!(d.msl, Duration::from_secs(30));
+        assert_eq!(d.app, App::Echo);
+    }
+
+    #[test]
+    fn mistakes_say_what_to_do() {
+        assert!(merge(FlagConfig::default(), FileConfig::default()).unwrap_err().contains("--iface"));
+        let no_listen = FlagConfig { iface: Some("x".into()), ..Default::default() };
+        assert!(merge(no_listen, FileConfig::default()).unwrap_err().contains("--listen"));
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+}
