@@ -105,6 +105,22 @@ impl Netns {
         sh("ip", &full)
     }
 
+    /// Load an nftables ruleset into the namespace (`nft -f -`).
+    pub fn nft(&self, ruleset: &str) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut child = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running nft (is nftables installed? try `cargo xtask setup`)")?;
+        child.stdin.take().context("stdin")?.write_all(ruleset.as_bytes())?;
+        let out = child.wait_with_output()?;
+        ensure!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+        Ok(())
+    }
+
     /// Run `f` on a thread that has entered this namespace: sockets it creates live there.
     pub fn run<T: Send + 'static>(
         &self,
@@ -269,6 +285,15 @@ impl Daemon {
         Ok(serde_json::from_str(&out)?)
     }
 
+    /// `synx conns --json` against this daemon: one object per connection.
+    pub fn conns(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = sh(
+            synx_bin().to_str().context("binary path")?,
+            &["conns", "--json", "--control-socket", self.control_socket.to_str().unwrap()],
+        )?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
     /// One counter from `synx stats`, 0 when absent.
     pub fn counter(&self, name: &str) -> anyhow::Result<u64> {
         Ok(self.stats()?.get(name).and_then(|v| v.as_u64()).unwrap_or(0))
@@ -326,3 +351,112 @@ pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "veth tests need root (netns, veth, XDP)");
 }
+
+/// Poll `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The MAC address of `iface` in `ns`.
+pub fn mac_of(ns: &Netns, iface: &str) -> anyhow::Result<[u8; 6]> {
+    let text = ns.exec("cat", &[&format!("/sys/class/net/{iface}/address")])?;
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("bad MAC {text:?}"))
+}
+
+/// An AF_PACKET socket bound to one interface inside a namespace: sees every frame on it (both
+/// directions) and can inject raw frames.
+pub struct PacketSocket {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl PacketSocket {
+    pub fn open(ns: &Netns, iface: &str) -> anyhow::Result<Self> {
+        let iface = CStringish(iface.to_string());
+        ns.run(move || -> anyhow::Result<Self> {
+            use std::os::fd::FromRawFd as _;
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain socket(2); the fd is owned below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+            ensure!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            // SAFETY: fresh fd we own.
+            let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+            let name = std::ffi::CString::new(iface.0.clone())?;
+            // SAFETY: valid NUL-terminated name.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            ensure!(index != 0, "no interface {}", iface.0);
+            // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = index as i32;
+            // SAFETY: binding with a correctly sized sockaddr_ll.
+            let rc = unsafe {
+                libc::bind(
+                    fd,
+                    (&raw const sll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            ensure!(rc == 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
+            let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+            // SAFETY: setting a timeval option of the right size.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&raw const tv).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
+            Ok(Self { fd: owned })
+        })?
+    }
+
+    /// Inject one frame.
+    pub fn send(&self, frame: &[u8]) -> anyhow::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: sending from a valid buffer on our socket.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        ensure!(n == frame.len() as isize, "AF_PACKET send: {}", std::io::Error::last_os_error());
+        Ok(())
+    }
+
+    /// Frames seen within `timeout` for which `keep` holds (stops early after `max`).
+    pub fn collect(
+        &self,
+        timeout: Duration,
+        max: usize,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Vec<Vec<u8>> {
+        use std::os::fd::AsRawFd as _;
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while Instant::now() < deadline && out.len() < max {
+            // SAFETY: receiving into a buffer we own.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 && keep(&buf[..n as usize]) {
+                out.push(buf[..n as usize].to_vec());
+            }
+        }
+        out
+    }
+}
+
+/// An owned String that crosses into the namespace thread.
+struct CStringish(String);
