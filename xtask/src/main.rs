@@ -93,7 +93,8 @@ fn real_main() -> anyhow::Result<()> {
         Task::Setup => setup::setup(),
         Task::Build { release } => {
             let mut c = cargo();
-            c.args(["build", "--workspace"]);
+            // Default members: engine-ebpf only builds for bpfel-unknown-none (via build.rs).
+            c.arg("build");
             if release {
                 c.arg("--release");
             }
@@ -109,7 +110,8 @@ fn real_main() -> anyhow::Result<()> {
             require_root("cargo xtask test")?;
             let bin = build_synx()?;
             let mut c = cargo();
-            c.args(["test", "--workspace"]).args(&args).env("SYNX_BIN", &bin);
+            // Default members: engine-ebpf only builds for bpfel-unknown-none (via build.rs).
+            c.arg("test").args(&args).env("SYNX_BIN", &bin);
             run(c)
         }
         Task::Demo => {
