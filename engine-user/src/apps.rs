@@ -84,21 +84,49 @@ where
     }
 }
 
+/// A read buffer that costs an idle connection nothing on the heap: the first read lands in a
+/// small inline array; the large buffer is allocated once data actually flows.
+struct LazyBuf {
+    small: [u8; 256],
+    big: Vec<u8>,
+}
+
+impl LazyBuf {
+    const BIG: usize = 32 * 1024;
+
+    fn new() -> Self {
+        Self { small: [0; 256], big: Vec::new() }
+    }
+
+    /// Read once; returns the bytes read (empty at EOF).
+    async fn read<S: AsyncRead + Unpin>(&mut self, s: &mut S) -> std::io::Result<&[u8]> {
+        if self.big.is_empty() {
+            let n = s.read(&mut self.small).await?;
+            if n > 0 {
+                self.big = vec![0u8; Self::BIG];
+            }
+            return Ok(&self.small[..n]);
+        }
+        let n = s.read(&mut self.big).await?;
+        Ok(&self.big[..n])
+    }
+}
+
 pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = LazyBuf::new();
     loop {
-        let n = s.read(&mut buf).await?;
-        if n == 0 {
+        let data = buf.read(&mut s).await?;
+        if data.is_empty() {
             // The peer's FIN: everything read has been written; close our side too.
             return s.shutdown().await;
         }
-        s.write_all(&buf[..n]).await?;
+        s.write_all(data).await?;
     }
 }
 
 pub async fn discard<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    while s.read(&mut buf).await? != 0 {}
+    let mut buf = LazyBuf::new();
+    while !buf.read(&mut s).await?.is_empty() {}
     s.shutdown().await
 }
 
