@@ -20,6 +20,14 @@ struct Cli {
 enum Command {
     /// Load the XDP program on an interface and serve the listeners.
     Run(RunArgs),
+    /// Serve the same apps over the kernel's own TCP (no XDP): the side-by-side baseline that
+    /// `cargo xtask bench` measures synx against.
+    #[command(hide = true)]
+    ServeKernel {
+        /// ADDR:PORT=APP, repeatable.
+        #[arg(long = "listen", value_parser = clap::value_parser!(synx::config::ListenSpec), required = true)]
+        listen: Vec<synx::config::ListenSpec>,
+    },
     /// Print every counter of the running daemon (XDP and userspace).
     Stats {
         #[arg(long)]
@@ -132,6 +140,7 @@ fn real_main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(run(args))
         }
+        Command::ServeKernel { listen } => serve_kernel(listen),
         Command::Stats { json, control_socket } => {
             let stats = control::request(&control_socket, Request::Stats)
                 .context("synx stats")?;
@@ -142,4 +151,38 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The kernel-TCP baseline: the same app code on tokio sockets.
+fn serve_kernel(listen: Vec<synx::config::ListenSpec>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    rt.block_on(async {
+        for spec in &listen {
+            let app = spec.app.unwrap_or(synx::apps::App::Echo);
+            let socket = match spec.addr {
+                std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(spec.addr)?;
+            let listener = socket.listen(4096)?;
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(async move {
+                        let _ = synx::apps::serve(app, stream).await;
+                    });
+                }
+            });
+        }
+        let specs: Vec<String> = listen.iter().map(|s| s.to_string()).collect();
+        writeln!(std::io::stdout(), "listening on {} (kernel TCP)", specs.join(", "))?;
+        std::io::stdout().flush()?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })
 }
