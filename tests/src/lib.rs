@@ -141,6 +141,15 @@ impl Netns {
     }
 }
 
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.peer_xdp.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = sh("ip", &["netns", "del", &self.name]);
@@ -150,7 +159,9 @@ impl Drop for Netns {
 /// A server namespace and a client namespace joined by a veth pair, with IPv4 and IPv6
 /// addresses on both ends and no route anywhere else.
 pub struct VethPair {
-    // Field order matters: the client namespace goes first, then the server's.
+    // Field order matters: the peer program goes first, then the client namespace, then the
+    // server's.
+    peer_xdp: std::sync::Mutex<Option<Child>>,
     pub client: Netns,
     pub server: Netns,
     pub server_if: String,
@@ -194,7 +205,37 @@ impl VethPair {
         }
         // The client's veth would leave TCP checksums partial (offload) in frames that XDP sees.
         client.exec("ethtool", &["-K", &client_if, "tx", "off"])?;
-        Ok(Self { client, server, server_if, client_if, server_v4, client_v4, server_v6, client_v6 })
+        Ok(Self {
+            peer_xdp: std::sync::Mutex::new(None),
+            client,
+            server,
+            server_if,
+            client_if,
+            server_v4,
+            client_v4,
+            server_v6,
+            client_v6,
+        })
+    }
+
+    /// Native XDP_TX and redirects on a veth deliver only when the peer veth has an XDP program
+    /// too: run `synx peer-pass` (an XDP_PASS program) on the client's end until drop.
+    pub fn attach_peer_xdp(&self) -> anyhow::Result<()> {
+        let mut child = self
+            .client
+            .command(synx_bin().to_str().context("binary path")?)
+            .args(["peer-pass", "--iface", &self.client_if])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting synx peer-pass")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        if !line.starts_with("attached") {
+            let _ = child.kill();
+            bail!("synx peer-pass did not attach: {:?}", child.wait()?);
+        }
+        *self.peer_xdp.lock().unwrap() = Some(child);
+        Ok(())
     }
 
     pub fn server_ip(&self, v6: bool) -> IpAddr {

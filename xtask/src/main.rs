@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's own build, setup, test and demo commands.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -39,6 +40,8 @@ enum Task {
     /// Two namespaces joined by a veth pair, synx on one side, a real Linux client on the
     /// other; prints what happened and removes everything it created.
     Demo,
+    /// synx against the Linux kernel, side by side in one run, with ratios (needs root).
+    Bench(bench::BenchArgs),
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -113,6 +116,11 @@ fn real_main() -> anyhow::Result<()> {
             // Default members: engine-ebpf only builds for bpfel-unknown-none (via build.rs).
             c.arg("test").args(&args).env("SYNX_BIN", &bin);
             run(c)
+        }
+        Task::Bench(args) => {
+            require_root("cargo xtask bench")?;
+            let bin = build_synx()?;
+            bench::bench(args, &bin)
         }
         Task::Demo => {
             require_root("cargo xtask demo")?;

@@ -1,0 +1,706 @@
+//! `cargo xtask bench`: synx and the Linux kernel measured side by side, in one run, on one
+//! veth pair. synx serves on one set of ports; `synx serve-kernel` serves the same app code over
+//! the kernel's TCP on another set, in the same server namespace. Rounds alternate between the
+//! two; each row reports the median, the ratio synx/kernel and the unit. A row that could not be
+//! measured carries the reason instead of a number.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use synx_testbed::{Daemon, PacketSocket, VethPair, mac_of, sh};
+
+/// Ports: synx serves SYNX_*, the kernel baseline KERNEL_*.
+const SYNX_HTTP: u16 = 80;
+const SYNX_ECHO: u16 = 7;
+const SYNX_DISCARD: u16 = 9;
+const KERNEL_HTTP: u16 = 8080;
+const KERNEL_ECHO: u16 = 8007;
+const KERNEL_DISCARD: u16 = 8009;
+/// Spoofed SYN-flood sources and extra idle-client addresses: inside 198.18.0.0/15, routed from
+/// the server namespace back through the client.
+const FLOOD_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 254, 0);
+const IDLE_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 250, 0);
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// About 5 minutes: fewer rounds, 10,000 idle connections.
+    #[arg(long)]
+    quick: bool,
+    /// 1,000,000 idle connections.
+    #[arg(long)]
+    full: bool,
+    /// Only these rows (prefix match), comma-separated: syn_flood, conn_rate, http, bulk, idle.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    name: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+    synx: Result<f64, String>,
+    kernel: Result<f64, String>,
+    rounds: usize,
+    note: &'static str,
+}
+
+fn median(mut v: Vec<f64>) -> Result<f64, String> {
+    if v.is_empty() {
+        return Err("no successful round".into());
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[v.len() / 2])
+}
+
+/// Results of several rounds of one measurement per side.
+struct Samples {
+    synx: Vec<f64>,
+    kernel: Vec<f64>,
+    synx_err: Option<String>,
+    kernel_err: Option<String>,
+}
+
+impl Samples {
+    fn new() -> Self {
+        Self { synx: vec![], kernel: vec![], synx_err: None, kernel_err: None }
+    }
+    fn push(&mut self, synx: bool, r: anyhow::Result<f64>) {
+        match (synx, r) {
+            (true, Ok(v)) => self.synx.push(v),
+            (false, Ok(v)) => self.kernel.push(v),
+            (true, Err(e)) => self.synx_err = Some(format!("{e:#}")),
+            (false, Err(e)) => self.kernel_err = Some(format!("{e:#}")),
+        }
+    }
+    fn row(self, name: &'static str, unit: &'static str, higher: bool, note: &'static str) -> Row {
+        let rounds = self.synx.len().max(self.kernel.len());
+        let side = |v: Vec<f64>, e: Option<String>| match (median(v), e) {
+            (Ok(m), _) => Ok(m),
+            (Err(_), Some(e)) => Err(e),
+            (Err(e), None) => Err(e),
+        };
+        Row {
+            name,
+            unit,
+            higher_is_better: higher,
+            synx: side(self.synx, self.synx_err),
+            kernel: side(self.kernel, self.kernel_err),
+            rounds,
+            note,
+        }
+    }
+}
+
+/// The namespaces, synx, and the kernel baseline server.
+struct Rig {
+    net: VethPair,
+    /// The synx daemon, or why it could not be started (then every synx cell says so).
+    synx: Result<Daemon, String>,
+    kernel: KernelServer,
+}
+
+/// `synx serve-kernel` in the server namespace; killed on drop.
+struct KernelServer {
+    child: Child,
+}
+
+impl KernelServer {
+    fn start(rig_net: &VethPair, bin: &Path) -> anyhow::Result<Self> {
+        let ip = rig_net.server_v4;
+        let mut child = rig_net
+            .server
+            .command(bin.to_str().context("path")?)
+            .arg("serve-kernel")
+            .args(["--listen", &format!("{ip}:{KERNEL_HTTP}=http")])
+            .args(["--listen", &format!("{ip}:{KERNEL_ECHO}=echo")])
+            .args(["--listen", &format!("{ip}:{KERNEL_DISCARD}=discard")])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+        std::io::BufRead::read_line(&mut out, &mut line)?;
+        if !line.starts_with("listening on") {
+            bail!("synx serve-kernel did not start: {line:?}");
+        }
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Ok(Self { child })
+    }
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for KernelServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn process_cpu_secs(pid: u32) -> f64 {
+    // utime + stime, fields 14 and 15 of /proc/PID/stat, in clock ticks.
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn rss_bytes(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|kb| kb * 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Busy and total jiffies of the whole machine (/proc/stat "cpu" line).
+fn machine_cpu() -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: f64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
+}
+
+fn meminfo_kb(key: &str) -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+impl Rig {
+    fn start(synx_bin: &Path) -> anyhow::Result<Self> {
+        let net = VethPair::new()?;
+        // Routes back to the spoofed flood sources and the extra idle-client addresses.
+        for block in [FLOOD_NET, IDLE_NET] {
+            net.server.ip(&["route", "add", &format!("{block}/24"), "via", &net.client_v4.to_string()])?;
+        }
+        net.client.exec("sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65535"])?;
+        net.server.exec("sysctl", &["-qw", "net.ipv4.tcp_syncookies=2"])?;
+        net.server.exec("sysctl", &["-qw", "net.core.somaxconn=65535"])?;
+        net.server.exec("sysctl", &["-qw", "net.ipv4.tcp_max_syn_backlog=65535"])?;
+        let ip = net.server_v4;
+        let synx = net
+            .attach_peer_xdp()
+            .and_then(|()| {
+                Daemon::start(
+                    &net.server,
+                    &net.server_if,
+                    &[
+                        "--listen",
+                        &format!("{ip}:{SYNX_HTTP}=http"),
+                        "--listen",
+                        &format!("{ip}:{SYNX_ECHO}=echo"),
+                        "--listen",
+                        &format!("{ip}:{SYNX_DISCARD}=discard"),
+                    ],
+                )
+            })
+            .map_err(|e| format!("synx did not start: {e:#}"));
+        let kernel = KernelServer::start(&net, synx_bin)?;
+        Ok(Self { net, synx, kernel })
+    }
+
+    fn server_pid(&self, synx: bool) -> anyhow::Result<u32> {
+        if synx { Ok(self.daemon()?.pid()) } else { Ok(self.kernel.pid()) }
+    }
+
+    fn daemon(&self) -> anyhow::Result<&Daemon> {
+        self.synx.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.net.server_v4.into(), port)
+    }
+
+    fn port(&self, synx: bool, what: &str) -> u16 {
+        match (synx, what) {
+            (true, "http") => SYNX_HTTP,
+            (true, "echo") => SYNX_ECHO,
+            (true, _) => SYNX_DISCARD,
+            (false, "http") => KERNEL_HTTP,
+            (false, "echo") => KERNEL_ECHO,
+            (false, _) => KERNEL_DISCARD,
+        }
+    }
+}
+
+/// New connections per second: connect, one HTTP request with `Connection: close`, read to
+/// EOF, close; `threads` clients for `secs`. Also returns server CPU seconds per 100k conns.
+fn conn_rate(rig: &Rig, synx: bool, secs: u64) -> anyhow::Result<(f64, f64)> {
+    let addr = rig.addr(rig.port(synx, "http"));
+    let pid = rig.server_pid(synx)?;
+    let cpu0 = process_cpu_secs(pid);
+    let done = rig.net.client.run(move || {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let count = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    while Instant::now() < deadline {
+                        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else { continue };
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        if s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").is_err() {
+                            continue;
+                        }
+                        let mut v = Vec::with_capacity(256);
+                        if s.read_to_end(&mut v).is_ok() && v.ends_with(b"hello from synx\n") {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        count.load(Ordering::Relaxed)
+    })?;
+    let cpu = process_cpu_secs(pid) - cpu0;
+    if done == 0 {
+        bail!("no connection completed");
+    }
+    Ok((done as f64 / secs as f64, cpu / done as f64 * 100_000.0))
+}
+
+/// wrk against the http app: requests/s and p50/p99 latency (ms).
+fn http_wrk(rig: &Rig, synx: bool, conns: u32, secs: u64) -> anyhow::Result<(f64, f64, f64)> {
+    rig.server_pid(synx)?;
+    let url = format!("http://{}/", rig.addr(rig.port(synx, "http")));
+    let threads = conns.clamp(1, 2).to_string();
+    let out = rig.net.client.exec(
+        "wrk",
+        &["-t", &threads, "-c", &conns.to_string(), "-d", &format!("{secs}s"), "--latency", &url],
+    )?;
+    let rps = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .context("wrk printed no Requests/sec")?;
+    let pct = |p: &str| -> anyhow::Result<f64> {
+        let line = out
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(p))
+            .with_context(|| format!("wrk printed no {p} latency"))?;
+        parse_wrk_duration(line.split_whitespace().nth(1).unwrap_or(""))
+    };
+    if out.contains("Socket errors") && rps == 0.0 {
+        bail!("wrk: {}", out.lines().find(|l| l.contains("Socket errors")).unwrap_or(""));
+    }
+    Ok((rps, pct("50%")?, pct("99%")?))
+}
+
+fn parse_wrk_duration(s: &str) -> anyhow::Result<f64> {
+    let (num, mult) = if let Some(v) = s.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (s, 1.0)
+    };
+    Ok(num.parse::<f64>().with_context(|| format!("wrk latency {s:?}"))? * mult)
+}
+
+/// Bulk throughput over one connection, Gbit/s: to discard (server receives) or through echo
+/// (the server transmits everything it receives).
+fn bulk(rig: &Rig, synx: bool, echo: bool, bytes: usize) -> anyhow::Result<f64> {
+    rig.server_pid(synx)?;
+    let addr = rig.addr(rig.port(synx, if echo { "echo" } else { "discard" }));
+    rig.net.client.run(move || -> anyhow::Result<f64> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let chunk = vec![0x5au8; 256 * 1024];
+        let start = Instant::now();
+        let mut reader = s.try_clone()?;
+        let rx = std::thread::spawn(move || -> std::io::Result<usize> {
+            if !echo {
+                return Ok(0);
+            }
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut got = 0;
+            while got < bytes {
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            Ok(got)
+        });
+        let mut sent = 0;
+        while sent < bytes {
+            let n = chunk.len().min(bytes - sent);
+            s.write_all(&chunk[..n])?;
+            sent += n;
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        if echo {
+            let got = rx.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+            anyhow::ensure!(got == bytes, "echo returned {got} of {bytes} bytes");
+        } else {
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest)?; // the server's FIN: everything was received
+        }
+        Ok(bytes as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9)
+    })?
+}
+
+/// SYN flood from spoofed sources for `secs`: SYN-ACKs answered per second, machine CPU
+/// microseconds per SYN-ACK (generator included, identical for both), and the share of
+/// legitimate connections that succeed meanwhile.
+fn syn_flood(rig: &Rig, synx: bool, secs: u64) -> anyhow::Result<(f64, f64, f64)> {
+    let port = rig.port(synx, "echo");
+    let server_mac = mac_of(&rig.net.server, &rig.net.server_if)?;
+    let client_mac = mac_of(&rig.net.client, &rig.net.client_if)?;
+    let sock = PacketSocket::open(&rig.net.client, &rig.net.client_if)?;
+    let dst = rig.net.server_v4;
+    // Prebuilt frames from 250 spoofed sources and many ports.
+    let mut frames = Vec::new();
+    for i in 0..4096u32 {
+        let src = Ipv4Addr::from(u32::from(FLOOD_NET) + 1 + (i % 250));
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(client_mac, server_mac)
+            .ipv4(src.octets(), dst.octets(), 64)
+            .tcp(1024 + (i as u16 % 60000), port, i.wrapping_mul(2654435761), 64240)
+            .syn()
+            .options(&[etherparse::TcpOptionElement::MaximumSegmentSize(1460)])
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+            .write(&mut f, &[])?;
+        frames.push(f);
+    }
+    let answered = |rig: &Rig| -> anyhow::Result<u64> {
+        if synx {
+            rig.daemon()?.counter("xdp_syn_cookie_sent")
+        } else {
+            let out = rig.net.server.exec("nstat", &["-az", "TcpExtSyncookiesSent"])?;
+            Ok(out
+                .lines()
+                .find(|l| l.starts_with("TcpExtSyncookiesSent"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0))
+        }
+    };
+    rig.server_pid(synx)?;
+    let before = answered(rig)?;
+    let (busy0, _) = machine_cpu();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood_stop = stop.clone();
+    let flood = std::thread::spawn(move || {
+        let mut n = 0u64;
+        while !flood_stop.load(Ordering::Relaxed) {
+            for f in &frames {
+                if sock.send(f).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        n
+    });
+    // Legitimate clients meanwhile.
+    let addr = rig.addr(port);
+    let legit_deadline = Instant::now() + Duration::from_secs(secs);
+    let (ok, tried) = rig.net.client.run(move || {
+        let (mut ok, mut tried) = (0u32, 0u32);
+        while Instant::now() < legit_deadline {
+            tried += 1;
+            if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                let mut b = [0u8; 5];
+                if s.write_all(b"legit").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"legit" {
+                    ok += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (ok, tried)
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    let sent = flood.join().map_err(|_| anyhow::anyhow!("flood thread panicked"))?;
+    let (busy1, _) = machine_cpu();
+    std::thread::sleep(Duration::from_millis(200));
+    let synacks = answered(rig)?.saturating_sub(before);
+    if synacks == 0 {
+        bail!("no SYN-ACK counted ({sent} SYNs sent)");
+    }
+    // SAFETY: sysconf has no preconditions.
+    let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu_us = (busy1 - busy0) * tick * 1e6 / synacks as f64;
+    Ok((synacks as f64 / secs as f64, cpu_us, 100.0 * f64::from(ok) / f64::from(tried.max(1))))
+}
+
+/// Open `n` idle connections, measure server memory per connection and CPU while idle.
+fn idle(rig: &Rig, synx: bool, n: usize) -> anyhow::Result<(f64, f64)> {
+    let port = rig.port(synx, "echo");
+    let per_ip = 60_000usize;
+    let ips: Vec<Ipv4Addr> = (0..n.div_ceil(per_ip)).map(|i| Ipv4Addr::from(u32::from(IDLE_NET) + 10 + i as u32)).collect();
+    for ip in &ips {
+        let _ = rig.net.client.ip(&["addr", "add", &format!("{ip}/32"), "dev", &rig.net.client_if]);
+    }
+    let pid = rig.server_pid(synx)?;
+    let rss0 = rss_bytes(pid);
+    let slab0 = meminfo_kb("Slab:") * 1024.0;
+    let addr = rig.addr(port);
+    let socks = rig.net.client.run(move || -> anyhow::Result<Vec<TcpStream>> {
+        let mut v = Vec::with_capacity(n);
+        for i in 0..n {
+            let src = SocketAddr::new(IpAddr::V4(ips[i / per_ip]), 0);
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            s.bind(&src.into())?;
+            s.connect_timeout(&addr.into(), Duration::from_secs(5))
+                .with_context(|| format!("connection {i}"))?;
+            v.push(s.into());
+        }
+        Ok(v)
+    })??;
+    // Let the server settle (accept queues drained, apps parked).
+    std::thread::sleep(Duration::from_secs(2));
+    let rss1 = rss_bytes(pid);
+    let slab1 = meminfo_kb("Slab:") * 1024.0;
+    let cpu0 = process_cpu_secs(pid);
+    let window = 5.0;
+    std::thread::sleep(Duration::from_secs_f64(window));
+    let cpu_pct = (process_cpu_secs(pid) - cpu0) / window * 100.0;
+    // Process memory plus, for the kernel, the kernel's own slab growth (which also includes
+    // the client sockets: the same for both sides, subtracted when the two are compared).
+    let bytes = (rss1 - rss0) + if synx { 0.0 } else { slab1 - slab0 };
+    let client_side = if synx { slab1 - slab0 } else { 0.0 };
+    drop(socks);
+    std::thread::sleep(Duration::from_secs(2));
+    IDLE_CLIENT_SLAB.store(client_side.max(0.0) as u64, Ordering::Relaxed);
+    Ok((bytes / n as f64, cpu_pct))
+}
+
+/// Client-side slab growth seen during the synx idle round, to subtract from the kernel's.
+static IDLE_CLIENT_SLAB: AtomicU64 = AtomicU64::new(0);
+
+fn machine_facts(mode: &str) -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    serde_json::json!({
+        "kernel": sh("uname", &["-r"]).unwrap_or_default().trim(),
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "xdp_mode": mode,
+        "af_xdp": "copy mode (veth)",
+    })
+}
+
+pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
+    let rounds = if args.quick { 2 } else { 5 };
+    let secs = if args.quick { 3 } else { 5 };
+    let idle_n = if args.full { 1_000_000 } else if args.quick { 10_000 } else { 100_000 };
+    let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.starts_with(o.as_str()));
+    raise_nofile();
+    let rig = Rig::start(synx_bin).context("starting the bench rig")?;
+    match &rig.synx {
+        Ok(d) => println!("bench: synx pid {}, kernel baseline pid {}, {rounds} rounds", d.pid(), rig.kernel.pid()),
+        Err(e) => println!("bench: {e}; measuring the kernel side only"),
+    }
+    let mut rows = Vec::new();
+
+    if want("syn_flood") {
+        let (mut rate, mut cpu, mut legit) = (Samples::new(), Samples::new(), Samples::new());
+        for _ in 0..rounds {
+            for side in [true, false] {
+                match syn_flood(&rig, side, secs) {
+                    Ok((r, c, l)) => {
+                        rate.push(side, Ok(r));
+                        cpu.push(side, Ok(c));
+                        legit.push(side, Ok(l));
+                    }
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        rate.push(side, Err(anyhow::anyhow!("{msg}")));
+                        cpu.push(side, Err(anyhow::anyhow!("{msg}")));
+                        legit.push(side, Err(anyhow::anyhow!("{msg}")));
+                    }
+                }
+            }
+        }
+        rows.push(rate.row("syn_flood_synack_rate", "SYN-ACK/s", true, "spoofed SYNs from AF_PACKET in the client netns"));
+        rows.push(cpu.row("syn_flood_cpu_per_synack", "us CPU/SYN-ACK", false, "whole machine, generator included"));
+        rows.push(legit.row("syn_flood_legit_success", "%", true, "legitimate connects during the flood"));
+    }
+    if want("conn_rate") {
+        let (mut rate, mut cpu) = (Samples::new(), Samples::new());
+        for _ in 0..rounds {
+            for side in [true, false] {
+                match conn_rate(&rig, side, secs) {
+                    Ok((r, c)) => {
+                        rate.push(side, Ok(r));
+                        cpu.push(side, Ok(c));
+                    }
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        rate.push(side, Err(anyhow::anyhow!("{msg}")));
+                        cpu.push(side, Err(anyhow::anyhow!("{msg}")));
+                    }
+                }
+            }
+        }
+        rows.push(rate.row("conn_rate", "conn/s", true, "connect, 1 request, close; 4 client threads"));
+        rows.push(cpu.row("conn_cpu_per_100k", "server CPU s/100k conn", false, "server process time only"));
+    }
+    if want("http") {
+        for (c, rps_name, p50_name, p99_name) in [
+            (1, "http_rps_c1", "http_p50_c1", "http_p99_c1"),
+            (64, "http_rps_c64", "http_p50_c64", "http_p99_c64"),
+            (1000, "http_rps_c1000", "http_p50_c1000", "http_p99_c1000"),
+        ] {
+            let (mut rps, mut p50, mut p99) = (Samples::new(), Samples::new(), Samples::new());
+            for _ in 0..rounds {
+                for side in [true, false] {
+                    match http_wrk(&rig, side, c, secs) {
+                        Ok((r, a, b)) => {
+                            rps.push(side, Ok(r));
+                            p50.push(side, Ok(a));
+                            p99.push(side, Ok(b));
+                        }
+                        Err(e) => {
+                            let msg = format!("{e:#}");
+                            rps.push(side, Err(anyhow::anyhow!("{msg}")));
+                            p50.push(side, Err(anyhow::anyhow!("{msg}")));
+                            p99.push(side, Err(anyhow::anyhow!("{msg}")));
+                        }
+                    }
+                }
+            }
+            rows.push(rps.row(rps_name, "req/s", true, "wrk, keep-alive"));
+            rows.push(p50.row(p50_name, "ms", false, "wrk --latency"));
+            rows.push(p99.row(p99_name, "ms", false, "wrk --latency"));
+        }
+    }
+    if want("bulk") {
+        let bytes = if args.quick { 64 << 20 } else { 256 << 20 };
+        let (mut rx, mut tx) = (Samples::new(), Samples::new());
+        for _ in 0..rounds {
+            for side in [true, false] {
+                rx.push(side, bulk(&rig, side, false, bytes));
+                tx.push(side, bulk(&rig, side, true, bytes));
+            }
+        }
+        rows.push(rx.row("bulk_rx", "Gbit/s", true, "one connection into discard"));
+        rows.push(tx.row("bulk_tx", "Gbit/s", true, "one connection through echo (server sends what it receives)"));
+    }
+    if want("idle") {
+        let (mut mem, mut cpu) = (Samples::new(), Samples::new());
+        // One round each: opening the connections is the slow part.
+        for side in [true, false] {
+            match idle(&rig, side, idle_n) {
+                Ok((m, c)) => {
+                    let m = if side { m } else { m - IDLE_CLIENT_SLAB.load(Ordering::Relaxed) as f64 / idle_n as f64 };
+                    mem.push(side, Ok(m));
+                    cpu.push(side, Ok(c));
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    mem.push(side, Err(anyhow::anyhow!("{msg}")));
+                    cpu.push(side, Err(anyhow::anyhow!("{msg}")));
+                }
+            }
+        }
+        rows.push(mem.row("idle_bytes_per_conn", "bytes/conn", false, "synx: daemon RSS growth; kernel: slab growth minus the client side, plus server RSS"));
+        rows.push(cpu.row("idle_cpu_pct", "% of a core", false, "server process, keepalive armed"));
+    }
+    drop(rig);
+    print_table(&rows);
+    let json = serde_json::json!({
+        "machine": machine_facts("native"),
+        "rows": rows.iter().map(|r| {
+            let v = |x: &Result<f64, String>| match x { Ok(v) => serde_json::json!(v), Err(e) => serde_json::json!({"not_measured": e}) };
+            let ratio = match (&r.synx, &r.kernel) {
+                (Ok(s), Ok(k)) if *k != 0.0 => serde_json::json!(s / k),
+                _ => serde_json::Value::Null,
+            };
+            serde_json::json!({
+                "name": r.name, "unit": r.unit, "synx": v(&r.synx), "kernel": v(&r.kernel),
+                "ratio": ratio, "higher_is_better": r.higher_is_better, "rounds": r.rounds, "note": r.note,
+            })
+        }).collect::<Vec<_>>(),
+    });
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
+        println!("bench: results written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn raise_nofile() {
+    let _ = std::fs::write("/proc/sys/fs/nr_open", "4194304");
+    let rl = libc::rlimit { rlim_cur: 4_000_000, rlim_max: 4_000_000 };
+    // SAFETY: setrlimit with a valid struct; failure leaves the old limit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
+        let rl = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) };
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    let facts = machine_facts("native");
+    println!(
+        "\nmachine: kernel {}, {}, {} cores, XDP native on veth, AF_XDP copy mode",
+        facts["kernel"].as_str().unwrap_or(""),
+        facts["cpu"].as_str().unwrap_or(""),
+        facts["cores"]
+    );
+    println!("{:<26} {:>14} {:>14} {:>8}  {}", "row", "synx", "kernel", "ratio", "unit");
+    for r in rows {
+        let f = |x: &Result<f64, String>| match x {
+            Ok(v) => format!("{v:.3}"),
+            Err(_) => "n/m".into(),
+        };
+        let ratio = match (&r.synx, &r.kernel) {
+            (Ok(s), Ok(k)) if *k != 0.0 => format!("{:.2}", s / k),
+            _ => "-".into(),
+        };
+        println!("{:<26} {:>14} {:>14} {:>8}  {}", r.name, f(&r.synx), f(&r.kernel), ratio, r.unit);
+        for (side, x) in [("synx", &r.synx), ("kernel", &r.kernel)] {
+            if let Err(e) = x {
+                println!("{:<26}   {side} not measured: {e}", "");
+            }
+        }
+    }
+}
