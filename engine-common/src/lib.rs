@@ -6,6 +6,7 @@
 //! or `Option`s cross the boundary.
 #![no_std]
 
+pub mod cookie;
 pub mod counters;
 pub mod handshake;
 pub mod maps;

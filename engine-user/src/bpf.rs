@@ -1,21 +1,37 @@
-//! Loading the embedded XDP program, attaching it to an interface, and the maps it shares with
-//! userspace.
+//! Loading the embedded XDP program, attaching it, and the maps it shares with userspace:
+//! configuration and SYN-cookie secrets, listeners, the flow table and AF_XDP sockets (handed
+//! to the engine threads), and LAST_SEEN read through mmap.
 
-use std::{ffi::CString, net::SocketAddr};
+use std::{
+    ffi::CString,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsFd as _, AsRawFd as _},
+    sync::{Arc, Mutex, RwLock},
+};
 
 use aya::{
-    Ebpf,
-    maps::{HashMap, PerCpuArray},
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, XskMap},
     programs::{ProgramError, Xdp, XdpMode},
 };
 use engine_common::{
+    cookie::{self, Key, Tuple},
     counters,
-    maps::{self, FAMILY_V4, FAMILY_V6, ListenerKey, ListenerValue},
+    handshake::HandshakeFacts,
+    maps::{
+        self, CONFIG_RST_BAD_COOKIE, FAMILY_V4, FAMILY_V6, FlowKey, ListenerKey, ListenerValue,
+        XdpConfig,
+    },
 };
 
 /// The XDP object built by build.rs (aya-build) from the engine-ebpf crate.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/synx-xdp"));
 const PROGRAM: &str = "synx_xdp";
+const PEER_PROGRAM: &str = "synx_peer_pass";
+/// Window-scale shift announced in SYN-ACKs (Linux announces 7 for its default buffers).
+pub const OUR_WSCALE: u8 = 7;
+/// RSTs per second per CPU that XDP may send for segments with no connection.
+pub const RST_PER_SEC: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -35,6 +51,10 @@ pub enum BpfError {
     MissingMap(&'static str),
     #[error("BPF map access failed: {0}")]
     Map(#[from] aya::maps::MapError),
+    #[error("mapping LAST_SEEN into memory failed: {0}")]
+    Mmap(std::io::Error),
+    #[error("no randomness for the SYN-cookie secret: {0}")]
+    Random(std::io::Error),
 }
 
 /// How to attach: native (driver) mode, or generic (skb) mode for devices without XDP support.
@@ -43,13 +63,6 @@ pub enum BpfError {
 pub enum AttachMode {
     Native,
     Skb,
-}
-
-/// The loaded XDP program and its maps. Dropping it detaches the program (aya attaches through a
-/// bpf_link, which the kernel also removes when the process dies, even on a crash).
-pub struct XdpEngine {
-    ebpf: Ebpf,
-    iface: String,
 }
 
 fn if_index(iface: &str) -> Result<u32, BpfError> {
@@ -68,81 +81,66 @@ fn raise_memlock_limit() {
     }
 }
 
-impl XdpEngine {
-    /// Load the program (not yet attached). Works without an interface, e.g. for test runs.
-    pub fn load() -> Result<Ebpf, BpfError> {
-        if XDP_OBJECT.is_empty() {
-            return Err(BpfError::NoObject);
-        }
-        raise_memlock_limit();
-        let mut ebpf = Ebpf::load(XDP_OBJECT).map_err(|e| BpfError::Load(Box::new(e)))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| BpfError::Load(format!("program {PROGRAM} missing").into()))?
-            .try_into()
-            .map_err(|e: ProgramError| BpfError::Load(Box::new(e)))?;
-        prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
-        Ok(ebpf)
+fn random_key() -> Result<Key, BpfError> {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom into a buffer we own.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 16 {
+        return Err(BpfError::Random(std::io::Error::last_os_error()));
     }
+    Ok(Key {
+        k0: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+        k1: u64::from_le_bytes(b[8..].try_into().expect("8 bytes")),
+    })
+}
 
-    /// Load the program and attach it to `iface`.
-    pub fn attach(iface: &str, mode: AttachMode) -> Result<Self, BpfError> {
-        let index = if_index(iface)?;
-        let mut ebpf = Self::load()?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .expect("checked in load")
-            .try_into()
-            .expect("checked in load");
-        let xdp_mode = match mode {
-            AttachMode::Native => XdpMode::Driver,
-            AttachMode::Skb => XdpMode::Skb,
-        };
-        if let Err(source) = prog.attach(index, xdp_mode) {
-            let errno = attach_errno(&source);
-            if errno == Some(libc::EBUSY) || errno == Some(libc::EEXIST) {
-                return Err(BpfError::Busy { iface: iface.into() });
+/// Load the object with maps sized for `max_flows` connections.
+pub fn load_object(max_flows: u32) -> Result<Ebpf, BpfError> {
+    if XDP_OBJECT.is_empty() {
+        return Err(BpfError::NoObject);
+    }
+    raise_memlock_limit();
+    EbpfLoader::new()
+        .map_max_entries(maps::FLOWS, max_flows)
+        .map_max_entries(maps::LAST_SEEN, max_flows)
+        .load(XDP_OBJECT)
+        .map_err(|e| BpfError::Load(Box::new(e)))
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, BpfError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| BpfError::Load(format!("program {name} missing").into()))?
+        .try_into()
+        .map_err(|e: ProgramError| BpfError::Load(Box::new(e)))?;
+    Ok(prog)
+}
+
+fn attach_program(ebpf: &mut Ebpf, name: &str, iface: &str, mode: AttachMode) -> Result<(), BpfError> {
+    let index = if_index(iface)?;
+    let prog = program(ebpf, name)?;
+    let xdp_mode = match mode {
+        AttachMode::Native => XdpMode::Driver,
+        AttachMode::Skb => XdpMode::Skb,
+    };
+    if let Err(source) = prog.attach(index, xdp_mode) {
+        let errno = attach_errno(&source);
+        if errno == Some(libc::EBUSY) || errno == Some(libc::EEXIST) {
+            return Err(BpfError::Busy { iface: iface.into() });
+        }
+        let hint = match (mode, errno) {
+            (AttachMode::Native, Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
+                "the driver has no native XDP; try --xdp-mode skb"
             }
-            let hint = match (mode, errno) {
-                (AttachMode::Native, Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
-                    "the driver has no native XDP; try --xdp-mode skb"
-                }
-                (AttachMode::Native, Some(libc::ERANGE)) => {
-                    "the MTU is too large for native XDP on this device; lower it or try --xdp-mode skb"
-                }
-                (_, Some(libc::EPERM)) => "run as root (CAP_NET_ADMIN and CAP_BPF)",
-                _ => "check `dmesg` and that the kernel has XDP, or try --xdp-mode skb",
-            };
-            return Err(BpfError::Attach { iface: iface.into(), hint, source });
-        }
-        Ok(Self { ebpf, iface: iface.into() })
+            (AttachMode::Native, Some(libc::ERANGE)) => {
+                "the MTU is too large for native XDP on this device; lower it or try --xdp-mode skb"
+            }
+            (_, Some(libc::EPERM)) => "run as root (CAP_NET_ADMIN and CAP_BPF)",
+            _ => "check `dmesg` and that the kernel has XDP, or try --xdp-mode skb",
+        };
+        return Err(BpfError::Attach { iface: iface.into(), hint, source });
     }
-
-    pub fn iface(&self) -> &str {
-        &self.iface
-    }
-
-    /// Tell the XDP program to serve `addr` (an unspecified IP means every local address).
-    pub fn add_listener(&mut self, addr: SocketAddr, id: u32) -> Result<(), BpfError> {
-        let mut listeners: HashMap<_, ListenerKey, ListenerValue> = HashMap::try_from(
-            self.ebpf.map_mut(maps::LISTENERS).ok_or(BpfError::MissingMap(maps::LISTENERS))?,
-        )?;
-        listeners.insert(&listener_key(addr), &ListenerValue { id, flags: 0 }, 0)?;
-        Ok(())
-    }
-
-    /// Every XDP outcome counter, summed over CPUs, in index order.
-    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf.map(maps::COUNTERS).ok_or(BpfError::MissingMap(maps::COUNTERS))?,
-        )?;
-        let mut out = Vec::with_capacity(counters::NAMES.len());
-        for (i, name) in counters::NAMES.iter().enumerate() {
-            let per_cpu = map.get(&(i as u32), 0)?;
-            out.push((*name, per_cpu.iter().sum()));
-        }
-        Ok(out)
-    }
+    Ok(())
 }
 
 fn attach_errno(e: &ProgramError) -> Option<i32> {
@@ -162,20 +160,315 @@ fn attach_errno(e: &ProgramError) -> Option<i32> {
     }
 }
 
+/// The SYN-cookie secrets: [current, previous], shared by XDP (CONFIG map) and userspace.
+#[derive(Clone)]
+pub struct CookieChecker {
+    secrets: Arc<RwLock<[Key; 2]>>,
+    ts_key: Key,
+    wscale: u8,
+}
+
+impl CookieChecker {
+    /// Decode the final ACK of a cookie handshake (RFC 9293 3.10.7.3 with SYN-RECEIVED held in
+    /// the cookie): `None` unless `ack - 1` is a cookie we minted recently for this tuple.
+    pub fn check(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        seq: u32,
+        ack: u32,
+        ts: Option<(u32, u32)>,
+        now_ns: u64,
+    ) -> Option<HandshakeFacts> {
+        let tuple = cookie_tuple(local, remote)?;
+        let keys = *self.secrets.read().unwrap_or_else(|e| e.into_inner());
+        cookie::decode(&keys, &self.ts_key, &tuple, seq, ack, ts, now_ns, self.wscale)
+    }
+}
+
+fn addr16(ip: IpAddr) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => a[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => a.copy_from_slice(&v6.octets()),
+    }
+    a
+}
+
+/// The cookie's view of a connection (client = remote).
+pub fn cookie_tuple(local: SocketAddr, remote: SocketAddr) -> Option<Tuple> {
+    if local.is_ipv4() != remote.is_ipv4() {
+        return None;
+    }
+    Some(Tuple {
+        client: addr16(remote.ip()),
+        server: addr16(local.ip()),
+        client_port: remote.port(),
+        server_port: local.port(),
+    })
+}
+
+/// The FLOWS key of a connection.
+pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> FlowKey {
+    FlowKey {
+        remote: addr16(remote.ip()),
+        local: addr16(local.ip()),
+        remote_port_be: remote.port().to_be(),
+        local_port_be: local.port().to_be(),
+        family: if local.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
+        _pad: [0; 3],
+    }
+}
+
+/// FLOWS and XSKS, shared by the engine threads (writes happen once per connection, not per
+/// packet).
+#[derive(Clone)]
+pub struct FlowTable {
+    flows: Arc<Mutex<HashMap<MapData, FlowKey, u32>>>,
+    xsks: Arc<Mutex<XskMap<MapData>>>,
+}
+
+impl FlowTable {
+    pub fn insert(&self, local: SocketAddr, remote: SocketAddr, slot: u32) -> Result<(), BpfError> {
+        let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(flows.insert(&flow_key(local, remote), &slot, 0)?)
+    }
+
+    pub fn remove(&self, local: SocketAddr, remote: SocketAddr) -> Result<(), BpfError> {
+        let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(flows.remove(&flow_key(local, remote))?)
+    }
+
+    /// Send frames of RX queue `queue` that XDP redirects to the AF_XDP socket `fd`.
+    pub fn register_xsk(&self, queue: u32, fd: std::os::fd::RawFd) -> Result<(), BpfError> {
+        let mut xsks = self.xsks.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(xsks.set(queue, fd, 0)?)
+    }
+}
+
+/// LAST_SEEN mapped read-only: XDP's CLOCK_MONOTONIC stamp of each slot's latest segment.
+#[derive(Clone)]
+pub struct LastSeen {
+    inner: Arc<LastSeenMap>,
+}
+
+struct LastSeenMap {
+    ptr: *const u64,
+    slots: u32,
+    len: usize,
+    _map: MapData,
+}
+
+// SAFETY: a read-only shared mapping; reads are plain aligned 8-byte loads done atomically.
+unsafe impl Send for LastSeenMap {}
+// SAFETY: as above.
+unsafe impl Sync for LastSeenMap {}
+
+impl Drop for LastSeenMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what we mapped.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+impl LastSeen {
+    fn map(map: MapData, slots: u32) -> Result<Self, BpfError> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = (slots as usize * 8).div_ceil(page) * page;
+        // SAFETY: mapping a BPF_F_MMAPABLE array map's fd, read-only and shared.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(BpfError::Mmap(std::io::Error::last_os_error()));
+        }
+        Ok(Self { inner: Arc::new(LastSeenMap { ptr: ptr.cast(), slots, len, _map: map }) })
+    }
+
+    /// Nanoseconds (CLOCK_MONOTONIC) of the slot's last segment; `None` if never stamped.
+    pub fn get(&self, slot: u32) -> Option<u64> {
+        if slot >= self.inner.slots {
+            return None;
+        }
+        // SAFETY: in bounds; XDP writes whole aligned u64s, so an atomic load sees one.
+        let v = unsafe {
+            (*(self.inner.ptr.add(slot as usize) as *const std::sync::atomic::AtomicU64))
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        (v != 0).then_some(v)
+    }
+}
+
+/// The loaded and attached XDP program and its maps. Dropping it detaches the program (aya
+/// attaches through a bpf_link, which the kernel also removes when the process dies).
+pub struct XdpEngine {
+    ebpf: Ebpf,
+    iface: String,
+    config: XdpConfig,
+    secrets: Arc<RwLock<[Key; 2]>>,
+    flows: FlowTable,
+    last_seen: LastSeen,
+}
+
+impl XdpEngine {
+    /// Load the program and configure its maps (fresh secrets), without attaching it: what
+    /// BPF_PROG_TEST_RUN tests and micro-benchmarks need.
+    pub fn load(max_flows: u32, mss: u16) -> Result<Self, BpfError> {
+        let mut ebpf = load_object(max_flows)?;
+        let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(BpfError::MissingMap(name));
+        let flows: HashMap<MapData, FlowKey, u32> = HashMap::try_from(take(&mut ebpf, maps::FLOWS)?)?;
+        let xsks: XskMap<MapData> = XskMap::try_from(take(&mut ebpf, maps::XSKS)?)?;
+        let last_seen = match take(&mut ebpf, maps::LAST_SEEN)? {
+            Map::Array(data) => LastSeen::map(data, max_flows)?,
+            _ => return Err(BpfError::MissingMap(maps::LAST_SEEN)),
+        };
+        let current = random_key()?;
+        let config = XdpConfig {
+            secrets: [current, current],
+            ts_key: random_key()?,
+            mss,
+            wscale: OUR_WSCALE,
+            ready: 1,
+            flags: CONFIG_RST_BAD_COOKIE,
+            rst_per_sec: RST_PER_SEC,
+            _pad: 0,
+        };
+        let mut engine = Self {
+            ebpf,
+            iface: String::new(),
+            config,
+            secrets: Arc::new(RwLock::new(config.secrets)),
+            flows: FlowTable { flows: Arc::new(Mutex::new(flows)), xsks: Arc::new(Mutex::new(xsks)) },
+            last_seen,
+        };
+        engine.write_config()?;
+        program(&mut engine.ebpf, PROGRAM)?.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+        Ok(engine)
+    }
+
+    /// Load, configure and attach to `iface`.
+    pub fn attach(iface: &str, mode: AttachMode, max_flows: u32, mss: u16) -> Result<Self, BpfError> {
+        if_index(iface)?;
+        let mut engine = Self::load(max_flows, mss)?;
+        attach_program(&mut engine.ebpf, PROGRAM, iface, mode)?;
+        engine.iface = iface.into();
+        Ok(engine)
+    }
+
+    /// The configuration the program runs with (secrets included): tests compute expected
+    /// cookies from it.
+    pub fn config(&self) -> &XdpConfig {
+        &self.config
+    }
+
+    /// Replace the configuration (tests: fixed secrets, RST or drop for bad cookies).
+    pub fn set_config(&mut self, config: XdpConfig) -> Result<(), BpfError> {
+        self.config = config;
+        self.write_config()
+    }
+
+    /// Run the program on `frame` with BPF_PROG_TEST_RUN `repeat` times: the action, the frame
+    /// it left, and the kernel's average time per run.
+    pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration), BpfError> {
+        use aya::programs::TestRun as _;
+        let prog = program(&mut self.ebpf, PROGRAM)?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = aya::programs::TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: repeat.max(1),
+            ..Default::default()
+        };
+        let r = prog.test_run(opts).map_err(|e| BpfError::Load(Box::new(e)))?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out, r.duration))
+    }
+
+    fn write_config(&mut self) -> Result<(), BpfError> {
+        let mut cfg: Array<_, XdpConfig> =
+            Array::try_from(self.ebpf.map_mut(maps::CONFIG).ok_or(BpfError::MissingMap(maps::CONFIG))?)?;
+        cfg.set(0, &self.config, 0)?;
+        *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = self.config.secrets;
+        Ok(())
+    }
+
+    /// A new SYN-cookie secret; the previous one stays valid until the next rotation.
+    pub fn rotate_secret(&mut self) -> Result<(), BpfError> {
+        let fresh = random_key()?;
+        self.config.secrets = [fresh, self.config.secrets[0]];
+        self.write_config()
+    }
+
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// Tell the XDP program to serve `addr` (an unspecified IP means every local address).
+    pub fn add_listener(&mut self, addr: SocketAddr, id: u32) -> Result<(), BpfError> {
+        let mut listeners: HashMap<_, ListenerKey, ListenerValue> = HashMap::try_from(
+            self.ebpf.map_mut(maps::LISTENERS).ok_or(BpfError::MissingMap(maps::LISTENERS))?,
+        )?;
+        listeners.insert(&listener_key(addr), &ListenerValue { id, flags: 0 }, 0)?;
+        Ok(())
+    }
+
+    pub fn flow_table(&self) -> FlowTable {
+        self.flows.clone()
+    }
+
+    pub fn cookie_checker(&self) -> CookieChecker {
+        CookieChecker { secrets: self.secrets.clone(), ts_key: self.config.ts_key, wscale: self.config.wscale }
+    }
+
+    pub fn last_seen(&self) -> LastSeen {
+        self.last_seen.clone()
+    }
+
+    /// Every XDP outcome counter, summed over CPUs, in index order.
+    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf.map(maps::COUNTERS).ok_or(BpfError::MissingMap(maps::COUNTERS))?,
+        )?;
+        let mut out = Vec::with_capacity(counters::NAMES.len());
+        for (i, name) in counters::NAMES.iter().enumerate() {
+            let per_cpu = map.get(&(i as u32), 0)?;
+            out.push((*name, per_cpu.iter().sum()));
+        }
+        Ok(out)
+    }
+}
+
+/// An XDP_PASS program on the peer of a veth: native XDP_TX and redirects on a veth deliver
+/// only when the peer runs an XDP program too. Detached on drop.
+pub struct PeerPass {
+    _ebpf: Ebpf,
+}
+
+impl PeerPass {
+    pub fn attach(iface: &str, mode: AttachMode) -> Result<Self, BpfError> {
+        let mut ebpf = load_object(1)?;
+        program(&mut ebpf, PEER_PROGRAM)?.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+        attach_program(&mut ebpf, PEER_PROGRAM, iface, mode)?;
+        Ok(Self { _ebpf: ebpf })
+    }
+}
+
 /// The LISTENERS key for a socket address (wildcard when the IP is unspecified).
 pub fn listener_key(addr: SocketAddr) -> ListenerKey {
-    let mut key = ListenerKey { addr: [0; 16], port_be: addr.port().to_be(), family: 0, _pad: 0 };
-    match addr {
-        SocketAddr::V4(a) => {
-            key.family = FAMILY_V4;
-            key.addr[..4].copy_from_slice(&a.ip().octets());
-        }
-        SocketAddr::V6(a) => {
-            key.family = FAMILY_V6;
-            key.addr.copy_from_slice(&a.ip().octets());
-        }
+    ListenerKey {
+        addr: addr16(addr.ip()),
+        port_be: addr.port().to_be(),
+        family: if addr.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
+        _pad: 0,
     }
-    key
 }
 
 #[cfg(test)]
@@ -192,5 +485,15 @@ mod tests {
         let w = listener_key("[::]:80".parse().unwrap());
         assert_eq!(w.addr, [0; 16]);
         assert_eq!(w.family, FAMILY_V6);
+    }
+
+    #[test]
+    fn flow_key_is_from_the_servers_side() {
+        let k = flow_key("198.18.0.1:80".parse().unwrap(), "198.18.0.2:40000".parse().unwrap());
+        assert_eq!(&k.local[..4], &[198, 18, 0, 1]);
+        assert_eq!(&k.remote[..4], &[198, 18, 0, 2]);
+        assert_eq!(k.remote_port_be.to_ne_bytes(), 40000u16.to_be_bytes());
+        assert_eq!(k.local_port_be.to_ne_bytes(), 80u16.to_be_bytes());
+        assert!(cookie_tuple("198.18.0.1:80".parse().unwrap(), "[fd00::1]:1".parse().unwrap()).is_none());
     }
 }

@@ -28,6 +28,12 @@ enum Command {
         #[arg(long = "listen", value_parser = clap::value_parser!(synx::config::ListenSpec), required = true)]
         listen: Vec<synx::config::ListenSpec>,
     },
+    /// Attach an XDP_PASS program to the peer end of a veth (native XDP_TX on veth needs it).
+    #[command(hide = true)]
+    PeerPass {
+        #[arg(long)]
+        iface: String,
+    },
     /// Print every counter of the running daemon (XDP and userspace).
     Stats {
         #[arg(long)]
@@ -92,7 +98,7 @@ fn print_stats(stats: &serde_json::Value) {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut xdp = XdpEngine::attach(&args.iface, args.xdp_mode)?;
+    let mut xdp = XdpEngine::attach(&args.iface, args.xdp_mode, 65536, 1460)?;
     for (id, addr) in args.listen.iter().enumerate() {
         xdp.add_listener(*addr, id as u32)?;
     }
@@ -141,6 +147,20 @@ fn real_main() -> anyhow::Result<()> {
             rt.block_on(run(args))
         }
         Command::ServeKernel { listen } => serve_kernel(listen),
+        Command::PeerPass { iface } => {
+            let _pass = synx::bpf::PeerPass::attach(&iface, AttachMode::Native)?;
+            writeln!(std::io::stdout(), "attached XDP_PASS to {iface}")?;
+            std::io::stdout().flush()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                anyhow::Ok(())
+            })
+        }
         Command::Stats { json, control_socket } => {
             let stats = control::request(&control_socket, Request::Stats)
                 .context("synx stats")?;
