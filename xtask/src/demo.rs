@@ -39,6 +39,7 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
     unsafe { std::env::set_var("SYNX_BIN", bin) };
 
     let net = VethPair::new().context("creating the veth pair")?;
+    net.attach_peer_xdp()?;
     say(&format!(
         "server netns {} ({} {} / {}), client netns {} ({} {} / {})",
         net.server.name(),
@@ -61,8 +62,8 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
     say(&format!("client: connecting to {listen} with the kernel's TCP (std TcpStream)"));
     let result = net.client.run(move || TcpStream::connect_timeout(&listen, Duration::from_secs(3)))?;
     match result {
-        Ok(_) => say("client: connected"),
-        Err(e) => say(&format!("client: {e} (the XDP program only counts and passes so far)")),
+        Ok(_) => say("client: connected: XDP answered the SYN with a cookie SYN-ACK and validated the ACK"),
+        Err(e) => say(&format!("client: {e}")),
     }
     check_interrupt()?;
 
@@ -71,8 +72,8 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
     for (k, v) in stats.as_object().context("stats object")? {
         println!("    {k:<28} {v}");
     }
-    if daemon.counter("xdp_tcp_to_listener")? == 0 {
-        bail!("the XDP program counted no TCP packet to the listener");
+    if daemon.counter("xdp_syn_cookie_sent")? == 0 {
+        bail!("the XDP program sent no SYN-ACK");
     }
     let status = daemon.stop()?;
     say(&format!("synx stopped ({status}); XDP detached, namespaces removed"));
