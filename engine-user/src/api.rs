@@ -16,35 +16,18 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
-    time::Duration,
 };
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+#[cfg(test)]
+use std::time::Duration;
 
 /// Bytes the engine moves ahead of the application in each direction, per connection.
 pub const STREAM_RX_CAP: usize = 256 * 1024;
 pub const STREAM_TX_CAP: usize = 256 * 1024;
 
-/// Keepalive settings (RFC 1122 4.2.3.6). The seed's defaults: 2 h idle, 75 s interval,
-/// 10 probes (Linux uses 9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Keepalive {
-    pub enabled: bool,
-    pub idle: Duration,
-    pub interval: Duration,
-    pub probes: u32,
-}
-
-impl Default for Keepalive {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            idle: Duration::from_secs(7200),
-            interval: Duration::from_secs(75),
-            probes: 10,
-        }
-    }
-}
+pub use crate::tcp::Keepalive;
 
 /// Wakes an engine thread: connection handles with app-side work, plus an eventfd it polls.
 pub struct EngineWaker {

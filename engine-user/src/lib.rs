@@ -2,6 +2,8 @@
 //!
 //! - [`bpf`]: load the embedded XDP program, attach/detach it, configure and read its maps.
 //! - [`control`]: the daemon's Unix control socket (`synx stats`, `synx conns`).
+//! - [`daemon`], [`driver`]: `synx run` and its per-queue engine threads.
+//! - [`api`]: `Listener` / `Stream` for applications; [`apps`]: the built-in ones; [`config`]: settings.
 //! - [`tcp`]: the sans-IO TCP core (no clock reads, no sockets; time is an argument).
 //! - [`wire`]: Ethernet/IPv4/IPv6 framing around TCP segments, and checksums.
 //! - [`xsk`]: AF_XDP sockets (one UMEM and socket per RX queue).
@@ -11,6 +13,8 @@ pub mod apps;
 pub mod bpf;
 pub mod config;
 pub mod control;
+pub mod daemon;
+pub mod driver;
 pub mod tcp;
 pub mod wire;
 pub mod xsk;

@@ -1,12 +1,14 @@
-//! `synx`: the daemon (`synx run`) and its operator commands (`synx stats`, `synx conns`).
+//! `synx`: the daemon (`synx run`) and its operator commands (`synx conns`, `synx stats`).
 
-use std::{io::Write as _, net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{io::Write as _, path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use synx::{
-    bpf::{AttachMode, XdpEngine},
-    control::{self, Request, Responder},
+    apps::App,
+    bpf::AttachMode,
+    config::{self, FileConfig, FlagConfig, ListenSpec, parse_duration},
+    control::{self, Request},
 };
 
 #[derive(Parser, Debug)]
@@ -18,17 +20,25 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Load the XDP program on an interface and serve the listeners.
+    /// Attach the XDP program to an interface and serve TCP on the listed addresses.
     Run(RunArgs),
+    /// List the daemon's connections, like `ss -tan`.
+    Conns {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = control::DEFAULT_SOCKET)]
+        control_socket: PathBuf,
+    },
     /// Serve the same apps over the kernel's own TCP (no XDP): the side-by-side baseline that
     /// `cargo xtask bench` measures synx against.
     #[command(hide = true)]
     ServeKernel {
         /// ADDR:PORT=APP, repeatable.
-        #[arg(long = "listen", value_parser = clap::value_parser!(synx::config::ListenSpec), required = true)]
-        listen: Vec<synx::config::ListenSpec>,
+        #[arg(long = "listen", value_parser = clap::value_parser!(ListenSpec), required = true)]
+        listen: Vec<ListenSpec>,
     },
-    /// Attach an XDP_PASS program to the peer end of a veth (native XDP_TX on veth needs it).
+    /// Attach an XDP_PASS program to the peer end of a veth (native XDP_TX on veth needs it)
+    /// until SIGINT/SIGTERM.
     #[command(hide = true)]
     PeerPass {
         #[arg(long)]
@@ -47,79 +57,44 @@ enum Command {
 struct RunArgs {
     /// Network interface to attach to.
     #[arg(long)]
-    iface: String,
-    /// Address to serve, ADDR:PORT (IPv6 as [ADDR]:PORT; 0.0.0.0 or [::] for every address).
-    #[arg(long = "listen", required = true)]
-    listen: Vec<SocketAddr>,
+    iface: Option<String>,
+    /// ADDR:PORT[=APP] to serve; IPv6 as [ADDR]:PORT; 0.0.0.0 / [::] for every address.
+    /// Repeat for several listeners.
+    #[arg(long = "listen", value_parser = clap::value_parser!(ListenSpec))]
+    listen: Vec<ListenSpec>,
+    /// Application for listeners without =APP: echo, discard, http or proxy=HOST:PORT.
+    #[arg(long, value_parser = clap::value_parser!(App))]
+    app: Option<App>,
+    /// Idle time before the first keepalive probe (75s, 2h, 500ms or seconds). Default 2h.
+    #[arg(long, value_parser = parse_duration)]
+    keepalive_idle: Option<Duration>,
+    /// Time between unanswered keepalive probes. Default 75s.
+    #[arg(long, value_parser = parse_duration)]
+    keepalive_interval: Option<Duration>,
+    /// Unanswered probes before the connection is reset. Default 10.
+    #[arg(long)]
+    keepalive_probes: Option<u32>,
+    /// Turn keepalive off.
+    #[arg(long)]
+    no_keepalive: bool,
+    /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL. Default 30s.
+    #[arg(long, value_parser = parse_duration)]
+    msl: Option<Duration>,
+    /// Most connections held at once. Default 1048576.
+    #[arg(long)]
+    max_conns: Option<u32>,
     /// native (driver) XDP, or skb (generic) for devices without native XDP.
-    #[arg(long, value_enum, default_value = "native")]
-    xdp_mode: AttachMode,
-    /// Unix socket for `synx stats` / `synx conns` (created mode 0600).
+    #[arg(long, value_enum)]
+    xdp_mode: Option<AttachMode>,
+    /// On SIGTERM, how long open connections may finish before they are reset. Default 5s.
+    #[arg(long, value_parser = parse_duration)]
+    grace: Option<Duration>,
+    /// TOML file with the same settings (flags win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Unix socket for `synx conns` / `synx stats` (created mode 0600).
     #[arg(long, default_value = control::DEFAULT_SOCKET)]
     control_socket: PathBuf,
-}
-
-struct Daemon {
-    xdp: std::sync::Mutex<XdpEngine>,
-}
-
-impl Daemon {
-    fn stats_json(&self) -> serde_json::Value {
-        let xdp = self.xdp.lock().expect("xdp lock");
-        match xdp.counters() {
-            Ok(c) => serde_json::Value::Object(
-                c.into_iter().map(|(k, v)| (k.to_string(), v.into())).collect(),
-            ),
-            Err(e) => serde_json::json!({ "error": e.to_string() }),
-        }
-    }
-}
-
-impl Responder for Daemon {
-    fn respond(&self, req: Request) -> serde_json::Value {
-        match req {
-            Request::Stats => self.stats_json(),
-            Request::Conns => serde_json::json!([]),
-        }
-    }
-}
-
-/// Print counters one per line; a closed stdout is not worth a panic.
-fn print_stats(stats: &serde_json::Value) {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    if let Some(map) = stats.as_object() {
-        for (k, v) in map {
-            let _ = writeln!(out, "{k:<28} {v}");
-        }
-    } else {
-        let _ = writeln!(out, "{stats}");
-    }
-}
-
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut xdp = XdpEngine::attach(&args.iface, args.xdp_mode, 65536, 1460)?;
-    for (id, addr) in args.listen.iter().enumerate() {
-        xdp.add_listener(*addr, id as u32)?;
-    }
-    let control = control::bind(&args.control_socket)?;
-    let daemon = Arc::new(Daemon { xdp: std::sync::Mutex::new(xdp) });
-    let server = tokio::spawn(control::serve(control, daemon.clone()));
-    let addrs: Vec<String> = args.listen.iter().map(|a| a.to_string()).collect();
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "listening on {} (iface {}, xdp {:?})", addrs.join(", "), args.iface, args.xdp_mode)?;
-    stdout.flush()?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    server.abort();
-    let _ = std::fs::remove_file(&args.control_socket);
-    let _ = writeln!(std::io::stdout(), "shutting down; final counters:");
-    print_stats(&daemon.stats_json());
-    // Dropping the daemon detaches XDP (bpf_link).
-    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -136,15 +111,31 @@ fn main() -> std::process::ExitCode {
 fn real_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Command::Run(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(run(args))
+            let file = match &args.config {
+                Some(path) => FileConfig::load(path).map_err(anyhow::Error::msg)?,
+                None => FileConfig::default(),
+            };
+            let flags = FlagConfig {
+                iface: args.iface,
+                listen: args.listen,
+                app: args.app,
+                no_keepalive: args.no_keepalive,
+                keepalive_idle: args.keepalive_idle,
+                keepalive_interval: args.keepalive_interval,
+                keepalive_probes: args.keepalive_probes,
+                msl: args.msl,
+                max_conns: args.max_conns,
+                xdp_mode: args.xdp_mode,
+                grace: args.grace,
+            };
+            let cfg = config::merge(flags, file).map_err(anyhow::Error::msg)?;
+            synx::daemon::run(cfg, args.control_socket)
         }
         Command::ServeKernel { listen } => serve_kernel(listen),
         Command::PeerPass { iface } => {
@@ -162,23 +153,53 @@ fn real_main() -> anyhow::Result<()> {
             })
         }
         Command::Stats { json, control_socket } => {
-            let stats = control::request(&control_socket, Request::Stats)
-                .context("synx stats")?;
+            let stats = control::request(&control_socket, Request::Stats)?;
             if let Some(e) = stats.get("error") {
                 bail!("daemon: {e}");
             }
-            if json { println!("{stats}") } else { print_stats(&stats) }
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{stats}")?;
+            } else if let Some(map) = stats.as_object() {
+                for (k, v) in map {
+                    writeln!(out, "{k:<32} {v}")?;
+                }
+            }
+            Ok(())
+        }
+        Command::Conns { json, control_socket } => {
+            let conns = control::request(&control_socket, Request::Conns)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{conns}")?;
+                return Ok(());
+            }
+            writeln!(out, "{:<12} {:<46} {:<46} {:>10} {:>6}", "State", "Local", "Peer", "Idle", "Probes")?;
+            for c in conns.as_array().map(Vec::as_slice).unwrap_or_default() {
+                let s = |k: &str| c.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+                let n = |k: &str| c.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+                let idle = humantime::format_duration(Duration::from_millis(n("idle_ms"))).to_string();
+                writeln!(
+                    out,
+                    "{:<12} {:<46} {:<46} {:>10} {:>6}",
+                    s("state"),
+                    s("local"),
+                    s("remote"),
+                    idle,
+                    n("keepalive_probes")
+                )?;
+            }
             Ok(())
         }
     }
 }
 
 /// The kernel-TCP baseline: the same app code on tokio sockets.
-fn serve_kernel(listen: Vec<synx::config::ListenSpec>) -> anyhow::Result<()> {
+fn serve_kernel(listen: Vec<ListenSpec>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     rt.block_on(async {
         for spec in &listen {
-            let app = spec.app.unwrap_or(synx::apps::App::Echo);
+            let app = spec.app.unwrap_or(App::Echo);
             let socket = match spec.addr {
                 std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
                 std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,

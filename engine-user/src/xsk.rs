@@ -104,6 +104,8 @@ pub struct XskSocket {
     area: Area,
     free_tx: Vec<u64>,
     pending_tx: Vec<XdpDesc>,
+    /// RX frames consumed but not yet back in the fill ring.
+    pending_fill: Vec<u64>,
     fd: RawFd,
     zero_copy: bool,
     pub stats: XskStats,
@@ -181,6 +183,7 @@ impl XskSocket {
             area,
             free_tx,
             pending_tx: Vec::with_capacity(cfg.ring_size as usize),
+            pending_fill: Vec::with_capacity(cfg.ring_size as usize),
             fd,
             zero_copy,
             stats: XskStats::default(),
@@ -208,37 +211,46 @@ impl XskSocket {
 
     /// Hand up to `max` received frames to `f`, then return their buffers to the fill ring.
     pub fn recv(&mut self, max: u32, mut f: impl FnMut(&[u8])) -> u32 {
-        let mut addrs = [0u64; 64];
+        let chunk_mask = !(u64::from(FRAME_SIZE) - 1);
         let mut total = 0;
         while total < max {
-            let mut n = 0;
+            let mut n = 0u32;
             {
                 let mut reader = self.rx.receive(max.saturating_sub(total).min(64));
                 while let Some(desc) = reader.read() {
-                    addrs[n] = desc.addr;
                     n += 1;
                     if let Some(frame) = self.area.frame(desc.addr, desc.len) {
                         f(frame);
                     }
+                    self.pending_fill.push(desc.addr & chunk_mask);
                 }
                 reader.release();
             }
+            self.refill();
             if n == 0 {
                 break;
             }
-            let mut fill = self.device.fill(n as u32);
-            let chunk_mask = !(u64::from(FRAME_SIZE) - 1);
-            let back = fill.insert(addrs[..n].iter().map(|a| a & chunk_mask));
-            fill.commit();
-            debug_assert_eq!(back as usize, n, "fill ring has room for what RX gave us");
-            total += n as u32;
+            total += n;
         }
         self.stats.rx_frames += u64::from(total);
-        if total > 0 && self.device.needs_wakeup() {
+        if self.device.needs_wakeup() {
             self.device.wake();
             self.stats.wakeups += 1;
         }
         total
+    }
+
+    /// Return consumed RX frames to the fill ring. The ring may take fewer than offered (its
+    /// view of the kernel's consumer lags); the rest wait here, never lost.
+    fn refill(&mut self) {
+        if self.pending_fill.is_empty() {
+            return;
+        }
+        let mut fill = self.device.fill(self.pending_fill.len() as u32);
+        let n = fill.insert(self.pending_fill.iter().copied()) as usize;
+        fill.commit();
+        drop(fill);
+        self.pending_fill.drain(..n);
     }
 
     /// Queue one frame for TX, written by `write` (returns its length, or `None` to skip).

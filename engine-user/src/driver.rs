@@ -1,0 +1,549 @@
+//! The engine: one thread per RX queue, shared-nothing. Each owns an AF_XDP socket, a TCP
+//! endpoint (the sans-IO core) and the application glue of its connections.
+//!
+//! One turn of the loop: receive a batch of frames and feed them to the endpoint (a cookie ACK
+//! for an unknown tuple becomes a new connection once its cookie checks out); serve connections
+//! the applications poked; run expired timers; move data between the TCP core and the
+//! applications' streams; transmit what the core wants to send. Then sleep in poll(2) on the
+//! socket and the app eventfd until the next timer.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::{
+    api::{EngineWaker, Keepalive, Listener, STREAM_RX_CAP, Shared, Stream, StreamError},
+    bpf::{CookieChecker, FlowTable, LastSeen},
+    tcp::{
+        self, Instant,
+        endpoint::{ConnectionHandle, Disposition, Endpoint},
+    },
+    wire::{self, Link, WireError},
+    xsk::{XskConfig, XskSocket},
+};
+
+/// The monotonic clock of the whole engine: CLOCK_MONOTONIC in nanoseconds, the clock
+/// `bpf_ktime_get_ns()` stamps LAST_SEEN with.
+pub fn now() -> Instant {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Instant::from_nanos(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// Per-queue counters, summed into `synx stats`.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    pub rx_segments: AtomicU64,
+    pub tx_segments: AtomicU64,
+    pub accepted: AtomicU64,
+    pub closed: AtomicU64,
+    pub closed_reset: AtomicU64,
+    pub closed_timeout: AtomicU64,
+    pub closed_aborted: AtomicU64,
+    pub time_wait_fin_reacked: AtomicU64,
+    pub resets_sent: AtomicU64,
+    pub cookie_rejected: AtomicU64,
+    pub no_listener: AtomicU64,
+    pub table_full: AtomicU64,
+    pub tcp_parse_errors: AtomicU64,
+    pub dropped_by_tcp: AtomicU64,
+    pub wire: [AtomicU64; WireError::ALL.len()],
+}
+
+impl QueueStats {
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut v = vec![
+            ("tcp_rx_segments", g(&self.rx_segments)),
+            ("tcp_tx_segments", g(&self.tx_segments)),
+            ("tcp_accepted", g(&self.accepted)),
+            ("tcp_closed", g(&self.closed)),
+            ("tcp_closed_reset", g(&self.closed_reset)),
+            ("tcp_closed_timeout", g(&self.closed_timeout)),
+            ("tcp_closed_aborted", g(&self.closed_aborted)),
+            ("tcp_time_wait_fin_reacked", g(&self.time_wait_fin_reacked)),
+            ("tcp_resets_sent", g(&self.resets_sent)),
+            ("tcp_cookie_rejected", g(&self.cookie_rejected)),
+            ("tcp_no_listener", g(&self.no_listener)),
+            ("tcp_table_full", g(&self.table_full)),
+            ("tcp_parse_errors", g(&self.tcp_parse_errors)),
+            ("tcp_dropped", g(&self.dropped_by_tcp)),
+        ];
+        for (i, e) in WireError::ALL.iter().enumerate() {
+            v.push((e.counter_name(), g(&self.wire[i])));
+        }
+        v
+    }
+}
+
+/// One row of `synx conns`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnInfo {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: String,
+    /// Time since the peer was last heard from (XDP's LAST_SEEN), in milliseconds.
+    pub idle_ms: u64,
+    pub keepalive_probes: u32,
+    pub queue: u32,
+}
+
+/// A listener as the engine threads see it.
+pub struct ListenerEntry {
+    pub accepted: tokio::sync::mpsc::UnboundedSender<Stream>,
+    pub keepalive: Keepalive,
+}
+
+/// Listeners by local address; an unspecified IP matches every address on that port.
+#[derive(Default)]
+pub struct Listeners {
+    by_addr: RwLock<HashMap<SocketAddr, Arc<ListenerEntry>>>,
+}
+
+impl Listeners {
+    pub fn add(&self, addr: SocketAddr, keepalive: Keepalive) -> Listener {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.by_addr
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, Arc::new(ListenerEntry { accepted: tx, keepalive }));
+        Listener::new(addr, rx)
+    }
+
+    pub fn find(&self, local: SocketAddr) -> Option<Arc<ListenerEntry>> {
+        let map = self.by_addr.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = map.get(&local) {
+            return Some(e.clone());
+        }
+        let wildcard = match local {
+            SocketAddr::V4(a) => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), a.port()),
+            SocketAddr::V6(a) => SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), a.port()),
+        };
+        map.get(&wildcard).cloned()
+    }
+}
+
+/// What a queue thread needs from the rest of the daemon.
+pub struct QueueContext {
+    pub queue: u32,
+    pub tcp: tcp::Config,
+    pub max_conns: u32,
+    pub listeners: Arc<Listeners>,
+    pub flows: FlowTable,
+    pub cookies: CookieChecker,
+    pub last_seen: LastSeen,
+    pub stats: Arc<QueueStats>,
+    pub stop: Arc<AtomicBool>,
+    /// Set when SIGTERM's grace period ends: reset what is left.
+    pub abort_all: Arc<AtomicBool>,
+    pub conns_requests: mpsc::Receiver<mpsc::Sender<Vec<ConnInfo>>>,
+    pub waker: Arc<EngineWaker>,
+}
+
+/// Application glue of one connection.
+struct Glue {
+    shared: Arc<Shared>,
+    link: Link,
+    /// The app side was told about the end (EOF or error) already.
+    finished: bool,
+}
+
+struct QueueEngine {
+    ctx: QueueContext,
+    endpoint: Endpoint,
+    glue: HashMap<ConnectionHandle, Glue>,
+    /// Link addresses to answer segments of connections not (or no longer) in `glue`.
+    last_link: Link,
+    scratch: Vec<u8>,
+    poked: Vec<u32>,
+}
+
+/// Run one queue until `ctx.stop` is set and every connection is gone (or aborted).
+pub fn run_queue(
+    iface: &str,
+    ctx: QueueContext,
+    xsk_cfg: XskConfig,
+    ready: &mpsc::Sender<anyhow::Result<u32>>,
+) -> anyhow::Result<()> {
+    let mut xsk = XskSocket::open(iface, ctx.queue, xsk_cfg)?;
+    ctx.flows.register_xsk(ctx.queue, xsk.fd())?;
+    tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), "AF_XDP socket bound");
+    let _ = ready.send(Ok(ctx.queue));
+    let endpoint = Endpoint::new(ctx.tcp.clone(), ctx.max_conns);
+    let mut engine = QueueEngine {
+        ctx,
+        endpoint,
+        glue: HashMap::new(),
+        last_link: Link::default(),
+        scratch: vec![0u8; crate::xsk::FRAME_SIZE as usize],
+        poked: Vec::new(),
+    };
+    loop {
+        let stopping = engine.ctx.stop.load(Ordering::Relaxed);
+        if stopping && engine.glue.is_empty() {
+            return Ok(());
+        }
+        if engine.ctx.abort_all.load(Ordering::Relaxed) {
+            engine.abort_everything(now());
+        }
+        let received = xsk.recv(256, |frame| engine.on_frame(now(), frame));
+        engine.serve_poked(now());
+        let t = now();
+        engine.endpoint.handle_timeout(t);
+        engine.drain_events(t);
+        engine.transmit(&mut xsk, t);
+        engine.answer_conns_requests(t);
+        engine
+            .ctx
+            .stats
+            .time_wait_fin_reacked
+            .store(engine.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
+        if received == 0 {
+            engine.sleep(&xsk);
+        }
+    }
+}
+
+impl QueueEngine {
+    fn on_frame(&mut self, now: Instant, frame: &[u8]) {
+        let stats = &self.ctx.stats;
+        let rx = match wire::parse(frame) {
+            Ok(rx) => rx,
+            Err(e) => {
+                let i = WireError::ALL.iter().position(|x| *x == e).unwrap_or(0);
+                stats.wire[i].fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let (hdr, payload) = match tcp::segment::parse(rx.tcp) {
+            Ok(p) => p,
+            Err(_) => {
+                stats.tcp_parse_errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        stats.rx_segments.fetch_add(1, Ordering::Relaxed);
+        self.last_link = rx.link;
+        match self.endpoint.handle(now, rx.local, rx.remote, &hdr, payload) {
+            Disposition::Delivered(h) => {
+                if let Some(g) = self.glue.get_mut(&h) {
+                    g.link = rx.link;
+                }
+                self.service(now, h);
+            }
+            Disposition::Unknown => self.on_unknown(now, rx.link, rx.local, rx.remote, &hdr, payload),
+            Disposition::Dropped(_) => {
+                stats.dropped_by_tcp.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A segment for no connection: a cookie ACK creates one (RFC 9293 3.10.7.3, with the
+    /// SYN-RECEIVED state held in the cookie); anything else gets the RFC 9293 3.10.7.1 reset.
+    fn on_unknown(
+        &mut self,
+        now: Instant,
+        link: Link,
+        local: SocketAddr,
+        remote: SocketAddr,
+        hdr: &tcp::segment::Header,
+        payload: &[u8],
+    ) {
+        let stats = &self.ctx.stats;
+        // Shutting down: no new connections.
+        let listener = match self.ctx.stop.load(Ordering::Relaxed) {
+            true => None,
+            false => self.ctx.listeners.find(local),
+        };
+        let Some(listener) = listener else {
+            stats.no_listener.fetch_add(1, Ordering::Relaxed);
+            self.endpoint.reset_unknown(local, remote, hdr, payload.len());
+            return;
+        };
+        let facts = self.ctx.cookies.check(
+            local,
+            remote,
+            hdr.seq.0,
+            hdr.ack.0,
+            hdr.options.timestamps,
+            now.as_nanos(),
+        );
+        let Some(facts) = facts else {
+            stats.cookie_rejected.fetch_add(1, Ordering::Relaxed);
+            self.endpoint.reset_unknown(local, remote, hdr, payload.len());
+            return;
+        };
+        let handle = match self.endpoint.accept(now, facts, local, remote, hdr, payload) {
+            Ok(h) => h,
+            Err(_) => {
+                stats.table_full.fetch_add(1, Ordering::Relaxed);
+                self.endpoint.reset_unknown(local, remote, hdr, payload.len());
+                return;
+            }
+        };
+        if let Err(e) = self.ctx.flows.insert(local, remote, handle.slot()) {
+            tracing::warn!("FLOWS insert for {remote}: {e}");
+        }
+        if let Some(conn) = self.endpoint.connection_mut(handle) {
+            conn.set_keepalive(listener.keepalive);
+        }
+        let shared = Shared::new(handle.slot(), local, remote, self.ctx.waker.clone());
+        self.glue.insert(handle, Glue { shared: shared.clone(), link, finished: false });
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        if listener.accepted.send(Stream::new(shared)).is_err() {
+            // The application stopped listening: refuse the connection.
+            if let Some(conn) = self.endpoint.connection_mut(handle) {
+                conn.abort(now);
+            }
+        }
+        self.service(now, handle);
+    }
+
+    fn serve_poked(&mut self, now: Instant) {
+        let mut poked = std::mem::take(&mut self.poked);
+        self.ctx.waker.drain(&mut poked);
+        for slot in poked.drain(..) {
+            if let Some(h) = self.endpoint.handle_for_slot(slot) {
+                self.service(now, h);
+            }
+        }
+        self.poked = poked;
+    }
+
+    /// Move data and close/shutdown requests between a connection and its application.
+    fn service(&mut self, now: Instant, h: ConnectionHandle) {
+        let Some(g) = self.glue.get_mut(&h) else { return };
+        let Some(conn) = self.endpoint.connection_mut(h) else { return };
+        let mut st = g.shared.lock();
+        if let Some(k) = st.keepalive.take() {
+            conn.set_keepalive(k);
+        }
+        if st.abort {
+            st.abort = false;
+            conn.abort(now);
+        }
+        // Received data up to the app's queue cap; the rest stays in the TCP receive buffer,
+        // which keeps the advertised window honest.
+        let mut chunk = [0u8; 16 * 1024];
+        while st.rx.len() < STREAM_RX_CAP {
+            let want = (STREAM_RX_CAP - st.rx.len()).min(chunk.len());
+            let n = conn.recv(&mut chunk[..want]);
+            if n == 0 {
+                break;
+            }
+            st.rx.extend(&chunk[..n]);
+        }
+        st.rx_blocked = conn.has_unread();
+        if !st.rx_fin && conn.peer_finished() && !conn.has_unread() {
+            st.rx_fin = true;
+        }
+        // Data the app wrote, as far as the send buffer takes it.
+        let had_tx = st.tx.len();
+        while !st.tx.is_empty() {
+            let (a, _) = st.tx.as_slices();
+            let n = conn.send(a);
+            if n == 0 {
+                break;
+            }
+            st.tx.drain(..n);
+        }
+        if st.tx.is_empty() && st.tx_shutdown {
+            conn.shutdown(now);
+        }
+        if st.app_closed && st.tx.is_empty() {
+            if st.rx.is_empty() && !conn.has_unread() {
+                // close(): FIN after what was queued (RFC 9293 3.10.4).
+                conn.shutdown(now);
+            } else {
+                // Closing with unread data resets, as Linux does (RFC 2525 2.17).
+                conn.abort(now);
+            }
+            st.rx.clear();
+        }
+        let wake_reader = !st.rx.is_empty() || st.rx_fin;
+        let wake_writer = st.tx.len() < had_tx || had_tx == 0;
+        if wake_reader && let Some(w) = st.read_waker.take() {
+            w.wake();
+        }
+        if wake_writer && let Some(w) = st.write_waker.take() {
+            w.wake();
+        }
+    }
+
+    fn drain_events(&mut self, now: Instant) {
+        while let Some((h, event)) = self.endpoint.poll_event() {
+            match event {
+                tcp::Event::Closed(reason) => {
+                    let stats = &self.ctx.stats;
+                    match reason {
+                        tcp::CloseReason::Reset => stats.closed_reset.fetch_add(1, Ordering::Relaxed),
+                        tcp::CloseReason::TimedOut => stats.closed_timeout.fetch_add(1, Ordering::Relaxed),
+                        tcp::CloseReason::Aborted => stats.closed_aborted.fetch_add(1, Ordering::Relaxed),
+                        tcp::CloseReason::Normal => 0,
+                    };
+                    if let Some(g) = self.glue.get_mut(&h) {
+                        let mut st = g.shared.lock();
+                        st.error = match reason {
+                            tcp::CloseReason::Normal => None,
+                            tcp::CloseReason::Reset => Some(StreamError::Reset),
+                            tcp::CloseReason::TimedOut => Some(StreamError::TimedOut),
+                            tcp::CloseReason::Aborted => Some(StreamError::Aborted),
+                        };
+                        if st.error.is_none() {
+                            st.rx_fin = true;
+                        }
+                        g.finished = true;
+                        if let Some(w) = st.read_waker.take() {
+                            w.wake();
+                        }
+                        if let Some(w) = st.write_waker.take() {
+                            w.wake();
+                        }
+                    }
+                }
+                tcp::Event::Released { local, remote } => {
+                    // Gone for good (after TIME_WAIT for active closes): forget the flow.
+                    if let Err(e) = self.ctx.flows.remove(local, remote) {
+                        tracing::debug!("FLOWS remove for {remote}: {e}");
+                    }
+                    self.glue.remove(&h);
+                    self.ctx.stats.closed.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => self.service(now, h),
+            }
+        }
+    }
+
+    fn transmit(&mut self, xsk: &mut XskSocket, now: Instant) {
+        loop {
+            if xsk.tx_room() == 0 {
+                xsk.flush();
+                if xsk.tx_room() == 0 {
+                    break;
+                }
+            }
+            let scratch = &mut self.scratch;
+            let Some(out) = self.endpoint.poll_transmit(now, &mut scratch[..]) else { break };
+            let link = out
+                .handle
+                .and_then(|h| self.glue.get(&h))
+                .map(|g| g.link)
+                .unwrap_or(self.last_link);
+            let hlen = wire::header_len(out.local.is_ipv6());
+            let tcp_len = out.len;
+            let sent = xsk.send(|buf| {
+                buf.get_mut(hlen..hlen + tcp_len)?.copy_from_slice(&scratch[..tcp_len]);
+                wire::finish(buf, &link, out.local, out.remote, tcp_len)
+            });
+            if sent {
+                self.ctx.stats.tx_segments.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        xsk.flush();
+    }
+
+    fn abort_everything(&mut self, now: Instant) {
+        let handles: Vec<ConnectionHandle> = self.glue.keys().copied().collect();
+        for h in handles {
+            if let Some(conn) = self.endpoint.connection_mut(h) {
+                conn.abort(now);
+            }
+        }
+    }
+
+    fn answer_conns_requests(&mut self, now: Instant) {
+        while let Ok(reply) = self.ctx.conns_requests.try_recv() {
+            let rows = self
+                .endpoint
+                .connections()
+                .map(|(h, c)| {
+                    let info = c.info();
+                    let seen = self
+                        .ctx
+                        .last_seen
+                        .get(h.slot())
+                        .map(Instant::from_nanos)
+                        .unwrap_or(info.last_activity)
+                        .max(info.last_activity);
+                    ConnInfo {
+                        local: c.local(),
+                        remote: c.remote(),
+                        state: c.state().to_string(),
+                        idle_ms: now.saturating_duration_since(seen).as_millis() as u64,
+                        keepalive_probes: info.keepalive_probes_sent,
+                        queue: self.ctx.queue,
+                    }
+                })
+                .collect();
+            let _ = reply.send(rows);
+        }
+    }
+
+    /// Sleep in poll(2) until a frame arrives, an app pokes us, or the next timer is due
+    /// (at most 100 ms, so stop requests and conns queries are noticed).
+    fn sleep(&mut self, xsk: &XskSocket) {
+        let t = now();
+        let timeout = match self.endpoint.poll_timeout() {
+            Some(at) => at.saturating_duration_since(t).min(Duration::from_millis(100)),
+            None => Duration::from_millis(100),
+        };
+        if timeout.is_zero() {
+            return;
+        }
+        let mut fds = [
+            libc::pollfd { fd: xsk.fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.ctx.waker.fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        let ms = timeout.as_millis().clamp(1, 100) as i32;
+        // SAFETY: poll on two valid pollfds.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    }
+}
+
+/// Shared by every queue thread and the control socket.
+pub struct EngineShared {
+    pub stats: Vec<Arc<QueueStats>>,
+    pub conns_requests: Vec<(Mutex<mpsc::Sender<mpsc::Sender<Vec<ConnInfo>>>>, Arc<EngineWaker>)>,
+}
+
+impl EngineShared {
+    /// Every queue's connections (each thread answers within its next loop turn).
+    pub fn conns(&self) -> Vec<ConnInfo> {
+        let mut all = Vec::new();
+        for (tx, waker) in &self.conns_requests {
+            let (reply_tx, reply_rx) = mpsc::channel();
+            if tx.lock().unwrap_or_else(|e| e.into_inner()).send(reply_tx).is_err() {
+                continue;
+            }
+            waker.notify(u32::MAX);
+            if let Ok(rows) = reply_rx.recv_timeout(Duration::from_secs(2)) {
+                all.extend(rows);
+            }
+        }
+        all
+    }
+
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        let mut sum: Vec<(&'static str, u64)> = Vec::new();
+        for q in &self.stats {
+            for (i, (k, v)) in q.snapshot().into_iter().enumerate() {
+                if let Some(slot) = sum.get_mut(i) {
+                    slot.1 += v;
+                } else {
+                    sum.push((k, v));
+                }
+            }
+        }
+        sum
+    }
+}
