@@ -19,6 +19,11 @@ pub const CONFIG: &str = "CONFIG";
 /// Per-CPU token bucket of [`RstBucket`] limiting RSTs sent from XDP.
 pub const RST_BUCKET: &str = "RST_BUCKET";
 
+/// FLOWS value XDP writes when a cookie ACK validates, before userspace has created the
+/// connection: later segments of the flow (data, FIN) then go to userspace too instead of
+/// failing the cookie check, which only the first ACK can pass (SEG.SEQ - 1 is the ISN).
+pub const SLOT_PENDING: u32 = u32::MAX;
+
 /// Slots of FLOWS / LAST_SEEN when userspace does not size them.
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 

@@ -15,8 +15,8 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, xdp_action},
-    helpers::{bpf_ktime_get_ns, bpf_loop, bpf_xdp_adjust_tail},
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST, xdp_action},
+    helpers::{bpf_ktime_get_ns, bpf_loop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     macros::{map, xdp},
     maps::{Array, HashMap, PerCpuArray, XskMap},
     programs::XdpContext,
@@ -26,7 +26,7 @@ use engine_common::{
     counters::{self, Counter},
     maps::{
         CONFIG_RST_BAD_COOKIE, DEFAULT_MAX_FLOWS, FAMILY_V4, FAMILY_V6, FlowKey, ListenerKey,
-        ListenerValue, RstBucket, XdpConfig,
+        ListenerValue, RstBucket, SLOT_PENDING, XdpConfig,
     },
 };
 
@@ -201,6 +201,10 @@ fn run(ctx: &XdpContext) -> Verdict {
         let client_isn = seg.seq.wrapping_sub(1);
         if cookie::check(&cfg.secrets, &tuple, client_isn, cookie, now).is_some() {
             count(counters::COOKIE_ACK_VALID);
+            // Claim the tuple until userspace writes the real slot, so the flow's next
+            // segments reach it even before it has processed this ACK.
+            // SAFETY: map update with key and value on our stack.
+            let _ = unsafe { FLOWS.insert(&fkey, &SLOT_PENDING, u64::from(BPF_NOEXIST)) };
             return to_userspace(ctx);
         }
         count(counters::COOKIE_ACK_INVALID);
@@ -527,16 +531,25 @@ unsafe fn tcp_checksum(p: *mut u8, v6: bool, tcp_len: usize) {
     }
 }
 
-/// Resize the frame to exactly `len` bytes and return a pointer to it.
+/// Resize the frame to exactly `len` bytes and return a pointer to it. The reply is written
+/// from offset 0, so a frame that must grow grows at the head: XDP guarantees headroom, while
+/// tailroom on a veth's frames is not there to take (bpf_xdp_adjust_tail failed on them).
 #[inline(always)]
 fn resize(ctx: &XdpContext, len: usize) -> Option<*mut u8> {
     let cur = ctx.data_end() - ctx.data();
     let delta = len as i64 - cur as i64;
-    if delta != 0 {
-        // SAFETY: helper call on our context.
-        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } != 0 {
-            return None;
+    // SAFETY: helper calls on our context.
+    let rc = unsafe {
+        if delta > 0 {
+            bpf_xdp_adjust_head(ctx.ctx, -(delta as i32))
+        } else if delta < 0 {
+            bpf_xdp_adjust_tail(ctx.ctx, delta as i32)
+        } else {
+            0
         }
+    };
+    if rc != 0 {
+        return None;
     }
     at(ctx, 0, len)
 }

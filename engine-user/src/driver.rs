@@ -265,9 +265,14 @@ impl QueueEngine {
             true => None,
             false => self.ctx.listeners.find(local),
         };
+        // Whatever claim XDP put in FLOWS for this tuple must go if no connection results.
+        let refuse = |engine: &mut Self| {
+            let _ = engine.ctx.flows.remove(local, remote);
+            engine.endpoint.reset_unknown(local, remote, hdr, payload.len());
+        };
         let Some(listener) = listener else {
             stats.no_listener.fetch_add(1, Ordering::Relaxed);
-            self.endpoint.reset_unknown(local, remote, hdr, payload.len());
+            refuse(self);
             return;
         };
         let facts = self.ctx.cookies.check(
@@ -280,14 +285,14 @@ impl QueueEngine {
         );
         let Some(facts) = facts else {
             stats.cookie_rejected.fetch_add(1, Ordering::Relaxed);
-            self.endpoint.reset_unknown(local, remote, hdr, payload.len());
+            refuse(self);
             return;
         };
         let handle = match self.endpoint.accept(now, facts, local, remote, hdr, payload) {
             Ok(h) => h,
             Err(_) => {
                 stats.table_full.fetch_add(1, Ordering::Relaxed);
-                self.endpoint.reset_unknown(local, remote, hdr, payload.len());
+                refuse(self);
                 return;
             }
         };

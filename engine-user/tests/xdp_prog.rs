@@ -185,6 +185,15 @@ fn valid_cookie_ack_goes_to_userspace_and_decodes_to_the_handshake() {
     assert_eq!(out, ack, "a redirected frame is not modified");
     assert_eq!(counter(&e, "xdp_cookie_ack_valid"), 1);
     assert_eq!(counter(&e, "xdp_redirect_failed"), 1);
+    // The flow's next segment (a FIN, SEG.SEQ past the ISN, so no cookie check could pass)
+    // follows it to userspace even if userspace has not created the connection yet: XDP
+    // claimed the tuple in FLOWS. Before that claim, this FIN got a reset.
+    let fin = frame(false, 40000, 1019, &[], |b| b.ack(sa.sequence_number().wrapping_add(1)).fin(), &[]);
+    let (action, out, _) = e.test_run(&fin, 1).unwrap();
+    assert_eq!(action, XDP_DROP, "to userspace (no socket bound here)");
+    assert_eq!(out, fin);
+    assert_eq!(counter(&e, "xdp_flow_segment"), 1);
+    assert_eq!(counter(&e, "xdp_rst_sent"), 0);
     // Userspace decodes the same ACK to the handshake's facts.
     let facts = e
         .cookie_checker()
