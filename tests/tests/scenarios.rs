@@ -1,0 +1,376 @@
+//! The seed's scenarios and the engine's promises, checked from the wire against the Linux
+//! kernel's own TCP as the client: synx runs in a server namespace with XDP in native mode,
+//! clients run in a client namespace joined by a veth pair.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice, TcpOptionElement};
+use synx_testbed::{Daemon, PacketSocket, VethPair, mac_of, require_root, wait_for};
+
+const PORT: u16 = 7;
+
+/// A server namespace running synx with `apps` on both address families, and a client
+/// namespace ready for native XDP (the peer veth carries a pass program).
+struct Bed {
+    net: VethPair,
+    daemon: Daemon,
+}
+
+impl Bed {
+    fn start(app: &str, extra: &[&str]) -> Self {
+        require_root();
+        let net = VethPair::new().unwrap();
+        net.attach_peer_xdp().unwrap();
+        let v4 = format!("{}:{PORT}={app}", net.server_v4);
+        let v6 = format!("[{}]:{PORT}={app}", net.server_v6);
+        let mut args = vec!["--listen", &v4, "--listen", &v6];
+        args.extend_from_slice(extra);
+        let daemon = Daemon::start(&net.server, &net.server_if, &args).unwrap();
+        Self { net, daemon }
+    }
+
+    fn addr(&self, v6: bool) -> SocketAddr {
+        SocketAddr::new(self.net.server_ip(v6), PORT)
+    }
+
+    /// Run `f` with a connected client stream in the client namespace.
+    fn client<T: Send + 'static>(
+        &self,
+        v6: bool,
+        f: impl FnOnce(TcpStream) -> T + Send + 'static,
+    ) -> T {
+        let addr = self.addr(v6);
+        self.net
+            .client
+            .run(move || {
+                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                f(s)
+            })
+            .unwrap()
+    }
+
+    fn states(&self) -> Vec<String> {
+        self.daemon
+            .conns()
+            .unwrap()
+            .iter()
+            .map(|c| c["state"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    fn wait_state(&self, state: &str) -> bool {
+        wait_for(Duration::from_secs(10), || self.states().iter().any(|s| s == state))
+    }
+
+    fn wait_no_conns(&self) -> bool {
+        wait_for(Duration::from_secs(15), || self.daemon.conns().unwrap().is_empty())
+    }
+}
+
+fn tcp_of(frame: &[u8]) -> Option<etherparse::TcpSlice<'_>> {
+    match SlicedPacket::from_ethernet(frame).ok()?.transport? {
+        TransportSlice::Tcp(t) => Some(t),
+        _ => None,
+    }
+}
+
+fn echo_roundtrip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    let mut w = s.try_clone().unwrap();
+    let payload = data.to_vec();
+    let writer = std::thread::spawn(move || w.write_all(&payload).unwrap());
+    let mut got = vec![0u8; data.len()];
+    s.read_exact(&mut got).unwrap();
+    writer.join().unwrap();
+    got
+}
+
+fn digest(data: &[u8]) -> u64 {
+    // FNV-1a: enough to tell any corruption, reordering or duplication apart.
+    data.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}
+
+#[test]
+fn s01_handshake_negotiates_options_and_connection_is_established() {
+    let bed = Bed::start("echo", &[]);
+    let cap = PacketSocket::open(&bed.net.client, &bed.net.client_if).unwrap();
+    let mut s = bed.client(false, |s| s);
+    let synacks = cap.collect(Duration::from_secs(2), 1, |f| tcp_of(f).is_some_and(|t| t.syn() && t.ack()));
+    assert_eq!(synacks.len(), 1, "no SYN-ACK seen");
+    let t = tcp_of(&synacks[0]).unwrap();
+    let opts: Vec<TcpOptionElement> = t.options_iterator().filter_map(Result::ok).collect();
+    assert!(opts.iter().any(|o| matches!(o, TcpOptionElement::MaximumSegmentSize(m) if *m >= 536)), "{opts:?}");
+    assert!(opts.iter().any(|o| matches!(o, TcpOptionElement::WindowScale(_))), "{opts:?}");
+    assert!(opts.iter().any(|o| matches!(o, TcpOptionElement::SelectiveAcknowledgementPermitted)), "{opts:?}");
+    assert!(opts.iter().any(|o| matches!(o, TcpOptionElement::Timestamp(_, _))), "{opts:?}");
+    assert!(bed.wait_state("ESTABLISHED"));
+    let conns = bed.daemon.conns().unwrap();
+    let local = s.local_addr().unwrap();
+    assert!(conns.iter().any(|c| c["remote"] == local.to_string()), "{conns:?}");
+    assert_eq!(echo_roundtrip(&mut s, b"x"), b"x");
+    assert!(bed.daemon.counter("xdp_syn_cookie_sent").unwrap() >= 1);
+}
+
+#[test]
+fn s02_stale_syn_gets_a_syn_ack_the_client_resets_and_nothing_is_held() {
+    let bed = Bed::start("echo", &[]);
+    let cap = PacketSocket::open(&bed.net.client, &bed.net.client_if).unwrap();
+    let server_mac = mac_of(&bed.net.server, &bed.net.server_if).unwrap();
+    let client_mac = mac_of(&bed.net.client, &bed.net.client_if).unwrap();
+    // A SYN "from the past": no client socket owns port 40404.
+    let mut syn = Vec::new();
+    PacketBuilder::ethernet2(client_mac, server_mac)
+        .ipv4(bed.net.client_v4.octets(), bed.net.server_v4.octets(), 64)
+        .tcp(40404, PORT, 0x1234_5678, 64240)
+        .syn()
+        .write(&mut syn, &[])
+        .unwrap();
+    cap.send(&syn).unwrap();
+    let seen = cap.collect(Duration::from_secs(2), 2, |f| {
+        tcp_of(f).is_some_and(|t| (t.syn() && t.ack() && t.destination_port() == 40404) || (t.rst() && t.source_port() == 40404))
+    });
+    assert!(seen.iter().any(|f| tcp_of(f).unwrap().syn()), "no SYN-ACK for the stale SYN");
+    assert!(seen.iter().any(|f| tcp_of(f).unwrap().rst()), "the client kernel did not reset");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(bed.daemon.conns().unwrap().is_empty(), "a connection was created from a stale SYN");
+    assert!(bed.daemon.counter("xdp_drop_rst_no_flow").unwrap() >= 1);
+}
+
+#[test]
+fn s03_echo_small_medium_large_with_checksums() {
+    let bed = Bed::start("echo", &[]);
+    for len in [1usize, 64 * 1024, 64 * 1024 * 1024] {
+        let data: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let want = digest(&data);
+        let got = bed.client(false, move |mut s| digest(&echo_roundtrip(&mut s, &data)));
+        assert_eq!(got, want, "echo of {len} bytes corrupted");
+    }
+}
+
+#[test]
+fn s03b_a_thousand_concurrent_connections() {
+    let bed = Bed::start("echo", &[]);
+    let addr = bed.addr(false);
+    let ok = bed
+        .net
+        .client
+        .run(move || {
+            let mut streams = Vec::new();
+            for i in 0..1000u32 {
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                s.write_all(&i.to_be_bytes()).unwrap();
+                streams.push((i, s));
+            }
+            let mut ok = 0;
+            for (i, s) in &mut streams {
+                let mut b = [0u8; 4];
+                if s.read_exact(&mut b).is_ok() && u32::from_be_bytes(b) == *i {
+                    ok += 1;
+                }
+            }
+            ok
+        })
+        .unwrap();
+    assert_eq!(ok, 1000);
+}
+
+#[test]
+fn s04_passive_close_server_still_sends_in_close_wait() {
+    // A kernel backend in the server namespace that answers only after the client's FIN:
+    // while it waits, synx's side of the proxied connection sits in CLOSE_WAIT.
+    require_root();
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    let backend = net
+        .server
+        .run(|| TcpListener::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = backend.accept().unwrap();
+        let mut req = Vec::new();
+        s.read_to_end(&mut req).unwrap(); // the client's FIN, propagated as a half-close
+        std::thread::sleep(Duration::from_millis(800));
+        s.write_all(b"late reply to ").unwrap();
+        s.write_all(&req).unwrap();
+    });
+    let listen = format!("{}:{PORT}=proxy={backend_addr}", net.server_v4);
+    let daemon = Daemon::start(&net.server, &net.server_if, &["--listen", &listen]).unwrap();
+    let addr = SocketAddr::new(net.server_v4.into(), PORT);
+    let client = net
+        .client
+        .run(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"question").unwrap();
+            s.shutdown(Shutdown::Write).unwrap(); // FIN: the server enters CLOSE_WAIT
+            s
+        })
+        .unwrap();
+    let saw_close_wait = wait_for(Duration::from_secs(5), || {
+        daemon.conns().unwrap().iter().any(|c| c["state"] == "CLOSE_WAIT")
+    });
+    assert!(saw_close_wait, "{:?} {:?}", daemon.conns().unwrap(), daemon.stats().unwrap());
+    let got = net
+        .client
+        .run(move || {
+            let mut client = client;
+            client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut v = Vec::new();
+            client.read_to_end(&mut v).unwrap(); // data after our FIN, then the server's FIN
+            v
+        })
+        .unwrap();
+    assert_eq!(got, b"late reply to question");
+    assert!(wait_for(Duration::from_secs(10), || daemon.conns().unwrap().is_empty()));
+}
+
+#[test]
+fn s05_active_close_walks_fin_wait_to_time_wait_and_is_released_after_2msl() {
+    let bed = Bed::start("http", &["--msl", "1s"]);
+    let got = bed.client(false, |mut s| {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+        let mut v = Vec::new();
+        s.read_to_end(&mut v).unwrap(); // the server closed first: we read EOF
+        v
+    });
+    assert!(got.ends_with(b"hello from synx\n"));
+    assert!(bed.wait_state("TIME_WAIT"), "{:?}", bed.states());
+    let entered = Instant::now();
+    assert!(bed.wait_no_conns(), "TIME_WAIT never released: {:?}", bed.states());
+    // Not before 2*MSL (lower bound only: the engine never releases early).
+    assert!(entered.elapsed() >= Duration::from_millis(1500), "released after {:?}", entered.elapsed());
+}
+
+#[test]
+fn s06_lost_last_ack_retransmitted_fin_is_acked_again_from_time_wait() {
+    let bed = Bed::start("http", &["--msl", "2s"]);
+    let cap = PacketSocket::open(&bed.net.client, &bed.net.client_if).unwrap();
+    let stream = bed.client(false, |mut s| {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+        let mut v = Vec::new();
+        s.read_to_end(&mut v).unwrap();
+        s
+    });
+    // Drop synx's pure ACKs at the client from now on: the ACK of our FIN gets lost.
+    bed.net
+        .client
+        .nft(&format!(
+            "table inet lossy {{\n chain in {{\n type filter hook input priority 0;\n tcp sport {PORT} tcp flags == ack drop\n }}\n}}\n"
+        ))
+        .unwrap();
+    let client_port = stream.local_addr().unwrap().port();
+    drop(stream); // our FIN: the server answers from TIME_WAIT
+    // Keep synx's pure ACKs of exactly our FIN (its sequence number learned from the capture).
+    let mut fin_seq: Option<u32> = None;
+    let acks = cap.collect(Duration::from_secs(8), 2, |f| {
+        let Some(t) = tcp_of(f) else { return false };
+        if t.source_port() == client_port && t.fin() {
+            fin_seq = Some(t.sequence_number());
+            return false;
+        }
+        t.source_port() == PORT
+            && t.ack()
+            && !t.fin()
+            && t.payload().is_empty()
+            && fin_seq.is_some_and(|s| t.acknowledgment_number() == s.wrapping_add(1))
+    });
+    assert_eq!(acks.len(), 2, "the retransmitted FIN was not ACKed again from TIME_WAIT");
+    bed.net.client.exec("nft", &["delete", "table", "inet", "lossy"]).unwrap();
+    assert!(bed.daemon.counter("tcp_time_wait_fin_reacked").unwrap() >= 1);
+    assert!(bed.wait_no_conns());
+}
+
+#[test]
+fn s07_keepalive_dead_peer_gets_exactly_n_probes_then_reset() {
+    let bed = Bed::start(
+        "echo",
+        &["--keepalive-idle", "1s", "--keepalive-interval", "400ms", "--keepalive-probes", "3"],
+    );
+    let cap = PacketSocket::open(&bed.net.client, &bed.net.client_if).unwrap();
+    let stream = bed.client(false, |mut s| {
+        assert_eq!(echo_roundtrip(&mut s, b"ping"), b"ping");
+        s
+    });
+    // The client goes silent: its namespace drops everything.
+    bed.net
+        .client
+        .nft("table inet dead {\n chain in {\n type filter hook input priority 0; policy drop;\n }\n chain out {\n type filter hook output priority 0; policy drop;\n }\n}\n")
+        .unwrap();
+    let mut seen_rst = false;
+    let frames = cap.collect(Duration::from_secs(6), 64, |f| {
+        let keep = !seen_rst && tcp_of(f).is_some_and(|t| t.source_port() == PORT && t.payload().is_empty());
+        seen_rst |= keep && tcp_of(f).is_some_and(|t| t.rst());
+        keep
+    });
+    let rst = frames.iter().map(|f| tcp_of(f).unwrap()).find(|t| t.rst()).expect("no RST after the probes");
+    // Probe shape (RFC 1122 4.2.3.6, as Linux): no data, SEG.SEQ = SND.NXT - 1, so the peer
+    // must answer; the final RST carries SND.NXT.
+    let probes = frames
+        .iter()
+        .map(|f| tcp_of(f).unwrap())
+        .filter(|t| !t.rst() && t.payload().is_empty() && t.sequence_number().wrapping_add(1) == rst.sequence_number())
+        .count();
+    assert_eq!(probes, 3, "expected exactly 3 probes before the reset");
+    assert!(bed.wait_no_conns());
+    assert!(bed.daemon.counter("tcp_closed_timeout").unwrap() >= 1);
+    drop(stream);
+}
+
+#[test]
+fn s07b_keepalive_live_peer_answers_and_survives() {
+    let bed = Bed::start(
+        "echo",
+        &["--keepalive-idle", "500ms", "--keepalive-interval", "300ms", "--keepalive-probes", "2"],
+    );
+    let mut stream = bed.client(false, |s| s);
+    // Several idle+probe cycles: the kernel client answers every probe.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(bed.states(), vec!["ESTABLISHED".to_string()]);
+    let back = bed
+        .net
+        .client
+        .run(move || {
+            let r = echo_roundtrip(&mut stream, b"still here");
+            r
+        })
+        .unwrap();
+    assert_eq!(back, b"still here");
+}
+
+#[test]
+fn s07c_client_keepalive_probes_are_answered() {
+    let bed = Bed::start("echo", &[]);
+    let ok = bed.client(false, |mut s| {
+        let sock = socket2::SockRef::from(&s);
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(1))
+            .with_interval(Duration::from_secs(1))
+            .with_retries(2);
+        sock.set_tcp_keepalive(&ka).unwrap();
+        // Without answers the client kernel would give up after ~3 s.
+        std::thread::sleep(Duration::from_secs(5));
+        echo_roundtrip(&mut s, b"alive") == b"alive"
+    });
+    assert!(ok);
+}
+
+#[test]
+fn s12_ipv6_handshake_data_and_close() {
+    let bed = Bed::start("echo", &[]);
+    let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    let want = digest(&data);
+    let got = bed.client(true, move |mut s| {
+        let got = digest(&echo_roundtrip(&mut s, &data));
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        (got, rest.len())
+    });
+    assert_eq!(got, (want, 0));
+    assert!(bed.wait_no_conns());
+}
