@@ -1,16 +1,18 @@
-//! `cargo xtask demo`: synx on a veth pair, a real Linux client on the other side, and the
-//! counters that show what happened. Everything it creates is removed at the end, also after
-//! Ctrl-C (the signal only sets a flag; the guards' Drop does the cleanup).
+//! `cargo xtask demo`: synx on a veth pair, real Linux clients on the other side, and what
+//! happened at each step: handshake, data, the server's and the client's close, keepalive
+//! against a live and a dead peer, and the counters. Everything it creates is removed at the
+//! end, also after Ctrl-C (the signal only sets a flag; the guards' Drop does the cleanup).
 
 use std::{
-    net::{SocketAddr, TcpStream},
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpStream},
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
-use synx_testbed::{Daemon, VethPair};
+use anyhow::{Context as _, bail, ensure};
+use synx_testbed::{Daemon, PacketSocket, VethPair, wait_for};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -18,15 +20,34 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn check_interrupt() -> anyhow::Result<()> {
+fn step(title: &str) -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted; cleaning up");
     }
+    println!("\n== {title}");
     Ok(())
 }
 
 fn say(msg: &str) {
-    println!("demo: {msg}");
+    println!("   {msg}");
+}
+
+fn show_conns(daemon: &Daemon) -> anyhow::Result<()> {
+    let conns = daemon.conns()?;
+    if conns.is_empty() {
+        say("synx conns: (none)");
+    }
+    for c in conns {
+        say(&format!(
+            "synx conns: {:<12} {} <- {}  idle {} ms, {} keepalive probes",
+            c["state"].as_str().unwrap_or("?"),
+            c["local"].as_str().unwrap_or("?"),
+            c["remote"].as_str().unwrap_or("?"),
+            c["idle_ms"],
+            c["keepalive_probes"]
+        ));
+    }
+    Ok(())
 }
 
 pub fn demo(bin: &Path) -> anyhow::Result<()> {
@@ -38,44 +59,113 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
     // SAFETY: single-threaded at this point.
     unsafe { std::env::set_var("SYNX_BIN", bin) };
 
+    step("network: two namespaces joined by a veth pair (no route out)")?;
     let net = VethPair::new().context("creating the veth pair")?;
     net.attach_peer_xdp()?;
-    say(&format!(
-        "server netns {} ({} {} / {}), client netns {} ({} {} / {})",
-        net.server.name(),
-        net.server_if,
-        net.server_v4,
-        net.server_v6,
-        net.client.name(),
-        net.client_if,
-        net.client_v4,
-        net.client_v6
-    ));
-    let port = 7;
-    let listen = SocketAddr::new(net.server_v4.into(), port);
-    let daemon = Daemon::start(&net.server, &net.server_if, &["--listen", &listen.to_string()])?;
+    say(&format!("server {} on {} ({} / {})", net.server.name(), net.server_if, net.server_v4, net.server_v6));
+    say(&format!("client {} on {} ({} / {})", net.client.name(), net.client_if, net.client_v4, net.client_v6));
+
+    step("synx run: XDP in native mode, echo on :7, http on :80, short keepalive and MSL for the demo")?;
+    let echo = SocketAddr::new(net.server_v4.into(), 7);
+    let http = SocketAddr::new(net.server_v4.into(), 80);
+    let echo6 = SocketAddr::new(net.server_v6.into(), 7);
+    let daemon = Daemon::start(
+        &net.server,
+        &net.server_if,
+        &[
+            "--listen", &format!("{echo}=echo"),
+            "--listen", &format!("{http}=http"),
+            "--listen", &format!("{echo6}=echo"),
+            "--keepalive-idle", "2s", "--keepalive-interval", "1s", "--keepalive-probes", "3",
+            "--msl", "1s",
+        ],
+    )?;
     for line in &daemon.banner {
         say(&format!("synx: {line}"));
     }
-    check_interrupt()?;
 
-    say(&format!("client: connecting to {listen} with the kernel's TCP (std TcpStream)"));
-    let result = net.client.run(move || TcpStream::connect_timeout(&listen, Duration::from_secs(3)))?;
-    match result {
-        Ok(_) => say("client: connected: XDP answered the SYN with a cookie SYN-ACK and validated the ACK"),
-        Err(e) => say(&format!("client: {e}")),
-    }
-    check_interrupt()?;
+    step("handshake: the kernel's TCP connects; XDP answers the SYN with a cookie, the ACK creates the connection")?;
+    let mut s = net.client.run(move || TcpStream::connect_timeout(&echo, Duration::from_secs(3)))??;
+    say(&format!("client: connected {} -> {}", s.local_addr()?, echo));
+    show_conns(&daemon)?;
 
-    say("synx stats (read back from the XDP program's per-CPU counters):");
-    let stats = daemon.stats()?;
-    for (k, v) in stats.as_object().context("stats object")? {
-        println!("    {k:<28} {v}");
-    }
-    if daemon.counter("xdp_syn_cookie_sent")? == 0 {
-        bail!("the XDP program sent no SYN-ACK");
+    step("data: 1 MiB through echo, checked byte for byte")?;
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 31 + 7) as u8).collect();
+    let expect = data.clone();
+    let s2 = net.client.run(move || -> anyhow::Result<TcpStream> {
+        let mut w = s.try_clone()?;
+        let writer = std::thread::spawn(move || w.write_all(&data));
+        let mut got = vec![0u8; expect.len()];
+        s.read_exact(&mut got)?;
+        writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        ensure!(got == expect, "echo corrupted the data");
+        Ok(s)
+    })??;
+    say("client: 1048576 bytes echoed intact");
+
+    step("client closes first: synx passes CLOSE_WAIT and LAST_ACK (passive close)")?;
+    let rest = net.client.run(move || -> anyhow::Result<usize> {
+        let mut s = s2;
+        s.shutdown(Shutdown::Write)?;
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)?;
+        Ok(rest.len())
+    })??;
+    say(&format!("client: sent FIN, read EOF after {rest} more bytes"));
+    wait_for(Duration::from_secs(3), || daemon.conns().is_ok_and(|c| c.is_empty()));
+    show_conns(&daemon)?;
+
+    step("server closes first: http with Connection: close walks FIN_WAIT_1 -> FIN_WAIT_2 -> TIME_WAIT (2*MSL = 2 s)")?;
+    let reply = net.client.run(move || -> anyhow::Result<String> {
+        let mut s = TcpStream::connect_timeout(&http, Duration::from_secs(3))?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")?;
+        let mut v = String::new();
+        s.read_to_string(&mut v)?;
+        Ok(v)
+    })??;
+    say(&format!("client: {:?} ... then EOF", reply.lines().next().unwrap_or("")));
+    show_conns(&daemon)?;
+    wait_for(Duration::from_secs(5), || daemon.conns().is_ok_and(|c| c.is_empty()));
+    say("after 2*MSL:");
+    show_conns(&daemon)?;
+
+    step("keepalive, live peer: idle 2 s, then probes every 1 s; the client's kernel answers each")?;
+    let cap = PacketSocket::open(&net.client, &net.client_if)?;
+    let idle = net.client.run(move || TcpStream::connect_timeout(&echo, Duration::from_secs(3)))??;
+    let probes = cap.collect(Duration::from_secs(4), 2, |f| is_probe(f, 7));
+    say(&format!("client side saw {} keepalive probes (zero-length, SEQ = SND.NXT-1), all answered", probes.len()));
+    show_conns(&daemon)?;
+
+    step("keepalive, dead peer: the client namespace drops everything; 3 probes, then a RST")?;
+    net.client.nft("table inet dead {\n chain in {\n type filter hook input priority 0; policy drop;\n }\n chain out {\n type filter hook output priority 0; policy drop;\n }\n}\n")?;
+    let gone = wait_for(Duration::from_secs(10), || daemon.conns().is_ok_and(|c| c.is_empty()));
+    say(if gone { "synx reset the connection after the last unanswered probe" } else { "connection still there?" });
+    let _ = net.client.exec("nft", &["delete", "table", "inet", "dead"]);
+    drop(idle);
+
+    step("IPv6: the same engine on fd00:5eed::/32")?;
+    let ok6 = net.client.run(move || -> anyhow::Result<bool> {
+        let mut s = TcpStream::connect_timeout(&echo6, Duration::from_secs(3))?;
+        s.write_all(b"hello over IPv6")?;
+        let mut b = [0u8; 15];
+        s.read_exact(&mut b)?;
+        Ok(&b == b"hello over IPv6")
+    })??;
+    say(&format!("echo over IPv6: {}", if ok6 { "ok" } else { "MISMATCH" }));
+
+    step("synx stats: XDP counters (per-CPU, summed) and the engine's")?;
+    for (k, v) in daemon.stats()?.as_object().context("stats")? {
+        if v.as_u64() != Some(0) {
+            say(&format!("{k:<32} {v}"));
+        }
     }
     let status = daemon.stop()?;
-    say(&format!("synx stopped ({status}); XDP detached, namespaces removed"));
+    step(&format!("synx stopped ({status}); XDP detached, namespaces removed"))?;
     Ok(())
+}
+
+fn is_probe(frame: &[u8], port: u16) -> bool {
+    let Ok(p) = etherparse::SlicedPacket::from_ethernet(frame) else { return false };
+    let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else { return false };
+    t.source_port() == port && t.ack() && !t.syn() && !t.fin() && !t.rst() && t.payload().len() <= 1
 }
