@@ -2,93 +2,132 @@
 //! a socket. Segments and the current time go in; segments, timers and events come out.
 //!
 //! - [`seq`]: wrapping sequence numbers.
-//! - [`segment`]: header view and builder.
-//! - [`conn`]: one connection (TCB) through every server-side state of RFC 9293.
-//! - [`endpoint`]: demultiplexing by 4-tuple, timers across connections, resets for strangers.
+//! - [`segment`]: parse/write a TCP header, options and payload (checksums are the wire layer's).
+//! - [`connection`]: one TCB, created from a validated SYN-cookie ACK ([`Connection::accept`]).
+//! - [`timer`]: the per-connection timer table and the timing wheel across connections.
+//! - [`endpoint`]: demux by 4-tuple, connection slab, wheel-driven timeouts.
+//! - [`rtt`], [`congestion`], [`sack`], [`recv_buf`], [`send_buf`]: the pieces a TCB is made of.
 
-pub mod conn;
-pub mod endpoint;
-pub mod segment;
-pub mod seq;
-
+use core::ops::{Add, Sub};
 use core::time::Duration;
 
-pub use conn::{CloseReason, ConnInfo, Connection, Event, State};
+pub mod congestion;
+pub mod connection;
+pub mod endpoint;
+pub mod recv_buf;
+pub mod rtt;
+pub mod sack;
+pub mod segment;
+pub mod send_buf;
+pub mod seq;
+pub mod timer;
 
-/// A point in time: nanoseconds of CLOCK_MONOTONIC, the clock the XDP program stamps
-/// LAST_SEEN with. The core never reads it; callers pass it in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[cfg(test)]
+mod tests;
+
+pub use congestion::CongestionAlgorithm;
+pub use connection::{CloseReason, Connection, ConnectionInfo, Event, Handled, State, TimeoutKind};
+pub use endpoint::{ConnectionHandle, Disposition, Endpoint};
+pub use segment::{Flags, Header, Options};
+pub use seq::SeqNum;
+
+/// A point in time: nanoseconds in the CLOCK_MONOTONIC domain (the clock of the XDP program's
+/// `bpf_ktime_get_ns()`). The core never reads a clock; callers pass `now`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct Instant(u64);
 
 impl Instant {
+    pub const ZERO: Instant = Instant(0);
+    pub const MAX: Instant = Instant(u64::MAX);
+
     pub const fn from_nanos(ns: u64) -> Self {
         Self(ns)
     }
     pub const fn as_nanos(self) -> u64 {
         self.0
     }
-    /// Milliseconds, truncated to 32 bits: the timestamp clock (RFC 7323 5.4).
-    pub fn millis_u32(self) -> u32 {
-        (self.0 / 1_000_000) as u32
+    pub const fn as_millis(self) -> u64 {
+        self.0 / 1_000_000
     }
     pub fn saturating_duration_since(self, earlier: Instant) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
 }
 
-impl core::ops::Add<Duration> for Instant {
+impl Add<Duration> for Instant {
     type Output = Instant;
+    /// Saturates at `Instant::MAX` ("never").
     fn add(self, d: Duration) -> Instant {
-        Instant(self.0.saturating_add(d.as_nanos().min(u128::from(u64::MAX)) as u64))
+        Instant(self.0.saturating_add(d.as_nanos().min(u64::MAX as u128) as u64))
     }
 }
 
-/// Keepalive settings (RFC 1122 4.2.3.6). The seed's defaults: 2 h idle, 75 s interval,
-/// 10 probes (Linux uses 9).
+impl Sub<Duration> for Instant {
+    type Output = Instant;
+    fn sub(self, d: Duration) -> Instant {
+        Instant(self.0.saturating_sub(d.as_nanos().min(u64::MAX as u128) as u64))
+    }
+}
+
+impl Sub<Instant> for Instant {
+    type Output = Duration;
+    /// Saturates at zero.
+    fn sub(self, earlier: Instant) -> Duration {
+        self.saturating_duration_since(earlier)
+    }
+}
+
+/// Keepalive settings (RFC 1122 4.2.3.6), per connection. The seed's defaults: 2 h idle, 75 s
+/// interval, 10 probes (Linux uses 9 probes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
     pub enabled: bool,
+    /// Idle time before the first probe.
     pub idle: Duration,
+    /// Time between unanswered probes.
     pub interval: Duration,
+    /// Unanswered probes before the connection is reset.
     pub probes: u32,
 }
 
 impl Default for Keepalive {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            idle: Duration::from_secs(7200),
-            interval: Duration::from_secs(75),
-            probes: 10,
-        }
+        Self { enabled: true, idle: Duration::from_secs(7200), interval: Duration::from_secs(75), probes: 10 }
     }
 }
 
-/// Settings shared by every connection of an endpoint.
-#[derive(Debug, Clone, PartialEq)]
+/// Settings shared by every connection of an endpoint (held in an `Arc`).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// Largest segment we send or accept (before peer MSS and option overhead).
+    /// Our largest segment (payload plus options); the send MSS is the smaller of this and the
+    /// peer's.
     pub mss: u16,
-    /// Receive buffer per connection (the most we advertise).
+    /// Receive buffer per connection: bounds the advertised window and out-of-order storage.
     pub recv_buffer: u32,
-    /// Send buffer per connection.
+    /// Send buffer per connection: bytes `send()` accepts beyond SND.UNA.
     pub send_buffer: u32,
     /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL (RFC 9293 3.4.2).
     pub msl: Duration,
+    /// Default keepalive for new connections (`Connection::set_keepalive` overrides).
     pub keepalive: Keepalive,
-    /// RFC 9293 3.8.6.3 / RFC 1122 4.2.3.2: at most 500 ms; Linux uses 40 ms.
+    /// RFC 9293 3.8.6.3 / RFC 1122 4.2.3.2: at most 500 ms; Linux's 40 ms.
     pub delayed_ack: Duration,
-    /// RFC 6298 2.4 says 1 s; Linux uses 200 ms and so do we, as clients are tuned to it.
+    /// Lower bound of the RTO: 200 ms as Linux (RFC 6298 2.4 says 1 s, far above LAN and
+    /// datacenter RTTs; clients are tuned to Linux servers). See `rtt`.
     pub min_rto: Duration,
-    /// RFC 6298 2.1.
+    /// RTO before any RTT sample (RFC 6298 2.1).
     pub initial_rto: Duration,
-    /// RFC 6298 2.5 allows an upper bound of at least 60 s.
+    /// RFC 6298 2.5 allows any upper bound of at least 60 s; Linux's 120 s.
     pub max_rto: Duration,
-    /// Retransmissions of one segment before the connection is reset (Linux tcp_retries2).
+    /// Consecutive retransmission timeouts before the connection is reset (Linux tcp_retries2).
     pub max_retries: u32,
-    /// RFC 9293 3.7.4: Nagle's algorithm.
+    /// Nagle's algorithm (RFC 9293 3.7.4); off = TCP_NODELAY.
     pub nagle: bool,
-    /// RFC 5961 7: challenge ACKs per second per connection.
+    pub congestion: CongestionAlgorithm,
+    /// Initial congestion window in segments (RFC 6928).
+    pub initial_cwnd: u32,
+    /// Challenge ACKs, and ACKs answering unacceptable segments, per second per connection
+    /// (RFC 5961 7).
     pub challenge_acks_per_sec: u32,
 }
 
@@ -96,8 +135,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             mss: 1460,
-            recv_buffer: 1 << 20,
-            send_buffer: 1 << 20,
+            recv_buffer: 256 * 1024,
+            send_buffer: 256 * 1024,
             msl: Duration::from_secs(30),
             keepalive: Keepalive::default(),
             delayed_ack: Duration::from_millis(40),
@@ -106,7 +145,28 @@ impl Default for Config {
             max_rto: Duration::from_secs(120),
             max_retries: 15,
             nagle: true,
-            challenge_acks_per_sec: 100,
+            congestion: CongestionAlgorithm::Cubic,
+            initial_cwnd: 10,
+            challenge_acks_per_sec: 10,
         }
     }
+}
+
+/// The reset RFC 9293 3.10.7.1 sends for a segment that matches no connection (state CLOSED).
+/// `header` is the incoming segment's; the result has the ports swapped. No reset answers a reset.
+pub fn reset_for(header: &Header, payload_len: usize) -> Option<Header> {
+    if header.flags.rst() {
+        return None;
+    }
+    let mut h = Header { src_port: header.dst_port, dst_port: header.src_port, ..Default::default() };
+    if header.flags.ack() {
+        // RFC 9293 3.10.7.1: <SEQ=SEG.ACK><CTL=RST>.
+        h.seq = header.ack;
+        h.flags = Flags::RST;
+    } else {
+        // RFC 9293 3.10.7.1: <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>.
+        h.ack = header.seq + header.seg_len(payload_len);
+        h.flags = Flags::RST | Flags::ACK;
+    }
+    Some(h)
 }

@@ -1,0 +1,166 @@
+//! Congestion window control: NewReno (RFC 5681, RFC 6582) and CUBIC (RFC 9438). Loss recovery
+//! itself (which segments to resend) is the connection's; this module only sizes the window.
+
+use core::time::Duration;
+
+use super::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CongestionAlgorithm {
+    NewReno,
+    #[default]
+    Cubic,
+}
+
+/// RFC 9438 4.6: beta_cubic.
+const BETA: f32 = 0.7;
+/// RFC 9438 5: C.
+const C: f32 = 0.4;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Congestion {
+    pub algorithm: CongestionAlgorithm,
+    pub cwnd: u32,
+    pub ssthresh: u32,
+    /// Bytes acknowledged toward the next congestion-avoidance increase (RFC 5681 3.1).
+    bytes_acked: u32,
+    // CUBIC state, in segments.
+    w_max: f32,
+    w_est: f32,
+    k: f32,
+    epoch_start: Option<Instant>,
+}
+
+impl Congestion {
+    /// RFC 5681 3.1 / RFC 6928: initial window of `iw` segments.
+    pub fn new(algorithm: CongestionAlgorithm, mss: u32, iw: u32) -> Self {
+        Self {
+            algorithm,
+            cwnd: mss * iw,
+            ssthresh: u32::MAX,
+            bytes_acked: 0,
+            w_max: 0.0,
+            w_est: 0.0,
+            k: 0.0,
+            epoch_start: None,
+        }
+    }
+
+    pub fn in_slow_start(&self) -> bool {
+        self.cwnd < self.ssthresh
+    }
+
+    /// New data acknowledged outside recovery.
+    pub fn on_ack(&mut self, now: Instant, acked: u32, mss: u32, srtt: Option<Duration>) {
+        if self.in_slow_start() {
+            // RFC 5681 3.1 (with RFC 3465 L = 2): cwnd += min(N, 2*SMSS).
+            self.cwnd = self.cwnd.saturating_add(acked.min(2 * mss));
+            return;
+        }
+        match self.algorithm {
+            CongestionAlgorithm::NewReno => self.reno_avoidance(acked, mss),
+            CongestionAlgorithm::Cubic => self.cubic_avoidance(now, acked, mss, srtt),
+        }
+    }
+
+    fn reno_avoidance(&mut self, acked: u32, mss: u32) {
+        // RFC 5681 3.1: one SMSS per cwnd of acknowledged bytes.
+        self.bytes_acked = self.bytes_acked.saturating_add(acked);
+        if self.bytes_acked >= self.cwnd {
+            self.bytes_acked -= self.cwnd;
+            self.cwnd = self.cwnd.saturating_add(mss);
+        }
+    }
+
+    fn cubic_avoidance(&mut self, now: Instant, acked: u32, mss: u32, srtt: Option<Duration>) {
+        let mssf = mss as f32;
+        let cwnd_seg = self.cwnd as f32 / mssf;
+        let epoch = *self.epoch_start.get_or_insert_with(|| {
+            // RFC 9438 4.2: a new congestion-avoidance epoch.
+            if self.w_max < cwnd_seg {
+                self.w_max = cwnd_seg;
+            }
+            self.k = ((self.w_max - cwnd_seg) / C).max(0.0).cbrt();
+            self.w_est = cwnd_seg;
+            now
+        });
+        let rtt = srtt.unwrap_or(Duration::from_millis(100)).as_secs_f32();
+        let t = now.saturating_duration_since(epoch).as_secs_f32();
+        let w_cubic = |t: f32| C * (t - self.k).powi(3) + self.w_max;
+        // RFC 9438 4.3: Reno-friendly estimate, alpha = 3(1-beta)/(1+beta).
+        let alpha = 3.0 * (1.0 - BETA) / (1.0 + BETA);
+        self.w_est += alpha * (acked as f32 / mssf) / cwnd_seg;
+        let target = w_cubic(t + rtt).clamp(cwnd_seg, 1.5 * cwnd_seg);
+        let next = if w_cubic(t) < self.w_est {
+            // RFC 9438 4.3: Reno-friendly region.
+            self.w_est.max(cwnd_seg)
+        } else {
+            // RFC 9438 4.4/4.5: concave/convex region.
+            cwnd_seg + (target - cwnd_seg) / cwnd_seg * (acked as f32 / mssf)
+        };
+        let next = (next * mssf) as u32;
+        self.cwnd = next.clamp(self.cwnd, self.cwnd.saturating_add(acked.max(mss)));
+    }
+
+    /// A loss detected by duplicate ACKs / SACK: the new ssthresh (RFC 5681 3.2 eq 4, RFC 9438
+    /// 4.6); the caller sets cwnd for fast recovery.
+    pub fn on_loss(&mut self, flight: u32, mss: u32) {
+        match self.algorithm {
+            CongestionAlgorithm::NewReno => {
+                self.ssthresh = (flight / 2).max(2 * mss);
+            }
+            CongestionAlgorithm::Cubic => {
+                let cwnd_seg = self.cwnd as f32 / mss as f32;
+                // RFC 9438 4.7: fast convergence.
+                self.w_max = if cwnd_seg < self.w_max { cwnd_seg * (1.0 + BETA) / 2.0 } else { cwnd_seg };
+                self.ssthresh = ((self.cwnd as f32 * BETA) as u32).max(2 * mss);
+                self.epoch_start = None;
+            }
+        }
+        self.bytes_acked = 0;
+    }
+
+    /// RFC 5681 3.1 eq 4 and "loss window": after a retransmission timeout cwnd = 1 SMSS.
+    pub fn on_timeout(&mut self, flight: u32, mss: u32) {
+        self.on_loss(flight, mss);
+        self.cwnd = mss;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newreno_slow_start_then_linear() {
+        let mut c = Congestion::new(CongestionAlgorithm::NewReno, 1000, 10);
+        c.on_ack(Instant::ZERO, 1000, 1000, None);
+        assert_eq!(c.cwnd, 11_000);
+        c.on_loss(20_000, 1000);
+        assert_eq!(c.ssthresh, 10_000);
+        c.cwnd = c.ssthresh;
+        for _ in 0..10 {
+            c.on_ack(Instant::ZERO, 1000, 1000, None);
+        }
+        assert_eq!(c.cwnd, 11_000);
+        c.on_timeout(11_000, 1000);
+        assert_eq!((c.cwnd, c.ssthresh), (1000, 5500));
+    }
+
+    #[test]
+    fn cubic_reduces_by_beta_and_regrows_toward_wmax() {
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 100);
+        c.on_loss(100_000, 1000);
+        assert_eq!(c.ssthresh, 70_000);
+        c.cwnd = c.ssthresh;
+        let mut now = Instant::ZERO;
+        let rtt = Duration::from_millis(10);
+        for _ in 0..2000 {
+            now = now + Duration::from_millis(1);
+            c.on_ack(now, 1000, 1000, Some(rtt));
+        }
+        assert!(c.cwnd > 70_000, "{}", c.cwnd);
+        c.on_loss(c.cwnd, 1000);
+        assert!(c.ssthresh >= 2000);
+    }
+}

@@ -1,0 +1,181 @@
+//! Receive buffer: a ring of `cap` bytes holding in-order data not yet read by the application,
+//! followed by out-of-order data tracked by a small fixed-size assembler. Allocated on the first
+//! byte and freed when empty, so an idle connection holds no heap memory. Everything stored lies
+//! within the advertised window, so the memory is bounded by `cap`.
+
+/// Out-of-order ranges remembered at once; a segment that would need more is dropped (and the
+/// peer retransmits it), which bounds both memory and work per segment.
+pub const MAX_RANGES: usize = 4;
+
+#[derive(Debug, Default)]
+pub struct RecvBuffer {
+    buf: Vec<u8>,
+    cap: u32,
+    head: u32,
+    readable: u32,
+    /// `[start, end)` offsets relative to RCV.NXT (the end of the readable data), sorted, disjoint,
+    /// non-adjacent.
+    ranges: [(u32, u32); MAX_RANGES],
+    nranges: u8,
+}
+
+impl RecvBuffer {
+    pub fn new(cap: u32) -> Self {
+        Self { cap, ..Default::default() }
+    }
+
+    pub fn readable(&self) -> usize {
+        self.readable as usize
+    }
+
+    /// Bytes that may still arrive beyond RCV.NXT.
+    pub fn window(&self) -> u32 {
+        self.cap - self.readable
+    }
+
+    pub fn has_out_of_order(&self) -> bool {
+        self.nranges > 0
+    }
+
+    pub fn out_of_order(&self) -> &[(u32, u32)] {
+        &self.ranges[..self.nranges as usize]
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Store `data` at `offset` bytes past RCV.NXT; the caller has trimmed it to the window.
+    /// Returns how far RCV.NXT advances (0 for out-of-order data), or `None` if the data could
+    /// not be stored (too many holes).
+    pub fn write(&mut self, offset: u32, data: &[u8]) -> Option<u32> {
+        let len = data.len() as u32;
+        if len == 0 || offset.saturating_add(len) > self.window() {
+            return (len == 0).then_some(0);
+        }
+        if offset > 0 && !self.insert_range(offset, offset + len) {
+            return None;
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0; self.cap as usize];
+        }
+        let start = (self.head as u64 + self.readable as u64 + offset as u64) % self.cap as u64;
+        let start = start as usize;
+        let first = data.len().min(self.buf.len() - start);
+        self.buf[start..start + first].copy_from_slice(&data[..first]);
+        self.buf[..data.len() - first].copy_from_slice(&data[first..]);
+        if offset > 0 {
+            return Some(0);
+        }
+        // In order: advance over this data and any out-of-order range it now touches.
+        let mut advance = len;
+        let mut keep = 0;
+        for i in 0..self.nranges as usize {
+            let (s, e) = self.ranges[i];
+            if s <= advance {
+                advance = advance.max(e);
+            } else {
+                self.ranges[keep] = (s - advance, e - advance);
+                keep += 1;
+            }
+        }
+        // Ranges are sorted: once one lies beyond `advance`, so do the rest, and `advance` no
+        // longer changes, so each kept range was shifted by the final value.
+        self.nranges = keep as u8;
+        self.readable += advance;
+        Some(advance)
+    }
+
+    /// Add `[s, e)` to the assembler, merging overlapping or adjacent ranges; false when full.
+    fn insert_range(&mut self, s: u32, e: u32) -> bool {
+        let n = self.nranges as usize;
+        let mut merged = (s, e);
+        let mut out = [(0u32, 0u32); MAX_RANGES + 1];
+        let mut k = 0;
+        let mut placed = false;
+        for &(rs, re) in &self.ranges[..n] {
+            if re < merged.0 {
+                out[k] = (rs, re);
+                k += 1;
+            } else if rs > merged.1 {
+                if !placed {
+                    out[k] = merged;
+                    k += 1;
+                    placed = true;
+                }
+                out[k] = (rs, re);
+                k += 1;
+            } else {
+                merged = (merged.0.min(rs), merged.1.max(re));
+            }
+        }
+        if !placed {
+            out[k] = merged;
+            k += 1;
+        }
+        if k > MAX_RANGES {
+            return false;
+        }
+        self.ranges[..k].copy_from_slice(&out[..k]);
+        self.nranges = k as u8;
+        true
+    }
+
+    /// Copy in-order data out; frees the ring when nothing is left in it.
+    pub fn read(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.readable as usize);
+        if n == 0 {
+            return 0;
+        }
+        let head = self.head as usize;
+        let first = n.min(self.buf.len() - head);
+        out[..first].copy_from_slice(&self.buf[head..head + first]);
+        out[first..n].copy_from_slice(&self.buf[..n - first]);
+        self.head = ((head + n) % self.buf.len()) as u32;
+        self.readable -= n as u32;
+        if self.readable == 0 && self.nranges == 0 {
+            self.buf = Vec::new();
+            self.head = 0;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_out_of_order_overlap_and_wrap() {
+        let mut b = RecvBuffer::new(8);
+        assert_eq!(b.heap_bytes(), 0);
+        assert_eq!(b.write(0, b"abc"), Some(3));
+        assert_eq!(b.write(2, b"fg"), Some(0)); // offset 2 past "abc": f at 5, g at 6
+        assert_eq!(b.out_of_order(), &[(2, 4)]);
+        assert_eq!(b.write(0, b"de"), Some(4)); // fills the hole, joins "fg"
+        assert!(!b.has_out_of_order());
+        let mut out = [0u8; 16];
+        assert_eq!(b.read(&mut out[..5]), 5);
+        assert_eq!(&out[..5], b"abcde");
+        assert_eq!(b.window(), 6);
+        // Wraps around the ring end.
+        assert_eq!(b.write(0, b"hijkl"), Some(5));
+        assert_eq!(b.window(), 1);
+        assert_eq!(b.write(0, b"xy"), None); // beyond the window
+        let n = b.read(&mut out);
+        assert_eq!(&out[..n], b"fghijkl");
+        assert_eq!(b.heap_bytes(), 0);
+    }
+
+    #[test]
+    fn too_many_holes_is_refused() {
+        let mut b = RecvBuffer::new(100);
+        for i in 0..MAX_RANGES as u32 {
+            assert_eq!(b.write(2 + 3 * i, b"x"), Some(0));
+        }
+        assert_eq!(b.write(50, b"x"), None);
+        // Merging into an existing range still works.
+        assert_eq!(b.write(3, b"y"), Some(0));
+        assert_eq!(b.write(0, b"ab"), Some(4));
+    }
+}

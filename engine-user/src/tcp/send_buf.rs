@@ -1,0 +1,94 @@
+//! Send buffer: bytes from SND.UNA on (sent but unacknowledged, then unsent), bounded by a
+//! capacity. Allocated on the first write and freed when fully acknowledged.
+
+use std::collections::VecDeque;
+
+#[derive(Debug, Default)]
+pub struct SendBuffer {
+    data: VecDeque<u8>,
+    cap: u32,
+}
+
+impl SendBuffer {
+    pub fn new(cap: u32) -> Self {
+        Self { data: VecDeque::new(), cap }
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn free(&self) -> usize {
+        self.cap as usize - self.data.len()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.data.capacity()
+    }
+
+    /// Append as much of `bytes` as fits; returns how much was taken.
+    pub fn push(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(self.free());
+        if n > 0 && self.data.capacity() == 0 {
+            self.data.reserve_exact((self.cap as usize).min(64 * 1024).max(n));
+        }
+        self.data.extend(&bytes[..n]);
+        n
+    }
+
+    /// Copy bytes starting `offset` past SND.UNA into `out`; returns how many.
+    pub fn peek(&self, offset: usize, out: &mut [u8]) -> usize {
+        if offset >= self.data.len() {
+            return 0;
+        }
+        let n = out.len().min(self.data.len() - offset);
+        let (a, b) = self.data.as_slices();
+        if offset < a.len() {
+            let first = n.min(a.len() - offset);
+            out[..first].copy_from_slice(&a[offset..offset + first]);
+            out[first..n].copy_from_slice(&b[..n - first]);
+        } else {
+            let o = offset - a.len();
+            out[..n].copy_from_slice(&b[o..o + n]);
+        }
+        n
+    }
+
+    /// Drop `n` acknowledged bytes from the front.
+    pub fn ack(&mut self, n: usize) {
+        let n = n.min(self.data.len());
+        self.data.drain(..n);
+        if self.data.is_empty() {
+            self.data = VecDeque::new();
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.data = VecDeque::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_peek_ack_and_lazy() {
+        let mut s = SendBuffer::new(5);
+        assert_eq!(s.heap_bytes(), 0);
+        assert_eq!(s.push(b"abcdefg"), 5);
+        let mut out = [0; 8];
+        assert_eq!(s.peek(2, &mut out), 3);
+        assert_eq!(&out[..3], b"cde");
+        s.ack(2);
+        assert_eq!(s.push(b"xyz"), 2);
+        assert_eq!(s.peek(0, &mut out), 5);
+        assert_eq!(&out[..5], b"cdexy");
+        s.ack(10);
+        assert_eq!(s.heap_bytes(), 0);
+    }
+}

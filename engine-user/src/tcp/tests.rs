@@ -1,0 +1,1 @@
+//! Scenario tests of the TCP core: one connection driven segment by segment in virtual time.

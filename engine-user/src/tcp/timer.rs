@@ -1,0 +1,360 @@
+//! Timers: the per-connection [`TimerTable`] and the [`TimingWheel`] across connections.
+
+use super::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerKind {
+    /// RFC 6298 retransmission timer.
+    Retransmit = 0,
+    /// RFC 9293 3.8.6.3 delayed ACK.
+    DelayedAck = 1,
+    /// RFC 9293 3.8.6.1 zero-window probing.
+    Persist = 2,
+    /// RFC 1122 4.2.3.6 keepalive.
+    Keepalive = 3,
+    /// 2*MSL in TIME_WAIT (RFC 9293 3.10.8).
+    TimeWait = 4,
+}
+
+impl TimerKind {
+    pub const ALL: [TimerKind; 5] =
+        [TimerKind::Retransmit, TimerKind::DelayedAck, TimerKind::Persist, TimerKind::Keepalive, TimerKind::TimeWait];
+}
+
+const UNSET: u64 = u64::MAX;
+
+/// One deadline per [`TimerKind`]; 40 bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct TimerTable {
+    deadlines: [u64; 5],
+}
+
+impl Default for TimerTable {
+    fn default() -> Self {
+        Self { deadlines: [UNSET; 5] }
+    }
+}
+
+impl TimerTable {
+    pub fn set(&mut self, kind: TimerKind, at: Instant) {
+        self.deadlines[kind as usize] = at.as_nanos().min(UNSET - 1);
+    }
+    pub fn stop(&mut self, kind: TimerKind) {
+        self.deadlines[kind as usize] = UNSET;
+    }
+    pub fn get(&self, kind: TimerKind) -> Option<Instant> {
+        let d = self.deadlines[kind as usize];
+        (d != UNSET).then_some(Instant::from_nanos(d))
+    }
+    pub fn is_set(&self, kind: TimerKind) -> bool {
+        self.deadlines[kind as usize] != UNSET
+    }
+    pub fn stop_all(&mut self) {
+        self.deadlines = [UNSET; 5];
+    }
+    /// The earliest deadline.
+    pub fn next(&self) -> Option<Instant> {
+        let d = *self.deadlines.iter().min().unwrap_or(&UNSET);
+        (d != UNSET).then_some(Instant::from_nanos(d))
+    }
+    /// Take one timer whose deadline is at or before `now` (earliest first).
+    pub fn take_expired(&mut self, now: Instant) -> Option<TimerKind> {
+        let (i, &d) = self.deadlines.iter().enumerate().min_by_key(|(_, d)| **d)?;
+        if d == UNSET || d > now.as_nanos() {
+            return None;
+        }
+        self.deadlines[i] = UNSET;
+        Some(TimerKind::ALL[i])
+    }
+}
+
+/// Wheel tick: 1 ms. Deadlines round up to the next tick, so nothing fires early.
+pub const TICK_NS: u64 = 1_000_000;
+const SLOTS: usize = 64;
+const LEVELS: usize = 6; // 64^6 ticks: about 2.2 years
+const NIL: u32 = u32::MAX;
+const NO_SLOT: u16 = u16::MAX;
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    tick: u64,
+    next: u32,
+    prev: u32,
+    /// level * 64 + slot, or NO_SLOT when not armed.
+    slot: u16,
+}
+
+const EMPTY: Entry = Entry { tick: 0, next: NIL, prev: NIL, slot: NO_SLOT };
+
+/// A hierarchical timing wheel (6 levels of 64 slots, 1 ms ticks) over `u32` keys, at most one
+/// deadline per key. Entries live in a flat array indexed by key and are linked into slot lists
+/// intrusively, so insert and cancel are O(1) with no allocation once the array has grown, and a
+/// million armed timers cost 24 MB. An entry far in the future cascades down a level each time
+/// its slot comes due (at most 5 times).
+pub struct TimingWheel {
+    elapsed: u64,
+    entries: Vec<Entry>,
+    heads: [[u32; SLOTS]; LEVELS],
+    occupied: [u64; LEVELS],
+    len: usize,
+}
+
+impl Default for TimingWheel {
+    fn default() -> Self {
+        Self::new(Instant::ZERO)
+    }
+}
+
+impl TimingWheel {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            elapsed: now.as_nanos() / TICK_NS,
+            entries: Vec::new(),
+            heads: [[NIL; SLOTS]; LEVELS],
+            occupied: [0; LEVELS],
+            len: 0,
+        }
+    }
+
+    /// Armed keys.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn contains(&self, key: u32) -> bool {
+        self.entries.get(key as usize).is_some_and(|e| e.slot != NO_SLOT)
+    }
+
+    /// Arm (or re-arm) `key` to fire at `at`.
+    pub fn insert(&mut self, key: u32, at: Instant) {
+        self.remove(key);
+        let k = key as usize;
+        if k >= self.entries.len() {
+            self.entries.resize(k + 1, EMPTY);
+        }
+        let tick = at.as_nanos().div_ceil(TICK_NS).max(self.elapsed);
+        self.entries[k].tick = tick;
+        self.link(key);
+        self.len += 1;
+    }
+
+    /// Disarm `key`; no-op if not armed.
+    pub fn remove(&mut self, key: u32) {
+        let Some(e) = self.entries.get(key as usize).copied() else { return };
+        if e.slot == NO_SLOT {
+            return;
+        }
+        let (level, slot) = (e.slot as usize / SLOTS, e.slot as usize % SLOTS);
+        if e.prev == NIL {
+            self.heads[level][slot] = e.next;
+            if e.next == NIL {
+                self.occupied[level] &= !(1u64 << slot);
+            }
+        } else {
+            self.entries[e.prev as usize].next = e.next;
+        }
+        if e.next != NIL {
+            self.entries[e.next as usize].prev = e.prev;
+        }
+        self.entries[key as usize] = Entry { tick: e.tick, ..EMPTY };
+        self.len -= 1;
+    }
+
+    /// The level whose slot size separates `tick` from `elapsed`, and the slot in it.
+    fn slot_for(&self, tick: u64) -> (usize, usize) {
+        let masked = (self.elapsed ^ tick) | (SLOTS as u64 - 1);
+        let level = (63 - masked.leading_zeros() as usize) / 6;
+        if level >= LEVELS {
+            // In a later rotation of the top level. Within one rotation, the slot index wraps
+            // (`next_slot` reads an index below the current one as the next rotation's); farther
+            // away, park in the slot just before the current one, which starts no later than the
+            // deadline, and cascade from there.
+            let top = LEVELS - 1;
+            let shift = 6 * top;
+            let pos = ((self.elapsed >> shift) as usize) & (SLOTS - 1);
+            let rotation = 1u64 << (shift + 6);
+            if tick - self.elapsed < rotation - (1u64 << shift) {
+                return (top, ((tick >> shift) as usize) & (SLOTS - 1));
+            }
+            return (top, (pos + SLOTS - 1) % SLOTS);
+        }
+        (level, ((tick >> (6 * level)) as usize) & (SLOTS - 1))
+    }
+
+    fn link(&mut self, key: u32) {
+        let tick = self.entries[key as usize].tick;
+        let (level, slot) = self.slot_for(tick);
+        let head = self.heads[level][slot];
+        self.entries[key as usize] = Entry { tick, next: head, prev: NIL, slot: (level * SLOTS + slot) as u16 };
+        if head != NIL {
+            self.entries[head as usize].prev = key;
+        }
+        self.heads[level][slot] = key;
+        self.occupied[level] |= 1u64 << slot;
+    }
+
+    /// (level, slot, start tick) of the earliest non-empty slot.
+    fn next_slot(&self) -> Option<(usize, usize, u64)> {
+        for level in 0..LEVELS {
+            let occ = self.occupied[level];
+            if occ == 0 {
+                continue;
+            }
+            let shift = 6 * level;
+            let pos = ((self.elapsed >> shift) as usize) & (SLOTS - 1);
+            let s = (occ.rotate_right(pos as u32).trailing_zeros() as usize + pos) % SLOTS;
+            let range = 1u64 << (shift + 6);
+            let base = self.elapsed & !(range - 1);
+            let mut start = base + ((s as u64) << shift);
+            if s < pos {
+                start += range;
+            }
+            return Some((level, s, start.max(self.elapsed)));
+        }
+        None
+    }
+
+    /// When `poll` should next be called: at or before the earliest deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.next_slot().map(|(_, _, start)| Instant::from_nanos(start.saturating_mul(TICK_NS)))
+    }
+
+    /// Disarm and report every key whose deadline is at or before `now`.
+    pub fn poll(&mut self, now: Instant, mut expired: impl FnMut(u32)) {
+        let now_tick = now.as_nanos() / TICK_NS;
+        while let Some((level, slot, start)) = self.next_slot() {
+            if start > now_tick {
+                break;
+            }
+            self.elapsed = start;
+            let mut key = self.heads[level][slot];
+            self.heads[level][slot] = NIL;
+            self.occupied[level] &= !(1u64 << slot);
+            while key != NIL {
+                let e = self.entries[key as usize];
+                let next = e.next;
+                if e.tick <= now_tick {
+                    self.entries[key as usize] = Entry { tick: e.tick, ..EMPTY };
+                    self.len -= 1;
+                    expired(key);
+                } else {
+                    // Cascade to a lower level relative to the new `elapsed`.
+                    self.link(key);
+                }
+                key = next;
+            }
+        }
+        self.elapsed = self.elapsed.max(now_tick);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn ms(n: u64) -> Instant {
+        Instant::from_nanos(n * TICK_NS)
+    }
+
+    #[test]
+    fn table_takes_earliest_first() {
+        let mut t = TimerTable::default();
+        assert_eq!(t.next(), None);
+        t.set(TimerKind::Keepalive, ms(50));
+        t.set(TimerKind::Retransmit, ms(10));
+        assert_eq!(t.next(), Some(ms(10)));
+        assert_eq!(t.take_expired(ms(9)), None);
+        assert_eq!(t.take_expired(ms(60)), Some(TimerKind::Retransmit));
+        assert_eq!(t.take_expired(ms(60)), Some(TimerKind::Keepalive));
+        assert_eq!(t.take_expired(ms(60)), None);
+    }
+
+    #[test]
+    fn wheel_fires_in_order_across_levels() {
+        let mut w = TimingWheel::new(ms(0));
+        w.insert(1, ms(5));
+        w.insert(2, ms(70));
+        w.insert(3, ms(5000));
+        w.insert(4, ms(7_200_000)); // two hours: level 3
+        w.insert(5, Instant::from_nanos(5 * TICK_NS - 1)); // rounds up to 5 ms
+        w.remove(2);
+        assert_eq!(w.len(), 4);
+        let mut out = Vec::new();
+        w.poll(ms(4), |k| out.push(k));
+        assert!(out.is_empty());
+        w.poll(ms(5), |k| out.push(k));
+        out.sort();
+        assert_eq!(out, [1, 5]);
+        out.clear();
+        w.poll(ms(4999), |k| out.push(k));
+        assert!(out.is_empty());
+        assert!(w.next_deadline().unwrap() <= ms(5000));
+        w.poll(ms(5000), |k| out.push(k));
+        assert_eq!(out, [3]);
+        w.poll(ms(7_199_999), |k| out.push(k));
+        assert_eq!(out, [3]);
+        w.poll(ms(7_200_000), |k| out.push(k));
+        assert_eq!(out, [3, 4]);
+        assert!(w.is_empty());
+        assert_eq!(w.next_deadline(), None);
+    }
+
+    #[test]
+    fn far_future_and_past_deadlines() {
+        let mut w = TimingWheel::new(ms(1000));
+        w.insert(0, ms(10)); // in the past: due at once
+        w.insert(1, ms(1000 + (1 << 37))); // beyond the top level's range
+        let mut out = Vec::new();
+        w.poll(ms(1000), |k| out.push(k));
+        assert_eq!(out, [0]);
+        w.poll(ms(1000 + (1 << 37) - 1), |k| out.push(k));
+        assert_eq!(out, [0]);
+        w.poll(ms(1000 + (1 << 37)), |k| out.push(k));
+        assert_eq!(out, [0, 1]);
+    }
+
+    proptest! {
+        /// The wheel against a BTreeMap model: every key fires exactly once, never before its
+        /// deadline and never after the first poll at or past it.
+        #[test]
+        fn wheel_matches_model(ops in proptest::collection::vec((0u32..64, 0u64..300_000, 0u8..4), 1..200)) {
+            let mut w = TimingWheel::new(ms(0));
+            let mut model: BTreeMap<u32, u64> = BTreeMap::new();
+            let mut now = 0u64;
+            for (key, delta, op) in ops {
+                match op {
+                    0 | 1 => {
+                        let at = now + delta;
+                        w.insert(key, ms(at));
+                        model.insert(key, at);
+                    }
+                    2 => {
+                        w.remove(key);
+                        model.remove(&key);
+                    }
+                    _ => {
+                        now += delta / 16;
+                        let mut fired = Vec::new();
+                        w.poll(ms(now), |k| fired.push(k));
+                        fired.sort();
+                        let due: Vec<u32> = model.iter().filter(|(_, at)| **at <= now).map(|(k, _)| *k).collect();
+                        prop_assert_eq!(&fired, &due);
+                        for k in due {
+                            model.remove(&k);
+                        }
+                    }
+                }
+                prop_assert_eq!(w.len(), model.len());
+                if let Some(min) = model.values().min() {
+                    prop_assert!(w.next_deadline().unwrap() <= ms((*min).max(now)));
+                }
+            }
+        }
+    }
+}
