@@ -303,7 +303,8 @@ impl Connection {
             fin_queued: false,
             send_buf: SendBuffer::new(config.send_buffer.max(1)),
             rcv_nxt: irs + 1,
-            rcv_adv: irs + 1,
+            // What XDP's SYN-ACK offered (SYN windows are never scaled, RFC 7323 2.2).
+            rcv_adv: irs + 1 + config.recv_buffer.min(65535),
             last_ack_sent: irs + 1,
             peer_fin: None,
             recv_buf: RecvBuffer::new(config.recv_buffer.clamp(1, if facts.has(FACT_WSCALE) { 1 << 30 } else { 65535 })),
@@ -469,7 +470,9 @@ impl Connection {
             // __tcp_cleanup_rbuf; RFC 9293 3.8.6.2.2 receiver SWS avoidance).
             let advertised = if self.rcv_adv.gt(self.rcv_nxt) { self.rcv_adv.since(self.rcv_nxt) } else { 0 };
             let now_wnd = self.recv_buf.window();
-            if 2 * advertised as u64 <= self.config.recv_buffer as u64 && now_wnd >= 2 * advertised.max(self.mss() / 2) {
+            let cap = self.recv_buf.window() + self.recv_buf.readable() as u32;
+            let threshold = (cap / 2).min(self.mss()).max(1);
+            if now_wnd.saturating_sub(advertised) >= threshold && now_wnd >= 2 * advertised {
                 self.ack_now = true;
             }
         }
@@ -1010,6 +1013,11 @@ impl Connection {
         let offset = seq.since(self.rcv_nxt);
         let room = self.rcv_wnd().saturating_sub(offset) as usize;
         data = &data[..data.len().min(room)];
+        if data.is_empty() {
+            // Beyond a closed window (e.g. a zero-window probe with data): re-advertise at once.
+            self.ack_now = true;
+            return;
+        }
         self.rcv_mss = self.rcv_mss.max(p.len().min(u16::MAX as usize) as u16);
         let had_holes = self.recv_buf.has_out_of_order();
         match self.recv_buf.write(offset, data) {
@@ -1110,14 +1118,20 @@ impl Connection {
             }
             // RFC 1122 4.2.3.6 / RFC 9293 3.8.6.1: zero-length probe at SND.NXT-1, which the
             // peer must answer with an ACK (Linux: SND.UNA-1; equal when idle).
-            let seq = if probe == Probe::Keepalive { self.snd_nxt - 1 } else { self.snd_una - 1 };
+            let seq = if probe == Probe::Keepalive { self.snd_max - 1 } else { self.snd_una - 1 };
             let h = self.header(now, seq, Flags::ACK);
             return self.emit_ack(buf, h);
         }
         if self.ack_now {
-            let h = self.header(now, self.snd_nxt, Flags::ACK);
+            // SND.NXT in RFC terms is our highest sequence sent (SND.MAX here): after a timeout
+            // our go-back-N pointer is below what the peer has received, and an ACK carrying it
+            // would fail the peer's acceptability test (found by the simulator: both sides in
+            // go-back-N ignored each other's ACKs until retransmission gave up).
+            let h = self.header(now, self.snd_max, Flags::ACK);
             return self.emit_ack(buf, h);
         }
+        // Data queued against a zero window (RFC 9293 3.8.6.1): make sure a probe is scheduled.
+        self.update_persist(now);
         None
     }
 
