@@ -67,6 +67,11 @@ pub struct FlowKey {
 /// (RFC 9293 3.10.7.1) instead of dropping them silently.
 pub const CONFIG_RST_BAD_COOKIE: u32 = 1 << 0;
 
+/// `XdpConfig::flags`: take SYN-ACK cookies from the kernel's bpf_tcp_raw_gen_syncookie_ipv4
+/// instead of ours (IPv4 only). Only the micro-benchmark's baseline sets it: those cookies do
+/// not carry what our ACK path decodes.
+pub const CONFIG_KERNEL_COOKIE: u32 = 1 << 1;
+
 /// Settings of the XDP program, written by userspace (slot 0 of CONFIG).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]

@@ -16,7 +16,10 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST, xdp_action},
-    helpers::{bpf_ktime_get_ns, bpf_loop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::{
+        bpf_ktime_get_ns, bpf_loop, bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_head,
+        bpf_xdp_adjust_tail,
+    },
     macros::{map, xdp},
     maps::{Array, HashMap, PerCpuArray, XskMap},
     programs::XdpContext,
@@ -25,7 +28,7 @@ use engine_common::{
     cookie::{self, Tuple},
     counters::{self, Counter},
     maps::{
-        CONFIG_RST_BAD_COOKIE, DEFAULT_MAX_FLOWS, FAMILY_V4, FAMILY_V6, FlowKey, ListenerKey,
+        CONFIG_KERNEL_COOKIE, CONFIG_RST_BAD_COOKIE, DEFAULT_MAX_FLOWS, FAMILY_V4, FAMILY_V6, FlowKey, ListenerKey,
         ListenerValue, RstBucket, SLOT_PENDING, XdpConfig,
     },
 };
@@ -557,7 +560,20 @@ fn resize(ctx: &XdpContext, len: usize) -> Option<*mut u8> {
 fn syn_ack(ctx: &XdpContext, seg: &Seg, cfg: &XdpConfig, tuple: &Tuple, now: u64) -> Verdict {
     let Some(opts) = syn_options(ctx, seg) else { return Verdict::Drop(counters::DROP_BAD_OPTIONS) };
     let mss = if opts.mss < cfg.mss { opts.mss } else { cfg.mss };
-    let isn = cookie::make(&cfg.secrets[0], tuple, seg.seq, now, mss);
+    let isn = if cfg.flags & CONFIG_KERNEL_COOKIE != 0 && !seg.v6 {
+        // The benchmark's baseline: the same reply, with the kernel helper's cookie.
+        let (Some(iph), Some(th)) = (at(ctx, ETH_HLEN, IPV4_HLEN), at(ctx, seg.l4, 20)) else {
+            return Verdict::Drop(counters::DROP_TRUNCATED);
+        };
+        // SAFETY: both pointers are bounds-checked packet pointers of the stated sizes.
+        let r = unsafe { bpf_tcp_raw_gen_syncookie_ipv4(iph.cast(), th.cast(), 20) };
+        if r < 0 {
+            return Verdict::Drop(counters::DROP_BAD_HEADER);
+        }
+        r as u32
+    } else {
+        cookie::make(&cfg.secrets[0], tuple, seg.seq, now, mss)
+    };
     let ts_val = opts.ts.map(|_| {
         let offset = cookie::ts_offset(&cfg.ts_key, tuple);
         let ecn = seg.flags & (ECE | CWR) == (ECE | CWR);

@@ -44,6 +44,13 @@ enum Command {
         #[arg(long)]
         iface: String,
     },
+    /// Per-packet cost of the XDP program's paths (BPF_PROG_TEST_RUN), as JSON lines, for
+    /// `cargo xtask bench`.
+    #[command(hide = true)]
+    BenchXdp {
+        #[arg(long, default_value_t = 20000)]
+        runs: u32,
+    },
     /// Print every counter of the running daemon (XDP and userspace).
     Stats {
         #[arg(long)]
@@ -138,6 +145,13 @@ fn real_main() -> anyhow::Result<()> {
             synx::daemon::run(cfg, args.control_socket)
         }
         Command::ServeKernel { listen } => serve_kernel(listen),
+        Command::BenchXdp { runs } => {
+            let mut out = std::io::stdout().lock();
+            for row in synx::bpf::micro_bench(runs)? {
+                writeln!(out, "{}", serde_json::to_string(&row)?)?;
+            }
+            Ok(())
+        }
         Command::PeerPass { iface } => {
             let _pass = synx::bpf::PeerPass::attach(&iface, AttachMode::Native)?;
             writeln!(std::io::stdout(), "attached XDP_PASS to {iface}")?;

@@ -39,7 +39,8 @@ pub struct BenchArgs {
     /// 1,000,000 idle connections.
     #[arg(long)]
     full: bool,
-    /// Only these rows (prefix match), comma-separated: syn_flood, conn_rate, http, bulk, idle.
+    /// Only these rows (prefix match), comma-separated: syn_flood, conn_rate, http, bulk, idle,
+    /// xdp (the XDP program's per-packet cost).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -513,6 +514,37 @@ fn idle(rig: &Rig, synx: bool, n: usize) -> anyhow::Result<(f64, f64)> {
 /// Client-side slab growth seen during the synx idle round, to subtract from the kernel's.
 static IDLE_CLIENT_SLAB: AtomicU64 = AtomicU64::new(0);
 
+/// The XDP program's per-packet cost under BPF_PROG_TEST_RUN (`synx bench-xdp`); the kernel
+/// column is the same SYN-ACK rewrite with bpf_tcp_raw_gen_syncookie_ipv4's cookie.
+fn xdp_micro(synx_bin: &Path, runs: u32) -> Vec<Row> {
+    let names: [(&'static str, &'static str); 3] = [
+        ("xdp_synack_ns", "SYN -> SYN-ACK; kernel: same rewrite, kernel helper's cookie"),
+        ("xdp_cookie_ack_ns", "cookie ACK validated and redirected"),
+        ("xdp_flow_segment_ns", "known flow: LAST_SEEN stamped, redirected"),
+    ];
+    let out = sh(synx_bin.to_str().unwrap_or("synx"), &["bench-xdp", "--runs", &runs.to_string()]);
+    let parsed: Vec<serde_json::Value> = match &out {
+        Ok(text) => text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect(),
+        Err(_) => Vec::new(),
+    };
+    names
+        .iter()
+        .map(|(name, note)| {
+            let row = parsed.iter().find(|v| v["name"] == *name);
+            let synx = match (row, &out) {
+                (Some(v), _) => v["synx_ns"].as_f64().ok_or_else(|| "no number".to_string()),
+                (None, Err(e)) => Err(format!("synx bench-xdp: {e:#}")),
+                (None, Ok(_)) => Err("synx bench-xdp printed no such row".into()),
+            };
+            let kernel = match row.and_then(|v| v["kernel_ns"].as_f64()) {
+                Some(k) => Ok(k),
+                None => Err("no kernel counterpart for this path".to_string()),
+            };
+            Row { name, unit: "ns/packet", higher_is_better: false, synx, kernel, rounds: 1, note }
+        })
+        .collect()
+}
+
 fn machine_facts(mode: &str) -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -645,6 +677,9 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
         rows.push(cpu.row("idle_cpu_pct", "% of a core", false, "server process, keepalive armed"));
     }
     drop(rig);
+    if want("xdp") {
+        rows.extend(xdp_micro(synx_bin, if args.quick { 5_000 } else { 20_000 }));
+    }
     print_table(&rows);
     let json = serde_json::json!({
         "machine": machine_facts("native"),
