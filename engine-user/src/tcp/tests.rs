@@ -10,6 +10,8 @@ use engine_common::handshake::{FACT_SACK, FACT_TS, FACT_WSCALE, HandshakeFacts};
 use super::connection::{AcceptError, DropReason};
 use super::*;
 
+mod endpoint;
+mod properties;
 mod scenarios;
 mod simulator;
 
@@ -43,8 +45,8 @@ pub(crate) fn peer(seq_off: u32, ack_off: u32) -> Header {
     Header {
         src_port: remote().port(),
         dst_port: local().port(),
-        seq: SeqNum(IRS + 1 + seq_off),
-        ack: SeqNum(ISS + 1 + ack_off),
+        seq: SeqNum(IRS + 1) + seq_off,
+        ack: SeqNum(ISS + 1) + ack_off,
         flags: Flags::ACK,
         window: 65535,
         ..Default::default()

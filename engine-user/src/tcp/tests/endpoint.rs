@@ -1,0 +1,148 @@
+//! The endpoint: demux, creation from facts, resets for strangers, wheel-driven timers with
+//! XDP's last-seen stamps, release and slot reuse.
+
+use core::time::Duration;
+use std::net::SocketAddr;
+
+use super::super::endpoint::{AcceptError, Disposition, DropReason, Endpoint, Transmit};
+use super::*;
+
+fn client(i: u32) -> SocketAddr {
+    SocketAddr::new([10, (i >> 16) as u8, (i >> 8) as u8, i as u8].into(), 40000)
+}
+
+fn ack_from(i: u32) -> Header {
+    let mut h = peer(0, 0);
+    h.src_port = client(i).port();
+    h
+}
+
+fn drain(ep: &mut Endpoint, now: Instant) -> Vec<(Transmit, Header, Vec<u8>)> {
+    let mut v = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Some(t) = ep.poll_transmit(now, &mut buf) {
+        let (h, p) = segment::parse(&buf[..t.len]).unwrap();
+        v.push((t, h, p.to_vec()));
+    }
+    v
+}
+
+fn all_events(ep: &mut Endpoint) -> Vec<(ConnectionHandle, Event)> {
+    std::iter::from_fn(|| ep.poll_event()).collect()
+}
+
+#[test]
+fn accept_demux_reset_and_limits() {
+    let mut ep = Endpoint::new(config(), 2);
+    let h0 = ep.accept(ms(0), facts(), local(), client(1), &ack_from(1), b"hi").unwrap();
+    let h1 = ep.accept(ms(0), facts(), local(), client(2), &ack_from(2), &[]).unwrap();
+    assert_ne!(h0.slot(), h1.slot());
+    assert_eq!(ep.accept(ms(0), facts(), local(), client(1), &ack_from(1), &[]), Err(AcceptError::Exists));
+    assert_eq!(ep.accept(ms(0), facts(), local(), client(3), &ack_from(3), &[]), Err(AcceptError::Full));
+    let bad = peer(0, 5);
+    let mut ep2 = Endpoint::new(config(), 2);
+    assert!(matches!(ep2.accept(ms(0), facts(), local(), client(1), &bad, &[]), Err(AcceptError::Invalid(_))));
+    assert_eq!(ep.handle(ms(1), local(), client(2), &ack_from(2), b"yo"), Disposition::Delivered(h1));
+    // A stranger: Unknown, then the RFC 9293 3.10.7.1 reset on request.
+    assert_eq!(ep.handle(ms(1), local(), client(9), &ack_from(9), b"?"), Disposition::Unknown);
+    ep.reset_unknown(local(), client(9), &ack_from(9), 1);
+    let out = drain(&mut ep, ms(1));
+    assert_eq!(out[0].0.handle, None);
+    assert_eq!(out[0].0.remote, client(9));
+    assert_eq!(out[0].1.flags, Flags::RST);
+    let readable: Vec<_> = all_events(&mut ep).into_iter().filter(|e| e.1 == Event::Readable).map(|e| e.0).collect();
+    assert_eq!(readable, [h0, h1]);
+    let mut buf = [0u8; 8];
+    let n = ep.connection_mut(h0).unwrap().recv(&mut buf);
+    assert_eq!(&buf[..n], b"hi");
+}
+
+#[test]
+fn close_releases_the_slot_for_reuse() {
+    let mut ep = Endpoint::new(config(), 10);
+    let h = ep.accept(ms(0), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
+    ep.connection_mut(h).unwrap().abort(ms(1));
+    let out = drain(&mut ep, ms(1));
+    assert!(out[0].1.flags.rst());
+    let ev = all_events(&mut ep);
+    assert_eq!(ev, [(h, Event::Closed(CloseReason::Aborted)), (h, Event::Released { local: local(), remote: client(1) })]);
+    assert!(ep.is_empty());
+    assert_eq!(ep.handle(ms(2), local(), client(1), &ack_from(1), &[]), Disposition::Unknown);
+    let h2 = ep.accept(ms(3), facts(), local(), client(2), &ack_from(2), &[]).unwrap();
+    assert_eq!(h2.slot(), h.slot(), "slot reused");
+}
+
+#[test]
+fn time_wait_through_the_wheel_and_syn_reuse() {
+    let mut ep = Endpoint::new(config(), 10);
+    let h = ep.accept(ms(0), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
+    ep.connection_mut(h).unwrap().shutdown(ms(0));
+    drain(&mut ep, ms(0));
+    ep.handle(ms(5), local(), client(1), &with(ack_from(1), Flags::FIN), &[]);
+    // Our FIN unacknowledged: CLOSING; now the peer acknowledges it.
+    assert_eq!(ep.connection(h).unwrap().state(), State::Closing);
+    let mut a = ack_from(1);
+    a.seq = SeqNum(IRS + 2);
+    a.ack = SeqNum(ISS + 2);
+    ep.handle(ms(6), local(), client(1), &a, &[]);
+    assert_eq!(ep.connection(h).unwrap().state(), State::TimeWait);
+    // The peer's FIN again (it lost our ACK): re-ACKed and counted.
+    ep.handle(ms(6), local(), client(1), &with(ack_from(1), Flags::FIN), &[]);
+    drain(&mut ep, ms(6));
+    assert_eq!(ep.time_wait_fin_reacked, 1, "the second FIN was a retransmission");
+    // 2*MSL later, via the wheel.
+    let mut t = ep.poll_timeout().unwrap();
+    while t < ms(6) + Duration::from_secs(60) {
+        ep.handle_timeout(t);
+        drain(&mut ep, t);
+        t = ep.poll_timeout().unwrap();
+    }
+    assert!(t <= ms(6) + Duration::from_secs(60));
+    ep.handle_timeout(ms(6) + Duration::from_secs(60));
+    drain(&mut ep, ms(6) + Duration::from_secs(60));
+    let ev = all_events(&mut ep);
+    assert!(ev.contains(&(h, Event::Closed(CloseReason::Normal))), "{ev:?}");
+    assert!(ev.iter().any(|e| matches!(e.1, Event::Released { .. })));
+    // A reused tuple in TIME_WAIT: the new SYN frees it at once.
+    let h = ep.accept(secs(100), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
+    ep.connection_mut(h).unwrap().shutdown(secs(100));
+    drain(&mut ep, secs(100));
+    let mut fin = with(ack_from(1), Flags::FIN);
+    fin.ack = SeqNum(ISS + 2);
+    ep.handle(secs(100), local(), client(1), &fin, &[]);
+    let mut syn = ack_from(1);
+    syn.flags = Flags::SYN;
+    syn.seq = SeqNum(IRS + 1_000_000);
+    assert_eq!(ep.handle(secs(101), local(), client(1), &syn, &[]), Disposition::Dropped(DropReason::TimeWaitReuse));
+    assert_eq!(ep.handle(secs(101), local(), client(1), &syn, &[]), Disposition::Unknown);
+    drain(&mut ep, secs(101));
+    assert!(all_events(&mut ep).iter().any(|e| matches!(e.1, Event::Released { .. })));
+    assert!(ep.is_empty());
+}
+
+#[test]
+fn idle_connections_cost_one_wheel_entry_and_take_last_seen_from_xdp() {
+    let n = 2000u32;
+    let mut ep = Endpoint::new(config(), n);
+    for i in 0..n {
+        ep.accept(ms(0), facts(), local(), client(i), &ack_from(i), &[]).unwrap();
+    }
+    drain(&mut ep, ms(0));
+    assert_eq!(ep.armed_timers(), n as usize);
+    assert!(ep.connections().all(|(_, c)| c.heap_bytes() == 0));
+    // The keepalive deadline comes; XDP saw every peer at 3600 s: no probe, re-armed.
+    let t = ep.poll_timeout().unwrap();
+    assert!(t <= secs(7200));
+    ep.handle_timeout_with_last_seen(secs(7200), |_| Some(secs(3600)));
+    assert!(drain(&mut ep, secs(7200)).is_empty());
+    // The wheel may wake early (a coarse slot), never late; early wakes do nothing.
+    let t = ep.poll_timeout().unwrap();
+    assert!(t > secs(7200) && t <= secs(3600 + 7200), "{t:?}");
+    ep.handle_timeout(t);
+    assert!(drain(&mut ep, t).is_empty());
+    // Half of them went quiet: those are probed at their deadline, the others not.
+    ep.handle_timeout_with_last_seen(secs(10_800), |h| (h.slot() % 2 == 0).then_some(secs(10_000)));
+    let probes = drain(&mut ep, secs(10_800));
+    assert_eq!(probes.len(), n as usize / 2);
+    assert!(probes.iter().all(|(t, h, p)| t.handle.unwrap().slot() % 2 == 1 && p.is_empty() && h.seq == SeqNum(ISS)));
+}
