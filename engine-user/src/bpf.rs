@@ -186,6 +186,42 @@ impl CookieChecker {
     }
 }
 
+impl CookieChecker {
+    /// What XDP would answer to this SYN, computed in userspace with the same code: our ISN
+    /// (the cookie), the MSS we announce, and our TSval when the client sent timestamps. For
+    /// SYNs that reach userspace (a new incarnation of a tuple in TIME_WAIT, RFC 6191).
+    #[allow(clippy::too_many_arguments)]
+    pub fn syn_ack(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        client_isn: u32,
+        client_mss: Option<u16>,
+        client_ts: Option<u32>,
+        client_wscale: Option<u8>,
+        sack: bool,
+        now_ns: u64,
+        our_mss: u16,
+    ) -> Option<(u32, u16, Option<u32>)> {
+        let tuple = cookie_tuple(local, remote)?;
+        // RFC 9293 3.7.1: no MSS option means 536 (IPv4) / 1220 (IPv6).
+        let default_mss = if local.is_ipv4() { 536 } else { 1220 };
+        let mss = client_mss.unwrap_or(default_mss).min(our_mss);
+        let current = self.secrets.read().unwrap_or_else(|e| e.into_inner())[0];
+        let isn = cookie::make(&current, &tuple, client_isn, now_ns, mss);
+        let tsval = client_ts.map(|_| {
+            let offset = cookie::ts_offset(&self.ts_key, &tuple);
+            cookie::ts_encode((now_ns / 1_000_000) as u32, offset, client_wscale, sack, false)
+        });
+        Some((isn, mss, tsval))
+    }
+
+    /// The window-scale shift we announce.
+    pub fn wscale(&self) -> u8 {
+        self.wscale
+    }
+}
+
 fn addr16(ip: IpAddr) -> [u8; 16] {
     let mut a = [0u8; 16];
     match ip {

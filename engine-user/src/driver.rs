@@ -25,7 +25,7 @@ use crate::{
     bpf::{CookieChecker, FlowTable, LastSeen},
     tcp::{
         self, Instant,
-        endpoint::{ConnectionHandle, Disposition, Endpoint},
+        endpoint::{ConnectionHandle, Disposition, DropReason, Endpoint},
     },
     wire::{self, Link, WireError},
     xsk::{XskConfig, XskSocket},
@@ -166,6 +166,10 @@ struct QueueEngine {
     last_link: Link,
     scratch: Vec<u8>,
     poked: Vec<u32>,
+    /// SYN-ACKs built in userspace (TIME_WAIT reuse), sent with the next transmit batch.
+    syn_acks: Vec<(Link, SocketAddr, SocketAddr, tcp::segment::Header)>,
+    /// The MSS we announce (as XDP does).
+    mss: u16,
 }
 
 /// Run one queue until `ctx.stop` is set and every connection is gone (or aborted).
@@ -180,6 +184,7 @@ pub fn run_queue(
     tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), "AF_XDP socket bound");
     let _ = ready.send(Ok(ctx.queue));
     let endpoint = Endpoint::new(ctx.tcp.clone(), ctx.max_conns);
+    let engine_mss = ctx.tcp.mss;
     let mut engine = QueueEngine {
         ctx,
         endpoint,
@@ -187,6 +192,8 @@ pub fn run_queue(
         last_link: Link::default(),
         scratch: vec![0u8; crate::xsk::FRAME_SIZE as usize],
         poked: Vec::new(),
+        syn_acks: Vec::new(),
+        mss: engine_mss,
     };
     loop {
         let stopping = engine.ctx.stop.load(Ordering::Relaxed);
@@ -199,7 +206,10 @@ pub fn run_queue(
         let received = xsk.recv(256, |frame| engine.on_frame(now(), frame));
         engine.serve_poked(now());
         let t = now();
-        engine.endpoint.handle_timeout(t);
+        let last_seen = &engine.ctx.last_seen;
+        engine
+            .endpoint
+            .handle_timeout_with_last_seen(t, |h| last_seen.get(h.slot()).map(Instant::from_nanos));
         engine.drain_events(t);
         engine.transmit(&mut xsk, t);
         engine.answer_conns_requests(t);
@@ -242,6 +252,12 @@ impl QueueEngine {
                 self.service(now, h);
             }
             Disposition::Unknown => self.on_unknown(now, rx.link, rx.local, rx.remote, &hdr, payload),
+            Disposition::Dropped(DropReason::TimeWaitReuse) => {
+                // RFC 6191: a new incarnation of a tuple in TIME_WAIT. The old one is gone from
+                // the endpoint; answer the SYN as XDP would have, so the client need not
+                // retransmit it (a 1 s stall for every port it reuses).
+                self.answer_syn(now, rx.link, rx.local, rx.remote, &hdr);
+            }
             Disposition::Dropped(_) => {
                 stats.dropped_by_tcp.fetch_add(1, Ordering::Relaxed);
             }
@@ -288,10 +304,14 @@ impl QueueEngine {
             refuse(self);
             return;
         };
+        // Settle events still queued for a released connection first: its slot (the handle)
+        // may be the one this connection gets, and a stale Closed/Released would then tear
+        // down the new connection's glue (seen when a client reused a TIME_WAIT tuple).
+        self.drain_events(now);
         let handle = match self.endpoint.accept(now, facts, local, remote, hdr, payload) {
             Ok(h) => h,
             Err(_) => {
-                stats.table_full.fetch_add(1, Ordering::Relaxed);
+                self.ctx.stats.table_full.fetch_add(1, Ordering::Relaxed);
                 refuse(self);
                 return;
             }
@@ -304,7 +324,7 @@ impl QueueEngine {
         }
         let shared = Shared::new(handle.slot(), local, remote, self.ctx.waker.clone());
         self.glue.insert(handle, Glue { shared: shared.clone(), link, finished: false });
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        self.ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
         if listener.accepted.send(Stream::new(shared)).is_err() {
             // The application stopped listening: refuse the connection.
             if let Some(conn) = self.endpoint.connection_mut(handle) {
@@ -312,6 +332,46 @@ impl QueueEngine {
             }
         }
         self.service(now, handle);
+    }
+
+    /// The cookie SYN-ACK XDP sends, built here for a SYN that reached userspace.
+    fn answer_syn(&mut self, now: Instant, link: Link, local: SocketAddr, remote: SocketAddr, syn: &tcp::segment::Header) {
+        use tcp::segment::{Flags, Header, Options};
+        let o = &syn.options;
+        let Some((isn, mss, tsval)) = self.ctx.cookies.syn_ack(
+            local,
+            remote,
+            syn.seq.0,
+            o.mss,
+            o.timestamps.map(|t| t.0),
+            o.window_scale,
+            o.sack_permitted,
+            now.as_nanos(),
+            self.mss,
+        ) else {
+            return;
+        };
+        let ts = tsval.zip(o.timestamps.map(|t| t.0));
+        let header = Header {
+            src_port: local.port(),
+            dst_port: remote.port(),
+            seq: tcp::seq::SeqNum(isn),
+            ack: syn.seq + 1,
+            flags: Flags(Flags::SYN.0 | Flags::ACK.0),
+            window: 65535,
+            urgent: 0,
+            options: Options {
+                mss: Some(mss),
+                // Without timestamps the cookie cannot carry scaling or SACK (as in XDP).
+                window_scale: if ts.is_some() { o.window_scale.map(|_| self.ctx.cookies.wscale()) } else { None },
+                sack_permitted: ts.is_some() && o.sack_permitted,
+                timestamps: ts,
+                ..Options::default()
+            },
+        };
+        if self.syn_acks.len() < 1024 {
+            self.syn_acks.push((link, local, remote, header));
+        }
     }
 
     fn serve_poked(&mut self, now: Instant) {
@@ -417,11 +477,17 @@ impl QueueEngine {
                     }
                 }
                 tcp::Event::Released { local, remote } => {
-                    // Gone for good (after TIME_WAIT for active closes): forget the flow.
-                    if let Err(e) = self.ctx.flows.remove(local, remote) {
+                    // Gone for good (after TIME_WAIT for active closes): forget the flow, unless
+                    // a new incarnation of the tuple (RFC 6191) holds the FLOWS entry by now.
+                    if self.endpoint.lookup(local, remote).is_none()
+                        && let Err(e) = self.ctx.flows.remove(local, remote)
+                    {
                         tracing::debug!("FLOWS remove for {remote}: {e}");
                     }
-                    self.glue.remove(&h);
+                    // Only if no live connection holds the slot again.
+                    if self.endpoint.connection(h).is_none() {
+                        self.glue.remove(&h);
+                    }
                     self.ctx.stats.closed.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => self.service(now, h),
@@ -430,6 +496,16 @@ impl QueueEngine {
     }
 
     fn transmit(&mut self, xsk: &mut XskSocket, now: Instant) {
+        for (link, local, remote, header) in std::mem::take(&mut self.syn_acks) {
+            let hlen = wire::header_len(local.is_ipv6());
+            let sent = xsk.send(|buf| {
+                let tcp_len = tcp::segment::write(&header, &[], buf.get_mut(hlen..)?).ok()?;
+                wire::finish(buf, &link, local, remote, tcp_len)
+            });
+            if sent {
+                self.ctx.stats.tx_segments.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         loop {
             if xsk.tx_room() == 0 {
                 xsk.flush();

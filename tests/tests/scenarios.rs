@@ -374,3 +374,42 @@ fn s12_ipv6_handshake_data_and_close() {
     assert_eq!(got, (want, 0));
     assert!(bed.wait_no_conns());
 }
+
+#[test]
+fn s05b_new_connection_on_a_tuple_in_time_wait_is_answered_at_once() {
+    // RFC 6191: a client that reuses its port while synx holds the old tuple in TIME_WAIT
+    // (the client, the passive closer, has no TIME_WAIT of its own) must not wait for a SYN
+    // retransmission, and the new connection must work.
+    let bed = Bed::start("http", &["--msl", "30s"]);
+    let addr = bed.addr(false);
+    let first = bed.client(false, |mut s| {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+        let mut v = Vec::new();
+        s.read_to_end(&mut v).unwrap();
+        s.local_addr().unwrap()
+    });
+    assert!(bed.wait_state("TIME_WAIT"));
+    let cap = PacketSocket::open(&bed.net.client, &bed.net.client_if).unwrap();
+    let reply = bed
+        .net
+        .client
+        .run(move || -> std::io::Result<Vec<u8>> {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            s.bind(&first.into())?;
+            s.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+            let mut s: TcpStream = s.into();
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+            let mut v = Vec::new();
+            s.read_to_end(&mut v)?;
+            Ok(v)
+        })
+        .unwrap()
+        .unwrap();
+    assert!(reply.ends_with(b"hello from synx\n"));
+    let syns = cap.collect(Duration::from_millis(300), 16, |f| {
+        tcp_of(f).is_some_and(|t| t.syn() && !t.ack() && t.source_port() == first.port())
+    });
+    assert_eq!(syns.len(), 1, "the client had to retransmit its SYN");
+}
