@@ -14,6 +14,7 @@ mod endpoint;
 mod properties;
 mod scenarios;
 mod simulator;
+mod smoltcp_peer;
 
 pub(crate) const ISS: u32 = 1_000;
 pub(crate) const IRS: u32 = 5_000;
