@@ -83,6 +83,9 @@ pub struct Endpoint {
     max_conns: u32,
     slots: Vec<Slot>,
     free: Vec<u32>,
+    /// Slots whose `Released` event is queued but not yet polled: reused only after it is, so
+    /// no event of an old incarnation can reach the connection that takes the slot next.
+    releasing: usize,
     by_tuple: HashMap<(SocketAddr, SocketAddr), u32>,
     wheel: TimingWheel,
     /// Connections to visit in `poll_transmit` (and whose events `poll_event` collects).
@@ -100,6 +103,7 @@ impl Endpoint {
             max_conns,
             slots: Vec::new(),
             free: Vec::new(),
+            releasing: 0,
             by_tuple: HashMap::new(),
             wheel: TimingWheel::new(Instant::ZERO),
             work: VecDeque::new(),
@@ -111,7 +115,7 @@ impl Endpoint {
 
     /// Connections in the slab (until released).
     pub fn len(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.slots.len() - self.free.len() - self.releasing
     }
 
     pub fn is_empty(&self) -> bool {
@@ -262,7 +266,12 @@ impl Endpoint {
                 }
             }
         }
-        self.events.pop_front()
+        let ev = self.events.pop_front();
+        if let Some((h, Event::Released { .. })) = ev {
+            self.releasing -= 1;
+            self.free.push(h.0);
+        }
+        ev
     }
 
     /// The next segment to send, written into `buf` (which must hold 60 bytes of header plus
@@ -303,7 +312,7 @@ impl Endpoint {
             }
             self.slots[idx as usize] = Slot::default();
             self.wheel.remove(idx);
-            self.free.push(idx);
+            self.releasing += 1;
             self.events.push_back((h, Event::Released { local, remote }));
             return;
         }

@@ -73,6 +73,22 @@ fn close_releases_the_slot_for_reuse() {
 }
 
 #[test]
+fn a_slot_is_not_reused_before_its_released_event_is_polled() {
+    let mut ep = Endpoint::new(config(), 10);
+    let a = ep.accept(ms(0), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
+    ep.connection_mut(a).unwrap().abort(ms(1));
+    drain(&mut ep, ms(1));
+    // Closed and Released are queued for `a`, not yet polled: a new connection gets another slot.
+    let b = ep.accept(ms(2), facts(), local(), client(2), &ack_from(2), &[]).unwrap();
+    assert_ne!(a.slot(), b.slot());
+    let ev = all_events(&mut ep);
+    assert!(ev.iter().all(|(h, _)| *h == a), "{ev:?}");
+    let c = ep.accept(ms(3), facts(), local(), client(3), &ack_from(3), &[]).unwrap();
+    assert_eq!(c.slot(), a.slot());
+    assert!(all_events(&mut ep).iter().all(|(h, e)| *h != c || !matches!(e, Event::Closed(_) | Event::Released { .. })));
+}
+
+#[test]
 fn time_wait_through_the_wheel_and_syn_reuse() {
     let mut ep = Endpoint::new(config(), 10);
     let h = ep.accept(ms(0), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
