@@ -182,6 +182,9 @@ enum Step {
     Done(Handled),
 }
 
+/// One step of RFC 9293 3.10.7.4 segment processing.
+type StepFn = fn(&mut Connection, Instant, &Header, &[u8]) -> Step;
+
 pub struct Connection {
     config: Arc<Config>,
     local: SocketAddr,
@@ -688,7 +691,7 @@ impl Connection {
     /// Process one segment for this connection (RFC 9293 3.10.7.4).
     pub fn handle(&mut self, now: Instant, h: &Header, payload: &[u8]) -> Handled {
         self.stats.segments_received += 1;
-        let steps: [fn(&mut Self, Instant, &Header, &[u8]) -> Step; 8] = [
+        let steps: [StepFn; 8] = [
             Self::step_closed,
             Self::step_time_wait,
             Self::step_paws,

@@ -121,23 +121,7 @@ pub struct Options {
 impl Options {
     /// Encoded length including NOP padding to a multiple of 4.
     pub fn encoded_len(&self) -> usize {
-        let mut n = 0;
-        if self.mss.is_some() {
-            n += 4;
-        }
-        if self.sack_permitted {
-            n += 2;
-        }
-        if self.window_scale.is_some() {
-            n += 3;
-        }
-        if self.timestamps.is_some() {
-            n += 10;
-        }
-        if !self.sack.is_empty() {
-            n += 2 + 8 * self.sack.len();
-        }
-        n.div_ceil(4) * 4
+        options_unpadded_len(self).div_ceil(4) * 4
     }
 
     /// Drop SACK blocks until the options fit in 40 bytes.
@@ -237,9 +221,9 @@ fn parse_options(mut opts: &[u8]) -> Result<Options, ParseError> {
             2 if len == 4 => o.mss = Some(u16::from_be_bytes([body[0], body[1]])),
             3 if len == 3 => o.window_scale = Some(body[0]),
             4 if len == 2 => o.sack_permitted = true,
-            5 if len >= 10 && (len - 2) % 8 == 0 && (len - 2) / 8 <= MAX_SACK_BLOCKS => {
+            5 if len >= 10 && (len - 2).is_multiple_of(8) && (len - 2) / 8 <= MAX_SACK_BLOCKS => {
                 o.sack = SackBlocks::default();
-                for b in body.chunks_exact(8) {
+                for b in body.as_chunks::<8>().0 {
                     let l = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
                     let r = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
                     o.sack.push(SeqNum(l), SeqNum(r));
@@ -256,6 +240,15 @@ fn parse_options(mut opts: &[u8]) -> Result<Options, ParseError> {
         opts = &opts[len..];
     }
     Ok(o)
+}
+
+/// Options length before padding.
+fn options_unpadded_len(o: &Options) -> usize {
+    o.mss.map_or(0, |_| 4)
+        + if o.sack_permitted { 2 } else { 0 }
+        + o.window_scale.map_or(0, |_| 3)
+        + o.timestamps.map_or(0, |_| 10)
+        + if o.sack.is_empty() { 0 } else { 2 + 8 * o.sack.len() }
 }
 
 /// Write header, options and payload into `buf`; returns the segment length. Options that do
@@ -278,34 +271,35 @@ pub fn write(header: &Header, payload: &[u8], buf: &mut [u8]) -> Result<usize, B
     buf[14..16].copy_from_slice(&header.window.to_be_bytes());
     buf[16..18].copy_from_slice(&[0, 0]);
     buf[18..20].copy_from_slice(&header.urgent.to_be_bytes());
-    let mut w = HEADER_LEN;
-    let mut put = |bytes: &[u8]| {
-        buf[w..w + bytes.len()].copy_from_slice(bytes);
-        w += bytes.len();
+    let mut at = HEADER_LEN;
+    let mut put = |buf: &mut [u8], bytes: &[u8]| {
+        buf[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
     };
     if let Some(mss) = options.mss {
         let m = mss.to_be_bytes();
-        put(&[2, 4, m[0], m[1]]);
+        put(buf, &[2, 4, m[0], m[1]]);
     }
     if options.sack_permitted {
-        put(&[4, 2]);
+        put(buf, &[4, 2]);
     }
     if let Some(ws) = options.window_scale {
-        put(&[3, 3, ws]);
+        put(buf, &[3, 3, ws]);
     }
     if let Some((v, e)) = options.timestamps {
-        put(&[8, 10]);
-        put(&v.to_be_bytes());
-        put(&e.to_be_bytes());
+        put(buf, &[8, 10]);
+        put(buf, &v.to_be_bytes());
+        put(buf, &e.to_be_bytes());
     }
     if !options.sack.is_empty() {
-        put(&[5, 2 + 8 * options.sack.len() as u8]);
+        put(buf, &[5, 2 + 8 * options.sack.len() as u8]);
         for &(l, r) in options.sack.as_slice() {
-            put(&l.0.to_be_bytes());
-            put(&r.0.to_be_bytes());
+            put(buf, &l.0.to_be_bytes());
+            put(buf, &r.0.to_be_bytes());
         }
     }
-    drop(put);
+    // The options written so far end where the NOP padding starts.
+    let w = HEADER_LEN + options_unpadded_len(&options);
     buf[w..hlen].fill(1); // NOP padding
     buf[hlen..need].copy_from_slice(payload);
     Ok(need)
