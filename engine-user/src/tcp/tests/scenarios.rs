@@ -645,3 +645,108 @@ fn send_respects_the_peer_window_and_buffer_limits() {
     let segs = out(&mut c, ms(10));
     assert_eq!(segs.iter().map(|(_, p)| p.len()).sum::<usize>(), 1000);
 }
+
+// ------------------------------------------------------------------ more tables
+
+#[test]
+fn text_after_the_peers_fin_is_ignored_in_every_state() {
+    type Setup = fn(&mut Connection);
+    // RFC 9293 3.10.7.4 seventh: CLOSE-WAIT, CLOSING, LAST-ACK, TIME-WAIT ignore segment text.
+    let setups: [(State, Setup); 4] = [
+        (State::CloseWait, |c| {
+            c.handle(ms(1), &with(peer(0, 0), Flags::FIN), &[]);
+        }),
+        (State::LastAck, |c| {
+            c.handle(ms(1), &with(peer(0, 0), Flags::FIN), &[]);
+            c.shutdown(ms(1));
+        }),
+        (State::Closing, |c| {
+            c.shutdown(ms(1));
+            out(c, ms(1));
+            c.handle(ms(2), &with(peer(0, 0), Flags::FIN), &[]);
+        }),
+        (State::TimeWait, |c| {
+            c.shutdown(ms(1));
+            out(c, ms(1));
+            c.handle(ms(2), &with(peer(0, 1), Flags::FIN), &[]);
+        }),
+    ];
+    for (state, setup) in setups {
+        let mut c = established();
+        setup(&mut c);
+        assert_eq!(c.state(), state);
+        out(&mut c, ms(3));
+        // Data beyond the FIN: never delivered.
+        c.handle(ms(4), &peer(1, 0), b"after fin");
+        assert_eq!(c.readable(), 0, "{state}");
+        assert!(!events(&mut c).contains(&Event::Readable), "{state}");
+        assert_eq!(c.state(), state);
+    }
+}
+
+#[test]
+fn a_fin_beyond_a_hole_waits_for_the_hole() {
+    let mut c = established();
+    c.handle(ms(1), &with(peer(5, 0), Flags::FIN), b"world");
+    assert_eq!(c.state(), State::Established);
+    c.handle(ms(2), &peer(0, 0), b"hello");
+    assert_eq!(c.state(), State::CloseWait);
+    assert_eq!(read_all(&mut c), b"helloworld");
+    assert!(c.is_eof());
+    let acks = out(&mut c, ms(2));
+    assert_eq!(acks.last().unwrap().0.ack, SeqNum(IRS + 12));
+}
+
+#[test]
+fn stale_segments_from_the_past_are_acked_and_ignored() {
+    let mut c = established();
+    c.handle(ms(1), &peer(0, 0), b"0123456789");
+    assert_eq!(read_all(&mut c), b"0123456789");
+    out(&mut c, ms(50));
+    // An old duplicate (already delivered) and a stray from far in the past.
+    c.handle(ms(60), &peer(2, 0), b"23");
+    assert_ack(&one(&mut c, ms(60)), 0, 10);
+    assert_eq!(c.handle(ms(61), &peer(0u32.wrapping_sub(1 << 30), 0), b"old"), Handled::Dropped(DropReason::Unacceptable));
+    assert_ack(&one(&mut c, ms(61)), 0, 10);
+    // An old FIN from a previous incarnation neither closes nor delivers.
+    assert_eq!(
+        c.handle(ms(62), &with(peer(0u32.wrapping_sub(5000), 0), Flags::FIN), &[]),
+        Handled::Dropped(DropReason::Unacceptable)
+    );
+    assert_eq!(c.state(), State::Established);
+    assert_eq!(c.readable(), 0);
+}
+
+#[test]
+fn time_wait_syn_reuse_by_timestamp_rfc6191() {
+    let f = HandshakeFacts { flags: FACT_TS, ts_recent: 500, ..facts() };
+    let mut ack = peer(0, 0);
+    ack.options.timestamps = Some((500, 0));
+    let mut c = accept_with(config(), f, &ack, &[]);
+    c.shutdown(ms(0));
+    out(&mut c, ms(0));
+    let mut fin = with(peer(0, 1), Flags::FIN);
+    fin.options.timestamps = Some((600, 0));
+    c.handle(ms(5), &fin, &[]);
+    assert_eq!(c.state(), State::TimeWait);
+    // With timestamps, the SYN's sequence number does not matter; its TSval must be newer.
+    let mut old = peer(0u32.wrapping_sub(100), 0);
+    old.flags = Flags::SYN;
+    old.options.timestamps = Some((600, 0));
+    assert_eq!(c.handle(ms(6), &old, &[]), Handled::Dropped(DropReason::Syn));
+    let mut new = old;
+    new.options.timestamps = Some((601, 0));
+    assert_eq!(c.handle(ms(7), &new, &[]), Handled::TimeWaitReuse);
+}
+
+#[test]
+fn close_wait_still_probes_an_idle_peer() {
+    let mut c = established();
+    c.handle(ms(0), &with(peer(0, 0), Flags::FIN), &[]);
+    c.handle_timeout(ms(40));
+    assert_ack(&one(&mut c, ms(40)), 0, 1);
+    assert_eq!(c.poll_timeout(), Some(secs(7200)));
+    c.handle_timeout(secs(7200));
+    let (h, _) = one(&mut c, secs(7200));
+    assert_eq!((h.seq, h.ack), (SeqNum(ISS), SeqNum(IRS + 2)));
+}
