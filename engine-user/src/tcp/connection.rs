@@ -203,6 +203,8 @@ pub struct Connection {
     /// Sequence number of our FIN once sent.
     fin_seq: Option<SeqNum>,
     fin_queued: bool,
+    /// The application closed (not just shut down) its side: nobody reads any more.
+    orphan: bool,
     send_buf: SendBuffer,
 
     // Receive sequence space.
@@ -304,6 +306,7 @@ impl Connection {
             max_snd_wnd: 0,
             fin_seq: None,
             fin_queued: false,
+            orphan: false,
             send_buf: SendBuffer::new(config.send_buffer.max(1)),
             rcv_nxt: irs + 1,
             // What XDP's SYN-ACK offered (SYN windows are never scaled, RFC 7323 2.2).
@@ -431,7 +434,7 @@ impl Connection {
         (now.as_millis() as u32).wrapping_add(self.ts_offset)
     }
 
-    fn close(&mut self, reason: CloseReason) {
+    fn close_with(&mut self, reason: CloseReason) {
         self.state = State::Closed;
         self.close_reason = Some(reason);
         self.events |= EV_CLOSED;
@@ -447,7 +450,7 @@ impl Connection {
     fn reset_and_close(&mut self, reason: CloseReason) {
         if self.state != State::Closed {
             self.send_rst = true;
-            self.close(reason);
+            self.close_with(reason);
         }
     }
 
@@ -513,12 +516,23 @@ impl Connection {
         self.fin_queued = true;
     }
 
+    /// Full close: FIN after the queued data, as `shutdown`, and the application will not read
+    /// again, so FIN_WAIT_2 is bounded by `Config::fin_wait2_timeout` (as Linux bounds orphaned
+    /// sockets) instead of waiting forever for a peer that never closes.
+    pub fn close(&mut self, now: Instant) {
+        self.orphan = true;
+        self.shutdown(now);
+        if self.state == State::FinWait2 {
+            self.timers.set(TimerKind::TimeWait, now + self.config.fin_wait2_timeout);
+        }
+    }
+
     /// Reset the connection (RFC 9293 3.10.4 ABORT): RST to the peer, queues discarded.
     pub fn abort(&mut self, _now: Instant) {
         match self.state {
             State::Closed => {}
             // RFC 9293 3.10.4 ABORT, CLOSING/LAST-ACK/TIME-WAIT: just delete the TCB.
-            State::TimeWait | State::LastAck | State::Closing => self.close(CloseReason::Aborted),
+            State::TimeWait | State::LastAck | State::Closing => self.close_with(CloseReason::Aborted),
             _ => self.reset_and_close(CloseReason::Aborted),
         }
     }
@@ -602,8 +616,9 @@ impl Connection {
                 TimerKind::DelayedAck => self.ack_now = true,
                 TimerKind::Persist => self.on_persist_timer(now),
                 TimerKind::Keepalive => self.on_keepalive_timer(now),
-                // RFC 9293 3.10.8: TIME-WAIT timeout deletes the TCB.
-                TimerKind::TimeWait => self.close(CloseReason::Normal),
+                // RFC 9293 3.10.8: TIME-WAIT timeout deletes the TCB (and so does the
+                // FIN_WAIT_2 timeout of an orphan).
+                TimerKind::TimeWait => self.close_with(CloseReason::Normal),
             }
         }
     }
@@ -723,7 +738,7 @@ impl Connection {
         if h.flags.rst() {
             // RFC 9293 3.10.7.4 second (TIME-WAIT) with RFC 5961 3.2: only an exact RST closes.
             if h.seq == self.rcv_nxt {
-                self.close(CloseReason::Normal);
+                self.close_with(CloseReason::Normal);
                 return Step::Done(Handled::Processed);
             }
             return Step::Done(Handled::Dropped(DropReason::RstNotExact));
@@ -737,7 +752,7 @@ impl Connection {
                 (false, _) => h.seq.gt(self.rcv_nxt),
             };
             if newer {
-                self.close(CloseReason::Normal);
+                self.close_with(CloseReason::Normal);
                 return Step::Done(Handled::TimeWaitReuse);
             }
             self.challenge_ack(now);
@@ -811,7 +826,7 @@ impl Connection {
             return Step::Done(Handled::Dropped(DropReason::RstNotExact));
         }
         // RFC 9293 3.10.7.4 second: every synchronized state enters CLOSED.
-        self.close(CloseReason::Reset);
+        self.close_with(CloseReason::Reset);
         Step::Done(Handled::Processed)
     }
 
@@ -869,12 +884,18 @@ impl Connection {
         let fin_acked = self.fin_seq.is_some_and(|f| self.snd_una.gt(f));
         match self.state {
             // RFC 9293 3.10.7.4 fifth, FIN-WAIT-1: our FIN acknowledged, enter FIN-WAIT-2.
-            State::FinWait1 if fin_acked => self.state = State::FinWait2,
+            State::FinWait1 if fin_acked => {
+                self.state = State::FinWait2;
+                if self.orphan {
+                    // Linux tcp_fin_timeout: an orphan waits a bounded time for the peer's FIN.
+                    self.timers.set(TimerKind::TimeWait, now + self.config.fin_wait2_timeout);
+                }
+            }
             // RFC 9293 3.10.7.4 fifth, CLOSING: our FIN acknowledged, enter TIME-WAIT.
             State::Closing if fin_acked => self.enter_time_wait(now),
             // RFC 9293 3.10.7.4 fifth, LAST-ACK: our FIN acknowledged, delete the TCB.
             State::LastAck if fin_acked => {
-                self.close(CloseReason::Normal);
+                self.close_with(CloseReason::Normal);
                 return Step::Done(Handled::Processed);
             }
             _ => {}

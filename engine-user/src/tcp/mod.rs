@@ -108,6 +108,10 @@ pub struct Config {
     pub send_buffer: u32,
     /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL (RFC 9293 3.4.2).
     pub msl: Duration,
+    /// How long a connection closed with `Connection::close` waits in FIN_WAIT_2 for the peer's
+    /// FIN (Linux tcp_fin_timeout): RFC 9293 sets no limit, and a peer that never closes would
+    /// otherwise hold the TCB forever.
+    pub fin_wait2_timeout: Duration,
     /// Default keepalive for new connections (`Connection::set_keepalive` overrides).
     pub keepalive: Keepalive,
     /// RFC 9293 3.8.6.3 / RFC 1122 4.2.3.2: at most 500 ms; Linux's 40 ms.
@@ -138,6 +142,7 @@ impl Default for Config {
             recv_buffer: 256 * 1024,
             send_buffer: 256 * 1024,
             msl: Duration::from_secs(30),
+            fin_wait2_timeout: Duration::from_secs(60),
             keepalive: Keepalive::default(),
             delayed_ack: Duration::from_millis(40),
             min_rto: Duration::from_millis(200),

@@ -750,3 +750,26 @@ fn close_wait_still_probes_an_idle_peer() {
     let (h, _) = one(&mut c, secs(7200));
     assert_eq!((h.seq, h.ack), (SeqNum(ISS), SeqNum(IRS + 2)));
 }
+
+#[test]
+fn fin_wait_2_is_bounded_only_after_close() {
+    // close(): the orphan gives up on a peer that never sends its FIN (Linux tcp_fin_timeout).
+    let mut c = established();
+    c.close(ms(0));
+    one(&mut c, ms(0));
+    c.handle(ms(10), &peer(0, 1), &[]);
+    assert_eq!(c.state(), State::FinWait2);
+    assert_eq!(c.poll_timeout(), Some(ms(10) + Duration::from_secs(60)));
+    c.handle_timeout(ms(10) + Duration::from_secs(60));
+    assert_eq!(c.state(), State::Closed);
+    none(&mut c, secs(61));
+    // shutdown() is a half-close: the application may read for as long as the peer sends.
+    let mut c = established();
+    c.shutdown(ms(0));
+    one(&mut c, ms(0));
+    c.handle(ms(10), &peer(0, 1), &[]);
+    c.handle_timeout(secs(3600));
+    assert_eq!(c.state(), State::FinWait2);
+    c.handle(secs(3600), &peer(0, 1), b"late reply");
+    assert_eq!(read_all(&mut c), b"late reply");
+}
