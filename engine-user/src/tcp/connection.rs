@@ -144,6 +144,8 @@ pub struct Stats {
     pub retransmits: u64,
     pub keepalive_probes: u64,
     pub zero_window_probes: u64,
+    /// RFC 8985 tail loss probes sent.
+    pub loss_probes: u64,
     pub challenge_acks: u64,
     pub time_wait_fin_reacks: u64,
 }
@@ -238,6 +240,10 @@ pub struct Connection {
     /// Karn: (end sequence, send time) of the one timed segment.
     rtt_timing: Option<(SeqNum, Instant)>,
     consecutive_rtos: u32,
+    /// The retransmission timer is armed as a tail-loss probe timeout (RFC 8985 7.2).
+    tlp_pending: bool,
+    /// A tail-loss probe is due in `poll_transmit`.
+    tlp_probe: bool,
     cc: Congestion,
     dupacks: u32,
     /// RFC 6582 "recover": set while in fast recovery.
@@ -328,6 +334,8 @@ impl Connection {
             rtt: RttEstimator::new(config.initial_rto),
             rtt_timing: None,
             consecutive_rtos: 0,
+            tlp_pending: false,
+            tlp_probe: false,
             cc: Congestion::new(config.congestion, smss_payload, config.initial_cwnd.max(1)),
             dupacks: 0,
             recovery: None,
@@ -627,6 +635,14 @@ impl Connection {
         if self.snd_una == self.snd_max || self.state == State::Closed || self.state == State::TimeWait {
             return;
         }
+        if self.tlp_pending {
+            // RFC 8985 7.3: the probe timeout fired before the RTO; send one probe and arm the
+            // RTO behind it.
+            self.tlp_pending = false;
+            self.tlp_probe = true;
+            self.timers.set(TimerKind::Retransmit, now + self.rto());
+            return;
+        }
         self.consecutive_rtos = self.consecutive_rtos.saturating_add(1);
         if self.consecutive_rtos > self.config.max_retries {
             // RFC 9293 3.8.3 R2: give up and reset the connection.
@@ -651,6 +667,57 @@ impl Connection {
         self.rtt_timing = None;
         self.rtt.back_off();
         self.timers.set(TimerKind::Retransmit, now + self.rto());
+    }
+
+    /// Arm the retransmission timer: with SACK and an RTT estimate, first as a tail-loss probe
+    /// timeout (RFC 8985 7.2, as Linux: a lost tail is recovered in about two RTTs instead of an
+    /// RTO), otherwise for the RTO (RFC 6298 5.1/5.3).
+    fn arm_retransmit(&mut self, now: Instant) {
+        let rto = self.rto();
+        self.tlp_pending = false;
+        if self.sack_enabled
+            && self.recovery.is_none()
+            && self.consecutive_rtos == 0
+            && self.snd_nxt == self.snd_max
+            && let Some(srtt) = self.rtt.srtt()
+        {
+            let mut pto = srtt * 2;
+            if self.snd_max.since(self.snd_una) <= self.mss() {
+                // RFC 8985 7.2: a lone segment may wait for a delayed ACK (WCDelAckT).
+                pto += Duration::from_millis(200);
+            }
+            let pto = pto.max(Duration::from_millis(10));
+            if pto < rto {
+                self.tlp_pending = true;
+                self.timers.set(TimerKind::Retransmit, now + pto);
+                return;
+            }
+        }
+        self.timers.set(TimerKind::Retransmit, now + rto);
+    }
+
+    /// RFC 8985 7.3: new data if the windows allow, else the last segment (with our FIN if sent).
+    fn send_loss_probe(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let mss = self.mss();
+        let data_end = self.snd_una + self.send_buf.len() as u32;
+        let window_end = self.snd_una + self.snd_wnd;
+        if self.snd_nxt == self.snd_max && self.snd_nxt.lt(data_end) && self.snd_nxt.lt(window_end) {
+            let seq = self.snd_nxt;
+            let len = data_end.since(seq).min(window_end.since(seq)).min(mss);
+            let fin_due = self.fin_queued && seq + len == data_end && self.fin_seq.is_none();
+            let (n, sent) = self.write_data(now, buf, seq, len, fin_due)?;
+            let fin_sent = fin_due && seq + sent == data_end;
+            if fin_sent {
+                self.fin_seq = Some(data_end);
+            }
+            self.snd_nxt = seq + sent + fin_sent as u32;
+            self.snd_max = self.snd_max.max(self.snd_nxt);
+            return Some(n);
+        }
+        let last = self.fin_seq.unwrap_or(self.snd_max.min(data_end));
+        let start = last - last.since(self.snd_una).min(mss);
+        self.rtt_timing = None;
+        self.write_data(now, buf, start, last.since(start), self.fin_seq.is_some()).map(|(n, _)| n)
     }
 
     fn on_persist_timer(&mut self, now: Instant) {
@@ -975,8 +1042,9 @@ impl Connection {
         // RFC 6298 5.2 / 5.3: stop the timer when all is acknowledged, else restart it.
         if self.snd_una == self.snd_max {
             self.timers.stop(TimerKind::Retransmit);
+            self.tlp_pending = false;
         } else {
-            self.timers.set(TimerKind::Retransmit, now + self.rto());
+            self.arm_retransmit(now);
         }
         if self.want_writable && self.send_buf.free() > 0 && self.state.app_can_send() {
             self.want_writable = false;
@@ -1130,6 +1198,13 @@ impl Connection {
         }
         if self.state == State::Closed {
             return None;
+        }
+        if self.tlp_probe {
+            self.tlp_probe = false;
+            if let Some(n) = self.send_loss_probe(now, buf) {
+                self.stats.loss_probes += 1;
+                return Some(n);
+            }
         }
         if let Some(n) = self.transmit_data(now, buf) {
             return Some(n);
@@ -1356,9 +1431,10 @@ impl Connection {
         }
         self.stats.segments_sent += 1;
         self.on_ack_sent(&h);
-        // RFC 6298 5.1: start the timer when sending data and it is not running.
-        if !self.timers.is_set(TimerKind::Retransmit) {
-            self.timers.set(TimerKind::Retransmit, now + self.rto());
+        // RFC 6298 5.1: start the timer when sending data and it is not running; RFC 8985
+        // 7.2: restart a probe timeout after new data.
+        if !self.timers.is_set(TimerKind::Retransmit) || (self.tlp_pending && seq == self.snd_max) {
+            self.arm_retransmit(now);
         }
         self.timers.stop(TimerKind::Persist);
         Some((written + n as usize, n))

@@ -2,6 +2,8 @@
 
 use core::time::Duration;
 
+use engine_common::handshake::{FACT_SACK, FACT_TS, HandshakeFacts};
+
 use super::super::connection::{DropReason, TimeoutKind};
 use super::*;
 
@@ -772,4 +774,35 @@ fn fin_wait_2_is_bounded_only_after_close() {
     assert_eq!(c.state(), State::FinWait2);
     c.handle(secs(3600), &peer(0, 1), b"late reply");
     assert_eq!(read_all(&mut c), b"late reply");
+}
+
+#[test]
+fn tail_loss_probe_recovers_a_lost_tail_before_the_rto() {
+    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
+    let cfg = Config { nagle: false, ..config() };
+    let mut c = accept_with(cfg, f, &peer(0, 0), &[]);
+    // An RTT sample first: 100 ms, so RTO = 300 ms and PTO = 2 * SRTT = 200 ms.
+    c.send(b"x");
+    one(&mut c, ms(0));
+    c.handle(ms(100), &peer(0, 1), &[]);
+    let mss = 1460u32;
+    c.send(&vec![3u8; 5 * mss as usize]);
+    assert_eq!(out(&mut c, ms(100)).len(), 5);
+    // The peer got the first two segments only: the tail (3 segments) is lost.
+    c.handle(ms(200), &peer(0, 1 + 2 * mss), &[]);
+    assert_eq!(c.poll_timeout(), Some(ms(400)), "PTO = 2 * SRTT after the ACK");
+    c.handle_timeout(ms(400));
+    let (h, p) = one(&mut c, ms(400));
+    // RFC 8985 7.3: no new data, so the last segment is sent again.
+    assert_eq!((h.seq, p.len()), (SeqNum(ISS + 2 + 4 * mss), mss as usize));
+    assert_eq!(c.stats().loss_probes, 1);
+    // Its SACK exposes the hole; fast recovery fills it without any RTO.
+    let mut a = peer(0, 1 + 2 * mss);
+    a.options.sack.push(SeqNum(ISS + 2 + 4 * mss), SeqNum(ISS + 2 + 5 * mss));
+    c.handle(ms(500), &a, &[]);
+    c.handle(ms(500), &peer(0, 1 + 4 * mss), &[]);
+    let _ = out(&mut c, ms(500));
+    c.handle(ms(600), &peer(0, 1 + 5 * mss), &[]);
+    assert_eq!(c.info().send_queued, 0);
+    assert_eq!(c.info().rto, Duration::from_millis(300), "no backoff: no RTO fired");
 }
