@@ -1,11 +1,16 @@
-//! Receive buffer: a ring of `cap` bytes holding in-order data not yet read by the application,
-//! followed by out-of-order data tracked by a small fixed-size assembler. Allocated on the first
-//! byte and freed when empty, so an idle connection holds no heap memory. Everything stored lies
-//! within the advertised window, so the memory is bounded by `cap`.
+//! Receive buffer: a ring holding in-order data not yet read by the application, followed by
+//! out-of-order data tracked by a small fixed-size assembler. The ring is allocated on the first
+//! byte, starts small and doubles as data needs it (up to `cap`), and is freed when empty: an
+//! idle connection holds no heap memory and a 100-byte request does not cost a `cap`-sized
+//! zeroed allocation. Everything stored lies within the advertised window, so memory is bounded
+//! by `cap`.
 
 /// Out-of-order ranges remembered at once; a segment that would need more is dropped (and the
 /// peer retransmits it), which bounds both memory and work per segment.
 pub const MAX_RANGES: usize = 4;
+
+/// First ring allocation.
+const MIN_RING: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct RecvBuffer {
@@ -53,14 +58,12 @@ impl RecvBuffer {
         if len == 0 || offset.saturating_add(len) > self.window() {
             return (len == 0).then_some(0);
         }
+        // Grow first: the ring must still describe only what it holds while it is copied.
+        self.reserve((self.readable + offset + len) as usize);
         if offset > 0 && !self.insert_range(offset, offset + len) {
             return None;
         }
-        if self.buf.is_empty() {
-            self.buf = vec![0; self.cap as usize];
-        }
-        let start = (self.head as u64 + self.readable as u64 + offset as u64) % self.cap as u64;
-        let start = start as usize;
+        let start = (self.head as usize + self.readable as usize + offset as usize) % self.buf.len();
         let first = data.len().min(self.buf.len() - start);
         self.buf[start..start + first].copy_from_slice(&data[..first]);
         self.buf[..data.len() - first].copy_from_slice(&data[first..]);
@@ -84,6 +87,27 @@ impl RecvBuffer {
         self.nranges = keep as u8;
         self.readable += advance;
         Some(advance)
+    }
+
+    /// Make the ring hold at least `need` bytes from the head (at most `cap`), keeping what it
+    /// holds: readable data and out-of-order ranges, laid out again from index 0.
+    fn reserve(&mut self, need: usize) {
+        if need <= self.buf.len() {
+            return;
+        }
+        let size = need.next_power_of_two().max(MIN_RING).min(self.cap as usize);
+        let mut grown = vec![0u8; size];
+        let old = self.buf.len();
+        if old > 0 {
+            // The span in use: readable data plus everything up to the last out-of-order byte.
+            let used = self.readable as usize + self.out_of_order().last().map_or(0, |r| r.1 as usize);
+            let head = self.head as usize;
+            let first = used.min(old - head);
+            grown[..first].copy_from_slice(&self.buf[head..head + first]);
+            grown[first..used].copy_from_slice(&self.buf[..used - first]);
+        }
+        self.buf = grown;
+        self.head = 0;
     }
 
     /// Add `[s, e)` to the assembler, merging overlapping or adjacent ranges; false when full.
@@ -164,6 +188,25 @@ mod tests {
         assert_eq!(b.write(0, b"xy"), None); // beyond the window
         let n = b.read(&mut out);
         assert_eq!(&out[..n], b"fghijkl");
+        assert_eq!(b.heap_bytes(), 0);
+    }
+
+    #[test]
+    fn the_ring_grows_with_the_data_and_keeps_it() {
+        let mut b = RecvBuffer::new(1 << 20);
+        assert_eq!(b.write(0, &[1; 100]), Some(100));
+        assert_eq!(b.heap_bytes(), MIN_RING);
+        let mut out = [0u8; 60];
+        assert_eq!(b.read(&mut out), 60); // head moves: the next growth must unwrap the ring
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        assert_eq!(b.write(5000, &data[5000..6000]), Some(0)); // out of order, grows
+        assert_eq!(b.write(0, &data[..5000]), Some(6000));
+        assert!(b.heap_bytes() >= 6040 && b.heap_bytes() <= 16384);
+        let mut all = vec![0u8; 7000];
+        let n = b.read(&mut all);
+        assert_eq!(n, 6040);
+        assert_eq!(&all[..40], &[1; 40]);
+        assert_eq!(&all[40..6040], &data[..6000]);
         assert_eq!(b.heap_bytes(), 0);
     }
 

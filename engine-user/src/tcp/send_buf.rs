@@ -33,9 +33,7 @@ impl SendBuffer {
     /// Append as much of `bytes` as fits; returns how much was taken.
     pub fn push(&mut self, bytes: &[u8]) -> usize {
         let n = bytes.len().min(self.free());
-        if n > 0 && self.data.capacity() == 0 {
-            self.data.reserve_exact((self.cap as usize).min(64 * 1024).max(n));
-        }
+        // Grows by doubling as data is queued; never beyond what `cap` admits plus slack.
         self.data.extend(&bytes[..n]);
         n
     }

@@ -37,6 +37,17 @@ fn op() -> impl Strategy<Value = Op> {
             proptest::collection::vec((-3000i32..70_000, -3000i32..70_000), 0..3),
         )
             .prop_map(|(seq, ack, flags, window, len, ts, sack)| Op::Segment { seq, ack, flags, window, len, ts, sack }),
+        // Plausible segments: ACK set, acknowledging little, near the receive window.
+        8 => (-3000i32..24_000, -50i32..50, any::<bool>(), 0u16..3000)
+            .prop_map(|(seq, ack, fin, len)| Op::Segment {
+                seq,
+                ack,
+                flags: if fin { 0x11 } else { 0x10 },
+                window: 4096,
+                len,
+                ts: None,
+                sack: Vec::new(),
+            }),
         2 => (0u16..5000).prop_map(Op::Send),
         2 => (0u16..5000).prop_map(Op::Recv),
         1 => Just(Op::Shutdown),
@@ -111,7 +122,11 @@ impl AddI for SeqNum {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    // 96 cases by default; PROPTEST_CASES=N for a deeper run.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn arbitrary_segments_plain(ops in proptest::collection::vec(op(), 1..120)) {
