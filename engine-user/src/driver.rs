@@ -427,8 +427,9 @@ impl QueueEngine {
         }
         if st.app_closed && st.tx.is_empty() {
             if st.rx.is_empty() && !conn.has_unread() {
-                // close(): FIN after what was queued (RFC 9293 3.10.4).
-                conn.shutdown(now);
+                // close(): FIN after what was queued (RFC 9293 3.10.4); unlike a half-close,
+                // an orphan's FIN_WAIT_2 is bounded (Linux tcp_fin_timeout).
+                conn.close(now);
             } else {
                 // Closing with unread data resets, as Linux does (RFC 2525 2.17).
                 conn.abort(now);
@@ -591,10 +592,13 @@ impl QueueEngine {
     }
 }
 
+/// How the control socket asks a queue thread for its connections: a reply channel.
+pub type ConnsRequest = mpsc::Sender<Vec<ConnInfo>>;
+
 /// Shared by every queue thread and the control socket.
 pub struct EngineShared {
     pub stats: Vec<Arc<QueueStats>>,
-    pub conns_requests: Vec<(Mutex<mpsc::Sender<mpsc::Sender<Vec<ConnInfo>>>>, Arc<EngineWaker>)>,
+    pub conns_requests: Vec<(Mutex<mpsc::Sender<ConnsRequest>>, Arc<EngineWaker>)>,
 }
 
 impl EngineShared {

@@ -180,18 +180,17 @@ fn write_ipv6(h: &mut [u8], src: Ipv6Addr, dst: Ipv6Addr, payload: usize) -> Opt
 
 /// Ones'-complement sum of `data` (big-endian 16-bit words) added to `acc` (RFC 1071).
 fn sum_bytes(data: &[u8], mut acc: u64) -> u64 {
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_be_bytes(c.try_into().expect("8 bytes"));
+    let (chunks, rest) = data.as_chunks::<8>();
+    for c in chunks {
+        let w = u64::from_be_bytes(*c);
         // Add the four 16-bit words at once: split into two 32-bit halves to avoid overflow.
         acc += (w >> 32) + (w & 0xffff_ffff);
     }
-    let rest = chunks.remainder();
-    let mut pairs = rest.chunks_exact(2);
-    for p in &mut pairs {
-        acc += u64::from(u16::from_be_bytes([p[0], p[1]]));
+    let (pairs, last) = rest.as_chunks::<2>();
+    for p in pairs {
+        acc += u64::from(u16::from_be_bytes(*p));
     }
-    if let [last] = pairs.remainder() {
+    if let [last] = last {
         acc += u64::from(*last) << 8;
     }
     acc
