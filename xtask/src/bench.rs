@@ -40,7 +40,7 @@ pub struct BenchArgs {
     #[arg(long)]
     full: bool,
     /// Only these rows (prefix match), comma-separated: syn_flood, conn_rate, http, bulk, idle,
-    /// xdp (the XDP program's per-packet cost).
+    /// xdp (the XDP program's per-packet cost), tcp (the TCP core and its timer wheel).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
@@ -545,6 +545,57 @@ fn xdp_micro(synx_bin: &Path, runs: u32) -> Vec<Row> {
         .collect()
 }
 
+/// The sans-IO core's own costs, from its benchmark (engine-user/benches/tcp_core.rs): no
+/// kernel counterpart exists for these, so the kernel column says so.
+fn tcp_micro() -> Vec<Row> {
+    let rows: [(&'static str, &'static str, &'static str); 6] = [
+        ("tcp_inorder_segment_ns", "in-order data segments", "1448 B segment received and ACKed"),
+        ("tcp_ack_ns", "ACK processing", "one ACK, with the data it clocks out"),
+        ("timer_wheel_insert_ns", "wheel insert", "1M timers armed"),
+        ("timer_wheel_cancel_ns", "wheel cancel", "O(1) cancel"),
+        ("timer_wheel_expiry_ns", "wheel expiry", "expiry while polling"),
+        ("tcb_idle_bytes", "idle ESTABLISHED connection", "TCB state; buffers are 0 B when idle"),
+    ];
+    let out = crate::cargo()
+        .args(["bench", "--quiet", "--package", "synx", "--bench", "tcp_core"])
+        .output()
+        .map_err(|e| format!("cargo bench: {e}"))
+        .and_then(|o| {
+            if o.status.success() {
+                Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+            } else {
+                Err(format!("cargo bench failed: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")))
+            }
+        });
+    rows.iter()
+        .map(|(name, prefix, note)| {
+            let synx = out.as_ref().map_err(Clone::clone).and_then(|text| {
+                let line = text
+                    .lines()
+                    .find(|l| l.trim_start().starts_with(prefix))
+                    .ok_or_else(|| format!("the core's benchmark printed no {prefix:?} line"))?;
+                // "... (12.3 ns each)" or "...: 648 B of TCB ..."
+                let number = if name.ends_with("_bytes") {
+                    line.split(':').nth(1).and_then(|r| r.split_whitespace().next())
+                } else {
+                    line.rfind('(').and_then(|i| line[i + 1..].split_whitespace().next())
+                };
+                number.and_then(|n| n.parse::<f64>().ok()).ok_or_else(|| format!("unparsed line {line:?}"))
+            });
+            let unit = if name.ends_with("_bytes") { "bytes" } else { "ns" };
+            Row {
+                name,
+                unit,
+                higher_is_better: false,
+                synx,
+                kernel: Err("no kernel counterpart (internals of the sans-IO core)".into()),
+                rounds: 1,
+                note,
+            }
+        })
+        .collect()
+}
+
 fn machine_facts(mode: &str) -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -679,6 +730,9 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
     drop(rig);
     if want("xdp") {
         rows.extend(xdp_micro(synx_bin, if args.quick { 5_000 } else { 20_000 }));
+    }
+    if want("tcp") {
+        rows.extend(tcp_micro());
     }
     print_table(&rows);
     let json = serde_json::json!({
