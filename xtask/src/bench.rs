@@ -106,6 +106,27 @@ impl Samples {
     }
 }
 
+fn samples<const N: usize>() -> [Samples; N] {
+    std::array::from_fn(|_| Samples::new())
+}
+
+/// Record one round's N results for one side, or its error in each of the N rows.
+fn record<const N: usize>(s: &mut [Samples; N], synx: bool, round: anyhow::Result<[f64; N]>) {
+    match round {
+        Ok(values) => {
+            for (samples, v) in s.iter_mut().zip(values) {
+                samples.push(synx, Ok(v));
+            }
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            for samples in s.iter_mut() {
+                samples.push(synx, Err(anyhow::anyhow!("{msg}")));
+            }
+        }
+    }
+}
+
 /// The namespaces, synx, and the kernel baseline server.
 struct Rig {
     net: VethPair,
@@ -624,45 +645,25 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     if want("syn_flood") {
-        let (mut rate, mut cpu, mut legit) = (Samples::new(), Samples::new(), Samples::new());
+        let mut s = samples::<3>();
         for _ in 0..rounds {
             for side in [true, false] {
-                match syn_flood(&rig, side, secs) {
-                    Ok((r, c, l)) => {
-                        rate.push(side, Ok(r));
-                        cpu.push(side, Ok(c));
-                        legit.push(side, Ok(l));
-                    }
-                    Err(e) => {
-                        let msg = format!("{e:#}");
-                        rate.push(side, Err(anyhow::anyhow!("{msg}")));
-                        cpu.push(side, Err(anyhow::anyhow!("{msg}")));
-                        legit.push(side, Err(anyhow::anyhow!("{msg}")));
-                    }
-                }
+                record(&mut s, side, syn_flood(&rig, side, secs).map(|(r, c, l)| [r, c, l]));
             }
         }
+        let [rate, cpu, legit] = s;
         rows.push(rate.row("syn_flood_synack_rate", "SYN-ACK/s", true, "spoofed SYNs from AF_PACKET in the client netns"));
         rows.push(cpu.row("syn_flood_cpu_per_synack", "us CPU/SYN-ACK", false, "whole machine, generator included"));
         rows.push(legit.row("syn_flood_legit_success", "%", true, "legitimate connects during the flood"));
     }
     if want("conn_rate") {
-        let (mut rate, mut cpu) = (Samples::new(), Samples::new());
+        let mut s = samples::<2>();
         for _ in 0..rounds {
             for side in [true, false] {
-                match conn_rate(&rig, side, secs) {
-                    Ok((r, c)) => {
-                        rate.push(side, Ok(r));
-                        cpu.push(side, Ok(c));
-                    }
-                    Err(e) => {
-                        let msg = format!("{e:#}");
-                        rate.push(side, Err(anyhow::anyhow!("{msg}")));
-                        cpu.push(side, Err(anyhow::anyhow!("{msg}")));
-                    }
-                }
+                record(&mut s, side, conn_rate(&rig, side, secs).map(|(r, c)| [r, c]));
             }
         }
+        let [rate, cpu] = s;
         rows.push(rate.row("conn_rate", "conn/s", true, "connect, 1 request, close; 4 client threads"));
         rows.push(cpu.row("conn_cpu_per_100k", "server CPU s/100k conn", false, "server process time only"));
     }
@@ -672,24 +673,13 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
             (64, "http_rps_c64", "http_p50_c64", "http_p99_c64"),
             (1000, "http_rps_c1000", "http_p50_c1000", "http_p99_c1000"),
         ] {
-            let (mut rps, mut p50, mut p99) = (Samples::new(), Samples::new(), Samples::new());
+            let mut s = samples::<3>();
             for _ in 0..rounds {
                 for side in [true, false] {
-                    match http_wrk(&rig, side, c, secs) {
-                        Ok((r, a, b)) => {
-                            rps.push(side, Ok(r));
-                            p50.push(side, Ok(a));
-                            p99.push(side, Ok(b));
-                        }
-                        Err(e) => {
-                            let msg = format!("{e:#}");
-                            rps.push(side, Err(anyhow::anyhow!("{msg}")));
-                            p50.push(side, Err(anyhow::anyhow!("{msg}")));
-                            p99.push(side, Err(anyhow::anyhow!("{msg}")));
-                        }
-                    }
+                    record(&mut s, side, http_wrk(&rig, side, c, secs).map(|(r, a, b)| [r, a, b]));
                 }
             }
+            let [rps, p50, p99] = s;
             rows.push(rps.row(rps_name, "req/s", true, "wrk, keep-alive"));
             rows.push(p50.row(p50_name, "ms", false, "wrk --latency"));
             rows.push(p99.row(p99_name, "ms", false, "wrk --latency"));
@@ -708,22 +698,18 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
         rows.push(tx.row("bulk_tx", "Gbit/s", true, "one connection through echo (server sends what it receives)"));
     }
     if want("idle") {
-        let (mut mem, mut cpu) = (Samples::new(), Samples::new());
+        let mut s = samples::<2>();
         // One round each: opening the connections is the slow part.
         for side in [true, false] {
-            match idle(&rig, side, idle_n) {
-                Ok((m, c)) => {
-                    let m = if side { m } else { m - IDLE_CLIENT_SLAB.load(Ordering::Relaxed) as f64 / idle_n as f64 };
-                    mem.push(side, Ok(m));
-                    cpu.push(side, Ok(c));
-                }
-                Err(e) => {
-                    let msg = format!("{e:#}");
-                    mem.push(side, Err(anyhow::anyhow!("{msg}")));
-                    cpu.push(side, Err(anyhow::anyhow!("{msg}")));
-                }
-            }
+            let r = idle(&rig, side, idle_n).map(|(m, c)| {
+                // The kernel's slab growth includes the client sockets; subtract what the
+                // synx round (whose server side adds no slab) measured for them.
+                let m = if side { m } else { m - IDLE_CLIENT_SLAB.load(Ordering::Relaxed) as f64 / idle_n as f64 };
+                [m, c]
+            });
+            record(&mut s, side, r);
         }
+        let [mem, cpu] = s;
         rows.push(mem.row("idle_bytes_per_conn", "bytes/conn", false, "synx: daemon RSS growth; kernel: slab growth minus the client side, plus server RSS"));
         rows.push(cpu.row("idle_cpu_pct", "% of a core", false, "server process, keepalive armed"));
     }
@@ -775,7 +761,7 @@ fn print_table(rows: &[Row]) {
         facts["cpu"].as_str().unwrap_or(""),
         facts["cores"]
     );
-    println!("{:<26} {:>14} {:>14} {:>8}  {}", "row", "synx", "kernel", "ratio", "unit");
+    println!("{:<26} {:>14} {:>14} {:>8}  unit", "row", "synx", "kernel", "ratio");
     for r in rows {
         let f = |x: &Result<f64, String>| match x {
             Ok(v) => format!("{v:.3}"),
