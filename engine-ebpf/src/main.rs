@@ -206,8 +206,7 @@ fn run(ctx: &XdpContext) -> Verdict {
             count(counters::COOKIE_ACK_VALID);
             // Claim the tuple until userspace writes the real slot, so the flow's next
             // segments reach it even before it has processed this ACK.
-            // SAFETY: map update with key and value on our stack.
-            let _ = unsafe { FLOWS.insert(&fkey, &SLOT_PENDING, u64::from(BPF_NOEXIST)) };
+            let _ = FLOWS.insert(&fkey, &SLOT_PENDING, u64::from(BPF_NOEXIST));
             return to_userspace(ctx);
         }
         count(counters::COOKIE_ACK_INVALID);
@@ -516,6 +515,23 @@ unsafe fn write_l2_l3(p: *mut u8, seg: &Seg, tcp_len: usize) {
     }
 }
 
+/// The fixed 20 bytes of a reply's TCP header (ports already swapped by the caller); the
+/// checksum is left 0 for `tcp_checksum`, the urgent pointer 0.
+#[inline(always)]
+unsafe fn write_tcp_header(t: *mut u8, (src, dst): (u16, u16), seq: u32, ack: u32, len: usize, flags: u8, window: u16) {
+    // SAFETY (whole fn): the caller checked that the frame holds the header.
+    unsafe {
+        (t as *mut u16).write_unaligned(src.to_be());
+        (t.add(2) as *mut u16).write_unaligned(dst.to_be());
+        (t.add(4) as *mut u32).write_unaligned(seq.to_be());
+        (t.add(8) as *mut u32).write_unaligned(ack.to_be());
+        *t.add(12) = ((len / 4) as u8) << 4;
+        *t.add(13) = flags;
+        (t.add(14) as *mut u16).write_unaligned(window.to_be());
+        (t.add(16) as *mut u32).write_unaligned(0);
+    }
+}
+
 /// Fill in the TCP checksum (pseudo-header + header, no payload) of the reply.
 #[inline(always)]
 unsafe fn tcp_checksum(p: *mut u8, v6: bool, tcp_len: usize) {
@@ -587,14 +603,7 @@ fn syn_ack(ctx: &XdpContext, seg: &Seg, cfg: &XdpConfig, tuple: &Tuple, now: u64
     unsafe {
         write_l2_l3(p, seg, SYNACK_TCP_LEN);
         let t = p.add(ETH_HLEN + l3);
-        (t as *mut u16).write_unaligned(dport.to_be());
-        (t.add(2) as *mut u16).write_unaligned(sport.to_be());
-        (t.add(4) as *mut u32).write_unaligned(isn.to_be());
-        (t.add(8) as *mut u32).write_unaligned(seq.wrapping_add(1).to_be());
-        *t.add(12) = ((SYNACK_TCP_LEN / 4) as u8) << 4;
-        *t.add(13) = SYN | ACK;
-        (t.add(14) as *mut u16).write_unaligned(SYNACK_WINDOW.to_be());
-        (t.add(18) as *mut u16).write_unaligned(0);
+        write_tcp_header(t, (dport, sport), isn, seq.wrapping_add(1), SYNACK_TCP_LEN, SYN | ACK, SYNACK_WINDOW);
         // Options, Linux's order: MSS, SACK-permitted, timestamps, NOP, window scale.
         let o = t.add(20);
         *o = 2;
@@ -672,14 +681,7 @@ fn reset(ctx: &XdpContext, seg: &Seg, cfg: &XdpConfig, now: u64) -> Verdict {
     unsafe {
         write_l2_l3(p, seg, RST_TCP_LEN);
         let t = p.add(ETH_HLEN + l3);
-        (t as *mut u16).write_unaligned(dport.to_be());
-        (t.add(2) as *mut u16).write_unaligned(sport.to_be());
-        (t.add(4) as *mut u32).write_unaligned(rseq.to_be());
-        (t.add(8) as *mut u32).write_unaligned(rack.to_be());
-        *t.add(12) = 5 << 4;
-        *t.add(13) = rflags;
-        (t.add(14) as *mut u32).write_unaligned(0); // window 0, checksum 0 for now
-        (t.add(18) as *mut u16).write_unaligned(0);
+        write_tcp_header(t, (dport, sport), rseq, rack, RST_TCP_LEN, rflags, 0);
         tcp_checksum(p, seg.v6, RST_TCP_LEN);
     }
     count(counters::RST_SENT);
