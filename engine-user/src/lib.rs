@@ -2,7 +2,8 @@
 //!
 //! - [`bpf`]: load the embedded XDP program, attach/detach it, configure and read its maps.
 //! - [`control`]: the daemon's Unix control socket (`synx stats`, `synx conns`).
-//! - [`daemon`], [`driver`]: `synx run` and its per-queue engine threads.
+//! - [`Engine`]: the embeddable engine: attach to an interface, `listen()`, accept [`Stream`]s.
+//! - [`daemon`], [`driver`]: `synx run` and the per-queue engine threads.
 //! - [`api`]: `Listener` / `Stream` for applications; [`apps`]: the built-in ones; [`config`]: settings.
 //! - [`tcp`]: the sans-IO TCP core (no clock reads, no sockets; time is an argument).
 //! - [`wire`]: Ethernet/IPv4/IPv6 framing around TCP segments, and checksums.
@@ -15,6 +16,10 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod driver;
+pub mod engine;
 pub mod tcp;
 pub mod wire;
 pub mod xsk;
+
+pub use api::{Keepalive, Listener, Stream};
+pub use engine::{Engine, EngineOptions};

@@ -1,0 +1,275 @@
+//! The embeddable engine: attach XDP to an interface, run one engine thread per RX queue, and
+//! hand out [`Listener`]s. `synx run` is this plus the built-in apps and a control socket; any
+//! tokio program can do the same:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let engine = synx::Engine::start(synx::EngineOptions::new("eth0"))?;
+//! let mut listener = engine.listen("198.18.0.1:80".parse()?)?;
+//! while let Ok((stream, peer)) = listener.accept().await {
+//!     // `stream` is AsyncRead + AsyncWrite: hand it to hyper, tokio-util codecs, ...
+//! #   let _ = (stream, peer);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Dropping the engine (or [`Engine::shutdown`]) stops accepting, resets what is still open,
+//! joins the engine threads and detaches the XDP program.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    api::{EngineWaker, Keepalive, Listener},
+    bpf::{AttachMode, XdpEngine},
+    driver::{self, ConnInfo, EngineShared, Listeners, QueueContext, QueueStats},
+    tcp,
+    xsk::XskConfig,
+};
+
+/// How often the SYN-cookie secret rotates. A cookie stays valid for one rotation after the
+/// secret that minted it is replaced.
+pub const SECRET_ROTATION: Duration = Duration::from_secs(60);
+
+/// What an engine needs to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineOptions {
+    pub iface: String,
+    pub xdp_mode: AttachMode,
+    /// Default keepalive of every listener (each can override it, each stream too).
+    pub keepalive: Keepalive,
+    /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL.
+    pub msl: Duration,
+    /// Connections per RX queue (and FLOWS/LAST_SEEN map entries).
+    pub max_conns: u32,
+}
+
+impl EngineOptions {
+    pub const DEFAULT_MSL: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_CONNS: u32 = 1 << 20;
+
+    /// Native XDP, the seed's keepalive defaults (2 h / 75 s / 10), MSL 30 s, 1M connections.
+    pub fn new(iface: impl Into<String>) -> Self {
+        Self {
+            iface: iface.into(),
+            xdp_mode: AttachMode::Native,
+            keepalive: Keepalive::default(),
+            msl: Self::DEFAULT_MSL,
+            max_conns: Self::DEFAULT_MAX_CONNS,
+        }
+    }
+}
+
+/// Number of RX queues of `iface` (`/sys/class/net/IF/queues/rx-*`).
+pub fn rx_queues(iface: &str) -> u32 {
+    let dir = format!("/sys/class/net/{iface}/queues");
+    let n = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1);
+    n.max(1)
+}
+
+/// The MSS we announce: the interface MTU less IPv6 and TCP headers (so one value fits both
+/// families), at most 1460.
+fn interface_mss(iface: &str) -> u16 {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map(|mtu| mtu.saturating_sub(60).clamp(536, 1460) as u16)
+        .unwrap_or(1440)
+}
+
+/// A running engine on one interface.
+pub struct Engine {
+    options: EngineOptions,
+    xdp: Arc<Mutex<XdpEngine>>,
+    shared: EngineShared,
+    listeners: Arc<Listeners>,
+    next_listener_id: Mutex<u32>,
+    stop: Arc<AtomicBool>,
+    abort_all: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<anyhow::Result<()>>>>,
+    rotor: Mutex<Option<JoinHandle<()>>>,
+    queues: u32,
+}
+
+impl Engine {
+    /// Attach the XDP program to `options.iface` and start one engine thread per RX queue.
+    /// Returns once every queue's AF_XDP socket is bound.
+    pub fn start(options: EngineOptions) -> anyhow::Result<Self> {
+        let mss = interface_mss(&options.iface);
+        let xdp = XdpEngine::attach(&options.iface, options.xdp_mode, options.max_conns, mss)?;
+        let tcp_config =
+            tcp::Config { msl: options.msl, mss, keepalive: options.keepalive, ..tcp::Config::default() };
+        let queues = rx_queues(&options.iface);
+        let listeners = Arc::new(Listeners::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let abort_all = Arc::new(AtomicBool::new(false));
+        let mut stats = Vec::new();
+        let mut requests = Vec::new();
+        let mut threads = Vec::new();
+        let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<u32>>();
+        for queue in 0..queues {
+            let q_stats = Arc::new(QueueStats::default());
+            let waker = Arc::new(EngineWaker::new()?);
+            let (req_tx, req_rx) = mpsc::channel();
+            stats.push(q_stats.clone());
+            requests.push((Mutex::new(req_tx), waker.clone()));
+            let ctx = QueueContext {
+                queue,
+                tcp: tcp_config.clone(),
+                max_conns: options.max_conns,
+                listeners: listeners.clone(),
+                flows: xdp.flow_table(),
+                cookies: xdp.cookie_checker(),
+                last_seen: xdp.last_seen(),
+                stats: q_stats,
+                stop: stop.clone(),
+                abort_all: abort_all.clone(),
+                conns_requests: req_rx,
+                waker,
+            };
+            let iface = options.iface.clone();
+            let ready = ready_tx.clone();
+            threads.push(std::thread::Builder::new().name(format!("synx-q{queue}")).spawn(move || {
+                let result = driver::run_queue(&iface, ctx, XskConfig::default(), &ready);
+                if let Err(e) = &result {
+                    let _ = ready.send(Err(anyhow::anyhow!("{e:#}")));
+                }
+                result
+            })?);
+        }
+        drop(ready_tx);
+        let xdp = Arc::new(Mutex::new(xdp));
+        let engine = Self {
+            options,
+            xdp: xdp.clone(),
+            shared: EngineShared { stats, conns_requests: requests },
+            listeners,
+            next_listener_id: Mutex::new(0),
+            stop,
+            abort_all,
+            threads: Mutex::new(threads),
+            rotor: Mutex::new(None),
+            queues,
+        };
+        // On an error here, dropping `engine` stops and joins the threads already started.
+        for _ in 0..queues {
+            ready_rx.recv().context("engine thread died during start-up")??;
+        }
+        *engine.rotor.lock().unwrap_or_else(|e| e.into_inner()) = Some(spawn_rotor(xdp, engine.stop.clone())?);
+        Ok(engine)
+    }
+
+    /// Accept connections to `addr` (an unspecified IP listens on every address of the port),
+    /// with the engine's default keepalive.
+    pub fn listen(&self, addr: SocketAddr) -> anyhow::Result<Listener> {
+        self.listen_with_keepalive(addr, self.options.keepalive)
+    }
+
+    /// Accept connections to `addr` with their own keepalive settings.
+    pub fn listen_with_keepalive(&self, addr: SocketAddr, keepalive: Keepalive) -> anyhow::Result<Listener> {
+        anyhow::ensure!(addr.port() != 0, "listen address {addr} needs a port");
+        // The engine threads learn of the listener before XDP starts answering its SYNs.
+        let listener = self.listeners.add(addr, keepalive);
+        let mut id = self.next_listener_id.lock().unwrap_or_else(|e| e.into_inner());
+        self.xdp.lock().unwrap_or_else(|e| e.into_inner()).add_listener(addr, *id)?;
+        *id += 1;
+        Ok(listener)
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// RX queues served, one engine thread each.
+    pub fn queues(&self) -> u32 {
+        self.queues
+    }
+
+    /// Every counter: the XDP program's (summed over CPUs), then the engine threads'.
+    pub fn stats(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        let mut all = self.xdp.lock().unwrap_or_else(|e| e.into_inner()).counters()?;
+        all.extend(self.shared.stats());
+        Ok(all)
+    }
+
+    /// Every connection of every queue, as `synx conns` lists them.
+    pub fn conns(&self) -> Vec<ConnInfo> {
+        self.shared.conns()
+    }
+
+    /// Connections accepted and not yet released (TIME_WAIT included).
+    pub fn open_connections(&self) -> u64 {
+        let s = self.shared.stats();
+        let get = |name: &str| s.iter().find(|(k, _)| *k == name).map_or(0, |(_, v)| *v);
+        get("tcp_accepted").saturating_sub(get("tcp_closed"))
+    }
+
+    /// Stop accepting: new handshakes get a reset (the XDP program still answers SYNs, whose
+    /// ACKs then find no listener), established connections carry on.
+    pub fn stop_accepting(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Graceful shutdown: stop accepting, give open connections up to `grace` to finish,
+    /// reset the rest, join the engine threads. The XDP program detaches when the engine drops.
+    pub fn shutdown(&self, grace: Duration) {
+        self.stop_accepting();
+        let deadline = Instant::now() + grace;
+        while self.open_connections() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.abort_all.store(true, Ordering::SeqCst);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("engine thread: {e:#}"),
+                Err(_) => tracing::error!("engine thread panicked"),
+            }
+        }
+        if let Some(rotor) = self.rotor.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            rotor.thread().unpark();
+            let _ = rotor.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown(Duration::ZERO);
+    }
+}
+
+/// Rotate the cookie secret every [`SECRET_ROTATION`]; the previous one stays valid for one
+/// more period.
+fn spawn_rotor(xdp: Arc<Mutex<XdpEngine>>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("synx-rotor".into()).spawn(move || {
+        let mut next = Instant::now() + SECRET_ROTATION;
+        while !stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if now >= next {
+                if let Err(e) = xdp.lock().unwrap_or_else(|e| e.into_inner()).rotate_secret() {
+                    tracing::warn!("rotating the SYN-cookie secret: {e}");
+                }
+                next = now + SECRET_ROTATION;
+            }
+            std::thread::park_timeout(next.saturating_duration_since(now));
+        }
+    })
+}
