@@ -1,14 +1,28 @@
 //! Stateless SYN cookies, shared byte for byte by the XDP program and userspace.
 //!
-//! Sequence number (our ISN) of the SYN-ACK:
+//! One keyed hash per SYN gives both the cookie's MAC and the offset of our TSval clock:
 //!
 //! ```text
-//!  31 30 29 28 27                                              0
-//! [ t mod 4 | mss idx |  MAC28 = SipHash-1-3(secret, tuple, client ISN, t, mss idx) ]
+//! H = SipHash-1-3(secret, client addr | server addr | client port | server port | client ISN | t*4 + mss idx)
+//!
+//! ISN (our SYN-ACK's SEQ):  [ t mod 4 | mss idx | MAC28 = H bits 0..28 ]
+//!                              31  30    29  28   27                  0
+//! TSval clock offset:        H bits 32..64
 //! ```
+//! The hashed message is the bytes as the wire carries them (addresses, ports and the client's
+//! ISN in network byte order; IPv4: 4-byte addresses, 20 bytes in all; IPv6: 44) followed by
+//! `t*4 + mss idx` as a little-endian u32, so any implementation with the secret can mint and
+//! check the same cookies (hosts behind ECMP sharing a secret validate each other's). The
+//! message length tells the families apart.
+//!
 //! `t` counts 64-second periods of CLOCK_MONOTONIC. An ACK validates when `ack - 1` carries the
 //! MAC of a period at most [`MAX_AGE`] old, under the current or the previous secret (so a
 //! cookie survives one secret rotation and no more). A forged ACK has a 2^-28 chance per guess.
+//!
+//! The TSval offset (RFC 7323 7.1: a per-connection random offset, so TSval reveals no uptime)
+//! is the hash's upper half: disjoint from the MAC's bits of the same pseudorandom output, so
+//! publishing it in TSval tells nothing about the MAC. Userspace recomputes the same hash when
+//! the final ACK validates, and so gets the same offset back without storing anything.
 //!
 //! With timestamps (RFC 7323), what the MAC cannot hold rides in the low 6 bits of our TSval,
 //! as Linux does: window-scale shift (4 bits, 15 = none), SACK-permitted, ECN. The client echoes
@@ -36,64 +50,87 @@ pub struct Key {
     pub k1: u64,
 }
 
-/// The connection 4-tuple as it appears on the wire (IPv4 in the first 4 bytes of each
-/// address, zero-padded), from the client's point of view: client is the source.
+/// The connection 4-tuple from the client's point of view (the client is the SYN's source), in
+/// the form the hash reads it: the wire's bytes loaded as little-endian words, so the XDP
+/// program fills it with a few plain loads from the packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuple {
-    pub client: [u8; 16],
-    pub server: [u8; 16],
-    pub client_port: u16,
-    pub server_port: u16,
+    /// Client address then server address, as the IP header carries them (adjacent there):
+    /// IPv4 fills word 0 (client in its low half), IPv6 all four words.
+    pub addrs: [u64; 4],
+    /// Client port then server port in network byte order, as a little-endian u32: the first 4
+    /// bytes of the client's TCP header.
+    pub ports: u32,
+    pub v6: bool,
 }
 
-#[inline(always)]
-fn rotl(x: u64, b: u32) -> u64 {
-    x.rotate_left(b)
+impl Tuple {
+    pub fn v4(client: [u8; 4], server: [u8; 4], client_port: u16, server_port: u16) -> Self {
+        let [c0, c1, c2, c3] = client;
+        let [s0, s1, s2, s3] = server;
+        Self {
+            addrs: [u64::from_le_bytes([c0, c1, c2, c3, s0, s1, s2, s3]), 0, 0, 0],
+            ports: ports_word(client_port, server_port),
+            v6: false,
+        }
+    }
+
+    pub fn v6(client: [u8; 16], server: [u8; 16], client_port: u16, server_port: u16) -> Self {
+        let w = |b: &[u8; 16], i: usize| {
+            u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]])
+        };
+        Self {
+            addrs: [w(&client, 0), w(&client, 8), w(&server, 0), w(&server, 8)],
+            ports: ports_word(client_port, server_port),
+            v6: true,
+        }
+    }
+}
+
+fn ports_word(client_port: u16, server_port: u16) -> u32 {
+    let [c0, c1] = client_port.to_be_bytes();
+    let [s0, s1] = server_port.to_be_bytes();
+    u32::from_le_bytes([c0, c1, s0, s1])
 }
 
 #[inline(always)]
 fn round(v: &mut [u64; 4]) {
     v[0] = v[0].wrapping_add(v[1]);
-    v[1] = rotl(v[1], 13);
+    v[1] = v[1].rotate_left(13);
     v[1] ^= v[0];
-    v[0] = rotl(v[0], 32);
+    v[0] = v[0].rotate_left(32);
     v[2] = v[2].wrapping_add(v[3]);
-    v[3] = rotl(v[3], 16);
+    v[3] = v[3].rotate_left(16);
     v[3] ^= v[2];
     v[0] = v[0].wrapping_add(v[3]);
-    v[3] = rotl(v[3], 21);
+    v[3] = v[3].rotate_left(21);
     v[3] ^= v[0];
     v[2] = v[2].wrapping_add(v[1]);
-    v[1] = rotl(v[1], 17);
+    v[1] = v[1].rotate_left(17);
     v[1] ^= v[2];
-    v[2] = rotl(v[2], 32);
+    v[2] = v[2].rotate_left(32);
 }
 
-/// SipHash-1-3 over exactly six 64-bit words (48 bytes), unrolled for the BPF verifier.
+/// SipHash-1-3 of the `8 * N + 4`-byte message `m` (little-endian words) followed by `tail`
+/// (little-endian). `N` is a constant, so the loop unrolls and the verifier sees straight code.
 #[inline(always)]
-fn siphash13_6(key: &Key, m: &[u64; 6]) -> u64 {
+fn siphash13<const N: usize>(key: &Key, m: &[u64; N], tail: u32) -> u64 {
     let mut v = [
         key.k0 ^ 0x736f6d6570736575,
         key.k1 ^ 0x646f72616e646f6d,
         key.k0 ^ 0x6c7967656e657261,
         key.k1 ^ 0x7465646279746573,
     ];
-    macro_rules! absorb {
-        ($w:expr) => {
-            v[3] ^= $w;
-            round(&mut v);
-            v[0] ^= $w;
-        };
+    let mut absorb = |w: u64| {
+        v[3] ^= w;
+        round(&mut v);
+        v[0] ^= w;
+    };
+    for &w in m {
+        absorb(w);
     }
-    absorb!(m[0]);
-    absorb!(m[1]);
-    absorb!(m[2]);
-    absorb!(m[3]);
-    absorb!(m[4]);
-    absorb!(m[5]);
-    // Final block: message length (48) in the top byte.
-    let b: u64 = 48u64 << 56;
-    absorb!(b);
+    // Final block: the last 4 message bytes, and the message length in the top byte.
+    absorb(((8 * N as u64 + 4) << 56) | u64::from(tail));
     v[2] ^= 0xff;
     round(&mut v);
     round(&mut v);
@@ -101,19 +138,16 @@ fn siphash13_6(key: &Key, m: &[u64; 6]) -> u64 {
     v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
+/// The cookie's keyed hash of a connection attempt (see the module doc for the message).
 #[inline(always)]
-fn words(t: &Tuple, client_isn: u32, extra: u32) -> [u64; 6] {
-    let a = |b: &[u8; 16], i: usize| {
-        u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]])
-    };
-    [
-        a(&t.client, 0),
-        a(&t.client, 8),
-        a(&t.server, 0),
-        a(&t.server, 8),
-        (u64::from(t.client_port) << 48) | (u64::from(t.server_port) << 32) | u64::from(client_isn),
-        u64::from(extra),
-    ]
+fn hash(key: &Key, t: &Tuple, client_isn: u32, period: u32, mss_idx: u32) -> u64 {
+    let ports_isn = u64::from(t.ports) | (u64::from(u32::from_le_bytes(client_isn.to_be_bytes())) << 32);
+    let extra = (period << 2) | mss_idx;
+    if t.v6 {
+        siphash13(key, &[t.addrs[0], t.addrs[1], t.addrs[2], t.addrs[3], ports_isn], extra)
+    } else {
+        siphash13(key, &[t.addrs[0], ports_isn], extra)
+    }
 }
 
 /// The cookie's time counter for a CLOCK_MONOTONIC instant.
@@ -136,22 +170,37 @@ pub fn mss_index(client_mss: u16) -> u32 {
     }
 }
 
-#[inline(always)]
-fn mac28(key: &Key, t: &Tuple, client_isn: u32, period: u32, mss_idx: u32) -> u32 {
-    (siphash13_6(key, &words(t, client_isn, (period << 2) | mss_idx)) as u32) & 0x0fff_ffff
+const MAC_MASK: u32 = 0x0fff_ffff;
+
+/// What a SYN's answer takes from the cookie: our ISN, and our TSval clock's offset for the
+/// connection it may become.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Minted {
+    pub isn: u32,
+    pub ts_offset: u32,
 }
 
-/// The ISN of our SYN-ACK for a client SYN.
+/// What a valid cookie gives back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// The client's MSS, rounded down to [`MSS_TABLE`].
+    pub mss: u16,
+    /// The TSval clock offset the SYN-ACK used.
+    pub ts_offset: u32,
+}
+
+/// The ISN and TSval offset of our SYN-ACK for a client SYN.
 #[inline(always)]
-pub fn make(key: &Key, t: &Tuple, client_isn: u32, now_ns: u64, client_mss: u16) -> u32 {
+pub fn make(key: &Key, t: &Tuple, client_isn: u32, now_ns: u64, client_mss: u16) -> Minted {
     let p = period(now_ns);
     let idx = mss_index(client_mss);
-    ((p & 3) << 30) | (idx << 28) | mac28(key, t, client_isn, p, idx)
+    let h = hash(key, t, client_isn, p, idx);
+    Minted { isn: ((p & 3) << 30) | (idx << 28) | (h as u32 & MAC_MASK), ts_offset: (h >> 32) as u32 }
 }
 
-/// Check the cookie `ack - 1` of a final handshake ACK; on success, the MSS it carries.
+/// Check the cookie `ack - 1` of a final handshake ACK.
 #[inline(always)]
-pub fn check(keys: &[Key; 2], t: &Tuple, client_isn: u32, cookie: u32, now_ns: u64) -> Option<u16> {
+pub fn check(keys: &[Key; 2], t: &Tuple, client_isn: u32, cookie: u32, now_ns: u64) -> Option<Checked> {
     let now = period(now_ns);
     let low = cookie >> 30;
     let idx = (cookie >> 28) & 3;
@@ -161,19 +210,15 @@ pub fn check(keys: &[Key; 2], t: &Tuple, client_isn: u32, cookie: u32, now_ns: u
         return None;
     }
     let p = now.wrapping_sub(age);
-    let mac = cookie & 0x0fff_ffff;
-    if mac28(&keys[0], t, client_isn, p, idx) == mac || mac28(&keys[1], t, client_isn, p, idx) == mac {
-        Some(MSS_TABLE[idx as usize])
-    } else {
-        None
+    let mac = cookie & MAC_MASK;
+    let mut h = hash(&keys[0], t, client_isn, p, idx);
+    if h as u32 & MAC_MASK != mac {
+        h = hash(&keys[1], t, client_isn, p, idx);
+        if h as u32 & MAC_MASK != mac {
+            return None;
+        }
     }
-}
-
-/// The per-connection offset of our TSval clock (keyed, so it reveals no uptime; from a key
-/// that never rotates, so the SYN-ACK and the connection agree).
-#[inline(always)]
-pub fn ts_offset(ts_key: &Key, t: &Tuple) -> u32 {
-    siphash13_6(ts_key, &words(t, 0, 0x7473)) as u32
+    Some(Checked { mss: MSS_TABLE[idx as usize], ts_offset: (h >> 32) as u32 })
 }
 
 /// Our SYN-ACK TSval: the connection's clock with options in the low bits, never above the
@@ -196,10 +241,8 @@ pub fn ts_encode(now_ms: u32, offset: u32, wscale: Option<u8>, sack: bool, ecn: 
 /// Everything the final ACK of a cookie handshake tells us, or `None` if the cookie is bad.
 /// `tsecr` is the ACK's echoed TSval when it carries timestamps; `our_wscale` is the shift we
 /// announce in SYN-ACKs.
-#[allow(clippy::too_many_arguments)]
 pub fn decode(
     keys: &[Key; 2],
-    ts_key: &Key,
     t: &Tuple,
     seq: u32,
     ack: u32,
@@ -209,12 +252,12 @@ pub fn decode(
 ) -> Option<HandshakeFacts> {
     let client_isn = seq.wrapping_sub(1);
     let cookie = ack.wrapping_sub(1);
-    let mss = check(keys, t, client_isn, cookie, now_ns)?;
+    let valid = check(keys, t, client_isn, cookie, now_ns)?;
     let mut facts = HandshakeFacts {
         iss: cookie,
         irs: client_isn,
-        mss,
-        ts_offset: ts_offset(ts_key, t),
+        mss: valid.mss,
+        ts_offset: valid.ts_offset,
         ..HandshakeFacts::default()
     };
     if let Some((tsval, tsecr)) = ts {
@@ -239,109 +282,185 @@ pub fn decode(
 #[cfg(test)]
 mod tests {
     extern crate std;
+    use std::vec::Vec;
+
     use super::*;
 
     const K: Key = Key { k0: 0x0706050403020100, k1: 0x0f0e0d0c0b0a0908 };
     const OLD: Key = Key { k0: 1, k1: 2 };
-    const TS_KEY: Key = Key { k0: 3, k1: 4 };
     const PERIOD_NS: u64 = 1 << PERIOD_SHIFT;
 
     fn tuple() -> Tuple {
-        let mut c = [0u8; 16];
-        let mut s = [0u8; 16];
-        c[..4].copy_from_slice(&[198, 18, 0, 2]);
-        s[..4].copy_from_slice(&[198, 18, 0, 1]);
-        Tuple { client: c, server: s, client_port: 40000, server_port: 80 }
+        Tuple::v4([198, 18, 0, 2], [198, 18, 0, 1], 40000, 80)
+    }
+
+    fn reference_siphash13(key: &Key, bytes: &[u8]) -> u64 {
+        use core::hash::Hasher as _;
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(key.k0, key.k1);
+        h.write(bytes);
+        h.finish()
     }
 
     #[test]
     fn siphash13_matches_the_reference_implementation() {
-        use core::hash::Hasher as _;
-        for (k, m) in [
-            (K, [0u64, 0, 0, 0, 0, 0]),
-            (K, [1, 2, 3, 4, 5, 6]),
-            (OLD, [u64::MAX, 7, 0x0123_4567_89ab_cdef, 9, 10, 11]),
+        for (k, m, tail) in [
+            (K, [0u64, 0, 0, 0, 0], 0u32),
+            (K, [1, 2, 3, 4, 5], 6),
+            (OLD, [u64::MAX, 7, 0x0123_4567_89ab_cdef, 9, 10], u32::MAX),
         ] {
-            let mut h = siphasher::sip::SipHasher13::new_with_keys(k.k0, k.k1);
-            for w in m {
-                h.write(&w.to_le_bytes());
-            }
-            assert_eq!(siphash13_6(&k, &m), h.finish());
+            let mut bytes: Vec<u8> = m.iter().flat_map(|w| w.to_le_bytes()).collect();
+            bytes.extend_from_slice(&tail.to_le_bytes());
+            assert_eq!(siphash13(&k, &m, tail), reference_siphash13(&k, &bytes));
+            let two = [m[0], m[1]];
+            assert_eq!(siphash13(&k, &two, tail), reference_siphash13(&k, &bytes[..16].iter().chain(&tail.to_le_bytes()).copied().collect::<Vec<_>>()));
         }
+    }
+
+    /// The documented message, built from the tuple's wire bytes, for another implementation
+    /// (or a reader) to check the format against.
+    fn wire_message(client: &[u8], server: &[u8], cport: u16, sport: u16, isn: u32, extra: u32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(client);
+        m.extend_from_slice(server);
+        m.extend_from_slice(&cport.to_be_bytes());
+        m.extend_from_slice(&sport.to_be_bytes());
+        m.extend_from_slice(&isn.to_be_bytes());
+        m.extend_from_slice(&extra.to_le_bytes());
+        m
     }
 
     proptest::proptest! {
         #[test]
-        fn cookies_roundtrip_and_reject_other_isns(
+        fn the_hash_is_siphash13_of_the_wire_bytes(
+            k0: u64, k1: u64, c: [u8; 16], s: [u8; 16], cport: u16, sport: u16, isn: u32,
+            period in 0u32..(1 << 28), idx in 0u32..4,
+        ) {
+            let key = Key { k0, k1 };
+            let extra = (period << 2) | idx;
+            let v4 = Tuple::v4([c[0], c[1], c[2], c[3]], [s[0], s[1], s[2], s[3]], cport, sport);
+            let m4 = wire_message(&c[..4], &s[..4], cport, sport, isn, extra);
+            proptest::prop_assert_eq!(m4.len(), 20);
+            proptest::prop_assert_eq!(hash(&key, &v4, isn, period, idx), reference_siphash13(&key, &m4));
+            let v6 = Tuple::v6(c, s, cport, sport);
+            let m6 = wire_message(&c, &s, cport, sport, isn, extra);
+            proptest::prop_assert_eq!(m6.len(), 44);
+            proptest::prop_assert_eq!(hash(&key, &v6, isn, period, idx), reference_siphash13(&key, &m6));
+        }
+
+        #[test]
+        fn cookies_roundtrip_with_their_offset_and_reject_other_isns(
             k0: u64, k1: u64, isn: u32, other: u32, port: u16, now in 0u64..(1 << 50), mss: u16
         ) {
             let key = Key { k0, k1 };
-            let mut t = tuple();
-            t.client_port = port;
-            let c = make(&key, &t, isn, now, mss);
-            proptest::prop_assert!(check(&[key, OLD], &t, isn, c, now).is_some());
+            let t = Tuple::v4([198, 18, 0, 2], [198, 18, 0, 1], port, 80);
+            let m = make(&key, &t, isn, now, mss);
+            let c = check(&[key, OLD], &t, isn, m.isn, now);
+            proptest::prop_assert_eq!(c, Some(Checked { mss: MSS_TABLE[mss_index(mss) as usize], ts_offset: m.ts_offset }));
+            // Validated under the previous secret too, with the same offset.
+            proptest::prop_assert_eq!(check(&[OLD, key], &t, isn, m.isn, now), c);
             if other != isn {
-                proptest::prop_assert!(check(&[key, OLD], &t, other, c, now).is_none());
+                proptest::prop_assert!(check(&[key, OLD], &t, other, m.isn, now).is_none());
             }
         }
     }
 
     #[test]
-    fn siphash13_differs_per_key_and_message() {
-        let m = [1, 2, 3, 4, 5, 6];
-        assert_ne!(siphash13_6(&K, &m), siphash13_6(&OLD, &m));
-        assert_ne!(siphash13_6(&K, &m), siphash13_6(&K, &[1, 2, 3, 4, 5, 7]));
-        assert_eq!(siphash13_6(&K, &m), siphash13_6(&K, &m));
+    fn tuple_words_are_the_wire_bytes_loaded_little_endian() {
+        // An IPv4 header's addresses (client = source first) and a TCP header's ports, as the
+        // XDP program loads them: one u64 and one u32.
+        let addrs: [u8; 8] = [198, 18, 0, 2, 198, 18, 0, 1];
+        let ports: [u8; 4] = [0x9c, 0x40, 0x00, 0x50];
+        let t = tuple();
+        assert_eq!(t.addrs[0], u64::from_le_bytes(addrs));
+        assert_eq!(t.ports, u32::from_le_bytes(ports));
+        assert!(!t.v6);
+    }
+
+    #[test]
+    fn families_do_not_collide() {
+        // The same leading bytes as IPv4 and as IPv6 hash to different values (message length).
+        let mut c = [0u8; 16];
+        let mut s = [0u8; 16];
+        c[..4].copy_from_slice(&[198, 18, 0, 2]);
+        s[..4].copy_from_slice(&[198, 18, 0, 1]);
+        let v6 = Tuple::v6(c, s, 40000, 80);
+        assert_ne!(make(&K, &tuple(), 5, 0, 1460), make(&K, &v6, 5, 0, 1460));
+    }
+
+    #[test]
+    fn hash_differs_per_key_and_message() {
+        let m = [1, 2, 3, 4, 5];
+        assert_ne!(siphash13(&K, &m, 6), siphash13(&OLD, &m, 6));
+        assert_ne!(siphash13(&K, &m, 6), siphash13(&K, &m, 7));
+        assert_ne!(siphash13(&K, &m, 6), siphash13(&K, &[1, 2, 3, 4, 6], 6));
+        assert_eq!(siphash13(&K, &m, 6), siphash13(&K, &m, 6));
     }
 
     #[test]
     fn valid_within_its_period_and_the_next_then_invalid() {
         let t = tuple();
         let now = 1000 * PERIOD_NS + 5;
-        let c = make(&K, &t, 77, now, 1460);
-        assert_eq!(check(&[K, OLD], &t, 77, c, now), Some(1460));
-        assert_eq!(check(&[K, OLD], &t, 77, c, now + PERIOD_NS), Some(1460));
-        assert_eq!(check(&[K, OLD], &t, 77, c, now + 2 * PERIOD_NS), None);
-        assert_eq!(check(&[K, OLD], &t, 77, c, now + 3 * PERIOD_NS), None);
+        let c = make(&K, &t, 77, now, 1460).isn;
+        let mss = |now| check(&[K, OLD], &t, 77, c, now).map(|v| v.mss);
+        assert_eq!(mss(now), Some(1460));
+        assert_eq!(mss(now + PERIOD_NS), Some(1460));
+        assert_eq!(mss(now + 2 * PERIOD_NS), None);
+        assert_eq!(mss(now + 3 * PERIOD_NS), None);
     }
 
     #[test]
     fn survives_one_rotation_not_two() {
         let t = tuple();
         let now = 5 * PERIOD_NS;
-        let c = make(&K, &t, 9, now, 1400);
+        let m = make(&K, &t, 9, now, 1400);
         let rotated_once = [Key { k0: 99, k1: 98 }, K];
         let rotated_twice = [Key { k0: 77, k1: 76 }, Key { k0: 99, k1: 98 }];
-        assert_eq!(check(&rotated_once, &t, 9, c, now), Some(1220));
-        assert_eq!(check(&rotated_twice, &t, 9, c, now), None);
+        assert_eq!(check(&rotated_once, &t, 9, m.isn, now), Some(Checked { mss: 1220, ts_offset: m.ts_offset }));
+        assert_eq!(check(&rotated_twice, &t, 9, m.isn, now), None);
     }
 
     #[test]
     fn any_single_bit_flip_is_rejected() {
         let t = tuple();
         let now = 7 * PERIOD_NS;
-        let c = make(&K, &t, 1234, now, 1460);
+        let c = make(&K, &t, 1234, now, 1460).isn;
         for bit in 0..32 {
             assert_eq!(check(&[K, OLD], &t, 1234, c ^ (1 << bit), now), None, "cookie bit {bit}");
         }
         for bit in 0..32 {
             assert_eq!(check(&[K, OLD], &t, 1234 ^ (1 << bit), c, now), None, "isn bit {bit}");
         }
-        let mut t2 = t;
-        t2.client_port ^= 1;
-        assert_eq!(check(&[K, OLD], &t2, 1234, c, now), None);
-        let mut t3 = t;
-        t3.client[3] ^= 0x80;
-        assert_eq!(check(&[K, OLD], &t3, 1234, c, now), None);
+        for bit in 0..32 {
+            let mut t2 = t;
+            t2.ports ^= 1 << bit;
+            assert_eq!(check(&[K, OLD], &t2, 1234, c, now), None, "ports bit {bit}");
+        }
+        for bit in 0..64 {
+            let mut t3 = t;
+            t3.addrs[0] ^= 1 << bit;
+            assert_eq!(check(&[K, OLD], &t3, 1234, c, now), None, "address bit {bit}");
+        }
     }
 
     #[test]
     fn mss_rounds_down_to_the_table() {
         for (mss, want) in [(1460, 1460), (9000, 1460), (1448, 1440), (1300, 1220), (1220, 1220), (600, 536), (100, 536)] {
             let t = tuple();
-            let c = make(&K, &t, 1, 0, mss);
-            assert_eq!(check(&[K, OLD], &t, 1, c, 0), Some(want), "mss {mss}");
+            let c = make(&K, &t, 1, 0, mss).isn;
+            assert_eq!(check(&[K, OLD], &t, 1, c, 0).map(|v| v.mss), Some(want), "mss {mss}");
         }
+    }
+
+    #[test]
+    fn ts_offset_is_per_connection_attempt_and_keyed() {
+        let t = tuple();
+        let a = make(&K, &t, 1, 0, 1460).ts_offset;
+        assert_eq!(a, make(&K, &t, 1, 0, 1460).ts_offset, "a retransmitted SYN gets the same clock");
+        assert_ne!(a, make(&K, &t, 2, 0, 1460).ts_offset);
+        assert_ne!(a, make(&OLD, &t, 1, 0, 1460).ts_offset);
+        let mut other_port = t;
+        other_port.ports ^= 1;
+        assert_ne!(a, make(&K, &other_port, 1, 0, 1460).ts_offset);
     }
 
     #[test]
@@ -349,21 +468,22 @@ mod tests {
         for now_ms in [0u32, 5, 63, 64, 1000, u32::MAX - 3] {
             for ws in [None, Some(0), Some(7), Some(14)] {
                 for sack in [false, true] {
-                    let tsv = ts_encode(now_ms, 0, ws, sack, false);
-                    let clock = now_ms;
-                    assert!(clock.wrapping_sub(tsv) < 128, "tsval {tsv} vs clock {clock}");
                     let t = tuple();
-                    let c = make(&K, &t, 10, 0, 1460);
-                    let f = decode(&[K, OLD], &TS_KEY, &t, 11, c.wrapping_add(1), Some((555, tsv)), 0, 7).unwrap();
+                    let m = make(&K, &t, 10, 0, 1460);
+                    let tsv = ts_encode(now_ms, m.ts_offset, ws, sack, false);
+                    let clock = now_ms.wrapping_add(m.ts_offset);
+                    assert!(clock.wrapping_sub(tsv) < 128, "tsval {tsv} vs clock {clock}");
+                    let f = decode(&[K, OLD], &t, 11, m.isn.wrapping_add(1), Some((555, tsv)), 0, 7).unwrap();
                     assert!(f.has(FACT_TS));
                     assert_eq!(f.ts_recent, 555);
+                    assert_eq!(f.ts_offset, m.ts_offset, "userspace's clock is the SYN-ACK's");
                     assert_eq!(f.has(FACT_WSCALE), ws.is_some());
                     if let Some(w) = ws {
                         assert_eq!(f.snd_wscale, w);
                         assert_eq!(f.rcv_wscale, 7);
                     }
                     assert_eq!(f.has(FACT_SACK), sack);
-                    assert_eq!(f.iss, c);
+                    assert_eq!(f.iss, m.isn);
                     assert_eq!(f.irs, 10);
                 }
             }
@@ -372,11 +492,18 @@ mod tests {
 
     #[test]
     fn v6_tuples_use_all_address_bytes() {
-        let mut t = tuple();
-        t.client = [0xfd, 0, 0x5e, 0xed, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-        let c = make(&K, &t, 5, 0, 1440);
-        assert_eq!(check(&[K, OLD], &t, 5, c, 0), Some(1440));
-        t.client[15] = 3;
-        assert_eq!(check(&[K, OLD], &t, 5, c, 0), None);
+        let c = [0xfd, 0, 0x5e, 0xed, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let s = [0xfd, 0, 0x5e, 0xed, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let t = Tuple::v6(c, s, 40000, 80);
+        let m = make(&K, &t, 5, 0, 1440);
+        assert_eq!(check(&[K, OLD], &t, 5, m.isn, 0).map(|v| v.mss), Some(1440));
+        for i in 0..16 {
+            let mut c2 = c;
+            c2[i] ^= 1;
+            assert_eq!(check(&[K, OLD], &Tuple::v6(c2, s, 40000, 80), 5, m.isn, 0), None, "client byte {i}");
+            let mut s2 = s;
+            s2[i] ^= 1;
+            assert_eq!(check(&[K, OLD], &Tuple::v6(c, s2, 40000, 80), 5, m.isn, 0), None, "server byte {i}");
+        }
     }
 }

@@ -6,10 +6,18 @@ use crate::cookie::Key;
 
 /// Per-CPU array of `u64` outcome counters, indexed by [`crate::counters`] constants.
 pub const COUNTERS: &str = "COUNTERS";
-/// Hash map [`ListenerKey`] -> [`ListenerValue`]: the addresses and ports we serve.
+/// Array of [`PortListeners`] indexed by local port (host order): the first, and for most
+/// packets the only, listener check (an array lookup, which the verifier inlines).
+pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
+/// Hash map [`ListenerKey`] -> [`ListenerValue`]: every exact address we serve; XDP looks here
+/// only when [`LISTEN_PORTS`] says the port has more exact addresses than it holds inline.
 pub const LISTENERS: &str = "LISTENERS";
-/// Hash map [`FlowKey`] -> `u32` slot: connections the daemon holds (written by userspace).
-pub const FLOWS: &str = "FLOWS";
+/// Hash map [`FlowKey4`] -> `u32` slot: IPv4 connections the daemon holds (written by
+/// userspace).
+pub const FLOWS4: &str = "FLOWS4";
+/// Hash map [`FlowKey6`] -> `u32` slot: the same for IPv6 (allocated on insert, so an IPv4-only
+/// host pays nothing for it).
+pub const FLOWS6: &str = "FLOWS6";
 /// `BPF_F_MMAPABLE` array of `u64`: CLOCK_MONOTONIC ns of the last segment seen per slot.
 pub const LAST_SEEN: &str = "LAST_SEEN";
 /// XSKMAP: AF_XDP socket per RX queue index.
@@ -31,12 +39,33 @@ pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
-/// A listening socket: local address (IPv4 stored in the first 4 bytes, rest zero; all-zero means
-/// wildcard) and port, both in network byte order as they appear on the wire.
+/// Entries of [`LISTEN_PORTS`]: `LISTEN_PORTS[port]` has [`PORT_V4_ANY`] if `0.0.0.0:port` is
+/// served, [`PORT_V4_ONE`] with the address in `v4_addr` for the first exact IPv4 address,
+/// [`PORT_V4_MORE`] once a second one exists (then [`LISTENERS`] decides), [`PORT_V6_ANY`] for
+/// `[::]:port` and [`PORT_V6_SOME`] for exact IPv6 addresses (in [`LISTENERS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PortListeners {
+    /// The IPv4 address of [`PORT_V4_ONE`], its wire bytes read as a little-endian u32.
+    pub v4_addr: u32,
+    pub flags: u32,
+}
+
+pub const PORT_V4_ANY: u32 = 1 << 0;
+pub const PORT_V4_ONE: u32 = 1 << 1;
+pub const PORT_V4_MORE: u32 = 1 << 2;
+pub const PORT_V6_ANY: u32 = 1 << 3;
+pub const PORT_V6_SOME: u32 = 1 << 4;
+
+/// Entries of `LISTEN_PORTS`: one per port.
+pub const LISTEN_PORTS_LEN: u32 = 1 << 16;
+
+/// An exact listening address: its wire bytes read as little-endian u32 words (IPv4 in word 0,
+/// the rest zero) and the port in network byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ListenerKey {
-    pub addr: [u8; 16],
+    pub addr: [u32; 4],
     pub port_be: u16,
     pub family: u8,
     pub _pad: u8,
@@ -51,16 +80,25 @@ pub struct ListenerValue {
     pub flags: u32,
 }
 
-/// A connection as the wire shows it, from the server's side: remote = the client.
+/// An IPv4 connection as the client's segments carry it (remote = the client), each field the
+/// wire's bytes read as a little-endian u32, so XDP builds the key with three loads: the IPv4
+/// source and destination addresses and the TCP header's first 4 bytes (remote port, then
+/// local port). 12 bytes: the hash and the compare are cheap.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct FlowKey {
-    pub remote: [u8; 16],
-    pub local: [u8; 16],
-    pub remote_port_be: u16,
-    pub local_port_be: u16,
-    pub family: u8,
-    pub _pad: [u8; 3],
+pub struct FlowKey4 {
+    pub remote: u32,
+    pub local: u32,
+    pub ports: u32,
+}
+
+/// [`FlowKey4`] for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey6 {
+    pub remote: [u32; 4],
+    pub local: [u32; 4],
+    pub ports: u32,
 }
 
 /// `XdpConfig::flags`: answer segments with no flow and a bad cookie with a RST
@@ -76,10 +114,8 @@ pub const CONFIG_KERNEL_COOKIE: u32 = 1 << 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct XdpConfig {
-    /// Cookie secrets: [current, previous].
+    /// Cookie secrets: [current, previous]. They also key the TSval offset (`crate::cookie`).
     pub secrets: [Key; 2],
-    /// Key of the per-connection TSval offset (never rotates).
-    pub ts_key: Key,
     /// Our MSS, announced in SYN-ACKs (the smaller of it and the client's is used).
     pub mss: u16,
     /// Window-scale shift we announce when the client offers scaling.
@@ -106,7 +142,9 @@ mod pod_impls {
     // (checked by bytemuck's `Pod` derive).
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::ListenerValue {}
-    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKey4 {}
+    unsafe impl aya::Pod for super::FlowKey6 {}
+    unsafe impl aya::Pod for super::PortListeners {}
     unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::RstBucket {}
 }

@@ -15,7 +15,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST, xdp_action},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
     helpers::{
         bpf_ktime_get_ns, bpf_loop, bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_head,
         bpf_xdp_adjust_tail,
@@ -28,17 +28,22 @@ use engine_common::{
     cookie::{self, Tuple},
     counters::{self, Counter},
     maps::{
-        CONFIG_KERNEL_COOKIE, CONFIG_RST_BAD_COOKIE, DEFAULT_MAX_FLOWS, FAMILY_V4, FAMILY_V6, FlowKey, ListenerKey,
-        ListenerValue, RstBucket, SLOT_PENDING, XdpConfig,
+        CONFIG_KERNEL_COOKIE, CONFIG_RST_BAD_COOKIE, DEFAULT_MAX_FLOWS, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6,
+        LISTEN_PORTS_LEN, ListenerKey, ListenerValue, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY,
+        PORT_V6_SOME, PortListeners, RstBucket, SLOT_PENDING, XdpConfig,
     },
 };
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+#[map(name = "LISTEN_PORTS")]
+static LISTEN_PORTS: Array<PortListeners> = Array::with_max_entries(LISTEN_PORTS_LEN, 0);
 #[map(name = "LISTENERS")]
 static LISTENERS: HashMap<ListenerKey, ListenerValue> = HashMap::with_max_entries(256, 0);
-#[map(name = "FLOWS")]
-static FLOWS: HashMap<FlowKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+#[map(name = "FLOWS4")]
+static FLOWS4: HashMap<FlowKey4, u32> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+#[map(name = "FLOWS6")]
+static FLOWS6: HashMap<FlowKey6, u32> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_PREALLOC);
 #[map(name = "LAST_SEEN")]
 static LAST_SEEN: Array<u64> = Array::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_MMAPABLE);
 #[map(name = "XSKS")]
@@ -51,6 +56,7 @@ static RST_BUCKET: PerCpuArray<RstBucket> = PerCpuArray::with_max_entries(1, 0);
 const ETH_HLEN: usize = 14;
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
+const TCP_HLEN: usize = 20;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
@@ -60,9 +66,8 @@ const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
 const ECE: u8 = 0x40;
 const CWR: u8 = 0x80;
-/// TCP header of our SYN-ACK: 20 bytes + 20 bytes of options, always (EOL-padded without TS).
-const SYNACK_TCP_LEN: usize = 40;
-const RST_TCP_LEN: usize = 20;
+/// Option words of our SYN-ACK: 20 bytes, always (EOL-padded without timestamps).
+const SYNACK_OPT_WORDS: usize = 5;
 /// The window of our SYN-ACK (never scaled in a SYN, RFC 7323 2.2).
 const SYNACK_WINDOW: u16 = 65535;
 const TTL: u8 = 64;
@@ -85,20 +90,40 @@ fn at(ctx: &XdpContext, off: usize, len: usize) -> Option<*mut u8> {
     Some((start + off) as *mut u8)
 }
 
+// Packet words are read and written as the wire's bytes in little-endian words: one plain
+// (possibly unaligned, see build.rs) load or store each, no byte shuffling. Checksums are sums
+// of such words (RFC 1071 2(B): the sum is byte-order independent).
+
+/// The 4 bytes at `p + off`.
 #[inline(always)]
-fn rd16(ctx: &XdpContext, off: usize) -> Option<u16> {
-    // SAFETY: bounds checked by `at`; unaligned read.
-    at(ctx, off, 2).map(|p| u16::from_be(unsafe { (p as *const u16).read_unaligned() }))
+unsafe fn ld32(p: *const u8, off: usize) -> u32 {
+    // SAFETY: the caller checked the bytes; unaligned packet loads are allowed (build.rs).
+    unsafe { (p.add(off) as *const u32).read_unaligned() }
 }
 
-/// What the program needs from a TCP segment to a listener.
+#[inline(always)]
+unsafe fn st32(p: *mut u8, off: usize, w: u32) {
+    // SAFETY: as `ld32`.
+    unsafe { (p.add(off) as *mut u32).write_unaligned(w) }
+}
+
+/// The word whose wire bytes are `b`.
+#[inline(always)]
+const fn wire(b: [u8; 4]) -> u32 {
+    u32::from_le_bytes(b)
+}
+
+/// What the program needs from a TCP segment to a listener. Addresses and ports are wire words
+/// (see `ld32`); the other fields are in host order.
 struct Seg {
     v6: bool,
-    mac_src: [u8; 6],
-    mac_dst: [u8; 6],
-    /// Client (source) and server (destination) addresses, IPv4 in the first 4 bytes.
-    src: [u8; 16],
-    dst: [u8; 16],
+    /// The frame's first 12 bytes: destination MAC, source MAC.
+    macs: [u32; 3],
+    /// Client (source) and server (destination) addresses; IPv4 in word 0.
+    src: [u32; 4],
+    dst: [u32; 4],
+    /// The TCP header's first 4 bytes: source port, destination port.
+    ports: u32,
     sport: u16,
     dport: u16,
     seq: u32,
@@ -108,6 +133,25 @@ struct Seg {
     l4: usize,
     doff: usize,
     payload_len: u32,
+}
+
+impl Seg {
+    /// The cookie's view of the connection (`engine_common::cookie::Tuple`).
+    #[inline(always)]
+    fn tuple(&self) -> Tuple {
+        let pair = |a: u32, b: u32| u64::from(a) | (u64::from(b) << 32);
+        let addrs = if self.v6 {
+            [
+                pair(self.src[0], self.src[1]),
+                pair(self.src[2], self.src[3]),
+                pair(self.dst[0], self.dst[1]),
+                pair(self.dst[2], self.dst[3]),
+            ]
+        } else {
+            [pair(self.src[0], self.dst[0]), 0, 0, 0]
+        };
+        Tuple { addrs, ports: self.ports, v6: self.v6 }
+    }
 }
 
 enum Verdict {
@@ -145,40 +189,24 @@ fn run(ctx: &XdpContext) -> Verdict {
         Ok(s) => s,
         Err(v) => return v,
     };
-    // Listener: exact address first, then the wildcard.
-    let mut lkey = ListenerKey {
-        addr: seg.dst,
-        port_be: seg.dport.to_be(),
-        family: if seg.v6 { FAMILY_V6 } else { FAMILY_V4 },
-        _pad: 0,
-    };
-    // SAFETY: map lookups with keys on our stack.
-    if unsafe { LISTENERS.get(&lkey) }.is_none() {
-        lkey.addr = [0; 16];
-        if unsafe { LISTENERS.get(&lkey) }.is_none() {
-            return Verdict::Pass(counters::PASS_NOT_LISTENER);
-        }
+    if !is_listener(&seg) {
+        return Verdict::Pass(counters::PASS_NOT_LISTENER);
     }
     // Malformed for a listener: illegal flag sets, zero ports, broadcast/multicast sources.
     let f = seg.flags;
     if (f & SYN != 0 && f & (FIN | RST) != 0) || seg.sport == 0 {
         return Verdict::Drop(counters::DROP_BAD_FLAGS);
     }
-    if seg.mac_src[0] & 1 != 0 || bad_source(&seg) {
+    // The source MAC's group bit is the low bit of the frame's byte 6.
+    if (seg.macs[1] >> 16) & 1 != 0 || bad_source(&seg) {
         return Verdict::Drop(counters::DROP_BAD_ADDRESS);
     }
-    let fkey = FlowKey {
-        remote: seg.src,
-        local: seg.dst,
-        remote_port_be: seg.sport.to_be(),
-        local_port_be: seg.dport.to_be(),
-        family: lkey.family,
-        _pad: [0; 3],
-    };
-    // SAFETY: map lookup with a key on our stack.
-    if let Some(slot) = unsafe { FLOWS.get(&fkey) } {
-        let slot = *slot;
-        if let Some(p) = LAST_SEEN.get_ptr_mut(slot) {
+    let key4 = FlowKey4 { remote: seg.src[0], local: seg.dst[0], ports: seg.ports };
+    let key6 = FlowKey6 { remote: seg.src, local: seg.dst, ports: seg.ports };
+    // SAFETY: map lookups with keys on our stack.
+    let slot = unsafe { if seg.v6 { FLOWS6.get(&key6) } else { FLOWS4.get(&key4) } };
+    if let Some(slot) = slot {
+        if let Some(p) = LAST_SEEN.get_ptr_mut(*slot) {
             // SAFETY: a valid array slot; a plain 8-byte store that userspace reads via mmap.
             unsafe { *p = bpf_ktime_get_ns() };
         }
@@ -193,20 +221,21 @@ fn run(ctx: &XdpContext) -> Verdict {
         // RFC 9293 3.10.7.1: an incoming RST for no connection is discarded.
         return Verdict::Drop(counters::DROP_RST_NO_FLOW);
     }
-    let tuple = Tuple { client: seg.src, server: seg.dst, client_port: seg.sport, server_port: seg.dport };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if f & SYN != 0 && f & ACK == 0 {
-        return syn_ack(ctx, &seg, cfg, &tuple, now);
+        return syn_ack(ctx, &seg, cfg, now);
     }
     if f & ACK != 0 && f & SYN == 0 {
+        // RFC 9293 3.10.7.3 with SYN-RECEIVED held in the cookie: the ACK must acknowledge it.
         let cookie = seg.ack.wrapping_sub(1);
         let client_isn = seg.seq.wrapping_sub(1);
-        if cookie::check(&cfg.secrets, &tuple, client_isn, cookie, now).is_some() {
+        if cookie::check(&cfg.secrets, &seg.tuple(), client_isn, cookie, now).is_some() {
             count(counters::COOKIE_ACK_VALID);
             // Claim the tuple until userspace writes the real slot, so the flow's next
             // segments reach it even before it has processed this ACK.
-            let _ = FLOWS.insert(&fkey, &SLOT_PENDING, u64::from(BPF_NOEXIST));
+            let flags = u64::from(BPF_NOEXIST);
+            let _ = if seg.v6 { FLOWS6.insert(&key6, &SLOT_PENDING, flags) } else { FLOWS4.insert(&key4, &SLOT_PENDING, flags) };
             return to_userspace(ctx);
         }
         count(counters::COOKIE_ACK_INVALID);
@@ -218,12 +247,44 @@ fn run(ctx: &XdpContext) -> Verdict {
     reset(ctx, &seg, cfg, now)
 }
 
+/// Whether a listener serves the segment's destination: the port's entry first (an array
+/// lookup), the exact-address hash map only for ports with several exact addresses or IPv6.
+#[inline(always)]
+fn is_listener(seg: &Seg) -> bool {
+    let Some(port) = LISTEN_PORTS.get(u32::from(seg.dport)) else { return false };
+    let f = port.flags;
+    if seg.v6 {
+        if f & PORT_V6_ANY != 0 {
+            return true;
+        }
+        if f & PORT_V6_SOME == 0 {
+            return false;
+        }
+    } else {
+        if f & PORT_V4_ANY != 0 || (f & PORT_V4_ONE != 0 && port.v4_addr == seg.dst[0]) {
+            return true;
+        }
+        if f & PORT_V4_MORE == 0 {
+            return false;
+        }
+    }
+    let key = ListenerKey {
+        addr: seg.dst,
+        port_be: seg.dport.to_be(),
+        family: if seg.v6 { FAMILY_V6 } else { FAMILY_V4 },
+        _pad: 0,
+    };
+    // SAFETY: map lookup with a key on our stack.
+    unsafe { LISTENERS.get(&key) }.is_some()
+}
+
 #[inline(always)]
 fn bad_source(seg: &Seg) -> bool {
+    // The address's first byte is the low byte of word 0.
+    let a = seg.src[0] & 0xff;
     if seg.v6 {
-        seg.src[0] == 0xff
+        a == 0xff
     } else {
-        let a = seg.src[0];
         // 0.0.0.0/8, multicast 224/4 and everything above (incl. 255.255.255.255).
         a == 0 || a >= 224
     }
@@ -244,10 +305,10 @@ fn parse(ctx: &XdpContext) -> Result<Seg, Verdict> {
     let Some(eth) = at(ctx, 0, ETH_HLEN) else { return Err(Verdict::Pass(counters::PASS_NOT_IP)) };
     let mut seg = Seg {
         v6: false,
-        mac_src: [0; 6],
-        mac_dst: [0; 6],
-        src: [0; 16],
-        dst: [0; 16],
+        macs: [0; 3],
+        src: [0; 4],
+        dst: [0; 4],
+        ports: 0,
         sport: 0,
         dport: 0,
         seq: 0,
@@ -258,11 +319,10 @@ fn parse(ctx: &XdpContext) -> Result<Seg, Verdict> {
         payload_len: 0,
     };
     // SAFETY: 14 bytes checked above.
-    unsafe {
-        core::ptr::copy_nonoverlapping(eth, seg.mac_dst.as_mut_ptr(), 6);
-        core::ptr::copy_nonoverlapping(eth.add(6), seg.mac_src.as_mut_ptr(), 6);
-    }
-    let ethertype = rd16(ctx, 12).unwrap_or(0);
+    let ethertype = unsafe {
+        seg.macs = [ld32(eth, 0), ld32(eth, 4), ld32(eth, 8)];
+        u16::from_be((eth.add(12) as *const u16).read_unaligned())
+    };
     let l3_len: u32;
     match ethertype {
         ETH_P_IP => {
@@ -270,8 +330,13 @@ fn parse(ctx: &XdpContext) -> Result<Seg, Verdict> {
                 return Err(Verdict::Drop(counters::DROP_TRUNCATED));
             };
             // SAFETY: 20 bytes checked above.
-            let (vihl, frag, proto) = unsafe {
-                (*ip, u16::from_be((ip.add(6) as *const u16).read_unaligned()), *ip.add(9))
+            let (vihl, frag, proto, total) = unsafe {
+                (
+                    *ip,
+                    u16::from_be((ip.add(6) as *const u16).read_unaligned()),
+                    *ip.add(9),
+                    u16::from_be((ip.add(2) as *const u16).read_unaligned()),
+                )
             };
             if proto != IPPROTO_TCP {
                 return Err(Verdict::Pass(counters::PASS_NOT_TCP));
@@ -284,13 +349,13 @@ fn parse(ctx: &XdpContext) -> Result<Seg, Verdict> {
                 // More-fragments or an offset: the kernel reassembles.
                 return Err(Verdict::Pass(counters::PASS_FRAGMENT));
             }
-            let total = rd16(ctx, ETH_HLEN + 2).unwrap_or(0) as u32;
             // SAFETY: addresses lie within the 20 checked bytes.
             unsafe {
-                core::ptr::copy_nonoverlapping(ip.add(12), seg.src.as_mut_ptr(), 4);
-                core::ptr::copy_nonoverlapping(ip.add(16), seg.dst.as_mut_ptr(), 4);
+                seg.src[0] = ld32(ip, 12);
+                seg.dst[0] = ld32(ip, 16);
             }
             seg.l4 = ETH_HLEN + (ihl & 0x3c);
+            let total = u32::from(total);
             if total < ihl as u32 {
                 return Err(Verdict::Drop(counters::DROP_BAD_HEADER));
             }
@@ -301,7 +366,8 @@ fn parse(ctx: &XdpContext) -> Result<Seg, Verdict> {
                 return Err(Verdict::Drop(counters::DROP_TRUNCATED));
             };
             // SAFETY: 40 bytes checked above.
-            let (ver, next) = unsafe { (*ip >> 4, *ip.add(6)) };
+            let (ver, next, payload) =
+                unsafe { (*ip >> 4, *ip.add(6), u16::from_be((ip.add(4) as *const u16).read_unaligned())) };
             if next != IPPROTO_TCP {
                 // Extension headers included: the kernel's business.
                 return Err(Verdict::Pass(counters::PASS_NOT_TCP));
@@ -311,21 +377,21 @@ fn parse(ctx: &XdpContext) -> Result<Seg, Verdict> {
             }
             // SAFETY: addresses lie within the 40 checked bytes.
             unsafe {
-                core::ptr::copy_nonoverlapping(ip.add(8), seg.src.as_mut_ptr(), 16);
-                core::ptr::copy_nonoverlapping(ip.add(24), seg.dst.as_mut_ptr(), 16);
+                seg.src = [ld32(ip, 8), ld32(ip, 12), ld32(ip, 16), ld32(ip, 20)];
+                seg.dst = [ld32(ip, 24), ld32(ip, 28), ld32(ip, 32), ld32(ip, 36)];
             }
             seg.v6 = true;
             seg.l4 = ETH_HLEN + IPV6_HLEN;
-            l3_len = rd16(ctx, ETH_HLEN + 4).unwrap_or(0) as u32;
+            l3_len = u32::from(payload);
         }
         _ => return Err(Verdict::Pass(counters::PASS_NOT_IP)),
     }
     let l4 = seg.l4;
-    let Some(tcp) = at(ctx, l4, 20) else { return Err(Verdict::Drop(counters::DROP_TRUNCATED)) };
+    let Some(tcp) = at(ctx, l4, TCP_HLEN) else { return Err(Verdict::Drop(counters::DROP_TRUNCATED)) };
     // SAFETY: 20 bytes checked above.
     let doff_byte = unsafe { *tcp.add(12) };
     let doff = ((doff_byte >> 4) as usize) * 4;
-    if doff < 20 {
+    if doff < TCP_HLEN {
         return Err(Verdict::Drop(counters::DROP_BAD_HEADER));
     }
     if at(ctx, l4, doff & 0x3c).is_none() || l3_len < doff as u32 {
@@ -340,12 +406,13 @@ fn parse(ctx: &XdpContext) -> Result<Seg, Verdict> {
     // from data + l4 would lose that after LLVM drops the repeated check).
     // SAFETY: 20 bytes checked above.
     unsafe {
-        seg.sport = u16::from_be((tcp as *const u16).read_unaligned());
-        seg.dport = u16::from_be((tcp.add(2) as *const u16).read_unaligned());
-        seg.seq = u32::from_be((tcp.add(4) as *const u32).read_unaligned());
-        seg.ack = u32::from_be((tcp.add(8) as *const u32).read_unaligned());
+        seg.ports = ld32(tcp, 0);
+        seg.seq = u32::from_be(ld32(tcp, 4));
+        seg.ack = u32::from_be(ld32(tcp, 8));
         seg.flags = *tcp.add(13);
     }
+    seg.sport = u16::from_be(seg.ports as u16);
+    seg.dport = u16::from_be((seg.ports >> 16) as u16);
     Ok(seg)
 }
 
@@ -355,6 +422,55 @@ struct SynOpts {
     wscale: Option<u8>,
     sack: bool,
     ts: Option<u32>,
+}
+
+/// RFC 9293 3.7.1: without an MSS option, assume 536 (IPv4) / 1220 (IPv6).
+#[inline(always)]
+fn default_mss(seg: &Seg) -> u16 {
+    if seg.v6 { 1220 } else { 536 }
+}
+
+/// The option layouts almost every SYN carries, recognised by comparing whole words: none;
+/// MSS alone; and Linux's MSS, SACK-permitted, timestamps, NOP, window scale (tcp_options_write;
+/// NOP, NOP in place of SACK-permitted when SACK is off). `None` for anything else, which
+/// `syn_options` then walks option by option (RFC 9293 3.1).
+#[inline(always)]
+fn fixed_syn_options(ctx: &XdpContext, seg: &Seg) -> Option<SynOpts> {
+    let mut opts = SynOpts { mss: default_mss(seg), wscale: None, sack: false, ts: None };
+    match seg.doff {
+        TCP_HLEN => Some(opts),
+        24 => {
+            let o = at(ctx, seg.l4 + TCP_HLEN, 4)?;
+            // SAFETY: 4 bytes checked.
+            let w0 = unsafe { ld32(o, 0) };
+            if w0 & 0xffff != wire([2, 4, 0, 0]) {
+                return None;
+            }
+            opts.mss = u16::from_be((w0 >> 16) as u16);
+            Some(opts)
+        }
+        40 => {
+            let o = at(ctx, seg.l4 + TCP_HLEN, 20)?;
+            // SAFETY: 20 bytes checked.
+            let (w0, w1, tsval, w4) = unsafe { (ld32(o, 0), ld32(o, 4), ld32(o, 8), ld32(o, 16)) };
+            if w0 & 0xffff != wire([2, 4, 0, 0]) || w4 & 0x00ff_ffff != wire([1, 3, 3, 0]) {
+                return None;
+            }
+            opts.sack = if w1 == wire([4, 2, 8, 10]) {
+                true
+            } else if w1 == wire([1, 1, 8, 10]) {
+                false
+            } else {
+                return None;
+            };
+            opts.mss = u16::from_be((w0 >> 16) as u16);
+            // RFC 7323 2.3: a shift above 14 is used as 14.
+            opts.wscale = Some(((w4 >> 24) as u8).min(14));
+            opts.ts = Some(u32::from_be(tsval));
+            Some(opts)
+        }
+        _ => None,
+    }
 }
 
 /// State of the option walk, on the caller's stack, handed to each `bpf_loop` step. The
@@ -415,13 +531,13 @@ extern "C" fn opt_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
             w.mss = u16::from_be(unsafe { (p.add(2) as *const u16).read_unaligned() });
         }
         (3, 3) if p.wrapping_add(3) <= w.data_end => {
-            // SAFETY: 3 bytes checked.
+            // SAFETY: 3 bytes checked. RFC 7323 2.3: a shift above 14 is used as 14.
             w.wscale = unsafe { *p.add(2) }.min(14);
         }
         (4, 2) => w.seen |= SEEN_SACK,
         (8, 10) if p.wrapping_add(10) <= w.data_end => {
             // SAFETY: 10 bytes checked.
-            w.ts = u32::from_be(unsafe { (p.add(2) as *const u32).read_unaligned() });
+            w.ts = u32::from_be(unsafe { ld32(p, 2) });
             w.seen |= SEEN_TS;
         }
         _ => {}
@@ -430,17 +546,16 @@ extern "C" fn opt_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     0
 }
 
-/// Walk the SYN's options. `None` when they run past the header.
+/// Walk the SYN's options one by one. `None` when they run past the header.
 #[inline(always)]
 fn syn_options(ctx: &XdpContext, seg: &Seg) -> Option<SynOpts> {
     let mut w = OptWalk {
         data: ctx.data() as *const u8,
         data_end: ctx.data_end() as *const u8,
-        off: (seg.l4 + 20) as u64,
+        off: (seg.l4 + TCP_HLEN) as u64,
         end: (seg.l4 + seg.doff) as u64,
         ts: 0,
-        // RFC 9293 3.7.1: without an MSS option, assume 536 (IPv4) / 1220 (IPv6).
-        mss: if seg.v6 { 1220 } else { 536 },
+        mss: default_mss(seg),
         wscale: 0xff,
         seen: 0,
     };
@@ -459,18 +574,7 @@ fn syn_options(ctx: &XdpContext, seg: &Seg) -> Option<SynOpts> {
     })
 }
 
-/// Ones'-complement sum of `n` 16-bit words at `off` (as loaded; the sum is byte-order
-/// independent when everything is loaded the same way, RFC 1071).
-#[inline(always)]
-fn sum_words(p: *const u8, n: usize) -> u64 {
-    let mut acc = 0u64;
-    for i in 0..n {
-        // SAFETY: the caller checked `2 * n` bytes at `p`.
-        acc += u64::from(unsafe { (p.add(2 * i) as *const u16).read_unaligned() });
-    }
-    acc
-}
-
+/// Ones'-complement sum folded to 16 bits and complemented (RFC 1071), as stored.
 #[inline(always)]
 fn fold(mut acc: u64) -> u16 {
     acc = (acc & 0xffff) + (acc >> 16);
@@ -479,80 +583,100 @@ fn fold(mut acc: u64) -> u16 {
     !(acc as u16)
 }
 
-/// Write Ethernet + IP headers for a reply of `tcp_len` TCP bytes (addresses swapped) at the
-/// start of a frame of at least that size, then the TCP checksum once the header is written.
+/// Ethernet header of a reply: the MACs swapped, then `ethertype`.
 #[inline(always)]
-unsafe fn write_l2_l3(p: *mut u8, seg: &Seg, tcp_len: usize) {
-    // SAFETY (whole fn): the caller checked the frame holds the full reply.
-    unsafe {
-        core::ptr::copy_nonoverlapping(seg.mac_src.as_ptr(), p, 6);
-        core::ptr::copy_nonoverlapping(seg.mac_dst.as_ptr(), p.add(6), 6);
-        if seg.v6 {
-            (p.add(12) as *mut u16).write_unaligned(ETH_P_IPV6.to_be());
-            let ip = p.add(ETH_HLEN);
-            (ip as *mut u32).write_unaligned(0x6000_0000u32.to_be());
-            (ip.add(4) as *mut u16).write_unaligned((tcp_len as u16).to_be());
-            *ip.add(6) = IPPROTO_TCP;
-            *ip.add(7) = TTL;
-            core::ptr::copy_nonoverlapping(seg.dst.as_ptr(), ip.add(8), 16);
-            core::ptr::copy_nonoverlapping(seg.src.as_ptr(), ip.add(24), 16);
-        } else {
-            (p.add(12) as *mut u16).write_unaligned(ETH_P_IP.to_be());
-            let ip = p.add(ETH_HLEN);
-            *ip = 0x45;
-            *ip.add(1) = 0;
-            (ip.add(2) as *mut u16).write_unaligned(((IPV4_HLEN + tcp_len) as u16).to_be());
-            (ip.add(4) as *mut u16).write_unaligned(0); // ID 0, DF set: RFC 6864 4.1
-            (ip.add(6) as *mut u16).write_unaligned(0x4000u16.to_be());
-            *ip.add(8) = TTL;
-            *ip.add(9) = IPPROTO_TCP;
-            (ip.add(10) as *mut u16).write_unaligned(0);
-            core::ptr::copy_nonoverlapping(seg.dst.as_ptr(), ip.add(12), 4);
-            core::ptr::copy_nonoverlapping(seg.src.as_ptr(), ip.add(16), 4);
-            let c = fold(sum_words(ip, IPV4_HLEN / 2));
-            (ip.add(10) as *mut u16).write_unaligned(c);
-        }
-    }
-}
-
-/// The fixed 20 bytes of a reply's TCP header (ports already swapped by the caller); the
-/// checksum is left 0 for `tcp_checksum`, the urgent pointer 0.
-#[inline(always)]
-unsafe fn write_tcp_header(t: *mut u8, (src, dst): (u16, u16), seq: u32, ack: u32, len: usize, flags: u8, window: u16) {
+unsafe fn write_eth(p: *mut u8, seg: &Seg, ethertype: u16) {
+    let [m0, m1, m2] = seg.macs;
     // SAFETY (whole fn): the caller checked that the frame holds the header.
     unsafe {
-        (t as *mut u16).write_unaligned(src.to_be());
-        (t.add(2) as *mut u16).write_unaligned(dst.to_be());
-        (t.add(4) as *mut u32).write_unaligned(seq.to_be());
-        (t.add(8) as *mut u32).write_unaligned(ack.to_be());
-        *t.add(12) = ((len / 4) as u8) << 4;
-        *t.add(13) = flags;
-        (t.add(14) as *mut u16).write_unaligned(window.to_be());
-        (t.add(16) as *mut u32).write_unaligned(0);
+        // Bytes 0..6 (destination) become the request's 6..12 (its source) and vice versa.
+        st32(p, 0, (m1 >> 16) | (m2 << 16));
+        st32(p, 4, (m2 >> 16) | (m0 << 16));
+        st32(p, 8, (m0 >> 16) | (m1 << 16));
+        (p.add(12) as *mut u16).write_unaligned(ethertype.to_be());
     }
 }
 
-/// Fill in the TCP checksum (pseudo-header + header, no payload) of the reply.
+/// IPv4 header of a reply carrying `tcp_len` bytes (addresses swapped, checksum filled in);
+/// returns the TCP pseudo-header's address sum.
 #[inline(always)]
-unsafe fn tcp_checksum(p: *mut u8, v6: bool, tcp_len: usize) {
-    // SAFETY (whole fn): the caller checked the frame holds the full reply.
+unsafe fn write_ipv4(ip: *mut u8, seg: &Seg, tcp_len: usize) -> u64 {
+    let [t0, t1] = ((IPV4_HLEN + tcp_len) as u16).to_be_bytes();
+    let w0 = wire([0x45, 0, t0, t1]);
+    // ID 0 with DF set: RFC 6864 4.1.
+    let w1 = wire([0, 0, 0x40, 0]);
+    let w2 = wire([TTL, IPPROTO_TCP, 0, 0]);
+    let addrs = u64::from(seg.dst[0]) + u64::from(seg.src[0]);
+    let csum = fold(u64::from(w0) + u64::from(w1) + u64::from(w2) + addrs);
+    // SAFETY (whole fn): the caller checked that the frame holds the header.
     unsafe {
-        let (addrs, addr_words, tcp) = if v6 {
-            (p.add(ETH_HLEN + 8), 16, p.add(ETH_HLEN + IPV6_HLEN))
-        } else {
-            (p.add(ETH_HLEN + 12), 4, p.add(ETH_HLEN + IPV4_HLEN))
-        };
-        let mut acc = sum_words(addrs, addr_words);
-        acc += u64::from((IPPROTO_TCP as u16).to_be()) + u64::from((tcp_len as u16).to_be());
-        (tcp.add(16) as *mut u16).write_unaligned(0);
-        acc += if tcp_len == SYNACK_TCP_LEN { sum_words(tcp, SYNACK_TCP_LEN / 2) } else { sum_words(tcp, RST_TCP_LEN / 2) };
-        (tcp.add(16) as *mut u16).write_unaligned(fold(acc));
+        st32(ip, 0, w0);
+        st32(ip, 4, w1);
+        st32(ip, 8, w2 | (u32::from(csum) << 16));
+        st32(ip, 12, seg.dst[0]);
+        st32(ip, 16, seg.src[0]);
+    }
+    addrs
+}
+
+/// IPv6 header of a reply carrying `tcp_len` bytes (addresses swapped); returns the TCP
+/// pseudo-header's address sum.
+#[inline(always)]
+unsafe fn write_ipv6(ip: *mut u8, seg: &Seg, tcp_len: usize) -> u64 {
+    let [l0, l1] = (tcp_len as u16).to_be_bytes();
+    let mut addrs = 0u64;
+    // SAFETY (whole fn): the caller checked that the frame holds the header.
+    unsafe {
+        st32(ip, 0, wire([0x60, 0, 0, 0]));
+        st32(ip, 4, wire([l0, l1, IPPROTO_TCP, TTL]));
+        for i in 0..4 {
+            st32(ip, 8 + 4 * i, seg.dst[i]);
+            st32(ip, 24 + 4 * i, seg.src[i]);
+            addrs += u64::from(seg.dst[i]) + u64::from(seg.src[i]);
+        }
+    }
+    addrs
+}
+
+/// TCP header of a reply (ports swapped) with `N` option words, checksum over the pseudo
+/// header (`addrs`, its address sum), the header and the options; urgent pointer 0.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn write_tcp<const N: usize>(
+    t: *mut u8,
+    seg: &Seg,
+    addrs: u64,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+    opts: &[u32; N],
+) {
+    let len = TCP_HLEN + 4 * N;
+    let ports = seg.ports.rotate_right(16);
+    let [w0, w1] = window.to_be_bytes();
+    let doff_flags_win = wire([((len / 4) as u8) << 4, flags, w0, w1]);
+    let [l0, l1] = (len as u16).to_be_bytes();
+    let mut acc = addrs + u64::from(wire([0, IPPROTO_TCP, l0, l1]));
+    acc += u64::from(ports) + u64::from(seq.to_be()) + u64::from(ack.to_be()) + u64::from(doff_flags_win);
+    // SAFETY (whole fn): the caller checked that the frame holds the header and options.
+    unsafe {
+        for (i, &o) in opts.iter().enumerate() {
+            st32(t, TCP_HLEN + 4 * i, o);
+            acc += u64::from(o);
+        }
+        st32(t, 0, ports);
+        st32(t, 4, seq.to_be());
+        st32(t, 8, ack.to_be());
+        st32(t, 12, doff_flags_win);
+        st32(t, 16, u32::from(fold(acc)));
     }
 }
 
-/// Resize the frame to exactly `len` bytes and return a pointer to it. The reply is written
-/// from offset 0, so a frame that must grow grows at the head: XDP guarantees headroom, while
-/// tailroom on a veth's frames is not there to take (bpf_xdp_adjust_tail failed on them).
+/// Resize the frame to exactly `len` bytes and return a pointer to it (no helper call when it
+/// already has that size, as a SYN with Linux's options does). The reply is written from offset
+/// 0, so a frame that must grow grows at the head: XDP guarantees headroom, while tailroom on a
+/// veth's frames is not there to take (bpf_xdp_adjust_tail failed on them).
 #[inline(always)]
 fn resize(ctx: &XdpContext, len: usize) -> Option<*mut u8> {
     let cur = ctx.data_end() - ctx.data();
@@ -573,73 +697,76 @@ fn resize(ctx: &XdpContext, len: usize) -> Option<*mut u8> {
     at(ctx, 0, len)
 }
 
-fn syn_ack(ctx: &XdpContext, seg: &Seg, cfg: &XdpConfig, tuple: &Tuple, now: u64) -> Verdict {
-    let Some(opts) = syn_options(ctx, seg) else { return Verdict::Drop(counters::DROP_BAD_OPTIONS) };
+/// Turn the frame into our reply to `seg`: a TCP header with `N` option words. False when the
+/// frame cannot be resized.
+#[inline(always)]
+fn reply<const N: usize>(ctx: &XdpContext, seg: &Seg, seq: u32, ack: u32, flags: u8, window: u16, opts: &[u32; N]) -> bool {
+    let tcp_len = TCP_HLEN + 4 * N;
+    if seg.v6 {
+        let Some(p) = resize(ctx, ETH_HLEN + IPV6_HLEN + tcp_len) else { return false };
+        // SAFETY: `resize` checked that the whole reply fits.
+        unsafe {
+            write_eth(p, seg, ETH_P_IPV6);
+            let addrs = write_ipv6(p.add(ETH_HLEN), seg, tcp_len);
+            write_tcp(p.add(ETH_HLEN + IPV6_HLEN), seg, addrs, seq, ack, flags, window, opts);
+        }
+    } else {
+        let Some(p) = resize(ctx, ETH_HLEN + IPV4_HLEN + tcp_len) else { return false };
+        // SAFETY: `resize` checked that the whole reply fits.
+        unsafe {
+            write_eth(p, seg, ETH_P_IP);
+            let addrs = write_ipv4(p.add(ETH_HLEN), seg, tcp_len);
+            write_tcp(p.add(ETH_HLEN + IPV4_HLEN), seg, addrs, seq, ack, flags, window, opts);
+        }
+    }
+    true
+}
+
+fn syn_ack(ctx: &XdpContext, seg: &Seg, cfg: &XdpConfig, now: u64) -> Verdict {
+    let opts = match fixed_syn_options(ctx, seg) {
+        Some(o) => o,
+        None => {
+            count(counters::SYN_GENERIC_OPTIONS);
+            match syn_options(ctx, seg) {
+                Some(o) => o,
+                None => return Verdict::Drop(counters::DROP_BAD_OPTIONS),
+            }
+        }
+    };
     let mss = if opts.mss < cfg.mss { opts.mss } else { cfg.mss };
-    let isn = if cfg.flags & CONFIG_KERNEL_COOKIE != 0 && !seg.v6 {
-        // The benchmark's baseline: the same reply, with the kernel helper's cookie.
-        let (Some(iph), Some(th)) = (at(ctx, ETH_HLEN, IPV4_HLEN), at(ctx, seg.l4, 20)) else {
+    let (isn, ts_offset) = if cfg.flags & CONFIG_KERNEL_COOKIE != 0 && !seg.v6 {
+        // The benchmark's baseline: the same reply, with the kernel helper's cookie (and no
+        // TSval offset: the helper has none to give).
+        let (Some(iph), Some(th)) = (at(ctx, ETH_HLEN, IPV4_HLEN), at(ctx, seg.l4, TCP_HLEN)) else {
             return Verdict::Drop(counters::DROP_TRUNCATED);
         };
         // SAFETY: both pointers are bounds-checked packet pointers of the stated sizes.
-        let r = unsafe { bpf_tcp_raw_gen_syncookie_ipv4(iph.cast(), th.cast(), 20) };
+        let r = unsafe { bpf_tcp_raw_gen_syncookie_ipv4(iph.cast(), th.cast(), TCP_HLEN as u32) };
         if r < 0 {
             return Verdict::Drop(counters::DROP_BAD_HEADER);
         }
-        r as u32
+        (r as u32, 0)
     } else {
-        cookie::make(&cfg.secrets[0], tuple, seg.seq, now, mss)
+        let m = cookie::make(&cfg.secrets[0], &seg.tuple(), seg.seq, now, mss);
+        (m.isn, m.ts_offset)
     };
-    let ts_val = opts.ts.map(|_| {
-        let offset = cookie::ts_offset(&cfg.ts_key, tuple);
+    // Options, Linux's order: MSS, SACK-permitted, timestamps, NOP, window scale.
+    let [m0, m1] = mss.to_be_bytes();
+    let mut o: [u32; SYNACK_OPT_WORDS] = [wire([2, 4, m0, m1]), 0, 0, 0, 0];
+    if let Some(client_ts) = opts.ts {
+        // RFC 7323 3.2: TSecr echoes the client's TSval; our TSval carries what the cookie
+        // cannot (window scale, SACK, ECN).
         let ecn = seg.flags & (ECE | CWR) == (ECE | CWR);
-        cookie::ts_encode((now / 1_000_000) as u32, offset, opts.wscale, opts.sack, ecn)
-    });
-    let l3 = if seg.v6 { IPV6_HLEN } else { IPV4_HLEN };
-    let len = ETH_HLEN + l3 + SYNACK_TCP_LEN;
-    let (sport, dport, seq) = (seg.sport, seg.dport, seg.seq);
-    let Some(p) = resize(ctx, len) else { return Verdict::Drop(counters::DROP_NO_ROOM) };
-    // SAFETY: `resize` checked that `len` bytes are there.
-    unsafe {
-        write_l2_l3(p, seg, SYNACK_TCP_LEN);
-        let t = p.add(ETH_HLEN + l3);
-        write_tcp_header(t, (dport, sport), isn, seq.wrapping_add(1), SYNACK_TCP_LEN, SYN | ACK, SYNACK_WINDOW);
-        // Options, Linux's order: MSS, SACK-permitted, timestamps, NOP, window scale.
-        let o = t.add(20);
-        *o = 2;
-        *o.add(1) = 4;
-        (o.add(2) as *mut u16).write_unaligned(mss.to_be());
-        match ts_val {
-            Some(tsv) => {
-                let (a, b) = if opts.sack { (4, 2) } else { (1, 1) };
-                *o.add(4) = a;
-                *o.add(5) = b;
-                *o.add(6) = 8;
-                *o.add(7) = 10;
-                (o.add(8) as *mut u32).write_unaligned(tsv.to_be());
-                (o.add(12) as *mut u32).write_unaligned(opts.ts.unwrap_or(0).to_be());
-                *o.add(16) = 1;
-                match opts.wscale {
-                    Some(_) => {
-                        *o.add(17) = 3;
-                        *o.add(18) = 3;
-                        *o.add(19) = cfg.wscale;
-                    }
-                    None => {
-                        *o.add(17) = 1;
-                        *o.add(18) = 1;
-                        *o.add(19) = 1;
-                    }
-                }
-            }
-            None => {
-                // Without timestamps the cookie cannot remember scaling or SACK: MSS only.
-                for i in 4..20 {
-                    *o.add(i) = 0;
-                }
-            }
-        }
-        tcp_checksum(p, seg.v6, SYNACK_TCP_LEN);
+        let tsval = cookie::ts_encode((now / 1_000_000) as u32, ts_offset, opts.wscale, opts.sack, ecn);
+        o[1] = if opts.sack { wire([4, 2, 8, 10]) } else { wire([1, 1, 8, 10]) };
+        o[2] = tsval.to_be();
+        o[3] = client_ts.to_be();
+        // RFC 7323 2.2: offer scaling only to a client that offered it.
+        o[4] = if opts.wscale.is_some() { wire([1, 3, 3, cfg.wscale]) } else { wire([1, 1, 1, 1]) };
+    }
+    // Without timestamps the cookie cannot remember scaling or SACK: MSS only, EOL padding.
+    if !reply(ctx, seg, isn, seg.seq.wrapping_add(1), SYN | ACK, SYNACK_WINDOW, &o) {
+        return Verdict::Drop(counters::DROP_NO_ROOM);
     }
     count(counters::SYN_COOKIE_SENT);
     Verdict::Done(xdp_action::XDP_TX)
@@ -672,17 +799,8 @@ fn reset(ctx: &XdpContext, seg: &Seg, cfg: &XdpConfig, now: u64) -> Verdict {
     } else {
         (0, seg.seq.wrapping_add(seg_len), RST | ACK)
     };
-    let l3 = if seg.v6 { IPV6_HLEN } else { IPV4_HLEN };
-    let (sport, dport) = (seg.sport, seg.dport);
-    let Some(p) = resize(ctx, ETH_HLEN + l3 + RST_TCP_LEN) else {
+    if !reply(ctx, seg, rseq, rack, rflags, 0, &[]) {
         return Verdict::Drop(counters::DROP_NO_ROOM);
-    };
-    // SAFETY: `resize` checked the length.
-    unsafe {
-        write_l2_l3(p, seg, RST_TCP_LEN);
-        let t = p.add(ETH_HLEN + l3);
-        write_tcp_header(t, (dport, sport), rseq, rack, RST_TCP_LEN, rflags, 0);
-        tcp_checksum(p, seg.v6, RST_TCP_LEN);
     }
     count(counters::RST_SENT);
     Verdict::Done(xdp_action::XDP_TX)

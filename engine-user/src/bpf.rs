@@ -19,8 +19,8 @@ use engine_common::{
     counters,
     handshake::HandshakeFacts,
     maps::{
-        self, CONFIG_RST_BAD_COOKIE, FAMILY_V4, FAMILY_V6, FlowKey, ListenerKey, ListenerValue,
-        XdpConfig,
+        self, CONFIG_RST_BAD_COOKIE, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, ListenerValue,
+        PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY, PORT_V6_SOME, PortListeners, XdpConfig,
     },
 };
 
@@ -101,7 +101,8 @@ pub fn load_object(max_flows: u32) -> Result<Ebpf, BpfError> {
     }
     raise_memlock_limit();
     EbpfLoader::new()
-        .map_max_entries(maps::FLOWS, max_flows)
+        .map_max_entries(maps::FLOWS4, max_flows)
+        .map_max_entries(maps::FLOWS6, max_flows)
         .map_max_entries(maps::LAST_SEEN, max_flows)
         .load(XDP_OBJECT)
         .map_err(|e| BpfError::Load(Box::new(e)))
@@ -164,7 +165,6 @@ fn attach_errno(e: &ProgramError) -> Option<i32> {
 #[derive(Clone)]
 pub struct CookieChecker {
     secrets: Arc<RwLock<[Key; 2]>>,
-    ts_key: Key,
     wscale: u8,
 }
 
@@ -182,7 +182,7 @@ impl CookieChecker {
     ) -> Option<HandshakeFacts> {
         let tuple = cookie_tuple(local, remote)?;
         let keys = *self.secrets.read().unwrap_or_else(|e| e.into_inner());
-        cookie::decode(&keys, &self.ts_key, &tuple, seq, ack, ts, now_ns, self.wscale)
+        cookie::decode(&keys, &tuple, seq, ack, ts, now_ns, self.wscale)
     }
 }
 
@@ -208,12 +208,10 @@ impl CookieChecker {
         let default_mss = if local.is_ipv4() { 536 } else { 1220 };
         let mss = client_mss.unwrap_or(default_mss).min(our_mss);
         let current = self.secrets.read().unwrap_or_else(|e| e.into_inner())[0];
-        let isn = cookie::make(&current, &tuple, client_isn, now_ns, mss);
-        let tsval = client_ts.map(|_| {
-            let offset = cookie::ts_offset(&self.ts_key, &tuple);
-            cookie::ts_encode((now_ns / 1_000_000) as u32, offset, client_wscale, sack, false)
-        });
-        Some((isn, mss, tsval))
+        let minted = cookie::make(&current, &tuple, client_isn, now_ns, mss);
+        let tsval = client_ts
+            .map(|_| cookie::ts_encode((now_ns / 1_000_000) as u32, minted.ts_offset, client_wscale, sack, false));
+        Some((minted.isn, mss, tsval))
     }
 
     /// The window-scale shift we announce.
@@ -222,57 +220,79 @@ impl CookieChecker {
     }
 }
 
-fn addr16(ip: IpAddr) -> [u8; 16] {
-    let mut a = [0u8; 16];
+/// An address's wire bytes as little-endian u32 words, as XDP loads them (IPv4 in word 0).
+fn addr_words(ip: IpAddr) -> [u32; 4] {
+    let mut b = [0u8; 16];
     match ip {
-        IpAddr::V4(v4) => a[..4].copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => a.copy_from_slice(&v6.octets()),
+        IpAddr::V4(v4) => b[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => b.copy_from_slice(&v6.octets()),
     }
-    a
+    let w = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+/// Two ports in network byte order as a little-endian u32: the TCP header's first 4 bytes.
+fn ports_word(first: u16, second: u16) -> u32 {
+    let [a, b] = first.to_be_bytes();
+    let [c, d] = second.to_be_bytes();
+    u32::from_le_bytes([a, b, c, d])
 }
 
 /// The cookie's view of a connection (client = remote).
 pub fn cookie_tuple(local: SocketAddr, remote: SocketAddr) -> Option<Tuple> {
-    if local.is_ipv4() != remote.is_ipv4() {
-        return None;
+    match (remote.ip(), local.ip()) {
+        (IpAddr::V4(c), IpAddr::V4(s)) => Some(Tuple::v4(c.octets(), s.octets(), remote.port(), local.port())),
+        (IpAddr::V6(c), IpAddr::V6(s)) => Some(Tuple::v6(c.octets(), s.octets(), remote.port(), local.port())),
+        _ => None,
     }
-    Some(Tuple {
-        client: addr16(remote.ip()),
-        server: addr16(local.ip()),
-        client_port: remote.port(),
-        server_port: local.port(),
-    })
 }
 
-/// The FLOWS key of a connection.
+/// The FLOWS4 / FLOWS6 key of a connection.
+pub enum FlowKey {
+    V4(FlowKey4),
+    V6(FlowKey6),
+}
+
 pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> FlowKey {
-    FlowKey {
-        remote: addr16(remote.ip()),
-        local: addr16(local.ip()),
-        remote_port_be: remote.port().to_be(),
-        local_port_be: local.port().to_be(),
-        family: if local.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
-        _pad: [0; 3],
+    let ports = ports_word(remote.port(), local.port());
+    let (r, l) = (addr_words(remote.ip()), addr_words(local.ip()));
+    if local.is_ipv4() {
+        FlowKey::V4(FlowKey4 { remote: r[0], local: l[0], ports })
+    } else {
+        FlowKey::V6(FlowKey6 { remote: r, local: l, ports })
     }
 }
 
-/// FLOWS and XSKS, shared by the engine threads (writes happen once per connection, not per
-/// packet).
+/// FLOWS4, FLOWS6 and XSKS, shared by the engine threads (writes happen once per connection,
+/// not per packet).
 #[derive(Clone)]
 pub struct FlowTable {
-    flows: Arc<Mutex<HashMap<MapData, FlowKey, u32>>>,
+    flows: Arc<Mutex<FlowMaps>>,
     xsks: Arc<Mutex<XskMap<MapData>>>,
+}
+
+struct FlowMaps {
+    v4: HashMap<MapData, FlowKey4, u32>,
+    v6: HashMap<MapData, FlowKey6, u32>,
 }
 
 impl FlowTable {
     pub fn insert(&self, local: SocketAddr, remote: SocketAddr, slot: u32) -> Result<(), BpfError> {
         let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(flows.insert(&flow_key(local, remote), &slot, 0)?)
+        match flow_key(local, remote) {
+            FlowKey::V4(k) => flows.v4.insert(&k, &slot, 0)?,
+            FlowKey::V6(k) => flows.v6.insert(&k, &slot, 0)?,
+        }
+        Ok(())
     }
 
     pub fn remove(&self, local: SocketAddr, remote: SocketAddr) -> Result<(), BpfError> {
         let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(flows.remove(&flow_key(local, remote))?)
+        match flow_key(local, remote) {
+            FlowKey::V4(k) => flows.v4.remove(&k)?,
+            FlowKey::V6(k) => flows.v6.remove(&k)?,
+        }
+        Ok(())
     }
 
     /// Send frames of RX queue `queue` that XDP redirects to the AF_XDP socket `fd`.
@@ -360,7 +380,10 @@ impl XdpEngine {
     pub fn load(max_flows: u32, mss: u16) -> Result<Self, BpfError> {
         let mut ebpf = load_object(max_flows)?;
         let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(BpfError::MissingMap(name));
-        let flows: HashMap<MapData, FlowKey, u32> = HashMap::try_from(take(&mut ebpf, maps::FLOWS)?)?;
+        let flows = FlowMaps {
+            v4: HashMap::try_from(take(&mut ebpf, maps::FLOWS4)?)?,
+            v6: HashMap::try_from(take(&mut ebpf, maps::FLOWS6)?)?,
+        };
         let xsks: XskMap<MapData> = XskMap::try_from(take(&mut ebpf, maps::XSKS)?)?;
         let last_seen = match take(&mut ebpf, maps::LAST_SEEN)? {
             Map::Array(data) => LastSeen::map(data, max_flows)?,
@@ -369,7 +392,6 @@ impl XdpEngine {
         let current = random_key()?;
         let config = XdpConfig {
             secrets: [current, current],
-            ts_key: random_key()?,
             mss,
             wscale: OUR_WSCALE,
             ready: 1,
@@ -458,10 +480,19 @@ impl XdpEngine {
 
     /// Tell the XDP program to serve `addr` (an unspecified IP means every local address).
     pub fn add_listener(&mut self, addr: SocketAddr, id: u32) -> Result<(), BpfError> {
-        let mut listeners: HashMap<_, ListenerKey, ListenerValue> = HashMap::try_from(
-            self.ebpf.map_mut(maps::LISTENERS).ok_or(BpfError::MissingMap(maps::LISTENERS))?,
+        let key = listener_key(addr);
+        if !addr.ip().is_unspecified() {
+            let mut listeners: HashMap<_, ListenerKey, ListenerValue> = HashMap::try_from(
+                self.ebpf.map_mut(maps::LISTENERS).ok_or(BpfError::MissingMap(maps::LISTENERS))?,
+            )?;
+            listeners.insert(&key, &ListenerValue { id, flags: 0 }, 0)?;
+        }
+        let mut ports: Array<_, PortListeners> = Array::try_from(
+            self.ebpf.map_mut(maps::LISTEN_PORTS).ok_or(BpfError::MissingMap(maps::LISTEN_PORTS))?,
         )?;
-        listeners.insert(&listener_key(addr), &ListenerValue { id, flags: 0 }, 0)?;
+        let port = u32::from(addr.port());
+        let entry = ports.get(&port, 0)?;
+        ports.set(port, &port_entry(entry, addr), 0)?;
         Ok(())
     }
 
@@ -470,7 +501,7 @@ impl XdpEngine {
     }
 
     pub fn cookie_checker(&self) -> CookieChecker {
-        CookieChecker { secrets: self.secrets.clone(), ts_key: self.config.ts_key, wscale: self.config.wscale }
+        CookieChecker { secrets: self.secrets.clone(), wscale: self.config.wscale }
     }
 
     pub fn last_seen(&self) -> LastSeen {
@@ -506,10 +537,30 @@ impl PeerPass {
     }
 }
 
-/// The LISTENERS key for a socket address (wildcard when the IP is unspecified).
+/// `LISTEN_PORTS[addr.port()]` once `addr` is served too (see `PortListeners`).
+fn port_entry(mut e: PortListeners, addr: SocketAddr) -> PortListeners {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => e.flags |= PORT_V4_ANY,
+        IpAddr::V4(_) => {
+            let a = addr_words(addr.ip())[0];
+            if e.flags & PORT_V4_ONE == 0 {
+                e.flags |= PORT_V4_ONE;
+                e.v4_addr = a;
+            } else if e.v4_addr != a {
+                // LISTENERS holds every exact address, the inline one included.
+                e.flags |= PORT_V4_MORE;
+            }
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => e.flags |= PORT_V6_ANY,
+        IpAddr::V6(_) => e.flags |= PORT_V6_SOME,
+    }
+    e
+}
+
+/// The LISTENERS key for an exact socket address.
 pub fn listener_key(addr: SocketAddr) -> ListenerKey {
     ListenerKey {
-        addr: addr16(addr.ip()),
+        addr: addr_words(addr.ip()),
         port_be: addr.port().to_be(),
         family: if addr.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
         _pad: 0,
@@ -520,26 +571,57 @@ pub fn listener_key(addr: SocketAddr) -> ListenerKey {
 mod tests {
     use super::*;
 
+    /// The wire bytes of a key's words, as XDP loads them from a packet.
+    fn bytes(words: &[u32]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
     #[test]
     fn listener_key_holds_port_in_wire_order_and_v4_in_front() {
         let k = listener_key("198.18.0.1:8080".parse().unwrap());
         assert_eq!(k.port_be.to_ne_bytes(), [0x1f, 0x90]);
-        assert_eq!(&k.addr[..4], &[198, 18, 0, 1]);
-        assert_eq!(&k.addr[4..], &[0u8; 12]);
+        assert_eq!(&bytes(&k.addr)[..4], &[198, 18, 0, 1]);
+        assert_eq!(&bytes(&k.addr)[4..], &[0u8; 12]);
         assert_eq!(k.family, FAMILY_V4);
-        let w = listener_key("[::]:80".parse().unwrap());
-        assert_eq!(w.addr, [0; 16]);
-        assert_eq!(w.family, FAMILY_V6);
+        let k6 = listener_key("[fd00::1]:80".parse().unwrap());
+        assert_eq!(bytes(&k6.addr), "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        assert_eq!(k6.family, FAMILY_V6);
     }
 
     #[test]
-    fn flow_key_is_from_the_servers_side() {
-        let k = flow_key("198.18.0.1:80".parse().unwrap(), "198.18.0.2:40000".parse().unwrap());
-        assert_eq!(&k.local[..4], &[198, 18, 0, 1]);
-        assert_eq!(&k.remote[..4], &[198, 18, 0, 2]);
-        assert_eq!(k.remote_port_be.to_ne_bytes(), 40000u16.to_be_bytes());
-        assert_eq!(k.local_port_be.to_ne_bytes(), 80u16.to_be_bytes());
+    fn flow_key_is_from_the_servers_side_in_wire_order() {
+        let FlowKey::V4(k) = flow_key("198.18.0.1:80".parse().unwrap(), "198.18.0.2:40000".parse().unwrap()) else {
+            panic!("IPv4 key");
+        };
+        assert_eq!(bytes(&[k.local]), [198, 18, 0, 1]);
+        assert_eq!(bytes(&[k.remote]), [198, 18, 0, 2]);
+        // The client's TCP header starts with its port, then ours.
+        assert_eq!(bytes(&[k.ports]), [0x9c, 0x40, 0, 80]);
+        let FlowKey::V6(k6) = flow_key("[fd00::1]:80".parse().unwrap(), "[fd00::2]:40000".parse().unwrap()) else {
+            panic!("IPv6 key");
+        };
+        assert_eq!(bytes(&k6.remote)[15], 2);
+        assert_eq!(bytes(&[k6.ports]), [0x9c, 0x40, 0, 80]);
         assert!(cookie_tuple("198.18.0.1:80".parse().unwrap(), "[fd00::1]:1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn port_entries_hold_one_v4_address_inline_and_flag_the_rest() {
+        let a: SocketAddr = "198.18.0.1:80".parse().unwrap();
+        let b: SocketAddr = "198.18.0.9:80".parse().unwrap();
+        let e = port_entry(PortListeners::default(), a);
+        assert_eq!(e.flags, PORT_V4_ONE);
+        assert_eq!(bytes(&[e.v4_addr]), [198, 18, 0, 1]);
+        assert_eq!(port_entry(e, a), e, "the same address again changes nothing");
+        let e2 = port_entry(e, b);
+        assert_eq!(e2.flags, PORT_V4_ONE | PORT_V4_MORE);
+        assert_eq!(e2.v4_addr, e.v4_addr);
+        let any = port_entry(e2, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(any.flags & PORT_V4_ANY, PORT_V4_ANY);
+        let v6 = port_entry(PortListeners::default(), "[::]:80".parse().unwrap());
+        assert_eq!(v6.flags, PORT_V6_ANY);
+        let v6 = port_entry(v6, "[fd00::1]:80".parse().unwrap());
+        assert_eq!(v6.flags, PORT_V6_ANY | PORT_V6_SOME);
     }
 }
 

@@ -39,7 +39,6 @@ fn engine() -> XdpEngine {
     let mut e = XdpEngine::load(1024, 1460).expect("load the XDP program");
     let cfg = XdpConfig {
         secrets: [Key { k0: 11, k1: 12 }, Key { k0: 21, k1: 22 }],
-        ts_key: Key { k0: 31, k1: 32 },
         ..*e.config()
     };
     e.set_config(cfg).unwrap();
@@ -120,7 +119,7 @@ fn check_synack(e: &XdpEngine, v6: bool, syn_seq: u32, out: &[u8], with_ts: bool
     let cfg = e.config();
     let tuple = cookie_tuple(server(v6), client(v6, 40000)).unwrap();
     assert_eq!(
-        cookie::check(&cfg.secrets, &tuple, syn_seq, t.sequence_number(), now_ns()),
+        cookie::check(&cfg.secrets, &tuple, syn_seq, t.sequence_number(), now_ns()).map(|c| c.mss),
         Some(1460),
         "the ISN is our cookie for this tuple and ISN"
     );
