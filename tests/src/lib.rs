@@ -9,8 +9,8 @@
 //! (ULA). Namespaces get no default route, so nothing can leave them.
 
 use std::{
-    io::{BufRead as _, BufReader},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -501,3 +501,92 @@ impl PacketSocket {
 
 /// An owned String that crosses into the namespace thread.
 struct CStringish(String);
+
+// ---- A ready server and client: synx serving one app on both address families ----
+
+/// The port a [`Bed`] serves on.
+pub const PORT: u16 = 7;
+
+/// A server namespace running synx with `apps` on both address families, and a client
+/// namespace ready for native XDP (the peer veth carries a pass program).
+pub struct Bed {
+    pub net: VethPair,
+    pub daemon: Daemon,
+}
+
+impl Bed {
+    pub fn start(app: &str, extra: &[&str]) -> Self {
+        require_root();
+        let net = VethPair::new().unwrap();
+        net.attach_peer_xdp().unwrap();
+        let v4 = format!("{}:{PORT}={app}", net.server_v4);
+        let v6 = format!("[{}]:{PORT}={app}", net.server_v6);
+        let mut args = vec!["--listen", &v4, "--listen", &v6];
+        args.extend_from_slice(extra);
+        let daemon = Daemon::start(&net.server, &net.server_if, &args).unwrap();
+        Self { net, daemon }
+    }
+
+    pub fn addr(&self, v6: bool) -> SocketAddr {
+        SocketAddr::new(self.net.server_ip(v6), PORT)
+    }
+
+    /// Run `f` with a connected client stream in the client namespace.
+    pub fn client<T: Send + 'static>(
+        &self,
+        v6: bool,
+        f: impl FnOnce(TcpStream) -> T + Send + 'static,
+    ) -> T {
+        let addr = self.addr(v6);
+        self.net
+            .client
+            .run(move || {
+                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                f(s)
+            })
+            .unwrap()
+    }
+
+    pub fn states(&self) -> Vec<String> {
+        self.daemon
+            .conns()
+            .unwrap()
+            .iter()
+            .map(|c| c["state"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    pub fn wait_state(&self, state: &str) -> bool {
+        wait_for(Duration::from_secs(10), || self.states().iter().any(|s| s == state))
+    }
+
+    pub fn wait_no_conns(&self) -> bool {
+        wait_for(Duration::from_secs(15), || self.daemon.conns().unwrap().is_empty())
+    }
+}
+
+/// The TCP segment in an Ethernet frame, if it carries one.
+pub fn tcp_of(frame: &[u8]) -> Option<etherparse::TcpSlice<'_>> {
+    match etherparse::SlicedPacket::from_ethernet(frame).ok()?.transport? {
+        etherparse::TransportSlice::Tcp(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// Write `data` on `s` (from a second thread) while reading as many bytes back.
+pub fn echo_roundtrip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    let mut w = s.try_clone().unwrap();
+    let payload = data.to_vec();
+    let writer = std::thread::spawn(move || w.write_all(&payload).unwrap());
+    let mut got = vec![0u8; data.len()];
+    s.read_exact(&mut got).unwrap();
+    writer.join().unwrap();
+    got
+}
+
+/// A hash of every byte, in order.
+pub fn digest(data: &[u8]) -> u64 {
+    // FNV-1a: enough to tell any corruption, reordering or duplication apart.
+    data.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}
