@@ -24,7 +24,7 @@ use crate::{
     api::{EngineWaker, Keepalive, Listener, STREAM_RX_CAP, Shared, Stream, StreamError},
     bpf::{CookieChecker, FlowTable, LastSeen},
     tcp::{
-        self, Instant,
+        self, Instant, connection,
         endpoint::{ConnectionHandle, Disposition, DropReason, Endpoint},
     },
     wire::{self, Link, WireError},
@@ -57,6 +57,8 @@ pub struct QueueStats {
     pub table_full: AtomicU64,
     pub tcp_parse_errors: AtomicU64,
     pub dropped_by_tcp: AtomicU64,
+    /// `dropped_by_tcp` split by reason, indexed like [`DROP_REASONS`].
+    pub dropped_by_reason: [AtomicU64; DROP_REASONS.len()],
     pub wire: [AtomicU64; WireError::ALL.len()],
 }
 
@@ -79,12 +81,28 @@ impl QueueStats {
             ("tcp_parse_errors", g(&self.tcp_parse_errors)),
             ("tcp_dropped", g(&self.dropped_by_tcp)),
         ];
+        for (i, (_, name)) in DROP_REASONS.iter().enumerate() {
+            v.push((name, g(&self.dropped_by_reason[i])));
+        }
         for (i, e) in WireError::ALL.iter().enumerate() {
             v.push((e.counter_name(), g(&self.wire[i])));
         }
         v
     }
 }
+
+/// Why the TCP core dropped a segment of a known connection, as `synx stats` names it: the
+/// injection defences of RFC 5961 and the acceptability checks of RFC 9293 3.10.7.4 show up
+/// separately from each other.
+pub const DROP_REASONS: [(connection::DropReason, &str); 7] = [
+    (connection::DropReason::Closed, "tcp_drop_closed"),
+    (connection::DropReason::Paws, "tcp_drop_paws"),
+    (connection::DropReason::Unacceptable, "tcp_drop_unacceptable"),
+    (connection::DropReason::RstNotExact, "tcp_drop_rst_not_exact"),
+    (connection::DropReason::Syn, "tcp_drop_syn_synchronized"),
+    (connection::DropReason::NoAck, "tcp_drop_no_ack"),
+    (connection::DropReason::BadAck, "tcp_drop_bad_ack"),
+];
 
 /// One row of `synx conns`.
 #[derive(Debug, Clone, Serialize)]
@@ -258,8 +276,11 @@ impl QueueEngine {
                 // retransmit it (a 1 s stall for every port it reuses).
                 self.answer_syn(now, rx.link, rx.local, rx.remote, &hdr);
             }
-            Disposition::Dropped(_) => {
+            Disposition::Dropped(DropReason::Connection(why)) => {
                 stats.dropped_by_tcp.fetch_add(1, Ordering::Relaxed);
+                if let Some(i) = DROP_REASONS.iter().position(|(r, _)| *r == why) {
+                    stats.dropped_by_reason[i].fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
