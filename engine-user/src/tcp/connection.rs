@@ -11,6 +11,7 @@
 
 use core::fmt;
 use core::time::Duration;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -257,6 +258,11 @@ pub struct Connection {
     /// RFC 6675 HighRxt: retransmissions in this recovery reached here.
     high_rxt: SeqNum,
     scoreboard: Scoreboard,
+    /// Retransmissions of this recovery not yet acknowledged or SACKed: (first byte, SND.MAX
+    /// when it was resent). See [`Connection::detect_lost_retransmission`].
+    rexmits: VecDeque<(SeqNum, SeqNum)>,
+    /// A retransmission found lost again, to resend before anything else.
+    lost_again: Option<SeqNum>,
 
     timers: TimerTable,
     keepalive: Keepalive,
@@ -347,6 +353,8 @@ impl Connection {
             recovery: None,
             high_rxt: iss + 1,
             scoreboard: Scoreboard::default(),
+            rexmits: VecDeque::new(),
+            lost_again: None,
             timers: TimerTable::default(),
             keepalive: config.keepalive,
             last_activity: now,
@@ -668,6 +676,7 @@ impl Connection {
         self.dupacks = 0;
         // RFC 2018 8: after a timeout the receiver may have reneged; forget the SACKs.
         self.scoreboard.clear();
+        self.end_recovery_episode();
         self.snd_nxt = self.snd_una;
         self.high_rxt = self.snd_una;
         self.rtt_timing = None;
@@ -944,6 +953,20 @@ impl Connection {
             for &(l, r) in h.options.sack.as_slice() {
                 self.scoreboard.add(l, r, self.snd_una, self.snd_max);
             }
+            // RFC 6675 5 (and its definition of a duplicate ACK in section 2, which drops RFC
+            // 5681's "window unchanged"): with SACK, loss is declared when IsLost(HighACK + 1),
+            // however many of the ACKs counted as duplicates. A receiver whose window moves as
+            // its application reads sends no RFC 5681 duplicates at all, and a cumulative ACK
+            // may carry the SACK blocks above the next hole: without this the hole waits for
+            // the retransmission timer.
+            if self.recovery.is_none()
+                && self.snd_una != self.snd_max
+                && (self.scoreboard.lost_edge(self.mss()).is_some_and(|edge| edge.gt(self.snd_una))
+                    || self.early_retransmit_due())
+            {
+                self.enter_fast_recovery();
+            }
+            self.detect_lost_retransmission();
         }
         // RFC 9293 3.10.7.4 fifth: window update if SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and
         // SND.WL2 =< SEG.ACK).
@@ -1030,6 +1053,7 @@ impl Connection {
                 self.cc.cwnd = self.cc.ssthresh.min(flight.max(mss) + mss);
                 self.recovery = None;
                 self.dupacks = 0;
+                self.end_recovery_episode();
             }
             Some(_) => {
                 // RFC 6582 3.2 step 3, partial ACK: the next unacknowledged segment is lost too;
@@ -1060,17 +1084,63 @@ impl Connection {
 
     fn on_dupack(&mut self, _h: &Header) {
         self.dupacks += 1;
-        let mss = self.mss();
         if self.recovery.is_none() && self.dupacks == 3 {
-            // RFC 5681 3.2 step 2-4 / RFC 6582 3.2 step 2 / RFC 6675 5: enter fast recovery.
-            let flight = self.snd_max.since(self.snd_una);
-            self.cc.on_loss(flight, mss);
-            self.cc.cwnd = self.cc.ssthresh;
-            self.recovery = Some(self.snd_max);
-            // The first unacknowledged segment is retransmitted right away.
-            self.high_rxt = self.snd_una;
-            self.rtt_timing = None;
+            self.enter_fast_recovery();
         }
+    }
+
+    /// RFC 5827 3.2 (Early Retransmit, SACK-based): with fewer than four segments outstanding
+    /// and nothing new that may be sent, three segments can never be SACKed above a hole, so the
+    /// threshold drops to (outstanding - 1) segments. Small windows are the common case under
+    /// heavy loss; without this every such hole costs a retransmission timeout.
+    fn early_retransmit_due(&self) -> bool {
+        let mss = self.mss().max(1);
+        let flight = self.snd_max.since(self.snd_una);
+        let outstanding = flight.div_ceil(mss);
+        let data_end = self.snd_una + self.send_buf.len() as u32;
+        let window_end = self.snd_una + self.snd_wnd;
+        let can_send_new = self.snd_max.lt(data_end)
+            && self.snd_max.lt(window_end)
+            && self.pipe() + mss <= self.cc.cwnd;
+        (2..4).contains(&outstanding)
+            && !can_send_new
+            && self.scoreboard.sacked_bytes() >= (outstanding - 1) * mss
+    }
+
+    /// A retransmission can be lost too, and RFC 6675 leaves it to the retransmission timer
+    /// (HighRxt has moved past it). As RFC 8985 6.2 reasons, if the peer SACKs data we first
+    /// sent after a retransmission while the retransmitted bytes are still missing, the
+    /// retransmission was lost (reordering beyond a whole round trip aside): resend it now.
+    fn detect_lost_retransmission(&mut self) {
+        if self.rexmits.is_empty() {
+            return;
+        }
+        let (una, board) = (self.snd_una, &self.scoreboard);
+        self.rexmits.retain(|&(seq, _)| seq.ge(una) && board.sacked_at(seq).is_none());
+        if self.lost_again.is_some() {
+            return;
+        }
+        let Some(highest) = self.scoreboard.highest() else { return };
+        if let Some(i) = self.rexmits.iter().position(|&(_, snd_max)| highest.gt(snd_max)) {
+            self.lost_again = self.rexmits.remove(i).map(|(seq, _)| seq);
+        }
+    }
+
+    fn end_recovery_episode(&mut self) {
+        self.rexmits.clear();
+        self.lost_again = None;
+    }
+
+    /// RFC 5681 3.2 steps 2-4 / RFC 6582 3.2 step 2 / RFC 6675 5 step 4: enter fast recovery.
+    fn enter_fast_recovery(&mut self) {
+        let mss = self.mss();
+        let flight = self.snd_max.since(self.snd_una);
+        self.cc.on_loss(flight, mss);
+        self.cc.cwnd = self.cc.ssthresh;
+        self.recovery = Some(self.snd_max);
+        // The first unacknowledged segment is retransmitted right away.
+        self.high_rxt = self.snd_una;
+        self.rtt_timing = None;
     }
 
     fn step_text_and_fin(&mut self, now: Instant, h: &Header, p: &[u8]) -> Step {
@@ -1305,7 +1375,10 @@ impl Connection {
             0
         });
         if self.recovery.is_none() {
-            return flight;
+            // RFC 6675 4 (SetPipe): SACKed segments have left the network, recovery or not, so
+            // each SACK clocks out new data (the effect RFC 3042 limited transmit asks for)
+            // and the ACKs that follow can reveal the loss before the timer does.
+            return flight.saturating_sub(if self.sack_enabled { self.scoreboard.sacked_bytes() } else { 0 });
         }
         if self.sack_enabled && !self.scoreboard.is_empty() {
             let mss = self.mss();
@@ -1355,14 +1428,27 @@ impl Connection {
         let window_end = self.snd_una + self.snd_wnd;
         let cwnd = self.cc.cwnd;
         let pipe = self.pipe();
+        let data_end = self.snd_una + self.send_buf.len() as u32;
+        if let Some(seq) = self.lost_again
+            && (pipe < cwnd || seq == self.snd_una)
+        {
+            if seq.ge(self.snd_una) && seq.lt(data_end) && self.scoreboard.sacked_at(seq).is_none() {
+                let limit = self.scoreboard.next_sacked_after(seq).unwrap_or(data_end).min(data_end);
+                let (n, _) = self.write_data(now, buf, seq, limit.since(seq).min(self.mss()), false)?;
+                self.lost_again = None;
+                self.note_retransmission(seq);
+                return Some(n);
+            }
+            self.lost_again = None;
+        }
         if let Some((seq, len)) = self.next_retransmission()
             && (pipe < cwnd || seq == self.snd_una)
         {
             let retransmission = self.write_data(now, buf, seq, len, false)?;
             self.high_rxt = seq + retransmission.1;
+            self.note_retransmission(seq);
             return Some(retransmission.0);
         }
-        let data_end = self.snd_una + self.send_buf.len() as u32;
         let avail = if self.snd_nxt.lt(data_end) { data_end.since(self.snd_nxt) } else { 0 };
         let wnd_room = if self.snd_nxt.lt(window_end) { window_end.since(self.snd_nxt) } else { 0 };
         let cwnd_room = cwnd.saturating_sub(pipe);
@@ -1401,6 +1487,17 @@ impl Connection {
         self.snd_nxt = seq + sent + fin_sent as u32;
         self.snd_max = self.snd_max.max(self.snd_nxt);
         Some(n)
+    }
+
+    /// Remember a retransmission made in recovery for [`Self::detect_lost_retransmission`]
+    /// (bounded: the oldest are forgotten, and then only the timer recovers them).
+    fn note_retransmission(&mut self, seq: SeqNum) {
+        if self.sack_enabled && self.recovery.is_some() {
+            if self.rexmits.len() == 64 {
+                self.rexmits.pop_front();
+            }
+            self.rexmits.push_back((seq, self.snd_max));
+        }
     }
 
     /// Write a data segment of up to `len` bytes at `seq` (and FIN if `fin` and all fits).

@@ -593,6 +593,112 @@ fn sack_recovery_resends_only_the_holes() {
 }
 
 #[test]
+fn sack_loss_is_recovered_at_once_even_when_the_peer_window_moves() {
+    // A receiving application that reads as data arrives moves its window with every ACK, so
+    // none of its ACKs is a duplicate in RFC 5681's sense, and a cumulative ACK can carry the
+    // SACK blocks above the next hole. RFC 6675 5 (IsLost(HighACK + 1)) still declares the
+    // hole lost once three segments above it are SACKed: no retransmission timeout.
+    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
+    let cfg = Config { nagle: false, ..config() };
+    let mut c = accept_with(cfg, f, &peer(0, 0), &[]);
+    c.send(&vec![3u8; 1460 * 8]);
+    assert_eq!(out(&mut c, ms(0)).len(), 8);
+    let mss = 1460u32;
+    // Segment 1 is lost. Each ACK opens the window a little further.
+    let ack = |cum: u32, sacked_to: u32, window: u16| {
+        let mut h = peer(0, cum * mss);
+        h.window = window;
+        if sacked_to > 2 {
+            h.options.sack.push(SeqNum(ISS + 1 + 2 * mss), SeqNum(ISS + 1 + sacked_to * mss));
+        }
+        h
+    };
+    c.handle(ms(10), &ack(1, 0, 40_000), &[]);
+    c.handle(ms(11), &ack(1, 3, 40_100), &[]);
+    c.handle(ms(12), &ack(1, 4, 40_200), &[]);
+    c.handle(ms(13), &ack(1, 5, 40_300), &[]);
+    let segs = out(&mut c, ms(13));
+    assert_eq!(segs.first().map(|(h, _)| h.seq), Some(SeqNum(ISS + 1 + mss)), "hole not resent");
+    c.handle(ms(20), &peer(0, 8 * mss), &[]);
+    assert_eq!(c.info().send_queued, 0);
+}
+
+#[test]
+fn early_retransmit_when_fewer_than_four_segments_are_outstanding() {
+    // RFC 5827: three segments in flight, the first lost, nothing more to send: two SACKed
+    // segments are all the evidence there can be, so the hole is resent without a timeout.
+    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
+    let cfg = Config { nagle: false, ..config() };
+    let mut c = accept_with(cfg, f, &peer(0, 0), &[]);
+    let mss = 1460u32;
+    c.send(&vec![4u8; 3 * mss as usize]);
+    assert_eq!(out(&mut c, ms(0)).len(), 3);
+    let sack = |to: u32| {
+        let mut h = peer(0, 0);
+        h.options.sack.push(SeqNum(ISS + 1 + mss), SeqNum(ISS + 1 + to * mss));
+        h
+    };
+    c.handle(ms(10), &sack(2), &[]);
+    none(&mut c, ms(10));
+    c.handle(ms(11), &sack(3), &[]);
+    let (h, p) = one(&mut c, ms(11));
+    assert_eq!((h.seq, p.len()), (SeqNum(ISS + 1), mss as usize));
+}
+
+#[test]
+fn sacked_segments_leave_the_pipe_and_clock_out_new_data() {
+    // RFC 6675 4: a SACKed segment is no longer in flight, so a cwnd-limited sender sends one
+    // new segment for each SACKed one before recovery starts.
+    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
+    let cfg = Config { nagle: false, ..config() };
+    let mut c = accept_with(cfg, f, &peer(0, 0), &[]);
+    let mss = 1460u32;
+    c.send(&vec![5u8; 40 * mss as usize]);
+    let first = out(&mut c, ms(0)).len() as u32;
+    assert!(first < 40, "initial window sends everything?");
+    let mut h = peer(0, 0);
+    h.options.sack.push(SeqNum(ISS + 1 + mss), SeqNum(ISS + 1 + 2 * mss));
+    c.handle(ms(10), &h, &[]);
+    let (h, _) = one(&mut c, ms(10));
+    assert_eq!(h.seq, SeqNum(ISS + 1 + first * mss), "new data, not a retransmission");
+}
+
+#[test]
+fn a_lost_retransmission_is_resent_once_later_data_is_sacked() {
+    // Segment 0 is lost, and so is its fast retransmission. Data first sent after that
+    // retransmission is SACKed while segment 0 is still missing: resend it at once (RFC 8985
+    // 6.2's reasoning) rather than after the retransmission timeout.
+    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
+    let cfg = Config { nagle: false, ..config() };
+    let mut c = accept_with(cfg, f, &peer(0, 0), &[]);
+    let mss = 1460u32;
+    c.send(&vec![6u8; 8 * mss as usize]);
+    assert_eq!(out(&mut c, ms(0)).len(), 8);
+    let sack = |to: u32| {
+        let mut h = peer(0, 0);
+        h.options.sack.push(SeqNum(ISS + 1 + mss), SeqNum(ISS + 1 + to * mss));
+        h
+    };
+    for (t, to) in [(10, 2), (11, 3), (12, 4)] {
+        c.handle(ms(t), &sack(to), &[]);
+    }
+    let segs = out(&mut c, ms(12));
+    assert_eq!(segs[0].0.seq, SeqNum(ISS + 1), "fast retransmit");
+    // More data goes out after the retransmission (the SACKs keep clocking).
+    c.send(&vec![6u8; 4 * mss as usize]);
+    for (t, to) in [(13, 5), (14, 6), (15, 7), (16, 8)] {
+        c.handle(ms(t), &sack(to), &[]);
+        out(&mut c, ms(t));
+    }
+    // Still no segment 0, but data beyond what was sent before the retransmission arrives.
+    c.handle(ms(17), &sack(9), &[]);
+    let segs = out(&mut c, ms(17));
+    assert_eq!(segs.first().map(|(h, _)| h.seq), Some(SeqNum(ISS + 1)), "lost retransmission not resent");
+    c.handle(ms(20), &peer(0, 12 * mss), &[]);
+    assert_eq!(c.info().send_queued, 0);
+}
+
+#[test]
 fn nagle_holds_small_segments_while_data_is_unacked() {
     let mut c = established();
     c.send(b"a");
