@@ -352,3 +352,260 @@ fn everything_else_passes_untouched() {
     }
     assert_eq!(counters::NAMES.len() as u32, counters::COUNT);
 }
+
+/// What a SYN's options should earn in the SYN-ACK.
+#[derive(Clone, Copy)]
+struct Expect {
+    /// MSS the cookie carries (the client's, rounded down to the cookie table) and we announce.
+    cookie_mss: u16,
+    announced_mss: u16,
+    /// The client's TSval, when it sent timestamps.
+    ts: Option<u32>,
+    sack: bool,
+    /// The client's window scale as the cookie should carry it (clamped to 14).
+    wscale: Option<u8>,
+}
+
+/// Check a SYN-ACK against what its SYN's options should earn, field by field: checksums, the
+/// cookie, the option list in Linux's order, and what userspace decodes from the final ACK.
+fn check_synack_layout(e: &XdpEngine, v6: bool, syn_seq: u32, out: &[u8], want: &Expect, what: &str) {
+    let rx = wire::parse(out).unwrap_or_else(|err| panic!("{what}: SYN-ACK does not parse: {err:?}"));
+    assert_eq!(rx.remote, server(v6), "{what}");
+    assert_eq!(rx.local, client(v6, 40000), "{what}");
+    assert_eq!(rx.link.remote_mac, SERVER_MAC, "{what}");
+    assert_eq!(rx.link.local_mac, CLIENT_MAC, "{what}");
+    assert_eq!(out.len(), if v6 { 14 + 40 + 40 } else { 14 + 20 + 40 }, "{what}");
+    if !v6 {
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&out[14..34]).unwrap();
+        assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum(), "{what}");
+        assert_eq!((ip.ttl(), ip.dont_fragment(), ip.ihl(), ip.total_len()), (64, true, 5, 60), "{what}");
+    }
+    let t = tcp_of(out);
+    assert!(t.syn() && t.ack() && !t.rst() && !t.fin(), "{what}");
+    assert_eq!(t.acknowledgment_number(), syn_seq.wrapping_add(1), "{what}");
+    assert_eq!(t.window_size(), 65535, "{what}");
+    let tuple = cookie_tuple(server(v6), client(v6, 40000)).unwrap();
+    let checked = cookie::check(&e.config().secrets, &tuple, syn_seq, t.sequence_number(), now_ns());
+    assert_eq!(checked.map(|c| c.mss), Some(want.cookie_mss), "{what}: cookie");
+    let opts: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
+    let mut expected = vec![TcpOptionElement::MaximumSegmentSize(want.announced_mss)];
+    let tsval = match want.ts {
+        None => {
+            // Without timestamps the cookie cannot carry scaling or SACK: MSS, then EOL padding.
+            assert_eq!(opts, expected, "{what}");
+            return;
+        }
+        Some(client_ts) => {
+            let tsval = opts
+                .iter()
+                .find_map(|o| match o {
+                    TcpOptionElement::Timestamp(v, _) => Some(*v),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("{what}: no timestamps in {opts:?}"));
+            if want.sack {
+                expected.push(TcpOptionElement::SelectiveAcknowledgementPermitted);
+            } else {
+                expected.extend([TcpOptionElement::Noop, TcpOptionElement::Noop]);
+            }
+            expected.push(TcpOptionElement::Timestamp(tsval, client_ts));
+            expected.push(TcpOptionElement::Noop);
+            match want.wscale {
+                Some(_) => expected.push(TcpOptionElement::WindowScale(7)),
+                None => expected.extend([TcpOptionElement::Noop, TcpOptionElement::Noop, TcpOptionElement::Noop]),
+            }
+            assert_eq!(opts, expected, "{what}");
+            tsval
+        }
+    };
+    // The final ACK echoes our TSval; userspace decodes the options from it and gets the
+    // clock the SYN-ACK used (TSval never above it, RFC 7323 5.3 PAWS on the client).
+    let facts = e
+        .cookie_checker()
+        .check(server(v6), client(v6, 40000), syn_seq.wrapping_add(1), t.sequence_number().wrapping_add(1), Some((1, tsval)), now_ns())
+        .unwrap_or_else(|| panic!("{what}: userspace rejects the cookie"));
+    assert_eq!(facts.has(engine_common::handshake::FACT_SACK), want.sack, "{what}");
+    assert_eq!(facts.has(engine_common::handshake::FACT_WSCALE), want.wscale.is_some(), "{what}");
+    if let Some(ws) = want.wscale {
+        assert_eq!((facts.snd_wscale, facts.rcv_wscale), (ws, 7), "{what}");
+    }
+    let clock = ((now_ns() / 1_000_000) as u32).wrapping_add(facts.ts_offset);
+    assert!(clock.wrapping_sub(tsval) < 64 + 10_000, "{what}: TSval {tsval} vs the connection's clock {clock}");
+}
+
+#[test]
+fn every_syn_option_layout_gets_the_right_syn_ack() {
+    use TcpOptionElement::{
+        MaximumSegmentSize as Mss, Noop, SelectiveAcknowledgementPermitted as SackOk, Timestamp as Ts,
+        WindowScale as Ws,
+    };
+    // (what, options, expected, answered by the word-compare fast path)
+    let rows: Vec<(&str, Vec<TcpOptionElement>, Expect, bool)> = vec![
+        (
+            "Linux: MSS, SACK-permitted, TS, NOP, WS",
+            vec![Mss(1460), SackOk, Ts(123456, 0), Noop, Ws(7)],
+            Expect { cookie_mss: 1460, announced_mss: 1460, ts: Some(123456), sack: true, wscale: Some(7) },
+            true,
+        ),
+        (
+            "Linux without SACK: MSS, NOP, NOP, TS, NOP, WS",
+            vec![Mss(1400), Noop, Noop, Ts(5, 0), Noop, Ws(2)],
+            Expect { cookie_mss: 1220, announced_mss: 1400, ts: Some(5), sack: false, wscale: Some(2) },
+            true,
+        ),
+        (
+            "Linux layout, window scale 15 (RFC 7323 2.3: used as 14)",
+            vec![Mss(9000), SackOk, Ts(u32::MAX, 0), Noop, Ws(15)],
+            Expect { cookie_mss: 1460, announced_mss: 1460, ts: Some(u32::MAX), sack: true, wscale: Some(14) },
+            true,
+        ),
+        (
+            "MSS only",
+            vec![Mss(1440)],
+            Expect { cookie_mss: 1440, announced_mss: 1440, ts: None, sack: false, wscale: None },
+            true,
+        ),
+        (
+            "no options (RFC 9293 3.7.1: MSS 536)",
+            vec![],
+            Expect { cookie_mss: 536, announced_mss: 536, ts: None, sack: false, wscale: None },
+            true,
+        ),
+        (
+            "Windows: MSS, NOP, WS, NOP, NOP, SACK-permitted (no TS: MSS only back)",
+            vec![Mss(1460), Noop, Ws(8), Noop, Noop, SackOk],
+            Expect { cookie_mss: 1460, announced_mss: 1460, ts: None, sack: false, wscale: None },
+            false,
+        ),
+        (
+            "macOS: MSS, NOP, WS, NOP, NOP, TS, SACK-permitted, EOL",
+            vec![Mss(1460), Noop, Ws(6), Noop, Noop, Ts(77, 0), SackOk, TcpOptionElement::Noop, TcpOptionElement::Noop],
+            Expect { cookie_mss: 1460, announced_mss: 1460, ts: Some(77), sack: true, wscale: Some(6) },
+            false,
+        ),
+        (
+            "Linux's options in another order (TS first)",
+            vec![Noop, Noop, Ts(9, 0), Mss(1460), SackOk, Noop, Ws(7)],
+            Expect { cookie_mss: 1460, announced_mss: 1460, ts: Some(9), sack: true, wscale: Some(7) },
+            false,
+        ),
+        (
+            "TS without window scale, 20 bytes: MSS, SACK-permitted, TS, NOP, NOP, NOP, NOP",
+            vec![Mss(1460), SackOk, Ts(3, 0), Noop, Noop, Noop, Noop],
+            Expect { cookie_mss: 1460, announced_mss: 1460, ts: Some(3), sack: true, wscale: None },
+            false,
+        ),
+    ];
+    for v6 in [false, true] {
+        for (what, opts, want, fast) in &rows {
+            let what = format!("{what} (v6={v6})");
+            let mut e = engine();
+            let mut want = *want;
+            if v6 && opts.is_empty() {
+                // RFC 9293 3.7.1: 1220 for IPv6.
+                want.cookie_mss = 1220;
+                want.announced_mss = 1220;
+            }
+            let syn = frame(v6, 40000, 1000, opts, |b| b.syn(), &[]);
+            let (action, out, _) = e.test_run(&syn, 1).unwrap();
+            assert_eq!(action, XDP_TX, "{what}");
+            check_synack_layout(&e, v6, 1000, &out, &want, &what);
+            assert_eq!(counter(&e, "xdp_syn_generic_options"), u64::from(!fast), "{what}: path");
+        }
+    }
+}
+
+#[test]
+fn syn_frames_of_another_size_are_resized_into_the_same_syn_ack() {
+    let want = Expect { cookie_mss: 1460, announced_mss: 1460, ts: Some(123456), sack: true, wscale: Some(7) };
+    // IPv4 options (4 NOPs): the reply carries none, so the frame shrinks.
+    let syn = frame(false, 40000, 1000, &linux_syn_opts(), |b| b.syn(), &[]);
+    let mut with_ip_opts = syn[..34].to_vec();
+    with_ip_opts.extend_from_slice(&[1, 1, 1, 1]);
+    with_ip_opts.extend_from_slice(&syn[34..]);
+    with_ip_opts[14] = 0x46;
+    with_ip_opts[16..18].copy_from_slice(&(20u16 + 4 + 40).to_be_bytes());
+    // Ethernet padding after a short SYN: the frame is longer than its IP packet.
+    let mut padded = frame(false, 40000, 1000, &[TcpOptionElement::MaximumSegmentSize(1460)], |b| b.syn(), &[]);
+    padded.extend_from_slice(&[0; 6]);
+    let mss_only = Expect { ts: None, sack: false, wscale: None, ..want };
+    for (what, f, want) in [("IPv4 options", with_ip_opts, want), ("Ethernet padding", padded, mss_only)] {
+        let mut e = engine();
+        let (action, out, _) = e.test_run(&f, 1).unwrap();
+        assert_eq!(action, XDP_TX, "{what}");
+        check_synack_layout(&e, false, 1000, &out, &want, what);
+    }
+}
+
+/// A SYN from the client to `dst`.
+fn syn_to(dst: SocketAddr) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC);
+    let ip = match dst.ip() {
+        std::net::IpAddr::V4(d) => eth.ipv4(CLIENT4.octets(), d.octets(), 64),
+        std::net::IpAddr::V6(d) => eth.ipv6(CLIENT6.octets(), d.octets(), 64),
+    };
+    let mut out = Vec::new();
+    ip.tcp(40000, dst.port(), 1, 64240).syn().write(&mut out, &[]).unwrap();
+    out
+}
+
+#[test]
+fn listeners_by_port_exact_address_and_wildcard() {
+    let mut e = engine();
+    // engine(): exact 198.18.0.1:80 and [fd00:5eed::1]:80. Add a second exact IPv4 address on
+    // port 80, and wildcards on 81.
+    e.add_listener("198.18.0.9:80".parse().unwrap(), 2).unwrap();
+    e.add_listener("0.0.0.0:81".parse().unwrap(), 3).unwrap();
+    e.add_listener("[::]:81".parse().unwrap(), 4).unwrap();
+    for (dst, served) in [
+        ("198.18.0.1:80", true),
+        ("198.18.0.9:80", true),
+        ("198.18.0.7:80", false),
+        ("198.18.0.7:81", true),
+        ("198.18.0.1:82", false),
+        ("[fd00:5eed::1]:80", true),
+        ("[fd00:5eed::7]:80", false),
+        ("[fd00:5eed::7]:81", true),
+        ("[fd00:5eed::1]:82", false),
+    ] {
+        let f = syn_to(dst.parse().unwrap());
+        let (action, out, _) = e.test_run(&f, 1).unwrap();
+        if served {
+            assert_eq!(action, XDP_TX, "{dst}");
+            assert!(tcp_of(&out).syn() && tcp_of(&out).ack(), "{dst}");
+        } else {
+            assert_eq!(action, XDP_PASS, "{dst}");
+            assert_eq!(out, f, "{dst}");
+        }
+    }
+    // One exact address per port stays inline: a fresh port with one address, and another.
+    let mut e = engine();
+    e.add_listener("198.18.0.5:90".parse().unwrap(), 5).unwrap();
+    assert_eq!(e.test_run(&syn_to("198.18.0.5:90".parse().unwrap()), 1).unwrap().0, XDP_TX);
+    assert_eq!(e.test_run(&syn_to("198.18.0.1:90".parse().unwrap()), 1).unwrap().0, XDP_PASS);
+}
+
+#[test]
+fn known_v6_flow_and_v6_cookie_ack() {
+    let mut e = engine();
+    let flows = e.flow_table();
+    flows.insert(server(true), client(true, 40001), 21).unwrap();
+    let f = frame(true, 40001, 9, &[], |b| b.ack(1), b"data");
+    let (action, out, _) = e.test_run(&f, 1).unwrap();
+    assert_eq!(action, XDP_DROP, "to userspace (no socket bound here)");
+    assert_eq!(out, f);
+    assert!(e.last_seen().get(21).is_some());
+    flows.remove(server(true), client(true, 40001)).unwrap();
+    // The same segment with the flow gone: no cookie, so an RFC 9293 3.10.7.1 reset.
+    assert_eq!(e.test_run(&f, 1).unwrap().0, XDP_TX);
+    // A v6 handshake: SYN-ACK, then its ACK validates and claims the tuple in FLOWS6.
+    let syn = frame(true, 40000, 1000, &linux_syn_opts(), |b| b.syn(), &[]);
+    let (_, synack, _) = e.test_run(&syn, 1).unwrap();
+    let ack = frame(true, 40000, 1001, &[], |b| b.ack(tcp_of(&synack).sequence_number().wrapping_add(1)), &[]);
+    assert_eq!(e.test_run(&ack, 1).unwrap().0, XDP_DROP);
+    assert_eq!(counter(&e, "xdp_cookie_ack_valid"), 1);
+    let data = frame(true, 40000, 1001, &[], |b| b.ack(tcp_of(&synack).sequence_number().wrapping_add(1)), b"x");
+    let before = counter(&e, "xdp_flow_segment");
+    assert_eq!(e.test_run(&data, 1).unwrap().0, XDP_DROP);
+    assert_eq!(counter(&e, "xdp_flow_segment"), before + 1, "the claimed tuple's next segment follows");
+}
