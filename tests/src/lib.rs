@@ -174,6 +174,12 @@ pub struct VethPair {
 
 impl VethPair {
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_queues(1)
+    }
+
+    /// A pair whose ends have `queues` RX and TX queues each: the client's flows spread over
+    /// them by socket hash, and synx runs one AF_XDP socket and engine thread per queue.
+    pub fn with_queues(queues: u32) -> anyhow::Result<Self> {
         sweep_stale();
         let server = Netns::new("s")?;
         let client = Netns::new("c")?;
@@ -188,11 +194,13 @@ impl VethPair {
         let client_v6 = Ipv6Addr::new(0xfd00, 0x5eed, tag, 0, 0, 0, 0, 2);
         let server_if = format!("{}s", server.name().trim_end_matches('s'));
         let client_if = format!("{}c", server.name().trim_end_matches('s'));
+        let q = queues.to_string();
         sh(
             "ip",
             &[
-                "link", "add", &server_if, "netns", server.name(), "type", "veth", "peer", "name",
-                &client_if, "netns", client.name(),
+                "link", "add", &server_if, "numtxqueues", &q, "numrxqueues", &q, "netns",
+                server.name(), "type", "veth", "peer", "name", &client_if, "numtxqueues", &q,
+                "numrxqueues", &q, "netns", client.name(),
             ],
         )?;
         for (ns, ifname, v4, v6) in [

@@ -4,6 +4,7 @@
 
 use std::{
     convert::Infallible,
+    io::{Read as _, Write as _},
     net::SocketAddr,
     process::Stdio,
     sync::mpsc,
@@ -288,4 +289,41 @@ fn proxy_forward_bytes_arrive_intact_with_the_half_close() {
         .unwrap();
     assert_eq!(answer, want);
     assert_eq!(daemon.counter("tcp_closed_reset").unwrap(), 0);
+}
+
+#[test]
+fn one_engine_per_rx_queue_serves_the_flows_of_each() {
+    // A two-queue veth: the client's flows spread over both queues, each queue has its own
+    // AF_XDP socket and shared-nothing engine, and every connection works whichever it lands on.
+    require_root();
+    let net = VethPair::with_queues(2).unwrap();
+    net.attach_peer_xdp().unwrap();
+    let listen = format!("{}:7=echo", net.server_v4);
+    let daemon = Daemon::start(&net.server, &net.server_if, &["--listen", &listen]).unwrap();
+    assert!(daemon.banner.last().unwrap().contains("2 queues"), "{:?}", daemon.banner);
+    let addr = SocketAddr::new(net.server_v4.into(), 7);
+    let streams = net
+        .client
+        .run(move || {
+            (0..64u32)
+                .map(|i| {
+                    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    s.write_all(&i.to_be_bytes()).unwrap();
+                    let mut back = [0u8; 4];
+                    s.read_exact(&mut back).unwrap();
+                    assert_eq!(u32::from_be_bytes(back), i);
+                    s
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let conns = daemon.conns().unwrap();
+    assert_eq!(conns.len(), 64, "{conns:?}");
+    let on_queue = |q: u64| conns.iter().filter(|c| c["queue"].as_u64() == Some(q)).count();
+    // 64 flows hashed over two queues: both get some (all on one: odds 2^-63).
+    assert!(on_queue(0) > 0 && on_queue(1) > 0, "queue 0: {}, queue 1: {}", on_queue(0), on_queue(1));
+    assert_eq!(on_queue(0) + on_queue(1), 64);
+    drop(streams);
+    assert!(wait_for(Duration::from_secs(10), || daemon.conns().unwrap().is_empty()));
 }
