@@ -65,7 +65,16 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
     say(&format!("server {} on {} ({} / {})", net.server.name(), net.server_if, net.server_v4, net.server_v6));
     say(&format!("client {} on {} ({} / {})", net.client.name(), net.client_if, net.client_v4, net.client_v6));
 
-    step("synx run: XDP in native mode, echo on :7, http on :80, short keepalive and MSL for the demo")?;
+    step("synx run: XDP in native mode, echo on :7, http on :80, a proxy to a kernel iperf3 server on :5201, short keepalive and MSL for the demo")?;
+    // The proxy's backend: a one-shot iperf3 server on the server namespace's loopback.
+    let mut iperf_server = net
+        .server
+        .command("iperf3")
+        .args(["-s", "-1", "-B", "127.0.0.1", "-p", "15201"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting iperf3 (cargo xtask setup installs it)")?;
+    let proxy = SocketAddr::new(net.server_v4.into(), 5201);
     let echo = SocketAddr::new(net.server_v4.into(), 7);
     let http = SocketAddr::new(net.server_v4.into(), 80);
     let echo6 = SocketAddr::new(net.server_v6.into(), 7);
@@ -76,6 +85,7 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
             "--listen", &format!("{echo}=echo"),
             "--listen", &format!("{http}=http"),
             "--listen", &format!("{echo6}=echo"),
+            "--listen", &format!("{proxy}=proxy=127.0.0.1:15201"),
             "--keepalive-idle", "2s", "--keepalive-interval", "1s", "--keepalive-probes", "3",
             "--msl", "1s",
         ],
@@ -128,6 +138,35 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
     wait_for(Duration::from_secs(5), || daemon.conns().is_ok_and(|c| c.is_empty()));
     say("after 2*MSL:");
     show_conns(&daemon)?;
+
+    step("curl: two requests on one keep-alive connection to --app http")?;
+    let out = net.client.command("curl").args(["-sS", "-v", "--max-time", "5", &format!("http://{http}/a"), &format!("http://{http}/b")]).output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    say(&format!(
+        "curl: exit {}, {} responses, connection re-used: {}",
+        out.status.code().unwrap_or(-1),
+        log.matches("< HTTP/1.1 200").count(),
+        if log.contains("Re-using existing connection") || log.contains("Reusing existing") { "yes" } else { "no" }
+    ));
+
+    step("wrk: 2 s, 2 threads, 32 connections against --app http")?;
+    let out = net.client.command("wrk").args(["-t2", "-c32", "-d2s", &format!("http://{http}/")]).output()?;
+    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("Requests/sec") || l.contains("requests in") || l.contains("Latency")) {
+        say(&format!("wrk: {}", line.trim()));
+    }
+
+    step("iperf3 through --app proxy=: client -> synx -> kernel TCP -> iperf3 server, 2 s")?;
+    let out = net.client.command("iperf3").args(["-c", &net.server_v4.to_string(), "-p", "5201", "-t", "2", "--json"]).output()?;
+    let _ = iperf_server.wait();
+    match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+        Ok(v) if v["end"]["sum_received"]["bytes"].as_u64().is_some() => say(&format!(
+            "iperf3: {} bytes sent, {} received by the kernel server, {:.2} Gbit/s",
+            v["end"]["sum_sent"]["bytes"],
+            v["end"]["sum_received"]["bytes"],
+            v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9
+        )),
+        _ => say(&format!("iperf3 failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
+    }
 
     step("keepalive, live peer: idle 2 s, then probes every 1 s; the client's kernel answers each")?;
     let cap = PacketSocket::open(&net.client, &net.client_if)?;
