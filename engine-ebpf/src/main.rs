@@ -17,7 +17,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
     helpers::{
-        bpf_ktime_get_ns, bpf_loop, bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_head,
+        bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_loop, bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_head,
         bpf_xdp_adjust_tail,
     },
     macros::{map, xdp},
@@ -50,6 +50,8 @@ static LAST_SEEN: Array<u64> = Array::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_
 static XSKS: XskMap = XskMap::with_max_entries(64, 0);
 #[map(name = "CONFIG")]
 static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
+#[map(name = "TICK_CLOCK")]
+static TICK_CLOCK: PerCpuArray<TickClock> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "RST_BUCKET")]
 static RST_BUCKET: PerCpuArray<RstBucket> = PerCpuArray::with_max_entries(1, 0);
 
@@ -207,8 +209,10 @@ fn run(ctx: &XdpContext) -> Verdict {
     let slot = unsafe { if seg.v6 { FLOWS6.get(&key6) } else { FLOWS4.get(&key4) } };
     if let Some(slot) = slot {
         if let Some(p) = LAST_SEEN.get_ptr_mut(*slot) {
+            // The coarse clock (see `coarse_now`): keepalive needs seconds, not nanoseconds, and
+            // a stamp up to a tick old only makes a connection look idle a little longer.
             // SAFETY: a valid array slot; a plain 8-byte store that userspace reads via mmap.
-            unsafe { *p = bpf_ktime_get_ns() };
+            unsafe { *p = coarse_now().ns };
         }
         count(counters::FLOW_SEGMENT);
         return to_userspace(ctx);
@@ -221,11 +225,13 @@ fn run(ctx: &XdpContext) -> Verdict {
         // RFC 9293 3.10.7.1: an incoming RST for no connection is discarded.
         return Verdict::Drop(counters::DROP_RST_NO_FLOW);
     }
+    if f & SYN != 0 && f & ACK == 0 {
+        return syn_ack(ctx, &seg, cfg, coarse_now());
+    }
+    // Checking a cookie, the precise clock: never behind the clock that minted it (XDP's
+    // coarse one, or userspace's), so a cookie's age is never underestimated.
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if f & SYN != 0 && f & ACK == 0 {
-        return syn_ack(ctx, &seg, cfg, now);
-    }
     if f & ACK != 0 && f & SYN == 0 {
         // RFC 9293 3.10.7.3 with SYN-RECEIVED held in the cookie: the ACK must acknowledge it.
         let cookie = seg.ack.wrapping_sub(1);
@@ -245,6 +251,53 @@ fn run(ctx: &XdpContext) -> Verdict {
         return Verdict::Done(xdp_action::XDP_DROP);
     }
     reset(ctx, &seg, cfg, now)
+}
+
+/// This CPU's copy of the coarse clock, refreshed when jiffies moves.
+#[repr(C)]
+struct TickClock {
+    jiffies: u64,
+    ns: u64,
+    /// `ns` in whole milliseconds (wrapping), for TSvals: divided once a tick, not per SYN.
+    ms: u64,
+}
+
+/// An instant of the coarse clock.
+#[derive(Clone, Copy)]
+struct Now {
+    ns: u64,
+    ms: u32,
+}
+
+/// CLOCK_MONOTONIC as of the last tick, or the one before (up to 2 ticks, 8 ms at HZ=250,
+/// behind): bpf_ktime_get_coarse_ns, called once per tick per CPU and kept in TICK_CLOCK while
+/// jiffies (which the verifier inlines into a plain load) stays the same. A helper call costs
+/// tens of nanoseconds on a kernel with return-thunk mitigations, and bpf_ktime_get_ns adds a
+/// fenced TSC read: about 50 ns a call on the bench machine, a quarter of the SYN path.
+///
+/// Lagging is safe where this clock is used: a SYN-ACK's cookie period can only be older than
+/// the precise clock says (its validity window shrinks by at most the lag, never grows), its
+/// TSval only lower than the connection's clock later (RFC 7323 5.3: PAWS on the client still
+/// accepts our next segments), a LAST_SEEN stamp only older (the connection looks idle a few ms
+/// longer). The kernel's own syncookies count time in jiffies for the same reason.
+#[inline(always)]
+fn coarse_now() -> Now {
+    // SAFETY: no preconditions (inlined by the verifier into a load of jiffies_64).
+    let j = unsafe { bpf_jiffies64() };
+    let Some(c) = TICK_CLOCK.get_ptr_mut(0) else {
+        // SAFETY: no preconditions.
+        let ns = unsafe { bpf_ktime_get_coarse_ns() };
+        return Now { ns, ms: (ns / 1_000_000) as u32 };
+    };
+    // SAFETY: this CPU's slot; nothing else on this CPU writes it while we run.
+    let c = unsafe { &mut *c };
+    if c.jiffies != j {
+        c.jiffies = j;
+        // SAFETY: no preconditions.
+        c.ns = unsafe { bpf_ktime_get_coarse_ns() };
+        c.ms = c.ns / 1_000_000;
+    }
+    Now { ns: c.ns, ms: c.ms as u32 }
 }
 
 /// Whether a listener serves the segment's destination: the port's entry first (an array
@@ -722,7 +775,7 @@ fn reply<const N: usize>(ctx: &XdpContext, seg: &Seg, seq: u32, ack: u32, flags:
     true
 }
 
-fn syn_ack(ctx: &XdpContext, seg: &Seg, cfg: &XdpConfig, now: u64) -> Verdict {
+fn syn_ack(ctx: &XdpContext, seg: &Seg, cfg: &XdpConfig, now: Now) -> Verdict {
     let opts = match fixed_syn_options(ctx, seg) {
         Some(o) => o,
         None => {
@@ -735,8 +788,9 @@ fn syn_ack(ctx: &XdpContext, seg: &Seg, cfg: &XdpConfig, now: u64) -> Verdict {
     };
     let mss = if opts.mss < cfg.mss { opts.mss } else { cfg.mss };
     let (isn, ts_offset) = if cfg.flags & CONFIG_KERNEL_COOKIE != 0 && !seg.v6 {
-        // The benchmark's baseline: the same reply, with the kernel helper's cookie (and no
-        // TSval offset: the helper has none to give).
+        // The benchmark's baseline: the same reply, with the kernel helper's cookie. The helper
+        // gives no TSval offset, so the baseline keys one off the 4-tuple (RFC 7323 7.1), the
+        // cheapest way to send the same SYN-ACK.
         let (Some(iph), Some(th)) = (at(ctx, ETH_HLEN, IPV4_HLEN), at(ctx, seg.l4, TCP_HLEN)) else {
             return Verdict::Drop(counters::DROP_TRUNCATED);
         };
@@ -745,9 +799,9 @@ fn syn_ack(ctx: &XdpContext, seg: &Seg, cfg: &XdpConfig, now: u64) -> Verdict {
         if r < 0 {
             return Verdict::Drop(counters::DROP_BAD_HEADER);
         }
-        (r as u32, 0)
+        (r as u32, (cookie::tuple_hash(&cfg.secrets[0], &seg.tuple()) >> 32) as u32)
     } else {
-        let m = cookie::make(&cfg.secrets[0], &seg.tuple(), seg.seq, now, mss);
+        let m = cookie::make(&cfg.secrets[0], &seg.tuple(), seg.seq, now.ns, mss);
         (m.isn, m.ts_offset)
     };
     // Options, Linux's order: MSS, SACK-permitted, timestamps, NOP, window scale.
@@ -757,7 +811,7 @@ fn syn_ack(ctx: &XdpContext, seg: &Seg, cfg: &XdpConfig, now: u64) -> Verdict {
         // RFC 7323 3.2: TSecr echoes the client's TSval; our TSval carries what the cookie
         // cannot (window scale, SACK, ECN).
         let ecn = seg.flags & (ECE | CWR) == (ECE | CWR);
-        let tsval = cookie::ts_encode((now / 1_000_000) as u32, ts_offset, opts.wscale, opts.sack, ecn);
+        let tsval = cookie::ts_encode(now.ms, ts_offset, opts.wscale, opts.sack, ecn);
         o[1] = if opts.sack { wire([4, 2, 8, 10]) } else { wire([1, 1, 8, 10]) };
         o[2] = tsval.to_be();
         o[3] = client_ts.to_be();
