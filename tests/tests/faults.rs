@@ -19,6 +19,10 @@ use synx_testbed::{
     Bed, Daemon, PORT, PacketSocket, VethPair, digest, echo_roundtrip, mac_of, tcp_of, wait_for,
 };
 
+/// The flood saturates both cores; the loss tests (which share them with each other fine) would
+/// then starve it of CPU. The flood takes this lock exclusively, the loss tests shared.
+static CPU_HEAVY: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// Resident memory of a process, in bytes.
 fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -33,6 +37,7 @@ fn rss_bytes(pid: u32) -> u64 {
 
 #[test]
 fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat() {
+    let _alone = CPU_HEAVY.write().unwrap_or_else(|e| e.into_inner());
     let bed = Bed::start("echo", &[]);
     // Warm up: one connection, so the engine's buffers and tables exist before we measure.
     assert_eq!(bed.client(false, |mut s| echo_roundtrip(&mut s, b"warm")), b"warm");
@@ -66,8 +71,10 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
         .spawn()
         .expect("trafgen (netsniff-ng; `cargo xtask setup` installs it)");
     let started = Instant::now();
-    let flooding = wait_for(Duration::from_secs(20), || {
-        bed.daemon.counter("xdp_syn_cookie_sent").unwrap() > synacks_before + 300_000
+    // At least 150,000 SYN-ACKs before the legitimate clients start (a few hundred ms when the
+    // machine is otherwise idle; the timeout is for a busy one).
+    let flooding = wait_for(Duration::from_secs(60), || {
+        bed.daemon.counter("xdp_syn_cookie_sent").unwrap() > synacks_before + 150_000
     });
     assert!(flooding, "the flood never got going: {:?}", bed.daemon.stats().unwrap());
 
@@ -99,7 +106,7 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
     let _ = std::fs::remove_file(&conf_path);
 
     assert_eq!(served, 100, "legitimate connections failed during the flood");
-    assert!(synacks > 300_000, "{synacks}");
+    assert!(synacks > 150_000, "{synacks}");
     // Only the legitimate connections (and the warm-up) ever became connections.
     assert_eq!(bed.daemon.counter("tcp_accepted").unwrap(), 101);
     let conns = bed.daemon.conns().unwrap();
@@ -107,17 +114,18 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
         conns.iter().all(|c| !c["remote"].as_str().unwrap_or("").starts_with("198.19.")),
         "a spoofed SYN created a connection: {conns:?}"
     );
-    // Stateless SYN-ACKs: tens of thousands of them cost no memory. Allow for allocator noise
+    // Stateless SYN-ACKs: a hundred thousand and more of them cost no memory. Allow for allocator noise
     // and the legitimate connections' buffers (100 x 32 KiB passed through), not for per-SYN
-    // state (300,000 SYNs x even 16 bytes would be 4.6 MiB on top).
+    // state (150,000 SYNs x even 16 bytes would be 2.3 MiB on top).
     let grown = rss_during.saturating_sub(rss_before);
-    assert!(grown < 4 << 20, "RSS grew by {grown} bytes during {synacks} SYN-ACKs");
+    assert!(grown < 2 << 20, "RSS grew by {grown} bytes during {synacks} SYN-ACKs");
     eprintln!("flood: {synacks} SYN-ACKs in {:?}, RSS {rss_before} -> {rss_during}", started.elapsed());
 }
 
 /// Drop `percent`% of the client's TCP frames in each direction, on its veth (netdev ingress
 /// and egress hooks: on the wire, not inside the client's stack), and move 64 MiB each way.
 fn echo_64mib_through_loss(percent: u32) {
+    let _shared = CPU_HEAVY.read().unwrap_or_else(|e| e.into_inner());
     let bed = Bed::start("echo", &[]);
     let dev = &bed.net.client_if;
     // Segmentation offload would hand the egress hook 64 KB super-frames: per-frame loss would
