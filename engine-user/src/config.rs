@@ -61,6 +61,8 @@ pub struct RunConfig {
     pub msl: Duration,
     pub max_conns: u32,
     pub xdp_mode: AttachMode,
+    /// How long an engine thread keeps polling after work before it sleeps (0: never).
+    pub busy_poll: Duration,
     /// How long SIGTERM lets connections finish before resetting the rest.
     pub grace: Duration,
 }
@@ -91,6 +93,7 @@ pub struct FileConfig {
     pub msl: Option<String>,
     pub max_conns: Option<u32>,
     pub xdp_mode: Option<String>,
+    pub busy_poll: Option<String>,
     pub grace: Option<String>,
 }
 
@@ -115,6 +118,7 @@ pub struct FlagConfig {
     pub msl: Option<Duration>,
     pub max_conns: Option<u32>,
     pub xdp_mode: Option<AttachMode>,
+    pub busy_poll: Option<Duration>,
     pub grace: Option<Duration>,
 }
 
@@ -169,6 +173,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         msl,
         max_conns,
         xdp_mode,
+        busy_poll: flags.busy_poll.or(dur(file.busy_poll)?).unwrap_or(Duration::ZERO),
         grace: flags.grace.or(dur(file.grace)?).unwrap_or(RunConfig::DEFAULT_GRACE),
     })
 }
@@ -215,6 +220,7 @@ mod tests {
             keepalive_idle = "10m"
             keepalive_probes = 3
             msl = "1s"
+            busy_poll = "50us"
             "#,
         )
         .unwrap();
@@ -233,6 +239,7 @@ mod tests {
         assert_eq!(c.keepalive.probes, 5);
         assert_eq!(c.msl, Duration::from_secs(1));
         assert_eq!(c.xdp_mode, AttachMode::Skb);
+        assert_eq!(c.busy_poll, Duration::from_micros(50));
 
         let d = merge(
             FlagConfig {
@@ -248,6 +255,7 @@ mod tests {
         assert_eq!(d.keepalive.probes, 10);
         assert_eq!(d.msl, Duration::from_secs(30));
         assert_eq!(d.app, App::Echo);
+        assert_eq!(d.busy_poll, Duration::ZERO);
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         keepalive: cfg.keepalive,
         msl: cfg.msl,
         max_conns: cfg.max_conns,
+        busy_poll: cfg.busy_poll,
     })?);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let result = rt.block_on(async {

@@ -156,6 +156,7 @@ pub struct QueueContext {
     pub queue: u32,
     pub tcp: tcp::Config,
     pub max_conns: u32,
+    pub busy_poll: Duration,
     pub listeners: Arc<Listeners>,
     pub flows: FlowTable,
     pub cookies: CookieChecker,
@@ -213,6 +214,7 @@ pub fn run_queue(
         syn_acks: Vec::new(),
         mss: engine_mss,
     };
+    let mut last_work = std::time::Instant::now();
     loop {
         let stopping = engine.ctx.stop.load(Ordering::Relaxed);
         if stopping && engine.glue.is_empty() {
@@ -222,7 +224,7 @@ pub fn run_queue(
             engine.abort_everything(now());
         }
         let received = xsk.recv(256, |frame| engine.on_frame(now(), frame));
-        engine.serve_poked(now());
+        let poked = engine.serve_poked(now());
         let t = now();
         let last_seen = &engine.ctx.last_seen;
         engine
@@ -236,6 +238,15 @@ pub fn run_queue(
             .stats
             .time_wait_fin_reacked
             .store(engine.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
+        if received > 0 || poked > 0 {
+            last_work = std::time::Instant::now();
+        } else if last_work.elapsed() < engine.ctx.busy_poll {
+            // Right after work the next frame or app write usually follows within microseconds
+            // (a request's response, the next segment of a burst): look again instead of
+            // paying a sleep and a wakeup for it.
+            std::thread::yield_now();
+            continue;
+        }
         if received == 0 {
             engine.sleep(&xsk);
         }
@@ -395,15 +406,18 @@ impl QueueEngine {
         }
     }
 
-    fn serve_poked(&mut self, now: Instant) {
+    /// Serve the connections whose applications poked us; returns how many.
+    fn serve_poked(&mut self, now: Instant) -> usize {
         let mut poked = std::mem::take(&mut self.poked);
         self.ctx.waker.drain(&mut poked);
+        let n = poked.len();
         for slot in poked.drain(..) {
             if let Some(h) = self.endpoint.handle_for_slot(slot) {
                 self.service(now, h);
             }
         }
         self.poked = poked;
+        n
     }
 
     /// Move data and close/shutdown requests between a connection and its application.

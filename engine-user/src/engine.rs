@@ -52,6 +52,11 @@ pub struct EngineOptions {
     pub msl: Duration,
     /// Connections per RX queue (and FLOWS/LAST_SEEN map entries).
     pub max_conns: u32,
+    /// After a loop turn that did work, an engine thread keeps polling its rings and app
+    /// queue (yielding the CPU to runnable threads) for this long before it sleeps in poll(2).
+    /// Zero, the default, sleeps at once: least CPU. A few tens of microseconds save a sleep
+    /// and a wakeup per request/response turn (lower latency at one connection).
+    pub busy_poll: Duration,
 }
 
 impl EngineOptions {
@@ -66,6 +71,7 @@ impl EngineOptions {
             keepalive: Keepalive::default(),
             msl: Self::DEFAULT_MSL,
             max_conns: Self::DEFAULT_MAX_CONNS,
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -133,6 +139,7 @@ impl Engine {
                 queue,
                 tcp: tcp_config.clone(),
                 max_conns: options.max_conns,
+                busy_poll: options.busy_poll,
                 listeners: listeners.clone(),
                 flows: xdp.flow_table(),
                 cookies: xdp.cookie_checker(),

@@ -93,6 +93,10 @@ struct RunArgs {
     /// native (driver) XDP, or skb (generic) for devices without native XDP.
     #[arg(long, value_enum)]
     xdp_mode: Option<AttachMode>,
+    /// After work, keep polling for this long before sleeping: lower latency for requests
+    /// that follow each other closely, paid in CPU. Default 0 (off).
+    #[arg(long, value_parser = parse_duration)]
+    busy_poll: Option<Duration>,
     /// On SIGTERM, how long open connections may finish before they are reset. Default 5s.
     #[arg(long, value_parser = parse_duration)]
     grace: Option<Duration>,
@@ -139,6 +143,7 @@ fn real_main() -> anyhow::Result<()> {
                 msl: args.msl,
                 max_conns: args.max_conns,
                 xdp_mode: args.xdp_mode,
+                busy_poll: args.busy_poll,
                 grace: args.grace,
             };
             let cfg = config::merge(flags, file).map_err(anyhow::Error::msg)?;
