@@ -1127,7 +1127,8 @@ impl Connection {
     }
 
     fn end_recovery_episode(&mut self) {
-        self.rexmits.clear();
+        // Drop the allocation too: a connection that once saw loss costs nothing extra idle.
+        self.rexmits = VecDeque::new();
         self.lost_again = None;
     }
 
