@@ -562,11 +562,16 @@ fn fast_retransmit_on_three_dupacks_then_newreno_partial_ack() {
     assert_eq!(c.info().send_queued, 0);
 }
 
+/// An established connection that negotiated SACK, with Nagle off so segments leave as the
+/// tests write them.
+fn sack_sender() -> Connection {
+    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
+    accept_with(Config { nagle: false, ..config() }, f, &peer(0, 0), &[])
+}
+
 #[test]
 fn sack_recovery_resends_only_the_holes() {
-    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
-    let cfg = Config { nagle: false, ..config() };
-    let mut c = accept_with(cfg, f, &peer(0, 0), &[]);
+    let mut c = sack_sender();
     c.send(&vec![2u8; 1460 * 8]);
     assert_eq!(out(&mut c, ms(0)).len(), 8);
     // Segments 0 and 4 lost; SACKs for 1-3 and 5-7 arrive.
@@ -598,9 +603,7 @@ fn sack_loss_is_recovered_at_once_even_when_the_peer_window_moves() {
     // none of its ACKs is a duplicate in RFC 5681's sense, and a cumulative ACK can carry the
     // SACK blocks above the next hole. RFC 6675 5 (IsLost(HighACK + 1)) still declares the
     // hole lost once three segments above it are SACKed: no retransmission timeout.
-    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
-    let cfg = Config { nagle: false, ..config() };
-    let mut c = accept_with(cfg, f, &peer(0, 0), &[]);
+    let mut c = sack_sender();
     c.send(&vec![3u8; 1460 * 8]);
     assert_eq!(out(&mut c, ms(0)).len(), 8);
     let mss = 1460u32;
@@ -627,9 +630,7 @@ fn sack_loss_is_recovered_at_once_even_when_the_peer_window_moves() {
 fn early_retransmit_when_fewer_than_four_segments_are_outstanding() {
     // RFC 5827: three segments in flight, the first lost, nothing more to send: two SACKed
     // segments are all the evidence there can be, so the hole is resent without a timeout.
-    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
-    let cfg = Config { nagle: false, ..config() };
-    let mut c = accept_with(cfg, f, &peer(0, 0), &[]);
+    let mut c = sack_sender();
     let mss = 1460u32;
     c.send(&vec![4u8; 3 * mss as usize]);
     assert_eq!(out(&mut c, ms(0)).len(), 3);
@@ -649,9 +650,7 @@ fn early_retransmit_when_fewer_than_four_segments_are_outstanding() {
 fn sacked_segments_leave_the_pipe_and_clock_out_new_data() {
     // RFC 6675 4: a SACKed segment is no longer in flight, so a cwnd-limited sender sends one
     // new segment for each SACKed one before recovery starts.
-    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
-    let cfg = Config { nagle: false, ..config() };
-    let mut c = accept_with(cfg, f, &peer(0, 0), &[]);
+    let mut c = sack_sender();
     let mss = 1460u32;
     c.send(&vec![5u8; 40 * mss as usize]);
     let first = out(&mut c, ms(0)).len() as u32;
@@ -668,9 +667,7 @@ fn a_lost_retransmission_is_resent_once_later_data_is_sacked() {
     // Segment 0 is lost, and so is its fast retransmission. Data first sent after that
     // retransmission is SACKed while segment 0 is still missing: resend it at once (RFC 8985
     // 6.2's reasoning) rather than after the retransmission timeout.
-    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
-    let cfg = Config { nagle: false, ..config() };
-    let mut c = accept_with(cfg, f, &peer(0, 0), &[]);
+    let mut c = sack_sender();
     let mss = 1460u32;
     c.send(&vec![6u8; 8 * mss as usize]);
     assert_eq!(out(&mut c, ms(0)).len(), 8);
@@ -884,9 +881,7 @@ fn fin_wait_2_is_bounded_only_after_close() {
 
 #[test]
 fn tail_loss_probe_recovers_a_lost_tail_before_the_rto() {
-    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
-    let cfg = Config { nagle: false, ..config() };
-    let mut c = accept_with(cfg, f, &peer(0, 0), &[]);
+    let mut c = sack_sender();
     // An RTT sample first: 100 ms, so RTO = 300 ms and PTO = 2 * SRTT = 200 ms.
     c.send(b"x");
     one(&mut c, ms(0));
