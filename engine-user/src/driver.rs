@@ -214,7 +214,7 @@ pub fn run_queue(
         syn_acks: Vec::new(),
         mss: engine_mss,
     };
-    let mut last_work = std::time::Instant::now();
+    let mut last_work = now();
     loop {
         let stopping = engine.ctx.stop.load(Ordering::Relaxed);
         if stopping && engine.glue.is_empty() {
@@ -239,8 +239,8 @@ pub fn run_queue(
             .time_wait_fin_reacked
             .store(engine.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
         if received > 0 || poked > 0 {
-            last_work = std::time::Instant::now();
-        } else if last_work.elapsed() < engine.ctx.busy_poll {
+            last_work = t;
+        } else if t.saturating_duration_since(last_work) < engine.ctx.busy_poll {
             // Right after work the next frame or app write usually follows within microseconds
             // (a request's response, the next segment of a burst): look again instead of
             // paying a sleep and a wakeup for it.
