@@ -35,6 +35,31 @@ fn rss_bytes(pid: u32) -> u64 {
     kb * 1024
 }
 
+/// trafgen and its files, stopped and removed however the test ends (a panic included).
+struct Flood {
+    child: std::process::Child,
+    files: [std::path::PathBuf; 2],
+}
+
+impl Flood {
+    /// The last lines trafgen wrote.
+    fn said(&self) -> String {
+        let text = std::fs::read_to_string(&self.files[1]).unwrap_or_default();
+        text.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
 #[test]
 fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat() {
     let _alone = CPU_HEAVY.write().unwrap_or_else(|e| e.into_inner());
@@ -64,7 +89,7 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
     // flood once the veth pushes back.
     let log_path = conf_path.with_extension("log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut flood = bed
+    let child = bed
         .net
         .client
         .command("trafgen")
@@ -74,22 +99,14 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
         .stderr(log)
         .spawn()
         .expect("trafgen (netsniff-ng; `cargo xtask setup` installs it)");
+    let flood = Flood { child, files: [conf_path, log_path] };
     let started = Instant::now();
     // At least 30,000 SYN-ACKs before the legitimate clients start: a fraction of a second on
     // an otherwise idle machine (150,000 take about 1.4 s here), longer on a busy one.
     let flooding = wait_for(Duration::from_secs(60), || {
         bed.daemon.counter("xdp_syn_cookie_sent").unwrap() > synacks_before + 30_000
     });
-    if !flooding {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(flood.id() as i32, libc::SIGINT) };
-        let _ = flood.wait();
-        let said = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let tail: String = said.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
-        let _ = std::fs::remove_file(&conf_path);
-        let _ = std::fs::remove_file(&log_path);
-        panic!("the flood never got going: {:?}; trafgen said: {tail}", bed.daemon.stats().unwrap());
-    }
+    assert!(flooding, "the flood never got going: {:?}; trafgen said: {}", bed.daemon.stats().unwrap(), flood.said());
 
     // Legitimate clients during the flood: 100 connections, 32 KiB echoed by each.
     let addr = bed.addr(false);
@@ -100,11 +117,14 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
             let mut ok = 0;
             for i in 0..100u32 {
                 let data: Vec<u8> = (0..32 * 1024u32).map(|j| (j ^ i) as u8).collect();
-                let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(15)) else {
-                    continue;
-                };
-                s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-                if echo_roundtrip(&mut s, &data) == data {
+                let echoed = TcpStream::connect_timeout(&addr, Duration::from_secs(15)).and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+                    s.write_all(&data)?; // 32 KiB fit in the socket buffers: no writer thread
+                    let mut back = vec![0u8; data.len()];
+                    s.read_exact(&mut back)?;
+                    Ok(back)
+                });
+                if echoed.is_ok_and(|back| back == data) {
                     ok += 1;
                 }
             }
@@ -113,11 +133,7 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
         .unwrap();
     let synacks = bed.daemon.counter("xdp_syn_cookie_sent").unwrap() - synacks_before;
     let rss_during = rss_bytes(pid);
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(flood.id() as i32, libc::SIGINT) };
-    let _ = flood.wait();
-    let _ = std::fs::remove_file(&conf_path);
-    let _ = std::fs::remove_file(&log_path);
+    drop(flood);
 
     assert_eq!(served, 100, "legitimate connections failed during the flood");
     assert!(synacks > 30_000, "{synacks}");
