@@ -67,13 +67,14 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
 
     step("synx run: XDP in native mode, echo on :7, http on :80, a proxy to a kernel iperf3 server on :5201, short keepalive and MSL for the demo")?;
     // The proxy's backend: a one-shot iperf3 server on the server namespace's loopback.
-    let mut iperf_server = net
-        .server
-        .command("iperf3")
-        .args(["-s", "-1", "-B", "127.0.0.1", "-p", "15201"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("starting iperf3 (cargo xtask setup installs it)")?;
+    let iperf_server = Reaped(
+        net.server
+            .command("iperf3")
+            .args(["-s", "-1", "-B", "127.0.0.1", "-p", "15201"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting iperf3 (cargo xtask setup installs it)")?,
+    );
     let proxy = SocketAddr::new(net.server_v4.into(), 5201);
     let echo = SocketAddr::new(net.server_v4.into(), 7);
     let http = SocketAddr::new(net.server_v4.into(), 80);
@@ -157,7 +158,7 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
 
     step("iperf3 through --app proxy=: client -> synx -> kernel TCP -> iperf3 server, 2 s")?;
     let out = net.client.command("iperf3").args(["-c", &net.server_v4.to_string(), "-p", "5201", "-t", "2", "--json"]).output()?;
-    let _ = iperf_server.wait();
+    drop(iperf_server);
     match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
         Ok(v) if v["end"]["sum_received"]["bytes"].as_u64().is_some() => say(&format!(
             "iperf3: {} bytes sent, {} received by the kernel server, {:.2} Gbit/s",
@@ -201,6 +202,16 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
     let status = daemon.stop()?;
     step(&format!("synx stopped ({status}); XDP detached, namespaces removed"))?;
     Ok(())
+}
+
+/// A child process killed and reaped when dropped, so an early return or Ctrl-C leaves none.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn is_probe(frame: &[u8], port: u16) -> bool {
