@@ -327,3 +327,55 @@ fn one_engine_per_rx_queue_serves_the_flows_of_each() {
     drop(streams);
     assert!(wait_for(Duration::from_secs(10), || daemon.conns().unwrap().is_empty()));
 }
+
+/// CPU seconds (user + system) a process has used, from /proc/PID/stat.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which ends with ')'): utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / hz
+}
+
+#[test]
+fn busy_poll_serves_the_same_bytes_and_stops_polling_when_idle() {
+    // --busy-poll keeps the engine polling after work; it must serve exactly as without it, and
+    // once the work stops, stop polling (an idle engine that spins would burn a core).
+    require_root();
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    let listen = format!("{}:7=echo", net.server_v4);
+    let daemon = Daemon::start(&net.server, &net.server_if, &["--listen", &listen, "--busy-poll", "200us"]).unwrap();
+    let addr = SocketAddr::new(net.server_v4.into(), 7);
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
+    let expect = data.clone();
+    let ok = net
+        .client
+        .run(move || {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut w = s.try_clone().unwrap();
+            let writer = std::thread::spawn(move || w.write_all(&data).unwrap());
+            let mut back = vec![0u8; expect.len()];
+            s.read_exact(&mut back).unwrap();
+            writer.join().unwrap();
+            // Many small request/response turns: the pattern busy polling is for.
+            for i in 0..200u32 {
+                s.write_all(&i.to_be_bytes()).unwrap();
+                let mut b = [0u8; 4];
+                s.read_exact(&mut b).unwrap();
+                assert_eq!(u32::from_be_bytes(b), i);
+            }
+            back == expect
+        })
+        .unwrap();
+    assert!(ok, "4 MiB echoed with busy polling came back different");
+    // Idle now (the client has closed; nothing moves): two seconds of the daemon's CPU.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_secs(daemon.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_secs(daemon.pid()) - before;
+    assert!(used < 0.5, "the idle daemon used {used:.2} s of CPU in 2 s: still polling?");
+}
