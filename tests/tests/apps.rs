@@ -180,8 +180,9 @@ fn curl_keeps_alive_against_app_http_and_connection_close_makes_the_server_close
             .unwrap()
             .iter()
             .any(|c| c["state"] == "TIME_WAIT")),
-        "{:?}",
-        daemon.conns().unwrap()
+        "{:?} {}",
+        daemon.conns().unwrap(),
+        daemon.stats().unwrap()
     );
     let client_states = net.client.exec("ss", &["-Htan", "state", "time-wait", "sport = :41000"]).unwrap();
     assert!(client_states.trim().is_empty(), "the client should not be in TIME_WAIT: {client_states}");
