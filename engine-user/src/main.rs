@@ -93,7 +93,7 @@ struct RunArgs {
     /// native (driver) XDP, or skb (generic) for devices without native XDP.
     #[arg(long, value_enum)]
     xdp_mode: Option<AttachMode>,
-    /// After work, keep polling for this long before sleeping: lower latency for requests
+    /// After work, keep polling for this long before sleeping: can lower latency for requests
     /// that follow each other closely, paid in CPU. Default 0 (off).
     #[arg(long, value_parser = parse_duration)]
     busy_poll: Option<Duration>,
