@@ -569,6 +569,17 @@ fn sack_sender() -> Connection {
     accept_with(Config { nagle: false, ..config() }, f, &peer(0, 0), &[])
 }
 
+/// The peer's ACK of `acked` full segments with SACK blocks `[l, r)`, all counted in 1460-byte
+/// segments from our ISS + 1.
+fn sack_ack(acked: u32, blocks: &[(u32, u32)]) -> Header {
+    const MSS: u32 = 1460;
+    let mut h = peer(0, acked * MSS);
+    for &(l, r) in blocks {
+        h.options.sack.push(SeqNum(ISS + 1 + l * MSS), SeqNum(ISS + 1 + r * MSS));
+    }
+    h
+}
+
 #[test]
 fn sack_recovery_resends_only_the_holes() {
     let mut c = sack_sender();
@@ -576,13 +587,7 @@ fn sack_recovery_resends_only_the_holes() {
     assert_eq!(out(&mut c, ms(0)).len(), 8);
     // Segments 0 and 4 lost; SACKs for 1-3 and 5-7 arrive.
     let mss = 1460u32;
-    let sack = |blocks: &[(u32, u32)]| {
-        let mut h = peer(0, 0);
-        for &(l, r) in blocks {
-            h.options.sack.push(SeqNum(ISS + 1 + l * mss), SeqNum(ISS + 1 + r * mss));
-        }
-        h
-    };
+    let sack = |blocks: &[(u32, u32)]| sack_ack(0, blocks);
     c.handle(ms(10), &sack(&[(1, 2)]), &[]);
     c.handle(ms(11), &sack(&[(1, 3)]), &[]);
     c.handle(ms(12), &sack(&[(1, 4)]), &[]);
@@ -609,11 +614,9 @@ fn sack_loss_is_recovered_at_once_even_when_the_peer_window_moves() {
     let mss = 1460u32;
     // Segment 1 is lost. Each ACK opens the window a little further.
     let ack = |cum: u32, sacked_to: u32, window: u16| {
-        let mut h = peer(0, cum * mss);
+        let blocks = [(2, sacked_to)];
+        let mut h = sack_ack(cum, if sacked_to > 2 { &blocks } else { &[] });
         h.window = window;
-        if sacked_to > 2 {
-            h.options.sack.push(SeqNum(ISS + 1 + 2 * mss), SeqNum(ISS + 1 + sacked_to * mss));
-        }
         h
     };
     c.handle(ms(10), &ack(1, 0, 40_000), &[]);
@@ -634,11 +637,7 @@ fn early_retransmit_when_fewer_than_four_segments_are_outstanding() {
     let mss = 1460u32;
     c.send(&vec![4u8; 3 * mss as usize]);
     assert_eq!(out(&mut c, ms(0)).len(), 3);
-    let sack = |to: u32| {
-        let mut h = peer(0, 0);
-        h.options.sack.push(SeqNum(ISS + 1 + mss), SeqNum(ISS + 1 + to * mss));
-        h
-    };
+    let sack = |to: u32| sack_ack(0, &[(1, to)]);
     c.handle(ms(10), &sack(2), &[]);
     none(&mut c, ms(10));
     c.handle(ms(11), &sack(3), &[]);
@@ -671,11 +670,7 @@ fn a_lost_retransmission_is_resent_once_later_data_is_sacked() {
     let mss = 1460u32;
     c.send(&vec![6u8; 8 * mss as usize]);
     assert_eq!(out(&mut c, ms(0)).len(), 8);
-    let sack = |to: u32| {
-        let mut h = peer(0, 0);
-        h.options.sack.push(SeqNum(ISS + 1 + mss), SeqNum(ISS + 1 + to * mss));
-        h
-    };
+    let sack = |to: u32| sack_ack(0, &[(1, to)]);
     for (t, to) in [(10, 2), (11, 3), (12, 4)] {
         c.handle(ms(t), &sack(to), &[]);
     }
