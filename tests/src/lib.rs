@@ -598,3 +598,22 @@ pub fn digest(data: &[u8]) -> u64 {
     // FNV-1a: enough to tell any corruption, reordering or duplication apart.
     data.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
 }
+
+// ---- What a process costs, from /proc ----
+
+/// CPU seconds (user + system) process `pid` has used: fields 14 and 15 of /proc/PID/stat.
+pub fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which ends with the last ')'.
+    let f: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    Some(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
+/// Resident memory of process `pid` in bytes (VmRSS of /proc/PID/status).
+pub fn process_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kb * 1024)
+}

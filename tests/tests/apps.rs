@@ -14,7 +14,7 @@ use std::{
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use synx_testbed::{Daemon, VethPair, require_root, wait_for};
+use synx_testbed::{Daemon, VethPair, process_cpu_secs, require_root, wait_for};
 
 /// hyper's own request handler: `/hello` answers a fixed text, anything else echoes the request
 /// body with a header naming its length.
@@ -329,17 +329,6 @@ fn one_engine_per_rx_queue_serves_the_flows_of_each() {
     assert!(wait_for(Duration::from_secs(10), || daemon.conns().unwrap().is_empty()));
 }
 
-/// CPU seconds (user + system) a process has used, from /proc/PID/stat.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which ends with ')'): utime and stime are 14 and 15.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / hz
-}
-
 #[test]
 fn busy_poll_serves_the_same_bytes_and_stops_polling_when_idle() {
     // --busy-poll keeps the engine polling after work; it must serve exactly as without it, and
@@ -375,8 +364,9 @@ fn busy_poll_serves_the_same_bytes_and_stops_polling_when_idle() {
     assert!(ok, "4 MiB echoed with busy polling came back different");
     // Idle now (the client has closed; nothing moves): two seconds of the daemon's CPU.
     std::thread::sleep(Duration::from_millis(500));
-    let before = cpu_secs(daemon.pid());
+    let cpu = || process_cpu_secs(daemon.pid()).expect("the daemon's CPU time");
+    let before = cpu();
     std::thread::sleep(Duration::from_secs(2));
-    let used = cpu_secs(daemon.pid()) - before;
+    let used = cpu() - before;
     assert!(used < 0.5, "the idle daemon used {used:.2} s of CPU in 2 s: still polling?");
 }

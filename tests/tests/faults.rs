@@ -16,24 +16,13 @@ use std::{
 
 use etherparse::{PacketBuilder, TcpOptionElement};
 use synx_testbed::{
-    Bed, Daemon, PORT, PacketSocket, VethPair, digest, echo_roundtrip, mac_of, tcp_of, wait_for,
+    Bed, Daemon, PORT, PacketSocket, VethPair, digest, echo_roundtrip, mac_of, process_rss_bytes,
+    tcp_of, wait_for,
 };
 
 /// The flood saturates both cores; the loss tests (which share them with each other fine) would
 /// then starve it of CPU. The flood takes this lock exclusively, the loss tests shared.
 static CPU_HEAVY: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-/// Resident memory of a process, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
-    kb * 1024
-}
 
 /// trafgen and its files, stopped and removed however the test ends (a panic included).
 struct Flood {
@@ -68,7 +57,7 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
     assert_eq!(bed.client(false, |mut s| echo_roundtrip(&mut s, b"warm")), b"warm");
     assert!(bed.wait_no_conns());
     let pid = bed.daemon.pid();
-    let rss_before = rss_bytes(pid);
+    let rss_before = process_rss_bytes(pid).expect("the daemon's VmRSS");
     let synacks_before = bed.daemon.counter("xdp_syn_cookie_sent").unwrap();
 
     // trafgen in the client namespace: SYNs from random sources in 198.19.0.0/16 (inside
@@ -132,7 +121,7 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
         })
         .unwrap();
     let synacks = bed.daemon.counter("xdp_syn_cookie_sent").unwrap() - synacks_before;
-    let rss_during = rss_bytes(pid);
+    let rss_during = process_rss_bytes(pid).expect("the daemon's VmRSS");
     drop(flood);
 
     assert_eq!(served, 100, "legitimate connections failed during the flood");

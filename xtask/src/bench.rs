@@ -174,27 +174,11 @@ impl Drop for KernelServer {
 }
 
 fn process_cpu_secs(pid: u32) -> f64 {
-    // utime + stime, fields 14 and 15 of /proc/PID/stat, in clock ticks.
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    synx_testbed::process_cpu_secs(pid).unwrap_or(0.0)
 }
 
 fn rss_bytes(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map(|kb| kb * 1024.0)
-        .unwrap_or(0.0)
+    synx_testbed::process_rss_bytes(pid).map_or(0.0, |b| b as f64)
 }
 
 /// Busy and total jiffies of the whole machine (/proc/stat "cpu" line).
