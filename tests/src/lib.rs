@@ -126,6 +126,16 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
+        self.spawn(f).join().map_err(|p| anyhow::anyhow!("thread in netns panicked: {p:?}"))?
+    }
+
+    /// Start `f` on a thread that has entered this namespace and return at once (threads it
+    /// starts in turn inherit the namespace). Joining gives `f`'s result, or why the thread
+    /// could not enter the namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<anyhow::Result<T>> {
         let path = PathBuf::from("/var/run/netns").join(&self.name);
         std::thread::spawn(move || -> anyhow::Result<T> {
             let file = std::fs::File::open(&path)
@@ -136,8 +146,6 @@ impl Netns {
             }
             Ok(f())
         })
-        .join()
-        .map_err(|p| anyhow::anyhow!("thread in netns panicked: {p:?}"))?
     }
 }
 

@@ -59,13 +59,9 @@ fn hyper_serves_http_unchanged_on_synx_streams() {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (stats_tx, stats_rx) = mpsc::channel::<Vec<(&'static str, u64)>>();
-    let server_ns = net.server.name().to_string();
     // The engine and its threads live in the server namespace: start them from a thread that
     // entered it (threads inherit the namespace of the thread that creates them).
-    let server = std::thread::spawn(move || {
-        let ns = std::fs::File::open(format!("/var/run/netns/{server_ns}")).unwrap();
-        // SAFETY: setns on this thread only, with a valid namespace fd.
-        assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) }, 0);
+    let server = net.server.spawn(move || {
         let engine = match synx::Engine::start(synx::EngineOptions::new(iface)) {
             Ok(e) => e,
             Err(e) => return ready_tx.send(Err(format!("{e:#}"))).unwrap(),
@@ -127,7 +123,7 @@ fn hyper_serves_http_unchanged_on_synx_streams() {
 
     stop_tx.send(()).unwrap();
     let stats: std::collections::HashMap<_, _> = stats_rx.recv_timeout(Duration::from_secs(10)).unwrap().into_iter().collect();
-    server.join().unwrap();
+    server.join().unwrap().unwrap();
     // One connection for both requests, established through the XDP cookie path.
     assert_eq!(stats["tcp_accepted"], 1, "{stats:?}");
     assert!(stats["xdp_syn_cookie_sent"] >= 1, "{stats:?}");

@@ -399,46 +399,39 @@ fn s11_kill_9_mid_transfer_the_client_is_reset_and_a_restarted_daemon_serves() {
     let stop = Arc::new(AtomicBool::new(false));
     let (m, st) = (moved.clone(), stop.clone());
     // A client that streams through the echo until something breaks.
-    let client = {
-        let path = format!("/var/run/netns/{}", net.client.name());
-        std::thread::spawn(move || -> std::io::Result<()> {
-            use std::os::fd::AsRawFd as _;
-            let ns = std::fs::File::open(&path)?;
-            // SAFETY: setns on this thread only.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            s.set_read_timeout(Some(Duration::from_secs(30)))?;
-            s.set_write_timeout(Some(Duration::from_secs(30)))?;
-            let mut r = s.try_clone()?;
-            let reader = std::thread::spawn(move || -> std::io::Result<()> {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    match r.read(&mut buf)? {
-                        0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                        n => m.fetch_add(n as u64, Ordering::Relaxed),
-                    };
-                }
-            });
-            let chunk = vec![0x5a; 65536];
-            let wrote = loop {
-                if st.load(Ordering::Relaxed) {
-                    break Ok(());
-                }
-                if let Err(e) = s.write_all(&chunk) {
-                    break Err(e);
-                }
-            };
-            let read = reader.join().unwrap();
-            wrote.and(read)
-        })
-    };
+    let client = net.client.spawn(move || -> std::io::Result<()> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let mut r = s.try_clone()?;
+        let reader = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match r.read(&mut buf)? {
+                    0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    n => m.fetch_add(n as u64, Ordering::Relaxed),
+                };
+            }
+        });
+        let chunk = vec![0x5a; 65536];
+        let wrote = loop {
+            if st.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+            if let Err(e) = s.write_all(&chunk) {
+                break Err(e);
+            }
+        };
+        let read = reader.join().unwrap();
+        wrote.and(read)
+    });
     assert!(wait_for(Duration::from_secs(10), || moved.load(Ordering::Relaxed) > 4 << 20));
     let killed_at = Instant::now();
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(daemon.pid() as i32, libc::SIGKILL) };
     // With synx gone, its XDP program goes with it and the server's kernel, which has no
     // socket on this port, answers the client's next segment with a reset.
-    let outcome = client.join().unwrap();
+    let outcome = client.join().unwrap().unwrap();
     stop.store(true, Ordering::Relaxed);
     let err = outcome.expect_err("the transfer survived the daemon's death?");
     assert!(
