@@ -4,7 +4,7 @@
 //! A stream and its engine thread share a small state behind a mutex: bytes received (filled by
 //! the engine from the TCP core, bounded), bytes to send (drained by the engine into the TCP
 //! core's send buffer, bounded), close/shutdown requests and the final error. The app side wakes
-//! the engine through an eventfd only when the engine cannot know there is work (data written
+//! the engine ([`EngineWaker`]) only when the engine cannot know there is work (data written
 //! into an empty queue, room made in a full receive queue, shutdown, drop); the engine wakes the
 //! app side through the stored wakers.
 
@@ -12,7 +12,6 @@ use std::{
     collections::VecDeque,
     io,
     net::SocketAddr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
@@ -29,47 +28,51 @@ pub const STREAM_TX_CAP: usize = 256 * 1024;
 
 pub use crate::tcp::Keepalive;
 
-/// Wakes an engine thread: connection handles with app-side work, plus an eventfd it polls.
+/// Wakes an engine thread: the connection handles with app-side work, and the engine's task
+/// waker. The engine loop runs as a task on its thread's own tokio runtime, so waking it from an
+/// app task on the same thread is a queue push, and from another thread tokio's own unpark.
+#[derive(Default)]
 pub struct EngineWaker {
-    eventfd: OwnedFd,
-    pending: Mutex<Vec<u32>>,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    handles: Vec<u32>,
+    /// Set while the engine sleeps: woken by the first handle queued.
+    engine: Option<Waker>,
 }
 
 impl EngineWaker {
-    pub fn new() -> io::Result<Self> {
-        // SAFETY: plain syscall; the fd is owned below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd we own.
-        Ok(Self { eventfd: unsafe { OwnedFd::from_raw_fd(fd) }, pending: Mutex::new(Vec::new()) })
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Queue `handle` for the engine and wake it if it may be asleep.
+    /// Queue `handle` for the engine and wake it if it sleeps.
     pub fn notify(&self, handle: u32) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let was_empty = pending.is_empty();
-        pending.push(handle);
+        pending.handles.push(handle);
+        let engine = pending.engine.take();
         drop(pending);
-        if was_empty {
-            let one: u64 = 1;
-            // SAFETY: writing 8 bytes to our eventfd.
-            unsafe { libc::write(self.eventfd.as_raw_fd(), (&raw const one).cast(), 8) };
+        if let Some(w) = engine {
+            w.wake();
         }
     }
 
-    /// Engine side: take the queued handles (and reset the eventfd).
+    /// Engine side: take the queued handles.
     pub fn drain(&self, out: &mut Vec<u32>) {
-        let mut counter: u64 = 0;
-        // SAFETY: reading 8 bytes from our non-blocking eventfd.
-        unsafe { libc::read(self.eventfd.as_raw_fd(), (&raw mut counter).cast(), 8) };
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        out.append(&mut pending);
+        out.append(&mut pending.handles);
     }
 
-    pub fn fd(&self) -> RawFd {
-        self.eventfd.as_raw_fd()
+    /// Engine side, before sleeping: ready if handles are queued, else wake `cx` on the next.
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if !pending.handles.is_empty() {
+            return Poll::Ready(());
+        }
+        pending.engine = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 
@@ -290,7 +293,7 @@ mod tests {
     use super::*;
 
     fn pair() -> (Stream, Arc<Shared>, Arc<EngineWaker>) {
-        let waker = Arc::new(EngineWaker::new().unwrap());
+        let waker = Arc::new(EngineWaker::new());
         let shared = Shared::new(
             7,
             "198.18.0.1:80".parse().unwrap(),
@@ -351,6 +354,35 @@ mod tests {
         let s = writer.await.unwrap();
         assert!(shared.lock().tx_shutdown);
         drop(s);
+    }
+
+    #[test]
+    fn the_engine_sleeps_until_the_first_handle_is_queued() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let engine = EngineWaker::new();
+        assert!(engine.poll_notified(&mut cx).is_pending());
+        engine.notify(3);
+        engine.notify(4);
+        // One wakeup for the first handle; the second finds the engine already woken.
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert!(engine.poll_notified(&mut cx).is_ready());
+        let mut handles = Vec::new();
+        engine.drain(&mut handles);
+        assert_eq!(handles, vec![3, 4]);
+        // Not sleeping (no waker registered): queued, nobody woken.
+        engine.notify(5);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert!(engine.poll_notified(&mut cx).is_ready());
     }
 
     #[tokio::test]

@@ -4,12 +4,21 @@
 //! One turn of the loop: receive a batch of frames and feed them to the endpoint (a cookie ACK
 //! for an unknown tuple becomes a new connection once its cookie checks out); serve connections
 //! the applications poked; run expired timers; move data between the TCP core and the
-//! applications' streams; transmit what the core wants to send. Then sleep in poll(2) on the
-//! socket and the app eventfd until the next timer.
+//! applications' streams; transmit what the core wants to send. Then sleep until a frame
+//! arrives, an application pokes, or the next timer is due.
+//!
+//! The loop is a task on the thread's own single-threaded tokio runtime, which also runs the
+//! apps of listeners served on the engine threads ([`Accept::Local`]): their reads and writes
+//! wake nothing across threads, so a request/response turn costs one wakeup, not three.
 
 use std::{
+    cell::Cell,
     collections::HashMap,
+    future::Future,
     net::SocketAddr,
+    os::fd::{AsRawFd, RawFd},
+    pin::Pin,
+    rc::Rc,
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -116,9 +125,21 @@ pub struct ConnInfo {
     pub queue: u32,
 }
 
+/// Serves one accepted connection on the engine thread that owns it. Called on that thread;
+/// the future it returns runs there too, so it need not be `Send`.
+pub type LocalHandler = Arc<dyn Fn(Stream) -> Pin<Box<dyn Future<Output = ()>>> + Send + Sync>;
+
+/// Where a listener's accepted connections go.
+pub enum Accept {
+    /// To a [`Listener`], whose `accept()` any runtime on any thread may await.
+    Channel(tokio::sync::mpsc::UnboundedSender<Stream>),
+    /// To a handler run on the engine thread of the connection's RX queue.
+    Local(LocalHandler),
+}
+
 /// A listener as the engine threads see it.
 pub struct ListenerEntry {
-    pub accepted: tokio::sync::mpsc::UnboundedSender<Stream>,
+    pub accept: Accept,
     pub keepalive: Keepalive,
 }
 
@@ -131,11 +152,16 @@ pub struct Listeners {
 impl Listeners {
     pub fn add(&self, addr: SocketAddr, keepalive: Keepalive) -> Listener {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.by_addr
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(addr, Arc::new(ListenerEntry { accepted: tx, keepalive }));
+        self.insert(addr, ListenerEntry { accept: Accept::Channel(tx), keepalive });
         Listener::new(addr, rx)
+    }
+
+    pub fn add_local(&self, addr: SocketAddr, keepalive: Keepalive, handler: LocalHandler) {
+        self.insert(addr, ListenerEntry { accept: Accept::Local(handler), keepalive });
+    }
+
+    fn insert(&self, addr: SocketAddr, entry: ListenerEntry) {
+        self.by_addr.write().unwrap_or_else(|e| e.into_inner()).insert(addr, Arc::new(entry));
     }
 
     pub fn find(&self, local: SocketAddr) -> Option<Arc<ListenerEntry>> {
@@ -189,16 +215,51 @@ struct QueueEngine {
     syn_acks: Vec<(Link, SocketAddr, SocketAddr, tcp::segment::Header)>,
     /// The MSS we announce (as XDP does).
     mss: u16,
+    /// App tasks of [`Accept::Local`] listeners alive on this thread.
+    local_tasks: Rc<Cell<usize>>,
 }
 
-/// Run one queue until `ctx.stop` is set and every connection is gone (or aborted).
+/// The AF_XDP socket's fd, for readiness through the runtime's epoll (not closed on drop).
+struct XskFd(RawFd);
+
+impl AsRawFd for XskFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Counts a local app task while it lives.
+struct TaskCount(Rc<Cell<usize>>);
+
+impl Drop for TaskCount {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Run one queue until `ctx.stop` is set and every connection is gone (or aborted), on a
+/// single-threaded runtime of its own (with the apps of local listeners).
 pub fn run_queue(
     iface: &str,
     ctx: QueueContext,
     xsk_cfg: XskConfig,
     ready: &mpsc::Sender<anyhow::Result<u32>>,
 ) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    tokio::task::LocalSet::new().block_on(&rt, serve_queue(iface, ctx, xsk_cfg, ready))
+}
+
+async fn serve_queue(
+    iface: &str,
+    ctx: QueueContext,
+    xsk_cfg: XskConfig,
+    ready: &mpsc::Sender<anyhow::Result<u32>>,
+) -> anyhow::Result<()> {
     let mut xsk = XskSocket::open(iface, ctx.queue, xsk_cfg)?;
+    // Edge-triggered readiness: cleared when the engine wakes, set again by the next frame.
+    // SAFETY: `xsk` owns the fd and outlives `xsk_ready` (declared after it, dropped before).
+    let xsk_ready = unsafe { tokio::io::unix::AsyncFd::register_with_interest(XskFd(xsk.fd()), tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
     ctx.flows.register_xsk(ctx.queue, xsk.fd())?;
     tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), "AF_XDP socket bound");
     let _ = ready.send(Ok(ctx.queue));
@@ -213,6 +274,7 @@ pub fn run_queue(
         poked: Vec::new(),
         syn_acks: Vec::new(),
         mss: engine_mss,
+        local_tasks: Rc::new(Cell::new(0)),
     };
     let mut last_work = now();
     loop {
@@ -238,18 +300,26 @@ pub fn run_queue(
             .stats
             .time_wait_fin_reacked
             .store(engine.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
-        if received > 0 || poked > 0 {
+        if received > 0 {
+            last_work = t;
+            // More frames may be waiting: look again, after letting this thread's apps read
+            // what just arrived (their writes go out in the next turn).
+            if engine.local_tasks.get() > 0 {
+                tokio::task::yield_now().await;
+            }
+            continue;
+        }
+        if poked > 0 {
             last_work = t;
         } else if t.saturating_duration_since(last_work) < engine.ctx.busy_poll {
             // Right after work the next frame or app write usually follows within microseconds
             // (a request's response, the next segment of a burst): look again instead of
             // paying a sleep and a wakeup for it.
             std::thread::yield_now();
+            tokio::task::yield_now().await;
             continue;
         }
-        if received == 0 {
-            engine.sleep(&xsk);
-        }
+        engine.sleep(&xsk_ready).await;
     }
 }
 
@@ -357,7 +427,21 @@ impl QueueEngine {
         let shared = Shared::new(handle.slot(), local, remote, self.ctx.waker.clone());
         self.glue.insert(handle, Glue { shared: shared.clone(), link, finished: false });
         self.ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        if listener.accepted.send(Stream::new(shared)).is_err() {
+        let stream = Stream::new(shared);
+        let refused = match &listener.accept {
+            Accept::Channel(tx) => tx.send(stream).is_err(),
+            Accept::Local(handler) => {
+                let app = handler(stream);
+                let count = self.local_tasks.clone();
+                count.set(count.get() + 1);
+                tokio::task::spawn_local(async move {
+                    let _alive = TaskCount(count);
+                    app.await;
+                });
+                false
+            }
+        };
+        if refused {
             // The application stopped listening: refuse the connection.
             if let Some(conn) = self.endpoint.connection_mut(handle) {
                 conn.abort(now);
@@ -606,9 +690,9 @@ impl QueueEngine {
         }
     }
 
-    /// Sleep in poll(2) until a frame arrives, an app pokes us, or the next timer is due
-    /// (at most 100 ms, so stop requests and conns queries are noticed).
-    fn sleep(&mut self, xsk: &XskSocket) {
+    /// Sleep until a frame arrives, an app pokes us, or the next timer is due (at most 100 ms,
+    /// so stop requests and conns queries are noticed). This thread's apps run meanwhile.
+    async fn sleep(&mut self, xsk: &tokio::io::unix::AsyncFd<XskFd>) {
         let t = now();
         let timeout = match self.endpoint.poll_timeout() {
             Some(at) => at.saturating_duration_since(t).min(Duration::from_millis(100)),
@@ -617,13 +701,18 @@ impl QueueEngine {
         if timeout.is_zero() {
             return;
         }
-        let mut fds = [
-            libc::pollfd { fd: xsk.fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.ctx.waker.fd(), events: libc::POLLIN, revents: 0 },
-        ];
-        let ms = timeout.as_millis().clamp(1, 100) as i32;
-        // SAFETY: poll on two valid pollfds.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        let waker = &self.ctx.waker;
+        tokio::select! {
+            biased;
+            () = std::future::poll_fn(|cx| waker.poll_notified(cx)) => {}
+            r = xsk.readable() => {
+                if let Ok(mut guard) = r {
+                    // The next turn drains the ring; a frame arriving later sets it again.
+                    guard.clear_ready();
+                }
+            }
+            () = tokio::time::sleep(timeout) => {}
+        }
     }
 }
 
