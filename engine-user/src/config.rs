@@ -65,6 +65,19 @@ pub struct RunConfig {
     pub busy_poll: Duration,
     /// How long SIGTERM lets connections finish before resetting the rest.
     pub grace: Duration,
+    pub app_threads: AppThreads,
+}
+
+/// Which threads run the built-in apps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AppThreads {
+    /// Each connection's app on the engine thread of its RX queue: no thread hop between the
+    /// TCP core and the app, one wakeup per request/response turn.
+    #[default]
+    Engine,
+    /// Every app on one tokio worker thread beside the engine threads: app and engine work in
+    /// parallel, at the cost of two cross-thread wakeups per turn.
+    Worker,
 }
 
 impl RunConfig {
@@ -95,6 +108,7 @@ pub struct FileConfig {
     pub xdp_mode: Option<String>,
     pub busy_poll: Option<String>,
     pub grace: Option<String>,
+    pub app_threads: Option<String>,
 }
 
 impl FileConfig {
@@ -120,6 +134,7 @@ pub struct FlagConfig {
     pub xdp_mode: Option<AttachMode>,
     pub busy_poll: Option<Duration>,
     pub grace: Option<Duration>,
+    pub app_threads: Option<AppThreads>,
 }
 
 /// Flags win over the file, the file over defaults.
@@ -160,6 +175,13 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         (None, Some("skb")) => AttachMode::Skb,
         (None, Some(other)) => return Err(format!("xdp_mode {other:?}: choose native or skb")),
     };
+    let app_threads = match (flags.app_threads, file.app_threads.as_deref()) {
+        (Some(t), _) => t,
+        (None, None) => AppThreads::default(),
+        (None, Some("engine")) => AppThreads::Engine,
+        (None, Some("worker")) => AppThreads::Worker,
+        (None, Some(other)) => return Err(format!("app_threads {other:?}: choose engine or worker")),
+    };
     let msl = flags.msl.or(dur(file.msl)?).unwrap_or(RunConfig::DEFAULT_MSL);
     let max_conns = flags.max_conns.or(file.max_conns).unwrap_or(RunConfig::DEFAULT_MAX_CONNS);
     if max_conns == 0 {
@@ -175,6 +197,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         xdp_mode,
         busy_poll: flags.busy_poll.or(dur(file.busy_poll)?).unwrap_or(Duration::ZERO),
         grace: flags.grace.or(dur(file.grace)?).unwrap_or(RunConfig::DEFAULT_GRACE),
+        app_threads,
     })
 }
 
@@ -221,6 +244,7 @@ mod tests {
             keepalive_probes = 3
             msl = "1s"
             busy_poll = "50us"
+            app_threads = "worker"
             "#,
         )
         .unwrap();
@@ -240,6 +264,7 @@ mod tests {
         assert_eq!(c.msl, Duration::from_secs(1));
         assert_eq!(c.xdp_mode, AttachMode::Skb);
         assert_eq!(c.busy_poll, Duration::from_micros(50));
+        assert_eq!(c.app_threads, AppThreads::Worker);
 
         let d = merge(
             FlagConfig {
@@ -256,6 +281,7 @@ mod tests {
         assert_eq!(d.msl, Duration::from_secs(30));
         assert_eq!(d.app, App::Echo);
         assert_eq!(d.busy_poll, Duration::ZERO);
+        assert_eq!(d.app_threads, AppThreads::Engine);
     }
 
     #[test]
@@ -264,5 +290,8 @@ mod tests {
         let no_listen = FlagConfig { iface: Some("x".into()), ..Default::default() };
         assert!(merge(no_listen, FileConfig::default()).unwrap_err().contains("--listen"));
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        let threads: FileConfig = toml::from_str(r#"app_threads = "many""#).unwrap();
+        let flags = FlagConfig { iface: Some("x".into()), listen: vec!["198.18.0.1:7".parse().unwrap()], ..Default::default() };
+        assert!(merge(flags, threads).unwrap_err().contains("engine or worker"));
     }
 }

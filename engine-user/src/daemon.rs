@@ -5,7 +5,7 @@ use std::{io::Write as _, path::PathBuf, sync::Arc};
 
 use crate::{
     apps,
-    config::RunConfig,
+    config::{AppThreads, RunConfig},
     control::{self, Request, Responder},
     engine::{Engine, EngineOptions},
 };
@@ -47,6 +47,15 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         tokio::spawn(control::serve(control, engine.clone()));
         for spec in &cfg.listen {
             let app = cfg.app_for(spec);
+            if cfg.app_threads == AppThreads::Engine {
+                engine.serve_local(spec.addr, cfg.keepalive, move |stream| async move {
+                    let peer = stream.peer_addr();
+                    if let Err(e) = apps::serve(app, stream).await {
+                        tracing::debug!("{app} for {peer}: {e}");
+                    }
+                })?;
+                continue;
+            }
             let mut listener = engine.listen(spec.addr)?;
             tokio::spawn(async move {
                 while let Ok((stream, peer)) = listener.accept().await {
@@ -63,11 +72,12 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         let mut out = std::io::stdout();
         writeln!(
             out,
-            "listening on {} (iface {}, xdp {:?}, {queues} queue{})",
+            "listening on {} (iface {}, xdp {:?}, {queues} queue{}, apps on {})",
             specs.join(", "),
             cfg.iface,
             cfg.xdp_mode,
-            if queues == 1 { "" } else { "s" }
+            if queues == 1 { "" } else { "s" },
+            if cfg.app_threads == AppThreads::Engine { "the engine threads" } else { "a worker thread" },
         )?;
         out.flush()?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -78,7 +88,7 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
     // Stop accepting (new cookie ACKs find no listener and get a reset), give open connections
-    // the grace period (the apps keep running on the runtime's worker), then reset the rest.
+    // the grace period (the apps keep running on their threads), then reset the rest.
     if result.is_ok() {
         let _ = writeln!(std::io::stdout(), "shutting down: {} s grace for open connections", cfg.grace.as_secs());
     }

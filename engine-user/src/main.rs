@@ -97,6 +97,11 @@ struct RunArgs {
     /// that follow each other closely, paid in CPU. Default 0 (off).
     #[arg(long, value_parser = parse_duration)]
     busy_poll: Option<Duration>,
+    /// Where the apps run: `engine` (default), each connection's app on the engine thread of
+    /// its RX queue, one wakeup per request/response; `worker`, all apps on one tokio worker
+    /// thread beside the engine threads.
+    #[arg(long, value_enum)]
+    app_threads: Option<config::AppThreads>,
     /// On SIGTERM, how long open connections may finish before they are reset. Default 5s.
     #[arg(long, value_parser = parse_duration)]
     grace: Option<Duration>,
@@ -145,6 +150,7 @@ fn real_main() -> anyhow::Result<()> {
                 xdp_mode: args.xdp_mode,
                 busy_poll: args.busy_poll,
                 grace: args.grace,
+                app_threads: args.app_threads,
             };
             let cfg = config::merge(flags, file).map_err(anyhow::Error::msg)?;
             synx::daemon::run(cfg, args.control_socket)

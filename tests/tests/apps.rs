@@ -51,10 +51,13 @@ fn payload(n: usize) -> Vec<u8> {
 
 #[test]
 fn hyper_serves_http_unchanged_on_synx_streams() {
+    // The two ways to serve with the engine: accept() on the program's own runtime (port 80),
+    // and serve_local(), each connection's handler on its engine thread (port 81).
     require_root();
     let net = VethPair::new().unwrap();
     net.attach_peer_xdp().unwrap();
     let addr = SocketAddr::new(net.server_v4.into(), 80);
+    let local_addr = SocketAddr::new(net.server_v4.into(), 81);
     let iface = net.server_if.clone();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -67,6 +70,14 @@ fn hyper_serves_http_unchanged_on_synx_streams() {
             Err(e) => return ready_tx.send(Err(format!("{e:#}"))).unwrap(),
         };
         let mut listener = engine.listen(addr).unwrap();
+        engine
+            .serve_local(local_addr, engine.options().keepalive, |stream| async move {
+                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(handle));
+                if let Err(e) = conn.await {
+                    eprintln!("hyper connection on the engine thread: {e}");
+                }
+            })
+            .unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         rt.block_on(async move {
             ready_tx.send(Ok(())).unwrap();
@@ -98,34 +109,37 @@ fn hyper_serves_http_unchanged_on_synx_streams() {
     let req_file = dir.join("req");
     let resp_file = dir.join("resp");
     std::fs::write(&req_file, &body).unwrap();
-    let url = format!("http://{addr}");
-    let out = net
-        .client
-        .command("curl")
-        .args(["-sS", "-v", "--max-time", "20", &format!("{url}/hello"), "--next", "-sS", "--max-time", "20"])
-        .args(["--data-binary", &format!("@{}", req_file.display()), "-o", resp_file.to_str().unwrap()])
-        .arg(format!("{url}/echo"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "curl failed: {stderr}");
-    assert_eq!(stdout, "hello from hyper on synx\n");
-    assert!(stderr.contains("x-body-len: 1048576"), "{stderr}");
-    assert!(
-        stderr.contains("Re-using existing connection") || stderr.contains("Reusing existing"),
-        "curl did not keep the connection alive: {stderr}"
-    );
-    let echoed = std::fs::read(&resp_file).unwrap();
+    for addr in [addr, local_addr] {
+        let url = format!("http://{addr}");
+        let out = net
+            .client
+            .command("curl")
+            .args(["-sS", "-v", "--max-time", "20", &format!("{url}/hello"), "--next", "-sS", "--max-time", "20"])
+            .args(["--data-binary", &format!("@{}", req_file.display()), "-o", resp_file.to_str().unwrap()])
+            .arg(format!("{url}/echo"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "curl {url} failed: {stderr}");
+        assert_eq!(stdout, "hello from hyper on synx\n");
+        assert!(stderr.contains("x-body-len: 1048576"), "{stderr}");
+        assert!(
+            stderr.contains("Re-using existing connection") || stderr.contains("Reusing existing"),
+            "curl did not keep the connection to {url} alive: {stderr}"
+        );
+        let echoed = std::fs::read(&resp_file).unwrap();
+        assert!(echoed == body, "{url}: echoed body differs ({} bytes back)", echoed.len());
+        std::fs::remove_file(&resp_file).unwrap();
+    }
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(echoed == body, "echoed body differs ({} bytes back)", echoed.len());
 
     stop_tx.send(()).unwrap();
     let stats: std::collections::HashMap<_, _> = stats_rx.recv_timeout(Duration::from_secs(10)).unwrap().into_iter().collect();
     server.join().unwrap().unwrap();
-    // One connection for both requests, established through the XDP cookie path.
-    assert_eq!(stats["tcp_accepted"], 1, "{stats:?}");
+    // One connection per port for both requests, established through the XDP cookie path.
+    assert_eq!(stats["tcp_accepted"], 2, "{stats:?}");
     assert!(stats["xdp_syn_cookie_sent"] >= 1, "{stats:?}");
 }
 
@@ -328,6 +342,53 @@ fn one_engine_per_rx_queue_serves_the_flows_of_each() {
     assert!(wait_for(Duration::from_secs(10), || daemon.conns().unwrap().is_empty()));
 }
 
+/// 4 MiB through the echo app on `port` while reading it back, then 200 small request/response
+/// turns; whether every byte came back as sent.
+fn echo_bulk_then_turns(net: &VethPair, port: u16) -> bool {
+    let addr = SocketAddr::new(net.server_v4.into(), port);
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
+    let expect = data.clone();
+    net.client
+        .run(move || {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut w = s.try_clone().unwrap();
+            let writer = std::thread::spawn(move || w.write_all(&data).unwrap());
+            let mut back = vec![0u8; expect.len()];
+            s.read_exact(&mut back).unwrap();
+            writer.join().unwrap();
+            // Many small request/response turns: the pattern where the threads matter.
+            for i in 0..200u32 {
+                s.write_all(&i.to_be_bytes()).unwrap();
+                let mut b = [0u8; 4];
+                s.read_exact(&mut b).unwrap();
+                assert_eq!(u32::from_be_bytes(b), i);
+            }
+            back == expect
+        })
+        .unwrap()
+}
+
+#[test]
+fn apps_on_a_worker_thread_serve_as_on_the_engine_threads() {
+    // `--app-threads worker` hands each stream to a tokio worker beside the engine thread (the
+    // Listener/accept path); the same bytes must come back, and curl's keep-alive must work.
+    require_root();
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    let echo = format!("{}:7=echo", net.server_v4);
+    let http = format!("{}:80=http", net.server_v4);
+    let daemon =
+        Daemon::start(&net.server, &net.server_if, &["--listen", &echo, "--listen", &http, "--app-threads", "worker"]).unwrap();
+    assert!(daemon.banner.last().unwrap().contains("apps on a worker thread"), "{:?}", daemon.banner);
+    assert!(echo_bulk_then_turns(&net, 7), "4 MiB echoed by the worker's app came back different");
+    let url = format!("http://{}:80/", net.server_v4);
+    let out = net.client.command("curl").args(["-sS", "-v", "--max-time", "10", &url, &url]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "curl: {stderr}");
+    assert!(stderr.contains("Re-using existing connection") || stderr.contains("Reusing existing"), "{stderr}");
+}
+
 #[test]
 fn busy_poll_serves_the_same_bytes_and_stops_polling_when_idle() {
     // --busy-poll keeps the engine polling after work; it must serve exactly as without it, and
@@ -337,30 +398,7 @@ fn busy_poll_serves_the_same_bytes_and_stops_polling_when_idle() {
     net.attach_peer_xdp().unwrap();
     let listen = format!("{}:7=echo", net.server_v4);
     let daemon = Daemon::start(&net.server, &net.server_if, &["--listen", &listen, "--busy-poll", "200us"]).unwrap();
-    let addr = SocketAddr::new(net.server_v4.into(), 7);
-    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
-    let expect = data.clone();
-    let ok = net
-        .client
-        .run(move || {
-            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut w = s.try_clone().unwrap();
-            let writer = std::thread::spawn(move || w.write_all(&data).unwrap());
-            let mut back = vec![0u8; expect.len()];
-            s.read_exact(&mut back).unwrap();
-            writer.join().unwrap();
-            // Many small request/response turns: the pattern busy polling is for.
-            for i in 0..200u32 {
-                s.write_all(&i.to_be_bytes()).unwrap();
-                let mut b = [0u8; 4];
-                s.read_exact(&mut b).unwrap();
-                assert_eq!(u32::from_be_bytes(b), i);
-            }
-            back == expect
-        })
-        .unwrap();
-    assert!(ok, "4 MiB echoed with busy polling came back different");
+    assert!(echo_bulk_then_turns(&net, 7), "4 MiB echoed with busy polling came back different");
     // Idle now (the client has closed; nothing moves): two seconds of the daemon's CPU.
     std::thread::sleep(Duration::from_millis(500));
     let cpu = || process_cpu_secs(daemon.pid()).expect("the daemon's CPU time");
