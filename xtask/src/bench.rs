@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Extra arguments for `synx run` (repeatable), to compare settings, e.g.
+    /// `--synx-arg=--app-threads=worker`.
+    #[arg(long, allow_hyphen_values = true)]
+    synx_arg: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -210,7 +214,7 @@ fn meminfo_kb(key: &str) -> f64 {
 }
 
 impl Rig {
-    fn start(synx_bin: &Path) -> anyhow::Result<Self> {
+    fn start(synx_bin: &Path, synx_args: &[String]) -> anyhow::Result<Self> {
         let net = VethPair::new()?;
         // Routes back to the spoofed flood sources and the extra idle-client addresses.
         for block in [FLOOD_NET, IDLE_NET] {
@@ -221,22 +225,15 @@ impl Rig {
         net.server.exec("sysctl", &["-qw", "net.core.somaxconn=65535"])?;
         net.server.exec("sysctl", &["-qw", "net.ipv4.tcp_max_syn_backlog=65535"])?;
         let ip = net.server_v4;
+        let listen = [
+            format!("--listen={ip}:{SYNX_HTTP}=http"),
+            format!("--listen={ip}:{SYNX_ECHO}=echo"),
+            format!("--listen={ip}:{SYNX_DISCARD}=discard"),
+        ];
+        let args: Vec<&str> = listen.iter().chain(synx_args).map(String::as_str).collect();
         let synx = net
             .attach_peer_xdp()
-            .and_then(|()| {
-                Daemon::start(
-                    &net.server,
-                    &net.server_if,
-                    &[
-                        "--listen",
-                        &format!("{ip}:{SYNX_HTTP}=http"),
-                        "--listen",
-                        &format!("{ip}:{SYNX_ECHO}=echo"),
-                        "--listen",
-                        &format!("{ip}:{SYNX_DISCARD}=discard"),
-                    ],
-                )
-            })
+            .and_then(|()| Daemon::start(&net.server, &net.server_if, &args))
             .map_err(|e| format!("synx did not start: {e:#}"));
         let kernel = KernelServer::start(&net, synx_bin)?;
         Ok(Self { net, synx, kernel })
@@ -632,7 +629,7 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
     } else {
         Box::leak(format!("{idle_n} connections; synx: daemon RSS growth; kernel: slab growth minus the client side, plus server RSS").into_boxed_str())
     };
-    let rig = Rig::start(synx_bin).context("starting the bench rig")?;
+    let rig = Rig::start(synx_bin, &args.synx_arg).context("starting the bench rig")?;
     match &rig.synx {
         Ok(d) => println!("bench: synx pid {}, kernel baseline pid {}, {rounds} rounds", d.pid(), rig.kernel.pid()),
         Err(e) => println!("bench: {e}; measuring the kernel side only"),
