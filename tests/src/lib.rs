@@ -485,12 +485,17 @@ impl PacketSocket {
     }
 
     /// Inject one frame.
-    pub fn send(&self, frame: &[u8]) -> anyhow::Result<()> {
+    /// Send one frame. A plain `io::Error` (no backtrace): flood generators call this in a
+    /// tight loop, and a full device queue fails many sends.
+    pub fn send(&self, frame: &[u8]) -> std::io::Result<()> {
         use std::os::fd::AsRawFd as _;
         // SAFETY: sending from a valid buffer on our socket.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        ensure!(n == frame.len() as isize, "AF_PACKET send: {}", std::io::Error::last_os_error());
-        Ok(())
+        match n {
+            n if n == frame.len() as isize => Ok(()),
+            n if n < 0 => Err(std::io::Error::last_os_error()),
+            n => Err(std::io::Error::other(format!("AF_PACKET sent {n} of {} bytes", frame.len()))),
+        }
     }
 
     /// Frames seen within `timeout` for which `keep` holds (stops early after `max`).
