@@ -19,6 +19,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 enum Command {
     /// Attach the XDP program to an interface and serve TCP on the listed addresses.
     Run(RunArgs),

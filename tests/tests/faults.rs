@@ -219,10 +219,10 @@ fn learn(frames: &[Vec<u8>], client_port: u16) -> Seen {
             if let Some((v, _)) = timestamps(&t) {
                 tsval = v;
             }
-        } else if t.destination_port() == client_port {
-            if let Some((v, _)) = timestamps(&t) {
-                tsecr = v;
-            }
+        } else if t.destination_port() == client_port
+            && let Some((v, _)) = timestamps(&t)
+        {
+            tsecr = v;
         }
     }
     Seen { client_port, rcv_nxt: rcv_nxt.unwrap(), snd_nxt: snd_nxt.unwrap(), ts: (tsval, tsecr) }

@@ -254,10 +254,7 @@ fn s07b_keepalive_live_peer_answers_and_survives() {
     let back = bed
         .net
         .client
-        .run(move || {
-            let r = echo_roundtrip(&mut stream, b"still here");
-            r
-        })
+        .run(move || echo_roundtrip(&mut stream, b"still here"))
         .unwrap();
     assert_eq!(back, b"still here");
 }

@@ -806,7 +806,7 @@ fn raise_nofile() -> u64 {
     let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit with a valid struct.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) };
-    now.rlim_cur as u64
+    now.rlim_cur
 }
 
 fn print_table(rows: &[Row]) {
