@@ -26,6 +26,12 @@ pub const XSKS: &str = "XSKS";
 pub const CONFIG: &str = "CONFIG";
 /// Per-CPU token bucket of [`RstBucket`] limiting RSTs sent from XDP.
 pub const RST_BUCKET: &str = "RST_BUCKET";
+/// One-entry array of [`BenchFrame`]: the frame the micro-benchmark programs put back before
+/// each run (never used by the attached program).
+pub const BENCH_FRAME: &str = "BENCH_FRAME";
+/// Length of [`BenchFrame`]'s frame: a Linux client's IPv4 SYN (Ethernet, IPv4, TCP with MSS,
+/// SACK-permitted, timestamps, NOP, window scale).
+pub const BENCH_FRAME_LEN: usize = 74;
 
 /// FLOWS value XDP writes when a cookie ACK validates, before userspace has created the
 /// connection: later segments of the flow (data, FIN) then go to userspace too instead of
@@ -136,6 +142,15 @@ pub struct RstBucket {
     pub last_ns: u64,
 }
 
+/// The frame of [`BENCH_FRAME`]: its first [`BENCH_FRAME_LEN`] bytes, as the wire has them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct BenchFrame {
+    pub words: [u64; 10],
+}
+
+const _: () = assert!(BENCH_FRAME_LEN <= 80);
+
 #[cfg(feature = "user")]
 mod pod_impls {
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, and have no padding bytes left implicit
@@ -147,4 +162,5 @@ mod pod_impls {
     unsafe impl aya::Pod for super::PortListeners {}
     unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::RstBucket {}
+    unsafe impl aya::Pod for super::BenchFrame {}
 }

@@ -19,7 +19,7 @@ use engine_common::{
     counters,
     handshake::HandshakeFacts,
     maps::{
-        self, CONFIG_RST_BAD_COOKIE, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, ListenerValue,
+        self, BenchFrame, CONFIG_RST_BAD_COOKIE, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, ListenerValue,
         PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY, PORT_V6_SOME, PortListeners, XdpConfig,
     },
 };
@@ -28,6 +28,10 @@ use engine_common::{
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/synx-xdp"));
 const PROGRAM: &str = "synx_xdp";
 const PEER_PROGRAM: &str = "synx_peer_pass";
+/// Micro-benchmark programs (never attached): the main program after restoring BENCH_FRAME,
+/// and the restore alone.
+const BENCH_SYN_PROGRAM: &str = "synx_bench_syn";
+const BENCH_RESTORE_PROGRAM: &str = "synx_bench_restore";
 /// Window-scale shift announced in SYN-ACKs (Linux announces 7 for its default buffers).
 pub const OUR_WSCALE: u8 = 7;
 /// RSTs per second per CPU that XDP may send for segments with no connection.
@@ -55,6 +59,8 @@ pub enum BpfError {
     Mmap(std::io::Error),
     #[error("no randomness for the SYN-cookie secret: {0}")]
     Random(std::io::Error),
+    #[error("micro-benchmark: {0}")]
+    Unexpected(String),
 }
 
 /// How to attach: native (driver) mode, or generic (skb) mode for devices without XDP support.
@@ -459,6 +465,33 @@ impl XdpEngine {
         Ok((r.return_value, out, r.duration))
     }
 
+    /// The micro-benchmark's program (`synx_bench_syn`) on `frame`, `repeat` times, each run
+    /// on `frame` restored: the action, the frame the last run left, the time per run. Loads
+    /// the benchmark programs on first use.
+    pub fn test_run_bench(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration), BpfError> {
+        self.load_bench_programs(frame)?;
+        self.test_run_program(BENCH_SYN_PROGRAM, frame, repeat)
+    }
+
+    /// Load the micro-benchmark programs (once) and give them `frame` to restore before each run.
+    fn load_bench_programs(&mut self, frame: &[u8]) -> Result<(), BpfError> {
+        let mut saved = BenchFrame { words: [0; 10] };
+        if frame.len() != maps::BENCH_FRAME_LEN {
+            return Err(BpfError::Unexpected(format!("a bench frame has {} bytes, not {}", frame.len(), maps::BENCH_FRAME_LEN)));
+        }
+        bytemuck::bytes_of_mut(&mut saved)[..frame.len()].copy_from_slice(frame);
+        let mut map: Array<_, BenchFrame> =
+            Array::try_from(self.ebpf.map_mut(maps::BENCH_FRAME).ok_or(BpfError::MissingMap(maps::BENCH_FRAME))?)?;
+        map.set(0, &saved, 0)?;
+        for name in [BENCH_SYN_PROGRAM, BENCH_RESTORE_PROGRAM] {
+            let prog = program(&mut self.ebpf, name)?;
+            if prog.fd().is_err() {
+                prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+            }
+        }
+        Ok(())
+    }
+
     fn write_config(&mut self) -> Result<(), BpfError> {
         let mut cfg: Array<_, XdpConfig> =
             Array::try_from(self.ebpf.map_mut(maps::CONFIG).ok_or(BpfError::MissingMap(maps::CONFIG))?)?;
@@ -638,16 +671,23 @@ fn median_ns(mut v: Vec<u64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0) as f64
 }
 
-/// Per-packet cost of the XDP paths under BPF_PROG_TEST_RUN, median over `runs` runs.
+/// Per-packet cost of the XDP paths under BPF_PROG_TEST_RUN.
 ///
-/// The SYN path rewrites its frame in place, so each run gets a fresh frame (repeat = 1; the
-/// kernel times the program run itself, not the syscall, but a single run's time still holds
-/// the harness's clock reads and set-up: `xdp_test_run_floor_ns`, a program that only returns,
-/// measures that share). The baseline answers the same SYN with the same rewrite, the cookie
-/// coming from the kernel's bpf_tcp_raw_gen_syncookie_ipv4 and the TSval offset from a keyed
-/// hash of the 4-tuple (`cookie::tuple_hash`; the helper has none to give).
+/// SYN -> SYN-ACK, for synx and for the baseline: the program rewrites its frame in place, and
+/// BPF_PROG_TEST_RUN hands each repeat the frame the previous one left, so the SYN rows run
+/// `synx_bench_syn`, which first puts the SYN back from a map and then runs exactly the code of
+/// the attached program; `synx_bench_restore` (the restore alone) is subtracted. Each call
+/// times [`SYN_REPEAT`] packets, so the kernel's own clock reads and set-up (a few hundred ns
+/// per call) spread over all of them. The baseline answers the same SYN with the same rewrite,
+/// the cookie coming from the kernel's bpf_tcp_raw_gen_syncookie_ipv4 and the TSval offset from
+/// a keyed hash of the 4-tuple (`cookie::tuple_hash`; the helper has none to give). synx, the
+/// baseline and the restore alternate call by call; each row is the median of `runs / 100`
+/// calls' per-packet times. `xdp_synack_single_run_ns` is the earlier method for comparison:
+/// one packet per call, the harness's share (`xdp_test_run_floor_ns`, a program that only
+/// returns, timed the same way) included.
 pub fn micro_bench(runs: u32) -> Result<Vec<MicroRow>, BpfError> {
     use etherparse::{PacketBuilder, TcpOptionElement};
+    const SYN_REPEAT: u32 = 1000;
     let server: SocketAddr = "198.18.0.1:80".parse().expect("address");
     let client: SocketAddr = "198.18.0.2:40000".parse().expect("address");
     let mut e = XdpEngine::load(1024, 1460)?;
@@ -673,26 +713,54 @@ pub fn micro_bench(runs: u32) -> Result<Vec<MicroRow>, BpfError> {
     let time = |e: &mut XdpEngine, frame: &[u8], repeat: u32| -> Result<u64, BpfError> {
         Ok(e.test_run(frame, repeat)?.2.as_nanos() as u64)
     };
+    const XDP_TX: u32 = 3;
+    // The SYN path once, its action checked (a path that drops early would time nothing).
+    let time_syn = |e: &mut XdpEngine| -> Result<u64, BpfError> {
+        let (action, _, t) = e.test_run(&syn, 1)?;
+        if action != XDP_TX {
+            return Err(BpfError::Unexpected(format!("the SYN got action {action}, not XDP_TX")));
+        }
+        Ok(t.as_nanos() as u64)
+    };
     // The baseline runs in a second copy of the program, configured for the kernel's cookie.
-    // Runs alternate between the two (and the harness floor), so that neither gets warmer
-    // caches or a different CPU frequency than the other.
     let mut base = XdpEngine::load(1024, 1460)?;
     base.add_listener(server, 0)?;
     let kernel_cfg = XdpConfig { flags: base.config.flags | maps::CONFIG_KERNEL_COOKIE, ..base.config };
     base.set_config(kernel_cfg)?;
-    // The harness's own share of a single run: a program that only returns XDP_PASS.
-    program(&mut e.ebpf, PEER_PROGRAM)?.load().map_err(|err| BpfError::Load(Box::new(err)))?;
-    let mut ours = Vec::with_capacity(runs as usize);
-    let mut kernel = Vec::with_capacity(runs as usize);
-    let mut floor = Vec::with_capacity(runs as usize);
-    for i in 0..runs {
-        if i % 2 == 0 {
-            ours.push(time(&mut e, &syn, 1)?);
-            kernel.push(time(&mut base, &syn, 1)?);
-        } else {
-            kernel.push(time(&mut base, &syn, 1)?);
-            ours.push(time(&mut e, &syn, 1)?);
+    for engine in [&mut e, &mut base] {
+        engine.load_bench_programs(&syn)?;
+    }
+    // One call of `name` with `repeat` packets: its time per packet, after checking that every
+    // packet got the expected action.
+    let per_packet = |e: &mut XdpEngine, name: &str, repeat: u32| -> Result<u64, BpfError> {
+        let (action, _, t) = e.test_run_program(name, &syn, repeat)?;
+        if action != XDP_TX {
+            return Err(BpfError::Unexpected(format!("{name} returned {action}, not XDP_TX")));
         }
+        Ok(t.as_nanos() as u64)
+    };
+    let calls = (runs / 100).max(20);
+    let (mut ours, mut kernel) = (Vec::with_capacity(calls as usize), Vec::with_capacity(calls as usize));
+    for i in 0..calls {
+        let restore = per_packet(&mut e, BENCH_RESTORE_PROGRAM, SYN_REPEAT)?;
+        let (a, b) = if i % 2 == 0 {
+            let a = per_packet(&mut e, BENCH_SYN_PROGRAM, SYN_REPEAT)?;
+            (a, per_packet(&mut base, BENCH_SYN_PROGRAM, SYN_REPEAT)?)
+        } else {
+            let b = per_packet(&mut base, BENCH_SYN_PROGRAM, SYN_REPEAT)?;
+            (per_packet(&mut e, BENCH_SYN_PROGRAM, SYN_REPEAT)?, b)
+        };
+        ours.push(a.saturating_sub(restore));
+        kernel.push(b.saturating_sub(restore));
+    }
+    // The earlier method: one fresh frame per call, the harness included.
+    program(&mut e.ebpf, PEER_PROGRAM)?.load().map_err(|err| BpfError::Load(Box::new(err)))?;
+    let mut single = Vec::with_capacity(runs as usize);
+    let mut single_kernel = Vec::with_capacity(runs as usize);
+    let mut floor = Vec::with_capacity(runs as usize);
+    for _ in 0..runs {
+        single.push(time_syn(&mut e)?);
+        single_kernel.push(time_syn(&mut base)?);
         floor.push(e.test_run_program(PEER_PROGRAM, &syn, 1)?.2.as_nanos() as u64);
     }
     drop(base);
@@ -718,6 +786,7 @@ pub fn micro_bench(runs: u32) -> Result<Vec<MicroRow>, BpfError> {
     }
     Ok(vec![
         MicroRow { name: "xdp_synack_ns", synx_ns: median_ns(ours), kernel_ns: Some(median_ns(kernel)) },
+        MicroRow { name: "xdp_synack_single_run_ns", synx_ns: median_ns(single), kernel_ns: Some(median_ns(single_kernel)) },
         MicroRow { name: "xdp_test_run_floor_ns", synx_ns: median_ns(floor), kernel_ns: None },
         MicroRow { name: "xdp_cookie_ack_ns", synx_ns: median_ns(ack_ns), kernel_ns: None },
         MicroRow { name: "xdp_flow_segment_ns", synx_ns: median_ns(flow_ns), kernel_ns: None },

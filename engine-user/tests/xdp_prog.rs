@@ -610,3 +610,29 @@ fn known_v6_flow_and_v6_cookie_ack() {
     assert_eq!(e.test_run(&data, 1).unwrap().0, XDP_DROP);
     assert_eq!(counter(&e, "xdp_flow_segment"), before + 1, "the claimed tuple's next segment follows");
 }
+
+#[test]
+fn the_benchmark_program_answers_as_the_attached_one_and_so_does_the_kernel_cookie_baseline() {
+    // `synx bench-xdp` times `synx_bench_syn` (restore the SYN, then the attached program's
+    // code) and the kernel-helper baseline; both must really build the SYN-ACK, or the numbers
+    // time an early drop.
+    let syn = frame(false, 40000, 1000, &linux_syn_opts(), |b| b.syn(), &[]);
+    let mut e = engine();
+    let (action, attached, _) = e.test_run(&syn, 1).unwrap();
+    assert_eq!(action, XDP_TX);
+    for repeat in [1, 50] {
+        let (action, out, _) = e.test_run_bench(&syn, repeat).unwrap();
+        assert_eq!(action, XDP_TX, "repeat {repeat}");
+        // The same cookie period, so the same bytes (the TSval may move with the clock).
+        check_synack(&e, false, 1000, &out, true);
+        assert_eq!(tcp_of(&out).sequence_number(), tcp_of(&attached).sequence_number());
+    }
+    let kernel = XdpConfig { flags: e.config().flags | engine_common::maps::CONFIG_KERNEL_COOKIE, ..*e.config() };
+    e.set_config(kernel).unwrap();
+    let (action, out, _) = e.test_run_bench(&syn, 50).unwrap();
+    assert_eq!(action, XDP_TX, "the kernel-helper baseline must answer the SYN");
+    let t = tcp_of(&out);
+    assert!(t.syn() && t.ack(), "a SYN-ACK");
+    assert_eq!(t.acknowledgment_number(), 1001);
+    assert_eq!(t.options().len(), 20, "the same options as ours");
+}
