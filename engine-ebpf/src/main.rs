@@ -863,8 +863,10 @@ fn syn_ack(ctx: &XdpContext, seg: &Seg, cfg: &XdpConfig, now: Now) -> Verdict {
         let m = cookie::make(&cfg.secrets[0], &seg.tuple(), seg.seq, now.ns, mss);
         (m.isn, m.ts_offset)
     };
-    // Options, Linux's order: MSS, SACK-permitted, timestamps, NOP, window scale.
-    let [m0, m1] = mss.to_be_bytes();
+    // Options, Linux's order: MSS, SACK-permitted, timestamps, NOP, window scale. The MSS we
+    // announce is what we can receive (RFC 6691 2, RFC 9293 3.7.1), whatever the client's;
+    // the cookie keeps the smaller of the two, the size we may send.
+    let [m0, m1] = cfg.mss.to_be_bytes();
     let mut o: [u32; SYNACK_OPT_WORDS] = [wire([2, 4, m0, m1]), 0, 0, 0, 0];
     if let Some(client_ts) = opts.ts {
         // RFC 7323 3.2: TSecr echoes the client's TSval; our TSval carries what the cookie

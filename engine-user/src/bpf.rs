@@ -208,7 +208,7 @@ impl CookieChecker {
         sack: bool,
         now_ns: u64,
         our_mss: u16,
-    ) -> Option<(u32, u16, Option<u32>)> {
+    ) -> Option<(u32, Option<u32>)> {
         let tuple = cookie_tuple(local, remote)?;
         // RFC 9293 3.7.1: no MSS option means 536 (IPv4) / 1220 (IPv6).
         let default_mss = if local.is_ipv4() { 536 } else { 1220 };
@@ -217,7 +217,7 @@ impl CookieChecker {
         let minted = cookie::make(&current, &tuple, client_isn, now_ns, mss);
         let tsval = client_ts
             .map(|_| cookie::ts_encode((now_ns / 1_000_000) as u32, minted.ts_offset, client_wscale, sack, false));
-        Some((minted.isn, mss, tsval))
+        Some((minted.isn, tsval))
     }
 
     /// The window-scale shift we announce.

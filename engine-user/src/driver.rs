@@ -458,7 +458,7 @@ impl QueueEngine {
     fn answer_syn(&mut self, now: Instant, link: Link, local: SocketAddr, remote: SocketAddr, syn: &tcp::segment::Header) {
         use tcp::segment::{Flags, Header, Options};
         let o = &syn.options;
-        let Some((isn, mss, tsval)) = self.ctx.cookies.syn_ack(
+        let Some((isn, tsval)) = self.ctx.cookies.syn_ack(
             local,
             remote,
             syn.seq.0,
@@ -481,7 +481,8 @@ impl QueueEngine {
             window: 65535,
             urgent: 0,
             options: Options {
-                mss: Some(mss),
+                // What we can receive (RFC 6691 2), as XDP announces; the cookie holds what we send.
+                mss: Some(self.mss),
                 // Without timestamps the cookie cannot carry scaling or SACK (as in XDP).
                 window_scale: if ts.is_some() { o.window_scale.map(|_| self.ctx.cookies.wscale()) } else { None },
                 sack_permitted: ts.is_some() && o.sack_permitted,

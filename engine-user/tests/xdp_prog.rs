@@ -357,9 +357,9 @@ fn everything_else_passes_untouched() {
 /// What a SYN's options should earn in the SYN-ACK.
 #[derive(Clone, Copy)]
 struct Expect {
-    /// MSS the cookie carries (the client's, rounded down to the cookie table) and we announce.
+    /// MSS the cookie carries (the client's, rounded down to the cookie table). We announce our
+    /// own (RFC 6691 2), whatever the client's.
     cookie_mss: u16,
-    announced_mss: u16,
     /// The client's TSval, when it sent timestamps.
     ts: Option<u32>,
     sack: bool,
@@ -389,7 +389,7 @@ fn check_synack_layout(e: &XdpEngine, v6: bool, syn_seq: u32, out: &[u8], want: 
     let checked = cookie::check(&e.config().secrets, &tuple, syn_seq, t.sequence_number(), now_ns());
     assert_eq!(checked.map(|c| c.mss), Some(want.cookie_mss), "{what}: cookie");
     let opts: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
-    let mut expected = vec![TcpOptionElement::MaximumSegmentSize(want.announced_mss)];
+    let mut expected = vec![TcpOptionElement::MaximumSegmentSize(e.config().mss)];
     let tsval = match want.ts {
         None => {
             // Without timestamps the cookie cannot carry scaling or SACK: MSS, then EOL padding.
@@ -445,55 +445,55 @@ fn every_syn_option_layout_gets_the_right_syn_ack() {
         (
             "Linux: MSS, SACK-permitted, TS, NOP, WS",
             vec![Mss(1460), SackOk, Ts(123456, 0), Noop, Ws(7)],
-            Expect { cookie_mss: 1460, announced_mss: 1460, ts: Some(123456), sack: true, wscale: Some(7) },
+            Expect { cookie_mss: 1460, ts: Some(123456), sack: true, wscale: Some(7) },
             true,
         ),
         (
             "Linux without SACK: MSS, NOP, NOP, TS, NOP, WS",
             vec![Mss(1400), Noop, Noop, Ts(5, 0), Noop, Ws(2)],
-            Expect { cookie_mss: 1220, announced_mss: 1400, ts: Some(5), sack: false, wscale: Some(2) },
+            Expect { cookie_mss: 1220, ts: Some(5), sack: false, wscale: Some(2) },
             true,
         ),
         (
             "Linux layout, window scale 15 (RFC 7323 2.3: used as 14)",
             vec![Mss(9000), SackOk, Ts(u32::MAX, 0), Noop, Ws(15)],
-            Expect { cookie_mss: 1460, announced_mss: 1460, ts: Some(u32::MAX), sack: true, wscale: Some(14) },
+            Expect { cookie_mss: 1460, ts: Some(u32::MAX), sack: true, wscale: Some(14) },
             true,
         ),
         (
             "MSS only",
             vec![Mss(1440)],
-            Expect { cookie_mss: 1440, announced_mss: 1440, ts: None, sack: false, wscale: None },
+            Expect { cookie_mss: 1440, ts: None, sack: false, wscale: None },
             true,
         ),
         (
             "no options (RFC 9293 3.7.1: MSS 536)",
             vec![],
-            Expect { cookie_mss: 536, announced_mss: 536, ts: None, sack: false, wscale: None },
+            Expect { cookie_mss: 536, ts: None, sack: false, wscale: None },
             true,
         ),
         (
             "Windows: MSS, NOP, WS, NOP, NOP, SACK-permitted (no TS: MSS only back)",
             vec![Mss(1460), Noop, Ws(8), Noop, Noop, SackOk],
-            Expect { cookie_mss: 1460, announced_mss: 1460, ts: None, sack: false, wscale: None },
+            Expect { cookie_mss: 1460, ts: None, sack: false, wscale: None },
             false,
         ),
         (
             "macOS: MSS, NOP, WS, NOP, NOP, TS, SACK-permitted, EOL",
             vec![Mss(1460), Noop, Ws(6), Noop, Noop, Ts(77, 0), SackOk, TcpOptionElement::Noop, TcpOptionElement::Noop],
-            Expect { cookie_mss: 1460, announced_mss: 1460, ts: Some(77), sack: true, wscale: Some(6) },
+            Expect { cookie_mss: 1460, ts: Some(77), sack: true, wscale: Some(6) },
             false,
         ),
         (
             "Linux's options in another order (TS first)",
             vec![Noop, Noop, Ts(9, 0), Mss(1460), SackOk, Noop, Ws(7)],
-            Expect { cookie_mss: 1460, announced_mss: 1460, ts: Some(9), sack: true, wscale: Some(7) },
+            Expect { cookie_mss: 1460, ts: Some(9), sack: true, wscale: Some(7) },
             false,
         ),
         (
             "TS without window scale, 20 bytes: MSS, SACK-permitted, TS, NOP, NOP, NOP, NOP",
             vec![Mss(1460), SackOk, Ts(3, 0), Noop, Noop, Noop, Noop],
-            Expect { cookie_mss: 1460, announced_mss: 1460, ts: Some(3), sack: true, wscale: None },
+            Expect { cookie_mss: 1460, ts: Some(3), sack: true, wscale: None },
             false,
         ),
     ];
@@ -505,7 +505,6 @@ fn every_syn_option_layout_gets_the_right_syn_ack() {
             if v6 && opts.is_empty() {
                 // RFC 9293 3.7.1: 1220 for IPv6.
                 want.cookie_mss = 1220;
-                want.announced_mss = 1220;
             }
             let syn = frame(v6, 40000, 1000, opts, |b| b.syn(), &[]);
             let (action, out, _) = e.test_run(&syn, 1).unwrap();
@@ -518,7 +517,7 @@ fn every_syn_option_layout_gets_the_right_syn_ack() {
 
 #[test]
 fn syn_frames_of_another_size_are_resized_into_the_same_syn_ack() {
-    let want = Expect { cookie_mss: 1460, announced_mss: 1460, ts: Some(123456), sack: true, wscale: Some(7) };
+    let want = Expect { cookie_mss: 1460, ts: Some(123456), sack: true, wscale: Some(7) };
     // IPv4 options (4 NOPs): the reply carries none, so the frame shrinks.
     let syn = frame(false, 40000, 1000, &linux_syn_opts(), |b| b.syn(), &[]);
     let mut with_ip_opts = syn[..34].to_vec();
