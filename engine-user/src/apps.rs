@@ -90,8 +90,10 @@ where
     }
 }
 
-/// A read buffer that costs an idle connection nothing on the heap: the first read lands in a
-/// small inline array; the large buffer is allocated once data actually flows.
+/// A read buffer that costs an idle connection nothing on the heap: reads land in a small
+/// inline array; the large buffer exists only while reads fill the small one (a bulk flow),
+/// and goes again with the first read that would have fit it, so a connection that has gone
+/// quiet after traffic holds no 32 KB either.
 struct LazyBuf {
     small: [u8; 256],
     big: Vec<u8>,
@@ -108,12 +110,19 @@ impl LazyBuf {
     async fn read<S: AsyncRead + Unpin>(&mut self, s: &mut S) -> std::io::Result<&[u8]> {
         if self.big.is_empty() {
             let n = s.read(&mut self.small).await?;
-            if n > 0 {
+            if n == self.small.len() {
+                // A full small read: more is likely coming; read it in large pieces.
                 self.big = vec![0u8; Self::BIG];
             }
             return Ok(&self.small[..n]);
         }
         let n = s.read(&mut self.big).await?;
+        if n <= self.small.len() {
+            // The flow has slowed to small reads: back to the inline array, large one freed.
+            self.small[..n].copy_from_slice(&self.big[..n]);
+            self.big = Vec::new();
+            return Ok(&self.small[..n]);
+        }
         Ok(&self.big[..n])
     }
 }
@@ -207,6 +216,10 @@ pub async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Resul
             }
         };
         buf.drain(..consumed);
+        if buf.is_empty() {
+            // Between requests a keep-alive connection holds no buffer (the next read allocates).
+            buf = Vec::new();
+        }
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n",
             HTTP_BODY.len(),
@@ -283,6 +296,30 @@ mod tests {
         ] {
             assert!(size <= 1024, "{name}: {size} B");
         }
+    }
+
+    #[tokio::test]
+    async fn the_large_read_buffer_lives_only_while_reads_fill_the_small_one() {
+        use tokio::io::AsyncWriteExt as _;
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let mut buf = LazyBuf::new();
+        client.write_all(b"ping").await.unwrap();
+        assert_eq!(buf.read(&mut server).await.unwrap(), b"ping");
+        assert_eq!(buf.big.capacity(), 0, "a small read allocates nothing");
+        let bulk = vec![7u8; 10_000];
+        client.write_all(&bulk).await.unwrap();
+        assert_eq!(buf.read(&mut server).await.unwrap().len(), 256);
+        assert_eq!(buf.big.len(), LazyBuf::BIG, "a full small read switches to the large buffer");
+        let mut got = 256;
+        while got < bulk.len() {
+            got += buf.read(&mut server).await.unwrap().len();
+        }
+        assert_eq!(got, bulk.len(), "every byte read exactly once");
+        client.write_all(b"quiet now").await.unwrap();
+        assert_eq!(buf.read(&mut server).await.unwrap(), b"quiet now");
+        assert_eq!(buf.big.capacity(), 0, "a small read frees the large buffer");
+        drop(client);
+        assert!(buf.read(&mut server).await.unwrap().is_empty(), "EOF");
     }
 
     #[test]
