@@ -630,3 +630,34 @@ pub fn process_rss_bytes(pid: u32) -> Option<u64> {
     let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// One BPF map a process holds open, as /proc/PID/fdinfo describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BpfMapInfo {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    /// The kernel's accounting of the map's memory (all entries, preallocated or not).
+    pub memlock: u64,
+}
+
+/// The BPF maps process `pid` has open (each once, by map id).
+pub fn process_bpf_maps(pid: u32) -> Vec<BpfMapInfo> {
+    let mut seen = std::collections::HashSet::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return Vec::new() };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|text| {
+            let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<u64>().ok());
+            let id = field("map_id:")?;
+            seen.insert(id).then(|| BpfMapInfo {
+                map_type: field("map_type:").unwrap_or(0) as u32,
+                key_size: field("key_size:").unwrap_or(0) as u32,
+                value_size: field("value_size:").unwrap_or(0) as u32,
+                max_entries: field("max_entries:").unwrap_or(0) as u32,
+                memlock: field("memlock:").unwrap_or(0),
+            })
+        })
+        .collect()
+}

@@ -549,7 +549,11 @@ fn idle(rig: &Rig, synx: bool, n: usize) -> anyhow::Result<(f64, f64)> {
     let cpu_pct = (process_cpu_secs(pid) - cpu0) / window * 100.0;
     // Process memory plus, for the kernel, the kernel's own slab growth (which also includes
     // the client sockets: the same for both sides, subtracted when the two are compared).
-    let bytes = (rss1 - rss0) + if synx { 0.0 } else { slab1 - slab0 };
+    let maps = if synx { bpf_bytes_per_conn(pid)? } else { 0.0 };
+    if synx {
+        eprintln!("bench: idle synx: RSS {:.0} B + BPF maps {maps:.0} B per connection", (rss1 - rss0) / n as f64);
+    }
+    let bytes = (rss1 - rss0) + if synx { n as f64 * maps } else { slab1 - slab0 };
     ensure!(
         !synx || rss1 - rss0 > 0.0,
         "the daemon's RSS did not grow with {n} connections (heap freed earlier was reused): not measurable"
@@ -559,6 +563,23 @@ fn idle(rig: &Rig, synx: bool, n: usize) -> anyhow::Result<(f64, f64)> {
     std::thread::sleep(Duration::from_secs(2));
     IDLE_CLIENT_SLAB.store(client_side.max(0.0) as u64, Ordering::Relaxed);
     Ok((bytes / n as f64, cpu_pct))
+}
+
+/// BPF map memory per connection: the kernel's memlock accounting of every map sized by the
+/// connection limit (FLOWS4, FLOWS6, LAST_SEEN: as many entries as FLOWS4), divided by that
+/// limit. Preallocated maps cost the same for every slot, used or not; FLOWS6 (allocated on
+/// insert) counts what its entries use.
+fn bpf_bytes_per_conn(pid: u32) -> anyhow::Result<f64> {
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let maps = synx_testbed::process_bpf_maps(pid);
+    let limit = maps
+        .iter()
+        .filter(|m| m.map_type == BPF_MAP_TYPE_HASH && m.key_size == 12)
+        .map(|m| m.max_entries)
+        .max()
+        .context("the daemon has no FLOWS4 map open")?;
+    let bytes: u64 = maps.iter().filter(|m| m.max_entries == limit).map(|m| m.memlock).sum();
+    Ok(bytes as f64 / f64::from(limit))
 }
 
 /// Client-side slab growth seen during the synx idle round, to subtract from the kernel's.
@@ -674,9 +695,9 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
         let capped = (nofile.saturating_sub(4096) as usize).max(1000);
         eprintln!("bench: the hard open-files limit is {nofile}: idle rows use {capped} connections, not {idle_n}");
         idle_n = capped;
-        Box::leak(format!("{capped} connections (capped by RLIMIT_NOFILE {nofile}); synx: daemon RSS growth; kernel: slab growth minus the client side, plus server RSS").into_boxed_str())
+        Box::leak(format!("{capped} connections (capped by RLIMIT_NOFILE {nofile}); synx: daemon RSS growth plus BPF maps per slot; kernel: slab growth minus the client side, plus server RSS").into_boxed_str())
     } else {
-        Box::leak(format!("{idle_n} connections; synx: daemon RSS growth; kernel: slab growth minus the client side, plus server RSS").into_boxed_str())
+        Box::leak(format!("{idle_n} connections; synx: daemon RSS growth plus BPF maps per slot; kernel: slab growth minus the client side, plus server RSS").into_boxed_str())
     };
     let rig = Rig::start(synx_bin, &args.synx_arg).context("starting the bench rig")?;
     match &rig.synx {
