@@ -201,16 +201,22 @@ fn machine_cpu() -> (f64, f64) {
     (total - idle, total)
 }
 
-fn meminfo_kb(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
+/// Bytes of slab objects in use, machine-wide (/proc/slabinfo: active objects times object
+/// size, summed over caches). Objects, not slab pages: pages freed objects leave behind stay in
+/// the caches, and a later round would reuse them without any growth in meminfo's Slab (seen:
+/// a server round growing less than the client sockets alone).
+fn slab_active_bytes() -> f64 {
+    std::fs::read_to_string("/proc/slabinfo")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            let active: f64 = f.next()?.parse().ok()?;
+            let size: f64 = f.nth(1)?.parse().ok()?;
+            Some(active * size)
         })
-        .unwrap_or(0.0)
+        .sum()
 }
 
 impl Rig {
@@ -515,53 +521,108 @@ fn syn_flood(rig: &Rig, synx: bool, secs: u64) -> anyhow::Result<(f64, f64, f64,
     Ok((synacks as f64 / secs as f64, server_us, machine_us, 100.0 * f64::from(ok) / f64::from(tried.max(1))))
 }
 
-/// Open `n` idle connections, measure server memory per connection and CPU while idle.
-fn idle(rig: &Rig, synx: bool, n: usize) -> anyhow::Result<(f64, f64)> {
-    let port = rig.port(synx, "echo");
-    let per_ip = 60_000usize;
-    let ips: Vec<Ipv4Addr> = (0..n.div_ceil(per_ip)).map(|i| Ipv4Addr::from(u32::from(IDLE_NET) + 10 + i as u32)).collect();
-    for ip in &ips {
-        let _ = rig.net.client.ip(&["addr", "add", &format!("{ip}/32"), "dev", &rig.net.client_if]);
+/// `xtask idle-clients`: hold `count` connections from `src` to `addr` until stdin closes.
+pub fn idle_clients(addr: SocketAddr, src: Ipv4Addr, count: usize) -> anyhow::Result<()> {
+    raise_nofile();
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.bind(&SocketAddr::new(IpAddr::V4(src), 0).into())?;
+        s.connect_timeout(&addr.into(), Duration::from_secs(5)).with_context(|| format!("connection {i} from {src}"))?;
+        held.push(s);
     }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {count}")?;
+    out.flush()?;
+    drop(out);
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+    drop(held);
+    Ok(())
+}
+
+/// Child processes holding idle client connections: each process's open-files limit caps how
+/// many one holds, so `n` connections take as many processes as needed. Killed on drop.
+struct IdleClients(Vec<Child>);
+
+impl Drop for IdleClients {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Open `n` idle connections from the client namespace, spread over child processes (each
+/// from its own source address, at most `per_process`), and wait until all are established.
+fn open_idle_clients(rig: &Rig, addr: SocketAddr, n: usize, per_process: usize) -> anyhow::Result<IdleClients> {
+    let exe = std::env::current_exe()?;
+    let mut clients = IdleClients(Vec::new());
+    let per_process = per_process.clamp(1, 60_000);
+    for (i, first) in (0..n).step_by(per_process).enumerate() {
+        let count = per_process.min(n - first);
+        let ip = Ipv4Addr::from(u32::from(IDLE_NET) + 10 + i as u32);
+        let _ = rig.net.client.ip(&["addr", "add", &format!("{ip}/32"), "dev", &rig.net.client_if]);
+        let child = rig
+            .net
+            .client
+            .command(exe.to_str().context("xtask path")?)
+            .args(["idle-clients", "--addr", &addr.to_string(), "--src", &ip.to_string(), "--count", &count.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        clients.0.push(child);
+    }
+    for c in &mut clients.0 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(c.stdout.as_mut().context("stdout")?), &mut line)?;
+        if !line.starts_with("ready") {
+            let mut err = String::new();
+            if let Some(e) = c.stderr.as_mut() {
+                let _ = e.read_to_string(&mut err);
+            }
+            bail!("an idle client process failed: {}", err.trim());
+        }
+    }
+    Ok(clients)
+}
+
+/// Open `n` idle connections, measure server memory per connection and CPU while idle.
+fn idle(rig: &Rig, synx: bool, n: usize, per_process: usize) -> anyhow::Result<(f64, f64)> {
+    let port = rig.port(synx, "echo");
     let pid = rig.server_pid(synx)?;
     let rss0 = rss_bytes(pid);
-    let slab0 = meminfo_kb("Slab:") * 1024.0;
-    let addr = rig.addr(port);
-    let socks = rig.net.client.run(move || -> anyhow::Result<Vec<TcpStream>> {
-        let mut v = Vec::with_capacity(n);
-        for i in 0..n {
-            let src = SocketAddr::new(IpAddr::V4(ips[i / per_ip]), 0);
-            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-            s.bind(&src.into())?;
-            s.connect_timeout(&addr.into(), Duration::from_secs(5))
-                .with_context(|| format!("connection {i}"))?;
-            v.push(s.into());
-        }
-        Ok(v)
-    })??;
+    let slab0 = slab_active_bytes();
+    let clients = open_idle_clients(rig, rig.addr(port), n, per_process)?;
     // Let the server settle (accept queues drained, apps parked).
     std::thread::sleep(Duration::from_secs(2));
     let rss1 = rss_bytes(pid);
-    let slab1 = meminfo_kb("Slab:") * 1024.0;
+    let slab1 = slab_active_bytes();
     let cpu0 = process_cpu_secs(pid);
     let window = 5.0;
     std::thread::sleep(Duration::from_secs_f64(window));
     let cpu_pct = (process_cpu_secs(pid) - cpu0) / window * 100.0;
-    // Process memory plus, for the kernel, the kernel's own slab growth (which also includes
-    // the client sockets: the same for both sides, subtracted when the two are compared).
-    let maps = if synx { bpf_bytes_per_conn(pid)? } else { 0.0 };
-    if synx {
-        eprintln!("bench: idle synx: RSS {:.0} B + BPF maps {maps:.0} B per connection", (rss1 - rss0) / n as f64);
-    }
-    let bytes = (rss1 - rss0) + if synx { n as f64 * maps } else { slab1 - slab0 };
     ensure!(
         !synx || rss1 - rss0 > 0.0,
         "the daemon's RSS did not grow with {n} connections (heap freed earlier was reused): not measurable"
     );
-    let client_side = if synx { slab1 - slab0 } else { 0.0 };
-    drop(socks);
+    let maps = if synx { bpf_bytes_per_conn(pid)? } else { 0.0 };
+    eprintln!(
+        "bench: idle {}: {n} connections; per connection: server RSS {:.0} B, BPF maps {maps:.0} B, slab objects machine-wide {:.0} B",
+        if synx { "synx" } else { "kernel" },
+        (rss1 - rss0) / n as f64,
+        (slab1 - slab0) / n as f64,
+    );
+    // Process memory plus, for the kernel, the kernel's own slab growth (which also includes
+    // the client sockets: the same for both sides, subtracted when the two are compared).
+    let bytes = (rss1 - rss0) + if synx { n as f64 * maps } else { slab1 - slab0 };
+    if synx {
+        IDLE_CLIENT_SLAB_PER_CONN.store(((slab1 - slab0).max(0.0) / n as f64) as u64, Ordering::Relaxed);
+    }
+    drop(clients);
     std::thread::sleep(Duration::from_secs(2));
-    IDLE_CLIENT_SLAB.store(client_side.max(0.0) as u64, Ordering::Relaxed);
     Ok((bytes / n as f64, cpu_pct))
 }
 
@@ -582,8 +643,9 @@ fn bpf_bytes_per_conn(pid: u32) -> anyhow::Result<f64> {
     Ok(bytes as f64 / f64::from(limit))
 }
 
-/// Client-side slab growth seen during the synx idle round, to subtract from the kernel's.
-static IDLE_CLIENT_SLAB: AtomicU64 = AtomicU64::new(0);
+/// Client-side slab growth per connection seen during the synx idle round (synx's server side
+/// adds no slab), to subtract from the kernel's.
+static IDLE_CLIENT_SLAB_PER_CONN: AtomicU64 = AtomicU64::new(0);
 
 /// The XDP program's per-packet cost under BPF_PROG_TEST_RUN (`synx bench-xdp`); the kernel
 /// column is the same SYN-ACK rewrite with bpf_tcp_raw_gen_syncookie_ipv4's cookie.
@@ -685,20 +747,24 @@ fn machine_facts(mode: &str) -> serde_json::Value {
 pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
     let rounds = if args.quick { 2 } else { 5 };
     let secs = if args.quick { 3 } else { 5 };
-    let mut idle_n = if args.full { 1_000_000 } else if args.quick { 10_000 } else { 100_000 };
+    let idle_n = if args.full { 1_000_000 } else if args.quick { 10_000 } else { 100_000 };
     let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.starts_with(o.as_str()));
     let nofile = raise_nofile();
-    // One process holds every client socket and the kernel server every accepted one: a hard
-    // RLIMIT_NOFILE that root may not raise (no CAP_SYS_RESOURCE in some containers) caps the
-    // idle row. Measure as many as fit, and say so, rather than fail the row.
-    let idle_note: &'static str = if nofile < idle_n as u64 + 4096 {
-        let capped = (nofile.saturating_sub(4096) as usize).max(1000);
-        eprintln!("bench: the hard open-files limit is {nofile}: idle rows use {capped} connections, not {idle_n}");
-        idle_n = capped;
-        Box::leak(format!("{capped} connections (capped by RLIMIT_NOFILE {nofile}); synx: daemon RSS growth plus BPF maps per slot; kernel: slab growth minus the client side, plus server RSS").into_boxed_str())
-    } else {
-        Box::leak(format!("{idle_n} connections; synx: daemon RSS growth plus BPF maps per slot; kernel: slab growth minus the client side, plus server RSS").into_boxed_str())
-    };
+    // The idle clients spread over processes, each under the open-files limit; the kernel's
+    // server is one process holding every accepted socket, so a hard RLIMIT_NOFILE that root
+    // may not raise (no CAP_SYS_RESOURCE in some containers) caps its side. Measure as many as
+    // fit there, and say so, rather than fail the row.
+    let per_process = (nofile.saturating_sub(256) as usize).max(1000);
+    let kernel_idle_n = idle_n.min((nofile.saturating_sub(4096) as usize).max(1000));
+    let idle_note: &'static str = Box::leak(
+        if kernel_idle_n < idle_n {
+            eprintln!("bench: the hard open-files limit is {nofile}: the kernel's idle row uses {kernel_idle_n} connections, synx's {idle_n}");
+            format!("synx: {idle_n} connections, daemon RSS growth plus BPF maps per slot; kernel: {kernel_idle_n} (its server's RLIMIT_NOFILE is {nofile}), slab growth minus the client side, plus server RSS")
+        } else {
+            format!("{idle_n} connections; synx: daemon RSS growth plus BPF maps per slot; kernel: slab growth minus the client side, plus server RSS")
+        }
+        .into_boxed_str(),
+    );
     let rig = Rig::start(synx_bin, &args.synx_arg).context("starting the bench rig")?;
     match &rig.synx {
         Ok(d) => println!("bench: synx pid {}, kernel baseline pid {}, {rounds} rounds", d.pid(), rig.kernel.pid()),
@@ -713,10 +779,11 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
         let mut s = samples::<2>();
         // One round each: opening the connections is the slow part.
         for side in [true, false] {
-            let r = idle(&rig, side, idle_n).map(|(m, c)| {
+            let n = if side { idle_n } else { kernel_idle_n };
+            let r = idle(&rig, side, n, per_process).map(|(m, c)| {
                 // The kernel's slab growth includes the client sockets; subtract what the
                 // synx round (whose server side adds no slab) measured for them.
-                let m = if side { m } else { m - IDLE_CLIENT_SLAB.load(Ordering::Relaxed) as f64 / idle_n as f64 };
+                let m = if side { m } else { m - IDLE_CLIENT_SLAB_PER_CONN.load(Ordering::Relaxed) as f64 };
                 [m, c]
             });
             record(&mut s, side, r);

@@ -42,6 +42,17 @@ enum Task {
     Demo,
     /// synx against the Linux kernel, side by side in one run, with ratios (needs root).
     Bench(bench::BenchArgs),
+    /// Bench helper: open COUNT connections from SRC to ADDR, print `ready COUNT`, hold them
+    /// until stdin closes (one process per open-files limit's worth of idle connections).
+    #[command(hide = true)]
+    IdleClients {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        src: std::net::Ipv4Addr,
+        #[arg(long)]
+        count: usize,
+    },
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -122,6 +133,7 @@ fn real_main() -> anyhow::Result<()> {
             let bin = build_synx()?;
             bench::bench(args, &bin)
         }
+        Task::IdleClients { addr, src, count } => bench::idle_clients(addr, src, count),
         Task::Demo => {
             require_root("cargo xtask demo")?;
             let bin = build_synx()?;
