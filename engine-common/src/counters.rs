@@ -36,6 +36,7 @@ counters! {
     DROP_BAD_ADDRESS = 18, "xdp_drop_bad_address";
     DROP_NO_ROOM = 19, "xdp_drop_no_room";
     SYN_GENERIC_OPTIONS = 20, "xdp_syn_generic_options";
+    DROP_SYN_BACKLOG = 21, "xdp_drop_syn_backlog";
 }
 
 #[cfg(test)]

@@ -26,6 +26,16 @@ pub const XSKS: &str = "XSKS";
 pub const CONFIG: &str = "CONFIG";
 /// Per-CPU token bucket of [`RstBucket`] limiting RSTs sent from XDP.
 pub const RST_BUCKET: &str = "RST_BUCKET";
+/// `BPF_F_MMAPABLE` array of [`RxBacklogEntry`] per RX queue: frames XDP redirected to the
+/// queue's AF_XDP socket, and frames its engine has taken (or the kernel dropped). While more
+/// than [`RX_BACKLOG_LIMIT`] are outstanding, XDP leaves new SYNs unanswered, so handshakes
+/// cannot outrun the engine that must take their final ACKs.
+pub const RX_BACKLOG: &str = "RX_BACKLOG";
+/// Outstanding frames of a queue above which XDP answers no new SYN: a quarter of the
+/// socket's receive frames, the rest left for the final ACKs in flight and established flows.
+pub const RX_BACKLOG_LIMIT: u64 = 1024;
+/// Entries of [`RX_BACKLOG`] (and of the XSKS map): RX queues served.
+pub const MAX_QUEUES: u32 = 64;
 /// One-entry array of [`BenchFrame`]: the frame the micro-benchmark programs put back before
 /// each run (never used by the attached program).
 pub const BENCH_FRAME: &str = "BENCH_FRAME";
@@ -140,6 +150,15 @@ pub struct XdpConfig {
 pub struct RstBucket {
     pub tokens: u64,
     pub last_ns: u64,
+}
+
+/// One queue's entry of [`RX_BACKLOG`]. XDP adds to `redirected`; userspace stores `consumed`.
+/// Both only grow (wrapping): `redirected - consumed`, read as signed, is the backlog.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RxBacklogEntry {
+    pub redirected: u64,
+    pub consumed: u64,
 }
 
 /// The frame of [`BENCH_FRAME`]: its first [`BENCH_FRAME_LEN`] bytes, as the wire has them.

@@ -28,7 +28,7 @@ use engine_common::{
     cookie::{self, Tuple},
     counters::{self, Counter},
     maps::{
-        BENCH_FRAME_LEN, BenchFrame, CONFIG_KERNEL_COOKIE, CONFIG_RST_BAD_COOKIE, DEFAULT_MAX_FLOWS, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6,
+        BENCH_FRAME_LEN, BenchFrame, MAX_QUEUES, RX_BACKLOG_LIMIT, RxBacklogEntry, CONFIG_KERNEL_COOKIE, CONFIG_RST_BAD_COOKIE, DEFAULT_MAX_FLOWS, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6,
         LISTEN_PORTS_LEN, ListenerKey, ListenerValue, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY,
         PORT_V6_SOME, PortListeners, RstBucket, SLOT_PENDING, XdpConfig,
     },
@@ -47,13 +47,15 @@ static FLOWS6: HashMap<FlowKey6, u32> = HashMap::with_max_entries(DEFAULT_MAX_FL
 #[map(name = "LAST_SEEN")]
 static LAST_SEEN: Array<u64> = Array::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_MMAPABLE);
 #[map(name = "XSKS")]
-static XSKS: XskMap = XskMap::with_max_entries(64, 0);
+static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 #[map(name = "CONFIG")]
 static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
 #[map(name = "TICK_CLOCK")]
 static TICK_CLOCK: PerCpuArray<TickClock> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "RST_BUCKET")]
 static RST_BUCKET: PerCpuArray<RstBucket> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "RX_BACKLOG")]
+static RX_BACKLOG: Array<RxBacklogEntry> = Array::with_max_entries(MAX_QUEUES, BPF_F_MMAPABLE);
 #[map(name = "BENCH_FRAME")]
 static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
 
@@ -274,6 +276,17 @@ fn run(ctx: &XdpContext) -> Verdict {
         return Verdict::Drop(counters::DROP_RST_NO_FLOW);
     }
     if f & SYN != 0 && f & ACK == 0 {
+        // The engine of this queue is behind: a SYN-ACK now would bring a final ACK it may have
+        // to drop, leaving a client that believes it is connected to a server that never heard
+        // of it (an idle client never finds out). Leave the SYN unanswered, as a server with a
+        // full backlog does (RFC 9293 3.10.7.2 lets LISTEN ignore a SYN it cannot serve); the
+        // client retransmits it after its RTO (RFC 6298 2.1: 1 s).
+        // SAFETY: reading the queue index from the context.
+        let queue = unsafe { (*ctx.ctx).rx_queue_index };
+        // Signed: a count that lost increments may trail what userspace took; that is no backlog.
+        if RX_BACKLOG.get(queue).is_some_and(|b| b.redirected.wrapping_sub(b.consumed) as i64 > RX_BACKLOG_LIMIT as i64) {
+            return Verdict::Drop(counters::DROP_SYN_BACKLOG);
+        }
         return syn_ack(ctx, &seg, cfg, coarse_now());
     }
     // Checking a cookie, the precise clock: never behind the clock that minted it (XDP's
@@ -396,7 +409,16 @@ fn to_userspace(ctx: &XdpContext) -> Verdict {
     // SAFETY: reading the queue index from the context.
     let queue = unsafe { (*ctx.ctx).rx_queue_index };
     match XSKS.redirect(queue, u64::from(xdp_action::XDP_DROP)) {
-        Ok(action) => Verdict::Done(action),
+        Ok(action) => {
+            if let Some(b) = RX_BACKLOG.get_ptr_mut(queue) {
+                // A queue's frames are handled by one CPU at a time (its NAPI context), so a
+                // plain increment; in generic mode two CPUs could race and lose one, which only
+                // makes the backlog look smaller (see the SYN check).
+                // SAFETY: a valid array slot; userspace only reads this word.
+                unsafe { (*b).redirected = (*b).redirected.wrapping_add(1) };
+            }
+            Verdict::Done(action)
+        }
         Err(_) => Verdict::Drop(counters::REDIRECT_FAILED),
     }
 }

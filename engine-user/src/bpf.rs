@@ -19,7 +19,7 @@ use engine_common::{
     counters,
     handshake::HandshakeFacts,
     maps::{
-        self, BenchFrame, CONFIG_RST_BAD_COOKIE, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, ListenerValue,
+        self, BenchFrame, CONFIG_RST_BAD_COOKIE, RxBacklogEntry, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, ListenerValue,
         PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY, PORT_V6_SOME, PortListeners, XdpConfig,
     },
 };
@@ -333,6 +333,86 @@ impl Drop for LastSeenMap {
     }
 }
 
+/// The RX_BACKLOG entries (one per RX queue), mapped writable: each engine thread publishes
+/// how many frames it has taken; XDP, which counts what it redirected, holds back new SYNs
+/// while the difference is large.
+#[derive(Clone)]
+pub struct RxBacklog {
+    inner: Arc<RxBacklogMap>,
+}
+
+struct RxBacklogMap {
+    ptr: *mut RxBacklogEntry,
+    len: usize,
+    _map: MapData,
+}
+
+// SAFETY: a shared mapping accessed only through atomic 8-byte loads and stores (XDP writes
+// `redirected` with plain 8-byte stores, which do not tear).
+unsafe impl Send for RxBacklogMap {}
+// SAFETY: as above.
+unsafe impl Sync for RxBacklogMap {}
+
+impl Drop for RxBacklogMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what we mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+impl RxBacklog {
+    fn map(map: MapData) -> Result<Self, BpfError> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = (maps::MAX_QUEUES as usize * std::mem::size_of::<RxBacklogEntry>()).div_ceil(page) * page;
+        // SAFETY: mapping a BPF_F_MMAPABLE array map's fd, shared, read-write.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(BpfError::Mmap(std::io::Error::last_os_error()));
+        }
+        Ok(Self { inner: Arc::new(RxBacklogMap { ptr: ptr.cast(), len, _map: map }) })
+    }
+
+    fn words(&self, queue: u32) -> Option<(&std::sync::atomic::AtomicU64, &std::sync::atomic::AtomicU64)> {
+        if queue >= maps::MAX_QUEUES {
+            return None;
+        }
+        // SAFETY: in bounds of the mapping, 8-byte aligned (page-aligned base, 16-byte
+        // entries); XDP stores `redirected` and loads `consumed` as whole 8-byte words.
+        unsafe {
+            let e = self.inner.ptr.add(queue as usize);
+            Some((
+                std::sync::atomic::AtomicU64::from_ptr(&raw mut (*e).redirected),
+                std::sync::atomic::AtomicU64::from_ptr(&raw mut (*e).consumed),
+            ))
+        }
+    }
+
+    /// Publish how many frames `queue`'s engine has taken (or the kernel dropped) in all.
+    pub fn set_consumed(&self, queue: u32, consumed: u64) {
+        if let Some((_, c)) = self.words(queue) {
+            c.store(consumed, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Frames XDP redirected to `queue` that its engine has not taken (negative if XDP's
+    /// count lost increments).
+    pub fn outstanding(&self, queue: u32) -> i64 {
+        self.words(queue).map_or(0, |(r, c)| {
+            r.load(std::sync::atomic::Ordering::Relaxed).wrapping_sub(c.load(std::sync::atomic::Ordering::Relaxed)) as i64
+        })
+    }
+}
+
 impl LastSeen {
     fn map(map: MapData, slots: u32) -> Result<Self, BpfError> {
         // SAFETY: sysconf has no preconditions.
@@ -378,6 +458,7 @@ pub struct XdpEngine {
     secrets: Arc<RwLock<[Key; 2]>>,
     flows: FlowTable,
     last_seen: LastSeen,
+    rx_backlog: RxBacklog,
 }
 
 impl XdpEngine {
@@ -394,6 +475,10 @@ impl XdpEngine {
         let last_seen = match take(&mut ebpf, maps::LAST_SEEN)? {
             Map::Array(data) => LastSeen::map(data, max_flows)?,
             _ => return Err(BpfError::MissingMap(maps::LAST_SEEN)),
+        };
+        let rx_backlog = match take(&mut ebpf, maps::RX_BACKLOG)? {
+            Map::Array(data) => RxBacklog::map(data)?,
+            _ => return Err(BpfError::MissingMap(maps::RX_BACKLOG)),
         };
         let current = random_key()?;
         let config = XdpConfig {
@@ -412,6 +497,7 @@ impl XdpEngine {
             secrets: Arc::new(RwLock::new(config.secrets)),
             flows: FlowTable { flows: Arc::new(Mutex::new(flows)), xsks: Arc::new(Mutex::new(xsks)) },
             last_seen,
+            rx_backlog,
         };
         engine.write_config()?;
         program(&mut engine.ebpf, PROGRAM)?.load().map_err(|e| BpfError::Load(Box::new(e)))?;
@@ -527,6 +613,11 @@ impl XdpEngine {
         let entry = ports.get(&port, 0)?;
         ports.set(port, &port_entry(entry, addr), 0)?;
         Ok(())
+    }
+
+    /// The per-queue backlog counts XDP consults before answering a SYN.
+    pub fn rx_backlog(&self) -> RxBacklog {
+        self.rx_backlog.clone()
     }
 
     pub fn flow_table(&self) -> FlowTable {

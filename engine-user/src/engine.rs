@@ -145,6 +145,7 @@ impl Engine {
                 flows: xdp.flow_table(),
                 cookies: xdp.cookie_checker(),
                 last_seen: xdp.last_seen(),
+                rx_backlog: xdp.rx_backlog(),
                 stats: q_stats,
                 stop: stop.clone(),
                 abort_all: abort_all.clone(),

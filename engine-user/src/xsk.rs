@@ -25,7 +25,9 @@ pub struct XskConfig {
 
 impl Default for XskConfig {
     fn default() -> Self {
-        Self { frames: 4096, ring_size: 2048 }
+        // 4096 receive descriptors: room for the final ACKs of a burst of handshakes while the
+        // engine works through the connections before them (see RX_BACKLOG in the driver).
+        Self { frames: 8192, ring_size: 4096 }
     }
 }
 
@@ -207,6 +209,13 @@ impl XskSocket {
 
     pub fn zero_copy(&self) -> bool {
         self.zero_copy
+    }
+
+    /// The kernel's drop counters for this socket (XDP_STATISTICS): (frames dropped for any
+    /// reason, of which because the RX ring was full, of which because the fill ring was empty).
+    pub fn kernel_drops(&self) -> Option<(u64, u64, u64)> {
+        let s = self.device.statistics_v2().ok()?;
+        Some((s.rx_dropped, s.rx_ring_full, s.rx_fill_ring_empty_descs))
     }
 
     /// Hand up to `max` received frames to `f`, then return their buffers to the fill ring.

@@ -635,3 +635,41 @@ fn the_benchmark_program_answers_as_the_attached_one_and_so_does_the_kernel_cook
     assert_eq!(t.acknowledgment_number(), 1001);
     assert_eq!(t.options().len(), 20, "the same options as ours");
 }
+
+#[test]
+fn a_backlogged_queue_leaves_new_syns_unanswered_and_nothing_else() {
+    // While more than RX_BACKLOG_LIMIT frames XDP sent to a queue's engine wait for it, a
+    // SYN-ACK would bring a final ACK it may have to drop; the SYN is dropped instead (the
+    // client retransmits it), counted. Cookie ACKs and known flows still go through: they are
+    // the engine's backlog, not new work.
+    use engine_common::maps::RX_BACKLOG_LIMIT;
+    let mut e = engine();
+    let backlog = e.rx_backlog();
+    let syn = frame(false, 40000, 1000, &linux_syn_opts(), |b| b.syn(), &[]);
+    // No AF_XDP socket in a test run, so nothing is redirected: stand for a backlog by the
+    // engine's side of the count (redirected 0, consumed LIMIT+1 behind it, wrapping).
+    let behind = |n: u64| 0u64.wrapping_sub(n);
+    backlog.set_consumed(0, behind(RX_BACKLOG_LIMIT + 1));
+    assert_eq!(backlog.outstanding(0), RX_BACKLOG_LIMIT as i64 + 1);
+    let (action, out, _) = e.test_run(&syn, 1).unwrap();
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(out, syn, "dropped untouched");
+    assert_eq!(counter(&e, "xdp_drop_syn_backlog"), 1);
+    // At the limit, and with the engine ahead of XDP's count (lost increments): answered.
+    for consumed in [behind(RX_BACKLOG_LIMIT), 5] {
+        backlog.set_consumed(0, consumed);
+        let (action, _, _) = e.test_run(&syn, 1).unwrap();
+        assert_eq!(action, XDP_TX, "consumed {consumed}");
+    }
+    // Another queue's backlog does not matter to queue 0.
+    backlog.set_consumed(1, behind(RX_BACKLOG_LIMIT + 1));
+    let (action, out, _) = e.test_run(&syn, 1).unwrap();
+    assert_eq!(action, XDP_TX);
+    let cookie = tcp_of(&out).sequence_number();
+    // The final ACK of that handshake, while queue 0 is backlogged: still validated.
+    backlog.set_consumed(0, behind(RX_BACKLOG_LIMIT + 1));
+    let ack = frame(false, 40000, 1001, &[], |b| b.ack(cookie.wrapping_add(1)), &[]);
+    e.test_run(&ack, 1).unwrap();
+    assert_eq!(counter(&e, "xdp_cookie_ack_valid"), 1);
+    assert_eq!(counter(&e, "xdp_drop_syn_backlog"), 1);
+}
