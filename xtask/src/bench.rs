@@ -527,6 +527,9 @@ pub fn idle_clients(addr: SocketAddr, src: Ipv4Addr, count: usize) -> anyhow::Re
     let mut held = Vec::with_capacity(count);
     for i in 0..count {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        // Closed with a RST at the end: no TIME_WAIT sockets lingering into the next round's
+        // slab figure.
+        s.set_linger(Some(Duration::ZERO))?;
         s.bind(&SocketAddr::new(IpAddr::V4(src), 0).into())?;
         s.connect_timeout(&addr.into(), Duration::from_secs(5)).with_context(|| format!("connection {i} from {src}"))?;
         held.push(s);
@@ -589,14 +592,48 @@ fn open_idle_clients(rig: &Rig, addr: SocketAddr, n: usize, per_process: usize) 
     Ok(clients)
 }
 
+/// Connections the server holds: synx's accepted and not yet closed; the kernel server's open
+/// file descriptors (one per accepted socket, plus a few of its own).
+fn server_connections(rig: &Rig, synx: bool) -> anyhow::Result<u64> {
+    if synx {
+        let d = rig.daemon()?;
+        Ok(d.counter("tcp_accepted")?.saturating_sub(d.counter("tcp_closed")?))
+    } else {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", rig.kernel.pid()))?.count() as u64)
+    }
+}
+
+/// Wait until the server holds `want` connections (a client's connect() returns before the
+/// server has processed its final ACK); how many it holds when `limit` runs out.
+fn await_server_connections(rig: &Rig, synx: bool, want: u64, limit: Duration) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = server_connections(rig, synx)?;
+        if now == want || Instant::now() > deadline {
+            return Ok(now);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Open `n` idle connections, measure server memory per connection and CPU while idle.
 fn idle(rig: &Rig, synx: bool, n: usize, per_process: usize) -> anyhow::Result<(f64, f64)> {
     let port = rig.port(synx, "echo");
     let pid = rig.server_pid(synx)?;
+    let base = server_connections(rig, synx)?;
     let rss0 = rss_bytes(pid);
     let slab0 = slab_active_bytes();
     let clients = open_idle_clients(rig, rig.addr(port), n, per_process)?;
-    // Let the server settle (accept queues drained, apps parked).
+    let settle = Duration::from_secs(10 + n as u64 / 10_000);
+    let held = await_server_connections(rig, synx, base + n as u64, settle)? - base;
+    if held != n as u64 {
+        let why = match rig.daemon() {
+            Ok(d) if synx => format!("; synx stats: {}", d.stats().map(|v| v.to_string()).unwrap_or_default()),
+            _ => String::new(),
+        };
+        bail!("the server holds {held} of the {n} connections its clients hold{why}");
+    }
+    // Let the server settle (apps parked).
     std::thread::sleep(Duration::from_secs(2));
     let rss1 = rss_bytes(pid);
     let slab1 = slab_active_bytes();
@@ -622,7 +659,13 @@ fn idle(rig: &Rig, synx: bool, n: usize, per_process: usize) -> anyhow::Result<(
         IDLE_CLIENT_SLAB_PER_CONN.store(((slab1 - slab0).max(0.0) / n as f64) as u64, Ordering::Relaxed);
     }
     drop(clients);
-    std::thread::sleep(Duration::from_secs(2));
+    // The clients' resets close every connection; the next round starts from the same state.
+    let left = await_server_connections(rig, synx, base, settle)?;
+    if left > base {
+        // A million resets at once overflow the receive path too; those connections stay
+        // until keepalive finds their peers gone. The next round serves other ports.
+        eprintln!("bench: idle: {} connections still open after the clients reset theirs", left - base);
+    }
     Ok((bytes / n as f64, cpu_pct))
 }
 
