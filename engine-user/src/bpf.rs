@@ -308,28 +308,71 @@ impl FlowTable {
     }
 }
 
-/// LAST_SEEN mapped read-only: XDP's CLOCK_MONOTONIC stamp of each slot's latest segment.
-#[derive(Clone)]
-pub struct LastSeen {
-    inner: Arc<LastSeenMap>,
-}
-
-struct LastSeenMap {
-    ptr: *const u64,
-    slots: u32,
+/// A BPF_F_MMAPABLE array map mapped into our memory (shared with the XDP program), unmapped on
+/// drop. Only ever accessed as whole aligned 8-byte words, with atomic loads and stores.
+struct MappedArray {
+    ptr: *mut u64,
     len: usize,
     _map: MapData,
 }
 
-// SAFETY: a read-only shared mapping; reads are plain aligned 8-byte loads done atomically.
-unsafe impl Send for LastSeenMap {}
+// SAFETY: the mapping is only read and written through atomic 8-byte accesses (and the XDP
+// program writes whole aligned 8-byte words, which never tear).
+unsafe impl Send for MappedArray {}
 // SAFETY: as above.
-unsafe impl Sync for LastSeenMap {}
+unsafe impl Sync for MappedArray {}
 
-impl Drop for LastSeenMap {
+impl MappedArray {
+    /// Map the first `bytes` of `map` (rounded up to pages), read-only or read-write.
+    fn new(map: MapData, bytes: usize, writable: bool) -> Result<Self, BpfError> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = bytes.div_ceil(page) * page;
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        // SAFETY: mapping a BPF_F_MMAPABLE array map's fd, shared.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, map.fd().as_fd().as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(BpfError::Mmap(std::io::Error::last_os_error()));
+        }
+        Ok(Self { ptr: ptr.cast(), len, _map: map })
+    }
+
+    /// The `i`th 8-byte word, if mapped.
+    fn word(&self, i: usize) -> Option<&std::sync::atomic::AtomicU64> {
+        if (i + 1) * 8 > self.len {
+            return None;
+        }
+        // SAFETY: in bounds, 8-byte aligned (page-aligned base); shared only atomically.
+        Some(unsafe { std::sync::atomic::AtomicU64::from_ptr(self.ptr.add(i)) })
+    }
+}
+
+impl Drop for MappedArray {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what we mapped.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// LAST_SEEN mapped read-only: XDP's CLOCK_MONOTONIC stamp of each slot's latest segment.
+#[derive(Clone)]
+pub struct LastSeen {
+    inner: Arc<MappedArray>,
+    slots: u32,
+}
+
+impl LastSeen {
+    fn map(map: MapData, slots: u32) -> Result<Self, BpfError> {
+        Ok(Self { inner: Arc::new(MappedArray::new(map, slots as usize * 8, false)?), slots })
+    }
+
+    /// Nanoseconds (CLOCK_MONOTONIC) of the slot's last segment; `None` if never stamped.
+    pub fn get(&self, slot: u32) -> Option<u64> {
+        if slot >= self.slots {
+            return None;
+        }
+        let v = self.inner.word(slot as usize)?.load(std::sync::atomic::Ordering::Relaxed);
+        (v != 0).then_some(v)
     }
 }
 
@@ -338,63 +381,24 @@ impl Drop for LastSeenMap {
 /// while the difference is large.
 #[derive(Clone)]
 pub struct RxBacklog {
-    inner: Arc<RxBacklogMap>,
-}
-
-struct RxBacklogMap {
-    ptr: *mut RxBacklogEntry,
-    len: usize,
-    _map: MapData,
-}
-
-// SAFETY: a shared mapping accessed only through atomic 8-byte loads and stores (XDP writes
-// `redirected` with plain 8-byte stores, which do not tear).
-unsafe impl Send for RxBacklogMap {}
-// SAFETY: as above.
-unsafe impl Sync for RxBacklogMap {}
-
-impl Drop for RxBacklogMap {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what we mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
+    inner: Arc<MappedArray>,
 }
 
 impl RxBacklog {
+    const WORDS: usize = std::mem::size_of::<RxBacklogEntry>() / 8;
+
     fn map(map: MapData) -> Result<Self, BpfError> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let len = (maps::MAX_QUEUES as usize * std::mem::size_of::<RxBacklogEntry>()).div_ceil(page) * page;
-        // SAFETY: mapping a BPF_F_MMAPABLE array map's fd, shared, read-write.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(BpfError::Mmap(std::io::Error::last_os_error()));
-        }
-        Ok(Self { inner: Arc::new(RxBacklogMap { ptr: ptr.cast(), len, _map: map }) })
+        let bytes = maps::MAX_QUEUES as usize * std::mem::size_of::<RxBacklogEntry>();
+        Ok(Self { inner: Arc::new(MappedArray::new(map, bytes, true)?) })
     }
 
+    /// `queue`'s (redirected, consumed) words (see `RxBacklogEntry`).
     fn words(&self, queue: u32) -> Option<(&std::sync::atomic::AtomicU64, &std::sync::atomic::AtomicU64)> {
         if queue >= maps::MAX_QUEUES {
             return None;
         }
-        // SAFETY: in bounds of the mapping, 8-byte aligned (page-aligned base, 16-byte
-        // entries); XDP stores `redirected` and loads `consumed` as whole 8-byte words.
-        unsafe {
-            let e = self.inner.ptr.add(queue as usize);
-            Some((
-                std::sync::atomic::AtomicU64::from_ptr(&raw mut (*e).redirected),
-                std::sync::atomic::AtomicU64::from_ptr(&raw mut (*e).consumed),
-            ))
-        }
+        let i = queue as usize * Self::WORDS;
+        Some((self.inner.word(i)?, self.inner.word(i + 1)?))
     }
 
     /// Publish how many frames `queue`'s engine has taken (or the kernel dropped) in all.
@@ -410,42 +414,6 @@ impl RxBacklog {
         self.words(queue).map_or(0, |(r, c)| {
             r.load(std::sync::atomic::Ordering::Relaxed).wrapping_sub(c.load(std::sync::atomic::Ordering::Relaxed)) as i64
         })
-    }
-}
-
-impl LastSeen {
-    fn map(map: MapData, slots: u32) -> Result<Self, BpfError> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let len = (slots as usize * 8).div_ceil(page) * page;
-        // SAFETY: mapping a BPF_F_MMAPABLE array map's fd, read-only and shared.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(BpfError::Mmap(std::io::Error::last_os_error()));
-        }
-        Ok(Self { inner: Arc::new(LastSeenMap { ptr: ptr.cast(), slots, len, _map: map }) })
-    }
-
-    /// Nanoseconds (CLOCK_MONOTONIC) of the slot's last segment; `None` if never stamped.
-    pub fn get(&self, slot: u32) -> Option<u64> {
-        if slot >= self.inner.slots {
-            return None;
-        }
-        // SAFETY: in bounds; XDP writes whole aligned u64s, so an atomic load sees one.
-        let v = unsafe {
-            (*(self.inner.ptr.add(slot as usize) as *const std::sync::atomic::AtomicU64))
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
-        (v != 0).then_some(v)
     }
 }
 
