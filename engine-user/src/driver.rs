@@ -293,7 +293,8 @@ async fn serve_queue(
     };
     let mut last_work = now();
     let mut last_xsk_stats = Instant::from_nanos(0);
-    let (mut consumed, mut kernel_dropped) = (0u64, 0u64);
+    // Frames taken from the socket, frames the kernel dropped, and their sum as XDP last saw it.
+    let (mut consumed, mut kernel_dropped, mut published) = (0u64, 0u64, 0u64);
     loop {
         let stopping = engine.ctx.stop.load(Ordering::Relaxed);
         if stopping && engine.glue.is_empty() {
@@ -307,9 +308,10 @@ async fn serve_queue(
         // it answers no new SYNs, whose final ACKs would otherwise overflow the socket and be
         // lost, leaving clients connected to a server that never heard of them. (Seen: a
         // burst of 1M connects lost 81% of its final ACKs without this.)
-        if received > 0 {
-            consumed += u64::from(received);
-            engine.ctx.rx_backlog.set_consumed(engine.ctx.queue, consumed + kernel_dropped);
+        consumed += u64::from(received);
+        if consumed + kernel_dropped != published {
+            published = consumed + kernel_dropped;
+            engine.ctx.rx_backlog.set_consumed(engine.ctx.queue, published);
         }
         let poked = engine.serve_poked(now());
         let t = now();
@@ -323,11 +325,9 @@ async fn serve_queue(
         if t.saturating_duration_since(last_xsk_stats) >= Duration::from_millis(100) {
             last_xsk_stats = t;
             if let Some((dropped, ring_full, fill_empty)) = xsk.kernel_drops() {
-                if dropped != kernel_dropped {
-                    // Frames the kernel dropped will never be taken: not backlog.
-                    kernel_dropped = dropped;
-                    engine.ctx.rx_backlog.set_consumed(engine.ctx.queue, consumed + kernel_dropped);
-                }
+                // Frames the kernel dropped will never be taken: not backlog (published with
+                // the next turn's count).
+                kernel_dropped = dropped;
                 let s = &engine.ctx.stats;
                 s.xsk_rx_dropped.store(dropped, Ordering::Relaxed);
                 s.xsk_rx_ring_full.store(ring_full, Ordering::Relaxed);
