@@ -64,6 +64,8 @@ pub struct QueueStats {
     pub cookie_rejected: AtomicU64,
     pub no_listener: AtomicU64,
     pub table_full: AtomicU64,
+    /// Connections folded while idle (a gauge; see `tcp::endpoint`).
+    pub parked: AtomicU64,
     /// The kernel's AF_XDP drop counters for this queue's socket (read every 100 ms).
     pub xsk_rx_dropped: AtomicU64,
     pub xsk_rx_ring_full: AtomicU64,
@@ -91,6 +93,7 @@ impl QueueStats {
             ("tcp_cookie_rejected", g(&self.cookie_rejected)),
             ("tcp_no_listener", g(&self.no_listener)),
             ("tcp_table_full", g(&self.table_full)),
+            ("tcp_parked", g(&self.parked)),
             ("xsk_rx_dropped", g(&self.xsk_rx_dropped)),
             ("xsk_rx_ring_full", g(&self.xsk_rx_ring_full)),
             ("xsk_rx_fill_empty", g(&self.xsk_rx_fill_empty)),
@@ -334,11 +337,9 @@ async fn serve_queue(
                 s.xsk_rx_fill_empty.store(fill_empty, Ordering::Relaxed);
             }
         }
-        engine
-            .ctx
-            .stats
-            .time_wait_fin_reacked
-            .store(engine.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
+        let stats = &engine.ctx.stats;
+        stats.time_wait_fin_reacked.store(engine.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
+        stats.parked.store(engine.endpoint.parked() as u64, Ordering::Relaxed);
         if received > 0 {
             last_work = t;
             // More frames may be waiting: look again, after letting this thread's apps read
@@ -645,7 +646,7 @@ impl QueueEngine {
                         tracing::debug!("FLOWS remove for {remote}: {e}");
                     }
                     // Only if no live connection holds the slot again.
-                    if self.endpoint.connection(h).is_none() {
+                    if !self.endpoint.contains(h) {
                         self.glue.remove(&h);
                     }
                     self.ctx.stats.closed.fetch_add(1, Ordering::Relaxed);
@@ -706,9 +707,8 @@ impl QueueEngine {
         while let Ok(reply) = self.ctx.conns_requests.try_recv() {
             let rows = self
                 .endpoint
-                .connections()
-                .map(|(h, c)| {
-                    let info = c.info();
+                .infos()
+                .map(|(h, info)| {
                     let seen = self
                         .ctx
                         .last_seen
@@ -717,9 +717,9 @@ impl QueueEngine {
                         .unwrap_or(info.last_activity)
                         .max(info.last_activity);
                     ConnInfo {
-                        local: c.local(),
-                        remote: c.remote(),
-                        state: c.state().to_string(),
+                        local: info.local,
+                        remote: info.remote,
+                        state: info.state.to_string(),
                         idle_ms: now.saturating_duration_since(seen).as_millis() as u64,
                         keepalive_probes: info.keepalive_probes_sent,
                         queue: self.ctx.queue,

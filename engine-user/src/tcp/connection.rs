@@ -27,6 +27,9 @@ use super::seq::SeqNum;
 use super::timer::{TimerKind, TimerTable};
 use super::{Config, Instant, Keepalive};
 
+mod park;
+pub use park::Parked;
+
 /// RFC 9293 3.3.2 states a server-side TCB can be in (LISTEN, SYN-SENT and SYN-RECEIVED are
 /// XDP's, statelessly).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,14 +2,22 @@
 //! also the FLOWS / LAST_SEEN slot in the BPF maps), creation only from a validated SYN-cookie
 //! ACK, timeouts driven by one [`TimingWheel`], output gathered across connections, and the
 //! RFC 9293 3.10.7.1 reset for segments that belong to no connection.
+//!
+//! Idle connections are parked: once a connection's work for the turn is done and it is
+//! quiescent (nothing in flight, buffered or owed, see [`Connection::park`]), its slot holds
+//! the folded TCB inline instead of the boxed [`Connection`], and it is unfolded again by the
+//! next segment, application call or timeout. Together with the tuple index (slot numbers
+//! hashed by the tuple stored in the slot) this is what a million idle connections cost.
 
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use engine_common::handshake::HandshakeFacts;
+use hashbrown::HashTable;
 
-use super::connection::{self, Connection, Event, Handled};
+use super::connection::{self, Connection, ConnectionInfo, Event, Handled, Parked};
 use super::segment::{self, Header};
 use super::timer::TimingWheel;
 use super::{Config, Instant, reset_for};
@@ -67,12 +75,100 @@ pub struct Transmit {
     pub len: usize,
 }
 
-#[derive(Default)]
+/// A 4-tuple in 38 bytes (IPv4 addresses as v4-mapped IPv6), as parked slots keep it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Tuple {
+    local: [u8; 16],
+    remote: [u8; 16],
+    local_port: u16,
+    remote_port: u16,
+    v4: bool,
+}
+
+impl Tuple {
+    fn new(local: SocketAddr, remote: SocketAddr) -> Self {
+        let octets = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            IpAddr::V6(a) => a.octets(),
+        };
+        Tuple {
+            local: octets(local.ip()),
+            remote: octets(remote.ip()),
+            local_port: local.port(),
+            remote_port: remote.port(),
+            v4: local.is_ipv4(),
+        }
+    }
+
+    fn addr(&self, octets: [u8; 16], port: u16) -> SocketAddr {
+        let v6 = Ipv6Addr::from(octets);
+        let ip = match (self.v4, v6.to_ipv4_mapped()) {
+            (true, Some(v4)) => IpAddr::V4(v4),
+            (true, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            (false, _) => IpAddr::V6(v6),
+        };
+        SocketAddr::new(ip, port)
+    }
+
+    fn local(&self) -> SocketAddr {
+        self.addr(self.local, self.local_port)
+    }
+
+    fn remote(&self) -> SocketAddr {
+        self.addr(self.remote, self.remote_port)
+    }
+}
+
+/// A parked connection: its folded TCB, tuple and keepalive settings (an index into
+/// [`Endpoint::keepalives`]).
+struct ParkedSlot {
+    tcb: Parked,
+    tuple: Tuple,
+    keepalive: u8,
+}
+
+enum Tcb {
+    Free,
+    Live(Box<Connection>),
+    Parked(ParkedSlot),
+}
+
 struct Slot {
-    conn: Option<Box<Connection>>,
+    tcb: Tcb,
     /// In `work`: may have output, events or a changed deadline.
     queued: bool,
 }
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot { tcb: Tcb::Free, queued: false }
+    }
+}
+
+impl Slot {
+    fn is_free(&self) -> bool {
+        matches!(self.tcb, Tcb::Free)
+    }
+
+    fn live(&mut self) -> Option<&mut Connection> {
+        match &mut self.tcb {
+            Tcb::Live(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn tuple(&self) -> Option<Tuple> {
+        match &self.tcb {
+            Tcb::Free => None,
+            Tcb::Live(c) => Some(Tuple::new(c.local(), c.remote())),
+            Tcb::Parked(p) => Some(p.tuple),
+        }
+    }
+}
+
+/// Distinct keepalive settings a parked slot can refer to (connections use their listener's,
+/// so there are few).
+const MAX_KEEPALIVES: usize = 256;
 
 /// Resets for strangers waiting to be sent, at most this many (a flood of strangers must not
 /// grow memory).
@@ -86,7 +182,13 @@ pub struct Endpoint {
     /// Slots whose `Released` event is queued but not yet polled: reused only after it is, so
     /// no event of an old incarnation can reach the connection that takes the slot next.
     releasing: usize,
-    by_tuple: HashMap<(SocketAddr, SocketAddr), u32>,
+    /// Slot numbers, hashed by the tuple their slot holds.
+    by_tuple: HashTable<u32>,
+    hasher: std::hash::RandomState,
+    keepalives: Vec<super::Keepalive>,
+    parked: usize,
+    /// Park quiescent connections (on unless a test compares).
+    park_idle: bool,
     wheel: TimingWheel,
     /// Connections to visit in `poll_transmit` (and whose events `poll_event` collects).
     work: VecDeque<u32>,
@@ -104,7 +206,11 @@ impl Endpoint {
             slots: Vec::new(),
             free: Vec::new(),
             releasing: 0,
-            by_tuple: HashMap::new(),
+            by_tuple: HashTable::new(),
+            hasher: std::hash::RandomState::new(),
+            keepalives: Vec::new(),
+            parked: 0,
+            park_idle: true,
             wheel: TimingWheel::new(Instant::ZERO),
             work: VecDeque::new(),
             resets: VecDeque::new(),
@@ -122,6 +228,16 @@ impl Endpoint {
         self.len() == 0
     }
 
+    /// Connections parked (folded while idle).
+    pub fn parked(&self) -> usize {
+        self.parked
+    }
+
+    /// Park quiescent connections (the default) or keep every TCB unfolded.
+    pub fn set_parking(&mut self, on: bool) {
+        self.park_idle = on;
+    }
+
     /// Armed timers in the wheel (at most one per connection).
     pub fn armed_timers(&self) -> usize {
         self.wheel.len()
@@ -129,7 +245,7 @@ impl Endpoint {
 
     fn mark(&mut self, idx: u32) {
         if let Some(slot) = self.slots.get_mut(idx as usize)
-            && slot.conn.is_some()
+            && !slot.is_free()
             && !slot.queued
         {
             slot.queued = true;
@@ -137,8 +253,60 @@ impl Endpoint {
         }
     }
 
+    fn find(&self, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+        let key = Tuple::new(local, remote);
+        let slots = &self.slots;
+        self.by_tuple.find(self.hasher.hash_one(key), |&i| slots[i as usize].tuple() == Some(key)).copied()
+    }
+
+    /// Forget the index entry of `(local, remote)` if it names slot `idx`.
+    fn unindex(&mut self, local: SocketAddr, remote: SocketAddr, idx: u32) {
+        let hash = self.hasher.hash_one(Tuple::new(local, remote));
+        if let Ok(entry) = self.by_tuple.find_entry(hash, |&i| i == idx) {
+            entry.remove();
+        }
+    }
+
+    fn index(&mut self, local: SocketAddr, remote: SocketAddr, idx: u32) {
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        let rehash = |&i: &u32| slots[i as usize].tuple().map_or(0, |t| hasher.hash_one(t));
+        self.by_tuple.insert_unique(hasher.hash_one(Tuple::new(local, remote)), idx, rehash);
+    }
+
+    /// The live connection of slot `idx`, unfolded if it was parked.
+    fn live(&mut self, idx: u32) -> Option<&mut Connection> {
+        let slot = self.slots.get_mut(idx as usize)?;
+        if let Tcb::Parked(p) = &slot.tcb {
+            let keepalive = self.keepalives.get(p.keepalive as usize).copied().unwrap_or(self.config.keepalive);
+            let conn = Connection::unpark(&p.tcb, self.config.clone(), p.tuple.local(), p.tuple.remote(), keepalive);
+            slot.tcb = Tcb::Live(Box::new(conn));
+            self.parked -= 1;
+        }
+        slot.live()
+    }
+
+    /// Fold slot `idx` if its connection is quiescent (its wheel entry, the keepalive
+    /// deadline, stays as it is).
+    fn try_park(&mut self, idx: u32) {
+        let Some(slot) = self.slots.get_mut(idx as usize) else { return };
+        let Tcb::Live(conn) = &slot.tcb else { return };
+        let Some(tcb) = conn.park() else { return };
+        let k = conn.keepalive();
+        let keepalive = match self.keepalives.iter().position(|&x| x == k) {
+            Some(i) => i,
+            None if self.keepalives.len() < MAX_KEEPALIVES => {
+                self.keepalives.push(k);
+                self.keepalives.len() - 1
+            }
+            None => return,
+        };
+        let tuple = Tuple::new(conn.local(), conn.remote());
+        slot.tcb = Tcb::Parked(ParkedSlot { tcb, tuple, keepalive: keepalive as u8 });
+        self.parked += 1;
+    }
+
     pub fn lookup(&self, local: SocketAddr, remote: SocketAddr) -> Option<ConnectionHandle> {
-        self.by_tuple.get(&(local, remote)).map(|&i| ConnectionHandle(i))
+        self.find(local, remote).map(ConnectionHandle)
     }
 
     /// Create a connection from a validated SYN-cookie ACK (the caller checked the cookie and
@@ -152,7 +320,7 @@ impl Endpoint {
         ack: &Header,
         payload: &[u8],
     ) -> Result<ConnectionHandle, AcceptError> {
-        if self.by_tuple.contains_key(&(local, remote)) {
+        if self.find(local, remote).is_some() {
             return Err(AcceptError::Exists);
         }
         if self.len() as u64 >= self.max_conns as u64 {
@@ -166,26 +334,27 @@ impl Endpoint {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.slots[idx as usize] = Slot { conn: Some(Box::new(conn)), queued: false };
-        self.by_tuple.insert((local, remote), idx);
+        self.slots[idx as usize] = Slot { tcb: Tcb::Live(Box::new(conn)), queued: false };
+        self.index(local, remote, idx);
         self.mark(idx);
         Ok(ConnectionHandle(idx))
     }
 
     /// Demux one segment addressed to `local` from `remote`.
     pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, h: &Header, payload: &[u8]) -> Disposition {
-        let Some(&idx) = self.by_tuple.get(&(local, remote)) else { return Disposition::Unknown };
-        let Some(conn) = self.slots[idx as usize].conn.as_deref_mut() else { return Disposition::Unknown };
+        let Some(idx) = self.find(local, remote) else { return Disposition::Unknown };
+        let Some(conn) = self.live(idx) else { return Disposition::Unknown };
         let reacks = conn.stats().time_wait_fin_reacks;
         let d = conn.handle(now, h, payload);
-        self.time_wait_fin_reacked += conn.stats().time_wait_fin_reacks - reacks;
+        let reacked = conn.stats().time_wait_fin_reacks - reacks;
+        self.time_wait_fin_reacked += reacked;
         self.mark(idx);
         match d {
             Handled::Processed => Disposition::Delivered(ConnectionHandle(idx)),
             Handled::Dropped(r) => Disposition::Dropped(DropReason::Connection(r)),
             Handled::TimeWaitReuse => {
                 // The tuple is free for the new incarnation at once.
-                self.by_tuple.remove(&(local, remote));
+                self.unindex(local, remote, idx);
                 Disposition::Dropped(DropReason::TimeWaitReuse)
             }
         }
@@ -202,21 +371,51 @@ impl Endpoint {
 
     /// The connection, for application calls (send, recv, shutdown, abort, set_keepalive...).
     /// The endpoint revisits it in the next `poll_transmit`.
+    /// (Unfolds it if it was parked.)
     pub fn connection_mut(&mut self, h: ConnectionHandle) -> Option<&mut Connection> {
         self.mark(h.0);
-        self.slots.get_mut(h.0 as usize)?.conn.as_deref_mut()
+        self.live(h.0)
     }
 
+    /// The connection if it is unfolded (not parked).
     pub fn connection(&self, h: ConnectionHandle) -> Option<&Connection> {
-        self.slots.get(h.0 as usize)?.conn.as_deref()
+        match &self.slots.get(h.0 as usize)?.tcb {
+            Tcb::Live(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Whether `h` names a connection (live or parked) not yet released.
+    pub fn contains(&self, h: ConnectionHandle) -> bool {
+        self.slots.get(h.0 as usize).is_some_and(|s| !s.is_free())
+    }
+
+    pub fn is_parked(&self, h: ConnectionHandle) -> bool {
+        self.slots.get(h.0 as usize).is_some_and(|s| matches!(s.tcb, Tcb::Parked(_)))
     }
 
     pub fn handle_for_slot(&self, slot: u32) -> Option<ConnectionHandle> {
-        self.slots.get(slot as usize)?.conn.as_ref().map(|_| ConnectionHandle(slot))
+        self.contains(ConnectionHandle(slot)).then_some(ConnectionHandle(slot))
     }
 
-    pub fn connections(&self) -> impl Iterator<Item = (ConnectionHandle, &Connection)> {
-        self.slots.iter().enumerate().filter_map(|(i, s)| s.conn.as_deref().map(|c| (ConnectionHandle(i as u32), c)))
+    /// Every connection's state, parked ones included (without unfolding them).
+    pub fn infos(&self) -> impl Iterator<Item = (ConnectionHandle, ConnectionInfo)> + '_ {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            let info = match &s.tcb {
+                Tcb::Free => return None,
+                Tcb::Live(c) => c.info(),
+                Tcb::Parked(p) => p.tcb.info(&self.config, p.tuple.local(), p.tuple.remote()),
+            };
+            Some((ConnectionHandle(i as u32), info))
+        })
+    }
+
+    /// The unfolded connections.
+    pub fn live_connections(&self) -> impl Iterator<Item = (ConnectionHandle, &Connection)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| match &s.tcb {
+            Tcb::Live(c) => Some((ConnectionHandle(i as u32), &**c)),
+            _ => None,
+        })
     }
 
     /// The peer of `h` was seen at `last_seen` (XDP's LAST_SEEN stamp).
@@ -238,7 +437,7 @@ impl Endpoint {
         let mut due = Vec::new();
         self.wheel.poll(now, |k| due.push(k));
         for idx in due {
-            let Some(conn) = self.slots[idx as usize].conn.as_deref_mut() else { continue };
+            let Some(conn) = self.live(idx) else { continue };
             if let Some(t) = last_seen(ConnectionHandle(idx)) {
                 conn.note_peer_activity(t);
             }
@@ -259,7 +458,7 @@ impl Endpoint {
     pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
         if self.events.is_empty() {
             for &idx in &self.work {
-                if let Some(conn) = self.slots[idx as usize].conn.as_deref_mut() {
+                if let Some(conn) = self.slots[idx as usize].live() {
                     while let Some(e) = conn.poll_event() {
                         self.events.push_back((ConnectionHandle(idx), e));
                     }
@@ -283,7 +482,7 @@ impl Endpoint {
         }
         while let Some(&idx) = self.work.front() {
             let slot = &mut self.slots[idx as usize];
-            let Some(conn) = slot.conn.as_deref_mut() else {
+            let Some(conn) = slot.live() else {
                 self.work.pop_front();
                 slot.queued = false;
                 continue;
@@ -300,16 +499,14 @@ impl Endpoint {
     }
 
     fn retire(&mut self, idx: u32) {
-        let Some(conn) = self.slots[idx as usize].conn.as_deref_mut() else { return };
+        let Some(conn) = self.slots[idx as usize].live() else { return };
         let h = ConnectionHandle(idx);
         while let Some(e) = conn.poll_event() {
             self.events.push_back((h, e));
         }
         if conn.is_released() {
             let (local, remote) = (conn.local(), conn.remote());
-            if self.by_tuple.get(&(local, remote)) == Some(&idx) {
-                self.by_tuple.remove(&(local, remote));
-            }
+            self.unindex(local, remote, idx);
             self.slots[idx as usize] = Slot::default();
             self.wheel.remove(idx);
             self.releasing += 1;
@@ -319,6 +516,9 @@ impl Endpoint {
         match conn.poll_timeout() {
             Some(at) => self.wheel.insert(idx, at),
             None => self.wheel.remove(idx),
+        }
+        if self.park_idle {
+            self.try_park(idx);
         }
     }
 }

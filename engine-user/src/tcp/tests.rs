@@ -11,6 +11,7 @@ use super::connection::{AcceptError, DropReason};
 use super::*;
 
 mod endpoint;
+mod park;
 mod properties;
 mod scenarios;
 mod simulator;

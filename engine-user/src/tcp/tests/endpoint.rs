@@ -145,7 +145,7 @@ fn idle_connections_cost_one_wheel_entry_and_take_last_seen_from_xdp() {
     }
     drain(&mut ep, ms(0));
     assert_eq!(ep.armed_timers(), n as usize);
-    assert!(ep.connections().all(|(_, c)| c.heap_bytes() == 0));
+    assert!(ep.live_connections().all(|(_, c)| c.heap_bytes() == 0));
     // The keepalive deadline comes; XDP saw every peer at 3600 s: no probe, re-armed.
     let t = ep.poll_timeout().unwrap();
     assert!(t <= secs(7200));
@@ -161,4 +161,99 @@ fn idle_connections_cost_one_wheel_entry_and_take_last_seen_from_xdp() {
     let probes = drain(&mut ep, secs(10_800));
     assert_eq!(probes.len(), n as usize / 2);
     assert!(probes.iter().all(|(t, h, p)| t.handle.unwrap().slot() % 2 == 1 && p.is_empty() && h.seq == SeqNum(ISS)));
+}
+
+#[test]
+fn idle_connections_park_and_unfold_on_traffic_calls_and_timers() {
+    let v6_client: SocketAddr = "[fd00:5e::2]:40001".parse().unwrap();
+    let v6_local: SocketAddr = "[fd00:5e::1]:80".parse().unwrap();
+    let mut ep = Endpoint::new(config(), 100);
+    let handles: Vec<_> = (0..10).map(|i| ep.accept(ms(0), facts(), local(), client(i), &ack_from(i), &[]).unwrap()).collect();
+    let mut v6_ack = peer(0, 0);
+    v6_ack.src_port = v6_client.port();
+    let h6 = ep.accept(ms(0), facts(), v6_local, v6_client, &v6_ack, &[]).unwrap();
+    drain(&mut ep, ms(0));
+    assert!(all_events(&mut ep).is_empty());
+    // Quiescent after the handshake: all folded, keepalive still armed, tuples still found.
+    assert_eq!(ep.parked(), 11);
+    assert_eq!(ep.armed_timers(), 11);
+    assert!(ep.live_connections().next().is_none());
+    assert_eq!(ep.lookup(local(), client(3)), Some(handles[3]));
+    assert_eq!(ep.lookup(v6_local, v6_client), Some(h6));
+    assert_eq!(ep.accept(ms(1), facts(), local(), client(3), &ack_from(3), &[]), Err(AcceptError::Exists));
+    let infos: Vec<_> = ep.infos().collect();
+    assert_eq!(infos.len(), 11);
+    let (_, v6_info) = infos.iter().find(|(h, _)| *h == h6).unwrap();
+    assert_eq!((v6_info.local, v6_info.remote, v6_info.state), (v6_local, v6_client, State::Established));
+    assert!(infos.iter().any(|(h, i)| *h == handles[7] && i.remote == client(7) && i.local == local()));
+
+    // A request to one of them: unfolded, delivered; answered, acknowledged: folded again.
+    let h = handles[3];
+    assert_eq!(ep.handle(ms(10), local(), client(3), &ack_from(3), b"ping"), Disposition::Delivered(h));
+    assert!(!ep.is_parked(h));
+    assert_eq!(ep.parked(), 10);
+    let mut buf = [0u8; 8];
+    let conn = ep.connection_mut(h).unwrap();
+    assert_eq!(conn.recv(&mut buf), 4);
+    conn.send(b"pong");
+    let out = drain(&mut ep, ms(11));
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].1.ack, out[0].2.as_slice()), (SeqNum(IRS + 1 + 4), &b"pong"[..]));
+    assert!(!ep.is_parked(h), "the response is in flight");
+    let mut ack = peer(4, 4);
+    ack.src_port = client(3).port();
+    assert_eq!(ep.handle(ms(20), local(), client(3), &ack, &[]), Disposition::Delivered(h));
+    drain(&mut ep, ms(20));
+    assert!(all_events(&mut ep).iter().all(|(_, e)| matches!(e, Event::Readable | Event::Writable)));
+    assert!(ep.is_parked(h));
+    assert_eq!(ep.parked(), 11);
+    let info = ep.infos().find(|(x, _)| *x == h).unwrap().1;
+    assert_eq!((info.stats.bytes_received, info.stats.bytes_acked), (4, 4));
+
+    // An application call unfolds it too; its own keepalive settings survive folding again.
+    let short = Keepalive { idle: Duration::from_secs(60), ..Keepalive::default() };
+    ep.connection_mut(handles[5]).unwrap().set_keepalive(short);
+    assert!(!ep.is_parked(handles[5]));
+    assert!(drain(&mut ep, ms(30)).is_empty());
+    assert!(ep.is_parked(handles[5]));
+    let t = secs(60) + Duration::from_millis(10);
+    ep.handle_timeout(t);
+    let probes = drain(&mut ep, t);
+    assert_eq!(probes.len(), 1);
+    assert_eq!(probes[0].0.remote, client(5));
+    assert!(ep.is_parked(handles[5]), "a probe is owed nothing: folded again");
+
+    // Nobody answers it: after its probes it is reset and released (unfolded for each probe).
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    while let Some(t) = ep.poll_timeout()
+        && t <= secs(3600)
+    {
+        ep.handle_timeout(t);
+        out.extend(drain(&mut ep, t));
+        events.extend(all_events(&mut ep));
+    }
+    assert!(out.iter().all(|(t, _, _)| t.remote == client(5)), "{out:?}");
+    assert_eq!(out.len(), 9 + 1, "the other nine of its ten probes, then the reset");
+    assert!(out.last().unwrap().1.flags.rst());
+    assert!(events.iter().any(|(h, e)| *h == handles[5] && matches!(e, Event::Released { .. })));
+    assert_eq!((ep.len(), ep.parked()), (10, 10));
+
+    // Keepalive: the parked ones are probed at their deadline, answered, folded again.
+    let t = secs(7201);
+    ep.handle_timeout(t);
+    let probes = drain(&mut ep, t);
+    assert_eq!(probes.len(), 10);
+    assert!(probes.iter().all(|(_, h, p)| p.is_empty() && h.flags == Flags::ACK));
+    for (tx, probe, _) in &probes {
+        let off = if tx.remote == client(3) { 4 } else { 0 };
+        let mut answer = peer(off, off);
+        answer.src_port = tx.remote.port();
+        answer.dst_port = tx.local.port();
+        assert_eq!(answer.ack, probe.seq + 1);
+        ep.handle(t, tx.local, tx.remote, &answer, &[]);
+    }
+    drain(&mut ep, t);
+    assert_eq!(ep.parked(), 10);
+    assert!(ep.infos().all(|(_, i)| i.keepalive_probes_sent == 0));
 }
