@@ -168,12 +168,14 @@ fn converse(seed: u64, flags: u8, park: bool) -> (Vec<Trace>, usize) {
         }
         // Applications: the server echoes requests and closes after the client does; the client
         // reads unless told not to.
-        while server_reads {
-            let n = server.recv(&mut buf);
-            if n == 0 {
-                break;
+        if server_reads {
+            loop {
+                let n = server.recv(&mut buf);
+                if n == 0 {
+                    break;
+                }
+                to_echo += n;
             }
-            to_echo += n;
         }
         if to_echo > 0 {
             let n = to_echo.min(buf.len());
