@@ -43,6 +43,12 @@ pub const BENCH_FRAME: &str = "BENCH_FRAME";
 /// SACK-permitted, timestamps, NOP, window scale).
 pub const BENCH_FRAME_LEN: usize = 74;
 
+/// One-entry array of [`FloodState`]: the benchmark's SYN-flood generator (`synx_bench_flood`,
+/// run in BPF_PROG_TEST_RUN live-frame mode; never attached).
+pub const FLOOD: &str = "FLOOD";
+/// Length of the generator's frame: Ethernet, IPv4, TCP with the MSS option.
+pub const FLOOD_FRAME_LEN: usize = 58;
+
 /// FLOWS value XDP writes when a cookie ACK validates, before userspace has created the
 /// connection: later segments of the flow (data, FIN) then go to userspace too instead of
 /// failing the cookie check, which only the first ACK can pass (SEG.SEQ - 1 is the ISN).
@@ -170,10 +176,27 @@ pub struct BenchFrame {
 
 const _: () = assert!(BENCH_FRAME_LEN <= 80);
 
+/// The SYN-flood generator's state: frame `n` is `frame` (its first [`FLOOD_FRAME_LEN`] bytes,
+/// as the wire has them, checksums valid) from `src_base + 1 + n % sources` (an IPv4 address,
+/// host order), port `1024 + n % 60000`, ISN `n * 2654435761`; each is sent with `action`
+/// (XDP_TX to send, XDP_DROP to measure the generator alone).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FloodState {
+    pub next: u32,
+    pub action: u32,
+    pub src_base: u32,
+    pub sources: u32,
+    pub frame: [u64; 8],
+}
+
+const _: () = assert!(FLOOD_FRAME_LEN <= 64);
+
 #[cfg(feature = "user")]
 mod pod_impls {
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, and have no padding bytes left implicit
     // (checked by bytemuck's `Pod` derive).
+    unsafe impl aya::Pod for super::FloodState {}
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::ListenerValue {}
     unsafe impl aya::Pod for super::FlowKey4 {}

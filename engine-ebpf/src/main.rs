@@ -28,7 +28,7 @@ use engine_common::{
     cookie::{self, Tuple},
     counters::{self, Counter},
     maps::{
-        BENCH_FRAME_LEN, BenchFrame, MAX_QUEUES, RX_BACKLOG_LIMIT, RxBacklogEntry, CONFIG_KERNEL_COOKIE, CONFIG_RST_BAD_COOKIE, DEFAULT_MAX_FLOWS, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6,
+        BENCH_FRAME_LEN, BenchFrame, FLOOD_FRAME_LEN, FloodState, MAX_QUEUES, RX_BACKLOG_LIMIT, RxBacklogEntry, CONFIG_KERNEL_COOKIE, CONFIG_RST_BAD_COOKIE, DEFAULT_MAX_FLOWS, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6,
         LISTEN_PORTS_LEN, ListenerKey, ListenerValue, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY,
         PORT_V6_SOME, PortListeners, RstBucket, SLOT_PENDING, XdpConfig,
     },
@@ -58,6 +58,8 @@ static RST_BUCKET: PerCpuArray<RstBucket> = PerCpuArray::with_max_entries(1, 0);
 static RX_BACKLOG: Array<RxBacklogEntry> = Array::with_max_entries(MAX_QUEUES, BPF_F_MMAPABLE);
 #[map(name = "BENCH_FRAME")]
 static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
+#[map(name = "FLOOD")]
+static FLOOD: Array<FloodState> = Array::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = 14;
 const IPV4_HLEN: usize = 20;
@@ -226,6 +228,62 @@ fn restore_bench_frame(ctx: &XdpContext) -> bool {
     // SAFETY: as above, the last 2 bytes.
     unsafe { (p.add(i) as *mut u16).write_unaligned((src.add(i) as *const u16).read_unaligned()) };
     true
+}
+
+/// Benchmark only (never attached): a SYN-flood generator for BPF_PROG_TEST_RUN's live-frame
+/// mode, which sends every frame the program returns XDP_TX for out of the context's ingress
+/// device. Live-frame mode recycles its pages with whatever the receiver left in them (our own
+/// XDP program turns a SYN into a SYN-ACK in place), so each run writes the whole frame from
+/// [`FloodState`]'s template (an IPv4 SYN with the MSS option, [`FLOOD_FRAME_LEN`] bytes), then
+/// the next source address, port and ISN, updating both checksums (RFC 1624 3).
+#[xdp]
+pub fn synx_bench_flood(ctx: XdpContext) -> u32 {
+    let Some(state) = FLOOD.get_ptr_mut(0) else { return xdp_action::XDP_ABORTED };
+    if ctx.data_end() - ctx.data() != FLOOD_FRAME_LEN {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(p) = at(&ctx, 0, FLOOD_FRAME_LEN) else { return xdp_action::XDP_ABORTED };
+    // SAFETY: one generator thread per map; the state is plain data.
+    let s = unsafe { &mut *state };
+    // Seven 8-byte words and a 2-byte tail: 58 bytes, no memcpy call.
+    let src = s.frame.as_ptr() as *const u8;
+    let mut i = 0;
+    while i + 8 <= FLOOD_FRAME_LEN {
+        // SAFETY: both ranges hold FLOOD_FRAME_LEN bytes (checked above; the template is 64).
+        unsafe { (p.add(i) as *mut u64).write_unaligned((src.add(i) as *const u64).read_unaligned()) };
+        i += 8;
+    }
+    // SAFETY: as above, the last 2 bytes.
+    unsafe { (p.add(i) as *mut u16).write_unaligned((src.add(i) as *const u16).read_unaligned()) };
+    let n = s.next;
+    s.next = n.wrapping_add(1);
+    let sources = if s.sources == 0 { 1 } else { s.sources };
+    let src = (s.src_base.wrapping_add(1 + n % sources)).to_be();
+    let port = ((1024 + n % 60000) as u16).to_be();
+    let seq = n.wrapping_mul(2_654_435_761).to_be();
+    const IP_CSUM: usize = ETH_HLEN + 10;
+    const IP_SRC: usize = ETH_HLEN + 12;
+    const TCP: usize = ETH_HLEN + IPV4_HLEN;
+    const TCP_CSUM: usize = TCP + 16;
+    // SAFETY: every offset lies within the FLOOD_FRAME_LEN bytes checked above.
+    unsafe {
+        let old_src = ld32(p, IP_SRC);
+        let old_port = (p.add(TCP) as *const u16).read_unaligned();
+        let old_seq = ld32(p, TCP + 4);
+        let ip_csum = (p.add(IP_CSUM) as *const u16).read_unaligned();
+        let tcp_csum = (p.add(TCP_CSUM) as *const u16).read_unaligned();
+        // HC' = ~(~HC + ~m + m'), over the changed words (the source address is in the TCP
+        // pseudo-header too).
+        let src_delta = u64::from(!old_src) + u64::from(src);
+        let ip = fold(u64::from(!ip_csum) + src_delta);
+        let tcp = fold(u64::from(!tcp_csum) + src_delta + u64::from(!old_port) + u64::from(port) + u64::from(!old_seq) + u64::from(seq));
+        st32(p, IP_SRC, src);
+        (p.add(TCP) as *mut u16).write_unaligned(port);
+        st32(p, TCP + 4, seq);
+        (p.add(IP_CSUM) as *mut u16).write_unaligned(ip);
+        (p.add(TCP_CSUM) as *mut u16).write_unaligned(tcp);
+    }
+    s.action
 }
 
 /// Native XDP_TX and redirects on a veth deliver only when the peer veth runs an XDP program

@@ -19,7 +19,7 @@ use engine_common::{
     counters,
     handshake::HandshakeFacts,
     maps::{
-        self, BenchFrame, CONFIG_RST_BAD_COOKIE, RxBacklogEntry, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, ListenerValue,
+        self, BenchFrame, CONFIG_RST_BAD_COOKIE, FloodState, RxBacklogEntry, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, ListenerValue,
         PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY, PORT_V6_SOME, PortListeners, XdpConfig,
     },
 };
@@ -32,6 +32,7 @@ const PEER_PROGRAM: &str = "synx_peer_pass";
 /// and the restore alone.
 const BENCH_SYN_PROGRAM: &str = "synx_bench_syn";
 const BENCH_RESTORE_PROGRAM: &str = "synx_bench_restore";
+const BENCH_FLOOD_PROGRAM: &str = "synx_bench_flood";
 /// Window-scale shift announced in SYN-ACKs (Linux announces 7 for its default buffers).
 pub const OUR_WSCALE: u8 = 7;
 /// RSTs per second per CPU that XDP may send for segments with no connection.
@@ -527,6 +528,58 @@ impl XdpEngine {
         self.test_run_program(BENCH_SYN_PROGRAM, frame, repeat)
     }
 
+    /// The benchmark's SYN-flood generator (`synx_bench_flood`): sends `repeat` frames made
+    /// from `frame` (an IPv4 SYN with the MSS option) out of `iface` through BPF_PROG_TEST_RUN's
+    /// live-frame mode, continuing from `state` on the first call (its `next` advances across
+    /// calls). The caller's network namespace must hold `iface`. Returns how many frames the
+    /// program made (live-frame mode reports no action: a frame it rejects is not counted).
+    pub fn flood(&mut self, iface: &str, frame: &[u8], state: Option<FloodState>, repeat: u32) -> Result<u32, BpfError> {
+        use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
+        if frame.len() != maps::FLOOD_FRAME_LEN {
+            return Err(BpfError::Unexpected(format!("a flood frame has {} bytes, not {}", frame.len(), maps::FLOOD_FRAME_LEN)));
+        }
+        let mut map: Array<_, FloodState> =
+            Array::try_from(self.ebpf.map_mut(maps::FLOOD).ok_or(BpfError::MissingMap(maps::FLOOD))?)?;
+        if let Some(state) = state {
+            map.set(0, &state, 0)?;
+        }
+        let before = map.get(&0, 0)?.next;
+        let prog = program(&mut self.ebpf, BENCH_FLOOD_PROGRAM)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+        }
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex; the kernel wants data_end = the frame's length.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&if_index(iface)?.to_ne_bytes());
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: repeat.max(1),
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::new()
+        };
+        prog.test_run(opts).map_err(|e| BpfError::Unexpected(format!("BPF_PROG_TEST_RUN in live-frame mode on {iface}: {e}")))?;
+        let map: Array<_, FloodState> =
+            Array::try_from(self.ebpf.map(maps::FLOOD).ok_or(BpfError::MissingMap(maps::FLOOD))?)?;
+        Ok(map.get(&0, 0)?.next.wrapping_sub(before))
+    }
+
+    /// One run of the flood generator on `frame` (not live: what it made is returned) with
+    /// `state`: the action and the frame, for tests.
+    pub fn flood_sample(&mut self, frame: &[u8], state: FloodState) -> Result<(u32, Vec<u8>), BpfError> {
+        let mut map: Array<_, FloodState> =
+            Array::try_from(self.ebpf.map_mut(maps::FLOOD).ok_or(BpfError::MissingMap(maps::FLOOD))?)?;
+        map.set(0, &state, 0)?;
+        let prog = program(&mut self.ebpf, BENCH_FLOOD_PROGRAM)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+        }
+        let (action, out, _) = self.test_run_program(BENCH_FLOOD_PROGRAM, frame, 1)?;
+        Ok((action, out))
+    }
+
     /// Load the micro-benchmark programs (once) and give them `frame` to restore before each run.
     fn load_bench_programs(&mut self, frame: &[u8]) -> Result<(), BpfError> {
         let mut saved = BenchFrame { words: [0; 10] };
@@ -728,6 +781,36 @@ pub struct MicroRow {
 fn median_ns(mut v: Vec<u64>) -> f64 {
     v.sort_unstable();
     v.get(v.len() / 2).copied().unwrap_or(0) as f64
+}
+
+/// The flood generator's frame and starting state (see [`XdpEngine::flood`]): IPv4 SYNs with
+/// the MSS option from `src_mac` to `dst_mac` and `dst`, from sources `src_base`+1 ..
+/// `src_base`+`sources`; `drop` makes the program drop each frame instead of sending it.
+pub fn flood_template(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    dst: std::net::SocketAddrV4,
+    src_base: std::net::Ipv4Addr,
+    sources: u32,
+    drop: bool,
+) -> Result<(Vec<u8>, FloodState), BpfError> {
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src_base.octets(), dst.ip().octets(), 64)
+        .tcp(1024, dst.port(), 0, 64240)
+        .syn()
+        .options(&[etherparse::TcpOptionElement::MaximumSegmentSize(1460)])
+        .map_err(|e| BpfError::Unexpected(format!("{e:?}")))?
+        .write(&mut frame, &[])
+        .map_err(|e| BpfError::Unexpected(e.to_string()))?;
+    let mut template = [0u64; 8];
+    bytemuck::bytes_of_mut(&mut template)
+        .get_mut(..frame.len())
+        .ok_or_else(|| BpfError::Unexpected(format!("a {}-byte flood frame", frame.len())))?
+        .copy_from_slice(&frame);
+    // XDP_DROP or XDP_TX.
+    let action = if drop { 1 } else { 3 };
+    Ok((frame, FloodState { next: 0, action, src_base: src_base.into(), sources, frame: template }))
 }
 
 /// Per-packet cost of the XDP paths under BPF_PROG_TEST_RUN.

@@ -52,6 +52,30 @@ enum Command {
         #[arg(long, default_value_t = 20000)]
         runs: u32,
     },
+    /// Send a SYN flood from spoofed IPv4 sources out of IFACE for SECS seconds through
+    /// BPF_PROG_TEST_RUN's XDP live-frame mode, for `cargo xtask bench`; prints
+    /// {"frames": N, "secs": S}.
+    #[command(hide = true)]
+    BenchFlood {
+        #[arg(long)]
+        iface: String,
+        #[arg(long, value_parser = parse_mac)]
+        src_mac: [u8; 6],
+        #[arg(long, value_parser = parse_mac)]
+        dst_mac: [u8; 6],
+        #[arg(long)]
+        dst: std::net::SocketAddrV4,
+        /// Sources are SRC_BASE+1 .. SRC_BASE+SOURCES.
+        #[arg(long)]
+        src_base: std::net::Ipv4Addr,
+        #[arg(long, default_value_t = 250)]
+        sources: u32,
+        #[arg(long)]
+        secs: f64,
+        /// Drop every frame instead of sending it: the generator's own cost.
+        #[arg(long)]
+        drop: bool,
+    },
     /// Print every counter of the running daemon (XDP and userspace).
     Stats {
         #[arg(long)]
@@ -164,6 +188,24 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::BenchFlood { iface, src_mac, dst_mac, dst, src_base, sources, secs, drop } => {
+            let (frame, state) = synx::bpf::flood_template(src_mac, dst_mac, dst, src_base, sources, drop)?;
+            let mut state = Some(state);
+            let mut engine = synx::bpf::XdpEngine::load(1024, 1460)?;
+            const PER_CALL: u32 = 1 << 16;
+            let start = std::time::Instant::now();
+            let mut frames = 0u64;
+            while start.elapsed().as_secs_f64() < secs {
+                let made = engine.flood(&iface, &frame, state.take(), PER_CALL)?;
+                if made != PER_CALL {
+                    bail!("the flood program made {made} of {PER_CALL} frames");
+                }
+                frames += u64::from(made);
+            }
+            let secs = start.elapsed().as_secs_f64();
+            writeln!(std::io::stdout(), "{}", serde_json::json!({ "frames": frames, "secs": secs }))?;
+            Ok(())
+        }
         Command::PeerPass { iface } => {
             let _pass = synx::bpf::PeerPass::attach(&iface, AttachMode::Native)?;
             writeln!(std::io::stdout(), "attached XDP_PASS to {iface}")?;
@@ -252,4 +294,10 @@ fn serve_kernel(listen: Vec<ListenSpec>) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// A MAC address written aa:bb:cc:dd:ee:ff.
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = s.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>().map_err(|e| format!("{s}: {e}"))?;
+    bytes.try_into().map_err(|_| format!("{s}: a MAC address has six bytes (aa:bb:cc:dd:ee:ff)"))
 }

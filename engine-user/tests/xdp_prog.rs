@@ -673,3 +673,35 @@ fn a_backlogged_queue_leaves_new_syns_unanswered_and_nothing_else() {
     assert_eq!(counter(&e, "xdp_cookie_ack_valid"), 1);
     assert_eq!(counter(&e, "xdp_drop_syn_backlog"), 1);
 }
+
+#[test]
+fn the_flood_generator_writes_whole_valid_syns_from_its_template() {
+    let mut e = engine();
+    let dst = std::net::SocketAddrV4::new(SERVER4, PORT);
+    let base = Ipv4Addr::new(198, 19, 254, 0);
+    let (frame, state) = synx::bpf::flood_template(CLIENT_MAC, SERVER_MAC, dst, base, 250, false).unwrap();
+    // Live-frame mode hands the program pages holding whatever the receiver left (a SYN-ACK
+    // built in place): every byte must come from the template.
+    let garbage = vec![0xa5u8; frame.len()];
+    for (n, input) in [(0u32, &frame), (7, &garbage), (251, &garbage), (70_000, &frame)] {
+        let (action, out) = e.flood_sample(input, engine_common::maps::FloodState { next: n, ..state }).unwrap();
+        assert_eq!(action, XDP_TX, "frame {n}");
+        let p = SlicedPacket::from_ethernet(&out).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else { panic!("frame {n}: not IPv4") };
+        let h = ip.header().to_header();
+        assert_eq!(h.header_checksum, h.calc_header_checksum(), "frame {n}: IPv4 checksum");
+        assert_eq!(h.source, (u32::from(base) + 1 + n % 250).to_be_bytes(), "frame {n}");
+        assert_eq!(h.destination, SERVER4.octets());
+        let Some(TransportSlice::Tcp(tcp)) = p.transport else { panic!("frame {n}: not TCP") };
+        assert_eq!(tcp.checksum(), tcp.to_header().calc_checksum_ipv4(&h, tcp.payload()).unwrap(), "frame {n}: TCP checksum");
+        assert!(tcp.syn() && !tcp.ack());
+        assert_eq!((tcp.source_port(), tcp.destination_port()), ((1024 + n % 60000) as u16, PORT));
+        assert_eq!(tcp.sequence_number(), n.wrapping_mul(2_654_435_761));
+        assert_eq!(tcp.to_header().options.as_slice(), &[2, 4, 0x05, 0xb4]);
+        // And the synx program answers it.
+        let (answer, _, _) = e.test_run(&out, 1).unwrap();
+        assert_eq!(answer, XDP_TX, "frame {n}: a SYN-ACK");
+    }
+    let dropping = synx::bpf::flood_template(CLIENT_MAC, SERVER_MAC, dst, base, 250, true).unwrap().1;
+    assert_eq!(e.flood_sample(&frame, dropping).unwrap().0, XDP_DROP);
+}

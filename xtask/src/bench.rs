@@ -6,18 +6,18 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
-use synx_testbed::{Daemon, PacketSocket, VethPair, mac_of, sh};
+use synx_testbed::{Daemon, VethPair, mac_of, sh};
 
 /// Ports: synx serves SYNX_*, the kernel baseline KERNEL_*.
 const SYNX_HTTP: u16 = 80;
@@ -134,6 +134,8 @@ fn record<const N: usize>(s: &mut [Samples; N], synx: bool, round: anyhow::Resul
 /// The namespaces, synx, and the kernel baseline server.
 struct Rig {
     net: VethPair,
+    /// The synx binary: also the flood generator (`synx bench-flood`).
+    synx_bin: PathBuf,
     /// The synx daemon, or why it could not be started (then every synx cell says so).
     synx: Result<Daemon, String>,
     kernel: KernelServer,
@@ -228,10 +230,6 @@ impl Rig {
         }
         net.client.exec("sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65535"])?;
         net.server.exec("sysctl", &["-qw", "net.ipv4.tcp_syncookies=2"])?;
-        // Where the flood generator's own cost is measured (see `generator_floor`).
-        net.client.exec("ip", &["link", "add", GENERATOR_FLOOR_IF, "type", "ifb"])?;
-        net.client.exec("ip", &["link", "set", GENERATOR_FLOOR_IF, "up"])?;
-        net.client.exec("tc", &["qdisc", "replace", "dev", GENERATOR_FLOOR_IF, "root", "noqueue"])?;
         // The SYN-ACKs to the spoofed sources stop at the client's ingress, as they would leave
         // a real server's NIC for the wire: the client's IP layer (route lookup, ICMP
         // unreachable) is not the server's work, and it was charged to both sides alike.
@@ -255,7 +253,7 @@ impl Rig {
             .and_then(|()| Daemon::start(&net.server, &net.server_if, &args))
             .map_err(|e| format!("synx did not start: {e:#}"));
         let kernel = KernelServer::start(&net, synx_bin)?;
-        Ok(Self { net, synx, kernel })
+        Ok(Self { net, synx_bin: synx_bin.to_path_buf(), synx, kernel })
     }
 
     fn server_pid(&self, synx: bool) -> anyhow::Result<u32> {
@@ -406,42 +404,43 @@ fn bulk(rig: &Rig, synx: bool, echo: bool, bytes: usize) -> anyhow::Result<f64> 
     })?
 }
 
-/// SYN flood from spoofed sources for `secs`: SYN-ACKs answered per second, machine CPU
-/// microseconds per SYN-ACK (generator included, identical for both), and the share of
-/// legitimate connections that succeed meanwhile.
-/// The client-namespace device the flood generator's own cost is measured on: an ifb without
-/// a qdisc, which frees every frame it is given that tc did not redirect to it (this kernel has
-/// no dummy driver).
-const GENERATOR_FLOOR_IF: &str = "synxgen0";
-
-/// Send `frames` round and round on `sock` until `stop`; returns how many were sent.
-fn send_frames(sock: &PacketSocket, frames: &[Vec<u8>], stop: &AtomicBool) -> u64 {
-    let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        for f in frames {
-            if sock.send(f).is_ok() {
-                n += 1;
-            }
-        }
+/// The flood generator, `synx bench-flood`, in the client namespace for `secs`: spoofed SYNs
+/// from [`FLOOD_NET`] through BPF_PROG_TEST_RUN's XDP live-frame mode (frames go straight into
+/// the client veth's transmit path as XDP frames: no socket, no skb). With `drop` the program
+/// drops every frame instead: the generator's own cost. Returns the frames it made.
+fn generator(rig: &Rig, dst: SocketAddrV4, secs: f64, drop: bool) -> anyhow::Result<Child> {
+    let server_mac = mac_of(&rig.net.server, &rig.net.server_if)?;
+    let client_mac = mac_of(&rig.net.client, &rig.net.client_if)?;
+    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let mut cmd = rig.net.client.command(rig.synx_bin.to_str().unwrap_or("synx"));
+    cmd.args(["bench-flood", "--iface", &rig.net.client_if, "--src-mac", &mac(client_mac), "--dst-mac", &mac(server_mac)])
+        .args(["--dst", &dst.to_string(), "--src-base", &FLOOD_NET.to_string(), "--sources", "250"])
+        .args(["--secs", &secs.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if drop {
+        cmd.arg("--drop");
     }
-    n
+    Ok(cmd.spawn()?)
 }
 
-/// The generator's own cost: machine busy jiffies per frame when the same frames go, the same
-/// way, into a device that frees them ([`GENERATOR_FLOOR_IF`]), so no server work is in it. Everything
-/// else running on the machine is in it too, as it is during the flood.
-fn generator_floor(rig: &Rig, frames: Arc<Vec<Vec<u8>>>) -> anyhow::Result<f64> {
-    let sock = PacketSocket::open(&rig.net.client, GENERATOR_FLOOR_IF)?;
-    let stop = Arc::new(AtomicBool::new(false));
+/// How many frames a finished generator made.
+fn generator_frames(child: Child) -> anyhow::Result<u64> {
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "synx bench-flood: {}", String::from_utf8_lossy(&out.stderr).trim());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v["frames"].as_u64().context("synx bench-flood printed no frame count")
+}
+
+/// The generator's own cost: machine busy jiffies per frame when it drops every frame it makes
+/// (so no server work is in it). Everything else running on the machine is in it too, as it is
+/// during the flood.
+fn generator_floor(rig: &Rig, dst: SocketAddrV4) -> anyhow::Result<f64> {
     let (busy0, _) = machine_cpu();
-    let gen_stop = stop.clone();
-    let generator = std::thread::spawn(move || send_frames(&sock, &frames, &gen_stop));
-    std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    let sent = generator.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))?;
+    let frames = generator_frames(generator(rig, dst, 1.0, true)?)?;
     let (busy1, _) = machine_cpu();
-    ensure!(sent > 0, "no frame went into {GENERATOR_FLOOR_IF}");
-    Ok((busy1 - busy0) / sent as f64)
+    ensure!(frames > 0, "the generator made no frame");
+    Ok((busy1 - busy0) / frames as f64)
 }
 
 /// A SYN flood while legitimate clients connect: SYN-ACKs per second, server CPU us per
@@ -449,26 +448,8 @@ fn generator_floor(rig: &Rig, frames: Arc<Vec<Vec<u8>>>) -> anyhow::Result<f64> 
 /// SYN-ACK, and the legitimate clients' success in percent.
 fn syn_flood(rig: &Rig, synx: bool, secs: u64) -> anyhow::Result<(f64, f64, f64, f64)> {
     let port = rig.port(synx, "echo");
-    let server_mac = mac_of(&rig.net.server, &rig.net.server_if)?;
-    let client_mac = mac_of(&rig.net.client, &rig.net.client_if)?;
-    let sock = PacketSocket::open(&rig.net.client, &rig.net.client_if)?;
-    let dst = rig.net.server_v4;
-    // Prebuilt frames from 250 spoofed sources and many ports.
-    let mut frames = Vec::new();
-    for i in 0..4096u32 {
-        let src = Ipv4Addr::from(u32::from(FLOOD_NET) + 1 + (i % 250));
-        let mut f = Vec::new();
-        etherparse::PacketBuilder::ethernet2(client_mac, server_mac)
-            .ipv4(src.octets(), dst.octets(), 64)
-            .tcp(1024 + (i as u16 % 60000), port, i.wrapping_mul(2654435761), 64240)
-            .syn()
-            .options(&[etherparse::TcpOptionElement::MaximumSegmentSize(1460)])
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?
-            .write(&mut f, &[])?;
-        frames.push(f);
-    }
-    let frames = Arc::new(frames);
-    let floor = generator_floor(rig, frames.clone())?;
+    let dst = SocketAddrV4::new(rig.net.server_v4, port);
+    let floor = generator_floor(rig, dst)?;
     let answered = |rig: &Rig| -> anyhow::Result<u64> {
         if synx {
             rig.daemon()?.counter("xdp_syn_cookie_sent")
@@ -485,9 +466,7 @@ fn syn_flood(rig: &Rig, synx: bool, secs: u64) -> anyhow::Result<(f64, f64, f64,
     rig.server_pid(synx)?;
     let before = answered(rig)?;
     let (busy0, _) = machine_cpu();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flood_stop = stop.clone();
-    let flood = std::thread::spawn(move || send_frames(&sock, &frames, &flood_stop));
+    let flood = generator(rig, dst, secs as f64, false)?;
     // Legitimate clients meanwhile.
     let addr = rig.addr(port);
     let legit_deadline = Instant::now() + Duration::from_secs(secs);
@@ -506,8 +485,7 @@ fn syn_flood(rig: &Rig, synx: bool, secs: u64) -> anyhow::Result<(f64, f64, f64,
         }
         (ok, tried)
     })?;
-    stop.store(true, Ordering::Relaxed);
-    let sent = flood.join().map_err(|_| anyhow::anyhow!("flood thread panicked"))?;
+    let sent = generator_frames(flood)?;
     let (busy1, _) = machine_cpu();
     std::thread::sleep(Duration::from_millis(200));
     let synacks = answered(rig)?.saturating_sub(before);
@@ -843,12 +821,12 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
             }
         }
         let [rate, cpu, machine, legit] = s;
-        rows.push(rate.row("syn_flood_synack_rate", "SYN-ACK/s", true, "spoofed SYNs from AF_PACKET in the client netns"));
+        rows.push(rate.row("syn_flood_synack_rate", "SYN-ACK/s", true, "spoofed SYNs, XDP live frames from the client netns"));
         rows.push(cpu.row(
             "syn_flood_cpu_per_synack",
             "us CPU/SYN-ACK",
             false,
-            "machine CPU less the generator's own (the same frames into a device that frees them)",
+            "machine CPU less the generator's own (the same generator dropping its frames)",
         ));
         rows.push(machine.row("syn_flood_machine_cpu_per_synack", "us CPU/SYN-ACK", false, "whole machine, generator included"));
         rows.push(legit.row("syn_flood_legit_success", "%", true, "legitimate connects during the flood"));
