@@ -1,11 +1,12 @@
-//! A quiescent connection folded into [`Parked`]: what an idle ESTABLISHED TCB needs to carry
-//! on exactly where it left off, without its buffers, recovery state and timer table. A
-//! connection with nothing in flight, nothing buffered and nothing owed to the peer (no ACK,
-//! probe or RST pending) has only the keepalive timer armed, and everything else in
-//! [`Connection`] is either at rest or derived from the endpoint's [`Config`]; so the
-//! endpoint keeps an idle connection in about a third of the space and unfolds it when a
-//! segment, an application call or its keepalive deadline comes. `unpark(park(c))` behaves
-//! exactly as `c` (tested by running conversations both ways and comparing every segment).
+//! A quiescent connection folded into [`Parked`]: what an idle ESTABLISHED TCB, or one waiting
+//! out TIME_WAIT, needs to carry on exactly where it left off, without its buffers, recovery
+//! state and timer table. A connection with nothing in flight, nothing buffered and nothing
+//! owed to the peer (no ACK, probe or RST pending) has one timer armed (keepalive, or the
+//! 2*MSL of TIME_WAIT), and everything else in [`Connection`] is either at rest or derived
+//! from the endpoint's [`Config`]; so the endpoint keeps it in about a third of the space and
+//! unfolds it when a segment, an application call or its deadline comes. `unpark(park(c))`
+//! behaves exactly as `c` (tested by running conversations both ways and comparing every
+//! segment).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -23,9 +24,15 @@ use crate::tcp::{Config, Instant, Keepalive};
 
 const TS: u8 = 1;
 const SACK: u8 = 2;
+/// TIME_WAIT (else ESTABLISHED).
+const TIME_WAIT: u8 = 4;
+/// Our FIN was queued (always with TIME_WAIT).
+const FIN_QUEUED: u8 = 8;
+/// The application closed rather than shut down.
+const ORPHAN: u8 = 16;
 
-/// The state of an idle ESTABLISHED connection (see the module docs). Its 4-tuple and
-/// keepalive settings are the caller's to keep.
+/// The state of an idle ESTABLISHED or TIME_WAIT connection (see the module docs). Its
+/// 4-tuple and keepalive settings are the caller's to keep.
 #[derive(Clone, Copy, Debug)]
 pub struct Parked {
     /// SND.UNA = SND.NXT = SND.MAX (nothing in flight).
@@ -44,8 +51,10 @@ pub struct Parked {
     ts_recent_age: u64,
     last_activity: u64,
     challenge_window: u64,
-    /// The keepalive deadline (`u64::MAX`: none).
-    keepalive_due: u64,
+    /// The one timer's deadline (`u64::MAX`: none): keepalive, or the end of TIME_WAIT.
+    due: u64,
+    /// Our FIN's sequence number (TIME_WAIT).
+    fin_seq: SeqNum,
     keepalive_probes_out: u32,
     challenge_count: u32,
     rtt: RttEstimator,
@@ -112,18 +121,23 @@ impl ParkedStats {
 }
 
 impl Connection {
-    /// Whether nothing but the keepalive timer is left running: ESTABLISHED, every byte sent
-    /// acknowledged and every byte received read, no FIN either way, no ACK, probe or RST owed,
-    /// no loss recovery, no event waiting to be polled.
+    /// Whether nothing but one timer is left running: every byte sent acknowledged and every
+    /// byte received read, no ACK, probe or RST owed, no loss recovery, no event waiting to be
+    /// polled; and either ESTABLISHED with no FIN either way (the keepalive timer) or
+    /// TIME_WAIT (its 2*MSL timer).
     pub fn is_quiescent(&self) -> bool {
-        self.state == State::Established
+        let state_at_rest = match self.state {
+            State::Established => {
+                !self.fin_queued && self.fin_seq.is_none() && !self.orphan && !self.timers.is_set(TimerKind::TimeWait)
+            }
+            State::TimeWait => self.fin_seq.is_some() && !self.timers.is_set(TimerKind::Keepalive),
+            _ => false,
+        };
+        state_at_rest
             && self.snd_una == self.snd_nxt
             && self.snd_nxt == self.snd_max
             && self.high_rxt == self.snd_una
             && self.send_buf.is_empty()
-            && !self.fin_queued
-            && self.fin_seq.is_none()
-            && !self.orphan
             && self.recv_buf.readable() == 0
             && !self.recv_buf.has_out_of_order()
             && self.peer_fin.is_none()
@@ -146,7 +160,7 @@ impl Connection {
             && self.events == 0
             && self.close_reason.is_none()
             && self.timed_out_by.is_none()
-            && [TimerKind::Retransmit, TimerKind::DelayedAck, TimerKind::Persist, TimerKind::TimeWait]
+            && [TimerKind::Retransmit, TimerKind::DelayedAck, TimerKind::Persist]
                 .iter()
                 .all(|&k| !self.timers.is_set(k))
     }
@@ -157,7 +171,13 @@ impl Connection {
         if !self.is_quiescent() {
             return None;
         }
-        let flags = if self.ts_enabled { TS } else { 0 } | if self.sack_enabled { SACK } else { 0 };
+        let bit = |on: bool, b: u8| if on { b } else { 0 };
+        let flags = bit(self.ts_enabled, TS)
+            | bit(self.sack_enabled, SACK)
+            | bit(self.state == State::TimeWait, TIME_WAIT)
+            | bit(self.fin_queued, FIN_QUEUED)
+            | bit(self.orphan, ORPHAN);
+        let timer = if self.state == State::TimeWait { TimerKind::TimeWait } else { TimerKind::Keepalive };
         Some(Parked {
             snd_nxt: self.snd_nxt,
             snd_wl1: self.snd_wl1,
@@ -172,7 +192,8 @@ impl Connection {
             ts_recent_age: self.ts_recent_age.as_nanos(),
             last_activity: self.last_activity.as_nanos(),
             challenge_window: self.challenge_window.as_nanos(),
-            keepalive_due: self.timers.get(TimerKind::Keepalive).map_or(u64::MAX, Instant::as_nanos),
+            due: self.timers.get(timer).map_or(u64::MAX, Instant::as_nanos),
+            fin_seq: self.fin_seq.unwrap_or(self.snd_nxt),
             keepalive_probes_out: self.keepalive_probes_out,
             challenge_count: self.challenge_count,
             rtt: self.rtt,
@@ -190,14 +211,15 @@ impl Connection {
     /// Unfold a parked connection: the same connection, ready for a segment, a timeout or an
     /// application call. `config` is the endpoint's; `keepalive` the connection's own settings.
     pub fn unpark(p: &Parked, config: Arc<Config>, local: SocketAddr, remote: SocketAddr, keepalive: Keepalive) -> Self {
+        let time_wait = p.flags & TIME_WAIT != 0;
         let mut timers = TimerTable::default();
-        if p.keepalive_due != u64::MAX {
-            timers.set(TimerKind::Keepalive, Instant::from_nanos(p.keepalive_due));
+        if let Some(at) = p.deadline() {
+            timers.set(if time_wait { TimerKind::TimeWait } else { TimerKind::Keepalive }, at);
         }
         Connection {
             local,
             remote,
-            state: State::Established,
+            state: p.state(),
             snd_una: p.snd_nxt,
             snd_nxt: p.snd_nxt,
             snd_max: p.snd_nxt,
@@ -205,9 +227,9 @@ impl Connection {
             snd_wl2: p.snd_wl2,
             snd_wnd: p.snd_wnd,
             max_snd_wnd: p.max_snd_wnd,
-            fin_seq: None,
-            fin_queued: false,
-            orphan: false,
+            fin_seq: time_wait.then_some(p.fin_seq),
+            fin_queued: p.flags & FIN_QUEUED != 0,
+            orphan: p.flags & ORPHAN != 0,
             send_buf: SendBuffer::new(config.send_buffer.max(1)),
             rcv_nxt: p.rcv_nxt,
             rcv_adv: p.rcv_adv,
@@ -258,15 +280,19 @@ impl Connection {
 }
 
 impl Parked {
-    /// The keepalive deadline: the only timer of a parked connection.
+    /// The only timer of a parked connection: its keepalive deadline, or the end of TIME_WAIT.
     pub fn deadline(&self) -> Option<Instant> {
-        (self.keepalive_due != u64::MAX).then_some(Instant::from_nanos(self.keepalive_due))
+        (self.due != u64::MAX).then_some(Instant::from_nanos(self.due))
+    }
+
+    pub fn state(&self) -> State {
+        if self.flags & TIME_WAIT != 0 { State::TimeWait } else { State::Established }
     }
 
     /// What [`Connection::info`] would say, without unfolding.
     pub fn info(&self, config: &Config, local: SocketAddr, remote: SocketAddr) -> ConnectionInfo {
         ConnectionInfo {
-            state: State::Established,
+            state: self.state(),
             last_activity: Instant::from_nanos(self.last_activity),
             keepalive_probes_sent: self.keepalive_probes_out,
             local,

@@ -106,6 +106,8 @@ fn time_wait_through_the_wheel_and_syn_reuse() {
     ep.handle(ms(6), local(), client(1), &with(ack_from(1), Flags::FIN), &[]);
     drain(&mut ep, ms(6));
     assert_eq!(ep.time_wait_fin_reacked, 1, "the second FIN was a retransmission");
+    assert!(ep.is_parked(h), "TIME_WAIT waits folded");
+    assert_eq!(ep.infos().next().map(|(_, i)| i.state), Some(State::TimeWait));
     // 2*MSL later, via the wheel.
     let mut t = ep.poll_timeout().unwrap();
     while t < ms(6) + Duration::from_secs(60) {

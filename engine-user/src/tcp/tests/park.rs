@@ -2,8 +2,8 @@
 //! quiescent moment sends exactly the segments, at exactly the times, and reports exactly the
 //! state, of one that never is. Seeded conversations (requests and responses, server pushes,
 //! idle gaps long enough for keepalive probes, a client that goes silent until keepalive gives
-//! up, a client that stops reading, injected RSTs and SYNs, loss) run twice and are compared
-//! segment by segment.
+//! up, a client that stops reading, injected RSTs and SYNs, loss, either side closing first, so
+//! TIME_WAIT with retransmitted FINs too) run twice and are compared segment by segment.
 
 use core::time::Duration;
 use std::sync::Arc;
@@ -71,8 +71,9 @@ fn script(rng: &mut Rng) -> Vec<(Instant, Action)> {
 }
 
 /// Run one seeded conversation; with `park`, fold and unfold the server whenever it is
-/// quiescent. Returns the trace and how often it was folded.
-fn converse(seed: u64, flags: u8, park: bool) -> (Vec<Trace>, usize) {
+/// quiescent. `server_first`: at the end the server closes first (and waits in TIME_WAIT).
+/// Returns the trace and how often it was folded, in all and in TIME_WAIT.
+fn converse(seed: u64, flags: u8, server_first: bool, park: bool) -> (Vec<Trace>, usize, usize) {
     let mut rng = Rng(seed);
     let actions = script(&mut rng);
     let keepalive = Keepalive { enabled: true, idle: Duration::from_secs(5), interval: Duration::from_secs(1), probes: 3 };
@@ -101,7 +102,7 @@ fn converse(seed: u64, flags: u8, park: bool) -> (Vec<Trace>, usize) {
     client.set_keepalive(Keepalive { enabled: false, ..keepalive });
 
     let mut trace = Vec::new();
-    let mut folds = 0;
+    let (mut folds, mut time_wait_folds) = (0, 0);
     let mut wire: Vec<(Instant, u64, bool, Vec<u8>)> = Vec::new();
     let mut serial = 0u64;
     let mut next_action = 0;
@@ -110,7 +111,7 @@ fn converse(seed: u64, flags: u8, park: bool) -> (Vec<Trace>, usize) {
     let mut buf = vec![0u8; 2048];
     let mut now = ms(0);
     let end = actions.last().map_or(ms(0), |a| a.0) + Duration::from_secs(30);
-    let (mut closing, mut server_closed) = (false, false);
+    let (mut closing, mut server_closed, mut lost_last_ack) = (false, false, false);
     loop {
         // Deliveries due, then timers.
         wire.sort_by_key(|w| (w.0, w.1));
@@ -164,6 +165,15 @@ fn converse(seed: u64, flags: u8, park: bool) -> (Vec<Trace>, usize) {
         }
         if !closing && now >= end {
             closing = true;
+            if !server_first {
+                client.shutdown(now);
+            }
+        }
+        if closing && server_first && !server_closed && to_echo == 0 {
+            server_closed = true;
+            server.close(now);
+        }
+        if server_first && client.is_eof() && client.state() == State::CloseWait {
             client.shutdown(now);
         }
         // Applications: the server echoes requests and closes after the client does; the client
@@ -197,6 +207,11 @@ fn converse(seed: u64, flags: u8, park: bool) -> (Vec<Trace>, usize) {
                 if (!from_server && now < silent_until) || rng.chance(loss) {
                     continue;
                 }
+                if from_server && c.state() == State::TimeWait && !lost_last_ack {
+                    // The seed's lost last ACK: the client's FIN comes again, to TIME_WAIT.
+                    lost_last_ack = true;
+                    continue;
+                }
                 serial += 1;
                 let delay = Duration::from_millis(5 + rng.next() % 3);
                 wire.push((now + delay, serial, !from_server, buf[..n].to_vec()));
@@ -208,6 +223,7 @@ fn converse(seed: u64, flags: u8, park: bool) -> (Vec<Trace>, usize) {
         while client.poll_event().is_some() {}
         trace.push(Trace::Info(now, server.info()));
         if park && let Some(p) = server.park() {
+            time_wait_folds += usize::from(server.state() == State::TimeWait);
             server = Connection::unpark(&p, config.clone(), server.local(), server.remote(), server.keepalive());
             folds += 1;
         }
@@ -230,16 +246,17 @@ fn converse(seed: u64, flags: u8, park: bool) -> (Vec<Trace>, usize) {
             _ => break,
         }
     }
-    (trace, folds)
+    (trace, folds, time_wait_folds)
 }
 
 #[test]
 fn a_parked_connection_behaves_exactly_as_one_never_parked() {
-    let (mut folds, mut segments) = (0, 0);
+    let (mut folds, mut time_wait_folds, mut segments, mut reacks) = (0, 0, 0, 0);
     for seed in 0..200u64 {
         let flags = [FACT_SACK | FACT_TS | FACT_WSCALE, 0, FACT_TS, FACT_SACK | FACT_WSCALE][seed as usize % 4];
-        let (plain, none) = converse(seed, flags, false);
-        let (parked, n) = converse(seed, flags, true);
+        let server_first = seed % 3 == 0;
+        let (plain, none, _) = converse(seed, flags, server_first, false);
+        let (parked, n, tw) = converse(seed, flags, server_first, true);
         assert_eq!(none, 0);
         segments += plain.iter().filter(|t| matches!(t, Trace::Segment(..))).count();
         if let Some(i) = (0..plain.len().min(parked.len())).find(|&i| plain[i] != parked[i]) {
@@ -247,9 +264,21 @@ fn a_parked_connection_behaves_exactly_as_one_never_parked() {
         }
         assert_eq!(plain.len(), parked.len(), "seed {seed}");
         folds += n;
+        time_wait_folds += tw;
+        reacks += parked
+            .iter()
+            .filter_map(|t| match t {
+                Trace::Info(_, i) => Some(i.stats.time_wait_fin_reacks),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
     }
-    // The conversations happen, and go quiet often.
-    assert!(segments > 2000 && folds > 1000, "{segments} segments, {folds} folds");
+    // The conversations happen, and go quiet often, in TIME_WAIT too.
+    assert!(
+        segments > 2000 && folds > 1000 && time_wait_folds > 10 && reacks > 0,
+        "{segments} segments, {folds} folds, {time_wait_folds} in TIME_WAIT, {reacks} FINs re-ACKed there"
+    );
 }
 
 #[test]
