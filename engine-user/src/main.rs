@@ -273,6 +273,9 @@ fn serve_kernel(listen: Vec<ListenSpec>) -> anyhow::Result<()> {
                 std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
             };
             socket.set_reuseaddr(true)?;
+            // Several of these processes may share a port (the bench's idle row: one process's
+            // open-files limit cannot hold every connection).
+            socket.set_reuseport(true)?;
             socket.bind(spec.addr)?;
             let listener = socket.listen(4096)?;
             tokio::spawn(async move {

@@ -148,16 +148,18 @@ struct KernelServer {
 
 impl KernelServer {
     fn start(rig_net: &VethPair, bin: &Path) -> anyhow::Result<Self> {
+        Self::serve(rig_net, bin, &[(KERNEL_HTTP, "http"), (KERNEL_ECHO, "echo"), (KERNEL_DISCARD, "discard")])
+    }
+
+    /// A server for these ports only (SO_REUSEPORT: more processes may serve one port).
+    fn serve(rig_net: &VethPair, bin: &Path, listen: &[(u16, &str)]) -> anyhow::Result<Self> {
         let ip = rig_net.server_v4;
-        let mut child = rig_net
-            .server
-            .command(bin.to_str().context("path")?)
-            .arg("serve-kernel")
-            .args(["--listen", &format!("{ip}:{KERNEL_HTTP}=http")])
-            .args(["--listen", &format!("{ip}:{KERNEL_ECHO}=echo")])
-            .args(["--listen", &format!("{ip}:{KERNEL_DISCARD}=discard")])
-            .stdout(Stdio::piped())
-            .spawn()?;
+        let mut cmd = rig_net.server.command(bin.to_str().context("path")?);
+        cmd.arg("serve-kernel");
+        for (port, app) in listen {
+            cmd.args(["--listen", &format!("{ip}:{port}={app}")]);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).spawn()?;
         let mut line = String::new();
         let mut out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
         std::io::BufRead::read_line(&mut out, &mut line)?;
@@ -572,21 +574,23 @@ fn open_idle_clients(rig: &Rig, addr: SocketAddr, n: usize, per_process: usize) 
 
 /// Connections the server holds: synx's accepted and not yet closed; the kernel server's open
 /// file descriptors (one per accepted socket, plus a few of its own).
-fn server_connections(rig: &Rig, synx: bool) -> anyhow::Result<u64> {
+/// Connections the server holds: synx's accepted less closed; the kernel side's open files
+/// (sockets, plus a few fixed ones the caller subtracts) summed over its processes.
+fn server_connections(rig: &Rig, synx: bool, pids: &[u32]) -> anyhow::Result<u64> {
     if synx {
         let d = rig.daemon()?;
         Ok(d.counter("tcp_accepted")?.saturating_sub(d.counter("tcp_closed")?))
     } else {
-        Ok(std::fs::read_dir(format!("/proc/{}/fd", rig.kernel.pid()))?.count() as u64)
+        pids.iter().map(|pid| Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)).sum()
     }
 }
 
 /// Wait until the server holds `want` connections (a client's connect() returns before the
 /// server has processed its final ACK); how many it holds when `limit` runs out.
-fn await_server_connections(rig: &Rig, synx: bool, want: u64, limit: Duration) -> anyhow::Result<u64> {
+fn await_server_connections(rig: &Rig, synx: bool, pids: &[u32], want: u64, limit: Duration) -> anyhow::Result<u64> {
     let deadline = Instant::now() + limit;
     loop {
-        let now = server_connections(rig, synx)?;
+        let now = server_connections(rig, synx, pids)?;
         if now == want || Instant::now() > deadline {
             return Ok(now);
         }
@@ -594,16 +598,32 @@ fn await_server_connections(rig: &Rig, synx: bool, want: u64, limit: Duration) -
     }
 }
 
-/// Open `n` idle connections, measure server memory per connection and CPU while idle.
-fn idle(rig: &Rig, synx: bool, n: usize, per_process: usize) -> anyhow::Result<(f64, f64)> {
+/// Open `n` idle connections, measure server memory per connection and CPU while idle. The
+/// kernel side is its baseline server plus as many more `serve-kernel` processes on the same
+/// port (SO_REUSEPORT spreads the connections by hash) as keep each one well under its
+/// open-files limit `nofile`: one process cannot hold 100,000 sockets where that limit is
+/// 20,000 and root may not raise it. Their memory and CPU are summed.
+fn idle(rig: &Rig, synx: bool, n: usize, per_process: usize, nofile: u64) -> anyhow::Result<(f64, f64)> {
     let port = rig.port(synx, "echo");
-    let pid = rig.server_pid(synx)?;
-    let base = server_connections(rig, synx)?;
-    let rss0 = rss_bytes(pid);
+    let mut extra = Vec::new();
+    if !synx {
+        let per_server = (nofile.saturating_sub(4096) * 2 / 3).max(1000) as usize;
+        for _ in 1..n.div_ceil(per_server) {
+            extra.push(KernelServer::serve(&rig.net, &rig.synx_bin, &[(port, "echo")])?);
+        }
+        if !extra.is_empty() {
+            eprintln!("bench: idle kernel: {} server processes share port {port}", extra.len() + 1);
+        }
+    }
+    let pids: Vec<u32> = std::iter::once(rig.server_pid(synx)?).chain(extra.iter().map(KernelServer::pid)).collect();
+    let rss = |pids: &[u32]| pids.iter().map(|&p| rss_bytes(p)).sum::<f64>();
+    let cpu = |pids: &[u32]| pids.iter().map(|&p| process_cpu_secs(p)).sum::<f64>();
+    let base = server_connections(rig, synx, &pids)?;
+    let rss0 = rss(&pids);
     let slab0 = slab_active_bytes();
     let clients = open_idle_clients(rig, rig.addr(port), n, per_process)?;
     let settle = Duration::from_secs(10 + n as u64 / 10_000);
-    let held = await_server_connections(rig, synx, base + n as u64, settle)? - base;
+    let held = await_server_connections(rig, synx, &pids, base + n as u64, settle)? - base;
     if held != n as u64 {
         let why = match rig.daemon() {
             Ok(d) if synx => format!("; synx stats: {}", d.stats().map(|v| v.to_string()).unwrap_or_default()),
@@ -613,17 +633,17 @@ fn idle(rig: &Rig, synx: bool, n: usize, per_process: usize) -> anyhow::Result<(
     }
     // Let the server settle (apps parked).
     std::thread::sleep(Duration::from_secs(2));
-    let rss1 = rss_bytes(pid);
+    let rss1 = rss(&pids);
     let slab1 = slab_active_bytes();
-    let cpu0 = process_cpu_secs(pid);
+    let cpu0 = cpu(&pids);
     let window = 5.0;
     std::thread::sleep(Duration::from_secs_f64(window));
-    let cpu_pct = (process_cpu_secs(pid) - cpu0) / window * 100.0;
+    let cpu_pct = (cpu(&pids) - cpu0) / window * 100.0;
     ensure!(
         !synx || rss1 - rss0 > 0.0,
         "the daemon's RSS did not grow with {n} connections (heap freed earlier was reused): not measurable"
     );
-    let maps = if synx { bpf_bytes_per_conn(pid)? } else { 0.0 };
+    let maps = if synx { bpf_bytes_per_conn(pids[0])? } else { 0.0 };
     eprintln!(
         "bench: idle {}: {n} connections; per connection: server RSS {:.0} B, BPF maps {maps:.0} B, slab objects machine-wide {:.0} B",
         if synx { "synx" } else { "kernel" },
@@ -638,7 +658,7 @@ fn idle(rig: &Rig, synx: bool, n: usize, per_process: usize) -> anyhow::Result<(
     }
     drop(clients);
     // The clients' resets close every connection; the next round starts from the same state.
-    let left = await_server_connections(rig, synx, base, settle)?;
+    let left = await_server_connections(rig, synx, &pids, base, settle)?;
     if left > base {
         // A million resets at once overflow the receive path too; those connections stay
         // until keepalive finds their peers gone. The next round serves other ports.
@@ -771,20 +791,12 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
     let idle_n = if args.full { 1_000_000 } else if args.quick { 10_000 } else { 100_000 };
     let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.starts_with(o.as_str()));
     let nofile = raise_nofile();
-    // The idle clients spread over processes, each under the open-files limit; the kernel's
-    // server is one process holding every accepted socket, so a hard RLIMIT_NOFILE that root
-    // may not raise (no CAP_SYS_RESOURCE in some containers) caps its side. Measure as many as
-    // fit there, and say so, rather than fail the row.
+    // The idle clients and the kernel side's servers spread over processes, each under the
+    // open-files limit (a hard RLIMIT_NOFILE that root may not raise without CAP_SYS_RESOURCE).
     let per_process = (nofile.saturating_sub(256) as usize).max(1000);
-    let kernel_idle_n = idle_n.min((nofile.saturating_sub(4096) as usize).max(1000));
     let idle_note: &'static str = Box::leak(
-        if kernel_idle_n < idle_n {
-            eprintln!("bench: the hard open-files limit is {nofile}: the kernel's idle row uses {kernel_idle_n} connections, synx's {idle_n}");
-            format!("synx: {idle_n} connections, daemon RSS growth plus BPF maps per slot; kernel: {kernel_idle_n} (its server's RLIMIT_NOFILE is {nofile}), slab growth minus the client side, plus server RSS")
-        } else {
-            format!("{idle_n} connections; synx: daemon RSS growth plus BPF maps per slot; kernel: slab growth minus the client side, plus server RSS")
-        }
-        .into_boxed_str(),
+        format!("{idle_n} connections; synx: daemon RSS growth plus BPF maps per slot; kernel: slab growth minus the client side, plus server RSS (summed over its processes)")
+            .into_boxed_str(),
     );
     let rig = Rig::start(synx_bin, &args.synx_arg).context("starting the bench rig")?;
     match &rig.synx {
@@ -800,8 +812,7 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
         let mut s = samples::<2>();
         // One round each: opening the connections is the slow part.
         for side in [true, false] {
-            let n = if side { idle_n } else { kernel_idle_n };
-            let r = idle(&rig, side, n, per_process).map(|(m, c)| {
+            let r = idle(&rig, side, idle_n, per_process, nofile).map(|(m, c)| {
                 // The kernel's slab growth includes the client sockets; subtract what the
                 // synx round (whose server side adds no slab) measured for them.
                 let m = if side { m } else { m - IDLE_CLIENT_SLAB_PER_CONN.load(Ordering::Relaxed) as f64 };
