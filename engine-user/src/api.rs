@@ -5,8 +5,8 @@
 //! the engine from the TCP core, bounded), bytes to send (drained by the engine into the TCP
 //! core's send buffer, bounded), close/shutdown requests and the final error. The app side wakes
 //! the engine ([`EngineWaker`]) only when the engine cannot know there is work (data written
-//! into an empty queue, room made in a full receive queue, shutdown, drop); the engine wakes the
-//! app side through the stored wakers.
+//! into an empty queue, room made in a full receive queue, shutdown, drop, the end of a turn); the
+//! engine wakes the app side through the stored wakers.
 
 use std::{
     collections::VecDeque,
@@ -112,6 +112,11 @@ pub struct SharedState {
     pub tx_shutdown: bool,
     /// The app dropped its stream.
     pub app_closed: bool,
+    /// A turn handed the stream back ([`Stream::hand_back`]) to wait for more input: the engine
+    /// keeps the connection open and calls the turn handler again when input arrives.
+    pub turn_over: bool,
+    /// A read returned end-of-stream to the app: no input will ever come again.
+    pub eof_read: bool,
     /// The app asked for a reset.
     pub abort: bool,
     /// Per-stream keepalive override, applied by the engine.
@@ -181,9 +186,22 @@ impl crate::apps::Abort for Stream {
     }
 }
 
+impl Stream {
+    /// End a turn without closing: the engine keeps the connection and calls the listener's
+    /// turn handler again when input arrives (`Engine::serve_turns`). Unlike a drop, no FIN.
+    pub(crate) fn hand_back(self) {
+        self.shared.lock().turn_over = true;
+        // Drop sees `turn_over` and only tells the engine.
+    }
+}
+
 impl Drop for Stream {
     fn drop(&mut self) {
-        self.shared.lock().app_closed = true;
+        let mut st = self.shared.lock();
+        if !st.turn_over {
+            st.app_closed = true;
+        }
+        drop(st);
         self.shared.notify_engine();
     }
 }
@@ -207,6 +225,7 @@ impl AsyncRead for Stream {
             return Poll::Ready(Ok(()));
         }
         if st.rx_fin {
+            st.eof_read = true;
             return Poll::Ready(Ok(()));
         }
         if let Some(e) = st.error {
@@ -383,6 +402,37 @@ mod tests {
         engine.notify(5);
         assert_eq!(woken.0.load(Ordering::SeqCst), 1);
         assert!(engine.poll_notified(&mut cx).is_ready());
+    }
+
+    #[tokio::test]
+    async fn handing_back_ends_the_turn_without_closing() {
+        let (mut s, shared, waker) = pair();
+        shared.lock().rx.extend(b"hi");
+        let mut b = [0u8; 4];
+        assert_eq!(s.read(&mut b).await.unwrap(), 2);
+        s.hand_back();
+        let st = shared.lock();
+        assert!(st.turn_over);
+        assert!(!st.app_closed, "a handed-back stream must not close the connection");
+        assert!(!st.eof_read);
+        drop(st);
+        let mut handles = Vec::new();
+        waker.drain(&mut handles);
+        assert_eq!(handles, vec![7], "the engine hears of the turn's end");
+        // Only the engine's reference is left.
+        assert_eq!(Arc::strong_count(&shared), 1);
+    }
+
+    #[tokio::test]
+    async fn reading_the_end_of_stream_is_remembered() {
+        let (mut s, shared, _w) = pair();
+        shared.lock().rx.extend(b"x");
+        shared.lock().rx_fin = true;
+        let mut b = [0u8; 4];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1);
+        assert!(!shared.lock().eof_read, "data before the FIN is not the end yet");
+        assert_eq!(s.read(&mut b).await.unwrap(), 0);
+        assert!(shared.lock().eof_read);
     }
 
     #[tokio::test]

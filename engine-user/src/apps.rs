@@ -1,9 +1,18 @@
 //! Built-in applications for `synx run --app`: echo, discard, http and proxy.
 //!
 //! Each is written against `AsyncRead + AsyncWrite`, so it runs unchanged on a synx
-//! [`crate::api::Stream`], and is tested here on in-memory streams.
+//! [`crate::api::Stream`], and is tested here on in-memory streams. Echo, discard and http also
+//! come in turns ([`serve_turn`], for `Engine::serve_turns`): the same bytes, but a turn
+//! returns the stream when the peer goes quiet at a clean boundary, instead of waiting.
 
-use std::{fmt, net::SocketAddr, str::FromStr};
+use std::{
+    fmt,
+    future::Future,
+    net::SocketAddr,
+    pin::pin,
+    str::FromStr,
+    task::Poll,
+};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
@@ -90,6 +99,90 @@ where
     }
 }
 
+/// Serve one turn of a connection with `app`: what the peer has sent so far, and whatever it
+/// sends while the turn is busy. `Some(stream)` when the peer has gone quiet at a clean
+/// boundary (nothing half-read, everything written), `None` when the connection is done (drop
+/// the stream to close it). The proxy holds a backend connection, so its turn runs to the end.
+pub async fn serve_turn<S>(app: App, mut stream: S) -> std::io::Result<Option<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Abort,
+{
+    // A turn's future lives only while the turn runs (the engine boxes it once): no box per app
+    // (`serve` boxes the proxy's, whose copy buffers would make every other app's turn as large).
+    let served = match app {
+        App::Echo => echo_serve(&mut stream, WhenQuiet::Return).await?,
+        App::Discard => discard_serve(&mut stream, WhenQuiet::Return).await?,
+        App::Http => http_serve(&mut stream, WhenQuiet::Return).await?,
+        App::Proxy(_) => {
+            serve(app, stream).await?;
+            return Ok(None);
+        }
+    };
+    Ok(match served {
+        Served::Quiet => Some(stream),
+        Served::Done => None,
+    })
+}
+
+pub async fn echo_turn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<Option<S>> {
+    Ok(echo_serve(&mut s, WhenQuiet::Return).await?.then_back(s))
+}
+
+pub async fn discard_turn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<Option<S>> {
+    Ok(discard_serve(&mut s, WhenQuiet::Return).await?.then_back(s))
+}
+
+pub async fn http_turn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<Option<S>> {
+    Ok(http_serve(&mut s, WhenQuiet::Return).await?.then_back(s))
+}
+
+/// What an app does when the peer has sent nothing more and a read would wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenQuiet {
+    /// Wait for it (an app that owns its task).
+    Wait,
+    /// Return [`Served::Quiet`] (a turn).
+    Return,
+}
+
+impl WhenQuiet {
+    /// Run `read` to the end (Wait), or only if it is ready at once (Return: None when it would
+    /// wait). `read` must be cancel-safe: a read that is pending has taken nothing.
+    async fn read<F: Future>(self, read: F) -> Option<F::Output> {
+        match self {
+            WhenQuiet::Wait => Some(read.await),
+            WhenQuiet::Return => {
+                let mut read = pin!(read);
+                std::future::poll_fn(|cx| {
+                    Poll::Ready(match read.as_mut().poll(cx) {
+                        Poll::Ready(v) => Some(v),
+                        Poll::Pending => None,
+                    })
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// How an app's serving loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// The connection is done: the stream may be dropped.
+    Done,
+    /// The peer went quiet at a clean boundary ([`WhenQuiet::Return`] only).
+    Quiet,
+}
+
+impl Served {
+    fn then_back<S>(self, s: S) -> Option<S> {
+        match self {
+            Served::Quiet => Some(s),
+            Served::Done => None,
+        }
+    }
+}
+
 /// A read buffer that costs an idle connection nothing on the heap: reads land in a small
 /// inline array; the large buffer exists only while reads fill the small one (a bulk flow),
 /// and goes again with the first read that would have fit it, so a connection that has gone
@@ -128,21 +221,36 @@ impl LazyBuf {
 }
 
 pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<()> {
+    echo_serve(&mut s, WhenQuiet::Wait).await.map(drop)
+}
+
+async fn echo_serve<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, when_quiet: WhenQuiet) -> std::io::Result<Served> {
     let mut buf = LazyBuf::new();
     loop {
-        let data = buf.read(&mut s).await?;
+        let Some(data) = when_quiet.read(buf.read(s)).await else { return Ok(Served::Quiet) };
+        let data = data?;
         if data.is_empty() {
             // The peer's FIN: everything read has been written; close our side too.
-            return s.shutdown().await;
+            s.shutdown().await?;
+            return Ok(Served::Done);
         }
         s.write_all(data).await?;
     }
 }
 
 pub async fn discard<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<()> {
+    discard_serve(&mut s, WhenQuiet::Wait).await.map(drop)
+}
+
+async fn discard_serve<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, when_quiet: WhenQuiet) -> std::io::Result<Served> {
     let mut buf = LazyBuf::new();
-    while !buf.read(&mut s).await?.is_empty() {}
-    s.shutdown().await
+    loop {
+        let Some(data) = when_quiet.read(buf.read(s)).await else { return Ok(Served::Quiet) };
+        if data?.is_empty() {
+            s.shutdown().await?;
+            return Ok(Served::Done);
+        }
+    }
 }
 
 /// The body of every HTTP response.
@@ -184,6 +292,10 @@ fn parse_request(buf: &[u8]) -> Parsed {
 }
 
 pub async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<()> {
+    http_serve(&mut s, WhenQuiet::Wait).await.map(drop)
+}
+
+async fn http_serve<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, when_quiet: WhenQuiet) -> std::io::Result<Served> {
     let mut buf: Vec<u8> = Vec::new(); // allocated by the first read, not while idle
     loop {
         // Parse one request from what we have; read more until it is complete.
@@ -192,8 +304,8 @@ pub async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Resul
                 Parsed::Complete { head_len, body_len, close } => {
                     // Wait for (and then discard) the request body.
                     if buf.len() < head_len + body_len {
-                        if read_more(&mut s, &mut buf).await? == 0 {
-                            return Ok(());
+                        if read_more(s, &mut buf).await? == 0 {
+                            return Ok(Served::Done);
                         }
                         continue;
                     }
@@ -202,22 +314,33 @@ pub async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Resul
                 Parsed::Partial => {
                     if buf.len() > MAX_HEADER {
                         s.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await?;
-                        return s.shutdown().await;
+                        s.shutdown().await?;
+                        return Ok(Served::Done);
                     }
-                    if read_more(&mut s, &mut buf).await? == 0 {
+                    // Between requests (nothing buffered) a turn may end; within a request, the
+                    // rest is awaited, so no turn ends with half a request read.
+                    let read = match buf.is_empty() {
+                        true => when_quiet,
+                        false => WhenQuiet::Wait,
+                    };
+                    let Some(n) = read.read(read_more(s, &mut buf)).await else { return Ok(Served::Quiet) };
+                    if n? == 0 {
                         // EOF between requests: close our side too.
-                        return s.shutdown().await;
+                        s.shutdown().await?;
+                        return Ok(Served::Done);
                     }
                 }
                 Parsed::Bad => {
                     s.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await?;
-                    return s.shutdown().await;
+                    s.shutdown().await?;
+                    return Ok(Served::Done);
                 }
             }
         };
         buf.drain(..consumed);
-        if buf.is_empty() {
+        if buf.is_empty() && when_quiet == WhenQuiet::Wait {
             // Between requests a keep-alive connection holds no buffer (the next read allocates).
+            // A turn's buffer goes with the turn.
             buf = Vec::new();
         }
         let head = format!(
@@ -231,7 +354,8 @@ pub async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Resul
         s.write_all(&response).await?;
         if close {
             // The server closes first: our FIN goes out now (FIN_WAIT_1 ... TIME_WAIT).
-            return s.shutdown().await;
+            s.shutdown().await?;
+            return Ok(Served::Done);
         }
     }
 }
@@ -280,7 +404,16 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    #[test]
+    fn a_turn_holds_no_large_buffers_either() {
+        // Every turn of every connection boxes this future: the proxy's copy buffers stay out.
+        let size = std::mem::size_of_val(&serve_turn(App::Echo, tokio::io::duplex(64).0));
+        assert!(size <= 1024, "serve_turn: {size} B");
+    }
 
     #[test]
     fn an_idle_connection_task_holds_no_large_buffers() {
@@ -364,6 +497,109 @@ mod tests {
         assert_eq!(text.matches("hello from synx").count(), 3);
         assert!(text.ends_with("Connection: close\r\n\r\nhello from synx\n"), "{text}");
         task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_echo_turn_hands_back_when_quiet_and_the_next_turn_continues() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        // The first turn runs at accept: nothing sent yet, so it hands the stream straight back.
+        let server = echo_turn(server).await.unwrap().expect("a quiet client: handed back");
+        client.write_all(b"one").await.unwrap();
+        let server = echo_turn(server).await.unwrap().expect("quiet after the echo: handed back");
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"one");
+        client.write_all(b"two").await.unwrap();
+        let server = echo_turn(server).await.unwrap().expect("handed back again");
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"two");
+        client.shutdown().await.unwrap();
+        let done = echo_turn(server).await.unwrap();
+        assert!(done.is_none(), "EOF ends the connection");
+        // The echo shut its side down: the peer reads EOF, and nothing else.
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+
+    #[tokio::test]
+    async fn echo_turns_lose_nothing_across_turn_boundaries() {
+        // A bulk transfer through a small pipe, served in turns as the engine would: every
+        // hand-back is followed by the next turn. Every byte comes back once, in order.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let turns = tokio::spawn(async move {
+            let mut s = server;
+            while let Some(back) = echo_turn(s).await.unwrap() {
+                s = back;
+                tokio::task::yield_now().await;
+            }
+        });
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 13 + i / 256) as u8).collect();
+        let (mut r, mut w) = tokio::io::split(&mut client);
+        let send = async {
+            for piece in data.chunks(777) {
+                w.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            w.shutdown().await.unwrap();
+        };
+        let mut got = Vec::new();
+        let (_, n) = tokio::join!(send, r.read_to_end(&mut got));
+        assert_eq!(n.unwrap(), data.len());
+        assert!(got == data, "the echo differs");
+        turns.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_discard_turn_reads_what_is_there_and_ends_at_eof() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(&[9u8; 700]).await.unwrap();
+        let server = discard_turn(server).await.unwrap().expect("quiet: handed back");
+        client.shutdown().await.unwrap();
+        assert!(discard_turn(server).await.unwrap().is_none());
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_http_request_split_across_writes_is_answered_once_in_one_turn() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let turn = tokio::spawn(http_turn(server));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!turn.is_finished(), "half a request read: the turn must wait for the rest");
+        client.write_all(b"st: x\r\n\r\n").await.unwrap();
+        let server = turn.await.unwrap().unwrap().expect("answered, then quiet: handed back");
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let text = String::from_utf8(got).unwrap();
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 1, "{text}");
+        assert!(text.ends_with("\r\n\r\nhello from synx\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn http_turns_answer_pipelined_requests_in_order_and_end_on_connection_close() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+            .await
+            .unwrap();
+        let server = http_turn(server).await.unwrap().expect("two answers, then quiet");
+        let one = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n\r\nhello from synx\n";
+        let mut got = vec![0u8; 2 * one.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), one.repeat(2));
+        client.write_all(b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n").await.unwrap();
+        assert!(http_turn(server).await.unwrap().is_none(), "Connection: close ends the connection");
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let text = String::from_utf8(got).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nhello from synx\n"
+        );
     }
 
     #[tokio::test]

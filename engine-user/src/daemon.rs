@@ -48,12 +48,24 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         for spec in &cfg.listen {
             let app = cfg.app_for(spec);
             if cfg.app_threads == AppThreads::Engine {
-                engine.serve_local(spec.addr, cfg.keepalive, move |stream| async move {
-                    let peer = stream.peer_addr();
-                    if let Err(e) = apps::serve(app, stream).await {
-                        tracing::debug!("{app} for {peer}: {e}");
-                    }
-                })?;
+                if let apps::App::Proxy(_) = app {
+                    // The proxy holds its backend connection between bursts: a task for life.
+                    engine.serve_local(spec.addr, cfg.keepalive, move |stream| async move {
+                        let peer = stream.peer_addr();
+                        if let Err(e) = apps::serve(app, stream).await {
+                            tracing::debug!("{app} for {peer}: {e}");
+                        }
+                    })?;
+                } else {
+                    // In turns: a connection waiting for its next request holds no task.
+                    engine.serve_turns(spec.addr, cfg.keepalive, move |stream| async move {
+                        let peer = stream.peer_addr();
+                        apps::serve_turn(app, stream).await.unwrap_or_else(|e| {
+                            tracing::debug!("{app} for {peer}: {e}");
+                            None
+                        })
+                    })?;
+                }
                 continue;
             }
             let mut listener = engine.listen(spec.addr)?;

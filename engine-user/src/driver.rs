@@ -8,8 +8,14 @@
 //! arrives, an application pokes, or the next timer is due.
 //!
 //! The loop is a task on the thread's own single-threaded tokio runtime, which also runs the
-//! apps of listeners served on the engine threads ([`Accept::Local`]): their reads and writes
-//! wake nothing across threads, so a request/response turn costs one wakeup, not three.
+//! apps of listeners served on the engine threads ([`Accept::Local`], [`Accept::Turns`]): their
+//! reads and writes wake nothing across threads, so a request/response turn costs one wakeup,
+//! not three.
+//!
+//! A connection served in turns ([`Accept::Turns`]) holds a task and a [`Shared`] only while a
+//! turn runs: when its handler hands the stream back and everything it wrote has reached the TCP
+//! core, the glue forgets both and keeps only the handler's index ([`AppSide::Waiting`]); the
+//! next input starts a new turn with fresh shared state.
 
 use std::{
     cell::Cell,
@@ -66,6 +72,11 @@ pub struct QueueStats {
     pub table_full: AtomicU64,
     /// Connections folded while idle (a gauge; see `tcp::endpoint`).
     pub parked: AtomicU64,
+    /// Gauge: application tasks alive on this engine thread ([`Accept::Local`] tasks and running
+    /// turns).
+    pub app_tasks: AtomicU64,
+    /// Gauge: connections served in turns that wait for input with no task and no shared state.
+    pub app_waiting: AtomicU64,
     /// The kernel's AF_XDP drop counters for this queue's socket (read every 100 ms).
     pub xsk_rx_dropped: AtomicU64,
     pub xsk_rx_ring_full: AtomicU64,
@@ -94,6 +105,8 @@ impl QueueStats {
             ("tcp_no_listener", g(&self.no_listener)),
             ("tcp_table_full", g(&self.table_full)),
             ("tcp_parked", g(&self.parked)),
+            ("app_tasks", g(&self.app_tasks)),
+            ("app_waiting", g(&self.app_waiting)),
             ("xsk_rx_dropped", g(&self.xsk_rx_dropped)),
             ("xsk_rx_ring_full", g(&self.xsk_rx_ring_full)),
             ("xsk_rx_fill_empty", g(&self.xsk_rx_fill_empty)),
@@ -139,12 +152,20 @@ pub struct ConnInfo {
 /// the future it returns runs there too, so it need not be `Send`.
 pub type LocalHandler = Arc<dyn Fn(Stream) -> Pin<Box<dyn Future<Output = ()>>> + Send + Sync>;
 
+/// Serves one turn of a connection on its engine thread: called at accept and whenever input
+/// waits and no turn runs; the future returns the stream to wait for more input, or `None` when
+/// the connection is done (the stream dropped: closed as usual).
+pub type TurnHandler = Arc<dyn Fn(Stream) -> Pin<Box<dyn Future<Output = Option<Stream>>>> + Send + Sync>;
+
 /// Where a listener's accepted connections go.
 pub enum Accept {
     /// To a [`Listener`], whose `accept()` any runtime on any thread may await.
     Channel(tokio::sync::mpsc::UnboundedSender<Stream>),
     /// To a handler run on the engine thread of the connection's RX queue.
     Local(LocalHandler),
+    /// To a turn handler run on the engine thread of the connection's RX queue, once per burst
+    /// of input: between turns the connection holds no task.
+    Turns(TurnHandler),
 }
 
 /// A listener as the engine threads see it.
@@ -168,6 +189,10 @@ impl Listeners {
 
     pub fn add_local(&self, addr: SocketAddr, keepalive: Keepalive, handler: LocalHandler) {
         self.insert(addr, ListenerEntry { accept: Accept::Local(handler), keepalive });
+    }
+
+    pub fn add_turns(&self, addr: SocketAddr, keepalive: Keepalive, handler: TurnHandler) {
+        self.insert(addr, ListenerEntry { accept: Accept::Turns(handler), keepalive });
     }
 
     fn insert(&self, addr: SocketAddr, entry: ListenerEntry) {
@@ -208,16 +233,98 @@ pub struct QueueContext {
 
 /// Application glue of one connection.
 struct Glue {
-    shared: Arc<Shared>,
     link: Link,
-    /// The app side was told about the end (EOF or error) already.
-    finished: bool,
+    app: AppSide,
+}
+
+/// What the application side of a connection holds.
+enum AppSide {
+    /// A task (or an `accept()` consumer) holds the stream for the connection's life.
+    Task(Arc<Shared>),
+    /// A turn of the handler `turn_handlers[.1]` runs, or has ended and its output is still
+    /// moving into the TCP core.
+    Turn(Arc<Shared>, u32),
+    /// The turn handler `turn_handlers[.0]` waits for input: no task, no shared state.
+    Waiting(u32),
+    /// The application dropped its stream and everything it wrote reached the TCP core: nothing
+    /// left to tell it (the TCP core finishes the close alone).
+    Done,
+}
+
+impl AppSide {
+    fn shared(&self) -> Option<&Arc<Shared>> {
+        match self {
+            AppSide::Task(s) | AppSide::Turn(s, _) => Some(s),
+            AppSide::Waiting(_) | AppSide::Done => None,
+        }
+    }
+}
+
+/// The glue of every connection, indexed by slot (slots are small, dense, and reused only after
+/// `Released`), with the counts the engine loop and `synx stats` need.
+#[derive(Default)]
+struct GlueTable {
+    slots: Vec<Option<Glue>>,
+    /// Occupied slots.
+    len: usize,
+    /// Slots in [`AppSide::Waiting`].
+    waiting: usize,
+}
+
+impl GlueTable {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn get(&self, slot: u32) -> Option<&Glue> {
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    /// The glue of `slot`, to change its link (its app side changes only through `set_app`,
+    /// which keeps the counts).
+    fn get_mut(&mut self, slot: u32) -> Option<&mut Glue> {
+        self.slots.get_mut(slot as usize)?.as_mut()
+    }
+
+    fn insert(&mut self, slot: u32, glue: Glue) {
+        let i = slot as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        self.remove(slot);
+        self.waiting += usize::from(matches!(glue.app, AppSide::Waiting(_)));
+        self.len += 1;
+        self.slots[i] = Some(glue);
+    }
+
+    fn remove(&mut self, slot: u32) {
+        if let Some(old) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+            self.waiting -= usize::from(matches!(old.app, AppSide::Waiting(_)));
+            self.len -= 1;
+        }
+    }
+
+    fn set_app(&mut self, slot: u32, app: AppSide) {
+        let Some(g) = self.get_mut(slot) else { return };
+        let was_waiting = matches!(g.app, AppSide::Waiting(_));
+        let waits = matches!(app, AppSide::Waiting(_));
+        g.app = app;
+        self.waiting = self.waiting + usize::from(waits) - usize::from(was_waiting);
+    }
+
+    /// Slots that hold glue.
+    fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slots.iter().enumerate().filter(|(_, g)| g.is_some()).map(|(i, _)| i as u32)
+    }
 }
 
 struct QueueEngine {
     ctx: QueueContext,
     endpoint: Endpoint,
-    glue: HashMap<ConnectionHandle, Glue>,
+    glue: GlueTable,
+    /// The turn handlers of this thread's connections, each once ([`AppSide::Waiting`] holds an
+    /// index: 4 bytes, and no shared reference count touched per turn).
+    turn_handlers: Vec<TurnHandler>,
     /// Link addresses to answer segments of connections not (or no longer) in `glue`.
     last_link: Link,
     scratch: Vec<u8>,
@@ -229,7 +336,8 @@ struct QueueEngine {
     syn_acks: Vec<(Link, SocketAddr, SocketAddr, tcp::segment::Header)>,
     /// The MSS we announce (as XDP does).
     mss: u16,
-    /// App tasks of [`Accept::Local`] listeners alive on this thread.
+    /// App tasks of [`Accept::Local`] listeners and turns of [`Accept::Turns`] listeners alive
+    /// on this thread.
     local_tasks: Rc<Cell<usize>>,
 }
 
@@ -249,6 +357,18 @@ impl Drop for TaskCount {
     fn drop(&mut self) {
         self.0.set(self.0.get() - 1);
     }
+}
+
+/// Run one turn of a connection served in turns: hand the stream back if the handler returns it.
+fn spawn_turn(tasks: &Rc<Cell<usize>>, turn: Pin<Box<dyn Future<Output = Option<Stream>>>>) {
+    let count = tasks.clone();
+    count.set(count.get() + 1);
+    tokio::task::spawn_local(async move {
+        let _alive = TaskCount(count);
+        if let Some(stream) = turn.await {
+            stream.hand_back();
+        }
+    });
 }
 
 /// Frames taken from the AF_XDP ring per loop turn.
@@ -285,7 +405,8 @@ async fn serve_queue(
     let mut engine = QueueEngine {
         ctx,
         endpoint,
-        glue: HashMap::new(),
+        glue: GlueTable::default(),
+        turn_handlers: Vec::new(),
         last_link: Link::default(),
         scratch: vec![0u8; crate::xsk::FRAME_SIZE as usize],
         rx_chunk: vec![0u8; 16 * 1024].into_boxed_slice(),
@@ -340,6 +461,8 @@ async fn serve_queue(
         let stats = &engine.ctx.stats;
         stats.time_wait_fin_reacked.store(engine.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
         stats.parked.store(engine.endpoint.parked() as u64, Ordering::Relaxed);
+        stats.app_tasks.store(engine.local_tasks.get() as u64, Ordering::Relaxed);
+        stats.app_waiting.store(engine.glue.waiting as u64, Ordering::Relaxed);
         if received > 0 {
             last_work = t;
             // More frames may be waiting: look again, after letting this thread's apps read
@@ -385,7 +508,7 @@ impl QueueEngine {
         self.last_link = rx.link;
         match self.endpoint.handle(now, rx.local, rx.remote, &hdr, payload) {
             Disposition::Delivered(h) => {
-                if let Some(g) = self.glue.get_mut(&h) {
+                if let Some(g) = self.glue.get_mut(h.slot()) {
                     g.link = rx.link;
                 }
                 self.service(now, h);
@@ -465,7 +588,11 @@ impl QueueEngine {
             conn.set_keepalive(listener.keepalive);
         }
         let shared = Shared::new(handle.slot(), local, remote, self.ctx.waker.clone());
-        self.glue.insert(handle, Glue { shared: shared.clone(), link, finished: false });
+        let app = match &listener.accept {
+            Accept::Turns(handler) => AppSide::Turn(shared.clone(), self.turn_handler_id(handler)),
+            Accept::Channel(_) | Accept::Local(_) => AppSide::Task(shared.clone()),
+        };
+        self.glue.insert(handle.slot(), Glue { link, app });
         self.ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let stream = Stream::new(shared);
         let refused = match &listener.accept {
@@ -478,6 +605,12 @@ impl QueueEngine {
                     let _alive = TaskCount(count);
                     app.await;
                 });
+                false
+            }
+            Accept::Turns(handler) => {
+                // The first turn runs at accept, input or not: a server may speak first, and a
+                // quiet client costs one turn that finds nothing to read.
+                spawn_turn(&self.local_tasks, handler(stream));
                 false
             }
         };
@@ -545,11 +678,47 @@ impl QueueEngine {
         n
     }
 
-    /// Move data and close/shutdown requests between a connection and its application.
+    /// This thread's index of a turn handler (its table grows by one per turn-served listener).
+    fn turn_handler_id(&mut self, handler: &TurnHandler) -> u32 {
+        if let Some(i) = self.turn_handlers.iter().position(|h| Arc::ptr_eq(h, handler)) {
+            return i as u32;
+        }
+        self.turn_handlers.push(handler.clone());
+        (self.turn_handlers.len() - 1) as u32
+    }
+
+    /// Move data and close/shutdown requests between a connection and its application; start a
+    /// turn for a waiting connection with input, and retire a turn that has ended.
     fn service(&mut self, now: Instant, h: ConnectionHandle) {
-        let Some(g) = self.glue.get_mut(&h) else { return };
+        if let Some(Glue { app: AppSide::Waiting(id), .. }) = self.glue.get(h.slot()) {
+            let id = *id;
+            if !self.start_turn(h, id) {
+                return;
+            }
+        }
+        let Some(g) = self.glue.get_mut(h.slot()) else { return };
+        let (shared, turn_handler) = match &g.app {
+            AppSide::Task(s) => (s, None),
+            AppSide::Turn(s, id) => (s, Some(*id)),
+            AppSide::Waiting(_) => return,
+            AppSide::Done => {
+                // Data arriving after the app's close resets, as Linux does (RFC 2525 2.17).
+                if self.endpoint.connection(h).is_some_and(|c| c.has_unread())
+                    && let Some(conn) = self.endpoint.connection_mut(h)
+                {
+                    conn.abort(now);
+                }
+                return;
+            }
+        };
         let Some(conn) = self.endpoint.connection_mut(h) else { return };
-        let mut st = g.shared.lock();
+        let mut st = shared.lock();
+        if st.turn_over && (turn_handler.is_none() || st.eof_read) {
+            // A turn that read the end of the stream waits for nothing: no input can come. (Nor
+            // can a stream that is not served in turns.) As if it had returned None.
+            st.turn_over = false;
+            st.app_closed = true;
+        }
         if let Some(k) = st.keepalive.take() {
             conn.set_keepalive(k);
         }
@@ -585,6 +754,7 @@ impl QueueEngine {
         if st.tx.is_empty() && st.tx_shutdown {
             conn.shutdown(now);
         }
+        let mut next = None;
         if st.app_closed && st.tx.is_empty() {
             if st.rx.is_empty() && !conn.has_unread() {
                 // close(): FIN after what was queued (RFC 9293 3.10.4); unlike a half-close,
@@ -595,6 +765,31 @@ impl QueueEngine {
                 conn.abort(now);
             }
             st.rx.clear();
+            next = Some(AppSide::Done);
+        } else if st.turn_over
+            && let Some(id) = turn_handler
+        {
+            if st.error.is_some() {
+                // The connection is gone (reset, timed out, aborted): nothing more to serve.
+                next = Some(AppSide::Done);
+            } else if !st.rx.is_empty() || st.rx_fin {
+                // Input came while the turn ended: the next turn, with the same shared state.
+                st.turn_over = false;
+                st.read_waker = None;
+                st.write_waker = None;
+                let again = Stream::new(shared.clone());
+                drop(st);
+                // The lock is released: the handler may touch its stream before its first await.
+                if let Some(handler) = self.turn_handlers.get(id as usize) {
+                    spawn_turn(&self.local_tasks, handler(again));
+                }
+                return;
+            } else if st.tx.is_empty() {
+                // Quiet, and everything written is in the TCP core: forget the shared state.
+                next = Some(AppSide::Waiting(id));
+            }
+            // Else the rest of the turn's output waits for room in the send buffer (a
+            // Writable event brings us back).
         }
         let wake_reader = !st.rx.is_empty() || st.rx_fin;
         let wake_writer = st.tx.len() < had_tx || had_tx == 0;
@@ -604,6 +799,25 @@ impl QueueEngine {
         if wake_writer && let Some(w) = st.write_waker.take() {
             w.wake();
         }
+        drop(st);
+        if let Some(app) = next {
+            self.glue.set_app(h.slot(), app);
+        }
+    }
+
+    /// A waiting connection with input (data or the peer's FIN) gets a turn, with fresh shared
+    /// state; returns whether it did. A reset or timeout is no input: a waiting app has nothing
+    /// to learn from it.
+    fn start_turn(&mut self, h: ConnectionHandle, id: u32) -> bool {
+        let Some(conn) = self.endpoint.connection(h) else { return false };
+        if !conn.has_unread() && !conn.peer_finished() {
+            return false;
+        }
+        let Some(handler) = self.turn_handlers.get(id as usize) else { return false };
+        let shared = Shared::new(h.slot(), conn.local(), conn.remote(), self.ctx.waker.clone());
+        spawn_turn(&self.local_tasks, handler(Stream::new(shared.clone())));
+        self.glue.set_app(h.slot(), AppSide::Turn(shared, id));
+        true
     }
 
     fn drain_events(&mut self, now: Instant) {
@@ -617,8 +831,9 @@ impl QueueEngine {
                         tcp::CloseReason::Aborted => stats.closed_aborted.fetch_add(1, Ordering::Relaxed),
                         tcp::CloseReason::Normal => 0,
                     };
-                    if let Some(g) = self.glue.get_mut(&h) {
-                        let mut st = g.shared.lock();
+                    // A waiting or done app side has no state to tell.
+                    if let Some(shared) = self.glue.get(h.slot()).and_then(|g| g.app.shared()) {
+                        let mut st = shared.lock();
                         st.error = match reason {
                             tcp::CloseReason::Normal => None,
                             tcp::CloseReason::Reset => Some(StreamError::Reset),
@@ -628,7 +843,6 @@ impl QueueEngine {
                         if st.error.is_none() {
                             st.rx_fin = true;
                         }
-                        g.finished = true;
                         if let Some(w) = st.read_waker.take() {
                             w.wake();
                         }
@@ -647,7 +861,7 @@ impl QueueEngine {
                     }
                     // Only if no live connection holds the slot again.
                     if !self.endpoint.contains(h) {
-                        self.glue.remove(&h);
+                        self.glue.remove(h.slot());
                     }
                     self.ctx.stats.closed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -678,7 +892,7 @@ impl QueueEngine {
             let Some(out) = self.endpoint.poll_transmit(now, &mut scratch[..]) else { break };
             let link = out
                 .handle
-                .and_then(|h| self.glue.get(&h))
+                .and_then(|h| self.glue.get(h.slot()))
                 .map(|g| g.link)
                 .unwrap_or(self.last_link);
             let hlen = wire::header_len(out.local.is_ipv6());
@@ -695,7 +909,8 @@ impl QueueEngine {
     }
 
     fn abort_everything(&mut self, now: Instant) {
-        let handles: Vec<ConnectionHandle> = self.glue.keys().copied().collect();
+        let handles: Vec<ConnectionHandle> =
+            self.glue.slots().filter_map(|slot| self.endpoint.handle_for_slot(slot)).collect();
         for h in handles {
             if let Some(conn) = self.endpoint.connection_mut(h) {
                 conn.abort(now);
@@ -794,5 +1009,53 @@ impl EngineShared {
             }
         }
         sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(slot: u32) -> Arc<Shared> {
+        Shared::new(slot, "198.18.0.1:80".parse().unwrap(), "198.18.0.2:4000".parse().unwrap(), Arc::new(EngineWaker::new()))
+    }
+
+    #[test]
+    fn the_glue_table_counts_connections_and_waiting_ones() {
+        let mut t = GlueTable::default();
+        assert!(t.is_empty());
+        t.insert(5, Glue { link: Link::default(), app: AppSide::Turn(shared(5), 0) });
+        t.insert(0, Glue { link: Link::default(), app: AppSide::Task(shared(0)) });
+        assert_eq!((t.len, t.waiting), (2, 0));
+        assert!(t.get(3).is_none(), "slots between are empty");
+        let s = match &t.get(5).unwrap().app {
+            AppSide::Turn(s, _) => Arc::downgrade(s),
+            _ => unreachable!("inserted as a turn"),
+        };
+        t.set_app(5, AppSide::Waiting(0));
+        assert_eq!((t.len, t.waiting), (2, 1));
+        assert!(s.upgrade().is_none(), "a waiting connection keeps no shared state");
+        t.set_app(5, AppSide::Waiting(0));
+        assert_eq!(t.waiting, 1, "waiting again is not counted twice");
+        t.set_app(5, AppSide::Turn(shared(5), 0));
+        t.set_app(5, AppSide::Waiting(0));
+        // A new incarnation in the slot replaces the old glue, counts and all.
+        t.insert(5, Glue { link: Link::default(), app: AppSide::Turn(shared(5), 0) });
+        assert_eq!((t.len, t.waiting), (2, 0));
+        t.set_app(5, AppSide::Waiting(0));
+        assert_eq!(t.slots().collect::<Vec<_>>(), vec![0, 5]);
+        t.remove(5);
+        t.remove(5);
+        assert_eq!((t.len, t.waiting), (1, 0));
+        t.set_app(9, AppSide::Waiting(0));
+        assert_eq!((t.len, t.waiting), (1, 0), "no glue, nothing to change");
+        t.remove(0);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_slot_of_glue_is_small() {
+        // Every slot of the table costs this, for every connection, waiting or not.
+        assert!(std::mem::size_of::<Option<Glue>>() <= 32, "{} B", std::mem::size_of::<Option<Glue>>());
     }
 }

@@ -33,7 +33,7 @@ use anyhow::Context as _;
 use crate::{
     api::{EngineWaker, Keepalive, Listener, Stream},
     bpf::{AttachMode, XdpEngine},
-    driver::{self, ConnInfo, EngineShared, Listeners, LocalHandler, QueueContext, QueueStats},
+    driver::{self, ConnInfo, EngineShared, Listeners, LocalHandler, QueueContext, QueueStats, TurnHandler},
     tcp,
     xsk::XskConfig,
 };
@@ -213,6 +213,38 @@ impl Engine {
         anyhow::ensure!(addr.port() != 0, "listen address {addr} needs a port");
         let handler: LocalHandler = Arc::new(move |stream| Box::pin(handler(stream)));
         self.listeners.add_local(addr, keepalive, handler);
+        self.announce(addr)
+    }
+
+    /// Serve connections to `addr` on the engine threads in turns, so that a connection waiting
+    /// for input holds no task, no future and no stream state, only a few bytes of glue.
+    ///
+    /// `handler` is called on the connection's engine thread (its future need not be `Send`, and
+    /// must not block, as with [`Engine::serve_local`]):
+    /// - once at accept, whether or not the client has sent anything (a server may speak first;
+    ///   a quiet client costs one turn whose first read would block);
+    /// - then whenever the connection has input (data, or the peer's FIN) and no turn runs.
+    ///
+    /// A turn serves what it can and returns `Some(stream)` to wait for more input, or `None`
+    /// when it is done (the stream is dropped and the connection closed, as a drop does). Return
+    /// `Some` only at a clean boundary: the next turn starts from the stream alone, so keep
+    /// nothing half-read in the future. "Would the next read block?" is answered by polling the
+    /// read once; the engine never loses what arrives between that poll and the return. What the
+    /// turn wrote is sent in full before the connection starts waiting.
+    ///
+    /// If input is already waiting when a turn returns `Some` (it did not read everything), the
+    /// next turn starts at once. A turn that has read the end of the stream and returns `Some`
+    /// is taken as `None`: no input can come any more. A waiting connection that is reset, times
+    /// out or is aborted is simply released, without a call: there is nothing left to serve.
+    /// Within a turn, reads and writes report those errors as usual.
+    pub fn serve_turns<F, Fut>(&self, addr: SocketAddr, keepalive: Keepalive, handler: F) -> anyhow::Result<()>
+    where
+        F: Fn(Stream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<Stream>> + 'static,
+    {
+        anyhow::ensure!(addr.port() != 0, "listen address {addr} needs a port");
+        let handler: TurnHandler = Arc::new(move |stream| Box::pin(handler(stream)));
+        self.listeners.add_turns(addr, keepalive, handler);
         self.announce(addr)
     }
 

@@ -413,3 +413,122 @@ fn busy_poll_serves_the_same_bytes_and_stops_polling_when_idle() {
     let used = cpu() - before;
     assert!(used < 0.5, "the idle daemon used {used:.2} s of CPU in 2 s: still polling?");
 }
+
+/// `app_tasks` and `app_waiting` from `synx stats` (None when absent).
+fn app_gauges(daemon: &Daemon) -> (Option<u64>, Option<u64>) {
+    let stats = daemon.stats().unwrap();
+    (stats["app_tasks"].as_u64(), stats["app_waiting"].as_u64())
+}
+
+#[test]
+fn idle_echo_connections_wait_with_no_task_and_answer_again_on_input() {
+    // `synx run` serves echo in turns: a connection that has said its piece holds no task, and
+    // the next message starts a new turn that answers it.
+    const N: usize = 200;
+    let (net, daemon) = daemon_bed(|n| format!("{}:7=echo", n.server_v4));
+    let addr = SocketAddr::new(net.server_v4.into(), 7);
+    let message = |i: usize, round: usize| -> Vec<u8> {
+        // Round 1 fits the echo's small read buffer; round 2 does not.
+        let mut m = format!("connection {i} round {round} ").into_bytes();
+        m.extend(payload(if round == 1 { 40 } else { 1500 }).iter().map(|b| b ^ i as u8));
+        m
+    };
+    let streams = net
+        .client
+        .run(move || {
+            (0..N)
+                .map(|i| {
+                    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let m = message(i, 1);
+                    s.write_all(&m).unwrap();
+                    let mut back = vec![0u8; m.len()];
+                    s.read_exact(&mut back).unwrap();
+                    assert!(back == m, "connection {i}: round 1 echoed wrong");
+                    s
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || app_gauges(&daemon) == (Some(0), Some(N as u64))),
+        "expected no app task and {N} waiting connections: {}",
+        daemon.stats().unwrap()
+    );
+    assert_eq!(daemon.conns().unwrap().len(), N);
+    let streams = net
+        .client
+        .run(move || {
+            let mut streams = streams;
+            for (i, s) in streams.iter_mut().enumerate() {
+                let m = message(i, 2);
+                s.write_all(&m).unwrap();
+                let mut back = vec![0u8; m.len()];
+                s.read_exact(&mut back).unwrap();
+                assert!(back == m, "connection {i}: round 2 echoed wrong");
+            }
+            streams
+        })
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || app_gauges(&daemon) == (Some(0), Some(N as u64))),
+        "after round 2: {}",
+        daemon.stats().unwrap()
+    );
+    // The clients close: each FIN starts a turn that reads EOF and closes the server's side.
+    drop(streams);
+    assert!(
+        wait_for(Duration::from_secs(15), || app_gauges(&daemon) == (Some(0), Some(0))
+            && daemon.conns().unwrap().is_empty()),
+        "after the clients closed: {} {:?}",
+        daemon.stats().unwrap(),
+        daemon.conns().unwrap()
+    );
+    assert_eq!(daemon.counter("tcp_closed_reset").unwrap(), 0);
+}
+
+#[test]
+fn http_keep_alive_in_turns_waits_between_requests_and_reassembles_a_split_one() {
+    let (net, daemon) = daemon_bed(|n| format!("{}:80=http", n.server_v4));
+    let addr = SocketAddr::new(net.server_v4.into(), 80);
+    let ok = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n\r\nhello from synx\n";
+    let mut s = net
+        .client
+        .run(move || {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut got = vec![0u8; ok.len()];
+            s.read_exact(&mut got).unwrap();
+            assert_eq!(String::from_utf8_lossy(&got), ok);
+            s
+        })
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || app_gauges(&daemon) == (Some(0), Some(1))),
+        "a keep-alive connection between requests: {}",
+        daemon.stats().unwrap()
+    );
+    // Half a request, a pause, the rest: one answer. Then two pipelined requests: two answers.
+    s.write_all(b"GET /2 HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b"st: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /3 HTTP/1.1\r\n\r\nGET /4 HTTP/1.1\r\n\r\n").unwrap();
+    let mut got = vec![0u8; 3 * ok.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), ok.repeat(3));
+    // `Connection: close`: the answer says so and the server closes (EOF after it, no more).
+    s.write_all(b"GET /5 HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nhello from synx\n"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || app_gauges(&daemon) == (Some(0), Some(0))),
+        "{}",
+        daemon.stats().unwrap()
+    );
+    assert_eq!(daemon.counter("tcp_accepted").unwrap(), 1);
+}
