@@ -146,6 +146,11 @@ fn memory() {
         std::mem::size_of::<Connection>(),
         c.heap_bytes()
     );
+    println!(
+        "folded idle connection: {} B of endpoint slot (the folded TCB, {} B, with its tuple), 0 B of buffers",
+        synx::tcp::Endpoint::slot_bytes(),
+        std::mem::size_of::<synx::tcp::connection::Parked>()
+    );
 }
 
 fn main() {

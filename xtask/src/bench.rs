@@ -723,13 +723,14 @@ fn xdp_micro(synx_bin: &Path, runs: u32) -> Vec<Row> {
 /// The sans-IO core's own costs, from its benchmark (engine-user/benches/tcp_core.rs): no
 /// kernel counterpart exists for these, so the kernel column says so.
 fn tcp_micro() -> Vec<Row> {
-    let rows: [(&'static str, &'static str, &'static str); 6] = [
+    let rows: [(&'static str, &'static str, &'static str); 7] = [
         ("tcp_inorder_segment_ns", "in-order data segments", "1448 B segment received and ACKed"),
         ("tcp_ack_ns", "ACK processing", "one ACK, with the data it clocks out"),
         ("timer_wheel_insert_ns", "wheel insert", "1M timers armed"),
         ("timer_wheel_cancel_ns", "wheel cancel", "O(1) cancel"),
         ("timer_wheel_expiry_ns", "wheel expiry", "expiry while polling"),
-        ("tcb_idle_bytes", "idle ESTABLISHED connection", "TCB state; buffers are 0 B when idle"),
+        ("tcb_idle_bytes", "idle ESTABLISHED connection", "the unfolded TCB; buffers are 0 B when idle"),
+        ("tcb_parked_bytes", "folded idle connection", "its endpoint slot, what an idle connection keeps"),
     ];
     let out = crate::cargo()
         .args(["bench", "--quiet", "--package", "synx", "--bench", "tcp_core"])

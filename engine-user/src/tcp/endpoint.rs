@@ -231,6 +231,12 @@ impl Endpoint {
         self.len() == 0
     }
 
+    /// Bytes of one slot of the slab: what a parked connection costs here (its folded TCB,
+    /// tuple and keepalive index inline); a live one adds its boxed [`Connection`].
+    pub const fn slot_bytes() -> usize {
+        std::mem::size_of::<Slot>()
+    }
+
     /// Connections parked (folded while idle).
     pub fn parked(&self) -> usize {
         self.parked
