@@ -117,6 +117,13 @@ pub struct SharedState {
     pub turn_over: bool,
     /// A read returned end-of-stream to the app: no input will ever come again.
     pub eof_read: bool,
+    /// Input the engine has put in `rx` so far (bytes, and 1 for the FIN).
+    pub rx_added: u64,
+    /// `rx_added` when the current turn began or the app last polled a read, whichever came
+    /// later: input beyond it is news to the app.
+    pub rx_seen: u64,
+    /// A read gave the app data or the end of the stream since this turn began.
+    pub turn_consumed: bool,
     /// The app asked for a reset.
     pub abort: bool,
     /// Per-stream keepalive override, applied by the engine.
@@ -210,7 +217,9 @@ impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let shared = &self.shared;
         let mut st = shared.lock();
+        st.rx_seen = st.rx_added;
         if !st.rx.is_empty() {
+            st.turn_consumed = true;
             let n = buf.remaining().min(st.rx.len());
             let (a, b) = st.rx.as_slices();
             let from_a = n.min(a.len());
@@ -226,6 +235,7 @@ impl AsyncRead for Stream {
         }
         if st.rx_fin {
             st.eof_read = true;
+            st.turn_consumed = true;
             return Poll::Ready(Ok(()));
         }
         if let Some(e) = st.error {
@@ -421,6 +431,35 @@ mod tests {
         assert_eq!(handles, vec![7], "the engine hears of the turn's end");
         // Only the engine's reference is left.
         assert_eq!(Arc::strong_count(&shared), 1);
+    }
+
+    #[tokio::test]
+    async fn reads_record_what_the_app_has_seen_and_taken() {
+        let (mut s, shared, _w) = pair();
+        shared.lock().rx_added = 3;
+        let mut b = [0u8; 4];
+        // Nothing there yet: a pending read has seen all input so far and taken none.
+        let pending = futures_poll_once(&mut s, &mut b);
+        assert!(pending.is_pending());
+        let seen = |shared: &Arc<Shared>| {
+            let st = shared.lock();
+            (st.rx_seen, st.turn_consumed)
+        };
+        assert_eq!(seen(&shared), (3, false));
+        {
+            let mut st = shared.lock();
+            st.rx.extend(b"abc");
+            st.rx_added += 3;
+        }
+        assert_eq!(s.read(&mut b).await.unwrap(), 3);
+        assert_eq!(seen(&shared), (6, true));
+    }
+
+    /// Poll one read once with a no-op waker.
+    fn futures_poll_once(s: &mut Stream, b: &mut [u8]) -> Poll<io::Result<()>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut rb = ReadBuf::new(b);
+        Pin::new(s).poll_read(&mut cx, &mut rb)
     }
 
     #[tokio::test]

@@ -736,10 +736,12 @@ impl QueueEngine {
                 break;
             }
             st.rx.extend(&chunk[..n]);
+            st.rx_added += n as u64;
         }
         st.rx_blocked = conn.has_unread();
         if !st.rx_fin && conn.peer_finished() && !conn.has_unread() {
             st.rx_fin = true;
+            st.rx_added += 1;
         }
         // Data the app wrote, as far as the send buffer takes it.
         let had_tx = st.tx.len();
@@ -772,9 +774,14 @@ impl QueueEngine {
             if st.error.is_some() {
                 // The connection is gone (reset, timed out, aborted): nothing more to serve.
                 next = Some(AppSide::Done);
-            } else if !st.rx.is_empty() || st.rx_fin {
-                // Input came while the turn ended: the next turn, with the same shared state.
+            } else if (!st.rx.is_empty() || st.rx_fin) && (st.turn_consumed || st.rx_added > st.rx_seen) {
+                // Input waits: the next turn, with the same shared state, if the turn just ended
+                // read some or did not have all of it. A turn that was given input and read none
+                // of it is called again only for new input: calling it again at once would spin
+                // this thread, and every connection on it, on a handler that does not read.
                 st.turn_over = false;
+                st.turn_consumed = false;
+                st.rx_seen = st.rx_added;
                 st.read_waker = None;
                 st.write_waker = None;
                 let again = Stream::new(shared.clone());
@@ -784,7 +791,7 @@ impl QueueEngine {
                     spawn_turn(&self.local_tasks, handler(again));
                 }
                 return;
-            } else if st.tx.is_empty() {
+            } else if st.tx.is_empty() && st.rx.is_empty() && !st.rx_fin {
                 // Quiet, and everything written is in the TCP core: forget the shared state.
                 next = Some(AppSide::Waiting(id));
             }

@@ -232,8 +232,10 @@ impl Engine {
     /// read once; the engine never loses what arrives between that poll and the return. What the
     /// turn wrote is sent in full before the connection starts waiting.
     ///
-    /// If input is already waiting when a turn returns `Some` (it did not read everything), the
-    /// next turn starts at once. A turn that has read the end of the stream and returns `Some`
+    /// If input is already waiting when a turn returns `Some`, the next turn starts at once when
+    /// the turn read some input or more arrived after it last looked; a turn that was given
+    /// input and read none of it is called again only when new input arrives (calling it at
+    /// once would spin the engine thread on a handler that does not read). A turn that has read the end of the stream and returns `Some`
     /// is taken as `None`: no input can come any more. A waiting connection that is reset, times
     /// out or is aborted is simply released, without a call: there is nothing left to serve.
     /// Within a turn, reads and writes report those errors as usual.

@@ -532,3 +532,73 @@ fn http_keep_alive_in_turns_waits_between_requests_and_reassembles_a_split_one()
     );
     assert_eq!(daemon.counter("tcp_accepted").unwrap(), 1);
 }
+
+#[test]
+fn a_turn_that_reads_nothing_is_called_again_only_for_new_input() {
+    // A handler that hands the stream back without reading what it was given must not be called
+    // again and again (that would spin the engine thread and every connection on it); once new
+    // input comes it gets everything, nothing lost.
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    require_root();
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    let addr = SocketAddr::new(net.server_v4.into(), 90);
+    let iface = net.server_if.clone();
+    let calls = Arc::new(AtomicU64::new(0));
+    let reading = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let (c, r) = (calls.clone(), reading.clone());
+    let server = net.server.spawn(move || {
+        let engine = match synx::Engine::start(synx::EngineOptions::new(iface)) {
+            Ok(e) => e,
+            Err(e) => return ready_tx.send(Err(format!("{e:#}"))).unwrap(),
+        };
+        engine
+            .serve_turns(addr, engine.options().keepalive, move |stream| {
+                let (calls, reading) = (c.clone(), r.clone());
+                async move {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    if !reading.load(Ordering::Relaxed) {
+                        return Some(stream);
+                    }
+                    synx::apps::echo_turn(stream).await.ok().flatten()
+                }
+            })
+            .unwrap();
+        ready_tx.send(Ok(())).unwrap();
+        let _ = stop_rx.recv();
+        engine.shutdown(Duration::from_secs(1));
+    });
+    ready_rx.recv().unwrap().unwrap();
+    let got = net
+        .client
+        .run(move || {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"one").unwrap();
+            // Time for a spinning engine to call the handler a great many times.
+            std::thread::sleep(Duration::from_millis(500));
+            let before = calls.load(Ordering::Relaxed);
+            reading.store(true, Ordering::Relaxed);
+            s.write_all(b"two").unwrap();
+            let mut got = Vec::new();
+            let mut b = [0u8; 16];
+            while got.len() < 6 {
+                let n = s.read(&mut b).unwrap();
+                assert!(n > 0, "closed early, got {got:?}");
+                got.extend_from_slice(&b[..n]);
+            }
+            (before, got)
+        })
+        .unwrap();
+    stop_tx.send(()).unwrap();
+    server.join().unwrap().unwrap();
+    let (before, got) = got;
+    // At accept, with "one", and at most once more (the turn started before the data moved in).
+    assert!((2..=3).contains(&before), "the handler was called {before} times for one message");
+    assert_eq!(got, b"onetwo", "what the first turns left unread arrives with what came next");
+}
