@@ -294,8 +294,8 @@ impl Endpoint {
         slot.live()
     }
 
-    /// Fold slot `idx` if its connection is quiescent (its wheel entry, the keepalive
-    /// deadline, stays as it is).
+    /// Fold slot `idx` if its connection is quiescent (its wheel entry, its one deadline:
+    /// keepalive or the end of TIME_WAIT, stays as it is).
     fn try_park(&mut self, idx: u32) {
         let Some(slot) = self.slots.get_mut(idx as usize) else { return };
         let Tcb::Live(conn) = &slot.tcb else { return };
