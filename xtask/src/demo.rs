@@ -175,6 +175,12 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
     let probes = cap.collect(Duration::from_secs(4), 2, |f| is_probe(f, 7));
     say(&format!("client side saw {} keepalive probes (zero-length, SEQ = SND.NXT-1), all answered", probes.len()));
     show_conns(&daemon)?;
+    // Between probes the idle connection is folded in its slot and its echo app holds no task.
+    let stats = daemon.stats()?;
+    say(&format!(
+        "while idle: tcp_parked {}, app_waiting {}, app_tasks {} (folded TCB, no app task)",
+        stats["tcp_parked"], stats["app_waiting"], stats["app_tasks"]
+    ));
 
     step("keepalive, dead peer: the client namespace drops everything; 3 probes, then a RST")?;
     net.client.nft("table inet dead {\n chain in {\n type filter hook input priority 0; policy drop;\n }\n chain out {\n type filter hook output priority 0; policy drop;\n }\n}\n")?;
