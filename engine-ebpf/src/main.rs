@@ -217,17 +217,24 @@ fn restore_bench_frame(ctx: &XdpContext) -> bool {
         return false;
     }
     let Some(p) = at(ctx, 0, BENCH_FRAME_LEN) else { return false };
-    let src = saved.words.as_ptr() as *const u8;
-    // Nine 8-byte words and a 2-byte tail: 74 bytes, no memcpy call.
+    // SAFETY: both hold BENCH_FRAME_LEN bytes (checked above; the map value is 80).
+    unsafe { copy_frame::<BENCH_FRAME_LEN>(p, saved.words.as_ptr() as *const u8) };
+    true
+}
+
+/// Copy a frame of `LEN` bytes (`LEN % 8 == 2`, as both bench frames are) from `src` to the
+/// packet at `p` in 8-byte words and a 2-byte tail: no memcpy call, which BPF has not.
+#[inline(always)]
+unsafe fn copy_frame<const LEN: usize>(p: *mut u8, src: *const u8) {
+    const { assert!(LEN % 8 == 2) };
     let mut i = 0;
-    while i + 8 <= BENCH_FRAME_LEN {
-        // SAFETY: both ranges hold BENCH_FRAME_LEN bytes (checked above; the map value is 80).
+    while i + 8 <= LEN {
+        // SAFETY: the caller's ranges hold LEN bytes.
         unsafe { (p.add(i) as *mut u64).write_unaligned((src.add(i) as *const u64).read_unaligned()) };
         i += 8;
     }
     // SAFETY: as above, the last 2 bytes.
     unsafe { (p.add(i) as *mut u16).write_unaligned((src.add(i) as *const u16).read_unaligned()) };
-    true
 }
 
 /// Benchmark only (never attached): a SYN-flood generator for BPF_PROG_TEST_RUN's live-frame
@@ -245,16 +252,8 @@ pub fn synx_bench_flood(ctx: XdpContext) -> u32 {
     let Some(p) = at(&ctx, 0, FLOOD_FRAME_LEN) else { return xdp_action::XDP_ABORTED };
     // SAFETY: one generator thread per map; the state is plain data.
     let s = unsafe { &mut *state };
-    // Seven 8-byte words and a 2-byte tail: 58 bytes, no memcpy call.
-    let src = s.frame.as_ptr() as *const u8;
-    let mut i = 0;
-    while i + 8 <= FLOOD_FRAME_LEN {
-        // SAFETY: both ranges hold FLOOD_FRAME_LEN bytes (checked above; the template is 64).
-        unsafe { (p.add(i) as *mut u64).write_unaligned((src.add(i) as *const u64).read_unaligned()) };
-        i += 8;
-    }
-    // SAFETY: as above, the last 2 bytes.
-    unsafe { (p.add(i) as *mut u16).write_unaligned((src.add(i) as *const u16).read_unaligned()) };
+    // SAFETY: both hold FLOOD_FRAME_LEN bytes (checked above; the template is 64).
+    unsafe { copy_frame::<FLOOD_FRAME_LEN>(p, s.frame.as_ptr() as *const u8) };
     let n = s.next;
     s.next = n.wrapping_add(1);
     let sources = if s.sources == 0 { 1 } else { s.sources };
