@@ -538,16 +538,8 @@ impl XdpEngine {
         if frame.len() != maps::FLOOD_FRAME_LEN {
             return Err(BpfError::Unexpected(format!("a flood frame has {} bytes, not {}", frame.len(), maps::FLOOD_FRAME_LEN)));
         }
-        let mut map: Array<_, FloodState> =
-            Array::try_from(self.ebpf.map_mut(maps::FLOOD).ok_or(BpfError::MissingMap(maps::FLOOD))?)?;
-        if let Some(state) = state {
-            map.set(0, &state, 0)?;
-        }
-        let before = map.get(&0, 0)?.next;
+        let before = self.prepare_flood(state)?.next;
         let prog = program(&mut self.ebpf, BENCH_FLOOD_PROGRAM)?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
-        }
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex; the kernel wants data_end = the frame's length.
         let mut ctx = [0u8; 24];
@@ -569,15 +561,24 @@ impl XdpEngine {
     /// One run of the flood generator on `frame` (not live: what it made is returned) with
     /// `state`: the action and the frame, for tests.
     pub fn flood_sample(&mut self, frame: &[u8], state: FloodState) -> Result<(u32, Vec<u8>), BpfError> {
+        self.prepare_flood(Some(state))?;
+        let (action, out, _) = self.test_run_program(BENCH_FLOOD_PROGRAM, frame, 1)?;
+        Ok((action, out))
+    }
+
+    /// Load the flood generator (once) and give it `state`, if any; the state it now has.
+    fn prepare_flood(&mut self, state: Option<FloodState>) -> Result<FloodState, BpfError> {
         let mut map: Array<_, FloodState> =
             Array::try_from(self.ebpf.map_mut(maps::FLOOD).ok_or(BpfError::MissingMap(maps::FLOOD))?)?;
-        map.set(0, &state, 0)?;
+        if let Some(state) = state {
+            map.set(0, &state, 0)?;
+        }
+        let now = map.get(&0, 0)?;
         let prog = program(&mut self.ebpf, BENCH_FLOOD_PROGRAM)?;
         if prog.fd().is_err() {
             prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
         }
-        let (action, out, _) = self.test_run_program(BENCH_FLOOD_PROGRAM, frame, 1)?;
-        Ok((action, out))
+        Ok(now)
     }
 
     /// Load the micro-benchmark programs (once) and give them `frame` to restore before each run.
