@@ -8,9 +8,9 @@
 use core::time::Duration;
 use std::sync::Arc;
 
-use engine_common::handshake::{FACT_SACK, FACT_TS, FACT_WSCALE, HandshakeFacts};
+use engine_common::handshake::{FACT_SACK, FACT_TS, FACT_WSCALE};
 
-use super::simulator::Rng;
+use super::simulator::{Rng, connected_pair};
 use super::*;
 
 #[derive(Clone, Copy, Debug)]
@@ -79,26 +79,7 @@ fn converse(seed: u64, flags: u8, server_first: bool, park: bool) -> (Vec<Trace>
     let keepalive = Keepalive { enabled: true, idle: Duration::from_secs(5), interval: Duration::from_secs(1), probes: 3 };
     let config =
         Arc::new(Config { recv_buffer: 16 * 1024, send_buffer: 16 * 1024, keepalive, challenge_acks_per_sec: 2, ..config() });
-    let server_facts = HandshakeFacts {
-        iss: ISS,
-        irs: IRS,
-        mss: 1460,
-        snd_wscale: 2,
-        rcv_wscale: 2,
-        flags,
-        ts_offset: 777,
-        ..Default::default()
-    };
-    let client_facts = HandshakeFacts { iss: IRS, irs: ISS, ts_offset: 31, ..server_facts };
-    let mut ack = peer(0, 0);
-    ack.window = 1000;
-    let mut synack = Header { src_port: 80, dst_port: 40000, seq: SeqNum(ISS + 1), ack: SeqNum(IRS + 1), flags: Flags::ACK, window: 1000, ..Default::default() };
-    if flags & FACT_TS != 0 {
-        ack.options.timestamps = Some((31, 777));
-        synack.options.timestamps = Some((777, 31));
-    }
-    let mut server = Connection::accept(ms(0), config.clone(), &server_facts, local(), remote(), &ack, &[]).unwrap();
-    let mut client = Connection::accept(ms(0), config.clone(), &client_facts, remote(), local(), &synack, &[]).unwrap();
+    let (mut server, mut client) = connected_pair(&config, flags, 2, (777, 31));
     client.set_keepalive(Keepalive { enabled: false, ..keepalive });
 
     let mut trace = Vec::new();

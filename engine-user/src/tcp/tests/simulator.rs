@@ -54,24 +54,25 @@ pub(crate) struct Outcome {
     pub retransmits: u64,
 }
 
-/// Move `bytes` each way over `link` with option `flags`; panics on any misdelivery.
-pub(crate) fn run(seed: u64, bytes: usize, link: Link, flags: u8, config: Config) -> Outcome {
-    let mut rng = Rng(seed);
-    let config = Arc::new(config);
+/// Our server connection and a client-side peer (the same TCB code, created with mirrored
+/// handshake facts), both ESTABLISHED at time 0 with options `flags`, window scale `wscale` both
+/// ways and timestamp offsets `ts_offsets` (server, client).
+pub(crate) fn connected_pair(config: &Arc<Config>, flags: u8, wscale: u8, ts_offsets: (u32, u32)) -> (Connection, Connection) {
+    let (server_ts, client_ts) = ts_offsets;
     let server_facts = HandshakeFacts {
         iss: ISS,
         irs: IRS,
         mss: 1460,
-        snd_wscale: 7,
-        rcv_wscale: 7,
+        snd_wscale: wscale,
+        rcv_wscale: wscale,
         flags,
-        ts_offset: 12345,
+        ts_offset: server_ts,
         ..Default::default()
     };
-    let client_facts = HandshakeFacts { iss: IRS, irs: ISS, ts_offset: 999, ..server_facts };
+    let client_facts = HandshakeFacts { iss: IRS, irs: ISS, ts_offset: client_ts, ..server_facts };
     let mut ack = peer(0, 0);
     if flags & FACT_TS != 0 {
-        ack.options.timestamps = Some((999, 12345));
+        ack.options.timestamps = Some((client_ts, server_ts));
     }
     ack.window = 1000;
     let server = Connection::accept(ms(0), config.clone(), &server_facts, local(), remote(), &ack, &[]).unwrap();
@@ -86,9 +87,17 @@ pub(crate) fn run(seed: u64, bytes: usize, link: Link, flags: u8, config: Config
         ..Default::default()
     };
     if flags & FACT_TS != 0 {
-        synack.options.timestamps = Some((12345, 999));
+        synack.options.timestamps = Some((server_ts, client_ts));
     }
-    let client = Connection::accept(ms(0), config, &client_facts, remote(), local(), &synack, &[]).unwrap();
+    let client = Connection::accept(ms(0), config.clone(), &client_facts, remote(), local(), &synack, &[]).unwrap();
+    (server, client)
+}
+
+/// Move `bytes` each way over `link` with option `flags`; panics on any misdelivery.
+pub(crate) fn run(seed: u64, bytes: usize, link: Link, flags: u8, config: Config) -> Outcome {
+    let mut rng = Rng(seed);
+    let config = Arc::new(config);
+    let (server, client) = connected_pair(&config, flags, 7, (12345, 999));
     let mut sides = [
         Side { conn: server, source: pattern(bytes, 0x5a), sent: 0, sink: Vec::new(), shut: false },
         Side { conn: client, source: pattern(bytes, 0xa5), sent: 0, sink: Vec::new(), shut: false },
