@@ -26,7 +26,7 @@ use std::time::Duration;
 pub const STREAM_RX_CAP: usize = 256 * 1024;
 pub const STREAM_TX_CAP: usize = 256 * 1024;
 
-pub use crate::tcp::Keepalive;
+pub use synx_tcp::Keepalive;
 
 /// Wakes an engine thread: the connection handles with app-side work, and the engine's task
 /// waker. The engine loop runs as a task on its thread's own tokio runtime, so waking it from an

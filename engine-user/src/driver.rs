@@ -38,12 +38,12 @@ use serde::Serialize;
 use crate::{
     api::{EngineWaker, Keepalive, Listener, STREAM_RX_CAP, Shared, Stream, StreamError},
     bpf::{CookieChecker, FlowTable, LastSeen, RxBacklog},
-    tcp::{
-        self, Instant, connection,
-        endpoint::{ConnectionHandle, Disposition, DropReason, Endpoint},
-    },
     wire::{self, Link, WireError},
     xsk::{XskConfig, XskSocket},
+};
+use synx_tcp::{
+    self as tcp, Instant, connection,
+    endpoint::{ConnectionHandle, Disposition, DropReason, Endpoint},
 };
 
 /// The monotonic clock of the whole engine: CLOCK_MONOTONIC in nanoseconds, the clock

@@ -29,12 +29,12 @@ use std::{
 };
 
 use anyhow::Context as _;
+use synx_tcp as tcp;
 
 use crate::{
     api::{EngineWaker, Keepalive, Listener, Stream},
     bpf::{AttachMode, XdpEngine},
     driver::{self, ConnInfo, EngineShared, Listeners, LocalHandler, QueueContext, QueueStats, TurnHandler},
-    tcp,
     xsk::XskConfig,
 };
 

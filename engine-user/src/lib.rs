@@ -5,7 +5,8 @@
 //! - [`Engine`]: the embeddable engine: attach to an interface, `listen()`, accept [`Stream`]s.
 //! - [`daemon`], [`driver`]: `synx run` and the per-queue engine threads.
 //! - [`api`]: `Listener` / `Stream` for applications; [`apps`]: the built-in ones; [`config`]: settings.
-//! - [`tcp`]: the sans-IO TCP core (no clock reads, no sockets; time is an argument).
+//! - The sans-IO TCP core (no clock reads, no sockets; time is an argument) is the crate
+//!   `synx_tcp` (folder `synx-tcp/`).
 //! - [`wire`]: Ethernet/IPv4/IPv6 framing around TCP segments, and checksums.
 //! - [`xsk`]: AF_XDP sockets (one UMEM and socket per RX queue).
 
@@ -17,7 +18,6 @@ pub mod control;
 pub mod daemon;
 pub mod driver;
 pub mod engine;
-pub mod tcp;
 pub mod wire;
 pub mod xsk;
 

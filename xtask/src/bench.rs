@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use synx_testbed::{Daemon, VethPair, mac_of, sh};
+use testbed::{Daemon, VethPair, mac_of, sh};
 
 /// Ports: synx serves SYNX_*, the kernel baseline KERNEL_*.
 const SYNX_HTTP: u16 = 80;
@@ -182,11 +182,11 @@ impl Drop for KernelServer {
 }
 
 fn process_cpu_secs(pid: u32) -> f64 {
-    synx_testbed::process_cpu_secs(pid).unwrap_or(0.0)
+    testbed::process_cpu_secs(pid).unwrap_or(0.0)
 }
 
 fn rss_bytes(pid: u32) -> f64 {
-    synx_testbed::process_rss_bytes(pid).map_or(0.0, |b| b as f64)
+    testbed::process_rss_bytes(pid).map_or(0.0, |b| b as f64)
 }
 
 /// Busy and total jiffies of the whole machine (/proc/stat "cpu" line).
@@ -673,7 +673,7 @@ fn idle(rig: &Rig, synx: bool, n: usize, per_process: usize, nofile: u64) -> any
 /// insert) counts what its entries use.
 fn bpf_bytes_per_conn(pid: u32) -> anyhow::Result<f64> {
     const BPF_MAP_TYPE_HASH: u32 = 1;
-    let maps = synx_testbed::process_bpf_maps(pid);
+    let maps = testbed::process_bpf_maps(pid);
     let limit = maps
         .iter()
         .filter(|m| m.map_type == BPF_MAP_TYPE_HASH && m.key_size == 12)
@@ -733,7 +733,7 @@ fn tcp_micro() -> Vec<Row> {
         ("tcb_parked_bytes", "folded idle connection", "its endpoint slot, what an idle connection keeps"),
     ];
     let out = crate::cargo()
-        .args(["bench", "--quiet", "--package", "synx", "--bench", "tcp_core"])
+        .args(["bench", "--quiet", "--package", "synx-tcp", "--bench", "tcp_core"])
         .output()
         .map_err(|e| format!("cargo bench: {e}"))
         .and_then(|o| {

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use synx_testbed::{Daemon, PacketSocket, VethPair, wait_for};
+use testbed::{Daemon, PacketSocket, VethPair, wait_for};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 

@@ -76,7 +76,7 @@ fn run(mut cmd: Command) -> anyhow::Result<()> {
 /// Build the daemon in release mode and return its path.
 pub fn build_synx() -> anyhow::Result<PathBuf> {
     let mut c = cargo();
-    c.args(["build", "--release", "--package", "synx", "--bin", "synx"]);
+    c.args(["build", "--release", "--package", "engine-user", "--bin", "synx"]);
     run(c)?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

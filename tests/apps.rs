@@ -14,7 +14,7 @@ use std::{
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use synx_testbed::{Daemon, VethPair, process_cpu_secs, require_root, wait_for};
+use testbed::{Daemon, VethPair, process_cpu_secs, require_root, wait_for};
 
 /// hyper's own request handler: `/hello` answers a fixed text, anything else echoes the request
 /// body with a header naming its length.

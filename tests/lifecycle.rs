@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use synx_testbed::{Daemon, VethPair, require_root, synx_bin, xdp_attached};
+use testbed::{Daemon, VethPair, require_root, synx_bin, xdp_attached};
 
 fn listen_arg(net: &VethPair, port: u16) -> String {
     SocketAddr::new(net.server_v4.into(), port).to_string()

@@ -15,7 +15,7 @@ use std::{
 };
 
 use etherparse::{PacketBuilder, TcpOptionElement};
-use synx_testbed::{
+use testbed::{
     Bed, Daemon, PORT, PacketSocket, VethPair, digest, echo_roundtrip, mac_of, process_rss_bytes,
     tcp_of, wait_for,
 };

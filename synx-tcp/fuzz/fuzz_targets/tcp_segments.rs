@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use engine_common::handshake::HandshakeFacts;
 use libfuzzer_sys::fuzz_target;
-use synx::tcp::{Config, Connection, Flags, Header, Instant, SeqNum, segment};
+use synx_tcp::{Config, Connection, Flags, Header, Instant, SeqNum, segment};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&opts, mut rest)) = data.split_first() else { return };

@@ -1,14 +1,14 @@
 //! Throughput of the sans-IO TCP core on one core: in-order data segments, ACK processing,
 //! the timing wheel with 1M armed timers, and memory per idle connection.
-//! `cargo bench -p synx --bench tcp_core` (AYA_BUILD_SKIP=1 skips the BPF build).
+//! `cargo bench -p synx-tcp --bench tcp_core`.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant as WallClock};
 
 use engine_common::handshake::{FACT_SACK, FACT_TS, FACT_WSCALE, HandshakeFacts};
-use synx::tcp::timer::TimingWheel;
-use synx::tcp::{Config, Connection, Flags, Handled, Header, Instant, SeqNum};
+use synx_tcp::timer::TimingWheel;
+use synx_tcp::{Config, Connection, Flags, Handled, Header, Instant, SeqNum};
 
 const ISS: u32 = 1000;
 const IRS: u32 = 5000;
@@ -148,8 +148,8 @@ fn memory() {
     );
     println!(
         "folded idle connection: {} B of endpoint slot (the folded TCB, {} B, with its tuple), 0 B of buffers",
-        synx::tcp::Endpoint::slot_bytes(),
-        std::mem::size_of::<synx::tcp::connection::Parked>()
+        synx_tcp::Endpoint::slot_bytes(),
+        std::mem::size_of::<synx_tcp::connection::Parked>()
     );
 }
 

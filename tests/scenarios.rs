@@ -9,7 +9,7 @@ use std::{
 };
 
 use etherparse::{PacketBuilder, TcpOptionElement};
-use synx_testbed::{
+use testbed::{
     Bed, Daemon, PORT, PacketSocket, VethPair, digest, echo_roundtrip, mac_of, require_root, tcp_of,
     wait_for,
 };

@@ -13,14 +13,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::{Connection, ConnectionInfo, Probe, State, Stats};
-use crate::tcp::congestion::Congestion;
-use crate::tcp::recv_buf::RecvBuffer;
-use crate::tcp::rtt::RttEstimator;
-use crate::tcp::sack::Scoreboard;
-use crate::tcp::send_buf::SendBuffer;
-use crate::tcp::seq::SeqNum;
-use crate::tcp::timer::{TimerKind, TimerTable};
-use crate::tcp::{Config, Instant, Keepalive};
+use crate::congestion::Congestion;
+use crate::recv_buf::RecvBuffer;
+use crate::rtt::RttEstimator;
+use crate::sack::Scoreboard;
+use crate::send_buf::SendBuffer;
+use crate::seq::SeqNum;
+use crate::timer::{TimerKind, TimerTable};
+use crate::{Config, Instant, Keepalive};
 
 const TS: u8 = 1;
 const SACK: u8 = 2;
