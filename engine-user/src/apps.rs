@@ -255,17 +255,20 @@ async fn discard_serve<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, when_quiet:
 
 /// The body of every HTTP response.
 pub const HTTP_BODY: &[u8] = b"hello from synx\n";
-const MAX_HEADER: usize = 16 * 1024;
+/// The longest request head the http app reads before answering 431.
+pub const MAX_HEADER: usize = 16 * 1024;
 
-enum Parsed {
+/// What [`parse_request`] found at the start of a buffer.
+pub enum Parsed {
     Complete { head_len: usize, body_len: usize, close: bool },
     Partial,
     Bad,
 }
 
 /// One request head from `buf`. A plain function, so httparse's header array lives on the
-/// stack for the parse only, never in the connection's future while it waits for bytes.
-fn parse_request(buf: &[u8]) -> Parsed {
+/// stack for the parse only, never in the connection's future while it waits for bytes. Public
+/// for the bench's kernel peer, which answers with this same parser.
+pub fn parse_request(buf: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
