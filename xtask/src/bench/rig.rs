@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use testbed::{Daemon, Netns, VethPair};
+use testbed::{Daemon, Netns, VethPair, sh};
 
 use super::peers::{KernelServer, KernelServerOptions, pin_all_threads};
 
@@ -112,8 +112,11 @@ fn napi_threads() -> Vec<u32> {
         .collect()
 }
 
-/// Run `dev`'s NAPI in kernel threads (threaded NAPI) and pin them: thread of queue i on
-/// `cpus[i % len]`. The threads are told apart by the names the kernel gives them (truncated
+/// Run `dev`'s NAPI in kernel threads (threaded NAPI), pinned (thread of queue i on
+/// `cpus[i % len]`) and at real-time priority: a NIC's NAPI runs in softirq context, ahead of
+/// every thread, as the kernel pair's RPS-steered receive does; a NAPI thread at normal priority
+/// would share its CPU with the load generators (seen: the client veth dropping three quarters
+/// of synx's SYN-ACKs while the flood generator held its CPU). The threads are told apart by the names the kernel gives them (truncated
 /// to 15 bytes) and by appearing when threading is switched on; switching it off and on again
 /// makes fresh ones after a NAPI was rebuilt (an XDP program attached or detached).
 fn thread_napi(ns: &Netns, dev: &str, cpus: &[usize]) -> anyhow::Result<Vec<u32>> {
@@ -131,9 +134,13 @@ fn thread_napi(ns: &Netns, dev: &str, cpus: &[usize]) -> anyhow::Result<Vec<u32>
     ensure!(!fresh.is_empty(), "no NAPI thread appeared for {dev}");
     for (i, pid) in fresh.iter().enumerate() {
         pin_all_threads(*pid, &[cpus[i % cpus.len()]])?;
+        sh("chrt", &["-f", "-p", NAPI_PRIORITY, &pid.to_string()])?;
     }
     Ok(fresh)
 }
+
+/// SCHED_FIFO priority of the NAPI threads (the kernel's default for threaded IRQ handlers).
+const NAPI_PRIORITY: &str = "50";
 
 /// RPS: the receive work of skbs that veth hands over without NAPI (a sender with TSO on) runs
 /// on these CPUs rather than on the sender's.
@@ -266,7 +273,7 @@ impl Rig {
         }
         let mut napi = BTreeMap::new();
         let pinned = thread_napi(&kernel_net.server, &kernel_net.server_if, &o.cpus.server)?;
-        napi.insert(kernel_net.server_if.clone(), format!("threads {pinned:?} on CPUs {}", Cpus::list(&o.cpus.server)));
+        napi.insert(kernel_net.server_if.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(&o.cpus.server)));
         let kernel = KernelServer::start(&kernel_net.server, tools, &listen_specs(kernel_net.server_v4), &o.cpus.server, &o.kernel)
             .map_err(|e| format!("the kernel peer did not start: {e:#}"));
         let mut rig = Self {
@@ -303,7 +310,7 @@ impl Rig {
             pin_all_threads(d.pid(), &self.cpus.server)?;
             for (ns, dev, cpus) in [(&net.server, &net.server_if, &self.cpus.server), (&net.client, &net.client_if, &self.cpus.client)] {
                 let pinned = thread_napi(ns, dev, cpus)?;
-                self.napi.insert(dev.clone(), format!("threads {pinned:?} on CPUs {}", Cpus::list(cpus)));
+                self.napi.insert(dev.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(cpus)));
             }
             Ok(d)
         })();

@@ -18,7 +18,7 @@ use mio::{
     Events, Interest, Poll, Token,
     net::{TcpListener, TcpStream},
 };
-use synx::apps::{HTTP_BODY, MAX_HEADER, Parsed, parse_request};
+use synx::apps::{Body, HTTP_BODY, MAX_HEADER, Parsed, parse_request};
 
 /// The apps a listener can serve (synx's `--listen ADDR:PORT=APP` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +131,7 @@ struct Extra {
     /// The head of a request not complete yet (http).
     partial: Vec<u8>,
     /// Body bytes of the current request still to read before it is answered (http).
-    body_left: usize,
+    body_left: u64,
     /// The request whose body is being read asked for `Connection: close`.
     body_close: bool,
     /// Close once `out` is sent.
@@ -324,7 +324,9 @@ fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result<bool> {
 }
 
 /// The http app over `input` (what one read returned): responses appended to `out`, exactly
-/// as synx's http app answers (same parser, same bytes); whether to close after them.
+/// as synx's http app answers (same parser, same bytes); whether to close after them. Bodies
+/// framed by Content-Length are read and dropped; a chunked body (the bench sends none) is
+/// refused with 501 where synx's app skips it.
 fn http(extra: &mut Option<Box<Extra>>, input: &[u8], out: &mut Vec<u8>) -> bool {
     let mut owned;
     let mut data = input;
@@ -341,8 +343,8 @@ fn http(extra: &mut Option<Box<Extra>>, input: &[u8], out: &mut Vec<u8>) -> bool
     let mut pos = 0;
     loop {
         if body_left > 0 {
-            let take = body_left.min(data.len() - pos);
-            pos += take;
+            let take = body_left.min((data.len() - pos) as u64);
+            pos += take as usize;
             body_left -= take;
             if body_left > 0 {
                 let e = extra.get_or_insert_with(Default::default);
@@ -360,33 +362,37 @@ fn http(extra: &mut Option<Box<Extra>>, input: &[u8], out: &mut Vec<u8>) -> bool
             return false;
         }
         match parse_request(&data[pos..]) {
-            Parsed::Complete { head_len, body_len, close } => {
+            Parsed::Complete { head_len, body: Body::Length(len), close } => {
                 pos += head_len;
-                body_left = body_len;
+                body_left = len;
                 body_close = close;
-                if body_len == 0 {
+                if len == 0 {
                     response(out, close);
                     if close {
                         return true;
                     }
                 }
             }
+            Parsed::Complete { body: Body::Chunked, .. } => return refuse(out, "501 Not Implemented"),
+            Parsed::TooLarge => return refuse(out, "413 Content Too Large"),
             Parsed::Partial => {
                 let rest = &data[pos..];
                 if rest.len() > MAX_HEADER {
-                    out.extend_from_slice(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-                    return true;
+                    return refuse(out, "431 Request Header Fields Too Large");
                 }
                 let rest = rest.to_vec();
                 extra.get_or_insert_with(Default::default).partial = rest;
                 return false;
             }
-            Parsed::Bad => {
-                out.extend_from_slice(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-                return true;
-            }
+            Parsed::Bad => return refuse(out, "400 Bad Request"),
         }
     }
+}
+
+/// A refusal as synx's app words it; the connection closes after it.
+fn refuse(out: &mut Vec<u8>, status: &str) -> bool {
+    out.extend_from_slice(format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").as_bytes());
+    true
 }
 
 fn response(out: &mut Vec<u8>, close: bool) {
