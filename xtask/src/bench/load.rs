@@ -131,12 +131,12 @@ pub const FLOOD_DISTINCT_TUPLES: u64 = FLOOD_SOURCES as u64 * 60_000;
 /// [`FLOOD_NET`] to `dst`, made by an XDP program run through BPF_PROG_TEST_RUN's live-frame
 /// mode (frames go out of the client veth as XDP frames: no socket, no skb), as fast as it can,
 /// without waiting for anything (open loop).
-pub fn spawn_flood(net: &VethPair, synx_bin: &Path, cpu: usize, dst: SocketAddrV4, secs: f64) -> anyhow::Result<Child> {
+pub fn spawn_flood(net: &VethPair, tools: &Path, cpu: usize, dst: SocketAddrV4, secs: f64) -> anyhow::Result<Child> {
     let server_mac = mac_of(&net.server, &net.server_if)?;
     let client_mac = mac_of(&net.client, &net.client_if)?;
     let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    let child = pinned(&net.client, &[cpu], synx_bin.to_str().context("synx path")?)
-        .args(["bench-flood", "--iface", &net.client_if, "--src-mac", &mac(client_mac), "--dst-mac", &mac(server_mac)])
+    let child = pinned(&net.client, &[cpu], tools.to_str().context("tools path")?)
+        .args(["flood", "--iface", &net.client_if, "--src-mac", &mac(client_mac), "--dst-mac", &mac(server_mac)])
         .args(["--dst", &dst.to_string(), "--src-base", &FLOOD_NET.to_string(), "--sources", &FLOOD_SOURCES.to_string()])
         .args(["--secs", &secs.to_string()])
         .stdout(Stdio::piped())

@@ -125,7 +125,6 @@ impl Plan {
 /// found so far.
 pub struct Ctx {
     pub plan: Plan,
-    pub synx_bin: PathBuf,
     /// The release-built `synx-bench` (kernel peer, generators).
     pub tools: PathBuf,
     pub synx_args: Vec<String>,
@@ -231,7 +230,6 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
     let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.starts_with(o.as_str()));
     let mut ctx = Ctx {
         plan,
-        synx_bin: synx_bin.to_path_buf(),
         tools,
         synx_args: args.synx_arg.clone(),
         rig: None,

@@ -1,12 +1,14 @@
 //! `synx-bench`: the processes `cargo xtask bench` starts inside its namespaces, built in release
-//! so neither the kernel peer nor the load is slowed by a debug build: the kernel peer server
-//! and the load generators. Each generator prints one JSON object on stdout: what it attempted,
+//! so neither the kernel peer nor the load is slowed by a debug build: the kernel peer server,
+//! the load generators, the SYN-flood generator and the XDP micro-benchmark (both on synx's
+//! benchmark object, which `synx run` never loads). Each generator prints one JSON object on stdout: what it attempted,
 //! what succeeded, and every failure by reason.
 
 mod clients;
 mod latency;
 mod kernel_server;
 mod rate;
+mod xdp;
 
 use std::{
     io::Write as _,
@@ -91,6 +93,34 @@ enum Command {
         #[arg(long)]
         echo: bool,
     },
+    /// Send a SYN flood from spoofed IPv4 sources (SRC_BASE+1 ..= SRC_BASE+SOURCES, source ports
+    /// 1024..61024) out of IFACE for SECS seconds, open loop, through BPF_PROG_TEST_RUN's
+    /// live-frame mode. Prints the frames sent.
+    Flood {
+        #[arg(long)]
+        iface: String,
+        #[arg(long, value_parser = parse_mac)]
+        src_mac: [u8; 6],
+        #[arg(long, value_parser = parse_mac)]
+        dst_mac: [u8; 6],
+        #[arg(long)]
+        dst: std::net::SocketAddrV4,
+        #[arg(long)]
+        src_base: Ipv4Addr,
+        #[arg(long)]
+        sources: u32,
+        #[arg(long)]
+        secs: f64,
+    },
+    /// Per-packet cost of the XDP program's paths (BPF_PROG_TEST_RUN), the flow table at the
+    /// daemon's default size holding FLOWS flows.
+    XdpMicro {
+        /// Timed calls per path (each of 1000 packets).
+        #[arg(long, default_value_t = 200)]
+        calls: u32,
+        #[arg(long, default_value_t = 1_000_000)]
+        flows: u32,
+    },
     /// Open COUNT connections from SRC to ADDR, print `ready COUNT`, hold them until stdin
     /// closes (one process per open-files limit's worth of idle connections).
     IdleClients {
@@ -101,6 +131,12 @@ enum Command {
         #[arg(long)]
         count: usize,
     },
+}
+
+/// A MAC address written aa:bb:cc:dd:ee:ff.
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = s.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>().map_err(|e| format!("{s}: {e}"))?;
+    bytes.try_into().map_err(|_| format!("{s}: a MAC address has six bytes (aa:bb:cc:dd:ee:ff)"))
 }
 
 /// Pin the calling thread to one CPU.
@@ -160,5 +196,9 @@ fn real_main() -> anyhow::Result<()> {
         )?),
         Command::Bulk { addr, bytes, echo } => print_json(&clients::bulk(addr, bytes, echo)?),
         Command::IdleClients { addr, src, count } => clients::idle_clients(addr, src, count),
+        Command::Flood { iface, src_mac, dst_mac, dst, src_base, sources, secs } => {
+            print_json(&xdp::flood(&iface, src_mac, dst_mac, dst, src_base, sources, secs)?)
+        }
+        Command::XdpMicro { calls, flows } => print_json(&xdp::micro(calls, flows)?),
     }
 }

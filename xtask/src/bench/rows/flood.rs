@@ -67,7 +67,6 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         targets::KERNEL_NFT_SYNPROXY,
         format!("the kernel peer behind {}", NftSynproxy::describe(ECHO, MSS)),
     );
-    let synx_bin = ctx.synx_bin.clone();
     let rig = ctx.rig()?;
     let kernel_server_ns = &rig.kernel_net.server;
     let old_cookies = set_sysctl(kernel_server_ns, "net.ipv4.tcp_syncookies", "2")?;
@@ -83,7 +82,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let mut details = vec![];
     for (p, warmup) in schedule(&peers, plan.rounds, true) {
         let secs = if warmup { plan.warmup_secs } else { plan.flood_secs };
-        let o = round(rig, &synx_bin, p, secs, &[plan.cpus.client[0]], &plan.cpus.client);
+        let o = round(rig, p, secs, &[plan.cpus.client[0]], &plan.cpus.client);
         details.push(c.record(p.name(), warmup, o));
     }
     let _ = rig.kernel_net.client.exec("ethtool", &["-K", &client_if, "tso", "on"]);
@@ -94,7 +93,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
 
 /// One flood round against `p`: a generator on each of `gen_cpus`, the legitimate clients on
 /// `client_cpus`.
-pub fn round(rig: &mut Rig, synx_bin: &std::path::Path, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus: &[usize]) -> Outcome {
+pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus: &[usize]) -> Outcome {
     let side = p.side();
     let _proxy = match p {
         Peer::NftSynproxy => match NftSynproxy::install(&rig.kernel_net.server, ECHO, MSS) {
@@ -118,7 +117,7 @@ pub fn round(rig: &mut Rig, synx_bin: &std::path::Path, p: Peer, secs: f64, gen_
         let sent_before = sent_counter(rig);
         let ((frames, legit), cpu) = measured(rig, side, |rig| {
             let net = rig.net(side);
-            let floods = gen_cpus.iter().map(|&cpu| spawn_flood(net, synx_bin, cpu, dst, secs)).collect::<anyhow::Result<Vec<_>>>()?;
+            let floods = gen_cpus.iter().map(|&cpu| spawn_flood(net, &rig.tools, cpu, dst, secs)).collect::<anyhow::Result<Vec<_>>>()?;
             let legit_args = ["connect-probe", "--addr", &dst.to_string(), "--rate", &LEGIT_RATE.to_string(), "--secs", &secs.to_string(), "--timeout", &LEGIT_TIMEOUT_SECS.to_string()].map(String::from);
             let legit = spawn_tool(&net.client, &rig.tools, client_cpus, &legit_args)?;
             let mut frames = 0;

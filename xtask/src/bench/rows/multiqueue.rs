@@ -40,7 +40,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let mut c = Collector::new("multiqueue", flood::specs("_2q", plan.flood_secs));
     for (p, warmup) in schedule(&[flood::Peer::Synx, flood::Peer::Kernel], plan.rounds, true) {
         let secs = if warmup { plan.warmup_secs } else { plan.flood_secs };
-        let o = flood::round(&mut rig, &ctx.synx_bin, p, secs, &all, &all);
+        let o = flood::round(&mut rig, p, secs, &all, &all);
         details.push(c.record(p.name(), warmup, o));
     }
     let _ = rig.kernel_net.client.exec("ethtool", &["-K", &client_if, "tso", "on"]);
