@@ -782,6 +782,36 @@ pub fn listener_key(addr: SocketAddr) -> ListenerKey {
     }
 }
 
+/// The flood generator's frame and starting state (see [`XdpEngine::flood`]): IPv4 SYNs with
+/// the MSS option from `src_mac` to `dst_mac` and `dst`, from sources `src_base`+1 ..
+/// `src_base`+`sources`; `drop` makes the program drop each frame instead of sending it.
+pub fn flood_template(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    dst: std::net::SocketAddrV4,
+    src_base: std::net::Ipv4Addr,
+    sources: u32,
+    drop: bool,
+) -> Result<(Vec<u8>, FloodState), BpfError> {
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src_base.octets(), dst.ip().octets(), 64)
+        .tcp(1024, dst.port(), 0, 64240)
+        .syn()
+        .options(&[etherparse::TcpOptionElement::MaximumSegmentSize(1460)])
+        .map_err(|e| BpfError::Unexpected(format!("{e:?}")))?
+        .write(&mut frame, &[])
+        .map_err(|e| BpfError::Unexpected(e.to_string()))?;
+    let mut template = [0u64; 8];
+    bytemuck::bytes_of_mut(&mut template)
+        .get_mut(..frame.len())
+        .ok_or_else(|| BpfError::Unexpected(format!("a {}-byte flood frame", frame.len())))?
+        .copy_from_slice(&frame);
+    // XDP_DROP or XDP_TX.
+    let action = if drop { 1 } else { 3 };
+    Ok((frame, FloodState { next: 0, action, src_base: src_base.into(), sources, frame: template }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -838,34 +868,4 @@ mod tests {
         let v6 = port_entry(v6, "[fd00::1]:80".parse().unwrap());
         assert_eq!(v6.flags, PORT_V6_ANY | PORT_V6_SOME);
     }
-}
-
-/// The flood generator's frame and starting state (see [`XdpEngine::flood`]): IPv4 SYNs with
-/// the MSS option from `src_mac` to `dst_mac` and `dst`, from sources `src_base`+1 ..
-/// `src_base`+`sources`; `drop` makes the program drop each frame instead of sending it.
-pub fn flood_template(
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    dst: std::net::SocketAddrV4,
-    src_base: std::net::Ipv4Addr,
-    sources: u32,
-    drop: bool,
-) -> Result<(Vec<u8>, FloodState), BpfError> {
-    let mut frame = Vec::new();
-    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(src_base.octets(), dst.ip().octets(), 64)
-        .tcp(1024, dst.port(), 0, 64240)
-        .syn()
-        .options(&[etherparse::TcpOptionElement::MaximumSegmentSize(1460)])
-        .map_err(|e| BpfError::Unexpected(format!("{e:?}")))?
-        .write(&mut frame, &[])
-        .map_err(|e| BpfError::Unexpected(e.to_string()))?;
-    let mut template = [0u64; 8];
-    bytemuck::bytes_of_mut(&mut template)
-        .get_mut(..frame.len())
-        .ok_or_else(|| BpfError::Unexpected(format!("a {}-byte flood frame", frame.len())))?
-        .copy_from_slice(&frame);
-    // XDP_DROP or XDP_TX.
-    let action = if drop { 1 } else { 3 };
-    Ok((frame, FloodState { next: 0, action, src_base: src_base.into(), sources, frame: template }))
 }

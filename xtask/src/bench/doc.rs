@@ -212,10 +212,11 @@ mod tests {
     #[test]
     fn the_document_states_targets_sides_rows_and_failures() {
         let mut c = Collector::new("conn_rate", vec![spec("conn_rate", "conn/s", true, "connect, request, close"), spec("conn_cpu_per_conn", "us", false, "")]);
-        let mut rounds = vec![];
-        rounds.push(c.record("synx", false, Outcome { values: vec![Some(30_000.0), Some(30.0)], failure: None, detail: serde_json::Value::Null }));
-        rounds.push(c.record("kernel", false, Outcome { values: vec![Some(20_000.0), Some(50.0)], failure: None, detail: serde_json::Value::Null }));
-        rounds.push(c.record("kernel", false, Outcome::failed("kernel-server exited (signal 9)")));
+        let rounds = vec![
+            c.record("synx", false, Outcome { values: vec![Some(30_000.0), Some(30.0)], failure: None, detail: serde_json::Value::Null }),
+            c.record("kernel", false, Outcome { values: vec![Some(20_000.0), Some(50.0)], failure: None, detail: serde_json::Value::Null }),
+            c.record("kernel", false, Outcome::failed("kernel-server exited (signal 9)")),
+        ];
         let report = Report {
             meta: serde_json::json!({
                 "command": "cargo xtask bench --quick", "commit": "abc123", "build_profile": "release", "date": "2026-12-01",

@@ -214,13 +214,14 @@ pub struct RigOptions {
 }
 
 pub struct Rig {
+    // Field order is drop order: the servers stop before their namespaces go.
+    pub synx: Result<Daemon, String>,
+    pub kernel: Result<KernelServer, String>,
     pub name: String,
     pub synx_net: VethPair,
     pub kernel_net: VethPair,
     pub cpus: Cpus,
-    pub synx: Result<Daemon, String>,
     pub synx_command: Vec<String>,
-    pub kernel: Result<KernelServer, String>,
     pub tools: PathBuf,
     notes: Vec<String>,
     napi: BTreeMap<String, String>,

@@ -241,7 +241,7 @@ pub fn connect_probe(addr: SocketAddr, rate: f64, duration: Duration, timeout: D
                             break;
                         }
                         Ok(n) => {
-                            if &buf[..n] != &b"legit"[p.got.min(5)..(p.got + n).min(5)] || p.got + n > 5 {
+                            if p.got + n > 5 || buf[..n] != b"legit"[p.got..p.got + n] {
                                 outcome = Some(Err("echo: other bytes came back".into()));
                                 break;
                             }

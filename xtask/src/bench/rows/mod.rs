@@ -82,9 +82,9 @@ pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Re
 
 /// A row name's suffix for a connection count: 10k, 100k, 1m.
 pub fn count_suffix(n: usize) -> String {
-    if n >= 1_000_000 && n % 1_000_000 == 0 {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{}m", n / 1_000_000)
-    } else if n >= 1000 && n % 1000 == 0 {
+    } else if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()
