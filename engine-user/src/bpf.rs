@@ -667,6 +667,19 @@ impl XdpEngine {
         Ok(())
     }
 
+    /// Attach one of the benchmark object's programs to `iface` (natively), for as long as this
+    /// engine lives: the benchmark's XDP synproxy peer.
+    pub fn attach_bench(&mut self, name: &str, iface: &str) -> Result<(), BpfError> {
+        if_index(iface)?;
+        let prog = program(&mut self.ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+        }
+        attach_program(&mut self.ebpf, name, iface, AttachMode::Native)?;
+        self.iface = iface.into();
+        Ok(())
+    }
+
     /// Make the micro-benchmark programs give the restored frame's IPv4 source `+ n % count`
     /// on their `n`-th run (`count` 0: the frame as saved); see `maps::BenchVary`.
     pub fn set_bench_vary(&mut self, count: u32) -> Result<(), BpfError> {

@@ -63,6 +63,66 @@ impl Cookies for KernelCookies {
     }
 }
 
+/// The kernel's own XDP answer to a SYN flood, shaped as the kernel selftest
+/// `xdp_synproxy_kern.c` does it: a SYN is answered in XDP with the kernel's cookie
+/// (bpf_tcp_raw_gen_syncookie_ipv4, the same secret netfilter's synproxy checks) and a TSval in
+/// Linux's cookie layout (window scale, SACK and ECN in its low bits, no offset); every other
+/// segment goes up to the kernel, where nftables synproxy validates the cookie ACK and opens the
+/// connection to the listener. The SYN-ACK is written by synx's code; the selftest's conntrack
+/// lookup and checksum verification per SYN are left out: a faster peer, not a slower one.
+struct HelperCookies;
+
+impl Cookies for HelperCookies {
+    #[inline(always)]
+    fn mint(ctx: &XdpContext, seg: &Seg, _secrets: &[Key; 2], _now: Now, _mss: u16) -> Result<(u32, u32), Verdict> {
+        if seg.v6 || seg.l4 != ETH_HLEN + IPV4_HLEN {
+            return Err(Verdict::Pass(counters::PASS_NOT_TCP));
+        }
+        // The helper reads the whole TCP header and wants its length as a constant: the two
+        // SYNs the benchmark sends, the flood's (MSS only) and Linux's.
+        let r = match seg.doff {
+            24 => helper_cookie::<24>(ctx),
+            40 => helper_cookie::<40>(ctx),
+            _ => return Err(Verdict::Drop(counters::DROP_BAD_OPTIONS)),
+        }?;
+        Ok((r, 0))
+    }
+}
+
+#[inline(always)]
+fn helper_cookie<const TCP_HLEN: usize>(ctx: &XdpContext) -> Result<u32, Verdict> {
+    let Some(p) = at(ctx, 0, ETH_HLEN + IPV4_HLEN + TCP_HLEN) else {
+        return Err(Verdict::Drop(counters::DROP_TRUNCATED));
+    };
+    // SAFETY: both ranges lie in the bytes checked just above.
+    let r = unsafe {
+        let (iph, th) = (p.add(ETH_HLEN), p.add(ETH_HLEN + IPV4_HLEN));
+        bpf_tcp_raw_gen_syncookie_ipv4(iph.cast(), th.cast(), TCP_HLEN as u32)
+    };
+    if r < 0 {
+        return Err(Verdict::Drop(counters::DROP_BAD_HEADER));
+    }
+    Ok(r as u32)
+}
+
+/// See [`HelperCookies`]: attached live by the benchmark in front of the kernel's listener.
+#[xdp]
+pub fn synx_bench_xdp_synproxy(ctx: XdpContext) -> u32 {
+    const TCP_FLAGS: usize = ETH_HLEN + IPV4_HLEN + 13;
+    let Some(p) = at(&ctx, 0, TCP_FLAGS + 1) else { return xdp_action::XDP_PASS };
+    // SAFETY: every offset lies within the bytes checked above.
+    let (ethertype, ver_ihl, proto, flags) = unsafe {
+        ((p.add(12) as *const u16).read_unaligned(), *p.add(ETH_HLEN), *p.add(ETH_HLEN + 9), *p.add(TCP_FLAGS))
+    };
+    // IPv4 without options, TCP, SYN without ACK: the rest is the kernel's.
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    if ethertype != 0x0800u16.to_be() || ver_ihl != 0x45 || proto != 6 || flags & (SYN | ACK) != SYN {
+        return xdp_action::XDP_PASS;
+    }
+    handle::<HelperCookies>(&ctx)
+}
+
 /// Micro-benchmark: put BENCH_FRAME back, then run exactly what the attached `synx_xdp` runs.
 /// BPF_PROG_TEST_RUN hands every repeat the frame the previous one left, and the SYN path
 /// rewrites it into a SYN-ACK; with the frame restored, one call can time thousands of SYNs

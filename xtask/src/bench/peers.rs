@@ -136,3 +136,77 @@ impl Drop for NftSynproxy {
         }
     }
 }
+
+/// The XDP synproxy peer (`synx-bench xdp-synproxy`) attached to the kernel's server veth:
+/// SYNs answered in XDP with the kernel helper's cookies, the cookie ACKs left to nftables
+/// synproxy. Detached on drop (the process ends when its stdin closes).
+pub struct XdpSynproxy {
+    child: Child,
+}
+
+impl XdpSynproxy {
+    pub fn attach(ns: &Netns, tools: &Path, iface: &str, listen: SocketAddr) -> anyhow::Result<Self> {
+        let mut child = ns
+            .command(tools.to_str().context("tools path")?)
+            .args(["xdp-synproxy", "--iface", iface, "--listen", &listen.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting synx-bench xdp-synproxy")?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
+        if !line.starts_with("attached") {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!("synx-bench xdp-synproxy did not attach: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(Self { child })
+    }
+
+    pub fn describe() -> &'static str {
+        "the kernel peer behind an XDP program that answers SYNs with the kernel's own cookie helper \
+         (bpf_tcp_raw_gen_syncookie_ipv4) and a TSval in Linux's cookie layout, the approach of the kernel \
+         selftest xdp_synproxy_kern.c (its SYN-ACK written by synx's reply code; no conntrack lookup or \
+         checksum check per SYN, which the selftest does), and nftables synproxy for the cookie ACKs"
+    }
+}
+
+impl Drop for XdpSynproxy {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `synx peer-pass` on a veth end (an XDP_PASS program, so native XDP_TX from the other end
+/// is delivered); detached on drop.
+pub struct PeerPass {
+    child: Child,
+}
+
+impl PeerPass {
+    pub fn attach(ns: &Netns, iface: &str) -> anyhow::Result<Self> {
+        let mut child = ns
+            .command(testbed::synx_bin().to_str().context("synx path")?)
+            .args(["peer-pass", "--iface", iface])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting synx peer-pass")?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
+        if !line.starts_with("attached") {
+            let _ = child.kill();
+            bail!("synx peer-pass did not attach: {:?}", child.wait()?);
+        }
+        Ok(Self { child })
+    }
+}
+
+impl Drop for PeerPass {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

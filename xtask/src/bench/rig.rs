@@ -318,6 +318,16 @@ impl Rig {
         self.synx = started.map_err(|e| format!("synx did not start: {e:#}"));
     }
 
+    /// Thread and pin the NAPI of one end of the kernel's pair again (after an XDP program was
+    /// attached or detached there, or GRO switched on); `client` picks the end.
+    pub fn rethread_kernel_napi(&mut self, client: bool) -> anyhow::Result<()> {
+        let net = &self.kernel_net;
+        let (ns, dev, cpus) = if client { (&net.client, &net.client_if, &self.cpus.client) } else { (&net.server, &net.server_if, &self.cpus.server) };
+        let pinned = thread_napi(ns, dev, cpus)?;
+        self.napi.insert(dev.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(cpus)));
+        Ok(())
+    }
+
     pub fn net(&self, side: Side) -> &VethPair {
         match side {
             Side::Synx => &self.synx_net,

@@ -112,6 +112,14 @@ enum Command {
         #[arg(long)]
         secs: f64,
     },
+    /// The XDP synproxy peer: SYNs to LISTEN answered in XDP with the kernel helper's cookies
+    /// (the rest left to nftables synproxy), attached to IFACE until stdin closes.
+    XdpSynproxy {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// Per-packet cost of the XDP program's paths (BPF_PROG_TEST_RUN), the flow table at the
     /// daemon's default size holding FLOWS flows.
     XdpMicro {
@@ -200,5 +208,6 @@ fn real_main() -> anyhow::Result<()> {
             print_json(&xdp::flood(&iface, src_mac, dst_mac, dst, src_base, sources, secs)?)
         }
         Command::XdpMicro { calls, flows } => print_json(&xdp::micro(calls, flows)?),
+        Command::XdpSynproxy { iface, listen } => xdp::xdp_synproxy(&iface, listen),
     }
 }

@@ -31,6 +31,23 @@ pub fn flood(iface: &str, src_mac: [u8; 6], dst_mac: [u8; 6], dst: SocketAddrV4,
     Ok(serde_json::json!({ "frames": frames, "secs": start.elapsed().as_secs_f64() }))
 }
 
+/// The XDP synproxy peer (the benchmark object's `synx_bench_xdp_synproxy`) attached to
+/// `iface` in front of `listen`, until stdin closes.
+pub fn xdp_synproxy(iface: &str, listen: SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut e = XdpEngine::load_bench(1024, 1460)?;
+    e.add_listener(listen, 0)?;
+    e.attach_bench("synx_bench_xdp_synproxy", iface)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "attached synx_bench_xdp_synproxy to {iface} for {listen}")?;
+    out.flush()?;
+    drop(out);
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+    drop(e);
+    Ok(())
+}
+
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;

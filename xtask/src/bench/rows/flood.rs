@@ -2,16 +2,16 @@
 //! distinct tuples) as fast as it can, more than any peer answers; SYN-ACKs are counted where
 //! they arrive, at the client veth's ingress. Meanwhile legitimate clients connect at a fixed
 //! rate, each checked with an echo round trip: success and connect latency under overload.
-//! Peers: synx, the kernel listener with tcp_syncookies=2, and nftables synproxy in front of
-//! it. The kernel's ordinary rows keep the default syncookies; only this group sets 2.
+//! Peers: synx, the kernel listener with tcp_syncookies=2, nftables synproxy in front of it,
+//! and the kernel's XDP cookies (the kernel helper in XDP, nftables synproxy for the ACKs). The kernel's ordinary rows keep the default syncookies; only this group sets 2.
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 
 use super::{CpuWindow, measured};
 use crate::bench::{
     Collector, Ctx, Outcome, Rig, Side,
     load::{FLOOD_DISTINCT_TUPLES, flood_frames, spawn_flood, spawn_tool, tool_json},
-    peers::NftSynproxy,
+    peers::{NftSynproxy, PeerPass, XdpSynproxy},
     rig::{ECHO, set_sysctl},
     schedule, spec, targets,
 };
@@ -29,6 +29,7 @@ pub enum Peer {
     Synx,
     Kernel,
     NftSynproxy,
+    XdpSynproxy,
 }
 
 impl Peer {
@@ -43,6 +44,7 @@ impl Peer {
             Peer::Synx => targets::SYNX,
             Peer::Kernel => targets::KERNEL,
             Peer::NftSynproxy => targets::KERNEL_NFT_SYNPROXY,
+            Peer::XdpSynproxy => targets::KERNEL_XDP_SYNPROXY,
         }
     }
 }
@@ -67,6 +69,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         targets::KERNEL_NFT_SYNPROXY,
         format!("the kernel peer behind {}", NftSynproxy::describe(ECHO, MSS)),
     );
+    ctx.describe_peer(targets::KERNEL_XDP_SYNPROXY, XdpSynproxy::describe().to_string());
     let rig = ctx.rig()?;
     let kernel_server_ns = &rig.kernel_net.server;
     let old_cookies = set_sysctl(kernel_server_ns, "net.ipv4.tcp_syncookies", "2")?;
@@ -77,7 +80,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let client_if = rig.kernel_net.client_if.clone();
     rig.kernel_net.client.exec("ethtool", &["-K", &client_if, "tso", "off"])?;
     rig.note("SYN-flood rows: the kernel's client veth runs with TSO off (legitimate segments share the server's receive ring with the flood); net.ipv4.tcp_syncookies=2 on the kernel's server");
-    let peers = [Peer::Synx, Peer::Kernel, Peer::NftSynproxy];
+    let peers = [Peer::Synx, Peer::Kernel, Peer::NftSynproxy, Peer::XdpSynproxy];
     let mut c = Collector::new("syn_flood", specs("", plan.flood_secs));
     let mut details = vec![];
     for (p, warmup) in schedule(&peers, plan.rounds, true) {
@@ -96,10 +99,29 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
 pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus: &[usize]) -> Outcome {
     let side = p.side();
     let _proxy = match p {
-        Peer::NftSynproxy => match NftSynproxy::install(&rig.kernel_net.server, ECHO, MSS) {
+        Peer::NftSynproxy | Peer::XdpSynproxy => match NftSynproxy::install(&rig.kernel_net.server, ECHO, MSS) {
             Ok(x) => Some(x),
             Err(e) => return Outcome::failed(format!("nftables synproxy: {e:#}")),
         },
+        _ => None,
+    };
+    // XDP_TX on a veth delivers only to a peer running an XDP program too (GRO there is not
+    // enough): for this peer's rounds the kernel's client end gets the pass program synx's
+    // client end has, and both ends' NAPI (rebuilt by the attachments) is threaded and pinned.
+    let xdp = match p {
+        Peer::XdpSynproxy => {
+            let attached = PeerPass::attach(&rig.kernel_net.client, &rig.kernel_net.client_if).and_then(|pass| {
+                let net = &rig.kernel_net;
+                let x = XdpSynproxy::attach(&net.server, &rig.tools, &net.server_if, SocketAddr::new(net.server_v4.into(), ECHO))?;
+                rig.rethread_kernel_napi(false)?;
+                rig.rethread_kernel_napi(true)?;
+                Ok((x, pass))
+            });
+            match attached {
+                Ok(x) => Some(x),
+                Err(e) => return Outcome::failed(format!("XDP synproxy: {e:#}")),
+            }
+        }
         _ => None,
     };
     let sent_counter = |rig: &Rig| -> Option<u64> {
@@ -132,6 +154,13 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
         let sent = sent_counter(rig).zip(sent_before).map(|(a, b)| a.saturating_sub(b));
         Ok((frames, synacks, legit, cpu, sent))
     })();
+    if let Some(x) = xdp {
+        // Detached: the server veth's NAPI is rebuilt for GRO; thread and pin it again.
+        drop(x);
+        if let Err(e) = rig.rethread_kernel_napi(false) {
+            return Outcome::failed(format!("after the XDP synproxy: {e:#}"));
+        }
+    }
     match r {
         Ok((frames, synacks, legit, cpu, sent)) => {
             let failure = (synacks == 0).then(|| format!("no SYN-ACK arrived ({frames} SYNs offered)"));
