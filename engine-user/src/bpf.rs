@@ -680,6 +680,22 @@ impl XdpEngine {
         Ok(())
     }
 
+    /// Attach the benchmark's sink (`synx_bench_sink`) to `iface`: frames to `net`/`prefix`
+    /// counted and dropped, everything else passed.
+    pub fn attach_sink(&mut self, iface: &str, net: std::net::Ipv4Addr, prefix: u8) -> Result<(), BpfError> {
+        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+        let mut map: Array<_, u32> = Array::try_from(self.ebpf.map_mut("SINK_NET").ok_or(BpfError::MissingMap("SINK_NET"))?)?;
+        map.set(0, &(u32::from(net).to_be() & mask.to_be()), 0)?;
+        map.set(1, &mask.to_be(), 0)?;
+        self.attach_bench("synx_bench_sink", iface)
+    }
+
+    /// Frames the sink dropped so far, summed over CPUs.
+    pub fn sink_dropped(&self) -> Result<u64, BpfError> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("SINK_DROPPED").ok_or(BpfError::MissingMap("SINK_DROPPED"))?)?;
+        Ok(map.get(&0, 0)?.iter().sum())
+    }
+
     /// Make the micro-benchmark programs give the restored frame's IPv4 source `+ n % count`
     /// on their `n`-th run (`count` 0: the frame as saved); see `maps::BenchVary`.
     pub fn set_bench_vary(&mut self, count: u32) -> Result<(), BpfError> {

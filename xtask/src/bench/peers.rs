@@ -180,32 +180,50 @@ impl Drop for XdpSynproxy {
     }
 }
 
-/// `synx peer-pass` on a veth end (an XDP_PASS program, so native XDP_TX from the other end
-/// is delivered); detached on drop.
-pub struct PeerPass {
+/// The flood's wire end (`synx-bench sink`): an XDP program on a client veth that counts and
+/// drops the frames to the flood's spoofed sources and passes the rest (so it is also the
+/// client end's XDP program that native XDP_TX on veth needs). Detached on drop.
+pub struct Sink {
     child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
 }
 
-impl PeerPass {
-    pub fn attach(ns: &Netns, iface: &str) -> anyhow::Result<Self> {
+impl Sink {
+    pub fn attach(ns: &Netns, tools: &Path, iface: &str, net: std::net::Ipv4Addr, prefix: u8) -> anyhow::Result<Self> {
         let mut child = ns
-            .command(testbed::synx_bin().to_str().context("synx path")?)
-            .args(["peer-pass", "--iface", iface])
+            .command(tools.to_str().context("tools path")?)
+            .args(["sink", "--iface", iface, "--net", &net.to_string(), "--prefix", &prefix.to_string()])
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
-            .context("starting synx peer-pass")?;
+            .context("starting synx-bench sink")?;
+        let mut out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
+        out.read_line(&mut line)?;
         if !line.starts_with("attached") {
             let _ = child.kill();
-            bail!("synx peer-pass did not attach: {:?}", child.wait()?);
+            let out = child.wait_with_output()?;
+            bail!("synx-bench sink did not attach: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
-        Ok(Self { child })
+        Ok(Self { child, out })
+    }
+
+    /// Frames counted and dropped so far.
+    pub fn count(&mut self) -> anyhow::Result<u64> {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().context("the sink's stdin")?;
+        stdin.write_all(b"\n")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        line.trim().parse().with_context(|| format!("the sink answered {line:?}"))
     }
 }
 
-impl Drop for PeerPass {
+impl Drop for Sink {
     fn drop(&mut self) {
+        drop(self.child.stdin.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

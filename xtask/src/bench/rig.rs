@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use testbed::{Daemon, Netns, VethPair, sh};
 
-use super::peers::{KernelServer, KernelServerOptions, pin_all_threads};
+use super::peers::{KernelServer, KernelServerOptions, Sink, pin_all_threads};
 
 /// Spoofed SYN-flood sources and extra idle-client addresses: inside 198.18.0.0/15, routed from
 /// the server namespaces back through the client.
@@ -217,6 +217,10 @@ pub struct Rig {
     // Field order is drop order: the servers stop before their namespaces go.
     pub synx: Result<Daemon, String>,
     pub kernel: Result<KernelServer, String>,
+    /// The client ends' XDP programs: synx's always (native XDP_TX on veth needs one there),
+    /// the kernel's only while a flood group runs.
+    synx_sink: Option<Sink>,
+    kernel_sink: Option<Sink>,
     pub name: String,
     pub synx_net: VethPair,
     pub kernel_net: VethPair,
@@ -254,18 +258,15 @@ impl Rig {
             net.client.exec("sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65535"])?;
             net.server.exec("sysctl", &["-qw", "net.core.somaxconn=65535"])?;
             net.server.exec("sysctl", &["-qw", "net.ipv4.tcp_max_syn_backlog=65535"])?;
-            // Where the server's segments arrive: SYN-ACKs to the spoofed flood sources are
-            // counted and dropped at the client's ingress (a real server's would leave for the
-            // wire), and every segment from the server is counted (keepalive probes when idle).
+            // Every segment from the server is counted where it arrives (keepalive probes when
+            // idle); frames to the flood's spoofed sources are counted and dropped by the sink.
             let (dev, server) = (&net.client_if, net.server_v4);
             net.client.nft(&format!(
                 "table netdev synxbench {{\n\
-                 counter synacks {{ }}\n\
                  counter from_server {{ }}\n\
                  chain rx {{\n\
                  type filter hook ingress device {dev} priority 0;\n\
                  ip saddr {server} counter name from_server;\n\
-                 ip daddr {FLOOD_NET}/24 counter name synacks drop;\n\
                  }}\n\
                  }}\n"
             ))?;
@@ -285,6 +286,8 @@ impl Rig {
             synx: Err("not started".into()),
             synx_command: Vec::new(),
             kernel,
+            synx_sink: None,
+            kernel_sink: None,
             tools: tools.to_path_buf(),
             notes: Vec::new(),
             napi,
@@ -301,11 +304,18 @@ impl Rig {
         let mut args: Vec<String> = listen_specs(ip).iter().map(|(a, app)| format!("--listen={a}={app}")).collect();
         args.extend(extra.iter().cloned());
         self.synx_command = std::iter::once("synx run".to_string()).chain(args.iter().cloned()).collect();
+        if self.synx_sink.is_none() {
+            let net = &self.synx_net;
+            match Sink::attach(&net.client, &self.tools, &net.client_if, FLOOD_NET, 24) {
+                Ok(s) => self.synx_sink = Some(s),
+                Err(e) => {
+                    self.synx = Err(format!("the sink on synx's client end did not attach: {e:#}"));
+                    return;
+                }
+            }
+        }
         let net = &self.synx_net;
         let started = (|| -> anyhow::Result<Daemon> {
-            if !testbed::xdp_attached(&net.client, &net.client_if)? {
-                net.attach_peer_xdp()?;
-            }
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             let d = Daemon::start(&net.server, &net.server_if, &argv)?;
             pin_all_threads(d.pid(), &self.cpus.server)?;
@@ -316,6 +326,28 @@ impl Rig {
             Ok(d)
         })();
         self.synx = started.map_err(|e| format!("synx did not start: {e:#}"));
+    }
+
+    /// The sink on the kernel's client end, for a flood group (its XDP program makes veth hand
+    /// that end everything through NAPI, threaded and pinned like the others); `false` takes it
+    /// away again.
+    pub fn kernel_sink(&mut self, on: bool) -> anyhow::Result<()> {
+        if !on {
+            self.kernel_sink = None;
+            return Ok(());
+        }
+        let net = &self.kernel_net;
+        self.kernel_sink = Some(Sink::attach(&net.client, &self.tools, &net.client_if, FLOOD_NET, 24)?);
+        self.rethread_kernel_napi(true)
+    }
+
+    /// Frames to the flood's sources counted at `side`'s client end so far.
+    pub fn flood_arrivals(&mut self, side: Side) -> anyhow::Result<u64> {
+        let sink = match side {
+            Side::Synx => self.synx_sink.as_mut(),
+            Side::Kernel => self.kernel_sink.as_mut(),
+        };
+        sink.context("no sink on that client end")?.count()
     }
 
     /// Thread and pin the NAPI of one end of the kernel's pair again (after an XDP program was
@@ -391,7 +423,7 @@ impl Rig {
             "name": self.name,
             "cpus": { "server": self.cpus.server, "client": self.cpus.client },
             "pairs": {
-                "synx": pair(&self.synx_net, "synx_xdp (native)", "XDP_PASS (native XDP on veth needs one on the peer)"),
+                "synx": pair(&self.synx_net, "synx_xdp (native)", "synx_bench_sink: passes all but frames to the flood's sources (native XDP on veth needs a program on the peer)"),
                 "kernel": pair(&self.kernel_net, "none", "none"),
             },
             "synx_command": self.synx_command,

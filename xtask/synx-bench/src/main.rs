@@ -120,6 +120,16 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// The flood's wire end: an XDP program on IFACE that counts and drops frames to NET/PREFIX
+    /// and passes the rest; prints the count for every line read on stdin, until EOF.
+    Sink {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        net: Ipv4Addr,
+        #[arg(long)]
+        prefix: u8,
+    },
     /// Per-packet cost of the XDP program's paths (BPF_PROG_TEST_RUN), the flow table at the
     /// daemon's default size holding FLOWS flows.
     XdpMicro {
@@ -209,5 +219,6 @@ fn real_main() -> anyhow::Result<()> {
         }
         Command::XdpMicro { calls, flows } => print_json(&xdp::micro(calls, flows)?),
         Command::XdpSynproxy { iface, listen } => xdp::xdp_synproxy(&iface, listen),
+        Command::Sink { iface, net, prefix } => xdp::sink(&iface, net, prefix),
     }
 }

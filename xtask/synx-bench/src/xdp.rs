@@ -48,6 +48,23 @@ pub fn xdp_synproxy(iface: &str, listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The flood's wire end on `iface`: frames to `net`/`prefix` counted and dropped in XDP, the
+/// rest passed. Prints `attached`, then the count for every line read on stdin, until EOF.
+pub fn sink(iface: &str, net: Ipv4Addr, prefix: u8) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let mut e = XdpEngine::load_bench(1, 1460)?;
+    e.attach_sink(iface, net, prefix)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "attached synx_bench_sink to {iface} for {net}/{prefix}")?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        line?;
+        writeln!(out, "{}", e.sink_dropped()?)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;

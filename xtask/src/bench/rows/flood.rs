@@ -1,6 +1,6 @@
 //! The SYN flood: an open-loop generator on the client CPU offers spoofed SYNs (15 million
 //! distinct tuples) as fast as it can, more than any peer answers; SYN-ACKs are counted where
-//! they arrive, at the client veth's ingress. Meanwhile legitimate clients connect at a fixed
+//! they arrive: an XDP program on each client veth counts and drops them. Meanwhile legitimate clients connect at a fixed
 //! rate, each checked with an echo round trip: success and connect latency under overload.
 //! Peers: synx, the kernel listener with tcp_syncookies=2, nftables synproxy in front of it,
 //! and the kernel's XDP cookies (the kernel helper in XDP, nftables synproxy for the ACKs). The kernel's ordinary rows keep the default syncookies; only this group sets 2.
@@ -11,7 +11,7 @@ use super::{CpuWindow, measured};
 use crate::bench::{
     Collector, Ctx, Outcome, Rig, Side,
     load::{FLOOD_DISTINCT_TUPLES, flood_frames, spawn_flood, spawn_tool, tool_json},
-    peers::{NftSynproxy, PeerPass, XdpSynproxy},
+    peers::{NftSynproxy, XdpSynproxy},
     rig::{ECHO, set_sysctl},
     schedule, spec, targets,
 };
@@ -53,7 +53,7 @@ impl Peer {
 pub fn specs(suffix: &str, secs: f64) -> Vec<crate::bench::RowSpec> {
     let n = |s: &str| format!("syn_flood_{s}{suffix}");
     vec![
-        spec(n("synacks_per_cpu_s"), "SYN-ACK/server CPU-s", true, "SYN-ACKs counted at the client's ingress per second of server CPU busy time"),
+        spec(n("synacks_per_cpu_s"), "SYN-ACK/server CPU-s", true, "SYN-ACKs counted where they arrive (an XDP sink on the client veth) per second of server CPU busy time"),
         spec(n("synack_rate"), "SYN-ACK/s", true, format!("SYN-ACKs arriving at the client, over {secs} s")),
         spec(n("offered_rate"), "SYN/s", true, format!("spoofed SYNs the generator sent (open loop, {FLOOD_DISTINCT_TUPLES} distinct tuples)")),
         spec(n("server_cpu_pct"), "% of server CPUs", false, "server CPUs' busy time during the flood"),
@@ -80,6 +80,8 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let client_if = rig.kernel_net.client_if.clone();
     rig.kernel_net.client.exec("ethtool", &["-K", &client_if, "tso", "off"])?;
     rig.note("SYN-flood rows: the kernel's client veth runs with TSO off (legitimate segments share the server's receive ring with the flood); net.ipv4.tcp_syncookies=2 on the kernel's server");
+    rig.kernel_sink(true)?;
+    rig.note("SYN-flood rows: frames to the flood's sources are counted and dropped by an XDP program on each client end (synx_bench_sink)");
     let peers = [Peer::Synx, Peer::Kernel, Peer::NftSynproxy, Peer::XdpSynproxy];
     let mut c = Collector::new("syn_flood", specs("", plan.flood_secs));
     let mut details = vec![];
@@ -88,6 +90,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         let o = round(rig, p, secs, &[plan.cpus.client[0]], &plan.cpus.client);
         details.push(c.record(p.name(), warmup, o));
     }
+    let _ = rig.kernel_sink(false);
     let _ = rig.kernel_net.client.exec("ethtool", &["-K", &client_if, "tso", "on"]);
     let _ = set_sysctl(&rig.kernel_net.server, "net.ipv4.tcp_syncookies", &old_cookies);
     ctx.push(c.finish(), details);
@@ -105,18 +108,12 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
         },
         _ => None,
     };
-    // XDP_TX on a veth delivers only to a peer running an XDP program too (GRO there is not
-    // enough): for this peer's rounds the kernel's client end gets the pass program synx's
-    // client end has, and both ends' NAPI (rebuilt by the attachments) is threaded and pinned.
+    // The server veth's NAPI is rebuilt by the attachment: thread and pin it again.
     let xdp = match p {
         Peer::XdpSynproxy => {
-            let attached = PeerPass::attach(&rig.kernel_net.client, &rig.kernel_net.client_if).and_then(|pass| {
-                let net = &rig.kernel_net;
-                let x = XdpSynproxy::attach(&net.server, &rig.tools, &net.server_if, SocketAddr::new(net.server_v4.into(), ECHO))?;
-                rig.rethread_kernel_napi(false)?;
-                rig.rethread_kernel_napi(true)?;
-                Ok((x, pass))
-            });
+            let net = &rig.kernel_net;
+            let attached = XdpSynproxy::attach(&net.server, &rig.tools, &net.server_if, SocketAddr::new(net.server_v4.into(), ECHO))
+                .and_then(|x| rig.rethread_kernel_napi(false).map(|()| x));
             match attached {
                 Ok(x) => Some(x),
                 Err(e) => return Outcome::failed(format!("XDP synproxy: {e:#}")),
@@ -135,7 +132,7 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
     };
     let r = (|| -> anyhow::Result<(u64, u64, serde_json::Value, CpuWindow, Option<u64>)> {
         let dst = SocketAddrV4::new(rig.net(side).server_v4, ECHO);
-        let before = rig.client_counter(side, "synacks")?;
+        let before = rig.flood_arrivals(side)?;
         let sent_before = sent_counter(rig);
         let ((frames, legit), cpu) = measured(rig, side, |rig| {
             let net = rig.net(side);
@@ -150,7 +147,7 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
         })?;
         // The legitimate clients' last connects may still be retrying; the flood is over.
         let legit = tool_json(legit)?;
-        let synacks = rig.client_counter(side, "synacks")? - before;
+        let synacks = rig.flood_arrivals(side)? - before;
         let sent = sent_counter(rig).zip(sent_before).map(|(a, b)| a.saturating_sub(b));
         Ok((frames, synacks, legit, cpu, sent))
     })();

@@ -74,24 +74,29 @@ fn open_clients(rig: &Rig, side: Side, addr: SocketAddr, n: usize, per_process: 
     Ok(clients)
 }
 
-/// Connections the server holds: synx's accepted less closed; the kernel side's open files
-/// summed over its processes (the caller subtracts the count before the clients came).
-fn held(rig: &Rig, side: Side, pids: &[u32]) -> anyhow::Result<u64> {
+/// Connections the server holds: synx's accepted less closed; the established TCP sockets in
+/// the kernel's server namespace (`ss -s`; its peer is all that runs there).
+fn held(rig: &Rig, side: Side) -> anyhow::Result<u64> {
     match side {
         Side::Synx => {
             let d = rig.daemon()?;
             Ok(d.counter("tcp_accepted")?.saturating_sub(d.counter("tcp_closed")?))
         }
-        Side::Kernel => pids.iter().map(|pid| Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)).sum(),
+        Side::Kernel => {
+            let out = rig.kernel_net.server.exec("ss", &["-s"])?;
+            out.lines()
+                .find_map(|l| l.split("estab ").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+                .with_context(|| format!("no established count in `ss -s`: {out:?}"))
+        }
     }
 }
 
 /// Wait until the server holds `want` connections (a connect() returns before the server has
 /// processed the final ACK); what it holds when `limit` runs out.
-fn await_held(rig: &Rig, side: Side, pids: &[u32], want: u64, limit: Duration) -> anyhow::Result<u64> {
+fn await_held(rig: &Rig, side: Side, want: u64, limit: Duration) -> anyhow::Result<u64> {
     let deadline = Instant::now() + limit;
     loop {
-        let now = held(rig, side, pids)?;
+        let now = held(rig, side)?;
         if now == want || Instant::now() > deadline {
             return Ok(now);
         }
@@ -188,11 +193,11 @@ fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, w
         }
     }
     let pids: Vec<u32> = std::iter::once(rig.server_pid(side)?).chain(extra.iter().map(KernelServer::pid)).collect();
-    let base = held(rig, side, &pids)?;
+    let base = held(rig, side)?;
     let (rss0, slab0) = (rss(&pids)?, slab_active_bytes()?);
     let clients = open_clients(rig, side, addr, n, per_process)?;
     let settle = Duration::from_secs(10 + n as u64 / 10_000);
-    let got = await_held(rig, side, &pids, base + n as u64, settle)? - base;
+    let got = await_held(rig, side, base + n as u64, settle)? - base;
     if got != n as u64 {
         let why = match (side, rig.daemon()) {
             (Side::Synx, Ok(d)) => format!("; synx stats: {}", d.stats().map(|v| v.to_string()).unwrap_or_default()),
@@ -231,7 +236,7 @@ fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, w
     eprintln!("bench: idle {side:?} {n}: {detail}");
     drop(clients);
     // The clients' resets close every connection.
-    let left = await_held(rig, side, &pids, base, settle)?;
+    let left = await_held(rig, side, base, settle)?;
     let mut detail = detail;
     detail["cpu"] = serde_json::json!({ "server_cpu_s": server_cpu, "per_cpu_busy": cpu1.per_cpu_busy_since(&cpu0), "server_process_cpu_s": proc1 - proc0, "window_s": window });
     detail["probes_arrived"] = probes.into();
