@@ -352,3 +352,76 @@ pub fn idle_clients(addr: SocketAddr, src: Ipv4Addr, count: usize) -> anyhow::Re
     drop(held);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_server::{self, App, ListenSpec};
+
+    /// The kernel peer on a loopback port, serving `app` from a thread of this process.
+    fn peer(app: App) -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let opts = kernel_server::Options { listen: vec![ListenSpec { addr, app }], cpus: vec![0], keepalive: None, backlog: 128 };
+        std::thread::spawn(move || kernel_server::run(&opts));
+        // Until it listens.
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return addr;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the kernel peer did not listen on {addr}");
+    }
+
+    #[test]
+    fn the_connection_loop_completes_connections_and_accounts_for_each() {
+        let addr = peer(App::Http);
+        let r = conn_rate(addr, Duration::from_millis(300), 4).unwrap();
+        assert!(r.completed > 0, "{:?}", r.to_json());
+        assert_eq!(r.failures.total(), 0, "{:?}", r.to_json());
+        assert_eq!(r.attempted, r.completed + r.failures.total(), "{:?}", r.to_json());
+    }
+
+    #[test]
+    fn refused_connections_are_failures_with_their_reason() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let r = conn_rate(closed, Duration::from_millis(100), 2).unwrap();
+        assert_eq!(r.completed, 0);
+        assert!(r.failures.total() > 0);
+        assert!(r.failures.0.keys().all(|k| k.starts_with("connect: ") && k.contains("refused")), "{:?}", r.failures);
+        let p = connect_probe(closed, 50.0, Duration::from_millis(100), Duration::from_secs(1)).unwrap();
+        assert_eq!(p["succeeded"], 0);
+        assert_eq!(p["failed"], p["attempted"], "{p}");
+    }
+
+    #[test]
+    fn legitimate_probes_round_trip_through_echo() {
+        let addr = peer(App::Echo);
+        let p = connect_probe(addr, 100.0, Duration::from_millis(200), Duration::from_secs(2)).unwrap();
+        assert!(p["attempted"].as_u64().unwrap() > 0, "{p}");
+        assert_eq!(p["succeeded"], p["attempted"], "{p}");
+        assert_eq!(p["connect_ms"]["samples"], p["attempted"], "{p}");
+    }
+
+    #[test]
+    fn the_fixed_rate_generator_answers_every_scheduled_request() {
+        let addr = peer(App::Http);
+        let o = crate::rate::RateOptions { addr, conns: 2, rate: 400.0, duration: Duration::from_millis(300), warmup: Duration::from_millis(50) };
+        let v = crate::rate::http_rate(&o).unwrap();
+        assert!(v["scheduled"].as_u64().unwrap() > 0, "{v}");
+        assert_eq!(v["completed"], v["scheduled"], "{v}");
+        assert_eq!(v["failed"], 0, "{v}");
+        assert_eq!(v["non_2xx"], 0, "{v}");
+        assert_eq!(v["latency_ms"]["samples"], v["completed"], "{v}");
+    }
+
+    #[test]
+    fn bulk_sends_everything_through_echo_and_into_discard() {
+        for (app, echo) in [(App::Echo, true), (App::Discard, false)] {
+            let v = bulk(peer(app), 4 << 20, echo).unwrap();
+            assert_eq!(v["bytes"], 4 << 20, "{v}");
+        }
+    }
+}
