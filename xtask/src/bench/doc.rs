@@ -45,6 +45,9 @@ pub fn markdown(r: &Report) -> String {
         s(m, &["date"]),
         fmt_duration(r.secs),
     );
+    if let Some(note) = m["note"].as_str() {
+        let _ = writeln!(out, "**{note}**\n");
+    }
     let mitigations: Vec<String> = m["machine"]["mitigations"]
         .as_object()
         .map(|o| o.iter().filter(|(_, v)| v.as_str() != Some("Not affected")).map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or(""))).collect())

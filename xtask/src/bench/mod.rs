@@ -71,6 +71,9 @@ pub struct ReportArgs {
     /// Where to write the document (default: stdout).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// A line the document states under its header (e.g. what else ran on the machine).
+    #[arg(long)]
+    note: Option<String>,
 }
 
 /// How long and how often each row runs.
@@ -271,7 +274,10 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
 /// `cargo xtask bench-report`: BENCHMARKS.md from a run's JSON.
 pub fn bench_report(args: ReportArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.json).with_context(|| format!("reading {}", args.json.display()))?;
-    let report: Report = serde_json::from_str(&text).with_context(|| format!("parsing {}", args.json.display()))?;
+    let mut report: Report = serde_json::from_str(&text).with_context(|| format!("parsing {}", args.json.display()))?;
+    if let Some(note) = args.note {
+        report.meta["note"] = note.into();
+    }
     let md = doc::markdown(&report);
     match &args.out {
         Some(path) => std::fs::write(path, md)?,
