@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::{
-    report::{Report, Row, cell},
+    report::{Report, Row, cell, fmt_num},
     targets::{self, Met},
 };
 
@@ -130,7 +130,8 @@ pub fn markdown(r: &Report) -> String {
     for g in groups {
         let rows: Vec<&Row> = r.rows.iter().filter(|x| x.group == g).collect();
         let peers = peers(&rows);
-        let others: Vec<&String> = peers.iter().filter(|p| *p != targets::SYNX).collect();
+        // Ratios against the kernel's peers (not against e.g. the client's own share).
+        let others: Vec<&String> = peers.iter().filter(|p| p.starts_with(targets::KERNEL)).collect();
         let _ = writeln!(out, "### {g}\n");
         let mut head = String::from("| row |");
         let mut rule = String::from("|---|");
@@ -154,7 +155,7 @@ pub fn markdown(r: &Report) -> String {
             if has_synx {
                 for p in &others {
                     let ratio = match (row.side(targets::SYNX).and_then(|s| s.median()), row.side(p).and_then(|s| s.median())) {
-                        (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
+                        (Some(a), Some(b)) if b != 0.0 => fmt_num(a / b),
                         _ => "-".into(),
                     };
                     let _ = write!(line, " {ratio} |");
