@@ -48,22 +48,11 @@ impl Cookies for KernelCookies {
         // The helper reads the whole TCP header (the MSS option) and wants th_len == doff * 4,
         // which the verifier wants constant: the baseline takes the 40-byte header of Linux's
         // SYN behind a 20-byte IPv4 header, as the benchmark sends it.
-        const LINUX_SYN_TCP_HLEN: usize = 40;
-        if seg.doff != LINUX_SYN_TCP_HLEN || seg.l4 != ETH_HLEN + IPV4_HLEN {
+        if seg.doff != 40 || seg.l4 != ETH_HLEN + IPV4_HLEN {
             return Err(Verdict::Drop(counters::DROP_BAD_OPTIONS));
         }
-        let Some(p) = at(ctx, 0, ETH_HLEN + IPV4_HLEN + LINUX_SYN_TCP_HLEN) else {
-            return Err(Verdict::Drop(counters::DROP_TRUNCATED));
-        };
-        // SAFETY: both ranges lie in the bytes checked just above.
-        let r = unsafe {
-            let (iph, th) = (p.add(ETH_HLEN), p.add(ETH_HLEN + IPV4_HLEN));
-            bpf_tcp_raw_gen_syncookie_ipv4(iph.cast(), th.cast(), LINUX_SYN_TCP_HLEN as u32)
-        };
-        if r < 0 {
-            return Err(Verdict::Drop(counters::DROP_BAD_HEADER));
-        }
-        Ok((r as u32, (cookie::tuple_hash(&secrets[0], &seg.tuple()) >> 32) as u32))
+        let r = helper_cookie::<40>(ctx)?;
+        Ok((r, (cookie::tuple_hash(&secrets[0], &seg.tuple()) >> 32) as u32))
     }
 }
 
@@ -93,6 +82,7 @@ impl Cookies for HelperCookies {
     }
 }
 
+/// The kernel helper's cookie for the IPv4 SYN in `ctx`, whose TCP header is `TCP_HLEN` bytes.
 #[inline(always)]
 fn helper_cookie<const TCP_HLEN: usize>(ctx: &XdpContext) -> Result<u32, Verdict> {
     let Some(p) = at(ctx, 0, ETH_HLEN + IPV4_HLEN + TCP_HLEN) else {
