@@ -146,6 +146,9 @@ fn real_main() -> anyhow::Result<()> {
             run(c)
         }
         Task::Bench(args) => {
+            if args.list() {
+                return Ok(());
+            }
             require_root("cargo xtask bench")?;
             let bin = build_synx()?;
             bench::bench(args, &bin)

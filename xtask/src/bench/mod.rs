@@ -214,13 +214,19 @@ impl Ctx {
     }
 }
 
-pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
-    if args.list {
-        for g in rows::GROUPS {
-            println!("{:<14} {}", g.name, g.about);
+impl BenchArgs {
+    /// `--list`: print the row groups instead of running them.
+    pub fn list(&self) -> bool {
+        if self.list {
+            for g in rows::GROUPS {
+                println!("{:<16} {}", g.name, g.about);
+            }
         }
-        return Ok(());
+        self.list
     }
+}
+
+pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
     let start = Instant::now();
     let plan = Plan::new(&args)?;
     let tools = build_tools()?;
