@@ -273,6 +273,27 @@ impl Rig {
             steer_rps(&net.server, &net.server_if, &o.cpus.server)?;
             steer_rps(&net.client, &net.client_if, &o.cpus.client)?;
         }
+        let mut notes = Vec::new();
+        if o.queues > 1 {
+            // veth has no RSS: a sender picks the queue, by a hash it draws per socket, so one
+            // tuple (a client port reused while the server holds its TIME_WAIT) can arrive on
+            // another queue than before, which a NIC's RSS never does and synx's per-queue
+            // engines rely on. The clients' queue is chosen by the source port instead, as RSS
+            // would by the tuple.
+            ensure!(o.queues.is_power_of_two(), "{} queues: the source-port steering needs a power of two", o.queues);
+            for net in [&synx_net, &kernel_net] {
+                let dev = &net.client_if;
+                net.client.exec("tc", &["qdisc", "add", "dev", dev, "clsact"])?;
+                for q in 0..o.queues {
+                    let (value, mask) = (q.to_string(), (o.queues - 1).to_string());
+                    net.client.exec(
+                        "tc",
+                        &["filter", "add", "dev", dev, "egress", "protocol", "ip", "prio", "1", "u32", "match", "ip", "sport", &value, &mask, "action", "skbedit", "queue_mapping", &q.to_string()],
+                    )?;
+                }
+            }
+            notes.push(format!("{} queues: each client's transmit queue (the server's receive queue on veth) is chosen by its source port (tc skbedit), as RSS would by the tuple", o.queues));
+        }
         let mut napi = BTreeMap::new();
         let pinned = thread_napi(&kernel_net.server, &kernel_net.server_if, &o.cpus.server)?;
         napi.insert(kernel_net.server_if.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(&o.cpus.server)));
@@ -289,7 +310,7 @@ impl Rig {
             synx_sink: None,
             kernel_sink: None,
             tools: tools.to_path_buf(),
-            notes: Vec::new(),
+            notes,
             napi,
         };
         rig.start_synx(&o.synx_args);
