@@ -713,3 +713,57 @@ fn the_flood_generator_writes_whole_valid_syns_from_its_template() {
     let dropping = synx::bpf::flood_template(CLIENT_MAC, SERVER_MAC, dst, base, 250, true).unwrap().1;
     assert_eq!(bench.flood_sample(&frame, dropping).unwrap().0, XDP_DROP);
 }
+
+#[test]
+fn userspace_answers_a_syn_as_the_xdp_program_does() {
+    // One SYN-ACK policy (engine_common::synack) for both senders: userspace answers a SYN on a
+    // tuple it holds in TIME-WAIT (RFC 6191) with what XDP would have sent, so the final ACK
+    // decodes the same wherever it lands.
+    use engine_common::synack::{Syn, default_mss};
+    use TcpOptionElement::{MaximumSegmentSize as Mss, Noop, SelectiveAcknowledgementPermitted as SackOk, Timestamp as Ts, WindowScale as Ws};
+    let rows: Vec<(&str, Vec<TcpOptionElement>, bool)> = vec![
+        ("Linux", linux_syn_opts(), false),
+        ("Linux, ECN setup", linux_syn_opts(), true),
+        ("window scale 15", vec![Mss(1400), SackOk, Ts(5, 0), Noop, Ws(15)], false),
+        ("MSS only", vec![Mss(1440)], false),
+        ("no options", vec![], false),
+        ("macOS order", vec![Mss(1460), Noop, Ws(6), Noop, Noop, Ts(77, 0), SackOk, Noop, Noop], false),
+    ];
+    for v6 in [false, true] {
+        for (what, opts, ecn) in &rows {
+            let what = format!("{what} (v6={v6})");
+            let mut e = engine();
+            let syn = frame(v6, 40000, 1000, opts, |b| if *ecn { b.syn().ece().cwr() } else { b.syn() }, &[]);
+            // XDP mints on a clock up to two ticks behind; retry in the rare case a cookie
+            // period boundary falls between the two clocks.
+            let (out, theirs) = (0..3)
+                .find_map(|_| {
+                    let before = now_ns();
+                    let (action, out, _) = e.test_run(&syn, 1).unwrap();
+                    assert_eq!(action, XDP_TX, "{what}");
+                    let after = now_ns();
+                    let same = cookie::period(before.saturating_sub(20_000_000)) == cookie::period(after);
+                    let offer = Syn {
+                        isn: 1000,
+                        mss: opts.iter().find_map(|o| if let Mss(m) = o { Some(*m) } else { None }).unwrap_or(default_mss(v6)),
+                        wscale: opts.iter().find_map(|o| if let Ws(w) = o { Some(*w) } else { None }),
+                        sack: opts.contains(&SackOk),
+                        ts: opts.iter().find_map(|o| if let Ts(v, _) = o { Some(*v) } else { None }),
+                        ecn: *ecn,
+                    };
+                    let answer = e.cookie_checker().answer(server(v6), client(v6, 40000), &offer, after).unwrap();
+                    same.then_some((out, answer))
+                })
+                .expect("three tries within one cookie period");
+            let t = tcp_of(&out);
+            assert_eq!((t.sequence_number(), t.acknowledgment_number(), t.window_size()), (theirs.seq, theirs.ack, theirs.window), "{what}");
+            let got: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
+            assert!(got.contains(&Mss(theirs.mss)), "{what}: {got:?}");
+            assert_eq!(got.iter().find_map(|o| if let Ws(w) = o { Some(*w) } else { None }), theirs.wscale, "{what}");
+            assert_eq!(got.contains(&SackOk), theirs.sack, "{what}");
+            // The TSval's clock moved between the two; its option bits and the TSecr did not.
+            let ts = got.iter().find_map(|o| if let Ts(v, ecr) = o { Some((*v, *ecr)) } else { None });
+            assert_eq!(ts.map(|(v, ecr)| (v & 63, ecr)), theirs.ts.map(|(v, ecr)| (v & 63, ecr)), "{what}");
+        }
+    }
+}
