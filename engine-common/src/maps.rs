@@ -104,6 +104,15 @@ pub struct ListenerValue {
     pub flags: u32,
 }
 
+/// Two ports in network byte order as a little-endian u32: the first 4 bytes of a TCP header
+/// (source port, then destination port) as XDP loads them, the `ports` of [`FlowKey4`],
+/// [`FlowKey6`] and `cookie::Tuple`.
+pub fn ports_word(first: u16, second: u16) -> u32 {
+    let [a, b] = first.to_be_bytes();
+    let [c, d] = second.to_be_bytes();
+    u32::from_le_bytes([a, b, c, d])
+}
+
 /// An IPv4 connection as the client's segments carry it (remote = the client), each field the
 /// wire's bytes read as a little-endian u32, so XDP builds the key with three loads: the IPv4
 /// source and destination addresses and the TCP header's first 4 bytes (remote port, then

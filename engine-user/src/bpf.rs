@@ -109,6 +109,15 @@ pub enum AttachMode {
     Skb,
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock the XDP program reads (bpf_ktime_get_ns and its
+/// coarse variant), so userspace's instants, LAST_SEEN stamps and cookie periods compare.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn if_index(iface: &str) -> Result<u32, BpfError> {
     let name = CString::new(iface).map_err(|_| BpfError::NoSuchInterface(iface.into()))?;
     // SAFETY: `name` is a valid NUL-terminated string.
@@ -291,13 +300,6 @@ fn addr_words(ip: IpAddr) -> [u32; 4] {
     [w(0), w(4), w(8), w(12)]
 }
 
-/// Two ports in network byte order as a little-endian u32: the TCP header's first 4 bytes.
-fn ports_word(first: u16, second: u16) -> u32 {
-    let [a, b] = first.to_be_bytes();
-    let [c, d] = second.to_be_bytes();
-    u32::from_le_bytes([a, b, c, d])
-}
-
 /// The cookie's view of a connection (client = remote).
 pub fn cookie_tuple(local: SocketAddr, remote: SocketAddr) -> Option<Tuple> {
     match (remote.ip(), local.ip()) {
@@ -314,7 +316,7 @@ pub enum FlowKey {
 }
 
 pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> FlowKey {
-    let ports = ports_word(remote.port(), local.port());
+    let ports = maps::ports_word(remote.port(), local.port());
     let (r, l) = (addr_words(remote.ip()), addr_words(local.ip()));
     if local.is_ipv4() {
         FlowKey::V4(FlowKey4 { remote: r[0], local: l[0], ports })

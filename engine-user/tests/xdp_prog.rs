@@ -9,7 +9,7 @@ use engine_common::{
 };
 use etherparse::{PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 use synx::{
-    bpf::{XdpEngine, XdpSettings, cookie_tuple},
+    bpf::{XdpEngine, XdpSettings, cookie_tuple, monotonic_ns},
     wire,
 };
 
@@ -24,13 +24,6 @@ const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const SERVER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5eed, 0, 0, 0, 0, 0, 1);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5eed, 0, 0, 0, 0, 0, 2);
 const PORT: u16 = 80;
-
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// A program loaded with fixed secrets and a listener on port 80 (both families).
 fn engine() -> XdpEngine {
@@ -127,7 +120,7 @@ fn check_synack(e: &XdpEngine, v6: bool, syn_seq: u32, out: &[u8], with_ts: bool
     assert_eq!(t.window_size(), 65535);
     let tuple = cookie_tuple(server(v6), client(v6, 40000)).unwrap();
     assert_eq!(
-        cookie::check(&e.secrets(), &tuple, syn_seq, t.sequence_number(), now_ns()).map(|c| c.mss),
+        cookie::check(&e.secrets(), &tuple, syn_seq, t.sequence_number(), monotonic_ns()).map(|c| c.mss),
         Some(1460),
         "the ISN is our cookie for this tuple and ISN"
     );
@@ -204,7 +197,7 @@ fn valid_cookie_ack_goes_to_userspace_and_decodes_to_the_handshake() {
     // Userspace decodes the same ACK to the handshake's facts.
     let facts = e
         .cookie_checker()
-        .check(server(false), client(false, 40000), 1001, sa.sequence_number().wrapping_add(1), Some((123460, tsval.unwrap())), now_ns())
+        .check(server(false), client(false, 40000), 1001, sa.sequence_number().wrapping_add(1), Some((123460, tsval.unwrap())), monotonic_ns())
         .expect("userspace accepts the cookie XDP minted");
     assert_eq!(facts.irs, 1000);
     assert_eq!(facts.iss, sa.sequence_number());
@@ -270,7 +263,7 @@ fn known_flow_is_stamped_in_last_seen_and_sent_to_userspace() {
     flows.insert(server(false), client(false, 40001), 17).unwrap();
     let seen = e.last_seen();
     assert_eq!(seen.get(17), None);
-    let before = now_ns();
+    let before = monotonic_ns();
     // Any segment of the flow, a SYN included (the TCP core answers it, RFC 5961 4).
     for f in [
         frame(false, 40001, 9, &[], |b| b.ack(1), b"data"),
@@ -282,7 +275,7 @@ fn known_flow_is_stamped_in_last_seen_and_sent_to_userspace() {
     }
     let stamp = seen.get(17).expect("LAST_SEEN stamped");
     // XDP stamps with the coarse clock: up to two ticks behind (20 ms at HZ=100), never ahead.
-    assert!(stamp + 20_000_000 >= before && stamp <= now_ns(), "stamp {stamp}, before {before}");
+    assert!(stamp + 20_000_000 >= before && stamp <= monotonic_ns(), "stamp {stamp}, before {before}");
     assert_eq!(counter(&e, "xdp_flow_segment"), 2);
     flows.remove(server(false), client(false, 40001)).unwrap();
 }
@@ -393,7 +386,7 @@ fn check_synack_layout(e: &XdpEngine, v6: bool, syn_seq: u32, out: &[u8], want: 
     assert_eq!(t.acknowledgment_number(), syn_seq.wrapping_add(1), "{what}");
     assert_eq!(t.window_size(), 65535, "{what}");
     let tuple = cookie_tuple(server(v6), client(v6, 40000)).unwrap();
-    let checked = cookie::check(&e.secrets(), &tuple, syn_seq, t.sequence_number(), now_ns());
+    let checked = cookie::check(&e.secrets(), &tuple, syn_seq, t.sequence_number(), monotonic_ns());
     assert_eq!(checked.map(|c| c.mss), Some(want.cookie_mss), "{what}: cookie");
     let opts: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
     let mut expected = vec![TcpOptionElement::MaximumSegmentSize(e.settings().mss)];
@@ -430,14 +423,14 @@ fn check_synack_layout(e: &XdpEngine, v6: bool, syn_seq: u32, out: &[u8], want: 
     // clock the SYN-ACK used (TSval never above it, RFC 7323 5.3 PAWS on the client).
     let facts = e
         .cookie_checker()
-        .check(server(v6), client(v6, 40000), syn_seq.wrapping_add(1), t.sequence_number().wrapping_add(1), Some((1, tsval)), now_ns())
+        .check(server(v6), client(v6, 40000), syn_seq.wrapping_add(1), t.sequence_number().wrapping_add(1), Some((1, tsval)), monotonic_ns())
         .unwrap_or_else(|| panic!("{what}: userspace rejects the cookie"));
     assert_eq!(facts.has(engine_common::handshake::FACT_SACK), want.sack, "{what}");
     assert_eq!(facts.has(engine_common::handshake::FACT_WSCALE), want.wscale.is_some(), "{what}");
     if let Some(ws) = want.wscale {
         assert_eq!((facts.snd_wscale, facts.rcv_wscale), (ws, 7), "{what}");
     }
-    let clock = ((now_ns() / 1_000_000) as u32).wrapping_add(facts.ts_offset);
+    let clock = ((monotonic_ns() / 1_000_000) as u32).wrapping_add(facts.ts_offset);
     assert!(clock.wrapping_sub(tsval) < 64 + 10_000, "{what}: TSval {tsval} vs the connection's clock {clock}");
 }
 
@@ -738,10 +731,10 @@ fn userspace_answers_a_syn_as_the_xdp_program_does() {
             // period boundary falls between the two clocks.
             let (out, theirs) = (0..3)
                 .find_map(|_| {
-                    let before = now_ns();
+                    let before = monotonic_ns();
                     let (action, out, _) = e.test_run(&syn, 1).unwrap();
                     assert_eq!(action, XDP_TX, "{what}");
-                    let after = now_ns();
+                    let after = monotonic_ns();
                     let same = cookie::period(before.saturating_sub(20_000_000)) == cookie::period(after);
                     let offer = Syn {
                         isn: 1000,
