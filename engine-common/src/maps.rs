@@ -26,8 +26,6 @@ pub const XSKS: &str = "XSKS";
 /// One-entry array of [`CookieSecrets`]: the state userspace rewrites while the program runs
 /// (settings fixed at load are [`globals`]).
 pub const COOKIE_SECRETS: &str = "COOKIE_SECRETS";
-/// Per-CPU token bucket of [`RstBucket`] limiting RSTs sent from XDP.
-pub const RST_BUCKET: &str = "RST_BUCKET";
 /// `BPF_F_MMAPABLE` array of [`RxBacklogEntry`] per RX queue: frames XDP redirected to the
 /// queue's AF_XDP socket, and frames its engine has taken (or the kernel dropped). While more
 /// than [`RX_BACKLOG_LIMIT`] are outstanding, XDP leaves new SYNs unanswered, so handshakes
@@ -161,14 +159,6 @@ pub mod globals {
     pub const RST_PER_SEC: &str = "SYNX_RST_PER_SEC";
 }
 
-/// Token bucket state for RSTs (per CPU).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct RstBucket {
-    pub tokens: u64,
-    pub last_ns: u64,
-}
-
 /// One queue's entry of [`RX_BACKLOG`]. XDP adds to `redirected`; userspace stores `consumed`.
 /// Both only grow (wrapping): `redirected - consumed`, read as signed, is the backlog.
 #[repr(C)]
@@ -214,6 +204,5 @@ mod pod_impls {
     unsafe impl aya::Pod for super::FlowKey6 {}
     unsafe impl aya::Pod for super::PortListeners {}
     unsafe impl aya::Pod for super::CookieSecrets {}
-    unsafe impl aya::Pod for super::RstBucket {}
     unsafe impl aya::Pod for super::BenchFrame {}
 }

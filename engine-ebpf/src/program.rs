@@ -45,7 +45,7 @@ impl Cookies for SynxCookies {
 #[inline(always)]
 pub fn handle<C: Cookies>(ctx: &XdpContext) -> u32 {
     count(counters::RX_PACKETS);
-    match run::<C>(ctx) {
+    match decide::<C>(ctx) {
         Verdict::Pass(c) => {
             count(c);
             xdp_action::XDP_PASS
@@ -58,8 +58,9 @@ pub fn handle<C: Cookies>(ctx: &XdpContext) -> u32 {
     }
 }
 
+/// What becomes of the frame (see the crate docs).
 #[inline(always)]
-fn run<C: Cookies>(ctx: &XdpContext) -> Verdict {
+fn decide<C: Cookies>(ctx: &XdpContext) -> Verdict {
     let seg = match parse(ctx) {
         Ok(s) => s,
         Err(v) => return v,
