@@ -1,4 +1,4 @@
-//! The seed's scenarios and every timer, at exact virtual instants.
+//! Scenarios through every state and every timer, at exact virtual instants.
 
 use core::time::Duration;
 
@@ -273,7 +273,7 @@ fn time_wait_syn_may_reopen_the_tuple() {
     // RFC 6191 without timestamps: a SYN above RCV.NXT reopens.
     let mut new = peer(100_000, 0);
     new.flags = Flags::SYN;
-    assert_eq!(c.handle(ms(7), &new, &[]), Handled::TimeWaitReuse);
+    assert_eq!(c.handle(ms(7), &new, &[]), Handled::Dropped(DropReason::TimeWaitReuse));
     assert_eq!(c.state(), State::Closed);
 }
 
@@ -836,7 +836,7 @@ fn time_wait_syn_reuse_by_timestamp_rfc6191() {
     assert_eq!(c.handle(ms(6), &old, &[]), Handled::Dropped(DropReason::Syn));
     let mut new = old;
     new.options.timestamps = Some((601, 0));
-    assert_eq!(c.handle(ms(7), &new, &[]), Handled::TimeWaitReuse);
+    assert_eq!(c.handle(ms(7), &new, &[]), Handled::Dropped(DropReason::TimeWaitReuse));
 }
 
 #[test]
