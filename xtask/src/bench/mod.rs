@@ -184,8 +184,9 @@ impl Ctx {
             targets::SYNX,
             format!(
                 "`{}` (defaults otherwise: apps on the engine threads, echo/discard/http in turns), every thread pinned to CPU {}; \
-                 its veth pair has synx's XDP program (native) on the server end and an XDP_PASS program on the client end; \
-                 the server veth's NAPI runs threaded on CPU {}, the client's on CPU {}",
+                 its veth pair has synx's XDP program (native) on the server end and, on the client end, the bench's sink \
+                 (passes everything but frames to the flood's sources; native XDP_TX on veth needs a program there); \
+                 the server veth's NAPI runs threaded at SCHED_FIFO on CPU {}, the client's on CPU {}",
                 rig.synx_command.join(" "),
                 Cpus::list(&c.server),
                 Cpus::list(&c.server),
@@ -199,7 +200,7 @@ impl Ctx {
                  its own epoll and SO_REUSEPORT listener per port, edge-triggered, an idle connection holding its socket and a \
                  16-byte slot; TCP_NODELAY (and keepalive, where a row sets it) inherited from the listener; backlog 65535. \
                  Its veth pair has no XDP program and the default offloads (TSO, GSO, checksums on), GRO on the server end; \
-                 client segments reach the server CPU through RPS, flood frames through the server veth's NAPI, threaded on CPU {}. \
+                 client segments reach the server CPU through RPS, flood frames through the server veth's NAPI, threaded at SCHED_FIFO on CPU {}. \
                  Sysctls default, but tcp_syncookies=2 in the SYN-flood rows only and somaxconn/tcp_max_syn_backlog 65535",
                 rig.kernel.as_ref().map(|k| k.command.join(" ")).unwrap_or_default(),
                 Cpus::list(&c.server)
