@@ -45,6 +45,10 @@ pub fn markdown(r: &Report) -> String {
         s(m, &["date"]),
         fmt_duration(r.secs),
     );
+    if let Some(runs) = m["runs"].as_array() {
+        let list: Vec<String> = runs.iter().map(|r| format!("`{}` ({}, {})", r["command"].as_str().unwrap_or("?"), r["date"].as_str().unwrap_or("?"), fmt_duration(r["secs"].as_f64().unwrap_or(0.0)))).collect();
+        let _ = writeln!(out, "Merged from {} runs, a row measured in several taken from the last: {}.\n", runs.len(), list.join("; "));
+    }
     if let Some(note) = m["note"].as_str() {
         let _ = writeln!(out, "**{note}**\n");
     }

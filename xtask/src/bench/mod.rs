@@ -65,9 +65,10 @@ pub struct BenchArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReportArgs {
-    /// A `cargo xtask bench --json` file.
-    #[arg(long)]
-    json: PathBuf,
+    /// A `cargo xtask bench --json` file; repeat to merge runs (e.g. a default run and a
+    /// `--full --only idle` one): a row a later file also has is taken from the later one.
+    #[arg(long, required = true)]
+    json: Vec<PathBuf>,
     /// Where to write the document (default: stdout).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -280,8 +281,12 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
 
 /// `cargo xtask bench-report`: BENCHMARKS.md from a run's JSON.
 pub fn bench_report(args: ReportArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.json).with_context(|| format!("reading {}", args.json.display()))?;
-    let mut report: Report = serde_json::from_str(&text).with_context(|| format!("parsing {}", args.json.display()))?;
+    let mut runs = Vec::new();
+    for path in &args.json {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        runs.push(serde_json::from_str::<Report>(&text).with_context(|| format!("parsing {}", path.display()))?);
+    }
+    let mut report = Report::merge(runs);
     if let Some(note) = args.note {
         report.meta["note"] = note.into();
     }

@@ -236,6 +236,35 @@ pub struct Report {
     pub secs: f64,
 }
 
+impl Report {
+    /// Several runs as one: the first run's metadata (each run's command, commit and date kept
+    /// under `runs`), rows in order, a row name a later run also measured taken from the later
+    /// run (with its rounds), the runs' times added.
+    pub fn merge(runs: Vec<Report>) -> Report {
+        let mut it = runs.into_iter();
+        let Some(mut out) = it.next() else {
+            return Report { meta: serde_json::Value::Null, rows: vec![], rounds: vec![], group_failures: Default::default(), secs: 0.0 };
+        };
+        let summary = |r: &Report| serde_json::json!({ "command": r.meta["command"], "commit": r.meta["commit"], "date": r.meta["date"], "secs": r.secs });
+        let mut all = vec![summary(&out)];
+        for r in it {
+            all.push(summary(&r));
+            let groups: Vec<String> = r.rows.iter().map(|x| x.group.clone()).collect();
+            let names: Vec<&String> = r.rows.iter().map(|x| &x.name).collect();
+            out.rows.retain(|x| !names.contains(&&x.name));
+            out.rounds.retain(|d| !groups.contains(&d.group));
+            out.rows.extend(r.rows.iter().cloned());
+            out.rounds.extend(r.rounds);
+            out.group_failures.extend(r.group_failures);
+            out.secs += r.secs;
+        }
+        if all.len() > 1 {
+            out.meta["runs"] = serde_json::json!(all);
+        }
+        out
+    }
+}
+
 /// A number for a table: three significant digits, thousands separated.
 pub fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
@@ -356,6 +385,21 @@ mod tests {
         assert_eq!(fmt_num(0.012345), "0.0123");
         assert_eq!(fmt_num(-1234.0), "-1,234");
         assert_eq!(fmt_num(0.0), "0");
+    }
+
+    #[test]
+    fn merged_runs_take_a_repeated_row_from_the_later_run() {
+        let run = |v: f64, rows: &[&str]| {
+            let mut c = Collector::new("idle", rows.iter().map(|r| spec(*r, "B", false, "")).collect());
+            let d = c.record("synx", false, outcome(&vec![v; rows.len()]));
+            Report { meta: serde_json::json!({"command": format!("run {v}")}), rows: c.finish(), rounds: vec![d], group_failures: Default::default(), secs: 10.0 }
+        };
+        let m = Report::merge(vec![run(1.0, &["idle_bytes_per_conn_100k"]), run(2.0, &["idle_bytes_per_conn_100k", "idle_bytes_per_conn_1m"])]);
+        let names: Vec<&str> = m.rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["idle_bytes_per_conn_100k", "idle_bytes_per_conn_1m"]);
+        assert_eq!(m.rows[0].side("synx").unwrap().median(), Some(2.0));
+        assert_eq!(m.secs, 20.0);
+        assert_eq!(m.meta["runs"].as_array().unwrap().len(), 2);
     }
 
     #[test]
