@@ -100,7 +100,14 @@ pub fn evaluate(rows: &[Row]) -> Vec<Verdict> {
         ratio_target(rows, "SYN flood: SYN-ACKs per server CPU-second >= 3x the kernel listener", flood, KERNEL, 3.0, true),
         ratio_target(rows, "SYN flood: >= 1x the kernel's XDP cookies (XDP synproxy)", flood, KERNEL_XDP_SYNPROXY, 1.0, true),
         ratio_target(rows, "SYN flood: >= 1x nftables synproxy", flood, KERNEL_NFT_SYNPROXY, 1.0, true),
-        value_target(rows, "SYN flood: legitimate connects >= 99% under overload", "syn_flood_legit_success", 99.0, false),
+        all(
+            "SYN flood: legitimate connects >= 99% under overload",
+            vec![
+                value_target(rows, "", "syn_flood_legit_success", 99.0, false),
+                // Under overload: the offer exceeded what synx answered.
+                value_target(rows, "", "syn_flood_answered_pct", 100.0, true),
+            ],
+        ),
         ratio_target(rows, "connections per second >= 1.5x", "conn_rate", KERNEL, 1.5, true),
         ratio_target(rows, "server CPU per connection <= 0.67x", "conn_cpu_per_conn", KERNEL, 0.67, false),
     ];
