@@ -281,7 +281,7 @@ impl Rig {
             // engines rely on. The clients' queue is chosen by the source port instead, as RSS
             // would by the tuple.
             ensure!(o.queues.is_power_of_two(), "{} queues: the source-port steering needs a power of two", o.queues);
-            for net in [&synx_net, &kernel_net] {
+            let steer = |net: &VethPair| -> anyhow::Result<()> {
                 let dev = &net.client_if;
                 net.client.exec("tc", &["qdisc", "add", "dev", dev, "clsact"])?;
                 for q in 0..o.queues {
@@ -291,8 +291,15 @@ impl Rig {
                         &["filter", "add", "dev", dev, "egress", "protocol", "ip", "prio", "1", "u32", "match", "ip", "sport", &value, &mask, "action", "skbedit", "queue_mapping", &q.to_string()],
                     )?;
                 }
+                Ok(())
+            };
+            match steer(&synx_net).and_then(|()| steer(&kernel_net)) {
+                Ok(()) => notes.push(format!("{} queues: each client's transmit queue (the server's receive queue on veth) is chosen by its source port (tc skbedit), as RSS would by the tuple", o.queues)),
+                Err(e) => notes.push(format!(
+                    "{} queues: the clients' transmit queue could not be tied to the tuple ({e:#}); veth then lets each socket pick one by a random hash, so a client port reused while one queue's engine holds its TIME_WAIT may arrive on another queue, which RSS on a NIC never does",
+                    o.queues
+                )),
             }
-            notes.push(format!("{} queues: each client's transmit queue (the server's receive queue on veth) is chosen by its source port (tc skbedit), as RSS would by the tuple", o.queues));
         }
         let mut napi = BTreeMap::new();
         let pinned = thread_napi(&kernel_net.server, &kernel_net.server_if, &o.cpus.server)?;
