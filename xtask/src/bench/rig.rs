@@ -295,10 +295,16 @@ impl Rig {
             };
             match steer(&synx_net).and_then(|()| steer(&kernel_net)) {
                 Ok(()) => notes.push(format!("{} queues: each client's transmit queue (the server's receive queue on veth) is chosen by its source port (tc skbedit), as RSS would by the tuple", o.queues)),
-                Err(e) => notes.push(format!(
+                Err(e) => {
+                    // Neither side steered, not one of them.
+                    for net in [&synx_net, &kernel_net] {
+                        let _ = net.client.exec("tc", &["qdisc", "del", "dev", &net.client_if, "clsact"]);
+                    }
+                    notes.push(format!(
                     "{} queues: the clients' transmit queue could not be tied to the tuple ({e:#}); veth then lets each socket pick one by a random hash, so a client port reused while one queue's engine holds its TIME_WAIT may arrive on another queue, which RSS on a NIC never does",
                     o.queues
-                )),
+                    ))
+                }
             }
         }
         let mut napi = BTreeMap::new();
