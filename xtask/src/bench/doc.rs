@@ -185,7 +185,7 @@ pub fn markdown(r: &Report) -> String {
     let failed: Vec<_> = r.rounds.iter().filter(|d| d.failure.is_some()).collect();
     let _ = writeln!(out, "## Failed rounds\n");
     for (group, why) in &r.group_failures {
-        let _ = writeln!(out, "- {group}: **the group could not run**: {why}");
+        let _ = writeln!(out, "- {group}: **the group could not run**: {}", why.split_whitespace().collect::<Vec<_>>().join(" "));
     }
     if failed.is_empty() && r.group_failures.is_empty() {
         let _ = writeln!(out, "None: every round of every side succeeded.\n");
@@ -198,7 +198,7 @@ pub fn markdown(r: &Report) -> String {
                 d.peer,
                 d.order,
                 if d.warmup { " (warm-up, not counted)" } else { "" },
-                d.failure.as_deref().unwrap_or("")
+                d.failure.as_deref().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")
             );
         }
         let _ = writeln!(out);

@@ -368,6 +368,8 @@ impl Rig {
     pub fn kernel_sink(&mut self, on: bool) -> anyhow::Result<()> {
         if !on {
             self.kernel_sink = None;
+            // Its NAPI (and thread) went with the program.
+            self.napi.remove(&self.kernel_net.client_if);
             return Ok(());
         }
         let net = &self.kernel_net;
