@@ -238,8 +238,7 @@ impl Rig {
         // The test bed turns transmit checksumming off on every client veth (XDP on the server
         // would see partial checksums); the kernel's pair runs no XDP: its defaults back.
         kernel_net.client.exec("ethtool", &["-K", &kernel_net.client_if, "tx", "on"])?;
-        for (net, dev) in [(&kernel_net, &kernel_net.client_if), (&kernel_net, &kernel_net.server_if)] {
-            let ns = if dev == &net.client_if { &net.client } else { &net.server };
+        for (ns, dev) in [(&kernel_net.client, &kernel_net.client_if), (&kernel_net.server, &kernel_net.server_if)] {
             let f = features(ns, dev)?;
             ensure!(
                 f.get("tcp-segmentation-offload").map(String::as_str) == Some("on"),
@@ -296,13 +295,13 @@ impl Rig {
             match steer(&synx_net).and_then(|()| steer(&kernel_net)) {
                 Ok(()) => notes.push(format!("{} queues: each client's transmit queue (the server's receive queue on veth) is chosen by its source port (tc skbedit), as RSS would by the tuple", o.queues)),
                 Err(e) => {
-                    // Neither side steered, not one of them.
+                    // Both sides steered, or neither.
                     for net in [&synx_net, &kernel_net] {
                         let _ = net.client.exec("tc", &["qdisc", "del", "dev", &net.client_if, "clsact"]);
                     }
                     notes.push(format!(
-                    "{} queues: the clients' transmit queue could not be tied to the tuple ({e:#}); veth then lets each socket pick one by a random hash, so a client port reused while one queue's engine holds its TIME_WAIT may arrive on another queue, which RSS on a NIC never does",
-                    o.queues
+                        "{} queues: the clients' transmit queue could not be tied to the tuple ({e:#}); veth then lets each socket pick one by a random hash, so a client port reused while one queue's engine holds its TIME_WAIT may arrive on another queue, which RSS on a NIC never does",
+                        o.queues
                     ))
                 }
             }
