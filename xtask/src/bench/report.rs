@@ -253,6 +253,7 @@ impl Report {
             let names: Vec<&String> = r.rows.iter().map(|x| &x.name).collect();
             out.rows.retain(|x| !names.contains(&&x.name));
             out.rounds.retain(|d| !groups.contains(&d.group));
+            out.group_failures.retain(|g, _| !groups.contains(g));
             out.rows.extend(r.rows.iter().cloned());
             out.rounds.extend(r.rounds);
             out.group_failures.extend(r.group_failures);
