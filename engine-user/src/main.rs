@@ -267,7 +267,7 @@ fn serve_kernel(listen: Vec<ListenSpec>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     rt.block_on(async {
         for spec in &listen {
-            let app = spec.app.unwrap_or(App::Echo);
+            let service = synx::apps::Service::new(spec.app.unwrap_or(App::Echo));
             let socket = match spec.addr {
                 std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
                 std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -281,8 +281,9 @@ fn serve_kernel(listen: Vec<ListenSpec>) -> anyhow::Result<()> {
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     let _ = stream.set_nodelay(true);
+                    let service = service.clone();
                     tokio::spawn(async move {
-                        let _ = synx::apps::serve(app, stream).await;
+                        let _ = service.serve(stream).await;
                     });
                 }
             });
