@@ -369,7 +369,12 @@ async fn respond<W: AsyncWrite + Unpin>(
     let close = client.close || framing == Framing::UntilClose;
     let mut headers = std::mem::take(response.headers_mut());
     message::strip_hop_by_hop(&mut headers);
-    let head = message::response_head(status, &headers, framing, close);
+    let mut head = message::response_head(status, &headers, framing, close);
+    if client.http10 && !close {
+        // RFC 9112 9.3: an HTTP/1.0 client keeps the connection only if the answer says so.
+        head.truncate(head.len() - 2);
+        head.extend_from_slice(b"connection: keep-alive\r\n\r\n");
+    }
     let body = response.into_body();
     match stream_response(pool, w, head, body, framing).await? {
         true => {

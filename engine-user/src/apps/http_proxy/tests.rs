@@ -197,8 +197,8 @@ fn dechunk(body: &str) -> String {
 
 #[tokio::test]
 async fn a_response_of_unknown_length_is_chunked_for_http11_and_close_delimited_for_http10() {
-    let backend = raw_backend(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n4\r\none,\r\n3\r\ntwo\r\n0\r\n\r\n", After::Stay).await;
-    let proxy = front(options(backend)).await;
+    let raw = raw_backend(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n4\r\none,\r\n3\r\ntwo\r\n0\r\n\r\n", After::Stay).await;
+    let proxy = front(options(raw)).await;
     let got = exchange_raw(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     let (head, body) = got.split_once("\r\n\r\n").unwrap();
     assert!(head.contains("transfer-encoding: chunked") && head.contains("x-up: 1"), "{got}");
@@ -207,6 +207,12 @@ async fn a_response_of_unknown_length_is_chunked_for_http11_and_close_delimited_
     let (head, body) = got.split_once("\r\n\r\n").unwrap();
     assert!(!head.contains("transfer-encoding") && head.contains("connection: close"), "{got}");
     assert_eq!(body, "one,two", "an HTTP/1.0 client reads the body to the close");
+    // An HTTP/1.0 client that asks for keep-alive is told it holds, when the length is known.
+    let (described, _) = backend(describe).await;
+    let proxy = front(options(described)).await;
+    let got = exchange_raw(proxy, b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\n").await;
+    assert_eq!(got.matches("connection: keep-alive").count(), 1, "{got}");
+    assert!(got.contains("GET /a ") && got.contains("GET /b ") && got.ends_with("body=0"), "{got}");
 }
 
 #[tokio::test]
