@@ -14,7 +14,7 @@ use aya_ebpf::{
 use engine_common::{
     cookie::{self, Key},
     counters,
-    maps::{BENCH_FRAME_LEN, BenchFrame, FLOOD_FRAME_LEN, FloodState},
+    maps::{BENCH_FRAME_LEN, BenchFrame, BenchVary, FLOOD_FRAME_LEN, FloodState},
 };
 use engine_ebpf::{
     clock::Now,
@@ -25,6 +25,8 @@ use engine_ebpf::{
 
 #[map(name = "BENCH_FRAME")]
 static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
+#[map(name = "BENCH_VARY")]
+static BENCH_VARY: Array<BenchVary> = Array::with_max_entries(1, 0);
 #[map(name = "FLOOD")]
 static FLOOD: Array<FloodState> = Array::with_max_entries(1, 0);
 
@@ -82,7 +84,7 @@ pub fn synx_bench_kernel(ctx: XdpContext) -> u32 {
     handle::<KernelCookies>(&ctx)
 }
 
-/// Micro-benchmark: the restore of `synx_bench_syn` alone.
+/// Micro-benchmark: the restore of `synx_bench_syn` alone (with its source variation).
 #[xdp]
 pub fn synx_bench_restore(ctx: XdpContext) -> u32 {
     if !restore_bench_frame(&ctx) {
@@ -108,6 +110,28 @@ fn restore_bench_frame(ctx: &XdpContext) -> bool {
     let Some(p) = at(ctx, 0, BENCH_FRAME_LEN) else { return false };
     // SAFETY: both hold BENCH_FRAME_LEN bytes (checked above; the map value is 80).
     unsafe { copy_frame::<BENCH_FRAME_LEN>(p, saved.words.as_ptr() as *const u8) };
+    let Some(vary) = BENCH_VARY.get_ptr_mut(0) else { return false };
+    // SAFETY: one test run at a time per map; the entry is plain data.
+    let v = unsafe { &mut *vary };
+    if v.count != 0 {
+        let i = v.next % v.count;
+        v.next = v.next.wrapping_add(1);
+        const IP_CSUM: usize = ETH_HLEN + 10;
+        const IP_SRC: usize = ETH_HLEN + 12;
+        const TCP_CSUM: usize = ETH_HLEN + IPV4_HLEN + 16;
+        // SAFETY: every offset lies within the BENCH_FRAME_LEN bytes checked above.
+        unsafe {
+            let old = ld32(p, IP_SRC);
+            let new = u32::from_be(old).wrapping_add(i).to_be();
+            // RFC 1624 3 over the source address (in the TCP pseudo-header too).
+            let delta = u64::from(!old) + u64::from(new);
+            let ip = fold(u64::from(!(p.add(IP_CSUM) as *const u16).read_unaligned()) + delta);
+            let tcp = fold(u64::from(!(p.add(TCP_CSUM) as *const u16).read_unaligned()) + delta);
+            st32(p, IP_SRC, new);
+            (p.add(IP_CSUM) as *mut u16).write_unaligned(ip);
+            (p.add(TCP_CSUM) as *mut u16).write_unaligned(tcp);
+        }
+    }
     true
 }
 

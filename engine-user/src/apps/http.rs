@@ -7,22 +7,24 @@ use super::{Served, WhenQuiet};
 
 /// The body of every HTTP response.
 pub const HTTP_BODY: &[u8] = b"hello from synx\n";
-pub(super) const MAX_HEADER: usize = 16 * 1024;
+/// The longest request head the http app reads before answering 431.
+pub const MAX_HEADER: usize = 16 * 1024;
 /// Request bodies are read and dropped as they arrive, so their size costs no memory; a
 /// declared length beyond this is refused with 413 (nginx refuses above 1 MiB by default).
 pub const MAX_BODY: u64 = 64 << 20;
 
 /// How a request's body is framed (RFC 9112 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Body {
+pub enum Body {
     /// Content-Length bytes (0: no body).
     Length(u64),
     /// Transfer-Encoding: chunked.
     Chunked,
 }
 
+/// What [`parse_request`] found at the start of a buffer.
 #[derive(Debug, PartialEq, Eq)]
-enum Parsed {
+pub enum Parsed {
     Complete { head_len: usize, body: Body, close: bool },
     Partial,
     Bad,
@@ -40,8 +42,9 @@ fn content_length(v: &[u8]) -> Option<u64> {
 }
 
 /// One request head from `buf`. A plain function, so httparse's header array lives on the
-/// stack for the parse only, never in the connection's future while it waits for bytes.
-fn parse_request(buf: &[u8]) -> Parsed {
+/// stack for the parse only, never in the connection's future while it waits for bytes. Public
+/// for the bench's kernel peer, which parses with this same function.
+pub fn parse_request(buf: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {

@@ -15,7 +15,7 @@ use std::{future::Future, net::SocketAddr, pin::pin, sync::Arc, task::Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-pub use http::{HTTP_BODY, MAX_BODY, http};
+pub use http::{Body, HTTP_BODY, MAX_BODY, MAX_HEADER, Parsed, http, parse_request};
 pub use http_proxy::HttpProxyOptions;
 pub use proxy::{ProxyOptions, ProxyProtocol, proxy};
 
