@@ -383,6 +383,7 @@ fn http_proxy_streams_100_mib_each_way_in_both_framings_with_bounded_memory() {
         }
     });
     let grew = peak.saturating_sub(before);
+    eprintln!("http-proxy: 4 x 100 MiB streamed, daemon RSS {} MiB before, {} MiB at most", before >> 20, peak >> 20);
     // 100 MiB went each way; what the daemon holds per connection is its stream queues (256 KiB
     // each way), the TCP buffers and a few body pieces in flight.
     assert!(grew < 32 << 20, "the daemon's RSS grew by {} MiB while 100 MiB bodies passed", grew >> 20);
