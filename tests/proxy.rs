@@ -250,15 +250,20 @@ fn app_gauges(daemon: &Daemon) -> (Option<u64>, Option<u64>) {
     (stats["app_tasks"].as_u64(), stats["app_waiting"].as_u64())
 }
 
-/// Read one response with a Content-Length from `s`: (head, body).
-fn read_response(s: &mut TcpStream) -> (String, String) {
+/// Read a response head from `s`, byte by byte (nothing after it is taken).
+fn read_head(s: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         s.read_exact(&mut b).unwrap();
         head.push(b[0]);
     }
-    let head = String::from_utf8(head).unwrap();
+    String::from_utf8(head).unwrap()
+}
+
+/// Read one response with a Content-Length from `s`: (head, body).
+fn read_response(s: &mut TcpStream) -> (String, String) {
+    let head = read_head(s);
     let len: usize = head
         .lines()
         .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
@@ -408,13 +413,7 @@ fn http_proxy_splices_a_websocket_upgrade_and_answers_502_and_504_for_a_backend_
                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
             )
             .unwrap();
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                s.read_exact(&mut b).unwrap();
-                head.push(b[0]);
-            }
-            let head = String::from_utf8(head).unwrap();
+            let head = read_head(&mut s);
             assert!(head.starts_with("HTTP/1.1 101 Switching Protocols\r\n") && head.contains("upgrade: websocket"), "{head}");
             // A masked WebSocket text frame "hello" (RFC 6455 5.7), echoed back byte for byte.
             let frame = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
