@@ -223,11 +223,20 @@ pub(super) async fn serve<S: AppStream>(pool: &Pool, s: &mut S, when_quiet: When
                     }
                     // Between requests (nothing buffered) a turn may end; within a head, the rest
                     // is awaited, so no turn ends with half a request read.
-                    let read = if buf.is_empty() { when_quiet } else { WhenQuiet::Wait };
                     if buf.capacity() - buf.len() < 1024 {
                         buf.reserve(4096);
                     }
-                    let Some(n) = read.read(s.read_buf(&mut buf)).await else { return Ok(Served::Quiet) };
+                    let n = if buf.is_empty() {
+                        let Some(n) = when_quiet.read(s.read_buf(&mut buf)).await else { return Ok(Served::Quiet) };
+                        n
+                    } else {
+                        // RFC 9110 15.5.9: a client that stops within a request head is answered
+                        // 408 after the timeout (nginx's client_header_timeout), not waited for.
+                        match tokio::time::timeout(pool.options.timeout, s.read_buf(&mut buf)).await {
+                            Ok(n) => n,
+                            Err(_) => return refuse(s, StatusCode::REQUEST_TIMEOUT).await,
+                        }
+                    };
                     if n? == 0 {
                         // EOF between requests (or within a head: nothing to answer).
                         s.shutdown().await?;
@@ -305,7 +314,8 @@ async fn exchange<S: AppStream>(pool: &Pool, s: &mut S, buf: &mut BytesMut, head
     // The client's body goes up while the response comes down: a backend may answer before it
     // has read the whole body, and one that streams (an echo) would stall if either waited.
     let (mut read, mut write) = tokio::io::split(&mut *s);
-    let (pumped, responded) = tokio::join!(pump(&mut read, buf, body, tx), respond(pool, &mut write, request, client));
+    let (pumped, responded) =
+        tokio::join!(pump(&mut read, buf, body, tx, pool.options.timeout), respond(pool, &mut write, request, client));
     drop((read, write));
     match responded? {
         // The backend switched protocols on a request with a body: what it read of the body is
@@ -492,12 +502,14 @@ enum Pumped {
 }
 
 /// Read the request body from the client (first what is already in `buf`) and hand it on in
-/// pieces; whatever follows the body (a pipelined request) stays in `buf`.
+/// pieces; whatever follows the body (a pipelined request) stays in `buf`. A client silent for
+/// `timeout` within its body breaks it (nginx's client_body_timeout).
 async fn pump<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
     body: Body,
     tx: mpsc::Sender<io::Result<Bytes>>,
+    timeout: Duration,
 ) -> Pumped {
     let mut left = match body {
         Body::Length(n) => n,
@@ -541,7 +553,9 @@ async fn pump<R: AsyncRead + Unpin>(
         let read = tokio::select! {
             // The backend side dropped the body (it failed, or answered without it): stop.
             _ = tx.closed() => return Pumped::Abandoned,
-            read = r.read_buf(buf) => read,
+            read = tokio::time::timeout(timeout, r.read_buf(buf)) => {
+                read.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "the client went silent within its body")))
+            }
         };
         match read {
             Ok(0) => {

@@ -374,3 +374,22 @@ async fn malformed_or_unforwardable_requests_are_refused() {
     let got = exchange_raw(proxy, b"GET http://example.org/p?x HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n").await;
     assert!(got.contains("GET /p?x host=example.org"), "{got}");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_within_a_head_or_a_body_is_not_waited_for() {
+    let (backend, _) = backend(describe).await;
+    let proxy = front(HttpProxyOptions { timeout: Duration::from_millis(300), ..options(backend) }).await;
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{text}");
+    // Within a body: the backend hears of the broken request, the client's connection ends.
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc").await.unwrap();
+    let mut got = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got)).await.unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(end.is_err() || !text.contains("200 OK"), "a request missing its body was answered as whole: {text}");
+}
