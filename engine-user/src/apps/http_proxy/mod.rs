@@ -330,6 +330,8 @@ async fn exchange<S: AppStream>(pool: &Pool, s: &mut S, buf: &mut BytesMut, head
     }
 }
 
+/// What the response must fit on the client's side: its request's method, its version, whether
+/// it asked to close, whether it asked to switch protocols.
 #[derive(Debug, Clone, Copy)]
 struct Client {
     head_request: bool,
@@ -338,6 +340,7 @@ struct Client {
     upgrade: bool,
 }
 
+/// How [`respond`] ended: the connection's next step, or a switch of protocols to splice.
 enum Responded {
     Next(Next),
     Upgrade(hyper::upgrade::OnUpgrade, pool::Lease),
