@@ -167,7 +167,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     ctx.describe_peer(
         targets::NGINX,
         format!(
-            "nginx {} (Debian) as a reverse proxy, master and workers pinned to the server CPUs; configuration:\n\n```\n{main}\nevents {{ {} }}\nhttp {{\n{http}\n}}\n```\n\
+            "{} (Debian) as a reverse proxy, master and workers pinned to the server CPUs; configuration:\n\n```\n{main}\nevents {{ {} }}\nhttp {{\n{http}\n}}\n```\n\
              Backend on both sides: `synx-bench kernel-server --listen {BACKEND}=http` pinned to the server CPUs. synx: `{synx_command}`",
             nginx_version(),
             events.replace('\n', " ")
