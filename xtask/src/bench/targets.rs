@@ -9,6 +9,8 @@ pub const KERNEL: &str = "kernel";
 pub const KERNEL_NFT_SYNPROXY: &str = "kernel-nft-synproxy";
 pub const KERNEL_XDP_SYNPROXY: &str = "kernel-xdp-synproxy";
 pub const SYNX: &str = "synx";
+/// nginx as a reverse proxy, the peer of synx's http-proxy.
+pub const NGINX: &str = "nginx";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Met {
@@ -131,6 +133,26 @@ pub fn evaluate(rows: &[Row]) -> Vec<Verdict> {
             ratio_target(rows, "", "bulk_rx", KERNEL, 0.5, true),
             ratio_target(rows, "", "bulk_tx", KERNEL, 0.5, true),
         ],
+    ));
+    for (c, target) in [
+        ("c64", "http-proxy req/s >= 1.0x nginx's at c64, p99 no worse"),
+        ("c1000", "http-proxy req/s >= 1.0x nginx's at c1000, p99 no worse"),
+    ] {
+        out.push(all(
+            target,
+            vec![
+                ratio_target(rows, target, &format!("proxy_rps_{c}"), NGINX, 1.0, true),
+                ratio_target(rows, target, &format!("proxy_p99_{c}"), NGINX, 1.0, false),
+            ],
+        ));
+    }
+    out.push(ratio_target(
+        rows,
+        "http-proxy memory per idle keep-alive client <= 1/8 of nginx's at 100k",
+        "proxy_idle_bytes_per_client_100k",
+        NGINX,
+        0.125,
+        false,
     ));
     out.push(value_target(rows, "idle < 512 B per connection, all counted, at 100k", "idle_bytes_per_conn_100k", 512.0, true));
     out.push(value_target(rows, "idle < 512 B per connection, all counted, at 1M", "idle_bytes_per_conn_1m", 512.0, true));

@@ -332,7 +332,30 @@ pub fn bulk(addr: SocketAddr, bytes: usize, echo: bool) -> anyhow::Result<serde_
 }
 
 /// Hold `count` connections from `src` to `addr` until stdin closes.
-pub fn idle_clients(addr: SocketAddr, src: Ipv4Addr, count: usize) -> anyhow::Result<()> {
+/// Read one response with a Content-Length body.
+fn read_one_response(t: &mut std::net::TcpStream) -> anyhow::Result<()> {
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        let n = t.read(&mut b)?;
+        anyhow::ensure!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&b[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        anyhow::ensure!(head.starts_with("http/1.1 200"), "answered {head:?}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .context("no content-length")?
+            .trim()
+            .parse()?;
+        if got.len() >= end + 4 + len {
+            return Ok(());
+        }
+    }
+}
+
+pub fn idle_clients(addr: SocketAddr, src: Ipv4Addr, count: usize, http: bool) -> anyhow::Result<()> {
     let mut held = Vec::with_capacity(count);
     for i in 0..count {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
@@ -341,6 +364,13 @@ pub fn idle_clients(addr: SocketAddr, src: Ipv4Addr, count: usize) -> anyhow::Re
         s.set_linger(Some(Duration::ZERO))?;
         s.bind(&SocketAddr::new(IpAddr::V4(src), 0).into())?;
         s.connect_timeout(&addr.into(), Duration::from_secs(5)).with_context(|| format!("connection {i} from {src}"))?;
+        if http {
+            // A keep-alive HTTP client between requests: one request answered, then quiet.
+            let mut t: std::net::TcpStream = s.try_clone()?.into();
+            t.set_read_timeout(Some(Duration::from_secs(10)))?;
+            t.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+            read_one_response(&mut t).with_context(|| format!("the response on connection {i} from {src}"))?;
+        }
         held.push(s);
     }
     let mut out = std::io::stdout().lock();

@@ -148,6 +148,9 @@ enum Command {
         src: Ipv4Addr,
         #[arg(long)]
         count: usize,
+        /// On each connection, one HTTP request and its response before it goes quiet.
+        #[arg(long)]
+        http: bool,
     },
 }
 
@@ -213,7 +216,7 @@ fn real_main() -> anyhow::Result<()> {
             Duration::from_secs_f64(timeout),
         )?),
         Command::Bulk { addr, bytes, echo } => print_json(&clients::bulk(addr, bytes, echo)?),
-        Command::IdleClients { addr, src, count } => clients::idle_clients(addr, src, count),
+        Command::IdleClients { addr, src, count, http } => clients::idle_clients(addr, src, count, http),
         Command::Flood { iface, src_mac, dst_mac, dst, src_base, sources, secs } => {
             print_json(&xdp::flood(&iface, src_mac, dst_mac, dst, src_base, sources, secs)?)
         }

@@ -31,7 +31,7 @@ use crate::bench::{
 const KEEPALIVE: (u64, u64, u32) = (10, 5, 10);
 
 /// Child processes holding idle client connections; killed on drop.
-struct IdleClients(Vec<Child>);
+pub struct IdleClients(Vec<Child>);
 
 impl Drop for IdleClients {
     fn drop(&mut self) {
@@ -43,8 +43,9 @@ impl Drop for IdleClients {
 }
 
 /// Open `n` idle connections to `addr` from `side`'s client namespace, spread over processes
-/// (each from its own source address, at most `per_process`); returns once all hold theirs.
-fn open_clients(rig: &Rig, side: Side, addr: SocketAddr, n: usize, per_process: usize) -> anyhow::Result<IdleClients> {
+/// (each from its own source address, at most `per_process`; `extra` arguments for the tool);
+/// returns once all hold theirs.
+pub fn open_clients(rig: &Rig, side: Side, addr: SocketAddr, n: usize, per_process: usize, extra: &[&str]) -> anyhow::Result<IdleClients> {
     let net = rig.net(side);
     let mut clients = IdleClients(Vec::new());
     let per_process = per_process.clamp(1, 60_000);
@@ -54,6 +55,7 @@ fn open_clients(rig: &Rig, side: Side, addr: SocketAddr, n: usize, per_process: 
         let _ = net.client.ip(&["addr", "add", &format!("{ip}/32"), "dev", &net.client_if]);
         let child = pinned(&net.client, &rig.cpus.client, rig.tools.to_str().context("tools path")?)
             .args(["idle-clients", "--addr", &addr.to_string(), "--src", &ip.to_string(), "--count", &count.to_string()])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -106,7 +108,7 @@ fn await_held(rig: &Rig, side: Side, want: u64, limit: Duration) -> anyhow::Resu
 
 /// BPF map memory per connection slot: the kernel's memlock accounting of every map sized by
 /// the connection limit (FLOWS4, FLOWS6, LAST_SEEN), divided by that limit; and the limit.
-fn bpf_bytes_per_slot(pid: u32) -> anyhow::Result<(f64, u32)> {
+pub fn bpf_bytes_per_slot(pid: u32) -> anyhow::Result<(f64, u32)> {
     const BPF_MAP_TYPE_HASH: u32 = 1;
     let maps = testbed::process_bpf_maps(pid);
     let limit = maps
@@ -119,7 +121,7 @@ fn bpf_bytes_per_slot(pid: u32) -> anyhow::Result<(f64, u32)> {
     Ok((bytes as f64 / f64::from(limit), limit))
 }
 
-fn rss(pids: &[u32]) -> anyhow::Result<f64> {
+pub fn rss(pids: &[u32]) -> anyhow::Result<f64> {
     pids.iter().map(|&p| testbed::process_rss_bytes(p).map(|b| b as f64).with_context(|| format!("pid {p} is gone"))).sum()
 }
 
@@ -195,7 +197,7 @@ fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, w
     let pids: Vec<u32> = std::iter::once(rig.server_pid(side)?).chain(extra.iter().map(KernelServer::pid)).collect();
     let base = held(rig, side)?;
     let (rss0, slab0) = (rss(&pids)?, slab_active_bytes()?);
-    let clients = open_clients(rig, side, addr, n, per_process)?;
+    let clients = open_clients(rig, side, addr, n, per_process, &[])?;
     let settle = Duration::from_secs(10 + n as u64 / 10_000);
     let got = await_held(rig, side, base + n as u64, settle)? - base;
     if got != n as u64 {

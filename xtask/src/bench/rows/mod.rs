@@ -9,6 +9,7 @@ mod http;
 mod idle;
 mod micro;
 mod multiqueue;
+mod proxy;
 
 use std::time::Instant;
 
@@ -30,6 +31,7 @@ pub const GROUPS: &[Group] = &[
     Group { name: "http_fixed_rate", about: "HTTP at half the kernel's capacity: latency corrected for coordinated omission", run: http::fixed_rate },
     Group { name: "bulk", about: "one connection each way: Gbit/s", run: bulk::run },
     Group { name: "multiqueue", about: "2 RX queues on 2 cores: connection rate and SYN flood", run: multiqueue::run },
+    Group { name: "proxy", about: "synx's http-proxy against nginx as a reverse proxy, same backend: req/s, p99, CPU per request, memory per idle keep-alive client", run: proxy::run },
     Group { name: "xdp", about: "the XDP program's per-packet cost (BPF_PROG_TEST_RUN)", run: micro::xdp },
     Group { name: "tcp", about: "the sans-IO TCP core's own costs (its benchmark)", run: micro::tcp },
 ];
