@@ -420,7 +420,7 @@ impl RxBacklog {
 
 /// The loaded and attached XDP program and its maps. Dropping it detaches the program (aya
 /// attaches through a bpf_link, which the kernel also removes when the process dies).
-pub struct XdpEngine {
+pub struct XdpProgram {
     ebpf: Ebpf,
     iface: String,
     config: XdpConfig,
@@ -430,7 +430,7 @@ pub struct XdpEngine {
     rx_backlog: RxBacklog,
 }
 
-impl XdpEngine {
+impl XdpProgram {
     /// Load the program and configure its maps (fresh secrets), without attaching it: what
     /// BPF_PROG_TEST_RUN tests and micro-benchmarks need.
     pub fn load(max_flows: u32, mss: u16) -> Result<Self, BpfError> {
@@ -784,7 +784,7 @@ fn median_ns(mut v: Vec<u64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0) as f64
 }
 
-/// The flood generator's frame and starting state (see [`XdpEngine::flood`]): IPv4 SYNs with
+/// The flood generator's frame and starting state (see [`XdpProgram::flood`]): IPv4 SYNs with
 /// the MSS option from `src_mac` to `dst_mac` and `dst`, from sources `src_base`+1 ..
 /// `src_base`+`sources`; `drop` makes the program drop each frame instead of sending it.
 pub fn flood_template(
@@ -833,7 +833,7 @@ pub fn micro_bench(runs: u32) -> Result<Vec<MicroRow>, BpfError> {
     const SYN_REPEAT: u32 = 1000;
     let server: SocketAddr = "198.18.0.1:80".parse().expect("address");
     let client: SocketAddr = "198.18.0.2:40000".parse().expect("address");
-    let mut e = XdpEngine::load(1024, 1460)?;
+    let mut e = XdpProgram::load(1024, 1460)?;
     e.add_listener(server, 0)?;
     let build = |flags: &dyn Fn(etherparse::PacketBuilderStep<etherparse::TcpHeader>) -> etherparse::PacketBuilderStep<etherparse::TcpHeader>, seq: u32, opts: &[TcpOptionElement]| {
         let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
@@ -853,12 +853,12 @@ pub fn micro_bench(runs: u32) -> Result<Vec<MicroRow>, BpfError> {
         TcpOptionElement::WindowScale(7),
     ];
     let syn = build(&|b| b.syn(), 1000, &syn_opts);
-    let time = |e: &mut XdpEngine, frame: &[u8], repeat: u32| -> Result<u64, BpfError> {
+    let time = |e: &mut XdpProgram, frame: &[u8], repeat: u32| -> Result<u64, BpfError> {
         Ok(e.test_run(frame, repeat)?.2.as_nanos() as u64)
     };
     const XDP_TX: u32 = 3;
     // The SYN path once, its action checked (a path that drops early would time nothing).
-    let time_syn = |e: &mut XdpEngine| -> Result<u64, BpfError> {
+    let time_syn = |e: &mut XdpProgram| -> Result<u64, BpfError> {
         let (action, _, t) = e.test_run(&syn, 1)?;
         if action != XDP_TX {
             return Err(BpfError::Unexpected(format!("the SYN got action {action}, not XDP_TX")));
@@ -866,7 +866,7 @@ pub fn micro_bench(runs: u32) -> Result<Vec<MicroRow>, BpfError> {
         Ok(t.as_nanos() as u64)
     };
     // The baseline runs in a second copy of the program, configured for the kernel's cookie.
-    let mut base = XdpEngine::load(1024, 1460)?;
+    let mut base = XdpProgram::load(1024, 1460)?;
     base.add_listener(server, 0)?;
     let kernel_cfg = XdpConfig { flags: base.config.flags | maps::CONFIG_KERNEL_COOKIE, ..base.config };
     base.set_config(kernel_cfg)?;
@@ -875,7 +875,7 @@ pub fn micro_bench(runs: u32) -> Result<Vec<MicroRow>, BpfError> {
     }
     // One call of `name` with `repeat` packets: its time per packet, after checking that every
     // packet got the expected action.
-    let per_packet = |e: &mut XdpEngine, name: &str, repeat: u32| -> Result<u64, BpfError> {
+    let per_packet = |e: &mut XdpProgram, name: &str, repeat: u32| -> Result<u64, BpfError> {
         let (action, _, t) = e.test_run_program(name, &syn, repeat)?;
         if action != XDP_TX {
             return Err(BpfError::Unexpected(format!("{name} returned {action}, not XDP_TX")));

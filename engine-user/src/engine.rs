@@ -33,7 +33,7 @@ use synx_tcp as tcp;
 
 use crate::{
     api::{EngineWaker, Keepalive, Listener, Stream},
-    bpf::{AttachMode, XdpEngine},
+    bpf::{AttachMode, XdpProgram},
     driver::{self, ConnInfo, EngineShared, Listeners, LocalHandler, QueueContext, QueueStats, TurnHandler},
     xsk::XskConfig,
 };
@@ -103,7 +103,7 @@ fn interface_mss(iface: &str) -> u16 {
 /// A running engine on one interface.
 pub struct Engine {
     options: EngineOptions,
-    xdp: Arc<Mutex<XdpEngine>>,
+    xdp: Arc<Mutex<XdpProgram>>,
     shared: EngineShared,
     listeners: Arc<Listeners>,
     next_listener_id: Mutex<u32>,
@@ -119,7 +119,7 @@ impl Engine {
     /// Returns once every queue's AF_XDP socket is bound.
     pub fn start(options: EngineOptions) -> anyhow::Result<Self> {
         let mss = interface_mss(&options.iface);
-        let xdp = XdpEngine::attach(&options.iface, options.xdp_mode, options.max_conns, mss)?;
+        let xdp = XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, mss)?;
         let tcp_config =
             tcp::Config { msl: options.msl, mss, keepalive: options.keepalive, ..tcp::Config::default() };
         let queues = rx_queues(&options.iface);
@@ -324,7 +324,7 @@ impl Drop for Engine {
 
 /// Rotate the cookie secret every [`SECRET_ROTATION`]; the previous one stays valid for one
 /// more period.
-fn spawn_rotor(xdp: Arc<Mutex<XdpEngine>>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+fn spawn_rotor(xdp: Arc<Mutex<XdpProgram>>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("synx-rotor".into()).spawn(move || {
         let mut next = Instant::now() + SECRET_ROTATION;
         while !stop.load(Ordering::SeqCst) {

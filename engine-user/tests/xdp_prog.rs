@@ -10,7 +10,7 @@ use engine_common::{
 };
 use etherparse::{PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 use synx::{
-    bpf::{XdpEngine, cookie_tuple},
+    bpf::{XdpProgram, cookie_tuple},
     wire,
 };
 
@@ -34,9 +34,9 @@ fn now_ns() -> u64 {
 }
 
 /// A program loaded with fixed secrets and a listener on port 80 (both families).
-fn engine() -> XdpEngine {
+fn engine() -> XdpProgram {
     assert_eq!(unsafe { libc::geteuid() }, 0, "XDP program tests need root");
-    let mut e = XdpEngine::load(1024, 1460).expect("load the XDP program");
+    let mut e = XdpProgram::load(1024, 1460).expect("load the XDP program");
     let cfg = XdpConfig {
         secrets: [Key { k0: 11, k1: 12 }, Key { k0: 21, k1: 22 }],
         ..*e.config()
@@ -47,7 +47,7 @@ fn engine() -> XdpEngine {
     e
 }
 
-fn counter(e: &XdpEngine, name: &str) -> u64 {
+fn counter(e: &XdpProgram, name: &str) -> u64 {
     e.counters().unwrap().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v).unwrap()
 }
 
@@ -99,7 +99,7 @@ fn tcp_of(f: &[u8]) -> etherparse::TcpSlice<'_> {
 }
 
 /// Check a SYN-ACK from XDP against the SYN it answers, field by field.
-fn check_synack(e: &XdpEngine, v6: bool, syn_seq: u32, out: &[u8], with_ts: bool) {
+fn check_synack(e: &XdpProgram, v6: bool, syn_seq: u32, out: &[u8], with_ts: bool) {
     // Checksums: the peer's view of the frame parses and its TCP checksum verifies.
     let rx = wire::parse(out).expect("SYN-ACK parses and its TCP checksum is right");
     assert_eq!(rx.remote, server(v6));
@@ -369,7 +369,7 @@ struct Expect {
 
 /// Check a SYN-ACK against what its SYN's options should earn, field by field: checksums, the
 /// cookie, the option list in Linux's order, and what userspace decodes from the final ACK.
-fn check_synack_layout(e: &XdpEngine, v6: bool, syn_seq: u32, out: &[u8], want: &Expect, what: &str) {
+fn check_synack_layout(e: &XdpProgram, v6: bool, syn_seq: u32, out: &[u8], want: &Expect, what: &str) {
     let rx = wire::parse(out).unwrap_or_else(|err| panic!("{what}: SYN-ACK does not parse: {err:?}"));
     assert_eq!(rx.remote, server(v6), "{what}");
     assert_eq!(rx.local, client(v6, 40000), "{what}");
