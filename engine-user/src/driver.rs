@@ -43,7 +43,7 @@ use crate::{
 };
 use synx_tcp::{
     self as tcp, Instant, connection,
-    endpoint::{ConnectionHandle, Disposition, DropReason, Endpoint},
+    endpoint::{ConnectionHandle, Disposition, DropReason, Endpoint, Refusal},
 };
 
 /// The monotonic clock of the whole engine: CLOCK_MONOTONIC in nanoseconds, the clock
@@ -529,8 +529,8 @@ impl QueueEngine {
         }
     }
 
-    /// A segment for no connection: a cookie ACK creates one (RFC 9293 3.10.7.3, with the
-    /// SYN-RECEIVED state held in the cookie); anything else gets the RFC 9293 3.10.7.1 reset.
+    /// A segment for no connection: the core accepts a cookie ACK for a listener or refuses it
+    /// with a reset ([`Endpoint::accept_cookie`]).
     fn on_unknown(
         &mut self,
         now: Instant,
@@ -540,44 +540,25 @@ impl QueueEngine {
         hdr: &tcp::segment::Header,
         payload: &[u8],
     ) {
-        let stats = &self.ctx.stats;
         // Shutting down: no new connections.
         let listener = match self.ctx.stop.load(Ordering::Relaxed) {
             true => None,
             false => self.ctx.listeners.find(local),
         };
-        // Whatever claim XDP put in FLOWS for this tuple must go if no connection results.
-        let refuse = |engine: &mut Self| {
-            let _ = engine.ctx.flows.remove(local, remote);
-            engine.endpoint.reset_unknown(local, remote, hdr, payload.len());
-        };
-        let Some(listener) = listener else {
-            stats.no_listener.fetch_add(1, Ordering::Relaxed);
-            refuse(self);
-            return;
-        };
-        let facts = self.ctx.cookies.check(
-            local,
-            remote,
-            hdr.seq.0,
-            hdr.ack.0,
-            hdr.options.timestamps,
-            now.as_nanos(),
-        );
-        let Some(facts) = facts else {
-            stats.cookie_rejected.fetch_add(1, Ordering::Relaxed);
-            refuse(self);
-            return;
-        };
-        // Settle events still queued for a released connection first: its slot (the handle)
-        // may be the one this connection gets, and a stale Closed/Released would then tear
-        // down the new connection's glue (seen when a client reused a TIME_WAIT tuple).
-        self.drain_events(now);
-        let handle = match self.endpoint.accept(now, facts, local, remote, hdr, payload) {
-            Ok(h) => h,
-            Err(_) => {
-                self.ctx.stats.table_full.fetch_add(1, Ordering::Relaxed);
-                refuse(self);
+        let cookies = &self.ctx.cookies;
+        let cookie = || cookies.check(local, remote, hdr.seq.0, hdr.ack.0, hdr.options.timestamps, now.as_nanos());
+        let (handle, listener) = match self.endpoint.accept_cookie(now, local, remote, hdr, payload, listener, cookie) {
+            Ok(accepted) => accepted,
+            Err(refusal) => {
+                let stats = &self.ctx.stats;
+                match refusal {
+                    Refusal::NoListener => &stats.no_listener,
+                    Refusal::BadCookie => &stats.cookie_rejected,
+                    Refusal::Accept(_) => &stats.table_full,
+                }
+                .fetch_add(1, Ordering::Relaxed);
+                // Whatever claim XDP put in FLOWS for this tuple must go: no connection holds it.
+                let _ = self.ctx.flows.remove(local, remote);
                 return;
             }
         };
