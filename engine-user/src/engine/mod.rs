@@ -15,6 +15,15 @@
 //!
 //! Dropping the engine (or [`Engine::shutdown`]) stops accepting, resets what is still open,
 //! joins the engine threads and detaches the XDP program.
+//!
+//! "Engine" means this userspace engine: an [`Engine`] runs one engine thread per RX queue,
+//! shared-nothing, each driving its own TCP endpoint. The modules, by job:
+//! - `queue`: the queue loop, the I/O around one endpoint (receive, timers, transmit, sleep);
+//! - `glue`: the apps' side of a queue's connections, and turns;
+//! - `listeners`: where accepted connections go;
+//! - `stats`: every counter and gauge of the engine threads, each declared once;
+//! - `requests`: what the control socket asks the queue threads;
+//! - `clock`: the monotonic clock shared with XDP.
 
 use std::{
     future::Future,
@@ -34,9 +43,22 @@ use synx_tcp as tcp;
 use crate::{
     api::{EngineWaker, Keepalive, Listener, Stream},
     bpf::{AttachMode, XdpProgram},
-    driver::{self, ConnInfo, EngineShared, Listeners, LocalHandler, QueueContext, QueueStats, TurnHandler},
     xsk::XskConfig,
 };
+
+mod clock;
+mod glue;
+mod listeners;
+mod queue;
+mod requests;
+mod stats;
+
+pub use clock::now;
+use listeners::{Listeners, LocalHandler, TurnHandler};
+use queue::QueueContext;
+use requests::{QueueHandle, EngineShared};
+pub use requests::ConnInfo;
+pub use stats::{Kind, Metric, QueueStats};
 
 /// How often the SYN-cookie secret rotates. A cookie stays valid for one rotation after the
 /// secret that minted it is replaced.
@@ -126,16 +148,14 @@ impl Engine {
         let listeners = Arc::new(Listeners::default());
         let stop = Arc::new(AtomicBool::new(false));
         let abort_all = Arc::new(AtomicBool::new(false));
-        let mut stats = Vec::new();
-        let mut requests = Vec::new();
+        let mut handles = Vec::new();
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<u32>>();
         for queue in 0..queues {
             let q_stats = Arc::new(QueueStats::default());
             let waker = Arc::new(EngineWaker::new());
             let (req_tx, req_rx) = mpsc::channel();
-            stats.push(q_stats.clone());
-            requests.push((Mutex::new(req_tx), waker.clone()));
+            handles.push(QueueHandle { stats: q_stats.clone(), conns_requests: Mutex::new(req_tx), waker: waker.clone() });
             let ctx = QueueContext {
                 queue,
                 tcp: tcp_config.clone(),
@@ -155,7 +175,7 @@ impl Engine {
             let iface = options.iface.clone();
             let ready = ready_tx.clone();
             threads.push(std::thread::Builder::new().name(format!("synx-q{queue}")).spawn(move || {
-                let result = driver::run_queue(&iface, ctx, XskConfig::default(), &ready);
+                let result = queue::run_queue(&iface, ctx, XskConfig::default(), &ready);
                 if let Err(e) = &result {
                     let _ = ready.send(Err(anyhow::anyhow!("{e:#}")));
                 }
@@ -167,7 +187,7 @@ impl Engine {
         let engine = Self {
             options,
             xdp: xdp.clone(),
-            shared: EngineShared { stats, conns_requests: requests },
+            shared: EngineShared(handles),
             listeners,
             next_listener_id: Mutex::new(0),
             stop,
