@@ -6,7 +6,7 @@
 //! No I/O and no BPF here: the queue loop ([`super::queue`]) feeds the endpoint and sends what it
 //! writes; the glue works on the endpoint alone, so its tests drive it with segments in memory.
 //!
-//! A connection served in turns ([`Accept::Turns`]) holds a task and a [`Shared`] only
+//! A connection served in turns ([`Accept::Turns`]) holds a task and a [`StreamShared`] only
 //! while a turn runs: when its handler hands the stream back and everything it wrote has
 //! reached the TCP core, the glue forgets both and keeps only the handler's index
 //! ([`AppSide::Waiting`]); the next input starts a new turn with fresh stream state.
@@ -29,7 +29,7 @@ use super::{
     stats::{QueueStats, bump},
 };
 use crate::{
-    api::{EngineWaker, STREAM_RX_CAP, Stream, StreamError, Shared},
+    api::{EngineWaker, STREAM_RX_CAP, Stream, StreamError, StreamShared},
     wire::Link,
 };
 
@@ -43,10 +43,10 @@ struct SlotGlue {
 /// What the application side of a connection holds.
 enum AppSide {
     /// A task (or an `accept()` consumer) holds the stream for the connection's life.
-    Task(Arc<Shared>),
+    Task(Arc<StreamShared>),
     /// A turn of the handler `turn_handlers[.1]` runs, or has ended and its output is still
     /// moving into the TCP core.
-    Turn(Arc<Shared>, u32),
+    Turn(Arc<StreamShared>, u32),
     /// The turn handler `turn_handlers[.0]` waits for input: no task, no stream state.
     Waiting(u32),
     /// The application dropped its stream and everything it wrote reached the TCP core: nothing
@@ -55,7 +55,7 @@ enum AppSide {
 }
 
 impl AppSide {
-    fn shared(&self) -> Option<&Arc<Shared>> {
+    fn shared(&self) -> Option<&Arc<StreamShared>> {
         match self {
             AppSide::Task(s) | AppSide::Turn(s, _) => Some(s),
             AppSide::Waiting(_) | AppSide::Done => None,
@@ -202,7 +202,7 @@ impl Glue {
     pub fn attach(&mut self, ep: &mut Endpoint, now: Instant, h: ConnectionHandle, link: Link, listener: &ListenerEntry) {
         let Some(conn) = ep.connection_mut(h) else { return };
         conn.set_keepalive(listener.keepalive);
-        let shared = Shared::new(h.slot(), conn.local(), conn.remote(), self.waker.clone());
+        let shared = StreamShared::new(h.slot(), conn.local(), conn.remote(), self.waker.clone());
         let app = match &listener.accept {
             Accept::Turns(handler) => AppSide::Turn(shared.clone(), self.turn_handler_id(handler)),
             Accept::Channel(_) | Accept::Local(_) => AppSide::Task(shared.clone()),
@@ -254,7 +254,7 @@ impl Glue {
 
     /// Run a turn of handler `id` with `shared` (whose lock the caller does not hold: the
     /// handler may use its stream before its first await); false if there is no such handler.
-    fn run_turn(&self, id: u32, shared: &Arc<Shared>) -> bool {
+    fn run_turn(&self, id: u32, shared: &Arc<StreamShared>) -> bool {
         let Some(handler) = self.turn_handlers.get(id as usize) else { return false };
         self.spawn_turn(handler, Stream::new(shared.clone()));
         true
@@ -464,7 +464,7 @@ impl Glue {
         if !conn.has_unread() && !conn.peer_finished() {
             return false;
         }
-        let shared = Shared::new(h.slot(), conn.local(), conn.remote(), self.waker.clone());
+        let shared = StreamShared::new(h.slot(), conn.local(), conn.remote(), self.waker.clone());
         if !self.run_turn(id, &shared) {
             return false;
         }

@@ -56,8 +56,8 @@ mod stats;
 pub use clock::now;
 use listeners::{Listeners, LocalHandler, TurnHandler};
 use queue::QueueContext;
-use requests::{QueueHandle, EngineShared};
-pub use requests::ConnInfo;
+use requests::{QueueHandle, Queues};
+pub use requests::ConnectionRow;
 pub use stats::{Kind, Metric, QueueStats};
 
 /// How often the SYN-cookie secret rotates. A cookie stays valid for one rotation after the
@@ -126,7 +126,7 @@ fn interface_mss(iface: &str) -> u16 {
 pub struct Engine {
     options: EngineOptions,
     xdp: Arc<Mutex<XdpProgram>>,
-    shared: EngineShared,
+    queue_handles: Queues,
     listeners: Arc<Listeners>,
     next_listener_id: Mutex<u32>,
     stop: Arc<AtomicBool>,
@@ -187,7 +187,7 @@ impl Engine {
         let engine = Self {
             options,
             xdp: xdp.clone(),
-            shared: EngineShared(handles),
+            queue_handles: Queues(handles),
             listeners,
             next_listener_id: Mutex::new(0),
             stop,
@@ -290,18 +290,18 @@ impl Engine {
     /// Every counter: the XDP program's (summed over CPUs), then the engine threads'.
     pub fn stats(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
         let mut all = self.xdp.lock().unwrap_or_else(|e| e.into_inner()).counters()?;
-        all.extend(self.shared.stats());
+        all.extend(self.queue_handles.stats());
         Ok(all)
     }
 
     /// Every connection of every queue, as `synx conns` lists them.
-    pub fn conns(&self) -> Vec<ConnInfo> {
-        self.shared.conns()
+    pub fn conns(&self) -> Vec<ConnectionRow> {
+        self.queue_handles.conns()
     }
 
     /// Connections accepted and not yet released (TIME_WAIT included).
     pub fn open_connections(&self) -> u64 {
-        let s = self.shared.stats();
+        let s = self.queue_handles.stats();
         let get = |name: &str| s.iter().find(|(k, _)| *k == name).map_or(0, |(_, v)| *v);
         get("tcp_accepted").saturating_sub(get("tcp_closed"))
     }

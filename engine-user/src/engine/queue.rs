@@ -79,7 +79,7 @@ const XSK_STATS_PERIOD: Duration = Duration::from_millis(100);
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
 /// One RX queue's driver: the I/O around its endpoint and glue.
-struct QueueEngine {
+struct QueueDriver {
     ctx: QueueContext,
     endpoint: Endpoint,
     glue: Glue,
@@ -92,7 +92,7 @@ struct QueueEngine {
     /// The MSS we announce (as XDP does).
     mss: u16,
     /// Frames taken from the socket, frames the kernel dropped, and their sum as XDP last saw
-    /// it ([`QueueEngine::publish_rx_progress`]).
+    /// it ([`QueueDriver::publish_rx_progress`]).
     consumed: u64,
     kernel_dropped: u64,
     published: u64,
@@ -134,7 +134,7 @@ async fn serve_queue(
     ctx.flows.register_xsk(ctx.queue, xsk.fd())?;
     tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), "AF_XDP socket bound");
     let _ = ready.send(Ok(ctx.queue));
-    let mut q = QueueEngine {
+    let mut q = QueueDriver {
         endpoint: Endpoint::new(ctx.tcp.clone(), ctx.max_conns),
         glue: Glue::new(ctx.waker.clone(), ctx.stats.clone()),
         last_link: Link::default(),
@@ -189,7 +189,7 @@ async fn serve_queue(
     }
 }
 
-impl QueueEngine {
+impl QueueDriver {
     /// Take a batch of frames from the socket into the endpoint; returns how many.
     fn receive(&mut self, xsk: &mut XskSocket) -> u32 {
         let received = xsk.recv(RX_BATCH, |frame| self.on_frame(now(), frame));

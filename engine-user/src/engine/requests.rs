@@ -21,7 +21,7 @@ use crate::api::EngineWaker;
 /// One row of `synx conns`: a connection as an operator sees it (the core's
 /// [`synx_tcp::ConnectionInfo`] is the whole TCB's).
 #[derive(Debug, Clone, Serialize)]
-pub struct ConnInfo {
+pub struct ConnectionRow {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub state: String,
@@ -32,7 +32,7 @@ pub struct ConnInfo {
 }
 
 /// How a `synx conns` request reaches a queue thread: where to send the rows.
-pub type ConnsRequest = mpsc::Sender<Vec<ConnInfo>>;
+pub type ConnsRequest = mpsc::Sender<Vec<ConnectionRow>>;
 
 /// Answer every `synx conns` request waiting in `requests` with the connections of `endpoint`
 /// (RX queue `queue`); `last_seen` is XDP's stamp of a slot's latest segment.
@@ -48,7 +48,7 @@ pub fn answer_conns(
             .infos()
             .map(|(h, info)| {
                 let seen = last_seen(h).unwrap_or(info.last_activity).max(info.last_activity);
-                ConnInfo {
+                ConnectionRow {
                     local: info.local,
                     remote: info.remote,
                     state: info.state.to_string(),
@@ -71,11 +71,11 @@ pub struct QueueHandle {
 
 /// Every queue thread of an engine, as the control socket reaches them.
 #[derive(Default)]
-pub struct EngineShared(pub Vec<QueueHandle>);
+pub struct Queues(pub Vec<QueueHandle>);
 
-impl EngineShared {
+impl Queues {
     /// Every queue's connections (each thread answers within its next loop turn).
-    pub fn conns(&self) -> Vec<ConnInfo> {
+    pub fn conns(&self) -> Vec<ConnectionRow> {
         let mut all = Vec::new();
         for q in &self.0 {
             let (reply_tx, reply_rx) = mpsc::channel();

@@ -409,8 +409,8 @@ fn the_end_of_the_grace_resets_every_connection() {
 }
 
 
-fn shared(slot: u32) -> Arc<Shared> {
-    Shared::new(
+fn shared(slot: u32) -> Arc<StreamShared> {
+    StreamShared::new(
         slot,
         "198.18.0.1:80".parse().unwrap(),
         "198.18.0.2:4000".parse().unwrap(),
