@@ -66,6 +66,9 @@ pub struct QueueContext {
     pub waker: Arc<EngineWaker>,
 }
 
+/// Where a TCP header keeps its flags.
+const FLAGS_OFFSET: usize = 13;
+
 /// Frames taken from the AF_XDP ring per loop turn.
 const RX_BATCH: u32 = 256;
 
@@ -365,6 +368,9 @@ impl QueueDriver {
             });
             if sent {
                 bump(&self.ctx.stats.tx_segments);
+                if scratch.get(FLAGS_OFFSET).is_some_and(|&f| tcp::Flags(f).rst()) {
+                    bump(&self.ctx.stats.resets_sent);
+                }
             }
         }
         xsk.flush();
