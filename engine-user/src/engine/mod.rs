@@ -86,7 +86,7 @@ impl EngineOptions {
     pub const DEFAULT_MSL: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_CONNS: u32 = 1 << 20;
 
-    /// Native XDP, the seed's keepalive defaults (2 h / 75 s / 10), MSL 30 s, 1M connections.
+    /// Native XDP, keepalive 2 h idle / 75 s interval / 10 probes, MSL 30 s, 1M connections.
     pub fn new(iface: impl Into<String>) -> Self {
         Self {
             iface: iface.into(),
