@@ -26,8 +26,6 @@ pub const XSKS: &str = "XSKS";
 /// One-entry array of [`CookieSecrets`]: the state userspace rewrites while the program runs
 /// (settings fixed at load are [`globals`]).
 pub const COOKIE_SECRETS: &str = "COOKIE_SECRETS";
-/// Per-CPU token bucket of [`RstBucket`] limiting RSTs sent from XDP.
-pub const RST_BUCKET: &str = "RST_BUCKET";
 /// `BPF_F_MMAPABLE` array of [`RxBacklogEntry`] per RX queue: frames XDP redirected to the
 /// queue's AF_XDP socket, and frames its engine has taken (or the kernel dropped). While more
 /// than [`RX_BACKLOG_LIMIT`] are outstanding, XDP leaves new SYNs unanswered, so handshakes
@@ -104,6 +102,15 @@ pub struct ListenerValue {
     pub flags: u32,
 }
 
+/// Two ports in network byte order as a little-endian u32: the first 4 bytes of a TCP header
+/// (source port, then destination port) as XDP loads them, the `ports` of [`FlowKey4`],
+/// [`FlowKey6`] and `cookie::Tuple`.
+pub fn ports_word(first: u16, second: u16) -> u32 {
+    let [a, b] = first.to_be_bytes();
+    let [c, d] = second.to_be_bytes();
+    u32::from_le_bytes([a, b, c, d])
+}
+
 /// An IPv4 connection as the client's segments carry it (remote = the client), each field the
 /// wire's bytes read as a little-endian u32, so XDP builds the key with three loads: the IPv4
 /// source and destination addresses and the TCP header's first 4 bytes (remote port, then
@@ -152,14 +159,6 @@ pub mod globals {
     pub const RST_PER_SEC: &str = "SYNX_RST_PER_SEC";
 }
 
-/// Token bucket state for RSTs (per CPU).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct RstBucket {
-    pub tokens: u64,
-    pub last_ns: u64,
-}
-
 /// One queue's entry of [`RX_BACKLOG`]. XDP adds to `redirected`; userspace stores `consumed`.
 /// Both only grow (wrapping): `redirected - consumed`, read as signed, is the backlog.
 #[repr(C)]
@@ -205,6 +204,5 @@ mod pod_impls {
     unsafe impl aya::Pod for super::FlowKey6 {}
     unsafe impl aya::Pod for super::PortListeners {}
     unsafe impl aya::Pod for super::CookieSecrets {}
-    unsafe impl aya::Pod for super::RstBucket {}
     unsafe impl aya::Pod for super::BenchFrame {}
 }

@@ -24,6 +24,7 @@ use engine_common::{
     cookie::{self, Key, Tuple},
     counters,
     handshake::HandshakeFacts,
+    synack::{self, Ours, Syn, SynAck},
     maps::{
         self, BenchFrame, CookieSecrets, FloodState, RxBacklogEntry, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, ListenerValue,
         PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY, PORT_V6_SOME, PortListeners, globals,
@@ -106,6 +107,15 @@ pub enum BpfError {
 pub enum AttachMode {
     Native,
     Skb,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock the XDP program reads (bpf_ktime_get_ns and its
+/// coarse variant), so userspace's instants, LAST_SEEN stamps and cookie periods compare.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn if_index(iface: &str) -> Result<u32, BpfError> {
@@ -210,11 +220,11 @@ fn attach_errno(e: &ProgramError) -> Option<i32> {
 }
 
 /// The SYN-cookie secrets: [current, previous], shared by XDP (COOKIE_SECRETS map) and
-/// userspace.
+/// userspace, and what XDP announces in its SYN-ACKs.
 #[derive(Clone)]
 pub struct CookieChecker {
     secrets: Arc<RwLock<[Key; 2]>>,
-    wscale: u8,
+    ours: Ours,
 }
 
 impl CookieChecker {
@@ -231,14 +241,21 @@ impl CookieChecker {
     ) -> Option<HandshakeFacts> {
         let tuple = cookie_tuple(local, remote)?;
         let keys = *self.secrets.read().unwrap_or_else(|e| e.into_inner());
-        cookie::decode(&keys, &tuple, seq, ack, ts, now_ns, self.wscale)
+        cookie::decode(&keys, &tuple, seq, ack, ts, now_ns, self.ours.wscale)
     }
-}
 
-impl CookieChecker {
-    /// What XDP would answer to this SYN, computed in userspace with the same code: our ISN
-    /// (the cookie), the MSS we announce, and our TSval when the client sent timestamps. For
-    /// SYNs that reach userspace (a new incarnation of a tuple in TIME_WAIT, RFC 6191).
+    /// The SYN-ACK XDP would send to this SYN, from the same code (`engine_common::synack`)
+    /// with the same settings and secret: for SYNs that reach userspace (a new incarnation of
+    /// a tuple in TIME-WAIT, RFC 6191). `None` for a tuple of mixed families.
+    pub fn answer(&self, local: SocketAddr, remote: SocketAddr, syn: &Syn, now_ns: u64) -> Option<SynAck> {
+        let tuple = cookie_tuple(local, remote)?;
+        let current = self.secrets.read().unwrap_or_else(|e| e.into_inner())[0];
+        Some(synack::answer(&current, &tuple, syn, now_ns, &self.ours))
+    }
+
+    /// [`CookieChecker::answer`] in the driver's terms: our ISN, and our TSval when the client
+    /// sent timestamps (an ECN-setup SYN counted as none). The driver's TIME-WAIT path moves
+    /// to `answer` (it then takes every option from the returned `SynAck`).
     #[allow(clippy::too_many_arguments)]
     pub fn syn_ack(
         &self,
@@ -252,20 +269,23 @@ impl CookieChecker {
         now_ns: u64,
         our_mss: u16,
     ) -> Option<(u32, Option<u32>)> {
+        let syn = Syn {
+            isn: client_isn,
+            mss: client_mss.unwrap_or(synack::default_mss(local.is_ipv6())),
+            wscale: client_wscale,
+            sack,
+            ts: client_ts,
+            ecn: false,
+        };
         let tuple = cookie_tuple(local, remote)?;
-        // RFC 9293 3.7.1: no MSS option means 536 (IPv4) / 1220 (IPv6).
-        let default_mss = if local.is_ipv4() { 536 } else { 1220 };
-        let mss = client_mss.unwrap_or(default_mss).min(our_mss);
         let current = self.secrets.read().unwrap_or_else(|e| e.into_inner())[0];
-        let minted = cookie::make(&current, &tuple, client_isn, now_ns, mss);
-        let tsval = client_ts
-            .map(|_| cookie::ts_encode((now_ns / 1_000_000) as u32, minted.ts_offset, client_wscale, sack, false));
-        Some((minted.isn, tsval))
+        let a = synack::answer(&current, &tuple, &syn, now_ns, &Ours { mss: our_mss, ..self.ours });
+        Some((a.seq, a.ts.map(|(tsval, _)| tsval)))
     }
 
     /// The window-scale shift we announce.
     pub fn wscale(&self) -> u8 {
-        self.wscale
+        self.ours.wscale
     }
 }
 
@@ -278,13 +298,6 @@ fn addr_words(ip: IpAddr) -> [u32; 4] {
     }
     let w = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
     [w(0), w(4), w(8), w(12)]
-}
-
-/// Two ports in network byte order as a little-endian u32: the TCP header's first 4 bytes.
-fn ports_word(first: u16, second: u16) -> u32 {
-    let [a, b] = first.to_be_bytes();
-    let [c, d] = second.to_be_bytes();
-    u32::from_le_bytes([a, b, c, d])
 }
 
 /// The cookie's view of a connection (client = remote).
@@ -303,7 +316,7 @@ pub enum FlowKey {
 }
 
 pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> FlowKey {
-    let ports = ports_word(remote.port(), local.port());
+    let ports = maps::ports_word(remote.port(), local.port());
     let (r, l) = (addr_words(remote.ip()), addr_words(local.ip()));
     if local.is_ipv4() {
         FlowKey::V4(FlowKey4 { remote: r[0], local: l[0], ports })
@@ -706,7 +719,10 @@ impl XdpProgram {
     }
 
     pub fn cookie_checker(&self) -> CookieChecker {
-        CookieChecker { secrets: self.secrets.clone(), wscale: self.settings.wscale }
+        CookieChecker {
+            secrets: self.secrets.clone(),
+            ours: Ours { mss: self.settings.mss, wscale: self.settings.wscale },
+        }
     }
 
     pub fn last_seen(&self) -> LastSeen {

@@ -349,15 +349,8 @@ impl Glue {
             AppSide::Task(s) => (s, None),
             AppSide::Turn(s, id) => (s, Some(*id)),
             AppSide::Waiting(_) => return,
-            AppSide::Done => {
-                // Data arriving after the app's close resets, as Linux does (RFC 2525 2.17).
-                if ep.connection(h).is_some_and(|c| c.has_unread())
-                    && let Some(conn) = ep.connection_mut(h)
-                {
-                    conn.abort(now);
-                }
-                return;
-            }
+            // Data arriving after the app's close resets in the core (RFC 1122 4.2.2.13).
+            AppSide::Done => return,
         };
         let Some(conn) = ep.connection_mut(h) else { return };
         let mut st = shared.lock();
@@ -406,14 +399,9 @@ impl Glue {
         }
         let mut next = None;
         if st.app_closed && st.tx.is_empty() {
-            if st.rx.is_empty() && !conn.has_unread() {
-                // close(): FIN after what was queued (RFC 9293 3.10.4); unlike a half-close,
-                // an orphan's FIN_WAIT_2 is bounded (Linux tcp_fin_timeout).
-                conn.close(now);
-            } else {
-                // Closing with unread data resets, as Linux does (RFC 2525 2.17).
-                conn.abort(now);
-            }
+            // close(): FIN after what was queued, or RST if received data goes unread, here or
+            // in our queue to the app (RFC 9293 3.10.4, RFC 1122 4.2.2.13).
+            conn.close_discarding(now, st.rx.len());
             st.rx.clear();
             next = Some(AppSide::Done);
         } else if st.turn_over

@@ -22,8 +22,7 @@
 //! - `glue`: the apps' side of a queue's connections, and turns;
 //! - `listeners`: where accepted connections go;
 //! - `stats`: every counter and gauge of the engine threads, each declared once;
-//! - `requests`: what the control socket asks the queue threads;
-//! - `clock`: the monotonic clock shared with XDP.
+//! - `requests`: what the control socket asks the queue threads.
 
 use std::{
     future::Future,
@@ -46,14 +45,12 @@ use crate::{
     xsk::XskConfig,
 };
 
-mod clock;
 mod glue;
 mod listeners;
 mod queue;
 mod requests;
 mod stats;
 
-pub use clock::now;
 use listeners::{Listeners, LocalHandler, TurnHandler};
 use queue::QueueContext;
 use requests::{QueueHandle, Queues};

@@ -34,7 +34,6 @@ use synx_tcp::{
 };
 
 use super::{
-    clock::now,
     glue::Glue,
     listeners::Listeners,
     requests::{self, ConnsRequest},
@@ -42,7 +41,7 @@ use super::{
 };
 use crate::{
     api::EngineWaker,
-    bpf::{CookieChecker, FlowTable, LastSeen, RxBacklog},
+    bpf::{CookieChecker, FlowTable, LastSeen, RxBacklog, monotonic_ns},
     wire::{self, Link},
     xsk::{XskConfig, XskSocket},
 };
@@ -64,6 +63,11 @@ pub struct QueueContext {
     pub abort_all: Arc<AtomicBool>,
     pub conns_requests: mpsc::Receiver<ConnsRequest>,
     pub waker: Arc<EngineWaker>,
+}
+
+/// The engine's clock: the one XDP stamps LAST_SEEN with, so deadlines and stamps compare.
+fn now() -> Instant {
+    Instant::from_nanos(monotonic_ns())
 }
 
 /// Where a TCP header keeps its flags.
@@ -242,7 +246,7 @@ impl QueueDriver {
                 // retransmit it (a 1 s stall for every port it reuses).
                 self.answer_syn(now, rx.link, rx.local, rx.remote, &hdr);
             }
-            Disposition::Dropped(DropReason::Connection(why)) => stats.count_drop(why),
+            Disposition::Dropped(why) => stats.count_drop(why),
         }
     }
 
