@@ -252,41 +252,6 @@ impl CookieChecker {
         let current = self.secrets.read().unwrap_or_else(|e| e.into_inner())[0];
         Some(synack::answer(&current, &tuple, syn, now_ns, &self.ours))
     }
-
-    /// [`CookieChecker::answer`] in the driver's terms: our ISN, and our TSval when the client
-    /// sent timestamps (an ECN-setup SYN counted as none). The driver's TIME-WAIT path moves
-    /// to `answer` (it then takes every option from the returned `SynAck`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn syn_ack(
-        &self,
-        local: SocketAddr,
-        remote: SocketAddr,
-        client_isn: u32,
-        client_mss: Option<u16>,
-        client_ts: Option<u32>,
-        client_wscale: Option<u8>,
-        sack: bool,
-        now_ns: u64,
-        our_mss: u16,
-    ) -> Option<(u32, Option<u32>)> {
-        let syn = Syn {
-            isn: client_isn,
-            mss: client_mss.unwrap_or(synack::default_mss(local.is_ipv6())),
-            wscale: client_wscale,
-            sack,
-            ts: client_ts,
-            ecn: false,
-        };
-        let tuple = cookie_tuple(local, remote)?;
-        let current = self.secrets.read().unwrap_or_else(|e| e.into_inner())[0];
-        let a = synack::answer(&current, &tuple, &syn, now_ns, &Ours { mss: our_mss, ..self.ours });
-        Some((a.seq, a.ts.map(|(tsval, _)| tsval)))
-    }
-
-    /// The window-scale shift we announce.
-    pub fn wscale(&self) -> u8 {
-        self.ours.wscale
-    }
 }
 
 /// An address's wire bytes as little-endian u32 words, as XDP loads them (IPv4 in word 0).

@@ -28,6 +28,7 @@ use std::{
     time::Duration,
 };
 
+use engine_common::synack::{self, Syn};
 use synx_tcp::{
     self as tcp, Instant,
     endpoint::{Disposition, DropReason, Endpoint, Refusal},
@@ -96,8 +97,6 @@ struct QueueDriver {
     scratch: Vec<u8>,
     /// SYN-ACKs built in userspace (TIME_WAIT reuse), sent with the next transmit batch.
     syn_acks: Vec<(Link, SocketAddr, SocketAddr, tcp::segment::Header)>,
-    /// The MSS we announce (as XDP does).
-    mss: u16,
     /// Frames taken from the socket, frames the kernel dropped, and their sum as XDP last saw
     /// it ([`QueueDriver::publish_rx_progress`]).
     consumed: u64,
@@ -147,7 +146,6 @@ async fn serve_queue(
         last_link: Link::default(),
         scratch: vec![0u8; crate::xsk::FRAME_SIZE as usize],
         syn_acks: Vec::new(),
-        mss: ctx.tcp.mss,
         consumed: 0,
         kernel_dropped: 0,
         published: 0,
@@ -288,41 +286,37 @@ impl QueueDriver {
         }
     }
 
-    /// The cookie SYN-ACK XDP sends, built here for a SYN that reached userspace.
+    /// The SYN-ACK XDP sends, built by the same policy (`engine_common::synack`) for a SYN that
+    /// reached userspace.
     fn answer_syn(&mut self, now: Instant, link: Link, local: SocketAddr, remote: SocketAddr, syn: &tcp::segment::Header) {
         use tcp::segment::{Flags, Header, Options};
         let o = &syn.options;
-        let Some((isn, tsval)) = self.ctx.cookies.syn_ack(
-            local,
-            remote,
-            syn.seq.0,
-            o.mss,
-            o.timestamps.map(|t| t.0),
-            o.window_scale,
-            o.sack_permitted,
-            now.as_nanos(),
-            self.mss,
-        ) else {
-            return;
+        let offer = Syn {
+            isn: syn.seq.0,
+            // RFC 9293 3.7.1: no MSS option means the default of the family.
+            mss: o.mss.unwrap_or(synack::default_mss(local.is_ipv6())),
+            wscale: o.window_scale,
+            sack: o.sack_permitted,
+            ts: o.timestamps.map(|(tsval, _)| tsval),
+            // RFC 3168 6.1.1: an ECN-setup SYN has ECE and CWR set.
+            ecn: syn.flags.contains(Flags::ECE) && syn.flags.contains(Flags::CWR),
         };
-        let ts = tsval.zip(o.timestamps.map(|t| t.0));
+        let Some(answer) = self.ctx.cookies.answer(local, remote, &offer, now.as_nanos()) else { return };
         let header = Header {
             src_port: local.port(),
             dst_port: remote.port(),
-            seq: tcp::seq::SeqNum(isn),
-            ack: syn.seq + 1,
+            seq: tcp::SeqNum(answer.seq),
+            ack: tcp::SeqNum(answer.ack),
             flags: Flags(Flags::SYN.0 | Flags::ACK.0),
-            window: 65535,
-            urgent: 0,
+            window: answer.window,
             options: Options {
-                // What we can receive (RFC 6691 2), as XDP announces; the cookie holds what we send.
-                mss: Some(self.mss),
-                // Without timestamps the cookie cannot carry scaling or SACK (as in XDP).
-                window_scale: if ts.is_some() { o.window_scale.map(|_| self.ctx.cookies.wscale()) } else { None },
-                sack_permitted: ts.is_some() && o.sack_permitted,
-                timestamps: ts,
+                mss: Some(answer.mss),
+                window_scale: answer.wscale,
+                sack_permitted: answer.sack,
+                timestamps: answer.ts,
                 ..Options::default()
             },
+            ..Header::default()
         };
         if self.syn_acks.len() < MAX_PENDING_SYN_ACKS {
             self.syn_acks.push((link, local, remote, header));
