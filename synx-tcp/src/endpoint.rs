@@ -347,8 +347,9 @@ impl Endpoint {
     /// A segment for no connection ([`Disposition::Unknown`]) addressed to `local`: with a
     /// listener (`listener`, the caller's, handed back with the new connection) and a cookie
     /// that checks out (`cookie` decodes the ACK, asked only when someone listens), it creates
-    /// the connection (RFC 9293 3.10.7.3, the SYN-RECEIVED state held in the cookie); any
-    /// other segment is refused with the RFC 9293 3.10.7.1 reset, queued for `poll_transmit`.
+    /// the connection (RFC 9293 3.10.7.4, the ACK of SYN-RECEIVED, that state held in the
+    /// cookie); any other segment is refused with the RFC 9293 3.10.7.1 reset (for an ACK to
+    /// a listener the same as 3.10.7.2's), queued for `poll_transmit`.
     #[allow(clippy::too_many_arguments)]
     pub fn accept_cookie<L>(
         &mut self,

@@ -1,5 +1,6 @@
-//! [`Endpoint::accept_cookie`]: a segment for no connection becomes one (RFC 9293 3.10.7.3,
-//! SYN-RECEIVED held in the cookie) or is refused with the RFC 9293 3.10.7.1 reset.
+//! [`Endpoint::accept_cookie`]: a segment for no connection becomes one (RFC 9293 3.10.7.4,
+//! the ACK of SYN-RECEIVED, that state held in the cookie) or is refused with the RFC 9293
+//! 3.10.7.1 reset.
 
 use std::net::SocketAddr;
 
