@@ -1,12 +1,14 @@
 //! Daemon lifecycle on a real veth pair: attach, count, detach; clear errors for operator
-//! mistakes; nothing left attached after SIGTERM or kill -9.
+//! mistakes; nothing left attached after SIGTERM or kill -9; a graceful stop that resets only
+//! what outlives the grace.
 
 use std::{
-    net::{SocketAddr, TcpStream},
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
-use testbed::{Daemon, VethPair, require_root, synx_bin, xdp_attached};
+use testbed::{Daemon, Netns, VethPair, require_root, synx_bin, xdp_attached};
 
 fn listen_arg(net: &VethPair, port: u16) -> String {
     SocketAddr::new(net.server_v4.into(), port).to_string()
@@ -97,4 +99,128 @@ fn kill_9_leaves_nothing_attached_and_a_new_daemon_starts() {
     let again =
         Daemon::start(&net.server, &net.server_if, &["--listen", &listen_arg(&net, 7)]).unwrap();
     assert!(again.stats().is_ok());
+}
+
+/// A kernel-TCP echo server in a namespace, for the proxy app to splice to; stops accepting
+/// when dropped.
+struct KernelEcho(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl KernelEcho {
+    fn start(ns: &Netns, addr: SocketAddr) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let _server = ns.spawn(move || {
+            let listener = TcpListener::bind(addr).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            bound_tx.send(()).unwrap();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        std::thread::spawn(move || {
+                            let mut r = s.try_clone().unwrap();
+                            let _ = std::io::copy(&mut r, &mut s);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        bound_rx.recv_timeout(Duration::from_secs(5)).expect("backend bound");
+        Self(stop)
+    }
+}
+
+impl Drop for KernelEcho {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// RSTs the client namespace receives, from an nftables counter (see [`count_resets_in`]).
+fn resets_received(ns: &Netns) -> u64 {
+    let out = ns.exec("nft", &["list", "counter", "inet", "synx_test", "rsts"]).unwrap();
+    out.split_whitespace().skip_while(|w| *w != "packets").nth(1).and_then(|n| n.parse().ok()).unwrap()
+}
+
+/// Count every TCP reset that reaches `ns` ([`resets_received`]).
+fn count_resets_in(ns: &Netns) {
+    ns.nft(
+        "table inet synx_test {\n\
+           counter rsts { }\n\
+           chain input { type filter hook input priority 0; tcp flags & rst == rst counter name rsts; }\n\
+         }",
+    )
+    .unwrap();
+}
+
+/// How a client's blocked read ended when the server went away.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    Fin,
+    Reset,
+    Other(String),
+}
+
+fn read_ending(s: &mut TcpStream) -> Ending {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => Ending::Fin,
+        Ok(n) => Ending::Other(format!("{n} unexpected bytes")),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ending::Reset,
+        Err(e) => Ending::Other(e.to_string()),
+    }
+}
+
+/// Issue 17 item 3: after SIGTERM, connections waiting between turns are closed with a FIN
+/// (the clients read the end of the stream), and only what cannot end by itself within the
+/// grace (a proxied connection whose client stays) is reset, counted on the client's side.
+#[test]
+fn sigterm_closes_idle_connections_with_a_fin_and_resets_only_what_outlives_the_grace() {
+    require_root();
+    const IDLE: usize = 50;
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    let backend: SocketAddr = "127.0.0.1:9007".parse().unwrap();
+    let _backend = KernelEcho::start(&net.server, backend);
+    let echo = SocketAddr::new(net.server_v4.into(), 7);
+    let proxied = SocketAddr::new(net.server_v4.into(), 8);
+    let listen_proxy = format!("{proxied}=proxy={backend}");
+    let daemon = Daemon::start(
+        &net.server,
+        &net.server_if,
+        &["--listen", &format!("{echo}=echo"), "--listen", &listen_proxy, "--grace", "2s"],
+    )
+    .unwrap();
+    count_resets_in(&net.client);
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let clients = net.client.spawn(move || {
+        let open = |addr| {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            s.write_all(b"hello").unwrap();
+            let mut back = [0u8; 5];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(&back, b"hello");
+            s
+        };
+        let idle: Vec<TcpStream> = (0..IDLE).map(|_| open(echo)).collect();
+        let mut through_proxy = open(proxied);
+        ready_tx.send(()).unwrap();
+        // Each client closes as soon as it reads the end, as real clients do.
+        let idle_endings: Vec<Ending> = idle.into_iter().map(|mut s| read_ending(&mut s)).collect();
+        (idle_endings, read_ending(&mut through_proxy))
+    });
+    ready_rx.recv_timeout(Duration::from_secs(30)).expect("clients connected");
+    assert_eq!(daemon.counter("tcp_accepted").unwrap(), IDLE as u64 + 1);
+    let status = daemon.stop().unwrap();
+    assert!(status.success(), "{status}");
+    let (idle_endings, proxied_ending) = clients.join().unwrap().unwrap();
+    let fins = idle_endings.iter().filter(|e| **e == Ending::Fin).count();
+    assert_eq!(fins, IDLE, "{idle_endings:?}");
+    assert_eq!(proxied_ending, Ending::Reset, "the proxied connection outlived the grace");
+    assert_eq!(resets_received(&net.client), 1, "one reset in all, the proxied connection's");
+    assert!(!xdp_attached(&net.server, &net.server_if).unwrap(), "XDP left attached");
 }

@@ -75,6 +75,7 @@ struct GlueTable {
 }
 
 impl GlueTable {
+    #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -156,6 +157,8 @@ pub struct Glue {
     rx_chunk: Box<[u8]>,
     /// The slots streams have poked, taken from `waker` (kept to reuse its allocation).
     poked: Vec<u32>,
+    /// The engine stops: a connection served in turns is closed when it would wait for input.
+    stopping: bool,
 }
 
 impl Glue {
@@ -168,10 +171,12 @@ impl Glue {
             stats,
             rx_chunk: vec![0u8; 16 * 1024].into_boxed_slice(),
             poked: Vec::new(),
+            stopping: false,
         }
     }
 
     /// No connection has glue (every one released).
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
@@ -325,6 +330,35 @@ impl Glue {
         }
     }
 
+    /// The engine stops: close every connection that waits between turns (a FIN, as a server
+    /// closes an idle keep-alive connection), and from now on each one whose turn ends. What
+    /// runs in a task carries on until it ends or the grace does.
+    pub fn stop(&mut self, ep: &mut Endpoint, now: Instant) {
+        self.stopping = true;
+        let waiting: Vec<u32> =
+            self.table.slots().filter(|&s| matches!(self.table.get(s).map(|g| &g.app), Some(AppSide::Waiting(_)))).collect();
+        for slot in waiting {
+            if let Some(h) = ep.handle_for_slot(slot) {
+                self.close_at_stop(ep, now, h);
+            }
+        }
+    }
+
+    /// Whether [`Glue::stop`] has run.
+    pub fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Close a connection that waits between turns because the engine stops.
+    fn close_at_stop(&mut self, ep: &mut Endpoint, now: Instant, h: ConnectionHandle) {
+        if let Some(conn) = ep.connection_mut(h) {
+            // Nothing unread (a waiting connection has no input, or its turn would run): a FIN.
+            conn.close(now);
+            bump(&self.stats.closed_at_stop);
+        }
+        self.table.set_app(h.slot(), AppSide::Done);
+    }
+
     /// Reset every connection (the end of a shutdown's grace).
     pub fn abort_all(&mut self, ep: &mut Endpoint, now: Instant) {
         let handles: Vec<ConnectionHandle> = self.table.slots().filter_map(|slot| ep.handle_for_slot(slot)).collect();
@@ -424,7 +458,8 @@ impl Glue {
                 self.run_turn(id, shared);
                 return;
             } else if st.tx.is_empty() && st.rx.is_empty() && !st.rx_fin {
-                // Quiet, and everything written is in the TCP core: forget the stream state.
+                // Quiet, and everything written is in the TCP core: forget the stream state (or,
+                // when the engine stops, close the connection instead of waiting).
                 next = Some(AppSide::Waiting(id));
             }
             // Else the rest of the turn's output waits for room in the send buffer (a
@@ -439,8 +474,10 @@ impl Glue {
             w.wake();
         }
         drop(st);
-        if let Some(app) = next {
-            self.table.set_app(h.slot(), app);
+        match next {
+            Some(AppSide::Waiting(_)) if self.stopping => self.close_at_stop(ep, now, h),
+            Some(app) => self.table.set_app(h.slot(), app),
+            None => {}
         }
     }
 

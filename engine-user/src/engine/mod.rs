@@ -303,18 +303,22 @@ impl Engine {
         get("tcp_accepted").saturating_sub(get("tcp_closed"))
     }
 
-    /// Stop accepting: new handshakes get a reset (the XDP program still answers SYNs, whose
-    /// ACKs then find no listener), established connections carry on.
+    /// Stop: connections served in turns are closed with a FIN as soon as they wait for input
+    /// (at once for those already waiting); the others carry on. Handshakes already answered
+    /// complete and are served the same way.
     pub fn stop_accepting(&self) {
         self.stop.store(true, Ordering::SeqCst);
     }
 
-    /// Graceful shutdown: stop accepting, give open connections up to `grace` to finish,
-    /// reset the rest, join the engine threads. The XDP program detaches when the engine drops.
+    /// Graceful shutdown: stop (see [`Engine::stop_accepting`]), give open connections up to
+    /// `grace` to finish, reset the rest, join the engine threads. An engine thread ends as soon
+    /// as its connections have, TIME_WAIT apart (nothing of it needs a process). The XDP
+    /// program detaches when the engine drops.
     pub fn shutdown(&self, grace: Duration) {
         self.stop_accepting();
         let deadline = Instant::now() + grace;
-        while self.open_connections() > 0 && Instant::now() < deadline {
+        let finished = || self.threads.lock().unwrap_or_else(|e| e.into_inner()).iter().all(JoinHandle::is_finished);
+        while !finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.abort_all.store(true, Ordering::SeqCst);

@@ -83,6 +83,9 @@ const MAX_PENDING_SYN_ACKS: usize = 1024;
 /// How often the kernel's AF_XDP drop counters are read.
 const XSK_STATS_PERIOD: Duration = Duration::from_millis(100);
 
+/// While stopping, how often a queue looks whether only TIME_WAIT is left.
+const STOP_CHECK_PERIOD: Duration = Duration::from_millis(20);
+
 /// The longest sleep: stop requests and conns queries are noticed within it.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
@@ -153,9 +156,22 @@ async fn serve_queue(
         ctx,
     };
     let mut last_work = now();
+    let mut stop_checked = Instant::from_nanos(0);
     loop {
-        if q.ctx.stop.load(Ordering::Relaxed) && q.glue.is_empty() {
-            return Ok(());
+        if q.ctx.stop.load(Ordering::Relaxed) {
+            let t = now();
+            if !q.glue.stopping() {
+                q.glue.stop(&mut q.endpoint, t);
+            }
+            // Done when nothing but TIME_WAIT is left (each one's peer has closed too; a late
+            // retransmitted FIN then meets the kernel, whose reset ends the peer's LAST_ACK
+            // as our ACK would have). Looked at every STOP_CHECK_PERIOD: it walks every slot.
+            if t.saturating_duration_since(stop_checked) >= STOP_CHECK_PERIOD {
+                stop_checked = t;
+                if q.endpoint.infos().all(|(_, c)| c.state == tcp::State::TimeWait) {
+                    return Ok(());
+                }
+            }
         }
         if q.ctx.abort_all.load(Ordering::Relaxed) {
             q.glue.abort_all(&mut q.endpoint, now());
@@ -259,11 +275,9 @@ impl QueueDriver {
         hdr: &tcp::segment::Header,
         payload: &[u8],
     ) {
-        // Stopping: no new connections.
-        let listener = match self.ctx.stop.load(Ordering::Relaxed) {
-            true => None,
-            false => self.ctx.listeners.find(local),
-        };
+        // Also while stopping: the ACK completes a handshake XDP answered before the stop, and
+        // its client believes it is connected (served like the others, then closed).
+        let listener = self.ctx.listeners.find(local);
         let cookies = &self.ctx.cookies;
         let cookie = || cookies.check(local, remote, hdr.seq.0, hdr.ack.0, hdr.options.timestamps, now.as_nanos());
         match self.endpoint.accept_cookie(now, local, remote, hdr, payload, listener, cookie) {

@@ -65,6 +65,8 @@ queue_stats! {
         "Connections reset by this side: an application's abort or close with unread data, or shutdown.";
     time_wait_fin_reacked: Counter "tcp_time_wait_fin_reacked"
         "FINs retransmitted by peers that lost our last ACK, acknowledged again from TIME_WAIT.";
+    closed_at_stop: Counter "tcp_closed_at_stop"
+        "Connections served in turns closed with a FIN between two turns because the engine stopped.";
     resets_sent: Counter "tcp_resets_sent" "Resets sent by the TCP core, to connections and to strangers.";
     cookie_rejected: Counter "tcp_cookie_rejected"
         "Segments for no connection whose ACK is not a SYN cookie minted recently for the tuple (reset).";

@@ -408,6 +408,69 @@ fn the_end_of_the_grace_resets_every_connection() {
     });
 }
 
+#[test]
+fn stopping_closes_a_waiting_connection_with_a_fin() {
+    run(async {
+        let mut bed = Bed::new();
+        let mut c = bed.connect(&Arc::new(echo_turns()), 40012, b"ping");
+        bed.settle(&mut c).await;
+        assert_eq!((c.received.as_slice(), bed.glue.waiting()), (&b"ping"[..], 1));
+        bed.glue.stop(&mut bed.ep, bed.now);
+        bed.settle(&mut c).await;
+        assert!(c.fin && !c.rst, "a FIN, as a server closes an idle keep-alive connection");
+        assert_eq!(bed.state(&c), Some(State::FinWait2));
+        assert_eq!((bed.glue.waiting(), bed.count("tcp_closed_at_stop")), (0, 1));
+        // The client closes too: we wait out TIME_WAIT, nothing reset.
+        bed.send(&mut c, Flags::FIN, &[]);
+        bed.settle(&mut c).await;
+        assert_eq!(bed.state(&c), Some(State::TimeWait));
+        assert_eq!(bed.count("tcp_closed_aborted") + bed.count("tcp_closed_reset"), 0);
+    });
+}
+
+#[test]
+fn stopping_lets_a_running_turn_finish_and_closes_when_it_would_wait() {
+    run(async {
+        let mut bed = Bed::new();
+        let mut c = bed.connect(&Arc::new(echo_turns()), 40013, &[]);
+        bed.settle(&mut c).await;
+        bed.send(&mut c, Flags::PSH, b"last request");
+        assert_eq!(bed.glue.tasks(), 1, "a turn runs");
+        bed.glue.stop(&mut bed.ep, bed.now);
+        assert!(!c.fin, "not while its turn runs");
+        bed.settle(&mut c).await;
+        assert_eq!(c.received, b"last request", "the turn's answer first");
+        assert!(c.fin && !c.rst, "then a FIN");
+        assert_eq!(bed.count("tcp_closed_at_stop"), 1);
+    });
+}
+
+#[test]
+fn stopping_leaves_a_task_served_connection_to_its_task() {
+    run(async {
+        let mut bed = Bed::new();
+        let handler: LocalHandler = Arc::new(|mut s: Stream| {
+            Box::pin(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        });
+        let listener = Arc::new(ListenerEntry { accept: Accept::Local(handler), keepalive: Keepalive::default() });
+        let mut c = bed.connect(&listener, 40014, &[]);
+        bed.settle(&mut c).await;
+        bed.glue.stop(&mut bed.ep, bed.now);
+        bed.send(&mut c, Flags::PSH, b"still served");
+        bed.settle(&mut c).await;
+        assert_eq!(c.received, b"still served");
+        assert!(!c.fin && !c.rst);
+        assert_eq!((bed.glue.tasks(), bed.count("tcp_closed_at_stop")), (1, 0));
+    });
+}
+
 
 fn shared(slot: u32) -> Arc<StreamShared> {
     StreamShared::new(
