@@ -224,3 +224,68 @@ fn sigterm_closes_idle_connections_with_a_fin_and_resets_only_what_outlives_the_
     assert_eq!(resets_received(&net.client), 1, "one reset in all, the proxied connection's");
     assert!(!xdp_attached(&net.server, &net.server_if).unwrap(), "XDP left attached");
 }
+
+/// Issue 17 item 4: after `kill -9` the connections' state is gone. A restarted daemon answers
+/// the next segment of a connection it never knew with the RFC 9293 3.10.7.1 reset, sent by
+/// XDP (the segment's ACK is no cookie): the client learns at once, instead of retransmitting
+/// into silence until its retries run out, and can connect again.
+#[test]
+fn after_kill_9_a_restarted_daemon_resets_connections_it_never_knew_at_their_next_segment() {
+    require_root();
+    const CLIENTS: usize = 20;
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    let listen = format!("{}=echo", listen_arg(&net, 7));
+    let addr: SocketAddr = listen_arg(&net, 7).parse().unwrap();
+    let daemon = Daemon::start(&net.server, &net.server_if, &["--listen", &listen]).unwrap();
+    count_resets_in(&net.client);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let clients = net.client.spawn(move || {
+        let mut conns: Vec<TcpStream> = (0..CLIENTS)
+            .map(|_| {
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+                s.write_all(b"before").unwrap();
+                let mut back = [0u8; 6];
+                s.read_exact(&mut back).unwrap();
+                s
+            })
+            .collect();
+        ready_tx.send(()).unwrap();
+        // Quiet while the daemon dies and another starts: nothing of these connections on the
+        // wire until then.
+        go_rx.recv().unwrap();
+        let endings: Vec<Ending> = conns
+            .iter_mut()
+            .map(|s| {
+                s.write_all(b"after").unwrap();
+                read_ending(s)
+            })
+            .collect();
+        let again = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            s.write_all(b"anew").unwrap();
+            let mut back = [0u8; 4];
+            s.read_exact(&mut back).map(|()| back)
+        });
+        (endings, again)
+    });
+    ready_rx.recv_timeout(Duration::from_secs(30)).expect("clients connected");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGKILL) };
+    assert!(
+        testbed::wait_for(Duration::from_secs(5), || !xdp_attached(&net.server, &net.server_if).unwrap()),
+        "XDP still attached after kill -9"
+    );
+    drop(daemon);
+    let restarted = Daemon::start(&net.server, &net.server_if, &["--listen", &listen]).unwrap();
+    go_tx.send(()).unwrap();
+    let (endings, again) = clients.join().unwrap().unwrap();
+    let resets = endings.iter().filter(|e| **e == Ending::Reset).count();
+    assert_eq!(resets, CLIENTS, "{endings:?}");
+    assert_eq!(resets_received(&net.client), CLIENTS as u64, "one reset per old connection, nothing else");
+    assert_eq!(restarted.counter("xdp_rst_sent").unwrap(), CLIENTS as u64);
+    assert_eq!(restarted.counter("tcp_accepted").unwrap(), 1, "only the new connection");
+    assert_eq!(again.unwrap().unwrap(), *b"anew", "a new connection is served");
+}
