@@ -289,3 +289,104 @@ fn after_kill_9_a_restarted_daemon_resets_connections_it_never_knew_at_their_nex
     assert_eq!(restarted.counter("tcp_accepted").unwrap(), 1, "only the new connection");
     assert_eq!(again.unwrap().unwrap(), *b"anew", "a new connection is served");
 }
+
+/// A config file removed on drop.
+struct ConfigFile(std::path::PathBuf);
+
+impl ConfigFile {
+    fn new(tag: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("synx-{}-{tag}.toml", std::process::id())))
+    }
+
+    fn write(&self, text: &str) {
+        std::fs::write(&self.0, text).unwrap();
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Issue 17 item 2: `synx reload` and SIGHUP re-read the configuration and apply in place what
+/// can change; a connection of a removed listener lives on, as the kernel's accepted sockets
+/// do when their listener closes; a setting fixed at start is refused by name, nothing changed.
+#[test]
+fn reload_adds_and_removes_listeners_in_place_and_names_what_needs_a_restart() {
+    require_root();
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    let at = |port| SocketAddr::new(net.server_v4.into(), port);
+    let (p7, p8, p9) = (at(7), at(8), at(9));
+    let file = ConfigFile::new("reload");
+    file.write(&format!("listen = [\"{p7}=echo\"]\nmax_conns = 4096\n"));
+    let daemon =
+        Daemon::start(&net.server, &net.server_if, &["--config", file.0.to_str().unwrap()]).unwrap();
+    let reload = || {
+        net.server
+            .command(synx_bin().to_str().unwrap())
+            .args(["reload", "--control-socket", daemon.control_socket.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let echo_once = |s: &mut TcpStream, msg: &[u8]| {
+        s.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        back
+    };
+    let mut old = net
+        .client
+        .run(move || {
+            let s = TcpStream::connect_timeout(&p7, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .unwrap();
+    assert_eq!(echo_once(&mut old, b"before"), b"before");
+
+    // Port 7 removed, 8 added, max_conns lowered.
+    file.write(&format!("listen = [\"{p8}=echo\"]\nmax_conns = 1000\n"));
+    let out = reload();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(said.trim(), format!("reloaded: -{p7} +{p8}=echo max_conns=1000"));
+    assert_eq!(echo_once(&mut old, b"after"), b"after", "the removed listener's connection lives on");
+    let (refused, served) = net
+        .client
+        .run(move || {
+            let refused = TcpStream::connect_timeout(&p7, Duration::from_secs(5)).map(|_| ()).map_err(|e| e.kind());
+            let mut s = TcpStream::connect_timeout(&p8, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            (refused, echo_once(&mut s, b"new port"))
+        })
+        .unwrap();
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "port 7's SYNs go to the kernel");
+    assert_eq!(served, b"new port");
+
+    // A setting fixed at start: refused by name, nothing else applied.
+    file.write(&format!("listen = [\"{p8}=echo\", \"{p9}=echo\"]\nmsl = \"10s\"\nmax_conns = 1000\n"));
+    let out = reload();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("msl cannot change without a restart") && err.contains("nothing changed"), "{err}");
+    file.write(&format!("listen = [\"{p8}=echo\"]\nmax_conns = 100000\n"));
+    let err = String::from_utf8_lossy(&reload().stderr).to_string();
+    assert!(err.contains("max_conns 100000 is above 4096"), "{err}");
+
+    // SIGHUP does the same.
+    file.write(&format!("listen = [\"{p8}=echo\", \"{p9}=discard\"]\nmax_conns = 1000\n"));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+    assert!(
+        testbed::wait_for(Duration::from_secs(5), || daemon.output().iter().any(|l| l == &format!("reloaded: +{p9}=discard"))),
+        "{:?}",
+        daemon.output()
+    );
+    let connected = net.client.run(move || TcpStream::connect_timeout(&p9, Duration::from_secs(5)).is_ok()).unwrap();
+    assert!(connected);
+    assert_eq!(echo_once(&mut old, b"still"), b"still");
+    drop(old);
+    assert!(daemon.stop().unwrap().success());
+}

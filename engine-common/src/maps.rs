@@ -68,7 +68,8 @@ pub const FAMILY_V6: u8 = 6;
 /// Entries of [`LISTEN_PORTS`]: `LISTEN_PORTS[port]` has [`PORT_V4_ANY`] if `0.0.0.0:port` is
 /// served, [`PORT_V4_ONE`] with the address in `v4_addr` for the first exact IPv4 address,
 /// [`PORT_V4_MORE`] once a second one exists (then [`LISTENERS`] decides), [`PORT_V6_ANY`] for
-/// `[::]:port` and [`PORT_V6_SOME`] for exact IPv6 addresses (in [`LISTENERS`]).
+/// `[::]:port` and [`PORT_V6_SOME`] for exact IPv6 addresses (in [`LISTENERS`]);
+/// [`PORT_FLOWS_LEFT`] once a listener of the port has been removed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct PortListeners {
@@ -82,6 +83,10 @@ pub const PORT_V4_ONE: u32 = 1 << 1;
 pub const PORT_V4_MORE: u32 = 1 << 2;
 pub const PORT_V6_ANY: u32 = 1 << 3;
 pub const PORT_V6_SOME: u32 = 1 << 4;
+/// A listener of this port was removed while its connections may live on: a segment to the
+/// port that no listener serves still reaches its connection if FLOWS has one (else the
+/// kernel), as closing a listening socket leaves its accepted connections alone.
+pub const PORT_FLOWS_LEFT: u32 = 1 << 5;
 
 /// Entries of `LISTEN_PORTS`: one per port.
 pub const LISTEN_PORTS_LEN: u32 = 1 << 16;

@@ -8,8 +8,8 @@ use engine_common::{
     counters,
     synack::{self, Ours},
     maps::{
-        FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY,
-        PORT_V6_SOME, RX_BACKLOG_LIMIT, SLOT_PENDING,
+        FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, PORT_FLOWS_LEFT, PortListeners, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE,
+        PORT_V6_ANY, PORT_V6_SOME, RX_BACKLOG_LIMIT, SLOT_PENDING,
     },
 };
 
@@ -65,7 +65,10 @@ fn decide<C: Cookies>(ctx: &XdpContext) -> Verdict {
         Ok(s) => s,
         Err(v) => return v,
     };
-    if !is_listener(&seg) {
+    let Some(port) = LISTEN_PORTS.get(u32::from(seg.dport)) else { return Verdict::Pass(counters::PASS_NOT_LISTENER) };
+    let port_flags = port.flags;
+    let listening = is_listener(&seg, port);
+    if !listening && port_flags & PORT_FLOWS_LEFT == 0 {
         return Verdict::Pass(counters::PASS_NOT_LISTENER);
     }
     // Malformed for a listener: illegal flag sets, zero ports, broadcast/multicast sources.
@@ -90,6 +93,10 @@ fn decide<C: Cookies>(ctx: &XdpContext) -> Verdict {
         }
         count(counters::FLOW_SEGMENT);
         return to_userspace(ctx);
+    }
+    if !listening {
+        // A removed listener's port: only its connections' segments are ours.
+        return Verdict::Pass(counters::PASS_NOT_LISTENER);
     }
     let Some(secrets) = COOKIE_SECRETS.get(0) else { return Verdict::Pass(counters::PASS_NOT_READY) };
     if secrets.ready == 0 {
@@ -136,11 +143,10 @@ fn decide<C: Cookies>(ctx: &XdpContext) -> Verdict {
     reset(ctx, &seg, now)
 }
 
-/// Whether a listener serves the segment's destination: the port's entry first (an array
-/// lookup), the exact-address hash map only for ports with several exact addresses or IPv6.
+/// Whether a listener serves the segment's destination: the port's entry (`port`) first, the
+/// exact-address hash map only for ports with several exact addresses or IPv6.
 #[inline(always)]
-fn is_listener(seg: &Seg) -> bool {
-    let Some(port) = LISTEN_PORTS.get(u32::from(seg.dport)) else { return false };
+fn is_listener(seg: &Seg, port: &PortListeners) -> bool {
     let f = port.flags;
     if seg.v6 {
         if f & PORT_V6_ANY != 0 {

@@ -712,6 +712,28 @@ impl XdpProgram {
         Ok(())
     }
 
+    /// Stop serving `addr` in XDP: SYNs to it reach the kernel; segments of connections it
+    /// accepted keep reaching us ([`maps::PORT_FLOWS_LEFT`]). `remaining` are the addresses
+    /// still served (those on other ports are ignored).
+    pub fn remove_listener(&mut self, addr: SocketAddr, remaining: &[SocketAddr]) -> Result<(), BpfError> {
+        if !addr.ip().is_unspecified() {
+            let mut listeners: HashMap<_, ListenerKey, ListenerValue> = HashMap::try_from(
+                self.ebpf.map_mut(maps::LISTENERS).ok_or(BpfError::MissingMap(maps::LISTENERS))?,
+            )?;
+            // Absent already is fine: the entry is gone either way.
+            let _ = listeners.remove(&listener_key(addr));
+        }
+        let mut ports: Array<_, PortListeners> = Array::try_from(
+            self.ebpf.map_mut(maps::LISTEN_PORTS).ok_or(BpfError::MissingMap(maps::LISTEN_PORTS))?,
+        )?;
+        let entry = remaining
+            .iter()
+            .filter(|a| a.port() == addr.port())
+            .fold(PortListeners { v4_addr: 0, flags: maps::PORT_FLOWS_LEFT }, |e, &a| port_entry(e, a));
+        ports.set(u32::from(addr.port()), &entry, 0)?;
+        Ok(())
+    }
+
     /// The per-queue backlog counts XDP consults before answering a SYN.
     pub fn rx_backlog(&self) -> RxBacklog {
         self.rx_backlog.clone()

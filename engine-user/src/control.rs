@@ -24,6 +24,8 @@ pub const DEFAULT_SOCKET: &str = "/run/synx/synx.sock";
 pub enum Request {
     Stats,
     Conns,
+    /// Read the configuration again and apply what can change in place (SIGHUP does the same).
+    Reload,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,21 +1,37 @@
 //! `synx run`: an [`Engine`] serving the configured listeners with the built-in apps on tokio,
-//! answering the control socket, and shutting down gracefully on SIGINT/SIGTERM.
+//! answering the control socket, reloading its configuration on SIGHUP (or `synx reload`), and
+//! shutting down gracefully on SIGINT/SIGTERM.
 
-use std::{io::Write as _, path::PathBuf, sync::Arc};
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use crate::{
     apps,
-    config::{AppThreads, RunConfig},
+    config::{self, AppThreads, FileConfig, FlagConfig, ListenSpec, RunConfig},
     control::{self, Request, Responder},
     engine::{Engine, EngineOptions},
 };
 
-impl Responder for Engine {
+/// The running daemon as the control socket and SIGHUP see it.
+struct Daemon {
+    engine: Arc<Engine>,
+    /// The flags it was started with (they win over the file at every reload) and the file.
+    flags: FlagConfig,
+    config_file: Option<PathBuf>,
+    /// The configuration in force.
+    current: Mutex<RunConfig>,
+}
+
+impl Responder for Daemon {
     fn respond(&self, req: Request) -> serde_json::Value {
         match req {
             Request::Stats => {
                 let mut map = serde_json::Map::new();
-                match self.stats() {
+                match self.engine.stats() {
                     Ok(all) => {
                         for (k, v) in all {
                             map.insert(k.to_string(), v.into());
@@ -27,12 +43,155 @@ impl Responder for Engine {
                 }
                 serde_json::Value::Object(map)
             }
-            Request::Conns => serde_json::to_value(self.conns()).unwrap_or_default(),
+            Request::Conns => serde_json::to_value(self.engine.conns()).unwrap_or_default(),
+            Request::Reload => match self.reload() {
+                Ok(done) => serde_json::json!({ "reloaded": done }),
+                Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+            },
         }
     }
 }
 
-pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
+/// The settings a reload cannot change in place (fixed when the XDP program was loaded and the
+/// engine threads started), by name, where `new` differs from `old`.
+fn fixed_settings_changed(old: &RunConfig, new: &RunConfig) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if old.iface != new.iface {
+        names.push("iface");
+    }
+    if old.xdp_mode != new.xdp_mode {
+        names.push("xdp_mode");
+    }
+    if old.msl != new.msl {
+        names.push("msl");
+    }
+    if old.busy_poll != new.busy_poll {
+        names.push("busy_poll");
+    }
+    if old.app_threads != new.app_threads {
+        names.push("app_threads");
+    }
+    names
+}
+
+impl Daemon {
+    /// Serve `spec` with its app as `cfg` says; serving an address again replaces its app and
+    /// keepalive for connections accepted from then on.
+    fn serve(&self, cfg: &RunConfig, spec: &ListenSpec) -> anyhow::Result<()> {
+        let engine = &self.engine;
+        let service = apps::Service::new(cfg.app_for(spec));
+        let app = service.app();
+        if cfg.app_threads == AppThreads::Engine {
+            if service.needs_a_task() {
+                // The proxy holds its backend connection between bursts: a task for life.
+                return engine.serve_local(spec.addr, cfg.keepalive, move |stream| {
+                    let service = service.clone();
+                    async move {
+                        let peer = stream.peer_addr();
+                        if let Err(e) = service.serve(stream).await {
+                            tracing::debug!("{app} for {peer}: {e}");
+                        }
+                    }
+                });
+            }
+            // In turns: a connection waiting for its next request holds no task.
+            return engine.serve_turns(spec.addr, cfg.keepalive, move |stream| {
+                let service = service.clone();
+                async move {
+                    let peer = stream.peer_addr();
+                    service.serve_turn(stream).await.unwrap_or_else(|e| {
+                        tracing::debug!("{app} for {peer}: {e}");
+                        None
+                    })
+                }
+            });
+        }
+        let mut listener = engine.listen_with_keepalive(spec.addr, cfg.keepalive)?;
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = service.serve(stream).await {
+                        tracing::debug!("{app} for {peer}: {e}");
+                    }
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// Read the configuration again (the file, under the flags given at start) and apply what
+    /// changed: listeners added, removed or given another app, keepalive (for connections
+    /// accepted from now on), max_conns (up to the size the BPF maps got at start), grace.
+    /// Nothing changes when the new configuration does not load or changes a setting fixed at
+    /// start; the error names it. Returns what changed, in a line.
+    fn reload(&self) -> anyhow::Result<String> {
+        let file = match &self.config_file {
+            Some(path) => FileConfig::load(path).map_err(anyhow::Error::msg)?,
+            None => FileConfig::default(),
+        };
+        let new = config::merge(self.flags.clone(), file).map_err(anyhow::Error::msg)?;
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let fixed = fixed_settings_changed(&current, &new);
+        anyhow::ensure!(
+            fixed.is_empty(),
+            "{} cannot change without a restart (set at start); nothing changed",
+            fixed.join(", ")
+        );
+        let options = self.engine.options();
+        anyhow::ensure!(
+            new.max_conns <= options.max_conns,
+            "max_conns {} is above {}, the size the BPF maps got at start: restart synx to raise it; nothing changed",
+            new.max_conns,
+            options.max_conns
+        );
+        let mut changes = Vec::new();
+        for old in &current.listen {
+            if !new.listen.iter().any(|s| s.addr == old.addr) {
+                self.engine.unlisten(old.addr)?;
+                changes.push(format!("-{}", old.addr));
+            }
+        }
+        for spec in &new.listen {
+            let before = current.listen.iter().find(|s| s.addr == spec.addr);
+            let same = before.is_some_and(|b| current.app_for(b) == new.app_for(spec)) && current.keepalive == new.keepalive;
+            if same {
+                continue;
+            }
+            self.serve(&new, spec)?;
+            changes.push(format!("{}{}={}", if before.is_some() { "~" } else { "+" }, spec.addr, new.app_for(spec)));
+        }
+        if new.keepalive != current.keepalive {
+            changes.push("keepalive".into());
+        }
+        if new.max_conns != current.max_conns {
+            self.engine.set_max_conns(new.max_conns)?;
+            changes.push(format!("max_conns={}", new.max_conns));
+        }
+        if new.grace != current.grace {
+            changes.push(format!("grace={:?}", new.grace));
+        }
+        *current = new;
+        Ok(if changes.is_empty() { "nothing changed".into() } else { changes.join(" ") })
+    }
+
+    /// SIGHUP: reload, and say what happened in one line.
+    fn reload_and_log(&self) {
+        match self.reload() {
+            Ok(done) => {
+                let _ = writeln!(std::io::stdout(), "reloaded: {done}");
+                let _ = std::io::stdout().flush();
+            }
+            Err(e) => eprintln!("synx: reload: {e:#}"),
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).grace
+    }
+}
+
+pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, control_socket: PathBuf) -> anyhow::Result<()> {
     let engine = Arc::new(Engine::start(EngineOptions {
         iface: cfg.iface.clone(),
         xdp_mode: cfg.xdp_mode,
@@ -41,54 +200,16 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         max_conns: cfg.max_conns,
         busy_poll: cfg.busy_poll,
     })?);
+    let daemon = Arc::new(Daemon { engine: engine.clone(), flags, config_file, current: Mutex::new(cfg.clone()) });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     // Removes the socket on the way out, if it is still the one this daemon created.
     let mut bound = None;
     let result = rt.block_on(async {
         let (control, path) = control::bind(&control_socket)?;
         bound = Some(path);
-        tokio::spawn(control::serve(control, engine.clone()));
+        tokio::spawn(control::serve(control, daemon.clone()));
         for spec in &cfg.listen {
-            let service = apps::Service::new(cfg.app_for(spec));
-            let app = service.app();
-            if cfg.app_threads == AppThreads::Engine {
-                if service.needs_a_task() {
-                    // The proxy holds its backend connection between bursts: a task for life.
-                    engine.serve_local(spec.addr, cfg.keepalive, move |stream| {
-                        let service = service.clone();
-                        async move {
-                            let peer = stream.peer_addr();
-                            if let Err(e) = service.serve(stream).await {
-                                tracing::debug!("{app} for {peer}: {e}");
-                            }
-                        }
-                    })?;
-                } else {
-                    // In turns: a connection waiting for its next request holds no task.
-                    engine.serve_turns(spec.addr, cfg.keepalive, move |stream| {
-                        let service = service.clone();
-                        async move {
-                            let peer = stream.peer_addr();
-                            service.serve_turn(stream).await.unwrap_or_else(|e| {
-                                tracing::debug!("{app} for {peer}: {e}");
-                                None
-                            })
-                        }
-                    })?;
-                }
-                continue;
-            }
-            let mut listener = engine.listen(spec.addr)?;
-            tokio::spawn(async move {
-                while let Ok((stream, peer)) = listener.accept().await {
-                    let service = service.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = service.serve(stream).await {
-                            tracing::debug!("{app} for {peer}: {e}");
-                        }
-                    });
-                }
-            });
+            daemon.serve(&cfg, spec)?;
         }
         let specs: Vec<String> = cfg.listen.iter().map(|s| format!("{}={}", s.addr, cfg.app_for(s))).collect();
         let queues = engine.queues();
@@ -103,21 +224,32 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
             if cfg.app_threads == AppThreads::Engine { "the engine threads" } else { "a worker thread" },
         )?;
         out.flush()?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => {
+                    let daemon = daemon.clone();
+                    // Off the runtime's worker: a reload takes locks the control socket takes.
+                    let _ = tokio::task::spawn_blocking(move || daemon.reload_and_log()).await;
+                }
+            }
         }
         anyhow::Ok(())
     });
-    // Stop accepting (new cookie ACKs find no listener and get a reset), give open connections
-    // the grace period (the apps keep running on their threads), then reset the rest.
+    // Stop: connections served in turns are closed as they go idle, the rest get the grace
+    // period (the apps keep running on their threads), then what is left is reset.
+    let grace = daemon.grace();
     if result.is_ok() {
-        let _ = writeln!(std::io::stdout(), "shutting down: {} s grace for open connections", cfg.grace.as_secs());
+        let _ = writeln!(std::io::stdout(), "shutting down: {} s grace for open connections", grace.as_secs());
     }
-    engine.shutdown(if result.is_ok() { cfg.grace } else { std::time::Duration::ZERO });
+    engine.shutdown(if result.is_ok() { grace } else { Duration::ZERO });
     drop(bound);
     drop(rt);
+    drop(daemon);
     // The last reference detaches the XDP program (bpf_link).
     drop(engine);
     result

@@ -37,6 +37,12 @@ enum Command {
         #[arg(long)]
         iface: String,
     },
+    /// Make the running daemon read its configuration again (as SIGHUP does) and apply what
+    /// can change in place: listeners, keepalive, max_conns, grace.
+    Reload {
+        #[arg(long, default_value = control::DEFAULT_SOCKET)]
+        control_socket: PathBuf,
+    },
     /// Print every counter of the running daemon (XDP and userspace).
     Stats {
         #[arg(long)]
@@ -138,8 +144,8 @@ fn real_main() -> anyhow::Result<()> {
                 grace: args.grace,
                 app_threads: args.app_threads,
             };
-            let cfg = config::merge(flags, file).map_err(anyhow::Error::msg)?;
-            synx::daemon::run(cfg, args.control_socket)
+            let cfg = config::merge(flags.clone(), file).map_err(anyhow::Error::msg)?;
+            synx::daemon::run(cfg, flags, args.config, args.control_socket)
         }
         Command::PeerPass { iface } => {
             let _pass = synx::bpf::PeerPass::attach(&iface, AttachMode::Native)?;
@@ -154,6 +160,15 @@ fn real_main() -> anyhow::Result<()> {
                 }
                 anyhow::Ok(())
             })
+        }
+        Command::Reload { control_socket } => {
+            let reply = control::request(&control_socket, Request::Reload)?;
+            if let Some(e) = reply.get("error").and_then(|e| e.as_str()) {
+                bail!("reload: {e}");
+            }
+            let done = reply.get("reloaded").and_then(|d| d.as_str()).unwrap_or("done");
+            writeln!(std::io::stdout(), "reloaded: {done}")?;
+            Ok(())
         }
         Command::Stats { json, control_socket } => {
             let stats = control::request(&control_socket, Request::Stats)?;

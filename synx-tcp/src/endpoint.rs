@@ -217,6 +217,11 @@ impl Endpoint {
         }
     }
 
+    /// Accept at most `max_conns` connections from now on (those beyond stay until they end).
+    pub fn set_max_conns(&mut self, max_conns: u32) {
+        self.max_conns = max_conns;
+    }
+
     /// Connections in the slab (until released).
     pub fn len(&self) -> usize {
         self.slots.len() - self.free.len() - self.releasing

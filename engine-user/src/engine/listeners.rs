@@ -63,6 +63,16 @@ impl Listeners {
         self.by_addr.write().unwrap_or_else(|e| e.into_inner()).insert(addr, Arc::new(entry));
     }
 
+    /// Stop accepting on `addr`; whether it was served.
+    pub fn remove(&self, addr: SocketAddr) -> bool {
+        self.by_addr.write().unwrap_or_else(|e| e.into_inner()).remove(&addr).is_some()
+    }
+
+    /// Every address served.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.by_addr.read().unwrap_or_else(|e| e.into_inner()).keys().copied().collect()
+    }
+
     pub fn find(&self, local: SocketAddr) -> Option<Arc<ListenerEntry>> {
         let map = self.by_addr.read().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = map.get(&local) {

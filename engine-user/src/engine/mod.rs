@@ -29,7 +29,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
         mpsc,
     },
     thread::JoinHandle,
@@ -126,6 +126,8 @@ pub struct Engine {
     queue_handles: Queues,
     listeners: Arc<Listeners>,
     next_listener_id: Mutex<u32>,
+    /// Connections per queue, at most (see [`Engine::set_max_conns`]).
+    max_conns: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
     abort_all: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<anyhow::Result<()>>>>,
@@ -145,6 +147,7 @@ impl Engine {
         let listeners = Arc::new(Listeners::default());
         let stop = Arc::new(AtomicBool::new(false));
         let abort_all = Arc::new(AtomicBool::new(false));
+        let max_conns = Arc::new(AtomicU32::new(options.max_conns));
         let mut handles = Vec::new();
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<u32>>();
@@ -156,7 +159,7 @@ impl Engine {
             let ctx = QueueContext {
                 queue,
                 tcp: tcp_config.clone(),
-                max_conns: options.max_conns,
+                max_conns: max_conns.clone(),
                 busy_poll: options.busy_poll,
                 listeners: listeners.clone(),
                 flows: xdp.flow_table(),
@@ -187,6 +190,7 @@ impl Engine {
             queue_handles: Queues(handles),
             listeners,
             next_listener_id: Mutex::new(0),
+            max_conns,
             stop,
             abort_all,
             threads: Mutex::new(threads),
@@ -265,6 +269,33 @@ impl Engine {
         let handler: TurnHandler = Arc::new(move |stream| Box::pin(handler(stream)));
         self.listeners.add_turns(addr, keepalive, handler);
         self.announce(addr)
+    }
+
+    /// Stop serving `addr`: XDP leaves its SYNs to the kernel and the engine accepts no more
+    /// connections on it; those it accepted carry on with their app, as the kernel's do when a
+    /// listening socket closes. Whether `addr` was served.
+    pub fn unlisten(&self, addr: SocketAddr) -> anyhow::Result<bool> {
+        if !self.listeners.remove(addr) {
+            return Ok(false);
+        }
+        let remaining = self.listeners.addrs();
+        self.xdp.lock().unwrap_or_else(|e| e.into_inner()).remove_listener(addr, &remaining)?;
+        Ok(true)
+    }
+
+    /// Accept at most `max_conns` connections per queue from now on. The BPF maps were sized
+    /// at start ([`EngineOptions::max_conns`]): more than that needs a new engine.
+    pub fn set_max_conns(&self, max_conns: u32) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            max_conns <= self.options.max_conns,
+            "max_conns {max_conns} is above {}, the size the BPF maps got at start: restart synx to raise it",
+            self.options.max_conns
+        );
+        self.max_conns.store(max_conns, Ordering::SeqCst);
+        for q in &self.queue_handles.0 {
+            q.waker.notify(u32::MAX);
+        }
+        Ok(())
     }
 
     /// Tell XDP to answer SYNs for `addr`.

@@ -22,7 +22,7 @@ use std::{
     os::fd::{AsRawFd, RawFd},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
         mpsc,
     },
     time::Duration,
@@ -51,7 +51,8 @@ use crate::{
 pub struct QueueContext {
     pub queue: u32,
     pub tcp: tcp::Config,
-    pub max_conns: u32,
+    /// Connections this queue accepts at most; a reload may change it.
+    pub max_conns: Arc<AtomicU32>,
     pub busy_poll: Duration,
     pub listeners: Arc<Listeners>,
     pub flows: FlowTable,
@@ -144,7 +145,7 @@ async fn serve_queue(
     tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), "AF_XDP socket bound");
     let _ = ready.send(Ok(ctx.queue));
     let mut q = QueueDriver {
-        endpoint: Endpoint::new(ctx.tcp.clone(), ctx.max_conns),
+        endpoint: Endpoint::new(ctx.tcp.clone(), ctx.max_conns.load(Ordering::Relaxed)),
         glue: Glue::new(ctx.waker.clone(), ctx.stats.clone()),
         last_link: Link::default(),
         scratch: vec![0u8; crate::xsk::FRAME_SIZE as usize],
@@ -275,6 +276,7 @@ impl QueueDriver {
         hdr: &tcp::segment::Header,
         payload: &[u8],
     ) {
+        self.endpoint.set_max_conns(self.ctx.max_conns.load(Ordering::Relaxed));
         // Also while stopping: the ACK completes a handshake XDP answered before the stop, and
         // its client believes it is connected (served like the others, then closed).
         let listener = self.ctx.listeners.find(local);
