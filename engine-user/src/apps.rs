@@ -24,7 +24,8 @@ pub enum App {
     /// Read and drop everything; close after the peer's FIN.
     Discard,
     /// A small fixed HTTP/1.1 response, keep-alive; `Connection: close` makes the server close
-    /// first.
+    /// first. `GET /bytes/N` answers with a body of N bytes instead (responses of a chosen
+    /// size, for benches on emulated paths).
     Http,
     /// Splice each connection to a kernel-TCP backend, with half-close and resets propagated.
     Proxy(SocketAddr),
@@ -253,12 +254,17 @@ async fn discard_serve<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, when_quiet:
     }
 }
 
-/// The body of every HTTP response.
+/// The body of every HTTP response but `/bytes/N`'s.
 pub const HTTP_BODY: &[u8] = b"hello from synx\n";
 const MAX_HEADER: usize = 16 * 1024;
+/// The largest body `/bytes/N` sends.
+pub const HTTP_MAX_SIZED_BODY: usize = 1 << 30;
+/// What `/bytes/N` bodies are made of, written a slice at a time (no buffer per response).
+static SIZED_BODY_FILL: [u8; 16 * 1024] = [b'.'; 16 * 1024];
 
 enum Parsed {
-    Complete { head_len: usize, body_len: usize, close: bool },
+    /// `sized`: the body length `/bytes/N` asked for.
+    Complete { head_len: usize, body_len: usize, close: bool, sized: Option<usize> },
     Partial,
     Bad,
 }
@@ -284,7 +290,12 @@ fn parse_request(buf: &[u8]) -> Parsed {
                     }
                 }
             }
-            Parsed::Complete { head_len, body_len, close }
+            let sized = req
+                .path
+                .and_then(|p| p.strip_prefix("/bytes/"))
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(|n| n.min(HTTP_MAX_SIZED_BODY));
+            Parsed::Complete { head_len, body_len, close, sized }
         }
         Ok(httparse::Status::Partial) => Parsed::Partial,
         Err(_) => Parsed::Bad,
@@ -299,9 +310,9 @@ async fn http_serve<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, when_quiet: Wh
     let mut buf: Vec<u8> = Vec::new(); // allocated by the first read, not while idle
     loop {
         // Parse one request from what we have; read more until it is complete.
-        let (consumed, close) = loop {
+        let (consumed, close, sized) = loop {
             match parse_request(&buf) {
-                Parsed::Complete { head_len, body_len, close } => {
+                Parsed::Complete { head_len, body_len, close, sized } => {
                     // Wait for (and then discard) the request body.
                     if buf.len() < head_len + body_len {
                         if read_more(s, &mut buf).await? == 0 {
@@ -309,7 +320,7 @@ async fn http_serve<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, when_quiet: Wh
                         }
                         continue;
                     }
-                    break (head_len + body_len, close);
+                    break (head_len + body_len, close, sized);
                 }
                 Parsed::Partial => {
                     if buf.len() > MAX_HEADER {
@@ -345,13 +356,22 @@ async fn http_serve<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, when_quiet: Wh
         }
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n",
-            HTTP_BODY.len(),
+            sized.unwrap_or(HTTP_BODY.len()),
             if close { "Connection: close\r\n" } else { "" }
         );
-        let mut response = Vec::with_capacity(head.len() + HTTP_BODY.len());
-        response.extend_from_slice(head.as_bytes());
-        response.extend_from_slice(HTTP_BODY);
-        s.write_all(&response).await?;
+        if let Some(mut left) = sized {
+            s.write_all(head.as_bytes()).await?;
+            while left > 0 {
+                let n = left.min(SIZED_BODY_FILL.len());
+                s.write_all(&SIZED_BODY_FILL[..n]).await?;
+                left -= n;
+            }
+        } else {
+            let mut response = Vec::with_capacity(head.len() + HTTP_BODY.len());
+            response.extend_from_slice(head.as_bytes());
+            response.extend_from_slice(HTTP_BODY);
+            s.write_all(&response).await?;
+        }
         if close {
             // The server closes first: our FIN goes out now (FIN_WAIT_1 ... TIME_WAIT).
             s.shutdown().await?;
@@ -600,6 +620,21 @@ mod tests {
             text,
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nhello from synx\n"
         );
+    }
+
+    #[tokio::test]
+    async fn http_bytes_n_answers_with_a_body_of_n_bytes() {
+        for n in [0usize, 1, 16 * 1024, 100_000] {
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let task = tokio::spawn(http(server));
+            client.write_all(format!("GET /bytes/{n} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            task.await.unwrap().unwrap();
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n");
+            assert!(got.starts_with(head.as_bytes()), "{:?}", String::from_utf8_lossy(&got[..got.len().min(200)]));
+            assert_eq!(got.len(), head.len() + n);
+        }
     }
 
     #[tokio::test]

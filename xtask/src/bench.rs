@@ -885,6 +885,10 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
         rows.push(tx.row("bulk_tx", "Gbit/s", true, "one connection through echo (server sends what it receives)"));
     }
     drop(rig);
+    // Emulated wide-area paths: their own rig, table and JSON section (xtask/src/wan.rs).
+    let wan = crate::wan::wanted(&args.only).then(|| {
+        crate::wan::bench(args.quick, synx_bin, &args.synx_arg, &args.only).unwrap_or_else(|e| serde_json::json!({ "failed": format!("{e:#}") }))
+    });
     if want("xdp") {
         rows.extend(xdp_micro(synx_bin, if args.quick { 5_000 } else { 20_000 }));
     }
@@ -894,6 +898,7 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
     print_table(&rows);
     let json = serde_json::json!({
         "machine": machine_facts("native"),
+        "wan": wan,
         "rows": rows.iter().map(|r| {
             let v = |x: &Result<f64, String>| match x { Ok(v) => serde_json::json!(v), Err(e) => serde_json::json!({"not_measured": e}) };
             let ratio = match (&r.synx, &r.kernel) {

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod wan;
 
 use std::{path::PathBuf, process::Command};
 
