@@ -347,6 +347,7 @@ pub struct DirStats {
     lateness: [AtomicU64; BUCKETS],
     lateness_max_ns: AtomicU64,
     read_delay: [AtomicU64; BUCKETS],
+    realtime: AtomicBool,
 }
 
 fn bucket(ns: u64) -> usize {
@@ -388,6 +389,8 @@ pub struct Snapshot {
     /// How long frames sat in the socket before the thread read them (not part of the
     /// emulated delay: arrival is the kernel's timestamp).
     pub read_delay: [u64; BUCKETS],
+    /// The forwarding thread runs under SCHED_FIFO.
+    pub realtime: bool,
 }
 
 impl DirStats {
@@ -419,6 +422,7 @@ impl DirStats {
             lateness: std::array::from_fn(|i| g(&self.lateness[i])),
             lateness_max: Duration::from_nanos(g(&self.lateness_max_ns)),
             read_delay: std::array::from_fn(|i| g(&self.read_delay[i])),
+            realtime: self.realtime.load(Ordering::Relaxed),
         }
     }
 }
@@ -448,6 +452,7 @@ impl Snapshot {
             lateness: std::array::from_fn(|i| d(self.lateness[i], earlier.lateness[i])),
             lateness_max: self.lateness_max,
             read_delay: std::array::from_fn(|i| d(self.read_delay[i], earlier.read_delay[i])),
+            realtime: self.realtime,
         }
     }
 
@@ -628,7 +633,8 @@ impl Forwarder {
                 libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
                 if realtime {
                     let p = libc::sched_param { sched_priority: 10 };
-                    libc::sched_setscheduler(0, libc::SCHED_FIFO, &p);
+                    let ok = libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) == 0;
+                    f.dir.stats.realtime.store(ok, Ordering::Relaxed);
                 }
             }
             f.run();

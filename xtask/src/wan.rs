@@ -240,19 +240,60 @@ fn mbit(bytes: usize, t: Duration) -> f64 {
     bytes as f64 * 8.0 / t.as_secs_f64() / 1e6
 }
 
-/// The bulk conditions of issue 16: RTT 40 ms, 100 Mbit/s, queue one BDP, and what is lost or
-/// reordered both ways, with each one's transfer size (smaller where the kernel itself is slow,
-/// so a round stays within tens of seconds).
-fn bulk_conditions() -> Vec<(&'static str, PathSpec, usize)> {
-    let base = PathSpec::wan(RTT, 100 * MBIT);
-    vec![
-        ("loss0", base.clone(), 32 << 20),
-        ("loss0.1", base.clone().with_loss(Loss::Random(0.001)), 16 << 20),
-        ("loss1", base.clone().with_loss(Loss::Random(0.01)), 4 << 20),
-        ("loss3", base.clone().with_loss(Loss::Random(0.03)), 2 << 20),
-        ("loss5", base.clone().with_loss(Loss::Random(0.05)), 2 << 20),
-        ("reorder2", base.with_reorder(0.02, REORDER_GAP), 32 << 20),
-    ]
+/// What a bulk row moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bulk {
+    /// The server sends: `GET /bytes/N` from http.
+    Down,
+    /// The client sends, into discard.
+    Up,
+    /// Both at once, through echo (checked by hash).
+    Echo,
+}
+
+struct BulkRow {
+    name: String,
+    spec: PathSpec,
+    bytes: usize,
+    kind: Bulk,
+    /// Run on `--only wan` and in the whole bench; the others only when named.
+    default: bool,
+}
+
+/// The bulk rows of issue 16: RTT 40 ms, 100 Mbit/s, queue one BDP, loss or reordering both
+/// ways, each direction, with each condition's transfer size (smaller where the kernel itself
+/// is slow, so a round stays within tens of seconds). Named only (`--only wan_echo20`): the
+/// issue's first measurement, echo of 4 MiB through 20 Mbit/s.
+fn bulk_rows() -> Vec<BulkRow> {
+    let mut rows = Vec::new();
+    let conditions = |rate: u64| {
+        let base = PathSpec::wan(RTT, rate);
+        [
+            ("loss0", base.clone()),
+            ("loss0.1", base.clone().with_loss(Loss::Random(0.001))),
+            ("loss1", base.clone().with_loss(Loss::Random(0.01))),
+            ("loss3", base.clone().with_loss(Loss::Random(0.03))),
+            ("loss5", base.clone().with_loss(Loss::Random(0.05))),
+            ("reorder2", base.with_reorder(0.02, REORDER_GAP)),
+        ]
+    };
+    for (cond, spec) in conditions(100 * MBIT) {
+        let bytes = match cond {
+            "loss0" | "reorder2" => 32 << 20,
+            "loss0.1" => 16 << 20,
+            "loss1" => 4 << 20,
+            _ => 2 << 20,
+        };
+        for (kind, label) in [(Bulk::Down, "down"), (Bulk::Up, "up")] {
+            rows.push(BulkRow { name: format!("wan_bulk_{label}_{cond}"), spec: spec.clone(), bytes, kind, default: true });
+        }
+    }
+    for (cond, spec) in conditions(20 * MBIT) {
+        if cond != "loss0.1" {
+            rows.push(BulkRow { name: format!("wan_echo20_{cond}"), spec, bytes: 4 << 20, kind: Bulk::Echo, default: false });
+        }
+    }
+    rows
 }
 
 /// How long a reordered frame is held back: 2 ms, 16 full-size frames at 100 Mbit/s (enough to
@@ -272,50 +313,59 @@ pub fn bench(quick: bool, synx_bin: &Path, synx_args: &[String], only: &[String]
     if want("wan_calib") {
         calibration = calibrate(&rig, quick);
     }
-    for (cond, spec, bytes) in bulk_conditions() {
-        for (kind, port) in [("down", HTTP), ("up", DISCARD)] {
-            let name = format!("wan_bulk_{kind}_{cond}");
-            if !want(&name) {
-                continue;
-            }
-            rig.bed.set_both(spec.clone());
-            let what = if kind == "down" { "server sends (GET /bytes/N)" } else { "client sends (into discard)" };
-            println!("bench wan: {name}: {} MiB, {what}", bytes >> 20);
-            let mut runs = [SideRuns::default(), SideRuns::default()];
-            let transfer = |side: Side| {
-                let addr = rig.addr(side, port);
-                let timeout = Some(Duration::from_secs(300));
-                if kind == "down" {
-                    probe::download(&rig.bed.client, addr, bytes, timeout)
-                } else {
-                    probe::upload(&rig.bed.client, addr, bytes, timeout)
-                }
-            };
-            // Warm-up: one round per side, not counted.
-            for side in [Side::Synx, Side::Kernel] {
-                let _ = round(&rig, side, || transfer(side));
-            }
-            for side in abba(rounds) {
-                let (r, path) = round(&rig, side, || transfer(side));
-                let runs = &mut runs[side as usize];
-                runs.attempted += 1;
-                runs.paths.push(path.json());
-                match r {
-                    Ok(t) => runs.samples.push(mbit(bytes, t)),
-                    Err(e) => runs.failures.push(format!("{e:#}")),
-                }
-            }
-            let [synx, kernel] = runs;
-            rows.push(WanRow {
-                name,
-                unit: "Mbit/s",
-                higher_is_better: true,
-                note: format!("{} MiB, {what}; goodput from connect to the last byte", bytes >> 20),
-                stat: Stat::Median,
-                synx: Arc::new(synx),
-                kernel: Arc::new(kernel),
-            });
+    for row in bulk_rows() {
+        let named = only.iter().any(|o| o.len() > "wan_".len() && row.name.starts_with(o.as_str()));
+        if !(want(&row.name) && (row.default || named)) {
+            continue;
         }
+        rig.bed.set_both(row.spec.clone());
+        let (bytes, kind) = (row.bytes, row.kind);
+        let what = match kind {
+            Bulk::Down => "server sends (GET /bytes/N)",
+            Bulk::Up => "client sends (into discard)",
+            Bulk::Echo => "both at once, through echo",
+        };
+        println!("bench wan: {}: {} MiB, {what}", row.name, bytes >> 20);
+        let transfer = |side: Side| {
+            let addr = rig.addr(side, match kind { Bulk::Down => HTTP, Bulk::Up => DISCARD, Bulk::Echo => ECHO });
+            let timeout = Some(Duration::from_secs(300));
+            match kind {
+                Bulk::Down => probe::download(&rig.bed.client, addr, bytes, timeout),
+                Bulk::Up => probe::upload(&rig.bed.client, addr, bytes, timeout),
+                Bulk::Echo => probe::echo(&rig.bed.client, addr, bytes, 1, timeout),
+            }
+        };
+        // Warm-up: one round per side, not counted.
+        for side in [Side::Synx, Side::Kernel] {
+            let _ = round(&rig, side, || transfer(side));
+        }
+        let mut runs = [SideRuns::default(), SideRuns::default()];
+        for side in abba(rounds) {
+            let (r, path) = round(&rig, side, || transfer(side));
+            let runs = &mut runs[side as usize];
+            runs.attempted += 1;
+            runs.paths.push(path.json());
+            match r {
+                Ok(t) => runs.samples.push(mbit(bytes, t)),
+                Err(e) => runs.failures.push(format!("{e:#}")),
+            }
+        }
+        let [synx, kernel] = runs.map(Arc::new);
+        let path = match (row.spec.rate_bps, row.spec.loss, row.spec.reorder) {
+            (Some(r), Loss::Random(p), _) => format!("{} Mbit/s, {}% loss both ways", r / MBIT, p * 100.0),
+            (Some(r), _, Some(o)) => format!("{} Mbit/s, {}% reordered by {} ms", r / MBIT, o.probability * 100.0, o.gap.as_millis()),
+            (Some(r), ..) => format!("{} Mbit/s", r / MBIT),
+            _ => String::new(),
+        };
+        rows.push(WanRow {
+            name: row.name,
+            unit: "Mbit/s",
+            higher_is_better: true,
+            note: format!("{} MiB, {what}; RTT 40 ms, {path}; goodput from connect to the last byte", bytes >> 20),
+            stat: Stat::Median,
+            synx,
+            kernel,
+        });
     }
     for (size, label) in [(10_000usize, "10k"), (100_000, "100k"), (1_000_000, "1m")] {
         let name = format!("wan_short_{label}");
