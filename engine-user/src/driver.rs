@@ -520,7 +520,7 @@ impl QueueEngine {
                 // retransmit it (a 1 s stall for every port it reuses).
                 self.answer_syn(now, rx.link, rx.local, rx.remote, &hdr);
             }
-            Disposition::Dropped(DropReason::Connection(why)) => {
+            Disposition::Dropped(why) => {
                 stats.dropped_by_tcp.fetch_add(1, Ordering::Relaxed);
                 if let Some(i) = DROP_REASONS.iter().position(|(r, _)| *r == why) {
                     stats.dropped_by_reason[i].fetch_add(1, Ordering::Relaxed);
@@ -701,15 +701,8 @@ impl QueueEngine {
             AppSide::Task(s) => (s, None),
             AppSide::Turn(s, id) => (s, Some(*id)),
             AppSide::Waiting(_) => return,
-            AppSide::Done => {
-                // Data arriving after the app's close resets, as Linux does (RFC 2525 2.17).
-                if self.endpoint.connection(h).is_some_and(|c| c.has_unread())
-                    && let Some(conn) = self.endpoint.connection_mut(h)
-                {
-                    conn.abort(now);
-                }
-                return;
-            }
+            // Data arriving after the app's close resets in the core (RFC 1122 4.2.2.13).
+            AppSide::Done => return,
         };
         let Some(conn) = self.endpoint.connection_mut(h) else { return };
         let mut st = shared.lock();
@@ -758,14 +751,9 @@ impl QueueEngine {
         }
         let mut next = None;
         if st.app_closed && st.tx.is_empty() {
-            if st.rx.is_empty() && !conn.has_unread() {
-                // close(): FIN after what was queued (RFC 9293 3.10.4); unlike a half-close,
-                // an orphan's FIN_WAIT_2 is bounded (Linux tcp_fin_timeout).
-                conn.close(now);
-            } else {
-                // Closing with unread data resets, as Linux does (RFC 2525 2.17).
-                conn.abort(now);
-            }
+            // close(): FIN after what was queued, or RST if received data goes unread, here or
+            // in our queue to the app (RFC 9293 3.10.4, RFC 1122 4.2.2.13).
+            conn.close_discarding(now, st.rx.len());
             st.rx.clear();
             next = Some(AppSide::Done);
         } else if st.turn_over

@@ -4,7 +4,7 @@ use core::time::Duration;
 
 use crate::congestion::CongestionAlgorithm;
 
-/// Keepalive settings (RFC 1122 4.2.3.6), per connection. The seed's defaults: 2 h idle, 75 s
+/// Keepalive settings (RFC 1122 4.2.3.6), per connection. Defaults: 2 h idle, 75 s
 /// interval, 10 probes (Linux uses 9 probes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {

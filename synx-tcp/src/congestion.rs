@@ -17,18 +17,22 @@ const BETA: f32 = 0.7;
 /// RFC 9438 5: C.
 const C: f32 = 0.4;
 
+/// No CUBIC epoch running (`epoch_start`).
+const NO_EPOCH: Instant = Instant::MAX;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Congestion {
-    pub algorithm: CongestionAlgorithm,
-    pub cwnd: u32,
-    pub ssthresh: u32,
+    algorithm: CongestionAlgorithm,
+    cwnd: u32,
+    ssthresh: u32,
     /// Bytes acknowledged toward the next congestion-avoidance increase (RFC 5681 3.1).
     bytes_acked: u32,
     // CUBIC state, in segments.
     w_max: f32,
     w_est: f32,
     k: f32,
-    epoch_start: Option<Instant>,
+    /// Start of the congestion-avoidance epoch (RFC 9438 4.2), or `NO_EPOCH`.
+    epoch_start: Instant,
 }
 
 impl Congestion {
@@ -42,8 +46,16 @@ impl Congestion {
             w_max: 0.0,
             w_est: 0.0,
             k: 0.0,
-            epoch_start: None,
+            epoch_start: NO_EPOCH,
         }
+    }
+
+    pub fn cwnd(&self) -> u32 {
+        self.cwnd
+    }
+
+    pub fn ssthresh(&self) -> u32 {
+        self.ssthresh
     }
 
     pub fn in_slow_start(&self) -> bool {
@@ -75,15 +87,16 @@ impl Congestion {
     fn cubic_avoidance(&mut self, now: Instant, acked: u32, mss: u32, srtt: Option<Duration>) {
         let mssf = mss as f32;
         let cwnd_seg = self.cwnd as f32 / mssf;
-        let epoch = *self.epoch_start.get_or_insert_with(|| {
+        if self.epoch_start == NO_EPOCH {
             // RFC 9438 4.2: a new congestion-avoidance epoch.
             if self.w_max < cwnd_seg {
                 self.w_max = cwnd_seg;
             }
             self.k = ((self.w_max - cwnd_seg) / C).max(0.0).cbrt();
             self.w_est = cwnd_seg;
-            now
-        });
+            self.epoch_start = now;
+        }
+        let epoch = self.epoch_start;
         let rtt = srtt.unwrap_or(Duration::from_millis(100)).as_secs_f32();
         let t = now.saturating_duration_since(epoch).as_secs_f32();
         let w_cubic = |t: f32| C * (t - self.k).powi(3) + self.w_max;
@@ -102,9 +115,22 @@ impl Congestion {
         self.cwnd = next.clamp(self.cwnd, self.cwnd.saturating_add(acked.max(mss)));
     }
 
+    /// Fast recovery begins (RFC 5681 3.2 steps 2-3, RFC 6675 5 step 4.2): ssthresh reduced
+    /// and cwnd set to it.
+    pub fn enter_recovery(&mut self, flight: u32, mss: u32) {
+        self.on_loss(flight, mss);
+        self.cwnd = self.ssthresh;
+    }
+
+    /// Fast recovery ends with a full ACK (RFC 6582 3.2 step 3): cwnd = min(ssthresh,
+    /// max(FlightSize, SMSS) + SMSS).
+    pub fn exit_recovery(&mut self, flight: u32, mss: u32) {
+        self.cwnd = self.ssthresh.min(flight.max(mss) + mss);
+    }
+
     /// A loss detected by duplicate ACKs / SACK: the new ssthresh (RFC 5681 3.2 eq 4, RFC 9438
-    /// 4.6); the caller sets cwnd for fast recovery.
-    pub fn on_loss(&mut self, flight: u32, mss: u32) {
+    /// 4.6).
+    fn on_loss(&mut self, flight: u32, mss: u32) {
         match self.algorithm {
             CongestionAlgorithm::NewReno => {
                 self.ssthresh = (flight / 2).max(2 * mss);
@@ -114,15 +140,20 @@ impl Congestion {
                 // RFC 9438 4.7: fast convergence.
                 self.w_max = if cwnd_seg < self.w_max { cwnd_seg * (1.0 + BETA) / 2.0 } else { cwnd_seg };
                 self.ssthresh = ((self.cwnd as f32 * BETA) as u32).max(2 * mss);
-                self.epoch_start = None;
+                self.epoch_start = NO_EPOCH;
             }
         }
         self.bytes_acked = 0;
     }
 
     /// RFC 5681 3.1 eq 4 and "loss window": after a retransmission timeout cwnd = 1 SMSS.
-    pub fn on_timeout(&mut self, flight: u32, mss: u32) {
-        self.on_loss(flight, mss);
+    /// `reduce`: a first timeout (or one during fast recovery) also lowers ssthresh; a
+    /// timeout of the same data again leaves it (RFC 5681 3.1: ssthresh is not halved again
+    /// for a segment retransmitted more than once).
+    pub fn on_timeout(&mut self, flight: u32, mss: u32, reduce: bool) {
+        if reduce {
+            self.on_loss(flight, mss);
+        }
         self.cwnd = mss;
     }
 }
@@ -136,23 +167,23 @@ mod tests {
         let mut c = Congestion::new(CongestionAlgorithm::NewReno, 1000, 10);
         c.on_ack(Instant::ZERO, 1000, 1000, None);
         assert_eq!(c.cwnd, 11_000);
-        c.on_loss(20_000, 1000);
-        assert_eq!(c.ssthresh, 10_000);
-        c.cwnd = c.ssthresh;
+        c.enter_recovery(20_000, 1000);
+        assert_eq!((c.ssthresh, c.cwnd), (10_000, 10_000));
         for _ in 0..10 {
             c.on_ack(Instant::ZERO, 1000, 1000, None);
         }
         assert_eq!(c.cwnd, 11_000);
-        c.on_timeout(11_000, 1000);
+        c.on_timeout(11_000, 1000, true);
+        assert_eq!((c.cwnd, c.ssthresh), (1000, 5500));
+        c.on_timeout(1000, 1000, false);
         assert_eq!((c.cwnd, c.ssthresh), (1000, 5500));
     }
 
     #[test]
     fn cubic_reduces_by_beta_and_regrows_toward_wmax() {
         let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 100);
-        c.on_loss(100_000, 1000);
-        assert_eq!(c.ssthresh, 70_000);
-        c.cwnd = c.ssthresh;
+        c.enter_recovery(100_000, 1000);
+        assert_eq!((c.ssthresh, c.cwnd), (70_000, 70_000));
         let mut now = Instant::ZERO;
         let rtt = Duration::from_millis(10);
         for _ in 0..2000 {

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use engine_common::handshake::HandshakeFacts;
 use hashbrown::HashTable;
 
-use super::connection::{self, Connection, ConnectionInfo, Event, Handled, Parked};
+pub use super::connection::{AcceptError, DropReason};
+use super::connection::{Connection, ConnectionInfo, Event, Handled, Parked};
 use super::segment::{self, Header};
 use super::timer::TimingWheel;
 use super::{Config, Instant, reset_for};
@@ -41,27 +42,10 @@ pub enum Disposition {
     /// No connection has this 4-tuple: the caller checks for a cookie ACK and calls `accept`,
     /// or `reset_unknown`.
     Unknown,
-    /// Dropped, with the reason.
+    /// Dropped, with the reason (`DropReason::TimeWaitReuse`: the tuple's TIME_WAIT
+    /// incarnation is closed and its index entry gone, so the client's retransmitted SYN meets
+    /// the SYN-cookie path).
     Dropped(DropReason),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    /// A new SYN for a tuple in TIME_WAIT (RFC 6191): the old incarnation is closed and will be
-    /// released, so the client's retransmitted SYN meets the SYN-cookie path.
-    TimeWaitReuse,
-    /// The connection dropped it (RFC 9293 3.10.7.4 checks).
-    Connection(connection::DropReason),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AcceptError {
-    #[error("connection table full")]
-    Full,
-    #[error("a connection with this 4-tuple exists")]
-    Exists,
-    #[error(transparent)]
-    Invalid(#[from] connection::AcceptError),
 }
 
 /// One segment to send, written at the start of the caller's buffer.
@@ -197,7 +181,7 @@ pub struct Endpoint {
     work: VecDeque<u32>,
     resets: VecDeque<(SocketAddr, SocketAddr, Header)>,
     events: VecDeque<(ConnectionHandle, Event)>,
-    /// Retransmitted FINs answered from TIME_WAIT (the seed's lost last ACK).
+    /// Retransmitted FINs answered from TIME_WAIT (our last ACK was lost).
     pub time_wait_fin_reacked: u64,
 }
 
@@ -360,12 +344,12 @@ impl Endpoint {
         self.mark(idx);
         match d {
             Handled::Processed => Disposition::Delivered(ConnectionHandle(idx)),
-            Handled::Dropped(r) => Disposition::Dropped(DropReason::Connection(r)),
-            Handled::TimeWaitReuse => {
+            Handled::Dropped(DropReason::TimeWaitReuse) => {
                 // The tuple is free for the new incarnation at once.
                 self.unindex(local, remote, idx);
                 Disposition::Dropped(DropReason::TimeWaitReuse)
             }
+            Handled::Dropped(r) => Disposition::Dropped(r),
         }
     }
 

@@ -54,10 +54,12 @@ impl RttEstimator {
         self.backoff = 0;
     }
 
-    /// The current RTO including backoff, clamped to [min_rto, MAX_RTO] (RFC 6298 2.4, 2.5).
-    pub fn rto(&self, min_rto: Duration) -> Duration {
+    /// The current RTO including backoff, clamped to [min_rto, max_rto] (RFC 6298 2.4, 2.5),
+    /// and never beyond [`MAX_RTO`].
+    pub fn rto(&self, min_rto: Duration, max_rto: Duration) -> Duration {
         let base = Duration::from_micros(self.base_rto_us as u64).max(min_rto);
-        base.checked_mul(1 << self.backoff.min(16)).unwrap_or(MAX_RTO).min(MAX_RTO)
+        let rto = base.checked_mul(1 << self.backoff.min(16)).unwrap_or(MAX_RTO).min(MAX_RTO);
+        rto.min(max_rto.max(min_rto))
     }
 
     /// RFC 6298 5.5: double the RTO after a retransmission timeout.
@@ -78,23 +80,23 @@ mod tests {
     #[test]
     fn initial_then_samples_then_backoff() {
         let mut e = RttEstimator::new(Duration::from_secs(1));
-        assert_eq!(e.rto(MIN), Duration::from_secs(1));
+        assert_eq!(e.rto(MIN, MAX_RTO), Duration::from_secs(1));
         e.sample(Duration::from_millis(100), MIN);
         assert_eq!(e.srtt(), Some(Duration::from_millis(100)));
         // 100 + max(4*50, 200) = 300 ms
-        assert_eq!(e.rto(MIN), Duration::from_millis(300));
+        assert_eq!(e.rto(MIN, MAX_RTO), Duration::from_millis(300));
         e.sample(Duration::from_millis(100), MIN);
         // rttvar = 37.5ms, srtt = 100: 100 + max(150, 200)
-        assert_eq!(e.rto(MIN), Duration::from_millis(300));
+        assert_eq!(e.rto(MIN, MAX_RTO), Duration::from_millis(300));
         e.back_off();
-        assert_eq!(e.rto(MIN), Duration::from_millis(600));
+        assert_eq!(e.rto(MIN, MAX_RTO), Duration::from_millis(600));
         e.back_off();
-        assert_eq!(e.rto(MIN), Duration::from_millis(1200));
+        assert_eq!(e.rto(MIN, MAX_RTO), Duration::from_millis(1200));
         for _ in 0..20 {
             e.back_off();
         }
-        assert_eq!(e.rto(MIN), MAX_RTO);
+        assert_eq!(e.rto(MIN, MAX_RTO), MAX_RTO);
         e.sample(Duration::from_millis(100), MIN);
-        assert!(e.rto(MIN) < Duration::from_secs(1));
+        assert!(e.rto(MIN, MAX_RTO) < Duration::from_secs(1));
     }
 }

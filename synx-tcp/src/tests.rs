@@ -16,6 +16,7 @@ mod properties;
 mod scenarios;
 mod simulator;
 mod smoltcp_peer;
+mod states;
 
 pub(crate) const ISS: u32 = 1_000;
 pub(crate) const IRS: u32 = 5_000;

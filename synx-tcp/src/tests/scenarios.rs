@@ -1,4 +1,4 @@
-//! The seed's scenarios and every timer, at exact virtual instants.
+//! Scenarios through every state and every timer, at exact virtual instants.
 
 use core::time::Duration;
 
@@ -273,7 +273,7 @@ fn time_wait_syn_may_reopen_the_tuple() {
     // RFC 6191 without timestamps: a SYN above RCV.NXT reopens.
     let mut new = peer(100_000, 0);
     new.flags = Flags::SYN;
-    assert_eq!(c.handle(ms(7), &new, &[]), Handled::TimeWaitReuse);
+    assert_eq!(c.handle(ms(7), &new, &[]), Handled::Dropped(DropReason::TimeWaitReuse));
     assert_eq!(c.state(), State::Closed);
 }
 
@@ -836,7 +836,7 @@ fn time_wait_syn_reuse_by_timestamp_rfc6191() {
     assert_eq!(c.handle(ms(6), &old, &[]), Handled::Dropped(DropReason::Syn));
     let mut new = old;
     new.options.timestamps = Some((601, 0));
-    assert_eq!(c.handle(ms(7), &new, &[]), Handled::TimeWaitReuse);
+    assert_eq!(c.handle(ms(7), &new, &[]), Handled::Dropped(DropReason::TimeWaitReuse));
 }
 
 #[test]
@@ -901,4 +901,86 @@ fn tail_loss_probe_recovers_a_lost_tail_before_the_rto() {
     c.handle(ms(600), &peer(0, 1 + 5 * mss), &[]);
     assert_eq!(c.info().send_queued, 0);
     assert_eq!(c.info().rto, Duration::from_millis(300), "no backoff: no RTO fired");
+}
+
+// ------------------------------------------------------------------ rules pinned one by one
+
+#[test]
+fn initial_window_is_ten_segments_rfc6928() {
+    let mut c = sack_sender();
+    c.send(&vec![1u8; 20 * 1460]);
+    let segs = out(&mut c, ms(0));
+    assert_eq!(segs.len(), 10);
+    assert!(segs.iter().all(|(_, p)| p.len() == 1460));
+}
+
+#[test]
+fn sender_sws_avoidance_waits_for_half_the_largest_window() {
+    // RFC 9293 3.8.6.2.1: with more queued than the window admits, a segment smaller than the
+    // MSS goes only once it is at least half the largest window the peer offered.
+    let mut ack = peer(0, 0);
+    ack.window = 2000;
+    let mut c = accept_with(Config { nagle: false, ..config() }, facts(), &ack, &[]);
+    c.send(&vec![1u8; 5000]);
+    // 540 bytes of window are left after a full segment: below half of 2000, held.
+    let segs = out(&mut c, ms(0));
+    assert_eq!(segs.iter().map(|(_, p)| p.len()).collect::<Vec<_>>(), [1460]);
+    let acked = |n: u32| Header { window: 2000, ..peer(0, n) };
+    // 100 bytes acknowledged: 640 bytes of window, still held.
+    c.handle(ms(10), &acked(100), &[]);
+    assert_eq!(out(&mut c, ms(10)).len(), 0);
+    // 500 bytes acknowledged: 1040 bytes of window, at least half the largest: they go.
+    c.handle(ms(11), &acked(500), &[]);
+    let (_, p) = one(&mut c, ms(11));
+    assert_eq!(p.len(), 1040);
+}
+
+#[test]
+fn paws_ignores_a_ts_recent_idle_for_more_than_24_days() {
+    // RFC 7323 5.5: after 24 days idle TS.Recent is invalid, so an older TSval is taken.
+    let f = HandshakeFacts { flags: FACT_TS, ts_recent: 1000, ..facts() };
+    let mut ack = peer(0, 0);
+    ack.options.timestamps = Some((1000, 0));
+    let cfg = Config { keepalive: Keepalive { enabled: false, ..Keepalive::default() }, ..config() };
+    let mut c = accept_with(cfg, f, &ack, &[]);
+    let mut old = peer(0, 0);
+    old.options.timestamps = Some((999, 0));
+    let day = 86_400u64;
+    assert_eq!(c.handle(secs(24 * day), &old, b"a"), Handled::Dropped(DropReason::Paws));
+    assert_eq!(c.handle(secs(24 * day + 1), &old, b"a"), Handled::Processed);
+    assert_eq!(read_all(&mut c), b"a");
+}
+
+#[test]
+fn a_retransmission_timeout_forgets_the_sack_scoreboard() {
+    // RFC 2018 8: after a timeout the receiver may have reneged, so SACKed data is resent too.
+    let mut c = sack_sender();
+    let mss = 1460u32;
+    c.send(&vec![7u8; 4 * mss as usize]);
+    assert_eq!(out(&mut c, ms(0)).len(), 4);
+    // Segments 2 and 3 SACKed; 0 and 1 lost, and too few SACKs to declare them lost.
+    c.handle(ms(10), &sack_ack(0, &[(2, 3)]), &[]);
+    out(&mut c, ms(10));
+    let index = |segs: Vec<(Header, Vec<u8>)>| segs.iter().map(|(h, _)| (h.seq.0 - ISS - 1) / mss).collect::<Vec<_>>();
+    c.handle_timeout(secs(1));
+    assert_eq!(index(out(&mut c, secs(1))), [0], "go-back-N from SND.UNA with a one-segment window");
+    // Segment 0 acknowledged: cwnd 2 segments. Were segment 2 still counted as SACKed, the
+    // pipe would leave room for segment 3 too.
+    let t = secs(1) + Duration::from_millis(10);
+    c.handle(t, &peer(0, mss), &[]);
+    assert_eq!(index(out(&mut c, t)), [1, 2], "the once-SACKed segment 2 is in flight again");
+}
+
+#[test]
+fn a_lone_segment_probe_waits_for_the_delayed_ack_too() {
+    // RFC 8985 7.2: with one segment in flight, PTO = 2 * SRTT + WCDelAckT (200 ms).
+    let mut c = sack_sender();
+    c.send(b"x");
+    one(&mut c, ms(0));
+    c.handle(ms(50), &peer(0, 1), &[]);
+    c.send(b"y");
+    one(&mut c, ms(50));
+    // SRTT 50 ms, RTO 250 ms: 2 * 50 + 200 = 300 ms is not sooner, so the RTO is armed
+    // (without WCDelAckT the probe would fire at 150 ms).
+    assert_eq!(c.poll_timeout(), Some(ms(300)));
 }

@@ -1,0 +1,357 @@
+//! Segment arrival (RFC 9293 3.10.7.4): the steps in the RFC's order, one method each.
+
+use core::time::Duration;
+
+use super::{CloseReason, Connection, DropReason, EV_PEER_FIN, EV_READABLE, EV_WRITABLE, Handled, State};
+use crate::Instant;
+use crate::segment::Header;
+use crate::seq::SeqNum;
+use crate::timer::TimerKind;
+
+/// Whether segment processing goes on to the next RFC 9293 3.10.7.4 step.
+enum Step {
+    Continue,
+    Done(Handled),
+}
+
+/// One step of RFC 9293 3.10.7.4 segment processing.
+type StepFn = fn(&mut Connection, Instant, &Header, &[u8]) -> Step;
+
+impl Connection {
+    /// Process one segment for this connection (RFC 9293 3.10.7.4).
+    pub fn handle(&mut self, now: Instant, h: &Header, payload: &[u8]) -> Handled {
+        self.stats.segments_received += 1;
+        let steps: [StepFn; 8] = [
+            Self::step_closed,
+            Self::step_time_wait,
+            Self::step_paws,
+            Self::step_sequence,
+            Self::step_rst,
+            Self::step_syn,
+            Self::step_ack,
+            Self::step_text_and_fin,
+        ];
+        for step in steps {
+            if let Step::Done(d) = step(self, now, h, payload) {
+                self.update_persist(now);
+                return d;
+            }
+        }
+        self.update_persist(now);
+        Handled::Processed
+    }
+
+    fn step_closed(&mut self, _now: Instant, _h: &Header, _p: &[u8]) -> Step {
+        // RFC 9293 3.10.7.1: the endpoint answers for CLOSED (see `reset_for`).
+        if self.state == State::Closed { Step::Done(Handled::Dropped(DropReason::Closed)) } else { Step::Continue }
+    }
+
+    fn step_time_wait(&mut self, now: Instant, h: &Header, p: &[u8]) -> Step {
+        if self.state != State::TimeWait {
+            return Step::Continue;
+        }
+        if h.flags.rst() {
+            // RFC 9293 3.10.7.4 second (TIME-WAIT) with RFC 5961 3.2: only an exact RST closes.
+            if h.seq == self.rcv.nxt {
+                self.close_with(CloseReason::Normal);
+                return Step::Done(Handled::Processed);
+            }
+            return Step::Done(Handled::Dropped(DropReason::RstNotExact));
+        }
+        if h.flags.syn() && !h.flags.ack() {
+            // RFC 6191 / RFC 9293 3.10.7.4 note: a new SYN may reopen the tuple.
+            if self.opts.syn_is_newer(h, self.rcv.nxt) {
+                self.close_with(CloseReason::Normal);
+                return Step::Done(Handled::Dropped(DropReason::TimeWaitReuse));
+            }
+            self.challenge_ack(now);
+            return Step::Done(Handled::Dropped(DropReason::Syn));
+        }
+        if h.flags.fin() && h.seq + p.len() as u32 + 1 == self.rcv.nxt {
+            // RFC 9293 3.10.7.4 eighth, TIME-WAIT: a retransmitted FIN (our last ACK was lost)
+            // is ACKed again and the 2 MSL timeout restarted.
+            self.rcv.ack_now = true;
+            self.stats.time_wait_fin_reacks += 1;
+            self.timers.set(TimerKind::TimeWait, now + 2 * self.config.msl);
+            return Step::Done(Handled::Processed);
+        }
+        // RFC 9293 3.10.7.4 first: anything else unacceptable gets an ACK, rate-limited.
+        if h.seg_len(p.len()) > 0 {
+            self.challenge_ack(now);
+        }
+        Step::Done(Handled::Dropped(DropReason::Unacceptable))
+    }
+
+    fn step_paws(&mut self, now: Instant, h: &Header, _p: &[u8]) -> Step {
+        // RFC 7323 5.3: PAWS; RSTs are exempt (R1).
+        if self.opts.paws_rejects(now, h) {
+            self.challenge_ack(now);
+            return Step::Done(Handled::Dropped(DropReason::Paws));
+        }
+        Step::Continue
+    }
+
+    fn step_sequence(&mut self, now: Instant, h: &Header, p: &[u8]) -> Step {
+        let seg_len = h.seg_len(p.len());
+        let wnd = self.rcv.wnd();
+        let nxt = self.rcv.nxt;
+        // RFC 9293 3.10.7.4 first: the four acceptability cases.
+        let acceptable = match (seg_len, wnd) {
+            (0, 0) => h.seq == nxt,
+            (0, _) => h.seq.in_range(nxt, nxt + wnd),
+            (_, 0) => false,
+            (_, _) => h.seq.in_range(nxt, nxt + wnd) || (h.seq + (seg_len - 1)).in_range(nxt, nxt + wnd),
+        };
+        // A zero window still takes ACKs, URGs and RSTs (RFC 9293 3.10.7.4).
+        let zero_window_ack = wnd == 0 && h.seq == nxt;
+        if !acceptable && !zero_window_ack {
+            if !h.flags.rst() {
+                // RFC 9293 3.10.7.4 first: <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>, rate-limited.
+                self.challenge_ack(now);
+            }
+            return Step::Done(Handled::Dropped(DropReason::Unacceptable));
+        }
+        Step::Continue
+    }
+
+    fn step_rst(&mut self, now: Instant, h: &Header, _p: &[u8]) -> Step {
+        if !h.flags.rst() {
+            return Step::Continue;
+        }
+        // RFC 5961 3.2: only a RST exactly at RCV.NXT resets; in-window ones get a challenge ACK.
+        if h.seq != self.rcv.nxt {
+            self.challenge_ack(now);
+            return Step::Done(Handled::Dropped(DropReason::RstNotExact));
+        }
+        // RFC 9293 3.10.7.4 second: every synchronized state enters CLOSED.
+        self.close_with(CloseReason::Reset);
+        Step::Done(Handled::Processed)
+    }
+
+    fn step_syn(&mut self, now: Instant, h: &Header, _p: &[u8]) -> Step {
+        if !h.flags.syn() {
+            return Step::Continue;
+        }
+        // RFC 5961 4.2 (RFC 9293 3.10.7.4 fourth): any SYN here gets a challenge ACK.
+        self.challenge_ack(now);
+        Step::Done(Handled::Dropped(DropReason::Syn))
+    }
+
+    fn step_ack(&mut self, now: Instant, h: &Header, p: &[u8]) -> Step {
+        // RFC 9293 3.10.7.4 fifth: no ACK, drop.
+        if !h.flags.ack() {
+            return Step::Done(Handled::Dropped(DropReason::NoAck));
+        }
+        // RFC 5961 5.2: acceptable if SND.UNA - MAX.SND.WND <= SEG.ACK <= SND.NXT.
+        if h.ack.gt(self.snd.max) || h.ack.lt(self.snd.una - self.snd.max_wnd.max(1)) {
+            self.challenge_ack(now);
+            return Step::Done(Handled::Dropped(DropReason::BadAck));
+        }
+        // A valid segment: the peer is alive (RFC 1122 4.2.3.6).
+        self.probes.heard(now);
+        self.arm_keepalive();
+        self.opts.update_ts_recent(now, h, self.rcv.last_ack_sent);
+
+        let window = (h.window as u32) << self.opts.snd_wscale;
+        if h.ack.gt(self.snd.una) {
+            self.on_new_ack(now, h);
+        } else if h.ack == self.snd.una
+            && self.snd.una != self.snd.max
+            && p.is_empty()
+            && !h.flags.fin()
+            && window == self.snd.wnd
+        {
+            // RFC 5681 2: a duplicate ACK.
+            self.recovery.on_dupack(&self.snd, self.opts.mss());
+        }
+        if self.opts.sack_enabled {
+            self.recovery.on_sack(h.options.sack.as_slice(), &self.snd, self.opts.mss());
+        }
+        // RFC 9293 3.10.7.4 fifth: window update if SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and
+        // SND.WL2 =< SEG.ACK).
+        let snd = &mut self.snd;
+        if snd.wl1.lt(h.seq) || (snd.wl1 == h.seq && snd.wl2.le(h.ack)) {
+            snd.wnd = window;
+            snd.max_wnd = snd.max_wnd.max(window);
+            snd.wl1 = h.seq;
+            snd.wl2 = h.ack;
+        }
+
+        let fin_acked = self.snd.fin_acked();
+        match self.state {
+            // RFC 9293 3.10.7.4 fifth, FIN-WAIT-1: our FIN acknowledged, enter FIN-WAIT-2.
+            State::FinWait1 if fin_acked => {
+                self.state = State::FinWait2;
+                if self.signals.orphan {
+                    // Linux tcp_fin_timeout: an orphan waits a bounded time for the peer's FIN.
+                    self.timers.set(TimerKind::TimeWait, now + self.config.fin_wait2_timeout);
+                }
+            }
+            // RFC 9293 3.10.7.4 fifth, CLOSING: our FIN acknowledged, enter TIME-WAIT.
+            State::Closing if fin_acked => self.enter_time_wait(now),
+            // RFC 9293 3.10.7.4 fifth, LAST-ACK: our FIN acknowledged, delete the TCB.
+            State::LastAck if fin_acked => {
+                self.close_with(CloseReason::Normal);
+                return Step::Done(Handled::Processed);
+            }
+            _ => {}
+        }
+        Step::Continue
+    }
+
+    fn on_new_ack(&mut self, now: Instant, h: &Header) {
+        let acked = h.ack.since(self.snd.una);
+        let data_acked = (acked as usize).min(self.snd.buf.len());
+        self.snd.buf.ack(data_acked);
+        self.stats.bytes_acked += data_acked as u64;
+        self.snd.una = h.ack;
+        if self.snd.nxt.lt(self.snd.una) {
+            self.snd.nxt = self.snd.una;
+        }
+        self.recovery.on_una_advanced(self.snd.una);
+
+        // RFC 7323 4.2 RTTM from the echoed timestamp; otherwise Karn's timed segment (RFC 6298 3).
+        let sample = match (self.opts.ts_enabled, h.options.timestamps) {
+            (true, Some((_, tsecr))) if tsecr != 0 => {
+                let ms = self.opts.ts_now(now).wrapping_sub(tsecr);
+                ((ms as i32) >= 0).then(|| Duration::from_millis(ms as u64))
+            }
+            _ => self.recovery.karn_sample(now, self.snd.una),
+        };
+        if let Some(rtt) = sample {
+            self.recovery.rtt.sample(rtt, self.config.min_rto);
+        }
+
+        let (mss, sack) = (self.mss(), self.opts.sack_enabled);
+        self.recovery.on_new_ack(now, &self.snd, mss, sack, data_acked as u32);
+
+        // RFC 6298 5.2 / 5.3: stop the timer when all is acknowledged, else restart it.
+        if self.snd.una == self.snd.max {
+            self.timers.stop(TimerKind::Retransmit);
+            self.recovery.tlp_pending = false;
+        } else {
+            self.arm_retransmit(now);
+        }
+        if self.signals.want_writable && self.snd.buf.free() > 0 && self.state.app_can_send() {
+            self.signals.want_writable = false;
+            self.signals.events |= EV_WRITABLE;
+        }
+    }
+
+    fn step_text_and_fin(&mut self, now: Instant, h: &Header, p: &[u8]) -> Step {
+        let fin_seq = h.seq + p.len() as u32;
+        if self.state.receives_data() {
+            if self.signals.orphan && !p.is_empty() && fin_seq.gt(self.rcv.nxt) {
+                // RFC 1122 4.2.2.13 (RFC 2525 2.17, as Linux's TCPAbortOnData): new data after
+                // the application closed can never be read; reset so the peer learns it was lost.
+                self.reset_and_close(CloseReason::Aborted);
+                return Step::Done(Handled::Processed);
+            }
+            // RFC 9293 3.10.7.4 seventh: deliver in-window data; trim what lies before RCV.NXT.
+            self.receive_data(now, h.seq, p);
+            if h.flags.fin() && fin_seq.ge(self.rcv.nxt) && fin_seq.since(self.rcv.nxt) <= self.rcv.wnd() {
+                self.rcv.peer_fin = Some(fin_seq);
+            }
+            if self.rcv.peer_fin == Some(self.rcv.nxt) {
+                self.rcv.peer_fin = None;
+                self.on_fin(now);
+            }
+        } else if h.seg_len(p.len()) > 0 && h.seq.lt(self.rcv.nxt) {
+            // RFC 9293 3.10.7.4 seventh: CLOSE-WAIT, CLOSING, LAST-ACK: the FIN was received, so
+            // this is a retransmission; ACK it.
+            self.rcv.ack_now = true;
+        }
+        Step::Continue
+    }
+
+    fn receive_data(&mut self, now: Instant, seq: SeqNum, p: &[u8]) {
+        if p.is_empty() {
+            return;
+        }
+        let rcv = &mut self.rcv;
+        let (mut seq, mut data) = (seq, p);
+        if seq.lt(rcv.nxt) {
+            let skip = rcv.nxt.since(seq) as usize;
+            if skip >= data.len() {
+                // RFC 5681 4.2: a duplicate segment is ACKed at once.
+                rcv.ack_now = true;
+                return;
+            }
+            data = &data[skip..];
+            seq = rcv.nxt;
+        }
+        let offset = seq.since(rcv.nxt);
+        let room = rcv.wnd().saturating_sub(offset) as usize;
+        data = &data[..data.len().min(room)];
+        if data.is_empty() {
+            // Beyond a closed window (e.g. a zero-window probe with data): re-advertise at once.
+            rcv.ack_now = true;
+            return;
+        }
+        rcv.mss = rcv.mss.max(p.len().min(u16::MAX as usize) as u16);
+        let had_holes = rcv.buf.has_out_of_order();
+        match rcv.buf.write(offset, data) {
+            Some(0) => {
+                // RFC 5681 4.2 / RFC 9293 3.10.7.4: out-of-order data gets an immediate ACK.
+                rcv.last_ooo = Some(seq);
+                rcv.ack_now = true;
+            }
+            Some(advance) => {
+                rcv.nxt += advance;
+                self.stats.bytes_received += advance as u64;
+                self.signals.events |= EV_READABLE;
+                rcv.unacked_bytes += advance;
+                if had_holes || rcv.unacked_bytes >= 2 * rcv.mss as u32 {
+                    // RFC 5681 4.2: ACK at least every second full segment, and at once when
+                    // filling a hole.
+                    rcv.ack_now = true;
+                } else if !self.timers.is_set(TimerKind::DelayedAck) {
+                    // RFC 9293 3.8.6.3: delay the ACK.
+                    self.timers.set(TimerKind::DelayedAck, now + self.config.delayed_ack);
+                }
+            }
+            None => rcv.ack_now = true,
+        }
+        if !rcv.buf.has_out_of_order() {
+            rcv.last_ooo = None;
+        }
+    }
+
+    /// RFC 9293 3.10.7.4 eighth: the peer's FIN, in sequence.
+    fn on_fin(&mut self, now: Instant) {
+        self.rcv.nxt += 1;
+        self.signals.events |= EV_PEER_FIN;
+        match self.state {
+            // RFC 9293 3.10.7.4 eighth, ESTABLISHED: enter CLOSE-WAIT. The ACK is delayed so a
+            // prompt close can fold it into our FIN (as Linux).
+            State::Established => {
+                self.state = State::CloseWait;
+                if !self.timers.is_set(TimerKind::DelayedAck) {
+                    self.timers.set(TimerKind::DelayedAck, now + self.config.delayed_ack);
+                }
+                return;
+            }
+            // RFC 9293 3.10.7.4 eighth, FIN-WAIT-1: FIN acked -> TIME-WAIT, else CLOSING
+            // (simultaneous close).
+            State::FinWait1 => {
+                if self.snd.fin_acked() {
+                    self.enter_time_wait(now);
+                } else {
+                    self.state = State::Closing;
+                }
+            }
+            // RFC 9293 3.10.7.4 eighth, FIN-WAIT-2: enter TIME-WAIT.
+            State::FinWait2 => self.enter_time_wait(now),
+            _ => {}
+        }
+        self.rcv.ack_now = true;
+    }
+
+    fn enter_time_wait(&mut self, now: Instant) {
+        self.state = State::TimeWait;
+        self.timers.stop_all();
+        // RFC 9293 3.10.8: TIME-WAIT lasts 2 MSL.
+        self.timers.set(TimerKind::TimeWait, now + 2 * self.config.msl);
+        self.snd.buf.clear();
+    }
+}
