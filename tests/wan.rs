@@ -120,6 +120,58 @@ fn calibration_kernel_to_kernel() {
     assert_eq!(bed.device_drops().unwrap(), 0, "a veth dropped frames the path did not");
 }
 
+/// CE marks and reordering reach the receiver as such, kernel against kernel: every frame the
+/// path marks arrives marked (the receiver's IpExtInCEPkts counts exactly the path's marks),
+/// the sender backs off without a loss, and held-back frames reach the receiver out of order.
+/// The kernel's own reactions are printed: the reference for synx's tests of the same paths.
+#[test]
+fn ecn_marks_and_reordering_reach_the_kernel_as_asked() {
+    require_root();
+    let base = PathSpec::wan(ms(40), 100_000_000);
+    // A queue of 4 BDPs that never fills, marking above a quarter of one BDP.
+    let ecn = PathSpec { queue_bytes: Some(2_000_000), ecn_threshold: Some(125_000), ..base.clone() };
+    let bed = PathBed::builder().up(ecn).kernel_server().start().unwrap();
+    bed.enable_gro().unwrap();
+    bed.client.exec("sysctl", &["-qw", "net.ipv4.tcp_ecn=1"]).unwrap();
+    let server = &bed.servers[0];
+    let (client_ns, server_ns) = (&bed.client, &server.ns);
+
+    let up0 = bed.stats(Dir::Up);
+    let ce0 = nstat(server_ns, "IpExtInCEPkts");
+    let sink = timed_sink(server_ns, server.addr(SINK));
+    probe::upload(client_ns, server.addr(SINK), 32 << 20, Some(Duration::from_secs(60))).unwrap();
+    sink.join().unwrap().unwrap();
+    let up = bed.stats(Dir::Up).since(&up0);
+    let ce_seen = nstat(server_ns, "IpExtInCEPkts") - ce0;
+    println!(
+        "ecn: {} frames marked CE by the path, {ce_seen} arrived marked; tail drops {}; sender: TCPDeliveredCE {}",
+        up.ce_marked,
+        up.tail_drops,
+        nstat(client_ns, "TcpExtTCPDeliveredCE")
+    );
+    assert!(up.ce_marked > 0, "the queue never passed the marking threshold");
+    assert_eq!(ce_seen, up.ce_marked, "CE marks lost or invented between the path and the receiver");
+    assert_eq!(up.tail_drops + up.lost, 0, "the sender did not back off on CE marks alone");
+
+    bed.set(Dir::Up, base.with_reorder(0.02, ms(2)));
+    let up0 = bed.stats(Dir::Up);
+    let ofo0 = nstat(server_ns, "TcpExtTCPOFOQueue");
+    let sink = timed_sink(server_ns, server.addr(SINK + 1));
+    probe::upload(client_ns, server.addr(SINK + 1), 32 << 20, Some(Duration::from_secs(60))).unwrap();
+    sink.join().unwrap().unwrap();
+    let up = bed.stats(Dir::Up).since(&up0);
+    let ofo = nstat(server_ns, "TcpExtTCPOFOQueue") - ofo0;
+    let kernel: Vec<String> = ["TcpRetransSegs", "TcpExtTCPSACKReorder", "TcpExtTCPDSACKRecv", "TcpExtTCPDSACKUndo", "TcpExtTCPFullUndo", "TcpExtTCPLossUndo"]
+        .iter()
+        .map(|n| format!("{n} {}", nstat(client_ns, n)))
+        .collect();
+    println!("reordering: {} of {} frames held back 2 ms; receiver queued {ofo} out of order; sender: {}", up.reordered, up.impairable, kernel.join(", "));
+    assert!(up.reordered > 0 && ofo > 0, "no frame arrived out of order");
+    assert_eq!(up.lost + up.tail_drops, 0);
+    assert_eq!(bed.stats(Dir::Up).faults() + bed.stats(Dir::Down).faults(), 0);
+    assert_eq!(bed.device_drops().unwrap(), 0);
+}
+
 /// How fast the emulator forwards with nothing to emulate, kernel to kernel: printed, not
 /// asserted (a figure of this machine, for the bench's stated configuration).
 #[test]

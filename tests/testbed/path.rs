@@ -80,6 +80,7 @@ pub struct PathBedBuilder {
     servers: Vec<bool>,
     seed: u64,
     realtime: bool,
+    congestion_control: String,
 }
 
 impl PathBedBuilder {
@@ -128,6 +129,14 @@ impl PathBedBuilder {
         self
     }
 
+    /// The congestion control of the kernel's TCP in the client and server namespaces
+    /// (default: cubic, Linux's own default; this machine's kernel is built with BBR as its
+    /// default, CONFIG_DEFAULT_TCP_CONG, and new namespaces inherit it).
+    pub fn congestion_control(mut self, name: &str) -> Self {
+        self.congestion_control = name.into();
+        self
+    }
+
     pub fn start(self) -> anyhow::Result<PathBed> {
         PathBed::start(self)
     }
@@ -162,7 +171,14 @@ static NEXT_BED: AtomicU64 = AtomicU64::new(0);
 
 impl PathBed {
     pub fn builder() -> PathBedBuilder {
-        PathBedBuilder { up: PathSpec::default(), down: PathSpec::default(), servers: Vec::new(), seed: 1, realtime: true }
+        PathBedBuilder {
+            up: PathSpec::default(),
+            down: PathSpec::default(),
+            servers: Vec::new(),
+            seed: 1,
+            realtime: true,
+            congestion_control: "cubic".into(),
+        }
     }
 
     fn start(b: PathBedBuilder) -> anyhow::Result<Self> {
@@ -201,6 +217,11 @@ impl PathBed {
             ns.ip(&["addr", "add", &format!("{v4}/29"), "dev", ifname])?;
             ns.ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"])?;
             ns.ip(&["link", "set", ifname, "up"])?;
+        }
+        allow_congestion_control(&b.congestion_control)?;
+        let cc = format!("net.ipv4.tcp_congestion_control={}", b.congestion_control);
+        for ns in std::iter::once(&client).chain(servers.iter().map(|s| &s.ns)) {
+            ns.exec("sysctl", &["-qw", &cc])?;
         }
         for ifname in std::iter::once(&middle_client_if).chain(servers.iter().map(|s| &s.middle_if)) {
             middle.ip(&["link", "set", ifname, "promisc", "on", "up"])?;
@@ -284,6 +305,19 @@ impl PathBed {
         }
         Ok(())
     }
+}
+
+/// A namespace other than the host's may only pick a congestion control the host lists in
+/// tcp_allowed_congestion_control (this machine's lists reno and bbr): add `name` there if it
+/// is missing. That permits it; no default changes.
+fn allow_congestion_control(name: &str) -> anyhow::Result<()> {
+    const ALLOWED: &str = "/proc/sys/net/ipv4/tcp_allowed_congestion_control";
+    let allowed = std::fs::read_to_string(ALLOWED).with_context(|| format!("reading {ALLOWED}"))?;
+    if !allowed.split_whitespace().any(|a| a == name) {
+        std::fs::write(ALLOWED, format!("{} {name}", allowed.trim()))
+            .with_context(|| format!("allowing {name} in {ALLOWED} (is it built or loadable?)"))?;
+    }
+    Ok(())
 }
 
 fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> {

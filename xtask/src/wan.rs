@@ -5,9 +5,10 @@
 //! behind it: synx (native XDP on its veth) and the kernel (`synx serve-kernel`: the same apps
 //! on kernel sockets, on a veth with no XDP anywhere, so its GSO/TSO and checksum offloads are
 //! those it has in real life; GRO on, as a NIC has it). Both sit behind the same bottleneck.
-//! Kernel defaults everywhere (CUBIC, RACK, SACK, no fq, tcp_syncookies=1, ECN only when asked),
-//! except that cached TCP metrics are flushed before every round so no round inherits the
-//! previous one's ssthresh.
+//! Linux's defaults everywhere (CUBIC, RACK, SACK, no fq, tcp_syncookies=1, ECN only when
+//! asked; CUBIC pinned by the test bed, since this machine's kernel is built with BBR as its
+//! default), except that cached TCP metrics are flushed before every round so no round
+//! inherits the previous one's ssthresh.
 //!
 //! Rounds alternate ABBA after a warm-up round per side; a round that fails (error, timeout,
 //! the emulator itself dropping a frame it was not asked to) is counted and shown, and fails
@@ -124,14 +125,18 @@ impl Rig {
             "net.ipv4.tcp_rmem",
             "net.ipv4.tcp_wmem",
             "net.ipv4.tcp_no_metrics_save",
-            "net.core.default_qdisc",
         ];
         let read = |ns: &testbed::Netns| {
             keys.iter()
                 .map(|k| (k.to_string(), json!(ns.exec("sysctl", &["-n", k]).map(|v| v.trim().to_string()).unwrap_or_else(|e| format!("{e:#}")))))
                 .collect::<serde_json::Map<_, _>>()
         };
-        json!({ "client": read(&self.bed.client), "kernel_server": read(&self.bed.servers[1].ns) })
+        let qdisc = |ns: &testbed::Netns, dev: &str| ns.exec("tc", &["qdisc", "show", "dev", dev]).map(|v| v.trim().to_string()).unwrap_or_else(|e| format!("{e:#}"));
+        json!({
+            "client": read(&self.bed.client),
+            "kernel_server": read(&self.bed.servers[1].ns),
+            "qdisc": { "client": qdisc(&self.bed.client, &self.bed.client_if), "kernel_server": qdisc(&self.bed.servers[1].ns, &self.bed.servers[1].iface) },
+        })
     }
 }
 
