@@ -3,13 +3,13 @@
 //! kernel.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    io::Read as _,
+    net::{SocketAddr, TcpListener},
     time::{Duration, Instant},
 };
 
 use testbed::{
-    Daemon, KernelServer, digest,
+    Daemon, KernelServer,
     path::{Dir, Loss, PathBed, PathSpec, probe},
     require_root,
 };
@@ -205,31 +205,16 @@ fn sixty_four_mib_each_way_through_bursty_loss_arrive_intact() {
     let bed = PathBed::builder().both(spec).xdp_server().seed(16).start().unwrap();
     let server = &bed.servers[0];
     let _daemon = Daemon::start(&server.ns, &server.iface, &["--listen", &format!("{}=echo", server.addr(ECHO))]).unwrap();
-    let addr = server.addr(ECHO);
-    let flows: Vec<_> = (0..8u64)
-        .map(|i| {
-            bed.client.spawn(move || -> anyhow::Result<()> {
-                let data = probe::pattern(8 << 20, i + 1);
-                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-                s.set_read_timeout(Some(Duration::from_secs(120)))?;
-                let mut w = s.try_clone()?;
-                let sent = data.clone();
-                let writer = std::thread::spawn(move || -> std::io::Result<()> {
-                    w.write_all(&sent)?;
-                    w.shutdown(Shutdown::Write)
-                });
-                let mut got = Vec::with_capacity(data.len());
-                s.read_to_end(&mut got)?;
-                writer.join().unwrap()?;
-                anyhow::ensure!(got.len() == data.len(), "flow {i}: {} of {} bytes back", got.len(), data.len());
-                anyhow::ensure!(digest(&got) == digest(&data), "flow {i}: the bytes differ");
-                Ok(())
-            })
-        })
-        .collect();
-    for f in flows {
-        f.join().unwrap().unwrap().unwrap();
-    }
+    let (client, addr) = (&bed.client, server.addr(ECHO));
+    std::thread::scope(|scope| {
+        let flows: Vec<_> = (0..8u64)
+            .map(|i| scope.spawn(move || probe::echo(client, addr, 8 << 20, i + 1, Some(Duration::from_secs(120)))))
+            .collect();
+        for (i, flow) in flows.into_iter().enumerate() {
+            // probe::echo checks the length and the hash of what came back.
+            flow.join().unwrap().unwrap_or_else(|e| panic!("flow {i}: {e:#}"));
+        }
+    });
     let (up, down) = (bed.stats(Dir::Up), bed.stats(Dir::Down));
     println!("lost up {} of {}, down {} of {}", up.lost, up.impairable, down.lost, down.impairable);
     assert!(up.lost > 0 && down.lost > 0, "the path lost nothing: the test tested nothing");

@@ -30,7 +30,7 @@ use std::{
     collections::BinaryHeap,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
-    process::{Child, Stdio},
+    process::Child,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -39,10 +39,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 pub use link::{Loss, Nanos, PathSpec, Reorder, bdp_bytes};
 
-use crate::{Netns, mac_of, sh, synx_bin, unique_tag};
+use crate::{Netns, mac_of, peer_pass, sh, unique_tag};
 
 /// A direction of the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,24 +333,6 @@ fn neighbour(ns: &Netns, ifname: &str, ip: std::net::IpAddr, mac: [u8; 6]) -> an
 
 fn ethtool_k(ns: &Netns, ifname: &str) -> String {
     ns.exec("ethtool", &["-k", ifname]).unwrap_or_else(|e| format!("ethtool -k failed: {e:#}"))
-}
-
-/// `synx peer-pass` on `ifname` in `ns` until killed.
-fn peer_pass(ns: &Netns, ifname: &str) -> anyhow::Result<Child> {
-    use std::io::BufRead as _;
-    let mut child = ns
-        .command(synx_bin().to_str().context("binary path")?)
-        .args(["peer-pass", "--iface", ifname])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting synx peer-pass")?;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    if !line.starts_with("attached") {
-        let _ = child.kill();
-        bail!("synx peer-pass did not attach on {ifname}: {:?}", child.wait()?);
-    }
-    Ok(child)
 }
 
 // ---- What the emulator counts ----

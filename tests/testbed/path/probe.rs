@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 
-use crate::{Netns, digest};
+use crate::{Netns, digest, pattern};
 
 /// Round trips of one byte through an echo server on one connection (TCP_NODELAY both ways:
 /// the kernel server sets it, as does this client), after a warm-up of `n / 10`.
@@ -119,19 +119,6 @@ pub fn echo(client: &Netns, addr: SocketAddr, bytes: usize, seed: u64, timeout: 
         ensure!(digest(&got) == want, "the echo's bytes differ from those sent");
         Ok(elapsed)
     })?
-}
-
-/// Bytes that differ per offset and per seed (a hash of a shifted copy would differ).
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// The `q` quantile (0..=1) of `v` (nearest rank).
