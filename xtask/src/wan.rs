@@ -609,7 +609,7 @@ fn calibrate(rig: &Rig, quick: bool) -> serde_json::Value {
         Err(e) => json!({ "failed": format!("{e:#}") }),
     });
     rig.bed.set_both(PathSpec::wan(RTT, 100 * MBIT).with_loss(Loss::Random(0.01)));
-    let (r, path) = round(rig, k, || probe::upload(&rig.bed.client, rig.addr(k, DISCARD), 4 << 20, None));
+    let (r, path) = round(rig, k, || probe::upload(&rig.bed.client, rig.addr(k, DISCARD), 16 << 20, None));
     let lost = |s: &Snapshot| s.lost as f64 / s.impairable.max(1) as f64 * 100.0;
     out.insert("loss".into(), match r {
         Ok(_) => json!({ "asked_pct": 1.0, "up_pct": lost(&path.up), "up_frames": path.up.impairable, "down_pct": lost(&path.down), "down_frames": path.down.impairable }),
