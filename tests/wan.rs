@@ -2,15 +2,11 @@
 //! the test bed's path emulator (`testbed::path`), which is first calibrated kernel against
 //! kernel.
 
-use std::{
-    io::Read as _,
-    net::{SocketAddr, TcpListener},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use testbed::{
-    Daemon, KernelServer,
-    path::{Dir, Loss, PathBed, PathSpec, probe},
+    Daemon,
+    path::{Dir, KernelApp, KernelApps, Loss, PathBed, PathSpec, probe},
     require_root,
 };
 
@@ -27,28 +23,6 @@ fn nstat(ns: &testbed::Netns, name: &str) -> u64 {
     out.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-/// A receiver in `ns` that reads one connection to its end and returns, per read, the time
-/// since accept and the bytes so far.
-fn timed_sink(ns: &testbed::Netns, addr: SocketAddr) -> std::thread::JoinHandle<anyhow::Result<Vec<(Duration, u64)>>> {
-    let listener = ns.run(move || TcpListener::bind(addr)).unwrap().unwrap();
-    ns.spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let start = Instant::now();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0u64;
-        let mut marks = Vec::new();
-        loop {
-            let n = s.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
-            marks.push((start.elapsed(), total));
-        }
-        marks
-    })
-}
-
 /// The emulator does what it is asked, measured from outside with the kernel's TCP at both
 /// ends: the round-trip time, the bottleneck's rate, the loss; and it keeps the kernel's
 /// offloads (super-frames arrive and are segmented) without dropping anything itself.
@@ -63,7 +37,7 @@ fn calibration_kernel_to_kernel() {
     let bed = PathBed::builder().both(PathSpec::wan(ms(40), 100_000_000)).kernel_server().start().unwrap();
     bed.enable_gro().unwrap();
     let server = &bed.servers[0];
-    let _echo = KernelServer::start(&server.ns, &[(server.addr(ECHO), "echo")]).unwrap();
+    let _echo = KernelApps::start(&server.ns, &[(server.addr(ECHO), KernelApp::Echo)]).unwrap();
 
     // Round-trip time: one byte back and forth on one connection.
     let rtts = probe::rtts(&bed.client, server.addr(ECHO), 200).unwrap();
@@ -75,13 +49,11 @@ fn calibration_kernel_to_kernel() {
     // Rate: 64 MiB upload; the receiver's goodput from 2 s in (past slow start) to the end.
     // 1514-byte frames carry 1448 bytes of payload (timestamps on): 95.64 Mbit/s at most.
     let up0 = bed.stats(Dir::Up);
-    let sink = timed_sink(&server.ns, server.addr(SINK));
+    let sink = probe::timed_sink(&server.ns, server.addr(SINK)).unwrap();
     probe::upload(&bed.client, server.addr(SINK), 64 << 20, Some(Duration::from_secs(60))).unwrap();
     let marks = sink.join().unwrap().unwrap();
     let up = bed.stats(Dir::Up).since(&up0);
-    let (t0, b0) = *marks.iter().find(|(t, _)| *t >= Duration::from_secs(2)).unwrap();
-    let (t1, b1) = *marks.last().unwrap();
-    let goodput = (b1 - b0) as f64 * 8.0 / (t1 - t0).as_secs_f64() / 1e6;
+    let goodput = probe::goodput_after(&marks, Duration::from_secs(2)).unwrap();
     let payload_rate = 100.0 * 1448.0 / 1514.0;
     println!(
         "rate asked 100 Mbit/s: goodput {goodput:.2} Mbit/s (payload limit {payload_rate:.2}); departures late p50 {:?} p99 {:?} max {:?}; {} super-frames cut into {} segments",
@@ -100,7 +72,7 @@ fn calibration_kernel_to_kernel() {
     bed.set_both(PathSpec::wan(ms(40), 100_000_000).with_loss(Loss::Random(0.01)));
     let (up0, down0) = (bed.stats(Dir::Up), bed.stats(Dir::Down));
     let retrans0 = nstat(&bed.client, "TcpRetransSegs");
-    let sink = timed_sink(&server.ns, server.addr(SINK + 1));
+    let sink = probe::timed_sink(&server.ns, server.addr(SINK + 1)).unwrap();
     probe::upload(&bed.client, server.addr(SINK + 1), 16 << 20, Some(Duration::from_secs(120))).unwrap();
     sink.join().unwrap().unwrap();
     let (up, down) = (bed.stats(Dir::Up).since(&up0), bed.stats(Dir::Down).since(&down0));
@@ -138,7 +110,7 @@ fn ecn_marks_and_reordering_reach_the_kernel_as_asked() {
 
     let up0 = bed.stats(Dir::Up);
     let ce0 = nstat(server_ns, "IpExtInCEPkts");
-    let sink = timed_sink(server_ns, server.addr(SINK));
+    let sink = probe::timed_sink(server_ns, server.addr(SINK)).unwrap();
     probe::upload(client_ns, server.addr(SINK), 32 << 20, Some(Duration::from_secs(60))).unwrap();
     sink.join().unwrap().unwrap();
     let up = bed.stats(Dir::Up).since(&up0);
@@ -156,7 +128,7 @@ fn ecn_marks_and_reordering_reach_the_kernel_as_asked() {
     bed.set(Dir::Up, base.with_reorder(0.02, ms(2)));
     let up0 = bed.stats(Dir::Up);
     let ofo0 = nstat(server_ns, "TcpExtTCPOFOQueue");
-    let sink = timed_sink(server_ns, server.addr(SINK + 1));
+    let sink = probe::timed_sink(server_ns, server.addr(SINK + 1)).unwrap();
     probe::upload(client_ns, server.addr(SINK + 1), 32 << 20, Some(Duration::from_secs(60))).unwrap();
     sink.join().unwrap().unwrap();
     let up = bed.stats(Dir::Up).since(&up0);
@@ -180,7 +152,7 @@ fn emulator_ceiling_is_printed() {
     let bed = PathBed::builder().kernel_server().start().unwrap();
     bed.enable_gro().unwrap();
     let server = &bed.servers[0];
-    let sink = timed_sink(&server.ns, server.addr(SINK));
+    let sink = probe::timed_sink(&server.ns, server.addr(SINK)).unwrap();
     probe::upload(&bed.client, server.addr(SINK), 512 << 20, Some(Duration::from_secs(60))).unwrap();
     let marks = sink.join().unwrap().unwrap();
     let (t1, b1) = *marks.last().unwrap();

@@ -20,7 +20,9 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
+mod nginx;
 pub mod path;
+pub use nginx::Nginx;
 
 const PREFIX: &str = "sx";
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
@@ -401,44 +403,6 @@ impl Drop for Daemon {
             let _ = self.terminate();
         }
         let _ = std::fs::remove_file(&self.control_socket);
-    }
-}
-
-/// `synx serve-kernel` in a namespace: the same apps as synx serves, on the kernel's own TCP.
-/// Killed on drop.
-pub struct KernelServer {
-    child: Child,
-}
-
-impl KernelServer {
-    /// Serve each `(address, app)`; returns once it listens.
-    pub fn start(ns: &Netns, listen: &[(SocketAddr, &str)]) -> anyhow::Result<Self> {
-        let mut cmd = ns.command(synx_bin().to_str().context("binary path")?);
-        cmd.arg("serve-kernel");
-        for (addr, app) in listen {
-            cmd.arg(format!("--listen={addr}={app}"));
-        }
-        let mut child = cmd.stdout(Stdio::piped()).spawn().context("starting synx serve-kernel")?;
-        let mut out = BufReader::new(child.stdout.take().context("stdout")?);
-        let mut line = String::new();
-        out.read_line(&mut line)?;
-        if !line.starts_with("listening on") {
-            let _ = child.kill();
-            bail!("synx serve-kernel did not start: {line:?} ({:?})", child.wait()?);
-        }
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        Ok(Self { child })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for KernelServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -23,6 +23,7 @@
 //! deadline, which [`DirStats`] records (`lateness`), with everything else the path did.
 
 pub mod frame;
+mod kernel_apps;
 pub mod link;
 pub mod probe;
 
@@ -40,6 +41,7 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
+pub use kernel_apps::{KernelApp, KernelApps};
 pub use link::{Loss, Nanos, PathSpec, Reorder, bdp_bytes};
 
 use crate::{Netns, mac_of, peer_pass, sh, unique_tag};

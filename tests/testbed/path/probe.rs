@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -119,6 +119,49 @@ pub fn echo(client: &Netns, addr: SocketAddr, bytes: usize, seed: u64, timeout: 
         ensure!(digest(&got) == want, "the echo's bytes differ from those sent");
         Ok(elapsed)
     })?
+}
+
+/// What a [`timed_sink`] saw: after each read, the time since accept and the bytes so far.
+pub type Marks = Vec<(Duration, u64)>;
+
+/// A receiver on `addr` in `ns` that accepts one connection (within 30 s), reads it to its end
+/// and closes: the receiving side of a transfer timed at the receiver.
+pub fn timed_sink(ns: &Netns, addr: SocketAddr) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<Marks>>> {
+    let listener = ns.run(move || TcpListener::bind(addr))??;
+    listener.set_nonblocking(true)?;
+    Ok(std::thread::spawn(move || -> anyhow::Result<Marks> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e).context("no connection to the timed sink"),
+            }
+        };
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let start = Instant::now();
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut total, mut marks) = (0u64, Vec::new());
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(marks);
+            }
+            total += n as u64;
+            marks.push((start.elapsed(), total));
+        }
+    }))
+}
+
+/// Goodput in Mbit/s at the receiver from `from` after accept to the last byte (past slow
+/// start, for a rate measurement); None when the transfer ended before `from`.
+pub fn goodput_after(marks: &Marks, from: Duration) -> Option<f64> {
+    let &(t0, b0) = marks.iter().find(|(t, _)| *t >= from)?;
+    let &(t1, b1) = marks.last()?;
+    (t1 > t0).then(|| (b1 - b0) as f64 * 8.0 / (t1 - t0).as_secs_f64() / 1e6)
 }
 
 /// The `q` quantile (0..=1) of `v` (nearest rank).
