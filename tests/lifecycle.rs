@@ -390,3 +390,80 @@ fn reload_adds_and_removes_listeners_in_place_and_names_what_needs_a_restart() {
     drop(old);
     assert!(daemon.stop().unwrap().success());
 }
+
+/// A private bpffs instance mounted for one test, unmounted on drop.
+struct Bpffs(std::path::PathBuf);
+
+impl Bpffs {
+    fn mount() -> Self {
+        let dir = std::env::temp_dir().join(format!("synx-bpffs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        testbed::sh("mount", &["-t", "bpf", "bpf", dir.to_str().unwrap()]).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = testbed::sh("umount", &[self.0.to_str().unwrap()]);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Issue 17 item 1, the BPF side: a successor loads its program on the running one's maps
+/// (flows, listeners, counters, cookie secrets kept) and replaces the program inside the same
+/// bpf_link, so the interface is never without a program; with maps of another layout it
+/// stops with an error naming the map and nothing changes.
+#[test]
+fn a_successor_takes_over_the_maps_and_replaces_the_program_inside_the_link() {
+    use synx::bpf::{AttachMode, XdpProgram, XdpSettings};
+    require_root();
+    let net = VethPair::new().unwrap();
+    let bpffs = Bpffs::mount();
+    let (ns, iface) = (net.server.name().to_string(), net.server_if.clone());
+    let (local, remote): (SocketAddr, SocketAddr) = ("198.18.0.1:80".parse().unwrap(), "198.18.0.2:4000".parse().unwrap());
+    let dir = bpffs.0.join("handover");
+    // The id of the XDP program attached to `iface` in `ns` (from `ip -d link`).
+    let prog_id = |ns: &str, iface: &str| {
+        let out = testbed::sh("ip", &["-n", ns, "-d", "link", "show", "dev", iface]).unwrap();
+        let mut words = out.split_whitespace().skip_while(|w| !w.starts_with("prog/xdp"));
+        words.find(|w| *w == "id").and_then(|_| words.next()).and_then(|id| id.parse::<u32>().ok())
+    };
+    let d = dir.clone();
+    net.server
+        .run(move || {
+            let mut old = XdpProgram::attach(&iface, AttachMode::Native, 1024, 1460).unwrap();
+            old.add_listener(local, 0).unwrap();
+            old.flow_table().insert(local, remote, 7).unwrap();
+            let old_id = prog_id(&ns, &iface).expect("attached");
+            old.pin_for_takeover(&d).unwrap();
+
+            // Another layout (maps sized for more connections): refused by name, nothing changed.
+            let err = XdpProgram::take_over(&d, &iface, 2048, XdpSettings::new(1460)).err().expect("refused");
+            let msg = err.to_string();
+            assert!(msg.contains("max_entries") && msg.contains("nothing changed"), "{msg}");
+            assert_eq!(prog_id(&ns, &iface), Some(old_id), "the running program stays");
+
+            let new = XdpProgram::take_over(&d, &iface, 1024, XdpSettings::new(1460)).unwrap();
+            let new_id = prog_id(&ns, &iface).expect("still attached");
+            assert_ne!(new_id, old_id, "the program inside the link is the successor's");
+            assert!(!d.exists(), "the pins are gone");
+            assert_eq!(new.secrets(), old.secrets(), "cookies minted before still validate");
+            // The running process's flow is in the successor's map (removing it twice fails).
+            new.flow_table().remove(local, remote).unwrap();
+            assert!(old.flow_table().remove(local, remote).is_err(), "one map, shared");
+            drop(old);
+            assert_eq!(prog_id(&ns, &iface), Some(new_id), "the old process's exit detaches nothing");
+            drop(new);
+            assert_eq!(prog_id(&ns, &iface), None, "the successor's exit detaches");
+
+            // A takeover that does not happen: the running process takes its attachment back.
+            let mut old = XdpProgram::attach(&iface, AttachMode::Native, 1024, 1460).unwrap();
+            old.pin_for_takeover(&d).unwrap();
+            old.reclaim(&d).unwrap();
+            assert!(!d.exists());
+            drop(old);
+            assert_eq!(prog_id(&ns, &iface), None, "reclaimed: detached with its process");
+        })
+        .unwrap();
+}

@@ -18,7 +18,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, XskMap},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use engine_common::{
     cookie::{self, Key, Tuple},
@@ -99,6 +99,8 @@ pub enum BpfError {
     Random(std::io::Error),
     #[error("micro-benchmark: {0}")]
     Unexpected(String),
+    #[error("takeover: {0}")]
+    Takeover(String),
 }
 
 /// How to attach: native (driver) mode, or generic (skb) mode for devices without XDP support.
@@ -147,14 +149,22 @@ fn random_key() -> Result<Key, BpfError> {
     })
 }
 
-/// Load `object` with maps sized for `max_flows` connections and `settings` in its globals.
-fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings) -> Result<Ebpf, BpfError> {
+/// Load `object` with maps sized for `max_flows` connections and `settings` in its globals;
+/// with `pinned`, the maps pinned there by a running synx instead of new ones (see
+/// [`takeover`]).
+fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings, pinned: Option<&std::path::Path>) -> Result<Ebpf, BpfError> {
     if object.is_empty() {
         return Err(BpfError::NoObject);
     }
     raise_memlock_limit();
     let rst_bad_cookie = u8::from(settings.rst_bad_cookie);
-    EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    if let Some(dir) = pinned {
+        for name in takeover::KEPT_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    loader
         .map_max_entries(maps::FLOWS4, max_flows)
         .map_max_entries(maps::FLOWS6, max_flows)
         .map_max_entries(maps::LAST_SEEN, max_flows)
@@ -163,7 +173,12 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings) -> Result<
         .override_global(globals::RST_BAD_COOKIE, &rst_bad_cookie, true)
         .override_global(globals::RST_PER_SEC, &settings.rst_per_sec, true)
         .load(object)
-        .map_err(|e| BpfError::Load(Box::new(e)))
+        .map_err(|e| match (pinned, e) {
+            (Some(_), aya::EbpfError::MapError(e @ aya::maps::MapError::IncompatiblePinnedMap { .. })) => {
+                BpfError::Takeover(format!("{e}: the running synx's maps differ from this binary's; nothing changed"))
+            }
+            (_, e) => BpfError::Load(Box::new(e)),
+        })
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, BpfError> {
@@ -175,14 +190,18 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, BpfError> 
     Ok(prog)
 }
 
-fn attach_program(ebpf: &mut Ebpf, name: &str, iface: &str, mode: AttachMode) -> Result<(), BpfError> {
+fn attach_program(ebpf: &mut Ebpf, name: &str, iface: &str, mode: AttachMode) -> Result<XdpLinkId, BpfError> {
     let index = if_index(iface)?;
     let prog = program(ebpf, name)?;
     let xdp_mode = match mode {
         AttachMode::Native => XdpMode::Driver,
         AttachMode::Skb => XdpMode::Skb,
     };
-    if let Err(source) = prog.attach(index, xdp_mode) {
+    let source = match prog.attach(index, xdp_mode) {
+        Ok(link) => return Ok(link),
+        Err(source) => source,
+    };
+    {
         let errno = attach_errno(&source);
         if errno == Some(libc::EBUSY) || errno == Some(libc::EEXIST) {
             return Err(BpfError::Busy { iface: iface.into() });
@@ -197,9 +216,8 @@ fn attach_program(ebpf: &mut Ebpf, name: &str, iface: &str, mode: AttachMode) ->
             (_, Some(libc::EPERM)) => "run as root (CAP_NET_ADMIN and CAP_BPF)",
             _ => "check `dmesg` and that the kernel has XDP, or try --xdp-mode skb",
         };
-        return Err(BpfError::Attach { iface: iface.into(), hint, source });
+        Err(BpfError::Attach { iface: iface.into(), hint, source })
     }
-    Ok(())
 }
 
 fn attach_errno(e: &ProgramError) -> Option<i32> {
@@ -448,6 +466,8 @@ pub struct XdpProgram {
     flows: FlowTable,
     last_seen: LastSeen,
     rx_backlog: RxBacklog,
+    /// The attachment, while this process holds it (see [`takeover`]).
+    link: Option<XdpLinkId>,
 }
 
 impl XdpProgram {
@@ -473,7 +493,15 @@ impl XdpProgram {
 
     /// Load `object`, take the maps userspace shares and write fresh secrets.
     fn open(object: &[u8], settings: XdpSettings, max_flows: u32) -> Result<Self, BpfError> {
-        let mut ebpf = load_object(object, max_flows, &settings)?;
+        let mut engine = Self::open_with(load_object(object, max_flows, &settings, None)?, settings, max_flows)?;
+        let current = random_key()?;
+        engine.set_secrets([current, current])?;
+        Ok(engine)
+    }
+
+    /// Take the maps userspace shares from the loaded `ebpf`, with the secrets its
+    /// COOKIE_SECRETS holds (none yet in a new map: [`XdpProgram::open`] writes fresh ones).
+    fn open_with(mut ebpf: Ebpf, settings: XdpSettings, max_flows: u32) -> Result<Self, BpfError> {
         let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(BpfError::MissingMap(name));
         let flows = FlowMaps {
             v4: HashMap::try_from(take(&mut ebpf, maps::FLOWS4)?)?,
@@ -488,25 +516,27 @@ impl XdpProgram {
             Map::Array(data) => RxBacklog::map(data)?,
             _ => return Err(BpfError::MissingMap(maps::RX_BACKLOG)),
         };
-        let current = random_key()?;
-        let mut engine = Self {
+        let secrets: Array<_, CookieSecrets> = Array::try_from(
+            ebpf.map(maps::COOKIE_SECRETS).ok_or(BpfError::MissingMap(maps::COOKIE_SECRETS))?,
+        )?;
+        let keys = secrets.get(&0, 0)?.keys;
+        Ok(Self {
             ebpf,
             iface: String::new(),
             settings,
-            secrets: Arc::new(RwLock::new([current, current])),
+            secrets: Arc::new(RwLock::new(keys)),
             flows: FlowTable { flows: Arc::new(Mutex::new(flows)), xsks: Arc::new(Mutex::new(xsks)) },
             last_seen,
             rx_backlog,
-        };
-        engine.set_secrets([current, current])?;
-        Ok(engine)
+            link: None,
+        })
     }
 
     /// Load, configure and attach to `iface`.
     pub fn attach(iface: &str, mode: AttachMode, max_flows: u32, mss: u16) -> Result<Self, BpfError> {
         if_index(iface)?;
         let mut engine = Self::load(max_flows, mss)?;
-        attach_program(&mut engine.ebpf, PROGRAM, iface, mode)?;
+        engine.link = Some(attach_program(&mut engine.ebpf, PROGRAM, iface, mode)?);
         engine.iface = iface.into();
         Ok(engine)
     }
@@ -777,7 +807,7 @@ pub struct PeerPass {
 impl PeerPass {
     pub fn attach(iface: &str, mode: AttachMode) -> Result<Self, BpfError> {
         // The settings matter to no program here; the object wants them all the same.
-        let mut ebpf = load_object(BENCH_OBJECT, 1, &XdpSettings::new(1460))?;
+        let mut ebpf = load_object(BENCH_OBJECT, 1, &XdpSettings::new(1460), None)?;
         program(&mut ebpf, PEER_PROGRAM)?.load().map_err(|e| BpfError::Load(Box::new(e)))?;
         attach_program(&mut ebpf, PEER_PROGRAM, iface, mode)?;
         Ok(Self { _ebpf: ebpf })
@@ -843,6 +873,8 @@ pub fn flood_template(
     let action = if drop { 1 } else { 3 };
     Ok((frame, FloodState { next: 0, action, src_base: src_base.into(), sources, frame: template }))
 }
+
+pub mod takeover;
 
 #[cfg(test)]
 mod tests {
