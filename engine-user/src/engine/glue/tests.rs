@@ -52,6 +52,20 @@ fn echo_turns() -> ListenerEntry {
     turns(|s| async move { apps::echo_turn(s).await.unwrap_or(None) })
 }
 
+/// An echo served by a task for the connection's life ([`Accept::Local`]).
+fn echo_task() -> LocalHandler {
+    Arc::new(|mut s: Stream| {
+        Box::pin(async move {
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = s.read(&mut buf).await {
+                if s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        })
+    })
+}
+
 /// A turn handler that counts its calls and reads nothing; `Some` hands the stream back.
 fn counted_turns(calls: &Arc<AtomicUsize>, hand_back: bool) -> ListenerEntry {
     let calls = calls.clone();
@@ -308,16 +322,7 @@ fn data_arriving_after_the_apps_close_resets() {
 fn serve_local_holds_a_task_for_the_connections_life() {
     run(async {
         let mut bed = Bed::new();
-        let handler: LocalHandler = Arc::new(|mut s: Stream| {
-            Box::pin(async move {
-                let mut buf = [0u8; 64];
-                while let Ok(n @ 1..) = s.read(&mut buf).await {
-                    if s.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            })
-        });
+        let handler = echo_task();
         let keepalive = Keepalive { idle: std::time::Duration::from_secs(30), ..Keepalive::default() };
         let listener = Arc::new(ListenerEntry { accept: Accept::Local(handler), keepalive });
         let mut c = bed.connect(&listener, 40007, b"hello");
@@ -449,16 +454,7 @@ fn stopping_lets_a_running_turn_finish_and_closes_when_it_would_wait() {
 fn stopping_leaves_a_task_served_connection_to_its_task() {
     run(async {
         let mut bed = Bed::new();
-        let handler: LocalHandler = Arc::new(|mut s: Stream| {
-            Box::pin(async move {
-                let mut buf = [0u8; 64];
-                while let Ok(n @ 1..) = s.read(&mut buf).await {
-                    if s.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            })
-        });
+        let handler = echo_task();
         let listener = Arc::new(ListenerEntry { accept: Accept::Local(handler), keepalive: Keepalive::default() });
         let mut c = bed.connect(&listener, 40014, &[]);
         bed.settle(&mut c).await;
