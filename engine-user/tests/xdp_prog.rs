@@ -812,3 +812,32 @@ fn userspace_answers_a_syn_as_the_xdp_program_does() {
         }
     }
 }
+
+#[test]
+fn a_removed_listeners_connections_still_reach_userspace_and_its_syns_the_kernel() {
+    use counters::{FLOW_SEGMENT, PASS_NOT_LISTENER, REDIRECT_FAILED, SYN_COOKIE_SENT};
+    let mut e = engine();
+    e.flow_table().insert(server(false), client(false, 40001), 17).unwrap();
+    // 198.18.0.1:80 removed; [fd00:5eed::1]:80 stays.
+    e.remove_listener(server(false), &[server(true)]).unwrap();
+    let data = |sport| frame(false, sport, 9, &[], |b| b.ack(1), b"data");
+    for (what, f, verdict, moved) in [
+        ("its connection's data", data(40001), XDP_DROP, vec![(FLOW_SEGMENT, 1), (REDIRECT_FAILED, 1)]),
+        ("a new SYN", frame(false, 40002, 9, &[], |b| b.syn(), &[]), XDP_PASS, vec![(PASS_NOT_LISTENER, 1)]),
+        // No flow and no listener: the kernel's, which answers as it does for a closed port.
+        ("data of no connection", data(40003), XDP_PASS, vec![(PASS_NOT_LISTENER, 1)]),
+        ("a SYN to the listener that stays", linux_syn(true), XDP_TX, vec![(SYN_COOKIE_SENT, 1)]),
+    ] {
+        let before = counters_of(&e);
+        let (got, _, _) = e.test_run(&f, 1).unwrap();
+        assert_eq!(got, verdict, "{what}: verdict");
+        let after = counters_of(&e);
+        let mut want = vec![0u64; counters::COUNT as usize];
+        want[counters::RX_PACKETS as usize] = 1;
+        for (c, n) in moved {
+            want[c as usize] += n;
+        }
+        let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        assert_eq!(got, want, "{what}: counters");
+    }
+}
