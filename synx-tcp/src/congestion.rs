@@ -65,8 +65,10 @@ impl Congestion {
     /// New data acknowledged outside recovery.
     pub fn on_ack(&mut self, now: Instant, acked: u32, mss: u32, srtt: Option<Duration>) {
         if self.in_slow_start() {
-            // RFC 5681 3.1 (with RFC 3465 L = 2): cwnd += min(N, 2*SMSS).
-            self.cwnd = self.cwnd.saturating_add(acked.min(2 * mss));
+            // RFC 5681 3.1 slow start, by all that was acknowledged as Linux's tcp_slow_start:
+            // RFC 3465's limit (L = 2 SMSS per ACK) would slow it to a crawl behind receivers
+            // whose offloads acknowledge many segments at once.
+            self.cwnd = self.cwnd.saturating_add(acked);
             return;
         }
         match self.algorithm {
@@ -115,21 +117,38 @@ impl Congestion {
         self.cwnd = next.clamp(self.cwnd, self.cwnd.saturating_add(acked.max(mss)));
     }
 
-    /// Fast recovery begins (RFC 5681 3.2 steps 2-3, RFC 6675 5 step 4.2): ssthresh reduced
-    /// and cwnd set to it.
-    pub fn enter_recovery(&mut self, flight: u32, mss: u32) {
+    /// A window reduction begins (fast recovery, RFC 5681 3.2 step 2 and RFC 6675 5 step 4.2;
+    /// or a congestion signal without loss, RFC 3168 6.1.2): ssthresh is lowered; cwnd then
+    /// follows Proportional Rate Reduction ([`Congestion::set_reduced_window`]) until
+    /// [`Congestion::end_reduction`].
+    pub fn begin_reduction(&mut self, flight: u32, mss: u32) {
         self.on_loss(flight, mss);
+    }
+
+    /// During a reduction, the window PRR computed for this ACK (RFC 6937 3).
+    pub fn set_reduced_window(&mut self, cwnd: u32) {
+        self.cwnd = cwnd;
+    }
+
+    /// The reduction is over (RFC 6937 3: cwnd = ssthresh when recovery ends).
+    pub fn end_reduction(&mut self) {
         self.cwnd = self.ssthresh;
     }
 
-    /// Fast recovery ends with a full ACK (RFC 6582 3.2 step 3): cwnd = min(ssthresh,
-    /// max(FlightSize, SMSS) + SMSS).
-    pub fn exit_recovery(&mut self, flight: u32, mss: u32) {
-        self.cwnd = self.ssthresh.min(flight.max(mss) + mss);
+    /// What [`Congestion::undo`] restores, taken when a reduction begins: the state before it,
+    /// with ssthresh as Linux's tcp_current_ssthresh (at least 3/4 of cwnd).
+    pub fn before_reduction(&self) -> Congestion {
+        Congestion { ssthresh: self.ssthresh.max(self.cwnd / 2 + self.cwnd / 4), ..*self }
     }
 
-    /// A loss detected by duplicate ACKs / SACK: the new ssthresh (RFC 5681 3.2 eq 4, RFC 9438
-    /// 4.6).
+    /// The reduction was spurious (RFC 5682, RFC 2883 and as Linux's tcp_undo_cwnd_reduction):
+    /// back to the state before it, keeping any growth since.
+    pub fn undo(&mut self, before: &Congestion) {
+        let (cwnd, ssthresh) = (self.cwnd.max(before.cwnd), self.ssthresh.max(before.ssthresh));
+        *self = Congestion { cwnd, ssthresh, ..*before };
+    }
+
+    /// A congestion signal: the new ssthresh (RFC 5681 3.2 eq 4, RFC 9438 4.6).
     fn on_loss(&mut self, flight: u32, mss: u32) {
         match self.algorithm {
             CongestionAlgorithm::NewReno => {
@@ -167,7 +186,11 @@ mod tests {
         let mut c = Congestion::new(CongestionAlgorithm::NewReno, 1000, 10);
         c.on_ack(Instant::ZERO, 1000, 1000, None);
         assert_eq!(c.cwnd, 11_000);
-        c.enter_recovery(20_000, 1000);
+        // A stretch ACK grows the window by all it acknowledges.
+        c.on_ack(Instant::ZERO, 5000, 1000, None);
+        assert_eq!(c.cwnd, 16_000);
+        c.begin_reduction(20_000, 1000);
+        c.end_reduction();
         assert_eq!((c.ssthresh, c.cwnd), (10_000, 10_000));
         for _ in 0..10 {
             c.on_ack(Instant::ZERO, 1000, 1000, None);
@@ -182,8 +205,14 @@ mod tests {
     #[test]
     fn cubic_reduces_by_beta_and_regrows_toward_wmax() {
         let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 100);
-        c.enter_recovery(100_000, 1000);
+        let before = c.before_reduction();
+        c.begin_reduction(100_000, 1000);
+        c.end_reduction();
         assert_eq!((c.ssthresh, c.cwnd), (70_000, 70_000));
+        // Undone: the window and ssthresh as before (ssthresh at least 3/4 of cwnd).
+        let mut undone = c;
+        undone.undo(&before);
+        assert_eq!((undone.ssthresh, undone.cwnd), (u32::MAX, 100_000));
         let mut now = Instant::ZERO;
         let rtt = Duration::from_millis(10);
         for _ in 0..2000 {

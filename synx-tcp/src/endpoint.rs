@@ -340,7 +340,7 @@ impl Endpoint {
         let reacks = conn.stats().time_wait_fin_reacks;
         let d = conn.handle(now, h, payload);
         let reacked = conn.stats().time_wait_fin_reacks - reacks;
-        self.time_wait_fin_reacked += reacked;
+        self.time_wait_fin_reacked += u64::from(reacked);
         self.mark(idx);
         match d {
             Handled::Processed => Disposition::Delivered(ConnectionHandle(idx)),

@@ -13,6 +13,7 @@ use super::*;
 mod endpoint;
 mod park;
 mod properties;
+mod recovery;
 mod scenarios;
 mod simulator;
 mod smoltcp_peer;
@@ -67,6 +68,24 @@ pub(crate) fn accept_with(config: Config, facts: HandshakeFacts, ack: &Header, p
 
 pub(crate) fn established() -> Connection {
     accept_with(config(), facts(), &peer(0, 0), &[])
+}
+
+/// An established connection that negotiated SACK, with Nagle off so segments leave as the
+/// tests write them.
+pub(crate) fn sack_sender() -> Connection {
+    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
+    accept_with(Config { nagle: false, ..config() }, f, &peer(0, 0), &[])
+}
+
+/// The peer's ACK of `acked` full segments with SACK blocks `[l, r)`, all counted in 1460-byte
+/// segments from our ISS + 1.
+pub(crate) fn sack_ack(acked: u32, blocks: &[(u32, u32)]) -> Header {
+    const MSS: u32 = 1460;
+    let mut h = peer(0, acked * MSS);
+    for &(l, r) in blocks {
+        h.options.sack.push(SeqNum(ISS + 1 + l * MSS), SeqNum(ISS + 1 + r * MSS));
+    }
+    h
 }
 
 /// Everything the connection sends at `now`, parsed.

@@ -2,6 +2,7 @@
 
 use core::time::Duration;
 
+use super::recovery::{AckIn, Armed};
 use super::{CloseReason, Connection, DropReason, EV_PEER_FIN, EV_READABLE, EV_WRITABLE, Handled, State};
 use crate::Instant;
 use crate::segment::Header;
@@ -143,7 +144,7 @@ impl Connection {
             return Step::Done(Handled::Dropped(DropReason::NoAck));
         }
         // RFC 5961 5.2: acceptable if SND.UNA - MAX.SND.WND <= SEG.ACK <= SND.NXT.
-        if h.ack.gt(self.snd.max) || h.ack.lt(self.snd.una - self.snd.max_wnd.max(1)) {
+        if h.ack.gt(self.snd.nxt) || h.ack.lt(self.snd.una - self.snd.max_wnd.max(1)) {
             self.challenge_ack(now);
             return Step::Done(Handled::Dropped(DropReason::BadAck));
         }
@@ -153,19 +154,44 @@ impl Connection {
         self.opts.update_ts_recent(now, h, self.rcv.last_ack_sent);
 
         let window = (h.window as u32) << self.opts.snd_wscale;
-        if h.ack.gt(self.snd.una) {
-            self.on_new_ack(now, h);
-        } else if h.ack == self.snd.una
-            && self.snd.una != self.snd.max
+        let prior_una = self.snd.una;
+        // RFC 5681 2: a duplicate ACK.
+        let dupack = h.ack == self.snd.una
+            && self.snd.una != self.snd.nxt
             && p.is_empty()
             && !h.flags.fin()
-            && window == self.snd.wnd
-        {
-            // RFC 5681 2: a duplicate ACK.
-            self.recovery.on_dupack(&self.snd, self.opts.mss());
+            && window == self.snd.wnd;
+        let mut ts_rtt = None;
+        if h.ack.gt(self.snd.una) {
+            self.on_new_ack(h);
+            // RFC 7323 4.2: RTTM from the echoed timestamp.
+            if let (true, Some((_, tsecr))) = (self.opts.ts_enabled, h.options.timestamps)
+                && tsecr != 0
+            {
+                let ms = self.opts.ts_now(now).wrapping_sub(tsecr);
+                ts_rtt = ((ms as i32) >= 0).then(|| Duration::from_millis(ms as u64));
+            }
         }
-        if self.opts.sack_enabled {
-            self.recovery.on_sack(h.options.sack.as_slice(), &self.snd, self.opts.mss());
+        if prior_una != self.snd.nxt {
+            let ack = AckIn {
+                prior_una,
+                mss: self.mss(),
+                sack_ok: self.opts.sack_enabled,
+                dupack,
+                sack: if self.opts.sack_enabled { h.options.sack.as_slice() } else { &[] },
+                ts_rtt,
+                tsecr: h.options.timestamps.filter(|_| self.opts.ts_enabled).map(|(_, ecr)| ecr),
+            };
+            let reorder = self.recovery.on_ack(now, &ack, &self.snd, &self.config, &mut self.stats);
+            // RFC 6298 5.2 / 5.3: stop the timer when all is acknowledged, else restart it.
+            if self.snd.una == self.snd.nxt {
+                self.timers.stop(TimerKind::Retransmit);
+                self.recovery.armed = Armed::Rto;
+            } else if let Some(wait) = reorder {
+                self.arm_reorder(now, wait);
+            } else if self.snd.una != prior_una || self.recovery.armed != Armed::Rto {
+                self.arm_retransmit(now);
+            }
         }
         // RFC 9293 3.10.7.4 fifth: window update if SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and
         // SND.WL2 =< SEG.ACK).
@@ -199,39 +225,17 @@ impl Connection {
         Step::Continue
     }
 
-    fn on_new_ack(&mut self, now: Instant, h: &Header) {
+    /// SEG.ACK acknowledges new data: SND.UNA moves, the acknowledged bytes leave the send
+    /// buffer.
+    fn on_new_ack(&mut self, h: &Header) {
         let acked = h.ack.since(self.snd.una);
         let data_acked = (acked as usize).min(self.snd.buf.len());
         self.snd.buf.ack(data_acked);
         self.stats.bytes_acked += data_acked as u64;
         self.snd.una = h.ack;
-        if self.snd.nxt.lt(self.snd.una) {
-            self.snd.nxt = self.snd.una;
-        }
-        self.recovery.on_una_advanced(self.snd.una);
-
-        // RFC 7323 4.2 RTTM from the echoed timestamp; otherwise Karn's timed segment (RFC 6298 3).
-        let sample = match (self.opts.ts_enabled, h.options.timestamps) {
-            (true, Some((_, tsecr))) if tsecr != 0 => {
-                let ms = self.opts.ts_now(now).wrapping_sub(tsecr);
-                ((ms as i32) >= 0).then(|| Duration::from_millis(ms as u64))
-            }
-            _ => self.recovery.karn_sample(now, self.snd.una),
-        };
-        if let Some(rtt) = sample {
-            self.recovery.rtt.sample(rtt, self.config.min_rto);
-        }
-
-        let (mss, sack) = (self.mss(), self.opts.sack_enabled);
-        self.recovery.on_new_ack(now, &self.snd, mss, sack, data_acked as u32);
-
-        // RFC 6298 5.2 / 5.3: stop the timer when all is acknowledged, else restart it.
-        if self.snd.una == self.snd.max {
-            self.timers.stop(TimerKind::Retransmit);
-            self.recovery.tlp_pending = false;
-        } else {
-            self.arm_retransmit(now);
-        }
+        self.recovery.consecutive_rtos = 0;
+        // RFC 6298 5.7 / Karn: new data acknowledged ends the backoff.
+        self.recovery.rtt.reset_backoff();
         if self.signals.want_writable && self.snd.buf.free() > 0 && self.state.app_can_send() {
             self.signals.want_writable = false;
             self.signals.events |= EV_WRITABLE;

@@ -41,7 +41,7 @@ mod stats;
 use negotiated::Negotiated;
 pub use park::Parked;
 use probes::{Probe, Probes};
-use recovery::Recovery;
+use recovery::{Armed, Recovery};
 use recv::RecvHalf;
 use send::SendHalf;
 pub use stats::Stats;
@@ -492,7 +492,7 @@ impl Connection {
         }
         // RFC 1122 4.2.3.6: only an idle connection is probed; data in flight has the
         // retransmission timer (Linux tcp_keepalive_timer reschedules likewise).
-        if self.snd.una != self.snd.max || !self.snd.buf.is_empty() {
+        if self.snd.una != self.snd.nxt || !self.snd.buf.is_empty() {
             self.timers.set(TimerKind::Keepalive, now + cfg.idle);
             return;
         }
@@ -535,16 +535,25 @@ impl Connection {
     }
 
     fn on_retransmit_timer(&mut self, now: Instant) {
-        if self.snd.una == self.snd.max || self.state == State::Closed || self.state == State::TimeWait {
+        if self.snd.una == self.snd.nxt || self.state == State::Closed || self.state == State::TimeWait {
             return;
         }
-        if self.recovery.tlp_pending {
-            // RFC 8985 7.3: the probe timeout fired before the RTO; send one probe and arm the
-            // RTO behind it.
-            self.recovery.tlp_pending = false;
-            self.recovery.tlp_probe = true;
-            self.timers.set(TimerKind::Retransmit, now + self.rto());
-            return;
+        match self.recovery.armed {
+            Armed::Probe => {
+                // RFC 8985 7.3: the probe timeout fired; send one probe and arm the RTO
+                // behind it.
+                self.recovery.on_probe_timeout();
+                self.arm_rto(now);
+                return;
+            }
+            Armed::Reorder => {
+                // RFC 8985 6.3: RACK's reordering window has passed for what was waiting.
+                let mss = self.mss();
+                self.recovery.on_reorder_timeout(now, &self.snd, mss, &mut self.stats);
+                self.arm_rto(now);
+                return;
+            }
+            Armed::Rto => {}
         }
         self.recovery.consecutive_rtos = self.recovery.consecutive_rtos.saturating_add(1);
         if self.recovery.consecutive_rtos > self.config.max_retries {
@@ -553,20 +562,59 @@ impl Connection {
             self.reset_and_close(CloseReason::TimedOut);
             return;
         }
-        // RFC 6298 5.4-5.6: resend from SND.UNA with a doubled RTO.
+        // RFC 6298 5.4-5.6: retransmit with a doubled RTO.
         let mss = self.mss();
-        self.recovery.on_rto(&self.snd, mss);
-        self.snd.nxt = self.snd.una;
+        self.recovery.on_rto(&self.snd, mss, &mut self.stats);
+        self.arm_rto(now);
+    }
+
+    fn arm_rto(&mut self, now: Instant) {
+        self.recovery.armed = Armed::Rto;
         self.timers.set(TimerKind::Retransmit, now + self.rto());
     }
 
-    /// Arm the retransmission timer: first as a tail-loss probe timeout where RFC 8985 7.2
-    /// applies ([`Recovery::probe_timeout`]), otherwise for the RTO (RFC 6298 5.1/5.3).
+    /// Arm the retransmission timer after an ACK: as a tail-loss probe timeout where RFC 8985
+    /// 7.2 applies ([`Recovery::probe_timeout`]), otherwise for the RTO (RFC 6298 5.3). An RTO
+    /// that replaces a probe or reordering timer counts from the oldest segment's send (as
+    /// Linux's tcp_rearm_rto), so such timers never postpone it.
     fn arm_retransmit(&mut self, now: Instant) {
         let rto = self.rto();
-        let pto = self.recovery.probe_timeout(&self.snd, self.mss(), self.opts.sack_enabled, rto);
-        self.recovery.tlp_pending = pto.is_some();
-        self.timers.set(TimerKind::Retransmit, now + pto.unwrap_or(rto));
+        match self.recovery.probe_timeout(&self.snd, self.mss(), self.opts.sack_enabled, rto) {
+            Some(pto) => {
+                self.recovery.armed = Armed::Probe;
+                self.timers.set(TimerKind::Retransmit, now + pto);
+            }
+            None if self.recovery.armed != Armed::Rto => {
+                let at = self.recovery.oldest_send().map_or(now + rto, |t| (t + rto).max(now));
+                self.recovery.armed = Armed::Rto;
+                self.timers.set(TimerKind::Retransmit, at);
+            }
+            None => self.arm_rto(now),
+        }
+    }
+
+    /// After data went out: start the timer if it is not running (RFC 6298 5.1); after new
+    /// data, move a probe timeout to 2 SRTT from now (RFC 8985 7.2, as Linux), never past the
+    /// RTO of the oldest segment in flight.
+    fn arm_after_send(&mut self, now: Instant, new_data: bool) {
+        if !self.timers.is_set(TimerKind::Retransmit) {
+            self.arm_retransmit(now);
+            return;
+        }
+        if new_data && self.recovery.armed != Armed::Reorder {
+            let rto = self.rto();
+            if let Some(pto) = self.recovery.probe_timeout(&self.snd, self.mss(), self.opts.sack_enabled, rto) {
+                let rto_at = self.recovery.oldest_send().map_or(now + rto, |t| (t + rto).max(now));
+                self.recovery.armed = Armed::Probe;
+                self.timers.set(TimerKind::Retransmit, (now + pto).min(rto_at));
+            }
+        }
+    }
+
+    /// RACK's reordering timer (RFC 8985 6.3), in the retransmission timer's place.
+    fn arm_reorder(&mut self, now: Instant, wait: Duration) {
+        self.recovery.armed = Armed::Reorder;
+        self.timers.set(TimerKind::Retransmit, now + wait);
     }
 
     fn on_persist_timer(&mut self, now: Instant) {
@@ -586,7 +634,7 @@ impl Connection {
 
     /// Start or stop the persist timer after window or queue changes.
     fn update_persist(&mut self, now: Instant) {
-        if self.snd.wnd == 0 && self.snd.unsent() > 0 && self.snd.una == self.snd.max {
+        if self.snd.wnd == 0 && self.snd.unsent() > 0 && self.snd.una == self.snd.nxt {
             if !self.timers.is_set(TimerKind::Persist) {
                 self.arm_persist(now);
             }
@@ -616,7 +664,6 @@ impl fmt::Debug for Connection {
             .field("remote", &self.remote)
             .field("snd_una", &self.snd.una)
             .field("snd_nxt", &self.snd.nxt)
-            .field("snd_max", &self.snd.max)
             .field("rcv_nxt", &self.rcv.nxt)
             .finish_non_exhaustive()
     }

@@ -4,13 +4,12 @@
 use crate::send_buf::SendBuffer;
 use crate::seq::SeqNum;
 
-/// Send sequence variables (RFC 9293 3.3.1) and the send buffer. SND.MAX is the highest
-/// sequence sent; SND.NXT drops back to SND.UNA after a retransmission timeout (go-back-N).
+/// Send sequence variables (RFC 9293 3.3.1) and the send buffer. Retransmissions go by the
+/// records of loss recovery, so SND.NXT is always the highest sequence sent.
 #[derive(Debug)]
 pub(super) struct SendHalf {
     pub una: SeqNum,
     pub nxt: SeqNum,
-    pub max: SeqNum,
     pub wl1: SeqNum,
     pub wl2: SeqNum,
     pub wnd: u32,
@@ -21,7 +20,7 @@ pub(super) struct SendHalf {
     pub buf: SendBuffer,
 }
 
-/// An idle send half: nothing in flight or queued (SND.UNA = SND.NXT = SND.MAX).
+/// An idle send half: nothing in flight or queued (SND.UNA = SND.NXT).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Folded {
     nxt: SeqNum,
@@ -39,7 +38,6 @@ impl SendHalf {
         Self {
             una: iss + 1,
             nxt: iss + 1,
-            max: iss + 1,
             // Ensures the ACK's window is taken (RFC 9293 3.10.7.3: SND.WL1 = SEG.SEQ - 1 style).
             wl1: ack_seq - 1,
             wl2: ack_ack,
@@ -61,9 +59,9 @@ impl SendHalf {
         self.una + self.wnd
     }
 
-    /// Bytes between SND.UNA and SND.MAX.
+    /// Sequence space between SND.UNA and SND.NXT.
     pub fn flight(&self) -> u32 {
-        self.max.since(self.una)
+        self.nxt.since(self.una)
     }
 
     /// Bytes queued but not yet sent (FIN not counted).
@@ -79,7 +77,7 @@ impl SendHalf {
 
     /// Nothing in flight, nothing queued.
     pub fn is_at_rest(&self) -> bool {
-        self.una == self.nxt && self.nxt == self.max && self.buf.is_empty()
+        self.una == self.nxt && self.buf.is_empty()
     }
 
     pub fn fold(&self) -> Folded {
@@ -98,7 +96,6 @@ impl SendHalf {
         Self {
             una: f.nxt,
             nxt: f.nxt,
-            max: f.nxt,
             wl1: f.wl1,
             wl2: f.wl2,
             wnd: f.wnd,

@@ -235,7 +235,7 @@ pub(crate) fn transfer(seed: u64, bytes: (usize, usize), link: Link, flags: u8, 
         assert_eq!(s.sink.len(), other.source.len(), "side {i} received all bytes");
         assert!(s.sink == other.source, "side {i} received the bytes in order, once");
     }
-    let retransmits = sides.iter().map(|s| s.conn.stats().retransmits).sum();
+    let retransmits = sides.iter().map(|s| u64::from(s.conn.stats().retransmits)).sum();
     Outcome { delivered_at: delivered_at.unwrap_or(now), retransmits, server: *sides[0].conn.stats() }
 }
 
@@ -310,18 +310,21 @@ pub(crate) fn wan(loss: u64, reorder: u64) -> Link {
 #[ignore]
 fn wan_figures() {
     let cases = [("clean", 0, 0), ("loss 0.1%", 1, 0), ("loss 1%", 10, 0), ("loss 3%", 30, 0), ("loss 5%", 50, 0), ("reorder 2%", 0, 20)];
-    println!("{:<12} {:>12} {:>10} {:>12} {:>10}", "path", "bulk s", "rexmits", "exchange s", "rexmits");
+    println!("{:<12} {:>12} {:>10} {:>9} {:>6} {:>12} {:>10}", "path", "bulk s", "rexmits", "timeouts", "undos", "exchange s", "rexmits");
     for (name, loss, reorder) in cases {
-        let (mut bulk, mut bulk_rx, mut both, mut both_rx) = (0.0, 0, 0.0, 0);
+        let (mut bulk, mut bulk_rx, mut both, mut both_rx, mut rtos, mut undos) = (0.0, 0, 0.0, 0, 0, 0);
         let seeds = 3;
         for seed in 0..seeds {
             let o = transfer(seed, (4 << 20, 0), wan(loss, reorder), ALL, Config::default());
             bulk += o.delivered_at.as_nanos() as f64 / 1e9 / seeds as f64;
             bulk_rx += o.retransmits / seeds;
+            rtos += o.server.timeouts;
+            undos += o.server.undos;
             let o = transfer(seed, (2 << 20, 2 << 20), wan(loss, reorder), ALL, Config::default());
             both += o.delivered_at.as_nanos() as f64 / 1e9 / seeds as f64;
             both_rx += o.retransmits / seeds;
         }
-        println!("{name:<12} {bulk:>12.3} {bulk_rx:>10} {both:>12.3} {both_rx:>10}");
+        println!("{name:<12} {bulk:>12.3} {bulk_rx:>10} {rtos:>9} {undos:>6} {both:>12.3} {both_rx:>10}");
     }
 }
+
