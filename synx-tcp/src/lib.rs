@@ -30,7 +30,7 @@ pub mod timer;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Config, Keepalive};
+pub use config::{BufferBudget, Config, Keepalive};
 pub use congestion::CongestionAlgorithm;
 pub use connection::{CloseReason, Connection, ConnectionInfo, Event, Handled, State, TimeoutKind};
 pub use endpoint::{ConnectionHandle, Disposition, Endpoint};

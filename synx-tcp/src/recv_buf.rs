@@ -50,6 +50,17 @@ impl RecvBuffer {
         self.buf.capacity()
     }
 
+    /// Capacity: the window when nothing is unread.
+    pub fn cap(&self) -> u32 {
+        self.cap
+    }
+
+    /// Let the buffer hold more (a window once offered is never taken back); the ring grows
+    /// as data needs it.
+    pub fn grow_to(&mut self, cap: u32) {
+        self.cap = self.cap.max(cap);
+    }
+
     /// Store `data` at `offset` bytes past RCV.NXT; the caller has trimmed it to the window.
     /// Returns how far RCV.NXT advances (0 for out-of-order data), or `None` if the data could
     /// not be stored (too many holes).

@@ -18,6 +18,7 @@ mod scenarios;
 mod simulator;
 mod smoltcp_peer;
 mod states;
+mod tuning;
 
 pub(crate) const ISS: u32 = 1_000;
 pub(crate) const IRS: u32 = 5_000;

@@ -183,6 +183,7 @@ impl Connection {
                 tsecr: h.options.timestamps.filter(|_| self.opts.ts_enabled).map(|(_, ecr)| ecr),
             };
             let reorder = self.recovery.on_ack(now, &ack, &self.snd, &self.config, &mut self.stats);
+            self.tune_send_buffer();
             // RFC 6298 5.2 / 5.3: stop the timer when all is acknowledged, else restart it.
             if self.snd.una == self.snd.nxt {
                 self.timers.stop(TimerKind::Retransmit);
@@ -252,7 +253,20 @@ impl Connection {
                 return Step::Done(Handled::Processed);
             }
             // RFC 9293 3.10.7.4 seventh: deliver in-window data; trim what lies before RCV.NXT.
+            if let (true, Some((_, tsecr)), false) = (self.opts.ts_enabled, h.options.timestamps, p.is_empty())
+                && tsecr != 0
+                && p.len() >= self.rcv.mss as usize
+            {
+                // The receiver's RTT (Linux's tcp_rcv_rtt_measure_ts), for right-sizing.
+                let ms = self.opts.ts_now(now).wrapping_sub(tsecr);
+                if (ms as i32) > 0 {
+                    self.rcv.on_rtt_sample(Duration::from_millis(ms as u64));
+                }
+            }
             self.receive_data(now, h.seq, p);
+            if !p.is_empty() {
+                self.tune_recv_buffer(now);
+            }
             if h.flags.fin() && fin_seq.ge(self.rcv.nxt) && fin_seq.since(self.rcv.nxt) <= self.rcv.wnd() {
                 self.rcv.peer_fin = Some(fin_seq);
             }

@@ -225,6 +225,21 @@ pub struct Connection {
     timers: TimerTable,
     signals: Signals,
     stats: Stats,
+    /// Buffer growth taken from `Config::buffer_budget`, given back when the TCB goes.
+    reserved: u64,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.reserved > 0 {
+            self.config.buffer_budget.release(self.reserved);
+        }
+    }
+}
+
+/// The buffers a connection starts with: (send, receive).
+fn initial_buffers(config: &Config, wscale: bool) -> (u32, u32) {
+    (config.send_buffer.max(1), config.recv_buffer.clamp(1, if wscale { 1 << 30 } else { 65535 }))
 }
 
 impl Connection {
@@ -247,10 +262,10 @@ impl Connection {
             return Err(AcceptError::AckMismatch);
         }
         let opts = Negotiated::new(now, facts, &config);
-        let snd = SendHalf::new(iss, ack.seq, ack.ack, config.send_buffer);
+        let (send_cap, recv_cap) = initial_buffers(&config, facts.has(FACT_WSCALE));
+        let snd = SendHalf::new(iss, ack.seq, ack.ack, send_cap);
         // What XDP's SYN-ACK offered (SYN windows are never scaled, RFC 7323 2.2).
         let offered = config.recv_buffer.min(65535);
-        let recv_cap = config.recv_buffer.clamp(1, if facts.has(FACT_WSCALE) { 1 << 30 } else { 65535 });
         let mut c = Connection {
             local,
             remote,
@@ -258,12 +273,13 @@ impl Connection {
             send_rst: false,
             recovery: Recovery::new(&config, snd.una, opts.mss()),
             snd,
-            rcv: RecvHalf::new(SeqNum(facts.irs), offered, recv_cap),
+            rcv: RecvHalf::new(now, SeqNum(facts.irs), offered, recv_cap, opts.mss()),
             opts,
             probes: Probes::new(now, config.keepalive),
             timers: TimerTable::default(),
             signals: Signals::default(),
             stats: Stats::default(),
+            reserved: 0,
             config,
         };
         c.arm_keepalive();
@@ -643,6 +659,32 @@ impl Connection {
             if self.snd.wnd > 0 {
                 self.probes.persist_backoff = 0;
             }
+        }
+    }
+
+    /// Dynamic right-sizing of the receive buffer (see `RecvHalf::space_adjust`), within
+    /// `Config::recv_buffer_max`, what the window scale can announce, and the budget.
+    fn tune_recv_buffer(&mut self, now: Instant) {
+        let Some(rtt) = self.rcv.rtt().or(self.recovery.rtt.srtt()) else { return };
+        let scale_limit = 65535u32 << self.opts.rcv_wscale;
+        let max = self.config.recv_buffer_max.min(scale_limit);
+        if let Some(want) = self.rcv.space_adjust(now, rtt, self.mss(), max) {
+            let cap = self.rcv.buf.cap();
+            let granted = self.config.buffer_budget.reserve((want - cap) as u64);
+            self.reserved += granted;
+            self.rcv.buf.grow_to(cap + granted as u32);
+        }
+    }
+
+    /// The send buffer follows the window: room for twice the congestion window (as Linux's
+    /// tcp_sndbuf_expand), within `Config::send_buffer_max` and the budget.
+    fn tune_send_buffer(&mut self) {
+        let want = self.recovery.cc.cwnd().saturating_mul(2).min(self.config.send_buffer_max);
+        let cap = self.snd.buf.cap();
+        if want > cap {
+            let granted = self.config.buffer_budget.reserve((want - cap) as u64);
+            self.reserved += granted;
+            self.snd.buf.grow_to(cap + granted as u32);
         }
     }
 

@@ -19,7 +19,7 @@ use super::probes::{self, Probes};
 use super::recovery::{self, Recovery};
 use super::recv::{self, RecvHalf};
 use super::send::{self, SendHalf};
-use super::{Connection, ConnectionInfo, Signals, State, stats};
+use super::{Connection, ConnectionInfo, Signals, State, initial_buffers, stats};
 use crate::timer::{TimerKind, TimerTable};
 use crate::{Config, Instant, Keepalive};
 
@@ -88,7 +88,7 @@ impl Connection {
         let flags = if self.state == State::TimeWait { TIME_WAIT } else { 0 } | if self.signals.orphan { ORPHAN } else { 0 };
         Some(Parked {
             snd: self.snd.fold(),
-            rcv: self.rcv.fold(),
+            rcv: self.rcv.fold(self.probes.last_activity)?,
             opts: self.opts,
             recovery: self.recovery.fold(),
             probes: self.probes.fold()?,
@@ -102,7 +102,13 @@ impl Connection {
     /// application call. `config` is the endpoint's; `keepalive` the connection's own settings.
     pub fn unpark(p: &Parked, config: Arc<Config>, local: SocketAddr, remote: SocketAddr, keepalive: Keepalive) -> Self {
         let time_wait = p.flags & TIME_WAIT != 0;
-        let snd = SendHalf::unfold(&p.snd, time_wait, config.send_buffer);
+        let snd = SendHalf::unfold(&p.snd, time_wait);
+        let probes = Probes::unfold(&p.probes, keepalive);
+        let rcv = RecvHalf::unfold(&p.rcv, probes.last_activity);
+        // The buffers' growth is taken from the budget again (a window once offered stays).
+        let (send_base, recv_base) = initial_buffers(&config, p.opts.rcv_wscale > 0 || p.opts.snd_wscale > 0);
+        let reserved = (snd.buf.cap().saturating_sub(send_base) + rcv.buf.cap().saturating_sub(recv_base)) as u64;
+        config.buffer_budget.force(reserved);
         let mut c = Connection {
             local,
             remote,
@@ -110,12 +116,13 @@ impl Connection {
             send_rst: false,
             recovery: Recovery::unfold(&p.recovery, snd.una),
             snd,
-            rcv: RecvHalf::unfold(&p.rcv),
+            rcv,
             opts: p.opts,
-            probes: Probes::unfold(&p.probes, keepalive),
+            probes,
             timers: TimerTable::default(),
             signals: Signals { orphan: p.flags & ORPHAN != 0, ..Signals::default() },
             stats: p.stats.unfold(),
+            reserved,
             config,
         };
         if let Some(at) = p.deadline() {

@@ -30,6 +30,8 @@ pub(super) struct Folded {
     max_wnd: u32,
     /// Our FIN's sequence number when it was sent (TIME_WAIT), else SND.NXT.
     fin_seq: SeqNum,
+    /// The send buffer's capacity (it grows with the window).
+    cap: u32,
 }
 
 impl SendHalf {
@@ -88,11 +90,12 @@ impl SendHalf {
             wnd: self.wnd,
             max_wnd: self.max_wnd,
             fin_seq: self.fin_seq.unwrap_or(self.nxt),
+            cap: self.buf.cap(),
         }
     }
 
     /// `fin_sent`: a folded connection in TIME_WAIT, whose FIN was queued and sent.
-    pub fn unfold(f: &Folded, fin_sent: bool, buffer: u32) -> Self {
+    pub fn unfold(f: &Folded, fin_sent: bool) -> Self {
         Self {
             una: f.nxt,
             nxt: f.nxt,
@@ -102,7 +105,7 @@ impl SendHalf {
             max_wnd: f.max_wnd,
             fin_seq: fin_sent.then_some(f.fin_seq),
             fin_queued: fin_sent,
-            buf: SendBuffer::new(buffer.max(1)),
+            buf: SendBuffer::new(f.cap),
         }
     }
 }
