@@ -127,6 +127,8 @@ pub(super) struct Recovery {
     cwnd_limited: bool,
     max_flight: u32,
     cwnd_usage_seq: SeqNum,
+    /// SND.NXT when the current round trip began (RFC 9406's windowEnd).
+    round_end: SeqNum,
 }
 
 /// Recovery at rest: the RTT estimate, the congestion state and what RACK learned of the path.
@@ -164,6 +166,7 @@ impl Recovery {
             cwnd_limited: false,
             max_flight: 0,
             cwnd_usage_seq: una,
+            round_end: una,
         }
     }
 
@@ -309,8 +312,15 @@ impl Recovery {
                 }
             });
         }
-        if let Some(t) = newest {
-            self.rack.on_rtt_sample(now.saturating_duration_since(t));
+        // This ACK's RTT from the newest segment it delivered (Linux's ca_rtt).
+        let ca_rtt = newest.map(|t| now.saturating_duration_since(t));
+        if let Some(rtt) = ca_rtt {
+            self.rack.on_rtt_sample(rtt);
+        }
+        // RFC 9406 4.3: a round ends when the ACK reaches what SND.NXT was at its start.
+        if una_advanced && s.una.ge(self.round_end) {
+            self.cc.start_round();
+            self.round_end = s.nxt;
         }
         if a.dupack && !sack {
             self.dupacks += 1;
@@ -386,7 +396,7 @@ impl Recovery {
         if self.reducing() {
             self.prr_ack(delivered, mss, sack, una_advanced && newly_lost == 0);
         } else if una_advanced && self.is_cwnd_limited() {
-            self.cc.on_ack(now, delivered, mss, self.rtt.srtt());
+            self.cc.on_ack(now, delivered, mss, self.rtt.srtt(), ca_rtt);
         }
         // DSACK undo (Linux's tcp_try_undo_dsack): every retransmission of the episode
         // proved unnecessary.
@@ -600,6 +610,7 @@ impl Recovery {
     /// the next episode).
     fn settle(&mut self, una: SeqNum) {
         self.rack.settle(una);
+        self.round_end = una;
         self.undo = None;
         self.tlp_high_seq = None;
         self.dupacks = 0;
@@ -618,6 +629,7 @@ impl Recovery {
             && self.dupacks == 0
             && self.sent.is_empty()
             && self.armed == Armed::Rto
+            && self.round_end == una
             && self.rack.is_at_rest(una)
     }
 
