@@ -428,8 +428,12 @@ impl Recovery {
         self.tlp_high_seq = None;
     }
 
-    /// RFC 6937 3: the window for this ACK while reducing.
+    /// RFC 6937 3 (as Linux's tcp_cwnd_reduction): the window for this ACK while reducing;
+    /// an ACK that delivered nothing leaves it.
     fn prr_ack(&mut self, delivered: u32, mss: u32, sack: bool, slow_start_bound: bool) {
+        if delivered == 0 {
+            return;
+        }
         let prr = &mut self.prr;
         prr.delivered += delivered;
         let pipe = self.pipe(mss, sack);
@@ -440,13 +444,10 @@ impl Recovery {
             let target = (prr.delivered as u64 * ssthresh as u64).div_ceil(prr.recover_fs as u64);
             (target.min(u32::MAX as u64) as u32).saturating_sub(prr.out)
         } else {
-            // Slow-start reduction bound when the ACK made progress and found no new loss
-            // (PRR-SSRB), else the conservative bound (PRR-CRB).
-            let limit = if slow_start_bound {
-                prr.delivered.saturating_sub(prr.out).max(delivered) + mss
-            } else {
-                prr.delivered.saturating_sub(prr.out)
-            };
+            // What was delivered may go (PRR-CRB, at least this ACK's delivery as Linux), one
+            // more segment when the ACK made progress and found no new loss (PRR-SSRB); never
+            // beyond ssthresh.
+            let limit = prr.delivered.saturating_sub(prr.out).max(delivered) + if slow_start_bound { mss } else { 0 };
             (ssthresh - pipe).min(limit)
         };
         // As Linux: the fast retransmit itself always goes.
@@ -547,7 +548,8 @@ impl Recovery {
         stats.rack_losses += marked;
         if marked > 0 && self.phase == Phase::Open {
             self.enter_recovery(s, mss, stats);
-            self.prr_ack(0, mss, true, false);
+            // As Linux's tcp_rack_reo_timeout: a segment's worth, for the retransmission.
+            self.prr_ack(mss, mss, true, false);
         }
         marked > 0
     }
