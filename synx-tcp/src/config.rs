@@ -71,6 +71,9 @@ pub struct Config {
     /// Nagle's algorithm (RFC 9293 3.7.4); off = TCP_NODELAY.
     pub nagle: bool,
     pub congestion: CongestionAlgorithm,
+    /// Pace data segments at twice (slow start) or 1.2 times (after) cwnd per SRTT, in bursts
+    /// of about a millisecond, as Linux paces internally without fq.
+    pub pacing: bool,
     /// Initial congestion window in segments (RFC 6928).
     pub initial_cwnd: u32,
     /// Challenge ACKs, and ACKs answering unacceptable segments, per second per connection
@@ -97,6 +100,7 @@ impl Default for Config {
             max_retries: 15,
             nagle: true,
             congestion: CongestionAlgorithm::Cubic,
+            pacing: true,
             initial_cwnd: 10,
             challenge_acks_per_sec: 10,
         }

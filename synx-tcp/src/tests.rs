@@ -11,6 +11,7 @@ use super::connection::{AcceptError, DropReason};
 use super::*;
 
 mod endpoint;
+mod pacing;
 mod park;
 mod properties;
 mod recovery;
@@ -71,11 +72,11 @@ pub(crate) fn established() -> Connection {
     accept_with(config(), facts(), &peer(0, 0), &[])
 }
 
-/// An established connection that negotiated SACK, with Nagle off so segments leave as the
-/// tests write them.
+/// An established connection that negotiated SACK, with Nagle and pacing off so segments leave
+/// as the tests write them.
 pub(crate) fn sack_sender() -> Connection {
     let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
-    accept_with(Config { nagle: false, ..config() }, f, &peer(0, 0), &[])
+    accept_with(Config { nagle: false, pacing: false, ..config() }, f, &peer(0, 0), &[])
 }
 
 /// The peer's ACK of `acked` full segments with SACK blocks `[l, r)`, all counted in 1460-byte

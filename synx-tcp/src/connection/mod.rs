@@ -546,6 +546,8 @@ impl Connection {
                 // RFC 9293 3.10.8: TIME-WAIT timeout deletes the TCB (and so does the
                 // FIN_WAIT_2 timeout of an orphan).
                 TimerKind::TimeWait => self.close_with(CloseReason::Normal),
+                // The pacer lets data go: `poll_transmit` sends it.
+                TimerKind::Pace => {}
             }
         }
     }

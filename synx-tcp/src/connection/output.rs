@@ -130,6 +130,9 @@ impl Connection {
             && (pipe < cwnd || seg.seq == self.snd.una)
             && (seg.seq.lt(self.snd.window_end()) || seg.seq == self.snd.una)
         {
+            if self.paced(now) {
+                return None;
+            }
             return self.resend(now, buf, seg.seq, seg.data_len(), seg.has(FIN));
         }
         let s = &self.snd;
@@ -155,7 +158,24 @@ impl Connection {
                 return None;
             }
         }
-        self.send_new(now, buf, s.nxt, len, fin_due)
+        if self.paced(now) {
+            return None;
+        }
+        self.send_new(now, buf, self.snd.nxt, len, fin_due)
+    }
+
+    /// Whether the pacer holds the next data segment back; if so, the pace timer is set for
+    /// when it lets it go.
+    fn paced(&mut self, now: Instant) -> bool {
+        if !self.config.pacing {
+            return false;
+        }
+        let Some(at) = self.recovery.pace_wait(now) else { return false };
+        if self.timers.get(TimerKind::Pace) != Some(at) {
+            self.timers.set(TimerKind::Pace, at);
+            self.stats.paced += 1;
+        }
+        true
     }
 
     /// Send new data at SND.NXT (and our FIN if `fin` and all fits).
@@ -219,6 +239,10 @@ impl Connection {
         self.stats.segments_sent += 1;
         self.on_ack_sent(&h);
         self.timers.stop(TimerKind::Persist);
+        if self.config.pacing {
+            let (mss, sack) = (self.mss(), self.opts.sack_enabled);
+            self.recovery.on_paced_send(now, (written + n as usize) as u32, mss, sack);
+        }
         Some((written + n as usize, n))
     }
 }

@@ -61,7 +61,7 @@ impl Connection {
         };
         state_at_rest
             && !self.send_rst
-            && [TimerKind::Retransmit, TimerKind::DelayedAck, TimerKind::Persist]
+            && [TimerKind::Retransmit, TimerKind::DelayedAck, TimerKind::Persist, TimerKind::Pace]
                 .iter()
                 .all(|&k| !self.timers.is_set(k))
     }

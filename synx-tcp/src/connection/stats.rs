@@ -30,6 +30,8 @@ pub struct Stats {
     pub spurious_rtos: u32,
     /// Losses a tail-loss probe repaired (RFC 8985 7.4.2), each reducing the window once.
     pub tlp_recoveries: u32,
+    /// Times data waited for the pacer.
+    pub paced: u32,
 }
 
 /// [`Stats`] at rest: every byte sent was acknowledged (so one total serves both), and the
@@ -42,6 +44,7 @@ pub(super) struct Folded {
     segments_received: u64,
     retransmits: u32,
     rack_losses: u32,
+    paced: u32,
     keepalive_probes: u16,
     zero_window_probes: u16,
     loss_probes: u16,
@@ -68,6 +71,7 @@ impl Stats {
             segments_received: self.segments_received,
             retransmits: self.retransmits,
             rack_losses: self.rack_losses,
+            paced: self.paced,
             keepalive_probes: n(self.keepalive_probes)?,
             zero_window_probes: n(self.zero_window_probes)?,
             loss_probes: n(self.loss_probes)?,
@@ -104,6 +108,7 @@ impl Folded {
             undos: self.undos.into(),
             spurious_rtos: self.spurious_rtos.into(),
             tlp_recoveries: self.tlp_recoveries.into(),
+            paced: self.paced,
         }
     }
 }

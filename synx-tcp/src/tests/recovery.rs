@@ -157,7 +157,7 @@ fn timestamps_undo_a_spurious_fast_retransmit_without_waiting_for_a_dsack() {
     let f = HandshakeFacts { flags: FACT_SACK | FACT_TS, ts_recent: 100, ts_offset: 1000, ..facts() };
     let mut ack = peer(0, 0);
     ack.options.timestamps = Some((100, 0));
-    let mut c = accept_with(Config { nagle: false, ..config() }, f, &ack, &[]);
+    let mut c = accept_with(Config { nagle: false, pacing: false, ..config() }, f, &ack, &[]);
     let ack = |acked: u32, sacked_to: u32, val: u32, ecr: u32| {
         let mut h = peer(0, acked * SEG);
         if sacked_to > 0 {

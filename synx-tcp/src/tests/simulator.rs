@@ -330,3 +330,4 @@ fn wan_figures() {
     }
 }
 
+

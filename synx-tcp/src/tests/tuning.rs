@@ -62,7 +62,7 @@ fn the_receive_window_grows_with_a_reader_that_keeps_up_and_not_without_one() {
 
 #[test]
 fn the_send_buffer_follows_the_congestion_window_within_the_maximum() {
-    let cfg = Config { send_buffer: 64 * 1024, send_buffer_max: 200_000, nagle: false, ..Config::default() };
+    let cfg = Config { send_buffer: 64 * 1024, send_buffer_max: 200_000, nagle: false, pacing: false, ..Config::default() };
     let mut c = accept_with(cfg, HandshakeFacts { flags: FACT_SACK, ..facts() }, &peer(0, 0), &[]);
     assert_eq!(c.writable(), 64 * 1024);
     // Slow start: every ACK grows the window by what it acknowledges.
@@ -82,7 +82,7 @@ fn the_send_buffer_follows_the_congestion_window_within_the_maximum() {
 #[test]
 fn growth_comes_from_a_shared_budget_and_goes_back_to_it() {
     let budget = BufferBudget::new(100_000);
-    let cfg = Config { send_buffer: 16 * 1024, buffer_budget: budget.clone(), nagle: false, ..Config::default() };
+    let cfg = Config { send_buffer: 16 * 1024, buffer_budget: budget.clone(), nagle: false, pacing: false, ..Config::default() };
     let grow = |c: &mut Connection, acks: u32| {
         let mut acked = 0;
         for round in 0..acks {

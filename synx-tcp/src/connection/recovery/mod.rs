@@ -129,6 +129,8 @@ pub(super) struct Recovery {
     cwnd_usage_seq: SeqNum,
     /// SND.NXT when the current round trip began (RFC 9406's windowEnd).
     round_end: SeqNum,
+    /// When the pacer lets the next segment go.
+    pace_next: Instant,
 }
 
 /// Recovery at rest: the RTT estimate, the congestion state and what RACK learned of the path.
@@ -167,6 +169,7 @@ impl Recovery {
             max_flight: 0,
             cwnd_usage_seq: una,
             round_end: una,
+            pace_next: Instant::ZERO,
         }
     }
 
@@ -225,6 +228,31 @@ impl Recovery {
         if self.reducing() {
             self.prr.out += len;
         }
+    }
+
+    /// The pacing rate in bytes per second (as Linux's tcp_update_pacing_rate): cwnd (or what
+    /// is in flight, if more) per SRTT, times 2 in slow start (below half of ssthresh) and 1.2
+    /// after. None before the first RTT sample.
+    fn pacing_rate(&self, mss: u32, sack: bool) -> Option<u64> {
+        let srtt = self.rtt.srtt()?.as_nanos().max(1);
+        let window = self.cc.cwnd().max(self.pipe(mss, sack)).max(mss) as u128;
+        let percent = if self.cc.cwnd() < self.cc.ssthresh() / 2 { 200 } else { 120 };
+        Some((window * percent * 1_000_000_000 / 100 / srtt).clamp(1, u64::MAX as u128) as u64)
+    }
+
+    /// Whether the pacer holds data back at `now`: when it lets the next segment go.
+    pub fn pace_wait(&self, now: Instant) -> Option<Instant> {
+        (self.pace_next > now).then_some(self.pace_next)
+    }
+
+    /// `len` bytes of data left at `now`: the next may leave `len / rate` later. A sender that
+    /// was held back less than it could have been catches up by one quantum at most: about a
+    /// millisecond of data (at least two segments), as Linux's TSO autosizing sends it.
+    pub fn on_paced_send(&mut self, now: Instant, len: u32, mss: u32, sack: bool) {
+        let Some(rate) = self.pacing_rate(mss, sack) else { return };
+        let quantum = Duration::from_millis(1).max(Duration::from_nanos(2 * mss as u64 * 1_000_000_000 / rate));
+        let start = self.pace_next.max(now - quantum);
+        self.pace_next = start + Duration::from_nanos(len as u64 * 1_000_000_000 / rate);
     }
 
     /// After a send, whether the window limited it (Linux's tcp_cwnd_validate, counted in
@@ -613,6 +641,8 @@ impl Recovery {
     fn settle(&mut self, una: SeqNum) {
         self.rack.settle(una);
         self.round_end = una;
+        // Nothing in flight: the next flight starts unpaced, as after an idle period.
+        self.pace_next = Instant::ZERO;
         self.undo = None;
         self.tlp_high_seq = None;
         self.dupacks = 0;
@@ -632,6 +662,7 @@ impl Recovery {
             && self.sent.is_empty()
             && self.armed == Armed::Rto
             && self.round_end == una
+            && self.pace_next == Instant::ZERO
             && self.rack.is_at_rest(una)
     }
 
