@@ -86,6 +86,8 @@ pub struct QueueStats {
     /// `dropped_by_tcp` split by reason, indexed like [`DROP_REASONS`].
     pub dropped_by_reason: [AtomicU64; DROP_REASONS.len()],
     pub wire: [AtomicU64; WireError::ALL.len()],
+    /// The TCP core's own counters (loss recovery, pacing, ECN), published each turn.
+    pub core: crate::core_stats::CoreCounters,
 }
 
 impl QueueStats {
@@ -119,6 +121,7 @@ impl QueueStats {
         for (i, e) in WireError::ALL.iter().enumerate() {
             v.push((e.counter_name(), g(&self.wire[i])));
         }
+        v.extend(self.core.snapshot());
         v
     }
 }
@@ -461,6 +464,7 @@ async fn serve_queue(
         let stats = &engine.ctx.stats;
         stats.time_wait_fin_reacked.store(engine.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
         stats.parked.store(engine.endpoint.parked() as u64, Ordering::Relaxed);
+        stats.core.publish(engine.endpoint.totals());
         stats.app_tasks.store(engine.local_tasks.get() as u64, Ordering::Relaxed);
         stats.app_waiting.store(engine.glue.waiting as u64, Ordering::Relaxed);
         if received > 0 {
@@ -497,13 +501,14 @@ impl QueueEngine {
                 return;
             }
         };
-        let (hdr, payload) = match tcp::segment::parse(rx.tcp) {
+        let (mut hdr, payload) = match tcp::segment::parse(rx.tcp) {
             Ok(p) => p,
             Err(_) => {
                 stats.tcp_parse_errors.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         };
+        hdr.ce = rx.ce;
         stats.rx_segments.fetch_add(1, Ordering::Relaxed);
         self.last_link = rx.link;
         match self.endpoint.handle(now, rx.local, rx.remote, &hdr, payload) {
@@ -658,6 +663,7 @@ impl QueueEngine {
                 timestamps: ts,
                 ..Options::default()
             },
+            ce: false,
         };
         if self.syn_acks.len() < 1024 {
             self.syn_acks.push((link, local, remote, header));
@@ -894,7 +900,7 @@ impl QueueEngine {
             let tcp_len = out.len;
             let sent = xsk.send(|buf| {
                 buf.get_mut(hlen..hlen + tcp_len)?.copy_from_slice(&scratch[..tcp_len]);
-                wire::finish(buf, &link, out.local, out.remote, tcp_len)
+                wire::finish_ecn(buf, &link, out.local, out.remote, tcp_len, out.ect)
             });
             if sent {
                 self.ctx.stats.tx_segments.fetch_add(1, Ordering::Relaxed);

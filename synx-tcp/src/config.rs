@@ -71,6 +71,11 @@ pub struct Config {
     /// Nagle's algorithm (RFC 9293 3.7.4); off = TCP_NODELAY.
     pub nagle: bool,
     pub congestion: CongestionAlgorithm,
+    /// ECN (RFC 3168) with clients that ask for it in their SYN: data goes out ECT(0), CE marks
+    /// are echoed, an echo reduces the window once per round trip. Off by default: the
+    /// SYN-ACK (XDP's) must carry ECE for the client to agree, and until it does a client takes
+    /// the connection for one without ECN.
+    pub ecn: bool,
     /// Pace data segments at twice (slow start) or 1.2 times (after) cwnd per SRTT, in bursts
     /// of about a millisecond, as Linux paces internally without fq.
     pub pacing: bool,
@@ -100,6 +105,7 @@ impl Default for Config {
             max_retries: 15,
             nagle: true,
             congestion: CongestionAlgorithm::Cubic,
+            ecn: false,
             pacing: true,
             initial_cwnd: 10,
             challenge_acks_per_sec: 10,

@@ -5,7 +5,7 @@ use core::time::Duration;
 use super::recovery::{AckIn, Armed};
 use super::{CloseReason, Connection, DropReason, EV_PEER_FIN, EV_READABLE, EV_WRITABLE, Handled, State};
 use crate::Instant;
-use crate::segment::Header;
+use crate::segment::{Flags, Header};
 use crate::seq::SeqNum;
 use crate::timer::TimerKind;
 
@@ -181,6 +181,7 @@ impl Connection {
                 sack: if self.opts.sack_enabled { h.options.sack.as_slice() } else { &[] },
                 ts_rtt,
                 tsecr: h.options.timestamps.filter(|_| self.opts.ts_enabled).map(|(_, ecr)| ecr),
+                ece: self.opts.ecn && h.flags.contains(Flags::ECE),
             };
             let reorder = self.recovery.on_ack(now, &ack, &self.snd, &self.config, &mut self.stats);
             self.tune_send_buffer();
@@ -244,6 +245,18 @@ impl Connection {
     }
 
     fn step_text_and_fin(&mut self, now: Instant, h: &Header, p: &[u8]) -> Step {
+        if self.opts.ecn {
+            // RFC 3168 6.1.3: CWR ends the echo; a CE mark starts it (on this very segment too)
+            // and is answered at once (as Linux's quick ACK on CE).
+            if h.flags.contains(Flags::CWR) {
+                self.rcv.ece = false;
+            }
+            if h.ce {
+                self.stats.ce_received += 1;
+                self.rcv.ece = true;
+                self.rcv.ack_now = true;
+            }
+        }
         let fin_seq = h.seq + p.len() as u32;
         if self.state.receives_data() {
             if self.signals.orphan && !p.is_empty() && fin_seq.gt(self.rcv.nxt) {

@@ -227,6 +227,9 @@ pub struct Connection {
     stats: Stats,
     /// Buffer growth taken from `Config::buffer_budget`, given back when the TCB goes.
     reserved: u64,
+    /// The segment `poll_transmit` wrote last is new data of an ECN connection: the wire
+    /// layer marks it ECT(0) (RFC 3168 6.1.2, 6.1.5).
+    ect: bool,
 }
 
 impl Drop for Connection {
@@ -280,6 +283,7 @@ impl Connection {
             signals: Signals::default(),
             stats: Stats::default(),
             reserved: 0,
+            ect: false,
             config,
         };
         c.arm_keepalive();
@@ -350,6 +354,12 @@ impl Connection {
     /// The peer's FIN has been received (its data may still be unread).
     pub fn peer_finished(&self) -> bool {
         self.state.fin_received()
+    }
+
+    /// Whether the segment `poll_transmit` wrote last goes out ECN-capable, ECT(0) (RFC 3168:
+    /// new data of an ECN connection; never retransmissions, probes, ACKs or RSTs).
+    pub fn ect(&self) -> bool {
+        self.ect
     }
 
     /// CLOSED with nothing left to send: the endpoint may free the slot.

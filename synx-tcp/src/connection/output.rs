@@ -13,6 +13,7 @@ impl Connection {
     /// Write the next segment to send (header, options, payload; checksum 0) into `buf`.
     /// `buf` should hold at least 60 + MSS bytes. Returns its length, or `None` if nothing is due.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        self.ect = false;
         if self.send_rst {
             self.send_rst = false;
             // RFC 9293 3.10.4 ABORT: <SEQ=SND.NXT><CTL=RST> (with ACK, as Linux).
@@ -77,6 +78,8 @@ impl Connection {
         let wnd = self.rcv.wnd();
         let window = (wnd >> self.opts.rcv_wscale).min(u16::MAX as u32) as u16;
         let mut options = Options::default();
+        // RFC 3168 6.1.3: ECE on every segment while the echo is owed.
+        let flags = if self.rcv.ece { flags | Flags::ECE } else { flags };
         if self.opts.ts_enabled {
             options.timestamps = Some((self.opts.ts_now(now), self.opts.ts_recent));
         }
@@ -93,6 +96,7 @@ impl Connection {
             window,
             urgent: 0,
             options,
+            ce: false,
         }
     }
 
@@ -178,9 +182,17 @@ impl Connection {
         true
     }
 
-    /// Send new data at SND.NXT (and our FIN if `fin` and all fits).
+    /// Send new data at SND.NXT (and our FIN if `fin` and all fits). With ECN it goes out
+    /// ECT(0), and carries CWR if the window was just reduced for an echo (RFC 3168 6.1.2).
     fn send_new(&mut self, now: Instant, buf: &mut [u8], seq: SeqNum, len: u32, fin: bool) -> Option<usize> {
         let (n, sent) = self.write_data(now, buf, seq, len, fin)?;
+        if self.opts.ecn && sent > 0 {
+            self.ect = true;
+            if self.recovery.take_cwr() {
+                // Flags are byte 13 of the TCP header.
+                buf[13] |= Flags::CWR.0;
+            }
+        }
         let fin_sent = fin && seq + sent == self.snd.data_end();
         if fin_sent {
             self.snd.fin_seq = Some(seq + sent);

@@ -27,6 +27,10 @@ use crate::{Config, Instant, Keepalive};
 const TIME_WAIT: u8 = 1;
 /// The application closed rather than shut down.
 const ORPHAN: u8 = 2;
+/// ECE still owed to the peer (RFC 3168 6.1.3).
+const ECE: u8 = 4;
+/// CWR still owed to the peer (RFC 3168 6.1.2).
+const CWR: u8 = 8;
 
 /// The state of an idle ESTABLISHED or TIME_WAIT connection (see the module docs). Its
 /// 4-tuple and keepalive settings are the caller's to keep.
@@ -85,7 +89,11 @@ impl Connection {
         if !self.is_quiescent() {
             return None;
         }
-        let flags = if self.state == State::TimeWait { TIME_WAIT } else { 0 } | if self.signals.orphan { ORPHAN } else { 0 };
+        let bit = |on: bool, b: u8| if on { b } else { 0 };
+        let flags = bit(self.state == State::TimeWait, TIME_WAIT)
+            | bit(self.signals.orphan, ORPHAN)
+            | bit(self.rcv.ece, ECE)
+            | bit(self.recovery.cwr_pending(), CWR);
         Some(Parked {
             snd: self.snd.fold(),
             rcv: self.rcv.fold(self.probes.last_activity)?,
@@ -104,7 +112,7 @@ impl Connection {
         let time_wait = p.flags & TIME_WAIT != 0;
         let snd = SendHalf::unfold(&p.snd, time_wait);
         let probes = Probes::unfold(&p.probes, keepalive);
-        let rcv = RecvHalf::unfold(&p.rcv, probes.last_activity);
+        let rcv = RecvHalf::unfold(&p.rcv, probes.last_activity, p.flags & ECE != 0);
         // The buffers' growth is taken from the budget again (a window once offered stays).
         let (send_base, recv_base) = initial_buffers(&config, p.opts.rcv_wscale > 0 || p.opts.snd_wscale > 0);
         let reserved = (snd.buf.cap().saturating_sub(send_base) + rcv.buf.cap().saturating_sub(recv_base)) as u64;
@@ -114,7 +122,7 @@ impl Connection {
             remote,
             state: p.state(),
             send_rst: false,
-            recovery: Recovery::unfold(&p.recovery, snd.una),
+            recovery: Recovery::unfold(&p.recovery, snd.una, p.flags & CWR != 0),
             snd,
             rcv,
             opts: p.opts,
@@ -123,6 +131,7 @@ impl Connection {
             signals: Signals { orphan: p.flags & ORPHAN != 0, ..Signals::default() },
             stats: p.stats.unfold(),
             reserved,
+            ect: false,
             config,
         };
         if let Some(at) = p.deadline() {

@@ -29,6 +29,9 @@ pub(super) struct RecvHalf {
     pub last_ooo: Option<SeqNum>,
     /// An ACK is owed now (not delayed).
     pub ack_now: bool,
+    /// RFC 3168 6.1.3: a CE mark arrived and the peer has not yet answered with CWR: our
+    /// segments carry ECE.
+    pub ece: bool,
     /// Dynamic right-sizing (Linux's tcp_rcv_space_adjust): bytes the application read in the
     /// last measured round trip, and where and when the current measure began.
     space: u32,
@@ -70,6 +73,7 @@ impl RecvHalf {
             mss: 536,
             last_ooo: None,
             ack_now: false,
+            ece: false,
             space: (INITIAL_SPACE_SEGMENTS * mss).min(buffer).max(1),
             space_seq: irs + 1,
             space_time: now,
@@ -189,7 +193,8 @@ impl RecvHalf {
         })
     }
 
-    pub fn unfold(f: &Folded, last_heard: Instant) -> Self {
+    /// `ece`: the folded connection still owes ECE.
+    pub fn unfold(f: &Folded, last_heard: Instant, ece: bool) -> Self {
         Self {
             nxt: f.nxt,
             adv: f.adv,
@@ -200,6 +205,7 @@ impl RecvHalf {
             mss: f.mss,
             last_ooo: None,
             ack_now: false,
+            ece,
             space: f.space,
             space_seq: f.nxt - f.space_copied,
             space_time: last_heard - Duration::from_nanos(f.space_age_ns as u64),

@@ -32,6 +32,25 @@ pub struct Stats {
     pub tlp_recoveries: u32,
     /// Times data waited for the pacer.
     pub paced: u32,
+    /// Segments that arrived CE-marked (RFC 3168).
+    pub ce_received: u32,
+    /// Window reductions for an ECN echo (RFC 3168 6.1.2).
+    pub ecn_reductions: u32,
+}
+
+impl Stats {
+    /// Add what changed from `before` to `after` (the same connection's counters at two
+    /// moments): totals over many connections.
+    pub fn add_change(&mut self, before: &Stats, after: &Stats) {
+        macro_rules! add {
+            ($($f:ident),*) => {$( self.$f = self.$f.wrapping_add(after.$f.wrapping_sub(before.$f)); )*};
+        }
+        add!(
+            bytes_sent, bytes_acked, bytes_received, segments_sent, segments_received, retransmits, keepalive_probes,
+            zero_window_probes, loss_probes, challenge_acks, time_wait_fin_reacks, timeouts, fast_recoveries,
+            rack_losses, dsacks_received, undos, spurious_rtos, tlp_recoveries, paced, ce_received, ecn_reductions
+        );
+    }
 }
 
 /// [`Stats`] at rest: every byte sent was acknowledged (so one total serves both), and the
@@ -45,6 +64,7 @@ pub(super) struct Folded {
     retransmits: u32,
     rack_losses: u32,
     paced: u32,
+    ce_received: u32,
     keepalive_probes: u16,
     zero_window_probes: u16,
     loss_probes: u16,
@@ -56,6 +76,7 @@ pub(super) struct Folded {
     undos: u16,
     spurious_rtos: u16,
     tlp_recoveries: u16,
+    ecn_reductions: u16,
 }
 
 impl Stats {
@@ -72,6 +93,7 @@ impl Stats {
             retransmits: self.retransmits,
             rack_losses: self.rack_losses,
             paced: self.paced,
+            ce_received: self.ce_received,
             keepalive_probes: n(self.keepalive_probes)?,
             zero_window_probes: n(self.zero_window_probes)?,
             loss_probes: n(self.loss_probes)?,
@@ -83,6 +105,7 @@ impl Stats {
             undos: n(self.undos)?,
             spurious_rtos: n(self.spurious_rtos)?,
             tlp_recoveries: n(self.tlp_recoveries)?,
+            ecn_reductions: n(self.ecn_reductions)?,
         })
     }
 }
@@ -109,6 +132,8 @@ impl Folded {
             spurious_rtos: self.spurious_rtos.into(),
             tlp_recoveries: self.tlp_recoveries.into(),
             paced: self.paced,
+            ce_received: self.ce_received,
+            ecn_reductions: self.ecn_reductions.into(),
         }
     }
 }

@@ -32,6 +32,9 @@ const DUPACK_THRESHOLD: u32 = 3;
 enum Phase {
     /// No loss being recovered.
     Open,
+    /// A window reduction without retransmissions, for an ECN echo (RFC 3168 6.1.2), until
+    /// SND.UNA passes the point (Linux's CWR state): PRR sizes the window meanwhile.
+    Cwr(SeqNum),
     /// Fast recovery until SND.UNA passes the point (RFC 6675 RecoveryPoint, RFC 6582 recover).
     Recovery(SeqNum),
     /// After a retransmission timeout, until SND.UNA passes what SND.NXT was then.
@@ -99,6 +102,8 @@ pub struct AckIn<'a> {
     pub ts_rtt: Option<Duration>,
     /// The echoed timestamp (TSecr), for RFC 3522.
     pub tsecr: Option<u32>,
+    /// ECE on an ECN connection (RFC 3168 6.1.2).
+    pub ece: bool,
 }
 
 #[derive(Debug)]
@@ -131,6 +136,8 @@ pub(super) struct Recovery {
     round_end: SeqNum,
     /// When the pacer lets the next segment go.
     pace_next: Instant,
+    /// RFC 3168 6.1.2: the window was reduced for ECE; CWR goes on the next new data.
+    cwr_pending: bool,
 }
 
 /// Recovery at rest: the RTT estimate, the congestion state and what RACK learned of the path.
@@ -170,6 +177,7 @@ impl Recovery {
             cwnd_usage_seq: una,
             round_end: una,
             pace_next: Instant::ZERO,
+            cwr_pending: false,
         }
     }
 
@@ -183,7 +191,7 @@ impl Recovery {
     }
 
     fn reducing(&self) -> bool {
-        matches!(self.phase, Phase::Recovery(_))
+        matches!(self.phase, Phase::Recovery(_) | Phase::Cwr(_))
     }
 
     /// Flight size estimate ("pipe", RFC 6675 SetPipe): sent, not SACKed, not lost. Without
@@ -369,8 +377,8 @@ impl Recovery {
         // Exits: SND.UNA passed the point.
         let mut recovery_ended = false;
         match self.phase {
-            Phase::Recovery(point) if s.una.ge(point) => {
-                recovery_ended = true;
+            Phase::Recovery(point) | Phase::Cwr(point) if s.una.ge(point) => {
+                recovery_ended = matches!(self.phase, Phase::Recovery(_));
                 // RFC 3522 (Linux's tcp_try_undo_recovery): the ACK echoes a timestamp older
                 // than our first retransmission, so the originals arrived.
                 if !self.try_undo(a.tsecr, false, stats) {
@@ -413,8 +421,12 @@ impl Recovery {
         {
             newly_lost = u32::from(self.sent.mark_first_lost() > 0);
         }
-        if newly_lost > 0 && self.phase == Phase::Open {
+        if newly_lost > 0 && matches!(self.phase, Phase::Open | Phase::Cwr(_)) {
             self.enter_recovery(s, mss, stats);
+        }
+        // An ECN echo reduces the window before this ACK could grow it (as Linux).
+        if a.ece {
+            self.on_ece(s, mss, stats);
         }
 
         // What the ACK says about a tail-loss probe, before the window grows (as Linux).
@@ -436,6 +448,31 @@ impl Recovery {
             self.settle(s.una);
         }
         reorder_timeout
+    }
+
+    /// RFC 3168 6.1.2 (as Linux's tcp_enter_cwr): an ACK echoed ECE; the window is reduced as
+    /// for a loss, at most once per round trip (not while a reduction or recovery runs), and
+    /// the next new data segment carries CWR. Returns whether it was reduced.
+    fn on_ece(&mut self, s: &SendHalf, mss: u32, stats: &mut Stats) -> bool {
+        if self.phase != Phase::Open {
+            return false;
+        }
+        self.begin_reduction(s, mss);
+        if s.una == s.nxt {
+            // Nothing in flight to pace the reduction over: done at once.
+            self.cc.end_reduction();
+            self.undo = None;
+        } else {
+            self.phase = Phase::Cwr(s.nxt);
+        }
+        self.cwr_pending = true;
+        stats.ecn_reductions += 1;
+        true
+    }
+
+    /// Whether the next new data segment carries CWR (RFC 3168 6.1.2); taken once sent.
+    pub fn take_cwr(&mut self) -> bool {
+        core::mem::take(&mut self.cwr_pending)
     }
 
     /// RFC 6675 5 step 4 / RFC 6582 3.2 step 2 / RFC 8985: a loss starts fast recovery, with
@@ -574,7 +611,7 @@ impl Recovery {
         let reo_wnd = self.rack.reo_wnd(self.recovering(), self.sent.sacked_bytes(), mss, self.rtt.srtt());
         let (marked, _) = self.rack.detect_loss(&mut self.sent, now, reo_wnd);
         stats.rack_losses += marked;
-        if marked > 0 && self.phase == Phase::Open {
+        if marked > 0 && matches!(self.phase, Phase::Open | Phase::Cwr(_)) {
             self.enter_recovery(s, mss, stats);
             // As Linux's tcp_rack_reo_timeout: a segment's worth, for the retransmission.
             self.prr_ack(mss, mss, true, false);
@@ -666,12 +703,17 @@ impl Recovery {
             && self.rack.is_at_rest(una)
     }
 
+    /// Whether CWR is still owed (folded as a flag).
+    pub fn cwr_pending(&self) -> bool {
+        self.cwr_pending
+    }
+
     pub fn fold(&self) -> Folded {
         Folded { rtt: self.rtt, cc: self.cc, rack: self.rack.fold() }
     }
 
-    pub fn unfold(f: &Folded, una: SeqNum) -> Self {
-        Self::with(f.rtt, f.cc, Rack::unfold(&f.rack, una), una)
+    pub fn unfold(f: &Folded, una: SeqNum, cwr_pending: bool) -> Self {
+        Self { cwr_pending, ..Self::with(f.rtt, f.cc, Rack::unfold(&f.rack, una), una) }
     }
 }
 
