@@ -32,33 +32,6 @@ const CSS_ROUNDS: u8 = 5;
 /// An RTT not (yet) known.
 const NO_RTT: u32 = u32::MAX;
 
-/// RFC 9406 HyStart++ state, used in the initial slow start only (4.3: while ssthresh is at
-/// its initial value). Rounds are the caller's: it calls [`Congestion::start_round`] when an
-/// ACK reaches what SND.NXT was when the previous round began.
-#[derive(Clone, Copy, Debug)]
-struct HyStart {
-    last_round_min_rtt_us: u32,
-    current_round_min_rtt_us: u32,
-    /// Conservative Slow Start: its baseline, `NO_RTT` when not in CSS.
-    css_baseline_min_rtt_us: u32,
-    rtt_sample_count: u8,
-    css_round_count: u8,
-}
-
-impl HyStart {
-    const NEW: HyStart = HyStart {
-        last_round_min_rtt_us: NO_RTT,
-        current_round_min_rtt_us: NO_RTT,
-        css_baseline_min_rtt_us: NO_RTT,
-        rtt_sample_count: 0,
-        css_round_count: 0,
-    };
-
-    fn in_css(&self) -> bool {
-        self.css_baseline_min_rtt_us != NO_RTT
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 pub struct Congestion {
     algorithm: CongestionAlgorithm,
@@ -72,7 +45,15 @@ pub struct Congestion {
     k: f32,
     /// Start of the congestion-avoidance epoch (RFC 9438 4.2), or `NO_EPOCH`.
     epoch_start: Instant,
-    hystart: HyStart,
+    // RFC 9406 HyStart++, in the initial slow start only (4.3: while ssthresh is at its
+    // initial value). Rounds are the caller's: it calls `start_round` when an ACK reaches
+    // what SND.NXT was when the previous round began.
+    last_round_min_rtt_us: u32,
+    current_round_min_rtt_us: u32,
+    /// Conservative Slow Start: its baseline, `NO_RTT` when not in CSS.
+    css_baseline_min_rtt_us: u32,
+    rtt_sample_count: u8,
+    css_round_count: u8,
 }
 
 impl Congestion {
@@ -87,8 +68,16 @@ impl Congestion {
             w_est: 0.0,
             k: 0.0,
             epoch_start: NO_EPOCH,
-            hystart: HyStart::NEW,
+            last_round_min_rtt_us: NO_RTT,
+            current_round_min_rtt_us: NO_RTT,
+            css_baseline_min_rtt_us: NO_RTT,
+            rtt_sample_count: 0,
+            css_round_count: 0,
         }
+    }
+
+    fn in_css(&self) -> bool {
+        self.css_baseline_min_rtt_us != NO_RTT
     }
 
     /// RFC 9406 4.3: a new round begins (the ACK reached the previous round's end).
@@ -96,12 +85,12 @@ impl Congestion {
         if self.ssthresh != u32::MAX {
             return;
         }
-        let h = &mut self.hystart;
+        let h = self;
         if h.in_css() {
             h.css_round_count += 1;
             if h.css_round_count >= CSS_ROUNDS {
                 // RFC 9406 4.3: CSS_ROUNDS rounds in CSS: enter congestion avoidance.
-                self.ssthresh = self.cwnd;
+                h.ssthresh = h.cwnd;
                 return;
             }
         }
@@ -114,7 +103,7 @@ impl Congestion {
     /// more than an eighth of the last round's (4 to 16 ms) leaves standard slow start for
     /// Conservative Slow Start, and a fall back below the baseline returns to it.
     fn hystart_sample(&mut self, rtt: Duration) {
-        let h = &mut self.hystart;
+        let h = self;
         let rtt_us = rtt.as_micros().min(NO_RTT as u128 - 1) as u32;
         h.current_round_min_rtt_us = h.current_round_min_rtt_us.min(rtt_us);
         h.rtt_sample_count = h.rtt_sample_count.saturating_add(1);
@@ -160,7 +149,7 @@ impl Congestion {
             // (RFC 3465's limit of 2 SMSS per ACK would crawl behind receivers whose offloads
             // acknowledge many segments at once; RFC 9406 4.3 lifts it for paced senders); in
             // Conservative Slow Start a quarter of that (RFC 9406 4.3).
-            let divisor = if self.hystart.in_css() { CSS_GROWTH_DIVISOR } else { 1 };
+            let divisor = if self.in_css() { CSS_GROWTH_DIVISOR } else { 1 };
             self.cwnd = self.cwnd.saturating_add(acked / divisor);
             return;
         }
@@ -314,19 +303,19 @@ mod tests {
         // A flat RTT: standard slow start, cwnd + 10 per round of 10 ACKs.
         let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 10);
         assert_eq!(slow_start_rounds(&mut c, 3, 10, |_| 40_000), [20, 30, 40]);
-        assert!(!c.hystart.in_css());
+        assert!(!c.in_css());
         // The round's minimum rises by 6 ms over 40 ms (threshold 5 ms): Conservative Slow
         // Start from the 8th sample, a quarter of the growth (RFC 9406 4.3).
         assert_eq!(slow_start_rounds(&mut c, 1, 10, |_| 46_000), [47]);
-        assert!(c.hystart.in_css() && c.in_slow_start());
+        assert!(c.in_css() && c.in_slow_start());
         // The delay falls back below the baseline: standard slow start again from the 8th
         // sample (7 quarter increases, then 3 whole).
         assert_eq!(slow_start_rounds(&mut c, 1, 10, |_| 41_000), [52]);
-        assert!(!c.hystart.in_css());
+        assert!(!c.in_css());
         // A rise again, then CSS_ROUNDS rounds in CSS: congestion avoidance at that cwnd.
         let before = c.cwnd;
         let cwnd = slow_start_rounds(&mut c, 6, 10, |r| 50_000 + 1000 * r as u64);
-        assert!(c.hystart.in_css());
+        assert!(c.in_css());
         // Entered CSS in the first of these rounds; at the start of the sixth, five rounds in
         // CSS are complete: ssthresh is the cwnd then, and that round grows it as CUBIC does.
         assert_eq!(c.ssthresh, before + 7 * 1000 + 3 * 250 + 4 * 10 * 250, "{cwnd:?}");
@@ -335,7 +324,7 @@ mod tests {
         let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 10);
         slow_start_rounds(&mut c, 2, 10, |_| 10_000);
         slow_start_rounds(&mut c, 1, 10, |_| 13_900);
-        assert!(!c.hystart.in_css());
+        assert!(!c.in_css());
     }
 
     #[test]

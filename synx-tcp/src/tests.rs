@@ -182,6 +182,10 @@ fn state_names_are_rfc_spelling() {
 fn tcb_is_under_1k_and_idle_holds_no_buffers() {
     let size = core::mem::size_of::<Connection>();
     assert!(size < 1024, "Connection is {size} bytes");
+    // What an idle connection keeps (with its tuple, its wheel entry and the BPF maps' share)
+    // must stay under 512 bytes in all.
+    let parked = core::mem::size_of::<connection::Parked>();
+    assert!(parked <= 248, "Parked is {parked} bytes");
     let mut c = established();
     assert_eq!(c.heap_bytes(), 0);
     // Data both ways, read and acknowledged: the buffers go away again.

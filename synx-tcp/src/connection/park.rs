@@ -98,7 +98,7 @@ impl Connection {
             snd: self.snd.fold(),
             rcv: self.rcv.fold(self.probes.last_activity)?,
             opts: self.opts,
-            recovery: self.recovery.fold(),
+            recovery: self.recovery.fold()?,
             probes: self.probes.fold()?,
             stats: self.stats.fold()?,
             due: self.timers.get(self.parked_timer()).map_or(u64::MAX, Instant::as_nanos),
@@ -122,7 +122,7 @@ impl Connection {
             remote,
             state: p.state(),
             send_rst: false,
-            recovery: Recovery::unfold(&p.recovery, snd.una, p.flags & CWR != 0),
+            recovery: Recovery::unfold(&p.recovery, &config, snd.una, p.flags & CWR != 0),
             snd,
             rcv,
             opts: p.opts,
@@ -153,7 +153,7 @@ impl Parked {
 
     /// What [`Connection::info`] would say, without unfolding.
     pub fn info(&self, config: &Config, local: SocketAddr, remote: SocketAddr) -> ConnectionInfo {
-        let (rtt, cc) = (self.recovery.rtt(), self.recovery.cc());
+        let (rtt, cc) = (self.recovery.rtt(config), self.recovery.cc());
         ConnectionInfo {
             state: self.state(),
             last_activity: self.probes.last_activity(),

@@ -54,13 +54,14 @@ impl Stats {
 }
 
 /// [`Stats`] at rest: every byte sent was acknowledged (so one total serves both), and the
-/// rare counters are narrowed (a connection whose counts do not fit stays unfolded).
+/// segment and rare counters are narrowed (a connection whose counts do not fit stays
+/// unfolded).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Folded {
     bytes_sent: u64,
     bytes_received: u64,
-    segments_sent: u64,
-    segments_received: u64,
+    segments_sent: u32,
+    segments_received: u32,
     retransmits: u32,
     rack_losses: u32,
     paced: u32,
@@ -88,8 +89,8 @@ impl Stats {
         Some(Folded {
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
-            segments_sent: self.segments_sent,
-            segments_received: self.segments_received,
+            segments_sent: u32::try_from(self.segments_sent).ok()?,
+            segments_received: u32::try_from(self.segments_received).ok()?,
             retransmits: self.retransmits,
             rack_losses: self.rack_losses,
             paced: self.paced,
@@ -116,8 +117,8 @@ impl Folded {
             bytes_sent: self.bytes_sent,
             bytes_acked: self.bytes_sent,
             bytes_received: self.bytes_received,
-            segments_sent: self.segments_sent,
-            segments_received: self.segments_received,
+            segments_sent: self.segments_sent.into(),
+            segments_received: self.segments_received.into(),
             retransmits: self.retransmits,
             keepalive_probes: self.keepalive_probes.into(),
             zero_window_probes: self.zero_window_probes.into(),

@@ -143,7 +143,8 @@ pub(super) struct Recovery {
 /// Recovery at rest: the RTT estimate, the congestion state and what RACK learned of the path.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Folded {
-    rtt: RttEstimator,
+    /// SRTT and RTTVAR (the RTO follows from them).
+    rtt: (u32, u32),
     cc: Congestion,
     rack: rack::Folded,
 }
@@ -708,18 +709,20 @@ impl Recovery {
         self.cwr_pending
     }
 
-    pub fn fold(&self) -> Folded {
-        Folded { rtt: self.rtt, cc: self.cc, rack: self.rack.fold() }
+    /// `None` while the RTO backs off.
+    pub fn fold(&self) -> Option<Folded> {
+        Some(Folded { rtt: self.rtt.fold()?, cc: self.cc, rack: self.rack.fold() })
     }
 
-    pub fn unfold(f: &Folded, una: SeqNum, cwr_pending: bool) -> Self {
-        Self { cwr_pending, ..Self::with(f.rtt, f.cc, Rack::unfold(&f.rack, una), una) }
+    pub fn unfold(f: &Folded, config: &Config, una: SeqNum, cwr_pending: bool) -> Self {
+        let rtt = RttEstimator::unfold(f.rtt, config.initial_rto, config.min_rto);
+        Self { cwr_pending, ..Self::with(rtt, f.cc, Rack::unfold(&f.rack, una), una) }
     }
 }
 
 impl Folded {
-    pub fn rtt(&self) -> &RttEstimator {
-        &self.rtt
+    pub fn rtt(&self, config: &Config) -> RttEstimator {
+        RttEstimator::unfold(self.rtt, config.initial_rto, config.min_rto)
     }
     pub fn cc(&self) -> &Congestion {
         &self.cc
