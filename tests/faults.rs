@@ -142,6 +142,46 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
     eprintln!("flood: {synacks} SYN-ACKs in {:?}, RSS {rss_before} -> {rss_during}", started.elapsed());
 }
 
+#[test]
+fn s12_http_request_bodies_cost_no_memory_and_absurd_lengths_are_refused() {
+    use std::io::{Read as _, Write as _};
+    let bed = Bed::start("http", &[]);
+    let pid = bed.daemon.pid();
+    let ask = |request: Vec<u8>, body: usize| {
+        bed.client(false, move |mut s| {
+            s.write_all(&request).unwrap();
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut left = body;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                s.write_all(&chunk[..n]).unwrap();
+                left -= n;
+            }
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            String::from_utf8_lossy(&got).into_owned()
+        })
+    };
+    // Warm up, so the engine's buffers exist before we measure.
+    let warm = ask(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(), 0);
+    assert!(warm.starts_with("HTTP/1.1 200"), "{warm}");
+    let rss_before = process_rss_bytes(pid).expect("the daemon's VmRSS");
+    // A terabyte declared: refused at once (the old app waited to hold it all).
+    let got = ask(b"POST / HTTP/1.1\r\nContent-Length: 1000000000000\r\n\r\n".to_vec(), 0);
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    // The u64 limit: a wrap or a panic in the old arithmetic.
+    let got = ask(b"POST / HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n".to_vec(), 0);
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    // 48 MiB of body, then a response: the body is dropped as it arrives.
+    let len = 48 << 20;
+    let got = ask(format!("POST / HTTP/1.1\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n").into_bytes(), len);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let rss_after = process_rss_bytes(pid).expect("the daemon's VmRSS");
+    let grown = rss_after.saturating_sub(rss_before);
+    assert!(grown < 8 << 20, "RSS grew by {grown} bytes for a {len}-byte request body");
+    eprintln!("http bodies: RSS {rss_before} -> {rss_after}");
+}
+
 /// Drop `percent`% of the client's TCP frames in each direction, on its veth (netdev ingress
 /// and egress hooks: on the wire, not inside the client's stack), and move 64 MiB each way.
 fn echo_64mib_through_loss(percent: u32) {

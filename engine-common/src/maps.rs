@@ -1,4 +1,5 @@
-//! Names and layouts of the BPF maps that userspace and the XDP program share.
+//! Names and layouts of the BPF maps that userspace and the XDP program share, and the names of
+//! the read-only globals userspace sets when it loads the program ([`globals`]).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -22,8 +23,9 @@ pub const FLOWS6: &str = "FLOWS6";
 pub const LAST_SEEN: &str = "LAST_SEEN";
 /// XSKMAP: AF_XDP socket per RX queue index.
 pub const XSKS: &str = "XSKS";
-/// One-entry array of [`XdpConfig`], written by userspace.
-pub const CONFIG: &str = "CONFIG";
+/// One-entry array of [`CookieSecrets`]: the state userspace rewrites while the program runs
+/// (settings fixed at load are [`globals`]).
+pub const COOKIE_SECRETS: &str = "COOKIE_SECRETS";
 /// Per-CPU token bucket of [`RstBucket`] limiting RSTs sent from XDP.
 pub const RST_BUCKET: &str = "RST_BUCKET";
 /// `BPF_F_MMAPABLE` array of [`RxBacklogEntry`] per RX queue: frames XDP redirected to the
@@ -37,14 +39,14 @@ pub const RX_BACKLOG_LIMIT: u64 = 1024;
 /// Entries of [`RX_BACKLOG`] (and of the XSKS map): RX queues served.
 pub const MAX_QUEUES: u32 = 64;
 /// One-entry array of [`BenchFrame`]: the frame the micro-benchmark programs put back before
-/// each run (never used by the attached program).
+/// each run (in the benchmark's object only).
 pub const BENCH_FRAME: &str = "BENCH_FRAME";
 /// Length of [`BenchFrame`]'s frame: a Linux client's IPv4 SYN (Ethernet, IPv4, TCP with MSS,
 /// SACK-permitted, timestamps, NOP, window scale).
 pub const BENCH_FRAME_LEN: usize = 74;
 
 /// One-entry array of [`FloodState`]: the benchmark's SYN-flood generator (`synx_bench_flood`,
-/// run in BPF_PROG_TEST_RUN live-frame mode; never attached).
+/// run in BPF_PROG_TEST_RUN live-frame mode; in the benchmark's object only).
 pub const FLOOD: &str = "FLOOD";
 /// Length of the generator's frame: Ethernet, IPv4, TCP with the MSS option.
 pub const FLOOD_FRAME_LEN: usize = 58;
@@ -123,31 +125,31 @@ pub struct FlowKey6 {
     pub ports: u32,
 }
 
-/// `XdpConfig::flags`: answer segments with no flow and a bad cookie with a RST
-/// (RFC 9293 3.10.7.1) instead of dropping them silently.
-pub const CONFIG_RST_BAD_COOKIE: u32 = 1 << 0;
-
-/// `XdpConfig::flags`: take SYN-ACK cookies from the kernel's bpf_tcp_raw_gen_syncookie_ipv4
-/// instead of ours (IPv4 only). Only the micro-benchmark's baseline sets it: those cookies do
-/// not carry what our ACK path decodes.
-pub const CONFIG_KERNEL_COOKIE: u32 = 1 << 1;
-
-/// Settings of the XDP program, written by userspace (slot 0 of CONFIG).
+/// The cookie secrets as XDP reads them (slot 0 of [`COOKIE_SECRETS`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct XdpConfig {
-    /// Cookie secrets: [current, previous]. They also key the TSval offset (`crate::cookie`).
-    pub secrets: [Key; 2],
-    /// Our MSS, announced in SYN-ACKs (the smaller of it and the client's is used).
-    pub mss: u16,
-    /// Window-scale shift we announce when the client offers scaling.
-    pub wscale: u8,
-    /// 1 once userspace wrote this config; until then SYNs pass to the kernel.
-    pub ready: u8,
-    pub flags: u32,
-    /// RSTs per second per CPU at most.
-    pub rst_per_sec: u32,
+pub struct CookieSecrets {
+    /// [current, previous]. They also key the TSval offset (`crate::cookie`).
+    pub keys: [Key; 2],
+    /// 1 once userspace wrote the keys; until then SYNs pass to the kernel.
+    pub ready: u32,
     pub _pad: u32,
+}
+
+/// Read-only globals of the XDP objects: settings fixed for the program's life, set by
+/// userspace when it loads the object (aya's `EbpfLoader::override_global`) and read by the
+/// program as constants (engine-ebpf `settings`, which declares them under these names).
+pub mod globals {
+    /// `u16`: our MSS, announced in SYN-ACKs (the smaller of it and the client's goes into the
+    /// cookie).
+    pub const MSS: &str = "SYNX_MSS";
+    /// `u8`: the window-scale shift we announce to a client that offers scaling.
+    pub const WSCALE: &str = "SYNX_WSCALE";
+    /// `u8`: 1 to answer segments with no flow and a bad cookie with an RST (RFC 9293
+    /// 3.10.7.1), 0 to drop them silently.
+    pub const RST_BAD_COOKIE: &str = "SYNX_RST_BAD_COOKIE";
+    /// `u32`: RSTs per second per CPU at most.
+    pub const RST_PER_SEC: &str = "SYNX_RST_PER_SEC";
 }
 
 /// Token bucket state for RSTs (per CPU).
@@ -202,7 +204,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowKey6 {}
     unsafe impl aya::Pod for super::PortListeners {}
-    unsafe impl aya::Pod for super::XdpConfig {}
+    unsafe impl aya::Pod for super::CookieSecrets {}
     unsafe impl aya::Pod for super::RstBucket {}
     unsafe impl aya::Pod for super::BenchFrame {}
 }

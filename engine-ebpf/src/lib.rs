@@ -1,2 +1,40 @@
+//! The synx XDP program as a library: the engine's front door, built into thin programs
+//! (`src/bin/`), one object each.
+//!
+//! For TCP to a configured listener (IPv4 and IPv6):
+//! - SYN with no flow: a SYN-ACK is built in the same frame, its ISN a SYN cookie
+//!   (`engine_common::cookie`), and sent back with XDP_TX. Nothing is stored.
+//! - ACK with no flow: the cookie in `ack - 1` is checked; a valid one goes to the AF_XDP socket
+//!   of this RX queue (userspace decodes it again with the same code and creates the
+//!   connection), a bad one gets the RFC 9293 3.10.7.1 reset (rate-limited) or is dropped.
+//! - RST with no flow: dropped (never answer a reset with a reset); this is also where the
+//!   client's RST to the SYN-ACK of a stale SYN ends.
+//! - Any segment of a known flow (FLOWS, written by userspace): LAST_SEEN[slot] = now, then to
+//!   AF_XDP (including SYNs, which the TCP core answers with a challenge ACK, RFC 5961 4).
+//!
+//! Everything else passes to the kernel untouched; malformed input is counted and dropped.
+//!
+//! Modules: [`packet`] (bounds, wire words, the parse into a segment), [`options`] (a SYN's
+//! options), [`reply`] (replies built in place, their checksums), [`clock`], [`ratelimit`],
+//! [`maps`] (shared with userspace), [`settings`] (read-only globals set at load) and
+//! [`program`] (the decisions). Objects: `synx-xdp` holds only what `synx run` attaches;
+//! `synx-xdp-bench` the benchmark's and test rig's programs.
 #![no_std]
-// This file exists so the crate has a library target (cargo metadata and build-dependency use).
+
+pub mod clock;
+pub mod maps;
+pub mod options;
+pub mod packet;
+pub mod program;
+pub mod ratelimit;
+pub mod reply;
+pub mod settings;
+
+// One panic handler for every program: BPF has no unwinding, and the verifier rejects a
+// program with an unbounded loop, so no reachable path may panic (this only satisfies the
+// linker). The host build (engine-user's build-dependency) takes std's.
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -256,11 +256,35 @@ async fn discard_serve<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, when_quiet:
 /// The body of every HTTP response.
 pub const HTTP_BODY: &[u8] = b"hello from synx\n";
 const MAX_HEADER: usize = 16 * 1024;
+/// Request bodies are read and dropped as they arrive, so their size costs no memory; a
+/// declared length beyond this is refused with 413 (nginx refuses above 1 MiB by default).
+pub const MAX_BODY: u64 = 64 << 20;
 
+/// How a request's body is framed (RFC 9112 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// Content-Length bytes (0: no body).
+    Length(u64),
+    /// Transfer-Encoding: chunked.
+    Chunked,
+}
+
+#[derive(Debug, PartialEq, Eq)]
 enum Parsed {
-    Complete { head_len: usize, body_len: usize, close: bool },
+    Complete { head_len: usize, body: Body, close: bool },
     Partial,
     Bad,
+    TooLarge,
+}
+
+/// RFC 9110 8.6: Content-Length = 1*DIGIT; anything else (signs, spaces inside, overflow) is
+/// not a length.
+fn content_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// One request head from `buf`. A plain function, so httparse's header array lives on the
@@ -270,11 +294,26 @@ fn parse_request(buf: &[u8]) -> Parsed {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(head_len)) => {
-            let mut body_len = 0usize;
+            let mut length: Option<u64> = None;
+            let mut chunked = false;
             let mut close = req.version == Some(0);
             for h in req.headers.iter() {
                 if h.name.eq_ignore_ascii_case("content-length") {
-                    body_len = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+                    // RFC 9112 6.3 item 5: an invalid length, or several that differ, is an
+                    // unrecoverable framing error.
+                    match (content_length(h.value), length) {
+                        (Some(n), None) => length = Some(n),
+                        (Some(n), Some(m)) if n == m => {}
+                        _ => return Parsed::Bad,
+                    }
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    // RFC 9112 6.3 item 4: chunked must be the final coding, or the length is
+                    // unknown; other codings are not ours to undo.
+                    let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                    if v.trim() != "chunked" || chunked {
+                        return Parsed::Bad;
+                    }
+                    chunked = true;
                 } else if h.name.eq_ignore_ascii_case("connection") {
                     let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
                     if v.contains("close") {
@@ -284,10 +323,109 @@ fn parse_request(buf: &[u8]) -> Parsed {
                     }
                 }
             }
-            Parsed::Complete { head_len, body_len, close }
+            let body = match (chunked, length) {
+                // RFC 9112 6.3 item 3: both framings at once is a smuggling attempt; refuse.
+                (true, Some(_)) => return Parsed::Bad,
+                (true, None) => Body::Chunked,
+                (false, Some(n)) if n > MAX_BODY => return Parsed::TooLarge,
+                (false, n) => Body::Length(n.unwrap_or(0)),
+            };
+            Parsed::Complete { head_len, body, close }
         }
         Ok(httparse::Status::Partial) => Parsed::Partial,
         Err(_) => Parsed::Bad,
+    }
+}
+
+/// Where a chunked body (RFC 9112 7.1) is while it is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Reading a chunk-size line (hex digits, optional extensions, CRLF).
+    Size { size: u64, digits: u8, in_ext: bool },
+    /// Skipping chunk data, then its CRLF.
+    Data { left: u64 },
+    DataEnd { cr: bool },
+    /// After the last chunk: trailer lines until an empty one.
+    Trailer { line_len: u64 },
+    Done,
+}
+
+impl Chunked {
+    const START: Chunked = Chunked::Size { size: 0, digits: 0, in_ext: false };
+
+    /// Consume from `buf`; returns the bytes taken, or Err for a malformed body. Stops at the
+    /// end of the body (state Done) with the rest of `buf` untouched.
+    fn skip(&mut self, buf: &[u8]) -> Result<usize, ()> {
+        let mut i = 0;
+        while i < buf.len() && *self != Chunked::Done {
+            let b = buf[i];
+            *self = match *self {
+                Chunked::Size { size, digits, in_ext } => match b {
+                    b'\n' if digits > 0 => {
+                        if size == 0 { Chunked::Trailer { line_len: 0 } } else { Chunked::Data { left: size } }
+                    }
+                    b'\r' => Chunked::Size { size, digits, in_ext },
+                    _ if in_ext => Chunked::Size { size, digits, in_ext },
+                    b';' | b' ' | b'\t' if digits > 0 => Chunked::Size { size, digits, in_ext: true },
+                    _ => {
+                        let d = (b as char).to_digit(16).ok_or(())? as u64;
+                        // 15 hex digits are already beyond any body we take.
+                        if digits >= 15 {
+                            return Err(());
+                        }
+                        Chunked::Size { size: size * 16 + d, digits: digits + 1, in_ext }
+                    }
+                },
+                Chunked::Data { left } => {
+                    let take = (left.min((buf.len() - i) as u64)) as usize;
+                    i += take;
+                    let left = left - take as u64;
+                    *self = if left == 0 { Chunked::DataEnd { cr: false } } else { Chunked::Data { left } };
+                    continue;
+                }
+                Chunked::DataEnd { cr } => match (b, cr) {
+                    (b'\r', false) => Chunked::DataEnd { cr: true },
+                    (b'\n', _) => Chunked::START,
+                    _ => return Err(()),
+                },
+                Chunked::Trailer { line_len } => match b {
+                    b'\n' if line_len == 0 => Chunked::Done,
+                    b'\n' => Chunked::Trailer { line_len: 0 },
+                    b'\r' => Chunked::Trailer { line_len },
+                    _ if line_len as usize >= MAX_HEADER => return Err(()),
+                    _ => Chunked::Trailer { line_len: line_len + 1 },
+                },
+                Chunked::Done => Chunked::Done,
+            };
+            i += 1;
+        }
+        Ok(i)
+    }
+}
+
+/// What is left of a request body being skipped.
+enum Skip {
+    Length(u64),
+    Chunked(Chunked),
+}
+
+impl Skip {
+    fn done(&self) -> bool {
+        matches!(self, Skip::Length(0) | Skip::Chunked(Chunked::Done))
+    }
+
+    /// Drop the body's bytes from the front of `buf`.
+    fn consume(&mut self, buf: &mut Vec<u8>) -> Result<(), ()> {
+        let n = match self {
+            Skip::Length(left) => {
+                let n = (*left).min(buf.len() as u64);
+                *left -= n;
+                n as usize
+            }
+            Skip::Chunked(c) => c.skip(buf)?,
+        };
+        buf.drain(..n);
+        Ok(())
     }
 }
 
@@ -295,27 +433,23 @@ pub async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Resul
     http_serve(&mut s, WhenQuiet::Wait).await.map(drop)
 }
 
+async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, status: &str) -> std::io::Result<Served> {
+    let response = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    s.write_all(response.as_bytes()).await?;
+    s.shutdown().await?;
+    Ok(Served::Done)
+}
+
 async fn http_serve<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, when_quiet: WhenQuiet) -> std::io::Result<Served> {
     let mut buf: Vec<u8> = Vec::new(); // allocated by the first read, not while idle
     loop {
-        // Parse one request from what we have; read more until it is complete.
-        let (consumed, close) = loop {
+        // Parse one request head from what we have; read more until it is complete.
+        let (head_len, body, close) = loop {
             match parse_request(&buf) {
-                Parsed::Complete { head_len, body_len, close } => {
-                    // Wait for (and then discard) the request body.
-                    if buf.len() < head_len + body_len {
-                        if read_more(s, &mut buf).await? == 0 {
-                            return Ok(Served::Done);
-                        }
-                        continue;
-                    }
-                    break (head_len + body_len, close);
-                }
+                Parsed::Complete { head_len, body, close } => break (head_len, body, close),
                 Parsed::Partial => {
                     if buf.len() > MAX_HEADER {
-                        s.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await?;
-                        s.shutdown().await?;
-                        return Ok(Served::Done);
+                        return refuse(s, "431 Request Header Fields Too Large").await;
                     }
                     // Between requests (nothing buffered) a turn may end; within a request, the
                     // rest is awaited, so no turn ends with half a request read.
@@ -330,14 +464,27 @@ async fn http_serve<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, when_quiet: Wh
                         return Ok(Served::Done);
                     }
                 }
-                Parsed::Bad => {
-                    s.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await?;
-                    s.shutdown().await?;
-                    return Ok(Served::Done);
-                }
+                Parsed::Bad => return refuse(s, "400 Bad Request").await,
+                Parsed::TooLarge => return refuse(s, "413 Content Too Large").await,
             }
         };
-        buf.drain(..consumed);
+        buf.drain(..head_len);
+        // The body is dropped as it arrives: whatever its length, it occupies at most one read.
+        let mut skip = match body {
+            Body::Length(n) => Skip::Length(n),
+            Body::Chunked => Skip::Chunked(Chunked::START),
+        };
+        loop {
+            if skip.consume(&mut buf).is_err() {
+                return refuse(s, "400 Bad Request").await;
+            }
+            if skip.done() {
+                break;
+            }
+            if read_more(s, &mut buf).await? == 0 {
+                return Ok(Served::Done);
+            }
+        }
         if buf.is_empty() && when_quiet == WhenQuiet::Wait {
             // Between requests a keep-alive connection holds no buffer (the next read allocates).
             // A turn's buffer goes with the turn.
@@ -600,6 +747,98 @@ mod tests {
             text,
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nhello from synx\n"
         );
+    }
+
+    /// Send `request` to the http app, close the write side, and return all it answered.
+    async fn http_exchange(request: &[u8]) -> String {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let task = tokio::spawn(http(server));
+        let (mut read, mut write) = tokio::io::split(&mut client);
+        let (_, got) = tokio::join!(
+            async {
+                let _ = write.write_all(request).await;
+                let _ = write.shutdown().await;
+            },
+            async {
+                let mut got = Vec::new();
+                let _ = read.read_to_end(&mut got).await;
+                got
+            }
+        );
+        task.await.unwrap().unwrap();
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    fn statuses(responses: &str) -> Vec<&str> {
+        responses.split("HTTP/1.1 ").skip(1).map(|r| &r[..3]).collect()
+    }
+
+    #[tokio::test]
+    async fn absurd_or_malformed_body_framing_is_refused_without_panic() {
+        let cases: [(&[u8], &str); 9] = [
+            // u64::MAX: head_len + body_len used to overflow (a panic in debug builds).
+            (b"POST / HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n", "413"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 1000000000000\r\n\r\nabc", "413"),
+            // Beyond u64: not a length at all.
+            (b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", "400"),
+            (b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc", "400"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "400"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "400"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n", "400"),
+        ];
+        for (request, status) in cases {
+            let got = http_exchange(request).await;
+            assert_eq!(statuses(&got), [status], "{}: {got}", String::from_utf8_lossy(request));
+            assert!(got.contains("Connection: close"), "{got}");
+        }
+    }
+
+    #[tokio::test]
+    async fn equal_lengths_and_chunked_bodies_are_skipped_and_the_next_request_answered() {
+        let got = http_exchange(
+            b"POST /a HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc\
+              POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;name=v\r\nhello\r\nA\r\n0123456789\r\n0\r\nTrailer: x\r\n\r\n\
+              GET /c HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(statuses(&got), ["200", "200", "200"], "{got}");
+        assert!(got.ends_with("Connection: close\r\n\r\nhello from synx\n"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_consumed_as_it_arrives_not_kept() {
+        // 48 MiB of body through a 4 KiB pipe: the app must read it as it comes (the old app
+        // kept the whole body before answering; with a 1 TB declaration that was a memory
+        // exhaustion). Both framings, then a request after each.
+        const LEN: usize = 48 << 20;
+        let (mut client, server) = tokio::io::duplex(4096);
+        let task = tokio::spawn(http(server));
+        let (mut read, mut write) = tokio::io::split(&mut client);
+        let writer = async {
+            write.write_all(format!("POST /big HTTP/1.1\r\nContent-Length: {LEN}\r\n\r\n").as_bytes()).await.unwrap();
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..LEN / chunk.len() {
+                write.write_all(&chunk).await.unwrap();
+            }
+            write.write_all(b"POST /chunks HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+            for _ in 0..LEN / chunk.len() {
+                write.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.unwrap();
+                write.write_all(&chunk).await.unwrap();
+                write.write_all(b"\r\n").await.unwrap();
+            }
+            write.write_all(b"0\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n").await.unwrap();
+        };
+        let reader = async {
+            let mut got = Vec::new();
+            read.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let (_, got) = tokio::join!(writer, reader);
+        let got = String::from_utf8_lossy(&got);
+        assert_eq!(statuses(&got), ["200", "200", "200"], "{got}");
+        task.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -1,6 +1,12 @@
 //! Loading the embedded XDP program, attaching it, and the maps it shares with userspace:
-//! configuration and SYN-cookie secrets, listeners, the flow table and AF_XDP sockets (handed
-//! to the engine threads), and LAST_SEEN read through mmap.
+//! SYN-cookie secrets, listeners, the flow table and AF_XDP sockets (handed to the engine
+//! threads), and LAST_SEEN read through mmap; settings fixed for the program's life are
+//! read-only globals of the object, set as it loads ([`XdpSettings`]).
+//!
+//! Two objects are embedded: `synx-xdp`, the program `synx run` attaches and nothing else, and
+//! `synx-xdp-bench`, the benchmark's and test rig's programs (the micro-benchmark, the kernel
+//! cookie baseline, the SYN-flood generator, the XDP_PASS program for a veth's peer), loaded
+//! only by them ([`XdpEngine::load_bench`], [`PeerPass`]).
 
 use std::{
     ffi::CString,
@@ -19,24 +25,54 @@ use engine_common::{
     counters,
     handshake::HandshakeFacts,
     maps::{
-        self, BenchFrame, CONFIG_RST_BAD_COOKIE, FloodState, RxBacklogEntry, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, ListenerValue,
-        PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY, PORT_V6_SOME, PortListeners, XdpConfig,
+        self, BenchFrame, CookieSecrets, FloodState, RxBacklogEntry, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, ListenerValue,
+        PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY, PORT_V6_SOME, PortListeners, globals,
     },
 };
 
-/// The XDP object built by build.rs (aya-build) from the engine-ebpf crate.
+/// The object `synx run` loads, built by build.rs (aya-build) from engine-ebpf's `synx-xdp`.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/synx-xdp"));
+/// The benchmark's and test rig's object, from engine-ebpf's `synx-xdp-bench`.
+static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/synx-xdp-bench"));
+/// The program `synx run` attaches (XDP_OBJECT).
 const PROGRAM: &str = "synx_xdp";
+// BENCH_OBJECT's programs, never attached by the daemon.
+/// XDP_PASS, for the peer of a veth (native XDP_TX and redirects on a veth need it).
 const PEER_PROGRAM: &str = "synx_peer_pass";
-/// Micro-benchmark programs (never attached): the main program after restoring BENCH_FRAME,
-/// and the restore alone.
-const BENCH_SYN_PROGRAM: &str = "synx_bench_syn";
-const BENCH_RESTORE_PROGRAM: &str = "synx_bench_restore";
+/// Micro-benchmark: `synx_xdp`'s code after restoring BENCH_FRAME; the same with the kernel
+/// helper's cookies; the restore alone; the kernel-cookie baseline without the restore.
+pub const BENCH_SYN_PROGRAM: &str = "synx_bench_syn";
+pub const BENCH_SYN_KERNEL_PROGRAM: &str = "synx_bench_syn_kernel";
+pub const BENCH_RESTORE_PROGRAM: &str = "synx_bench_restore";
+pub const BENCH_KERNEL_PROGRAM: &str = "synx_bench_kernel";
+/// The SYN-flood generator (BPF_PROG_TEST_RUN live-frame mode).
 const BENCH_FLOOD_PROGRAM: &str = "synx_bench_flood";
 /// Window-scale shift announced in SYN-ACKs (Linux announces 7 for its default buffers).
 pub const OUR_WSCALE: u8 = 7;
 /// RSTs per second per CPU that XDP may send for segments with no connection.
 pub const RST_PER_SEC: u32 = 1000;
+
+/// Settings fixed for the program's life: read-only globals of the object
+/// (`engine_common::maps::globals`), set as it loads, which the verifier reads as constants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpSettings {
+    /// Our MSS, announced in SYN-ACKs.
+    pub mss: u16,
+    /// The window-scale shift announced to clients that offer scaling.
+    pub wscale: u8,
+    /// Answer segments with no flow and a bad cookie with an RST (RFC 9293 3.10.7.1) rather
+    /// than silence.
+    pub rst_bad_cookie: bool,
+    /// RSTs per second per CPU at most.
+    pub rst_per_sec: u32,
+}
+
+impl XdpSettings {
+    /// The daemon's settings, announcing `mss`.
+    pub fn new(mss: u16) -> Self {
+        Self { mss, wscale: OUR_WSCALE, rst_bad_cookie: true, rst_per_sec: RST_PER_SEC }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -101,17 +137,22 @@ fn random_key() -> Result<Key, BpfError> {
     })
 }
 
-/// Load the object with maps sized for `max_flows` connections.
-pub fn load_object(max_flows: u32) -> Result<Ebpf, BpfError> {
-    if XDP_OBJECT.is_empty() {
+/// Load `object` with maps sized for `max_flows` connections and `settings` in its globals.
+fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings) -> Result<Ebpf, BpfError> {
+    if object.is_empty() {
         return Err(BpfError::NoObject);
     }
     raise_memlock_limit();
+    let rst_bad_cookie = u8::from(settings.rst_bad_cookie);
     EbpfLoader::new()
         .map_max_entries(maps::FLOWS4, max_flows)
         .map_max_entries(maps::FLOWS6, max_flows)
         .map_max_entries(maps::LAST_SEEN, max_flows)
-        .load(XDP_OBJECT)
+        .override_global(globals::MSS, &settings.mss, true)
+        .override_global(globals::WSCALE, &settings.wscale, true)
+        .override_global(globals::RST_BAD_COOKIE, &rst_bad_cookie, true)
+        .override_global(globals::RST_PER_SEC, &settings.rst_per_sec, true)
+        .load(object)
         .map_err(|e| BpfError::Load(Box::new(e)))
 }
 
@@ -168,7 +209,8 @@ fn attach_errno(e: &ProgramError) -> Option<i32> {
     }
 }
 
-/// The SYN-cookie secrets: [current, previous], shared by XDP (CONFIG map) and userspace.
+/// The SYN-cookie secrets: [current, previous], shared by XDP (COOKIE_SECRETS map) and
+/// userspace.
 #[derive(Clone)]
 pub struct CookieChecker {
     secrets: Arc<RwLock<[Key; 2]>>,
@@ -423,7 +465,7 @@ impl RxBacklog {
 pub struct XdpEngine {
     ebpf: Ebpf,
     iface: String,
-    config: XdpConfig,
+    settings: XdpSettings,
     secrets: Arc<RwLock<[Key; 2]>>,
     flows: FlowTable,
     last_seen: LastSeen,
@@ -434,7 +476,26 @@ impl XdpEngine {
     /// Load the program and configure its maps (fresh secrets), without attaching it: what
     /// BPF_PROG_TEST_RUN tests and micro-benchmarks need.
     pub fn load(max_flows: u32, mss: u16) -> Result<Self, BpfError> {
-        let mut ebpf = load_object(max_flows)?;
+        Self::load_with(XdpSettings::new(mss), max_flows)
+    }
+
+    /// [`XdpEngine::load`] with other settings (tests: silence for bad cookies).
+    pub fn load_with(settings: XdpSettings, max_flows: u32) -> Result<Self, BpfError> {
+        let mut engine = Self::open(XDP_OBJECT, settings, max_flows)?;
+        program(&mut engine.ebpf, PROGRAM)?.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+        Ok(engine)
+    }
+
+    /// The benchmark's object with the daemon's maps and settings (fresh secrets): its
+    /// programs load on first use; it has no `synx_xdp` (see [`XdpEngine::test_run_bench`],
+    /// [`XdpEngine::flood`]).
+    pub fn load_bench(max_flows: u32, mss: u16) -> Result<Self, BpfError> {
+        Self::open(BENCH_OBJECT, XdpSettings::new(mss), max_flows)
+    }
+
+    /// Load `object`, take the maps userspace shares and write fresh secrets.
+    fn open(object: &[u8], settings: XdpSettings, max_flows: u32) -> Result<Self, BpfError> {
+        let mut ebpf = load_object(object, max_flows, &settings)?;
         let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(BpfError::MissingMap(name));
         let flows = FlowMaps {
             v4: HashMap::try_from(take(&mut ebpf, maps::FLOWS4)?)?,
@@ -450,26 +511,16 @@ impl XdpEngine {
             _ => return Err(BpfError::MissingMap(maps::RX_BACKLOG)),
         };
         let current = random_key()?;
-        let config = XdpConfig {
-            secrets: [current, current],
-            mss,
-            wscale: OUR_WSCALE,
-            ready: 1,
-            flags: CONFIG_RST_BAD_COOKIE,
-            rst_per_sec: RST_PER_SEC,
-            _pad: 0,
-        };
         let mut engine = Self {
             ebpf,
             iface: String::new(),
-            config,
-            secrets: Arc::new(RwLock::new(config.secrets)),
+            settings,
+            secrets: Arc::new(RwLock::new([current, current])),
             flows: FlowTable { flows: Arc::new(Mutex::new(flows)), xsks: Arc::new(Mutex::new(xsks)) },
             last_seen,
             rx_backlog,
         };
-        engine.write_config()?;
-        program(&mut engine.ebpf, PROGRAM)?.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+        engine.set_secrets([current, current])?;
         Ok(engine)
     }
 
@@ -482,16 +533,24 @@ impl XdpEngine {
         Ok(engine)
     }
 
-    /// The configuration the program runs with (secrets included): tests compute expected
-    /// cookies from it.
-    pub fn config(&self) -> &XdpConfig {
-        &self.config
+    /// The settings the program was loaded with.
+    pub fn settings(&self) -> &XdpSettings {
+        &self.settings
     }
 
-    /// Replace the configuration (tests: fixed secrets, RST or drop for bad cookies).
-    pub fn set_config(&mut self, config: XdpConfig) -> Result<(), BpfError> {
-        self.config = config;
-        self.write_config()
+    /// The cookie secrets, [current, previous]: tests compute expected cookies from them.
+    pub fn secrets(&self) -> [Key; 2] {
+        *self.secrets.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replace the cookie secrets, [current, previous] (rotation; tests: fixed secrets).
+    pub fn set_secrets(&mut self, keys: [Key; 2]) -> Result<(), BpfError> {
+        let mut map: Array<_, CookieSecrets> = Array::try_from(
+            self.ebpf.map_mut(maps::COOKIE_SECRETS).ok_or(BpfError::MissingMap(maps::COOKIE_SECRETS))?,
+        )?;
+        map.set(0, &CookieSecrets { keys, ready: 1, _pad: 0 }, 0)?;
+        *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        Ok(())
     }
 
     /// Run the program on `frame` with BPF_PROG_TEST_RUN `repeat` times: the action, the frame
@@ -500,7 +559,9 @@ impl XdpEngine {
         self.test_run_program(PROGRAM, frame, repeat)
     }
 
-    fn test_run_program(
+    /// Run the loaded program `name` on `frame` with BPF_PROG_TEST_RUN `repeat` times (see
+    /// [`XdpEngine::test_run`]).
+    pub fn test_run_program(
         &mut self,
         name: &str,
         frame: &[u8],
@@ -520,12 +581,18 @@ impl XdpEngine {
         Ok((r.return_value, out, r.duration))
     }
 
-    /// The micro-benchmark's program (`synx_bench_syn`) on `frame`, `repeat` times, each run
-    /// on `frame` restored: the action, the frame the last run left, the time per run. Loads
-    /// the benchmark programs on first use.
+    /// The micro-benchmark's program (`synx_bench_syn`, of [`XdpEngine::load_bench`]'s
+    /// object) on `frame`, `repeat` times, each run on `frame` restored: the action, the frame
+    /// the last run left, the time per run. Loads the benchmark programs on first use.
     pub fn test_run_bench(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration), BpfError> {
         self.load_bench_programs(frame)?;
         self.test_run_program(BENCH_SYN_PROGRAM, frame, repeat)
+    }
+
+    /// [`XdpEngine::test_run_bench`] for the kernel-cookie baseline (`synx_bench_syn_kernel`).
+    pub fn test_run_bench_kernel(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration), BpfError> {
+        self.load_bench_programs(frame)?;
+        self.test_run_program(BENCH_SYN_KERNEL_PROGRAM, frame, repeat)
     }
 
     /// The benchmark's SYN-flood generator (`synx_bench_flood`): sends `repeat` frames made
@@ -582,7 +649,7 @@ impl XdpEngine {
     }
 
     /// Load the micro-benchmark programs (once) and give them `frame` to restore before each run.
-    fn load_bench_programs(&mut self, frame: &[u8]) -> Result<(), BpfError> {
+    pub fn load_bench_programs(&mut self, frame: &[u8]) -> Result<(), BpfError> {
         let mut saved = BenchFrame { words: [0; 10] };
         if frame.len() != maps::BENCH_FRAME_LEN {
             return Err(BpfError::Unexpected(format!("a bench frame has {} bytes, not {}", frame.len(), maps::BENCH_FRAME_LEN)));
@@ -591,7 +658,7 @@ impl XdpEngine {
         let mut map: Array<_, BenchFrame> =
             Array::try_from(self.ebpf.map_mut(maps::BENCH_FRAME).ok_or(BpfError::MissingMap(maps::BENCH_FRAME))?)?;
         map.set(0, &saved, 0)?;
-        for name in [BENCH_SYN_PROGRAM, BENCH_RESTORE_PROGRAM] {
+        for name in [BENCH_SYN_PROGRAM, BENCH_SYN_KERNEL_PROGRAM, BENCH_RESTORE_PROGRAM, BENCH_KERNEL_PROGRAM, PEER_PROGRAM] {
             let prog = program(&mut self.ebpf, name)?;
             if prog.fd().is_err() {
                 prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
@@ -600,19 +667,11 @@ impl XdpEngine {
         Ok(())
     }
 
-    fn write_config(&mut self) -> Result<(), BpfError> {
-        let mut cfg: Array<_, XdpConfig> =
-            Array::try_from(self.ebpf.map_mut(maps::CONFIG).ok_or(BpfError::MissingMap(maps::CONFIG))?)?;
-        cfg.set(0, &self.config, 0)?;
-        *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = self.config.secrets;
-        Ok(())
-    }
-
     /// A new SYN-cookie secret; the previous one stays valid until the next rotation.
     pub fn rotate_secret(&mut self) -> Result<(), BpfError> {
         let fresh = random_key()?;
-        self.config.secrets = [fresh, self.config.secrets[0]];
-        self.write_config()
+        let current = self.secrets()[0];
+        self.set_secrets([fresh, current])
     }
 
     pub fn iface(&self) -> &str {
@@ -647,7 +706,7 @@ impl XdpEngine {
     }
 
     pub fn cookie_checker(&self) -> CookieChecker {
-        CookieChecker { secrets: self.secrets.clone(), wscale: self.config.wscale }
+        CookieChecker { secrets: self.secrets.clone(), wscale: self.settings.wscale }
     }
 
     pub fn last_seen(&self) -> LastSeen {
@@ -676,7 +735,8 @@ pub struct PeerPass {
 
 impl PeerPass {
     pub fn attach(iface: &str, mode: AttachMode) -> Result<Self, BpfError> {
-        let mut ebpf = load_object(1)?;
+        // The settings matter to no program here; the object wants them all the same.
+        let mut ebpf = load_object(BENCH_OBJECT, 1, &XdpSettings::new(1460))?;
         program(&mut ebpf, PEER_PROGRAM)?.load().map_err(|e| BpfError::Load(Box::new(e)))?;
         attach_program(&mut ebpf, PEER_PROGRAM, iface, mode)?;
         Ok(Self { _ebpf: ebpf })
@@ -818,16 +878,17 @@ pub fn flood_template(
 ///
 /// SYN -> SYN-ACK, for synx and for the baseline: the program rewrites its frame in place, and
 /// BPF_PROG_TEST_RUN hands each repeat the frame the previous one left, so the SYN rows run
-/// `synx_bench_syn`, which first puts the SYN back from a map and then runs exactly the code of
-/// the attached program; `synx_bench_restore` (the restore alone) is subtracted. Each call
+/// the benchmark object's `synx_bench_syn`, which first puts the SYN back from a map and then
+/// runs exactly the code of the attached program (`synx_bench_syn_kernel` for the baseline);
+/// `synx_bench_restore` (the restore alone) is subtracted. Each call
 /// times [`SYN_REPEAT`] packets, so the kernel's own clock reads and set-up (a few hundred ns
 /// per call) spread over all of them. The baseline answers the same SYN with the same rewrite,
 /// the cookie coming from the kernel's bpf_tcp_raw_gen_syncookie_ipv4 and the TSval offset from
 /// a keyed hash of the 4-tuple (`cookie::tuple_hash`; the helper has none to give). synx, the
 /// baseline and the restore alternate call by call; each row is the median of `runs / 100`
 /// calls' per-packet times. `xdp_synack_single_run_ns` is the earlier method for comparison:
-/// one packet per call, the harness's share (`xdp_test_run_floor_ns`, a program that only
-/// returns, timed the same way) included.
+/// one packet per call (the attached program itself, and `synx_bench_kernel`), the harness's
+/// share (`xdp_test_run_floor_ns`, a program that only returns, timed the same way) included.
 pub fn micro_bench(runs: u32) -> Result<Vec<MicroRow>, BpfError> {
     use etherparse::{PacketBuilder, TcpOptionElement};
     const SYN_REPEAT: u32 = 1000;
@@ -857,24 +918,12 @@ pub fn micro_bench(runs: u32) -> Result<Vec<MicroRow>, BpfError> {
         Ok(e.test_run(frame, repeat)?.2.as_nanos() as u64)
     };
     const XDP_TX: u32 = 3;
-    // The SYN path once, its action checked (a path that drops early would time nothing).
-    let time_syn = |e: &mut XdpEngine| -> Result<u64, BpfError> {
-        let (action, _, t) = e.test_run(&syn, 1)?;
-        if action != XDP_TX {
-            return Err(BpfError::Unexpected(format!("the SYN got action {action}, not XDP_TX")));
-        }
-        Ok(t.as_nanos() as u64)
-    };
-    // The baseline runs in a second copy of the program, configured for the kernel's cookie.
-    let mut base = XdpEngine::load(1024, 1460)?;
-    base.add_listener(server, 0)?;
-    let kernel_cfg = XdpConfig { flags: base.config.flags | maps::CONFIG_KERNEL_COOKIE, ..base.config };
-    base.set_config(kernel_cfg)?;
-    for engine in [&mut e, &mut base] {
-        engine.load_bench_programs(&syn)?;
-    }
+    // The benchmark's programs, the baseline's included, run in the benchmark's object.
+    let mut bench = XdpEngine::load_bench(1024, 1460)?;
+    bench.add_listener(server, 0)?;
+    bench.load_bench_programs(&syn)?;
     // One call of `name` with `repeat` packets: its time per packet, after checking that every
-    // packet got the expected action.
+    // packet got the expected action (a path that drops early would time nothing).
     let per_packet = |e: &mut XdpEngine, name: &str, repeat: u32| -> Result<u64, BpfError> {
         let (action, _, t) = e.test_run_program(name, &syn, repeat)?;
         if action != XDP_TX {
@@ -885,28 +934,27 @@ pub fn micro_bench(runs: u32) -> Result<Vec<MicroRow>, BpfError> {
     let calls = (runs / 100).max(20);
     let (mut ours, mut kernel) = (Vec::with_capacity(calls as usize), Vec::with_capacity(calls as usize));
     for i in 0..calls {
-        let restore = per_packet(&mut e, BENCH_RESTORE_PROGRAM, SYN_REPEAT)?;
+        let restore = per_packet(&mut bench, BENCH_RESTORE_PROGRAM, SYN_REPEAT)?;
         let (a, b) = if i % 2 == 0 {
-            let a = per_packet(&mut e, BENCH_SYN_PROGRAM, SYN_REPEAT)?;
-            (a, per_packet(&mut base, BENCH_SYN_PROGRAM, SYN_REPEAT)?)
+            let a = per_packet(&mut bench, BENCH_SYN_PROGRAM, SYN_REPEAT)?;
+            (a, per_packet(&mut bench, BENCH_SYN_KERNEL_PROGRAM, SYN_REPEAT)?)
         } else {
-            let b = per_packet(&mut base, BENCH_SYN_PROGRAM, SYN_REPEAT)?;
-            (per_packet(&mut e, BENCH_SYN_PROGRAM, SYN_REPEAT)?, b)
+            let b = per_packet(&mut bench, BENCH_SYN_KERNEL_PROGRAM, SYN_REPEAT)?;
+            (per_packet(&mut bench, BENCH_SYN_PROGRAM, SYN_REPEAT)?, b)
         };
         ours.push(a.saturating_sub(restore));
         kernel.push(b.saturating_sub(restore));
     }
     // The earlier method: one fresh frame per call, the harness included.
-    program(&mut e.ebpf, PEER_PROGRAM)?.load().map_err(|err| BpfError::Load(Box::new(err)))?;
     let mut single = Vec::with_capacity(runs as usize);
     let mut single_kernel = Vec::with_capacity(runs as usize);
     let mut floor = Vec::with_capacity(runs as usize);
     for _ in 0..runs {
-        single.push(time_syn(&mut e)?);
-        single_kernel.push(time_syn(&mut base)?);
-        floor.push(e.test_run_program(PEER_PROGRAM, &syn, 1)?.2.as_nanos() as u64);
+        single.push(per_packet(&mut e, PROGRAM, 1)?);
+        single_kernel.push(per_packet(&mut bench, BENCH_KERNEL_PROGRAM, 1)?);
+        floor.push(bench.test_run_program(PEER_PROGRAM, &syn, 1)?.2.as_nanos() as u64);
     }
-    drop(base);
+    drop(bench);
     // The SYN-ACK's cookie, for a valid final ACK.
     let (_, synack, _) = e.test_run(&syn, 1)?;
     let cookie = u32::from_be_bytes(synack[38..42].try_into().expect("4 bytes"));

@@ -166,9 +166,9 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
             .unwrap_or(default.interval),
         probes: flags.keepalive_probes.or(file.keepalive_probes).unwrap_or(default.probes),
     };
-    if keepalive.probes == 0 || keepalive.interval.is_zero() || keepalive.idle.is_zero() {
-        return Err("keepalive idle, interval and probes must be greater than zero".into());
-    }
+    bounds::KEEPALIVE_IDLE.check(keepalive.idle)?;
+    bounds::KEEPALIVE_INTERVAL.check(keepalive.interval)?;
+    bounds::KEEPALIVE_PROBES.check(keepalive.probes)?;
     let xdp_mode = match (flags.xdp_mode, file.xdp_mode.as_deref()) {
         (Some(m), _) => m,
         (None, Some("native")) | (None, None) => AttachMode::Native,
@@ -182,10 +182,15 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         (None, Some("worker")) => AppThreads::Worker,
         (None, Some(other)) => return Err(format!("app_threads {other:?}: choose engine or worker")),
     };
-    let msl = flags.msl.or(dur(file.msl)?).unwrap_or(RunConfig::DEFAULT_MSL);
-    let max_conns = flags.max_conns.or(file.max_conns).unwrap_or(RunConfig::DEFAULT_MAX_CONNS);
-    if max_conns == 0 {
-        return Err("--max-conns must be at least 1".into());
+    let msl = bounds::MSL.check(flags.msl.or(dur(file.msl)?).unwrap_or(RunConfig::DEFAULT_MSL))?;
+    let max_conns =
+        bounds::MAX_CONNS.check(flags.max_conns.or(file.max_conns).unwrap_or(RunConfig::DEFAULT_MAX_CONNS))?;
+    let busy_poll = bounds::BUSY_POLL.check(flags.busy_poll.or(dur(file.busy_poll)?).unwrap_or(Duration::ZERO))?;
+    let grace = bounds::GRACE.check(flags.grace.or(dur(file.grace)?).unwrap_or(RunConfig::DEFAULT_GRACE))?;
+    for (i, spec) in listen.iter().enumerate() {
+        if listen[..i].iter().any(|other| other.addr == spec.addr) {
+            return Err(format!("listener {} is given twice: give each ADDR:PORT once", spec.addr));
+        }
     }
     Ok(RunConfig {
         iface,
@@ -195,10 +200,59 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         msl,
         max_conns,
         xdp_mode,
-        busy_poll: flags.busy_poll.or(dur(file.busy_poll)?).unwrap_or(Duration::ZERO),
-        grace: flags.grace.or(dur(file.grace)?).unwrap_or(RunConfig::DEFAULT_GRACE),
+        busy_poll,
+        grace,
         app_threads,
     })
+}
+
+/// The range each setting may take. Values outside are refused with a message that names the
+/// range: they would overflow deadlines (an MSL of 2^63 s), hold a shutdown for ever, or spin
+/// an engine thread, and none of them is a setting anyone means.
+pub mod bounds {
+    use std::{fmt::Debug, ops::RangeInclusive, time::Duration};
+
+    pub struct Bound<T: 'static> {
+        pub name: &'static str,
+        pub range: RangeInclusive<T>,
+        /// How the range reads in a message.
+        pub says: &'static str,
+    }
+
+    impl<T: PartialOrd + Copy + Debug> Bound<T> {
+        pub fn check(&self, v: T) -> Result<T, String> {
+            if self.range.contains(&v) {
+                Ok(v)
+            } else {
+                Err(format!("{} {v:?} is out of range: allowed {}", self.name, self.says))
+            }
+        }
+    }
+
+    const fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+    const fn ms(m: u64) -> Duration {
+        Duration::from_millis(m)
+    }
+
+    /// Linux caps TCP_KEEPIDLE and TCP_KEEPINTVL at 32767 s; a day is allowed here, and values
+    /// below a second are for tests and demos.
+    pub const KEEPALIVE_IDLE: Bound<Duration> =
+        Bound { name: "--keepalive-idle", range: ms(100)..=secs(86_400), says: "100ms to 24h" };
+    pub const KEEPALIVE_INTERVAL: Bound<Duration> =
+        Bound { name: "--keepalive-interval", range: ms(100)..=secs(86_400), says: "100ms to 24h" };
+    /// Linux's TCP_KEEPCNT limit.
+    pub const KEEPALIVE_PROBES: Bound<u32> = Bound { name: "--keepalive-probes", range: 1..=127, says: "1 to 127" };
+    /// RFC 9293 3.4.2 takes 2 minutes as an engineering choice and Linux's TIME_WAIT is 60 s
+    /// (MSL 30 s); 10 minutes is already far beyond any path's segment lifetime.
+    pub const MSL: Bound<Duration> = Bound { name: "--msl", range: ms(100)..=secs(600), says: "100ms to 10m" };
+    pub const GRACE: Bound<Duration> = Bound { name: "--grace", range: secs(0)..=secs(3600), says: "0s to 1h" };
+    /// Linux's net.core.busy_poll is typically 50 us; more than a few ms is a spinning thread.
+    pub const BUSY_POLL: Bound<Duration> =
+        Bound { name: "--busy-poll", range: secs(0)..=ms(10), says: "0 (off) to 10ms" };
+    pub const MAX_CONNS: Bound<u32> =
+        Bound { name: "--max-conns", range: 1..=1 << 24, says: "1 to 16777216" };
 }
 
 #[cfg(test)]
@@ -293,5 +347,58 @@ mod tests {
         let threads: FileConfig = toml::from_str(r#"app_threads = "many""#).unwrap();
         let flags = FlagConfig { iface: Some("x".into()), listen: vec!["198.18.0.1:7".parse().unwrap()], ..Default::default() };
         assert!(merge(flags, threads).unwrap_err().contains("engine or worker"));
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_with_the_range() {
+        let base = || FlagConfig {
+            iface: Some("x".into()),
+            listen: vec!["198.18.0.1:7".parse().unwrap()],
+            ..Default::default()
+        };
+        let huge = Duration::from_secs(1 << 63);
+        let cases: Vec<(FlagConfig, &str)> = vec![
+            (FlagConfig { msl: Some(huge), ..base() }, "--msl"),
+            (FlagConfig { msl: Some(Duration::ZERO), ..base() }, "--msl"),
+            (FlagConfig { grace: Some(huge), ..base() }, "--grace"),
+            (FlagConfig { busy_poll: Some(Duration::from_secs(5)), ..base() }, "--busy-poll"),
+            (FlagConfig { keepalive_idle: Some(huge), ..base() }, "--keepalive-idle"),
+            (FlagConfig { keepalive_idle: Some(Duration::ZERO), ..base() }, "--keepalive-idle"),
+            (FlagConfig { keepalive_interval: Some(Duration::ZERO), ..base() }, "--keepalive-interval"),
+            (FlagConfig { keepalive_probes: Some(0), ..base() }, "--keepalive-probes"),
+            (FlagConfig { keepalive_probes: Some(u32::MAX), ..base() }, "--keepalive-probes"),
+            (FlagConfig { max_conns: Some(0), ..base() }, "--max-conns"),
+            (FlagConfig { max_conns: Some(u32::MAX), ..base() }, "--max-conns"),
+        ];
+        for (flags, name) in cases {
+            let err = merge(flags, FileConfig::default()).unwrap_err();
+            assert!(err.starts_with(name) && err.contains("allowed"), "{name}: {err}");
+        }
+        // The same bounds hold for the file.
+        let file: FileConfig = toml::from_str(r#"msl = "1000000h""#).unwrap();
+        assert!(merge(base(), file).unwrap_err().contains("--msl"));
+        // The edges are allowed.
+        let edges = FlagConfig {
+            msl: Some(Duration::from_millis(100)),
+            grace: Some(Duration::ZERO),
+            busy_poll: Some(Duration::from_millis(10)),
+            keepalive_probes: Some(127),
+            max_conns: Some(1 << 24),
+            ..base()
+        };
+        merge(edges, FileConfig::default()).unwrap();
+    }
+
+    #[test]
+    fn a_listener_given_twice_is_an_error() {
+        let flags = FlagConfig {
+            iface: Some("x".into()),
+            listen: vec!["198.18.0.1:7=echo".parse().unwrap(), "198.18.0.1:7=http".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(merge(flags, FileConfig::default()).unwrap_err().contains("198.18.0.1:7 is given twice"));
+        let file: FileConfig = toml::from_str(r#"listen = ["[fd00::1]:80", "[fd00::1]:80=http", "[fd00::1]:81"]"#).unwrap();
+        let flags = FlagConfig { iface: Some("x".into()), ..Default::default() };
+        assert!(merge(flags, file).unwrap_err().contains("twice"));
     }
 }

@@ -1,16 +1,20 @@
 //! The daemon's control socket: one JSON request line in, one JSON reply line out.
-//! `synx stats` and `synx conns` are its clients. The socket is created mode 0600 (root only).
+//! `synx stats` and `synx conns` are its clients. The socket is created mode 0600 in a directory
+//! only its owner can write (root's /run/synx by default).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    os::unix::{
+        fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _},
+        net::UnixStream,
+    },
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Where `synx run` listens and `synx stats` connects unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/synx/synx.sock";
@@ -37,46 +41,129 @@ pub trait Responder: Send + Sync + 'static {
     fn respond(&self, req: Request) -> serde_json::Value;
 }
 
-/// Bind the control socket, replacing a stale one left by a dead daemon but refusing to steal
-/// the socket of a live one.
-pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, ControlError> {
-    let io = |source| ControlError::Io { path: path.into(), source };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(io(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "another synx daemon is running and owns this socket; stop it or pass --control-socket",
-            )));
-        }
-        std::fs::remove_file(path).map_err(io)?;
-    }
-    let listener = tokio::net::UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    Ok(listener)
+/// Largest request line a client may send, and how long it may take to send it.
+const MAX_REQUEST: u64 = 4096;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The control socket's path as this process bound it. Dropping it removes the path only if
+/// it is still the socket this process created: a daemon that failed to start, or one whose
+/// socket was replaced, never deletes another daemon's socket.
+#[derive(Debug)]
+pub struct BoundPath {
+    path: PathBuf,
+    id: (u64, u64, i64, i64),
 }
 
-/// Serve requests until the task is dropped.
+impl Drop for BoundPath {
+    fn drop(&mut self) {
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| identity(&m) == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Which file a path names: inode numbers are reused at once on tmpfs, the change time to the
+/// nanosecond is not.
+fn identity(m: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
+}
+
+/// Bind the control socket: created mode 0600 from the start, in a directory only its owner
+/// can write. A stale socket left by a dead daemon is replaced; a live daemon's socket, and
+/// anything at the path that is not a socket, is refused.
+pub fn bind(path: &Path) -> Result<(tokio::net::UnixListener, BoundPath), ControlError> {
+    let io = |source| ControlError::Io { path: path.into(), source };
+    let refuse = |what: String| io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, what));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+    }
+    let meta = std::fs::metadata(dir).map_err(io)?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid || meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "directory {} is writable by other users or not owned by this user: anyone who can \
+             write there could replace the socket; use a directory like /run/synx (mode 0700)",
+            dir.display()
+        )));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another synx daemon is running and owns this socket; stop it or pass --control-socket",
+                )));
+            }
+            // A dead daemon's socket.
+            std::fs::remove_file(path).map_err(io)?;
+        }
+        Ok(_) => {
+            return Err(refuse(format!(
+                "{} exists and is not a socket; remove it or pass another --control-socket",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    // The socket takes its mode from the umask at bind(): 0600 from the first moment, with no
+    // chmod afterwards (which would follow a symlink swapped in meanwhile).
+    // SAFETY: umask has no preconditions; it is restored right after.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = listener.map_err(io)?;
+    let m = std::fs::symlink_metadata(path).map_err(io)?;
+    Ok((listener, BoundPath { path: path.into(), id: identity(&m) }))
+}
+
+/// Serve requests until the task is dropped. Each request is one line of at most
+/// [`MAX_REQUEST`] bytes, read within [`REQUEST_TIMEOUT`]; answering runs on a blocking thread,
+/// since gathering connections waits for the engine threads and must not hold up the apps that
+/// share this runtime.
 pub async fn serve(listener: tokio::net::UnixListener, responder: Arc<dyn Responder>) {
+    let mut backoff = Duration::from_millis(10);
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(10);
+                stream
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: accept fails again at once, so wait.
+                tracing::warn!("control socket: accept: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
         let responder = responder.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
-            let mut reader = tokio::io::BufReader::new(read);
-            if reader.read_line(&mut line).await.is_err() {
-                return;
-            }
-            let reply = match serde_json::from_str::<Request>(line.trim()) {
-                Ok(req) => responder.respond(req),
-                Err(e) => serde_json::json!({ "error": format!("bad request: {e}") }),
+            let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST));
+            let reply = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+                Err(_) => serde_json::json!({ "error": "request not received in time" }),
+                Ok(Err(e)) => serde_json::json!({ "error": format!("reading the request: {e}") }),
+                Ok(Ok(_)) if !line.ends_with('\n') => {
+                    serde_json::json!({ "error": format!("request too long or unterminated (limit {MAX_REQUEST} bytes, one line)") })
+                }
+                Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
+                    Ok(req) => tokio::task::spawn_blocking(move || responder.respond(req))
+                        .await
+                        .unwrap_or_else(|e| serde_json::json!({ "error": format!("answering: {e}") })),
+                    Err(e) => serde_json::json!({ "error": format!("bad request: {e}") }),
+                },
             };
             let mut out = reply.to_string();
             out.push('\n');
-            let _ = write.write_all(out.as_bytes()).await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(out.as_bytes())).await;
         });
     }
 }
@@ -101,6 +188,8 @@ pub fn request(path: &Path, req: Request) -> Result<serde_json::Value, ControlEr
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     struct Fixed;
@@ -110,24 +199,106 @@ mod tests {
         }
     }
 
+    /// A fresh directory of this user's, mode 0700, removed on drop.
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("synx-control-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+            Self(dir)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[tokio::test]
     async fn request_reaches_responder_and_stale_socket_is_replaced() {
-        let dir = std::env::temp_dir().join(format!("synx-control-{}", std::process::id()));
-        let path = dir.join("c.sock");
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = Dir::new("serve");
+        let path = dir.0.join("c.sock");
         // A stale socket file (no listener) must not stop a new daemon.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let listener = bind(&path).unwrap();
+        let (listener, bound) = bind(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let task = tokio::spawn(serve(listener, Arc::new(Fixed)));
         let p = path.clone();
         let reply = tokio::task::spawn_blocking(move || request(&p, Request::Stats)).await.unwrap();
         assert_eq!(reply.unwrap()["echo"], "Stats");
-        // A live daemon's socket is not stolen.
-        assert!(matches!(bind(&path), Err(ControlError::Io { .. })));
+        // A live daemon's socket is not stolen, and the one that failed to bind leaves it alone.
+        let err = bind(&path).unwrap_err();
+        assert!(err.to_string().contains("another synx daemon is running"), "{err}");
+        assert!(path.exists());
+        let p = path.clone();
+        let reply = tokio::task::spawn_blocking(move || request(&p, Request::Conns)).await.unwrap();
+        assert_eq!(reply.unwrap()["echo"], "Conns");
+        // What this process bound, it removes.
         task.abort();
-        std::fs::remove_dir_all(&dir).unwrap();
+        drop(bound);
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn only_a_socket_is_ever_replaced_and_only_our_own_is_removed() {
+        let dir = Dir::new("paths");
+        let file = dir.0.join("f.sock");
+        std::fs::write(&file, b"precious").unwrap();
+        let err = bind(&file).unwrap_err();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+        // A symlink to a file is not followed, not removed.
+        let link = dir.0.join("l.sock");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(bind(&link).unwrap_err().to_string().contains("not a socket"));
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+        // A socket replaced after we bound it is somebody else's: dropping ours leaves it.
+        let path = dir.0.join("c.sock");
+        let (listener, bound) = bind(&path).unwrap();
+        drop(listener);
+        std::fs::remove_file(&path).unwrap();
+        let _other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(bound);
+        assert!(path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_directory_others_can_write_is_refused() {
+        let dir = Dir::new("perm");
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = bind(&dir.0.join("c.sock")).unwrap_err();
+        assert!(err.to_string().contains("writable by other users"), "{err}");
+        // A directory bind() creates is its owner's alone.
+        let nested = dir.0.join("made").join("c.sock");
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let (_listener, _bound) = bind(&nested).unwrap();
+        let mode = std::fs::metadata(nested.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_gets_an_error_not_a_stuck_task() {
+        use std::io::Read as _;
+        let dir = Dir::new("limits");
+        let path = dir.0.join("c.sock");
+        let (listener, _bound) = bind(&path).unwrap();
+        let task = tokio::spawn(serve(listener, Arc::new(Fixed)));
+        let p = path.clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            let mut s = UnixStream::connect(&p).unwrap();
+            // No newline within the limit: the daemon answers with an error and closes. (A
+            // client that sends more than it reads gets a reset instead of the answer.)
+            s.write_all(&vec![b'x'; MAX_REQUEST as usize]).unwrap();
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).unwrap();
+            reply
+        })
+        .await
+        .unwrap();
+        assert!(reply.contains("too long"), "{reply}");
+        task.abort();
     }
 
     #[test]

@@ -42,8 +42,11 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         busy_poll: cfg.busy_poll,
     })?);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    // Removes the socket on the way out, if it is still the one this daemon created.
+    let mut bound = None;
     let result = rt.block_on(async {
-        let control = control::bind(&control_socket)?;
+        let (control, path) = control::bind(&control_socket)?;
+        bound = Some(path);
         tokio::spawn(control::serve(control, engine.clone()));
         for spec in &cfg.listen {
             let app = cfg.app_for(spec);
@@ -105,7 +108,7 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         let _ = writeln!(std::io::stdout(), "shutting down: {} s grace for open connections", cfg.grace.as_secs());
     }
     engine.shutdown(if result.is_ok() { cfg.grace } else { std::time::Duration::ZERO });
-    let _ = std::fs::remove_file(&control_socket);
+    drop(bound);
     drop(rt);
     // The last reference detaches the XDP program (bpf_link).
     drop(engine);

@@ -191,7 +191,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::BenchFlood { iface, src_mac, dst_mac, dst, src_base, sources, secs, drop } => {
             let (frame, state) = synx::bpf::flood_template(src_mac, dst_mac, dst, src_base, sources, drop)?;
             let mut state = Some(state);
-            let mut engine = synx::bpf::XdpEngine::load(1024, 1460)?;
+            let mut engine = synx::bpf::XdpEngine::load_bench(1024, 1460)?;
             const PER_CALL: u32 = 1 << 16;
             let start = std::time::Instant::now();
             let mut frames = 0u64;

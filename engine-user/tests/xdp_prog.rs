@@ -6,11 +6,10 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use engine_common::{
     cookie::{self, Key},
     counters,
-    maps::{CONFIG_RST_BAD_COOKIE, XdpConfig},
 };
 use etherparse::{PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 use synx::{
-    bpf::{XdpEngine, cookie_tuple},
+    bpf::{XdpEngine, XdpSettings, cookie_tuple},
     wire,
 };
 
@@ -35,13 +34,23 @@ fn now_ns() -> u64 {
 
 /// A program loaded with fixed secrets and a listener on port 80 (both families).
 fn engine() -> XdpEngine {
+    engine_with(XdpSettings::new(1460))
+}
+
+fn engine_with(settings: XdpSettings) -> XdpEngine {
     assert_eq!(unsafe { libc::geteuid() }, 0, "XDP program tests need root");
-    let mut e = XdpEngine::load(1024, 1460).expect("load the XDP program");
-    let cfg = XdpConfig {
-        secrets: [Key { k0: 11, k1: 12 }, Key { k0: 21, k1: 22 }],
-        ..*e.config()
-    };
-    e.set_config(cfg).unwrap();
+    let e = XdpEngine::load_with(settings, 1024).expect("load the XDP program");
+    configure(e)
+}
+
+/// The benchmark's object, set up as [`engine`].
+fn bench_engine() -> XdpEngine {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "XDP program tests need root");
+    configure(XdpEngine::load_bench(1024, 1460).expect("load the benchmark's XDP object"))
+}
+
+fn configure(mut e: XdpEngine) -> XdpEngine {
+    e.set_secrets([Key { k0: 11, k1: 12 }, Key { k0: 21, k1: 22 }]).unwrap();
     e.add_listener(SocketAddr::new(SERVER4.into(), PORT), 0).unwrap();
     e.add_listener(SocketAddr::new(SERVER6.into(), PORT), 1).unwrap();
     e
@@ -116,10 +125,9 @@ fn check_synack(e: &XdpEngine, v6: bool, syn_seq: u32, out: &[u8], with_ts: bool
     assert!(t.syn() && t.ack() && !t.rst() && !t.fin());
     assert_eq!(t.acknowledgment_number(), syn_seq.wrapping_add(1));
     assert_eq!(t.window_size(), 65535);
-    let cfg = e.config();
     let tuple = cookie_tuple(server(v6), client(v6, 40000)).unwrap();
     assert_eq!(
-        cookie::check(&cfg.secrets, &tuple, syn_seq, t.sequence_number(), now_ns()).map(|c| c.mss),
+        cookie::check(&e.secrets(), &tuple, syn_seq, t.sequence_number(), now_ns()).map(|c| c.mss),
         Some(1460),
         "the ISN is our cookie for this tuple and ISN"
     );
@@ -221,10 +229,9 @@ fn bad_cookie_ack_gets_an_rfc9293_reset_or_is_dropped() {
         assert_eq!(t.sequence_number(), 0xdead_beef);
         assert_eq!(counter(&e, "xdp_cookie_ack_invalid"), 1);
         assert_eq!(counter(&e, "xdp_rst_sent"), 1);
-        // Configured to stay silent: dropped.
-        let cfg = XdpConfig { flags: e.config().flags & !CONFIG_RST_BAD_COOKIE, ..*e.config() };
-        e.set_config(cfg).unwrap();
-        let (action, _, _) = e.test_run(&ack, 1).unwrap();
+        // Loaded to stay silent: dropped.
+        let mut silent = engine_with(XdpSettings { rst_bad_cookie: false, ..XdpSettings::new(1460) });
+        let (action, _, _) = silent.test_run(&ack, 1).unwrap();
         assert_eq!(action, XDP_DROP);
     }
 }
@@ -386,10 +393,10 @@ fn check_synack_layout(e: &XdpEngine, v6: bool, syn_seq: u32, out: &[u8], want: 
     assert_eq!(t.acknowledgment_number(), syn_seq.wrapping_add(1), "{what}");
     assert_eq!(t.window_size(), 65535, "{what}");
     let tuple = cookie_tuple(server(v6), client(v6, 40000)).unwrap();
-    let checked = cookie::check(&e.config().secrets, &tuple, syn_seq, t.sequence_number(), now_ns());
+    let checked = cookie::check(&e.secrets(), &tuple, syn_seq, t.sequence_number(), now_ns());
     assert_eq!(checked.map(|c| c.mss), Some(want.cookie_mss), "{what}: cookie");
     let opts: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
-    let mut expected = vec![TcpOptionElement::MaximumSegmentSize(e.config().mss)];
+    let mut expected = vec![TcpOptionElement::MaximumSegmentSize(e.settings().mss)];
     let tsval = match want.ts {
         None => {
             // Without timestamps the cookie cannot carry scaling or SACK: MSS, then EOL padding.
@@ -619,16 +626,16 @@ fn the_benchmark_program_answers_as_the_attached_one_and_so_does_the_kernel_cook
     let mut e = engine();
     let (action, attached, _) = e.test_run(&syn, 1).unwrap();
     assert_eq!(action, XDP_TX);
+    // The benchmark's object, with the same secrets.
+    let mut bench = bench_engine();
     for repeat in [1, 50] {
-        let (action, out, _) = e.test_run_bench(&syn, repeat).unwrap();
+        let (action, out, _) = bench.test_run_bench(&syn, repeat).unwrap();
         assert_eq!(action, XDP_TX, "repeat {repeat}");
         // The same cookie period, so the same bytes (the TSval may move with the clock).
-        check_synack(&e, false, 1000, &out, true);
+        check_synack(&bench, false, 1000, &out, true);
         assert_eq!(tcp_of(&out).sequence_number(), tcp_of(&attached).sequence_number());
     }
-    let kernel = XdpConfig { flags: e.config().flags | engine_common::maps::CONFIG_KERNEL_COOKIE, ..*e.config() };
-    e.set_config(kernel).unwrap();
-    let (action, out, _) = e.test_run_bench(&syn, 50).unwrap();
+    let (action, out, _) = bench.test_run_bench_kernel(&syn, 50).unwrap();
     assert_eq!(action, XDP_TX, "the kernel-helper baseline must answer the SYN");
     let t = tcp_of(&out);
     assert!(t.syn() && t.ack(), "a SYN-ACK");
@@ -677,6 +684,7 @@ fn a_backlogged_queue_leaves_new_syns_unanswered_and_nothing_else() {
 #[test]
 fn the_flood_generator_writes_whole_valid_syns_from_its_template() {
     let mut e = engine();
+    let mut bench = bench_engine();
     let dst = std::net::SocketAddrV4::new(SERVER4, PORT);
     let base = Ipv4Addr::new(198, 19, 254, 0);
     let (frame, state) = synx::bpf::flood_template(CLIENT_MAC, SERVER_MAC, dst, base, 250, false).unwrap();
@@ -684,7 +692,7 @@ fn the_flood_generator_writes_whole_valid_syns_from_its_template() {
     // built in place): every byte must come from the template.
     let garbage = vec![0xa5u8; frame.len()];
     for (n, input) in [(0u32, &frame), (7, &garbage), (251, &garbage), (70_000, &frame)] {
-        let (action, out) = e.flood_sample(input, engine_common::maps::FloodState { next: n, ..state }).unwrap();
+        let (action, out) = bench.flood_sample(input, engine_common::maps::FloodState { next: n, ..state }).unwrap();
         assert_eq!(action, XDP_TX, "frame {n}");
         let p = SlicedPacket::from_ethernet(&out).unwrap();
         let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else { panic!("frame {n}: not IPv4") };
@@ -703,5 +711,5 @@ fn the_flood_generator_writes_whole_valid_syns_from_its_template() {
         assert_eq!(answer, XDP_TX, "frame {n}: a SYN-ACK");
     }
     let dropping = synx::bpf::flood_template(CLIENT_MAC, SERVER_MAC, dst, base, 250, true).unwrap().1;
-    assert_eq!(e.flood_sample(&frame, dropping).unwrap().0, XDP_DROP);
+    assert_eq!(bench.flood_sample(&frame, dropping).unwrap().0, XDP_DROP);
 }

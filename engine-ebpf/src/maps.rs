@@ -1,0 +1,43 @@
+//! The maps the XDP program shares with userspace (names and layouts in
+//! `engine_common::maps`), and its outcome counters.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, XskMap},
+};
+use engine_common::{
+    counters::{self, Counter},
+    maps::{
+        CookieSecrets, DEFAULT_MAX_FLOWS, FlowKey4, FlowKey6, LISTEN_PORTS_LEN, ListenerKey, ListenerValue, MAX_QUEUES,
+        PortListeners, RxBacklogEntry,
+    },
+};
+
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+#[map(name = "LISTEN_PORTS")]
+pub static LISTEN_PORTS: Array<PortListeners> = Array::with_max_entries(LISTEN_PORTS_LEN, 0);
+#[map(name = "LISTENERS")]
+pub static LISTENERS: HashMap<ListenerKey, ListenerValue> = HashMap::with_max_entries(256, 0);
+#[map(name = "FLOWS4")]
+pub static FLOWS4: HashMap<FlowKey4, u32> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+#[map(name = "FLOWS6")]
+pub static FLOWS6: HashMap<FlowKey6, u32> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_PREALLOC);
+#[map(name = "LAST_SEEN")]
+pub static LAST_SEEN: Array<u64> = Array::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_MMAPABLE);
+#[map(name = "XSKS")]
+pub static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+#[map(name = "COOKIE_SECRETS")]
+pub static COOKIE_SECRETS: Array<CookieSecrets> = Array::with_max_entries(1, 0);
+#[map(name = "RX_BACKLOG")]
+pub static RX_BACKLOG: Array<RxBacklogEntry> = Array::with_max_entries(MAX_QUEUES, BPF_F_MMAPABLE);
+
+/// Count one `c` on this CPU.
+#[inline(always)]
+pub fn count(c: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(c) {
+        // SAFETY: per-CPU slot; no other writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,267 @@
+//! The XDP program's decisions: what each segment to a listener gets (see the crate docs).
+//! Generic over where a SYN-ACK's ISN comes from ([`Cookies`]), so the attached program and
+//! the benchmark's kernel-helper baseline are the same code with another cookie.
+
+use aya_ebpf::{bindings::{BPF_NOEXIST, xdp_action}, programs::XdpContext};
+use engine_common::{
+    cookie::{self, Key},
+    counters,
+    maps::{
+        FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY,
+        PORT_V6_SOME, RX_BACKLOG_LIMIT, SLOT_PENDING,
+    },
+};
+
+use crate::{
+    clock::{Now, coarse_now, precise_now_ns},
+    maps::{COOKIE_SECRETS, FLOWS4, FLOWS6, LAST_SEEN, LISTEN_PORTS, LISTENERS, RX_BACKLOG, XSKS, count},
+    options::{fixed_syn_options, walk_syn_options},
+    packet::{ACK, CWR, ECE, FIN, RST, SYN, Seg, Verdict, parse, wire},
+    ratelimit::take_rst_token,
+    reply::reply,
+    settings,
+};
+
+/// Option words of our SYN-ACK: 20 bytes, always (EOL-padded without timestamps).
+const SYNACK_OPT_WORDS: usize = 5;
+/// The window of our SYN-ACK (never scaled in a SYN, RFC 7323 2.2).
+const SYNACK_WINDOW: u16 = 65535;
+
+/// Where a SYN-ACK's ISN comes from.
+pub trait Cookies {
+    /// Our ISN for `seg` (mss: the smaller of ours and the client's) and the offset of our
+    /// TSval clock, or the verdict when the segment gets no SYN-ACK.
+    fn mint(ctx: &XdpContext, seg: &Seg, secrets: &[Key; 2], now: Now, mss: u16) -> Result<(u32, u32), Verdict>;
+}
+
+/// synx's own cookies (`engine_common::cookie`), which the ACK path and userspace decode.
+pub struct SynxCookies;
+
+impl Cookies for SynxCookies {
+    #[inline(always)]
+    fn mint(_ctx: &XdpContext, seg: &Seg, secrets: &[Key; 2], now: Now, mss: u16) -> Result<(u32, u32), Verdict> {
+        let m = cookie::make(&secrets[0], &seg.tuple(), seg.seq, now.ns, mss);
+        Ok((m.isn, m.ts_offset))
+    }
+}
+
+/// Run the program on the frame in `ctx`: its XDP action, every outcome counted.
+#[inline(always)]
+pub fn handle<C: Cookies>(ctx: &XdpContext) -> u32 {
+    count(counters::RX_PACKETS);
+    match run::<C>(ctx) {
+        Verdict::Pass(c) => {
+            count(c);
+            xdp_action::XDP_PASS
+        }
+        Verdict::Drop(c) => {
+            count(c);
+            xdp_action::XDP_DROP
+        }
+        Verdict::Done(action) => action,
+    }
+}
+
+#[inline(always)]
+fn run<C: Cookies>(ctx: &XdpContext) -> Verdict {
+    let seg = match parse(ctx) {
+        Ok(s) => s,
+        Err(v) => return v,
+    };
+    if !is_listener(&seg) {
+        return Verdict::Pass(counters::PASS_NOT_LISTENER);
+    }
+    // Malformed for a listener: illegal flag sets, zero ports, broadcast/multicast sources.
+    let f = seg.flags;
+    if (f & SYN != 0 && f & (FIN | RST) != 0) || seg.sport == 0 {
+        return Verdict::Drop(counters::DROP_BAD_FLAGS);
+    }
+    // The source MAC's group bit is the low bit of the frame's byte 6.
+    if (seg.macs[1] >> 16) & 1 != 0 || bad_source(&seg) {
+        return Verdict::Drop(counters::DROP_BAD_ADDRESS);
+    }
+    let key4 = FlowKey4 { remote: seg.src[0], local: seg.dst[0], ports: seg.ports };
+    let key6 = FlowKey6 { remote: seg.src, local: seg.dst, ports: seg.ports };
+    // SAFETY: map lookups with keys on our stack.
+    let slot = unsafe { if seg.v6 { FLOWS6.get(&key6) } else { FLOWS4.get(&key4) } };
+    if let Some(slot) = slot {
+        if let Some(p) = LAST_SEEN.get_ptr_mut(*slot) {
+            // The coarse clock (see `coarse_now`): keepalive needs seconds, not nanoseconds, and
+            // a stamp up to a tick old only makes a connection look idle a little longer.
+            // SAFETY: a valid array slot; a plain 8-byte store that userspace reads via mmap.
+            unsafe { *p = coarse_now().ns };
+        }
+        count(counters::FLOW_SEGMENT);
+        return to_userspace(ctx);
+    }
+    let Some(secrets) = COOKIE_SECRETS.get(0) else { return Verdict::Pass(counters::PASS_NOT_READY) };
+    if secrets.ready == 0 {
+        return Verdict::Pass(counters::PASS_NOT_READY);
+    }
+    if f & RST != 0 {
+        // RFC 9293 3.10.7.1: an incoming RST for no connection is discarded.
+        return Verdict::Drop(counters::DROP_RST_NO_FLOW);
+    }
+    if f & SYN != 0 && f & ACK == 0 {
+        // The engine of this queue is behind: a SYN-ACK now would bring a final ACK it may have
+        // to drop, leaving a client that believes it is connected to a server that never heard
+        // of it (an idle client never finds out). Leave the SYN unanswered, as a server with a
+        // full backlog does (RFC 9293 3.10.7.2 lets LISTEN ignore a SYN it cannot serve); the
+        // client retransmits it after its RTO (RFC 6298 2.1: 1 s).
+        // SAFETY: reading the queue index from the context.
+        let queue = unsafe { (*ctx.ctx).rx_queue_index };
+        // Signed: a count that lost increments may trail what userspace took; that is no backlog.
+        if RX_BACKLOG.get(queue).is_some_and(|b| b.redirected.wrapping_sub(b.consumed) as i64 > RX_BACKLOG_LIMIT as i64) {
+            return Verdict::Drop(counters::DROP_SYN_BACKLOG);
+        }
+        return syn_ack::<C>(ctx, &seg, &secrets.keys, coarse_now());
+    }
+    // Checking a cookie, the precise clock (see `precise_now_ns`).
+    let now = precise_now_ns();
+    if f & ACK != 0 && f & SYN == 0 {
+        // RFC 9293 3.10.7.3 with SYN-RECEIVED held in the cookie: the ACK must acknowledge it.
+        let cookie = seg.ack.wrapping_sub(1);
+        let client_isn = seg.seq.wrapping_sub(1);
+        if cookie::check(&secrets.keys, &seg.tuple(), client_isn, cookie, now).is_some() {
+            count(counters::COOKIE_ACK_VALID);
+            // Claim the tuple until userspace writes the real slot, so the flow's next
+            // segments reach it even before it has processed this ACK.
+            let flags = u64::from(BPF_NOEXIST);
+            let _ = if seg.v6 { FLOWS6.insert(&key6, &SLOT_PENDING, flags) } else { FLOWS4.insert(&key4, &SLOT_PENDING, flags) };
+            return to_userspace(ctx);
+        }
+        count(counters::COOKIE_ACK_INVALID);
+    }
+    // No connection and no valid cookie: RFC 9293 3.10.7.1 reset, or silence.
+    if !settings::rst_bad_cookie() {
+        return Verdict::Done(xdp_action::XDP_DROP);
+    }
+    reset(ctx, &seg, now)
+}
+
+/// Whether a listener serves the segment's destination: the port's entry first (an array
+/// lookup), the exact-address hash map only for ports with several exact addresses or IPv6.
+#[inline(always)]
+fn is_listener(seg: &Seg) -> bool {
+    let Some(port) = LISTEN_PORTS.get(u32::from(seg.dport)) else { return false };
+    let f = port.flags;
+    if seg.v6 {
+        if f & PORT_V6_ANY != 0 {
+            return true;
+        }
+        if f & PORT_V6_SOME == 0 {
+            return false;
+        }
+    } else {
+        if f & PORT_V4_ANY != 0 || (f & PORT_V4_ONE != 0 && port.v4_addr == seg.dst[0]) {
+            return true;
+        }
+        if f & PORT_V4_MORE == 0 {
+            return false;
+        }
+    }
+    let key = ListenerKey {
+        addr: seg.dst,
+        port_be: seg.dport.to_be(),
+        family: if seg.v6 { FAMILY_V6 } else { FAMILY_V4 },
+        _pad: 0,
+    };
+    // SAFETY: map lookup with a key on our stack.
+    unsafe { LISTENERS.get(&key) }.is_some()
+}
+
+#[inline(always)]
+fn bad_source(seg: &Seg) -> bool {
+    // The address's first byte is the low byte of word 0.
+    let a = seg.src[0] & 0xff;
+    if seg.v6 {
+        a == 0xff
+    } else {
+        // 0.0.0.0/8, multicast 224/4 and everything above (incl. 255.255.255.255).
+        a == 0 || a >= 224
+    }
+}
+
+#[inline(always)]
+fn to_userspace(ctx: &XdpContext) -> Verdict {
+    // SAFETY: reading the queue index from the context.
+    let queue = unsafe { (*ctx.ctx).rx_queue_index };
+    match XSKS.redirect(queue, u64::from(xdp_action::XDP_DROP)) {
+        Ok(action) => {
+            if let Some(b) = RX_BACKLOG.get_ptr_mut(queue) {
+                // A queue's frames are handled by one CPU at a time (its NAPI context), so a
+                // plain increment; in generic mode two CPUs could race and lose one, which only
+                // makes the backlog look smaller (see the SYN check).
+                // SAFETY: a valid array slot; userspace only reads this word.
+                unsafe { (*b).redirected = (*b).redirected.wrapping_add(1) };
+            }
+            Verdict::Done(action)
+        }
+        Err(_) => Verdict::Drop(counters::REDIRECT_FAILED),
+    }
+}
+
+#[inline(always)]
+fn syn_ack<C: Cookies>(ctx: &XdpContext, seg: &Seg, secrets: &[Key; 2], now: Now) -> Verdict {
+    let opts = match fixed_syn_options(ctx, seg) {
+        Some(o) => o,
+        None => {
+            count(counters::SYN_GENERIC_OPTIONS);
+            match walk_syn_options(ctx, seg) {
+                Some(o) => o,
+                None => return Verdict::Drop(counters::DROP_BAD_OPTIONS),
+            }
+        }
+    };
+    let our_mss = settings::mss();
+    let mss = if opts.mss < our_mss { opts.mss } else { our_mss };
+    let (isn, ts_offset) = match C::mint(ctx, seg, secrets, now, mss) {
+        Ok(m) => m,
+        Err(v) => return v,
+    };
+    // Options, Linux's order: MSS, SACK-permitted, timestamps, NOP, window scale. The MSS we
+    // announce is what we can receive (RFC 6691 2, RFC 9293 3.7.1), whatever the client's;
+    // the cookie keeps the smaller of the two, the size we may send.
+    let [m0, m1] = our_mss.to_be_bytes();
+    let mut o: [u32; SYNACK_OPT_WORDS] = [wire([2, 4, m0, m1]), 0, 0, 0, 0];
+    if let Some(client_ts) = opts.ts {
+        // RFC 7323 3.2: TSecr echoes the client's TSval; our TSval carries what the cookie
+        // cannot (window scale, SACK, ECN).
+        let ecn = seg.flags & (ECE | CWR) == (ECE | CWR);
+        let tsval = cookie::ts_encode(now.ms, ts_offset, opts.wscale, opts.sack, ecn);
+        o[1] = if opts.sack { wire([4, 2, 8, 10]) } else { wire([1, 1, 8, 10]) };
+        o[2] = tsval.to_be();
+        o[3] = client_ts.to_be();
+        // RFC 7323 2.2: offer scaling only to a client that offered it.
+        o[4] = if opts.wscale.is_some() { wire([1, 3, 3, settings::wscale()]) } else { wire([1, 1, 1, 1]) };
+    }
+    // Without timestamps the cookie cannot remember scaling or SACK: MSS only, EOL padding.
+    if !reply(ctx, seg, isn, seg.seq.wrapping_add(1), SYN | ACK, SYNACK_WINDOW, &o) {
+        return Verdict::Drop(counters::DROP_NO_ROOM);
+    }
+    count(counters::SYN_COOKIE_SENT);
+    Verdict::Done(xdp_action::XDP_TX)
+}
+
+/// RFC 9293 3.10.7.1 reset for a segment with no connection, rate-limited per CPU.
+#[inline(always)]
+fn reset(ctx: &XdpContext, seg: &Seg, now: u64) -> Verdict {
+    if !take_rst_token(now, settings::rst_per_sec()) {
+        return Verdict::Drop(counters::RST_RATE_LIMITED);
+    }
+    // If the segment has ACK: <SEQ=SEG.ACK><CTL=RST>; otherwise
+    // <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>.
+    let seg_len = seg.payload_len
+        + u32::from(seg.flags & SYN != 0)
+        + u32::from(seg.flags & FIN != 0);
+    let (rseq, rack, rflags) = if seg.flags & ACK != 0 {
+        (seg.ack, 0, RST)
+    } else {
+        (0, seg.seq.wrapping_add(seg_len), RST | ACK)
+    };
+    if !reply(ctx, seg, rseq, rack, rflags, 0, &[]) {
+        return Verdict::Drop(counters::DROP_NO_ROOM);
+    }
+    count(counters::RST_SENT);
+    Verdict::Done(xdp_action::XDP_TX)
+}

@@ -1,0 +1,29 @@
+//! A per-CPU token bucket: how many RSTs XDP may send for segments with no connection.
+
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use engine_common::maps::RstBucket;
+
+#[map(name = "RST_BUCKET")]
+static RST_BUCKET: PerCpuArray<RstBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// Take a token from this CPU's bucket, which refills at `rate` per second up to `rate`:
+/// false when it is empty (or the bucket cannot be read).
+#[inline(always)]
+pub fn take_rst_token(now_ns: u64, rate: u32) -> bool {
+    let Some(bucket) = RST_BUCKET.get_ptr_mut(0) else { return false };
+    // SAFETY: per-CPU slot; no other writer on this CPU.
+    let b = unsafe { &mut *bucket };
+    let rate = u64::from(rate);
+    // Capped at one second, so elapsed * rate (< 2^30 * 2^32) fits in 64 bits (no u128 in BPF).
+    let elapsed = now_ns.saturating_sub(b.last_ns).min(1_000_000_000);
+    let refill = elapsed.wrapping_mul(rate) / 1_000_000_000;
+    if refill > 0 {
+        b.tokens = (b.tokens + refill).min(rate);
+        b.last_ns = now_ns;
+    }
+    if b.tokens == 0 {
+        return false;
+    }
+    b.tokens -= 1;
+    true
+}

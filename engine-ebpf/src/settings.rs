@@ -1,0 +1,41 @@
+//! Settings fixed when userspace loads the object: read-only globals (names in
+//! `engine_common::maps::globals`), set with `EbpfLoader::override_global`. They live in the
+//! object's frozen `.rodata`, so the verifier reads them as constants and prunes the paths a
+//! switch turns off, and no packet pays a map lookup for them. The values here are
+//! placeholders: userspace sets every one at load.
+
+use aya_ebpf::Global;
+
+#[unsafe(no_mangle)]
+static SYNX_MSS: Global<u16> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYNX_WSCALE: Global<u8> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYNX_RST_BAD_COOKIE: Global<u8> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYNX_RST_PER_SEC: Global<u32> = Global::new(0);
+
+/// Our MSS, announced in SYN-ACKs (the smaller of it and the client's goes into the cookie).
+#[inline(always)]
+pub fn mss() -> u16 {
+    SYNX_MSS.load()
+}
+
+/// The window-scale shift we announce to a client that offers scaling.
+#[inline(always)]
+pub fn wscale() -> u8 {
+    SYNX_WSCALE.load()
+}
+
+/// Whether a segment with no connection and no valid cookie gets an RST (RFC 9293 3.10.7.1)
+/// rather than silence.
+#[inline(always)]
+pub fn rst_bad_cookie() -> bool {
+    SYNX_RST_BAD_COOKIE.load() != 0
+}
+
+/// RSTs per second per CPU at most.
+#[inline(always)]
+pub fn rst_per_sec() -> u32 {
+    SYNX_RST_PER_SEC.load()
+}
