@@ -299,10 +299,17 @@ impl Connection {
         if p.is_empty() {
             return;
         }
+        let sack = self.opts.sack_enabled;
         let rcv = &mut self.rcv;
         let (mut seq, mut data) = (seq, p);
         if seq.lt(rcv.nxt) {
             let skip = rcv.nxt.since(seq) as usize;
+            // RFC 2883 4: report what arrived twice (the part below RCV.NXT) as a DSACK block,
+            // at once: the sender may be waiting for it to undo a spurious retransmission.
+            if sack {
+                rcv.dsack = Some((seq, seq + skip.min(data.len()) as u32));
+                rcv.ack_now = true;
+            }
             if skip >= data.len() {
                 // RFC 5681 4.2: a duplicate segment is ACKed at once.
                 rcv.ack_now = true;
@@ -320,6 +327,15 @@ impl Connection {
             return;
         }
         rcv.mss = rcv.mss.max(p.len().min(u16::MAX as usize) as u16);
+        if sack && offset > 0 {
+            // RFC 2883 4: out-of-order data held already arrived twice; the part of it the
+            // held ranges cover goes as a DSACK block.
+            let end = offset + data.len() as u32;
+            if let Some(&(s, e)) = rcv.buf.out_of_order().iter().find(|&&(s, e)| s < end && offset < e) {
+                rcv.dsack = Some((rcv.nxt + offset.max(s), rcv.nxt + end.min(e)));
+                rcv.ack_now = true;
+            }
+        }
         let had_holes = rcv.buf.has_out_of_order();
         match rcv.buf.write(offset, data) {
             Some(0) => {

@@ -83,7 +83,7 @@ impl Connection {
         if self.opts.ts_enabled {
             options.timestamps = Some((self.opts.ts_now(now), self.opts.ts_recent));
         }
-        if self.opts.sack_enabled && self.rcv.buf.has_out_of_order() {
+        if self.opts.sack_enabled && (self.rcv.buf.has_out_of_order() || self.rcv.dsack.is_some()) {
             options.sack = self.rcv.sack_blocks();
         }
         options.fit();

@@ -32,6 +32,9 @@ pub(super) struct RecvHalf {
     /// RFC 3168 6.1.3: a CE mark arrived and the peer has not yet answered with CWR: our
     /// segments carry ECE.
     pub ece: bool,
+    /// RFC 2883: a range that arrived twice, reported as the first SACK block of the next ACK
+    /// only.
+    pub dsack: Option<(SeqNum, SeqNum)>,
     /// Dynamic right-sizing (Linux's tcp_rcv_space_adjust): bytes the application read in the
     /// last measured round trip, and where and when the current measure began.
     space: u32,
@@ -74,6 +77,7 @@ impl RecvHalf {
             last_ooo: None,
             ack_now: false,
             ece: false,
+            dsack: None,
             space: (INITIAL_SPACE_SEGMENTS * mss).min(buffer).max(1),
             space_seq: irs + 1,
             space_time: now,
@@ -137,16 +141,21 @@ impl RecvHalf {
     /// An ACK left with `h` (whose window is already scaled down by `wscale`).
     pub fn on_ack_sent(&mut self, h: &Header, wscale: u8) {
         self.ack_now = false;
+        self.dsack = None;
         self.unacked_bytes = 0;
         self.last_ack_sent = h.ack;
         self.adv = h.ack + ((h.window as u32) << wscale);
     }
 
-    /// RFC 2018 4: the block holding the most recent segment first, then the others.
+    /// RFC 2883 4: a DSACK block first, if owed; then RFC 2018 4: the block holding the most
+    /// recent segment, then the others.
     pub fn sack_blocks(&self) -> SackBlocks {
         let ranges = self.buf.out_of_order();
         let abs = |&(s, e): &(u32, u32)| (self.nxt + s, self.nxt + e);
         let mut blocks = SackBlocks::default();
+        if let Some((l, r)) = self.dsack {
+            blocks.push(l, r);
+        }
         let first = self.last_ooo.and_then(|seq| ranges.iter().position(|r| seq.in_range(abs(r).0, abs(r).1)));
         if let Some(i) = first {
             let (l, r) = abs(&ranges[i]);
@@ -169,6 +178,7 @@ impl RecvHalf {
             && self.last_ooo.is_none()
             && self.unacked_bytes == 0
             && !self.ack_now
+            && self.dsack.is_none()
             && self.last_ack_sent == self.nxt
     }
 
@@ -206,6 +216,7 @@ impl RecvHalf {
             last_ooo: None,
             ack_now: false,
             ece,
+            dsack: None,
             space: f.space,
             space_seq: f.nxt - f.space_copied,
             space_time: last_heard - Duration::from_nanos(f.space_age_ns as u64),

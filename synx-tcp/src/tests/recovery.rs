@@ -244,3 +244,33 @@ fn a_tail_loss_probe_that_repairs_a_loss_reduces_the_window_once() {
         assert_eq!((c.stats().fast_recoveries, c.stats().retransmits), (0, 1));
     }
 }
+
+#[test]
+fn duplicates_are_reported_as_dsack_blocks_once() {
+    // RFC 2883 4: a segment that arrives twice is reported in the first SACK block of the ACK
+    // it prompts (below the cumulative ACK, or inside the block that holds it), once.
+    let mut c = sack_sender();
+    c.handle(ms(1), &peer(0, 0), b"0123456789");
+    out(&mut c, ms(50));
+    // A duplicate below RCV.NXT, partly: [5, 10) again with [10, 12) new.
+    c.handle(ms(60), &peer(5, 0), b"56789ab");
+    let (h, _) = one(&mut c, ms(60));
+    assert_eq!(h.options.sack.as_slice(), &[(SeqNum(IRS + 6), SeqNum(IRS + 11))]);
+    // Out of order, then that segment again: DSACK first, then its block.
+    c.handle(ms(61), &peer(20, 0), b"klm");
+    out(&mut c, ms(61));
+    c.handle(ms(62), &peer(20, 0), b"klm");
+    let (h, _) = one(&mut c, ms(62));
+    let block = (SeqNum(IRS + 21), SeqNum(IRS + 24));
+    assert_eq!(h.options.sack.as_slice(), &[block, block]);
+    // The next ACK reports it no more.
+    c.handle(ms(63), &peer(12, 0), b"cdefghij");
+    let acks = out(&mut c, ms(63));
+    assert!(acks.iter().all(|(h, _)| h.options.sack.as_slice().iter().all(|&b| b != (SeqNum(IRS + 6), SeqNum(IRS + 11)))));
+    // Without SACK, no DSACK.
+    let mut c = established();
+    c.handle(ms(1), &peer(0, 0), b"0123");
+    c.handle(ms(2), &peer(0, 0), b"0123");
+    let (h, _) = one(&mut c, ms(2));
+    assert!(h.options.sack.is_empty());
+}
