@@ -76,6 +76,18 @@ impl fmt::Display for State {
 }
 
 impl State {
+    /// Every state, in RFC 9293's order from ESTABLISHED on.
+    pub const ALL: [State; 8] = [
+        State::Established,
+        State::CloseWait,
+        State::LastAck,
+        State::FinWait1,
+        State::FinWait2,
+        State::Closing,
+        State::TimeWait,
+        State::Closed,
+    ];
+
     /// States in which the peer may still send us data (no FIN received yet).
     fn receives_data(self) -> bool {
         matches!(self, State::Established | State::FinWait1 | State::FinWait2)
