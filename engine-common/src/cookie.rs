@@ -29,7 +29,10 @@
 //! the TSval in TSecr, and the ACK brings it back. Without timestamps, no window scaling and no
 //! SACK are offered (there is nowhere to remember them), again as Linux does.
 
-use crate::handshake::{FACT_ECN, FACT_SACK, FACT_TS, FACT_WSCALE, HandshakeFacts};
+use crate::{
+    handshake::{FACT_ECN, FACT_SACK, FACT_TS, FACT_WSCALE, HandshakeFacts},
+    maps::ports_word,
+};
 
 /// Seconds in one cookie time period, as a shift of nanoseconds (2^36 ns ~ 68.7 s).
 pub const PERIOD_SHIFT: u32 = 36;
@@ -85,12 +88,6 @@ impl Tuple {
             v6: true,
         }
     }
-}
-
-fn ports_word(client_port: u16, server_port: u16) -> u32 {
-    let [c0, c1] = client_port.to_be_bytes();
-    let [s0, s1] = server_port.to_be_bytes();
-    u32::from_le_bytes([c0, c1, s0, s1])
 }
 
 #[inline(always)]

@@ -10,3 +10,4 @@ pub mod cookie;
 pub mod counters;
 pub mod handshake;
 pub mod maps;
+pub mod synack;

@@ -26,8 +26,6 @@ pub const XSKS: &str = "XSKS";
 /// One-entry array of [`CookieSecrets`]: the state userspace rewrites while the program runs
 /// (settings fixed at load are [`globals`]).
 pub const COOKIE_SECRETS: &str = "COOKIE_SECRETS";
-/// Per-CPU token bucket of [`RstBucket`] limiting RSTs sent from XDP.
-pub const RST_BUCKET: &str = "RST_BUCKET";
 /// `BPF_F_MMAPABLE` array of [`RxBacklogEntry`] per RX queue: frames XDP redirected to the
 /// queue's AF_XDP socket, and frames its engine has taken (or the kernel dropped). While more
 /// than [`RX_BACKLOG_LIMIT`] are outstanding, XDP leaves new SYNs unanswered, so handshakes
@@ -44,6 +42,10 @@ pub const BENCH_FRAME: &str = "BENCH_FRAME";
 /// Length of [`BenchFrame`]'s frame: a Linux client's IPv4 SYN (Ethernet, IPv4, TCP with MSS,
 /// SACK-permitted, timestamps, NOP, window scale).
 pub const BENCH_FRAME_LEN: usize = 74;
+
+/// One-entry array of [`BenchVary`]: how the micro-benchmark programs vary the IPv4 source of
+/// the frame they restore, so a call's repeats look up many flows, not one hot entry.
+pub const BENCH_VARY: &str = "BENCH_VARY";
 
 /// One-entry array of [`FloodState`]: the benchmark's SYN-flood generator (`synx_bench_flood`,
 /// run in BPF_PROG_TEST_RUN live-frame mode; in the benchmark's object only).
@@ -104,6 +106,15 @@ pub struct ListenerValue {
     pub flags: u32,
 }
 
+/// Two ports in network byte order as a little-endian u32: the first 4 bytes of a TCP header
+/// (source port, then destination port) as XDP loads them, the `ports` of [`FlowKey4`],
+/// [`FlowKey6`] and `cookie::Tuple`.
+pub fn ports_word(first: u16, second: u16) -> u32 {
+    let [a, b] = first.to_be_bytes();
+    let [c, d] = second.to_be_bytes();
+    u32::from_le_bytes([a, b, c, d])
+}
+
 /// An IPv4 connection as the client's segments carry it (remote = the client), each field the
 /// wire's bytes read as a little-endian u32, so XDP builds the key with three loads: the IPv4
 /// source and destination addresses and the TCP header's first 4 bytes (remote port, then
@@ -152,14 +163,6 @@ pub mod globals {
     pub const RST_PER_SEC: &str = "SYNX_RST_PER_SEC";
 }
 
-/// Token bucket state for RSTs (per CPU).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct RstBucket {
-    pub tokens: u64,
-    pub last_ns: u64,
-}
-
 /// One queue's entry of [`RX_BACKLOG`]. XDP adds to `redirected`; userspace stores `consumed`.
 /// Both only grow (wrapping): `redirected - consumed`, read as signed, is the backlog.
 #[repr(C)]
@@ -177,6 +180,15 @@ pub struct BenchFrame {
 }
 
 const _: () = assert!(BENCH_FRAME_LEN <= 80);
+
+/// [`BENCH_VARY`]'s entry: each restore gives the frame the IPv4 source `saved + next % count`
+/// (host order; checksums updated) and advances `next`; `count` 0 keeps the saved source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct BenchVary {
+    pub next: u32,
+    pub count: u32,
+}
 
 /// The SYN-flood generator's state: frame `n` is `frame` (its first [`FLOOD_FRAME_LEN`] bytes,
 /// as the wire has them, checksums valid) from `src_base + 1 + n % sources` (an IPv4 address,
@@ -205,6 +217,6 @@ mod pod_impls {
     unsafe impl aya::Pod for super::FlowKey6 {}
     unsafe impl aya::Pod for super::PortListeners {}
     unsafe impl aya::Pod for super::CookieSecrets {}
-    unsafe impl aya::Pod for super::RstBucket {}
     unsafe impl aya::Pod for super::BenchFrame {}
+    unsafe impl aya::Pod for super::BenchVary {}
 }

@@ -1,22 +1,24 @@
-//! The options of a client's SYN (RFC 9293 3.1): the layouts almost every SYN carries,
-//! recognised by comparing whole words, and a walk option by option for the rest.
+//! What a client's SYN offers (`engine_common::synack::Syn`), read from its options (RFC 9293
+//! 3.1): the layouts almost every SYN carries, recognised by comparing whole words, and a walk
+//! option by option for the rest.
 
 use aya_ebpf::{helpers::bpf_loop, programs::XdpContext};
+use engine_common::synack::{Syn, default_mss};
 
-use crate::packet::{ETH_HLEN, IPV6_HLEN, Seg, TCP_HLEN, at, ld32, wire};
+use crate::packet::{CWR, ECE, ETH_HLEN, IPV6_HLEN, Seg, TCP_HLEN, at, ld32, wire};
 
-/// Options of a client SYN that shape our SYN-ACK.
-pub struct SynOpts {
-    pub mss: u16,
-    pub wscale: Option<u8>,
-    pub sack: bool,
-    pub ts: Option<u32>,
-}
-
-/// RFC 9293 3.7.1: without an MSS option, assume 536 (IPv4) / 1220 (IPv6).
+/// The SYN's offer before its options: its ISN, ECN setup (RFC 3168 6.1.1: ECE and CWR), and
+/// the MSS to assume without an MSS option.
 #[inline(always)]
-pub fn default_mss(seg: &Seg) -> u16 {
-    if seg.v6 { 1220 } else { 536 }
+fn offer(seg: &Seg) -> Syn {
+    Syn {
+        isn: seg.seq,
+        mss: default_mss(seg.v6),
+        wscale: None,
+        sack: false,
+        ts: None,
+        ecn: seg.flags & (ECE | CWR) == (ECE | CWR),
+    }
 }
 
 /// The option layouts almost every SYN carries, recognised by comparing whole words: none;
@@ -24,8 +26,8 @@ pub fn default_mss(seg: &Seg) -> u16 {
 /// NOP, NOP in place of SACK-permitted when SACK is off). `None` for anything else, which
 /// `walk_syn_options` then walks option by option (RFC 9293 3.1).
 #[inline(always)]
-pub fn fixed_syn_options(ctx: &XdpContext, seg: &Seg) -> Option<SynOpts> {
-    let mut opts = SynOpts { mss: default_mss(seg), wscale: None, sack: false, ts: None };
+pub fn fixed_syn_options(ctx: &XdpContext, seg: &Seg) -> Option<Syn> {
+    let mut opts = offer(seg);
     match seg.doff {
         TCP_HLEN => Some(opts),
         24 => {
@@ -53,8 +55,7 @@ pub fn fixed_syn_options(ctx: &XdpContext, seg: &Seg) -> Option<SynOpts> {
                 return None;
             };
             opts.mss = u16::from_be((w0 >> 16) as u16);
-            // RFC 7323 2.3: a shift above 14 is used as 14.
-            opts.wscale = Some(((w4 >> 24) as u8).min(14));
+            opts.wscale = Some((w4 >> 24) as u8);
             opts.ts = Some(u32::from_be(tsval));
             Some(opts)
         }
@@ -120,7 +121,8 @@ extern "C" fn opt_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
             w.mss = u16::from_be(unsafe { (p.add(2) as *const u16).read_unaligned() });
         }
         (3, 3) if p.wrapping_add(3) <= w.data_end => {
-            // SAFETY: 3 bytes checked. RFC 7323 2.3: a shift above 14 is used as 14.
+            // SAFETY: 3 bytes checked. Clamped as the SYN-ACK will use it (RFC 7323 2.3: a
+            // shift above 14 is used as 14), which keeps 0xff free to mean "not offered".
             w.wscale = unsafe { *p.add(2) }.min(14);
         }
         (4, 2) => w.seen |= SEEN_SACK,
@@ -137,14 +139,14 @@ extern "C" fn opt_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
 
 /// Walk the SYN's options one by one. `None` when they run past the header.
 #[inline(always)]
-pub fn walk_syn_options(ctx: &XdpContext, seg: &Seg) -> Option<SynOpts> {
+pub fn walk_syn_options(ctx: &XdpContext, seg: &Seg) -> Option<Syn> {
     let mut w = OptWalk {
         data: ctx.data() as *const u8,
         data_end: ctx.data_end() as *const u8,
         off: (seg.l4 + TCP_HLEN) as u64,
         end: (seg.l4 + seg.doff) as u64,
         ts: 0,
-        mss: default_mss(seg),
+        mss: default_mss(seg.v6),
         wscale: 0xff,
         seen: 0,
     };
@@ -155,11 +157,12 @@ pub fn walk_syn_options(ctx: &XdpContext, seg: &Seg) -> Option<SynOpts> {
     if w.seen & SEEN_BAD != 0 {
         return None;
     }
-    Some(SynOpts {
+    Some(Syn {
         mss: w.mss,
         wscale: if w.wscale == 0xff { None } else { Some(w.wscale) },
         sack: w.seen & SEEN_SACK != 0,
         ts: if w.seen & SEEN_TS != 0 { Some(w.ts) } else { None },
+        ..offer(seg)
     })
 }
 

@@ -6,6 +6,7 @@ use aya_ebpf::{bindings::{BPF_NOEXIST, xdp_action}, programs::XdpContext};
 use engine_common::{
     cookie::{self, Key},
     counters,
+    synack::{self, Ours},
     maps::{
         FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY,
         PORT_V6_SOME, RX_BACKLOG_LIMIT, SLOT_PENDING,
@@ -16,16 +17,11 @@ use crate::{
     clock::{Now, coarse_now, precise_now_ns},
     maps::{COOKIE_SECRETS, FLOWS4, FLOWS6, LAST_SEEN, LISTEN_PORTS, LISTENERS, RX_BACKLOG, XSKS, count},
     options::{fixed_syn_options, walk_syn_options},
-    packet::{ACK, CWR, ECE, FIN, RST, SYN, Seg, Verdict, parse, wire},
+    packet::{ACK, FIN, RST, SYN, Seg, Verdict, parse},
     ratelimit::take_rst_token,
     reply::reply,
     settings,
 };
-
-/// Option words of our SYN-ACK: 20 bytes, always (EOL-padded without timestamps).
-const SYNACK_OPT_WORDS: usize = 5;
-/// The window of our SYN-ACK (never scaled in a SYN, RFC 7323 2.2).
-const SYNACK_WINDOW: u16 = 65535;
 
 /// Where a SYN-ACK's ISN comes from.
 pub trait Cookies {
@@ -49,7 +45,7 @@ impl Cookies for SynxCookies {
 #[inline(always)]
 pub fn handle<C: Cookies>(ctx: &XdpContext) -> u32 {
     count(counters::RX_PACKETS);
-    match run::<C>(ctx) {
+    match decide::<C>(ctx) {
         Verdict::Pass(c) => {
             count(c);
             xdp_action::XDP_PASS
@@ -62,8 +58,9 @@ pub fn handle<C: Cookies>(ctx: &XdpContext) -> u32 {
     }
 }
 
+/// What becomes of the frame (see the crate docs).
 #[inline(always)]
-fn run<C: Cookies>(ctx: &XdpContext) -> Verdict {
+fn decide<C: Cookies>(ctx: &XdpContext) -> Verdict {
     let seg = match parse(ctx) {
         Ok(s) => s,
         Err(v) => return v,
@@ -201,9 +198,11 @@ fn to_userspace(ctx: &XdpContext) -> Verdict {
     }
 }
 
+/// RFC 9293 3.10.7.2 with the SYN-RECEIVED state in a cookie: our SYN-ACK, as
+/// `engine_common::synack` decides it for every sender.
 #[inline(always)]
 fn syn_ack<C: Cookies>(ctx: &XdpContext, seg: &Seg, secrets: &[Key; 2], now: Now) -> Verdict {
-    let opts = match fixed_syn_options(ctx, seg) {
+    let syn = match fixed_syn_options(ctx, seg) {
         Some(o) => o,
         None => {
             count(counters::SYN_GENERIC_OPTIONS);
@@ -213,30 +212,13 @@ fn syn_ack<C: Cookies>(ctx: &XdpContext, seg: &Seg, secrets: &[Key; 2], now: Now
             }
         }
     };
-    let our_mss = settings::mss();
-    let mss = if opts.mss < our_mss { opts.mss } else { our_mss };
-    let (isn, ts_offset) = match C::mint(ctx, seg, secrets, now, mss) {
+    let ours = Ours { mss: settings::mss(), wscale: settings::wscale() };
+    let (isn, ts_offset) = match C::mint(ctx, seg, secrets, now, syn.cookie_mss(ours.mss)) {
         Ok(m) => m,
         Err(v) => return v,
     };
-    // Options, Linux's order: MSS, SACK-permitted, timestamps, NOP, window scale. The MSS we
-    // announce is what we can receive (RFC 6691 2, RFC 9293 3.7.1), whatever the client's;
-    // the cookie keeps the smaller of the two, the size we may send.
-    let [m0, m1] = our_mss.to_be_bytes();
-    let mut o: [u32; SYNACK_OPT_WORDS] = [wire([2, 4, m0, m1]), 0, 0, 0, 0];
-    if let Some(client_ts) = opts.ts {
-        // RFC 7323 3.2: TSecr echoes the client's TSval; our TSval carries what the cookie
-        // cannot (window scale, SACK, ECN).
-        let ecn = seg.flags & (ECE | CWR) == (ECE | CWR);
-        let tsval = cookie::ts_encode(now.ms, ts_offset, opts.wscale, opts.sack, ecn);
-        o[1] = if opts.sack { wire([4, 2, 8, 10]) } else { wire([1, 1, 8, 10]) };
-        o[2] = tsval.to_be();
-        o[3] = client_ts.to_be();
-        // RFC 7323 2.2: offer scaling only to a client that offered it.
-        o[4] = if opts.wscale.is_some() { wire([1, 3, 3, settings::wscale()]) } else { wire([1, 1, 1, 1]) };
-    }
-    // Without timestamps the cookie cannot remember scaling or SACK: MSS only, EOL padding.
-    if !reply(ctx, seg, isn, seg.seq.wrapping_add(1), SYN | ACK, SYNACK_WINDOW, &o) {
+    let answer = synack::build(&syn, isn, ts_offset, now.ms, &ours);
+    if !reply(ctx, seg, answer.seq, answer.ack, SYN | ACK, answer.window, &answer.option_words()) {
         return Verdict::Drop(counters::DROP_NO_ROOM);
     }
     count(counters::SYN_COOKIE_SENT);

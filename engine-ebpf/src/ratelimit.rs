@@ -1,10 +1,16 @@
 //! A per-CPU token bucket: how many RSTs XDP may send for segments with no connection.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use engine_common::maps::RstBucket;
+
+/// A token bucket's state (this program's own: userspace never reads it).
+#[repr(C)]
+struct TokenBucket {
+    tokens: u64,
+    last_ns: u64,
+}
 
 #[map(name = "RST_BUCKET")]
-static RST_BUCKET: PerCpuArray<RstBucket> = PerCpuArray::with_max_entries(1, 0);
+static RST_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 
 /// Take a token from this CPU's bucket, which refills at `rate` per second up to `rate`:
 /// false when it is empty (or the bucket cannot be read).

@@ -1,15 +1,23 @@
-//! The XDP program under BPF_PROG_TEST_RUN: frames in, action and bytes out, counters after.
+//! The XDP program under BPF_PROG_TEST_RUN, as fixture tables (as katran's lib/testing): each
+//! row is a frame in and what must come of it: the program's verdict, the frame it leaves
+//! (untouched, or the reply it was turned into, checked field by field against the frame that
+//! asked) and the exact change of every outcome counter. A row runs on a fresh program, loaded
+//! with fixed secrets and a listener on port 80 in both families and set up as the row says,
+//! or on the previous row's program when it continues a conversation. The benchmark's object
+//! and the userspace side of the SYN-ACK policy have their own tests at the end.
 //! Needs root (loading BPF programs), as every synx test tier does.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use engine_common::{
     cookie::{self, Key},
-    counters,
+    counters::{self, Counter},
+    handshake::{FACT_SACK, FACT_TS, FACT_WSCALE},
+    maps::RX_BACKLOG_LIMIT,
 };
-use etherparse::{PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 use synx::{
-    bpf::{XdpEngine, XdpSettings, cookie_tuple},
+    bpf::{XdpEngine, XdpSettings, cookie_tuple, monotonic_ns},
     wire,
 };
 
@@ -24,41 +32,45 @@ const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const SERVER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5eed, 0, 0, 0, 0, 0, 1);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5eed, 0, 0, 0, 0, 0, 2);
 const PORT: u16 = 80;
+const SECRETS: [Key; 2] = [Key { k0: 11, k1: 12 }, Key { k0: 21, k1: 22 }];
+/// The MSS the programs announce.
+const OUR_MSS: u16 = 1460;
+/// How far behind the XDP program's coarse clock may be: two ticks at HZ=100.
+const COARSE_LAG_NS: u64 = 20_000_000;
 
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+// ---- The programs ----
 
 /// A program loaded with fixed secrets and a listener on port 80 (both families).
 fn engine() -> XdpEngine {
-    engine_with(XdpSettings::new(1460))
+    engine_with(XdpSettings::new(OUR_MSS))
 }
 
 fn engine_with(settings: XdpSettings) -> XdpEngine {
     assert_eq!(unsafe { libc::geteuid() }, 0, "XDP program tests need root");
-    let e = XdpEngine::load_with(settings, 1024).expect("load the XDP program");
-    configure(e)
+    configure(XdpEngine::load_with(settings, 1024).expect("load the XDP program"))
 }
 
 /// The benchmark's object, set up as [`engine`].
 fn bench_engine() -> XdpEngine {
     assert_eq!(unsafe { libc::geteuid() }, 0, "XDP program tests need root");
-    configure(XdpEngine::load_bench(1024, 1460).expect("load the benchmark's XDP object"))
+    configure(XdpEngine::load_bench(1024, OUR_MSS).expect("load the benchmark's XDP object"))
 }
 
 fn configure(mut e: XdpEngine) -> XdpEngine {
-    e.set_secrets([Key { k0: 11, k1: 12 }, Key { k0: 21, k1: 22 }]).unwrap();
-    e.add_listener(SocketAddr::new(SERVER4.into(), PORT), 0).unwrap();
-    e.add_listener(SocketAddr::new(SERVER6.into(), PORT), 1).unwrap();
+    e.set_secrets(SECRETS).unwrap();
+    e.add_listener(server(false), 0).unwrap();
+    e.add_listener(server(true), 1).unwrap();
     e
 }
 
-fn counter(e: &XdpEngine, name: &str) -> u64 {
-    e.counters().unwrap().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v).unwrap()
+/// Every outcome counter, summed over CPUs, in index order.
+fn counters_of(e: &XdpEngine) -> Vec<u64> {
+    let all = e.counters().unwrap();
+    assert_eq!(all.len(), counters::COUNT as usize);
+    all.into_iter().map(|(_, v)| v).collect()
 }
+
+// ---- Frames ----
 
 /// A TCP frame from the client. `opts` are TCP options; `flags` a closure on the builder.
 fn frame(
@@ -92,6 +104,30 @@ fn linux_syn_opts() -> Vec<TcpOptionElement> {
     ]
 }
 
+/// A Linux client's SYN from port 40000.
+fn linux_syn(v6: bool) -> Vec<u8> {
+    frame(v6, 40000, 1000, &linux_syn_opts(), |b| b.syn(), &[])
+}
+
+/// A SYN without options from the client (port 40000) to `dst`.
+fn syn_to(dst: &str) -> Vec<u8> {
+    let dst: SocketAddr = dst.parse().unwrap();
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC);
+    let ip = match dst.ip() {
+        IpAddr::V4(d) => eth.ipv4(CLIENT4.octets(), d.octets(), 64),
+        IpAddr::V6(d) => eth.ipv6(CLIENT6.octets(), d.octets(), 64),
+    };
+    let mut out = Vec::new();
+    ip.tcp(40000, dst.port(), 1, 64240).syn().write(&mut out, &[]).unwrap();
+    out
+}
+
+/// The cookie our SYN-ACK to the client's SYN (port `sport`, ISN `isn`) carries now.
+fn cookie_for(v6: bool, sport: u16, isn: u32) -> u32 {
+    let tuple = cookie_tuple(server(v6), client(v6, sport)).unwrap();
+    cookie::make(&SECRETS[0], &tuple, isn, monotonic_ns(), OUR_MSS).isn
+}
+
 fn client(v6: bool, port: u16) -> SocketAddr {
     if v6 { SocketAddr::new(CLIENT6.into(), port) } else { SocketAddr::new(CLIENT4.into(), port) }
 }
@@ -107,258 +143,40 @@ fn tcp_of(f: &[u8]) -> etherparse::TcpSlice<'_> {
     }
 }
 
-/// Check a SYN-ACK from XDP against the SYN it answers, field by field.
-fn check_synack(e: &XdpEngine, v6: bool, syn_seq: u32, out: &[u8], with_ts: bool) {
-    // Checksums: the peer's view of the frame parses and its TCP checksum verifies.
-    let rx = wire::parse(out).expect("SYN-ACK parses and its TCP checksum is right");
-    assert_eq!(rx.remote, server(v6));
-    assert_eq!(rx.local, client(v6, 40000));
-    assert_eq!(rx.link.remote_mac, SERVER_MAC, "source MAC is the server's");
-    assert_eq!(rx.link.local_mac, CLIENT_MAC, "destination MAC is the client's");
-    if !v6 {
-        let ip = etherparse::Ipv4HeaderSlice::from_slice(&out[14..34]).unwrap();
-        assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum());
-        assert_eq!(ip.ttl(), 64);
-        assert!(ip.dont_fragment());
-    }
-    let t = tcp_of(out);
-    assert!(t.syn() && t.ack() && !t.rst() && !t.fin());
-    assert_eq!(t.acknowledgment_number(), syn_seq.wrapping_add(1));
-    assert_eq!(t.window_size(), 65535);
-    let tuple = cookie_tuple(server(v6), client(v6, 40000)).unwrap();
-    assert_eq!(
-        cookie::check(&e.secrets(), &tuple, syn_seq, t.sequence_number(), now_ns()).map(|c| c.mss),
-        Some(1460),
-        "the ISN is our cookie for this tuple and ISN"
-    );
-    let opts: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
-    assert!(opts.contains(&TcpOptionElement::MaximumSegmentSize(1460)), "{opts:?}");
-    if with_ts {
-        assert!(opts.contains(&TcpOptionElement::SelectiveAcknowledgementPermitted), "{opts:?}");
-        assert!(opts.contains(&TcpOptionElement::WindowScale(7)), "{opts:?}");
-        let tsecr = opts.iter().find_map(|o| match o {
-            TcpOptionElement::Timestamp(_, ecr) => Some(*ecr),
-            _ => None,
-        });
-        assert_eq!(tsecr, Some(123456), "TSecr echoes the client's TSval");
-    } else {
-        assert_eq!(opts.len(), 1, "MSS only without timestamps: {opts:?}");
-    }
+// ---- Fixtures ----
+
+/// What a row's program is set up with, besides the fixed secrets and port-80 listeners.
+#[derive(Clone, Default)]
+struct Setup {
+    /// Loaded to drop segments with no flow and a bad cookie silently (no RFC 9293 3.10.7.1
+    /// reset).
+    silent: bool,
+    /// More listeners: address, id.
+    listeners: Vec<(&'static str, u32)>,
+    /// Connections userspace holds: family (v6), client port, LAST_SEEN slot.
+    flows: Vec<(bool, u16, u32)>,
+    /// What RX queues' engines published as taken (RX_BACKLOG): queue, frames in all.
+    consumed: Vec<(u32, u64)>,
 }
 
-#[test]
-fn syn_gets_a_cookie_syn_ack_v4_and_v6() {
-    for v6 in [false, true] {
-        let mut e = engine();
-        let syn = frame(v6, 40000, 1000, &linux_syn_opts(), |b| b.syn(), &[]);
-        let (action, out, _) = e.test_run(&syn, 1).unwrap();
-        assert_eq!(action, XDP_TX, "v6={v6}");
-        assert_eq!(out.len(), if v6 { 14 + 40 + 40 } else { 14 + 20 + 40 });
-        check_synack(&e, v6, 1000, &out, true);
-        assert_eq!(counter(&e, "xdp_syn_cookie_sent"), 1);
-    }
+enum Start {
+    Fresh(Setup),
+    /// On the previous row's program, as it was left.
+    Then,
 }
 
-#[test]
-fn syn_without_timestamps_gets_mss_only() {
-    let mut e = engine();
-    let syn = frame(false, 40000, 7, &[TcpOptionElement::MaximumSegmentSize(1460)], |b| b.syn(), &[]);
-    let (action, out, _) = e.test_run(&syn, 1).unwrap();
-    assert_eq!(action, XDP_TX);
-    check_synack(&e, false, 7, &out, false);
-}
-
-#[test]
-fn valid_cookie_ack_goes_to_userspace_and_decodes_to_the_handshake() {
-    let mut e = engine();
-    let syn = frame(false, 40000, 1000, &linux_syn_opts(), |b| b.syn(), &[]);
-    let (_, synack, _) = e.test_run(&syn, 1).unwrap();
-    let sa = tcp_of(&synack);
-    let tsval = sa.options_iterator().find_map(|o| match o.unwrap() {
-        TcpOptionElement::Timestamp(v, _) => Some(v),
-        _ => None,
-    });
-    let ack = frame(
-        false,
-        40000,
-        1001,
-        &[TcpOptionElement::Noop, TcpOptionElement::Noop, TcpOptionElement::Timestamp(123460, tsval.unwrap())],
-        |b| b.ack(sa.sequence_number().wrapping_add(1)),
-        b"GET / HTTP/1.1\r\n\r\n",
-    );
-    let (action, out, _) = e.test_run(&ack, 1).unwrap();
-    // No AF_XDP socket is bound in a test run: the redirect falls back to a drop, counted.
-    assert_eq!(action, XDP_DROP);
-    assert_eq!(out, ack, "a redirected frame is not modified");
-    assert_eq!(counter(&e, "xdp_cookie_ack_valid"), 1);
-    assert_eq!(counter(&e, "xdp_redirect_failed"), 1);
-    // The flow's next segment (a FIN, SEG.SEQ past the ISN, so no cookie check could pass)
-    // follows it to userspace even if userspace has not created the connection yet: XDP
-    // claimed the tuple in FLOWS. Before that claim, this FIN got a reset.
-    let fin = frame(false, 40000, 1019, &[], |b| b.ack(sa.sequence_number().wrapping_add(1)).fin(), &[]);
-    let (action, out, _) = e.test_run(&fin, 1).unwrap();
-    assert_eq!(action, XDP_DROP, "to userspace (no socket bound here)");
-    assert_eq!(out, fin);
-    assert_eq!(counter(&e, "xdp_flow_segment"), 1);
-    assert_eq!(counter(&e, "xdp_rst_sent"), 0);
-    // Userspace decodes the same ACK to the handshake's facts.
-    let facts = e
-        .cookie_checker()
-        .check(server(false), client(false, 40000), 1001, sa.sequence_number().wrapping_add(1), Some((123460, tsval.unwrap())), now_ns())
-        .expect("userspace accepts the cookie XDP minted");
-    assert_eq!(facts.irs, 1000);
-    assert_eq!(facts.iss, sa.sequence_number());
-    assert_eq!(facts.mss, 1460);
-    assert_eq!((facts.snd_wscale, facts.rcv_wscale), (7, 7));
-    assert!(facts.has(engine_common::handshake::FACT_SACK));
-    assert!(facts.has(engine_common::handshake::FACT_TS));
-}
-
-#[test]
-fn bad_cookie_ack_gets_an_rfc9293_reset_or_is_dropped() {
-    for v6 in [false, true] {
-        let mut e = engine();
-        let ack = frame(v6, 40000, 5000, &[], |b| b.ack(0xdead_beef), &[]);
-        let (action, out, _) = e.test_run(&ack, 1).unwrap();
-        assert_eq!(action, XDP_TX);
-        let rx = wire::parse(&out).expect("RST parses, checksum right");
-        assert_eq!(rx.remote, server(v6));
-        let t = tcp_of(&out);
-        // RFC 9293 3.10.7.1: <SEQ=SEG.ACK><CTL=RST>.
-        assert!(t.rst() && !t.ack() && !t.syn());
-        assert_eq!(t.sequence_number(), 0xdead_beef);
-        assert_eq!(counter(&e, "xdp_cookie_ack_invalid"), 1);
-        assert_eq!(counter(&e, "xdp_rst_sent"), 1);
-        // Loaded to stay silent: dropped.
-        let mut silent = engine_with(XdpSettings { rst_bad_cookie: false, ..XdpSettings::new(1460) });
-        let (action, _, _) = silent.test_run(&ack, 1).unwrap();
-        assert_eq!(action, XDP_DROP);
-    }
-}
-
-#[test]
-fn data_without_ack_gets_rst_ack_covering_the_segment() {
-    let mut e = engine();
-    let f = frame(false, 40000, 100, &[], |b| b.fin(), b"abc");
-    let (action, out, _) = e.test_run(&f, 1).unwrap();
-    assert_eq!(action, XDP_TX);
-    let t = tcp_of(&out);
-    // RFC 9293 3.10.7.1: <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>, FIN counts one.
-    assert!(t.rst() && t.ack());
-    assert_eq!(t.sequence_number(), 0);
-    assert_eq!(t.acknowledgment_number(), 104);
-}
-
-#[test]
-fn stale_syn_then_the_clients_reset_leaves_nothing() {
-    // The seed's stale SYN: answered statelessly; the client's RST to it is dropped silently.
-    let mut e = engine();
-    let syn = frame(false, 40404, 0x1234_5678, &linux_syn_opts(), |b| b.syn(), &[]);
-    let (action, synack, _) = e.test_run(&syn, 1).unwrap();
-    assert_eq!(action, XDP_TX);
-    let rst = frame(false, 40404, tcp_of(&synack).acknowledgment_number(), &[], |b| b.rst(), &[]);
-    let (action, out, _) = e.test_run(&rst, 1).unwrap();
-    assert_eq!(action, XDP_DROP);
-    assert_eq!(out, rst);
-    assert_eq!(counter(&e, "xdp_drop_rst_no_flow"), 1);
-}
-
-#[test]
-fn known_flow_is_stamped_in_last_seen_and_sent_to_userspace() {
-    let mut e = engine();
-    let flows = e.flow_table();
-    flows.insert(server(false), client(false, 40001), 17).unwrap();
-    let seen = e.last_seen();
-    assert_eq!(seen.get(17), None);
-    let before = now_ns();
-    // Any segment of the flow, a SYN included (the TCP core answers it, RFC 5961 4).
-    for f in [
-        frame(false, 40001, 9, &[], |b| b.ack(1), b"data"),
-        frame(false, 40001, 9, &[], |b| b.syn(), &[]),
-    ] {
-        let (action, out, _) = e.test_run(&f, 1).unwrap();
-        assert_eq!(action, XDP_DROP, "redirect without a bound socket falls back to drop");
-        assert_eq!(out, f);
-    }
-    let stamp = seen.get(17).expect("LAST_SEEN stamped");
-    // XDP stamps with the coarse clock: up to two ticks behind (20 ms at HZ=100), never ahead.
-    assert!(stamp + 20_000_000 >= before && stamp <= now_ns(), "stamp {stamp}, before {before}");
-    assert_eq!(counter(&e, "xdp_flow_segment"), 2);
-    flows.remove(server(false), client(false, 40001)).unwrap();
-}
-
-#[test]
-fn malformed_frames_are_counted_and_never_modified() {
-    let mut e = engine();
-    let good = frame(false, 40000, 1, &linux_syn_opts(), |b| b.syn(), &[]);
-    let mut rows: Vec<(&str, Vec<u8>, u32, &str)> = Vec::new();
-    rows.push(("truncated IPv4 header", good[..30].to_vec(), XDP_DROP, "xdp_drop_truncated"));
-    rows.push(("truncated TCP header", good[..40].to_vec(), XDP_DROP, "xdp_drop_truncated"));
-    let mut bad_ihl = good.clone();
-    bad_ihl[14] = 0x43;
-    rows.push(("IHL below 5", bad_ihl, XDP_DROP, "xdp_drop_bad_header"));
-    let mut small_doff = good.clone();
-    small_doff[14 + 20 + 12] = 0x40;
-    rows.push(("data offset below 5", small_doff, XDP_DROP, "xdp_drop_bad_header"));
-    let mut big_doff = good.clone();
-    big_doff.truncate(14 + 20 + 24);
-    big_doff[14 + 2..14 + 4].copy_from_slice(&44u16.to_be_bytes());
-    rows.push(("data offset past the frame", big_doff, XDP_DROP, "xdp_drop_truncated"));
-    let mut overrun = frame(false, 40000, 1, &[TcpOptionElement::MaximumSegmentSize(1460)], |b| b.syn(), &[]);
-    overrun[14 + 20 + 21] = 40; // MSS option claims 40 bytes
-    rows.push(("option running past the header", overrun, XDP_DROP, "xdp_drop_bad_options"));
-    rows.push(("SYN+FIN", frame(false, 40000, 1, &[], |b| b.syn().fin(), &[]), XDP_DROP, "xdp_drop_bad_flags"));
-    rows.push(("SYN+RST", frame(false, 40000, 1, &[], |b| b.syn().rst(), &[]), XDP_DROP, "xdp_drop_bad_flags"));
-    rows.push(("zero source port", frame(false, 0, 1, &[], |b| b.syn(), &[]), XDP_DROP, "xdp_drop_bad_flags"));
-    let mut mcast = good.clone();
-    mcast[14 + 12] = 224;
-    rows.push(("multicast source", mcast, XDP_DROP, "xdp_drop_bad_address"));
-    let mut bcast_mac = good.clone();
-    bcast_mac[6..12].copy_from_slice(&[0xff; 6]);
-    rows.push(("broadcast source MAC", bcast_mac, XDP_DROP, "xdp_drop_bad_address"));
-    let mut frag = good.clone();
-    frag[14 + 6] = 0x20; // more fragments
-    rows.push(("IPv4 fragment", frag, XDP_PASS, "xdp_pass_fragment"));
-    for (what, f, want, name) in rows {
-        let before = counter(&e, name);
-        let (action, out, _) = e.test_run(&f, 1).unwrap();
-        assert_eq!(action, want, "{what}");
-        assert_eq!(out, f, "{what}: frame modified");
-        assert_eq!(counter(&e, name), before + 1, "{what}: {name} not counted");
-    }
-}
-
-#[test]
-fn everything_else_passes_untouched() {
-    let mut e = engine();
-    let mut udp = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
-        .ipv4(CLIENT4.octets(), SERVER4.octets(), 64)
-        .udp(5000, PORT)
-        .write(&mut udp, b"x")
-        .unwrap();
-    let mut other_port = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
-        .ipv4(CLIENT4.octets(), SERVER4.octets(), 64)
-        .tcp(40000, 22, 1, 100)
-        .syn()
-        .write(&mut other_port, &[])
-        .unwrap();
-    let mut arp = vec![0xffu8; 6];
-    arp.extend_from_slice(&CLIENT_MAC);
-    arp.extend_from_slice(&[0x08, 0x06]);
-    arp.extend_from_slice(&[0u8; 28]);
-    for (what, f, name) in [
-        ("UDP", udp, "xdp_pass_not_tcp"),
-        ("TCP to another port", other_port, "xdp_pass_not_listener"),
-        ("ARP", arp, "xdp_pass_not_ip"),
-    ] {
-        let (action, out, _) = e.test_run(&f, 1).unwrap();
-        assert_eq!(action, XDP_PASS, "{what}");
-        assert_eq!(out, f, "{what}");
-        assert!(counter(&e, name) >= 1, "{what}");
-    }
-    assert_eq!(counters::NAMES.len() as u32, counters::COUNT);
+/// The frame the program leaves.
+enum Out {
+    /// The frame as it came (passed, dropped).
+    Untouched,
+    /// Untouched, redirected to the queue's AF_XDP socket. No socket is bound in a test run,
+    /// so the redirect falls back to a drop, counted (xdp_redirect_failed). With a slot:
+    /// LAST_SEEN[slot] stamped with the coarse clock.
+    ToUserspace { stamped: Option<u32> },
+    /// Our SYN-ACK to the SYN, what its options should earn.
+    SynAck(Expect),
+    /// RFC 9293 3.10.7.1: <SEQ=seq><CTL=RST>, or <SEQ=seq><ACK=ack><CTL=RST,ACK>.
+    Rst { seq: u32, ack: Option<u32> },
 }
 
 /// What a SYN's options should earn in the SYN-ACK.
@@ -374,87 +192,217 @@ struct Expect {
     wscale: Option<u8>,
 }
 
-/// Check a SYN-ACK against what its SYN's options should earn, field by field: checksums, the
-/// cookie, the option list in Linux's order, and what userspace decodes from the final ACK.
-fn check_synack_layout(e: &XdpEngine, v6: bool, syn_seq: u32, out: &[u8], want: &Expect, what: &str) {
-    let rx = wire::parse(out).unwrap_or_else(|err| panic!("{what}: SYN-ACK does not parse: {err:?}"));
-    assert_eq!(rx.remote, server(v6), "{what}");
-    assert_eq!(rx.local, client(v6, 40000), "{what}");
-    assert_eq!(rx.link.remote_mac, SERVER_MAC, "{what}");
-    assert_eq!(rx.link.local_mac, CLIENT_MAC, "{what}");
-    assert_eq!(out.len(), if v6 { 14 + 40 + 40 } else { 14 + 20 + 40 }, "{what}");
-    if !v6 {
-        let ip = etherparse::Ipv4HeaderSlice::from_slice(&out[14..34]).unwrap();
-        assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum(), "{what}");
-        assert_eq!((ip.ttl(), ip.dont_fragment(), ip.ihl(), ip.total_len()), (64, true, 5, 60), "{what}");
+/// What a Linux client's SYN earns.
+const LINUX: Expect = Expect { cookie_mss: 1460, ts: Some(123456), sack: true, wscale: Some(7) };
+/// What a SYN without options earns (RFC 9293 3.7.1: the default MSS).
+const BARE4: Expect = Expect { cookie_mss: 536, ts: None, sack: false, wscale: None };
+const BARE6: Expect = Expect { cookie_mss: 1220, ..BARE4 };
+
+struct Row {
+    what: String,
+    start: Start,
+    frame: Vec<u8>,
+    verdict: u32,
+    out: Out,
+    /// The counters that move and by how much; every other stays. xdp_rx_packets moves by one
+    /// in every row, not listed.
+    counts: Vec<(Counter, u64)>,
+}
+
+fn row(what: impl Into<String>, frame: Vec<u8>, verdict: u32, out: Out, counts: &[(Counter, u64)]) -> Row {
+    Row { what: what.into(), start: Start::Fresh(Setup::default()), frame, verdict, out, counts: counts.to_vec() }
+}
+
+impl Row {
+    fn with(mut self, setup: Setup) -> Self {
+        self.start = Start::Fresh(setup);
+        self
     }
+
+    fn then(mut self) -> Self {
+        self.start = Start::Then;
+        self
+    }
+}
+
+fn fresh(setup: &Setup) -> XdpEngine {
+    let mut e = engine_with(XdpSettings { rst_bad_cookie: !setup.silent, ..XdpSettings::new(OUR_MSS) });
+    for (addr, id) in &setup.listeners {
+        e.add_listener(addr.parse().unwrap(), *id).unwrap();
+    }
+    for &(v6, port, slot) in &setup.flows {
+        e.flow_table().insert(server(v6), client(v6, port), slot).unwrap();
+        assert_eq!(e.last_seen().get(slot), None, "a fresh slot is unstamped");
+    }
+    let backlog = e.rx_backlog();
+    for &(queue, consumed) in &setup.consumed {
+        backlog.set_consumed(queue, consumed);
+        // Nothing redirected yet: the backlog is what the engine says it has not taken.
+        assert_eq!(backlog.outstanding(queue), 0i64.wrapping_sub(consumed as i64));
+    }
+    e
+}
+
+/// Run the rows in order: each on its program, every column checked.
+fn run(rows: Vec<Row>) {
+    let mut current: Option<XdpEngine> = None;
+    for r in rows {
+        let what = r.what.as_str();
+        let e = match &r.start {
+            Start::Fresh(setup) => current.insert(fresh(setup)),
+            Start::Then => current.as_mut().unwrap_or_else(|| panic!("{what}: no row before to continue")),
+        };
+        let before = counters_of(e);
+        let t0 = monotonic_ns();
+        let (verdict, out, _) = e.test_run(&r.frame, 1).unwrap();
+        assert_eq!(verdict, r.verdict, "{what}: verdict");
+        match r.out {
+            Out::Untouched => assert_eq!(out, r.frame, "{what}: frame modified"),
+            Out::ToUserspace { stamped } => {
+                assert_eq!(out, r.frame, "{what}: a redirected frame is not modified");
+                if let Some(slot) = stamped {
+                    let stamp = e.last_seen().get(slot).unwrap_or_else(|| panic!("{what}: LAST_SEEN[{slot}] not stamped"));
+                    // The coarse clock: up to two ticks behind, never ahead.
+                    assert!(stamp + COARSE_LAG_NS >= t0 && stamp <= monotonic_ns(), "{what}: stamp {stamp}, sent at {t0}");
+                }
+            }
+            Out::SynAck(want) => check_synack(e, &r.frame, &out, &want, what),
+            Out::Rst { seq, ack } => check_rst(&r.frame, &out, seq, ack, what),
+        }
+        let after = counters_of(e);
+        let mut want = vec![0u64; counters::COUNT as usize];
+        want[counters::RX_PACKETS as usize] = 1;
+        for &(c, n) in &r.counts {
+            want[c as usize] += n;
+        }
+        let moved = |v: Vec<u64>| -> Vec<(&str, u64)> {
+            v.into_iter().enumerate().filter(|(_, n)| *n != 0).map(|(i, n)| (counters::NAMES[i], n)).collect()
+        };
+        let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        assert_eq!(moved(got), moved(want), "{what}: counters");
+    }
+}
+
+/// Where a frame came from and went: (source MAC, destination MAC, source, destination).
+fn addressing(f: &[u8]) -> ([u8; 6], [u8; 6], SocketAddr, SocketAddr) {
+    let p = SlicedPacket::from_ethernet(f).unwrap();
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = p.link else { panic!("not Ethernet") };
+    let (src, dst) = match p.net {
+        Some(NetSlice::Ipv4(ip)) => (IpAddr::from(ip.header().source_addr()), IpAddr::from(ip.header().destination_addr())),
+        Some(NetSlice::Ipv6(ip)) => (IpAddr::from(ip.header().source_addr()), IpAddr::from(ip.header().destination_addr())),
+        _ => panic!("not IP"),
+    };
+    let t = tcp_of(f);
+    (eth.source(), eth.destination(), SocketAddr::new(src, t.source_port()), SocketAddr::new(dst, t.destination_port()))
+}
+
+/// A reply goes back where the segment came from: MACs, addresses and ports swapped; both
+/// checksums right; our IP header (RFC 6864 4.1: ID 0 with DF; TTL 64) and no TCP options
+/// beyond `opts_len` bytes.
+fn check_reply(input: &[u8], out: &[u8], opts_len: usize, what: &str) {
+    let (src_mac, dst_mac, src, dst) = addressing(input);
+    let rx = wire::parse(out).unwrap_or_else(|err| panic!("{what}: the reply does not parse (or its TCP checksum is wrong): {err:?}"));
+    assert_eq!((rx.remote, rx.local), (dst, src), "{what}: addresses and ports swapped");
+    assert_eq!((rx.link.remote_mac, rx.link.local_mac), (dst_mac, src_mac), "{what}: MACs swapped");
+    let tcp_len = 20 + opts_len;
+    match SlicedPacket::from_ethernet(out).unwrap().net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum(), "{what}: IPv4 checksum");
+            assert_eq!((h.ttl(), h.dont_fragment(), h.identification(), h.ihl()), (64, true, 0, 5), "{what}");
+            assert_eq!(usize::from(h.total_len()), 20 + tcp_len, "{what}: IPv4 total length");
+            assert_eq!(out.len(), 14 + 20 + tcp_len, "{what}: frame length");
+        }
+        Some(NetSlice::Ipv6(ip)) => {
+            let h = ip.header();
+            assert_eq!((h.hop_limit(), usize::from(h.payload_length())), (64, tcp_len), "{what}");
+            assert_eq!(out.len(), 14 + 40 + tcp_len, "{what}: frame length");
+        }
+        _ => panic!("{what}: not IP"),
+    }
+    assert_eq!(tcp_of(out).header_len(), tcp_len, "{what}: TCP header length");
+}
+
+/// An RFC 9293 3.10.7.1 reset for `input`.
+fn check_rst(input: &[u8], out: &[u8], seq: u32, ack: Option<u32>, what: &str) {
+    check_reply(input, out, 0, what);
     let t = tcp_of(out);
-    assert!(t.syn() && t.ack() && !t.rst() && !t.fin(), "{what}");
+    assert!(t.rst() && !t.syn() && !t.fin() && !t.psh(), "{what}: RST");
+    assert_eq!(t.ack(), ack.is_some(), "{what}: ACK flag");
+    assert_eq!((t.sequence_number(), t.acknowledgment_number()), (seq, ack.unwrap_or(0)), "{what}");
+    assert_eq!(t.window_size(), 0, "{what}");
+}
+
+/// Our SYN-ACK to the SYN `input`, field by field: the reply's addressing, the cookie, the
+/// option list in Linux's order, and what userspace decodes from the final ACK.
+fn check_synack(e: &XdpEngine, input: &[u8], out: &[u8], want: &Expect, what: &str) {
+    // 20 option bytes, always (EOL-padded without timestamps).
+    check_reply(input, out, 20, what);
+    let (_, _, client, server) = addressing(input);
+    let syn_seq = tcp_of(input).sequence_number();
+    let t = tcp_of(out);
+    assert!(t.syn() && t.ack() && !t.rst() && !t.fin() && !t.psh(), "{what}: SYN-ACK");
     assert_eq!(t.acknowledgment_number(), syn_seq.wrapping_add(1), "{what}");
     assert_eq!(t.window_size(), 65535, "{what}");
-    let tuple = cookie_tuple(server(v6), client(v6, 40000)).unwrap();
-    let checked = cookie::check(&e.secrets(), &tuple, syn_seq, t.sequence_number(), now_ns());
-    assert_eq!(checked.map(|c| c.mss), Some(want.cookie_mss), "{what}: cookie");
+    let tuple = cookie_tuple(server, client).unwrap();
+    let checked = cookie::check(&e.secrets(), &tuple, syn_seq, t.sequence_number(), monotonic_ns());
+    assert_eq!(checked.map(|c| c.mss), Some(want.cookie_mss), "{what}: the ISN is our cookie for this tuple and ISN");
     let opts: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
     let mut expected = vec![TcpOptionElement::MaximumSegmentSize(e.settings().mss)];
-    let tsval = match want.ts {
-        None => {
-            // Without timestamps the cookie cannot carry scaling or SACK: MSS, then EOL padding.
-            assert_eq!(opts, expected, "{what}");
-            return;
+    let tsval = want.ts.map(|client_ts| {
+        let tsval = opts
+            .iter()
+            .find_map(|o| match o {
+                TcpOptionElement::Timestamp(v, _) => Some(*v),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{what}: no timestamps in {opts:?}"));
+        if want.sack {
+            expected.push(TcpOptionElement::SelectiveAcknowledgementPermitted);
+        } else {
+            expected.extend([TcpOptionElement::Noop, TcpOptionElement::Noop]);
         }
-        Some(client_ts) => {
-            let tsval = opts
-                .iter()
-                .find_map(|o| match o {
-                    TcpOptionElement::Timestamp(v, _) => Some(*v),
-                    _ => None,
-                })
-                .unwrap_or_else(|| panic!("{what}: no timestamps in {opts:?}"));
-            if want.sack {
-                expected.push(TcpOptionElement::SelectiveAcknowledgementPermitted);
-            } else {
-                expected.extend([TcpOptionElement::Noop, TcpOptionElement::Noop]);
-            }
-            expected.push(TcpOptionElement::Timestamp(tsval, client_ts));
-            expected.push(TcpOptionElement::Noop);
-            match want.wscale {
-                Some(_) => expected.push(TcpOptionElement::WindowScale(7)),
-                None => expected.extend([TcpOptionElement::Noop, TcpOptionElement::Noop, TcpOptionElement::Noop]),
-            }
-            assert_eq!(opts, expected, "{what}");
-            tsval
+        // RFC 7323 3.2: TSecr echoes the client's TSval.
+        expected.push(TcpOptionElement::Timestamp(tsval, client_ts));
+        expected.push(TcpOptionElement::Noop);
+        match want.wscale {
+            Some(_) => expected.push(TcpOptionElement::WindowScale(7)),
+            None => expected.extend([TcpOptionElement::Noop, TcpOptionElement::Noop, TcpOptionElement::Noop]),
         }
-    };
+        tsval
+    });
+    // Without timestamps the cookie cannot carry scaling or SACK: MSS, then EOL padding.
+    assert_eq!(opts, expected, "{what}: options");
     // The final ACK echoes our TSval; userspace decodes the options from it and gets the
     // clock the SYN-ACK used (TSval never above it, RFC 7323 5.3 PAWS on the client).
     let facts = e
         .cookie_checker()
-        .check(server(v6), client(v6, 40000), syn_seq.wrapping_add(1), t.sequence_number().wrapping_add(1), Some((1, tsval)), now_ns())
+        .check(server, client, syn_seq.wrapping_add(1), t.sequence_number().wrapping_add(1), tsval.map(|v| (1, v)), monotonic_ns())
         .unwrap_or_else(|| panic!("{what}: userspace rejects the cookie"));
-    assert_eq!(facts.has(engine_common::handshake::FACT_SACK), want.sack, "{what}");
-    assert_eq!(facts.has(engine_common::handshake::FACT_WSCALE), want.wscale.is_some(), "{what}");
+    assert_eq!((facts.irs, facts.iss, facts.mss), (syn_seq, t.sequence_number(), want.cookie_mss), "{what}");
+    assert_eq!(facts.has(FACT_TS), want.ts.is_some(), "{what}");
+    assert_eq!(facts.has(FACT_SACK), want.sack, "{what}");
+    assert_eq!(facts.has(FACT_WSCALE), want.wscale.is_some(), "{what}");
     if let Some(ws) = want.wscale {
         assert_eq!((facts.snd_wscale, facts.rcv_wscale), (ws, 7), "{what}");
     }
-    let clock = ((now_ns() / 1_000_000) as u32).wrapping_add(facts.ts_offset);
-    assert!(clock.wrapping_sub(tsval) < 64 + 10_000, "{what}: TSval {tsval} vs the connection's clock {clock}");
+    if let Some(tsval) = tsval {
+        let clock = ((monotonic_ns() / 1_000_000) as u32).wrapping_add(facts.ts_offset);
+        assert!(clock.wrapping_sub(tsval) < 64 + 10_000, "{what}: TSval {tsval} vs the connection's clock {clock}");
+    }
 }
 
+// ---- The tables ----
+
 #[test]
-fn every_syn_option_layout_gets_the_right_syn_ack() {
+fn syns_get_cookie_syn_acks() {
     use TcpOptionElement::{
         MaximumSegmentSize as Mss, Noop, SelectiveAcknowledgementPermitted as SackOk, Timestamp as Ts,
         WindowScale as Ws,
     };
     // (what, options, expected, answered by the word-compare fast path)
-    let rows: Vec<(&str, Vec<TcpOptionElement>, Expect, bool)> = vec![
-        (
-            "Linux: MSS, SACK-permitted, TS, NOP, WS",
-            vec![Mss(1460), SackOk, Ts(123456, 0), Noop, Ws(7)],
-            Expect { cookie_mss: 1460, ts: Some(123456), sack: true, wscale: Some(7) },
-            true,
-        ),
+    let layouts: Vec<(&str, Vec<TcpOptionElement>, Expect, bool)> = vec![
+        ("Linux: MSS, SACK-permitted, TS, NOP, WS", linux_syn_opts(), LINUX, true),
         (
             "Linux without SACK: MSS, NOP, NOP, TS, NOP, WS",
             vec![Mss(1400), Noop, Noop, Ts(5, 0), Noop, Ws(2)],
@@ -467,27 +415,17 @@ fn every_syn_option_layout_gets_the_right_syn_ack() {
             Expect { cookie_mss: 1460, ts: Some(u32::MAX), sack: true, wscale: Some(14) },
             true,
         ),
-        (
-            "MSS only",
-            vec![Mss(1440)],
-            Expect { cookie_mss: 1440, ts: None, sack: false, wscale: None },
-            true,
-        ),
-        (
-            "no options (RFC 9293 3.7.1: MSS 536)",
-            vec![],
-            Expect { cookie_mss: 536, ts: None, sack: false, wscale: None },
-            true,
-        ),
+        ("MSS only", vec![Mss(1440)], Expect { cookie_mss: 1440, ..BARE4 }, true),
+        ("no options (RFC 9293 3.7.1: MSS 536, 1220 for IPv6)", vec![], BARE4, true),
         (
             "Windows: MSS, NOP, WS, NOP, NOP, SACK-permitted (no TS: MSS only back)",
             vec![Mss(1460), Noop, Ws(8), Noop, Noop, SackOk],
-            Expect { cookie_mss: 1460, ts: None, sack: false, wscale: None },
+            Expect { cookie_mss: 1460, ..BARE4 },
             false,
         ),
         (
             "macOS: MSS, NOP, WS, NOP, NOP, TS, SACK-permitted, EOL",
-            vec![Mss(1460), Noop, Ws(6), Noop, Noop, Ts(77, 0), SackOk, TcpOptionElement::Noop, TcpOptionElement::Noop],
+            vec![Mss(1460), Noop, Ws(6), Noop, Noop, Ts(77, 0), SackOk, Noop, Noop],
             Expect { cookie_mss: 1460, ts: Some(77), sack: true, wscale: Some(6) },
             false,
         ),
@@ -504,67 +442,203 @@ fn every_syn_option_layout_gets_the_right_syn_ack() {
             false,
         ),
     ];
+    let mut rows = Vec::new();
     for v6 in [false, true] {
-        for (what, opts, want, fast) in &rows {
-            let what = format!("{what} (v6={v6})");
-            let mut e = engine();
-            let mut want = *want;
-            if v6 && opts.is_empty() {
-                // RFC 9293 3.7.1: 1220 for IPv6.
-                want.cookie_mss = 1220;
-            }
+        for (what, opts, want, fast) in &layouts {
+            let want = if v6 && opts.is_empty() { BARE6 } else { *want };
+            let counts = [(counters::SYN_COOKIE_SENT, 1), (counters::SYN_GENERIC_OPTIONS, u64::from(!fast))];
             let syn = frame(v6, 40000, 1000, opts, |b| b.syn(), &[]);
-            let (action, out, _) = e.test_run(&syn, 1).unwrap();
-            assert_eq!(action, XDP_TX, "{what}");
-            check_synack_layout(&e, v6, 1000, &out, &want, &what);
-            assert_eq!(counter(&e, "xdp_syn_generic_options"), u64::from(!fast), "{what}: path");
+            rows.push(row(format!("{what} (v6={v6})"), syn, XDP_TX, Out::SynAck(want), &counts));
         }
     }
-}
-
-#[test]
-fn syn_frames_of_another_size_are_resized_into_the_same_syn_ack() {
-    let want = Expect { cookie_mss: 1460, ts: Some(123456), sack: true, wscale: Some(7) };
-    // IPv4 options (4 NOPs): the reply carries none, so the frame shrinks.
-    let syn = frame(false, 40000, 1000, &linux_syn_opts(), |b| b.syn(), &[]);
+    // Frames of another size are resized into the same SYN-ACK. IPv4 options (4 NOPs): the
+    // reply carries none, so the frame shrinks.
+    let syn = linux_syn(false);
     let mut with_ip_opts = syn[..34].to_vec();
     with_ip_opts.extend_from_slice(&[1, 1, 1, 1]);
     with_ip_opts.extend_from_slice(&syn[34..]);
     with_ip_opts[14] = 0x46;
     with_ip_opts[16..18].copy_from_slice(&(20u16 + 4 + 40).to_be_bytes());
+    rows.push(row("IPv4 options", with_ip_opts, XDP_TX, Out::SynAck(LINUX), &[(counters::SYN_COOKIE_SENT, 1)]));
     // Ethernet padding after a short SYN: the frame is longer than its IP packet.
-    let mut padded = frame(false, 40000, 1000, &[TcpOptionElement::MaximumSegmentSize(1460)], |b| b.syn(), &[]);
+    let mut padded = frame(false, 40000, 1000, &[Mss(1460)], |b| b.syn(), &[]);
     padded.extend_from_slice(&[0; 6]);
-    let mss_only = Expect { ts: None, sack: false, wscale: None, ..want };
-    for (what, f, want) in [("IPv4 options", with_ip_opts, want), ("Ethernet padding", padded, mss_only)] {
-        let mut e = engine();
-        let (action, out, _) = e.test_run(&f, 1).unwrap();
-        assert_eq!(action, XDP_TX, "{what}");
-        check_synack_layout(&e, false, 1000, &out, &want, what);
-    }
+    let mss_only = Expect { cookie_mss: 1460, ..BARE4 };
+    rows.push(row("Ethernet padding", padded, XDP_TX, Out::SynAck(mss_only), &[(counters::SYN_COOKIE_SENT, 1)]));
+    let no_ts = frame(false, 40000, 7, &[Mss(1460)], |b| b.syn(), &[]);
+    rows.push(row("MSS 1460 alone, ISN 7", no_ts, XDP_TX, Out::SynAck(mss_only), &[(counters::SYN_COOKIE_SENT, 1)]));
+    run(rows);
 }
 
-/// A SYN from the client to `dst`.
-fn syn_to(dst: SocketAddr) -> Vec<u8> {
-    let eth = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC);
-    let ip = match dst.ip() {
-        std::net::IpAddr::V4(d) => eth.ipv4(CLIENT4.octets(), d.octets(), 64),
-        std::net::IpAddr::V6(d) => eth.ipv6(CLIENT6.octets(), d.octets(), 64),
-    };
-    let mut out = Vec::new();
-    ip.tcp(40000, dst.port(), 1, 64240).syn().write(&mut out, &[]).unwrap();
-    out
+#[test]
+fn cookie_handshakes_reach_userspace() {
+    use counters::{COOKIE_ACK_VALID, FLOW_SEGMENT, REDIRECT_FAILED, RST_SENT, SYN_COOKIE_SENT};
+    let ts = [TcpOptionElement::Noop, TcpOptionElement::Noop, TcpOptionElement::Timestamp(123460, 1)];
+    let (c4, c6) = (cookie_for(false, 40000, 1000), cookie_for(true, 40000, 1000));
+    // (family, its final ACK, the flow's next segment)
+    let handshakes = [
+        (
+            false,
+            frame(false, 40000, 1001, &ts, |b| b.ack(c4.wrapping_add(1)), b"GET / HTTP/1.1\r\n\r\n"),
+            // A FIN: SEG.SEQ is past the ISN, so no cookie check could pass.
+            frame(false, 40000, 1019, &[], |b| b.ack(c4.wrapping_add(1)).fin(), &[]),
+        ),
+        (
+            true,
+            frame(true, 40000, 1001, &[], |b| b.ack(c6.wrapping_add(1)), &[]),
+            frame(true, 40000, 1001, &[], |b| b.ack(c6.wrapping_add(1)), b"x"),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (v6, ack, next) in handshakes {
+        rows.extend([
+            row(format!("SYN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]),
+            // RFC 9293 3.10.7.3 with SYN-RECEIVED held in the cookie: a valid ACK goes to
+            // userspace (which decodes the same cookie, see check_synack), the tuple claimed.
+            row(format!("its final ACK (v6={v6})"), ack, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+                (COOKIE_ACK_VALID, 1),
+                (REDIRECT_FAILED, 1),
+            ])
+            .then(),
+            // The flow's next segment follows it to userspace before userspace has created
+            // the connection: the claim in FLOWS. Without it, this segment would get a reset.
+            row(format!("the flow's next segment (v6={v6})"), next, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+                (FLOW_SEGMENT, 1),
+                (REDIRECT_FAILED, 1),
+                (RST_SENT, 0),
+            ])
+            .then(),
+        ]);
+    }
+    run(rows);
+}
+
+#[test]
+fn segments_with_no_flow_and_no_cookie() {
+    use counters::{COOKIE_ACK_INVALID, DROP_RST_NO_FLOW, RST_SENT, SYN_COOKIE_SENT};
+    let mut rows = Vec::new();
+    for v6 in [false, true] {
+        let ack = frame(v6, 40000, 5000, &[], |b| b.ack(0xdead_beef), &[]);
+        // RFC 9293 3.10.7.1: <SEQ=SEG.ACK><CTL=RST>.
+        let rst = Out::Rst { seq: 0xdead_beef, ack: None };
+        rows.push(row(format!("bad cookie ACK (v6={v6})"), ack.clone(), XDP_TX, rst, &[(COOKIE_ACK_INVALID, 1), (RST_SENT, 1)]));
+        rows.push(
+            row(format!("bad cookie ACK, loaded silent (v6={v6})"), ack, XDP_DROP, Out::Untouched, &[(COOKIE_ACK_INVALID, 1)])
+                .with(Setup { silent: true, ..Setup::default() }),
+        );
+    }
+    // <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>; the FIN counts one.
+    let fin = frame(false, 40000, 100, &[], |b| b.fin(), b"abc");
+    rows.push(row("data and FIN without ACK", fin, XDP_TX, Out::Rst { seq: 0, ack: Some(104) }, &[(RST_SENT, 1)]));
+    // A stale SYN is answered statelessly; the client's RST to that SYN-ACK is dropped
+    // silently (RFC 9293 3.10.7.1: a RST for no connection is discarded).
+    let stale = frame(false, 40404, 0x1234_5678, &linux_syn_opts(), |b| b.syn(), &[]);
+    rows.push(row("stale SYN", stale, XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]));
+    let reset = frame(false, 40404, 0x1234_5679, &[], |b| b.rst(), &[]);
+    rows.push(row("the client's RST to its SYN-ACK", reset, XDP_DROP, Out::Untouched, &[(DROP_RST_NO_FLOW, 1)]).then());
+    run(rows);
+}
+
+#[test]
+fn known_flows_are_stamped_and_go_to_userspace() {
+    use counters::{COOKIE_ACK_INVALID, FLOW_SEGMENT, REDIRECT_FAILED, RST_SENT};
+    let to_userspace = [(FLOW_SEGMENT, 1), (REDIRECT_FAILED, 1)];
+    let data = |v6| frame(v6, 40001, 9, &[], |b| b.ack(1), b"data");
+    let rows = vec![
+        row("data of a known flow", data(false), XDP_DROP, Out::ToUserspace { stamped: Some(17) }, &to_userspace)
+            .with(Setup { flows: vec![(false, 40001, 17)], ..Setup::default() }),
+        // A SYN of a known flow too: the TCP core answers it (RFC 5961 4).
+        row(
+            "a SYN of a known flow",
+            frame(false, 40001, 9, &[], |b| b.syn(), &[]),
+            XDP_DROP,
+            Out::ToUserspace { stamped: Some(17) },
+            &to_userspace,
+        )
+        .then(),
+        row("data of a known IPv6 flow", data(true), XDP_DROP, Out::ToUserspace { stamped: Some(21) }, &to_userspace)
+            .with(Setup { flows: vec![(true, 40001, 21)], ..Setup::default() }),
+        // The same segment with no flow: no cookie either, so an RFC 9293 3.10.7.1 reset.
+        row("the same IPv6 segment with no flow", data(true), XDP_TX, Out::Rst { seq: 1, ack: None }, &[
+            (COOKIE_ACK_INVALID, 1),
+            (RST_SENT, 1),
+        ]),
+    ];
+    run(rows);
+}
+
+#[test]
+fn malformed_frames_are_counted_and_never_modified() {
+    use counters::{DROP_BAD_ADDRESS, DROP_BAD_FLAGS, DROP_BAD_HEADER, DROP_BAD_OPTIONS, DROP_TRUNCATED, PASS_FRAGMENT};
+    let good = frame(false, 40000, 1, &linux_syn_opts(), |b| b.syn(), &[]);
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x43;
+    let mut small_doff = good.clone();
+    small_doff[14 + 20 + 12] = 0x40;
+    let mut big_doff = good.clone();
+    big_doff.truncate(14 + 20 + 24);
+    big_doff[14 + 2..14 + 4].copy_from_slice(&44u16.to_be_bytes());
+    let mut overrun = frame(false, 40000, 1, &[TcpOptionElement::MaximumSegmentSize(1460)], |b| b.syn(), &[]);
+    overrun[14 + 20 + 21] = 40; // the MSS option claims 40 bytes
+    let mut mcast = good.clone();
+    mcast[14 + 12] = 224;
+    let mut bcast_mac = good.clone();
+    bcast_mac[6..12].copy_from_slice(&[0xff; 6]);
+    let mut fragment = good.clone();
+    fragment[14 + 6] = 0x20; // more fragments
+    let table: Vec<(&str, Vec<u8>, u32, Counter)> = vec![
+        ("truncated IPv4 header", good[..30].to_vec(), XDP_DROP, DROP_TRUNCATED),
+        ("truncated TCP header", good[..40].to_vec(), XDP_DROP, DROP_TRUNCATED),
+        ("IHL below 5", bad_ihl, XDP_DROP, DROP_BAD_HEADER),
+        ("data offset below 5", small_doff, XDP_DROP, DROP_BAD_HEADER),
+        ("data offset past the frame", big_doff, XDP_DROP, DROP_TRUNCATED),
+        ("option running past the header", overrun, XDP_DROP, DROP_BAD_OPTIONS),
+        ("SYN+FIN", frame(false, 40000, 1, &[], |b| b.syn().fin(), &[]), XDP_DROP, DROP_BAD_FLAGS),
+        ("SYN+RST", frame(false, 40000, 1, &[], |b| b.syn().rst(), &[]), XDP_DROP, DROP_BAD_FLAGS),
+        ("zero source port", frame(false, 0, 1, &[], |b| b.syn(), &[]), XDP_DROP, DROP_BAD_FLAGS),
+        ("multicast source", mcast, XDP_DROP, DROP_BAD_ADDRESS),
+        ("broadcast source MAC", bcast_mac, XDP_DROP, DROP_BAD_ADDRESS),
+        ("IPv4 fragment (the kernel reassembles)", fragment, XDP_PASS, PASS_FRAGMENT),
+    ];
+    // The option walk's drop comes after it counted the generic walk.
+    run(table
+        .into_iter()
+        .map(|(what, f, verdict, c)| {
+            let walked = u64::from(c == DROP_BAD_OPTIONS);
+            row(what, f, verdict, Out::Untouched, &[(c, 1), (counters::SYN_GENERIC_OPTIONS, walked)])
+        })
+        .collect());
+}
+
+#[test]
+fn everything_else_passes_untouched() {
+    let mut udp = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
+        .ipv4(CLIENT4.octets(), SERVER4.octets(), 64)
+        .udp(5000, PORT)
+        .write(&mut udp, b"x")
+        .unwrap();
+    let mut arp = vec![0xffu8; 6];
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0u8; 28]);
+    run(vec![
+        row("UDP", udp, XDP_PASS, Out::Untouched, &[(counters::PASS_NOT_TCP, 1)]),
+        row("TCP to another port", syn_to("198.18.0.1:22"), XDP_PASS, Out::Untouched, &[(counters::PASS_NOT_LISTENER, 1)]),
+        row("ARP", arp, XDP_PASS, Out::Untouched, &[(counters::PASS_NOT_IP, 1)]),
+    ]);
 }
 
 #[test]
 fn listeners_by_port_exact_address_and_wildcard() {
-    let mut e = engine();
-    // engine(): exact 198.18.0.1:80 and [fd00:5eed::1]:80. Add a second exact IPv4 address on
-    // port 80, and wildcards on 81.
-    e.add_listener("198.18.0.9:80".parse().unwrap(), 2).unwrap();
-    e.add_listener("0.0.0.0:81".parse().unwrap(), 3).unwrap();
-    e.add_listener("[::]:81".parse().unwrap(), 4).unwrap();
-    for (dst, served) in [
+    // Besides 198.18.0.1:80 and [fd00:5eed::1]:80: a second exact IPv4 address on port 80,
+    // and wildcards on 81.
+    let more = Setup {
+        listeners: vec![("198.18.0.9:80", 2), ("0.0.0.0:81", 3), ("[::]:81", 4)],
+        ..Setup::default()
+    };
+    let mut rows = Vec::new();
+    for (i, (dst, served)) in [
         ("198.18.0.1:80", true),
         ("198.18.0.9:80", true),
         ("198.18.0.7:80", false),
@@ -574,55 +648,64 @@ fn listeners_by_port_exact_address_and_wildcard() {
         ("[fd00:5eed::7]:80", false),
         ("[fd00:5eed::7]:81", true),
         ("[fd00:5eed::1]:82", false),
-    ] {
-        let f = syn_to(dst.parse().unwrap());
-        let (action, out, _) = e.test_run(&f, 1).unwrap();
-        if served {
-            assert_eq!(action, XDP_TX, "{dst}");
-            assert!(tcp_of(&out).syn() && tcp_of(&out).ack(), "{dst}");
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = if served {
+            let bare = if dst.starts_with('[') { BARE6 } else { BARE4 };
+            row(dst, syn_to(dst), XDP_TX, Out::SynAck(bare), &[(counters::SYN_COOKIE_SENT, 1)])
         } else {
-            assert_eq!(action, XDP_PASS, "{dst}");
-            assert_eq!(out, f, "{dst}");
-        }
+            row(dst, syn_to(dst), XDP_PASS, Out::Untouched, &[(counters::PASS_NOT_LISTENER, 1)])
+        };
+        rows.push(if i == 0 { r.with(more.clone()) } else { r.then() });
     }
     // One exact address per port stays inline: a fresh port with one address, and another.
-    let mut e = engine();
-    e.add_listener("198.18.0.5:90".parse().unwrap(), 5).unwrap();
-    assert_eq!(e.test_run(&syn_to("198.18.0.5:90".parse().unwrap()), 1).unwrap().0, XDP_TX);
-    assert_eq!(e.test_run(&syn_to("198.18.0.1:90".parse().unwrap()), 1).unwrap().0, XDP_PASS);
+    let one = Setup { listeners: vec![("198.18.0.5:90", 5)], ..Setup::default() };
+    rows.push(row("198.18.0.5:90", syn_to("198.18.0.5:90"), XDP_TX, Out::SynAck(BARE4), &[(counters::SYN_COOKIE_SENT, 1)]).with(one));
+    rows.push(row("198.18.0.1:90", syn_to("198.18.0.1:90"), XDP_PASS, Out::Untouched, &[(counters::PASS_NOT_LISTENER, 1)]).then());
+    run(rows);
 }
 
 #[test]
-fn known_v6_flow_and_v6_cookie_ack() {
-    let mut e = engine();
-    let flows = e.flow_table();
-    flows.insert(server(true), client(true, 40001), 21).unwrap();
-    let f = frame(true, 40001, 9, &[], |b| b.ack(1), b"data");
-    let (action, out, _) = e.test_run(&f, 1).unwrap();
-    assert_eq!(action, XDP_DROP, "to userspace (no socket bound here)");
-    assert_eq!(out, f);
-    assert!(e.last_seen().get(21).is_some());
-    flows.remove(server(true), client(true, 40001)).unwrap();
-    // The same segment with the flow gone: no cookie, so an RFC 9293 3.10.7.1 reset.
-    assert_eq!(e.test_run(&f, 1).unwrap().0, XDP_TX);
-    // A v6 handshake: SYN-ACK, then its ACK validates and claims the tuple in FLOWS6.
-    let syn = frame(true, 40000, 1000, &linux_syn_opts(), |b| b.syn(), &[]);
-    let (_, synack, _) = e.test_run(&syn, 1).unwrap();
-    let ack = frame(true, 40000, 1001, &[], |b| b.ack(tcp_of(&synack).sequence_number().wrapping_add(1)), &[]);
-    assert_eq!(e.test_run(&ack, 1).unwrap().0, XDP_DROP);
-    assert_eq!(counter(&e, "xdp_cookie_ack_valid"), 1);
-    let data = frame(true, 40000, 1001, &[], |b| b.ack(tcp_of(&synack).sequence_number().wrapping_add(1)), b"x");
-    let before = counter(&e, "xdp_flow_segment");
-    assert_eq!(e.test_run(&data, 1).unwrap().0, XDP_DROP);
-    assert_eq!(counter(&e, "xdp_flow_segment"), before + 1, "the claimed tuple's next segment follows");
+fn a_backlogged_queue_leaves_new_syns_unanswered_and_nothing_else() {
+    // While more than RX_BACKLOG_LIMIT frames XDP sent to a queue's engine wait for it, a
+    // SYN-ACK would bring a final ACK it may have to drop; the SYN is dropped instead (the
+    // client retransmits it), counted. Cookie ACKs and known flows still go through: they are
+    // the engine's backlog, not new work. No AF_XDP socket in a test run, so nothing is
+    // redirected: a backlog is the engine's side of the count (redirected 0, consumed N behind
+    // it, wrapping). Test runs are on RX queue 0.
+    use counters::{COOKIE_ACK_VALID, DROP_SYN_BACKLOG, REDIRECT_FAILED, SYN_COOKIE_SENT};
+    let behind = |n: u64| 0u64.wrapping_sub(n);
+    let queue0 = |consumed: u64| Setup { consumed: vec![(0, consumed)], ..Setup::default() };
+    let answered = [(SYN_COOKIE_SENT, 1)];
+    let cookie = cookie_for(false, 40000, 1000);
+    let ack = frame(false, 40000, 1001, &[], |b| b.ack(cookie.wrapping_add(1)), &[]);
+    run(vec![
+        row("SYN, queue 0 over the limit", linux_syn(false), XDP_DROP, Out::Untouched, &[(DROP_SYN_BACKLOG, 1)])
+            .with(queue0(behind(RX_BACKLOG_LIMIT + 1))),
+        row("SYN, queue 0 at the limit", linux_syn(false), XDP_TX, Out::SynAck(LINUX), &answered)
+            .with(queue0(behind(RX_BACKLOG_LIMIT))),
+        // The engine ahead of XDP's count (lost increments): no backlog.
+        row("SYN, queue 0's engine ahead", linux_syn(false), XDP_TX, Out::SynAck(LINUX), &answered).with(queue0(5)),
+        row("SYN, only queue 1 over the limit", linux_syn(false), XDP_TX, Out::SynAck(LINUX), &answered)
+            .with(Setup { consumed: vec![(1, behind(RX_BACKLOG_LIMIT + 1))], ..Setup::default() }),
+        row("the final ACK, queue 0 over the limit", ack, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            (COOKIE_ACK_VALID, 1),
+            (REDIRECT_FAILED, 1),
+        ])
+        .with(queue0(behind(RX_BACKLOG_LIMIT + 1))),
+    ]);
 }
+
+// ---- The benchmark's object, and userspace's side of the SYN-ACK policy ----
 
 #[test]
 fn the_benchmark_program_answers_as_the_attached_one_and_so_does_the_kernel_cookie_baseline() {
     // `synx bench-xdp` times `synx_bench_syn` (restore the SYN, then the attached program's
     // code) and the kernel-helper baseline; both must really build the SYN-ACK, or the numbers
     // time an early drop.
-    let syn = frame(false, 40000, 1000, &linux_syn_opts(), |b| b.syn(), &[]);
+    let syn = linux_syn(false);
     let mut e = engine();
     let (action, attached, _) = e.test_run(&syn, 1).unwrap();
     assert_eq!(action, XDP_TX);
@@ -632,7 +715,7 @@ fn the_benchmark_program_answers_as_the_attached_one_and_so_does_the_kernel_cook
         let (action, out, _) = bench.test_run_bench(&syn, repeat).unwrap();
         assert_eq!(action, XDP_TX, "repeat {repeat}");
         // The same cookie period, so the same bytes (the TSval may move with the clock).
-        check_synack(&bench, false, 1000, &out, true);
+        check_synack(&bench, &syn, &out, &LINUX, &format!("synx_bench_syn, repeat {repeat}"));
         assert_eq!(tcp_of(&out).sequence_number(), tcp_of(&attached).sequence_number());
     }
     let (action, out, _) = bench.test_run_bench_kernel(&syn, 50).unwrap();
@@ -641,44 +724,6 @@ fn the_benchmark_program_answers_as_the_attached_one_and_so_does_the_kernel_cook
     assert!(t.syn() && t.ack(), "a SYN-ACK");
     assert_eq!(t.acknowledgment_number(), 1001);
     assert_eq!(t.options().len(), 20, "the same options as ours");
-}
-
-#[test]
-fn a_backlogged_queue_leaves_new_syns_unanswered_and_nothing_else() {
-    // While more than RX_BACKLOG_LIMIT frames XDP sent to a queue's engine wait for it, a
-    // SYN-ACK would bring a final ACK it may have to drop; the SYN is dropped instead (the
-    // client retransmits it), counted. Cookie ACKs and known flows still go through: they are
-    // the engine's backlog, not new work.
-    use engine_common::maps::RX_BACKLOG_LIMIT;
-    let mut e = engine();
-    let backlog = e.rx_backlog();
-    let syn = frame(false, 40000, 1000, &linux_syn_opts(), |b| b.syn(), &[]);
-    // No AF_XDP socket in a test run, so nothing is redirected: stand for a backlog by the
-    // engine's side of the count (redirected 0, consumed LIMIT+1 behind it, wrapping).
-    let behind = |n: u64| 0u64.wrapping_sub(n);
-    backlog.set_consumed(0, behind(RX_BACKLOG_LIMIT + 1));
-    assert_eq!(backlog.outstanding(0), RX_BACKLOG_LIMIT as i64 + 1);
-    let (action, out, _) = e.test_run(&syn, 1).unwrap();
-    assert_eq!(action, XDP_DROP);
-    assert_eq!(out, syn, "dropped untouched");
-    assert_eq!(counter(&e, "xdp_drop_syn_backlog"), 1);
-    // At the limit, and with the engine ahead of XDP's count (lost increments): answered.
-    for consumed in [behind(RX_BACKLOG_LIMIT), 5] {
-        backlog.set_consumed(0, consumed);
-        let (action, _, _) = e.test_run(&syn, 1).unwrap();
-        assert_eq!(action, XDP_TX, "consumed {consumed}");
-    }
-    // Another queue's backlog does not matter to queue 0.
-    backlog.set_consumed(1, behind(RX_BACKLOG_LIMIT + 1));
-    let (action, out, _) = e.test_run(&syn, 1).unwrap();
-    assert_eq!(action, XDP_TX);
-    let cookie = tcp_of(&out).sequence_number();
-    // The final ACK of that handshake, while queue 0 is backlogged: still validated.
-    backlog.set_consumed(0, behind(RX_BACKLOG_LIMIT + 1));
-    let ack = frame(false, 40000, 1001, &[], |b| b.ack(cookie.wrapping_add(1)), &[]);
-    e.test_run(&ack, 1).unwrap();
-    assert_eq!(counter(&e, "xdp_cookie_ack_valid"), 1);
-    assert_eq!(counter(&e, "xdp_drop_syn_backlog"), 1);
 }
 
 #[test]
@@ -712,4 +757,58 @@ fn the_flood_generator_writes_whole_valid_syns_from_its_template() {
     }
     let dropping = synx::bpf::flood_template(CLIENT_MAC, SERVER_MAC, dst, base, 250, true).unwrap().1;
     assert_eq!(bench.flood_sample(&frame, dropping).unwrap().0, XDP_DROP);
+}
+
+#[test]
+fn userspace_answers_a_syn_as_the_xdp_program_does() {
+    // One SYN-ACK policy (engine_common::synack) for both senders: userspace answers a SYN on a
+    // tuple it holds in TIME-WAIT (RFC 6191) with what XDP would have sent, so the final ACK
+    // decodes the same wherever it lands.
+    use engine_common::synack::{Syn, default_mss};
+    use TcpOptionElement::{MaximumSegmentSize as Mss, Noop, SelectiveAcknowledgementPermitted as SackOk, Timestamp as Ts, WindowScale as Ws};
+    let rows: Vec<(&str, Vec<TcpOptionElement>, bool)> = vec![
+        ("Linux", linux_syn_opts(), false),
+        ("Linux, ECN setup", linux_syn_opts(), true),
+        ("window scale 15", vec![Mss(1400), SackOk, Ts(5, 0), Noop, Ws(15)], false),
+        ("MSS only", vec![Mss(1440)], false),
+        ("no options", vec![], false),
+        ("macOS order", vec![Mss(1460), Noop, Ws(6), Noop, Noop, Ts(77, 0), SackOk, Noop, Noop], false),
+    ];
+    for v6 in [false, true] {
+        for (what, opts, ecn) in &rows {
+            let what = format!("{what} (v6={v6})");
+            let mut e = engine();
+            let syn = frame(v6, 40000, 1000, opts, |b| if *ecn { b.syn().ece().cwr() } else { b.syn() }, &[]);
+            // XDP mints on a clock up to two ticks behind; retry in the rare case a cookie
+            // period boundary falls between the two clocks.
+            let (out, theirs) = (0..3)
+                .find_map(|_| {
+                    let before = monotonic_ns();
+                    let (action, out, _) = e.test_run(&syn, 1).unwrap();
+                    assert_eq!(action, XDP_TX, "{what}");
+                    let after = monotonic_ns();
+                    let same = cookie::period(before.saturating_sub(20_000_000)) == cookie::period(after);
+                    let offer = Syn {
+                        isn: 1000,
+                        mss: opts.iter().find_map(|o| if let Mss(m) = o { Some(*m) } else { None }).unwrap_or(default_mss(v6)),
+                        wscale: opts.iter().find_map(|o| if let Ws(w) = o { Some(*w) } else { None }),
+                        sack: opts.contains(&SackOk),
+                        ts: opts.iter().find_map(|o| if let Ts(v, _) = o { Some(*v) } else { None }),
+                        ecn: *ecn,
+                    };
+                    let answer = e.cookie_checker().answer(server(v6), client(v6, 40000), &offer, after).unwrap();
+                    same.then_some((out, answer))
+                })
+                .expect("three tries within one cookie period");
+            let t = tcp_of(&out);
+            assert_eq!((t.sequence_number(), t.acknowledgment_number(), t.window_size()), (theirs.seq, theirs.ack, theirs.window), "{what}");
+            let got: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
+            assert!(got.contains(&Mss(theirs.mss)), "{what}: {got:?}");
+            assert_eq!(got.iter().find_map(|o| if let Ws(w) = o { Some(*w) } else { None }), theirs.wscale, "{what}");
+            assert_eq!(got.contains(&SackOk), theirs.sack, "{what}");
+            // The TSval's clock moved between the two; its option bits and the TSecr did not.
+            let ts = got.iter().find_map(|o| if let Ts(v, ecr) = o { Some((*v, *ecr)) } else { None });
+            assert_eq!(ts.map(|(v, ecr)| (v & 63, ecr)), theirs.ts.map(|(v, ecr)| (v & 63, ecr)), "{what}");
+        }
+    }
 }

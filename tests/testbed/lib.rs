@@ -20,6 +20,9 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
+mod nginx;
+pub use nginx::Nginx;
+
 const PREFIX: &str = "sx";
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
