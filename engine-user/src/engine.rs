@@ -33,14 +33,15 @@ use synx_tcp as tcp;
 
 use crate::{
     api::{EngineWaker, Keepalive, Listener, Stream},
-    bpf::{AttachMode, XdpEngine},
+    bpf::{AttachMode, SecretsPublisher, XdpEngine, XdpSettings},
     driver::{self, ConnInfo, EngineShared, Listeners, LocalHandler, QueueContext, QueueStats, TurnHandler},
     xsk::XskConfig,
 };
 
-/// How often the SYN-cookie secret rotates. A cookie stays valid for one rotation after the
-/// secret that minted it is replaced.
-pub const SECRET_ROTATION: Duration = Duration::from_secs(60);
+/// How often the SYN-cookie secrets are looked at: each cookie period (about 69 s,
+/// `engine_common::cookie`) has its own secret, published ahead, and the shared clock's
+/// adjustment follows the kernel's TAI offset within this.
+pub const SECRET_REFRESH: Duration = Duration::from_secs(1);
 
 /// What an engine needs to start.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,7 +120,7 @@ impl Engine {
     /// Returns once every queue's AF_XDP socket is bound.
     pub fn start(options: EngineOptions) -> anyhow::Result<Self> {
         let mss = interface_mss(&options.iface);
-        let xdp = XdpEngine::attach(&options.iface, options.xdp_mode, options.max_conns, mss)?;
+        let xdp = XdpEngine::attach(&options.iface, options.xdp_mode, options.max_conns, XdpSettings::new(mss))?;
         let tcp_config =
             tcp::Config { msl: options.msl, mss, keepalive: options.keepalive, ..tcp::Config::default() };
         let queues = rx_queues(&options.iface);
@@ -180,7 +181,8 @@ impl Engine {
         for _ in 0..queues {
             ready_rx.recv().context("engine thread died during start-up")??;
         }
-        *engine.rotor.lock().unwrap_or_else(|e| e.into_inner()) = Some(spawn_rotor(xdp, engine.stop.clone())?);
+        let secrets = xdp.lock().unwrap_or_else(|e| e.into_inner()).secrets();
+        *engine.rotor.lock().unwrap_or_else(|e| e.into_inner()) = Some(spawn_rotor(secrets, engine.stop.clone())?);
         Ok(engine)
     }
 
@@ -322,18 +324,17 @@ impl Drop for Engine {
     }
 }
 
-/// Rotate the cookie secret every [`SECRET_ROTATION`]; the previous one stays valid for one
-/// more period.
-fn spawn_rotor(xdp: Arc<Mutex<XdpEngine>>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+/// Publish each cookie period's secrets (looked at every [`SECRET_REFRESH`]).
+fn spawn_rotor(secrets: SecretsPublisher, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("synx-rotor".into()).spawn(move || {
-        let mut next = Instant::now() + SECRET_ROTATION;
+        let mut next = Instant::now() + SECRET_REFRESH;
         while !stop.load(Ordering::SeqCst) {
             let now = Instant::now();
             if now >= next {
-                if let Err(e) = xdp.lock().unwrap_or_else(|e| e.into_inner()).rotate_secret() {
-                    tracing::warn!("rotating the SYN-cookie secret: {e}");
+                if let Err(e) = secrets.refresh() {
+                    tracing::warn!("publishing the SYN-cookie secrets: {e}");
                 }
-                next = now + SECRET_ROTATION;
+                next = now + SECRET_REFRESH;
             }
             std::thread::park_timeout(next.saturating_duration_since(now));
         }

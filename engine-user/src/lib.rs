@@ -15,6 +15,7 @@ pub mod apps;
 pub mod bpf;
 pub mod config;
 pub mod control;
+pub mod cookie_key;
 pub mod daemon;
 pub mod driver;
 pub mod engine;

@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use engine_common::{
-    cookie::{self, Key},
+    cookie::{self, Keys},
     counters,
     maps::{BENCH_FRAME_LEN, BenchFrame, FLOOD_FRAME_LEN, FloodState},
 };
@@ -35,7 +35,7 @@ struct KernelCookies;
 
 impl Cookies for KernelCookies {
     #[inline(always)]
-    fn mint(ctx: &XdpContext, seg: &Seg, secrets: &[Key; 2], now: Now, mss: u16) -> Result<(u32, u32), Verdict> {
+    fn mint(ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now, mss: u16) -> Result<(u32, u32), Verdict> {
         if seg.v6 {
             return SynxCookies::mint(ctx, seg, secrets, now, mss);
         }
@@ -57,7 +57,7 @@ impl Cookies for KernelCookies {
         if r < 0 {
             return Err(Verdict::Drop(counters::DROP_BAD_HEADER));
         }
-        Ok((r as u32, (cookie::tuple_hash(&secrets[0], &seg.tuple()) >> 32) as u32))
+        Ok((r as u32, (cookie::tuple_hash(&secrets.keys[0], &seg.tuple()) >> 32) as u32))
     }
 }
 
