@@ -31,8 +31,13 @@ pub const SWITCHES: &str = "SWITCHES";
 /// [`SWITCHES`] entry: non-zero while the host drains (new SYNs get no SYN-ACK; see
 /// [`globals::DRAIN_PASS`]).
 pub const SWITCH_DRAINING: u32 = 0;
+/// [`SWITCHES`] entries of second chance (`crate::second_chance`), which userspace rewrites as
+/// hosts come and go: the IPv4 address (wire word) of the next live host of the ring, where
+/// this one forwards, and how many hosts a forwarded segment may visit (the other live ones).
+pub const SWITCH_RING_NEXT: u32 = 1;
+pub const SWITCH_RING_HOPS: u32 = 2;
 /// Entries of [`SWITCHES`].
-pub const SWITCHES_LEN: u32 = 1;
+pub const SWITCHES_LEN: u32 = 3;
 /// `BPF_F_MMAPABLE` array of [`RxBacklogEntry`] per RX queue: frames XDP redirected to the
 /// queue's AF_XDP socket, and frames its engine has taken (or the kernel dropped). While more
 /// than [`RX_BACKLOG_LIMIT`] are outstanding, XDP leaves new SYNs unanswered, so handshakes
@@ -159,12 +164,9 @@ pub mod globals {
     /// `u16`: the UDP port of second-chance forwarding between hosts (`crate::second_chance`);
     /// 0 turns it off.
     pub const PEER_PORT: &str = "SYNX_PEER_PORT";
-    /// `u32`: this host's IPv4 address (wire word), the source of what it forwards.
+    /// `u32`: this host's IPv4 address (wire word), the source of what it forwards (where it
+    /// forwards to is in [`super::SWITCHES`]).
     pub const PEER_SELF: &str = "SYNX_PEER_SELF";
-    /// `u32`: the IPv4 address (wire word) of the next host in the ring, where it forwards.
-    pub const PEER_NEXT: &str = "SYNX_PEER_NEXT";
-    /// `u8`: hosts a forwarded segment visits at most: the other hosts of the ring.
-    pub const PEER_HOPS: &str = "SYNX_PEER_HOPS";
     /// `u32`: segments per second per CPU this host may forward at most.
     pub const FORWARD_PER_SEC: &str = "SYNX_FORWARD_PER_SEC";
 }

@@ -10,7 +10,7 @@ use engine_common::{
     counters::{self, Counter},
     maps::{
         DEFAULT_MAX_FLOWS, FlowKey4, FlowKey6, LISTEN_PORTS_LEN, ListenerKey, ListenerValue, MAX_QUEUES, PortListeners,
-        RxBacklogEntry, SWITCH_DRAINING, SWITCHES_LEN,
+        RxBacklogEntry, SWITCH_DRAINING, SWITCH_RING_HOPS, SWITCH_RING_NEXT, SWITCHES_LEN,
     },
     secrets::{self, CookieSecrets, Published},
 };
@@ -58,4 +58,13 @@ pub fn published_secrets() -> Option<Published> {
 #[inline(always)]
 pub fn draining() -> bool {
     SWITCHES.get(SWITCH_DRAINING).is_some_and(|v| *v != 0)
+}
+
+/// The next live host of the second-chance ring (IPv4 wire word) and the hosts a forwarded
+/// segment may visit: (0, 0) when there is none.
+#[inline(always)]
+pub fn ring() -> (u32, u8) {
+    let next = SWITCHES.get(SWITCH_RING_NEXT).map_or(0, |v| *v);
+    let hops = SWITCHES.get(SWITCH_RING_HOPS).map_or(0, |v| *v);
+    (next, if hops > 255 { 255 } else { hops as u8 })
 }

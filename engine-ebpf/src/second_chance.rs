@@ -1,6 +1,7 @@
 //! Second-chance forwarding in the program (`engine_common::second_chance`): unwrapping what
-//! another host forwarded, and forwarding what this host cannot serve to the next host of the
-//! ring. Off (and pruned by the verifier) unless userspace set a peer port at load.
+//! another host forwarded, and forwarding what this host cannot serve to the next live host of
+//! the ring (which userspace keeps in SWITCHES as hosts come and go). Off (and pruned by the
+//! verifier) unless userspace set a peer port at load.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use engine_common::{
@@ -10,7 +11,7 @@ use engine_common::{
 
 use crate::{
     clock::precise_mono_ns,
-    maps::count,
+    maps::{count, ring},
     packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, Seg, Verdict, at, ld32, st32, wire},
     ratelimit::{FORWARD, take_token},
     reply::{fold, write_eth},
@@ -91,21 +92,22 @@ pub fn pass_on(ctx: &XdpContext, seg: &Seg, hops: u8) -> Option<Verdict> {
     if settings::peer_port_be() == 0 {
         return None;
     }
-    let left = if hops == 0 { settings::peer_hops() } else { hops - 1 };
-    if left == 0 {
+    let (next, others) = ring();
+    let left = if hops == 0 { others } else { hops - 1 };
+    if left == 0 || next == 0 {
         return None;
     }
     if !take_token(FORWARD, precise_mono_ns(), settings::forward_per_sec()) {
         return Some(Verdict::Drop(counters::SECOND_CHANCE_RATE_LIMITED));
     }
-    Some(forward(ctx, seg, left))
+    Some(forward(ctx, seg, next, left))
 }
 
 /// Wrap the frame (from its IP header on) and send it back where it came from, to the next
 /// host: IPv4 from our address, UDP to the peer port (source port from the tuple, so flows
 /// spread over the receiver's queues), our header.
 #[inline(always)]
-fn forward(ctx: &XdpContext, seg: &Seg, hops: u8) -> Verdict {
+fn forward(ctx: &XdpContext, seg: &Seg, next: u32, hops: u8) -> Verdict {
     let inner_len = ctx.data_end() - ctx.data() - ETH_HLEN;
     // SAFETY: helper call on our context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GROWTH as i32)) } != 0 {
@@ -118,7 +120,7 @@ fn forward(ctx: &XdpContext, seg: &Seg, hops: u8) -> Verdict {
     // ID 0 with DF set: RFC 6864 4.1.
     let w1 = wire([0, 0, 0x40, 0]);
     let w2 = wire([TTL, IPPROTO_UDP, 0, 0]);
-    let (src, dst) = (settings::peer_self(), settings::peer_next());
+    let (src, dst) = (settings::peer_self(), next);
     let csum = fold(u64::from(w0) + u64::from(w1) + u64::from(w2) + u64::from(src) + u64::from(dst));
     let h = seg.ports ^ seg.src[0] ^ seg.src[3];
     let sport = 0xc000 | ((h ^ (h >> 16)) as u16 & 0x3fff);

@@ -21,10 +21,6 @@ static SYNX_PEER_PORT: Global<u16> = Global::new(0);
 #[unsafe(no_mangle)]
 static SYNX_PEER_SELF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
-static SYNX_PEER_NEXT: Global<u32> = Global::new(0);
-#[unsafe(no_mangle)]
-static SYNX_PEER_HOPS: Global<u8> = Global::new(0);
-#[unsafe(no_mangle)]
 static SYNX_FORWARD_PER_SEC: Global<u32> = Global::new(0);
 
 /// Our MSS, announced in SYN-ACKs (the smaller of it and the client's goes into the cookie).
@@ -65,21 +61,10 @@ pub fn peer_port_be() -> u16 {
     SYNX_PEER_PORT.load().to_be()
 }
 
-/// This host's IPv4 address and the next host's in the ring, as wire words.
+/// This host's IPv4 address, as a wire word.
 #[inline(always)]
 pub fn peer_self() -> u32 {
     SYNX_PEER_SELF.load()
-}
-
-#[inline(always)]
-pub fn peer_next() -> u32 {
-    SYNX_PEER_NEXT.load()
-}
-
-/// Hosts a forwarded segment visits at most (the other hosts of the ring).
-#[inline(always)]
-pub fn peer_hops() -> u8 {
-    SYNX_PEER_HOPS.load()
 }
 
 /// Segments per second per CPU this host may forward at most.

@@ -100,6 +100,52 @@ pub struct PeerRing {
     pub others: u8,
 }
 
+/// SWITCHES, what userspace flips while the program runs: draining, and the second-chance
+/// ring's next host as hosts come and go. Shared by the engine and its cluster thread.
+#[derive(Clone)]
+pub struct Switches {
+    map: Arc<Mutex<Array<MapData, u32>>>,
+}
+
+impl Switches {
+    fn set(&self, index: u32, value: u32) -> Result<(), BpfError> {
+        Ok(self.map.lock().unwrap_or_else(|e| e.into_inner()).set(index, &value, 0)?)
+    }
+
+    fn get(&self, index: u32) -> Result<u32, BpfError> {
+        Ok(self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&index, 0)?)
+    }
+
+    /// Start or stop draining: while draining, SYNs with no connection get no SYN-ACK (see
+    /// [`XdpSettings::drain_pass`]); everything else is handled as before.
+    pub fn set_draining(&self, on: bool) -> Result<(), BpfError> {
+        self.set(maps::SWITCH_DRAINING, u32::from(on))
+    }
+
+    /// Forward to `next`, for at most `hops` hosts (the other live hosts); `None`: to nobody.
+    pub fn set_ring(&self, next: Option<Ipv4Addr>, hops: u8) -> Result<(), BpfError> {
+        // The hops first: a reader between the two stores forwards to the old next host with
+        // the new bound, which only ends the chain sooner.
+        match next {
+            Some(n) => {
+                self.set(maps::SWITCH_RING_HOPS, u32::from(hops))?;
+                self.set(maps::SWITCH_RING_NEXT, addr_words(n.into())[0])
+            }
+            None => {
+                self.set(maps::SWITCH_RING_HOPS, 0)?;
+                self.set(maps::SWITCH_RING_NEXT, 0)
+            }
+        }
+    }
+
+    /// The ring as set: next host and hops.
+    pub fn ring(&self) -> Result<(Option<Ipv4Addr>, u8), BpfError> {
+        let next = self.get(maps::SWITCH_RING_NEXT)?;
+        let next = (next != 0).then(|| Ipv4Addr::from(next.to_le_bytes()));
+        Ok((next, self.get(maps::SWITCH_RING_HOPS)? as u8))
+    }
+}
+
 impl PeerRing {
     /// The ring of `hosts` (every host that serves the address, this one included, in any
     /// order; every host must be given the same set), from `this` host's place.
@@ -222,10 +268,9 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings) -> Result<
     raise_memlock_limit();
     let rst_bad_cookie = u8::from(settings.rst_bad_cookie);
     let drain_pass = u8::from(settings.drain_pass);
-    let word = |a: Ipv4Addr| u32::from_le_bytes(a.octets());
-    let (peer_port, peer_self, peer_next, peer_hops) = match settings.ring {
-        Some(r) => (r.port, word(r.this), word(r.next), r.others),
-        None => (0, 0, 0, 0),
+    let (peer_port, peer_self) = match settings.ring {
+        Some(r) => (r.port, addr_words(r.this.into())[0]),
+        None => (0, 0),
     };
     EbpfLoader::new()
         .map_max_entries(maps::FLOWS4, max_flows)
@@ -238,8 +283,6 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings) -> Result<
         .override_global(globals::DRAIN_PASS, &drain_pass, true)
         .override_global(globals::PEER_PORT, &peer_port, true)
         .override_global(globals::PEER_SELF, &peer_self, true)
-        .override_global(globals::PEER_NEXT, &peer_next, true)
-        .override_global(globals::PEER_HOPS, &peer_hops, true)
         .override_global(globals::FORWARD_PER_SEC, &FORWARD_PER_SEC, true)
         .load(object)
         .map_err(|e| BpfError::Load(Box::new(e)))
@@ -716,6 +759,7 @@ pub struct XdpEngine {
     iface: String,
     settings: XdpSettings,
     secrets: SecretsPublisher,
+    switches: Switches,
     flows: FlowTable,
     last_seen: LastSeen,
     rx_backlog: RxBacklog,
@@ -763,11 +807,16 @@ impl XdpEngine {
             Map::Array(data) => SecretsPublisher::map(data)?,
             _ => return Err(BpfError::MissingMap(maps::COOKIE_SECRETS)),
         };
+        let switches = Switches { map: Arc::new(Mutex::new(Array::try_from(take(&mut ebpf, maps::SWITCHES)?)?)) };
+        if let Some(r) = settings.ring {
+            switches.set_ring(Some(r.next), r.others)?;
+        }
         let engine = Self {
             ebpf,
             iface: String::new(),
             settings,
             secrets,
+            switches,
             flows: FlowTable { flows: Arc::new(Mutex::new(flows)), xsks: Arc::new(Mutex::new(xsks)) },
             last_seen,
             rx_backlog,
@@ -811,13 +860,14 @@ impl XdpEngine {
         self.secrets.set_keys(keys);
     }
 
-    /// Start or stop draining: while draining, SYNs with no connection get no SYN-ACK (see
-    /// [`XdpSettings::drain_pass`]); everything else is handled as before.
+    /// What userspace flips while the program runs (draining, the ring).
+    pub fn switches(&self) -> Switches {
+        self.switches.clone()
+    }
+
+    /// See [`Switches::set_draining`].
     pub fn set_draining(&mut self, on: bool) -> Result<(), BpfError> {
-        let mut map: Array<_, u32> =
-            Array::try_from(self.ebpf.map_mut(maps::SWITCHES).ok_or(BpfError::MissingMap(maps::SWITCHES))?)?;
-        map.set(maps::SWITCH_DRAINING, &u32::from(on), 0)?;
-        Ok(())
+        self.switches.set_draining(on)
     }
 
     /// Run the program on `frame` with BPF_PROG_TEST_RUN `repeat` times: the action, the frame

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod apps;
 pub mod bpf;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod cookie_key;

@@ -21,6 +21,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("curl", "curl"),
     ("wrk", "wrk"),
+    // BGP for the multi-host test bed and demo (tests/testbed/multihost.rs).
+    ("bird2", "bird"),
 ];
 /// Python modules the tests use (crafted packets), as (pip package, import name).
 const PYTHON: &[(&str, &str)] = &[("scapy", "scapy")];
