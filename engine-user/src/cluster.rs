@@ -199,7 +199,7 @@ pub struct Cluster {
     peers: bool,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Cluster {
@@ -240,7 +240,7 @@ impl Cluster {
             peers: peers.is_some(),
             shared: Arc::new(Shared::default()),
             stop: Arc::new(AtomicBool::new(false)),
-            threads: Mutex::new(Vec::new()),
+            thread: Mutex::new(None),
         };
         let ticker = Ticker {
             secrets,
@@ -252,7 +252,7 @@ impl Cluster {
             peers,
         };
         let t = std::thread::Builder::new().name("synx-cluster".into()).spawn(move || ticker.run())?;
-        cluster.threads.lock().unwrap_or_else(|e| e.into_inner()).push(t);
+        *cluster.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
         Ok(cluster)
     }
 
@@ -300,7 +300,7 @@ impl Cluster {
     /// Stop the thread (the engine's shutdown).
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        for t in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner())) {
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             t.thread().unpark();
             let _ = t.join();
         }
