@@ -235,12 +235,14 @@ fn three_hosts() -> anyhow::Result<()> {
 
     step("a handshake that moves: the router sends one client port's SYN to host 0 and its final ACK to host 1")?;
     cluster.steer(45_000, 0, 1)?;
+    let (sent, valid) = (cluster.hosts[0].counter("xdp_syn_cookie_sent"), cluster.hosts[1].counter("xdp_cookie_ack_valid"));
     let mut moved = cluster.connect(45_000)?;
     ensure!(echo(&mut moved, b"moved")? == b"moved", "echo on the moved connection");
     say(&format!(
-        "host 0 sent the SYN-ACK ({} cookies), host 1 validated host 0's cookie ({} valid) and holds the connection",
-        cluster.hosts[0].counter("xdp_syn_cookie_sent"),
-        cluster.hosts[1].counter("xdp_cookie_ack_valid")
+        "host 0 sent {} SYN-ACK, host 1 validated {} cookie of host 0's and holds the connection (host {:?} by synx conns)",
+        cluster.hosts[0].counter("xdp_syn_cookie_sent") - sent,
+        cluster.hosts[1].counter("xdp_cookie_ack_valid") - valid,
+        cluster.holder(45_000)
     ));
 
     step("draining host 1: synx drain, then BIRD withdraws the route; its connections go on through the others (second chance)")?;
