@@ -105,6 +105,8 @@ pub struct PeerRing {
 #[derive(Clone)]
 pub struct Switches {
     map: Arc<Mutex<Array<MapData, u32>>>,
+    /// Draining, as last set (userspace's SYN-ACKs follow it too, see [`CookieChecker::answer`]).
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Switches {
@@ -119,7 +121,13 @@ impl Switches {
     /// Start or stop draining: while draining, SYNs with no connection get no SYN-ACK (see
     /// [`XdpSettings::drain_pass`]); everything else is handled as before.
     pub fn set_draining(&self, on: bool) -> Result<(), BpfError> {
-        self.set(maps::SWITCH_DRAINING, u32::from(on))
+        self.set(maps::SWITCH_DRAINING, u32::from(on))?;
+        self.draining.store(on, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Forward to `next`, for at most `hops` hosts (the other live hosts); `None`: to nobody.
@@ -347,6 +355,7 @@ fn attach_errno(e: &ProgramError) -> Option<i32> {
 pub struct CookieChecker {
     published: Arc<RwLock<Published>>,
     ours: Ours,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CookieChecker {
@@ -379,9 +388,13 @@ impl CookieChecker {
 
     /// The SYN-ACK XDP would send to this SYN, from the same code (`engine_common::synack`)
     /// with the same settings and secrets: for SYNs that reach userspace (a new incarnation of
-    /// a tuple in TIME-WAIT, RFC 6191). `None` for a tuple of mixed families, or while no
-    /// secret is published for this period.
+    /// a tuple in TIME-WAIT, RFC 6191). `None` for a tuple of mixed families, while no secret
+    /// is published for this period, and while the host drains (no new connections, as in
+    /// XDP).
     pub fn answer(&self, local: SocketAddr, remote: SocketAddr, syn: &Syn) -> Option<SynAck> {
+        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
         let tuple = cookie_tuple(local, remote)?;
         let p = self.published();
         let now = p.shared_ns(tai_ns());
@@ -807,7 +820,10 @@ impl XdpEngine {
             Map::Array(data) => SecretsPublisher::map(data)?,
             _ => return Err(BpfError::MissingMap(maps::COOKIE_SECRETS)),
         };
-        let switches = Switches { map: Arc::new(Mutex::new(Array::try_from(take(&mut ebpf, maps::SWITCHES)?)?)) };
+        let switches = Switches {
+            map: Arc::new(Mutex::new(Array::try_from(take(&mut ebpf, maps::SWITCHES)?)?)),
+            draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
         if let Some(r) = settings.ring {
             switches.set_ring(Some(r.next), r.others)?;
         }
@@ -1019,6 +1035,7 @@ impl XdpEngine {
         CookieChecker {
             published: self.secrets.published.clone(),
             ours: Ours { mss: self.settings.mss, wscale: self.settings.wscale },
+            draining: self.switches.draining.clone(),
         }
     }
 

@@ -194,7 +194,6 @@ struct Shared {
 /// A running host's part in the cluster: the secrets' publication, draining and heartbeats.
 pub struct Cluster {
     switches: Switches,
-    draining: Arc<AtomicBool>,
     shared_key: bool,
     peers: bool,
     shared: Arc<Shared>,
@@ -235,7 +234,6 @@ impl Cluster {
         };
         let cluster = Self {
             switches: switches.clone(),
-            draining: Arc::new(AtomicBool::new(false)),
             shared_key,
             peers: peers.is_some(),
             shared: Arc::new(Shared::default()),
@@ -246,7 +244,6 @@ impl Cluster {
             secrets,
             switches,
             shared_key,
-            draining: cluster.draining.clone(),
             shared: cluster.shared.clone(),
             stop: cluster.stop.clone(),
             peers,
@@ -259,15 +256,16 @@ impl Cluster {
     /// Start (or stop) draining: the XDP program answers no new SYN (see [`DrainSyns`]);
     /// handshakes already begun, and established connections, go on.
     pub fn drain(&self, on: bool) -> anyhow::Result<()> {
+        let was = self.switches.draining();
         self.switches.set_draining(on)?;
-        if self.draining.swap(on, Ordering::SeqCst) != on {
+        if was != on {
             tracing::info!("{}", if on { "draining: no new connections" } else { "draining stopped: taking new connections" });
         }
         Ok(())
     }
 
     pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        self.switches.draining()
     }
 
     /// The heartbeats' findings (all zero without peers).
@@ -327,7 +325,6 @@ struct Ticker {
     secrets: SecretsPublisher,
     switches: Switches,
     shared_key: bool,
-    draining: Arc<AtomicBool>,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     peers: Option<PeerLinks>,
@@ -411,7 +408,7 @@ impl Ticker {
     }
 
     fn heartbeat(&self, kind: u8, fingerprint: u64, t1: u64) -> Heartbeat {
-        let flags = if self.draining.load(Ordering::SeqCst) { HEARTBEAT_DRAINING } else { 0 };
+        let flags = if self.switches.draining() { HEARTBEAT_DRAINING } else { 0 };
         Heartbeat { kind, t1, key_fingerprint: fingerprint, flags, ..Heartbeat::default() }
     }
 

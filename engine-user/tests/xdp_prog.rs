@@ -938,13 +938,19 @@ fn a_draining_host_answers_no_new_syn_and_still_takes_cookie_acks() {
         row("SYN while draining, loaded to pass", linux_syn(false), XDP_PASS, Out::Untouched, &[(PASS_SYN_DRAINING, 1)])
             .with(Setup { draining: true, drain_pass: true, ..Setup::default() }),
     ]);
-    // The switch turns at run time, both ways.
+    // The switch turns at run time, both ways, and userspace's SYN-ACKs (RFC 6191 reuse of a
+    // tuple in TIME-WAIT) follow it.
+    let offer = engine_common::synack::Syn { isn: 1000, mss: 1460, wscale: None, sack: false, ts: None, ecn: false };
     let mut e = fresh(&Setup { draining: true, ..Setup::default() });
+    let userspace = e.cookie_checker();
     assert_eq!(e.test_run(&linux_syn(false), 1).unwrap().0, XDP_DROP);
+    assert_eq!(userspace.answer(server(false), client(false, 40000), &offer), None);
     e.set_draining(false).unwrap();
     assert_eq!(e.test_run(&linux_syn(false), 1).unwrap().0, XDP_TX);
+    assert!(userspace.answer(server(false), client(false, 40000), &offer).is_some());
     e.set_draining(true).unwrap();
     assert_eq!(e.test_run(&linux_syn(false), 1).unwrap().0, XDP_DROP);
+    assert_eq!(userspace.answer(server(false), client(false, 40000), &offer), None);
 }
 
 #[test]
