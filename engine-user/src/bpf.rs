@@ -100,6 +100,25 @@ pub struct PeerRing {
     pub others: u8,
 }
 
+impl PeerRing {
+    /// The ring of `hosts` (every host that serves the address, this one included, in any
+    /// order; every host must be given the same set), from `this` host's place.
+    pub fn new(this: Ipv4Addr, hosts: &[Ipv4Addr], port: u16) -> Result<Self, String> {
+        let mut all: Vec<Ipv4Addr> = hosts.to_vec();
+        all.push(this);
+        all.sort();
+        all.dedup();
+        if all.len() < 2 {
+            return Err("second chance needs another host".into());
+        }
+        if all.len() > usize::from(u8::MAX) {
+            return Err(format!("{} hosts: at most {}", all.len(), u8::MAX));
+        }
+        let at = all.iter().position(|a| *a == this).expect("this host is in the set");
+        Ok(Self { port, this, next: all[(at + 1) % all.len()], others: (all.len() - 1) as u8 })
+    }
+}
+
 /// SWITCHES, what userspace flips while the program runs: draining, and the second-chance
 /// ring's next host as hosts come and go. Shared by the engine and its cluster thread.
 #[derive(Clone)]
@@ -112,10 +131,6 @@ pub struct Switches {
 impl Switches {
     fn set(&self, index: u32, value: u32) -> Result<(), BpfError> {
         Ok(self.map.lock().unwrap_or_else(|e| e.into_inner()).set(index, &value, 0)?)
-    }
-
-    fn get(&self, index: u32) -> Result<u32, BpfError> {
-        Ok(self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&index, 0)?)
     }
 
     /// Start or stop draining: while draining, SYNs with no connection get no SYN-ACK (see
@@ -146,32 +161,8 @@ impl Switches {
         }
     }
 
-    /// The ring as set: next host and hops.
-    pub fn ring(&self) -> Result<(Option<Ipv4Addr>, u8), BpfError> {
-        let next = self.get(maps::SWITCH_RING_NEXT)?;
-        let next = (next != 0).then(|| Ipv4Addr::from(next.to_le_bytes()));
-        Ok((next, self.get(maps::SWITCH_RING_HOPS)? as u8))
-    }
 }
 
-impl PeerRing {
-    /// The ring of `hosts` (every host that serves the address, this one included, in any
-    /// order; every host must be given the same set), from `this` host's place.
-    pub fn new(this: Ipv4Addr, hosts: &[Ipv4Addr], port: u16) -> Result<Self, String> {
-        let mut all: Vec<Ipv4Addr> = hosts.to_vec();
-        all.push(this);
-        all.sort();
-        all.dedup();
-        if all.len() < 2 {
-            return Err("second chance needs another host".into());
-        }
-        if all.len() > usize::from(u8::MAX) {
-            return Err(format!("{} hosts: at most {}", all.len(), u8::MAX));
-        }
-        let at = all.iter().position(|a| *a == this).expect("this host is in the set");
-        Ok(Self { port, this, next: all[(at + 1) % all.len()], others: (all.len() - 1) as u8 })
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
