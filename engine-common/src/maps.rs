@@ -55,6 +55,10 @@ pub const BENCH_FRAME: &str = "BENCH_FRAME";
 /// SACK-permitted, timestamps, NOP, window scale).
 pub const BENCH_FRAME_LEN: usize = 74;
 
+/// One-entry array of [`BenchVary`]: how the micro-benchmark programs vary the IPv4 source of
+/// the frame they restore, so a call's repeats look up many flows, not one hot entry.
+pub const BENCH_VARY: &str = "BENCH_VARY";
+
 /// One-entry array of [`FloodState`]: the benchmark's SYN-flood generator (`synx_bench_flood`,
 /// run in BPF_PROG_TEST_RUN live-frame mode; in the benchmark's object only).
 pub const FLOOD: &str = "FLOOD";
@@ -189,6 +193,15 @@ pub struct BenchFrame {
 
 const _: () = assert!(BENCH_FRAME_LEN <= 80);
 
+/// [`BENCH_VARY`]'s entry: each restore gives the frame the IPv4 source `saved + next % count`
+/// (host order; checksums updated) and advances `next`; `count` 0 keeps the saved source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct BenchVary {
+    pub next: u32,
+    pub count: u32,
+}
+
 /// The SYN-flood generator's state: frame `n` is `frame` (its first [`FLOOD_FRAME_LEN`] bytes,
 /// as the wire has them, checksums valid) from `src_base + 1 + n % sources` (an IPv4 address,
 /// host order), port `1024 + n % 60000`, ISN `n * 2654435761`; each is sent with `action`
@@ -217,4 +230,5 @@ mod pod_impls {
     unsafe impl aya::Pod for super::PortListeners {}
     unsafe impl aya::Pod for crate::secrets::CookieSecrets {}
     unsafe impl aya::Pod for super::BenchFrame {}
+    unsafe impl aya::Pod for super::BenchVary {}
 }

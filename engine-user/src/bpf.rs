@@ -991,6 +991,44 @@ impl XdpEngine {
         Ok(())
     }
 
+    /// Attach one of the benchmark object's programs to `iface` (natively), for as long as this
+    /// engine lives: the benchmark's XDP synproxy peer.
+    pub fn attach_bench(&mut self, name: &str, iface: &str) -> Result<(), BpfError> {
+        if_index(iface)?;
+        let prog = program(&mut self.ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+        }
+        attach_program(&mut self.ebpf, name, iface, AttachMode::Native)?;
+        self.iface = iface.into();
+        Ok(())
+    }
+
+    /// Attach the benchmark's sink (`synx_bench_sink`) to `iface`: frames to `net`/`prefix`
+    /// counted and dropped, everything else passed.
+    pub fn attach_sink(&mut self, iface: &str, net: std::net::Ipv4Addr, prefix: u8) -> Result<(), BpfError> {
+        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+        let mut map: Array<_, u32> = Array::try_from(self.ebpf.map_mut("SINK_NET").ok_or(BpfError::MissingMap("SINK_NET"))?)?;
+        map.set(0, &(u32::from(net).to_be() & mask.to_be()), 0)?;
+        map.set(1, &mask.to_be(), 0)?;
+        self.attach_bench("synx_bench_sink", iface)
+    }
+
+    /// Frames the sink dropped so far, summed over CPUs.
+    pub fn sink_dropped(&self) -> Result<u64, BpfError> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("SINK_DROPPED").ok_or(BpfError::MissingMap("SINK_DROPPED"))?)?;
+        Ok(map.get(&0, 0)?.iter().sum())
+    }
+
+    /// Make the micro-benchmark programs give the restored frame's IPv4 source `+ n % count`
+    /// on their `n`-th run (`count` 0: the frame as saved); see `maps::BenchVary`.
+    pub fn set_bench_vary(&mut self, count: u32) -> Result<(), BpfError> {
+        let mut map: Array<_, maps::BenchVary> =
+            Array::try_from(self.ebpf.map_mut(maps::BENCH_VARY).ok_or(BpfError::MissingMap(maps::BENCH_VARY))?)?;
+        map.set(0, &maps::BenchVary { next: 0, count }, 0)?;
+        Ok(())
+    }
+
     pub fn iface(&self) -> &str {
         &self.iface
     }
@@ -1094,6 +1132,36 @@ pub fn listener_key(addr: SocketAddr) -> ListenerKey {
     }
 }
 
+/// The flood generator's frame and starting state (see [`XdpEngine::flood`]): IPv4 SYNs with
+/// the MSS option from `src_mac` to `dst_mac` and `dst`, from sources `src_base`+1 ..
+/// `src_base`+`sources`; `drop` makes the program drop each frame instead of sending it.
+pub fn flood_template(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    dst: std::net::SocketAddrV4,
+    src_base: std::net::Ipv4Addr,
+    sources: u32,
+    drop: bool,
+) -> Result<(Vec<u8>, FloodState), BpfError> {
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src_base.octets(), dst.ip().octets(), 64)
+        .tcp(1024, dst.port(), 0, 64240)
+        .syn()
+        .options(&[etherparse::TcpOptionElement::MaximumSegmentSize(1460)])
+        .map_err(|e| BpfError::Unexpected(format!("{e:?}")))?
+        .write(&mut frame, &[])
+        .map_err(|e| BpfError::Unexpected(e.to_string()))?;
+    let mut template = [0u64; 8];
+    bytemuck::bytes_of_mut(&mut template)
+        .get_mut(..frame.len())
+        .ok_or_else(|| BpfError::Unexpected(format!("a {}-byte flood frame", frame.len())))?
+        .copy_from_slice(&frame);
+    // XDP_DROP or XDP_TX.
+    let action = if drop { 1 } else { 3 };
+    Ok((frame, FloodState { next: 0, action, src_base: src_base.into(), sources, frame: template }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1150,157 +1218,4 @@ mod tests {
         let v6 = port_entry(v6, "[fd00::1]:80".parse().unwrap());
         assert_eq!(v6.flags, PORT_V6_ANY | PORT_V6_SOME);
     }
-}
-
-/// One micro-benchmark row: our program's cost and, where one exists, the kernel baseline's.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct MicroRow {
-    pub name: &'static str,
-    pub synx_ns: f64,
-    pub kernel_ns: Option<f64>,
-}
-
-fn median_ns(mut v: Vec<u64>) -> f64 {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or(0) as f64
-}
-
-/// The flood generator's frame and starting state (see [`XdpEngine::flood`]): IPv4 SYNs with
-/// the MSS option from `src_mac` to `dst_mac` and `dst`, from sources `src_base`+1 ..
-/// `src_base`+`sources`; `drop` makes the program drop each frame instead of sending it.
-pub fn flood_template(
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    dst: std::net::SocketAddrV4,
-    src_base: std::net::Ipv4Addr,
-    sources: u32,
-    drop: bool,
-) -> Result<(Vec<u8>, FloodState), BpfError> {
-    let mut frame = Vec::new();
-    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(src_base.octets(), dst.ip().octets(), 64)
-        .tcp(1024, dst.port(), 0, 64240)
-        .syn()
-        .options(&[etherparse::TcpOptionElement::MaximumSegmentSize(1460)])
-        .map_err(|e| BpfError::Unexpected(format!("{e:?}")))?
-        .write(&mut frame, &[])
-        .map_err(|e| BpfError::Unexpected(e.to_string()))?;
-    let mut template = [0u64; 8];
-    bytemuck::bytes_of_mut(&mut template)
-        .get_mut(..frame.len())
-        .ok_or_else(|| BpfError::Unexpected(format!("a {}-byte flood frame", frame.len())))?
-        .copy_from_slice(&frame);
-    // XDP_DROP or XDP_TX.
-    let action = if drop { 1 } else { 3 };
-    Ok((frame, FloodState { next: 0, action, src_base: src_base.into(), sources, frame: template }))
-}
-
-/// Per-packet cost of the XDP paths under BPF_PROG_TEST_RUN.
-///
-/// SYN -> SYN-ACK, for synx and for the baseline: the program rewrites its frame in place, and
-/// BPF_PROG_TEST_RUN hands each repeat the frame the previous one left, so the SYN rows run
-/// the benchmark object's `synx_bench_syn`, which first puts the SYN back from a map and then
-/// runs exactly the code of the attached program (`synx_bench_syn_kernel` for the baseline);
-/// `synx_bench_restore` (the restore alone) is subtracted. Each call
-/// times [`SYN_REPEAT`] packets, so the kernel's own clock reads and set-up (a few hundred ns
-/// per call) spread over all of them. The baseline answers the same SYN with the same rewrite,
-/// the cookie coming from the kernel's bpf_tcp_raw_gen_syncookie_ipv4 and the TSval offset from
-/// a keyed hash of the 4-tuple (`cookie::tuple_hash`; the helper has none to give). synx, the
-/// baseline and the restore alternate call by call; each row is the median of `runs / 100`
-/// calls' per-packet times. `xdp_synack_single_run_ns` is the earlier method for comparison:
-/// one packet per call (the attached program itself, and `synx_bench_kernel`), the harness's
-/// share (`xdp_test_run_floor_ns`, a program that only returns, timed the same way) included.
-pub fn micro_bench(runs: u32) -> Result<Vec<MicroRow>, BpfError> {
-    use etherparse::{PacketBuilder, TcpOptionElement};
-    const SYN_REPEAT: u32 = 1000;
-    let server: SocketAddr = "198.18.0.1:80".parse().expect("address");
-    let client: SocketAddr = "198.18.0.2:40000".parse().expect("address");
-    let mut e = XdpEngine::load(1024, 1460)?;
-    e.add_listener(server, 0)?;
-    let build = |flags: &dyn Fn(etherparse::PacketBuilderStep<etherparse::TcpHeader>) -> etherparse::PacketBuilderStep<etherparse::TcpHeader>, seq: u32, opts: &[TcpOptionElement]| {
-        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
-            .ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64)
-            .tcp(40000, 80, seq, 64240);
-        let b = flags(b);
-        let b = if opts.is_empty() { b } else { b.options(opts).expect("options fit") };
-        let mut f = Vec::new();
-        b.write(&mut f, &[]).expect("frame");
-        f
-    };
-    let syn_opts = [
-        TcpOptionElement::MaximumSegmentSize(1460),
-        TcpOptionElement::SelectiveAcknowledgementPermitted,
-        TcpOptionElement::Timestamp(1, 0),
-        TcpOptionElement::Noop,
-        TcpOptionElement::WindowScale(7),
-    ];
-    let syn = build(&|b| b.syn(), 1000, &syn_opts);
-    let time = |e: &mut XdpEngine, frame: &[u8], repeat: u32| -> Result<u64, BpfError> {
-        Ok(e.test_run(frame, repeat)?.2.as_nanos() as u64)
-    };
-    const XDP_TX: u32 = 3;
-    // The benchmark's programs, the baseline's included, run in the benchmark's object.
-    let mut bench = XdpEngine::load_bench(1024, 1460)?;
-    bench.add_listener(server, 0)?;
-    bench.load_bench_programs(&syn)?;
-    // One call of `name` with `repeat` packets: its time per packet, after checking that every
-    // packet got the expected action (a path that drops early would time nothing).
-    let per_packet = |e: &mut XdpEngine, name: &str, repeat: u32| -> Result<u64, BpfError> {
-        let (action, _, t) = e.test_run_program(name, &syn, repeat)?;
-        if action != XDP_TX {
-            return Err(BpfError::Unexpected(format!("{name} returned {action}, not XDP_TX")));
-        }
-        Ok(t.as_nanos() as u64)
-    };
-    let calls = (runs / 100).max(20);
-    let (mut ours, mut kernel) = (Vec::with_capacity(calls as usize), Vec::with_capacity(calls as usize));
-    for i in 0..calls {
-        let restore = per_packet(&mut bench, BENCH_RESTORE_PROGRAM, SYN_REPEAT)?;
-        let (a, b) = if i % 2 == 0 {
-            let a = per_packet(&mut bench, BENCH_SYN_PROGRAM, SYN_REPEAT)?;
-            (a, per_packet(&mut bench, BENCH_SYN_KERNEL_PROGRAM, SYN_REPEAT)?)
-        } else {
-            let b = per_packet(&mut bench, BENCH_SYN_KERNEL_PROGRAM, SYN_REPEAT)?;
-            (per_packet(&mut bench, BENCH_SYN_PROGRAM, SYN_REPEAT)?, b)
-        };
-        ours.push(a.saturating_sub(restore));
-        kernel.push(b.saturating_sub(restore));
-    }
-    // The earlier method: one fresh frame per call, the harness included.
-    let mut single = Vec::with_capacity(runs as usize);
-    let mut single_kernel = Vec::with_capacity(runs as usize);
-    let mut floor = Vec::with_capacity(runs as usize);
-    for _ in 0..runs {
-        single.push(per_packet(&mut e, PROGRAM, 1)?);
-        single_kernel.push(per_packet(&mut bench, BENCH_KERNEL_PROGRAM, 1)?);
-        floor.push(bench.test_run_program(PEER_PROGRAM, &syn, 1)?.2.as_nanos() as u64);
-    }
-    drop(bench);
-    // The SYN-ACK's cookie, for a valid final ACK.
-    let (_, synack, _) = e.test_run(&syn, 1)?;
-    let cookie = u32::from_be_bytes(synack[38..42].try_into().expect("4 bytes"));
-    // The final ACK of the handshake: validated, the tuple claimed, redirected. The claim is
-    // removed between runs so each run takes the cookie path.
-    let ack = build(&|b| b.ack(cookie.wrapping_add(1)), 1001, &[]);
-    let flows = e.flow_table();
-    let mut ack_ns = Vec::with_capacity(runs as usize);
-    for _ in 0..runs {
-        ack_ns.push(time(&mut e, &ack, 1)?);
-        let _ = flows.remove(server, client);
-    }
-    // A segment of a known flow: LAST_SEEN stamped, redirected (frame untouched: repeat works).
-    flows.insert(server, client, 3)?;
-    let data = build(&|b| b.ack(cookie.wrapping_add(1)), 1001, &[]);
-    let repeat = 1000;
-    let mut flow_ns = Vec::with_capacity(64);
-    for _ in 0..(runs / repeat).max(16) {
-        flow_ns.push(time(&mut e, &data, repeat)?);
-    }
-    Ok(vec![
-        MicroRow { name: "xdp_synack_ns", synx_ns: median_ns(ours), kernel_ns: Some(median_ns(kernel)) },
-        MicroRow { name: "xdp_synack_single_run_ns", synx_ns: median_ns(single), kernel_ns: Some(median_ns(single_kernel)) },
-        MicroRow { name: "xdp_test_run_floor_ns", synx_ns: median_ns(floor), kernel_ns: None },
-        MicroRow { name: "xdp_cookie_ack_ns", synx_ns: median_ns(ack_ns), kernel_ns: None },
-        MicroRow { name: "xdp_flow_segment_ns", synx_ns: median_ns(flow_ns), kernel_ns: None },
-    ])
 }

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::Path, str::FromStr, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, de};
 
 use crate::{
     api::Keepalive,
@@ -43,6 +43,86 @@ impl FromStr for ListenSpec {
             return Err(format!("listen address {addr} needs a port"));
         }
         Ok(Self { addr, app })
+    }
+}
+
+/// A listener in the TOML file: the command line's `ADDR:PORT[=APP]` as a string, or a table
+/// that spells the app's settings as keys:
+///
+/// ```toml
+/// [[listen]]
+/// addr = "0.0.0.0:80"
+/// app = "proxy"
+/// backend = "127.0.0.1:8080"
+/// proxy_protocol = "v2"
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListenEntry {
+    Text(String),
+    Table(ListenTable),
+}
+
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTable {
+    pub addr: String,
+    pub app: Option<String>,
+    pub backend: Option<String>,
+    #[serde(alias = "proxy-protocol")]
+    pub proxy_protocol: Option<String>,
+    pub pool: Option<u32>,
+    pub timeout: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for ListenEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> de::Visitor<'de> for Entry {
+            type Value = ListenEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"ADDR:PORT[=APP]\" or a table with addr = \"ADDR:PORT\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ListenEntry, E> {
+                Ok(ListenEntry::Text(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<ListenEntry, A::Error> {
+                ListenTable::deserialize(de::value::MapAccessDeserializer::new(map)).map(ListenEntry::Table)
+            }
+        }
+        d.deserialize_any(Entry)
+    }
+}
+
+impl ListenEntry {
+    pub fn to_spec(&self) -> Result<ListenSpec, String> {
+        let t = match self {
+            ListenEntry::Text(s) => return s.parse(),
+            ListenEntry::Table(t) => t,
+        };
+        let ListenSpec { addr, app } = t.addr.parse()?;
+        if app.is_some() {
+            return Err(format!("listen addr {:?}: give the app as app = \"...\" beside addr", t.addr));
+        }
+        let Some(name) = &t.app else {
+            if t.backend.is_some() || t.proxy_protocol.is_some() || t.pool.is_some() || t.timeout.is_some() {
+                return Err(format!(
+                    "listener {addr}: backend and proxy options need app = \"proxy\" or \"http-proxy\""
+                ));
+            }
+            return Ok(ListenSpec { addr, app: None });
+        };
+        let mut options = Vec::new();
+        if let Some(v) = &t.proxy_protocol {
+            options.push(("proxy-protocol".to_string(), v.clone()));
+        }
+        if let Some(n) = t.pool {
+            options.push(("pool".to_string(), n.to_string()));
+        }
+        if let Some(v) = &t.timeout {
+            options.push(("timeout".to_string(), v.clone()));
+        }
+        let app = App::build(name, t.backend.as_deref(), &options).map_err(|e| format!("listener {addr}: {e}"))?;
+        Ok(ListenSpec { addr, app: Some(app) })
     }
 }
 
@@ -104,7 +184,7 @@ impl RunConfig {
 pub struct FileConfig {
     pub iface: Option<String>,
     #[serde(default)]
-    pub listen: Vec<String>,
+    pub listen: Vec<ListenEntry>,
     pub app: Option<String>,
     pub keepalive: Option<bool>,
     pub keepalive_idle: Option<String>,
@@ -162,7 +242,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         .or(file.iface)
         .ok_or("no interface: pass --iface IF (or iface = \"IF\" in the config file)")?;
     let listen = if flags.listen.is_empty() {
-        file.listen.iter().map(|s| s.parse()).collect::<Result<Vec<ListenSpec>, _>>()?
+        file.listen.iter().map(ListenEntry::to_spec).collect::<Result<Vec<ListenSpec>, _>>()?
     } else {
         flags.listen
     };
@@ -315,10 +395,10 @@ mod tests {
         let s: ListenSpec = "0.0.0.0:7".parse().unwrap();
         assert_eq!(s.app, None);
         let s: ListenSpec = "198.18.0.1:5201=proxy=198.18.0.9:5201".parse().unwrap();
-        assert_eq!(s.app, Some(App::Proxy("198.18.0.9:5201".parse().unwrap())));
+        assert_eq!(s.app, Some(App::Proxy(crate::apps::ProxyOptions { backend: "198.18.0.9:5201".parse().unwrap(), proxy_protocol: None })));
         assert!("198.18.0.1".parse::<ListenSpec>().is_err());
         assert!("198.18.0.1:0".parse::<ListenSpec>().unwrap_err().contains("port"));
-        for text in ["198.18.0.1:80=http", "[fd00::1]:8080", "0.0.0.0:7=echo"] {
+        for text in ["198.18.0.1:80=http", "[fd00::1]:8080", "0.0.0.0:7=echo", "0.0.0.0:80=proxy=127.0.0.1:8080,proxy-protocol=v2"] {
             assert_eq!(text.parse::<ListenSpec>().unwrap().to_string(), text);
         }
     }
@@ -372,6 +452,76 @@ mod tests {
         assert_eq!(d.app, App::Echo);
         assert_eq!(d.busy_poll, Duration::ZERO);
         assert_eq!(d.app_threads, AppThreads::Engine);
+    }
+
+    #[test]
+    fn listeners_in_the_file_as_strings_or_tables() {
+        let file = toml::from_str::<FileConfig>(
+            r#"
+            iface = "eth0"
+            listen = ["0.0.0.0:7=echo"]
+
+            [[listen]]
+            addr = "0.0.0.0:80"
+            app = "proxy"
+            backend = "127.0.0.1:8080"
+            proxy_protocol = "v2"
+
+            [[listen]]
+            addr = "[::]:8000"
+            app = "http-proxy"
+            backend = "[::1]:8080"
+            pool = 16
+            timeout = "5s"
+
+            [[listen]]
+            addr = "0.0.0.0:9"
+            "#,
+        );
+        // TOML keeps a key's values together: `listen = [...]` and `[[listen]]` tables cannot both
+        // be given; the array may hold tables inline instead.
+        assert!(file.is_err());
+        let file: FileConfig = toml::from_str(
+            r#"
+            iface = "eth0"
+            listen = [
+                "0.0.0.0:7=echo",
+                { addr = "0.0.0.0:80", app = "proxy", backend = "127.0.0.1:8080", proxy_protocol = "v2" },
+                { addr = "[::]:8000", app = "http-proxy", backend = "[::1]:8080", pool = 16, timeout = "5s" },
+                { addr = "0.0.0.0:9" },
+            ]
+            "#,
+        )
+        .unwrap();
+        let c = merge(FlagConfig::default(), file).unwrap();
+        let apps: Vec<String> = c.listen.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            apps,
+            [
+                "0.0.0.0:7=echo",
+                "0.0.0.0:80=proxy=127.0.0.1:8080,proxy-protocol=v2",
+                "[::]:8000=http-proxy=[::1]:8080,pool=16,timeout=5s",
+                "0.0.0.0:9",
+            ]
+        );
+        let tables: FileConfig = toml::from_str(
+            r#"
+            iface = "eth0"
+            [[listen]]
+            addr = "0.0.0.0:80"
+            app = "http-proxy"
+            backend = "127.0.0.1:8080"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(merge(FlagConfig::default(), tables).unwrap().listen[0].to_string(), "0.0.0.0:80=http-proxy=127.0.0.1:8080");
+        let bad = |text: &str| {
+            toml::from_str::<FileConfig>(text).map_err(|e| e.to_string()).and_then(|f| merge(FlagConfig::default(), f).map(drop))
+        };
+        assert!(bad("iface = \"x\"\n[[listen]]\naddr = \"0.0.0.0:80\"\nbackend = \"127.0.0.1:8\"").unwrap_err().contains("need app"));
+        assert!(bad("iface = \"x\"\n[[listen]]\naddr = \"0.0.0.0:80\"\npool_size = 3").unwrap_err().contains("pool_size"));
+        assert!(bad("iface = \"x\"\n[[listen]]\naddr = \"0.0.0.0:80\"\napp = \"proxy\"\nbackend = \"127.0.0.1:8\"\nproxy_protocol = \"v9\"").unwrap_err().contains("choose v1"));
+        assert!(bad("iface = \"x\"\nlisten = [7]").unwrap_err().contains("ADDR:PORT"));
     }
 
     #[test]

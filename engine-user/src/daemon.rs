@@ -54,24 +54,31 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         bound = Some(path);
         tokio::spawn(control::serve(control, engine.clone()));
         for spec in &cfg.listen {
-            let app = cfg.app_for(spec);
+            let service = apps::Service::new(cfg.app_for(spec));
+            let app = service.app();
             if cfg.app_threads == AppThreads::Engine {
-                if let apps::App::Proxy(_) = app {
+                if service.needs_a_task() {
                     // The proxy holds its backend connection between bursts: a task for life.
-                    engine.serve_local(spec.addr, cfg.keepalive, move |stream| async move {
-                        let peer = stream.peer_addr();
-                        if let Err(e) = apps::serve(app, stream).await {
-                            tracing::debug!("{app} for {peer}: {e}");
+                    engine.serve_local(spec.addr, cfg.keepalive, move |stream| {
+                        let service = service.clone();
+                        async move {
+                            let peer = stream.peer_addr();
+                            if let Err(e) = service.serve(stream).await {
+                                tracing::debug!("{app} for {peer}: {e}");
+                            }
                         }
                     })?;
                 } else {
                     // In turns: a connection waiting for its next request holds no task.
-                    engine.serve_turns(spec.addr, cfg.keepalive, move |stream| async move {
-                        let peer = stream.peer_addr();
-                        apps::serve_turn(app, stream).await.unwrap_or_else(|e| {
-                            tracing::debug!("{app} for {peer}: {e}");
-                            None
-                        })
+                    engine.serve_turns(spec.addr, cfg.keepalive, move |stream| {
+                        let service = service.clone();
+                        async move {
+                            let peer = stream.peer_addr();
+                            service.serve_turn(stream).await.unwrap_or_else(|e| {
+                                tracing::debug!("{app} for {peer}: {e}");
+                                None
+                            })
+                        }
                     })?;
                 }
                 continue;
@@ -79,8 +86,9 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
             let mut listener = engine.listen(spec.addr)?;
             tokio::spawn(async move {
                 while let Ok((stream, peer)) = listener.accept().await {
+                    let service = service.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = apps::serve(app, stream).await {
+                        if let Err(e) = service.serve(stream).await {
                             tracing::debug!("{app} for {peer}: {e}");
                         }
                     });

@@ -1,7 +1,8 @@
 //! synx: an XDP-accelerated, server-side TCP connection engine.
 //!
 //! - [`bpf`]: load the embedded XDP program, attach/detach it, configure and read its maps.
-//! - [`control`]: the daemon's Unix control socket (`synx stats`, `synx conns`).
+//! - [`control`]: the daemon's Unix control socket (`synx stats`, `synx conns`); [`metrics`]:
+//!   the same values for Prometheus.
 //! - [`Engine`]: the embeddable engine: attach to an interface, `listen()`, accept [`Stream`]s.
 //! - [`daemon`], [`driver`]: `synx run` and the per-queue engine threads.
 //! - [`api`]: `Listener` / `Stream` for applications; [`apps`]: the built-in ones; [`config`]: settings.
@@ -20,6 +21,7 @@ pub mod cookie_key;
 pub mod daemon;
 pub mod driver;
 pub mod engine;
+pub mod metrics;
 pub mod wire;
 pub mod xsk;
 

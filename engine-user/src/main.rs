@@ -32,51 +32,12 @@ enum Command {
         #[arg(long, default_value = control::DEFAULT_SOCKET)]
         control_socket: PathBuf,
     },
-    /// Serve the same apps over the kernel's own TCP (no XDP): the side-by-side baseline that
-    /// `cargo xtask bench` measures synx against.
-    #[command(hide = true)]
-    ServeKernel {
-        /// ADDR:PORT=APP, repeatable.
-        #[arg(long = "listen", value_parser = clap::value_parser!(ListenSpec), required = true)]
-        listen: Vec<ListenSpec>,
-    },
     /// Attach an XDP_PASS program to the peer end of a veth (native XDP_TX on veth needs it)
     /// until SIGINT/SIGTERM.
     #[command(hide = true)]
     PeerPass {
         #[arg(long)]
         iface: String,
-    },
-    /// Per-packet cost of the XDP program's paths (BPF_PROG_TEST_RUN), as JSON lines, for
-    /// `cargo xtask bench`.
-    #[command(hide = true)]
-    BenchXdp {
-        #[arg(long, default_value_t = 20000)]
-        runs: u32,
-    },
-    /// Send a SYN flood from spoofed IPv4 sources out of IFACE for SECS seconds through
-    /// BPF_PROG_TEST_RUN's XDP live-frame mode, for `cargo xtask bench`; prints
-    /// {"frames": N, "secs": S}.
-    #[command(hide = true)]
-    BenchFlood {
-        #[arg(long)]
-        iface: String,
-        #[arg(long, value_parser = parse_mac)]
-        src_mac: [u8; 6],
-        #[arg(long, value_parser = parse_mac)]
-        dst_mac: [u8; 6],
-        #[arg(long)]
-        dst: std::net::SocketAddrV4,
-        /// Sources are SRC_BASE+1 .. SRC_BASE+SOURCES.
-        #[arg(long)]
-        src_base: std::net::Ipv4Addr,
-        #[arg(long, default_value_t = 250)]
-        sources: u32,
-        #[arg(long)]
-        secs: f64,
-        /// Drop every frame instead of sending it: the generator's own cost.
-        #[arg(long)]
-        drop: bool,
     },
     /// Print every counter of the running daemon (XDP and userspace).
     Stats {
@@ -224,32 +185,6 @@ fn real_main() -> anyhow::Result<()> {
             let cfg = config::merge(flags, file).map_err(anyhow::Error::msg)?;
             synx::daemon::run(cfg, args.control_socket)
         }
-        Command::ServeKernel { listen } => serve_kernel(listen),
-        Command::BenchXdp { runs } => {
-            let mut out = std::io::stdout().lock();
-            for row in synx::bpf::micro_bench(runs)? {
-                writeln!(out, "{}", serde_json::to_string(&row)?)?;
-            }
-            Ok(())
-        }
-        Command::BenchFlood { iface, src_mac, dst_mac, dst, src_base, sources, secs, drop } => {
-            let (frame, state) = synx::bpf::flood_template(src_mac, dst_mac, dst, src_base, sources, drop)?;
-            let mut state = Some(state);
-            let mut engine = synx::bpf::XdpEngine::load_bench(1024, 1460)?;
-            const PER_CALL: u32 = 1 << 16;
-            let start = std::time::Instant::now();
-            let mut frames = 0u64;
-            while start.elapsed().as_secs_f64() < secs {
-                let made = engine.flood(&iface, &frame, state.take(), PER_CALL)?;
-                if made != PER_CALL {
-                    bail!("the flood program made {made} of {PER_CALL} frames");
-                }
-                frames += u64::from(made);
-            }
-            let secs = start.elapsed().as_secs_f64();
-            writeln!(std::io::stdout(), "{}", serde_json::json!({ "frames": frames, "secs": secs }))?;
-            Ok(())
-        }
         Command::PeerPass { iface } => {
             let _pass = synx::bpf::PeerPass::attach(&iface, AttachMode::Native)?;
             writeln!(std::io::stdout(), "attached XDP_PASS to {iface}")?;
@@ -330,47 +265,4 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// The kernel-TCP baseline: the same app code on tokio sockets.
-fn serve_kernel(listen: Vec<ListenSpec>) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    rt.block_on(async {
-        for spec in &listen {
-            let app = spec.app.unwrap_or(App::Echo);
-            let socket = match spec.addr {
-                std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-                std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-            };
-            socket.set_reuseaddr(true)?;
-            // Several of these processes may share a port (the bench's idle row: one process's
-            // open-files limit cannot hold every connection).
-            socket.set_reuseport(true)?;
-            socket.bind(spec.addr)?;
-            let listener = socket.listen(4096)?;
-            tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(async move {
-                        let _ = synx::apps::serve(app, stream).await;
-                    });
-                }
-            });
-        }
-        let specs: Vec<String> = listen.iter().map(|s| s.to_string()).collect();
-        writeln!(std::io::stdout(), "listening on {} (kernel TCP)", specs.join(", "))?;
-        std::io::stdout().flush()?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        anyhow::Ok(())
-    })
-}
-
-/// A MAC address written aa:bb:cc:dd:ee:ff.
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let bytes: Vec<u8> = s.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>().map_err(|e| format!("{s}: {e}"))?;
-    bytes.try_into().map_err(|_| format!("{s}: a MAC address has six bytes (aa:bb:cc:dd:ee:ff)"))
 }

@@ -20,6 +20,8 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
+mod nginx;
+pub use nginx::Nginx;
 pub mod multihost;
 
 const PREFIX: &str = "sx";

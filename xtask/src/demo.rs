@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use testbed::{Daemon, PacketSocket, VethPair, wait_for};
+use testbed::{Daemon, Nginx, PacketSocket, VethPair, wait_for};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -65,7 +65,22 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
     say(&format!("server {} on {} ({} / {})", net.server.name(), net.server_if, net.server_v4, net.server_v6));
     say(&format!("client {} on {} ({} / {})", net.client.name(), net.client_if, net.client_v4, net.client_v6));
 
-    step("synx run: XDP in native mode, echo on :7, http on :80, a proxy to a kernel iperf3 server on :5201, short keepalive and MSL for the demo")?;
+    step("nginx in the server namespace, on loopback only: :18080 reads the PROXY protocol, :18081 is plain HTTP")?;
+    let nginx = Nginx::start(
+        &net.server,
+        "worker_processes 1;",
+        "worker_connections 1024;",
+        "log_format pp 'client $proxy_protocol_addr:$proxy_protocol_port (TCP peer $remote_addr:$remote_port)';\n\
+         log_format fwd 'X-Forwarded-For $http_x_forwarded_for, nginx connection #$connection, request $connection_requests on it';\n\
+         server { listen 127.0.0.1:18080 proxy_protocol; listen [::1]:18080 proxy_protocol;\n\
+                  access_log {dir}/pp.log pp; location / { return 200 \"hello from nginx\\n\"; } }\n\
+         server { listen 127.0.0.1:18081; access_log {dir}/fwd.log fwd; location / { return 200 \"hello from nginx\\n\"; } }",
+        &[18080, 18081],
+    )
+    .context("starting nginx")?;
+    say("nginx listens on 127.0.0.1:18080 and [::1]:18080 (proxy_protocol) and 127.0.0.1:18081");
+
+    step("synx run: XDP in native mode, echo on :7, http on :80, a proxy to a kernel iperf3 server on :5201, nginx behind :8080 (PROXY protocol v2) and :8081 (http-proxy), short keepalive and MSL for the demo")?;
     // The proxy's backend: a one-shot iperf3 server on the server namespace's loopback.
     let iperf_server = Reaped(
         net.server
@@ -79,6 +94,9 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
     let echo = SocketAddr::new(net.server_v4.into(), 7);
     let http = SocketAddr::new(net.server_v4.into(), 80);
     let echo6 = SocketAddr::new(net.server_v6.into(), 7);
+    let pp = SocketAddr::new(net.server_v4.into(), 8080);
+    let pp6 = SocketAddr::new(net.server_v6.into(), 8080);
+    let hp = SocketAddr::new(net.server_v4.into(), 8081);
     let daemon = Daemon::start(
         &net.server,
         &net.server_if,
@@ -87,6 +105,9 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
             "--listen", &format!("{http}=http"),
             "--listen", &format!("{echo6}=echo"),
             "--listen", &format!("{proxy}=proxy=127.0.0.1:15201"),
+            "--listen", &format!("{pp}=proxy=127.0.0.1:18080,proxy-protocol=v2"),
+            "--listen", &format!("{pp6}=proxy=[::1]:18080,proxy-protocol=v2"),
+            "--listen", &format!("{hp}=http-proxy=127.0.0.1:18081,pool=2"),
             "--keepalive-idle", "2s", "--keepalive-interval", "1s", "--keepalive-probes", "3",
             "--msl", "1s",
         ],
@@ -168,6 +189,46 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
         )),
         _ => say(&format!("iperf3 failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
     }
+
+    step("nginx behind synx: the proxy app sends a PROXY protocol v2 header; nginx logs the client's real address")?;
+    let mut clients = Vec::new();
+    for target in [pp, pp, pp6] {
+        let me = net.client.run(move || -> anyhow::Result<SocketAddr> {
+            let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")?;
+            let mut v = String::new();
+            s.read_to_string(&mut v)?;
+            ensure!(v.ends_with("hello from nginx\n"), "nginx answered {v:?}");
+            Ok(s.local_addr()?)
+        })??;
+        say(&format!("client: {me} -> {target}: 200 hello from nginx"));
+        clients.push(me);
+    }
+    wait_for(Duration::from_secs(3), || nginx.read("pp.log").lines().count() >= clients.len());
+    for line in nginx.read("pp.log").lines() {
+        say(&format!("nginx log: {line}"));
+    }
+
+    step("http-proxy in front of nginx: 3 clients x 3 requests, kept alive, over a pool of 2 backend connections")?;
+    let asked = net.client.run(move || -> anyhow::Result<usize> {
+        let mut conns = (0..3).map(|_| TcpStream::connect_timeout(&hp, Duration::from_secs(3))).collect::<Result<Vec<_>, _>>()?;
+        let mut answered = 0;
+        for _ in 0..3 {
+            for s in &mut conns {
+                s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n")?;
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf)?;
+                answered += usize::from(String::from_utf8_lossy(&buf[..n]).ends_with("hello from nginx\n"));
+            }
+        }
+        Ok(answered)
+    })??;
+    say(&format!("clients: {asked} of 9 requests answered by nginx"));
+    wait_for(Duration::from_secs(3), || nginx.read("fwd.log").lines().count() >= 9);
+    for line in nginx.read("fwd.log").lines() {
+        say(&format!("nginx log: {line}"));
+    }
+    drop(nginx);
 
     step("keepalive, live peer: idle 2 s, then probes every 1 s; the client's kernel answers each")?;
     let cap = PacketSocket::open(&net.client, &net.client_if)?;

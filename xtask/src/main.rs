@@ -42,17 +42,8 @@ enum Task {
     Demo,
     /// synx against the Linux kernel, side by side in one run, with ratios (needs root).
     Bench(bench::BenchArgs),
-    /// Bench helper: open COUNT connections from SRC to ADDR, print `ready COUNT`, hold them
-    /// until stdin closes (one process per open-files limit's worth of idle connections).
-    #[command(hide = true)]
-    IdleClients {
-        #[arg(long)]
-        addr: std::net::SocketAddr,
-        #[arg(long)]
-        src: std::net::Ipv4Addr,
-        #[arg(long)]
-        count: usize,
-    },
+    /// BENCHMARKS.md from the JSON of a `cargo xtask bench --json` run.
+    BenchReport(bench::ReportArgs),
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -73,15 +64,41 @@ fn run(mut cmd: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// Build the daemon in release mode and return its path.
 pub fn build_synx() -> anyhow::Result<PathBuf> {
     let mut c = cargo();
     c.args(["build", "--release", "--package", "engine-user", "--bin", "synx"]);
     run(c)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    Ok(target.join("release").join("synx"))
+    Ok(target_dir().join("release").join("synx"))
+}
+
+/// Raise RLIMIT_NOFILE as far as allowed (children inherit it); returns the soft limit now.
+pub fn raise_nofile() -> u64 {
+    let _ = std::fs::write("/proc/sys/fs/nr_open", "4194304");
+    let rl = libc::rlimit { rlim_cur: 4_000_000, rlim_max: 4_000_000 };
+    // SAFETY: setrlimit with a valid struct; failure leaves the old limit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
+        let rl = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
+            // Without CAP_SYS_RESOURCE only the soft limit may rise, up to the hard one.
+            let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit/setrlimit with valid structs.
+            unsafe {
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur);
+                cur.rlim_cur = cur.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &cur);
+            }
+        }
+    }
+    let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit with a valid struct.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) };
+    now.rlim_cur
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {
@@ -129,11 +146,14 @@ fn real_main() -> anyhow::Result<()> {
             run(c)
         }
         Task::Bench(args) => {
+            if args.list() {
+                return Ok(());
+            }
             require_root("cargo xtask bench")?;
             let bin = build_synx()?;
             bench::bench(args, &bin)
         }
-        Task::IdleClients { addr, src, count } => bench::idle_clients(addr, src, count),
+        Task::BenchReport(args) => bench::bench_report(args),
         Task::Demo => {
             require_root("cargo xtask demo")?;
             let bin = build_synx()?;

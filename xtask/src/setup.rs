@@ -21,6 +21,11 @@ const DEBIAN: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("curl", "curl"),
     ("wrk", "wrk"),
+    // The backend that reads the PROXY protocol, and the reverse proxy the http proxy is
+    // measured against; its service is not started (the tests start their own, in namespaces).
+    ("nginx", "nginx"),
+    // promtool checks the metrics endpoint's text format.
+    ("prometheus", "promtool"),
     // BGP for the multi-host test bed and demo (tests/testbed/multihost.rs).
     ("bird2", "bird"),
 ];

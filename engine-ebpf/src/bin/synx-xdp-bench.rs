@@ -8,13 +8,13 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_tcp_raw_gen_syncookie_ipv4,
     macros::{map, xdp},
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 use engine_common::{
     cookie::{self, Keys},
     counters,
-    maps::{BENCH_FRAME_LEN, BenchFrame, FLOOD_FRAME_LEN, FloodState},
+    maps::{BENCH_FRAME_LEN, BenchFrame, BenchVary, FLOOD_FRAME_LEN, FloodState},
 };
 use engine_ebpf::{
     clock::Now,
@@ -25,6 +25,12 @@ use engine_ebpf::{
 
 #[map(name = "BENCH_FRAME")]
 static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
+#[map(name = "BENCH_VARY")]
+static BENCH_VARY: Array<BenchVary> = Array::with_max_entries(1, 0);
+#[map(name = "SINK_NET")]
+static SINK_NET: Array<u32> = Array::with_max_entries(2, 0);
+#[map(name = "SINK_DROPPED")]
+static SINK_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "FLOOD")]
 static FLOOD: Array<FloodState> = Array::with_max_entries(1, 0);
 
@@ -42,23 +48,73 @@ impl Cookies for KernelCookies {
         // The helper reads the whole TCP header (the MSS option) and wants th_len == doff * 4,
         // which the verifier wants constant: the baseline takes the 40-byte header of Linux's
         // SYN behind a 20-byte IPv4 header, as the benchmark sends it.
-        const LINUX_SYN_TCP_HLEN: usize = 40;
-        if seg.doff != LINUX_SYN_TCP_HLEN || seg.l4 != ETH_HLEN + IPV4_HLEN {
+        if seg.doff != 40 || seg.l4 != ETH_HLEN + IPV4_HLEN {
             return Err(Verdict::Drop(counters::DROP_BAD_OPTIONS));
         }
-        let Some(p) = at(ctx, 0, ETH_HLEN + IPV4_HLEN + LINUX_SYN_TCP_HLEN) else {
-            return Err(Verdict::Drop(counters::DROP_TRUNCATED));
-        };
-        // SAFETY: both ranges lie in the bytes checked just above.
-        let r = unsafe {
-            let (iph, th) = (p.add(ETH_HLEN), p.add(ETH_HLEN + IPV4_HLEN));
-            bpf_tcp_raw_gen_syncookie_ipv4(iph.cast(), th.cast(), LINUX_SYN_TCP_HLEN as u32)
-        };
-        if r < 0 {
-            return Err(Verdict::Drop(counters::DROP_BAD_HEADER));
-        }
-        Ok((r as u32, (cookie::tuple_hash(&secrets.keys[0], &seg.tuple()) >> 32) as u32))
+        let r = helper_cookie::<40>(ctx)?;
+        Ok((r, (cookie::tuple_hash(&secrets.keys[0], &seg.tuple()) >> 32) as u32))
     }
+}
+
+/// The kernel's own XDP answer to a SYN flood, shaped as the kernel selftest
+/// `xdp_synproxy_kern.c` does it: a SYN is answered in XDP with the kernel's cookie
+/// (bpf_tcp_raw_gen_syncookie_ipv4, the same secret netfilter's synproxy checks) and a TSval in
+/// Linux's cookie layout (window scale, SACK and ECN in its low bits, no offset); every other
+/// segment goes up to the kernel, where nftables synproxy validates the cookie ACK and opens the
+/// connection to the listener. The SYN-ACK is written by synx's code; the selftest's conntrack
+/// lookup and checksum verification per SYN are left out: a faster peer, not a slower one.
+struct HelperCookies;
+
+impl Cookies for HelperCookies {
+    #[inline(always)]
+    fn mint(ctx: &XdpContext, seg: &Seg, _secrets: &Keys, _now: Now, _mss: u16) -> Result<(u32, u32), Verdict> {
+        if seg.v6 || seg.l4 != ETH_HLEN + IPV4_HLEN {
+            return Err(Verdict::Pass(counters::PASS_NOT_TCP));
+        }
+        // The helper reads the whole TCP header and wants its length as a constant: the two
+        // SYNs the benchmark sends, the flood's (MSS only) and Linux's.
+        let r = match seg.doff {
+            24 => helper_cookie::<24>(ctx),
+            40 => helper_cookie::<40>(ctx),
+            _ => return Err(Verdict::Drop(counters::DROP_BAD_OPTIONS)),
+        }?;
+        Ok((r, 0))
+    }
+}
+
+/// The kernel helper's cookie for the IPv4 SYN in `ctx`, whose TCP header is `TCP_HLEN` bytes.
+#[inline(always)]
+fn helper_cookie<const TCP_HLEN: usize>(ctx: &XdpContext) -> Result<u32, Verdict> {
+    let Some(p) = at(ctx, 0, ETH_HLEN + IPV4_HLEN + TCP_HLEN) else {
+        return Err(Verdict::Drop(counters::DROP_TRUNCATED));
+    };
+    // SAFETY: both ranges lie in the bytes checked just above.
+    let r = unsafe {
+        let (iph, th) = (p.add(ETH_HLEN), p.add(ETH_HLEN + IPV4_HLEN));
+        bpf_tcp_raw_gen_syncookie_ipv4(iph.cast(), th.cast(), TCP_HLEN as u32)
+    };
+    if r < 0 {
+        return Err(Verdict::Drop(counters::DROP_BAD_HEADER));
+    }
+    Ok(r as u32)
+}
+
+/// See [`HelperCookies`]: attached live by the benchmark in front of the kernel's listener.
+#[xdp]
+pub fn synx_bench_xdp_synproxy(ctx: XdpContext) -> u32 {
+    const TCP_FLAGS: usize = ETH_HLEN + IPV4_HLEN + 13;
+    let Some(p) = at(&ctx, 0, TCP_FLAGS + 1) else { return xdp_action::XDP_PASS };
+    // SAFETY: every offset lies within the bytes checked above.
+    let (ethertype, ver_ihl, proto, flags) = unsafe {
+        ((p.add(12) as *const u16).read_unaligned(), *p.add(ETH_HLEN), *p.add(ETH_HLEN + 9), *p.add(TCP_FLAGS))
+    };
+    // IPv4 without options, TCP, SYN without ACK: the rest is the kernel's.
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    if ethertype != 0x0800u16.to_be() || ver_ihl != 0x45 || proto != 6 || flags & (SYN | ACK) != SYN {
+        return xdp_action::XDP_PASS;
+    }
+    handle::<HelperCookies>(&ctx)
 }
 
 /// Micro-benchmark: put BENCH_FRAME back, then run exactly what the attached `synx_xdp` runs.
@@ -82,7 +138,7 @@ pub fn synx_bench_kernel(ctx: XdpContext) -> u32 {
     handle::<KernelCookies>(&ctx)
 }
 
-/// Micro-benchmark: the restore of `synx_bench_syn` alone.
+/// Micro-benchmark: the restore of `synx_bench_syn` alone (with its source variation).
 #[xdp]
 pub fn synx_bench_restore(ctx: XdpContext) -> u32 {
     if !restore_bench_frame(&ctx) {
@@ -108,6 +164,28 @@ fn restore_bench_frame(ctx: &XdpContext) -> bool {
     let Some(p) = at(ctx, 0, BENCH_FRAME_LEN) else { return false };
     // SAFETY: both hold BENCH_FRAME_LEN bytes (checked above; the map value is 80).
     unsafe { copy_frame::<BENCH_FRAME_LEN>(p, saved.words.as_ptr() as *const u8) };
+    let Some(vary) = BENCH_VARY.get_ptr_mut(0) else { return false };
+    // SAFETY: one test run at a time per map; the entry is plain data.
+    let v = unsafe { &mut *vary };
+    if v.count != 0 {
+        let i = v.next % v.count;
+        v.next = v.next.wrapping_add(1);
+        const IP_CSUM: usize = ETH_HLEN + 10;
+        const IP_SRC: usize = ETH_HLEN + 12;
+        const TCP_CSUM: usize = ETH_HLEN + IPV4_HLEN + 16;
+        // SAFETY: every offset lies within the BENCH_FRAME_LEN bytes checked above.
+        unsafe {
+            let old = ld32(p, IP_SRC);
+            let new = u32::from_be(old).wrapping_add(i).to_be();
+            // RFC 1624 3 over the source address (in the TCP pseudo-header too).
+            let delta = u64::from(!old) + u64::from(new);
+            let ip = fold(u64::from(!(p.add(IP_CSUM) as *const u16).read_unaligned()) + delta);
+            let tcp = fold(u64::from(!(p.add(TCP_CSUM) as *const u16).read_unaligned()) + delta);
+            st32(p, IP_SRC, new);
+            (p.add(IP_CSUM) as *mut u16).write_unaligned(ip);
+            (p.add(TCP_CSUM) as *mut u16).write_unaligned(tcp);
+        }
+    }
     true
 }
 
@@ -172,6 +250,31 @@ pub fn synx_bench_flood(ctx: XdpContext) -> u32 {
         (p.add(TCP_CSUM) as *mut u16).write_unaligned(tcp);
     }
     s.action
+}
+
+/// The benchmark's wire end for a SYN flood: on the client's veth, every IPv4 frame to the
+/// flood's spoofed sources (SINK_NET: network and mask, as on the wire) is counted (per CPU)
+/// and dropped, as a real server's SYN-ACKs would leave for the wire; everything else passes
+/// (so the program also serves as the peer's XDP program that native XDP_TX on veth needs).
+/// Counting in XDP keeps the count's cost off the CPU the flood generator shares.
+#[xdp]
+pub fn synx_bench_sink(ctx: XdpContext) -> u32 {
+    const DADDR: usize = ETH_HLEN + 16;
+    let Some(p) = at(&ctx, 0, DADDR + 4) else { return xdp_action::XDP_PASS };
+    // SAFETY: both lie within the bytes checked above.
+    let (ethertype, daddr) = unsafe { ((p.add(12) as *const u16).read_unaligned(), ld32(p, DADDR)) };
+    if ethertype != 0x0800u16.to_be() {
+        return xdp_action::XDP_PASS;
+    }
+    let (Some(net), Some(mask)) = (SINK_NET.get(0), SINK_NET.get(1)) else { return xdp_action::XDP_PASS };
+    if *mask == 0 || daddr & *mask != *net {
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(c) = SINK_DROPPED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { *c += 1 };
+    }
+    xdp_action::XDP_DROP
 }
 
 /// Native XDP_TX and redirects on a veth deliver only when the peer veth runs an XDP program

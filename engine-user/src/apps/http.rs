@@ -1,0 +1,454 @@
+//! `--app http`: a small fixed response to every request, keep-alive, in turns; and the
+//! request framing rules (RFC 9112) the http proxy shares.
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use super::{Served, WhenQuiet};
+
+/// The body of every HTTP response.
+pub const HTTP_BODY: &[u8] = b"hello from synx\n";
+/// The longest request head the http app reads before answering 431.
+pub const MAX_HEADER: usize = 16 * 1024;
+/// Request bodies are read and dropped as they arrive, so their size costs no memory; a
+/// declared length beyond this is refused with 413 (nginx refuses above 1 MiB by default).
+pub const MAX_BODY: u64 = 64 << 20;
+
+/// How a request's body is framed (RFC 9112 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// Content-Length bytes (0: no body).
+    Length(u64),
+    /// Transfer-Encoding: chunked.
+    Chunked,
+}
+
+/// What [`parse_request`] found at the start of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Complete { head_len: usize, body: Body, close: bool },
+    Partial,
+    Bad,
+    TooLarge,
+}
+
+/// RFC 9110 8.6: Content-Length = 1*DIGIT; anything else (signs, spaces inside, overflow) is
+/// not a length.
+fn content_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// One request head from `buf`. A plain function, so httparse's header array lives on the
+/// stack for the parse only, never in the connection's future while it waits for bytes. Public
+/// for the bench's kernel peer, which parses with this same function.
+pub fn parse_request(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(head_len)) => match framing(req.version.unwrap_or(1), req.headers) {
+            None => Parsed::Bad,
+            Some((Body::Length(n), _)) if n > MAX_BODY => Parsed::TooLarge,
+            Some((body, close)) => Parsed::Complete { head_len, body, close },
+        },
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(_) => Parsed::Bad,
+    }
+}
+
+/// A request's body framing and whether the client asks to close after it (HTTP/1.0 unless
+/// it says keep-alive, HTTP/1.1 if it says close), from its headers. None for framing that
+/// cannot be trusted: a server and a proxy that read it differently would let a request be
+/// smuggled past the proxy.
+pub(super) fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Option<(Body, bool)> {
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut close = version == 0;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            // RFC 9112 6.3 item 5: an invalid length, or several that differ, is an
+            // unrecoverable framing error.
+            match (content_length(h.value), length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return None,
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // RFC 9112 6.3 item 4: chunked must be the final coding, or the length is
+            // unknown; other codings are not ours to undo.
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            if v.trim() != "chunked" || chunked {
+                return None;
+            }
+            chunked = true;
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            // RFC 9112 9.3: close ends the connection after this exchange; an HTTP/1.0
+            // client keeps it only if it says keep-alive.
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            if v.contains("close") {
+                close = true;
+            } else if v.contains("keep-alive") {
+                close = false;
+            }
+        }
+    }
+    match (chunked, length) {
+        // RFC 9112 6.3 item 3: both framings at once is a smuggling attempt; refuse.
+        (true, Some(_)) => None,
+        // RFC 9112 6.1: chunked in an HTTP/1.0 request is not to be trusted either.
+        (true, None) if version == 0 => None,
+        (true, None) => Some((Body::Chunked, close)),
+        (false, n) => Some((Body::Length(n.unwrap_or(0)), close)),
+    }
+}
+
+/// Where a chunked body (RFC 9112 7.1) is while it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Chunked {
+    /// Reading a chunk-size line (hex digits, optional extensions, CRLF).
+    Size { size: u64, digits: u8, in_ext: bool },
+    /// In chunk data, then its CRLF.
+    Data { left: u64 },
+    DataEnd { cr: bool },
+    /// After the last chunk: trailer lines until an empty one.
+    Trailer { line_len: u64 },
+    Done,
+}
+
+impl Chunked {
+    pub(super) const START: Chunked = Chunked::Size { size: 0, digits: 0, in_ext: false };
+
+    /// Consume from `buf`, handing each piece of chunk data to `data`; returns the bytes taken,
+    /// or Err for a malformed body. Stops at the end of the body (state Done) with the rest of
+    /// `buf` untouched.
+    pub(super) fn decode(&mut self, buf: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ()> {
+        let mut i = 0;
+        while i < buf.len() && *self != Chunked::Done {
+            let b = buf[i];
+            *self = match *self {
+                Chunked::Size { size, digits, in_ext } => match b {
+                    b'\n' if digits > 0 => {
+                        if size == 0 { Chunked::Trailer { line_len: 0 } } else { Chunked::Data { left: size } }
+                    }
+                    b'\r' => Chunked::Size { size, digits, in_ext },
+                    _ if in_ext => Chunked::Size { size, digits, in_ext },
+                    b';' | b' ' | b'\t' if digits > 0 => Chunked::Size { size, digits, in_ext: true },
+                    _ => {
+                        let d = (b as char).to_digit(16).ok_or(())? as u64;
+                        // 15 hex digits are already beyond any body we take.
+                        if digits >= 15 {
+                            return Err(());
+                        }
+                        Chunked::Size { size: size * 16 + d, digits: digits + 1, in_ext }
+                    }
+                },
+                Chunked::Data { left } => {
+                    let take = (left.min((buf.len() - i) as u64)) as usize;
+                    data(&buf[i..i + take]);
+                    i += take;
+                    let left = left - take as u64;
+                    *self = if left == 0 { Chunked::DataEnd { cr: false } } else { Chunked::Data { left } };
+                    continue;
+                }
+                Chunked::DataEnd { cr } => match (b, cr) {
+                    (b'\r', false) => Chunked::DataEnd { cr: true },
+                    (b'\n', _) => Chunked::START,
+                    _ => return Err(()),
+                },
+                Chunked::Trailer { line_len } => match b {
+                    b'\n' if line_len == 0 => Chunked::Done,
+                    b'\n' => Chunked::Trailer { line_len: 0 },
+                    b'\r' => Chunked::Trailer { line_len },
+                    _ if line_len as usize >= MAX_HEADER => return Err(()),
+                    _ => Chunked::Trailer { line_len: line_len + 1 },
+                },
+                Chunked::Done => Chunked::Done,
+            };
+            i += 1;
+        }
+        Ok(i)
+    }
+}
+
+/// What is left of a request body being skipped.
+enum Skip {
+    Length(u64),
+    Chunked(Chunked),
+}
+
+impl Skip {
+    fn done(&self) -> bool {
+        matches!(self, Skip::Length(0) | Skip::Chunked(Chunked::Done))
+    }
+
+    /// Drop the body's bytes from the front of `buf`.
+    fn consume(&mut self, buf: &mut Vec<u8>) -> Result<(), ()> {
+        let n = match self {
+            Skip::Length(left) => {
+                let n = (*left).min(buf.len() as u64);
+                *left -= n;
+                n as usize
+            }
+            Skip::Chunked(c) => c.decode(buf, |_| {})?,
+        };
+        buf.drain(..n);
+        Ok(())
+    }
+}
+
+pub async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<()> {
+    serve(&mut s, WhenQuiet::Wait).await.map(drop)
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, status: &str) -> std::io::Result<Served> {
+    let response = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    s.write_all(response.as_bytes()).await?;
+    s.shutdown().await?;
+    Ok(Served::Done)
+}
+
+pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, when_quiet: WhenQuiet) -> std::io::Result<Served> {
+    let mut buf: Vec<u8> = Vec::new(); // allocated by the first read, not while idle
+    loop {
+        // Parse one request head from what we have; read more until it is complete.
+        let (head_len, body, close) = loop {
+            match parse_request(&buf) {
+                Parsed::Complete { head_len, body, close } => break (head_len, body, close),
+                Parsed::Partial => {
+                    if buf.len() > MAX_HEADER {
+                        return refuse(s, "431 Request Header Fields Too Large").await;
+                    }
+                    // Between requests (nothing buffered) a turn may end; within a request, the
+                    // rest is awaited, so no turn ends with half a request read.
+                    let read = match buf.is_empty() {
+                        true => when_quiet,
+                        false => WhenQuiet::Wait,
+                    };
+                    let Some(n) = read.read(read_more(s, &mut buf)).await else { return Ok(Served::Quiet) };
+                    if n? == 0 {
+                        // EOF between requests: close our side too.
+                        s.shutdown().await?;
+                        return Ok(Served::Done);
+                    }
+                }
+                Parsed::Bad => return refuse(s, "400 Bad Request").await,
+                Parsed::TooLarge => return refuse(s, "413 Content Too Large").await,
+            }
+        };
+        buf.drain(..head_len);
+        // The body is dropped as it arrives: whatever its length, it occupies at most one read.
+        let mut skip = match body {
+            Body::Length(n) => Skip::Length(n),
+            Body::Chunked => Skip::Chunked(Chunked::START),
+        };
+        loop {
+            if skip.consume(&mut buf).is_err() {
+                return refuse(s, "400 Bad Request").await;
+            }
+            if skip.done() {
+                break;
+            }
+            if read_more(s, &mut buf).await? == 0 {
+                return Ok(Served::Done);
+            }
+        }
+        if buf.is_empty() && when_quiet == WhenQuiet::Wait {
+            // Between requests a keep-alive connection holds no buffer (the next read allocates).
+            // A turn's buffer goes with the turn.
+            buf = Vec::new();
+        }
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n",
+            HTTP_BODY.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        let mut response = Vec::with_capacity(head.len() + HTTP_BODY.len());
+        response.extend_from_slice(head.as_bytes());
+        response.extend_from_slice(HTTP_BODY);
+        s.write_all(&response).await?;
+        if close {
+            // The server closes first: our FIN goes out now (FIN_WAIT_1 ... TIME_WAIT).
+            s.shutdown().await?;
+            return Ok(Served::Done);
+        }
+    }
+}
+
+pub(super) async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    // Straight into the buffer's spare room: no chunk array held in the future while idle.
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    s.read_buf(buf).await
+}
+
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::apps::http_turn;
+
+    #[tokio::test]
+    async fn http_keeps_alive_and_closes_on_connection_close() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let task = tokio::spawn(http(server));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /last HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let text = String::from_utf8(got).unwrap();
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
+        assert_eq!(text.matches("hello from synx").count(), 3);
+        assert!(text.ends_with("Connection: close\r\n\r\nhello from synx\n"), "{text}");
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_http_request_split_across_writes_is_answered_once_in_one_turn() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let turn = tokio::spawn(http_turn(server));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!turn.is_finished(), "half a request read: the turn must wait for the rest");
+        client.write_all(b"st: x\r\n\r\n").await.unwrap();
+        let server = turn.await.unwrap().unwrap().expect("answered, then quiet: handed back");
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let text = String::from_utf8(got).unwrap();
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 1, "{text}");
+        assert!(text.ends_with("\r\n\r\nhello from synx\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn http_turns_answer_pipelined_requests_in_order_and_end_on_connection_close() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+            .await
+            .unwrap();
+        let server = http_turn(server).await.unwrap().expect("two answers, then quiet");
+        let one = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n\r\nhello from synx\n";
+        let mut got = vec![0u8; 2 * one.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), one.repeat(2));
+        client.write_all(b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n").await.unwrap();
+        assert!(http_turn(server).await.unwrap().is_none(), "Connection: close ends the connection");
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let text = String::from_utf8(got).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nhello from synx\n"
+        );
+    }
+
+    /// Send `request` to the http app, close the write side, and return all it answered.
+    async fn http_exchange(request: &[u8]) -> String {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let task = tokio::spawn(http(server));
+        let (mut read, mut write) = tokio::io::split(&mut client);
+        let (_, got) = tokio::join!(
+            async {
+                let _ = write.write_all(request).await;
+                let _ = write.shutdown().await;
+            },
+            async {
+                let mut got = Vec::new();
+                let _ = read.read_to_end(&mut got).await;
+                got
+            }
+        );
+        task.await.unwrap().unwrap();
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    fn statuses(responses: &str) -> Vec<&str> {
+        responses.split("HTTP/1.1 ").skip(1).map(|r| &r[..3]).collect()
+    }
+
+    #[tokio::test]
+    async fn absurd_or_malformed_body_framing_is_refused_without_panic() {
+        let cases: [(&[u8], &str); 9] = [
+            // u64::MAX: head_len + body_len used to overflow (a panic in debug builds).
+            (b"POST / HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n", "413"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 1000000000000\r\n\r\nabc", "413"),
+            // Beyond u64: not a length at all.
+            (b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", "400"),
+            (b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc", "400"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "400"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "400"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n", "400"),
+        ];
+        for (request, status) in cases {
+            let got = http_exchange(request).await;
+            assert_eq!(statuses(&got), [status], "{}: {got}", String::from_utf8_lossy(request));
+            assert!(got.contains("Connection: close"), "{got}");
+        }
+    }
+
+    #[tokio::test]
+    async fn equal_lengths_and_chunked_bodies_are_skipped_and_the_next_request_answered() {
+        let got = http_exchange(
+            b"POST /a HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc\
+              POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;name=v\r\nhello\r\nA\r\n0123456789\r\n0\r\nTrailer: x\r\n\r\n\
+              GET /c HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(statuses(&got), ["200", "200", "200"], "{got}");
+        assert!(got.ends_with("Connection: close\r\n\r\nhello from synx\n"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_consumed_as_it_arrives_not_kept() {
+        // 48 MiB of body through a 4 KiB pipe: the app must read it as it comes (the old app
+        // kept the whole body before answering; with a 1 TB declaration that was a memory
+        // exhaustion). Both framings, then a request after each.
+        const LEN: usize = 48 << 20;
+        let (mut client, server) = tokio::io::duplex(4096);
+        let task = tokio::spawn(http(server));
+        let (mut read, mut write) = tokio::io::split(&mut client);
+        let writer = async {
+            write.write_all(format!("POST /big HTTP/1.1\r\nContent-Length: {LEN}\r\n\r\n").as_bytes()).await.unwrap();
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..LEN / chunk.len() {
+                write.write_all(&chunk).await.unwrap();
+            }
+            write.write_all(b"POST /chunks HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+            for _ in 0..LEN / chunk.len() {
+                write.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.unwrap();
+                write.write_all(&chunk).await.unwrap();
+                write.write_all(b"\r\n").await.unwrap();
+            }
+            write.write_all(b"0\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n").await.unwrap();
+        };
+        let reader = async {
+            let mut got = Vec::new();
+            read.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let (_, got) = tokio::join!(writer, reader);
+        let got = String::from_utf8_lossy(&got);
+        assert_eq!(statuses(&got), ["200", "200", "200"], "{got}");
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn http_rejects_garbage_with_400() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let task = tokio::spawn(http(server));
+        client.write_all(b"\x00\x01 nonsense\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(got.starts_with(b"HTTP/1.1 400"));
+        task.await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,323 @@
+//! `cargo xtask bench`: synx against the Linux kernel, side by side in one run. Each side has
+//! its own veth pair (the kernel's without any XDP program, with its default offloads), server
+//! and client pinned to different CPUs, server CPU read per CPU; rounds alternate ABBA after a
+//! warm-up; every round is kept, failed ones with their reason. `cargo xtask bench-report`
+//! turns the JSON into BENCHMARKS.md.
+//!
+//! Layout: [`rig`] (namespaces, veth pairs, pinning, offloads), [`peers`] (the kernel peer and
+//! the flood peers), [`load`] (generators), [`rows`] (the row groups, one module each, and the
+//! registry of them), [`report`] (rounds, sides, rows, JSON), [`targets`], [`doc`]
+//! (BENCHMARKS.md), [`meta`] (what makes a run reproducible).
+
+mod doc;
+mod load;
+mod meta;
+mod peers;
+mod report;
+mod rig;
+mod rows;
+mod targets;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::Context as _;
+
+pub use report::{Collector, Outcome, Report, Row, RowSpec, schedule, spec};
+pub use rig::{Cpus, Rig, RigOptions, Side};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// About 5 minutes: one round per side after the warm-up, shorter rows, 10,000 idle
+    /// connections.
+    #[arg(long)]
+    quick: bool,
+    /// Idle rows at 1,000,000 connections too (the default does 100,000).
+    #[arg(long)]
+    full: bool,
+    /// Only these row groups (prefix match), comma-separated; `--list` shows them.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// List the row groups and exit.
+    #[arg(long)]
+    list: bool,
+    /// Write the results as JSON here (rewritten after every group).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the BENCHMARKS.md document for this run here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Extra arguments for `synx run` (repeatable), to compare settings, e.g.
+    /// `--synx-arg=--app-threads=worker`.
+    #[arg(long, allow_hyphen_values = true)]
+    synx_arg: Vec<String>,
+    /// CPUs of the server side (server process, its veth's receive work). Default: CPU 0.
+    #[arg(long, value_delimiter = ',')]
+    server_cpus: Vec<usize>,
+    /// CPUs of the client side (load generators, the client veth's receive work). Default: the
+    /// CPUs after the server's.
+    #[arg(long, value_delimiter = ',')]
+    client_cpus: Vec<usize>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// A `cargo xtask bench --json` file; repeat to merge runs (e.g. a default run and a
+    /// `--full --only idle` one): a row a later file also has is taken from the later one.
+    #[arg(long, required = true)]
+    json: Vec<PathBuf>,
+    /// Where to write the document (default: stdout).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A line the document states under its header (e.g. what else ran on the machine).
+    #[arg(long)]
+    note: Option<String>,
+}
+
+/// How long and how often each row runs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub quick: bool,
+    /// Counted rounds per peer (after one warm-up round per peer).
+    pub rounds: usize,
+    pub warmup_secs: f64,
+    pub flood_secs: f64,
+    pub conn_secs: f64,
+    /// HTTP rows (closed loop with wrk, fixed rate with our generator).
+    pub http_secs: u64,
+    pub bulk_bytes: usize,
+    pub idle_counts: Vec<usize>,
+    /// How long idle CPU is watched: several keepalive probes per connection.
+    pub idle_window_secs: u64,
+    pub cpus: Cpus,
+}
+
+impl Plan {
+    fn new(a: &BenchArgs) -> anyhow::Result<Self> {
+        let cores = rig::cores();
+        let server = if a.server_cpus.is_empty() { vec![0] } else { a.server_cpus.clone() };
+        let client = if a.client_cpus.is_empty() {
+            let rest: Vec<usize> = (0..cores).filter(|c| !server.contains(c)).collect();
+            anyhow::ensure!(!rest.is_empty(), "{cores} CPU(s): no CPU left for the clients; the bench needs two");
+            rest
+        } else {
+            a.client_cpus.clone()
+        };
+        let mut idle_counts = vec![if a.quick { 10_000 } else { 100_000 }];
+        if a.full {
+            idle_counts.push(1_000_000);
+        }
+        Ok(Self {
+            quick: a.quick,
+            rounds: if a.quick { 2 } else { 4 },
+            warmup_secs: if a.quick { 1.0 } else { 2.0 },
+            flood_secs: if a.quick { 3.0 } else { 5.0 },
+            conn_secs: if a.quick { 3.0 } else { 5.0 },
+            http_secs: if a.quick { 5 } else { 15 },
+            bulk_bytes: if a.quick { 256 << 20 } else { 1 << 30 },
+            idle_counts,
+            idle_window_secs: if a.quick { 15 } else { 30 },
+            cpus: Cpus { server, client },
+        })
+    }
+}
+
+/// What a row group works with: the plan, the binaries, the shared rig, and what the run has
+/// found so far.
+pub struct Ctx {
+    pub plan: Plan,
+    /// The release-built `synx-bench` (kernel peer, generators).
+    pub tools: PathBuf,
+    pub synx_args: Vec<String>,
+    rig: Option<Rig>,
+    pub report: Report,
+    rigs: Vec<serde_json::Value>,
+}
+
+impl Ctx {
+    /// The one-queue rig every group shares (started on first use).
+    pub fn rig(&mut self) -> anyhow::Result<&mut Rig> {
+        if self.rig.is_none() {
+            let o = RigOptions {
+                name: "1 queue".into(),
+                queues: 1,
+                cpus: self.plan.cpus.clone(),
+                synx_args: self.synx_args.clone(),
+                kernel: Default::default(),
+            };
+            let rig = Rig::start(&o, &self.tools).context("starting the bench rig")?;
+            self.describe_peers(&rig);
+            self.rig = Some(rig);
+        }
+        Ok(self.rig.as_mut().expect("just started"))
+    }
+
+    /// Stop the shared rig (a group that needs another one calls this first).
+    pub fn drop_rig(&mut self) {
+        if let Some(r) = self.rig.take() {
+            self.keep_rig_description(&r);
+        }
+    }
+
+    /// Record a rig's devices, offloads and commands in the report.
+    pub fn keep_rig_description(&mut self, r: &Rig) {
+        let d = r.describe();
+        let name = d["name"].clone();
+        self.rigs.retain(|x| x["name"] != name);
+        self.rigs.push(d);
+        self.report.meta["rigs"] = serde_json::json!(self.rigs);
+    }
+
+    /// State a peer's configuration in the report.
+    pub fn describe_peer(&mut self, peer: &str, summary: String) {
+        if !self.report.meta["peers"].is_object() {
+            self.report.meta["peers"] = serde_json::json!({});
+        }
+        self.report.meta["peers"][peer] = serde_json::json!({ "summary": summary });
+    }
+
+    fn describe_peers(&mut self, rig: &Rig) {
+        let c = self.plan.cpus.clone();
+        self.describe_peer(
+            targets::SYNX,
+            format!(
+                "`{}` (defaults otherwise: apps on the engine threads, echo/discard/http in turns), every thread pinned to CPU {}; \
+                 its veth pair has synx's XDP program (native) on the server end and, on the client end, the bench's sink \
+                 (passes everything but frames to the flood's sources; native XDP_TX on veth needs a program there); \
+                 the server veth's NAPI runs threaded at SCHED_FIFO on CPU {}, the client's on CPU {}",
+                rig.synx_command.join(" "),
+                Cpus::list(&c.server),
+                Cpus::list(&c.server),
+                Cpus::list(&c.client)
+            ),
+        );
+        self.describe_peer(
+            targets::KERNEL,
+            format!(
+                "`{}`: the same apps (same HTTP parser and bytes) over kernel TCP; one thread per server CPU pinned there, each with \
+                 its own epoll and SO_REUSEPORT listener per port, edge-triggered, an idle connection holding its socket and a \
+                 16-byte slot; TCP_NODELAY (and keepalive, where a row sets it) inherited from the listener; backlog 65535. \
+                 Its veth pair has no XDP program and the default offloads (TSO, GSO, checksums on), GRO on the server end; \
+                 client segments reach the server CPU through RPS, flood frames through the server veth's NAPI, threaded at SCHED_FIFO on CPU {}. \
+                 Sysctls default, but tcp_syncookies=2 in the SYN-flood rows only and somaxconn/tcp_max_syn_backlog 65535",
+                rig.kernel.as_ref().map(|k| k.command.join(" ")).unwrap_or_default(),
+                Cpus::list(&c.server)
+            ),
+        );
+        self.keep_rig_description(rig);
+    }
+
+    fn push(&mut self, rows: Vec<Row>, details: Vec<report::RoundDetail>) {
+        self.report.rows.extend(rows);
+        self.report.rounds.extend(details);
+    }
+}
+
+impl BenchArgs {
+    /// `--list`: print the row groups instead of running them.
+    pub fn list(&self) -> bool {
+        if self.list {
+            for g in rows::GROUPS {
+                println!("{:<16} {}", g.name, g.about);
+            }
+        }
+        self.list
+    }
+}
+
+pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let plan = Plan::new(&args)?;
+    let tools = build_tools()?;
+    // The test bed starts `synx` from $SYNX_BIN.
+    // SAFETY: no other thread runs yet.
+    unsafe { std::env::set_var("SYNX_BIN", synx_bin) };
+    crate::raise_nofile();
+    let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    let meta = meta::collect(&format!("cargo xtask {command}"), "release");
+    let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.starts_with(o.as_str()));
+    let mut ctx = Ctx {
+        plan,
+        tools,
+        synx_args: args.synx_arg.clone(),
+        rig: None,
+        report: Report { meta, rows: vec![], rounds: vec![], group_failures: BTreeMap::new(), secs: 0.0 },
+        rigs: vec![],
+    };
+    ctx.report.meta["plan"] = serde_json::json!(format!("{:?}", ctx.plan));
+    for g in rows::GROUPS.iter().filter(|g| want(g.name)) {
+        println!("bench: {} ({})", g.name, g.about);
+        let before = ctx.report.rows.len();
+        if let Err(e) = (g.run)(&mut ctx) {
+            println!("bench: {}: {e:#}", g.name);
+            ctx.report.group_failures.insert(g.name.into(), format!("{e:#}"));
+        }
+        print_rows(&ctx.report.rows[before..]);
+        ctx.report.secs = start.elapsed().as_secs_f64();
+        if let Some(path) = &args.json {
+            write_json(&ctx.report, path)?;
+        }
+    }
+    ctx.drop_rig();
+    ctx.report.secs = start.elapsed().as_secs_f64();
+    println!("\nbench: targets");
+    for v in targets::evaluate(&ctx.report.rows) {
+        println!("  {:?}: {} -- {}", v.met, v.target, v.figure);
+    }
+    if let Some(path) = &args.json {
+        write_json(&ctx.report, path)?;
+        println!("bench: results written to {}", path.display());
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, doc::markdown(&ctx.report))?;
+        println!("bench: document written to {}", path.display());
+    }
+    println!("bench: took {:.0} s", ctx.report.secs);
+    Ok(())
+}
+
+/// `cargo xtask bench-report`: BENCHMARKS.md from a run's JSON.
+pub fn bench_report(args: ReportArgs) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for path in &args.json {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        runs.push(serde_json::from_str::<Report>(&text).with_context(|| format!("parsing {}", path.display()))?);
+    }
+    let mut report = Report::merge(runs);
+    if let Some(note) = args.note {
+        report.meta["note"] = note.into();
+    }
+    let md = doc::markdown(&report);
+    match &args.out {
+        Some(path) => std::fs::write(path, md)?,
+        None => print!("{md}"),
+    }
+    Ok(())
+}
+
+fn write_json(r: &Report, path: &Path) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(r)?).with_context(|| format!("writing {}", path.display()))
+}
+
+fn print_rows(rows: &[Row]) {
+    for r in rows {
+        let cells: Vec<String> = r.sides.iter().map(|s| format!("{} {}", s.peer, report::cell(Some(s)))).collect();
+        println!("  {:<34} {}  [{}]", r.name, cells.join(" | "), r.unit);
+        for s in &r.sides {
+            if s.failed() > 0 {
+                println!("  {:<34}   {} failed: {}", "", s.peer, s.failure_summary());
+            }
+        }
+    }
+}
+
+/// Build `synx-bench` in release (the kernel peer and the load must not be debug builds).
+fn build_tools() -> anyhow::Result<PathBuf> {
+    let mut c = crate::cargo();
+    c.args(["build", "--release", "--package", "synx-bench"]);
+    crate::run(c)?;
+    Ok(crate::target_dir().join("release").join("synx-bench"))
+}

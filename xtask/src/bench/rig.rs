@@ -1,0 +1,530 @@
+//! The bench rig: for each side its own veth pair between a server and a client namespace, so
+//! the kernel's pair carries no XDP program on either end and keeps its default offloads
+//! (veth turns GSO/TSO off on a sender whose peer runs XDP), while synx's pair has synx's
+//! program on the server end and a pass program on the client end, as native XDP on veth
+//! requires. Server and client work is pinned apart: the server process, and the server veth's
+//! receive work (threaded NAPI, RPS), on the server CPUs; the load and the client veth's receive
+//! on the client CPUs. The server's CPU cost is then read per CPU, whatever thread or softirq
+//! did the work.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use testbed::{Daemon, Netns, VethPair, sh};
+
+use super::peers::{KernelServer, KernelServerOptions, Sink, pin_all_threads};
+
+/// Spoofed SYN-flood sources and extra idle-client addresses: inside 198.18.0.0/15, routed from
+/// the server namespaces back through the client.
+pub const FLOOD_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 254, 0);
+pub const IDLE_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 250, 0);
+
+/// Ports, the same on both sides (each side has its own namespaces).
+pub const HTTP: u16 = 80;
+pub const ECHO: u16 = 7;
+pub const DISCARD: u16 = 9;
+
+/// Which side of the rig.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Synx,
+    Kernel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cpus {
+    pub server: Vec<usize>,
+    pub client: Vec<usize>,
+}
+
+impl Cpus {
+    pub fn list(cpus: &[usize]) -> String {
+        cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+    }
+    fn mask(cpus: &[usize]) -> String {
+        format!("{:x}", cpus.iter().fold(0u64, |m, &c| m | 1 << c))
+    }
+}
+
+/// Per-CPU time from /proc/stat, in clock ticks: (busy, total) per CPU.
+#[derive(Debug, Clone)]
+pub struct CpuTimes(Vec<(u64, u64)>);
+
+impl CpuTimes {
+    pub fn now() -> Self {
+        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        Self::parse(&text)
+    }
+
+    fn parse(text: &str) -> Self {
+        let mut per = Vec::new();
+        for line in text.lines() {
+            // "cpuN ..." lines; not the machine-wide "cpu  ..." one.
+            let Some(rest) = line.strip_prefix("cpu").filter(|r| r.starts_with(|c: char| c.is_ascii_digit())) else { continue };
+            let mut f = rest.split_whitespace();
+            let Some(Ok(i)) = f.next().map(str::parse::<usize>) else { continue };
+            let v: Vec<u64> = f.filter_map(|x| x.parse().ok()).collect();
+            // user nice system idle iowait irq softirq steal (guest is inside user).
+            let total: u64 = v.iter().take(8).sum();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            if per.len() <= i {
+                per.resize(i + 1, (0, 0));
+            }
+            per[i] = (total - idle, total);
+        }
+        Self(per)
+    }
+
+    /// CPU-seconds busy on `cpus` since `before`.
+    pub fn busy_secs_since(&self, before: &CpuTimes, cpus: &[usize]) -> f64 {
+        let ticks: u64 = cpus.iter().map(|&c| self.0.get(c).map_or(0, |a| a.0) - before.0.get(c).map_or(0, |b| b.0)).sum();
+        ticks as f64 / clock_ticks()
+    }
+
+    /// Busy fraction of each CPU since `before`, for the raw record.
+    pub fn per_cpu_busy_since(&self, before: &CpuTimes) -> Vec<f64> {
+        self.0
+            .iter()
+            .zip(&before.0)
+            .map(|(a, b)| {
+                let total = a.1.saturating_sub(b.1);
+                if total == 0 { 0.0 } else { a.0.saturating_sub(b.0) as f64 / total as f64 }
+            })
+            .collect()
+    }
+}
+
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// Process ids of the kernel's NAPI threads (named `napi/DEV-ID`).
+fn napi_threads() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("napi/")))
+        .collect()
+}
+
+/// Run `dev`'s NAPI in kernel threads (threaded NAPI), pinned (thread of queue i on
+/// `cpus[i % len]`) and at real-time priority: a NIC's NAPI runs in softirq context, ahead of
+/// every thread, as the kernel pair's RPS-steered receive does; a NAPI thread at normal priority
+/// would share its CPU with the load generators (seen: the client veth dropping three quarters
+/// of synx's SYN-ACKs while the flood generator held its CPU). The threads are told apart by the names the kernel gives them (truncated
+/// to 15 bytes) and by appearing when threading is switched on; switching it off and on again
+/// makes fresh ones after a NAPI was rebuilt (an XDP program attached or detached).
+fn thread_napi(ns: &Netns, dev: &str, cpus: &[usize]) -> anyhow::Result<Vec<u32>> {
+    let path = format!("/sys/class/net/{dev}/threaded");
+    ns.exec("sh", &["-c", &format!("echo 0 > {path}")])?;
+    let before = napi_threads();
+    ns.exec("sh", &["-c", &format!("echo 1 > {path}")]).with_context(|| format!("threaded NAPI on {dev} (it needs NAPI: XDP or GRO on)"))?;
+    let prefix: String = format!("napi/{dev}").chars().take(15).collect();
+    let mut fresh: Vec<u32> = napi_threads()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim_end().starts_with(&prefix)))
+        .collect();
+    fresh.sort_unstable();
+    ensure!(!fresh.is_empty(), "no NAPI thread appeared for {dev}");
+    for (i, pid) in fresh.iter().enumerate() {
+        pin_all_threads(*pid, &[cpus[i % cpus.len()]])?;
+        sh("chrt", &["-f", "-p", NAPI_PRIORITY, &pid.to_string()])?;
+    }
+    Ok(fresh)
+}
+
+/// SCHED_FIFO priority of the NAPI threads (the kernel's default for threaded IRQ handlers).
+const NAPI_PRIORITY: &str = "50";
+
+/// RPS: the receive work of skbs that veth hands over without NAPI (a sender with TSO on) runs
+/// on these CPUs rather than on the sender's.
+fn steer_rps(ns: &Netns, dev: &str, cpus: &[usize]) -> anyhow::Result<()> {
+    let mask = Cpus::mask(cpus);
+    ns.exec("sh", &["-c", &format!("for q in /sys/class/net/{dev}/queues/rx-*; do echo {mask} > $q/rps_cpus; done")])?;
+    Ok(())
+}
+
+/// `ethtool -k DEV` as feature -> "on"/"off" (the "[fixed]" marks dropped).
+pub fn features(ns: &Netns, dev: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let text = ns.exec("ethtool", &["-k", dev])?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(':')?;
+            Some((k.trim().to_string(), v.split_whitespace().next().unwrap_or("").to_string()))
+        })
+        .collect())
+}
+
+/// What the JSON records of one device.
+fn describe_device(ns: &Netns, role: &str, dev: &str, xdp: &str, napi: &str) -> serde_json::Value {
+    let rps = ns.exec("sh", &["-c", &format!("cat /sys/class/net/{dev}/queues/rx-*/rps_cpus | tr '\\n' ' '")]).unwrap_or_default();
+    serde_json::json!({
+        "role": role,
+        "name": dev,
+        "xdp": xdp,
+        "features": features(ns, dev).map(|f| serde_json::json!(f)).unwrap_or_else(|e| serde_json::json!(format!("{e:#}"))),
+        "channels": ns.exec("ethtool", &["-l", dev]).unwrap_or_default(),
+        "napi": napi,
+        "rps_cpus": rps.trim(),
+        "link": ns.ip(&["-d", "link", "show", "dev", dev]).unwrap_or_default(),
+    })
+}
+
+const SYSCTLS: &[&str] = &[
+    "net.ipv4.tcp_syncookies",
+    "net.core.somaxconn",
+    "net.ipv4.tcp_max_syn_backlog",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_timestamps",
+    "net.ipv4.tcp_sack",
+    "net.ipv4.tcp_window_scaling",
+    "net.ipv4.tcp_congestion_control",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_wmem",
+    "net.core.netdev_max_backlog",
+    "net.ipv4.tcp_max_tw_buckets",
+];
+
+fn sysctls(ns: &Netns) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for k in SYSCTLS {
+        let v = ns.exec("sysctl", &["-n", k]).map(|s| s.trim().to_string()).unwrap_or_else(|e| format!("{e:#}"));
+        out.insert((*k).into(), v.into());
+    }
+    out.into()
+}
+
+/// What a rig is asked to be.
+#[derive(Debug, Clone)]
+pub struct RigOptions {
+    pub name: String,
+    pub queues: u32,
+    pub cpus: Cpus,
+    /// Extra `synx run` arguments (beyond iface, control socket and listeners).
+    pub synx_args: Vec<String>,
+    pub kernel: KernelServerOptions,
+}
+
+pub struct Rig {
+    // Field order is drop order: the servers stop before their namespaces go.
+    pub synx: Result<Daemon, String>,
+    pub kernel: Result<KernelServer, String>,
+    /// The client ends' XDP programs: synx's always (native XDP_TX on veth needs one there),
+    /// the kernel's only while a flood group runs.
+    synx_sink: Option<Sink>,
+    kernel_sink: Option<Sink>,
+    pub name: String,
+    pub synx_net: VethPair,
+    pub kernel_net: VethPair,
+    pub cpus: Cpus,
+    pub synx_command: Vec<String>,
+    pub tools: PathBuf,
+    notes: Vec<String>,
+    napi: BTreeMap<String, String>,
+}
+
+impl Rig {
+    pub fn start(o: &RigOptions, tools: &Path) -> anyhow::Result<Self> {
+        let synx_net = VethPair::with_queues(o.queues)?;
+        let kernel_net = VethPair::with_queues(o.queues)?;
+        // The test bed turns transmit checksumming off on every client veth (XDP on the server
+        // would see partial checksums); the kernel's pair runs no XDP: its defaults back.
+        kernel_net.client.exec("ethtool", &["-K", &kernel_net.client_if, "tx", "on"])?;
+        for (ns, dev) in [(&kernel_net.client, &kernel_net.client_if), (&kernel_net.server, &kernel_net.server_if)] {
+            let f = features(ns, dev)?;
+            ensure!(
+                f.get("tcp-segmentation-offload").map(String::as_str) == Some("on"),
+                "the kernel's veth {dev} has TSO {:?}: it must keep its default offloads",
+                f.get("tcp-segmentation-offload")
+            );
+        }
+        // GRO on the kernel's server veth gives it a NAPI context: frames from the flood
+        // generator (XDP frames) are received there, and its receive work can be threaded and
+        // pinned like synx's. Client skbs with TSO on still arrive through RPS (below).
+        kernel_net.server.exec("ethtool", &["-K", &kernel_net.server_if, "gro", "on"])?;
+        for net in [&synx_net, &kernel_net] {
+            for block in [FLOOD_NET, IDLE_NET] {
+                net.server.ip(&["route", "add", &format!("{block}/24"), "via", &net.client_v4.to_string()])?;
+            }
+            net.client.exec("sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65535"])?;
+            net.server.exec("sysctl", &["-qw", "net.core.somaxconn=65535"])?;
+            net.server.exec("sysctl", &["-qw", "net.ipv4.tcp_max_syn_backlog=65535"])?;
+            // Every segment from the server is counted where it arrives (keepalive probes when
+            // idle); frames to the flood's spoofed sources are counted and dropped by the sink.
+            let (dev, server) = (&net.client_if, net.server_v4);
+            net.client.nft(&format!(
+                "table netdev synxbench {{\n\
+                 counter from_server {{ }}\n\
+                 chain rx {{\n\
+                 type filter hook ingress device {dev} priority 0;\n\
+                 ip saddr {server} counter name from_server;\n\
+                 }}\n\
+                 }}\n"
+            ))?;
+            steer_rps(&net.server, &net.server_if, &o.cpus.server)?;
+            steer_rps(&net.client, &net.client_if, &o.cpus.client)?;
+        }
+        let mut notes = Vec::new();
+        if o.queues > 1 {
+            // veth has no RSS: a sender picks the queue, by a hash it draws per socket, so one
+            // tuple (a client port reused while the server holds its TIME_WAIT) can arrive on
+            // another queue than before, which a NIC's RSS never does and synx's per-queue
+            // engines rely on. The clients' queue is chosen by the source port instead, as RSS
+            // would by the tuple.
+            ensure!(o.queues.is_power_of_two(), "{} queues: the source-port steering needs a power of two", o.queues);
+            let steer = |net: &VethPair| -> anyhow::Result<()> {
+                let dev = &net.client_if;
+                net.client.exec("tc", &["qdisc", "add", "dev", dev, "clsact"])?;
+                for q in 0..o.queues {
+                    let (value, mask) = (q.to_string(), (o.queues - 1).to_string());
+                    net.client.exec(
+                        "tc",
+                        &["filter", "add", "dev", dev, "egress", "protocol", "ip", "prio", "1", "u32", "match", "ip", "sport", &value, &mask, "action", "skbedit", "queue_mapping", &q.to_string()],
+                    )?;
+                }
+                Ok(())
+            };
+            match steer(&synx_net).and_then(|()| steer(&kernel_net)) {
+                Ok(()) => notes.push(format!("{} queues: each client's transmit queue (the server's receive queue on veth) is chosen by its source port (tc skbedit), as RSS would by the tuple", o.queues)),
+                Err(e) => {
+                    // Both sides steered, or neither.
+                    for net in [&synx_net, &kernel_net] {
+                        let _ = net.client.exec("tc", &["qdisc", "del", "dev", &net.client_if, "clsact"]);
+                    }
+                    notes.push(format!(
+                        "{} queues: the clients' transmit queue could not be tied to the tuple ({e:#}); veth then lets each socket pick one by a random hash, so a client port reused while one queue's engine holds its TIME_WAIT may arrive on another queue, which RSS on a NIC never does",
+                        o.queues
+                    ))
+                }
+            }
+        }
+        let mut napi = BTreeMap::new();
+        let pinned = thread_napi(&kernel_net.server, &kernel_net.server_if, &o.cpus.server)?;
+        napi.insert(kernel_net.server_if.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(&o.cpus.server)));
+        let kernel = KernelServer::start(&kernel_net.server, tools, &listen_specs(kernel_net.server_v4), &o.cpus.server, &o.kernel)
+            .map_err(|e| format!("the kernel peer did not start: {e:#}"));
+        let mut rig = Self {
+            name: o.name.clone(),
+            synx_net,
+            kernel_net,
+            cpus: o.cpus.clone(),
+            synx: Err("not started".into()),
+            synx_command: Vec::new(),
+            kernel,
+            synx_sink: None,
+            kernel_sink: None,
+            tools: tools.to_path_buf(),
+            notes,
+            napi,
+        };
+        rig.start_synx(&o.synx_args);
+        Ok(rig)
+    }
+
+    /// (Re)start the synx daemon with these extra arguments, pinned to the server CPUs, and
+    /// thread and pin its veth pair's NAPI (attaching XDP rebuilt it).
+    pub fn start_synx(&mut self, extra: &[String]) {
+        self.synx = Err("restarting".into());
+        let ip = self.synx_net.server_v4;
+        let mut args: Vec<String> = listen_specs(ip).iter().map(|(a, app)| format!("--listen={a}={app}")).collect();
+        args.extend(extra.iter().cloned());
+        self.synx_command = std::iter::once("synx run".to_string()).chain(args.iter().cloned()).collect();
+        if self.synx_sink.is_none() {
+            let net = &self.synx_net;
+            match Sink::attach(&net.client, &self.tools, &net.client_if, FLOOD_NET, 24) {
+                Ok(s) => self.synx_sink = Some(s),
+                Err(e) => {
+                    self.synx = Err(format!("the sink on synx's client end did not attach: {e:#}"));
+                    return;
+                }
+            }
+        }
+        let net = &self.synx_net;
+        let started = (|| -> anyhow::Result<Daemon> {
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let d = Daemon::start(&net.server, &net.server_if, &argv)?;
+            pin_all_threads(d.pid(), &self.cpus.server)?;
+            for (ns, dev, cpus) in [(&net.server, &net.server_if, &self.cpus.server), (&net.client, &net.client_if, &self.cpus.client)] {
+                let pinned = thread_napi(ns, dev, cpus)?;
+                self.napi.insert(dev.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(cpus)));
+            }
+            Ok(d)
+        })();
+        self.synx = started.map_err(|e| format!("synx did not start: {e:#}"));
+    }
+
+    /// The sink on the kernel's client end, for a flood group (its XDP program makes veth hand
+    /// that end everything through NAPI, threaded and pinned like the others); `false` takes it
+    /// away again.
+    pub fn kernel_sink(&mut self, on: bool) -> anyhow::Result<()> {
+        if !on {
+            self.kernel_sink = None;
+            // Its NAPI (and thread) went with the program.
+            self.napi.remove(&self.kernel_net.client_if);
+            return Ok(());
+        }
+        let net = &self.kernel_net;
+        self.kernel_sink = Some(Sink::attach(&net.client, &self.tools, &net.client_if, FLOOD_NET, 24)?);
+        self.rethread_kernel_napi(true)
+    }
+
+    /// Frames to the flood's sources counted at `side`'s client end so far.
+    pub fn flood_arrivals(&mut self, side: Side) -> anyhow::Result<u64> {
+        let sink = match side {
+            Side::Synx => self.synx_sink.as_mut(),
+            Side::Kernel => self.kernel_sink.as_mut(),
+        };
+        sink.context("no sink on that client end")?.count()
+    }
+
+    /// Thread and pin the NAPI of one end of the kernel's pair again (after an XDP program was
+    /// attached or detached there, or GRO switched on); `client` picks the end.
+    pub fn rethread_kernel_napi(&mut self, client: bool) -> anyhow::Result<()> {
+        let net = &self.kernel_net;
+        let (ns, dev, cpus) = if client { (&net.client, &net.client_if, &self.cpus.client) } else { (&net.server, &net.server_if, &self.cpus.server) };
+        let pinned = thread_napi(ns, dev, cpus)?;
+        self.napi.insert(dev.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(cpus)));
+        Ok(())
+    }
+
+    pub fn net(&self, side: Side) -> &VethPair {
+        match side {
+            Side::Synx => &self.synx_net,
+            Side::Kernel => &self.kernel_net,
+        }
+    }
+
+    pub fn addr(&self, side: Side, port: u16) -> SocketAddr {
+        SocketAddr::new(self.net(side).server_v4.into(), port)
+    }
+
+    pub fn daemon(&self) -> anyhow::Result<&Daemon> {
+        self.synx.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// The server's pid, or why it is not running (a process that disappeared fails the row).
+    pub fn server_pid(&mut self, side: Side) -> anyhow::Result<u32> {
+        match side {
+            Side::Synx => {
+                let pid = self.daemon()?.pid();
+                ensure!(super::peers::pid_alive(pid), "synx (pid {pid}) is gone");
+                Ok(pid)
+            }
+            Side::Kernel => match &mut self.kernel {
+                Ok(k) => k.check_alive(),
+                Err(e) => bail!("{e}"),
+            },
+        }
+    }
+
+    pub fn note(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        if !self.notes.contains(&text) {
+            self.notes.push(text);
+        }
+    }
+
+    /// Read a named nft counter at `side`'s client ingress: packets.
+    pub fn client_counter(&self, side: Side, name: &str) -> anyhow::Result<u64> {
+        let out = self.net(side).client.exec("nft", &["list", "counter", "netdev", "synxbench", name])?;
+        out.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no packet count in {out:?}"))
+    }
+
+    /// The rig as the JSON records it: devices, offloads, NAPI threads, RPS, sysctls.
+    pub fn describe(&self) -> serde_json::Value {
+        let pair = |net: &VethPair, server_xdp: &str, client_xdp: &str| {
+            let napi = |dev: &str| self.napi.get(dev).cloned().unwrap_or_else(|| "not threaded".into());
+            serde_json::json!({
+                "devices": [
+                    describe_device(&net.server, "server end", &net.server_if, server_xdp, &napi(&net.server_if)),
+                    describe_device(&net.client, "client end", &net.client_if, client_xdp, &napi(&net.client_if)),
+                ],
+                "sysctls": { "server": sysctls(&net.server), "client": sysctls(&net.client) },
+            })
+        };
+        serde_json::json!({
+            "name": self.name,
+            "cpus": { "server": self.cpus.server, "client": self.cpus.client },
+            "pairs": {
+                "synx": pair(&self.synx_net, "synx_xdp (native)", "synx_bench_sink: passes all but frames to the flood's sources (native XDP on veth needs a program on the peer)"),
+                "kernel": pair(&self.kernel_net, "none", "none"),
+            },
+            "synx_command": self.synx_command,
+            "kernel_command": self.kernel.as_ref().map(|k| k.command.clone()).unwrap_or_default(),
+            "notes": self.notes,
+        })
+    }
+}
+
+/// The listeners both sides serve: http, echo, discard.
+pub fn listen_specs(ip: Ipv4Addr) -> Vec<(SocketAddr, &'static str)> {
+    vec![
+        (SocketAddr::new(ip.into(), HTTP), "http"),
+        (SocketAddr::new(ip.into(), ECHO), "echo"),
+        (SocketAddr::new(ip.into(), DISCARD), "discard"),
+    ]
+}
+
+/// Set a sysctl in a namespace, returning its old value (to put back).
+pub fn set_sysctl(ns: &Netns, key: &str, value: &str) -> anyhow::Result<String> {
+    let old = ns.exec("sysctl", &["-n", key])?.trim().to_string();
+    ns.exec("sysctl", &["-qw", &format!("{key}={value}")])?;
+    Ok(old)
+}
+
+/// The machine's CPU count.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Bytes of slab objects in use, machine-wide (/proc/slabinfo: active objects times object
+/// size, summed over caches). Objects, not slab pages: pages freed objects leave behind stay in
+/// the caches, and a later round would reuse them without any growth in meminfo's Slab.
+pub fn slab_active_bytes() -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string("/proc/slabinfo").context("reading /proc/slabinfo")?;
+    Ok(text
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            let active: f64 = f.next()?.parse().ok()?;
+            let size: f64 = f.nth(1)?.parse().ok()?;
+            Some(active * size)
+        })
+        .sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_cpu_busy_time_comes_from_proc_stat() {
+        let a = CpuTimes::parse("cpu  10 0 10 100 0 0 0 0 0 0\ncpu0 5 0 5 50 0 0 0 0 0 0\ncpu1 5 0 5 50 0 0 0 0 0 0\nintr 1\n");
+        let b = CpuTimes::parse("cpu  50 0 20 130 0 0 0 0 0 0\ncpu0 35 0 5 50 0 0 10 0 0 0\ncpu1 5 0 5 80 0 0 0 0 0 0\n");
+        // CPU 0: 30 user + 10 softirq ticks busy; CPU 1 only idle.
+        let ticks = clock_ticks();
+        assert_eq!(b.busy_secs_since(&a, &[0]), 40.0 / ticks);
+        assert_eq!(b.busy_secs_since(&a, &[1]), 0.0);
+        assert_eq!(b.per_cpu_busy_since(&a), vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn cpu_masks_and_lists() {
+        assert_eq!(Cpus::mask(&[0]), "1");
+        assert_eq!(Cpus::mask(&[0, 1]), "3");
+        assert_eq!(Cpus::list(&[0, 1]), "0,1");
+    }
+}

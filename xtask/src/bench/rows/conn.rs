@@ -1,0 +1,58 @@
+//! New connections per second: our closed-loop generator keeps 64 connections in flight, each
+//! connect, one HTTP request with `Connection: close`, read to EOF, close (the server closes
+//! first and holds TIME_WAIT). Server CPU per connection is the server CPUs' busy time.
+
+use super::{measured, peer};
+use crate::bench::{
+    Collector, Ctx, Outcome, Rig, Side,
+    load::{failures_line, run_tool},
+    rig::HTTP,
+    schedule, spec,
+};
+
+pub const CONCURRENCY: usize = 64;
+
+pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let plan = ctx.plan.clone();
+    let rig = ctx.rig()?;
+    let mut c = Collector::new(
+        "conn_rate",
+        vec![
+            spec("conn_rate", "conn/s", true, format!("connect, 1 request, read to EOF, close; {CONCURRENCY} in flight, one client thread")),
+            spec("conn_cpu_per_conn", "us server CPU/conn", false, "busy time of the server CPU (process, its veth's NAPI and softirqs) per connection"),
+            spec("conn_client_cpu_pct", "% of client CPU", false, "how busy the client CPU was: near 100 means the client is the limit"),
+        ],
+    );
+    let mut details = vec![];
+    for (side, warmup) in schedule(&[Side::Synx, Side::Kernel], plan.rounds, true) {
+        let secs = if warmup { plan.warmup_secs } else { plan.conn_secs };
+        details.push(c.record(peer(side), warmup, round(rig, side, secs, &plan.cpus.client)));
+    }
+    ctx.push(c.finish(), details);
+    Ok(())
+}
+
+pub fn round(rig: &mut Rig, side: Side, secs: f64, client_cpus: &[usize]) -> Outcome {
+    let r = measured(rig, side, |rig| {
+        let args = ["conn-rate", "--addr", &rig.addr(side, HTTP).to_string(), "--secs", &secs.to_string(), "--concurrency", &CONCURRENCY.to_string()];
+        run_tool(&rig.net(side).client, &rig.tools, client_cpus, &args.map(String::from))
+    });
+    match r {
+        Ok((v, w)) => {
+            let done = v["completed"].as_u64().unwrap_or(0) as f64;
+            let secs = v["secs"].as_f64().unwrap_or(f64::NAN);
+            let failure = match (failures_line(&v), done) {
+                (Some(f), _) => Some(format!("{f} (of {} attempted)", v["attempted"])),
+                (None, 0.0) => Some("no connection completed".into()),
+                (None, _) => None,
+            };
+            let client_pct = w.client_secs / w.wall_secs / client_cpus.len() as f64 * 100.0;
+            Outcome {
+                values: vec![Some(done / secs), Some(w.server_secs / done * 1e6), Some(client_pct)],
+                failure,
+                detail: serde_json::json!({ "generator": v, "cpu": w.json() }),
+            }
+        }
+        Err(e) => Outcome::failed(format!("{e:#}")),
+    }
+}

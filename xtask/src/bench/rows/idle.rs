@@ -1,0 +1,247 @@
+//! Idle connections: what each costs the server in memory, everything counted, and the server
+//! CPU they take while keepalive probes fire. Each connection count gets fresh servers (memory
+//! growth is the measure): synx with `--max-conns` equal to the count, so the BPF maps sized by
+//! it count in full; the kernel peer with as many processes sharing the port (SO_REUSEPORT) as
+//! keep each under the open-files limit. Both sides run the same keepalive: idle 10 s, interval
+//! 5 s, 10 probes; the CPU window covers several probes per connection, counted as they arrive
+//! at the client.
+//!
+//! The kernel side's memory is its processes' RSS growth plus the machine's slab growth, less
+//! the client sockets' share of that slab: measured in the synx round, whose server side
+//! allocates no slab per connection (no socket: AF_XDP and maps sized at start).
+
+use std::{
+    io::{BufRead as _, Read as _},
+    net::{Ipv4Addr, SocketAddr},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+use super::{count_suffix, peer};
+use crate::bench::{
+    Collector, Ctx, Outcome, Rig, RigOptions, Side,
+    load::pinned,
+    peers::{KernelServer, KernelServerOptions},
+    rig::{CpuTimes, ECHO, IDLE_NET, slab_active_bytes},
+    spec,
+};
+
+const KEEPALIVE: (u64, u64, u32) = (10, 5, 10);
+
+/// Child processes holding idle client connections; killed on drop.
+pub struct IdleClients(Vec<Child>);
+
+impl Drop for IdleClients {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Open `n` idle connections to `addr` from `side`'s client namespace, spread over processes
+/// (each from its own source address, at most `per_process`; `extra` arguments for the tool);
+/// returns once all hold theirs.
+pub fn open_clients(rig: &Rig, side: Side, addr: SocketAddr, n: usize, per_process: usize, extra: &[&str]) -> anyhow::Result<IdleClients> {
+    let net = rig.net(side);
+    let mut clients = IdleClients(Vec::new());
+    let per_process = per_process.clamp(1, 60_000);
+    for (i, first) in (0..n).step_by(per_process).enumerate() {
+        let count = per_process.min(n - first);
+        let ip = Ipv4Addr::from(u32::from(IDLE_NET) + 10 + i as u32);
+        let _ = net.client.ip(&["addr", "add", &format!("{ip}/32"), "dev", &net.client_if]);
+        let child = pinned(&net.client, &rig.cpus.client, rig.tools.to_str().context("tools path")?)
+            .args(["idle-clients", "--addr", &addr.to_string(), "--src", &ip.to_string(), "--count", &count.to_string()])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        clients.0.push(child);
+    }
+    for c in &mut clients.0 {
+        let mut line = String::new();
+        std::io::BufReader::new(c.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
+        if !line.starts_with("ready") {
+            let mut err = String::new();
+            if let Some(e) = c.stderr.as_mut() {
+                let _ = e.read_to_string(&mut err);
+            }
+            bail!("an idle client process failed: {}", err.trim());
+        }
+    }
+    Ok(clients)
+}
+
+/// Connections the server holds: synx's accepted less closed; the established TCP sockets in
+/// the kernel's server namespace (`ss -s`; its peer is all that runs there).
+fn held(rig: &Rig, side: Side) -> anyhow::Result<u64> {
+    match side {
+        Side::Synx => {
+            let d = rig.daemon()?;
+            Ok(d.counter("tcp_accepted")?.saturating_sub(d.counter("tcp_closed")?))
+        }
+        Side::Kernel => {
+            let out = rig.kernel_net.server.exec("ss", &["-s"])?;
+            out.lines()
+                .find_map(|l| l.split("estab ").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+                .with_context(|| format!("no established count in `ss -s`: {out:?}"))
+        }
+    }
+}
+
+/// Wait until the server holds `want` connections (a connect() returns before the server has
+/// processed the final ACK); what it holds when `limit` runs out.
+fn await_held(rig: &Rig, side: Side, want: u64, limit: Duration) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = held(rig, side)?;
+        if now == want || Instant::now() > deadline {
+            return Ok(now);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// BPF map memory per connection slot: the kernel's memlock accounting of every map sized by
+/// the connection limit (FLOWS4, FLOWS6, LAST_SEEN), divided by that limit; and the limit.
+pub fn bpf_bytes_per_slot(pid: u32) -> anyhow::Result<(f64, u32)> {
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let maps = testbed::process_bpf_maps(pid);
+    let limit = maps
+        .iter()
+        .filter(|m| m.map_type == BPF_MAP_TYPE_HASH && m.key_size == 12)
+        .map(|m| m.max_entries)
+        .max()
+        .context("the daemon has no FLOWS4 map open")?;
+    let bytes: u64 = maps.iter().filter(|m| m.max_entries == limit).map(|m| m.memlock).sum();
+    Ok((bytes as f64 / f64::from(limit), limit))
+}
+
+pub fn rss(pids: &[u32]) -> anyhow::Result<f64> {
+    pids.iter().map(|&p| testbed::process_rss_bytes(p).map(|b| b as f64).with_context(|| format!("pid {p} is gone"))).sum()
+}
+
+pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
+    ctx.drop_rig();
+    let plan = ctx.plan.clone();
+    let nofile = crate::raise_nofile();
+    // Client processes and kernel-side servers each stay under the open-files limit (a hard
+    // RLIMIT_NOFILE that root may not raise without CAP_SYS_RESOURCE).
+    let per_process = (nofile.saturating_sub(256) as usize).max(1000);
+    for &n in &plan.idle_counts {
+        let s = count_suffix(n);
+        let (idle, interval, probes) = KEEPALIVE;
+        let mut synx_args = vec![
+            format!("--max-conns={n}"),
+            format!("--keepalive-idle={idle}s"),
+            format!("--keepalive-interval={interval}s"),
+            format!("--keepalive-probes={probes}"),
+        ];
+        synx_args.extend(ctx.synx_args.iter().cloned());
+        let o = RigOptions {
+            name: format!("idle {s}"),
+            queues: 1,
+            cpus: plan.cpus.clone(),
+            synx_args,
+            kernel: KernelServerOptions { keepalive: Some(KEEPALIVE) },
+        };
+        let mut rig = Rig::start(&o, &ctx.tools)?;
+        let mut c = Collector::new(
+            "idle",
+            vec![
+                spec(format!("idle_bytes_per_conn_{s}"), "bytes/conn", false, format!("{n} connections; synx: daemon RSS growth plus the BPF maps as allocated (--max-conns {n}); kernel: RSS growth of its processes plus slab growth less the client sockets' share")),
+                spec(format!("idle_cpu_pct_{s}"), "% of a core", false, format!("server CPU busy time over {} s of idle, keepalive idle {idle} s, interval {interval} s on both sides", plan.idle_window_secs)),
+                spec(format!("idle_probes_per_conn_{s}"), "probes/conn", true, "segments from the server arriving at the client during the CPU window, per connection: keepalive probes"),
+            ],
+        );
+        let mut client_c = Collector::new("idle", vec![spec(format!("idle_client_slab_per_conn_{s}"), "bytes/conn", false, "the client sockets' slab growth, measured in the synx round (synx's server side adds no slab); subtracted from the kernel's")]);
+        let mut details = vec![];
+        let synx = round(&mut rig, Side::Synx, n, per_process, nofile, plan.idle_window_secs, None);
+        let client_slab = synx.as_ref().ok().map(|r| r.1);
+        let (o, slab) = split(synx);
+        details.push(c.record(peer(Side::Synx), false, o));
+        details.push(client_c.record("client", false, slab));
+        let kernel = round(&mut rig, Side::Kernel, n, per_process, nofile, plan.idle_window_secs, client_slab);
+        details.push(c.record(peer(Side::Kernel), false, split(kernel).0));
+        ctx.keep_rig_description(&rig);
+        let mut rows = c.finish();
+        rows.extend(client_c.finish());
+        ctx.push(rows, details);
+    }
+    Ok(())
+}
+
+/// An idle round's outcome and the client slab figure as an outcome of its own.
+fn split(r: anyhow::Result<(Outcome, f64)>) -> (Outcome, Outcome) {
+    match r {
+        Ok((o, slab)) => (o, Outcome { values: vec![Some(slab)], failure: None, detail: serde_json::Value::Null }),
+        Err(e) => (Outcome::failed(format!("{e:#}")), Outcome::failed(format!("{e:#}"))),
+    }
+}
+
+/// One side's idle round: its outcome and the slab growth per connection it saw.
+fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, window: u64, client_slab: Option<f64>) -> anyhow::Result<(Outcome, f64)> {
+    let addr = rig.addr(side, ECHO);
+    let mut extra = Vec::new();
+    if side == Side::Kernel {
+        let per_server = (nofile.saturating_sub(4096) * 2 / 3).max(1000) as usize;
+        let cpus = rig.cpus.server.clone();
+        for _ in 1..n.div_ceil(per_server) {
+            extra.push(KernelServer::start(&rig.kernel_net.server, &rig.tools, &[(addr, "echo")], &cpus, &KernelServerOptions { keepalive: Some(KEEPALIVE) })?);
+        }
+    }
+    let pids: Vec<u32> = std::iter::once(rig.server_pid(side)?).chain(extra.iter().map(KernelServer::pid)).collect();
+    let base = held(rig, side)?;
+    let (rss0, slab0) = (rss(&pids)?, slab_active_bytes()?);
+    let clients = open_clients(rig, side, addr, n, per_process, &[])?;
+    let settle = Duration::from_secs(10 + n as u64 / 10_000);
+    let got = await_held(rig, side, base + n as u64, settle)? - base;
+    if got != n as u64 {
+        let why = match (side, rig.daemon()) {
+            (Side::Synx, Ok(d)) => format!("; synx stats: {}", d.stats().map(|v| v.to_string()).unwrap_or_default()),
+            _ => String::new(),
+        };
+        bail!("the server holds {got} of the {n} connections its clients hold{why}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss1, slab1) = (rss(&pids)?, slab_active_bytes()?);
+    let probes0 = rig.client_counter(side, "from_server")?;
+    let cpu0 = CpuTimes::now();
+    let proc0: f64 = pids.iter().filter_map(|&p| testbed::process_cpu_secs(p)).sum();
+    std::thread::sleep(Duration::from_secs(window));
+    let cpu1 = CpuTimes::now();
+    let proc1: f64 = pids.iter().filter_map(|&p| testbed::process_cpu_secs(p)).sum();
+    let probes = rig.client_counter(side, "from_server")? - probes0;
+    for &p in &pids {
+        ensure!(super::super::peers::pid_alive(p), "server process {p} is gone");
+    }
+    let server_cpu = cpu1.busy_secs_since(&cpu0, &rig.cpus.server);
+    let cpu_pct = server_cpu / window as f64 * 100.0;
+    let rss_per = (rss1 - rss0) / n as f64;
+    let slab_per = (slab1 - slab0) / n as f64;
+    let (bytes, detail) = match side {
+        Side::Synx => {
+            ensure!(rss1 > rss0, "the daemon's RSS did not grow with {n} connections (freed heap reused): not measurable");
+            let (maps, limit) = bpf_bytes_per_slot(pids[0])?;
+            ensure!(limit as usize == n, "the daemon's FLOWS4 holds {limit} entries, not {n} (--max-conns)");
+            (rss_per + maps, serde_json::json!({ "rss_per_conn": rss_per, "bpf_maps_per_conn": maps, "map_limit": limit, "slab_per_conn": slab_per }))
+        }
+        Side::Kernel => {
+            let client = client_slab.context("the client sockets' slab share was not measured (the synx round failed)")?;
+            (rss_per + slab_per - client, serde_json::json!({ "rss_per_conn": rss_per, "slab_per_conn": slab_per, "client_slab_per_conn": client, "processes": pids.len() }))
+        }
+    };
+    eprintln!("bench: idle {side:?} {n}: {detail}");
+    drop(clients);
+    // The clients' resets close every connection.
+    let left = await_held(rig, side, base, settle)?;
+    let mut detail = detail;
+    detail["cpu"] = serde_json::json!({ "server_cpu_s": server_cpu, "per_cpu_busy": cpu1.per_cpu_busy_since(&cpu0), "server_process_cpu_s": proc1 - proc0, "window_s": window });
+    detail["probes_arrived"] = probes.into();
+    detail["left_open_after_reset"] = (left - base.min(left)).into();
+    Ok((Outcome { values: vec![Some(bytes), Some(cpu_pct), Some(probes as f64 / n as f64)], failure: None, detail }, slab_per))
+}

@@ -1,0 +1,110 @@
+//! The row groups, in the order a full run measures them, and what they share. A group runs its
+//! rounds and hands its rows to the [`Ctx`]. To add one (a module beside these, or another
+//! file of xtask such as the WAN rows), add it to [`GROUPS`]: `--only` and `--list` see it.
+
+mod bulk;
+mod conn;
+mod flood;
+mod http;
+mod idle;
+mod micro;
+mod multiqueue;
+mod proxy;
+
+use std::time::Instant;
+
+use super::{Ctx, Rig, Side, rig::CpuTimes, targets};
+
+pub struct Group {
+    /// What `--only` matches (by prefix).
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: fn(&mut Ctx) -> anyhow::Result<()>,
+}
+
+pub const GROUPS: &[Group] = &[
+    // First, on fresh daemons: memory growth is the measure.
+    Group { name: "idle", about: "idle connections: memory per connection, CPU with keepalive probes firing", run: idle::run },
+    Group { name: "syn_flood", about: "open-loop SYN flood: SYN-ACKs per server CPU-second, legitimate connects", run: flood::run },
+    Group { name: "conn_rate", about: "new connections per second and server CPU per connection", run: conn::run },
+    Group { name: "http", about: "HTTP keep-alive with wrk at c1, c64, c1000: req/s, p50, p99", run: http::closed_loop },
+    Group { name: "http_fixed_rate", about: "HTTP at half the kernel's capacity: latency corrected for coordinated omission", run: http::fixed_rate },
+    Group { name: "bulk", about: "one connection each way: Gbit/s", run: bulk::run },
+    Group { name: "multiqueue", about: "2 RX queues on 2 cores: connection rate and SYN flood", run: multiqueue::run },
+    Group { name: "proxy", about: "synx's http-proxy against nginx as a reverse proxy, same backend: req/s, p99, CPU per request, memory per idle keep-alive client", run: proxy::run },
+    Group { name: "xdp", about: "the XDP program's per-packet cost (BPF_PROG_TEST_RUN)", run: micro::xdp },
+    Group { name: "tcp", about: "the sans-IO TCP core's own costs (its benchmark)", run: micro::tcp },
+];
+
+pub fn peer(side: Side) -> &'static str {
+    match side {
+        Side::Synx => targets::SYNX,
+        Side::Kernel => targets::KERNEL,
+    }
+}
+
+/// CPU time around a load, read per CPU: the server side's, the client side's, each CPU's
+/// busy fraction, and the wall time.
+#[derive(Debug, Clone)]
+pub struct CpuWindow {
+    pub server_secs: f64,
+    pub client_secs: f64,
+    pub per_cpu_busy: Vec<f64>,
+    pub wall_secs: f64,
+}
+
+impl CpuWindow {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "server_cpu_s": self.server_secs,
+            "client_cpu_s": self.client_secs,
+            "per_cpu_busy": self.per_cpu_busy,
+            "wall_s": self.wall_secs,
+        })
+    }
+}
+
+/// Run the load `f` with the server on `side` checked alive before and after (a server that
+/// disappears fails the round), reading CPU time around it.
+pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Result<T>) -> anyhow::Result<(T, CpuWindow)> {
+    rig.server_pid(side)?;
+    let (t0, c0) = (Instant::now(), CpuTimes::now());
+    let out = f(rig);
+    let (c1, wall) = (CpuTimes::now(), t0.elapsed().as_secs_f64());
+    rig.server_pid(side)?;
+    let out = out?;
+    let w = CpuWindow {
+        server_secs: c1.busy_secs_since(&c0, &rig.cpus.server),
+        client_secs: c1.busy_secs_since(&c0, &rig.cpus.client),
+        per_cpu_busy: c1.per_cpu_busy_since(&c0),
+        wall_secs: wall,
+    };
+    Ok((out, w))
+}
+
+/// A row name's suffix for a connection count: 10k, 100k, 1m.
+pub fn count_suffix(n: usize) -> String {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{}m", n / 1_000_000)
+    } else if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_names_are_unique_and_counts_read_short() {
+        let mut names: Vec<&str> = GROUPS.iter().map(|g| g.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), GROUPS.len());
+        assert_eq!(count_suffix(100_000), "100k");
+        assert_eq!(count_suffix(1_000_000), "1m");
+        assert_eq!(count_suffix(12_345), "12345");
+    }
+}

@@ -1,0 +1,208 @@
+//! The targets (issue 15), each read from the rows of one run: synx against its peers measured
+//! in the same run. A target is met, not met, or not measured (a row or peer missing from this
+//! run, or a side with failed rounds, which counts as not met with the reason shown).
+
+use super::report::{Row, fmt_num};
+
+/// The kernel peers a row may hold besides synx.
+pub const KERNEL: &str = "kernel";
+pub const KERNEL_NFT_SYNPROXY: &str = "kernel-nft-synproxy";
+pub const KERNEL_XDP_SYNPROXY: &str = "kernel-xdp-synproxy";
+pub const SYNX: &str = "synx";
+/// nginx as a reverse proxy, the peer of synx's http-proxy.
+pub const NGINX: &str = "nginx";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Met {
+    Yes,
+    No,
+    /// The run did not measure it (row or peer absent).
+    NotMeasured,
+}
+
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub target: &'static str,
+    pub met: Met,
+    /// The honest figure behind the verdict, or why there is none.
+    pub figure: String,
+}
+
+fn row<'a>(rows: &'a [Row], name: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.name == name)
+}
+
+/// synx/`peer` in `name` against `bound` (at least, or at most).
+fn ratio_target(rows: &[Row], target: &'static str, name: &str, peer: &str, bound: f64, at_least: bool) -> Verdict {
+    let Some(r) = row(rows, name) else {
+        return Verdict { target, met: Met::NotMeasured, figure: format!("`{name}` not in this run") };
+    };
+    if r.side(peer).is_none() || r.side(SYNX).is_none() {
+        return Verdict { target, met: Met::NotMeasured, figure: format!("`{name}`: {peer} or synx not measured") };
+    }
+    match r.ratio(SYNX, peer) {
+        Ok(x) => {
+            let met = if at_least { x >= bound } else { x <= bound };
+            let (s, p) = (r.side(SYNX).and_then(|s| s.median()), r.side(peer).and_then(|s| s.median()));
+            Verdict {
+                target,
+                met: if met { Met::Yes } else { Met::No },
+                figure: format!(
+                    "{:.2}x (`{name}`: synx {}, {peer} {} {})",
+                    x,
+                    s.map_or("-".into(), fmt_num),
+                    p.map_or("-".into(), fmt_num),
+                    r.unit
+                ),
+            }
+        }
+        Err(why) => Verdict { target, met: Met::No, figure: format!("`{name}`: {why}") },
+    }
+}
+
+/// synx's own figure in `name` against `bound`.
+fn value_target(rows: &[Row], target: &'static str, name: &str, bound: f64, below: bool) -> Verdict {
+    let Some(r) = row(rows, name) else {
+        return Verdict { target, met: Met::NotMeasured, figure: format!("`{name}` not in this run") };
+    };
+    let Some(side) = r.side(SYNX) else {
+        return Verdict { target, met: Met::NotMeasured, figure: format!("`{name}`: synx not measured") };
+    };
+    let others: Vec<String> = r
+        .sides
+        .iter()
+        .filter(|s| s.peer != SYNX)
+        .map(|s| format!("{} {}", s.peer, s.median().map_or("-".into(), fmt_num)))
+        .collect();
+    let others = if others.is_empty() { String::new() } else { format!("; {}", others.join(", ")) };
+    match side.figure() {
+        Ok(v) => {
+            let met = if below { v < bound } else { v >= bound };
+            Verdict { target, met: if met { Met::Yes } else { Met::No }, figure: format!("synx {} {}{others}", fmt_num(v), r.unit) }
+        }
+        Err(why) => Verdict { target, met: Met::No, figure: format!("`{name}`: {why}") },
+    }
+}
+
+/// Several verdicts that must all hold.
+fn all(target: &'static str, parts: Vec<Verdict>) -> Verdict {
+    let met = if parts.iter().any(|v| v.met == Met::No) {
+        Met::No
+    } else if parts.iter().all(|v| v.met == Met::Yes) {
+        Met::Yes
+    } else {
+        Met::NotMeasured
+    };
+    Verdict { target, met, figure: parts.into_iter().map(|v| v.figure).collect::<Vec<_>>().join("; ") }
+}
+
+pub fn evaluate(rows: &[Row]) -> Vec<Verdict> {
+    let flood = "syn_flood_synacks_per_cpu_s";
+    let mut out = vec![
+        ratio_target(rows, "SYN flood: SYN-ACKs per server CPU-second >= 3x the kernel listener", flood, KERNEL, 3.0, true),
+        ratio_target(rows, "SYN flood: >= 1x the kernel's XDP cookies (XDP synproxy)", flood, KERNEL_XDP_SYNPROXY, 1.0, true),
+        ratio_target(rows, "SYN flood: >= 1x nftables synproxy", flood, KERNEL_NFT_SYNPROXY, 1.0, true),
+        all(
+            "SYN flood: legitimate connects >= 99% under overload",
+            vec![
+                value_target(rows, "", "syn_flood_legit_success", 99.0, false),
+                // Under overload: the offer exceeded what synx answered.
+                value_target(rows, "", "syn_flood_answered_pct", 100.0, true),
+            ],
+        ),
+        ratio_target(rows, "connections per second >= 1.5x", "conn_rate", KERNEL, 1.5, true),
+        ratio_target(rows, "server CPU per connection <= 0.67x", "conn_cpu_per_conn", KERNEL, 0.67, false),
+    ];
+    for c in ["c1", "c64", "c1000"] {
+        let target: &'static str = match c {
+            "c1" => "HTTP req/s >= 1.0x at c1, p99 no worse",
+            "c64" => "HTTP req/s >= 1.0x at c64, p99 no worse",
+            _ => "HTTP req/s >= 1.0x at c1000, p99 no worse",
+        };
+        out.push(all(
+            target,
+            vec![
+                ratio_target(rows, target, &format!("http_rps_{c}"), KERNEL, 1.0, true),
+                ratio_target(rows, target, &format!("http_p99_{c}"), KERNEL, 1.0, false),
+            ],
+        ));
+    }
+    out.push(all(
+        "bulk >= 0.5x each way, against the kernel with its full offloads",
+        vec![
+            ratio_target(rows, "", "bulk_rx", KERNEL, 0.5, true),
+            ratio_target(rows, "", "bulk_tx", KERNEL, 0.5, true),
+        ],
+    ));
+    for (c, target) in [
+        ("c64", "http-proxy req/s >= 1.0x nginx's at c64, p99 no worse"),
+        ("c1000", "http-proxy req/s >= 1.0x nginx's at c1000, p99 no worse"),
+    ] {
+        out.push(all(
+            target,
+            vec![
+                ratio_target(rows, target, &format!("proxy_rps_{c}"), NGINX, 1.0, true),
+                ratio_target(rows, target, &format!("proxy_p99_{c}"), NGINX, 1.0, false),
+            ],
+        ));
+    }
+    out.push(ratio_target(
+        rows,
+        "http-proxy memory per idle keep-alive client <= 1/8 of nginx's at 100k",
+        "proxy_idle_bytes_per_client_100k",
+        NGINX,
+        0.125,
+        false,
+    ));
+    out.push(value_target(rows, "idle < 512 B per connection, all counted, at 100k", "idle_bytes_per_conn_100k", 512.0, true));
+    out.push(value_target(rows, "idle < 512 B per connection, all counted, at 1M", "idle_bytes_per_conn_1m", 512.0, true));
+    out.push(all(
+        "idle CPU < 1% of a core at 1M, keepalive probes firing",
+        vec![
+            value_target(rows, "", "idle_cpu_pct_1m", 1.0, true),
+            value_target(rows, "", "idle_probes_per_conn_1m", 1.0, false),
+        ],
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::report::{Collector, Outcome, spec};
+
+    fn rows(synx: &[f64], kernel: &[f64]) -> Vec<Row> {
+        let names = ["conn_rate", "conn_cpu_per_conn"];
+        let mut c = Collector::new("conn_rate", vec![spec(names[0], "conn/s", true, ""), spec(names[1], "us", false, "")]);
+        c.record(SYNX, false, Outcome { values: synx.iter().map(|&v| Some(v)).collect(), failure: None, detail: serde_json::Value::Null });
+        c.record(KERNEL, false, Outcome { values: kernel.iter().map(|&v| Some(v)).collect(), failure: None, detail: serde_json::Value::Null });
+        c.finish()
+    }
+
+    fn find<'a>(v: &'a [Verdict], prefix: &str) -> &'a Verdict {
+        v.iter().find(|t| t.target.starts_with(prefix)).unwrap()
+    }
+
+    #[test]
+    fn ratios_are_judged_in_the_right_direction() {
+        let v = evaluate(&rows(&[30_000.0, 30.0], &[20_000.0, 50.0]));
+        assert_eq!(find(&v, "connections per second").met, Met::Yes, "{v:?}");
+        assert_eq!(find(&v, "server CPU per connection").met, Met::Yes);
+        let v = evaluate(&rows(&[25_000.0, 40.0], &[20_000.0, 50.0]));
+        assert_eq!(find(&v, "connections per second").met, Met::No);
+        assert!(find(&v, "connections per second").figure.starts_with("1.25x"), "{v:?}");
+        assert_eq!(find(&v, "server CPU per connection").met, Met::No);
+        // Rows this run did not measure are said to be so, not failed.
+        assert_eq!(find(&v, "bulk").met, Met::NotMeasured);
+    }
+
+    #[test]
+    fn a_failed_side_fails_its_target_with_the_reason() {
+        let mut r = rows(&[30_000.0, 30.0], &[20_000.0, 50.0]);
+        r[0].sides[0].rounds[0].failure = Some("synx died".into());
+        let v = evaluate(&r);
+        let t = find(&v, "connections per second");
+        assert_eq!(t.met, Met::No);
+        assert!(t.figure.contains("synx died"), "{t:?}");
+    }
+}
