@@ -14,7 +14,7 @@ use std::{
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use testbed::{Daemon, VethPair, process_cpu_secs, require_root, wait_for};
+use testbed::{Daemon, VethPair, digest, process_cpu_secs, require_root, wait_for};
 
 /// hyper's own request handler: `/hello` answers a fixed text, anything else echoes the request
 /// body with a header naming its length.
@@ -265,11 +265,6 @@ fn iperf3_through_the_proxy_app_in_both_directions() {
     // A control and a data connection per run, all closed without a reset.
     assert_eq!(daemon.counter("tcp_accepted").unwrap(), 4);
     assert_eq!(daemon.counter("tcp_closed_reset").unwrap(), 0);
-}
-
-fn digest(data: &[u8]) -> u64 {
-    // FNV-1a: tells corruption, reordering and duplication apart.
-    data.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
 }
 
 /// 32 MiB from a kernel client through `--app proxy=` to a kernel backend that hashes what it

@@ -238,6 +238,7 @@ fn s07_keepalive_dead_peer_gets_exactly_n_probes_then_reset() {
     assert_eq!(probes, 3, "expected exactly 3 probes before the reset");
     assert!(bed.wait_no_conns());
     assert!(bed.daemon.counter("tcp_closed_timeout").unwrap() >= 1);
+    assert!(bed.daemon.counter("tcp_resets_sent").unwrap() >= 1, "the keepalive's RST is counted");
     drop(stream);
 }
 

@@ -97,9 +97,9 @@ impl StreamError {
     }
 }
 
-/// The state a stream shares with its engine thread.
+/// What a stream and its engine thread exchange, behind [`StreamShared`]'s lock.
 #[derive(Debug, Default)]
-pub struct SharedState {
+pub struct StreamState {
     /// Received bytes not yet read by the app.
     pub rx: VecDeque<u8>,
     /// The peer's FIN has been received and everything before it is in `rx`.
@@ -133,21 +133,22 @@ pub struct SharedState {
     pub write_waker: Option<Waker>,
 }
 
-/// One connection's shared state plus how to reach its engine.
-pub struct Shared {
+/// What a [`Stream`] shares with the engine thread of its connection: the connection's
+/// identity, the [`StreamState`] both sides change, and how to wake that thread.
+pub struct StreamShared {
     pub handle: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
-    state: Mutex<SharedState>,
+    state: Mutex<StreamState>,
     engine: Arc<EngineWaker>,
 }
 
-impl Shared {
+impl StreamShared {
     pub fn new(handle: u32, local: SocketAddr, remote: SocketAddr, engine: Arc<EngineWaker>) -> Arc<Self> {
-        Arc::new(Self { handle, local, remote, state: Mutex::new(SharedState::default()), engine })
+        Arc::new(Self { handle, local, remote, state: Mutex::new(StreamState::default()), engine })
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, SharedState> {
+    pub fn lock(&self) -> MutexGuard<'_, StreamState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -158,11 +159,11 @@ impl Shared {
 
 /// An accepted connection.
 pub struct Stream {
-    shared: Arc<Shared>,
+    shared: Arc<StreamShared>,
 }
 
 impl Stream {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(shared: Arc<StreamShared>) -> Self {
         Self { shared }
     }
 
@@ -321,9 +322,9 @@ mod tests {
 
     use super::*;
 
-    fn pair() -> (Stream, Arc<Shared>, Arc<EngineWaker>) {
+    fn pair() -> (Stream, Arc<StreamShared>, Arc<EngineWaker>) {
         let waker = Arc::new(EngineWaker::new());
-        let shared = Shared::new(
+        let shared = StreamShared::new(
             7,
             "198.18.0.1:80".parse().unwrap(),
             "198.18.0.2:4000".parse().unwrap(),
@@ -441,7 +442,7 @@ mod tests {
         // Nothing there yet: a pending read has seen all input so far and taken none.
         let pending = futures_poll_once(&mut s, &mut b);
         assert!(pending.is_pending());
-        let seen = |shared: &Arc<Shared>| {
+        let seen = |shared: &Arc<StreamShared>| {
             let st = shared.lock();
             (st.rx_seen, st.turn_consumed)
         };

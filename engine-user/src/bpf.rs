@@ -6,7 +6,7 @@
 //! Two objects are embedded: `synx-xdp`, the program `synx run` attaches and nothing else, and
 //! `synx-xdp-bench`, the benchmark's and test rig's programs (the micro-benchmark, the kernel
 //! cookie baseline, the SYN-flood generator, the XDP_PASS program for a veth's peer), loaded
-//! only by them ([`XdpEngine::load_bench`], [`PeerPass`]).
+//! only by them ([`XdpProgram::load_bench`], [`PeerPass`]).
 
 use std::{
     ffi::CString,
@@ -392,39 +392,6 @@ impl CookieChecker {
         let key = p.keys.of(cookie::period(now))?;
         Some(synack::answer(key, &tuple, syn, now, &self.ours))
     }
-
-    /// [`CookieChecker::answer`] in the driver's terms: our ISN, and our TSval when the client
-    /// sent timestamps (an ECN-setup SYN counted as none). The driver's TIME-WAIT path moves
-    /// to `answer` (it then takes every option from the returned `SynAck`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn syn_ack(
-        &self,
-        local: SocketAddr,
-        remote: SocketAddr,
-        client_isn: u32,
-        client_mss: Option<u16>,
-        client_ts: Option<u32>,
-        client_wscale: Option<u8>,
-        sack: bool,
-        _now_ns: u64,
-        our_mss: u16,
-    ) -> Option<(u32, Option<u32>)> {
-        let syn = Syn {
-            isn: client_isn,
-            mss: client_mss.unwrap_or(synack::default_mss(local.is_ipv6())),
-            wscale: client_wscale,
-            sack,
-            ts: client_ts,
-            ecn: false,
-        };
-        let a = Self { ours: Ours { mss: our_mss, ..self.ours }, ..self.clone() }.answer(local, remote, &syn)?;
-        Some((a.seq, a.ts.map(|(tsval, _)| tsval)))
-    }
-
-    /// The window-scale shift we announce.
-    pub fn wscale(&self) -> u8 {
-        self.ours.wscale
-    }
 }
 
 /// An address's wire bytes as little-endian u32 words, as XDP loads them (IPv4 in word 0).
@@ -758,7 +725,7 @@ impl SecretsPublisher {
 
 /// The loaded and attached XDP program and its maps. Dropping it detaches the program (aya
 /// attaches through a bpf_link, which the kernel also removes when the process dies).
-pub struct XdpEngine {
+pub struct XdpProgram {
     ebpf: Ebpf,
     iface: String,
     settings: XdpSettings,
@@ -769,14 +736,14 @@ pub struct XdpEngine {
     rx_backlog: RxBacklog,
 }
 
-impl XdpEngine {
+impl XdpProgram {
     /// Load the program and configure its maps (fresh secrets), without attaching it: what
     /// BPF_PROG_TEST_RUN tests and micro-benchmarks need.
     pub fn load(max_flows: u32, mss: u16) -> Result<Self, BpfError> {
         Self::load_with(XdpSettings::new(mss), max_flows)
     }
 
-    /// [`XdpEngine::load`] with other settings (tests: silence for bad cookies).
+    /// [`XdpProgram::load`] with other settings (tests: silence for bad cookies).
     pub fn load_with(settings: XdpSettings, max_flows: u32) -> Result<Self, BpfError> {
         let mut engine = Self::open(XDP_OBJECT, settings, max_flows)?;
         program(&mut engine.ebpf, PROGRAM)?.load().map_err(|e| BpfError::Load(Box::new(e)))?;
@@ -784,8 +751,8 @@ impl XdpEngine {
     }
 
     /// The benchmark's object with the daemon's maps and settings (fresh secrets): its
-    /// programs load on first use; it has no `synx_xdp` (see [`XdpEngine::test_run_bench`],
-    /// [`XdpEngine::flood`]).
+    /// programs load on first use; it has no `synx_xdp` (see [`XdpProgram::test_run_bench`],
+    /// [`XdpProgram::flood`]).
     pub fn load_bench(max_flows: u32, mss: u16) -> Result<Self, BpfError> {
         Self::open(BENCH_OBJECT, XdpSettings::new(mss), max_flows)
     }
@@ -884,7 +851,7 @@ impl XdpEngine {
     }
 
     /// Run the loaded program `name` on `frame` with BPF_PROG_TEST_RUN `repeat` times (see
-    /// [`XdpEngine::test_run`]).
+    /// [`XdpProgram::test_run`]).
     pub fn test_run_program(
         &mut self,
         name: &str,
@@ -905,7 +872,7 @@ impl XdpEngine {
         Ok((r.return_value, out, r.duration))
     }
 
-    /// The micro-benchmark's program (`synx_bench_syn`, of [`XdpEngine::load_bench`]'s
+    /// The micro-benchmark's program (`synx_bench_syn`, of [`XdpProgram::load_bench`]'s
     /// object) on `frame`, `repeat` times, each run on `frame` restored: the action, the frame
     /// the last run left, the time per run. Loads the benchmark programs on first use.
     pub fn test_run_bench(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration), BpfError> {
@@ -913,7 +880,7 @@ impl XdpEngine {
         self.test_run_program(BENCH_SYN_PROGRAM, frame, repeat)
     }
 
-    /// [`XdpEngine::test_run_bench`] for the kernel-cookie baseline (`synx_bench_syn_kernel`).
+    /// [`XdpProgram::test_run_bench`] for the kernel-cookie baseline (`synx_bench_syn_kernel`).
     pub fn test_run_bench_kernel(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration), BpfError> {
         self.load_bench_programs(frame)?;
         self.test_run_program(BENCH_SYN_KERNEL_PROGRAM, frame, repeat)
@@ -1132,7 +1099,7 @@ pub fn listener_key(addr: SocketAddr) -> ListenerKey {
     }
 }
 
-/// The flood generator's frame and starting state (see [`XdpEngine::flood`]): IPv4 SYNs with
+/// The flood generator's frame and starting state (see [`XdpProgram::flood`]): IPv4 SYNs with
 /// the MSS option from `src_mac` to `dst_mac` and `dst`, from sources `src_base`+1 ..
 /// `src_base`+`sources`; `drop` makes the program drop each frame instead of sending it.
 pub fn flood_template(

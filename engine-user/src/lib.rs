@@ -3,8 +3,9 @@
 //! - [`bpf`]: load the embedded XDP program, attach/detach it, configure and read its maps.
 //! - [`control`]: the daemon's Unix control socket (`synx stats`, `synx conns`); [`metrics`]:
 //!   the same values for Prometheus.
-//! - [`Engine`]: the embeddable engine: attach to an interface, `listen()`, accept [`Stream`]s.
-//! - [`daemon`], [`driver`]: `synx run` and the per-queue engine threads.
+//! - [`engine`]: the embeddable [`Engine`] (attach to an interface, `listen()`, accept
+//!   [`Stream`]s) and its engine threads, one per RX queue.
+//! - [`daemon`]: `synx run`: an engine with the built-in apps and the control socket.
 //! - [`api`]: `Listener` / `Stream` for applications; [`apps`]: the built-in ones; [`config`]: settings.
 //! - The sans-IO TCP core (no clock reads, no sockets; time is an argument) is the crate
 //!   `synx_tcp` (folder `synx-tcp/`).
@@ -19,7 +20,6 @@ pub mod config;
 pub mod control;
 pub mod cookie_key;
 pub mod daemon;
-pub mod driver;
 pub mod engine;
 pub mod metrics;
 pub mod wire;

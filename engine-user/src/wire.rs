@@ -19,7 +19,8 @@ const PROTO_TCP: u8 = 6;
 /// Linux's default TTL / hop limit (net.ipv4.ip_default_ttl).
 const DEFAULT_TTL: u8 = 64;
 
-/// Why an incoming frame is not handed to the TCP core. Each is a counter in `synx stats`.
+/// Why an incoming frame is not handed to the TCP core. Each is a counter in `synx stats`
+/// (`engine::stats`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("not an IP/TCP frame")]
@@ -30,21 +31,6 @@ pub enum WireError {
     Fragment,
     #[error("bad TCP checksum")]
     BadChecksum,
-}
-
-impl WireError {
-    pub const ALL: [WireError; 4] =
-        [WireError::NotTcp, WireError::Malformed, WireError::Fragment, WireError::BadChecksum];
-
-    /// The counter name for `synx stats`.
-    pub fn counter_name(self) -> &'static str {
-        match self {
-            WireError::NotTcp => "wire_drop_not_tcp",
-            WireError::Malformed => "wire_drop_malformed",
-            WireError::Fragment => "wire_drop_fragment",
-            WireError::BadChecksum => "wire_drop_bad_checksum",
-        }
-    }
 }
 
 /// The link-layer addresses to answer with: we reply to the MAC the peer's frames came from.

@@ -26,7 +26,7 @@ pub struct XskConfig {
 impl Default for XskConfig {
     fn default() -> Self {
         // 4096 receive descriptors: room for the final ACKs of a burst of handshakes while the
-        // engine works through the connections before them (see RX_BACKLOG in the driver).
+        // engine works through the connections before them (see RX_BACKLOG in the queue loop).
         Self { frames: 8192, ring_size: 4096 }
     }
 }

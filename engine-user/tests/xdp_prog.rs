@@ -17,7 +17,7 @@ use engine_common::{
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 use synx::{
-    bpf::{PeerRing, XdpEngine, XdpSettings, clock_adjust_ns, cookie_tuple, kernel_clock, monotonic_ns, tai_ns},
+    bpf::{PeerRing, XdpProgram, XdpSettings, clock_adjust_ns, cookie_tuple, kernel_clock, monotonic_ns, tai_ns},
     wire,
 };
 
@@ -49,19 +49,19 @@ const COARSE_LAG_NS: u64 = 20_000_000;
 // ---- The programs ----
 
 /// A program loaded with fixed secrets and a listener on port 80 (both families).
-fn engine() -> XdpEngine {
+fn engine() -> XdpProgram {
     engine_with(XdpSettings::new(OUR_MSS))
 }
 
-fn engine_with(settings: XdpSettings) -> XdpEngine {
+fn engine_with(settings: XdpSettings) -> XdpProgram {
     assert_eq!(unsafe { libc::geteuid() }, 0, "XDP program tests need root");
-    configure(XdpEngine::load_with(settings, 1024).expect("load the XDP program"))
+    configure(XdpProgram::load_with(settings, 1024).expect("load the XDP program"))
 }
 
 /// The benchmark's object, set up as [`engine`].
-fn bench_engine() -> XdpEngine {
+fn bench_engine() -> XdpProgram {
     assert_eq!(unsafe { libc::geteuid() }, 0, "XDP program tests need root");
-    configure(XdpEngine::load_bench(1024, OUR_MSS).expect("load the benchmark's XDP object"))
+    configure(XdpProgram::load_bench(1024, OUR_MSS).expect("load the benchmark's XDP object"))
 }
 
 /// The shared clock now, as the programs read it (ns).
@@ -74,7 +74,7 @@ fn fixed_keys() -> Keys {
     Keys { newest: cookie::period(shared_now()) + 1, keys: [SECRET; cookie::KEYS] }
 }
 
-fn configure(mut e: XdpEngine) -> XdpEngine {
+fn configure(mut e: XdpProgram) -> XdpProgram {
     e.set_keys(fixed_keys());
     e.add_listener(server(false), 0).unwrap();
     e.add_listener(server(true), 1).unwrap();
@@ -82,7 +82,7 @@ fn configure(mut e: XdpEngine) -> XdpEngine {
 }
 
 /// Every outcome counter, summed over CPUs, in index order.
-fn counters_of(e: &XdpEngine) -> Vec<u64> {
+fn counters_of(e: &XdpProgram) -> Vec<u64> {
     let all = e.counters().unwrap();
     assert_eq!(all.len(), counters::COUNT as usize);
     all.into_iter().map(|(_, v)| v).collect()
@@ -256,7 +256,7 @@ impl Row {
     }
 }
 
-fn fresh(setup: &Setup) -> XdpEngine {
+fn fresh(setup: &Setup) -> XdpProgram {
     let mut e = engine_with(XdpSettings {
         rst_bad_cookie: !setup.silent,
         drain_pass: setup.drain_pass,
@@ -282,7 +282,7 @@ fn fresh(setup: &Setup) -> XdpEngine {
 
 /// Run the rows in order: each on its program, every column checked.
 fn run(rows: Vec<Row>) {
-    let mut current: Option<XdpEngine> = None;
+    let mut current: Option<XdpProgram> = None;
     for r in rows {
         let what = r.what.as_str();
         let e = match &r.start {
@@ -431,7 +431,7 @@ fn check_rst(input: &[u8], out: &[u8], seq: u32, ack: Option<u32>, what: &str) {
 
 /// Our SYN-ACK to the SYN `input`, field by field: the reply's addressing, the cookie, the
 /// option list in Linux's order, and what userspace decodes from the final ACK.
-fn check_synack(e: &XdpEngine, input: &[u8], out: &[u8], want: &Expect, what: &str) {
+fn check_synack(e: &XdpProgram, input: &[u8], out: &[u8], want: &Expect, what: &str) {
     // 20 option bytes, always (EOL-padded without timestamps).
     check_reply(input, out, 20, what);
     let (_, _, client, server) = addressing(input);

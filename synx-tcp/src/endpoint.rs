@@ -39,13 +39,24 @@ impl ConnectionHandle {
 pub enum Disposition {
     /// Handed to this connection.
     Delivered(ConnectionHandle),
-    /// No connection has this 4-tuple: the caller checks for a cookie ACK and calls `accept`,
-    /// or `reset_unknown`.
+    /// No connection has this 4-tuple: the caller hands it to `accept_cookie`.
     Unknown,
     /// Dropped, with the reason (`DropReason::TimeWaitReuse`: the tuple's TIME_WAIT
     /// incarnation is closed and its index entry gone, so the client's retransmitted SYN meets
     /// the SYN-cookie path).
     Dropped(DropReason),
+}
+
+/// Why a segment for no connection made none ([`Endpoint::accept_cookie`]); its RFC 9293
+/// 3.10.7.1 reset is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no listener for the local address")]
+    NoListener,
+    #[error("not the ACK of a SYN cookie we minted recently for this tuple")]
+    BadCookie,
+    #[error(transparent)]
+    Accept(#[from] AcceptError),
 }
 
 /// One segment to send, written at the start of the caller's buffer.
@@ -331,6 +342,38 @@ impl Endpoint {
         self.index(local, remote, idx);
         self.mark(idx);
         Ok(ConnectionHandle(idx))
+    }
+
+    /// A segment for no connection ([`Disposition::Unknown`]) addressed to `local`: with a
+    /// listener (`listener`, the caller's, handed back with the new connection) and a cookie
+    /// that checks out (`cookie` decodes the ACK, asked only when someone listens), it creates
+    /// the connection (RFC 9293 3.10.7.4, the ACK of SYN-RECEIVED, that state held in the
+    /// cookie); any other segment is refused with the RFC 9293 3.10.7.1 reset (for an ACK to
+    /// a listener the same as 3.10.7.2's), queued for `poll_transmit`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn accept_cookie<L>(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        ack: &Header,
+        payload: &[u8],
+        listener: Option<L>,
+        cookie: impl FnOnce() -> Option<HandshakeFacts>,
+    ) -> Result<(ConnectionHandle, L), Refusal> {
+        let accepted = match listener {
+            None => Err(Refusal::NoListener),
+            Some(listener) => match cookie() {
+                None => Err(Refusal::BadCookie),
+                Some(facts) => {
+                    self.accept(now, facts, local, remote, ack, payload).map(|h| (h, listener)).map_err(Refusal::Accept)
+                }
+            },
+        };
+        if accepted.is_err() {
+            self.reset_unknown(local, remote, ack, payload.len());
+        }
+        accepted
     }
 
     /// Demux one segment addressed to `local` from `remote`.

@@ -10,6 +10,7 @@ use engine_common::handshake::{FACT_SACK, FACT_TS, FACT_WSCALE, HandshakeFacts};
 use super::connection::{AcceptError, DropReason};
 use super::*;
 
+mod cookie_ack;
 mod endpoint;
 mod park;
 mod properties;

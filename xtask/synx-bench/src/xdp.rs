@@ -10,7 +10,7 @@ use anyhow::{bail, ensure};
 use engine_common::maps::{BENCH_FRAME_LEN, DEFAULT_MAX_FLOWS};
 use etherparse::{PacketBuilder, TcpOptionElement};
 use synx::bpf::{
-    BENCH_RESTORE_PROGRAM, BENCH_SYN_KERNEL_PROGRAM, BENCH_SYN_PROGRAM, XdpEngine, flood_template,
+    BENCH_RESTORE_PROGRAM, BENCH_SYN_KERNEL_PROGRAM, BENCH_SYN_PROGRAM, XdpProgram, flood_template,
 };
 
 /// Spoofed SYNs out of `iface` for `secs` through BPF_PROG_TEST_RUN's live-frame mode (each
@@ -19,7 +19,7 @@ use synx::bpf::{
 pub fn flood(iface: &str, src_mac: [u8; 6], dst_mac: [u8; 6], dst: SocketAddrV4, src_base: Ipv4Addr, sources: u32, secs: f64) -> anyhow::Result<serde_json::Value> {
     let (frame, state) = flood_template(src_mac, dst_mac, dst, src_base, sources, false)?;
     let mut state = Some(state);
-    let mut engine = XdpEngine::load_bench(1024, 1460)?;
+    let mut engine = XdpProgram::load_bench(1024, 1460)?;
     const PER_CALL: u32 = 1 << 16;
     let start = Instant::now();
     let mut frames = 0u64;
@@ -35,7 +35,7 @@ pub fn flood(iface: &str, src_mac: [u8; 6], dst_mac: [u8; 6], dst: SocketAddrV4,
 /// `iface` in front of `listen`, until stdin closes.
 pub fn xdp_synproxy(iface: &str, listen: SocketAddr) -> anyhow::Result<()> {
     use std::io::{Read as _, Write as _};
-    let mut e = XdpEngine::load_bench(1024, 1460)?;
+    let mut e = XdpProgram::load_bench(1024, 1460)?;
     e.add_listener(listen, 0)?;
     e.attach_bench("synx_bench_xdp_synproxy", iface)?;
     let mut out = std::io::stdout().lock();
@@ -52,7 +52,7 @@ pub fn xdp_synproxy(iface: &str, listen: SocketAddr) -> anyhow::Result<()> {
 /// rest passed. Prints `attached`, then the count for every line read on stdin, until EOF.
 pub fn sink(iface: &str, net: Ipv4Addr, prefix: u8) -> anyhow::Result<()> {
     use std::io::{BufRead as _, Write as _};
-    let mut e = XdpEngine::load_bench(1, 1460)?;
+    let mut e = XdpProgram::load_bench(1, 1460)?;
     e.attach_sink(iface, net, prefix)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "attached synx_bench_sink to {iface} for {net}/{prefix}")?;
@@ -90,13 +90,13 @@ fn frame(src: Ipv4Addr, flags: impl Fn(etherparse::PacketBuilderStep<etherparse:
     f
 }
 
-fn counter(e: &XdpEngine, name: &str) -> anyhow::Result<u64> {
+fn counter(e: &XdpProgram, name: &str) -> anyhow::Result<u64> {
     Ok(e.counters()?.into_iter().find(|(n, _)| *n == name).map(|(_, v)| v).unwrap_or(0))
 }
 
 /// One timed call of `program` with `repeat` runs on `frame`: ns per run, after checking the
 /// action and that `counter` grew by exactly `repeat` (every run took the path timed).
-fn timed(e: &mut XdpEngine, program: &str, frame: &[u8], repeat: u32, action: u32, counts: &[&str]) -> anyhow::Result<f64> {
+fn timed(e: &mut XdpProgram, program: &str, frame: &[u8], repeat: u32, action: u32, counts: &[&str]) -> anyhow::Result<f64> {
     let before: Vec<u64> = counts.iter().map(|c| counter(e, c)).collect::<anyhow::Result<_>>()?;
     let (got, _, t) = e.test_run_program(program, frame, repeat)?;
     ensure!(got == action, "{program} returned action {got}, not {action}");
@@ -118,7 +118,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// (the benchmark object's restore gives each run another source address).
 pub fn micro(calls: u32, flows: u32) -> anyhow::Result<serde_json::Value> {
     ensure!(flows > 0 && flows < DEFAULT_MAX_FLOWS, "flows must be within the table's {DEFAULT_MAX_FLOWS}");
-    let mut e = XdpEngine::load_bench(DEFAULT_MAX_FLOWS, 1460)?;
+    let mut e = XdpProgram::load_bench(DEFAULT_MAX_FLOWS, 1460)?;
     let server = SocketAddr::from((SERVER, PORT));
     e.add_listener(server, 0)?;
     let table = e.flow_table();
@@ -184,7 +184,7 @@ pub fn micro(calls: u32, flows: u32) -> anyhow::Result<serde_json::Value> {
     // unbound redirect. One ACK per call (the claim is removed between calls, so each takes the
     // cookie path): the harness's own cost is in the figure, and beside it as the floor (a
     // program that only returns, timed the same way).
-    let mut run = XdpEngine::load(DEFAULT_MAX_FLOWS, 1460)?;
+    let mut run = XdpProgram::load(DEFAULT_MAX_FLOWS, 1460)?;
     run.add_listener(server, 0)?;
     let run_table = run.flow_table();
     for i in 0..flows {

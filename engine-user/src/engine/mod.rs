@@ -15,6 +15,14 @@
 //!
 //! Dropping the engine (or [`Engine::shutdown`]) stops accepting, resets what is still open,
 //! joins the engine threads and detaches the XDP program.
+//!
+//! "Engine" means this userspace engine: an [`Engine`] runs one engine thread per RX queue,
+//! shared-nothing, each driving its own TCP endpoint. The modules, by job:
+//! - `queue`: the queue loop, the I/O around one endpoint (receive, timers, transmit, sleep);
+//! - `glue`: the apps' side of a queue's connections, and turns;
+//! - `listeners`: where accepted connections go;
+//! - `stats`: every counter and gauge of the engine threads, each declared once;
+//! - `requests`: what the control socket asks the queue threads.
 
 use std::{
     future::Future,
@@ -33,11 +41,22 @@ use synx_tcp as tcp;
 
 use crate::{
     api::{EngineWaker, Keepalive, Listener, Stream},
-    bpf::{AttachMode, XdpEngine, XdpSettings},
+    bpf::{AttachMode, XdpProgram, XdpSettings},
     cluster::{Cluster, ClusterOptions},
-    driver::{self, ConnInfo, EngineShared, Listeners, LocalHandler, QueueContext, QueueStats, TurnHandler},
     xsk::XskConfig,
 };
+
+mod glue;
+mod listeners;
+mod queue;
+mod requests;
+mod stats;
+
+use listeners::{Listeners, LocalHandler, TurnHandler};
+use queue::QueueContext;
+use requests::{QueueHandle, Queues};
+pub use requests::ConnectionRow;
+pub use stats::{Kind, Metric, QueueStats};
 
 /// What an engine needs to start.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +82,7 @@ impl EngineOptions {
     pub const DEFAULT_MSL: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_CONNS: u32 = 1 << 20;
 
-    /// Native XDP, the seed's keepalive defaults (2 h / 75 s / 10), MSL 30 s, 1M connections.
+    /// Native XDP, keepalive 2 h idle / 75 s interval / 10 probes, MSL 30 s, 1M connections.
     pub fn new(iface: impl Into<String>) -> Self {
         Self {
             iface: iface.into(),
@@ -103,8 +122,8 @@ fn interface_mss(iface: &str) -> u16 {
 /// A running engine on one interface.
 pub struct Engine {
     options: EngineOptions,
-    xdp: Arc<Mutex<XdpEngine>>,
-    shared: EngineShared,
+    xdp: Arc<Mutex<XdpProgram>>,
+    queue_handles: Queues,
     listeners: Arc<Listeners>,
     next_listener_id: Mutex<u32>,
     stop: Arc<AtomicBool>,
@@ -120,23 +139,21 @@ impl Engine {
     pub fn start(options: EngineOptions) -> anyhow::Result<Self> {
         let mss = interface_mss(&options.iface);
         let settings = options.cluster.xdp_settings(XdpSettings::new(mss))?;
-        let xdp = XdpEngine::attach(&options.iface, options.xdp_mode, options.max_conns, settings)?;
+        let xdp = XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, settings)?;
         let tcp_config =
             tcp::Config { msl: options.msl, mss, keepalive: options.keepalive, ..tcp::Config::default() };
         let queues = rx_queues(&options.iface);
         let listeners = Arc::new(Listeners::default());
         let stop = Arc::new(AtomicBool::new(false));
         let abort_all = Arc::new(AtomicBool::new(false));
-        let mut stats = Vec::new();
-        let mut requests = Vec::new();
+        let mut handles = Vec::new();
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<u32>>();
         for queue in 0..queues {
             let q_stats = Arc::new(QueueStats::default());
             let waker = Arc::new(EngineWaker::new());
             let (req_tx, req_rx) = mpsc::channel();
-            stats.push(q_stats.clone());
-            requests.push((Mutex::new(req_tx), waker.clone()));
+            handles.push(QueueHandle { stats: q_stats.clone(), conns_requests: Mutex::new(req_tx), waker: waker.clone() });
             let ctx = QueueContext {
                 queue,
                 tcp: tcp_config.clone(),
@@ -156,7 +173,7 @@ impl Engine {
             let iface = options.iface.clone();
             let ready = ready_tx.clone();
             threads.push(std::thread::Builder::new().name(format!("synx-q{queue}")).spawn(move || {
-                let result = driver::run_queue(&iface, ctx, XskConfig::default(), &ready);
+                let result = queue::run_queue(&iface, ctx, XskConfig::default(), &ready);
                 if let Err(e) = &result {
                     let _ = ready.send(Err(anyhow::anyhow!("{e:#}")));
                 }
@@ -183,7 +200,7 @@ impl Engine {
         let engine = Self {
             options,
             xdp: xdp.clone(),
-            shared: EngineShared { stats, conns_requests: requests },
+            queue_handles: Queues(handles),
             listeners,
             next_listener_id: Mutex::new(0),
             stop,
@@ -286,7 +303,7 @@ impl Engine {
     /// the host's in the cluster (draining, connections open, clocks and keys of its peers).
     pub fn stats(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
         let mut all = self.xdp.lock().unwrap_or_else(|e| e.into_inner()).counters()?;
-        all.extend(self.shared.stats());
+        all.extend(self.queue_handles.stats());
         all.push(("connections_open", self.open_connections()));
         all.extend(self.cluster.stats());
         Ok(all)
@@ -305,13 +322,13 @@ impl Engine {
     }
 
     /// Every connection of every queue, as `synx conns` lists them.
-    pub fn conns(&self) -> Vec<ConnInfo> {
-        self.shared.conns()
+    pub fn conns(&self) -> Vec<ConnectionRow> {
+        self.queue_handles.conns()
     }
 
     /// Connections accepted and not yet released (TIME_WAIT included).
     pub fn open_connections(&self) -> u64 {
-        let s = self.shared.stats();
+        let s = self.queue_handles.stats();
         let get = |name: &str| s.iter().find(|(k, _)| *k == name).map_or(0, |(_, v)| *v);
         get("tcp_accepted").saturating_sub(get("tcp_closed"))
     }

@@ -1,0 +1,465 @@
+//! The apps' side of one queue thread's connections: between each connection in the TCP core
+//! ([`Endpoint`]) and its application's [`Stream`], move received bytes, written bytes, close,
+//! shutdown, abort and keepalive requests, and the connection's end; hand new connections to
+//! their listener; run the turns of connections served in turns.
+//!
+//! No I/O and no BPF here: the queue loop ([`super::queue`]) feeds the endpoint and sends what it
+//! writes; the glue works on the endpoint alone, so its tests drive it with segments in memory.
+//!
+//! A connection served in turns ([`Accept::Turns`]) holds a task and a [`StreamShared`] only
+//! while a turn runs: when its handler hands the stream back and everything it wrote has
+//! reached the TCP core, the glue forgets both and keeps only the handler's index
+//! ([`AppSide::Waiting`]); the next input starts a new turn with fresh stream state.
+
+use std::{
+    cell::Cell,
+    future::Future,
+    net::SocketAddr,
+    rc::Rc,
+    sync::Arc,
+};
+
+use synx_tcp::{
+    self as tcp, Instant,
+    endpoint::{ConnectionHandle, Endpoint},
+};
+
+use super::{
+    listeners::{Accept, ListenerEntry, TurnHandler},
+    stats::{QueueStats, bump},
+};
+use crate::{
+    api::{EngineWaker, STREAM_RX_CAP, Stream, StreamError, StreamShared},
+    wire::Link,
+};
+
+/// What the engine keeps of one connection beside its TCB.
+struct SlotGlue {
+    /// The link addresses to answer with (those of the peer's latest frame).
+    link: Link,
+    app: AppSide,
+}
+
+/// What the application side of a connection holds.
+enum AppSide {
+    /// A task (or an `accept()` consumer) holds the stream for the connection's life.
+    Task(Arc<StreamShared>),
+    /// A turn of the handler `turn_handlers[.1]` runs, or has ended and its output is still
+    /// moving into the TCP core.
+    Turn(Arc<StreamShared>, u32),
+    /// The turn handler `turn_handlers[.0]` waits for input: no task, no stream state.
+    Waiting(u32),
+    /// The application dropped its stream and everything it wrote reached the TCP core: nothing
+    /// left to tell it (the TCP core finishes the close alone).
+    Done,
+}
+
+impl AppSide {
+    fn shared(&self) -> Option<&Arc<StreamShared>> {
+        match self {
+            AppSide::Task(s) | AppSide::Turn(s, _) => Some(s),
+            AppSide::Waiting(_) | AppSide::Done => None,
+        }
+    }
+}
+
+/// The glue of every connection, indexed by slot (slots are small, dense, and reused only after
+/// `Released`), with the counts the queue loop and `synx stats` need.
+#[derive(Default)]
+struct GlueTable {
+    slots: Vec<Option<SlotGlue>>,
+    /// Occupied slots.
+    len: usize,
+    /// Slots in [`AppSide::Waiting`].
+    waiting: usize,
+}
+
+impl GlueTable {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn get(&self, slot: u32) -> Option<&SlotGlue> {
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    /// The glue of `slot`, to change its link (its app side changes only through `set_app`,
+    /// which keeps the counts).
+    fn get_mut(&mut self, slot: u32) -> Option<&mut SlotGlue> {
+        self.slots.get_mut(slot as usize)?.as_mut()
+    }
+
+    fn insert(&mut self, slot: u32, glue: SlotGlue) {
+        let i = slot as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        self.remove(slot);
+        self.waiting += usize::from(matches!(glue.app, AppSide::Waiting(_)));
+        self.len += 1;
+        self.slots[i] = Some(glue);
+    }
+
+    fn remove(&mut self, slot: u32) {
+        if let Some(old) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+            self.waiting -= usize::from(matches!(old.app, AppSide::Waiting(_)));
+            self.len -= 1;
+        }
+    }
+
+    fn set_app(&mut self, slot: u32, app: AppSide) {
+        let Some(g) = self.get_mut(slot) else { return };
+        let was_waiting = matches!(g.app, AppSide::Waiting(_));
+        let waits = matches!(app, AppSide::Waiting(_));
+        g.app = app;
+        self.waiting = self.waiting + usize::from(waits) - usize::from(was_waiting);
+    }
+
+    /// Slots that hold glue.
+    fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slots.iter().enumerate().filter(|(_, g)| g.is_some()).map(|(i, _)| i as u32)
+    }
+}
+
+/// Counts an application task of this thread while it lives.
+struct TaskCount(Rc<Cell<usize>>);
+
+impl Drop for TaskCount {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Run `app` on this thread's runtime, counted in `tasks` while it lives.
+fn spawn_app(tasks: &Rc<Cell<usize>>, app: impl Future<Output = ()> + 'static) {
+    let count = TaskCount(tasks.clone());
+    tasks.set(tasks.get() + 1);
+    tokio::task::spawn_local(async move {
+        let _alive = count;
+        app.await;
+    });
+}
+
+/// The glue of one queue thread's connections.
+pub struct Glue {
+    table: GlueTable,
+    /// The turn handlers of this thread's connections, each once ([`AppSide::Waiting`] holds an
+    /// index: 4 bytes, and no shared reference count touched per turn).
+    turn_handlers: Vec<TurnHandler>,
+    /// Application tasks alive on this thread: [`Accept::Local`] tasks and running turns.
+    tasks: Rc<Cell<usize>>,
+    /// Where this thread's streams queue the connections that have work for the glue.
+    waker: Arc<EngineWaker>,
+    stats: Arc<QueueStats>,
+    /// Where received bytes pass from the TCP core to a stream (allocated once: zeroing 16 KB
+    /// on the stack for every serviced connection showed in profiles).
+    rx_chunk: Box<[u8]>,
+    /// The slots streams have poked, taken from `waker` (kept to reuse its allocation).
+    poked: Vec<u32>,
+}
+
+impl Glue {
+    pub fn new(waker: Arc<EngineWaker>, stats: Arc<QueueStats>) -> Self {
+        Self {
+            table: GlueTable::default(),
+            turn_handlers: Vec::new(),
+            tasks: Rc::new(Cell::new(0)),
+            waker,
+            stats,
+            rx_chunk: vec![0u8; 16 * 1024].into_boxed_slice(),
+            poked: Vec::new(),
+        }
+    }
+
+    /// No connection has glue (every one released).
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Connections served in turns that wait for input.
+    pub fn waiting(&self) -> usize {
+        self.table.waiting
+    }
+
+    /// Application tasks alive on this thread.
+    pub fn tasks(&self) -> usize {
+        self.tasks.get()
+    }
+
+    /// The link addresses to answer the connection in `slot` with.
+    pub fn link(&self, slot: u32) -> Option<Link> {
+        self.table.get(slot).map(|g| g.link)
+    }
+
+    /// The peer's latest frame for `slot` came with `link`.
+    pub fn set_link(&mut self, slot: u32, link: Link) {
+        if let Some(g) = self.table.get_mut(slot) {
+            g.link = link;
+        }
+    }
+
+    /// Hand the new connection `h` (answered with `link`) to `listener`'s application.
+    pub fn attach(&mut self, ep: &mut Endpoint, now: Instant, h: ConnectionHandle, link: Link, listener: &ListenerEntry) {
+        let Some(conn) = ep.connection_mut(h) else { return };
+        conn.set_keepalive(listener.keepalive);
+        let shared = StreamShared::new(h.slot(), conn.local(), conn.remote(), self.waker.clone());
+        let app = match &listener.accept {
+            Accept::Turns(handler) => AppSide::Turn(shared.clone(), self.turn_handler_id(handler)),
+            Accept::Channel(_) | Accept::Local(_) => AppSide::Task(shared.clone()),
+        };
+        self.table.insert(h.slot(), SlotGlue { link, app });
+        bump(&self.stats.accepted);
+        let stream = Stream::new(shared);
+        let refused = match &listener.accept {
+            Accept::Channel(tx) => tx.send(stream).is_err(),
+            Accept::Local(handler) => {
+                spawn_app(&self.tasks, handler(stream));
+                false
+            }
+            Accept::Turns(handler) => {
+                // The first turn runs at accept, input or not: a server may speak first, and a
+                // quiet client costs one turn that finds nothing to read.
+                self.spawn_turn(handler, stream);
+                false
+            }
+        };
+        if refused {
+            // The application stopped listening: refuse the connection.
+            if let Some(conn) = ep.connection_mut(h) {
+                conn.abort(now);
+            }
+        }
+        self.service(ep, now, h);
+    }
+
+    /// This thread's index of a turn handler (its table grows by one per turn-served listener).
+    fn turn_handler_id(&mut self, handler: &TurnHandler) -> u32 {
+        if let Some(i) = self.turn_handlers.iter().position(|h| Arc::ptr_eq(h, handler)) {
+            return i as u32;
+        }
+        self.turn_handlers.push(handler.clone());
+        (self.turn_handlers.len() - 1) as u32
+    }
+
+    /// Run one turn of `handler` on `stream`: the stream comes back to the glue if the turn
+    /// returns it.
+    fn spawn_turn(&self, handler: &TurnHandler, stream: Stream) {
+        let turn = handler(stream);
+        spawn_app(&self.tasks, async move {
+            if let Some(stream) = turn.await {
+                stream.hand_back();
+            }
+        });
+    }
+
+    /// Run a turn of handler `id` with `shared` (whose lock the caller does not hold: the
+    /// handler may use its stream before its first await); false if there is no such handler.
+    fn run_turn(&self, id: u32, shared: &Arc<StreamShared>) -> bool {
+        let Some(handler) = self.turn_handlers.get(id as usize) else { return false };
+        self.spawn_turn(handler, Stream::new(shared.clone()));
+        true
+    }
+
+    /// Serve the connections whose streams poked this thread; returns how many.
+    pub fn serve_poked(&mut self, ep: &mut Endpoint, now: Instant) -> usize {
+        let mut poked = std::mem::take(&mut self.poked);
+        self.waker.drain(&mut poked);
+        let n = poked.len();
+        for slot in poked.drain(..) {
+            if let Some(h) = ep.handle_for_slot(slot) {
+                self.service(ep, now, h);
+            }
+        }
+        self.poked = poked;
+        n
+    }
+
+    /// Serve the endpoint's events: tell a stream its connection's end, forget a connection
+    /// gone for good (after telling `released` its tuple), service the others.
+    pub fn handle_events(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        mut released: impl FnMut(&Endpoint, SocketAddr, SocketAddr),
+    ) {
+        while let Some((h, event)) = ep.poll_event() {
+            match event {
+                tcp::Event::Closed(reason) => self.closed(h, reason),
+                tcp::Event::Released { local, remote } => {
+                    released(ep, local, remote);
+                    // Only if no live connection holds the slot again.
+                    if !ep.contains(h) {
+                        self.table.remove(h.slot());
+                    }
+                    bump(&self.stats.closed);
+                }
+                _ => self.service(ep, now, h),
+            }
+        }
+    }
+
+    /// Connection `h` ended: count why and tell its stream, if one is held.
+    fn closed(&mut self, h: ConnectionHandle, reason: tcp::CloseReason) {
+        let stats = &self.stats;
+        let error = match reason {
+            tcp::CloseReason::Normal => None,
+            tcp::CloseReason::Reset => Some((StreamError::Reset, &stats.closed_reset)),
+            tcp::CloseReason::TimedOut => Some((StreamError::TimedOut, &stats.closed_timeout)),
+            tcp::CloseReason::Aborted => Some((StreamError::Aborted, &stats.closed_aborted)),
+        };
+        if let Some((_, counter)) = error {
+            bump(counter);
+        }
+        // A waiting or done app side has no state to tell.
+        let Some(shared) = self.table.get(h.slot()).and_then(|g| g.app.shared()) else { return };
+        let mut st = shared.lock();
+        st.error = error.map(|(e, _)| e);
+        if st.error.is_none() {
+            st.rx_fin = true;
+        }
+        if let Some(w) = st.read_waker.take() {
+            w.wake();
+        }
+        if let Some(w) = st.write_waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Reset every connection (the end of a shutdown's grace).
+    pub fn abort_all(&mut self, ep: &mut Endpoint, now: Instant) {
+        let handles: Vec<ConnectionHandle> = self.table.slots().filter_map(|slot| ep.handle_for_slot(slot)).collect();
+        for h in handles {
+            if let Some(conn) = ep.connection_mut(h) {
+                conn.abort(now);
+            }
+        }
+    }
+
+    /// Move data and close/shutdown requests between a connection and its application; start a
+    /// turn for a waiting connection with input, and retire a turn that has ended.
+    pub fn service(&mut self, ep: &mut Endpoint, now: Instant, h: ConnectionHandle) {
+        if let Some(SlotGlue { app: AppSide::Waiting(id), .. }) = self.table.get(h.slot()) {
+            let id = *id;
+            if !self.start_turn(ep, h, id) {
+                return;
+            }
+        }
+        let Some(g) = self.table.get(h.slot()) else { return };
+        let (shared, turn_handler) = match &g.app {
+            AppSide::Task(s) => (s, None),
+            AppSide::Turn(s, id) => (s, Some(*id)),
+            AppSide::Waiting(_) => return,
+            // Data arriving after the app's close resets in the core (RFC 1122 4.2.2.13).
+            AppSide::Done => return,
+        };
+        let Some(conn) = ep.connection_mut(h) else { return };
+        let mut st = shared.lock();
+        if st.turn_over && (turn_handler.is_none() || st.eof_read) {
+            // A turn that read the end of the stream waits for nothing: no input can come. (Nor
+            // can a stream that is not served in turns.) As if it had returned None.
+            st.turn_over = false;
+            st.app_closed = true;
+        }
+        if let Some(k) = st.keepalive.take() {
+            conn.set_keepalive(k);
+        }
+        if st.abort {
+            st.abort = false;
+            conn.abort(now);
+        }
+        // Received data up to the app's queue cap; the rest stays in the TCP receive buffer,
+        // which keeps the advertised window honest.
+        let chunk = &mut self.rx_chunk;
+        while st.rx.len() < STREAM_RX_CAP {
+            let want = (STREAM_RX_CAP - st.rx.len()).min(chunk.len());
+            let n = conn.recv(&mut chunk[..want]);
+            if n == 0 {
+                break;
+            }
+            st.rx.extend(&chunk[..n]);
+            st.rx_added += n as u64;
+        }
+        st.rx_blocked = conn.has_unread();
+        if !st.rx_fin && conn.peer_finished() && !conn.has_unread() {
+            st.rx_fin = true;
+            st.rx_added += 1;
+        }
+        // Data the app wrote, as far as the send buffer takes it.
+        let had_tx = st.tx.len();
+        while !st.tx.is_empty() {
+            let (a, _) = st.tx.as_slices();
+            let n = conn.send(a);
+            if n == 0 {
+                break;
+            }
+            st.tx.drain(..n);
+        }
+        if st.tx.is_empty() && st.tx_shutdown {
+            conn.shutdown(now);
+        }
+        let mut next = None;
+        if st.app_closed && st.tx.is_empty() {
+            // close(): FIN after what was queued, or RST if received data goes unread, here or
+            // in our queue to the app (RFC 9293 3.10.4, RFC 1122 4.2.2.13).
+            conn.close_discarding(now, st.rx.len());
+            st.rx.clear();
+            next = Some(AppSide::Done);
+        } else if st.turn_over
+            && let Some(id) = turn_handler
+        {
+            if st.error.is_some() {
+                // The connection is gone (reset, timed out, aborted): nothing more to serve.
+                next = Some(AppSide::Done);
+            } else if (!st.rx.is_empty() || st.rx_fin) && (st.turn_consumed || st.rx_added > st.rx_seen) {
+                // Input waits: the next turn, with the same stream state, if the turn just ended
+                // read some or did not have all of it. A turn that was given input and read none
+                // of it is called again only for new input: calling it again at once would spin
+                // this thread, and every connection on it, on a handler that does not read.
+                st.turn_over = false;
+                st.turn_consumed = false;
+                st.rx_seen = st.rx_added;
+                st.read_waker = None;
+                st.write_waker = None;
+                drop(st);
+                self.run_turn(id, shared);
+                return;
+            } else if st.tx.is_empty() && st.rx.is_empty() && !st.rx_fin {
+                // Quiet, and everything written is in the TCP core: forget the stream state.
+                next = Some(AppSide::Waiting(id));
+            }
+            // Else the rest of the turn's output waits for room in the send buffer (a
+            // Writable event brings us back).
+        }
+        let wake_reader = !st.rx.is_empty() || st.rx_fin;
+        let wake_writer = st.tx.len() < had_tx || had_tx == 0;
+        if wake_reader && let Some(w) = st.read_waker.take() {
+            w.wake();
+        }
+        if wake_writer && let Some(w) = st.write_waker.take() {
+            w.wake();
+        }
+        drop(st);
+        if let Some(app) = next {
+            self.table.set_app(h.slot(), app);
+        }
+    }
+
+    /// A waiting connection with input (data or the peer's FIN) gets a turn, with fresh stream
+    /// state; returns whether it did. A reset or timeout is no input: a waiting app has nothing
+    /// to learn from it.
+    fn start_turn(&mut self, ep: &Endpoint, h: ConnectionHandle, id: u32) -> bool {
+        let Some(conn) = ep.connection(h) else { return false };
+        if !conn.has_unread() && !conn.peer_finished() {
+            return false;
+        }
+        let shared = StreamShared::new(h.slot(), conn.local(), conn.remote(), self.waker.clone());
+        if !self.run_turn(id, &shared) {
+            return false;
+        }
+        self.table.set_app(h.slot(), AppSide::Turn(shared, id));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;

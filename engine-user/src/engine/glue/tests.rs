@@ -1,0 +1,458 @@
+//! The glue against a real [`Endpoint`], without a socket or BPF: a client in memory drives
+//! one connection with segments (and acknowledges what it receives), the apps run on this
+//! thread's runtime, time stands still. Each test steps the queue loop's app-side jobs (poked
+//! streams, timers, events, output) as the loop does.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use engine_common::handshake::HandshakeFacts;
+use synx_tcp::{
+    Config, Flags, Header, Keepalive, SeqNum, State,
+    endpoint::Disposition,
+    segment,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::*;
+use crate::engine::listeners::LocalHandler;
+use crate::apps;
+
+const ISS: u32 = 1_000;
+const IRS: u32 = 5_000;
+/// Loop turns a step runs: enough for an app to read, write and return several times.
+const ROUNDS: usize = 16;
+
+fn local() -> SocketAddr {
+    "198.18.0.1:80".parse().unwrap()
+}
+
+fn facts() -> HandshakeFacts {
+    HandshakeFacts { iss: ISS, irs: IRS, mss: 1460, ..Default::default() }
+}
+
+/// Run a test on a single-threaded runtime whose local tasks are the apps.
+fn run(test: impl Future<Output = ()>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, test);
+}
+
+fn turns<F, Fut>(handler: F) -> ListenerEntry
+where
+    F: Fn(Stream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<Stream>> + 'static,
+{
+    ListenerEntry { accept: Accept::Turns(Arc::new(move |s| Box::pin(handler(s)))), keepalive: Keepalive::default() }
+}
+
+fn echo_turns() -> ListenerEntry {
+    turns(|s| async move { apps::echo_turn(s).await.unwrap_or(None) })
+}
+
+/// A turn handler that counts its calls and reads nothing; `Some` hands the stream back.
+fn counted_turns(calls: &Arc<AtomicUsize>, hand_back: bool) -> ListenerEntry {
+    let calls = calls.clone();
+    turns(move |s| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move { hand_back.then_some(s) }
+    })
+}
+
+/// The peer of one connection.
+struct Client {
+    remote: SocketAddr,
+    h: ConnectionHandle,
+    /// Our next sequence number, and the next one we expect.
+    snd_nxt: SeqNum,
+    rcv_nxt: SeqNum,
+    received: Vec<u8>,
+    fin: bool,
+    rst: bool,
+}
+
+/// An endpoint and its glue, stepped by hand.
+struct Bed {
+    ep: Endpoint,
+    glue: Glue,
+    stats: Arc<QueueStats>,
+    now: Instant,
+    /// Tuples the glue reported released.
+    released: Vec<SocketAddr>,
+}
+
+impl Bed {
+    fn new() -> Self {
+        let config = Config { recv_buffer: 64 * 1024, send_buffer: 64 * 1024, ..Config::default() };
+        let stats = Arc::new(QueueStats::default());
+        Self {
+            ep: Endpoint::new(config, 16),
+            glue: Glue::new(Arc::new(EngineWaker::new()), stats.clone()),
+            stats,
+            now: Instant::from_nanos(1_000_000_000),
+            released: Vec::new(),
+        }
+    }
+
+    /// A client's cookie ACK (carrying `data`) accepted for `listener`, as the queue loop does.
+    fn connect(&mut self, listener: &Arc<ListenerEntry>, port: u16, data: &[u8]) -> Client {
+        let remote = SocketAddr::new("198.18.0.2".parse().unwrap(), port);
+        let ack = Header {
+            src_port: port,
+            dst_port: local().port(),
+            seq: SeqNum(IRS + 1),
+            ack: SeqNum(ISS + 1),
+            flags: Flags::ACK,
+            window: 65535,
+            ..Default::default()
+        };
+        let accepted = self.ep.accept_cookie(self.now, local(), remote, &ack, data, Some(listener.clone()), || Some(facts()));
+        let (h, listener) = accepted.expect("a valid cookie ACK for a listener is accepted");
+        self.glue.attach(&mut self.ep, self.now, h, Link::default(), &listener);
+        Client {
+            remote,
+            h,
+            snd_nxt: SeqNum(IRS + 1) + data.len() as u32,
+            rcv_nxt: SeqNum(ISS + 1),
+            received: Vec::new(),
+            fin: false,
+            rst: false,
+        }
+    }
+
+    /// The client sends a segment (always with ACK) into the endpoint, as the queue loop
+    /// delivers one.
+    fn send(&mut self, c: &mut Client, flags: Flags, data: &[u8]) -> Disposition {
+        let h = Header {
+            src_port: c.remote.port(),
+            dst_port: local().port(),
+            seq: c.snd_nxt,
+            ack: c.rcv_nxt,
+            flags: flags | Flags::ACK,
+            window: 65535,
+            ..Default::default()
+        };
+        c.snd_nxt += data.len() as u32 + u32::from(flags.fin());
+        let d = self.ep.handle(self.now, local(), c.remote, &h, data);
+        if let Disposition::Delivered(h) = d {
+            self.glue.service(&mut self.ep, self.now, h);
+        }
+        d
+    }
+
+    /// Run the loop's app-side jobs for [`ROUNDS`] turns: the apps, poked streams, timers,
+    /// events and output, the client taking (and acknowledging) what it is sent.
+    async fn settle(&mut self, c: &mut Client) {
+        for _ in 0..ROUNDS {
+            tokio::task::yield_now().await;
+            self.glue.serve_poked(&mut self.ep, self.now);
+            self.ep.handle_timeout(self.now);
+            let released = &mut self.released;
+            self.glue.handle_events(&mut self.ep, self.now, |_, _, remote| released.push(remote));
+            let mut buf = [0u8; 2048];
+            let mut news = false;
+            while let Some(t) = self.ep.poll_transmit(self.now, &mut buf) {
+                assert_eq!(t.remote, c.remote, "one client per test");
+                let (h, payload) = segment::parse(&buf[..t.len]).unwrap();
+                if h.flags.rst() {
+                    c.rst = true;
+                } else if h.seq == c.rcv_nxt && (!payload.is_empty() || h.flags.fin()) {
+                    c.received.extend_from_slice(payload);
+                    c.rcv_nxt += payload.len() as u32 + u32::from(h.flags.fin());
+                    c.fin |= h.flags.fin();
+                    news = true;
+                }
+            }
+            if news && !c.rst {
+                self.send(c, Flags::ACK, &[]);
+            }
+        }
+    }
+
+    fn state(&self, c: &Client) -> Option<State> {
+        self.ep.infos().find(|(h, _)| *h == c.h).map(|(_, info)| info.state)
+    }
+
+    /// We reset `c`'s connection (counted as aborted) and forgot it.
+    #[track_caller]
+    fn assert_aborted(&self, c: &Client) {
+        assert!(c.rst, "a reset went out");
+        assert_eq!(self.count("tcp_closed_aborted"), 1);
+        assert!(self.glue.is_empty(), "released, its glue gone");
+        assert_eq!(self.released, [c.remote]);
+    }
+
+    /// A counter of this queue, by its `synx stats` name.
+    fn count(&self, name: &str) -> u64 {
+        let all = crate::engine::stats::sum([&*self.stats]);
+        all.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no counter {name}"))
+    }
+}
+
+#[test]
+fn a_turn_runs_at_accept_and_per_input_and_between_them_the_connection_holds_nothing() {
+    run(async {
+        let mut bed = Bed::new();
+        let listener = Arc::new(echo_turns());
+        let mut c = bed.connect(&listener, 40001, &[]);
+        assert_eq!(bed.count("tcp_accepted"), 1);
+        assert_eq!(bed.glue.tasks(), 1, "the first turn runs at accept, input or not");
+        bed.settle(&mut c).await;
+        assert_eq!((bed.glue.tasks(), bed.glue.waiting()), (0, 1), "no input: waiting, no task");
+        for msg in [&b"ping"[..], b"pong", b"once more"] {
+            bed.send(&mut c, Flags::PSH, msg);
+            assert_eq!(bed.glue.tasks(), 1, "input starts a turn");
+            bed.settle(&mut c).await;
+            assert!(c.received.ends_with(msg), "echoed {:?}", String::from_utf8_lossy(&c.received));
+            assert_eq!((bed.glue.tasks(), bed.glue.waiting()), (0, 1));
+        }
+        assert_eq!(c.received, b"pingpongonce more");
+        assert_eq!(bed.state(&c), Some(State::Established));
+        assert!(!c.fin && !c.rst);
+    });
+}
+
+#[test]
+fn a_turn_that_reads_none_of_its_input_runs_again_only_for_new_input() {
+    run(async {
+        let mut bed = Bed::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut c = bed.connect(&Arc::new(counted_turns(&calls, true)), 40002, &[]);
+        bed.settle(&mut c).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        bed.send(&mut c, Flags::PSH, b"unread");
+        bed.settle(&mut c).await;
+        // The turn started for the input never looked at it: once more with all of it in view,
+        // then no more (calling again at once would spin the thread).
+        let after_input = calls.load(Ordering::SeqCst);
+        assert_eq!(after_input, 3);
+        bed.settle(&mut c).await;
+        assert_eq!(calls.load(Ordering::SeqCst), after_input, "no turn without new input");
+        assert_eq!((bed.glue.tasks(), bed.glue.waiting()), (0, 0), "input waits: the stream state stays");
+        bed.send(&mut c, Flags::PSH, b"more");
+        bed.settle(&mut c).await;
+        assert_eq!(calls.load(Ordering::SeqCst), after_input + 1, "new input, a new turn");
+    });
+}
+
+#[test]
+fn a_turn_that_read_the_end_of_the_stream_closes_and_the_connection_is_released() {
+    run(async {
+        let mut bed = Bed::new();
+        let mut c = bed.connect(&Arc::new(echo_turns()), 40003, &[]);
+        bed.settle(&mut c).await;
+        bed.send(&mut c, Flags::PSH | Flags::FIN, b"bye");
+        bed.settle(&mut c).await;
+        assert_eq!(c.received, b"bye");
+        assert!(c.fin, "the app's shutdown sends our FIN");
+        assert!(!c.rst);
+        // Our FIN acknowledged (LAST-ACK -> CLOSED): released, its glue and FLOWS entry go.
+        assert!(bed.glue.is_empty());
+        assert_eq!(bed.released, [c.remote]);
+        assert_eq!(bed.count("tcp_closed"), 1);
+        assert_eq!(bed.count("tcp_closed_reset") + bed.count("tcp_closed_aborted"), 0);
+    });
+}
+
+#[test]
+fn a_waiting_connection_reset_by_its_peer_is_released_without_a_turn() {
+    run(async {
+        let mut bed = Bed::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut c = bed.connect(&Arc::new(counted_turns(&calls, true)), 40004, &[]);
+        bed.settle(&mut c).await;
+        assert_eq!(bed.glue.waiting(), 1);
+        bed.send(&mut c, Flags::RST, &[]);
+        bed.settle(&mut c).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a reset is no input for a waiting app");
+        assert_eq!(bed.count("tcp_closed_reset"), 1);
+        assert!(bed.glue.is_empty());
+        assert_eq!(bed.glue.waiting(), 0);
+        assert_eq!(bed.released, [c.remote]);
+    });
+}
+
+#[test]
+fn closing_with_unread_data_resets() {
+    // RFC 2525 2.17, as Linux: the app drops its stream with the ACK's data unread.
+    run(async {
+        let mut bed = Bed::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut c = bed.connect(&Arc::new(counted_turns(&calls, false)), 40005, b"never read");
+        bed.settle(&mut c).await;
+        assert!(!c.fin, "a reset, not a FIN");
+        bed.assert_aborted(&c);
+    });
+}
+
+#[test]
+fn data_arriving_after_the_apps_close_resets() {
+    // RFC 2525 2.17: the app closed with nothing unread (a FIN went out); later data has no
+    // reader.
+    run(async {
+        let mut bed = Bed::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut c = bed.connect(&Arc::new(counted_turns(&calls, false)), 40006, &[]);
+        bed.settle(&mut c).await;
+        assert!(c.fin && !c.rst, "a clean close: our FIN");
+        assert_eq!(bed.state(&c), Some(State::FinWait2));
+        bed.send(&mut c, Flags::PSH, b"too late");
+        bed.settle(&mut c).await;
+        bed.assert_aborted(&c);
+    });
+}
+
+#[test]
+fn serve_local_holds_a_task_for_the_connections_life() {
+    run(async {
+        let mut bed = Bed::new();
+        let handler: LocalHandler = Arc::new(|mut s: Stream| {
+            Box::pin(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        });
+        let keepalive = Keepalive { idle: std::time::Duration::from_secs(30), ..Keepalive::default() };
+        let listener = Arc::new(ListenerEntry { accept: Accept::Local(handler), keepalive });
+        let mut c = bed.connect(&listener, 40007, b"hello");
+        assert_eq!(bed.ep.connection(c.h).map(|conn| conn.keepalive()), Some(keepalive), "the listener's keepalive");
+        bed.settle(&mut c).await;
+        assert_eq!(c.received, b"hello");
+        assert_eq!((bed.glue.tasks(), bed.glue.waiting()), (1, 0), "a task while the connection lives");
+        bed.send(&mut c, Flags::PSH, b" again");
+        bed.settle(&mut c).await;
+        assert_eq!(c.received, b"hello again");
+        bed.send(&mut c, Flags::FIN, &[]);
+        bed.settle(&mut c).await;
+        assert_eq!(bed.glue.tasks(), 0, "the task ends with the stream");
+        assert!(c.fin && !c.rst, "dropped after the peer's FIN: a clean close");
+        assert!(bed.glue.is_empty());
+    });
+}
+
+#[test]
+fn a_connection_nobody_accepts_any_more_is_refused_with_a_reset() {
+    run(async {
+        let mut bed = Bed::new();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        drop(rx);
+        let listener = Arc::new(ListenerEntry { accept: Accept::Channel(tx), keepalive: Keepalive::default() });
+        let mut c = bed.connect(&listener, 40008, &[]);
+        bed.settle(&mut c).await;
+        bed.assert_aborted(&c);
+    });
+}
+
+#[test]
+fn a_channel_listeners_stream_reaches_accept_and_sees_the_peers_reset() {
+    run(async {
+        let mut bed = Bed::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let listener = Arc::new(ListenerEntry { accept: Accept::Channel(tx), keepalive: Keepalive::default() });
+        let mut c = bed.connect(&listener, 40009, b"hi");
+        let mut stream = rx.try_recv().expect("the stream is handed to the listener at accept");
+        bed.settle(&mut c).await;
+        let mut buf = [0u8; 8];
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 2);
+        bed.send(&mut c, Flags::RST, &[]);
+        bed.settle(&mut c).await;
+        assert_eq!(stream.read(&mut buf).await.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
+        assert_eq!(bed.count("tcp_closed_reset"), 1);
+        drop(stream);
+        bed.settle(&mut c).await;
+        assert!(bed.glue.is_empty());
+    });
+}
+
+#[test]
+fn a_turns_output_reaches_the_core_before_the_connection_waits() {
+    // The turn writes more than the send buffer holds and hands the stream back at once: the
+    // connection keeps its stream state until the client has acknowledged enough for the rest.
+    const LEN: usize = 200 * 1024;
+    run(async {
+        let mut bed = Bed::new();
+        let listener = turns(|mut s: Stream| async move {
+            s.write_all(&vec![7u8; LEN]).await.ok()?;
+            Some(s)
+        });
+        let mut c = bed.connect(&Arc::new(listener), 40010, &[]);
+        bed.settle(&mut c).await;
+        let mut rounds = 0;
+        while c.received.len() < LEN {
+            assert_eq!(bed.glue.waiting(), 0, "waiting with {} of {LEN} bytes sent", c.received.len());
+            rounds += 1;
+            assert!(rounds < 1000, "stalled at {} bytes", c.received.len());
+            bed.settle(&mut c).await;
+        }
+        assert!(c.received.iter().all(|&b| b == 7));
+        bed.settle(&mut c).await;
+        assert_eq!((bed.glue.tasks(), bed.glue.waiting()), (0, 1));
+    });
+}
+
+#[test]
+fn the_end_of_the_grace_resets_every_connection() {
+    run(async {
+        let mut bed = Bed::new();
+        let mut c = bed.connect(&Arc::new(echo_turns()), 40011, &[]);
+        bed.settle(&mut c).await;
+        bed.glue.abort_all(&mut bed.ep, bed.now);
+        bed.settle(&mut c).await;
+        bed.assert_aborted(&c);
+    });
+}
+
+
+fn shared(slot: u32) -> Arc<StreamShared> {
+    StreamShared::new(
+        slot,
+        "198.18.0.1:80".parse().unwrap(),
+        "198.18.0.2:4000".parse().unwrap(),
+        Arc::new(EngineWaker::new()),
+    )
+}
+
+#[test]
+fn the_glue_table_counts_connections_and_waiting_ones() {
+    let mut t = GlueTable::default();
+    assert!(t.is_empty());
+    t.insert(5, SlotGlue { link: Link::default(), app: AppSide::Turn(shared(5), 0) });
+    t.insert(0, SlotGlue { link: Link::default(), app: AppSide::Task(shared(0)) });
+    assert_eq!((t.len, t.waiting), (2, 0));
+    assert!(t.get(3).is_none(), "slots between are empty");
+    let s = match &t.get(5).unwrap().app {
+        AppSide::Turn(s, _) => Arc::downgrade(s),
+        _ => unreachable!("inserted as a turn"),
+    };
+    t.set_app(5, AppSide::Waiting(0));
+    assert_eq!((t.len, t.waiting), (2, 1));
+    assert!(s.upgrade().is_none(), "a waiting connection keeps no stream state");
+    t.set_app(5, AppSide::Waiting(0));
+    assert_eq!(t.waiting, 1, "waiting again is not counted twice");
+    t.set_app(5, AppSide::Turn(shared(5), 0));
+    t.set_app(5, AppSide::Waiting(0));
+    // A new incarnation in the slot replaces the old glue, counts and all.
+    t.insert(5, SlotGlue { link: Link::default(), app: AppSide::Turn(shared(5), 0) });
+    assert_eq!((t.len, t.waiting), (2, 0));
+    t.set_app(5, AppSide::Waiting(0));
+    assert_eq!(t.slots().collect::<Vec<_>>(), vec![0, 5]);
+    t.remove(5);
+    t.remove(5);
+    assert_eq!((t.len, t.waiting), (1, 0));
+    t.set_app(9, AppSide::Waiting(0));
+    assert_eq!((t.len, t.waiting), (1, 0), "no glue, nothing to change");
+    t.remove(0);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn a_slot_of_glue_is_small() {
+    // Every slot of the table costs this, for every connection, waiting or not.
+    assert!(std::mem::size_of::<Option<SlotGlue>>() <= 32, "{} B", std::mem::size_of::<Option<SlotGlue>>());
+}

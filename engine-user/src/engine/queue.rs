@@ -1,0 +1,422 @@
+//! The queue loop: one thread per RX queue, shared-nothing, each owning an AF_XDP socket, a TCP
+//! endpoint (the sans-IO core) and the glue of its connections. The loop does the I/O around
+//! the endpoint, in the shape of quinn's `EndpointDriver` (drive_recv, handle_events,
+//! drive_send):
+//!
+//! 1. receive a batch of frames and feed them to the endpoint; a segment for no connection goes
+//!    to [`Endpoint::accept_cookie`] (a new connection for its listener, or a reset);
+//! 2. serve the connections whose applications poked the thread ([`Glue::serve_poked`]);
+//! 3. run expired timers, first telling each due connection XDP's LAST_SEEN stamp;
+//! 4. handle the endpoint's events ([`Glue::handle_events`]);
+//! 5. transmit what the endpoint wants to send;
+//! 6. answer control requests, publish the counters;
+//! 7. sleep until a frame arrives, an application pokes, or the next timer is due.
+//!
+//! The loop is a task on the thread's own single-threaded tokio runtime, which also runs the
+//! apps of listeners served on the engine threads ([`Accept::Local`](super::listeners::Accept),
+//! [`Accept::Turns`](super::listeners::Accept)): their reads and writes wake nothing across
+//! threads, so a request/response turn costs one wakeup, not three.
+
+use std::{
+    net::SocketAddr,
+    os::fd::{AsRawFd, RawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
+
+use engine_common::synack::{self, Syn};
+use synx_tcp::{
+    self as tcp, Instant,
+    endpoint::{Disposition, DropReason, Endpoint, Refusal},
+};
+
+use super::{
+    glue::Glue,
+    listeners::Listeners,
+    requests::{self, ConnsRequest},
+    stats::{QueueStats, bump},
+};
+use crate::{
+    api::EngineWaker,
+    bpf::{CookieChecker, FlowTable, LastSeen, RxBacklog, monotonic_ns},
+    wire::{self, Link},
+    xsk::{XskConfig, XskSocket},
+};
+
+/// What a queue thread needs from the rest of the engine.
+pub struct QueueContext {
+    pub queue: u32,
+    pub tcp: tcp::Config,
+    pub max_conns: u32,
+    pub busy_poll: Duration,
+    pub listeners: Arc<Listeners>,
+    pub flows: FlowTable,
+    pub cookies: CookieChecker,
+    pub last_seen: LastSeen,
+    pub rx_backlog: RxBacklog,
+    pub stats: Arc<QueueStats>,
+    pub stop: Arc<AtomicBool>,
+    /// Set when SIGTERM's grace period ends: reset what is left.
+    pub abort_all: Arc<AtomicBool>,
+    pub conns_requests: mpsc::Receiver<ConnsRequest>,
+    pub waker: Arc<EngineWaker>,
+}
+
+/// The engine's clock: the one XDP stamps LAST_SEEN with, so deadlines and stamps compare.
+fn now() -> Instant {
+    Instant::from_nanos(monotonic_ns())
+}
+
+/// Where a TCP header keeps its flags.
+const FLAGS_OFFSET: usize = 13;
+
+/// Frames taken from the AF_XDP ring per loop turn.
+const RX_BATCH: u32 = 256;
+
+/// SYN-ACKs built in userspace waiting for the next transmit, at most this many.
+const MAX_PENDING_SYN_ACKS: usize = 1024;
+
+/// How often the kernel's AF_XDP drop counters are read.
+const XSK_STATS_PERIOD: Duration = Duration::from_millis(100);
+
+/// The longest sleep: stop requests and conns queries are noticed within it.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// One RX queue's driver: the I/O around its endpoint and glue.
+struct QueueDriver {
+    ctx: QueueContext,
+    endpoint: Endpoint,
+    glue: Glue,
+    /// Link addresses to answer segments of connections not (or no longer) in the glue.
+    last_link: Link,
+    /// Where the endpoint writes each segment before it is framed into a TX buffer.
+    scratch: Vec<u8>,
+    /// SYN-ACKs built in userspace (TIME_WAIT reuse), sent with the next transmit batch.
+    syn_acks: Vec<(Link, SocketAddr, SocketAddr, tcp::segment::Header)>,
+    /// Frames taken from the socket, frames the kernel dropped, and their sum as XDP last saw
+    /// it ([`QueueDriver::publish_rx_progress`]).
+    consumed: u64,
+    kernel_dropped: u64,
+    published: u64,
+    last_xsk_stats: Instant,
+}
+
+/// The AF_XDP socket's fd, for readiness through the runtime's epoll (not closed on drop).
+struct XskFd(RawFd);
+
+impl AsRawFd for XskFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Run one queue until `ctx.stop` is set and every connection is gone (or aborted), on a
+/// single-threaded runtime of its own (with the apps served on this thread).
+pub fn run_queue(
+    iface: &str,
+    ctx: QueueContext,
+    xsk_cfg: XskConfig,
+    ready: &mpsc::Sender<anyhow::Result<u32>>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    tokio::task::LocalSet::new().block_on(&rt, serve_queue(iface, ctx, xsk_cfg, ready))
+}
+
+async fn serve_queue(
+    iface: &str,
+    ctx: QueueContext,
+    xsk_cfg: XskConfig,
+    ready: &mpsc::Sender<anyhow::Result<u32>>,
+) -> anyhow::Result<()> {
+    let mut xsk = XskSocket::open(iface, ctx.queue, xsk_cfg)?;
+    // Edge-triggered readiness: cleared when the loop wakes, set again by the next frame.
+    // SAFETY: `xsk` owns the fd and outlives `xsk_ready` (declared after it, dropped before).
+    let xsk_ready = unsafe { tokio::io::unix::AsyncFd::register_with_interest(XskFd(xsk.fd()), tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    ctx.flows.register_xsk(ctx.queue, xsk.fd())?;
+    tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), "AF_XDP socket bound");
+    let _ = ready.send(Ok(ctx.queue));
+    let mut q = QueueDriver {
+        endpoint: Endpoint::new(ctx.tcp.clone(), ctx.max_conns),
+        glue: Glue::new(ctx.waker.clone(), ctx.stats.clone()),
+        last_link: Link::default(),
+        scratch: vec![0u8; crate::xsk::FRAME_SIZE as usize],
+        syn_acks: Vec::new(),
+        consumed: 0,
+        kernel_dropped: 0,
+        published: 0,
+        last_xsk_stats: Instant::from_nanos(0),
+        ctx,
+    };
+    let mut last_work = now();
+    loop {
+        if q.ctx.stop.load(Ordering::Relaxed) && q.glue.is_empty() {
+            return Ok(());
+        }
+        if q.ctx.abort_all.load(Ordering::Relaxed) {
+            q.glue.abort_all(&mut q.endpoint, now());
+        }
+        let received = q.receive(&mut xsk);
+        let poked = q.glue.serve_poked(&mut q.endpoint, now());
+        let t = now();
+        let last_seen = &q.ctx.last_seen;
+        q.endpoint.handle_timeout_with_last_seen(t, |h| last_seen.get(h.slot()).map(Instant::from_nanos));
+        q.handle_events(t);
+        q.transmit(&mut xsk, t);
+        requests::answer_conns(&q.ctx.conns_requests, &q.endpoint, q.ctx.queue, t, |h| {
+            q.ctx.last_seen.get(h.slot()).map(Instant::from_nanos)
+        });
+        q.publish_stats(&xsk, t);
+        if received > 0 {
+            last_work = t;
+            // More frames may be waiting: look again, after letting this thread's apps read
+            // what just arrived (their writes go out in the next turn).
+            if q.glue.tasks() > 0 {
+                tokio::task::yield_now().await;
+            }
+            continue;
+        }
+        if poked > 0 {
+            last_work = t;
+        } else if t.saturating_duration_since(last_work) < q.ctx.busy_poll {
+            // Right after work the next frame or app write usually follows within microseconds
+            // (a request's response, the next segment of a burst): look again instead of
+            // paying a sleep and a wakeup for it.
+            std::thread::yield_now();
+            tokio::task::yield_now().await;
+            continue;
+        }
+        q.sleep(&xsk_ready).await;
+    }
+}
+
+impl QueueDriver {
+    /// Take a batch of frames from the socket into the endpoint; returns how many.
+    fn receive(&mut self, xsk: &mut XskSocket) -> u32 {
+        let received = xsk.recv(RX_BATCH, |frame| self.on_frame(now(), frame));
+        self.consumed += u64::from(received);
+        self.publish_rx_progress();
+        received
+    }
+
+    /// Tell XDP how far we are (it counts what it redirects): while too much waits for us, it
+    /// answers no new SYNs, whose final ACKs would otherwise overflow the socket and be lost,
+    /// leaving clients connected to a server that never heard of them (a burst of 1M connects
+    /// lost 81% of its final ACKs without this).
+    fn publish_rx_progress(&mut self) {
+        if self.consumed + self.kernel_dropped != self.published {
+            self.published = self.consumed + self.kernel_dropped;
+            self.ctx.rx_backlog.set_consumed(self.ctx.queue, self.published);
+        }
+    }
+
+    fn on_frame(&mut self, now: Instant, frame: &[u8]) {
+        let stats = &self.ctx.stats;
+        let rx = match wire::parse(frame) {
+            Ok(rx) => rx,
+            Err(e) => {
+                stats.count_wire(e);
+                return;
+            }
+        };
+        let (hdr, payload) = match tcp::segment::parse(rx.tcp) {
+            Ok(p) => p,
+            Err(_) => {
+                bump(&stats.tcp_parse_errors);
+                return;
+            }
+        };
+        bump(&stats.rx_segments);
+        self.last_link = rx.link;
+        match self.endpoint.handle(now, rx.local, rx.remote, &hdr, payload) {
+            Disposition::Delivered(h) => {
+                self.glue.set_link(h.slot(), rx.link);
+                self.glue.service(&mut self.endpoint, now, h);
+            }
+            Disposition::Unknown => self.on_unknown(now, rx.link, rx.local, rx.remote, &hdr, payload),
+            Disposition::Dropped(DropReason::TimeWaitReuse) => {
+                // RFC 6191: a new incarnation of a tuple in TIME_WAIT. The old one is gone from
+                // the endpoint; answer the SYN as XDP would have, so the client need not
+                // retransmit it (a 1 s stall for every port it reuses).
+                self.answer_syn(rx.link, rx.local, rx.remote, &hdr);
+            }
+            Disposition::Dropped(why) => stats.count_drop(why),
+        }
+    }
+
+    /// A segment for no connection: the core accepts a cookie ACK for a listener or refuses it
+    /// with a reset ([`Endpoint::accept_cookie`]).
+    fn on_unknown(
+        &mut self,
+        now: Instant,
+        link: Link,
+        local: SocketAddr,
+        remote: SocketAddr,
+        hdr: &tcp::segment::Header,
+        payload: &[u8],
+    ) {
+        // Stopping: no new connections.
+        let listener = match self.ctx.stop.load(Ordering::Relaxed) {
+            true => None,
+            false => self.ctx.listeners.find(local),
+        };
+        let cookies = &self.ctx.cookies;
+        let cookie = || cookies.check(local, remote, hdr.seq.0, hdr.ack.0, hdr.options.timestamps, now.as_nanos());
+        match self.endpoint.accept_cookie(now, local, remote, hdr, payload, listener, cookie) {
+            Ok((h, listener)) => {
+                if let Err(e) = self.ctx.flows.insert(local, remote, h.slot()) {
+                    tracing::warn!("FLOWS insert for {remote}: {e}");
+                }
+                self.glue.attach(&mut self.endpoint, now, h, link, &listener);
+            }
+            Err(refusal) => {
+                let stats = &self.ctx.stats;
+                bump(match refusal {
+                    Refusal::NoListener => &stats.no_listener,
+                    Refusal::BadCookie => &stats.cookie_rejected,
+                    Refusal::Accept(_) => &stats.table_full,
+                });
+                // Whatever claim XDP put in FLOWS for this tuple must go: no connection holds it.
+                let _ = self.ctx.flows.remove(local, remote);
+            }
+        }
+    }
+
+    /// The SYN-ACK XDP sends, built by the same policy (`engine_common::synack`) for a SYN that
+    /// reached userspace.
+    fn answer_syn(&mut self, link: Link, local: SocketAddr, remote: SocketAddr, syn: &tcp::segment::Header) {
+        use tcp::segment::{Flags, Header, Options};
+        let o = &syn.options;
+        let offer = Syn {
+            isn: syn.seq.0,
+            // RFC 9293 3.7.1: no MSS option means the default of the family.
+            mss: o.mss.unwrap_or(synack::default_mss(local.is_ipv6())),
+            wscale: o.window_scale,
+            sack: o.sack_permitted,
+            ts: o.timestamps.map(|(tsval, _)| tsval),
+            // RFC 3168 6.1.1: an ECN-setup SYN has ECE and CWR set.
+            ecn: syn.flags.contains(Flags::ECE) && syn.flags.contains(Flags::CWR),
+        };
+        let Some(answer) = self.ctx.cookies.answer(local, remote, &offer) else { return };
+        let header = Header {
+            src_port: local.port(),
+            dst_port: remote.port(),
+            seq: tcp::SeqNum(answer.seq),
+            ack: tcp::SeqNum(answer.ack),
+            flags: Flags(Flags::SYN.0 | Flags::ACK.0),
+            window: answer.window,
+            options: Options {
+                mss: Some(answer.mss),
+                window_scale: answer.wscale,
+                sack_permitted: answer.sack,
+                timestamps: answer.ts,
+                ..Options::default()
+            },
+            ..Header::default()
+        };
+        if self.syn_acks.len() < MAX_PENDING_SYN_ACKS {
+            self.syn_acks.push((link, local, remote, header));
+        }
+    }
+
+    /// The endpoint's events, through the glue; a connection gone for good leaves FLOWS.
+    fn handle_events(&mut self, now: Instant) {
+        let flows = &self.ctx.flows;
+        self.glue.handle_events(&mut self.endpoint, now, |endpoint, local, remote| {
+            // Released (after TIME_WAIT for active closes): forget the flow, unless a new
+            // incarnation of the tuple (RFC 6191) holds the FLOWS entry by now.
+            if endpoint.lookup(local, remote).is_none()
+                && let Err(e) = flows.remove(local, remote)
+            {
+                tracing::debug!("FLOWS remove for {remote}: {e}");
+            }
+        });
+    }
+
+    fn transmit(&mut self, xsk: &mut XskSocket, now: Instant) {
+        for (link, local, remote, header) in std::mem::take(&mut self.syn_acks) {
+            let hlen = wire::header_len(local.is_ipv6());
+            let sent = xsk.send(|buf| {
+                let tcp_len = tcp::segment::write(&header, &[], buf.get_mut(hlen..)?).ok()?;
+                wire::finish(buf, &link, local, remote, tcp_len)
+            });
+            if sent {
+                bump(&self.ctx.stats.tx_segments);
+            }
+        }
+        loop {
+            if xsk.tx_room() == 0 {
+                xsk.flush();
+                if xsk.tx_room() == 0 {
+                    break;
+                }
+            }
+            let scratch = &mut self.scratch;
+            let Some(out) = self.endpoint.poll_transmit(now, &mut scratch[..]) else { break };
+            let link = out.handle.and_then(|h| self.glue.link(h.slot())).unwrap_or(self.last_link);
+            let hlen = wire::header_len(out.local.is_ipv6());
+            let tcp_len = out.len;
+            let sent = xsk.send(|buf| {
+                buf.get_mut(hlen..hlen + tcp_len)?.copy_from_slice(&scratch[..tcp_len]);
+                wire::finish(buf, &link, out.local, out.remote, tcp_len)
+            });
+            if sent {
+                bump(&self.ctx.stats.tx_segments);
+                if scratch.get(FLAGS_OFFSET).is_some_and(|&f| tcp::Flags(f).rst()) {
+                    bump(&self.ctx.stats.resets_sent);
+                }
+            }
+        }
+        xsk.flush();
+    }
+
+    /// The gauges, the kernel's AF_XDP drop counters (every [`XSK_STATS_PERIOD`]) and the
+    /// endpoint's own counters, into this queue's [`QueueStats`].
+    fn publish_stats(&mut self, xsk: &XskSocket, now: Instant) {
+        let s = &self.ctx.stats;
+        if now.saturating_duration_since(self.last_xsk_stats) >= XSK_STATS_PERIOD {
+            self.last_xsk_stats = now;
+            if let Some((dropped, ring_full, fill_empty)) = xsk.kernel_drops() {
+                // Frames the kernel dropped will never be taken: not backlog (published with
+                // the next receive).
+                self.kernel_dropped = dropped;
+                s.xsk_rx_dropped.store(dropped, Ordering::Relaxed);
+                s.xsk_rx_ring_full.store(ring_full, Ordering::Relaxed);
+                s.xsk_rx_fill_empty.store(fill_empty, Ordering::Relaxed);
+            }
+        }
+        s.time_wait_fin_reacked.store(self.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
+        s.parked.store(self.endpoint.parked() as u64, Ordering::Relaxed);
+        s.app_tasks.store(self.glue.tasks() as u64, Ordering::Relaxed);
+        s.app_waiting.store(self.glue.waiting() as u64, Ordering::Relaxed);
+    }
+
+    /// Sleep until a frame arrives, an app pokes us, or the next timer is due (at most
+    /// [`MAX_SLEEP`]). This thread's apps run meanwhile.
+    async fn sleep(&mut self, xsk: &tokio::io::unix::AsyncFd<XskFd>) {
+        let t = now();
+        let timeout = match self.endpoint.poll_timeout() {
+            Some(at) => at.saturating_duration_since(t).min(MAX_SLEEP),
+            None => MAX_SLEEP,
+        };
+        if timeout.is_zero() {
+            return;
+        }
+        let waker = &self.ctx.waker;
+        tokio::select! {
+            biased;
+            () = std::future::poll_fn(|cx| waker.poll_notified(cx)) => {}
+            r = xsk.readable() => {
+                if let Ok(mut guard) = r {
+                    // The next turn drains the ring; a frame arriving later sets it again.
+                    guard.clear_ready();
+                }
+            }
+            () = tokio::time::sleep(timeout) => {}
+        }
+    }
+}

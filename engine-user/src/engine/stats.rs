@@ -1,0 +1,192 @@
+//! The engine's counters and gauges: one [`QueueStats`] per queue thread, summed over the
+//! queues into `synx stats` (after the XDP program's, engine-common's `counters`). Each value is
+//! declared once, here, with the name `synx stats` prints, whether it is a counter or a gauge,
+//! and a help text (what an exporter prints as its HELP line).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use synx_tcp::connection::DropReason;
+
+use crate::wire::WireError;
+
+/// How a value moves, as Prometheus types it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only grows while the daemon runs.
+    Counter,
+    /// A level, sampled when read.
+    Gauge,
+}
+
+/// What one value of `synx stats` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// As `synx stats` prints it.
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+const fn counter(name: &'static str, help: &'static str) -> Metric {
+    Metric { name, kind: Kind::Counter, help }
+}
+
+macro_rules! queue_stats {
+    ($($field:ident: $kind:ident $name:literal $help:literal;)*) => {
+        /// One queue thread's counters and gauges, written by that thread only (relaxed atomics:
+        /// readers want totals, not ordering).
+        #[derive(Debug, Default)]
+        pub struct QueueStats {
+            $(#[doc = $help] pub $field: AtomicU64,)*
+            /// Segments the TCP core dropped, by [`DROP_REASONS`].
+            dropped_by_reason: [AtomicU64; DROP_REASONS.len()],
+            /// Frames the wire layer refused, by [`WIRE_DROPS`].
+            wire: [AtomicU64; WIRE_DROPS.len()],
+        }
+
+        impl QueueStats {
+            const SINGLE: &[Metric] = &[$(Metric { name: $name, kind: Kind::$kind, help: $help }),*];
+
+            fn single_values(&self) -> impl Iterator<Item = u64> + '_ {
+                [$(&self.$field),*].into_iter().map(|a| a.load(Ordering::Relaxed))
+            }
+        }
+    };
+}
+
+queue_stats! {
+    rx_segments: Counter "tcp_rx_segments" "TCP segments received and handed to the TCP core.";
+    tx_segments: Counter "tcp_tx_segments" "TCP segments sent (data, ACKs, FINs, resets and SYN-ACKs).";
+    accepted: Counter "tcp_accepted" "Connections created from a valid SYN-cookie ACK.";
+    closed: Counter "tcp_closed" "Connections released (active closes after TIME_WAIT).";
+    closed_reset: Counter "tcp_closed_reset" "Connections ended by the peer's reset.";
+    closed_timeout: Counter "tcp_closed_timeout" "Connections ended because retransmission or keepalive gave up.";
+    closed_aborted: Counter "tcp_closed_aborted"
+        "Connections reset by this side: an application's abort or close with unread data, or shutdown.";
+    time_wait_fin_reacked: Counter "tcp_time_wait_fin_reacked"
+        "FINs retransmitted by peers that lost our last ACK, acknowledged again from TIME_WAIT.";
+    resets_sent: Counter "tcp_resets_sent" "Resets sent by the TCP core, to connections and to strangers.";
+    cookie_rejected: Counter "tcp_cookie_rejected"
+        "Segments for no connection whose ACK is not a SYN cookie minted recently for the tuple (reset).";
+    no_listener: Counter "tcp_no_listener"
+        "Segments for no connection to an address nobody listens on, or while stopping (reset).";
+    table_full: Counter "tcp_table_full"
+        "Valid cookie ACKs refused: connection table full or tuple taken (reset).";
+    parked: Gauge "tcp_parked" "Idle connections folded into their slot, holding no boxed TCB.";
+    app_tasks: Gauge "app_tasks" "Application tasks alive on the engine threads (local tasks and running turns).";
+    app_waiting: Gauge "app_waiting"
+        "Connections served in turns that wait for input holding no task and no stream state.";
+    xsk_rx_dropped: Counter "xsk_rx_dropped" "Frames the kernel dropped at the AF_XDP socket (rx_dropped).";
+    xsk_rx_ring_full: Counter "xsk_rx_ring_full"
+        "Frames the kernel dropped because the AF_XDP RX ring was full (rx_ring_full).";
+    xsk_rx_fill_empty: Counter "xsk_rx_fill_empty"
+        "Times the kernel found the AF_XDP fill ring empty (rx_fill_ring_empty_descs).";
+    tcp_parse_errors: Counter "tcp_parse_errors" "Frames whose TCP header or options did not parse.";
+    dropped_by_tcp: Counter "tcp_dropped" "Segments of known connections the TCP core dropped (tcp_drop_* by reason).";
+}
+
+/// Why the TCP core dropped a segment of a known connection: the injection defences of RFC
+/// 5961 and the acceptability checks of RFC 9293 3.10.7.4 show up apart from each other.
+pub const DROP_REASONS: [(DropReason, Metric); 7] = [
+    (DropReason::Closed, counter("tcp_drop_closed", "Segments for a connection already closed.")),
+    (DropReason::Paws, counter("tcp_drop_paws", "Segments with an old timestamp (RFC 7323 5.3 PAWS).")),
+    (
+        DropReason::Unacceptable,
+        counter("tcp_drop_unacceptable", "Segments outside the receive window (RFC 9293 3.10.7.4)."),
+    ),
+    (
+        DropReason::RstNotExact,
+        counter("tcp_drop_rst_not_exact", "Resets in the window but not at RCV.NXT (RFC 5961 3.2)."),
+    ),
+    (DropReason::Syn, counter("tcp_drop_syn_synchronized", "SYNs on a synchronized connection (RFC 5961 4.2).")),
+    (DropReason::NoAck, counter("tcp_drop_no_ack", "Segments without ACK on a synchronized connection.")),
+    (DropReason::BadAck, counter("tcp_drop_bad_ack", "ACKs of unsent data or of data too old (RFC 5961 5.2).")),
+];
+
+/// Why the wire layer refused a frame before the TCP core saw it.
+pub const WIRE_DROPS: [(WireError, Metric); 4] = [
+    (WireError::NotTcp, counter("wire_drop_not_tcp", "Frames that are not Ethernet with IPv4/IPv6 and TCP.")),
+    (WireError::Malformed, counter("wire_drop_malformed", "Frames whose headers do not parse.")),
+    (WireError::Fragment, counter("wire_drop_fragment", "IP fragments.")),
+    (WireError::BadChecksum, counter("wire_drop_bad_checksum", "TCP segments with a bad checksum.")),
+];
+
+impl QueueStats {
+    /// Every value, in `synx stats` order.
+    pub fn metrics() -> impl Iterator<Item = &'static Metric> {
+        Self::SINGLE.iter().chain(DROP_REASONS.iter().map(|(_, m)| m)).chain(WIRE_DROPS.iter().map(|(_, m)| m))
+    }
+
+    /// The values now, in the order of [`QueueStats::metrics`].
+    pub fn values(&self) -> impl Iterator<Item = u64> + '_ {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        self.single_values().chain(self.dropped_by_reason.iter().map(load)).chain(self.wire.iter().map(load))
+    }
+
+    /// A segment of a known connection the TCP core dropped.
+    pub fn count_drop(&self, why: DropReason) {
+        self.dropped_by_tcp.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = DROP_REASONS.iter().position(|(r, _)| *r == why) {
+            self.dropped_by_reason[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A frame the wire layer refused.
+    pub fn count_wire(&self, why: WireError) {
+        if let Some(i) = WIRE_DROPS.iter().position(|(e, _)| *e == why) {
+            self.wire[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Add one to `counter`.
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Every queue's values summed, by name in `synx stats` order.
+pub fn sum<'a>(queues: impl IntoIterator<Item = &'a QueueStats>) -> Vec<(&'static str, u64)> {
+    let mut total: Vec<(&'static str, u64)> = QueueStats::metrics().map(|m| (m.name, 0)).collect();
+    for q in queues {
+        for (slot, v) in total.iter_mut().zip(q.values()) {
+            slot.1 += v;
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_value_is_named_once_and_explained() {
+        let all: Vec<&Metric> = QueueStats::metrics().collect();
+        assert_eq!(all.len(), QueueStats::default().values().count(), "a name for every value");
+        for (i, m) in all.iter().enumerate() {
+            assert!(!all[..i].iter().any(|o| o.name == m.name), "{} twice", m.name);
+            assert!(!m.name.starts_with("xdp_"), "{}: xdp_ names are the XDP program's", m.name);
+            assert!(m.help.ends_with('.') && m.help.len() > 10, "{}: help {:?}", m.name, m.help);
+        }
+    }
+
+    #[test]
+    fn drops_are_counted_in_all_and_by_reason_and_summed_over_queues() {
+        let (a, b) = (QueueStats::default(), QueueStats::default());
+        a.count_drop(DropReason::Paws);
+        b.count_drop(DropReason::Paws);
+        b.count_drop(DropReason::BadAck);
+        b.count_wire(WireError::Fragment);
+        bump(&a.accepted);
+        a.parked.store(3, Ordering::Relaxed);
+        let total = sum([&a, &b]);
+        let get = |name: &str| total.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        assert_eq!(get("tcp_dropped"), Some(3));
+        assert_eq!(get("tcp_drop_paws"), Some(2));
+        assert_eq!(get("tcp_drop_bad_ack"), Some(1));
+        assert_eq!(get("tcp_drop_closed"), Some(0));
+        assert_eq!(get("wire_drop_fragment"), Some(1));
+        assert_eq!(get("tcp_accepted"), Some(1));
+        assert_eq!(get("tcp_parked"), Some(3));
+    }
+}
