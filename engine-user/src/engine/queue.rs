@@ -243,7 +243,7 @@ impl QueueDriver {
                 // RFC 6191: a new incarnation of a tuple in TIME_WAIT. The old one is gone from
                 // the endpoint; answer the SYN as XDP would have, so the client need not
                 // retransmit it (a 1 s stall for every port it reuses).
-                self.answer_syn(now, rx.link, rx.local, rx.remote, &hdr);
+                self.answer_syn(rx.link, rx.local, rx.remote, &hdr);
             }
             Disposition::Dropped(why) => stats.count_drop(why),
         }
@@ -289,7 +289,7 @@ impl QueueDriver {
 
     /// The SYN-ACK XDP sends, built by the same policy (`engine_common::synack`) for a SYN that
     /// reached userspace.
-    fn answer_syn(&mut self, now: Instant, link: Link, local: SocketAddr, remote: SocketAddr, syn: &tcp::segment::Header) {
+    fn answer_syn(&mut self, link: Link, local: SocketAddr, remote: SocketAddr, syn: &tcp::segment::Header) {
         use tcp::segment::{Flags, Header, Options};
         let o = &syn.options;
         let offer = Syn {
@@ -302,7 +302,7 @@ impl QueueDriver {
             // RFC 3168 6.1.1: an ECN-setup SYN has ECE and CWR set.
             ecn: syn.flags.contains(Flags::ECE) && syn.flags.contains(Flags::CWR),
         };
-        let Some(answer) = self.ctx.cookies.answer(local, remote, &offer, now.as_nanos()) else { return };
+        let Some(answer) = self.ctx.cookies.answer(local, remote, &offer) else { return };
         let header = Header {
             src_port: local.port(),
             dst_port: remote.port(),
