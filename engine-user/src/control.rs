@@ -1,5 +1,5 @@
 //! The daemon's control socket: one JSON request line in, one JSON reply line out.
-//! `synx stats` and `synx conns` are its clients. The socket is created mode 0600 in a directory
+//! `synx stats`, `synx conns` and `synx drain` are its clients. The socket is created mode 0600 in a directory
 //! only its owner can write (root's /run/synx by default).
 
 use std::{
@@ -26,6 +26,10 @@ pub enum Request {
     Conns,
     /// Read the configuration again and apply what can change in place (SIGHUP does the same).
     Reload,
+    /// Take no new connections (`synx drain`); the reply says how many are open.
+    Drain,
+    /// Take new connections again (`synx drain --stop`).
+    Undrain,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -44,6 +44,13 @@ impl Responder for Daemon {
                 serde_json::Value::Object(map)
             }
             Request::Conns => serde_json::to_value(self.engine.conns()).unwrap_or_default(),
+            Request::Drain | Request::Undrain => match self.engine.drain(req == Request::Drain) {
+                Ok(()) => serde_json::json!({
+                    "draining": self.engine.draining(),
+                    "connections_open": self.engine.open_connections()
+                }),
+                Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+            },
             Request::Reload => match self.reload() {
                 Ok(done) => serde_json::json!({ "reloaded": done }),
                 Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
@@ -70,6 +77,16 @@ fn fixed_settings_changed(old: &RunConfig, new: &RunConfig) -> Vec<&'static str>
     }
     if old.app_threads != new.app_threads {
         names.push("app_threads");
+    }
+    let (a, b) = (&old.cluster, &new.cluster);
+    if a.cookie_key_file != b.cookie_key_file {
+        names.push("cookie_key_file");
+    }
+    if a.peer_hosts != b.peer_hosts || a.peer_port != b.peer_port {
+        names.push("peer_hosts/peer_port");
+    }
+    if a.drain_syns != b.drain_syns {
+        names.push("drain_syns");
     }
     names
 }
@@ -199,6 +216,7 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
         msl: cfg.msl,
         max_conns: cfg.max_conns,
         busy_poll: cfg.busy_poll,
+        cluster: cfg.cluster.clone(),
     })?);
     let daemon = Arc::new(Daemon { engine: engine.clone(), flags, config_file, current: Mutex::new(cfg.clone()) });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -244,6 +262,8 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
     // period (the apps keep running on their threads), then what is left is reset.
     let grace = daemon.grace();
     if result.is_ok() {
+        // Said once new SYNs go unanswered.
+        engine.stop_accepting();
         let _ = writeln!(std::io::stdout(), "shutting down: {} s grace for open connections", grace.as_secs());
     }
     engine.shutdown(if result.is_ok() { grace } else { Duration::ZERO });

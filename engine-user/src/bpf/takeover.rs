@@ -26,9 +26,17 @@ use super::{BpfError, PROGRAM, XDP_OBJECT, XdpProgram, XdpSettings, load_object,
 
 /// The maps whose state a successor keeps: connections' flows and last-seen stamps, the
 /// listeners, the XDP counters (`synx stats` carries on), the cookie secrets (a cookie minted
-/// before the takeover still validates after it).
-pub const KEPT_MAPS: [&str; 7] =
-    [maps::FLOWS4, maps::FLOWS6, maps::LAST_SEEN, maps::LISTENERS, maps::LISTEN_PORTS, maps::COUNTERS, maps::COOKIE_SECRETS];
+/// before the takeover still validates after it), the switches (draining, the ring of hosts).
+pub const KEPT_MAPS: [&str; 8] = [
+    maps::FLOWS4,
+    maps::FLOWS6,
+    maps::LAST_SEEN,
+    maps::LISTENERS,
+    maps::LISTEN_PORTS,
+    maps::COUNTERS,
+    maps::COOKIE_SECRETS,
+    maps::SWITCHES,
+];
 
 /// The link's pin in the handover directory.
 const LINK_PIN: &str = "link";
@@ -113,6 +121,7 @@ impl XdpProgram {
         }
         let ebpf = load_object(XDP_OBJECT, max_flows, &settings, Some(dir))?;
         let mut engine = Self::open_with(ebpf, settings, max_flows)?;
+        engine.secrets.adopt()?;
         let prog = program(&mut engine.ebpf, PROGRAM)?;
         prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
         let link = PinnedLink::from_pin(dir.join(LINK_PIN)).map_err(|e| takeover_error(format!("the pinned link: {e}")))?;
