@@ -441,16 +441,63 @@ pub struct FlowTable {
 struct FlowMaps {
     v4: HashMap<MapData, FlowKey4, u32>,
     v6: HashMap<MapData, FlowKey6, u32>,
+    /// CLOCK_MONOTONIC of the last sweep of expired claims (0: none yet).
+    swept_ns: u64,
+}
+
+impl FlowMaps {
+    fn put(&mut self, key: &FlowKey, value: u32) -> Result<(), aya::maps::MapError> {
+        match key {
+            FlowKey::V4(k) => self.v4.insert(k, &value, 0),
+            FlowKey::V6(k) => self.v6.insert(k, &value, 0),
+        }
+    }
+
+    /// Remove the claims that expired by `now_ns` (cookie ACKs that never reached userspace),
+    /// at most once per claim lifetime: a full table of live connections costs one walk per
+    /// lifetime, not one per refused connection. How many went.
+    fn sweep(&mut self, now_ns: u64) -> usize {
+        let every = u64::from(maps::CLAIM_TTL) << 30;
+        if self.swept_ns != 0 && now_ns.saturating_sub(self.swept_ns) < every {
+            return 0;
+        }
+        self.swept_ns = now_ns;
+        let expired = |v: u32| maps::claim_expired(v, now_ns);
+        let v4: Vec<FlowKey4> = self.v4.iter().filter_map(Result::ok).filter(|(_, v)| expired(*v)).map(|(k, _)| k).collect();
+        let v6: Vec<FlowKey6> = self.v6.iter().filter_map(Result::ok).filter(|(_, v)| expired(*v)).map(|(k, _)| k).collect();
+        // A claim XDP renews between the walk and the removal goes too: its connection still
+        // gets its slot when userspace takes the ACK, but a segment that overtakes the ACK
+        // finds no flow (a reset), as with FLOWS full.
+        v4.iter().filter(|k| self.v4.remove(k).is_ok()).count() + v6.iter().filter(|k| self.v6.remove(k).is_ok()).count()
+    }
+}
+
+/// Whether a map update failed because the map is full.
+fn map_full(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
 }
 
 impl FlowTable {
+    /// Route the connection's segments to `slot` (or, in tests, write any FLOWS value). When
+    /// FLOWS is full, expired claims are swept first; failing still, the caller must not keep
+    /// the connection (its segments would not reach it).
     pub fn insert(&self, local: SocketAddr, remote: SocketAddr, slot: u32) -> Result<(), BpfError> {
         let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
-        match flow_key(local, remote) {
-            FlowKey::V4(k) => flows.v4.insert(&k, &slot, 0)?,
-            FlowKey::V6(k) => flows.v6.insert(&k, &slot, 0)?,
+        let key = flow_key(local, remote);
+        match flows.put(&key, slot) {
+            Err(e) if map_full(&e) && flows.sweep(monotonic_ns()) > 0 => flows.put(&key, slot)?,
+            r => r?,
         }
         Ok(())
+    }
+
+    /// The FLOWS value of the connection: its slot, or XDP's claim (see `maps::CLAIM`).
+    pub fn get(&self, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+        let flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+        match flow_key(local, remote) {
+            FlowKey::V4(k) => flows.v4.get(&k, 0).ok(),
+            FlowKey::V6(k) => flows.v6.get(&k, 0).ok(),
+        }
     }
 
     pub fn remove(&self, local: SocketAddr, remote: SocketAddr) -> Result<(), BpfError> {
@@ -764,6 +811,7 @@ impl XdpProgram {
         let flows = FlowMaps {
             v4: HashMap::try_from(take(&mut ebpf, maps::FLOWS4)?)?,
             v6: HashMap::try_from(take(&mut ebpf, maps::FLOWS6)?)?,
+            swept_ns: 0,
         };
         let xsks: XskMap<MapData> = XskMap::try_from(take(&mut ebpf, maps::XSKS)?)?;
         let last_seen = match take(&mut ebpf, maps::LAST_SEEN)? {

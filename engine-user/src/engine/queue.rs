@@ -268,10 +268,19 @@ impl QueueDriver {
         let cookie = || cookies.check(local, remote, hdr.seq.0, hdr.ack.0, hdr.options.timestamps, now.as_nanos());
         match self.endpoint.accept_cookie(now, local, remote, hdr, payload, listener, cookie) {
             Ok((h, listener)) => {
-                if let Err(e) = self.ctx.flows.insert(local, remote, h.slot()) {
-                    tracing::warn!("FLOWS insert for {remote}: {e}");
-                }
+                let routed = self.ctx.flows.insert(local, remote, h.slot());
                 self.glue.attach(&mut self.endpoint, now, h, link, &listener);
+                if let Err(e) = routed {
+                    // FLOWS is full even of live connections: XDP would not route this one's
+                    // segments here, so reset it now rather than leave a client that believes
+                    // it is connected (its app sees the connection aborted).
+                    tracing::debug!("FLOWS insert for {remote}: {e}");
+                    bump(&self.ctx.stats.flows_full);
+                    if let Some(conn) = self.endpoint.connection_mut(h) {
+                        conn.abort(now);
+                    }
+                    self.glue.service(&mut self.endpoint, now, h);
+                }
             }
             Err(refusal) => {
                 let stats = &self.ctx.stats;
