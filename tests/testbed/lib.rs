@@ -21,6 +21,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 
 mod nginx;
+pub mod path;
 pub use nginx::Nginx;
 pub mod multihost;
 
@@ -250,8 +251,8 @@ impl VethPair {
     }
 }
 
-/// `synx peer-pass` (an XDP_PASS program) on `iface` in `ns`, attached when this returns; the
-/// caller kills it (which detaches the program).
+/// `synx peer-pass` (an XDP_PASS program) on `iface` in `ns`, attached when this returns;
+/// detached when the child is killed.
 pub fn peer_pass(ns: &Netns, iface: &str) -> anyhow::Result<Child> {
     let mut child = ns
         .command(synx_bin().to_str().context("binary path")?)
@@ -263,7 +264,7 @@ pub fn peer_pass(ns: &Netns, iface: &str) -> anyhow::Result<Child> {
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
     if !line.starts_with("attached") {
         let _ = child.kill();
-        bail!("synx peer-pass did not attach: {:?}", child.wait()?);
+        bail!("synx peer-pass did not attach on {iface}: {:?}", child.wait()?);
     }
     Ok(child)
 }
@@ -635,6 +636,20 @@ pub fn echo_roundtrip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
     s.read_exact(&mut got).unwrap();
     writer.join().unwrap();
     got
+}
+
+/// Test bytes that differ per offset and per seed, with no run repeating at a short period
+/// (xorshift64): a shifted, dropped or duplicated piece changes their hash.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// A hash of every byte, in order.
