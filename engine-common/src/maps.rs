@@ -17,8 +17,6 @@ pub const FLOWS4: &str = "FLOWS4";
 /// Hash map [`FlowKey6`] -> `u32` slot: the same for IPv6 (allocated on insert, so an IPv4-only
 /// host pays nothing for it).
 pub const FLOWS6: &str = "FLOWS6";
-/// `BPF_F_MMAPABLE` array of `u64`: CLOCK_MONOTONIC ns of the last segment seen per slot.
-pub const LAST_SEEN: &str = "LAST_SEEN";
 /// XSKMAP: AF_XDP socket per RX queue index.
 pub const XSKS: &str = "XSKS";
 /// One-entry `BPF_F_MMAPABLE` array of `crate::secrets::CookieSecrets`: the cookie secrets and
@@ -100,7 +98,7 @@ pub const fn claim_expired(v: u32, mono_ns: u64) -> bool {
     v & CLAIM != 0 && age >= CLAIM_TTL && age < CLAIM >> 1
 }
 
-/// Slots of FLOWS / LAST_SEEN when userspace does not size them.
+/// Entries of FLOWS4 / FLOWS6 when userspace does not size them.
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 
 /// Address family tags used in keys (never a Rust enum across the boundary).

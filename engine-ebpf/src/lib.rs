@@ -9,8 +9,8 @@
 //!   connection), a bad one gets the RFC 9293 3.10.7.1 reset (rate-limited) or is dropped.
 //! - RST with no flow: dropped (never answer a reset with a reset); this is also where the
 //!   client's RST to the SYN-ACK of a stale SYN ends.
-//! - Any segment of a known flow (FLOWS, written by userspace): LAST_SEEN[slot] = now, then to
-//!   AF_XDP (including SYNs, which the TCP core answers with a challenge ACK, RFC 5961 4). A
+//! - Any segment of a known flow (FLOWS, written by userspace): to AF_XDP, unexamined: the TCP
+//!   core decides what it means and whether it shows the peer alive (including SYNs, which the TCP core answers with a challenge ACK, RFC 5961 4). A
 //!   tuple XDP claimed for a valid cookie ACK counts as known until userspace writes its slot,
 //!   or until the claim expires (`engine_common::maps::CLAIM`).
 //! - While the host drains (SWITCHES, flipped by `synx drain`): SYNs with no flow get no

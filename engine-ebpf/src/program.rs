@@ -15,7 +15,7 @@ use engine_common::{
 
 use crate::{
     clock::{Now, coarse_now, precise_mono_ns, precise_shared_ns},
-    maps::{FLOWS4, FLOWS6, LAST_SEEN, LISTEN_PORTS, LISTENERS, RX_BACKLOG, XSKS, count, draining, published_secrets},
+    maps::{FLOWS4, FLOWS6, LISTEN_PORTS, LISTENERS, RX_BACKLOG, XSKS, count, draining, published_secrets},
     options::{fixed_syn_options, walk_syn_options},
     packet::{ACK, FIN, RST, SYN, Seg, Verdict, parse},
     ratelimit::{RST as RST_BUCKET, take_token},
@@ -108,14 +108,10 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
     // unknown again, and a new cookie ACK may claim it anew.
     let mut claim_flags = u64::from(BPF_NOEXIST);
     if let Some(&slot) = slot {
-        // The coarse clock (see `coarse_now`): keepalive needs seconds, not nanoseconds, and
-        // a stamp up to a tick old only makes a connection look idle a little longer.
-        let now = coarse_now().mono_ns;
-        if !claim_expired(slot, now) {
-            if let Some(p) = LAST_SEEN.get_ptr_mut(slot) {
-                // SAFETY: a valid array slot; a plain 8-byte store that userspace reads via mmap.
-                unsafe { *p = now };
-            }
+        // A known flow's segments all go to its engine, whose TCP core alone says whether one
+        // is the peer's (keepalive counts only those): a stamp here, before any check, would
+        // let a blind sender who knows the tuple keep a dead peer's connection alive.
+        if !claim_expired(slot, coarse_now().mono_ns) {
             count(counters::FLOW_SEGMENT);
             return to_userspace(ctx);
         }

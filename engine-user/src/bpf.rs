@@ -1,6 +1,6 @@
 //! Loading the embedded XDP program, attaching it, and the maps it shares with userspace:
 //! SYN-cookie secrets, listeners, the flow table and AF_XDP sockets (handed to the engine
-//! threads), and LAST_SEEN read through mmap; settings fixed for the program's life are
+//! threads), and the RX backlog through mmap; settings fixed for the program's life are
 //! read-only globals of the object, set as it loads ([`XdpSettings`]).
 //!
 //! Two objects are embedded: `synx-xdp`, the program `synx run` attaches and nothing else, and
@@ -182,7 +182,7 @@ pub enum BpfError {
     MissingMap(&'static str),
     #[error("BPF map access failed: {0}")]
     Map(#[from] aya::maps::MapError),
-    #[error("mapping LAST_SEEN into memory failed: {0}")]
+    #[error("mapping a BPF map into memory failed: {0}")]
     Mmap(std::io::Error),
     #[error("SYN-cookie secrets: {0}")]
     Secrets(#[from] KeyError),
@@ -205,8 +205,8 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock the XDP program stamps LAST_SEEN with
-/// (bpf_ktime_get_coarse_ns), so userspace's instants and the stamps compare.
+/// CLOCK_MONOTONIC in nanoseconds: the clock the XDP program dates FLOWS claims with
+/// (bpf_ktime_get_coarse_ns), so userspace can tell their age.
 pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
@@ -274,7 +274,6 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings) -> Result<
     EbpfLoader::new()
         .map_max_entries(maps::FLOWS4, max_flows)
         .map_max_entries(maps::FLOWS6, max_flows)
-        .map_max_entries(maps::LAST_SEEN, max_flows)
         .override_global(globals::MSS, &settings.mss, true)
         .override_global(globals::WSCALE, &settings.wscale, true)
         .override_global(globals::RST_BAD_COOKIE, &rst_bad_cookie, true)
@@ -567,28 +566,6 @@ impl Drop for MappedArray {
     }
 }
 
-/// LAST_SEEN mapped read-only: XDP's CLOCK_MONOTONIC stamp of each slot's latest segment.
-#[derive(Clone)]
-pub struct LastSeen {
-    inner: Arc<MappedArray>,
-    slots: u32,
-}
-
-impl LastSeen {
-    fn map(map: MapData, slots: u32) -> Result<Self, BpfError> {
-        Ok(Self { inner: Arc::new(MappedArray::new(map, slots as usize * 8, false)?), slots })
-    }
-
-    /// Nanoseconds (CLOCK_MONOTONIC) of the slot's last segment; `None` if never stamped.
-    pub fn get(&self, slot: u32) -> Option<u64> {
-        if slot >= self.slots {
-            return None;
-        }
-        let v = self.inner.word(slot as usize)?.load(std::sync::atomic::Ordering::Relaxed);
-        (v != 0).then_some(v)
-    }
-}
-
 /// The RX_BACKLOG entries (one per RX queue), mapped writable: each engine thread publishes
 /// how many frames it has taken; XDP, which counts what it redirected, holds back new SYNs
 /// while the difference is large.
@@ -779,7 +756,6 @@ pub struct XdpProgram {
     secrets: SecretsPublisher,
     switches: Switches,
     flows: FlowTable,
-    last_seen: LastSeen,
     rx_backlog: RxBacklog,
 }
 
@@ -814,10 +790,6 @@ impl XdpProgram {
             swept_ns: 0,
         };
         let xsks: XskMap<MapData> = XskMap::try_from(take(&mut ebpf, maps::XSKS)?)?;
-        let last_seen = match take(&mut ebpf, maps::LAST_SEEN)? {
-            Map::Array(data) => LastSeen::map(data, max_flows)?,
-            _ => return Err(BpfError::MissingMap(maps::LAST_SEEN)),
-        };
         let rx_backlog = match take(&mut ebpf, maps::RX_BACKLOG)? {
             Map::Array(data) => RxBacklog::map(data)?,
             _ => return Err(BpfError::MissingMap(maps::RX_BACKLOG)),
@@ -840,7 +812,6 @@ impl XdpProgram {
             secrets,
             switches,
             flows: FlowTable { flows: Arc::new(Mutex::new(flows)), xsks: Arc::new(Mutex::new(xsks)) },
-            last_seen,
             rx_backlog,
         };
         engine.secrets.refresh()?;
@@ -1081,10 +1052,6 @@ impl XdpProgram {
             ours: Ours { mss: self.settings.mss, wscale: self.settings.wscale },
             draining: self.switches.draining.clone(),
         }
-    }
-
-    pub fn last_seen(&self) -> LastSeen {
-        self.last_seen.clone()
     }
 
     /// Every XDP outcome counter, summed over CPUs, in index order.

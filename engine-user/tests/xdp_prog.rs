@@ -43,8 +43,6 @@ const PORT: u16 = 80;
 const SECRET: Key = Key { k0: 11, k1: 12 };
 /// The MSS the programs announce.
 const OUR_MSS: u16 = 1460;
-/// How far behind the XDP program's coarse clock may be: two ticks at HZ=100.
-const COARSE_LAG_NS: u64 = 20_000_000;
 
 // ---- The programs ----
 
@@ -171,7 +169,7 @@ struct Setup {
     silent: bool,
     /// More listeners: address, id.
     listeners: Vec<(&'static str, u32)>,
-    /// Connections userspace holds: family (v6), client port, LAST_SEEN slot.
+    /// Connections userspace holds: family (v6), client port, slot.
     flows: Vec<(bool, u16, u32)>,
     /// Tuples XDP claimed for a cookie ACK userspace has not taken: family (v6), client port,
     /// and whether the claim is past its lifetime.
@@ -201,9 +199,8 @@ enum Out {
     /// The frame as it came (passed, dropped).
     Untouched,
     /// Untouched, redirected to the queue's AF_XDP socket. No socket is bound in a test run,
-    /// so the redirect falls back to a drop, counted (xdp_redirect_failed). With a slot:
-    /// LAST_SEEN[slot] stamped with the coarse clock.
-    ToUserspace { stamped: Option<u32> },
+    /// so the redirect falls back to a drop, counted (xdp_redirect_failed).
+    ToUserspace,
     /// Our SYN-ACK to the SYN, what its options should earn.
     SynAck(Expect),
     /// RFC 9293 3.10.7.1: <SEQ=seq><CTL=RST>, or <SEQ=seq><ACK=ack><CTL=RST,ACK>.
@@ -272,7 +269,6 @@ fn fresh(setup: &Setup) -> XdpProgram {
     }
     for &(v6, port, slot) in &setup.flows {
         e.flow_table().insert(server(v6), client(v6, port), slot).unwrap();
-        assert_eq!(e.last_seen().get(slot), None, "a fresh slot is unstamped");
     }
     for &(v6, port, expired) in &setup.claims {
         let age = if expired { u64::from(maps::CLAIM_TTL) << 30 } else { 0 };
@@ -297,21 +293,13 @@ fn run(rows: Vec<Row>) {
             Start::Then => current.as_mut().unwrap_or_else(|| panic!("{what}: no row before to continue")),
         };
         let before = counters_of(e);
-        let t0 = monotonic_ns();
         let (verdict, out, _) = e.test_run(&r.frame, 1).unwrap();
         assert_eq!(verdict, r.verdict, "{what}: verdict");
         // What the program serves: the frame, or the one another host wrapped in it.
         let seen = unwrapped(&r.frame).unwrap_or_else(|| r.frame.clone());
         match r.out {
             Out::Untouched => assert_eq!(out, r.frame, "{what}: frame modified"),
-            Out::ToUserspace { stamped } => {
-                assert_eq!(out, seen, "{what}: a redirected frame is what came, unwrapped");
-                if let Some(slot) = stamped {
-                    let stamp = e.last_seen().get(slot).unwrap_or_else(|| panic!("{what}: LAST_SEEN[{slot}] not stamped"));
-                    // The coarse clock: up to two ticks behind, never ahead.
-                    assert!(stamp + COARSE_LAG_NS >= t0 && stamp <= monotonic_ns(), "{what}: stamp {stamp}, sent at {t0}");
-                }
-            }
+            Out::ToUserspace => assert_eq!(out, seen, "{what}: a redirected frame is what came, unwrapped"),
             Out::SynAck(want) => check_synack(e, &seen, &out, &want, what),
             Out::Rst { seq, ack } => check_rst(&seen, &out, seq, ack, what),
             Out::Forwarded { hops } => check_forwarded(&seen, &out, hops, what),
@@ -598,14 +586,14 @@ fn cookie_handshakes_reach_userspace() {
             row(format!("SYN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]),
             // RFC 9293 3.10.7.3 with SYN-RECEIVED held in the cookie: a valid ACK goes to
             // userspace (which decodes the same cookie, see check_synack), the tuple claimed.
-            row(format!("its final ACK (v6={v6})"), ack, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("its final ACK (v6={v6})"), ack, XDP_DROP, Out::ToUserspace, &[
                 (COOKIE_ACK_VALID, 1),
                 (REDIRECT_FAILED, 1),
             ])
             .then(),
             // The flow's next segment follows it to userspace before userspace has created
             // the connection: the claim in FLOWS. Without it, this segment would get a reset.
-            row(format!("the flow's next segment (v6={v6})"), next, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("the flow's next segment (v6={v6})"), next, XDP_DROP, Out::ToUserspace, &[
                 (FLOW_SEGMENT, 1),
                 (REDIRECT_FAILED, 1),
                 (RST_SENT, 0),
@@ -633,20 +621,20 @@ fn claims_of_cookie_acks_userspace_never_took_expire() {
             ])
             .with(claimed),
             // Its cookie ACK claims the tuple anew ...
-            row(format!("its final ACK (v6={v6})"), ack, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("its final ACK (v6={v6})"), ack, XDP_DROP, Out::ToUserspace, &[
                 (CLAIM_EXPIRED, 1),
                 (COOKIE_ACK_VALID, 1),
                 (REDIRECT_FAILED, 1),
             ])
             .then(),
             // ... so the data right behind it follows it to userspace.
-            row(format!("the data behind it (v6={v6})"), data, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("the data behind it (v6={v6})"), data, XDP_DROP, Out::ToUserspace, &[
                 (FLOW_SEGMENT, 1),
                 (REDIRECT_FAILED, 1),
             ])
             .then(),
             // A live claim still routes the tuple to userspace, SYNs included.
-            row(format!("SYN on a live claim (v6={v6})"), linux_syn(v6), XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("SYN on a live claim (v6={v6})"), linux_syn(v6), XDP_DROP, Out::ToUserspace, &[
                 (FLOW_SEGMENT, 1),
                 (REDIRECT_FAILED, 1),
             ])
@@ -710,23 +698,23 @@ fn segments_with_no_flow_and_no_cookie() {
 }
 
 #[test]
-fn known_flows_are_stamped_and_go_to_userspace() {
+fn known_flows_go_to_userspace_unexamined() {
     use counters::{COOKIE_ACK_INVALID, FLOW_SEGMENT, REDIRECT_FAILED, RST_SENT};
     let to_userspace = [(FLOW_SEGMENT, 1), (REDIRECT_FAILED, 1)];
     let data = |v6| frame(v6, 40001, 9, &[], |b| b.ack(1), b"data");
     let rows = vec![
-        row("data of a known flow", data(false), XDP_DROP, Out::ToUserspace { stamped: Some(17) }, &to_userspace)
+        row("data of a known flow", data(false), XDP_DROP, Out::ToUserspace, &to_userspace)
             .with(Setup { flows: vec![(false, 40001, 17)], ..Setup::default() }),
         // A SYN of a known flow too: the TCP core answers it (RFC 5961 4).
         row(
             "a SYN of a known flow",
             frame(false, 40001, 9, &[], |b| b.syn(), &[]),
             XDP_DROP,
-            Out::ToUserspace { stamped: Some(17) },
+            Out::ToUserspace,
             &to_userspace,
         )
         .then(),
-        row("data of a known IPv6 flow", data(true), XDP_DROP, Out::ToUserspace { stamped: Some(21) }, &to_userspace)
+        row("data of a known IPv6 flow", data(true), XDP_DROP, Out::ToUserspace, &to_userspace)
             .with(Setup { flows: vec![(true, 40001, 21)], ..Setup::default() }),
         // The same segment with no flow: no cookie either, so an RFC 9293 3.10.7.1 reset.
         row("the same IPv6 segment with no flow", data(true), XDP_TX, Out::Rst { seq: 1, ack: None }, &[
@@ -969,7 +957,7 @@ fn a_backlogged_queue_leaves_new_syns_unanswered_and_nothing_else() {
         row("SYN, queue 0's engine ahead", linux_syn(false), XDP_TX, Out::SynAck(LINUX), &answered).with(queue0(5)),
         row("SYN, only queue 1 over the limit", linux_syn(false), XDP_TX, Out::SynAck(LINUX), &answered)
             .with(Setup { consumed: vec![(1, behind(RX_BACKLOG_LIMIT + 1))], ..Setup::default() }),
-        row("the final ACK, queue 0 over the limit", ack, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+        row("the final ACK, queue 0 over the limit", ack, XDP_DROP, Out::ToUserspace, &[
             (COOKIE_ACK_VALID, 1),
             (REDIRECT_FAILED, 1),
         ])
@@ -1107,12 +1095,12 @@ fn a_draining_host_answers_no_new_syn_and_still_takes_cookie_acks() {
         row("SYN while draining", linux_syn(false), XDP_DROP, Out::Untouched, &[(DROP_SYN_DRAINING, 1)]).with(draining.clone()),
         row("IPv6 SYN while draining", linux_syn(true), XDP_DROP, Out::Untouched, &[(DROP_SYN_DRAINING, 1)]).then(),
         // A handshake begun before the drain completes.
-        row("the final ACK of a handshake begun before", ack, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+        row("the final ACK of a handshake begun before", ack, XDP_DROP, Out::ToUserspace, &[
             (COOKIE_ACK_VALID, 1),
             (REDIRECT_FAILED, 1),
         ])
         .then(),
-        row("data of a connection held", data, XDP_DROP, Out::ToUserspace { stamped: Some(3) }, &[
+        row("data of a connection held", data, XDP_DROP, Out::ToUserspace, &[
             (FLOW_SEGMENT, 1),
             (REDIRECT_FAILED, 1),
         ])
@@ -1165,20 +1153,20 @@ fn segments_no_host_holds_go_round_the_ring_once() {
             .then(),
             // SYNs and cookie ACKs are every host's own.
             row(format!("a SYN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]).then(),
-            row(format!("a cookie ACK (v6={v6})"), final_ack.clone(), XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("a cookie ACK (v6={v6})"), final_ack.clone(), XDP_DROP, Out::ToUserspace, &[
                 (COOKIE_ACK_VALID, 1),
                 (REDIRECT_FAILED, 1),
             ])
             .then(),
             // What C forwarded: served here when this host holds the connection ...
-            row(format!("forwarded, held here (v6={v6})"), wrapped(&data, 2), XDP_DROP, Out::ToUserspace { stamped: Some(if v6 { 6 } else { 5 }) }, &[
+            row(format!("forwarded, held here (v6={v6})"), wrapped(&data, 2), XDP_DROP, Out::ToUserspace, &[
                 (SECOND_CHANCE_RECEIVED, 1),
                 (FLOW_SEGMENT, 1),
                 (REDIRECT_FAILED, 1),
             ])
             .with(holding.clone()),
             // ... or a cookie ACK that validates here (another host's key differs) ...
-            row(format!("forwarded cookie ACK (v6={v6})"), wrapped(&final_ack, 2), XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("forwarded cookie ACK (v6={v6})"), wrapped(&final_ack, 2), XDP_DROP, Out::ToUserspace, &[
                 (SECOND_CHANCE_RECEIVED, 1),
                 (COOKIE_ACK_VALID, 1),
                 (REDIRECT_FAILED, 1),
@@ -1200,7 +1188,7 @@ fn segments_no_host_holds_go_round_the_ring_once() {
             ])
             .then(),
             // A forwarded SYN is nonsense (every host answers its own).
-            row(format!("forwarded SYN (v6={v6})"), wrapped(&frame(v6, 40003, 1000, &linux_syn_opts(), |b| b.syn(), &[]), 2), XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("forwarded SYN (v6={v6})"), wrapped(&frame(v6, 40003, 1000, &linux_syn_opts(), |b| b.syn(), &[]), 2), XDP_DROP, Out::ToUserspace, &[
                 (SECOND_CHANCE_RECEIVED, 1),
                 (DROP_BAD_SECOND_CHANCE, 1),
             ])
@@ -1211,7 +1199,7 @@ fn segments_no_host_holds_go_round_the_ring_once() {
     let heartbeat = wrapped_to(&ack, 0, HOST_A, engine_common::second_chance::KIND_TIME_ASK);
     rows.extend([
         row("no hops left in the header", wrapped(&ack, 0), XDP_DROP, Out::Untouched, &[(DROP_BAD_SECOND_CHANCE, 1)]).with(a()),
-        row("forwarded to a port nobody serves", wrapped(&syn_to("198.18.0.1:22"), 2), XDP_DROP, Out::ToUserspace { stamped: None }, &[
+        row("forwarded to a port nobody serves", wrapped(&syn_to("198.18.0.1:22"), 2), XDP_DROP, Out::ToUserspace, &[
             (SECOND_CHANCE_RECEIVED, 1),
             (DROP_BAD_SECOND_CHANCE, 1),
         ])
