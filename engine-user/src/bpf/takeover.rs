@@ -24,13 +24,12 @@ use engine_common::maps;
 
 use super::{BpfError, PROGRAM, XDP_OBJECT, XdpProgram, XdpSettings, load_object, program};
 
-/// The maps whose state a successor keeps: connections' flows and last-seen stamps, the
+/// The maps whose state a successor keeps: connections' flows, the
 /// listeners, the XDP counters (`synx stats` carries on), the cookie secrets (a cookie minted
 /// before the takeover still validates after it), the switches (draining, the ring of hosts).
-pub const KEPT_MAPS: [&str; 8] = [
+pub const KEPT_MAPS: [&str; 7] = [
     maps::FLOWS4,
     maps::FLOWS6,
-    maps::LAST_SEEN,
     maps::LISTENERS,
     maps::LISTEN_PORTS,
     maps::COUNTERS,
@@ -120,7 +119,7 @@ impl XdpProgram {
             }
         }
         let ebpf = load_object(XDP_OBJECT, max_flows, &settings, Some(dir))?;
-        let mut engine = Self::open_with(ebpf, settings, max_flows)?;
+        let mut engine = Self::open_with(ebpf, settings)?;
         engine.secrets.adopt()?;
         let prog = program(&mut engine.ebpf, PROGRAM)?;
         prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;

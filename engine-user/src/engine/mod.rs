@@ -67,7 +67,7 @@ pub struct EngineOptions {
     pub keepalive: Keepalive,
     /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL.
     pub msl: Duration,
-    /// Connections per RX queue (and FLOWS/LAST_SEEN map entries).
+    /// Connections per RX queue (and FLOWS map entries).
     pub max_conns: u32,
     /// After a loop turn that did work, an engine thread keeps polling its rings and app
     /// queue (yielding the CPU to runnable threads) for this long before it sleeps in poll(2).
@@ -165,7 +165,6 @@ impl Engine {
                 listeners: listeners.clone(),
                 flows: xdp.flow_table(),
                 cookies: xdp.cookie_checker(),
-                last_seen: xdp.last_seen(),
                 rx_backlog: xdp.rx_backlog(),
                 stats: q_stats,
                 stop: stop.clone(),
