@@ -9,7 +9,8 @@ use crate::congestion::CongestionAlgorithm;
 
 /// Keepalive settings (RFC 1122 4.2.3.6), per connection. Defaults: 2 h idle, 75 s
 /// interval, 10 probes (Linux uses 9 probes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Keepalive {
     pub enabled: bool,
     /// Idle time before the first probe.

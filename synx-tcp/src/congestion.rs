@@ -7,7 +7,7 @@ use core::time::Duration;
 
 use super::Instant;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum CongestionAlgorithm {
     NewReno,
     #[default]
@@ -32,7 +32,8 @@ const CSS_ROUNDS: u8 = 5;
 /// An RTT not (yet) known.
 const NO_RTT: u32 = u32::MAX;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Congestion {
     algorithm: CongestionAlgorithm,
     cwnd: u32,

@@ -18,6 +18,9 @@ use engine_common::handshake::HandshakeFacts;
 use hashbrown::HashTable;
 
 pub use super::connection::{AcceptError, DropReason};
+pub use takeover::{Exported, ImportError};
+
+mod takeover;
 use super::connection::{Connection, ConnectionInfo, Event, Handled, Parked, Stats};
 use super::segment::{self, Header};
 use super::timer::TimingWheel;

@@ -5,7 +5,7 @@ use core::time::Duration;
 
 /// A point in time: nanoseconds in the CLOCK_MONOTONIC domain (the clock of the XDP program's
 /// `bpf_ktime_get_ns()`). The core never reads a clock; callers pass `now`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Instant(u64);
 
 impl Instant {

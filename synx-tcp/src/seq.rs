@@ -4,7 +4,7 @@
 use core::fmt;
 use core::ops::{Add, AddAssign, Sub};
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct SeqNum(pub u32);
 
 impl SeqNum {

@@ -13,7 +13,8 @@ use crate::{Config, Instant};
 pub(super) const TS_LEN: u16 = 12;
 
 /// Negotiated options; at rest as it is, so it folds as itself.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Negotiated {
     pub snd_wscale: u8,
     pub rcv_wscale: u8,

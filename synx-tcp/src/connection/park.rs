@@ -34,7 +34,8 @@ const CWR: u8 = 8;
 
 /// The state of an idle ESTABLISHED or TIME_WAIT connection (see the module docs). Its
 /// 4-tuple and keepalive settings are the caller's to keep.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Parked {
     snd: send::Folded,
     rcv: recv::Folded,

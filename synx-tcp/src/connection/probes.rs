@@ -27,7 +27,8 @@ pub(super) struct Probes {
 }
 
 /// Idle probes: none pending, the counters and clocks kept.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Folded {
     last_activity: u64,
     challenge_window: u64,

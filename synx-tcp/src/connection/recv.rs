@@ -46,7 +46,8 @@ pub(super) struct RecvHalf {
 }
 
 /// An idle receive half: everything received was read and acknowledged.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Folded {
     /// RCV.NXT, which is also the last ACK sent.
     nxt: SeqNum,

@@ -21,7 +21,8 @@ pub(super) struct SendHalf {
 }
 
 /// An idle send half: nothing in flight or queued (SND.UNA = SND.NXT).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Folded {
     nxt: SeqNum,
     wl1: SeqNum,

@@ -56,7 +56,8 @@ impl Stats {
 /// [`Stats`] at rest: every byte sent was acknowledged (so one total serves both), and the
 /// segment and rare counters are narrowed (a connection whose counts do not fit stays
 /// unfolded).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Folded {
     bytes_sent: u64,
     bytes_received: u64,

@@ -4,7 +4,7 @@
 use core::time::Duration;
 use std::net::SocketAddr;
 
-use super::super::endpoint::{AcceptError, Disposition, DropReason, Endpoint, Transmit};
+use super::super::endpoint::{AcceptError, Disposition, DropReason, Endpoint, Exported, ImportError, Transmit};
 use super::*;
 
 fn client(i: u32) -> SocketAddr {
@@ -284,4 +284,54 @@ fn totals_add_up_every_connection_released_or_not() {
     ep.handle_timeout(secs(2));
     drain(&mut ep, secs(2));
     assert_eq!((ep.totals().timeouts, ep.totals().retransmits), (1, 1));
+}
+
+#[test]
+fn a_connection_exported_by_one_endpoint_carries_on_in_another_in_the_same_slot() {
+    let mut old = Endpoint::new(config(), 100);
+    let handles: Vec<_> = (0..5).map(|i| old.accept(ms(0), facts(), local(), client(i), &ack_from(i), &[]).unwrap()).collect();
+    drain(&mut old, ms(0));
+    // One is busy: data unread (not quiescent), it does not leave.
+    assert_eq!(old.handle(ms(5), local(), client(4), &ack_from(4), b"unread"), Disposition::Delivered(handles[4]));
+    drain(&mut old, ms(5));
+    assert!(old.export(handles[4]).is_none(), "a busy connection stays");
+    // The others leave through their bytes, named fields, as between two processes.
+    let moved: Vec<Exported> = handles[..4]
+        .iter()
+        .map(|&h| serde_json::from_slice(&serde_json::to_vec(&old.export(h).unwrap()).unwrap()).unwrap())
+        .collect();
+    let mut new = Endpoint::new(config(), 100);
+    for e in &moved {
+        assert_eq!(new.import(e).unwrap().slot(), e.slot, "the slot FLOWS names");
+    }
+    assert_eq!(new.import(&moved[0]).unwrap_err(), ImportError::Exists);
+    // A binary whose folded form lacks a field refuses it by name instead of misreading it.
+    let mut other = serde_json::to_value(moved[0]).unwrap();
+    other["tcb"]["snd"].as_object_mut().unwrap().remove("wnd");
+    let err = serde_json::from_value::<Exported>(other).unwrap_err().to_string();
+    assert!(err.contains("missing field `wnd`"), "{err}");
+    assert_eq!((new.parked(), new.armed_timers()), (4, 4), "parked, keepalive armed");
+    // The same input to both: the same answer, and later the same keepalive probes.
+    let h = handles[2];
+    for ep in [&mut old, &mut new] {
+        assert_eq!(ep.handle(ms(10), local(), client(2), &ack_from(2), b"ping"), Disposition::Delivered(h));
+        let mut buf = [0u8; 8];
+        let conn = ep.connection_mut(h).unwrap();
+        assert_eq!(conn.recv(&mut buf), 4);
+        conn.send(b"pong");
+    }
+    let (a, b) = (drain(&mut old, ms(11)), drain(&mut new, ms(11)));
+    let segments = |v: &[(Transmit, Header, Vec<u8>)]| v.iter().map(|(_, h, p)| (*h, p.clone())).collect::<Vec<_>>();
+    assert_eq!(segments(&a), segments(&b));
+    assert!(!a.is_empty());
+    let later = secs(3 * 3600);
+    old.handle_timeout(later);
+    new.handle_timeout(later);
+    let probes = |v: Vec<(Transmit, Header, Vec<u8>)>| v.into_iter().map(|(t, h, _)| (t.remote, h.seq)).collect::<Vec<_>>();
+    let (pa, pb) = (probes(drain(&mut old, later)), probes(drain(&mut new, later)));
+    assert_eq!(pa.iter().filter(|(r, _)| *r != client(4)).cloned().collect::<Vec<_>>(), pb);
+    assert_eq!(pb.len(), 4, "each moved connection's keepalive fires");
+    // A new connection of the new process takes a free slot, not a moved one's.
+    let fresh = new.accept(later, facts(), local(), client(9), &ack_from(9), &[]).unwrap();
+    assert!(!moved.iter().any(|e| e.slot == fresh.slot()));
 }

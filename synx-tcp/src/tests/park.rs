@@ -70,10 +70,20 @@ fn script(rng: &mut Rng) -> Vec<(Instant, Action)> {
     out
 }
 
-/// Run one seeded conversation; with `park`, fold and unfold the server whenever it is
-/// quiescent. `server_first`: at the end the server closes first (and waits in TIME_WAIT).
+/// How a conversation folds the server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fold {
+    Never,
+    /// Whenever it is quiescent.
+    InPlace,
+    /// Whenever it is quiescent, and the folded form goes through its bytes (named fields, as
+    /// a connection moves to another process) before it is unfolded.
+    ThroughBytes,
+}
+
+/// Run one seeded conversation, folding the server as `park` says. `server_first`: at the end the server closes first (and waits in TIME_WAIT).
 /// Returns the trace and how often it was folded, in all and in TIME_WAIT.
-fn converse(seed: u64, flags: u8, server_first: bool, park: bool) -> (Vec<Trace>, usize, usize) {
+fn converse(seed: u64, flags: u8, server_first: bool, park: Fold) -> (Vec<Trace>, usize, usize) {
     let mut rng = Rng(seed);
     let actions = script(&mut rng);
     let keepalive = Keepalive { enabled: true, idle: Duration::from_secs(5), interval: Duration::from_secs(1), probes: 3 };
@@ -203,8 +213,11 @@ fn converse(seed: u64, flags: u8, server_first: bool, park: bool) -> (Vec<Trace>
         }
         while client.poll_event().is_some() {}
         trace.push(Trace::Info(now, server.info()));
-        if park && let Some(p) = server.park() {
+        if park != Fold::Never && let Some(mut p) = server.park() {
             time_wait_folds += usize::from(server.state() == State::TimeWait);
+            if park == Fold::ThroughBytes {
+                p = serde_json::from_slice(&serde_json::to_vec(&p).unwrap()).unwrap();
+            }
             server = Connection::unpark(&p, config.clone(), server.local(), server.remote(), server.keepalive());
             folds += 1;
         }
@@ -236,14 +249,17 @@ fn a_parked_connection_behaves_exactly_as_one_never_parked() {
     for seed in 0..200u64 {
         let flags = [FACT_SACK | FACT_TS | FACT_WSCALE, 0, FACT_TS, FACT_SACK | FACT_WSCALE][seed as usize % 4];
         let server_first = seed % 3 == 0;
-        let (plain, none, _) = converse(seed, flags, server_first, false);
-        let (parked, n, tw) = converse(seed, flags, server_first, true);
+        let (plain, none, _) = converse(seed, flags, server_first, Fold::Never);
+        let (parked, n, tw) = converse(seed, flags, server_first, Fold::InPlace);
         assert_eq!(none, 0);
         segments += plain.iter().filter(|t| matches!(t, Trace::Segment(..))).count();
         if let Some(i) = (0..plain.len().min(parked.len())).find(|&i| plain[i] != parked[i]) {
             panic!("seed {seed} (flags {flags}): first difference at step {i}:\n never parked: {:?}\n parked:       {:?}", plain[i], parked[i]);
         }
         assert_eq!(plain.len(), parked.len(), "seed {seed}");
+        // Through the bytes a connection moves to another process in: the same again.
+        let (moved, _, _) = converse(seed, flags, server_first, Fold::ThroughBytes);
+        assert!(moved == parked, "seed {seed} (flags {flags}): folded through its bytes, it behaves otherwise");
         folds += n;
         time_wait_folds += tw;
         reacks += parked

@@ -141,7 +141,8 @@ pub(super) struct Recovery {
 }
 
 /// Recovery at rest: the RTT estimate, the congestion state and what RACK learned of the path.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Folded {
     /// SRTT and RTTVAR (the RTO follows from them).
     rtt: (u32, u32),

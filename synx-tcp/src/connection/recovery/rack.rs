@@ -37,7 +37,8 @@ pub struct Rack {
 }
 
 /// The part of RACK an idle connection keeps.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Folded {
     min_rtt_us: u32,
     reo_wnd_mult: u8,
