@@ -461,5 +461,24 @@ impl Glue {
     }
 }
 
+impl Drop for Glue {
+    /// The engine thread is going away (a panic unwinds it, or every connection is gone): a
+    /// stream still held on another thread learns that its connection ended instead of waiting
+    /// for a thread that no longer runs.
+    fn drop(&mut self) {
+        for g in self.table.slots.iter().flatten() {
+            let Some(shared) = g.app.shared() else { continue };
+            let mut st = shared.lock();
+            st.error.get_or_insert(StreamError::Aborted);
+            if let Some(w) = st.read_waker.take() {
+                w.wake();
+            }
+            if let Some(w) = st.write_waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -46,11 +46,13 @@ use crate::{
 };
 
 mod glue;
+mod health;
 mod listeners;
 mod queue;
 mod requests;
 mod stats;
 
+use health::Health;
 use listeners::{Listeners, LocalHandler, TurnHandler};
 use queue::QueueContext;
 use requests::{QueueHandle, Queues};
@@ -131,6 +133,7 @@ pub struct Engine {
     threads: Mutex<Vec<JoinHandle<anyhow::Result<()>>>>,
     rotor: Mutex<Option<JoinHandle<()>>>,
     queues: u32,
+    health: Arc<Health>,
 }
 
 impl Engine {
@@ -148,6 +151,7 @@ impl Engine {
         let mut handles = Vec::new();
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<u32>>();
+        let health = Arc::new(Health::new());
         for queue in 0..queues {
             let q_stats = Arc::new(QueueStats::default());
             let waker = Arc::new(EngineWaker::new());
@@ -168,11 +172,15 @@ impl Engine {
                 abort_all: abort_all.clone(),
                 conns_requests: req_rx,
                 waker,
+                #[cfg(feature = "fault-injection")]
+                health: health.clone(),
             };
             let iface = options.iface.clone();
             let ready = ready_tx.clone();
+            let (health, rx_backlog, stats) = (health.clone(), xdp.rx_backlog(), ctx.stats.clone());
             threads.push(std::thread::Builder::new().name(format!("synx-q{queue}")).spawn(move || {
-                let result = queue::run_queue(&iface, ctx, XskConfig::default(), &ready);
+                let run = || queue::run_queue(&iface, ctx, XskConfig::default(), &ready);
+                let result = health.watch(queue, &stats, &rx_backlog, run);
                 if let Err(e) = &result {
                     let _ = ready.send(Err(anyhow::anyhow!("{e:#}")));
                 }
@@ -192,6 +200,7 @@ impl Engine {
             threads: Mutex::new(threads),
             rotor: Mutex::new(None),
             queues,
+            health,
         };
         // On an error here, dropping `engine` stops and joins the threads already started.
         for _ in 0..queues {
@@ -282,6 +291,33 @@ impl Engine {
     /// RX queues served, one engine thread each.
     pub fn queues(&self) -> u32 {
         self.queues
+    }
+
+    /// The first engine thread that died (a panic), if any: its queue is served no more (XDP no
+    /// longer answers its SYNs) and the engine should be shut down (see [`Engine::failed`]).
+    pub fn failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
+    /// Resolves when an engine thread dies, with what killed it. `synx run` then shuts the
+    /// whole engine down and exits with an error, for its supervisor to restart it: a panic
+    /// means the engine's own invariants broke, the dead queue's connections are gone in any
+    /// case, and a fresh process is the one state known to be sound (restarting one queue in
+    /// place would have to purge its FLOWS entries and re-bind its socket while XDP runs, in
+    /// code that only ever runs after a bug).
+    pub async fn failed(&self) -> String {
+        self.health.failed().await
+    }
+
+    /// Make the engine thread of `queue` panic in its next loop turn (tests of what a dying
+    /// engine thread does; not in builds without the `fault-injection` feature).
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn inject_panic(&self, queue: u32) {
+        self.health.inject_panic(queue);
+        if let Some(q) = self.queue_handles.0.get(queue as usize) {
+            q.waker.notify(u32::MAX);
+        }
     }
 
     /// Every counter: the XDP program's (summed over CPUs), then the engine threads'.

@@ -64,6 +64,8 @@ pub struct QueueContext {
     pub abort_all: Arc<AtomicBool>,
     pub conns_requests: mpsc::Receiver<ConnsRequest>,
     pub waker: Arc<EngineWaker>,
+    #[cfg(feature = "fault-injection")]
+    pub health: Arc<super::health::Health>,
 }
 
 /// The engine's clock: the one XDP stamps LAST_SEEN with, so deadlines and stamps compare.
@@ -160,6 +162,8 @@ async fn serve_queue(
         if q.ctx.abort_all.load(Ordering::Relaxed) {
             q.glue.abort_all(&mut q.endpoint, now());
         }
+        #[cfg(feature = "fault-injection")]
+        q.ctx.health.panic_if_injected(q.ctx.queue);
         let received = q.receive(&mut xsk);
         let poked = q.glue.serve_poked(&mut q.endpoint, now());
         let t = now();

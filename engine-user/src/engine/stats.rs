@@ -83,6 +83,8 @@ queue_stats! {
         "Times the kernel found the AF_XDP fill ring empty (rx_fill_ring_empty_descs).";
     tcp_parse_errors: Counter "tcp_parse_errors" "Frames whose TCP header or options did not parse.";
     dropped_by_tcp: Counter "tcp_dropped" "Segments of known connections the TCP core dropped (tcp_drop_* by reason).";
+    queue_panics: Counter "engine_queue_panics"
+        "Engine threads that panicked: their queue is served no more and the engine must be restarted.";
 }
 
 /// Why the TCP core dropped a segment of a known connection: the injection defences of RFC
