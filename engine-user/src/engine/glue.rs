@@ -13,6 +13,7 @@
 
 use std::{
     cell::Cell,
+    collections::VecDeque,
     future::Future,
     net::SocketAddr,
     rc::Rc,
@@ -21,7 +22,7 @@ use std::{
 
 use synx_tcp::{
     self as tcp, Instant,
-    endpoint::{ConnectionHandle, Endpoint},
+    endpoint::{ConnectionHandle, Endpoint, Transmit},
 };
 
 use super::{
@@ -156,6 +157,9 @@ pub struct Glue {
     rx_chunk: Box<[u8]>,
     /// The slots streams have poked, taken from `waker` (kept to reuse its allocation).
     poked: Vec<u32>,
+    /// The link addresses of the frames the endpoint's queued resets to strangers answer, in
+    /// the order it queued them (and sends them).
+    stranger_links: VecDeque<Link>,
 }
 
 impl Glue {
@@ -168,6 +172,7 @@ impl Glue {
             stats,
             rx_chunk: vec![0u8; 16 * 1024].into_boxed_slice(),
             poked: Vec::new(),
+            stranger_links: VecDeque::new(),
         }
     }
 
@@ -195,6 +200,25 @@ impl Glue {
     pub fn set_link(&mut self, slot: u32, link: Link) {
         if let Some(g) = self.table.get_mut(slot) {
             g.link = link;
+        }
+    }
+
+    /// The endpoint has handled a frame from `link` that belongs to no connection, and had
+    /// `resets_before` resets queued before: if it queued one for this frame, that reset goes
+    /// back over `link` (each to its own sender, whatever else arrived in the same batch).
+    pub fn note_stranger(&mut self, ep: &Endpoint, resets_before: usize, link: Link) {
+        if ep.pending_resets() > resets_before {
+            self.stranger_links.push_back(link);
+        }
+    }
+
+    /// The link addresses to send `out` with: its connection's, or for a reset to a stranger
+    /// those of the frame it answers. None only if the connection has no glue (nothing to
+    /// answer: the segment is dropped).
+    pub fn link_for(&mut self, out: &Transmit) -> Option<Link> {
+        match out.handle {
+            Some(h) => self.link(h.slot()),
+            None => self.stranger_links.pop_front(),
         }
     }
 

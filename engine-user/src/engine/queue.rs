@@ -93,8 +93,6 @@ struct QueueDriver {
     ctx: QueueContext,
     endpoint: Endpoint,
     glue: Glue,
-    /// Link addresses to answer segments of connections not (or no longer) in the glue.
-    last_link: Link,
     /// Where the endpoint writes each segment before it is framed into a TX buffer.
     scratch: Vec<u8>,
     /// SYN-ACKs built in userspace (TIME_WAIT reuse), sent with the next transmit batch.
@@ -145,7 +143,6 @@ async fn serve_queue(
     let mut q = QueueDriver {
         endpoint: Endpoint::new(ctx.tcp.clone(), ctx.max_conns),
         glue: Glue::new(ctx.waker.clone(), ctx.stats.clone()),
-        last_link: Link::default(),
         scratch: vec![0u8; crate::xsk::FRAME_SIZE as usize],
         syn_acks: Vec::new(),
         consumed: 0,
@@ -235,7 +232,6 @@ impl QueueDriver {
             }
         };
         bump(&stats.rx_segments);
-        self.last_link = rx.link;
         match self.endpoint.handle(now, rx.local, rx.remote, &hdr, payload) {
             Disposition::Delivered(h) => {
                 self.glue.set_link(h.slot(), rx.link);
@@ -270,6 +266,7 @@ impl QueueDriver {
         };
         let cookies = &self.ctx.cookies;
         let cookie = || cookies.check(local, remote, hdr.seq.0, hdr.ack.0, hdr.options.timestamps, now.as_nanos());
+        let resets_before = self.endpoint.pending_resets();
         match self.endpoint.accept_cookie(now, local, remote, hdr, payload, listener, cookie) {
             Ok((h, listener)) => {
                 if let Err(e) = self.ctx.flows.insert(local, remote, h.slot()) {
@@ -286,6 +283,7 @@ impl QueueDriver {
                 });
                 // Whatever claim XDP put in FLOWS for this tuple must go: no connection holds it.
                 let _ = self.ctx.flows.remove(local, remote);
+                self.glue.note_stranger(&self.endpoint, resets_before, link);
             }
         }
     }
@@ -361,7 +359,7 @@ impl QueueDriver {
             }
             let scratch = &mut self.scratch;
             let Some(out) = self.endpoint.poll_transmit(now, &mut scratch[..]) else { break };
-            let link = out.handle.and_then(|h| self.glue.link(h.slot())).unwrap_or(self.last_link);
+            let Some(link) = self.glue.link_for(&out) else { continue };
             let hlen = wire::header_len(out.local.is_ipv6());
             let tcp_len = out.len;
             let sent = xsk.send(|buf| {

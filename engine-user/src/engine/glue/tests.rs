@@ -456,3 +456,40 @@ fn a_slot_of_glue_is_small() {
     // Every slot of the table costs this, for every connection, waiting or not.
     assert!(std::mem::size_of::<Option<SlotGlue>>() <= 32, "{} B", std::mem::size_of::<Option<SlotGlue>>());
 }
+
+#[test]
+fn each_reset_to_a_stranger_goes_back_over_the_link_its_frame_came_by() {
+    run(async {
+        let mut bed = Bed::new();
+        let listener = Arc::new(echo_turns());
+        let mut c = bed.connect(&listener, 40001, &[]);
+        let conn_link = Link { local_mac: [2, 0, 0, 0, 0, 1], remote_mac: [2, 0, 0, 0, 0, 0xcc] };
+        bed.glue.set_link(c.h.slot(), conn_link);
+        // One batch: two strangers from different hosts (a segment for no connection and no
+        // listener), and in between data for the connection, whose echo goes out with them.
+        let link_of = |i: u8| Link { local_mac: [2, 0, 0, 0, 0, 1], remote_mac: [2, 0, 0, 0, 0, i] };
+        let stranger = |port: u16| SocketAddr::new("198.18.0.9".parse().unwrap(), port);
+        let ack = |port: u16| Header { src_port: port, dst_port: 81, seq: SeqNum(7), ack: SeqNum(9), flags: Flags::ACK, ..Default::default() };
+        for (port, i) in [(50001, 0xa1), (50002, 0xa2)] {
+            let to: SocketAddr = SocketAddr::new(local().ip(), 81);
+            let before = bed.ep.pending_resets();
+            let refused = bed.ep.accept_cookie(bed.now, to, stranger(port), &ack(port), &[], None::<Arc<ListenerEntry>>, || None);
+            assert!(refused.is_err());
+            bed.glue.note_stranger(&bed.ep, before, link_of(i));
+            if port == 50001 {
+                bed.send(&mut c, Flags::PSH, b"hello");
+                tokio::task::yield_now().await;
+                bed.glue.serve_poked(&mut bed.ep, bed.now);
+            }
+        }
+        let mut buf = [0u8; 2048];
+        let mut sent = Vec::new();
+        while let Some(out) = bed.ep.poll_transmit(bed.now, &mut buf) {
+            sent.push((out.remote, bed.glue.link_for(&out)));
+        }
+        assert!(sent.contains(&(stranger(50001), Some(link_of(0xa1)))), "{sent:?}");
+        assert!(sent.contains(&(stranger(50002), Some(link_of(0xa2)))), "{sent:?}");
+        assert!(sent.iter().any(|&(to, link)| to == c.remote && link == Some(conn_link)), "{sent:?}");
+        assert!(sent.iter().all(|&(to, link)| (to == c.remote) == (link == Some(conn_link))), "{sent:?}");
+    });
+}
