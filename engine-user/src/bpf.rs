@@ -313,6 +313,15 @@ impl FlowTable {
         Ok(())
     }
 
+    /// The slot FLOWS holds for the tuple (`SLOT_PENDING` while XDP's claim waits for one).
+    pub fn get(&self, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+        let flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+        match flow_key(local, remote) {
+            FlowKey::V4(k) => flows.v4.get(&k, 0).ok(),
+            FlowKey::V6(k) => flows.v6.get(&k, 0).ok(),
+        }
+    }
+
     pub fn remove(&self, local: SocketAddr, remote: SocketAddr) -> Result<(), BpfError> {
         let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
         match flow_key(local, remote) {

@@ -46,12 +46,14 @@ use crate::{
 };
 
 mod glue;
+mod handoff;
 mod health;
 mod listeners;
 mod queue;
 mod requests;
 mod stats;
 
+use handoff::Handoff;
 use health::Health;
 use listeners::{Listeners, LocalHandler, TurnHandler};
 use queue::QueueContext;
@@ -72,7 +74,8 @@ pub struct EngineOptions {
     pub keepalive: Keepalive,
     /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL.
     pub msl: Duration,
-    /// Connections per RX queue (and FLOWS/LAST_SEEN map entries).
+    /// Connections in all (and FLOWS/LAST_SEEN map entries), shared out evenly over the RX
+    /// queues: each queue's engine has its own range of slots.
     pub max_conns: u32,
     /// After a loop turn that did work, an engine thread keeps polling its rings and app
     /// queue (yielding the CPU to runnable threads) for this long before it sleeps in poll(2).
@@ -140,11 +143,18 @@ impl Engine {
     /// Attach the XDP program to `options.iface` and start one engine thread per RX queue.
     /// Returns once every queue's AF_XDP socket is bound.
     pub fn start(options: EngineOptions) -> anyhow::Result<Self> {
+        let queues = rx_queues(&options.iface);
+        anyhow::ensure!(
+            options.max_conns >= queues,
+            "--max-conns {} is less than the {queues} RX queues of {}: each queue needs a connection at least",
+            options.max_conns,
+            options.iface
+        );
+        let per_queue = options.max_conns / queues;
         let mss = interface_mss(&options.iface);
         let xdp = XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, mss)?;
         let tcp_config =
             tcp::Config { msl: options.msl, mss, keepalive: options.keepalive, ..tcp::Config::default() };
-        let queues = rx_queues(&options.iface);
         let listeners = Arc::new(Listeners::default());
         let stop = Arc::new(AtomicBool::new(false));
         let abort_all = Arc::new(AtomicBool::new(false));
@@ -152,15 +162,20 @@ impl Engine {
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<u32>>();
         let health = Arc::new(Health::new());
-        for queue in 0..queues {
+        let wakers: Vec<Arc<EngineWaker>> = (0..queues).map(|_| Arc::new(EngineWaker::new())).collect();
+        // With one queue every tuple is its own; the hand-off costs a FLOWS lookup per segment
+        // of no connection, paid only where frames can arrive on another queue.
+        let handoff = (queues > 1).then(|| Arc::new(Handoff::new(per_queue, wakers.clone())));
+        for (queue, waker) in (0..queues).zip(wakers) {
             let q_stats = Arc::new(QueueStats::default());
-            let waker = Arc::new(EngineWaker::new());
             let (req_tx, req_rx) = mpsc::channel();
             handles.push(QueueHandle { stats: q_stats.clone(), conns_requests: Mutex::new(req_tx), waker: waker.clone() });
             let ctx = QueueContext {
                 queue,
                 tcp: tcp_config.clone(),
-                max_conns: options.max_conns,
+                max_conns: per_queue,
+                slot_base: queue * per_queue,
+                handoff: handoff.clone(),
                 busy_poll: options.busy_poll,
                 listeners: listeners.clone(),
                 flows: xdp.flow_table(),

@@ -36,6 +36,7 @@ use synx_tcp::{
 
 use super::{
     glue::Glue,
+    handoff::{Handed, Handoff, MAX_HOPS, Owner},
     listeners::Listeners,
     requests::{self, ConnsRequest},
     stats::{QueueStats, bump},
@@ -51,7 +52,12 @@ use crate::{
 pub struct QueueContext {
     pub queue: u32,
     pub tcp: tcp::Config,
+    /// Connections of this queue at most: its range of FLOWS / LAST_SEEN slots starts at
+    /// `slot_base` (the endpoint numbers its slots from 0).
     pub max_conns: u32,
+    pub slot_base: u32,
+    /// With several queues: who owns a tuple, and the way to hand it frames.
+    pub handoff: Option<Arc<Handoff>>,
     pub busy_poll: Duration,
     pub listeners: Arc<Listeners>,
     pub flows: FlowTable,
@@ -95,6 +101,8 @@ struct QueueDriver {
     glue: Glue,
     /// Where the endpoint writes each segment before it is framed into a TX buffer.
     scratch: Vec<u8>,
+    /// Frames other queues handed us, taken from our inbox (kept to reuse its allocation).
+    handed: std::collections::VecDeque<Handed>,
     /// SYN-ACKs built in userspace (TIME_WAIT reuse), sent with the next transmit batch.
     syn_acks: Vec<(Link, SocketAddr, SocketAddr, tcp::segment::Header)>,
     /// Frames taken from the socket, frames the kernel dropped, and their sum as XDP last saw
@@ -144,6 +152,7 @@ async fn serve_queue(
         endpoint: Endpoint::new(ctx.tcp.clone(), ctx.max_conns),
         glue: Glue::new(ctx.waker.clone(), ctx.stats.clone()),
         scratch: vec![0u8; crate::xsk::FRAME_SIZE as usize],
+        handed: std::collections::VecDeque::new(),
         syn_acks: Vec::new(),
         consumed: 0,
         kernel_dropped: 0,
@@ -161,15 +170,15 @@ async fn serve_queue(
         }
         #[cfg(feature = "fault-injection")]
         q.ctx.health.panic_if_injected(q.ctx.queue);
-        let received = q.receive(&mut xsk);
+        let received = q.receive(&mut xsk) + q.receive_handed();
         let poked = q.glue.serve_poked(&mut q.endpoint, now());
         let t = now();
-        let last_seen = &q.ctx.last_seen;
-        q.endpoint.handle_timeout_with_last_seen(t, |h| last_seen.get(h.slot()).map(Instant::from_nanos));
+        let (last_seen, base) = (&q.ctx.last_seen, q.ctx.slot_base);
+        q.endpoint.handle_timeout_with_last_seen(t, |h| last_seen.get(base + h.slot()).map(Instant::from_nanos));
         q.handle_events(t);
         q.transmit(&mut xsk, t);
         requests::answer_conns(&q.ctx.conns_requests, &q.endpoint, q.ctx.queue, t, |h| {
-            q.ctx.last_seen.get(h.slot()).map(Instant::from_nanos)
+            q.ctx.last_seen.get(base + h.slot()).map(Instant::from_nanos)
         });
         q.publish_stats(&xsk, t);
         if received > 0 {
@@ -198,10 +207,23 @@ async fn serve_queue(
 impl QueueDriver {
     /// Take a batch of frames from the socket into the endpoint; returns how many.
     fn receive(&mut self, xsk: &mut XskSocket) -> u32 {
-        let received = xsk.recv(RX_BATCH, |frame| self.on_frame(now(), frame));
+        let received = xsk.recv(RX_BATCH, |frame| self.on_frame(now(), frame, 0));
         self.consumed += u64::from(received);
         self.publish_rx_progress();
         received
+    }
+
+    /// Take the frames other queues handed us into the endpoint; returns how many.
+    fn receive_handed(&mut self) -> u32 {
+        let Some(handoff) = self.ctx.handoff.clone() else { return 0 };
+        let mut handed = std::mem::take(&mut self.handed);
+        handoff.take(self.ctx.queue, &mut handed);
+        let n = handed.len() as u32;
+        for h in handed.drain(..) {
+            self.on_frame(now(), &h.frame, h.hops);
+        }
+        self.handed = handed;
+        n
     }
 
     /// Tell XDP how far we are (it counts what it redirects): while too much waits for us, it
@@ -215,7 +237,8 @@ impl QueueDriver {
         }
     }
 
-    fn on_frame(&mut self, now: Instant, frame: &[u8]) {
+    /// One frame, from our socket or (`hops` > 0) handed on by another queue.
+    fn on_frame(&mut self, now: Instant, frame: &[u8], hops: u8) {
         let stats = &self.ctx.stats;
         let rx = match wire::parse(frame) {
             Ok(rx) => rx,
@@ -237,7 +260,16 @@ impl QueueDriver {
                 self.glue.set_link(h.slot(), rx.link);
                 self.glue.service(&mut self.endpoint, now, h);
             }
-            Disposition::Unknown => self.on_unknown(now, rx.link, rx.local, rx.remote, &hdr, payload),
+            Disposition::Unknown => match self.owner(hops, rx.local, rx.remote) {
+                Some(Owner::Queue(q)) => self.hand(q, frame, hops),
+                owner => {
+                    self.on_unknown(now, rx.link, rx.local, rx.remote, &hdr, payload);
+                    if let (Some(Owner::Me), Some(handoff)) = (owner, &self.ctx.handoff) {
+                        // FLOWS names the owner now (or no one): our claim can go.
+                        handoff.release(rx.local, rx.remote);
+                    }
+                }
+            },
             Disposition::Dropped(DropReason::TimeWaitReuse) => {
                 // RFC 6191: a new incarnation of a tuple in TIME_WAIT. The old one is gone from
                 // the endpoint; answer the SYN as XDP would have, so the client need not
@@ -245,6 +277,25 @@ impl QueueDriver {
                 self.answer_syn(now, rx.link, rx.local, rx.remote, &hdr);
             }
             Disposition::Dropped(why) => stats.count_drop(why),
+        }
+    }
+
+    /// Who serves a tuple our endpoint does not know (see [`Handoff`]); None with one queue, or
+    /// for a frame handed on too often already (it stays here, claiming nothing). With
+    /// `Owner::Me` this queue holds the tuple's claim until it has handled the frame.
+    fn owner(&self, hops: u8, local: SocketAddr, remote: SocketAddr) -> Option<Owner> {
+        let handoff = self.ctx.handoff.as_ref().filter(|_| hops < MAX_HOPS)?;
+        let flows = &self.ctx.flows;
+        Some(handoff.owner(self.ctx.queue, local, remote, || flows.get(local, remote)))
+    }
+
+    /// Hand `frame` to queue `q`, which owns its tuple.
+    fn hand(&self, q: u32, frame: &[u8], hops: u8) {
+        let Some(handoff) = &self.ctx.handoff else { return };
+        let stats = &self.ctx.stats;
+        match handoff.hand(q, Handed { frame: frame.into(), hops: hops + 1 }) {
+            true => bump(&stats.handed_off),
+            false => bump(&stats.handoff_dropped),
         }
     }
 
@@ -269,7 +320,7 @@ impl QueueDriver {
         let resets_before = self.endpoint.pending_resets();
         match self.endpoint.accept_cookie(now, local, remote, hdr, payload, listener, cookie) {
             Ok((h, listener)) => {
-                if let Err(e) = self.ctx.flows.insert(local, remote, h.slot()) {
+                if let Err(e) = self.ctx.flows.insert(local, remote, self.ctx.slot_base + h.slot()) {
                     tracing::warn!("FLOWS insert for {remote}: {e}");
                 }
                 self.glue.attach(&mut self.endpoint, now, h, link, &listener);

@@ -83,6 +83,10 @@ queue_stats! {
         "Times the kernel found the AF_XDP fill ring empty (rx_fill_ring_empty_descs).";
     tcp_parse_errors: Counter "tcp_parse_errors" "Frames whose TCP header or options did not parse.";
     dropped_by_tcp: Counter "tcp_dropped" "Segments of known connections the TCP core dropped (tcp_drop_* by reason).";
+    handed_off: Counter "tcp_handed_off"
+        "Segments that arrived on an RX queue other than their connection's, handed to its engine.";
+    handoff_dropped: Counter "tcp_handoff_dropped"
+        "Segments for another queue's connection dropped because its inbox was full.";
     queue_panics: Counter "engine_queue_panics"
         "Engine threads that panicked: their queue is served no more and the engine must be restarted.";
 }
