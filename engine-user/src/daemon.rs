@@ -40,6 +40,7 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         msl: cfg.msl,
         max_conns: cfg.max_conns,
         busy_poll: cfg.busy_poll,
+        memory: cfg.memory,
     })?);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     // Removes the socket on the way out, if it is still the one this daemon created.

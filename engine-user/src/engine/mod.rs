@@ -49,6 +49,7 @@ mod glue;
 mod handoff;
 mod health;
 mod listeners;
+mod memory;
 mod queue;
 mod requests;
 mod stats;
@@ -58,6 +59,7 @@ use health::Health;
 use listeners::{Listeners, LocalHandler, TurnHandler};
 use queue::QueueContext;
 use requests::{QueueHandle, Queues};
+pub use memory::MemoryLimits;
 pub use requests::ConnectionRow;
 pub use stats::{Kind, Metric, QueueStats};
 
@@ -82,6 +84,8 @@ pub struct EngineOptions {
     /// Zero, the default, sleeps at once: least CPU. A few tens of microseconds save a sleep
     /// and a wakeup per request/response turn (lower latency at one connection).
     pub busy_poll: Duration,
+    /// What connections may hold, in all and per source, and how long they may sit in persist.
+    pub memory: MemoryLimits,
 }
 
 impl EngineOptions {
@@ -97,6 +101,7 @@ impl EngineOptions {
             msl: Self::DEFAULT_MSL,
             max_conns: Self::DEFAULT_MAX_CONNS,
             busy_poll: Duration::ZERO,
+            memory: MemoryLimits::default(),
         }
     }
 }
@@ -162,6 +167,7 @@ impl Engine {
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<u32>>();
         let health = Arc::new(Health::new());
+        let memory = Arc::new(memory::Memory::new(options.memory));
         let wakers: Vec<Arc<EngineWaker>> = (0..queues).map(|_| Arc::new(EngineWaker::new())).collect();
         // With one queue every tuple is its own; the hand-off costs a FLOWS lookup per segment
         // of no connection, paid only where frames can arrive on another queue.
@@ -176,6 +182,8 @@ impl Engine {
                 max_conns: per_queue,
                 slot_base: queue * per_queue,
                 handoff: handoff.clone(),
+                memory: memory.clone(),
+                queues,
                 busy_poll: options.busy_poll,
                 listeners: listeners.clone(),
                 flows: xdp.flow_table(),

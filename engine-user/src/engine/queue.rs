@@ -37,6 +37,7 @@ use synx_tcp::{
 use super::{
     glue::Glue,
     handoff::{Handed, Handoff, MAX_HOPS, Owner},
+    memory::Memory,
     listeners::Listeners,
     requests::{self, ConnsRequest},
     stats::{QueueStats, bump},
@@ -58,6 +59,10 @@ pub struct QueueContext {
     pub slot_base: u32,
     /// With several queues: who owns a tuple, and the way to hand it frames.
     pub handoff: Option<Arc<Handoff>>,
+    /// The engine's memory account and limits.
+    pub memory: Arc<Memory>,
+    /// RX queues of the engine (each frees its share when memory runs over).
+    pub queues: u32,
     pub busy_poll: Duration,
     pub listeners: Arc<Listeners>,
     pub flows: FlowTable,
@@ -91,6 +96,9 @@ const MAX_PENDING_SYN_ACKS: usize = 1024;
 /// How often the kernel's AF_XDP drop counters are read.
 const XSK_STATS_PERIOD: Duration = Duration::from_millis(100);
 
+/// How often the memory limits and the persist timeout are checked.
+const LIMITS_PERIOD: Duration = Duration::from_millis(100);
+
 /// The longest sleep: stop requests and conns queries are noticed within it.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
@@ -111,6 +119,7 @@ struct QueueDriver {
     kernel_dropped: u64,
     published: u64,
     last_xsk_stats: Instant,
+    last_limits: Instant,
 }
 
 /// The AF_XDP socket's fd, for readiness through the runtime's epoll (not closed on drop).
@@ -150,7 +159,7 @@ async fn serve_queue(
     let _ = ready.send(Ok(ctx.queue));
     let mut q = QueueDriver {
         endpoint: Endpoint::new(ctx.tcp.clone(), ctx.max_conns),
-        glue: Glue::new(ctx.waker.clone(), ctx.stats.clone()),
+        glue: Glue::new(ctx.waker.clone(), ctx.stats.clone(), ctx.memory.clone()),
         scratch: vec![0u8; crate::xsk::FRAME_SIZE as usize],
         handed: std::collections::VecDeque::new(),
         syn_acks: Vec::new(),
@@ -158,6 +167,7 @@ async fn serve_queue(
         kernel_dropped: 0,
         published: 0,
         last_xsk_stats: Instant::from_nanos(0),
+        last_limits: Instant::from_nanos(0),
         ctx,
     };
     let mut last_work = now();
@@ -175,6 +185,7 @@ async fn serve_queue(
         let t = now();
         let (last_seen, base) = (&q.ctx.last_seen, q.ctx.slot_base);
         q.endpoint.handle_timeout_with_last_seen(t, |h| last_seen.get(base + h.slot()).map(Instant::from_nanos));
+        q.enforce_limits(t);
         q.handle_events(t);
         q.transmit(&mut xsk, t);
         requests::answer_conns(&q.ctx.conns_requests, &q.endpoint, q.ctx.queue, t, |h| {
@@ -255,6 +266,15 @@ impl QueueDriver {
             }
         };
         bump(&stats.rx_segments);
+        if !payload.is_empty()
+            && self.glue.may_refuse_data()
+            && let Some(h) = self.endpoint.lookup(rx.local, rx.remote)
+            && self.glue.refuses_data(h, rx.remote.ip())
+        {
+            // No memory for more of this connection's data: the peer sends it again later.
+            bump(&stats.mem_refused);
+            return;
+        }
         match self.endpoint.handle(now, rx.local, rx.remote, &hdr, payload) {
             Disposition::Delivered(h) => {
                 self.glue.set_link(h.slot(), rx.link);
@@ -315,6 +335,17 @@ impl QueueDriver {
             true => None,
             false => self.ctx.listeners.find(local),
         };
+        let memory = &self.ctx.memory;
+        if listener.is_some() && !memory.admit(remote.ip()) {
+            // The source holds all the connections it may: refused, as a full table refuses.
+            bump(&self.ctx.stats.source_limited);
+            let before = self.endpoint.pending_resets();
+            self.endpoint.reset_unknown(local, remote, hdr, payload.len());
+            self.glue.note_stranger(&self.endpoint, before, link);
+            let _ = self.ctx.flows.remove(local, remote);
+            return;
+        }
+        let admitted = listener.is_some();
         let cookies = &self.ctx.cookies;
         let cookie = || cookies.check(local, remote, hdr.seq.0, hdr.ack.0, hdr.options.timestamps, now.as_nanos());
         let resets_before = self.endpoint.pending_resets();
@@ -326,6 +357,9 @@ impl QueueDriver {
                 self.glue.attach(&mut self.endpoint, now, h, link, &listener);
             }
             Err(refusal) => {
+                if admitted {
+                    self.ctx.memory.leave(remote.ip());
+                }
                 let stats = &self.ctx.stats;
                 bump(match refusal {
                     Refusal::NoListener => &stats.no_listener,
@@ -374,6 +408,19 @@ impl QueueDriver {
         if self.syn_acks.len() < MAX_PENDING_SYN_ACKS {
             self.syn_acks.push((link, local, remote, header));
         }
+    }
+
+    /// Every [`LIMITS_PERIOD`]: the memory limits and the persist timeout (see
+    /// [`super::memory`]).
+    fn enforce_limits(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_limits) < LIMITS_PERIOD {
+            return;
+        }
+        self.last_limits = now;
+        let done = self.glue.enforce(&mut self.endpoint, now, self.ctx.queues);
+        let s = &self.ctx.stats;
+        s.mem_resets.fetch_add(done.memory_resets, Ordering::Relaxed);
+        s.persist_resets.fetch_add(done.persist_resets, Ordering::Relaxed);
     }
 
     /// The endpoint's events, through the glue; a connection gone for good leaves FLOWS.
@@ -446,6 +493,7 @@ impl QueueDriver {
         s.parked.store(self.endpoint.parked() as u64, Ordering::Relaxed);
         s.app_tasks.store(self.glue.tasks() as u64, Ordering::Relaxed);
         s.app_waiting.store(self.glue.waiting() as u64, Ordering::Relaxed);
+        s.mem_held.store(self.glue.held(), Ordering::Relaxed);
     }
 
     /// Sleep until a frame arrives, an app pokes us, or the next timer is due (at most
