@@ -164,3 +164,131 @@ fn each_rx_queue_has_its_own_last_seen_slots() {
         assert!(idle >= quiet.as_millis() as u64, "queue 0's connection looks heard from: {c}");
     }
 }
+
+/// Let this process hold `n` more file descriptors, as far as the hard limit allows.
+fn raise_nofile(n: u64) {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct; failure leaves the limit as it was.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+        rl.rlim_cur = rl.rlim_max.min(rl.rlim_cur.max(n + 1024));
+        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+    }
+}
+
+/// Echo `n` bytes on a new connection to `addr`; whether they all came back.
+fn echo_once(addr: SocketAddr, n: usize) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let data: Vec<u8> = (0..n).map(|i| i as u8).collect();
+    s.write_all(&data).map_err(|e| format!("write: {e}"))?;
+    let mut back = vec![0u8; n];
+    s.read_exact(&mut back).map_err(|e| format!("read: {e}"))?;
+    if back != data {
+        return Err("echoed bytes differ".into());
+    }
+    Ok(())
+}
+
+const HOLDERS: usize = 10_000;
+
+#[test]
+fn ten_thousand_zero_window_holders_stay_within_the_memory_limit_and_others_are_served() {
+    // Each holder connects, sends 64 KiB to the echo app and never reads (a 4 KiB receive
+    // buffer: its window closes at once). Unbounded, synx would keep every byte of it, and its
+    // echo, for as long as the peers answer probes: well over a gigabyte for 10,000 of them.
+    // With --mem-limit 64M the daemon's memory grows by about the limit, while new clients
+    // are still served.
+    require_root();
+    raise_nofile(HOLDERS as u64 + 64);
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    let listen = format!("{}:7=echo", net.server_v4);
+    let limit: u64 = 64 << 20;
+    let daemon =
+        Daemon::start(&net.server, &net.server_if, &["--listen", &listen, "--max-conns", "16384", "--mem-limit", "64M"]).unwrap();
+    let addr = SocketAddr::new(net.server_v4.into(), 7);
+    let holders = net
+        .client
+        .run(move || {
+            (0..HOLDERS)
+                .map(|_| {
+                    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+                    s.set_recv_buffer_size(4096).unwrap();
+                    s.set_send_buffer_size(64 << 10).unwrap();
+                    s.connect_timeout(&addr.into(), Duration::from_secs(5)).unwrap();
+                    s.set_nonblocking(true).unwrap();
+                    s
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    // What 10,000 connections cost before they send anything (slots, maps, TCBs).
+    let connected = testbed::process_rss_bytes(daemon.pid()).unwrap();
+    let chunk = vec![0x5au8; 64 << 10];
+    for s in &holders {
+        let _ = (&*s).write(&chunk);
+    }
+    // The holders' data arrives, is echoed into closed windows, and memory runs over.
+    assert!(
+        testbed::wait_for(Duration::from_secs(60), || daemon.counter("mem_resets").unwrap() > 0),
+        "memory never went over its limit: mem_held_bytes {}",
+        daemon.counter("mem_held_bytes").unwrap()
+    );
+    // Other clients are served meanwhile.
+    let served: Vec<Result<(), String>> = net.client.run(move || (0..20).map(|_| echo_once(addr, 4096)).collect()).unwrap();
+    assert!(served.iter().all(Result::is_ok), "{served:?}");
+    let rss = testbed::process_rss_bytes(daemon.pid()).unwrap();
+    let growth = rss.saturating_sub(connected);
+    let held = daemon.counter("mem_held_bytes").unwrap();
+    eprintln!(
+        "{HOLDERS} holders: RSS {} MiB connected, {} MiB holding (+{} MiB); mem_held_bytes {} KiB; \
+         mem_resets {}; mem_refused_segments {}",
+        connected >> 20,
+        rss >> 20,
+        growth >> 20,
+        held >> 10,
+        daemon.counter("mem_resets").unwrap(),
+        daemon.counter("mem_refused_segments").unwrap()
+    );
+    // The limit, plus what one segment of each holder may add before the next check, plus
+    // allocator slack.
+    assert!(growth <= limit + (64 << 20), "RSS grew by {} MiB with a 64 MiB limit", growth >> 20);
+    assert!(testbed::wait_for(Duration::from_secs(10), || daemon.counter("mem_held_bytes").unwrap() <= limit));
+    drop(holders);
+}
+
+#[test]
+fn a_source_gets_its_connections_and_no_more_and_a_zero_window_holder_is_reset_after_the_persist_timeout() {
+    require_root();
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    let listen = format!("{}:7=echo", net.server_v4);
+    let args = ["--listen", &listen, "--max-conns-per-source", "3", "--persist-timeout", "2s"];
+    let daemon = Daemon::start(&net.server, &net.server_if, &args).unwrap();
+    let addr = SocketAddr::new(net.server_v4.into(), 7);
+    // Three connections from the client's address; the fourth is refused with a reset.
+    let (held, fourth) = net
+        .client
+        .run(move || {
+            let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap()).collect();
+            let fourth = echo_once(addr, 16);
+            (held, fourth)
+        })
+        .unwrap();
+    assert!(fourth.is_err(), "a fourth connection from one source was served");
+    assert!(daemon.counter("tcp_source_limited").unwrap() >= 1);
+    // One held connection becomes a zero-window holder: 256 KiB into the echo, nothing read.
+    let holder = socket2::Socket::from(held.into_iter().next().unwrap());
+    holder.set_recv_buffer_size(4096).unwrap();
+    holder.set_nonblocking(true).unwrap();
+    let _ = (&holder).write(&vec![1u8; 256 << 10]);
+    assert!(
+        testbed::wait_for(Duration::from_secs(30), || daemon.counter("persist_resets").unwrap() == 1),
+        "persist_resets {}",
+        daemon.counter("persist_resets").unwrap()
+    );
+    // Its slot is free again: a new connection from the source is served.
+    let again = net.client.run(move || echo_once(addr, 16)).unwrap();
+    assert_eq!(again, Ok(()));
+}
