@@ -262,6 +262,8 @@ impl Glue {
             Accept::Turns(handler) => AppSide::Turn(shared.clone(), self.turn_handler_id(handler)),
             Accept::Channel(_) | Accept::Local(_) => AppSide::Task(shared.clone()),
         };
+        // Whatever an earlier holder of the slot held is out of the account first.
+        self.set_held(h.slot(), 0);
         self.table.insert(h.slot(), SlotGlue { link, app, held: 0 });
         bump(&self.stats.accepted);
         let stream = Stream::new(shared);
