@@ -130,13 +130,17 @@ impl Bed {
     /// The client sends a segment (always with ACK) into the endpoint, as the queue loop
     /// delivers one.
     fn send(&mut self, c: &mut Client, flags: Flags, data: &[u8]) -> Disposition {
+        self.send_with_window(c, flags, data, 65535)
+    }
+
+    fn send_with_window(&mut self, c: &mut Client, flags: Flags, data: &[u8], window: u16) -> Disposition {
         let h = Header {
             src_port: c.remote.port(),
             dst_port: local().port(),
             seq: c.snd_nxt,
             ack: c.rcv_nxt,
             flags: flags | Flags::ACK,
-            window: 65535,
+            window,
             ..Default::default()
         };
         c.snd_nxt += data.len() as u32 + u32::from(flags.fin());
@@ -151,11 +155,7 @@ impl Bed {
     /// events and output, the client taking (and acknowledging) what it is sent.
     async fn settle(&mut self, c: &mut Client) {
         for _ in 0..ROUNDS {
-            tokio::task::yield_now().await;
-            self.glue.serve_poked(&mut self.ep, self.now);
-            self.ep.handle_timeout(self.now);
-            let released = &mut self.released;
-            self.glue.handle_events(&mut self.ep, self.now, |_, _, remote| released.push(remote));
+            self.app_jobs().await;
             let mut buf = [0u8; 2048];
             let mut news = false;
             while let Some(t) = self.ep.poll_transmit(self.now, &mut buf) {
@@ -176,31 +176,20 @@ impl Bed {
         }
     }
 
-    /// The client sends `data` advertising a zero window (it reads nothing we send).
-    fn send_closed_window(&mut self, c: &mut Client, data: &[u8]) {
-        let h = Header {
-            src_port: c.remote.port(),
-            dst_port: local().port(),
-            seq: c.snd_nxt,
-            ack: c.rcv_nxt,
-            flags: Flags::PSH | Flags::ACK,
-            window: 0,
-            ..Default::default()
-        };
-        c.snd_nxt += data.len() as u32;
-        if let Disposition::Delivered(h) = self.ep.handle(self.now, local(), c.remote, &h, data) {
-            self.glue.service(&mut self.ep, self.now, h);
-        }
+    /// One loop turn's app-side jobs but output: the apps, poked streams, timers, events.
+    async fn app_jobs(&mut self) {
+        tokio::task::yield_now().await;
+        self.glue.serve_poked(&mut self.ep, self.now);
+        self.ep.handle_timeout(self.now);
+        let released = &mut self.released;
+        self.glue.handle_events(&mut self.ep, self.now, |_, _, remote| released.push(remote));
     }
 
-    /// The loop's app-side jobs for [`ROUNDS`] turns, what is sent going nowhere.
+    /// The loop's app-side jobs for [`ROUNDS`] turns, what is sent going nowhere (clients that
+    /// read nothing).
     async fn run_apps(&mut self) {
         for _ in 0..ROUNDS {
-            tokio::task::yield_now().await;
-            self.glue.serve_poked(&mut self.ep, self.now);
-            self.ep.handle_timeout(self.now);
-            let released = &mut self.released;
-            self.glue.handle_events(&mut self.ep, self.now, |_, _, remote| released.push(remote));
+            self.app_jobs().await;
             let mut buf = [0u8; 2048];
             while self.ep.poll_transmit(self.now, &mut buf).is_some() {}
         }
@@ -534,7 +523,8 @@ async fn holder(bed: &mut Bed, port: u16) -> Client {
     let mut c = bed.connect(&Arc::new(echo_turns()), port, &[]);
     bed.run_apps().await;
     for _ in 0..3 {
-        bed.send_closed_window(&mut c, &[7u8; 16 * 1024]);
+        // A zero window: it reads nothing we send.
+        bed.send_with_window(&mut c, Flags::PSH, &[7u8; 16 * 1024], 0);
         bed.run_apps().await;
     }
     c
