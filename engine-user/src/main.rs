@@ -95,7 +95,8 @@ struct RunArgs {
     /// Connections one source address may hold at once. Default: no limit.
     #[arg(long)]
     max_conns_per_source: Option<u32>,
-    /// Bytes one source address's connections may hold. Default: no limit beyond --mem-limit.
+    /// Bytes one source address's connections may hold on each engine thread. Default: no
+    /// limit beyond --mem-limit.
     #[arg(long, value_parser = config::parse_size)]
     mem_per_source: Option<u64>,
     /// How long a connection may wait behind a zero window with data to send before it is

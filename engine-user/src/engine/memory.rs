@@ -32,7 +32,8 @@ pub struct MemoryLimits {
     pub limit: u64,
     /// Connections one source address may hold at once (None: no limit beyond `max_conns`).
     pub conns_per_source: Option<u32>,
-    /// Bytes one source address's connections may hold (None: only `limit`).
+    /// Bytes one source address's connections may hold on each queue thread (None: only
+    /// `limit`).
     pub bytes_per_source: Option<u64>,
     /// How long a connection may wait behind a zero window with data to send.
     pub persist_timeout: Duration,
