@@ -41,7 +41,8 @@ use synx_tcp as tcp;
 
 use crate::{
     api::{EngineWaker, Keepalive, Listener, Stream},
-    bpf::{AttachMode, XdpProgram},
+    bpf::{AttachMode, XdpProgram, XdpSettings},
+    cluster::{Cluster, ClusterOptions},
     xsk::XskConfig,
 };
 
@@ -63,10 +64,6 @@ pub use memory::MemoryLimits;
 pub use requests::ConnectionRow;
 pub use stats::{Kind, Metric, QueueStats};
 
-/// How often the SYN-cookie secret rotates. A cookie stays valid for one rotation after the
-/// secret that minted it is replaced.
-pub const SECRET_ROTATION: Duration = Duration::from_secs(60);
-
 /// What an engine needs to start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineOptions {
@@ -86,6 +83,8 @@ pub struct EngineOptions {
     pub busy_poll: Duration,
     /// What connections may hold, in all and per source, and how long they may sit in persist.
     pub memory: MemoryLimits,
+    /// Serving with other hosts: the shared cookie key, the peers, draining.
+    pub cluster: ClusterOptions,
 }
 
 impl EngineOptions {
@@ -102,6 +101,7 @@ impl EngineOptions {
             max_conns: Self::DEFAULT_MAX_CONNS,
             busy_poll: Duration::ZERO,
             memory: MemoryLimits::default(),
+            cluster: ClusterOptions::default(),
         }
     }
 }
@@ -139,7 +139,7 @@ pub struct Engine {
     stop: Arc<AtomicBool>,
     abort_all: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<anyhow::Result<()>>>>,
-    rotor: Mutex<Option<JoinHandle<()>>>,
+    cluster: Cluster,
     queues: u32,
     health: Arc<Health>,
 }
@@ -157,9 +157,17 @@ impl Engine {
         );
         let per_queue = options.max_conns / queues;
         let mss = interface_mss(&options.iface);
-        let xdp = XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, mss)?;
-        let tcp_config =
-            tcp::Config { msl: options.msl, mss, keepalive: options.keepalive, ..tcp::Config::default() };
+        let settings = options.cluster.xdp_settings(XdpSettings::new(mss))?;
+        let xdp = XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, settings)?;
+        let tcp_config = tcp::Config {
+            msl: options.msl,
+            mss,
+            keepalive: options.keepalive,
+            // Buffers grow (right-sizing, send buffer expansion) by at most what memory holds
+            // before pressure, all queues together: growth stops where pressure starts.
+            buffer_budget: tcp::BufferBudget::new(options.memory.pressure()),
+            ..tcp::Config::default()
+        };
         let listeners = Arc::new(Listeners::default());
         let stop = Arc::new(AtomicBool::new(false));
         let abort_all = Arc::new(AtomicBool::new(false));
@@ -212,6 +220,21 @@ impl Engine {
         }
         drop(ready_tx);
         let xdp = Arc::new(Mutex::new(xdp));
+        let (secrets, switches) = {
+            let x = xdp.lock().unwrap_or_else(|e| e.into_inner());
+            (x.secrets(), x.switches())
+        };
+        let cluster = match Cluster::start(&options.cluster, secrets, switches) {
+            Ok(c) => c,
+            Err(e) => {
+                stop.store(true, Ordering::SeqCst);
+                abort_all.store(true, Ordering::SeqCst);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e);
+            }
+        };
         let engine = Self {
             options,
             xdp: xdp.clone(),
@@ -221,7 +244,7 @@ impl Engine {
             stop,
             abort_all,
             threads: Mutex::new(threads),
-            rotor: Mutex::new(None),
+            cluster,
             queues,
             health,
         };
@@ -229,7 +252,6 @@ impl Engine {
         for _ in 0..queues {
             ready_rx.recv().context("engine thread died during start-up")??;
         }
-        *engine.rotor.lock().unwrap_or_else(|e| e.into_inner()) = Some(spawn_rotor(xdp, engine.stop.clone())?);
         Ok(engine)
     }
 
@@ -343,11 +365,26 @@ impl Engine {
         }
     }
 
-    /// Every counter: the XDP program's (summed over CPUs), then the engine threads'.
+    /// Every counter: the XDP program's (summed over CPUs), then the engine threads', then
+    /// the host's in the cluster (draining, connections open, clocks and keys of its peers).
     pub fn stats(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
         let mut all = self.xdp.lock().unwrap_or_else(|e| e.into_inner()).counters()?;
         all.extend(self.queue_handles.stats());
+        all.push(("connections_open", self.open_connections()));
+        all.extend(self.cluster.stats());
         Ok(all)
+    }
+
+    /// Start (or stop) draining: no new connections (new SYNs unanswered, or passed to the
+    /// kernel, as configured), while handshakes already begun complete and established
+    /// connections go on. A routing daemon or an operator withdraws the route meanwhile and
+    /// stops the host once [`Engine::open_connections`] is 0.
+    pub fn drain(&self, on: bool) -> anyhow::Result<()> {
+        self.cluster.drain(on)
+    }
+
+    pub fn draining(&self) -> bool {
+        self.cluster.draining()
     }
 
     /// Every connection of every queue, as `synx conns` lists them.
@@ -385,10 +422,7 @@ impl Engine {
                 Err(_) => tracing::error!("engine thread panicked"),
             }
         }
-        if let Some(rotor) = self.rotor.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            rotor.thread().unpark();
-            let _ = rotor.join();
-        }
+        self.cluster.shutdown();
     }
 }
 
@@ -398,20 +432,3 @@ impl Drop for Engine {
     }
 }
 
-/// Rotate the cookie secret every [`SECRET_ROTATION`]; the previous one stays valid for one
-/// more period.
-fn spawn_rotor(xdp: Arc<Mutex<XdpProgram>>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("synx-rotor".into()).spawn(move || {
-        let mut next = Instant::now() + SECRET_ROTATION;
-        while !stop.load(Ordering::SeqCst) {
-            let now = Instant::now();
-            if now >= next {
-                if let Err(e) = xdp.lock().unwrap_or_else(|e| e.into_inner()).rotate_secret() {
-                    tracing::warn!("rotating the SYN-cookie secret: {e}");
-                }
-                next = now + SECRET_ROTATION;
-            }
-            std::thread::park_timeout(next.saturating_duration_since(now));
-        }
-    })
-}
