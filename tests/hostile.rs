@@ -112,59 +112,6 @@ fn two_rx_queues_refuse_no_connection_when_a_tuple_changes_queue() {
     assert_eq!(daemon.counter("tcp_accepted").unwrap(), 800);
 }
 
-#[test]
-fn each_rx_queue_has_its_own_last_seen_slots() {
-    // Connections on both queues; after a quiet spell, only queue 1's connections talk. Queue
-    // 0's must still read as idle: a LAST_SEEN slot shared with queue 1 would say they were just
-    // heard from (and keep a dead peer alive past keepalive).
-    require_root();
-    let net = VethPair::with_queues(2).unwrap();
-    net.attach_peer_xdp().unwrap();
-    let listen = format!("{}:7=echo", net.server_v4);
-    let daemon = Daemon::start(&net.server, &net.server_if, &["--listen", &listen, "--max-conns", "64"]).unwrap();
-    let addr = SocketAddr::new(net.server_v4.into(), 7);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let echo = |s: &mut TcpStream| {
-        s.write_all(b"ping").unwrap();
-        let mut back = [0u8; 4];
-        s.read_exact(&mut back).unwrap();
-        assert_eq!(&back, b"ping");
-    };
-    // Four connections from each CPU: both queues get some, each numbering its own from slot 0.
-    let mut streams: Vec<TcpStream> = (0..2)
-        .flat_map(|i| {
-            net.client
-                .run(move || {
-                    pin_to(i % cpus);
-                    (0..4)
-                        .map(|_| {
-                            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-                            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                            echo(&mut s);
-                            s
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .unwrap()
-        })
-        .collect();
-    let conns = daemon.conns().unwrap();
-    let queue_of = |port: u16| {
-        conns.iter().find(|c| c["remote"].as_str().is_some_and(|r| r.ends_with(&format!(":{port}")))).and_then(|c| c["queue"].as_u64())
-    };
-    let on_queue = |q: u64| streams.iter().filter(|s| queue_of(s.local_addr().unwrap().port()) == Some(q)).count();
-    assert!(on_queue(0) > 0 && on_queue(1) > 0, "queue 0: {}, queue 1: {}, {conns:?}", on_queue(0), on_queue(1));
-    let quiet = Duration::from_millis(1500);
-    std::thread::sleep(quiet);
-    for s in streams.iter_mut().filter(|s| queue_of(s.local_addr().unwrap().port()) == Some(1)) {
-        echo(s);
-    }
-    for c in daemon.conns().unwrap().iter().filter(|c| c["queue"].as_u64() == Some(0)) {
-        let idle = c["idle_ms"].as_u64().unwrap();
-        assert!(idle >= quiet.as_millis() as u64, "queue 0's connection looks heard from: {c}");
-    }
-}
-
 /// Let this process hold `n` more file descriptors, as far as the hard limit allows.
 fn raise_nofile(n: u64) {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

@@ -44,6 +44,10 @@ counters! {
     SECOND_CHANCE_LAST = 26, "xdp_second_chance_last";
     SECOND_CHANCE_RATE_LIMITED = 27, "xdp_second_chance_rate_limited";
     DROP_BAD_SECOND_CHANCE = 28, "xdp_drop_bad_second_chance";
+    DROP_FRAGMENT = 29, "xdp_drop_fragment";
+    DROP_IPV6_EXTENSION = 30, "xdp_drop_ipv6_extension";
+    PASS_MALFORMED = 31, "xdp_pass_malformed";
+    CLAIM_EXPIRED = 32, "xdp_claim_expired";
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Loading the embedded XDP program, attaching it, and the maps it shares with userspace:
 //! SYN-cookie secrets, listeners, the flow table and AF_XDP sockets (handed to the engine
-//! threads), and LAST_SEEN read through mmap; settings fixed for the program's life are
+//! threads), and the RX backlog through mmap; settings fixed for the program's life are
 //! read-only globals of the object, set as it loads ([`XdpSettings`]).
 //!
 //! Two objects are embedded: `synx-xdp`, the program `synx run` attaches and nothing else, and
@@ -182,7 +182,7 @@ pub enum BpfError {
     MissingMap(&'static str),
     #[error("BPF map access failed: {0}")]
     Map(#[from] aya::maps::MapError),
-    #[error("mapping LAST_SEEN into memory failed: {0}")]
+    #[error("mapping a BPF map into memory failed: {0}")]
     Mmap(std::io::Error),
     #[error("SYN-cookie secrets: {0}")]
     Secrets(#[from] KeyError),
@@ -205,8 +205,8 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock the XDP program stamps LAST_SEEN with
-/// (bpf_ktime_get_coarse_ns), so userspace's instants and the stamps compare.
+/// CLOCK_MONOTONIC in nanoseconds: the clock the XDP program dates FLOWS claims with
+/// (bpf_ktime_get_coarse_ns), so userspace can tell their age.
 pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
@@ -274,7 +274,6 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings) -> Result<
     EbpfLoader::new()
         .map_max_entries(maps::FLOWS4, max_flows)
         .map_max_entries(maps::FLOWS6, max_flows)
-        .map_max_entries(maps::LAST_SEEN, max_flows)
         .override_global(globals::MSS, &settings.mss, true)
         .override_global(globals::WSCALE, &settings.wscale, true)
         .override_global(globals::RST_BAD_COOKIE, &rst_bad_cookie, true)
@@ -441,19 +440,57 @@ pub struct FlowTable {
 struct FlowMaps {
     v4: HashMap<MapData, FlowKey4, u32>,
     v6: HashMap<MapData, FlowKey6, u32>,
+    /// CLOCK_MONOTONIC of the last sweep of expired claims (0: none yet).
+    swept_ns: u64,
+}
+
+impl FlowMaps {
+    fn put(&mut self, key: &FlowKey, value: u32) -> Result<(), aya::maps::MapError> {
+        match key {
+            FlowKey::V4(k) => self.v4.insert(k, &value, 0),
+            FlowKey::V6(k) => self.v6.insert(k, &value, 0),
+        }
+    }
+
+    /// Remove the claims that expired by `now_ns` (cookie ACKs that never reached userspace),
+    /// at most once per claim lifetime: a full table of live connections costs one walk per
+    /// lifetime, not one per refused connection. How many went.
+    fn sweep(&mut self, now_ns: u64) -> usize {
+        let every = u64::from(maps::CLAIM_TTL) << 30;
+        if self.swept_ns != 0 && now_ns.saturating_sub(self.swept_ns) < every {
+            return 0;
+        }
+        self.swept_ns = now_ns;
+        let expired = |v: u32| maps::claim_expired(v, now_ns);
+        let v4: Vec<FlowKey4> = self.v4.iter().filter_map(Result::ok).filter(|(_, v)| expired(*v)).map(|(k, _)| k).collect();
+        let v6: Vec<FlowKey6> = self.v6.iter().filter_map(Result::ok).filter(|(_, v)| expired(*v)).map(|(k, _)| k).collect();
+        // A claim XDP renews between the walk and the removal goes too: its connection still
+        // gets its slot when userspace takes the ACK, but a segment that overtakes the ACK
+        // finds no flow (a reset), as with FLOWS full.
+        v4.iter().filter(|k| self.v4.remove(k).is_ok()).count() + v6.iter().filter(|k| self.v6.remove(k).is_ok()).count()
+    }
+}
+
+/// Whether a map update failed because the map is full.
+fn map_full(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
 }
 
 impl FlowTable {
+    /// Route the connection's segments to `slot` (or, in tests, write any FLOWS value). When
+    /// FLOWS is full, expired claims are swept first; failing still, the caller must not keep
+    /// the connection (its segments would not reach it).
     pub fn insert(&self, local: SocketAddr, remote: SocketAddr, slot: u32) -> Result<(), BpfError> {
         let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
-        match flow_key(local, remote) {
-            FlowKey::V4(k) => flows.v4.insert(&k, &slot, 0)?,
-            FlowKey::V6(k) => flows.v6.insert(&k, &slot, 0)?,
+        let key = flow_key(local, remote);
+        match flows.put(&key, slot) {
+            Err(e) if map_full(&e) && flows.sweep(monotonic_ns()) > 0 => flows.put(&key, slot)?,
+            r => r?,
         }
         Ok(())
     }
 
-    /// The slot FLOWS holds for the tuple (`SLOT_PENDING` while XDP's claim waits for one).
+    /// The FLOWS value of the connection: its slot, or XDP's claim (see `maps::CLAIM`).
     pub fn get(&self, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
         let flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
         match flow_key(local, remote) {
@@ -539,28 +576,6 @@ impl Drop for MappedArray {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what we mapped.
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-/// LAST_SEEN mapped read-only: XDP's CLOCK_MONOTONIC stamp of each slot's latest segment.
-#[derive(Clone)]
-pub struct LastSeen {
-    inner: Arc<MappedArray>,
-    slots: u32,
-}
-
-impl LastSeen {
-    fn map(map: MapData, slots: u32) -> Result<Self, BpfError> {
-        Ok(Self { inner: Arc::new(MappedArray::new(map, slots as usize * 8, false)?), slots })
-    }
-
-    /// Nanoseconds (CLOCK_MONOTONIC) of the slot's last segment; `None` if never stamped.
-    pub fn get(&self, slot: u32) -> Option<u64> {
-        if slot >= self.slots {
-            return None;
-        }
-        let v = self.inner.word(slot as usize)?.load(std::sync::atomic::Ordering::Relaxed);
-        (v != 0).then_some(v)
     }
 }
 
@@ -770,7 +785,6 @@ pub struct XdpProgram {
     secrets: SecretsPublisher,
     switches: Switches,
     flows: FlowTable,
-    last_seen: LastSeen,
     rx_backlog: RxBacklog,
 }
 
@@ -802,12 +816,9 @@ impl XdpProgram {
         let flows = FlowMaps {
             v4: HashMap::try_from(take(&mut ebpf, maps::FLOWS4)?)?,
             v6: HashMap::try_from(take(&mut ebpf, maps::FLOWS6)?)?,
+            swept_ns: 0,
         };
         let xsks: XskMap<MapData> = XskMap::try_from(take(&mut ebpf, maps::XSKS)?)?;
-        let last_seen = match take(&mut ebpf, maps::LAST_SEEN)? {
-            Map::Array(data) => LastSeen::map(data, max_flows)?,
-            _ => return Err(BpfError::MissingMap(maps::LAST_SEEN)),
-        };
         let rx_backlog = match take(&mut ebpf, maps::RX_BACKLOG)? {
             Map::Array(data) => RxBacklog::map(data)?,
             _ => return Err(BpfError::MissingMap(maps::RX_BACKLOG)),
@@ -830,7 +841,6 @@ impl XdpProgram {
             secrets,
             switches,
             flows: FlowTable { flows: Arc::new(Mutex::new(flows)), xsks: Arc::new(Mutex::new(xsks)) },
-            last_seen,
             rx_backlog,
         };
         engine.secrets.refresh()?;
@@ -1071,10 +1081,6 @@ impl XdpProgram {
             ours: Ours { mss: self.settings.mss, wscale: self.settings.wscale },
             draining: self.switches.draining.clone(),
         }
-    }
-
-    pub fn last_seen(&self) -> LastSeen {
-        self.last_seen.clone()
     }
 
     /// Every XDP outcome counter, summed over CPUs, in index order.

@@ -7,7 +7,7 @@
 //! TIME_WAIT): without a hand-off such a segment meets an engine that never heard of the tuple
 //! and is reset (10-25% of connections refused with two queues on veth).
 //!
-//! Each queue has its own range of FLOWS / LAST_SEEN slots, so the slot XDP holds for a tuple
+//! Each queue has its own range of FLOWS slots, so the slot XDP holds for a tuple
 //! names its owner. While a connection is being created (the cookie ACK taken, the slot not yet
 //! in FLOWS) a claim here says who creates it, so two queues never both accept one tuple: a
 //! queue claims before it looks at FLOWS, and publishes the slot before it drops the claim.
@@ -18,7 +18,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use engine_common::maps::SLOT_PENDING;
+use engine_common::maps::CLAIM;
 
 use crate::api::EngineWaker;
 
@@ -70,9 +70,9 @@ impl Handoff {
         self.inboxes.len() as u32
     }
 
-    /// The queue whose range holds FLOWS slot `slot` (None: XDP's pending claim, or no range).
+    /// The queue whose range holds FLOWS value `slot` (None: XDP's claim, or no range).
     pub fn owner_of_slot(&self, slot: u32) -> Option<u32> {
-        if slot == SLOT_PENDING || self.per_queue == 0 {
+        if slot & CLAIM != 0 || self.per_queue == 0 {
             return None;
         }
         let q = slot / self.per_queue;
@@ -148,21 +148,21 @@ mod tests {
     }
 
     #[test]
-    fn slots_name_their_queue_and_the_pending_claim_names_none() {
+    fn slots_name_their_queue_and_xdps_claims_name_none() {
         let h = handoff();
         assert_eq!(h.owner_of_slot(0), Some(0));
         assert_eq!(h.owner_of_slot(99), Some(0));
         assert_eq!(h.owner_of_slot(100), Some(1));
         assert_eq!(h.owner_of_slot(200), None);
-        assert_eq!(h.owner_of_slot(SLOT_PENDING), None);
+        assert_eq!(h.owner_of_slot(engine_common::maps::claim(5 << 30)), None);
     }
 
     #[test]
     fn one_queue_creates_a_tuple_and_the_other_hands_it_its_frames() {
         let h = handoff();
         let (l, r) = tuple(1000);
-        // Queue 0 takes the cookie ACK first: FLOWS holds XDP's pending claim.
-        assert_eq!(h.owner(0, l, r, || Some(SLOT_PENDING)), Owner::Me);
+        // Queue 0 takes the cookie ACK first: FLOWS holds XDP's claim.
+        assert_eq!(h.owner(0, l, r, || Some(engine_common::maps::claim(5 << 30))), Owner::Me);
         // Queue 1 sees a segment of the tuple meanwhile: queue 0 is creating it (FLOWS is not
         // even asked).
         assert_eq!(h.owner(1, l, r, || panic!("the claim answers")), Owner::Queue(0));

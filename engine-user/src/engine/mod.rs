@@ -73,8 +73,8 @@ pub struct EngineOptions {
     pub keepalive: Keepalive,
     /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL.
     pub msl: Duration,
-    /// Connections in all (and FLOWS/LAST_SEEN map entries), shared out evenly over the RX
-    /// queues: each queue's engine has its own range of slots.
+    /// Connections in all (and FLOWS map entries), shared out evenly over the RX queues: each
+    /// queue's engine has its own range of slots.
     pub max_conns: u32,
     /// After a loop turn that did work, an engine thread keeps polling its rings and app
     /// queue (yielding the CPU to runnable threads) for this long before it sleeps in poll(2).
@@ -196,7 +196,6 @@ impl Engine {
                 listeners: listeners.clone(),
                 flows: xdp.flow_table(),
                 cookies: xdp.cookie_checker(),
-                last_seen: xdp.last_seen(),
                 rx_backlog: xdp.rx_backlog(),
                 stats: q_stats,
                 stop: stop.clone(),

@@ -6,7 +6,7 @@
 //! 1. receive a batch of frames and feed them to the endpoint; a segment for no connection goes
 //!    to [`Endpoint::accept_cookie`] (a new connection for its listener, or a reset);
 //! 2. serve the connections whose applications poked the thread ([`Glue::serve_poked`]);
-//! 3. run expired timers, first telling each due connection XDP's LAST_SEEN stamp;
+//! 3. run expired timers;
 //! 4. handle the endpoint's events ([`Glue::handle_events`]);
 //! 5. transmit what the endpoint wants to send;
 //! 6. answer control requests, publish the counters;
@@ -44,7 +44,7 @@ use super::{
 };
 use crate::{
     api::EngineWaker,
-    bpf::{CookieChecker, FlowTable, LastSeen, RxBacklog, monotonic_ns},
+    bpf::{CookieChecker, FlowTable, RxBacklog, monotonic_ns},
     wire::{self, Link},
     xsk::{XskConfig, XskSocket},
 };
@@ -53,7 +53,7 @@ use crate::{
 pub struct QueueContext {
     pub queue: u32,
     pub tcp: tcp::Config,
-    /// Connections of this queue at most: its range of FLOWS / LAST_SEEN slots starts at
+    /// Connections of this queue at most: its range of FLOWS slots starts at
     /// `slot_base` (the endpoint numbers its slots from 0).
     pub max_conns: u32,
     pub slot_base: u32,
@@ -67,7 +67,6 @@ pub struct QueueContext {
     pub listeners: Arc<Listeners>,
     pub flows: FlowTable,
     pub cookies: CookieChecker,
-    pub last_seen: LastSeen,
     pub rx_backlog: RxBacklog,
     pub stats: Arc<QueueStats>,
     pub stop: Arc<AtomicBool>,
@@ -79,7 +78,7 @@ pub struct QueueContext {
     pub health: Arc<super::health::Health>,
 }
 
-/// The engine's clock: the one XDP stamps LAST_SEEN with, so deadlines and stamps compare.
+/// The engine's clock: CLOCK_MONOTONIC, as XDP's FLOWS claims.
 fn now() -> Instant {
     Instant::from_nanos(monotonic_ns())
 }
@@ -183,14 +182,11 @@ async fn serve_queue(
         let received = q.receive(&mut xsk) + q.receive_handed();
         let poked = q.glue.serve_poked(&mut q.endpoint, now());
         let t = now();
-        let (last_seen, base) = (&q.ctx.last_seen, q.ctx.slot_base);
-        q.endpoint.handle_timeout_with_last_seen(t, |h| last_seen.get(base + h.slot()).map(Instant::from_nanos));
+        q.endpoint.handle_timeout(t);
         q.enforce_limits(t);
         q.handle_events(t);
         q.transmit(&mut xsk, t);
-        requests::answer_conns(&q.ctx.conns_requests, &q.endpoint, q.ctx.queue, t, |h| {
-            q.ctx.last_seen.get(base + h.slot()).map(Instant::from_nanos)
-        });
+        requests::answer_conns(&q.ctx.conns_requests, &q.endpoint, q.ctx.queue, t);
         q.publish_stats(&xsk, t);
         if received > 0 {
             last_work = t;
@@ -352,10 +348,19 @@ impl QueueDriver {
         let resets_before = self.endpoint.pending_resets();
         match self.endpoint.accept_cookie(now, local, remote, hdr, payload, listener, cookie) {
             Ok((h, listener)) => {
-                if let Err(e) = self.ctx.flows.insert(local, remote, self.ctx.slot_base + h.slot()) {
-                    tracing::warn!("FLOWS insert for {remote}: {e}");
-                }
+                let routed = self.ctx.flows.insert(local, remote, self.ctx.slot_base + h.slot());
                 self.glue.attach(&mut self.endpoint, now, h, link, &listener);
+                if let Err(e) = routed {
+                    // FLOWS is full even of live connections: XDP would not route this one's
+                    // segments here, so reset it now rather than leave a client that believes
+                    // it is connected (its app sees the connection aborted).
+                    tracing::debug!("FLOWS insert for {remote}: {e}");
+                    bump(&self.ctx.stats.flows_full);
+                    if let Some(conn) = self.endpoint.connection_mut(h) {
+                        conn.abort(now);
+                    }
+                    self.glue.service(&mut self.endpoint, now, h);
+                }
             }
             Err(refusal) => {
                 if admitted {
