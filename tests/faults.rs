@@ -178,7 +178,12 @@ fn s12_http_request_bodies_cost_no_memory_and_absurd_lengths_are_refused() {
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     let rss_after = process_rss_bytes(pid).expect("the daemon's VmRSS");
     let grown = rss_after.saturating_sub(rss_before);
-    assert!(grown < 8 << 20, "RSS grew by {grown} bytes for a {len}-byte request body");
+    // What TCP may hold for one connection is not the app's doing: receive right-sizing grows
+    // the window (and its buffer) up to `recv_buffer_max` when the app reads slower than the
+    // path delivers, as on a loaded machine. A body kept in memory would be 48 MiB.
+    let tcp_may_hold = synx_tcp::Config::default().recv_buffer_max as u64;
+    let bound = tcp_may_hold + (8 << 20);
+    assert!(grown < bound, "RSS grew by {grown} bytes (bound {bound}) for a {len}-byte request body");
     eprintln!("http bodies: RSS {rss_before} -> {rss_after}");
 }
 
