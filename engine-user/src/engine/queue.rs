@@ -219,13 +219,14 @@ impl QueueDriver {
                 return;
             }
         };
-        let (hdr, payload) = match tcp::segment::parse(rx.tcp) {
+        let (mut hdr, payload) = match tcp::segment::parse(rx.tcp) {
             Ok(p) => p,
             Err(_) => {
                 bump(&stats.tcp_parse_errors);
                 return;
             }
         };
+        hdr.ce = rx.ce;
         bump(&stats.rx_segments);
         self.last_link = rx.link;
         match self.endpoint.handle(now, rx.local, rx.remote, &hdr, payload) {
@@ -367,7 +368,7 @@ impl QueueDriver {
             let tcp_len = out.len;
             let sent = xsk.send(|buf| {
                 buf.get_mut(hlen..hlen + tcp_len)?.copy_from_slice(&scratch[..tcp_len]);
-                wire::finish(buf, &link, out.local, out.remote, tcp_len)
+                wire::finish_ecn(buf, &link, out.local, out.remote, tcp_len, out.ect)
             });
             if sent {
                 bump(&self.ctx.stats.tx_segments);
@@ -396,6 +397,7 @@ impl QueueDriver {
         }
         s.time_wait_fin_reacked.store(self.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
         s.parked.store(self.endpoint.parked() as u64, Ordering::Relaxed);
+        s.publish_core(self.endpoint.totals());
         s.app_tasks.store(self.glue.tasks() as u64, Ordering::Relaxed);
         s.app_waiting.store(self.glue.waiting() as u64, Ordering::Relaxed);
     }
