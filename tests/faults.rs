@@ -6,6 +6,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
+    os::unix::process::CommandExt as _,
     process::Stdio,
     sync::{
         Arc,
@@ -25,6 +26,8 @@ use testbed::{
 static CPU_HEAVY: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// trafgen and its files, stopped and removed however the test ends (a panic included).
+/// trafgen runs in a process group of its own: its worker process (`--cpus 1` forks one) is
+/// signalled with it.
 struct Flood {
     child: std::process::Child,
     files: [std::path::PathBuf; 2],
@@ -40,8 +43,17 @@ impl Flood {
 
 impl Drop for Flood {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        // SIGINT is how trafgen stops; its worker, busy sending, has been seen to miss it for
+        // many minutes, so the group is killed after a grace.
+        let group = -(self.child.id() as i32);
+        // SAFETY: kill(2) on the process group of our own child.
+        unsafe { libc::kill(group, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above; the group is gone already if trafgen stopped with all its workers.
+        unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.child.wait();
         for f in &self.files {
             let _ = std::fs::remove_file(f);
@@ -86,6 +98,7 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
         .arg(&conf_path)
         .stdout(Stdio::null())
         .stderr(log)
+        .process_group(0)
         .spawn()
         .expect("trafgen (netsniff-ng; `cargo xtask setup` installs it)");
     let flood = Flood { child, files: [conf_path, log_path] };
