@@ -267,6 +267,14 @@ fn duplicates_are_reported_as_dsack_blocks_once() {
     c.handle(ms(63), &peer(12, 0), b"cdefghij");
     let acks = out(&mut c, ms(63));
     assert!(acks.iter().all(|(h, _)| h.options.sack.as_slice().iter().all(|&b| b != (SeqNum(IRS + 6), SeqNum(IRS + 11)))));
+    // A whole segment again, entirely below RCV.NXT (a retransmission that followed its late
+    // original): every copy is answered at once with its DSACK, not rate-limited like
+    // challenge ACKs (as Linux's tcp_send_dupack).
+    for i in 0..20 {
+        c.handle(ms(64) + Duration::from_micros(i), &peer(12, 0), b"cdefghij");
+        let (h, _) = one(&mut c, ms(64) + Duration::from_micros(i));
+        assert_eq!(h.options.sack.as_slice()[0], (SeqNum(IRS + 13), SeqNum(IRS + 21)), "copy {i}");
+    }
     // Without SACK, no DSACK.
     let mut c = established();
     c.handle(ms(1), &peer(0, 0), b"0123");
