@@ -21,6 +21,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 
 mod nginx;
+pub mod path;
 pub use nginx::Nginx;
 
 const PREFIX: &str = "sx";
@@ -240,26 +241,31 @@ impl VethPair {
     /// Native XDP_TX and redirects on a veth deliver only when the peer veth has an XDP program
     /// too: run `synx peer-pass` (an XDP_PASS program) on the client's end until drop.
     pub fn attach_peer_xdp(&self) -> anyhow::Result<()> {
-        let mut child = self
-            .client
-            .command(synx_bin().to_str().context("binary path")?)
-            .args(["peer-pass", "--iface", &self.client_if])
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting synx peer-pass")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        if !line.starts_with("attached") {
-            let _ = child.kill();
-            bail!("synx peer-pass did not attach: {:?}", child.wait()?);
-        }
-        *self.peer_xdp.lock().unwrap() = Some(child);
+        *self.peer_xdp.lock().unwrap() = Some(peer_pass(&self.client, &self.client_if)?);
         Ok(())
     }
 
     pub fn server_ip(&self, v6: bool) -> IpAddr {
         if v6 { self.server_v6.into() } else { self.server_v4.into() }
     }
+}
+
+/// `synx peer-pass` (an XDP_PASS program) on `iface` in `ns`, attached when this returns;
+/// detached when the child is killed.
+pub fn peer_pass(ns: &Netns, iface: &str) -> anyhow::Result<Child> {
+    let mut child = ns
+        .command(synx_bin().to_str().context("binary path")?)
+        .args(["peer-pass", "--iface", iface])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting synx peer-pass")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    if !line.starts_with("attached") {
+        let _ = child.kill();
+        bail!("synx peer-pass did not attach on {iface}: {:?}", child.wait()?);
+    }
+    Ok(child)
 }
 
 /// Path of the `synx` binary the tests drive: `$SYNX_BIN`, else the workspace's target dir
@@ -607,6 +613,20 @@ pub fn echo_roundtrip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
     s.read_exact(&mut got).unwrap();
     writer.join().unwrap();
     got
+}
+
+/// Test bytes that differ per offset and per seed, with no run repeating at a short period
+/// (xorshift64): a shifted, dropped or duplicated piece changes their hash.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// A hash of every byte, in order.
