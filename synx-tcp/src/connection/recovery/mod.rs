@@ -459,10 +459,12 @@ impl Recovery {
             return false;
         }
         self.begin_reduction(s, mss);
+        // A congestion signal, not a loss that may prove spurious: never undone (as Linux's
+        // tcp_enter_cwr clears undo_marker).
+        self.undo = None;
         if s.una == s.nxt {
             // Nothing in flight to pace the reduction over: done at once.
             self.cc.end_reduction();
-            self.undo = None;
         } else {
             self.phase = Phase::Cwr(s.nxt);
         }
@@ -562,7 +564,10 @@ impl Recovery {
     /// marked lost is in flight after all (Linux's tcp_try_undo_loss).
     fn try_undo(&mut self, tsecr: Option<u32>, unmark: bool, stats: &mut Stats) -> bool {
         let Some(u) = self.undo else { return false };
-        if u.retrans != Some(0) && !self.eifel_delayed(tsecr) {
+        // Nothing retransmitted yet in the episode (the retransmission still waited for the
+        // pacer) and the ACK passed what was marked lost: the originals arrived (Linux's
+        // tcp_packet_delayed with no retrans_stamp).
+        if u.retrans.is_some_and(|n| n > 0) && !self.eifel_delayed(tsecr) {
             return false;
         }
         self.undo = None;
@@ -599,6 +604,8 @@ impl Recovery {
             if self.phase == Phase::Open {
                 self.begin_reduction(s, mss);
                 self.cc.end_reduction();
+                // A loss repaired: nothing to undo.
+                self.undo = None;
                 stats.tlp_recoveries += 1;
             }
         } else if !progress {
