@@ -12,7 +12,7 @@ use core::time::Duration;
 
 use super::send::SendHalf;
 use super::stats::Stats;
-use crate::congestion::Congestion;
+use crate::congestion::{AckTrain, Congestion};
 use crate::rtt::RttEstimator;
 use crate::seq::SeqNum;
 use crate::{Config, Instant};
@@ -111,6 +111,8 @@ pub(super) struct Recovery {
     pub rtt: RttEstimator,
     pub consecutive_rtos: u32,
     pub cc: Congestion,
+    /// HyStart's ACK train in the initial slow start (not folded: see [`AckTrain`]).
+    ack_train: AckTrain,
     sent: SentQueue,
     rack: Rack,
     phase: Phase,
@@ -162,6 +164,7 @@ impl Recovery {
             rtt,
             consecutive_rtos: 0,
             cc,
+            ack_train: AckTrain::default(),
             sent: SentQueue::default(),
             rack,
             phase: Phase::Open,
@@ -434,6 +437,10 @@ impl Recovery {
         self.tlp_on_ack(s, dsack, una_advanced || sacked > 0, mss, stats);
         // The window: PRR while reducing, else slow start or congestion avoidance by what was
         // delivered, on ACKs that move SND.UNA (as Linux's tcp_may_raise_cwnd).
+        if let (false, Some(_), Some(min_rtt)) = (self.reducing(), ca_rtt, self.rack.min_rtt()) {
+            let train = self.ack_train.on_ack(now);
+            self.cc.on_ack_train(train, mss, min_rtt, self.rtt.srtt(), config.pacing);
+        }
         if self.reducing() {
             self.prr_ack(delivered, mss, sack, una_advanced && newly_lost == 0);
         } else if una_advanced && self.is_cwnd_limited() {
