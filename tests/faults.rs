@@ -310,7 +310,8 @@ fn s10_malformed_frames_and_blind_injections_are_counted_and_the_connection_carr
     let counters_before = bed.daemon.stats().unwrap();
     let evil = b"EVIL";
 
-    // --- Frames the XDP program must refuse before any lookup (issue 4's malformed list) ---
+    // --- Frames the XDP program refuses before any lookup (issue 4's malformed list), or passes to
+    // the kernel when they do not even say which port they are for ---
     let good = forge(seen.rcv_nxt, &|b| b.ack(seen.snd_nxt).psh(), evil);
     let mut bad_ihl = good.clone();
     bad_ihl[14] = 0x44; // IHL 4: shorter than the minimum header
@@ -320,7 +321,7 @@ fn s10_malformed_frames_and_blind_injections_are_counted_and_the_connection_carr
     doff_past_end[TCP + 12] = 0xf0; // 60-byte header in a 36-byte segment
     let truncated = good[..TCP + 10].to_vec();
     let mut fragment = good.clone();
-    fragment[14 + 6] = 0x20; // More Fragments: XDP leaves reassembly to the kernel
+    fragment[14 + 6] = 0x20; // More Fragments, offset 0: the first fragment, ports and all
     let mut bcast_mac = good.clone();
     bcast_mac[6..12].copy_from_slice(&[0xff; 6]);
     let syn_fin = forge(0x1000, &|b| b.syn().fin(), &[]);
@@ -410,9 +411,10 @@ fn s10_malformed_frames_and_blind_injections_are_counted_and_the_connection_carr
     let report = after.to_string();
     // Exact counts: in these namespaces nothing else produces these outcomes.
     for (counter, n) in [
-        ("xdp_drop_bad_header", 2),           // bad IHL, bad data offset
-        ("xdp_drop_truncated", 3),            // offset past the end, truncated, empty
-        ("xdp_pass_fragment", 1),             // to the kernel's reassembly
+        ("xdp_drop_bad_header", 1),           // bad data offset
+        ("xdp_drop_truncated", 2),            // offset past the end, truncated
+        ("xdp_pass_malformed", 2),            // bad IHL, empty: no port to check, the kernel drops them
+        ("xdp_drop_fragment", 1),             // the kernel would reset the peer of a reassembled one
         ("xdp_drop_bad_address", 1),          // broadcast source
         ("xdp_drop_bad_flags", 3),            // SYN+FIN, SYN+RST, zero port
         ("xdp_drop_bad_options", 1),          // option overrun in a SYN

@@ -37,6 +37,17 @@ counters! {
     DROP_NO_ROOM = 19, "xdp_drop_no_room";
     SYN_GENERIC_OPTIONS = 20, "xdp_syn_generic_options";
     DROP_SYN_BACKLOG = 21, "xdp_drop_syn_backlog";
+    DROP_SYN_DRAINING = 22, "xdp_drop_syn_draining";
+    PASS_SYN_DRAINING = 23, "xdp_pass_syn_draining";
+    SECOND_CHANCE_SENT = 24, "xdp_second_chance_sent";
+    SECOND_CHANCE_RECEIVED = 25, "xdp_second_chance_received";
+    SECOND_CHANCE_LAST = 26, "xdp_second_chance_last";
+    SECOND_CHANCE_RATE_LIMITED = 27, "xdp_second_chance_rate_limited";
+    DROP_BAD_SECOND_CHANCE = 28, "xdp_drop_bad_second_chance";
+    DROP_FRAGMENT = 29, "xdp_drop_fragment";
+    DROP_IPV6_EXTENSION = 30, "xdp_drop_ipv6_extension";
+    PASS_MALFORMED = 31, "xdp_pass_malformed";
+    CLAIM_EXPIRED = 32, "xdp_claim_expired";
 }
 
 #[cfg(test)]

@@ -3,8 +3,6 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::cookie::Key;
-
 /// Per-CPU array of `u64` outcome counters, indexed by [`crate::counters`] constants.
 pub const COUNTERS: &str = "COUNTERS";
 /// Array of [`PortListeners`] indexed by local port (host order): the first, and for most
@@ -19,13 +17,25 @@ pub const FLOWS4: &str = "FLOWS4";
 /// Hash map [`FlowKey6`] -> `u32` slot: the same for IPv6 (allocated on insert, so an IPv4-only
 /// host pays nothing for it).
 pub const FLOWS6: &str = "FLOWS6";
-/// `BPF_F_MMAPABLE` array of `u64`: CLOCK_MONOTONIC ns of the last segment seen per slot.
-pub const LAST_SEEN: &str = "LAST_SEEN";
 /// XSKMAP: AF_XDP socket per RX queue index.
 pub const XSKS: &str = "XSKS";
-/// One-entry array of [`CookieSecrets`]: the state userspace rewrites while the program runs
-/// (settings fixed at load are [`globals`]).
+/// One-entry `BPF_F_MMAPABLE` array of `crate::secrets::CookieSecrets`: the cookie secrets and
+/// the shared clock's adjustment, which userspace republishes every period through its mapping
+/// (two slots and an index, `crate::secrets`).
 pub const COOKIE_SECRETS: &str = "COOKIE_SECRETS";
+/// Array of `u32` switches userspace flips while the program runs, indexed by the `SWITCH_*`
+/// constants (settings fixed at load are [`globals`]).
+pub const SWITCHES: &str = "SWITCHES";
+/// [`SWITCHES`] entry: non-zero while the host drains (new SYNs get no SYN-ACK; see
+/// [`globals::DRAIN_PASS`]).
+pub const SWITCH_DRAINING: u32 = 0;
+/// [`SWITCHES`] entries of second chance (`crate::second_chance`), which userspace rewrites as
+/// hosts come and go: the IPv4 address (wire word) of the next live host of the ring, where
+/// this one forwards, and how many hosts a forwarded segment may visit (the other live ones).
+pub const SWITCH_RING_NEXT: u32 = 1;
+pub const SWITCH_RING_HOPS: u32 = 2;
+/// Entries of [`SWITCHES`].
+pub const SWITCHES_LEN: u32 = 3;
 /// `BPF_F_MMAPABLE` array of [`RxBacklogEntry`] per RX queue: frames XDP redirected to the
 /// queue's AF_XDP socket, and frames its engine has taken (or the kernel dropped). While more
 /// than [`RX_BACKLOG_LIMIT`] are outstanding, XDP leaves new SYNs unanswered, so handshakes
@@ -53,12 +63,42 @@ pub const FLOOD: &str = "FLOOD";
 /// Length of the generator's frame: Ethernet, IPv4, TCP with the MSS option.
 pub const FLOOD_FRAME_LEN: usize = 58;
 
-/// FLOWS value XDP writes when a cookie ACK validates, before userspace has created the
-/// connection: later segments of the flow (data, FIN) then go to userspace too instead of
-/// failing the cookie check, which only the first ACK can pass (SEG.SEQ - 1 is the ISN).
-pub const SLOT_PENDING: u32 = u32::MAX;
+/// FLOWS values with this bit are claims, not slots: XDP claims the tuple when a cookie ACK
+/// validates, before userspace has created the connection, so that later segments of the
+/// flow (data, FIN) go to userspace too instead of failing the cookie check, which only the
+/// first ACK can pass (SEG.SEQ - 1 is the ISN). The other bits are when the claim was made
+/// ([`claim_time`]). Userspace replaces the claim with the slot, or removes it when it refuses
+/// the ACK; an ACK that never reaches it (a full ring) leaves the claim, which expires.
+pub const CLAIM: u32 = 1 << 31;
+/// A claim older than this, in [`claim_time`] units (2^30 ns, about 1.07 s), is void: XDP
+/// treats its tuple as unknown and userspace sweeps it when FLOWS is full. Userspace takes a
+/// claimed ACK within milliseconds (the RX backlog is bounded by [`RX_BACKLOG_LIMIT`]); four
+/// units leave room for a stalled engine thread without pinning FLOWS entries for long.
+pub const CLAIM_TTL: u32 = 4;
 
-/// Slots of FLOWS / LAST_SEEN when userspace does not size them.
+/// A claim's clock: CLOCK_MONOTONIC in units of 2^30 ns (a shift, no division in XDP), in the
+/// bits below [`CLAIM`].
+#[inline(always)]
+pub const fn claim_time(mono_ns: u64) -> u32 {
+    (mono_ns >> 30) as u32 & !CLAIM
+}
+
+/// The FLOWS value of a claim made at `mono_ns`.
+#[inline(always)]
+pub const fn claim(mono_ns: u64) -> u32 {
+    CLAIM | claim_time(mono_ns)
+}
+
+/// Whether the FLOWS value `v` is a claim that has expired at `mono_ns`. A claim made on a
+/// clock a little ahead of this one (userspace's precise clock read against XDP's coarse one)
+/// is young, not 2^31 units old.
+#[inline(always)]
+pub const fn claim_expired(v: u32, mono_ns: u64) -> bool {
+    let age = claim_time(mono_ns).wrapping_sub(v) & !CLAIM;
+    v & CLAIM != 0 && age >= CLAIM_TTL && age < CLAIM >> 1
+}
+
+/// Entries of FLOWS4 / FLOWS6 when userspace does not size them.
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 
 /// Address family tags used in keys (never a Rust enum across the boundary).
@@ -136,17 +176,6 @@ pub struct FlowKey6 {
     pub ports: u32,
 }
 
-/// The cookie secrets as XDP reads them (slot 0 of [`COOKIE_SECRETS`]).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct CookieSecrets {
-    /// [current, previous]. They also key the TSval offset (`crate::cookie`).
-    pub keys: [Key; 2],
-    /// 1 once userspace wrote the keys; until then SYNs pass to the kernel.
-    pub ready: u32,
-    pub _pad: u32,
-}
-
 /// Read-only globals of the XDP objects: settings fixed for the program's life, set by
 /// userspace when it loads the object (aya's `EbpfLoader::override_global`) and read by the
 /// program as constants (engine-ebpf `settings`, which declares them under these names).
@@ -161,6 +190,17 @@ pub mod globals {
     pub const RST_BAD_COOKIE: &str = "SYNX_RST_BAD_COOKIE";
     /// `u32`: RSTs per second per CPU at most.
     pub const RST_PER_SEC: &str = "SYNX_RST_PER_SEC";
+    /// `u8`: while draining, 1 hands new SYNs to the kernel (XDP_PASS), 0 leaves them
+    /// unanswered.
+    pub const DRAIN_PASS: &str = "SYNX_DRAIN_PASS";
+    /// `u16`: the UDP port of second-chance forwarding between hosts (`crate::second_chance`);
+    /// 0 turns it off.
+    pub const PEER_PORT: &str = "SYNX_PEER_PORT";
+    /// `u32`: this host's IPv4 address (wire word), the source of what it forwards (where it
+    /// forwards to is in [`super::SWITCHES`]).
+    pub const PEER_SELF: &str = "SYNX_PEER_SELF";
+    /// `u32`: segments per second per CPU this host may forward at most.
+    pub const FORWARD_PER_SEC: &str = "SYNX_FORWARD_PER_SEC";
 }
 
 /// One queue's entry of [`RX_BACKLOG`]. XDP adds to `redirected`; userspace stores `consumed`.
@@ -216,7 +256,28 @@ mod pod_impls {
     unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowKey6 {}
     unsafe impl aya::Pod for super::PortListeners {}
-    unsafe impl aya::Pod for super::CookieSecrets {}
+    unsafe impl aya::Pod for crate::secrets::CookieSecrets {}
     unsafe impl aya::Pod for super::BenchFrame {}
     unsafe impl aya::Pod for super::BenchVary {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CLAIM, CLAIM_TTL, claim, claim_expired};
+
+    #[test]
+    fn claims_expire_after_their_ttl_across_the_clocks_wrap() {
+        const UNIT: u64 = 1 << 30;
+        for start in [0, 5 * UNIT + 17, ((1u64 << 31) - 2) * UNIT] {
+            let c = claim(start);
+            assert_ne!(c & CLAIM, 0);
+            assert!(!claim_expired(c, start));
+            assert!(!claim_expired(c, start + u64::from(CLAIM_TTL - 1) * UNIT));
+            assert!(claim_expired(c, start + u64::from(CLAIM_TTL) * UNIT), "start {start}");
+        }
+        // Made on a clock ahead of the one reading it: young.
+        assert!(!claim_expired(claim(5 * UNIT), 5 * UNIT - 1));
+        // Slots are never claims.
+        assert!(!claim_expired(7, u64::MAX));
+    }
 }

@@ -10,14 +10,14 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use engine_common::{
-    cookie::{self, Key},
+    cookie::{self, Key, Keys},
     counters::{self, Counter},
     handshake::{FACT_SACK, FACT_TS, FACT_WSCALE},
-    maps::RX_BACKLOG_LIMIT,
+    maps::{self, RX_BACKLOG_LIMIT},
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 use synx::{
-    bpf::{XdpProgram, XdpSettings, cookie_tuple, monotonic_ns},
+    bpf::{PeerRing, XdpProgram, XdpSettings, clock_adjust_ns, cookie_tuple, kernel_clock, monotonic_ns, tai_ns},
     wire,
 };
 
@@ -27,16 +27,22 @@ const XDP_TX: u32 = 3;
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// The router's MAC on the link to this host: where segments forwarded by others come from.
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+/// Hosts A (this one), B and C serving the same address: the ring A -> B -> C -> A.
+const HOST_A: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 1);
+const HOST_B: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 2);
+const HOST_C: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 3);
+const PEER_PORT: u16 = engine_common::second_chance::DEFAULT_PORT;
 const SERVER4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const SERVER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5eed, 0, 0, 0, 0, 0, 1);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5eed, 0, 0, 0, 0, 0, 2);
 const PORT: u16 = 80;
-const SECRETS: [Key; 2] = [Key { k0: 11, k1: 12 }, Key { k0: 21, k1: 22 }];
+/// The secret of every period in most rows (rows about periods publish their own).
+const SECRET: Key = Key { k0: 11, k1: 12 };
 /// The MSS the programs announce.
 const OUR_MSS: u16 = 1460;
-/// How far behind the XDP program's coarse clock may be: two ticks at HZ=100.
-const COARSE_LAG_NS: u64 = 20_000_000;
 
 // ---- The programs ----
 
@@ -56,8 +62,18 @@ fn bench_engine() -> XdpProgram {
     configure(XdpProgram::load_bench(1024, OUR_MSS).expect("load the benchmark's XDP object"))
 }
 
+/// The shared clock now, as the programs read it (ns).
+fn shared_now() -> u64 {
+    tai_ns().wrapping_add(clock_adjust_ns(kernel_clock().tai_offset_s, 0) as u64)
+}
+
+/// [`SECRET`] for every period published.
+fn fixed_keys() -> Keys {
+    Keys { newest: cookie::period(shared_now()) + 1, keys: [SECRET; cookie::KEYS] }
+}
+
 fn configure(mut e: XdpProgram) -> XdpProgram {
-    e.set_secrets(SECRETS).unwrap();
+    e.set_keys(fixed_keys());
     e.add_listener(server(false), 0).unwrap();
     e.add_listener(server(true), 1).unwrap();
     e
@@ -125,7 +141,7 @@ fn syn_to(dst: &str) -> Vec<u8> {
 /// The cookie our SYN-ACK to the client's SYN (port `sport`, ISN `isn`) carries now.
 fn cookie_for(v6: bool, sport: u16, isn: u32) -> u32 {
     let tuple = cookie_tuple(server(v6), client(v6, sport)).unwrap();
-    cookie::make(&SECRETS[0], &tuple, isn, monotonic_ns(), OUR_MSS).isn
+    cookie::make(&SECRET, &tuple, isn, shared_now(), OUR_MSS).isn
 }
 
 fn client(v6: bool, port: u16) -> SocketAddr {
@@ -153,10 +169,23 @@ struct Setup {
     silent: bool,
     /// More listeners: address, id.
     listeners: Vec<(&'static str, u32)>,
-    /// Connections userspace holds: family (v6), client port, LAST_SEEN slot.
+    /// Connections userspace holds: family (v6), client port, slot.
     flows: Vec<(bool, u16, u32)>,
+    /// Tuples XDP claimed for a cookie ACK userspace has not taken: family (v6), client port,
+    /// and whether the claim is past its lifetime.
+    claims: Vec<(bool, u16, bool)>,
     /// What RX queues' engines published as taken (RX_BACKLOG): queue, frames in all.
     consumed: Vec<(u32, u64)>,
+    /// Draining (`synx drain`), and loaded to pass new SYNs to the kernel meanwhile.
+    draining: bool,
+    drain_pass: bool,
+    /// Host A of the ring A, B, C (second chance).
+    ring: bool,
+}
+
+/// Host A's place in the ring of A, B and C.
+fn ring() -> PeerRing {
+    PeerRing::new(HOST_A, &[HOST_C, HOST_B], PEER_PORT).unwrap()
 }
 
 enum Start {
@@ -170,13 +199,15 @@ enum Out {
     /// The frame as it came (passed, dropped).
     Untouched,
     /// Untouched, redirected to the queue's AF_XDP socket. No socket is bound in a test run,
-    /// so the redirect falls back to a drop, counted (xdp_redirect_failed). With a slot:
-    /// LAST_SEEN[slot] stamped with the coarse clock.
-    ToUserspace { stamped: Option<u32> },
+    /// so the redirect falls back to a drop, counted (xdp_redirect_failed).
+    ToUserspace,
     /// Our SYN-ACK to the SYN, what its options should earn.
     SynAck(Expect),
     /// RFC 9293 3.10.7.1: <SEQ=seq><CTL=RST>, or <SEQ=seq><ACK=ack><CTL=RST,ACK>.
     Rst { seq: u32, ack: Option<u32> },
+    /// Sent on to the next host of the ring (B), to visit `hops` hosts more: wrapped as
+    /// [`check_forwarded`] says.
+    Forwarded { hops: u8 },
 }
 
 /// What a SYN's options should earn in the SYN-ACK.
@@ -226,13 +257,22 @@ impl Row {
 }
 
 fn fresh(setup: &Setup) -> XdpProgram {
-    let mut e = engine_with(XdpSettings { rst_bad_cookie: !setup.silent, ..XdpSettings::new(OUR_MSS) });
+    let mut e = engine_with(XdpSettings {
+        rst_bad_cookie: !setup.silent,
+        drain_pass: setup.drain_pass,
+        ring: setup.ring.then(ring),
+        ..XdpSettings::new(OUR_MSS)
+    });
+    e.set_draining(setup.draining).unwrap();
     for (addr, id) in &setup.listeners {
         e.add_listener(addr.parse().unwrap(), *id).unwrap();
     }
     for &(v6, port, slot) in &setup.flows {
         e.flow_table().insert(server(v6), client(v6, port), slot).unwrap();
-        assert_eq!(e.last_seen().get(slot), None, "a fresh slot is unstamped");
+    }
+    for &(v6, port, expired) in &setup.claims {
+        let age = if expired { u64::from(maps::CLAIM_TTL) << 30 } else { 0 };
+        e.flow_table().insert(server(v6), client(v6, port), maps::claim(monotonic_ns() - age)).unwrap();
     }
     let backlog = e.rx_backlog();
     for &(queue, consumed) in &setup.consumed {
@@ -253,21 +293,16 @@ fn run(rows: Vec<Row>) {
             Start::Then => current.as_mut().unwrap_or_else(|| panic!("{what}: no row before to continue")),
         };
         let before = counters_of(e);
-        let t0 = monotonic_ns();
         let (verdict, out, _) = e.test_run(&r.frame, 1).unwrap();
         assert_eq!(verdict, r.verdict, "{what}: verdict");
+        // What the program serves: the frame, or the one another host wrapped in it.
+        let seen = unwrapped(&r.frame).unwrap_or_else(|| r.frame.clone());
         match r.out {
             Out::Untouched => assert_eq!(out, r.frame, "{what}: frame modified"),
-            Out::ToUserspace { stamped } => {
-                assert_eq!(out, r.frame, "{what}: a redirected frame is not modified");
-                if let Some(slot) = stamped {
-                    let stamp = e.last_seen().get(slot).unwrap_or_else(|| panic!("{what}: LAST_SEEN[{slot}] not stamped"));
-                    // The coarse clock: up to two ticks behind, never ahead.
-                    assert!(stamp + COARSE_LAG_NS >= t0 && stamp <= monotonic_ns(), "{what}: stamp {stamp}, sent at {t0}");
-                }
-            }
-            Out::SynAck(want) => check_synack(e, &r.frame, &out, &want, what),
-            Out::Rst { seq, ack } => check_rst(&r.frame, &out, seq, ack, what),
+            Out::ToUserspace => assert_eq!(out, seen, "{what}: a redirected frame is what came, unwrapped"),
+            Out::SynAck(want) => check_synack(e, &seen, &out, &want, what),
+            Out::Rst { seq, ack } => check_rst(&seen, &out, seq, ack, what),
+            Out::Forwarded { hops } => check_forwarded(&seen, &out, hops, what),
         }
         let after = counters_of(e);
         let mut want = vec![0u64; counters::COUNT as usize];
@@ -323,6 +358,62 @@ fn check_reply(input: &[u8], out: &[u8], opts_len: usize, what: &str) {
     assert_eq!(tcp_of(out).header_len(), tcp_len, "{what}: TCP header length");
 }
 
+/// `inner` (a frame from the client) as host C forwards it to host A with `hops` hosts left.
+fn wrapped(inner: &[u8], hops: u8) -> Vec<u8> {
+    wrapped_to(inner, hops, HOST_A, engine_common::second_chance::KIND_SEGMENT)
+}
+
+fn wrapped_to(inner: &[u8], hops: u8, to: Ipv4Addr, kind: u8) -> Vec<u8> {
+    let mut payload = vec![b'S', b'X', 1, kind, hops, 0];
+    payload.extend_from_slice(&inner[12..]);
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(ROUTER_MAC, SERVER_MAC)
+        .ipv4(HOST_C.octets(), to.octets(), 63)
+        .udp(50000, PEER_PORT)
+        .write(&mut out, &payload)
+        .unwrap();
+    out
+}
+
+/// The frame host A's program serves when `f` is a segment another host forwarded to it: the
+/// wrapped frame with an Ethernet header to A from the router.
+fn unwrapped(f: &[u8]) -> Option<Vec<u8>> {
+    let p = SlicedPacket::from_ethernet(f).ok()?;
+    let Some(TransportSlice::Udp(udp)) = p.transport else { return None };
+    let Some(NetSlice::Ipv4(ip)) = &p.net else { return None };
+    let ours = udp.destination_port() == PEER_PORT
+        && ip.header().destination_addr() == HOST_A
+        && udp.payload().get(..4) == Some(b"SX\x01\x01")
+        && udp.payload()[4] != 0;
+    if !ours {
+        return None;
+    }
+    let mut out = f[..12].to_vec();
+    out.extend_from_slice(&udp.payload()[6..]);
+    Some(out)
+}
+
+/// `input` wrapped by host A for host B, to visit `hops` hosts more: back to where it came
+/// from (MACs swapped), IPv4 from A to B (RFC 6864 4.1: ID 0 with DF; TTL 64; checksum
+/// right), UDP to the peer port without a checksum, our header, then `input` from its IP header.
+fn check_forwarded(input: &[u8], out: &[u8], hops: u8, what: &str) {
+    let p = SlicedPacket::from_ethernet(out).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = p.link else { panic!("{what}: not Ethernet") };
+    assert_eq!((eth.destination(), eth.source()), (input[6..12].try_into().unwrap(), input[..6].try_into().unwrap()), "{what}: MACs");
+    let Some(NetSlice::Ipv4(ip)) = p.net else { panic!("{what}: not IPv4") };
+    let h = ip.header();
+    assert_eq!((h.source_addr(), h.destination_addr()), (HOST_A, HOST_B), "{what}");
+    assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum(), "{what}: IPv4 checksum");
+    assert_eq!((h.ttl(), h.dont_fragment(), h.identification(), h.ihl()), (64, true, 0, 5), "{what}");
+    assert_eq!(usize::from(h.total_len()), out.len() - 14, "{what}: IPv4 total length");
+    let Some(TransportSlice::Udp(udp)) = p.transport else { panic!("{what}: not UDP") };
+    assert_eq!((udp.destination_port(), udp.checksum(), usize::from(udp.length())), (PEER_PORT, 0, out.len() - 34), "{what}");
+    assert!(udp.source_port() >= 0xc000, "{what}: source port {}", udp.source_port());
+    let ethertype = &input[12..14];
+    assert_eq!(&udp.payload()[..8], &[b'S', b'X', 1, 1, hops, 0, ethertype[0], ethertype[1]], "{what}: header");
+    assert_eq!(&udp.payload()[8..], &input[14..], "{what}: the segment, from its IP header");
+}
+
 /// An RFC 9293 3.10.7.1 reset for `input`.
 fn check_rst(input: &[u8], out: &[u8], seq: u32, ack: Option<u32>, what: &str) {
     check_reply(input, out, 0, what);
@@ -345,7 +436,7 @@ fn check_synack(e: &XdpProgram, input: &[u8], out: &[u8], want: &Expect, what: &
     assert_eq!(t.acknowledgment_number(), syn_seq.wrapping_add(1), "{what}");
     assert_eq!(t.window_size(), 65535, "{what}");
     let tuple = cookie_tuple(server, client).unwrap();
-    let checked = cookie::check(&e.secrets(), &tuple, syn_seq, t.sequence_number(), monotonic_ns());
+    let checked = cookie::check(&e.published().keys, &tuple, syn_seq, t.sequence_number(), e.shared_now_ns());
     assert_eq!(checked.map(|c| c.mss), Some(want.cookie_mss), "{what}: the ISN is our cookie for this tuple and ISN");
     let opts: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
     let mut expected = vec![TcpOptionElement::MaximumSegmentSize(e.settings().mss)];
@@ -495,14 +586,14 @@ fn cookie_handshakes_reach_userspace() {
             row(format!("SYN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]),
             // RFC 9293 3.10.7.3 with SYN-RECEIVED held in the cookie: a valid ACK goes to
             // userspace (which decodes the same cookie, see check_synack), the tuple claimed.
-            row(format!("its final ACK (v6={v6})"), ack, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("its final ACK (v6={v6})"), ack, XDP_DROP, Out::ToUserspace, &[
                 (COOKIE_ACK_VALID, 1),
                 (REDIRECT_FAILED, 1),
             ])
             .then(),
             // The flow's next segment follows it to userspace before userspace has created
             // the connection: the claim in FLOWS. Without it, this segment would get a reset.
-            row(format!("the flow's next segment (v6={v6})"), next, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("the flow's next segment (v6={v6})"), next, XDP_DROP, Out::ToUserspace, &[
                 (FLOW_SEGMENT, 1),
                 (REDIRECT_FAILED, 1),
                 (RST_SENT, 0),
@@ -511,6 +602,73 @@ fn cookie_handshakes_reach_userspace() {
         ]);
     }
     run(rows);
+}
+
+#[test]
+fn claims_of_cookie_acks_userspace_never_took_expire() {
+    use counters::{CLAIM_EXPIRED, COOKIE_ACK_VALID, FLOW_SEGMENT, REDIRECT_FAILED, SYN_COOKIE_SENT};
+    let mut rows = Vec::new();
+    for v6 in [false, true] {
+        let claimed = Setup { claims: vec![(v6, 40000, true)], ..Setup::default() };
+        let c = cookie_for(v6, 40000, 1000);
+        let ack = frame(v6, 40000, 1001, &[], |b| b.ack(c.wrapping_add(1)), &[]);
+        let data = frame(v6, 40000, 1001, &[], |b| b.ack(c.wrapping_add(1)), b"request");
+        rows.extend([
+            // The tuple's claim is past its lifetime: its SYN is answered as for no flow.
+            row(format!("SYN on an expired claim (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[
+                (CLAIM_EXPIRED, 1),
+                (SYN_COOKIE_SENT, 1),
+            ])
+            .with(claimed),
+            // Its cookie ACK claims the tuple anew ...
+            row(format!("its final ACK (v6={v6})"), ack, XDP_DROP, Out::ToUserspace, &[
+                (CLAIM_EXPIRED, 1),
+                (COOKIE_ACK_VALID, 1),
+                (REDIRECT_FAILED, 1),
+            ])
+            .then(),
+            // ... so the data right behind it follows it to userspace.
+            row(format!("the data behind it (v6={v6})"), data, XDP_DROP, Out::ToUserspace, &[
+                (FLOW_SEGMENT, 1),
+                (REDIRECT_FAILED, 1),
+            ])
+            .then(),
+            // A live claim still routes the tuple to userspace, SYNs included.
+            row(format!("SYN on a live claim (v6={v6})"), linux_syn(v6), XDP_DROP, Out::ToUserspace, &[
+                (FLOW_SEGMENT, 1),
+                (REDIRECT_FAILED, 1),
+            ])
+            .with(Setup { claims: vec![(v6, 40000, false)], ..Setup::default() }),
+        ]);
+    }
+    run(rows);
+}
+
+#[test]
+fn a_full_flow_table_makes_room_by_sweeping_expired_claims_only() {
+    // FLOWS4 of four entries: two connections and two claims; a fifth connection needs room.
+    let now = monotonic_ns();
+    let old = now - (u64::from(maps::CLAIM_TTL) << 30);
+    let full = |third_claimed_at: u64| {
+        let e = configure(XdpProgram::load_with(XdpSettings::new(OUR_MSS), 4).expect("load the XDP program"));
+        let flows = e.flow_table();
+        flows.insert(server(false), client(false, 1), 0).unwrap();
+        flows.insert(server(false), client(false, 2), 1).unwrap();
+        flows.insert(server(false), client(false, 3), maps::claim(third_claimed_at)).unwrap();
+        flows.insert(server(false), client(false, 4), maps::claim(now)).unwrap();
+        (e, flows)
+    };
+    // No claim has expired: the insert fails (the engine resets that connection).
+    let (_e, flows) = full(now);
+    assert!(flows.insert(server(false), client(false, 5), 2).is_err(), "a fifth entry in a map of four");
+    let (_e, flows) = full(old);
+    flows.insert(server(false), client(false, 5), 2).expect("room made from the expired claim");
+    assert_eq!(flows.get(server(false), client(false, 5)), Some(2));
+    assert_eq!(flows.get(server(false), client(false, 3)), None, "the expired claim is gone");
+    // Connections and the live claim stay.
+    assert_eq!(flows.get(server(false), client(false, 1)), Some(0));
+    assert_eq!(flows.get(server(false), client(false, 2)), Some(1));
+    assert_eq!(flows.get(server(false), client(false, 4)), Some(maps::claim(now)));
 }
 
 #[test]
@@ -540,23 +698,23 @@ fn segments_with_no_flow_and_no_cookie() {
 }
 
 #[test]
-fn known_flows_are_stamped_and_go_to_userspace() {
+fn known_flows_go_to_userspace_unexamined() {
     use counters::{COOKIE_ACK_INVALID, FLOW_SEGMENT, REDIRECT_FAILED, RST_SENT};
     let to_userspace = [(FLOW_SEGMENT, 1), (REDIRECT_FAILED, 1)];
     let data = |v6| frame(v6, 40001, 9, &[], |b| b.ack(1), b"data");
     let rows = vec![
-        row("data of a known flow", data(false), XDP_DROP, Out::ToUserspace { stamped: Some(17) }, &to_userspace)
+        row("data of a known flow", data(false), XDP_DROP, Out::ToUserspace, &to_userspace)
             .with(Setup { flows: vec![(false, 40001, 17)], ..Setup::default() }),
         // A SYN of a known flow too: the TCP core answers it (RFC 5961 4).
         row(
             "a SYN of a known flow",
             frame(false, 40001, 9, &[], |b| b.syn(), &[]),
             XDP_DROP,
-            Out::ToUserspace { stamped: Some(17) },
+            Out::ToUserspace,
             &to_userspace,
         )
         .then(),
-        row("data of a known IPv6 flow", data(true), XDP_DROP, Out::ToUserspace { stamped: Some(21) }, &to_userspace)
+        row("data of a known IPv6 flow", data(true), XDP_DROP, Out::ToUserspace, &to_userspace)
             .with(Setup { flows: vec![(true, 40001, 21)], ..Setup::default() }),
         // The same segment with no flow: no cookie either, so an RFC 9293 3.10.7.1 reset.
         row("the same IPv6 segment with no flow", data(true), XDP_TX, Out::Rst { seq: 1, ack: None }, &[
@@ -569,7 +727,7 @@ fn known_flows_are_stamped_and_go_to_userspace() {
 
 #[test]
 fn malformed_frames_are_counted_and_never_modified() {
-    use counters::{DROP_BAD_ADDRESS, DROP_BAD_FLAGS, DROP_BAD_HEADER, DROP_BAD_OPTIONS, DROP_TRUNCATED, PASS_FRAGMENT};
+    use counters::{DROP_BAD_ADDRESS, DROP_BAD_FLAGS, DROP_BAD_HEADER, DROP_BAD_OPTIONS, DROP_FRAGMENT, DROP_TRUNCATED, PASS_MALFORMED};
     let good = frame(false, 40000, 1, &linux_syn_opts(), |b| b.syn(), &[]);
     let mut bad_ihl = good.clone();
     bad_ihl[14] = 0x43;
@@ -587,9 +745,10 @@ fn malformed_frames_are_counted_and_never_modified() {
     let mut fragment = good.clone();
     fragment[14 + 6] = 0x20; // more fragments
     let table: Vec<(&str, Vec<u8>, u32, Counter)> = vec![
-        ("truncated IPv4 header", good[..30].to_vec(), XDP_DROP, DROP_TRUNCATED),
+        // No telling which port these are for: the kernel's (which drops them).
+        ("truncated IPv4 header", good[..30].to_vec(), XDP_PASS, PASS_MALFORMED),
+        ("IHL below 5", bad_ihl, XDP_PASS, PASS_MALFORMED),
         ("truncated TCP header", good[..40].to_vec(), XDP_DROP, DROP_TRUNCATED),
-        ("IHL below 5", bad_ihl, XDP_DROP, DROP_BAD_HEADER),
         ("data offset below 5", small_doff, XDP_DROP, DROP_BAD_HEADER),
         ("data offset past the frame", big_doff, XDP_DROP, DROP_TRUNCATED),
         ("option running past the header", overrun, XDP_DROP, DROP_BAD_OPTIONS),
@@ -598,7 +757,7 @@ fn malformed_frames_are_counted_and_never_modified() {
         ("zero source port", frame(false, 0, 1, &[], |b| b.syn(), &[]), XDP_DROP, DROP_BAD_FLAGS),
         ("multicast source", mcast, XDP_DROP, DROP_BAD_ADDRESS),
         ("broadcast source MAC", bcast_mac, XDP_DROP, DROP_BAD_ADDRESS),
-        ("IPv4 fragment (the kernel reassembles)", fragment, XDP_PASS, PASS_FRAGMENT),
+        ("IPv4 first fragment", fragment, XDP_DROP, DROP_FRAGMENT),
     ];
     // The option walk's drop comes after it counted the generic walk.
     run(table
@@ -608,6 +767,114 @@ fn malformed_frames_are_counted_and_never_modified() {
             row(what, f, verdict, Out::Untouched, &[(c, 1), (counters::SYN_GENERIC_OPTIONS, walked)])
         })
         .collect());
+}
+
+/// `f` (the client's frame to port 80) sent to `port` instead.
+fn to_port(f: &[u8], port: u16) -> Vec<u8> {
+    let mut f = f.to_vec();
+    let tcp = if f[12..14] == [0x86, 0xdd] { 14 + 40 } else { 14 + 20 };
+    f[tcp + 2..tcp + 4].copy_from_slice(&port.to_be_bytes());
+    f
+}
+
+/// The IPv6 frame `f` with an extension header of type `kind` and `body` (8 bytes or more,
+/// its next-header byte filled in) between the IPv6 header and what followed it.
+fn with_extension(f: &[u8], kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut ext = body.to_vec();
+    ext[0] = f[14 + 6];
+    let mut out = f[..14 + 40].to_vec();
+    out[14 + 6] = kind;
+    let payload = u16::from_be_bytes([out[14 + 4], out[14 + 5]]) + ext.len() as u16;
+    out[14 + 4..14 + 6].copy_from_slice(&payload.to_be_bytes());
+    out.extend_from_slice(&ext);
+    out.extend_from_slice(&f[14 + 40..]);
+    out
+}
+
+#[test]
+fn malformed_tcp_to_other_ports_passes_and_fragments_of_flows_never_reach_the_kernel() {
+    use counters::{DROP_FRAGMENT, DROP_IPV6_EXTENSION, PASS_FRAGMENT, PASS_NOT_LISTENER, PASS_NOT_TCP};
+    // The kernel serves port 81; malformed TCP to it is its business, untouched.
+    let good = frame(false, 40000, 1, &linux_syn_opts(), |b| b.syn(), &[]);
+    let mut small_doff = good.clone();
+    small_doff[14 + 20 + 12] = 0x40;
+    let mut big_doff = good.clone();
+    big_doff.truncate(14 + 20 + 24);
+    big_doff[14 + 2..14 + 4].copy_from_slice(&44u16.to_be_bytes());
+    let mut rows: Vec<Row> = [
+        ("truncated TCP header", good[..40].to_vec()),
+        ("data offset below 5", small_doff),
+        ("data offset past the frame", big_doff),
+        ("SYN+FIN", frame(false, 40000, 1, &[], |b| b.syn().fin(), &[])),
+    ]
+    .into_iter()
+    .map(|(what, f)| row(format!("{what}, to port 81"), to_port(&f, 81), XDP_PASS, Out::Untouched, &[(PASS_NOT_LISTENER, 1)]))
+    .collect();
+
+    // Segments of a connection userspace holds, in fragments or behind IPv6 extension headers:
+    // the kernel holds no connection for them and would reset the peer.
+    let flows = Setup { flows: vec![(false, 40001, 3), (true, 40001, 4)], ..Setup::default() };
+    let data = |v6| frame(v6, 40001, 9, &[], |b| b.ack(1), b"data in pieces");
+    let mut first = data(false);
+    first[14 + 6] = 0x20; // more fragments, offset 0
+    let mut later = data(false);
+    later[14 + 6..14 + 8].copy_from_slice(&(0x2000u16 | 3).to_be_bytes()); // offset 24 bytes
+    let dest_opts = [0u8, 0, 1, 4, 0, 0, 0, 0]; // PadN over the 6 bytes
+    let hop_by_hop = [0u8, 0, 1, 4, 0, 0, 0, 0];
+    let frag6 = |offset: u16, more: bool| {
+        let w = (offset << 3) | u16::from(more);
+        let mut b = [0u8; 8];
+        b[2..4].copy_from_slice(&w.to_be_bytes());
+        b[4..8].copy_from_slice(&0x5eed_u32.to_be_bytes());
+        b
+    };
+    let mut udp6 = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
+        .ipv6(CLIENT6.octets(), SERVER6.octets(), 64)
+        .udp(5000, PORT)
+        .write(&mut udp6, b"x")
+        .unwrap();
+    rows.extend([
+        row("IPv4 first fragment of a flow", first.clone(), XDP_DROP, Out::Untouched, &[(DROP_FRAGMENT, 1)]).with(flows.clone()),
+        // No ports: passed, and without the first fragment never reassembled.
+        row("IPv4 later fragment", later, XDP_PASS, Out::Untouched, &[(PASS_FRAGMENT, 1)]).then(),
+        row("IPv6 destination options, a flow", with_extension(&data(true), 60, &dest_opts), XDP_DROP, Out::Untouched, &[
+            (DROP_IPV6_EXTENSION, 1),
+        ])
+        .then(),
+        row(
+            "IPv6 hop-by-hop then destination options, a flow",
+            with_extension(&with_extension(&data(true), 60, &dest_opts), 0, &hop_by_hop),
+            XDP_DROP,
+            Out::Untouched,
+            &[(DROP_IPV6_EXTENSION, 1)],
+        )
+        .then(),
+        row("IPv6 first fragment of a flow", with_extension(&data(true), 44, &frag6(0, true)), XDP_DROP, Out::Untouched, &[
+            (DROP_FRAGMENT, 1),
+        ])
+        .then(),
+        row("IPv6 later fragment", with_extension(&data(true), 44, &frag6(3, true)), XDP_PASS, Out::Untouched, &[
+            (PASS_FRAGMENT, 1),
+        ])
+        .then(),
+        // To a port nobody here serves: the kernel's.
+        row("IPv4 first fragment to port 81", to_port(&first, 81), XDP_PASS, Out::Untouched, &[(PASS_NOT_LISTENER, 1)])
+            .then(),
+        row(
+            "IPv6 destination options to port 81",
+            with_extension(&to_port(&data(true), 81), 60, &dest_opts),
+            XDP_PASS,
+            Out::Untouched,
+            &[(PASS_NOT_LISTENER, 1)],
+        )
+        .then(),
+        row("IPv6 UDP behind hop-by-hop", with_extension(&udp6, 0, &hop_by_hop), XDP_PASS, Out::Untouched, &[
+            (PASS_NOT_TCP, 1),
+        ])
+        .then(),
+    ]);
+    run(rows);
 }
 
 #[test]
@@ -690,7 +957,7 @@ fn a_backlogged_queue_leaves_new_syns_unanswered_and_nothing_else() {
         row("SYN, queue 0's engine ahead", linux_syn(false), XDP_TX, Out::SynAck(LINUX), &answered).with(queue0(5)),
         row("SYN, only queue 1 over the limit", linux_syn(false), XDP_TX, Out::SynAck(LINUX), &answered)
             .with(Setup { consumed: vec![(1, behind(RX_BACKLOG_LIMIT + 1))], ..Setup::default() }),
-        row("the final ACK, queue 0 over the limit", ack, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+        row("the final ACK, queue 0 over the limit", ack, XDP_DROP, Out::ToUserspace, &[
             (COOKIE_ACK_VALID, 1),
             (REDIRECT_FAILED, 1),
         ])
@@ -783,10 +1050,10 @@ fn userspace_answers_a_syn_as_the_xdp_program_does() {
             // period boundary falls between the two clocks.
             let (out, theirs) = (0..3)
                 .find_map(|_| {
-                    let before = monotonic_ns();
+                    let before = e.shared_now_ns();
                     let (action, out, _) = e.test_run(&syn, 1).unwrap();
                     assert_eq!(action, XDP_TX, "{what}");
-                    let after = monotonic_ns();
+                    let after = e.shared_now_ns();
                     let same = cookie::period(before.saturating_sub(20_000_000)) == cookie::period(after);
                     let offer = Syn {
                         isn: 1000,
@@ -796,7 +1063,7 @@ fn userspace_answers_a_syn_as_the_xdp_program_does() {
                         ts: opts.iter().find_map(|o| if let Ts(v, _) = o { Some(*v) } else { None }),
                         ecn: *ecn,
                     };
-                    let answer = e.cookie_checker().answer(server(v6), client(v6, 40000), &offer, after).unwrap();
+                    let answer = e.cookie_checker().answer(server(v6), client(v6, 40000), &offer).unwrap();
                     same.then_some((out, answer))
                 })
                 .expect("three tries within one cookie period");
@@ -811,4 +1078,255 @@ fn userspace_answers_a_syn_as_the_xdp_program_does() {
             assert_eq!(ts.map(|(v, ecr)| (v & 63, ecr)), theirs.ts.map(|(v, ecr)| (v & 63, ecr)), "{what}");
         }
     }
+}
+
+// ---- Draining, second chance, the secrets of each period ----
+
+#[test]
+fn a_draining_host_answers_no_new_syn_and_still_takes_cookie_acks() {
+    use counters::{COOKIE_ACK_VALID, DROP_SYN_DRAINING, FLOW_SEGMENT, PASS_SYN_DRAINING, REDIRECT_FAILED};
+    let draining = Setup { draining: true, flows: vec![(false, 40001, 3)], ..Setup::default() };
+    let cookie = cookie_for(false, 40000, 1000);
+    let ack = frame(false, 40000, 1001, &[], |b| b.ack(cookie.wrapping_add(1)), &[]);
+    let data = frame(false, 40001, 9, &[], |b| b.ack(1), b"data");
+    run(vec![
+        // RFC 9293 3.10.7.2 lets LISTEN ignore a SYN it will not serve: the client retries,
+        // by then towards another host.
+        row("SYN while draining", linux_syn(false), XDP_DROP, Out::Untouched, &[(DROP_SYN_DRAINING, 1)]).with(draining.clone()),
+        row("IPv6 SYN while draining", linux_syn(true), XDP_DROP, Out::Untouched, &[(DROP_SYN_DRAINING, 1)]).then(),
+        // A handshake begun before the drain completes.
+        row("the final ACK of a handshake begun before", ack, XDP_DROP, Out::ToUserspace, &[
+            (COOKIE_ACK_VALID, 1),
+            (REDIRECT_FAILED, 1),
+        ])
+        .then(),
+        row("data of a connection held", data, XDP_DROP, Out::ToUserspace, &[
+            (FLOW_SEGMENT, 1),
+            (REDIRECT_FAILED, 1),
+        ])
+        .then(),
+        // Or the kernel's answer, as configured.
+        row("SYN while draining, loaded to pass", linux_syn(false), XDP_PASS, Out::Untouched, &[(PASS_SYN_DRAINING, 1)])
+            .with(Setup { draining: true, drain_pass: true, ..Setup::default() }),
+    ]);
+    // The switch turns at run time, both ways, and userspace's SYN-ACKs (RFC 6191 reuse of a
+    // tuple in TIME-WAIT) follow it.
+    let offer = engine_common::synack::Syn { isn: 1000, mss: 1460, wscale: None, sack: false, ts: None, ecn: false };
+    let mut e = fresh(&Setup { draining: true, ..Setup::default() });
+    let userspace = e.cookie_checker();
+    assert_eq!(e.test_run(&linux_syn(false), 1).unwrap().0, XDP_DROP);
+    assert_eq!(userspace.answer(server(false), client(false, 40000), &offer), None);
+    e.set_draining(false).unwrap();
+    assert_eq!(e.test_run(&linux_syn(false), 1).unwrap().0, XDP_TX);
+    assert!(userspace.answer(server(false), client(false, 40000), &offer).is_some());
+    e.set_draining(true).unwrap();
+    assert_eq!(e.test_run(&linux_syn(false), 1).unwrap().0, XDP_DROP);
+    assert_eq!(userspace.answer(server(false), client(false, 40000), &offer), None);
+}
+
+#[test]
+fn segments_no_host_holds_go_round_the_ring_once() {
+    use counters::{
+        COOKIE_ACK_INVALID, COOKIE_ACK_VALID, DROP_BAD_SECOND_CHANCE, FLOW_SEGMENT, PASS_NOT_TCP, REDIRECT_FAILED, RST_SENT,
+        SECOND_CHANCE_LAST, SECOND_CHANCE_RECEIVED, SECOND_CHANCE_SENT, SYN_COOKIE_SENT,
+    };
+    let a = || Setup { ring: true, ..Setup::default() };
+    let holding = Setup { ring: true, flows: vec![(false, 40001, 5), (true, 40001, 6)], ..Setup::default() };
+    let mut rows = Vec::new();
+    for v6 in [false, true] {
+        // Not the cookie ACK's tuple, whose claim in FLOWS would take it.
+        let ack = frame(v6, 40002, 5000, &[], |b| b.ack(0xdead_beef), &[]);
+        let data = frame(v6, 40001, 9, &[], |b| b.ack(1), b"data");
+        let cookie = cookie_for(v6, 40000, 1000);
+        let final_ack = frame(v6, 40000, 1001, &[], |b| b.ack(cookie.wrapping_add(1)), &[]);
+        rows.extend([
+            // From the wire, no connection, no cookie: on to B (to visit B and C).
+            row(format!("a stranger's ACK (v6={v6})"), ack.clone(), XDP_TX, Out::Forwarded { hops: 2 }, &[
+                (COOKIE_ACK_INVALID, 1),
+                (SECOND_CHANCE_SENT, 1),
+            ])
+            .with(a()),
+            // A client's RST may end a connection another host holds.
+            row(format!("an RST for no connection (v6={v6})"), frame(v6, 40000, 5000, &[], |b| b.rst(), &[]), XDP_TX, Out::Forwarded { hops: 2 }, &[
+                (SECOND_CHANCE_SENT, 1),
+            ])
+            .then(),
+            // SYNs and cookie ACKs are every host's own.
+            row(format!("a SYN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]).then(),
+            row(format!("a cookie ACK (v6={v6})"), final_ack.clone(), XDP_DROP, Out::ToUserspace, &[
+                (COOKIE_ACK_VALID, 1),
+                (REDIRECT_FAILED, 1),
+            ])
+            .then(),
+            // What C forwarded: served here when this host holds the connection ...
+            row(format!("forwarded, held here (v6={v6})"), wrapped(&data, 2), XDP_DROP, Out::ToUserspace, &[
+                (SECOND_CHANCE_RECEIVED, 1),
+                (FLOW_SEGMENT, 1),
+                (REDIRECT_FAILED, 1),
+            ])
+            .with(holding.clone()),
+            // ... or a cookie ACK that validates here (another host's key differs) ...
+            row(format!("forwarded cookie ACK (v6={v6})"), wrapped(&final_ack, 2), XDP_DROP, Out::ToUserspace, &[
+                (SECOND_CHANCE_RECEIVED, 1),
+                (COOKIE_ACK_VALID, 1),
+                (REDIRECT_FAILED, 1),
+            ])
+            .then(),
+            // ... else on to the next host, one hop fewer (from here: back to the router) ...
+            row(format!("forwarded, not held, hosts left (v6={v6})"), wrapped(&ack, 2), XDP_TX, Out::Forwarded { hops: 1 }, &[
+                (SECOND_CHANCE_RECEIVED, 1),
+                (COOKIE_ACK_INVALID, 1),
+                (SECOND_CHANCE_SENT, 1),
+            ])
+            .then(),
+            // ... and the last host answers as a lone host: RFC 9293 3.10.7.1, to the router.
+            row(format!("forwarded, not held, the last host (v6={v6})"), wrapped(&ack, 1), XDP_TX, Out::Rst { seq: 0xdead_beef, ack: None }, &[
+                (SECOND_CHANCE_RECEIVED, 1),
+                (COOKIE_ACK_INVALID, 1),
+                (SECOND_CHANCE_LAST, 1),
+                (RST_SENT, 1),
+            ])
+            .then(),
+            // A forwarded SYN is nonsense (every host answers its own).
+            row(format!("forwarded SYN (v6={v6})"), wrapped(&frame(v6, 40003, 1000, &linux_syn_opts(), |b| b.syn(), &[]), 2), XDP_DROP, Out::ToUserspace, &[
+                (SECOND_CHANCE_RECEIVED, 1),
+                (DROP_BAD_SECOND_CHANCE, 1),
+            ])
+            .then(),
+        ]);
+    }
+    let ack = frame(false, 40000, 5000, &[], |b| b.ack(0xdead_beef), &[]);
+    let heartbeat = wrapped_to(&ack, 0, HOST_A, engine_common::second_chance::KIND_TIME_ASK);
+    rows.extend([
+        row("no hops left in the header", wrapped(&ack, 0), XDP_DROP, Out::Untouched, &[(DROP_BAD_SECOND_CHANCE, 1)]).with(a()),
+        row("forwarded to a port nobody serves", wrapped(&syn_to("198.18.0.1:22"), 2), XDP_DROP, Out::ToUserspace, &[
+            (SECOND_CHANCE_RECEIVED, 1),
+            (DROP_BAD_SECOND_CHANCE, 1),
+        ])
+        .then(),
+        // Heartbeats are the daemon's; wrapped frames for another host are not ours.
+        row("a heartbeat", heartbeat, XDP_PASS, Out::Untouched, &[(PASS_NOT_TCP, 1)]).then(),
+        row("wrapped for host B", wrapped_to(&ack, 2, HOST_B, 1), XDP_PASS, Out::Untouched, &[(PASS_NOT_TCP, 1)]).then(),
+        // Without second chance: what it always was.
+        row("a stranger's ACK, one host", ack.clone(), XDP_TX, Out::Rst { seq: 0xdead_beef, ack: None }, &[
+            (COOKIE_ACK_INVALID, 1),
+            (RST_SENT, 1),
+        ]),
+        row("a wrapped frame, one host", wrapped(&ack, 2), XDP_PASS, Out::Untouched, &[(PASS_NOT_TCP, 1)]).then(),
+    ]);
+    run(rows);
+}
+
+#[test]
+fn the_ring_is_every_host_in_address_order() {
+    let b = PeerRing::new(HOST_B, &[HOST_A, HOST_C], PEER_PORT).unwrap();
+    assert_eq!((b.next, b.others), (HOST_C, 2));
+    // The last wraps to the first; this host may be listed too; duplicates count once.
+    let c = PeerRing::new(HOST_C, &[HOST_B, HOST_A, HOST_C, HOST_A], PEER_PORT).unwrap();
+    assert_eq!((c.this, c.next, c.others), (HOST_C, HOST_A, 2));
+    assert!(PeerRing::new(HOST_A, &[HOST_A], PEER_PORT).is_err(), "a ring of one");
+}
+
+#[test]
+fn each_cookie_is_checked_under_its_periods_secret_within_the_skew_tolerance() {
+    use cookie::{PERIOD_SHIFT, SKEW_TOLERANCE_NS};
+    use counters::{COOKIE_ACK_INVALID, COOKIE_ACK_VALID, REDIRECT_FAILED, RST_SENT};
+    let mut e = engine();
+    // The shared clock 1.5 s before a boundary (moved there through the published adjustment):
+    // the period p - 1 now, p within the tolerance.
+    let p = cookie::period(shared_now()) + 10;
+    let boundary = u64::from(p) << PERIOD_SHIFT;
+    let target = boundary - 1_500_000_000;
+    let adjust_ms = (target as i64 - tai_ns() as i64) / 1_000_000;
+    let secret = |q: u32| Key { k0: u64::from(q) * 7, k1: u64::from(q) * 13 };
+    let keys = Keys { newest: p, keys: [secret(p), secret(p - 1), secret(p - 2)] };
+    e.secrets().publish(engine_common::secrets::Published::new(keys, adjust_ms * 1_000_000));
+    let now = e.shared_now_ns();
+    assert_eq!(cookie::period(now), p - 1, "the test ran for more than a second");
+    // Our SYN-ACK: the current period's secret.
+    let (action, out, _) = e.test_run(&linux_syn(false), 1).unwrap();
+    assert_eq!(action, XDP_TX);
+    check_synack(&e, &linux_syn(false), &out, &LINUX, "SYN-ACK");
+    let tuple = cookie_tuple(server(false), client(false, 40000)).unwrap();
+    let isn = tcp_of(&out).sequence_number();
+    assert_eq!(isn, cookie::make(&secret(p - 1), &tuple, 1000, now, 1460).isn, "minted under period p - 1's secret");
+    // Final ACKs of cookies minted at these instants under these secrets.
+    let rows = [
+        ("this period's", now, secret(p - 1), true),
+        ("the previous period's", boundary - (1 << PERIOD_SHIFT) - 1_000, secret(p - 2), true),
+        ("from a clock 1.5 s ahead", boundary + 1_000, secret(p), true),
+        ("two periods old", boundary - 2 * (1 << PERIOD_SHIFT) + 1_000, secret(p - 3), false),
+        ("this period's, another secret", now, secret(p), false),
+    ];
+    assert!(boundary + 1_000 - now < SKEW_TOLERANCE_NS);
+    for (i, (what, minted_at, key, valid)) in rows.into_iter().enumerate() {
+        let port = 41000 + i as u16;
+        let cookie = cookie::make(&key, &cookie_tuple(server(false), client(false, port)).unwrap(), 1000, minted_at, 1460).isn;
+        let ack = frame(false, port, 1001, &[], |b| b.ack(cookie.wrapping_add(1)), &[]);
+        let before = counters_of(&e);
+        let (action, _, _) = e.test_run(&ack, 1).unwrap();
+        let moved = |c: Counter| counters_of(&e)[c as usize] - before[c as usize];
+        if valid {
+            assert_eq!((action, moved(COOKIE_ACK_VALID), moved(REDIRECT_FAILED)), (XDP_DROP, 1, 1), "{what}");
+        } else {
+            assert_eq!((action, moved(COOKIE_ACK_INVALID), moved(RST_SENT)), (XDP_TX, 1, 1), "{what}");
+        }
+    }
+}
+
+#[test]
+fn the_program_follows_publications_and_mints_only_with_whole_ones() {
+    // One thread publishes secrets back to back, without the interval the daemon keeps
+    // (`engine_common::secrets`), while this one has the program answer SYNs. Every SYN-ACK's
+    // cookie must be the one a whole publication of that moment mints: the program reads the
+    // slot the index names and keeps up with the flips, and never mints with a key nobody
+    // published (half of one, half of the next); a publication it overlaps on both slots would
+    // leave the SYN unanswered (xdp_pass_not_ready). The reader is the code engine_common's
+    // secrets tests run against a writer that does tear slots under it: a tear inside the few
+    // nanoseconds of one program run is too rare to provoke from here.
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut e = engine();
+    let publisher = e.secrets();
+    let adjust_ns = e.published().adjust_ns;
+    let newest = cookie::period(e.shared_now_ns()) + 1;
+    let key = |n: u64| Key { k0: n.wrapping_mul(0x9e37_79b9_7f4a_7c15), k1: !n };
+    let publication = |n: u64| engine_common::secrets::Published::new(Keys { newest, keys: [key(n); cookie::KEYS] }, adjust_ns);
+    publisher.publish(publication(0));
+    let published = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let tuple = cookie_tuple(server(false), client(false, 40000)).unwrap();
+    let syn = linux_syn(false);
+    let (answered, unanswered) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut n = 0;
+            while !done.load(Ordering::Relaxed) {
+                n += 1;
+                publisher.publish_unpaced(publication(n));
+                published.store(n, Ordering::Release);
+            }
+        });
+        let (mut answered, mut unanswered) = (0u32, 0u32);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            let first = published.load(Ordering::Acquire);
+            let (action, out, _) = e.test_run(&syn, 1).unwrap();
+            let last = published.load(Ordering::Acquire) + 1;
+            if action != XDP_TX {
+                assert_eq!(action, XDP_PASS, "a SYN is answered or, while both slots change, passed");
+                unanswered += 1;
+                continue;
+            }
+            let isn = tcp_of(&out).sequence_number();
+            let now = e.shared_now_ns();
+            let whole = (first..=last).any(|n| {
+                let keys = publication(n).keys;
+                cookie::check(&keys, &tuple, 1000, isn, now).is_some()
+            });
+            assert!(whole, "cookie {isn:#x} minted under no key published between {first} and {last}");
+            answered += 1;
+        }
+        done.store(true, Ordering::Relaxed);
+        (answered, unanswered)
+    });
+    assert!(answered > 1000, "{answered} SYNs answered, {unanswered} not");
 }

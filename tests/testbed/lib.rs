@@ -23,6 +23,7 @@ use anyhow::{Context as _, bail, ensure};
 mod nginx;
 pub mod path;
 pub use nginx::Nginx;
+pub mod multihost;
 
 const PREFIX: &str = "sx";
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
@@ -293,6 +294,8 @@ pub struct Daemon {
     pub banner: Vec<String>,
     /// Everything it printed to stdout so far (collected for its whole life).
     output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Everything it logged (stderr) so far, which is also passed on to the test's stderr.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -306,10 +309,19 @@ impl Daemon {
             .arg(&control_socket)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .context("starting synx")?;
         let stdout = child.stdout.take().context("stdout")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log_sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                log_sink.lock().unwrap().push(line);
+            }
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = output.clone();
@@ -320,7 +332,7 @@ impl Daemon {
                 let _ = tx.send(line);
             }
         });
-        let mut daemon = Self { child, control_socket, banner: Vec::new(), output };
+        let mut daemon = Self { child, control_socket, banner: Vec::new(), output, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -368,6 +380,17 @@ impl Daemon {
     /// Every stdout line the daemon printed so far.
     pub fn output(&self) -> Vec<String> {
         self.output.lock().unwrap().clone()
+    }
+
+    /// Every line the daemon logged (stderr) so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Kill it at once (SIGKILL): a host that dies.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {

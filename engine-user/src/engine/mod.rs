@@ -41,7 +41,8 @@ use synx_tcp as tcp;
 
 use crate::{
     api::{EngineWaker, Keepalive, Listener, Stream},
-    bpf::{AttachMode, XdpProgram},
+    bpf::{AttachMode, XdpProgram, XdpSettings},
+    cluster::{Cluster, ClusterOptions},
     xsk::XskConfig,
 };
 
@@ -57,10 +58,6 @@ use requests::{QueueHandle, Queues};
 pub use requests::ConnectionRow;
 pub use stats::{Kind, Metric, QueueStats};
 
-/// How often the SYN-cookie secret rotates. A cookie stays valid for one rotation after the
-/// secret that minted it is replaced.
-pub const SECRET_ROTATION: Duration = Duration::from_secs(60);
-
 /// What an engine needs to start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineOptions {
@@ -70,13 +67,15 @@ pub struct EngineOptions {
     pub keepalive: Keepalive,
     /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL.
     pub msl: Duration,
-    /// Connections per RX queue (and FLOWS/LAST_SEEN map entries).
+    /// Connections per RX queue (and FLOWS map entries).
     pub max_conns: u32,
     /// After a loop turn that did work, an engine thread keeps polling its rings and app
     /// queue (yielding the CPU to runnable threads) for this long before it sleeps in poll(2).
     /// Zero, the default, sleeps at once: least CPU. A few tens of microseconds save a sleep
     /// and a wakeup per request/response turn (lower latency at one connection).
     pub busy_poll: Duration,
+    /// Serving with other hosts: the shared cookie key, the peers, draining.
+    pub cluster: ClusterOptions,
 }
 
 impl EngineOptions {
@@ -92,6 +91,7 @@ impl EngineOptions {
             msl: Self::DEFAULT_MSL,
             max_conns: Self::DEFAULT_MAX_CONNS,
             busy_poll: Duration::ZERO,
+            cluster: ClusterOptions::default(),
         }
     }
 }
@@ -129,7 +129,7 @@ pub struct Engine {
     stop: Arc<AtomicBool>,
     abort_all: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<anyhow::Result<()>>>>,
-    rotor: Mutex<Option<JoinHandle<()>>>,
+    cluster: Cluster,
     queues: u32,
 }
 
@@ -138,7 +138,8 @@ impl Engine {
     /// Returns once every queue's AF_XDP socket is bound.
     pub fn start(options: EngineOptions) -> anyhow::Result<Self> {
         let mss = interface_mss(&options.iface);
-        let xdp = XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, mss)?;
+        let settings = options.cluster.xdp_settings(XdpSettings::new(mss))?;
+        let xdp = XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, settings)?;
         let tcp_config =
             tcp::Config { msl: options.msl, mss, keepalive: options.keepalive, ..tcp::Config::default() };
         let queues = rx_queues(&options.iface);
@@ -161,7 +162,6 @@ impl Engine {
                 listeners: listeners.clone(),
                 flows: xdp.flow_table(),
                 cookies: xdp.cookie_checker(),
-                last_seen: xdp.last_seen(),
                 rx_backlog: xdp.rx_backlog(),
                 stats: q_stats,
                 stop: stop.clone(),
@@ -181,6 +181,21 @@ impl Engine {
         }
         drop(ready_tx);
         let xdp = Arc::new(Mutex::new(xdp));
+        let (secrets, switches) = {
+            let x = xdp.lock().unwrap_or_else(|e| e.into_inner());
+            (x.secrets(), x.switches())
+        };
+        let cluster = match Cluster::start(&options.cluster, secrets, switches) {
+            Ok(c) => c,
+            Err(e) => {
+                stop.store(true, Ordering::SeqCst);
+                abort_all.store(true, Ordering::SeqCst);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e);
+            }
+        };
         let engine = Self {
             options,
             xdp: xdp.clone(),
@@ -190,14 +205,13 @@ impl Engine {
             stop,
             abort_all,
             threads: Mutex::new(threads),
-            rotor: Mutex::new(None),
+            cluster,
             queues,
         };
         // On an error here, dropping `engine` stops and joins the threads already started.
         for _ in 0..queues {
             ready_rx.recv().context("engine thread died during start-up")??;
         }
-        *engine.rotor.lock().unwrap_or_else(|e| e.into_inner()) = Some(spawn_rotor(xdp, engine.stop.clone())?);
         Ok(engine)
     }
 
@@ -284,11 +298,26 @@ impl Engine {
         self.queues
     }
 
-    /// Every counter: the XDP program's (summed over CPUs), then the engine threads'.
+    /// Every counter: the XDP program's (summed over CPUs), then the engine threads', then
+    /// the host's in the cluster (draining, connections open, clocks and keys of its peers).
     pub fn stats(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
         let mut all = self.xdp.lock().unwrap_or_else(|e| e.into_inner()).counters()?;
         all.extend(self.queue_handles.stats());
+        all.push(("connections_open", self.open_connections()));
+        all.extend(self.cluster.stats());
         Ok(all)
+    }
+
+    /// Start (or stop) draining: no new connections (new SYNs unanswered, or passed to the
+    /// kernel, as configured), while handshakes already begun complete and established
+    /// connections go on. A routing daemon or an operator withdraws the route meanwhile and
+    /// stops the host once [`Engine::open_connections`] is 0.
+    pub fn drain(&self, on: bool) -> anyhow::Result<()> {
+        self.cluster.drain(on)
+    }
+
+    pub fn draining(&self) -> bool {
+        self.cluster.draining()
     }
 
     /// Every connection of every queue, as `synx conns` lists them.
@@ -326,10 +355,7 @@ impl Engine {
                 Err(_) => tracing::error!("engine thread panicked"),
             }
         }
-        if let Some(rotor) = self.rotor.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            rotor.thread().unpark();
-            let _ = rotor.join();
-        }
+        self.cluster.shutdown();
     }
 }
 
@@ -339,20 +365,3 @@ impl Drop for Engine {
     }
 }
 
-/// Rotate the cookie secret every [`SECRET_ROTATION`]; the previous one stays valid for one
-/// more period.
-fn spawn_rotor(xdp: Arc<Mutex<XdpProgram>>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("synx-rotor".into()).spawn(move || {
-        let mut next = Instant::now() + SECRET_ROTATION;
-        while !stop.load(Ordering::SeqCst) {
-            let now = Instant::now();
-            if now >= next {
-                if let Err(e) = xdp.lock().unwrap_or_else(|e| e.into_inner()).rotate_secret() {
-                    tracing::warn!("rotating the SYN-cookie secret: {e}");
-                }
-                next = now + SECRET_ROTATION;
-            }
-            std::thread::park_timeout(next.saturating_duration_since(now));
-        }
-    })
-}

@@ -6,7 +6,7 @@
 //! 1. receive a batch of frames and feed them to the endpoint; a segment for no connection goes
 //!    to [`Endpoint::accept_cookie`] (a new connection for its listener, or a reset);
 //! 2. serve the connections whose applications poked the thread ([`Glue::serve_poked`]);
-//! 3. run expired timers, first telling each due connection XDP's LAST_SEEN stamp;
+//! 3. run expired timers;
 //! 4. handle the endpoint's events ([`Glue::handle_events`]);
 //! 5. transmit what the endpoint wants to send;
 //! 6. answer control requests, publish the counters;
@@ -42,7 +42,7 @@ use super::{
 };
 use crate::{
     api::EngineWaker,
-    bpf::{CookieChecker, FlowTable, LastSeen, RxBacklog, monotonic_ns},
+    bpf::{CookieChecker, FlowTable, RxBacklog, monotonic_ns},
     wire::{self, Link},
     xsk::{XskConfig, XskSocket},
 };
@@ -56,7 +56,6 @@ pub struct QueueContext {
     pub listeners: Arc<Listeners>,
     pub flows: FlowTable,
     pub cookies: CookieChecker,
-    pub last_seen: LastSeen,
     pub rx_backlog: RxBacklog,
     pub stats: Arc<QueueStats>,
     pub stop: Arc<AtomicBool>,
@@ -66,7 +65,7 @@ pub struct QueueContext {
     pub waker: Arc<EngineWaker>,
 }
 
-/// The engine's clock: the one XDP stamps LAST_SEEN with, so deadlines and stamps compare.
+/// The engine's clock: CLOCK_MONOTONIC, as XDP's FLOWS claims.
 fn now() -> Instant {
     Instant::from_nanos(monotonic_ns())
 }
@@ -163,13 +162,10 @@ async fn serve_queue(
         let received = q.receive(&mut xsk);
         let poked = q.glue.serve_poked(&mut q.endpoint, now());
         let t = now();
-        let last_seen = &q.ctx.last_seen;
-        q.endpoint.handle_timeout_with_last_seen(t, |h| last_seen.get(h.slot()).map(Instant::from_nanos));
+        q.endpoint.handle_timeout(t);
         q.handle_events(t);
         q.transmit(&mut xsk, t);
-        requests::answer_conns(&q.ctx.conns_requests, &q.endpoint, q.ctx.queue, t, |h| {
-            q.ctx.last_seen.get(h.slot()).map(Instant::from_nanos)
-        });
+        requests::answer_conns(&q.ctx.conns_requests, &q.endpoint, q.ctx.queue, t);
         q.publish_stats(&xsk, t);
         if received > 0 {
             last_work = t;
@@ -243,7 +239,7 @@ impl QueueDriver {
                 // RFC 6191: a new incarnation of a tuple in TIME_WAIT. The old one is gone from
                 // the endpoint; answer the SYN as XDP would have, so the client need not
                 // retransmit it (a 1 s stall for every port it reuses).
-                self.answer_syn(now, rx.link, rx.local, rx.remote, &hdr);
+                self.answer_syn(rx.link, rx.local, rx.remote, &hdr);
             }
             Disposition::Dropped(why) => stats.count_drop(why),
         }
@@ -269,10 +265,19 @@ impl QueueDriver {
         let cookie = || cookies.check(local, remote, hdr.seq.0, hdr.ack.0, hdr.options.timestamps, now.as_nanos());
         match self.endpoint.accept_cookie(now, local, remote, hdr, payload, listener, cookie) {
             Ok((h, listener)) => {
-                if let Err(e) = self.ctx.flows.insert(local, remote, h.slot()) {
-                    tracing::warn!("FLOWS insert for {remote}: {e}");
-                }
+                let routed = self.ctx.flows.insert(local, remote, h.slot());
                 self.glue.attach(&mut self.endpoint, now, h, link, &listener);
+                if let Err(e) = routed {
+                    // FLOWS is full even of live connections: XDP would not route this one's
+                    // segments here, so reset it now rather than leave a client that believes
+                    // it is connected (its app sees the connection aborted).
+                    tracing::debug!("FLOWS insert for {remote}: {e}");
+                    bump(&self.ctx.stats.flows_full);
+                    if let Some(conn) = self.endpoint.connection_mut(h) {
+                        conn.abort(now);
+                    }
+                    self.glue.service(&mut self.endpoint, now, h);
+                }
             }
             Err(refusal) => {
                 let stats = &self.ctx.stats;
@@ -289,7 +294,7 @@ impl QueueDriver {
 
     /// The SYN-ACK XDP sends, built by the same policy (`engine_common::synack`) for a SYN that
     /// reached userspace.
-    fn answer_syn(&mut self, now: Instant, link: Link, local: SocketAddr, remote: SocketAddr, syn: &tcp::segment::Header) {
+    fn answer_syn(&mut self, link: Link, local: SocketAddr, remote: SocketAddr, syn: &tcp::segment::Header) {
         use tcp::segment::{Flags, Header, Options};
         let o = &syn.options;
         let offer = Syn {
@@ -302,7 +307,7 @@ impl QueueDriver {
             // RFC 3168 6.1.1: an ECN-setup SYN has ECE and CWR set.
             ecn: syn.flags.contains(Flags::ECE) && syn.flags.contains(Flags::CWR),
         };
-        let Some(answer) = self.ctx.cookies.answer(local, remote, &offer, now.as_nanos()) else { return };
+        let Some(answer) = self.ctx.cookies.answer(local, remote, &offer) else { return };
         let header = Header {
             src_port: local.port(),
             dst_port: remote.port(),

@@ -88,6 +88,8 @@ queue_stats! {
         "Segments for no connection to an address nobody listens on, or while stopping (reset).";
     table_full: Counter "tcp_table_full"
         "Valid cookie ACKs refused: connection table full or tuple taken (reset).";
+    flows_full: Counter "tcp_flows_full"
+        "Connections reset at once because XDP's flow table had no room to route their segments.";
     parked: Gauge "tcp_parked" "Idle connections folded into their slot, holding no boxed TCB.";
     app_tasks: Gauge "app_tasks" "Application tasks alive on the engine threads (local tasks and running turns).";
     app_waiting: Gauge "app_waiting"
