@@ -157,7 +157,8 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
     // Checking a cookie, the precise clock (see `precise_shared_ns`).
     let now = precise_shared_ns(&secrets);
     if f & ACK != 0 && f & SYN == 0 {
-        // RFC 9293 3.10.7.3 with SYN-RECEIVED held in the cookie: the ACK must acknowledge it.
+        // RFC 9293 3.10.7.4 fifth (SYN-RECEIVED, held in the cookie as RFC 4987 3.6 has it): the
+        // ACK must acknowledge it.
         let cookie = seg.ack.wrapping_sub(1);
         let client_isn = seg.seq.wrapping_sub(1);
         if cookie::check(&secrets.keys, &seg.tuple(), client_isn, cookie, now).is_some() {
