@@ -216,6 +216,7 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
         msl: cfg.msl,
         max_conns: cfg.max_conns,
         busy_poll: cfg.busy_poll,
+        memory: cfg.memory,
         cluster: cfg.cluster.clone(),
     })?);
     let daemon = Arc::new(Daemon { engine: engine.clone(), flags, config_file, current: Mutex::new(cfg.clone()) });
@@ -245,19 +246,28 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
-        loop {
+        let failed = engine.failed();
+        tokio::pin!(failed);
+        let died = loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break None,
+                _ = term.recv() => break None,
+                // A dead engine thread: stop as on SIGTERM (the other queues' connections get the
+                // grace period), then fail, for the supervisor to start a sound daemon.
+                failure = &mut failed => break Some(failure),
                 _ = hup.recv() => {
                     let daemon = daemon.clone();
                     // Off the runtime's worker: a reload takes locks the control socket takes.
                     let _ = tokio::task::spawn_blocking(move || daemon.reload_and_log()).await;
                 }
             }
-        }
-        anyhow::Ok(())
+        };
+        anyhow::Ok(died)
     });
+    let (result, died) = match result {
+        Ok(died) => (Ok(()), died),
+        Err(e) => (Err(e), None),
+    };
     // Stop: connections served in turns are closed as they go idle, the rest get the grace
     // period (the apps keep running on their threads), then what is left is reset.
     let grace = daemon.grace();
@@ -272,5 +282,8 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
     drop(daemon);
     // The last reference detaches the XDP program (bpf_link).
     drop(engine);
-    result
+    match died {
+        Some(failure) => Err(anyhow::anyhow!("{failure}: stopped")),
+        None => result,
+    }
 }
