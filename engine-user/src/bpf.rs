@@ -520,7 +520,8 @@ impl FlowTable {
 struct MappedArray {
     ptr: *mut u64,
     len: usize,
-    _map: MapData,
+    /// The map whose memory this is (None: anonymous memory, for tests).
+    _map: Option<MapData>,
 }
 
 // SAFETY: the mapping is only read and written through atomic 8-byte accesses (and the XDP
@@ -541,7 +542,19 @@ impl MappedArray {
         if ptr == libc::MAP_FAILED {
             return Err(BpfError::Mmap(std::io::Error::last_os_error()));
         }
-        Ok(Self { ptr: ptr.cast(), len, _map: map })
+        Ok(Self { ptr: ptr.cast(), len, _map: Some(map) })
+    }
+
+    /// `bytes` of zeroed anonymous memory in place of a map's (tests of what writes it).
+    #[cfg(test)]
+    fn anonymous(bytes: usize) -> Self {
+        let len = bytes.div_ceil(4096) * 4096;
+        // SAFETY: a fresh private anonymous mapping.
+        let ptr = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        assert_ne!(ptr, libc::MAP_FAILED, "mmap of {len} bytes");
+        Self { ptr: ptr.cast(), len, _map: None }
     }
 
     /// The start of the mapping.
@@ -577,9 +590,16 @@ pub struct RxBacklog {
 impl RxBacklog {
     const WORDS: usize = std::mem::size_of::<RxBacklogEntry>() / 8;
 
+    const BYTES: usize = maps::MAX_QUEUES as usize * std::mem::size_of::<RxBacklogEntry>();
+
     fn map(map: MapData) -> Result<Self, BpfError> {
-        let bytes = maps::MAX_QUEUES as usize * std::mem::size_of::<RxBacklogEntry>();
-        Ok(Self { inner: Arc::new(MappedArray::new(map, bytes, true)?) })
+        Ok(Self { inner: Arc::new(MappedArray::new(map, Self::BYTES, true)?) })
+    }
+
+    /// Entries in memory of our own, no XDP program behind them (tests).
+    #[cfg(test)]
+    pub fn anonymous() -> Self {
+        Self { inner: Arc::new(MappedArray::anonymous(Self::BYTES)) }
     }
 
     /// `queue`'s (redirected, consumed) words (see `RxBacklogEntry`).
@@ -595,6 +615,15 @@ impl RxBacklog {
     pub fn set_consumed(&self, queue: u32, consumed: u64) {
         if let Some((_, c)) = self.words(queue) {
             c.store(consumed, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Tell XDP that `queue`'s engine takes no more frames (its thread died): the backlog XDP
+    /// then sees never drains, so it answers no new SYNs on that queue (a SYN-ACK would only
+    /// bring a final ACK nobody receives, to a client that believes it is connected).
+    pub fn close_queue(&self, queue: u32) {
+        if let Some((r, c)) = self.words(queue) {
+            c.store(r.load(std::sync::atomic::Ordering::Relaxed).wrapping_sub(1 << 62), std::sync::atomic::Ordering::Relaxed);
         }
     }
 

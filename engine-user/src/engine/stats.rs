@@ -101,6 +101,22 @@ queue_stats! {
         "Times the kernel found the AF_XDP fill ring empty (rx_fill_ring_empty_descs).";
     tcp_parse_errors: Counter "tcp_parse_errors" "Frames whose TCP header or options did not parse.";
     dropped_by_tcp: Counter "tcp_dropped" "Segments of known connections the TCP core dropped (tcp_drop_* by reason).";
+    handed_off: Counter "tcp_handed_off"
+        "Segments that arrived on an RX queue other than their connection's, handed to its engine.";
+    handoff_dropped: Counter "tcp_handoff_dropped"
+        "Segments for another queue's connection dropped because its inbox was full.";
+    mem_held: Gauge "mem_held_bytes"
+        "Bytes of data buffers connections hold: TCP send and receive buffers and the queues to and from apps.";
+    mem_refused: Counter "mem_refused_segments"
+        "Data segments dropped because memory (in all, or the source's) is over its limit.";
+    mem_resets: Counter "mem_resets"
+        "Connections reset for holding the most memory while memory (in all, or the source's) was over its limit.";
+    persist_resets: Counter "persist_resets"
+        "Connections reset after waiting longer than the persist timeout behind a zero window with data to send.";
+    source_limited: Counter "tcp_source_limited"
+        "Valid cookie ACKs refused because their source holds as many connections as it may (reset).";
+    queue_panics: Counter "engine_queue_panics"
+        "Engine threads that panicked: their queue is served no more and the engine must be restarted.";
     @core {
         retransmits "tcp_retransmits"
             "Segments the TCP core sent again (fast, RACK, probe and timeout retransmissions).";
