@@ -436,12 +436,13 @@ impl Recovery {
 
         // What the ACK says about a tail-loss probe, before the window grows (as Linux).
         self.tlp_on_ack(s, dsack, una_advanced || sacked > 0, mss, stats);
-        // The window: PRR while reducing, else slow start or congestion avoidance by what was
-        // delivered, on ACKs that move SND.UNA (as Linux's tcp_may_raise_cwnd).
+        // HyStart's ACK train, on every ACK that delivered data (as Linux's bictcp_acked).
         if let (false, Some(_), Some(min_rtt)) = (self.reducing(), ca_rtt, self.rack.min_rtt()) {
             let train = self.ack_train.on_ack(now);
             self.cc.on_ack_train(train, mss, min_rtt, self.rtt.srtt(), config.pacing);
         }
+        // The window: PRR while reducing, else slow start or congestion avoidance by what was
+        // delivered, on ACKs that move SND.UNA (as Linux's tcp_may_raise_cwnd).
         if self.reducing() {
             self.prr_ack(delivered, mss, sack, una_advanced && newly_lost == 0);
         } else if una_advanced && self.is_cwnd_limited() {
