@@ -6,6 +6,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
+    os::unix::process::CommandExt as _,
     process::Stdio,
     sync::{
         Arc,
@@ -25,6 +26,8 @@ use testbed::{
 static CPU_HEAVY: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// trafgen and its files, stopped and removed however the test ends (a panic included).
+/// trafgen runs in a process group of its own: its worker process (`--cpus 1` forks one) is
+/// signalled with it.
 struct Flood {
     child: std::process::Child,
     files: [std::path::PathBuf; 2],
@@ -40,8 +43,17 @@ impl Flood {
 
 impl Drop for Flood {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        // SIGINT is how trafgen stops; its worker, busy sending, has been seen to miss it for
+        // many minutes, so the group is killed after a grace.
+        let group = -(self.child.id() as i32);
+        // SAFETY: kill(2) on the process group of our own child.
+        unsafe { libc::kill(group, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above; the group is gone already if trafgen stopped with all its workers.
+        unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.child.wait();
         for f in &self.files {
             let _ = std::fs::remove_file(f);
@@ -86,6 +98,7 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
         .arg(&conf_path)
         .stdout(Stdio::null())
         .stderr(log)
+        .process_group(0)
         .spawn()
         .expect("trafgen (netsniff-ng; `cargo xtask setup` installs it)");
     let flood = Flood { child, files: [conf_path, log_path] };
@@ -178,7 +191,12 @@ fn s12_http_request_bodies_cost_no_memory_and_absurd_lengths_are_refused() {
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     let rss_after = process_rss_bytes(pid).expect("the daemon's VmRSS");
     let grown = rss_after.saturating_sub(rss_before);
-    assert!(grown < 8 << 20, "RSS grew by {grown} bytes for a {len}-byte request body");
+    // What TCP may hold for one connection is not the app's doing: receive right-sizing grows
+    // the window (and its buffer) up to `recv_buffer_max` when the app reads slower than the
+    // path delivers, as on a loaded machine. A body kept in memory would be 48 MiB.
+    let tcp_may_hold = synx_tcp::Config::default().recv_buffer_max as u64;
+    let bound = tcp_may_hold + (8 << 20);
+    assert!(grown < bound, "RSS grew by {grown} bytes (bound {bound}) for a {len}-byte request body");
     eprintln!("http bodies: RSS {rss_before} -> {rss_after}");
 }
 

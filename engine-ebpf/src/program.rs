@@ -9,7 +9,7 @@ use engine_common::{
     synack::{self, Ours},
     maps::{
         FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY,
-        PORT_V6_SOME, RX_BACKLOG_LIMIT, claim, claim_expired,
+        PORT_V6_SOME, RX_BACKLOG_LIMIT, CLAIM, claim, claim_expired,
     },
 };
 
@@ -111,7 +111,8 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
         // A known flow's segments all go to its engine, whose TCP core alone says whether one
         // is the peer's (keepalive counts only those): a stamp here, before any check, would
         // let a blind sender who knows the tuple keep a dead peer's connection alive.
-        if !claim_expired(slot, coarse_now().mono_ns) {
+        // (A connection's slot needs no clock read; only a claim has an age.)
+        if slot & CLAIM == 0 || !claim_expired(slot, coarse_now().mono_ns) {
             count(counters::FLOW_SEGMENT);
             return to_userspace(ctx);
         }
@@ -156,7 +157,8 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
     // Checking a cookie, the precise clock (see `precise_shared_ns`).
     let now = precise_shared_ns(&secrets);
     if f & ACK != 0 && f & SYN == 0 {
-        // RFC 9293 3.10.7.3 with SYN-RECEIVED held in the cookie: the ACK must acknowledge it.
+        // RFC 9293 3.10.7.4 fifth (SYN-RECEIVED, held in the cookie as RFC 4987 3.6 has it): the
+        // ACK must acknowledge it.
         let cookie = seg.ack.wrapping_sub(1);
         let client_isn = seg.seq.wrapping_sub(1);
         if cookie::check(&secrets.keys, &seg.tuple(), client_isn, cookie, now).is_some() {

@@ -353,8 +353,8 @@ impl CookieChecker {
         *self.published.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Decode the final ACK of a cookie handshake (RFC 9293 3.10.7.3 with SYN-RECEIVED held in
-    /// the cookie): `None` unless `ack - 1` is a cookie minted recently for this tuple, by this
+    /// Decode the final ACK of a cookie handshake (RFC 9293 3.10.7.4 fifth check, with
+    /// SYN-RECEIVED held in the cookie): `None` unless `ack - 1` is a cookie minted recently for this tuple, by this
     /// host or one sharing its key. `now_ns`: CLOCK_MONOTONIC, the clock the TCP core counts its
     /// TSvals on; the facts' `ts_offset` is for that clock.
     pub fn check(

@@ -584,7 +584,7 @@ fn cookie_handshakes_reach_userspace() {
     for (v6, ack, next) in handshakes {
         rows.extend([
             row(format!("SYN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]),
-            // RFC 9293 3.10.7.3 with SYN-RECEIVED held in the cookie: a valid ACK goes to
+            // RFC 9293 3.10.7.4 fifth check, SYN-RECEIVED held in the cookie: a valid ACK goes to
             // userspace (which decodes the same cookie, see check_synack), the tuple claimed.
             row(format!("its final ACK (v6={v6})"), ack, XDP_DROP, Out::ToUserspace, &[
                 (COOKIE_ACK_VALID, 1),
