@@ -146,6 +146,8 @@ pub struct RunConfig {
     /// How long SIGTERM lets connections finish before resetting the rest.
     pub grace: Duration,
     pub app_threads: AppThreads,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Which threads run the built-in apps.
@@ -189,6 +191,7 @@ pub struct FileConfig {
     pub busy_poll: Option<String>,
     pub grace: Option<String>,
     pub app_threads: Option<String>,
+    pub metrics: Option<String>,
 }
 
 impl FileConfig {
@@ -215,6 +218,7 @@ pub struct FlagConfig {
     pub busy_poll: Option<Duration>,
     pub grace: Option<Duration>,
     pub app_threads: Option<AppThreads>,
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Flags win over the file, the file over defaults.
@@ -267,6 +271,13 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         bounds::MAX_CONNS.check(flags.max_conns.or(file.max_conns).unwrap_or(RunConfig::DEFAULT_MAX_CONNS))?;
     let busy_poll = bounds::BUSY_POLL.check(flags.busy_poll.or(dur(file.busy_poll)?).unwrap_or(Duration::ZERO))?;
     let grace = bounds::GRACE.check(flags.grace.or(dur(file.grace)?).unwrap_or(RunConfig::DEFAULT_GRACE))?;
+    let metrics = match (flags.metrics, file.metrics.as_deref()) {
+        (Some(a), _) => Some(a),
+        (None, None) => None,
+        (None, Some(text)) => Some(text.parse::<SocketAddr>().map_err(|e| {
+            format!("metrics {text:?}: {e} (write ADDR:PORT, e.g. \"127.0.0.1:9464\")")
+        })?),
+    };
     for (i, spec) in listen.iter().enumerate() {
         if listen[..i].iter().any(|other| other.addr == spec.addr) {
             return Err(format!("listener {} is given twice: give each ADDR:PORT once", spec.addr));
@@ -283,6 +294,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         busy_poll,
         grace,
         app_threads,
+        metrics,
     })
 }
 
@@ -379,6 +391,7 @@ mod tests {
             msl = "1s"
             busy_poll = "50us"
             app_threads = "worker"
+            metrics = "[::1]:9464"
             "#,
         )
         .unwrap();
@@ -399,6 +412,7 @@ mod tests {
         assert_eq!(c.xdp_mode, AttachMode::Skb);
         assert_eq!(c.busy_poll, Duration::from_micros(50));
         assert_eq!(c.app_threads, AppThreads::Worker);
+        assert_eq!(c.metrics, Some("[::1]:9464".parse().unwrap()));
 
         let d = merge(
             FlagConfig {
@@ -416,6 +430,7 @@ mod tests {
         assert_eq!(d.app, App::Echo);
         assert_eq!(d.busy_poll, Duration::ZERO);
         assert_eq!(d.app_threads, AppThreads::Engine);
+        assert_eq!(d.metrics, None);
     }
 
     #[test]
@@ -496,7 +511,9 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
         let threads: FileConfig = toml::from_str(r#"app_threads = "many""#).unwrap();
         let flags = FlagConfig { iface: Some("x".into()), listen: vec!["198.18.0.1:7".parse().unwrap()], ..Default::default() };
-        assert!(merge(flags, threads).unwrap_err().contains("engine or worker"));
+        assert!(merge(flags.clone(), threads).unwrap_err().contains("engine or worker"));
+        let metrics: FileConfig = toml::from_str(r#"metrics = "9464""#).unwrap();
+        assert!(merge(flags, metrics).unwrap_err().contains("ADDR:PORT"));
     }
 
     #[test]

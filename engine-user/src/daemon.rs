@@ -3,11 +3,14 @@
 
 use std::{io::Write as _, path::PathBuf, sync::Arc};
 
+use anyhow::Context as _;
+
 use crate::{
     apps,
     config::{AppThreads, RunConfig},
     control::{self, Request, Responder},
     engine::{Engine, EngineOptions},
+    metrics::Exporter,
 };
 
 impl Responder for Engine {
@@ -41,6 +44,16 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         max_conns: cfg.max_conns,
         busy_poll: cfg.busy_poll,
     })?);
+    // Off the engine threads and the runtime: a scrape reads counters and never waits on either.
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            let engine = engine.clone();
+            let exporter = Exporter::start(addr, move || engine.metric_families().map_err(|e| format!("{e:#}")))
+                .with_context(|| format!("metrics on {addr}: pass another --metrics ADDR:PORT"))?;
+            Some(exporter)
+        }
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     // Removes the socket on the way out, if it is still the one this daemon created.
     let mut bound = None;
@@ -95,12 +108,13 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         let mut out = std::io::stdout();
         writeln!(
             out,
-            "listening on {} (iface {}, xdp {:?}, {queues} queue{}, apps on {})",
+            "listening on {} (iface {}, xdp {:?}, {queues} queue{}, apps on {}){}",
             specs.join(", "),
             cfg.iface,
             cfg.xdp_mode,
             if queues == 1 { "" } else { "s" },
             if cfg.app_threads == AppThreads::Engine { "the engine threads" } else { "a worker thread" },
+            metrics.as_ref().map(|m| format!(", metrics at http://{}/metrics", m.local_addr())).unwrap_or_default(),
         )?;
         out.flush()?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -117,6 +131,7 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
     }
     engine.shutdown(if result.is_ok() { cfg.grace } else { std::time::Duration::ZERO });
     drop(bound);
+    drop(metrics);
     drop(rt);
     // The last reference detaches the XDP program (bpf_link).
     drop(engine);

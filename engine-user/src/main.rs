@@ -91,6 +91,9 @@ struct RunArgs {
     /// On SIGTERM, how long open connections may finish before they are reset. Default 5s.
     #[arg(long, value_parser = parse_duration)]
     grace: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
     /// TOML file with the same settings (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -137,6 +140,7 @@ fn real_main() -> anyhow::Result<()> {
                 busy_poll: args.busy_poll,
                 grace: args.grace,
                 app_threads: args.app_threads,
+                metrics: args.metrics,
             };
             let cfg = config::merge(flags, file).map_err(anyhow::Error::msg)?;
             synx::daemon::run(cfg, args.control_socket)

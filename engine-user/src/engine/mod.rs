@@ -55,7 +55,7 @@ use listeners::{Listeners, LocalHandler, TurnHandler};
 use queue::QueueContext;
 use requests::{QueueHandle, Queues};
 pub use requests::ConnectionRow;
-pub use stats::{Kind, Metric, QueueStats};
+pub use stats::{Kind, Metric, QueueStats, sum as stats_sum};
 
 /// How often the SYN-cookie secret rotates. A cookie stays valid for one rotation after the
 /// secret that minted it is replaced.
@@ -289,6 +289,13 @@ impl Engine {
         let mut all = self.xdp.lock().unwrap_or_else(|e| e.into_inner()).counters()?;
         all.extend(self.queue_handles.stats());
         Ok(all)
+    }
+
+    /// What `--metrics` serves: the values of [`Engine::stats`] as Prometheus families, the
+    /// engine threads' labelled by queue rather than summed, and the process's memory.
+    pub fn metric_families(&self) -> anyhow::Result<Vec<crate::metrics::Family>> {
+        let xdp = self.xdp.lock().unwrap_or_else(|e| e.into_inner()).counters()?;
+        Ok(crate::metrics::families(&xdp, self.queue_handles.0.iter().map(|q| &*q.stats)))
     }
 
     /// Every connection of every queue, as `synx conns` lists them.

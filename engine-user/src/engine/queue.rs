@@ -390,6 +390,7 @@ impl QueueDriver {
             }
         }
         s.time_wait_fin_reacked.store(self.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
+        s.connections.store(self.endpoint.len() as u64, Ordering::Relaxed);
         s.parked.store(self.endpoint.parked() as u64, Ordering::Relaxed);
         s.app_tasks.store(self.glue.tasks() as u64, Ordering::Relaxed);
         s.app_waiting.store(self.glue.waiting() as u64, Ordering::Relaxed);
