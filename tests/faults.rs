@@ -6,6 +6,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
+    os::unix::process::CommandExt as _,
     process::Stdio,
     sync::{
         Arc,
@@ -40,8 +41,15 @@ impl Flood {
 
 impl Drop for Flood {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        // trafgen forks a worker per CPU and, signalled alone, can wait on it for ever: signal
+        // its whole process group (its own, see the spawn), and kill it if it lingers.
+        let group = -(self.child.id() as i32);
+        // SAFETY: kill(2) on the process group of our own child.
+        unsafe { libc::kill(group, libc::SIGINT) };
+        if !wait_for(Duration::from_secs(5), || matches!(self.child.try_wait(), Ok(Some(_)))) {
+            // SAFETY: as above.
+            unsafe { libc::kill(group, libc::SIGKILL) };
+        }
         let _ = self.child.wait();
         for f in &self.files {
             let _ = std::fs::remove_file(f);
@@ -84,6 +92,7 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
         .command("trafgen")
         .args(["--dev", &bed.net.client_if, "--cpus", "1", "--num", "0", "--conf"])
         .arg(&conf_path)
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
