@@ -38,15 +38,7 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
 
 /// The deterministic test payload: `n` bytes no run of which repeats at a short period.
 fn payload(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    testbed::pattern(n, 0x9e37_79b9_7f4a_7c15)
 }
 
 /// Whether `curl -v`'s log says it sent a request over a connection it already had (the

@@ -3,7 +3,7 @@
 //! One keyed hash per SYN gives both the cookie's MAC and the offset of our TSval clock:
 //!
 //! ```text
-//! H = SipHash-1-3(secret, client addr | server addr | client port | server port | client ISN | t*4 + mss idx)
+//! H = SipHash-1-3(secret of period t, client addr | server addr | client port | server port | client ISN | t*4 + mss idx)
 //!
 //! ISN (our SYN-ACK's SEQ):  [ t mod 4 | mss idx | MAC28 = H bits 0..28 ]
 //!                              31  30    29  28   27                  0
@@ -12,17 +12,24 @@
 //! The hashed message is the bytes as the wire carries them (addresses, ports and the client's
 //! ISN in network byte order; IPv4: 4-byte addresses, 20 bytes in all; IPv6: 44) followed by
 //! `t*4 + mss idx` as a little-endian u32, so any implementation with the secret can mint and
-//! check the same cookies (hosts behind ECMP sharing a secret validate each other's). The
-//! message length tells the families apart.
+//! check the same cookies. The message length tells the families apart.
 //!
-//! `t` counts 64-second periods of CLOCK_MONOTONIC. An ACK validates when `ack - 1` carries the
-//! MAC of a period at most [`MAX_AGE`] old, under the current or the previous secret (so a
-//! cookie survives one secret rotation and no more). A forged ACK has a 2^-28 chance per guess.
+//! `t` counts periods of [`PERIOD_SHIFT`] (2^36 ns, about 68.7 s) of the clock the hosts share:
+//! Unix time (the XDP program reads it as CLOCK_TAI less the kernel's TAI offset, which
+//! userspace publishes with the secrets, `crate::secrets`). Each period has its own secret
+//! ([`Keys`]): random per host, or derived from a key the hosts share, so that hosts behind
+//! ECMP validate each other's cookies and rotate at the same moment without talking. The
+//! cookie names its period (mod 4), so checking takes one hash: the secret of that period.
+//!
+//! An ACK validates when `ack - 1` carries the MAC of a period at most [`MAX_AGE`] before now,
+//! or of a period that begins within [`SKEW_TOLERANCE_NS`] after now (minted by a host whose
+//! clock is ahead of ours by at most that). A forged ACK has a 2^-28 chance per guess.
 //!
 //! The TSval offset (RFC 7323 7.1: a per-connection random offset, so TSval reveals no uptime)
 //! is the hash's upper half: disjoint from the MAC's bits of the same pseudorandom output, so
 //! publishing it in TSval tells nothing about the MAC. Userspace recomputes the same hash when
-//! the final ACK validates, and so gets the same offset back without storing anything.
+//! the final ACK validates, and so gets the same offset back without storing anything. The
+//! TSval clock is the shared clock's milliseconds plus that offset.
 //!
 //! With timestamps (RFC 7323), what the MAC cannot hold rides in the low 6 bits of our TSval,
 //! as Linux does: window-scale shift (4 bits, 15 = none), SACK-permitted, ECN. The client echoes
@@ -34,10 +41,17 @@ use crate::{
     maps::ports_word,
 };
 
-/// Seconds in one cookie time period, as a shift of nanoseconds (2^36 ns ~ 68.7 s).
+/// The length of one cookie period, as a shift of nanoseconds of the shared clock (2^36 ns,
+/// 68.719476736 s): period = floor(Unix time / 2^36 ns).
 pub const PERIOD_SHIFT: u32 = 36;
 /// A cookie validates for this many whole periods after the one that minted it.
 pub const MAX_AGE: u32 = 1;
+/// How far ahead of ours another host's clock may be for its cookies to validate here: a
+/// cookie of the next period is accepted this long before the period begins. NTP keeps hosts
+/// within milliseconds; a host whose clock is further off says so (`synx stats`).
+pub const SKEW_TOLERANCE_NS: u64 = 2_000_000_000;
+/// Secrets published at a time: the next period's, the current one's and the previous one's.
+pub const KEYS: usize = 3;
 /// MSS values a cookie can carry (the client's MSS is rounded down to one of these).
 pub const MSS_TABLE: [u16; 4] = [536, 1220, 1440, 1460];
 /// Low TSval bits that carry options.
@@ -51,6 +65,28 @@ const WSCALE_NONE: u32 = 0xf;
 pub struct Key {
     pub k0: u64,
     pub k1: u64,
+}
+
+/// The secrets of [`KEYS`] consecutive periods: `keys[j]` belongs to period `newest - j`.
+/// Userspace publishes them a period ahead (`newest` = the current period + 1), so the XDP
+/// program has the secret of a new period from its first nanosecond.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Keys {
+    pub newest: u32,
+    pub keys: [Key; KEYS],
+}
+
+impl Keys {
+    /// The secret of `period`, if published.
+    #[inline(always)]
+    pub fn of(&self, period: u32) -> Option<&Key> {
+        match self.newest.wrapping_sub(period) {
+            0 => Some(&self.keys[0]),
+            1 => Some(&self.keys[1]),
+            2 => Some(&self.keys[2]),
+            _ => None,
+        }
+    }
 }
 
 /// The connection 4-tuple from the client's point of view (the client is the SYN's source), in
@@ -161,7 +197,7 @@ pub fn tuple_hash(key: &Key, t: &Tuple) -> u64 {
     }
 }
 
-/// The cookie's time counter for a CLOCK_MONOTONIC instant.
+/// The cookie period of an instant of the shared clock (Unix time in ns).
 #[inline(always)]
 pub fn period(now_ns: u64) -> u32 {
     (now_ns >> PERIOD_SHIFT) as u32
@@ -200,7 +236,15 @@ pub struct Checked {
     pub ts_offset: u32,
 }
 
-/// The ISN and TSval offset of our SYN-ACK for a client SYN.
+/// The ISN and TSval offset of our SYN-ACK for a client SYN at `now_ns` (shared clock), minted
+/// under the secret of that instant's period; `None` if it is not published.
+#[inline(always)]
+pub fn mint(keys: &Keys, t: &Tuple, client_isn: u32, now_ns: u64, client_mss: u16) -> Option<Minted> {
+    let key = keys.of(period(now_ns))?;
+    Some(make(key, t, client_isn, now_ns, client_mss))
+}
+
+/// [`mint`] with the secret of `now_ns`'s period given.
 #[inline(always)]
 pub fn make(key: &Key, t: &Tuple, client_isn: u32, now_ns: u64, client_mss: u16) -> Minted {
     let p = period(now_ns);
@@ -209,25 +253,23 @@ pub fn make(key: &Key, t: &Tuple, client_isn: u32, now_ns: u64, client_mss: u16)
     Minted { isn: ((p & 3) << 30) | (idx << 28) | (h as u32 & MAC_MASK), ts_offset: (h >> 32) as u32 }
 }
 
-/// Check the cookie `ack - 1` of a final handshake ACK.
+/// Check the cookie `ack - 1` of a final handshake ACK at `now_ns` (shared clock).
 #[inline(always)]
-pub fn check(keys: &[Key; 2], t: &Tuple, client_isn: u32, cookie: u32, now_ns: u64) -> Option<Checked> {
+pub fn check(keys: &Keys, t: &Tuple, client_isn: u32, cookie: u32, now_ns: u64) -> Option<Checked> {
+    // Candidate periods: from MAX_AGE before now's to the one SKEW_TOLERANCE_NS ahead (at most
+    // MAX_AGE + 2 = 3 of them, told apart by the cookie's 2 period bits).
     let now = period(now_ns);
+    let hi = period(now_ns.saturating_add(SKEW_TOLERANCE_NS));
     let low = cookie >> 30;
     let idx = (cookie >> 28) & 3;
-    // The minting period: the latest one not after `now` whose low 2 bits match.
-    let age = now.wrapping_sub(low) & 3;
-    if age > MAX_AGE {
+    // The minting period: the latest one not after `hi` whose low 2 bits match.
+    let p = hi.wrapping_sub(hi.wrapping_sub(low) & 3);
+    if now.wrapping_sub(p) as i32 > MAX_AGE as i32 {
         return None;
     }
-    let p = now.wrapping_sub(age);
-    let mac = cookie & MAC_MASK;
-    let mut h = hash(&keys[0], t, client_isn, p, idx);
-    if h as u32 & MAC_MASK != mac {
-        h = hash(&keys[1], t, client_isn, p, idx);
-        if h as u32 & MAC_MASK != mac {
-            return None;
-        }
+    let h = hash(keys.of(p)?, t, client_isn, p, idx);
+    if h as u32 & MAC_MASK != cookie & MAC_MASK {
+        return None;
     }
     Some(Checked { mss: MSS_TABLE[idx as usize], ts_offset: (h >> 32) as u32 })
 }
@@ -249,11 +291,28 @@ pub fn ts_encode(now_ms: u32, offset: u32, wscale: Option<u8>, sack: bool, ecn: 
     ts
 }
 
+/// The TSval clock offset for the rest of a connection whose SYN-ACK counted its TSval on the
+/// shared clock with `offset`, now counted on `local_ms` (the clock of the host that took the
+/// final ACK; `shared_ms` is the shared clock now), given the ACK's TSecr (the SYN-ACK's
+/// TSval). The clock continues the SYN-ACK's, unless that would put it behind the TSval the
+/// client echoes (the SYN-ACK came from a host whose clock is ahead of ours): RFC 7323 5.3,
+/// the client's PAWS check drops segments whose TSval is older than the one it holds, so the
+/// clock then continues from the echoed TSval instead.
+#[inline(always)]
+pub fn continue_ts_clock(offset: u32, shared_ms: u32, local_ms: u32, tsecr: u32) -> u32 {
+    let same = offset.wrapping_add(shared_ms.wrapping_sub(local_ms));
+    if (local_ms.wrapping_add(same).wrapping_sub(tsecr) as i32) < 0 {
+        tsecr.wrapping_sub(local_ms)
+    } else {
+        same
+    }
+}
+
 /// Everything the final ACK of a cookie handshake tells us, or `None` if the cookie is bad.
 /// `tsecr` is the ACK's echoed TSval when it carries timestamps; `our_wscale` is the shift we
 /// announce in SYN-ACKs.
 pub fn decode(
-    keys: &[Key; 2],
+    keys: &Keys,
     t: &Tuple,
     seq: u32,
     ack: u32,
@@ -299,7 +358,14 @@ mod tests {
 
     const K: Key = Key { k0: 0x0706050403020100, k1: 0x0f0e0d0c0b0a0908 };
     const OLD: Key = Key { k0: 1, k1: 2 };
+    const NEXT: Key = Key { k0: 3, k1: 4 };
     const PERIOD_NS: u64 = 1 << PERIOD_SHIFT;
+
+    /// The secrets as published at `now_ns`: `K` for its period, `OLD` for the one before and
+    /// `NEXT` for the one after.
+    fn keys(now_ns: u64) -> Keys {
+        Keys { newest: period(now_ns) + 1, keys: [NEXT, K, OLD] }
+    }
 
     fn tuple() -> Tuple {
         Tuple::v4([198, 18, 0, 2], [198, 18, 0, 1], 40000, 80)
@@ -364,13 +430,17 @@ mod tests {
         ) {
             let key = Key { k0, k1 };
             let t = Tuple::v4([198, 18, 0, 2], [198, 18, 0, 1], port, 80);
-            let m = make(&key, &t, isn, now, mss);
-            let c = check(&[key, OLD], &t, isn, m.isn, now);
+            let published = Keys { newest: period(now) + 1, keys: [NEXT, key, OLD] };
+            let m = mint(&published, &t, isn, now, mss).unwrap();
+            proptest::prop_assert_eq!(m, make(&key, &t, isn, now, mss));
+            let c = check(&published, &t, isn, m.isn, now);
             proptest::prop_assert_eq!(c, Some(Checked { mss: MSS_TABLE[mss_index(mss) as usize], ts_offset: m.ts_offset }));
-            // Validated under the previous secret too, with the same offset.
-            proptest::prop_assert_eq!(check(&[OLD, key], &t, isn, m.isn, now), c);
+            // A period later its secret is the previous one, still valid, with the same offset.
+            let later = now + PERIOD_NS;
+            let rotated = Keys { newest: period(later) + 1, keys: [OLD, NEXT, key] };
+            proptest::prop_assert_eq!(check(&rotated, &t, isn, m.isn, later), c);
             if other != isn {
-                proptest::prop_assert!(check(&[key, OLD], &t, other, m.isn, now).is_none());
+                proptest::prop_assert!(check(&published, &t, other, m.isn, now).is_none());
             }
         }
     }
@@ -420,11 +490,53 @@ mod tests {
         let t = tuple();
         let now = 1000 * PERIOD_NS + 5;
         let c = make(&K, &t, 77, now, 1460).isn;
-        let mss = |now| check(&[K, OLD], &t, 77, c, now).map(|v| v.mss);
-        assert_eq!(mss(now), Some(1460));
-        assert_eq!(mss(now + PERIOD_NS), Some(1460));
-        assert_eq!(mss(now + 2 * PERIOD_NS), None);
-        assert_eq!(mss(now + 3 * PERIOD_NS), None);
+        // Each instant with the secrets published then: K stays the secret of period 1000.
+        let at = |when: u64| {
+            let newest = period(when) + 1;
+            let published = Keys { newest, keys: [0, 1, 2].map(|j| if newest - j == 1000 { K } else { NEXT }) };
+            check(&published, &t, 77, c, when).map(|v| v.mss)
+        };
+        assert_eq!(at(now), Some(1460));
+        assert_eq!(at(now + PERIOD_NS), Some(1460));
+        assert_eq!(at(1002 * PERIOD_NS - 1), Some(1460));
+        assert_eq!(at(1002 * PERIOD_NS), None);
+        assert_eq!(at(now + 3 * PERIOD_NS), None);
+    }
+
+    #[test]
+    fn the_secret_is_the_periods_own() {
+        // A cookie is checked under the secret of the period it names, and no other.
+        let t = tuple();
+        let now = 5 * PERIOD_NS;
+        let m = make(&K, &t, 9, now, 1400);
+        assert_eq!(check(&keys(now), &t, 9, m.isn, now), Some(Checked { mss: 1220, ts_offset: m.ts_offset }));
+        let other = Keys { keys: [K, Key { k0: 99, k1: 98 }, K], ..keys(now) };
+        assert_eq!(check(&other, &t, 9, m.isn, now), None);
+        // Not published (the publisher is a whole period behind): no cookie, none valid.
+        let stale = Keys { newest: period(now) - 2, keys: [K, K, K] };
+        assert_eq!(mint(&stale, &t, 9, now, 1400), None);
+        assert_eq!(check(&stale, &t, 9, m.isn, now), None);
+    }
+
+    #[test]
+    fn a_clock_ahead_by_the_tolerance_is_accepted_and_further_is_not() {
+        // Another host, its clock `lead` ns ahead of ours, mints a cookie just after its clock
+        // entered period 1001; ours is still in 1000.
+        let t = tuple();
+        let boundary = 1001 * PERIOD_NS;
+        let ours = |lead: u64| boundary + 1_000 - lead;
+        for (lead, valid) in [(1_000, true), (SKEW_TOLERANCE_NS, true), (SKEW_TOLERANCE_NS + 2_000, false), (30_000_000_000, false)] {
+            let now = ours(lead);
+            let published = Keys { newest: 1001, keys: [NEXT, K, OLD] };
+            let c = mint(&published, &t, 3, boundary + 1_000, 1460).unwrap().isn;
+            assert_eq!(check(&published, &t, 3, c, now).is_some(), valid, "lead {lead} ns");
+        }
+        // A clock behind ours only shortens a cookie's life here: minted at the end of its
+        // period 1000, checked here up to the end of 1001.
+        let published = Keys { newest: 1002, keys: [NEXT, K, OLD] };
+        let c = make(&OLD, &t, 4, boundary - 1, 1460).isn;
+        assert!(check(&published, &t, 4, c, 1002 * PERIOD_NS - 1).is_some());
+        assert!(check(&published, &t, 4, c, 1002 * PERIOD_NS).is_none());
     }
 
     #[test]
@@ -435,45 +547,36 @@ mod tests {
         let t = tuple();
         let lag = 8_000_000;
         let precise = 1000 * PERIOD_NS + lag / 2;
-        let c = make(&K, &t, 3, precise - lag, 1460).isn;
-        assert!(check(&[K, OLD], &t, 3, c, precise).is_some());
-        assert!(check(&[K, OLD], &t, 3, c, 1001 * PERIOD_NS - 1).is_some());
-        assert!(check(&[K, OLD], &t, 3, c, 1001 * PERIOD_NS).is_none());
-        // Never valid before it was minted by the checker's clock either (no future periods).
-        assert!(check(&[K, OLD], &t, 3, c, precise - 2 * PERIOD_NS).is_none());
-    }
-
-    #[test]
-    fn survives_one_rotation_not_two() {
-        let t = tuple();
-        let now = 5 * PERIOD_NS;
-        let m = make(&K, &t, 9, now, 1400);
-        let rotated_once = [Key { k0: 99, k1: 98 }, K];
-        let rotated_twice = [Key { k0: 77, k1: 76 }, Key { k0: 99, k1: 98 }];
-        assert_eq!(check(&rotated_once, &t, 9, m.isn, now), Some(Checked { mss: 1220, ts_offset: m.ts_offset }));
-        assert_eq!(check(&rotated_twice, &t, 9, m.isn, now), None);
+        let c = make(&OLD, &t, 3, precise - lag, 1460).isn;
+        let published = Keys { newest: 1001, keys: [NEXT, K, OLD] };
+        assert!(check(&published, &t, 3, c, precise).is_some());
+        assert!(check(&published, &t, 3, c, 1001 * PERIOD_NS - 1).is_some());
+        assert!(check(&Keys { newest: 1002, keys: [NEXT, NEXT, K] }, &t, 3, c, 1001 * PERIOD_NS).is_none());
     }
 
     #[test]
     fn any_single_bit_flip_is_rejected() {
         let t = tuple();
-        let now = 7 * PERIOD_NS;
+        // Near a boundary, where three periods are candidates.
+        let now = 8 * PERIOD_NS - 1000;
+        let k = keys(now);
         let c = make(&K, &t, 1234, now, 1460).isn;
+        assert!(check(&k, &t, 1234, c, now).is_some());
         for bit in 0..32 {
-            assert_eq!(check(&[K, OLD], &t, 1234, c ^ (1 << bit), now), None, "cookie bit {bit}");
+            assert_eq!(check(&k, &t, 1234, c ^ (1 << bit), now), None, "cookie bit {bit}");
         }
         for bit in 0..32 {
-            assert_eq!(check(&[K, OLD], &t, 1234 ^ (1 << bit), c, now), None, "isn bit {bit}");
+            assert_eq!(check(&k, &t, 1234 ^ (1 << bit), c, now), None, "isn bit {bit}");
         }
         for bit in 0..32 {
             let mut t2 = t;
             t2.ports ^= 1 << bit;
-            assert_eq!(check(&[K, OLD], &t2, 1234, c, now), None, "ports bit {bit}");
+            assert_eq!(check(&k, &t2, 1234, c, now), None, "ports bit {bit}");
         }
         for bit in 0..64 {
             let mut t3 = t;
             t3.addrs[0] ^= 1 << bit;
-            assert_eq!(check(&[K, OLD], &t3, 1234, c, now), None, "address bit {bit}");
+            assert_eq!(check(&k, &t3, 1234, c, now), None, "address bit {bit}");
         }
     }
 
@@ -482,7 +585,7 @@ mod tests {
         for (mss, want) in [(1460, 1460), (9000, 1460), (1448, 1440), (1300, 1220), (1220, 1220), (600, 536), (100, 536)] {
             let t = tuple();
             let c = make(&K, &t, 1, 0, mss).isn;
-            assert_eq!(check(&[K, OLD], &t, 1, c, 0).map(|v| v.mss), Some(want), "mss {mss}");
+            assert_eq!(check(&keys(0), &t, 1, c, 0).map(|v| v.mss), Some(want), "mss {mss}");
         }
     }
 
@@ -508,7 +611,7 @@ mod tests {
                     let tsv = ts_encode(now_ms, m.ts_offset, ws, sack, false);
                     let clock = now_ms.wrapping_add(m.ts_offset);
                     assert!(clock.wrapping_sub(tsv) < 128, "tsval {tsv} vs clock {clock}");
-                    let f = decode(&[K, OLD], &t, 11, m.isn.wrapping_add(1), Some((555, tsv)), 0, 7).unwrap();
+                    let f = decode(&keys(0), &t, 11, m.isn.wrapping_add(1), Some((555, tsv)), 0, 7).unwrap();
                     assert!(f.has(FACT_TS));
                     assert_eq!(f.ts_recent, 555);
                     assert_eq!(f.ts_offset, m.ts_offset, "userspace's clock is the SYN-ACK's");
@@ -526,19 +629,37 @@ mod tests {
     }
 
     #[test]
+    fn the_ts_clock_continues_the_syn_acks_and_never_goes_below_the_echo() {
+        let (offset, shared, local) = (1_000_000u32, 50_000u32, 7_000u32);
+        let tsval = ts_encode(shared - 30, offset, Some(7), true, false);
+        let o = continue_ts_clock(offset, shared, local, tsval);
+        // The connection's clock now is the shared clock + offset, counted on the local one.
+        assert_eq!(local.wrapping_add(o), shared.wrapping_add(offset));
+        // The SYN-ACK came from a host 5 s ahead: continue from what the client echoes.
+        let ahead = ts_encode(shared + 5000, offset, Some(7), true, false);
+        assert_eq!(local.wrapping_add(continue_ts_clock(offset, shared, local, ahead)), ahead);
+        // Ours more than 2^31 ms ahead of the echo is behind it for PAWS: from the echo too.
+        let far = shared.wrapping_add(offset).wrapping_sub(0x8000_0010);
+        assert_eq!(local.wrapping_add(continue_ts_clock(offset, shared, local, far)), far);
+        // Less than that ahead is ahead: the clock continues.
+        let near = shared.wrapping_add(offset).wrapping_sub(0x7fff_fff0);
+        assert_eq!(continue_ts_clock(offset, shared, local, near), o);
+    }
+
+    #[test]
     fn v6_tuples_use_all_address_bytes() {
         let c = [0xfd, 0, 0x5e, 0xed, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
         let s = [0xfd, 0, 0x5e, 0xed, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
         let t = Tuple::v6(c, s, 40000, 80);
         let m = make(&K, &t, 5, 0, 1440);
-        assert_eq!(check(&[K, OLD], &t, 5, m.isn, 0).map(|v| v.mss), Some(1440));
+        assert_eq!(check(&keys(0), &t, 5, m.isn, 0).map(|v| v.mss), Some(1440));
         for i in 0..16 {
             let mut c2 = c;
             c2[i] ^= 1;
-            assert_eq!(check(&[K, OLD], &Tuple::v6(c2, s, 40000, 80), 5, m.isn, 0), None, "client byte {i}");
+            assert_eq!(check(&keys(0), &Tuple::v6(c2, s, 40000, 80), 5, m.isn, 0), None, "client byte {i}");
             let mut s2 = s;
             s2[i] ^= 1;
-            assert_eq!(check(&[K, OLD], &Tuple::v6(c, s2, 40000, 80), 5, m.isn, 0), None, "server byte {i}");
+            assert_eq!(check(&keys(0), &Tuple::v6(c, s2, 40000, 80), 5, m.isn, 0), None, "server byte {i}");
         }
     }
 }

@@ -39,6 +39,13 @@ counters! {
     DROP_NO_ROOM = 19, "xdp_drop_no_room", "Replies not sent (the frame dropped): the frame could not be resized for the reply.";
     SYN_GENERIC_OPTIONS = 20, "xdp_syn_generic_options", "SYNs whose options took the general option walk rather than the common layouts.";
     DROP_SYN_BACKLOG = 21, "xdp_drop_syn_backlog", "SYNs left unanswered while the engine of their queue is behind.";
+    DROP_SYN_DRAINING = 22, "xdp_drop_syn_draining", "SYNs left unanswered while this host drains (no new connections).";
+    PASS_SYN_DRAINING = 23, "xdp_pass_syn_draining", "SYNs passed to the kernel while this host drains (drain to the kernel's listener).";
+    SECOND_CHANCE_SENT = 24, "xdp_second_chance_sent", "Segments for no flow forwarded to the next host of the ring (second chance).";
+    SECOND_CHANCE_RECEIVED = 25, "xdp_second_chance_received", "Segments another host forwarded here for a second chance, unwrapped.";
+    SECOND_CHANCE_LAST = 26, "xdp_second_chance_last", "Forwarded segments that reached the last host of the ring, answered as a lone host does.";
+    SECOND_CHANCE_RATE_LIMITED = 27, "xdp_second_chance_rate_limited", "Segments not forwarded (dropped) because of the second-chance rate limit.";
+    DROP_BAD_SECOND_CHANCE = 28, "xdp_drop_bad_second_chance", "Forwarded frames dropped: malformed, a SYN, or not for the served address.";
 }
 
 #[cfg(test)]

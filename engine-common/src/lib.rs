@@ -10,4 +10,6 @@ pub mod cookie;
 pub mod counters;
 pub mod handshake;
 pub mod maps;
+pub mod second_chance;
+pub mod secrets;
 pub mod synack;

@@ -3,8 +3,6 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::cookie::Key;
-
 /// Per-CPU array of `u64` outcome counters, indexed by [`crate::counters`] constants.
 pub const COUNTERS: &str = "COUNTERS";
 /// Array of [`PortListeners`] indexed by local port (host order): the first, and for most
@@ -23,9 +21,23 @@ pub const FLOWS6: &str = "FLOWS6";
 pub const LAST_SEEN: &str = "LAST_SEEN";
 /// XSKMAP: AF_XDP socket per RX queue index.
 pub const XSKS: &str = "XSKS";
-/// One-entry array of [`CookieSecrets`]: the state userspace rewrites while the program runs
-/// (settings fixed at load are [`globals`]).
+/// One-entry `BPF_F_MMAPABLE` array of `crate::secrets::CookieSecrets`: the cookie secrets and
+/// the shared clock's adjustment, which userspace republishes every period through its mapping
+/// (two slots and an index, `crate::secrets`).
 pub const COOKIE_SECRETS: &str = "COOKIE_SECRETS";
+/// Array of `u32` switches userspace flips while the program runs, indexed by the `SWITCH_*`
+/// constants (settings fixed at load are [`globals`]).
+pub const SWITCHES: &str = "SWITCHES";
+/// [`SWITCHES`] entry: non-zero while the host drains (new SYNs get no SYN-ACK; see
+/// [`globals::DRAIN_PASS`]).
+pub const SWITCH_DRAINING: u32 = 0;
+/// [`SWITCHES`] entries of second chance (`crate::second_chance`), which userspace rewrites as
+/// hosts come and go: the IPv4 address (wire word) of the next live host of the ring, where
+/// this one forwards, and how many hosts a forwarded segment may visit (the other live ones).
+pub const SWITCH_RING_NEXT: u32 = 1;
+pub const SWITCH_RING_HOPS: u32 = 2;
+/// Entries of [`SWITCHES`].
+pub const SWITCHES_LEN: u32 = 3;
 /// `BPF_F_MMAPABLE` array of [`RxBacklogEntry`] per RX queue: frames XDP redirected to the
 /// queue's AF_XDP socket, and frames its engine has taken (or the kernel dropped). While more
 /// than [`RX_BACKLOG_LIMIT`] are outstanding, XDP leaves new SYNs unanswered, so handshakes
@@ -136,17 +148,6 @@ pub struct FlowKey6 {
     pub ports: u32,
 }
 
-/// The cookie secrets as XDP reads them (slot 0 of [`COOKIE_SECRETS`]).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct CookieSecrets {
-    /// [current, previous]. They also key the TSval offset (`crate::cookie`).
-    pub keys: [Key; 2],
-    /// 1 once userspace wrote the keys; until then SYNs pass to the kernel.
-    pub ready: u32,
-    pub _pad: u32,
-}
-
 /// Read-only globals of the XDP objects: settings fixed for the program's life, set by
 /// userspace when it loads the object (aya's `EbpfLoader::override_global`) and read by the
 /// program as constants (engine-ebpf `settings`, which declares them under these names).
@@ -161,6 +162,17 @@ pub mod globals {
     pub const RST_BAD_COOKIE: &str = "SYNX_RST_BAD_COOKIE";
     /// `u32`: RSTs per second per CPU at most.
     pub const RST_PER_SEC: &str = "SYNX_RST_PER_SEC";
+    /// `u8`: while draining, 1 hands new SYNs to the kernel (XDP_PASS), 0 leaves them
+    /// unanswered.
+    pub const DRAIN_PASS: &str = "SYNX_DRAIN_PASS";
+    /// `u16`: the UDP port of second-chance forwarding between hosts (`crate::second_chance`);
+    /// 0 turns it off.
+    pub const PEER_PORT: &str = "SYNX_PEER_PORT";
+    /// `u32`: this host's IPv4 address (wire word), the source of what it forwards (where it
+    /// forwards to is in [`super::SWITCHES`]).
+    pub const PEER_SELF: &str = "SYNX_PEER_SELF";
+    /// `u32`: segments per second per CPU this host may forward at most.
+    pub const FORWARD_PER_SEC: &str = "SYNX_FORWARD_PER_SEC";
 }
 
 /// One queue's entry of [`RX_BACKLOG`]. XDP adds to `redirected`; userspace stores `consumed`.
@@ -216,7 +228,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowKey6 {}
     unsafe impl aya::Pod for super::PortListeners {}
-    unsafe impl aya::Pod for super::CookieSecrets {}
+    unsafe impl aya::Pod for crate::secrets::CookieSecrets {}
     unsafe impl aya::Pod for super::BenchFrame {}
     unsafe impl aya::Pod for super::BenchVary {}
 }

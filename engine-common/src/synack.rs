@@ -102,9 +102,9 @@ pub fn build(syn: &Syn, isn: u32, ts_offset: u32, now_ms: u32, ours: &Ours) -> S
     a
 }
 
-/// The SYN-ACK to `syn` with synx's own cookie, minted under `key` at `now_ns`
-/// (CLOCK_MONOTONIC): what userspace sends, and what the XDP program sends (which mints with
-/// its own clock and calls [`build`]).
+/// The SYN-ACK to `syn` with synx's own cookie, minted under `key` (the secret of `now_ns`'s
+/// period) at `now_ns` (the shared clock, `crate::cookie`): what userspace sends, and what the
+/// XDP program sends (which mints with its own clock and calls [`build`]).
 pub fn answer(key: &Key, tuple: &Tuple, syn: &Syn, now_ns: u64, ours: &Ours) -> SynAck {
     let minted = cookie::make(key, tuple, syn.isn, now_ns, syn.cookie_mss(ours.mss));
     build(syn, minted.isn, minted.ts_offset, (now_ns / 1_000_000) as u32, ours)
@@ -148,6 +148,11 @@ mod tests {
         Tuple::v4([198, 18, 0, 2], [198, 18, 0, 1], 40000, 80)
     }
 
+    /// The secrets as published at NOW_NS, KEY for its period.
+    fn published() -> cookie::Keys {
+        cookie::Keys { newest: cookie::period(NOW_NS) + 1, keys: [KEY; cookie::KEYS] }
+    }
+
     fn linux_syn() -> Syn {
         Syn { isn: 1000, mss: 1460, wscale: Some(7), sack: true, ts: Some(123_456), ecn: false }
     }
@@ -159,7 +164,7 @@ mod tests {
     /// What the client's final ACK (echoing our TSval) decodes to.
     fn decoded(a: &SynAck, syn: &Syn) -> crate::handshake::HandshakeFacts {
         let ts = a.ts.map(|(tsval, _)| (syn.ts.unwrap_or(0).wrapping_add(1), tsval));
-        cookie::decode(&[KEY, KEY], &tuple(), a.ack, a.seq.wrapping_add(1), ts, NOW_NS, OURS.wscale)
+        cookie::decode(&published(), &tuple(), a.ack, a.seq.wrapping_add(1), ts, NOW_NS, OURS.wscale)
             .expect("the final ACK of our SYN-ACK validates")
     }
 
@@ -179,7 +184,7 @@ mod tests {
             assert_eq!(a.window, WINDOW, "{what}");
             assert_eq!(a.mss, OURS.mss, "{what}: we announce what we can receive (RFC 6691 2)");
             assert_eq!(option_bytes(&a)[..4], [2, 4, 0x23, 0x00], "{what}: MSS 8960 first");
-            let checked = cookie::check(&[KEY, KEY], &tuple(), syn.isn, a.seq, NOW_NS);
+            let checked = cookie::check(&published(), &tuple(), syn.isn, a.seq, NOW_NS);
             assert_eq!(checked.map(|c| c.mss), Some(cookie_mss), "{what}");
         }
         assert_eq!(linux_syn().cookie_mss(1400), 1400);

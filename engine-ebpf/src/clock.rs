@@ -1,25 +1,43 @@
 //! Time in the program: a per-CPU coarse clock for what may lag a few milliseconds (cookie
-//! minting, TSvals, LAST_SEEN stamps) and the precise clock for checking cookies.
+//! minting, TSvals, LAST_SEEN stamps) and precise clocks for checking cookies and pacing RSTs.
+//!
+//! Two clocks: CLOCK_MONOTONIC, this host's own, for LAST_SEEN (which userspace compares with
+//! its own monotonic instants); and the clock hosts share for cookies and TSvals, Unix time,
+//! read as CLOCK_TAI (bpf_ktime_get_tai_ns) plus the adjustment userspace publishes with the
+//! secrets (`engine_common::secrets`: minus the kernel's TAI offset). CLOCK_TAI moves with the
+//! kernel's clock when NTP steps it, at once, so the shared clock never waits for userspace.
 
 use aya_ebpf::{
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_ktime_get_tai_ns},
     macros::map,
     maps::PerCpuArray,
 };
+use engine_common::secrets::Published;
 
 #[map(name = "TICK_CLOCK")]
 static TICK_CLOCK: PerCpuArray<TickClock> = PerCpuArray::with_max_entries(1, 0);
 
-/// This CPU's copy of the coarse clock, refreshed when jiffies moves.
+/// This CPU's copy of the coarse clocks, refreshed when jiffies moves.
 #[repr(C)]
 struct TickClock {
     jiffies: u64,
-    ns: u64,
-    /// `ns` in whole milliseconds (wrapping), for TSvals: divided once a tick, not per SYN.
-    ms: u64,
+    mono_ns: u64,
+    tai_ns: u64,
+    /// `tai_ns` in whole milliseconds (wrapping), for TSvals: divided once a tick, not per SYN.
+    tai_ms: u64,
 }
 
-/// An instant of the coarse clock.
+/// An instant of the coarse clocks.
+#[derive(Clone, Copy)]
+pub struct Tick {
+    /// CLOCK_MONOTONIC.
+    pub mono_ns: u64,
+    /// CLOCK_TAI, and in whole milliseconds wrapped to 32 bits.
+    pub tai_ns: u64,
+    pub tai_ms: u32,
+}
+
+/// An instant of the shared clock (see the module doc).
 #[derive(Clone, Copy)]
 pub struct Now {
     pub ns: u64,
@@ -27,11 +45,19 @@ pub struct Now {
     pub ms: u32,
 }
 
-/// CLOCK_MONOTONIC as of the last tick, or the one before (up to 2 ticks, 8 ms at HZ=250,
-/// behind): bpf_ktime_get_coarse_ns, called once per tick per CPU and kept in TICK_CLOCK while
-/// jiffies (which the verifier inlines into a plain load) stays the same. A helper call costs
-/// tens of nanoseconds on a kernel with return-thunk mitigations, and bpf_ktime_get_ns adds a
-/// fenced TSC read: about 50 ns a call on the bench machine, a quarter of the SYN path.
+impl Tick {
+    /// The shared clock at this tick, with the published adjustment.
+    #[inline(always)]
+    pub fn shared(&self, p: &Published) -> Now {
+        Now { ns: p.shared_ns(self.tai_ns), ms: p.shared_ms(self.tai_ms) }
+    }
+}
+
+/// The clocks as of the last tick, or the one before (up to 2 ticks, 8 ms at HZ=250, behind):
+/// read once per tick per CPU and kept in TICK_CLOCK while jiffies (which the verifier inlines
+/// into a plain load) stays the same. A helper call costs tens of nanoseconds on a kernel with
+/// return-thunk mitigations, and bpf_ktime_get_ns adds a fenced TSC read: about 50 ns a call on
+/// the bench machine, a quarter of the SYN path.
 ///
 /// Lagging is safe where this clock is used: a SYN-ACK's cookie period can only be older than
 /// the precise clock says (its validity window shrinks by at most the lag, never grows), its
@@ -39,30 +65,40 @@ pub struct Now {
 /// accepts our next segments), a LAST_SEEN stamp only older (the connection looks idle a few ms
 /// longer). The kernel's own syncookies count time in jiffies for the same reason.
 #[inline(always)]
-pub fn coarse_now() -> Now {
+pub fn coarse_now() -> Tick {
     // SAFETY: no preconditions (inlined by the verifier into a load of jiffies_64).
     let j = unsafe { bpf_jiffies64() };
     let Some(c) = TICK_CLOCK.get_ptr_mut(0) else {
         // SAFETY: no preconditions.
-        let ns = unsafe { bpf_ktime_get_coarse_ns() };
-        return Now { ns, ms: (ns / 1_000_000) as u32 };
+        let (mono_ns, tai_ns) = unsafe { (bpf_ktime_get_coarse_ns(), bpf_ktime_get_tai_ns()) };
+        return Tick { mono_ns, tai_ns, tai_ms: (tai_ns / 1_000_000) as u32 };
     };
     // SAFETY: this CPU's slot; nothing else on this CPU writes it while we run.
     let c = unsafe { &mut *c };
     if c.jiffies != j {
         c.jiffies = j;
         // SAFETY: no preconditions.
-        c.ns = unsafe { bpf_ktime_get_coarse_ns() };
-        c.ms = c.ns / 1_000_000;
+        unsafe {
+            c.mono_ns = bpf_ktime_get_coarse_ns();
+            c.tai_ns = bpf_ktime_get_tai_ns();
+        }
+        c.tai_ms = c.tai_ns / 1_000_000;
     }
-    Now { ns: c.ns, ms: c.ms as u32 }
+    Tick { mono_ns: c.mono_ns, tai_ns: c.tai_ns, tai_ms: c.tai_ms as u32 }
 }
 
-
-/// CLOCK_MONOTONIC now, precisely: for checking a cookie, never behind the clock that minted
-/// it (XDP's coarse one, or userspace's), so a cookie's age is never underestimated.
+/// The shared clock now, precisely: for checking a cookie, never behind the clock that minted
+/// it on this host (XDP's coarse one, or userspace's), so a cookie's age is never
+/// underestimated.
 #[inline(always)]
-pub fn precise_now_ns() -> u64 {
+pub fn precise_shared_ns(p: &Published) -> u64 {
+    // SAFETY: no preconditions.
+    p.shared_ns(unsafe { bpf_ktime_get_tai_ns() })
+}
+
+/// CLOCK_MONOTONIC now, precisely.
+#[inline(always)]
+pub fn precise_mono_ns() -> u64 {
     // SAFETY: no preconditions.
     unsafe { bpf_ktime_get_ns() }
 }

@@ -11,11 +11,18 @@
 //!   client's RST to the SYN-ACK of a stale SYN ends.
 //! - Any segment of a known flow (FLOWS, written by userspace): LAST_SEEN[slot] = now, then to
 //!   AF_XDP (including SYNs, which the TCP core answers with a challenge ACK, RFC 5961 4).
+//! - While the host drains (SWITCHES, flipped by `synx drain`): SYNs with no flow get no
+//!   SYN-ACK (left unanswered, or passed to the kernel); cookie ACKs are still accepted.
+//! - With other hosts serving the same address (second chance, [`second_chance`]): an ACK or
+//!   RST with no flow and no valid cookie goes to the next host of the ring instead of being
+//!   answered, and what another host forwarded is unwrapped and handled as if it came from the
+//!   wire.
 //!
 //! Everything else passes to the kernel untouched; malformed input is counted and dropped.
 //!
 //! Modules: [`packet`] (bounds, wire words, the parse into a segment), [`options`] (a SYN's
 //! options), [`reply`] (replies built in place, their checksums), [`clock`], [`ratelimit`],
+//! [`second_chance`] (forwarding between hosts),
 //! [`maps`] (shared with userspace), [`settings`] (read-only globals set at load) and
 //! [`program`] (the decisions). Objects: `synx-xdp` holds only what `synx run` attaches;
 //! `synx-xdp-bench` the benchmark's and test rig's programs.
@@ -28,6 +35,7 @@ pub mod packet;
 pub mod program;
 pub mod ratelimit;
 pub mod reply;
+pub mod second_chance;
 pub mod settings;
 
 // One panic handler for every program: BPF has no unwinding, and the verifier rejects a

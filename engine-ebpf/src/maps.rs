@@ -9,9 +9,10 @@ use aya_ebpf::{
 use engine_common::{
     counters::{self, Counter},
     maps::{
-        CookieSecrets, DEFAULT_MAX_FLOWS, FlowKey4, FlowKey6, LISTEN_PORTS_LEN, ListenerKey, ListenerValue, MAX_QUEUES,
-        PortListeners, RxBacklogEntry,
+        DEFAULT_MAX_FLOWS, FlowKey4, FlowKey6, LISTEN_PORTS_LEN, ListenerKey, ListenerValue, MAX_QUEUES, PortListeners,
+        RxBacklogEntry, SWITCH_DRAINING, SWITCH_RING_HOPS, SWITCH_RING_NEXT, SWITCHES_LEN,
     },
+    secrets::{self, CookieSecrets, Published},
 };
 
 #[map(name = "COUNTERS")]
@@ -29,7 +30,9 @@ pub static LAST_SEEN: Array<u64> = Array::with_max_entries(DEFAULT_MAX_FLOWS, BP
 #[map(name = "XSKS")]
 pub static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 #[map(name = "COOKIE_SECRETS")]
-pub static COOKIE_SECRETS: Array<CookieSecrets> = Array::with_max_entries(1, 0);
+pub static COOKIE_SECRETS: Array<CookieSecrets> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+#[map(name = "SWITCHES")]
+pub static SWITCHES: Array<u32> = Array::with_max_entries(SWITCHES_LEN, 0);
 #[map(name = "RX_BACKLOG")]
 pub static RX_BACKLOG: Array<RxBacklogEntry> = Array::with_max_entries(MAX_QUEUES, BPF_F_MMAPABLE);
 
@@ -40,4 +43,28 @@ pub fn count(c: Counter) {
         // SAFETY: per-CPU slot; no other writer on this CPU.
         unsafe { *slot += 1 };
     }
+}
+
+/// The published cookie secrets and clock adjustment, or `None` before userspace published any
+/// (or while it rewrites both slots, which it never does within one program run).
+#[inline(always)]
+pub fn published_secrets() -> Option<Published> {
+    let p = COOKIE_SECRETS.get_ptr(0)?;
+    // SAFETY: the map's one value, live for the program's run; read as `secrets::read` says.
+    unsafe { secrets::read(p) }
+}
+
+/// Whether userspace has asked the host to drain.
+#[inline(always)]
+pub fn draining() -> bool {
+    SWITCHES.get(SWITCH_DRAINING).is_some_and(|v| *v != 0)
+}
+
+/// The next live host of the second-chance ring (IPv4 wire word) and the hosts a forwarded
+/// segment may visit: (0, 0) when there is none.
+#[inline(always)]
+pub fn ring() -> (u32, u8) {
+    let next = SWITCHES.get(SWITCH_RING_NEXT).map_or(0, |v| *v);
+    let hops = SWITCHES.get(SWITCH_RING_HOPS).map_or(0, |v| *v);
+    (next, if hops > 255 { 255 } else { hops as u8 })
 }

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{bindings::{BPF_NOEXIST, xdp_action}, programs::XdpContext};
 use engine_common::{
-    cookie::{self, Key},
+    cookie::{self, Keys},
     counters,
     synack::{self, Ours},
     maps::{
@@ -14,20 +14,21 @@ use engine_common::{
 };
 
 use crate::{
-    clock::{Now, coarse_now, precise_now_ns},
-    maps::{COOKIE_SECRETS, FLOWS4, FLOWS6, LAST_SEEN, LISTEN_PORTS, LISTENERS, RX_BACKLOG, XSKS, count},
+    clock::{Now, coarse_now, precise_mono_ns, precise_shared_ns},
+    maps::{FLOWS4, FLOWS6, LAST_SEEN, LISTEN_PORTS, LISTENERS, RX_BACKLOG, XSKS, count, draining, published_secrets},
     options::{fixed_syn_options, walk_syn_options},
     packet::{ACK, FIN, RST, SYN, Seg, Verdict, parse},
-    ratelimit::take_rst_token,
+    ratelimit::{RST as RST_BUCKET, take_token},
     reply::reply,
+    second_chance::{self, Received},
     settings,
 };
 
 /// Where a SYN-ACK's ISN comes from.
 pub trait Cookies {
     /// Our ISN for `seg` (mss: the smaller of ours and the client's) and the offset of our
-    /// TSval clock, or the verdict when the segment gets no SYN-ACK.
-    fn mint(ctx: &XdpContext, seg: &Seg, secrets: &[Key; 2], now: Now, mss: u16) -> Result<(u32, u32), Verdict>;
+    /// TSval clock, or the verdict when the segment gets no SYN-ACK. `now`: the shared clock.
+    fn mint(ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now, mss: u16) -> Result<(u32, u32), Verdict>;
 }
 
 /// synx's own cookies (`engine_common::cookie`), which the ACK path and userspace decode.
@@ -35,8 +36,9 @@ pub struct SynxCookies;
 
 impl Cookies for SynxCookies {
     #[inline(always)]
-    fn mint(_ctx: &XdpContext, seg: &Seg, secrets: &[Key; 2], now: Now, mss: u16) -> Result<(u32, u32), Verdict> {
-        let m = cookie::make(&secrets[0], &seg.tuple(), seg.seq, now.ns, mss);
+    fn mint(_ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now, mss: u16) -> Result<(u32, u32), Verdict> {
+        // No secret for this period: userspace has not published for a whole period.
+        let m = cookie::mint(secrets, &seg.tuple(), seg.seq, now.ns, mss).ok_or(Verdict::Pass(counters::PASS_NOT_READY))?;
         Ok((m.isn, m.ts_offset))
     }
 }
@@ -45,7 +47,18 @@ impl Cookies for SynxCookies {
 #[inline(always)]
 pub fn handle<C: Cookies>(ctx: &XdpContext) -> u32 {
     count(counters::RX_PACKETS);
-    match decide::<C>(ctx) {
+    let hops = match second_chance::receive(ctx) {
+        Received::NotOurs => 0,
+        Received::Unwrapped(hops) => {
+            count(counters::SECOND_CHANCE_RECEIVED);
+            hops
+        }
+        Received::Bad => {
+            count(counters::DROP_BAD_SECOND_CHANCE);
+            return xdp_action::XDP_DROP;
+        }
+    };
+    match decide::<C>(ctx, hops) {
         Verdict::Pass(c) => {
             count(c);
             xdp_action::XDP_PASS
@@ -58,14 +71,19 @@ pub fn handle<C: Cookies>(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// What becomes of the frame (see the crate docs).
+/// What becomes of the frame (see the crate docs). `hops`: 0 for a frame from the wire; for a
+/// segment another host forwarded, the hosts it may still visit, this one included.
 #[inline(always)]
-fn decide<C: Cookies>(ctx: &XdpContext) -> Verdict {
+fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
     let seg = match parse(ctx) {
         Ok(s) => s,
-        Err(v) => return v,
+        Err(v) => return if hops != 0 { Verdict::Drop(counters::DROP_BAD_SECOND_CHANCE) } else { v },
     };
     if !is_listener(&seg) {
+        // Hosts forward only segments to the address they all serve.
+        if hops != 0 {
+            return Verdict::Drop(counters::DROP_BAD_SECOND_CHANCE);
+        }
         return Verdict::Pass(counters::PASS_NOT_LISTENER);
     }
     // Malformed for a listener: illegal flag sets, zero ports, broadcast/multicast sources.
@@ -86,20 +104,33 @@ fn decide<C: Cookies>(ctx: &XdpContext) -> Verdict {
             // The coarse clock (see `coarse_now`): keepalive needs seconds, not nanoseconds, and
             // a stamp up to a tick old only makes a connection look idle a little longer.
             // SAFETY: a valid array slot; a plain 8-byte store that userspace reads via mmap.
-            unsafe { *p = coarse_now().ns };
+            unsafe { *p = coarse_now().mono_ns };
         }
         count(counters::FLOW_SEGMENT);
         return to_userspace(ctx);
     }
-    let Some(secrets) = COOKIE_SECRETS.get(0) else { return Verdict::Pass(counters::PASS_NOT_READY) };
-    if secrets.ready == 0 {
-        return Verdict::Pass(counters::PASS_NOT_READY);
-    }
+    let Some(secrets) = published_secrets() else { return Verdict::Pass(counters::PASS_NOT_READY) };
     if f & RST != 0 {
-        // RFC 9293 3.10.7.1: an incoming RST for no connection is discarded.
+        // It may end a connection another host holds; else RFC 9293 3.10.7.1: an incoming RST
+        // for no connection is discarded.
+        if let Some(v) = second_chance::pass_on(ctx, &seg, hops) {
+            return v;
+        }
         return Verdict::Drop(counters::DROP_RST_NO_FLOW);
     }
     if f & SYN != 0 && f & ACK == 0 {
+        // Every host answers SYNs itself: a forwarded one is nonsense.
+        if hops != 0 {
+            return Verdict::Drop(counters::DROP_BAD_SECOND_CHANCE);
+        }
+        // Draining: no new connections (RFC 9293 3.10.7.2 lets LISTEN ignore a SYN it will not
+        // serve; the client retries, by then towards another host), or the kernel's answer.
+        if draining() {
+            if settings::drain_pass() {
+                return Verdict::Pass(counters::PASS_SYN_DRAINING);
+            }
+            return Verdict::Drop(counters::DROP_SYN_DRAINING);
+        }
         // The engine of this queue is behind: a SYN-ACK now would bring a final ACK it may have
         // to drop, leaving a client that believes it is connected to a server that never heard
         // of it (an idle client never finds out). Leave the SYN unanswered, as a server with a
@@ -111,10 +142,10 @@ fn decide<C: Cookies>(ctx: &XdpContext) -> Verdict {
         if RX_BACKLOG.get(queue).is_some_and(|b| b.redirected.wrapping_sub(b.consumed) as i64 > RX_BACKLOG_LIMIT as i64) {
             return Verdict::Drop(counters::DROP_SYN_BACKLOG);
         }
-        return syn_ack::<C>(ctx, &seg, &secrets.keys, coarse_now());
+        return syn_ack::<C>(ctx, &seg, &secrets.keys, coarse_now().shared(&secrets));
     }
-    // Checking a cookie, the precise clock (see `precise_now_ns`).
-    let now = precise_now_ns();
+    // Checking a cookie, the precise clock (see `precise_shared_ns`).
+    let now = precise_shared_ns(&secrets);
     if f & ACK != 0 && f & SYN == 0 {
         // RFC 9293 3.10.7.3 with SYN-RECEIVED held in the cookie: the ACK must acknowledge it.
         let cookie = seg.ack.wrapping_sub(1);
@@ -128,12 +159,19 @@ fn decide<C: Cookies>(ctx: &XdpContext) -> Verdict {
             return to_userspace(ctx);
         }
         count(counters::COOKIE_ACK_INVALID);
+        // A segment of a connection another host may hold (the router rehashed its flow).
+        if let Some(v) = second_chance::pass_on(ctx, &seg, hops) {
+            return v;
+        }
+    }
+    if hops == 1 {
+        count(counters::SECOND_CHANCE_LAST);
     }
     // No connection and no valid cookie: RFC 9293 3.10.7.1 reset, or silence.
     if !settings::rst_bad_cookie() {
         return Verdict::Done(xdp_action::XDP_DROP);
     }
-    reset(ctx, &seg, now)
+    reset(ctx, &seg)
 }
 
 /// Whether a listener serves the segment's destination: the port's entry first (an array
@@ -201,7 +239,7 @@ fn to_userspace(ctx: &XdpContext) -> Verdict {
 /// RFC 9293 3.10.7.2 with the SYN-RECEIVED state in a cookie: our SYN-ACK, as
 /// `engine_common::synack` decides it for every sender.
 #[inline(always)]
-fn syn_ack<C: Cookies>(ctx: &XdpContext, seg: &Seg, secrets: &[Key; 2], now: Now) -> Verdict {
+fn syn_ack<C: Cookies>(ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now) -> Verdict {
     let syn = match fixed_syn_options(ctx, seg) {
         Some(o) => o,
         None => {
@@ -227,8 +265,8 @@ fn syn_ack<C: Cookies>(ctx: &XdpContext, seg: &Seg, secrets: &[Key; 2], now: Now
 
 /// RFC 9293 3.10.7.1 reset for a segment with no connection, rate-limited per CPU.
 #[inline(always)]
-fn reset(ctx: &XdpContext, seg: &Seg, now: u64) -> Verdict {
-    if !take_rst_token(now, settings::rst_per_sec()) {
+fn reset(ctx: &XdpContext, seg: &Seg) -> Verdict {
+    if !take_token(RST_BUCKET, precise_mono_ns(), settings::rst_per_sec()) {
         return Verdict::Drop(counters::RST_RATE_LIMITED);
     }
     // If the segment has ACK: <SEQ=SEG.ACK><CTL=RST>; otherwise

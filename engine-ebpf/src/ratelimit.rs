@@ -1,4 +1,5 @@
-//! A per-CPU token bucket: how many RSTs XDP may send for segments with no connection.
+//! Per-CPU token buckets: how many RSTs XDP may send for segments with no connection, and how
+//! many segments it may forward to other hosts (`crate::second_chance`).
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 
@@ -9,14 +10,18 @@ struct TokenBucket {
     last_ns: u64,
 }
 
-#[map(name = "RST_BUCKET")]
-static RST_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+/// Which bucket.
+pub const RST: u32 = 0;
+pub const FORWARD: u32 = 1;
 
-/// Take a token from this CPU's bucket, which refills at `rate` per second up to `rate`:
-/// false when it is empty (or the bucket cannot be read).
+#[map(name = "BUCKETS")]
+static BUCKETS: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(2, 0);
+
+/// Take a token from this CPU's bucket `which`, which refills at `rate` per second up to
+/// `rate`: false when it is empty (or the bucket cannot be read). `now_ns`: CLOCK_MONOTONIC.
 #[inline(always)]
-pub fn take_rst_token(now_ns: u64, rate: u32) -> bool {
-    let Some(bucket) = RST_BUCKET.get_ptr_mut(0) else { return false };
+pub fn take_token(which: u32, now_ns: u64, rate: u32) -> bool {
+    let Some(bucket) = BUCKETS.get_ptr_mut(which) else { return false };
     // SAFETY: per-CPU slot; no other writer on this CPU.
     let b = unsafe { &mut *bucket };
     let rate = u64::from(rate);

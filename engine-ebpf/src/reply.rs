@@ -21,8 +21,11 @@ pub fn fold(mut acc: u64) -> u16 {
 }
 
 /// Ethernet header of a reply: the MACs swapped, then `ethertype`.
+///
+/// # Safety
+/// The frame holds 14 bytes at `p`.
 #[inline(always)]
-unsafe fn write_eth(p: *mut u8, seg: &Seg, ethertype: u16) {
+pub(crate) unsafe fn write_eth(p: *mut u8, seg: &Seg, ethertype: u16) {
     let [m0, m1, m2] = seg.macs;
     // SAFETY (whole fn): the caller checked that the frame holds the header.
     unsafe {

@@ -14,6 +14,14 @@ static SYNX_WSCALE: Global<u8> = Global::new(0);
 static SYNX_RST_BAD_COOKIE: Global<u8> = Global::new(0);
 #[unsafe(no_mangle)]
 static SYNX_RST_PER_SEC: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYNX_DRAIN_PASS: Global<u8> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYNX_PEER_PORT: Global<u16> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYNX_PEER_SELF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYNX_FORWARD_PER_SEC: Global<u32> = Global::new(0);
 
 /// Our MSS, announced in SYN-ACKs (the smaller of it and the client's goes into the cookie).
 #[inline(always)]
@@ -38,4 +46,29 @@ pub fn rst_bad_cookie() -> bool {
 #[inline(always)]
 pub fn rst_per_sec() -> u32 {
     SYNX_RST_PER_SEC.load()
+}
+
+/// While draining, hand new SYNs to the kernel (XDP_PASS) rather than leave them unanswered.
+#[inline(always)]
+pub fn drain_pass() -> bool {
+    SYNX_DRAIN_PASS.load() != 0
+}
+
+/// Second-chance forwarding (`engine_common::second_chance`): its UDP port in network byte
+/// order, or 0 when it is off.
+#[inline(always)]
+pub fn peer_port_be() -> u16 {
+    SYNX_PEER_PORT.load().to_be()
+}
+
+/// This host's IPv4 address, as a wire word.
+#[inline(always)]
+pub fn peer_self() -> u32 {
+    SYNX_PEER_SELF.load()
+}
+
+/// Segments per second per CPU this host may forward at most.
+#[inline(always)]
+pub fn forward_per_sec() -> u32 {
+    SYNX_FORWARD_PER_SEC.load()
 }

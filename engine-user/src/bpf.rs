@@ -10,9 +10,10 @@
 
 use std::{
     ffi::CString,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{AsFd as _, AsRawFd as _},
     sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -21,15 +22,18 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode},
 };
 use engine_common::{
-    cookie::{self, Key, Tuple},
+    cookie::{self, Keys, Tuple},
     counters,
-    handshake::HandshakeFacts,
-    synack::{self, Ours, Syn, SynAck},
+    handshake::{FACT_TS, HandshakeFacts},
     maps::{
-        self, BenchFrame, CookieSecrets, FloodState, RxBacklogEntry, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, ListenerValue,
+        self, BenchFrame, FloodState, RxBacklogEntry, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, ListenerValue,
         PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY, PORT_V6_SOME, PortListeners, globals,
     },
+    secrets::{self, CookieSecrets, Published},
+    synack::{self, Ours, Syn, SynAck},
 };
+
+use crate::cookie_key::{KeyError, SecretSource};
 
 /// The object `synx run` loads, built by build.rs (aya-build) from engine-ebpf's `synx-xdp`.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/synx-xdp"));
@@ -52,6 +56,10 @@ const BENCH_FLOOD_PROGRAM: &str = "synx_bench_flood";
 pub const OUR_WSCALE: u8 = 7;
 /// RSTs per second per CPU that XDP may send for segments with no connection.
 pub const RST_PER_SEC: u32 = 1000;
+/// Segments per second per CPU that XDP may forward to other hosts (second chance): each
+/// forwarded segment costs up to one frame on every other host's link, so a flood of
+/// segments for no connection is not multiplied without bound.
+pub const FORWARD_PER_SEC: u32 = 100_000;
 
 /// Settings fixed for the program's life: read-only globals of the object
 /// (`engine_common::maps::globals`), set as it loads, which the verifier reads as constants.
@@ -66,14 +74,95 @@ pub struct XdpSettings {
     pub rst_bad_cookie: bool,
     /// RSTs per second per CPU at most.
     pub rst_per_sec: u32,
+    /// While draining, hand new SYNs to the kernel (XDP_PASS) instead of leaving them
+    /// unanswered.
+    pub drain_pass: bool,
+    /// Second-chance forwarding to the other hosts that serve the same addresses.
+    pub ring: Option<PeerRing>,
 }
 
 impl XdpSettings {
     /// The daemon's settings, announcing `mss`.
     pub fn new(mss: u16) -> Self {
-        Self { mss, wscale: OUR_WSCALE, rst_bad_cookie: true, rst_per_sec: RST_PER_SEC }
+        Self { mss, wscale: OUR_WSCALE, rst_bad_cookie: true, rst_per_sec: RST_PER_SEC, drain_pass: false, ring: None }
     }
 }
+
+/// This host's place in the ring of hosts that serve one address (`engine_common::second_chance`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerRing {
+    /// The UDP port the hosts use.
+    pub port: u16,
+    /// This host's address (the source of what it forwards) and the next host's.
+    pub this: Ipv4Addr,
+    pub next: Ipv4Addr,
+    /// The other hosts: how many a forwarded segment may visit.
+    pub others: u8,
+}
+
+impl PeerRing {
+    /// The ring of `hosts` (every host that serves the address, this one included, in any
+    /// order; every host must be given the same set), from `this` host's place.
+    pub fn new(this: Ipv4Addr, hosts: &[Ipv4Addr], port: u16) -> Result<Self, String> {
+        let mut all: Vec<Ipv4Addr> = hosts.to_vec();
+        all.push(this);
+        all.sort();
+        all.dedup();
+        if all.len() < 2 {
+            return Err("second chance needs another host".into());
+        }
+        if all.len() > usize::from(u8::MAX) {
+            return Err(format!("{} hosts: at most {}", all.len(), u8::MAX));
+        }
+        let at = all.iter().position(|a| *a == this).expect("this host is in the set");
+        Ok(Self { port, this, next: all[(at + 1) % all.len()], others: (all.len() - 1) as u8 })
+    }
+}
+
+/// SWITCHES, what userspace flips while the program runs: draining, and the second-chance
+/// ring's next host as hosts come and go. Shared by the engine and its cluster thread.
+#[derive(Clone)]
+pub struct Switches {
+    map: Arc<Mutex<Array<MapData, u32>>>,
+    /// Draining, as last set (userspace's SYN-ACKs follow it too, see [`CookieChecker::answer`]).
+    draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Switches {
+    fn set(&self, index: u32, value: u32) -> Result<(), BpfError> {
+        Ok(self.map.lock().unwrap_or_else(|e| e.into_inner()).set(index, &value, 0)?)
+    }
+
+    /// Start or stop draining: while draining, SYNs with no connection get no SYN-ACK (see
+    /// [`XdpSettings::drain_pass`]); everything else is handled as before.
+    pub fn set_draining(&self, on: bool) -> Result<(), BpfError> {
+        self.set(maps::SWITCH_DRAINING, u32::from(on))?;
+        self.draining.store(on, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Forward to `next`, for at most `hops` hosts (the other live hosts); `None`: to nobody.
+    pub fn set_ring(&self, next: Option<Ipv4Addr>, hops: u8) -> Result<(), BpfError> {
+        // The hops first: a reader between the two stores forwards to the old next host with
+        // the new bound, which only ends the chain sooner.
+        match next {
+            Some(n) => {
+                self.set(maps::SWITCH_RING_HOPS, u32::from(hops))?;
+                self.set(maps::SWITCH_RING_NEXT, addr_words(n.into())[0])
+            }
+            None => {
+                self.set(maps::SWITCH_RING_HOPS, 0)?;
+                self.set(maps::SWITCH_RING_NEXT, 0)
+            }
+        }
+    }
+
+}
+
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -95,8 +184,8 @@ pub enum BpfError {
     Map(#[from] aya::maps::MapError),
     #[error("mapping LAST_SEEN into memory failed: {0}")]
     Mmap(std::io::Error),
-    #[error("no randomness for the SYN-cookie secret: {0}")]
-    Random(std::io::Error),
+    #[error("SYN-cookie secrets: {0}")]
+    Secrets(#[from] KeyError),
     #[error("micro-benchmark: {0}")]
     Unexpected(String),
 }
@@ -109,13 +198,49 @@ pub enum AttachMode {
     Skb,
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock the XDP program reads (bpf_ktime_get_ns and its
-/// coarse variant), so userspace's instants, LAST_SEEN stamps and cookie periods compare.
-pub fn monotonic_ns() -> u64 {
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime into a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock the XDP program stamps LAST_SEEN with
+/// (bpf_ktime_get_coarse_ns), so userspace's instants and the stamps compare.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CLOCK_TAI in nanoseconds, which the XDP program reads (bpf_ktime_get_tai_ns) for the clock
+/// the hosts share (see [`Published::shared_ns`]).
+pub fn tai_ns() -> u64 {
+    clock_ns(libc::CLOCK_TAI)
+}
+
+/// What the kernel says of its clock (adjtimex(2), as NTP daemons set it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelClock {
+    /// TAI - UTC in seconds (0 unless a time daemon set it).
+    pub tai_offset_s: i32,
+    /// Synchronized (no STA_UNSYNC) with an estimated maximum error of at most this many
+    /// microseconds; `None` when the kernel says it is not synchronized.
+    pub max_error_us: Option<i64>,
+}
+
+pub fn kernel_clock() -> KernelClock {
+    // SAFETY: a zeroed timex is valid; modes 0 only reads.
+    let mut t: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: adjtimex with a valid pointer.
+    let state = unsafe { libc::adjtimex(&mut t) };
+    let unsynced = state < 0 || state == libc::TIME_ERROR || t.status & libc::STA_UNSYNC != 0;
+    KernelClock { tai_offset_s: t.tai, max_error_us: (!unsynced).then_some(t.maxerror) }
+}
+
+/// The adjustment that turns CLOCK_TAI into the shared clock: minus the kernel's TAI offset
+/// (so Unix time, whatever offset each host's time daemon set), plus `skew_ms` (tests: a host
+/// whose clock is wrong).
+pub fn clock_adjust_ns(tai_offset_s: i32, skew_ms: i64) -> i64 {
+    -i64::from(tai_offset_s) * 1_000_000_000 + skew_ms * 1_000_000
 }
 
 fn if_index(iface: &str) -> Result<u32, BpfError> {
@@ -134,19 +259,6 @@ fn raise_memlock_limit() {
     }
 }
 
-fn random_key() -> Result<Key, BpfError> {
-    let mut b = [0u8; 16];
-    // SAFETY: getrandom into a buffer we own.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != 16 {
-        return Err(BpfError::Random(std::io::Error::last_os_error()));
-    }
-    Ok(Key {
-        k0: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
-        k1: u64::from_le_bytes(b[8..].try_into().expect("8 bytes")),
-    })
-}
-
 /// Load `object` with maps sized for `max_flows` connections and `settings` in its globals.
 fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings) -> Result<Ebpf, BpfError> {
     if object.is_empty() {
@@ -154,6 +266,11 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings) -> Result<
     }
     raise_memlock_limit();
     let rst_bad_cookie = u8::from(settings.rst_bad_cookie);
+    let drain_pass = u8::from(settings.drain_pass);
+    let (peer_port, peer_self) = match settings.ring {
+        Some(r) => (r.port, addr_words(r.this.into())[0]),
+        None => (0, 0),
+    };
     EbpfLoader::new()
         .map_max_entries(maps::FLOWS4, max_flows)
         .map_max_entries(maps::FLOWS6, max_flows)
@@ -162,6 +279,10 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings) -> Result<
         .override_global(globals::WSCALE, &settings.wscale, true)
         .override_global(globals::RST_BAD_COOKIE, &rst_bad_cookie, true)
         .override_global(globals::RST_PER_SEC, &settings.rst_per_sec, true)
+        .override_global(globals::DRAIN_PASS, &drain_pass, true)
+        .override_global(globals::PEER_PORT, &peer_port, true)
+        .override_global(globals::PEER_SELF, &peer_self, true)
+        .override_global(globals::FORWARD_PER_SEC, &FORWARD_PER_SEC, true)
         .load(object)
         .map_err(|e| BpfError::Load(Box::new(e)))
 }
@@ -219,17 +340,24 @@ fn attach_errno(e: &ProgramError) -> Option<i32> {
     }
 }
 
-/// The SYN-cookie secrets: [current, previous], shared by XDP (COOKIE_SECRETS map) and
-/// userspace, and what XDP announces in its SYN-ACKs.
+/// The SYN-cookie secrets as last published to XDP (userspace checks cookie ACKs and answers
+/// SYNs that reach it with the same), and what XDP announces in its SYN-ACKs.
 #[derive(Clone)]
 pub struct CookieChecker {
-    secrets: Arc<RwLock<[Key; 2]>>,
+    published: Arc<RwLock<Published>>,
     ours: Ours,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CookieChecker {
+    fn published(&self) -> Published {
+        *self.published.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Decode the final ACK of a cookie handshake (RFC 9293 3.10.7.3 with SYN-RECEIVED held in
-    /// the cookie): `None` unless `ack - 1` is a cookie we minted recently for this tuple.
+    /// the cookie): `None` unless `ack - 1` is a cookie minted recently for this tuple, by this
+    /// host or one sharing its key. `now_ns`: CLOCK_MONOTONIC, the clock the TCP core counts its
+    /// TSvals on; the facts' `ts_offset` is for that clock.
     pub fn check(
         &self,
         local: SocketAddr,
@@ -240,17 +368,29 @@ impl CookieChecker {
         now_ns: u64,
     ) -> Option<HandshakeFacts> {
         let tuple = cookie_tuple(local, remote)?;
-        let keys = *self.secrets.read().unwrap_or_else(|e| e.into_inner());
-        cookie::decode(&keys, &tuple, seq, ack, ts, now_ns, self.ours.wscale)
+        let p = self.published();
+        let shared_ns = p.shared_ns(tai_ns());
+        let mut facts = cookie::decode(&p.keys, &tuple, seq, ack, ts, shared_ns, self.ours.wscale)?;
+        if let (true, Some((_, tsecr))) = (facts.has(FACT_TS), ts) {
+            facts.ts_offset = cookie::continue_ts_clock(facts.ts_offset, (shared_ns / 1_000_000) as u32, (now_ns / 1_000_000) as u32, tsecr);
+        }
+        Some(facts)
     }
 
     /// The SYN-ACK XDP would send to this SYN, from the same code (`engine_common::synack`)
-    /// with the same settings and secret: for SYNs that reach userspace (a new incarnation of
-    /// a tuple in TIME-WAIT, RFC 6191). `None` for a tuple of mixed families.
-    pub fn answer(&self, local: SocketAddr, remote: SocketAddr, syn: &Syn, now_ns: u64) -> Option<SynAck> {
+    /// with the same settings and secrets: for SYNs that reach userspace (a new incarnation of
+    /// a tuple in TIME-WAIT, RFC 6191). `None` for a tuple of mixed families, while no secret
+    /// is published for this period, and while the host drains (no new connections, as in
+    /// XDP).
+    pub fn answer(&self, local: SocketAddr, remote: SocketAddr, syn: &Syn) -> Option<SynAck> {
+        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
         let tuple = cookie_tuple(local, remote)?;
-        let current = self.secrets.read().unwrap_or_else(|e| e.into_inner())[0];
-        Some(synack::answer(&current, &tuple, syn, now_ns, &self.ours))
+        let p = self.published();
+        let now = p.shared_ns(tai_ns());
+        let key = p.keys.of(cookie::period(now))?;
+        Some(synack::answer(key, &tuple, syn, now, &self.ours))
     }
 }
 
@@ -358,6 +498,11 @@ impl MappedArray {
         Ok(Self { ptr: ptr.cast(), len, _map: map })
     }
 
+    /// The start of the mapping.
+    fn ptr(&self) -> *mut u64 {
+        self.ptr
+    }
+
     /// The `i`th 8-byte word, if mapped.
     fn word(&self, i: usize) -> Option<&std::sync::atomic::AtomicU64> {
         if (i + 1) * 8 > self.len {
@@ -438,13 +583,154 @@ impl RxBacklog {
     }
 }
 
+/// COOKIE_SECRETS mapped writable, and what this process last published there (see
+/// `engine_common::secrets`).
+struct SecretsMap {
+    map: MappedArray,
+    published: Arc<RwLock<Published>>,
+    last: Option<Instant>,
+    source: SecretSource,
+    skew_ms: i64,
+}
+
+impl SecretsMap {
+    fn current(&self) -> Published {
+        *self.published.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publish `what` at once.
+    fn publish_now(&mut self, what: Published) {
+        // SAFETY: the mapping holds one CookieSecrets (page-aligned, so aligned); this process
+        // is its only writer (the map is this program's own) and XDP reads it with
+        // `secrets::read`.
+        unsafe { secrets::publish(self.map.ptr().cast(), &what) };
+        self.last = Some(Instant::now());
+        *self.published.write().unwrap_or_else(|e| e.into_inner()) = what;
+    }
+
+    /// Publish `what`, at least `secrets::MIN_INTERVAL_NS` after the previous publication.
+    fn publish(&mut self, what: Published) {
+        let interval = Duration::from_nanos(secrets::MIN_INTERVAL_NS);
+        if let Some(wait) = self.last.map(|t| interval.saturating_sub(t.elapsed())) {
+            std::thread::sleep(wait);
+        }
+        self.publish_now(what);
+    }
+
+    /// Publish the secrets of the shared clock's period, the next and the previous, and the
+    /// clock adjustment, unless that is what is published already (and not `force`d: the
+    /// source changed). True if it published.
+    fn refresh(&mut self, force: bool) -> Result<bool, BpfError> {
+        let adjust_ns = clock_adjust_ns(kernel_clock().tai_offset_s, self.skew_ms);
+        let now = tai_ns().wrapping_add(adjust_ns as u64);
+        let newest = cookie::period(now).wrapping_add(1);
+        let current = self.current();
+        if !force && self.last.is_some() && current.keys.newest == newest && current.adjust_ns == adjust_ns {
+            return Ok(false);
+        }
+        let keys = self.source.keys(newest)?;
+        self.publish(Published::new(keys, adjust_ns));
+        Ok(true)
+    }
+}
+
+/// Publishes the cookie secrets to the XDP program (COOKIE_SECRETS): shared by the engine's
+/// rotor thread and whoever sets keys, without holding the program.
+#[derive(Clone)]
+pub struct SecretsPublisher {
+    inner: Arc<Mutex<SecretsMap>>,
+    published: Arc<RwLock<Published>>,
+}
+
+impl SecretsPublisher {
+    fn map(map: MapData) -> Result<Self, BpfError> {
+        let published = Arc::new(RwLock::new(Published::default()));
+        let inner = SecretsMap {
+            map: MappedArray::new(map, std::mem::size_of::<CookieSecrets>(), true)?,
+            published: published.clone(),
+            last: None,
+            source: SecretSource::default(),
+            skew_ms: 0,
+        };
+        Ok(Self { inner: Arc::new(Mutex::new(inner)), published })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SecretsMap> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cookie secrets and clock adjustment as last published.
+    pub fn published(&self) -> Published {
+        *self.published.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shared clock now, as the program reads it (ns).
+    pub fn shared_now_ns(&self) -> u64 {
+        self.published().shared_ns(tai_ns())
+    }
+
+    /// Take the secrets from `source` from now on (a shared key, or random ones), published at
+    /// once.
+    pub fn set_source(&self, source: SecretSource) -> Result<(), BpfError> {
+        let mut s = self.lock();
+        s.source = source;
+        s.refresh(true).map(drop)
+    }
+
+    /// The fingerprint of the shared cookie key, 0 without one.
+    pub fn key_fingerprint(&self) -> u64 {
+        self.lock().source.fingerprint()
+    }
+
+    /// Make this host's shared clock `skew_ms` off the kernel's (tests: a host whose clock is
+    /// wrong), published at once.
+    pub fn set_clock_skew(&self, skew_ms: i64) -> Result<(), BpfError> {
+        let mut s = self.lock();
+        s.skew_ms = skew_ms;
+        s.refresh(true).map(drop)
+    }
+
+    /// This host's clock skew as set by [`SecretsPublisher::set_clock_skew`].
+    pub fn clock_skew_ms(&self) -> i64 {
+        self.lock().skew_ms
+    }
+
+    /// Publish the secrets of the current period (and of the next and the previous) and the
+    /// clock adjustment, if either changed since the last time. Call it at least once a
+    /// period; calling it every second also follows a change of the kernel's TAI offset
+    /// within a second. True if it published.
+    pub fn refresh(&self) -> Result<bool, BpfError> {
+        self.lock().refresh(false)
+    }
+
+    /// Publish fixed secrets with the current clock adjustment (tests).
+    pub fn set_keys(&self, keys: Keys) {
+        let adjust_ns = self.published().adjust_ns;
+        self.lock().publish(Published::new(keys, adjust_ns));
+    }
+
+    /// Publish `what` as it is (tests).
+    pub fn publish(&self, what: Published) {
+        self.lock().publish(what);
+    }
+
+    /// Publish `what` without waiting `secrets::MIN_INTERVAL_NS` after the last publication:
+    /// tests that hammer the program's reader, whose generation check must then catch a
+    /// publication it overlapped.
+    #[doc(hidden)]
+    pub fn publish_unpaced(&self, what: Published) {
+        self.lock().publish_now(what);
+    }
+}
+
 /// The loaded and attached XDP program and its maps. Dropping it detaches the program (aya
 /// attaches through a bpf_link, which the kernel also removes when the process dies).
 pub struct XdpProgram {
     ebpf: Ebpf,
     iface: String,
     settings: XdpSettings,
-    secrets: Arc<RwLock<[Key; 2]>>,
+    secrets: SecretsPublisher,
+    switches: Switches,
     flows: FlowTable,
     last_seen: LastSeen,
     rx_backlog: RxBacklog,
@@ -488,24 +774,35 @@ impl XdpProgram {
             Map::Array(data) => RxBacklog::map(data)?,
             _ => return Err(BpfError::MissingMap(maps::RX_BACKLOG)),
         };
-        let current = random_key()?;
-        let mut engine = Self {
+        let secrets = match take(&mut ebpf, maps::COOKIE_SECRETS)? {
+            Map::Array(data) => SecretsPublisher::map(data)?,
+            _ => return Err(BpfError::MissingMap(maps::COOKIE_SECRETS)),
+        };
+        let switches = Switches {
+            map: Arc::new(Mutex::new(Array::try_from(take(&mut ebpf, maps::SWITCHES)?)?)),
+            draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        if let Some(r) = settings.ring {
+            switches.set_ring(Some(r.next), r.others)?;
+        }
+        let engine = Self {
             ebpf,
             iface: String::new(),
             settings,
-            secrets: Arc::new(RwLock::new([current, current])),
+            secrets,
+            switches,
             flows: FlowTable { flows: Arc::new(Mutex::new(flows)), xsks: Arc::new(Mutex::new(xsks)) },
             last_seen,
             rx_backlog,
         };
-        engine.set_secrets([current, current])?;
+        engine.secrets.refresh()?;
         Ok(engine)
     }
 
     /// Load, configure and attach to `iface`.
-    pub fn attach(iface: &str, mode: AttachMode, max_flows: u32, mss: u16) -> Result<Self, BpfError> {
+    pub fn attach(iface: &str, mode: AttachMode, max_flows: u32, settings: XdpSettings) -> Result<Self, BpfError> {
         if_index(iface)?;
-        let mut engine = Self::load(max_flows, mss)?;
+        let mut engine = Self::load_with(settings, max_flows)?;
         attach_program(&mut engine.ebpf, PROGRAM, iface, mode)?;
         engine.iface = iface.into();
         Ok(engine)
@@ -516,19 +813,35 @@ impl XdpProgram {
         &self.settings
     }
 
-    /// The cookie secrets, [current, previous]: tests compute expected cookies from them.
-    pub fn secrets(&self) -> [Key; 2] {
-        *self.secrets.read().unwrap_or_else(|e| e.into_inner())
+    /// Publishes the cookie secrets (the engine's rotor, tests).
+    pub fn secrets(&self) -> SecretsPublisher {
+        self.secrets.clone()
     }
 
-    /// Replace the cookie secrets, [current, previous] (rotation; tests: fixed secrets).
-    pub fn set_secrets(&mut self, keys: [Key; 2]) -> Result<(), BpfError> {
-        let mut map: Array<_, CookieSecrets> = Array::try_from(
-            self.ebpf.map_mut(maps::COOKIE_SECRETS).ok_or(BpfError::MissingMap(maps::COOKIE_SECRETS))?,
-        )?;
-        map.set(0, &CookieSecrets { keys, ready: 1, _pad: 0 }, 0)?;
-        *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = keys;
-        Ok(())
+    /// The cookie secrets and clock adjustment as last published: tests compute expected
+    /// cookies from them.
+    pub fn published(&self) -> Published {
+        self.secrets.published()
+    }
+
+    /// The shared clock now, as this program reads it (ns).
+    pub fn shared_now_ns(&self) -> u64 {
+        self.secrets.shared_now_ns()
+    }
+
+    /// Publish fixed secrets with the current clock adjustment (tests).
+    pub fn set_keys(&mut self, keys: Keys) {
+        self.secrets.set_keys(keys);
+    }
+
+    /// What userspace flips while the program runs (draining, the ring).
+    pub fn switches(&self) -> Switches {
+        self.switches.clone()
+    }
+
+    /// See [`Switches::set_draining`].
+    pub fn set_draining(&mut self, on: bool) -> Result<(), BpfError> {
+        self.switches.set_draining(on)
     }
 
     /// Run the program on `frame` with BPF_PROG_TEST_RUN `repeat` times: the action, the frame
@@ -683,13 +996,6 @@ impl XdpProgram {
         Ok(())
     }
 
-    /// A new SYN-cookie secret; the previous one stays valid until the next rotation.
-    pub fn rotate_secret(&mut self) -> Result<(), BpfError> {
-        let fresh = random_key()?;
-        let current = self.secrets()[0];
-        self.set_secrets([fresh, current])
-    }
-
     pub fn iface(&self) -> &str {
         &self.iface
     }
@@ -723,8 +1029,9 @@ impl XdpProgram {
 
     pub fn cookie_checker(&self) -> CookieChecker {
         CookieChecker {
-            secrets: self.secrets.clone(),
+            published: self.secrets.published.clone(),
             ours: Ours { mss: self.settings.mss, wscale: self.settings.wscale },
+            draining: self.switches.draining.clone(),
         }
     }
 

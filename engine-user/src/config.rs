@@ -4,7 +4,12 @@ use std::{net::SocketAddr, path::Path, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Deserializer, de};
 
-use crate::{api::Keepalive, apps::App, bpf::AttachMode};
+use crate::{
+    api::Keepalive,
+    apps::App,
+    bpf::AttachMode,
+    cluster::{ClusterOptions, DrainSyns},
+};
 
 /// Parse a duration as operators write it: `75s`, `2h`, `500ms`, `1m30s`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -148,6 +153,8 @@ pub struct RunConfig {
     pub app_threads: AppThreads,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Serving with other hosts (shared cookie key, peers, draining).
+    pub cluster: ClusterOptions,
 }
 
 /// Which threads run the built-in apps.
@@ -192,6 +199,11 @@ pub struct FileConfig {
     pub grace: Option<String>,
     pub app_threads: Option<String>,
     pub metrics: Option<String>,
+    pub cookie_key_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub peer_hosts: Vec<std::net::Ipv4Addr>,
+    pub peer_port: Option<u16>,
+    pub drain_syns: Option<String>,
 }
 
 impl FileConfig {
@@ -219,6 +231,11 @@ pub struct FlagConfig {
     pub grace: Option<Duration>,
     pub app_threads: Option<AppThreads>,
     pub metrics: Option<SocketAddr>,
+    pub cookie_key_file: Option<std::path::PathBuf>,
+    pub peer_hosts: Vec<std::net::Ipv4Addr>,
+    pub peer_port: Option<u16>,
+    pub drain_syns: Option<DrainSyns>,
+    pub clock_skew_ms: i64,
 }
 
 /// Flags win over the file, the file over defaults.
@@ -283,6 +300,24 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
             return Err(format!("listener {} is given twice: give each ADDR:PORT once", spec.addr));
         }
     }
+    let drain_syns = match (flags.drain_syns, file.drain_syns.as_deref()) {
+        (Some(d), _) => d,
+        (None, None) => DrainSyns::default(),
+        (None, Some("drop")) => DrainSyns::Drop,
+        (None, Some("pass")) => DrainSyns::Pass,
+        (None, Some(other)) => return Err(format!("drain_syns {other:?}: choose drop or pass")),
+    };
+    let peer_port = flags.peer_port.or(file.peer_port).unwrap_or(ClusterOptions::DEFAULT_PEER_PORT);
+    if peer_port == 0 {
+        return Err("--peer-port 0 is out of range: allowed 1 to 65535".into());
+    }
+    let cluster = ClusterOptions {
+        cookie_key_file: flags.cookie_key_file.or(file.cookie_key_file),
+        peer_hosts: if flags.peer_hosts.is_empty() { file.peer_hosts } else { flags.peer_hosts },
+        peer_port,
+        drain_syns,
+        clock_skew_ms: flags.clock_skew_ms,
+    };
     Ok(RunConfig {
         iface,
         listen,
@@ -295,6 +330,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         grace,
         app_threads,
         metrics,
+        cluster,
     })
 }
 
@@ -554,6 +590,32 @@ mod tests {
             ..base()
         };
         merge(edges, FileConfig::default()).unwrap();
+    }
+
+    #[test]
+    fn cluster_settings_from_flags_and_file() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            iface = "eth0"
+            listen = ["198.19.0.1:80"]
+            cookie_key_file = "/etc/synx/cookie.key"
+            peer_hosts = ["198.18.1.2", "198.18.1.6"]
+            drain_syns = "pass"
+            "#,
+        )
+        .unwrap();
+        let c = merge(FlagConfig::default(), file).unwrap().cluster;
+        assert_eq!(c.cookie_key_file.as_deref(), Some(Path::new("/etc/synx/cookie.key")));
+        assert_eq!(c.peer_hosts, ["198.18.1.2".parse::<std::net::Ipv4Addr>().unwrap(), "198.18.1.6".parse().unwrap()]);
+        assert_eq!((c.peer_port, c.drain_syns), (ClusterOptions::DEFAULT_PEER_PORT, DrainSyns::Pass));
+        let alone = FlagConfig { iface: Some("x".into()), listen: vec!["198.18.0.1:7".parse().unwrap()], ..Default::default() };
+        assert_eq!(merge(alone.clone(), FileConfig::default()).unwrap().cluster, ClusterOptions {
+            peer_port: ClusterOptions::DEFAULT_PEER_PORT,
+            ..ClusterOptions::default()
+        });
+        let bad: FileConfig = toml::from_str(r#"drain_syns = "reset""#).unwrap();
+        assert!(merge(alone.clone(), bad).unwrap_err().contains("drop or pass"));
+        assert!(merge(FlagConfig { peer_port: Some(0), ..alone }, FileConfig::default()).unwrap_err().contains("--peer-port"));
     }
 
     #[test]

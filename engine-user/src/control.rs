@@ -1,5 +1,5 @@
 //! The daemon's control socket: one JSON request line in, one JSON reply line out.
-//! `synx stats` and `synx conns` are its clients. The socket is created mode 0600 in a directory
+//! `synx stats`, `synx conns` and `synx drain` are its clients. The socket is created mode 0600 in a directory
 //! only its owner can write (root's /run/synx by default).
 
 use std::{
@@ -24,6 +24,10 @@ pub const DEFAULT_SOCKET: &str = "/run/synx/synx.sock";
 pub enum Request {
     Stats,
     Conns,
+    /// Take no new connections (`synx drain`); the reply says how many are open.
+    Drain,
+    /// Take new connections again (`synx drain --stop`).
+    Undrain,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -31,6 +31,10 @@ impl Responder for Engine {
                 serde_json::Value::Object(map)
             }
             Request::Conns => serde_json::to_value(self.conns()).unwrap_or_default(),
+            Request::Drain | Request::Undrain => match self.drain(req == Request::Drain) {
+                Ok(()) => serde_json::json!({ "draining": self.draining(), "connections_open": self.open_connections() }),
+                Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+            },
         }
     }
 }
@@ -43,6 +47,7 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         msl: cfg.msl,
         max_conns: cfg.max_conns,
         busy_poll: cfg.busy_poll,
+        cluster: cfg.cluster.clone(),
     })?);
     // Off the engine threads and the runtime: a scrape reads counters and never waits on either.
     let metrics = match cfg.metrics {

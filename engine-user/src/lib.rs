@@ -15,8 +15,10 @@
 pub mod api;
 pub mod apps;
 pub mod bpf;
+pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod cookie_key;
 pub mod daemon;
 pub mod engine;
 pub mod metrics;

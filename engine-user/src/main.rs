@@ -1,4 +1,5 @@
-//! `synx`: the daemon (`synx run`) and its operator commands (`synx conns`, `synx stats`).
+//! `synx`: the daemon (`synx run`) and its operator commands (`synx conns`, `synx stats`,
+//! `synx drain`, `synx keygen`).
 
 use std::{io::Write as _, path::PathBuf, time::Duration};
 
@@ -7,6 +8,7 @@ use clap::{Parser, Subcommand};
 use synx::{
     apps::App,
     bpf::AttachMode,
+    cluster::DrainSyns,
     config::{self, FileConfig, FlagConfig, ListenSpec, parse_duration},
     control::{self, Request},
 };
@@ -44,6 +46,23 @@ enum Command {
         #[arg(long, default_value = control::DEFAULT_SOCKET)]
         control_socket: PathBuf,
     },
+    /// Take no new connections while the open ones finish: new SYNs get no SYN-ACK (or go to
+    /// the kernel, see `run --drain-syns`), handshakes already begun complete. Withdraw the
+    /// route meanwhile; stop the daemon once no connection is open.
+    Drain {
+        /// Take new connections again.
+        #[arg(long)]
+        stop: bool,
+        /// Wait until no connection is open (printing how many are, every second).
+        #[arg(long, conflicts_with = "stop")]
+        wait: bool,
+        #[arg(long, default_value = control::DEFAULT_SOCKET)]
+        control_socket: PathBuf,
+    },
+    /// Write a new SYN-cookie key to PATH (32 random bytes as hex, mode 0600) for
+    /// `run --cookie-key-file`; copy the same file to every host that serves the same
+    /// addresses. An existing file is never overwritten.
+    Keygen { path: PathBuf },
 }
 
 #[derive(clap::Args, Debug)]
@@ -97,9 +116,29 @@ struct RunArgs {
     /// TOML file with the same settings (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Unix socket for `synx conns` / `synx stats` (created mode 0600).
+    /// Unix socket for `synx conns` / `synx stats` / `synx drain` (created mode 0600).
     #[arg(long, default_value = control::DEFAULT_SOCKET)]
     control_socket: PathBuf,
+    /// Key shared by every host that serves the same addresses (`synx keygen`): SYN-cookie
+    /// secrets derived from it, so any host validates another's cookies. Owned by root, mode
+    /// 0600. Default: a random secret per period, this host's alone.
+    #[arg(long)]
+    cookie_key_file: Option<PathBuf>,
+    /// Every host serving the same addresses, by IPv4 address, this one included
+    /// (comma-separated): a segment of a connection this host does not hold goes to the
+    /// others (second chance) instead of being reset, and the hosts compare clocks and keys.
+    #[arg(long, value_delimiter = ',')]
+    peer_hosts: Vec<std::net::Ipv4Addr>,
+    /// UDP port the hosts talk on. Default 19523.
+    #[arg(long)]
+    peer_port: Option<u16>,
+    /// While draining: drop new SYNs (default; the client retries elsewhere once the route is
+    /// withdrawn) or pass them to the kernel.
+    #[arg(long, value_enum)]
+    drain_syns: Option<DrainSyns>,
+    /// Pretend this host's clock is this many ms off (tests of the clock checks).
+    #[arg(long, hide = true, allow_negative_numbers = true, default_value_t = 0)]
+    clock_skew_ms: i64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -141,6 +180,11 @@ fn real_main() -> anyhow::Result<()> {
                 grace: args.grace,
                 app_threads: args.app_threads,
                 metrics: args.metrics,
+                cookie_key_file: args.cookie_key_file,
+                peer_hosts: args.peer_hosts,
+                peer_port: args.peer_port,
+                drain_syns: args.drain_syns,
+                clock_skew_ms: args.clock_skew_ms,
             };
             let cfg = config::merge(flags, file).map_err(anyhow::Error::msg)?;
             synx::daemon::run(cfg, args.control_socket)
@@ -172,6 +216,32 @@ fn real_main() -> anyhow::Result<()> {
                     writeln!(out, "{k:<32} {v}")?;
                 }
             }
+            Ok(())
+        }
+        Command::Drain { stop, wait, control_socket } => {
+            let reply = control::request(&control_socket, if stop { Request::Undrain } else { Request::Drain })?;
+            if let Some(e) = reply.get("error") {
+                bail!("daemon: {e}");
+            }
+            let open = |r: &serde_json::Value| r.get("connections_open").and_then(|v| v.as_u64()).unwrap_or(0);
+            let mut out = std::io::stdout().lock();
+            if stop {
+                writeln!(out, "taking new connections again ({} open)", open(&reply))?;
+                return Ok(());
+            }
+            writeln!(out, "draining: no new connections; {} open", open(&reply))?;
+            let mut left = open(&reply);
+            while wait && left > 0 {
+                std::thread::sleep(Duration::from_secs(1));
+                let stats = control::request(&control_socket, Request::Stats)?;
+                left = open(&stats);
+                writeln!(out, "{left} open")?;
+            }
+            Ok(())
+        }
+        Command::Keygen { path } => {
+            synx::cookie_key::keygen(&path)?;
+            writeln!(std::io::stdout(), "wrote a new cookie key to {} (mode 0600): copy it to every host", path.display())?;
             Ok(())
         }
         Command::Conns { json, control_socket } => {

@@ -115,9 +115,13 @@ impl Families {
 }
 
 /// Every value of `synx stats` as families: the XDP program's counters (`xdp`, summed over
-/// CPUs, in engine-common's order) and each queue thread's values labelled with its queue, then
-/// the process's memory.
-pub fn families<'a>(xdp: &[(&'static str, u64)], queues: impl IntoIterator<Item = &'a QueueStats>) -> Vec<Family> {
+/// CPUs, in engine-common's order), each queue thread's values labelled with its queue, the
+/// engine's own values (`engine`), then the process's memory.
+pub fn families<'a>(
+    xdp: &[(&'static str, u64)],
+    queues: impl IntoIterator<Item = &'a QueueStats>,
+    engine: &[(&'static Metric, u64)],
+) -> Vec<Family> {
     let mut out = Families::default();
     for (name, value) in xdp {
         let help = counters::NAMES.iter().position(|n| n == name).map_or("", |j| counters::HELP[j]);
@@ -127,6 +131,9 @@ pub fn families<'a>(xdp: &[(&'static str, u64)], queues: impl IntoIterator<Item 
         for (m, value) in QueueStats::metrics().zip(stats.values()) {
             out.add(m, vec![("queue", q.to_string())], value);
         }
+    }
+    for (m, value) in engine {
+        out.add(m, Vec::new(), *value);
     }
     let mut all = out.0;
     if let Some(rss) = resident_bytes() {
@@ -320,7 +327,7 @@ mod tests {
         a.accepted.store(5, Ordering::Relaxed);
         b.parked.store(2, Ordering::Relaxed);
         let xdp: Vec<(&'static str, u64)> = counters::NAMES.iter().enumerate().map(|(i, n)| (*n, i as u64 * 10)).collect();
-        let all = families(&xdp, [&a, &b]);
+        let all = families(&xdp, [&a, &b], &[(&crate::engine::CONNECTIONS_OPEN, 4)]);
         let find = |name: &str| all.iter().find(|f| f.full_name() == name).unwrap_or_else(|| panic!("{name} missing"));
         let value = |name: &str, labels: &[(&str, &str)]| {
             let f = find(name);
@@ -346,7 +353,8 @@ mod tests {
         assert!(reasons.starts_with("Frames the XDP program dropped, by reason.") && reasons.contains("syn_backlog: SYNs"), "{reasons}");
         // Each value of `synx stats` is the sum of its samples over queues (and the by-reason
         // families' totals the sum over reasons too); nothing is exposed twice.
-        let stats = counters::NAMES.iter().zip(&xdp).map(|(n, (_, v))| (*n, *v)).chain(stats_sum([&a, &b]));
+        let stats =
+            counters::NAMES.iter().zip(&xdp).map(|(n, (_, v))| (*n, *v)).chain(stats_sum([&a, &b])).chain([("connections_open", 4)]);
         for (stat, expected) in stats {
             let (family, reason) = match exposed_as(stat) {
                 Some((family, reason)) => (family.to_string(), reason),
@@ -363,7 +371,7 @@ mod tests {
         }
         let samples: usize = all.iter().map(|f| f.samples.len()).sum();
         let per_queue = QueueStats::metrics().filter(|m| exposed_as(m.name).is_some()).count();
-        assert_eq!(samples, counters::NAMES.len() + 2 * per_queue + 2, "XDP's, each queue's, and memory");
+        assert_eq!(samples, counters::NAMES.len() + 2 * per_queue + 1 + 2, "XDP's, each queue's, the engine's, memory");
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct Received<'a> {
     pub local: SocketAddr,
     /// TCP header, options and payload (checksum verified).
     pub tcp: &'a [u8],
+    /// The IP header's ECN field is CE (RFC 3168 5).
+    pub ce: bool,
 }
 
 /// Slice a frame into addresses and the TCP segment; verify the TCP checksum.
@@ -62,14 +64,14 @@ pub fn parse(frame: &[u8]) -> Result<Received<'_>, WireError> {
     if !sliced.link_exts.is_empty() {
         return Err(WireError::NotTcp);
     }
-    let (src_ip, dst_ip, fragmented): (IpAddr, IpAddr, bool) = match &sliced.net {
+    let (src_ip, dst_ip, fragmented, ecn): (IpAddr, IpAddr, bool, u8) = match &sliced.net {
         Some(NetSlice::Ipv4(v4)) => {
             let h = v4.header();
-            (h.source_addr().into(), h.destination_addr().into(), v4.is_payload_fragmented())
+            (h.source_addr().into(), h.destination_addr().into(), v4.is_payload_fragmented(), h.ecn().value())
         }
         Some(NetSlice::Ipv6(v6)) => {
             let h = v6.header();
-            (h.source_addr().into(), h.destination_addr().into(), v6.is_payload_fragmented())
+            (h.source_addr().into(), h.destination_addr().into(), v6.is_payload_fragmented(), h.ecn().value())
         }
         _ => return Err(WireError::NotTcp),
     };
@@ -88,6 +90,7 @@ pub fn parse(frame: &[u8]) -> Result<Received<'_>, WireError> {
         remote: SocketAddr::new(src_ip, tcp.source_port()),
         local: SocketAddr::new(dst_ip, tcp.destination_port()),
         tcp: segment,
+        ce: ecn == ECN_CE,
     })
 }
 
@@ -96,16 +99,28 @@ pub fn header_len(v6: bool) -> usize {
     ETH_HLEN + if v6 { IPV6_HLEN } else { IPV4_HLEN }
 }
 
+/// ECN field values (RFC 3168 5), the low two bits of IPv4's TOS / IPv6's traffic class.
+const ECN_ECT0: u8 = 0x02;
+const ECN_CE: u8 = 0x03;
+
 /// Write Ethernet and IP headers in front of the `tcp_len`-byte segment already at
 /// `buf[header_len(..)..]`, and fill in the IP and TCP checksums. Returns the frame length, or
 /// `None` when the addresses are of different families or the buffer is too small.
-pub fn finish(
+pub fn finish(buf: &mut [u8], link: &Link, local: SocketAddr, remote: SocketAddr, tcp_len: usize) -> Option<usize> {
+    finish_ecn(buf, link, local, remote, tcp_len, false)
+}
+
+/// [`finish`], with the IP header marked ECN-capable, ECT(0), when `ect` (RFC 3168 5; the TCP
+/// core says which segments: `Transmit::ect`).
+pub fn finish_ecn(
     buf: &mut [u8],
     link: &Link,
     local: SocketAddr,
     remote: SocketAddr,
     tcp_len: usize,
+    ect: bool,
 ) -> Option<usize> {
+    let ecn = if ect { ECN_ECT0 } else { 0 };
     let v6 = match (local.ip(), remote.ip()) {
         (IpAddr::V4(_), IpAddr::V4(_)) => false,
         (IpAddr::V6(_), IpAddr::V6(_)) => true,
@@ -121,11 +136,11 @@ pub fn finish(
     match (local.ip(), remote.ip()) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
             buf[12..14].copy_from_slice(&ETHERTYPE_IPV4);
-            write_ipv4(&mut buf[ETH_HLEN..hlen], src, dst, tcp_len)?;
+            write_ipv4(&mut buf[ETH_HLEN..hlen], src, dst, tcp_len, ecn)?;
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
             buf[12..14].copy_from_slice(&ETHERTYPE_IPV6);
-            write_ipv6(&mut buf[ETH_HLEN..hlen], src, dst, tcp_len)?;
+            write_ipv6(&mut buf[ETH_HLEN..hlen], src, dst, tcp_len, ecn)?;
         }
         _ => return None,
     }
@@ -136,10 +151,10 @@ pub fn finish(
     Some(total)
 }
 
-fn write_ipv4(h: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, payload: usize) -> Option<()> {
+fn write_ipv4(h: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, payload: usize, ecn: u8) -> Option<()> {
     let total = u16::try_from(IPV4_HLEN + payload).ok()?;
     h[0] = 0x45; // version 4, IHL 5
-    h[1] = 0; // DSCP/ECN
+    h[1] = ecn; // DSCP 0, ECN
     h[2..4].copy_from_slice(&total.to_be_bytes());
     h[4..6].copy_from_slice(&[0, 0]); // ID 0: atomic datagram (DF set), RFC 6864 4.1
     h[6..8].copy_from_slice(&[0x40, 0]); // DF
@@ -153,9 +168,10 @@ fn write_ipv4(h: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, payload: usize) -> Opt
     Some(())
 }
 
-fn write_ipv6(h: &mut [u8], src: Ipv6Addr, dst: Ipv6Addr, payload: usize) -> Option<()> {
+fn write_ipv6(h: &mut [u8], src: Ipv6Addr, dst: Ipv6Addr, payload: usize, ecn: u8) -> Option<()> {
     let len = u16::try_from(payload).ok()?;
-    h[0..4].copy_from_slice(&[0x60, 0, 0, 0]); // version 6, traffic class 0, flow label 0
+    // Version 6, traffic class (DSCP 0, ECN), flow label 0.
+    h[0..4].copy_from_slice(&[0x60 | (ecn >> 4), ecn << 4, 0, 0]);
     h[4..6].copy_from_slice(&len.to_be_bytes());
     h[6] = PROTO_TCP;
     h[7] = DEFAULT_TTL;
@@ -212,6 +228,36 @@ pub fn checksum_tcp(src: IpAddr, dst: IpAddr, segment: &[u8]) -> u16 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ecn_marks_both_ways() {
+        let link = Link { local_mac: [2; 6], remote_mac: [4; 6] };
+        for (local, remote) in [("198.18.0.1:80", "198.18.0.2:4000"), ("[fd00:5eed::1]:80", "[fd00:5eed::2]:4000")] {
+            let (local, remote): (SocketAddr, SocketAddr) = (local.parse().unwrap(), remote.parse().unwrap());
+            let hlen = header_len(local.is_ipv6());
+            let mut buf = vec![0u8; hlen + 20];
+            buf[hlen + 12] = 5 << 4; // data offset 5
+            for ect in [false, true] {
+                let n = finish_ecn(&mut buf, &link, local, remote, 20, ect).unwrap();
+                // The frame, mirrored, parses back with its ECN field; CE is what a router sets.
+                let mut rx = buf[..n].to_vec();
+                rx[0..6].copy_from_slice(&link.local_mac);
+                let field = if local.is_ipv6() { (rx[ETH_HLEN] & 0x0f) << 4 | rx[ETH_HLEN + 1] >> 4 } else { rx[ETH_HLEN + 1] };
+                assert_eq!(field & 0x03, if ect { ECN_ECT0 } else { 0 }, "{local}");
+                assert!(!parse(&rx).unwrap().ce);
+                if !local.is_ipv6() {
+                    // Mark CE and fix the IPv4 header checksum.
+                    rx[ETH_HLEN + 1] |= ECN_CE;
+                    rx[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&[0, 0]);
+                    let sum = fold(sum_bytes(&rx[ETH_HLEN..ETH_HLEN + IPV4_HLEN], 0));
+                    rx[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&sum.to_be_bytes());
+                } else {
+                    rx[ETH_HLEN + 1] |= ECN_CE << 4;
+                }
+                assert!(parse(&rx).unwrap().ce, "{local}");
+            }
+        }
+    }
+
     use etherparse::PacketBuilder;
     use proptest::prelude::*;
 

@@ -10,14 +10,14 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use engine_common::{
-    cookie::{self, Key},
+    cookie::{self, Key, Keys},
     counters::{self, Counter},
     handshake::{FACT_SACK, FACT_TS, FACT_WSCALE},
     maps::RX_BACKLOG_LIMIT,
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 use synx::{
-    bpf::{XdpProgram, XdpSettings, cookie_tuple, monotonic_ns},
+    bpf::{PeerRing, XdpProgram, XdpSettings, clock_adjust_ns, cookie_tuple, kernel_clock, monotonic_ns, tai_ns},
     wire,
 };
 
@@ -27,12 +27,20 @@ const XDP_TX: u32 = 3;
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// The router's MAC on the link to this host: where segments forwarded by others come from.
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+/// Hosts A (this one), B and C serving the same address: the ring A -> B -> C -> A.
+const HOST_A: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 1);
+const HOST_B: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 2);
+const HOST_C: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 3);
+const PEER_PORT: u16 = engine_common::second_chance::DEFAULT_PORT;
 const SERVER4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const SERVER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5eed, 0, 0, 0, 0, 0, 1);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5eed, 0, 0, 0, 0, 0, 2);
 const PORT: u16 = 80;
-const SECRETS: [Key; 2] = [Key { k0: 11, k1: 12 }, Key { k0: 21, k1: 22 }];
+/// The secret of every period in most rows (rows about periods publish their own).
+const SECRET: Key = Key { k0: 11, k1: 12 };
 /// The MSS the programs announce.
 const OUR_MSS: u16 = 1460;
 /// How far behind the XDP program's coarse clock may be: two ticks at HZ=100.
@@ -56,8 +64,18 @@ fn bench_engine() -> XdpProgram {
     configure(XdpProgram::load_bench(1024, OUR_MSS).expect("load the benchmark's XDP object"))
 }
 
+/// The shared clock now, as the programs read it (ns).
+fn shared_now() -> u64 {
+    tai_ns().wrapping_add(clock_adjust_ns(kernel_clock().tai_offset_s, 0) as u64)
+}
+
+/// [`SECRET`] for every period published.
+fn fixed_keys() -> Keys {
+    Keys { newest: cookie::period(shared_now()) + 1, keys: [SECRET; cookie::KEYS] }
+}
+
 fn configure(mut e: XdpProgram) -> XdpProgram {
-    e.set_secrets(SECRETS).unwrap();
+    e.set_keys(fixed_keys());
     e.add_listener(server(false), 0).unwrap();
     e.add_listener(server(true), 1).unwrap();
     e
@@ -125,7 +143,7 @@ fn syn_to(dst: &str) -> Vec<u8> {
 /// The cookie our SYN-ACK to the client's SYN (port `sport`, ISN `isn`) carries now.
 fn cookie_for(v6: bool, sport: u16, isn: u32) -> u32 {
     let tuple = cookie_tuple(server(v6), client(v6, sport)).unwrap();
-    cookie::make(&SECRETS[0], &tuple, isn, monotonic_ns(), OUR_MSS).isn
+    cookie::make(&SECRET, &tuple, isn, shared_now(), OUR_MSS).isn
 }
 
 fn client(v6: bool, port: u16) -> SocketAddr {
@@ -157,6 +175,16 @@ struct Setup {
     flows: Vec<(bool, u16, u32)>,
     /// What RX queues' engines published as taken (RX_BACKLOG): queue, frames in all.
     consumed: Vec<(u32, u64)>,
+    /// Draining (`synx drain`), and loaded to pass new SYNs to the kernel meanwhile.
+    draining: bool,
+    drain_pass: bool,
+    /// Host A of the ring A, B, C (second chance).
+    ring: bool,
+}
+
+/// Host A's place in the ring of A, B and C.
+fn ring() -> PeerRing {
+    PeerRing::new(HOST_A, &[HOST_C, HOST_B], PEER_PORT).unwrap()
 }
 
 enum Start {
@@ -177,6 +205,9 @@ enum Out {
     SynAck(Expect),
     /// RFC 9293 3.10.7.1: <SEQ=seq><CTL=RST>, or <SEQ=seq><ACK=ack><CTL=RST,ACK>.
     Rst { seq: u32, ack: Option<u32> },
+    /// Sent on to the next host of the ring (B), to visit `hops` hosts more: wrapped as
+    /// [`check_forwarded`] says.
+    Forwarded { hops: u8 },
 }
 
 /// What a SYN's options should earn in the SYN-ACK.
@@ -226,7 +257,13 @@ impl Row {
 }
 
 fn fresh(setup: &Setup) -> XdpProgram {
-    let mut e = engine_with(XdpSettings { rst_bad_cookie: !setup.silent, ..XdpSettings::new(OUR_MSS) });
+    let mut e = engine_with(XdpSettings {
+        rst_bad_cookie: !setup.silent,
+        drain_pass: setup.drain_pass,
+        ring: setup.ring.then(ring),
+        ..XdpSettings::new(OUR_MSS)
+    });
+    e.set_draining(setup.draining).unwrap();
     for (addr, id) in &setup.listeners {
         e.add_listener(addr.parse().unwrap(), *id).unwrap();
     }
@@ -256,18 +293,21 @@ fn run(rows: Vec<Row>) {
         let t0 = monotonic_ns();
         let (verdict, out, _) = e.test_run(&r.frame, 1).unwrap();
         assert_eq!(verdict, r.verdict, "{what}: verdict");
+        // What the program serves: the frame, or the one another host wrapped in it.
+        let seen = unwrapped(&r.frame).unwrap_or_else(|| r.frame.clone());
         match r.out {
             Out::Untouched => assert_eq!(out, r.frame, "{what}: frame modified"),
             Out::ToUserspace { stamped } => {
-                assert_eq!(out, r.frame, "{what}: a redirected frame is not modified");
+                assert_eq!(out, seen, "{what}: a redirected frame is what came, unwrapped");
                 if let Some(slot) = stamped {
                     let stamp = e.last_seen().get(slot).unwrap_or_else(|| panic!("{what}: LAST_SEEN[{slot}] not stamped"));
                     // The coarse clock: up to two ticks behind, never ahead.
                     assert!(stamp + COARSE_LAG_NS >= t0 && stamp <= monotonic_ns(), "{what}: stamp {stamp}, sent at {t0}");
                 }
             }
-            Out::SynAck(want) => check_synack(e, &r.frame, &out, &want, what),
-            Out::Rst { seq, ack } => check_rst(&r.frame, &out, seq, ack, what),
+            Out::SynAck(want) => check_synack(e, &seen, &out, &want, what),
+            Out::Rst { seq, ack } => check_rst(&seen, &out, seq, ack, what),
+            Out::Forwarded { hops } => check_forwarded(&seen, &out, hops, what),
         }
         let after = counters_of(e);
         let mut want = vec![0u64; counters::COUNT as usize];
@@ -323,6 +363,62 @@ fn check_reply(input: &[u8], out: &[u8], opts_len: usize, what: &str) {
     assert_eq!(tcp_of(out).header_len(), tcp_len, "{what}: TCP header length");
 }
 
+/// `inner` (a frame from the client) as host C forwards it to host A with `hops` hosts left.
+fn wrapped(inner: &[u8], hops: u8) -> Vec<u8> {
+    wrapped_to(inner, hops, HOST_A, engine_common::second_chance::KIND_SEGMENT)
+}
+
+fn wrapped_to(inner: &[u8], hops: u8, to: Ipv4Addr, kind: u8) -> Vec<u8> {
+    let mut payload = vec![b'S', b'X', 1, kind, hops, 0];
+    payload.extend_from_slice(&inner[12..]);
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(ROUTER_MAC, SERVER_MAC)
+        .ipv4(HOST_C.octets(), to.octets(), 63)
+        .udp(50000, PEER_PORT)
+        .write(&mut out, &payload)
+        .unwrap();
+    out
+}
+
+/// The frame host A's program serves when `f` is a segment another host forwarded to it: the
+/// wrapped frame with an Ethernet header to A from the router.
+fn unwrapped(f: &[u8]) -> Option<Vec<u8>> {
+    let p = SlicedPacket::from_ethernet(f).ok()?;
+    let Some(TransportSlice::Udp(udp)) = p.transport else { return None };
+    let Some(NetSlice::Ipv4(ip)) = &p.net else { return None };
+    let ours = udp.destination_port() == PEER_PORT
+        && ip.header().destination_addr() == HOST_A
+        && udp.payload().get(..4) == Some(b"SX\x01\x01")
+        && udp.payload()[4] != 0;
+    if !ours {
+        return None;
+    }
+    let mut out = f[..12].to_vec();
+    out.extend_from_slice(&udp.payload()[6..]);
+    Some(out)
+}
+
+/// `input` wrapped by host A for host B, to visit `hops` hosts more: back to where it came
+/// from (MACs swapped), IPv4 from A to B (RFC 6864 4.1: ID 0 with DF; TTL 64; checksum
+/// right), UDP to the peer port without a checksum, our header, then `input` from its IP header.
+fn check_forwarded(input: &[u8], out: &[u8], hops: u8, what: &str) {
+    let p = SlicedPacket::from_ethernet(out).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = p.link else { panic!("{what}: not Ethernet") };
+    assert_eq!((eth.destination(), eth.source()), (input[6..12].try_into().unwrap(), input[..6].try_into().unwrap()), "{what}: MACs");
+    let Some(NetSlice::Ipv4(ip)) = p.net else { panic!("{what}: not IPv4") };
+    let h = ip.header();
+    assert_eq!((h.source_addr(), h.destination_addr()), (HOST_A, HOST_B), "{what}");
+    assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum(), "{what}: IPv4 checksum");
+    assert_eq!((h.ttl(), h.dont_fragment(), h.identification(), h.ihl()), (64, true, 0, 5), "{what}");
+    assert_eq!(usize::from(h.total_len()), out.len() - 14, "{what}: IPv4 total length");
+    let Some(TransportSlice::Udp(udp)) = p.transport else { panic!("{what}: not UDP") };
+    assert_eq!((udp.destination_port(), udp.checksum(), usize::from(udp.length())), (PEER_PORT, 0, out.len() - 34), "{what}");
+    assert!(udp.source_port() >= 0xc000, "{what}: source port {}", udp.source_port());
+    let ethertype = &input[12..14];
+    assert_eq!(&udp.payload()[..8], &[b'S', b'X', 1, 1, hops, 0, ethertype[0], ethertype[1]], "{what}: header");
+    assert_eq!(&udp.payload()[8..], &input[14..], "{what}: the segment, from its IP header");
+}
+
 /// An RFC 9293 3.10.7.1 reset for `input`.
 fn check_rst(input: &[u8], out: &[u8], seq: u32, ack: Option<u32>, what: &str) {
     check_reply(input, out, 0, what);
@@ -345,7 +441,7 @@ fn check_synack(e: &XdpProgram, input: &[u8], out: &[u8], want: &Expect, what: &
     assert_eq!(t.acknowledgment_number(), syn_seq.wrapping_add(1), "{what}");
     assert_eq!(t.window_size(), 65535, "{what}");
     let tuple = cookie_tuple(server, client).unwrap();
-    let checked = cookie::check(&e.secrets(), &tuple, syn_seq, t.sequence_number(), monotonic_ns());
+    let checked = cookie::check(&e.published().keys, &tuple, syn_seq, t.sequence_number(), e.shared_now_ns());
     assert_eq!(checked.map(|c| c.mss), Some(want.cookie_mss), "{what}: the ISN is our cookie for this tuple and ISN");
     let opts: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
     let mut expected = vec![TcpOptionElement::MaximumSegmentSize(e.settings().mss)];
@@ -783,10 +879,10 @@ fn userspace_answers_a_syn_as_the_xdp_program_does() {
             // period boundary falls between the two clocks.
             let (out, theirs) = (0..3)
                 .find_map(|_| {
-                    let before = monotonic_ns();
+                    let before = e.shared_now_ns();
                     let (action, out, _) = e.test_run(&syn, 1).unwrap();
                     assert_eq!(action, XDP_TX, "{what}");
-                    let after = monotonic_ns();
+                    let after = e.shared_now_ns();
                     let same = cookie::period(before.saturating_sub(20_000_000)) == cookie::period(after);
                     let offer = Syn {
                         isn: 1000,
@@ -796,7 +892,7 @@ fn userspace_answers_a_syn_as_the_xdp_program_does() {
                         ts: opts.iter().find_map(|o| if let Ts(v, _) = o { Some(*v) } else { None }),
                         ecn: *ecn,
                     };
-                    let answer = e.cookie_checker().answer(server(v6), client(v6, 40000), &offer, after).unwrap();
+                    let answer = e.cookie_checker().answer(server(v6), client(v6, 40000), &offer).unwrap();
                     same.then_some((out, answer))
                 })
                 .expect("three tries within one cookie period");
@@ -811,4 +907,255 @@ fn userspace_answers_a_syn_as_the_xdp_program_does() {
             assert_eq!(ts.map(|(v, ecr)| (v & 63, ecr)), theirs.ts.map(|(v, ecr)| (v & 63, ecr)), "{what}");
         }
     }
+}
+
+// ---- Draining, second chance, the secrets of each period ----
+
+#[test]
+fn a_draining_host_answers_no_new_syn_and_still_takes_cookie_acks() {
+    use counters::{COOKIE_ACK_VALID, DROP_SYN_DRAINING, FLOW_SEGMENT, PASS_SYN_DRAINING, REDIRECT_FAILED};
+    let draining = Setup { draining: true, flows: vec![(false, 40001, 3)], ..Setup::default() };
+    let cookie = cookie_for(false, 40000, 1000);
+    let ack = frame(false, 40000, 1001, &[], |b| b.ack(cookie.wrapping_add(1)), &[]);
+    let data = frame(false, 40001, 9, &[], |b| b.ack(1), b"data");
+    run(vec![
+        // RFC 9293 3.10.7.2 lets LISTEN ignore a SYN it will not serve: the client retries,
+        // by then towards another host.
+        row("SYN while draining", linux_syn(false), XDP_DROP, Out::Untouched, &[(DROP_SYN_DRAINING, 1)]).with(draining.clone()),
+        row("IPv6 SYN while draining", linux_syn(true), XDP_DROP, Out::Untouched, &[(DROP_SYN_DRAINING, 1)]).then(),
+        // A handshake begun before the drain completes.
+        row("the final ACK of a handshake begun before", ack, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            (COOKIE_ACK_VALID, 1),
+            (REDIRECT_FAILED, 1),
+        ])
+        .then(),
+        row("data of a connection held", data, XDP_DROP, Out::ToUserspace { stamped: Some(3) }, &[
+            (FLOW_SEGMENT, 1),
+            (REDIRECT_FAILED, 1),
+        ])
+        .then(),
+        // Or the kernel's answer, as configured.
+        row("SYN while draining, loaded to pass", linux_syn(false), XDP_PASS, Out::Untouched, &[(PASS_SYN_DRAINING, 1)])
+            .with(Setup { draining: true, drain_pass: true, ..Setup::default() }),
+    ]);
+    // The switch turns at run time, both ways, and userspace's SYN-ACKs (RFC 6191 reuse of a
+    // tuple in TIME-WAIT) follow it.
+    let offer = engine_common::synack::Syn { isn: 1000, mss: 1460, wscale: None, sack: false, ts: None, ecn: false };
+    let mut e = fresh(&Setup { draining: true, ..Setup::default() });
+    let userspace = e.cookie_checker();
+    assert_eq!(e.test_run(&linux_syn(false), 1).unwrap().0, XDP_DROP);
+    assert_eq!(userspace.answer(server(false), client(false, 40000), &offer), None);
+    e.set_draining(false).unwrap();
+    assert_eq!(e.test_run(&linux_syn(false), 1).unwrap().0, XDP_TX);
+    assert!(userspace.answer(server(false), client(false, 40000), &offer).is_some());
+    e.set_draining(true).unwrap();
+    assert_eq!(e.test_run(&linux_syn(false), 1).unwrap().0, XDP_DROP);
+    assert_eq!(userspace.answer(server(false), client(false, 40000), &offer), None);
+}
+
+#[test]
+fn segments_no_host_holds_go_round_the_ring_once() {
+    use counters::{
+        COOKIE_ACK_INVALID, COOKIE_ACK_VALID, DROP_BAD_SECOND_CHANCE, FLOW_SEGMENT, PASS_NOT_TCP, REDIRECT_FAILED, RST_SENT,
+        SECOND_CHANCE_LAST, SECOND_CHANCE_RECEIVED, SECOND_CHANCE_SENT, SYN_COOKIE_SENT,
+    };
+    let a = || Setup { ring: true, ..Setup::default() };
+    let holding = Setup { ring: true, flows: vec![(false, 40001, 5), (true, 40001, 6)], ..Setup::default() };
+    let mut rows = Vec::new();
+    for v6 in [false, true] {
+        // Not the cookie ACK's tuple, whose claim in FLOWS would take it.
+        let ack = frame(v6, 40002, 5000, &[], |b| b.ack(0xdead_beef), &[]);
+        let data = frame(v6, 40001, 9, &[], |b| b.ack(1), b"data");
+        let cookie = cookie_for(v6, 40000, 1000);
+        let final_ack = frame(v6, 40000, 1001, &[], |b| b.ack(cookie.wrapping_add(1)), &[]);
+        rows.extend([
+            // From the wire, no connection, no cookie: on to B (to visit B and C).
+            row(format!("a stranger's ACK (v6={v6})"), ack.clone(), XDP_TX, Out::Forwarded { hops: 2 }, &[
+                (COOKIE_ACK_INVALID, 1),
+                (SECOND_CHANCE_SENT, 1),
+            ])
+            .with(a()),
+            // A client's RST may end a connection another host holds.
+            row(format!("an RST for no connection (v6={v6})"), frame(v6, 40000, 5000, &[], |b| b.rst(), &[]), XDP_TX, Out::Forwarded { hops: 2 }, &[
+                (SECOND_CHANCE_SENT, 1),
+            ])
+            .then(),
+            // SYNs and cookie ACKs are every host's own.
+            row(format!("a SYN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]).then(),
+            row(format!("a cookie ACK (v6={v6})"), final_ack.clone(), XDP_DROP, Out::ToUserspace { stamped: None }, &[
+                (COOKIE_ACK_VALID, 1),
+                (REDIRECT_FAILED, 1),
+            ])
+            .then(),
+            // What C forwarded: served here when this host holds the connection ...
+            row(format!("forwarded, held here (v6={v6})"), wrapped(&data, 2), XDP_DROP, Out::ToUserspace { stamped: Some(if v6 { 6 } else { 5 }) }, &[
+                (SECOND_CHANCE_RECEIVED, 1),
+                (FLOW_SEGMENT, 1),
+                (REDIRECT_FAILED, 1),
+            ])
+            .with(holding.clone()),
+            // ... or a cookie ACK that validates here (another host's key differs) ...
+            row(format!("forwarded cookie ACK (v6={v6})"), wrapped(&final_ack, 2), XDP_DROP, Out::ToUserspace { stamped: None }, &[
+                (SECOND_CHANCE_RECEIVED, 1),
+                (COOKIE_ACK_VALID, 1),
+                (REDIRECT_FAILED, 1),
+            ])
+            .then(),
+            // ... else on to the next host, one hop fewer (from here: back to the router) ...
+            row(format!("forwarded, not held, hosts left (v6={v6})"), wrapped(&ack, 2), XDP_TX, Out::Forwarded { hops: 1 }, &[
+                (SECOND_CHANCE_RECEIVED, 1),
+                (COOKIE_ACK_INVALID, 1),
+                (SECOND_CHANCE_SENT, 1),
+            ])
+            .then(),
+            // ... and the last host answers as a lone host: RFC 9293 3.10.7.1, to the router.
+            row(format!("forwarded, not held, the last host (v6={v6})"), wrapped(&ack, 1), XDP_TX, Out::Rst { seq: 0xdead_beef, ack: None }, &[
+                (SECOND_CHANCE_RECEIVED, 1),
+                (COOKIE_ACK_INVALID, 1),
+                (SECOND_CHANCE_LAST, 1),
+                (RST_SENT, 1),
+            ])
+            .then(),
+            // A forwarded SYN is nonsense (every host answers its own).
+            row(format!("forwarded SYN (v6={v6})"), wrapped(&frame(v6, 40003, 1000, &linux_syn_opts(), |b| b.syn(), &[]), 2), XDP_DROP, Out::ToUserspace { stamped: None }, &[
+                (SECOND_CHANCE_RECEIVED, 1),
+                (DROP_BAD_SECOND_CHANCE, 1),
+            ])
+            .then(),
+        ]);
+    }
+    let ack = frame(false, 40000, 5000, &[], |b| b.ack(0xdead_beef), &[]);
+    let heartbeat = wrapped_to(&ack, 0, HOST_A, engine_common::second_chance::KIND_TIME_ASK);
+    rows.extend([
+        row("no hops left in the header", wrapped(&ack, 0), XDP_DROP, Out::Untouched, &[(DROP_BAD_SECOND_CHANCE, 1)]).with(a()),
+        row("forwarded to a port nobody serves", wrapped(&syn_to("198.18.0.1:22"), 2), XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            (SECOND_CHANCE_RECEIVED, 1),
+            (DROP_BAD_SECOND_CHANCE, 1),
+        ])
+        .then(),
+        // Heartbeats are the daemon's; wrapped frames for another host are not ours.
+        row("a heartbeat", heartbeat, XDP_PASS, Out::Untouched, &[(PASS_NOT_TCP, 1)]).then(),
+        row("wrapped for host B", wrapped_to(&ack, 2, HOST_B, 1), XDP_PASS, Out::Untouched, &[(PASS_NOT_TCP, 1)]).then(),
+        // Without second chance: what it always was.
+        row("a stranger's ACK, one host", ack.clone(), XDP_TX, Out::Rst { seq: 0xdead_beef, ack: None }, &[
+            (COOKIE_ACK_INVALID, 1),
+            (RST_SENT, 1),
+        ]),
+        row("a wrapped frame, one host", wrapped(&ack, 2), XDP_PASS, Out::Untouched, &[(PASS_NOT_TCP, 1)]).then(),
+    ]);
+    run(rows);
+}
+
+#[test]
+fn the_ring_is_every_host_in_address_order() {
+    let b = PeerRing::new(HOST_B, &[HOST_A, HOST_C], PEER_PORT).unwrap();
+    assert_eq!((b.next, b.others), (HOST_C, 2));
+    // The last wraps to the first; this host may be listed too; duplicates count once.
+    let c = PeerRing::new(HOST_C, &[HOST_B, HOST_A, HOST_C, HOST_A], PEER_PORT).unwrap();
+    assert_eq!((c.this, c.next, c.others), (HOST_C, HOST_A, 2));
+    assert!(PeerRing::new(HOST_A, &[HOST_A], PEER_PORT).is_err(), "a ring of one");
+}
+
+#[test]
+fn each_cookie_is_checked_under_its_periods_secret_within_the_skew_tolerance() {
+    use cookie::{PERIOD_SHIFT, SKEW_TOLERANCE_NS};
+    use counters::{COOKIE_ACK_INVALID, COOKIE_ACK_VALID, REDIRECT_FAILED, RST_SENT};
+    let mut e = engine();
+    // The shared clock 1.5 s before a boundary (moved there through the published adjustment):
+    // the period p - 1 now, p within the tolerance.
+    let p = cookie::period(shared_now()) + 10;
+    let boundary = u64::from(p) << PERIOD_SHIFT;
+    let target = boundary - 1_500_000_000;
+    let adjust_ms = (target as i64 - tai_ns() as i64) / 1_000_000;
+    let secret = |q: u32| Key { k0: u64::from(q) * 7, k1: u64::from(q) * 13 };
+    let keys = Keys { newest: p, keys: [secret(p), secret(p - 1), secret(p - 2)] };
+    e.secrets().publish(engine_common::secrets::Published::new(keys, adjust_ms * 1_000_000));
+    let now = e.shared_now_ns();
+    assert_eq!(cookie::period(now), p - 1, "the test ran for more than a second");
+    // Our SYN-ACK: the current period's secret.
+    let (action, out, _) = e.test_run(&linux_syn(false), 1).unwrap();
+    assert_eq!(action, XDP_TX);
+    check_synack(&e, &linux_syn(false), &out, &LINUX, "SYN-ACK");
+    let tuple = cookie_tuple(server(false), client(false, 40000)).unwrap();
+    let isn = tcp_of(&out).sequence_number();
+    assert_eq!(isn, cookie::make(&secret(p - 1), &tuple, 1000, now, 1460).isn, "minted under period p - 1's secret");
+    // Final ACKs of cookies minted at these instants under these secrets.
+    let rows = [
+        ("this period's", now, secret(p - 1), true),
+        ("the previous period's", boundary - (1 << PERIOD_SHIFT) - 1_000, secret(p - 2), true),
+        ("from a clock 1.5 s ahead", boundary + 1_000, secret(p), true),
+        ("two periods old", boundary - 2 * (1 << PERIOD_SHIFT) + 1_000, secret(p - 3), false),
+        ("this period's, another secret", now, secret(p), false),
+    ];
+    assert!(boundary + 1_000 - now < SKEW_TOLERANCE_NS);
+    for (i, (what, minted_at, key, valid)) in rows.into_iter().enumerate() {
+        let port = 41000 + i as u16;
+        let cookie = cookie::make(&key, &cookie_tuple(server(false), client(false, port)).unwrap(), 1000, minted_at, 1460).isn;
+        let ack = frame(false, port, 1001, &[], |b| b.ack(cookie.wrapping_add(1)), &[]);
+        let before = counters_of(&e);
+        let (action, _, _) = e.test_run(&ack, 1).unwrap();
+        let moved = |c: Counter| counters_of(&e)[c as usize] - before[c as usize];
+        if valid {
+            assert_eq!((action, moved(COOKIE_ACK_VALID), moved(REDIRECT_FAILED)), (XDP_DROP, 1, 1), "{what}");
+        } else {
+            assert_eq!((action, moved(COOKIE_ACK_INVALID), moved(RST_SENT)), (XDP_TX, 1, 1), "{what}");
+        }
+    }
+}
+
+#[test]
+fn the_program_follows_publications_and_mints_only_with_whole_ones() {
+    // One thread publishes secrets back to back, without the interval the daemon keeps
+    // (`engine_common::secrets`), while this one has the program answer SYNs. Every SYN-ACK's
+    // cookie must be the one a whole publication of that moment mints: the program reads the
+    // slot the index names and keeps up with the flips, and never mints with a key nobody
+    // published (half of one, half of the next); a publication it overlaps on both slots would
+    // leave the SYN unanswered (xdp_pass_not_ready). The reader is the code engine_common's
+    // secrets tests run against a writer that does tear slots under it: a tear inside the few
+    // nanoseconds of one program run is too rare to provoke from here.
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut e = engine();
+    let publisher = e.secrets();
+    let adjust_ns = e.published().adjust_ns;
+    let newest = cookie::period(e.shared_now_ns()) + 1;
+    let key = |n: u64| Key { k0: n.wrapping_mul(0x9e37_79b9_7f4a_7c15), k1: !n };
+    let publication = |n: u64| engine_common::secrets::Published::new(Keys { newest, keys: [key(n); cookie::KEYS] }, adjust_ns);
+    publisher.publish(publication(0));
+    let published = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let tuple = cookie_tuple(server(false), client(false, 40000)).unwrap();
+    let syn = linux_syn(false);
+    let (answered, unanswered) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut n = 0;
+            while !done.load(Ordering::Relaxed) {
+                n += 1;
+                publisher.publish_unpaced(publication(n));
+                published.store(n, Ordering::Release);
+            }
+        });
+        let (mut answered, mut unanswered) = (0u32, 0u32);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            let first = published.load(Ordering::Acquire);
+            let (action, out, _) = e.test_run(&syn, 1).unwrap();
+            let last = published.load(Ordering::Acquire) + 1;
+            if action != XDP_TX {
+                assert_eq!(action, XDP_PASS, "a SYN is answered or, while both slots change, passed");
+                unanswered += 1;
+                continue;
+            }
+            let isn = tcp_of(&out).sequence_number();
+            let now = e.shared_now_ns();
+            let whole = (first..=last).any(|n| {
+                let keys = publication(n).keys;
+                cookie::check(&keys, &tuple, 1000, isn, now).is_some()
+            });
+            assert!(whole, "cookie {isn:#x} minted under no key published between {first} and {last}");
+            answered += 1;
+        }
+        done.store(true, Ordering::Relaxed);
+        (answered, unanswered)
+    });
+    assert!(answered > 1000, "{answered} SYNs answered, {unanswered} not");
 }

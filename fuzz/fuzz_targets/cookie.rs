@@ -1,12 +1,13 @@
 //! The SYN cookie as both sides of the wire use it: any SYN (any MSS, window scale, SACK,
 //! timestamps, ECN) on any tuple gets a SYN-ACK whose final ACK decodes, within the cookie's
-//! lifetime and across a secret rotation, to exactly what the SYN offered and we agreed; and
-//! an arbitrary ACK decodes only if it carries a cookie we could have minted for that tuple,
-//! client ISN and time (a forger has to guess the MAC).
+//! lifetime, with the secrets published ahead or not, and from a host whose clock is ahead
+//! within the tolerance, to exactly what the SYN offered and we agreed; and an arbitrary ACK
+//! decodes only if it carries a cookie some published secret minted for that tuple, client
+//! ISN and a period the cookie still covers (a forger has to guess the MAC).
 #![no_main]
 
 use engine_common::{
-    cookie::{self, Key, MSS_TABLE, PERIOD_SHIFT, Tuple},
+    cookie::{self, KEYS, Key, Keys, MAX_AGE, MSS_TABLE, PERIOD_SHIFT, SKEW_TOLERANCE_NS, Tuple},
     handshake::{FACT_ECN, FACT_SACK, FACT_TS, FACT_WSCALE},
     synack::{self, Ours, Syn},
 };
@@ -38,8 +39,10 @@ impl Input<'_> {
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
-    let minting = Key { k0: input.u64(), k1: input.u64() };
-    let other = Key { k0: input.u64(), k1: input.u64() };
+    // Each period's secret, derived here from one base key (random per host or from a shared
+    // key, in the daemon: which does not matter to the cookie).
+    let base = Key { k0: input.u64(), k1: input.u64() };
+    let secret = |p: u32| Key { k0: base.k0 ^ u64::from(p).wrapping_mul(0x9e37_79b9_7f4a_7c15), k1: base.k1.rotate_left(p % 64) };
     let v6 = input.u8() & 1 == 1;
     let (client_port, server_port) = (input.u16(), input.u16());
     let tuple = if v6 {
@@ -57,12 +60,16 @@ fuzz_target!(|data: &[u8]| {
         ecn: offers & 8 != 0,
     };
     let ours = Ours { mss: 536 + input.u16() % 925, wscale: input.u8() % 15 };
-    // CLOCK_MONOTONIC nanoseconds: centuries of range, never near u64::MAX.
-    let now = input.u64() >> 4;
-    let later = now + (input.u64() >> 30);
-    // The secret may have rotated in between: the minting key is then the previous one.
-    let keys = if input.u8() & 1 == 0 { [minting, other] } else { [other, minting] };
-
+    // The shared clock in nanoseconds (Unix time): centuries of range, never near u64::MAX.
+    let minted_at = input.u64() >> 4;
+    // Checked later, or a little earlier by a host whose clock is behind the minting host's.
+    let later = (minted_at + (input.u64() >> 30)).saturating_sub(input.u64() % SKEW_TOLERANCE_NS);
+    // The checking host publishes the current period's secret and the previous ones, and
+    // perhaps the next one already.
+    let newest = cookie::period(later) + u32::from(input.u8() & 1);
+    let keys = Keys { newest, keys: std::array::from_fn(|i| secret(newest.wrapping_sub(i as u32))) };
+    let minting = secret(cookie::period(minted_at));
+    let now = minted_at;
     let answer = synack::answer(&minting, &tuple, &syn, now, &ours);
     assert_eq!(answer.ack, syn.isn.wrapping_add(1));
     assert_eq!(answer.mss, ours.mss, "our SYN-ACK announces our own MSS");
@@ -81,8 +88,11 @@ fuzz_target!(|data: &[u8]| {
     let (seq, ack) = (syn.isn.wrapping_add(1), answer.seq.wrapping_add(1));
     let client_ts = answer.ts.map(|(tsval, _)| (syn.ts.unwrap_or(0).wrapping_add(input.u16().into()), tsval));
     let decoded = cookie::decode(&keys, &tuple, seq, ack, client_ts, later, ours.wscale);
-    let age = cookie::period(later) - cookie::period(now);
-    if age <= cookie::MAX_AGE {
+    let (p, at) = (cookie::period(now), cookie::period(later));
+    let hi = cookie::period(later + SKEW_TOLERANCE_NS);
+    let age = i64::from(at) - i64::from(p);
+    let published = keys.of(p).is_some();
+    if p <= hi && age <= i64::from(MAX_AGE) && published {
         let facts = decoded.unwrap_or_else(|| panic!("our own cookie refused after {age} periods"));
         assert_eq!((facts.iss, facts.irs), (answer.seq, syn.isn));
         let kept = syn.cookie_mss(ours.mss);
@@ -102,8 +112,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-    } else if age & 3 > cookie::MAX_AGE {
-        assert!(decoded.is_none(), "a cookie {age} periods old accepted");
+    } else if hi >= p && hi - p <= 3 {
+        // The cookie's period bits name its period unambiguously: refused for its age or its
+        // secret, whatever the MAC (beyond that only a 2^-28 MAC collision could pass).
+        assert!(decoded.is_none(), "a cookie {age} periods old accepted (secret published: {published})");
     }
 
     // A forged ACK: accepted only if some key minted exactly that cookie for this tuple and
@@ -113,11 +125,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some(facts) = cookie::decode(&keys, &tuple, seq, ack, ts, later, ours.wscale) {
         let cookie = ack.wrapping_sub(1);
         let idx = (cookie >> 28) & 3;
-        let minted = keys.iter().any(|k| {
-            (0..=cookie::MAX_AGE).any(|back| {
-                let p = cookie::period(later).wrapping_sub(back);
-                cookie::make(k, &tuple, seq.wrapping_sub(1), u64::from(p) << PERIOD_SHIFT, MSS_TABLE[idx as usize]).isn == cookie
-            })
+        let minted = (0..KEYS as u32).any(|i| {
+            let p = newest.wrapping_sub(i);
+            let in_reach = p <= hi && i64::from(at) - i64::from(p) <= i64::from(MAX_AGE);
+            in_reach && cookie::make(&keys.keys[i as usize], &tuple, seq.wrapping_sub(1), u64::from(p) << PERIOD_SHIFT, MSS_TABLE[idx as usize]).isn == cookie
         });
         assert!(minted, "an ACK we never minted decoded to {facts:?}");
         assert!(facts.snd_wscale <= 14);

@@ -1,5 +1,7 @@
-//! Congestion window control: NewReno (RFC 5681, RFC 6582) and CUBIC (RFC 9438). Loss recovery
-//! itself (which segments to resend) is the connection's; this module only sizes the window.
+//! Congestion window control: NewReno (RFC 5681, RFC 6582) and CUBIC (RFC 9438), with
+//! HyStart++ (RFC 9406) ending the initial slow start on a rise in delay before the queue
+//! overflows. Loss recovery itself (which segments to resend) is the connection's; this
+//! module only sizes the window.
 
 use core::time::Duration;
 
@@ -20,6 +22,16 @@ const C: f32 = 0.4;
 /// No CUBIC epoch running (`epoch_start`).
 const NO_EPOCH: Instant = Instant::MAX;
 
+/// RFC 9406 4.3 constants.
+const MIN_RTT_THRESH_US: u32 = 4_000;
+const MAX_RTT_THRESH_US: u32 = 16_000;
+const MIN_RTT_DIVISOR: u32 = 8;
+const N_RTT_SAMPLE: u8 = 8;
+const CSS_GROWTH_DIVISOR: u32 = 4;
+const CSS_ROUNDS: u8 = 5;
+/// An RTT not (yet) known.
+const NO_RTT: u32 = u32::MAX;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Congestion {
     algorithm: CongestionAlgorithm,
@@ -33,6 +45,15 @@ pub struct Congestion {
     k: f32,
     /// Start of the congestion-avoidance epoch (RFC 9438 4.2), or `NO_EPOCH`.
     epoch_start: Instant,
+    // RFC 9406 HyStart++, in the initial slow start only (4.3: while ssthresh is at its
+    // initial value). Rounds are the caller's: it calls `start_round` when an ACK reaches
+    // what SND.NXT was when the previous round began.
+    last_round_min_rtt_us: u32,
+    current_round_min_rtt_us: u32,
+    /// Conservative Slow Start: its baseline, `NO_RTT` when not in CSS.
+    css_baseline_min_rtt_us: u32,
+    rtt_sample_count: u8,
+    css_round_count: u8,
 }
 
 impl Congestion {
@@ -47,6 +68,60 @@ impl Congestion {
             w_est: 0.0,
             k: 0.0,
             epoch_start: NO_EPOCH,
+            last_round_min_rtt_us: NO_RTT,
+            current_round_min_rtt_us: NO_RTT,
+            css_baseline_min_rtt_us: NO_RTT,
+            rtt_sample_count: 0,
+            css_round_count: 0,
+        }
+    }
+
+    fn in_css(&self) -> bool {
+        self.css_baseline_min_rtt_us != NO_RTT
+    }
+
+    /// RFC 9406 4.3: a new round begins (the ACK reached the previous round's end).
+    pub fn start_round(&mut self) {
+        if self.ssthresh != u32::MAX {
+            return;
+        }
+        let h = self;
+        if h.in_css() {
+            h.css_round_count += 1;
+            if h.css_round_count >= CSS_ROUNDS {
+                // RFC 9406 4.3: CSS_ROUNDS rounds in CSS: enter congestion avoidance.
+                h.ssthresh = h.cwnd;
+                return;
+            }
+        }
+        h.last_round_min_rtt_us = h.current_round_min_rtt_us;
+        h.current_round_min_rtt_us = NO_RTT;
+        h.rtt_sample_count = 0;
+    }
+
+    /// RFC 9406 4.3: an RTT sample in the initial slow start; a rise of the round's minimum by
+    /// more than an eighth of the last round's (4 to 16 ms) leaves standard slow start for
+    /// Conservative Slow Start, and a fall back below the baseline returns to it.
+    fn hystart_sample(&mut self, rtt: Duration) {
+        let h = self;
+        let rtt_us = rtt.as_micros().min(NO_RTT as u128 - 1) as u32;
+        h.current_round_min_rtt_us = h.current_round_min_rtt_us.min(rtt_us);
+        h.rtt_sample_count = h.rtt_sample_count.saturating_add(1);
+        if h.rtt_sample_count < N_RTT_SAMPLE || h.current_round_min_rtt_us == NO_RTT {
+            return;
+        }
+        if h.in_css() {
+            if h.current_round_min_rtt_us < h.css_baseline_min_rtt_us {
+                // Spurious: back to standard slow start.
+                h.css_baseline_min_rtt_us = NO_RTT;
+                h.css_round_count = 0;
+            }
+        } else if h.last_round_min_rtt_us != NO_RTT {
+            let thresh = (h.last_round_min_rtt_us / MIN_RTT_DIVISOR).clamp(MIN_RTT_THRESH_US, MAX_RTT_THRESH_US);
+            if h.current_round_min_rtt_us >= h.last_round_min_rtt_us.saturating_add(thresh) {
+                h.css_baseline_min_rtt_us = h.current_round_min_rtt_us;
+                h.css_round_count = 0;
+            }
         }
     }
 
@@ -62,11 +137,20 @@ impl Congestion {
         self.cwnd < self.ssthresh
     }
 
-    /// New data acknowledged outside recovery.
-    pub fn on_ack(&mut self, now: Instant, acked: u32, mss: u32, srtt: Option<Duration>) {
+    /// New data acknowledged outside recovery; `rtt`: this ACK's RTT sample, if any.
+    pub fn on_ack(&mut self, now: Instant, acked: u32, mss: u32, srtt: Option<Duration>, rtt: Option<Duration>) {
         if self.in_slow_start() {
-            // RFC 5681 3.1 (with RFC 3465 L = 2): cwnd += min(N, 2*SMSS).
-            self.cwnd = self.cwnd.saturating_add(acked.min(2 * mss));
+            if self.ssthresh == u32::MAX
+                && let Some(rtt) = rtt
+            {
+                self.hystart_sample(rtt);
+            }
+            // RFC 5681 3.1 slow start, by all that was acknowledged as Linux's tcp_slow_start
+            // (RFC 3465's limit of 2 SMSS per ACK would crawl behind receivers whose offloads
+            // acknowledge many segments at once; RFC 9406 4.3 lifts it for paced senders); in
+            // Conservative Slow Start a quarter of that (RFC 9406 4.3).
+            let divisor = if self.in_css() { CSS_GROWTH_DIVISOR } else { 1 };
+            self.cwnd = self.cwnd.saturating_add(acked / divisor);
             return;
         }
         match self.algorithm {
@@ -115,21 +199,38 @@ impl Congestion {
         self.cwnd = next.clamp(self.cwnd, self.cwnd.saturating_add(acked.max(mss)));
     }
 
-    /// Fast recovery begins (RFC 5681 3.2 steps 2-3, RFC 6675 5 step 4.2): ssthresh reduced
-    /// and cwnd set to it.
-    pub fn enter_recovery(&mut self, flight: u32, mss: u32) {
+    /// A window reduction begins (fast recovery, RFC 5681 3.2 step 2 and RFC 6675 5 step 4.2;
+    /// or a congestion signal without loss, RFC 3168 6.1.2): ssthresh is lowered; cwnd then
+    /// follows Proportional Rate Reduction ([`Congestion::set_reduced_window`]) until
+    /// [`Congestion::end_reduction`].
+    pub fn begin_reduction(&mut self, flight: u32, mss: u32) {
         self.on_loss(flight, mss);
+    }
+
+    /// During a reduction, the window PRR computed for this ACK (RFC 6937 3).
+    pub fn set_reduced_window(&mut self, cwnd: u32) {
+        self.cwnd = cwnd;
+    }
+
+    /// The reduction is over (RFC 6937 3: cwnd = ssthresh when recovery ends).
+    pub fn end_reduction(&mut self) {
         self.cwnd = self.ssthresh;
     }
 
-    /// Fast recovery ends with a full ACK (RFC 6582 3.2 step 3): cwnd = min(ssthresh,
-    /// max(FlightSize, SMSS) + SMSS).
-    pub fn exit_recovery(&mut self, flight: u32, mss: u32) {
-        self.cwnd = self.ssthresh.min(flight.max(mss) + mss);
+    /// What [`Congestion::undo`] restores, taken when a reduction begins: the state before it,
+    /// with ssthresh as Linux's tcp_current_ssthresh (at least 3/4 of cwnd).
+    pub fn before_reduction(&self) -> Congestion {
+        Congestion { ssthresh: self.ssthresh.max(self.cwnd / 2 + self.cwnd / 4), ..*self }
     }
 
-    /// A loss detected by duplicate ACKs / SACK: the new ssthresh (RFC 5681 3.2 eq 4, RFC 9438
-    /// 4.6).
+    /// The reduction was spurious (RFC 5682, RFC 2883 and as Linux's tcp_undo_cwnd_reduction):
+    /// back to the state before it, keeping any growth since.
+    pub fn undo(&mut self, before: &Congestion) {
+        let (cwnd, ssthresh) = (self.cwnd.max(before.cwnd), self.ssthresh.max(before.ssthresh));
+        *self = Congestion { cwnd, ssthresh, ..*before };
+    }
+
+    /// A congestion signal: the new ssthresh (RFC 5681 3.2 eq 4, RFC 9438 4.6).
     fn on_loss(&mut self, flight: u32, mss: u32) {
         match self.algorithm {
             CongestionAlgorithm::NewReno => {
@@ -165,12 +266,16 @@ mod tests {
     #[test]
     fn newreno_slow_start_then_linear() {
         let mut c = Congestion::new(CongestionAlgorithm::NewReno, 1000, 10);
-        c.on_ack(Instant::ZERO, 1000, 1000, None);
+        c.on_ack(Instant::ZERO, 1000, 1000, None, None);
         assert_eq!(c.cwnd, 11_000);
-        c.enter_recovery(20_000, 1000);
+        // A stretch ACK grows the window by all it acknowledges.
+        c.on_ack(Instant::ZERO, 5000, 1000, None, None);
+        assert_eq!(c.cwnd, 16_000);
+        c.begin_reduction(20_000, 1000);
+        c.end_reduction();
         assert_eq!((c.ssthresh, c.cwnd), (10_000, 10_000));
         for _ in 0..10 {
-            c.on_ack(Instant::ZERO, 1000, 1000, None);
+            c.on_ack(Instant::ZERO, 1000, 1000, None, None);
         }
         assert_eq!(c.cwnd, 11_000);
         c.on_timeout(11_000, 1000, true);
@@ -179,16 +284,65 @@ mod tests {
         assert_eq!((c.cwnd, c.ssthresh), (1000, 5500));
     }
 
+    /// RFC 9406: rounds of `acks` ACKs of one segment each, the RTT sample of round `r` given
+    /// by `rtt(r)`; returns cwnd (in segments) after each round.
+    fn slow_start_rounds(c: &mut Congestion, rounds: u32, acks: u32, rtt: impl Fn(u32) -> u64) -> Vec<u32> {
+        let mut out = Vec::new();
+        for r in 0..rounds {
+            c.start_round();
+            for _ in 0..acks {
+                c.on_ack(Instant::ZERO, 1000, 1000, None, Some(Duration::from_micros(rtt(r))));
+            }
+            out.push(c.cwnd / 1000);
+        }
+        out
+    }
+
+    #[test]
+    fn hystart_plus_plus_leaves_slow_start_when_the_delay_rises() {
+        // A flat RTT: standard slow start, cwnd + 10 per round of 10 ACKs.
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 10);
+        assert_eq!(slow_start_rounds(&mut c, 3, 10, |_| 40_000), [20, 30, 40]);
+        assert!(!c.in_css());
+        // The round's minimum rises by 6 ms over 40 ms (threshold 5 ms): Conservative Slow
+        // Start from the 8th sample, a quarter of the growth (RFC 9406 4.3).
+        assert_eq!(slow_start_rounds(&mut c, 1, 10, |_| 46_000), [47]);
+        assert!(c.in_css() && c.in_slow_start());
+        // The delay falls back below the baseline: standard slow start again from the 8th
+        // sample (7 quarter increases, then 3 whole).
+        assert_eq!(slow_start_rounds(&mut c, 1, 10, |_| 41_000), [52]);
+        assert!(!c.in_css());
+        // A rise again, then CSS_ROUNDS rounds in CSS: congestion avoidance at that cwnd.
+        let before = c.cwnd;
+        let cwnd = slow_start_rounds(&mut c, 6, 10, |r| 50_000 + 1000 * r as u64);
+        assert!(c.in_css());
+        // Entered CSS in the first of these rounds; at the start of the sixth, five rounds in
+        // CSS are complete: ssthresh is the cwnd then, and that round grows it as CUBIC does.
+        assert_eq!(c.ssthresh, before + 7 * 1000 + 3 * 250 + 4 * 10 * 250, "{cwnd:?}");
+        assert!(!c.in_slow_start());
+        // A rise below the threshold (4 ms at least) does nothing.
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 10);
+        slow_start_rounds(&mut c, 2, 10, |_| 10_000);
+        slow_start_rounds(&mut c, 1, 10, |_| 13_900);
+        assert!(!c.in_css());
+    }
+
     #[test]
     fn cubic_reduces_by_beta_and_regrows_toward_wmax() {
         let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 100);
-        c.enter_recovery(100_000, 1000);
+        let before = c.before_reduction();
+        c.begin_reduction(100_000, 1000);
+        c.end_reduction();
         assert_eq!((c.ssthresh, c.cwnd), (70_000, 70_000));
+        // Undone: the window and ssthresh as before (ssthresh at least 3/4 of cwnd).
+        let mut undone = c;
+        undone.undo(&before);
+        assert_eq!((undone.ssthresh, undone.cwnd), (u32::MAX, 100_000));
         let mut now = Instant::ZERO;
         let rtt = Duration::from_millis(10);
         for _ in 0..2000 {
             now = now + Duration::from_millis(1);
-            c.on_ack(now, 1000, 1000, Some(rtt));
+            c.on_ack(now, 1000, 1000, Some(rtt), None);
         }
         assert!(c.cwnd > 70_000, "{}", c.cwnd);
         c.on_loss(c.cwnd, 1000);

@@ -18,7 +18,7 @@ use engine_common::handshake::HandshakeFacts;
 use hashbrown::HashTable;
 
 pub use super::connection::{AcceptError, DropReason};
-use super::connection::{Connection, ConnectionInfo, Event, Handled, Parked};
+use super::connection::{Connection, ConnectionInfo, Event, Handled, Parked, Stats};
 use super::segment::{self, Header};
 use super::timer::TimingWheel;
 use super::{Config, Instant, reset_for};
@@ -68,6 +68,8 @@ pub struct Transmit {
     pub remote: SocketAddr,
     /// Bytes of TCP segment written.
     pub len: usize,
+    /// Send it ECN-capable, ECT(0) (RFC 3168; see `Connection::ect`).
+    pub ect: bool,
 }
 
 /// A 4-tuple in 38 bytes (IPv4 addresses as v4-mapped IPv6), as parked slots keep it.
@@ -194,6 +196,8 @@ pub struct Endpoint {
     events: VecDeque<(ConnectionHandle, Event)>,
     /// Retransmitted FINs answered from TIME_WAIT (our last ACK was lost).
     pub time_wait_fin_reacked: u64,
+    /// Every connection's counters added up, released ones included.
+    totals: Stats,
 }
 
 impl Endpoint {
@@ -214,7 +218,13 @@ impl Endpoint {
             resets: VecDeque::new(),
             events: VecDeque::new(),
             time_wait_fin_reacked: 0,
+            totals: Stats::default(),
         }
+    }
+
+    /// The counters of every connection this endpoint has had, added up (for `synx stats`).
+    pub fn totals(&self) -> &Stats {
+        &self.totals
     }
 
     /// Connections in the slab (until released).
@@ -331,6 +341,7 @@ impl Endpoint {
             return Err(AcceptError::Full);
         }
         let conn = Connection::accept(now, self.config.clone(), &facts, local, remote, ack, payload)?;
+        self.totals.add_change(&Stats::default(), conn.stats());
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -380,10 +391,11 @@ impl Endpoint {
     pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, h: &Header, payload: &[u8]) -> Disposition {
         let Some(idx) = self.find(local, remote) else { return Disposition::Unknown };
         let Some(conn) = self.live(idx) else { return Disposition::Unknown };
-        let reacks = conn.stats().time_wait_fin_reacks;
+        let before = *conn.stats();
         let d = conn.handle(now, h, payload);
-        let reacked = conn.stats().time_wait_fin_reacks - reacks;
-        self.time_wait_fin_reacked += reacked;
+        let after = *conn.stats();
+        self.time_wait_fin_reacked += u64::from(after.time_wait_fin_reacks - before.time_wait_fin_reacks);
+        self.totals.add_change(&before, &after);
         self.mark(idx);
         match d {
             Handled::Processed => Disposition::Delivered(ConnectionHandle(idx)),
@@ -477,7 +489,10 @@ impl Endpoint {
             if let Some(t) = last_seen(ConnectionHandle(idx)) {
                 conn.note_peer_activity(t);
             }
+            let before = *conn.stats();
             conn.handle_timeout(now);
+            let after = *conn.stats();
+            self.totals.add_change(&before, &after);
             self.mark(idx);
         }
     }
@@ -514,7 +529,7 @@ impl Endpoint {
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if let Some((local, remote, h)) = self.resets.pop_front() {
             let len = segment::write(&h, &[], buf).ok()?;
-            return Some(Transmit { handle: None, local, remote, len });
+            return Some(Transmit { handle: None, local, remote, len, ect: false });
         }
         while let Some(&idx) = self.work.front() {
             let slot = &mut self.slots[idx as usize];
@@ -523,8 +538,11 @@ impl Endpoint {
                 slot.queued = false;
                 continue;
             };
-            if let Some(len) = conn.poll_transmit(now, buf) {
-                return Some(Transmit { handle: Some(ConnectionHandle(idx)), local: conn.local(), remote: conn.remote(), len });
+            let before = *conn.stats();
+            let sent = conn.poll_transmit(now, buf);
+            self.totals.add_change(&before, conn.stats());
+            if let Some(len) = sent {
+                return Some(Transmit { handle: Some(ConnectionHandle(idx)), local: conn.local(), remote: conn.remote(), len, ect: conn.ect() });
             }
             // Nothing more to send: collect events, register the deadline, maybe release.
             self.work.pop_front();

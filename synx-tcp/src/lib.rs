@@ -12,7 +12,7 @@
 //! - [`timer`]: the per-connection timer table and the timing wheel across connections.
 //! - [`endpoint`]: demux by 4-tuple, connection slab, wheel-driven timeouts.
 //! - [`reset`]: the RST for a segment that matches no connection.
-//! - [`rtt`], [`congestion`], [`sack`], [`recv_buf`], [`send_buf`]: the pieces a TCB is made of.
+//! - [`rtt`], [`congestion`], [`recv_buf`], [`send_buf`]: the pieces a TCB is made of.
 
 pub mod config;
 pub mod congestion;
@@ -22,7 +22,6 @@ pub mod instant;
 pub mod recv_buf;
 pub mod reset;
 pub mod rtt;
-pub mod sack;
 pub mod segment;
 pub mod send_buf;
 pub mod seq;
@@ -31,7 +30,7 @@ pub mod timer;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Config, Keepalive};
+pub use config::{BufferBudget, Config, Keepalive};
 pub use congestion::CongestionAlgorithm;
 pub use connection::{CloseReason, Connection, ConnectionInfo, Event, Handled, State, TimeoutKind};
 pub use endpoint::{ConnectionHandle, Disposition, Endpoint};

@@ -70,6 +70,24 @@ impl RttEstimator {
     pub fn reset_backoff(&mut self) {
         self.backoff = 0;
     }
+
+    /// At rest (no backoff), all an estimator holds is SRTT and RTTVAR; the RTO follows from
+    /// them (and the configuration). `None` while backing off.
+    pub fn fold(&self) -> Option<(u32, u32)> {
+        (self.backoff == 0).then_some((self.srtt_us, self.rttvar_us))
+    }
+
+    /// The estimator [`RttEstimator::fold`] gave, with the bounds its samples were taken with.
+    pub fn unfold((srtt_us, rttvar_us): (u32, u32), initial_rto: Duration, min_rto: Duration) -> Self {
+        let mut e = Self::new(initial_rto);
+        if srtt_us != 0 {
+            e.srtt_us = srtt_us;
+            e.rttvar_us = rttvar_us;
+            let var = (4 * rttvar_us as u64).max(min_rto.as_micros() as u64);
+            e.base_rto_us = (srtt_us as u64 + var).min(MAX_RTO.as_micros() as u64) as u32;
+        }
+        e
+    }
 }
 
 #[cfg(test)]
@@ -98,5 +116,13 @@ mod tests {
         assert_eq!(e.rto(MIN, MAX_RTO), MAX_RTO);
         e.sample(Duration::from_millis(100), MIN);
         assert!(e.rto(MIN, MAX_RTO) < Duration::from_secs(1));
+        // Folded at rest and unfolded: the same RTO.
+        let f = e.fold().unwrap();
+        let u = RttEstimator::unfold(f, Duration::from_secs(1), MIN);
+        assert_eq!((u.srtt(), u.rto(MIN, MAX_RTO)), (e.srtt(), e.rto(MIN, MAX_RTO)));
+        e.back_off();
+        assert_eq!(e.fold(), None);
+        let fresh = RttEstimator::new(Duration::from_secs(1));
+        assert_eq!(RttEstimator::unfold(fresh.fold().unwrap(), Duration::from_secs(1), MIN).rto(MIN, MAX_RTO), Duration::from_secs(1));
     }
 }

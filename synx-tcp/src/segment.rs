@@ -144,6 +144,9 @@ pub struct Header {
     pub window: u16,
     pub urgent: u16,
     pub options: Options,
+    /// Not of the TCP header: the IP header of the arriving segment carried CE (RFC 3168 5),
+    /// as the wire layer read it. Neither parsed nor written here.
+    pub ce: bool,
 }
 
 impl Header {
@@ -196,6 +199,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Header, &[u8]), ParseError> {
         window: be16(14),
         urgent: be16(18),
         options,
+        ce: false,
     };
     Ok((header, &bytes[hlen..]))
 }
@@ -339,6 +343,7 @@ pub(crate) mod tests {
                 window: win,
                 urgent: urg,
                 options,
+                ce: false,
             })
     }
 
@@ -403,6 +408,7 @@ pub(crate) mod tests {
             window: 512,
             urgent: 0,
             options: Options { timestamps: Some((7, 9)), ..Default::default() },
+            ce: false,
         };
         let mut buf = [0u8; 64];
         let n = write(&h, b"hi", &mut buf).unwrap();

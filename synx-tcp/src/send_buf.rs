@@ -23,7 +23,16 @@ impl SendBuffer {
     }
 
     pub fn free(&self) -> usize {
-        self.cap as usize - self.data.len()
+        (self.cap as usize).saturating_sub(self.data.len())
+    }
+
+    pub fn cap(&self) -> u32 {
+        self.cap
+    }
+
+    /// Let the buffer hold more (it never shrinks).
+    pub fn grow_to(&mut self, cap: u32) {
+        self.cap = self.cap.max(cap);
     }
 
     pub fn heap_bytes(&self) -> usize {

@@ -11,13 +11,17 @@ use super::connection::{AcceptError, DropReason};
 use super::*;
 
 mod cookie_ack;
+mod ecn;
 mod endpoint;
+mod pacing;
 mod park;
 mod properties;
+mod recovery;
 mod scenarios;
 mod simulator;
 mod smoltcp_peer;
 mod states;
+mod tuning;
 
 pub(crate) const ISS: u32 = 1_000;
 pub(crate) const IRS: u32 = 5_000;
@@ -68,6 +72,24 @@ pub(crate) fn accept_with(config: Config, facts: HandshakeFacts, ack: &Header, p
 
 pub(crate) fn established() -> Connection {
     accept_with(config(), facts(), &peer(0, 0), &[])
+}
+
+/// An established connection that negotiated SACK, with Nagle and pacing off so segments leave
+/// as the tests write them.
+pub(crate) fn sack_sender() -> Connection {
+    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
+    accept_with(Config { nagle: false, pacing: false, ..config() }, f, &peer(0, 0), &[])
+}
+
+/// The peer's ACK of `acked` full segments with SACK blocks `[l, r)`, all counted in 1460-byte
+/// segments from our ISS + 1.
+pub(crate) fn sack_ack(acked: u32, blocks: &[(u32, u32)]) -> Header {
+    const MSS: u32 = 1460;
+    let mut h = peer(0, acked * MSS);
+    for &(l, r) in blocks {
+        h.options.sack.push(SeqNum(ISS + 1 + l * MSS), SeqNum(ISS + 1 + r * MSS));
+    }
+    h
 }
 
 /// Everything the connection sends at `now`, parsed.
@@ -141,19 +163,7 @@ pub(crate) fn run_until(c: &mut Connection, until: Instant) -> Vec<(Instant, Hea
 
 #[test]
 fn state_names_are_rfc_spelling() {
-    let names: Vec<String> = [
-        State::Established,
-        State::CloseWait,
-        State::LastAck,
-        State::FinWait1,
-        State::FinWait2,
-        State::Closing,
-        State::TimeWait,
-        State::Closed,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let names: Vec<String> = State::ALL.iter().map(|s| s.to_string()).collect();
     assert_eq!(names, ["ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "TIME_WAIT", "CLOSED"]);
 }
 
@@ -161,6 +171,10 @@ fn state_names_are_rfc_spelling() {
 fn tcb_is_under_1k_and_idle_holds_no_buffers() {
     let size = core::mem::size_of::<Connection>();
     assert!(size < 1024, "Connection is {size} bytes");
+    // What an idle connection keeps (with its tuple, its wheel entry and the BPF maps' share)
+    // must stay under 512 bytes in all.
+    let parked = core::mem::size_of::<connection::Parked>();
+    assert!(parked <= 248, "Parked is {parked} bytes");
     let mut c = established();
     assert_eq!(c.heap_bytes(), 0);
     // Data both ways, read and acknowledged: the buffers go away again.

@@ -14,24 +14,32 @@ pub enum TimerKind {
     Keepalive = 3,
     /// 2*MSL in TIME_WAIT (RFC 9293 3.10.8).
     TimeWait = 4,
+    /// The pacer lets the next segment go (nothing to do but send it).
+    Pace = 5,
 }
 
 impl TimerKind {
-    pub const ALL: [TimerKind; 5] =
-        [TimerKind::Retransmit, TimerKind::DelayedAck, TimerKind::Persist, TimerKind::Keepalive, TimerKind::TimeWait];
+    pub const ALL: [TimerKind; 6] = [
+        TimerKind::Retransmit,
+        TimerKind::DelayedAck,
+        TimerKind::Persist,
+        TimerKind::Keepalive,
+        TimerKind::TimeWait,
+        TimerKind::Pace,
+    ];
 }
 
 const UNSET: u64 = u64::MAX;
 
-/// One deadline per [`TimerKind`]; 40 bytes.
+/// One deadline per [`TimerKind`]; 48 bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct TimerTable {
-    deadlines: [u64; 5],
+    deadlines: [u64; 6],
 }
 
 impl Default for TimerTable {
     fn default() -> Self {
-        Self { deadlines: [UNSET; 5] }
+        Self { deadlines: [UNSET; 6] }
     }
 }
 
@@ -50,7 +58,7 @@ impl TimerTable {
         self.deadlines[kind as usize] != UNSET
     }
     pub fn stop_all(&mut self) {
-        self.deadlines = [UNSET; 5];
+        self.deadlines = [UNSET; 6];
     }
     /// The earliest deadline.
     pub fn next(&self) -> Option<Instant> {

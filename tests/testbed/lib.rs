@@ -21,7 +21,9 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 
 mod nginx;
+pub mod path;
 pub use nginx::Nginx;
+pub mod multihost;
 
 const PREFIX: &str = "sx";
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
@@ -240,26 +242,31 @@ impl VethPair {
     /// Native XDP_TX and redirects on a veth deliver only when the peer veth has an XDP program
     /// too: run `synx peer-pass` (an XDP_PASS program) on the client's end until drop.
     pub fn attach_peer_xdp(&self) -> anyhow::Result<()> {
-        let mut child = self
-            .client
-            .command(synx_bin().to_str().context("binary path")?)
-            .args(["peer-pass", "--iface", &self.client_if])
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting synx peer-pass")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        if !line.starts_with("attached") {
-            let _ = child.kill();
-            bail!("synx peer-pass did not attach: {:?}", child.wait()?);
-        }
-        *self.peer_xdp.lock().unwrap() = Some(child);
+        *self.peer_xdp.lock().unwrap() = Some(peer_pass(&self.client, &self.client_if)?);
         Ok(())
     }
 
     pub fn server_ip(&self, v6: bool) -> IpAddr {
         if v6 { self.server_v6.into() } else { self.server_v4.into() }
     }
+}
+
+/// `synx peer-pass` (an XDP_PASS program) on `iface` in `ns`, attached when this returns;
+/// detached when the child is killed.
+pub fn peer_pass(ns: &Netns, iface: &str) -> anyhow::Result<Child> {
+    let mut child = ns
+        .command(synx_bin().to_str().context("binary path")?)
+        .args(["peer-pass", "--iface", iface])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting synx peer-pass")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    if !line.starts_with("attached") {
+        let _ = child.kill();
+        bail!("synx peer-pass did not attach on {iface}: {:?}", child.wait()?);
+    }
+    Ok(child)
 }
 
 /// Path of the `synx` binary the tests drive: `$SYNX_BIN`, else the workspace's target dir
@@ -287,6 +294,8 @@ pub struct Daemon {
     pub banner: Vec<String>,
     /// Everything it printed to stdout so far (collected for its whole life).
     output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Everything it logged (stderr) so far, which is also passed on to the test's stderr.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -300,10 +309,19 @@ impl Daemon {
             .arg(&control_socket)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .context("starting synx")?;
         let stdout = child.stdout.take().context("stdout")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log_sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                log_sink.lock().unwrap().push(line);
+            }
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = output.clone();
@@ -314,7 +332,7 @@ impl Daemon {
                 let _ = tx.send(line);
             }
         });
-        let mut daemon = Self { child, control_socket, banner: Vec::new(), output };
+        let mut daemon = Self { child, control_socket, banner: Vec::new(), output, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -362,6 +380,17 @@ impl Daemon {
     /// Every stdout line the daemon printed so far.
     pub fn output(&self) -> Vec<String> {
         self.output.lock().unwrap().clone()
+    }
+
+    /// Every line the daemon logged (stderr) so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Kill it at once (SIGKILL): a host that dies.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {
@@ -607,6 +636,20 @@ pub fn echo_roundtrip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
     s.read_exact(&mut got).unwrap();
     writer.join().unwrap();
     got
+}
+
+/// Test bytes that differ per offset and per seed, with no run repeating at a short period
+/// (xorshift64): a shifted, dropped or duplicated piece changes their hash.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// A hash of every byte, in order.

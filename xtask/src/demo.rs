@@ -268,6 +268,62 @@ pub fn demo(bin: &Path) -> anyhow::Result<()> {
     }
     let status = daemon.stop()?;
     step(&format!("synx stopped ({status}); XDP detached, namespaces removed"))?;
+    drop(net);
+    three_hosts()
+}
+
+/// Three hosts serving one anycast address behind an ECMP router, announced with BGP: the
+/// connections spread, a handshake moves between hosts, a host drains and leaves.
+fn three_hosts() -> anyhow::Result<()> {
+    use testbed::multihost::{ANYCAST, Cluster, PORT, Setup, echo};
+    step("three hosts: synx on each with one --cookie-key-file and --peer-hosts, the anycast address announced by BIRD over BGP, the router installing the ECMP route (L4 hash)")?;
+    let cluster = Cluster::start(3, &Setup::default())?;
+    say(&format!("router: {ANYCAST}/32 via {}", cluster.nexthops().iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")));
+    let sessions = cluster.router_birdc(&["show", "protocols"])?;
+    say(&format!("router BIRD: {} BGP sessions established", sessions.lines().filter(|l| l.contains("BGP") && l.contains("Established")).count()));
+
+    step(&format!("30 connections to {ANYCAST}:{PORT}, each echoing"))?;
+    let mut conns = Vec::new();
+    for i in 0..30 {
+        let mut s = cluster.connect(0)?;
+        let msg = format!("hello {i}");
+        ensure!(echo(&mut s, msg.as_bytes())? == msg.as_bytes(), "echo {i}");
+        conns.push(s);
+    }
+    for (i, h) in cluster.hosts.iter().enumerate() {
+        say(&format!("host {i} ({}): {} connections", h.addr, h.counter("tcp_accepted")));
+    }
+
+    step("a handshake that moves: the router sends one client port's SYN to host 0 and its final ACK to host 1")?;
+    cluster.steer(45_000, 0, 1)?;
+    let (sent, valid) = (cluster.hosts[0].counter("xdp_syn_cookie_sent"), cluster.hosts[1].counter("xdp_cookie_ack_valid"));
+    let mut moved = cluster.connect(45_000)?;
+    ensure!(echo(&mut moved, b"moved")? == b"moved", "echo on the moved connection");
+    say(&format!(
+        "host 0 sent {} SYN-ACK, host 1 validated {} cookie of host 0's; synx conns shows the connection on host {}",
+        cluster.hosts[0].counter("xdp_syn_cookie_sent") - sent,
+        cluster.hosts[1].counter("xdp_cookie_ack_valid") - valid,
+        cluster.holder(45_000).map_or("none".to_string(), |h| h.to_string())
+    ));
+
+    step("draining host 1: synx drain, then BIRD withdraws the route; its connections go on through the others (second chance)")?;
+    say(&format!("synx drain: {}", cluster.drain(1)?.trim()));
+    cluster.hosts[1].withdraw()?;
+    ensure!(cluster.wait_nexthops(2), "the route was not withdrawn");
+    say(&format!("router: {ANYCAST}/32 via {}", cluster.nexthops().iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")));
+    for (i, s) in conns.iter_mut().chain(std::iter::once(&mut moved)).enumerate() {
+        ensure!(echo(s, b"still here")? == b"still here", "connection {i} after the withdrawal");
+    }
+    say(&format!(
+        "every connection still echoes; hosts 0 and 2 handed {} segments to host 1",
+        cluster.hosts[0].counter("xdp_second_chance_sent") + cluster.hosts[2].counter("xdp_second_chance_sent")
+    ));
+    drop(conns);
+    drop(moved);
+    let left = wait_for(Duration::from_secs(10), || cluster.hosts[1].counter("connections_open") == 0);
+    say(&format!("host 1: {} connections open{}", cluster.hosts[1].counter("connections_open"), if left { "; it can stop" } else { "" }));
+    drop(cluster);
+    step("three hosts stopped; BIRD, namespaces and files removed")?;
     Ok(())
 }
 

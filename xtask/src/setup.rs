@@ -26,6 +26,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     // promtool checks the metrics endpoint's text format.
     ("prometheus", "promtool"),
+    // BGP for the multi-host test bed and demo (tests/testbed/multihost.rs).
+    ("bird2", "bird"),
 ];
 /// Python modules the tests use (crafted packets), as (pip package, import name).
 const PYTHON: &[(&str, &str)] = &[("scapy", "scapy")];

@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use engine_common::{
-    cookie::{self, Key},
+    cookie::{self, Keys},
     counters,
     maps::{BENCH_FRAME_LEN, BenchFrame, BenchVary, FLOOD_FRAME_LEN, FloodState},
 };
@@ -41,7 +41,7 @@ struct KernelCookies;
 
 impl Cookies for KernelCookies {
     #[inline(always)]
-    fn mint(ctx: &XdpContext, seg: &Seg, secrets: &[Key; 2], now: Now, mss: u16) -> Result<(u32, u32), Verdict> {
+    fn mint(ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now, mss: u16) -> Result<(u32, u32), Verdict> {
         if seg.v6 {
             return SynxCookies::mint(ctx, seg, secrets, now, mss);
         }
@@ -52,7 +52,7 @@ impl Cookies for KernelCookies {
             return Err(Verdict::Drop(counters::DROP_BAD_OPTIONS));
         }
         let r = helper_cookie::<40>(ctx)?;
-        Ok((r, (cookie::tuple_hash(&secrets[0], &seg.tuple()) >> 32) as u32))
+        Ok((r, (cookie::tuple_hash(&secrets.keys[0], &seg.tuple()) >> 32) as u32))
     }
 }
 
@@ -67,7 +67,7 @@ struct HelperCookies;
 
 impl Cookies for HelperCookies {
     #[inline(always)]
-    fn mint(ctx: &XdpContext, seg: &Seg, _secrets: &[Key; 2], _now: Now, _mss: u16) -> Result<(u32, u32), Verdict> {
+    fn mint(ctx: &XdpContext, seg: &Seg, _secrets: &Keys, _now: Now, _mss: u16) -> Result<(u32, u32), Verdict> {
         if seg.v6 || seg.l4 != ETH_HLEN + IPV4_HLEN {
             return Err(Verdict::Pass(counters::PASS_NOT_TCP));
         }

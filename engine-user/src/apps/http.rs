@@ -1,12 +1,17 @@
-//! `--app http`: a small fixed response to every request, keep-alive, in turns; and the
-//! request framing rules (RFC 9112) the http proxy shares.
+//! `--app http`: a small fixed response to every request, keep-alive, in turns (`GET /bytes/N`:
+//! a body of N bytes instead, for benches on emulated paths); and the request framing rules
+//! (RFC 9112) the http proxy shares.
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::{Served, WhenQuiet};
 
-/// The body of every HTTP response.
+/// The body of every HTTP response but `GET /bytes/N`'s.
 pub const HTTP_BODY: &[u8] = b"hello from synx\n";
+/// The largest body `GET /bytes/N` sends.
+pub const HTTP_MAX_SIZED_BODY: usize = 1 << 30;
+/// What `/bytes/N` bodies are made of, written a slice at a time (no buffer per response).
+static SIZED_BODY_FILL: [u8; 16 * 1024] = [b'.'; 16 * 1024];
 /// The longest request head the http app reads before answering 431.
 pub const MAX_HEADER: usize = 16 * 1024;
 /// Request bodies are read and dropped as they arrive, so their size costs no memory; a
@@ -214,6 +219,15 @@ impl Skip {
     }
 }
 
+/// The body length a request head asks for with `GET /bytes/N` (at most
+/// [`HTTP_MAX_SIZED_BODY`]).
+fn sized_body(head: &[u8]) -> Option<usize> {
+    let rest = head.strip_prefix(b"GET /bytes/")?;
+    let digits = &rest[..rest.iter().position(|b| !b.is_ascii_digit())?];
+    let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(n.min(HTTP_MAX_SIZED_BODY))
+}
+
 pub async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<()> {
     serve(&mut s, WhenQuiet::Wait).await.map(drop)
 }
@@ -253,6 +267,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, when_qui
                 Parsed::TooLarge => return refuse(s, "413 Content Too Large").await,
             }
         };
+        let sized = sized_body(&buf[..head_len]);
         buf.drain(..head_len);
         // The body is dropped as it arrives: whatever its length, it occupies at most one read.
         let mut skip = match body {
@@ -277,13 +292,22 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, when_qui
         }
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n",
-            HTTP_BODY.len(),
+            sized.unwrap_or(HTTP_BODY.len()),
             if close { "Connection: close\r\n" } else { "" }
         );
-        let mut response = Vec::with_capacity(head.len() + HTTP_BODY.len());
-        response.extend_from_slice(head.as_bytes());
-        response.extend_from_slice(HTTP_BODY);
-        s.write_all(&response).await?;
+        if let Some(mut left) = sized {
+            s.write_all(head.as_bytes()).await?;
+            while left > 0 {
+                let n = left.min(SIZED_BODY_FILL.len());
+                s.write_all(&SIZED_BODY_FILL[..n]).await?;
+                left -= n;
+            }
+        } else {
+            let mut response = Vec::with_capacity(head.len() + HTTP_BODY.len());
+            response.extend_from_slice(head.as_bytes());
+            response.extend_from_slice(HTTP_BODY);
+            s.write_all(&response).await?;
+        }
         if close {
             // The server closes first: our FIN goes out now (FIN_WAIT_1 ... TIME_WAIT).
             s.shutdown().await?;
@@ -307,6 +331,26 @@ mod tests {
 
     use super::*;
     use crate::apps::http_turn;
+
+    #[tokio::test]
+    async fn http_bytes_n_answers_with_a_body_of_n_bytes() {
+        for n in [0usize, 1, 16 * 1024, 100_000] {
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let task = tokio::spawn(http(server));
+            client.write_all(format!("GET /bytes/{n} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            task.await.unwrap().unwrap();
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n");
+            assert!(got.starts_with(head.as_bytes()), "{:?}", String::from_utf8_lossy(&got[..got.len().min(200)]));
+            assert_eq!(got.len(), head.len() + n);
+        }
+        // Only GET /bytes/ followed by digits is sized.
+        assert_eq!(sized_body(b"GET /bytes/12 HTTP/1.1\r\n\r\n"), Some(12));
+        assert_eq!(sized_body(b"POST /bytes/12 HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(sized_body(b"GET /bytes/x HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(sized_body(b"GET /bytes/99999999999 HTTP/1.1\r\n\r\n"), Some(HTTP_MAX_SIZED_BODY));
+    }
 
     #[tokio::test]
     async fn http_keeps_alive_and_closes_on_connection_close() {

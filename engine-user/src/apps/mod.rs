@@ -30,7 +30,7 @@ pub enum App {
     /// Read and drop everything; close after the peer's FIN.
     Discard,
     /// A small fixed HTTP/1.1 response, keep-alive; `Connection: close` makes the server close
-    /// first.
+    /// first. `GET /bytes/N` answers with a body of N bytes instead.
     Http,
     /// Splice each connection to a kernel-TCP backend, with half-close and resets propagated,
     /// optionally announcing the client's address with the PROXY protocol.

@@ -41,7 +41,8 @@ use synx_tcp as tcp;
 
 use crate::{
     api::{EngineWaker, Keepalive, Listener, Stream},
-    bpf::{AttachMode, XdpProgram},
+    bpf::{AttachMode, XdpProgram, XdpSettings},
+    cluster::{Cluster, ClusterOptions},
     xsk::XskConfig,
 };
 
@@ -55,11 +56,7 @@ use listeners::{Listeners, LocalHandler, TurnHandler};
 use queue::QueueContext;
 use requests::{QueueHandle, Queues};
 pub use requests::ConnectionRow;
-pub use stats::{Kind, Metric, QueueStats, sum as stats_sum};
-
-/// How often the SYN-cookie secret rotates. A cookie stays valid for one rotation after the
-/// secret that minted it is replaced.
-pub const SECRET_ROTATION: Duration = Duration::from_secs(60);
+pub use stats::{CONNECTIONS_OPEN, Kind, Metric, QueueStats, gauge, sum as stats_sum};
 
 /// What an engine needs to start.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +74,8 @@ pub struct EngineOptions {
     /// Zero, the default, sleeps at once: least CPU. A few tens of microseconds save a sleep
     /// and a wakeup per request/response turn (lower latency at one connection).
     pub busy_poll: Duration,
+    /// Serving with other hosts: the shared cookie key, the peers, draining.
+    pub cluster: ClusterOptions,
 }
 
 impl EngineOptions {
@@ -92,6 +91,7 @@ impl EngineOptions {
             msl: Self::DEFAULT_MSL,
             max_conns: Self::DEFAULT_MAX_CONNS,
             busy_poll: Duration::ZERO,
+            cluster: ClusterOptions::default(),
         }
     }
 }
@@ -129,7 +129,7 @@ pub struct Engine {
     stop: Arc<AtomicBool>,
     abort_all: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<anyhow::Result<()>>>>,
-    rotor: Mutex<Option<JoinHandle<()>>>,
+    cluster: Cluster,
     queues: u32,
 }
 
@@ -138,7 +138,8 @@ impl Engine {
     /// Returns once every queue's AF_XDP socket is bound.
     pub fn start(options: EngineOptions) -> anyhow::Result<Self> {
         let mss = interface_mss(&options.iface);
-        let xdp = XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, mss)?;
+        let settings = options.cluster.xdp_settings(XdpSettings::new(mss))?;
+        let xdp = XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, settings)?;
         let tcp_config =
             tcp::Config { msl: options.msl, mss, keepalive: options.keepalive, ..tcp::Config::default() };
         let queues = rx_queues(&options.iface);
@@ -181,6 +182,21 @@ impl Engine {
         }
         drop(ready_tx);
         let xdp = Arc::new(Mutex::new(xdp));
+        let (secrets, switches) = {
+            let x = xdp.lock().unwrap_or_else(|e| e.into_inner());
+            (x.secrets(), x.switches())
+        };
+        let cluster = match Cluster::start(&options.cluster, secrets, switches) {
+            Ok(c) => c,
+            Err(e) => {
+                stop.store(true, Ordering::SeqCst);
+                abort_all.store(true, Ordering::SeqCst);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e);
+            }
+        };
         let engine = Self {
             options,
             xdp: xdp.clone(),
@@ -190,14 +206,13 @@ impl Engine {
             stop,
             abort_all,
             threads: Mutex::new(threads),
-            rotor: Mutex::new(None),
+            cluster,
             queues,
         };
         // On an error here, dropping `engine` stops and joins the threads already started.
         for _ in 0..queues {
             ready_rx.recv().context("engine thread died during start-up")??;
         }
-        *engine.rotor.lock().unwrap_or_else(|e| e.into_inner()) = Some(spawn_rotor(xdp, engine.stop.clone())?);
         Ok(engine)
     }
 
@@ -284,10 +299,12 @@ impl Engine {
         self.queues
     }
 
-    /// Every counter: the XDP program's (summed over CPUs), then the engine threads'.
+    /// Every counter: the XDP program's (summed over CPUs), then the engine threads', then
+    /// the host's in the cluster (draining, connections open, clocks and keys of its peers).
     pub fn stats(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
         let mut all = self.xdp.lock().unwrap_or_else(|e| e.into_inner()).counters()?;
         all.extend(self.queue_handles.stats());
+        all.extend(self.engine_gauges().into_iter().map(|(m, v)| (m.name, v)));
         Ok(all)
     }
 
@@ -295,7 +312,26 @@ impl Engine {
     /// engine threads' labelled by queue rather than summed, and the process's memory.
     pub fn metric_families(&self) -> anyhow::Result<Vec<crate::metrics::Family>> {
         let xdp = self.xdp.lock().unwrap_or_else(|e| e.into_inner()).counters()?;
-        Ok(crate::metrics::families(&xdp, self.queue_handles.0.iter().map(|q| &*q.stats)))
+        Ok(crate::metrics::families(&xdp, self.queue_handles.0.iter().map(|q| &*q.stats), &self.engine_gauges()))
+    }
+
+    /// The gauges of the engine as a whole (neither XDP's nor a queue's).
+    fn engine_gauges(&self) -> Vec<(&'static Metric, u64)> {
+        let mut all = vec![(&CONNECTIONS_OPEN, self.open_connections())];
+        all.extend(self.cluster.stats());
+        all
+    }
+
+    /// Start (or stop) draining: no new connections (new SYNs unanswered, or passed to the
+    /// kernel, as configured), while handshakes already begun complete and established
+    /// connections go on. A routing daemon or an operator withdraws the route meanwhile and
+    /// stops the host once [`Engine::open_connections`] is 0.
+    pub fn drain(&self, on: bool) -> anyhow::Result<()> {
+        self.cluster.drain(on)
+    }
+
+    pub fn draining(&self) -> bool {
+        self.cluster.draining()
     }
 
     /// Every connection of every queue, as `synx conns` lists them.
@@ -333,10 +369,7 @@ impl Engine {
                 Err(_) => tracing::error!("engine thread panicked"),
             }
         }
-        if let Some(rotor) = self.rotor.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            rotor.thread().unpark();
-            let _ = rotor.join();
-        }
+        self.cluster.shutdown();
     }
 }
 
@@ -346,20 +379,3 @@ impl Drop for Engine {
     }
 }
 
-/// Rotate the cookie secret every [`SECRET_ROTATION`]; the previous one stays valid for one
-/// more period.
-fn spawn_rotor(xdp: Arc<Mutex<XdpProgram>>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("synx-rotor".into()).spawn(move || {
-        let mut next = Instant::now() + SECRET_ROTATION;
-        while !stop.load(Ordering::SeqCst) {
-            let now = Instant::now();
-            if now >= next {
-                if let Err(e) = xdp.lock().unwrap_or_else(|e| e.into_inner()).rotate_secret() {
-                    tracing::warn!("rotating the SYN-cookie secret: {e}");
-                }
-                next = now + SECRET_ROTATION;
-            }
-            std::thread::park_timeout(next.saturating_duration_since(now));
-        }
-    })
-}

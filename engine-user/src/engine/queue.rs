@@ -223,13 +223,14 @@ impl QueueDriver {
                 return;
             }
         };
-        let (hdr, payload) = match tcp::segment::parse(rx.tcp) {
+        let (mut hdr, payload) = match tcp::segment::parse(rx.tcp) {
             Ok(p) => p,
             Err(_) => {
                 bump(&stats.tcp_parse_errors);
                 return;
             }
         };
+        hdr.ce = rx.ce;
         bump(&stats.rx_segments);
         self.last_link = rx.link;
         match self.endpoint.handle(now, rx.local, rx.remote, &hdr, payload) {
@@ -242,7 +243,7 @@ impl QueueDriver {
                 // RFC 6191: a new incarnation of a tuple in TIME_WAIT. The old one is gone from
                 // the endpoint; answer the SYN as XDP would have, so the client need not
                 // retransmit it (a 1 s stall for every port it reuses).
-                self.answer_syn(now, rx.link, rx.local, rx.remote, &hdr);
+                self.answer_syn(rx.link, rx.local, rx.remote, &hdr);
             }
             Disposition::Dropped(why) => stats.count_drop(why),
         }
@@ -288,7 +289,7 @@ impl QueueDriver {
 
     /// The SYN-ACK XDP sends, built by the same policy (`engine_common::synack`) for a SYN that
     /// reached userspace.
-    fn answer_syn(&mut self, now: Instant, link: Link, local: SocketAddr, remote: SocketAddr, syn: &tcp::segment::Header) {
+    fn answer_syn(&mut self, link: Link, local: SocketAddr, remote: SocketAddr, syn: &tcp::segment::Header) {
         use tcp::segment::{Flags, Header, Options};
         let o = &syn.options;
         let offer = Syn {
@@ -301,7 +302,7 @@ impl QueueDriver {
             // RFC 3168 6.1.1: an ECN-setup SYN has ECE and CWR set.
             ecn: syn.flags.contains(Flags::ECE) && syn.flags.contains(Flags::CWR),
         };
-        let Some(answer) = self.ctx.cookies.answer(local, remote, &offer, now.as_nanos()) else { return };
+        let Some(answer) = self.ctx.cookies.answer(local, remote, &offer) else { return };
         let header = Header {
             src_port: local.port(),
             dst_port: remote.port(),
@@ -362,7 +363,7 @@ impl QueueDriver {
             let tcp_len = out.len;
             let sent = xsk.send(|buf| {
                 buf.get_mut(hlen..hlen + tcp_len)?.copy_from_slice(&scratch[..tcp_len]);
-                wire::finish(buf, &link, out.local, out.remote, tcp_len)
+                wire::finish_ecn(buf, &link, out.local, out.remote, tcp_len, out.ect)
             });
             if sent {
                 bump(&self.ctx.stats.tx_segments);
@@ -392,6 +393,7 @@ impl QueueDriver {
         s.time_wait_fin_reacked.store(self.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
         s.connections.store(self.endpoint.len() as u64, Ordering::Relaxed);
         s.parked.store(self.endpoint.parked() as u64, Ordering::Relaxed);
+        s.publish_core(self.endpoint.totals());
         s.app_tasks.store(self.glue.tasks() as u64, Ordering::Relaxed);
         s.app_waiting.store(self.glue.waiting() as u64, Ordering::Relaxed);
     }

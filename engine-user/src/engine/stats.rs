@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use synx_tcp::connection::DropReason;
+use synx_tcp::connection::{DropReason, Stats};
 
 use crate::wire::WireError;
 
@@ -31,13 +31,27 @@ const fn counter(name: &'static str, help: &'static str) -> Metric {
     Metric { name, kind: Kind::Counter, help }
 }
 
+pub const fn gauge(name: &'static str, help: &'static str) -> Metric {
+    Metric { name, kind: Kind::Gauge, help }
+}
+
+/// The engine's own gauge beside the queues' (accepted less released, over all queues).
+pub const CONNECTIONS_OPEN: Metric =
+    gauge("connections_open", "Connections accepted and not yet released, TIME_WAIT included, over all queues.");
+
+/// The `@core` entries are the TCP core's own per-connection counters ([`Stats`] fields of the same
+/// name), added up over the endpoint's connections and published each turn.
 macro_rules! queue_stats {
-    ($($field:ident: $kind:ident $name:literal $help:literal;)*) => {
+    (
+        $($field:ident: $kind:ident $name:literal $help:literal;)*
+        @core { $($core:ident $core_name:literal $core_help:literal;)* }
+    ) => {
         /// One queue thread's counters and gauges, written by that thread only (relaxed atomics:
         /// readers want totals, not ordering).
         #[derive(Debug, Default)]
         pub struct QueueStats {
             $(#[doc = $help] pub $field: AtomicU64,)*
+            $(#[doc = $core_help] $core: AtomicU64,)*
             /// Segments the TCP core dropped, by [`DROP_REASONS`].
             dropped_by_reason: [AtomicU64; DROP_REASONS.len()],
             /// Frames the wire layer refused, by [`WIRE_DROPS`].
@@ -45,10 +59,20 @@ macro_rules! queue_stats {
         }
 
         impl QueueStats {
-            const SINGLE: &[Metric] = &[$(Metric { name: $name, kind: Kind::$kind, help: $help }),*];
+            const SINGLE: &[Metric] = &[
+                $(Metric { name: $name, kind: Kind::$kind, help: $help },)*
+                $(counter($core_name, $core_help),)*
+            ];
 
             fn single_values(&self) -> impl Iterator<Item = u64> + '_ {
-                [$(&self.$field),*].into_iter().map(|a| a.load(Ordering::Relaxed))
+                [$(&self.$field,)* $(&self.$core,)*].into_iter().map(|a| a.load(Ordering::Relaxed))
+            }
+
+            /// The endpoint's totals of the TCP core's counters ([`Endpoint::totals`]).
+            ///
+            /// [`Endpoint::totals`]: synx_tcp::Endpoint::totals
+            pub fn publish_core(&self, totals: &Stats) {
+                $(self.$core.store(u64::from(totals.$core), Ordering::Relaxed);)*
             }
         }
     };
@@ -84,6 +108,22 @@ queue_stats! {
         "Times the kernel found the AF_XDP fill ring empty (rx_fill_ring_empty_descs).";
     tcp_parse_errors: Counter "tcp_parse_errors" "Frames whose TCP header or options did not parse.";
     dropped_by_tcp: Counter "tcp_dropped" "Segments of known connections the TCP core dropped (tcp_drop_* by reason).";
+    @core {
+        retransmits "tcp_retransmits"
+            "Segments the TCP core sent again (fast, RACK, probe and timeout retransmissions).";
+        timeouts "tcp_rto_timeouts" "Retransmission timeouts (RFC 6298).";
+        loss_probes "tcp_loss_probes" "Tail loss probes sent (RFC 8985 7).";
+        tlp_recoveries "tcp_tlp_recoveries"
+            "Losses a tail loss probe repaired, each reducing the window once (RFC 8985 7.4.2).";
+        fast_recoveries "tcp_fast_recoveries" "Fast recoveries entered, the window reduced by PRR (RFC 6937).";
+        rack_losses "tcp_rack_losses" "Segments RACK marked lost from their send times (RFC 8985 6).";
+        dsacks_received "tcp_dsacks_received" "DSACK blocks received: data the peer got twice (RFC 2883).";
+        undos "tcp_undos" "Window reductions undone as spurious (DSACK, RFC 3522 timestamps, RFC 5682 F-RTO).";
+        spurious_rtos "tcp_spurious_rtos" "Retransmission timeouts found spurious and undone (RFC 5682, RFC 3522).";
+        paced "tcp_paced" "Times data waited for the pacer.";
+        ce_received "tcp_ce_received" "Segments that arrived marked CE (RFC 3168 5).";
+        ecn_reductions "tcp_ecn_reductions" "Window reductions for an ECN echo (RFC 3168 6.1.2).";
+    }
 }
 
 /// Why the TCP core dropped a segment of a known connection: the injection defences of RFC
@@ -213,5 +253,15 @@ mod tests {
         assert_eq!(get("wire_drop_fragment"), Some(1));
         assert_eq!(get("tcp_accepted"), Some(1));
         assert_eq!(get("tcp_parked"), Some(3));
+    }
+
+    #[test]
+    fn core_counters_are_published_by_name() {
+        let q = QueueStats::default();
+        q.publish_core(&Stats { undos: 2, rack_losses: 5, ce_received: 1, ..Stats::default() });
+        let total = sum([&q]);
+        let get = |name: &str| total.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        assert_eq!((get("tcp_undos"), get("tcp_rack_losses"), get("tcp_ce_received")), (Some(2), Some(5), Some(1)));
+        assert_eq!(get("tcp_retransmits"), Some(0));
     }
 }

@@ -2,9 +2,10 @@
 
 use core::time::Duration;
 
+use super::recovery::{AckIn, Armed};
 use super::{CloseReason, Connection, DropReason, EV_PEER_FIN, EV_READABLE, EV_WRITABLE, Handled, State};
 use crate::Instant;
-use crate::segment::Header;
+use crate::segment::{Flags, Header};
 use crate::seq::SeqNum;
 use crate::timer::TimerKind;
 
@@ -143,7 +144,7 @@ impl Connection {
             return Step::Done(Handled::Dropped(DropReason::NoAck));
         }
         // RFC 5961 5.2: acceptable if SND.UNA - MAX.SND.WND <= SEG.ACK <= SND.NXT.
-        if h.ack.gt(self.snd.max) || h.ack.lt(self.snd.una - self.snd.max_wnd.max(1)) {
+        if h.ack.gt(self.snd.nxt) || h.ack.lt(self.snd.una - self.snd.max_wnd.max(1)) {
             self.challenge_ack(now);
             return Step::Done(Handled::Dropped(DropReason::BadAck));
         }
@@ -153,19 +154,46 @@ impl Connection {
         self.opts.update_ts_recent(now, h, self.rcv.last_ack_sent);
 
         let window = (h.window as u32) << self.opts.snd_wscale;
-        if h.ack.gt(self.snd.una) {
-            self.on_new_ack(now, h);
-        } else if h.ack == self.snd.una
-            && self.snd.una != self.snd.max
+        let prior_una = self.snd.una;
+        // RFC 5681 2: a duplicate ACK.
+        let dupack = h.ack == self.snd.una
+            && self.snd.una != self.snd.nxt
             && p.is_empty()
             && !h.flags.fin()
-            && window == self.snd.wnd
-        {
-            // RFC 5681 2: a duplicate ACK.
-            self.recovery.on_dupack(&self.snd, self.opts.mss());
+            && window == self.snd.wnd;
+        let mut ts_rtt = None;
+        if h.ack.gt(self.snd.una) {
+            self.on_new_ack(h);
+            // RFC 7323 4.2: RTTM from the echoed timestamp.
+            if let (true, Some((_, tsecr))) = (self.opts.ts_enabled, h.options.timestamps)
+                && tsecr != 0
+            {
+                let ms = self.opts.ts_now(now).wrapping_sub(tsecr);
+                ts_rtt = ((ms as i32) >= 0).then(|| Duration::from_millis(ms as u64));
+            }
         }
-        if self.opts.sack_enabled {
-            self.recovery.on_sack(h.options.sack.as_slice(), &self.snd, self.opts.mss());
+        if prior_una != self.snd.nxt {
+            let ack = AckIn {
+                prior_una,
+                mss: self.mss(),
+                sack_ok: self.opts.sack_enabled,
+                dupack,
+                sack: if self.opts.sack_enabled { h.options.sack.as_slice() } else { &[] },
+                ts_rtt,
+                tsecr: h.options.timestamps.filter(|_| self.opts.ts_enabled).map(|(_, ecr)| ecr),
+                ece: self.opts.ecn && h.flags.contains(Flags::ECE),
+            };
+            let reorder = self.recovery.on_ack(now, &ack, &self.snd, &self.config, &mut self.stats);
+            self.tune_send_buffer();
+            // RFC 6298 5.2 / 5.3: stop the timer when all is acknowledged, else restart it.
+            if self.snd.una == self.snd.nxt {
+                self.timers.stop(TimerKind::Retransmit);
+                self.recovery.armed = Armed::Rto;
+            } else if let Some(wait) = reorder {
+                self.arm_reorder(now, wait);
+            } else if self.snd.una != prior_una || self.recovery.armed != Armed::Rto {
+                self.arm_retransmit(now);
+            }
         }
         // RFC 9293 3.10.7.4 fifth: window update if SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and
         // SND.WL2 =< SEG.ACK).
@@ -199,39 +227,17 @@ impl Connection {
         Step::Continue
     }
 
-    fn on_new_ack(&mut self, now: Instant, h: &Header) {
+    /// SEG.ACK acknowledges new data: SND.UNA moves, the acknowledged bytes leave the send
+    /// buffer.
+    fn on_new_ack(&mut self, h: &Header) {
         let acked = h.ack.since(self.snd.una);
         let data_acked = (acked as usize).min(self.snd.buf.len());
         self.snd.buf.ack(data_acked);
         self.stats.bytes_acked += data_acked as u64;
         self.snd.una = h.ack;
-        if self.snd.nxt.lt(self.snd.una) {
-            self.snd.nxt = self.snd.una;
-        }
-        self.recovery.on_una_advanced(self.snd.una);
-
-        // RFC 7323 4.2 RTTM from the echoed timestamp; otherwise Karn's timed segment (RFC 6298 3).
-        let sample = match (self.opts.ts_enabled, h.options.timestamps) {
-            (true, Some((_, tsecr))) if tsecr != 0 => {
-                let ms = self.opts.ts_now(now).wrapping_sub(tsecr);
-                ((ms as i32) >= 0).then(|| Duration::from_millis(ms as u64))
-            }
-            _ => self.recovery.karn_sample(now, self.snd.una),
-        };
-        if let Some(rtt) = sample {
-            self.recovery.rtt.sample(rtt, self.config.min_rto);
-        }
-
-        let (mss, sack) = (self.mss(), self.opts.sack_enabled);
-        self.recovery.on_new_ack(now, &self.snd, mss, sack, data_acked as u32);
-
-        // RFC 6298 5.2 / 5.3: stop the timer when all is acknowledged, else restart it.
-        if self.snd.una == self.snd.max {
-            self.timers.stop(TimerKind::Retransmit);
-            self.recovery.tlp_pending = false;
-        } else {
-            self.arm_retransmit(now);
-        }
+        self.recovery.consecutive_rtos = 0;
+        // RFC 6298 5.7 / Karn: new data acknowledged ends the backoff.
+        self.recovery.rtt.reset_backoff();
         if self.signals.want_writable && self.snd.buf.free() > 0 && self.state.app_can_send() {
             self.signals.want_writable = false;
             self.signals.events |= EV_WRITABLE;
@@ -239,6 +245,18 @@ impl Connection {
     }
 
     fn step_text_and_fin(&mut self, now: Instant, h: &Header, p: &[u8]) -> Step {
+        if self.opts.ecn {
+            // RFC 3168 6.1.3: CWR ends the echo; a CE mark starts it (on this very segment too)
+            // and is answered at once (as Linux's quick ACK on CE).
+            if h.flags.contains(Flags::CWR) {
+                self.rcv.ece = false;
+            }
+            if h.ce {
+                self.stats.ce_received += 1;
+                self.rcv.ece = true;
+                self.rcv.ack_now = true;
+            }
+        }
         let fin_seq = h.seq + p.len() as u32;
         if self.state.receives_data() {
             if self.signals.orphan && !p.is_empty() && fin_seq.gt(self.rcv.nxt) {
@@ -248,7 +266,20 @@ impl Connection {
                 return Step::Done(Handled::Processed);
             }
             // RFC 9293 3.10.7.4 seventh: deliver in-window data; trim what lies before RCV.NXT.
+            if let (true, Some((_, tsecr)), false) = (self.opts.ts_enabled, h.options.timestamps, p.is_empty())
+                && tsecr != 0
+                && p.len() >= self.rcv.mss as usize
+            {
+                // The receiver's RTT (Linux's tcp_rcv_rtt_measure_ts), for right-sizing.
+                let ms = self.opts.ts_now(now).wrapping_sub(tsecr);
+                if (ms as i32) > 0 {
+                    self.rcv.on_rtt_sample(Duration::from_millis(ms as u64));
+                }
+            }
             self.receive_data(now, h.seq, p);
+            if !p.is_empty() {
+                self.tune_recv_buffer(now);
+            }
             if h.flags.fin() && fin_seq.ge(self.rcv.nxt) && fin_seq.since(self.rcv.nxt) <= self.rcv.wnd() {
                 self.rcv.peer_fin = Some(fin_seq);
             }
@@ -268,10 +299,17 @@ impl Connection {
         if p.is_empty() {
             return;
         }
+        let sack = self.opts.sack_enabled;
         let rcv = &mut self.rcv;
         let (mut seq, mut data) = (seq, p);
         if seq.lt(rcv.nxt) {
             let skip = rcv.nxt.since(seq) as usize;
+            // RFC 2883 4: report what arrived twice (the part below RCV.NXT) as a DSACK block,
+            // at once: the sender may be waiting for it to undo a spurious retransmission.
+            if sack {
+                rcv.dsack = Some((seq, seq + skip.min(data.len()) as u32));
+                rcv.ack_now = true;
+            }
             if skip >= data.len() {
                 // RFC 5681 4.2: a duplicate segment is ACKed at once.
                 rcv.ack_now = true;
@@ -289,6 +327,15 @@ impl Connection {
             return;
         }
         rcv.mss = rcv.mss.max(p.len().min(u16::MAX as usize) as u16);
+        if sack && offset > 0 {
+            // RFC 2883 4: out-of-order data held already arrived twice; the part of it the
+            // held ranges cover goes as a DSACK block.
+            let end = offset + data.len() as u32;
+            if let Some(&(s, e)) = rcv.buf.out_of_order().iter().find(|&&(s, e)| s < end && offset < e) {
+                rcv.dsack = Some((rcv.nxt + offset.max(s), rcv.nxt + end.min(e)));
+                rcv.ack_now = true;
+            }
+        }
         let had_holes = rcv.buf.has_out_of_order();
         match rcv.buf.write(offset, data) {
             Some(0) => {

@@ -41,7 +41,7 @@ mod stats;
 use negotiated::Negotiated;
 pub use park::Parked;
 use probes::{Probe, Probes};
-use recovery::Recovery;
+use recovery::{Armed, Recovery};
 use recv::RecvHalf;
 use send::SendHalf;
 pub use stats::Stats;
@@ -76,6 +76,18 @@ impl fmt::Display for State {
 }
 
 impl State {
+    /// Every state, in RFC 9293's order from ESTABLISHED on.
+    pub const ALL: [State; 8] = [
+        State::Established,
+        State::CloseWait,
+        State::LastAck,
+        State::FinWait1,
+        State::FinWait2,
+        State::Closing,
+        State::TimeWait,
+        State::Closed,
+    ];
+
     /// States in which the peer may still send us data (no FIN received yet).
     fn receives_data(self) -> bool {
         matches!(self, State::Established | State::FinWait1 | State::FinWait2)
@@ -225,6 +237,24 @@ pub struct Connection {
     timers: TimerTable,
     signals: Signals,
     stats: Stats,
+    /// Buffer growth taken from `Config::buffer_budget`, given back when the TCB goes.
+    reserved: u64,
+    /// The segment `poll_transmit` wrote last is new data of an ECN connection: the wire
+    /// layer marks it ECT(0) (RFC 3168 6.1.2, 6.1.5).
+    ect: bool,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.reserved > 0 {
+            self.config.buffer_budget.release(self.reserved);
+        }
+    }
+}
+
+/// The buffers a connection starts with: (send, receive).
+fn initial_buffers(config: &Config, wscale: bool) -> (u32, u32) {
+    (config.send_buffer.max(1), config.recv_buffer.clamp(1, if wscale { 1 << 30 } else { 65535 }))
 }
 
 impl Connection {
@@ -247,10 +277,10 @@ impl Connection {
             return Err(AcceptError::AckMismatch);
         }
         let opts = Negotiated::new(now, facts, &config);
-        let snd = SendHalf::new(iss, ack.seq, ack.ack, config.send_buffer);
+        let (send_cap, recv_cap) = initial_buffers(&config, facts.has(FACT_WSCALE));
+        let snd = SendHalf::new(iss, ack.seq, ack.ack, send_cap);
         // What XDP's SYN-ACK offered (SYN windows are never scaled, RFC 7323 2.2).
         let offered = config.recv_buffer.min(65535);
-        let recv_cap = config.recv_buffer.clamp(1, if facts.has(FACT_WSCALE) { 1 << 30 } else { 65535 });
         let mut c = Connection {
             local,
             remote,
@@ -258,12 +288,14 @@ impl Connection {
             send_rst: false,
             recovery: Recovery::new(&config, snd.una, opts.mss()),
             snd,
-            rcv: RecvHalf::new(SeqNum(facts.irs), offered, recv_cap),
+            rcv: RecvHalf::new(now, SeqNum(facts.irs), offered, recv_cap, opts.mss()),
             opts,
             probes: Probes::new(now, config.keepalive),
             timers: TimerTable::default(),
             signals: Signals::default(),
             stats: Stats::default(),
+            reserved: 0,
+            ect: false,
             config,
         };
         c.arm_keepalive();
@@ -334,6 +366,12 @@ impl Connection {
     /// The peer's FIN has been received (its data may still be unread).
     pub fn peer_finished(&self) -> bool {
         self.state.fin_received()
+    }
+
+    /// Whether the segment `poll_transmit` wrote last goes out ECN-capable, ECT(0) (RFC 3168:
+    /// new data of an ECN connection; never retransmissions, probes, ACKs or RSTs).
+    pub fn ect(&self) -> bool {
+        self.ect
     }
 
     /// CLOSED with nothing left to send: the endpoint may free the slot.
@@ -492,7 +530,7 @@ impl Connection {
         }
         // RFC 1122 4.2.3.6: only an idle connection is probed; data in flight has the
         // retransmission timer (Linux tcp_keepalive_timer reschedules likewise).
-        if self.snd.una != self.snd.max || !self.snd.buf.is_empty() {
+        if self.snd.una != self.snd.nxt || !self.snd.buf.is_empty() {
             self.timers.set(TimerKind::Keepalive, now + cfg.idle);
             return;
         }
@@ -530,21 +568,32 @@ impl Connection {
                 // RFC 9293 3.10.8: TIME-WAIT timeout deletes the TCB (and so does the
                 // FIN_WAIT_2 timeout of an orphan).
                 TimerKind::TimeWait => self.close_with(CloseReason::Normal),
+                // The pacer lets data go: `poll_transmit` sends it.
+                TimerKind::Pace => {}
             }
         }
     }
 
     fn on_retransmit_timer(&mut self, now: Instant) {
-        if self.snd.una == self.snd.max || self.state == State::Closed || self.state == State::TimeWait {
+        if self.snd.una == self.snd.nxt || self.state == State::Closed || self.state == State::TimeWait {
             return;
         }
-        if self.recovery.tlp_pending {
-            // RFC 8985 7.3: the probe timeout fired before the RTO; send one probe and arm the
-            // RTO behind it.
-            self.recovery.tlp_pending = false;
-            self.recovery.tlp_probe = true;
-            self.timers.set(TimerKind::Retransmit, now + self.rto());
-            return;
+        match self.recovery.armed {
+            Armed::Probe => {
+                // RFC 8985 7.3: the probe timeout fired; send one probe and arm the RTO
+                // behind it.
+                self.recovery.on_probe_timeout();
+                self.arm_rto(now);
+                return;
+            }
+            Armed::Reorder => {
+                // RFC 8985 6.3: RACK's reordering window has passed for what was waiting.
+                let mss = self.mss();
+                self.recovery.on_reorder_timeout(now, &self.snd, mss, &mut self.stats);
+                self.arm_rto(now);
+                return;
+            }
+            Armed::Rto => {}
         }
         self.recovery.consecutive_rtos = self.recovery.consecutive_rtos.saturating_add(1);
         if self.recovery.consecutive_rtos > self.config.max_retries {
@@ -553,20 +602,59 @@ impl Connection {
             self.reset_and_close(CloseReason::TimedOut);
             return;
         }
-        // RFC 6298 5.4-5.6: resend from SND.UNA with a doubled RTO.
+        // RFC 6298 5.4-5.6: retransmit with a doubled RTO.
         let mss = self.mss();
-        self.recovery.on_rto(&self.snd, mss);
-        self.snd.nxt = self.snd.una;
+        self.recovery.on_rto(&self.snd, mss, &mut self.stats);
+        self.arm_rto(now);
+    }
+
+    fn arm_rto(&mut self, now: Instant) {
+        self.recovery.armed = Armed::Rto;
         self.timers.set(TimerKind::Retransmit, now + self.rto());
     }
 
-    /// Arm the retransmission timer: first as a tail-loss probe timeout where RFC 8985 7.2
-    /// applies ([`Recovery::probe_timeout`]), otherwise for the RTO (RFC 6298 5.1/5.3).
+    /// Arm the retransmission timer after an ACK: as a tail-loss probe timeout where RFC 8985
+    /// 7.2 applies ([`Recovery::probe_timeout`]), otherwise for the RTO (RFC 6298 5.3). An RTO
+    /// that replaces a probe or reordering timer counts from the oldest segment's send (as
+    /// Linux's tcp_rearm_rto), so such timers never postpone it.
     fn arm_retransmit(&mut self, now: Instant) {
         let rto = self.rto();
-        let pto = self.recovery.probe_timeout(&self.snd, self.mss(), self.opts.sack_enabled, rto);
-        self.recovery.tlp_pending = pto.is_some();
-        self.timers.set(TimerKind::Retransmit, now + pto.unwrap_or(rto));
+        match self.recovery.probe_timeout(&self.snd, self.mss(), self.opts.sack_enabled, rto) {
+            Some(pto) => {
+                self.recovery.armed = Armed::Probe;
+                self.timers.set(TimerKind::Retransmit, now + pto);
+            }
+            None if self.recovery.armed != Armed::Rto => {
+                let at = self.recovery.oldest_send().map_or(now + rto, |t| (t + rto).max(now));
+                self.recovery.armed = Armed::Rto;
+                self.timers.set(TimerKind::Retransmit, at);
+            }
+            None => self.arm_rto(now),
+        }
+    }
+
+    /// After data went out: start the timer if it is not running (RFC 6298 5.1); after new
+    /// data, move a probe timeout to 2 SRTT from now (RFC 8985 7.2, as Linux), never past the
+    /// RTO of the oldest segment in flight.
+    fn arm_after_send(&mut self, now: Instant, new_data: bool) {
+        if !self.timers.is_set(TimerKind::Retransmit) {
+            self.arm_retransmit(now);
+            return;
+        }
+        if new_data && self.recovery.armed != Armed::Reorder {
+            let rto = self.rto();
+            if let Some(pto) = self.recovery.probe_timeout(&self.snd, self.mss(), self.opts.sack_enabled, rto) {
+                let rto_at = self.recovery.oldest_send().map_or(now + rto, |t| (t + rto).max(now));
+                self.recovery.armed = Armed::Probe;
+                self.timers.set(TimerKind::Retransmit, (now + pto).min(rto_at));
+            }
+        }
+    }
+
+    /// RACK's reordering timer (RFC 8985 6.3), in the retransmission timer's place.
+    fn arm_reorder(&mut self, now: Instant, wait: Duration) {
+        self.recovery.armed = Armed::Reorder;
+        self.timers.set(TimerKind::Retransmit, now + wait);
     }
 
     fn on_persist_timer(&mut self, now: Instant) {
@@ -586,7 +674,7 @@ impl Connection {
 
     /// Start or stop the persist timer after window or queue changes.
     fn update_persist(&mut self, now: Instant) {
-        if self.snd.wnd == 0 && self.snd.unsent() > 0 && self.snd.una == self.snd.max {
+        if self.snd.wnd == 0 && self.snd.unsent() > 0 && self.snd.una == self.snd.nxt {
             if !self.timers.is_set(TimerKind::Persist) {
                 self.arm_persist(now);
             }
@@ -595,6 +683,32 @@ impl Connection {
             if self.snd.wnd > 0 {
                 self.probes.persist_backoff = 0;
             }
+        }
+    }
+
+    /// Dynamic right-sizing of the receive buffer (see `RecvHalf::space_adjust`), within
+    /// `Config::recv_buffer_max`, what the window scale can announce, and the budget.
+    fn tune_recv_buffer(&mut self, now: Instant) {
+        let Some(rtt) = self.rcv.rtt().or(self.recovery.rtt.srtt()) else { return };
+        let scale_limit = 65535u32 << self.opts.rcv_wscale;
+        let max = self.config.recv_buffer_max.min(scale_limit);
+        if let Some(want) = self.rcv.space_adjust(now, rtt, self.mss(), max) {
+            let cap = self.rcv.buf.cap();
+            let granted = self.config.buffer_budget.reserve((want - cap) as u64);
+            self.reserved += granted;
+            self.rcv.buf.grow_to(cap + granted as u32);
+        }
+    }
+
+    /// The send buffer follows the window: room for twice the congestion window (as Linux's
+    /// tcp_sndbuf_expand), within `Config::send_buffer_max` and the budget.
+    fn tune_send_buffer(&mut self) {
+        let want = self.recovery.cc.cwnd().saturating_mul(2).min(self.config.send_buffer_max);
+        let cap = self.snd.buf.cap();
+        if want > cap {
+            let granted = self.config.buffer_budget.reserve((want - cap) as u64);
+            self.reserved += granted;
+            self.snd.buf.grow_to(cap + granted as u32);
         }
     }
 
@@ -616,7 +730,6 @@ impl fmt::Debug for Connection {
             .field("remote", &self.remote)
             .field("snd_una", &self.snd.una)
             .field("snd_nxt", &self.snd.nxt)
-            .field("snd_max", &self.snd.max)
             .field("rcv_nxt", &self.rcv.nxt)
             .finish_non_exhaustive()
     }

@@ -3,7 +3,7 @@
 
 use core::time::Duration;
 
-use engine_common::handshake::{FACT_SACK, FACT_TS, FACT_WSCALE, HandshakeFacts};
+use engine_common::handshake::{FACT_ECN, FACT_SACK, FACT_TS, FACT_WSCALE, HandshakeFacts};
 
 use crate::segment::Header;
 use crate::seq::SeqNum;
@@ -21,6 +21,8 @@ pub(super) struct Negotiated {
     pub smss: u16,
     pub ts_enabled: bool,
     pub sack_enabled: bool,
+    /// ECN (RFC 3168): the client asked for it and the configuration agrees.
+    pub ecn: bool,
     pub ts_recent: u32,
     pub ts_recent_age: Instant,
     pub ts_offset: u32,
@@ -36,6 +38,7 @@ impl Negotiated {
             smss: facts.mss.clamp(64, config.mss.max(64)),
             ts_enabled: facts.has(FACT_TS),
             sack_enabled: facts.has(FACT_SACK),
+            ecn: facts.has(FACT_ECN) && config.ecn,
             ts_recent: facts.ts_recent,
             ts_recent_age: now,
             ts_offset: facts.ts_offset,

@@ -2,6 +2,7 @@
 //! retransmitted, RFC 9293 3.8.6.2.1 SWS avoidance, RFC 9293 3.7.4 Nagle), probes, ACKs.
 
 use super::negotiated::TS_LEN;
+use super::recovery::FIN;
 use super::{Connection, Probe, State};
 use crate::Instant;
 use crate::segment::{self, Flags, Header, Options};
@@ -12,13 +13,14 @@ impl Connection {
     /// Write the next segment to send (header, options, payload; checksum 0) into `buf`.
     /// `buf` should hold at least 60 + MSS bytes. Returns its length, or `None` if nothing is due.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        self.ect = false;
         if self.send_rst {
             self.send_rst = false;
             // RFC 9293 3.10.4 ABORT: <SEQ=SND.NXT><CTL=RST> (with ACK, as Linux).
             let h = Header {
                 src_port: self.local.port(),
                 dst_port: self.remote.port(),
-                seq: self.snd.max,
+                seq: self.snd.nxt,
                 ack: self.rcv.nxt,
                 flags: Flags::RST | Flags::ACK,
                 ..Default::default()
@@ -47,16 +49,12 @@ impl Connection {
             }
             // RFC 1122 4.2.3.6 / RFC 9293 3.8.6.1: zero-length probe at SND.NXT-1, which the
             // peer must answer with an ACK (Linux: SND.UNA-1; equal when idle).
-            let seq = if probe == Probe::Keepalive { self.snd.max - 1 } else { self.snd.una - 1 };
+            let seq = if probe == Probe::Keepalive { self.snd.nxt - 1 } else { self.snd.una - 1 };
             let h = self.header(now, seq, Flags::ACK);
             return self.emit_ack(buf, h);
         }
         if self.rcv.ack_now {
-            // SND.NXT in RFC terms is our highest sequence sent (SND.MAX here): after a timeout
-            // our go-back-N pointer is below what the peer has received, and an ACK carrying it
-            // would fail the peer's acceptability test (RFC 9293 3.10.7.4 first), so a peer
-            // also in go-back-N would ignore our ACKs until retransmission gave up.
-            let h = self.header(now, self.snd.max, Flags::ACK);
+            let h = self.header(now, self.snd.nxt, Flags::ACK);
             return self.emit_ack(buf, h);
         }
         // Data queued against a zero window (RFC 9293 3.8.6.1): make sure a probe is scheduled.
@@ -80,10 +78,12 @@ impl Connection {
         let wnd = self.rcv.wnd();
         let window = (wnd >> self.opts.rcv_wscale).min(u16::MAX as u32) as u16;
         let mut options = Options::default();
+        // RFC 3168 6.1.3: ECE on every segment while the echo is owed.
+        let flags = if self.rcv.ece { flags | Flags::ECE } else { flags };
         if self.opts.ts_enabled {
             options.timestamps = Some((self.opts.ts_now(now), self.opts.ts_recent));
         }
-        if self.opts.sack_enabled && self.rcv.buf.has_out_of_order() {
+        if self.opts.sack_enabled && (self.rcv.buf.has_out_of_order() || self.rcv.dsack.is_some()) {
             options.sack = self.rcv.sack_blocks();
         }
         options.fit();
@@ -96,31 +96,28 @@ impl Connection {
             window,
             urgent: 0,
             options,
+            ce: false,
         }
     }
 
-    /// RFC 8985 7.3: new data if the windows allow, else the last segment (with our FIN if sent).
+    /// RFC 8985 7.3: new data if the peer's window allows (the congestion window does not
+    /// matter), else the last segment sent again (with our FIN if it carried it).
     fn send_loss_probe(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         let mss = self.mss();
         let data_end = self.snd.data_end();
         let window_end = self.snd.window_end();
-        if self.snd.nxt == self.snd.max && self.snd.nxt.lt(data_end) && self.snd.nxt.lt(window_end) {
+        if self.snd.nxt.lt(data_end) && self.snd.nxt.lt(window_end) {
             let seq = self.snd.nxt;
             let len = data_end.since(seq).min(window_end.since(seq)).min(mss);
             let fin_due = self.snd.fin_queued && seq + len == data_end && self.snd.fin_seq.is_none();
-            let (n, sent) = self.write_data(now, buf, seq, len, fin_due)?;
-            let fin_sent = fin_due && seq + sent == data_end;
-            if fin_sent {
-                self.snd.fin_seq = Some(data_end);
-            }
-            self.snd.nxt = seq + sent + fin_sent as u32;
-            self.snd.max = self.snd.max.max(self.snd.nxt);
+            let n = self.send_new(now, buf, seq, len, fin_due)?;
+            self.recovery.probe_sent(self.snd.nxt, false);
             return Some(n);
         }
-        let last = self.snd.fin_seq.unwrap_or(self.snd.max.min(data_end));
-        let start = last - last.since(self.snd.una).min(mss);
-        self.recovery.forget_timing();
-        self.write_data(now, buf, start, last.since(start), self.snd.fin_seq.is_some()).map(|(n, _)| n)
+        let last = self.recovery.last_sent()?;
+        let n = self.resend(now, buf, last.seq, last.data_len(), last.has(FIN))?;
+        self.recovery.probe_sent(self.snd.nxt, true);
+        Some(n)
     }
 
     fn transmit_data(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
@@ -129,18 +126,18 @@ impl Connection {
         }
         let (mss, sack) = (self.mss(), self.opts.sack_enabled);
         let cwnd = self.recovery.cc.cwnd();
-        let pipe = self.recovery.pipe(&self.snd, mss, sack);
-        if let Some((seq, len)) = self.recovery.lost_again_range(&self.snd, mss, pipe < cwnd) {
-            let (n, _) = self.write_data(now, buf, seq, len, false)?;
-            self.recovery.sent_lost_again(seq, self.snd.max, sack);
-            return Some(n);
-        }
-        if let Some((seq, len)) = self.recovery.next_retransmission(&self.snd, mss, sack)
-            && (pipe < cwnd || seq == self.snd.una)
+        let pipe = self.recovery.pipe(mss, sack);
+        // RFC 6675 5 step 4.1 / RFC 6582: retransmit what is lost first, as the window allows
+        // (the first unacknowledged segment always may go); and not beyond the peer's window
+        // (as Linux's tcp_retransmit_skb).
+        if let Some(seg) = self.recovery.next_retransmission()
+            && (pipe < cwnd || seg.seq == self.snd.una)
+            && (seg.seq.lt(self.snd.window_end()) || seg.seq == self.snd.una)
         {
-            let (n, sent) = self.write_data(now, buf, seq, len, false)?;
-            self.recovery.sent_retransmission(seq, sent, self.snd.max, sack);
-            return Some(n);
+            if self.paced(now) {
+                return None;
+            }
+            return self.resend(now, buf, seg.seq, seg.data_len(), seg.has(FIN));
         }
         let s = &self.snd;
         let data_end = s.data_end();
@@ -149,12 +146,11 @@ impl Connection {
         let wnd_room = if s.nxt.lt(window_end) { window_end.since(s.nxt) } else { 0 };
         let cwnd_room = cwnd.saturating_sub(pipe);
         let len = avail.min(wnd_room).min(cwnd_room).min(mss);
-        let retransmitting = s.nxt.lt(s.max);
-        let fin_due = s.fin_queued && len == avail && (s.fin_seq.is_none() || retransmitting);
+        let fin_due = s.fin_queued && len == avail && s.fin_seq.is_none();
         if len == 0 && !fin_due {
             return None;
         }
-        if len > 0 && len < mss && !retransmitting && !fin_due {
+        if len > 0 && len < mss && !fin_due {
             if len < avail {
                 // RFC 9293 3.8.6.2.1 sender SWS avoidance: only a segment of at least half the
                 // largest window the peer offered.
@@ -166,16 +162,57 @@ impl Connection {
                 return None;
             }
         }
-        let seq = s.nxt;
-        let (n, sent) = self.write_data(now, buf, seq, len, fin_due)?;
-        let fin_sent = fin_due && sent == len;
-        if fin_sent && self.snd.fin_seq.is_none() {
+        if self.paced(now) {
+            return None;
+        }
+        self.send_new(now, buf, self.snd.nxt, len, fin_due)
+    }
+
+    /// Whether the pacer holds the next data segment back; if so, the pace timer is set for
+    /// when it lets it go.
+    fn paced(&mut self, now: Instant) -> bool {
+        if !self.config.pacing {
+            return false;
+        }
+        let Some(at) = self.recovery.pace_wait(now) else { return false };
+        if self.timers.get(TimerKind::Pace) != Some(at) {
+            self.timers.set(TimerKind::Pace, at);
+            self.stats.paced += 1;
+        }
+        true
+    }
+
+    /// Send new data at SND.NXT (and our FIN if `fin` and all fits). With ECN it goes out
+    /// ECT(0), and carries CWR if the window was just reduced for an echo (RFC 3168 6.1.2).
+    fn send_new(&mut self, now: Instant, buf: &mut [u8], seq: SeqNum, len: u32, fin: bool) -> Option<usize> {
+        let (n, sent) = self.write_data(now, buf, seq, len, fin)?;
+        if self.opts.ecn && sent > 0 {
+            self.ect = true;
+            if self.recovery.take_cwr() {
+                // Flags are byte 13 of the TCP header.
+                buf[13] |= Flags::CWR.0;
+            }
+        }
+        let fin_sent = fin && seq + sent == self.snd.data_end();
+        if fin_sent {
             self.snd.fin_seq = Some(seq + sent);
         }
-        // RFC 6298 3 (Karn): time new data, never a retransmitted segment.
-        self.recovery.on_data_sent(now, seq, sent, retransmitting, self.opts.ts_enabled);
+        let tsval = self.opts.ts_enabled.then(|| self.opts.ts_now(now));
+        self.recovery.on_sent(now, &self.snd, seq, sent, fin_sent, tsval);
         self.snd.nxt = seq + sent + fin_sent as u32;
-        self.snd.max = self.snd.max.max(self.snd.nxt);
+        let (mss, sack) = (self.mss(), self.opts.sack_enabled);
+        self.recovery.note_window_use(&self.snd, mss, sack);
+        self.arm_after_send(now, true);
+        Some(n)
+    }
+
+    /// Send again the segment at `seq` (`len` bytes, and our FIN if `fin` and all fits).
+    fn resend(&mut self, now: Instant, buf: &mut [u8], seq: SeqNum, len: u32, fin: bool) -> Option<usize> {
+        let (n, sent) = self.write_data(now, buf, seq, len, fin)?;
+        let fin_sent = fin && seq + sent == self.snd.data_end();
+        let tsval = self.opts.ts_enabled.then(|| self.opts.ts_now(now));
+        self.recovery.on_sent(now, &self.snd, seq, sent, fin_sent, tsval);
+        self.arm_after_send(now, false);
         Some(n)
     }
 
@@ -206,19 +243,18 @@ impl Connection {
         let mut hdr = [0u8; segment::MAX_HEADER_LEN];
         let written = segment::write(&h, &[], &mut hdr).ok()?;
         buf[..written].copy_from_slice(&hdr[..written]);
-        if seq.lt(self.snd.max) {
+        if seq.lt(self.snd.nxt) {
             self.stats.retransmits += 1;
         } else {
             self.stats.bytes_sent += n as u64;
         }
         self.stats.segments_sent += 1;
         self.on_ack_sent(&h);
-        // RFC 6298 5.1: start the timer when sending data and it is not running; RFC 8985
-        // 7.2: restart a probe timeout after new data.
-        if !self.timers.is_set(TimerKind::Retransmit) || (self.recovery.tlp_pending && seq == self.snd.max) {
-            self.arm_retransmit(now);
-        }
         self.timers.stop(TimerKind::Persist);
+        if self.config.pacing {
+            let (mss, sack) = (self.mss(), self.opts.sack_enabled);
+            self.recovery.on_paced_send(now, (written + n as usize) as u32, mss, sack);
+        }
         Some((written + n as usize, n))
     }
 }

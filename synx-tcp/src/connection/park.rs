@@ -19,7 +19,7 @@ use super::probes::{self, Probes};
 use super::recovery::{self, Recovery};
 use super::recv::{self, RecvHalf};
 use super::send::{self, SendHalf};
-use super::{Connection, ConnectionInfo, Signals, State, stats};
+use super::{Connection, ConnectionInfo, Signals, State, initial_buffers, stats};
 use crate::timer::{TimerKind, TimerTable};
 use crate::{Config, Instant, Keepalive};
 
@@ -27,6 +27,10 @@ use crate::{Config, Instant, Keepalive};
 const TIME_WAIT: u8 = 1;
 /// The application closed rather than shut down.
 const ORPHAN: u8 = 2;
+/// ECE still owed to the peer (RFC 3168 6.1.3).
+const ECE: u8 = 4;
+/// CWR still owed to the peer (RFC 3168 6.1.2).
+const CWR: u8 = 8;
 
 /// The state of an idle ESTABLISHED or TIME_WAIT connection (see the module docs). Its
 /// 4-tuple and keepalive settings are the caller's to keep.
@@ -61,7 +65,7 @@ impl Connection {
         };
         state_at_rest
             && !self.send_rst
-            && [TimerKind::Retransmit, TimerKind::DelayedAck, TimerKind::Persist]
+            && [TimerKind::Retransmit, TimerKind::DelayedAck, TimerKind::Persist, TimerKind::Pace]
                 .iter()
                 .all(|&k| !self.timers.is_set(k))
     }
@@ -85,12 +89,16 @@ impl Connection {
         if !self.is_quiescent() {
             return None;
         }
-        let flags = if self.state == State::TimeWait { TIME_WAIT } else { 0 } | if self.signals.orphan { ORPHAN } else { 0 };
+        let bit = |on: bool, b: u8| if on { b } else { 0 };
+        let flags = bit(self.state == State::TimeWait, TIME_WAIT)
+            | bit(self.signals.orphan, ORPHAN)
+            | bit(self.rcv.ece, ECE)
+            | bit(self.recovery.cwr_pending(), CWR);
         Some(Parked {
             snd: self.snd.fold(),
-            rcv: self.rcv.fold(),
+            rcv: self.rcv.fold(self.probes.last_activity)?,
             opts: self.opts,
-            recovery: self.recovery.fold(),
+            recovery: self.recovery.fold()?,
             probes: self.probes.fold()?,
             stats: self.stats.fold()?,
             due: self.timers.get(self.parked_timer()).map_or(u64::MAX, Instant::as_nanos),
@@ -102,20 +110,28 @@ impl Connection {
     /// application call. `config` is the endpoint's; `keepalive` the connection's own settings.
     pub fn unpark(p: &Parked, config: Arc<Config>, local: SocketAddr, remote: SocketAddr, keepalive: Keepalive) -> Self {
         let time_wait = p.flags & TIME_WAIT != 0;
-        let snd = SendHalf::unfold(&p.snd, time_wait, config.send_buffer);
+        let snd = SendHalf::unfold(&p.snd, time_wait);
+        let probes = Probes::unfold(&p.probes, keepalive);
+        let rcv = RecvHalf::unfold(&p.rcv, probes.last_activity, p.flags & ECE != 0);
+        // The buffers' growth is taken from the budget again (a window once offered stays).
+        let (send_base, recv_base) = initial_buffers(&config, p.opts.rcv_wscale > 0 || p.opts.snd_wscale > 0);
+        let reserved = (snd.buf.cap().saturating_sub(send_base) + rcv.buf.cap().saturating_sub(recv_base)) as u64;
+        config.buffer_budget.force(reserved);
         let mut c = Connection {
             local,
             remote,
             state: p.state(),
             send_rst: false,
-            recovery: Recovery::unfold(&p.recovery, snd.una),
+            recovery: Recovery::unfold(&p.recovery, &config, snd.una, p.flags & CWR != 0),
             snd,
-            rcv: RecvHalf::unfold(&p.rcv),
+            rcv,
             opts: p.opts,
-            probes: Probes::unfold(&p.probes, keepalive),
+            probes,
             timers: TimerTable::default(),
             signals: Signals { orphan: p.flags & ORPHAN != 0, ..Signals::default() },
             stats: p.stats.unfold(),
+            reserved,
+            ect: false,
             config,
         };
         if let Some(at) = p.deadline() {
@@ -137,7 +153,7 @@ impl Parked {
 
     /// What [`Connection::info`] would say, without unfolding.
     pub fn info(&self, config: &Config, local: SocketAddr, remote: SocketAddr) -> ConnectionInfo {
-        let (rtt, cc) = (self.recovery.rtt(), self.recovery.cc());
+        let (rtt, cc) = (self.recovery.rtt(config), self.recovery.cc());
         ConnectionInfo {
             state: self.state(),
             last_activity: self.probes.last_activity(),

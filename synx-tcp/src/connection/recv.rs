@@ -1,9 +1,16 @@
 //! The receive half of the TCB: the receive sequence space (RFC 9293 3.3.1), the bytes not yet
 //! read, and the ACK we owe for them.
 
+use core::time::Duration;
+
+use crate::Instant;
 use crate::recv_buf::RecvBuffer;
 use crate::segment::{Header, SackBlocks};
 use crate::seq::SeqNum;
+
+/// Initial measure of what the application reads per round trip (Linux's rcvq_space, from
+/// TCP_INIT_CWND segments).
+const INITIAL_SPACE_SEGMENTS: u32 = 10;
 
 #[derive(Debug)]
 pub(super) struct RecvHalf {
@@ -22,6 +29,20 @@ pub(super) struct RecvHalf {
     pub last_ooo: Option<SeqNum>,
     /// An ACK is owed now (not delayed).
     pub ack_now: bool,
+    /// RFC 3168 6.1.3: a CE mark arrived and the peer has not yet answered with CWR: our
+    /// segments carry ECE.
+    pub ece: bool,
+    /// RFC 2883: a range that arrived twice, reported as the first SACK block of the next ACK
+    /// only.
+    pub dsack: Option<(SeqNum, SeqNum)>,
+    /// Dynamic right-sizing (Linux's tcp_rcv_space_adjust): bytes the application read in the
+    /// last measured round trip, and where and when the current measure began.
+    space: u32,
+    space_seq: SeqNum,
+    space_time: Instant,
+    /// The receiver's RTT estimate from timestamps, microseconds (0: none), the minimum seen
+    /// (as Linux's tcp_rcv_rtt_measure_ts).
+    rtt_us: u32,
 }
 
 /// An idle receive half: everything received was read and acknowledged.
@@ -32,12 +53,19 @@ pub(super) struct Folded {
     adv: SeqNum,
     /// The receive buffer's capacity (its window, since it is empty).
     cap: u32,
+    space: u32,
+    /// Bytes read since the current right-sizing measure began.
+    space_copied: u32,
+    /// How long before the last segment accepted it began, saturated (see `fold`).
+    space_age_ns: u32,
+    rtt_us: u32,
     mss: u16,
 }
 
 impl RecvHalf {
-    /// After the handshake: RCV.NXT = IRS + 1, and the window XDP's SYN-ACK offered.
-    pub fn new(irs: SeqNum, offered: u32, buffer: u32) -> Self {
+    /// After the handshake at `now`: RCV.NXT = IRS + 1, and the window XDP's SYN-ACK offered.
+    /// `mss`: our MSS, for the first measure of the application's reading.
+    pub fn new(now: Instant, irs: SeqNum, offered: u32, buffer: u32, mss: u32) -> Self {
         Self {
             nxt: irs + 1,
             adv: irs + 1 + offered,
@@ -48,7 +76,50 @@ impl RecvHalf {
             mss: 536,
             last_ooo: None,
             ack_now: false,
+            ece: false,
+            dsack: None,
+            space: (INITIAL_SPACE_SEGMENTS * mss).min(buffer).max(1),
+            space_seq: irs + 1,
+            space_time: now,
+            rtt_us: 0,
         }
+    }
+
+    /// An RTT sample from a timestamp our peer echoed on data (RFC 7323 4.2 on the receive
+    /// side); the minimum is kept.
+    pub fn on_rtt_sample(&mut self, rtt: Duration) {
+        let us = rtt.as_micros().clamp(1, u32::MAX as u128) as u32;
+        self.rtt_us = if self.rtt_us == 0 { us } else { self.rtt_us.min(us) };
+    }
+
+    pub fn rtt(&self) -> Option<Duration> {
+        (self.rtt_us != 0).then(|| Duration::from_micros(self.rtt_us as u64))
+    }
+
+    /// Dynamic right-sizing (as Linux's tcp_rcv_space_adjust): once a round trip (`rtt`) has
+    /// passed since the measure began, compare what the application read meanwhile with the
+    /// last measure; if it read more, the window should hold twice as much plus room for the
+    /// sender's growth (16 segments, and twice the growth seen). Returns the buffer wanted,
+    /// when more than it has, at most `max`.
+    pub fn space_adjust(&mut self, now: Instant, rtt: Duration, mss: u32, max: u32) -> Option<u32> {
+        if now.saturating_duration_since(self.space_time) < rtt {
+            return None;
+        }
+        let copied_seq = self.nxt - self.buf.readable() as u32;
+        let copied = copied_seq.since(self.space_seq);
+        let mut want = None;
+        if copied > self.space {
+            let mut rcvwin = 2 * copied as u64 + 16 * mss as u64;
+            let grow = rcvwin * (copied - self.space) as u64 / self.space as u64;
+            rcvwin = (rcvwin + 2 * grow).min(max as u64);
+            if rcvwin > self.buf.cap() as u64 {
+                want = Some(rcvwin as u32);
+            }
+            self.space = copied;
+        }
+        self.space_seq = copied_seq;
+        self.space_time = now;
+        want
     }
 
     /// RCV.WND: room left in the receive buffer.
@@ -70,16 +141,21 @@ impl RecvHalf {
     /// An ACK left with `h` (whose window is already scaled down by `wscale`).
     pub fn on_ack_sent(&mut self, h: &Header, wscale: u8) {
         self.ack_now = false;
+        self.dsack = None;
         self.unacked_bytes = 0;
         self.last_ack_sent = h.ack;
         self.adv = h.ack + ((h.window as u32) << wscale);
     }
 
-    /// RFC 2018 4: the block holding the most recent segment first, then the others.
+    /// RFC 2883 4: a DSACK block first, if owed; then RFC 2018 4: the block holding the most
+    /// recent segment, then the others.
     pub fn sack_blocks(&self) -> SackBlocks {
         let ranges = self.buf.out_of_order();
         let abs = |&(s, e): &(u32, u32)| (self.nxt + s, self.nxt + e);
         let mut blocks = SackBlocks::default();
+        if let Some((l, r)) = self.dsack {
+            blocks.push(l, r);
+        }
         let first = self.last_ooo.and_then(|seq| ranges.iter().position(|r| seq.in_range(abs(r).0, abs(r).1)));
         if let Some(i) = first {
             let (l, r) = abs(&ranges[i]);
@@ -102,14 +178,33 @@ impl RecvHalf {
             && self.last_ooo.is_none()
             && self.unacked_bytes == 0
             && !self.ack_now
+            && self.dsack.is_none()
             && self.last_ack_sent == self.nxt
     }
 
-    pub fn fold(&self) -> Folded {
-        Folded { nxt: self.nxt, adv: self.adv, cap: self.buf.window(), mss: self.mss }
+    /// `None` if the right-sizing measure does not fold (see `space_age_ns`). `last_heard`:
+    /// when the last segment was accepted; a measure begins at a segment's arrival, so no
+    /// later. Saturating its age at 4.29 s changes nothing while the receiver RTT is shorter:
+    /// the next check finds a round trip passed either way.
+    pub fn fold(&self, last_heard: Instant) -> Option<Folded> {
+        let age = last_heard.saturating_duration_since(self.space_time).as_nanos();
+        if self.rtt_us as u128 * 1000 >= u32::MAX as u128 || self.space_time > last_heard {
+            return None;
+        }
+        Some(Folded {
+            nxt: self.nxt,
+            adv: self.adv,
+            cap: self.buf.window(),
+            space: self.space,
+            space_copied: self.nxt.since(self.space_seq),
+            space_age_ns: age.min(u32::MAX as u128) as u32,
+            rtt_us: self.rtt_us,
+            mss: self.mss,
+        })
     }
 
-    pub fn unfold(f: &Folded) -> Self {
+    /// `ece`: the folded connection still owes ECE.
+    pub fn unfold(f: &Folded, last_heard: Instant, ece: bool) -> Self {
         Self {
             nxt: f.nxt,
             adv: f.adv,
@@ -120,6 +215,12 @@ impl RecvHalf {
             mss: f.mss,
             last_ooo: None,
             ack_now: false,
+            ece,
+            dsack: None,
+            space: f.space,
+            space_seq: f.nxt - f.space_copied,
+            space_time: last_heard - Duration::from_nanos(f.space_age_ns as u64),
+            rtt_us: f.rtt_us,
         }
     }
 }

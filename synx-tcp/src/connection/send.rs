@@ -4,13 +4,12 @@
 use crate::send_buf::SendBuffer;
 use crate::seq::SeqNum;
 
-/// Send sequence variables (RFC 9293 3.3.1) and the send buffer. SND.MAX is the highest
-/// sequence sent; SND.NXT drops back to SND.UNA after a retransmission timeout (go-back-N).
+/// Send sequence variables (RFC 9293 3.3.1) and the send buffer. Retransmissions go by the
+/// records of loss recovery, so SND.NXT is always the highest sequence sent.
 #[derive(Debug)]
 pub(super) struct SendHalf {
     pub una: SeqNum,
     pub nxt: SeqNum,
-    pub max: SeqNum,
     pub wl1: SeqNum,
     pub wl2: SeqNum,
     pub wnd: u32,
@@ -21,7 +20,7 @@ pub(super) struct SendHalf {
     pub buf: SendBuffer,
 }
 
-/// An idle send half: nothing in flight or queued (SND.UNA = SND.NXT = SND.MAX).
+/// An idle send half: nothing in flight or queued (SND.UNA = SND.NXT).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Folded {
     nxt: SeqNum,
@@ -31,6 +30,8 @@ pub(super) struct Folded {
     max_wnd: u32,
     /// Our FIN's sequence number when it was sent (TIME_WAIT), else SND.NXT.
     fin_seq: SeqNum,
+    /// The send buffer's capacity (it grows with the window).
+    cap: u32,
 }
 
 impl SendHalf {
@@ -39,7 +40,6 @@ impl SendHalf {
         Self {
             una: iss + 1,
             nxt: iss + 1,
-            max: iss + 1,
             // Ensures the ACK's window is taken (RFC 9293 3.10.7.3: SND.WL1 = SEG.SEQ - 1 style).
             wl1: ack_seq - 1,
             wl2: ack_ack,
@@ -61,9 +61,9 @@ impl SendHalf {
         self.una + self.wnd
     }
 
-    /// Bytes between SND.UNA and SND.MAX.
+    /// Sequence space between SND.UNA and SND.NXT.
     pub fn flight(&self) -> u32 {
-        self.max.since(self.una)
+        self.nxt.since(self.una)
     }
 
     /// Bytes queued but not yet sent (FIN not counted).
@@ -79,7 +79,7 @@ impl SendHalf {
 
     /// Nothing in flight, nothing queued.
     pub fn is_at_rest(&self) -> bool {
-        self.una == self.nxt && self.nxt == self.max && self.buf.is_empty()
+        self.una == self.nxt && self.buf.is_empty()
     }
 
     pub fn fold(&self) -> Folded {
@@ -90,22 +90,22 @@ impl SendHalf {
             wnd: self.wnd,
             max_wnd: self.max_wnd,
             fin_seq: self.fin_seq.unwrap_or(self.nxt),
+            cap: self.buf.cap(),
         }
     }
 
     /// `fin_sent`: a folded connection in TIME_WAIT, whose FIN was queued and sent.
-    pub fn unfold(f: &Folded, fin_sent: bool, buffer: u32) -> Self {
+    pub fn unfold(f: &Folded, fin_sent: bool) -> Self {
         Self {
             una: f.nxt,
             nxt: f.nxt,
-            max: f.nxt,
             wl1: f.wl1,
             wl2: f.wl2,
             wnd: f.wnd,
             max_wnd: f.max_wnd,
             fin_seq: fin_sent.then_some(f.fin_seq),
             fin_queued: fin_sent,
-            buf: SendBuffer::new(buffer.max(1)),
+            buf: SendBuffer::new(f.cap),
         }
     }
 }

@@ -259,3 +259,29 @@ fn idle_connections_park_and_unfold_on_traffic_calls_and_timers() {
     assert_eq!(ep.parked(), 10);
     assert!(ep.infos().all(|(_, i)| i.keepalive_probes_sent == 0));
 }
+
+#[test]
+fn totals_add_up_every_connection_released_or_not() {
+    let mut ep = Endpoint::new(config(), 10);
+    let a = ep.accept(ms(0), facts(), local(), client(1), &ack_from(1), b"hello").unwrap();
+    let b = ep.accept(ms(0), facts(), local(), client(2), &ack_from(2), &[]).unwrap();
+    ep.handle(ms(1), local(), client(2), &ack_from(2), b"hi");
+    ep.connection_mut(a).unwrap().send(b"answer");
+    drain(&mut ep, ms(2));
+    // Connection a goes; its counts stay in the totals.
+    ep.connection_mut(a).unwrap().abort(ms(3));
+    drain(&mut ep, ms(3));
+    all_events(&mut ep);
+    assert!(!ep.contains(a) && ep.contains(b));
+    let t = ep.totals();
+    assert_eq!((t.segments_received, t.bytes_received), (3, 7));
+    assert_eq!(t.bytes_sent, 6);
+    // The answer, the RST, and b's delayed ACK is not due yet.
+    assert_eq!(t.segments_sent, 2);
+    // A retransmission timeout of b's data counts too.
+    ep.connection_mut(b).unwrap().send(b"x");
+    drain(&mut ep, ms(4));
+    ep.handle_timeout(secs(2));
+    drain(&mut ep, secs(2));
+    assert_eq!((ep.totals().timeouts, ep.totals().retransmits), (1, 1));
+}

@@ -59,7 +59,14 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn run_ops(flags: u8, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let f = HandshakeFacts { flags, snd_wscale: 3, rcv_wscale: 3, ..facts() };
-    let cfg = Config { recv_buffer: 16 * 1024, send_buffer: 16 * 1024, ..config() };
+    // No growth beyond the buffers: memory stays within the bound checked below.
+    let cfg = Config {
+        recv_buffer: 16 * 1024,
+        send_buffer: 16 * 1024,
+        recv_buffer_max: 16 * 1024,
+        send_buffer_max: 16 * 1024,
+        ..config()
+    };
     let mut c = accept_with(cfg, f, &peer(0, 0), &[]);
     let mut now = ms(0);
     let mut delivered: u32 = 0;

@@ -562,24 +562,6 @@ fn fast_retransmit_on_three_dupacks_then_newreno_partial_ack() {
     assert_eq!(c.info().send_queued, 0);
 }
 
-/// An established connection that negotiated SACK, with Nagle off so segments leave as the
-/// tests write them.
-fn sack_sender() -> Connection {
-    let f = HandshakeFacts { flags: FACT_SACK, ..facts() };
-    accept_with(Config { nagle: false, ..config() }, f, &peer(0, 0), &[])
-}
-
-/// The peer's ACK of `acked` full segments with SACK blocks `[l, r)`, all counted in 1460-byte
-/// segments from our ISS + 1.
-fn sack_ack(acked: u32, blocks: &[(u32, u32)]) -> Header {
-    const MSS: u32 = 1460;
-    let mut h = peer(0, acked * MSS);
-    for &(l, r) in blocks {
-        h.options.sack.push(SeqNum(ISS + 1 + l * MSS), SeqNum(ISS + 1 + r * MSS));
-    }
-    h
-}
-
 #[test]
 fn sack_recovery_resends_only_the_holes() {
     let mut c = sack_sender();
@@ -630,19 +612,27 @@ fn sack_loss_is_recovered_at_once_even_when_the_peer_window_moves() {
 }
 
 #[test]
-fn early_retransmit_when_fewer_than_four_segments_are_outstanding() {
-    // RFC 5827: three segments in flight, the first lost, nothing more to send: two SACKed
-    // segments are all the evidence there can be, so the hole is resent without a timeout.
+fn a_hole_with_few_segments_outstanding_is_resent_by_the_reordering_timer() {
+    // Three segments in flight, the first lost, nothing more to send: two SACKed segments are
+    // all the evidence there can be (RFC 5827's case). RACK (RFC 8985 6.2, 6.3) waits RACK.rtt
+    // plus the reordering window (min_RTT/4: fewer than DupThresh segments SACKed) after the
+    // hole was sent, then resends it, without a retransmission timeout.
     let mut c = sack_sender();
     let mss = 1460u32;
     c.send(&vec![4u8; 3 * mss as usize]);
     assert_eq!(out(&mut c, ms(0)).len(), 3);
     let sack = |to: u32| sack_ack(0, &[(1, to)]);
+    // min_RTT 10 ms from the first SACKed segment: a 2.5 ms window.
     c.handle(ms(10), &sack(2), &[]);
     none(&mut c, ms(10));
     c.handle(ms(11), &sack(3), &[]);
-    let (h, p) = one(&mut c, ms(11));
-    assert_eq!((h.seq, p.len()), (SeqNum(ISS + 1), mss as usize));
+    none(&mut c, ms(11));
+    // RACK.rtt is now 11 ms: the hole is lost at 0 + 11 + 2.5 ms.
+    let sent = run_until(&mut c, ms(1000));
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (t, h, p) = &sent[0];
+    assert_eq!((*t, h.seq, p.len()), (ms(13) + Duration::from_micros(500), SeqNum(ISS + 1), mss as usize));
+    assert_eq!((c.stats().rack_losses, c.stats().fast_recoveries, c.stats().timeouts), (1, 1, 0));
 }
 
 #[test]
@@ -900,7 +890,7 @@ fn tail_loss_probe_recovers_a_lost_tail_before_the_rto() {
     let _ = out(&mut c, ms(500));
     c.handle(ms(600), &peer(0, 1 + 5 * mss), &[]);
     assert_eq!(c.info().send_queued, 0);
-    assert_eq!(c.info().rto, Duration::from_millis(300), "no backoff: no RTO fired");
+    assert_eq!(c.stats().timeouts, 0, "no RTO fired");
 }
 
 // ------------------------------------------------------------------ rules pinned one by one
@@ -952,23 +942,35 @@ fn paws_ignores_a_ts_recent_idle_for_more_than_24_days() {
 }
 
 #[test]
-fn a_retransmission_timeout_forgets_the_sack_scoreboard() {
-    // RFC 2018 8: after a timeout the receiver may have reneged, so SACKed data is resent too.
-    let mut c = sack_sender();
+fn a_retransmission_timeout_keeps_the_sack_scoreboard_unless_the_receiver_reneged() {
+    // As Linux (RFC 2018 8 and RFC 6675 5.1 leave the choice): after a timeout what the peer
+    // SACKed is not sent again, unless the first segment itself is SACKed yet unacknowledged
+    // (the receiver reneged), when everything is.
     let mss = 1460u32;
-    c.send(&vec![7u8; 4 * mss as usize]);
-    assert_eq!(out(&mut c, ms(0)).len(), 4);
-    // Segments 2 and 3 SACKed; 0 and 1 lost, and too few SACKs to declare them lost.
-    c.handle(ms(10), &sack_ack(0, &[(2, 3)]), &[]);
-    out(&mut c, ms(10));
-    let index = |segs: Vec<(Header, Vec<u8>)>| segs.iter().map(|(h, _)| (h.seq.0 - ISS - 1) / mss).collect::<Vec<_>>();
-    c.handle_timeout(secs(1));
-    assert_eq!(index(out(&mut c, secs(1))), [0], "go-back-N from SND.UNA with a one-segment window");
-    // Segment 0 acknowledged: cwnd 2 segments. Were segment 2 still counted as SACKed, the
-    // pipe would leave room for segment 3 too.
-    let t = secs(1) + Duration::from_millis(10);
-    c.handle(t, &peer(0, mss), &[]);
-    assert_eq!(index(out(&mut c, t)), [1, 2], "the once-SACKed segment 2 is in flight again");
+    let index = |segs: &[(Instant, Header, Vec<u8>)]| segs.iter().map(|(_, h, _)| (h.seq.0 - ISS - 1) / mss).collect::<Vec<_>>();
+    let rto_at = ms(12) + Duration::from_micros(500) + Duration::from_secs(1);
+    for (blocks, after_ack) in [(&[(2, 3)][..], [1, 3]), (&[(0, 1), (2, 3)][..], [1, 2])] {
+        let mut c = sack_sender();
+        c.send(&vec![7u8; 4 * mss as usize]);
+        assert_eq!(out(&mut c, ms(0)).len(), 4);
+        // SACKs 10 ms later; RACK resends the first hole 2.5 ms after that (the reordering
+        // window), and it is lost again, with everything else not SACKed.
+        c.handle(ms(10), &sack_ack(0, blocks), &[]);
+        out(&mut c, ms(10));
+        let fast = run_until(&mut c, ms(20));
+        assert_eq!(c.stats().fast_recoveries, 1);
+        assert_eq!(index(&fast), [blocks.len() as u32 - 1], "{blocks:?}");
+        // The timeout: one segment, the loss window.
+        let timed_out = run_until(&mut c, rto_at);
+        assert_eq!((timed_out.len(), timed_out[0].0), (1, rto_at));
+        assert_eq!(index(&timed_out), [0], "{blocks:?}");
+        assert_eq!(c.stats().timeouts, 1);
+        // Segment 0 acknowledged: two segments of window for what is lost.
+        let t = rto_at + Duration::from_millis(10);
+        c.handle(t, &peer(0, mss), &[]);
+        let resent: Vec<(Instant, Header, Vec<u8>)> = out(&mut c, t).into_iter().map(|(h, p)| (t, h, p)).collect();
+        assert_eq!(index(&resent), after_ack, "{blocks:?}");
+    }
 }
 
 #[test]

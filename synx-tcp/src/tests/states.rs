@@ -69,7 +69,7 @@ pub(crate) fn in_state(state: State) -> Connection {
 
 #[test]
 fn in_state_reaches_every_state_quiet_and_at_the_stated_offsets() {
-    for state in ALL_STATES {
+    for state in State::ALL {
         let mut c = in_state(state);
         let o = offsets(state);
         none(&mut c, ms(60));
@@ -83,16 +83,6 @@ fn in_state_reaches_every_state_quiet_and_at_the_stated_offsets() {
     }
 }
 
-const ALL_STATES: [State; 8] = [
-    State::Established,
-    State::CloseWait,
-    State::LastAck,
-    State::FinWait1,
-    State::FinWait2,
-    State::Closing,
-    State::TimeWait,
-    State::Closed,
-];
 
 /// The segment kinds of the table, built against a connection's offsets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,7 +305,7 @@ fn rfc9293_segment_arrival_table() {
 
 #[test]
 fn the_table_covers_every_state_and_each_step_in_each_synchronized_state() {
-    for state in ALL_STATES {
+    for state in State::ALL {
         let segs: Vec<Seg> = TABLE.iter().filter(|r| r.0 == state).map(|r| r.1).collect();
         assert!(!segs.is_empty(), "{state} has no rows");
         if state == State::Closed {

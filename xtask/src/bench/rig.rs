@@ -164,7 +164,7 @@ pub fn features(ns: &Netns, dev: &str) -> anyhow::Result<BTreeMap<String, String
 }
 
 /// What the JSON records of one device.
-fn describe_device(ns: &Netns, role: &str, dev: &str, xdp: &str, napi: &str) -> serde_json::Value {
+pub(super) fn describe_device(ns: &Netns, role: &str, dev: &str, xdp: &str, napi: &str) -> serde_json::Value {
     let rps = ns.exec("sh", &["-c", &format!("cat /sys/class/net/{dev}/queues/rx-*/rps_cpus | tr '\\n' ' '")]).unwrap_or_default();
     serde_json::json!({
         "role": role,
@@ -193,7 +193,7 @@ const SYSCTLS: &[&str] = &[
     "net.ipv4.tcp_max_tw_buckets",
 ];
 
-fn sysctls(ns: &Netns) -> serde_json::Value {
+pub(super) fn sysctls(ns: &Netns) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     for k in SYSCTLS {
         let v = ns.exec("sysctl", &["-n", k]).map(|s| s.trim().to_string()).unwrap_or_else(|e| format!("{e:#}"));

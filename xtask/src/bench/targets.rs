@@ -11,6 +11,8 @@ pub const KERNEL_XDP_SYNPROXY: &str = "kernel-xdp-synproxy";
 pub const SYNX: &str = "synx";
 /// nginx as a reverse proxy, the peer of synx's http-proxy.
 pub const NGINX: &str = "nginx";
+/// The kernel's TCP behind the emulated wide-area path (the wan rows).
+pub const KERNEL_WAN: &str = "kernel-wan";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Met {
@@ -154,6 +156,23 @@ pub fn evaluate(rows: &[Row]) -> Vec<Verdict> {
         0.125,
         false,
     ));
+    // Issue 16: on emulated wide-area paths.
+    out.push(all(
+        "WAN bulk goodput >= 0.95x in every cell (RTT 40 ms, 100 Mbit/s, 0-5% loss, 2% reordering)",
+        super::rows::wan_bulk_row_names().iter().map(|n| ratio_target(rows, "", n, KERNEL_WAN, 0.95, true)).collect(),
+    ));
+    out.push(all(
+        "WAN 5% loss both ways: time within 1.5x of the kernel's",
+        ["wan_bulk_down_loss5", "wan_bulk_up_loss5"].iter().map(|n| ratio_target(rows, "", n, KERNEL_WAN, 1.0 / 1.5, true)).collect(),
+    ));
+    out.push(all(
+        "WAN short flows: completion p50 <= 1.05x and p99 <= 1.1x",
+        super::rows::wan_short_row_names()
+            .iter()
+            .map(|n| ratio_target(rows, "", n, KERNEL_WAN, if n.ends_with("p50") { 1.05 } else { 1.1 }, false))
+            .collect(),
+    ));
+    out.push(value_target(rows, "WAN fairness: Jain's index >= 0.9, 8 synx and 8 kernel flows sharing", "wan_fair_jain", 0.9, false));
     out.push(value_target(rows, "idle < 512 B per connection, all counted, at 100k", "idle_bytes_per_conn_100k", 512.0, true));
     out.push(value_target(rows, "idle < 512 B per connection, all counted, at 1M", "idle_bytes_per_conn_1m", 512.0, true));
     out.push(all(

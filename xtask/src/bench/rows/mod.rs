@@ -10,6 +10,9 @@ mod idle;
 mod micro;
 mod multiqueue;
 mod proxy;
+mod wan;
+
+pub use wan::{bulk_row_names as wan_bulk_row_names, short_row_names as wan_short_row_names};
 
 use std::time::Instant;
 
@@ -32,6 +35,11 @@ pub const GROUPS: &[Group] = &[
     Group { name: "bulk", about: "one connection each way: Gbit/s", run: bulk::run },
     Group { name: "multiqueue", about: "2 RX queues on 2 cores: connection rate and SYN flood", run: multiqueue::run },
     Group { name: "proxy", about: "synx's http-proxy against nginx as a reverse proxy, same backend: req/s, p99, CPU per request, memory per idle keep-alive client", run: proxy::run },
+    // Emulated wide-area paths (issue 16), each group on its own rig (wan.rs).
+    Group { name: "wan_calib", about: "the path emulator against what it is asked (RTT, rate, loss), kernel to kernel, and its ceiling", run: wan::calibrate },
+    Group { name: "wan_bulk", about: "RTT 40 ms, 100 Mbit/s: one transfer each way at 0-5% loss and 2% reordering: Mbit/s", run: wan::bulk },
+    Group { name: "wan_short", about: "10 KB, 100 KB, 1 MB responses on fresh connections at 1% loss: completion p50, p99", run: wan::short },
+    Group { name: "wan_fair", about: "8 synx and 8 kernel flows through one bottleneck: shares, Jain's index", run: wan::fairness },
     Group { name: "xdp", about: "the XDP program's per-packet cost (BPF_PROG_TEST_RUN)", run: micro::xdp },
     Group { name: "tcp", about: "the sans-IO TCP core's own costs (its benchmark)", run: micro::tcp },
 ];

@@ -1,0 +1,469 @@
+//! synx and the kernel side by side on emulated wide-area paths (issue 16), through one path
+//! emulator (`testbed::path`): RTT 40 ms, a 100 Mbit/s bottleneck with a queue of one
+//! bandwidth-delay product, loss or reordering both ways.
+//!
+//! The rig: a client namespace, the emulator's middle namespace and two server namespaces
+//! behind it, both behind the same bottleneck. synx runs on one (native XDP on its veth; the
+//! middle's end carries a pass program, as native XDP on veth needs); the kernel's TCP serves
+//! the same apps on the other (`testbed::path::KernelApps`: the same bytes as synx's apps),
+//! on a veth with no XDP anywhere, TSO/GSO and checksum offloads on and GRO on its receive
+//! side, as a NIC has them; the emulator cuts super-frames to MTU size as the wire would.
+//! Linux's defaults otherwise: CUBIC (pinned: this machine's kernel is built with BBR as its
+//! default), RACK, SACK, no fq, syncookies 1, ECN only when asked. Cached TCP metrics are
+//! flushed before every round on the client and the kernel server, so no round inherits the
+//! ssthresh of the one before. A round in which the emulator itself failed a frame (a socket
+//! or veth drop it did not decide) fails.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use serde_json::json;
+use testbed::{
+    Daemon, Netns,
+    path::{Dir, KernelApp, KernelApps, Loss, PathBed, PathSpec, Snapshot, bdp_bytes, probe},
+};
+
+use crate::bench::{
+    Collector, Ctx, Outcome, Side,
+    peers::pid_alive,
+    report::RoundDetail,
+    rig::{DISCARD, ECHO, HTTP, describe_device, sysctls},
+    schedule, spec, targets,
+};
+
+const RTT: Duration = Duration::from_millis(40);
+const MBIT: u64 = 1_000_000;
+/// How long a reordered frame is held back: 2 ms, 16 full-size frames at 100 Mbit/s (more
+/// than three duplicate ACKs' worth), within RACK's reordering window of a 40 ms path
+/// (min_rtt/4).
+const REORDER_GAP: Duration = Duration::from_millis(2);
+/// The most TCP payload a 100 Mbit/s link carries in 1514-byte frames (1448 bytes each, with
+/// timestamps).
+const PAYLOAD_LIMIT_MBIT: f64 = 100.0 * 1448.0 / 1514.0;
+
+fn peer(side: Side) -> &'static str {
+    match side {
+        Side::Synx => targets::SYNX,
+        Side::Kernel => targets::KERNEL_WAN,
+    }
+}
+
+fn wan(rate: u64) -> PathSpec {
+    PathSpec::wan(RTT, rate)
+}
+
+struct WanRig {
+    bed: PathBed,
+    synx: Daemon,
+    _kernel: KernelApps,
+}
+
+impl WanRig {
+    fn start(ctx: &mut Ctx) -> anyhow::Result<Self> {
+        // The 1-queue rig's daemons would share the CPUs: stopped for the wan rows.
+        ctx.drop_rig();
+        let bed = PathBed::builder().both(wan(100 * MBIT)).xdp_server().kernel_server().start()?;
+        bed.enable_gro()?;
+        bed.client.exec("sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65535"])?;
+        let s = &bed.servers[0];
+        let listen = [
+            format!("--listen={}=echo", s.addr(ECHO)),
+            format!("--listen={}=discard", s.addr(DISCARD)),
+            format!("--listen={}=http", s.addr(HTTP)),
+        ];
+        let args: Vec<&str> = listen.iter().chain(&ctx.synx_args).map(String::as_str).collect();
+        let synx = Daemon::start(&s.ns, &s.iface, &args).context("starting synx behind the emulated path")?;
+        let k = &bed.servers[1];
+        let kernel = KernelApps::start(
+            &k.ns,
+            &[(k.addr(ECHO), KernelApp::Echo), (k.addr(DISCARD), KernelApp::Discard), (k.addr(HTTP), KernelApp::Http)],
+        )?;
+        let rig = Self { bed, synx, _kernel: kernel };
+        rig.describe(ctx);
+        Ok(rig)
+    }
+
+    fn describe(&self, ctx: &mut Ctx) {
+        let b = &self.bed;
+        let (s, k) = (&b.servers[0], &b.servers[1]);
+        let none = "not threaded";
+        ctx.report.meta["rigs"] = {
+            let mut rigs = ctx.report.meta["rigs"].as_array().cloned().unwrap_or_default();
+            rigs.retain(|r| r["name"] != "wan");
+            rigs.push(json!({
+                "name": "wan",
+                "pairs": {
+                    "synx": { "devices": [
+                        describe_device(&s.ns, "server end", &s.iface, "synx_xdp (native)", none),
+                        describe_device(&b.client, "client end (shared)", &b.client_if, "none", none),
+                    ], "sysctls": { "client": sysctls(&b.client) } },
+                    "kernel": { "devices": [
+                        describe_device(&k.ns, "server end", &k.iface, "none", none),
+                    ], "sysctls": { "server": sysctls(&k.ns) } },
+                },
+                "notes": [format!(
+                    "the client and both servers are joined through the path emulator's middle namespace \
+                     (testbed::path): RTT {} ms, {} Mbit/s bottleneck shared by both servers, drop-tail queue of {} bytes \
+                     (one BDP), loss and reordering as each row says, both ways; TSO/GSO super-frames cut to MTU size there. \
+                     TCP metrics flushed before every round. No CPU pinning: no CPU is measured in these rows.",
+                    RTT.as_millis(), 100, bdp_bytes(RTT, 100 * MBIT)
+                )],
+            }));
+            json!(rigs)
+        };
+        ctx.describe_peer(
+            targets::KERNEL_WAN,
+            "the kernel's TCP behind the emulated path (CUBIC pinned, this kernel's build default being BBR; RACK, SACK, \
+             ECN only when asked, no fq), serving synx's apps byte for byte (testbed::path::KernelApps: a thread per \
+             connection, TCP_NODELAY); its veth has no XDP, TSO/GSO/checksum offloads on, GRO on"
+                .to_string(),
+        );
+    }
+
+    fn addr(&self, side: Side, port: u16) -> SocketAddr {
+        self.bed.servers[match side {
+            Side::Synx => 0,
+            Side::Kernel => 1,
+        }]
+        .addr(port)
+    }
+
+    /// One round: fresh TCP metrics and an idle path, then `f`, with the path's counters
+    /// around it in the detail. The round fails if `f` does, if synx is gone, or if the
+    /// emulator failed a frame itself.
+    fn round(&self, side: Side, f: impl FnOnce() -> anyhow::Result<Vec<Option<f64>>>) -> Outcome {
+        for ns in [&self.bed.client, &self.bed.servers[1].ns] {
+            let _ = ns.ip(&["tcp_metrics", "flush", "all"]);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let (up0, down0) = (self.bed.stats(Dir::Up), self.bed.stats(Dir::Down));
+        let drops0 = self.bed.device_drops().unwrap_or(0);
+        let r = f();
+        let (up, down) = (self.bed.stats(Dir::Up).since(&up0), self.bed.stats(Dir::Down).since(&down0));
+        let drops = self.bed.device_drops().unwrap_or(0).saturating_sub(drops0);
+        let detail = json!({ "path": { "up": path_json(&up), "down": path_json(&down), "veth_drops": drops } });
+        let faults = up.faults() + down.faults();
+        let failure = match &r {
+            Err(e) => Some(format!("{e:#}")),
+            Ok(_) if side == Side::Synx && !pid_alive(self.synx.pid()) => Some("synx exited".into()),
+            Ok(_) if faults + drops > 0 => Some(format!("the emulator itself failed {faults} frames and the veths dropped {drops}: round void")),
+            Ok(_) => None,
+        };
+        match (failure, r) {
+            (None, Ok(values)) => Outcome { values, failure: None, detail },
+            (failure, _) => Outcome { values: vec![], failure, detail },
+        }
+    }
+}
+
+fn path_json(s: &Snapshot) -> serde_json::Value {
+    json!({
+        "segments": s.segments, "super_frames": s.super_frames, "impairable": s.impairable, "lost": s.lost,
+        "tail_drops": s.tail_drops, "ce_marked": s.ce_marked, "reordered": s.reordered, "duplicated": s.duplicated,
+        "delivered_bytes": s.delivered_bytes, "faults": s.faults(), "realtime": s.realtime,
+        "lateness_p50_us": s.lateness_quantile(0.5).as_micros(), "lateness_p99_us": s.lateness_quantile(0.99).as_micros(),
+        "lateness_max_us": s.lateness_max.as_micros(),
+    })
+}
+
+fn mbit(bytes: usize, t: Duration) -> f64 {
+    bytes as f64 * 8.0 / t.as_secs_f64() / 1e6
+}
+
+/// Kernel against kernel through the emulator: what it was asked against what it did (the
+/// column is the kernel-wan peer's; there is no synx side).
+pub fn calibrate(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let rig = WanRig::start(ctx)?;
+    let k = Side::Kernel;
+    let ceiling_bytes = if ctx.plan.quick { 256 << 20 } else { 1 << 30 };
+    let mut c = Collector::new(
+        "wan_calib",
+        vec![
+            spec("wan_calib_rtt_p50", "ms", false, "asked 40 ms: TCP ping-pong (1 byte, TCP_NODELAY), median of 200"),
+            spec("wan_calib_rate", "Mbit/s", true, format!("asked 100 Mbit/s: receiver's goodput past 2 s of a 64 MiB upload (TCP payload can reach {PAYLOAD_LIMIT_MBIT:.2})")),
+            spec("wan_calib_loss_up", "%", false, "asked 1% both ways (no delay, no bottleneck): frames lost client to server, of 64 MiB's"),
+            spec("wan_calib_loss_down", "%", false, "asked 1%: frames lost server to client (ACKs)"),
+            spec("wan_calib_lateness_p99", "us", false, "frames leaving after their due time, 99th percentile (log2 buckets: upper edge) during the rate round"),
+            spec("wan_emulator_ceiling", "Mbit/s", true, format!("no delay, no bottleneck, no loss: the most the emulator forwards on this machine ({} MiB upload)", ceiling_bytes >> 20)),
+        ],
+    );
+    let mut details = vec![];
+    for (_, warmup) in schedule(&[k], ctx.plan.rounds, true) {
+        let o = rig.round(k, || {
+            let (client, server) = (&rig.bed.client, &rig.bed.servers[1]);
+            rig.bed.set_both(wan(100 * MBIT));
+            let rtts = probe::rtts(client, server.addr(ECHO), 200)?;
+            let sink = probe::timed_sink(&server.ns, server.addr(8001))?;
+            let up0 = rig.bed.stats(Dir::Up);
+            probe::upload(client, server.addr(8001), 64 << 20, Some(Duration::from_secs(120)))?;
+            let marks = sink.join().map_err(|_| anyhow::anyhow!("sink panicked"))??;
+            let lateness = rig.bed.stats(Dir::Up).since(&up0).lateness_quantile(0.99);
+            rig.bed.set_both(PathSpec { loss: Loss::Random(0.01), ..PathSpec::default() });
+            let (up0, down0) = (rig.bed.stats(Dir::Up), rig.bed.stats(Dir::Down));
+            probe::upload(client, server.addr(DISCARD), 64 << 20, Some(Duration::from_secs(120)))?;
+            let (up, down) = (rig.bed.stats(Dir::Up).since(&up0), rig.bed.stats(Dir::Down).since(&down0));
+            rig.bed.set_both(PathSpec::default());
+            let t = probe::upload(client, server.addr(DISCARD), ceiling_bytes, Some(Duration::from_secs(120)))?;
+            let pct = |s: &Snapshot| 100.0 * s.lost as f64 / s.impairable.max(1) as f64;
+            Ok(vec![
+                Some(probe::quantile(&rtts, 0.5).as_secs_f64() * 1e3),
+                probe::goodput_after(&marks, Duration::from_secs(2)),
+                Some(pct(&up)),
+                Some(pct(&down)),
+                Some(lateness.as_micros() as f64),
+                Some(mbit(ceiling_bytes, t)),
+            ])
+        });
+        details.push(c.record(peer(k), warmup, o));
+    }
+    ctx.push(c.finish(), details);
+    Ok(())
+}
+
+/// What a bulk row moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bulk {
+    /// The server sends: `GET /bytes/N` from http.
+    Down,
+    /// The client sends, into discard.
+    Up,
+}
+
+/// The bulk cells of issue 16, each direction: no loss, 0.1%, 1%, 3% and 5% both ways, and 2%
+/// reordered both ways; each with a transfer size that keeps a CUBIC round within tens of
+/// seconds at the rate such a loss allows.
+fn bulk_cells() -> Vec<(&'static str, PathSpec, usize)> {
+    let base = wan(100 * MBIT);
+    vec![
+        ("loss0", base.clone(), 32 << 20),
+        ("loss0.1", base.clone().with_loss(Loss::Random(0.001)), 16 << 20),
+        ("loss1", base.clone().with_loss(Loss::Random(0.01)), 4 << 20),
+        ("loss3", base.clone().with_loss(Loss::Random(0.03)), 2 << 20),
+        ("loss5", base.clone().with_loss(Loss::Random(0.05)), 2 << 20),
+        ("reorder2", base.with_reorder(0.02, REORDER_GAP), 32 << 20),
+    ]
+}
+
+/// The bulk rows' names, for the targets.
+pub fn bulk_row_names() -> Vec<String> {
+    bulk_cells().iter().flat_map(|(cell, ..)| ["down", "up"].map(|d| format!("wan_bulk_{d}_{cell}"))).collect()
+}
+
+pub fn bulk(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let rig = WanRig::start(ctx)?;
+    let mut rows = vec![];
+    let mut details: Vec<RoundDetail> = vec![];
+    for (cell, path, bytes) in bulk_cells() {
+        for kind in [Bulk::Down, Bulk::Up] {
+            let (dir, what) = match kind {
+                Bulk::Down => ("down", "the server sends (GET /bytes/N)"),
+                Bulk::Up => ("up", "the client sends (into discard)"),
+            };
+            let loss = match (path.loss, path.reorder) {
+                (Loss::Random(p), _) => format!("{}% loss both ways", p * 100.0),
+                (_, Some(r)) => format!("{}% of frames held back {} ms both ways, no loss", r.probability * 100.0, r.gap.as_millis()),
+                _ => "no loss".into(),
+            };
+            let name = format!("wan_bulk_{dir}_{cell}");
+            println!("bench: {name}");
+            let note = format!("{} MiB, {what}, RTT 40 ms, 100 Mbit/s, {loss}; goodput from connect to the last byte", bytes >> 20);
+            let mut c = Collector::new("wan_bulk", vec![spec(name, "Mbit/s", true, note)]);
+            rig.bed.set_both(path.clone());
+            for (side, warmup) in schedule(&[Side::Synx, Side::Kernel], ctx.plan.rounds, true) {
+                let o = rig.round(side, || {
+                    let (client, timeout) = (&rig.bed.client, Some(Duration::from_secs(300)));
+                    let t = match kind {
+                        Bulk::Down => probe::download(client, rig.addr(side, HTTP), bytes, timeout)?,
+                        Bulk::Up => probe::upload(client, rig.addr(side, DISCARD), bytes, timeout)?,
+                    };
+                    Ok(vec![Some(mbit(bytes, t))])
+                });
+                details.push(c.record(peer(side), warmup, o));
+            }
+            rows.extend(c.finish());
+        }
+    }
+    ctx.push(rows, details);
+    Ok(())
+}
+
+/// The short-flow sizes: label, response bytes, flows per round (quick, default).
+const SHORT: [(&str, usize, usize, usize); 3] = [("10k", 10_000, 50, 200), ("100k", 100_000, 50, 200), ("1m", 1_000_000, 30, 100)];
+
+pub fn short_row_names() -> Vec<String> {
+    SHORT.iter().flat_map(|(l, ..)| ["p50", "p99"].map(|q| format!("wan_short_{l}_{q}"))).collect()
+}
+
+/// Completion times of HTTP responses on fresh connections at 1% loss both ways, handshake
+/// included (connect to the last byte), 4 connections at a time; each round's p50 and p99.
+pub fn short(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let rig = WanRig::start(ctx)?;
+    rig.bed.set_both(wan(100 * MBIT).with_loss(Loss::Random(0.01)));
+    let mut rows = vec![];
+    let mut details = vec![];
+    for (label, size, quick_n, n) in SHORT {
+        let n = if ctx.plan.quick { quick_n } else { n };
+        let note = |q: &str| format!("{q} of {n} responses of {size} bytes per round, each on a fresh connection (handshake included), 4 at a time; RTT 40 ms, 100 Mbit/s, 1% loss both ways");
+        let mut c = Collector::new(
+            "wan_short",
+            vec![spec(format!("wan_short_{label}_p50"), "ms", false, note("median")), spec(format!("wan_short_{label}_p99"), "ms", false, note("99th percentile"))],
+        );
+        println!("bench: wan_short_{label}");
+        for (side, warmup) in schedule(&[Side::Synx, Side::Kernel], ctx.plan.rounds, true) {
+            let mut times = vec![];
+            let o = rig.round(side, || {
+                times = responses(&rig.bed.client, rig.addr(side, HTTP), size, n)?;
+                Ok(vec![Some(probe::quantile(&times, 0.5).as_secs_f64() * 1e3), Some(probe::quantile(&times, 0.99).as_secs_f64() * 1e3)])
+            });
+            let mut o = o;
+            o.detail["completion_ms"] = json!(times.iter().map(|t| t.as_secs_f64() * 1e3).collect::<Vec<_>>());
+            details.push(c.record(peer(side), warmup, o));
+        }
+        rows.extend(c.finish());
+    }
+    ctx.push(rows, details);
+    Ok(())
+}
+
+/// `n` responses of `size` bytes, each on its own connection, 4 at a time: their completion
+/// times; any failure fails them all.
+fn responses(client: &Netns, addr: SocketAddr, size: usize, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let left = Arc::new(AtomicU64::new(n as u64));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let left = left.clone();
+            client.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                let mut out = Vec::new();
+                while left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1)).is_ok() {
+                    let t = Instant::now();
+                    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(30))?;
+                    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+                    s.write_all(format!("GET /bytes/{size} HTTP/1.1\r\nHost: wan\r\nConnection: close\r\n\r\n").as_bytes())?;
+                    let mut got = Vec::with_capacity(size + 256);
+                    s.read_to_end(&mut got)?;
+                    let elapsed = t.elapsed();
+                    let head = got.windows(4).position(|w| w == b"\r\n\r\n").context("no response head")? + 4;
+                    anyhow::ensure!(got.len() - head == size, "body of {} bytes, asked for {size}", got.len() - head);
+                    out.push(elapsed);
+                }
+                Ok(out)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.join().map_err(|_| anyhow::anyhow!("client thread panicked"))???);
+    }
+    Ok(all)
+}
+
+/// 8 synx and 8 kernel downloads at once through the one bottleneck (no loss): each side's
+/// share of the bytes and Jain's fairness index over the 16 flows; the kernel column of the
+/// index is 16 kernel flows alone, in rounds of their own (alternating with the mixed ones).
+pub fn fairness(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let rig = WanRig::start(ctx)?;
+    rig.bed.set_both(wan(100 * MBIT));
+    let secs = if ctx.plan.quick { 15 } else { 30 };
+    let what = format!("8 synx + 8 kernel downloads at once through 100 Mbit/s, RTT 40 ms, no loss; bytes over the last {} of {secs} s", secs - secs / 3);
+    let mut share = Collector::new("wan_fair", vec![spec("wan_fair_share", "% of bytes", true, format!("each side's share (50 is fair): {what}"))]);
+    let mut jain = Collector::new(
+        "wan_fair",
+        vec![spec("wan_fair_jain", "index", true, format!("Jain's fairness index over the 16 flows (1 is fair): {what}; kernel column: 16 kernel flows alone"))],
+    );
+    let mut details = vec![];
+    // Synx: a mixed round; Kernel: a kernel-only round.
+    for (kind, warmup) in schedule(&[Side::Synx, Side::Kernel], ctx.plan.rounds, true) {
+        let sides: Vec<Side> = match kind {
+            Side::Synx => [Side::Synx, Side::Kernel].repeat(8),
+            Side::Kernel => vec![Side::Kernel; 16],
+        };
+        let mut bytes = vec![];
+        let o = rig.round(kind, || {
+            bytes = shared_bottleneck(&rig, &sides, secs)?;
+            Ok(vec![Some(jain_index(&bytes))])
+        });
+        let failure = o.failure.clone();
+        let side_share = |side: Side| {
+            let total: u64 = bytes.iter().sum();
+            let mine: u64 = sides.iter().zip(&bytes).filter(|(s, _)| **s == side).map(|(_, b)| b).sum();
+            100.0 * mine as f64 / total.max(1) as f64
+        };
+        if kind == Side::Synx {
+            for side in [Side::Synx, Side::Kernel] {
+                let values = if failure.is_none() { vec![Some(side_share(side))] } else { vec![] };
+                let o = Outcome { values, failure: failure.clone(), detail: json!({ "flow_bytes": bytes, "flow_sides": sides.iter().map(|&s| peer(s)).collect::<Vec<_>>() }) };
+                details.push(share.record(peer(side), warmup, o));
+            }
+        }
+        let mut o = o;
+        o.detail["flow_bytes"] = json!(bytes);
+        details.push(jain.record(peer(kind), warmup, o));
+    }
+    let mut rows = share.finish();
+    rows.extend(jain.finish());
+    ctx.push(rows, details);
+    Ok(())
+}
+
+/// Jain's fairness index: (sum x)^2 / (n * sum x^2).
+fn jain_index(x: &[u64]) -> f64 {
+    let sum: f64 = x.iter().map(|&v| v as f64).sum();
+    let sq: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    if sq == 0.0 { 0.0 } else { sum * sum / (x.len() as f64 * sq) }
+}
+
+/// One download per entry of `sides`, all at once, for `secs`: the bytes each received over
+/// the last two thirds of the time (after slow start).
+fn shared_bottleneck(rig: &WanRig, sides: &[Side], secs: u64) -> anyhow::Result<Vec<u64>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters: Vec<Arc<AtomicU64>> = sides.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let flows: Vec<_> = sides
+        .iter()
+        .zip(&counters)
+        .map(|(&side, count)| {
+            let (addr, stop, count) = (rig.addr(side, HTTP), stop.clone(), count.clone());
+            rig.bed.client.spawn(move || -> anyhow::Result<()> {
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                s.write_all(b"GET /bytes/1073741824 HTTP/1.1\r\nHost: wan\r\nConnection: close\r\n\r\n")?;
+                let mut buf = vec![0u8; 64 * 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    let n = s.read(&mut buf)?;
+                    anyhow::ensure!(n > 0, "the server closed early");
+                    count.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs / 3));
+    let start: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    std::thread::sleep(Duration::from_secs(secs - secs / 3));
+    let end: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    stop.store(true, Ordering::Relaxed);
+    for f in flows {
+        f.join().map_err(|_| anyhow::anyhow!("client thread panicked"))???;
+    }
+    Ok(end.iter().zip(&start).map(|(e, s)| e - s).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jain_is_one_when_fair_and_one_over_n_when_one_takes_all() {
+        assert!((jain_index(&[5, 5, 5, 5]) - 1.0).abs() < 1e-12);
+        assert!((jain_index(&[8, 0, 0, 0]) - 0.25).abs() < 1e-12);
+        assert_eq!(bulk_row_names().len(), 12);
+        assert_eq!(short_row_names().len(), 6);
+    }
+}
