@@ -25,7 +25,7 @@ use std::{net::SocketAddr, time::Duration};
 use engine_common::handshake::{FACT_ECN, FACT_SACK, FACT_TS, FACT_WSCALE, HandshakeFacts};
 use libfuzzer_sys::fuzz_target;
 use synx_tcp::{
-    CloseReason, Config, ConnectionHandle, Disposition, Endpoint, Event, Flags, Header, Instant, Keepalive, SeqNum,
+    CloseReason, Config, ConnectionHandle, config::BufferBudget, Disposition, Endpoint, Event, Flags, Header, Instant, Keepalive, SeqNum,
     State, endpoint::AcceptError, segment,
 };
 
@@ -268,8 +268,20 @@ impl World {
             let m = self.models.iter().find(|m| m.h == *h).expect("an info without a connection");
             assert_eq!((info.local, info.remote), tuple(m.t));
         }
-        let bound = 2 * (self.config.recv_buffer as usize + self.config.send_buffer as usize);
+        // Memory: each connection within its largest buffers, all of them within their first
+        // buffers plus the growth the budget granted, and the budget given back in full once
+        // no connection is left (a leak there would stop every buffer's growth for good).
+        let c = &self.config;
+        let bound = 2 * (c.recv_buffer.max(c.recv_buffer_max) as usize + c.send_buffer.max(c.send_buffer_max) as usize);
+        let budget = c.buffer_budget.used();
+        let most = c.buffer_budget.limit() + ep.len() as u64 * u64::from(c.recv_buffer_max + c.send_buffer_max);
+        assert!(budget <= most, "the buffer budget counts {budget} bytes used");
+        if ep.is_empty() {
+            assert_eq!(budget, 0, "buffer growth not given back");
+        }
+        let mut heap = 0;
         for (h, c) in ep.live_connections() {
+            heap += c.heap_bytes();
             assert!(c.heap_bytes() <= bound, "slot {} holds {} heap bytes", h.slot(), c.heap_bytes());
             let m = self.models.iter().find(|m| m.h == h).unwrap();
             if c.state() != State::Closed && m.closed.is_none() {
@@ -286,15 +298,25 @@ impl World {
                 );
             }
         }
+        let base = ep.len() * (self.config.recv_buffer as usize + self.config.send_buffer as usize);
+        assert!(heap <= 2 * (base + budget as usize), "{heap} heap bytes in all, budget {budget} used");
     }
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let size = |b: u8| [4096u32, 65536, 1 << 20][b as usize % 3];
+    let (recv_buffer, send_buffer) = (size(input.u8()), size(input.u8()));
+    let growth = input.u8();
     let config = Config {
-        recv_buffer: size(input.u8()),
-        send_buffer: size(input.u8()),
+        recv_buffer,
+        send_buffer,
+        // Buffers grow with the traffic up to these, within a budget all connections share.
+        recv_buffer_max: recv_buffer << (growth & 3),
+        send_buffer_max: send_buffer << ((growth >> 2) & 3),
+        buffer_budget: BufferBudget::new([0, 64 << 10, 1 << 20, 1 << 30][(growth >> 4) as usize & 3]),
+        ecn: growth & 0x40 != 0,
+        pacing: growth & 0x80 != 0,
         mss: [536, 1220, 1460][input.u8() as usize % 3],
         msl: Duration::from_millis(100 + u64::from(input.u8()) * 20),
         fin_wait2_timeout: Duration::from_millis(200 + u64::from(input.u8()) * 40),
