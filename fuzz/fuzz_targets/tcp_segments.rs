@@ -11,7 +11,14 @@ use synx_tcp::{Config, Connection, Flags, Header, Instant, SeqNum, segment};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&opts, mut rest)) = data.split_first() else { return };
-    let config = Arc::new(Config { recv_buffer: 8192, send_buffer: 8192, ..Config::default() });
+    // Buffers that do not grow, so the bound below is theirs.
+    let config = Arc::new(Config {
+        recv_buffer: 8192,
+        send_buffer: 8192,
+        recv_buffer_max: 8192,
+        send_buffer_max: 8192,
+        ..Config::default()
+    });
     let facts = HandshakeFacts {
         iss: 1000,
         irs: 5000,
