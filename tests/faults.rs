@@ -26,6 +26,8 @@ use testbed::{
 static CPU_HEAVY: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// trafgen and its files, stopped and removed however the test ends (a panic included).
+/// trafgen runs in a process group of its own: its worker process (`--cpus 1` forks one) is
+/// signalled with it.
 struct Flood {
     child: std::process::Child,
     files: [std::path::PathBuf; 2],
@@ -41,15 +43,17 @@ impl Flood {
 
 impl Drop for Flood {
     fn drop(&mut self) {
-        // trafgen forks a worker per CPU and, signalled alone, can wait on it for ever: signal
-        // its whole process group (its own, see the spawn), and kill it if it lingers.
+        // SIGINT is how trafgen stops; its worker, busy sending, has been seen to miss it for
+        // many minutes, so the group is killed after a grace.
         let group = -(self.child.id() as i32);
         // SAFETY: kill(2) on the process group of our own child.
         unsafe { libc::kill(group, libc::SIGINT) };
-        if !wait_for(Duration::from_secs(5), || matches!(self.child.try_wait(), Ok(Some(_)))) {
-            // SAFETY: as above.
-            unsafe { libc::kill(group, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
+        // SAFETY: as above; the group is gone already if trafgen stopped with all its workers.
+        unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.child.wait();
         for f in &self.files {
             let _ = std::fs::remove_file(f);
@@ -92,9 +96,9 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
         .command("trafgen")
         .args(["--dev", &bed.net.client_if, "--cpus", "1", "--num", "0", "--conf"])
         .arg(&conf_path)
-        .process_group(0)
         .stdout(Stdio::null())
         .stderr(log)
+        .process_group(0)
         .spawn()
         .expect("trafgen (netsniff-ng; `cargo xtask setup` installs it)");
     let flood = Flood { child, files: [conf_path, log_path] };
@@ -265,7 +269,12 @@ fn s12_http_request_bodies_cost_no_memory_and_absurd_lengths_are_refused() {
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     let rss_after = process_rss_bytes(pid).expect("the daemon's VmRSS");
     let grown = rss_after.saturating_sub(rss_before);
-    assert!(grown < 8 << 20, "RSS grew by {grown} bytes for a {len}-byte request body");
+    // What TCP may hold for one connection is not the app's doing: receive right-sizing grows
+    // the window (and its buffer) up to `recv_buffer_max` when the app reads slower than the
+    // path delivers, as on a loaded machine. A body kept in memory would be 48 MiB.
+    let tcp_may_hold = synx_tcp::Config::default().recv_buffer_max as u64;
+    let bound = tcp_may_hold + (8 << 20);
+    assert!(grown < bound, "RSS grew by {grown} bytes (bound {bound}) for a {len}-byte request body");
     eprintln!("http bodies: RSS {rss_before} -> {rss_after}");
 }
 
@@ -397,7 +406,8 @@ fn s10_malformed_frames_and_blind_injections_are_counted_and_the_connection_carr
     let counters_before = bed.daemon.stats().unwrap();
     let evil = b"EVIL";
 
-    // --- Frames the XDP program must refuse before any lookup (issue 4's malformed list) ---
+    // --- Frames the XDP program refuses before any lookup (issue 4's malformed list), or passes to
+    // the kernel when they do not even say which port they are for ---
     let good = forge(seen.rcv_nxt, &|b| b.ack(seen.snd_nxt).psh(), evil);
     let mut bad_ihl = good.clone();
     bad_ihl[14] = 0x44; // IHL 4: shorter than the minimum header
@@ -407,7 +417,7 @@ fn s10_malformed_frames_and_blind_injections_are_counted_and_the_connection_carr
     doff_past_end[TCP + 12] = 0xf0; // 60-byte header in a 36-byte segment
     let truncated = good[..TCP + 10].to_vec();
     let mut fragment = good.clone();
-    fragment[14 + 6] = 0x20; // More Fragments: XDP leaves reassembly to the kernel
+    fragment[14 + 6] = 0x20; // More Fragments, offset 0: the first fragment, ports and all
     let mut bcast_mac = good.clone();
     bcast_mac[6..12].copy_from_slice(&[0xff; 6]);
     let syn_fin = forge(0x1000, &|b| b.syn().fin(), &[]);
@@ -497,9 +507,10 @@ fn s10_malformed_frames_and_blind_injections_are_counted_and_the_connection_carr
     let report = after.to_string();
     // Exact counts: in these namespaces nothing else produces these outcomes.
     for (counter, n) in [
-        ("xdp_drop_bad_header", 2),           // bad IHL, bad data offset
-        ("xdp_drop_truncated", 3),            // offset past the end, truncated, empty
-        ("xdp_pass_fragment", 1),             // to the kernel's reassembly
+        ("xdp_drop_bad_header", 1),           // bad data offset
+        ("xdp_drop_truncated", 2),            // offset past the end, truncated
+        ("xdp_pass_malformed", 2),            // bad IHL, empty: no port to check, the kernel drops them
+        ("xdp_drop_fragment", 1),             // the kernel would reset the peer of a reassembled one
         ("xdp_drop_bad_address", 1),          // broadcast source
         ("xdp_drop_bad_flags", 3),            // SYN+FIN, SYN+RST, zero port
         ("xdp_drop_bad_options", 1),          // option overrun in a SYN

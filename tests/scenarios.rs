@@ -243,6 +243,50 @@ fn s07_keepalive_dead_peer_gets_exactly_n_probes_then_reset() {
 }
 
 #[test]
+fn s07d_a_blind_sender_who_knows_the_tuple_does_not_keep_a_dead_peer_alive() {
+    let bed = Bed::start(
+        "echo",
+        &["--keepalive-idle", "1s", "--keepalive-interval", "400ms", "--keepalive-probes", "3"],
+    );
+    let net = &bed.net;
+    let cap = PacketSocket::open(&net.client, &net.client_if).unwrap();
+    let (server_mac, client_mac) = (mac_of(&net.server, &net.server_if).unwrap(), mac_of(&net.client, &net.client_if).unwrap());
+    let stream = bed.client(false, |mut s| {
+        assert_eq!(echo_roundtrip(&mut s, b"ping"), b"ping");
+        s
+    });
+    let client_port = stream.local_addr().unwrap().port();
+    // The client goes silent (its namespace drops everything), while someone who knows the
+    // tuple but not the sequence numbers sends segments far outside the window (a packet
+    // socket, which nftables does not see).
+    net.client
+        .nft("table inet dead {\n chain in {\n type filter hook input priority 0; policy drop;\n }\n chain out {\n type filter hook output priority 0; policy drop;\n }\n}\n")
+        .unwrap();
+    let mut blind = Vec::new();
+    PacketBuilder::ethernet2(client_mac, server_mac)
+        .ipv4(net.client_v4.octets(), net.server_v4.octets(), 64)
+        .tcp(client_port, PORT, 0x5eed_0000, 502)
+        .ack(0x0bad_0000)
+        .write(&mut blind, &[])
+        .unwrap();
+    // Idle 1 s, then 3 probes 400 ms apart: the connection ends after about 2.6 s of silence,
+    // however many blind segments (one every 100 ms) arrive meanwhile.
+    let started = Instant::now();
+    let mut sent = 0;
+    while bed.daemon.counter("tcp_closed_timeout").unwrap() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the dead peer's connection is still alive: {}", bed.daemon.stats().unwrap());
+        cap.send(&blind).unwrap();
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sent >= 10, "{sent} blind segments");
+    // The core dropped them, as it drops any segment outside the window (RFC 9293 3.10.7.4).
+    assert!(bed.daemon.counter("tcp_dropped").unwrap() >= 1);
+    assert!(bed.wait_no_conns());
+    drop(stream);
+}
+
+#[test]
 fn s07b_keepalive_live_peer_answers_and_survives() {
     let bed = Bed::start(
         "echo",

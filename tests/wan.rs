@@ -12,6 +12,7 @@ use testbed::{
 
 const ECHO: u16 = 7;
 const SINK: u16 = 9;
+const HTTP: u16 = 80;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -192,4 +193,39 @@ fn sixty_four_mib_each_way_through_bursty_loss_arrive_intact() {
     assert!(up.lost > 0 && down.lost > 0, "the path lost nothing: the test tested nothing");
     assert_eq!(up.faults() + down.faults(), 0);
     assert_eq!(bed.device_drops().unwrap(), 0);
+}
+
+/// 2% of frames held back 2 ms both ways (16 frames' time at 100 Mbit/s), nothing lost, while
+/// synx sends 16 MiB: the first reordering may set off a fast retransmit, but the DSACK for it
+/// (the client's kernel sends one, RFC 2883) or the timestamps (RFC 3522) undo the reduction,
+/// and from then on RACK's reordering window (RFC 8985 6.2) keeps late frames from being
+/// resent. So every window reduction is undone, and reordered frames set off few recoveries.
+/// The bottleneck's queue is unbounded, so nothing is dropped (slow start's overshoot
+/// included): every retransmission is spurious.
+#[test]
+fn reordering_sets_off_few_retransmissions_and_each_reduction_is_undone() {
+    require_root();
+    let spec = PathSpec { queue_bytes: None, ..PathSpec::wan(ms(40), 100_000_000) }.with_reorder(0.02, ms(2));
+    let bed = PathBed::builder().both(spec).xdp_server().seed(8985).start().unwrap();
+    let server = &bed.servers[0];
+    let daemon = Daemon::start(&server.ns, &server.iface, &["--listen", &format!("{}=http", server.addr(HTTP))]).unwrap();
+    probe::download(&bed.client, server.addr(HTTP), 16 << 20, Some(Duration::from_secs(120))).unwrap();
+    let down = bed.stats(Dir::Down);
+    let c = |name: &str| daemon.counter(name).unwrap();
+    let (retransmits, recoveries, undos) = (c("tcp_retransmits"), c("tcp_fast_recoveries"), c("tcp_undos"));
+    println!(
+        "reordering: {} of {} frames held back; synx: retransmits {retransmits}, RACK losses {}, fast recoveries \
+         {recoveries}, DSACKs received {}, undos {undos}, timeouts {}, loss probes {}",
+        down.reordered,
+        down.impairable,
+        c("tcp_rack_losses"),
+        c("tcp_dsacks_received"),
+        c("tcp_rto_timeouts"),
+        c("tcp_loss_probes"),
+    );
+    assert!(down.reordered > 100, "the path reordered too little to test anything");
+    assert_eq!(down.lost + down.tail_drops, 0, "a frame was dropped: a retransmission could be a real repair");
+    assert_eq!(undos, recoveries, "a window reduction for reordering alone was left standing");
+    assert!(recoveries * 10 <= down.reordered, "reordering kept setting off recoveries: {recoveries} for {} frames", down.reordered);
+    assert_eq!(bed.stats(Dir::Up).faults() + down.faults(), 0);
 }

@@ -46,6 +46,10 @@ counters! {
     SECOND_CHANCE_LAST = 26, "xdp_second_chance_last", "Forwarded segments that reached the last host of the ring, answered as a lone host does.";
     SECOND_CHANCE_RATE_LIMITED = 27, "xdp_second_chance_rate_limited", "Segments not forwarded (dropped) because of the second-chance rate limit.";
     DROP_BAD_SECOND_CHANCE = 28, "xdp_drop_bad_second_chance", "Forwarded frames dropped: malformed, a SYN, or not for the served address.";
+    DROP_FRAGMENT = 29, "xdp_drop_fragment", "Fragments of segments to a served port, dropped (the kernel would reset the peer of a connection it does not know).";
+    DROP_IPV6_EXTENSION = 30, "xdp_drop_ipv6_extension", "IPv6 segments to a served port behind extension headers, dropped.";
+    PASS_MALFORMED = 31, "xdp_pass_malformed", "Frames passed to the kernel: malformed before even the TCP ports could be read.";
+    CLAIM_EXPIRED = 32, "xdp_claim_expired", "Claims on a tuple (a valid cookie ACK that never reached the engine) found expired and dropped.";
 }
 
 #[cfg(test)]

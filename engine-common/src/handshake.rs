@@ -1,6 +1,7 @@
 //! What a valid SYN-cookie ACK tells the daemon about a handshake that XDP answered statelessly.
 //! Produced by the cookie decoder (`crate::cookie`, shared by XDP and userspace), consumed by the
-//! TCP core to create an ESTABLISHED connection (RFC 9293 3.10.7.3, SYN-RECEIVED on a valid ACK).
+//! TCP core to create an ESTABLISHED connection (RFC 9293 3.10.7.4 fifth check: SYN-RECEIVED
+//! on an acceptable ACK).
 
 use bytemuck::{Pod, Zeroable};
 

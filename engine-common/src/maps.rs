@@ -17,8 +17,6 @@ pub const FLOWS4: &str = "FLOWS4";
 /// Hash map [`FlowKey6`] -> `u32` slot: the same for IPv6 (allocated on insert, so an IPv4-only
 /// host pays nothing for it).
 pub const FLOWS6: &str = "FLOWS6";
-/// `BPF_F_MMAPABLE` array of `u64`: CLOCK_MONOTONIC ns of the last segment seen per slot.
-pub const LAST_SEEN: &str = "LAST_SEEN";
 /// XSKMAP: AF_XDP socket per RX queue index.
 pub const XSKS: &str = "XSKS";
 /// One-entry `BPF_F_MMAPABLE` array of `crate::secrets::CookieSecrets`: the cookie secrets and
@@ -65,12 +63,42 @@ pub const FLOOD: &str = "FLOOD";
 /// Length of the generator's frame: Ethernet, IPv4, TCP with the MSS option.
 pub const FLOOD_FRAME_LEN: usize = 58;
 
-/// FLOWS value XDP writes when a cookie ACK validates, before userspace has created the
-/// connection: later segments of the flow (data, FIN) then go to userspace too instead of
-/// failing the cookie check, which only the first ACK can pass (SEG.SEQ - 1 is the ISN).
-pub const SLOT_PENDING: u32 = u32::MAX;
+/// FLOWS values with this bit are claims, not slots: XDP claims the tuple when a cookie ACK
+/// validates, before userspace has created the connection, so that later segments of the
+/// flow (data, FIN) go to userspace too instead of failing the cookie check, which only the
+/// first ACK can pass (SEG.SEQ - 1 is the ISN). The other bits are when the claim was made
+/// ([`claim_time`]). Userspace replaces the claim with the slot, or removes it when it refuses
+/// the ACK; an ACK that never reaches it (a full ring) leaves the claim, which expires.
+pub const CLAIM: u32 = 1 << 31;
+/// A claim older than this, in [`claim_time`] units (2^30 ns, about 1.07 s), is void: XDP
+/// treats its tuple as unknown and userspace sweeps it when FLOWS is full. Userspace takes a
+/// claimed ACK within milliseconds (the RX backlog is bounded by [`RX_BACKLOG_LIMIT`]); four
+/// units leave room for a stalled engine thread without pinning FLOWS entries for long.
+pub const CLAIM_TTL: u32 = 4;
 
-/// Slots of FLOWS / LAST_SEEN when userspace does not size them.
+/// A claim's clock: CLOCK_MONOTONIC in units of 2^30 ns (a shift, no division in XDP), in the
+/// bits below [`CLAIM`].
+#[inline(always)]
+pub const fn claim_time(mono_ns: u64) -> u32 {
+    (mono_ns >> 30) as u32 & !CLAIM
+}
+
+/// The FLOWS value of a claim made at `mono_ns`.
+#[inline(always)]
+pub const fn claim(mono_ns: u64) -> u32 {
+    CLAIM | claim_time(mono_ns)
+}
+
+/// Whether the FLOWS value `v` is a claim that has expired at `mono_ns`. A claim made on a
+/// clock a little ahead of this one (userspace's precise clock read against XDP's coarse one)
+/// is young, not 2^31 units old.
+#[inline(always)]
+pub const fn claim_expired(v: u32, mono_ns: u64) -> bool {
+    let age = claim_time(mono_ns).wrapping_sub(v) & !CLAIM;
+    v & CLAIM != 0 && age >= CLAIM_TTL && age < CLAIM >> 1
+}
+
+/// Entries of FLOWS4 / FLOWS6 when userspace does not size them.
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 
 /// Address family tags used in keys (never a Rust enum across the boundary).
@@ -231,4 +259,25 @@ mod pod_impls {
     unsafe impl aya::Pod for crate::secrets::CookieSecrets {}
     unsafe impl aya::Pod for super::BenchFrame {}
     unsafe impl aya::Pod for super::BenchVary {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CLAIM, CLAIM_TTL, claim, claim_expired};
+
+    #[test]
+    fn claims_expire_after_their_ttl_across_the_clocks_wrap() {
+        const UNIT: u64 = 1 << 30;
+        for start in [0, 5 * UNIT + 17, ((1u64 << 31) - 2) * UNIT] {
+            let c = claim(start);
+            assert_ne!(c & CLAIM, 0);
+            assert!(!claim_expired(c, start));
+            assert!(!claim_expired(c, start + u64::from(CLAIM_TTL - 1) * UNIT));
+            assert!(claim_expired(c, start + u64::from(CLAIM_TTL) * UNIT), "start {start}");
+        }
+        // Made on a clock ahead of the one reading it: young.
+        assert!(!claim_expired(claim(5 * UNIT), 5 * UNIT - 1));
+        // Slots are never claims.
+        assert!(!claim_expired(7, u64::MAX));
+    }
 }

@@ -1,8 +1,9 @@
 //! Time in the program: a per-CPU coarse clock for what may lag a few milliseconds (cookie
-//! minting, TSvals, LAST_SEEN stamps) and precise clocks for checking cookies and pacing RSTs.
+//! minting, TSvals, the age of FLOWS claims) and precise clocks for checking cookies and pacing
+//! RSTs.
 //!
-//! Two clocks: CLOCK_MONOTONIC, this host's own, for LAST_SEEN (which userspace compares with
-//! its own monotonic instants); and the clock hosts share for cookies and TSvals, Unix time,
+//! Two clocks: CLOCK_MONOTONIC, this host's own, for FLOWS claims (which userspace compares
+//! with its own monotonic clock); and the clock hosts share for cookies and TSvals, Unix time,
 //! read as CLOCK_TAI (bpf_ktime_get_tai_ns) plus the adjustment userspace publishes with the
 //! secrets (`engine_common::secrets`: minus the kernel's TAI offset). CLOCK_TAI moves with the
 //! kernel's clock when NTP steps it, at once, so the shared clock never waits for userspace.
@@ -62,8 +63,7 @@ impl Tick {
 /// Lagging is safe where this clock is used: a SYN-ACK's cookie period can only be older than
 /// the precise clock says (its validity window shrinks by at most the lag, never grows), its
 /// TSval only lower than the connection's clock later (RFC 7323 5.3: PAWS on the client still
-/// accepts our next segments), a LAST_SEEN stamp only older (the connection looks idle a few ms
-/// longer). The kernel's own syncookies count time in jiffies for the same reason.
+/// accepts our next segments), a claim's age only younger (it lives a tick longer). The kernel's own syncookies count time in jiffies for the same reason.
 #[inline(always)]
 pub fn coarse_now() -> Tick {
     // SAFETY: no preconditions (inlined by the verifier into a load of jiffies_64).

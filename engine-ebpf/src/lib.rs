@@ -9,16 +9,23 @@
 //!   connection), a bad one gets the RFC 9293 3.10.7.1 reset (rate-limited) or is dropped.
 //! - RST with no flow: dropped (never answer a reset with a reset); this is also where the
 //!   client's RST to the SYN-ACK of a stale SYN ends.
-//! - Any segment of a known flow (FLOWS, written by userspace): LAST_SEEN[slot] = now, then to
-//!   AF_XDP (including SYNs, which the TCP core answers with a challenge ACK, RFC 5961 4).
+//! - Any segment of a known flow (FLOWS, written by userspace): to AF_XDP, unexamined: the TCP
+//!   core decides what it means and whether it shows the peer alive (SYNs included, which it
+//!   answers with a challenge ACK, RFC 5961 4). A tuple XDP claimed for a valid cookie ACK
+//!   counts as known until userspace writes its slot, or until the claim expires
+//!   (`engine_common::maps::CLAIM`).
 //! - While the host drains (SWITCHES, flipped by `synx drain`): SYNs with no flow get no
 //!   SYN-ACK (left unanswered, or passed to the kernel); cookie ACKs are still accepted.
 //! - With other hosts serving the same address (second chance, [`second_chance`]): an ACK or
 //!   RST with no flow and no valid cookie goes to the next host of the ring instead of being
 //!   answered, and what another host forwarded is unwrapped and handled as if it came from the
 //!   wire.
+//! - A segment to a listener that synx does not serve (malformed, a first IP fragment, IPv6
+//!   extension headers): dropped and counted, as the kernel, which holds no connection for
+//!   it, would only reset the peer. Later fragments carry no ports and pass: without their
+//!   first the kernel never reassembles them.
 //!
-//! Everything else passes to the kernel untouched; malformed input is counted and dropped.
+//! Everything else passes to the kernel untouched, malformed TCP to other ports included.
 //!
 //! Modules: [`packet`] (bounds, wire words, the parse into a segment), [`options`] (a SYN's
 //! options), [`reply`] (replies built in place, their checksums), [`clock`], [`ratelimit`],

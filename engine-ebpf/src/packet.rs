@@ -89,6 +89,10 @@ pub struct Seg {
     pub l4: usize,
     pub doff: usize,
     pub payload_len: u32,
+    /// Set for a segment synx does not serve (malformed, a first fragment, IPv6 extension
+    /// headers): the counter of its drop if it is for a listener; it is the kernel's if not.
+    /// Only the addresses and ports are read then.
+    pub refuse: Option<Counter>,
 }
 
 impl Seg {
@@ -110,9 +114,22 @@ impl Seg {
     }
 }
 
-/// The TCP segment in the frame (Ethernet, IPv4 or IPv6 without extension headers, TCP), or
-/// the verdict for a frame that is none: not IP or not TCP and IPv4 fragments pass to the
-/// kernel; truncated or malformed headers are dropped.
+/// IPv6 extension headers (RFC 8200 4) the parse steps over to find a segment's ports.
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+/// Extension headers stepped over at most: every chain in RFC 8200 4.1's order (hop-by-hop,
+/// destination options, routing, fragment, authentication, destination options) fits.
+const IPV6_MAX_EXTENSIONS: usize = 6;
+
+/// The TCP segment in the frame (Ethernet, IPv4 or IPv6, TCP), or the verdict for a frame
+/// that is none: not IP or not TCP passes to the kernel, and so does a frame too broken to
+/// say which port it is for, or an IPv4 / IPv6 fragment after the first (no ports; without
+/// its first fragment the kernel never reassembles it). A segment whose ports could be read
+/// but which synx does not serve (malformed, a first fragment, IPv6 extension headers) comes
+/// back with [`Seg::refuse`] set: dropped if it is for a listener, the kernel's otherwise.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Seg, Verdict> {
     let Some(eth) = at(ctx, 0, ETH_HLEN) else { return Err(Verdict::Pass(counters::PASS_NOT_IP)) };
@@ -130,17 +147,17 @@ pub fn parse(ctx: &XdpContext) -> Result<Seg, Verdict> {
         l4: 0,
         doff: 0,
         payload_len: 0,
+        refuse: None,
     };
     // SAFETY: 14 bytes checked above.
     let ethertype = unsafe {
         seg.macs = [ld32(eth, 0), ld32(eth, 4), ld32(eth, 8)];
         u16::from_be((eth.add(12) as *const u16).read_unaligned())
     };
+    let malformed = Err(Verdict::Pass(counters::PASS_MALFORMED));
     let l3_len: u32 = match ethertype {
         ETH_P_IP => {
-            let Some(ip) = at(ctx, ETH_HLEN, IPV4_HLEN) else {
-                return Err(Verdict::Drop(counters::DROP_TRUNCATED));
-            };
+            let Some(ip) = at(ctx, ETH_HLEN, IPV4_HLEN) else { return malformed };
             // SAFETY: 20 bytes checked above.
             let (vihl, frag, proto, total) = unsafe {
                 (
@@ -155,11 +172,17 @@ pub fn parse(ctx: &XdpContext) -> Result<Seg, Verdict> {
             }
             let ihl = ((vihl & 0x0f) as usize) * 4;
             if vihl >> 4 != 4 || ihl < IPV4_HLEN {
-                return Err(Verdict::Drop(counters::DROP_BAD_HEADER));
+                // Where the TCP header starts is anyone's guess: no port to check.
+                return malformed;
             }
-            if frag & 0x3fff != 0 {
-                // More-fragments or an offset: the kernel reassembles.
+            if frag & 0x1fff != 0 {
+                // A later fragment: no ports. The first one carries them (below).
                 return Err(Verdict::Pass(counters::PASS_FRAGMENT));
+            }
+            if frag & 0x2000 != 0 {
+                // The first fragment: the kernel would reassemble a segment of a connection it
+                // does not know and reset the peer (RFC 9293 3.10.7.1).
+                seg.refuse = Some(counters::DROP_FRAGMENT);
             }
             // SAFETY: addresses lie within the 20 checked bytes.
             unsafe {
@@ -168,24 +191,18 @@ pub fn parse(ctx: &XdpContext) -> Result<Seg, Verdict> {
             }
             seg.l4 = ETH_HLEN + (ihl & 0x3c);
             let total = u32::from(total);
-            if total < ihl as u32 {
-                return Err(Verdict::Drop(counters::DROP_BAD_HEADER));
+            if total < ihl as u32 && seg.refuse.is_none() {
+                seg.refuse = Some(counters::DROP_BAD_HEADER);
             }
-            total - ihl as u32
+            total.saturating_sub(ihl as u32)
         }
         ETH_P_IPV6 => {
-            let Some(ip) = at(ctx, ETH_HLEN, IPV6_HLEN) else {
-                return Err(Verdict::Drop(counters::DROP_TRUNCATED));
-            };
+            let Some(ip) = at(ctx, ETH_HLEN, IPV6_HLEN) else { return malformed };
             // SAFETY: 40 bytes checked above.
             let (ver, next, payload) =
                 unsafe { (*ip >> 4, *ip.add(6), u16::from_be((ip.add(4) as *const u16).read_unaligned())) };
-            if next != IPPROTO_TCP {
-                // Extension headers included: the kernel's business.
-                return Err(Verdict::Pass(counters::PASS_NOT_TCP));
-            }
             if ver != 6 {
-                return Err(Verdict::Drop(counters::DROP_BAD_HEADER));
+                return malformed;
             }
             // SAFETY: addresses lie within the 40 checked bytes.
             unsafe {
@@ -194,26 +211,37 @@ pub fn parse(ctx: &XdpContext) -> Result<Seg, Verdict> {
             }
             seg.v6 = true;
             seg.l4 = ETH_HLEN + IPV6_HLEN;
+            if next != IPPROTO_TCP {
+                // Extension headers: find the ports behind them, so that a segment for a
+                // listener is refused here rather than passed to a kernel that would reset
+                // the peer; anything else is the kernel's.
+                let (l4, refuse) = ipv6_extensions(ctx, next)?;
+                seg.refuse = Some(refuse);
+                return ports_only(ctx, seg, l4);
+            }
             u32::from(payload)
         }
         _ => return Err(Verdict::Pass(counters::PASS_NOT_IP)),
     };
+    if seg.refuse.is_some() {
+        let l4 = seg.l4;
+        return ports_only(ctx, seg, l4);
+    }
     let l4 = seg.l4;
-    let Some(tcp) = at(ctx, l4, TCP_HLEN) else { return Err(Verdict::Drop(counters::DROP_TRUNCATED)) };
+    let Some(tcp) = at(ctx, l4, TCP_HLEN) else { return ports_only(ctx, seg, l4) };
     // SAFETY: 20 bytes checked above.
     let doff_byte = unsafe { *tcp.add(12) };
     let doff = ((doff_byte >> 4) as usize) * 4;
     if doff < TCP_HLEN {
-        return Err(Verdict::Drop(counters::DROP_BAD_HEADER));
-    }
-    if at(ctx, l4, doff & 0x3c).is_none() || l3_len < doff as u32 {
-        return Err(Verdict::Drop(counters::DROP_TRUNCATED));
-    }
-    if ctx.data() + l4 + l3_len as usize > ctx.data_end() {
-        return Err(Verdict::Drop(counters::DROP_TRUNCATED));
+        seg.refuse = Some(counters::DROP_BAD_HEADER);
+    } else if at(ctx, l4, doff & 0x3c).is_none()
+        || l3_len < doff as u32
+        || ctx.data() + l4 + l3_len as usize > ctx.data_end()
+    {
+        seg.refuse = Some(counters::DROP_TRUNCATED);
     }
     seg.doff = doff & 0x3c;
-    seg.payload_len = l3_len - doff as u32;
+    seg.payload_len = l3_len.saturating_sub(doff as u32);
     // Through `tcp`, whose 20 bytes the verifier knows are in bounds (re-deriving the pointer
     // from data + l4 would lose that after LLVM drops the repeated check).
     // SAFETY: 20 bytes checked above.
@@ -226,4 +254,55 @@ pub fn parse(ctx: &XdpContext) -> Result<Seg, Verdict> {
     seg.sport = u16::from_be(seg.ports as u16);
     seg.dport = u16::from_be((seg.ports >> 16) as u16);
     Ok(seg)
+}
+
+/// A segment synx will not serve, with only its ports read (at `l4`): refused as
+/// [`Seg::refuse`] says (a truncated TCP header if nothing was said yet), or passed to the
+/// kernel when even the ports are not there.
+#[inline(always)]
+fn ports_only(ctx: &XdpContext, mut seg: Seg, l4: usize) -> Result<Seg, Verdict> {
+    let Some(tcp) = at(ctx, l4, 4) else { return Err(Verdict::Pass(counters::PASS_MALFORMED)) };
+    // SAFETY: 4 bytes checked above.
+    seg.ports = unsafe { ld32(tcp, 0) };
+    seg.sport = u16::from_be(seg.ports as u16);
+    seg.dport = u16::from_be((seg.ports >> 16) as u16);
+    if seg.refuse.is_none() {
+        seg.refuse = Some(counters::DROP_TRUNCATED);
+    }
+    Ok(seg)
+}
+
+/// Step over the IPv6 extension headers starting with `next` (RFC 8200 4): where the TCP
+/// header starts and why the segment is refused (a first fragment, or extension headers),
+/// or the verdict for a packet that carries no TCP (or a later fragment, or a
+/// chain too long or cut short: no ports to check), which the kernel gets.
+#[inline(always)]
+fn ipv6_extensions(ctx: &XdpContext, mut next: u8) -> Result<(usize, Counter), Verdict> {
+    let mut off = ETH_HLEN + IPV6_HLEN;
+    let mut refuse = counters::DROP_IPV6_EXTENSION;
+    for _ in 0..IPV6_MAX_EXTENSIONS {
+        let Some(h) = at(ctx, off, 8) else { return Err(Verdict::Pass(counters::PASS_MALFORMED)) };
+        // SAFETY: 8 bytes checked above.
+        let (after, len_byte, frag) = unsafe { (*h, *h.add(1), u16::from_be((h.add(2) as *const u16).read_unaligned())) };
+        let len = match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => (usize::from(len_byte) + 1) * 8,
+            // RFC 4302 2.2: in 4-byte units, minus 2.
+            IPV6_AUTH => (usize::from(len_byte) + 2) * 4,
+            IPV6_FRAGMENT => {
+                // RFC 8200 4.5: the offset in the top 13 bits; a later fragment has no ports.
+                if frag & 0xfff8 != 0 {
+                    return Err(Verdict::Pass(counters::PASS_FRAGMENT));
+                }
+                refuse = counters::DROP_FRAGMENT;
+                8
+            }
+            _ => return Err(Verdict::Pass(counters::PASS_NOT_TCP)),
+        };
+        off += len;
+        next = after;
+        if next == IPPROTO_TCP {
+            return Ok((off, refuse));
+        }
+    }
+    Err(Verdict::Pass(counters::PASS_NOT_TCP))
 }

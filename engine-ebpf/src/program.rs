@@ -2,20 +2,20 @@
 //! Generic over where a SYN-ACK's ISN comes from ([`Cookies`]), so the attached program and
 //! the benchmark's kernel-helper baseline are the same code with another cookie.
 
-use aya_ebpf::{bindings::{BPF_NOEXIST, xdp_action}, programs::XdpContext};
+use aya_ebpf::{bindings::{BPF_ANY, BPF_NOEXIST, xdp_action}, programs::XdpContext};
 use engine_common::{
     cookie::{self, Keys},
     counters,
     synack::{self, Ours},
     maps::{
         FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY,
-        PORT_V6_SOME, RX_BACKLOG_LIMIT, SLOT_PENDING,
+        PORT_V6_SOME, RX_BACKLOG_LIMIT, CLAIM, claim, claim_expired,
     },
 };
 
 use crate::{
     clock::{Now, coarse_now, precise_mono_ns, precise_shared_ns},
-    maps::{FLOWS4, FLOWS6, LAST_SEEN, LISTEN_PORTS, LISTENERS, RX_BACKLOG, XSKS, count, draining, published_secrets},
+    maps::{FLOWS4, FLOWS6, LISTEN_PORTS, LISTENERS, RX_BACKLOG, XSKS, count, draining, published_secrets},
     options::{fixed_syn_options, walk_syn_options},
     packet::{ACK, FIN, RST, SYN, Seg, Verdict, parse},
     ratelimit::{RST as RST_BUCKET, take_token},
@@ -86,6 +86,11 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
         }
         return Verdict::Pass(counters::PASS_NOT_LISTENER);
     }
+    // For a listener but not a segment synx serves: the kernel, which holds no connection for
+    // it, would only reset the peer.
+    if let Some(c) = seg.refuse {
+        return Verdict::Drop(if hops != 0 { counters::DROP_BAD_SECOND_CHANCE } else { c });
+    }
     // Malformed for a listener: illegal flag sets, zero ports, broadcast/multicast sources.
     let f = seg.flags;
     if (f & SYN != 0 && f & (FIN | RST) != 0) || seg.sport == 0 {
@@ -99,15 +104,20 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
     let key6 = FlowKey6 { remote: seg.src, local: seg.dst, ports: seg.ports };
     // SAFETY: map lookups with keys on our stack.
     let slot = unsafe { if seg.v6 { FLOWS6.get(&key6) } else { FLOWS4.get(&key4) } };
-    if let Some(slot) = slot {
-        if let Some(p) = LAST_SEEN.get_ptr_mut(*slot) {
-            // The coarse clock (see `coarse_now`): keepalive needs seconds, not nanoseconds, and
-            // a stamp up to a tick old only makes a connection look idle a little longer.
-            // SAFETY: a valid array slot; a plain 8-byte store that userspace reads via mmap.
-            unsafe { *p = coarse_now().mono_ns };
+    // An expired claim (a cookie ACK that never reached userspace) holds nothing: the tuple is
+    // unknown again, and a new cookie ACK may claim it anew.
+    let mut claim_flags = u64::from(BPF_NOEXIST);
+    if let Some(&slot) = slot {
+        // A known flow's segments all go to its engine, whose TCP core alone says whether one
+        // is the peer's (keepalive counts only those): a stamp here, before any check, would
+        // let a blind sender who knows the tuple keep a dead peer's connection alive.
+        // (A connection's slot needs no clock read; only a claim has an age.)
+        if slot & CLAIM == 0 || !claim_expired(slot, coarse_now().mono_ns) {
+            count(counters::FLOW_SEGMENT);
+            return to_userspace(ctx);
         }
-        count(counters::FLOW_SEGMENT);
-        return to_userspace(ctx);
+        count(counters::CLAIM_EXPIRED);
+        claim_flags = u64::from(BPF_ANY);
     }
     let Some(secrets) = published_secrets() else { return Verdict::Pass(counters::PASS_NOT_READY) };
     if f & RST != 0 {
@@ -147,15 +157,18 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
     // Checking a cookie, the precise clock (see `precise_shared_ns`).
     let now = precise_shared_ns(&secrets);
     if f & ACK != 0 && f & SYN == 0 {
-        // RFC 9293 3.10.7.3 with SYN-RECEIVED held in the cookie: the ACK must acknowledge it.
+        // RFC 9293 3.10.7.4 fifth (SYN-RECEIVED, held in the cookie as RFC 4987 3.6 has it): the
+        // ACK must acknowledge it.
         let cookie = seg.ack.wrapping_sub(1);
         let client_isn = seg.seq.wrapping_sub(1);
         if cookie::check(&secrets.keys, &seg.tuple(), client_isn, cookie, now).is_some() {
             count(counters::COOKIE_ACK_VALID);
             // Claim the tuple until userspace writes the real slot, so the flow's next
             // segments reach it even before it has processed this ACK.
-            let flags = u64::from(BPF_NOEXIST);
-            let _ = if seg.v6 { FLOWS6.insert(&key6, &SLOT_PENDING, flags) } else { FLOWS4.insert(&key4, &SLOT_PENDING, flags) };
+            // No room (FLOWS full): the ACK goes up all the same; userspace makes room or
+            // refuses the connection, and counts it.
+            let c = claim(coarse_now().mono_ns);
+            let _ = if seg.v6 { FLOWS6.insert(&key6, &c, claim_flags) } else { FLOWS4.insert(&key4, &c, claim_flags) };
             return to_userspace(ctx);
         }
         count(counters::COOKIE_ACK_INVALID);

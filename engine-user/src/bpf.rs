@@ -1,6 +1,6 @@
 //! Loading the embedded XDP program, attaching it, and the maps it shares with userspace:
 //! SYN-cookie secrets, listeners, the flow table and AF_XDP sockets (handed to the engine
-//! threads), and LAST_SEEN read through mmap; settings fixed for the program's life are
+//! threads), and the RX backlog through mmap; settings fixed for the program's life are
 //! read-only globals of the object, set as it loads ([`XdpSettings`]).
 //!
 //! Two objects are embedded: `synx-xdp`, the program `synx run` attaches and nothing else, and
@@ -182,7 +182,7 @@ pub enum BpfError {
     MissingMap(&'static str),
     #[error("BPF map access failed: {0}")]
     Map(#[from] aya::maps::MapError),
-    #[error("mapping LAST_SEEN into memory failed: {0}")]
+    #[error("mapping a BPF map into memory failed: {0}")]
     Mmap(std::io::Error),
     #[error("SYN-cookie secrets: {0}")]
     Secrets(#[from] KeyError),
@@ -205,8 +205,8 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock the XDP program stamps LAST_SEEN with
-/// (bpf_ktime_get_coarse_ns), so userspace's instants and the stamps compare.
+/// CLOCK_MONOTONIC in nanoseconds: the clock the XDP program dates FLOWS claims with
+/// (bpf_ktime_get_coarse_ns), so userspace can tell their age.
 pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
@@ -274,7 +274,6 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings) -> Result<
     EbpfLoader::new()
         .map_max_entries(maps::FLOWS4, max_flows)
         .map_max_entries(maps::FLOWS6, max_flows)
-        .map_max_entries(maps::LAST_SEEN, max_flows)
         .override_global(globals::MSS, &settings.mss, true)
         .override_global(globals::WSCALE, &settings.wscale, true)
         .override_global(globals::RST_BAD_COOKIE, &rst_bad_cookie, true)
@@ -354,8 +353,8 @@ impl CookieChecker {
         *self.published.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Decode the final ACK of a cookie handshake (RFC 9293 3.10.7.3 with SYN-RECEIVED held in
-    /// the cookie): `None` unless `ack - 1` is a cookie minted recently for this tuple, by this
+    /// Decode the final ACK of a cookie handshake (RFC 9293 3.10.7.4 fifth check, with
+    /// SYN-RECEIVED held in the cookie): `None` unless `ack - 1` is a cookie minted recently for this tuple, by this
     /// host or one sharing its key. `now_ns`: CLOCK_MONOTONIC, the clock the TCP core counts its
     /// TSvals on; the facts' `ts_offset` is for that clock.
     pub fn check(
@@ -441,16 +440,63 @@ pub struct FlowTable {
 struct FlowMaps {
     v4: HashMap<MapData, FlowKey4, u32>,
     v6: HashMap<MapData, FlowKey6, u32>,
+    /// CLOCK_MONOTONIC of the last sweep of expired claims (0: none yet).
+    swept_ns: u64,
+}
+
+impl FlowMaps {
+    fn put(&mut self, key: &FlowKey, value: u32) -> Result<(), aya::maps::MapError> {
+        match key {
+            FlowKey::V4(k) => self.v4.insert(k, &value, 0),
+            FlowKey::V6(k) => self.v6.insert(k, &value, 0),
+        }
+    }
+
+    /// Remove the claims that expired by `now_ns` (cookie ACKs that never reached userspace),
+    /// at most once per claim lifetime: a full table of live connections costs one walk per
+    /// lifetime, not one per refused connection. How many went.
+    fn sweep(&mut self, now_ns: u64) -> usize {
+        let every = u64::from(maps::CLAIM_TTL) << 30;
+        if self.swept_ns != 0 && now_ns.saturating_sub(self.swept_ns) < every {
+            return 0;
+        }
+        self.swept_ns = now_ns;
+        let expired = |v: u32| maps::claim_expired(v, now_ns);
+        let v4: Vec<FlowKey4> = self.v4.iter().filter_map(Result::ok).filter(|(_, v)| expired(*v)).map(|(k, _)| k).collect();
+        let v6: Vec<FlowKey6> = self.v6.iter().filter_map(Result::ok).filter(|(_, v)| expired(*v)).map(|(k, _)| k).collect();
+        // A claim XDP renews between the walk and the removal goes too: its connection still
+        // gets its slot when userspace takes the ACK, but a segment that overtakes the ACK
+        // finds no flow (a reset), as with FLOWS full.
+        v4.iter().filter(|k| self.v4.remove(k).is_ok()).count() + v6.iter().filter(|k| self.v6.remove(k).is_ok()).count()
+    }
+}
+
+/// Whether a map update failed because the map is full.
+fn map_full(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
 }
 
 impl FlowTable {
+    /// Route the connection's segments to `slot` (or, in tests, write any FLOWS value). When
+    /// FLOWS is full, expired claims are swept first; failing still, the caller must not keep
+    /// the connection (its segments would not reach it).
     pub fn insert(&self, local: SocketAddr, remote: SocketAddr, slot: u32) -> Result<(), BpfError> {
         let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
-        match flow_key(local, remote) {
-            FlowKey::V4(k) => flows.v4.insert(&k, &slot, 0)?,
-            FlowKey::V6(k) => flows.v6.insert(&k, &slot, 0)?,
+        let key = flow_key(local, remote);
+        match flows.put(&key, slot) {
+            Err(e) if map_full(&e) && flows.sweep(monotonic_ns()) > 0 => flows.put(&key, slot)?,
+            r => r?,
         }
         Ok(())
+    }
+
+    /// The FLOWS value of the connection: its slot, or XDP's claim (see `maps::CLAIM`).
+    pub fn get(&self, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+        let flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+        match flow_key(local, remote) {
+            FlowKey::V4(k) => flows.v4.get(&k, 0).ok(),
+            FlowKey::V6(k) => flows.v6.get(&k, 0).ok(),
+        }
     }
 
     pub fn remove(&self, local: SocketAddr, remote: SocketAddr) -> Result<(), BpfError> {
@@ -474,7 +520,8 @@ impl FlowTable {
 struct MappedArray {
     ptr: *mut u64,
     len: usize,
-    _map: MapData,
+    /// The map whose memory this is (None: anonymous memory, for tests).
+    _map: Option<MapData>,
 }
 
 // SAFETY: the mapping is only read and written through atomic 8-byte accesses (and the XDP
@@ -495,7 +542,19 @@ impl MappedArray {
         if ptr == libc::MAP_FAILED {
             return Err(BpfError::Mmap(std::io::Error::last_os_error()));
         }
-        Ok(Self { ptr: ptr.cast(), len, _map: map })
+        Ok(Self { ptr: ptr.cast(), len, _map: Some(map) })
+    }
+
+    /// `bytes` of zeroed anonymous memory in place of a map's (tests of what writes it).
+    #[cfg(test)]
+    fn anonymous(bytes: usize) -> Self {
+        let len = bytes.div_ceil(4096) * 4096;
+        // SAFETY: a fresh private anonymous mapping.
+        let ptr = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        assert_ne!(ptr, libc::MAP_FAILED, "mmap of {len} bytes");
+        Self { ptr: ptr.cast(), len, _map: None }
     }
 
     /// The start of the mapping.
@@ -520,28 +579,6 @@ impl Drop for MappedArray {
     }
 }
 
-/// LAST_SEEN mapped read-only: XDP's CLOCK_MONOTONIC stamp of each slot's latest segment.
-#[derive(Clone)]
-pub struct LastSeen {
-    inner: Arc<MappedArray>,
-    slots: u32,
-}
-
-impl LastSeen {
-    fn map(map: MapData, slots: u32) -> Result<Self, BpfError> {
-        Ok(Self { inner: Arc::new(MappedArray::new(map, slots as usize * 8, false)?), slots })
-    }
-
-    /// Nanoseconds (CLOCK_MONOTONIC) of the slot's last segment; `None` if never stamped.
-    pub fn get(&self, slot: u32) -> Option<u64> {
-        if slot >= self.slots {
-            return None;
-        }
-        let v = self.inner.word(slot as usize)?.load(std::sync::atomic::Ordering::Relaxed);
-        (v != 0).then_some(v)
-    }
-}
-
 /// The RX_BACKLOG entries (one per RX queue), mapped writable: each engine thread publishes
 /// how many frames it has taken; XDP, which counts what it redirected, holds back new SYNs
 /// while the difference is large.
@@ -553,9 +590,16 @@ pub struct RxBacklog {
 impl RxBacklog {
     const WORDS: usize = std::mem::size_of::<RxBacklogEntry>() / 8;
 
+    const BYTES: usize = maps::MAX_QUEUES as usize * std::mem::size_of::<RxBacklogEntry>();
+
     fn map(map: MapData) -> Result<Self, BpfError> {
-        let bytes = maps::MAX_QUEUES as usize * std::mem::size_of::<RxBacklogEntry>();
-        Ok(Self { inner: Arc::new(MappedArray::new(map, bytes, true)?) })
+        Ok(Self { inner: Arc::new(MappedArray::new(map, Self::BYTES, true)?) })
+    }
+
+    /// Entries in memory of our own, no XDP program behind them (tests).
+    #[cfg(test)]
+    pub fn anonymous() -> Self {
+        Self { inner: Arc::new(MappedArray::anonymous(Self::BYTES)) }
     }
 
     /// `queue`'s (redirected, consumed) words (see `RxBacklogEntry`).
@@ -571,6 +615,15 @@ impl RxBacklog {
     pub fn set_consumed(&self, queue: u32, consumed: u64) {
         if let Some((_, c)) = self.words(queue) {
             c.store(consumed, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Tell XDP that `queue`'s engine takes no more frames (its thread died): the backlog XDP
+    /// then sees never drains, so it answers no new SYNs on that queue (a SYN-ACK would only
+    /// bring a final ACK nobody receives, to a client that believes it is connected).
+    pub fn close_queue(&self, queue: u32) {
+        if let Some((r, c)) = self.words(queue) {
+            c.store(r.load(std::sync::atomic::Ordering::Relaxed).wrapping_sub(1 << 62), std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -732,7 +785,6 @@ pub struct XdpProgram {
     secrets: SecretsPublisher,
     switches: Switches,
     flows: FlowTable,
-    last_seen: LastSeen,
     rx_backlog: RxBacklog,
 }
 
@@ -764,12 +816,9 @@ impl XdpProgram {
         let flows = FlowMaps {
             v4: HashMap::try_from(take(&mut ebpf, maps::FLOWS4)?)?,
             v6: HashMap::try_from(take(&mut ebpf, maps::FLOWS6)?)?,
+            swept_ns: 0,
         };
         let xsks: XskMap<MapData> = XskMap::try_from(take(&mut ebpf, maps::XSKS)?)?;
-        let last_seen = match take(&mut ebpf, maps::LAST_SEEN)? {
-            Map::Array(data) => LastSeen::map(data, max_flows)?,
-            _ => return Err(BpfError::MissingMap(maps::LAST_SEEN)),
-        };
         let rx_backlog = match take(&mut ebpf, maps::RX_BACKLOG)? {
             Map::Array(data) => RxBacklog::map(data)?,
             _ => return Err(BpfError::MissingMap(maps::RX_BACKLOG)),
@@ -792,7 +841,6 @@ impl XdpProgram {
             secrets,
             switches,
             flows: FlowTable { flows: Arc::new(Mutex::new(flows)), xsks: Arc::new(Mutex::new(xsks)) },
-            last_seen,
             rx_backlog,
         };
         engine.secrets.refresh()?;
@@ -1033,10 +1081,6 @@ impl XdpProgram {
             ours: Ours { mss: self.settings.mss, wscale: self.settings.wscale },
             draining: self.switches.draining.clone(),
         }
-    }
-
-    pub fn last_seen(&self) -> LastSeen {
-        self.last_seen.clone()
     }
 
     /// Every XDP outcome counter, summed over CPUs, in index order.

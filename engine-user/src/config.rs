@@ -9,6 +9,7 @@ use crate::{
     apps::App,
     bpf::AttachMode,
     cluster::{ClusterOptions, DrainSyns},
+    engine::MemoryLimits,
 };
 
 /// Parse a duration as operators write it: `75s`, `2h`, `500ms`, `1m30s`, or plain seconds.
@@ -19,6 +20,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(s)
         .map_err(|e| format!("bad duration {s:?}: {e} (write e.g. 75s, 2h, 500ms or plain seconds)"))
+}
+
+/// A size in bytes: plain bytes, or with K, M, G or T (binary: 64M = 64 MiB).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let bad = || format!("bad size {s:?} (write e.g. 256M, 4G or plain bytes)");
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(bad()),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).ok_or_else(bad)
 }
 
 /// `ADDR:PORT[=APP]`; IPv6 as `[fd00::1]:80=http`.
@@ -153,6 +175,7 @@ pub struct RunConfig {
     pub app_threads: AppThreads,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics: Option<SocketAddr>,
+    pub memory: MemoryLimits,
     /// Serving with other hosts (shared cookie key, peers, draining).
     pub cluster: ClusterOptions,
 }
@@ -199,6 +222,10 @@ pub struct FileConfig {
     pub grace: Option<String>,
     pub app_threads: Option<String>,
     pub metrics: Option<String>,
+    pub mem_limit: Option<String>,
+    pub max_conns_per_source: Option<u32>,
+    pub mem_per_source: Option<String>,
+    pub persist_timeout: Option<String>,
     pub cookie_key_file: Option<std::path::PathBuf>,
     #[serde(default)]
     pub peer_hosts: Vec<std::net::Ipv4Addr>,
@@ -231,6 +258,10 @@ pub struct FlagConfig {
     pub grace: Option<Duration>,
     pub app_threads: Option<AppThreads>,
     pub metrics: Option<SocketAddr>,
+    pub mem_limit: Option<u64>,
+    pub max_conns_per_source: Option<u32>,
+    pub mem_per_source: Option<u64>,
+    pub persist_timeout: Option<Duration>,
     pub cookie_key_file: Option<std::path::PathBuf>,
     pub peer_hosts: Vec<std::net::Ipv4Addr>,
     pub peer_port: Option<u16>,
@@ -295,6 +326,18 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
             format!("metrics {text:?}: {e} (write ADDR:PORT, e.g. \"127.0.0.1:9464\")")
         })?),
     };
+    let size = |v: Option<String>| v.as_deref().map(parse_size).transpose();
+    let memory = MemoryLimits {
+        limit: bounds::MEM_LIMIT.check(flags.mem_limit.or(size(file.mem_limit)?).unwrap_or(MemoryLimits::DEFAULT_LIMIT))?,
+        conns_per_source: flags
+            .max_conns_per_source
+            .or(file.max_conns_per_source)
+            .map(|n| bounds::MAX_CONNS_PER_SOURCE.check(n))
+            .transpose()?,
+        bytes_per_source: flags.mem_per_source.or(size(file.mem_per_source)?).map(|n| bounds::MEM_PER_SOURCE.check(n)).transpose()?,
+        persist_timeout: bounds::PERSIST_TIMEOUT
+            .check(flags.persist_timeout.or(dur(file.persist_timeout)?).unwrap_or(MemoryLimits::DEFAULT_PERSIST_TIMEOUT))?,
+    };
     for (i, spec) in listen.iter().enumerate() {
         if listen[..i].iter().any(|other| other.addr == spec.addr) {
             return Err(format!("listener {} is given twice: give each ADDR:PORT once", spec.addr));
@@ -330,6 +373,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         grace,
         app_threads,
         metrics,
+        memory,
         cluster,
     })
 }
@@ -381,6 +425,15 @@ pub mod bounds {
         Bound { name: "--busy-poll", range: secs(0)..=ms(10), says: "0 (off) to 10ms" };
     pub const MAX_CONNS: Bound<u32> =
         Bound { name: "--max-conns", range: 1..=1 << 24, says: "1 to 16777216" };
+    /// Below 16 MiB a few bulk connections would already be over; above 1 TiB is no limit.
+    pub const MEM_LIMIT: Bound<u64> = Bound { name: "--mem-limit", range: 16 << 20..=1 << 40, says: "16M to 1T" };
+    pub const MAX_CONNS_PER_SOURCE: Bound<u32> =
+        Bound { name: "--max-conns-per-source", range: 1..=1 << 24, says: "1 to 16777216" };
+    /// One connection's buffers take up to about 1 MiB (TCP and app queues, each way).
+    pub const MEM_PER_SOURCE: Bound<u64> = Bound { name: "--mem-per-source", range: 1 << 20..=1 << 40, says: "1M to 1T" };
+    /// Linux has no such limit (TCP_USER_TIMEOUT is per socket); a second is for tests.
+    pub const PERSIST_TIMEOUT: Bound<Duration> =
+        Bound { name: "--persist-timeout", range: secs(1)..=secs(86_400), says: "1s to 24h" };
 }
 
 #[cfg(test)]
@@ -572,6 +625,12 @@ mod tests {
             (FlagConfig { keepalive_probes: Some(u32::MAX), ..base() }, "--keepalive-probes"),
             (FlagConfig { max_conns: Some(0), ..base() }, "--max-conns"),
             (FlagConfig { max_conns: Some(u32::MAX), ..base() }, "--max-conns"),
+            (FlagConfig { mem_limit: Some(1 << 20), ..base() }, "--mem-limit"),
+            (FlagConfig { mem_limit: Some(u64::MAX), ..base() }, "--mem-limit"),
+            (FlagConfig { max_conns_per_source: Some(0), ..base() }, "--max-conns-per-source"),
+            (FlagConfig { mem_per_source: Some(4096), ..base() }, "--mem-per-source"),
+            (FlagConfig { persist_timeout: Some(Duration::ZERO), ..base() }, "--persist-timeout"),
+            (FlagConfig { persist_timeout: Some(huge), ..base() }, "--persist-timeout"),
         ];
         for (flags, name) in cases {
             let err = merge(flags, FileConfig::default()).unwrap_err();
@@ -587,9 +646,33 @@ mod tests {
             busy_poll: Some(Duration::from_millis(10)),
             keepalive_probes: Some(127),
             max_conns: Some(1 << 24),
+            mem_limit: Some(16 << 20),
+            max_conns_per_source: Some(1),
+            mem_per_source: Some(1 << 40),
+            persist_timeout: Some(Duration::from_secs(1)),
             ..base()
         };
-        merge(edges, FileConfig::default()).unwrap();
+        let c = merge(edges, FileConfig::default()).unwrap();
+        assert_eq!(c.memory.limit, 16 << 20);
+        assert_eq!(c.memory.conns_per_source, Some(1));
+        let file: FileConfig = toml::from_str("mem_limit = \"256M\"\nmem_per_source = \"8M\"\npersist_timeout = \"2m\"").unwrap();
+        let c = merge(base(), file).unwrap();
+        assert_eq!((c.memory.limit, c.memory.bytes_per_source), (256 << 20, Some(8 << 20)));
+        assert_eq!(c.memory.persist_timeout, Duration::from_secs(120));
+        assert_eq!(merge(base(), FileConfig::default()).unwrap().memory, MemoryLimits::default());
+        assert!(merge(base(), toml::from_str("mem_limit = \"lots\"").unwrap()).unwrap_err().contains("bad size"));
+    }
+
+    #[test]
+    fn sizes_read_as_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("256m"), Ok(256 << 20));
+        assert_eq!(parse_size(" 4G "), Ok(4 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        for bad in ["", "M", "12X", "-1", "99999999999T"] {
+            assert!(parse_size(bad).unwrap_err().contains("bad size"), "{bad}");
+        }
     }
 
     #[test]

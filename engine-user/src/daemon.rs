@@ -47,6 +47,7 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         msl: cfg.msl,
         max_conns: cfg.max_conns,
         busy_poll: cfg.busy_poll,
+        memory: cfg.memory,
         cluster: cfg.cluster.clone(),
     })?);
     // Off the engine threads and the runtime: a scrape reads counters and never waits on either.
@@ -123,12 +124,19 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
         )?;
         out.flush()?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        anyhow::Ok(())
+        let died = tokio::select! {
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term.recv() => None,
+            // A dead engine thread: stop as on SIGTERM (the other queues' connections get the
+            // grace period), then fail, for the supervisor to start a sound daemon.
+            failure = engine.failed() => Some(failure),
+        };
+        anyhow::Ok(died)
     });
+    let (result, died) = match result {
+        Ok(died) => (Ok(()), died),
+        Err(e) => (Err(e), None),
+    };
     // Stop accepting (new cookie ACKs find no listener and get a reset), give open connections
     // the grace period (the apps keep running on their threads), then reset the rest.
     if result.is_ok() {
@@ -140,5 +148,8 @@ pub fn run(cfg: RunConfig, control_socket: PathBuf) -> anyhow::Result<()> {
     drop(rt);
     // The last reference detaches the XDP program (bpf_link).
     drop(engine);
-    result
+    match died {
+        Some(failure) => Err(anyhow::anyhow!("{failure}: stopped")),
+        None => result,
+    }
 }

@@ -107,6 +107,21 @@ struct RunArgs {
     /// thread beside the engine threads.
     #[arg(long, value_enum)]
     app_threads: Option<config::AppThreads>,
+    /// Bytes all connections' buffers may hold (256M, 4G, ...): above three quarters windows
+    /// shrink, above it new data is refused and the largest holders are reset. Default 1G.
+    #[arg(long, value_parser = config::parse_size)]
+    mem_limit: Option<u64>,
+    /// Connections one source address may hold at once. Default: no limit.
+    #[arg(long)]
+    max_conns_per_source: Option<u32>,
+    /// Bytes one source address's connections may hold on each engine thread. Default: no
+    /// limit beyond --mem-limit.
+    #[arg(long, value_parser = config::parse_size)]
+    mem_per_source: Option<u64>,
+    /// How long a connection may wait behind a zero window with data to send before it is
+    /// reset. Default 5m.
+    #[arg(long, value_parser = parse_duration)]
+    persist_timeout: Option<Duration>,
     /// On SIGTERM, how long open connections may finish before they are reset. Default 5s.
     #[arg(long, value_parser = parse_duration)]
     grace: Option<Duration>,
@@ -180,6 +195,10 @@ fn real_main() -> anyhow::Result<()> {
                 grace: args.grace,
                 app_threads: args.app_threads,
                 metrics: args.metrics,
+                mem_limit: args.mem_limit,
+                max_conns_per_source: args.max_conns_per_source,
+                mem_per_source: args.mem_per_source,
+                persist_timeout: args.persist_timeout,
                 cookie_key_file: args.cookie_key_file,
                 peer_hosts: args.peer_hosts,
                 peer_port: args.peer_port,

@@ -13,7 +13,7 @@ use engine_common::{
     cookie::{self, Key, Keys},
     counters::{self, Counter},
     handshake::{FACT_SACK, FACT_TS, FACT_WSCALE},
-    maps::RX_BACKLOG_LIMIT,
+    maps::{self, RX_BACKLOG_LIMIT},
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 use synx::{
@@ -43,8 +43,6 @@ const PORT: u16 = 80;
 const SECRET: Key = Key { k0: 11, k1: 12 };
 /// The MSS the programs announce.
 const OUR_MSS: u16 = 1460;
-/// How far behind the XDP program's coarse clock may be: two ticks at HZ=100.
-const COARSE_LAG_NS: u64 = 20_000_000;
 
 // ---- The programs ----
 
@@ -171,8 +169,11 @@ struct Setup {
     silent: bool,
     /// More listeners: address, id.
     listeners: Vec<(&'static str, u32)>,
-    /// Connections userspace holds: family (v6), client port, LAST_SEEN slot.
+    /// Connections userspace holds: family (v6), client port, slot.
     flows: Vec<(bool, u16, u32)>,
+    /// Tuples XDP claimed for a cookie ACK userspace has not taken: family (v6), client port,
+    /// and whether the claim is past its lifetime.
+    claims: Vec<(bool, u16, bool)>,
     /// What RX queues' engines published as taken (RX_BACKLOG): queue, frames in all.
     consumed: Vec<(u32, u64)>,
     /// Draining (`synx drain`), and loaded to pass new SYNs to the kernel meanwhile.
@@ -198,9 +199,8 @@ enum Out {
     /// The frame as it came (passed, dropped).
     Untouched,
     /// Untouched, redirected to the queue's AF_XDP socket. No socket is bound in a test run,
-    /// so the redirect falls back to a drop, counted (xdp_redirect_failed). With a slot:
-    /// LAST_SEEN[slot] stamped with the coarse clock.
-    ToUserspace { stamped: Option<u32> },
+    /// so the redirect falls back to a drop, counted (xdp_redirect_failed).
+    ToUserspace,
     /// Our SYN-ACK to the SYN, what its options should earn.
     SynAck(Expect),
     /// RFC 9293 3.10.7.1: <SEQ=seq><CTL=RST>, or <SEQ=seq><ACK=ack><CTL=RST,ACK>.
@@ -269,7 +269,10 @@ fn fresh(setup: &Setup) -> XdpProgram {
     }
     for &(v6, port, slot) in &setup.flows {
         e.flow_table().insert(server(v6), client(v6, port), slot).unwrap();
-        assert_eq!(e.last_seen().get(slot), None, "a fresh slot is unstamped");
+    }
+    for &(v6, port, expired) in &setup.claims {
+        let age = if expired { u64::from(maps::CLAIM_TTL) << 30 } else { 0 };
+        e.flow_table().insert(server(v6), client(v6, port), maps::claim(monotonic_ns() - age)).unwrap();
     }
     let backlog = e.rx_backlog();
     for &(queue, consumed) in &setup.consumed {
@@ -290,21 +293,13 @@ fn run(rows: Vec<Row>) {
             Start::Then => current.as_mut().unwrap_or_else(|| panic!("{what}: no row before to continue")),
         };
         let before = counters_of(e);
-        let t0 = monotonic_ns();
         let (verdict, out, _) = e.test_run(&r.frame, 1).unwrap();
         assert_eq!(verdict, r.verdict, "{what}: verdict");
         // What the program serves: the frame, or the one another host wrapped in it.
         let seen = unwrapped(&r.frame).unwrap_or_else(|| r.frame.clone());
         match r.out {
             Out::Untouched => assert_eq!(out, r.frame, "{what}: frame modified"),
-            Out::ToUserspace { stamped } => {
-                assert_eq!(out, seen, "{what}: a redirected frame is what came, unwrapped");
-                if let Some(slot) = stamped {
-                    let stamp = e.last_seen().get(slot).unwrap_or_else(|| panic!("{what}: LAST_SEEN[{slot}] not stamped"));
-                    // The coarse clock: up to two ticks behind, never ahead.
-                    assert!(stamp + COARSE_LAG_NS >= t0 && stamp <= monotonic_ns(), "{what}: stamp {stamp}, sent at {t0}");
-                }
-            }
+            Out::ToUserspace => assert_eq!(out, seen, "{what}: a redirected frame is what came, unwrapped"),
             Out::SynAck(want) => check_synack(e, &seen, &out, &want, what),
             Out::Rst { seq, ack } => check_rst(&seen, &out, seq, ack, what),
             Out::Forwarded { hops } => check_forwarded(&seen, &out, hops, what),
@@ -589,16 +584,16 @@ fn cookie_handshakes_reach_userspace() {
     for (v6, ack, next) in handshakes {
         rows.extend([
             row(format!("SYN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]),
-            // RFC 9293 3.10.7.3 with SYN-RECEIVED held in the cookie: a valid ACK goes to
+            // RFC 9293 3.10.7.4 fifth check, SYN-RECEIVED held in the cookie: a valid ACK goes to
             // userspace (which decodes the same cookie, see check_synack), the tuple claimed.
-            row(format!("its final ACK (v6={v6})"), ack, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("its final ACK (v6={v6})"), ack, XDP_DROP, Out::ToUserspace, &[
                 (COOKIE_ACK_VALID, 1),
                 (REDIRECT_FAILED, 1),
             ])
             .then(),
             // The flow's next segment follows it to userspace before userspace has created
             // the connection: the claim in FLOWS. Without it, this segment would get a reset.
-            row(format!("the flow's next segment (v6={v6})"), next, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("the flow's next segment (v6={v6})"), next, XDP_DROP, Out::ToUserspace, &[
                 (FLOW_SEGMENT, 1),
                 (REDIRECT_FAILED, 1),
                 (RST_SENT, 0),
@@ -607,6 +602,73 @@ fn cookie_handshakes_reach_userspace() {
         ]);
     }
     run(rows);
+}
+
+#[test]
+fn claims_of_cookie_acks_userspace_never_took_expire() {
+    use counters::{CLAIM_EXPIRED, COOKIE_ACK_VALID, FLOW_SEGMENT, REDIRECT_FAILED, SYN_COOKIE_SENT};
+    let mut rows = Vec::new();
+    for v6 in [false, true] {
+        let claimed = Setup { claims: vec![(v6, 40000, true)], ..Setup::default() };
+        let c = cookie_for(v6, 40000, 1000);
+        let ack = frame(v6, 40000, 1001, &[], |b| b.ack(c.wrapping_add(1)), &[]);
+        let data = frame(v6, 40000, 1001, &[], |b| b.ack(c.wrapping_add(1)), b"request");
+        rows.extend([
+            // The tuple's claim is past its lifetime: its SYN is answered as for no flow.
+            row(format!("SYN on an expired claim (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[
+                (CLAIM_EXPIRED, 1),
+                (SYN_COOKIE_SENT, 1),
+            ])
+            .with(claimed),
+            // Its cookie ACK claims the tuple anew ...
+            row(format!("its final ACK (v6={v6})"), ack, XDP_DROP, Out::ToUserspace, &[
+                (CLAIM_EXPIRED, 1),
+                (COOKIE_ACK_VALID, 1),
+                (REDIRECT_FAILED, 1),
+            ])
+            .then(),
+            // ... so the data right behind it follows it to userspace.
+            row(format!("the data behind it (v6={v6})"), data, XDP_DROP, Out::ToUserspace, &[
+                (FLOW_SEGMENT, 1),
+                (REDIRECT_FAILED, 1),
+            ])
+            .then(),
+            // A live claim still routes the tuple to userspace, SYNs included.
+            row(format!("SYN on a live claim (v6={v6})"), linux_syn(v6), XDP_DROP, Out::ToUserspace, &[
+                (FLOW_SEGMENT, 1),
+                (REDIRECT_FAILED, 1),
+            ])
+            .with(Setup { claims: vec![(v6, 40000, false)], ..Setup::default() }),
+        ]);
+    }
+    run(rows);
+}
+
+#[test]
+fn a_full_flow_table_makes_room_by_sweeping_expired_claims_only() {
+    // FLOWS4 of four entries: two connections and two claims; a fifth connection needs room.
+    let now = monotonic_ns();
+    let old = now - (u64::from(maps::CLAIM_TTL) << 30);
+    let full = |third_claimed_at: u64| {
+        let e = configure(XdpProgram::load_with(XdpSettings::new(OUR_MSS), 4).expect("load the XDP program"));
+        let flows = e.flow_table();
+        flows.insert(server(false), client(false, 1), 0).unwrap();
+        flows.insert(server(false), client(false, 2), 1).unwrap();
+        flows.insert(server(false), client(false, 3), maps::claim(third_claimed_at)).unwrap();
+        flows.insert(server(false), client(false, 4), maps::claim(now)).unwrap();
+        (e, flows)
+    };
+    // No claim has expired: the insert fails (the engine resets that connection).
+    let (_e, flows) = full(now);
+    assert!(flows.insert(server(false), client(false, 5), 2).is_err(), "a fifth entry in a map of four");
+    let (_e, flows) = full(old);
+    flows.insert(server(false), client(false, 5), 2).expect("room made from the expired claim");
+    assert_eq!(flows.get(server(false), client(false, 5)), Some(2));
+    assert_eq!(flows.get(server(false), client(false, 3)), None, "the expired claim is gone");
+    // Connections and the live claim stay.
+    assert_eq!(flows.get(server(false), client(false, 1)), Some(0));
+    assert_eq!(flows.get(server(false), client(false, 2)), Some(1));
+    assert_eq!(flows.get(server(false), client(false, 4)), Some(maps::claim(now)));
 }
 
 #[test]
@@ -636,23 +698,23 @@ fn segments_with_no_flow_and_no_cookie() {
 }
 
 #[test]
-fn known_flows_are_stamped_and_go_to_userspace() {
+fn known_flows_go_to_userspace_unexamined() {
     use counters::{COOKIE_ACK_INVALID, FLOW_SEGMENT, REDIRECT_FAILED, RST_SENT};
     let to_userspace = [(FLOW_SEGMENT, 1), (REDIRECT_FAILED, 1)];
     let data = |v6| frame(v6, 40001, 9, &[], |b| b.ack(1), b"data");
     let rows = vec![
-        row("data of a known flow", data(false), XDP_DROP, Out::ToUserspace { stamped: Some(17) }, &to_userspace)
+        row("data of a known flow", data(false), XDP_DROP, Out::ToUserspace, &to_userspace)
             .with(Setup { flows: vec![(false, 40001, 17)], ..Setup::default() }),
         // A SYN of a known flow too: the TCP core answers it (RFC 5961 4).
         row(
             "a SYN of a known flow",
             frame(false, 40001, 9, &[], |b| b.syn(), &[]),
             XDP_DROP,
-            Out::ToUserspace { stamped: Some(17) },
+            Out::ToUserspace,
             &to_userspace,
         )
         .then(),
-        row("data of a known IPv6 flow", data(true), XDP_DROP, Out::ToUserspace { stamped: Some(21) }, &to_userspace)
+        row("data of a known IPv6 flow", data(true), XDP_DROP, Out::ToUserspace, &to_userspace)
             .with(Setup { flows: vec![(true, 40001, 21)], ..Setup::default() }),
         // The same segment with no flow: no cookie either, so an RFC 9293 3.10.7.1 reset.
         row("the same IPv6 segment with no flow", data(true), XDP_TX, Out::Rst { seq: 1, ack: None }, &[
@@ -665,7 +727,7 @@ fn known_flows_are_stamped_and_go_to_userspace() {
 
 #[test]
 fn malformed_frames_are_counted_and_never_modified() {
-    use counters::{DROP_BAD_ADDRESS, DROP_BAD_FLAGS, DROP_BAD_HEADER, DROP_BAD_OPTIONS, DROP_TRUNCATED, PASS_FRAGMENT};
+    use counters::{DROP_BAD_ADDRESS, DROP_BAD_FLAGS, DROP_BAD_HEADER, DROP_BAD_OPTIONS, DROP_FRAGMENT, DROP_TRUNCATED, PASS_MALFORMED};
     let good = frame(false, 40000, 1, &linux_syn_opts(), |b| b.syn(), &[]);
     let mut bad_ihl = good.clone();
     bad_ihl[14] = 0x43;
@@ -683,9 +745,10 @@ fn malformed_frames_are_counted_and_never_modified() {
     let mut fragment = good.clone();
     fragment[14 + 6] = 0x20; // more fragments
     let table: Vec<(&str, Vec<u8>, u32, Counter)> = vec![
-        ("truncated IPv4 header", good[..30].to_vec(), XDP_DROP, DROP_TRUNCATED),
+        // No telling which port these are for: the kernel's (which drops them).
+        ("truncated IPv4 header", good[..30].to_vec(), XDP_PASS, PASS_MALFORMED),
+        ("IHL below 5", bad_ihl, XDP_PASS, PASS_MALFORMED),
         ("truncated TCP header", good[..40].to_vec(), XDP_DROP, DROP_TRUNCATED),
-        ("IHL below 5", bad_ihl, XDP_DROP, DROP_BAD_HEADER),
         ("data offset below 5", small_doff, XDP_DROP, DROP_BAD_HEADER),
         ("data offset past the frame", big_doff, XDP_DROP, DROP_TRUNCATED),
         ("option running past the header", overrun, XDP_DROP, DROP_BAD_OPTIONS),
@@ -694,7 +757,7 @@ fn malformed_frames_are_counted_and_never_modified() {
         ("zero source port", frame(false, 0, 1, &[], |b| b.syn(), &[]), XDP_DROP, DROP_BAD_FLAGS),
         ("multicast source", mcast, XDP_DROP, DROP_BAD_ADDRESS),
         ("broadcast source MAC", bcast_mac, XDP_DROP, DROP_BAD_ADDRESS),
-        ("IPv4 fragment (the kernel reassembles)", fragment, XDP_PASS, PASS_FRAGMENT),
+        ("IPv4 first fragment", fragment, XDP_DROP, DROP_FRAGMENT),
     ];
     // The option walk's drop comes after it counted the generic walk.
     run(table
@@ -704,6 +767,114 @@ fn malformed_frames_are_counted_and_never_modified() {
             row(what, f, verdict, Out::Untouched, &[(c, 1), (counters::SYN_GENERIC_OPTIONS, walked)])
         })
         .collect());
+}
+
+/// `f` (the client's frame to port 80) sent to `port` instead.
+fn to_port(f: &[u8], port: u16) -> Vec<u8> {
+    let mut f = f.to_vec();
+    let tcp = if f[12..14] == [0x86, 0xdd] { 14 + 40 } else { 14 + 20 };
+    f[tcp + 2..tcp + 4].copy_from_slice(&port.to_be_bytes());
+    f
+}
+
+/// The IPv6 frame `f` with an extension header of type `kind` and `body` (8 bytes or more,
+/// its next-header byte filled in) between the IPv6 header and what followed it.
+fn with_extension(f: &[u8], kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut ext = body.to_vec();
+    ext[0] = f[14 + 6];
+    let mut out = f[..14 + 40].to_vec();
+    out[14 + 6] = kind;
+    let payload = u16::from_be_bytes([out[14 + 4], out[14 + 5]]) + ext.len() as u16;
+    out[14 + 4..14 + 6].copy_from_slice(&payload.to_be_bytes());
+    out.extend_from_slice(&ext);
+    out.extend_from_slice(&f[14 + 40..]);
+    out
+}
+
+#[test]
+fn malformed_tcp_to_other_ports_passes_and_fragments_of_flows_never_reach_the_kernel() {
+    use counters::{DROP_FRAGMENT, DROP_IPV6_EXTENSION, PASS_FRAGMENT, PASS_NOT_LISTENER, PASS_NOT_TCP};
+    // The kernel serves port 81; malformed TCP to it is its business, untouched.
+    let good = frame(false, 40000, 1, &linux_syn_opts(), |b| b.syn(), &[]);
+    let mut small_doff = good.clone();
+    small_doff[14 + 20 + 12] = 0x40;
+    let mut big_doff = good.clone();
+    big_doff.truncate(14 + 20 + 24);
+    big_doff[14 + 2..14 + 4].copy_from_slice(&44u16.to_be_bytes());
+    let mut rows: Vec<Row> = [
+        ("truncated TCP header", good[..40].to_vec()),
+        ("data offset below 5", small_doff),
+        ("data offset past the frame", big_doff),
+        ("SYN+FIN", frame(false, 40000, 1, &[], |b| b.syn().fin(), &[])),
+    ]
+    .into_iter()
+    .map(|(what, f)| row(format!("{what}, to port 81"), to_port(&f, 81), XDP_PASS, Out::Untouched, &[(PASS_NOT_LISTENER, 1)]))
+    .collect();
+
+    // Segments of a connection userspace holds, in fragments or behind IPv6 extension headers:
+    // the kernel holds no connection for them and would reset the peer.
+    let flows = Setup { flows: vec![(false, 40001, 3), (true, 40001, 4)], ..Setup::default() };
+    let data = |v6| frame(v6, 40001, 9, &[], |b| b.ack(1), b"data in pieces");
+    let mut first = data(false);
+    first[14 + 6] = 0x20; // more fragments, offset 0
+    let mut later = data(false);
+    later[14 + 6..14 + 8].copy_from_slice(&(0x2000u16 | 3).to_be_bytes()); // offset 24 bytes
+    let dest_opts = [0u8, 0, 1, 4, 0, 0, 0, 0]; // PadN over the 6 bytes
+    let hop_by_hop = [0u8, 0, 1, 4, 0, 0, 0, 0];
+    let frag6 = |offset: u16, more: bool| {
+        let w = (offset << 3) | u16::from(more);
+        let mut b = [0u8; 8];
+        b[2..4].copy_from_slice(&w.to_be_bytes());
+        b[4..8].copy_from_slice(&0x5eed_u32.to_be_bytes());
+        b
+    };
+    let mut udp6 = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
+        .ipv6(CLIENT6.octets(), SERVER6.octets(), 64)
+        .udp(5000, PORT)
+        .write(&mut udp6, b"x")
+        .unwrap();
+    rows.extend([
+        row("IPv4 first fragment of a flow", first.clone(), XDP_DROP, Out::Untouched, &[(DROP_FRAGMENT, 1)]).with(flows.clone()),
+        // No ports: passed, and without the first fragment never reassembled.
+        row("IPv4 later fragment", later, XDP_PASS, Out::Untouched, &[(PASS_FRAGMENT, 1)]).then(),
+        row("IPv6 destination options, a flow", with_extension(&data(true), 60, &dest_opts), XDP_DROP, Out::Untouched, &[
+            (DROP_IPV6_EXTENSION, 1),
+        ])
+        .then(),
+        row(
+            "IPv6 hop-by-hop then destination options, a flow",
+            with_extension(&with_extension(&data(true), 60, &dest_opts), 0, &hop_by_hop),
+            XDP_DROP,
+            Out::Untouched,
+            &[(DROP_IPV6_EXTENSION, 1)],
+        )
+        .then(),
+        row("IPv6 first fragment of a flow", with_extension(&data(true), 44, &frag6(0, true)), XDP_DROP, Out::Untouched, &[
+            (DROP_FRAGMENT, 1),
+        ])
+        .then(),
+        row("IPv6 later fragment", with_extension(&data(true), 44, &frag6(3, true)), XDP_PASS, Out::Untouched, &[
+            (PASS_FRAGMENT, 1),
+        ])
+        .then(),
+        // To a port nobody here serves: the kernel's.
+        row("IPv4 first fragment to port 81", to_port(&first, 81), XDP_PASS, Out::Untouched, &[(PASS_NOT_LISTENER, 1)])
+            .then(),
+        row(
+            "IPv6 destination options to port 81",
+            with_extension(&to_port(&data(true), 81), 60, &dest_opts),
+            XDP_PASS,
+            Out::Untouched,
+            &[(PASS_NOT_LISTENER, 1)],
+        )
+        .then(),
+        row("IPv6 UDP behind hop-by-hop", with_extension(&udp6, 0, &hop_by_hop), XDP_PASS, Out::Untouched, &[
+            (PASS_NOT_TCP, 1),
+        ])
+        .then(),
+    ]);
+    run(rows);
 }
 
 #[test]
@@ -786,7 +957,7 @@ fn a_backlogged_queue_leaves_new_syns_unanswered_and_nothing_else() {
         row("SYN, queue 0's engine ahead", linux_syn(false), XDP_TX, Out::SynAck(LINUX), &answered).with(queue0(5)),
         row("SYN, only queue 1 over the limit", linux_syn(false), XDP_TX, Out::SynAck(LINUX), &answered)
             .with(Setup { consumed: vec![(1, behind(RX_BACKLOG_LIMIT + 1))], ..Setup::default() }),
-        row("the final ACK, queue 0 over the limit", ack, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+        row("the final ACK, queue 0 over the limit", ack, XDP_DROP, Out::ToUserspace, &[
             (COOKIE_ACK_VALID, 1),
             (REDIRECT_FAILED, 1),
         ])
@@ -924,12 +1095,12 @@ fn a_draining_host_answers_no_new_syn_and_still_takes_cookie_acks() {
         row("SYN while draining", linux_syn(false), XDP_DROP, Out::Untouched, &[(DROP_SYN_DRAINING, 1)]).with(draining.clone()),
         row("IPv6 SYN while draining", linux_syn(true), XDP_DROP, Out::Untouched, &[(DROP_SYN_DRAINING, 1)]).then(),
         // A handshake begun before the drain completes.
-        row("the final ACK of a handshake begun before", ack, XDP_DROP, Out::ToUserspace { stamped: None }, &[
+        row("the final ACK of a handshake begun before", ack, XDP_DROP, Out::ToUserspace, &[
             (COOKIE_ACK_VALID, 1),
             (REDIRECT_FAILED, 1),
         ])
         .then(),
-        row("data of a connection held", data, XDP_DROP, Out::ToUserspace { stamped: Some(3) }, &[
+        row("data of a connection held", data, XDP_DROP, Out::ToUserspace, &[
             (FLOW_SEGMENT, 1),
             (REDIRECT_FAILED, 1),
         ])
@@ -982,20 +1153,20 @@ fn segments_no_host_holds_go_round_the_ring_once() {
             .then(),
             // SYNs and cookie ACKs are every host's own.
             row(format!("a SYN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]).then(),
-            row(format!("a cookie ACK (v6={v6})"), final_ack.clone(), XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("a cookie ACK (v6={v6})"), final_ack.clone(), XDP_DROP, Out::ToUserspace, &[
                 (COOKIE_ACK_VALID, 1),
                 (REDIRECT_FAILED, 1),
             ])
             .then(),
             // What C forwarded: served here when this host holds the connection ...
-            row(format!("forwarded, held here (v6={v6})"), wrapped(&data, 2), XDP_DROP, Out::ToUserspace { stamped: Some(if v6 { 6 } else { 5 }) }, &[
+            row(format!("forwarded, held here (v6={v6})"), wrapped(&data, 2), XDP_DROP, Out::ToUserspace, &[
                 (SECOND_CHANCE_RECEIVED, 1),
                 (FLOW_SEGMENT, 1),
                 (REDIRECT_FAILED, 1),
             ])
             .with(holding.clone()),
             // ... or a cookie ACK that validates here (another host's key differs) ...
-            row(format!("forwarded cookie ACK (v6={v6})"), wrapped(&final_ack, 2), XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("forwarded cookie ACK (v6={v6})"), wrapped(&final_ack, 2), XDP_DROP, Out::ToUserspace, &[
                 (SECOND_CHANCE_RECEIVED, 1),
                 (COOKIE_ACK_VALID, 1),
                 (REDIRECT_FAILED, 1),
@@ -1017,7 +1188,7 @@ fn segments_no_host_holds_go_round_the_ring_once() {
             ])
             .then(),
             // A forwarded SYN is nonsense (every host answers its own).
-            row(format!("forwarded SYN (v6={v6})"), wrapped(&frame(v6, 40003, 1000, &linux_syn_opts(), |b| b.syn(), &[]), 2), XDP_DROP, Out::ToUserspace { stamped: None }, &[
+            row(format!("forwarded SYN (v6={v6})"), wrapped(&frame(v6, 40003, 1000, &linux_syn_opts(), |b| b.syn(), &[]), 2), XDP_DROP, Out::ToUserspace, &[
                 (SECOND_CHANCE_RECEIVED, 1),
                 (DROP_BAD_SECOND_CHANCE, 1),
             ])
@@ -1028,7 +1199,7 @@ fn segments_no_host_holds_go_round_the_ring_once() {
     let heartbeat = wrapped_to(&ack, 0, HOST_A, engine_common::second_chance::KIND_TIME_ASK);
     rows.extend([
         row("no hops left in the header", wrapped(&ack, 0), XDP_DROP, Out::Untouched, &[(DROP_BAD_SECOND_CHANCE, 1)]).with(a()),
-        row("forwarded to a port nobody serves", wrapped(&syn_to("198.18.0.1:22"), 2), XDP_DROP, Out::ToUserspace { stamped: None }, &[
+        row("forwarded to a port nobody serves", wrapped(&syn_to("198.18.0.1:22"), 2), XDP_DROP, Out::ToUserspace, &[
             (SECOND_CHANCE_RECEIVED, 1),
             (DROP_BAD_SECOND_CHANCE, 1),
         ])

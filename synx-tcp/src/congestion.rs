@@ -1,7 +1,8 @@
 //! Congestion window control: NewReno (RFC 5681, RFC 6582) and CUBIC (RFC 9438), with
 //! HyStart++ (RFC 9406) ending the initial slow start on a rise in delay before the queue
-//! overflows. Loss recovery itself (which segments to resend) is the connection's; this
-//! module only sizes the window.
+//! overflows, and HyStart's ACK train (as Linux) ending it once the window fills the path.
+//! Loss recovery itself (which segments to resend) is the connection's; this module only
+//! sizes the window.
 
 use core::time::Duration;
 
@@ -31,6 +32,33 @@ const CSS_GROWTH_DIVISOR: u32 = 4;
 const CSS_ROUNDS: u8 = 5;
 /// An RTT not (yet) known.
 const NO_RTT: u32 = u32::MAX;
+/// HyStart's ACK train (Linux's tcp_cubic: hystart_low_window, hystart_ack_delta_us, and the
+/// most hystart_ack_delay allows for delayed and stretched ACKs).
+const TRAIN_LOW_WINDOW: u32 = 16;
+const TRAIN_ACK_DELTA: Duration = Duration::from_millis(2);
+const TRAIN_ACK_DELAY: Duration = Duration::from_millis(1);
+
+/// HyStart's ACK train: ACKs arriving within 2 ms of each other (Linux's hystart_ack_delta).
+/// Kept by the connection beside its [`Congestion`], and not folded with it: an idle
+/// connection's next ACK begins a new train anyway.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AckTrain {
+    start: Option<Instant>,
+    last: Instant,
+}
+
+impl AckTrain {
+    /// An ACK arrived at `now`: how long the train it belongs to has lasted.
+    pub fn on_ack(&mut self, now: Instant) -> Duration {
+        let start = match self.start {
+            Some(start) if now.saturating_duration_since(self.last) <= TRAIN_ACK_DELTA => start,
+            _ => now,
+        };
+        self.start = Some(start);
+        self.last = now;
+        now.saturating_duration_since(start)
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct Congestion {
@@ -122,6 +150,30 @@ impl Congestion {
                 h.css_baseline_min_rtt_us = h.current_round_min_rtt_us;
                 h.css_round_count = 0;
             }
+        }
+    }
+
+    /// HyStart's ACK-train detection in the initial slow start (as Linux's hystart_update with
+    /// HYSTART_ACK_TRAIN; RFC 9406 keeps only the delay test, which with a doubling window
+    /// comes a round late: a round's minimum RTT rises only once a queue stands from its
+    /// start, when the window is already twice what the path holds). ACKs back to back for
+    /// longer than the sender spread the round's data over mean the bottleneck stretched it:
+    /// the window fills the path, and slow start ends here (ssthresh = cwnd) before the queue
+    /// overflows. An unpaced round leaves in a burst: half the minimum RTT (plus a delayed
+    /// ACK's allowance), Linux's threshold without pacing. A paced round (at twice cwnd per
+    /// SRTT) leaves over half an SRTT by itself: that, plus a quarter of the minimum RTT.
+    /// `train`: how long the ACK train this ACK belongs to has lasted ([`AckTrain`]).
+    pub fn on_ack_train(&mut self, train: Duration, mss: u32, min_rtt: Duration, srtt: Option<Duration>, paced: bool) {
+        if self.ssthresh != u32::MAX || self.cwnd < TRAIN_LOW_WINDOW * mss {
+            return;
+        }
+        let threshold = if paced {
+            srtt.unwrap_or(min_rtt) / 2 + min_rtt / 4 + TRAIN_ACK_DELAY
+        } else {
+            (min_rtt + TRAIN_ACK_DELAY) / 2
+        };
+        if train > threshold {
+            self.ssthresh = self.cwnd;
         }
     }
 
@@ -325,6 +377,36 @@ mod tests {
         slow_start_rounds(&mut c, 2, 10, |_| 10_000);
         slow_start_rounds(&mut c, 1, 10, |_| 13_900);
         assert!(!c.in_css());
+    }
+
+    #[test]
+    fn an_ack_train_longer_than_the_paced_spread_ends_slow_start() {
+        // HyStart's ACK train (as Linux's hystart_update): min_RTT = SRTT = 40 ms. A paced
+        // sender spreads a round over 20 ms, so a train must outlast 20 + 10 + 1 ms; an
+        // unpaced one over none, so half of 41 ms.
+        let (rtt, ms) = (Duration::from_millis(40), |n: u64| Duration::from_millis(n));
+        for (paced, exits_after) in [(true, 32u64), (false, 21)] {
+            let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 100);
+            let mut train = AckTrain::default();
+            let mut t = Instant::ZERO + ms(1000);
+            // ACKs every 1 ms; a 3 ms gap after 15 ms breaks the train, which starts over.
+            for i in 0..=60u64 {
+                t = t + if i == 16 { ms(3) } else { ms(1) };
+                let len = train.on_ack(t);
+                assert_eq!(len, if i < 16 { ms(i) } else { ms(i - 16) });
+                c.on_ack_train(len, 1000, rtt, Some(rtt), paced);
+                assert_eq!(c.in_slow_start(), len <= ms(exits_after - 1), "paced {paced}, ACK {i}");
+                if !c.in_slow_start() {
+                    assert_eq!(c.ssthresh, 100_000, "ssthresh is the window then");
+                    break;
+                }
+            }
+            assert!(!c.in_slow_start());
+        }
+        // Below 16 segments, or after the initial slow start, the train decides nothing.
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 10);
+        c.on_ack_train(ms(500), 1000, rtt, Some(rtt), true);
+        assert!(c.in_slow_start());
     }
 
     #[test]

@@ -417,6 +417,12 @@ impl Endpoint {
         }
     }
 
+    /// Resets for strangers queued and not yet sent ([`Endpoint::poll_transmit`] sends them
+    /// first, in the order they were queued).
+    pub fn pending_resets(&self) -> usize {
+        self.resets.len()
+    }
+
     /// The connection, for application calls (send, recv, shutdown, abort, set_keepalive...).
     /// The endpoint revisits it in the next `poll_transmit`.
     /// (Unfolds it if it was parked.)

@@ -13,19 +13,21 @@
 
 use std::{
     cell::Cell,
+    collections::{HashMap, HashSet, VecDeque},
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     rc::Rc,
     sync::Arc,
 };
 
 use synx_tcp::{
     self as tcp, Instant,
-    endpoint::{ConnectionHandle, Endpoint},
+    endpoint::{ConnectionHandle, Endpoint, Transmit},
 };
 
 use super::{
     listeners::{Accept, ListenerEntry, TurnHandler},
+    memory::{Level, Memory},
     stats::{QueueStats, bump},
 };
 use crate::{
@@ -38,6 +40,9 @@ struct SlotGlue {
     /// The link addresses to answer with (those of the peer's latest frame).
     link: Link,
     app: AppSide,
+    /// Bytes of data buffers the connection held when last looked at (TCP core and app
+    /// queues), as counted in [`Memory`].
+    held: u32,
 }
 
 /// What the application side of a connection holds.
@@ -156,10 +161,35 @@ pub struct Glue {
     rx_chunk: Box<[u8]>,
     /// The slots streams have poked, taken from `waker` (kept to reuse its allocation).
     poked: Vec<u32>,
+    /// The link addresses of the frames the endpoint's queued resets to strangers answer, in
+    /// the order it queued them (and sends them).
+    stranger_links: VecDeque<Link>,
+    /// The engine's memory account, and what this thread's connections hold of it.
+    memory: Arc<Memory>,
+    held: u64,
+    /// Slots whose connection holds buffer memory (few, unless memory is the problem).
+    holders: HashSet<u32>,
+    /// When each connection stuck behind a zero window with data to send was first seen so.
+    persisting_since: HashMap<u32, Instant>,
+    /// Sources over their memory limit at the last [`Glue::enforce`]: their new data is refused.
+    over_sources: HashSet<IpAddr>,
 }
 
+/// What [`Glue::enforce`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Enforced {
+    /// Connections reset for holding the most memory (in all or of their source).
+    pub memory_resets: u64,
+    /// Connections reset after too long in persist with data to send.
+    pub persist_resets: u64,
+}
+
+/// Bytes of received data handed to an application at a time under memory pressure (the rest
+/// stays in the TCP receive buffer, whose window then shrinks): enough for a request.
+const PRESSURE_RX_CAP: usize = 16 * 1024;
+
 impl Glue {
-    pub fn new(waker: Arc<EngineWaker>, stats: Arc<QueueStats>) -> Self {
+    pub fn new(waker: Arc<EngineWaker>, stats: Arc<QueueStats>, memory: Arc<Memory>) -> Self {
         Self {
             table: GlueTable::default(),
             turn_handlers: Vec::new(),
@@ -168,6 +198,12 @@ impl Glue {
             stats,
             rx_chunk: vec![0u8; 16 * 1024].into_boxed_slice(),
             poked: Vec::new(),
+            stranger_links: VecDeque::new(),
+            memory,
+            held: 0,
+            holders: HashSet::new(),
+            persisting_since: HashMap::new(),
+            over_sources: HashSet::new(),
         }
     }
 
@@ -198,6 +234,25 @@ impl Glue {
         }
     }
 
+    /// The endpoint has handled a frame from `link` that belongs to no connection, and had
+    /// `resets_before` resets queued before: if it queued one for this frame, that reset goes
+    /// back over `link` (each to its own sender, whatever else arrived in the same batch).
+    pub fn note_stranger(&mut self, ep: &Endpoint, resets_before: usize, link: Link) {
+        if ep.pending_resets() > resets_before {
+            self.stranger_links.push_back(link);
+        }
+    }
+
+    /// The link addresses to send `out` with: its connection's, or for a reset to a stranger
+    /// those of the frame it answers. None only if the connection has no glue (nothing to
+    /// answer: the segment is dropped).
+    pub fn link_for(&mut self, out: &Transmit) -> Option<Link> {
+        match out.handle {
+            Some(h) => self.link(h.slot()),
+            None => self.stranger_links.pop_front(),
+        }
+    }
+
     /// Hand the new connection `h` (answered with `link`) to `listener`'s application.
     pub fn attach(&mut self, ep: &mut Endpoint, now: Instant, h: ConnectionHandle, link: Link, listener: &ListenerEntry) {
         let Some(conn) = ep.connection_mut(h) else { return };
@@ -207,7 +262,9 @@ impl Glue {
             Accept::Turns(handler) => AppSide::Turn(shared.clone(), self.turn_handler_id(handler)),
             Accept::Channel(_) | Accept::Local(_) => AppSide::Task(shared.clone()),
         };
-        self.table.insert(h.slot(), SlotGlue { link, app });
+        // Whatever an earlier holder of the slot held is out of the account first.
+        self.set_held(h.slot(), 0);
+        self.table.insert(h.slot(), SlotGlue { link, app, held: 0 });
         bump(&self.stats.accepted);
         let stream = Stream::new(shared);
         let refused = match &listener.accept {
@@ -289,8 +346,10 @@ impl Glue {
                     released(ep, local, remote);
                     // Only if no live connection holds the slot again.
                     if !ep.contains(h) {
+                        self.set_held(h.slot(), 0);
                         self.table.remove(h.slot());
                     }
+                    self.memory.leave(remote.ip());
                     bump(&self.stats.closed);
                 }
                 _ => self.service(ep, now, h),
@@ -336,8 +395,126 @@ impl Glue {
     }
 
     /// Move data and close/shutdown requests between a connection and its application; start a
-    /// turn for a waiting connection with input, and retire a turn that has ended.
+    /// turn for a waiting connection with input, and retire a turn that has ended. Then count
+    /// what the connection holds.
     pub fn service(&mut self, ep: &mut Endpoint, now: Instant, h: ConnectionHandle) {
+        self.serve(ep, now, h);
+        self.account(ep, h);
+    }
+
+    /// Count the buffer memory connection `h` holds now: the TCP core's buffers, and the
+    /// queues to and from its application (their capacity: what is allocated).
+    fn account(&mut self, ep: &Endpoint, h: ConnectionHandle) {
+        // A parked connection holds no buffer.
+        let tcp = ep.connection(h).map_or(0, |c| c.heap_bytes());
+        let Some(g) = self.table.get(h.slot()) else { return };
+        let app = g.app.shared().map_or(0, |s| {
+            let st = s.lock();
+            st.rx.capacity() + st.tx.capacity()
+        });
+        self.set_held(h.slot(), (tcp + app).min(u32::MAX as usize) as u32);
+    }
+
+    fn set_held(&mut self, slot: u32, held: u32) {
+        let Some(g) = self.table.get_mut(slot) else { return };
+        let before = std::mem::replace(&mut g.held, held);
+        if before == held {
+            return;
+        }
+        self.memory.change(u64::from(before), u64::from(held));
+        self.held = self.held + u64::from(held) - u64::from(before);
+        if held == 0 {
+            self.holders.remove(&slot);
+            self.persisting_since.remove(&slot);
+        } else {
+            self.holders.insert(slot);
+        }
+    }
+
+    /// Bytes of buffers this thread's connections hold.
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// Whether a data segment for `h` from `source` is refused for want of memory: above the
+    /// limit (or its source above its own), a connection that holds data already gets no more
+    /// (the peer retransmits it later); one that holds nothing may still start.
+    pub fn refuses_data(&self, h: ConnectionHandle, source: IpAddr) -> bool {
+        let holds = self.table.get(h.slot()).is_some_and(|g| g.held > 0);
+        holds && (self.memory.level() == Level::Over || self.over_sources.contains(&source))
+    }
+
+    /// Whether anything may refuse data now (so the caller looks the connection up only then).
+    pub fn may_refuse_data(&self) -> bool {
+        !self.over_sources.is_empty() || self.memory.level() == Level::Over
+    }
+
+    /// Run the limits over this thread's connections holding memory (one of `queues` threads
+    /// doing the same): reset those in persist for longer than the persist timeout; if memory
+    /// is over its limit, reset the largest holders (those stuck behind a zero window first)
+    /// until this thread has freed its share of the excess; reset the largest connections of
+    /// each source above its own limit until it is under.
+    pub fn enforce(&mut self, ep: &mut Endpoint, now: Instant, queues: u32) -> Enforced {
+        let limits = self.memory.limits;
+        let mut done = Enforced::default();
+        // (stuck behind a zero window, bytes held, slot, source)
+        let mut holders = Vec::with_capacity(self.holders.len());
+        let mut by_source: HashMap<IpAddr, u64> = HashMap::new();
+        let mut expired = Vec::new();
+        for &slot in &self.holders {
+            let Some(h) = ep.handle_for_slot(slot) else { continue };
+            let Some(conn) = ep.connection(h) else { continue };
+            let info = conn.info();
+            let stuck = info.snd_wnd == 0 && info.send_queued > 0;
+            if stuck {
+                let since = *self.persisting_since.entry(slot).or_insert(now);
+                if now.saturating_duration_since(since) >= limits.persist_timeout {
+                    expired.push(h);
+                    continue;
+                }
+            } else {
+                self.persisting_since.remove(&slot);
+            }
+            let held = self.table.get(slot).map_or(0, |g| u64::from(g.held));
+            let source = info.remote.ip();
+            if limits.bytes_per_source.is_some() {
+                *by_source.entry(source).or_default() += held;
+            }
+            holders.push((stuck, held, h, source));
+        }
+        for h in expired {
+            if let Some(conn) = ep.connection_mut(h) {
+                conn.abort(now);
+                done.persist_resets += 1;
+            }
+        }
+        // Worst first: stuck behind a zero window, then by bytes held.
+        holders.sort_unstable_by_key(|&(stuck, held, _, _)| std::cmp::Reverse((stuck, held)));
+        let mut to_free = self.memory.excess().div_ceil(u64::from(queues.max(1)));
+        if self.memory.level() != Level::Over {
+            to_free = 0;
+        }
+        self.over_sources.clear();
+        if let Some(max) = limits.bytes_per_source {
+            self.over_sources.extend(by_source.iter().filter(|&(_, &b)| b > max).map(|(&s, _)| s));
+        }
+        for &(_, held, h, source) in &holders {
+            let source_over = by_source.get(&source).is_some_and(|&b| limits.bytes_per_source.is_some_and(|max| b > max));
+            if to_free == 0 && !source_over {
+                continue;
+            }
+            let Some(conn) = ep.connection_mut(h) else { continue };
+            conn.abort(now);
+            done.memory_resets += 1;
+            to_free = to_free.saturating_sub(held);
+            if let Some(b) = by_source.get_mut(&source) {
+                *b -= held;
+            }
+        }
+        done
+    }
+
+    fn serve(&mut self, ep: &mut Endpoint, now: Instant, h: ConnectionHandle) {
         if let Some(SlotGlue { app: AppSide::Waiting(id), .. }) = self.table.get(h.slot()) {
             let id = *id;
             if !self.start_turn(ep, h, id) {
@@ -368,10 +545,13 @@ impl Glue {
             conn.abort(now);
         }
         // Received data up to the app's queue cap; the rest stays in the TCP receive buffer,
-        // which keeps the advertised window honest.
+        // which keeps the advertised window honest. Under memory pressure the cap is small, so
+        // windows shrink instead of buffers growing.
+        let pressure = self.memory.level() >= Level::Pressure;
+        let rx_cap = if pressure { PRESSURE_RX_CAP } else { STREAM_RX_CAP };
         let chunk = &mut self.rx_chunk;
-        while st.rx.len() < STREAM_RX_CAP {
-            let want = (STREAM_RX_CAP - st.rx.len()).min(chunk.len());
+        while st.rx.len() < rx_cap {
+            let want = (rx_cap - st.rx.len()).min(chunk.len());
             let n = conn.recv(&mut chunk[..want]);
             if n == 0 {
                 break;
@@ -396,6 +576,15 @@ impl Glue {
         }
         if st.tx.is_empty() && st.tx_shutdown {
             conn.shutdown(now);
+        }
+        if pressure {
+            // Give back what the app queues no longer use.
+            if st.rx.is_empty() {
+                st.rx.shrink_to_fit();
+            }
+            if st.tx.is_empty() {
+                st.tx.shrink_to_fit();
+            }
         }
         let mut next = None;
         if st.app_closed && st.tx.is_empty() {
@@ -458,6 +647,26 @@ impl Glue {
         }
         self.table.set_app(h.slot(), AppSide::Turn(shared, id));
         true
+    }
+}
+
+impl Drop for Glue {
+    /// The engine thread is going away (a panic unwinds it, or every connection is gone): a
+    /// stream still held on another thread learns that its connection ended instead of waiting
+    /// for a thread that no longer runs, and what its connections held leaves the account.
+    fn drop(&mut self) {
+        self.memory.change(self.held, 0);
+        for g in self.table.slots.iter().flatten() {
+            let Some(shared) = g.app.shared() else { continue };
+            let mut st = shared.lock();
+            st.error.get_or_insert(StreamError::Aborted);
+            if let Some(w) = st.read_waker.take() {
+                w.wake();
+            }
+            if let Some(w) = st.write_waker.take() {
+                w.wake();
+            }
+        }
     }
 }
 

@@ -47,14 +47,20 @@ use crate::{
 };
 
 mod glue;
+mod handoff;
+mod health;
 mod listeners;
+mod memory;
 mod queue;
 mod requests;
 mod stats;
 
+use handoff::Handoff;
+use health::Health;
 use listeners::{Listeners, LocalHandler, TurnHandler};
 use queue::QueueContext;
 use requests::{QueueHandle, Queues};
+pub use memory::MemoryLimits;
 pub use requests::ConnectionRow;
 pub use stats::{CONNECTIONS_OPEN, Kind, Metric, QueueStats, gauge, sum as stats_sum};
 
@@ -67,13 +73,16 @@ pub struct EngineOptions {
     pub keepalive: Keepalive,
     /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL.
     pub msl: Duration,
-    /// Connections per RX queue (and FLOWS/LAST_SEEN map entries).
+    /// Connections in all (and FLOWS map entries), shared out evenly over the RX queues: each
+    /// queue's engine has its own range of slots.
     pub max_conns: u32,
     /// After a loop turn that did work, an engine thread keeps polling its rings and app
     /// queue (yielding the CPU to runnable threads) for this long before it sleeps in poll(2).
     /// Zero, the default, sleeps at once: least CPU. A few tens of microseconds save a sleep
     /// and a wakeup per request/response turn (lower latency at one connection).
     pub busy_poll: Duration,
+    /// What connections may hold, in all and per source, and how long they may sit in persist.
+    pub memory: MemoryLimits,
     /// Serving with other hosts: the shared cookie key, the peers, draining.
     pub cluster: ClusterOptions,
 }
@@ -91,6 +100,7 @@ impl EngineOptions {
             msl: Self::DEFAULT_MSL,
             max_conns: Self::DEFAULT_MAX_CONNS,
             busy_poll: Duration::ZERO,
+            memory: MemoryLimits::default(),
             cluster: ClusterOptions::default(),
         }
     }
@@ -131,49 +141,76 @@ pub struct Engine {
     threads: Mutex<Vec<JoinHandle<anyhow::Result<()>>>>,
     cluster: Cluster,
     queues: u32,
+    health: Arc<Health>,
 }
 
 impl Engine {
     /// Attach the XDP program to `options.iface` and start one engine thread per RX queue.
     /// Returns once every queue's AF_XDP socket is bound.
     pub fn start(options: EngineOptions) -> anyhow::Result<Self> {
+        let queues = rx_queues(&options.iface);
+        anyhow::ensure!(
+            options.max_conns >= queues,
+            "--max-conns {} is less than the {queues} RX queues of {}: each queue needs a connection at least",
+            options.max_conns,
+            options.iface
+        );
+        let per_queue = options.max_conns / queues;
         let mss = interface_mss(&options.iface);
         let settings = options.cluster.xdp_settings(XdpSettings::new(mss))?;
         let xdp = XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, settings)?;
-        let tcp_config =
-            tcp::Config { msl: options.msl, mss, keepalive: options.keepalive, ..tcp::Config::default() };
-        let queues = rx_queues(&options.iface);
+        let tcp_config = tcp::Config {
+            msl: options.msl,
+            mss,
+            keepalive: options.keepalive,
+            // Buffers grow (right-sizing, send buffer expansion) by at most what memory holds
+            // before pressure, all queues together: growth stops where pressure starts.
+            buffer_budget: tcp::BufferBudget::new(options.memory.pressure()),
+            ..tcp::Config::default()
+        };
         let listeners = Arc::new(Listeners::default());
         let stop = Arc::new(AtomicBool::new(false));
         let abort_all = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<u32>>();
-        for queue in 0..queues {
+        let health = Arc::new(Health::new());
+        let memory = Arc::new(memory::Memory::new(options.memory));
+        let wakers: Vec<Arc<EngineWaker>> = (0..queues).map(|_| Arc::new(EngineWaker::new())).collect();
+        // With one queue every tuple is its own; the hand-off costs a FLOWS lookup per segment
+        // of no connection, paid only where frames can arrive on another queue.
+        let handoff = (queues > 1).then(|| Arc::new(Handoff::new(per_queue, wakers.clone())));
+        for (queue, waker) in (0..queues).zip(wakers) {
             let q_stats = Arc::new(QueueStats::default());
-            let waker = Arc::new(EngineWaker::new());
             let (req_tx, req_rx) = mpsc::channel();
             handles.push(QueueHandle { stats: q_stats.clone(), conns_requests: Mutex::new(req_tx), waker: waker.clone() });
             let ctx = QueueContext {
                 queue,
                 tcp: tcp_config.clone(),
-                max_conns: options.max_conns,
+                max_conns: per_queue,
+                slot_base: queue * per_queue,
+                handoff: handoff.clone(),
+                memory: memory.clone(),
+                queues,
                 busy_poll: options.busy_poll,
                 listeners: listeners.clone(),
                 flows: xdp.flow_table(),
                 cookies: xdp.cookie_checker(),
-                last_seen: xdp.last_seen(),
                 rx_backlog: xdp.rx_backlog(),
                 stats: q_stats,
                 stop: stop.clone(),
                 abort_all: abort_all.clone(),
                 conns_requests: req_rx,
                 waker,
+                #[cfg(feature = "fault-injection")]
+                health: health.clone(),
             };
             let iface = options.iface.clone();
             let ready = ready_tx.clone();
+            let (health, rx_backlog, stats) = (health.clone(), xdp.rx_backlog(), ctx.stats.clone());
             threads.push(std::thread::Builder::new().name(format!("synx-q{queue}")).spawn(move || {
-                let result = queue::run_queue(&iface, ctx, XskConfig::default(), &ready);
+                let run = || queue::run_queue(&iface, ctx, XskConfig::default(), &ready);
+                let result = health.watch(queue, &stats, &rx_backlog, run);
                 if let Err(e) = &result {
                     let _ = ready.send(Err(anyhow::anyhow!("{e:#}")));
                 }
@@ -208,6 +245,7 @@ impl Engine {
             threads: Mutex::new(threads),
             cluster,
             queues,
+            health,
         };
         // On an error here, dropping `engine` stops and joins the threads already started.
         for _ in 0..queues {
@@ -297,6 +335,33 @@ impl Engine {
     /// RX queues served, one engine thread each.
     pub fn queues(&self) -> u32 {
         self.queues
+    }
+
+    /// The first engine thread that died (a panic), if any: its queue is served no more (XDP no
+    /// longer answers its SYNs) and the engine should be shut down (see [`Engine::failed`]).
+    pub fn failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
+    /// Resolves when an engine thread dies, with what killed it. `synx run` then shuts the
+    /// whole engine down and exits with an error, for its supervisor to restart it: a panic
+    /// means the engine's own invariants broke, the dead queue's connections are gone in any
+    /// case, and a fresh process is the one state known to be sound (restarting one queue in
+    /// place would have to purge its FLOWS entries and re-bind its socket while XDP runs, in
+    /// code that only ever runs after a bug).
+    pub async fn failed(&self) -> String {
+        self.health.failed().await
+    }
+
+    /// Make the engine thread of `queue` panic in its next loop turn (tests of what a dying
+    /// engine thread does; not in builds without the `fault-injection` feature).
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn inject_panic(&self, queue: u32) {
+        self.health.inject_panic(queue);
+        if let Some(q) = self.queue_handles.0.get(queue as usize) {
+            q.waker.notify(u32::MAX);
+        }
     }
 
     /// Every counter: the XDP program's (summed over CPUs), then the engine threads', then

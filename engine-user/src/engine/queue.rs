@@ -6,7 +6,7 @@
 //! 1. receive a batch of frames and feed them to the endpoint; a segment for no connection goes
 //!    to [`Endpoint::accept_cookie`] (a new connection for its listener, or a reset);
 //! 2. serve the connections whose applications poked the thread ([`Glue::serve_poked`]);
-//! 3. run expired timers, first telling each due connection XDP's LAST_SEEN stamp;
+//! 3. run expired timers;
 //! 4. handle the endpoint's events ([`Glue::handle_events`]);
 //! 5. transmit what the endpoint wants to send;
 //! 6. answer control requests, publish the counters;
@@ -36,13 +36,15 @@ use synx_tcp::{
 
 use super::{
     glue::Glue,
+    handoff::{Handed, Handoff, MAX_HOPS, Owner},
+    memory::Memory,
     listeners::Listeners,
     requests::{self, ConnsRequest},
     stats::{QueueStats, bump},
 };
 use crate::{
     api::EngineWaker,
-    bpf::{CookieChecker, FlowTable, LastSeen, RxBacklog, monotonic_ns},
+    bpf::{CookieChecker, FlowTable, RxBacklog, monotonic_ns},
     wire::{self, Link},
     xsk::{XskConfig, XskSocket},
 };
@@ -51,12 +53,20 @@ use crate::{
 pub struct QueueContext {
     pub queue: u32,
     pub tcp: tcp::Config,
+    /// Connections of this queue at most: its range of FLOWS slots starts at
+    /// `slot_base` (the endpoint numbers its slots from 0).
     pub max_conns: u32,
+    pub slot_base: u32,
+    /// With several queues: who owns a tuple, and the way to hand it frames.
+    pub handoff: Option<Arc<Handoff>>,
+    /// The engine's memory account and limits.
+    pub memory: Arc<Memory>,
+    /// RX queues of the engine (each frees its share when memory runs over).
+    pub queues: u32,
     pub busy_poll: Duration,
     pub listeners: Arc<Listeners>,
     pub flows: FlowTable,
     pub cookies: CookieChecker,
-    pub last_seen: LastSeen,
     pub rx_backlog: RxBacklog,
     pub stats: Arc<QueueStats>,
     pub stop: Arc<AtomicBool>,
@@ -64,9 +74,11 @@ pub struct QueueContext {
     pub abort_all: Arc<AtomicBool>,
     pub conns_requests: mpsc::Receiver<ConnsRequest>,
     pub waker: Arc<EngineWaker>,
+    #[cfg(feature = "fault-injection")]
+    pub health: Arc<super::health::Health>,
 }
 
-/// The engine's clock: the one XDP stamps LAST_SEEN with, so deadlines and stamps compare.
+/// The engine's clock: CLOCK_MONOTONIC, as XDP's FLOWS claims.
 fn now() -> Instant {
     Instant::from_nanos(monotonic_ns())
 }
@@ -83,6 +95,9 @@ const MAX_PENDING_SYN_ACKS: usize = 1024;
 /// How often the kernel's AF_XDP drop counters are read.
 const XSK_STATS_PERIOD: Duration = Duration::from_millis(100);
 
+/// How often the memory limits and the persist timeout are checked.
+const LIMITS_PERIOD: Duration = Duration::from_millis(100);
+
 /// The longest sleep: stop requests and conns queries are noticed within it.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
@@ -91,10 +106,10 @@ struct QueueDriver {
     ctx: QueueContext,
     endpoint: Endpoint,
     glue: Glue,
-    /// Link addresses to answer segments of connections not (or no longer) in the glue.
-    last_link: Link,
     /// Where the endpoint writes each segment before it is framed into a TX buffer.
     scratch: Vec<u8>,
+    /// Frames other queues handed us, taken from our inbox (kept to reuse its allocation).
+    handed: std::collections::VecDeque<Handed>,
     /// SYN-ACKs built in userspace (TIME_WAIT reuse), sent with the next transmit batch.
     syn_acks: Vec<(Link, SocketAddr, SocketAddr, tcp::segment::Header)>,
     /// Frames taken from the socket, frames the kernel dropped, and their sum as XDP last saw
@@ -103,6 +118,7 @@ struct QueueDriver {
     kernel_dropped: u64,
     published: u64,
     last_xsk_stats: Instant,
+    last_limits: Instant,
 }
 
 /// The AF_XDP socket's fd, for readiness through the runtime's epoll (not closed on drop).
@@ -142,14 +158,15 @@ async fn serve_queue(
     let _ = ready.send(Ok(ctx.queue));
     let mut q = QueueDriver {
         endpoint: Endpoint::new(ctx.tcp.clone(), ctx.max_conns),
-        glue: Glue::new(ctx.waker.clone(), ctx.stats.clone()),
-        last_link: Link::default(),
+        glue: Glue::new(ctx.waker.clone(), ctx.stats.clone(), ctx.memory.clone()),
         scratch: vec![0u8; crate::xsk::FRAME_SIZE as usize],
+        handed: std::collections::VecDeque::new(),
         syn_acks: Vec::new(),
         consumed: 0,
         kernel_dropped: 0,
         published: 0,
         last_xsk_stats: Instant::from_nanos(0),
+        last_limits: Instant::from_nanos(0),
         ctx,
     };
     let mut last_work = now();
@@ -160,16 +177,16 @@ async fn serve_queue(
         if q.ctx.abort_all.load(Ordering::Relaxed) {
             q.glue.abort_all(&mut q.endpoint, now());
         }
-        let received = q.receive(&mut xsk);
+        #[cfg(feature = "fault-injection")]
+        q.ctx.health.panic_if_injected(q.ctx.queue);
+        let received = q.receive(&mut xsk) + q.receive_handed();
         let poked = q.glue.serve_poked(&mut q.endpoint, now());
         let t = now();
-        let last_seen = &q.ctx.last_seen;
-        q.endpoint.handle_timeout_with_last_seen(t, |h| last_seen.get(h.slot()).map(Instant::from_nanos));
+        q.endpoint.handle_timeout(t);
+        q.enforce_limits(t);
         q.handle_events(t);
         q.transmit(&mut xsk, t);
-        requests::answer_conns(&q.ctx.conns_requests, &q.endpoint, q.ctx.queue, t, |h| {
-            q.ctx.last_seen.get(h.slot()).map(Instant::from_nanos)
-        });
+        requests::answer_conns(&q.ctx.conns_requests, &q.endpoint, q.ctx.queue, t);
         q.publish_stats(&xsk, t);
         if received > 0 {
             last_work = t;
@@ -197,10 +214,23 @@ async fn serve_queue(
 impl QueueDriver {
     /// Take a batch of frames from the socket into the endpoint; returns how many.
     fn receive(&mut self, xsk: &mut XskSocket) -> u32 {
-        let received = xsk.recv(RX_BATCH, |frame| self.on_frame(now(), frame));
+        let received = xsk.recv(RX_BATCH, |frame| self.on_frame(now(), frame, 0));
         self.consumed += u64::from(received);
         self.publish_rx_progress();
         received
+    }
+
+    /// Take the frames other queues handed us into the endpoint; returns how many.
+    fn receive_handed(&mut self) -> u32 {
+        let Some(handoff) = self.ctx.handoff.clone() else { return 0 };
+        let mut handed = std::mem::take(&mut self.handed);
+        handoff.take(self.ctx.queue, &mut handed);
+        let n = handed.len() as u32;
+        for h in handed.drain(..) {
+            self.on_frame(now(), &h.frame, h.hops);
+        }
+        self.handed = handed;
+        n
     }
 
     /// Tell XDP how far we are (it counts what it redirects): while too much waits for us, it
@@ -214,7 +244,8 @@ impl QueueDriver {
         }
     }
 
-    fn on_frame(&mut self, now: Instant, frame: &[u8]) {
+    /// One frame, from our socket or (`hops` > 0) handed on by another queue.
+    fn on_frame(&mut self, now: Instant, frame: &[u8], hops: u8) {
         let stats = &self.ctx.stats;
         let rx = match wire::parse(frame) {
             Ok(rx) => rx,
@@ -232,13 +263,30 @@ impl QueueDriver {
         };
         hdr.ce = rx.ce;
         bump(&stats.rx_segments);
-        self.last_link = rx.link;
+        if !payload.is_empty()
+            && self.glue.may_refuse_data()
+            && let Some(h) = self.endpoint.lookup(rx.local, rx.remote)
+            && self.glue.refuses_data(h, rx.remote.ip())
+        {
+            // No memory for more of this connection's data: the peer sends it again later.
+            bump(&stats.mem_refused);
+            return;
+        }
         match self.endpoint.handle(now, rx.local, rx.remote, &hdr, payload) {
             Disposition::Delivered(h) => {
                 self.glue.set_link(h.slot(), rx.link);
                 self.glue.service(&mut self.endpoint, now, h);
             }
-            Disposition::Unknown => self.on_unknown(now, rx.link, rx.local, rx.remote, &hdr, payload),
+            Disposition::Unknown => match self.owner(hops, rx.local, rx.remote) {
+                Some(Owner::Queue(q)) => self.hand(q, frame, hops),
+                owner => {
+                    self.on_unknown(now, rx.link, rx.local, rx.remote, &hdr, payload);
+                    if let (Some(Owner::Me), Some(handoff)) = (owner, &self.ctx.handoff) {
+                        // FLOWS names the owner now (or no one): our claim can go.
+                        handoff.release(rx.local, rx.remote);
+                    }
+                }
+            },
             Disposition::Dropped(DropReason::TimeWaitReuse) => {
                 // RFC 6191: a new incarnation of a tuple in TIME_WAIT. The old one is gone from
                 // the endpoint; answer the SYN as XDP would have, so the client need not
@@ -246,6 +294,25 @@ impl QueueDriver {
                 self.answer_syn(rx.link, rx.local, rx.remote, &hdr);
             }
             Disposition::Dropped(why) => stats.count_drop(why),
+        }
+    }
+
+    /// Who serves a tuple our endpoint does not know (see [`Handoff`]); None with one queue, or
+    /// for a frame handed on too often already (it stays here, claiming nothing). With
+    /// `Owner::Me` this queue holds the tuple's claim until it has handled the frame.
+    fn owner(&self, hops: u8, local: SocketAddr, remote: SocketAddr) -> Option<Owner> {
+        let handoff = self.ctx.handoff.as_ref().filter(|_| hops < MAX_HOPS)?;
+        let flows = &self.ctx.flows;
+        Some(handoff.owner(self.ctx.queue, local, remote, || flows.get(local, remote)))
+    }
+
+    /// Hand `frame` to queue `q`, which owns its tuple.
+    fn hand(&self, q: u32, frame: &[u8], hops: u8) {
+        let Some(handoff) = &self.ctx.handoff else { return };
+        let stats = &self.ctx.stats;
+        match handoff.hand(q, Handed { frame: frame.into(), hops: hops + 1 }) {
+            true => bump(&stats.handed_off),
+            false => bump(&stats.handoff_dropped),
         }
     }
 
@@ -265,16 +332,40 @@ impl QueueDriver {
             true => None,
             false => self.ctx.listeners.find(local),
         };
+        let memory = &self.ctx.memory;
+        if listener.is_some() && !memory.admit(remote.ip()) {
+            // The source holds all the connections it may: refused, as a full table refuses.
+            bump(&self.ctx.stats.source_limited);
+            let before = self.endpoint.pending_resets();
+            self.endpoint.reset_unknown(local, remote, hdr, payload.len());
+            self.glue.note_stranger(&self.endpoint, before, link);
+            let _ = self.ctx.flows.remove(local, remote);
+            return;
+        }
+        let admitted = listener.is_some();
         let cookies = &self.ctx.cookies;
         let cookie = || cookies.check(local, remote, hdr.seq.0, hdr.ack.0, hdr.options.timestamps, now.as_nanos());
+        let resets_before = self.endpoint.pending_resets();
         match self.endpoint.accept_cookie(now, local, remote, hdr, payload, listener, cookie) {
             Ok((h, listener)) => {
-                if let Err(e) = self.ctx.flows.insert(local, remote, h.slot()) {
-                    tracing::warn!("FLOWS insert for {remote}: {e}");
-                }
+                let routed = self.ctx.flows.insert(local, remote, self.ctx.slot_base + h.slot());
                 self.glue.attach(&mut self.endpoint, now, h, link, &listener);
+                if let Err(e) = routed {
+                    // FLOWS is full even of live connections: XDP would not route this one's
+                    // segments here, so reset it now rather than leave a client that believes
+                    // it is connected (its app sees the connection aborted).
+                    tracing::debug!("FLOWS insert for {remote}: {e}");
+                    bump(&self.ctx.stats.flows_full);
+                    if let Some(conn) = self.endpoint.connection_mut(h) {
+                        conn.abort(now);
+                    }
+                    self.glue.service(&mut self.endpoint, now, h);
+                }
             }
             Err(refusal) => {
+                if admitted {
+                    self.ctx.memory.leave(remote.ip());
+                }
                 let stats = &self.ctx.stats;
                 bump(match refusal {
                     Refusal::NoListener => &stats.no_listener,
@@ -283,6 +374,7 @@ impl QueueDriver {
                 });
                 // Whatever claim XDP put in FLOWS for this tuple must go: no connection holds it.
                 let _ = self.ctx.flows.remove(local, remote);
+                self.glue.note_stranger(&self.endpoint, resets_before, link);
             }
         }
     }
@@ -324,6 +416,19 @@ impl QueueDriver {
         }
     }
 
+    /// Every [`LIMITS_PERIOD`]: the memory limits and the persist timeout (see
+    /// [`super::memory`]).
+    fn enforce_limits(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_limits) < LIMITS_PERIOD {
+            return;
+        }
+        self.last_limits = now;
+        let done = self.glue.enforce(&mut self.endpoint, now, self.ctx.queues);
+        let s = &self.ctx.stats;
+        s.mem_resets.fetch_add(done.memory_resets, Ordering::Relaxed);
+        s.persist_resets.fetch_add(done.persist_resets, Ordering::Relaxed);
+    }
+
     /// The endpoint's events, through the glue; a connection gone for good leaves FLOWS.
     fn handle_events(&mut self, now: Instant) {
         let flows = &self.ctx.flows;
@@ -358,7 +463,7 @@ impl QueueDriver {
             }
             let scratch = &mut self.scratch;
             let Some(out) = self.endpoint.poll_transmit(now, &mut scratch[..]) else { break };
-            let link = out.handle.and_then(|h| self.glue.link(h.slot())).unwrap_or(self.last_link);
+            let Some(link) = self.glue.link_for(&out) else { continue };
             let hlen = wire::header_len(out.local.is_ipv6());
             let tcp_len = out.len;
             let sent = xsk.send(|buf| {
@@ -396,6 +501,7 @@ impl QueueDriver {
         s.publish_core(self.endpoint.totals());
         s.app_tasks.store(self.glue.tasks() as u64, Ordering::Relaxed);
         s.app_waiting.store(self.glue.waiting() as u64, Ordering::Relaxed);
+        s.mem_held.store(self.glue.held(), Ordering::Relaxed);
     }
 
     /// Sleep until a frame arrives, an app pokes us, or the next timer is due (at most

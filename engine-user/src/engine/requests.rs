@@ -12,7 +12,7 @@ use std::{
 use serde::Serialize;
 use synx_tcp::{
     Instant,
-    endpoint::{ConnectionHandle, Endpoint},
+    endpoint::Endpoint,
 };
 
 use super::stats::{self, QueueStats};
@@ -25,7 +25,7 @@ pub struct ConnectionRow {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub state: String,
-    /// Time since the peer was last heard from (XDP's LAST_SEEN), in milliseconds.
+    /// Time since the peer was last heard from (a segment the core accepted), in milliseconds.
     pub idle_ms: u64,
     pub keepalive_probes: u32,
     pub queue: u32,
@@ -35,27 +35,23 @@ pub struct ConnectionRow {
 pub type ConnsRequest = mpsc::Sender<Vec<ConnectionRow>>;
 
 /// Answer every `synx conns` request waiting in `requests` with the connections of `endpoint`
-/// (RX queue `queue`); `last_seen` is XDP's stamp of a slot's latest segment.
+/// (RX queue `queue`).
 pub fn answer_conns(
     requests: &mpsc::Receiver<ConnsRequest>,
     endpoint: &Endpoint,
     queue: u32,
     now: Instant,
-    last_seen: impl Fn(ConnectionHandle) -> Option<Instant>,
 ) {
     while let Ok(reply) = requests.try_recv() {
         let rows = endpoint
             .infos()
-            .map(|(h, info)| {
-                let seen = last_seen(h).unwrap_or(info.last_activity).max(info.last_activity);
-                ConnectionRow {
-                    local: info.local,
-                    remote: info.remote,
-                    state: info.state.to_string(),
-                    idle_ms: now.saturating_duration_since(seen).as_millis() as u64,
-                    keepalive_probes: info.keepalive_probes_sent,
-                    queue,
-                }
+            .map(|(_, info)| ConnectionRow {
+                local: info.local,
+                remote: info.remote,
+                state: info.state.to_string(),
+                idle_ms: now.saturating_duration_since(info.last_activity).as_millis() as u64,
+                keepalive_probes: info.keepalive_probes_sent,
+                queue,
             })
             .collect();
         let _ = reply.send(rows);

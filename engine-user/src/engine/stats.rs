@@ -96,6 +96,8 @@ queue_stats! {
         "Segments for no connection to an address nobody listens on, or while stopping (reset).";
     table_full: Counter "tcp_table_full"
         "Valid cookie ACKs refused: connection table full or tuple taken (reset).";
+    flows_full: Counter "tcp_flows_full"
+        "Connections reset at once because XDP's flow table had no room to route their segments.";
     connections: Gauge "tcp_connections" "Connections the TCP core holds (TIME_WAIT included), parked or not.";
     parked: Gauge "tcp_parked" "Idle connections folded into their slot, holding no boxed TCB.";
     app_tasks: Gauge "app_tasks" "Application tasks alive on the engine threads (local tasks and running turns).";
@@ -108,6 +110,22 @@ queue_stats! {
         "Times the kernel found the AF_XDP fill ring empty (rx_fill_ring_empty_descs).";
     tcp_parse_errors: Counter "tcp_parse_errors" "Frames whose TCP header or options did not parse.";
     dropped_by_tcp: Counter "tcp_dropped" "Segments of known connections the TCP core dropped (tcp_drop_* by reason).";
+    handed_off: Counter "tcp_handed_off"
+        "Segments that arrived on an RX queue other than their connection's, handed to its engine.";
+    handoff_dropped: Counter "tcp_handoff_dropped"
+        "Segments for another queue's connection dropped because its inbox was full.";
+    mem_held: Gauge "mem_held_bytes"
+        "Bytes of data buffers connections hold: TCP send and receive buffers and the queues to and from apps.";
+    mem_refused: Counter "mem_refused_segments"
+        "Data segments dropped because memory (in all, or the source's) is over its limit.";
+    mem_resets: Counter "mem_resets"
+        "Connections reset for holding the most memory while memory (in all, or the source's) was over its limit.";
+    persist_resets: Counter "persist_resets"
+        "Connections reset after waiting longer than the persist timeout behind a zero window with data to send.";
+    source_limited: Counter "tcp_source_limited"
+        "Valid cookie ACKs refused because their source holds as many connections as it may (reset).";
+    queue_panics: Counter "engine_queue_panics"
+        "Engine threads that panicked: their queue is served no more and the engine must be restarted.";
     @core {
         retransmits "tcp_retransmits"
             "Segments the TCP core sent again (fast, RACK, probe and timeout retransmissions).";

@@ -106,7 +106,16 @@ impl Connection {
         // A zero window still takes ACKs, URGs and RSTs (RFC 9293 3.10.7.4).
         let zero_window_ack = wnd == 0 && h.seq == nxt;
         if !acceptable && !zero_window_ack {
-            if !h.flags.rst() {
+            if !h.flags.rst() && !p.is_empty() && (h.seq + seg_len).le(nxt) {
+                // Data that arrived twice, all of it below RCV.NXT: ACKed at once and not
+                // rate-limited (a data segment is no ACK loop), as Linux's tcp_send_dupack,
+                // with the duplicate as a DSACK block (RFC 2883 4): the sender undoes a
+                // spurious retransmission by it.
+                if self.opts.sack_enabled {
+                    self.rcv.dsack = Some((h.seq, h.seq + p.len() as u32));
+                }
+                self.rcv.ack_now = true;
+            } else if !h.flags.rst() {
                 // RFC 9293 3.10.7.4 first: <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>, rate-limited.
                 self.challenge_ack(now);
             }

@@ -258,7 +258,7 @@ fn initial_buffers(config: &Config, wscale: bool) -> (u32, u32) {
 }
 
 impl Connection {
-    /// RFC 9293 3.10.7.3 (SYN-RECEIVED, ACK acceptable): build the TCB from the facts XDP's
+    /// RFC 9293 3.10.7.4 fifth check (SYN-RECEIVED, SND.UNA < SEG.ACK =< SND.NXT): build the TCB from the facts XDP's
     /// cookie carried and process the handshake's final ACK, which may carry data and a FIN.
     pub fn accept(
         now: Instant,

@@ -40,7 +40,8 @@ impl SendHalf {
         Self {
             una: iss + 1,
             nxt: iss + 1,
-            // Ensures the ACK's window is taken (RFC 9293 3.10.7.3: SND.WL1 = SEG.SEQ - 1 style).
+            // RFC 9293 3.10.7.4 fifth (SYN-RECEIVED -> ESTABLISHED) sets SND.WL1 <- SEG.SEQ from the
+            // ACK; one less here makes the ACK's own window update (same step) take its window.
             wl1: ack_seq - 1,
             wl2: ack_ack,
             wnd: 0,

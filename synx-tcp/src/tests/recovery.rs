@@ -149,6 +149,29 @@ fn a_dsack_undoes_a_spurious_fast_retransmit() {
 }
 
 #[test]
+fn a_recovery_that_ends_before_its_retransmission_left_is_undone() {
+    // RFC 8985 6.2 marks segment 10 lost (DupThresh SACKed, no reordering seen yet), but its
+    // retransmission has not left (it waits for the pacer) when the original arrives and the
+    // ACK passes the recovery point: nothing was resent, so the originals all arrived and the
+    // reduction is undone (RFC 3522's test with no retransmission to compare, as Linux's
+    // tcp_packet_delayed without a retrans_stamp).
+    let mut c = grown(30);
+    assert_eq!(out(&mut c, ms(100)).len(), 20);
+    for (to, t) in [(12, 110), (13, 111), (14, 112)] {
+        c.handle(ms(t), &sack_ack(10, &[(11, to)]), &[]);
+    }
+    assert_eq!((c.stats().rack_losses, c.stats().fast_recoveries), (1, 1));
+    assert!(c.info().cwnd < 20 * MSS);
+    // Nothing polled: the retransmission is still queued when everything is acknowledged.
+    c.handle(ms(113), &sack_ack(30, &[]), &[]);
+    assert_eq!((c.stats().undos, c.stats().retransmits), (1, 0));
+    assert!(c.info().cwnd >= 20 * MSS, "window back: {}", c.info().cwnd);
+    assert_eq!(c.info().ssthresh, u32::MAX, "back in slow start");
+    let sent = index(&out(&mut c, ms(113)));
+    assert!(sent.iter().all(|&i| i >= 30), "nothing resent: {sent:?}");
+}
+
+#[test]
 fn timestamps_undo_a_spurious_fast_retransmit_without_waiting_for_a_dsack() {
     // RFC 3522 (Linux's tcp_packet_delayed): the ACK that ends recovery echoes a timestamp
     // older than the first retransmission, so it was sent for an original: undo at once.
@@ -267,6 +290,14 @@ fn duplicates_are_reported_as_dsack_blocks_once() {
     c.handle(ms(63), &peer(12, 0), b"cdefghij");
     let acks = out(&mut c, ms(63));
     assert!(acks.iter().all(|(h, _)| h.options.sack.as_slice().iter().all(|&b| b != (SeqNum(IRS + 6), SeqNum(IRS + 11)))));
+    // A whole segment again, entirely below RCV.NXT (a retransmission that followed its late
+    // original): every copy is answered at once with its DSACK, not rate-limited like
+    // challenge ACKs (as Linux's tcp_send_dupack).
+    for i in 0..20 {
+        c.handle(ms(64) + Duration::from_micros(i), &peer(12, 0), b"cdefghij");
+        let (h, _) = one(&mut c, ms(64) + Duration::from_micros(i));
+        assert_eq!(h.options.sack.as_slice()[0], (SeqNum(IRS + 13), SeqNum(IRS + 21)), "copy {i}");
+    }
     // Without SACK, no DSACK.
     let mut c = established();
     c.handle(ms(1), &peer(0, 0), b"0123");

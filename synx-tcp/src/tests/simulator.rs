@@ -331,3 +331,12 @@ fn wan_figures() {
 }
 
 
+
+/// The initial slow start ends before it overflows a bottleneck queue of one BDP (RTT 40 ms,
+/// 100 Mbit/s, 4 MiB, nothing else lost): HyStart's ACK train (as Linux's hystart_update;
+/// RFC 9406's delay test alone ends it a round late) and RFC 9406 4.3 after it.
+#[test]
+fn slow_start_ends_before_a_one_bdp_queue_overflows() {
+    let o = transfer(1, (4 << 20, 0), wan(0, 0), ALL, Config::default());
+    assert_eq!(o.retransmits, 0, "slow start overflowed the queue");
+}

@@ -174,8 +174,10 @@ const TABLE: &[(State, Seg, Reply, State, Handled, Count)] = &[
     (FinWait2,    DataFarAhead, Ack, FinWait2,    Handled::Dropped(D::Unacceptable), Count::ChallengeAck),
     (Closing,     DataFarAhead, Ack, Closing,     Handled::Dropped(D::Unacceptable), Count::ChallengeAck),
     (TimeWait,    DataFarAhead, Ack, TimeWait,    Handled::Dropped(D::Unacceptable), Count::ChallengeAck),
-    (Established, DataOld,      Ack, Established, Handled::Dropped(D::Unacceptable), Count::ChallengeAck),
-    (FinWait2,    DataOld,      Ack, FinWait2,    Handled::Dropped(D::Unacceptable), Count::ChallengeAck),
+    // Old data is ACKed too, but always (no challenge ACK counted): a data segment is no ACK
+    // loop, and the ACK carries the duplicate's DSACK (RFC 2883 4, as Linux's tcp_send_dupack).
+    (Established, DataOld,      Ack, Established, Handled::Dropped(D::Unacceptable), Count::Nothing),
+    (FinWait2,    DataOld,      Ack, FinWait2,    Handled::Dropped(D::Unacceptable), Count::Nothing),
     (CloseWait,   FinAgain,     Ack, CloseWait,   Handled::Dropped(D::Unacceptable), Count::ChallengeAck),
     (LastAck,     FinAgain,     Ack, LastAck,     Handled::Dropped(D::Unacceptable), Count::ChallengeAck),
     (Closing,     FinAgain,     Ack, Closing,     Handled::Dropped(D::Unacceptable), Count::ChallengeAck),

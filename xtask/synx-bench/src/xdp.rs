@@ -162,7 +162,7 @@ pub fn micro(calls: u32, flows: u32) -> anyhow::Result<serde_json::Value> {
         restore.push(r);
     }
 
-    // A segment of a known flow, each run another of the table's flows: LAST_SEEN stamped, then
+    // A segment of a known flow, each run another of the table's flows: the lookup, then
     // the redirect to the queue's AF_XDP socket, which no socket is bound to here: the
     // redirect fails (counted) and the frame is dropped, so its delivery is not in the figure.
     e.load_bench_programs(&data)?;

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
 use crate::engine::listeners::LocalHandler;
+use crate::engine::memory::{Level, Memory, MemoryLimits};
 use crate::apps;
 
 const ISS: u32 = 1_000;
@@ -85,11 +86,15 @@ struct Bed {
 
 impl Bed {
     fn new() -> Self {
+        Self::with_memory(MemoryLimits::default())
+    }
+
+    fn with_memory(limits: MemoryLimits) -> Self {
         let config = Config { recv_buffer: 64 * 1024, send_buffer: 64 * 1024, ..Config::default() };
         let stats = Arc::new(QueueStats::default());
         Self {
             ep: Endpoint::new(config, 16),
-            glue: Glue::new(Arc::new(EngineWaker::new()), stats.clone()),
+            glue: Glue::new(Arc::new(EngineWaker::new()), stats.clone(), Arc::new(Memory::new(limits))),
             stats,
             now: Instant::from_nanos(1_000_000_000),
             released: Vec::new(),
@@ -125,13 +130,17 @@ impl Bed {
     /// The client sends a segment (always with ACK) into the endpoint, as the queue loop
     /// delivers one.
     fn send(&mut self, c: &mut Client, flags: Flags, data: &[u8]) -> Disposition {
+        self.send_with_window(c, flags, data, 65535)
+    }
+
+    fn send_with_window(&mut self, c: &mut Client, flags: Flags, data: &[u8], window: u16) -> Disposition {
         let h = Header {
             src_port: c.remote.port(),
             dst_port: local().port(),
             seq: c.snd_nxt,
             ack: c.rcv_nxt,
             flags: flags | Flags::ACK,
-            window: 65535,
+            window,
             ..Default::default()
         };
         c.snd_nxt += data.len() as u32 + u32::from(flags.fin());
@@ -146,11 +155,7 @@ impl Bed {
     /// events and output, the client taking (and acknowledging) what it is sent.
     async fn settle(&mut self, c: &mut Client) {
         for _ in 0..ROUNDS {
-            tokio::task::yield_now().await;
-            self.glue.serve_poked(&mut self.ep, self.now);
-            self.ep.handle_timeout(self.now);
-            let released = &mut self.released;
-            self.glue.handle_events(&mut self.ep, self.now, |_, _, remote| released.push(remote));
+            self.app_jobs().await;
             let mut buf = [0u8; 2048];
             let mut news = false;
             while let Some(t) = self.ep.poll_transmit(self.now, &mut buf) {
@@ -168,6 +173,25 @@ impl Bed {
             if news && !c.rst {
                 self.send(c, Flags::ACK, &[]);
             }
+        }
+    }
+
+    /// One loop turn's app-side jobs but output: the apps, poked streams, timers, events.
+    async fn app_jobs(&mut self) {
+        tokio::task::yield_now().await;
+        self.glue.serve_poked(&mut self.ep, self.now);
+        self.ep.handle_timeout(self.now);
+        let released = &mut self.released;
+        self.glue.handle_events(&mut self.ep, self.now, |_, _, remote| released.push(remote));
+    }
+
+    /// The loop's app-side jobs for [`ROUNDS`] turns, what is sent going nowhere (clients that
+    /// read nothing).
+    async fn run_apps(&mut self) {
+        for _ in 0..ROUNDS {
+            self.app_jobs().await;
+            let mut buf = [0u8; 2048];
+            while self.ep.poll_transmit(self.now, &mut buf).is_some() {}
         }
     }
 
@@ -422,8 +446,8 @@ fn shared(slot: u32) -> Arc<StreamShared> {
 fn the_glue_table_counts_connections_and_waiting_ones() {
     let mut t = GlueTable::default();
     assert!(t.is_empty());
-    t.insert(5, SlotGlue { link: Link::default(), app: AppSide::Turn(shared(5), 0) });
-    t.insert(0, SlotGlue { link: Link::default(), app: AppSide::Task(shared(0)) });
+    t.insert(5, SlotGlue { link: Link::default(), app: AppSide::Turn(shared(5), 0), held: 0 });
+    t.insert(0, SlotGlue { link: Link::default(), app: AppSide::Task(shared(0)), held: 0 });
     assert_eq!((t.len, t.waiting), (2, 0));
     assert!(t.get(3).is_none(), "slots between are empty");
     let s = match &t.get(5).unwrap().app {
@@ -438,7 +462,7 @@ fn the_glue_table_counts_connections_and_waiting_ones() {
     t.set_app(5, AppSide::Turn(shared(5), 0));
     t.set_app(5, AppSide::Waiting(0));
     // A new incarnation in the slot replaces the old glue, counts and all.
-    t.insert(5, SlotGlue { link: Link::default(), app: AppSide::Turn(shared(5), 0) });
+    t.insert(5, SlotGlue { link: Link::default(), app: AppSide::Turn(shared(5), 0), held: 0 });
     assert_eq!((t.len, t.waiting), (2, 0));
     t.set_app(5, AppSide::Waiting(0));
     assert_eq!(t.slots().collect::<Vec<_>>(), vec![0, 5]);
@@ -455,4 +479,126 @@ fn the_glue_table_counts_connections_and_waiting_ones() {
 fn a_slot_of_glue_is_small() {
     // Every slot of the table costs this, for every connection, waiting or not.
     assert!(std::mem::size_of::<Option<SlotGlue>>() <= 32, "{} B", std::mem::size_of::<Option<SlotGlue>>());
+}
+
+#[test]
+fn each_reset_to_a_stranger_goes_back_over_the_link_its_frame_came_by() {
+    run(async {
+        let mut bed = Bed::new();
+        let listener = Arc::new(echo_turns());
+        let mut c = bed.connect(&listener, 40001, &[]);
+        let conn_link = Link { local_mac: [2, 0, 0, 0, 0, 1], remote_mac: [2, 0, 0, 0, 0, 0xcc] };
+        bed.glue.set_link(c.h.slot(), conn_link);
+        // One batch: two strangers from different hosts (a segment for no connection and no
+        // listener), and in between data for the connection, whose echo goes out with them.
+        let link_of = |i: u8| Link { local_mac: [2, 0, 0, 0, 0, 1], remote_mac: [2, 0, 0, 0, 0, i] };
+        let stranger = |port: u16| SocketAddr::new("198.18.0.9".parse().unwrap(), port);
+        let ack = |port: u16| Header { src_port: port, dst_port: 81, seq: SeqNum(7), ack: SeqNum(9), flags: Flags::ACK, ..Default::default() };
+        for (port, i) in [(50001, 0xa1), (50002, 0xa2)] {
+            let to: SocketAddr = SocketAddr::new(local().ip(), 81);
+            let before = bed.ep.pending_resets();
+            let refused = bed.ep.accept_cookie(bed.now, to, stranger(port), &ack(port), &[], None::<Arc<ListenerEntry>>, || None);
+            assert!(refused.is_err());
+            bed.glue.note_stranger(&bed.ep, before, link_of(i));
+            if port == 50001 {
+                bed.send(&mut c, Flags::PSH, b"hello");
+                tokio::task::yield_now().await;
+                bed.glue.serve_poked(&mut bed.ep, bed.now);
+            }
+        }
+        let mut buf = [0u8; 2048];
+        let mut sent = Vec::new();
+        while let Some(out) = bed.ep.poll_transmit(bed.now, &mut buf) {
+            sent.push((out.remote, bed.glue.link_for(&out)));
+        }
+        assert!(sent.contains(&(stranger(50001), Some(link_of(0xa1)))), "{sent:?}");
+        assert!(sent.contains(&(stranger(50002), Some(link_of(0xa2)))), "{sent:?}");
+        assert!(sent.iter().any(|&(to, link)| to == c.remote && link == Some(conn_link)), "{sent:?}");
+        assert!(sent.iter().all(|&(to, link)| (to == c.remote) == (link == Some(conn_link))), "{sent:?}");
+    });
+}
+
+/// A zero-window holder: 48 KiB echoed into a peer that reads nothing.
+async fn holder(bed: &mut Bed, port: u16) -> Client {
+    let mut c = bed.connect(&Arc::new(echo_turns()), port, &[]);
+    bed.run_apps().await;
+    for _ in 0..3 {
+        // A zero window: it reads nothing we send.
+        bed.send_with_window(&mut c, Flags::PSH, &[7u8; 16 * 1024], 0);
+        bed.run_apps().await;
+    }
+    c
+}
+
+#[test]
+fn memory_over_its_limit_resets_the_largest_holders_and_spares_the_light() {
+    run(async {
+        let limits = MemoryLimits { limit: 256 * 1024, ..MemoryLimits::default() };
+        let mut bed = Bed::with_memory(limits);
+        let mut light = bed.connect(&Arc::new(echo_turns()), 40100, &[]);
+        let holders = [holder(&mut bed, 40101).await, holder(&mut bed, 40102).await];
+        let held = bed.glue.held();
+        assert!(held >= 2 * 48 * 1024, "two holders hold their echo: {held}");
+        assert_eq!(bed.glue.memory.used(), held, "one account");
+        assert_eq!(bed.glue.enforce(&mut bed.ep, bed.now, 1), Enforced::default(), "under the limit: nothing");
+        // Three more and memory is over its limit: new data for a holder is refused, and the
+        // largest holders go until the total is under pressure (192 KiB) again.
+        let more = [holder(&mut bed, 40103).await, holder(&mut bed, 40104).await, holder(&mut bed, 40105).await];
+        assert_eq!(bed.glue.memory.level(), Level::Over, "{} held", bed.glue.held());
+        assert!(bed.glue.may_refuse_data());
+        assert!(bed.glue.refuses_data(holders[0].h, holders[0].remote.ip()));
+        assert!(!bed.glue.refuses_data(light.h, light.remote.ip()), "a connection holding nothing may start");
+        let done = bed.glue.enforce(&mut bed.ep, bed.now, 1);
+        bed.run_apps().await;
+        assert!(done.memory_resets >= 1 && done.persist_resets == 0, "{done:?}");
+        assert!(bed.glue.memory.level() < Level::Over, "{} held", bed.glue.held());
+        assert!(bed.glue.held() <= limits.pressure(), "{} held", bed.glue.held());
+        assert_eq!(bed.released.len() as u64, done.memory_resets, "each reset released");
+        assert!(holders.iter().chain(&more).any(|c| bed.released.contains(&c.remote)));
+        // The light connection is still served.
+        bed.send(&mut light, Flags::PSH, b"still there?");
+        bed.settle(&mut light).await;
+        assert_eq!(light.received, b"still there?");
+        assert!(!light.rst);
+    });
+}
+
+#[test]
+fn a_connection_in_persist_past_the_timeout_is_reset_and_its_memory_given_back() {
+    run(async {
+        let limits = MemoryLimits { persist_timeout: std::time::Duration::from_secs(60), ..MemoryLimits::default() };
+        let mut bed = Bed::with_memory(limits);
+        let c = holder(&mut bed, 40200).await;
+        assert!(bed.glue.held() > 0);
+        assert_eq!(bed.glue.enforce(&mut bed.ep, bed.now, 1), Enforced::default(), "persist starts now");
+        bed.now = bed.now + std::time::Duration::from_secs(59);
+        bed.ep.handle_timeout(bed.now);
+        assert_eq!(bed.glue.enforce(&mut bed.ep, bed.now, 1), Enforced::default(), "not yet");
+        bed.now = bed.now + std::time::Duration::from_secs(1);
+        let done = bed.glue.enforce(&mut bed.ep, bed.now, 1);
+        assert_eq!(done, Enforced { memory_resets: 0, persist_resets: 1 });
+        bed.run_apps().await;
+        assert_eq!(bed.released, [c.remote]);
+        assert_eq!((bed.glue.held(), bed.glue.memory.used()), (0, 0), "all given back");
+    });
+}
+
+#[test]
+fn a_source_over_its_memory_has_its_data_refused_and_its_largest_connection_reset() {
+    run(async {
+        let limits = MemoryLimits { bytes_per_source: Some(64 * 1024), ..MemoryLimits::default() };
+        let mut bed = Bed::with_memory(limits);
+        let a = holder(&mut bed, 40301).await;
+        assert!(bed.glue.held() > 48 * 1024);
+        bed.glue.enforce(&mut bed.ep, bed.now, 1);
+        assert!(!bed.glue.refuses_data(a.h, a.remote.ip()), "one holder is within the source's limit");
+        let b = holder(&mut bed, 40302).await;
+        let done = bed.glue.enforce(&mut bed.ep, bed.now, 1);
+        assert_eq!(done.memory_resets, 1, "the source (both from 198.18.0.2) is over: its largest goes");
+        assert!(bed.glue.refuses_data(b.h, b.remote.ip()) || bed.glue.refuses_data(a.h, a.remote.ip()));
+        bed.run_apps().await;
+        assert_eq!(bed.released.len(), 1);
+        bed.glue.enforce(&mut bed.ep, bed.now, 1);
+        assert!(!bed.glue.may_refuse_data(), "under its limit again");
+    });
 }

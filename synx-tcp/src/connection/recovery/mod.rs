@@ -12,7 +12,7 @@ use core::time::Duration;
 
 use super::send::SendHalf;
 use super::stats::Stats;
-use crate::congestion::Congestion;
+use crate::congestion::{AckTrain, Congestion};
 use crate::rtt::RttEstimator;
 use crate::seq::SeqNum;
 use crate::{Config, Instant};
@@ -111,6 +111,8 @@ pub(super) struct Recovery {
     pub rtt: RttEstimator,
     pub consecutive_rtos: u32,
     pub cc: Congestion,
+    /// HyStart's ACK train in the initial slow start (not folded: see [`AckTrain`]).
+    ack_train: AckTrain,
     sent: SentQueue,
     rack: Rack,
     phase: Phase,
@@ -162,6 +164,7 @@ impl Recovery {
             rtt,
             consecutive_rtos: 0,
             cc,
+            ack_train: AckTrain::default(),
             sent: SentQueue::default(),
             rack,
             phase: Phase::Open,
@@ -434,6 +437,10 @@ impl Recovery {
         self.tlp_on_ack(s, dsack, una_advanced || sacked > 0, mss, stats);
         // The window: PRR while reducing, else slow start or congestion avoidance by what was
         // delivered, on ACKs that move SND.UNA (as Linux's tcp_may_raise_cwnd).
+        if let (false, Some(_), Some(min_rtt)) = (self.reducing(), ca_rtt, self.rack.min_rtt()) {
+            let train = self.ack_train.on_ack(now);
+            self.cc.on_ack_train(train, mss, min_rtt, self.rtt.srtt(), config.pacing);
+        }
         if self.reducing() {
             self.prr_ack(delivered, mss, sack, una_advanced && newly_lost == 0);
         } else if una_advanced && self.is_cwnd_limited() {
@@ -459,10 +466,12 @@ impl Recovery {
             return false;
         }
         self.begin_reduction(s, mss);
+        // A congestion signal, not a loss that may prove spurious: never undone (as Linux's
+        // tcp_enter_cwr clears undo_marker).
+        self.undo = None;
         if s.una == s.nxt {
             // Nothing in flight to pace the reduction over: done at once.
             self.cc.end_reduction();
-            self.undo = None;
         } else {
             self.phase = Phase::Cwr(s.nxt);
         }
@@ -562,7 +571,10 @@ impl Recovery {
     /// marked lost is in flight after all (Linux's tcp_try_undo_loss).
     fn try_undo(&mut self, tsecr: Option<u32>, unmark: bool, stats: &mut Stats) -> bool {
         let Some(u) = self.undo else { return false };
-        if u.retrans != Some(0) && !self.eifel_delayed(tsecr) {
+        // Nothing retransmitted yet in the episode (the retransmission still waited for the
+        // pacer) and the ACK passed what was marked lost: the originals arrived (Linux's
+        // tcp_packet_delayed with no retrans_stamp).
+        if u.retrans.is_some_and(|n| n > 0) && !self.eifel_delayed(tsecr) {
             return false;
         }
         self.undo = None;
@@ -599,6 +611,8 @@ impl Recovery {
             if self.phase == Phase::Open {
                 self.begin_reduction(s, mss);
                 self.cc.end_reduction();
+                // A loss repaired: nothing to undo.
+                self.undo = None;
                 stats.tlp_recoveries += 1;
             }
         } else if !progress {

@@ -107,7 +107,7 @@ fn await_held(rig: &Rig, side: Side, want: u64, limit: Duration) -> anyhow::Resu
 }
 
 /// BPF map memory per connection slot: the kernel's memlock accounting of every map sized by
-/// the connection limit (FLOWS4, FLOWS6, LAST_SEEN), divided by that limit; and the limit.
+/// the connection limit (FLOWS4, FLOWS6), divided by that limit; and the limit.
 pub fn bpf_bytes_per_slot(pid: u32) -> anyhow::Result<(f64, u32)> {
     const BPF_MAP_TYPE_HASH: u32 = 1;
     let maps = testbed::process_bpf_maps(pid);

@@ -11,7 +11,7 @@ pub fn xdp(ctx: &mut Ctx) -> anyhow::Result<()> {
     let calls = if ctx.plan.quick { 40 } else { 200 };
     let rows = [
         ("xdp_synack_ns", "SYN -> SYN-ACK, 1000 SYNs per call from 65,536 sources, less the frame restore (signed median); kernel: the same program with the cookie from bpf_tcp_raw_gen_syncookie_ipv4 plus a SipHash-1-3 of the tuple for the TSval offset (the helper gives none; synx's SYN-ACK needs one)"),
-        ("xdp_flow_segment_to_unbound_redirect_ns", "segment of a known flow, each run another of the table's flows: lookup, LAST_SEEN stamped, redirect to a queue with no AF_XDP socket bound (fails, counted): delivery not included"),
+        ("xdp_flow_segment_to_unbound_redirect_ns", "segment of a known flow, each run another of the table's flows: lookup, redirect to a queue with no AF_XDP socket bound (fails, counted): delivery not included"),
         ("xdp_cookie_ack_single_call_ns", "final ACK: cookie validated, the tuple claimed, unbound redirect; one per call, the test-run harness included (see xdp_test_run_floor_ns)"),
         ("xdp_test_run_floor_ns", "a program that only returns, one per call: the harness's own cost"),
     ];
