@@ -64,7 +64,7 @@ impl Drop for Flood {
 #[test]
 fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat() {
     let _alone = CPU_HEAVY.write().unwrap_or_else(|e| e.into_inner());
-    let bed = Bed::start("echo", &[]);
+    let bed = Bed::start("echo", &["--metrics", METRICS]);
     // Warm up: one connection, so the engine's buffers and tables exist before we measure.
     assert_eq!(bed.client(false, |mut s| echo_roundtrip(&mut s, b"warm")), b"warm");
     assert!(bed.wait_no_conns());
@@ -109,6 +109,9 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
         bed.daemon.counter("xdp_syn_cookie_sent").unwrap() > synacks_before + 30_000
     });
     assert!(flooding, "the flood never got going: {:?}; trafgen said: {}", bed.daemon.stats().unwrap(), flood.said());
+    // A scrape during the flood answers, and sees it: the exporter waits on no engine thread.
+    let during = parse_exposition(&scrape(&bed).expect("a scrape during the flood"));
+    assert!(during[&("synx_xdp_syn_cookie_sent_total".to_string(), String::new())] > synacks_before + 30_000);
 
     // Legitimate clients during the flood: 100 connections, 32 KiB echoed by each.
     let addr = bed.addr(false);
@@ -153,6 +156,81 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
     let grown = rss_during.saturating_sub(rss_before);
     assert!(grown < 2 << 20, "RSS grew by {grown} bytes during {synacks} SYN-ACKs");
     eprintln!("flood: {synacks} SYN-ACKs in {:?}, RSS {rss_before} -> {rss_during}", started.elapsed());
+    metrics_agree_with_stats_and_promtool(&bed);
+}
+
+/// Where the daemons of this file serve metrics, inside their own namespace.
+const METRICS: &str = "127.0.0.1:9464";
+
+/// `GET /metrics` from inside the daemon's namespace: the body, within 10 s.
+fn scrape(bed: &Bed) -> anyhow::Result<String> {
+    bed.net.server.run(|| {
+        let mut s = TcpStream::connect_timeout(&METRICS.parse().unwrap(), Duration::from_secs(10))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: synx\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        let (head, body) = reply.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no head: {reply}"))?;
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+        Ok(body.to_string())
+    })?
+}
+
+/// Samples by name and labels (as written, in order).
+fn parse_exposition(text: &str) -> std::collections::HashMap<(String, String), u64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {l:?}"));
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            ((name.to_string(), labels.trim_end_matches('}').to_string()), value.parse().unwrap_or_else(|_| panic!("{l}")))
+        })
+        .collect()
+}
+
+/// promtool accepts a scrape, and every value of `synx stats --json` is there: a counter read
+/// between two `synx stats` lies between their values, summed over queues (and reasons).
+fn metrics_agree_with_stats_and_promtool(bed: &Bed) {
+    let text = scrape(bed).unwrap();
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus; `cargo xtask setup` installs it)");
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool: {} {}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    let before = bed.daemon.stats().unwrap();
+    let samples = parse_exposition(&scrape(bed).unwrap());
+    let after = bed.daemon.stats().unwrap();
+    let before = before.as_object().unwrap();
+    assert!(before.len() > 40, "{before:?}");
+    for (stat, was) in before {
+        let (was, now) = (was.as_u64().unwrap(), after[stat].as_u64().unwrap());
+        let (family, reason) = synx::metrics::exposed_as(stat).unwrap_or((stat, None));
+        let names = [format!("synx_{family}_total"), format!("synx_{family}")];
+        let matching: Vec<u64> = samples
+            .iter()
+            .filter(|((name, labels), _)| {
+                names.contains(name) && reason.is_none_or(|r| labels.contains(&format!("reason=\"{r}\"")))
+            })
+            .map(|(_, v)| *v)
+            .collect();
+        assert!(!matching.is_empty(), "{stat} is not exposed");
+        let got: u64 = matching.iter().sum();
+        assert!(was.min(now) <= got && got <= was.max(now), "{stat}: stats {was} then {now}, metrics {got}");
+    }
+    let memory = samples[&("synx_process_resident_memory_bytes".to_string(), String::new())];
+    assert!(memory > 1 << 20, "{memory}");
+    assert!(samples[&("synx_bpf_map_memory_bytes".to_string(), String::new())] > 0);
 }
 
 #[test]

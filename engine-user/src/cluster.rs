@@ -38,6 +38,7 @@ use engine_common::{
 use crate::{
     bpf::{PeerRing, SecretsPublisher, Switches, XdpSettings, kernel_clock},
     cookie_key::{CookieKey, SecretSource},
+    engine::{Metric, gauge},
 };
 
 /// How often the secrets are looked at (each period's are published ahead; the shared clock's
@@ -167,6 +168,21 @@ pub struct PeerReport {
     pub self_key_differs: bool,
 }
 
+/// What [`Cluster::stats`] reports (`synx stats`, `--metrics`), in its order: the first three
+/// always, the peers' with `--peer-hosts`.
+const GAUGES: [Metric; 10] = [
+    gauge("draining", "1 while this host drains: new SYNs are not answered, established connections go on."),
+    gauge("cookie_key_shared", "1 when the cookie secrets derive from a key shared with other hosts."),
+    gauge("clock_unsynchronized", "1 when the kernel says its clock is not synchronized (the shared key's periods need it)."),
+    gauge("peers_reachable", "Peer hosts that answered within the last few seconds."),
+    gauge("peers_draining", "Reachable peer hosts that drain."),
+    gauge("peers_clock_off", "Reachable peer hosts whose clock differs from ours by more than the tolerance."),
+    gauge("peers_other_key", "Reachable peer hosts whose cookie key differs from ours."),
+    gauge("clock_peer_offset_max_ms", "The largest clock difference to a reachable peer host, in milliseconds."),
+    gauge("clock_off", "1 when this host's clock differs from most reachable peers'."),
+    gauge("cookie_key_differs", "1 when this host's cookie key differs from most reachable peers'."),
+];
+
 fn report(peers: &HashMap<SocketAddrV4, PeerSeen>, fingerprint: u64, now: Instant) -> PeerReport {
     let mut r = PeerReport::default();
     for p in peers.values().filter(|p| now.duration_since(p.at) < PEER_STALE) {
@@ -274,25 +290,25 @@ impl Cluster {
     }
 
     /// Gauges for `synx stats`.
-    pub fn stats(&self) -> Vec<(&'static str, u64)> {
-        let mut out = vec![
-            ("draining", u64::from(self.draining())),
-            ("cookie_key_shared", u64::from(self.shared_key)),
-            ("clock_unsynchronized", u64::from(self.shared.kernel_unsynchronized.load(Ordering::Relaxed))),
+    pub fn stats(&self) -> Vec<(&'static Metric, u64)> {
+        let mut values = vec![
+            u64::from(self.draining()),
+            u64::from(self.shared_key),
+            u64::from(self.shared.kernel_unsynchronized.load(Ordering::Relaxed)),
         ];
         if self.peers {
             let r = self.peers();
-            out.extend([
-                ("peers_reachable", r.reachable),
-                ("peers_draining", r.draining),
-                ("peers_clock_off", r.clock_off),
-                ("peers_other_key", r.other_key),
-                ("clock_peer_offset_max_ms", r.max_offset_ms),
-                ("clock_off", u64::from(r.self_clock_off)),
-                ("cookie_key_differs", u64::from(r.self_key_differs)),
+            values.extend([
+                r.reachable,
+                r.draining,
+                r.clock_off,
+                r.other_key,
+                r.max_offset_ms,
+                u64::from(r.self_clock_off),
+                u64::from(r.self_key_differs),
             ]);
         }
-        out
+        GAUGES.iter().zip(values).collect()
     }
 
     /// Stop the thread (the engine's shutdown).

@@ -173,6 +173,8 @@ pub struct RunConfig {
     /// How long SIGTERM lets connections finish before resetting the rest.
     pub grace: Duration,
     pub app_threads: AppThreads,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
     pub memory: MemoryLimits,
     /// Serving with other hosts (shared cookie key, peers, draining).
     pub cluster: ClusterOptions,
@@ -219,6 +221,7 @@ pub struct FileConfig {
     pub busy_poll: Option<String>,
     pub grace: Option<String>,
     pub app_threads: Option<String>,
+    pub metrics: Option<String>,
     pub mem_limit: Option<String>,
     pub max_conns_per_source: Option<u32>,
     pub mem_per_source: Option<String>,
@@ -254,6 +257,7 @@ pub struct FlagConfig {
     pub busy_poll: Option<Duration>,
     pub grace: Option<Duration>,
     pub app_threads: Option<AppThreads>,
+    pub metrics: Option<SocketAddr>,
     pub mem_limit: Option<u64>,
     pub max_conns_per_source: Option<u32>,
     pub mem_per_source: Option<u64>,
@@ -315,6 +319,13 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         bounds::MAX_CONNS.check(flags.max_conns.or(file.max_conns).unwrap_or(RunConfig::DEFAULT_MAX_CONNS))?;
     let busy_poll = bounds::BUSY_POLL.check(flags.busy_poll.or(dur(file.busy_poll)?).unwrap_or(Duration::ZERO))?;
     let grace = bounds::GRACE.check(flags.grace.or(dur(file.grace)?).unwrap_or(RunConfig::DEFAULT_GRACE))?;
+    let metrics = match (flags.metrics, file.metrics.as_deref()) {
+        (Some(a), _) => Some(a),
+        (None, None) => None,
+        (None, Some(text)) => Some(text.parse::<SocketAddr>().map_err(|e| {
+            format!("metrics {text:?}: {e} (write ADDR:PORT, e.g. \"127.0.0.1:9464\")")
+        })?),
+    };
     let size = |v: Option<String>| v.as_deref().map(parse_size).transpose();
     let memory = MemoryLimits {
         limit: bounds::MEM_LIMIT.check(flags.mem_limit.or(size(file.mem_limit)?).unwrap_or(MemoryLimits::DEFAULT_LIMIT))?,
@@ -361,6 +372,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         busy_poll,
         grace,
         app_threads,
+        metrics,
         memory,
         cluster,
     })
@@ -468,6 +480,7 @@ mod tests {
             msl = "1s"
             busy_poll = "50us"
             app_threads = "worker"
+            metrics = "[::1]:9464"
             "#,
         )
         .unwrap();
@@ -488,6 +501,7 @@ mod tests {
         assert_eq!(c.xdp_mode, AttachMode::Skb);
         assert_eq!(c.busy_poll, Duration::from_micros(50));
         assert_eq!(c.app_threads, AppThreads::Worker);
+        assert_eq!(c.metrics, Some("[::1]:9464".parse().unwrap()));
 
         let d = merge(
             FlagConfig {
@@ -505,6 +519,7 @@ mod tests {
         assert_eq!(d.app, App::Echo);
         assert_eq!(d.busy_poll, Duration::ZERO);
         assert_eq!(d.app_threads, AppThreads::Engine);
+        assert_eq!(d.metrics, None);
     }
 
     #[test]
@@ -585,7 +600,9 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
         let threads: FileConfig = toml::from_str(r#"app_threads = "many""#).unwrap();
         let flags = FlagConfig { iface: Some("x".into()), listen: vec!["198.18.0.1:7".parse().unwrap()], ..Default::default() };
-        assert!(merge(flags, threads).unwrap_err().contains("engine or worker"));
+        assert!(merge(flags.clone(), threads).unwrap_err().contains("engine or worker"));
+        let metrics: FileConfig = toml::from_str(r#"metrics = "9464""#).unwrap();
+        assert!(merge(flags, metrics).unwrap_err().contains("ADDR:PORT"));
     }
 
     #[test]

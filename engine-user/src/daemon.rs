@@ -9,11 +9,14 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
+
 use crate::{
     apps,
     config::{self, AppThreads, FileConfig, FlagConfig, ListenSpec, RunConfig},
     control::{self, Request, Responder},
     engine::{Engine, EngineOptions},
+    metrics::Exporter,
 };
 
 /// The running daemon as the control socket and SIGHUP see it.
@@ -77,6 +80,25 @@ fn fixed_settings_changed(old: &RunConfig, new: &RunConfig) -> Vec<&'static str>
     }
     if old.app_threads != new.app_threads {
         names.push("app_threads");
+    }
+    // The exporter's socket is bound once at start.
+    if old.metrics != new.metrics {
+        names.push("metrics");
+    }
+    // The memory account's limits are read without locks by every queue thread, and the TCP
+    // core's buffer budget was set from them at start.
+    let (m, n) = (&old.memory, &new.memory);
+    if m.limit != n.limit {
+        names.push("mem_limit");
+    }
+    if m.conns_per_source != n.conns_per_source {
+        names.push("max_conns_per_source");
+    }
+    if m.bytes_per_source != n.bytes_per_source {
+        names.push("mem_per_source");
+    }
+    if m.persist_timeout != n.persist_timeout {
+        names.push("persist_timeout");
     }
     let (a, b) = (&old.cluster, &new.cluster);
     if a.cookie_key_file != b.cookie_key_file {
@@ -219,6 +241,16 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
         memory: cfg.memory,
         cluster: cfg.cluster.clone(),
     })?);
+    // Off the engine threads and the runtime: a scrape reads counters and never waits on either.
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            let engine = engine.clone();
+            let exporter = Exporter::start(addr, move || engine.metric_families().map_err(|e| format!("{e:#}")))
+                .with_context(|| format!("metrics on {addr}: pass another --metrics ADDR:PORT"))?;
+            Some(exporter)
+        }
+        None => None,
+    };
     let daemon = Arc::new(Daemon { engine: engine.clone(), flags, config_file, current: Mutex::new(cfg.clone()) });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     // Removes the socket on the way out, if it is still the one this daemon created.
@@ -235,12 +267,13 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
         let mut out = std::io::stdout();
         writeln!(
             out,
-            "listening on {} (iface {}, xdp {:?}, {queues} queue{}, apps on {})",
+            "listening on {} (iface {}, xdp {:?}, {queues} queue{}, apps on {}){}",
             specs.join(", "),
             cfg.iface,
             cfg.xdp_mode,
             if queues == 1 { "" } else { "s" },
             if cfg.app_threads == AppThreads::Engine { "the engine threads" } else { "a worker thread" },
+            metrics.as_ref().map(|m| format!(", metrics at http://{}/metrics", m.local_addr())).unwrap_or_default(),
         )?;
         out.flush()?;
         use tokio::signal::unix::{SignalKind, signal};
@@ -278,6 +311,7 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
     }
     engine.shutdown(if result.is_ok() { grace } else { Duration::ZERO });
     drop(bound);
+    drop(metrics);
     drop(rt);
     drop(daemon);
     // The last reference detaches the XDP program (bpf_link).
@@ -285,5 +319,37 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
     match died {
         Some(failure) => Err(anyhow::anyhow!("{failure}: stopped")),
         None => result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileConfig, FlagConfig, merge};
+
+    fn config(toml_text: &str) -> RunConfig {
+        let file: FileConfig = toml::from_str(toml_text).unwrap();
+        merge(FlagConfig::default(), file).unwrap()
+    }
+
+    const BASE: &str = r#"
+        iface = "eth0"
+        listen = ["198.18.0.1:7"]
+    "#;
+
+    #[test]
+    fn a_reload_names_every_setting_it_cannot_apply_and_passes_those_it_can() {
+        let old = config(BASE);
+        // What a reload applies in place is not reported as fixed.
+        let applied = config(&format!("{BASE}\nkeepalive_idle = \"10m\"\ngrace = \"1s\"\nmax_conns = 1000\n"));
+        assert_eq!(fixed_settings_changed(&old, &applied), Vec::<&str>::new());
+        // What is bound or sized at start is named, never silently ignored.
+        let fixed = config(&format!(
+            "{BASE}\nmsl = \"1s\"\nmetrics = \"127.0.0.1:9464\"\nmem_limit = \"64M\"\nmax_conns_per_source = 10\npersist_timeout = \"1m\"\n"
+        ));
+        assert_eq!(
+            fixed_settings_changed(&old, &fixed),
+            ["msl", "metrics", "mem_limit", "max_conns_per_source", "persist_timeout"]
+        );
     }
 }

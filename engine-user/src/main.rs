@@ -131,6 +131,9 @@ struct RunArgs {
     /// On SIGTERM, how long open connections may finish before they are reset. Default 5s.
     #[arg(long, value_parser = parse_duration)]
     grace: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
     /// TOML file with the same settings (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -197,6 +200,7 @@ fn real_main() -> anyhow::Result<()> {
                 busy_poll: args.busy_poll,
                 grace: args.grace,
                 app_threads: args.app_threads,
+                metrics: args.metrics,
                 mem_limit: args.mem_limit,
                 max_conns_per_source: args.max_conns_per_source,
                 mem_per_source: args.mem_per_source,

@@ -5,6 +5,12 @@
 //! Served by a thread of its own, one scrape at a time with short socket timeouts: a scrape
 //! reads the XDP program's per-CPU maps and the engine threads' atomics, and never waits on an
 //! engine thread, so it cannot stall a queue, and a stalled scraper holds up only scrapes.
+//!
+//! Written by hand rather than with `prometheus-client`: that crate encodes OpenMetrics (not
+//! the 0.0.4 text format asked for here), brings no HTTP server, and would only be handed
+//! constants at each scrape (the values live in the engine threads' atomics and the XDP
+//! program's maps, so its metric types would duplicate them); what remains is the format's
+//! escaping and a HELP/TYPE pair per family, a few lines checked by `promtool` in the tests.
 
 use std::{
     fmt::Write as _,
@@ -18,12 +24,10 @@ use std::{
     time::Duration,
 };
 
-/// How a value moves, as Prometheus types it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-}
+use engine_common::counters;
+
+pub use crate::engine::Kind;
+use crate::engine::{Metric, QueueStats};
 
 /// One metric family: a name (without the `synx_` prefix and the `_total` suffix), its help
 /// and type, and its samples, each with its labels.
@@ -52,6 +56,121 @@ impl Family {
             Kind::Gauge => format!("synx_{}", self.name),
         }
     }
+}
+
+/// The `synx stats` names that are one reason of a family: the prefix, the family, its help.
+/// The reason (the rest of the name) becomes the `reason` label, so that `sum()` over a family
+/// counts each frame once; the family's own name in `synx stats` (`tcp_dropped`) is that sum and
+/// is not exposed apart.
+const BY_REASON: [(&str, &str, &str); 4] = [
+    ("xdp_drop_", "xdp_dropped", "Frames the XDP program dropped, by reason."),
+    ("xdp_pass_", "xdp_passed", "Frames the XDP program passed to the kernel untouched, by reason."),
+    ("tcp_drop_", "tcp_dropped", "Segments of known connections the TCP core dropped, by reason."),
+    ("wire_drop_", "wire_dropped", "Frames the engine refused before the TCP core saw them, by reason."),
+];
+
+/// Where a value of `synx stats` appears at `/metrics`: its family and, for the values counted
+/// by reason, the `reason` label. `None` for a family's total, which is the sum of its reasons.
+pub fn exposed_as(stat: &str) -> Option<(&str, Option<&str>)> {
+    if BY_REASON.iter().any(|(_, family, _)| *family == stat) {
+        return None;
+    }
+    for (prefix, family, _) in BY_REASON {
+        if let Some(reason) = stat.strip_prefix(prefix) {
+            return Some((family, Some(reason)));
+        }
+    }
+    Some((stat, None))
+}
+
+/// Families built up in order of first appearance.
+#[derive(Default)]
+struct Families(Vec<Family>);
+
+impl Families {
+    /// Add `value` of the `synx stats` value `m`, with `labels` (a reason is added here).
+    fn add(&mut self, m: &Metric, mut labels: Vec<(&'static str, String)>, value: u64) {
+        let Some((name, reason)) = exposed_as(m.name) else { return };
+        let i = match self.0.iter().position(|f| f.name == name) {
+            Some(i) => i,
+            None => {
+                let help = match BY_REASON.iter().find(|(_, family, _)| *family == name) {
+                    Some((_, _, help)) => format!("{help} Reasons:"),
+                    None => m.help.to_string(),
+                };
+                self.0.push(Family::new(name, m.kind, help));
+                self.0.len() - 1
+            }
+        };
+        let family = &mut self.0[i];
+        if let Some(reason) = reason {
+            // The first sample of each reason explains it in the family's help.
+            if !family.samples.iter().any(|(l, _)| l.iter().any(|(k, v)| *k == "reason" && v == reason)) {
+                family.help.push_str(&format!(" {reason}: {}", m.help));
+            }
+            labels.push(("reason", reason.to_string()));
+        }
+        family.samples.push((labels, value));
+    }
+}
+
+/// Every value of `synx stats` as families: the XDP program's counters (`xdp`, summed over
+/// CPUs, in engine-common's order), each queue thread's values labelled with its queue, the
+/// engine's own values (`engine`), then the process's memory.
+pub fn families<'a>(
+    xdp: &[(&'static str, u64)],
+    queues: impl IntoIterator<Item = &'a QueueStats>,
+    engine: &[(&'static Metric, u64)],
+) -> Vec<Family> {
+    let mut out = Families::default();
+    for (name, value) in xdp {
+        let help = counters::NAMES.iter().position(|n| n == name).map_or("", |j| counters::HELP[j]);
+        out.add(&Metric { name, kind: Kind::Counter, help }, Vec::new(), *value);
+    }
+    for (q, stats) in queues.into_iter().enumerate() {
+        for (m, value) in QueueStats::metrics().zip(stats.values()) {
+            out.add(m, vec![("queue", q.to_string())], value);
+        }
+    }
+    for (m, value) in engine {
+        out.add(m, Vec::new(), *value);
+    }
+    let mut all = out.0;
+    if let Some(rss) = resident_bytes() {
+        all.push(
+            Family::new("process_resident_memory_bytes", Kind::Gauge, "Resident memory of the daemon (VmRSS).")
+                .with(Vec::new(), rss),
+        );
+    }
+    all.push(
+        Family::new(
+            "bpf_map_memory_bytes",
+            Kind::Gauge,
+            "Memory of the BPF maps the daemon holds (the kernel's memlock accounting), outside its resident memory.",
+        )
+        .with(Vec::new(), bpf_map_bytes()),
+    );
+    all
+}
+
+/// VmRSS of this process.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The kernel's memlock figure of every BPF map this process holds open, each map once.
+fn bpf_map_bytes() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else { return 0 };
+    let mut seen = std::collections::HashSet::new();
+    dir.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|text| {
+            let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<u64>().ok());
+            seen.insert(field("map_id:")?).then(|| field("memlock:").unwrap_or(0))
+        })
+        .sum()
 }
 
 /// The families in the text format.
@@ -91,7 +210,10 @@ pub struct Exporter {
 
 impl Exporter {
     /// Serve `/metrics` on `addr` with what `families` returns at each scrape.
-    pub fn start(addr: SocketAddr, families: impl Fn() -> Vec<Family> + Send + 'static) -> std::io::Result<Self> {
+    pub fn start(
+        addr: SocketAddr,
+        families: impl Fn() -> Result<Vec<Family>, String> + Send + 'static,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -135,7 +257,7 @@ impl Drop for Exporter {
 }
 
 /// One request: `GET /metrics` gets the families, anything else 404 or 405.
-fn answer(s: TcpStream, families: &impl Fn() -> Vec<Family>) -> std::io::Result<()> {
+fn answer(s: TcpStream, families: &impl Fn() -> Result<Vec<Family>, String>) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(s.try_clone()?);
@@ -156,7 +278,10 @@ fn answer(s: TcpStream, families: &impl Fn() -> Vec<Family>) -> std::io::Result<
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     let (status, kind, body) = match (method, path) {
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(&families())),
+        ("GET", "/metrics") => match families() {
+            Ok(f) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(&f)),
+            Err(e) => ("500 Internal Server Error", "text/plain", format!("reading the counters: {e}\n")),
+        },
         ("GET", _) => ("404 Not Found", "text/plain", "synx serves /metrics\n".to_string()),
         _ => ("405 Method Not Allowed", "text/plain", "GET /metrics\n".to_string()),
     };
@@ -164,7 +289,6 @@ fn answer(s: TcpStream, families: &impl Fn() -> Vec<Family>) -> std::io::Result<
     write!(s, "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
     s.flush()
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -189,9 +313,71 @@ mod tests {
     }
 
     #[test]
+    fn every_value_of_synx_stats_is_exposed_once_by_queue_and_reason() {
+        use std::sync::atomic::Ordering;
+
+        use synx_tcp::connection::DropReason;
+
+        use crate::{engine::stats_sum, wire::WireError};
+        let (a, b) = (QueueStats::default(), QueueStats::default());
+        a.count_drop(DropReason::Paws);
+        b.count_drop(DropReason::Paws);
+        b.count_drop(DropReason::TimeWaitReuse);
+        b.count_wire(WireError::BadChecksum);
+        a.accepted.store(5, Ordering::Relaxed);
+        b.parked.store(2, Ordering::Relaxed);
+        let xdp: Vec<(&'static str, u64)> = counters::NAMES.iter().enumerate().map(|(i, n)| (*n, i as u64 * 10)).collect();
+        let all = families(&xdp, [&a, &b], &[(&crate::engine::CONNECTIONS_OPEN, 4)]);
+        let find = |name: &str| all.iter().find(|f| f.full_name() == name).unwrap_or_else(|| panic!("{name} missing"));
+        let value = |name: &str, labels: &[(&str, &str)]| {
+            let f = find(name);
+            let hit: Vec<u64> = f
+                .samples
+                .iter()
+                .filter(|(l, _)| l.len() == labels.len() && labels.iter().all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v)))
+                .map(|(_, v)| *v)
+                .collect();
+            assert_eq!(hit.len(), 1, "{name} {labels:?}: {:?}", f.samples);
+            hit[0]
+        };
+        assert_eq!(value("synx_tcp_accepted_total", &[("queue", "0")]), 5);
+        assert_eq!(value("synx_tcp_accepted_total", &[("queue", "1")]), 0);
+        assert_eq!(value("synx_tcp_parked", &[("queue", "1")]), 2);
+        assert_eq!(value("synx_tcp_dropped_total", &[("queue", "1"), ("reason", "time_wait_reuse")]), 1);
+        assert_eq!(value("synx_tcp_dropped_total", &[("queue", "0"), ("reason", "paws")]), 1);
+        assert_eq!(value("synx_wire_dropped_total", &[("queue", "1"), ("reason", "bad_checksum")]), 1);
+        assert_eq!(value("synx_xdp_rx_packets_total", &[]), 0);
+        assert_eq!(value("synx_xdp_dropped_total", &[("reason", "truncated")]), 140);
+        assert_eq!(value("synx_xdp_passed_total", &[("reason", "not_listener")]), 30);
+        let reasons = &find("synx_xdp_dropped_total").help;
+        assert!(reasons.starts_with("Frames the XDP program dropped, by reason.") && reasons.contains("syn_backlog: SYNs"), "{reasons}");
+        // Each value of `synx stats` is the sum of its samples over queues (and the by-reason
+        // families' totals the sum over reasons too); nothing is exposed twice.
+        let stats =
+            counters::NAMES.iter().zip(&xdp).map(|(n, (_, v))| (*n, *v)).chain(stats_sum([&a, &b])).chain([("connections_open", 4)]);
+        for (stat, expected) in stats {
+            let (family, reason) = match exposed_as(stat) {
+                Some((family, reason)) => (family.to_string(), reason),
+                None => (stat.to_string(), None),
+            };
+            let f = all.iter().find(|f| f.name == family).unwrap_or_else(|| panic!("{stat}: no family {family}"));
+            let got: u64 = f
+                .samples
+                .iter()
+                .filter(|(l, _)| reason.is_none_or(|r| l.iter().any(|(k, v)| *k == "reason" && v == r)))
+                .map(|(_, v)| v)
+                .sum();
+            assert_eq!(got, expected, "{stat}");
+        }
+        let samples: usize = all.iter().map(|f| f.samples.len()).sum();
+        let per_queue = QueueStats::metrics().filter(|m| exposed_as(m.name).is_some()).count();
+        assert_eq!(samples, counters::NAMES.len() + 2 * per_queue + 1 + 2, "XDP's, each queue's, the engine's, memory");
+    }
+
+    #[test]
     fn the_exporter_answers_metrics_and_refuses_the_rest() {
         let exporter = Exporter::start("127.0.0.1:0".parse().unwrap(), || {
-            vec![Family::new("up", Kind::Gauge, "The daemon runs.").with(vec![], 1)]
+            Ok(vec![Family::new("up", Kind::Gauge, "The daemon runs.").with(vec![], 1)])
         })
         .unwrap();
         let get = |request: &str| {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -31,12 +32,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test tier: unit, BPF_PROG_TEST_RUN and veth integration (needs root).
+    /// Run every test tier: unit, BPF_PROG_TEST_RUN and veth integration (needs root), then
+    /// each fuzz target for a few seconds (not when a filter is given).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the cargo-fuzz targets in fuzz/, each for `--time` seconds.
+    Fuzz(fuzz::FuzzArgs),
     /// Two namespaces joined by a veth pair, synx on one side, a real Linux client on the
     /// other; prints what happened and removes everything it created.
     Demo,
@@ -45,6 +49,9 @@ enum Task {
     /// BENCHMARKS.md from the JSON of a `cargo xtask bench --json` run.
     BenchReport(bench::ReportArgs),
 }
+
+/// Seconds per fuzz target in `cargo xtask test` (six targets: about half a minute).
+const FUZZ_SECS_IN_TEST: u64 = 5;
 
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace root")
@@ -143,8 +150,16 @@ fn real_main() -> anyhow::Result<()> {
             let mut c = cargo();
             // Default members: engine-ebpf only builds for bpfel-unknown-none (via build.rs).
             c.arg("test").args(&args).env("SYNX_BIN", &bin);
-            run(c)
+            run(c)?;
+            if args.is_empty() {
+                // A few seconds each, from the corpus in the repository: what the targets
+                // found before stays fixed, and a change that breaks an invariant on the
+                // paths the corpus covers shows up here.
+                fuzz::run_targets(&fuzz::TARGETS, FUZZ_SECS_IN_TEST)?;
+            }
+            Ok(())
         }
+        Task::Fuzz(args) => fuzz::fuzz(args),
         Task::Bench(args) => {
             if args.list() {
                 return Ok(());

@@ -78,6 +78,7 @@ pub fn setup() -> anyhow::Result<()> {
     let toolchain = pinned_toolchain()?;
     toolchain_step(&toolchain)?;
     bpf_linker_step(&toolchain)?;
+    cargo_fuzz_step(&toolchain)?;
     debian_step()?;
     python_step()?;
     step("done");
@@ -174,6 +175,20 @@ fn bpf_linker_step(toolchain: &str) -> anyhow::Result<()> {
             .args(["--features", &format!("llvm-{major}")])
             .env("LLVM_PREFIX", &prefix)
             .current_dir(std::env::temp_dir());
+        c
+    })
+}
+
+/// cargo-fuzz for `cargo xtask fuzz` (the targets in fuzz/).
+fn cargo_fuzz_step(toolchain: &str) -> anyhow::Result<()> {
+    if cargo_bin("cargo-fuzz").exists() {
+        step("cargo-fuzz: present");
+        return Ok(());
+    }
+    step("cargo-fuzz: building (about a minute)");
+    crate::run({
+        let mut c = Command::new("cargo");
+        c.arg(format!("+{toolchain}")).args(["install", "cargo-fuzz", "--locked"]).current_dir(std::env::temp_dir());
         c
     })
 }

@@ -177,6 +177,22 @@ impl Chunked {
     }
 }
 
+/// A chunked body fed to [`Chunked::decode`] in `pieces`, as reads would deliver it: the data
+/// decoded, the bytes taken (None for a malformed body) and whether the body ended. For the
+/// fuzz targets.
+#[cfg(fuzzing)]
+pub fn dechunk(pieces: &[&[u8]]) -> (Vec<u8>, Option<usize>, bool) {
+    let mut state = Chunked::START;
+    let (mut data, mut taken) = (Vec::new(), 0);
+    for piece in pieces {
+        match state.decode(piece, |d| data.extend_from_slice(d)) {
+            Ok(n) => taken += n,
+            Err(()) => return (data, None, false),
+        }
+    }
+    (data, Some(taken), state == Chunked::Done)
+}
+
 /// What is left of a request body being skipped.
 enum Skip {
     Length(u64),

@@ -15,6 +15,8 @@ use std::{future::Future, net::SocketAddr, pin::pin, sync::Arc, task::Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
+#[cfg(fuzzing)]
+pub use http::dechunk;
 pub use http::{Body, HTTP_BODY, MAX_BODY, MAX_HEADER, Parsed, http, parse_request};
 pub use http_proxy::HttpProxyOptions;
 pub use proxy::{ProxyOptions, ProxyProtocol, proxy};

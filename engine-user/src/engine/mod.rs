@@ -62,7 +62,7 @@ use queue::QueueContext;
 use requests::{QueueHandle, Queues};
 pub use memory::MemoryLimits;
 pub use requests::ConnectionRow;
-pub use stats::{Kind, Metric, QueueStats};
+pub use stats::{CONNECTIONS_OPEN, Kind, Metric, QueueStats, gauge, sum as stats_sum};
 
 /// What an engine needs to start.
 #[derive(Debug, Clone, PartialEq)]
@@ -407,9 +407,22 @@ impl Engine {
     pub fn stats(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
         let mut all = self.xdp.lock().unwrap_or_else(|e| e.into_inner()).counters()?;
         all.extend(self.queue_handles.stats());
-        all.push(("connections_open", self.open_connections()));
-        all.extend(self.cluster.stats());
+        all.extend(self.engine_gauges().into_iter().map(|(m, v)| (m.name, v)));
         Ok(all)
+    }
+
+    /// What `--metrics` serves: the values of [`Engine::stats`] as Prometheus families, the
+    /// engine threads' labelled by queue rather than summed, and the process's memory.
+    pub fn metric_families(&self) -> anyhow::Result<Vec<crate::metrics::Family>> {
+        let xdp = self.xdp.lock().unwrap_or_else(|e| e.into_inner()).counters()?;
+        Ok(crate::metrics::families(&xdp, self.queue_handles.0.iter().map(|q| &*q.stats), &self.engine_gauges()))
+    }
+
+    /// The gauges of the engine as a whole (neither XDP's nor a queue's).
+    fn engine_gauges(&self) -> Vec<(&'static Metric, u64)> {
+        let mut all = vec![(&CONNECTIONS_OPEN, self.open_connections())];
+        all.extend(self.cluster.stats());
+        all
     }
 
     /// Start (or stop) draining: no new connections (new SYNs unanswered, or passed to the

@@ -513,6 +513,7 @@ impl QueueDriver {
             }
         }
         s.time_wait_fin_reacked.store(self.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
+        s.connections.store(self.endpoint.len() as u64, Ordering::Relaxed);
         s.parked.store(self.endpoint.parked() as u64, Ordering::Relaxed);
         s.publish_core(self.endpoint.totals());
         s.app_tasks.store(self.glue.tasks() as u64, Ordering::Relaxed);

@@ -31,6 +31,14 @@ const fn counter(name: &'static str, help: &'static str) -> Metric {
     Metric { name, kind: Kind::Counter, help }
 }
 
+pub const fn gauge(name: &'static str, help: &'static str) -> Metric {
+    Metric { name, kind: Kind::Gauge, help }
+}
+
+/// The engine's own gauge beside the queues' (accepted less released, over all queues).
+pub const CONNECTIONS_OPEN: Metric =
+    gauge("connections_open", "Connections accepted and not yet released, TIME_WAIT included, over all queues.");
+
 /// The `@core` entries are the TCP core's own per-connection counters ([`Stats`] fields of the same
 /// name), added up over the endpoint's connections and published each turn.
 macro_rules! queue_stats {
@@ -92,6 +100,7 @@ queue_stats! {
         "Valid cookie ACKs refused: connection table full or tuple taken (reset).";
     flows_full: Counter "tcp_flows_full"
         "Connections reset at once because XDP's flow table had no room to route their segments.";
+    connections: Gauge "tcp_connections" "Connections the TCP core holds (TIME_WAIT included), parked or not.";
     parked: Gauge "tcp_parked" "Idle connections folded into their slot, holding no boxed TCB.";
     app_tasks: Gauge "app_tasks" "Application tasks alive on the engine threads (local tasks and running turns).";
     app_waiting: Gauge "app_waiting"
@@ -139,7 +148,7 @@ queue_stats! {
 
 /// Why the TCP core dropped a segment of a known connection: the injection defences of RFC
 /// 5961 and the acceptability checks of RFC 9293 3.10.7.4 show up apart from each other.
-pub const DROP_REASONS: [(DropReason, Metric); 7] = [
+pub const DROP_REASONS: [(DropReason, Metric); 8] = [
     (DropReason::Closed, counter("tcp_drop_closed", "Segments for a connection already closed.")),
     (DropReason::Paws, counter("tcp_drop_paws", "Segments with an old timestamp (RFC 7323 5.3 PAWS).")),
     (
@@ -153,7 +162,26 @@ pub const DROP_REASONS: [(DropReason, Metric); 7] = [
     (DropReason::Syn, counter("tcp_drop_syn_synchronized", "SYNs on a synchronized connection (RFC 5961 4.2).")),
     (DropReason::NoAck, counter("tcp_drop_no_ack", "Segments without ACK on a synchronized connection.")),
     (DropReason::BadAck, counter("tcp_drop_bad_ack", "ACKs of unsent data or of data too old (RFC 5961 5.2).")),
+    (
+        DropReason::TimeWaitReuse,
+        counter("tcp_drop_time_wait_reuse", "New SYNs for a tuple in TIME_WAIT, left to the SYN cookies (RFC 6191)."),
+    ),
 ];
+
+/// Where `why` is counted in [`DROP_REASONS`]: a match, so that a reason the core adds does not
+/// build until it has a name here.
+const fn drop_index(why: DropReason) -> usize {
+    match why {
+        DropReason::Closed => 0,
+        DropReason::Paws => 1,
+        DropReason::Unacceptable => 2,
+        DropReason::RstNotExact => 3,
+        DropReason::Syn => 4,
+        DropReason::NoAck => 5,
+        DropReason::BadAck => 6,
+        DropReason::TimeWaitReuse => 7,
+    }
+}
 
 /// Why the wire layer refused a frame before the TCP core saw it.
 pub const WIRE_DROPS: [(WireError, Metric); 4] = [
@@ -178,9 +206,7 @@ impl QueueStats {
     /// A segment of a known connection the TCP core dropped.
     pub fn count_drop(&self, why: DropReason) {
         self.dropped_by_tcp.fetch_add(1, Ordering::Relaxed);
-        if let Some(i) = DROP_REASONS.iter().position(|(r, _)| *r == why) {
-            self.dropped_by_reason[i].fetch_add(1, Ordering::Relaxed);
-        }
+        self.dropped_by_reason[drop_index(why)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A frame the wire layer refused.
@@ -219,6 +245,13 @@ mod tests {
             assert!(!all[..i].iter().any(|o| o.name == m.name), "{} twice", m.name);
             assert!(!m.name.starts_with("xdp_"), "{}: xdp_ names are the XDP program's", m.name);
             assert!(m.help.ends_with('.') && m.help.len() > 10, "{}: help {:?}", m.name, m.help);
+        }
+    }
+
+    #[test]
+    fn every_drop_reason_has_its_own_counter() {
+        for (i, (why, _)) in DROP_REASONS.iter().enumerate() {
+            assert_eq!(drop_index(*why), i, "{why:?}");
         }
     }
 

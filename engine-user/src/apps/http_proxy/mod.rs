@@ -209,6 +209,47 @@ fn parse_head(buf: &[u8], backend: SocketAddr) -> Parsed {
     Parsed::Complete(Box::new(Head { len, request, body, close, http10: version == 0, expect_continue, upgrade }))
 }
 
+/// What [`parse_head`] makes of a client's bytes, in plain types, for the fuzz targets.
+#[cfg(fuzzing)]
+#[derive(Debug)]
+pub enum HeadSummary {
+    Partial,
+    Refuse(u16),
+    Complete {
+        len: usize,
+        method: String,
+        uri: String,
+        /// As forwarded to the backend.
+        headers: Vec<(String, Vec<u8>)>,
+        body: Body,
+        close: bool,
+        http10: bool,
+        expect_continue: bool,
+        upgrade: bool,
+    },
+}
+
+/// [`parse_head`] for the fuzz targets.
+#[cfg(fuzzing)]
+pub fn summarize_head(buf: &[u8]) -> HeadSummary {
+    let backend = SocketAddr::from(([127, 0, 0, 1], 8080));
+    match parse_head(buf, backend) {
+        Parsed::Partial => HeadSummary::Partial,
+        Parsed::Refuse(status) => HeadSummary::Refuse(status.as_u16()),
+        Parsed::Complete(head) => HeadSummary::Complete {
+            len: head.len,
+            method: head.request.method().to_string(),
+            uri: head.request.uri().to_string(),
+            headers: head.request.headers().iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
+            body: head.body,
+            close: head.close,
+            http10: head.http10,
+            expect_continue: head.expect_continue,
+            upgrade: head.upgrade.is_some(),
+        },
+    }
+}
+
 /// Serve a connection's requests until it goes quiet between requests (`when_quiet` Return: a
 /// turn ends, holding nothing), or is done.
 pub(super) async fn serve<S: AppStream>(pool: &Pool, s: &mut S, when_quiet: WhenQuiet) -> io::Result<Served> {
