@@ -65,52 +65,28 @@ impl Responder for Daemon {
 /// The settings a reload cannot change in place (fixed when the XDP program was loaded and the
 /// engine threads started), by name, where `new` differs from `old`.
 fn fixed_settings_changed(old: &RunConfig, new: &RunConfig) -> Vec<&'static str> {
-    let mut names = Vec::new();
-    if old.iface != new.iface {
-        names.push("iface");
-    }
-    if old.xdp_mode != new.xdp_mode {
-        names.push("xdp_mode");
-    }
-    if old.msl != new.msl {
-        names.push("msl");
-    }
-    if old.busy_poll != new.busy_poll {
-        names.push("busy_poll");
-    }
-    if old.app_threads != new.app_threads {
-        names.push("app_threads");
-    }
-    // The exporter's socket is bound once at start.
-    if old.metrics != new.metrics {
-        names.push("metrics");
-    }
-    // The memory account's limits are read without locks by every queue thread, and the TCP
-    // core's buffer budget was set from them at start.
-    let (m, n) = (&old.memory, &new.memory);
-    if m.limit != n.limit {
-        names.push("mem_limit");
-    }
-    if m.conns_per_source != n.conns_per_source {
-        names.push("max_conns_per_source");
-    }
-    if m.bytes_per_source != n.bytes_per_source {
-        names.push("mem_per_source");
-    }
-    if m.persist_timeout != n.persist_timeout {
-        names.push("persist_timeout");
-    }
     let (a, b) = (&old.cluster, &new.cluster);
-    if a.cookie_key_file != b.cookie_key_file {
-        names.push("cookie_key_file");
-    }
-    if a.peer_hosts != b.peer_hosts || a.peer_port != b.peer_port {
-        names.push("peer_hosts/peer_port");
-    }
-    if a.drain_syns != b.drain_syns {
-        names.push("drain_syns");
-    }
-    names
+    // The memory account's limits are read without locks by every queue thread, and the TCP
+    // core's buffer budget was set from them at start; the exporter's socket is bound once.
+    let (m, n) = (&old.memory, &new.memory);
+    [
+        ("iface", old.iface != new.iface),
+        ("xdp_mode", old.xdp_mode != new.xdp_mode),
+        ("msl", old.msl != new.msl),
+        ("busy_poll", old.busy_poll != new.busy_poll),
+        ("app_threads", old.app_threads != new.app_threads),
+        ("metrics", old.metrics != new.metrics),
+        ("mem_limit", m.limit != n.limit),
+        ("max_conns_per_source", m.conns_per_source != n.conns_per_source),
+        ("mem_per_source", m.bytes_per_source != n.bytes_per_source),
+        ("persist_timeout", m.persist_timeout != n.persist_timeout),
+        ("cookie_key_file", a.cookie_key_file != b.cookie_key_file),
+        ("peer_hosts/peer_port", a.peer_hosts != b.peer_hosts || a.peer_port != b.peer_port),
+        ("drain_syns", a.drain_syns != b.drain_syns),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
 }
 
 impl Daemon {
