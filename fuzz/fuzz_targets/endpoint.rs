@@ -24,34 +24,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use engine_common::handshake::{FACT_ECN, FACT_SACK, FACT_TS, FACT_WSCALE, HandshakeFacts};
 use libfuzzer_sys::fuzz_target;
+use synx_fuzz::Input;
 use synx_tcp::{
     CloseReason, Config, ConnectionHandle, config::BufferBudget, Disposition, Endpoint, Event, Flags, Header, Instant, Keepalive, SeqNum,
     State, endpoint::AcceptError, segment,
 };
-
-/// The input, read a byte at a time; zeros once it runs out.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
 
 const TUPLES: usize = 6;
 
