@@ -302,9 +302,14 @@ impl Daemon {
     /// Start `synx run --iface IF --control-socket ... <extra>` in `ns` and wait until it prints
     /// `listening on`.
     pub fn start(ns: &Netns, iface: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_binary(&synx_bin(), ns, iface, extra)
+    }
+
+    /// [`Daemon::start`] with another synx binary.
+    pub fn start_binary(bin: &std::path::Path, ns: &Netns, iface: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let control_socket = PathBuf::from(format!("/run/synx-test/{}.sock", ns.name()));
         let mut child = ns
-            .command(synx_bin().to_str().context("binary path")?)
+            .command(bin.to_str().context("binary path")?)
             .args(["run", "--iface", iface, "--control-socket"])
             .arg(&control_socket)
             .args(extra)
@@ -397,6 +402,20 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Wait up to `timeout` for the daemon to exit by itself; its status, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Stop with SIGTERM and wait; returns the exit status.
     pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
         self.terminate()
@@ -426,6 +445,26 @@ impl Drop for Daemon {
             let _ = self.terminate();
         }
         let _ = std::fs::remove_file(&self.control_socket);
+    }
+}
+
+/// A private bpffs instance mounted for one test (where a takeover pins its maps), unmounted
+/// on drop.
+pub struct Bpffs(pub PathBuf);
+
+impl Bpffs {
+    pub fn mount() -> Self {
+        let dir = std::env::temp_dir().join(format!("synx-bpffs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        sh("mount", &["-t", "bpf", "bpf", dir.to_str().unwrap()]).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = sh("umount", &[self.0.to_str().unwrap()]);
+        let _ = std::fs::remove_dir(&self.0);
     }
 }
 

@@ -48,7 +48,8 @@ impl Endpoint {
 
     /// Connection `h` in its folded form, as [`Endpoint::export`], and gone from here at once
     /// (no event, nothing sent: the other process carries it on); `None`, and nothing changed,
-    /// unless it is quiescent and owes no work to the transmit queue.
+    /// unless it is quiescent and owes no work to the transmit queue. Its slot is not reused
+    /// here: XDP's FLOWS names it for the other process.
     pub fn hand_over(&mut self, h: ConnectionHandle) -> Option<Exported> {
         if self.slots.get(h.slot() as usize)?.queued {
             return None;
@@ -59,7 +60,7 @@ impl Endpoint {
         self.slots[idx as usize] = Slot::default();
         self.wheel.remove(idx);
         self.parked -= 1;
-        self.free.push(idx);
+        self.handed_over += 1;
         Some(e)
     }
 

@@ -337,7 +337,7 @@ fn a_connection_exported_by_one_endpoint_carries_on_in_another_in_the_same_slot(
 }
 
 #[test]
-fn a_connection_handed_over_leaves_without_a_trace_and_its_slot_is_free_again() {
+fn a_connection_handed_over_leaves_without_a_trace_and_its_slot_stays_the_other_process_s() {
     let mut old = Endpoint::new(config(), 100);
     let a = old.accept(ms(0), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
     let b = old.accept(ms(0), facts(), local(), client(2), &ack_from(2), &[]).unwrap();
@@ -358,6 +358,7 @@ fn a_connection_handed_over_leaves_without_a_trace_and_its_slot_is_free_again() 
     assert_eq!(old.handle(ms(7), local(), client(1), &ack_from(1), &[]), Disposition::Unknown);
     let mut new = Endpoint::new(config(), 100);
     assert_eq!(new.import(&e).unwrap(), a);
-    // The old slot is reused by the old process's next connection.
-    assert_eq!(old.accept(ms(8), facts(), local(), client(3), &ack_from(3), &[]).unwrap().slot(), a.slot());
+    // The slot stays the other process's: the old process's next connection takes another.
+    assert_ne!(old.accept(ms(8), facts(), local(), client(3), &ack_from(3), &[]).unwrap().slot(), a.slot());
+    assert_eq!(old.len(), 2);
 }
