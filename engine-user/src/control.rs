@@ -51,9 +51,22 @@ pub enum ControlError {
     Reply(#[from] serde_json::Error),
 }
 
+/// A reply: a JSON value, or JSON text already written (a handover's connections, serialized
+/// once rather than built as a tree of values first).
+pub enum Reply {
+    Json(serde_json::Value),
+    Raw(String),
+}
+
+impl From<serde_json::Value> for Reply {
+    fn from(v: serde_json::Value) -> Self {
+        Reply::Json(v)
+    }
+}
+
 /// Answers requests; implemented by the daemon.
 pub trait Responder: Send + Sync + 'static {
-    fn respond(&self, req: Request) -> serde_json::Value;
+    fn respond(&self, req: Request) -> Reply;
     /// The reply to `req` has been written (or could not be): a handover ends the daemon
     /// only once its successor has the connections.
     fn replied(&self, _req: &Request) {}
@@ -167,25 +180,28 @@ pub async fn serve(listener: tokio::net::UnixListener, responder: Arc<dyn Respon
             let mut line = String::new();
             let mut asked = None;
             let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST));
-            let reply = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
-                Err(_) => serde_json::json!({ "error": "request not received in time" }),
-                Ok(Err(e)) => serde_json::json!({ "error": format!("reading the request: {e}") }),
+            let reply: Reply = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+                Err(_) => serde_json::json!({ "error": "request not received in time" }).into(),
+                Ok(Err(e)) => serde_json::json!({ "error": format!("reading the request: {e}") }).into(),
                 Ok(Ok(_)) if !line.ends_with('\n') => {
-                    serde_json::json!({ "error": format!("request too long or unterminated (limit {MAX_REQUEST} bytes, one line)") })
+                    serde_json::json!({ "error": format!("request too long or unterminated (limit {MAX_REQUEST} bytes, one line)") }).into()
                 }
                 Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
                     Ok(req) => {
                         let (r, answered) = (responder.clone(), req.clone());
                         let reply = tokio::task::spawn_blocking(move || r.respond(req))
                             .await
-                            .unwrap_or_else(|e| serde_json::json!({ "error": format!("answering: {e}") }));
+                            .unwrap_or_else(|e| serde_json::json!({ "error": format!("answering: {e}") }).into());
                         asked = Some(answered);
                         reply
                     }
-                    Err(e) => serde_json::json!({ "error": format!("bad request: {e}") }),
+                    Err(e) => serde_json::json!({ "error": format!("bad request: {e}") }).into(),
                 },
             };
-            let mut out = reply.to_string();
+            let mut out = match reply {
+                Reply::Json(v) => v.to_string(),
+                Reply::Raw(s) => s,
+            };
             out.push('\n');
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(out.as_bytes())).await;
             if let Some(req) = asked {
@@ -197,11 +213,12 @@ pub async fn serve(listener: tokio::net::UnixListener, responder: Arc<dyn Respon
 
 /// Send one request to a running daemon and return its reply.
 pub fn request(path: &Path, req: Request) -> Result<serde_json::Value, ControlError> {
-    request_within(path, req, Duration::from_secs(5))
+    Ok(serde_json::from_str(&request_text(path, req, Duration::from_secs(5))?)?)
 }
 
-/// [`request`], waiting up to `timeout` for the reply.
-pub fn request_within(path: &Path, req: Request, timeout: Duration) -> Result<serde_json::Value, ControlError> {
+/// Send one request and return the reply's text, waiting up to `timeout` for it (a handover's
+/// reply is parsed into its own type).
+pub fn request_text(path: &Path, req: Request, timeout: Duration) -> Result<String, ControlError> {
     let io = |source| ControlError::Io { path: path.into(), source };
     let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -215,7 +232,7 @@ pub fn request_within(path: &Path, req: Request, timeout: Duration) -> Result<se
     stream.write_all(line.as_bytes()).map_err(io)?;
     let mut reply = String::new();
     BufReader::new(stream).read_line(&mut reply).map_err(io)?;
-    Ok(serde_json::from_str(&reply)?)
+    Ok(reply)
 }
 
 #[cfg(test)]
@@ -226,8 +243,8 @@ mod tests {
 
     struct Fixed;
     impl Responder for Fixed {
-        fn respond(&self, req: Request) -> serde_json::Value {
-            serde_json::json!({ "echo": format!("{req:?}") })
+        fn respond(&self, req: Request) -> Reply {
+            serde_json::json!({ "echo": format!("{req:?}") }).into()
         }
     }
 
