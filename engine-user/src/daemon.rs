@@ -117,12 +117,15 @@ impl Daemon {
     /// Hand every connection over; the daemon exits once the reply is written.
     fn release(&self) -> Reply {
         let started = Instant::now();
+        let mut sockets = Vec::new();
         let released = match self.engine.hand_over(self.grace()) {
-            Ok(handover) => {
+            Ok((handover, fds)) => {
+                sockets = fds;
                 let moved: usize = handover.queues.iter().map(Vec::len).sum();
                 *self.handed_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
-                    "handed over: {moved} connections to the successor in {} ms ({} reset, busy past the {} s grace); exiting",
+                    "handed over: {moved} connections to the successor in {} ms ({} with their backend socket; {} reset, busy past the {} s grace); exiting",
                     started.elapsed().as_millis(),
+                    sockets.len(),
                     handover.reset,
                     self.grace().as_secs()
                 ));
@@ -133,7 +136,7 @@ impl Daemon {
         // Written straight to text: at 100k connections a tree of JSON values first would cost
         // hundreds of MB.
         match serde_json::to_string(&released) {
-            Ok(text) => Reply::Raw(text),
+            Ok(text) => Reply::Raw(text, sockets),
             Err(e) => serde_json::json!({ "error": format!("writing the handover: {e}") }).into(),
         }
     }
@@ -147,10 +150,10 @@ struct RunningDaemon<'a> {
 }
 
 impl Predecessor for RunningDaemon<'_> {
-    fn release(&mut self) -> anyhow::Result<Handover> {
-        let text = control::request_text(self.socket, Request::Release, self.release_timeout)?;
+    fn release(&mut self) -> anyhow::Result<(Handover, Vec<std::os::fd::OwnedFd>)> {
+        let (text, fds) = control::request_with_fds(self.socket, Request::Release, self.release_timeout)?;
         match serde_json::from_str(&text)? {
-            Released::Handover(h) => Ok(h),
+            Released::Handover(h) => Ok((h, fds)),
             Released::Error(e) => anyhow::bail!("{e}"),
         }
     }
