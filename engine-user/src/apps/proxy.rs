@@ -121,7 +121,8 @@ where
     W: tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::AsyncReadExt as _;
-    let mut buf = vec![0u8; 16 * 1024];
+    // tokio::io::copy's size, which the proxy used before.
+    let mut buf = vec![0u8; 8 * 1024];
     loop {
         let n = tokio::select! {
             biased;

@@ -554,6 +554,7 @@ impl Glue {
             return true;
         };
         let Some(conn) = ep.connection_mut(h) else { return true };
+        let half_closed = conn.peer_finished();
         let Some(listener) = listeners.find(conn.local()) else { return false };
         self.resuming.retain(|&s| s != slot);
         let Some(g) = self.table.get_mut(slot) else { return true };
@@ -565,8 +566,9 @@ impl Glue {
             st.rx.extend(carried.rx);
             st.resumed = Some(carried.fd);
             // Resumed while this engine hands over (its successor came before the app did):
-            // the app is asked at once, and hands the connection on unless it is half closed.
-            st.handing_over = self.handing_over;
+            // the app is asked at once. Not when half closed: it came back here to finish (asked,
+            // it would hand the connection over again, and again, until the grace ends).
+            st.handing_over = self.handing_over && !half_closed;
         }
         self.table.set_app(slot, AppSide::Task(shared.clone()));
         let stream = Stream::new(shared);
