@@ -5,12 +5,13 @@
 use std::{
     collections::HashMap,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     sync::Arc,
     time::Duration,
 };
 
-use testbed::{Daemon, VethPair, require_root};
+use etherparse::PacketBuilder;
+use testbed::{Daemon, PacketSocket, VethPair, echo_roundtrip, mac_of, require_root, tcp_of};
 use tokio::io::AsyncReadExt as _;
 
 fn stats(engine: &synx::Engine) -> HashMap<&'static str, u64> {
@@ -242,4 +243,175 @@ fn a_source_gets_its_connections_and_no_more_and_a_zero_window_holder_is_reset_a
     // Its slot is free again: a new connection from the source is served.
     let again = net.client.run(move || echo_once(addr, 16)).unwrap();
     assert_eq!(again, Ok(()));
+}
+
+/// Send every frame of `frames` on `cap`, waiting out a full device queue.
+fn send_all(cap: &PacketSocket, frames: &[Vec<u8>]) {
+    for f in frames {
+        let mut tries = 0;
+        while let Err(e) = cap.send(f) {
+            tries += 1;
+            assert!(tries < 1000, "sending a frame: {e}");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// Frames from a peer at `src` (an address the client namespace does not own, so its kernel
+/// drops what synx answers instead of resetting it), to port `dport` of the server.
+struct Spoofer {
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    dport: u16,
+}
+
+impl Spoofer {
+    fn new(net: &VethPair, src: Ipv4Addr, dport: u16) -> Self {
+        let macs = (mac_of(&net.client, &net.client_if).unwrap(), mac_of(&net.server, &net.server_if).unwrap());
+        Self { macs, src, dst: net.server_v4, dport }
+    }
+
+    /// A segment from `sport` with no payload: a SYN without `ack`, else an ACK (a RST too
+    /// with `rst`).
+    fn segment(&self, sport: u16, seq: u32, ack: Option<u32>, rst: bool) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(self.macs.0, self.macs.1).ipv4(self.src.octets(), self.dst.octets(), 64).tcp(
+            sport,
+            self.dport,
+            seq,
+            64240,
+        );
+        let b = match (ack, rst) {
+            (Some(a), true) => b.rst().ack(a),
+            (Some(a), false) => b.ack(a),
+            (None, _) => b.syn(),
+        };
+        let mut frame = Vec::new();
+        b.write(&mut frame, &[]).unwrap();
+        frame
+    }
+
+    /// Handshakes from each of `ports`, answered by XDP with cookies: the ACK that completes
+    /// each, not sent. `cap` is a packet socket on the client's veth.
+    fn cookie_acks(&self, cap: &PacketSocket, ports: std::ops::Range<u16>) -> Vec<Vec<u8>> {
+        let isn = |port: u16| 0x5eed_0000u32.wrapping_add(u32::from(port) << 12);
+        let (src, dport) = (self.src.octets(), self.dport);
+        let ports: Vec<u16> = ports.collect();
+        let mut acks = Vec::with_capacity(ports.len());
+        for chunk in ports.chunks(1024) {
+            let syns: Vec<Vec<u8>> = chunk.iter().map(|&p| self.segment(p, isn(p), None, false)).collect();
+            send_all(cap, &syns);
+            let synacks = cap.collect(Duration::from_secs(5), chunk.len(), |f| {
+                // IPv4 without options: the destination address at bytes 30..34.
+                f.get(30..34) == Some(&src[..]) && tcp_of(f).is_some_and(|t| t.syn() && t.ack() && t.source_port() == dport)
+            });
+            for f in &synacks {
+                let t = tcp_of(f).unwrap();
+                let p = t.destination_port();
+                acks.push(self.segment(p, isn(p).wrapping_add(1), Some(t.sequence_number().wrapping_add(1)), false));
+            }
+        }
+        assert_eq!(acks.len(), ports.len(), "SYN-ACKs missing");
+        acks
+    }
+}
+
+/// SIGCONT for a process stopped with SIGSTOP, on drop (also when the test fails meanwhile).
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Self {
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+/// Frames the kernel could not hand to the daemon's AF_XDP sockets.
+fn xsk_drops(daemon: &Daemon) -> u64 {
+    daemon.counter("xsk_rx_dropped").unwrap() + daemon.counter("xsk_rx_ring_full").unwrap()
+}
+
+#[test]
+fn a_connection_flows_has_no_room_for_is_reset_and_counted_and_others_are_served() {
+    // FLOWS has as many entries as --max-conns: 64. Cookie ACKs that XDP claims an entry for
+    // but that never reach userspace (the AF_XDP ring is full: the daemon is stopped while
+    // frames of a known flow fill it) leave FLOWS full for the claims' lifetime. The next
+    // connection finds room in the engine's table but none in FLOWS, and no claim old enough to
+    // sweep: XDP would never route its segments, so it must be reset at once (not left to a
+    // client that believes it is connected), counted, and nobody else may notice.
+    require_root();
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    let listen = format!("{}:7=echo", net.server_v4);
+    let daemon = Daemon::start(&net.server, &net.server_if, &["--listen", &listen, "--max-conns", "64"]).unwrap();
+    let addr = SocketAddr::new(net.server_v4.into(), 7);
+    let cap = PacketSocket::open(&net.client, &net.client_if).unwrap();
+    cap.set_recv_buffer(8 << 20).unwrap();
+    // One connection that lives through it all.
+    let mut witness = net.client.run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5))).unwrap().unwrap();
+    witness.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(echo_roundtrip(&mut witness, b"before"), b"before");
+    // Frames that fill the ring: pure ACKs on the witness's tuple (a known flow: XDP sends them
+    // all up), carrying nothing, which its connection drops or answers with an ACK.
+    let on_witness = Spoofer::new(&net, net.client_v4, 7);
+    let wport = witness.local_addr().unwrap().port();
+    let filler: Vec<Vec<u8>> = (0..6000u32).map(|i| on_witness.segment(wport, i.wrapping_mul(0x9e37_79b9), Some(0), false)).collect();
+    let spoofer = Spoofer::new(&net, Ipv4Addr::new(198, 19, 0, 1), 7);
+    let claims = 80u16;
+    let mut attempts = 0;
+    let (reset, counted) = loop {
+        attempts += 1;
+        let acks = spoofer.cookie_acks(&cap, 2000 + claims * attempts..2000 + claims * (attempts + 1));
+        let (valid, drops) = (daemon.counter("xdp_cookie_ack_valid").unwrap(), xsk_drops(&daemon));
+        let flows_full = daemon.counter("tcp_flows_full").unwrap();
+        let claimed = {
+            let _stopped = Stopped::new(daemon.pid());
+            send_all(&cap, &filler);
+            std::thread::sleep(Duration::from_millis(50));
+            send_all(&cap, &acks);
+            std::time::Instant::now()
+        };
+        // The engine runs again, works off the ring and never sees the cookie ACKs.
+        assert!(testbed::wait_for(Duration::from_secs(5), || daemon.counter("xdp_cookie_ack_valid").unwrap() >= valid + u64::from(claims)));
+        assert!(testbed::wait_for(Duration::from_secs(5), || xsk_drops(&daemon) >= drops + u64::from(claims)), "the ring never overflowed");
+        // A client: XDP answers its SYN and sends its ACK up without a claim (FLOWS is full);
+        // userspace accepts the connection, cannot route it, and must reset it.
+        let outcome = net
+            .client
+            .run(move || -> std::io::Result<usize> {
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(b"hello")?;
+                s.read(&mut [0u8; 16])
+            })
+            .unwrap();
+        // The claims live 3 to 4 s: a client that came later (a very busy machine) found them
+        // expired and swept, and shows nothing; try again with new ones.
+        if claimed.elapsed() < Duration::from_secs(3) || attempts == 3 {
+            break (outcome, daemon.counter("tcp_flows_full").unwrap() - flows_full);
+        }
+    };
+    eprintln!("FLOWS full: attempt {attempts}: {reset:?}, tcp_flows_full +{counted}; xsk drops {}", xsk_drops(&daemon));
+    assert!(
+        matches!(&reset, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the connection FLOWS had no room for: {reset:?} (tcp_flows_full +{counted})"
+    );
+    assert_eq!(counted, 1);
+    // The established connection noticed nothing.
+    assert_eq!(echo_roundtrip(&mut witness, b"after"), b"after");
+    // The claims expire; the next insert that fails sweeps them, and connections are served.
+    assert!(
+        testbed::wait_for(Duration::from_secs(15), || net.client.run(move || echo_once(addr, 64)).unwrap().is_ok()),
+        "no connection served after the claims expired: {}",
+        daemon.stats().unwrap()
+    );
+    assert_eq!(echo_roundtrip(&mut witness, b"still"), b"still");
 }
