@@ -1,6 +1,9 @@
 //! What a hostile peer, a careless device or a bug must not get from synx (issue 20), checked
 //! end to end on veth: a dying engine thread is reported and its queue accepts no connection
-//! nobody would serve; a connection whose segments change RX queue is served, not reset.
+//! nobody would serve; a connection whose segments change RX queue is served, not reset;
+//! zero-window holders stay within the memory limit; a connection FLOWS has no room for is
+//! reset, not left hanging; and all the hostile loads at once leave memory bounded and
+//! legitimate clients served.
 
 use std::{
     collections::HashMap,
