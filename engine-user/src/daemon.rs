@@ -224,6 +224,8 @@ fn fixed_settings_changed(old: &RunConfig, new: &RunConfig) -> Vec<&'static str>
         ("iface", old.iface != new.iface),
         ("xdp_mode", old.xdp_mode != new.xdp_mode),
         ("msl", old.msl != new.msl),
+        // XDP's SYN-ACK reads it as a load-time constant.
+        ("ecn", old.ecn != new.ecn),
         ("busy_poll", old.busy_poll != new.busy_poll),
         ("app_threads", old.app_threads != new.app_threads),
         ("metrics", old.metrics != new.metrics),
@@ -398,6 +400,7 @@ pub fn run(
         xdp_mode: cfg.xdp_mode,
         keepalive: cfg.keepalive,
         msl: cfg.msl,
+        ecn: cfg.ecn,
         max_conns: cfg.max_conns,
         busy_poll: cfg.busy_poll,
         memory: cfg.memory,
@@ -542,11 +545,11 @@ mod tests {
         assert_eq!(fixed_settings_changed(&old, &applied), Vec::<&str>::new());
         // What is bound or sized at start is named, never silently ignored.
         let fixed = config(&format!(
-            "{BASE}\nmsl = \"1s\"\nmetrics = \"127.0.0.1:9464\"\nmem_limit = \"64M\"\nmax_conns_per_source = 10\npersist_timeout = \"1m\"\n"
+            "{BASE}\nmsl = \"1s\"\necn = false\nmetrics = \"127.0.0.1:9464\"\nmem_limit = \"64M\"\nmax_conns_per_source = 10\npersist_timeout = \"1m\"\n"
         ));
         assert_eq!(
             fixed_settings_changed(&old, &fixed),
-            ["msl", "metrics", "mem_limit", "max_conns_per_source", "persist_timeout"]
+            ["msl", "ecn", "metrics", "mem_limit", "max_conns_per_source", "persist_timeout"]
         );
     }
 }

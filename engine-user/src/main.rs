@@ -95,6 +95,10 @@ struct RunArgs {
     /// Turn keepalive off.
     #[arg(long)]
     no_keepalive: bool,
+    /// Refuse ECN (RFC 3168): SYN-ACKs never agree to it. Default: agree when the client's SYN
+    /// asks, as Linux's net.ipv4.tcp_ecn=2.
+    #[arg(long)]
+    no_ecn: bool,
     /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL. Default 30s.
     #[arg(long, value_parser = parse_duration)]
     msl: Option<Duration>,
@@ -203,6 +207,7 @@ fn real_main() -> anyhow::Result<()> {
                 keepalive_idle: args.keepalive_idle,
                 keepalive_interval: args.keepalive_interval,
                 keepalive_probes: args.keepalive_probes,
+                no_ecn: args.no_ecn,
                 msl: args.msl,
                 max_conns: args.max_conns,
                 xdp_mode: args.xdp_mode,

@@ -569,6 +569,24 @@ impl PacketSocket {
         }
     }
 
+    /// Let the socket queue `bytes` of received frames (SO_RCVBUFFORCE: above rmem_max), for
+    /// collecting thousands of answers to a burst before reading them.
+    pub fn set_recv_buffer(&self, bytes: usize) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let n = i32::try_from(bytes).unwrap_or(i32::MAX);
+        // SAFETY: setting an int option of the right size on our socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&raw const n).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    }
+
     /// Frames seen within `timeout` for which `keep` holds (stops early after `max`).
     pub fn collect(
         &self,

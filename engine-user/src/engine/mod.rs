@@ -75,6 +75,9 @@ pub struct EngineOptions {
     pub keepalive: Keepalive,
     /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL.
     pub msl: Duration,
+    /// ECN (RFC 3168) with clients that ask for it: XDP's SYN-ACK agrees (ECE) and the
+    /// connections use it. On by default, as Linux (net.ipv4.tcp_ecn=2).
+    pub ecn: bool,
     /// Connections in all (and FLOWS map entries), shared out evenly over the RX queues: each
     /// queue's engine has its own range of slots.
     pub max_conns: u32,
@@ -93,13 +96,15 @@ impl EngineOptions {
     pub const DEFAULT_MSL: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_CONNS: u32 = 1 << 20;
 
-    /// Native XDP, keepalive 2 h idle / 75 s interval / 10 probes, MSL 30 s, 1M connections.
+    /// Native XDP, keepalive 2 h idle / 75 s interval / 10 probes, MSL 30 s, ECN when the
+    /// client asks, 1M connections.
     pub fn new(iface: impl Into<String>) -> Self {
         Self {
             iface: iface.into(),
             xdp_mode: AttachMode::Native,
             keepalive: Keepalive::default(),
             msl: Self::DEFAULT_MSL,
+            ecn: true,
             max_conns: Self::DEFAULT_MAX_CONNS,
             busy_poll: Duration::ZERO,
             memory: MemoryLimits::default(),
@@ -230,7 +235,7 @@ impl Engine {
         );
         let per_queue = options.max_conns / queues;
         let mss = interface_mss(&options.iface);
-        let settings = options.cluster.xdp_settings(XdpSettings::new(mss))?;
+        let settings = options.cluster.xdp_settings(XdpSettings { ecn: options.ecn, ..XdpSettings::new(mss) })?;
         let (xdp, handover) = match &mut takeover {
             None => (XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, settings)?, None),
             Some((dir, predecessor)) => {
@@ -259,6 +264,7 @@ impl Engine {
             msl: options.msl,
             mss,
             keepalive: options.keepalive,
+            ecn: options.ecn,
             // Buffers grow (right-sizing, send buffer expansion) by at most what memory holds
             // before pressure, all queues together: growth stops where pressure starts.
             buffer_budget: tcp::BufferBudget::new(options.memory.pressure()),

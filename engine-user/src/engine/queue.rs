@@ -542,7 +542,7 @@ impl QueueDriver {
             dst_port: remote.port(),
             seq: tcp::SeqNum(answer.seq),
             ack: tcp::SeqNum(answer.ack),
-            flags: Flags(Flags::SYN.0 | Flags::ACK.0),
+            flags: Flags(answer.flags()),
             window: answer.window,
             options: Options {
                 mss: Some(answer.mss),
