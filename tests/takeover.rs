@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testbed::{Bpffs, Daemon, Netns, VethPair, require_root, synx_bin};
+use testbed::{Bpffs, Daemon, KernelEcho, Netns, VethPair, require_root, synx_bin};
 
 /// Idle connections (keepalive on), connections echoing without a pause, takeovers.
 const IDLE: usize = 10_000;
@@ -38,42 +38,6 @@ fn raise_nofile() -> u64 {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
     }
     rl.rlim_cur
-}
-
-/// A kernel-TCP echo server (the proxy's backend) in `ns`, until dropped.
-struct KernelEcho(Arc<AtomicBool>);
-
-impl KernelEcho {
-    fn start(ns: &Netns, addr: SocketAddr) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-        let flag = stop.clone();
-        let _server = ns.spawn(move || {
-            let listener = TcpListener::bind(addr).unwrap();
-            listener.set_nonblocking(true).unwrap();
-            bound_tx.send(()).unwrap();
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false).unwrap();
-                        std::thread::spawn(move || {
-                            let mut r = s.try_clone().unwrap();
-                            let _ = std::io::copy(&mut r, &mut s);
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        bound_rx.recv_timeout(Duration::from_secs(5)).expect("backend bound");
-        Self(stop)
-    }
-}
-
-impl Drop for KernelEcho {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Counters the client namespace keeps: every reset it receives, and the ports of the idle

@@ -448,6 +448,43 @@ impl Drop for Daemon {
     }
 }
 
+/// A kernel-TCP echo server in a namespace, for the proxy app to splice to; stops accepting
+/// when dropped.
+pub struct KernelEcho(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl KernelEcho {
+    pub fn start(ns: &Netns, addr: SocketAddr) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let _server = ns.spawn(move || {
+            let listener = std::net::TcpListener::bind(addr).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            bound_tx.send(()).unwrap();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        std::thread::spawn(move || {
+                            let mut r = s.try_clone().unwrap();
+                            let _ = std::io::copy(&mut r, &mut s);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        bound_rx.recv_timeout(Duration::from_secs(5)).expect("backend bound");
+        Self(stop)
+    }
+}
+
+impl Drop for KernelEcho {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A private bpffs instance mounted for one test (where a takeover pins its maps), unmounted
 /// on drop.
 pub struct Bpffs(pub PathBuf);
