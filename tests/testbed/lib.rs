@@ -491,7 +491,10 @@ pub struct Bpffs(pub PathBuf);
 
 impl Bpffs {
     pub fn mount() -> Self {
-        let dir = std::env::temp_dir().join(format!("synx-bpffs-{}", std::process::id()));
+        // One instance per call: tests of one process run side by side.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("synx-bpffs-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         sh("mount", &["-t", "bpf", "bpf", dir.to_str().unwrap()]).unwrap();
         Self(dir)
