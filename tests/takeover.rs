@@ -1,6 +1,6 @@
 //! Issue 17 item 1: `synx run --takeover` under load. A successor takes over the XDP
 //! attachment, the maps, the cookie secrets and every connection of the running daemon, five
-//! times in a row (the last with another copy of the binary), while clients keep connecting,
+//! times in a row (the last with another build of synx), while clients keep connecting,
 //! echoing and idling: no client sees a reset or a failed connect, no byte is lost or changed,
 //! and every idle connection still echoes afterwards and is still probed by keepalive.
 
@@ -246,9 +246,18 @@ fn five_takeovers_under_load_reset_nothing_lose_nothing_and_keep_every_idle_conn
     }
     assert!(testbed::wait_for(Duration::from_secs(30), || load.echoed.load(Ordering::Relaxed) > BUSY as u64 * 5));
 
-    // The last successor runs another copy of the binary.
-    let other_bin = std::env::temp_dir().join(format!("synx-other-{}", std::process::id()));
-    std::fs::copy(synx_bin(), &other_bin).unwrap();
+    // The last successor is another build of synx: `cargo xtask test` names its debug build
+    // (other code from the same source, with overflow checks) in SYNX_SUCCESSOR_BIN; run by
+    // hand without it, a copy of the binary.
+    let copy = std::env::temp_dir().join(format!("synx-other-{}", std::process::id()));
+    let other_bin = match std::env::var_os("SYNX_SUCCESSOR_BIN") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => {
+            std::fs::copy(synx_bin(), &copy).unwrap();
+            copy.clone()
+        }
+    };
+    eprintln!("the last successor: {}", other_bin.display());
     let mut timings = Vec::new();
     for round in 0..TAKEOVERS {
         let bin = if round == TAKEOVERS - 1 { other_bin.clone() } else { synx_bin() };
@@ -290,7 +299,7 @@ fn five_takeovers_under_load_reset_nothing_lose_nothing_and_keep_every_idle_conn
             daemon.stats().unwrap()
         );
     }
-    let _ = std::fs::remove_file(&other_bin);
+    let _ = std::fs::remove_file(&copy);
     load.stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.join().unwrap().unwrap();

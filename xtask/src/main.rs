@@ -147,9 +147,15 @@ fn real_main() -> anyhow::Result<()> {
         Task::Test { args } => {
             require_root("cargo xtask test")?;
             let bin = build_synx()?;
+            // The takeover test's last successor is another build of the same source (issue 17:
+            // "the last with a rebuilt binary"): the debug one, whose dependencies the test
+            // build compiles anyway.
+            let mut debug = cargo();
+            debug.args(["build", "--package", "engine-user", "--bin", "synx"]);
+            run(debug)?;
             let mut c = cargo();
             // Default members: engine-ebpf only builds for bpfel-unknown-none (via build.rs).
-            c.arg("test").args(&args).env("SYNX_BIN", &bin);
+            c.arg("test").args(&args).env("SYNX_BIN", &bin).env("SYNX_SUCCESSOR_BIN", target_dir().join("debug").join("synx"));
             run(c)?;
             if args.is_empty() {
                 // A few seconds each, from the corpus in the repository: what the targets
