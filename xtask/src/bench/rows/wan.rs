@@ -273,6 +273,9 @@ pub fn bulk(ctx: &mut Ctx) -> anyhow::Result<()> {
                 _ => "no loss".into(),
             };
             let name = format!("wan_bulk_{dir}_{cell}");
+            if !ctx.wants_row("wan_bulk", &name) {
+                continue;
+            }
             println!("bench: {name}");
             let note = format!("{} MiB, {what}, RTT 40 ms, 100 Mbit/s, {loss}; goodput from connect to the last byte", bytes >> 20);
             let mut c = Collector::new("wan_bulk", vec![spec(name, "Mbit/s", true, note)]);
