@@ -361,6 +361,7 @@ impl Recovery {
         // RFC 9406 4.3: a round ends when the ACK reaches what SND.NXT was at its start.
         if una_advanced && s.una.ge(self.round_end) {
             self.cc.start_round();
+            self.ack_train.start_round();
             self.round_end = s.nxt;
         }
         if a.dupack && !sack {
@@ -437,9 +438,9 @@ impl Recovery {
         // What the ACK says about a tail-loss probe, before the window grows (as Linux).
         self.tlp_on_ack(s, dsack, una_advanced || sacked > 0, mss, stats);
         // HyStart's ACK train, on every ACK that delivered data (as Linux's bictcp_acked).
-        if let (false, Some(_), Some(min_rtt)) = (self.reducing(), ca_rtt, self.rack.min_rtt()) {
-            let train = self.ack_train.on_ack(now);
-            self.cc.on_ack_train(train, mss, min_rtt, self.rtt.srtt(), config.pacing);
+        if let (false, Some(sent), Some(min_rtt)) = (self.reducing(), newest, self.rack.min_rtt()) {
+            let train = self.ack_train.on_ack(now, sent, delivered);
+            self.cc.on_ack_train(train, mss, min_rtt, config.pacing);
         }
         // The window: PRR while reducing, else slow start or congestion avoidance by what was
         // delivered, on ACKs that move SND.UNA (as Linux's tcp_may_raise_cwnd).
