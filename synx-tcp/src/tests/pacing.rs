@@ -74,3 +74,22 @@ fn acks_are_not_paced_and_pacing_can_be_off() {
     assert_eq!(out(&mut c, ms(100)).len(), 20);
     assert_eq!(c.stats().paced, 0);
 }
+
+#[test]
+fn the_initial_window_leaves_at_once_even_with_an_rtt_from_the_handshake() {
+    // As fq's initial_quantum: the handshake's ACK gave an SRTT of 40 ms (RFC 7323 4.1), yet
+    // the first 10 segments leave together; what follows them is paced.
+    let f = HandshakeFacts { flags: FACT_SACK | engine_common::handshake::FACT_TS, ts_offset: 1000, ..facts() };
+    let mut ack = peer(0, 0);
+    ack.options.timestamps = Some((1, 1000));
+    let config = Arc::new(Config { nagle: false, ..config() });
+    let mut c = Connection::accept(ms(40), config, &f, local(), remote(), &ack, &[]).unwrap();
+    assert_eq!(c.info().srtt, Some(Duration::from_millis(40)));
+    c.send(&vec![1u8; 14 * 1448]);
+    assert_eq!(out(&mut c, ms(40)).len(), 10, "the initial window at once");
+    assert_eq!(c.stats().paced, 0);
+    c.handle(ms(80), &peer(0, 10 * 1448), &[]);
+    let first = out(&mut c, ms(80)).len();
+    assert!(first < 4, "then paced: {first}");
+    assert_eq!(c.stats().paced, 1);
+}
