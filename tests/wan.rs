@@ -229,3 +229,86 @@ fn reordering_sets_off_few_retransmissions_and_each_reduction_is_undone() {
     assert!(recoveries * 10 <= down.reordered, "reordering kept setting off recoveries: {recoveries} for {} frames", down.reordered);
     assert_eq!(bed.stats(Dir::Up).faults() + down.faults(), 0);
 }
+
+/// ECN end to end (RFC 3168) with a Linux client that asks for it (net.ipv4.tcp_ecn=1), on a
+/// 40 ms path whose bottleneck marks CE above a quarter of a BDP of queue and never fills (4
+/// BDPs): XDP's SYN-ACK agrees (ECE), the connection made from the cookie's ACK uses ECN, and
+/// CE marks shrink synx's window with nothing lost or resent. Down (synx sends 32 MiB): every
+/// marked frame reaches the client marked, the client echoes ECE, synx reduces its window.
+/// Up (the client sends 32 MiB to synx): synx counts every marked frame and echoes ECE, and
+/// the client backs off on it. With `--no-ecn` nothing synx sends is ECN-capable, so nothing
+/// is marked. The kernel's own run on the same path is ecn_marks_and_reordering_reach_the_kernel_as_asked.
+#[test]
+fn ce_marks_shrink_synx_windows_without_loss() {
+    require_root();
+    let ecn = PathSpec { queue_bytes: Some(2_000_000), ecn_threshold: Some(125_000), ..PathSpec::wan(ms(40), 100_000_000) };
+    let bed = PathBed::builder().both(ecn).xdp_server().seed(3168).start().unwrap();
+    bed.client.exec("sysctl", &["-qw", "net.ipv4.tcp_ecn=1"]).unwrap();
+    let server = &bed.servers[0];
+    let client = &bed.client;
+    let listen = [format!("{}=http", server.addr(HTTP)), format!("{}=discard", server.addr(SINK))];
+    let daemon = Daemon::start(&server.ns, &server.iface, &["--listen", &listen[0], "--listen", &listen[1]]).unwrap();
+    // Every counter named must exist: a misspelt name would read as 0.
+    let counters = |d: &Daemon| {
+        let stats = d.stats().unwrap();
+        move |name: &str| stats.get(name).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("no counter {name}"))
+    };
+
+    // Down: synx sends.
+    let (down0, ce0) = (bed.stats(Dir::Down), nstat(client, "IpExtInCEPkts"));
+    probe::download(client, server.addr(HTTP), 32 << 20, Some(Duration::from_secs(120))).unwrap();
+    let down = bed.stats(Dir::Down).since(&down0);
+    let ce_at_client = nstat(client, "IpExtInCEPkts") - ce0;
+    let c = counters(&daemon);
+    let (reductions, retransmits) = (c("tcp_ecn_reductions"), c("tcp_retransmits"));
+    println!(
+        "down: {} frames marked CE by the path, {ce_at_client} arrived marked; tail drops {}, lost {}; synx: ECN \
+         reductions {reductions}, retransmits {retransmits}, fast recoveries {}, timeouts {}",
+        down.ce_marked,
+        down.tail_drops,
+        down.lost,
+        c("tcp_fast_recoveries"),
+        c("tcp_rto_timeouts"),
+    );
+    assert!(down.ce_marked > 0, "synx's data was not ECN-capable or the queue never passed the threshold");
+    assert_eq!(ce_at_client, down.ce_marked, "CE marks lost or invented between the path and the client");
+    assert!(reductions > 0, "the client's ECE echoes never reduced synx's window");
+    assert_eq!(down.tail_drops + down.lost, 0, "synx did not back off on CE marks alone");
+    assert_eq!(retransmits, 0, "nothing was lost, yet synx resent");
+
+    // Up: synx receives and echoes.
+    let (up0, retrans0, delivered_ce0) = (bed.stats(Dir::Up), nstat(client, "TcpRetransSegs"), nstat(client, "TcpExtTCPDeliveredCE"));
+    probe::upload(client, server.addr(SINK), 32 << 20, Some(Duration::from_secs(120))).unwrap();
+    let up = bed.stats(Dir::Up).since(&up0);
+    let echoed = nstat(client, "TcpExtTCPDeliveredCE") - delivered_ce0;
+    let client_retrans = nstat(client, "TcpRetransSegs") - retrans0;
+    // The core counts once a segment has been taken in; the upload ends when the client's
+    // last byte is acknowledged, so the count settles a loop turn later.
+    let mut ce_received = 0;
+    testbed::wait_for(Duration::from_secs(5), || {
+        ce_received = counters(&daemon)("tcp_ce_received");
+        ce_received >= up.ce_marked
+    });
+    println!(
+        "up: {} frames marked CE by the path; synx received {ce_received} marked; client: TCPDeliveredCE {echoed}, \
+         retransmitted {client_retrans}; tail drops {}, lost {}",
+        up.ce_marked,
+        up.tail_drops,
+        up.lost
+    );
+    assert!(up.ce_marked > 0, "the client's data was not ECN-capable or the queue never passed the threshold");
+    assert_eq!(ce_received, up.ce_marked, "synx did not count every CE mark");
+    assert!(echoed > 0, "synx never echoed ECE to the client");
+    assert_eq!(up.tail_drops + up.lost + client_retrans, 0, "the client did not back off on synx's echoes alone");
+    drop(daemon);
+
+    // --no-ecn: the SYN-ACK does not agree, so nothing synx sends is ECN-capable.
+    let daemon = Daemon::start(&server.ns, &server.iface, &["--no-ecn", "--listen", &listen[0]]).unwrap();
+    let down0 = bed.stats(Dir::Down);
+    probe::download(client, server.addr(HTTP), 8 << 20, Some(Duration::from_secs(120))).unwrap();
+    let down = bed.stats(Dir::Down).since(&down0);
+    let c = counters(&daemon);
+    assert_eq!((down.ce_marked, c("tcp_ecn_reductions")), (0, 0), "ECN without agreement");
+    assert_eq!(bed.stats(Dir::Up).faults() + bed.stats(Dir::Down).faults(), 0);
+    assert_eq!(bed.device_drops().unwrap(), 0);
+}

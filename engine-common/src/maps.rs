@@ -190,6 +190,9 @@ pub mod globals {
     pub const MSS: &str = "SYNX_MSS";
     /// `u8`: the window-scale shift we announce to a client that offers scaling.
     pub const WSCALE: &str = "SYNX_WSCALE";
+    /// `u8`: 1 to agree to ECN with clients whose SYN asks for it (RFC 3168 6.1.1: the
+    /// SYN-ACK sets ECE), 0 to answer every SYN without.
+    pub const ECN: &str = "SYNX_ECN";
     /// `u8`: 1 to answer segments with no flow and a bad cookie with an RST (RFC 9293
     /// 3.10.7.1), 0 to drop them silently.
     pub const RST_BAD_COOKIE: &str = "SYNX_RST_BAD_COOKIE";

@@ -50,6 +50,9 @@ pub struct Ours {
     pub mss: u16,
     /// The window-scale shift we offer a client that offered scaling.
     pub wscale: u8,
+    /// Agree to ECN with a client whose SYN asks for it (RFC 3168 6.1.1), as Linux's
+    /// net.ipv4.tcp_ecn=2 does.
+    pub ecn: bool,
 }
 
 /// Our SYN-ACK to a [`Syn`].
@@ -68,7 +71,14 @@ pub struct SynAck {
     pub sack: bool,
     /// (TSval, TSecr).
     pub ts: Option<(u32, u32)>,
+    /// An ECN-setup SYN-ACK: ECE set, CWR clear (RFC 3168 6.1.1).
+    pub ece: bool,
 }
+
+/// The TCP header's flag bits a SYN-ACK may carry.
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+pub const ECE: u8 = 0x40;
 
 /// The SYN-ACK to `syn` once its cookie is minted (ISN `isn`, TSval clock offset
 /// `ts_offset`); `now_ms` is the millisecond clock the TSval counts (wrapping).
@@ -82,9 +92,10 @@ pub fn build(syn: &Syn, isn: u32, ts_offset: u32, now_ms: u32, ours: &Ours) -> S
         wscale: None,
         sack: false,
         ts: None,
+        ece: false,
     };
-    // Without timestamps the cookie has nowhere to remember scaling or SACK: MSS only, as
-    // Linux does.
+    // Without timestamps the cookie has nowhere to remember scaling, SACK or ECN: MSS only, as
+    // Linux does (tcp_conn_request clears ecn_ok for a cookie without timestamps).
     if let Some(client_ts) = syn.ts {
         // RFC 7323 2.3: a shift above 14 is used as 14.
         let wscale = match syn.wscale {
@@ -93,9 +104,12 @@ pub fn build(syn: &Syn, isn: u32, ts_offset: u32, now_ms: u32, ours: &Ours) -> S
         };
         // RFC 7323 3.2: TSecr echoes the client's TSval; our TSval carries what the cookie
         // cannot (window scale, SACK, ECN).
-        let tsval = cookie::ts_encode(now_ms, ts_offset, wscale, syn.sack, syn.ecn);
+        // RFC 3168 6.1.1: an ECN-setup SYN-ACK only to an ECN-setup SYN, and only if we agree.
+        let ecn = syn.ecn && ours.ecn;
+        let tsval = cookie::ts_encode(now_ms, ts_offset, wscale, syn.sack, ecn);
         a.ts = Some((tsval, client_ts));
         a.sack = syn.sack;
+        a.ece = ecn;
         // RFC 7323 2.2: offer scaling only to a client that offered it.
         a.wscale = if wscale.is_some() { Some(ours.wscale) } else { None };
     }
@@ -111,6 +125,12 @@ pub fn answer(key: &Key, tuple: &Tuple, syn: &Syn, now_ns: u64, ours: &Ours) -> 
 }
 
 impl SynAck {
+    /// The flags byte: SYN, ACK and, for an ECN-setup SYN-ACK, ECE (never CWR, RFC 3168 6.1.1).
+    #[inline(always)]
+    pub fn flags(&self) -> u8 {
+        SYN | ACK | if self.ece { ECE } else { 0 }
+    }
+
     /// The options in Linux's order and layout (tcp_options_write): MSS, SACK-permitted (or
     /// NOP, NOP), timestamps, NOP, window scale (or NOP); without timestamps, MSS then EOL
     /// padding. Each word holds 4 wire bytes read as a little-endian u32, as XDP stores them.
@@ -141,7 +161,7 @@ mod tests {
     use crate::handshake::{FACT_ECN, FACT_SACK, FACT_TS, FACT_WSCALE};
 
     const KEY: Key = Key { k0: 0x0123_4567_89ab_cdef, k1: 0xfedc_ba98_7654_3210 };
-    const OURS: Ours = Ours { mss: 8960, wscale: 7 };
+    const OURS: Ours = Ours { mss: 8960, wscale: 7, ecn: true };
     const NOW_NS: u64 = 5_000_000_123_456_789;
 
     fn tuple() -> Tuple {
@@ -250,6 +270,37 @@ mod tests {
             let clock = ((NOW_NS / 1_000_000) as u32).wrapping_add(facts.ts_offset);
             let tsval = a.ts.unwrap().0;
             assert!(clock.wrapping_sub(tsval) < 1 << cookie::TS_OPT_BITS, "{what}: TSval {tsval}, clock {clock}");
+        }
+    }
+
+    #[test]
+    fn an_ecn_setup_syn_gets_ece_when_we_agree_and_the_cookie_can_remember_it() {
+        // (what, the SYN, we agree to ECN, ECE in the SYN-ACK, ECN decoded from the final ACK)
+        let ecn_syn = Syn { ecn: true, ..linux_syn() };
+        let rows = [
+            // RFC 3168 6.1.1: an ECN-setup SYN-ACK (ECE, no CWR) answers an ECN-setup SYN.
+            ("ECN-setup SYN", ecn_syn, true, true, Some(true)),
+            // ... and only one: no ECE to a SYN that did not ask.
+            ("non-ECN SYN", linux_syn(), true, false, Some(false)),
+            // We do not agree (--ecn off): no ECE, and the cookie does not say ECN.
+            ("ECN off here", ecn_syn, false, false, Some(false)),
+            // No timestamps: nowhere to remember it, so no ECN (as Linux with cookies).
+            ("no timestamps", Syn { ts: None, ..ecn_syn }, true, false, None),
+        ];
+        for (what, syn, agree, ece, decoded_ecn) in rows {
+            let ours = Ours { ecn: agree, ..OURS };
+            let m = cookie::make(&KEY, &tuple(), syn.isn, NOW_NS, syn.cookie_mss(ours.mss));
+            let a = build(&syn, m.isn, m.ts_offset, (NOW_NS / 1_000_000) as u32, &ours);
+            assert_eq!(a.ece, ece, "{what}");
+            assert_eq!(a.flags(), if ece { SYN | ACK | ECE } else { SYN | ACK }, "{what}");
+            if let Some(ecn) = decoded_ecn {
+                assert_eq!(decoded(&a, &syn).has(FACT_ECN), ecn, "{what}");
+            } else {
+                // The final ACK carries no timestamps: nothing but the MSS.
+                let facts =
+                    cookie::decode(&published(), &tuple(), a.ack, a.seq.wrapping_add(1), None, NOW_NS, OURS.wscale).unwrap();
+                assert!(!facts.has(FACT_ECN), "{what}");
+            }
         }
     }
 

@@ -271,13 +271,13 @@ fn syn_ack<C: Cookies>(ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now) ->
             }
         }
     };
-    let ours = Ours { mss: settings::mss(), wscale: settings::wscale() };
+    let ours = Ours { mss: settings::mss(), wscale: settings::wscale(), ecn: settings::ecn() };
     let (isn, ts_offset) = match C::mint(ctx, seg, secrets, now, syn.cookie_mss(ours.mss)) {
         Ok(m) => m,
         Err(v) => return v,
     };
     let answer = synack::build(&syn, isn, ts_offset, now.ms, &ours);
-    if !reply(ctx, seg, answer.seq, answer.ack, SYN | ACK, answer.window, &answer.option_words()) {
+    if !reply(ctx, seg, answer.seq, answer.ack, answer.flags(), answer.window, &answer.option_words()) {
         return Verdict::Drop(counters::DROP_NO_ROOM);
     }
     count(counters::SYN_COOKIE_SENT);

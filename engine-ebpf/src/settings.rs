@@ -11,6 +11,8 @@ static SYNX_MSS: Global<u16> = Global::new(0);
 #[unsafe(no_mangle)]
 static SYNX_WSCALE: Global<u8> = Global::new(0);
 #[unsafe(no_mangle)]
+static SYNX_ECN: Global<u8> = Global::new(0);
+#[unsafe(no_mangle)]
 static SYNX_RST_BAD_COOKIE: Global<u8> = Global::new(0);
 #[unsafe(no_mangle)]
 static SYNX_RST_PER_SEC: Global<u32> = Global::new(0);
@@ -33,6 +35,12 @@ pub fn mss() -> u16 {
 #[inline(always)]
 pub fn wscale() -> u8 {
     SYNX_WSCALE.load()
+}
+
+/// Whether we agree to ECN with a client whose SYN asks for it (RFC 3168 6.1.1).
+#[inline(always)]
+pub fn ecn() -> bool {
+    SYNX_ECN.load() != 0
 }
 
 /// Whether a segment with no connection and no valid cookie gets an RST (RFC 9293 3.10.7.1)

@@ -69,6 +69,9 @@ pub struct XdpSettings {
     pub mss: u16,
     /// The window-scale shift announced to clients that offer scaling.
     pub wscale: u8,
+    /// Agree to ECN with clients whose SYN asks for it: the SYN-ACK sets ECE and the cookie
+    /// remembers it (RFC 3168 6.1.1; Linux's net.ipv4.tcp_ecn=2, its default).
+    pub ecn: bool,
     /// Answer segments with no flow and a bad cookie with an RST (RFC 9293 3.10.7.1) rather
     /// than silence.
     pub rst_bad_cookie: bool,
@@ -84,7 +87,15 @@ pub struct XdpSettings {
 impl XdpSettings {
     /// The daemon's settings, announcing `mss`.
     pub fn new(mss: u16) -> Self {
-        Self { mss, wscale: OUR_WSCALE, rst_bad_cookie: true, rst_per_sec: RST_PER_SEC, drain_pass: false, ring: None }
+        Self {
+            mss,
+            wscale: OUR_WSCALE,
+            ecn: true,
+            rst_bad_cookie: true,
+            rst_per_sec: RST_PER_SEC,
+            drain_pass: false,
+            ring: None,
+        }
     }
 }
 
@@ -269,6 +280,7 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings, pinned: Op
         return Err(BpfError::NoObject);
     }
     raise_memlock_limit();
+    let ecn = u8::from(settings.ecn);
     let rst_bad_cookie = u8::from(settings.rst_bad_cookie);
     let drain_pass = u8::from(settings.drain_pass);
     let (peer_port, peer_self) = match settings.ring {
@@ -286,6 +298,7 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings, pinned: Op
         .map_max_entries(maps::FLOWS6, max_flows)
         .override_global(globals::MSS, &settings.mss, true)
         .override_global(globals::WSCALE, &settings.wscale, true)
+        .override_global(globals::ECN, &ecn, true)
         .override_global(globals::RST_BAD_COOKIE, &rst_bad_cookie, true)
         .override_global(globals::RST_PER_SEC, &settings.rst_per_sec, true)
         .override_global(globals::DRAIN_PASS, &drain_pass, true)
@@ -1145,7 +1158,7 @@ impl XdpProgram {
     pub fn cookie_checker(&self) -> CookieChecker {
         CookieChecker {
             published: self.secrets.published.clone(),
-            ours: Ours { mss: self.settings.mss, wscale: self.settings.wscale },
+            ours: Ours { mss: self.settings.mss, wscale: self.settings.wscale, ecn: self.settings.ecn },
             draining: self.switches.draining.clone(),
         }
     }

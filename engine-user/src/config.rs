@@ -166,6 +166,8 @@ pub struct RunConfig {
     pub keepalive: Keepalive,
     /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL.
     pub msl: Duration,
+    /// ECN (RFC 3168) with clients that ask for it.
+    pub ecn: bool,
     pub max_conns: u32,
     pub xdp_mode: AttachMode,
     /// How long an engine thread keeps polling after work before it sleeps (0: never).
@@ -215,6 +217,7 @@ pub struct FileConfig {
     pub keepalive_idle: Option<String>,
     pub keepalive_interval: Option<String>,
     pub keepalive_probes: Option<u32>,
+    pub ecn: Option<bool>,
     pub msl: Option<String>,
     pub max_conns: Option<u32>,
     pub xdp_mode: Option<String>,
@@ -251,6 +254,7 @@ pub struct FlagConfig {
     pub keepalive_idle: Option<Duration>,
     pub keepalive_interval: Option<Duration>,
     pub keepalive_probes: Option<u32>,
+    pub no_ecn: bool,
     pub msl: Option<Duration>,
     pub max_conns: Option<u32>,
     pub xdp_mode: Option<AttachMode>,
@@ -314,6 +318,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         (None, Some("worker")) => AppThreads::Worker,
         (None, Some(other)) => return Err(format!("app_threads {other:?}: choose engine or worker")),
     };
+    let ecn = !flags.no_ecn && file.ecn.unwrap_or(true);
     let msl = bounds::MSL.check(flags.msl.or(dur(file.msl)?).unwrap_or(RunConfig::DEFAULT_MSL))?;
     let max_conns =
         bounds::MAX_CONNS.check(flags.max_conns.or(file.max_conns).unwrap_or(RunConfig::DEFAULT_MAX_CONNS))?;
@@ -367,6 +372,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         app,
         keepalive,
         msl,
+        ecn,
         max_conns,
         xdp_mode,
         busy_poll,
@@ -481,6 +487,7 @@ mod tests {
             busy_poll = "50us"
             app_threads = "worker"
             metrics = "[::1]:9464"
+            ecn = false
             "#,
         )
         .unwrap();
@@ -502,6 +509,7 @@ mod tests {
         assert_eq!(c.busy_poll, Duration::from_micros(50));
         assert_eq!(c.app_threads, AppThreads::Worker);
         assert_eq!(c.metrics, Some("[::1]:9464".parse().unwrap()));
+        assert!(!c.ecn);
 
         let d = merge(
             FlagConfig {
@@ -520,6 +528,11 @@ mod tests {
         assert_eq!(d.busy_poll, Duration::ZERO);
         assert_eq!(d.app_threads, AppThreads::Engine);
         assert_eq!(d.metrics, None);
+        // As Linux's net.ipv4.tcp_ecn=2: ECN when the client asks.
+        assert!(d.ecn);
+        let listen = vec!["198.18.0.1:7".parse().unwrap()];
+        let off = FlagConfig { iface: Some("veth0".into()), listen, no_ecn: true, ..Default::default() };
+        assert!(!merge(off, toml::from_str("ecn = true").unwrap()).unwrap().ecn, "the flag wins");
     }
 
     #[test]

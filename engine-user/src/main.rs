@@ -95,6 +95,10 @@ struct RunArgs {
     /// Turn keepalive off.
     #[arg(long)]
     no_keepalive: bool,
+    /// Refuse ECN (RFC 3168): SYN-ACKs never agree to it. Default: agree when the client's SYN
+    /// asks, as Linux's net.ipv4.tcp_ecn=2.
+    #[arg(long)]
+    no_ecn: bool,
     /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL. Default 30s.
     #[arg(long, value_parser = parse_duration)]
     msl: Option<Duration>,
@@ -157,6 +161,15 @@ struct RunArgs {
     /// withdrawn) or pass them to the kernel.
     #[arg(long, value_enum)]
     drain_syns: Option<DrainSyns>,
+    /// Take over from the synx running on the same control socket: its XDP attachment, maps and
+    /// cookie secrets, and every connection (established, idle, closing), with no reset and no
+    /// SYN unanswered; it exits once it holds nothing. The same listeners and settings (the
+    /// binary may be newer).
+    #[arg(long)]
+    takeover: bool,
+    /// A bpffs mount where the running synx pins its maps and attachment for `--takeover`.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    bpffs: PathBuf,
     /// Pretend this host's clock is this many ms off (tests of the clock checks).
     #[arg(long, hide = true, allow_negative_numbers = true, default_value_t = 0)]
     clock_skew_ms: i64,
@@ -194,6 +207,7 @@ fn real_main() -> anyhow::Result<()> {
                 keepalive_idle: args.keepalive_idle,
                 keepalive_interval: args.keepalive_interval,
                 keepalive_probes: args.keepalive_probes,
+                no_ecn: args.no_ecn,
                 msl: args.msl,
                 max_conns: args.max_conns,
                 xdp_mode: args.xdp_mode,
@@ -212,7 +226,7 @@ fn real_main() -> anyhow::Result<()> {
                 clock_skew_ms: args.clock_skew_ms,
             };
             let cfg = config::merge(flags.clone(), file).map_err(anyhow::Error::msg)?;
-            synx::daemon::run(cfg, flags, args.config, args.control_socket)
+            synx::daemon::run(cfg, flags, args.config, args.control_socket, args.takeover.then_some(args.bpffs))
         }
         Command::PeerPass { iface } => {
             let _pass = synx::bpf::PeerPass::attach(&iface, AttachMode::Native)?;

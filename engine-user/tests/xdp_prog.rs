@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use engine_common::{
     cookie::{self, Key, Keys},
     counters::{self, Counter},
-    handshake::{FACT_SACK, FACT_TS, FACT_WSCALE},
+    handshake::{FACT_ECN, FACT_SACK, FACT_TS, FACT_WSCALE},
     maps::{self, RX_BACKLOG_LIMIT},
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
@@ -181,6 +181,8 @@ struct Setup {
     drain_pass: bool,
     /// Host A of the ring A, B, C (second chance).
     ring: bool,
+    /// Loaded to refuse ECN (`--no-ecn`).
+    no_ecn: bool,
 }
 
 /// Host A's place in the ring of A, B and C.
@@ -221,12 +223,14 @@ struct Expect {
     sack: bool,
     /// The client's window scale as the cookie should carry it (clamped to 14).
     wscale: Option<u8>,
+    /// An ECN-setup SYN-ACK (ECE set, CWR clear; RFC 3168 6.1.1), the cookie saying ECN.
+    ecn: bool,
 }
 
 /// What a Linux client's SYN earns.
-const LINUX: Expect = Expect { cookie_mss: 1460, ts: Some(123456), sack: true, wscale: Some(7) };
+const LINUX: Expect = Expect { cookie_mss: 1460, ts: Some(123456), sack: true, wscale: Some(7), ecn: false };
 /// What a SYN without options earns (RFC 9293 3.7.1: the default MSS).
-const BARE4: Expect = Expect { cookie_mss: 536, ts: None, sack: false, wscale: None };
+const BARE4: Expect = Expect { cookie_mss: 536, ts: None, sack: false, wscale: None, ecn: false };
 const BARE6: Expect = Expect { cookie_mss: 1220, ..BARE4 };
 
 struct Row {
@@ -261,6 +265,7 @@ fn fresh(setup: &Setup) -> XdpProgram {
         rst_bad_cookie: !setup.silent,
         drain_pass: setup.drain_pass,
         ring: setup.ring.then(ring),
+        ecn: !setup.no_ecn,
         ..XdpSettings::new(OUR_MSS)
     });
     e.set_draining(setup.draining).unwrap();
@@ -433,6 +438,14 @@ fn check_synack(e: &XdpProgram, input: &[u8], out: &[u8], want: &Expect, what: &
     let syn_seq = tcp_of(input).sequence_number();
     let t = tcp_of(out);
     assert!(t.syn() && t.ack() && !t.rst() && !t.fin() && !t.psh(), "{what}: SYN-ACK");
+    // RFC 3168 6.1.1: an ECN-setup SYN-ACK has ECE and not CWR; and it is not ECT itself.
+    assert_eq!((t.ece(), t.cwr()), (want.ecn, false), "{what}: ECE, CWR");
+    let ip_ecn = match SlicedPacket::from_ethernet(out).unwrap().net {
+        Some(NetSlice::Ipv4(ip)) => ip.header().ecn().value(),
+        Some(NetSlice::Ipv6(ip)) => ip.header().traffic_class() & 3,
+        _ => unreachable!("check_reply saw IP"),
+    };
+    assert_eq!(ip_ecn, 0, "{what}: IP ECN field");
     assert_eq!(t.acknowledgment_number(), syn_seq.wrapping_add(1), "{what}");
     assert_eq!(t.window_size(), 65535, "{what}");
     let tuple = cookie_tuple(server, client).unwrap();
@@ -474,6 +487,7 @@ fn check_synack(e: &XdpProgram, input: &[u8], out: &[u8], want: &Expect, what: &
     assert_eq!(facts.has(FACT_TS), want.ts.is_some(), "{what}");
     assert_eq!(facts.has(FACT_SACK), want.sack, "{what}");
     assert_eq!(facts.has(FACT_WSCALE), want.wscale.is_some(), "{what}");
+    assert_eq!(facts.has(FACT_ECN), want.ecn, "{what}: ECN in the cookie");
     if let Some(ws) = want.wscale {
         assert_eq!((facts.snd_wscale, facts.rcv_wscale), (ws, 7), "{what}");
     }
@@ -497,13 +511,13 @@ fn syns_get_cookie_syn_acks() {
         (
             "Linux without SACK: MSS, NOP, NOP, TS, NOP, WS",
             vec![Mss(1400), Noop, Noop, Ts(5, 0), Noop, Ws(2)],
-            Expect { cookie_mss: 1220, ts: Some(5), sack: false, wscale: Some(2) },
+            Expect { cookie_mss: 1220, ts: Some(5), sack: false, wscale: Some(2), ecn: false },
             true,
         ),
         (
             "Linux layout, window scale 15 (RFC 7323 2.3: used as 14)",
             vec![Mss(9000), SackOk, Ts(u32::MAX, 0), Noop, Ws(15)],
-            Expect { cookie_mss: 1460, ts: Some(u32::MAX), sack: true, wscale: Some(14) },
+            Expect { cookie_mss: 1460, ts: Some(u32::MAX), sack: true, wscale: Some(14), ecn: false },
             true,
         ),
         ("MSS only", vec![Mss(1440)], Expect { cookie_mss: 1440, ..BARE4 }, true),
@@ -517,19 +531,19 @@ fn syns_get_cookie_syn_acks() {
         (
             "macOS: MSS, NOP, WS, NOP, NOP, TS, SACK-permitted, EOL",
             vec![Mss(1460), Noop, Ws(6), Noop, Noop, Ts(77, 0), SackOk, Noop, Noop],
-            Expect { cookie_mss: 1460, ts: Some(77), sack: true, wscale: Some(6) },
+            Expect { cookie_mss: 1460, ts: Some(77), sack: true, wscale: Some(6), ecn: false },
             false,
         ),
         (
             "Linux's options in another order (TS first)",
             vec![Noop, Noop, Ts(9, 0), Mss(1460), SackOk, Noop, Ws(7)],
-            Expect { cookie_mss: 1460, ts: Some(9), sack: true, wscale: Some(7) },
+            Expect { cookie_mss: 1460, ts: Some(9), sack: true, wscale: Some(7), ecn: false },
             false,
         ),
         (
             "TS without window scale, 20 bytes: MSS, SACK-permitted, TS, NOP, NOP, NOP, NOP",
             vec![Mss(1460), SackOk, Ts(3, 0), Noop, Noop, Noop, Noop],
-            Expect { cookie_mss: 1460, ts: Some(3), sack: true, wscale: None },
+            Expect { cookie_mss: 1460, ts: Some(3), sack: true, wscale: None, ecn: false },
             false,
         ),
     ];
@@ -558,6 +572,52 @@ fn syns_get_cookie_syn_acks() {
     rows.push(row("Ethernet padding", padded, XDP_TX, Out::SynAck(mss_only), &[(counters::SYN_COOKIE_SENT, 1)]));
     let no_ts = frame(false, 40000, 7, &[Mss(1460)], |b| b.syn(), &[]);
     rows.push(row("MSS 1460 alone, ISN 7", no_ts, XDP_TX, Out::SynAck(mss_only), &[(counters::SYN_COOKIE_SENT, 1)]));
+    run(rows);
+}
+
+#[test]
+fn ecn_setup_syns_get_ece() {
+    use TcpOptionElement::{MaximumSegmentSize as Mss, Noop, Timestamp as Ts, WindowScale as Ws};
+    let sent = [(counters::SYN_COOKIE_SENT, 1)];
+    let off = Setup { no_ecn: true, ..Setup::default() };
+    let mut rows = Vec::new();
+    for v6 in [false, true] {
+        let bare = if v6 { BARE6 } else { BARE4 };
+        let ecn_syn = |opts: &[TcpOptionElement]| frame(v6, 40000, 1000, opts, |b| b.syn().ece().cwr(), &[]);
+        rows.extend([
+            // RFC 3168 6.1.1: an ECN-setup SYN (ECE and CWR) gets an ECN-setup SYN-ACK (ECE
+            // only), and the cookie's TSval bits remember it for the final ACK.
+            row(
+                format!("ECN-setup SYN, Linux's options (v6={v6})"),
+                ecn_syn(&linux_syn_opts()),
+                XDP_TX,
+                Out::SynAck(Expect { ecn: true, ..LINUX }),
+                &sent,
+            ),
+            row(
+                format!("ECN-setup SYN off the fast path (v6={v6})"),
+                ecn_syn(&[Noop, Noop, Ts(9, 0), Mss(1460), Noop, Ws(7)]),
+                XDP_TX,
+                Out::SynAck(Expect { cookie_mss: 1460, ts: Some(9), sack: false, wscale: Some(7), ecn: true }),
+                &[(counters::SYN_COOKIE_SENT, 1), (counters::SYN_GENERIC_OPTIONS, 1)],
+            ),
+            // A SYN that does not ask gets no ECE.
+            row(format!("SYN without ECN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &sent),
+            // ECE alone is not ECN setup (RFC 3168 6.1.1: both flags).
+            row(
+                format!("SYN with ECE only (v6={v6})"),
+                frame(v6, 40000, 1000, &linux_syn_opts(), |b| b.syn().ece(), &[]),
+                XDP_TX,
+                Out::SynAck(LINUX),
+                &sent,
+            ),
+            // Without timestamps the cookie has nowhere to remember ECN: no ECE (as Linux).
+            row(format!("ECN-setup SYN without timestamps (v6={v6})"), ecn_syn(&[]), XDP_TX, Out::SynAck(bare), &sent),
+            // Loaded with --no-ecn: no ECE, whatever the SYN asks.
+            row(format!("ECN-setup SYN, ECN off (v6={v6})"), ecn_syn(&linux_syn_opts()), XDP_TX, Out::SynAck(LINUX), &sent)
+                .with(off.clone()),
+        ]);
+    }
     run(rows);
 }
 
@@ -1069,6 +1129,9 @@ fn userspace_answers_a_syn_as_the_xdp_program_does() {
                 .expect("three tries within one cookie period");
             let t = tcp_of(&out);
             assert_eq!((t.sequence_number(), t.acknowledgment_number(), t.window_size()), (theirs.seq, theirs.ack, theirs.window), "{what}");
+            // The flags byte: SYN, ACK and ECE when both agree to ECN.
+            assert_eq!(out[out.len() - t.slice().len() + 13], theirs.flags(), "{what}: flags");
+            assert_eq!(theirs.ece, *ecn, "{what}");
             let got: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
             assert!(got.contains(&Mss(theirs.mss)), "{what}: {got:?}");
             assert_eq!(got.iter().find_map(|o| if let Ws(w) = o { Some(*w) } else { None }), theirs.wscale, "{what}");

@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
         ts: (offers & 4 != 0).then(|| input.u32()),
         ecn: offers & 8 != 0,
     };
-    let ours = Ours { mss: 536 + input.u16() % 925, wscale: input.u8() % 15 };
+    let ours = Ours { mss: 536 + input.u16() % 925, wscale: input.u8() % 15, ecn: offers & 16 != 0 };
     // The shared clock in nanoseconds (Unix time): centuries of range, never near u64::MAX.
     let minted_at = input.u64() >> 4;
     // Checked later, or a little earlier by a host whose clock is behind the minting host's.
@@ -53,6 +53,9 @@ fuzz_target!(|data: &[u8]| {
     // RFC 7323 2.2, RFC 2018: nothing offered that the client did not offer first.
     assert!(answer.wscale.is_none() || (syn.wscale.is_some() && syn.ts.is_some()));
     assert!(!answer.sack || (syn.sack && syn.ts.is_some()));
+    // RFC 3168 6.1.1: ECE only to an ECN-setup SYN, when we agree, and where the cookie can
+    // remember it (timestamps).
+    assert_eq!(answer.ece, syn.ecn && ours.ecn && syn.ts.is_some());
     if let Some((tsval, tsecr)) = answer.ts {
         assert_eq!(Some(tsecr), syn.ts);
         // The TSval never runs ahead of the connection's clock (the client's PAWS).
@@ -80,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
             Some(_) => {
                 assert!(facts.has(FACT_TS));
                 assert_eq!(facts.has(FACT_SACK), syn.sack);
-                assert_eq!(facts.has(FACT_ECN), syn.ecn);
+                assert_eq!(facts.has(FACT_ECN), syn.ecn && ours.ecn);
                 assert_eq!(facts.has(FACT_WSCALE), syn.wscale.is_some());
                 if let Some(w) = syn.wscale {
                     // RFC 7323 2.3: a shift above 14 counts as 14.

@@ -72,10 +72,11 @@ pub struct Config {
     /// Nagle's algorithm (RFC 9293 3.7.4); off = TCP_NODELAY.
     pub nagle: bool,
     pub congestion: CongestionAlgorithm,
-    /// ECN (RFC 3168) with clients that ask for it in their SYN: data goes out ECT(0), CE marks
-    /// are echoed, an echo reduces the window once per round trip. Off by default: the
-    /// SYN-ACK (XDP's) must carry ECE for the client to agree, and until it does a client takes
-    /// the connection for one without ECN.
+    /// ECN (RFC 3168) with clients that asked for it in their SYN and whose cookie says our
+    /// SYN-ACK agreed (`FACT_ECN`): data goes out ECT(0), CE marks are echoed, an echo reduces
+    /// the window once per round trip. On by default, as Linux's net.ipv4.tcp_ecn=2. The
+    /// SYN-ACK's side of the choice is `engine_common::synack::Ours::ecn`; this one is asked
+    /// again at the cookie's ACK, as Linux's cookie_ecn_ok asks the sysctl again.
     pub ecn: bool,
     /// Pace data segments at twice (slow start) or 1.2 times (after) cwnd per SRTT, in bursts
     /// of about a millisecond, as Linux paces internally without fq.
@@ -106,7 +107,7 @@ impl Default for Config {
             max_retries: 15,
             nagle: true,
             congestion: CongestionAlgorithm::Cubic,
-            ecn: false,
+            ecn: true,
             pacing: true,
             initial_cwnd: 10,
             challenge_acks_per_sec: 10,
