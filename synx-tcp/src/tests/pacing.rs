@@ -1,5 +1,5 @@
 //! Pacing, as Linux paces internally without fq (tcp_output.c): data leaves at twice
-//! cwnd/SRTT in slow start and 1.2 times after, in bursts of about a millisecond; the pace
+//! cwnd/SRTT in slow start, in bursts of about a millisecond, and unpaced after it; the pace
 //! timer is an ordinary deadline of `poll_timeout`, so the driver needs nothing of its own.
 
 use engine_common::handshake::{FACT_SACK, HandshakeFacts};
@@ -92,4 +92,30 @@ fn the_initial_window_leaves_at_once_even_with_an_rtt_from_the_handshake() {
     let first = out(&mut c, ms(80)).len();
     assert!(first < 4, "then paced: {first}");
     assert_eq!(c.stats().paced, 1);
+}
+
+#[test]
+fn after_slow_start_the_ack_clock_spaces_the_data_not_the_pacer() {
+    // A reduction (3 SACKed segments beyond a hole, RFC 6675) ends slow start; once it is
+    // over, a window's worth of new data leaves at once.
+    let mut c = paced_sender(0);
+    c.send(&vec![2u8; (20 * MSS) as usize]);
+    let mut sent = out(&mut c, ms(100)).len();
+    let mut t = ms(100);
+    while sent < 20 {
+        t = c.poll_timeout().unwrap();
+        c.handle_timeout(t);
+        sent += out(&mut c, t).len();
+    }
+    // Segment 10 lost; 11 to 29 SACKed, then all acknowledged: recovery over, cwnd = ssthresh.
+    let t = t + Duration::from_millis(10);
+    c.handle(t, &sack_ack(10, &[(11, 30)]), &[]);
+    out(&mut c, t);
+    c.handle(t, &sack_ack(30, &[]), &[]);
+    let i = c.info();
+    assert!(i.ssthresh < u32::MAX && i.cwnd >= i.ssthresh, "slow start over: {} / {}", i.cwnd, i.ssthresh);
+    let paced = c.stats().paced;
+    c.send(&vec![3u8; (14 * MSS) as usize]);
+    assert_eq!(out(&mut c, t).len(), (c.info().cwnd / MSS) as usize, "the window at once");
+    assert_eq!(c.stats().paced, paced);
 }
