@@ -78,8 +78,9 @@ pub struct Config {
     /// SYN-ACK's side of the choice is `engine_common::synack::Ours::ecn`; this one is asked
     /// again at the cookie's ACK, as Linux's cookie_ecn_ok asks the sysctl again.
     pub ecn: bool,
-    /// Pace data segments at twice (slow start) or 1.2 times (after) cwnd per SRTT, in bursts
-    /// of about a millisecond, as Linux paces internally without fq.
+    /// Pace data segments in slow start at twice cwnd per SRTT, in bursts of about a
+    /// millisecond (the rate and burst of Linux's internal pacing; `Recovery::pace_wait` says
+    /// why only in slow start).
     pub pacing: bool,
     /// Initial congestion window in segments (RFC 6928).
     pub initial_cwnd: u32,

@@ -38,25 +38,57 @@ const TRAIN_LOW_WINDOW: u32 = 16;
 const TRAIN_ACK_DELTA: Duration = Duration::from_millis(2);
 const TRAIN_ACK_DELAY: Duration = Duration::from_millis(1);
 
-/// HyStart's ACK train: ACKs arriving within 2 ms of each other (Linux's hystart_ack_delta).
-/// Kept by the connection beside its [`Congestion`], and not folded with it: an idle
-/// connection's next ACK begins a new train anyway.
+/// HyStart's ACK train (Linux's hystart_update): ACKs each within 2 ms of the one before
+/// (hystart_ack_delta), within one round. As Linux's, a round's first ACK begins a train
+/// (bictcp_hystart_reset): ACKs that run on from one round into the next are not one train.
+/// Unlike Linux's, a gap begins a new train rather than ending the round's: a paced round's
+/// first ACK is often the last of the previous flight's, its train proper starting after a
+/// gap. Besides its length, the train keeps how long its data took to send and how much it
+/// delivered, for a paced sender's test ([`Congestion::on_ack_train`]). Kept by the
+/// connection beside its [`Congestion`], and not folded with it: an idle connection's next
+/// ACK begins a new round anyway.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AckTrain {
-    start: Option<Instant>,
-    last: Instant,
+    /// The train's first ACK, and when the newest segment it delivered was sent.
+    start: Instant,
+    sent_start: Instant,
+    /// The train's last ACK; `None` before the first, or when a round begins.
+    last: Option<Instant>,
+    /// Bytes the train's ACKs delivered after its first.
+    bytes: u64,
+}
+
+/// One ACK train as it stands at its latest ACK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Train {
+    /// From its first ACK to this one.
+    pub length: Duration,
+    /// From sending the newest segment its first ACK delivered to sending this ACK's.
+    pub sent_over: Duration,
+    /// Bytes delivered after the first ACK.
+    pub bytes: u64,
 }
 
 impl AckTrain {
-    /// An ACK arrived at `now`: how long the train it belongs to has lasted.
-    pub fn on_ack(&mut self, now: Instant) -> Duration {
-        let start = match self.start {
-            Some(start) if now.saturating_duration_since(self.last) <= TRAIN_ACK_DELTA => start,
-            _ => now,
-        };
-        self.start = Some(start);
-        self.last = now;
-        now.saturating_duration_since(start)
+    /// A round begins (Linux's bictcp_hystart_reset): so does a train, at the next ACK.
+    pub fn start_round(&mut self) {
+        self.last = None;
+    }
+
+    /// An ACK arrived at `now`, delivering `delivered` bytes, the newest of them sent at
+    /// `sent`: the train it belongs to.
+    pub fn on_ack(&mut self, now: Instant, sent: Instant, delivered: u32) -> Train {
+        if self.last.is_none_or(|last| now.saturating_duration_since(last) > TRAIN_ACK_DELTA) {
+            *self = AckTrain { start: now, sent_start: sent, last: Some(now), bytes: 0 };
+        } else {
+            self.last = Some(now);
+            self.bytes += u64::from(delivered);
+        }
+        Train {
+            length: now.saturating_duration_since(self.start),
+            sent_over: sent.saturating_duration_since(self.sent_start),
+            bytes: self.bytes,
+        }
     }
 }
 
@@ -157,23 +189,31 @@ impl Congestion {
     /// HyStart's ACK-train detection in the initial slow start (as Linux's hystart_update with
     /// HYSTART_ACK_TRAIN; RFC 9406 keeps only the delay test, which with a doubling window
     /// comes a round late: a round's minimum RTT rises only once a queue stands from its
-    /// start, when the window is already twice what the path holds). ACKs back to back for
-    /// longer than the sender spread the round's data over mean the bottleneck stretched it:
-    /// the window fills the path, and slow start ends here (ssthresh = cwnd) before the queue
-    /// overflows. An unpaced round leaves in a burst: half the minimum RTT (plus a delayed
-    /// ACK's allowance), Linux's threshold without pacing. A paced round (at twice cwnd per
-    /// SRTT) leaves over half an SRTT by itself: that, plus a quarter of the minimum RTT.
-    /// `train`: how long the ACK train this ACK belongs to has lasted ([`AckTrain`]).
-    pub fn on_ack_train(&mut self, train: Duration, mss: u32, min_rtt: Duration, srtt: Option<Duration>, paced: bool) {
+    /// start, when the window is already twice what the path holds). The window fills the
+    /// path, and slow start ends here (ssthresh = cwnd) before the queue overflows, when:
+    /// - unpaced, a round leaves in a burst and its ACKs come back spaced by the bottleneck:
+    ///   a train longer than half the minimum RTT (plus a delayed ACK's allowance) is a window
+    ///   of at least half the path, growing to the whole by the ACK (Linux's threshold without
+    ///   pacing);
+    /// - paced (at twice cwnd per SRTT), a round leaves spread over about half an SRTT, so its
+    ///   train is long whether the bottleneck spaced it or not, and Linux's test (a train of
+    ///   the whole minimum RTT) ends slow start only with the window at twice the path. Where
+    ///   the ACKs come back an eighth or more further apart than their data left, the
+    ///   bottleneck spaced them: they arrive at its rate, and the window holds the path once
+    ///   it reaches that rate times the minimum RTT. The train must span an eighth of the
+    ///   minimum RTT (2 ms at least) to give a rate.
+    pub fn on_ack_train(&mut self, train: Train, mss: u32, min_rtt: Duration, paced: bool) {
         if self.ssthresh != u32::MAX || self.cwnd < TRAIN_LOW_WINDOW * mss {
             return;
         }
-        let threshold = if paced {
-            srtt.unwrap_or(min_rtt) / 2 + min_rtt / 4 + TRAIN_ACK_DELAY
+        let full = if paced {
+            let spaced = train.length >= (min_rtt / 8).max(TRAIN_ACK_DELTA) && train.length * 8 >= train.sent_over * 9;
+            let path = train.bytes as u128 * min_rtt.as_nanos() / train.length.as_nanos().max(1);
+            spaced && u128::from(self.cwnd) >= path
         } else {
-            (min_rtt + TRAIN_ACK_DELAY) / 2
+            train.length > (min_rtt + TRAIN_ACK_DELAY) / 2
         };
-        if train > threshold {
+        if full {
             self.ssthresh = self.cwnd;
         }
     }
@@ -380,34 +420,82 @@ mod tests {
         assert!(!c.in_css());
     }
 
-    #[test]
-    fn an_ack_train_longer_than_the_paced_spread_ends_slow_start() {
-        // HyStart's ACK train (as Linux's hystart_update): min_RTT = SRTT = 40 ms. A paced
-        // sender spreads a round over 20 ms, so a train must outlast 20 + 10 + 1 ms; an
-        // unpaced one over none, so half of 41 ms.
-        let (rtt, ms) = (Duration::from_millis(40), |n: u64| Duration::from_millis(n));
-        for (paced, exits_after) in [(true, 32u64), (false, 21)] {
-            let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 100);
-            let mut train = AckTrain::default();
-            let mut t = Instant::ZERO + ms(1000);
-            // ACKs every 1 ms; a 3 ms gap after 15 ms breaks the train, which starts over.
-            for i in 0..=60u64 {
-                t = t + if i == 16 { ms(3) } else { ms(1) };
-                let len = train.on_ack(t);
-                assert_eq!(len, if i < 16 { ms(i) } else { ms(i - 16) });
-                c.on_ack_train(len, 1000, rtt, Some(rtt), paced);
-                assert_eq!(c.in_slow_start(), len <= ms(exits_after - 1), "paced {paced}, ACK {i}");
-                if !c.in_slow_start() {
-                    assert_eq!(c.ssthresh, 100_000, "ssthresh is the window then");
-                    break;
-                }
+    /// A round's ACKs every `ack_gap`, each delivering 2 segments of 1000 bytes sent
+    /// `sent_gap` apart, from 1 s on, into `c` with a minimum RTT of 40 ms; returns the
+    /// window when slow start ended, if it did.
+    fn train_round(c: &mut Congestion, acks: u64, ack_gap: Duration, sent_gap: Duration, paced: bool) -> Option<u32> {
+        let mut train = AckTrain::default();
+        train.start_round();
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        for i in 0..acks as u32 {
+            let t = train.on_ack(t0 + ack_gap * i, t0 - Duration::from_millis(40) + sent_gap * i, 2000);
+            assert_eq!((t.length, t.sent_over, t.bytes), (ack_gap * i, sent_gap * i, 2000 * u64::from(i)));
+            c.on_ack_train(t, 1000, Duration::from_millis(40), paced);
+            if !c.in_slow_start() {
+                return Some(c.ssthresh);
             }
-            assert!(!c.in_slow_start());
+            c.on_ack(t0, 2000, 1000, None, None);
         }
+        None
+    }
+
+    #[test]
+    fn an_unpaced_train_longer_than_half_the_min_rtt_ends_slow_start() {
+        // Linux's hystart_update without pacing: a round left in a burst and comes back at the
+        // bottleneck's rate (2 segments per ms); past (40 + 1) / 2 ms, the window (100
+        // segments and 2 per ACK since) fills the path: ssthresh is the window then.
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 100);
+        let ms = Duration::from_millis(1);
+        assert_eq!(train_round(&mut c, 40, ms, Duration::ZERO, false), Some(100_000 + 21 * 2000));
         // Below 16 segments, or after the initial slow start, the train decides nothing.
         let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 10);
-        c.on_ack_train(ms(500), 1000, rtt, Some(rtt), true);
-        assert!(c.in_slow_start());
+        let long = Train { length: ms * 500, sent_over: Duration::ZERO, bytes: 1_000_000 };
+        for paced in [false, true] {
+            c.on_ack_train(long, 1000, ms * 40, paced);
+            assert!(c.in_slow_start());
+        }
+    }
+
+    #[test]
+    fn a_paced_train_ends_slow_start_once_the_window_holds_the_bottleneck_rate_times_min_rtt() {
+        let ms = Duration::from_millis(1);
+        // ACKs come back as their data left (2 segments per ms): the pacer spaced them, not a
+        // bottleneck. However long, the train is no sign of a full path.
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 50);
+        assert_eq!(train_round(&mut c, 40, ms, ms, true), None);
+        // Data left at 2 segments per 0.5 ms, ACKs come back at 2 per ms: the bottleneck's
+        // rate, 2 segments per ms, times 40 ms: the path holds 80 segments. The window (50,
+        // then 2 more per ACK) holds that at the 15th ACK, with the train at 14 ms, past
+        // the 5 ms (an eighth of 40) a rate needs.
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 50);
+        assert_eq!(train_round(&mut c, 40, ms, ms / 2, true), Some(80_000));
+        // A window already beyond the path: the train must first span 5 ms.
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 200);
+        assert_eq!(train_round(&mut c, 40, ms, ms / 2, true), Some(200_000 + 5 * 2000));
+    }
+
+    #[test]
+    fn an_ack_train_begins_at_a_gap_or_a_round_and_never_spans_two() {
+        // Linux's hystart_update: a train starts at the round's first ACK
+        // (bictcp_hystart_reset); ACKs more than 2 ms apart are not one train.
+        let ms = |n: u64| Duration::from_millis(n);
+        let mut train = AckTrain::default();
+        let r0 = Instant::ZERO + ms(1000);
+        let mut ack = |t: u64| train.on_ack(r0 + ms(t), r0 + ms(t) - ms(40), 1000);
+        assert_eq!(ack(0).length, ms(0));
+        assert_eq!(ack(2), Train { length: ms(2), sent_over: ms(2), bytes: 1000 });
+        assert_eq!(ack(5), Train { length: ms(0), sent_over: ms(0), bytes: 0 }, "a 3 ms gap: a new train");
+        assert_eq!(ack(6).length, ms(1));
+        // ACKs 1 ms apart that run from one round into the next: the next round's train
+        // counts from its own first ACK, not from the previous round's.
+        for i in 7..40 {
+            assert_eq!(ack(i).length, ms(i - 5));
+        }
+        train.start_round();
+        let mut ack = |t: u64| train.on_ack(r0 + ms(t), r0 + ms(t) - ms(40), 1000);
+        for i in 40..50 {
+            assert_eq!(ack(i).length, ms(i - 40));
+        }
     }
 
     #[test]

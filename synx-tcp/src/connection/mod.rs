@@ -298,9 +298,29 @@ impl Connection {
             ect: false,
             config,
         };
+        c.handshake_rtt(now, ack);
         c.arm_keepalive();
         c.handle(now, ack, payload);
         Ok(c)
+    }
+
+    /// RFC 7323 4.1 (as Linux's tcp_synack_rtt_meas for a syncookie, through
+    /// tcp_ack_update_rtt): the handshake's ACK echoes our SYN-ACK's TSval, an RTT sample from
+    /// the SYN-ACK, so the first RTO and tail-loss probe follow the path rather than RFC 6298
+    /// 2.1's initial 1 s. The SYN-ACK's TSval carries options in its low bits below the clock
+    /// (engine_common::cookie::ts_encode), so the sample exceeds the RTT by up to 63 ms, never
+    /// less (Linux's cookies the same). 0 is no sample: a clock continued from the echoed TSval
+    /// (continue_ts_clock, another host's SYN-ACK) says nothing of the RTT.
+    fn handshake_rtt(&mut self, now: Instant, ack: &Header) {
+        if let (true, Some((_, tsecr))) = (self.opts.ts_enabled, ack.options.timestamps)
+            && tsecr != 0
+        {
+            let ms = self.opts.ts_now(now).wrapping_sub(tsecr);
+            // Linux's bound (delta < INT_MAX / 10^6 ms): anything longer is no RTT.
+            if ms > 0 && ms < 2_147_000 {
+                self.recovery.rtt.sample(Duration::from_millis(ms as u64), self.config.min_rto);
+            }
+        }
     }
 
     pub fn state(&self) -> State {

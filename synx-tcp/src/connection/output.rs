@@ -251,8 +251,12 @@ impl Connection {
         self.stats.segments_sent += 1;
         self.on_ack_sent(&h);
         self.timers.stop(TimerKind::Persist);
-        if self.config.pacing {
-            let (mss, sack) = (self.mss(), self.opts.sack_enabled);
+        // As fq's initial_quantum (10 segments), a connection's first flight (its initial
+        // window) leaves unpaced: pacing it over half an SRTT would only delay a short
+        // response (an SRTT is known from the handshake).
+        let mss = self.mss();
+        if self.config.pacing && self.stats.bytes_sent > u64::from(self.config.initial_cwnd) * u64::from(mss) {
+            let sack = self.opts.sack_enabled;
             self.recovery.on_paced_send(now, (written + n as usize) as u32, mss, sack);
         }
         Some((written + n as usize, n))

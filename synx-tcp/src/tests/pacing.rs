@@ -1,5 +1,5 @@
 //! Pacing, as Linux paces internally without fq (tcp_output.c): data leaves at twice
-//! cwnd/SRTT in slow start and 1.2 times after, in bursts of about a millisecond; the pace
+//! cwnd/SRTT in slow start, in bursts of about a millisecond, and unpaced after it; the pace
 //! timer is an ordinary deadline of `poll_timeout`, so the driver needs nothing of its own.
 
 use engine_common::handshake::{FACT_SACK, HandshakeFacts};
@@ -73,4 +73,49 @@ fn acks_are_not_paced_and_pacing_can_be_off() {
     c.send(&vec![2u8; 20 * MSS as usize]);
     assert_eq!(out(&mut c, ms(100)).len(), 20);
     assert_eq!(c.stats().paced, 0);
+}
+
+#[test]
+fn the_initial_window_leaves_at_once_even_with_an_rtt_from_the_handshake() {
+    // As fq's initial_quantum: the handshake's ACK gave an SRTT of 40 ms (RFC 7323 4.1), yet
+    // the first 10 segments leave together; what follows them is paced.
+    let f = HandshakeFacts { flags: FACT_SACK | engine_common::handshake::FACT_TS, ts_offset: 1000, ..facts() };
+    let mut ack = peer(0, 0);
+    ack.options.timestamps = Some((1, 1000));
+    let config = Arc::new(Config { nagle: false, ..config() });
+    let mut c = Connection::accept(ms(40), config, &f, local(), remote(), &ack, &[]).unwrap();
+    assert_eq!(c.info().srtt, Some(Duration::from_millis(40)));
+    c.send(&vec![1u8; 14 * 1448]);
+    assert_eq!(out(&mut c, ms(40)).len(), 10, "the initial window at once");
+    assert_eq!(c.stats().paced, 0);
+    c.handle(ms(80), &peer(0, 10 * 1448), &[]);
+    let first = out(&mut c, ms(80)).len();
+    assert!(first < 4, "then paced: {first}");
+    assert_eq!(c.stats().paced, 1);
+}
+
+#[test]
+fn after_slow_start_the_ack_clock_spaces_the_data_not_the_pacer() {
+    // A reduction (3 SACKed segments beyond a hole, RFC 6675) ends slow start; once it is
+    // over, a window's worth of new data leaves at once.
+    let mut c = paced_sender(0);
+    c.send(&vec![2u8; (20 * MSS) as usize]);
+    let mut sent = out(&mut c, ms(100)).len();
+    let mut t = ms(100);
+    while sent < 20 {
+        t = c.poll_timeout().unwrap();
+        c.handle_timeout(t);
+        sent += out(&mut c, t).len();
+    }
+    // Segment 10 lost; 11 to 29 SACKed, then all acknowledged: recovery over, cwnd = ssthresh.
+    let t = t + Duration::from_millis(10);
+    c.handle(t, &sack_ack(10, &[(11, 30)]), &[]);
+    out(&mut c, t);
+    c.handle(t, &sack_ack(30, &[]), &[]);
+    let i = c.info();
+    assert!(i.ssthresh < u32::MAX && i.cwnd >= i.ssthresh, "slow start over: {} / {}", i.cwnd, i.ssthresh);
+    let paced = c.stats().paced;
+    c.send(&vec![3u8; (14 * MSS) as usize]);
+    assert_eq!(out(&mut c, t).len(), (c.info().cwnd / MSS) as usize, "the window at once");
+    assert_eq!(c.stats().paced, paced);
 }

@@ -305,3 +305,35 @@ fn duplicates_are_reported_as_dsack_blocks_once() {
     let (h, _) = one(&mut c, ms(2));
     assert!(h.options.sack.is_empty());
 }
+
+#[test]
+fn the_handshake_ack_times_the_first_probe_not_the_initial_rto() {
+    // RFC 7323 4.1 (as Linux's tcp_synack_rtt_meas for a syncookie): XDP's SYN-ACK left at
+    // 0 ms with its TSval (options in the low 6 bits, engine_common::cookie::ts_encode); the
+    // ACK echoing it arrives at 40 ms: an RTT sample of 40 to 103 ms, so the first tail-loss
+    // probe leaves about 2 SRTT after the data, not RFC 6298 2.1's 1 s. Without the echo
+    // (TSecr 0) there is no sample and the probe waits the initial RTO.
+    let offset = 77_000;
+    let synack_tsval = engine_common::cookie::ts_encode(0, offset, Some(7), true, false);
+    let f = HandshakeFacts { flags: FACT_SACK | FACT_TS, ts_recent: 500, ts_offset: offset, ..facts() };
+    let first_resend = |ecr: u32| {
+        let mut ack = peer(0, 0);
+        ack.options.timestamps = Some((500, ecr));
+        let accepted = ms(40);
+        let config = Arc::new(Config { nagle: false, pacing: false, ..config() });
+        let mut c = Connection::accept(accepted, config, &f, local(), remote(), &ack, &[]).unwrap();
+        let srtt = c.info().srtt;
+        c.send(&vec![1u8; 5 * 1448]);
+        assert_eq!(out(&mut c, accepted).len(), 5);
+        let resent = run_until(&mut c, secs(3));
+        (srtt, resent[0].0.saturating_duration_since(accepted))
+    };
+    let (srtt, probe) = first_resend(synack_tsval);
+    let sample = Duration::from_millis(u64::from(offset + 40 - synack_tsval));
+    assert!((Duration::from_millis(40)..=Duration::from_millis(103)).contains(&sample), "{sample:?}");
+    assert_eq!(srtt, Some(sample));
+    assert!(probe <= 2 * sample + Duration::from_millis(200), "first probe after {probe:?}");
+    let (srtt, probe) = first_resend(0);
+    assert_eq!(srtt, None);
+    assert!(probe >= Duration::from_secs(1), "first probe after {probe:?}");
+}

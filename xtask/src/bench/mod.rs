@@ -38,7 +38,9 @@ pub struct BenchArgs {
     /// Idle rows at 1,000,000 connections too (the default does 100,000).
     #[arg(long)]
     full: bool,
-    /// Only these row groups (prefix match), comma-separated; `--list` shows them.
+    /// Only these row groups (prefix match), comma-separated; `--list` shows them. A row's
+    /// name within a group that runs its rows one by one (wan_bulk) runs only those rows,
+    /// e.g. `--only wan_bulk_down_loss0,wan_bulk_up_loss0`.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// List the row groups and exit.
@@ -132,12 +134,25 @@ pub struct Ctx {
     /// The release-built `synx-bench` (kernel peer, generators).
     pub tools: PathBuf,
     pub synx_args: Vec<String>,
+    /// `--only`, as given.
+    only: Vec<String>,
     rig: Option<Rig>,
     pub report: Report,
     rigs: Vec<serde_json::Value>,
 }
 
 impl Ctx {
+    /// Whether `--only` asks for the row `name` of `group`: yes unless it names rows of that
+    /// group one by one (names longer than the group's and no group's prefix), then those.
+    pub fn wants_row(&self, group: &str, name: &str) -> bool {
+        let mut named = self
+            .only
+            .iter()
+            .filter(|o| o.starts_with(&format!("{group}_")) && !rows::GROUPS.iter().any(|g| g.name.starts_with(o.as_str())))
+            .peekable();
+        named.peek().is_none() || named.any(|o| o == name)
+    }
+
     /// The one-queue rig every group shares (started on first use).
     pub fn rig(&mut self) -> anyhow::Result<&mut Rig> {
         if self.rig.is_none() {
@@ -238,11 +253,14 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
     crate::raise_nofile();
     let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     let meta = meta::collect(&format!("cargo xtask {command}"), "release");
-    let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.starts_with(o.as_str()));
+    let want = |name: &str| {
+        args.only.is_empty() || args.only.iter().any(|o| name.starts_with(o.as_str()) || o.starts_with(&format!("{name}_")))
+    };
     let mut ctx = Ctx {
         plan,
         tools,
         synx_args: args.synx_arg.clone(),
+        only: args.only.clone(),
         rig: None,
         report: Report { meta, rows: vec![], rounds: vec![], group_failures: BTreeMap::new(), secs: 0.0 },
         rigs: vec![],

@@ -13,6 +13,9 @@ pub const SYNX: &str = "synx";
 pub const NGINX: &str = "nginx";
 /// The kernel's TCP behind the emulated wide-area path (the wan rows).
 pub const KERNEL_WAN: &str = "kernel-wan";
+/// The same with BBR, this machine's kernel default, beside CUBIC in the download rows: the
+/// kernel at its best on a lossy path (the ratios' peer stays CUBIC, as issue 16 asks).
+pub const KERNEL_WAN_BBR: &str = "kernel-wan-bbr";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Met {

@@ -245,17 +245,26 @@ impl Recovery {
 
     /// The pacing rate in bytes per second (as Linux's tcp_update_pacing_rate): cwnd (or what
     /// is in flight, if more) per SRTT, times 2 in slow start (below half of ssthresh) and 1.2
-    /// after. None before the first RTT sample.
+    /// after. None before the first RTT sample, and after slow start (see
+    /// [`Recovery::pace_wait`]).
     fn pacing_rate(&self, mss: u32, sack: bool) -> Option<u64> {
+        if !self.cc.in_slow_start() {
+            return None;
+        }
         let srtt = self.rtt.srtt()?.as_nanos().max(1);
         let window = self.cc.cwnd().max(self.pipe(mss, sack)).max(mss) as u128;
         let percent = if self.cc.cwnd() < self.cc.ssthresh() / 2 { 200 } else { 120 };
         Some((window * percent * 1_000_000_000 / 100 / srtt).clamp(1, u64::MAX as u128) as u64)
     }
 
-    /// Whether the pacer holds data back at `now`: when it lets the next segment go.
+    /// Whether the pacer holds data back at `now`: when it lets the next segment go. Only in
+    /// slow start, where a window doubling each round trip leaves in bursts that overflow a
+    /// bottleneck's queue; after it the ACK clock spaces the data, and Linux's CUBIC without
+    /// fq is not paced at all (internal pacing is for congestion controls that ask for it):
+    /// paced at 1.2 cwnd per SRTT beside it through a drop-tail queue, 8 synx flows took 33%
+    /// of the bytes against 8 of Linux's (46% unpaced), RTT 40 ms, 100 Mbit/s.
     pub fn pace_wait(&self, now: Instant) -> Option<Instant> {
-        (self.pace_next > now).then_some(self.pace_next)
+        (self.cc.in_slow_start() && self.pace_next > now).then_some(self.pace_next)
     }
 
     /// `len` bytes of data left at `now`: the next may leave `len / rate` later. A sender that
@@ -361,6 +370,7 @@ impl Recovery {
         // RFC 9406 4.3: a round ends when the ACK reaches what SND.NXT was at its start.
         if una_advanced && s.una.ge(self.round_end) {
             self.cc.start_round();
+            self.ack_train.start_round();
             self.round_end = s.nxt;
         }
         if a.dupack && !sack {
@@ -437,9 +447,9 @@ impl Recovery {
         // What the ACK says about a tail-loss probe, before the window grows (as Linux).
         self.tlp_on_ack(s, dsack, una_advanced || sacked > 0, mss, stats);
         // HyStart's ACK train, on every ACK that delivered data (as Linux's bictcp_acked).
-        if let (false, Some(_), Some(min_rtt)) = (self.reducing(), ca_rtt, self.rack.min_rtt()) {
-            let train = self.ack_train.on_ack(now);
-            self.cc.on_ack_train(train, mss, min_rtt, self.rtt.srtt(), config.pacing);
+        if let (false, Some(sent), Some(min_rtt)) = (self.reducing(), newest, self.rack.min_rtt()) {
+            let train = self.ack_train.on_ack(now, sent, delivered);
+            self.cc.on_ack_train(train, mss, min_rtt, config.pacing);
         }
         // The window: PRR while reducing, else slow start or congestion avoidance by what was
         // delivered, on ACKs that move SND.UNA (as Linux's tcp_may_raise_cwnd).

@@ -2,10 +2,12 @@
 //! emulator (`testbed::path`): RTT 40 ms, a 100 Mbit/s bottleneck with a queue of one
 //! bandwidth-delay product, loss or reordering both ways.
 //!
-//! The rig: a client namespace, the emulator's middle namespace and two server namespaces
-//! behind it, both behind the same bottleneck. synx runs on one (native XDP on its veth; the
+//! The rig: a client namespace, the emulator's middle namespace and three server namespaces
+//! behind it, all behind the same bottleneck. synx runs on one (native XDP on its veth; the
 //! middle's end carries a pass program, as native XDP on veth needs); the kernel's TCP serves
-//! the same apps on the other (`testbed::path::KernelApps`: the same bytes as synx's apps),
+//! the same apps on the others (`testbed::path::KernelApps`: the same bytes as synx's apps),
+//! one with CUBIC, the ratios' peer, one with BBR (the download rows only: in an upload the
+//! client's CUBIC sends),
 //! on a veth with no XDP anywhere, TSO/GSO and checksum offloads on and GRO on its receive
 //! side, as a NIC has them; the emulator cuts super-frames to MTU size as the wire would.
 //! Linux's defaults otherwise: CUBIC (pinned: this machine's kernel is built with BBR as its
@@ -63,14 +65,46 @@ fn wan(rate: u64) -> PathSpec {
 struct WanRig {
     bed: PathBed,
     synx: Daemon,
-    _kernel: KernelApps,
+    _kernel: [KernelApps; 2],
+}
+
+/// Who serves a bulk transfer: synx, or the kernel with CUBIC or BBR.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BulkPeer {
+    Synx,
+    Cubic,
+    Bbr,
+}
+
+impl BulkPeer {
+    fn name(self) -> &'static str {
+        match self {
+            BulkPeer::Synx => targets::SYNX,
+            BulkPeer::Cubic => targets::KERNEL_WAN,
+            BulkPeer::Bbr => targets::KERNEL_WAN_BBR,
+        }
+    }
+
+    fn server(self) -> usize {
+        match self {
+            BulkPeer::Synx => 0,
+            BulkPeer::Cubic => 1,
+            BulkPeer::Bbr => 2,
+        }
+    }
+
+    fn side(self) -> Side {
+        if self == BulkPeer::Synx { Side::Synx } else { Side::Kernel }
+    }
 }
 
 impl WanRig {
     fn start(ctx: &mut Ctx) -> anyhow::Result<Self> {
         // The 1-queue rig's daemons would share the CPUs: stopped for the wan rows.
         ctx.drop_rig();
-        let bed = PathBed::builder().both(wan(100 * MBIT)).xdp_server().kernel_server().start()?;
+        let bed = PathBed::builder().both(wan(100 * MBIT)).xdp_server().kernel_server().kernel_server().start()?;
+        // The BBR server's listeners take the namespace's default when KernelApps opens them.
+        bed.servers[BulkPeer::Bbr.server()].ns.exec("sysctl", &["-qw", "net.ipv4.tcp_congestion_control=bbr"])?;
         bed.enable_gro()?;
         bed.client.exec("sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65535"])?;
         let s = &bed.servers[0];
@@ -81,11 +115,14 @@ impl WanRig {
         ];
         let args: Vec<&str> = listen.iter().chain(&ctx.synx_args).map(String::as_str).collect();
         let synx = Daemon::start(&s.ns, &s.iface, &args).context("starting synx behind the emulated path")?;
-        let k = &bed.servers[1];
-        let kernel = KernelApps::start(
-            &k.ns,
-            &[(k.addr(ECHO), KernelApp::Echo), (k.addr(DISCARD), KernelApp::Discard), (k.addr(HTTP), KernelApp::Http)],
-        )?;
+        let kernel = |peer: BulkPeer| {
+            let k = &bed.servers[peer.server()];
+            KernelApps::start(
+                &k.ns,
+                &[(k.addr(ECHO), KernelApp::Echo), (k.addr(DISCARD), KernelApp::Discard), (k.addr(HTTP), KernelApp::Http)],
+            )
+        };
+        let kernel = [kernel(BulkPeer::Cubic)?, kernel(BulkPeer::Bbr)?];
         let rig = Self { bed, synx, _kernel: kernel };
         rig.describe(ctx);
         Ok(rig)
@@ -93,7 +130,7 @@ impl WanRig {
 
     fn describe(&self, ctx: &mut Ctx) {
         let b = &self.bed;
-        let (s, k) = (&b.servers[0], &b.servers[1]);
+        let (s, k, bbr) = (&b.servers[0], &b.servers[1], &b.servers[2]);
         let none = "not threaded";
         ctx.report.meta["rigs"] = {
             let mut rigs = ctx.report.meta["rigs"].as_array().cloned().unwrap_or_default();
@@ -108,10 +145,13 @@ impl WanRig {
                     "kernel": { "devices": [
                         describe_device(&k.ns, "server end", &k.iface, "none", none),
                     ], "sysctls": { "server": sysctls(&k.ns) } },
+                    "kernel-bbr": { "devices": [
+                        describe_device(&bbr.ns, "server end", &bbr.iface, "none", none),
+                    ], "sysctls": { "server": sysctls(&bbr.ns) } },
                 },
                 "notes": [format!(
-                    "the client and both servers are joined through the path emulator's middle namespace \
-                     (testbed::path): RTT {} ms, {} Mbit/s bottleneck shared by both servers, drop-tail queue of {} bytes \
+                    "the client and the three servers (synx, kernel CUBIC, kernel BBR) are joined through the path \
+                     emulator's middle namespace (testbed::path): RTT {} ms, {} Mbit/s bottleneck shared by the servers, drop-tail queue of {} bytes \
                      (one BDP), loss and reordering as each row says, both ways; TSO/GSO super-frames cut to MTU size there. \
                      TCP metrics flushed before every round. No CPU pinning: no CPU is measured in these rows.",
                     RTT.as_millis(), 100, bdp_bytes(RTT, 100 * MBIT)
@@ -124,6 +164,12 @@ impl WanRig {
             "the kernel's TCP behind the emulated path (CUBIC pinned, this kernel's build default being BBR; RACK, SACK, \
              ECN only when asked, no fq), serving synx's apps byte for byte (testbed::path::KernelApps: a thread per \
              connection, TCP_NODELAY); its veth has no XDP, TSO/GSO/checksum offloads on, GRO on"
+                .to_string(),
+        );
+        ctx.describe_peer(
+            targets::KERNEL_WAN_BBR,
+            "as kernel-wan, with BBR (this kernel's default) in its namespace: in the download rows only, beside CUBIC \
+             (the ratios stay against CUBIC); Linux paces BBR internally without fq"
                 .to_string(),
         );
     }
@@ -140,7 +186,7 @@ impl WanRig {
     /// around it in the detail. The round fails if `f` does, if synx is gone, or if the
     /// emulator failed a frame itself.
     fn round(&self, side: Side, f: impl FnOnce() -> anyhow::Result<Vec<Option<f64>>>) -> Outcome {
-        for ns in [&self.bed.client, &self.bed.servers[1].ns] {
+        for ns in std::iter::once(&self.bed.client).chain(self.bed.servers[1..].iter().map(|s| &s.ns)) {
             let _ = ns.ip(&["tcp_metrics", "flush", "all"]);
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -273,20 +319,28 @@ pub fn bulk(ctx: &mut Ctx) -> anyhow::Result<()> {
                 _ => "no loss".into(),
             };
             let name = format!("wan_bulk_{dir}_{cell}");
+            if !ctx.wants_row("wan_bulk", &name) {
+                continue;
+            }
             println!("bench: {name}");
             let note = format!("{} MiB, {what}, RTT 40 ms, 100 Mbit/s, {loss}; goodput from connect to the last byte", bytes >> 20);
             let mut c = Collector::new("wan_bulk", vec![spec(name, "Mbit/s", true, note)]);
             rig.bed.set_both(path.clone());
-            for (side, warmup) in schedule(&[Side::Synx, Side::Kernel], ctx.plan.rounds, true) {
-                let o = rig.round(side, || {
+            let peers = match kind {
+                Bulk::Down => &[BulkPeer::Synx, BulkPeer::Cubic, BulkPeer::Bbr][..],
+                Bulk::Up => &[BulkPeer::Synx, BulkPeer::Cubic],
+            };
+            for (p, warmup) in schedule(peers, ctx.plan.rounds, true) {
+                let o = rig.round(p.side(), || {
                     let (client, timeout) = (&rig.bed.client, Some(Duration::from_secs(300)));
+                    let server = &rig.bed.servers[p.server()];
                     let t = match kind {
-                        Bulk::Down => probe::download(client, rig.addr(side, HTTP), bytes, timeout)?,
-                        Bulk::Up => probe::upload(client, rig.addr(side, DISCARD), bytes, timeout)?,
+                        Bulk::Down => probe::download(client, server.addr(HTTP), bytes, timeout)?,
+                        Bulk::Up => probe::upload(client, server.addr(DISCARD), bytes, timeout)?,
                     };
                     Ok(vec![Some(mbit(bytes, t))])
                 });
-                details.push(c.record(peer(side), warmup, o));
+                details.push(c.record(p.name(), warmup, o));
             }
             rows.extend(c.finish());
         }
