@@ -1,5 +1,5 @@
 //! All connections of one engine thread: demux by 4-tuple into a slab of TCBs (whose index is
-//! also the FLOWS / LAST_SEEN slot in the BPF maps), creation only from a validated SYN-cookie
+//! also the connection's slot in the BPF FLOWS maps), creation only from a validated SYN-cookie
 //! ACK, timeouts driven by one [`TimingWheel`], output gathered across connections, and the
 //! RFC 9293 3.10.7.1 reset for segments that belong to no connection.
 //!
@@ -27,7 +27,7 @@ use super::timer::TimingWheel;
 use super::{Config, Instant, reset_for};
 
 /// A connection's slot: stable for its whole life, reused after `Event::Released`. Small and
-/// dense, so it doubles as the BPF array index (LAST_SEEN).
+/// dense: the value of the connection's FLOWS entry, by which XDP and the other queues name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionHandle(u32);
 
@@ -480,29 +480,12 @@ impl Endpoint {
         })
     }
 
-    /// The peer of `h` was seen at `last_seen` (XDP's LAST_SEEN stamp).
-    pub fn note_peer_activity(&mut self, h: ConnectionHandle, last_seen: Instant) {
-        if let Some(c) = self.connection_mut(h) {
-            c.note_peer_activity(last_seen);
-        }
-    }
-
     /// Serve every timer that is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.handle_timeout_with_last_seen(now, |_| None);
-    }
-
-    /// Serve every timer that is due, first telling each due connection when XDP last saw its
-    /// peer (LAST_SEEN[slot]), so an idle connection whose peer is alive is re-armed without a
-    /// probe and without per-packet userspace work.
-    pub fn handle_timeout_with_last_seen(&mut self, now: Instant, mut last_seen: impl FnMut(ConnectionHandle) -> Option<Instant>) {
         let mut due = Vec::new();
         self.wheel.poll(now, |k| due.push(k));
         for idx in due {
             let Some(conn) = self.live(idx) else { continue };
-            if let Some(t) = last_seen(ConnectionHandle(idx)) {
-                conn.note_peer_activity(t);
-            }
             let before = *conn.stats();
             conn.handle_timeout(now);
             let after = *conn.stats();
