@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use super::{ConnectionHandle, Endpoint, MAX_KEEPALIVES, ParkedSlot, Slot, Tcb, Tuple};
+use super::{ConnectionHandle, Endpoint, Slot, Tcb};
 use crate::connection::Parked;
 use crate::Keepalive;
 
@@ -33,6 +33,8 @@ pub enum ImportError {
     Full,
     #[error("more distinct keepalive settings than a parked slot can name")]
     Keepalives,
+    #[error("more distinct local addresses than a parked slot can name")]
+    Locals,
 }
 
 impl Endpoint {
@@ -43,7 +45,8 @@ impl Endpoint {
         self.try_park(h.slot());
         let Tcb::Parked(p) = &self.slots.get(h.slot() as usize)?.tcb else { return None };
         let keepalive = self.keepalives.get(p.keepalive as usize).copied().unwrap_or(self.config.keepalive);
-        Some(Exported { slot: h.slot(), local: p.tuple.local(), remote: p.tuple.remote(), keepalive, tcb: p.tcb })
+        let t = p.tuple(&self.locals);
+        Some(Exported { slot: h.slot(), local: t.local(), remote: t.remote(), keepalive, tcb: p.tcb })
     }
 
     /// Take a connection another process exported into the same slot, parked, its deadline
@@ -56,14 +59,7 @@ impl Endpoint {
         if self.len() as u64 >= self.max_conns as u64 {
             return Err(ImportError::Full);
         }
-        let keepalive = match self.keepalives.iter().position(|&k| k == e.keepalive) {
-            Some(i) => i,
-            None if self.keepalives.len() < MAX_KEEPALIVES => {
-                self.keepalives.push(e.keepalive);
-                self.keepalives.len() - 1
-            }
-            None => return Err(ImportError::Keepalives),
-        };
+        let parked = self.parked_slot(e.tcb, e.local, e.remote, e.keepalive)?;
         let idx = e.slot;
         if (idx as usize) < self.slots.len() {
             let Some(at) = self.free.iter().position(|&i| i == idx) else { return Err(ImportError::SlotTaken(idx)) };
@@ -74,9 +70,7 @@ impl Endpoint {
             self.slots.resize_with(idx as usize + 1, Slot::default);
             self.free.extend(first..idx);
         }
-        let tuple = Tuple::new(e.local, e.remote);
-        self.slots[idx as usize] =
-            Slot { tcb: Tcb::Parked(ParkedSlot { tcb: e.tcb, tuple, keepalive: keepalive as u8 }), queued: false };
+        self.slots[idx as usize] = Slot { tcb: Tcb::Parked(parked) };
         self.parked += 1;
         self.index(e.local, e.remote, idx);
         if let Some(at) = e.tcb.deadline() {

@@ -352,3 +352,27 @@ fn a_connection_exported_by_one_endpoint_carries_on_in_another_in_the_same_slot(
     let fresh = new.accept(later, facts(), local(), client(9), &ack_from(9), &[]).unwrap();
     assert!(!moved.iter().any(|e| e.slot == fresh.slot()));
 }
+
+#[test]
+fn a_connection_to_an_address_beyond_what_a_parked_slot_can_name_stays_unfolded_and_works() {
+    // Parked slots name our address by a 16-bit index: 65536 distinct addresses.
+    let n = 1u32 << 16;
+    let ours = |i: u32| SocketAddr::new([11, (i >> 16) as u8, (i >> 8) as u8, i as u8].into(), 80);
+    let mut ep = Endpoint::new(config(), n + 1);
+    let handles: Vec<_> = (0..=n).map(|i| ep.accept(ms(0), facts(), ours(i), client(0), &ack_from(0), &[]).unwrap()).collect();
+    drain(&mut ep, ms(0));
+    assert_eq!(ep.parked(), n as usize);
+    let last = handles[n as usize];
+    assert!(!ep.is_parked(last));
+    for i in [0, 1, n - 1, n] {
+        assert_eq!(ep.lookup(ours(i), client(0)), Some(handles[i as usize]));
+    }
+    let (_, info) = ep.infos().find(|(h, _)| *h == handles[n as usize - 1]).unwrap();
+    assert_eq!((info.local, info.remote), (ours(n - 1), client(0)));
+    assert_eq!(ep.handle(ms(5), ours(n), client(0), &ack_from(0), b"ping"), Disposition::Delivered(last));
+    assert!(drain(&mut ep, ms(5)).is_empty());
+    ep.handle_timeout(ms(50));
+    let out = drain(&mut ep, ms(50));
+    assert_eq!(out.len(), 1, "the delayed ACK");
+    assert_eq!((out[0].0.local, out[0].1.ack), (ours(n), SeqNum(IRS + 1 + 4)));
+}
