@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use testbed::{Daemon, Netns, VethPair, require_root, synx_bin, xdp_attached};
+use testbed::{Bpffs, Daemon, Netns, VethPair, require_root, synx_bin, xdp_attached};
 
 fn listen_arg(net: &VethPair, port: u16) -> String {
     SocketAddr::new(net.server_v4.into(), port).to_string()
@@ -397,25 +397,6 @@ fn reload_adds_and_removes_listeners_in_place_and_names_what_needs_a_restart() {
     assert_eq!(echo_once(&mut old, b"still"), b"still");
     drop(old);
     assert!(daemon.stop().unwrap().success());
-}
-
-/// A private bpffs instance mounted for one test, unmounted on drop.
-struct Bpffs(std::path::PathBuf);
-
-impl Bpffs {
-    fn mount() -> Self {
-        let dir = std::env::temp_dir().join(format!("synx-bpffs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        testbed::sh("mount", &["-t", "bpf", "bpf", dir.to_str().unwrap()]).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = testbed::sh("umount", &[self.0.to_str().unwrap()]);
-        let _ = std::fs::remove_dir(&self.0);
-    }
 }
 
 /// Issue 17 item 1, the BPF side: a successor loads its program on the running one's maps

@@ -214,18 +214,26 @@ pub struct Cluster {
     peers: bool,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
+    /// The secrets are not published (a successor is taking over and publishes them).
+    paused: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Cluster {
     /// Take the secrets from the key (or random ones), publish them, and start the thread
     /// that keeps them published and, with peers, talks to the other hosts (and keeps the
-    /// second-chance ring to the live ones).
-    pub fn start(options: &ClusterOptions, secrets: SecretsPublisher, switches: Switches) -> anyhow::Result<Self> {
+    /// second-chance ring to the live ones). `adopted`: `secrets` carries on what a predecessor
+    /// published (a takeover), so random secrets are kept rather than drawn afresh (which would
+    /// invalidate every cookie it minted).
+    pub fn start(options: &ClusterOptions, secrets: SecretsPublisher, switches: Switches, adopted: bool) -> anyhow::Result<Self> {
         let key = options.cookie_key()?;
         let ring = options.ring()?;
         let shared_key = key.is_some();
-        secrets.set_source(key.map_or_else(SecretSource::default, SecretSource::Shared))?;
+        match key {
+            Some(key) => secrets.set_source(SecretSource::Shared(key))?,
+            None if adopted => {}
+            None => secrets.set_source(SecretSource::default())?,
+        }
         if options.clock_skew_ms != 0 {
             secrets.set_clock_skew(options.clock_skew_ms)?;
         }
@@ -254,6 +262,7 @@ impl Cluster {
             peers: peers.is_some(),
             shared: Arc::new(Shared::default()),
             stop: Arc::new(AtomicBool::new(false)),
+            paused: Arc::new(AtomicBool::new(false)),
             thread: Mutex::new(None),
         };
         let ticker = Ticker {
@@ -262,6 +271,7 @@ impl Cluster {
             shared_key,
             shared: cluster.shared.clone(),
             stop: cluster.stop.clone(),
+            paused: cluster.paused.clone(),
             peers,
         };
         let t = std::thread::Builder::new().name("synx-cluster".into()).spawn(move || ticker.run())?;
@@ -311,6 +321,12 @@ impl Cluster {
         GAUGES.iter().zip(values).collect()
     }
 
+    /// Stop (or resume) publishing the cookie secrets: while a successor takes over, it alone
+    /// writes them (two writers would each publish their own view of the periods).
+    pub fn pause(&self, on: bool) {
+        self.paused.store(on, Ordering::SeqCst);
+    }
+
     /// Stop the thread (the engine's shutdown).
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -343,6 +359,7 @@ struct Ticker {
     shared_key: bool,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
     peers: Option<PeerLinks>,
 }
 
@@ -360,7 +377,9 @@ impl Ticker {
             let now = Instant::now();
             if now >= next_tick {
                 next_tick = now + TICK;
-                if let Err(e) = self.secrets.refresh() {
+                if !self.paused.load(Ordering::SeqCst)
+                    && let Err(e) = self.secrets.refresh()
+                {
                     tracing::warn!("publishing the SYN-cookie secrets: {e}");
                 }
                 if let Some(links) = &self.peers {

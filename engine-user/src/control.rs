@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 /// Where `synx run` listens and `synx stats` connects unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/synx/synx.sock";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     Stats,
@@ -30,6 +30,15 @@ pub enum Request {
     Drain,
     /// Take new connections again (`synx drain --stop`).
     Undrain,
+    /// A successor (`synx run --takeover`) asks for the XDP attachment and maps, pinned in
+    /// `dir` (on bpffs); the daemon stops publishing the cookie secrets and serves on. The reply
+    /// says what the successor must match (RX queues, max_conns).
+    Takeover { dir: PathBuf },
+    /// The successor failed before [`Request::Release`]: take the attachment back, serve on.
+    Abort,
+    /// Hand every connection to the successor (within the grace) and exit: the reply carries
+    /// them ([`crate::engine::Handover`]).
+    Release,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +54,9 @@ pub enum ControlError {
 /// Answers requests; implemented by the daemon.
 pub trait Responder: Send + Sync + 'static {
     fn respond(&self, req: Request) -> serde_json::Value;
+    /// The reply to `req` has been written (or could not be): a handover ends the daemon
+    /// only once its successor has the connections.
+    fn replied(&self, _req: &Request) {}
 }
 
 /// Largest request line a client may send, and how long it may take to send it.
@@ -153,6 +165,7 @@ pub async fn serve(listener: tokio::net::UnixListener, responder: Arc<dyn Respon
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
+            let mut asked = None;
             let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST));
             let reply = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
                 Err(_) => serde_json::json!({ "error": "request not received in time" }),
@@ -161,21 +174,34 @@ pub async fn serve(listener: tokio::net::UnixListener, responder: Arc<dyn Respon
                     serde_json::json!({ "error": format!("request too long or unterminated (limit {MAX_REQUEST} bytes, one line)") })
                 }
                 Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-                    Ok(req) => tokio::task::spawn_blocking(move || responder.respond(req))
-                        .await
-                        .unwrap_or_else(|e| serde_json::json!({ "error": format!("answering: {e}") })),
+                    Ok(req) => {
+                        let (r, answered) = (responder.clone(), req.clone());
+                        let reply = tokio::task::spawn_blocking(move || r.respond(req))
+                            .await
+                            .unwrap_or_else(|e| serde_json::json!({ "error": format!("answering: {e}") }));
+                        asked = Some(answered);
+                        reply
+                    }
                     Err(e) => serde_json::json!({ "error": format!("bad request: {e}") }),
                 },
             };
             let mut out = reply.to_string();
             out.push('\n');
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(out.as_bytes())).await;
+            if let Some(req) = asked {
+                responder.replied(&req);
+            }
         });
     }
 }
 
 /// Send one request to a running daemon and return its reply.
 pub fn request(path: &Path, req: Request) -> Result<serde_json::Value, ControlError> {
+    request_within(path, req, Duration::from_secs(5))
+}
+
+/// [`request`], waiting up to `timeout` for the reply.
+pub fn request_within(path: &Path, req: Request, timeout: Duration) -> Result<serde_json::Value, ControlError> {
     let io = |source| ControlError::Io { path: path.into(), source };
     let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -183,7 +209,7 @@ pub fn request(path: &Path, req: Request) -> Result<serde_json::Value, ControlEr
         }
         _ => io(e),
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_string(&req)?;
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io)?;

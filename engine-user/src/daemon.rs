@@ -4,9 +4,12 @@
 
 use std::{
     io::Write as _,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -15,9 +18,13 @@ use crate::{
     apps,
     config::{self, AppThreads, FileConfig, FlagConfig, ListenSpec, RunConfig},
     control::{self, Request, Responder},
-    engine::{Engine, EngineOptions},
+    engine::{Engine, EngineOptions, Handover, Predecessor},
     metrics::Exporter,
 };
+
+/// How long a successor may take between asking to take over and asking for the connections:
+/// after that the daemon takes its attachment back and serves on (the successor died).
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The running daemon as the control socket and SIGHUP see it.
 struct Daemon {
@@ -27,6 +34,12 @@ struct Daemon {
     config_file: Option<PathBuf>,
     /// The configuration in force.
     current: Mutex<RunConfig>,
+    /// Counts takeover requests: a watchdog gives the attachment back only if no later request
+    /// came.
+    takeover_requests: Arc<AtomicU64>,
+    /// When the connections were handed over, what the log says; the daemon then exits.
+    handed_over: Mutex<Option<String>>,
+    handed: tokio::sync::Notify,
 }
 
 impl Responder for Daemon {
@@ -58,8 +71,120 @@ impl Responder for Daemon {
                 Ok(done) => serde_json::json!({ "reloaded": done }),
                 Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
             },
+            Request::Takeover { dir } => match self.engine.pin_for_takeover(&dir) {
+                Ok(()) => {
+                    self.watch_takeover();
+                    serde_json::json!({
+                        "pid": std::process::id(),
+                        "queues": self.engine.queues(),
+                        "max_conns": self.engine.options().max_conns,
+                        "grace_ms": self.grace().as_millis() as u64,
+                    })
+                }
+                Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+            },
+            Request::Abort => match self.engine.abort_takeover() {
+                Ok(()) => {
+                    let _ = writeln!(std::io::stdout(), "takeover aborted by the successor: serving on");
+                    serde_json::json!({ "aborted": true })
+                }
+                Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+            },
+            Request::Release => {
+                let started = Instant::now();
+                match self.engine.hand_over(self.grace()) {
+                    Ok(handover) => {
+                        let moved: usize = handover.queues.iter().map(Vec::len).sum();
+                        *self.handed_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                            "handed over: {moved} connections to the successor in {} ms ({} reset, busy past the {} s grace); exiting",
+                            started.elapsed().as_millis(),
+                            handover.reset,
+                            self.grace().as_secs()
+                        ));
+                        serde_json::json!({ "handover": handover })
+                    }
+                    Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+                }
+            }
         }
     }
+
+    fn replied(&self, req: &Request) {
+        if *req == Request::Release && self.handed_over.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            self.handed.notify_one();
+        }
+    }
+}
+
+/// The daemon a successor takes over from, through its control socket.
+struct RunningDaemon<'a> {
+    socket: &'a Path,
+    /// How long it may take to hand over (its grace, and time to send the connections).
+    release_timeout: Duration,
+}
+
+impl Predecessor for RunningDaemon<'_> {
+    fn release(&mut self) -> anyhow::Result<Handover> {
+        let mut reply = control::request_within(self.socket, Request::Release, self.release_timeout)?;
+        if let Some(e) = reply.get("error").and_then(|e| e.as_str()) {
+            anyhow::bail!("{e}");
+        }
+        Ok(serde_json::from_value(reply["handover"].take())?)
+    }
+
+    fn abort(&mut self, why: &str) {
+        tracing::debug!("takeover aborted: {why}");
+        if let Err(e) = control::request(self.socket, Request::Abort) {
+            eprintln!("synx: the running synx did not take its attachment back: {e}");
+        }
+    }
+}
+
+/// Whether process `pid` has exited (a zombie its parent has not reaped yet has).
+fn exited(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold any byte.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+/// Take over from the daemon on `socket` (see [`Engine::take_over`]), with the handover pins in
+/// a fresh directory on the bpffs at `bpffs`; returns once that daemon has exited, with the
+/// line the log gets.
+fn take_over(options: EngineOptions, bpffs: &Path, socket: &Path) -> anyhow::Result<(Engine, String)> {
+    let started = Instant::now();
+    let dir = bpffs.join(format!("synx-takeover-{}", std::process::id()));
+    let reply = control::request(socket, Request::Takeover { dir: dir.clone() }).context("taking over")?;
+    if let Some(e) = reply.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("taking over: the running synx refused: {e}");
+    }
+    let number = |k: &str| reply.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let (pid, queues, max_conns) = (number("pid"), number("queues"), number("max_conns"));
+    let mut old = RunningDaemon { socket, release_timeout: Duration::from_millis(number("grace_ms")) + Duration::from_secs(60) };
+    let ours = crate::engine::rx_queues(&options.iface);
+    if u64::from(ours) != queues || u64::from(options.max_conns) != max_conns {
+        old.abort("queues or max_conns differ");
+        anyhow::bail!(
+            "taking over: the running synx serves {queues} RX queues with max_conns {max_conns}, this one would serve {ours} \
+             with {}: a connection keeps its FLOWS slot only with the same; nothing changed",
+            options.max_conns
+        );
+    }
+    let engine = Engine::take_over(options, &dir, &mut old)?;
+    // The predecessor exits right after its reply; its control socket goes with it.
+    let gone = Instant::now() + TAKEOVER_TIMEOUT;
+    while !exited(pid) && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stats = engine.stats()?;
+    let moved = stats.iter().find(|(k, _)| *k == "takeover_connections_moved_in").map_or(0, |(_, v)| *v);
+    let line = format!(
+        "took over {moved} connections from pid {pid} in {} ms (takeover {} of this daemon)",
+        started.elapsed().as_millis(),
+        engine.takeovers()
+    );
+    Ok((engine, line))
 }
 
 /// The settings a reload cannot change in place (fixed when the XDP program was loaded and the
@@ -206,10 +331,45 @@ impl Daemon {
     fn grace(&self) -> Duration {
         self.current.lock().unwrap_or_else(|e| e.into_inner()).grace
     }
+
+    /// A successor that asked to take over and then neither aborted nor asked for the
+    /// connections within [`TAKEOVER_TIMEOUT`] has died: take the attachment back.
+    fn watch_takeover(&self) {
+        let request = self.takeover_requests.fetch_add(1, Ordering::SeqCst) + 1;
+        let (requests, engine) = (self.takeover_requests.clone(), Arc::downgrade(&self.engine));
+        let watch = move |engine: Weak<Engine>| {
+            std::thread::sleep(TAKEOVER_TIMEOUT);
+            if requests.load(Ordering::SeqCst) == request
+                && let Some(engine) = engine.upgrade()
+                && engine.abort_takeover().is_ok()
+            {
+                eprintln!("synx: the successor did not finish taking over within {TAKEOVER_TIMEOUT:?}: serving on");
+            }
+        };
+        let _ = std::thread::Builder::new().name("synx-takeover".into()).spawn(move || watch(engine));
+    }
 }
 
-pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, control_socket: PathBuf) -> anyhow::Result<()> {
-    let engine = Arc::new(Engine::start(EngineOptions {
+/// How the daemon's main loop ended.
+enum End {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// An engine thread died.
+    Died(String),
+    /// Everything was handed to a successor.
+    HandedOver,
+}
+
+/// Run the daemon; with `takeover` (a directory on bpffs), take over from the daemon running
+/// on the same control socket instead of starting afresh.
+pub fn run(
+    cfg: RunConfig,
+    flags: FlagConfig,
+    config_file: Option<PathBuf>,
+    control_socket: PathBuf,
+    takeover: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let options = EngineOptions {
         iface: cfg.iface.clone(),
         xdp_mode: cfg.xdp_mode,
         keepalive: cfg.keepalive,
@@ -219,7 +379,15 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
         busy_poll: cfg.busy_poll,
         memory: cfg.memory,
         cluster: cfg.cluster.clone(),
-    })?);
+    };
+    let (engine, took_over) = match &takeover {
+        None => (Engine::start(options)?, None),
+        Some(bpffs) => {
+            let (engine, line) = take_over(options, bpffs, &control_socket)?;
+            (engine, Some(line))
+        }
+    };
+    let engine = Arc::new(engine);
     // Off the engine threads and the runtime: a scrape reads counters and never waits on either.
     let metrics = match cfg.metrics {
         Some(addr) => {
@@ -230,7 +398,15 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
         }
         None => None,
     };
-    let daemon = Arc::new(Daemon { engine: engine.clone(), flags, config_file, current: Mutex::new(cfg.clone()) });
+    let daemon = Arc::new(Daemon {
+        engine: engine.clone(),
+        flags,
+        config_file,
+        current: Mutex::new(cfg.clone()),
+        takeover_requests: Arc::new(AtomicU64::new(0)),
+        handed_over: Mutex::new(None),
+        handed: tokio::sync::Notify::new(),
+    });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     // Removes the socket on the way out, if it is still the one this daemon created.
     let mut bound = None;
@@ -241,9 +417,14 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
         for spec in &cfg.listen {
             daemon.serve(&cfg, spec)?;
         }
+        // Taking over: frames reach this process from here on.
+        engine.finish_takeover()?;
         let specs: Vec<String> = cfg.listen.iter().map(|s| format!("{}={}", s.addr, cfg.app_for(s))).collect();
         let queues = engine.queues();
         let mut out = std::io::stdout();
+        if let Some(line) = &took_over {
+            writeln!(out, "{line}")?;
+        }
         writeln!(
             out,
             "listening on {} (iface {}, xdp {:?}, {queues} queue{}, apps on {}){}",
@@ -260,13 +441,14 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
         let mut hup = signal(SignalKind::hangup())?;
         let failed = engine.failed();
         tokio::pin!(failed);
-        let died = loop {
+        let end = loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break None,
-                _ = term.recv() => break None,
+                _ = tokio::signal::ctrl_c() => break End::Signal,
+                _ = term.recv() => break End::Signal,
                 // A dead engine thread: stop as on SIGTERM (the other queues' connections get the
                 // grace period), then fail, for the supervisor to start a sound daemon.
-                failure = &mut failed => break Some(failure),
+                failure = &mut failed => break End::Died(failure),
+                () = daemon.handed.notified() => break End::HandedOver,
                 _ = hup.recv() => {
                     let daemon = daemon.clone();
                     // Off the runtime's worker: a reload takes locks the control socket takes.
@@ -274,12 +456,25 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
                 }
             }
         };
-        anyhow::Ok(died)
+        anyhow::Ok(end)
     });
-    let (result, died) = match result {
-        Ok(died) => (Ok(()), died),
-        Err(e) => (Err(e), None),
+    let (result, end) = match result {
+        Ok(end) => (Ok(()), end),
+        Err(e) => (Err(e), End::Signal),
     };
+    if let End::HandedOver = end {
+        let line = daemon.handed_over.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+        let _ = writeln!(std::io::stdout(), "{line}");
+        let _ = std::io::stdout().flush();
+        // Nothing is left to stop: the queue threads ended with their sockets, the attachment
+        // and the shared maps are the successor's.
+        drop(bound);
+        drop(metrics);
+        drop(rt);
+        drop(daemon);
+        drop(engine);
+        return Ok(());
+    }
     // Stop: connections served in turns are closed as they go idle, the rest get the grace
     // period (the apps keep running on their threads), then what is left is reset.
     let grace = daemon.grace();
@@ -295,9 +490,9 @@ pub fn run(cfg: RunConfig, flags: FlagConfig, config_file: Option<PathBuf>, cont
     drop(daemon);
     // The last reference detaches the XDP program (bpf_link).
     drop(engine);
-    match died {
-        Some(failure) => Err(anyhow::anyhow!("{failure}: stopped")),
-        None => result,
+    match end {
+        End::Died(failure) => Err(anyhow::anyhow!("{failure}: stopped")),
+        _ => result,
     }
 }
 

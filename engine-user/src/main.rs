@@ -161,6 +161,15 @@ struct RunArgs {
     /// withdrawn) or pass them to the kernel.
     #[arg(long, value_enum)]
     drain_syns: Option<DrainSyns>,
+    /// Take over from the synx running on the same control socket: its XDP attachment, maps and
+    /// cookie secrets, and every connection (established, idle, closing), with no reset and no
+    /// SYN unanswered; it exits once it holds nothing. The same listeners and settings (the
+    /// binary may be newer).
+    #[arg(long)]
+    takeover: bool,
+    /// A bpffs mount where the running synx pins its maps and attachment for `--takeover`.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    bpffs: PathBuf,
     /// Pretend this host's clock is this many ms off (tests of the clock checks).
     #[arg(long, hide = true, allow_negative_numbers = true, default_value_t = 0)]
     clock_skew_ms: i64,
@@ -217,7 +226,7 @@ fn real_main() -> anyhow::Result<()> {
                 clock_skew_ms: args.clock_skew_ms,
             };
             let cfg = config::merge(flags.clone(), file).map_err(anyhow::Error::msg)?;
-            synx::daemon::run(cfg, flags, args.config, args.control_socket)
+            synx::daemon::run(cfg, flags, args.config, args.control_socket, args.takeover.then_some(args.bpffs))
         }
         Command::PeerPass { iface } => {
             let _pass = synx::bpf::PeerPass::attach(&iface, AttachMode::Native)?;

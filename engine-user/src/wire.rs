@@ -34,7 +34,7 @@ pub enum WireError {
 }
 
 /// The link-layer addresses to answer with: we reply to the MAC the peer's frames came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Link {
     pub local_mac: [u8; 6],
     pub remote_mac: [u8; 6],

@@ -226,6 +226,9 @@ pub struct Endpoint {
     /// Slots whose `Released` event is queued but not yet polled: reused only after it is, so
     /// no event of an old incarnation can reach the connection that takes the slot next.
     releasing: usize,
+    /// Slots handed over to another process ([`Endpoint::hand_over`]): never reused, since
+    /// XDP's FLOWS names them for the other process's connections.
+    handed_over: usize,
     /// Slot numbers, hashed by the tuple their slot holds.
     by_tuple: HashTable<u32>,
     hasher: std::hash::RandomState,
@@ -257,6 +260,7 @@ impl Endpoint {
             slots: Vec::new(),
             free: Vec::new(),
             releasing: 0,
+            handed_over: 0,
             by_tuple: HashTable::new(),
             hasher: std::hash::RandomState::new(),
             keepalives: Vec::new(),
@@ -286,7 +290,7 @@ impl Endpoint {
 
     /// Connections in the slab (until released).
     pub fn len(&self) -> usize {
-        self.slots.len() - self.free.len() - self.releasing
+        self.slots.len() - self.free.len() - self.releasing - self.handed_over
     }
 
     pub fn is_empty(&self) -> bool {

@@ -302,9 +302,14 @@ impl Daemon {
     /// Start `synx run --iface IF --control-socket ... <extra>` in `ns` and wait until it prints
     /// `listening on`.
     pub fn start(ns: &Netns, iface: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_binary(&synx_bin(), ns, iface, extra)
+    }
+
+    /// [`Daemon::start`] with another synx binary.
+    pub fn start_binary(bin: &std::path::Path, ns: &Netns, iface: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let control_socket = PathBuf::from(format!("/run/synx-test/{}.sock", ns.name()));
         let mut child = ns
-            .command(synx_bin().to_str().context("binary path")?)
+            .command(bin.to_str().context("binary path")?)
             .args(["run", "--iface", iface, "--control-socket"])
             .arg(&control_socket)
             .args(extra)
@@ -397,6 +402,20 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Wait up to `timeout` for the daemon to exit by itself; its status, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Stop with SIGTERM and wait; returns the exit status.
     pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
         self.terminate()
@@ -426,6 +445,26 @@ impl Drop for Daemon {
             let _ = self.terminate();
         }
         let _ = std::fs::remove_file(&self.control_socket);
+    }
+}
+
+/// A private bpffs instance mounted for one test (where a takeover pins its maps), unmounted
+/// on drop.
+pub struct Bpffs(pub PathBuf);
+
+impl Bpffs {
+    pub fn mount() -> Self {
+        let dir = std::env::temp_dir().join(format!("synx-bpffs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        sh("mount", &["-t", "bpf", "bpf", dir.to_str().unwrap()]).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = sh("umount", &[self.0.to_str().unwrap()]);
+        let _ = std::fs::remove_dir(&self.0);
     }
 }
 
@@ -528,6 +567,24 @@ impl PacketSocket {
             n if n < 0 => Err(std::io::Error::last_os_error()),
             n => Err(std::io::Error::other(format!("AF_PACKET sent {n} of {} bytes", frame.len()))),
         }
+    }
+
+    /// Let the socket queue `bytes` of received frames (SO_RCVBUFFORCE: above rmem_max), for
+    /// collecting thousands of answers to a burst before reading them.
+    pub fn set_recv_buffer(&self, bytes: usize) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let n = i32::try_from(bytes).unwrap_or(i32::MAX);
+        // SAFETY: setting an int option of the right size on our socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&raw const n).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
     }
 
     /// Frames seen within `timeout` for which `keep` holds (stops early after `max`).

@@ -109,6 +109,16 @@ impl XdpProgram {
     /// attachment, which this process holds from then on; the pins are removed. On an error
     /// nothing has changed: the running program stays attached, its pins in place.
     pub fn take_over(dir: &Path, iface: &str, max_flows: u32, settings: XdpSettings) -> Result<Self, BpfError> {
+        let mut engine = Self::load_for_takeover(dir, iface, max_flows, settings)?;
+        engine.finish_takeover(dir)?;
+        Ok(engine)
+    }
+
+    /// The first half of [`XdpProgram::take_over`]: this binary's program loaded on the pinned
+    /// maps, the published secrets adopted, not yet attached (the running program still serves,
+    /// through its own sockets, until [`XdpProgram::finish_takeover`]). On an error nothing has
+    /// changed.
+    pub fn load_for_takeover(dir: &Path, iface: &str, max_flows: u32, settings: XdpSettings) -> Result<Self, BpfError> {
         require_bpffs(dir)?;
         for name in KEPT_MAPS.iter().chain([&LINK_PIN]) {
             if !dir.join(name).exists() {
@@ -121,15 +131,21 @@ impl XdpProgram {
         let ebpf = load_object(XDP_OBJECT, max_flows, &settings, Some(dir))?;
         let mut engine = Self::open_with(ebpf, settings)?;
         engine.secrets.adopt()?;
-        let prog = program(&mut engine.ebpf, PROGRAM)?;
-        prog.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+        program(&mut engine.ebpf, PROGRAM)?.load().map_err(|e| BpfError::Load(Box::new(e)))?;
+        engine.iface = iface.into();
+        Ok(engine)
+    }
+
+    /// The second half of [`XdpProgram::take_over`]: replace the running program inside the
+    /// pinned attachment by this one, and remove the pins.
+    pub fn finish_takeover(&mut self, dir: &Path) -> Result<(), BpfError> {
+        let prog = program(&mut self.ebpf, PROGRAM)?;
         let link = PinnedLink::from_pin(dir.join(LINK_PIN)).map_err(|e| takeover_error(format!("the pinned link: {e}")))?;
         let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| takeover_error(format!("the pinned link: {e}")))?;
         let id = prog.attach_to_link(link).map_err(|e: ProgramError| takeover_error(format!("replacing the program: {e}")))?;
-        engine.link = Some(id);
-        engine.iface = iface.into();
+        self.link = Some(id);
         remove_pins(dir);
-        Ok(engine)
+        Ok(())
     }
 }
 

@@ -54,6 +54,9 @@ enum AppSide {
     Turn(Arc<StreamShared>, u32),
     /// The turn handler `turn_handlers[.0]` waits for input: no task, no stream state.
     Waiting(u32),
+    /// Moved here from another process while it waited for input: its handler is its
+    /// listener's, looked up at its next input ([`Glue::resolve_moved`]).
+    Moved,
     /// The application dropped its stream and everything it wrote reached the TCP core: nothing
     /// left to tell it (the TCP core finishes the close alone).
     Done,
@@ -63,9 +66,34 @@ impl AppSide {
     fn shared(&self) -> Option<&Arc<StreamShared>> {
         match self {
             AppSide::Task(s) | AppSide::Turn(s, _) => Some(s),
-            AppSide::Waiting(_) | AppSide::Done => None,
+            AppSide::Waiting(_) | AppSide::Moved | AppSide::Done => None,
         }
     }
+
+    /// Waits for input with no task and no stream state.
+    fn waits(&self) -> bool {
+        matches!(self, AppSide::Waiting(_) | AppSide::Moved)
+    }
+}
+
+/// A connection's app side as it moves to another process (`synx run --takeover`): apps
+/// served in turns hold no state between turns, so a waiting connection moves as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MovedApp {
+    /// Waiting between turns: its listener's next turn serves its next input.
+    Waiting,
+    /// The app has closed it; the TCP core finishes the close alone.
+    Done,
+}
+
+/// One connection on its way to another process: its folded TCB, its link addresses and its
+/// app side.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Moved {
+    pub conn: tcp::endpoint::Exported,
+    pub link: Link,
+    pub app: MovedApp,
 }
 
 /// The glue of every connection, indexed by slot (slots are small, dense, and reused only after
@@ -75,7 +103,7 @@ struct GlueTable {
     slots: Vec<Option<SlotGlue>>,
     /// Occupied slots.
     len: usize,
-    /// Slots in [`AppSide::Waiting`].
+    /// Slots waiting for input ([`AppSide::waits`]).
     waiting: usize,
 }
 
@@ -101,22 +129,22 @@ impl GlueTable {
             self.slots.resize_with(i + 1, || None);
         }
         self.remove(slot);
-        self.waiting += usize::from(matches!(glue.app, AppSide::Waiting(_)));
+        self.waiting += usize::from(glue.app.waits());
         self.len += 1;
         self.slots[i] = Some(glue);
     }
 
     fn remove(&mut self, slot: u32) {
         if let Some(old) = self.slots.get_mut(slot as usize).and_then(Option::take) {
-            self.waiting -= usize::from(matches!(old.app, AppSide::Waiting(_)));
+            self.waiting -= usize::from(old.app.waits());
             self.len -= 1;
         }
     }
 
     fn set_app(&mut self, slot: u32, app: AppSide) {
         let Some(g) = self.get_mut(slot) else { return };
-        let was_waiting = matches!(g.app, AppSide::Waiting(_));
-        let waits = matches!(app, AppSide::Waiting(_));
+        let was_waiting = g.app.waits();
+        let waits = app.waits();
         g.app = app;
         self.waiting = self.waiting + usize::from(waits) - usize::from(was_waiting);
     }
@@ -164,6 +192,9 @@ pub struct Glue {
     poked: Vec<u32>,
     /// The engine stops: a connection served in turns is closed when it would wait for input.
     stopping: bool,
+    /// The engine hands its connections to another process: a connection waiting between
+    /// turns takes no new input (see [`Glue::holds_input_back`]).
+    handing_over: bool,
     /// The link addresses of the frames the endpoint's queued resets to strangers answer, in
     /// the order it queued them (and sends them).
     stranger_links: VecDeque<Link>,
@@ -202,6 +233,7 @@ impl Glue {
             rx_chunk: vec![0u8; 16 * 1024].into_boxed_slice(),
             poked: Vec::new(),
             stopping: false,
+            handing_over: false,
             stranger_links: VecDeque::new(),
             memory,
             held: 0,
@@ -395,11 +427,98 @@ impl Glue {
     pub fn stop(&mut self, ep: &mut Endpoint, now: Instant) {
         self.stopping = true;
         let waiting: Vec<u32> =
-            self.table.slots().filter(|&s| matches!(self.table.get(s).map(|g| &g.app), Some(AppSide::Waiting(_)))).collect();
+            self.table.slots().filter(|&s| self.table.get(s).is_some_and(|g| g.app.waits())).collect();
         for slot in waiting {
             if let Some(h) = ep.handle_for_slot(slot) {
                 self.close_at_stop(ep, now, h);
             }
+        }
+    }
+
+    /// The engine hands its connections to another process: from now on a connection waiting
+    /// between turns takes no new input, so that it becomes quiescent and can go (its peer sends
+    /// the input again, to the other process).
+    pub fn begin_handover(&mut self) {
+        self.handing_over = true;
+    }
+
+    /// Whether [`Glue::begin_handover`] has run.
+    pub fn handing_over(&self) -> bool {
+        self.handing_over
+    }
+
+    /// Whether the input of the connection in `slot` is held back: it waits between turns while
+    /// the engine hands over. Only its acknowledgment is taken (what it acknowledges lets the
+    /// connection become quiescent).
+    pub fn holds_input_back(&self, slot: u32) -> bool {
+        self.handing_over && self.table.get(slot).is_some_and(|g| g.app.waits())
+    }
+
+    /// Hand over every connection that can go now: waiting between turns (or closed by its app)
+    /// and quiescent in the TCP core; each leaves the endpoint and this glue without a trace.
+    pub fn hand_over(&mut self, ep: &mut Endpoint, out: &mut Vec<Moved>) {
+        let ready: Vec<(u32, MovedApp)> = self
+            .table
+            .slots()
+            .filter_map(|s| match self.table.get(s).map(|g| &g.app) {
+                Some(AppSide::Waiting(_) | AppSide::Moved) => Some((s, MovedApp::Waiting)),
+                Some(AppSide::Done) => Some((s, MovedApp::Done)),
+                _ => None,
+            })
+            .collect();
+        for (slot, app) in ready {
+            let Some(h) = ep.handle_for_slot(slot) else { continue };
+            let Some(conn) = ep.hand_over(h) else { continue };
+            let link = self.link(slot).unwrap_or_default();
+            self.set_held(slot, 0);
+            self.table.remove(slot);
+            self.memory.leave(conn.remote.ip());
+            out.push(Moved { conn, link, app });
+        }
+    }
+
+    /// A connection another process handed over, imported into the endpoint as `h`.
+    pub fn adopt(&mut self, h: ConnectionHandle, m: &Moved) {
+        let app = match m.app {
+            MovedApp::Waiting => AppSide::Moved,
+            MovedApp::Done => AppSide::Done,
+        };
+        self.table.insert(h.slot(), SlotGlue { link: m.link, app, held: 0 });
+        self.memory.enter(m.conn.remote.ip());
+    }
+
+    /// Whether `slot` holds a moved connection whose app is not known yet.
+    pub fn is_moved(&self, slot: u32) -> bool {
+        matches!(self.table.get(slot).map(|g| &g.app), Some(AppSide::Moved))
+    }
+
+    /// A moved connection has input: give it to its listener (`None`: nobody serves its address
+    /// any more, so it is closed with a FIN, as at a stop). Served in turns, it waits for that
+    /// handler's next turn; else its app gets it as a new stream.
+    pub fn resolve_moved(&mut self, ep: &mut Endpoint, now: Instant, h: ConnectionHandle, listener: Option<&ListenerEntry>) {
+        let Some(listener) = listener else {
+            self.close_at_stop(ep, now, h);
+            return;
+        };
+        let Some(conn) = ep.connection_mut(h) else { return };
+        if let Accept::Turns(handler) = &listener.accept {
+            let id = self.turn_handler_id(handler);
+            self.table.set_app(h.slot(), AppSide::Waiting(id));
+            return;
+        }
+        let shared = StreamShared::new(h.slot(), conn.local(), conn.remote(), self.waker.clone());
+        self.table.set_app(h.slot(), AppSide::Task(shared.clone()));
+        let stream = Stream::new(shared);
+        match &listener.accept {
+            Accept::Channel(tx) => {
+                if tx.send(stream).is_err()
+                    && let Some(conn) = ep.connection_mut(h)
+                {
+                    conn.abort(now);
+                }
+            }
+            Accept::Local(handler) => spawn_app(&self.tasks, handler(stream)),
+            Accept::Turns(_) => {}
         }
     }
 
@@ -559,7 +678,7 @@ impl Glue {
         let (shared, turn_handler) = match &g.app {
             AppSide::Task(s) => (s, None),
             AppSide::Turn(s, id) => (s, Some(*id)),
-            AppSide::Waiting(_) => return,
+            AppSide::Waiting(_) | AppSide::Moved => return,
             // Data arriving after the app's close resets in the core (RFC 1122 4.2.2.13).
             AppSide::Done => return,
         };

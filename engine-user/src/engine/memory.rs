@@ -128,6 +128,15 @@ impl Memory {
         true
     }
 
+    /// A connection from `source` that another process admitted moved here: counted, never
+    /// refused (it exists already).
+    pub fn enter(&self, source: IpAddr) {
+        if self.limits.conns_per_source.is_none() {
+            return;
+        }
+        *self.conns_by_source.lock().unwrap_or_else(|e| e.into_inner()).entry(source).or_insert(0) += 1;
+    }
+
     /// A connection from `source` admitted by [`Memory::admit`] is gone.
     pub fn leave(&self, source: IpAddr) {
         if self.limits.conns_per_source.is_none() {

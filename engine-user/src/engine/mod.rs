@@ -27,9 +27,10 @@
 use std::{
     future::Future,
     net::SocketAddr,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         mpsc,
     },
     thread::JoinHandle,
@@ -60,9 +61,10 @@ use health::Health;
 use listeners::{Listeners, LocalHandler, TurnHandler};
 use queue::QueueContext;
 use requests::{QueueHandle, Queues};
+pub use glue::{Moved, MovedApp};
 pub use memory::MemoryLimits;
 pub use requests::ConnectionRow;
-pub use stats::{CONNECTIONS_OPEN, Kind, Metric, QueueStats, gauge, sum as stats_sum};
+pub use stats::{CONNECTIONS_OPEN, TAKEOVERS, Kind, Metric, QueueStats, gauge, sum as stats_sum};
 
 /// What an engine needs to start.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +136,27 @@ fn interface_mss(iface: &str) -> u16 {
         .unwrap_or(1440)
 }
 
+/// What a process handing its connections over sends its successor (`synx run --takeover`).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handover {
+    /// Takeovers this daemon's line has seen, this one included.
+    pub takeovers: u64,
+    /// Each RX queue's connections, by queue.
+    pub queues: Vec<Vec<Moved>>,
+    /// Connections reset instead: still busy when the grace ended.
+    pub reset: u64,
+}
+
+/// The running process a successor takes over from, as [`Engine::take_over`] sees it.
+pub trait Predecessor {
+    /// Hand every connection over: the predecessor's queue threads stop, their sockets closed.
+    fn release(&mut self) -> anyhow::Result<Handover>;
+    /// The takeover failed before [`Predecessor::release`]: the predecessor takes its
+    /// attachment back and serves on.
+    fn abort(&mut self, why: &str);
+}
+
 /// A running engine on one interface.
 pub struct Engine {
     options: EngineOptions,
@@ -145,7 +168,18 @@ pub struct Engine {
     conn_limit: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
     abort_all: Arc<AtomicBool>,
-    threads: Mutex<Vec<JoinHandle<anyhow::Result<()>>>>,
+    /// See [`QueueContext::hand_over`].
+    hand_over: Arc<AtomicU64>,
+    /// Everything was handed to a successor: stopping must not touch the shared switches.
+    handed_over: AtomicBool,
+    /// Where this engine pinned its attachment for a successor ([`Engine::pin_for_takeover`]).
+    pinned_for_successor: Mutex<Option<PathBuf>>,
+    /// Where the predecessor's attachment is pinned, until this engine has finished taking
+    /// over ([`Engine::finish_takeover`]).
+    taking_over_from: Mutex<Option<PathBuf>>,
+    /// Takeovers this daemon's line has seen (0: started afresh).
+    takeovers: u64,
+    threads: Mutex<Vec<JoinHandle<anyhow::Result<Vec<Moved>>>>>,
     cluster: Cluster,
     queues: u32,
     health: Arc<Health>,
@@ -155,6 +189,21 @@ impl Engine {
     /// Attach the XDP program to `options.iface` and start one engine thread per RX queue.
     /// Returns once every queue's AF_XDP socket is bound.
     pub fn start(options: EngineOptions) -> anyhow::Result<Self> {
+        Self::start_inner(options, None)
+    }
+
+    /// Take over from a running engine that pinned its attachment and maps in `dir`
+    /// ([`Engine::pin_for_takeover`]): load this binary's program on its maps (a layout that
+    /// differs is an error, the predecessor is told to serve on), have it hand over its
+    /// connections, bind this engine's sockets and import each queue's connections into the same
+    /// queue. The predecessor's program stays in the attachment until
+    /// [`Engine::finish_takeover`] (after the listeners are served): until then nothing reaches
+    /// either process, and peers retransmit.
+    pub fn take_over(options: EngineOptions, dir: &Path, predecessor: &mut dyn Predecessor) -> anyhow::Result<Self> {
+        Self::start_inner(options, Some((dir, predecessor)))
+    }
+
+    fn start_inner(options: EngineOptions, mut takeover: Option<(&Path, &mut dyn Predecessor)>) -> anyhow::Result<Self> {
         let queues = rx_queues(&options.iface);
         anyhow::ensure!(
             options.max_conns >= queues,
@@ -165,7 +214,27 @@ impl Engine {
         let per_queue = options.max_conns / queues;
         let mss = interface_mss(&options.iface);
         let settings = options.cluster.xdp_settings(XdpSettings { ecn: options.ecn, ..XdpSettings::new(mss) })?;
-        let xdp = XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, settings)?;
+        let (xdp, handover) = match &mut takeover {
+            None => (XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, settings)?, None),
+            Some((dir, predecessor)) => {
+                let xdp = match XdpProgram::load_for_takeover(dir, &options.iface, options.max_conns, settings) {
+                    Ok(xdp) => xdp,
+                    Err(e) => {
+                        predecessor.abort(&e.to_string());
+                        return Err(e).context("taking over (nothing changed: the running synx serves on)");
+                    }
+                };
+                let handover = predecessor.release().context("taking over: the running synx did not hand over")?;
+                (xdp, Some(handover))
+            }
+        };
+        let takeovers = handover.as_ref().map_or(0, |h| h.takeovers);
+        let mut imports = handover.map(|h| h.queues).unwrap_or_default();
+        if imports.len() > queues as usize {
+            let lost: usize = imports[queues as usize..].iter().map(Vec::len).sum();
+            tracing::error!("taking over: {lost} connections of RX queues beyond the {queues} of this engine are lost");
+        }
+        imports.resize_with(queues as usize, Vec::new);
         let tcp_config = tcp::Config {
             msl: options.msl,
             mss,
@@ -179,6 +248,7 @@ impl Engine {
         let listeners = Arc::new(Listeners::default());
         let stop = Arc::new(AtomicBool::new(false));
         let abort_all = Arc::new(AtomicBool::new(false));
+        let hand_over = Arc::new(AtomicU64::new(0));
         let conn_limit = Arc::new(AtomicU32::new(per_queue));
         let mut handles = Vec::new();
         let mut threads = Vec::new();
@@ -189,7 +259,7 @@ impl Engine {
         // With one queue every tuple is its own; the hand-off costs a FLOWS lookup per segment
         // of no connection, paid only where frames can arrive on another queue.
         let handoff = (queues > 1).then(|| Arc::new(Handoff::new(per_queue, wakers.clone())));
-        for (queue, waker) in (0..queues).zip(wakers) {
+        for ((queue, waker), imports) in (0..queues).zip(wakers).zip(imports) {
             let q_stats = Arc::new(QueueStats::default());
             let (req_tx, req_rx) = mpsc::channel();
             handles.push(QueueHandle { stats: q_stats.clone(), conns_requests: Mutex::new(req_tx), waker: waker.clone() });
@@ -210,6 +280,9 @@ impl Engine {
                 stats: q_stats,
                 stop: stop.clone(),
                 abort_all: abort_all.clone(),
+                hand_over: hand_over.clone(),
+                taking_over: takeover.is_some(),
+                imports,
                 conns_requests: req_rx,
                 waker,
                 #[cfg(feature = "fault-injection")]
@@ -233,7 +306,7 @@ impl Engine {
             let x = xdp.lock().unwrap_or_else(|e| e.into_inner());
             (x.secrets(), x.switches())
         };
-        let cluster = match Cluster::start(&options.cluster, secrets, switches) {
+        let cluster = match Cluster::start(&options.cluster, secrets, switches, takeover.is_some()) {
             Ok(c) => c,
             Err(e) => {
                 stop.store(true, Ordering::SeqCst);
@@ -253,6 +326,11 @@ impl Engine {
             conn_limit,
             stop,
             abort_all,
+            hand_over,
+            handed_over: AtomicBool::new(false),
+            pinned_for_successor: Mutex::new(None),
+            taking_over_from: Mutex::new(takeover.map(|(dir, _)| dir.to_path_buf())),
+            takeovers,
             threads: Mutex::new(threads),
             cluster,
             queues,
@@ -263,6 +341,84 @@ impl Engine {
             ready_rx.recv().context("engine thread died during start-up")??;
         }
         Ok(engine)
+    }
+
+    /// A successor's last step ([`Engine::take_over`]): its program replaces the predecessor's
+    /// inside the attachment, and frames reach this engine's sockets. A no-op unless taking over.
+    pub fn finish_takeover(&self) -> anyhow::Result<()> {
+        let Some(dir) = self.taking_over_from.lock().unwrap_or_else(|e| e.into_inner()).take() else { return Ok(()) };
+        self.xdp.lock().unwrap_or_else(|e| e.into_inner()).finish_takeover(&dir)?;
+        Ok(())
+    }
+
+    /// Takeovers this daemon's line has seen (0: it started afresh).
+    pub fn takeovers(&self) -> u64 {
+        self.takeovers
+    }
+
+    /// The first step of handing over to a successor: stop publishing the cookie secrets (the
+    /// successor does, from the same state) and pin the maps and the attachment in `dir`. This
+    /// engine serves on meanwhile; then [`Engine::hand_over`], or [`Engine::abort_takeover`].
+    pub fn pin_for_takeover(&self, dir: &Path) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.stop.load(Ordering::SeqCst), "this synx is stopping");
+        anyhow::ensure!(!self.handed_over.load(Ordering::SeqCst), "this synx has handed over already");
+        let mut pinned = self.pinned_for_successor.lock().unwrap_or_else(|e| e.into_inner());
+        anyhow::ensure!(pinned.is_none(), "a takeover is under way already");
+        self.cluster.pause(true);
+        if let Err(e) = self.xdp.lock().unwrap_or_else(|e| e.into_inner()).pin_for_takeover(dir) {
+            // Whatever was pinned before the error goes; the attachment is still ours.
+            let _ = self.xdp.lock().unwrap_or_else(|e| e.into_inner()).reclaim(dir);
+            self.cluster.pause(false);
+            return Err(e.into());
+        }
+        *pinned = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// The successor failed before taking anything: take the attachment back, publish the
+    /// secrets again, serve on as before.
+    pub fn abort_takeover(&self) -> anyhow::Result<()> {
+        let Some(dir) = self.pinned_for_successor.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            anyhow::bail!("no takeover is under way")
+        };
+        self.xdp.lock().unwrap_or_else(|e| e.into_inner()).reclaim(&dir)?;
+        self.cluster.pause(false);
+        Ok(())
+    }
+
+    /// Hand every connection to the successor that holds the pinned attachment: each queue
+    /// thread hands over its connections as each becomes quiescent between turns (those
+    /// waiting for input at once; a running turn is waited for, and a waiting connection's new
+    /// input left for the successor), resets what is still busy after `grace`, closes its
+    /// socket and ends. Returns once every queue thread has ended.
+    pub fn hand_over(&self, grace: Duration) -> anyhow::Result<Handover> {
+        // From here on the attachment is the successor's: no abort takes it back.
+        anyhow::ensure!(
+            self.pinned_for_successor.lock().unwrap_or_else(|e| e.into_inner()).take().is_some(),
+            "no takeover is under way"
+        );
+        self.handed_over.store(true, Ordering::SeqCst);
+        let deadline = crate::bpf::monotonic_ns().saturating_add(grace.as_nanos().min(u64::MAX as u128) as u64);
+        self.hand_over.store(deadline.max(1), Ordering::SeqCst);
+        for q in &self.queue_handles.0 {
+            q.waker.notify(u32::MAX);
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut queues = Vec::new();
+        for t in threads {
+            match t.join() {
+                Ok(Ok(moved)) => queues.push(moved),
+                Ok(Err(e)) => {
+                    tracing::warn!("engine thread: {e:#}");
+                    queues.push(Vec::new());
+                }
+                Err(_) => queues.push(Vec::new()),
+            }
+        }
+        self.cluster.shutdown();
+        let s = self.queue_handles.stats();
+        let reset = s.iter().find(|(k, _)| *k == "takeover_resets").map_or(0, |(_, v)| *v);
+        Ok(Handover { takeovers: self.takeovers + 1, queues, reset })
     }
 
     /// Accept connections to `addr` (an unspecified IP listens on every address of the port),
@@ -426,7 +582,7 @@ impl Engine {
 
     /// The gauges of the engine as a whole (neither XDP's nor a queue's).
     fn engine_gauges(&self) -> Vec<(&'static Metric, u64)> {
-        let mut all = vec![(&CONNECTIONS_OPEN, self.open_connections())];
+        let mut all = vec![(&CONNECTIONS_OPEN, self.open_connections()), (&TAKEOVERS, self.takeovers)];
         all.extend(self.cluster.stats());
         all
     }
@@ -452,7 +608,8 @@ impl Engine {
     pub fn open_connections(&self) -> u64 {
         let s = self.queue_handles.stats();
         let get = |name: &str| s.iter().find(|(k, _)| *k == name).map_or(0, |(_, v)| *v);
-        get("tcp_accepted").saturating_sub(get("tcp_closed"))
+        (get("tcp_accepted") + get("takeover_connections_moved_in"))
+            .saturating_sub(get("tcp_closed") + get("takeover_connections_moved_out"))
     }
 
     /// Stop: new SYNs get no SYN-ACK (the drain switch: unanswered, or passed to the kernel
@@ -460,7 +617,10 @@ impl Engine {
     /// FIN as soon as they wait for input (at once for those already waiting); the others carry
     /// on. Handshakes already answered complete and are served the same way.
     pub fn stop_accepting(&self) {
-        if let Err(e) = self.drain(true) {
+        // Handed over: the switches are the successor's now.
+        if !self.handed_over.load(Ordering::SeqCst)
+            && let Err(e) = self.drain(true)
+        {
             // Then XDP still answers SYNs: those clients are served a turn and closed.
             tracing::warn!("stopping: the drain switch: {e:#}");
         }
@@ -482,7 +642,7 @@ impl Engine {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
             match t.join() {
-                Ok(Ok(())) => {}
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!("engine thread: {e:#}"),
                 Err(_) => tracing::error!("engine thread panicked"),
             }
@@ -493,6 +653,11 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        // A successor that never got to serve its listeners still takes the attachment: the
+        // predecessor is gone, and a pinned link would keep its program attached for good.
+        if let Err(e) = self.finish_takeover() {
+            tracing::error!("finishing the takeover: {e:#}");
+        }
         self.shutdown(Duration::ZERO);
     }
 }

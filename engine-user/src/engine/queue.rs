@@ -18,11 +18,12 @@
 //! threads, so a request/response turn costs one wakeup, not three.
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     os::fd::{AsRawFd, RawFd},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         mpsc,
     },
     time::Duration,
@@ -35,7 +36,7 @@ use synx_tcp::{
 };
 
 use super::{
-    glue::Glue,
+    glue::{Glue, Moved},
     handoff::{Handed, Handoff, MAX_HOPS, Owner},
     memory::Memory,
     listeners::Listeners,
@@ -74,6 +75,13 @@ pub struct QueueContext {
     pub stop: Arc<AtomicBool>,
     /// Set when SIGTERM's grace period ends: reset what is left.
     pub abort_all: Arc<AtomicBool>,
+    /// Nonzero once the engine hands its connections to a successor: the end of the grace
+    /// (CLOCK_MONOTONIC ns), when what has not become quiescent is reset.
+    pub hand_over: Arc<AtomicU64>,
+    /// Connections a predecessor handed this queue, imported before the first frame.
+    pub imports: Vec<Moved>,
+    /// This engine takes over: the predecessor's socket on the queue may take a moment to go.
+    pub taking_over: bool,
     pub conns_requests: mpsc::Receiver<ConnsRequest>,
     pub waker: Arc<EngineWaker>,
     #[cfg(feature = "fault-injection")]
@@ -99,6 +107,12 @@ const XSK_STATS_PERIOD: Duration = Duration::from_millis(100);
 
 /// While stopping, how often a queue looks whether only TIME_WAIT is left.
 const STOP_CHECK_PERIOD: Duration = Duration::from_millis(20);
+
+/// How often a successor tries to bind a queue its predecessor has just left (10 ms apart).
+const BIND_RETRIES: u32 = 200;
+
+/// While handing over, how often the connections are looked through for those that can go.
+const HANDOVER_PERIOD: Duration = Duration::from_millis(1);
 
 /// How often the memory limits and the persist timeout are checked.
 const LIMITS_PERIOD: Duration = Duration::from_millis(100);
@@ -131,6 +145,12 @@ struct QueueDriver {
     /// When the heap was last trimmed, and the connections (held, folded) then.
     last_trim: Instant,
     trimmed_at: (usize, usize),
+    /// While handing over: the connections handed over so far, their tuples (whose segments
+    /// are dropped unseen: the successor answers them), the last look, whether the grace ended.
+    moved: Vec<Moved>,
+    moved_tuples: HashSet<(SocketAddr, SocketAddr)>,
+    last_handover: Instant,
+    handover_reset: bool,
 }
 
 /// The AF_XDP socket's fd, for readiness through the runtime's epoll (not closed on drop).
@@ -142,14 +162,15 @@ impl AsRawFd for XskFd {
     }
 }
 
-/// Run one queue until `ctx.stop` is set and every connection is gone (or aborted), on a
+/// Run one queue until `ctx.stop` is set and every connection is gone (or aborted), or until
+/// it has handed every connection over (`ctx.hand_over`; returned, its socket closed), on a
 /// single-threaded runtime of its own (with the apps served on this thread).
 pub fn run_queue(
     iface: &str,
     ctx: QueueContext,
     xsk_cfg: XskConfig,
     ready: &mpsc::Sender<anyhow::Result<u32>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Moved>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     tokio::task::LocalSet::new().block_on(&rt, serve_queue(iface, ctx, xsk_cfg, ready))
 }
@@ -159,15 +180,26 @@ async fn serve_queue(
     ctx: QueueContext,
     xsk_cfg: XskConfig,
     ready: &mpsc::Sender<anyhow::Result<u32>>,
-) -> anyhow::Result<()> {
-    let mut xsk = XskSocket::open(iface, ctx.queue, xsk_cfg)?;
+) -> anyhow::Result<Vec<Moved>> {
+    let mut xsk = XskSocket::open(iface, ctx.queue, xsk_cfg);
+    // A successor binds right after its predecessor closed its socket on the queue, whose
+    // release the kernel may finish a moment later (the bind fails with EBUSY meanwhile).
+    for _ in 0..BIND_RETRIES {
+        if xsk.is_ok() || !ctx.taking_over {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        xsk = XskSocket::open(iface, ctx.queue, xsk_cfg);
+    }
+    let mut xsk = xsk?;
     // Edge-triggered readiness: cleared when the loop wakes, set again by the next frame.
     // SAFETY: `xsk` owns the fd and outlives `xsk_ready` (declared after it, dropped before).
     let xsk_ready = unsafe { tokio::io::unix::AsyncFd::register_with_interest(XskFd(xsk.fd()), tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)?;
     ctx.flows.register_xsk(ctx.queue, xsk.fd())?;
     tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), "AF_XDP socket bound");
-    let _ = ready.send(Ok(ctx.queue));
+    let mut ctx = ctx;
+    let imports = std::mem::take(&mut ctx.imports);
     let mut q = QueueDriver {
         endpoint: Endpoint::new(ctx.tcp.clone(), ctx.max_conns),
         glue: Glue::new(ctx.waker.clone(), ctx.stats.clone(), ctx.memory.clone()),
@@ -181,8 +213,15 @@ async fn serve_queue(
         last_limits: Instant::from_nanos(0),
         last_trim: Instant::from_nanos(0),
         trimmed_at: (0, 0),
+        moved: Vec::new(),
+        moved_tuples: HashSet::new(),
+        last_handover: Instant::from_nanos(0),
+        handover_reset: false,
         ctx,
     };
+    q.import(&imports);
+    drop(imports);
+    let _ = ready.send(Ok(q.ctx.queue));
     let mut last_work = now();
     let mut stop_checked = Instant::from_nanos(0);
     loop {
@@ -197,12 +236,16 @@ async fn serve_queue(
             if t.saturating_duration_since(stop_checked) >= STOP_CHECK_PERIOD {
                 stop_checked = t;
                 if q.endpoint.infos().all(|(_, c)| c.state == tcp::State::TimeWait) {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
             }
         }
         if q.ctx.abort_all.load(Ordering::Relaxed) {
             q.glue.abort_all(&mut q.endpoint, now());
+        }
+        let hand_over = q.ctx.hand_over.load(Ordering::Relaxed);
+        if hand_over != 0 && q.hand_over(now(), hand_over) {
+            return Ok(std::mem::take(&mut q.moved));
         }
         #[cfg(feature = "fault-injection")]
         q.ctx.health.panic_if_injected(q.ctx.queue);
@@ -239,6 +282,44 @@ async fn serve_queue(
 }
 
 impl QueueDriver {
+    /// Take the connections a predecessor handed this queue: each into the slot its FLOWS entry
+    /// names, parked, its deadline armed; its app side waits for its next input.
+    fn import(&mut self, imports: &[Moved]) {
+        for m in imports {
+            match self.endpoint.import(&m.conn) {
+                Ok(h) => {
+                    self.glue.adopt(h, m);
+                    bump(&self.ctx.stats.moved_in);
+                }
+                // Not expected from a predecessor with the same --max-conns and queues; its FLOWS
+                // entry then names a slot nobody holds, and the peer's next segment is refused.
+                Err(e) => tracing::warn!("taking over {} -> {}: {e}", m.conn.remote, m.conn.local),
+            }
+        }
+    }
+
+    /// One step of handing over (`deadline_ns`: the end of the grace): every
+    /// [`HANDOVER_PERIOD`] hand over the connections that can go; at the deadline reset the
+    /// rest. Whether no connection is left (the queue is done).
+    fn hand_over(&mut self, now: Instant, deadline_ns: u64) -> bool {
+        self.glue.begin_handover();
+        if now.saturating_duration_since(self.last_handover) >= HANDOVER_PERIOD {
+            self.last_handover = now;
+            let before = self.moved.len();
+            self.glue.hand_over(&mut self.endpoint, &mut self.moved);
+            for m in &self.moved[before..] {
+                self.moved_tuples.insert((m.conn.local, m.conn.remote));
+            }
+            self.ctx.stats.moved_out.fetch_add((self.moved.len() - before) as u64, Ordering::Relaxed);
+        }
+        if now.as_nanos() >= deadline_ns && !self.handover_reset {
+            self.handover_reset = true;
+            self.ctx.stats.takeover_resets.fetch_add(self.endpoint.len() as u64, Ordering::Relaxed);
+            self.glue.abort_all(&mut self.endpoint, now);
+        }
+        self.endpoint.is_empty()
+    }
+
     /// Take a batch of frames from the socket into the endpoint; returns how many.
     fn receive(&mut self, xsk: &mut XskSocket) -> u32 {
         let received = xsk.recv(RX_BATCH, |frame| self.on_frame(now(), frame, 0));
@@ -290,6 +371,19 @@ impl QueueDriver {
         };
         hdr.ce = rx.ce;
         bump(&stats.rx_segments);
+        let mut payload = payload;
+        if self.glue.handing_over()
+            && (!payload.is_empty() || hdr.flags.fin())
+            && let Some(h) = self.endpoint.lookup(rx.local, rx.remote)
+            && self.glue.holds_input_back(h.slot())
+        {
+            // Handing over: the connection waits between turns; its new input goes to the
+            // successor (the peer sends it again, as after any loss), only what it acknowledges
+            // is taken here.
+            payload = &[];
+            hdr.flags = tcp::Flags(hdr.flags.0 & !tcp::Flags::FIN.0);
+            bump(&stats.held_back);
+        }
         if !payload.is_empty()
             && self.glue.may_refuse_data()
             && let Some(h) = self.endpoint.lookup(rx.local, rx.remote)
@@ -302,8 +396,14 @@ impl QueueDriver {
         match self.endpoint.handle(now, rx.local, rx.remote, &hdr, payload) {
             Disposition::Delivered(h) => {
                 self.glue.set_link(h.slot(), rx.link);
+                if self.glue.is_moved(h.slot()) {
+                    let listener = self.ctx.listeners.find(rx.local);
+                    self.glue.resolve_moved(&mut self.endpoint, now, h, listener.as_deref());
+                }
                 self.glue.service(&mut self.endpoint, now, h);
             }
+            // Handed over: the successor answers it (once this queue's socket is closed).
+            Disposition::Unknown if self.moved_tuples.contains(&(rx.local, rx.remote)) => {}
             Disposition::Unknown => match self.owner(hops, rx.local, rx.remote) {
                 Some(Owner::Queue(q)) => self.hand(q, frame, hops),
                 owner => {
@@ -358,6 +458,14 @@ impl QueueDriver {
         // Also while stopping: the ACK completes a handshake XDP answered before the stop, and
         // its client believes it is connected (served like the others, then closed).
         let listener = self.ctx.listeners.find(local);
+        if self.glue.handing_over()
+            && listener.as_ref().is_some_and(|l| !matches!(l.accept, super::listeners::Accept::Turns(_)))
+        {
+            // Handing over, a connection whose app holds it for life could not move: leave the
+            // handshake to the successor (the client's next segment carries the same cookie).
+            bump(&self.ctx.stats.held_back);
+            return;
+        }
         let memory = &self.ctx.memory;
         if listener.is_some() && !memory.admit(remote.ip()) {
             // The source holds all the connections it may: refused, as a full table refuses.

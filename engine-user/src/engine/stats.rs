@@ -39,6 +39,11 @@ pub const fn gauge(name: &'static str, help: &'static str) -> Metric {
 pub const CONNECTIONS_OPEN: Metric =
     gauge("connections_open", "Connections accepted and not yet released, TIME_WAIT included, over all queues.");
 
+/// How many times this daemon's line was taken over (`synx run --takeover`), carried from each
+/// process to its successor.
+pub const TAKEOVERS: Metric =
+    gauge("takeovers", "Times the daemon was taken over by a successor process, counted over every process of its line.");
+
 /// The `@core` entries are the TCP core's own per-connection counters ([`Stats`] fields of the same
 /// name), added up over the endpoint's connections and published each turn.
 macro_rules! queue_stats {
@@ -91,6 +96,13 @@ queue_stats! {
         "FINs retransmitted by peers that lost our last ACK, acknowledged again from TIME_WAIT.";
     closed_at_stop: Counter "tcp_closed_at_stop"
         "Connections served in turns closed with a FIN between two turns because the engine stopped.";
+    moved_out: Counter "takeover_connections_moved_out"
+        "Connections handed to a successor process (`synx run --takeover`), TCB, timers and app state.";
+    moved_in: Counter "takeover_connections_moved_in" "Connections taken over from the process this one succeeded.";
+    held_back: Counter "takeover_input_held_back"
+        "Segments left for the successor while handing over: a waiting connection's data or FIN (its acknowledgment taken), or a final ACK to a listener whose app holds connections for life.";
+    takeover_resets: Counter "takeover_resets"
+        "Connections reset by a process handing over because they were still busy when its --grace ended.";
     resets_sent: Counter "tcp_resets_sent" "Resets sent by the TCP core, to connections and to strangers.";
     cookie_rejected: Counter "tcp_cookie_rejected"
         "Segments for no connection whose ACK is not a SYN cookie minted recently for the tuple (reset).";

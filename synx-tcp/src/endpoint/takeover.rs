@@ -49,6 +49,24 @@ impl Endpoint {
         Some(Exported { slot: h.slot(), local: t.local(), remote: t.remote(), keepalive, tcb: p.tcb })
     }
 
+    /// Connection `h` in its folded form, as [`Endpoint::export`], and gone from here at once
+    /// (no event, nothing sent: the other process carries it on); `None`, and nothing changed,
+    /// unless it is quiescent and owes no work to the transmit queue. Its slot is not reused
+    /// here: XDP's FLOWS names it for the other process.
+    pub fn hand_over(&mut self, h: ConnectionHandle) -> Option<Exported> {
+        if h.slot() as usize >= self.slots.len() || self.queued.get(h.slot()) {
+            return None;
+        }
+        let e = self.export(h)?;
+        let idx = h.slot();
+        self.unindex(e.local, e.remote, idx);
+        self.slots[idx as usize] = Slot::default();
+        self.wheel.remove(idx);
+        self.parked -= 1;
+        self.handed_over += 1;
+        Some(e)
+    }
+
     /// Take a connection another process exported into the same slot, parked, its deadline
     /// armed. Cheapest in slot order into a fresh endpoint (a slot within the slab is looked for
     /// in the free list).

@@ -354,6 +354,33 @@ fn a_connection_exported_by_one_endpoint_carries_on_in_another_in_the_same_slot(
 }
 
 #[test]
+fn a_connection_handed_over_leaves_without_a_trace_and_its_slot_stays_the_other_process_s() {
+    let mut old = Endpoint::new(config(), 100);
+    let a = old.accept(ms(0), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
+    let b = old.accept(ms(0), facts(), local(), client(2), &ack_from(2), &[]).unwrap();
+    // Still queued for transmit (its events not collected): not yet.
+    assert!(old.hand_over(a).is_none());
+    drain(&mut old, ms(0));
+    assert_eq!(old.handle(ms(5), local(), client(2), &ack_from(2), b"unread"), Disposition::Delivered(b));
+    drain(&mut old, ms(5));
+    assert!(old.hand_over(b).is_none(), "a busy connection stays");
+    let e = old.hand_over(a).unwrap();
+    assert_eq!((old.len(), old.parked(), old.armed_timers()), (1, 0, 1), "gone, its timer too");
+    assert!(old.lookup(local(), client(1)).is_none());
+    // Nothing sent for it, no event: the other process carries it on.
+    assert!(drain(&mut old, ms(6)).is_empty());
+    while let Some((h, _)) = old.poll_event() {
+        assert_ne!(h, a);
+    }
+    assert_eq!(old.handle(ms(7), local(), client(1), &ack_from(1), &[]), Disposition::Unknown);
+    let mut new = Endpoint::new(config(), 100);
+    assert_eq!(new.import(&e).unwrap(), a);
+    // The slot stays the other process's: the old process's next connection takes another.
+    assert_ne!(old.accept(ms(8), facts(), local(), client(3), &ack_from(3), &[]).unwrap().slot(), a.slot());
+    assert_eq!(old.len(), 2);
+}
+
+#[test]
 fn a_connection_to_an_address_beyond_what_a_parked_slot_can_name_stays_unfolded_and_works() {
     // Parked slots name our address by a 16-bit index: 65536 distinct addresses.
     let n = 1u32 << 16;

@@ -1,0 +1,335 @@
+//! Issue 17 item 1: `synx run --takeover` under load. A successor takes over the XDP
+//! attachment, the maps, the cookie secrets and every connection of the running daemon, five
+//! times in a row (the last with another copy of the binary), while clients keep connecting,
+//! echoing and idling: no client sees a reset or a failed connect, no byte is lost or changed,
+//! and every idle connection still echoes afterwards and is still probed by keepalive.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use testbed::{Bpffs, Daemon, Netns, VethPair, require_root, synx_bin};
+
+/// Idle connections (keepalive on), connections echoing without a pause, takeovers.
+const IDLE: usize = 10_000;
+const BUSY: usize = 200;
+const TAKEOVERS: usize = 5;
+/// Threads driving the busy connections, each a share of them in turn.
+const BUSY_THREADS: usize = 10;
+/// Keepalive as the daemon is told: idle time, and the interval between unanswered probes.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(3);
+
+/// The open-files limit raised to its hard limit (the idle connections are the client's sockets).
+fn raise_nofile() -> u64 {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct; failure leaves the limit as it was.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+        rl.rlim_cur = rl.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+    }
+    rl.rlim_cur
+}
+
+/// A kernel-TCP echo server (the proxy's backend) in `ns`, until dropped.
+struct KernelEcho(Arc<AtomicBool>);
+
+impl KernelEcho {
+    fn start(ns: &Netns, addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let _server = ns.spawn(move || {
+            let listener = TcpListener::bind(addr).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            bound_tx.send(()).unwrap();
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        std::thread::spawn(move || {
+                            let mut r = s.try_clone().unwrap();
+                            let _ = std::io::copy(&mut r, &mut s);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        bound_rx.recv_timeout(Duration::from_secs(5)).expect("backend bound");
+        Self(stop)
+    }
+}
+
+impl Drop for KernelEcho {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Counters the client namespace keeps: every reset it receives, and the ports of the idle
+/// connections a segment came to from the idle listener's port (between the idle clients'
+/// own writes, only keepalive probes).
+fn count_in(ns: &Netns, server: SocketAddr) {
+    ns.nft(&format!(
+        "table inet synx_test {{\n\
+           counter rsts {{ }}\n\
+           set probed {{ type inet_service; size 65535; flags dynamic; }}\n\
+           chain input {{ type filter hook input priority 0;\n\
+             tcp flags & rst == rst counter name rsts;\n\
+             ip saddr {} tcp sport {} add @probed {{ tcp dport }};\n\
+           }}\n\
+         }}",
+        server.ip(),
+        server.port()
+    ))
+    .unwrap();
+}
+
+fn resets_received(ns: &Netns) -> u64 {
+    let out = ns.exec("nft", &["list", "counter", "inet", "synx_test", "rsts"]).unwrap();
+    out.split_whitespace().skip_while(|w| *w != "packets").nth(1).and_then(|n| n.parse().ok()).unwrap()
+}
+
+/// The client ports in the `probed` set.
+fn probed_ports(ns: &Netns) -> std::collections::HashSet<u16> {
+    let out = ns.exec("nft", &["-j", "list", "set", "inet", "synx_test", "probed"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let set = v["nftables"].as_array().unwrap().iter().find_map(|o| o.get("set")).unwrap().clone();
+    set.get("elem").and_then(|e| e.as_array()).map_or_else(Default::default, |e| {
+        e.iter().filter_map(|x| x.as_u64().or_else(|| x["elem"]["val"].as_u64())).map(|p| p as u16).collect()
+    })
+}
+
+/// What the load saw.
+#[derive(Default)]
+struct Load {
+    stop: AtomicBool,
+    connects: AtomicU64,
+    failures: std::sync::Mutex<Vec<String>>,
+    echoed: AtomicU64,
+    proxied: AtomicU64,
+}
+
+impl Load {
+    fn fail(&self, what: String) {
+        let mut f = self.failures.lock().unwrap();
+        if f.len() < 20 {
+            f.push(what);
+        }
+    }
+}
+
+/// Exchange `msg` with its echo on `s`; the error says what went wrong.
+fn echo(s: &mut TcpStream, msg: &[u8]) -> Result<(), String> {
+    s.write_all(msg).map_err(|e| format!("write: {e}"))?;
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).map_err(|e| format!("read: {e}"))?;
+    if back != msg {
+        return Err("the echo differs".into());
+    }
+    Ok(())
+}
+
+fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+#[test]
+fn five_takeovers_under_load_reset_nothing_lose_nothing_and_keep_every_idle_connection() {
+    require_root();
+    let limit = raise_nofile();
+    assert!(limit > IDLE as u64 + BUSY as u64 + 500, "the open-files limit {limit} is too low for {IDLE} idle connections");
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    let bpffs = Bpffs::mount();
+    let at = |port| SocketAddr::new(net.server_v4.into(), port);
+    let (idle_addr, busy_addr, churn_addr, proxy_addr) = (at(7), at(17), at(9), at(8));
+    let backend: SocketAddr = "127.0.0.1:9007".parse().unwrap();
+    let _backend = KernelEcho::start(&net.server, backend);
+    let listen = [
+        format!("{idle_addr}=echo"),
+        format!("{busy_addr}=echo"),
+        format!("{churn_addr}=echo"),
+        format!("{proxy_addr}=proxy={backend}"),
+    ];
+    let idle_s = format!("{}s", KEEPALIVE_IDLE.as_secs());
+    let bpffs_dir = bpffs.0.to_str().unwrap().to_string();
+    let mut args: Vec<&str> = Vec::new();
+    for l in &listen {
+        args.extend(["--listen", l]);
+    }
+    args.extend(["--keepalive-idle", &idle_s, "--keepalive-interval", "1s", "--grace", "10s", "--bpffs", &bpffs_dir]);
+    args.extend(["--max-conns", "65536"]);
+    let mut daemon = Daemon::start(&net.server, &net.server_if, &args).unwrap();
+    count_in(&net.client, idle_addr);
+
+    // The idle connections: each echoes once, then stays quiet.
+    let idle = net
+        .client
+        .run(move || {
+            (0..IDLE)
+                .map(|i| {
+                    let mut s = connect(idle_addr)?;
+                    echo(&mut s, format!("idle {i}").as_bytes())?;
+                    Ok(s)
+                })
+                .collect::<Result<Vec<TcpStream>, String>>()
+        })
+        .unwrap()
+        .expect("idle connections open");
+
+    let load = Arc::new(Load::default());
+    let mut workers = Vec::new();
+    // Busy: every connection echoes a numbered message after another, without a pause.
+    for t in 0..BUSY_THREADS {
+        let load = load.clone();
+        workers.push(net.client.spawn(move || {
+            let mut conns: Vec<TcpStream> = Vec::new();
+            for _ in 0..BUSY / BUSY_THREADS {
+                match connect(busy_addr) {
+                    Ok(s) => conns.push(s),
+                    Err(e) => return load.fail(format!("busy {t}: {e}")),
+                }
+            }
+            let mut n = 0u64;
+            while !load.stop.load(Ordering::Relaxed) {
+                for (i, s) in conns.iter_mut().enumerate() {
+                    let msg = format!("busy {t}.{i} message {n} {}", "x".repeat((n % 700) as usize));
+                    if let Err(e) = echo(s, msg.as_bytes()) {
+                        return load.fail(format!("busy {t}.{i} message {n}: {e}"));
+                    }
+                    load.echoed.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+        }));
+    }
+    // Churn: new connections, one after another, each one exchange and a close.
+    {
+        let load = load.clone();
+        workers.push(net.client.spawn(move || {
+            let mut n = 0u64;
+            while !load.stop.load(Ordering::Relaxed) {
+                match connect(churn_addr).and_then(|mut s| echo(&mut s, format!("new {n}").as_bytes())) {
+                    Ok(()) => {
+                        load.connects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => load.fail(format!("new connection {n}: {e}")),
+                }
+                n += 1;
+            }
+        }));
+    }
+    // Proxied to the kernel backend: one connection after another, a few exchanges each.
+    {
+        let load = load.clone();
+        workers.push(net.client.spawn(move || {
+            let mut n = 0u64;
+            while !load.stop.load(Ordering::Relaxed) {
+                let run = || -> Result<(), String> {
+                    let mut s = connect(proxy_addr)?;
+                    for k in 0..3 {
+                        echo(&mut s, format!("proxied {n}.{k} {}", "p".repeat(1000)).as_bytes())?;
+                    }
+                    Ok(())
+                };
+                match run() {
+                    Ok(()) => {
+                        load.proxied.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => load.fail(format!("proxied {n}: {e}")),
+                }
+                n += 1;
+            }
+        }));
+    }
+    assert!(testbed::wait_for(Duration::from_secs(30), || load.echoed.load(Ordering::Relaxed) > BUSY as u64 * 5));
+
+    // The last successor runs another copy of the binary.
+    let other_bin = std::env::temp_dir().join(format!("synx-other-{}", std::process::id()));
+    std::fs::copy(synx_bin(), &other_bin).unwrap();
+    let mut timings = Vec::new();
+    for round in 0..TAKEOVERS {
+        let before = (load.echoed.load(Ordering::Relaxed), load.connects.load(Ordering::Relaxed));
+        let bin = if round == TAKEOVERS - 1 { other_bin.clone() } else { synx_bin() };
+        let mut successor_args = args.clone();
+        successor_args.push("--takeover");
+        let started = Instant::now();
+        let successor = Daemon::start_binary(&bin, &net.server, &net.server_if, &successor_args).unwrap();
+        let status = daemon.wait_exit(Duration::from_secs(60)).unwrap();
+        timings.push(started.elapsed());
+        assert!(status.is_some_and(|s| s.success()), "round {round}: the old daemon exits 0 ({status:?}): {:?}", daemon.output());
+        let said = daemon.output();
+        let handed = said.iter().find(|l| l.starts_with("handed over: "));
+        assert!(handed.is_some(), "round {round}: {said:?}");
+        eprintln!("round {round}: {} / {:?}", handed.unwrap(), successor.banner);
+        assert!(successor.banner.iter().any(|l| l.starts_with("took over ")), "round {round}: {:?}", successor.banner);
+        // The old daemon's socket path is the successor's now.
+        daemon.control_socket = std::path::PathBuf::new();
+        daemon = successor;
+        assert_eq!(daemon.counter("takeovers").unwrap(), round as u64 + 1);
+        assert!(daemon.counter("takeover_connections_moved_in").unwrap() >= IDLE as u64, "round {round}");
+        // The load carries on after each takeover.
+        assert!(
+            testbed::wait_for(Duration::from_secs(30), || load.echoed.load(Ordering::Relaxed) > before.0 + BUSY as u64
+                && load.connects.load(Ordering::Relaxed) > before.1),
+            "round {round}: the load stalls after the takeover: {:?}",
+            load.failures.lock().unwrap()
+        );
+        assert!(
+            load.failures.lock().unwrap().is_empty(),
+            "round {round}: {:?}\nold: {:?}\nnew: {}",
+            load.failures.lock().unwrap(),
+            said,
+            daemon.stats().unwrap()
+        );
+    }
+    let _ = std::fs::remove_file(&other_bin);
+    load.stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap().unwrap();
+    }
+    assert!(load.failures.lock().unwrap().is_empty(), "{:?}", load.failures.lock().unwrap());
+
+    // Every idle connection is still probed by keepalive (nothing but probes comes from the
+    // idle port while they are quiet), then still echoes.
+    net.client.exec("nft", &["flush", "set", "inet", "synx_test", "probed"]).unwrap();
+    let ports: std::collections::HashSet<u16> = idle.iter().map(|s| s.local_addr().unwrap().port()).collect();
+    let mut missing = ports.len();
+    let deadline = Instant::now() + KEEPALIVE_IDLE * 3;
+    while Instant::now() < deadline && missing > 0 {
+        std::thread::sleep(Duration::from_millis(500));
+        let probed = probed_ports(&net.client);
+        missing = ports.iter().filter(|p| !probed.contains(p)).count();
+    }
+    assert_eq!(missing, 0, "idle connections without a keepalive probe after the takeovers");
+    let echoed = net
+        .client
+        .run(move || {
+            idle.into_iter()
+                .enumerate()
+                .map(|(i, mut s)| echo(&mut s, format!("after {i}").as_bytes()).map_err(|e| format!("idle {i}: {e}")))
+                .collect::<Result<Vec<()>, String>>()
+        })
+        .unwrap();
+    assert!(echoed.is_ok(), "{echoed:?}");
+    assert_eq!(resets_received(&net.client), 0, "resets seen by the clients");
+    eprintln!(
+        "takeovers (start of the successor to the exit of the old daemon): {timings:?}; {} echoes, {} new connections, {} proxied",
+        load.echoed.load(Ordering::Relaxed),
+        load.connects.load(Ordering::Relaxed),
+        load.proxied.load(Ordering::Relaxed)
+    );
+    let status = daemon.stop().unwrap();
+    assert!(status.success(), "{status}");
+}
