@@ -22,6 +22,8 @@ const BUSY: usize = 200;
 const TAKEOVERS: usize = 5;
 /// Threads driving the busy connections, each a share of them in turn.
 const BUSY_THREADS: usize = 10;
+/// Proxied connections that stay open through every takeover (their backend socket moves).
+const PROXIED_LONG: usize = 20;
 /// Keepalive as the daemon is told: idle time, and the interval between unanswered probes.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(3);
 
@@ -116,6 +118,7 @@ struct Load {
     failures: std::sync::Mutex<Vec<String>>,
     echoed: AtomicU64,
     proxied: AtomicU64,
+    proxied_long: AtomicU64,
 }
 
 impl Load {
@@ -253,6 +256,30 @@ fn five_takeovers_under_load_reset_nothing_lose_nothing_and_keep_every_idle_conn
             }
         }));
     }
+    // Proxied and long-lived: the same connections exchange all along.
+    {
+        let load = load.clone();
+        workers.push(net.client.spawn(move || {
+            let mut conns: Vec<TcpStream> = Vec::new();
+            for i in 0..PROXIED_LONG {
+                match connect(proxy_addr) {
+                    Ok(s) => conns.push(s),
+                    Err(e) => return load.fail(format!("long proxied {i}: {e}")),
+                }
+            }
+            let mut n = 0u64;
+            while !load.stop.load(Ordering::Relaxed) {
+                for (i, s) in conns.iter_mut().enumerate() {
+                    if let Err(e) = echo(s, format!("long proxied {i} message {n} {}", "q".repeat((n % 300) as usize)).as_bytes()) {
+                        return load.fail(format!("long proxied {i} message {n}: {e}"));
+                    }
+                    load.proxied_long.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }));
+    }
     assert!(testbed::wait_for(Duration::from_secs(30), || load.echoed.load(Ordering::Relaxed) > BUSY as u64 * 5));
 
     // The last successor runs another copy of the binary.
@@ -260,7 +287,6 @@ fn five_takeovers_under_load_reset_nothing_lose_nothing_and_keep_every_idle_conn
     std::fs::copy(synx_bin(), &other_bin).unwrap();
     let mut timings = Vec::new();
     for round in 0..TAKEOVERS {
-        let before = (load.echoed.load(Ordering::Relaxed), load.connects.load(Ordering::Relaxed));
         let bin = if round == TAKEOVERS - 1 { other_bin.clone() } else { synx_bin() };
         let mut successor_args = args.clone();
         successor_args.push("--takeover");
@@ -272,6 +298,10 @@ fn five_takeovers_under_load_reset_nothing_lose_nothing_and_keep_every_idle_conn
         let said = daemon.output();
         let handed = said.iter().find(|l| l.starts_with("handed over: "));
         assert!(handed.is_some(), "round {round}: {said:?}");
+        let carried: usize = handed
+            .and_then(|l| l.split_once(" with their backend socket")?.0.rsplit_once('(')?.1.parse().ok())
+            .unwrap_or(0);
+        assert!(carried >= PROXIED_LONG, "round {round}: the long proxied connections move with their backend socket: {said:?}");
         eprintln!("round {round}: {} / {:?}", handed.unwrap(), successor.banner);
         assert!(successor.banner.iter().any(|l| l.starts_with("took over ")), "round {round}: {:?}", successor.banner);
         // The old daemon's socket path is the successor's now.
@@ -279,10 +309,12 @@ fn five_takeovers_under_load_reset_nothing_lose_nothing_and_keep_every_idle_conn
         daemon = successor;
         assert_eq!(daemon.counter("takeovers").unwrap(), round as u64 + 1);
         assert!(daemon.counter("takeover_connections_moved_in").unwrap() >= IDLE as u64, "round {round}");
-        // The load carries on after each takeover.
+        // The load carries on after each takeover, served by the successor.
+        let before = (load.echoed.load(Ordering::Relaxed), load.connects.load(Ordering::Relaxed), load.proxied_long.load(Ordering::Relaxed));
         assert!(
             testbed::wait_for(Duration::from_secs(30), || load.echoed.load(Ordering::Relaxed) > before.0 + BUSY as u64
-                && load.connects.load(Ordering::Relaxed) > before.1),
+                && load.connects.load(Ordering::Relaxed) > before.1
+                && load.proxied_long.load(Ordering::Relaxed) > before.2 + PROXIED_LONG as u64),
             "round {round}: the load stalls after the takeover: {:?}",
             load.failures.lock().unwrap()
         );
@@ -325,10 +357,11 @@ fn five_takeovers_under_load_reset_nothing_lose_nothing_and_keep_every_idle_conn
     assert!(echoed.is_ok(), "{echoed:?}");
     assert_eq!(resets_received(&net.client), 0, "resets seen by the clients");
     eprintln!(
-        "takeovers (start of the successor to the exit of the old daemon): {timings:?}; {} echoes, {} new connections, {} proxied",
+        "takeovers (start of the successor to the exit of the old daemon): {timings:?}; {} echoes, {} new connections, {} proxied, {} exchanges on the long proxied ones",
         load.echoed.load(Ordering::Relaxed),
         load.connects.load(Ordering::Relaxed),
-        load.proxied.load(Ordering::Relaxed)
+        load.proxied.load(Ordering::Relaxed),
+        load.proxied_long.load(Ordering::Relaxed)
     );
     let status = daemon.stop().unwrap();
     assert!(status.success(), "{status}");

@@ -131,6 +131,14 @@ pub struct StreamState {
     pub error: Option<StreamError>,
     pub read_waker: Option<Waker>,
     pub write_waker: Option<Waker>,
+    /// The engine hands its connections to another process: an app that holds its connection
+    /// for life stops at a clean point and hands it over ([`Stream::hand_over`]), or carries on.
+    pub handing_over: bool,
+    pub handover_waker: Option<Waker>,
+    /// The socket the app handed over with the connection (the proxy's backend).
+    pub carried: Option<std::os::fd::OwnedFd>,
+    /// A socket carried from another process with the connection, for the app to resume with.
+    pub resumed: Option<std::os::fd::OwnedFd>,
 }
 
 /// What a [`Stream`] shares with the engine thread of its connection: the connection's
@@ -185,6 +193,47 @@ impl Stream {
     pub fn abort(&mut self) {
         self.shared.lock().abort = true;
         self.shared.notify_engine();
+    }
+}
+
+/// Resolves once the engine asks the app of a stream to hand its connection over (see
+/// [`StreamState::handing_over`]); usable while the stream itself is split.
+pub struct HandoverSignal(Arc<StreamShared>);
+
+impl HandoverSignal {
+    pub async fn requested(&self) {
+        std::future::poll_fn(|cx| {
+            let mut st = self.0.lock();
+            if st.handing_over {
+                return Poll::Ready(());
+            }
+            st.handover_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+impl Stream {
+    /// What resolves once the engine asks this stream's app to hand the connection over.
+    pub fn handover_signal(&self) -> HandoverSignal {
+        HandoverSignal(self.shared.clone())
+    }
+
+    /// Give the connection up to another process (after [`HandoverSignal::requested`]), with
+    /// `carried`, a socket the app holds for it (the proxy's backend), at a clean point: every
+    /// byte the app read from either side written to the other. What it has not read yet goes
+    /// along; the successor's app resumes with [`Stream::take_resumed`].
+    pub fn hand_over(self, carried: std::os::fd::OwnedFd) {
+        let mut st = self.shared.lock();
+        st.carried = Some(carried);
+        // Not a close: Drop only tells the engine.
+        st.turn_over = true;
+    }
+
+    /// The socket a predecessor's app handed over with this connection, if any.
+    pub fn take_resumed(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.shared.lock().resumed.take()
     }
 }
 

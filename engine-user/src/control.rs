@@ -51,9 +51,27 @@ pub enum ControlError {
     Reply(#[from] serde_json::Error),
 }
 
+/// A reply: a JSON value, or JSON text already written (a handover's connections, serialized
+/// once rather than built as a tree of values first) with sockets passed before it.
+pub enum Reply {
+    Json(serde_json::Value),
+    Raw(String, Vec<std::os::fd::OwnedFd>),
+}
+
+/// The byte each message of passed sockets carries (a reply's text starts with `{`).
+const FD_MARK: u8 = b'F';
+/// Sockets passed per message, under the kernel's SCM_MAX_FD (253).
+const FDS_PER_MESSAGE: usize = 250;
+
+impl From<serde_json::Value> for Reply {
+    fn from(v: serde_json::Value) -> Self {
+        Reply::Json(v)
+    }
+}
+
 /// Answers requests; implemented by the daemon.
 pub trait Responder: Send + Sync + 'static {
-    fn respond(&self, req: Request) -> serde_json::Value;
+    fn respond(&self, req: Request) -> Reply;
     /// The reply to `req` has been written (or could not be): a handover ends the daemon
     /// only once its successor has the connections.
     fn replied(&self, _req: &Request) {}
@@ -167,26 +185,34 @@ pub async fn serve(listener: tokio::net::UnixListener, responder: Arc<dyn Respon
             let mut line = String::new();
             let mut asked = None;
             let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST));
-            let reply = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
-                Err(_) => serde_json::json!({ "error": "request not received in time" }),
-                Ok(Err(e)) => serde_json::json!({ "error": format!("reading the request: {e}") }),
+            let reply: Reply = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+                Err(_) => serde_json::json!({ "error": "request not received in time" }).into(),
+                Ok(Err(e)) => serde_json::json!({ "error": format!("reading the request: {e}") }).into(),
                 Ok(Ok(_)) if !line.ends_with('\n') => {
-                    serde_json::json!({ "error": format!("request too long or unterminated (limit {MAX_REQUEST} bytes, one line)") })
+                    serde_json::json!({ "error": format!("request too long or unterminated (limit {MAX_REQUEST} bytes, one line)") }).into()
                 }
                 Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
                     Ok(req) => {
                         let (r, answered) = (responder.clone(), req.clone());
                         let reply = tokio::task::spawn_blocking(move || r.respond(req))
                             .await
-                            .unwrap_or_else(|e| serde_json::json!({ "error": format!("answering: {e}") }));
+                            .unwrap_or_else(|e| serde_json::json!({ "error": format!("answering: {e}") }).into());
                         asked = Some(answered);
                         reply
                     }
-                    Err(e) => serde_json::json!({ "error": format!("bad request: {e}") }),
+                    Err(e) => serde_json::json!({ "error": format!("bad request: {e}") }).into(),
                 },
             };
-            let mut out = reply.to_string();
+            let (mut out, fds) = match reply {
+                Reply::Json(v) => (v.to_string(), Vec::new()),
+                Reply::Raw(s, fds) => (s, fds),
+            };
             out.push('\n');
+            if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, send_fds(write.as_ref(), &fds)).await.unwrap_or_else(|_| {
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "passing sockets: not taken in time"))
+            }) {
+                tracing::warn!("control socket: passing {} sockets: {e}", fds.len());
+            }
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(out.as_bytes())).await;
             if let Some(req) = asked {
                 responder.replied(&req);
@@ -197,11 +223,106 @@ pub async fn serve(listener: tokio::net::UnixListener, responder: Arc<dyn Respon
 
 /// Send one request to a running daemon and return its reply.
 pub fn request(path: &Path, req: Request) -> Result<serde_json::Value, ControlError> {
-    request_within(path, req, Duration::from_secs(5))
+    Ok(serde_json::from_str(&request_text(path, req, Duration::from_secs(5))?)?)
 }
 
-/// [`request`], waiting up to `timeout` for the reply.
-pub fn request_within(path: &Path, req: Request, timeout: Duration) -> Result<serde_json::Value, ControlError> {
+/// Pass `fds` over `stream` with SCM_RIGHTS, [`FDS_PER_MESSAGE`] to a one-byte message.
+async fn send_fds(stream: &tokio::net::UnixStream, fds: &[std::os::fd::OwnedFd]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    for chunk in fds.chunks(FDS_PER_MESSAGE) {
+        let raw: Vec<i32> = chunk.iter().map(AsRawFd::as_raw_fd).collect();
+        loop {
+            stream.writable().await?;
+            match stream.try_io(tokio::io::Interest::WRITABLE, || send_with_fds(stream.as_raw_fd(), &raw)) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A control message buffer for `n` descriptors, aligned as `cmsghdr` wants.
+fn cmsg_buffer(n: usize) -> Vec<u64> {
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe { libc::CMSG_SPACE((n * std::mem::size_of::<i32>()) as u32) } as usize;
+    vec![0u64; space.div_ceil(8)]
+}
+
+/// One sendmsg(2) of [`FD_MARK`] with `fds` attached.
+fn send_with_fds(sock: i32, fds: &[i32]) -> std::io::Result<()> {
+    let byte = [FD_MARK];
+    let mut iov = libc::iovec { iov_base: byte.as_ptr() as *mut libc::c_void, iov_len: 1 };
+    let mut cbuf = cmsg_buffer(fds.len());
+    let bytes = std::mem::size_of_val(fds);
+    // SAFETY: a zeroed msghdr pointing at our iovec and control buffer, both alive for the
+    // call; the control buffer has room for one cmsghdr with `fds` (CMSG_SPACE).
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(bytes as u32) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(bytes as u32) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), bytes);
+        if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// One recvmsg(2) of one byte and the descriptors attached to it (None at the end of stream).
+fn recv_with_fds(sock: i32) -> std::io::Result<(Option<u8>, Vec<std::os::fd::OwnedFd>)> {
+    use std::os::fd::FromRawFd as _;
+    let mut byte = [0u8];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut cbuf = cmsg_buffer(FDS_PER_MESSAGE);
+    let mut fds = Vec::new();
+    // SAFETY: a zeroed msghdr pointing at our byte and control buffer, alive for the call; the
+    // descriptors the kernel wrote into the control messages are ours (MSG_CMSG_CLOEXEC), each
+    // taken once.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = (cbuf.len() * 8) as _;
+        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<i32>();
+                let data = libc::CMSG_DATA(cmsg).cast::<i32>();
+                for i in 0..count {
+                    fds.push(std::os::fd::OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err(std::io::Error::other("passed sockets truncated"));
+        }
+        n
+    };
+    Ok(((n > 0).then_some(byte[0]), fds))
+}
+
+/// Send one request and return the reply's text, waiting up to `timeout` for it (a handover's
+/// reply is parsed into its own type).
+pub fn request_text(path: &Path, req: Request, timeout: Duration) -> Result<String, ControlError> {
+    Ok(request_with_fds(path, req, timeout)?.0)
+}
+
+/// [`request_text`], with the sockets the daemon passed before its reply.
+pub fn request_with_fds(path: &Path, req: Request, timeout: Duration) -> Result<(String, Vec<std::os::fd::OwnedFd>), ControlError> {
     let io = |source| ControlError::Io { path: path.into(), source };
     let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -213,9 +334,17 @@ pub fn request_within(path: &Path, req: Request, timeout: Duration) -> Result<se
     let mut line = serde_json::to_string(&req)?;
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io)?;
-    let mut reply = String::new();
+    let mut fds = Vec::new();
+    let first = loop {
+        let (byte, got) = recv_with_fds(std::os::fd::AsRawFd::as_raw_fd(&stream)).map_err(io)?;
+        fds.extend(got);
+        if byte != Some(FD_MARK) {
+            break byte;
+        }
+    };
+    let mut reply = first.map(|b| char::from(b).to_string()).unwrap_or_default();
     BufReader::new(stream).read_line(&mut reply).map_err(io)?;
-    Ok(serde_json::from_str(&reply)?)
+    Ok((reply, fds))
 }
 
 #[cfg(test)]
@@ -226,8 +355,8 @@ mod tests {
 
     struct Fixed;
     impl Responder for Fixed {
-        fn respond(&self, req: Request) -> serde_json::Value {
-            serde_json::json!({ "echo": format!("{req:?}") })
+        fn respond(&self, req: Request) -> Reply {
+            serde_json::json!({ "echo": format!("{req:?}") }).into()
         }
     }
 

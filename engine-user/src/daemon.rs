@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use crate::{
     apps,
     config::{self, AppThreads, FileConfig, FlagConfig, ListenSpec, RunConfig},
-    control::{self, Request, Responder},
+    control::{self, Reply, Request, Responder},
     engine::{Engine, EngineOptions, Handover, Predecessor},
     metrics::Exporter,
 };
@@ -43,8 +43,11 @@ struct Daemon {
 }
 
 impl Responder for Daemon {
-    fn respond(&self, req: Request) -> serde_json::Value {
-        match req {
+    fn respond(&self, req: Request) -> Reply {
+        if req == Request::Release {
+            return self.release();
+        }
+        let reply = match req {
             Request::Stats => {
                 let mut map = serde_json::Map::new();
                 match self.engine.stats() {
@@ -90,28 +93,51 @@ impl Responder for Daemon {
                 }
                 Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
             },
-            Request::Release => {
-                let started = Instant::now();
-                match self.engine.hand_over(self.grace()) {
-                    Ok(handover) => {
-                        let moved: usize = handover.queues.iter().map(Vec::len).sum();
-                        *self.handed_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
-                            "handed over: {moved} connections to the successor in {} ms ({} reset, busy past the {} s grace); exiting",
-                            started.elapsed().as_millis(),
-                            handover.reset,
-                            self.grace().as_secs()
-                        ));
-                        serde_json::json!({ "handover": handover })
-                    }
-                    Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
-                }
-            }
-        }
+            Request::Release => unreachable!("answered above"),
+        };
+        reply.into()
     }
 
     fn replied(&self, req: &Request) {
         if *req == Request::Release && self.handed_over.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
             self.handed.notify_one();
+        }
+    }
+}
+
+/// What the daemon answers a [`Request::Release`]: the connections, or why not.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Released {
+    Handover(Handover),
+    Error(String),
+}
+
+impl Daemon {
+    /// Hand every connection over; the daemon exits once the reply is written.
+    fn release(&self) -> Reply {
+        let started = Instant::now();
+        let mut sockets = Vec::new();
+        let released = match self.engine.hand_over(self.grace()) {
+            Ok((handover, fds)) => {
+                sockets = fds;
+                let moved: usize = handover.queues.iter().map(Vec::len).sum();
+                *self.handed_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                    "handed over: {moved} connections to the successor in {} ms ({} with their backend socket; {} reset, busy past the {} s grace); exiting",
+                    started.elapsed().as_millis(),
+                    sockets.len(),
+                    handover.reset,
+                    self.grace().as_secs()
+                ));
+                Released::Handover(handover)
+            }
+            Err(e) => Released::Error(format!("{e:#}")),
+        };
+        // Written straight to text: at 100k connections a tree of JSON values first would cost
+        // hundreds of MB.
+        match serde_json::to_string(&released) {
+            Ok(text) => Reply::Raw(text, sockets),
+            Err(e) => serde_json::json!({ "error": format!("writing the handover: {e}") }).into(),
         }
     }
 }
@@ -124,12 +150,12 @@ struct RunningDaemon<'a> {
 }
 
 impl Predecessor for RunningDaemon<'_> {
-    fn release(&mut self) -> anyhow::Result<Handover> {
-        let mut reply = control::request_within(self.socket, Request::Release, self.release_timeout)?;
-        if let Some(e) = reply.get("error").and_then(|e| e.as_str()) {
-            anyhow::bail!("{e}");
+    fn release(&mut self) -> anyhow::Result<(Handover, Vec<std::os::fd::OwnedFd>)> {
+        let (text, fds) = control::request_with_fds(self.socket, Request::Release, self.release_timeout)?;
+        match serde_json::from_str(&text)? {
+            Released::Handover(h) => Ok((h, fds)),
+            Released::Error(e) => anyhow::bail!("{e}"),
         }
-        Ok(serde_json::from_value(reply["handover"].take())?)
     }
 
     fn abort(&mut self, why: &str) {

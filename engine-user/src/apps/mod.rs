@@ -80,9 +80,41 @@ impl Addresses for tokio::io::DuplexStream {
     }
 }
 
+/// Streams whose connection can move to another process with a socket the app holds for it
+/// (`synx run --takeover`); the defaults: never asked to.
+pub trait Movable: Sized {
+    /// What resolves once the app is asked to hand the connection over; None: never.
+    fn handover_signal(&self) -> Option<crate::api::HandoverSignal> {
+        None
+    }
+    /// Hand the connection over with `carried` (see [`crate::api::Stream::hand_over`]).
+    fn hand_over(self, carried: std::os::fd::OwnedFd) {
+        drop((self, carried));
+    }
+    /// The socket a predecessor's app handed over with this connection.
+    fn take_resumed(&mut self) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
+}
+
+impl Movable for crate::api::Stream {
+    fn handover_signal(&self) -> Option<crate::api::HandoverSignal> {
+        Some(crate::api::Stream::handover_signal(self))
+    }
+    fn hand_over(self, carried: std::os::fd::OwnedFd) {
+        crate::api::Stream::hand_over(self, carried);
+    }
+    fn take_resumed(&mut self) -> Option<std::os::fd::OwnedFd> {
+        crate::api::Stream::take_resumed(self)
+    }
+}
+
+impl Movable for tokio::net::TcpStream {}
+impl Movable for tokio::io::DuplexStream {}
+
 /// What the built-in apps need of a stream.
-pub trait AppStream: AsyncRead + AsyncWrite + Unpin + Abort + Addresses {}
-impl<S: AsyncRead + AsyncWrite + Unpin + Abort + Addresses> AppStream for S {}
+pub trait AppStream: AsyncRead + AsyncWrite + Unpin + Abort + Addresses + Movable {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Abort + Addresses + Movable> AppStream for S {}
 
 /// An [`App`] ready to serve: its settings and what its connections share (the http proxy's
 /// backend connections). Cheap to clone; one per listener.

@@ -76,18 +76,117 @@ fn to_v6(ip: IpAddr) -> std::net::Ipv6Addr {
     }
 }
 
-/// Connect to the backend, announce the client if asked to, then splice until both sides close.
-pub(super) async fn serve<S: AppStream>(options: ProxyOptions, stream: S) -> std::io::Result<()> {
-    let mut backend = tokio::net::TcpStream::connect(options.backend).await?;
-    backend.set_nodelay(true)?;
-    if let Some(version) = options.proxy_protocol {
-        let (client, server) = stream
-            .addresses()
-            .ok_or_else(|| std::io::Error::other("the PROXY protocol needs the client's address"))?;
-        // Before any of the client's bytes, in one write: the backend reads it as one header.
-        backend.write_all(&proxy_header(version, client, server)).await?;
+/// Connect to the backend, announce the client if asked to, then splice until both sides close
+/// (or, with a connection moved from another process, resume with the backend socket it
+/// carried). Asked to hand the connection over while neither side has closed, stop at a clean
+/// point and hand it over with the backend socket.
+pub(super) async fn serve<S: AppStream>(options: ProxyOptions, mut stream: S) -> std::io::Result<()> {
+    let backend = match stream.take_resumed() {
+        Some(fd) => {
+            let backend = std::net::TcpStream::from(fd);
+            backend.set_nonblocking(true)?;
+            tokio::net::TcpStream::from_std(backend)?
+        }
+        None => {
+            let mut backend = tokio::net::TcpStream::connect(options.backend).await?;
+            backend.set_nodelay(true)?;
+            if let Some(version) = options.proxy_protocol {
+                let (client, server) = stream
+                    .addresses()
+                    .ok_or_else(|| std::io::Error::other("the PROXY protocol needs the client's address"))?;
+                // Before any of the client's bytes, in one write: the backend reads it as one header.
+                backend.write_all(&proxy_header(version, client, server)).await?;
+            }
+            backend
+        }
+    };
+    let Some(signal) = stream.handover_signal() else { return proxy(stream, backend).await };
+    movable_proxy(stream, backend, signal).await
+}
+
+/// How one direction of a movable splice ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The source closed; the destination's write side is shut down.
+    Eof,
+    /// Stopped for a handover, everything read written.
+    Stopped,
+}
+
+/// Copy `from` to `to` until the end of `from` (then shut `to` down), or, while `stoppable`,
+/// until `signal` (between two chunks: what was read is written first).
+async fn one_way<R, W>(from: &mut R, to: &mut W, signal: &crate::api::HandoverSignal, stoppable: bool) -> std::io::Result<Ended>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt as _;
+    // tokio::io::copy's size, which the proxy used before.
+    let mut buf = vec![0u8; 8 * 1024];
+    loop {
+        let n = tokio::select! {
+            biased;
+            () = signal.requested(), if stoppable => return Ok(Ended::Stopped),
+            // Cancel-safe on both kinds of stream: a read that does not complete takes nothing.
+            r = from.read(&mut buf) => r?,
+        };
+        if n == 0 {
+            to.shutdown().await?;
+            return Ok(Ended::Eof);
+        }
+        to.write_all(&buf[..n]).await?;
     }
-    proxy(stream, backend).await
+}
+
+/// [`proxy`] for a connection that may move to another process: asked to, and with neither
+/// side closed yet, both directions stop at a clean point and the connection is handed over
+/// with the backend socket (its unread bytes stay in it). A connection already half closed
+/// finishes here.
+async fn movable_proxy<S: AppStream>(stream: S, backend: tokio::net::TcpStream, signal: crate::api::HandoverSignal) -> std::io::Result<()> {
+    let (mut ar, mut aw) = tokio::io::split(stream);
+    let (mut br, mut bw) = backend.into_split();
+    let (mut a_done, mut b_done) = (None, None);
+    let mut stoppable = true;
+    let result = loop {
+        let a_to_b = async {
+            match a_done {
+                Some(Ended::Eof) => Ok(Ended::Eof),
+                _ => one_way(&mut ar, &mut bw, &signal, stoppable).await,
+            }
+        };
+        let b_to_a = async {
+            match b_done {
+                Some(Ended::Eof) => Ok(Ended::Eof),
+                _ => one_way(&mut br, &mut aw, &signal, stoppable).await,
+            }
+        };
+        let (r1, r2) = tokio::join!(a_to_b, b_to_a);
+        match (r1, r2) {
+            (Ok(x), Ok(y)) => {
+                (a_done, b_done) = (Some(x), Some(y));
+                match (x, y) {
+                    (Ended::Eof, Ended::Eof) => break Ok(()),
+                    (Ended::Stopped, Ended::Stopped) => {
+                        let stream = ar.unsplit(aw);
+                        let backend = br.reunite(bw).map_err(std::io::Error::other)?.into_std()?;
+                        stream.hand_over(backend.into());
+                        return Ok(());
+                    }
+                    // Half closed: it cannot move (only established connections do); finish.
+                    _ => stoppable = false,
+                }
+            }
+            (r1, r2) => break r1.and(r2).map(drop),
+        }
+    };
+    if result.is_err() {
+        let mut a = ar.unsplit(aw);
+        a.abort();
+        if let Ok(mut b) = br.reunite(bw) {
+            b.abort();
+        }
+    }
+    result
 }
 
 /// Copy both directions until both are closed. A FIN in one direction becomes a shutdown of the

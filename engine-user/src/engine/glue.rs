@@ -26,7 +26,7 @@ use synx_tcp::{
 };
 
 use super::{
-    listeners::{Accept, ListenerEntry, TurnHandler},
+    listeners::{Accept, ListenerEntry, Listeners, TurnHandler},
     memory::{Level, Memory},
     stats::{QueueStats, bump},
 };
@@ -57,6 +57,12 @@ enum AppSide {
     /// Moved here from another process while it waited for input: its handler is its
     /// listener's, looked up at its next input ([`Glue::resolve_moved`]).
     Moved,
+    /// Its app stopped and handed it over with a socket (the engine hands over): what it had
+    /// not read goes along.
+    Carried(Box<CarriedConn>),
+    /// Carried from another process (or back from a handover that could not happen): its
+    /// listener's app is started again with the socket ([`Glue::resume`]).
+    Resuming(Box<CarriedConn>),
     /// The application dropped its stream and everything it wrote reached the TCP core: nothing
     /// left to tell it (the TCP core finishes the close alone).
     Done,
@@ -66,7 +72,7 @@ impl AppSide {
     fn shared(&self) -> Option<&Arc<StreamShared>> {
         match self {
             AppSide::Task(s) | AppSide::Turn(s, _) => Some(s),
-            AppSide::Waiting(_) | AppSide::Moved | AppSide::Done => None,
+            AppSide::Waiting(_) | AppSide::Moved | AppSide::Done | AppSide::Carried(_) | AppSide::Resuming(_) => None,
         }
     }
 
@@ -76,19 +82,28 @@ impl AppSide {
     }
 }
 
+/// A connection whose app handed it over with a socket, and the bytes it had not read.
+pub struct CarriedConn {
+    fd: std::os::fd::OwnedFd,
+    rx: Vec<u8>,
+}
+
 /// A connection's app side as it moves to another process (`synx run --takeover`): apps
 /// served in turns hold no state between turns, so a waiting connection moves as it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MovedApp {
     /// Waiting between turns: its listener's next turn serves its next input.
     Waiting,
     /// The app has closed it; the TCP core finishes the close alone.
     Done,
+    /// Its app handed it over with a socket (passed beside, `fd` its index there), and `rx`,
+    /// the bytes it had not read: its listener's app resumes with both.
+    Resume { fd: u32, rx: Vec<u8> },
 }
 
 /// One connection on its way to another process: its folded TCB, its link addresses and its
 /// app side.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Moved {
     pub conn: tcp::endpoint::Exported,
@@ -135,10 +150,14 @@ impl GlueTable {
     }
 
     fn remove(&mut self, slot: u32) {
-        if let Some(old) = self.slots.get_mut(slot as usize).and_then(Option::take) {
-            self.waiting -= usize::from(old.app.waits());
-            self.len -= 1;
-        }
+        self.take(slot);
+    }
+
+    fn take(&mut self, slot: u32) -> Option<SlotGlue> {
+        let old = self.slots.get_mut(slot as usize).and_then(Option::take)?;
+        self.waiting -= usize::from(old.app.waits());
+        self.len -= 1;
+        Some(old)
     }
 
     fn set_app(&mut self, slot: u32, app: AppSide) {
@@ -195,6 +214,8 @@ pub struct Glue {
     /// The engine hands its connections to another process: a connection waiting between
     /// turns takes no new input (see [`Glue::holds_input_back`]).
     handing_over: bool,
+    /// Connections whose app is to be started again with a carried socket ([`Glue::resume`]).
+    resuming: Vec<u32>,
     /// The link addresses of the frames the endpoint's queued resets to strangers answer, in
     /// the order it queued them (and sends them).
     stranger_links: VecDeque<Link>,
@@ -234,6 +255,7 @@ impl Glue {
             poked: Vec::new(),
             stopping: false,
             handing_over: false,
+            resuming: Vec::new(),
             stranger_links: VecDeque::new(),
             memory,
             held: 0,
@@ -438,8 +460,21 @@ impl Glue {
     /// The engine hands its connections to another process: from now on a connection waiting
     /// between turns takes no new input, so that it becomes quiescent and can go (its peer sends
     /// the input again, to the other process).
+    /// Apps that hold their connection for life are asked to hand it over
+    /// ([`crate::api::Stream::hand_over`]).
     pub fn begin_handover(&mut self) {
-        self.handing_over = true;
+        if std::mem::replace(&mut self.handing_over, true) {
+            return;
+        }
+        for g in self.table.slots.iter().flatten() {
+            if let AppSide::Task(shared) = &g.app {
+                let mut st = shared.lock();
+                st.handing_over = true;
+                if let Some(w) = st.handover_waker.take() {
+                    w.wake();
+                }
+            }
+        }
     }
 
     /// Whether [`Glue::begin_handover`] has run.
@@ -451,40 +486,106 @@ impl Glue {
     /// the engine hands over. Only its acknowledgment is taken (what it acknowledges lets the
     /// connection become quiescent).
     pub fn holds_input_back(&self, slot: u32) -> bool {
-        self.handing_over && self.table.get(slot).is_some_and(|g| g.app.waits())
+        self.handing_over && self.table.get(slot).is_some_and(|g| g.app.waits() || matches!(g.app, AppSide::Carried(_)))
     }
 
-    /// Hand over every connection that can go now: waiting between turns (or closed by its app)
-    /// and quiescent in the TCP core; each leaves the endpoint and this glue without a trace.
-    pub fn hand_over(&mut self, ep: &mut Endpoint, out: &mut Vec<Moved>) {
-        let ready: Vec<(u32, MovedApp)> = self
+    /// Hand over every connection that can go now: waiting between turns, closed by its app or
+    /// handed over by it with a socket (into `fds`), and quiescent in the TCP core; each leaves
+    /// the endpoint and this glue without a trace.
+    pub fn hand_over(&mut self, ep: &mut Endpoint, out: &mut Vec<Moved>, fds: &mut Vec<std::os::fd::OwnedFd>) {
+        let ready: Vec<u32> = self
             .table
             .slots()
-            .filter_map(|s| match self.table.get(s).map(|g| &g.app) {
-                Some(AppSide::Waiting(_) | AppSide::Moved) => Some((s, MovedApp::Waiting)),
-                Some(AppSide::Done) => Some((s, MovedApp::Done)),
-                _ => None,
+            .filter(|&s| {
+                matches!(
+                    self.table.get(s).map(|g| &g.app),
+                    Some(AppSide::Waiting(_) | AppSide::Moved | AppSide::Done | AppSide::Carried(_))
+                )
             })
             .collect();
-        for (slot, app) in ready {
+        for slot in ready {
             let Some(h) = ep.handle_for_slot(slot) else { continue };
             let Some(conn) = ep.hand_over(h) else { continue };
-            let link = self.link(slot).unwrap_or_default();
             self.set_held(slot, 0);
-            self.table.remove(slot);
+            let Some(g) = self.table.take(slot) else { continue };
+            let app = match g.app {
+                AppSide::Done => MovedApp::Done,
+                AppSide::Carried(c) => {
+                    fds.push(c.fd);
+                    MovedApp::Resume { fd: (fds.len() - 1) as u32, rx: c.rx }
+                }
+                _ => MovedApp::Waiting,
+            };
             self.memory.leave(conn.remote.ip());
-            out.push(Moved { conn, link, app });
+            out.push(Moved { conn, link: g.link, app });
         }
     }
 
-    /// A connection another process handed over, imported into the endpoint as `h`.
-    pub fn adopt(&mut self, h: ConnectionHandle, m: &Moved) {
-        let app = match m.app {
-            MovedApp::Waiting => AppSide::Moved,
-            MovedApp::Done => AppSide::Done,
+    /// A connection another process handed over, imported into the endpoint as `h`, with the
+    /// socket its app carried, if any.
+    pub fn adopt(&mut self, h: ConnectionHandle, m: Moved, fd: Option<std::os::fd::OwnedFd>) {
+        let remote = m.conn.remote;
+        let app = match (m.app, fd) {
+            (MovedApp::Waiting, _) => AppSide::Moved,
+            (MovedApp::Resume { rx, .. }, Some(fd)) => {
+                self.resuming.push(h.slot());
+                AppSide::Resuming(Box::new(CarriedConn { fd, rx }))
+            }
+            // The socket did not come (not expected): the app cannot resume, the TCP core
+            // finishes the connection alone.
+            (MovedApp::Done | MovedApp::Resume { .. }, _) => AppSide::Done,
         };
         self.table.insert(h.slot(), SlotGlue { link: m.link, app, held: 0 });
-        self.memory.enter(m.conn.remote.ip());
+        self.memory.enter(remote.ip());
+    }
+
+    /// Connections whose app is to be started again with a carried socket (see
+    /// [`Glue::resume`]); the caller looks their listeners up.
+    pub fn resuming(&self) -> &[u32] {
+        &self.resuming
+    }
+
+    /// Start the app of `listener` again on the connection in `slot`, with the socket it
+    /// carried and the bytes it had not read; false while nobody serves its address yet (the
+    /// caller tries again).
+    pub fn resume(&mut self, ep: &mut Endpoint, now: Instant, slot: u32, listeners: &Listeners) -> bool {
+        let Some(h) = ep.handle_for_slot(slot) else {
+            self.resuming.retain(|&s| s != slot);
+            return true;
+        };
+        let Some(conn) = ep.connection_mut(h) else { return true };
+        let half_closed = conn.peer_finished();
+        let Some(listener) = listeners.find(conn.local()) else { return false };
+        self.resuming.retain(|&s| s != slot);
+        let Some(g) = self.table.get_mut(slot) else { return true };
+        let AppSide::Resuming(carried) = std::mem::replace(&mut g.app, AppSide::Done) else { return true };
+        let shared = StreamShared::new(slot, conn.local(), conn.remote(), self.waker.clone());
+        {
+            let mut st = shared.lock();
+            st.rx_added = carried.rx.len() as u64;
+            st.rx.extend(carried.rx);
+            st.resumed = Some(carried.fd);
+            // Resumed while this engine hands over (its successor came before the app did):
+            // the app is asked at once. Not when half closed: it came back here to finish (asked,
+            // it would hand the connection over again, and again, until the grace ends).
+            st.handing_over = self.handing_over && !half_closed;
+        }
+        self.table.set_app(slot, AppSide::Task(shared.clone()));
+        let stream = Stream::new(shared);
+        match &listener.accept {
+            Accept::Local(handler) => spawn_app(&self.tasks, handler(stream)),
+            Accept::Channel(tx) => {
+                let _ = tx.send(stream);
+            }
+            // Turns hold no socket between turns: nothing to resume with; its turns serve it.
+            Accept::Turns(handler) => {
+                let id = self.turn_handler_id(handler);
+                drop(stream);
+                self.table.set_app(slot, AppSide::Waiting(id));
+            }
+        }
+        self.service(ep, now, h);
+        true
     }
 
     /// Whether `slot` holds a moved connection whose app is not known yet.
@@ -678,13 +779,16 @@ impl Glue {
         let (shared, turn_handler) = match &g.app {
             AppSide::Task(s) => (s, None),
             AppSide::Turn(s, id) => (s, Some(*id)),
-            AppSide::Waiting(_) | AppSide::Moved => return,
+            // Waiting for its next input, or for the app that is to resume it.
+            AppSide::Waiting(_) | AppSide::Moved | AppSide::Resuming(_) => return,
+            // Leaving for another process: nothing more for its app.
+            AppSide::Carried(_) => return,
             // Data arriving after the app's close resets in the core (RFC 1122 4.2.2.13).
             AppSide::Done => return,
         };
         let Some(conn) = ep.connection_mut(h) else { return };
         let mut st = shared.lock();
-        if st.turn_over && (turn_handler.is_none() || st.eof_read) {
+        if st.turn_over && st.carried.is_none() && (turn_handler.is_none() || st.eof_read) {
             // A turn that read the end of the stream waits for nothing: no input can come. (Nor
             // can a stream that is not served in turns.) As if it had returned None.
             st.turn_over = false;
@@ -740,7 +844,27 @@ impl Glue {
             }
         }
         let mut next = None;
-        if st.app_closed && st.tx.is_empty() {
+        if st.carried.is_some() && st.tx.is_empty() {
+            // The app handed the connection over with a socket: everything it wrote is in the
+            // TCP core; what it has not read (in its queue and the core) goes along.
+            let mut rx: Vec<u8> = st.rx.drain(..).collect();
+            loop {
+                let n = conn.recv(&mut chunk[..]);
+                if n == 0 {
+                    break;
+                }
+                rx.extend_from_slice(&chunk[..n]);
+            }
+            let carried = Box::new(CarriedConn { fd: st.carried.take().expect("checked"), rx });
+            if conn.peer_finished() {
+                // The peer closed meanwhile: half closed, it cannot move; its app is started
+                // again here to finish it.
+                self.resuming.push(h.slot());
+                next = Some(AppSide::Resuming(carried));
+            } else {
+                next = Some(AppSide::Carried(carried));
+            }
+        } else if st.app_closed && st.tx.is_empty() {
             // close(): FIN after what was queued, or RST if received data goes unread, here or
             // in our queue to the app (RFC 9293 3.10.4, RFC 1122 4.2.2.13).
             conn.close_discarding(now, st.rx.len());

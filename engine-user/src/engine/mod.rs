@@ -151,10 +151,32 @@ pub struct Handover {
 /// The running process a successor takes over from, as [`Engine::take_over`] sees it.
 pub trait Predecessor {
     /// Hand every connection over: the predecessor's queue threads stop, their sockets closed.
-    fn release(&mut self) -> anyhow::Result<Handover>;
+    /// With them, the sockets their apps carried ([`MovedApp::Resume`] indexes them).
+    fn release(&mut self) -> anyhow::Result<(Handover, Vec<std::os::fd::OwnedFd>)>;
     /// The takeover failed before [`Predecessor::release`]: the predecessor takes its
     /// attachment back and serves on.
     fn abort(&mut self, why: &str);
+}
+
+/// Each queue's moved connections with the socket their app carried (by its index into
+/// `sockets`), if any.
+fn with_sockets(queues: Vec<Vec<Moved>>, sockets: Vec<std::os::fd::OwnedFd>) -> Vec<Vec<(Moved, Option<std::os::fd::OwnedFd>)>> {
+    let mut sockets: Vec<Option<std::os::fd::OwnedFd>> = sockets.into_iter().map(Some).collect();
+    queues
+        .into_iter()
+        .map(|moved| {
+            moved
+                .into_iter()
+                .map(|m| {
+                    let fd = match &m.app {
+                        MovedApp::Resume { fd, .. } => sockets.get_mut(*fd as usize).and_then(Option::take),
+                        _ => None,
+                    };
+                    (m, fd)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// A running engine on one interface.
@@ -179,7 +201,7 @@ pub struct Engine {
     taking_over_from: Mutex<Option<PathBuf>>,
     /// Takeovers this daemon's line has seen (0: started afresh).
     takeovers: u64,
-    threads: Mutex<Vec<JoinHandle<anyhow::Result<Vec<Moved>>>>>,
+    threads: Mutex<Vec<JoinHandle<anyhow::Result<queue::QueueHandover>>>>,
     cluster: Cluster,
     queues: u32,
     health: Arc<Health>,
@@ -228,8 +250,11 @@ impl Engine {
                 (xdp, Some(handover))
             }
         };
-        let takeovers = handover.as_ref().map_or(0, |h| h.takeovers);
-        let mut imports = handover.map(|h| h.queues).unwrap_or_default();
+        let takeovers = handover.as_ref().map_or(0, |(h, _)| h.takeovers);
+        let mut imports = match handover {
+            Some((h, fds)) => with_sockets(h.queues, fds),
+            None => Vec::new(),
+        };
         if imports.len() > queues as usize {
             let lost: usize = imports[queues as usize..].iter().map(Vec::len).sum();
             tracing::error!("taking over: {lost} connections of RX queues beyond the {queues} of this engine are lost");
@@ -348,6 +373,10 @@ impl Engine {
     pub fn finish_takeover(&self) -> anyhow::Result<()> {
         let Some(dir) = self.taking_over_from.lock().unwrap_or_else(|e| e.into_inner()).take() else { return Ok(()) };
         self.xdp.lock().unwrap_or_else(|e| e.into_inner()).finish_takeover(&dir)?;
+        // The listeners are served now: the queues resume the apps that carried a socket.
+        for q in &self.queue_handles.0 {
+            q.waker.notify(u32::MAX);
+        }
         Ok(())
     }
 
@@ -391,7 +420,7 @@ impl Engine {
     /// waiting for input at once; a running turn is waited for, and a waiting connection's new
     /// input left for the successor), resets what is still busy after `grace`, closes its
     /// socket and ends. Returns once every queue thread has ended.
-    pub fn hand_over(&self, grace: Duration) -> anyhow::Result<Handover> {
+    pub fn hand_over(&self, grace: Duration) -> anyhow::Result<(Handover, Vec<std::os::fd::OwnedFd>)> {
         // From here on the attachment is the successor's: no abort takes it back.
         anyhow::ensure!(
             self.pinned_for_successor.lock().unwrap_or_else(|e| e.into_inner()).take().is_some(),
@@ -405,9 +434,20 @@ impl Engine {
         }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         let mut queues = Vec::new();
+        let mut sockets = Vec::new();
         for t in threads {
             match t.join() {
-                Ok(Ok(moved)) => queues.push(moved),
+                Ok(Ok((mut moved, fds))) => {
+                    // One list of sockets for all queues: each queue's indexes move up.
+                    let base = sockets.len() as u32;
+                    for m in &mut moved {
+                        if let MovedApp::Resume { fd, .. } = &mut m.app {
+                            *fd += base;
+                        }
+                    }
+                    sockets.extend(fds);
+                    queues.push(moved);
+                }
                 Ok(Err(e)) => {
                     tracing::warn!("engine thread: {e:#}");
                     queues.push(Vec::new());
@@ -418,7 +458,7 @@ impl Engine {
         self.cluster.shutdown();
         let s = self.queue_handles.stats();
         let reset = s.iter().find(|(k, _)| *k == "takeover_resets").map_or(0, |(_, v)| *v);
-        Ok(Handover { takeovers: self.takeovers + 1, queues, reset })
+        Ok((Handover { takeovers: self.takeovers + 1, queues, reset }, sockets))
     }
 
     /// Accept connections to `addr` (an unspecified IP listens on every address of the port),

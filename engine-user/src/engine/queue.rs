@@ -20,7 +20,7 @@
 use std::{
     collections::HashSet,
     net::SocketAddr,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
@@ -50,6 +50,9 @@ use crate::{
     xsk::{XskConfig, XskSocket},
 };
 
+/// What a queue thread hands a successor: its connections, and the sockets their apps carried.
+pub type QueueHandover = (Vec<Moved>, Vec<OwnedFd>);
+
 /// What a queue thread needs from the rest of the engine.
 pub struct QueueContext {
     pub queue: u32,
@@ -78,8 +81,9 @@ pub struct QueueContext {
     /// Nonzero once the engine hands its connections to a successor: the end of the grace
     /// (CLOCK_MONOTONIC ns), when what has not become quiescent is reset.
     pub hand_over: Arc<AtomicU64>,
-    /// Connections a predecessor handed this queue, imported before the first frame.
-    pub imports: Vec<Moved>,
+    /// Connections a predecessor handed this queue, each with the socket its app carried, if
+    /// any; imported before the first frame.
+    pub imports: Vec<(Moved, Option<OwnedFd>)>,
     /// This engine takes over: the predecessor's socket on the queue may take a moment to go.
     pub taking_over: bool,
     pub conns_requests: mpsc::Receiver<ConnsRequest>,
@@ -151,6 +155,8 @@ struct QueueDriver {
     /// While handing over: the connections handed over so far, their tuples (whose segments
     /// are dropped unseen: the successor answers them), the last look, whether the grace ended.
     moved: Vec<Moved>,
+    /// The sockets the moved connections' apps carried (`MovedApp::Resume` indexes them).
+    carried: Vec<OwnedFd>,
     moved_tuples: HashSet<(SocketAddr, SocketAddr)>,
     last_handover: Instant,
     handover_reset: bool,
@@ -173,7 +179,7 @@ pub fn run_queue(
     ctx: QueueContext,
     xsk_cfg: XskConfig,
     ready: &mpsc::Sender<anyhow::Result<u32>>,
-) -> anyhow::Result<Vec<Moved>> {
+) -> anyhow::Result<QueueHandover> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     tokio::task::LocalSet::new().block_on(&rt, serve_queue(iface, ctx, xsk_cfg, ready))
 }
@@ -183,7 +189,7 @@ async fn serve_queue(
     ctx: QueueContext,
     xsk_cfg: XskConfig,
     ready: &mpsc::Sender<anyhow::Result<u32>>,
-) -> anyhow::Result<Vec<Moved>> {
+) -> anyhow::Result<QueueHandover> {
     let mut xsk = XskSocket::open(iface, ctx.queue, xsk_cfg);
     // A successor binds right after its predecessor closed its socket on the queue, whose
     // release the kernel may finish a moment later (the bind fails with EBUSY meanwhile).
@@ -218,13 +224,13 @@ async fn serve_queue(
         trimmed_at: (0, 0),
         last_conns: (0, 0),
         moved: Vec::new(),
+        carried: Vec::new(),
         moved_tuples: HashSet::new(),
         last_handover: Instant::from_nanos(0),
         handover_reset: false,
         ctx,
     };
-    q.import(&imports);
-    drop(imports);
+    q.import(imports);
     let _ = ready.send(Ok(q.ctx.queue));
     let mut last_work = now();
     let mut stop_checked = Instant::from_nanos(0);
@@ -240,7 +246,7 @@ async fn serve_queue(
             if t.saturating_duration_since(stop_checked) >= STOP_CHECK_PERIOD {
                 stop_checked = t;
                 if q.endpoint.infos().all(|(_, c)| c.state == tcp::State::TimeWait) {
-                    return Ok(Vec::new());
+                    return Ok(Default::default());
                 }
             }
         }
@@ -249,7 +255,10 @@ async fn serve_queue(
         }
         let hand_over = q.ctx.hand_over.load(Ordering::Relaxed);
         if hand_over != 0 && q.hand_over(now(), hand_over) {
-            return Ok(std::mem::take(&mut q.moved));
+            return Ok((std::mem::take(&mut q.moved), std::mem::take(&mut q.carried)));
+        }
+        if !q.glue.resuming().is_empty() {
+            q.resume_apps(now());
         }
         #[cfg(feature = "fault-injection")]
         q.ctx.health.panic_if_injected(q.ctx.queue);
@@ -288,17 +297,25 @@ async fn serve_queue(
 impl QueueDriver {
     /// Take the connections a predecessor handed this queue: each into the slot its FLOWS entry
     /// names, parked, its deadline armed; its app side waits for its next input.
-    fn import(&mut self, imports: &[Moved]) {
-        for m in imports {
+    fn import(&mut self, imports: Vec<(Moved, Option<OwnedFd>)>) {
+        for (m, fd) in imports {
             match self.endpoint.import(&m.conn) {
                 Ok(h) => {
-                    self.glue.adopt(h, m);
+                    self.glue.adopt(h, m, fd);
                     bump(&self.ctx.stats.moved_in);
                 }
                 // Not expected from a predecessor with the same --max-conns and queues; its FLOWS
                 // entry then names a slot nobody holds, and the peer's next segment is refused.
                 Err(e) => tracing::warn!("taking over {} -> {}: {e}", m.conn.remote, m.conn.local),
             }
+        }
+    }
+
+    /// Start the apps of connections that carried a socket (from a predecessor, or back from a
+    /// handover that could not happen) once their listeners are served.
+    fn resume_apps(&mut self, now: Instant) {
+        for slot in self.glue.resuming().to_vec() {
+            self.glue.resume(&mut self.endpoint, now, slot, &self.ctx.listeners);
         }
     }
 
@@ -310,7 +327,7 @@ impl QueueDriver {
         if now.saturating_duration_since(self.last_handover) >= HANDOVER_PERIOD {
             self.last_handover = now;
             let before = self.moved.len();
-            self.glue.hand_over(&mut self.endpoint, &mut self.moved);
+            self.glue.hand_over(&mut self.endpoint, &mut self.moved, &mut self.carried);
             for m in &self.moved[before..] {
                 self.moved_tuples.insert((m.conn.local, m.conn.remote));
             }

@@ -661,3 +661,161 @@ fn a_source_over_its_memory_has_its_data_refused_and_its_largest_connection_rese
         assert!(!bed.glue.may_refuse_data(), "under its limit again");
     });
 }
+
+/// Hand every connection of `bed` over (as a queue loop does while handing over), then
+/// import them into a fresh bed, as the successor's queue does.
+fn move_all(bed: &mut Bed) -> (Bed, Vec<Moved>) {
+    let (mut moved, mut fds) = (Vec::new(), Vec::new());
+    bed.glue.hand_over(&mut bed.ep, &mut moved, &mut fds);
+    let mut fds: Vec<Option<std::os::fd::OwnedFd>> = fds.into_iter().map(Some).collect();
+    let mut next = Bed::new();
+    for m in moved.clone() {
+        let h = next.ep.import(&m.conn).unwrap();
+        let fd = match &m.app {
+            MovedApp::Resume { fd, .. } => fds[*fd as usize].take(),
+            _ => None,
+        };
+        next.glue.adopt(h, m, fd);
+    }
+    (next, moved)
+}
+
+#[test]
+fn handing_over_holds_a_waiting_connections_input_back_and_the_successors_turn_serves_it() {
+    run(async {
+        let mut bed = Bed::new();
+        let listener = Arc::new(echo_turns());
+        let mut c = bed.connect(&listener, 40100, b"first");
+        bed.settle(&mut c).await;
+        assert_eq!(c.received, b"first");
+        bed.glue.begin_handover();
+        assert!(bed.glue.holds_input_back(c.h.slot()), "waiting between turns: its input waits for the successor");
+        let (mut next, moved) = move_all(&mut bed);
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].app, MovedApp::Waiting);
+        assert!(bed.glue.is_empty() && bed.ep.is_empty(), "gone from the old side without a trace");
+        assert!(bed.ep.poll_transmit(bed.now, &mut [0u8; 2048]).is_none(), "nothing sent for it");
+        // The successor: its next input finds the listener's turn handler.
+        assert!(next.glue.is_moved(c.h.slot()));
+        let d = next.ep.handle(next.now, local(), c.remote, &Header { src_port: c.remote.port(), dst_port: local().port(), seq: c.snd_nxt, ack: c.rcv_nxt, flags: Flags::ACK | Flags::PSH, window: 65535, ..Default::default() }, b"second");
+        c.snd_nxt += 6;
+        let Disposition::Delivered(h) = d else { panic!("{d:?}") };
+        next.glue.resolve_moved(&mut next.ep, next.now, h, Some(&listener));
+        next.glue.service(&mut next.ep, next.now, h);
+        next.settle(&mut c).await;
+        assert_eq!(c.received, b"firstsecond");
+        assert!(!c.rst);
+    });
+}
+
+#[test]
+fn an_app_handing_over_with_a_socket_takes_its_unread_bytes_along_and_resumes_with_both() {
+    run(async {
+        let addr = local();
+        // Never reads: hands the connection over, with one end of a socket pair, when asked.
+        let stops: LocalHandler = Arc::new(|s: Stream| {
+            Box::pin(async move {
+                s.handover_signal().requested().await;
+                let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+                std::mem::forget(b);
+                s.hand_over(a.into());
+            })
+        });
+        let listeners = Listeners::default();
+        listeners.add_local(addr, Keepalive::default(), stops.clone());
+        let entry = listeners.find(addr).unwrap();
+        let mut bed = Bed::new();
+        let mut c = bed.connect(&entry, 40101, b"unread");
+        bed.settle(&mut c).await;
+        bed.glue.begin_handover();
+        bed.settle(&mut c).await;
+        // Its data acknowledged (the delayed ACK): quiescent.
+        bed.now = bed.now + std::time::Duration::from_millis(500);
+        bed.settle(&mut c).await;
+        let (mut next, moved) = move_all(&mut bed);
+        assert_eq!(moved.len(), 1, "quiescent once the app handed it over");
+        assert_eq!(moved[0].app, MovedApp::Resume { fd: 0, rx: b"unread".to_vec() });
+        // The successor's app resumes with the socket and the bytes: it echoes them.
+        let resumed = Arc::new(AtomicUsize::new(0));
+        let seen = resumed.clone();
+        let echo_resumed: LocalHandler = Arc::new(move |mut s: Stream| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                if s.take_resumed().is_some() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        });
+        let successors = Listeners::default();
+        assert_eq!(next.glue.resuming(), [c.h.slot()]);
+        assert!(!next.glue.resume(&mut next.ep, next.now, c.h.slot(), &successors), "no listener yet: later");
+        successors.add_local(addr, Keepalive::default(), echo_resumed);
+        assert!(next.glue.resume(&mut next.ep, next.now, c.h.slot(), &successors));
+        next.settle(&mut c).await;
+        assert_eq!(resumed.load(Ordering::SeqCst), 1, "the app got the socket");
+        assert_eq!(c.received, b"unread");
+        assert!(!c.rst);
+    });
+}
+
+/// The proxy app as `synx run` serves it on the engine thread, to `backend` (never dialled
+/// when the connection comes with its backend socket).
+fn proxy_app(backend: SocketAddr) -> LocalHandler {
+    let service = apps::Service::new(apps::App::Proxy(apps::ProxyOptions { backend, proxy_protocol: None }));
+    Arc::new(move |s: Stream| {
+        let service = service.clone();
+        Box::pin(async move {
+            let _ = service.serve(s).await;
+        })
+    })
+}
+
+#[test]
+fn a_proxied_connection_whose_client_closed_as_it_stopped_finishes_here_instead_of_bouncing() {
+    run(async {
+        let addr = local();
+        // The backend: a kernel TCP connection on loopback, its far end held by the test.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend_addr = l.local_addr().unwrap();
+        let listeners = Listeners::default();
+        listeners.add_local(addr, Keepalive::default(), proxy_app(backend_addr));
+        let entry = listeners.find(addr).unwrap();
+        let mut bed = Bed::new();
+        let mut c = bed.connect(&entry, 40102, &[]);
+        bed.settle(&mut c).await;
+        let (far, _) = l.accept().unwrap();
+        // The client's last bytes and its FIN reach the core just as the proxy is asked to stop.
+        bed.send(&mut c, Flags::PSH | Flags::FIN, b"bye");
+        bed.glue.begin_handover();
+        for _ in 0..10 {
+            bed.settle(&mut c).await;
+            while let Some(&slot) = bed.glue.resuming().first() {
+                assert!(bed.glue.resume(&mut bed.ep, bed.now, slot, &listeners));
+            }
+        }
+        // It stays, half closed, with its app: the client's bytes reach the backend and the
+        // backend's end closes the connection with a FIN.
+        let mut got = Vec::new();
+        far.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        std::io::Read::read_to_end(&mut (&far), &mut got).unwrap();
+        assert_eq!(got, b"bye");
+        drop(far);
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            bed.settle(&mut c).await;
+            if c.fin {
+                break;
+            }
+        }
+        assert!(c.fin && !c.rst, "closed with a FIN, not reset");
+        let (mut moved, mut fds) = (Vec::new(), Vec::new());
+        bed.glue.hand_over(&mut bed.ep, &mut moved, &mut fds);
+        assert!(moved.iter().all(|m| !matches!(m.app, MovedApp::Resume { .. })), "not handed over half closed");
+    });
+}

@@ -10,6 +10,7 @@ mod idle;
 mod micro;
 mod multiqueue;
 mod proxy;
+mod takeover;
 mod wan;
 
 pub use wan::{bulk_row_names as wan_bulk_row_names, short_row_names as wan_short_row_names};
@@ -35,6 +36,7 @@ pub const GROUPS: &[Group] = &[
     Group { name: "bulk", about: "one connection each way: Gbit/s", run: bulk::run },
     Group { name: "multiqueue", about: "2 RX queues on 2 cores: connection rate and SYN flood", run: multiqueue::run },
     Group { name: "proxy", about: "synx's http-proxy against nginx as a reverse proxy, same backend: req/s, p99, CPU per request, memory per idle keep-alive client", run: proxy::run },
+    Group { name: "takeover", about: "synx run --takeover with 10k and 100k idle connections: time to the old daemon's exit, longest stall of an echoing connection", run: takeover::run },
     // Emulated wide-area paths (issue 16), each group on its own rig (wan.rs).
     Group { name: "wan_calib", about: "the path emulator against what it is asked (RTT, rate, loss), kernel to kernel, and its ceiling", run: wan::calibrate },
     Group { name: "wan_bulk", about: "RTT 40 ms, 100 Mbit/s: one transfer each way at 0-5% loss and 2% reordering: Mbit/s", run: wan::bulk },
