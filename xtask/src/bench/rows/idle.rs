@@ -230,7 +230,7 @@ fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, w
             ensure!(limit as usize == n, "the daemon's FLOWS4 holds {limit} entries, not {n} (--max-conns)");
             // What giving free memory back cost the engine (malloc_trim, at most once a second).
             let d = rig.daemon()?;
-            let (trims, trim_us) = (d.counter("engine_heap_trims")?, d.counter("engine_heap_trim_us")?);
+            let (trims, trim_us) = (d.counter("engine_heap_trims")?, d.counter("engine_heap_trim_time")?);
             let detail = serde_json::json!({
                 "rss_per_conn": rss_per,
                 "bpf_maps_per_conn": maps,
