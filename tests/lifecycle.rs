@@ -4,11 +4,11 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     time::Duration,
 };
 
-use testbed::{Bpffs, Daemon, Netns, VethPair, require_root, synx_bin, xdp_attached};
+use testbed::{Bpffs, Daemon, KernelEcho, Netns, VethPair, require_root, synx_bin, xdp_attached};
 
 fn listen_arg(net: &VethPair, port: u16) -> String {
     SocketAddr::new(net.server_v4.into(), port).to_string()
@@ -99,43 +99,6 @@ fn kill_9_leaves_nothing_attached_and_a_new_daemon_starts() {
     let again =
         Daemon::start(&net.server, &net.server_if, &["--listen", &listen_arg(&net, 7)]).unwrap();
     assert!(again.stats().is_ok());
-}
-
-/// A kernel-TCP echo server in a namespace, for the proxy app to splice to; stops accepting
-/// when dropped.
-struct KernelEcho(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl KernelEcho {
-    fn start(ns: &Netns, addr: SocketAddr) -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-        let flag = stop.clone();
-        let _server = ns.spawn(move || {
-            let listener = TcpListener::bind(addr).unwrap();
-            listener.set_nonblocking(true).unwrap();
-            bound_tx.send(()).unwrap();
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false).unwrap();
-                        std::thread::spawn(move || {
-                            let mut r = s.try_clone().unwrap();
-                            let _ = std::io::copy(&mut r, &mut s);
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        bound_rx.recv_timeout(Duration::from_secs(5)).expect("backend bound");
-        Self(stop)
-    }
-}
-
-impl Drop for KernelEcho {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// RSTs the client namespace receives, from an nftables counter (see [`count_resets_in`]).

@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testbed::{Bpffs, Daemon, Netns, VethPair, require_root, synx_bin};
+use testbed::{Bpffs, Daemon, KernelEcho, Netns, VethPair, require_root, synx_bin};
 
 /// Idle connections (keepalive on), connections echoing without a pause, takeovers.
 const IDLE: usize = 10_000;
@@ -38,42 +38,6 @@ fn raise_nofile() -> u64 {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
     }
     rl.rlim_cur
-}
-
-/// A kernel-TCP echo server (the proxy's backend) in `ns`, until dropped.
-struct KernelEcho(Arc<AtomicBool>);
-
-impl KernelEcho {
-    fn start(ns: &Netns, addr: SocketAddr) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-        let flag = stop.clone();
-        let _server = ns.spawn(move || {
-            let listener = TcpListener::bind(addr).unwrap();
-            listener.set_nonblocking(true).unwrap();
-            bound_tx.send(()).unwrap();
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false).unwrap();
-                        std::thread::spawn(move || {
-                            let mut r = s.try_clone().unwrap();
-                            let _ = std::io::copy(&mut r, &mut s);
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        bound_rx.recv_timeout(Duration::from_secs(5)).expect("backend bound");
-        Self(stop)
-    }
-}
-
-impl Drop for KernelEcho {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Counters the client namespace keeps: every reset it receives, and the ports of the idle
@@ -362,6 +326,53 @@ fn five_takeovers_under_load_reset_nothing_lose_nothing_and_keep_every_idle_conn
         load.connects.load(Ordering::Relaxed),
         load.proxied.load(Ordering::Relaxed),
         load.proxied_long.load(Ordering::Relaxed)
+    );
+    let status = daemon.stop().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// A successor that cannot take over (here: another --max-conns, so its FLOWS map differs)
+/// stops with one clear error and changes nothing: the running daemon takes its attachment
+/// back, says so, and serves on, its connections untouched.
+#[test]
+fn a_successor_that_cannot_take_over_changes_nothing() {
+    require_root();
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    let bpffs = Bpffs::mount();
+    let addr = SocketAddr::new(net.server_v4.into(), 7);
+    let listen = format!("{addr}=echo");
+    let bpffs_dir = bpffs.0.to_str().unwrap().to_string();
+    let args = ["--listen", &listen, "--bpffs", &bpffs_dir, "--max-conns", "1000"];
+    let daemon = Daemon::start(&net.server, &net.server_if, &args).unwrap();
+    let mut held = net.client.run(move || connect(addr).and_then(|mut s| echo(&mut s, b"before").map(|()| s))).unwrap().unwrap();
+    let out = net
+        .server
+        .command(synx_bin().to_str().unwrap())
+        .args(["run", "--iface", &net.server_if, "--control-socket", daemon.control_socket.to_str().unwrap()])
+        .args(["--listen", &listen, "--bpffs", &bpffs_dir, "--max-conns", "2000", "--takeover"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_conns 1000") && err.contains("nothing changed"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(testbed::wait_for(Duration::from_secs(5), || daemon.output().iter().any(|l| l.starts_with("takeover aborted"))));
+    // Still serving: the connection it held and a new one.
+    let served = net
+        .client
+        .run(move || {
+            echo(&mut held, b"after")?;
+            connect(addr).and_then(|mut s| echo(&mut s, b"new"))
+        })
+        .unwrap();
+    assert!(served.is_ok(), "{served:?}");
+    assert_eq!(daemon.counter("takeovers").unwrap(), 0);
+    let left: Vec<_> = std::fs::read_dir(&bpffs.0).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(
+        !left.iter().any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("synx-takeover"))),
+        "no pins left behind: {left:?}"
     );
     let status = daemon.stop().unwrap();
     assert!(status.success(), "{status}");

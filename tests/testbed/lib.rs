@@ -448,13 +448,53 @@ impl Drop for Daemon {
     }
 }
 
+/// A kernel-TCP echo server in a namespace, for the proxy app to splice to; stops accepting
+/// when dropped.
+pub struct KernelEcho(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl KernelEcho {
+    pub fn start(ns: &Netns, addr: SocketAddr) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let _server = ns.spawn(move || {
+            let listener = std::net::TcpListener::bind(addr).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            bound_tx.send(()).unwrap();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        std::thread::spawn(move || {
+                            let mut r = s.try_clone().unwrap();
+                            let _ = std::io::copy(&mut r, &mut s);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        bound_rx.recv_timeout(Duration::from_secs(5)).expect("backend bound");
+        Self(stop)
+    }
+}
+
+impl Drop for KernelEcho {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A private bpffs instance mounted for one test (where a takeover pins its maps), unmounted
 /// on drop.
 pub struct Bpffs(pub PathBuf);
 
 impl Bpffs {
     pub fn mount() -> Self {
-        let dir = std::env::temp_dir().join(format!("synx-bpffs-{}", std::process::id()));
+        // One instance per call: tests of one process run side by side.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("synx-bpffs-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         sh("mount", &["-t", "bpf", "bpf", dir.to_str().unwrap()]).unwrap();
         Self(dir)
