@@ -231,19 +231,24 @@ fn reordering_sets_off_few_retransmissions_and_each_reduction_is_undone() {
 }
 
 /// ECN end to end (RFC 3168) with a Linux client that asks for it (net.ipv4.tcp_ecn=1), on a
-/// 40 ms path whose bottleneck marks CE above a quarter of a BDP of queue and never fills (4
+/// 40 ms path through a 20 Mbit/s bottleneck (slow enough that a sender sharing a loaded
+/// machine still fills it) that marks CE above a quarter of a BDP of queue and never fills (4
 /// BDPs): XDP's SYN-ACK agrees (ECE), the connection made from the cookie's ACK uses ECN, and
-/// CE marks shrink synx's window with nothing lost or resent. Down (synx sends 32 MiB): every
+/// CE marks shrink synx's window with nothing lost or resent. Down (synx sends 8 MiB): every
 /// marked frame reaches the client marked, the client echoes ECE, synx reduces its window.
-/// Up (the client sends 32 MiB to synx): synx counts every marked frame and echoes ECE, and
+/// Up (the client sends 8 MiB to synx): synx counts every marked frame and echoes ECE, and
 /// the client backs off on it. With `--no-ecn` nothing synx sends is ECN-capable, so nothing
 /// is marked. The kernel's own run on the same path is ecn_marks_and_reordering_reach_the_kernel_as_asked.
 #[test]
 fn ce_marks_shrink_synx_windows_without_loss() {
     require_root();
-    let ecn = PathSpec { queue_bytes: Some(2_000_000), ecn_threshold: Some(125_000), ..PathSpec::wan(ms(40), 100_000_000) };
+    let ecn = PathSpec { queue_bytes: Some(400_000), ecn_threshold: Some(25_000), ..PathSpec::wan(ms(40), 20_000_000) };
     let bed = PathBed::builder().both(ecn).xdp_server().seed(3168).start().unwrap();
     bed.client.exec("sysctl", &["-qw", "net.ipv4.tcp_ecn=1"]).unwrap();
+    // A retransmitted SYN keeps asking for ECN: Linux drops ECE and CWR from a SYN it sends
+    // again (RFC 3168 6.1.1.1), and on a loaded machine a first SYN can go unanswered (XDP
+    // leaves SYNs unanswered while the engine is behind), which would test a non-ECN flow.
+    bed.client.exec("sysctl", &["-qw", "net.ipv4.tcp_ecn_fallback=0"]).unwrap();
     let server = &bed.servers[0];
     let client = &bed.client;
     let listen = [format!("{}=http", server.addr(HTTP)), format!("{}=discard", server.addr(SINK))];
@@ -255,20 +260,22 @@ fn ce_marks_shrink_synx_windows_without_loss() {
     };
 
     // Down: synx sends.
+    let syn_retrans0 = nstat(client, "TcpExtTCPSynRetrans");
     let (down0, ce0) = (bed.stats(Dir::Down), nstat(client, "IpExtInCEPkts"));
-    probe::download(client, server.addr(HTTP), 32 << 20, Some(Duration::from_secs(120))).unwrap();
+    probe::download(client, server.addr(HTTP), 8 << 20, Some(Duration::from_secs(120))).unwrap();
     let down = bed.stats(Dir::Down).since(&down0);
     let ce_at_client = nstat(client, "IpExtInCEPkts") - ce0;
     let c = counters(&daemon);
     let (reductions, retransmits) = (c("tcp_ecn_reductions"), c("tcp_retransmits"));
     println!(
         "down: {} frames marked CE by the path, {ce_at_client} arrived marked; tail drops {}, lost {}; synx: ECN \
-         reductions {reductions}, retransmits {retransmits}, fast recoveries {}, timeouts {}",
+         reductions {reductions}, retransmits {retransmits}, fast recoveries {}, timeouts {}; client SYNs sent again {}",
         down.ce_marked,
         down.tail_drops,
         down.lost,
         c("tcp_fast_recoveries"),
         c("tcp_rto_timeouts"),
+        nstat(client, "TcpExtTCPSynRetrans") - syn_retrans0,
     );
     assert!(down.ce_marked > 0, "synx's data was not ECN-capable or the queue never passed the threshold");
     assert_eq!(ce_at_client, down.ce_marked, "CE marks lost or invented between the path and the client");
@@ -278,7 +285,7 @@ fn ce_marks_shrink_synx_windows_without_loss() {
 
     // Up: synx receives and echoes.
     let (up0, retrans0, delivered_ce0) = (bed.stats(Dir::Up), nstat(client, "TcpRetransSegs"), nstat(client, "TcpExtTCPDeliveredCE"));
-    probe::upload(client, server.addr(SINK), 32 << 20, Some(Duration::from_secs(120))).unwrap();
+    probe::upload(client, server.addr(SINK), 8 << 20, Some(Duration::from_secs(120))).unwrap();
     let up = bed.stats(Dir::Up).since(&up0);
     let echoed = nstat(client, "TcpExtTCPDeliveredCE") - delivered_ce0;
     let client_retrans = nstat(client, "TcpRetransSegs") - retrans0;
@@ -300,6 +307,8 @@ fn ce_marks_shrink_synx_windows_without_loss() {
     assert_eq!(ce_received, up.ce_marked, "synx did not count every CE mark");
     assert!(echoed > 0, "synx never echoed ECE to the client");
     assert_eq!(up.tail_drops + up.lost + client_retrans, 0, "the client did not back off on synx's echoes alone");
+    assert_eq!(bed.stats(Dir::Up).faults() + bed.stats(Dir::Down).faults(), 0);
+    assert_eq!(bed.device_drops().unwrap(), 0);
     drop(daemon);
 
     // --no-ecn: the SYN-ACK does not agree, so nothing synx sends is ECN-capable.
@@ -308,7 +317,6 @@ fn ce_marks_shrink_synx_windows_without_loss() {
     probe::download(client, server.addr(HTTP), 8 << 20, Some(Duration::from_secs(120))).unwrap();
     let down = bed.stats(Dir::Down).since(&down0);
     let c = counters(&daemon);
+    // Without ECN synx fills the queue until it drops (not asserted: loss is allowed here).
     assert_eq!((down.ce_marked, c("tcp_ecn_reductions")), (0, 0), "ECN without agreement");
-    assert_eq!(bed.stats(Dir::Up).faults() + bed.stats(Dir::Down).faults(), 0);
-    assert_eq!(bed.device_drops().unwrap(), 0);
 }

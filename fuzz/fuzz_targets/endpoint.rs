@@ -4,7 +4,7 @@
 //! retransmitted; arbitrary flags, ACKs, windows (zero and huge scaled ones), stale
 //! timestamps and SACK blocks; strangers; application reads, writes, shutdowns, closes with
 //! unread data and aborts; time jumping over retransmission, keepalive, FIN_WAIT_2 and
-//! TIME_WAIT deadlines, with and without XDP's last-seen stamps.
+//! TIME_WAIT deadlines.
 //!
 //! Every peer sends its slice of one fixed byte stream (byte k of tuple t is `stream(t, k)`),
 //! so whatever the core accepts can be checked, and after every step:
@@ -83,8 +83,6 @@ struct World {
     max_conns: u32,
     models: Vec<Model>,
     now: Instant,
-    /// XDP's LAST_SEEN stamp by slot: when a segment of the slot's tuple last arrived.
-    stamps: Vec<Option<Instant>>,
     buf: Vec<u8>,
 }
 
@@ -94,13 +92,6 @@ impl World {
         self.models.iter().position(|m| m.t == t && !m.unindexed)
     }
 
-    fn stamp(&mut self, h: ConnectionHandle) {
-        let slot = h.slot() as usize;
-        if self.stamps.len() <= slot {
-            self.stamps.resize(slot + 1, None);
-        }
-        self.stamps[slot] = Some(self.now);
-    }
 
     /// A segment from the peer of model `i`, its payload taken from the stream at `offset`.
     fn from_peer(&mut self, i: usize, offset: u64, len: usize, flags: Flags, ack: u32, window: u16, input: &mut Input) {
@@ -142,7 +133,6 @@ impl World {
                 assert_eq!(Some(got), self.ep.lookup(local, remote));
                 let i = self.current(t).expect("a segment delivered to a tuple the model does not hold");
                 assert_eq!(self.models[i].h, got, "delivered to another slot than the tuple's");
-                self.stamp(got);
             }
             Disposition::Unknown => {
                 assert_eq!(self.ep.lookup(local, remote), None);
@@ -212,9 +202,6 @@ impl World {
                     assert_eq!((local, remote), tuple(m.t));
                     assert!(!self.ep.contains(handle), "the slot is still held after Released");
                     assert_ne!(self.ep.lookup(local, remote), Some(handle));
-                    if let Some(s) = self.stamps.get_mut(handle.slot() as usize) {
-                        *s = None;
-                    }
                 }
                 Event::PeerFin => assert!(self.models[i].fin_at.is_some(), "PeerFin without a FIN"),
                 Event::Readable | Event::Writable => {}
@@ -312,7 +299,6 @@ fuzz_target!(|data: &[u8]| {
         max_conns,
         models: Vec::new(),
         now: Instant::ZERO,
-        stamps: Vec::new(),
         buf: vec![0u8; 60 + 1460],
     };
     let mut steps = 0;
@@ -388,7 +374,6 @@ fuzz_target!(|data: &[u8]| {
                             app_done: false,
                             unindexed: false,
                         });
-                        w.stamp(h);
                     }
                     Err(AcceptError::Full) => assert!(len_before >= max_conns as usize),
                     Err(AcceptError::Exists) => assert!(held.is_some()),
@@ -499,7 +484,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 w.models[i].app_done = how != 0;
             }
-            // Time passes: timers fire, perhaps told when XDP last saw each peer.
+            // Time passes: timers fire.
             10 | 11 => {
                 let step = match input.u8() % 4 {
                     0 => u64::from(input.u8()),
@@ -508,18 +493,7 @@ fuzz_target!(|data: &[u8]| {
                     _ => 40,
                 };
                 w.now = w.now + Duration::from_millis(step);
-                let use_stamps = op & 1 == 0;
-                let stamps = &w.stamps;
-                w.ep.handle_timeout_with_last_seen(w.now, |h| {
-                    if use_stamps { stamps.get(h.slot() as usize).copied().flatten() } else { None }
-                });
-            }
-            // XDP saw the peer (a stamp no later than now).
-            12 => {
-                let Some(i) = w.current(t) else { continue };
-                let back = Duration::from_millis(u64::from(input.u8()));
-                let at = if w.now.as_nanos() >= back.as_nanos() as u64 { w.now - back } else { Instant::ZERO };
-                w.ep.note_peer_activity(w.models[i].h, at);
+                w.ep.handle_timeout(w.now);
             }
             // Per-connection keepalive settings.
             13 => {

@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
             _ => match len % 4 {
                 0 => c.shutdown(now),
                 1 => c.abort(now),
-                _ => c.note_peer_activity(now),
+                _ => c.close(now),
             },
         }
         let mut segments = 0;

@@ -1,5 +1,5 @@
 //! All connections of one engine thread: demux by 4-tuple into a slab of TCBs (whose index is
-//! also the FLOWS / LAST_SEEN slot in the BPF maps), creation only from a validated SYN-cookie
+//! also the connection's slot in the BPF FLOWS maps), creation only from a validated SYN-cookie
 //! ACK, timeouts driven by one [`TimingWheel`], output gathered across connections, and the
 //! RFC 9293 3.10.7.1 reset for segments that belong to no connection.
 //!
@@ -27,7 +27,7 @@ use super::timer::TimingWheel;
 use super::{Config, Instant, reset_for};
 
 /// A connection's slot: stable for its whole life, reused after `Event::Released`. Small and
-/// dense, so it doubles as the BPF array index (LAST_SEEN).
+/// dense: the value of the connection's FLOWS entry, by which XDP and the other queues name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionHandle(u32);
 
@@ -75,7 +75,7 @@ pub struct Transmit {
     pub ect: bool,
 }
 
-/// A 4-tuple in 38 bytes (IPv4 addresses as v4-mapped IPv6), as parked slots keep it.
+/// A 4-tuple (IPv4 addresses as v4-mapped IPv6): the key of the tuple index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Tuple {
     local: [u8; 16],
@@ -119,12 +119,30 @@ impl Tuple {
     }
 }
 
-/// A parked connection: its folded TCB, tuple and keepalive settings (an index into
+/// A parked connection, 272 bytes: its folded TCB; its 4-tuple, with our address as an index
+/// into [`Endpoint::locals`] (a host serves from few addresses, and 14 bytes less in every
+/// idle connection is 14 MB less in a million); and its keepalive settings (an index into
 /// [`Endpoint::keepalives`]).
 struct ParkedSlot {
     tcb: Parked,
-    tuple: Tuple,
+    remote: [u8; 16],
+    local_port: u16,
+    remote_port: u16,
+    local: u16,
+    v4: bool,
     keepalive: u8,
+}
+
+impl ParkedSlot {
+    fn tuple(&self, locals: &[[u8; 16]]) -> Tuple {
+        Tuple {
+            local: locals[self.local as usize],
+            remote: self.remote,
+            local_port: self.local_port,
+            remote_port: self.remote_port,
+            v4: self.v4,
+        }
+    }
 }
 
 /// Parked inline (the point: no allocation per idle connection), live boxed (688 bytes, few
@@ -138,13 +156,11 @@ enum Tcb {
 
 struct Slot {
     tcb: Tcb,
-    /// In `work`: may have output, events or a changed deadline.
-    queued: bool,
 }
 
 impl Default for Slot {
     fn default() -> Self {
-        Slot { tcb: Tcb::Free, queued: false }
+        Slot { tcb: Tcb::Free }
     }
 }
 
@@ -160,11 +176,33 @@ impl Slot {
         }
     }
 
-    fn tuple(&self) -> Option<Tuple> {
+    fn tuple(&self, locals: &[[u8; 16]]) -> Option<Tuple> {
         match &self.tcb {
             Tcb::Free => None,
             Tcb::Live(c) => Some(Tuple::new(c.local(), c.remote())),
-            Tcb::Parked(p) => Some(p.tuple),
+            Tcb::Parked(p) => Some(p.tuple(locals)),
+        }
+    }
+}
+
+/// One bit per slot.
+#[derive(Default)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn get(&self, i: u32) -> bool {
+        self.0.get(i as usize / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn set(&mut self, i: u32, on: bool) {
+        let w = i as usize / 64;
+        if w >= self.0.len() {
+            self.0.resize(w + 1, 0);
+        }
+        if on {
+            self.0[w] |= 1 << (i % 64);
+        } else {
+            self.0[w] &= !(1 << (i % 64));
         }
     }
 }
@@ -172,6 +210,9 @@ impl Slot {
 /// Distinct keepalive settings a parked slot can refer to (connections use their listener's,
 /// so there are few).
 const MAX_KEEPALIVES: usize = 256;
+/// Distinct local addresses parked slots can refer to: a connection to a host's 65537th
+/// address is not parked (it stays unfolded, and works as well).
+const MAX_LOCALS: usize = 1 << 16;
 
 /// Resets for strangers waiting to be sent, at most this many (a flood of strangers must not
 /// grow memory).
@@ -192,7 +233,12 @@ pub struct Endpoint {
     by_tuple: HashTable<u32>,
     hasher: std::hash::RandomState,
     keepalives: Vec<super::Keepalive>,
+    /// Our addresses that parked slots name, and their indices.
+    locals: Vec<[u8; 16]>,
+    local_index: std::collections::HashMap<[u8; 16], u16>,
     parked: usize,
+    /// Slots in `work`: they may have output, events or a changed deadline.
+    queued: Bits,
     /// Park quiescent connections (on unless a test compares).
     park_idle: bool,
     wheel: TimingWheel,
@@ -218,7 +264,10 @@ impl Endpoint {
             by_tuple: HashTable::new(),
             hasher: std::hash::RandomState::new(),
             keepalives: Vec::new(),
+            locals: Vec::new(),
+            local_index: std::collections::HashMap::new(),
             parked: 0,
+            queued: Bits::default(),
             park_idle: true,
             wheel: TimingWheel::new(Instant::ZERO),
             work: VecDeque::new(),
@@ -270,19 +319,16 @@ impl Endpoint {
     }
 
     fn mark(&mut self, idx: u32) {
-        if let Some(slot) = self.slots.get_mut(idx as usize)
-            && !slot.is_free()
-            && !slot.queued
-        {
-            slot.queued = true;
+        if self.slots.get(idx as usize).is_some_and(|s| !s.is_free()) && !self.queued.get(idx) {
+            self.queued.set(idx, true);
             self.work.push_back(idx);
         }
     }
 
     fn find(&self, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
         let key = Tuple::new(local, remote);
-        let slots = &self.slots;
-        self.by_tuple.find(self.hasher.hash_one(key), |&i| slots[i as usize].tuple() == Some(key)).copied()
+        let (slots, locals) = (&self.slots, &self.locals);
+        self.by_tuple.find(self.hasher.hash_one(key), |&i| slots[i as usize].tuple(locals) == Some(key)).copied()
     }
 
     /// Forget the index entry of `(local, remote)` if it names slot `idx`.
@@ -294,8 +340,8 @@ impl Endpoint {
     }
 
     fn index(&mut self, local: SocketAddr, remote: SocketAddr, idx: u32) {
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        let rehash = |&i: &u32| slots[i as usize].tuple().map_or(0, |t| hasher.hash_one(t));
+        let (slots, hasher, locals) = (&self.slots, &self.hasher, &self.locals);
+        let rehash = |&i: &u32| slots[i as usize].tuple(locals).map_or(0, |t| hasher.hash_one(t));
         self.by_tuple.insert_unique(hasher.hash_one(Tuple::new(local, remote)), idx, rehash);
     }
 
@@ -304,7 +350,8 @@ impl Endpoint {
         let slot = self.slots.get_mut(idx as usize)?;
         if let Tcb::Parked(p) = &slot.tcb {
             let keepalive = self.keepalives.get(p.keepalive as usize).copied().unwrap_or(self.config.keepalive);
-            let conn = Connection::unpark(&p.tcb, self.config.clone(), p.tuple.local(), p.tuple.remote(), keepalive);
+            let tuple = p.tuple(&self.locals);
+            let conn = Connection::unpark(&p.tcb, self.config.clone(), tuple.local(), tuple.remote(), keepalive);
             slot.tcb = Tcb::Live(Box::new(conn));
             self.parked -= 1;
         }
@@ -314,21 +361,45 @@ impl Endpoint {
     /// Fold slot `idx` if its connection is quiescent (its wheel entry, its one deadline:
     /// keepalive or the end of TIME_WAIT, stays as it is).
     fn try_park(&mut self, idx: u32) {
-        let Some(slot) = self.slots.get_mut(idx as usize) else { return };
-        let Tcb::Live(conn) = &slot.tcb else { return };
+        let Some(Slot { tcb: Tcb::Live(conn) }) = self.slots.get(idx as usize) else { return };
         let Some(tcb) = conn.park() else { return };
-        let k = conn.keepalive();
+        let (local, remote, keepalive) = (conn.local(), conn.remote(), conn.keepalive());
+        let Ok(parked) = self.parked_slot(tcb, local, remote, keepalive) else { return };
+        self.slots[idx as usize].tcb = Tcb::Parked(parked);
+        self.parked += 1;
+    }
+
+    /// A folded connection as a slot keeps it, its keepalive settings and local address named
+    /// by index; refused when there are more distinct ones than an index can name.
+    fn parked_slot(&mut self, tcb: Parked, local: SocketAddr, remote: SocketAddr, k: super::Keepalive) -> Result<ParkedSlot, ImportError> {
         let keepalive = match self.keepalives.iter().position(|&x| x == k) {
             Some(i) => i,
             None if self.keepalives.len() < MAX_KEEPALIVES => {
                 self.keepalives.push(k);
                 self.keepalives.len() - 1
             }
-            None => return,
+            None => return Err(ImportError::Keepalives),
         };
-        let tuple = Tuple::new(conn.local(), conn.remote());
-        slot.tcb = Tcb::Parked(ParkedSlot { tcb, tuple, keepalive: keepalive as u8 });
-        self.parked += 1;
+        let t = Tuple::new(local, remote);
+        let local = match self.local_index.get(&t.local) {
+            Some(&i) => i,
+            None if self.locals.len() < MAX_LOCALS => {
+                let i = self.locals.len() as u16;
+                self.locals.push(t.local);
+                self.local_index.insert(t.local, i);
+                i
+            }
+            None => return Err(ImportError::Locals),
+        };
+        Ok(ParkedSlot {
+            tcb,
+            remote: t.remote,
+            local_port: t.local_port,
+            remote_port: t.remote_port,
+            local,
+            v4: t.v4,
+            keepalive: keepalive as u8,
+        })
     }
 
     pub fn lookup(&self, local: SocketAddr, remote: SocketAddr) -> Option<ConnectionHandle> {
@@ -361,7 +432,7 @@ impl Endpoint {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.slots[idx as usize] = Slot { tcb: Tcb::Live(Box::new(conn)), queued: false };
+        self.slots[idx as usize] = Slot { tcb: Tcb::Live(Box::new(conn)) };
         self.index(local, remote, idx);
         self.mark(idx);
         Ok(ConnectionHandle(idx))
@@ -470,7 +541,10 @@ impl Endpoint {
             let info = match &s.tcb {
                 Tcb::Free => return None,
                 Tcb::Live(c) => c.info(),
-                Tcb::Parked(p) => p.tcb.info(&self.config, p.tuple.local(), p.tuple.remote()),
+                Tcb::Parked(p) => {
+                    let t = p.tuple(&self.locals);
+                    p.tcb.info(&self.config, t.local(), t.remote())
+                }
             };
             Some((ConnectionHandle(i as u32), info))
         })
@@ -484,29 +558,12 @@ impl Endpoint {
         })
     }
 
-    /// The peer of `h` was seen at `last_seen` (XDP's LAST_SEEN stamp).
-    pub fn note_peer_activity(&mut self, h: ConnectionHandle, last_seen: Instant) {
-        if let Some(c) = self.connection_mut(h) {
-            c.note_peer_activity(last_seen);
-        }
-    }
-
     /// Serve every timer that is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.handle_timeout_with_last_seen(now, |_| None);
-    }
-
-    /// Serve every timer that is due, first telling each due connection when XDP last saw its
-    /// peer (LAST_SEEN[slot]), so an idle connection whose peer is alive is re-armed without a
-    /// probe and without per-packet userspace work.
-    pub fn handle_timeout_with_last_seen(&mut self, now: Instant, mut last_seen: impl FnMut(ConnectionHandle) -> Option<Instant>) {
         let mut due = Vec::new();
         self.wheel.poll(now, |k| due.push(k));
         for idx in due {
             let Some(conn) = self.live(idx) else { continue };
-            if let Some(t) = last_seen(ConnectionHandle(idx)) {
-                conn.note_peer_activity(t);
-            }
             let before = *conn.stats();
             conn.handle_timeout(now);
             let after = *conn.stats();
@@ -553,7 +610,7 @@ impl Endpoint {
             let slot = &mut self.slots[idx as usize];
             let Some(conn) = slot.live() else {
                 self.work.pop_front();
-                slot.queued = false;
+                self.queued.set(idx, false);
                 continue;
             };
             let before = *conn.stats();
@@ -564,7 +621,7 @@ impl Endpoint {
             }
             // Nothing more to send: collect events, register the deadline, maybe release.
             self.work.pop_front();
-            slot.queued = false;
+            self.queued.set(idx, false);
             self.retire(idx);
         }
         None

@@ -175,6 +175,9 @@ fn tcb_is_under_1k_and_idle_holds_no_buffers() {
     // must stay under 512 bytes in all.
     let parked = core::mem::size_of::<connection::Parked>();
     assert!(parked <= 248, "Parked is {parked} bytes");
+    // Its slot: the folded TCB, the tuple with our address by index, the keepalive index.
+    let slot = Endpoint::slot_bytes();
+    assert!(slot <= parked + 24, "a slot is {slot} bytes");
     let mut c = established();
     assert_eq!(c.heap_bytes(), 0);
     // Data both ways, read and acknowledged: the buffers go away again.

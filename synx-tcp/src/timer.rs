@@ -83,21 +83,41 @@ const LEVELS: usize = 6; // 64^6 ticks: about 2.2 years
 const NIL: u32 = u32::MAX;
 const NO_SLOT: u16 = u16::MAX;
 
+/// 16 bytes: the tick and the slot share a word (any `Instant` in ticks fits in 45 bits).
 #[derive(Clone, Copy, Debug)]
 struct Entry {
-    tick: u64,
+    /// The deadline's tick in the upper 48 bits, the slot (level * 64 + slot, or NO_SLOT when
+    /// not armed) in the lower 16.
+    tick_slot: u64,
     next: u32,
     prev: u32,
-    /// level * 64 + slot, or NO_SLOT when not armed.
-    slot: u16,
 }
 
-const EMPTY: Entry = Entry { tick: 0, next: NIL, prev: NIL, slot: NO_SLOT };
+impl Entry {
+    const fn new(tick: u64, next: u32, prev: u32, slot: u16) -> Self {
+        Entry { tick_slot: tick << 16 | slot as u64, next, prev }
+    }
+
+    fn tick(&self) -> u64 {
+        self.tick_slot >> 16
+    }
+
+    fn slot(&self) -> u16 {
+        self.tick_slot as u16
+    }
+
+    /// Not armed, keeping its tick.
+    fn unarmed(&self) -> Self {
+        Entry::new(self.tick(), NIL, NIL, NO_SLOT)
+    }
+}
+
+const EMPTY: Entry = Entry::new(0, NIL, NIL, NO_SLOT);
 
 /// A hierarchical timing wheel (6 levels of 64 slots, 1 ms ticks) over `u32` keys, at most one
 /// deadline per key. Entries live in a flat array indexed by key and are linked into slot lists
 /// intrusively, so insert and cancel are O(1) with no allocation once the array has grown, and a
-/// million armed timers cost 24 MB. An entry far in the future cascades down a level each time
+/// million armed timers cost 16 MB. An entry far in the future cascades down a level each time
 /// its slot comes due (at most 5 times).
 pub struct TimingWheel {
     elapsed: u64,
@@ -134,7 +154,7 @@ impl TimingWheel {
     }
 
     pub fn contains(&self, key: u32) -> bool {
-        self.entries.get(key as usize).is_some_and(|e| e.slot != NO_SLOT)
+        self.entries.get(key as usize).is_some_and(|e| e.slot() != NO_SLOT)
     }
 
     /// Arm (or re-arm) `key` to fire at `at`.
@@ -145,7 +165,7 @@ impl TimingWheel {
             self.entries.resize(k + 1, EMPTY);
         }
         let tick = at.as_nanos().div_ceil(TICK_NS).max(self.elapsed);
-        self.entries[k].tick = tick;
+        self.entries[k] = Entry::new(tick, NIL, NIL, NO_SLOT);
         self.link(key);
         self.len += 1;
     }
@@ -153,10 +173,10 @@ impl TimingWheel {
     /// Disarm `key`; no-op if not armed.
     pub fn remove(&mut self, key: u32) {
         let Some(e) = self.entries.get(key as usize).copied() else { return };
-        if e.slot == NO_SLOT {
+        if e.slot() == NO_SLOT {
             return;
         }
-        let (level, slot) = (e.slot as usize / SLOTS, e.slot as usize % SLOTS);
+        let (level, slot) = (e.slot() as usize / SLOTS, e.slot() as usize % SLOTS);
         if e.prev == NIL {
             self.heads[level][slot] = e.next;
             if e.next == NIL {
@@ -168,7 +188,7 @@ impl TimingWheel {
         if e.next != NIL {
             self.entries[e.next as usize].prev = e.prev;
         }
-        self.entries[key as usize] = Entry { tick: e.tick, ..EMPTY };
+        self.entries[key as usize] = e.unarmed();
         self.len -= 1;
     }
 
@@ -194,10 +214,10 @@ impl TimingWheel {
     }
 
     fn link(&mut self, key: u32) {
-        let tick = self.entries[key as usize].tick;
+        let tick = self.entries[key as usize].tick();
         let (level, slot) = self.slot_for(tick);
         let head = self.heads[level][slot];
-        self.entries[key as usize] = Entry { tick, next: head, prev: NIL, slot: (level * SLOTS + slot) as u16 };
+        self.entries[key as usize] = Entry::new(tick, head, NIL, (level * SLOTS + slot) as u16);
         if head != NIL {
             self.entries[head as usize].prev = key;
         }
@@ -245,8 +265,8 @@ impl TimingWheel {
             while key != NIL {
                 let e = self.entries[key as usize];
                 let next = e.next;
-                if e.tick <= now_tick {
-                    self.entries[key as usize] = Entry { tick: e.tick, ..EMPTY };
+                if e.tick() <= now_tick {
+                    self.entries[key as usize] = e.unarmed();
                     self.len -= 1;
                     expired(key);
                 } else {
@@ -281,6 +301,15 @@ mod tests {
         assert_eq!(t.take_expired(ms(60)), Some(TimerKind::Retransmit));
         assert_eq!(t.take_expired(ms(60)), Some(TimerKind::Keepalive));
         assert_eq!(t.take_expired(ms(60)), None);
+    }
+
+    #[test]
+    fn an_entry_is_16_bytes_and_keeps_the_latest_tick() {
+        assert_eq!(core::mem::size_of::<Entry>(), 16);
+        let last = Instant::from_nanos(u64::MAX).as_nanos().div_ceil(TICK_NS);
+        let e = Entry::new(last, 7, 9, (LEVELS * SLOTS - 1) as u16);
+        assert_eq!((e.tick(), e.next, e.prev, e.slot()), (last, 7, 9, (LEVELS * SLOTS - 1) as u16));
+        assert_eq!((e.unarmed().tick(), e.unarmed().slot()), (last, NO_SLOT));
     }
 
     #[test]

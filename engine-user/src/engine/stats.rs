@@ -128,6 +128,11 @@ queue_stats! {
         "Segments that arrived on an RX queue other than their connection's, handed to its engine.";
     handoff_dropped: Counter "tcp_handoff_dropped"
         "Segments for another queue's connection dropped because its inbox was full.";
+    heap_trims: Counter "engine_heap_trims"
+        "Times an engine thread gave the allocator's free memory back to the kernel (malloc_trim).";
+    // In microseconds; promtool refuses a unit in the name other than the base unit, seconds.
+    heap_trim_us: Counter "engine_heap_trim_time"
+        "Time engine threads spent giving free memory back, in microseconds (all trims).";
     mem_held: Gauge "mem_held_bytes"
         "Bytes of data buffers connections hold: TCP send and receive buffers and the queues to and from apps.";
     mem_refused: Counter "mem_refused_segments"

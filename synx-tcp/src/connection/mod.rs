@@ -186,7 +186,7 @@ pub enum AcceptError {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ConnectionInfo {
     pub state: State,
-    /// Last segment accepted from the peer (or noted from XDP's LAST_SEEN).
+    /// Last segment accepted from the peer.
     pub last_activity: Instant,
     /// Keepalive probes sent since the peer was last heard from.
     pub keepalive_probes_sent: u32,
@@ -525,15 +525,6 @@ impl Connection {
     }
 
     // ---------------------------------------------------------------- keepalive
-
-    /// The last time the peer was seen, from outside (XDP's LAST_SEEN map). Moves the keepalive
-    /// deadline when it is newer than what this TCB knows; answers to probes count.
-    pub fn note_peer_activity(&mut self, last_seen: Instant) {
-        if last_seen > self.probes.last_activity {
-            self.probes.heard(last_seen);
-            self.arm_keepalive();
-        }
-    }
 
     fn arm_keepalive(&mut self) {
         if self.probes.keepalive.enabled && self.state != State::TimeWait && self.state != State::Closed {

@@ -16,7 +16,7 @@ pub(super) enum Probe {
 #[derive(Debug)]
 pub(super) struct Probes {
     pub keepalive: Keepalive,
-    /// Last segment accepted from the peer (or noted from XDP's LAST_SEEN).
+    /// Last segment accepted from the peer.
     pub last_activity: Instant,
     /// Keepalive probes sent since the peer was last heard from.
     pub keepalive_probes_out: u32,

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use super::{ConnectionHandle, Endpoint, MAX_KEEPALIVES, ParkedSlot, Slot, Tcb, Tuple};
+use super::{ConnectionHandle, Endpoint, Slot, Tcb};
 use crate::connection::Parked;
 use crate::Keepalive;
 
@@ -33,6 +33,8 @@ pub enum ImportError {
     Full,
     #[error("more distinct keepalive settings than a parked slot can name")]
     Keepalives,
+    #[error("more distinct local addresses than a parked slot can name")]
+    Locals,
 }
 
 impl Endpoint {
@@ -43,7 +45,8 @@ impl Endpoint {
         self.try_park(h.slot());
         let Tcb::Parked(p) = &self.slots.get(h.slot() as usize)?.tcb else { return None };
         let keepalive = self.keepalives.get(p.keepalive as usize).copied().unwrap_or(self.config.keepalive);
-        Some(Exported { slot: h.slot(), local: p.tuple.local(), remote: p.tuple.remote(), keepalive, tcb: p.tcb })
+        let t = p.tuple(&self.locals);
+        Some(Exported { slot: h.slot(), local: t.local(), remote: t.remote(), keepalive, tcb: p.tcb })
     }
 
     /// Connection `h` in its folded form, as [`Endpoint::export`], and gone from here at once
@@ -51,7 +54,7 @@ impl Endpoint {
     /// unless it is quiescent and owes no work to the transmit queue. Its slot is not reused
     /// here: XDP's FLOWS names it for the other process.
     pub fn hand_over(&mut self, h: ConnectionHandle) -> Option<Exported> {
-        if self.slots.get(h.slot() as usize)?.queued {
+        if h.slot() as usize >= self.slots.len() || self.queued.get(h.slot()) {
             return None;
         }
         let e = self.export(h)?;
@@ -74,14 +77,7 @@ impl Endpoint {
         if self.len() as u64 >= self.max_conns as u64 {
             return Err(ImportError::Full);
         }
-        let keepalive = match self.keepalives.iter().position(|&k| k == e.keepalive) {
-            Some(i) => i,
-            None if self.keepalives.len() < MAX_KEEPALIVES => {
-                self.keepalives.push(e.keepalive);
-                self.keepalives.len() - 1
-            }
-            None => return Err(ImportError::Keepalives),
-        };
+        let parked = self.parked_slot(e.tcb, e.local, e.remote, e.keepalive)?;
         let idx = e.slot;
         if (idx as usize) < self.slots.len() {
             let Some(at) = self.free.iter().position(|&i| i == idx) else { return Err(ImportError::SlotTaken(idx)) };
@@ -92,9 +88,7 @@ impl Endpoint {
             self.slots.resize_with(idx as usize + 1, Slot::default);
             self.free.extend(first..idx);
         }
-        let tuple = Tuple::new(e.local, e.remote);
-        self.slots[idx as usize] =
-            Slot { tcb: Tcb::Parked(ParkedSlot { tcb: e.tcb, tuple, keepalive: keepalive as u8 }), queued: false };
+        self.slots[idx as usize] = Slot { tcb: Tcb::Parked(parked) };
         self.parked += 1;
         self.index(e.local, e.remote, idx);
         if let Some(at) = e.tcb.deadline() {

@@ -1,5 +1,5 @@
 //! The endpoint: demux, creation from facts, resets for strangers, wheel-driven timers with
-//! XDP's last-seen stamps, release and slot reuse.
+//! keepalive deadlines, release and slot reuse.
 
 use core::time::Duration;
 use std::net::SocketAddr;
@@ -139,7 +139,7 @@ fn time_wait_through_the_wheel_and_syn_reuse() {
 }
 
 #[test]
-fn idle_connections_cost_one_wheel_entry_and_take_last_seen_from_xdp() {
+fn idle_connections_cost_one_wheel_entry_and_only_quiet_peers_are_probed() {
     let n = 2000u32;
     let mut ep = Endpoint::new(config(), n);
     for i in 0..n {
@@ -147,22 +147,39 @@ fn idle_connections_cost_one_wheel_entry_and_take_last_seen_from_xdp() {
     }
     drain(&mut ep, ms(0));
     assert_eq!(ep.armed_timers(), n as usize);
-    assert!(ep.live_connections().all(|(_, c)| c.heap_bytes() == 0));
-    // The keepalive deadline comes; XDP saw every peer at 3600 s: no probe, re-armed.
+    assert_eq!(ep.parked(), n as usize, "idle connections are folded, no heap");
+    // Half of the peers are heard from at 3600 s (an ACK each): their keepalive deadline moves
+    // to 3600 + 7200 s, still one wheel entry each.
+    for i in (0..n).filter(|i| i % 2 == 0) {
+        assert!(matches!(ep.handle(secs(3600), local(), client(i), &ack_from(i), &[]), Disposition::Delivered(_)));
+    }
+    assert!(drain(&mut ep, secs(3600)).is_empty());
+    assert_eq!(ep.armed_timers(), n as usize);
+    // The first deadline comes: the quiet half is probed (at SND.NXT - 1, no data), the others not.
     let t = ep.poll_timeout().unwrap();
     assert!(t <= secs(7200));
-    ep.handle_timeout_with_last_seen(secs(7200), |_| Some(secs(3600)));
-    assert!(drain(&mut ep, secs(7200)).is_empty());
-    // The wheel may wake early (a coarse slot), never late; early wakes do nothing.
-    let t = ep.poll_timeout().unwrap();
-    assert!(t > secs(7200) && t <= secs(3600 + 7200), "{t:?}");
-    ep.handle_timeout(t);
-    assert!(drain(&mut ep, t).is_empty());
-    // Half of them went quiet: those are probed at their deadline, the others not.
-    ep.handle_timeout_with_last_seen(secs(10_800), |h| (h.slot() % 2 == 0).then_some(secs(10_000)));
-    let probes = drain(&mut ep, secs(10_800));
+    ep.handle_timeout(secs(7200));
+    let probes = drain(&mut ep, secs(7200));
     assert_eq!(probes.len(), n as usize / 2);
     assert!(probes.iter().all(|(t, h, p)| t.handle.unwrap().slot() % 2 == 1 && p.is_empty() && h.seq == SeqNum(ISS)));
+    // Their next probe is an interval later. The wheel may wake early (a coarse slot), never
+    // late; early wakes do nothing.
+    let retry = secs(7200 + 75);
+    let t = ep.poll_timeout().unwrap();
+    assert!(t > secs(7200) && t <= retry, "{t:?}");
+    if t < retry {
+        ep.handle_timeout(t);
+        assert!(drain(&mut ep, t).is_empty());
+    }
+    ep.handle_timeout(retry);
+    let probes = drain(&mut ep, retry);
+    assert_eq!(probes.len(), n as usize / 2);
+    assert!(probes.iter().all(|(t, _, _)| t.handle.unwrap().slot() % 2 == 1));
+    // The peers heard from at 3600 s are probed 7200 s after that, once each.
+    ep.handle_timeout(secs(3600 + 7200));
+    let heard: Vec<_> = drain(&mut ep, secs(3600 + 7200)).into_iter().filter(|(t, _, _)| t.handle.unwrap().slot() % 2 == 0).collect();
+    assert_eq!(heard.len(), n as usize / 2);
+    assert!(heard.iter().all(|(_, h, p)| p.is_empty() && h.seq == SeqNum(ISS) && !h.flags.rst()));
 }
 
 #[test]
@@ -361,4 +378,28 @@ fn a_connection_handed_over_leaves_without_a_trace_and_its_slot_stays_the_other_
     // The slot stays the other process's: the old process's next connection takes another.
     assert_ne!(old.accept(ms(8), facts(), local(), client(3), &ack_from(3), &[]).unwrap().slot(), a.slot());
     assert_eq!(old.len(), 2);
+}
+
+#[test]
+fn a_connection_to_an_address_beyond_what_a_parked_slot_can_name_stays_unfolded_and_works() {
+    // Parked slots name our address by a 16-bit index: 65536 distinct addresses.
+    let n = 1u32 << 16;
+    let ours = |i: u32| SocketAddr::new([11, (i >> 16) as u8, (i >> 8) as u8, i as u8].into(), 80);
+    let mut ep = Endpoint::new(config(), n + 1);
+    let handles: Vec<_> = (0..=n).map(|i| ep.accept(ms(0), facts(), ours(i), client(0), &ack_from(0), &[]).unwrap()).collect();
+    drain(&mut ep, ms(0));
+    assert_eq!(ep.parked(), n as usize);
+    let last = handles[n as usize];
+    assert!(!ep.is_parked(last));
+    for i in [0, 1, n - 1, n] {
+        assert_eq!(ep.lookup(ours(i), client(0)), Some(handles[i as usize]));
+    }
+    let (_, info) = ep.infos().find(|(h, _)| *h == handles[n as usize - 1]).unwrap();
+    assert_eq!((info.local, info.remote), (ours(n - 1), client(0)));
+    assert_eq!(ep.handle(ms(5), ours(n), client(0), &ack_from(0), b"ping"), Disposition::Delivered(last));
+    assert!(drain(&mut ep, ms(5)).is_empty());
+    ep.handle_timeout(ms(50));
+    let out = drain(&mut ep, ms(50));
+    assert_eq!(out.len(), 1, "the delayed ACK");
+    assert_eq!((out[0].0.local, out[0].1.ack), (ours(n), SeqNum(IRS + 1 + 4)));
 }

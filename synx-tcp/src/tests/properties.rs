@@ -22,7 +22,6 @@ enum Op {
     Shutdown,
     Abort,
     Advance(u32),
-    Seen(u32),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -53,7 +52,6 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Shutdown),
         1 => (0u32..40).prop_map(|x| if x == 0 { Op::Abort } else { Op::Advance(x * 97) }),
         2 => (0u32..200_000).prop_map(Op::Advance),
-        1 => (0u32..200_000).prop_map(Op::Seen),
     ]
 }
 
@@ -104,7 +102,6 @@ fn run_ops(flags: u8, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     c.handle_timeout(now);
                 }
             }
-            Op::Seen(d) => c.note_peer_activity(now - Duration::from_millis(d as u64)),
         }
         let mut sent = 0;
         while let Some(n) = c.poll_transmit(now, &mut out_buf) {

@@ -449,36 +449,11 @@ fn keepalive_live_peer_answers_and_the_connection_survives() {
         // Idle again until the next round.
         let next = c.poll_timeout().unwrap();
         assert_eq!(next, t + Duration::from_millis(1) + Duration::from_secs(7200));
-        // Model the peer sending something at round*7300+7300 s... by noting activity.
-        c.note_peer_activity(secs((round + 1) * 7300));
+        // The peer sends something at round*7300+7300 s: the deadline moves again.
+        c.handle(secs((round + 1) * 7300), &peer(0, 0), &[]);
+        assert_eq!(c.poll_timeout(), Some(secs((round + 1) * 7300 + 7200)));
     }
     assert_eq!(c.state(), State::Established);
-}
-
-#[test]
-fn keepalive_takes_last_seen_from_outside() {
-    let mut c = accept_with(ka_config(), facts(), &peer(0, 0), &[]);
-    assert_eq!(c.poll_timeout(), Some(secs(7200)));
-    // XDP saw the peer at 3600 s (no userspace work then); the deadline computed at accept is
-    // stale. Whether told before the deadline or when it fires, no probe goes out early.
-    c.handle_timeout(secs(7200));
-    let (probe, _) = one(&mut c, secs(7200));
-    assert!(probe.flags.ack());
-    let mut c = accept_with(ka_config(), facts(), &peer(0, 0), &[]);
-    c.note_peer_activity(secs(3600));
-    c.handle_timeout(secs(7200));
-    none(&mut c, secs(7200));
-    assert_eq!(c.poll_timeout(), Some(secs(3600 + 7200)));
-    // An older stamp changes nothing.
-    c.note_peer_activity(secs(10));
-    assert_eq!(c.poll_timeout(), Some(secs(3600 + 7200)));
-    // Activity noted between probes resets the probe count.
-    c.handle_timeout(secs(10_800));
-    one(&mut c, secs(10_800));
-    assert_eq!(c.info().keepalive_probes_sent, 1);
-    c.note_peer_activity(secs(10_801));
-    assert_eq!(c.info().keepalive_probes_sent, 0);
-    assert_eq!(c.poll_timeout(), Some(secs(10_801 + 7200)));
 }
 
 #[test]

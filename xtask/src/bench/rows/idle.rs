@@ -228,7 +228,18 @@ fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, w
             ensure!(rss1 > rss0, "the daemon's RSS did not grow with {n} connections (freed heap reused): not measurable");
             let (maps, limit) = bpf_bytes_per_slot(pids[0])?;
             ensure!(limit as usize == n, "the daemon's FLOWS4 holds {limit} entries, not {n} (--max-conns)");
-            (rss_per + maps, serde_json::json!({ "rss_per_conn": rss_per, "bpf_maps_per_conn": maps, "map_limit": limit, "slab_per_conn": slab_per }))
+            // What giving free memory back cost the engine (malloc_trim, at most once a second).
+            let d = rig.daemon()?;
+            let (trims, trim_us) = (d.counter("engine_heap_trims")?, d.counter("engine_heap_trim_time")?);
+            let detail = serde_json::json!({
+                "rss_per_conn": rss_per,
+                "bpf_maps_per_conn": maps,
+                "map_limit": limit,
+                "slab_per_conn": slab_per,
+                "heap_trims": trims,
+                "heap_trim_us": trim_us,
+            });
+            (rss_per + maps, detail)
         }
         Side::Kernel => {
             let client = client_slab.context("the client sockets' slab share was not measured (the synx round failed)")?;
