@@ -232,8 +232,9 @@ fn reordering_sets_off_few_retransmissions_and_each_reduction_is_undone() {
 
 /// ECN end to end (RFC 3168) with a Linux client that asks for it (net.ipv4.tcp_ecn=1), on a
 /// 40 ms path through a 20 Mbit/s bottleneck (slow enough that a sender sharing a loaded
-/// machine still fills it) that marks CE above a quarter of a BDP of queue and never fills (4
-/// BDPs): XDP's SYN-ACK agrees (ECE), the connection made from the cookie's ACK uses ECN, and
+/// machine still fills it) that marks CE above 10 KB of queue (a tenth of a BDP: slow start
+/// now ends near the BDP, and CUBIC's growth after it passes a quarter of a BDP only late in an
+/// 8 MiB transfer) and never fills (4 BDPs): XDP's SYN-ACK agrees (ECE), the connection made from the cookie's ACK uses ECN, and
 /// CE marks shrink synx's window with nothing lost or resent. Down (synx sends 8 MiB): every
 /// marked frame reaches the client marked, the client echoes ECE, synx reduces its window.
 /// Up (the client sends 8 MiB to synx): synx counts every marked frame and echoes ECE, and
@@ -242,7 +243,7 @@ fn reordering_sets_off_few_retransmissions_and_each_reduction_is_undone() {
 #[test]
 fn ce_marks_shrink_synx_windows_without_loss() {
     require_root();
-    let ecn = PathSpec { queue_bytes: Some(400_000), ecn_threshold: Some(25_000), ..PathSpec::wan(ms(40), 20_000_000) };
+    let ecn = PathSpec { queue_bytes: Some(400_000), ecn_threshold: Some(10_000), ..PathSpec::wan(ms(40), 20_000_000) };
     let bed = PathBed::builder().both(ecn).xdp_server().seed(3168).start().unwrap();
     bed.client.exec("sysctl", &["-qw", "net.ipv4.tcp_ecn=1"]).unwrap();
     // A retransmitted SYN keeps asking for ECN: Linux drops ECE and CWR from a SYN it sends
