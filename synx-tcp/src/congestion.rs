@@ -52,6 +52,10 @@ pub struct AckTrain {
     /// The train's first ACK, and when the newest segment it delivered was sent.
     start: Instant,
     sent_start: Instant,
+    /// The newest send time of any segment the train's ACKs delivered: a segment the
+    /// path held back (reordered) arrives with an older one, which says nothing about the
+    /// spacing of the data sent since.
+    sent_newest: Instant,
     /// The train's last ACK; `None` before the first, or when a round begins.
     last: Option<Instant>,
     /// Bytes the train's ACKs delivered after its first.
@@ -63,7 +67,8 @@ pub struct AckTrain {
 pub struct Train {
     /// From its first ACK to this one.
     pub length: Duration,
-    /// From sending the newest segment its first ACK delivered to sending this ACK's.
+    /// From sending the newest segment its first ACK delivered to sending the newest any of
+    /// its ACKs delivered.
     pub sent_over: Duration,
     /// Bytes delivered after the first ACK.
     pub bytes: u64,
@@ -79,14 +84,15 @@ impl AckTrain {
     /// `sent`: the train it belongs to.
     pub fn on_ack(&mut self, now: Instant, sent: Instant, delivered: u32) -> Train {
         if self.last.is_none_or(|last| now.saturating_duration_since(last) > TRAIN_ACK_DELTA) {
-            *self = AckTrain { start: now, sent_start: sent, last: Some(now), bytes: 0 };
+            *self = AckTrain { start: now, sent_start: sent, sent_newest: sent, last: Some(now), bytes: 0 };
         } else {
             self.last = Some(now);
             self.bytes += u64::from(delivered);
+            self.sent_newest = self.sent_newest.max(sent);
         }
         Train {
             length: now.saturating_duration_since(self.start),
-            sent_over: sent.saturating_duration_since(self.sent_start),
+            sent_over: self.sent_newest.saturating_duration_since(self.sent_start),
             bytes: self.bytes,
         }
     }
@@ -472,6 +478,23 @@ mod tests {
         // A window already beyond the path: the train must first span 5 ms.
         let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 200);
         assert_eq!(train_round(&mut c, 40, ms, ms / 2, true), Some(200_000 + 5 * 2000));
+    }
+
+    #[test]
+    fn a_segment_the_path_held_back_does_not_shrink_the_trains_send_spread() {
+        // Paced data left 2 segments per 0.5 ms; one segment the path held back 5 ms is
+        // delivered by the 31st ACK, the newest it delivers sent 20 ms before the others:
+        // the spread the train's data left over stays what it was (measured from that old
+        // send time, the ACKs would look spaced wider than the data, as by a bottleneck).
+        let ms = Duration::from_millis(1);
+        let mut train = AckTrain::default();
+        train.start_round();
+        let (t0, sent0) = (Instant::ZERO + ms * 1000, Instant::ZERO + ms * 960);
+        for i in 0..40u32 {
+            let sent = if i == 30 { sent0 - ms * 5 } else { sent0 + ms / 2 * i };
+            let t = train.on_ack(t0 + ms / 2 * i, sent, 2000);
+            assert_eq!(t.sent_over, ms / 2 * if i == 30 { 29 } else { i }, "ACK {i}");
+        }
     }
 
     #[test]
