@@ -119,17 +119,6 @@ fn two_rx_queues_refuse_no_connection_when_a_tuple_changes_queue() {
     assert_eq!(daemon.counter("tcp_accepted").unwrap(), 800);
 }
 
-/// Let this process hold `n` more file descriptors, as far as the hard limit allows.
-fn raise_nofile(n: u64) {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit with a valid struct; failure leaves the limit as it was.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
-        rl.rlim_cur = rl.rlim_max.min(rl.rlim_cur.max(n + 1024));
-        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-    }
-}
-
 /// Echo `n` bytes on a new connection to `addr`; whether they all came back. The connect may
 /// take SYN retransmissions (XDP leaves SYNs unanswered while the engine is behind, as during
 /// the holders' burst): 30 s allows four.
@@ -161,7 +150,7 @@ fn ten_thousand_zero_window_holders_stay_within_the_memory_limit_and_others_are_
     // are still served.
     let _alone = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     require_root();
-    raise_nofile(HOLDERS as u64 + 64);
+    assert!(testbed::raise_nofile() > HOLDERS as u64 + 64, "the open-files limit is too low for {HOLDERS} holders");
     let net = VethPair::new().unwrap();
     net.attach_peer_xdp().unwrap();
     let listen = format!("{}:7=echo", net.server_v4);
@@ -489,7 +478,7 @@ fn holders_huge_bodies_cookie_bursts_and_blind_senders_at_once_leave_memory_boun
     // window). New and long-lived legitimate connections must all be served, intact.
     let _alone = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     require_root();
-    raise_nofile(LOAD_HOLDERS as u64 + 256);
+    assert!(testbed::raise_nofile() > LOAD_HOLDERS as u64 + 256, "the open-files limit is too low for {LOAD_HOLDERS} holders");
     let net = VethPair::new().unwrap();
     net.attach_peer_xdp().unwrap();
     let (echo, http) = (format!("{}:7=echo", net.server_v4), format!("{}:80=http", net.server_v4));

@@ -27,19 +27,6 @@ const PROXIED_LONG: usize = 20;
 /// Keepalive as the daemon is told: idle time, and the interval between unanswered probes.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(3);
 
-/// The open-files limit raised to its hard limit (the idle connections are the client's sockets).
-fn raise_nofile() -> u64 {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit with a valid struct; failure leaves the limit as it was.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
-        rl.rlim_cur = rl.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
-    }
-    rl.rlim_cur
-}
-
 /// Counters the client namespace keeps: every reset it receives, and the ports of the idle
 /// connections a segment came to from the idle listener's port (between the idle clients'
 /// own writes, only keepalive probes).
@@ -114,7 +101,7 @@ fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
 #[test]
 fn five_takeovers_under_load_reset_nothing_lose_nothing_and_keep_every_idle_connection() {
     require_root();
-    let limit = raise_nofile();
+    let limit = testbed::raise_nofile();
     assert!(limit > IDLE as u64 + BUSY as u64 + 500, "the open-files limit {limit} is too low for {IDLE} idle connections");
     let net = VethPair::new().unwrap();
     net.attach_peer_xdp().unwrap();

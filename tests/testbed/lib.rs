@@ -520,6 +520,20 @@ pub fn require_root() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "veth tests need root (netns, veth, XDP)");
 }
 
+/// This process's open-files limit raised to its hard limit (a test's client sockets are its
+/// own); returns the limit now.
+pub fn raise_nofile() -> u64 {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct; failure leaves the limit as it was.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+        rl.rlim_cur = rl.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+    }
+    rl.rlim_cur
+}
+
 /// Poll `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
