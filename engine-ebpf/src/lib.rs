@@ -11,7 +11,9 @@
 //!   client's RST to the SYN-ACK of a stale SYN ends.
 //! - Any segment of a known flow (FLOWS, written by userspace): to AF_XDP, unexamined: the TCP
 //!   core decides what it means and whether it shows the peer alive (SYNs included, which it
-//!   answers with a challenge ACK, RFC 5961 4). A tuple XDP claimed for a valid cookie ACK
+//!   answers with a challenge ACK, RFC 5961 4; a SYN is looked up only when its bit in
+//!   FLOW_FILTER, `engine_common::maps::FLOW_FILTER`, says the tuple may have a flow). A tuple
+//!   XDP claimed for a valid cookie ACK
 //!   counts as known until userspace writes its slot, or until the claim expires
 //!   (`engine_common::maps::CLAIM`).
 //! - While the host drains (SWITCHES, flipped by `synx drain`): SYNs with no flow get no

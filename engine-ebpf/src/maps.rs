@@ -9,7 +9,7 @@ use aya_ebpf::{
 use engine_common::{
     counters::{self, Counter},
     maps::{
-        DEFAULT_MAX_FLOWS, FlowKey4, FlowKey6, LISTEN_PORTS_LEN, ListenerKey, ListenerValue, MAX_QUEUES, PortListeners,
+        DEFAULT_MAX_FLOWS, FlowFilterLine, FlowKey4, FlowKey6, LISTEN_PORTS_LEN, ListenerKey, ListenerValue, MAX_QUEUES, PortListeners,
         RxBacklogEntry, SWITCH_DRAINING, SWITCH_RING_HOPS, SWITCH_RING_NEXT, SWITCHES_LEN,
     },
     secrets::{self, CookieSecrets, Published},
@@ -25,6 +25,8 @@ pub static LISTENERS: HashMap<ListenerKey, ListenerValue> = HashMap::with_max_en
 pub static FLOWS4: HashMap<FlowKey4, u32> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 #[map(name = "FLOWS6")]
 pub static FLOWS6: HashMap<FlowKey6, u32> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_PREALLOC);
+#[map(name = "FLOW_FILTER")]
+pub static FLOW_FILTER: Array<FlowFilterLine> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map(name = "XSKS")]
 pub static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 #[map(name = "COOKIE_SECRETS")]
@@ -41,6 +43,13 @@ pub fn count(c: Counter) {
         // SAFETY: per-CPU slot; no other writer on this CPU.
         unsafe { *slot += 1 };
     }
+}
+
+/// Whether FLOWS may hold an entry of the tuple whose [`FLOW_FILTER`] bit is `bit` (see
+/// `engine_common::maps::FLOW_FILTER`): false only when the bit is clear.
+#[inline(always)]
+pub fn maybe_flow(bit: u32) -> bool {
+    FLOW_FILTER.get(bit >> 9).is_none_or(|l| (l.words[(bit >> 6) as usize & 7] >> (bit & 63)) & 1 != 0)
 }
 
 /// The published cookie secrets and clock adjustment, or `None` before userspace published any

@@ -9,13 +9,14 @@ use engine_common::{
     synack::{self, Ours},
     maps::{
         FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, PORT_FLOWS_LEFT, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE,
-        PORT_V6_ANY, PORT_V6_SOME, PortListeners, RX_BACKLOG_LIMIT, CLAIM, claim, claim_expired,
+        PORT_V6_ANY, PORT_V6_SOME, PortListeners, RX_BACKLOG_LIMIT, CLAIM, claim, claim_expired, flow_filter_bit4,
+        flow_filter_bit6,
     },
 };
 
 use crate::{
     clock::{Now, coarse_now, precise_mono_ns, precise_shared_ns},
-    maps::{FLOWS4, FLOWS6, LISTEN_PORTS, LISTENERS, RX_BACKLOG, XSKS, count, draining, published_secrets},
+    maps::{FLOWS4, FLOWS6, LISTEN_PORTS, LISTENERS, RX_BACKLOG, XSKS, count, draining, maybe_flow, published_secrets},
     options::{fixed_syn_options, walk_syn_options},
     packet::{ACK, FIN, RST, SYN, Seg, Verdict, parse},
     ratelimit::{RST as RST_BUCKET, take_token},
@@ -104,8 +105,14 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
     }
     let key4 = FlowKey4 { remote: seg.src[0], local: seg.dst[0], ports: seg.ports };
     let key6 = FlowKey6 { remote: seg.src, local: seg.dst, ports: seg.ports };
+    // A SYN of a tuple whose filter bit is clear has no connection: no FLOWS lookup (see
+    // `engine_common::maps::FLOW_FILTER`). Everything else looks.
+    let log2 = settings::flow_filter_log2();
+    let unknown_syn = f & (SYN | ACK) == SYN
+        && log2 != 0
+        && !maybe_flow(if seg.v6 { flow_filter_bit6(&key6, log2) } else { flow_filter_bit4(&key4, log2) });
     // SAFETY: map lookups with keys on our stack.
-    let slot = unsafe { if seg.v6 { FLOWS6.get(&key6) } else { FLOWS4.get(&key4) } };
+    let slot = if unknown_syn { None } else { unsafe { if seg.v6 { FLOWS6.get(&key6) } else { FLOWS4.get(&key4) } } };
     // An expired claim (a cookie ACK that never reached userspace) holds nothing: the tuple is
     // unknown again, and a new cookie ACK may claim it anew.
     let mut claim_flags = u64::from(BPF_NOEXIST);

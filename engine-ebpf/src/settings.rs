@@ -24,6 +24,8 @@ static SYNX_PEER_PORT: Global<u16> = Global::new(0);
 static SYNX_PEER_SELF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static SYNX_FORWARD_PER_SEC: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYNX_FLOW_FILTER_LOG2: Global<u32> = Global::new(0);
 
 /// Our MSS, announced in SYN-ACKs (the smaller of it and the client's goes into the cookie).
 #[inline(always)]
@@ -79,4 +81,10 @@ pub fn peer_self() -> u32 {
 #[inline(always)]
 pub fn forward_per_sec() -> u32 {
     SYNX_FORWARD_PER_SEC.load()
+}
+
+/// log2 of FLOW_FILTER's bits, 0 without a filter (`engine_common::maps::FLOW_FILTER`).
+#[inline(always)]
+pub fn flow_filter_log2() -> u32 {
+    SYNX_FLOW_FILTER_LOG2.load()
 }

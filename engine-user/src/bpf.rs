@@ -287,6 +287,7 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings, pinned: Op
         Some(r) => (r.port, addr_words(r.this.into())[0]),
         None => (0, 0),
     };
+    let filter_log2 = maps::flow_filter_log2(max_flows);
     let mut loader = EbpfLoader::new();
     if let Some(dir) = pinned {
         for name in takeover::KEPT_MAPS {
@@ -296,6 +297,7 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings, pinned: Op
     loader
         .map_max_entries(maps::FLOWS4, max_flows)
         .map_max_entries(maps::FLOWS6, max_flows)
+        .map_max_entries(maps::FLOW_FILTER, maps::flow_filter_lines(filter_log2))
         .override_global(globals::MSS, &settings.mss, true)
         .override_global(globals::WSCALE, &settings.wscale, true)
         .override_global(globals::ECN, &ecn, true)
@@ -305,6 +307,7 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings, pinned: Op
         .override_global(globals::PEER_PORT, &peer_port, true)
         .override_global(globals::PEER_SELF, &peer_self, true)
         .override_global(globals::FORWARD_PER_SEC, &FORWARD_PER_SEC, true)
+        .override_global(globals::FLOW_FILTER_LOG2, &filter_log2, true)
         .load(object)
         .map_err(|e| match (pinned, e) {
             (Some(_), aya::EbpfError::MapError(e @ aya::maps::MapError::IncompatiblePinnedMap { .. })) => {
@@ -473,6 +476,63 @@ struct FlowMaps {
     v6: HashMap<MapData, FlowKey6, u32>,
     /// CLOCK_MONOTONIC of the last sweep of expired claims (0: none yet).
     swept_ns: u64,
+    filter: FlowFilter,
+}
+
+/// FLOW_FILTER mapped writable (see `maps::FLOW_FILTER`), and how many of the FLOWS entries this
+/// process wrote map to each bit. A count saturates: a bit that 255 entries share stays set for
+/// good, which costs a lookup per SYN there, never a wrong answer. With a successor taking over,
+/// each process counts only its own entries (the successor those it adopts): one may clear a
+/// bit the other's connection maps to, and until that connection moves, a SYN on its tuple gets
+/// a SYN-ACK from XDP instead of reaching the engine.
+struct FlowFilter {
+    map: MappedArray,
+    log2: u32,
+    counts: Vec<u8>,
+}
+
+impl FlowFilter {
+    /// The map as loaded: its lines tell its size (`maps::flow_filter_lines`).
+    fn map(map: MapData) -> Result<Self, BpfError> {
+        let lines = map.info()?.max_entries();
+        let log2 = lines.trailing_zeros() + 9;
+        let bytes = lines as usize * std::mem::size_of::<maps::FlowFilterLine>();
+        Ok(Self { map: MappedArray::new(map, bytes, true)?, log2, counts: vec![0; 1 << log2] })
+    }
+
+    fn bit(&self, key: &FlowKey) -> usize {
+        let b = match key {
+            FlowKey::V4(k) => maps::flow_filter_bit4(k, self.log2),
+            FlowKey::V6(k) => maps::flow_filter_bit6(k, self.log2),
+        };
+        b as usize
+    }
+
+    /// One more entry at `key`'s bit: set before the entry is written to FLOWS, so XDP never
+    /// sees the entry with its bit clear.
+    fn add(&mut self, key: &FlowKey) {
+        let b = self.bit(key);
+        let Some(c) = self.counts.get_mut(b) else { return };
+        *c = c.saturating_add(1);
+        if let Some(w) = self.map.word(b / 64) {
+            w.fetch_or(1 << (b % 64), std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// One entry fewer at `key`'s bit, after it left FLOWS: the bit clears with the last.
+    fn sub(&mut self, key: &FlowKey) {
+        let b = self.bit(key);
+        let Some(c) = self.counts.get_mut(b) else { return };
+        if *c == 0 || *c == u8::MAX {
+            return;
+        }
+        *c -= 1;
+        if *c == 0
+            && let Some(w) = self.map.word(b / 64)
+        {
+            w.fetch_and(!(1 << (b % 64)), std::sync::atomic::Ordering::Release);
+        }
+    }
 }
 
 impl FlowMaps {
@@ -480,6 +540,13 @@ impl FlowMaps {
         match key {
             FlowKey::V4(k) => self.v4.insert(k, &value, 0),
             FlowKey::V6(k) => self.v6.insert(k, &value, 0),
+        }
+    }
+
+    fn delete(&mut self, key: &FlowKey) -> Result<(), aya::maps::MapError> {
+        match key {
+            FlowKey::V4(k) => self.v4.remove(k),
+            FlowKey::V6(k) => self.v6.remove(k),
         }
     }
 
@@ -514,11 +581,26 @@ impl FlowTable {
     pub fn insert(&self, local: SocketAddr, remote: SocketAddr, slot: u32) -> Result<(), BpfError> {
         let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
         let key = flow_key(local, remote);
-        match flows.put(&key, slot) {
-            Err(e) if map_full(&e) && flows.sweep(monotonic_ns()) > 0 => flows.put(&key, slot)?,
-            r => r?,
+        // A claim (tests write XDP's) has no filter bit, as XDP's own have none.
+        let counted = slot & maps::CLAIM == 0;
+        if counted {
+            flows.filter.add(&key);
         }
-        Ok(())
+        let r = match flows.put(&key, slot) {
+            Err(e) if map_full(&e) && flows.sweep(monotonic_ns()) > 0 => flows.put(&key, slot),
+            r => r,
+        };
+        if r.is_err() && counted {
+            flows.filter.sub(&key);
+        }
+        Ok(r?)
+    }
+
+    /// A connection another process wrote into FLOWS, now this process's (a takeover): its
+    /// filter bit counts it, so [`FlowTable::remove`] may clear the bit when it goes.
+    pub fn adopt(&self, local: SocketAddr, remote: SocketAddr) {
+        let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+        flows.filter.add(&flow_key(local, remote));
     }
 
     /// The FLOWS value of the connection: its slot, or XDP's claim (see `maps::CLAIM`).
@@ -530,13 +612,20 @@ impl FlowTable {
         }
     }
 
+    /// The entry [`FlowTable::insert`] (or [`FlowTable::adopt`]) made for a connection goes.
     pub fn remove(&self, local: SocketAddr, remote: SocketAddr) -> Result<(), BpfError> {
         let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
-        match flow_key(local, remote) {
-            FlowKey::V4(k) => flows.v4.remove(&k)?,
-            FlowKey::V6(k) => flows.v6.remove(&k)?,
-        }
+        let key = flow_key(local, remote);
+        flows.delete(&key)?;
+        flows.filter.sub(&key);
         Ok(())
+    }
+
+    /// XDP's claim of a tuple goes (no connection took it); claims have no filter bit.
+    pub fn remove_claim(&self, local: SocketAddr, remote: SocketAddr) -> Result<(), BpfError> {
+        let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+        let key = flow_key(local, remote);
+        Ok(flows.delete(&key)?)
     }
 
     /// Send frames of RX queue `queue` that XDP redirects to the AF_XDP socket `fd`.
@@ -872,10 +961,15 @@ impl XdpProgram {
     /// COOKIE_SECRETS is empty: [`XdpProgram::open`] publishes; a taken-over one is adopted).
     fn open_with(mut ebpf: Ebpf, settings: XdpSettings) -> Result<Self, BpfError> {
         let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(BpfError::MissingMap(name));
+        let filter = match take(&mut ebpf, maps::FLOW_FILTER)? {
+            Map::Array(data) => FlowFilter::map(data)?,
+            _ => return Err(BpfError::MissingMap(maps::FLOW_FILTER)),
+        };
         let flows = FlowMaps {
             v4: HashMap::try_from(take(&mut ebpf, maps::FLOWS4)?)?,
             v6: HashMap::try_from(take(&mut ebpf, maps::FLOWS6)?)?,
             swept_ns: 0,
+            filter,
         };
         let xsks: XskMap<MapData> = XskMap::try_from(take(&mut ebpf, maps::XSKS)?)?;
         let rx_backlog = match take(&mut ebpf, maps::RX_BACKLOG)? {

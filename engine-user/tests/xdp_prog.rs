@@ -17,7 +17,7 @@ use engine_common::{
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 use synx::{
-    bpf::{PeerRing, XdpProgram, XdpSettings, clock_adjust_ns, cookie_tuple, kernel_clock, monotonic_ns, tai_ns},
+    bpf::{FlowKey, PeerRing, XdpProgram, XdpSettings, clock_adjust_ns, cookie_tuple, flow_key, kernel_clock, monotonic_ns, tai_ns},
     wire,
 };
 
@@ -674,12 +674,10 @@ fn claims_of_cookie_acks_userspace_never_took_expire() {
         let ack = frame(v6, 40000, 1001, &[], |b| b.ack(c.wrapping_add(1)), &[]);
         let data = frame(v6, 40000, 1001, &[], |b| b.ack(c.wrapping_add(1)), b"request");
         rows.extend([
-            // The tuple's claim is past its lifetime: its SYN is answered as for no flow.
-            row(format!("SYN on an expired claim (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[
-                (CLAIM_EXPIRED, 1),
-                (SYN_COOKIE_SENT, 1),
-            ])
-            .with(claimed),
+            // The tuple's claim is past its lifetime: its SYN is answered as for no flow (as
+            // for a live claim: a claim has no bit in the flow filter, so no SYN looks it up).
+            row(format!("SYN on an expired claim (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)])
+                .with(claimed),
             // Its cookie ACK claims the tuple anew ...
             row(format!("its final ACK (v6={v6})"), ack, XDP_DROP, Out::ToUserspace, &[
                 (CLAIM_EXPIRED, 1),
@@ -688,17 +686,21 @@ fn claims_of_cookie_acks_userspace_never_took_expire() {
             ])
             .then(),
             // ... so the data right behind it follows it to userspace.
-            row(format!("the data behind it (v6={v6})"), data, XDP_DROP, Out::ToUserspace, &[
+            row(format!("the data behind it (v6={v6})"), data.clone(), XDP_DROP, Out::ToUserspace, &[
                 (FLOW_SEGMENT, 1),
                 (REDIRECT_FAILED, 1),
             ])
             .then(),
-            // A live claim still routes the tuple to userspace, SYNs included.
-            row(format!("SYN on a live claim (v6={v6})"), linux_syn(v6), XDP_DROP, Out::ToUserspace, &[
+            // A live claim still routes the tuple's segments to userspace; a SYN there, which
+            // only a client past its handshake could send, is answered as for no flow (claims
+            // have no filter bit).
+            row(format!("data on a live claim (v6={v6})"), data.clone(), XDP_DROP, Out::ToUserspace, &[
                 (FLOW_SEGMENT, 1),
                 (REDIRECT_FAILED, 1),
             ])
             .with(Setup { claims: vec![(v6, 40000, false)], ..Setup::default() }),
+            row(format!("SYN on a live claim (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)])
+                .then(),
         ]);
     }
     run(rows);
@@ -783,6 +785,58 @@ fn known_flows_go_to_userspace_unexamined() {
         ]),
     ];
     run(rows);
+}
+
+#[test]
+fn syns_look_flows_up_only_where_the_flow_filter_says_one_may_be() {
+    use counters::{FLOW_SEGMENT, REDIRECT_FAILED, SYN_COOKIE_SENT};
+    let mut e = engine();
+    let log2 = maps::flow_filter_log2(1024);
+    let bit = |port: u16| match flow_key(server(false), client(false, port)) {
+        FlowKey::V4(k) => maps::flow_filter_bit4(&k, log2),
+        FlowKey::V6(_) => unreachable!(),
+    };
+    // Two client ports whose connections share a filter bit.
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (1..=u16::MAX).find_map(|p| seen.insert(bit(p), p).map(|q| (q, p))).expect("two ports share a bit");
+    let syn = |port: u16| frame(false, port, 9, &[], |f| f.syn(), &[]);
+    let outcome = |e: &mut XdpProgram, port: u16| {
+        let before = counters_of(e);
+        let (verdict, _, _) = e.test_run(&syn(port), 1).unwrap();
+        let after = counters_of(e);
+        let moved = |c: Counter| after[c as usize] - before[c as usize];
+        (verdict, moved(FLOW_SEGMENT), moved(REDIRECT_FAILED), moved(SYN_COOKIE_SENT))
+    };
+    let to_userspace = (XDP_DROP, 1, 1, 0);
+    let answered = (XDP_TX, 0, 0, 1);
+    let flows = e.flow_table();
+    flows.insert(server(false), client(false, a), 1).unwrap();
+    flows.insert(server(false), client(false, b), 2).unwrap();
+    // RFC 5961 4: the TCP core answers a SYN of a connection it holds.
+    assert_eq!(outcome(&mut e, a), to_userspace, "a SYN of a held connection");
+    // One of the two goes: the bit stays for the other.
+    flows.remove(server(false), client(false, b)).unwrap();
+    assert_eq!(outcome(&mut e, b), answered, "a SYN of the connection that went, looked up and not found");
+    assert_eq!(outcome(&mut e, a), to_userspace, "a SYN of the connection that stays");
+    // The last one goes: the bit clears, and its SYN is answered without a lookup.
+    flows.remove(server(false), client(false, a)).unwrap();
+    assert_eq!(outcome(&mut e, a), answered, "a SYN once no connection is left");
+    // A failed insert leaves no bit behind (FLOWS of 1024 entries: the 1025th fails).
+    for p in 1..=1024u16 {
+        flows.insert(server(false), client(false, 20000 + p), 3).unwrap();
+    }
+    assert!(flows.insert(server(false), client(false, a), 4).is_err(), "FLOWS is full");
+    for p in 1..=1024u16 {
+        flows.remove(server(false), client(false, 20000 + p)).unwrap();
+    }
+    assert_eq!(outcome(&mut e, a), answered, "no bit left by the insert that failed");
+    // A claim has no bit: its SYN is answered without a lookup. A connection a successor
+    // adopts (its entry written by the predecessor; here the claim stands in for it) is
+    // counted: its SYN looks it up.
+    flows.insert(server(false), client(false, a), maps::claim(monotonic_ns())).unwrap();
+    assert_eq!(outcome(&mut e, a), answered, "a SYN on a claim");
+    flows.adopt(server(false), client(false, a));
+    assert_eq!(outcome(&mut e, a), to_userspace, "a SYN of an adopted connection");
 }
 
 #[test]

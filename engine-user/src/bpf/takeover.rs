@@ -24,12 +24,13 @@ use engine_common::maps;
 
 use super::{BpfError, PROGRAM, XDP_OBJECT, XdpProgram, XdpSettings, load_object, program};
 
-/// The maps whose state a successor keeps: connections' flows, the
+/// The maps whose state a successor keeps: connections' flows (and their filter), the
 /// listeners, the XDP counters (`synx stats` carries on), the cookie secrets (a cookie minted
 /// before the takeover still validates after it), the switches (draining, the ring of hosts).
-pub const KEPT_MAPS: [&str; 7] = [
+pub const KEPT_MAPS: [&str; 8] = [
     maps::FLOWS4,
     maps::FLOWS6,
+    maps::FLOW_FILTER,
     maps::LISTENERS,
     maps::LISTEN_PORTS,
     maps::COUNTERS,

@@ -301,6 +301,7 @@ impl QueueDriver {
         for (m, fd) in imports {
             match self.endpoint.import(&m.conn) {
                 Ok(h) => {
+                    self.ctx.flows.adopt(m.conn.local, m.conn.remote);
                     self.glue.adopt(h, m, fd);
                     bump(&self.ctx.stats.moved_in);
                 }
@@ -494,7 +495,7 @@ impl QueueDriver {
             let before = self.endpoint.pending_resets();
             self.endpoint.reset_unknown(local, remote, hdr, payload.len());
             self.glue.note_stranger(&self.endpoint, before, link);
-            let _ = self.ctx.flows.remove(local, remote);
+            let _ = self.ctx.flows.remove_claim(local, remote);
             return;
         }
         let admitted = listener.is_some();
@@ -528,7 +529,7 @@ impl QueueDriver {
                     Refusal::Accept(_) => &stats.table_full,
                 });
                 // Whatever claim XDP put in FLOWS for this tuple must go: no connection holds it.
-                let _ = self.ctx.flows.remove(local, remote);
+                let _ = self.ctx.flows.remove_claim(local, remote);
                 self.glue.note_stranger(&self.endpoint, resets_before, link);
             }
         }

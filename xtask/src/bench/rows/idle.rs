@@ -107,9 +107,11 @@ fn await_held(rig: &Rig, side: Side, want: u64, limit: Duration) -> anyhow::Resu
 }
 
 /// BPF map memory per connection slot: the kernel's memlock accounting of every map sized by
-/// the connection limit (FLOWS4, FLOWS6), divided by that limit; and the limit.
+/// the connection limit (FLOWS4, FLOWS6, and FLOW_FILTER, an array of 64-byte lines, the only
+/// one), divided by that limit; and the limit.
 pub fn bpf_bytes_per_slot(pid: u32) -> anyhow::Result<(f64, u32)> {
     const BPF_MAP_TYPE_HASH: u32 = 1;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
     let maps = testbed::process_bpf_maps(pid);
     let limit = maps
         .iter()
@@ -117,7 +119,8 @@ pub fn bpf_bytes_per_slot(pid: u32) -> anyhow::Result<(f64, u32)> {
         .map(|m| m.max_entries)
         .max()
         .context("the daemon has no FLOWS4 map open")?;
-    let bytes: u64 = maps.iter().filter(|m| m.max_entries == limit).map(|m| m.memlock).sum();
+    let sized = |m: &testbed::BpfMapInfo| m.max_entries == limit || (m.map_type == BPF_MAP_TYPE_ARRAY && m.value_size == 64);
+    let bytes: u64 = maps.iter().filter(|m| sized(m)).map(|m| m.memlock).sum();
     Ok((bytes as f64 / f64::from(limit), limit))
 }
 
