@@ -168,7 +168,9 @@ impl XdpSynproxy {
         "the kernel peer behind an XDP program that answers SYNs with the kernel's own cookie helper \
          (bpf_tcp_raw_gen_syncookie_ipv4) and a TSval in Linux's cookie layout, the approach of the kernel \
          selftest xdp_synproxy_kern.c (its SYN-ACK written by synx's reply code; no conntrack lookup or \
-         checksum check per SYN, which the selftest does), and nftables synproxy for the cookie ACKs"
+         checksum check per SYN, which the selftest does; synx's program around it, so each SYN also checks synx's \
+         flow filter and, where that says so, a flow table of 1024 entries where synx's daemon has --max-conns, \
+         by default 1,048,576), and nftables synproxy for the cookie ACKs"
     }
 }
 
