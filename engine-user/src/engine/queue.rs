@@ -129,6 +129,12 @@ const TRIM_AFTER: usize = 256;
 /// The longest sleep: stop requests and conns queries are noticed within it.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
+/// How long the loop keeps coming back, without sleeping, to a TX ring whose frames the device
+/// does not take (see [`XskSocket::tx_stalled`]); after that it sleeps at most
+/// [`TX_STALL_SLEEP`] between tries.
+const TX_STALL_SPIN: Duration = Duration::from_millis(10);
+const TX_STALL_SLEEP: Duration = Duration::from_millis(1);
+
 /// One RX queue's driver: the I/O around its endpoint and glue.
 struct QueueDriver {
     ctx: QueueContext,
@@ -206,7 +212,7 @@ async fn serve_queue(
     let xsk_ready = unsafe { tokio::io::unix::AsyncFd::register_with_interest(XskFd(xsk.fd()), tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)?;
     ctx.flows.register_xsk(ctx.queue, xsk.fd())?;
-    tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), "AF_XDP socket bound");
+    tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), tx_budget = xsk.tx_budget(), "AF_XDP socket bound");
     let mut ctx = ctx;
     let imports = std::mem::take(&mut ctx.imports);
     let mut q = QueueDriver {
@@ -234,6 +240,8 @@ async fn serve_queue(
     let _ = ready.send(Ok(q.ctx.queue));
     let mut last_work = now();
     let mut stop_checked = Instant::from_nanos(0);
+    // Frames the kernel had sent when the TX ring was last seen stalled, and since when.
+    let (mut tx_seen, mut tx_stall_since) = (0, Instant::from_nanos(0));
     loop {
         if q.ctx.stop.load(Ordering::Relaxed) {
             let t = now();
@@ -290,7 +298,21 @@ async fn serve_queue(
             tokio::task::yield_now().await;
             continue;
         }
-        q.sleep(&xsk_ready).await;
+        if xsk.tx_stalled() {
+            // The device pushed back with frames left in the TX ring, and nothing wakes us
+            // when it drains: come back after the others had the CPU, for as long as the
+            // transmit keeps moving (a device stopped for good must not hold the CPU).
+            let moved = xsk.stats.tx_completed != tx_seen;
+            if moved || t.saturating_duration_since(tx_stall_since) < TX_STALL_SPIN {
+                if moved {
+                    (tx_seen, tx_stall_since) = (xsk.stats.tx_completed, t);
+                }
+                std::thread::yield_now();
+                tokio::task::yield_now().await;
+                continue;
+            }
+        }
+        q.sleep(&xsk_ready, xsk.tx_stalled()).await;
     }
 }
 
@@ -693,12 +715,14 @@ impl QueueDriver {
     }
 
     /// Sleep until a frame arrives, an app pokes us, or the next timer is due (at most
-    /// [`MAX_SLEEP`]). This thread's apps run meanwhile.
-    async fn sleep(&mut self, xsk: &tokio::io::unix::AsyncFd<XskFd>) {
+    /// [`MAX_SLEEP`], or [`TX_STALL_SLEEP`] with frames waiting in the TX ring). This thread's
+    /// apps run meanwhile.
+    async fn sleep(&mut self, xsk: &tokio::io::unix::AsyncFd<XskFd>, tx_stalled: bool) {
         let t = now();
+        let longest = if tx_stalled { TX_STALL_SLEEP } else { MAX_SLEEP };
         let timeout = match self.endpoint.poll_timeout() {
-            Some(at) => at.saturating_duration_since(t).min(MAX_SLEEP),
-            None => MAX_SLEEP,
+            Some(at) => at.saturating_duration_since(t).min(longest),
+            None => longest,
         };
         if timeout.is_zero() {
             return;
