@@ -292,9 +292,10 @@ impl XskSocket {
         self.pending_fill.drain(..n);
     }
 
-    /// Queue one frame for TX, written by `write` (returns its length, or `None` to skip).
-    /// Returns false when no TX frame is free (the caller keeps the segment for later).
-    pub fn send(&mut self, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+    /// Queue one frame for TX, written by `write` into a free frame buffer (returns the range of
+    /// the buffer that holds the frame, or `None` to skip). Returns false when no TX frame is
+    /// free (the caller keeps the segment for later).
+    pub fn send(&mut self, write: impl FnOnce(&mut [u8]) -> Option<std::ops::Range<usize>>) -> bool {
         if self.free_tx.is_empty() {
             self.reap_completions();
         }
@@ -310,8 +311,11 @@ impl XskSocket {
             )
         };
         match write(buf) {
-            Some(len) if len <= FRAME_SIZE as usize => {
-                self.pending_tx.push(XdpDesc { addr, len: len as u32, options: 0 });
+            // A descriptor may start anywhere in its chunk (aligned mode), its end inside it;
+            // the completion ring returns the address given here.
+            Some(frame) if frame.start < frame.end && frame.end <= FRAME_SIZE as usize => {
+                let len = (frame.end - frame.start) as u32;
+                self.pending_tx.push(XdpDesc { addr: addr + frame.start as u64, len, options: 0 });
                 if self.pending_tx.len() >= 64 {
                     self.flush();
                 }

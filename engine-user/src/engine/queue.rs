@@ -140,8 +140,6 @@ struct QueueDriver {
     ctx: QueueContext,
     endpoint: Endpoint,
     glue: Glue,
-    /// Where the endpoint writes each segment before it is framed into a TX buffer.
-    scratch: Vec<u8>,
     /// Frames other queues handed us, taken from our inbox (kept to reuse its allocation).
     handed: std::collections::VecDeque<Handed>,
     /// SYN-ACKs built in userspace (TIME_WAIT reuse), sent with the next transmit batch.
@@ -218,7 +216,6 @@ async fn serve_queue(
     let mut q = QueueDriver {
         endpoint: Endpoint::new(ctx.tcp.clone(), ctx.max_conns),
         glue: Glue::new(ctx.waker.clone(), ctx.stats.clone(), ctx.memory.clone()),
-        scratch: vec![0u8; crate::xsk::FRAME_SIZE as usize],
         handed: std::collections::VecDeque::new(),
         syn_acks: Vec::new(),
         consumed: 0,
@@ -658,12 +655,18 @@ impl QueueDriver {
             let hlen = wire::header_len(local.is_ipv6());
             let sent = xsk.send(|buf| {
                 let tcp_len = tcp::segment::write(&header, &[], buf.get_mut(hlen..)?).ok()?;
-                wire::finish(buf, &link, local, remote, tcp_len)
+                wire::finish(buf, &link, local, remote, tcp_len).map(|len| 0..len)
             });
             if sent {
                 bump(&self.ctx.stats.tx_segments);
             }
         }
+        // The core writes each segment straight into its TX frame, after room for the longest
+        // headers (Ethernet and IPv6); an IPv4 frame starts further in, where its shorter
+        // headers begin. A segment written elsewhere and copied in cost a copy of every byte
+        // sent.
+        let room = wire::header_len(true);
+        let (endpoint, glue, stats) = (&mut self.endpoint, &mut self.glue, &self.ctx.stats);
         loop {
             if xsk.tx_room() == 0 {
                 xsk.flush();
@@ -671,20 +674,24 @@ impl QueueDriver {
                     break;
                 }
             }
-            let scratch = &mut self.scratch;
-            let Some(out) = self.endpoint.poll_transmit(now, &mut scratch[..]) else { break };
-            let Some(link) = self.glue.link_for(&out) else { continue };
-            let hlen = wire::header_len(out.local.is_ipv6());
-            let tcp_len = out.len;
-            let sent = xsk.send(|buf| {
-                buf.get_mut(hlen..hlen + tcp_len)?.copy_from_slice(&scratch[..tcp_len]);
-                wire::finish_ecn(buf, &link, out.local, out.remote, tcp_len, out.ect)
-            });
-            if sent {
-                bump(&self.ctx.stats.tx_segments);
-                if scratch.get(FLAGS_OFFSET).is_some_and(|&f| tcp::Flags(f).rst()) {
-                    bump(&self.ctx.stats.resets_sent);
+            let mut drained = false;
+            xsk.send(|frame| {
+                let Some(out) = endpoint.poll_transmit(now, frame.get_mut(room..)?) else {
+                    drained = true;
+                    return None;
+                };
+                // No link: nothing to answer (see `Glue::link_for`); the segment is dropped.
+                let link = glue.link_for(&out)?;
+                let start = room - wire::header_len(out.local.is_ipv6());
+                let len = wire::finish_ecn(&mut frame[start..], &link, out.local, out.remote, out.len, out.ect)?;
+                bump(&stats.tx_segments);
+                if frame.get(room + FLAGS_OFFSET).is_some_and(|&f| tcp::Flags(f).rst()) {
+                    bump(&stats.resets_sent);
                 }
+                Some(start..start + len)
+            });
+            if drained {
+                break;
             }
         }
         xsk.flush();
