@@ -171,7 +171,10 @@ fn real_main() -> anyhow::Result<()> {
                 return Ok(());
             }
             require_root("cargo xtask bench")?;
-            let bin = build_synx()?;
+            let bin = match &args.synx_bin {
+                Some(bin) => bin.clone(),
+                None => build_synx()?,
+            };
             bench::bench(args, &bin)
         }
         Task::BenchReport(args) => bench::bench_report(args),

@@ -129,13 +129,17 @@ const TRIM_AFTER: usize = 256;
 /// The longest sleep: stop requests and conns queries are noticed within it.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
+/// How long the loop keeps coming back, without sleeping, to a TX ring whose frames the device
+/// does not take (see [`XskSocket::tx_stalled`]); after that it sleeps at most
+/// [`TX_STALL_SLEEP`] between tries.
+const TX_STALL_SPIN: Duration = Duration::from_millis(10);
+const TX_STALL_SLEEP: Duration = Duration::from_millis(1);
+
 /// One RX queue's driver: the I/O around its endpoint and glue.
 struct QueueDriver {
     ctx: QueueContext,
     endpoint: Endpoint,
     glue: Glue,
-    /// Where the endpoint writes each segment before it is framed into a TX buffer.
-    scratch: Vec<u8>,
     /// Frames other queues handed us, taken from our inbox (kept to reuse its allocation).
     handed: std::collections::VecDeque<Handed>,
     /// SYN-ACKs built in userspace (TIME_WAIT reuse), sent with the next transmit batch.
@@ -206,13 +210,12 @@ async fn serve_queue(
     let xsk_ready = unsafe { tokio::io::unix::AsyncFd::register_with_interest(XskFd(xsk.fd()), tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)?;
     ctx.flows.register_xsk(ctx.queue, xsk.fd())?;
-    tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), "AF_XDP socket bound");
+    tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), tx_budget = xsk.tx_budget(), "AF_XDP socket bound");
     let mut ctx = ctx;
     let imports = std::mem::take(&mut ctx.imports);
     let mut q = QueueDriver {
         endpoint: Endpoint::new(ctx.tcp.clone(), ctx.max_conns),
         glue: Glue::new(ctx.waker.clone(), ctx.stats.clone(), ctx.memory.clone()),
-        scratch: vec![0u8; crate::xsk::FRAME_SIZE as usize],
         handed: std::collections::VecDeque::new(),
         syn_acks: Vec::new(),
         consumed: 0,
@@ -234,6 +237,8 @@ async fn serve_queue(
     let _ = ready.send(Ok(q.ctx.queue));
     let mut last_work = now();
     let mut stop_checked = Instant::from_nanos(0);
+    // Frames the kernel had sent when the TX ring was last seen stalled, and since when.
+    let (mut tx_seen, mut tx_stall_since) = (0, Instant::from_nanos(0));
     loop {
         if q.ctx.stop.load(Ordering::Relaxed) {
             let t = now();
@@ -290,7 +295,21 @@ async fn serve_queue(
             tokio::task::yield_now().await;
             continue;
         }
-        q.sleep(&xsk_ready).await;
+        if xsk.tx_stalled() {
+            // The device pushed back with frames left in the TX ring, and nothing wakes us
+            // when it drains: come back after the others had the CPU, for as long as the
+            // transmit keeps moving (a device stopped for good must not hold the CPU).
+            let moved = xsk.stats.tx_completed != tx_seen;
+            if moved || t.saturating_duration_since(tx_stall_since) < TX_STALL_SPIN {
+                if moved {
+                    (tx_seen, tx_stall_since) = (xsk.stats.tx_completed, t);
+                }
+                std::thread::yield_now();
+                tokio::task::yield_now().await;
+                continue;
+            }
+        }
+        q.sleep(&xsk_ready, xsk.tx_stalled()).await;
     }
 }
 
@@ -637,12 +656,18 @@ impl QueueDriver {
             let hlen = wire::header_len(local.is_ipv6());
             let sent = xsk.send(|buf| {
                 let tcp_len = tcp::segment::write(&header, &[], buf.get_mut(hlen..)?).ok()?;
-                wire::finish(buf, &link, local, remote, tcp_len)
+                wire::finish(buf, &link, local, remote, tcp_len).map(|len| 0..len)
             });
             if sent {
                 bump(&self.ctx.stats.tx_segments);
             }
         }
+        // The core writes each segment straight into its TX frame, after room for the longest
+        // headers (Ethernet and IPv6); an IPv4 frame starts further in, where its shorter
+        // headers begin. A segment written elsewhere and copied in cost a copy of every byte
+        // sent.
+        let room = wire::header_len(true);
+        let (endpoint, glue, stats) = (&mut self.endpoint, &mut self.glue, &self.ctx.stats);
         loop {
             if xsk.tx_room() == 0 {
                 xsk.flush();
@@ -650,20 +675,24 @@ impl QueueDriver {
                     break;
                 }
             }
-            let scratch = &mut self.scratch;
-            let Some(out) = self.endpoint.poll_transmit(now, &mut scratch[..]) else { break };
-            let Some(link) = self.glue.link_for(&out) else { continue };
-            let hlen = wire::header_len(out.local.is_ipv6());
-            let tcp_len = out.len;
-            let sent = xsk.send(|buf| {
-                buf.get_mut(hlen..hlen + tcp_len)?.copy_from_slice(&scratch[..tcp_len]);
-                wire::finish_ecn(buf, &link, out.local, out.remote, tcp_len, out.ect)
-            });
-            if sent {
-                bump(&self.ctx.stats.tx_segments);
-                if scratch.get(FLAGS_OFFSET).is_some_and(|&f| tcp::Flags(f).rst()) {
-                    bump(&self.ctx.stats.resets_sent);
+            let mut drained = false;
+            xsk.send(|frame| {
+                let Some(out) = endpoint.poll_transmit(now, frame.get_mut(room..)?) else {
+                    drained = true;
+                    return None;
+                };
+                // No link: nothing to answer (see `Glue::link_for`); the segment is dropped.
+                let link = glue.link_for(&out)?;
+                let start = room - wire::header_len(out.local.is_ipv6());
+                let len = wire::finish_ecn(&mut frame[start..], &link, out.local, out.remote, out.len, out.ect)?;
+                bump(&stats.tx_segments);
+                if frame.get(room + FLAGS_OFFSET).is_some_and(|&f| tcp::Flags(f).rst()) {
+                    bump(&stats.resets_sent);
                 }
+                Some(start..start + len)
+            });
+            if drained {
+                break;
             }
         }
         xsk.flush();
@@ -694,12 +723,14 @@ impl QueueDriver {
     }
 
     /// Sleep until a frame arrives, an app pokes us, or the next timer is due (at most
-    /// [`MAX_SLEEP`]). This thread's apps run meanwhile.
-    async fn sleep(&mut self, xsk: &tokio::io::unix::AsyncFd<XskFd>) {
+    /// [`MAX_SLEEP`], or [`TX_STALL_SLEEP`] with frames waiting in the TX ring). This thread's
+    /// apps run meanwhile.
+    async fn sleep(&mut self, xsk: &tokio::io::unix::AsyncFd<XskFd>, tx_stalled: bool) {
         let t = now();
+        let longest = if tx_stalled { TX_STALL_SLEEP } else { MAX_SLEEP };
         let timeout = match self.endpoint.poll_timeout() {
-            Some(at) => at.saturating_duration_since(t).min(MAX_SLEEP),
-            None => MAX_SLEEP,
+            Some(at) => at.saturating_duration_since(t).min(longest),
+            None => longest,
         };
         if timeout.is_zero() {
             return;

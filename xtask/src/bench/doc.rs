@@ -85,7 +85,7 @@ pub fn markdown(r: &Report) -> String {
     }
     if let Some(rigs) = m["rigs"].as_array() {
         let _ = writeln!(out, "\nDevices and offloads (`ethtool -k`, in full in the JSON), per side:\n");
-        let _ = writeln!(out, "| rig | side | device | XDP | tso | gso | gro | tx csum | NAPI threaded, on CPU | RPS CPUs |\n|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "| rig | side | device | XDP | tso | gso | gro | tx csum | NAPI threaded, on CPU | RPS CPUs | qdisc |\n|---|---|---|---|---|---|---|---|---|---|---|");
         for rig in rigs {
             for side in ["synx", "kernel"] {
                 if let Some(devs) = rig["pairs"][side]["devices"].as_array() {
@@ -93,7 +93,7 @@ pub fn markdown(r: &Report) -> String {
                         let f = |k: &str| d["features"][k].as_str().unwrap_or("?").to_string();
                         let _ = writeln!(
                             out,
-                            "| {} | {side} | {} ({}) | {} | {} | {} | {} | {} | {} | {} |",
+                            "| {} | {side} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} |",
                             rig["name"].as_str().unwrap_or("?"),
                             d["role"].as_str().unwrap_or("?"),
                             d["name"].as_str().unwrap_or("?"),
@@ -104,6 +104,9 @@ pub fn markdown(r: &Report) -> String {
                             f("tx-checksumming"),
                             d["napi"].as_str().unwrap_or("?"),
                             d["rps_cpus"].as_str().unwrap_or("?"),
+                            // The root qdisc's kind ("qdisc pfifo_fast 8001: root ..."); runs
+                            // from before it was recorded say "?".
+                            d["qdisc"].as_str().and_then(|q| q.split_whitespace().nth(1)).unwrap_or("?"),
                         );
                     }
                 }

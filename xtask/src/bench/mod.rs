@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// CPUs after the server's.
     #[arg(long, value_delimiter = ',')]
     client_cpus: Vec<usize>,
+    /// Bench this `synx` binary instead of the one built from the tree (to compare two builds
+    /// in one sitting, e.g. a copy of main's).
+    #[arg(long)]
+    pub synx_bin: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -201,7 +205,8 @@ impl Ctx {
             format!(
                 "`{}` (defaults otherwise: apps on the engine threads, echo/discard/http in turns), every thread pinned to CPU {}; \
                  its veth pair has synx's XDP program (native) on the server end and, on the client end, the bench's sink \
-                 (passes everything but frames to the flood's sources; native XDP_TX on veth needs a program there); \
+                 (passes everything but frames to the flood's sources; native XDP_TX on veth needs a program there), GRO on; \
+                 both ends with a pfifo_fast qdisc (a full ring then stops the queue, as a NIC's does, instead of dropping); \
                  the server veth's NAPI runs threaded at SCHED_FIFO on CPU {}, the client's on CPU {}",
                 rig.synx_command.join(" "),
                 Cpus::list(&c.server),
@@ -215,11 +220,14 @@ impl Ctx {
                 "`{}`: the same apps (same HTTP parser and bytes) over kernel TCP; one thread per server CPU pinned there, each with \
                  its own epoll and SO_REUSEPORT listener per port, edge-triggered, an idle connection holding its socket and a \
                  16-byte slot; TCP_NODELAY (and keepalive, where a row sets it) inherited from the listener; backlog 65535. \
-                 Its veth pair has no XDP program and the default offloads (TSO, GSO, checksums on), GRO on the server end; \
-                 client segments reach the server CPU through RPS, flood frames through the server veth's NAPI, threaded at SCHED_FIFO on CPU {}. \
+                 Its veth pair has no XDP program and the default offloads (TSO, GSO, checksums on), GRO on both ends \
+                 (the client's as on synx's pair), both ends with a pfifo_fast qdisc as on synx's pair; \
+                 client segments reach the server CPU through RPS, flood frames through the server veth's NAPI, threaded at SCHED_FIFO on CPU {}, \
+                 the client veth's NAPI on CPU {}. \
                  Sysctls default, but tcp_syncookies=2 in the SYN-flood rows only and somaxconn/tcp_max_syn_backlog 65535",
                 rig.kernel.as_ref().map(|k| k.command.join(" ")).unwrap_or_default(),
-                Cpus::list(&c.server)
+                Cpus::list(&c.server),
+                Cpus::list(&c.client)
             ),
         );
         self.keep_rig_description(rig);
@@ -266,6 +274,10 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
         rigs: vec![],
     };
     ctx.report.meta["plan"] = serde_json::json!(format!("{:?}", ctx.plan));
+    if args.synx_bin.is_some() {
+        // Not necessarily built from the commit recorded above.
+        ctx.report.meta["synx_bin"] = serde_json::json!(synx_bin.display().to_string());
+    }
     for g in rows::GROUPS.iter().filter(|g| want(g.name)) {
         println!("bench: {} ({})", g.name, g.about);
         let before = ctx.report.rows.len();

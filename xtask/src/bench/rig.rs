@@ -150,6 +150,24 @@ fn steer_rps(ns: &Netns, dev: &str, cpus: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Give `dev` the transmit qdisc a NIC's queues get on this machine (net.core.default_qdisc,
+/// pfifo_fast; under mq with several queues) in place of veth's noqueue. A NIC whose ring is
+/// full stops its queue and the qdisc holds the packets (TX_BUSY, BQL); veth does the same only
+/// when a qdisc is attached (drivers/net/veth.c, Linux 6.16+) and drops otherwise. AF_XDP's
+/// copy-mode transmit goes to the driver directly, past the qdisc, but then sees the full ring
+/// as EAGAIN and keeps its frames instead of losing them: without this, responses from a
+/// thousand HTTP connections overflowed the client veth's 256-frame ring, and the ones veth
+/// dropped waited for a retransmission timeout (p99 145 ms at c1000).
+fn attach_qdisc(ns: &Netns, dev: &str, queues: u32) -> anyhow::Result<()> {
+    if queues > 1 {
+        // mq's children are the default qdisc.
+        ns.exec("tc", &["qdisc", "replace", "dev", dev, "root", "handle", "1:", "mq"])?;
+    } else {
+        ns.exec("tc", &["qdisc", "replace", "dev", dev, "root", "pfifo_fast"])?;
+    }
+    Ok(())
+}
+
 /// `ethtool -k DEV` as feature -> "on"/"off" (the "[fixed]" marks dropped).
 pub fn features(ns: &Netns, dev: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let text = ns.exec("ethtool", &["-k", dev])?;
@@ -174,6 +192,7 @@ pub(super) fn describe_device(ns: &Netns, role: &str, dev: &str, xdp: &str, napi
         "channels": ns.exec("ethtool", &["-l", dev]).unwrap_or_default(),
         "napi": napi,
         "rps_cpus": rps.trim(),
+        "qdisc": ns.exec("tc", &["qdisc", "show", "dev", dev]).unwrap_or_default().trim(),
         "link": ns.ip(&["-d", "link", "show", "dev", dev]).unwrap_or_default(),
     })
 }
@@ -251,6 +270,15 @@ impl Rig {
         // pinned like synx's. Client skbs with TSO on still arrive through RPS (below).
         kernel_net.server.exec("ethtool", &["-K", &kernel_net.server_if, "gro", "on"])?;
         for net in [&synx_net, &kernel_net] {
+            // GRO on both client ends, as a NIC driver has it by default: synx can only send
+            // MTU-sized frames (copy-mode AF_XDP has no TSO), which a client without GRO takes
+            // up its stack one by one, while the kernel's segments arrive at its client as the
+            // 64 KB GSO skbs they left as. The kernel's client end gets the same, though veth
+            // still hands it a TSO sender's skbs through the backlog (RPS) rather than NAPI.
+            net.client.exec("ethtool", &["-K", &net.client_if, "gro", "on"])?;
+            for (ns, dev) in [(&net.server, &net.server_if), (&net.client, &net.client_if)] {
+                attach_qdisc(ns, dev, o.queues)?;
+            }
             for block in [FLOOD_NET, IDLE_NET] {
                 net.server.ip(&["route", "add", &format!("{block}/24"), "via", &net.client_v4.to_string()])?;
             }
@@ -307,8 +335,10 @@ impl Rig {
             }
         }
         let mut napi = BTreeMap::new();
-        let pinned = thread_napi(&kernel_net.server, &kernel_net.server_if, &o.cpus.server)?;
-        napi.insert(kernel_net.server_if.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(&o.cpus.server)));
+        for (ns, dev, cpus) in [(&kernel_net.server, &kernel_net.server_if, &o.cpus.server), (&kernel_net.client, &kernel_net.client_if, &o.cpus.client)] {
+            let pinned = thread_napi(ns, dev, cpus)?;
+            napi.insert(dev.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(cpus)));
+        }
         let kernel = KernelServer::start(&kernel_net.server, tools, &listen_specs(kernel_net.server_v4), &o.cpus.server, &o.kernel)
             .map_err(|e| format!("the kernel peer did not start: {e:#}"));
         let mut rig = Self {
@@ -367,9 +397,8 @@ impl Rig {
     pub fn kernel_sink(&mut self, on: bool) -> anyhow::Result<()> {
         if !on {
             self.kernel_sink = None;
-            // Its NAPI (and thread) went with the program.
-            self.napi.remove(&self.kernel_net.client_if);
-            return Ok(());
+            // GRO keeps a NAPI on that end without the program: thread and pin it afresh.
+            return self.rethread_kernel_napi(true);
         }
         let net = &self.kernel_net;
         self.kernel_sink = Some(Sink::attach(&net.client, &self.tools, &net.client_if, FLOOD_NET, 24)?);
