@@ -29,6 +29,28 @@ fn grown(data: u32) -> Connection {
     c
 }
 
+/// With timestamps a segment carries 1448 bytes.
+const TS_SEG: u32 = MSS - 12;
+
+/// A SACK and timestamps sender, unpaced, whose TSval is 1000 at 0 ms.
+fn ts_sender() -> Connection {
+    let f = HandshakeFacts { flags: FACT_SACK | FACT_TS, ts_recent: 100, ts_offset: 1000, ..facts() };
+    let mut ack = peer(0, 0);
+    ack.options.timestamps = Some((100, 0));
+    accept_with(Config { nagle: false, pacing: false, ..config() }, f, &ack, &[])
+}
+
+/// An ACK of `acked` segments of [`TS_SEG`] SACKing segments `sacked.0` to `sacked.1` (none
+/// when that is empty), with TSval `val` and TSecr `ecr`.
+fn ts_ack(acked: u32, sacked: (u32, u32), val: u32, ecr: u32) -> Header {
+    let mut h = peer(0, acked * TS_SEG);
+    if sacked.1 > sacked.0 {
+        h.options.sack.push(SeqNum(ISS + 1 + sacked.0 * TS_SEG), SeqNum(ISS + 1 + sacked.1 * TS_SEG));
+    }
+    h.options.timestamps = Some((val, ecr));
+    h
+}
+
 #[test]
 fn rack_waits_a_quarter_min_rtt_once_the_path_reorders() {
     // RFC 8985 6.2 step 4: while no reordering was seen, DupThresh SACKed segments leave no
@@ -175,32 +197,19 @@ fn a_recovery_that_ends_before_its_retransmission_left_is_undone() {
 fn timestamps_undo_a_spurious_fast_retransmit_without_waiting_for_a_dsack() {
     // RFC 3522 (Linux's tcp_packet_delayed): the ACK that ends recovery echoes a timestamp
     // older than the first retransmission, so it was sent for an original: undo at once.
-    // With timestamps a segment carries 1448 bytes.
-    const SEG: u32 = MSS - 12;
-    let f = HandshakeFacts { flags: FACT_SACK | FACT_TS, ts_recent: 100, ts_offset: 1000, ..facts() };
-    let mut ack = peer(0, 0);
-    ack.options.timestamps = Some((100, 0));
-    let mut c = accept_with(Config { nagle: false, pacing: false, ..config() }, f, &ack, &[]);
-    let ack = |acked: u32, sacked_to: u32, val: u32, ecr: u32| {
-        let mut h = peer(0, acked * SEG);
-        if sacked_to > 0 {
-            h.options.sack.push(SeqNum(ISS + 1 + SEG), SeqNum(ISS + 1 + sacked_to * SEG));
-        }
-        h.options.timestamps = Some((val, ecr));
-        h
-    };
-    c.send(&vec![1u8; (14 * SEG) as usize]);
+    let mut c = ts_sender();
+    c.send(&vec![1u8; (14 * TS_SEG) as usize]);
     assert_eq!(out(&mut c, ms(0)).len(), 10);
     // Segment 0 (TSval 1000) is late; 1, 2, 3 SACKed, echoing its TSval (TS.Recent stays).
     for (to, t) in [(2, 10), (3, 11), (4, 12)] {
-        c.handle(ms(t), &ack(0, to, 101, 1000), &[]);
+        c.handle(ms(t), &ts_ack(0, (1, to), 101, 1000), &[]);
     }
     let resent = out(&mut c, ms(12));
     assert_eq!(resent.iter().map(|(h, _)| h.seq).collect::<Vec<_>>(), [SeqNum(ISS + 1)], "fast retransmit");
     assert_eq!(resent[0].0.options.timestamps.map(|t| t.0), Some(1012));
     assert!(c.info().ssthresh < u32::MAX);
     // The original arrives: the ACK echoes its TSval 1000, older than 1012.
-    c.handle(ms(13), &ack(4, 0, 102, 1000), &[]);
+    c.handle(ms(13), &ts_ack(4, (0, 0), 102, 1000), &[]);
     assert_eq!(c.stats().undos, 1);
     assert_eq!(c.info().ssthresh, u32::MAX);
 }
@@ -345,20 +354,9 @@ fn a_hole_its_late_original_filled_shows_the_path_reorders() {
     // tcp_try_undo_partial, which checks reordering there), though RFC 8985 6.2 step 3 cannot
     // see it in a retransmitted segment and the DSACK comes a round trip later. The next
     // late segment waits out RACK's reordering window instead of being resent.
-    const SEG: u32 = MSS - 12;
-    let f = HandshakeFacts { flags: FACT_SACK | FACT_TS, ts_recent: 100, ts_offset: 1000, ..facts() };
-    let mut ack = peer(0, 0);
-    ack.options.timestamps = Some((100, 0));
-    let mut c = accept_with(Config { nagle: false, pacing: false, ..config() }, f, &ack, &[]);
-    let ack = |acked: u32, sacked: (u32, u32), ecr: u32| {
-        let mut h = peer(0, acked * SEG);
-        if sacked.1 > 0 {
-            h.options.sack.push(SeqNum(ISS + 1 + sacked.0 * SEG), SeqNum(ISS + 1 + sacked.1 * SEG));
-        }
-        h.options.timestamps = Some((101, ecr));
-        h
-    };
-    c.send(&vec![1u8; (20 * SEG) as usize]);
+    let mut c = ts_sender();
+    let ack = |acked: u32, sacked: (u32, u32), ecr: u32| ts_ack(acked, sacked, 101, ecr);
+    c.send(&vec![1u8; (20 * TS_SEG) as usize]);
     assert_eq!(out(&mut c, ms(0)).len(), 10);
     // Segment 0 is late: 1 to 3 SACKed, the third leaves no reordering window (none seen).
     for (to, t) in [(2, 10), (3, 10), (4, 10)] {
@@ -376,7 +374,7 @@ fn a_hole_its_late_original_filled_shows_the_path_reorders() {
         c.handle(ms(t), &ack(4, (5, to), 1000), &[]);
     }
     let sent = out(&mut c, ms(12));
-    assert!(sent.iter().all(|(h, _)| h.seq != SeqNum(ISS + 1 + 4 * SEG)), "segment 4 not resent");
+    assert!(sent.iter().all(|(h, _)| h.seq != SeqNum(ISS + 1 + 4 * TS_SEG)), "segment 4 not resent");
     c.handle(ms(13), &ack(8, (0, 0), 1000), &[]);
     assert_eq!((c.stats().fast_recoveries, c.stats().retransmits), (1, 1));
 }
