@@ -264,7 +264,9 @@ pub fn check(keys: &Keys, t: &Tuple, client_isn: u32, cookie: u32, now_ns: u64) 
     let idx = (cookie >> 28) & 3;
     // The minting period: the latest one not after `hi` whose low 2 bits match.
     let p = hi.wrapping_sub(hi.wrapping_sub(low) & 3);
-    if now.wrapping_sub(p) as i32 > MAX_AGE as i32 {
+    // In the clock's first periods that latest one would wrap to before period 0, which minted
+    // nothing (the wrapped period's secret may still be published).
+    if p > hi || now.wrapping_sub(p) as i32 > MAX_AGE as i32 {
         return None;
     }
     let h = hash(keys.of(p)?, t, client_isn, p, idx);
@@ -369,6 +371,21 @@ mod tests {
 
     fn tuple() -> Tuple {
         Tuple::v4([198, 18, 0, 2], [198, 18, 0, 1], 40000, 80)
+    }
+
+    #[test]
+    fn no_cookie_claims_a_period_before_the_first() {
+        // At the shared clock's start a cookie naming period bits 3 would be period u32::MAX
+        // (wrapped); its secret is even published (keys[1] of newest 0), and a cookie minted
+        // under it is still refused.
+        let keys = Keys { newest: 0, keys: [K, OLD, NEXT] };
+        assert_eq!(keys.of(u32::MAX), Some(&OLD));
+        let h = hash(&OLD, &tuple(), 5, u32::MAX, 3);
+        let cookie = (3 << 30) | (3 << 28) | (h as u32 & MAC_MASK);
+        assert_eq!(check(&keys, &tuple(), 5, cookie, 0), None);
+        // Period 0's own cookies pass.
+        let m = make(&K, &tuple(), 5, 0, 1460);
+        assert!(check(&keys, &tuple(), 5, m.isn, 0).is_some());
     }
 
     fn reference_siphash13(key: &Key, bytes: &[u8]) -> u64 {

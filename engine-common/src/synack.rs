@@ -55,6 +55,25 @@ pub struct Ours {
     pub ecn: bool,
 }
 
+/// IPv6's header is 20 bytes longer than IPv4's (RFC 8200 3 vs RFC 791 3.1).
+const IPV6_EXTRA: u16 = 20;
+
+impl Ours {
+    /// What we announce to a client of this family, `mss` being our IPv4 MSS (the link MTU less
+    /// 40 bytes of IPv4 and TCP headers, RFC 9293 3.7.1, as Linux's tcp_mtu_to_mss): an IPv6
+    /// client is offered 20 bytes less, never below IPv6's minimum (1280-byte MTU, RFC 8200 5).
+    #[inline(always)]
+    pub fn for_family(&self, v6: bool) -> Ours {
+        let mss = if v6 {
+            let m = self.mss.saturating_sub(IPV6_EXTRA);
+            if m < default_mss(true) { default_mss(true) } else { m }
+        } else {
+            self.mss
+        };
+        Ours { mss, ..*self }
+    }
+}
+
 /// Our SYN-ACK to a [`Syn`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SynAck {
@@ -302,6 +321,15 @@ mod tests {
                 assert!(!facts.has(FACT_ECN), "{what}");
             }
         }
+    }
+
+    #[test]
+    fn an_ipv6_client_is_offered_20_bytes_less_never_below_the_ipv6_minimum() {
+        let ours = Ours { mss: 1460, ..OURS };
+        assert_eq!(ours.for_family(false), ours);
+        assert_eq!(ours.for_family(true), Ours { mss: 1440, ..ours });
+        assert_eq!(Ours { mss: 1230, ..OURS }.for_family(true).mss, 1220);
+        assert_eq!(Ours { mss: 536, ..OURS }.for_family(false).mss, 536);
     }
 
     #[test]

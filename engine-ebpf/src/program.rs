@@ -271,7 +271,7 @@ fn syn_ack<C: Cookies>(ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now) ->
             }
         }
     };
-    let ours = Ours { mss: settings::mss(), wscale: settings::wscale(), ecn: settings::ecn() };
+    let ours = Ours { mss: settings::mss(), wscale: settings::wscale(), ecn: settings::ecn() }.for_family(seg.v6);
     let (isn, ts_offset) = match C::mint(ctx, seg, secrets, now, syn.cookie_mss(ours.mss)) {
         Ok(m) => m,
         Err(v) => return v,

@@ -25,7 +25,8 @@ static SYNX_PEER_SELF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static SYNX_FORWARD_PER_SEC: Global<u32> = Global::new(0);
 
-/// Our MSS, announced in SYN-ACKs (the smaller of it and the client's goes into the cookie).
+/// Our IPv4 MSS, announced in SYN-ACKs (IPv6: `Ours::for_family`; the smaller of it and the
+/// client's goes into the cookie).
 #[inline(always)]
 pub fn mss() -> u16 {
     SYNX_MSS.load()

@@ -65,7 +65,8 @@ pub const FORWARD_PER_SEC: u32 = 100_000;
 /// (`engine_common::maps::globals`), set as it loads, which the verifier reads as constants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct XdpSettings {
-    /// Our MSS, announced in SYN-ACKs.
+    /// Our IPv4 MSS, announced in SYN-ACKs; IPv6 clients are offered 20 bytes less
+    /// (`Ours::for_family`).
     pub mss: u16,
     /// The window-scale shift announced to clients that offer scaling.
     pub wscale: u8,
@@ -420,7 +421,7 @@ impl CookieChecker {
         let p = self.published();
         let now = p.shared_ns(tai_ns());
         let key = p.keys.of(cookie::period(now))?;
-        Some(synack::answer(key, &tuple, syn, now, &self.ours))
+        Some(synack::answer(key, &tuple, syn, now, &self.ours.for_family(local.is_ipv6())))
     }
 }
 

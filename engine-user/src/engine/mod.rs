@@ -126,14 +126,16 @@ pub fn rx_queues(iface: &str) -> u32 {
     n.max(1)
 }
 
-/// The MSS we announce: the interface MTU less IPv6 and TCP headers (so one value fits both
-/// families), at most 1460.
+/// Our IPv4 MSS: the interface MTU less IPv4 and TCP headers (RFC 9293 3.7.1), at most 1460
+/// (the largest a cookie keeps); IPv6 clients are offered 20 bytes less
+/// (`synack::Ours::for_family`), so their cookies, and the send MSS taken from them, stay
+/// within the link too.
 fn interface_mss(iface: &str) -> u16 {
     std::fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
-        .map(|mtu| mtu.saturating_sub(60).clamp(536, 1460) as u16)
-        .unwrap_or(1440)
+        .map(|mtu| mtu.saturating_sub(40).clamp(536, 1460) as u16)
+        .unwrap_or(1460)
 }
 
 /// What a process handing its connections over sends its successor (`synx run --takeover`).
