@@ -313,6 +313,7 @@ impl Recovery {
         // ACK also covers a retransmission (RFC 6298 3, Karn; as Linux's seq_rtt), min_RTT
         // from the newest.
         let (mut acked, mut oldest, mut newest, mut retransmission_acked) = (0u32, None, None, false);
+        let prior_fack = self.rack.fack();
         let (sent, rack) = (&mut self.sent, &mut self.rack);
         sent.ack(s.una, |seg| {
             acked += seg.len as u32;
@@ -448,7 +449,7 @@ impl Recovery {
         self.tlp_on_ack(s, dsack, una_advanced || sacked > 0, mss, stats);
         // HyStart's ACK train, on every ACK that delivered data (as Linux's bictcp_acked).
         if let (false, Some(sent), Some(min_rtt)) = (self.reducing(), newest, self.rack.min_rtt()) {
-            let train = self.ack_train.on_ack(now, sent, delivered);
+            let train = self.ack_train.on_ack(now, sent, delivered, self.rack.fack().gt(prior_fack));
             self.cc.on_ack_train(train, mss, min_rtt, config.pacing);
         }
         // The window: PRR while reducing, else slow start or congestion avoidance by what was

@@ -56,6 +56,11 @@ impl Rack {
         Self::unfold(&Folded { min_rtt_us: u32::MAX, reo_wnd_mult: 1, reo_wnd_persist: 0, reordering_seen: false }, una)
     }
 
+    /// RACK.fack: the highest sequence delivered.
+    pub fn fack(&self) -> SeqNum {
+        self.fack
+    }
+
     pub fn min_rtt(&self) -> Option<Duration> {
         (self.min_rtt_us != u32::MAX).then(|| Duration::from_micros(self.min_rtt_us as u64))
     }
