@@ -337,3 +337,46 @@ fn the_handshake_ack_times_the_first_probe_not_the_initial_rto() {
     assert_eq!(srtt, None);
     assert!(probe >= Duration::from_secs(1), "first probe after {probe:?}");
 }
+
+#[test]
+fn a_hole_its_late_original_filled_shows_the_path_reorders() {
+    // The original of a fast-retransmitted segment fills its hole (the partial ACK echoes its
+    // timestamp, older than the retransmission's): the path reorders (as Linux's
+    // tcp_try_undo_partial, which checks reordering there), though RFC 8985 6.2 step 3 cannot
+    // see it in a retransmitted segment and the DSACK comes a round trip later. The next
+    // late segment waits out RACK's reordering window instead of being resent.
+    const SEG: u32 = MSS - 12;
+    let f = HandshakeFacts { flags: FACT_SACK | FACT_TS, ts_recent: 100, ts_offset: 1000, ..facts() };
+    let mut ack = peer(0, 0);
+    ack.options.timestamps = Some((100, 0));
+    let mut c = accept_with(Config { nagle: false, pacing: false, ..config() }, f, &ack, &[]);
+    let ack = |acked: u32, sacked: (u32, u32), ecr: u32| {
+        let mut h = peer(0, acked * SEG);
+        if sacked.1 > 0 {
+            h.options.sack.push(SeqNum(ISS + 1 + sacked.0 * SEG), SeqNum(ISS + 1 + sacked.1 * SEG));
+        }
+        h.options.timestamps = Some((101, ecr));
+        h
+    };
+    c.send(&vec![1u8; (20 * SEG) as usize]);
+    assert_eq!(out(&mut c, ms(0)).len(), 10);
+    // Segment 0 is late: 1 to 3 SACKed, the third leaves no reordering window (none seen).
+    for (to, t) in [(2, 10), (3, 10), (4, 10)] {
+        c.handle(ms(t), &ack(0, (1, to), 1000), &[]);
+    }
+    let resent = out(&mut c, ms(10));
+    assert_eq!(resent[0].0.seq, SeqNum(ISS + 1), "fast retransmit");
+    assert_eq!(c.stats().fast_recoveries, 1);
+    // Segment 0's original arrives: the partial ACK echoes its TSval (1000 < 1010).
+    c.handle(ms(11), &ack(4, (0, 0), 1000), &[]);
+    assert_eq!(c.stats().undos, 1);
+    out(&mut c, ms(11));
+    // Segment 4 is late too: 5 to 7 SACKed 1 ms later. Not lost within min_RTT/4.
+    for (to, t) in [(6, 12), (7, 12), (8, 12)] {
+        c.handle(ms(t), &ack(4, (5, to), 1000), &[]);
+    }
+    let sent = out(&mut c, ms(12));
+    assert!(sent.iter().all(|(h, _)| h.seq != SeqNum(ISS + 1 + 4 * SEG)), "segment 4 not resent");
+    c.handle(ms(13), &ack(8, (0, 0), 1000), &[]);
+    assert_eq!((c.stats().fast_recoveries, c.stats().retransmits), (1, 1));
+}

@@ -90,10 +90,11 @@ impl Rack {
         }
     }
 
-    /// A DSACK arrived: something was delivered twice, most often a retransmission sent too
-    /// early for a segment that was only late; the path reorders (or delays) beyond what was
-    /// assumed, so the reordering window applies from now on.
-    pub fn on_dsack(&mut self) {
+    /// The path reorders (or delays) beyond what was assumed, so the reordering window applies
+    /// from now on: a DSACK arrived (something was delivered twice, most often a
+    /// retransmission sent too early for a segment that was only late), or timestamps showed
+    /// a retransmitted segment's hole filled by its late original.
+    pub fn on_reordering(&mut self) {
         self.reordering_seen = true;
     }
 
