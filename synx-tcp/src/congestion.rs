@@ -22,6 +22,10 @@ const C: f32 = 0.4;
 
 /// No CUBIC epoch running (`epoch_start`).
 const NO_EPOCH: Instant = Instant::MAX;
+/// While no W_max is known (no congestion event yet, or none since a timeout), the window
+/// grows by at least one segment per this many acknowledged (Linux's bictcp_update: 5% per
+/// round trip).
+const UNKNOWN_WMAX_MIN_GROWTH_SEGS: f32 = 20.0;
 
 /// RFC 9406 4.3 constants.
 const MIN_RTT_THRESH_US: u32 = 4_000;
@@ -121,8 +125,11 @@ pub struct Congestion {
     ssthresh: u32,
     /// Bytes acknowledged toward the next congestion-avoidance increase (RFC 5681 3.1).
     bytes_acked: u32,
-    // CUBIC state, in segments.
+    // CUBIC state, in segments. `w_max` is the curve's plateau in the current epoch (at
+    // least the window the epoch began with); `w_max_known`: a congestion event set it (Linux's
+    // last_max_cwnd != 0), which a timeout forgets (RFC 9438 4.8).
     w_max: f32,
+    w_max_known: bool,
     w_est: f32,
     k: f32,
     /// Start of the congestion-avoidance epoch (RFC 9438 4.2), or `NO_EPOCH`.
@@ -147,6 +154,7 @@ impl Congestion {
             ssthresh: u32::MAX,
             bytes_acked: 0,
             w_max: 0.0,
+            w_max_known: false,
             w_est: 0.0,
             k: 0.0,
             epoch_start: NO_EPOCH,
@@ -302,12 +310,18 @@ impl Congestion {
         let alpha = 3.0 * (1.0 - BETA) / (1.0 + BETA);
         self.w_est += alpha * (acked as f32 / mssf) / cwnd_seg;
         let target = w_cubic(t + rtt).clamp(cwnd_seg, 1.5 * cwnd_seg);
+        // No congestion event to aim at (slow start ended by HyStart, or the first epoch after
+        // a timeout): as Linux's bictcp_update, at least 5% per round trip in either region,
+        // where the convex curve from K = 0 adds 0.4 segments in its first second and leaves
+        // the window behind flows that saw a loss.
+        let floor = if self.w_max_known { 0.0 } else { 1.0 / UNKNOWN_WMAX_MIN_GROWTH_SEGS };
+        let acked_seg = acked as f32 / mssf;
         let next = if w_cubic(t) < self.w_est {
             // RFC 9438 4.3: Reno-friendly region.
-            self.w_est.max(cwnd_seg)
+            self.w_est.max(cwnd_seg + floor * acked_seg)
         } else {
             // RFC 9438 4.4/4.5: concave/convex region.
-            cwnd_seg + (target - cwnd_seg) / cwnd_seg * (acked as f32 / mssf)
+            cwnd_seg + ((target - cwnd_seg) / cwnd_seg).max(floor) * acked_seg
         };
         let next = (next * mssf) as u32;
         self.cwnd = next.clamp(self.cwnd, self.cwnd.saturating_add(acked.max(mss)));
@@ -354,6 +368,7 @@ impl Congestion {
                 let cwnd_seg = self.cwnd as f32 / mss as f32;
                 // RFC 9438 4.7: fast convergence.
                 self.w_max = if cwnd_seg < self.w_max { cwnd_seg * (1.0 + BETA) / 2.0 } else { cwnd_seg };
+                self.w_max_known = true;
                 self.ssthresh = ((self.cwnd as f32 * BETA) as u32).max(2 * mss);
                 self.epoch_start = NO_EPOCH;
             }
@@ -368,6 +383,13 @@ impl Congestion {
     pub fn on_timeout(&mut self, flight: u32, mss: u32, reduce: bool) {
         if reduce {
             self.on_loss(flight, mss);
+        }
+        if self.algorithm == CongestionAlgorithm::Cubic {
+            // RFC 9438 4.8: the first congestion avoidance after a timeout starts from K = 0,
+            // W_max the window it begins with (as Linux's bictcp_reset on entering Loss).
+            self.w_max = 0.0;
+            self.w_max_known = false;
+            self.epoch_start = NO_EPOCH;
         }
         self.cwnd = mss;
     }
@@ -562,6 +584,67 @@ mod tests {
         for i in 40..50 {
             assert_eq!(ack(i).length, ms(i - 40));
         }
+    }
+
+    /// Congestion avoidance for `rounds` round trips of `rtt`, each acknowledging the window
+    /// 2 segments (of 1000 bytes) per ACK, spread over the round; returns the window after.
+    fn avoidance_rounds(c: &mut Congestion, now: &mut Instant, rounds: u32, rtt: Duration) -> u32 {
+        for _ in 0..rounds {
+            let acks = (c.cwnd / 2000).max(1);
+            for _ in 0..acks {
+                *now = *now + rtt / acks;
+                c.on_ack(*now, 2000, 1000, Some(rtt), None);
+            }
+        }
+        c.cwnd
+    }
+
+    #[test]
+    fn with_no_wmax_known_cubic_grows_at_least_5_percent_per_round_trip() {
+        // Slow start ended without a loss (HyStart) at 100 segments: no W_max to aim at, and
+        // the convex curve from K = 0 adds C t^3 (0.03 segments in 0.4 s). As Linux's
+        // bictcp_update (cnt at most 20 while last_max_cwnd is 0): at least 1 segment per 20
+        // acknowledged, 5% a round trip.
+        let rtt = Duration::from_millis(40);
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 100);
+        c.ssthresh = c.cwnd;
+        let mut now = Instant::ZERO + Duration::from_secs(1);
+        let cwnd = avoidance_rounds(&mut c, &mut now, 10, rtt);
+        assert!((160_000..=163_000).contains(&cwnd), "1.05^10 = 1.63: {cwnd}");
+        // After a congestion event W_max is known: CUBIC's concave approach to it, which
+        // starts slower (RFC 9438 4.4).
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 100);
+        c.begin_reduction(100_000, 1000);
+        c.end_reduction();
+        let cwnd = avoidance_rounds(&mut c, &mut now, 10, rtt);
+        assert!((70_000..80_000).contains(&cwnd), "{cwnd}");
+    }
+
+    #[test]
+    fn after_a_timeout_cubic_begins_its_next_epoch_at_k_zero() {
+        // RFC 9438 4.8: ssthresh from beta as for any loss, but the first congestion
+        // avoidance after the timeout starts with K = 0 and W_max the window it begins with,
+        // not the W_max before the timeout (as Linux's bictcp_reset on entering Loss).
+        let rtt = Duration::from_millis(40);
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 100);
+        c.on_timeout(100_000, 1000, true);
+        assert_eq!((c.cwnd, c.ssthresh), (1000, 70_000));
+        let mut now = Instant::ZERO + Duration::from_secs(1);
+        while c.in_slow_start() {
+            now = now + Duration::from_millis(1);
+            c.on_ack(now, 1000, 1000, Some(rtt), None);
+        }
+        c.on_ack(now, 1000, 1000, Some(rtt), None);
+        assert_eq!(c.k, 0.0);
+        assert_eq!(c.w_max, 70.0);
+        // With no W_max known, about 5% a round trip from there (1.05^4 = 1.216; whole ACKs
+        // of 2 segments per round trip lose a little).
+        let cwnd = avoidance_rounds(&mut c, &mut now, 4, rtt);
+        assert!(cwnd >= 70_000 * 12 / 10, "{cwnd}");
+        // The next loss sets W_max again: back to the concave approach after it.
+        c.begin_reduction(c.cwnd, 1000);
+        c.end_reduction();
+        assert!(c.w_max_known);
     }
 
     #[test]
