@@ -129,6 +129,9 @@ pub struct Congestion {
     // least the window the epoch began with); `w_max_known`: a congestion event set it (Linux's
     // last_max_cwnd != 0), which a timeout forgets (RFC 9438 4.8).
     w_max: f32,
+    // A connection handed over by a synx without this field arrives with none known: its
+    // window grows at least as Linux's with no W_max until its next congestion event.
+    #[serde(default)]
     w_max_known: bool,
     w_est: f32,
     k: f32,
@@ -597,6 +600,19 @@ mod tests {
             }
         }
         c.cwnd
+    }
+
+    #[test]
+    fn a_congestion_state_handed_over_without_wmax_known_arrives_with_none_known() {
+        // The folded form of a synx from before `w_max_known` (takeover by a newer binary).
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 100);
+        c.begin_reduction(100_000, 1000);
+        let mut v = serde_json::to_value(c).unwrap();
+        assert_eq!(v["w_max_known"], true);
+        v.as_object_mut().unwrap().remove("w_max_known");
+        let back: Congestion = serde_json::from_value(v).unwrap();
+        assert!(!back.w_max_known);
+        assert_eq!((back.cwnd, back.ssthresh), (c.cwnd, c.ssthresh));
     }
 
     #[test]
