@@ -331,6 +331,12 @@ fn one_engine_per_rx_queue_serves_the_flows_of_each() {
     // 64 flows hashed over two queues: both get some (all on one: odds 2^-63).
     assert!(on_queue(0) > 0 && on_queue(1) > 0, "queue 0: {}, queue 1: {}", on_queue(0), on_queue(1));
     assert_eq!(on_queue(0) + on_queue(1), 64);
+    // Each row carries its TCB's state: 4 bytes in and 4 echoed back on every connection.
+    for c in &conns {
+        let tcp = &c["tcp"];
+        assert_eq!((tcp["bytes_received"].as_u64(), tcp["bytes_sent"].as_u64()), (Some(4), Some(4)), "{c}");
+        assert!(tcp["cwnd"].as_u64().is_some_and(|w| w > 0) && tcp["rto_ms"].as_u64().is_some_and(|r| r >= 200), "{c}");
+    }
     drop(streams);
     assert!(wait_for(Duration::from_secs(10), || daemon.conns().unwrap().is_empty()));
 }

@@ -299,19 +299,28 @@ fn real_main() -> anyhow::Result<()> {
                 writeln!(out, "{conns}")?;
                 return Ok(());
             }
-            writeln!(out, "{:<12} {:<46} {:<46} {:>10} {:>6}", "State", "Local", "Peer", "Idle", "Probes")?;
+            writeln!(
+                out,
+                "{:<12} {:<46} {:<46} {:>10} {:>6} {:>9} {:>9} {:>9} {:>7}",
+                "State", "Local", "Peer", "Idle", "Probes", "Send-Q", "Recv-Q", "Cwnd", "RTO"
+            )?;
             for c in conns.as_array().map(Vec::as_slice).unwrap_or_default() {
                 let s = |k: &str| c.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
                 let n = |k: &str| c.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
                 let idle = humantime::format_duration(Duration::from_millis(n("idle_ms"))).to_string();
+                let tcp = |k: &str| c.get("tcp").and_then(|t| t.get(k)).and_then(|v| v.as_u64()).unwrap_or(0);
                 writeln!(
                     out,
-                    "{:<12} {:<46} {:<46} {:>10} {:>6}",
+                    "{:<12} {:<46} {:<46} {:>10} {:>6} {:>9} {:>9} {:>9} {:>5}ms",
                     s("state"),
                     s("local"),
                     s("remote"),
                     idle,
-                    n("keepalive_probes")
+                    n("keepalive_probes"),
+                    tcp("send_queued"),
+                    tcp("recv_queued"),
+                    tcp("cwnd"),
+                    tcp("rto_ms"),
                 )?;
             }
             Ok(())

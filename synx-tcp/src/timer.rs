@@ -65,6 +65,11 @@ impl TimerTable {
         let d = *self.deadlines.iter().min().unwrap_or(&UNSET);
         (d != UNSET).then_some(Instant::from_nanos(d))
     }
+    /// The earliest timer and its deadline.
+    pub fn next_kind(&self) -> Option<(TimerKind, Instant)> {
+        let (i, &d) = self.deadlines.iter().enumerate().min_by_key(|(_, d)| **d)?;
+        (d != UNSET).then(|| (TimerKind::ALL[i], Instant::from_nanos(d)))
+    }
     /// Take one timer whose deadline is at or before `now` (earliest first).
     pub fn take_expired(&mut self, now: Instant) -> Option<TimerKind> {
         let (i, &d) = self.deadlines.iter().enumerate().min_by_key(|(_, d)| **d)?;

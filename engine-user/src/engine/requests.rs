@@ -29,6 +29,62 @@ pub struct ConnectionRow {
     pub idle_ms: u64,
     pub keepalive_probes: u32,
     pub queue: u32,
+    pub tcp: TcpRow,
+}
+
+/// The TCB's sending and receiving state, as `ss -ti` shows a kernel socket's: what an
+/// operator (or a test that saw a transfer stall) needs to tell who waits for what.
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpRow {
+    pub srtt_us: Option<u64>,
+    pub rto_ms: u64,
+    pub cwnd: u32,
+    pub ssthresh: u32,
+    /// The peer's window (bytes) and ours.
+    pub snd_wnd: u32,
+    pub rcv_wnd: u32,
+    /// Bytes in the send buffer (in flight included), in flight, and readable by the app.
+    pub send_queued: usize,
+    pub in_flight: u32,
+    pub recv_queued: usize,
+    /// The timer that fires next (retransmit, persist, keepalive, ...) and in how many ms
+    /// (negative: overdue).
+    pub next_timer: Option<(String, i64)>,
+    pub bytes_sent: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub retransmits: u32,
+    pub timeouts: u32,
+    pub loss_probes: u32,
+    pub zero_window_probes: u32,
+}
+
+impl TcpRow {
+    fn of(info: &synx_tcp::ConnectionInfo, now: Instant) -> Self {
+        let st = &info.stats;
+        Self {
+            srtt_us: info.srtt.map(|d| d.as_micros() as u64),
+            rto_ms: info.rto.as_millis() as u64,
+            cwnd: info.cwnd,
+            ssthresh: info.ssthresh,
+            snd_wnd: info.snd_wnd,
+            rcv_wnd: info.rcv_wnd,
+            send_queued: info.send_queued,
+            in_flight: info.in_flight,
+            recv_queued: info.recv_queued,
+            next_timer: info.next_timer.map(|(kind, at)| {
+                let ms = at.as_nanos() as i64 / 1_000_000 - now.as_nanos() as i64 / 1_000_000;
+                (format!("{kind:?}"), ms)
+            }),
+            bytes_sent: st.bytes_sent,
+            bytes_acked: st.bytes_acked,
+            bytes_received: st.bytes_received,
+            retransmits: st.retransmits,
+            timeouts: st.timeouts,
+            loss_probes: st.loss_probes,
+            zero_window_probes: st.zero_window_probes,
+        }
+    }
 }
 
 /// How a `synx conns` request reaches a queue thread: where to send the rows.
@@ -52,6 +108,7 @@ pub fn answer_conns(
                 idle_ms: now.saturating_duration_since(info.last_activity).as_millis() as u64,
                 keepalive_probes: info.keepalive_probes_sent,
                 queue,
+                tcp: TcpRow::of(&info, now),
             })
             .collect();
         let _ = reply.send(rows);

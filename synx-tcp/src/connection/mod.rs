@@ -199,7 +199,11 @@ pub struct ConnectionInfo {
     pub snd_wnd: u32,
     pub rcv_wnd: u32,
     pub send_queued: usize,
+    /// Sent and not yet acknowledged (SND.NXT - SND.UNA).
+    pub in_flight: u32,
     pub recv_queued: usize,
+    /// The timer that fires next, and when.
+    pub next_timer: Option<(TimerKind, Instant)>,
     pub stats: Stats,
 }
 
@@ -354,7 +358,9 @@ impl Connection {
             snd_wnd: self.snd.wnd,
             rcv_wnd: self.rcv.wnd(),
             send_queued: self.snd.buf.len(),
+            in_flight: self.snd.nxt.since(self.snd.una),
             recv_queued: self.rcv.buf.readable(),
+            next_timer: self.timers.next_kind(),
             stats: self.stats,
         }
     }

@@ -168,7 +168,12 @@ impl Parked {
             snd_wnd: self.snd.wnd(),
             rcv_wnd: self.rcv.wnd(),
             send_queued: 0,
+            in_flight: 0,
             recv_queued: 0,
+            next_timer: self.deadline().map(|at| {
+                let kind = if self.flags & TIME_WAIT != 0 { TimerKind::TimeWait } else { TimerKind::Keepalive };
+                (kind, at)
+            }),
             stats: self.stats.unfold(),
         }
     }
