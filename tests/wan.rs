@@ -169,7 +169,8 @@ fn emulator_ceiling_is_printed() {
 }
 
 /// 64 MiB each way through synx's echo over a 40 ms path losing 3% of frames both ways in
-/// bursts (Gilbert-Elliott, 3 frames on average): every byte back, in order. The 64 MiB run
+/// bursts (Gilbert-Elliott, 3 frame times at the bottleneck rate on average): every byte back,
+/// in order. The 64 MiB run
 /// as 8 connections of 8 MiB at once, so the test takes tens of seconds, not minutes.
 #[test]
 fn sixty_four_mib_each_way_through_bursty_loss_arrive_intact() {
@@ -177,18 +178,32 @@ fn sixty_four_mib_each_way_through_bursty_loss_arrive_intact() {
     let spec = PathSpec::wan(ms(40), 100_000_000).with_loss(Loss::bursty(0.03, 3.0));
     let bed = PathBed::builder().both(spec).xdp_server().seed(16).start().unwrap();
     let server = &bed.servers[0];
-    let _daemon = Daemon::start(&server.ns, &server.iface, &["--listen", &format!("{}=echo", server.addr(ECHO))]).unwrap();
+    let daemon = Daemon::start(&server.ns, &server.iface, &["--listen", &format!("{}=echo", server.addr(ECHO))]).unwrap();
     let (client, addr) = (&bed.client, server.addr(ECHO));
-    std::thread::scope(|scope| {
+    // probe::echo checks the length and the hash of what came back.
+    let results: Vec<_> = std::thread::scope(|scope| {
         let flows: Vec<_> = (0..8u64)
             .map(|i| scope.spawn(move || probe::echo(client, addr, 8 << 20, i + 1, Some(Duration::from_secs(120)))))
             .collect();
-        for (i, flow) in flows.into_iter().enumerate() {
-            // probe::echo checks the length and the hash of what came back.
-            flow.join().unwrap().unwrap_or_else(|e| panic!("flow {i}: {e:#}"));
-        }
+        flows.into_iter().map(|flow| flow.join().unwrap()).collect()
     });
     let (up, down) = (bed.stats(Dir::Up), bed.stats(Dir::Down));
+    if results.iter().any(Result::is_err) {
+        // A stalled flow's both ends, while they still exist: who waits for what.
+        let nstat = client.exec("nstat", &["-az"]).unwrap_or_default();
+        let nonzero: Vec<&str> = nstat.lines().filter(|l| l.split_whitespace().nth(1).is_some_and(|v| v != "0")).collect();
+        println!("client nstat:\n{}", nonzero.join("\n"));
+        println!("synx connections: {:#}", serde_json::Value::from(daemon.conns().unwrap_or_default()));
+        // Once more after the next timer fires (up to 20 s): whether it sent anything.
+        std::thread::sleep(Duration::from_secs(20));
+        println!("synx connections 20 s later: {:#}", serde_json::Value::from(daemon.conns().unwrap_or_default()));
+        println!("client sockets 20 s later:\n{}", client.exec("ss", &["-tinoem", "state", "all"]).unwrap_or_default());
+        println!("path 20 s later: up {:?}\ndown {:?}", bed.stats(Dir::Up), bed.stats(Dir::Down));
+        println!("synx stats: {}", daemon.stats().map(|s| s.to_string()).unwrap_or_default());
+        println!("path: up {up:?}\ndown {down:?}");
+        let errors: Vec<String> = results.iter().enumerate().filter_map(|(i, r)| r.as_ref().err().map(|e| format!("flow {i}: {e:#}"))).collect();
+        panic!("{}", errors.join("; "));
+    }
     println!("lost up {} of {}, down {} of {}", up.lost, up.impairable, down.lost, down.impairable);
     assert!(up.lost > 0 && down.lost > 0, "the path lost nothing: the test tested nothing");
     assert_eq!(up.faults() + down.faults(), 0);

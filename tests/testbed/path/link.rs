@@ -78,6 +78,9 @@ impl PathSpec {
     }
 }
 
+/// A full-size Ethernet frame (1500-byte MTU): the Gilbert-Elliott chain's unit of time.
+const FULL_FRAME: usize = 1514;
+
 /// Bytes in flight that fill a path of `rtt` at `rate_bps`.
 pub fn bdp_bytes(rtt: Duration, rate_bps: u64) -> usize {
     (rate_bps as u128 * rtt.as_nanos() / 8 / 1_000_000_000) as usize
@@ -89,9 +92,15 @@ pub enum Loss {
     None,
     /// Each frame independently with this probability.
     Random(f64),
-    /// The Gilbert-Elliott model: a two-state Markov chain, checked once per frame. From the
-    /// good state the chain moves to the bad one with probability `p`, back with probability
-    /// `r`; a frame is lost with `loss_good` or `loss_bad` in the state the chain is then in.
+    /// The Gilbert-Elliott model: a two-state Markov chain that steps once per full-size
+    /// frame's time at the bottleneck rate, and at least once per frame. From
+    /// the good state the chain moves to the bad one with probability `p`, back with
+    /// probability `r`; a frame is lost with `loss_good` or `loss_bad` in the state the chain
+    /// is then in. Back to back, frames see bursts of `1 / r` frames; a burst is a stretch of
+    /// the channel's time, so a frame sent after a quiet second finds the chain settled at its
+    /// long-run mean, not where the last frame left it. (A chain stepped by frames alone turns
+    /// sparse traffic, such as retransmissions after a timeout seconds apart, into outages of
+    /// minutes: each one lost with probability 1 - r after the one before.)
     GilbertElliott { p: f64, r: f64, loss_good: f64, loss_bad: f64 },
 }
 
@@ -174,8 +183,10 @@ impl Rng {
 pub struct Link {
     spec: PathSpec,
     rng: Rng,
-    /// The Gilbert-Elliott chain is in its bad state.
+    /// The Gilbert-Elliott chain is in its bad state ...
     bad: bool,
+    /// ... as of the last frame offered, at this time.
+    chain_at: Nanos,
     /// When the bottleneck finishes serializing the last frame it accepted.
     busy_until: Nanos,
     /// The latest delivery time of an in-order frame: the next one is not delivered earlier.
@@ -184,7 +195,7 @@ pub struct Link {
 
 impl Link {
     pub fn new(spec: PathSpec, seed: u64) -> Self {
-        Self { spec, rng: Rng::new(seed), bad: false, busy_until: 0, last_delivery: 0 }
+        Self { spec, rng: Rng::new(seed), bad: false, chain_at: 0, busy_until: 0, last_delivery: 0 }
     }
 
     pub fn spec(&self) -> &PathSpec {
@@ -211,7 +222,7 @@ impl Link {
     /// (the caller passes false for frames the path should not lose, e.g. ARP); `ect`: the frame
     /// is ECN-capable and may be marked.
     pub fn offer(&mut self, now: Nanos, len: usize, impair: bool, ect: bool) -> Fate {
-        if impair && self.lose() {
+        if impair && self.lose(now) {
             return Fate::Lost;
         }
         let Some((at, ce)) = self.enqueue(now, len, ect) else { return Fate::TailDrop };
@@ -230,14 +241,35 @@ impl Link {
         Fate::Deliver { at, ce, copy_at, reordered: held }
     }
 
-    fn lose(&mut self) -> bool {
+    fn lose(&mut self, now: Nanos) -> bool {
         match self.spec.loss {
             Loss::None => false,
             Loss::Random(p) => self.rng.chance(p),
             Loss::GilbertElliott { p, r, loss_good, loss_bad } => {
-                self.bad = if self.bad { !self.rng.chance(r) } else { self.rng.chance(p) };
+                let steps = self.chain_steps(now);
+                // The chain's k-step transition: the bad state's long-run share pi, approached
+                // geometrically at rate lambda = 1 - p - r.
+                let (pi, lambda) = if p + r > 0.0 { (p / (p + r), 1.0 - p - r) } else { (0.0, 1.0) };
+                let decay = lambda.powi(steps.min(i32::MAX as u64) as i32);
+                let to_bad = if self.bad { pi + (1.0 - pi) * decay } else { pi * (1.0 - decay) };
+                self.bad = self.rng.chance(to_bad);
                 self.rng.chance(if self.bad { loss_bad } else { loss_good })
             }
+        }
+    }
+
+    /// How many steps the Gilbert-Elliott chain takes for a frame offered at `now`: one per
+    /// full-size frame's time at the bottleneck rate since the last frame, at least one (just
+    /// one without a rate).
+    fn chain_steps(&mut self, now: Nanos) -> u64 {
+        let idle = now.saturating_sub(self.chain_at);
+        self.chain_at = self.chain_at.max(now);
+        match self.spec.rate_bps {
+            Some(rate) if rate > 0 => {
+                let slot = (FULL_FRAME as u128 * 8 * 1_000_000_000 / rate as u128).max(1) as u64;
+                (idle / slot).max(1)
+            }
+            _ => 1,
         }
     }
 
@@ -362,6 +394,37 @@ mod tests {
         let burst = lost as f64 / bursts as f64;
         assert!((0.027..0.033).contains(&mean), "mean loss {mean}");
         assert!((3.6..4.4).contains(&burst), "mean burst {burst}");
+    }
+
+    /// With a bottleneck, the chain keeps time: frames back to back see the bursts, frames a
+    /// second apart see losses as independent as the mean (a burst does not outlast the quiet).
+    #[test]
+    fn bursty_loss_bursts_are_stretches_of_time() {
+        let spec = PathSpec { rate_bps: Some(100_000_000), loss: Loss::bursty(0.03, 3.0), ..PathSpec::default() };
+        let run = |gap: Nanos| {
+            let mut l = Link::new(spec.clone(), 5);
+            let (mut lost, mut after_loss, mut lost_after_loss, mut prev) = (0u64, 0u64, 0u64, false);
+            let n = 200_000u64;
+            for i in 0..n {
+                // Offered at `gap` intervals; the queue never holds more than one frame.
+                let gone = l.offer(i * gap, 1514, true, false) == Fate::Lost;
+                lost += u64::from(gone);
+                if prev {
+                    after_loss += 1;
+                    lost_after_loss += u64::from(gone);
+                }
+                prev = gone;
+            }
+            (lost as f64 / n as f64, lost_after_loss as f64 / after_loss as f64)
+        };
+        // One frame time apart: the mean, and a loss follows a loss two times in three (r = 1/3).
+        let (mean, sticky) = run(121_120);
+        assert!((0.027..0.033).contains(&mean), "mean loss {mean}");
+        assert!((0.62..0.71).contains(&sticky), "loss after a loss {sticky}");
+        // A second apart: the mean, and a loss after a loss no likelier than any.
+        let (mean, sticky) = run(1_000 * MS);
+        assert!((0.027..0.033).contains(&mean), "mean loss {mean}");
+        assert!(sticky < 0.06, "loss after a loss {sticky}");
     }
 
     #[test]

@@ -113,6 +113,21 @@ pub fn echo(client: &Netns, addr: SocketAddr, bytes: usize, seed: u64, timeout: 
         let mut got = Vec::with_capacity(bytes);
         let read = s.read_to_end(&mut got);
         let elapsed = start.elapsed();
+        if read.is_err() {
+            // The socket's own view while it still exists (this thread is in the client's
+            // namespace, and so is what it runs): what it last received, its timers, windows.
+            let local = s.local_addr()?;
+            let ss = std::process::Command::new("ss")
+                .args(["-tinoem", "src", &local.to_string()])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let _ = writer.join();
+            // Left open (the namespace's teardown closes it): a caller may still look at both
+            // ends of the stalled connection.
+            std::mem::forget(s);
+            return read.map(|_| elapsed).with_context(|| format!("reading the echo after {} of {bytes} bytes; the socket: {ss}", got.len()));
+        }
         writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))?.context("writing")?;
         read.context("reading the echo")?;
         ensure!(got.len() == bytes, "echo returned {} of {bytes} bytes", got.len());
