@@ -171,6 +171,15 @@ fn curl_keeps_alive_against_app_http_and_connection_close_makes_the_server_close
         "curl did not keep the connection alive: {stderr}"
     );
     assert_eq!(daemon.counter("tcp_accepted").unwrap(), 1);
+    // The AF_XDP socket's own counters are published: frames went both ways (the handshake's
+    // last ACK and the requests in, the responses out), copy mode (veth) sent them only when
+    // woken, and the kernel handed back no frame it was not given.
+    let c = |name: &str| daemon.counter(name).unwrap();
+    // Each name is one `synx stats`: the completions first, so that frames sent meanwhile (the
+    // close) cannot make them outnumber the frames read after.
+    let (completed, rx, tx, wakeups) = (c("xsk_tx_completed"), c("xsk_rx_frames"), c("xsk_tx_frames"), c("xsk_tx_wakeups"));
+    assert!(rx >= 3 && tx >= 2, "xsk_rx_frames {rx}, xsk_tx_frames {tx}");
+    assert!(completed <= tx && wakeups >= 1, "xsk_tx_completed {completed}, xsk_tx_wakeups {wakeups} of {tx} frames");
 
     // `Connection: close`: the server answers, then closes first and holds TIME_WAIT
     // (RFC 9293 3.6, the active closer) while the client's side is simply gone.

@@ -93,9 +93,12 @@ pub struct XskStats {
     pub tx_frames: u64,
     /// TX frames the kernel has sent and returned (completion ring).
     pub tx_completed: u64,
-    /// A segment had to wait because no TX frame or ring slot was free.
+    /// A transmit stopped, its segments left for a later turn, because no TX frame was free.
     pub tx_full: u64,
-    pub wakeups: u64,
+    /// Wakeups (system calls) asking the kernel to send the TX ring.
+    pub tx_wakeups: u64,
+    /// Wakeups after refilling a fill ring the kernel had found empty.
+    pub fill_wakeups: u64,
 }
 
 /// One AF_XDP socket bound to one queue of one interface.
@@ -274,7 +277,7 @@ impl XskSocket {
         self.stats.rx_frames += u64::from(total);
         if self.device.needs_wakeup() {
             self.device.wake();
-            self.stats.wakeups += 1;
+            self.stats.fill_wakeups += 1;
         }
         total
     }
@@ -354,7 +357,7 @@ impl XskSocket {
         let mut queued = self.tx.pending();
         while queued > 0 && self.tx.needs_wakeup() {
             self.tx.wake();
-            self.stats.wakeups += 1;
+            self.stats.tx_wakeups += 1;
             let before = queued;
             queued = self.tx.pending();
             if self.zero_copy || queued >= before {

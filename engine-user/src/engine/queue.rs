@@ -672,6 +672,7 @@ impl QueueDriver {
             if xsk.tx_room() == 0 {
                 xsk.flush();
                 if xsk.tx_room() == 0 {
+                    xsk.stats.tx_full += 1;
                     break;
                 }
             }
@@ -698,8 +699,8 @@ impl QueueDriver {
         xsk.flush();
     }
 
-    /// The gauges, the kernel's AF_XDP drop counters (every [`XSK_STATS_PERIOD`]) and the
-    /// endpoint's own counters, into this queue's [`QueueStats`].
+    /// The gauges, the AF_XDP socket's counters, the kernel's AF_XDP drop counters (every
+    /// [`XSK_STATS_PERIOD`]) and the endpoint's own counters, into this queue's [`QueueStats`].
     fn publish_stats(&mut self, xsk: &XskSocket, now: Instant) {
         let s = &self.ctx.stats;
         if now.saturating_duration_since(self.last_xsk_stats) >= XSK_STATS_PERIOD {
@@ -712,6 +713,17 @@ impl QueueDriver {
                 s.xsk_rx_ring_full.store(ring_full, Ordering::Relaxed);
                 s.xsk_rx_fill_empty.store(fill_empty, Ordering::Relaxed);
             }
+        }
+        let x = &xsk.stats;
+        for (counter, v) in [
+            (&s.xsk_rx_frames, x.rx_frames),
+            (&s.xsk_tx_frames, x.tx_frames),
+            (&s.xsk_tx_completed, x.tx_completed),
+            (&s.xsk_tx_full, x.tx_full),
+            (&s.xsk_tx_wakeups, x.tx_wakeups),
+            (&s.xsk_fill_wakeups, x.fill_wakeups),
+        ] {
+            counter.store(v, Ordering::Relaxed);
         }
         s.time_wait_fin_reacked.store(self.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
         s.connections.store(self.endpoint.len() as u64, Ordering::Relaxed);

@@ -117,6 +117,16 @@ queue_stats! {
     app_tasks: Gauge "app_tasks" "Application tasks alive on the engine threads (local tasks and running turns).";
     app_waiting: Gauge "app_waiting"
         "Connections served in turns that wait for input holding no task and no stream state.";
+    xsk_rx_frames: Counter "xsk_rx_frames" "Frames taken from the AF_XDP RX ring.";
+    xsk_tx_frames: Counter "xsk_tx_frames" "Frames put on the AF_XDP TX ring.";
+    xsk_tx_completed: Counter "xsk_tx_completed"
+        "AF_XDP TX frames the kernel has sent and handed back through the completion ring.";
+    xsk_tx_full: Counter "xsk_tx_full"
+        "Transmits that stopped, leaving segments for a later turn, because every AF_XDP TX frame was in the kernel's hands.";
+    xsk_tx_wakeups: Counter "xsk_tx_wakeups"
+        "System calls that woke the kernel to send the AF_XDP TX ring (copy mode sends only when woken).";
+    xsk_fill_wakeups: Counter "xsk_fill_wakeups"
+        "System calls that woke the kernel after refilling an AF_XDP fill ring it had found empty.";
     xsk_rx_dropped: Counter "xsk_rx_dropped" "Frames the kernel dropped at the AF_XDP socket (rx_dropped).";
     xsk_rx_ring_full: Counter "xsk_rx_ring_full"
         "Frames the kernel dropped because the AF_XDP RX ring was full (rx_ring_full).";

@@ -1,7 +1,7 @@
 //! Bulk throughput over one connection: into discard (the server receives) and through echo
 //! (the server sends back everything it receives), against the kernel with its full offloads.
 
-use super::{measured, peer};
+use super::{counters_moved, measured, peer, ring_counters};
 use crate::bench::{
     Collector, Ctx, Outcome, Side,
     load::run_tool,
@@ -22,6 +22,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         let mut c = Collector::new("bulk", vec![spec(name, "Gbit/s", true, note), spec(if echo { "bulk_tx_server_cpu_per_gb" } else { "bulk_rx_server_cpu_per_gb" }, "server CPU s/GB", false, "server CPU busy time per GB of payload")]);
         for (side, warmup) in schedule(&[Side::Synx, Side::Kernel], plan.rounds, true) {
             let bytes = if warmup { plan.bulk_bytes / 4 } else { plan.bulk_bytes };
+            let rings = ring_counters(rig, side);
             let r = measured(rig, side, |rig| {
                 let port = if echo { ECHO } else { DISCARD };
                 let mut args = vec!["bulk".to_string(), "--addr".into(), rig.addr(side, port).to_string(), "--bytes".into(), bytes.to_string()];
@@ -30,11 +31,12 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 }
                 run_tool(&rig.net(side).client, &rig.tools, &plan.cpus.client, &args)
             });
+            let rings = counters_moved(rig, side, rings);
             let o = match r {
                 Ok((v, w)) => Outcome {
                     values: vec![v["gbit_s"].as_f64(), Some(w.server_secs / (bytes as f64 / 1e9))],
                     failure: None,
-                    detail: serde_json::json!({ "generator": v, "cpu": w.json() }),
+                    detail: serde_json::json!({ "generator": v, "cpu": w.json(), "synx_counters": rings }),
                 },
                 Err(e) => Outcome::failed(format!("{e:#}")),
             };

@@ -3,7 +3,7 @@
 //! offered rate of half the kernel's capacity with our own generator, whose latency runs from
 //! each request's scheduled time (corrected for coordinated omission, as wrk2 does).
 
-use super::{measured, peer};
+use super::{counters_moved, measured, peer, ring_counters};
 use crate::bench::{
     Collector, Ctx, Outcome, Side,
     load::{failures_line, run_tool, wrk},
@@ -33,15 +33,17 @@ pub fn closed_loop(ctx: &mut Ctx) -> anyhow::Result<()> {
         );
         for (side, warmup) in schedule(&[Side::Synx, Side::Kernel], plan.rounds, true) {
             let secs = if warmup { plan.warmup_secs.ceil() as u64 } else { plan.http_secs };
+            let rings = ring_counters(rig, side);
             let r = measured(rig, side, |rig| {
                 let url = format!("http://{}/", rig.addr(side, HTTP));
                 wrk(&rig.net(side).client, &plan.cpus.client, &url, conns, secs)
             });
+            let rings = counters_moved(rig, side, rings);
             let o = match r {
                 Ok(((w, text), cpu)) => Outcome {
                     values: vec![Some(w.rps), Some(w.p50_ms), Some(w.p99_ms), Some(cpu.server_secs / w.requests.max(1) as f64 * 1e6)],
                     failure: (!w.errors.is_empty()).then(|| format!("wrk: {}", w.errors.join(", "))),
-                    detail: serde_json::json!({ "wrk": text, "cpu": cpu.json() }),
+                    detail: serde_json::json!({ "wrk": text, "cpu": cpu.json(), "synx_counters": rings }),
                 },
                 Err(e) => Outcome::failed(format!("{e:#}")),
             };

@@ -92,6 +92,24 @@ pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Re
     Ok((out, w))
 }
 
+/// synx's AF_XDP counters (`xsk_*`) and segment counters now; nothing for the kernel, or for a
+/// synx that does not answer.
+pub fn ring_counters(rig: &Rig, side: Side) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let Side::Synx = side else { return None };
+    let stats = rig.daemon().ok()?.stats().ok()?;
+    let wanted = |k: &str| k.starts_with("xsk_") || k == "tcp_rx_segments" || k == "tcp_tx_segments";
+    Some(stats.as_object()?.iter().filter(|(k, _)| wanted(k)).map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// How far each counter of `before` (from [`ring_counters`]) has moved since: a round's
+/// per-frame work as the JSON keeps it (wakeups and frames each way, transmits that ran out of
+/// frames, drops). Null for the kernel.
+pub fn counters_moved(rig: &Rig, side: Side, before: Option<serde_json::Map<String, serde_json::Value>>) -> serde_json::Value {
+    let (Some(before), Some(after)) = (before, ring_counters(rig, side)) else { return serde_json::Value::Null };
+    let at = |m: &serde_json::Map<String, serde_json::Value>, k: &str| m.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    after.keys().map(|k| (k.clone(), at(&after, k).saturating_sub(at(&before, k)).into())).collect::<serde_json::Map<_, _>>().into()
+}
+
 /// A row name's suffix for a connection count: 10k, 100k, 1m.
 pub fn count_suffix(n: usize) -> String {
     if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
