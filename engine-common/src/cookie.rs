@@ -253,6 +253,43 @@ pub fn make(key: &Key, t: &Tuple, client_isn: u32, now_ns: u64, client_mss: u16)
     Minted { isn: ((p & 3) << 30) | (idx << 28) | (h as u32 & MAC_MASK), ts_offset: (h >> 32) as u32 }
 }
 
+/// How many of a client's first data segments a cookie ACK may be, beyond the first: the
+/// client may send its initial window (10 segments, RFC 6928) with its handshake ACK, and when
+/// the ACK and the first segments are lost (a burst), the first to arrive is a later one.
+pub const LATE_SEGMENTS: u32 = 9;
+/// The least payload of a segment [`check_ack`] looks behind: a client's first segments of a
+/// larger write are full-sized (an MSS is at least 536 bytes, RFC 9293 3.7.1), and an attacker
+/// who wants the search must send this much per try.
+pub const LATE_MIN_PAYLOAD: u32 = 536;
+
+/// Check a final handshake ACK at `seq` carrying `payload_len` bytes, whose `ack - 1` is the
+/// cookie: the client's ISN it was minted for (and what the cookie holds). The ISN is `seq - 1`
+/// (RFC 9293 3.10.7.4: the ACK of SYN-RECEIVED, that state held in the cookie); failing that,
+/// for a full-sized segment, `seq - 1 - k * payload_len` for k up to [`LATE_SEGMENTS`]: the
+/// client's handshake ACK and first segments were lost, this is its (k+1)th segment of equal
+/// size, and the connection begins with the hole before it (as Linux's SYN-RECEIVED takes an
+/// in-window segment; with cookies Linux resets such a connection). Each candidate costs one
+/// hash, and a forger's chance per try grows from 2^-28 to 10 * 2^-28.
+#[inline(always)]
+pub fn check_ack(keys: &Keys, t: &Tuple, seq: u32, payload_len: u32, cookie: u32, now_ns: u64) -> Option<(u32, Checked)> {
+    let isn = seq.wrapping_sub(1);
+    if let Some(c) = check(keys, t, isn, cookie, now_ns) {
+        return Some((isn, c));
+    }
+    if payload_len < LATE_MIN_PAYLOAD {
+        return None;
+    }
+    let mut k = 1;
+    while k <= LATE_SEGMENTS {
+        let isn = seq.wrapping_sub(1).wrapping_sub(k.wrapping_mul(payload_len));
+        if let Some(c) = check(keys, t, isn, cookie, now_ns) {
+            return Some((isn, c));
+        }
+        k += 1;
+    }
+    None
+}
+
 /// Check the cookie `ack - 1` of a final handshake ACK at `now_ns` (shared clock).
 #[inline(always)]
 pub fn check(keys: &Keys, t: &Tuple, client_isn: u32, cookie: u32, now_ns: u64) -> Option<Checked> {
@@ -313,18 +350,20 @@ pub fn continue_ts_clock(offset: u32, shared_ms: u32, local_ms: u32, tsecr: u32)
 /// Everything the final ACK of a cookie handshake tells us, or `None` if the cookie is bad.
 /// `tsecr` is the ACK's echoed TSval when it carries timestamps; `our_wscale` is the shift we
 /// announce in SYN-ACKs.
+/// `payload_len`: the ACK's payload (see [`check_ack`]).
+#[allow(clippy::too_many_arguments)]
 pub fn decode(
     keys: &Keys,
     t: &Tuple,
     seq: u32,
+    payload_len: u32,
     ack: u32,
     ts: Option<(u32, u32)>,
     now_ns: u64,
     our_wscale: u8,
 ) -> Option<HandshakeFacts> {
-    let client_isn = seq.wrapping_sub(1);
     let cookie = ack.wrapping_sub(1);
-    let valid = check(keys, t, client_isn, cookie, now_ns)?;
+    let (client_isn, valid) = check_ack(keys, t, seq, payload_len, cookie, now_ns)?;
     let mut facts = HandshakeFacts {
         iss: cookie,
         irs: client_isn,
@@ -386,6 +425,32 @@ mod tests {
         // Period 0's own cookies pass.
         let m = make(&K, &tuple(), 5, 0, 1460);
         assert!(check(&keys, &tuple(), 5, m.isn, 0).is_some());
+    }
+
+    /// The client's handshake ACK and first segment were lost: its second (or tenth) full
+    /// segment validates the cookie and names the ISN the cookie was minted for; a short
+    /// segment, an eleventh segment, or a size that does not divide the gap does not.
+    #[test]
+    fn a_later_first_segment_checks_and_names_the_isn() {
+        let now = 5 * (1u64 << PERIOD_SHIFT);
+        let (isn, len) = (7_000_000u32, 1448u32);
+        let m = mint(&keys(now), &tuple(), isn, now, 1460).unwrap();
+        let cookie = m.isn;
+        let at = |k: u32| isn.wrapping_add(1).wrapping_add(k * len);
+        // The ACK itself, and a pure ACK: seq - 1 is the ISN.
+        assert_eq!(check_ack(&keys(now), &tuple(), at(0), 0, cookie, now).map(|(i, _)| i), Some(isn));
+        assert_eq!(check_ack(&keys(now), &tuple(), at(0), len, cookie, now).map(|(i, _)| i), Some(isn));
+        for k in 1..=LATE_SEGMENTS {
+            assert_eq!(check_ack(&keys(now), &tuple(), at(k), len, cookie, now).map(|(i, _)| i), Some(isn), "segment {k}");
+        }
+        assert_eq!(check_ack(&keys(now), &tuple(), at(LATE_SEGMENTS + 1), len, cookie, now), None);
+        assert_eq!(check_ack(&keys(now), &tuple(), at(1), len - 1, cookie, now), None);
+        // Too short to be a full segment: no search.
+        let short = LATE_MIN_PAYLOAD - 1;
+        assert_eq!(check_ack(&keys(now), &tuple(), isn.wrapping_add(1 + short), short, cookie, now), None);
+        // What decode gives the TCP core: IRS the ISN, so the segment lands beyond a hole.
+        let f = decode(&keys(now), &tuple(), at(3), len, cookie.wrapping_add(1), None, now, 7).unwrap();
+        assert_eq!((f.irs, f.iss), (isn, cookie));
     }
 
     fn reference_siphash13(key: &Key, bytes: &[u8]) -> u64 {
@@ -628,7 +693,7 @@ mod tests {
                     let tsv = ts_encode(now_ms, m.ts_offset, ws, sack, false);
                     let clock = now_ms.wrapping_add(m.ts_offset);
                     assert!(clock.wrapping_sub(tsv) < 128, "tsval {tsv} vs clock {clock}");
-                    let f = decode(&keys(0), &t, 11, m.isn.wrapping_add(1), Some((555, tsv)), 0, 7).unwrap();
+                    let f = decode(&keys(0), &t, 11, 0, m.isn.wrapping_add(1), Some((555, tsv)), 0, 7).unwrap();
                     assert!(f.has(FACT_TS));
                     assert_eq!(f.ts_recent, 555);
                     assert_eq!(f.ts_offset, m.ts_offset, "userspace's clock is the SYN-ACK's");

@@ -486,7 +486,7 @@ fn check_synack(e: &XdpProgram, input: &[u8], out: &[u8], want: &Expect, what: &
     // clock the SYN-ACK used (TSval never above it, RFC 7323 5.3 PAWS on the client).
     let facts = e
         .cookie_checker()
-        .check(server, client, syn_seq.wrapping_add(1), t.sequence_number().wrapping_add(1), tsval.map(|v| (1, v)), monotonic_ns())
+        .check(server, client, syn_seq.wrapping_add(1), 0, t.sequence_number().wrapping_add(1), tsval.map(|v| (1, v)), monotonic_ns())
         .unwrap_or_else(|| panic!("{what}: userspace rejects the cookie"));
     assert_eq!((facts.irs, facts.iss, facts.mss), (syn_seq, t.sequence_number(), want.cookie_mss), "{what}");
     assert_eq!(facts.has(FACT_TS), want.ts.is_some(), "{what}");
@@ -665,6 +665,40 @@ fn cookie_handshakes_reach_userspace() {
             ])
             .then(),
         ]);
+    }
+    run(rows);
+}
+
+/// The client's handshake ACK and its first data segment were lost (a burst): its third
+/// full-sized segment is the first to arrive. Its SEG.SEQ - 1 is no ISN, but the cookie checks
+/// for the ISN two segments back (engine_common::cookie::check_ack), so it goes to userspace,
+/// which starts the connection with the hole; before, it was reset, and so was the client. A
+/// segment past the client's initial window, or too short to be a full one, is still reset.
+#[test]
+fn a_later_first_segment_of_a_cookie_handshake_reaches_userspace() {
+    use counters::{COOKIE_ACK_INVALID, COOKIE_ACK_VALID, REDIRECT_FAILED, RST_SENT, SYN_COOKIE_SENT};
+    let mut rows = Vec::new();
+    for v6 in [false, true] {
+        let cookie = cookie_for(v6, 40000, 1000);
+        let data = |seq: u32, len: usize| frame(v6, 40000, seq, &[], |b| b.ack(cookie.wrapping_add(1)), &vec![b'x'; len]);
+        rows.extend([
+            row(format!("SYN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]),
+            row(format!("its third segment (v6={v6})"), data(1001 + 2 * 1400, 1400), XDP_DROP, Out::ToUserspace, &[
+                (COOKIE_ACK_VALID, 1),
+                (REDIRECT_FAILED, 1),
+                (RST_SENT, 0),
+            ])
+            .then(),
+        ]);
+        let past = 1001 + (cookie::LATE_SEGMENTS + 1) * 1400;
+        rows.push(row(format!("its 11th segment (v6={v6})"), data(past, 1400), XDP_TX, Out::Rst { seq: cookie.wrapping_add(1), ack: None }, &[
+            (COOKIE_ACK_INVALID, 1),
+            (RST_SENT, 1),
+        ]));
+        rows.push(row(format!("a short third segment (v6={v6})"), data(1001 + 2 * 100, 100), XDP_TX, Out::Rst { seq: cookie.wrapping_add(1), ack: None }, &[
+            (COOKIE_ACK_INVALID, 1),
+            (RST_SENT, 1),
+        ]));
     }
     run(rows);
 }

@@ -519,7 +519,8 @@ impl QueueDriver {
         }
         let admitted = listener.is_some();
         let cookies = &self.ctx.cookies;
-        let cookie = || cookies.check(local, remote, hdr.seq.0, hdr.ack.0, hdr.options.timestamps, now.as_nanos());
+        let len = payload.len() as u32;
+        let cookie = || cookies.check(local, remote, hdr.seq.0, len, hdr.ack.0, hdr.options.timestamps, now.as_nanos());
         let resets_before = self.endpoint.pending_resets();
         match self.endpoint.accept_cookie(now, local, remote, hdr, payload, listener, cookie) {
             Ok((h, listener)) => {

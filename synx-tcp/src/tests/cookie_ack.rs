@@ -97,3 +97,26 @@ fn a_reset_is_never_answered_with_a_reset() {
     assert_eq!(ep.accept_cookie(ms(0), local(), client(40006), &rst, &[], Some(()), || None), Err(Refusal::BadCookie));
     assert!(sent(&mut ep, ms(0)).is_empty());
 }
+
+/// The client's handshake ACK and first data segment were lost; its second segment is the
+/// first to arrive, and the cookie named the ISN (engine_common::cookie::check_ack): the
+/// connection begins with the hole before it. The segment is held out of order and SACKed
+/// (RFC 2018 4), nothing is readable until the first arrives, then both are, in order.
+#[test]
+fn a_connection_can_begin_with_its_first_segment_missing() {
+    let mut ep = Endpoint::new(config(), 4);
+    let (first, second) = (vec![b'a'; 1000], vec![b'b'; 1000]);
+    let late = peer(1000, 0);
+    let facts = HandshakeFacts { flags: engine_common::handshake::FACT_SACK, ..facts() };
+    let (h, ()) = ep.accept_cookie(ms(0), local(), remote(), &late, &second, Some(()), || Some(facts)).unwrap();
+    assert_eq!(ep.connection(h).map(Connection::state), Some(State::Established));
+    assert!(!ep.connection(h).unwrap().has_unread(), "the second segment waits for the first");
+    let out = sent(&mut ep, ms(0));
+    let ack = out.iter().map(|(_, s)| s).find(|s| !s.flags.rst()).expect("an ACK for the out-of-order segment");
+    assert_eq!(ack.ack, SeqNum(IRS + 1), "{out:?}");
+    assert_eq!(ack.options.sack.as_slice().first(), Some(&(SeqNum(IRS + 1001), SeqNum(IRS + 2001))), "{out:?}");
+    assert_eq!(ep.handle(ms(40), local(), remote(), &peer(0, 0), &first), Disposition::Delivered(h));
+    let mut got = vec![0u8; 4000];
+    let n = ep.connection_mut(h).unwrap().recv(&mut got);
+    assert_eq!(&got[..n], [first, second].concat().as_slice());
+}

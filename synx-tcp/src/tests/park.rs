@@ -38,7 +38,7 @@ enum Trace {
     /// (time, from server?, segment bytes)
     Segment(Instant, bool, Vec<u8>),
     Event(Instant, Event),
-    Info(Instant, ConnectionInfo),
+    Info(Instant, Box<ConnectionInfo>),
 }
 
 fn script(rng: &mut Rng) -> Vec<(Instant, Action)> {
@@ -212,7 +212,7 @@ fn converse(seed: u64, flags: u8, server_first: bool, park: Fold) -> (Vec<Trace>
             trace.push(Trace::Event(now, e));
         }
         while client.poll_event().is_some() {}
-        trace.push(Trace::Info(now, server.info()));
+        trace.push(Trace::Info(now, Box::new(server.info())));
         if park != Fold::Never && let Some(mut p) = server.park() {
             time_wait_folds += usize::from(server.state() == State::TimeWait);
             if park == Fold::ThroughBytes {
