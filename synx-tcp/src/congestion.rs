@@ -66,6 +66,8 @@ pub struct AckTrain {
     last: Option<Instant>,
     /// Bytes the train's ACKs delivered after its first.
     bytes: u64,
+    /// The longest gap between two of its ACKs.
+    longest_gap: Duration,
     /// The fastest delivery rate of any train long enough to give one, in bytes per second.
     fastest: u64,
 }
@@ -80,6 +82,8 @@ pub struct Train {
     pub sent_over: Duration,
     /// Bytes delivered after the first ACK.
     pub bytes: u64,
+    /// The longest gap between two of its ACKs.
+    pub longest_gap: Duration,
     /// The fastest delivery rate, in bytes per second, of any train so far (this one
     /// included) spanning at least [`train_span`] of the minimum RTT.
     pub fastest: u64,
@@ -111,12 +115,15 @@ impl AckTrain {
             // of a train whose data left over 8.5 ms made the train look spaced a quarter wider
             // than its data, and slow start ended at 57 segments, a sixth of the path.)
             if !running {
-                return Train { length: Duration::ZERO, sent_over: Duration::ZERO, bytes: 0, fastest: self.fastest };
+                return Train { length: Duration::ZERO, sent_over: Duration::ZERO, bytes: 0, longest_gap: Duration::ZERO, fastest: self.fastest };
             }
             self.bytes += u64::from(delivered);
         } else if !running {
-            *self = AckTrain { start: now, sent_start: sent, sent_newest: sent, last: Some(now), bytes: 0, fastest: self.fastest };
+            *self = AckTrain { start: now, sent_start: sent, sent_newest: sent, last: Some(now), bytes: 0, longest_gap: Duration::ZERO, fastest: self.fastest };
         } else {
+            if let Some(last) = self.last {
+                self.longest_gap = self.longest_gap.max(now.saturating_duration_since(last));
+            }
             self.last = Some(now);
             self.bytes += u64::from(delivered);
             self.sent_newest = self.sent_newest.max(sent);
@@ -131,7 +138,7 @@ impl AckTrain {
             let rate = (u128::from(self.bytes) * 1_000_000_000 / span.as_nanos()).min(u128::from(u64::MAX)) as u64;
             self.fastest = self.fastest.max(rate);
         }
-        Train { length, sent_over, bytes: self.bytes, fastest: self.fastest }
+        Train { length, sent_over, bytes: self.bytes, longest_gap: self.longest_gap, fastest: self.fastest }
     }
 }
 
@@ -255,14 +262,21 @@ impl Congestion {
     ///   train showed (as BBR's max filter of delivery rates, draft-ietf-ccwg-bbr 5.5.5):
     ///   ACKs held up on the way back (a busy receiver or path, a millisecond or two) make a
     ///   short train look spaced and slow, never faster than the bottleneck lets data through.
+    ///   And a bottleneck that spaces ACKs an eighth wider than their data delivers at the
+    ///   fastest rate seen or more: its data left an eighth faster than that rate or more.
+    ///   ACKs of data sent slower came back spaced by chance (a stall, the timer wheel).
+    ///   A bottleneck spaces a train's ACKs evenly, so they must come back spaced even
+    ///   without the train's longest gap: a stall just under 2 ms (the most a train bridges)
+    ///   in a train of a few milliseconds stretches it by an eighth in one gap.
     pub fn on_ack_train(&mut self, train: Train, mss: u32, min_rtt: Duration, paced: bool) {
         if self.ssthresh != u32::MAX || self.cwnd < TRAIN_LOW_WINDOW * mss {
             return;
         }
         let full = if paced {
-            let spaced = train.length >= train_span(min_rtt) && train.length * 8 >= train.sent_over * 9;
+            let spaced = train.length >= train_span(min_rtt) && train.length.saturating_sub(train.longest_gap) * 8 >= train.sent_over * 9;
+            let beyond = u128::from(train.bytes) * 8_000_000_000 >= 9 * u128::from(train.fastest) * train.sent_over.as_nanos();
             let path = u128::from(train.fastest) * min_rtt.as_nanos() / 1_000_000_000;
-            spaced && u128::from(self.cwnd) >= path
+            spaced && beyond && u128::from(self.cwnd) >= path
         } else {
             train.length > (min_rtt + TRAIN_ACK_DELAY) / 2
         };
@@ -519,7 +533,7 @@ mod tests {
         assert_eq!(train_round(&mut c, 40, ms, Duration::ZERO, false), Some(100_000 + 21 * 2000));
         // Below 16 segments, or after the initial slow start, the train decides nothing.
         let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 10);
-        let long = Train { length: ms * 500, sent_over: Duration::ZERO, bytes: 1_000_000, fastest: 2_000_000 };
+        let long = Train { length: ms * 500, sent_over: Duration::ZERO, bytes: 1_000_000, longest_gap: Duration::ZERO, fastest: 2_000_000 };
         for paced in [false, true] {
             c.on_ack_train(long, 1000, ms * 40, paced);
             assert!(c.in_slow_start());
@@ -579,7 +593,7 @@ mod tests {
             let t = train.on_ack(t1 + us * 750 * i, t1 - MIN_RTT + us * 500 * i, seg2, true, MIN_RTT);
             if i == 7 {
                 assert_eq!((t.length, t.sent_over, t.bytes), (us * 5250, us * 3500, 7 * u64::from(seg2)));
-                assert!(t.length * 8 >= t.sent_over * 9, "spaced, as by a bottleneck");
+                assert!((t.length - t.longest_gap) * 8 >= t.sent_over * 9, "spaced, as by a bottleneck");
                 assert!(u64::from(c.cwnd) > t.bytes * 40_000 / 5250, "that train's own rate says full");
             }
             c.on_ack_train(t, mss, MIN_RTT, true);
@@ -600,6 +614,51 @@ mod tests {
         }
         let exit = u64::from(exit.expect("slow start ended"));
         assert!((path..path + u64::from(seg2)).contains(&exit), "ended at {exit}, the path holds {path}");
+    }
+
+    #[test]
+    fn a_train_of_data_sent_no_faster_than_the_path_has_delivered_ends_nothing() {
+        // Traced in the daemon on the emulated path (RTT 40 ms, 100 Mbit/s, paced, no loss):
+        // slow start ended at 213 segments (BDP ~345) on a train of 53 segments sent over
+        // 13.2 ms (46 Mbit/s) and acknowledged over 15.0 ms, an eighth wider, while earlier
+        // trains had delivered 48 Mbit/s: data sent slower than the path had delivered met no
+        // bottleneck, the spacing was chance. Here: trains delivering 2 segments of 1448
+        // bytes per 0.48 ms (48 Mbit/s: 166 segments in 40 ms), then, at cwnd 213, data sent
+        // 2 segments per 0.5 ms and acknowledged 2 per 0.6 ms (spaced, and with the window
+        // beyond the fastest rate times the minimum RTT, it ended). Then data sent an eighth
+        // faster than any rate seen, 2 segments per 0.4 ms, acknowledged 2 per 0.5 ms: that
+        // ends it.
+        let (mss, seg2) = (1448, 2 * 1448);
+        let us = Duration::from_micros(1);
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, mss, 213);
+        let mut train = AckTrain::default();
+        train.start_round();
+        for i in 0..25u32 {
+            let t = train.on_ack(t0 + us * 480 * i, t0 - MIN_RTT + us * 480 * i, seg2, true, MIN_RTT);
+            assert_eq!(t.length, t.sent_over);
+            c.on_ack_train(t, mss, MIN_RTT, true);
+        }
+        assert!(c.in_slow_start());
+        let t1 = t0 + Duration::from_millis(40);
+        train.start_round();
+        for i in 0..27u32 {
+            let t = train.on_ack(t1 + us * 600 * i, t1 - MIN_RTT + us * 500 * i, seg2, true, MIN_RTT);
+            if i == 26 {
+                assert!((t.length - t.longest_gap) * 8 >= t.sent_over * 9, "spaced, as by a bottleneck");
+                assert_eq!(t.fastest, 6_033_333);
+                assert!(u128::from(c.cwnd) > u128::from(t.fastest) * 40 / 1000, "the window holds the fastest rate's path");
+            }
+            c.on_ack_train(t, mss, MIN_RTT, true);
+            assert!(c.in_slow_start(), "ACK {i}");
+        }
+        let t2 = t1 + Duration::from_millis(20);
+        let ended = (0..20u32).any(|i| {
+            let t = train.on_ack(t2 + us * 500 * i, t2 - MIN_RTT + us * 400 * i, seg2, true, MIN_RTT);
+            c.on_ack_train(t, mss, MIN_RTT, true);
+            !c.in_slow_start()
+        });
+        assert!(ended && c.ssthresh == 213 * mss);
     }
 
     #[test]
@@ -632,16 +691,16 @@ mod tests {
             assert_eq!(train.on_ack(t0 + ms * i, sent0 + ms * i, 1000, true, MIN_RTT).length, ms * i);
         }
         let late = train.on_ack(t0 + ms * 9, sent0 + ms * 7, 1000, false, MIN_RTT);
-        assert_eq!(late, Train { length: ms * 8, sent_over: ms * 8, bytes: 8000, fastest: 1_000_000 });
+        assert_eq!(late, Train { length: ms * 8, sent_over: ms * 8, bytes: 8000, longest_gap: ms * 2, fastest: 1_000_000 });
         // In order again: the train runs on from its last in-order ACK.
-        assert_eq!(train.on_ack(t0 + ms * 10, sent0 + ms * 9, 1000, true, MIN_RTT), Train { length: ms * 10, sent_over: ms * 9, bytes: 9000, fastest: 1_000_000 });
+        assert_eq!(train.on_ack(t0 + ms * 10, sent0 + ms * 9, 1000, true, MIN_RTT), Train { length: ms * 10, sent_over: ms * 9, bytes: 9000, longest_gap: ms * 2, fastest: 1_000_000 });
         // After a gap, or at a round's start, a late ACK begins nothing.
         for gap in [true, false] {
             if !gap {
                 train.start_round();
             }
             let t = train.on_ack(t0 + ms * 20, sent0, 1000, false, MIN_RTT);
-            assert_eq!(t, Train { length: Duration::ZERO, sent_over: Duration::ZERO, bytes: 0, fastest: 1_000_000 });
+            assert_eq!(t, Train { length: Duration::ZERO, sent_over: Duration::ZERO, bytes: 0, longest_gap: Duration::ZERO, fastest: 1_000_000 });
             let next = train.on_ack(t0 + ms * 21, sent0 + ms * 20, 1000, true, MIN_RTT);
             assert_eq!((next.length, next.bytes), (Duration::ZERO, 0), "a new train at the next in-order ACK");
         }
@@ -656,8 +715,8 @@ mod tests {
         let r0 = Instant::ZERO + ms(1000);
         let mut ack = |t: u64| train.on_ack(r0 + ms(t), r0 + ms(t) - ms(40), 1000, true, MIN_RTT);
         assert_eq!(ack(0).length, ms(0));
-        assert_eq!(ack(2), Train { length: ms(2), sent_over: ms(2), bytes: 1000, fastest: 0 }, "2 ms: too short for a rate");
-        assert_eq!(ack(5), Train { length: ms(0), sent_over: ms(0), bytes: 0, fastest: 0 }, "a 3 ms gap: a new train");
+        assert_eq!(ack(2), Train { length: ms(2), sent_over: ms(2), bytes: 1000, longest_gap: ms(2), fastest: 0 }, "2 ms: too short for a rate");
+        assert_eq!(ack(5), Train { length: ms(0), sent_over: ms(0), bytes: 0, longest_gap: ms(0), fastest: 0 }, "a 3 ms gap: a new train");
         assert_eq!(ack(6).length, ms(1));
         // ACKs 1 ms apart that run from one round into the next: the next round's train
         // counts from its own first ACK, not from the previous round's.
