@@ -130,9 +130,9 @@ impl AckTrain {
         }
         let length = self.last.map_or(Duration::ZERO, |last| last.saturating_duration_since(self.start));
         let sent_over = self.sent_newest.saturating_duration_since(self.sent_start);
-        // A delivery rate over the longer of the send and the ACK spans (as BBR's delivery
-        // rate samples, draft-cheng-iccrg-delivery-rate-estimation 3.3): ACKs bunched on the
-        // way back show no more than the data left at.
+        // A delivery rate over the longer of the send and the ACK spans (as Linux's
+        // tcp_rate.c: bw = min(send_rate, ack_rate)): ACKs bunched on the way back show no
+        // more than the data left at.
         let span = length.max(sent_over);
         if span >= train_span(min_rtt) {
             let rate = (u128::from(self.bytes) * 1_000_000_000 / span.as_nanos()).min(u128::from(u64::MAX)) as u64;
@@ -259,7 +259,7 @@ impl Congestion {
     ///   bottleneck spaced them: they arrive at its rate, and the window holds the path once
     ///   it reaches that rate times the minimum RTT. The train must span an eighth of the
     ///   minimum RTT (2 ms at least) to give a rate. A bottleneck's rate is the fastest any
-    ///   train showed (as BBR's max filter of delivery rates, draft-ietf-ccwg-bbr 5.5.5):
+    ///   train showed (as BBR's max filter of delivery rates, Linux's bbr_update_bw):
     ///   ACKs held up on the way back (a busy receiver or path, a millisecond or two) make a
     ///   short train look spaced and slow, never faster than the bottleneck lets data through.
     ///   And a bottleneck that spaces ACKs an eighth wider than their data delivers at the
