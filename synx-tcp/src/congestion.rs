@@ -48,9 +48,10 @@ const TRAIN_ACK_DELAY: Duration = Duration::from_millis(1);
 /// Unlike Linux's, a gap begins a new train rather than ending the round's: a paced round's
 /// first ACK is often the last of the previous flight's, its train proper starting after a
 /// gap. Besides its length, the train keeps how long its data took to send and how much it
-/// delivered, for a paced sender's test ([`Congestion::on_ack_train`]). Kept by the
-/// connection beside its [`Congestion`], and not folded with it: an idle connection's next
-/// ACK begins a new round anyway.
+/// delivered, for a paced sender's test ([`Congestion::on_ack_train`]), and the fastest
+/// delivery rate any train has shown. Kept by the connection beside its [`Congestion`], and
+/// not folded with it: an idle connection's next ACK begins a new round anyway (one handed
+/// over forgets the fastest rate, and takes the next train's own).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AckTrain {
     /// The train's first ACK, and when the newest segment it delivered was sent.
@@ -65,6 +66,10 @@ pub struct AckTrain {
     last: Option<Instant>,
     /// Bytes the train's ACKs delivered after its first.
     bytes: u64,
+    /// The longest gap between two of its ACKs.
+    longest_gap: Duration,
+    /// The fastest delivery rate of any train long enough to give one, in bytes per second.
+    fastest: u64,
 }
 
 /// One ACK train as it stands at its latest ACK.
@@ -77,6 +82,17 @@ pub struct Train {
     pub sent_over: Duration,
     /// Bytes delivered after the first ACK.
     pub bytes: u64,
+    /// The longest gap between two of its ACKs.
+    pub longest_gap: Duration,
+    /// The fastest delivery rate, in bytes per second, of any train so far (this one
+    /// included) spanning at least [`train_span`] of the minimum RTT.
+    pub fastest: u64,
+}
+
+/// How long a train must span to give a delivery rate: an eighth of the minimum RTT, 2 ms at
+/// least (a millisecond's burst of a paced sender is not a rate).
+pub fn train_span(min_rtt: Duration) -> Duration {
+    (min_rtt / 8).max(TRAIN_ACK_DELTA)
 }
 
 impl AckTrain {
@@ -86,9 +102,9 @@ impl AckTrain {
     }
 
     /// An ACK arrived at `now`, delivering `delivered` bytes, the newest of them sent at
-    /// `sent`; `in_order`: it delivered data above all delivered before it. The train it
-    /// belongs to.
-    pub fn on_ack(&mut self, now: Instant, sent: Instant, delivered: u32, in_order: bool) -> Train {
+    /// `sent`; `in_order`: it delivered data above all delivered before it; `min_rtt`: the
+    /// path's. The train it belongs to.
+    pub fn on_ack(&mut self, now: Instant, sent: Instant, delivered: u32, in_order: bool, min_rtt: Duration) -> Train {
         let running = self.last.is_some_and(|last| now.saturating_duration_since(last) <= TRAIN_ACK_DELTA);
         if !in_order {
             // Only segments below the highest delivered: the path reordered them (RFC 8985
@@ -99,21 +115,30 @@ impl AckTrain {
             // of a train whose data left over 8.5 ms made the train look spaced a quarter wider
             // than its data, and slow start ended at 57 segments, a sixth of the path.)
             if !running {
-                return Train { length: Duration::ZERO, sent_over: Duration::ZERO, bytes: 0 };
+                return Train { length: Duration::ZERO, sent_over: Duration::ZERO, bytes: 0, longest_gap: Duration::ZERO, fastest: self.fastest };
             }
             self.bytes += u64::from(delivered);
         } else if !running {
-            *self = AckTrain { start: now, sent_start: sent, sent_newest: sent, last: Some(now), bytes: 0 };
+            *self = AckTrain { start: now, sent_start: sent, sent_newest: sent, last: Some(now), bytes: 0, longest_gap: Duration::ZERO, fastest: self.fastest };
         } else {
+            if let Some(last) = self.last {
+                self.longest_gap = self.longest_gap.max(now.saturating_duration_since(last));
+            }
             self.last = Some(now);
             self.bytes += u64::from(delivered);
             self.sent_newest = self.sent_newest.max(sent);
         }
-        Train {
-            length: self.last.map_or(Duration::ZERO, |last| last.saturating_duration_since(self.start)),
-            sent_over: self.sent_newest.saturating_duration_since(self.sent_start),
-            bytes: self.bytes,
+        let length = self.last.map_or(Duration::ZERO, |last| last.saturating_duration_since(self.start));
+        let sent_over = self.sent_newest.saturating_duration_since(self.sent_start);
+        // A delivery rate over the longer of the send and the ACK spans (as Linux's
+        // tcp_rate.c: bw = min(send_rate, ack_rate)): ACKs bunched on the way back show no
+        // more than the data left at.
+        let span = length.max(sent_over);
+        if span >= train_span(min_rtt) {
+            let rate = (u128::from(self.bytes) * 1_000_000_000 / span.as_nanos()).min(u128::from(u64::MAX)) as u64;
+            self.fastest = self.fastest.max(rate);
         }
+        Train { length, sent_over, bytes: self.bytes, longest_gap: self.longest_gap, fastest: self.fastest }
     }
 }
 
@@ -233,15 +258,25 @@ impl Congestion {
     ///   the ACKs come back an eighth or more further apart than their data left, the
     ///   bottleneck spaced them: they arrive at its rate, and the window holds the path once
     ///   it reaches that rate times the minimum RTT. The train must span an eighth of the
-    ///   minimum RTT (2 ms at least) to give a rate.
+    ///   minimum RTT (2 ms at least) to give a rate. A bottleneck's rate is the fastest any
+    ///   train showed (as BBR's max filter of delivery rates, Linux's bbr_update_bw):
+    ///   ACKs held up on the way back (a busy receiver or path, a millisecond or two) make a
+    ///   short train look spaced and slow, never faster than the bottleneck lets data through.
+    ///   And a bottleneck that spaces ACKs an eighth wider than their data delivers at the
+    ///   fastest rate seen or more: its data left an eighth faster than that rate or more.
+    ///   ACKs of data sent slower came back spaced by chance (a stall, the timer wheel).
+    ///   A bottleneck spaces a train's ACKs evenly, so they must come back spaced even
+    ///   without the train's longest gap: a stall just under 2 ms (the most a train bridges)
+    ///   in a train of a few milliseconds stretches it by an eighth in one gap.
     pub fn on_ack_train(&mut self, train: Train, mss: u32, min_rtt: Duration, paced: bool) {
         if self.ssthresh != u32::MAX || self.cwnd < TRAIN_LOW_WINDOW * mss {
             return;
         }
         let full = if paced {
-            let spaced = train.length >= (min_rtt / 8).max(TRAIN_ACK_DELTA) && train.length * 8 >= train.sent_over * 9;
-            let path = train.bytes as u128 * min_rtt.as_nanos() / train.length.as_nanos().max(1);
-            spaced && u128::from(self.cwnd) >= path
+            let spaced = train.length >= train_span(min_rtt) && train.length.saturating_sub(train.longest_gap) * 8 >= train.sent_over * 9;
+            let beyond = u128::from(train.bytes) * 8_000_000_000 >= 9 * u128::from(train.fastest) * train.sent_over.as_nanos();
+            let path = u128::from(train.fastest) * min_rtt.as_nanos() / 1_000_000_000;
+            spaced && beyond && u128::from(self.cwnd) >= path
         } else {
             train.length > (min_rtt + TRAIN_ACK_DELAY) / 2
         };
@@ -402,6 +437,9 @@ impl Congestion {
 mod tests {
     use super::*;
 
+    /// The minimum RTT of the ACK-train tests: a train must span 5 ms to give a rate.
+    const MIN_RTT: Duration = Duration::from_millis(40);
+
     #[test]
     fn newreno_slow_start_then_linear() {
         let mut c = Congestion::new(CongestionAlgorithm::NewReno, 1000, 10);
@@ -474,7 +512,7 @@ mod tests {
         train.start_round();
         let t0 = Instant::ZERO + Duration::from_secs(1);
         for i in 0..acks as u32 {
-            let t = train.on_ack(t0 + ack_gap * i, t0 - Duration::from_millis(40) + sent_gap * i, 2000, true);
+            let t = train.on_ack(t0 + ack_gap * i, t0 - Duration::from_millis(40) + sent_gap * i, 2000, true, MIN_RTT);
             assert_eq!((t.length, t.sent_over, t.bytes), (ack_gap * i, sent_gap * i, 2000 * u64::from(i)));
             c.on_ack_train(t, 1000, Duration::from_millis(40), paced);
             if !c.in_slow_start() {
@@ -495,7 +533,7 @@ mod tests {
         assert_eq!(train_round(&mut c, 40, ms, Duration::ZERO, false), Some(100_000 + 21 * 2000));
         // Below 16 segments, or after the initial slow start, the train decides nothing.
         let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 10);
-        let long = Train { length: ms * 500, sent_over: Duration::ZERO, bytes: 1_000_000 };
+        let long = Train { length: ms * 500, sent_over: Duration::ZERO, bytes: 1_000_000, longest_gap: Duration::ZERO, fastest: 2_000_000 };
         for paced in [false, true] {
             c.on_ack_train(long, 1000, ms * 40, paced);
             assert!(c.in_slow_start());
@@ -521,6 +559,109 @@ mod tests {
     }
 
     #[test]
+    fn acks_held_up_on_the_way_back_do_not_make_a_short_train_look_like_a_slower_bottleneck() {
+        // Traced in the daemon on the emulated path (RTT 40 ms, 100 Mbit/s, paced, no loss):
+        // slow start ended at 174 segments (BDP ~345) on a train of 16 segments sent over
+        // 3.3 ms whose ACKs came back over 5.25 ms: 35 Mbit/s, a third of the bottleneck's,
+        // taken for its rate (and in rounds before, trains had delivered faster). Here:
+        // 2 segments of 1448 bytes a train's ACK, first paced trains delivering at 58 Mbit/s
+        // (ACKs as their data left: not spaced, no exit), then a short train at cwnd 174
+        // whose ACKs are held up (sent 0.5 ms apart, acknowledged 0.75 ms apart): spaced, but
+        // at 31 Mbit/s; the path holds at least the fastest rate seen times the minimum RTT,
+        // 200 segments, so slow start goes on (with that train's own rate, 106 segments: it
+        // ended). Then a bottleneck's spacing at 58 Mbit/s ends it once cwnd holds 200.
+        let (mss, seg2) = (1448, 2 * 1448);
+        let us = Duration::from_micros(1);
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, mss, 157);
+        let mut train = AckTrain::default();
+        train.start_round();
+        for i in 0..25u32 {
+            let t = train.on_ack(t0 + us * 400 * i, t0 - MIN_RTT + us * 400 * i, seg2, true, MIN_RTT);
+            c.on_ack_train(t, mss, MIN_RTT, true);
+        }
+        assert!(c.in_slow_start());
+        let fastest = 7_240_000;
+        assert_eq!(train.on_ack(t0 + us * 400 * 25, t0 - MIN_RTT + us * 400 * 25, seg2, true, MIN_RTT).fastest, fastest);
+        let path = fastest * 40 / 1000;
+        assert_eq!(path / u64::from(mss), 200);
+        // The next round, at 174 segments: ACKs held up.
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, mss, 174);
+        let t1 = t0 + Duration::from_millis(40);
+        train.start_round();
+        for i in 0..8u32 {
+            let t = train.on_ack(t1 + us * 750 * i, t1 - MIN_RTT + us * 500 * i, seg2, true, MIN_RTT);
+            if i == 7 {
+                assert_eq!((t.length, t.sent_over, t.bytes), (us * 5250, us * 3500, 7 * u64::from(seg2)));
+                assert!((t.length - t.longest_gap) * 8 >= t.sent_over * 9, "spaced, as by a bottleneck");
+                assert!(u64::from(c.cwnd) > t.bytes * 40_000 / 5250, "that train's own rate says full");
+            }
+            c.on_ack_train(t, mss, MIN_RTT, true);
+            assert!(c.in_slow_start(), "ACK {i}: cwnd {}", c.cwnd / mss);
+        }
+        // After a gap, a train spaced by the bottleneck (data sent 2 segments per 0.3 ms,
+        // acknowledged 2 per 0.4 ms): slow start ends once the window holds the path.
+        let t2 = t1 + Duration::from_millis(10);
+        let mut exit = None;
+        for i in 0..40u32 {
+            let t = train.on_ack(t2 + us * 400 * i, t2 - MIN_RTT + us * 300 * i, seg2, true, MIN_RTT);
+            c.on_ack_train(t, mss, MIN_RTT, true);
+            if !c.in_slow_start() {
+                exit = Some(c.ssthresh);
+                break;
+            }
+            c.on_ack(t2, seg2, mss, None, None);
+        }
+        let exit = u64::from(exit.expect("slow start ended"));
+        assert!((path..path + u64::from(seg2)).contains(&exit), "ended at {exit}, the path holds {path}");
+    }
+
+    #[test]
+    fn a_train_of_data_sent_no_faster_than_the_path_has_delivered_ends_nothing() {
+        // Traced in the daemon on the emulated path (RTT 40 ms, 100 Mbit/s, paced, no loss):
+        // slow start ended at 213 segments (BDP ~345) on a train of 53 segments sent over
+        // 13.2 ms (46 Mbit/s) and acknowledged over 15.0 ms, an eighth wider, while earlier
+        // trains had delivered 48 Mbit/s: data sent slower than the path had delivered met no
+        // bottleneck, the spacing was chance. Here: trains delivering 2 segments of 1448
+        // bytes per 0.48 ms (48 Mbit/s: 166 segments in 40 ms), then, at cwnd 213, data sent
+        // 2 segments per 0.5 ms and acknowledged 2 per 0.6 ms (spaced, and with the window
+        // beyond the fastest rate times the minimum RTT, it ended). Then data sent an eighth
+        // faster than any rate seen, 2 segments per 0.4 ms, acknowledged 2 per 0.5 ms: that
+        // ends it.
+        let (mss, seg2) = (1448, 2 * 1448);
+        let us = Duration::from_micros(1);
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        let mut c = Congestion::new(CongestionAlgorithm::Cubic, mss, 213);
+        let mut train = AckTrain::default();
+        train.start_round();
+        for i in 0..25u32 {
+            let t = train.on_ack(t0 + us * 480 * i, t0 - MIN_RTT + us * 480 * i, seg2, true, MIN_RTT);
+            assert_eq!(t.length, t.sent_over);
+            c.on_ack_train(t, mss, MIN_RTT, true);
+        }
+        assert!(c.in_slow_start());
+        let t1 = t0 + Duration::from_millis(40);
+        train.start_round();
+        for i in 0..27u32 {
+            let t = train.on_ack(t1 + us * 600 * i, t1 - MIN_RTT + us * 500 * i, seg2, true, MIN_RTT);
+            if i == 26 {
+                assert!((t.length - t.longest_gap) * 8 >= t.sent_over * 9, "spaced, as by a bottleneck");
+                assert_eq!(t.fastest, 6_033_333);
+                assert!(u128::from(c.cwnd) > u128::from(t.fastest) * 40 / 1000, "the window holds the fastest rate's path");
+            }
+            c.on_ack_train(t, mss, MIN_RTT, true);
+            assert!(c.in_slow_start(), "ACK {i}");
+        }
+        let t2 = t1 + Duration::from_millis(20);
+        let ended = (0..20u32).any(|i| {
+            let t = train.on_ack(t2 + us * 500 * i, t2 - MIN_RTT + us * 400 * i, seg2, true, MIN_RTT);
+            c.on_ack_train(t, mss, MIN_RTT, true);
+            !c.in_slow_start()
+        });
+        assert!(ended && c.ssthresh == 213 * mss);
+    }
+
+    #[test]
     fn a_segment_the_path_held_back_does_not_shrink_the_trains_send_spread() {
         // Paced data left 2 segments per 0.5 ms; one segment the path held back 5 ms is
         // delivered by the 31st ACK, the newest it delivers sent 20 ms before the others:
@@ -532,7 +673,7 @@ mod tests {
         let (t0, sent0) = (Instant::ZERO + ms * 1000, Instant::ZERO + ms * 960);
         for i in 0..40u32 {
             let sent = if i == 30 { sent0 - ms * 5 } else { sent0 + ms / 2 * i };
-            let t = train.on_ack(t0 + ms / 2 * i, sent, 2000, true);
+            let t = train.on_ack(t0 + ms / 2 * i, sent, 2000, true, MIN_RTT);
             assert_eq!(t.sent_over, ms / 2 * if i == 30 { 29 } else { i }, "ACK {i}");
         }
     }
@@ -547,20 +688,20 @@ mod tests {
         let mut train = AckTrain::default();
         train.start_round();
         for i in (0..7u32).chain([8]) {
-            assert_eq!(train.on_ack(t0 + ms * i, sent0 + ms * i, 1000, true).length, ms * i);
+            assert_eq!(train.on_ack(t0 + ms * i, sent0 + ms * i, 1000, true, MIN_RTT).length, ms * i);
         }
-        let late = train.on_ack(t0 + ms * 9, sent0 + ms * 7, 1000, false);
-        assert_eq!(late, Train { length: ms * 8, sent_over: ms * 8, bytes: 8000 });
+        let late = train.on_ack(t0 + ms * 9, sent0 + ms * 7, 1000, false, MIN_RTT);
+        assert_eq!(late, Train { length: ms * 8, sent_over: ms * 8, bytes: 8000, longest_gap: ms * 2, fastest: 1_000_000 });
         // In order again: the train runs on from its last in-order ACK.
-        assert_eq!(train.on_ack(t0 + ms * 10, sent0 + ms * 9, 1000, true), Train { length: ms * 10, sent_over: ms * 9, bytes: 9000 });
+        assert_eq!(train.on_ack(t0 + ms * 10, sent0 + ms * 9, 1000, true, MIN_RTT), Train { length: ms * 10, sent_over: ms * 9, bytes: 9000, longest_gap: ms * 2, fastest: 1_000_000 });
         // After a gap, or at a round's start, a late ACK begins nothing.
         for gap in [true, false] {
             if !gap {
                 train.start_round();
             }
-            let t = train.on_ack(t0 + ms * 20, sent0, 1000, false);
-            assert_eq!(t, Train { length: Duration::ZERO, sent_over: Duration::ZERO, bytes: 0 });
-            let next = train.on_ack(t0 + ms * 21, sent0 + ms * 20, 1000, true);
+            let t = train.on_ack(t0 + ms * 20, sent0, 1000, false, MIN_RTT);
+            assert_eq!(t, Train { length: Duration::ZERO, sent_over: Duration::ZERO, bytes: 0, longest_gap: Duration::ZERO, fastest: 1_000_000 });
+            let next = train.on_ack(t0 + ms * 21, sent0 + ms * 20, 1000, true, MIN_RTT);
             assert_eq!((next.length, next.bytes), (Duration::ZERO, 0), "a new train at the next in-order ACK");
         }
     }
@@ -572,10 +713,10 @@ mod tests {
         let ms = |n: u64| Duration::from_millis(n);
         let mut train = AckTrain::default();
         let r0 = Instant::ZERO + ms(1000);
-        let mut ack = |t: u64| train.on_ack(r0 + ms(t), r0 + ms(t) - ms(40), 1000, true);
+        let mut ack = |t: u64| train.on_ack(r0 + ms(t), r0 + ms(t) - ms(40), 1000, true, MIN_RTT);
         assert_eq!(ack(0).length, ms(0));
-        assert_eq!(ack(2), Train { length: ms(2), sent_over: ms(2), bytes: 1000 });
-        assert_eq!(ack(5), Train { length: ms(0), sent_over: ms(0), bytes: 0 }, "a 3 ms gap: a new train");
+        assert_eq!(ack(2), Train { length: ms(2), sent_over: ms(2), bytes: 1000, longest_gap: ms(2), fastest: 0 }, "2 ms: too short for a rate");
+        assert_eq!(ack(5), Train { length: ms(0), sent_over: ms(0), bytes: 0, longest_gap: ms(0), fastest: 0 }, "a 3 ms gap: a new train");
         assert_eq!(ack(6).length, ms(1));
         // ACKs 1 ms apart that run from one round into the next: the next round's train
         // counts from its own first ACK, not from the previous round's.
@@ -583,7 +724,7 @@ mod tests {
             assert_eq!(ack(i).length, ms(i - 5));
         }
         train.start_round();
-        let mut ack = |t: u64| train.on_ack(r0 + ms(t), r0 + ms(t) - ms(40), 1000, true);
+        let mut ack = |t: u64| train.on_ack(r0 + ms(t), r0 + ms(t) - ms(40), 1000, true, MIN_RTT);
         for i in 40..50 {
             assert_eq!(ack(i).length, ms(i - 40));
         }

@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// in one sitting, e.g. a copy of main's).
     #[arg(long)]
     pub synx_bin: Option<PathBuf>,
+    /// Counted rounds per peer after the warm-up (default: 2 with --quick, else 4): more for
+    /// rows whose rounds spread widely (the WAN loss cells), the figure being their median.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: Option<u32>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -118,7 +122,7 @@ impl Plan {
         }
         Ok(Self {
             quick: a.quick,
-            rounds: if a.quick { 2 } else { 4 },
+            rounds: a.rounds.map_or(if a.quick { 2 } else { 4 }, |r| r as usize),
             warmup_secs: if a.quick { 1.0 } else { 2.0 },
             flood_secs: if a.quick { 3.0 } else { 5.0 },
             conn_secs: if a.quick { 3.0 } else { 5.0 },

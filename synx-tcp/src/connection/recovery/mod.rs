@@ -454,7 +454,7 @@ impl Recovery {
         self.tlp_on_ack(s, dsack, una_advanced || sacked > 0, mss, stats);
         // HyStart's ACK train, on every ACK that delivered data (as Linux's bictcp_acked).
         if let (false, Some(sent), Some(min_rtt)) = (self.reducing(), newest, self.rack.min_rtt()) {
-            let train = self.ack_train.on_ack(now, sent, delivered, self.rack.fack().gt(prior_fack));
+            let train = self.ack_train.on_ack(now, sent, delivered, self.rack.fack().gt(prior_fack), min_rtt);
             self.cc.on_ack_train(train, mss, min_rtt, config.pacing);
         }
         // The window: PRR while reducing, else slow start or congestion avoidance by what was
