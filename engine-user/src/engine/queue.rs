@@ -268,6 +268,13 @@ async fn serve_queue(
         #[cfg(feature = "fault-injection")]
         q.ctx.health.panic_if_injected(q.ctx.queue);
         let received = q.receive(&mut xsk) + q.receive_handed();
+        if received > 0 && q.glue.tasks() > 0 {
+            // Let this thread's apps read what just arrived before anything is sent: what they
+            // write back then carries the ACK (and the window update their read made due) in
+            // this turn's transmit, instead of a pure ACK frame going out ahead of it (a
+            // request/response connection sent 4 frames instead of 3).
+            tokio::task::yield_now().await;
+        }
         let poked = q.glue.serve_poked(&mut q.endpoint, now());
         let t = now();
         q.endpoint.handle_timeout(t);
@@ -277,12 +284,8 @@ async fn serve_queue(
         requests::answer_conns(&q.ctx.conns_requests, &q.endpoint, q.ctx.queue, t);
         q.publish_stats(&xsk, t);
         if received > 0 {
+            // More frames may be waiting: look again (the apps had their turn above).
             last_work = t;
-            // More frames may be waiting: look again, after letting this thread's apps read
-            // what just arrived (their writes go out in the next turn).
-            if q.glue.tasks() > 0 {
-                tokio::task::yield_now().await;
-            }
             continue;
         }
         if poked > 0 {

@@ -89,6 +89,27 @@ fn value_target(rows: &[Row], target: &'static str, name: &str, bound: f64, belo
     }
 }
 
+/// A client CPU busier than this (%) on both sides is the connection rate's limit.
+const CLIENT_BOUND_PCT: f64 = 95.0;
+
+/// The connection rate's verdict, saying so when the one client CPU was the limit on both
+/// sides: the rate then measures the client (its CPU per connection, which the server's frames
+/// per connection move), not the server.
+fn client_bound(rows: &[Row], mut v: Verdict) -> Verdict {
+    let median = |name: &str, peer: &str| row(rows, name).and_then(|r| r.side(peer)).and_then(|s| s.median());
+    let (Some(s), Some(k)) = (median("conn_client_cpu_pct", SYNX), median("conn_client_cpu_pct", KERNEL)) else { return v };
+    if s < CLIENT_BOUND_PCT || k < CLIENT_BOUND_PCT {
+        return v;
+    }
+    let per = |peer: &str| median("conn_client_cpu_per_conn", peer).map_or("-".into(), fmt_num);
+    v.figure += &format!(
+        "; client-bound: the client CPU was {s:.1}% (synx) and {k:.1}% (kernel) busy, {} and {} us of client CPU per connection (`conn_client_cpu_per_conn`)",
+        per(SYNX),
+        per(KERNEL)
+    );
+    v
+}
+
 /// Several verdicts that must all hold.
 fn all(target: &'static str, parts: Vec<Verdict>) -> Verdict {
     let met = if parts.iter().any(|v| v.met == Met::No) {
@@ -115,7 +136,7 @@ pub fn evaluate(rows: &[Row]) -> Vec<Verdict> {
                 value_target(rows, "", "syn_flood_answered_pct", 100.0, true),
             ],
         ),
-        ratio_target(rows, "connections per second >= 1.5x", "conn_rate", KERNEL, 1.5, true),
+        client_bound(rows, ratio_target(rows, "connections per second >= 1.5x", "conn_rate", KERNEL, 1.5, true)),
         ratio_target(rows, "server CPU per connection <= 0.67x", "conn_cpu_per_conn", KERNEL, 0.67, false),
     ];
     for c in ["c1", "c64", "c1000"] {
@@ -216,6 +237,23 @@ mod tests {
         assert_eq!(find(&v, "server CPU per connection").met, Met::No);
         // Rows this run did not measure are said to be so, not failed.
         assert_eq!(find(&v, "bulk").met, Met::NotMeasured);
+    }
+
+    #[test]
+    fn a_client_bound_connection_rate_says_so() {
+        let names = ["conn_rate", "conn_cpu_per_conn", "conn_client_cpu_pct", "conn_client_cpu_per_conn"];
+        let specs = names.iter().map(|&n| spec(n, "", n == "conn_rate", "")).collect();
+        let mut c = Collector::new("conn_rate", specs);
+        let mut record = |peer: &str, v: [f64; 4]| c.record(peer, false, Outcome { values: v.map(Some).to_vec(), failure: None, detail: serde_json::Value::Null });
+        record(SYNX, [22_000.0, 36.0, 99.5, 45.0]);
+        record(KERNEL, [18_000.0, 50.0, 98.0, 55.0]);
+        let v = evaluate(&c.finish());
+        let t = find(&v, "connections per second");
+        assert_eq!(t.met, Met::No);
+        assert!(t.figure.contains("client-bound: the client CPU was 99.5% (synx) and 98.0% (kernel) busy, 45.0 and 55.0 us"), "{t:?}");
+        // A server-bound rate says nothing of the client.
+        let v = evaluate(&rows(&[22_000.0, 36.0], &[18_000.0, 50.0]));
+        assert!(!find(&v, "connections per second").figure.contains("client-bound"));
     }
 
     #[test]

@@ -53,11 +53,13 @@ pub fn peer(side: Side) -> &'static str {
     }
 }
 
-/// CPU time around a load, read per CPU: the server side's, the client side's, each CPU's
-/// busy fraction, and the wall time.
+/// CPU time around a load, read per CPU (wall time less idle time, see [`CpuTimes`]): the
+/// server side's, the client side's, each CPU's busy fraction, and the wall time.
 #[derive(Debug, Clone)]
 pub struct CpuWindow {
     pub server_secs: f64,
+    /// The server CPUs' busy time as the tick samples count it (for the record).
+    pub server_secs_sampled: f64,
     pub client_secs: f64,
     pub per_cpu_busy: Vec<f64>,
     pub wall_secs: f64,
@@ -67,6 +69,7 @@ impl CpuWindow {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "server_cpu_s": self.server_secs,
+            "server_cpu_s_sampled": self.server_secs_sampled,
             "client_cpu_s": self.client_secs,
             "per_cpu_busy": self.per_cpu_busy,
             "wall_s": self.wall_secs,
@@ -85,6 +88,7 @@ pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Re
     let out = out?;
     let w = CpuWindow {
         server_secs: c1.busy_secs_since(&c0, &rig.cpus.server),
+        server_secs_sampled: c1.sampled_busy_secs_since(&c0, &rig.cpus.server),
         client_secs: c1.busy_secs_since(&c0, &rig.cpus.client),
         per_cpu_busy: c1.per_cpu_busy_since(&c0),
         wall_secs: wall,
