@@ -6,7 +6,8 @@
 
 use crate::cookie::{self, Key, Tuple};
 
-/// Option words of the SYN-ACK as [`SynAck::option_words`] lays them out: 20 bytes, always.
+/// Option words of a SYN-ACK with timestamps as [`SynAck::option_words`] lays them out: 20
+/// bytes. Without timestamps a SYN-ACK carries the MSS alone ([`SynAck::mss_word`]).
 pub const OPT_WORDS: usize = 5;
 /// The window of our SYN-ACK (a SYN's window is never scaled, RFC 7323 2.2).
 pub const WINDOW: u16 = 65535;
@@ -150,14 +151,23 @@ impl SynAck {
         SYN | ACK | if self.ece { ECE } else { 0 }
     }
 
+    /// The MSS option as one word: all a SYN-ACK without timestamps carries (see [`build`]),
+    /// as Linux's cookie SYN-ACK then does. A client's SYN with nothing but the MSS (24 bytes of
+    /// TCP header) thus gets a SYN-ACK of its own size, which XDP writes without resizing.
+    #[inline(always)]
+    pub fn mss_word(&self) -> u32 {
+        let [m0, m1] = self.mss.to_be_bytes();
+        u32::from_le_bytes([2, 4, m0, m1])
+    }
+
     /// The options in Linux's order and layout (tcp_options_write): MSS, SACK-permitted (or
     /// NOP, NOP), timestamps, NOP, window scale (or NOP); without timestamps, MSS then EOL
-    /// padding. Each word holds 4 wire bytes read as a little-endian u32, as XDP stores them.
+    /// padding (XDP sends [`SynAck::mss_word`] alone then). Each word holds 4 wire bytes read
+    /// as a little-endian u32, as XDP stores them.
     #[inline(always)]
     pub fn option_words(&self) -> [u32; OPT_WORDS] {
         let w = u32::from_le_bytes;
-        let [m0, m1] = self.mss.to_be_bytes();
-        let mut o = [w([2, 4, m0, m1]), 0, 0, 0, 0];
+        let mut o = [self.mss_word(), 0, 0, 0, 0];
         if let Some((tsval, tsecr)) = self.ts {
             o[1] = if self.sack { w([4, 2, 8, 10]) } else { w([1, 1, 8, 10]) };
             o[2] = w(tsval.to_be_bytes());
@@ -247,6 +257,7 @@ mod tests {
             assert_eq!((a.wscale, a.sack, a.ts.is_some()), (wscale, sack, ts), "{what}");
             let b = option_bytes(&a);
             assert_eq!(b.len(), 4 * OPT_WORDS, "{what}");
+            assert_eq!(b[..4], a.mss_word().to_le_bytes(), "{what}: the MSS word leads");
             assert_eq!(b[4..8], word1, "{what}");
             assert_eq!(b[16..20], word4, "{what}");
             match a.ts {

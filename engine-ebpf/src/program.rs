@@ -283,7 +283,14 @@ fn syn_ack<C: Cookies>(ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now) ->
         Err(v) => return v,
     };
     let answer = synack::build(&syn, isn, ts_offset, now.ms, &ours);
-    if !reply(ctx, seg, answer.seq, answer.ack, answer.flags(), answer.window, &answer.option_words()) {
+    let sent = if answer.ts.is_some() {
+        reply(ctx, seg, answer.seq, answer.ack, answer.flags(), answer.window, &answer.option_words())
+    } else {
+        // Nothing but the MSS agreed (see `synack::build`): no padding words after it, so an
+        // MSS-only SYN is answered in its own frame, unresized.
+        reply(ctx, seg, answer.seq, answer.ack, answer.flags(), answer.window, &[answer.mss_word()])
+    };
+    if !sent {
         return Verdict::Drop(counters::DROP_NO_ROOM);
     }
     count(counters::SYN_COOKIE_SENT);
