@@ -28,33 +28,71 @@ static CPU_HEAVY: std::sync::RwLock<()> = std::sync::RwLock::new(());
 /// trafgen and its files, stopped and removed however the test ends (a panic included).
 /// trafgen runs in a process group of its own: its worker process (`--cpus 1` forks one) is
 /// signalled with it.
+/// trafgen flooding from the client namespace, started again whenever it exits: sending from a
+/// packet socket's TX ring past the qdisc, it gives up for good when the veth pushes back
+/// ("Flushing TX_RING failed: Resource temporarily unavailable"), which a loaded machine makes
+/// happen; the flood is the test's weather, not what it tests, so it must last.
 struct Flood {
-    child: std::process::Child,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    restarts: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    supervisor: Option<std::thread::JoinHandle<()>>,
     files: [std::path::PathBuf; 2],
 }
 
 impl Flood {
-    /// The last lines trafgen wrote.
+    /// Run `start()` (a trafgen in its own process group) until dropped.
+    fn start(start: impl Fn() -> std::process::Child + Send + 'static, files: [std::path::PathBuf; 2]) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let restarts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (stop2, restarts2) = (stop.clone(), restarts.clone());
+        let supervisor = std::thread::spawn(move || {
+            loop {
+                let mut child = start();
+                while matches!(child.try_wait(), Ok(None)) && !stop2.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if stop2.load(Ordering::SeqCst) {
+                    Self::end(&mut child);
+                    return;
+                }
+                let _ = child.wait();
+                restarts2.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Self { stop, restarts, supervisor: Some(supervisor), files }
+    }
+
+    /// SIGINT is how trafgen stops; its worker, busy sending, has been seen to miss it for
+    /// many minutes, so the group is killed after a grace.
+    fn end(child: &mut std::process::Child) {
+        let group = -(child.id() as i32);
+        // SAFETY: kill(2) on the process group of our own child.
+        unsafe { libc::kill(group, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above; the group is gone already if trafgen stopped with all its workers.
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        let _ = child.wait();
+    }
+
+    /// How often trafgen had to be started again, and the last lines it wrote.
     fn said(&self) -> String {
         let text = std::fs::read_to_string(&self.files[1]).unwrap_or_default();
-        text.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+        let last = text.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+        format!("restarted {} times; {last}", self.restarts.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
 
 impl Drop for Flood {
     fn drop(&mut self) {
-        // SIGINT is how trafgen stops; its worker, busy sending, has been seen to miss it for
-        // many minutes, so the group is killed after a grace.
-        let group = -(self.child.id() as i32);
-        // SAFETY: kill(2) on the process group of our own child.
-        unsafe { libc::kill(group, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(s) = self.supervisor.take() {
+            let _ = s.join();
         }
-        // SAFETY: as above; the group is gone already if trafgen stopped with all its workers.
-        unsafe { libc::kill(group, libc::SIGKILL) };
-        let _ = self.child.wait();
         for f in &self.files {
             let _ = std::fs::remove_file(f);
         }
@@ -90,18 +128,21 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
     // flood once the veth pushes back.
     let log_path = conf_path.with_extension("log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = bed
-        .net
-        .client
-        .command("trafgen")
-        .args(["--dev", &bed.net.client_if, "--cpus", "1", "--num", "0", "--conf"])
-        .arg(&conf_path)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("trafgen (netsniff-ng; `cargo xtask setup` installs it)");
-    let flood = Flood { child, files: [conf_path, log_path] };
+    let (client_ns, client_if, conf) = (bed.net.client.name().to_string(), bed.net.client_if.clone(), conf_path.clone());
+    let flood = Flood::start(
+        move || {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &client_ns, "trafgen"])
+                .args(["--dev", &client_if, "--cpus", "1", "--num", "0", "--conf"])
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(log.try_clone().expect("the log's handle"))
+                .process_group(0)
+                .spawn()
+                .expect("trafgen (netsniff-ng; `cargo xtask setup` installs it)")
+        },
+        [conf_path, log_path],
+    );
     let started = Instant::now();
     // At least 30,000 SYN-ACKs before the legitimate clients start: a fraction of a second on
     // an otherwise idle machine (150,000 take about 1.4 s here), longer on a busy one.
@@ -138,6 +179,7 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
         .unwrap();
     let synacks = bed.daemon.counter("xdp_syn_cookie_sent").unwrap() - synacks_before;
     let rss_during = process_rss_bytes(pid).expect("the daemon's VmRSS");
+    let flood_said = flood.said();
     drop(flood);
 
     assert_eq!(served, 100, "legitimate connections failed during the flood");
@@ -155,7 +197,7 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
     // 2.1 MB on top; about 300 KB of growth is seen with 150,000).
     let grown = rss_during.saturating_sub(rss_before);
     assert!(grown < 2 << 20, "RSS grew by {grown} bytes during {synacks} SYN-ACKs");
-    eprintln!("flood: {synacks} SYN-ACKs in {:?}, RSS {rss_before} -> {rss_during}", started.elapsed());
+    eprintln!("flood: {synacks} SYN-ACKs in {:?}, RSS {rss_before} -> {rss_during}; trafgen {}", started.elapsed(), flood_said);
     metrics_agree_with_stats_and_promtool(&bed);
 }
 
