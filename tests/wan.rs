@@ -194,13 +194,13 @@ fn sixty_four_mib_each_way_through_bursty_loss_arrive_intact() {
         let nonzero: Vec<&str> = nstat.lines().filter(|l| l.split_whitespace().nth(1).is_some_and(|v| v != "0")).collect();
         println!("client nstat:\n{}", nonzero.join("\n"));
         println!("synx connections: {:#}", serde_json::Value::from(daemon.conns().unwrap_or_default()));
+        println!("synx stats: {}", daemon.stats().map(|s| s.to_string()).unwrap_or_default());
+        println!("path: up {up:?}\ndown {down:?}");
         // Once more after the next timer fires (up to 20 s): whether it sent anything.
         std::thread::sleep(Duration::from_secs(20));
         println!("synx connections 20 s later: {:#}", serde_json::Value::from(daemon.conns().unwrap_or_default()));
         println!("client sockets 20 s later:\n{}", client.exec("ss", &["-tinoem", "state", "all"]).unwrap_or_default());
         println!("path 20 s later: up {:?}\ndown {:?}", bed.stats(Dir::Up), bed.stats(Dir::Down));
-        println!("synx stats: {}", daemon.stats().map(|s| s.to_string()).unwrap_or_default());
-        println!("path: up {up:?}\ndown {down:?}");
         let errors: Vec<String> = results.iter().enumerate().filter_map(|(i, r)| r.as_ref().err().map(|e| format!("flow {i}: {e:#}"))).collect();
         panic!("{}", errors.join("; "));
     }
