@@ -161,7 +161,7 @@ pub fn markdown(r: &Report) -> String {
             }
             if has_synx {
                 for p in &others {
-                    let ratio = match (row.side(targets::SYNX).and_then(|s| s.median()), row.side(p).and_then(|s| s.median())) {
+                    let ratio = match (row.side(targets::SYNX).and_then(|s| s.value()), row.side(p).and_then(|s| s.value())) {
                         (Some(a), Some(b)) if b != 0.0 => fmt_num(a / b),
                         _ => "-".into(),
                     };

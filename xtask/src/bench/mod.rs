@@ -39,8 +39,8 @@ pub struct BenchArgs {
     #[arg(long)]
     full: bool,
     /// Only these row groups (prefix match), comma-separated; `--list` shows them. A row's
-    /// name within a group that runs its rows one by one (wan_bulk) runs only those rows,
-    /// e.g. `--only wan_bulk_down_loss0,wan_bulk_up_loss0`.
+    /// name within a group that runs its rows one by one (wan_bulk, wan_short) runs only those
+    /// rows, e.g. `--only wan_bulk_down_loss0,wan_bulk_up_loss0` or `--only wan_short_1m`.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// List the row groups and exit.

@@ -1,7 +1,10 @@
 //! What a bench run found, as it is written to JSON and read back: rows of peers' rounds, every
 //! round kept raw with its value, its failure and its details. Nothing is dropped: a side's
 //! figure is the median of its succeeded rounds, and a side with any failed round is shown as
-//! failed (with the reasons) and fails every target that reads it.
+//! failed (with the reasons) and fails every target that reads it. A pooled row (a percentile
+//! of many samples, e.g. flows' completion times) takes its figure from all its succeeded
+//! rounds' samples together instead: each round's own value is then that percentile of its
+//! samples alone, kept to show the spread from round to round.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +20,9 @@ pub struct Round {
     pub value: Option<f64>,
     /// Why the round failed; None when it succeeded.
     pub failure: Option<String>,
+    /// A pooled row's samples from this round (see [`Side::pooled`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<f64>,
 }
 
 impl Round {
@@ -30,6 +36,10 @@ impl Round {
 pub struct Side {
     pub peer: String,
     pub rounds: Vec<Round>,
+    /// A pooled row's quantile (0.5 a median, 0.99 a p99): the figure is that quantile of the
+    /// samples of all succeeded counted rounds together (nearest rank), not a median of rounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooled: Option<f64>,
 }
 
 impl Side {
@@ -45,19 +55,25 @@ impl Side {
     pub fn failed(&self) -> usize {
         self.attempted() - self.succeeded()
     }
-    /// Median of the succeeded rounds (the lower middle for an even count: no invented value).
-    pub fn median(&self) -> Option<f64> {
-        let mut v: Vec<f64> = self.counted().filter(|r| r.ok()).filter_map(|r| r.value).collect();
+    /// The succeeded rounds' figure: their median (the lower middle for an even count: no
+    /// invented value), or for a pooled row the quantile of all their samples together.
+    pub fn value(&self) -> Option<f64> {
+        let ok = || self.counted().filter(|r| r.ok());
+        let mut v: Vec<f64> = match self.pooled {
+            Some(_) => ok().flat_map(|r| r.samples.iter().copied()).collect(),
+            None => ok().filter_map(|r| r.value).collect(),
+        };
         if v.is_empty() {
             return None;
         }
         v.sort_by(f64::total_cmp);
-        Some(v[(v.len() - 1) / 2])
+        let n = v.len();
+        Some(v[self.pooled.map_or((n - 1) / 2, |q| ((q * n as f64).ceil() as usize).clamp(1, n) - 1)])
     }
     /// The side's figure, or why it has none that a target may use: every counted round must
     /// have succeeded.
     pub fn figure(&self) -> Result<f64, String> {
-        match (self.median(), self.failed()) {
+        match (self.value(), self.failed()) {
             (_, 0) if self.attempted() == 0 => Err(format!("{}: no round ran", self.peer)),
             (Some(m), 0) => Ok(m),
             (_, n) => Err(format!("{}: {n} of {} rounds failed ({})", self.peer, self.attempted(), self.failure_summary())),
@@ -113,6 +129,8 @@ impl Row {
 /// the group at once (a flood round gives its rate, its CPU and its legitimate clients' fate).
 pub struct Collector {
     rows: Vec<Row>,
+    /// Each row's pooled quantile, given to its sides as they appear.
+    pooled: Vec<Option<f64>>,
     order: usize,
 }
 
@@ -138,10 +156,20 @@ pub struct RowSpec {
     pub unit: &'static str,
     pub higher_is_better: bool,
     pub note: String,
+    /// A pooled row's quantile ([`Side::pooled`]).
+    pub pooled: Option<f64>,
+}
+
+impl RowSpec {
+    /// The row's figure is quantile `q` of all counted rounds' samples together
+    /// ([`Collector::record_samples`]).
+    pub fn pooled(self, q: f64) -> Self {
+        Self { pooled: Some(q), ..self }
+    }
 }
 
 pub fn spec(name: impl Into<String>, unit: &'static str, higher_is_better: bool, note: impl Into<String>) -> RowSpec {
-    RowSpec { name: name.into(), unit, higher_is_better, note: note.into() }
+    RowSpec { name: name.into(), unit, higher_is_better, note: note.into(), pooled: None }
 }
 
 /// Raw per-round details, kept apart from the rows (one entry per round of the group).
@@ -157,6 +185,7 @@ pub struct RoundDetail {
 
 impl Collector {
     pub fn new(group: &str, specs: Vec<RowSpec>) -> Self {
+        let pooled = specs.iter().map(|s| s.pooled).collect();
         let rows = specs
             .into_iter()
             .map(|s| Row {
@@ -168,11 +197,17 @@ impl Collector {
                 sides: Vec::new(),
             })
             .collect();
-        Self { rows, order: 0 }
+        Self { rows, pooled, order: 0 }
     }
 
     /// Record one round of `peer`; returns its raw details for the report.
     pub fn record(&mut self, peer: &str, warmup: bool, outcome: Outcome) -> RoundDetail {
+        self.record_samples(peer, warmup, outcome, &[])
+    }
+
+    /// As [`Collector::record`], with the round's samples of each pooled row (`samples[i]` for
+    /// row `i`; the same for every row when only one is given).
+    pub fn record_samples(&mut self, peer: &str, warmup: bool, outcome: Outcome, samples: &[Vec<f64>]) -> RoundDetail {
         let order = self.order;
         self.order += 1;
         for (i, row) in self.rows.iter_mut().enumerate() {
@@ -184,10 +219,14 @@ impl Collector {
                 (None, Some(v)) if !v.is_finite() => Some(format!("not a number ({v})")),
                 (None, Some(_)) => None,
             };
-            let round = Round { order, warmup, value, failure };
+            let samples = match self.pooled[i] {
+                Some(_) => samples.get(i).or(samples.first()).cloned().unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let round = Round { order, warmup, value, failure, samples };
             match row.sides.iter_mut().find(|s| s.peer == peer) {
                 Some(side) => side.rounds.push(round),
-                None => row.sides.push(Side { peer: peer.into(), rounds: vec![round] }),
+                None => row.sides.push(Side { peer: peer.into(), rounds: vec![round], pooled: self.pooled[i] }),
             }
         }
         RoundDetail {
@@ -301,7 +340,7 @@ pub fn fmt_num(v: f64) -> String {
 /// A side's cell: its figure, marked when some rounds failed or none ran.
 pub fn cell(side: Option<&Side>) -> String {
     let Some(s) = side else { return "-".into() };
-    match (s.median(), s.failed(), s.attempted()) {
+    match (s.value(), s.failed(), s.attempted()) {
         (_, _, 0) => "not run".into(),
         (Some(m), 0, _) => fmt_num(m),
         (Some(m), f, n) => format!("{} (**{f}/{n} failed**)", fmt_num(m)),
@@ -338,7 +377,7 @@ mod tests {
         let synx = rows[0].side("synx").unwrap();
         assert_eq!((synx.attempted(), synx.succeeded(), synx.failed()), (3, 2, 1));
         // The median of what succeeded is still shown, marked...
-        assert_eq!(synx.median(), Some(10.0));
+        assert_eq!(synx.value(), Some(10.0));
         assert_eq!(cell(Some(synx)), "10.0 (**1/3 failed**)");
         // ...but no target may read it, and the reason travels with it.
         let err = synx.figure().unwrap_err();
@@ -354,7 +393,7 @@ mod tests {
         let rows = c.finish();
         let side = rows[0].side("kernel").unwrap();
         assert_eq!(side.rounds[0].value, Some(900.0));
-        assert_eq!(side.median(), None);
+        assert_eq!(side.value(), None);
         assert_eq!(cell(Some(side)), "**failed** (1/1)");
         assert!(side.figure().unwrap_err().contains("12 read errors"));
     }
@@ -370,12 +409,37 @@ mod tests {
     }
 
     #[test]
+    fn a_pooled_row_takes_its_quantile_from_every_counted_round_s_samples() {
+        let mut c = Collector::new("g", vec![spec("p50", "ms", false, "").pooled(0.5), spec("p99", "ms", false, "").pooled(0.99), spec("n", "flows", true, "")]);
+        let samples = |from: u32| (from..from + 100).map(f64::from).collect::<Vec<_>>();
+        // Warm-up samples (0..100) never count; a round's value is its own percentile.
+        c.record_samples("synx", true, outcome(&[50.0, 99.0, 100.0]), &[samples(0)]);
+        c.record_samples("synx", false, outcome(&[150.0, 199.0, 100.0]), &[samples(100)]);
+        c.record_samples("synx", false, outcome(&[1050.0, 1099.0, 100.0]), &[samples(1000)]);
+        let rows = c.finish();
+        let side = |i: usize| rows[i].side("synx").unwrap();
+        // The 100th and the 198th of the 200 counted samples (nearest rank), where a median
+        // of the two rounds' own figures would say 150 and 199.
+        assert_eq!((side(0).value(), side(1).value()), (Some(199.0), Some(1097.0)));
+        assert_eq!(side(0).rounds[1].value, Some(150.0));
+        // A row not pooled keeps no samples and takes the median of its rounds.
+        assert!(side(2).rounds.iter().all(|r| r.samples.is_empty()));
+        assert_eq!(side(2).value(), Some(100.0));
+        // A failed round's samples do not count.
+        let mut c = Collector::new("g", vec![spec("p50", "ms", false, "").pooled(0.5)]);
+        c.record_samples("synx", false, outcome(&[1050.0]), &[samples(1000)]);
+        c.record_samples("synx", false, Outcome::failed("a read timed out"), &[samples(0)]);
+        assert_eq!(c.finish()[0].side("synx").unwrap().value(), Some(1049.0));
+    }
+
+    #[test]
     fn even_counts_take_the_lower_middle() {
         let side = Side {
             peer: "p".into(),
-            rounds: [4.0, 1.0, 3.0, 2.0].iter().enumerate().map(|(i, &v)| Round { order: i, warmup: false, value: Some(v), failure: None }).collect(),
+            rounds: [4.0, 1.0, 3.0, 2.0].iter().enumerate().map(|(i, &v)| Round { order: i, warmup: false, value: Some(v), failure: None, samples: vec![] }).collect(),
+            pooled: None,
         };
-        assert_eq!(side.median(), Some(2.0));
+        assert_eq!(side.value(), Some(2.0));
     }
 
     #[test]
@@ -398,7 +462,7 @@ mod tests {
         let m = Report::merge(vec![run(1.0, &["idle_bytes_per_conn_100k"]), run(2.0, &["idle_bytes_per_conn_100k", "idle_bytes_per_conn_1m"])]);
         let names: Vec<&str> = m.rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["idle_bytes_per_conn_100k", "idle_bytes_per_conn_1m"]);
-        assert_eq!(m.rows[0].side("synx").unwrap().median(), Some(2.0));
+        assert_eq!(m.rows[0].side("synx").unwrap().value(), Some(2.0));
         assert_eq!(m.secs, 20.0);
         assert_eq!(m.meta["runs"].as_array().unwrap().len(), 2);
     }

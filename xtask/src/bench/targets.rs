@@ -48,7 +48,7 @@ fn ratio_target(rows: &[Row], target: &'static str, name: &str, peer: &str, boun
     match r.ratio(SYNX, peer) {
         Ok(x) => {
             let met = if at_least { x >= bound } else { x <= bound };
-            let (s, p) = (r.side(SYNX).and_then(|s| s.median()), r.side(peer).and_then(|s| s.median()));
+            let (s, p) = (r.side(SYNX).and_then(|s| s.value()), r.side(peer).and_then(|s| s.value()));
             Verdict {
                 target,
                 met: if met { Met::Yes } else { Met::No },
@@ -77,7 +77,7 @@ fn value_target(rows: &[Row], target: &'static str, name: &str, bound: f64, belo
         .sides
         .iter()
         .filter(|s| s.peer != SYNX)
-        .map(|s| format!("{} {}", s.peer, s.median().map_or("-".into(), fmt_num)))
+        .map(|s| format!("{} {}", s.peer, s.value().map_or("-".into(), fmt_num)))
         .collect();
     let others = if others.is_empty() { String::new() } else { format!("; {}", others.join(", ")) };
     match side.figure() {
@@ -96,7 +96,7 @@ const CLIENT_BOUND_PCT: f64 = 95.0;
 /// sides: the rate then measures the client (its CPU per connection, which the server's frames
 /// per connection move), not the server.
 fn client_bound(rows: &[Row], mut v: Verdict) -> Verdict {
-    let median = |name: &str, peer: &str| row(rows, name).and_then(|r| r.side(peer)).and_then(|s| s.median());
+    let median = |name: &str, peer: &str| row(rows, name).and_then(|r| r.side(peer)).and_then(|s| s.value());
     let (Some(s), Some(k)) = (median("conn_client_cpu_pct", SYNX), median("conn_client_cpu_pct", KERNEL)) else { return v };
     if s < CLIENT_BOUND_PCT || k < CLIENT_BOUND_PCT {
         return v;
