@@ -342,8 +342,48 @@ fn s05b_new_connection_on_a_tuple_in_time_wait_is_answered_at_once() {
     // RFC 6191: a client that reuses its port while synx holds the old tuple in TIME_WAIT
     // (the client, the passive closer, has no TIME_WAIT of its own) must not wait for a SYN
     // retransmission, and the new connection must work.
+    let (bed, first) = time_wait_of_one_request();
+    let cap = PacketSocket::open(&bed.net.client, &bed.net.client_if).unwrap();
+    let reply = request_again_from(&bed, first);
+    assert!(reply.ends_with(b"hello from synx\n"));
+    let syns = cap.collect(Duration::from_millis(300), 16, |f| {
+        tcp_of(f).is_some_and(|t| t.syn() && !t.ack() && t.source_port() == first.port())
+    });
+    assert_eq!(syns.len(), 1, "the client had to retransmit its SYN");
+    // The tuple's FLOWS entry went from the old incarnation to the new one, not deleted.
+    assert_eq!(bed.daemon.counter("tcp_time_wait_flows_kept").unwrap(), 1);
+}
+
+#[test]
+fn s05c_retransmitted_syn_on_a_reused_time_wait_tuple_is_answered() {
+    // The FLOWS entry a reused tuple keeps for its new incarnation brings the client's
+    // retransmitted SYN (our SYN-ACK lost) to userspace instead of XDP: it gets a SYN-ACK again,
+    // not a reset, and the connection works.
+    let (bed, first) = time_wait_of_one_request();
+    // The first SYN-ACK reaching the client is lost: the quota (IP bytes) lets one SYN-ACK of
+    // up to 60 bytes be dropped and passes the next.
+    bed.net
+        .client
+        .nft(&format!(
+            "table inet lossy {{\n chain in {{\n type filter hook input priority 0;\n tcp sport {PORT} tcp flags & (syn | ack) == syn | ack quota until 61 bytes drop\n }}\n}}\n"
+        ))
+        .unwrap();
+    let cap = PacketSocket::open(&bed.net.client, &bed.net.client_if).unwrap();
+    let reply = request_again_from(&bed, first);
+    bed.net.client.exec("nft", &["delete", "table", "inet", "lossy"]).unwrap();
+    assert!(reply.ends_with(b"hello from synx\n"));
+    let syns = cap.collect(Duration::from_millis(300), 16, |f| {
+        tcp_of(f).is_some_and(|t| t.syn() && !t.ack() && t.source_port() == first.port())
+    });
+    assert_eq!(syns.len(), 2, "the SYN-ACK was not lost, or the retransmitted SYN went unanswered");
+    assert_eq!(bed.daemon.counter("tcp_time_wait_flows_kept").unwrap(), 1);
+    assert_eq!(bed.daemon.counter("tcp_cookie_rejected").unwrap(), 0);
+}
+
+/// An HTTP server whose TIME_WAIT holds the tuple of one request served (and the client's
+/// address of it).
+fn time_wait_of_one_request() -> (Bed, SocketAddr) {
     let bed = Bed::start("http", &["--msl", "30s"]);
-    let addr = bed.addr(false);
     let first = bed.client(false, |mut s| {
         s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
         let mut v = Vec::new();
@@ -351,14 +391,19 @@ fn s05b_new_connection_on_a_tuple_in_time_wait_is_answered_at_once() {
         s.local_addr().unwrap()
     });
     assert!(bed.wait_state("TIME_WAIT"));
-    let cap = PacketSocket::open(&bed.net.client, &bed.net.client_if).unwrap();
-    let reply = bed
-        .net
+    (bed, first)
+}
+
+/// The response to one more request, from the client address `from` (the kernel's client has
+/// no TIME_WAIT of its own for it).
+fn request_again_from(bed: &Bed, from: SocketAddr) -> Vec<u8> {
+    let addr = bed.addr(false);
+    bed.net
         .client
         .run(move || -> std::io::Result<Vec<u8>> {
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
             s.set_reuse_address(true)?;
-            s.bind(&first.into())?;
+            s.bind(&from.into())?;
             s.connect_timeout(&addr.into(), Duration::from_secs(5))?;
             let mut s: TcpStream = s.into();
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -368,10 +413,5 @@ fn s05b_new_connection_on_a_tuple_in_time_wait_is_answered_at_once() {
             Ok(v)
         })
         .unwrap()
-        .unwrap();
-    assert!(reply.ends_with(b"hello from synx\n"));
-    let syns = cap.collect(Duration::from_millis(300), 16, |f| {
-        tcp_of(f).is_some_and(|t| t.syn() && !t.ack() && t.source_port() == first.port())
-    });
-    assert_eq!(syns.len(), 1, "the client had to retransmit its SYN");
+        .unwrap()
 }

@@ -600,6 +600,13 @@ impl FlowTable {
         Ok(r?)
     }
 
+    /// The entry [`FlowTable::insert`] made for a tuple names `slot` now (a new incarnation
+    /// takes the entry its TIME_WAIT kept): one update in place, the filter bit counted once.
+    pub fn replace(&self, local: SocketAddr, remote: SocketAddr, slot: u32) -> Result<(), BpfError> {
+        let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(flows.put(&flow_key(local, remote), slot)?)
+    }
+
     /// A connection another process wrote into FLOWS, now this process's (a takeover): its
     /// filter bit counts it, so [`FlowTable::remove`] may clear the bit when it goes.
     pub fn adopt(&self, local: SocketAddr, remote: SocketAddr) {

@@ -18,7 +18,7 @@
 //! threads, so a request/response turn costs one wakeup, not three.
 
 use std::{
-    collections::HashSet,
+    collections::{HashSet, VecDeque},
     net::SocketAddr,
     os::fd::{AsRawFd, OwnedFd, RawFd},
     sync::{
@@ -126,6 +126,13 @@ const LIMITS_PERIOD: Duration = Duration::from_millis(100);
 const TRIM_PERIOD: Duration = Duration::from_secs(1);
 const TRIM_AFTER: usize = 256;
 
+/// How long the FLOWS entry of a tuple whose TIME_WAIT a SYN ended stays for the new
+/// incarnation's cookie ACK (one RTT after our SYN-ACK; a retransmitted SYN is answered from
+/// userspace meanwhile), and for how many tuples at most; after that it goes, and XDP answers
+/// the tuple as any unknown one.
+const KEEP_FLOW_FOR: Duration = Duration::from_secs(1);
+const MAX_KEPT_FLOWS: usize = 4096;
+
 /// The longest sleep: stop requests and conns queries are noticed within it.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
@@ -144,6 +151,12 @@ struct QueueDriver {
     handed: std::collections::VecDeque<Handed>,
     /// SYN-ACKs built in userspace (TIME_WAIT reuse), sent with the next transmit batch.
     syn_acks: Vec<(Link, SocketAddr, SocketAddr, tcp::segment::Header)>,
+    /// Tuples whose TIME_WAIT a SYN ended (RFC 6191), their FLOWS entry kept for the new
+    /// incarnation, and since when (oldest first; a tuple a new connection took stays in the
+    /// queue, not in the set). Keeping it saves a delete and an insert per reused tuple (a
+    /// client cycling its ports meets TIME_WAIT on every connection).
+    kept: HashSet<(SocketAddr, SocketAddr)>,
+    kept_since: VecDeque<(Instant, SocketAddr, SocketAddr)>,
     /// Frames taken from the socket, frames the kernel dropped, and their sum as XDP last saw
     /// it ([`QueueDriver::publish_rx_progress`]).
     consumed: u64,
@@ -218,6 +231,8 @@ async fn serve_queue(
         glue: Glue::new(ctx.waker.clone(), ctx.stats.clone(), ctx.memory.clone()),
         handed: std::collections::VecDeque::new(),
         syn_acks: Vec::new(),
+        kept: HashSet::new(),
+        kept_since: VecDeque::new(),
         consumed: 0,
         kernel_dropped: 0,
         published: 0,
@@ -347,6 +362,11 @@ impl QueueDriver {
     /// rest. Whether no connection is left (the queue is done).
     fn hand_over(&mut self, now: Instant, deadline_ns: u64) -> bool {
         self.glue.begin_handover();
+        // The successor knows nothing of entries kept for new incarnations (it would reset
+        // their SYNs): XDP answers those tuples again.
+        while !self.kept_since.is_empty() {
+            self.expire_kept(None);
+        }
         if now.saturating_duration_since(self.last_handover) >= HANDOVER_PERIOD {
             self.last_handover = now;
             let before = self.moved.len();
@@ -463,6 +483,7 @@ impl QueueDriver {
                 // the endpoint; answer the SYN as XDP would have, so the client need not
                 // retransmit it (a 1 s stall for every port it reuses).
                 self.answer_syn(rx.link, rx.local, rx.remote, &hdr);
+                self.keep_flow(now, rx.local, rx.remote);
             }
             Disposition::Dropped(why) => stats.count_drop(why),
         }
@@ -510,6 +531,13 @@ impl QueueDriver {
             bump(&self.ctx.stats.held_back);
             return;
         }
+        if hdr.flags.syn() && !hdr.flags.ack() && listener.is_some() && self.kept.contains(&(local, remote)) {
+            // RFC 6191: a SYN for a tuple whose TIME_WAIT a SYN ended (the client's
+            // retransmission: our SYN-ACK was lost). The entry kept for the new incarnation
+            // brought it here; without it XDP would have answered, so answer as XDP would.
+            self.answer_syn(link, local, remote, hdr);
+            return;
+        }
         let memory = &self.ctx.memory;
         if listener.is_some() && !memory.admit(remote.ip()) {
             // The source holds all the connections it may: refused, as a full table refuses.
@@ -517,7 +545,7 @@ impl QueueDriver {
             let before = self.endpoint.pending_resets();
             self.endpoint.reset_unknown(local, remote, hdr, payload.len());
             self.glue.note_stranger(&self.endpoint, before, link);
-            let _ = self.ctx.flows.remove_claim(local, remote);
+            self.forget_flow(local, remote);
             return;
         }
         let admitted = listener.is_some();
@@ -527,7 +555,12 @@ impl QueueDriver {
         let resets_before = self.endpoint.pending_resets();
         match self.endpoint.accept_cookie(now, local, remote, hdr, payload, listener, cookie) {
             Ok((h, listener)) => {
-                let routed = self.ctx.flows.insert(local, remote, self.ctx.slot_base + h.slot());
+                let slot = self.ctx.slot_base + h.slot();
+                let routed = if self.kept.remove(&(local, remote)) {
+                    self.ctx.flows.replace(local, remote, slot)
+                } else {
+                    self.ctx.flows.insert(local, remote, slot)
+                };
                 self.glue.attach(&mut self.endpoint, now, h, link, &listener);
                 if let Err(e) = routed {
                     // FLOWS is full even of live connections: XDP would not route this one's
@@ -551,11 +584,55 @@ impl QueueDriver {
                     Refusal::BadCookie => &stats.cookie_rejected,
                     Refusal::Accept(_) => &stats.table_full,
                 });
-                // Whatever claim XDP put in FLOWS for this tuple must go: no connection holds it.
-                let _ = self.ctx.flows.remove_claim(local, remote);
+                // Whatever XDP's claim or a kept entry put in FLOWS for this tuple must go: no
+                // connection holds it.
+                self.forget_flow(local, remote);
                 self.glue.note_stranger(&self.endpoint, resets_before, link);
             }
         }
+    }
+
+    /// Keep the FLOWS entry of a tuple whose TIME_WAIT a SYN just ended for its new incarnation,
+    /// whose cookie ACK then updates it in place (see [`QueueDriver::kept`]); with too many
+    /// kept, the oldest goes first.
+    fn keep_flow(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr) {
+        if self.kept_since.len() >= MAX_KEPT_FLOWS {
+            self.expire_kept(None);
+        }
+        if self.kept.insert((local, remote)) {
+            self.kept_since.push_back((now, local, remote));
+            bump(&self.ctx.stats.time_wait_flows_kept);
+        }
+    }
+
+    /// Kept FLOWS entries no new connection took within [`KEEP_FLOW_FOR`] of `now` go (None:
+    /// the oldest one, whatever its age; see [`QueueDriver::keep_flow`]).
+    fn expire_kept(&mut self, now: Option<Instant>) {
+        while let Some(&(since, local, remote)) = self.kept_since.front() {
+            if now.is_some_and(|now| now.saturating_duration_since(since) < KEEP_FLOW_FOR) {
+                break;
+            }
+            self.kept_since.pop_front();
+            if self.kept.remove(&(local, remote))
+                && self.endpoint.lookup(local, remote).is_none()
+                && let Err(e) = self.ctx.flows.remove(local, remote)
+            {
+                tracing::debug!("FLOWS remove for {remote}: {e}");
+            }
+            if now.is_none() {
+                break;
+            }
+        }
+    }
+
+    /// The FLOWS entry of a tuple no connection holds goes: XDP's claim, or an entry kept for a
+    /// new incarnation (whose filter bit is counted).
+    fn forget_flow(&mut self, local: SocketAddr, remote: SocketAddr) {
+        let _ = if self.kept.remove(&(local, remote)) {
+            self.ctx.flows.remove(local, remote)
+        } else {
+            self.ctx.flows.remove_claim(local, remote)
+        };
     }
 
     /// The SYN-ACK XDP sends, built by the same policy (`engine_common::synack`) for a SYN that
@@ -643,11 +720,14 @@ impl QueueDriver {
 
     /// The endpoint's events, through the glue; a connection gone for good leaves FLOWS.
     fn handle_events(&mut self, now: Instant) {
-        let flows = &self.ctx.flows;
+        self.expire_kept(Some(now));
+        let (flows, kept) = (&self.ctx.flows, &self.kept);
         self.glue.handle_events(&mut self.endpoint, now, |endpoint, local, remote| {
             // Released (after TIME_WAIT for active closes): forget the flow, unless a new
-            // incarnation of the tuple (RFC 6191) holds the FLOWS entry by now.
+            // incarnation of the tuple (RFC 6191) holds the FLOWS entry by now, or is being
+            // made (the entry kept for it).
             if endpoint.lookup(local, remote).is_none()
+                && !kept.contains(&(local, remote))
                 && let Err(e) = flows.remove(local, remote)
             {
                 tracing::debug!("FLOWS remove for {remote}: {e}");

@@ -94,6 +94,8 @@ queue_stats! {
         "Connections reset by this side: an application's abort or close with unread data, or shutdown.";
     time_wait_fin_reacked: Counter "tcp_time_wait_fin_reacked"
         "FINs retransmitted by peers that lost our last ACK, acknowledged again from TIME_WAIT.";
+    time_wait_flows_kept: Counter "tcp_time_wait_flows_kept"
+        "FLOWS entries kept for a new incarnation when a SYN ended the tuple's TIME_WAIT (RFC 6191), instead of deleted and inserted again.";
     closed_at_stop: Counter "tcp_closed_at_stop"
         "Connections served in turns closed with a FIN between two turns because the engine stopped.";
     moved_out: Counter "takeover_connections_moved_out"
