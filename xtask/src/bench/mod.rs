@@ -129,7 +129,7 @@ impl Plan {
             http_secs: if a.quick { 5 } else { 15 },
             bulk_bytes: if a.quick { 256 << 20 } else { 1 << 30 },
             idle_counts,
-            idle_window_secs: if a.quick { 15 } else { 30 },
+            idle_window_secs: if a.quick { 20 } else { 30 },
             cpus: Cpus { server, client },
         })
     }
