@@ -355,15 +355,25 @@ fn read_one_response(t: &mut std::net::TcpStream) -> anyhow::Result<()> {
     }
 }
 
+/// The first source port of [`idle_clients`]: connection `i` comes from `FIRST_IDLE_PORT + i`.
+const FIRST_IDLE_PORT: u16 = 1024;
+
 pub fn idle_clients(addr: SocketAddr, src: Ipv4Addr, count: usize, http: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(count <= usize::from(u16::MAX - FIRST_IDLE_PORT) + 1, "{count} connections from one address: more than its ports");
     let mut held = Vec::with_capacity(count);
     for i in 0..count {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
         // Closed with a RST at the end: no TIME_WAIT sockets lingering into the next round's
         // slab figure.
         s.set_linger(Some(Duration::ZERO))?;
-        s.bind(&SocketAddr::new(IpAddr::V4(src), 0).into())?;
-        s.connect_timeout(&addr.into(), Duration::from_secs(5)).with_context(|| format!("connection {i} from {src}"))?;
+        // The source address is this process's alone, so its ports are named, not searched for
+        // among the namespace's bound ports as bind(port 0) does (a million of them at 1M).
+        let port = FIRST_IDLE_PORT + i as u16;
+        s.bind(&SocketAddr::new(IpAddr::V4(src), port).into()).with_context(|| format!("binding {src}:{port}"))?;
+        // A SYN the server dropped while busy is sent again after 1, 3, 7 and 15 s (Linux's
+        // initial RTO doubling): waiting 30 s lets a loaded server take its time, not fail the
+        // round at the second retransmission.
+        s.connect_timeout(&addr.into(), Duration::from_secs(30)).with_context(|| format!("connection {i} from {src}"))?;
         if http {
             // A keep-alive HTTP client between requests: one request answered, then quiet.
             let mut t: std::net::TcpStream = s.try_clone()?.into();

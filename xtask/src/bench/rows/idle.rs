@@ -29,6 +29,8 @@ use crate::bench::{
 };
 
 const KEEPALIVE: (u64, u64, u32) = (10, 5, 10);
+/// Linux's default tcp_keepalive_time (s): what an idle connection is probed at in practice.
+const DEFAULT_KEEPALIVE_IDLE: u64 = 7200;
 
 /// Child processes holding idle client connections; killed on drop.
 pub struct IdleClients(Vec<Child>);
@@ -160,6 +162,13 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 spec(format!("idle_bytes_per_conn_{s}"), "bytes/conn", false, format!("{n} connections; synx: daemon RSS growth plus the BPF maps as allocated (--max-conns {n}); kernel: RSS growth of its processes plus slab growth less the client sockets' share")),
                 spec(format!("idle_cpu_pct_{s}"), "% of a core", false, format!("server CPU busy time over {} s of idle, keepalive idle {idle} s, interval {interval} s on both sides", plan.idle_window_secs)),
                 spec(format!("idle_probes_per_conn_{s}"), "probes/conn", true, "segments from the server arriving at the client during the CPU window, per connection: keepalive probes"),
+                spec(format!("idle_cpu_us_per_probe_{s}"), "us/probe", false, "server CPU busy time over the window per probe arriving: every busy microsecond charged to the probes (their answers and timers), an upper bound; the detail keeps a per-second least-squares fit, which the machine's other load makes noisy"),
+                spec(
+                    format!("idle_cpu_pct_default_keepalive_{s}"),
+                    "% of a core",
+                    false,
+                    format!("derived: {n} connections probed once per {DEFAULT_KEEPALIVE_IDLE} s (Linux's default tcp_keepalive_time, a peer that answers) at the cost per probe above; what the connections cost with no probe at all is not measured apart"),
+                ),
             ],
         );
         let mut client_c = Collector::new("idle", vec![spec(format!("idle_client_slab_per_conn_{s}"), "bytes/conn", false, "the client sockets' slab growth, measured in the synx round (synx's server side adds no slab); subtracted from the kernel's")]);
@@ -226,6 +235,22 @@ fn softnet_drops() -> u64 {
     text.lines().filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok()).sum()
 }
 
+/// Least squares over the window's seconds, server busy seconds against probes arriving:
+/// (busy fraction with no probe, busy seconds per probe). None without two distinct probe
+/// counts (nothing to tell the cost from the base).
+fn probe_cost(probes: &[u64], busy: &[f64]) -> Option<(f64, f64)> {
+    let n = probes.len().min(busy.len()) as f64;
+    let mx = probes.iter().map(|&p| p as f64).sum::<f64>() / n;
+    let my = busy.iter().sum::<f64>() / n;
+    let sxx: f64 = probes.iter().map(|&p| (p as f64 - mx).powi(2)).sum();
+    let sxy: f64 = probes.iter().zip(busy).map(|(&p, &b)| (p as f64 - mx) * (b - my)).sum();
+    if sxx <= 0.0 {
+        return None;
+    }
+    let slope = sxy / sxx;
+    Some((my - slope * mx, slope))
+}
+
 /// One side's idle round: its outcome and the slab growth per connection it saw.
 fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, window: u64, client_slab: Option<f64>) -> anyhow::Result<(Outcome, f64)> {
     let addr = rig.addr(side, ECHO);
@@ -260,15 +285,20 @@ fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, w
     let start = Instant::now();
     let proc0: f64 = pids.iter().filter_map(|&p| testbed::process_cpu_secs(p)).sum();
     // Segments from the server per second of the window: when the probes arrive.
-    let mut timeline = Vec::new();
-    let mut last = probes0;
+    // Segments from the server and server CPU busy time per second of the window: when the
+    // probes arrive, and what each costs (the fit below).
+    let (mut timeline, mut busy) = (Vec::new(), Vec::new());
+    let (mut last, mut last_cpu) = (probes0, cpu0.clone());
     for s in 1..=window {
         let until = start + Duration::from_secs(s);
         std::thread::sleep(until.saturating_duration_since(Instant::now()));
         let now = rig.client_counter(side, "from_server")?;
+        let cpu = CpuTimes::now();
         timeline.push(now - last);
-        last = now;
+        busy.push(cpu.busy_secs_since(&last_cpu, &rig.cpus.server));
+        (last, last_cpu) = (now, cpu);
     }
+    let fit = probe_cost(&timeline, &busy);
     let cpu1 = CpuTimes::now();
     let drops = softnet_drops() - drops0;
     let proc1: f64 = pids.iter().filter_map(|&p| testbed::process_cpu_secs(p)).sum();
@@ -296,12 +326,14 @@ fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, w
                 "heap_trims": trims,
                 "heap_trim_us": trim_us,
             });
-            (rss_per + maps, detail)
+            (Some(rss_per + maps), detail)
         }
-        Side::Kernel => {
-            let client = client_slab.context("the client sockets' slab share was not measured (the synx round failed)")?;
-            (rss_per + slab_per - client, serde_json::json!({ "rss_per_conn": rss_per, "slab_per_conn": slab_per, "client_slab_per_conn": client, "processes": pids.len() }))
-        }
+        // Without the client sockets' share (the synx round failed) the kernel's bytes are not
+        // known, but its CPU and probes are: the round keeps them.
+        Side::Kernel => (
+            client_slab.map(|client| rss_per + slab_per - client),
+            serde_json::json!({ "rss_per_conn": rss_per, "slab_per_conn": slab_per, "client_slab_per_conn": client_slab, "processes": pids.len() }),
+        ),
     };
     eprintln!("bench: idle {side:?} {n}: {detail}");
     drop(clients);
@@ -311,8 +343,31 @@ fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, w
     detail["cpu"] = serde_json::json!({ "server_cpu_s": server_cpu, "per_cpu_busy": cpu1.per_cpu_busy_since(&cpu0), "server_process_cpu_s": proc1 - proc0, "window_s": window });
     detail["probes_arrived"] = probes.into();
     detail["probes_per_second"] = timeline.into();
+    detail["server_busy_per_second"] = busy.into();
+    if let Some((base, per_probe)) = fit {
+        detail["fit"] = serde_json::json!({ "no_probe_busy_pct": base * 100.0, "busy_us_per_probe": per_probe * 1e6 });
+    }
     detail["softnet_drops_in_window"] = drops.into();
     detail["open_secs"] = open_secs.into();
     detail["left_open_after_reset"] = (left - base.min(left)).into();
-    Ok((Outcome { values: vec![Some(bytes), Some(cpu_pct), Some(probes as f64 / n as f64)], failure: None, detail }, slab_per))
+    let per_probe = (probes > 0).then(|| server_cpu / probes as f64);
+    let (per_probe_us, default_pct) = (per_probe.map(|c| c * 1e6), per_probe.map(|c| c * n as f64 / DEFAULT_KEEPALIVE_IDLE as f64 * 100.0));
+    Ok((Outcome { values: vec![bytes, Some(cpu_pct), Some(probes as f64 / n as f64), per_probe_us, default_pct], failure: None, detail }, slab_per))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::probe_cost;
+
+    #[test]
+    fn the_fit_separates_the_cost_per_probe_from_the_base() {
+        // 1% of a core with no probe, 10 us per probe: seconds with 0, 1000 and 4000 probes.
+        let probes = [0, 1000, 0, 4000, 1000, 0];
+        let busy: Vec<f64> = probes.iter().map(|&p| 0.01 + p as f64 * 10e-6).collect();
+        let (base, per_probe) = probe_cost(&probes, &busy).unwrap();
+        assert!((base - 0.01).abs() < 1e-9, "{base}");
+        assert!((per_probe - 10e-6).abs() < 1e-12, "{per_probe}");
+        // Every second alike: nothing tells the cost from the base.
+        assert_eq!(probe_cost(&[500, 500, 500], &[0.1, 0.2, 0.1]), None);
+    }
 }
