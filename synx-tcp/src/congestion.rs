@@ -558,6 +558,14 @@ mod tests {
         assert_eq!(train_round(&mut c, 40, ms, ms / 2, true), Some(200_000 + 5 * 2000));
     }
 
+    /// The `i`-th ACK of a round that began at `start`, as traced in the daemon: each ACK
+    /// acknowledges 2 segments of 1448 bytes, ACKs `ack_us` apart, their data sent `sent_us`
+    /// apart one minimum RTT before.
+    fn traced_ack(train: &mut AckTrain, start: Instant, i: u32, ack_us: u32, sent_us: u32) -> Train {
+        let us = Duration::from_micros(1);
+        train.on_ack(start + us * ack_us * i, start - MIN_RTT + us * sent_us * i, 2 * 1448, true, MIN_RTT)
+    }
+
     #[test]
     fn acks_held_up_on_the_way_back_do_not_make_a_short_train_look_like_a_slower_bottleneck() {
         // Traced in the daemon on the emulated path (RTT 40 ms, 100 Mbit/s, paced, no loss):
@@ -577,12 +585,12 @@ mod tests {
         let mut train = AckTrain::default();
         train.start_round();
         for i in 0..25u32 {
-            let t = train.on_ack(t0 + us * 400 * i, t0 - MIN_RTT + us * 400 * i, seg2, true, MIN_RTT);
+            let t = traced_ack(&mut train, t0, i, 400, 400);
             c.on_ack_train(t, mss, MIN_RTT, true);
         }
         assert!(c.in_slow_start());
         let fastest = 7_240_000;
-        assert_eq!(train.on_ack(t0 + us * 400 * 25, t0 - MIN_RTT + us * 400 * 25, seg2, true, MIN_RTT).fastest, fastest);
+        assert_eq!(traced_ack(&mut train, t0, 25, 400, 400).fastest, fastest);
         let path = fastest * 40 / 1000;
         assert_eq!(path / u64::from(mss), 200);
         // The next round, at 174 segments: ACKs held up.
@@ -590,7 +598,7 @@ mod tests {
         let t1 = t0 + Duration::from_millis(40);
         train.start_round();
         for i in 0..8u32 {
-            let t = train.on_ack(t1 + us * 750 * i, t1 - MIN_RTT + us * 500 * i, seg2, true, MIN_RTT);
+            let t = traced_ack(&mut train, t1, i, 750, 500);
             if i == 7 {
                 assert_eq!((t.length, t.sent_over, t.bytes), (us * 5250, us * 3500, 7 * u64::from(seg2)));
                 assert!((t.length - t.longest_gap) * 8 >= t.sent_over * 9, "spaced, as by a bottleneck");
@@ -604,7 +612,7 @@ mod tests {
         let t2 = t1 + Duration::from_millis(10);
         let mut exit = None;
         for i in 0..40u32 {
-            let t = train.on_ack(t2 + us * 400 * i, t2 - MIN_RTT + us * 300 * i, seg2, true, MIN_RTT);
+            let t = traced_ack(&mut train, t2, i, 400, 300);
             c.on_ack_train(t, mss, MIN_RTT, true);
             if !c.in_slow_start() {
                 exit = Some(c.ssthresh);
@@ -628,14 +636,13 @@ mod tests {
         // beyond the fastest rate times the minimum RTT, it ended). Then data sent an eighth
         // faster than any rate seen, 2 segments per 0.4 ms, acknowledged 2 per 0.5 ms: that
         // ends it.
-        let (mss, seg2) = (1448, 2 * 1448);
-        let us = Duration::from_micros(1);
+        let mss = 1448;
         let t0 = Instant::ZERO + Duration::from_secs(1);
         let mut c = Congestion::new(CongestionAlgorithm::Cubic, mss, 213);
         let mut train = AckTrain::default();
         train.start_round();
         for i in 0..25u32 {
-            let t = train.on_ack(t0 + us * 480 * i, t0 - MIN_RTT + us * 480 * i, seg2, true, MIN_RTT);
+            let t = traced_ack(&mut train, t0, i, 480, 480);
             assert_eq!(t.length, t.sent_over);
             c.on_ack_train(t, mss, MIN_RTT, true);
         }
@@ -643,7 +650,7 @@ mod tests {
         let t1 = t0 + Duration::from_millis(40);
         train.start_round();
         for i in 0..27u32 {
-            let t = train.on_ack(t1 + us * 600 * i, t1 - MIN_RTT + us * 500 * i, seg2, true, MIN_RTT);
+            let t = traced_ack(&mut train, t1, i, 600, 500);
             if i == 26 {
                 assert!((t.length - t.longest_gap) * 8 >= t.sent_over * 9, "spaced, as by a bottleneck");
                 assert_eq!(t.fastest, 6_033_333);
@@ -654,7 +661,7 @@ mod tests {
         }
         let t2 = t1 + Duration::from_millis(20);
         let ended = (0..20u32).any(|i| {
-            let t = train.on_ack(t2 + us * 500 * i, t2 - MIN_RTT + us * 400 * i, seg2, true, MIN_RTT);
+            let t = traced_ack(&mut train, t2, i, 500, 400);
             c.on_ack_train(t, mss, MIN_RTT, true);
             !c.in_slow_start()
         });
