@@ -416,6 +416,65 @@ fn busy_poll_serves_the_same_bytes_and_stops_polling_when_idle() {
     assert!(used < 0.5, "the idle daemon used {used:.2} s of CPU in 2 s: still polling?");
 }
 
+#[test]
+fn preferred_busy_polling_serves_connections_and_says_whether_the_kernel_polls() {
+    // --prefer-busy-poll: the engine asks the kernel to run the veth's NAPI at every receive,
+    // the device's notification deferred (napi_defer_hard_irqs, gro_flush_timeout) as the
+    // kernel's AF_XDP docs ask. Handshakes, data both ways and closes must work as without it,
+    // the engine must give the device its notification back before sleeping, and once idle it
+    // must sleep (a spinning engine would show as a busy CPU). Whether the kernel could poll is
+    // the driver's affair: either it took frames in busy polls (BusyPollRxPackets, counted per
+    // namespace) or the engine says in its log that its socket has no NAPI to poll, which is
+    // what veth gives on Linux 6.18 (see `xsk::BusyPoll`); never silence.
+    require_root();
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    let dev = format!("/sys/class/net/{}", net.server_if);
+    net.server.exec("sh", &["-c", &format!("echo 2 > {dev}/napi_defer_hard_irqs && echo 50000 > {dev}/gro_flush_timeout")]).unwrap();
+    let busy_rx = || -> u64 {
+        let text = net.server.exec("cat", &["/proc/net/netstat"]).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+        let (names, values) = (lines[0].split_whitespace(), lines[1].split_whitespace());
+        names.zip(values).find(|(n, _)| *n == "BusyPollRxPackets").and_then(|(_, v)| v.parse().ok()).expect("BusyPollRxPackets")
+    };
+    let before = busy_rx();
+    let listen = format!("{}:7=echo", net.server_v4);
+    let daemon = Daemon::start(&net.server, &net.server_if, &["--listen", &listen, "--prefer-busy-poll", "64"]).unwrap();
+    assert!(echo_bulk_then_turns(&net, 7), "4 MiB echoed with preferred busy polling came back different");
+    // Short connections one after another: handshake, one turn, close, each after the engine
+    // had time to go to sleep.
+    let addr = SocketAddr::new(net.server_v4.into(), 7);
+    let served = net
+        .client
+        .run(move || {
+            (0..50u32).all(|i| {
+                std::thread::sleep(Duration::from_millis(2));
+                let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                s.write_all(&i.to_be_bytes()).unwrap();
+                let mut b = [0u8; 4];
+                s.read_exact(&mut b).unwrap();
+                u32::from_be_bytes(b) == i
+            })
+        })
+        .unwrap();
+    assert!(served, "a short connection's echo came back different");
+    assert!(wait_for(Duration::from_secs(10), || daemon.conns().unwrap().is_empty()), "connections left after the clients closed");
+    let stats = daemon.stats().unwrap();
+    let (polls, rearms) = (stats["xsk_busy_polls"].as_u64().unwrap(), stats["xsk_busy_poll_rearms"].as_u64().unwrap());
+    assert!(polls >= 256, "{polls} busy polls by the engine");
+    assert!(rearms > 0, "the engine never gave the device its notification back before a sleep");
+    let busy = busy_rx() - before;
+    let said_no_napi = daemon.log().iter().any(|l| l.contains("no NAPI id"));
+    assert!(busy > 0 || said_no_napi, "{polls} busy polls, no frame taken in one, and the engine did not say why");
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu = || process_cpu_secs(daemon.pid()).expect("the daemon's CPU time");
+    let start = cpu();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu() - start;
+    assert!(used < 0.5, "the idle daemon used {used:.2} s of CPU in 2 s: still polling?");
+}
+
 /// `app_tasks` and `app_waiting` from `synx stats` (None when absent).
 fn app_gauges(daemon: &Daemon) -> (Option<u64>, Option<u64>) {
     let stats = daemon.stats().unwrap();

@@ -172,6 +172,8 @@ pub struct RunConfig {
     pub xdp_mode: AttachMode,
     /// How long an engine thread keeps polling after work before it sleeps (0: never).
     pub busy_poll: Duration,
+    /// AF_XDP preferred busy polling with this NAPI budget (0: off).
+    pub prefer_busy_poll: u16,
     /// How long SIGTERM lets connections finish before resetting the rest.
     pub grace: Duration,
     pub app_threads: AppThreads,
@@ -222,6 +224,7 @@ pub struct FileConfig {
     pub max_conns: Option<u32>,
     pub xdp_mode: Option<String>,
     pub busy_poll: Option<String>,
+    pub prefer_busy_poll: Option<u16>,
     pub grace: Option<String>,
     pub app_threads: Option<String>,
     pub metrics: Option<String>,
@@ -259,6 +262,7 @@ pub struct FlagConfig {
     pub max_conns: Option<u32>,
     pub xdp_mode: Option<AttachMode>,
     pub busy_poll: Option<Duration>,
+    pub prefer_busy_poll: Option<u16>,
     pub grace: Option<Duration>,
     pub app_threads: Option<AppThreads>,
     pub metrics: Option<SocketAddr>,
@@ -323,6 +327,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
     let max_conns =
         bounds::MAX_CONNS.check(flags.max_conns.or(file.max_conns).unwrap_or(RunConfig::DEFAULT_MAX_CONNS))?;
     let busy_poll = bounds::BUSY_POLL.check(flags.busy_poll.or(dur(file.busy_poll)?).unwrap_or(Duration::ZERO))?;
+    let prefer_busy_poll = bounds::PREFER_BUSY_POLL.check(flags.prefer_busy_poll.or(file.prefer_busy_poll).unwrap_or(0))?;
     let grace = bounds::GRACE.check(flags.grace.or(dur(file.grace)?).unwrap_or(RunConfig::DEFAULT_GRACE))?;
     let metrics = match (flags.metrics, file.metrics.as_deref()) {
         (Some(a), _) => Some(a),
@@ -376,6 +381,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         max_conns,
         xdp_mode,
         busy_poll,
+        prefer_busy_poll,
         grace,
         app_threads,
         metrics,
@@ -429,6 +435,10 @@ pub mod bounds {
     /// Linux's net.core.busy_poll is typically 50 us; more than a few ms is a spinning thread.
     pub const BUSY_POLL: Bound<Duration> =
         Bound { name: "--busy-poll", range: secs(0)..=ms(10), says: "0 (off) to 10ms" };
+    /// SO_BUSY_POLL_BUDGET takes up to 65535; a NAPI poll's usual weight is 64, and a budget
+    /// beyond the RX ring's 4096 descriptors polls for frames with nowhere to go.
+    pub const PREFER_BUSY_POLL: Bound<u16> =
+        Bound { name: "--prefer-busy-poll", range: 0..=4096, says: "0 (off) to 4096 frames per poll" };
     pub const MAX_CONNS: Bound<u32> =
         Bound { name: "--max-conns", range: 1..=1 << 24, says: "1 to 16777216" };
     /// Below 16 MiB a few bulk connections would already be over; above 1 TiB is no limit.
@@ -485,6 +495,7 @@ mod tests {
             keepalive_probes = 3
             msl = "1s"
             busy_poll = "50us"
+            prefer_busy_poll = 64
             app_threads = "worker"
             metrics = "[::1]:9464"
             ecn = false
@@ -507,6 +518,7 @@ mod tests {
         assert_eq!(c.msl, Duration::from_secs(1));
         assert_eq!(c.xdp_mode, AttachMode::Skb);
         assert_eq!(c.busy_poll, Duration::from_micros(50));
+        assert_eq!(c.prefer_busy_poll, 64);
         assert_eq!(c.app_threads, AppThreads::Worker);
         assert_eq!(c.metrics, Some("[::1]:9464".parse().unwrap()));
         assert!(!c.ecn);
@@ -526,6 +538,7 @@ mod tests {
         assert_eq!(d.msl, Duration::from_secs(30));
         assert_eq!(d.app, App::Echo);
         assert_eq!(d.busy_poll, Duration::ZERO);
+        assert_eq!(d.prefer_busy_poll, 0);
         assert_eq!(d.app_threads, AppThreads::Engine);
         assert_eq!(d.metrics, None);
         // As Linux's net.ipv4.tcp_ecn=2: ECN when the client asks.
@@ -631,6 +644,7 @@ mod tests {
             (FlagConfig { msl: Some(Duration::ZERO), ..base() }, "--msl"),
             (FlagConfig { grace: Some(huge), ..base() }, "--grace"),
             (FlagConfig { busy_poll: Some(Duration::from_secs(5)), ..base() }, "--busy-poll"),
+            (FlagConfig { prefer_busy_poll: Some(4097), ..base() }, "--prefer-busy-poll"),
             (FlagConfig { keepalive_idle: Some(huge), ..base() }, "--keepalive-idle"),
             (FlagConfig { keepalive_idle: Some(Duration::ZERO), ..base() }, "--keepalive-idle"),
             (FlagConfig { keepalive_interval: Some(Duration::ZERO), ..base() }, "--keepalive-interval"),

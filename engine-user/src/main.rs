@@ -112,6 +112,13 @@ struct RunArgs {
     /// that follow each other closely, paid in CPU. Default 0 (off).
     #[arg(long, value_parser = parse_duration)]
     busy_poll: Option<Duration>,
+    /// AF_XDP preferred busy polling, N frames per poll (SO_BUSY_POLL_BUDGET; 64 is a NAPI's
+    /// usual weight): each engine thread runs its RX queue's NAPI itself at every receive
+    /// instead of being woken by the device, and gives the device its notification back
+    /// before it sleeps. Set the device's napi_defer_hard_irqs and gro_flush_timeout first
+    /// (e.g. 2 and 50000), or every frame still wakes its NAPI. Default 0 (off).
+    #[arg(long, value_name = "N")]
+    prefer_busy_poll: Option<u16>,
     /// Where the apps run: `engine` (default), each connection's app on the engine thread of
     /// its RX queue, one wakeup per request/response; `worker`, all apps on one tokio worker
     /// thread beside the engine threads.
@@ -212,6 +219,7 @@ fn real_main() -> anyhow::Result<()> {
                 max_conns: args.max_conns,
                 xdp_mode: args.xdp_mode,
                 busy_poll: args.busy_poll,
+                prefer_busy_poll: args.prefer_busy_poll,
                 grace: args.grace,
                 app_threads: args.app_threads,
                 metrics: args.metrics,

@@ -21,13 +21,16 @@ pub struct XskConfig {
     pub frames: u32,
     /// Descriptors in each of the RX, TX, fill and completion rings (power of two).
     pub ring_size: u32,
+    /// AF_XDP preferred busy polling with this NAPI budget (frames per poll); 0: off. See
+    /// [`BusyPoll`].
+    pub busy_poll_budget: u16,
 }
 
 impl Default for XskConfig {
     fn default() -> Self {
         // 4096 receive descriptors: room for the final ACKs of a burst of handshakes while the
         // engine works through the connections before them (see RX_BACKLOG in the queue loop).
-        Self { frames: 8192, ring_size: 4096 }
+        Self { frames: 8192, ring_size: 4096, busy_poll_budget: 0 }
     }
 }
 
@@ -99,6 +102,11 @@ pub struct XskStats {
     pub tx_wakeups: u64,
     /// Wakeups after refilling a fill ring the kernel had found empty.
     pub fill_wakeups: u64,
+    /// Zero-length receives that had the kernel poll the queue's NAPI (preferred busy polling).
+    pub busy_polls: u64,
+    /// Sleeps before which the device was given its own notification back (see
+    /// [`XskSocket::before_sleep`]).
+    pub busy_poll_rearms: u64,
 }
 
 /// One AF_XDP socket bound to one queue of one interface.
@@ -117,6 +125,7 @@ pub struct XskSocket {
     zero_copy: bool,
     /// Frames the kernel sends per TX wakeup at most in copy mode.
     tx_budget: u32,
+    busy_poll: Option<BusyPoll>,
     pub stats: XskStats,
 }
 
@@ -133,6 +142,7 @@ const XDP_OPTIONS_ZEROCOPY: u32 = 1;
 
 impl XskSocket {
     pub fn open(iface: &str, queue: u32, cfg: XskConfig) -> Result<Self, XskError> {
+        let sys_io = |what: &'static str, e: std::io::Error| XskError::Sys { iface: iface.into(), queue, what, errno: e.to_string() };
         let sys = |what: &'static str, e: xdpilone::Errno| XskError::Sys {
             iface: iface.into(),
             queue,
@@ -177,6 +187,10 @@ impl XskSocket {
         umem.bind(&user).map_err(|e| sys("bind", e))?;
         let fd = rx.as_raw_fd();
         let tx_budget = Self::raise_tx_budget(fd, cfg.ring_size);
+        let busy_poll = match cfg.busy_poll_budget {
+            0 => None,
+            budget => Some(BusyPoll::enable(fd, iface, budget).map_err(|e| sys_io("preferred busy polling", e))?),
+        };
 
         // Half the frames to the fill ring, half to the TX free list.
         let half = cfg.frames / 2;
@@ -200,6 +214,7 @@ impl XskSocket {
             fd,
             zero_copy,
             tx_budget,
+            busy_poll,
             stats: XskStats::default(),
         })
     }
@@ -254,6 +269,10 @@ impl XskSocket {
     /// Hand up to `max` received frames to `f`, then return their buffers to the fill ring.
     pub fn recv(&mut self, max: u32, mut f: impl FnMut(&[u8])) -> u32 {
         let chunk_mask = !(u64::from(FRAME_SIZE) - 1);
+        if let Some(b) = &mut self.busy_poll {
+            b.poll(self.fd);
+            self.stats.busy_polls += 1;
+        }
         let mut total = 0;
         while total < max {
             let mut n = 0u32;
@@ -379,5 +398,127 @@ impl XskSocket {
             self.stats.tx_completed += 1;
         }
         reader.release();
+    }
+}
+
+/// AF_XDP preferred busy polling (Linux 5.11+; Documentation/networking/af_xdp.rst, "Preferred
+/// busy polling"): SO_PREFER_BUSY_POLL, SO_BUSY_POLL and SO_BUSY_POLL_BUDGET on the socket, and
+/// a zero-length non-blocking receive at every [`XskSocket::recv`], in which the kernel runs
+/// the queue's NAPI once on this thread (xsk_recvmsg -> sk_busy_loop -> __napi_busy_loop; the
+/// socket knows its NAPI from its first frame). A TX wakeup (sendto) polls the same way.
+///
+/// With the device's napi_defer_hard_irqs and gro_flush_timeout set, each such poll leaves the
+/// device's notification off (on veth: a frame no longer schedules the NAPI) and arms a
+/// watchdog of gro_flush_timeout instead (busy_poll_stop): while the engine keeps coming back,
+/// frames wait for its next poll and no NAPI thread or softirq runs between two loop turns.
+/// If the engine stops polling, the watchdog runs the NAPI, and after napi_defer_hard_irqs
+/// empty runs the device notifies again.
+///
+/// The kernel can only poll a NAPI whose id the socket learned from its frames (the driver's
+/// XDP receive queue info carries it). On veth (Linux 6.18, native XDP, copy mode) the socket
+/// learns none (SO_INCOMING_NAPI_ID stays 0, BusyPollRxPackets stays 0): every busy poll
+/// polls nothing, which the engine says in its log after 256 polls.
+///
+/// An engine asleep in epoll would leave a lone frame waiting for that watchdog, up to
+/// gro_flush_timeout per request at one connection; so [`XskSocket::before_sleep`] gives the
+/// device its notification back first: the preference off, then polls without it until
+/// napi_complete_done has counted the deferral down (a preferred poll leaves
+/// defer_hard_irqs_count at napi_defer_hard_irqs - 1, each later poll that finds nothing takes
+/// one, and the one that finds it at 0 re-enables: napi_defer_hard_irqs polls). A frame then
+/// schedules the NAPI and wakes the engine at once; the next receive prefers busy polling again.
+struct BusyPoll {
+    /// The device's napi_defer_hard_irqs when the socket was bound (0 with no gro_flush_timeout:
+    /// nothing is deferred, nothing to give back).
+    defer_hard_irqs: u32,
+    /// SO_PREFER_BUSY_POLL is off (since the last sleep).
+    rearmed: bool,
+    /// The NAPI the kernel polls for us (SO_INCOMING_NAPI_ID; 0 until the socket learned it
+    /// from a frame: until then a busy poll polls nothing), and the polls made so far.
+    napi_id: u32,
+    polls: u64,
+}
+
+impl BusyPoll {
+    fn enable(fd: RawFd, iface: &str, budget: u16) -> std::io::Result<Self> {
+        // SO_BUSY_POLL only has to be non-zero here: a non-blocking AF_XDP receive polls the
+        // NAPI once whatever its value (sk_busy_loop with nonblock); how long the engine keeps
+        // polling after work is its own --busy-poll.
+        set_sockopt(fd, libc::SO_PREFER_BUSY_POLL, 1)?;
+        set_sockopt(fd, libc::SO_BUSY_POLL, 1)?;
+        set_sockopt(fd, libc::SO_BUSY_POLL_BUDGET, u32::from(budget))?;
+        let read = |name: &str| -> Option<u64> {
+            std::fs::read_to_string(format!("/sys/class/net/{iface}/{name}")).ok()?.trim().parse().ok()
+        };
+        let (defer, flush) = (read("napi_defer_hard_irqs"), read("gro_flush_timeout"));
+        let defer_hard_irqs = match (defer, flush) {
+            (Some(d), Some(f)) if d > 0 && f > 0 => u32::try_from(d).unwrap_or(u32::MAX),
+            _ => {
+                tracing::warn!(
+                    iface,
+                    ?defer,
+                    gro_flush_timeout_ns = ?flush,
+                    "preferred busy polling without napi_defer_hard_irqs and gro_flush_timeout on the device: \
+                     every frame still wakes the device's NAPI (set both, e.g. 2 and 50000, before starting synx)"
+                );
+                0
+            }
+        };
+        tracing::info!(iface, budget, defer_hard_irqs, gro_flush_timeout_ns = ?flush, "AF_XDP preferred busy polling");
+        Ok(Self { defer_hard_irqs, rearmed: false, napi_id: 0, polls: 0 })
+    }
+
+    /// Have the kernel poll the queue's NAPI (preferring busy polling again after a sleep).
+    fn poll(&mut self, fd: RawFd) {
+        if self.rearmed {
+            self.rearmed = false;
+            let _ = set_sockopt(fd, libc::SO_PREFER_BUSY_POLL, 1);
+        }
+        // SAFETY: a zero-length non-blocking receive into no buffer: the kernel only polls.
+        unsafe { libc::recvfrom(fd, std::ptr::null_mut(), 0, libc::MSG_DONTWAIT, std::ptr::null_mut(), std::ptr::null_mut()) };
+        self.polls += 1;
+        if self.napi_id == 0 && (self.polls < 1024 || self.polls.is_power_of_two()) {
+            let mut id: u32 = 0;
+            let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+            // SAFETY: getsockopt into a u32 of the stated size.
+            unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_INCOMING_NAPI_ID, (&raw mut id).cast(), &mut len) };
+            self.napi_id = id;
+            if id != 0 {
+                tracing::info!(napi_id = id, "AF_XDP busy polling the queue's NAPI");
+            } else if self.polls == 256 {
+                tracing::warn!("AF_XDP busy polling: the socket has no NAPI id after 256 polls: the kernel polls nothing for it");
+            }
+        }
+    }
+}
+
+/// Polls at most before a sleep to give the device its notification back.
+const MAX_REARM_POLLS: u32 = 4;
+
+fn set_sockopt(fd: RawFd, opt: libc::c_int, value: u32) -> std::io::Result<()> {
+    // SAFETY: setsockopt with a u32 of the stated size.
+    let rc = unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&raw const value).cast(), std::mem::size_of::<u32>() as libc::socklen_t)
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+impl XskSocket {
+    /// Before the engine sleeps: with preferred busy polling, give the device its notification
+    /// back (see [`BusyPoll`]), so that the next frame wakes the engine at once rather than
+    /// at the device's gro_flush_timeout. Frames these polls find land in the RX ring and end
+    /// the sleep at once.
+    pub fn before_sleep(&mut self) {
+        let Some(b) = &mut self.busy_poll else { return };
+        if b.rearmed || b.defer_hard_irqs == 0 {
+            return;
+        }
+        b.rearmed = true;
+        let _ = set_sockopt(self.fd, libc::SO_PREFER_BUSY_POLL, 0);
+        // A device deferring more than this many times still notifies at its next watchdog.
+        for _ in 0..b.defer_hard_irqs.min(MAX_REARM_POLLS) {
+            // SAFETY: as in `BusyPoll::poll`.
+            unsafe { libc::recvfrom(self.fd, std::ptr::null_mut(), 0, libc::MSG_DONTWAIT, std::ptr::null_mut(), std::ptr::null_mut()) };
+        }
+        self.stats.busy_poll_rearms += 1;
     }
 }

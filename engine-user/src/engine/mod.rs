@@ -86,6 +86,10 @@ pub struct EngineOptions {
     /// Zero, the default, sleeps at once: least CPU. A few tens of microseconds save a sleep
     /// and a wakeup per request/response turn (lower latency at one connection).
     pub busy_poll: Duration,
+    /// AF_XDP preferred busy polling with this NAPI budget (0: off): each engine thread runs
+    /// its RX queue's NAPI itself at every receive instead of being woken by the device (see
+    /// `xsk::BusyPoll`).
+    pub prefer_busy_poll: u16,
     /// What connections may hold, in all and per source, and how long they may sit in persist.
     pub memory: MemoryLimits,
     /// Serving with other hosts: the shared cookie key, the peers, draining.
@@ -107,6 +111,7 @@ impl EngineOptions {
             ecn: true,
             max_conns: Self::DEFAULT_MAX_CONNS,
             busy_poll: Duration::ZERO,
+            prefer_busy_poll: 0,
             memory: MemoryLimits::default(),
             cluster: ClusterOptions::default(),
         }
@@ -316,10 +321,11 @@ impl Engine {
                 health: health.clone(),
             };
             let iface = options.iface.clone();
+            let xsk_cfg = XskConfig { busy_poll_budget: options.prefer_busy_poll, ..XskConfig::default() };
             let ready = ready_tx.clone();
             let (health, rx_backlog, stats) = (health.clone(), xdp.rx_backlog(), ctx.stats.clone());
             threads.push(std::thread::Builder::new().name(format!("synx-q{queue}")).spawn(move || {
-                let run = || queue::run_queue(&iface, ctx, XskConfig::default(), &ready);
+                let run = || queue::run_queue(&iface, ctx, xsk_cfg, &ready);
                 let result = health.watch(queue, &stats, &rx_backlog, run);
                 if let Err(e) = &result {
                     let _ = ready.send(Err(anyhow::anyhow!("{e:#}")));

@@ -223,7 +223,7 @@ async fn serve_queue(
     let xsk_ready = unsafe { tokio::io::unix::AsyncFd::register_with_interest(XskFd(xsk.fd()), tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)?;
     ctx.flows.register_xsk(ctx.queue, xsk.fd())?;
-    tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), tx_budget = xsk.tx_budget(), "AF_XDP socket bound");
+    tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), tx_budget = xsk.tx_budget(), busy_poll_budget = xsk_cfg.busy_poll_budget, "AF_XDP socket bound");
     let mut ctx = ctx;
     let imports = std::mem::take(&mut ctx.imports);
     let mut q = QueueDriver {
@@ -327,6 +327,7 @@ async fn serve_queue(
                 continue;
             }
         }
+        xsk.before_sleep();
         q.sleep(&xsk_ready, xsk.tx_stalled()).await;
     }
 }
@@ -806,6 +807,8 @@ impl QueueDriver {
             (&s.xsk_tx_full, x.tx_full),
             (&s.xsk_tx_wakeups, x.tx_wakeups),
             (&s.xsk_fill_wakeups, x.fill_wakeups),
+            (&s.xsk_busy_polls, x.busy_polls),
+            (&s.xsk_busy_poll_rearms, x.busy_poll_rearms),
         ] {
             counter.store(v, Ordering::Relaxed);
         }

@@ -129,6 +129,10 @@ queue_stats! {
         "System calls that woke the kernel to send the AF_XDP TX ring (copy mode sends only when woken).";
     xsk_fill_wakeups: Counter "xsk_fill_wakeups"
         "System calls that woke the kernel after refilling an AF_XDP fill ring it had found empty.";
+    xsk_busy_polls: Counter "xsk_busy_polls"
+        "Zero-length receives in which the kernel polled the RX queue's NAPI on the engine thread (--prefer-busy-poll).";
+    xsk_busy_poll_rearms: Counter "xsk_busy_poll_rearms"
+        "Sleeps before which an engine thread gave the device its notification back (--prefer-busy-poll with napi_defer_hard_irqs set).";
     xsk_rx_dropped: Counter "xsk_rx_dropped" "Frames the kernel dropped at the AF_XDP socket (rx_dropped).";
     xsk_rx_ring_full: Counter "xsk_rx_ring_full"
         "Frames the kernel dropped because the AF_XDP RX ring was full (rx_ring_full).";
