@@ -9,6 +9,7 @@ mod latency;
 mod kernel_server;
 mod rate;
 mod xdp;
+mod xsk_tx;
 
 use std::{
     io::Write as _,
@@ -111,6 +112,28 @@ enum Command {
         sources: u32,
         #[arg(long)]
         secs: f64,
+    },
+    /// AF_XDP transmit alone through synx's driver, on queue 0 of IFACE: UDP frames of LEN
+    /// bytes from SRC to DST as fast as the kernel takes them, for SECS seconds. Prints the
+    /// frames sent and the wakeups that sent them.
+    XskTx {
+        #[arg(long)]
+        iface: String,
+        #[arg(long, value_parser = parse_mac)]
+        src_mac: [u8; 6],
+        #[arg(long, value_parser = parse_mac)]
+        dst_mac: [u8; 6],
+        #[arg(long)]
+        src: Ipv4Addr,
+        #[arg(long)]
+        dst: Ipv4Addr,
+        #[arg(long, default_value_t = 1514)]
+        len: usize,
+        #[arg(long)]
+        secs: f64,
+        /// Frames per second, paced in batches (0: as fast as the kernel takes them).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
     },
     /// The XDP synproxy peer: SYNs to LISTEN answered in XDP with the kernel helper's cookies
     /// (the rest left to nftables synproxy), attached to IFACE until stdin closes.
@@ -221,6 +244,9 @@ fn real_main() -> anyhow::Result<()> {
             print_json(&xdp::flood(&iface, src_mac, dst_mac, dst, src_base, sources, secs)?)
         }
         Command::XdpMicro { calls, flows } => print_json(&xdp::micro(calls, flows)?),
+        Command::XskTx { iface, src_mac, dst_mac, src, dst, len, secs, rate } => {
+            print_json(&xsk_tx::run(&xsk_tx::Options { iface, src_mac, dst_mac, src, dst, len, secs, rate })?)
+        }
         Command::XdpSynproxy { iface, listen } => xdp::xdp_synproxy(&iface, listen),
         Command::Sink { iface, net, prefix } => xdp::sink(&iface, net, prefix),
     }

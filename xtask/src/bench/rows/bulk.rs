@@ -1,17 +1,18 @@
 //! Bulk throughput over one connection: into discard (the server receives) and through echo
 //! (the server sends back everything it receives), against the kernel with its full offloads.
 
+use testbed::mac_of;
+
 use super::{counters_moved, measured, peer, ring_counters};
 use crate::bench::{
     Collector, Ctx, Outcome, Side,
     load::run_tool,
-    rig::{DISCARD, ECHO},
-    schedule, spec,
+    rig::{CpuTimes, DISCARD, ECHO, FLOOD_NET},
+    schedule, spec, targets,
 };
 
 pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let plan = ctx.plan.clone();
-    let rig = ctx.rig()?;
     let mib = plan.bulk_bytes >> 20;
     let mut rows = vec![];
     let mut details = vec![];
@@ -19,7 +20,11 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         ("bulk_rx", false, format!("{mib} MiB into discard over one connection")),
         ("bulk_tx", true, format!("{mib} MiB through echo over one connection (the server sends what it receives; both directions load the link)")),
     ] {
+        if !ctx.wants_row("bulk", name) {
+            continue;
+        }
         let mut c = Collector::new("bulk", vec![spec(name, "Gbit/s", true, note), spec(if echo { "bulk_tx_server_cpu_per_gb" } else { "bulk_rx_server_cpu_per_gb" }, "server CPU s/GB", false, "server CPU busy time per GB of payload")]);
+        let rig = ctx.rig()?;
         for (side, warmup) in schedule(&[Side::Synx, Side::Kernel], plan.rounds, true) {
             let bytes = if warmup { plan.bulk_bytes / 4 } else { plan.bulk_bytes };
             let rings = ring_counters(rig, side);
@@ -45,5 +50,78 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         rows.extend(c.finish());
     }
     ctx.push(rows, details);
+    if ctx.wants_row("bulk", "bulk_tx_xsk_floor") {
+        xsk_tx_floor(ctx)?;
+    }
+    Ok(())
+}
+
+/// Frames per second offered in the floor's paced run: about the frame rate synx's bulk_tx
+/// reaches each way (4-5 Gbit/s of 1448-byte segments).
+const FLOOR_PACED_RATE: f64 = 400_000.0;
+
+/// The floor under `bulk_tx`: what AF_XDP's copy-mode transmit alone costs on synx's veth pair
+/// (`synx-bench xsk-tx`: synx's own AF_XDP driver, no TCP, no app, nothing received), with
+/// synx stopped so the tool can bind its queue. Its frames go to the flood block, whose frames
+/// the client end's sink drops in XDP, so the client side does as little as it can. Each round
+/// runs the tool twice: as fast as the kernel takes the frames (the row: the rate, and the
+/// server CPU per frame, an upper bound as the tool spins while the device pushes back), then
+/// paced at [`FLOOR_PACED_RATE`] in batches of 32 with sleeps between them (kept in the JSON:
+/// the CPU per frame of a server that also goes idle and wakes up, as synx's does).
+fn xsk_tx_floor(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let (plan, synx_args) = (ctx.plan.clone(), ctx.synx_args.clone());
+    let rig = ctx.rig()?;
+    let secs = if plan.quick { 2.0 } else { 4.0 };
+    let mut c = Collector::new(
+        "bulk",
+        vec![
+            spec("bulk_tx_xsk_floor", "frames/s", true, "AF_XDP copy-mode transmit alone, through synx's driver (no TCP, no receive), 1514-byte frames dropped in XDP at the client end, as fast as the kernel takes them (synx stopped meanwhile)"),
+            spec("bulk_tx_xsk_floor_cpu_ns", "server CPU ns/frame", false, "server CPU busy time per frame sent in bulk_tx_xsk_floor (at most: it includes the tool spinning while the device pushes back)"),
+        ],
+    );
+    rig.synx = Err("stopped for bulk_tx_xsk_floor".into());
+    let net = rig.net(Side::Synx);
+    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let args = (|| -> anyhow::Result<Vec<String>> {
+        Ok(vec![
+            "xsk-tx".into(),
+            "--iface".into(),
+            net.server_if.clone(),
+            "--src-mac".into(),
+            mac(mac_of(&net.server, &net.server_if)?),
+            "--dst-mac".into(),
+            mac(mac_of(&net.client, &net.client_if)?),
+            "--src".into(),
+            net.server_v4.to_string(),
+            "--dst".into(),
+            std::net::Ipv4Addr::from(u32::from(FLOOD_NET) + 1).to_string(),
+            "--secs".into(),
+            secs.to_string(),
+        ])
+    })();
+    let run = |args: &[String], rate: f64| -> anyhow::Result<serde_json::Value> {
+        let mut args = args.to_vec();
+        args.extend(["--rate".into(), rate.to_string()]);
+        let c0 = CpuTimes::now();
+        let mut v = run_tool(&net.server, &rig.tools, &plan.cpus.server, &args)?;
+        let c1 = CpuTimes::now();
+        anyhow::ensure!(v["frames"].as_u64().unwrap_or(0) > 0, "the tool sent no frame: {v}");
+        v["server_cpu_s"] = c1.busy_secs_since(&c0, &plan.cpus.server).into();
+        v["client_cpu_s"] = c1.busy_secs_since(&c0, &plan.cpus.client).into();
+        Ok(v)
+    };
+    let mut details = vec![];
+    for (_, warmup) in schedule(&[Side::Synx], plan.rounds, true) {
+        let o = args.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|args| {
+            let fast = run(args, 0.0)?;
+            let paced = run(args, FLOOR_PACED_RATE)?;
+            let ns = |v: &serde_json::Value| v["server_cpu_s"].as_f64().unwrap_or(f64::NAN) * 1e9 / v["frames"].as_u64().unwrap_or(0) as f64;
+            let detail = serde_json::json!({ "fast": fast, "paced": paced, "paced_server_cpu_ns_per_frame": ns(&paced) });
+            Ok(Outcome { values: vec![fast["frames_per_s"].as_f64(), Some(ns(&fast))], failure: None, detail })
+        });
+        details.push(c.record(targets::SYNX, warmup, o.unwrap_or_else(|e| Outcome::failed(format!("{e:#}")))));
+    }
+    rig.start_synx(&synx_args);
+    ctx.push(c.finish(), details);
     Ok(())
 }
