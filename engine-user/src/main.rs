@@ -116,7 +116,9 @@ struct RunArgs {
     /// usual weight): each engine thread runs its RX queue's NAPI itself at every receive
     /// instead of being woken by the device, and gives the device its notification back
     /// before it sleeps. Set the device's napi_defer_hard_irqs and gro_flush_timeout first
-    /// (e.g. 2 and 50000), or every frame still wakes its NAPI. Default 0 (off).
+    /// (e.g. 2 and 50000), or every frame still wakes its NAPI. The kernel polls only a NAPI
+    /// whose id the driver gave the socket: on veth (Linux 6.18) none, so there it polls
+    /// nothing and the engine logs `no NAPI id`. Default 0 (off).
     #[arg(long, value_name = "N")]
     prefer_busy_poll: Option<u16>,
     /// Where the apps run: `engine` (default), each connection's app on the engine thread of

@@ -56,6 +56,13 @@ pub struct BenchArgs {
     /// `--synx-arg=--app-threads=worker`.
     #[arg(long, allow_hyphen_values = true)]
     synx_arg: Vec<String>,
+    /// NAPI deferral of synx's server veth: `HARD_IRQS,GRO_FLUSH_TIMEOUT_NS` (its
+    /// napi_defer_hard_irqs and gro_flush_timeout; 0,0 the kernel's defaults).
+    #[arg(long, default_value = "0,0")]
+    synx_napi_defer: rig::NapiDefer,
+    /// The same for the kernel peer's server veth.
+    #[arg(long, default_value = "0,0")]
+    kernel_napi_defer: rig::NapiDefer,
     /// CPUs of the server side (server process, its veth's receive work). Default: CPU 0.
     #[arg(long, value_delimiter = ',')]
     server_cpus: Vec<usize>,
@@ -142,6 +149,8 @@ pub struct Ctx {
     /// The release-built `synx-bench` (kernel peer, generators).
     pub tools: PathBuf,
     pub synx_args: Vec<String>,
+    pub synx_defer: rig::NapiDefer,
+    pub kernel_defer: rig::NapiDefer,
     /// `--only`, as given.
     only: Vec<String>,
     rig: Option<Rig>,
@@ -170,6 +179,8 @@ impl Ctx {
                 cpus: self.plan.cpus.clone(),
                 synx_args: self.synx_args.clone(),
                 kernel: Default::default(),
+                synx_defer: self.synx_defer,
+                kernel_defer: self.kernel_defer,
             };
             let rig = Rig::start(&o, &self.tools).context("starting the bench rig")?;
             self.describe_peers(&rig);
@@ -211,11 +222,14 @@ impl Ctx {
                  its veth pair has synx's XDP program (native) on the server end and, on the client end, the bench's sink \
                  (passes everything but frames to the flood's sources; native XDP_TX on veth needs a program there), GRO on; \
                  both ends with a pfifo_fast qdisc (a full ring then stops the queue, as a NIC's does, instead of dropping); \
-                 the server veth's NAPI runs threaded at SCHED_FIFO on CPU {}, the client's on CPU {}",
+                 the server veth's NAPI runs threaded at SCHED_FIFO on CPU {}, the client's on CPU {}; \
+                 the server veth's napi_defer_hard_irqs {} and gro_flush_timeout {} ns",
                 rig.synx_command.join(" "),
                 Cpus::list(&c.server),
                 Cpus::list(&c.server),
-                Cpus::list(&c.client)
+                Cpus::list(&c.client),
+                self.synx_defer.hard_irqs,
+                self.synx_defer.gro_flush_timeout_ns
             ),
         );
         self.describe_peer(
@@ -227,11 +241,14 @@ impl Ctx {
                  Its veth pair has no XDP program and the default offloads (TSO, GSO, checksums on), GRO on both ends \
                  (the client's as on synx's pair), both ends with a pfifo_fast qdisc as on synx's pair; \
                  client segments reach the server CPU through RPS, flood frames through the server veth's NAPI, threaded at SCHED_FIFO on CPU {}, \
-                 the client veth's NAPI on CPU {}. \
+                 the client veth's NAPI on CPU {}; the server veth's napi_defer_hard_irqs {} and gro_flush_timeout {} ns \
+                 (they act on its NAPI only, which carries the flood's frames, not the clients' TCP). \
                  Sysctls default, but tcp_syncookies=2 in the SYN-flood rows only and somaxconn/tcp_max_syn_backlog 65535",
                 rig.kernel.as_ref().map(|k| k.command.join(" ")).unwrap_or_default(),
                 Cpus::list(&c.server),
-                Cpus::list(&c.client)
+                Cpus::list(&c.client),
+                self.kernel_defer.hard_irqs,
+                self.kernel_defer.gro_flush_timeout_ns
             ),
         );
         self.keep_rig_description(rig);
@@ -272,6 +289,8 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
         plan,
         tools,
         synx_args: args.synx_arg.clone(),
+        synx_defer: args.synx_napi_defer,
+        kernel_defer: args.kernel_napi_defer,
         only: args.only.clone(),
         rig: None,
         report: Report { meta, rows: vec![], rounds: vec![], group_failures: BTreeMap::new(), secs: 0.0 },

@@ -204,9 +204,43 @@ pub fn features(ns: &Netns, dev: &str) -> anyhow::Result<BTreeMap<String, String
         .collect())
 }
 
+/// A server veth's NAPI deferral: its `napi_defer_hard_irqs` and `gro_flush_timeout` (ns), set
+/// by the rig per side. After a NAPI run that found work, the device's notification stays off
+/// for that many runs and a watchdog runs the NAPI after the timeout instead (the kernel's
+/// interrupt deferral, Documentation/networking/napi.rst): on veth, a frame no longer wakes
+/// the NAPI thread by itself while the watchdog is armed. 0 and 0 are the kernel's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NapiDefer {
+    pub hard_irqs: u32,
+    pub gro_flush_timeout_ns: u64,
+}
+
+impl std::str::FromStr for NapiDefer {
+    type Err = String;
+    /// `HARD_IRQS,TIMEOUT_NS`, e.g. `2,50000`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s.split_once(',').ok_or_else(|| format!("{s:?}: write HARD_IRQS,GRO_FLUSH_TIMEOUT_NS, e.g. 2,50000"))?;
+        Ok(Self {
+            hard_irqs: a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?,
+            gro_flush_timeout_ns: b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?,
+        })
+    }
+}
+
+impl NapiDefer {
+    /// Set on `dev` (it applies to the device's NAPIs now and to those XDP builds later).
+    fn apply(self, ns: &Netns, dev: &str) -> anyhow::Result<()> {
+        let path = format!("/sys/class/net/{dev}");
+        ns.exec("sh", &["-c", &format!("echo {} > {path}/napi_defer_hard_irqs && echo {} > {path}/gro_flush_timeout", self.hard_irqs, self.gro_flush_timeout_ns)])
+            .map(drop)
+            .with_context(|| format!("NAPI deferral on {dev}"))
+    }
+}
+
 /// What the JSON records of one device.
 pub(super) fn describe_device(ns: &Netns, role: &str, dev: &str, xdp: &str, napi: &str) -> serde_json::Value {
     let rps = ns.exec("sh", &["-c", &format!("cat /sys/class/net/{dev}/queues/rx-*/rps_cpus | tr '\\n' ' '")]).unwrap_or_default();
+    let sysfs = |name: &str| ns.exec("cat", &[&format!("/sys/class/net/{dev}/{name}")]).map(|v| v.trim().to_string()).unwrap_or_else(|e| format!("{e:#}"));
     serde_json::json!({
         "role": role,
         "name": dev,
@@ -214,6 +248,8 @@ pub(super) fn describe_device(ns: &Netns, role: &str, dev: &str, xdp: &str, napi
         "features": features(ns, dev).map(|f| serde_json::json!(f)).unwrap_or_else(|e| serde_json::json!(format!("{e:#}"))),
         "channels": ns.exec("ethtool", &["-l", dev]).unwrap_or_default(),
         "napi": napi,
+        "napi_defer_hard_irqs": sysfs("napi_defer_hard_irqs"),
+        "gro_flush_timeout_ns": sysfs("gro_flush_timeout"),
         "rps_cpus": rps.trim(),
         "qdisc": ns.exec("tc", &["qdisc", "show", "dev", dev]).unwrap_or_default().trim(),
         "link": ns.ip(&["-d", "link", "show", "dev", dev]).unwrap_or_default(),
@@ -253,6 +289,9 @@ pub struct RigOptions {
     /// Extra `synx run` arguments (beyond iface, control socket and listeners).
     pub synx_args: Vec<String>,
     pub kernel: KernelServerOptions,
+    /// The server veths' NAPI deferral, per side.
+    pub synx_defer: NapiDefer,
+    pub kernel_defer: NapiDefer,
 }
 
 pub struct Rig {
@@ -271,6 +310,7 @@ pub struct Rig {
     pub tools: PathBuf,
     notes: Vec<String>,
     napi: BTreeMap<String, String>,
+    synx_defer: NapiDefer,
 }
 
 impl Rig {
@@ -357,6 +397,8 @@ impl Rig {
                 }
             }
         }
+        o.kernel_defer.apply(&kernel_net.server, &kernel_net.server_if)?;
+        o.synx_defer.apply(&synx_net.server, &synx_net.server_if)?;
         let mut napi = BTreeMap::new();
         for (ns, dev, cpus) in [(&kernel_net.server, &kernel_net.server_if, &o.cpus.server), (&kernel_net.client, &kernel_net.client_if, &o.cpus.client)] {
             let pinned = thread_napi(ns, dev, cpus)?;
@@ -377,6 +419,7 @@ impl Rig {
             tools: tools.to_path_buf(),
             notes,
             napi,
+            synx_defer: o.synx_defer,
         };
         rig.start_synx(&o.synx_args);
         Ok(rig)
@@ -405,6 +448,8 @@ impl Rig {
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             let d = Daemon::start(&net.server, &net.server_if, &argv)?;
             pin_all_threads(d.pid(), &self.cpus.server)?;
+            // Again after XDP rebuilt the device's NAPIs.
+            self.synx_defer.apply(&net.server, &net.server_if)?;
             for (ns, dev, cpus) in [(&net.server, &net.server_if, &self.cpus.server), (&net.client, &net.client_if, &self.cpus.client)] {
                 let pinned = thread_napi(ns, dev, cpus)?;
                 self.napi.insert(dev.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(cpus)));
@@ -580,6 +625,13 @@ mod tests {
         assert!(close(b.sampled_busy_secs_since(&a, &[0]), 40.0 / ticks));
         let per = b.per_cpu_busy_since(&a);
         assert!(per.len() == 3 && close(per[0], 1.0) && close(per[1], 0.0) && close(per[2], 1.0 / 3.0), "{per:?}");
+    }
+
+    #[test]
+    fn napi_deferral_parses_as_hard_irqs_and_nanoseconds() {
+        assert_eq!("2,50000".parse::<NapiDefer>(), Ok(NapiDefer { hard_irqs: 2, gro_flush_timeout_ns: 50_000 }));
+        assert_eq!("0,0".parse::<NapiDefer>(), Ok(NapiDefer::default()));
+        assert!("2".parse::<NapiDefer>().is_err() && "x,1".parse::<NapiDefer>().is_err() && "1,-5".parse::<NapiDefer>().is_err());
     }
 
     #[test]

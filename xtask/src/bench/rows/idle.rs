@@ -154,6 +154,8 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             cpus: plan.cpus.clone(),
             synx_args,
             kernel: KernelServerOptions { keepalive: Some(KEEPALIVE) },
+            synx_defer: ctx.synx_defer,
+            kernel_defer: ctx.kernel_defer,
         };
         let mut rig = Rig::start(&o, &ctx.tools)?;
         let mut c = Collector::new(

@@ -12,7 +12,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let plan = ctx.plan.clone();
     let all: Vec<usize> = plan.cpus.server.iter().chain(&plan.cpus.client).copied().collect();
     let cpus = crate::bench::Cpus { server: all.clone(), client: all.clone() };
-    let o = RigOptions { name: "2 queues".into(), queues: 2, cpus, synx_args: ctx.synx_args.clone(), kernel: Default::default() };
+    let o = RigOptions { name: "2 queues".into(), queues: 2, cpus, synx_args: ctx.synx_args.clone(), kernel: Default::default(), synx_defer: ctx.synx_defer, kernel_defer: ctx.kernel_defer };
     let mut rig = Rig::start(&o, &ctx.tools)?;
     rig.note("2 RX queues; servers, clients and generators share both CPUs");
     let mut rows = vec![];

@@ -44,7 +44,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         let bpffs = Bpffs::mount();
         let mut synx_args = vec![format!("--max-conns={}", n + 4096), format!("--bpffs={}", bpffs.0.display()), "--grace=10s".to_string()];
         synx_args.extend(ctx.synx_args.iter().cloned());
-        let o = RigOptions { name: format!("takeover {s}"), queues: 1, cpus: plan.cpus.clone(), synx_args: synx_args.clone(), kernel: KernelServerOptions::default() };
+        let o = RigOptions { name: format!("takeover {s}"), queues: 1, cpus: plan.cpus.clone(), synx_args: synx_args.clone(), kernel: KernelServerOptions::default(), synx_defer: ctx.synx_defer, kernel_defer: ctx.kernel_defer };
         let mut rig = Rig::start(&o, &ctx.tools)?;
         let mut c = Collector::new(
             "takeover",
