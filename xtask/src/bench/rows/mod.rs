@@ -39,7 +39,7 @@ pub const GROUPS: &[Group] = &[
     Group { name: "takeover", about: "synx run --takeover with 10k and 100k idle connections: time to the old daemon's exit, longest stall of an echoing connection", run: takeover::run },
     // Emulated wide-area paths (issue 16), each group on its own rig (wan.rs).
     Group { name: "wan_calib", about: "the path emulator against what it is asked (RTT, rate, loss), kernel to kernel, and its ceiling", run: wan::calibrate },
-    Group { name: "wan_bulk", about: "RTT 40 ms, 100 Mbit/s: one transfer each way at 0-5% loss and 2% reordering: Mbit/s", run: wan::bulk },
+    Group { name: "wan_bulk", about: "RTT 40 ms, 100 Mbit/s, each way at 0-5% loss and 2% reordering (the loss cells pooled over several transfers a round): Mbit/s", run: wan::bulk },
     Group { name: "wan_short", about: "10 KB, 100 KB, 1 MB responses on fresh connections at 1% loss: completion p50, p99", run: wan::short },
     Group { name: "wan_fair", about: "8 synx and 8 kernel flows through one bottleneck: shares, Jain's index", run: wan::fairness },
     Group { name: "xdp", about: "the XDP program's per-packet cost (BPF_PROG_TEST_RUN)", run: micro::xdp },
