@@ -431,12 +431,7 @@ fn preferred_busy_polling_serves_connections_and_says_whether_the_kernel_polls()
     net.attach_peer_xdp().unwrap();
     let dev = format!("/sys/class/net/{}", net.server_if);
     net.server.exec("sh", &["-c", &format!("echo 2 > {dev}/napi_defer_hard_irqs && echo 50000 > {dev}/gro_flush_timeout")]).unwrap();
-    let busy_rx = || -> u64 {
-        let text = net.server.exec("cat", &["/proc/net/netstat"]).unwrap();
-        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
-        let (names, values) = (lines[0].split_whitespace(), lines[1].split_whitespace());
-        names.zip(values).find(|(n, _)| *n == "BusyPollRxPackets").and_then(|(_, v)| v.parse().ok()).expect("BusyPollRxPackets")
-    };
+    let busy_rx = || net.server.nstat("TcpExtBusyPollRxPackets").unwrap();
     let before = busy_rx();
     let listen = format!("{}:7=echo", net.server_v4);
     let daemon = Daemon::start(&net.server, &net.server_if, &["--listen", &listen, "--prefer-busy-poll", "64"]).unwrap();

@@ -83,15 +83,6 @@ fn a_handshake_begun_on_one_host_completes_on_another() {
     close_cleanly(port, s);
 }
 
-/// A TcpExt counter of the client's kernel (/proc/net/netstat in its namespace).
-fn client_tcpext(cluster: &Cluster, name: &str) -> u64 {
-    let text = cluster.client.exec("cat", &["/proc/net/netstat"]).unwrap();
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    let i = names.split_whitespace().position(|n| n == name).unwrap_or_else(|| panic!("no TcpExt {name}"));
-    values.split_whitespace().nth(i).unwrap().parse().unwrap()
-}
-
 #[test]
 fn a_handshake_from_a_host_whose_clock_is_ahead_keeps_the_timestamps_the_client_holds() {
     // Host 0's clock 1.5 s ahead (within the tolerance): its SYN-ACK's TSval is 1.5 s ahead of
@@ -100,12 +91,12 @@ fn a_handshake_from_a_host_whose_clock_is_ahead_keeps_the_timestamps_the_client_
     let cluster = Cluster::start(3, &Setup { clock_skew: vec![(0, 1_500)], ..Setup::default() }).unwrap();
     let port = 45_200;
     cluster.steer(port, 0, 1).unwrap();
-    let paws = client_tcpext(&cluster, "PAWSEstab");
+    let paws = cluster.client.nstat("TcpExtPAWSEstab").unwrap();
     let mut s = cluster.connect(port).unwrap();
     let big: Vec<u8> = (0..100_000u32).map(|i| (i * 13) as u8).collect();
     assert_eq!(echo(&mut s, &big).unwrap(), big);
     assert_eq!(cluster.holder(port), Some(1));
-    assert_eq!(client_tcpext(&cluster, "PAWSEstab"), paws, "the client dropped segments as old (PAWS)");
+    assert_eq!(cluster.client.nstat("TcpExtPAWSEstab").unwrap(), paws, "the client dropped segments as old (PAWS)");
     close_cleanly(port, s);
 }
 

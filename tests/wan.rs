@@ -18,10 +18,9 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// A counter of the kernel's in a namespace (`nstat -az NAME`).
+/// A counter of the kernel's in a namespace.
 fn nstat(ns: &testbed::Netns, name: &str) -> u64 {
-    let out = ns.exec("nstat", &["-az", name]).unwrap();
-    out.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    ns.nstat(name).unwrap()
 }
 
 /// The emulator does what it is asked, measured from outside with the kernel's TCP at both

@@ -110,6 +110,16 @@ impl Netns {
         sh("ip", &full)
     }
 
+    /// A counter of the kernel's network statistics in the namespace, as `nstat` names it
+    /// (`TcpExtPAWSEstab`, `IpExtInCEPkts`, `TcpRetransSegs`): its absolute value; an error if
+    /// the kernel has no such counter.
+    pub fn nstat(&self, name: &str) -> anyhow::Result<u64> {
+        let out = self.exec("nstat", &["-az", name])?;
+        let line = out.lines().find(|l| l.split_whitespace().next() == Some(name));
+        line.and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no counter {name} in namespace {}", self.name))
+    }
+
     /// Load an nftables ruleset into the namespace (`nft -f -`).
     pub fn nft(&self, ruleset: &str) -> anyhow::Result<()> {
         use std::io::Write as _;
