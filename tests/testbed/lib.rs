@@ -569,6 +569,11 @@ pub fn mac_of(ns: &Netns, iface: &str) -> anyhow::Result<[u8; 6]> {
     bytes.try_into().map_err(|_| anyhow::anyhow!("bad MAC {text:?}"))
 }
 
+/// A MAC address as `ip` and the bench tools take it: `aa:bb:cc:dd:ee:ff`.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 /// An AF_PACKET socket bound to one interface inside a namespace: sees every frame on it (both
 /// directions) and can inject raw frames.
 pub struct PacketSocket {

@@ -44,7 +44,7 @@ use anyhow::{Context as _, ensure};
 pub use kernel_apps::{KernelApp, KernelApps};
 pub use link::{Loss, Nanos, PathSpec, Reorder, bdp_bytes};
 
-use crate::{Netns, mac_of, peer_pass, sh, unique_tag};
+use crate::{Netns, mac_of, mac_text, peer_pass, sh, unique_tag};
 
 /// A direction of the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,8 +328,7 @@ fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> {
 }
 
 fn neighbour(ns: &Netns, ifname: &str, ip: std::net::IpAddr, mac: [u8; 6]) -> anyhow::Result<()> {
-    let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    ns.ip(&["neigh", "replace", &ip.to_string(), "lladdr", &mac, "dev", ifname, "nud", "permanent"])?;
+    ns.ip(&["neigh", "replace", &ip.to_string(), "lladdr", &mac_text(mac), "dev", ifname, "nud", "permanent"])?;
     Ok(())
 }
 

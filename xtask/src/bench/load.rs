@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use testbed::{Netns, VethPair, mac_of};
+use testbed::{Netns, VethPair, mac_of, mac_text};
 
 use super::rig::{Cpus, FLOOD_NET};
 
@@ -134,9 +134,8 @@ pub const FLOOD_DISTINCT_TUPLES: u64 = FLOOD_SOURCES as u64 * 60_000;
 pub fn spawn_flood(net: &VethPair, tools: &Path, cpu: usize, dst: SocketAddrV4, secs: f64) -> anyhow::Result<Child> {
     let server_mac = mac_of(&net.server, &net.server_if)?;
     let client_mac = mac_of(&net.client, &net.client_if)?;
-    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     let child = pinned(&net.client, &[cpu], tools.to_str().context("tools path")?)
-        .args(["flood", "--iface", &net.client_if, "--src-mac", &mac(client_mac), "--dst-mac", &mac(server_mac)])
+        .args(["flood", "--iface", &net.client_if, "--src-mac", &mac_text(client_mac), "--dst-mac", &mac_text(server_mac)])
         .args(["--dst", &dst.to_string(), "--src-base", &FLOOD_NET.to_string(), "--sources", &FLOOD_SOURCES.to_string()])
         .args(["--secs", &secs.to_string()])
         .stdout(Stdio::piped())

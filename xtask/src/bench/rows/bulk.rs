@@ -1,7 +1,7 @@
 //! Bulk throughput over one connection: into discard (the server receives) and through echo
 //! (the server sends back everything it receives), against the kernel with its full offloads.
 
-use testbed::mac_of;
+use testbed::{mac_of, mac_text};
 
 use super::{counters_moved, measured, peer, ring_counters};
 use crate::bench::{
@@ -81,16 +81,15 @@ fn xsk_tx_floor(ctx: &mut Ctx) -> anyhow::Result<()> {
     );
     rig.synx = Err("stopped for bulk_tx_xsk_floor".into());
     let net = rig.net(Side::Synx);
-    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     let args = (|| -> anyhow::Result<Vec<String>> {
         Ok(vec![
             "xsk-tx".into(),
             "--iface".into(),
             net.server_if.clone(),
             "--src-mac".into(),
-            mac(mac_of(&net.server, &net.server_if)?),
+            mac_text(mac_of(&net.server, &net.server_if)?),
             "--dst-mac".into(),
-            mac(mac_of(&net.client, &net.client_if)?),
+            mac_text(mac_of(&net.client, &net.client_if)?),
             "--src".into(),
             net.server_v4.to_string(),
             "--dst".into(),
