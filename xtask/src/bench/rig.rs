@@ -204,6 +204,32 @@ pub fn features(ns: &Netns, dev: &str) -> anyhow::Result<BTreeMap<String, String
         .collect())
 }
 
+/// `ethtool -S DEV` as counter -> value (veth: per-queue XDP packets, drops, redirects, TX
+/// errors, and its peer's view).
+pub fn nic_stats(ns: &Netns, dev: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    let text = ns.exec("ethtool", &["-S", dev])?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(':')?;
+            Some((k.trim().to_string(), v.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+/// The counters of `after` that differ from `before`, as their increase (a counter that went
+/// back, e.g. a device rebuilt, shows as its new value).
+pub fn moved(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|(k, &v)| {
+            let was = before.get(k).copied().unwrap_or(0);
+            (v != was).then(|| (k.clone(), if v >= was { v - was } else { v }))
+        })
+        .collect()
+}
+
 /// A server veth's NAPI deferral: its `napi_defer_hard_irqs` and `gro_flush_timeout` (ns), set
 /// by the rig per side. After a NAPI run that found work, the device's notification stays off
 /// for that many runs and a watchdog runs the NAPI after the timeout instead (the kernel's
@@ -632,6 +658,16 @@ mod tests {
         assert_eq!("2,50000".parse::<NapiDefer>(), Ok(NapiDefer { hard_irqs: 2, gro_flush_timeout_ns: 50_000 }));
         assert_eq!("0,0".parse::<NapiDefer>(), Ok(NapiDefer::default()));
         assert!("2".parse::<NapiDefer>().is_err() && "x,1".parse::<NapiDefer>().is_err() && "1,-5".parse::<NapiDefer>().is_err());
+    }
+
+    #[test]
+    fn moved_counters_are_those_that_changed_as_their_increase() {
+        let m = |pairs: &[(&str, u64)]| pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>();
+        let before = m(&[("rx_queue_0_xdp_packets", 10), ("rx_queue_0_xdp_drops", 3), ("peer_ifindex", 7)]);
+        let after = m(&[("rx_queue_0_xdp_packets", 25), ("rx_queue_0_xdp_drops", 3), ("peer_ifindex", 7), ("tx_queue_0_xdp_xmit_errors", 4)]);
+        assert_eq!(moved(&before, &after), m(&[("rx_queue_0_xdp_packets", 15), ("tx_queue_0_xdp_xmit_errors", 4)]));
+        // A device rebuilt between the readings starts again from 0: its new value is what moved.
+        assert_eq!(moved(&m(&[("x", 100)]), &m(&[("x", 6)])), m(&[("x", 6)]));
     }
 
     #[test]

@@ -5,14 +5,17 @@
 //! Peers: synx, the kernel listener with tcp_syncookies=2, nftables synproxy in front of it,
 //! and the kernel's XDP cookies (the kernel helper in XDP, nftables synproxy for the ACKs). The kernel's ordinary rows keep the default syncookies; only this group sets 2.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, SocketAddrV4},
+};
 
 use super::{CpuWindow, measured};
 use crate::bench::{
     Collector, Ctx, Outcome, Rig, Side,
     load::{FLOOD_DISTINCT_TUPLES, flood_frames, spawn_flood, spawn_tool, tool_json},
     peers::{NftSynproxy, XdpSynproxy},
-    rig::{ECHO, set_sysctl},
+    rig::{ECHO, moved, nic_stats, set_sysctl},
     schedule, spec, targets,
 };
 
@@ -131,8 +134,20 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
             }
         }
     };
-    let r = (|| -> anyhow::Result<(u64, u64, serde_json::Value, CpuWindow, Option<u64>)> {
+    // Where offered SYNs and their SYN-ACKs went missing: both veths' own counters (a full
+    // receive ring shows as the sender's xdp_xmit_errors, a refused XDP_TX as the server's
+    // xdp_tx_errors) and, for synx, its own counters, as moved over the round.
+    let counters = |rig: &Rig| -> anyhow::Result<[BTreeMap<String, u64>; 3]> {
+        let net = rig.net(side);
+        let engine = match side {
+            Side::Synx => rig.daemon()?.stats()?.as_object().into_iter().flatten().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect(),
+            Side::Kernel => BTreeMap::new(),
+        };
+        Ok([nic_stats(&net.client, &net.client_if)?, nic_stats(&net.server, &net.server_if)?, engine])
+    };
+    let r = (|| -> anyhow::Result<(u64, u64, serde_json::Value, CpuWindow, Option<u64>, serde_json::Value)> {
         let dst = SocketAddrV4::new(rig.net(side).server_v4, ECHO);
+        let counted_before = counters(rig)?;
         let before = rig.flood_arrivals(side)?;
         let sent_before = sent_counter(rig);
         let ((frames, legit), cpu) = measured(rig, side, |rig| {
@@ -150,7 +165,10 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
         let legit = tool_json(legit)?;
         let synacks = rig.flood_arrivals(side)? - before;
         let sent = sent_counter(rig).zip(sent_before).map(|(a, b)| a.saturating_sub(b));
-        Ok((frames, synacks, legit, cpu, sent))
+        let counted = counters(rig)?;
+        let [client, server, engine] = [0, 1, 2].map(|i| moved(&counted_before[i], &counted[i]));
+        let paths = serde_json::json!({"client_veth": client, "server_veth": server, "synx": engine});
+        Ok((frames, synacks, legit, cpu, sent, paths))
     })();
     if let Some(x) = xdp {
         // Detached: the server veth's NAPI is rebuilt for GRO; thread and pin it again.
@@ -160,7 +178,7 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
         }
     }
     match r {
-        Ok((frames, synacks, legit, cpu, sent)) => {
+        Ok((frames, synacks, legit, cpu, sent, paths)) => {
             let failure = (synacks == 0).then(|| format!("no SYN-ACK arrived ({frames} SYNs offered)"));
             let pct = cpu.server_secs / cpu.wall_secs / rig.cpus.server.len() as f64 * 100.0;
             Outcome {
@@ -182,6 +200,7 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
                     "overloaded": frames > synacks,
                     "legit": legit,
                     "cpu": cpu.json(),
+                    "counters_moved": paths,
                 }),
             }
         }
