@@ -40,6 +40,14 @@ pub struct Side {
     /// samples of all succeeded counted rounds together (nearest rank), not a median of rounds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pooled: Option<f64>,
+    /// A pooled row whose figure is the geometric mean of the samples instead (see
+    /// [`RowSpec::pooled_geomean`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub geomean: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Side {
@@ -65,6 +73,10 @@ impl Side {
         };
         if v.is_empty() {
             return None;
+        }
+        if self.geomean && self.pooled.is_some() {
+            // A goodput of 0 or less has no logarithm: no figure.
+            return v.iter().all(|&x| x > 0.0).then(|| (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp());
         }
         v.sort_by(f64::total_cmp);
         let n = v.len();
@@ -131,6 +143,8 @@ pub struct Collector {
     rows: Vec<Row>,
     /// Each row's pooled quantile, given to its sides as they appear.
     pooled: Vec<Option<f64>>,
+    /// Each row's choice of the geometric mean ([`RowSpec::pooled_geomean`]).
+    geomean: Vec<bool>,
     order: usize,
 }
 
@@ -158,6 +172,8 @@ pub struct RowSpec {
     pub note: String,
     /// A pooled row's quantile ([`Side::pooled`]).
     pub pooled: Option<f64>,
+    /// A pooled row's figure is the geometric mean instead ([`RowSpec::pooled_geomean`]).
+    pub geomean: bool,
 }
 
 impl RowSpec {
@@ -166,10 +182,18 @@ impl RowSpec {
     pub fn pooled(self, q: f64) -> Self {
         Self { pooled: Some(q), ..self }
     }
+
+    /// The row's figure is the geometric mean of all counted rounds' samples together: where
+    /// two peers' samples are paired (sample i of each met the same conditions, as the WAN
+    /// cells with common random numbers), the ratio of the figures is the geometric mean of the
+    /// pairs' ratios.
+    pub fn pooled_geomean(self) -> Self {
+        Self { pooled: Some(0.5), geomean: true, ..self }
+    }
 }
 
 pub fn spec(name: impl Into<String>, unit: &'static str, higher_is_better: bool, note: impl Into<String>) -> RowSpec {
-    RowSpec { name: name.into(), unit, higher_is_better, note: note.into(), pooled: None }
+    RowSpec { name: name.into(), unit, higher_is_better, note: note.into(), pooled: None, geomean: false }
 }
 
 /// Raw per-round details, kept apart from the rows (one entry per round of the group).
@@ -186,6 +210,7 @@ pub struct RoundDetail {
 impl Collector {
     pub fn new(group: &str, specs: Vec<RowSpec>) -> Self {
         let pooled = specs.iter().map(|s| s.pooled).collect();
+        let geomean = specs.iter().map(|s| s.geomean).collect();
         let rows = specs
             .into_iter()
             .map(|s| Row {
@@ -197,7 +222,7 @@ impl Collector {
                 sides: Vec::new(),
             })
             .collect();
-        Self { rows, pooled, order: 0 }
+        Self { rows, pooled, geomean, order: 0 }
     }
 
     /// Record one round of `peer`; returns its raw details for the report.
@@ -226,7 +251,7 @@ impl Collector {
             let round = Round { order, warmup, value, failure, samples };
             match row.sides.iter_mut().find(|s| s.peer == peer) {
                 Some(side) => side.rounds.push(round),
-                None => row.sides.push(Side { peer: peer.into(), rounds: vec![round], pooled: self.pooled[i] }),
+                None => row.sides.push(Side { peer: peer.into(), rounds: vec![round], pooled: self.pooled[i], geomean: self.geomean[i] }),
             }
         }
         RoundDetail {
@@ -433,11 +458,31 @@ mod tests {
     }
 
     #[test]
+    fn a_geomean_row_of_paired_samples_gives_the_geomean_of_their_ratios() {
+        let mut c = Collector::new("g", vec![spec("goodput", "Mbit/s", true, "").pooled_geomean()]);
+        // Pairs (10, 5), (40, 40), (20, 40): ratios 2, 1, 0.5, whose geometric mean is 1.
+        c.record_samples("synx", true, outcome(&[99.0]), &[vec![99.0]]);
+        c.record_samples("synx", false, outcome(&[25.0]), &[vec![10.0, 40.0]]);
+        c.record_samples("kernel", false, outcome(&[22.5]), &[vec![5.0, 40.0]]);
+        c.record_samples("kernel", false, outcome(&[40.0]), &[vec![40.0]]);
+        c.record_samples("synx", false, outcome(&[20.0]), &[vec![20.0]]);
+        let rows = c.finish();
+        let (s, k) = (rows[0].side("synx").unwrap().value().unwrap(), rows[0].side("kernel").unwrap().value().unwrap());
+        assert!((s - 8000f64.cbrt()).abs() < 1e-9, "{s}");
+        assert!((s / k - 1.0).abs() < 1e-9, "{s} / {k}");
+        // A sample of 0 has no logarithm: no figure rather than a made-up one.
+        let mut c = Collector::new("g", vec![spec("goodput", "Mbit/s", true, "").pooled_geomean()]);
+        c.record_samples("synx", false, outcome(&[1.0]), &[vec![0.0, 2.0]]);
+        assert_eq!(c.finish()[0].side("synx").unwrap().value(), None);
+    }
+
+    #[test]
     fn even_counts_take_the_lower_middle() {
         let side = Side {
             peer: "p".into(),
             rounds: [4.0, 1.0, 3.0, 2.0].iter().enumerate().map(|(i, &v)| Round { order: i, warmup: false, value: Some(v), failure: None, samples: vec![] }).collect(),
             pooled: None,
+            geomean: false,
         };
         assert_eq!(side.value(), Some(2.0));
     }
