@@ -16,6 +16,7 @@ mod endpoint;
 mod pacing;
 mod park;
 mod properties;
+mod quickack;
 mod recovery;
 mod scenarios;
 mod simulator;

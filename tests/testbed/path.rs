@@ -266,6 +266,24 @@ impl PathBed {
         self.set(Dir::Down, spec);
     }
 
+    /// The same spec both ways, and each direction's randomness restarted from `seed` (as the
+    /// builder's [`PathBedBuilder::seed`] derives it): the frames offered from now on meet the
+    /// same draws whichever server they go to, so two peers' transfers can face the same
+    /// losses (common random numbers). Returns once both forwarders have taken it, so no frame
+    /// offered after the return meets the old draws.
+    pub fn set_both_seeded(&self, spec: PathSpec, seed: u64) {
+        let seeds = direction_seeds(seed);
+        for (dir, seed) in [(Dir::Up, seeds.0), (Dir::Down, seeds.1)] {
+            self.emulator.dir(dir).set(spec.clone(), Some(seed));
+        }
+        for dir in [Dir::Up, Dir::Down] {
+            // The forwarder checks for a change at least every 10 ms.
+            while self.emulator.dir(dir).changed.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
     /// What one direction has done so far.
     pub fn stats(&self, dir: Dir) -> Snapshot {
         self.emulator.dir(dir).stats.snapshot()
@@ -509,16 +527,26 @@ fn quantile(h: &[u64; BUCKETS], q: f64) -> Duration {
 
 /// One direction: its model's spec (to change at run time) and its counters.
 struct Direction {
-    spec: Mutex<Option<PathSpec>>,
+    /// A new spec, and a new seed for the randomness if one is given.
+    spec: Mutex<Option<(PathSpec, Option<u64>)>>,
     changed: AtomicBool,
     stats: DirStats,
 }
 
 impl Direction {
     fn set_spec(&self, spec: PathSpec) {
-        *self.spec.lock().unwrap() = Some(spec);
+        self.set(spec, None);
+    }
+
+    fn set(&self, spec: PathSpec, seed: Option<u64>) {
+        *self.spec.lock().unwrap() = Some((spec, seed));
         self.changed.store(true, Ordering::Release);
     }
+}
+
+/// Each direction's seed from the path's.
+fn direction_seeds(seed: u64) -> (u64, u64) {
+    (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), seed.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ 1)
 }
 
 struct Emulator {
@@ -547,7 +575,7 @@ impl Emulator {
                 }
             }
         };
-        let seeds = (b.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), b.seed.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ 1);
+        let seeds = direction_seeds(b.seed);
         threads.push(Forwarder::spawn(
             "pathemu-up",
             vec![client.clone()],
@@ -663,9 +691,12 @@ impl Forwarder {
         let mut last_stats = now();
         while !self.stop.load(Ordering::Relaxed) {
             if self.dir.changed.swap(false, Ordering::Acquire)
-                && let Some(spec) = self.dir.spec.lock().unwrap().take()
+                && let Some((spec, seed)) = self.dir.spec.lock().unwrap().take()
             {
                 self.link.set_spec(spec);
+                if let Some(seed) = seed {
+                    self.link.reseed(seed);
+                }
             }
             self.send_due();
             let t = now();

@@ -115,6 +115,9 @@ impl Connection {
                     self.rcv.dsack = Some((h.seq, h.seq + p.len() as u32));
                 }
                 self.rcv.ack_now = true;
+                // Linux's tcp_send_dupack: our ACK was lost or late, so ACK at once for a while
+                // (the sender's window is small after its retransmission).
+                self.rcv.enter_quickack(super::recv::MAX_QUICKACKS);
             } else if !h.flags.rst() {
                 // RFC 9293 3.10.7.4 first: <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>, rate-limited.
                 self.challenge_ack(now);
@@ -156,6 +159,15 @@ impl Connection {
         if h.ack.gt(self.snd.nxt) || h.ack.lt(self.snd.una - self.snd.max_wnd.max(1)) {
             self.challenge_ack(now);
             return Step::Done(Handled::Dropped(DropReason::BadAck));
+        }
+        if !p.is_empty()
+            && h.seq == self.rcv.nxt
+            && now.saturating_duration_since(self.probes.last_activity) > self.recovery.rto(&self.config)
+        {
+            // Linux's tcp_event_data_recv: in-sequence data after a silence longer than the RTO
+            // (the sender's window restarts, e.g. from its retransmission timeout): quick ACKs,
+            // so its slow start is clocked by an ACK per segment rather than a delayed ACK.
+            self.rcv.incr_quickack(super::recv::MAX_QUICKACKS);
         }
         // A valid segment: the peer is alive (RFC 1122 4.2.3.6).
         self.probes.heard(now);
@@ -320,8 +332,10 @@ impl Connection {
                 rcv.ack_now = true;
             }
             if skip >= data.len() {
-                // RFC 5681 4.2: a duplicate segment is ACKed at once.
+                // RFC 5681 4.2: a duplicate segment is ACKed at once, and as Linux's
+                // tcp_data_queue (old data) the next ones too.
                 rcv.ack_now = true;
+                rcv.enter_quickack(super::recv::MAX_QUICKACKS);
                 return;
             }
             data = &data[skip..];
@@ -357,9 +371,10 @@ impl Connection {
                 self.stats.bytes_received += advance as u64;
                 self.signals.events |= EV_READABLE;
                 rcv.unacked_bytes += advance;
-                if had_holes || rcv.unacked_bytes >= 2 * rcv.mss as u32 {
+                if had_holes || rcv.unacked_bytes >= 2 * rcv.mss as u32 || rcv.in_quickack() {
                     // RFC 5681 4.2: ACK at least every second full segment, and at once when
-                    // filling a hole.
+                    // filling a hole; every segment in quick-ACK mode (as Linux's
+                    // __tcp_ack_snd_check: RFC 5681 4.2 lets a receiver ACK more often).
                     rcv.ack_now = true;
                 } else if !self.timers.is_set(TimerKind::DelayedAck) {
                     // RFC 9293 3.8.6.3: delay the ACK.

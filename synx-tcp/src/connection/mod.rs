@@ -579,7 +579,12 @@ impl Connection {
             match kind {
                 TimerKind::Retransmit => self.on_retransmit_timer(now),
                 // RFC 9293 3.8.6.3: the delayed ACK is due.
-                TimerKind::DelayedAck => self.rcv.ack_now = true,
+                TimerKind::DelayedAck => {
+                    self.rcv.ack_now = true;
+                    // Linux's tcp_delack_timer_handler: a delayed ACK that no reply took
+                    // along ends interactive (pingpong) mode.
+                    self.rcv.pingpong = false;
+                }
                 TimerKind::Persist => self.on_persist_timer(now),
                 TimerKind::Keepalive => self.on_keepalive_timer(now),
                 // RFC 9293 3.10.8: TIME-WAIT timeout deletes the TCB (and so does the

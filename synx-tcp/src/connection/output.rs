@@ -186,6 +186,11 @@ impl Connection {
     /// ECT(0), and carries CWR if the window was just reduced for an echo (RFC 3168 6.1.2).
     fn send_new(&mut self, now: Instant, buf: &mut [u8], seq: SeqNum, len: u32, fin: bool) -> Option<usize> {
         let (n, sent) = self.write_data(now, buf, seq, len, fin)?;
+        if sent > 0 && now.saturating_duration_since(self.probes.last_activity) < self.config.delayed_ack {
+            // Linux's tcp_event_data_sent: a reply within the delayed-ACK time of what we heard
+            // makes the connection interactive: no quick ACKs, ours ride on replies.
+            self.rcv.pingpong = true;
+        }
         if self.opts.ecn && sent > 0 {
             self.ect = true;
             if self.recovery.take_cwr() {

@@ -31,6 +31,8 @@ const ORPHAN: u8 = 2;
 const ECE: u8 = 4;
 /// CWR still owed to the peer (RFC 3168 6.1.2).
 const CWR: u8 = 8;
+/// Interactive: ACKs wait for replies (Linux's pingpong mode).
+const PINGPONG: u8 = 16;
 
 /// The state of an idle ESTABLISHED or TIME_WAIT connection (see the module docs). Its
 /// 4-tuple and keepalive settings are the caller's to keep.
@@ -94,7 +96,8 @@ impl Connection {
         let flags = bit(self.state == State::TimeWait, TIME_WAIT)
             | bit(self.signals.orphan, ORPHAN)
             | bit(self.rcv.ece, ECE)
-            | bit(self.recovery.cwr_pending(), CWR);
+            | bit(self.recovery.cwr_pending(), CWR)
+            | bit(self.rcv.pingpong, PINGPONG);
         Some(Parked {
             snd: self.snd.fold(),
             rcv: self.rcv.fold(self.probes.last_activity)?,
@@ -113,7 +116,7 @@ impl Connection {
         let time_wait = p.flags & TIME_WAIT != 0;
         let snd = SendHalf::unfold(&p.snd, time_wait);
         let probes = Probes::unfold(&p.probes, keepalive);
-        let rcv = RecvHalf::unfold(&p.rcv, probes.last_activity, p.flags & ECE != 0);
+        let rcv = RecvHalf::unfold(&p.rcv, probes.last_activity, p.flags & ECE != 0, p.flags & PINGPONG != 0);
         // The buffers' growth is taken from the budget again (a window once offered stays).
         let (send_base, recv_base) = initial_buffers(&config, p.opts.rcv_wscale > 0 || p.opts.snd_wscale > 0);
         let reserved = (snd.buf.cap().saturating_sub(send_base) + rcv.buf.cap().saturating_sub(recv_base)) as u64;

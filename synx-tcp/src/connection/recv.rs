@@ -12,6 +12,9 @@ use crate::seq::SeqNum;
 /// TCP_INIT_CWND segments).
 const INITIAL_SPACE_SEGMENTS: u32 = 10;
 
+/// Most quick ACKs one event grants (Linux's TCP_MAX_QUICKACKS).
+pub(super) const MAX_QUICKACKS: u8 = 16;
+
 #[derive(Debug)]
 pub(super) struct RecvHalf {
     pub nxt: SeqNum,
@@ -29,6 +32,12 @@ pub(super) struct RecvHalf {
     pub last_ooo: Option<SeqNum>,
     /// An ACK is owed now (not delayed).
     pub ack_now: bool,
+    /// Quick ACKs left (Linux's icsk_ack.quick): while some are left and the connection is not
+    /// interactive, every data segment is ACKed at once instead of every second one.
+    pub quick: u8,
+    /// Interactive (Linux's pingpong mode): we sent data within the delayed-ACK time of the
+    /// last segment heard, so our ACKs wait to ride on replies and quick ACKs are off.
+    pub pingpong: bool,
     /// RFC 3168 6.1.3: a CE mark arrived and the peer has not yet answered with CWR: our
     /// segments carry ECE.
     pub ece: bool,
@@ -61,6 +70,7 @@ pub(super) struct Folded {
     space_age_ns: u32,
     rtt_us: u32,
     mss: u16,
+    quick: u8,
 }
 
 impl RecvHalf {
@@ -77,6 +87,8 @@ impl RecvHalf {
             mss: 536,
             last_ooo: None,
             ack_now: false,
+            quick: 0,
+            pingpong: false,
             ece: false,
             dsack: None,
             space: (INITIAL_SPACE_SEGMENTS * mss).min(buffer).max(1),
@@ -139,8 +151,33 @@ impl RecvHalf {
         now_wnd.saturating_sub(advertised) >= threshold && now_wnd >= 2 * advertised
     }
 
+    /// Linux's tcp_incr_quickack: quick ACKs for up to half the window in full segments (at
+    /// least 2), at most `max`, never fewer than are left.
+    pub fn incr_quickack(&mut self, max: u8) {
+        let n = match self.wnd() / (2 * u32::from(self.mss.max(1))) {
+            0 => 2,
+            n => n,
+        };
+        self.quick = self.quick.max(n.min(u32::from(max)) as u8);
+    }
+
+    /// Linux's tcp_enter_quickack_mode: quick ACKs, and no longer interactive.
+    pub fn enter_quickack(&mut self, max: u8) {
+        self.incr_quickack(max);
+        self.pingpong = false;
+    }
+
+    /// Linux's tcp_in_quickack_mode: every data segment is ACKed at once.
+    pub fn in_quickack(&self) -> bool {
+        self.quick > 0 && !self.pingpong
+    }
+
     /// An ACK left with `h` (whose window is already scaled down by `wscale`).
     pub fn on_ack_sent(&mut self, h: &Header, wscale: u8) {
+        if self.ack_now || self.unacked_bytes > 0 {
+            // Linux's tcp_dec_quickack_mode: an ACK that was owed uses one quick ACK.
+            self.quick = self.quick.saturating_sub(1);
+        }
         self.ack_now = false;
         self.dsack = None;
         self.unacked_bytes = 0;
@@ -201,11 +238,12 @@ impl RecvHalf {
             space_age_ns: age.min(u32::MAX as u128) as u32,
             rtt_us: self.rtt_us,
             mss: self.mss,
+            quick: self.quick,
         })
     }
 
-    /// `ece`: the folded connection still owes ECE.
-    pub fn unfold(f: &Folded, last_heard: Instant, ece: bool) -> Self {
+    /// `ece`: the folded connection still owes ECE; `pingpong`: it was interactive.
+    pub fn unfold(f: &Folded, last_heard: Instant, ece: bool, pingpong: bool) -> Self {
         Self {
             nxt: f.nxt,
             adv: f.adv,
@@ -216,6 +254,8 @@ impl RecvHalf {
             mss: f.mss,
             last_ooo: None,
             ack_now: false,
+            quick: f.quick,
+            pingpong,
             ece,
             dsack: None,
             space: f.space,

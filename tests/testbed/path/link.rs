@@ -208,6 +208,13 @@ impl Link {
         self.bad = false;
     }
 
+    /// Restart the randomness from `seed`: the next frames meet the draws a new link seeded
+    /// so would give them.
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = Rng::new(seed);
+        self.bad = false;
+    }
+
     /// Bytes waiting at the bottleneck at `now` (the frame being serialized included).
     pub fn backlog(&self, now: Nanos) -> usize {
         match self.spec.rate_bps {
@@ -373,6 +380,18 @@ mod tests {
         assert!((6000 - 380..=6000 + 380).contains(&lost), "{lost}");
         // Frames the path must not lose are not.
         assert!((0..1000).all(|i| l.offer(n + i, 100, false, false) != Fate::Lost));
+    }
+
+    #[test]
+    fn a_reseeded_link_loses_what_a_new_one_with_that_seed_would() {
+        let spec = PathSpec { loss: Loss::Random(0.05), ..PathSpec::default() };
+        let losses = |l: &mut Link| -> Vec<u64> { (0..2000).filter(|&i| l.offer(i, 100, true, false) == Fate::Lost).collect() };
+        let fresh = losses(&mut Link::new(spec.clone(), 42));
+        let mut used = Link::new(spec.clone(), 7);
+        let before = losses(&mut used);
+        used.reseed(42);
+        assert_eq!(losses(&mut used), fresh);
+        assert_ne!(before, fresh, "another seed, other losses");
     }
 
     #[test]

@@ -161,10 +161,7 @@ pub fn markdown(r: &Report) -> String {
             }
             if has_synx {
                 for p in &others {
-                    let ratio = match (row.side(targets::SYNX).and_then(|s| s.value()), row.side(p).and_then(|s| s.value())) {
-                        (Some(a), Some(b)) if b != 0.0 => fmt_num(a / b),
-                        _ => "-".into(),
-                    };
+                    let ratio = row.value_ratio(targets::SYNX, p).map_or("-".into(), fmt_num);
                     let _ = write!(line, " {ratio} |");
                 }
             }

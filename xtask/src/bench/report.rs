@@ -40,6 +40,14 @@ pub struct Side {
     /// samples of all succeeded counted rounds together (nearest rank), not a median of rounds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pooled: Option<f64>,
+    /// A pooled row whose samples pair with another peer's, sample for sample (see
+    /// [`RowSpec::pooled_paired`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub paired: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Side {
@@ -58,10 +66,9 @@ impl Side {
     /// The succeeded rounds' figure: their median (the lower middle for an even count: no
     /// invented value), or for a pooled row the quantile of all their samples together.
     pub fn value(&self) -> Option<f64> {
-        let ok = || self.counted().filter(|r| r.ok());
         let mut v: Vec<f64> = match self.pooled {
-            Some(_) => ok().flat_map(|r| r.samples.iter().copied()).collect(),
-            None => ok().filter_map(|r| r.value).collect(),
+            Some(_) => self.pooled_samples(),
+            None => self.counted().filter(|r| r.ok()).filter_map(|r| r.value).collect(),
         };
         if v.is_empty() {
             return None;
@@ -69,6 +76,10 @@ impl Side {
         v.sort_by(f64::total_cmp);
         let n = v.len();
         Some(v[self.pooled.map_or((n - 1) / 2, |q| ((q * n as f64).ceil() as usize).clamp(1, n) - 1)])
+    }
+    /// A pooled row's samples of all succeeded counted rounds, in the order they were taken.
+    fn pooled_samples(&self) -> Vec<f64> {
+        self.counted().filter(|r| r.ok()).flat_map(|r| r.samples.iter().copied()).collect()
     }
     /// The side's figure, or why it has none that a target may use: every counted round must
     /// have succeeded.
@@ -114,15 +125,42 @@ impl Row {
     pub fn side(&self, peer: &str) -> Option<&Side> {
         self.sides.iter().find(|s| s.peer == peer)
     }
-    /// `a`'s figure over `b`'s, or why there is none.
+    /// `a`'s figure over `b`'s, or why there is none; for paired sides the median of the
+    /// pairs' ratios ([`RowSpec::pooled_paired`]).
     pub fn ratio(&self, a: &str, b: &str) -> Result<f64, String> {
-        let fa = self.side(a).ok_or_else(|| format!("{a}: not measured"))?.figure()?;
-        let fb = self.side(b).ok_or_else(|| format!("{b}: not measured"))?.figure()?;
+        let sa = self.side(a).ok_or_else(|| format!("{a}: not measured"))?;
+        let sb = self.side(b).ok_or_else(|| format!("{b}: not measured"))?;
+        let (fa, fb) = (sa.figure()?, sb.figure()?);
+        if sa.paired && sb.paired {
+            return paired_ratio(sa, sb).ok_or_else(|| format!("{a} and {b}: samples not paired one for one"));
+        }
         if fb == 0.0 {
             return Err(format!("{b}: 0 {}", self.unit));
         }
         Ok(fa / fb)
     }
+
+    /// As [`Row::ratio`], from the sides' values even where a round failed (for the tables).
+    pub fn value_ratio(&self, a: &str, b: &str) -> Option<f64> {
+        let (sa, sb) = (self.side(a)?, self.side(b)?);
+        if sa.paired && sb.paired {
+            return paired_ratio(sa, sb);
+        }
+        let (fa, fb) = (sa.value()?, sb.value()?);
+        (fb != 0.0).then(|| fa / fb)
+    }
+}
+
+/// The median (lower middle) of `a`'s samples over `b`'s, pair by pair; `None` unless they
+/// pair one for one.
+fn paired_ratio(a: &Side, b: &Side) -> Option<f64> {
+    let (x, y) = (a.pooled_samples(), b.pooled_samples());
+    if x.is_empty() || x.len() != y.len() || y.iter().any(|&v| v <= 0.0) {
+        return None;
+    }
+    let mut r: Vec<f64> = x.iter().zip(&y).map(|(p, q)| p / q).collect();
+    r.sort_by(f64::total_cmp);
+    Some(r[(r.len() - 1) / 2])
 }
 
 /// The rows of one row group being filled in, round by round. A round measures every row of
@@ -131,6 +169,8 @@ pub struct Collector {
     rows: Vec<Row>,
     /// Each row's pooled quantile, given to its sides as they appear.
     pooled: Vec<Option<f64>>,
+    /// Each row's pairing ([`RowSpec::pooled_paired`]).
+    paired: Vec<bool>,
     order: usize,
 }
 
@@ -158,6 +198,8 @@ pub struct RowSpec {
     pub note: String,
     /// A pooled row's quantile ([`Side::pooled`]).
     pub pooled: Option<f64>,
+    /// A pooled row whose samples pair across peers ([`RowSpec::pooled_paired`]).
+    pub paired: bool,
 }
 
 impl RowSpec {
@@ -166,10 +208,18 @@ impl RowSpec {
     pub fn pooled(self, q: f64) -> Self {
         Self { pooled: Some(q), ..self }
     }
+
+    /// A pooled median whose samples pair across peers: sample i of each peer's round j met
+    /// the same conditions (the WAN cells with common random numbers), so a ratio between two
+    /// such sides is the median of the pairs' ratios, not the ratio of the medians (which may
+    /// fall on different pairs).
+    pub fn pooled_paired(self) -> Self {
+        Self { pooled: Some(0.5), paired: true, ..self }
+    }
 }
 
 pub fn spec(name: impl Into<String>, unit: &'static str, higher_is_better: bool, note: impl Into<String>) -> RowSpec {
-    RowSpec { name: name.into(), unit, higher_is_better, note: note.into(), pooled: None }
+    RowSpec { name: name.into(), unit, higher_is_better, note: note.into(), pooled: None, paired: false }
 }
 
 /// Raw per-round details, kept apart from the rows (one entry per round of the group).
@@ -186,6 +236,7 @@ pub struct RoundDetail {
 impl Collector {
     pub fn new(group: &str, specs: Vec<RowSpec>) -> Self {
         let pooled = specs.iter().map(|s| s.pooled).collect();
+        let paired = specs.iter().map(|s| s.paired).collect();
         let rows = specs
             .into_iter()
             .map(|s| Row {
@@ -197,7 +248,7 @@ impl Collector {
                 sides: Vec::new(),
             })
             .collect();
-        Self { rows, pooled, order: 0 }
+        Self { rows, pooled, paired, order: 0 }
     }
 
     /// Record one round of `peer`; returns its raw details for the report.
@@ -226,7 +277,7 @@ impl Collector {
             let round = Round { order, warmup, value, failure, samples };
             match row.sides.iter_mut().find(|s| s.peer == peer) {
                 Some(side) => side.rounds.push(round),
-                None => row.sides.push(Side { peer: peer.into(), rounds: vec![round], pooled: self.pooled[i] }),
+                None => row.sides.push(Side { peer: peer.into(), rounds: vec![round], pooled: self.pooled[i], paired: self.paired[i] }),
             }
         }
         RoundDetail {
@@ -433,11 +484,36 @@ mod tests {
     }
 
     #[test]
+    fn a_paired_row_s_ratio_is_the_median_of_the_pairs_ratios() {
+        let mut c = Collector::new("g", vec![spec("goodput", "Mbit/s", true, "").pooled_paired()]);
+        // Pairs in round order: (10, 5), (40, 40), (20, 21), (60, 20), (12, 11): ratios 2, 1,
+        // 0.95, 3, 1.09; the medians (20 and 20) would say 1.
+        c.record_samples("synx", true, outcome(&[99.0]), &[vec![99.0]]);
+        c.record_samples("synx", false, outcome(&[25.0]), &[vec![10.0, 40.0, 20.0]]);
+        c.record_samples("kernel", false, outcome(&[22.5]), &[vec![5.0, 40.0, 21.0]]);
+        c.record_samples("kernel", false, outcome(&[40.0]), &[vec![20.0, 11.0]]);
+        c.record_samples("synx", false, outcome(&[20.0]), &[vec![60.0, 12.0]]);
+        let rows = c.finish();
+        assert_eq!(rows[0].side("synx").unwrap().value(), Some(20.0));
+        assert_eq!(rows[0].side("kernel").unwrap().value(), Some(20.0));
+        assert!((rows[0].ratio("synx", "kernel").unwrap() - 12.0 / 11.0).abs() < 1e-12);
+        assert_eq!(rows[0].value_ratio("synx", "kernel"), rows[0].ratio("synx", "kernel").ok());
+        // Samples that do not pair one for one give no ratio rather than a made-up one.
+        let mut c = Collector::new("g", vec![spec("goodput", "Mbit/s", true, "").pooled_paired()]);
+        c.record_samples("synx", false, outcome(&[1.0]), &[vec![1.0, 2.0]]);
+        c.record_samples("kernel", false, outcome(&[1.0]), &[vec![1.0]]);
+        let rows = c.finish();
+        assert!(rows[0].ratio("synx", "kernel").is_err());
+        assert_eq!(rows[0].value_ratio("synx", "kernel"), None);
+    }
+
+    #[test]
     fn even_counts_take_the_lower_middle() {
         let side = Side {
             peer: "p".into(),
             rounds: [4.0, 1.0, 3.0, 2.0].iter().enumerate().map(|(i, &v)| Round { order: i, warmup: false, value: Some(v), failure: None, samples: vec![] }).collect(),
             pooled: None,
+            paired: false,
         };
         assert_eq!(side.value(), Some(2.0));
     }

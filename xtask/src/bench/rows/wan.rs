@@ -357,7 +357,18 @@ struct Cell {
 /// 5%: a window of a few segments), a round's transfers all run at once, 10 at 1% and 16 at
 /// 3 and 5%: together under half the 100 Mbit/s (each round's detail has the path's tail
 /// drops), so each is the loss-bound flow it would be alone, in a tenth of the wall time or less.
-/// At 0.1% one flow reaches 10-80 Mbit/s and two would share the bottleneck: one at a time.
+/// At 0.1% one flow reaches 10-80 Mbit/s and two would share the bottleneck: one at a time,
+/// and with common random numbers: before each transfer the path's randomness is seeded anew,
+/// transfer i of each peer's j-th round with the same seed (new seeds each sitting), so the
+/// peers meet the same losses frame by frame until their sending differs. A 16 MiB transfer
+/// meets about a dozen losses and the first, which ends slow start, decides much of its
+/// goodput (11-44 Mbit/s): with the same draws both peers leave slow start at the same frame,
+/// and the comparison no longer waits on hundreds of transfers to average that out. The
+/// ratio is the median of the pairs' ratios: the medians of each side can fall on different
+/// pairs (goodputs cluster at 11, 17, 28 and 60 Mbit/s), and a pair whose slow starts ended
+/// apart (one in 6-9, ratio 1.4-2.7) moves a geometric mean. Three sittings of 6, 6 and 9
+/// pairs, down: medians' ratio 1.19, 1.06, 1.36, geometric mean 1.10, 1.03, 1.16, median of
+/// the pairs' 1.05, 1.01, 1.05; up: 0.99, 0.94, 0.99; 0.99, 0.98, 1.03; 0.98, 0.99, 0.99.
 /// Without loss (and with reordering only) a transfer fills the bottleneck and rounds agree
 /// within 1%: one a round.
 fn bulk_cells() -> Vec<Cell> {
@@ -387,6 +398,8 @@ pub fn bulk(ctx: &mut Ctx) -> anyhow::Result<()> {
     }
     let mut rows = vec![];
     let mut details: Vec<RoundDetail> = vec![];
+    // The seeds of the common random numbers (see `bulk_cells`): new each sitting.
+    let sitting = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
     for cell in bulk_cells() {
         let (path, bytes) = (&cell.path, cell.bytes);
         for kind in [Bulk::Down, Bulk::Up] {
@@ -407,7 +420,10 @@ pub fn bulk(ctx: &mut Ctx) -> anyhow::Result<()> {
             let rounds = ctx.plan.rounds;
             let how = match (cell.per_round, cell.at_once) {
                 (1, _) => "one transfer a round, the median of the rounds".to_string(),
-                (n, 1) => format!("median of the {} transfers of {rounds} rounds together ({n} a round, one at a time)", n * rounds),
+                (n, 1) => format!(
+                    "median of the {} transfers of {rounds} rounds together ({n} a round, one at a time, the path's randomness seeded anew before each: transfer i of each side's round j with the same seed, new seeds each run); the ratio is the median of the paired transfers' ratios",
+                    n * rounds
+                ),
                 (n, w) => format!(
                     "median of the {} transfers of {rounds} rounds together ({n} a round, {w} at once: each loss-bound far below the bottleneck; BBR's a quarter as many, one at a time)",
                     n * rounds
@@ -418,15 +434,33 @@ pub fn bulk(ctx: &mut Ctx) -> anyhow::Result<()> {
                 bytes >> 20
             );
             let row = spec(name, "Mbit/s", true, note);
-            let row = if cell.per_round > 1 { row.pooled(0.5) } else { row };
+            let row = match (cell.per_round, cell.at_once) {
+                (1, _) => row,
+                // Paired by common random numbers: the ratio is the median of the pairs' (see
+                // `bulk_cells`).
+                (_, 1) => row.pooled_paired(),
+                _ => row.pooled(0.5),
+            };
             let mut c = Collector::new("wan_bulk", vec![row]);
             rig.bed.set_both(path.clone());
             let peers = match kind {
                 Bulk::Down => &[BulkPeer::Synx, BulkPeer::Cubic, BulkPeer::Bbr][..],
                 Bulk::Up => &[BulkPeer::Synx, BulkPeer::Cubic],
             };
+            let mut rounds_run = [0u64; 3];
             for (p, warmup) in schedule(peers, rounds, true) {
                 let n = if warmup { cell.per_round.div_ceil(4) } else { cell.per_round };
+                // This peer's round j (its warm-up 0): transfer i's seed.
+                let j = rounds_run[p.server()];
+                rounds_run[p.server()] += 1;
+                let seed_of = |i: usize| sitting ^ (j << 32 | i as u64 + 1).wrapping_mul(0xd6e8_feb8_6659_fd93);
+                let paired = cell.at_once == 1 && cell.per_round > 1;
+                let mut seeds = vec![];
+                let reseed = |i: usize| {
+                    // The last transfer's closing segments pass first (a round trip and more).
+                    std::thread::sleep(3 * RTT);
+                    rig.bed.set_both_seeded(path.clone(), seed_of(i));
+                };
                 // BBR is not loss-bound (tens of Mbit/s at 1-5% loss): its transfers would
                 // share the bottleneck if run at once, and one at a time a quarter as many
                 // keep its rounds short (it is shown beside CUBIC, not a target's peer).
@@ -438,13 +472,19 @@ pub fn bulk(ctx: &mut Ctx) -> anyhow::Result<()> {
                         Bulk::Down => HTTP,
                         Bulk::Up => DISCARD,
                     });
-                    let times = transfers(&rig.bed.client, kind, addr, bytes, n, at_once)?;
+                    let times = transfers(&rig.bed.client, kind, addr, bytes, n, at_once, paired.then_some(&reseed))?;
+                    if paired {
+                        seeds = (0..n).map(seed_of).collect();
+                    }
                     goodputs = times.iter().map(|&t| mbit(bytes, t)).collect();
                     let median = probe::quantile(&times, 0.5);
                     Ok(vec![Some(mbit(bytes, median))])
                 });
                 o.detail["goodput_mbit"] = json!(goodputs);
                 o.detail["at_once"] = json!(at_once);
+                if paired {
+                    o.detail["path_seeds"] = json!(seeds);
+                }
                 details.push(c.record_samples(p.name(), warmup, o, &[goodputs]));
             }
             rows.extend(c.finish());
@@ -455,8 +495,18 @@ pub fn bulk(ctx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// `n` transfers of `bytes` each, `at_once` at a time (each on its own connection): their
-/// times from connect to the last byte; any failure fails them all.
-fn transfers(client: &Netns, kind: Bulk, addr: SocketAddr, bytes: usize, n: usize, at_once: usize) -> anyhow::Result<Vec<Duration>> {
+/// times from connect to the last byte; any failure fails them all. `before` (one at a time
+/// only) runs before transfer i, untimed.
+fn transfers(
+    client: &Netns,
+    kind: Bulk,
+    addr: SocketAddr,
+    bytes: usize,
+    n: usize,
+    at_once: usize,
+    before: Option<&(dyn Fn(usize) + Sync)>,
+) -> anyhow::Result<Vec<Duration>> {
+    anyhow::ensure!(before.is_none() || at_once <= 1, "a hook before each transfer needs them one at a time");
     let left = AtomicU64::new(n as u64);
     let timeout = Some(Duration::from_secs(300));
     std::thread::scope(|s| {
@@ -464,7 +514,10 @@ fn transfers(client: &Netns, kind: Bulk, addr: SocketAddr, bytes: usize, n: usiz
             .map(|_| {
                 s.spawn(|| -> anyhow::Result<Vec<Duration>> {
                     let mut out = vec![];
-                    while left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1)).is_ok() {
+                    while let Ok(v) = left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1)) {
+                        if let Some(f) = before {
+                            f(n - v as usize);
+                        }
                         out.push(match kind {
                             Bulk::Down => probe::download(client, addr, bytes, timeout)?,
                             Bulk::Up => probe::upload(client, addr, bytes, timeout)?,
