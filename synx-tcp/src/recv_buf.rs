@@ -1,9 +1,12 @@
 //! Receive buffer: a ring holding in-order data not yet read by the application, followed by
 //! out-of-order data tracked by a small fixed-size assembler. The ring is allocated on the first
-//! byte, starts small and doubles as data needs it (up to `cap`), and is freed when empty: an
-//! idle connection holds no heap memory and a 100-byte request does not cost a `cap`-sized
-//! zeroed allocation. Everything stored lies within the advertised window, so memory is bounded
-//! by `cap`.
+//! byte, starts small and doubles as data needs it (up to `cap`): a 100-byte request does not
+//! cost a `cap`-sized zeroed allocation. Read empty, a ring of the first size is kept for the
+//! next segment (the engine reads it empty after every segment of a bulk flow, and a fresh
+//! zeroed ring each time cost more than the copy), until [`RecvBuffer::release`] (the
+//! connection goes quiet: parked, or memory is short): an idle connection holds no heap
+//! memory. A ring grown larger (the reader fell behind, or holes) is freed when read empty.
+//! Everything stored lies within the advertised window, so memory is bounded by `cap`.
 
 /// Out-of-order ranges remembered at once; a segment that would need more is dropped (and the
 /// peer retransmits it), which bounds both memory and work per segment. A window of hundreds of
@@ -11,7 +14,8 @@
 /// this costs a needless retransmission.
 pub const MAX_RANGES: usize = 64;
 
-/// First ring allocation.
+/// First ring allocation, and the largest kept when read empty: a segment of a 1500-byte MTU
+/// and what a reader a little behind leaves, read after every segment.
 const MIN_RING: usize = 4096;
 
 #[derive(Debug, Default)]
@@ -144,7 +148,16 @@ impl RecvBuffer {
         true
     }
 
-    /// Copy in-order data out; frees the ring when nothing is left in it.
+    /// Free the ring if nothing is left in it (no unread data, no out-of-order data).
+    pub fn release(&mut self) {
+        if self.readable == 0 && self.ranges.is_empty() {
+            self.buf = Vec::new();
+            self.head = 0;
+        }
+    }
+
+    /// Copy in-order data out; read empty, a ring of at most [`MIN_RING`] bytes stays
+    /// allocated (see [`RecvBuffer::release`]), a larger one is freed.
     pub fn read(&mut self, out: &mut [u8]) -> usize {
         let n = out.len().min(self.readable as usize);
         if n == 0 {
@@ -157,8 +170,11 @@ impl RecvBuffer {
         self.head = ((head + n) % self.buf.len()) as u32;
         self.readable -= n as u32;
         if self.readable == 0 && self.ranges.is_empty() {
-            self.buf = Vec::new();
+            // Empty: the next segment starts at the front, in one piece.
             self.head = 0;
+            if self.buf.len() > MIN_RING {
+                self.buf = Vec::new();
+            }
         }
         n
     }
@@ -187,6 +203,9 @@ mod tests {
         assert_eq!(b.write(0, b"xy"), None); // beyond the window
         let n = b.read(&mut out);
         assert_eq!(&out[..n], b"fghijkl");
+        // Read empty: the ring stays for the next segment, until released.
+        assert_eq!(b.heap_bytes(), 8);
+        b.release();
         assert_eq!(b.heap_bytes(), 0);
     }
 
@@ -206,7 +225,40 @@ mod tests {
         assert_eq!(n, 6040);
         assert_eq!(&all[..40], &[1; 40]);
         assert_eq!(&all[40..6040], &data[..6000]);
+        assert_eq!(b.heap_bytes(), 0, "grown beyond its first size: freed when read empty");
+    }
+
+    #[test]
+    fn read_empty_the_ring_is_reused_until_released() {
+        let mut b = RecvBuffer::new(1 << 20);
+        let mut out = [0u8; 2000];
+        // A bulk flow's reader empties the ring after every segment: one allocation serves
+        // them all, each segment starting at the front.
+        assert_eq!(b.write(0, &[7; 1448]), Some(1448));
+        let ring = b.heap_bytes();
+        assert_eq!(ring, MIN_RING);
+        for i in 0..100u8 {
+            if i > 0 {
+                assert_eq!(b.write(0, &[i; 1448]), Some(1448));
+            }
+            let n = b.read(&mut out);
+            assert_eq!(n, 1448);
+            assert!(out[..n].iter().all(|&x| x == if i == 0 { 7 } else { i }));
+            assert_eq!(b.heap_bytes(), ring, "segment {i}: the ring was kept");
+        }
+        // Not released while something is unread or out of order.
+        assert_eq!(b.write(10, b"x"), Some(0));
+        b.release();
+        assert!(b.heap_bytes() > ring, "the ring and the assembler's range");
+        assert_eq!(b.write(0, &[1; 10]), Some(11));
+        b.release();
+        assert_eq!(b.heap_bytes(), ring);
+        assert_eq!(b.read(&mut out), 11);
+        b.release();
         assert_eq!(b.heap_bytes(), 0);
+        // And it starts again from nothing.
+        assert_eq!(b.write(0, b"abc"), Some(3));
+        assert_eq!(b.heap_bytes(), MIN_RING);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Send buffer: bytes from SND.UNA on (sent but unacknowledged, then unsent), bounded by a
-//! capacity. Allocated on the first write and freed when fully acknowledged.
+//! capacity. Allocated on the first write; when fully acknowledged it keeps its allocation for
+//! the next burst (a bulk flow drains it over and over), until [`SendBuffer::release`] (the
+//! connection goes quiet: parked, or memory is short) or the connection's end.
 
 use std::collections::VecDeque;
 
@@ -65,10 +67,14 @@ impl SendBuffer {
         n
     }
 
-    /// Drop `n` acknowledged bytes from the front.
+    /// Drop `n` acknowledged bytes from the front (the allocation stays).
     pub fn ack(&mut self, n: usize) {
         let n = n.min(self.data.len());
         self.data.drain(..n);
+    }
+
+    /// Free the allocation if nothing is left in it.
+    pub fn release(&mut self) {
         if self.data.is_empty() {
             self.data = VecDeque::new();
         }
@@ -96,6 +102,16 @@ mod tests {
         assert_eq!(s.peek(0, &mut out), 5);
         assert_eq!(&out[..5], b"cdexy");
         s.ack(10);
+        assert!(s.is_empty());
+        // Emptied, it keeps its allocation for the next burst, until released.
+        let held = s.heap_bytes();
+        assert!(held >= 5);
+        assert_eq!(s.push(b"again"), 5);
+        assert_eq!(s.heap_bytes(), held, "refilled without allocating");
+        s.release();
+        assert_eq!(s.heap_bytes(), held, "not empty: kept");
+        s.ack(5);
+        s.release();
         assert_eq!(s.heap_bytes(), 0);
     }
 }

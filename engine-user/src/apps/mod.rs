@@ -253,17 +253,45 @@ impl Served {
 /// A read buffer that costs an idle connection nothing on the heap: reads land in a small
 /// inline array; the large buffer exists only while reads fill the small one (a bulk flow),
 /// and goes again with the first read that would have fit it, so a connection that has gone
-/// quiet after traffic holds no 32 KB either.
+/// quiet after traffic holds no 32 KB either. Large buffers given back wait in this thread's
+/// [`SPARE_BIG`] for the next connection (or turn) that needs one.
 struct LazyBuf {
     small: [u8; 256],
     big: Vec<u8>,
 }
 
+thread_local! {
+    /// Large read buffers that went back (at most [`LazyBuf::SPARES`] on a thread): a bulk flow
+    /// served in turns takes one at the start of every turn and gives it back at the end, a
+    /// fresh 32 KB zeroed each time otherwise.
+    static SPARE_BIG: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl LazyBuf {
     const BIG: usize = 32 * 1024;
+    /// Large buffers a thread keeps spare: as many as connections in bulk at once usually are
+    /// (memory per thread, not per connection).
+    const SPARES: usize = 4;
 
     fn new() -> Self {
         Self { small: [0; 256], big: Vec::new() }
+    }
+
+    fn take_big() -> Vec<u8> {
+        SPARE_BIG.try_with(|s| s.borrow_mut().pop()).ok().flatten().unwrap_or_else(|| vec![0u8; Self::BIG])
+    }
+
+    fn give_back_big(&mut self) {
+        let big = std::mem::take(&mut self.big);
+        if big.len() == Self::BIG {
+            // On a thread that is exiting, it is simply freed.
+            let _ = SPARE_BIG.try_with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < Self::SPARES {
+                    s.push(big);
+                }
+            });
+        }
     }
 
     /// Read once; returns the bytes read (empty at EOF).
@@ -272,18 +300,24 @@ impl LazyBuf {
             let n = s.read(&mut self.small).await?;
             if n == self.small.len() {
                 // A full small read: more is likely coming; read it in large pieces.
-                self.big = vec![0u8; Self::BIG];
+                self.big = Self::take_big();
             }
             return Ok(&self.small[..n]);
         }
         let n = s.read(&mut self.big).await?;
         if n <= self.small.len() {
-            // The flow has slowed to small reads: back to the inline array, large one freed.
+            // The flow has slowed to small reads: back to the inline array, large one given back.
             self.small[..n].copy_from_slice(&self.big[..n]);
-            self.big = Vec::new();
+            self.give_back_big();
             return Ok(&self.small[..n]);
         }
         Ok(&self.big[..n])
+    }
+}
+
+impl Drop for LazyBuf {
+    fn drop(&mut self) {
+        self.give_back_big();
     }
 }
 
@@ -372,6 +406,32 @@ mod tests {
         assert_eq!(buf.big.capacity(), 0, "a small read frees the large buffer");
         drop(client);
         assert!(buf.read(&mut server).await.unwrap().is_empty(), "EOF");
+    }
+
+    #[test]
+    fn large_read_buffers_go_back_to_their_thread_for_the_next_one() {
+        // A thread of its own: its spares start empty.
+        std::thread::spawn(|| {
+            let spares = || SPARE_BIG.with(|s| s.borrow().len());
+            let big = || {
+                let mut b = LazyBuf::new();
+                b.big = LazyBuf::take_big();
+                b
+            };
+            assert_eq!(spares(), 0);
+            let mut bufs: Vec<LazyBuf> = (0..LazyBuf::SPARES + 2).map(|_| big()).collect();
+            let first = bufs[0].big.as_ptr();
+            drop(bufs.remove(0));
+            assert_eq!(spares(), 1, "given back when dropped");
+            let again = big();
+            assert_eq!(again.big.as_ptr(), first, "the next one takes it, no allocation");
+            assert_eq!(spares(), 0);
+            drop(again);
+            drop(bufs);
+            assert_eq!(spares(), LazyBuf::SPARES, "at most SPARES kept, the rest freed");
+        })
+        .join()
+        .unwrap();
     }
 
     #[tokio::test]

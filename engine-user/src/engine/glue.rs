@@ -835,13 +835,15 @@ impl Glue {
             conn.shutdown(now);
         }
         if pressure {
-            // Give back what the app queues no longer use.
+            // Give back what the app queues, and the core's emptied buffers (kept for the next
+            // burst otherwise), no longer use.
             if st.rx.is_empty() {
                 st.rx.shrink_to_fit();
             }
             if st.tx.is_empty() {
                 st.tx.shrink_to_fit();
             }
+            conn.release_buffers();
         }
         let mut next = None;
         if st.carried.is_some() && st.tx.is_empty() {

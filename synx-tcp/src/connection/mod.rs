@@ -339,9 +339,19 @@ impl Connection {
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
-    /// Heap memory held by the data buffers (0 for an idle connection).
+    /// Heap memory held by the data buffers: what they hold, and, emptied, what they keep for
+    /// the next burst (0 once parked or after [`Connection::release_buffers`]).
     pub fn heap_bytes(&self) -> usize {
         self.snd.buf.heap_bytes() + self.rcv.buf.heap_bytes()
+    }
+
+    /// Free the data buffers that hold nothing. They are kept while the connection is live (a
+    /// bulk flow empties them after every few segments and would otherwise allocate, zero and
+    /// grow them again each time); parking drops them with the TCB, and the engine calls this
+    /// when memory is short.
+    pub fn release_buffers(&mut self) {
+        self.snd.buf.release();
+        self.rcv.buf.release();
     }
 
     pub fn info(&self) -> ConnectionInfo {

@@ -403,3 +403,44 @@ fn a_connection_to_an_address_beyond_what_a_parked_slot_can_name_stays_unfolded_
     assert_eq!(out.len(), 1, "the delayed ACK");
     assert_eq!((out[0].0.local, out[0].1.ack), (ours(n), SeqNum(IRS + 1 + 4)));
 }
+
+#[test]
+fn a_busy_connection_keeps_its_emptied_buffers_and_parks_without_them() {
+    let cfg = Config { nagle: false, pacing: false, ..config() };
+    let mut ep = Endpoint::new(cfg, 10);
+    let h = ep.accept(ms(0), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
+    drain(&mut ep, ms(0));
+    assert!(ep.is_parked(h), "quiet from the start: folded");
+    // An echo: each segment read at once and written back; the peer's next segment
+    // acknowledges all we sent, so both buffers are emptied at every step, but the connection
+    // never goes quiet (data always in flight one way or the other).
+    let seg = [0x5a; 1000];
+    let mut buf = [0u8; 2048];
+    let mut kept = None;
+    for i in 0..20u32 {
+        let now = ms(1 + u64::from(i));
+        let mut hdr = ack_from(1);
+        hdr.seq = SeqNum(IRS + 1) + i * 1000;
+        hdr.ack = SeqNum(ISS + 1) + i * 1000;
+        assert_eq!(ep.handle(now, local(), client(1), &hdr, &seg), Disposition::Delivered(h));
+        let c = ep.connection_mut(h).expect("live while busy");
+        assert_eq!(c.info().send_queued, 0, "step {i}: everything we sent is acknowledged");
+        assert_eq!(c.recv(&mut buf), 1000);
+        assert_eq!(c.readable(), 0);
+        assert_eq!(c.send(&seg), 1000);
+        let sent = drain(&mut ep, now);
+        assert_eq!(sent.iter().map(|s| s.2.len()).sum::<usize>(), 1000, "step {i}: echoed");
+        let held = ep.connection(h).expect("data in flight: not folded").heap_bytes();
+        assert!(held > 0);
+        // Emptied and refilled in place: the same allocations serve every step.
+        assert_eq!(*kept.get_or_insert(held), held, "step {i}");
+    }
+    // The peer acknowledges the last of it and goes quiet: folded, with no buffer left.
+    let mut last = ack_from(1);
+    last.seq = SeqNum(IRS + 1) + 20_000;
+    last.ack = SeqNum(ISS + 1) + 20_000;
+    assert_eq!(ep.handle(ms(30), local(), client(1), &last, &[]), Disposition::Delivered(h));
+    drain(&mut ep, ms(30));
+    assert!(ep.is_parked(h), "quiescent: folded");
+    assert_eq!(ep.connection_mut(h).expect("unfolded on demand").heap_bytes(), 0, "parked: its buffers went with the TCB");
+}
