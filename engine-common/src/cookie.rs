@@ -262,16 +262,40 @@ pub const LATE_SEGMENTS: u32 = 9;
 /// who wants the search must send this much per try.
 pub const LATE_MIN_PAYLOAD: u32 = 536;
 
-/// Check a final handshake ACK at `seq` carrying `payload_len` bytes, whose `ack - 1` is the
-/// cookie: the client's ISN it was minted for (and what the cookie holds). The ISN is `seq - 1`
-/// (RFC 9293 3.10.7.4: the ACK of SYN-RECEIVED, that state held in the cookie); failing that,
-/// for a full-sized segment, `seq - 1 - k * payload_len` for k up to [`LATE_SEGMENTS`]: the
-/// client's handshake ACK and first segments were lost, this is its (k+1)th segment of equal
-/// size, and the connection begins with the hole before it (as Linux's SYN-RECEIVED takes an
-/// in-window segment; with cookies Linux resets such a connection). Each candidate costs one
-/// hash, and a forger's chance per try grows from 2^-28 to 10 * 2^-28.
+/// The payload of the client's full-sized segments, as the handshake of `cookie` set it: the
+/// MSS the cookie carries (the smaller of ours and the client's, rounded down to
+/// [`MSS_TABLE`]) less the `options_len` bytes of TCP options each segment carries (RFC 9293
+/// 3.7.1: the MSS counts no options; Linux's tcp_current_mss subtracts the timestamps' 12).
+/// Exact when that smaller MSS is in the table (1460 and 1440 behind an Ethernet MTU), short
+/// of the real size otherwise.
 #[inline(always)]
-pub fn check_ack(keys: &Keys, t: &Tuple, seq: u32, payload_len: u32, cookie: u32, now_ns: u64) -> Option<(u32, Checked)> {
+pub fn full_segment(cookie: u32, options_len: u32) -> u32 {
+    u32::from(MSS_TABLE[((cookie >> 28) & 3) as usize]).saturating_sub(options_len)
+}
+
+/// Check a final handshake ACK at `seq` carrying `payload_len` bytes after `options_len` bytes
+/// of TCP options, whose `ack - 1` is the cookie: the client's ISN it was minted for (and what
+/// the cookie holds). The ISN is `seq - 1` (RFC 9293 3.10.7.4: the ACK of SYN-RECEIVED, that
+/// state held in the cookie); failing that, for a segment of at least [`LATE_MIN_PAYLOAD`],
+/// `seq - 1 - k * step` for k up to [`LATE_SEGMENTS`]: the client's handshake ACK and first
+/// segments were lost, this is its (k+1)th segment, and the connection begins with the hole
+/// before it (as Linux's SYN-RECEIVED takes an in-window segment; with cookies Linux resets
+/// such a connection). `step` is the segment's own length (the segments before it were as
+/// long: a client whose segments are shorter than the cookie's MSS says), and for a segment
+/// shorter than a full one ([`full_segment`]) also the full length: a short segment may be the
+/// last of a write, the one a client's tail loss probe sends again first when its whole flight
+/// was lost (RFC 8985 7.3), after full-sized ones. Each candidate costs one hash, and a
+/// forger's chance per try grows from 2^-28 to 10 * 2^-28 (19 * 2^-28 for a short segment).
+#[inline(always)]
+pub fn check_ack(
+    keys: &Keys,
+    t: &Tuple,
+    seq: u32,
+    payload_len: u32,
+    options_len: u32,
+    cookie: u32,
+    now_ns: u64,
+) -> Option<(u32, Checked)> {
     let isn = seq.wrapping_sub(1);
     if let Some(c) = check(keys, t, isn, cookie, now_ns) {
         return Some((isn, c));
@@ -279,11 +303,19 @@ pub fn check_ack(keys: &Keys, t: &Tuple, seq: u32, payload_len: u32, cookie: u32
     if payload_len < LATE_MIN_PAYLOAD {
         return None;
     }
+    let full = full_segment(cookie, options_len);
+    let short = payload_len < full;
     let mut k = 1;
     while k <= LATE_SEGMENTS {
         let isn = seq.wrapping_sub(1).wrapping_sub(k.wrapping_mul(payload_len));
         if let Some(c) = check(keys, t, isn, cookie, now_ns) {
             return Some((isn, c));
+        }
+        if short {
+            let isn = seq.wrapping_sub(1).wrapping_sub(k.wrapping_mul(full));
+            if let Some(c) = check(keys, t, isn, cookie, now_ns) {
+                return Some((isn, c));
+            }
         }
         k += 1;
     }
@@ -350,20 +382,21 @@ pub fn continue_ts_clock(offset: u32, shared_ms: u32, local_ms: u32, tsecr: u32)
 /// Everything the final ACK of a cookie handshake tells us, or `None` if the cookie is bad.
 /// `tsecr` is the ACK's echoed TSval when it carries timestamps; `our_wscale` is the shift we
 /// announce in SYN-ACKs.
-/// `payload_len`: the ACK's payload (see [`check_ack`]).
+/// `payload_len`, `options_len`: the ACK's payload and TCP options (see [`check_ack`]).
 #[allow(clippy::too_many_arguments)]
 pub fn decode(
     keys: &Keys,
     t: &Tuple,
     seq: u32,
     payload_len: u32,
+    options_len: u32,
     ack: u32,
     ts: Option<(u32, u32)>,
     now_ns: u64,
     our_wscale: u8,
 ) -> Option<HandshakeFacts> {
     let cookie = ack.wrapping_sub(1);
-    let (client_isn, valid) = check_ack(keys, t, seq, payload_len, cookie, now_ns)?;
+    let (client_isn, valid) = check_ack(keys, t, seq, payload_len, options_len, cookie, now_ns)?;
     let mut facts = HandshakeFacts {
         iss: cookie,
         irs: client_isn,
@@ -437,20 +470,53 @@ mod tests {
         let m = mint(&keys(now), &tuple(), isn, now, 1460).unwrap();
         let cookie = m.isn;
         let at = |k: u32| isn.wrapping_add(1).wrapping_add(k * len);
+        // Segments with timestamps: 12 bytes of options.
+        let opts = 12;
         // The ACK itself, and a pure ACK: seq - 1 is the ISN.
-        assert_eq!(check_ack(&keys(now), &tuple(), at(0), 0, cookie, now).map(|(i, _)| i), Some(isn));
-        assert_eq!(check_ack(&keys(now), &tuple(), at(0), len, cookie, now).map(|(i, _)| i), Some(isn));
+        assert_eq!(check_ack(&keys(now), &tuple(), at(0), 0, opts, cookie, now).map(|(i, _)| i), Some(isn));
+        assert_eq!(check_ack(&keys(now), &tuple(), at(0), len, opts, cookie, now).map(|(i, _)| i), Some(isn));
         for k in 1..=LATE_SEGMENTS {
-            assert_eq!(check_ack(&keys(now), &tuple(), at(k), len, cookie, now).map(|(i, _)| i), Some(isn), "segment {k}");
+            assert_eq!(check_ack(&keys(now), &tuple(), at(k), len, opts, cookie, now).map(|(i, _)| i), Some(isn), "segment {k}");
         }
-        assert_eq!(check_ack(&keys(now), &tuple(), at(LATE_SEGMENTS + 1), len, cookie, now), None);
-        assert_eq!(check_ack(&keys(now), &tuple(), at(1), len - 1, cookie, now), None);
-        // Too short to be a full segment: no search.
+        assert_eq!(check_ack(&keys(now), &tuple(), at(LATE_SEGMENTS + 1), len, opts, cookie, now), None);
+        // A segment a byte off the boundaries of full segments: no candidate is the ISN.
+        assert_eq!(check_ack(&keys(now), &tuple(), at(1) + 1, len - 1, opts, cookie, now), None);
+        // Too short to search behind at all.
         let short = LATE_MIN_PAYLOAD - 1;
-        assert_eq!(check_ack(&keys(now), &tuple(), isn.wrapping_add(1 + short), short, cookie, now), None);
+        assert_eq!(check_ack(&keys(now), &tuple(), at(2), short, opts, cookie, now), None);
         // What decode gives the TCP core: IRS the ISN, so the segment lands beyond a hole.
-        let f = decode(&keys(now), &tuple(), at(3), len, cookie.wrapping_add(1), None, now, 7).unwrap();
+        let f = decode(&keys(now), &tuple(), at(3), len, opts, cookie.wrapping_add(1), None, now, 7).unwrap();
         assert_eq!((f.irs, f.iss), (isn, cookie));
+    }
+
+    /// A 4096-byte write with timestamps goes out as 1448 + 1448 + 1200 bytes. When the
+    /// handshake ACK and all three are lost, the client's tail loss probe sends the last one
+    /// again first (RFC 8985 7.3): it is shorter than a full segment, and it still names the
+    /// ISN, two full segments (the cookie's MSS less the options) back; so for each MSS of
+    /// the table, with and without timestamps. (Seen in the hostile
+    /// test: its AF_XDP ring overflowed under a burst, and the probe was reset.)
+    #[test]
+    fn the_short_last_segment_of_a_lost_flight_checks_and_names_the_isn() {
+        let now = 5 * (1u64 << PERIOD_SHIFT);
+        let isn = 4_021_401_184u32;
+        for (mss, opts) in [(1460u16, 12u32), (1460, 0), (1440, 12), (1220, 12)] {
+            let cookie = mint(&keys(now), &tuple(), isn, now, mss).unwrap().isn;
+            let full = u32::from(mss) - opts;
+            assert_eq!(full_segment(cookie, opts), full);
+            let last = 1200;
+            let probe = isn.wrapping_add(1 + 2 * full);
+            assert_eq!(check_ack(&keys(now), &tuple(), probe, last, opts, cookie, now).map(|(i, _)| i), Some(isn), "MSS {mss}, options {opts}");
+            let f = decode(&keys(now), &tuple(), probe, last, opts, cookie.wrapping_add(1), None, now, 7).unwrap();
+            assert_eq!((f.irs, f.iss), (isn, cookie));
+            // Counted with other options than it carries, the full size is wrong: refused.
+            assert_eq!(check_ack(&keys(now), &tuple(), probe, last, opts + 4, cookie, now), None);
+            // The tenth segment of a flight may be short too; an eleventh may not.
+            let tenth = isn.wrapping_add(1 + LATE_SEGMENTS * full);
+            assert!(check_ack(&keys(now), &tuple(), tenth, 600, opts, cookie, now).is_some());
+            assert_eq!(check_ack(&keys(now), &tuple(), tenth.wrapping_add(full), 600, opts, cookie, now), None);
+            // Short of the least payload searched behind: still refused, as before.
+            assert_eq!(check_ack(&keys(now), &tuple(), probe, LATE_MIN_PAYLOAD - 1, opts, cookie, now), None);
+        }
     }
 
     fn reference_siphash13(key: &Key, bytes: &[u8]) -> u64 {
@@ -693,7 +759,7 @@ mod tests {
                     let tsv = ts_encode(now_ms, m.ts_offset, ws, sack, false);
                     let clock = now_ms.wrapping_add(m.ts_offset);
                     assert!(clock.wrapping_sub(tsv) < 128, "tsval {tsv} vs clock {clock}");
-                    let f = decode(&keys(0), &t, 11, 0, m.isn.wrapping_add(1), Some((555, tsv)), 0, 7).unwrap();
+                    let f = decode(&keys(0), &t, 11, 0, 0, m.isn.wrapping_add(1), Some((555, tsv)), 0, 7).unwrap();
                     assert!(f.has(FACT_TS));
                     assert_eq!(f.ts_recent, 555);
                     assert_eq!(f.ts_offset, m.ts_offset, "userspace's clock is the SYN-ACK's");

@@ -213,7 +213,7 @@ mod tests {
     /// What the client's final ACK (echoing our TSval) decodes to.
     fn decoded(a: &SynAck, syn: &Syn) -> crate::handshake::HandshakeFacts {
         let ts = a.ts.map(|(tsval, _)| (syn.ts.unwrap_or(0).wrapping_add(1), tsval));
-        cookie::decode(&published(), &tuple(), a.ack, 0, a.seq.wrapping_add(1), ts, NOW_NS, OURS.wscale)
+        cookie::decode(&published(), &tuple(), a.ack, 0, 0, a.seq.wrapping_add(1), ts, NOW_NS, OURS.wscale)
             .expect("the final ACK of our SYN-ACK validates")
     }
 
@@ -328,7 +328,7 @@ mod tests {
             } else {
                 // The final ACK carries no timestamps: nothing but the MSS.
                 let facts =
-                    cookie::decode(&published(), &tuple(), a.ack, 0, a.seq.wrapping_add(1), None, NOW_NS, OURS.wscale).unwrap();
+                    cookie::decode(&published(), &tuple(), a.ack, 0, 0, a.seq.wrapping_add(1), None, NOW_NS, OURS.wscale).unwrap();
                 assert!(!facts.has(FACT_ECN), "{what}");
             }
         }

@@ -176,7 +176,7 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
         // RFC 9293 3.10.7.4 fifth (SYN-RECEIVED, held in the cookie as RFC 4987 3.6 has it): the
         // ACK must acknowledge it.
         let cookie = seg.ack.wrapping_sub(1);
-        if cookie::check_ack(&secrets.keys, &seg.tuple(), seg.seq, seg.payload_len, cookie, now).is_some() {
+        if cookie::check_ack(&secrets.keys, &seg.tuple(), seg.seq, seg.payload_len, (seg.doff as u32).saturating_sub(20), cookie, now).is_some() {
             count(counters::COOKIE_ACK_VALID);
             // Claim the tuple until userspace writes the real slot, so the flow's next
             // segments reach it even before it has processed this ACK.

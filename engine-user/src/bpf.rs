@@ -390,9 +390,10 @@ impl CookieChecker {
 
     /// Decode the final ACK of a cookie handshake (RFC 9293 3.10.7.4 fifth check, with
     /// SYN-RECEIVED held in the cookie): `None` unless `ack - 1` is a cookie minted recently for this tuple, by this
-    /// host or one sharing its key. `payload_len`: the segment's data, which may be a later
-    /// one of the client's first segments (`cookie::check_ack`). `now_ns`: CLOCK_MONOTONIC,
-    /// the clock the TCP core counts its TSvals on; the facts' `ts_offset` is for that clock.
+    /// host or one sharing its key. `payload_len`, `options_len`: the segment's data and TCP
+    /// options; it may be a later one of the client's first segments (`cookie::check_ack`).
+    /// `now_ns`: CLOCK_MONOTONIC, the clock the TCP core counts its TSvals on; the facts'
+    /// `ts_offset` is for that clock.
     #[allow(clippy::too_many_arguments)]
     pub fn check(
         &self,
@@ -400,6 +401,7 @@ impl CookieChecker {
         remote: SocketAddr,
         seq: u32,
         payload_len: u32,
+        options_len: u32,
         ack: u32,
         ts: Option<(u32, u32)>,
         now_ns: u64,
@@ -407,7 +409,7 @@ impl CookieChecker {
         let tuple = cookie_tuple(local, remote)?;
         let p = self.published();
         let shared_ns = p.shared_ns(tai_ns());
-        let mut facts = cookie::decode(&p.keys, &tuple, seq, payload_len, ack, ts, shared_ns, self.ours.wscale)?;
+        let mut facts = cookie::decode(&p.keys, &tuple, seq, payload_len, options_len, ack, ts, shared_ns, self.ours.wscale)?;
         if let (true, Some((_, tsecr))) = (facts.has(FACT_TS), ts) {
             facts.ts_offset = cookie::continue_ts_clock(facts.ts_offset, (shared_ns / 1_000_000) as u32, (now_ns / 1_000_000) as u32, tsecr);
         }

@@ -486,7 +486,7 @@ fn check_synack(e: &XdpProgram, input: &[u8], out: &[u8], want: &Expect, what: &
     // clock the SYN-ACK used (TSval never above it, RFC 7323 5.3 PAWS on the client).
     let facts = e
         .cookie_checker()
-        .check(server, client, syn_seq.wrapping_add(1), 0, t.sequence_number().wrapping_add(1), tsval.map(|v| (1, v)), monotonic_ns())
+        .check(server, client, syn_seq.wrapping_add(1), 0, 0, t.sequence_number().wrapping_add(1), tsval.map(|v| (1, v)), monotonic_ns())
         .unwrap_or_else(|| panic!("{what}: userspace rejects the cookie"));
     assert_eq!((facts.irs, facts.iss, facts.mss), (syn_seq, t.sequence_number(), want.cookie_mss), "{what}");
     assert_eq!(facts.has(FACT_TS), want.ts.is_some(), "{what}");
@@ -672,8 +672,11 @@ fn cookie_handshakes_reach_userspace() {
 /// The client's handshake ACK and its first data segment were lost (a burst): its third
 /// full-sized segment is the first to arrive. Its SEG.SEQ - 1 is no ISN, but the cookie checks
 /// for the ISN two segments back (engine_common::cookie::check_ack), so it goes to userspace,
-/// which starts the connection with the hole; before, it was reset, and so was the client. A
-/// segment past the client's initial window, or too short to be a full one, is still reset.
+/// which starts the connection with the hole; before, it was reset, and so was the client. So
+/// does a last segment shorter than a full one after two full ones, with timestamps (what a
+/// client's tail loss probe sends again first, RFC 8985 7.3): the full size is the cookie's MSS
+/// less the options the segment carries. A segment past the client's initial window, or too
+/// short to search behind, is still reset.
 #[test]
 fn a_later_first_segment_of_a_cookie_handshake_reaches_userspace() {
     use counters::{COOKIE_ACK_INVALID, COOKIE_ACK_VALID, REDIRECT_FAILED, RST_SENT, SYN_COOKIE_SENT};
@@ -681,9 +684,20 @@ fn a_later_first_segment_of_a_cookie_handshake_reaches_userspace() {
     for v6 in [false, true] {
         let cookie = cookie_for(v6, 40000, 1000);
         let data = |seq: u32, len: usize| frame(v6, 40000, seq, &[], |b| b.ack(cookie.wrapping_add(1)), &vec![b'x'; len]);
+        // NOP, NOP, timestamps: 12 bytes, as Linux sends them.
+        let ts = [TcpOptionElement::Noop, TcpOptionElement::Noop, TcpOptionElement::Timestamp(123457, 0)];
+        let full = u32::from(cookie::MSS_TABLE[(cookie >> 28) as usize & 3]) - 12;
+        let probe = frame(v6, 40000, 1001 + 2 * full, &ts, |b| b.ack(cookie.wrapping_add(1)), &[b'x'; 1200]);
         rows.extend([
             row(format!("SYN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]),
             row(format!("its third segment (v6={v6})"), data(1001 + 2 * 1400, 1400), XDP_DROP, Out::ToUserspace, &[
+                (COOKIE_ACK_VALID, 1),
+                (REDIRECT_FAILED, 1),
+                (RST_SENT, 0),
+            ])
+            .then(),
+            row(format!("SYN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]),
+            row(format!("its short third segment after two full ones (v6={v6})"), probe, XDP_DROP, Out::ToUserspace, &[
                 (COOKIE_ACK_VALID, 1),
                 (REDIRECT_FAILED, 1),
                 (RST_SENT, 0),

@@ -67,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
     // The client's final ACK, echoing our TSval.
     let (seq, ack) = (syn.isn.wrapping_add(1), answer.seq.wrapping_add(1));
     let client_ts = answer.ts.map(|(tsval, _)| (syn.ts.unwrap_or(0).wrapping_add(input.u16().into()), tsval));
-    let decoded = cookie::decode(&keys, &tuple, seq, 0, ack, client_ts, later, ours.wscale);
+    let decoded = cookie::decode(&keys, &tuple, seq, 0, 0, ack, client_ts, later, ours.wscale);
     let (p, at) = (cookie::period(now), cookie::period(later));
     let hi = cookie::period(later + SKEW_TOLERANCE_NS);
     let age = i64::from(at) - i64::from(p);
@@ -102,7 +102,7 @@ fuzz_target!(|data: &[u8]| {
     // client ISN in a period the cookie still covers.
     let (seq, ack) = if input.u8() & 1 == 0 { (input.u32(), input.u32()) } else { (seq, ack ^ (1 << (input.u8() % 32))) };
     let ts = (input.u8() & 1 == 0).then(|| (input.u32(), input.u32()));
-    if let Some(facts) = cookie::decode(&keys, &tuple, seq, 0, ack, ts, later, ours.wscale) {
+    if let Some(facts) = cookie::decode(&keys, &tuple, seq, 0, 0, ack, ts, later, ours.wscale) {
         let cookie = ack.wrapping_sub(1);
         let idx = (cookie >> 28) & 3;
         let minted = (0..KEYS as u32).any(|i| {

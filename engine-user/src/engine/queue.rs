@@ -436,6 +436,8 @@ impl QueueDriver {
         };
         hdr.ce = rx.ce;
         bump(&stats.rx_segments);
+        // The TCP options as the wire carries them (XDP's cookie check counts these bytes too).
+        let options_len = (rx.tcp.len() - payload.len()).saturating_sub(tcp::segment::HEADER_LEN) as u32;
         let mut payload = payload;
         if self.glue.handing_over()
             && (!payload.is_empty() || hdr.flags.fin())
@@ -472,7 +474,7 @@ impl QueueDriver {
             Disposition::Unknown => match self.owner(hops, rx.local, rx.remote) {
                 Some(Owner::Queue(q)) => self.hand(q, frame, hops),
                 owner => {
-                    self.on_unknown(now, rx.link, rx.local, rx.remote, &hdr, payload);
+                    self.on_unknown(now, rx.link, rx.local, rx.remote, &hdr, payload, options_len);
                     if let (Some(Owner::Me), Some(handoff)) = (owner, &self.ctx.handoff) {
                         // FLOWS names the owner now (or no one): our claim can go.
                         handoff.release(rx.local, rx.remote);
@@ -510,7 +512,9 @@ impl QueueDriver {
     }
 
     /// A segment for no connection: the core accepts a cookie ACK for a listener or refuses it
-    /// with a reset ([`Endpoint::accept_cookie`]).
+    /// with a reset ([`Endpoint::accept_cookie`]). `options_len`: its TCP options' bytes on
+    /// the wire (see `cookie::check_ack`).
+    #[allow(clippy::too_many_arguments)]
     fn on_unknown(
         &mut self,
         now: Instant,
@@ -519,6 +523,7 @@ impl QueueDriver {
         remote: SocketAddr,
         hdr: &tcp::segment::Header,
         payload: &[u8],
+        options_len: u32,
     ) {
         self.endpoint.set_max_conns(self.ctx.conn_limit.load(Ordering::Relaxed));
         // Also while stopping: the ACK completes a handshake XDP answered before the stop, and
@@ -552,7 +557,7 @@ impl QueueDriver {
         let admitted = listener.is_some();
         let cookies = &self.ctx.cookies;
         let len = payload.len() as u32;
-        let cookie = || cookies.check(local, remote, hdr.seq.0, len, hdr.ack.0, hdr.options.timestamps, now.as_nanos());
+        let cookie = || cookies.check(local, remote, hdr.seq.0, len, options_len, hdr.ack.0, hdr.options.timestamps, now.as_nanos());
         let resets_before = self.endpoint.pending_resets();
         match self.endpoint.accept_cookie(now, local, remote, hdr, payload, listener, cookie) {
             Ok((h, listener)) => {
