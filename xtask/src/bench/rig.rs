@@ -191,9 +191,10 @@ fn attach_qdisc(ns: &Netns, dev: &str, queues: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `ethtool -k DEV` as feature -> "on"/"off" (the "[fixed]" marks dropped).
-pub fn features(ns: &Netns, dev: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let text = ns.exec("ethtool", &["-k", dev])?;
+/// `ethtool FLAG DEV`'s "name: value" lines after its heading, each value's first word
+/// (`-k`: "on"/"off", the "[fixed]" marks dropped; `-S`: the counter).
+fn ethtool_pairs(ns: &Netns, flag: &str, dev: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let text = ns.exec("ethtool", &[flag, dev])?;
     Ok(text
         .lines()
         .skip(1)
@@ -204,18 +205,15 @@ pub fn features(ns: &Netns, dev: &str) -> anyhow::Result<BTreeMap<String, String
         .collect())
 }
 
+/// `ethtool -k DEV` as feature -> "on"/"off".
+pub fn features(ns: &Netns, dev: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    ethtool_pairs(ns, "-k", dev)
+}
+
 /// `ethtool -S DEV` as counter -> value (veth: per-queue XDP packets, drops, redirects, TX
 /// errors, and its peer's view).
 pub fn nic_stats(ns: &Netns, dev: &str) -> anyhow::Result<BTreeMap<String, u64>> {
-    let text = ns.exec("ethtool", &["-S", dev])?;
-    Ok(text
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let (k, v) = l.trim().split_once(':')?;
-            Some((k.trim().to_string(), v.trim().parse().ok()?))
-        })
-        .collect())
+    Ok(ethtool_pairs(ns, "-S", dev)?.into_iter().filter_map(|(k, v)| Some((k, v.parse().ok()?))).collect())
 }
 
 /// The counters of `after` that differ from `before`, as their increase (a counter that went
