@@ -22,6 +22,7 @@
 //! wake-up delay does not add to it; its departure is as late as the thread wakes after the
 //! deadline, which [`DirStats`] records (`lateness`), with everything else the path did.
 
+pub mod flows;
 pub mod frame;
 mod kernel_apps;
 pub mod link;
@@ -367,6 +368,7 @@ pub struct DirStats {
     super_frames: AtomicU64,
     segments: AtomicU64,
     impairable: AtomicU64,
+    keyed: AtomicU64,
     lost: AtomicU64,
     tail_drops: AtomicU64,
     ce_marked: AtomicU64,
@@ -403,6 +405,9 @@ pub struct Snapshot {
     pub segments: u64,
     /// Segments subject to loss, duplication and reordering (IP traffic).
     pub impairable: u64,
+    /// Segments whose random loss was drawn per TCP segment ([`flows`]): those of flows seen
+    /// from their SYN.
+    pub keyed: u64,
     pub lost: u64,
     pub tail_drops: u64,
     pub ce_marked: u64,
@@ -442,6 +447,7 @@ impl DirStats {
             super_frames: g(&self.super_frames),
             segments: g(&self.segments),
             impairable: g(&self.impairable),
+            keyed: g(&self.keyed),
             lost: g(&self.lost),
             tail_drops: g(&self.tail_drops),
             ce_marked: g(&self.ce_marked),
@@ -472,6 +478,7 @@ impl Snapshot {
             super_frames: d(self.super_frames, earlier.super_frames),
             segments: d(self.segments, earlier.segments),
             impairable: d(self.impairable, earlier.impairable),
+            keyed: d(self.keyed, earlier.keyed),
             lost: d(self.lost, earlier.lost),
             tail_drops: d(self.tail_drops, earlier.tail_drops),
             ce_marked: d(self.ce_marked, earlier.ce_marked),
@@ -647,6 +654,8 @@ struct Forwarder {
     egress: Vec<Arc<Port>>,
     route: Route,
     link: link::Link,
+    /// Random loss's draws per TCP segment ([`flows`]).
+    flows: flows::Flows,
     dir: Arc<Direction>,
     stop: Arc<AtomicBool>,
     heap: BinaryHeap<Pending>,
@@ -669,7 +678,8 @@ impl Forwarder {
         stop: Arc<AtomicBool>,
         realtime: bool,
     ) -> anyhow::Result<JoinHandle<()>> {
-        let mut f = Forwarder { ingress, egress, route, link, dir, stop, heap: BinaryHeap::new(), seq: 0 };
+        let flows = flows::Flows::new(link.seed());
+        let mut f = Forwarder { ingress, egress, route, link, flows, dir, stop, heap: BinaryHeap::new(), seq: 0 };
         Ok(std::thread::Builder::new().name(name.into()).spawn(move || {
             // SAFETY: prctl/sched_setscheduler on the calling thread with valid arguments;
             // failure leaves the defaults (then the lateness figures show it).
@@ -696,6 +706,7 @@ impl Forwarder {
                 self.link.set_spec(spec);
                 if let Some(seed) = seed {
                     self.link.reseed(seed);
+                    self.flows.reset(seed);
                 }
             }
             self.send_due();
@@ -787,7 +798,9 @@ impl Forwarder {
             s.add(&s.segments, 1);
             let impair = frame::impairable(&f);
             s.add(&s.impairable, u64::from(impair));
-            match self.link.offer(arrival, f.len(), impair, frame::ecn_capable(&f)) {
+            let draw = frame::tcp_seg(&f).and_then(|seg| self.flows.draw(&seg));
+            s.add(&s.keyed, u64::from(draw.is_some()));
+            match self.link.offer_drawn(arrival, f.len(), impair, frame::ecn_capable(&f), draw) {
                 link::Fate::Lost => s.add(&s.lost, 1),
                 link::Fate::TailDrop => s.add(&s.tail_drops, 1),
                 link::Fate::Deliver { at, ce, copy_at, reordered } => {

@@ -89,6 +89,60 @@ pub fn impairable(f: &[u8]) -> bool {
     }
 }
 
+/// A TCP segment as the path's per-flow randomness sees it ([`super::flows`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSeg {
+    /// Source address, destination address (IPv4 as IPv4-mapped IPv6), source port,
+    /// destination port: the flow in this direction.
+    pub tuple: (u128, u128, u16, u16),
+    pub seq: u32,
+    pub ack: u32,
+    pub syn: bool,
+    pub fin: bool,
+    pub rst: bool,
+    /// The ACK flag.
+    pub acks: bool,
+    /// Payload bytes, from the IP header's lengths (a short frame's Ethernet padding is not
+    /// payload).
+    pub payload: u32,
+}
+
+/// The TCP segment a wire-ready frame carries, if it is one.
+pub fn tcp_seg(f: &[u8]) -> Option<TcpSeg> {
+    let (proto, off) = l4(f)?;
+    if proto != PROTO_TCP {
+        return None;
+    }
+    let (src, dst, ip_payload) = match net(f)? {
+        Net::V4 { ihl } => {
+            let b = |i: usize| -> Option<u128> {
+                Some(u128::from(u32::from_be_bytes(f.get(ETH_LEN + i..ETH_LEN + i + 4)?.try_into().ok()?)) | 0xffff << 32)
+            };
+            let total = usize::from(u16::from_be_bytes([f[ETH_LEN + 2], f[ETH_LEN + 3]]));
+            (b(12)?, b(16)?, total.checked_sub(ihl)?)
+        }
+        Net::V6 => {
+            let b = |i: usize| -> Option<u128> { Some(u128::from_be_bytes(f.get(ETH_LEN + i..ETH_LEN + i + 16)?.try_into().ok()?)) };
+            (b(8)?, b(24)?, usize::from(u16::from_be_bytes([f[ETH_LEN + 4], f[ETH_LEN + 5]])))
+        }
+    };
+    let t = f.get(off..off + 20)?;
+    let u16_at = |i: usize| u16::from_be_bytes([t[i], t[i + 1]]);
+    let u32_at = |i: usize| u32::from_be_bytes([t[i], t[i + 1], t[i + 2], t[i + 3]]);
+    let doff = usize::from(t[12] >> 4) * 4;
+    let flags = t[13];
+    Some(TcpSeg {
+        tuple: (src, dst, u16_at(0), u16_at(2)),
+        seq: u32_at(4),
+        ack: u32_at(8),
+        syn: flags & 0x02 != 0,
+        fin: flags & 0x01 != 0,
+        rst: flags & 0x04 != 0,
+        acks: flags & 0x10 != 0,
+        payload: ip_payload.checked_sub(doff)? as u32,
+    })
+}
+
 /// Whether the frame is ECN-capable (ECT(0), ECT(1)) or already CE.
 pub fn ecn_capable(f: &[u8]) -> bool {
     ecn(f).is_some_and(|e| e != 0)
@@ -289,6 +343,23 @@ mod tests {
         let mut out = Vec::new();
         b.write(&mut out, payload).unwrap();
         out
+    }
+
+    #[test]
+    fn tcp_segments_parse_with_their_payload_from_the_ip_lengths() {
+        for v6 in [false, true] {
+            let mut f = tcp_frame(v6, b"hello", true, false);
+            // Padding after the IP datagram (as a short Ethernet frame has) is not payload.
+            f.extend_from_slice(&[0; 8]);
+            let s = tcp_seg(&f).unwrap();
+            assert_eq!((s.seq, s.ack, s.payload), (0xffff_f000, 77, 5), "v6 {v6}");
+            assert!(s.fin && s.acks && !s.syn && !s.rst);
+            assert_eq!((s.tuple.2, s.tuple.3), (7, 40000));
+            assert_ne!(s.tuple.0, s.tuple.1);
+        }
+        let arp = [0u8; 60];
+        assert_eq!(tcp_seg(&arp), None);
+        assert_eq!(tcp_seg(&tcp_frame(false, b"", false, false)[..40]), None, "cut short");
     }
 
     /// Each segment parses, carries correct checksums, and together they carry `payload`.

@@ -182,6 +182,7 @@ impl Rng {
 #[derive(Debug, Clone)]
 pub struct Link {
     spec: PathSpec,
+    seed: u64,
     rng: Rng,
     /// The Gilbert-Elliott chain is in its bad state ...
     bad: bool,
@@ -195,7 +196,12 @@ pub struct Link {
 
 impl Link {
     pub fn new(spec: PathSpec, seed: u64) -> Self {
-        Self { spec, rng: Rng::new(seed), bad: false, chain_at: 0, busy_until: 0, last_delivery: 0 }
+        Self { spec, seed, rng: Rng::new(seed), bad: false, chain_at: 0, busy_until: 0, last_delivery: 0 }
+    }
+
+    /// The seed of the randomness (as last given).
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     pub fn spec(&self) -> &PathSpec {
@@ -211,6 +217,7 @@ impl Link {
     /// Restart the randomness from `seed`: the next frames meet the draws a new link seeded
     /// so would give them.
     pub fn reseed(&mut self, seed: u64) {
+        self.seed = seed;
         self.rng = Rng::new(seed);
         self.bad = false;
     }
@@ -229,7 +236,19 @@ impl Link {
     /// (the caller passes false for frames the path should not lose, e.g. ARP); `ect`: the frame
     /// is ECN-capable and may be marked.
     pub fn offer(&mut self, now: Nanos, len: usize, impair: bool, ect: bool) -> Fate {
-        if impair && self.lose(now) {
+        self.offer_drawn(now, len, impair, ect, None)
+    }
+
+    /// [`Link::offer`], with random loss decided by `draw` (a uniform 64-bit number, see
+    /// [`super::flows`]) instead of the link's stream when one is given. Bursty loss, jitter,
+    /// duplication and reordering always draw from the stream.
+    pub fn offer_drawn(&mut self, now: Nanos, len: usize, impair: bool, ect: bool, draw: Option<u64>) -> Fate {
+        let lost = impair
+            && match (self.spec.loss, draw) {
+                (Loss::Random(p), Some(d)) => p > 0.0 && super::flows::unit(d) < p,
+                _ => self.lose(now),
+            };
+        if lost {
             return Fate::Lost;
         }
         let Some((at, ce)) = self.enqueue(now, len, ect) else { return Fate::TailDrop };
@@ -392,6 +411,32 @@ mod tests {
         used.reseed(42);
         assert_eq!(losses(&mut used), fresh);
         assert_ne!(before, fresh, "another seed, other losses");
+    }
+
+    #[test]
+    fn a_given_draw_decides_random_loss_and_leaves_the_stream_alone() {
+        let spec = PathSpec { loss: Loss::Random(0.5), reorder: Some(Reorder { probability: 0.3, gap: Duration::from_millis(1) }), ..PathSpec::default() };
+        let (low, high) = (0u64, u64::MAX);
+        let mut keyed = Link::new(spec.clone(), 9);
+        assert_eq!(keyed.offer_drawn(0, 100, true, false, Some(low)), Fate::Lost);
+        assert!(matches!(keyed.offer_drawn(0, 100, true, false, Some(high)), Fate::Deliver { .. }));
+        // Not impairable: never lost, whatever the draw.
+        assert!(matches!(keyed.offer_drawn(0, 100, false, false, Some(low)), Fate::Deliver { .. }));
+        // The keyed decisions took nothing from the stream: reordering goes on as on a link
+        // that only saw the delivered frames.
+        let mut plain = Link::new(PathSpec { loss: Loss::None, ..spec.clone() }, 9);
+        plain.offer(0, 100, true, false);
+        plain.offer(0, 100, false, false);
+        let reordered = |l: &mut Link| -> Vec<bool> {
+            (1..200).map(|i| matches!(l.offer_drawn(i, 100, true, false, Some(high)), Fate::Deliver { reordered: true, .. })).collect()
+        };
+        assert_eq!(reordered(&mut keyed), reordered(&mut plain));
+        // Bursty loss ignores the draw (its chain is a stream of time).
+        let mut ge = Link::new(PathSpec { loss: Loss::bursty(0.5, 4.0), ..PathSpec::default() }, 3);
+        let mut ge_plain = ge.clone();
+        let a: Vec<_> = (0..500).map(|i| ge.offer_drawn(i, 100, true, false, Some(high)) == Fate::Lost).collect();
+        let b: Vec<_> = (0..500).map(|i| ge_plain.offer(i, 100, true, false) == Fate::Lost).collect();
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -259,7 +259,7 @@ fn kernel_counters(ns: &Netns) -> anyhow::Result<std::collections::BTreeMap<Stri
 
 fn path_json(s: &Snapshot) -> serde_json::Value {
     json!({
-        "segments": s.segments, "super_frames": s.super_frames, "impairable": s.impairable, "lost": s.lost,
+        "segments": s.segments, "super_frames": s.super_frames, "impairable": s.impairable, "keyed": s.keyed, "lost": s.lost,
         "tail_drops": s.tail_drops, "ce_marked": s.ce_marked, "reordered": s.reordered, "duplicated": s.duplicated,
         "delivered_bytes": s.delivered_bytes, "faults": s.faults(), "realtime": s.realtime,
         "lateness_p50_us": s.lateness_quantile(0.5).as_micros(), "lateness_p99_us": s.lateness_quantile(0.99).as_micros(),
@@ -360,7 +360,8 @@ struct Cell {
 /// At 0.1% one flow reaches 10-80 Mbit/s and two would share the bottleneck: one at a time,
 /// and with common random numbers: before each transfer the path's randomness is seeded anew,
 /// transfer i of each peer's j-th round with the same seed (new seeds each sitting), so the
-/// peers meet the same losses frame by frame until their sending differs. A 16 MiB transfer
+/// peers meet the same losses (since the path draws them per TCP segment, see below, the
+/// same bytes are lost on each transmission even after their sending differs). A 16 MiB transfer
 /// meets about a dozen losses and the first, which ends slow start, decides much of its
 /// goodput (11-44 Mbit/s): with the same draws both peers leave slow start at the same frame,
 /// and the comparison no longer waits on hundreds of transfers to average that out. The
@@ -369,6 +370,11 @@ struct Cell {
 /// apart (one in 6-9, ratio 1.4-2.7) moves a geometric mean. Three sittings of 6, 6 and 9
 /// pairs, down: medians' ratio 1.19, 1.06, 1.36, geometric mean 1.10, 1.03, 1.16, median of
 /// the pairs' 1.05, 1.01, 1.05; up: 0.99, 0.94, 0.99; 0.99, 0.98, 1.03; 0.98, 0.99, 0.99.
+/// The cells at 1% and more pair their rounds the same way: each round starts from its seed,
+/// and since the path draws random loss per TCP segment from its flow, its place in the byte
+/// stream and its transmission count (testbed `path::flows`), the k-th connection to start in
+/// a round loses the same bytes whichever side it belongs to, however the round's flows
+/// interleave.
 /// Without loss (and with reordering only) a transfer fills the bottleneck and rounds agree
 /// within 1%: one a round.
 fn bulk_cells() -> Vec<Cell> {
@@ -425,7 +431,7 @@ pub fn bulk(ctx: &mut Ctx) -> anyhow::Result<()> {
                     n * rounds
                 ),
                 (n, w) => format!(
-                    "median of the {} transfers of {rounds} rounds together ({n} a round, {w} at once: each loss-bound far below the bottleneck; BBR's a quarter as many, one at a time)",
+                    "median of the {} transfers of {rounds} rounds together ({n} a round, {w} at once: each loss-bound far below the bottleneck; BBR's a quarter as many, one at a time; the path's randomness seeded anew before each round, each side's round j with the same seed, so that the k-th connection to start meets the same losses of the same bytes on both sides)",
                     n * rounds
                 ),
             };
@@ -455,6 +461,10 @@ pub fn bulk(ctx: &mut Ctx) -> anyhow::Result<()> {
                 rounds_run[p.server()] += 1;
                 let seed_of = |i: usize| sitting ^ (j << 32 | i as u64 + 1).wrapping_mul(0xd6e8_feb8_6659_fd93);
                 let paired = cell.at_once == 1 && cell.per_round > 1;
+                // The cells run at once: the round's flows draw their losses from its seed
+                // (the n-th flow to start meets what the other side's n-th met, see
+                // `bulk_cells`).
+                let at_once_seeded = cell.at_once > 1;
                 let mut seeds = vec![];
                 let reseed = |i: usize| {
                     // The last transfer's closing segments pass first (a round trip and more).
@@ -472,6 +482,10 @@ pub fn bulk(ctx: &mut Ctx) -> anyhow::Result<()> {
                         Bulk::Down => HTTP,
                         Bulk::Up => DISCARD,
                     });
+                    if at_once_seeded {
+                        reseed(0);
+                        seeds = vec![seed_of(0)];
+                    }
                     let times = transfers(&rig.bed.client, kind, addr, bytes, n, at_once, paired.then_some(&reseed))?;
                     if paired {
                         seeds = (0..n).map(seed_of).collect();
@@ -482,7 +496,7 @@ pub fn bulk(ctx: &mut Ctx) -> anyhow::Result<()> {
                 });
                 o.detail["goodput_mbit"] = json!(goodputs);
                 o.detail["at_once"] = json!(at_once);
-                if paired {
+                if paired || at_once_seeded {
                     o.detail["path_seeds"] = json!(seeds);
                 }
                 details.push(c.record_samples(p.name(), warmup, o, &[goodputs]));
