@@ -13,11 +13,15 @@
 //! transmission with probability p as before (the tests of this module check it).
 //!
 //! A flow is numbered when its SYN (or SYN-ACK) passes: the first flow after a reseed is 0.
-//! Its segments are keyed by their sequence number relative to that SYN; segments that carry
-//! no sequence space (pure ACKs, window updates) by their acknowledgment number relative to
-//! the first ACK of the flow in this direction and how many such segments in a row carried it
-//! (duplicate ACKs). Frames of flows whose start was not seen, resets and non-TCP frames get
-//! no key and take the link's own stream.
+//! A segment's place is the block of [`BLOCK`] bytes (a full segment's payload) of the byte
+//! stream that holds its last byte: two stacks that cut the same stream differently (one
+//! sends a response's header as a short segment of its own, shifting every boundary after it)
+//! still meet the same draw for the segment that ends in block b. The segments that end in the
+//! same block are told apart by their order, and a retransmission by how often its start was
+//! sent. Segments that carry no sequence space (pure ACKs, window updates) are keyed by the
+//! block of their acknowledgment number (relative to the flow's first ACK in this direction)
+//! and their order within it (duplicate ACKs included). Frames of flows whose start was not
+//! seen, resets and non-TCP frames get no key and take the link's own stream.
 
 use std::collections::HashMap;
 
@@ -42,9 +46,16 @@ struct Flow {
     resent: HashMap<u32, u32>,
     /// The acknowledgment number of the flow's first ACK in this direction.
     ack_base: Option<u32>,
-    /// The last pure ACK's relative acknowledgment number and how many in a row carried it.
+    /// The block the last new segment ended in and how many before it ended there.
+    last_end: (u32, u32),
+    /// The block of the last pure ACK's acknowledgment number and how many before it fell there.
     last_ack: (u32, u32),
 }
+
+/// The bytes of a place in a flow: a full-size segment's payload at MTU 1500 with timestamps
+/// (IPv4). Other sizes only change which segments share a block, which their order in it
+/// tells apart.
+pub const BLOCK: u32 = 1448;
 
 /// Flows kept at most; beyond, new flows take the link's stream (a bench or test opens far
 /// fewer between reseeds).
@@ -67,7 +78,7 @@ impl Flows {
         }
         if s.syn {
             let (next, room) = (self.next, self.flows.len() < MAX_FLOWS);
-            let fresh = || Flow { index: next, isn: s.seq, high: 0, resent: HashMap::new(), ack_base: None, last_ack: (0, 0) };
+            let fresh = || Flow { index: next, isn: s.seq, high: 0, resent: HashMap::new(), ack_base: None, last_end: (u32::MAX, 0), last_ack: (u32::MAX, 0) };
             match self.flows.get_mut(&s.tuple) {
                 // A SYN again: a retransmission (keyed below), or a new connection on the tuple.
                 Some(f) if f.isn == s.seq => {}
@@ -87,27 +98,31 @@ impl Flows {
             f.ack_base = Some(s.ack);
         }
         let len = s.payload + u32::from(s.syn) + u32::from(s.fin);
-        let (kind, at, nth) = if len > 0 {
+        let (kind, block, order, nth) = if len > 0 {
             let rel = s.seq.wrapping_sub(f.isn);
+            // Data starts one after the SYN: the block of the last byte of payload (a FIN
+            // counts as the byte before it; a SYN has a place of its own).
+            let block = if s.syn { u32::MAX } else { rel.wrapping_add(len).wrapping_sub(2) / BLOCK };
             // Sequence space wraps; a flow of ours stays far below 2 GiB, so "before `high`"
             // is a plain comparison in the half space.
-            let nth = if rel.wrapping_sub(f.high) as i32 >= 0 {
-                0
+            let (order, nth) = if rel.wrapping_sub(f.high) as i32 >= 0 {
+                f.last_end = if f.last_end.0 == block { (block, f.last_end.1 + 1) } else { (block, 0) };
+                (f.last_end.1, 0)
             } else {
                 let n = f.resent.entry(rel).or_insert(0);
                 *n += 1;
-                *n
+                (0, *n)
             };
             if rel.wrapping_add(len).wrapping_sub(f.high) as i32 > 0 {
                 f.high = rel.wrapping_add(len);
             }
-            (0, rel, nth)
+            (0, block, order, nth)
         } else {
-            let rel = s.ack.wrapping_sub(f.ack_base.unwrap_or(s.ack));
-            f.last_ack = if f.last_ack.0 == rel { (rel, f.last_ack.1 + 1) } else { (rel, 0) };
-            (1, rel, f.last_ack.1)
+            let block = s.ack.wrapping_sub(f.ack_base.unwrap_or(s.ack)) / BLOCK;
+            f.last_ack = if f.last_ack.0 == block { (block, f.last_ack.1 + 1) } else { (block, 0) };
+            (1, block, f.last_ack.1, 0)
         };
-        Some(mix(&[self.seed, u64::from(f.index), kind, u64::from(at), u64::from(nth)]))
+        Some(mix(&[self.seed, u64::from(f.index), kind, u64::from(block), u64::from(order), u64::from(nth)]))
     }
 }
 
@@ -161,6 +176,27 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_cut_differently_meets_the_same_draws_for_the_segment_ending_in_each_block() {
+        // One stack sends a 200-byte head on its own, shifting every boundary after it; the
+        // other sends full segments from the start. The head ends in block 0 as the other's
+        // first segment does; segment i after it ends in block i + 1 (its last byte is byte
+        // 200 + 1448 (i + 1) - 1 of the stream) as the other's segment i + 1 does.
+        let mut a = Flows::new(5);
+        let mut b = Flows::new(5);
+        a.draw(&seg(1, 0, 0, 0, true));
+        b.draw(&seg(2, 0, 0, 0, true));
+        let head = a.draw(&seg(1, 1, 9, 200, false)).unwrap();
+        let xa: Vec<u64> = (0..50).map(|i| a.draw(&seg(1, 201 + i * 1448, 9, 1448, false)).unwrap()).collect();
+        let xb: Vec<u64> = (0..51).map(|i| b.draw(&seg(2, 1 + i * 1448, 9, 1448, false)).unwrap()).collect();
+        assert_eq!(head, xb[0], "both end in block 0");
+        assert_eq!(xa[..], xb[1..]);
+        // Two small segments ending in one block draw apart.
+        let mut c = Flows::new(5);
+        c.draw(&seg(3, 0, 0, 0, true));
+        assert_ne!(c.draw(&seg(3, 1, 9, 100, false)), c.draw(&seg(3, 101, 9, 100, false)));
+    }
+
+    #[test]
     fn a_resent_segment_draws_anew_each_time() {
         let mut f = Flows::new(1);
         let d = run(&mut f, 1, 0, 5);
@@ -177,11 +213,12 @@ mod tests {
         let mut b = Flows::new(3);
         a.draw(&seg(1, 10, 0, 0, true));
         b.draw(&seg(2, 90, 0, 0, true));
-        let acks = |f: &mut Flows, port: u16, base: u32, seq: u32| -> Vec<u64> {
-            [0, 2896, 2896, 5792].iter().map(|&r| f.draw(&seg(port, seq, base + r, 0, false)).unwrap()).collect()
+        let acks = |f: &mut Flows, port: u16, base: u32, seq: u32, shift: u32| -> Vec<u64> {
+            [0, 2896, 2896, 5792].iter().map(|&r| f.draw(&seg(port, seq, base + r + shift, 0, false)).unwrap()).collect()
         };
-        let (x, y) = (acks(&mut a, 1, 500, 11), acks(&mut b, 2, 7000, 91));
-        assert_eq!(x, y);
+        // The second acknowledges a stream cut 100 bytes later: the same blocks.
+        let (x, y) = (acks(&mut a, 1, 500, 11, 0), acks(&mut b, 2, 7000, 91, 100));
+        assert_eq!(x[1..], y[1..]);
         assert_ne!(x[1], x[2], "a duplicate ACK is its own draw");
     }
 
