@@ -196,6 +196,7 @@ impl WanRig {
         let synx0 = if side == Side::Synx { self.synx.stats().ok() } else { None };
         let kernel_ns = &self.bed.servers[BulkPeer::Cubic.server()].ns;
         let kernel0 = if side == Side::Kernel { kernel_counters(kernel_ns).ok() } else { None };
+        let client0 = kernel_counters(&self.bed.client).ok();
         let r = f();
         let (up, down) = (self.bed.stats(Dir::Up).since(&up0), self.bed.stats(Dir::Down).since(&down0));
         let drops = self.bed.device_drops().unwrap_or(0).saturating_sub(drops0);
@@ -208,13 +209,12 @@ impl WanRig {
         // The kernel server's own (its namespace's TCP MIB: losses, probes, timeouts, undos),
         // those that moved, to set beside synx's.
         if let (Some(before), Ok(after)) = (kernel0, kernel_counters(kernel_ns)) {
-            let moved: serde_json::Map<String, serde_json::Value> = after
-                .iter()
-                .map(|(k, &v)| (k, v.saturating_sub(before.get(k).copied().unwrap_or(0))))
-                .filter(|&(_, d)| d > 0)
-                .map(|(k, d)| (k.clone(), json!(d)))
-                .collect();
-            detail["kernel_stats"] = serde_json::Value::Object(moved);
+            detail["kernel_stats"] = counters_moved(&before, &after);
+        }
+        // The client's, on either side's rounds: the Linux sender of the upload rows (its
+        // recoveries, spurious retransmissions and undos say how it read the receiver's ACKs).
+        if let (Some(before), Ok(after)) = (client0, kernel_counters(&self.bed.client)) {
+            detail["client_stats"] = counters_moved(&before, &after);
         }
         let faults = up.faults() + down.faults();
         let failure = match &r {
@@ -242,6 +242,17 @@ fn counters_since(before: &serde_json::Value, after: &serde_json::Value) -> serd
             _ => a.clone(),
         },
     }
+}
+
+/// The counters of `after` that grew since `before`, by how much.
+fn counters_moved(before: &std::collections::BTreeMap<String, u64>, after: &std::collections::BTreeMap<String, u64>) -> serde_json::Value {
+    after
+        .iter()
+        .map(|(k, &v)| (k, v.saturating_sub(before.get(k).copied().unwrap_or(0))))
+        .filter(|&(_, d)| d > 0)
+        .map(|(k, d)| (k.clone(), json!(d)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// A namespace's TCP counters (`nstat`: /proc/net/snmp and netstat), by name.
