@@ -579,12 +579,20 @@ pub fn short_row_names() -> Vec<String> {
 /// Completion times of HTTP responses on fresh connections at 1% loss both ways, handshake
 /// included (connect to the last byte), 4 connections at a time; each side's p50 and p99 over
 /// the flows of all its counted rounds (each round's own beside them). A warm-up round runs a
-/// quarter of the flows: it is not counted.
+/// quarter of the flows: it is not counted. Each side's round j draws its losses from the same
+/// seed (see below).
 pub fn short(ctx: &mut Ctx) -> anyhow::Result<()> {
     let rig = WanRig::start(ctx)?;
-    rig.bed.set_both(wan(100 * MBIT).with_loss(Loss::Random(0.01)));
+    let path = wan(100 * MBIT).with_loss(Loss::Random(0.01));
+    rig.bed.set_both(path.clone());
     let mut rows = vec![];
     let mut details = vec![];
+    // Common random numbers, as in the bulk cells: each side's round j starts from the same
+    // seed (new each sitting), so its k-th connection loses the same segments, the handshake's
+    // included, whose 1 s retransmission timeout decides the p99 (one sitting without: 100 KB
+    // p99 1,220 ms for synx, 654 for the kernel, as one side's 200 flows met a lost SYN or
+    // SYN-ACK more than twice and the other's not).
+    let sitting = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
     for (label, size, quick_n, n) in SHORT {
         if !ctx.wants_row("wan_short", &format!("wan_short_{label}")) {
             continue;
@@ -606,7 +614,14 @@ pub fn short(ctx: &mut Ctx) -> anyhow::Result<()> {
             ],
         );
         println!("bench: wan_short_{label}");
+        let mut rounds_run = [0u64; 2];
         for (side, warmup) in schedule(&[Side::Synx, Side::Kernel], rounds, true) {
+            let j = &mut rounds_run[usize::from(side == Side::Kernel)];
+            let seed = sitting ^ ((*j << 32) | size as u64).wrapping_mul(0xd6e8_feb8_6659_fd93);
+            *j += 1;
+            // The last round's closing segments pass first.
+            std::thread::sleep(3 * RTT);
+            rig.bed.set_both_seeded(path.clone(), seed);
             let mut times = vec![];
             let o = rig.round(side, || {
                 times = responses(&rig.bed.client, rig.addr(side, HTTP), size, if warmup { n.div_ceil(4) } else { n })?;
@@ -615,6 +630,7 @@ pub fn short(ctx: &mut Ctx) -> anyhow::Result<()> {
             let mut o = o;
             let ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1e3).collect();
             o.detail["completion_ms"] = json!(ms);
+            o.detail["path_seed"] = json!(seed);
             details.push(c.record_samples(peer(side), warmup, o, &[ms]));
         }
         rows.extend(c.finish());
