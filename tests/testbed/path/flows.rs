@@ -154,9 +154,9 @@ mod tests {
     fn run(flows: &mut Flows, port: u16, isn: u32, n: u32) -> Vec<u64> {
         let mut out = vec![flows.draw(&seg(port, isn, 0, 0, true)).unwrap()];
         for i in 0..n {
-            out.push(flows.draw(&seg(port, isn + 1 + i * 1448, 9, 1448, false)).unwrap());
+            out.push(flows.draw(&seg(port, isn.wrapping_add(1 + i * 1448), 9, 1448, false)).unwrap());
         }
-        out.push(flows.draw(&seg(port, isn + 1 + 2 * 1448, 9, 1448, false)).unwrap());
+        out.push(flows.draw(&seg(port, isn.wrapping_add(1 + 2 * 1448), 9, 1448, false)).unwrap());
         out
     }
 
