@@ -405,8 +405,8 @@ pub struct Snapshot {
     pub segments: u64,
     /// Segments subject to loss, duplication and reordering (IP traffic).
     pub impairable: u64,
-    /// Segments whose random loss was drawn per TCP segment ([`flows`]): those of flows seen
-    /// from their SYN.
+    /// Segments whose random loss was drawn per TCP segment ([`flows`]): on a path with random
+    /// loss, those of flows seen from their SYN.
     pub keyed: u64,
     pub lost: u64,
     pub tail_drops: u64,
@@ -798,7 +798,9 @@ impl Forwarder {
             s.add(&s.segments, 1);
             let impair = frame::impairable(&f);
             s.add(&s.impairable, u64::from(impair));
-            let draw = frame::tcp_seg(&f).and_then(|seg| self.flows.draw(&seg));
+            // Only random loss reads a draw: other paths skip the parse and the flow table.
+            let keyed = matches!(self.link.spec().loss, Loss::Random(_));
+            let draw = keyed.then(|| frame::tcp_seg(&f)).flatten().and_then(|seg| self.flows.draw(&seg));
             s.add(&s.keyed, u64::from(draw.is_some()));
             match self.link.offer_drawn(arrival, f.len(), impair, frame::ecn_capable(&f), draw) {
                 link::Fate::Lost => s.add(&s.lost, 1),

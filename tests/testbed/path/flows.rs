@@ -25,7 +25,10 @@
 
 use std::collections::HashMap;
 
-use super::frame::TcpSeg;
+use super::{
+    frame::TcpSeg,
+    link::{GOLDEN_GAMMA, mix64},
+};
 
 /// Flows seen in one direction since the last reseed.
 #[derive(Debug, Default)]
@@ -126,19 +129,9 @@ impl Flows {
     }
 }
 
-/// SplitMix64's finalizer folded over the parts: every part moves every bit of the result.
+/// SplitMix64 folded over the parts: every part moves every bit of the result.
 fn mix(parts: &[u64]) -> u64 {
-    parts.iter().fold(0x6a09_e667_f3bc_c908, |h, &p| {
-        let mut z = (h ^ p).wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    })
-}
-
-/// A draw as a uniform number in [0, 1).
-pub fn unit(draw: u64) -> f64 {
-    (draw >> 11) as f64 / (1u64 << 53) as f64
+    parts.iter().fold(0x6a09_e667_f3bc_c908, |h, &p| mix64((h ^ p).wrapping_add(GOLDEN_GAMMA)))
 }
 
 #[cfg(test)]
@@ -248,7 +241,7 @@ mod tests {
             f.draw(&seg(port, u32::from(port) * 7919, 0, 0, true));
             for i in 0..500u32 {
                 let d = f.draw(&seg(port, u32::from(port) * 7919 + 1 + i * 1448, 5, 1448, false)).unwrap();
-                lost += u32::from(unit(d) < 0.03);
+                lost += u32::from(crate::path::link::unit(d) < 0.03);
                 n += 1;
             }
         }

@@ -150,6 +150,21 @@ pub enum Fate {
     Deliver { at: Nanos, ce: bool, copy_at: Option<Nanos>, reordered: bool },
 }
 
+/// SplitMix64's increment.
+pub const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64's finalizer: every bit of `z` moves every bit of the result.
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A uniform 64-bit number as a uniform number in [0, 1) (its top 53 bits).
+pub fn unit(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// A small, fast, seedable generator (SplitMix64): the path's randomness, reproducible from
 /// its seed.
 #[derive(Debug, Clone)]
@@ -161,16 +176,13 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0 = self.0.wrapping_add(GOLDEN_GAMMA);
+        mix64(self.0)
     }
 
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        unit(self.next_u64())
     }
 
     pub fn chance(&mut self, p: f64) -> bool {
@@ -245,7 +257,7 @@ impl Link {
     pub fn offer_drawn(&mut self, now: Nanos, len: usize, impair: bool, ect: bool, draw: Option<u64>) -> Fate {
         let lost = impair
             && match (self.spec.loss, draw) {
-                (Loss::Random(p), Some(d)) => p > 0.0 && super::flows::unit(d) < p,
+                (Loss::Random(p), Some(d)) => p > 0.0 && unit(d) < p,
                 _ => self.lose(now),
             };
         if lost {

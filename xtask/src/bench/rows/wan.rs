@@ -175,6 +175,13 @@ impl WanRig {
         );
     }
 
+    /// Both directions' randomness restarted from `seed` on `path`, once the last transfer's
+    /// closing segments have passed (a round trip and more).
+    fn reseed(&self, path: &PathSpec, seed: u64) {
+        std::thread::sleep(3 * RTT);
+        self.bed.set_both_seeded(path.clone(), seed);
+    }
+
     fn addr(&self, side: Side, port: u16) -> SocketAddr {
         self.bed.servers[match side {
             Side::Synx => 0,
@@ -401,6 +408,21 @@ fn bulk_cells() -> Vec<Cell> {
     ]
 }
 
+/// The seeds of one sitting's common random numbers: new each sitting, the same for item `i`
+/// of each side's round `j`.
+#[derive(Clone, Copy)]
+struct Sitting(u64);
+
+impl Sitting {
+    fn new() -> Self {
+        Self(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64))
+    }
+
+    fn seed(self, j: u64, i: u64) -> u64 {
+        self.0 ^ ((j << 32) | i).wrapping_mul(0xd6e8_feb8_6659_fd93)
+    }
+}
+
 /// The bulk rows' names, for the targets.
 pub fn bulk_row_names() -> Vec<String> {
     bulk_cells().iter().flat_map(|c| ["down", "up"].map(|d| format!("wan_bulk_{d}_{}", c.name))).collect()
@@ -416,7 +438,7 @@ pub fn bulk(ctx: &mut Ctx) -> anyhow::Result<()> {
     let mut rows = vec![];
     let mut details: Vec<RoundDetail> = vec![];
     // The seeds of the common random numbers (see `bulk_cells`): new each sitting.
-    let sitting = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+    let sitting = Sitting::new();
     for cell in bulk_cells() {
         let (path, bytes) = (&cell.path, cell.bytes);
         for kind in [Bulk::Down, Bulk::Up] {
@@ -470,18 +492,14 @@ pub fn bulk(ctx: &mut Ctx) -> anyhow::Result<()> {
                 // This peer's round j (its warm-up 0): transfer i's seed.
                 let j = rounds_run[p.server()];
                 rounds_run[p.server()] += 1;
-                let seed_of = |i: usize| sitting ^ (j << 32 | i as u64 + 1).wrapping_mul(0xd6e8_feb8_6659_fd93);
+                let seed_of = |i: usize| sitting.seed(j, i as u64 + 1);
                 let paired = cell.at_once == 1 && cell.per_round > 1;
                 // The cells run at once: the round's flows draw their losses from its seed
                 // (the n-th flow to start meets what the other side's n-th met, see
                 // `bulk_cells`).
                 let at_once_seeded = cell.at_once > 1;
                 let mut seeds = vec![];
-                let reseed = |i: usize| {
-                    // The last transfer's closing segments pass first (a round trip and more).
-                    std::thread::sleep(3 * RTT);
-                    rig.bed.set_both_seeded(path.clone(), seed_of(i));
-                };
+                let reseed = |i: usize| rig.reseed(path, seed_of(i));
                 // BBR is not loss-bound (tens of Mbit/s at 1-5% loss): its transfers would
                 // share the bottleneck if run at once, and one at a time a quarter as many
                 // keep its rounds short (it is shown beside CUBIC, not a target's peer).
@@ -592,7 +610,7 @@ pub fn short(ctx: &mut Ctx) -> anyhow::Result<()> {
     // included, whose 1 s retransmission timeout decides the p99 (one sitting without: 100 KB
     // p99 1,220 ms for synx, 654 for the kernel, as one side's 200 flows met a lost SYN or
     // SYN-ACK more than twice and the other's not).
-    let sitting = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+    let sitting = Sitting::new();
     for (label, size, quick_n, n) in SHORT {
         if !ctx.wants_row("wan_short", &format!("wan_short_{label}")) {
             continue;
@@ -617,11 +635,9 @@ pub fn short(ctx: &mut Ctx) -> anyhow::Result<()> {
         let mut rounds_run = [0u64; 2];
         for (side, warmup) in schedule(&[Side::Synx, Side::Kernel], rounds, true) {
             let j = &mut rounds_run[usize::from(side == Side::Kernel)];
-            let seed = sitting ^ ((*j << 32) | size as u64).wrapping_mul(0xd6e8_feb8_6659_fd93);
+            let seed = sitting.seed(*j, size as u64);
             *j += 1;
-            // The last round's closing segments pass first.
-            std::thread::sleep(3 * RTT);
-            rig.bed.set_both_seeded(path.clone(), seed);
+            rig.reseed(&path, seed);
             let mut times = vec![];
             let o = rig.round(side, || {
                 times = responses(&rig.bed.client, rig.addr(side, HTTP), size, if warmup { n.div_ceil(4) } else { n })?;
