@@ -83,13 +83,61 @@ impl Connection {
         Step::Done(Handled::Dropped(DropReason::Unacceptable))
     }
 
-    fn step_paws(&mut self, now: Instant, h: &Header, _p: &[u8]) -> Step {
-        // RFC 7323 5.3: PAWS; RSTs are exempt (R1).
-        if self.opts.paws_rejects(now, h) {
-            self.challenge_ack(now);
+    fn step_paws(&mut self, now: Instant, h: &Header, p: &[u8]) -> Step {
+        // RFC 7323 5.3 R1: PAWS; RSTs are exempt.
+        if !self.opts.paws_rejects(now, h) {
+            return Step::Continue;
+        }
+        let pure_ack = p.is_empty() && !h.flags.syn() && !h.flags.fin();
+        if pure_ack && h.seq.lt(self.rcv.nxt) {
+            // Linux's tcp_disordered_ack_check: an old ACK that a later one overtook on the
+            // path; common under reordering, dropped without an answer.
             return Step::Done(Handled::Dropped(DropReason::Paws));
         }
-        Step::Continue
+        if pure_ack && self.disordered_ack(h) {
+            return Step::Continue;
+        }
+        if !p.is_empty() && !h.flags.syn() {
+            // Data is no ACK loop: answered every time, as Linux's tcp_send_dupack after
+            // PAWS; the part already received is reported as a DSACK (RFC 2883 4), so a
+            // sender whose original arrived late learns its retransmission was spurious.
+            if h.seq.lt(self.rcv.nxt) {
+                let end = h.seq + p.len() as u32;
+                self.ack_duplicate(h.seq, if end.lt(self.rcv.nxt) { end } else { self.rcv.nxt });
+            } else {
+                self.rcv.ack_now = true;
+            }
+        } else {
+            self.challenge_ack(now);
+        }
+        Step::Done(Handled::Dropped(DropReason::Paws))
+    }
+
+    /// Linux's tcp_disordered_ack (RFC 7323 leaves it open): a duplicate ACK with a TSval a
+    /// little behind TS.Recent is one that was overtaken on the path, and its SACK blocks are
+    /// news, so it is let through PAWS when it is at RCV.NXT, acknowledges nothing new, does not
+    /// move the window, and its TSval is within 1.2 RTOs of TS.Recent (Linux's
+    /// tcp_tsval_replay, in our millisecond ticks).
+    fn disordered_ack(&self, h: &Header) -> bool {
+        let window = (h.window as u32) << self.opts.snd_wscale;
+        let snd = &self.snd;
+        let updates_window = h.ack.gt(snd.una) || h.seq.gt(snd.wl1) || (h.seq == snd.wl1 && (window > snd.wnd || window == 0));
+        let replay = self.rto().as_millis() as u64 * 12 / 10;
+        h.seq == self.rcv.nxt && h.ack == snd.una && !updates_window && u64::from(self.opts.ts_behind(h)) <= replay
+    }
+
+    /// Data that arrived twice, `[left, right)` of it below RCV.NXT: ACKed at once and not
+    /// rate-limited (a data segment is no ACK loop), as Linux's tcp_send_dupack, with the
+    /// duplicate as a DSACK block (RFC 2883 4): the sender undoes a spurious retransmission by
+    /// it.
+    fn ack_duplicate(&mut self, left: SeqNum, right: SeqNum) {
+        if self.opts.sack_enabled {
+            self.rcv.dsack = Some((left, right));
+        }
+        self.rcv.ack_now = true;
+        // Linux's tcp_send_dupack: our ACK was lost or late, so ACK at once for a while (the
+        // sender's window is small after its retransmission).
+        self.rcv.enter_quickack(super::recv::MAX_QUICKACKS);
     }
 
     fn step_sequence(&mut self, now: Instant, h: &Header, p: &[u8]) -> Step {
@@ -107,17 +155,8 @@ impl Connection {
         let zero_window_ack = wnd == 0 && h.seq == nxt;
         if !acceptable && !zero_window_ack {
             if !h.flags.rst() && !p.is_empty() && (h.seq + seg_len).le(nxt) {
-                // Data that arrived twice, all of it below RCV.NXT: ACKed at once and not
-                // rate-limited (a data segment is no ACK loop), as Linux's tcp_send_dupack,
-                // with the duplicate as a DSACK block (RFC 2883 4): the sender undoes a
-                // spurious retransmission by it.
-                if self.opts.sack_enabled {
-                    self.rcv.dsack = Some((h.seq, h.seq + p.len() as u32));
-                }
-                self.rcv.ack_now = true;
-                // Linux's tcp_send_dupack: our ACK was lost or late, so ACK at once for a while
-                // (the sender's window is small after its retransmission).
-                self.rcv.enter_quickack(super::recv::MAX_QUICKACKS);
+                // Data that arrived twice, all of it below RCV.NXT.
+                self.ack_duplicate(h.seq, h.seq + p.len() as u32);
             } else if !h.flags.rst() {
                 // RFC 9293 3.10.7.4 first: <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>, rate-limited.
                 self.challenge_ack(now);

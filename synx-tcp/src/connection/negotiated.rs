@@ -12,6 +12,9 @@ use crate::{Config, Instant};
 /// Bytes our timestamps option takes in every segment (10 + 2 NOPs).
 pub(super) const TS_LEN: u16 = 12;
 
+/// Ticks a TSval may be behind TS.Recent and still pass PAWS (Linux's TCP_PAWS_WINDOW).
+pub(super) const PAWS_WINDOW: u32 = 1;
+
 /// Negotiated options; at rest as it is, so it folds as itself.
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,15 +60,24 @@ impl Negotiated {
     }
 
     /// RFC 7323 5.3: PAWS rejects a non-RST segment whose TSval is older than TS.Recent, unless
-    /// TS.Recent has been idle for more than 24 days (RFC 7323 5.5).
+    /// TS.Recent has been idle for more than 24 days (RFC 7323 5.5). As Linux
+    /// (`tcp_paws_check` with TCP_PAWS_WINDOW), a TSval one tick behind still passes: two
+    /// segments sent within a millisecond or two of each other may swap on the path, and the
+    /// later one may have moved TS.Recent on (a retransmission that fills the hole before a
+    /// reordered original, say), which must not cost the original its data.
     pub fn paws_rejects(&self, now: Instant, h: &Header) -> bool {
-        let Some((tsval, _)) = h.options.timestamps else { return false };
         if !self.ts_enabled || h.flags.rst() {
             return false;
         }
-        let older = (tsval.wrapping_sub(self.ts_recent) as i32) < 0;
         let stale_recent = now.saturating_duration_since(self.ts_recent_age) > Duration::from_secs(24 * 86400);
-        older && !stale_recent
+        self.ts_behind(h) > PAWS_WINDOW && !stale_recent
+    }
+
+    /// How many ticks SEG.TSval is behind TS.Recent (0 if it is not, or has no timestamps).
+    pub fn ts_behind(&self, h: &Header) -> u32 {
+        let Some((tsval, _)) = h.options.timestamps else { return 0 };
+        let behind = self.ts_recent.wrapping_sub(tsval);
+        if (behind as i32) > 0 { behind } else { 0 }
     }
 
     /// RFC 7323 4.3: TS.Recent = SEG.TSval if SEG.TSval >= TS.Recent and SEG.SEQ =< Last.ACK.sent.

@@ -909,11 +909,108 @@ fn paws_ignores_a_ts_recent_idle_for_more_than_24_days() {
     let cfg = Config { keepalive: Keepalive { enabled: false, ..Keepalive::default() }, ..config() };
     let mut c = accept_with(cfg, f, &ack, &[]);
     let mut old = peer(0, 0);
-    old.options.timestamps = Some((999, 0));
+    old.options.timestamps = Some((998, 0));
     let day = 86_400u64;
     assert_eq!(c.handle(secs(24 * day), &old, b"a"), Handled::Dropped(DropReason::Paws));
     assert_eq!(c.handle(secs(24 * day + 1), &old, b"a"), Handled::Processed);
     assert_eq!(read_all(&mut c), b"a");
+}
+
+/// A connection with timestamps and SACK whose TS.Recent is `ts`, keepalive off.
+fn ts_conn(ts: u32) -> Connection {
+    let f = HandshakeFacts { flags: FACT_TS | FACT_SACK, ts_recent: ts, ..facts() };
+    let cfg = Config { keepalive: Keepalive { enabled: false, ..Keepalive::default() }, ..config() };
+    accept_with(cfg, f, &stamped(peer(0, 0), ts), &[])
+}
+
+fn stamped(mut h: Header, tsval: u32) -> Header {
+    h.options.timestamps = Some((tsval, 0));
+    h
+}
+
+#[test]
+fn paws_lets_a_tsval_one_tick_behind_through_and_drops_two() {
+    // RFC 7323 5.3 R1 with Linux's TCP_PAWS_WINDOW of one tick: a retransmission sent a
+    // millisecond after a reordered original fills the hole first and moves TS.Recent on; the
+    // original, one tick older, still delivers its data.
+    let mut c = ts_conn(1000);
+    // A hole at 0..10: 10..20 arrives, then the retransmission of 0..10 (TSval 1001).
+    c.handle(ms(1), &stamped(peer(10, 0), 1000), b"0123456789");
+    c.handle(ms(2), &stamped(peer(0, 0), 1001), b"abcdefghij");
+    out(&mut c, ms(2));
+    // The original of 20..30, sent before the retransmission (TSval 1000), arrives late.
+    assert_eq!(c.handle(ms(3), &stamped(peer(20, 0), 1000), b"ABCDEFGHIJ"), Handled::Processed);
+    assert_eq!(read_all(&mut c), b"abcdefghij0123456789ABCDEFGHIJ");
+    // Two ticks behind is rejected, new data or not, and answered at once with a plain ACK.
+    run_until(&mut c, ms(300));
+    c.handle(ms(301), &stamped(peer(30, 0), 1003), b"k");
+    assert_eq!(c.handle(ms(302), &stamped(peer(31, 0), 1001), b"l"), Handled::Dropped(DropReason::Paws));
+    let (h, p) = one(&mut c, ms(302));
+    assert!(p.is_empty());
+    assert_eq!((h.ack, h.options.sack.len()), (SeqNum(IRS + 32), 0));
+}
+
+#[test]
+fn a_paws_rejected_duplicate_is_reported_as_a_dsack() {
+    // Linux's tcp_send_dupack after PAWS (RFC 2883 4): an original that arrives after its
+    // retransmission, with a TSval more than a tick older, is answered with its DSACK block at
+    // once, so the sender can undo the spurious retransmission. Not rate-limited: data is no
+    // ACK loop.
+    let mut c = ts_conn(1000);
+    c.handle(ms(1), &stamped(peer(0, 0), 1005), b"0123456789");
+    out(&mut c, ms(1));
+    for t in 2..5 {
+        assert_eq!(c.handle(ms(t), &stamped(peer(0, 0), 1000), b"0123456789"), Handled::Dropped(DropReason::Paws));
+        let (h, _) = one(&mut c, ms(t));
+        assert_eq!(h.ack, SeqNum(IRS + 11));
+        assert_eq!(h.options.sack.as_slice(), &[(SeqNum(IRS + 1), SeqNum(IRS + 11))]);
+    }
+    // Straddling RCV.NXT: only the part received twice is the DSACK block; the rest waits for
+    // a segment that passes PAWS.
+    assert_eq!(c.handle(ms(6), &stamped(peer(5, 0), 1000), b"56789xyz"), Handled::Dropped(DropReason::Paws));
+    let (h, _) = one(&mut c, ms(6));
+    assert_eq!(h.options.sack.as_slice(), &[(SeqNum(IRS + 6), SeqNum(IRS + 11))]);
+    assert_eq!(read_all(&mut c), b"0123456789");
+}
+
+#[test]
+fn an_overtaken_duplicate_ack_passes_paws_and_an_old_ack_is_dropped_unanswered() {
+    // Linux's tcp_disordered_ack: a duplicate ACK a few ticks behind TS.Recent (overtaken on
+    // the path) still brings its SACK blocks; an older ACK below RCV.NXT is dropped and not
+    // answered (Linux's PAWS_OLD_ACK).
+    let mut c = Connection::accept(
+        ms(0),
+        Arc::new(Config { nagle: false, pacing: false, keepalive: Keepalive { enabled: false, ..Keepalive::default() }, ..config() }),
+        &HandshakeFacts { flags: FACT_TS | FACT_SACK, ts_recent: 1000, ..facts() },
+        local(),
+        remote(),
+        &stamped(peer(0, 0), 1000),
+        &[],
+    )
+    .unwrap();
+    c.send(&vec![1u8; 6 * 1448]);
+    assert_eq!(out(&mut c, ms(0)).len(), 6);
+    // An ACK of the first segment moves TS.Recent to 1010.
+    c.handle(ms(40), &stamped(sack_ack(1, &[]), 1010), &[]);
+    let base = c.stats().challenge_acks;
+    // A duplicate ACK with news (segment 3 SACKed), TSval 1005: let through.
+    let dup = stamped(sack_ack(1, &[(3, 4)]), 1005);
+    assert_eq!(c.handle(ms(41), &dup, &[]), Handled::Processed);
+    // One from further back than 1.2 RTOs (RTO 200 ms here: 240 ticks): a replay, dropped.
+    assert_eq!(c.handle(ms(41), &stamped(sack_ack(1, &[(3, 4)]), 1010 - 300), &[]), Handled::Dropped(DropReason::Paws));
+    out(&mut c, ms(41));
+    // Another, closing the window (a window update): not disordered, dropped (and answered,
+    // rate-limited).
+    let mut closes = stamped(sack_ack(1, &[(3, 5)]), 1005);
+    closes.window = 0;
+    assert_eq!(c.handle(ms(42), &closes, &[]), Handled::Dropped(DropReason::Paws));
+    out(&mut c, ms(42));
+    // An ACK below RCV.NXT with an old TSval: dropped, not answered.
+    let mut old = stamped(sack_ack(0, &[]), 1002);
+    old.seq = SeqNum(IRS);
+    assert_eq!(c.handle(ms(43), &old, &[]), Handled::Dropped(DropReason::Paws));
+    none(&mut c, ms(43));
+    assert_eq!(c.stats().challenge_acks - base, 2, "the replay and the window update answered, the old ACK not");
 }
 
 #[test]
