@@ -81,9 +81,15 @@ impl CpuWindow {
 /// disappears fails the round), reading CPU time around it.
 pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Result<T>) -> anyhow::Result<(T, CpuWindow)> {
     rig.server_pid(side)?;
+    let profile = profile_server_cpus(rig, side);
     let (t0, c0) = (Instant::now(), CpuTimes::now());
     let out = f(rig);
     let (c1, wall) = (CpuTimes::now(), t0.elapsed().as_secs_f64());
+    if let Some(mut p) = profile {
+        // SIGINT: perf writes its file out and exits.
+        let _ = std::process::Command::new("kill").args(["-INT", &p.id().to_string()]).status();
+        let _ = p.wait();
+    }
     rig.server_pid(side)?;
     let out = out?;
     let w = CpuWindow {
@@ -94,6 +100,27 @@ pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Re
         wall_secs: wall,
     };
     Ok((out, w))
+}
+
+/// With `SYNX_BENCH_PERF=DIR`, call graphs of the server's CPUs (engine or kernel server, and
+/// the server veth's NAPI) through a measured round, to `DIR/NNN-SIDE.data` for `perf report`.
+/// The sampling costs the server CPU a few percent: figures of such a run are for reading, not
+/// publishing.
+fn profile_server_cpus(rig: &Rig, side: Side) -> Option<std::process::Child> {
+    static ROUND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = std::env::var_os("SYNX_BENCH_PERF")?;
+    let n = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = std::path::Path::new(&dir).join(format!("{n:03}-{}.data", peer(side)));
+    let cpus = crate::bench::rig::Cpus::list(&rig.cpus.server);
+    let child = std::process::Command::new("perf")
+        .args(["record", "-q", "-g", "-F", "1999", "-C", &cpus, "-o"])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Some(child)
 }
 
 /// synx's AF_XDP counters (`xsk_*`) and segment counters now; nothing for the kernel, or for a
