@@ -198,10 +198,11 @@ impl Congestion {
         self.css_baseline_min_rtt_us != NO_RTT
     }
 
-    /// RFC 9406 4.3: a new round begins (the ACK reached the previous round's end).
-    pub fn start_round(&mut self) {
+    /// RFC 9406 4.3: a new round begins (the ACK reached the previous round's end). Whether
+    /// this ended the initial slow start (the delay rose and stayed up for CSS_ROUNDS).
+    pub fn start_round(&mut self) -> bool {
         if self.ssthresh != u32::MAX {
-            return;
+            return false;
         }
         let h = self;
         if h.in_css() {
@@ -209,12 +210,13 @@ impl Congestion {
             if h.css_round_count >= CSS_ROUNDS {
                 // RFC 9406 4.3: CSS_ROUNDS rounds in CSS: enter congestion avoidance.
                 h.ssthresh = h.cwnd;
-                return;
+                return true;
             }
         }
         h.last_round_min_rtt_us = h.current_round_min_rtt_us;
         h.current_round_min_rtt_us = NO_RTT;
         h.rtt_sample_count = 0;
+        false
     }
 
     /// RFC 9406 4.3: an RTT sample in the initial slow start; a rise of the round's minimum by
@@ -268,9 +270,10 @@ impl Congestion {
     ///   A bottleneck spaces a train's ACKs evenly, so they must come back spaced even
     ///   without the train's longest gap: a stall just under 2 ms (the most a train bridges)
     ///   in a train of a few milliseconds stretches it by an eighth in one gap.
-    pub fn on_ack_train(&mut self, train: Train, mss: u32, min_rtt: Duration, paced: bool) {
+    /// Whether this train ended the initial slow start.
+    pub fn on_ack_train(&mut self, train: Train, mss: u32, min_rtt: Duration, paced: bool) -> bool {
         if self.ssthresh != u32::MAX || self.cwnd < TRAIN_LOW_WINDOW * mss {
-            return;
+            return false;
         }
         let full = if paced {
             let spaced = train.length >= train_span(min_rtt) && train.length.saturating_sub(train.longest_gap) * 8 >= train.sent_over * 9;
@@ -283,6 +286,7 @@ impl Congestion {
         if full {
             self.ssthresh = self.cwnd;
         }
+        full
     }
 
     pub fn cwnd(&self) -> u32 {
@@ -466,7 +470,9 @@ mod tests {
     fn slow_start_rounds(c: &mut Congestion, rounds: u32, acks: u32, rtt: impl Fn(u32) -> u64) -> Vec<u32> {
         let mut out = Vec::new();
         for r in 0..rounds {
-            c.start_round();
+            let in_slow_start = c.in_slow_start();
+            // Whether the round's start ended slow start (counted as tcp_hystart_delay_exits).
+            assert_eq!(c.start_round(), in_slow_start && !c.in_slow_start());
             for _ in 0..acks {
                 c.on_ack(Instant::ZERO, 1000, 1000, None, Some(Duration::from_micros(rtt(r))));
             }
@@ -497,6 +503,7 @@ mod tests {
         // CSS are complete: ssthresh is the cwnd then, and that round grows it as CUBIC does.
         assert_eq!(c.ssthresh, before + 7 * 1000 + 3 * 250 + 4 * 10 * 250, "{cwnd:?}");
         assert!(!c.in_slow_start());
+        assert!(!c.start_round(), "slow start ends once");
         // A rise below the threshold (4 ms at least) does nothing.
         let mut c = Congestion::new(CongestionAlgorithm::Cubic, 1000, 10);
         slow_start_rounds(&mut c, 2, 10, |_| 10_000);

@@ -176,6 +176,10 @@ queue_stats! {
         paced "tcp_paced" "Times data waited for the pacer.";
         ce_received "tcp_ce_received" "Segments that arrived marked CE (RFC 3168 5).";
         ecn_reductions "tcp_ecn_reductions" "Window reductions for an ECN echo (RFC 3168 6.1.2).";
+        hystart_train_exits "tcp_hystart_train_exits"
+            "Initial slow starts HyStart's ACK train ended, the window filling the path (as Linux's TCPHystartTrainDetect).";
+        hystart_delay_exits "tcp_hystart_delay_exits"
+            "Initial slow starts ended by a rise in delay after Conservative Slow Start (RFC 9406 4.3; Linux's TCPHystartDelayDetect).";
     }
 }
 

@@ -36,6 +36,12 @@ pub struct Stats {
     pub ce_received: u32,
     /// Window reductions for an ECN echo (RFC 3168 6.1.2).
     pub ecn_reductions: u32,
+    /// Initial slow starts HyStart's ACK train ended (the window filled the path; Linux's
+    /// TCPHystartTrainDetect).
+    pub hystart_train_exits: u32,
+    /// Initial slow starts RFC 9406's delay test ended, after Conservative Slow Start (Linux's
+    /// TCPHystartDelayDetect).
+    pub hystart_delay_exits: u32,
 }
 
 impl Stats {
@@ -48,14 +54,16 @@ impl Stats {
         add!(
             bytes_sent, bytes_acked, bytes_received, segments_sent, segments_received, retransmits, keepalive_probes,
             zero_window_probes, loss_probes, challenge_acks, time_wait_fin_reacks, timeouts, fast_recoveries,
-            rack_losses, dsacks_received, undos, spurious_rtos, tlp_recoveries, paced, ce_received, ecn_reductions
+            rack_losses, dsacks_received, undos, spurious_rtos, tlp_recoveries, paced, ce_received, ecn_reductions,
+            hystart_train_exits, hystart_delay_exits
         );
     }
 }
 
 /// [`Stats`] at rest: every byte sent was acknowledged (so one total serves both), and the
 /// segment and rare counters are narrowed (a connection whose counts do not fit stays
-/// unfolded).
+/// unfolded): the rarest, which a connection sees a few times in its life if at all, to a
+/// byte, so that the whole stays 64 bytes.
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Folded {
@@ -71,14 +79,16 @@ pub(super) struct Folded {
     zero_window_probes: u16,
     loss_probes: u16,
     challenge_acks: u16,
-    time_wait_fin_reacks: u16,
+    time_wait_fin_reacks: u8,
     timeouts: u16,
     fast_recoveries: u16,
     dsacks_received: u16,
     undos: u16,
-    spurious_rtos: u16,
+    spurious_rtos: u8,
     tlp_recoveries: u16,
     ecn_reductions: u16,
+    hystart_train_exits: u8,
+    hystart_delay_exits: u8,
 }
 
 impl Stats {
@@ -100,14 +110,16 @@ impl Stats {
             zero_window_probes: n(self.zero_window_probes)?,
             loss_probes: n(self.loss_probes)?,
             challenge_acks: n(self.challenge_acks)?,
-            time_wait_fin_reacks: n(self.time_wait_fin_reacks)?,
+            time_wait_fin_reacks: u8::try_from(self.time_wait_fin_reacks).ok()?,
             timeouts: n(self.timeouts)?,
             fast_recoveries: n(self.fast_recoveries)?,
             dsacks_received: n(self.dsacks_received)?,
             undos: n(self.undos)?,
-            spurious_rtos: n(self.spurious_rtos)?,
+            spurious_rtos: u8::try_from(self.spurious_rtos).ok()?,
             tlp_recoveries: n(self.tlp_recoveries)?,
             ecn_reductions: n(self.ecn_reductions)?,
+            hystart_train_exits: u8::try_from(self.hystart_train_exits).ok()?,
+            hystart_delay_exits: u8::try_from(self.hystart_delay_exits).ok()?,
         })
     }
 }
@@ -136,6 +148,8 @@ impl Folded {
             paced: self.paced,
             ce_received: self.ce_received,
             ecn_reductions: self.ecn_reductions.into(),
+            hystart_train_exits: self.hystart_train_exits.into(),
+            hystart_delay_exits: self.hystart_delay_exits.into(),
         }
     }
 }

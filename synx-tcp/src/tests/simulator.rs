@@ -370,6 +370,9 @@ fn reordering_does_not_end_slow_start_early() {
 fn slow_start_ends_before_a_one_bdp_queue_overflows() {
     let o = transfer(1, (4 << 20, 0), wan(0, 0), ALL, Config::default());
     assert_eq!(o.retransmits, 0, "slow start overflowed the queue");
+    // Counted by how it ended (`synx stats`: tcp_hystart_train_exits): the ACK train, once.
+    assert_eq!((o.server.hystart_train_exits, o.server.hystart_delay_exits), (1, 0));
+    assert!(o.slow_start_exit.is_some());
 }
 
 /// The bench's reordering cell (RTT 40 ms, 100 Mbit/s, 2% of segments held back 2 ms, nothing

@@ -370,7 +370,9 @@ impl Recovery {
         }
         // RFC 9406 4.3: a round ends when the ACK reaches what SND.NXT was at its start.
         if una_advanced && s.una.ge(self.round_end) {
-            self.cc.start_round();
+            if self.cc.start_round() {
+                stats.hystart_delay_exits += 1;
+            }
             self.ack_train.start_round();
             self.round_end = s.nxt;
         }
@@ -455,7 +457,9 @@ impl Recovery {
         // HyStart's ACK train, on every ACK that delivered data (as Linux's bictcp_acked).
         if let (false, Some(sent), Some(min_rtt)) = (self.reducing(), newest, self.rack.min_rtt()) {
             let train = self.ack_train.on_ack(now, sent, delivered, self.rack.fack().gt(prior_fack), min_rtt);
-            self.cc.on_ack_train(train, mss, min_rtt, config.pacing);
+            if self.cc.on_ack_train(train, mss, min_rtt, config.pacing) {
+                stats.hystart_train_exits += 1;
+            }
         }
         // The window: PRR while reducing, else slow start or congestion avoidance by what was
         // delivered, on ACKs that move SND.UNA (as Linux's tcp_may_raise_cwnd).
