@@ -425,6 +425,9 @@ pub struct Snapshot {
     pub no_timestamp: u64,
     /// How late frames left after their due time: histogram of log2 microsecond buckets.
     pub lateness: [u64; BUCKETS],
+    /// The latest departure. Over an interval ([`Snapshot::since`]) exact when the interval
+    /// set a new maximum, else the upper edge of its histogram's highest bucket (at most twice
+    /// the interval's own).
     pub lateness_max: Duration,
     /// How long frames sat in the socket before the thread read them (not part of the
     /// emulated delay: arrival is the kernel's timestamp).
@@ -492,7 +495,12 @@ impl Snapshot {
             socket_drops: d(self.socket_drops, earlier.socket_drops),
             no_timestamp: d(self.no_timestamp, earlier.no_timestamp),
             lateness: std::array::from_fn(|i| d(self.lateness[i], earlier.lateness[i])),
-            lateness_max: self.lateness_max,
+            lateness_max: if self.lateness_max > earlier.lateness_max {
+                self.lateness_max
+            } else {
+                let lateness: [u64; BUCKETS] = std::array::from_fn(|i| d(self.lateness[i], earlier.lateness[i]));
+                lateness.iter().rposition(|&n| n > 0).map_or(Duration::ZERO, |i| Duration::from_micros(1u64 << i)).min(self.lateness_max)
+            },
             read_delay: std::array::from_fn(|i| d(self.read_delay[i], earlier.read_delay[i])),
             realtime: self.realtime,
         }
@@ -980,5 +988,32 @@ impl Port {
         // SAFETY: sendmsg of the buffers described by msg.
         let n = unsafe { libc::sendmsg(self.fd(), &msg, 0) };
         if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_lateness(late_us: &[u64]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for &us in late_us {
+            s.lateness[bucket(us * 1000)] += 1;
+            s.lateness_max = s.lateness_max.max(Duration::from_micros(us));
+        }
+        s
+    }
+
+    #[test]
+    fn an_interval_reports_its_own_latest_departure_not_the_runs() {
+        let first = with_lateness(&[60, 8000]);
+        // A new maximum in the interval: exact.
+        let later = with_lateness(&[60, 8000, 90, 9500]);
+        assert_eq!(later.since(&first).lateness_max, Duration::from_micros(9500));
+        // None: bounded by the interval's highest bucket (90 us: 64..128), not the 8 ms of
+        // before.
+        let later = with_lateness(&[60, 8000, 90, 70]);
+        assert_eq!(later.since(&first).lateness_max, Duration::from_micros(128));
+        assert_eq!(first.since(&first).lateness_max, Duration::ZERO);
     }
 }
