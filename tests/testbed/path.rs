@@ -475,6 +475,7 @@ impl Snapshot {
     /// What happened between `earlier` and this snapshot.
     pub fn since(&self, earlier: &Snapshot) -> Snapshot {
         let d = |a: u64, b: u64| a.saturating_sub(b);
+        let lateness: [u64; BUCKETS] = std::array::from_fn(|i| d(self.lateness[i], earlier.lateness[i]));
         Snapshot {
             frames_in: d(self.frames_in, earlier.frames_in),
             bytes_in: d(self.bytes_in, earlier.bytes_in),
@@ -494,13 +495,12 @@ impl Snapshot {
             recv_errors: d(self.recv_errors, earlier.recv_errors),
             socket_drops: d(self.socket_drops, earlier.socket_drops),
             no_timestamp: d(self.no_timestamp, earlier.no_timestamp),
-            lateness: std::array::from_fn(|i| d(self.lateness[i], earlier.lateness[i])),
             lateness_max: if self.lateness_max > earlier.lateness_max {
                 self.lateness_max
             } else {
-                let lateness: [u64; BUCKETS] = std::array::from_fn(|i| d(self.lateness[i], earlier.lateness[i]));
                 lateness.iter().rposition(|&n| n > 0).map_or(Duration::ZERO, |i| Duration::from_micros(1u64 << i)).min(self.lateness_max)
             },
+            lateness,
             read_delay: std::array::from_fn(|i| d(self.read_delay[i], earlier.read_delay[i])),
             realtime: self.realtime,
         }

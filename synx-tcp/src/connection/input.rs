@@ -102,8 +102,7 @@ impl Connection {
             // PAWS; the part already received is reported as a DSACK (RFC 2883 4), so a
             // sender whose original arrived late learns its retransmission was spurious.
             if h.seq.lt(self.rcv.nxt) {
-                let end = h.seq + p.len() as u32;
-                self.ack_duplicate(h.seq, if end.lt(self.rcv.nxt) { end } else { self.rcv.nxt });
+                self.ack_duplicate(h.seq, (h.seq + p.len() as u32).min(self.rcv.nxt));
             } else {
                 self.rcv.ack_now = true;
             }

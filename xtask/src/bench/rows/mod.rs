@@ -15,7 +15,10 @@ mod wan;
 
 pub use wan::{bulk_row_names as wan_bulk_row_names, short_row_names as wan_short_row_names};
 
-use std::time::Instant;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
 
 use super::{Ctx, Rig, Side, rig::CpuTimes, targets};
 
@@ -85,11 +88,7 @@ pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Re
     let (t0, c0) = (Instant::now(), CpuTimes::now());
     let out = f(rig);
     let (c1, wall) = (CpuTimes::now(), t0.elapsed().as_secs_f64());
-    if let Some(mut p) = profile {
-        // SIGINT: perf writes its file out and exits.
-        let _ = std::process::Command::new("kill").args(["-INT", &p.id().to_string()]).status();
-        let _ = p.wait();
-    }
+    drop(profile);
     rig.server_pid(side)?;
     let out = out?;
     let w = CpuWindow {
@@ -106,21 +105,52 @@ pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Re
 /// the server veth's NAPI) through a measured round, to `DIR/NNN-SIDE.data` for `perf report`.
 /// The sampling costs the server CPU a few percent: figures of such a run are for reading, not
 /// publishing.
-fn profile_server_cpus(rig: &Rig, side: Side) -> Option<std::process::Child> {
-    static ROUND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let dir = std::env::var_os("SYNX_BENCH_PERF")?;
-    let n = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let file = std::path::Path::new(&dir).join(format!("{n:03}-{}.data", peer(side)));
+fn profile_server_cpus(rig: &Rig, side: Side) -> Option<Recorder> {
+    static ROUND: AtomicU64 = AtomicU64::new(0);
     let cpus = crate::bench::rig::Cpus::list(&rig.cpus.server);
-    let child = std::process::Command::new("perf")
-        .args(["record", "-q", "-g", "-F", "1999", "-C", &cpus, "-o"])
-        .arg(&file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    Some(child)
+    // SIGINT: perf writes its file out and exits.
+    Recorder::start("SYNX_BENCH_PERF", &ROUND, side, "data", libc::SIGINT, |file| {
+        let mut perf = std::process::Command::new("perf");
+        perf.args(["record", "-q", "-g", "-F", "1999", "-C", &cpus, "-o"]).arg(file);
+        perf
+    })
+}
+
+/// A tool recording beside a round when its environment variable names a directory
+/// (`SYNX_BENCH_PERF`, `SYNX_BENCH_CAPTURE`), into `DIR/NNN-SIDE.EXT`; stopped with its
+/// signal, on which it writes its file out, when dropped: after the round, or when the round
+/// failed or panicked.
+pub struct Recorder {
+    child: std::process::Child,
+    signal: i32,
+}
+
+impl Recorder {
+    /// Start the command `tool` makes for the file, given a moment to get going; `None` when
+    /// the variable is unset or the tool would not start.
+    pub fn start(
+        var: &str,
+        round: &AtomicU64,
+        side: Side,
+        ext: &str,
+        signal: i32,
+        tool: impl FnOnce(&std::path::Path) -> std::process::Command,
+    ) -> Option<Self> {
+        let dir = std::env::var_os(var)?;
+        let n = round.fetch_add(1, Ordering::Relaxed);
+        let file = std::path::Path::new(&dir).join(format!("{n:03}-{}.{ext}", peer(side)));
+        let child = tool(&file).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().ok()?;
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        Some(Self { child, signal })
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        // SAFETY: a signal to our own child, which `wait` below reaps.
+        unsafe { libc::kill(self.child.id() as i32, self.signal) };
+        let _ = self.child.wait();
+    }
 }
 
 /// synx's AF_XDP counters (`xsk_*`) and segment counters now; nothing for the kernel, or for a

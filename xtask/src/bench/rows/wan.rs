@@ -38,6 +38,7 @@ use crate::bench::{
     Collector, Ctx, Outcome, Side,
     peers::pid_alive,
     report::RoundDetail,
+    rows::Recorder,
     rig::{DISCARD, ECHO, HTTP, describe_device, sysctls},
     schedule, spec, targets,
 };
@@ -192,20 +193,14 @@ impl WanRig {
 
     /// With `SYNX_BENCH_CAPTURE=DIR`, a round's frames as the client sees them (headers only),
     /// to `DIR/NNN-SIDE.pcap`: the ACK clock a sender ran on, read afterwards.
-    fn capture(&self, side: Side) -> Option<std::process::Child> {
+    fn capture(&self, side: Side) -> Option<Recorder> {
         static ROUND: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::var_os("SYNX_BENCH_CAPTURE")?;
-        let n = ROUND.fetch_add(1, Ordering::Relaxed);
-        let file = std::path::Path::new(&dir).join(format!("{n:03}-{}.pcap", peer(side)));
-        let child = self.bed.client.command("tcpdump")
-            .args(["-q", "-n", "-s", "96", "-B", "16384", "-i", &self.bed.client_if, "-w"])
-            .arg(&file)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        std::thread::sleep(Duration::from_millis(500));
-        Some(child)
+        // SIGTERM: tcpdump flushes its file and exits.
+        Recorder::start("SYNX_BENCH_CAPTURE", &ROUND, side, "pcap", libc::SIGTERM, |file| {
+            let mut tcpdump = self.bed.client.command("tcpdump");
+            tcpdump.args(["-q", "-n", "-s", "96", "-B", "16384", "-i", &self.bed.client_if, "-w"]).arg(file);
+            tcpdump
+        })
     }
 
     /// One round: fresh TCP metrics and an idle path, then `f`, with the path's counters
@@ -224,11 +219,7 @@ impl WanRig {
         let client0 = kernel_counters(&self.bed.client).ok();
         let capture = self.capture(side);
         let r = f();
-        if let Some(mut c) = capture {
-            // SIGTERM: tcpdump flushes its file and exits.
-            let _ = std::process::Command::new("kill").arg(c.id().to_string()).status();
-            let _ = c.wait();
-        }
+        drop(capture);
         let (up, down) = (self.bed.stats(Dir::Up).since(&up0), self.bed.stats(Dir::Down).since(&down0));
         let drops = self.bed.device_drops().unwrap_or(0).saturating_sub(drops0);
         let mut detail = json!({ "path": { "up": path_json(&up), "down": path_json(&down), "veth_drops": drops } });
