@@ -97,16 +97,16 @@ impl Connection {
         if pure_ack && self.disordered_ack(h) {
             return Step::Continue;
         }
-        if !p.is_empty() && !h.flags.syn() {
+        let nxt = self.rcv.nxt;
+        if !p.is_empty() && !h.flags.syn() && h.seq.lt(nxt) {
             // Data is no ACK loop: answered every time, as Linux's tcp_send_dupack after
-            // PAWS; the part already received is reported as a DSACK (RFC 2883 4), so a
-            // sender whose original arrived late learns its retransmission was spurious.
-            if h.seq.lt(self.rcv.nxt) {
-                self.ack_duplicate(h.seq, (h.seq + p.len() as u32).min(self.rcv.nxt));
-            } else {
-                self.rcv.ack_now = true;
-            }
+            // PAWS, with the part already received as a DSACK (RFC 2883 4), so a sender whose
+            // original arrived late learns its retransmission was spurious.
+            self.ack_duplicate(h.seq, (h.seq + p.len() as u32).min(nxt));
+        } else if !p.is_empty() && !h.flags.syn() && h.seq.in_range(nxt, nxt + self.rcv.wnd()) {
+            self.rcv.ack_now = true;
         } else {
+            // Beyond the window: rate-limited, as step_sequence answers such data.
             self.challenge_ack(now);
         }
         Step::Done(Handled::Dropped(DropReason::Paws))

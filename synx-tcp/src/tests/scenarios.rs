@@ -948,6 +948,15 @@ fn paws_lets_a_tsval_one_tick_behind_through_and_drops_two() {
     let (h, p) = one(&mut c, ms(302));
     assert!(p.is_empty());
     assert_eq!((h.ack, h.options.sack.len()), (SeqNum(IRS + 32), 0));
+    // Far beyond the window (a blind or stray segment): answered only within the challenge
+    // ACK limit (10 a second by default), as out-of-window data that passes PAWS is.
+    let before = c.stats().challenge_acks;
+    for t in 303..333 {
+        assert_eq!(c.handle(ms(t), &stamped(peer(1 << 30, 0), 1001), b"x"), Handled::Dropped(DropReason::Paws));
+        out(&mut c, ms(t));
+    }
+    let answered = c.stats().challenge_acks - before;
+    assert!((1..=10).contains(&answered), "{answered} of 30 answered");
 }
 
 #[test]
