@@ -20,6 +20,39 @@ pub fn pin_all_threads(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
     sh("taskset", &["-a", "-p", "-c", &Cpus::list(cpus), &pid.to_string()]).map(drop)
 }
 
+/// The calling thread pinned to `cpus` until dropped, then given its old CPUs back; what it
+/// spawns meanwhile starts there too. A bench thread that samples counters through spawned
+/// tools (`nft`, `ip netns exec`) during a window keeps that work off the server CPU.
+pub struct ThreadPinned(libc::cpu_set_t);
+
+impl ThreadPinned {
+    pub fn to(cpus: &[usize]) -> anyhow::Result<Self> {
+        // SAFETY: cpu_set_t is plain bits; sched_{get,set}affinity with pid 0 act on the
+        // calling thread and read or write exactly size_of::<cpu_set_t>() bytes.
+        unsafe {
+            let mut old: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old) != 0 {
+                bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+            }
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &c in cpus {
+                libc::CPU_SET(c, &mut set);
+            }
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                bail!("sched_setaffinity to {cpus:?}: {}", std::io::Error::last_os_error());
+            }
+            Ok(Self(old))
+        }
+    }
+}
+
+impl Drop for ThreadPinned {
+    fn drop(&mut self) {
+        // SAFETY: as above, with the mask read at construction.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+    }
+}
+
 /// Whether `pid` is a live process (not gone, not a zombie).
 pub fn pid_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
