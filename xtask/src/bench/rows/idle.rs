@@ -4,7 +4,9 @@
 //! it count in full; the kernel peer with as many processes sharing the port (SO_REUSEPORT) as
 //! keep each under the open-files limit. Both sides run the same keepalive: idle 10 s, interval
 //! 5 s, 10 probes; the CPU window covers several probes per connection, counted as they arrive
-//! at the client.
+//! at the client. A quiet phase on fresh servers at Linux's default keepalive (first probe two
+//! hours away) measures what holding the connections costs with nothing to send; with the cost
+//! per probe it gives the idle CPU at the keepalive a deployment runs.
 //!
 //! The kernel side's memory is its processes' RSS growth plus the machine's slab growth, less
 //! the client sockets' share of that slab: measured in the synx round, whose server side
@@ -23,14 +25,16 @@ use super::{count_suffix, peer};
 use crate::bench::{
     Collector, Ctx, Outcome, Rig, RigOptions, Side,
     load::pinned,
-    peers::{KernelServer, KernelServerOptions},
+    peers::{KernelServer, KernelServerOptions, ThreadPinned},
     rig::{CpuTimes, ECHO, IDLE_NET, slab_active_bytes},
     spec,
 };
 
+/// The probing phase's keepalive on both sides: idle 10 s, interval 5 s, 10 probes.
 const KEEPALIVE: (u64, u64, u32) = (10, 5, 10);
-/// Linux's default tcp_keepalive_time (s): what an idle connection is probed at in practice.
-const DEFAULT_KEEPALIVE_IDLE: u64 = 7200;
+/// The quiet phase's: Linux's defaults (tcp_keepalive_time 7200 s, intvl 75 s), what an idle
+/// connection is probed at in practice, and the seed's 10 probes.
+const DEFAULT_KEEPALIVE: (u64, u64, u32) = (7200, 75, 10);
 
 /// Child processes holding idle client connections; killed on drop.
 pub struct IdleClients(Vec<Child>);
@@ -137,65 +141,117 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     // Client processes and kernel-side servers each stay under the open-files limit (a hard
     // RLIMIT_NOFILE that root may not raise without CAP_SYS_RESOURCE).
     let per_process = (nofile.saturating_sub(256) as usize).max(1000);
+    let window = plan.idle_window_secs;
     for &n in &plan.idle_counts {
         let s = count_suffix(n);
         let _backlog = Backlog::raise(n)?;
-        let (idle, interval, probes) = KEEPALIVE;
-        let mut synx_args = vec![
-            format!("--max-conns={n}"),
-            format!("--keepalive-idle={idle}s"),
-            format!("--keepalive-interval={interval}s"),
-            format!("--keepalive-probes={probes}"),
-        ];
-        synx_args.extend(ctx.synx_args.iter().cloned());
-        let o = RigOptions {
-            name: format!("idle {s}"),
-            queues: 1,
-            cpus: plan.cpus.clone(),
-            synx_args,
-            kernel: KernelServerOptions { keepalive: Some(KEEPALIVE) },
-            synx_defer: ctx.synx_defer,
-            kernel_defer: ctx.kernel_defer,
-        };
-        let mut rig = Rig::start(&o, &ctx.tools)?;
+        let (idle, interval, _) = KEEPALIVE;
+        // The probing phase: keepalive fires all through the window.
         let mut c = Collector::new(
             "idle",
             vec![
                 spec(format!("idle_bytes_per_conn_{s}"), "bytes/conn", false, format!("{n} connections; synx: daemon RSS growth plus the BPF maps as allocated (--max-conns {n}); kernel: RSS growth of its processes plus slab growth less the client sockets' share")),
-                spec(format!("idle_cpu_pct_{s}"), "% of a core", false, format!("server CPU busy time over {} s of idle, keepalive idle {idle} s, interval {interval} s on both sides", plan.idle_window_secs)),
+                spec(format!("idle_cpu_pct_{s}"), "% of a core", false, format!("server CPU busy time over {window} s of idle, keepalive idle {idle} s, interval {interval} s on both sides")),
                 spec(format!("idle_probes_per_conn_{s}"), "probes/conn", true, "segments from the server arriving at the client during the CPU window, per connection: keepalive probes"),
                 spec(format!("idle_cpu_us_per_probe_{s}"), "us/probe", false, "server CPU busy time over the window per probe arriving: every busy microsecond charged to the probes (their answers and timers), an upper bound; the detail keeps a per-second least-squares fit, which the machine's other load makes noisy"),
-                spec(
-                    format!("idle_cpu_pct_default_keepalive_{s}"),
-                    "% of a core",
-                    false,
-                    format!("derived: {n} connections probed once per {DEFAULT_KEEPALIVE_IDLE} s (Linux's default tcp_keepalive_time, a peer that answers) at the cost per probe above; what the connections cost with no probe at all is not measured apart"),
-                ),
             ],
         );
         let mut client_c = Collector::new("idle", vec![spec(format!("idle_client_slab_per_conn_{s}"), "bytes/conn", false, "the client sockets' slab growth, measured in the synx round (synx's server side adds no slab); subtracted from the kernel's")]);
         let mut details = vec![];
-        let synx = round(&mut rig, Side::Synx, n, per_process, nofile, plan.idle_window_secs, None);
-        let client_slab = synx.as_ref().ok().map(|r| r.1);
-        let (o, slab) = split(synx);
+        let mut rig = Rig::start(&options(ctx, n, KEEPALIVE), &ctx.tools)?;
+        let synx = round(&mut rig, Side::Synx, n, per_process, nofile, KEEPALIVE, window, false, None);
+        let client_slab = synx.as_ref().ok().map(|r| r.slab_per);
+        let synx_per_probe = synx.as_ref().ok().and_then(|r| r.per_probe_s);
+        let (o, slab) = probing(synx);
         details.push(c.record(peer(Side::Synx), false, o));
         details.push(client_c.record("client", false, slab));
-        let kernel = round(&mut rig, Side::Kernel, n, per_process, nofile, plan.idle_window_secs, client_slab);
-        details.push(c.record(peer(Side::Kernel), false, split(kernel).0));
+        let kernel = round(&mut rig, Side::Kernel, n, per_process, nofile, KEEPALIVE, window, false, client_slab);
+        let kernel_per_probe = kernel.as_ref().ok().and_then(|r| r.per_probe_s);
+        details.push(c.record(peer(Side::Kernel), false, probing(kernel).0));
         ctx.keep_rig_description(&rig);
+        drop(rig);
+        // The quiet phase: fresh servers at Linux's default keepalive, whose first probe is
+        // two hours away: what holding the connections costs with nothing to send. With the
+        // probing phase's cost per probe it gives what they cost as deployed.
+        let (qidle, qinterval, _) = DEFAULT_KEEPALIVE;
+        let mut q = Collector::new(
+            "idle",
+            vec![
+                spec(format!("idle_quiet_cpu_pct_{s}"), "% of a core", false, format!("server CPU busy time over {window} s holding {n} idle connections, keepalive idle {qidle} s, interval {qinterval} s on both sides: no probe due in the window (a segment from the server in it fails the round)")),
+                spec(
+                    format!("idle_cpu_pct_default_keepalive_{s}"),
+                    "% of a core",
+                    false,
+                    format!("the quiet figure plus {n} connections probed once per {qidle} s (Linux's default tcp_keepalive_time, a peer that answers) at the probing phase's cost per probe: measured, then added up"),
+                ),
+                spec(format!("idle_floor_cpu_pct_{s}"), "% of a core", false, format!("server CPU busy time over {window} s just before the quiet round's clients connect: its server up, no connection; the machine's own floor, included in the figures above")),
+            ],
+        );
+        let mut rig = Rig::start(&options(ctx, n, DEFAULT_KEEPALIVE), &ctx.tools)?;
+        let synx = round(&mut rig, Side::Synx, n, per_process, nofile, DEFAULT_KEEPALIVE, window, true, None);
+        let client_slab = synx.as_ref().ok().map(|r| r.slab_per);
+        details.push(q.record(peer(Side::Synx), false, quiet(synx, synx_per_probe, n)));
+        let kernel = round(&mut rig, Side::Kernel, n, per_process, nofile, DEFAULT_KEEPALIVE, window, true, client_slab);
+        details.push(q.record(peer(Side::Kernel), false, quiet(kernel, kernel_per_probe, n)));
+        drop(rig);
         let mut rows = c.finish();
+        rows.extend(q.finish());
         rows.extend(client_c.finish());
         ctx.push(rows, details);
     }
     Ok(())
 }
 
-/// An idle round's outcome and the client slab figure as an outcome of its own.
-fn split(r: anyhow::Result<(Outcome, f64)>) -> (Outcome, Outcome) {
+/// The rig of one phase of one connection count: fresh servers with this keepalive on both
+/// sides, synx's maps sized to the count.
+fn options(ctx: &Ctx, n: usize, (idle, interval, probes): (u64, u64, u32)) -> RigOptions {
+    let mut synx_args = vec![
+        format!("--max-conns={n}"),
+        format!("--keepalive-idle={idle}s"),
+        format!("--keepalive-interval={interval}s"),
+        format!("--keepalive-probes={probes}"),
+    ];
+    synx_args.extend(ctx.synx_args.iter().cloned());
+    RigOptions {
+        name: format!("idle {}", count_suffix(n)),
+        queues: 1,
+        cpus: ctx.plan.cpus.clone(),
+        synx_args,
+        kernel: KernelServerOptions { keepalive: Some((idle, interval, probes)) },
+        synx_defer: ctx.synx_defer,
+        kernel_defer: ctx.kernel_defer,
+    }
+}
+
+/// A probing round's outcome and the client slab figure as an outcome of its own.
+fn probing(r: anyhow::Result<Measured>) -> (Outcome, Outcome) {
     match r {
-        Ok((o, slab)) => (o, Outcome { values: vec![Some(slab)], failure: None, detail: serde_json::Value::Null }),
+        Ok(m) => (
+            Outcome { values: vec![m.bytes, Some(m.cpu_pct), Some(m.probes as f64 / m.n as f64), m.per_probe_s.map(|c| c * 1e6)], failure: None, detail: m.detail },
+            Outcome { values: vec![Some(m.slab_per)], failure: None, detail: serde_json::Value::Null },
+        ),
         Err(e) => (Outcome::failed(format!("{e:#}")), Outcome::failed(format!("{e:#}"))),
     }
+}
+
+/// A quiet round's outcome: its CPU, and that plus the probes Linux's default keepalive would
+/// send at the cost per probe its side showed while probing (none without that cost). A
+/// segment from the server in the window is something the quiet figure must not hide.
+fn quiet(r: anyhow::Result<Measured>, per_probe_s: Option<f64>, n: usize) -> Outcome {
+    match r {
+        Ok(m) if m.probes > 0 => Outcome { values: Vec::new(), failure: Some(format!("{} segments from the server in the quiet window", m.probes)), detail: m.detail },
+        Ok(m) => {
+            let default = per_probe_s.map(|c| m.cpu_pct + default_probe_pct(c, n));
+            Outcome { values: vec![Some(m.cpu_pct), default, m.floor_pct], failure: None, detail: m.detail }
+        }
+        Err(e) => Outcome::failed(format!("{e:#}")),
+    }
+}
+
+/// Percent of a core that `n` connections probed once per Linux's default keepalive idle take
+/// at `per_probe_s` busy seconds a probe.
+fn default_probe_pct(per_probe_s: f64, n: usize) -> f64 {
+    per_probe_s * n as f64 / DEFAULT_KEEPALIVE.0 as f64 * 100.0
 }
 
 /// The machine's per-CPU backlog (`net.core.netdev_max_backlog`, one value for every
@@ -253,19 +309,48 @@ fn probe_cost(probes: &[u64], busy: &[f64]) -> Option<(f64, f64)> {
     Some((my - slope * mx, slope))
 }
 
-/// One side's idle round: its outcome and the slab growth per connection it saw.
-fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, window: u64, client_slab: Option<f64>) -> anyhow::Result<(Outcome, f64)> {
+/// What one side's idle round saw.
+struct Measured {
+    n: usize,
+    /// Bytes per connection, everything counted (the kernel's not known without the client
+    /// sockets' slab share).
+    bytes: Option<f64>,
+    /// Server CPU busy over the window, percent of a core.
+    cpu_pct: f64,
+    /// Segments from the server arriving at the client in the window.
+    probes: u64,
+    /// Server busy seconds over the window per probe (none without a probe).
+    per_probe_s: Option<f64>,
+    /// The machine's slab growth per connection.
+    slab_per: f64,
+    /// Server CPU busy over a window as long before the clients connected, percent of a core.
+    floor_pct: Option<f64>,
+    detail: serde_json::Value,
+}
+
+/// One side's idle round with `keepalive` (the rig's) on its server.
+#[allow(clippy::too_many_arguments)]
+fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, keepalive: (u64, u64, u32), window: u64, floor: bool, client_slab: Option<f64>) -> anyhow::Result<Measured> {
     let addr = rig.addr(side, ECHO);
+    // The per-second sampling below spawns `nft` in the client namespace: on the client CPUs,
+    // as the clients, or the quiet window measures the bench (about 10 ms a spawn).
+    let _pinned = ThreadPinned::to(&rig.cpus.client)?;
     let mut extra = Vec::new();
     if side == Side::Kernel {
         let per_server = (nofile.saturating_sub(4096) * 2 / 3).max(1000) as usize;
         let cpus = rig.cpus.server.clone();
         for _ in 1..n.div_ceil(per_server) {
-            extra.push(KernelServer::start(&rig.kernel_net.server, &rig.tools, &[(addr, "echo")], &cpus, &KernelServerOptions { keepalive: Some(KEEPALIVE) })?);
+            extra.push(KernelServer::start(&rig.kernel_net.server, &rig.tools, &[(addr, "echo")], &cpus, &KernelServerOptions { keepalive: Some(keepalive) })?);
         }
     }
     let pids: Vec<u32> = std::iter::once(rig.server_pid(side)?).chain(extra.iter().map(KernelServer::pid)).collect();
     let base = held(rig, side)?;
+    // The floor: the same window with the server up and nothing connected.
+    let floor_pct = floor.then(|| {
+        let c0 = CpuTimes::now();
+        std::thread::sleep(Duration::from_secs(window));
+        CpuTimes::now().busy_secs_since(&c0, &rig.cpus.server) / window as f64 * 100.0
+    });
     let (rss0, slab0) = (rss(&pids)?, slab_active_bytes()?);
     let opening = Instant::now();
     let clients = open_clients(rig, side, addr, n, per_process, &[])?;
@@ -337,7 +422,7 @@ fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, w
             serde_json::json!({ "rss_per_conn": rss_per, "slab_per_conn": slab_per, "client_slab_per_conn": client_slab, "processes": pids.len() }),
         ),
     };
-    eprintln!("bench: idle {side:?} {n}: {detail}");
+    eprintln!("bench: idle {side:?} {n} (keepalive {}/{} s): {detail}", keepalive.0, keepalive.1);
     drop(clients);
     // The clients' resets close every connection.
     let left = await_held(rig, side, base, settle)?;
@@ -352,14 +437,36 @@ fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, w
     detail["softnet_drops_in_window"] = drops.into();
     detail["open_secs"] = open_secs.into();
     detail["left_open_after_reset"] = (left - base.min(left)).into();
-    let per_probe = (probes > 0).then(|| server_cpu / probes as f64);
-    let (per_probe_us, default_pct) = (per_probe.map(|c| c * 1e6), per_probe.map(|c| c * n as f64 / DEFAULT_KEEPALIVE_IDLE as f64 * 100.0));
-    Ok((Outcome { values: vec![bytes, Some(cpu_pct), Some(probes as f64 / n as f64), per_probe_us, default_pct], failure: None, detail }, slab_per))
+    detail["keepalive"] = serde_json::json!({ "idle_s": keepalive.0, "interval_s": keepalive.1, "probes": keepalive.2 });
+    let per_probe_s = (probes > 0).then(|| server_cpu / probes as f64);
+    if let Some(f) = floor_pct {
+        detail["floor_cpu_pct"] = f.into();
+    }
+    Ok(Measured { n, bytes, cpu_pct, probes, per_probe_s, slab_per, floor_pct, detail })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::probe_cost;
+    use super::{Measured, probe_cost, quiet};
+
+    fn measured(probes: u64) -> anyhow::Result<Measured> {
+        Ok(Measured { n: 1_000_000, bytes: Some(400.0), cpu_pct: 0.3, probes, per_probe_s: None, slab_per: 0.0, floor_pct: Some(0.2), detail: serde_json::Value::Null })
+    }
+
+    #[test]
+    fn the_default_keepalive_figure_adds_the_probes_to_the_quiet_cost() {
+        // 1M connections probed once per 7200 s at 7.2 us each: 0.1% of a core on top of 0.3%.
+        let o = quiet(measured(0), Some(7.2e-6), 1_000_000);
+        assert_eq!(o.failure, None);
+        assert_eq!(o.values[0], Some(0.3));
+        assert!((o.values[1].unwrap() - 0.4).abs() < 1e-9, "{:?}", o.values);
+        assert_eq!(o.values[2], Some(0.2));
+        // Without the probing phase's cost only the quiet figure is known.
+        assert_eq!(quiet(measured(0), None, 1_000_000).values, vec![Some(0.3), None, Some(0.2)]);
+        // A quiet window the server spoke in does not count.
+        assert!(quiet(measured(3), Some(7.2e-6), 1_000_000).failure.unwrap().contains("3 segments"));
+        assert!(quiet(Err(anyhow::anyhow!("server gone")), Some(1e-6), 10).failure.unwrap().contains("server gone"));
+    }
 
     #[test]
     fn the_fit_separates_the_cost_per_probe_from_the_base() {
