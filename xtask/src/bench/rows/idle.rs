@@ -8,9 +8,10 @@
 //! hours away) measures what holding the connections costs with nothing to send; with the cost
 //! per probe it gives the idle CPU at the keepalive a deployment runs.
 //!
-//! The kernel side's memory is its processes' RSS growth plus the machine's slab growth, less
-//! the client sockets' share of that slab: measured in the synx round, whose server side
-//! allocates no slab per connection (no socket: AF_XDP and maps sized at start).
+//! Memory is measured in the quiet phase. The kernel side's is its processes' RSS growth plus
+//! the machine's slab growth, less the client sockets' share of that slab: measured in the
+//! synx round, whose server side allocates no slab per connection (no socket: AF_XDP and maps
+//! sized at start).
 
 use std::{
     io::{BufRead as _, Read as _},
@@ -150,33 +151,32 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         let mut c = Collector::new(
             "idle",
             vec![
-                spec(format!("idle_bytes_per_conn_{s}"), "bytes/conn", false, format!("{n} connections; synx: daemon RSS growth plus the BPF maps as allocated (--max-conns {n}); kernel: RSS growth of its processes plus slab growth less the client sockets' share")),
                 spec(format!("idle_cpu_pct_{s}"), "% of a core", false, format!("server CPU busy time over {window} s of idle, keepalive idle {idle} s, interval {interval} s on both sides")),
                 spec(format!("idle_probes_per_conn_{s}"), "probes/conn", true, "segments from the server arriving at the client during the CPU window, per connection: keepalive probes"),
                 spec(format!("idle_cpu_us_per_probe_{s}"), "us/probe", false, "server CPU busy time over the window per probe arriving: every busy microsecond charged to the probes (their answers and timers), an upper bound; the detail keeps a per-second least-squares fit, which the machine's other load makes noisy"),
             ],
         );
-        let mut client_c = Collector::new("idle", vec![spec(format!("idle_client_slab_per_conn_{s}"), "bytes/conn", false, "the client sockets' slab growth, measured in the synx round (synx's server side adds no slab); subtracted from the kernel's")]);
+        let mut client_c = Collector::new("idle", vec![spec(format!("idle_client_slab_per_conn_{s}"), "bytes/conn", false, "the client sockets' slab growth, measured in the quiet synx round (synx's server side adds no slab); subtracted from the kernel's")]);
         let mut details = vec![];
         let mut rig = Rig::start(&options(ctx, n, KEEPALIVE), &ctx.tools)?;
         let synx = round(&mut rig, Side::Synx, n, per_process, nofile, KEEPALIVE, window, false, None);
         let client_slab = synx.as_ref().ok().map(|r| r.slab_per);
         let synx_per_probe = synx.as_ref().ok().and_then(|r| r.per_probe_s);
-        let (o, slab) = probing(synx);
-        details.push(c.record(peer(Side::Synx), false, o));
-        details.push(client_c.record("client", false, slab));
+        details.push(c.record(peer(Side::Synx), false, probing(synx)));
         let kernel = round(&mut rig, Side::Kernel, n, per_process, nofile, KEEPALIVE, window, false, client_slab);
         let kernel_per_probe = kernel.as_ref().ok().and_then(|r| r.per_probe_s);
-        details.push(c.record(peer(Side::Kernel), false, probing(kernel).0));
+        details.push(c.record(peer(Side::Kernel), false, probing(kernel)));
         ctx.keep_rig_description(&rig);
         drop(rig);
         // The quiet phase: fresh servers at Linux's default keepalive, whose first probe is
         // two hours away: what holding the connections costs with nothing to send. With the
-        // probing phase's cost per probe it gives what they cost as deployed.
+        // probing phase's cost per probe it gives what they cost as deployed. Memory is
+        // measured here, with no probe or answer in flight and every TCB as idle as it gets.
         let (qidle, qinterval, _) = DEFAULT_KEEPALIVE;
         let mut q = Collector::new(
             "idle",
             vec![
+                spec(format!("idle_bytes_per_conn_{s}"), "bytes/conn", false, format!("{n} connections, in the quiet phase; synx: daemon RSS growth plus the BPF maps as allocated (--max-conns {n}); kernel: RSS growth of its processes plus slab growth less the client sockets' share")),
                 spec(format!("idle_quiet_cpu_pct_{s}"), "% of a core", false, format!("server CPU busy time over {window} s holding {n} idle connections, keepalive idle {qidle} s, interval {qinterval} s on both sides: no probe due in the window (a segment from the server in it fails the round)")),
                 spec(
                     format!("idle_cpu_pct_default_keepalive_{s}"),
@@ -190,7 +190,12 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         let mut rig = Rig::start(&options(ctx, n, DEFAULT_KEEPALIVE), &ctx.tools)?;
         let synx = round(&mut rig, Side::Synx, n, per_process, nofile, DEFAULT_KEEPALIVE, window, true, None);
         let client_slab = synx.as_ref().ok().map(|r| r.slab_per);
+        let slab = match &synx {
+            Ok(m) => Outcome { values: vec![Some(m.slab_per)], failure: None, detail: serde_json::Value::Null },
+            Err(e) => Outcome::failed(format!("{e:#}")),
+        };
         details.push(q.record(peer(Side::Synx), false, quiet(synx, synx_per_probe, n)));
+        details.push(client_c.record("client", false, slab));
         let kernel = round(&mut rig, Side::Kernel, n, per_process, nofile, DEFAULT_KEEPALIVE, window, true, client_slab);
         details.push(q.record(peer(Side::Kernel), false, quiet(kernel, kernel_per_probe, n)));
         drop(rig);
@@ -223,26 +228,24 @@ fn options(ctx: &Ctx, n: usize, (idle, interval, probes): (u64, u64, u32)) -> Ri
     }
 }
 
-/// A probing round's outcome and the client slab figure as an outcome of its own.
-fn probing(r: anyhow::Result<Measured>) -> (Outcome, Outcome) {
+/// A probing round's outcome (its memory figure stays in the detail).
+fn probing(r: anyhow::Result<Measured>) -> Outcome {
     match r {
-        Ok(m) => (
-            Outcome { values: vec![m.bytes, Some(m.cpu_pct), Some(m.probes as f64 / m.n as f64), m.per_probe_s.map(|c| c * 1e6)], failure: None, detail: m.detail },
-            Outcome { values: vec![Some(m.slab_per)], failure: None, detail: serde_json::Value::Null },
-        ),
-        Err(e) => (Outcome::failed(format!("{e:#}")), Outcome::failed(format!("{e:#}"))),
+        Ok(m) => Outcome { values: vec![Some(m.cpu_pct), Some(m.probes as f64 / m.n as f64), m.per_probe_s.map(|c| c * 1e6)], failure: None, detail: m.detail },
+        Err(e) => Outcome::failed(format!("{e:#}")),
     }
 }
 
-/// A quiet round's outcome: its CPU, and that plus the probes Linux's default keepalive would
-/// send at the cost per probe its side showed while probing (none without that cost). A
-/// segment from the server in the window is something the quiet figure must not hide.
+/// A quiet round's outcome: its memory, its CPU, that plus the probes Linux's default keepalive
+/// would send at the cost per probe its side showed while probing (none without that cost),
+/// and the floor. A segment from the server in the window is something the quiet figure must
+/// not hide.
 fn quiet(r: anyhow::Result<Measured>, per_probe_s: Option<f64>, n: usize) -> Outcome {
     match r {
         Ok(m) if m.probes > 0 => Outcome { values: Vec::new(), failure: Some(format!("{} segments from the server in the quiet window", m.probes)), detail: m.detail },
         Ok(m) => {
             let default = per_probe_s.map(|c| m.cpu_pct + default_probe_pct(c, n));
-            Outcome { values: vec![Some(m.cpu_pct), default, m.floor_pct], failure: None, detail: m.detail }
+            Outcome { values: vec![m.bytes, Some(m.cpu_pct), default, m.floor_pct], failure: None, detail: m.detail }
         }
         Err(e) => Outcome::failed(format!("{e:#}")),
     }
@@ -458,11 +461,11 @@ mod tests {
         // 1M connections probed once per 7200 s at 7.2 us each: 0.1% of a core on top of 0.3%.
         let o = quiet(measured(0), Some(7.2e-6), 1_000_000);
         assert_eq!(o.failure, None);
-        assert_eq!(o.values[0], Some(0.3));
-        assert!((o.values[1].unwrap() - 0.4).abs() < 1e-9, "{:?}", o.values);
-        assert_eq!(o.values[2], Some(0.2));
-        // Without the probing phase's cost only the quiet figure is known.
-        assert_eq!(quiet(measured(0), None, 1_000_000).values, vec![Some(0.3), None, Some(0.2)]);
+        assert_eq!(o.values[..2], [Some(400.0), Some(0.3)]);
+        assert!((o.values[2].unwrap() - 0.4).abs() < 1e-9, "{:?}", o.values);
+        assert_eq!(o.values[3], Some(0.2));
+        // Without the probing phase's cost only the quiet figures are known.
+        assert_eq!(quiet(measured(0), None, 1_000_000).values, vec![Some(400.0), Some(0.3), None, Some(0.2)]);
         // A quiet window the server spoke in does not count.
         assert!(quiet(measured(3), Some(7.2e-6), 1_000_000).failure.unwrap().contains("3 segments"));
         assert!(quiet(Err(anyhow::anyhow!("server gone")), Some(1e-6), 10).failure.unwrap().contains("server gone"));
