@@ -331,6 +331,11 @@ impl Housekeeping {
 
     fn off(server: &[usize], client: &[usize]) -> (Self, Vec<String>) {
         let (mut moved, mut notes) = (Vec::new(), Vec::new());
+        // Where the servers use every CPU (two queues on two cores) there is nowhere to go.
+        let client: Vec<usize> = client.iter().copied().filter(|c| !server.contains(c)).collect();
+        if client.is_empty() {
+            return (Self(moved), notes);
+        }
         let Ok(dir) = std::fs::read_dir("/proc") else { return (Self(moved), notes) };
         for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
             let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else { continue };
@@ -348,12 +353,12 @@ impl Housekeeping {
                     continue;
                 }
                 let mut set: libc::cpu_set_t = std::mem::zeroed();
-                for &c in client {
+                for &c in &client {
                     libc::CPU_SET(c, &mut set);
                 }
                 if libc::sched_setaffinity(pid as i32, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
                     moved.push((pid, old));
-                    notes.push(format!("the machine's kernel thread {comm} moved to the client CPUs {} while the rig ran", Cpus::list(client)));
+                    notes.push(format!("the machine's kernel thread {comm} moved to the client CPUs {} while the rig ran", Cpus::list(&client)));
                 } else {
                     notes.push(format!("the machine's kernel thread {comm} could not leave the server CPUs: {}", std::io::Error::last_os_error()));
                 }
