@@ -158,7 +158,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         );
         let mut client_c = Collector::new("idle", vec![spec(format!("idle_client_slab_per_conn_{s}"), "bytes/conn", false, "the client sockets' slab growth, measured in the quiet synx round (synx's server side adds no slab); subtracted from the kernel's")]);
         let mut details = vec![];
-        let mut rig = Rig::start(&options(ctx, n, KEEPALIVE), &ctx.tools)?;
+        let mut rig = Rig::start(&options(ctx, format!("idle {s}"), n, KEEPALIVE), &ctx.tools)?;
         let synx = round(&mut rig, Side::Synx, n, per_process, nofile, KEEPALIVE, window, false, None);
         let client_slab = synx.as_ref().ok().map(|r| r.slab_per);
         let synx_per_probe = synx.as_ref().ok().and_then(|r| r.per_probe_s);
@@ -187,7 +187,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 spec(format!("idle_floor_cpu_pct_{s}"), "% of a core", false, format!("server CPU busy time over {window} s just before the quiet round's clients connect: its server up, no connection; the machine's own floor, included in the figures above")),
             ],
         );
-        let mut rig = Rig::start(&options(ctx, n, DEFAULT_KEEPALIVE), &ctx.tools)?;
+        let mut rig = Rig::start(&options(ctx, format!("idle {s} quiet"), n, DEFAULT_KEEPALIVE), &ctx.tools)?;
         let synx = round(&mut rig, Side::Synx, n, per_process, nofile, DEFAULT_KEEPALIVE, window, true, None);
         let client_slab = synx.as_ref().ok().map(|r| r.slab_per);
         let slab = match &synx {
@@ -198,6 +198,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         details.push(client_c.record("client", false, slab));
         let kernel = round(&mut rig, Side::Kernel, n, per_process, nofile, DEFAULT_KEEPALIVE, window, true, client_slab);
         details.push(q.record(peer(Side::Kernel), false, quiet(kernel, kernel_per_probe, n)));
+        ctx.keep_rig_description(&rig);
         drop(rig);
         let mut rows = c.finish();
         rows.extend(q.finish());
@@ -208,8 +209,8 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// The rig of one phase of one connection count: fresh servers with this keepalive on both
-/// sides, synx's maps sized to the count.
-fn options(ctx: &Ctx, n: usize, (idle, interval, probes): (u64, u64, u32)) -> RigOptions {
+/// sides, synx's maps sized to the count; each phase's rig is recorded under its own name.
+fn options(ctx: &Ctx, name: String, n: usize, (idle, interval, probes): (u64, u64, u32)) -> RigOptions {
     let mut synx_args = vec![
         format!("--max-conns={n}"),
         format!("--keepalive-idle={idle}s"),
@@ -218,7 +219,7 @@ fn options(ctx: &Ctx, n: usize, (idle, interval, probes): (u64, u64, u32)) -> Ri
     ];
     synx_args.extend(ctx.synx_args.iter().cloned());
     RigOptions {
-        name: format!("idle {}", count_suffix(n)),
+        name,
         queues: 1,
         cpus: ctx.plan.cpus.clone(),
         synx_args,
