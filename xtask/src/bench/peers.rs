@@ -20,6 +20,42 @@ pub fn pin_all_threads(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
     sh("taskset", &["-a", "-p", "-c", &Cpus::list(cpus), &pid.to_string()]).map(drop)
 }
 
+/// The CPUs thread `tid` (0: the calling thread) may run on.
+pub fn affinity(tid: u32) -> std::io::Result<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain bits; sched_getaffinity writes exactly its size for the
+    // thread `tid` names.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(tid as i32, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(set)
+    }
+}
+
+/// Set the CPUs of thread `tid` (0: the calling thread) to `cpus`, returning the ones it had,
+/// for [`restore_affinity`]. Unlike [`pin_all_threads`], one thread and no process spawned.
+pub fn set_affinity(tid: u32, cpus: &[usize]) -> std::io::Result<libc::cpu_set_t> {
+    let old = affinity(tid)?;
+    // SAFETY: cpu_set_t is plain bits; sched_setaffinity reads exactly its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(tid as i32, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(old)
+}
+
+/// Give thread `tid` back the CPUs [`set_affinity`] returned (best effort: it may be gone).
+pub fn restore_affinity(tid: u32, old: &libc::cpu_set_t) {
+    // SAFETY: as in set_affinity, with a mask the kernel filled in.
+    unsafe { libc::sched_setaffinity(tid as i32, std::mem::size_of::<libc::cpu_set_t>(), old) };
+}
+
 /// The calling thread pinned to `cpus` until dropped, then given its old CPUs back; what it
 /// spawns meanwhile starts there too. A bench thread that samples counters through spawned
 /// tools (`nft`, `ip netns exec`) during a window keeps that work off the server CPU.
@@ -27,29 +63,13 @@ pub struct ThreadPinned(libc::cpu_set_t);
 
 impl ThreadPinned {
     pub fn to(cpus: &[usize]) -> anyhow::Result<Self> {
-        // SAFETY: cpu_set_t is plain bits; sched_{get,set}affinity with pid 0 act on the
-        // calling thread and read or write exactly size_of::<cpu_set_t>() bytes.
-        unsafe {
-            let mut old: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old) != 0 {
-                bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
-            }
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            for &c in cpus {
-                libc::CPU_SET(c, &mut set);
-            }
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                bail!("sched_setaffinity to {cpus:?}: {}", std::io::Error::last_os_error());
-            }
-            Ok(Self(old))
-        }
+        set_affinity(0, cpus).map(Self).with_context(|| format!("pinning this thread to CPUs {cpus:?}"))
     }
 }
 
 impl Drop for ThreadPinned {
     fn drop(&mut self) {
-        // SAFETY: as above, with the mask read at construction.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+        restore_affinity(0, &self.0);
     }
 }
 

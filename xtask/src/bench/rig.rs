@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use testbed::{Daemon, Netns, VethPair, sh};
 
-use super::peers::{KernelServer, KernelServerOptions, Sink, pin_all_threads};
+use super::peers::{KernelServer, KernelServerOptions, Sink, affinity, pin_all_threads, restore_affinity, set_affinity};
 
 /// Spoofed SYN-flood sources and extra idle-client addresses: inside 198.18.0.0/15, routed from
 /// the server namespaces back through the client.
@@ -343,25 +343,16 @@ impl Housekeeping {
             if !Self::THREADS.iter().any(|t| comm.starts_with(t)) {
                 continue;
             }
-            // SAFETY: cpu_set_t is plain bits; the calls read or write exactly its size.
-            unsafe {
-                let mut old: libc::cpu_set_t = std::mem::zeroed();
-                if libc::sched_getaffinity(pid as i32, std::mem::size_of::<libc::cpu_set_t>(), &mut old) != 0 {
-                    continue;
-                }
-                if !server.iter().any(|&c| libc::CPU_ISSET(c, &old)) {
-                    continue;
-                }
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                for &c in &client {
-                    libc::CPU_SET(c, &mut set);
-                }
-                if libc::sched_setaffinity(pid as i32, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
+            // SAFETY: CPU_ISSET reads a mask the kernel filled in.
+            if !affinity(pid).is_ok_and(|now| server.iter().any(|&c| unsafe { libc::CPU_ISSET(c, &now) })) {
+                continue;
+            }
+            match set_affinity(pid, &client) {
+                Ok(old) => {
                     moved.push((pid, old));
                     notes.push(format!("the machine's kernel thread {comm} moved to the client CPUs {} while the rig ran", Cpus::list(&client)));
-                } else {
-                    notes.push(format!("the machine's kernel thread {comm} could not leave the server CPUs: {}", std::io::Error::last_os_error()));
                 }
+                Err(e) => notes.push(format!("the machine's kernel thread {comm} could not leave the server CPUs: {e}")),
             }
         }
         (Self(moved), notes)
@@ -371,8 +362,7 @@ impl Housekeeping {
 impl Drop for Housekeeping {
     fn drop(&mut self) {
         for (pid, old) in &self.0 {
-            // SAFETY: as above, with the mask read before the move.
-            unsafe { libc::sched_setaffinity(*pid as i32, std::mem::size_of::<libc::cpu_set_t>(), old) };
+            restore_affinity(*pid, old);
         }
     }
 }
