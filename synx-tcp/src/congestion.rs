@@ -270,6 +270,7 @@ impl Congestion {
     ///   A bottleneck spaces a train's ACKs evenly, so they must come back spaced even
     ///   without the train's longest gap: a stall just under 2 ms (the most a train bridges)
     ///   in a train of a few milliseconds stretches it by an eighth in one gap.
+    ///
     /// Whether this train ended the initial slow start.
     pub fn on_ack_train(&mut self, train: Train, mss: u32, min_rtt: Duration, paced: bool) -> bool {
         if self.ssthresh != u32::MAX || self.cwnd < TRAIN_LOW_WINDOW * mss {

@@ -242,6 +242,11 @@ pub struct Endpoint {
     /// Park quiescent connections (on unless a test compares).
     park_idle: bool,
     wheel: TimingWheel,
+    /// Slots whose wheel entry came due but whose connection [`Endpoint::handle_timeouts`] has
+    /// not served yet (it serves a bounded batch a call), oldest first; `due_bits` marks them,
+    /// so a slot waits here once however often it comes due meanwhile.
+    due: VecDeque<u32>,
+    due_bits: Bits,
     /// Connections to visit in `poll_transmit` (and whose events `poll_event` collects).
     work: VecDeque<u32>,
     resets: VecDeque<(SocketAddr, SocketAddr, Header)>,
@@ -270,6 +275,8 @@ impl Endpoint {
             queued: Bits::default(),
             park_idle: true,
             wheel: TimingWheel::new(Instant::ZERO),
+            due: VecDeque::new(),
+            due_bits: Bits::default(),
             work: VecDeque::new(),
             resets: VecDeque::new(),
             events: VecDeque::new(),
@@ -560,9 +567,32 @@ impl Endpoint {
 
     /// Serve every timer that is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut due = Vec::new();
-        self.wheel.poll(now, |k| due.push(k));
-        for idx in due {
+        self.handle_timeouts(now, usize::MAX);
+    }
+
+    /// Serve at most `budget` of the connections whose timers are due, oldest deadline first;
+    /// returns how many are left waiting ([`Endpoint::poll_timeout`] is then `Instant::ZERO`).
+    ///
+    /// A driver that also has frames to read serves timers in batches between its reads: a
+    /// million keepalive deadlines coming due together would otherwise send a million probes
+    /// in one turn, whose answers overflow its receive ring while it is still sending (and
+    /// hold off every other segment meanwhile). Batched, an engine with more due than it can
+    /// serve sends its probes late instead, at the rate it can take their answers (RFC 9293
+    /// 3.8.4 leaves when a keep-alive is sent to the implementation: no sooner than its
+    /// interval, which lateness keeps).
+    pub fn handle_timeouts(&mut self, now: Instant, budget: usize) -> usize {
+        let (due, bits) = (&mut self.due, &mut self.due_bits);
+        self.wheel.poll(now, |k| {
+            if !bits.get(k) {
+                bits.set(k, true);
+                due.push_back(k);
+            }
+        });
+        for _ in 0..budget {
+            let Some(idx) = self.due.pop_front() else { break };
+            self.due_bits.set(idx, false);
+            // A slot that was freed, handed over or taken by a new connection meanwhile: the
+            // connection's own timers say whether anything is due (nothing, for a new one).
             let Some(conn) = self.live(idx) else { continue };
             let before = *conn.stats();
             conn.handle_timeout(now);
@@ -570,12 +600,18 @@ impl Endpoint {
             self.totals.add_change(&before, &after);
             self.mark(idx);
         }
+        self.due.len()
+    }
+
+    /// Connections whose timers are due and wait for [`Endpoint::handle_timeouts`].
+    pub fn timers_waiting(&self) -> usize {
+        self.due.len()
     }
 
     /// When `handle_timeout` (or `poll_transmit`, when connections have pending work) is next
     /// needed; possibly early, never late.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        if !self.work.is_empty() || !self.resets.is_empty() {
+        if !self.work.is_empty() || !self.resets.is_empty() || !self.due.is_empty() {
             return Some(Instant::ZERO);
         }
         self.wheel.next_deadline()

@@ -103,6 +103,15 @@ const FLAGS_OFFSET: usize = 13;
 /// Frames taken from the AF_XDP ring per loop turn.
 const RX_BATCH: u32 = 256;
 
+/// Connections whose due timers are served per loop turn, at most: as many as the frames a turn
+/// reads. A million keepalive deadlines coming due together then go out a batch a turn, each
+/// batch's answers read before the next is sent, instead of all in one turn, whose answers
+/// overflow the RX ring and hold XDP's backlog above `RX_BACKLOG_LIMIT`, which leaves every new
+/// SYN unanswered while it lasts (a million connections probed every 10 s starved new
+/// connects for 30 s without this). Timers fire late only when the thread has more due than
+/// it can serve.
+const TIMER_BATCH: usize = RX_BATCH as usize;
+
 /// SYN-ACKs built in userspace waiting for the next transmit, at most this many.
 const MAX_PENDING_SYN_ACKS: usize = 1024;
 
@@ -292,7 +301,7 @@ async fn serve_queue(
         }
         let poked = q.glue.serve_poked(&mut q.endpoint, now());
         let t = now();
-        q.endpoint.handle_timeout(t);
+        q.endpoint.handle_timeouts(t, TIMER_BATCH);
         q.enforce_limits(t);
         q.handle_events(t);
         q.transmit(&mut xsk, t);
@@ -820,6 +829,7 @@ impl QueueDriver {
         s.time_wait_fin_reacked.store(self.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
         s.connections.store(self.endpoint.len() as u64, Ordering::Relaxed);
         s.parked.store(self.endpoint.parked() as u64, Ordering::Relaxed);
+        s.timers_waiting.store(self.endpoint.timers_waiting() as u64, Ordering::Relaxed);
         s.publish_core(self.endpoint.totals());
         s.app_tasks.store(self.glue.tasks() as u64, Ordering::Relaxed);
         s.app_waiting.store(self.glue.waiting() as u64, Ordering::Relaxed);

@@ -116,6 +116,8 @@ queue_stats! {
         "Connections reset at once because XDP's flow table had no room to route their segments.";
     connections: Gauge "tcp_connections" "Connections the TCP core holds (TIME_WAIT included), parked or not.";
     parked: Gauge "tcp_parked" "Idle connections folded into their slot, holding no boxed TCB.";
+    timers_waiting: Gauge "tcp_timers_waiting"
+        "Connections whose timers are due and wait their turn: served in batches between reads, so a persistent count means timers fire late.";
     app_tasks: Gauge "app_tasks" "Application tasks alive on the engine threads (local tasks and running turns).";
     app_waiting: Gauge "app_waiting"
         "Connections served in turns that wait for input holding no task and no stream state.";

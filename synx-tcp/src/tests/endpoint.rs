@@ -183,6 +183,51 @@ fn idle_connections_cost_one_wheel_entry_and_only_quiet_peers_are_probed() {
 }
 
 #[test]
+fn due_timers_are_served_in_batches_oldest_first_each_once() {
+    let n = 1000u32;
+    let mut ep = Endpoint::new(config(), n);
+    // Keepalive deadlines 1 ms apart, in the order of the slots.
+    let handles: Vec<_> = (0..n).map(|i| ep.accept(ms(i as u64), facts(), local(), client(i), &ack_from(i), &[]).unwrap()).collect();
+    drain(&mut ep, ms(n as u64));
+    // A driver that comes back a second after the last deadline, serving 100 a call.
+    let late = secs(7200 + 1) + Duration::from_millis(n as u64);
+    assert_eq!(ep.handle_timeouts(late, 100), n as usize - 100);
+    assert_eq!(ep.timers_waiting(), n as usize - 100);
+    assert_eq!(ep.poll_timeout(), Some(Instant::ZERO), "the rest is due now");
+    let first = drain(&mut ep, late);
+    assert_eq!(first.len(), 100);
+    let oldest: Vec<_> = handles[..100].iter().map(|h| h.slot()).collect();
+    assert!(first.iter().all(|(t, h, p)| oldest.contains(&t.handle.unwrap().slot()) && p.is_empty() && h.seq == SeqNum(ISS)));
+    // A peer heard from while its timer waits: its idle time starts again, no probe.
+    let heard = handles[500];
+    assert_eq!(ep.handle(late, local(), client(500), &ack_from(500), &[]), Disposition::Delivered(heard));
+    assert!(drain(&mut ep, late).is_empty());
+    let mut probed: std::collections::HashSet<u32> = first.iter().map(|(t, _, _)| t.handle.unwrap().slot()).collect();
+    loop {
+        let left = ep.handle_timeouts(late, 100);
+        let out = drain(&mut ep, late);
+        assert!(out.len() <= 100);
+        for (t, _, _) in out {
+            assert!(probed.insert(t.handle.unwrap().slot()), "one probe per connection");
+        }
+        if left == 0 {
+            break;
+        }
+    }
+    assert_eq!(probed.len(), n as usize - 1);
+    assert!(!probed.contains(&heard.slot()));
+    assert_eq!(ep.timers_waiting(), 0);
+    // Next: the probes' interval, counted from when each was sent (late), not from its
+    // deadline.
+    let next = ep.poll_timeout().unwrap();
+    assert!(next > late, "{next:?}");
+    ep.handle_timeout(late + Duration::from_millis(74_999));
+    assert!(drain(&mut ep, late + Duration::from_millis(74_999)).is_empty(), "no probe before its interval");
+    ep.handle_timeout(late + Duration::from_secs(75));
+    assert_eq!(drain(&mut ep, late + Duration::from_secs(75)).len(), n as usize - 1);
+}
+
+#[test]
 fn idle_connections_park_and_unfold_on_traffic_calls_and_timers() {
     let v6_client: SocketAddr = "[fd00:5e::2]:40001".parse().unwrap();
     let v6_local: SocketAddr = "[fd00:5e::1]:80".parse().unwrap();
