@@ -49,12 +49,22 @@ pub const SWITCH_RING_HOPS: u32 = 2;
 pub const SWITCHES_LEN: u32 = 3;
 /// `BPF_F_MMAPABLE` array of [`RxBacklogEntry`] per RX queue: frames XDP redirected to the
 /// queue's AF_XDP socket, and frames its engine has taken (or the kernel dropped). While more
-/// than [`RX_BACKLOG_LIMIT`] are outstanding, XDP leaves new SYNs unanswered, so handshakes
-/// cannot outrun the engine that must take their final ACKs.
+/// than [`RX_BACKLOG_LIMIT`] are outstanding, XDP answers new SYNs only at a trickle, so
+/// handshakes cannot outrun the engine that must take their final ACKs.
 pub const RX_BACKLOG: &str = "RX_BACKLOG";
-/// Outstanding frames of a queue above which XDP answers no new SYN: a quarter of the
-/// socket's receive frames, the rest left for the final ACKs in flight and established flows.
+/// Outstanding frames of a queue above which XDP answers new SYNs only at a trickle (one per
+/// [`SYN_TRICKLE_NS`]): a quarter of the socket's receive frames, the rest left for the final
+/// ACKs in flight and established flows.
 pub const RX_BACKLOG_LIMIT: u64 = 1024;
+/// Outstanding frames of a queue above which XDP answers no new SYN at all: half the socket's
+/// receive frames; a final ACK could find the ring full. An engine that has stopped taking
+/// frames (its thread died) publishes a backlog far above it.
+pub const RX_BACKLOG_CEILING: u64 = 2 * RX_BACKLOG_LIMIT;
+/// While a queue's backlog is between [`RX_BACKLOG_LIMIT`] and [`RX_BACKLOG_CEILING`], one SYN
+/// per this many nanoseconds of the coarse clock (a jiffy at most) is answered all the same:
+/// an engine kept behind for long by its established connections admits new ones slowly
+/// instead of never (each admitted handshake adds one frame to the backlog).
+pub const SYN_TRICKLE_NS: u64 = 1_000_000;
 /// Entries of [`RX_BACKLOG`] (and of the XSKS map): RX queues served.
 pub const MAX_QUEUES: u32 = 64;
 /// One-entry array of [`BenchFrame`]: the frame the micro-benchmark programs put back before
@@ -278,11 +288,13 @@ pub mod globals {
 
 /// One queue's entry of [`RX_BACKLOG`]. XDP adds to `redirected`; userspace stores `consumed`.
 /// Both only grow (wrapping): `redirected - consumed`, read as signed, is the backlog.
+/// `trickled_ns`: XDP's, the coarse clock when it last answered a SYN over the limit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct RxBacklogEntry {
     pub redirected: u64,
     pub consumed: u64,
+    pub trickled_ns: u64,
 }
 
 /// The frame of [`BENCH_FRAME`]: its first [`BENCH_FRAME_LEN`] bytes, as the wire has them.

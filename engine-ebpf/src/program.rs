@@ -9,7 +9,7 @@ use engine_common::{
     synack::{self, Ours},
     maps::{
         FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, PORT_FLOWS_LEFT, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE,
-        PORT_V6_ANY, PORT_V6_SOME, PortListeners, RX_BACKLOG_LIMIT, CLAIM, claim, claim_expired, flow_filter_bit4,
+        PORT_V6_ANY, PORT_V6_SOME, PortListeners, RX_BACKLOG_CEILING, RX_BACKLOG_LIMIT, SYN_TRICKLE_NS, CLAIM, claim, claim_expired, flow_filter_bit4,
         flow_filter_bit6,
     },
 };
@@ -161,14 +161,27 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
         // to drop, leaving a client that believes it is connected to a server that never heard
         // of it (an idle client never finds out). Leave the SYN unanswered, as a server with a
         // full backlog does (RFC 9293 3.10.7.2 lets LISTEN ignore a SYN it cannot serve); the
-        // client retransmits it after its RTO (RFC 6298 2.1: 1 s).
+        // client retransmits it after its RTO (RFC 6298 2.1: 1 s). But not every SYN for as long
+        // as the engine stays behind: while the ring has room, one per SYN_TRICKLE_NS is answered
+        // (a kernel listener busy with its established connections also admits new ones, slowly).
         // SAFETY: reading the queue index from the context.
         let queue = unsafe { (*ctx.ctx).rx_queue_index };
-        // Signed: a count that lost increments may trail what userspace took; that is no backlog.
-        if RX_BACKLOG.get(queue).is_some_and(|b| b.redirected.wrapping_sub(b.consumed) as i64 > RX_BACKLOG_LIMIT as i64) {
-            return Verdict::Drop(counters::DROP_SYN_BACKLOG);
+        let tick = coarse_now();
+        if let Some(b) = RX_BACKLOG.get_ptr_mut(queue) {
+            // SAFETY: a valid array slot; userspace writes only `consumed`, and a racing write of
+            // `trickled_ns` from another CPU (generic mode) only lets one more SYN through.
+            let b = unsafe { &mut *b };
+            // Signed: a count that lost increments may trail what userspace took; that is no
+            // backlog.
+            let backlog = b.redirected.wrapping_sub(b.consumed) as i64;
+            if backlog > RX_BACKLOG_LIMIT as i64 {
+                if backlog > RX_BACKLOG_CEILING as i64 || (tick.mono_ns.wrapping_sub(b.trickled_ns) as i64) < SYN_TRICKLE_NS as i64 {
+                    return Verdict::Drop(counters::DROP_SYN_BACKLOG);
+                }
+                b.trickled_ns = tick.mono_ns;
+            }
         }
-        return syn_ack::<C>(ctx, &seg, &secrets.keys, coarse_now().shared(&secrets));
+        return syn_ack::<C>(ctx, &seg, &secrets.keys, tick.shared(&secrets));
     }
     // Checking a cookie, the precise clock (see `precise_shared_ns`).
     let now = precise_shared_ns(&secrets);

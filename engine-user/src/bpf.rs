@@ -713,8 +713,8 @@ impl Drop for MappedArray {
 }
 
 /// The RX_BACKLOG entries (one per RX queue), mapped writable: each engine thread publishes
-/// how many frames it has taken; XDP, which counts what it redirected, holds back new SYNs
-/// while the difference is large.
+/// how many frames it has taken; XDP, which counts what it redirected, answers new SYNs only
+/// at a trickle while the difference is large, and none when it is larger.
 #[derive(Clone)]
 pub struct RxBacklog {
     inner: Arc<MappedArray>,
@@ -757,6 +757,16 @@ impl RxBacklog {
     pub fn close_queue(&self, queue: u32) {
         if let Some((r, c)) = self.words(queue) {
             c.store(r.load(std::sync::atomic::Ordering::Relaxed).wrapping_sub(1 << 62), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Set the coarse-clock time at which XDP last answered a SYN over `queue`'s limit (its
+    /// own word, see `RxBacklogEntry`): a test holds the trickle back with a time ahead.
+    pub fn set_trickled_ns(&self, queue: u32, ns: u64) {
+        if queue < maps::MAX_QUEUES
+            && let Some(w) = self.inner.word(queue as usize * Self::WORDS + 2)
+        {
+            w.store(ns, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -13,7 +13,7 @@ use engine_common::{
     cookie::{self, Key, Keys},
     counters::{self, Counter},
     handshake::{FACT_ECN, FACT_SACK, FACT_TS, FACT_WSCALE},
-    maps::{self, RX_BACKLOG_LIMIT},
+    maps::{self, RX_BACKLOG_CEILING, RX_BACKLOG_LIMIT},
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 use synx::{
@@ -176,6 +176,8 @@ struct Setup {
     claims: Vec<(bool, u16, bool)>,
     /// What RX queues' engines published as taken (RX_BACKLOG): queue, frames in all.
     consumed: Vec<(u32, u64)>,
+    /// RX queues whose SYN trickle XDP has just used (see `RX_BACKLOG_LIMIT`).
+    trickled: Vec<u32>,
     /// Draining (`synx drain`), and loaded to pass new SYNs to the kernel meanwhile.
     draining: bool,
     drain_pass: bool,
@@ -284,6 +286,10 @@ fn fresh(setup: &Setup) -> XdpProgram {
         backlog.set_consumed(queue, consumed);
         // Nothing redirected yet: the backlog is what the engine says it has not taken.
         assert_eq!(backlog.outstanding(queue), 0i64.wrapping_sub(consumed as i64));
+    }
+    for &queue in &setup.trickled {
+        // A minute ahead of now: the trickle stays used up through the test.
+        backlog.set_trickled_ns(queue, monotonic_ns() + 60_000_000_000);
     }
     e
 }
@@ -1102,33 +1108,42 @@ fn listeners_by_port_exact_address_and_wildcard() {
 }
 
 #[test]
-fn a_backlogged_queue_leaves_new_syns_unanswered_and_nothing_else() {
+fn a_backlogged_queue_answers_new_syns_at_a_trickle_and_nothing_else_changes() {
     // While more than RX_BACKLOG_LIMIT frames XDP sent to a queue's engine wait for it, a
     // SYN-ACK would bring a final ACK it may have to drop; the SYN is dropped instead (the
-    // client retransmits it), counted. Cookie ACKs and known flows still go through: they are
-    // the engine's backlog, not new work. No AF_XDP socket in a test run, so nothing is
-    // redirected: a backlog is the engine's side of the count (redirected 0, consumed N behind
-    // it, wrapping). Test runs are on RX queue 0.
+    // client retransmits it), counted, but for one SYN per SYN_TRICKLE_NS, answered so that
+    // an engine kept behind does not refuse every new connection for as long as it lasts; over
+    // RX_BACKLOG_CEILING (the ring may be full), none. Cookie ACKs and known flows still go
+    // through: they are the engine's backlog, not new work. No AF_XDP socket in a test run, so
+    // nothing is redirected: a backlog is the engine's side of the count (redirected 0,
+    // consumed N behind it, wrapping). Test runs are on RX queue 0.
     use counters::{COOKIE_ACK_VALID, DROP_SYN_BACKLOG, REDIRECT_FAILED, SYN_COOKIE_SENT};
     let behind = |n: u64| 0u64.wrapping_sub(n);
     let queue0 = |consumed: u64| Setup { consumed: vec![(0, consumed)], ..Setup::default() };
+    let held = |consumed: u64| Setup { consumed: vec![(0, consumed)], trickled: vec![0], ..Setup::default() };
     let answered = [(SYN_COOKIE_SENT, 1)];
     let cookie = cookie_for(false, 40000, 1000);
     let ack = frame(false, 40000, 1001, &[], |b| b.ack(cookie.wrapping_add(1)), &[]);
     run(vec![
-        row("SYN, queue 0 over the limit", linux_syn(false), XDP_DROP, Out::Untouched, &[(DROP_SYN_BACKLOG, 1)])
+        row("SYN, queue 0 over the limit, trickle used", linux_syn(false), XDP_DROP, Out::Untouched, &[(DROP_SYN_BACKLOG, 1)])
+            .with(held(behind(RX_BACKLOG_LIMIT + 1))),
+        row("SYN, queue 0 over the limit, trickle due", linux_syn(false), XDP_TX, Out::SynAck(LINUX), &answered)
             .with(queue0(behind(RX_BACKLOG_LIMIT + 1))),
-        row("SYN, queue 0 at the limit", linux_syn(false), XDP_TX, Out::SynAck(LINUX), &answered)
-            .with(queue0(behind(RX_BACKLOG_LIMIT))),
+        row("SYN, queue 0 over the ceiling, trickle due", linux_syn(false), XDP_DROP, Out::Untouched, &[(DROP_SYN_BACKLOG, 1)])
+            .with(queue0(behind(RX_BACKLOG_CEILING + 1))),
+        row("SYN, queue 0's engine gone", linux_syn(false), XDP_DROP, Out::Untouched, &[(DROP_SYN_BACKLOG, 1)])
+            .with(queue0(behind(1 << 62))),
+        row("SYN, queue 0 at the limit, trickle used", linux_syn(false), XDP_TX, Out::SynAck(LINUX), &answered)
+            .with(held(behind(RX_BACKLOG_LIMIT))),
         // The engine ahead of XDP's count (lost increments): no backlog.
         row("SYN, queue 0's engine ahead", linux_syn(false), XDP_TX, Out::SynAck(LINUX), &answered).with(queue0(5)),
         row("SYN, only queue 1 over the limit", linux_syn(false), XDP_TX, Out::SynAck(LINUX), &answered)
-            .with(Setup { consumed: vec![(1, behind(RX_BACKLOG_LIMIT + 1))], ..Setup::default() }),
+            .with(Setup { consumed: vec![(1, behind(RX_BACKLOG_LIMIT + 1))], trickled: vec![1], ..Setup::default() }),
         row("the final ACK, queue 0 over the limit", ack, XDP_DROP, Out::ToUserspace, &[
             (COOKIE_ACK_VALID, 1),
             (REDIRECT_FAILED, 1),
         ])
-        .with(queue0(behind(RX_BACKLOG_LIMIT + 1))),
+        .with(held(behind(RX_BACKLOG_LIMIT + 1))),
     ]);
 }
 
