@@ -103,14 +103,21 @@ const FLAGS_OFFSET: usize = 13;
 /// Frames taken from the AF_XDP ring per loop turn.
 const RX_BATCH: u32 = 256;
 
-/// Connections whose due timers are served per loop turn, at most: as many as the frames a turn
-/// reads. A million keepalive deadlines coming due together then go out a batch a turn, each
-/// batch's answers read before the next is sent, instead of all in one turn, whose answers
-/// overflow the RX ring and hold XDP's backlog above `RX_BACKLOG_LIMIT`, which leaves every new
-/// SYN unanswered while it lasts (a million connections probed every 10 s starved new
-/// connects for 30 s without this). Timers fire late only when the thread has more due than
-/// it can serve.
+/// Connections whose due timers are served per loop turn, at most, when the turn's read emptied
+/// the RX ring: as many as the frames a turn reads. A million keepalive deadlines coming due
+/// together then go out a batch a turn, each batch's answers read before the next is sent,
+/// instead of all in one turn, whose answers overflow the RX ring and hold XDP's backlog above
+/// `RX_BACKLOG_LIMIT`, over which XDP answers new SYNs only at a trickle (a million
+/// connections probed every 10 s left a client's SYNs unanswered for 30 s). Timers fire late
+/// only when the thread has more due than it can serve.
 const TIMER_BATCH: usize = RX_BATCH as usize;
+
+/// Due timers served in a turn whose read filled its batch (more frames wait): frames first, so
+/// that a backlog drains, by RX_BATCH - TIMER_BATCH_BEHIND frames a turn at least, even when
+/// every timer served brings an answer (with equal batches a backlog would stay as deep as it
+/// got); a few timers all the same, so that frames that never stop coming delay timers but do
+/// not stop them.
+const TIMER_BATCH_BEHIND: usize = 16;
 
 /// SYN-ACKs built in userspace waiting for the next transmit, at most this many.
 const MAX_PENDING_SYN_ACKS: usize = 1024;
@@ -291,7 +298,8 @@ async fn serve_queue(
         }
         #[cfg(feature = "fault-injection")]
         q.ctx.health.panic_if_injected(q.ctx.queue);
-        let received = q.receive(&mut xsk) + q.receive_handed();
+        let from_ring = q.receive(&mut xsk);
+        let received = from_ring + q.receive_handed();
         if received > 0 && q.glue.tasks() > 0 {
             // Let this thread's apps read what just arrived before anything is sent: what they
             // write back then carries the ACK (and the window update their read made due) in
@@ -301,7 +309,7 @@ async fn serve_queue(
         }
         let poked = q.glue.serve_poked(&mut q.endpoint, now());
         let t = now();
-        q.endpoint.handle_timeouts(t, TIMER_BATCH);
+        q.endpoint.handle_timeouts(t, if from_ring >= RX_BATCH { TIMER_BATCH_BEHIND } else { TIMER_BATCH });
         q.enforce_limits(t);
         q.handle_events(t);
         q.transmit(&mut xsk, t);
@@ -416,7 +424,7 @@ impl QueueDriver {
     }
 
     /// Tell XDP how far we are (it counts what it redirects): while too much waits for us, it
-    /// answers no new SYNs, whose final ACKs would otherwise overflow the socket and be lost,
+    /// answers new SYNs only at a trickle (none once half the ring waits), whose final ACKs would otherwise overflow the socket and be lost,
     /// leaving clients connected to a server that never heard of them (a burst of 1M connects
     /// lost 81% of its final ACKs without this).
     fn publish_rx_progress(&mut self) {

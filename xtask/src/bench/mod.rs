@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// CPUs of the server side (server process, its veth's receive work). Default: CPU 0.
     #[arg(long, value_delimiter = ',')]
     server_cpus: Vec<usize>,
+    /// Connection counts of the idle group (and the proxy's idle rows). Default: 100000, and
+    /// 1000000 with --full (10000 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    idle_counts: Vec<usize>,
     /// CPUs of the client side (load generators, the client veth's receive work). Default: the
     /// CPUs after the server's.
     #[arg(long, value_delimiter = ',')]
@@ -126,6 +130,9 @@ impl Plan {
         let mut idle_counts = vec![if a.quick { 10_000 } else { 100_000 }];
         if a.full {
             idle_counts.push(1_000_000);
+        }
+        if !a.idle_counts.is_empty() {
+            idle_counts = a.idle_counts.clone();
         }
         Ok(Self {
             quick: a.quick,
