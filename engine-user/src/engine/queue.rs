@@ -424,9 +424,10 @@ impl QueueDriver {
     }
 
     /// Tell XDP how far we are (it counts what it redirects): while too much waits for us, it
-    /// answers new SYNs only at a trickle (none once half the ring waits), whose final ACKs would otherwise overflow the socket and be lost,
-    /// leaving clients connected to a server that never heard of them (a burst of 1M connects
-    /// lost 81% of its final ACKs without this).
+    /// answers new SYNs only at a trickle (none once half the ring waits), whose final ACKs
+    /// would otherwise overflow the socket and be lost, leaving clients connected to a server
+    /// that never heard of them (a burst of 1M connects lost 81% of its final ACKs without
+    /// this).
     fn publish_rx_progress(&mut self) {
         if self.consumed + self.kernel_dropped != self.published {
             self.published = self.consumed + self.kernel_dropped;
