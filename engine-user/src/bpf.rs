@@ -12,7 +12,7 @@ use std::{
     ffi::CString,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{AsFd as _, AsRawFd as _},
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock, atomic::AtomicU64},
     time::{Duration, Instant},
 };
 
@@ -735,18 +735,18 @@ impl RxBacklog {
         Self { inner: Arc::new(MappedArray::anonymous(Self::BYTES)) }
     }
 
-    /// `queue`'s (redirected, consumed) words (see `RxBacklogEntry`).
-    fn words(&self, queue: u32) -> Option<(&std::sync::atomic::AtomicU64, &std::sync::atomic::AtomicU64)> {
+    /// `queue`'s (redirected, consumed, trickled_ns) words (see `RxBacklogEntry`).
+    fn words(&self, queue: u32) -> Option<(&AtomicU64, &AtomicU64, &AtomicU64)> {
         if queue >= maps::MAX_QUEUES {
             return None;
         }
         let i = queue as usize * Self::WORDS;
-        Some((self.inner.word(i)?, self.inner.word(i + 1)?))
+        Some((self.inner.word(i)?, self.inner.word(i + 1)?, self.inner.word(i + 2)?))
     }
 
     /// Publish how many frames `queue`'s engine has taken (or the kernel dropped) in all.
     pub fn set_consumed(&self, queue: u32, consumed: u64) {
-        if let Some((_, c)) = self.words(queue) {
+        if let Some((_, c, _)) = self.words(queue) {
             c.store(consumed, std::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -755,7 +755,7 @@ impl RxBacklog {
     /// then sees never drains, so it answers no new SYNs on that queue (a SYN-ACK would only
     /// bring a final ACK nobody receives, to a client that believes it is connected).
     pub fn close_queue(&self, queue: u32) {
-        if let Some((r, c)) = self.words(queue) {
+        if let Some((r, c, _)) = self.words(queue) {
             c.store(r.load(std::sync::atomic::Ordering::Relaxed).wrapping_sub(1 << 62), std::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -763,9 +763,7 @@ impl RxBacklog {
     /// Set the coarse-clock time at which XDP last answered a SYN over `queue`'s limit (its
     /// own word, see `RxBacklogEntry`): a test holds the trickle back with a time ahead.
     pub fn set_trickled_ns(&self, queue: u32, ns: u64) {
-        if queue < maps::MAX_QUEUES
-            && let Some(w) = self.inner.word(queue as usize * Self::WORDS + 2)
-        {
+        if let Some((_, _, w)) = self.words(queue) {
             w.store(ns, std::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -773,7 +771,7 @@ impl RxBacklog {
     /// Frames XDP redirected to `queue` that its engine has not taken (negative if XDP's
     /// count lost increments).
     pub fn outstanding(&self, queue: u32) -> i64 {
-        self.words(queue).map_or(0, |(r, c)| {
+        self.words(queue).map_or(0, |(r, c, _)| {
             r.load(std::sync::atomic::Ordering::Relaxed).wrapping_sub(c.load(std::sync::atomic::Ordering::Relaxed)) as i64
         })
     }
