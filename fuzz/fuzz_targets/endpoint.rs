@@ -204,7 +204,7 @@ impl World {
                     assert_ne!(self.ep.lookup(local, remote), Some(handle));
                 }
                 Event::PeerFin => assert!(self.models[i].fin_at.is_some(), "PeerFin without a FIN"),
-                Event::Readable | Event::Writable => {}
+                Event::Readable | Event::Writable | Event::Parked => {}
             }
         }
         self.check();

@@ -374,6 +374,7 @@ impl Endpoint {
         let Ok(parked) = self.parked_slot(tcb, local, remote, keepalive) else { return };
         self.slots[idx as usize].tcb = Tcb::Parked(parked);
         self.parked += 1;
+        self.events.push_back((ConnectionHandle(idx), Event::Parked));
     }
 
     /// A folded connection as a slot keeps it, its keepalive settings and local address named

@@ -411,6 +411,9 @@ impl Glue {
                     self.memory.leave(remote.ip());
                     bump(&self.stats.closed);
                 }
+                // Its buffers went with its TCB: count what is left (its app's queues, if a
+                // task holds them), without unfolding it.
+                tcp::Event::Parked => self.account(ep, h),
                 _ => self.service(ep, now, h),
             }
         }

@@ -134,6 +134,9 @@ pub enum Event {
     /// From the endpoint, after `Closed`: the slot is free and the tuple forgotten; delete the
     /// flow from the BPF maps.
     Released { local: SocketAddr, remote: SocketAddr },
+    /// From the endpoint: the connection folded into its slot, its buffers freed with its TCB
+    /// (it holds no heap until it unfolds); whoever counts its memory counts none from now.
+    Parked,
 }
 
 const EV_READABLE: u8 = 1;

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use super::{ConnectionHandle, Endpoint, Slot, Tcb};
-use crate::connection::Parked;
+use crate::connection::{Event, Parked};
 use crate::Keepalive;
 
 /// A connection on its way to another process (see the module docs).
@@ -64,6 +64,8 @@ impl Endpoint {
         self.wheel.remove(idx);
         self.parked -= 1;
         self.handed_over += 1;
+        // Its fold's news, if not yet polled, goes with it: nothing here counts it any more.
+        self.events.retain(|&(eh, ref ev)| eh != h || *ev != Event::Parked);
         Some(e)
     }
 

@@ -819,3 +819,44 @@ fn a_proxied_connection_whose_client_closed_as_it_stopped_finishes_here_instead_
         assert!(moved.iter().all(|m| !matches!(m.app, MovedApp::Resume { .. })), "not handed over half closed");
     });
 }
+
+/// A connection that folds gives its buffers back with its TCB: the memory account must say
+/// so, or every connection that once held data and went quiet (a keep-alive client between
+/// requests, a closed one in TIME_WAIT) stays counted at what it held last, until a busy
+/// server is "over" its limit with nothing held and resets its live connections.
+#[test]
+fn a_connection_that_folds_holds_nothing_in_the_memory_account() {
+    run(async {
+        let mut bed = Bed::new();
+        // A request/response connection gone quiet between requests.
+        let mut idle = bed.connect(&Arc::new(echo_turns()), 40200, &[]);
+        bed.settle(&mut idle).await;
+        bed.send(&mut idle, Flags::PSH, &[5u8; 3000]);
+        bed.settle(&mut idle).await;
+        assert_eq!(idle.received.len(), 3000);
+        // A server that answers and closes first (HTTP's Connection: close), its client's
+        // FIN acknowledging ours: TIME_WAIT.
+        let closer = turns(|mut s| async move {
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(&[6u8; 3000]).await;
+            None
+        });
+        let mut closed = bed.connect(&Arc::new(closer), 40201, &[]);
+        bed.send(&mut closed, Flags::PSH, b"GET / HTTP/1.1\r\n\r\n");
+        bed.settle(&mut closed).await;
+        assert!(closed.fin && closed.received.len() == 3000, "answered and closed");
+        bed.send(&mut closed, Flags::FIN, &[]);
+        bed.settle(&mut closed).await;
+        assert_eq!(bed.state(&closed), Some(State::TimeWait));
+        assert_eq!(bed.ep.parked(), 2, "both folded");
+        assert_eq!(bed.glue.held(), 0, "folded connections hold no buffer");
+        assert_eq!(bed.glue.memory.used(), 0);
+        assert!(bed.glue.holders.is_empty(), "nothing for the limits to look through");
+        // Served again, the idle one counts what it holds while it holds it, and no more after.
+        bed.send(&mut idle, Flags::PSH, b"again");
+        bed.settle(&mut idle).await;
+        assert!(idle.received.ends_with(b"again"));
+        assert_eq!(bed.glue.held(), 0);
+    });
+}
