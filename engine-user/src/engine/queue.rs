@@ -193,6 +193,13 @@ struct QueueDriver {
     moved_tuples: HashSet<(SocketAddr, SocketAddr)>,
     last_handover: Instant,
     handover_reset: bool,
+    /// The timer the loop sleeps on, reset at each sleep instead of made anew: a new tokio
+    /// timer registers in the time wheel and, its deadline being earlier than the one the
+    /// runtime last slept until, unparks the runtime (an eventfd write, then an epoll_wait
+    /// that returns at once), a write and a wakeup per sleep, i.e. per request at low load.
+    /// Moving a registered timer later only marks it (tokio fires it at the old deadline and
+    /// re-queues it), so a deadline that keeps moving on costs neither.
+    wake_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 /// The AF_XDP socket's fd, for readiness through the runtime's epoll (not closed on drop).
@@ -214,7 +221,38 @@ pub fn run_queue(
     ready: &mpsc::Sender<anyhow::Result<u32>>,
 ) -> anyhow::Result<QueueHandover> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    tokio::task::LocalSet::new().block_on(&rt, serve_queue(iface, ctx, xsk_cfg, ready))
+    // The loop is a task of the thread's LocalSet, beside the apps' tasks, not the future the
+    // runtime blocks on: an app that pokes the loop (its response written) then queues it in
+    // the LocalSet, which runs it in the same pass. Woken as the runtime's own future, it
+    // would cost the runtime a look at its driver first (an epoll_wait that finds nothing),
+    // a system call per request at low load.
+    let (iface, ready) = (iface.to_owned(), ready.clone());
+    let local = tokio::task::LocalSet::new();
+    let task = local.spawn_local(async move { serve_queue(&iface, ctx, xsk_cfg, &ready).await });
+    match local.block_on(&rt, task) {
+        Ok(handover) => handover,
+        // A panic of the loop goes on unwinding this thread, as it did before it was a task:
+        // the engine's health counts and reports it.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(anyhow::anyhow!("queue loop: {e}")),
+    }
+}
+
+/// Let this thread's other tasks run, then come back: the loop queues itself behind the tasks
+/// its work woke, in the LocalSet that runs them all. Unlike `tokio::task::yield_now`, it
+/// does not go through the runtime's driver (an epoll_wait each time); the LocalSet gives the
+/// driver its turn every 61 tasks.
+async fn yield_to_apps() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 async fn serve_queue(
@@ -262,6 +300,7 @@ async fn serve_queue(
         moved_tuples: HashSet::new(),
         last_handover: Instant::from_nanos(0),
         handover_reset: false,
+        wake_timer: Box::pin(tokio::time::sleep(MAX_SLEEP)),
         ctx,
     };
     q.import(imports);
@@ -305,7 +344,7 @@ async fn serve_queue(
             // write back then carries the ACK (and the window update their read made due) in
             // this turn's transmit, instead of a pure ACK frame going out ahead of it (a
             // request/response connection sent 4 frames instead of 3).
-            tokio::task::yield_now().await;
+            yield_to_apps().await;
         }
         let poked = q.glue.serve_poked(&mut q.endpoint, now());
         let t = now();
@@ -859,6 +898,8 @@ impl QueueDriver {
             return;
         }
         let waker = &self.ctx.waker;
+        self.wake_timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+        let timer = self.wake_timer.as_mut();
         tokio::select! {
             biased;
             () = std::future::poll_fn(|cx| waker.poll_notified(cx)) => {}
@@ -868,7 +909,7 @@ impl QueueDriver {
                     guard.clear_ready();
                 }
             }
-            () = tokio::time::sleep(timeout) => {}
+            () = timer => {}
         }
     }
 }
