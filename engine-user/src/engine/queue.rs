@@ -197,8 +197,9 @@ struct QueueDriver {
     /// timer registers in the time wheel and, its deadline being earlier than the one the
     /// runtime last slept until, unparks the runtime (an eventfd write, then an epoll_wait
     /// that returns at once), a write and a wakeup per sleep, i.e. per request at low load.
-    /// Moving a registered timer later only marks it (tokio fires it at the old deadline and
-    /// re-queues it), so a deadline that keeps moving on costs neither.
+    /// Moving a registered timer later only marks it: no write; the runtime still wakes at the
+    /// earlier deadline if it sleeps that long, and then re-queues the timer (at most one such
+    /// wakeup per deadline given up, which at low load is one per MAX_SLEEP).
     wake_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
