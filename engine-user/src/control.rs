@@ -5,7 +5,7 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::{
-        fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _},
+        fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
         net::UnixStream,
     },
     path::{Path, PathBuf},
@@ -116,6 +116,17 @@ pub fn bind(path: &Path) -> Result<(tokio::net::UnixListener, BoundPath), Contro
     };
     if !dir.exists() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+        // The umask may have taken bits from 0700, even the owner's search bit; a directory
+        // made here is its owner's alone and usable whatever the umask. Set through a
+        // descriptor opened without following links, so a symlink swapped in by whoever can
+        // write the parent is refused, not chmod'ed through.
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let made = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(dir)
+            .map_err(io)?;
+        made.set_permissions(std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     }
     let meta = std::fs::metadata(dir).map_err(io)?;
     // SAFETY: geteuid has no preconditions.
@@ -147,13 +158,26 @@ pub fn bind(path: &Path) -> Result<(tokio::net::UnixListener, BoundPath), Contro
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
-    // The socket takes its mode from the umask at bind(): 0600 from the first moment, with no
-    // chmod afterwards (which would follow a symlink swapped in meanwhile).
-    // SAFETY: umask has no preconditions; it is restored right after.
-    let old = unsafe { libc::umask(0o177) };
-    let listener = tokio::net::UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
+    // The socket is bound in a fresh private directory beside its path, made mode 0600 there
+    // and linked into place: it is never reachable with a wider mode, and nothing touches the
+    // umask, which is the whole process's (a umask window raced every thread that created a
+    // file meanwhile). Only this user can write either directory, so the chmod by path cannot
+    // be sent elsewhere by a swapped-in symlink; the link, unlike a rename, fails if a daemon
+    // started meanwhile has bound the path, as bind() itself would.
+    static STAGED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let private = dir.join(format!(".synx-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private).map_err(io)?;
+    let staged = private.join("s");
+    let listener = (|| {
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+        let listener = tokio::net::UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::hard_link(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
     let listener = listener.map_err(io)?;
     let m = std::fs::symlink_metadata(path).map_err(io)?;
     Ok((listener, BoundPath { path: path.into(), id: identity(&m) }))
