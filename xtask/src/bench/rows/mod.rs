@@ -63,6 +63,9 @@ pub struct CpuWindow {
     pub server_secs: f64,
     /// The server CPUs' busy time as the tick samples count it (for the record).
     pub server_secs_sampled: f64,
+    /// What the hypervisor stole from the server CPUs (included in `server_secs` while they
+    /// worked; for the record).
+    pub server_steal_secs: f64,
     pub client_secs: f64,
     pub per_cpu_busy: Vec<f64>,
     pub wall_secs: f64,
@@ -73,6 +76,7 @@ impl CpuWindow {
         serde_json::json!({
             "server_cpu_s": self.server_secs,
             "server_cpu_s_sampled": self.server_secs_sampled,
+            "server_steal_s": self.server_steal_secs,
             "client_cpu_s": self.client_secs,
             "per_cpu_busy": self.per_cpu_busy,
             "wall_s": self.wall_secs,
@@ -94,6 +98,7 @@ pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Re
     let w = CpuWindow {
         server_secs: c1.busy_secs_since(&c0, &rig.cpus.server),
         server_secs_sampled: c1.sampled_busy_secs_since(&c0, &rig.cpus.server),
+        server_steal_secs: c1.steal_secs_since(&c0, &rig.cpus.server),
         client_secs: c1.busy_secs_since(&c0, &rig.cpus.client),
         per_cpu_busy: c1.per_cpu_busy_since(&c0),
         wall_secs: wall,
@@ -102,10 +107,10 @@ pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Re
 }
 
 /// With `SYNX_BENCH_PERF=DIR`, call graphs of the server's CPUs (engine or kernel server, and
-/// the server veth's NAPI) through a measured round, to `DIR/NNN-SIDE.data` for `perf report`.
+/// the server veth's NAPI) through a measured round (an idle round's CPU window), to `DIR/NNN-SIDE.data` for `perf report`.
 /// The sampling costs the server CPU a few percent: figures of such a run are for reading, not
 /// publishing.
-fn profile_server_cpus(rig: &Rig, side: Side) -> Option<Recorder> {
+pub(super) fn profile_server_cpus(rig: &Rig, side: Side) -> Option<Recorder> {
     static ROUND: AtomicU64 = AtomicU64::new(0);
     let cpus = crate::bench::rig::Cpus::list(&rig.cpus.server);
     // SIGINT: perf writes its file out and exits.
