@@ -23,7 +23,7 @@ pub use takeover::{Exported, ImportError};
 mod takeover;
 use super::connection::{Connection, ConnectionInfo, Event, Handled, Parked, Stats};
 use super::segment::{self, Header};
-use super::timer::TimingWheel;
+use super::timer::{TimerKind, TimingWheel, coarse};
 use super::{Config, Instant, reset_for};
 
 /// A connection's slot: stable for its whole life, reused after `Event::Released`. Small and
@@ -659,12 +659,12 @@ impl Endpoint {
             // Nothing more to send: collect events, register the deadline, maybe release.
             self.work.pop_front();
             self.queued.set(idx, false);
-            self.retire(idx);
+            self.retire(now, idx);
         }
         None
     }
 
-    fn retire(&mut self, idx: u32) {
+    fn retire(&mut self, now: Instant, idx: u32) {
         let Some(conn) = self.slots[idx as usize].live() else { return };
         let h = ConnectionHandle(idx);
         while let Some(e) = conn.poll_event() {
@@ -679,8 +679,11 @@ impl Endpoint {
             self.events.push_back((h, Event::Released { local, remote }));
             return;
         }
-        match conn.poll_timeout() {
-            Some(at) => self.wheel.insert(idx, at),
+        match conn.next_timer() {
+            // A keepalive deadline shares a coarse tick with its neighbours' (never early; see
+            // `coarse`): probes go out, and their answers come back, in batches.
+            Some((TimerKind::Keepalive, at)) => self.wheel.insert(idx, coarse(at, at.saturating_duration_since(now))),
+            Some((_, at)) => self.wheel.insert(idx, at),
             None => self.wheel.remove(idx),
         }
         if self.park_idle {

@@ -1,5 +1,7 @@
 //! Timers: the per-connection [`TimerTable`] and the [`TimingWheel`] across connections.
 
+use core::time::Duration;
+
 use super::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +120,22 @@ impl Entry {
 }
 
 const EMPTY: Entry = Entry::new(0, NIL, NIL, NO_SLOT);
+
+/// `at` rounded up to the next multiple of the largest power-of-two number of milliseconds
+/// no more than 1/64 of `span`, how far ahead it was set (1 ms under 128 ms): never early,
+/// late by under 1/32 of the span. Deadlines a long way off then share a tick with their
+/// neighbours, as in Linux's timer wheel, whose far levels fire a timer up to 1/8 of its
+/// timeout late. The endpoint arms keepalive deadlines so: a million connections probed
+/// every 10 s make ten ticks a second of 10,000 probes each, whose answers come back
+/// together and are read in a few wakeups, instead of 100 probes every millisecond, every
+/// few waking the engine. RFC 1122 4.2.3.6 and RFC 9293 3.8.4 bound a keep-alive from below
+/// only (no sooner than its idle time or interval).
+pub fn coarse(at: Instant, span: Duration) -> Instant {
+    let ms = (span.as_millis() / 64).max(1);
+    let granule = (1u64 << ms.ilog2()).saturating_mul(1_000_000);
+    let ns = at.as_nanos();
+    Instant::from_nanos(ns.div_ceil(granule).saturating_mul(granule).max(ns))
+}
 
 /// A hierarchical timing wheel (6 levels of 64 slots, 1 ms ticks) over `u32` keys, at most one
 /// deadline per key. Entries live in a flat array indexed by key and are linked into slot lists
@@ -407,5 +425,37 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod coarse_tests {
+    use super::*;
+
+    #[test]
+    fn coarse_deadlines_are_never_early_late_by_under_a_32nd_and_shared_by_neighbours() {
+        let ms = |n: u64| Instant::from_nanos(n * 1_000_000);
+        // Under 128 ms: the timer's own 1 ms tick.
+        assert_eq!(coarse(ms(1_000), Duration::from_millis(100)), ms(1_000));
+        assert_eq!(coarse(Instant::from_nanos(1_000_000_001), Duration::from_millis(100)), ms(1_001));
+        // 10 s ahead: 128 ms granules (10,000 / 64 = 156, rounded down to a power of two).
+        let idle = Duration::from_secs(10);
+        assert_eq!(coarse(ms(12_800), idle), ms(12_800));
+        assert_eq!(coarse(ms(12_801), idle), ms(12_928));
+        assert_eq!(coarse(ms(12_927), idle), ms(12_928));
+        // Linux's default 2 h: 64 s granules.
+        assert_eq!(coarse(ms(7_200_000), Duration::from_secs(7200)), ms(7_208_960));
+        for span in [Duration::from_millis(1), Duration::from_millis(500), idle, Duration::from_secs(7200), Duration::from_secs(1 << 40)] {
+            for at in [0u64, 1, 999_999, 1_000_001, 123_456_789_012, u64::MAX - 5] {
+                let at = Instant::from_nanos(at);
+                let c = coarse(at, span);
+                let late = c.saturating_duration_since(at);
+                assert!(c >= at && late < (span / 32).max(Duration::from_millis(1)), "{span:?} {at:?} {c:?}");
+            }
+        }
+        // Deadlines spread over a second of a 10 s idle time fall on the 9 ticks of 128 ms
+        // that 50.000-50.999 s reach (391-399 times 128 ms), not on 1,000.
+        let ticks: std::collections::BTreeSet<_> = (0..1000).map(|i| coarse(ms(50_000 + i), idle)).collect();
+        assert_eq!(ticks.len(), 9);
     }
 }

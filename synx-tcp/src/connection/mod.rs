@@ -587,6 +587,11 @@ impl Connection {
         self.timers.next()
     }
 
+    /// The earliest timer and its deadline.
+    pub fn next_timer(&self) -> Option<(TimerKind, Instant)> {
+        self.timers.next_kind()
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some(kind) = self.timers.take_expired(now) {
             match kind {
