@@ -266,22 +266,23 @@ impl XskSocket {
         Some((s.rx_dropped, s.rx_ring_full, s.rx_fill_ring_empty_descs))
     }
 
-    /// Hand up to `max` received frames to `f`, then return their buffers to the fill ring.
-    pub fn recv(&mut self, max: u32, mut f: impl FnMut(&[u8])) -> u32 {
+    /// Hand up to `max` received frames to `f`, then return their buffers to the fill ring;
+    /// stops early after a frame for which `f` returns true.
+    pub fn recv(&mut self, max: u32, mut f: impl FnMut(&[u8]) -> bool) -> u32 {
         let chunk_mask = !(u64::from(FRAME_SIZE) - 1);
         if let Some(b) = &mut self.busy_poll {
             b.poll(self.fd);
             self.stats.busy_polls += 1;
         }
-        let mut total = 0;
-        while total < max {
+        let (mut total, mut stop) = (0, false);
+        while total < max && !stop {
             let mut n = 0u32;
             {
                 let mut reader = self.rx.receive(max.saturating_sub(total).min(64));
-                while let Some(desc) = reader.read() {
+                while !stop && let Some(desc) = reader.read() {
                     n += 1;
                     if let Some(frame) = self.area.frame(desc.addr, desc.len) {
-                        f(frame);
+                        stop = f(frame);
                     }
                     self.pending_fill.push(desc.addr & chunk_mask);
                 }

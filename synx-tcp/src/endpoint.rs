@@ -26,6 +26,13 @@ use super::segment::{self, Header};
 use super::timer::{TimerKind, TimingWheel, coarse};
 use super::{Config, Instant, reset_for};
 
+/// Bytes a connection may receive before an ACK is overdue ([`Endpoint::acks_overdue`]): about
+/// 45 full segments, the most one Linux GRO aggregate, which Linux ACKs as one, holds. RFC 5681
+/// 4.2 asks for an ACK at least every second full-sized segment (SHOULD); a receiver that reads
+/// in batches ACKs once a batch, and a batch of 256 frames of one flow would stretch an ACK
+/// over 370 KB, the sender then bursting as much at once.
+pub const STRETCH_ACK_LIMIT: u32 = 64 * 1024;
+
 /// A connection's slot: stable for its whole life, reused after `Event::Released`. Small and
 /// dense: the value of the connection's FLOWS entry, by which XDP and the other queues name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -241,6 +248,9 @@ pub struct Endpoint {
     queued: Bits,
     /// Park quiescent connections (on unless a test compares).
     park_idle: bool,
+    /// A connection owes an ACK for [`STRETCH_ACK_LIMIT`] bytes or more (see
+    /// [`Endpoint::acks_overdue`]); cleared when `poll_transmit` has sent all there was.
+    acks_overdue: bool,
     wheel: TimingWheel,
     /// Slots whose wheel entry came due but whose connection [`Endpoint::handle_timeouts`] has
     /// not served yet (it serves a bounded batch a call), oldest first; `due_bits` marks them,
@@ -275,6 +285,7 @@ impl Endpoint {
             queued: Bits::default(),
             park_idle: true,
             wheel: TimingWheel::new(Instant::ZERO),
+            acks_overdue: false,
             due: VecDeque::new(),
             due_bits: Bits::default(),
             work: VecDeque::new(),
@@ -484,7 +495,9 @@ impl Endpoint {
         let Some(conn) = self.live(idx) else { return Disposition::Unknown };
         let before = *conn.stats();
         let d = conn.handle(now, h, payload);
+        let overdue = conn.unacked_bytes() >= STRETCH_ACK_LIMIT;
         let after = *conn.stats();
+        self.acks_overdue |= overdue;
         self.time_wait_fin_reacked += u64::from(after.time_wait_fin_reacks - before.time_wait_fin_reacks);
         self.totals.add_change(&before, &after);
         self.mark(idx);
@@ -497,6 +510,13 @@ impl Endpoint {
             }
             Handled::Dropped(r) => Disposition::Dropped(r),
         }
+    }
+
+    /// Whether some connection has received [`STRETCH_ACK_LIMIT`] bytes or more since its last
+    /// ACK: a driver that reads frames in batches and transmits after each should transmit now,
+    /// mid-batch, rather than let that ACK stretch over the whole batch.
+    pub fn acks_overdue(&self) -> bool {
+        self.acks_overdue
     }
 
     /// Queue the RFC 9293 3.10.7.1 reset for a segment that belongs to no connection.
@@ -661,6 +681,7 @@ impl Endpoint {
             self.queued.set(idx, false);
             self.retire(now, idx);
         }
+        self.acks_overdue = false;
         None
     }
 

@@ -442,9 +442,29 @@ impl QueueDriver {
         self.endpoint.is_empty()
     }
 
-    /// Take a batch of frames from the socket into the endpoint; returns how many.
+    /// Take a batch of frames from the socket into the endpoint; returns how many. A connection
+    /// that has received `STRETCH_ACK_LIMIT` bytes within the batch gets its ACK at once,
+    /// mid-batch (with whatever else is ready to go), rather than one ACK for the whole batch:
+    /// RFC 5681 4.2's ACK every second full-sized segment is a SHOULD that batching receivers
+    /// stretch, and Linux stretches to a GRO aggregate (about 64 KB), not to 256 frames.
     fn receive(&mut self, xsk: &mut XskSocket) -> u32 {
-        let received = xsk.recv(RX_BATCH, |frame| self.on_frame(now(), frame, 0));
+        let mut received = 0;
+        while received < RX_BATCH {
+            let n = xsk.recv(RX_BATCH - received, |frame| {
+                self.on_frame(now(), frame, 0);
+                self.endpoint.acks_overdue()
+            });
+            received += n;
+            if n == 0 || !self.endpoint.acks_overdue() {
+                break;
+            }
+            self.transmit(xsk, now());
+            bump(&self.ctx.stats.acks_mid_batch);
+            if self.endpoint.acks_overdue() {
+                // The TX ring is full: the rest of the batch waits for this turn's transmit.
+                break;
+            }
+        }
         self.consumed += u64::from(received);
         self.publish_rx_progress();
         received

@@ -131,6 +131,8 @@ queue_stats! {
         "System calls that woke the kernel to send the AF_XDP TX ring (copy mode sends only when woken).";
     xsk_fill_wakeups: Counter "xsk_fill_wakeups"
         "System calls that woke the kernel after refilling an AF_XDP fill ring it had found empty.";
+    acks_mid_batch: Counter "acks_mid_batch"
+        "Transmits in the middle of a receive batch because a connection had taken 64 KB or more without an ACK (RFC 5681 4.2: no ACK stretched over a whole batch).";
     xsk_busy_polls: Counter "xsk_busy_polls"
         "Zero-length receives in which the kernel polled the RX queue's NAPI on the engine thread (--prefer-busy-poll).";
     xsk_busy_poll_rearms: Counter "xsk_busy_poll_rearms"

@@ -587,6 +587,11 @@ impl Connection {
         self.timers.next()
     }
 
+    /// Bytes received and not yet acknowledged: what the next ACK will cover.
+    pub fn unacked_bytes(&self) -> u32 {
+        self.rcv.unacked_bytes
+    }
+
     /// The earliest timer and its deadline.
     pub fn next_timer(&self) -> Option<(TimerKind, Instant)> {
         self.timers.next_kind()

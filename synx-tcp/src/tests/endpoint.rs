@@ -194,6 +194,37 @@ fn idle_connections_cost_one_wheel_entry_and_only_quiet_peers_are_probed() {
 }
 
 #[test]
+fn an_ack_stretched_past_64_kb_is_overdue_until_it_is_sent() {
+    use engine_common::handshake::FACT_WSCALE;
+    // A window wide enough to take more than 64 KB unacknowledged.
+    let mut ep = Endpoint::new(Config { recv_buffer: 256 * 1024, ..config() }, 4);
+    let scaled = HandshakeFacts { snd_wscale: 7, rcv_wscale: 7, flags: FACT_WSCALE, ..facts() };
+    let h = ep.accept(ms(0), scaled, local(), client(1), &ack_from(1), &[]).unwrap();
+    drain(&mut ep, ms(0));
+    let seg = [7u8; 1448];
+    let mut off = 0;
+    let mut arrive = |ep: &mut Endpoint| {
+        let mut d = peer(off, 0);
+        d.src_port = client(1).port();
+        assert_eq!(ep.handle(ms(1), local(), client(1), &d, &seg), Disposition::Delivered(h));
+        off += seg.len() as u32;
+    };
+    // 45 full segments, 65,160 bytes: an ACK is owed (every second one asks for it) but not
+    // overdue; a driver reading a batch sends it with the batch's other output.
+    for _ in 0..45 {
+        arrive(&mut ep);
+    }
+    assert!(!ep.acks_overdue());
+    // The 46th makes 66,608 bytes since the last ACK: overdue until a transmit sends it.
+    arrive(&mut ep);
+    assert!(ep.acks_overdue());
+    let out = drain(&mut ep, ms(1));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.ack, SeqNum(IRS + 1) + off);
+    assert!(!ep.acks_overdue());
+}
+
+#[test]
 fn keepalive_deadlines_spread_over_a_second_are_probed_in_a_few_wakes_none_early() {
     let n = 1000u32;
     let idle = Duration::from_secs(10);
