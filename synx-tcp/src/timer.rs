@@ -132,7 +132,7 @@ const EMPTY: Entry = Entry::new(0, NIL, NIL, NO_SLOT);
 /// only (no sooner than its idle time or interval).
 pub fn coarse(at: Instant, span: Duration) -> Instant {
     let ms = (span.as_millis() / 64).max(1);
-    let granule = (1u64 << ms.ilog2()).saturating_mul(1_000_000);
+    let granule = (1u64 << ms.ilog2().min(63)).saturating_mul(1_000_000);
     let ns = at.as_nanos();
     Instant::from_nanos(ns.div_ceil(granule).saturating_mul(granule).max(ns))
 }
@@ -445,6 +445,9 @@ mod coarse_tests {
         assert_eq!(coarse(ms(12_927), idle), ms(12_928));
         // Linux's default 2 h: 64 s granules.
         assert_eq!(coarse(ms(7_200_000), Duration::from_secs(7200)), ms(7_208_960));
+        // Any span, however long, and any deadline, up to "never": no overflow.
+        assert_eq!(coarse(Instant::MAX, Duration::MAX), Instant::MAX);
+        assert!(coarse(ms(5), Duration::MAX) >= ms(5));
         for span in [Duration::from_millis(1), Duration::from_millis(500), idle, Duration::from_secs(7200), Duration::from_secs(1 << 40)] {
             for at in [0u64, 1, 999_999, 1_000_001, 123_456_789_012, u64::MAX - 5] {
                 let at = Instant::from_nanos(at);
