@@ -107,14 +107,19 @@ impl CpuTimes {
     /// the idle time's 10 ms unit can put an idle CPU's figure a little below zero, which is
     /// what was measured (a round whose figure falls below what it can resolve says so, not 0).
     fn busy_of(&self, before: &CpuTimes, c: usize) -> f64 {
-        let idle = self.per.get(c).map_or(0, |a| a.1).saturating_sub(before.per.get(c).map_or(0, |b| b.1));
-        self.wall_since(before) - idle as f64 / clock_ticks()
+        self.wall_since(before) - self.secs_since(before, &[c], |t| t.1)
+    }
+
+    /// Seconds one field of the per-CPU times (`field` picks it) grew on `cpus` since `before`.
+    fn secs_since(&self, before: &CpuTimes, cpus: &[usize], field: fn(&(u64, u64, u64)) -> u64) -> f64 {
+        let at = |t: &CpuTimes, c: usize| t.per.get(c).map_or(0, field);
+        let ticks: u64 = cpus.iter().map(|&c| at(self, c).saturating_sub(at(before, c))).sum();
+        ticks as f64 / clock_ticks()
     }
 
     /// CPU-seconds stolen by the hypervisor from `cpus` since `before` (for the record).
     pub fn steal_secs_since(&self, before: &CpuTimes, cpus: &[usize]) -> f64 {
-        let ticks: u64 = cpus.iter().map(|&c| self.per.get(c).map_or(0, |a| a.2).saturating_sub(before.per.get(c).map_or(0, |b| b.2))).sum();
-        ticks as f64 / clock_ticks()
+        self.secs_since(before, cpus, |t| t.2)
     }
 
     /// CPU-seconds busy on `cpus` since `before`.
@@ -124,8 +129,7 @@ impl CpuTimes {
 
     /// The same from the tick samples (for the record).
     pub fn sampled_busy_secs_since(&self, before: &CpuTimes, cpus: &[usize]) -> f64 {
-        let ticks: u64 = cpus.iter().map(|&c| self.per.get(c).map_or(0, |a| a.0).saturating_sub(before.per.get(c).map_or(0, |b| b.0))).sum();
-        ticks as f64 / clock_ticks()
+        self.secs_since(before, cpus, |t| t.0)
     }
 
     /// Busy fraction of each CPU since `before`, for the raw record.

@@ -107,7 +107,8 @@ pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Re
 }
 
 /// With `SYNX_BENCH_PERF=DIR`, call graphs of the server's CPUs (engine or kernel server, and
-/// the server veth's NAPI) through a measured round (an idle round's CPU window), to `DIR/NNN-SIDE.data` for `perf report`.
+/// the server veth's NAPI) through a measured round (an idle round's CPU window), to
+/// `DIR/NNN-SIDE.data` for `perf report`.
 /// The sampling costs the server CPU a few percent: figures of such a run are for reading, not
 /// publishing.
 pub(super) fn profile_server_cpus(rig: &Rig, side: Side) -> Option<Recorder> {
