@@ -373,8 +373,6 @@ pub fn request_with_fds(path: &Path, req: Request, timeout: Duration) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt as _;
-
     use super::*;
 
     struct Fixed;
