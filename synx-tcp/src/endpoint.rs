@@ -491,10 +491,24 @@ impl Endpoint {
 
     /// Demux one segment addressed to `local` from `remote`.
     pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, h: &Header, payload: &[u8]) -> Disposition {
+        self.handle_into(now, local, remote, h, payload, &mut |_, _| 0)
+    }
+
+    /// [`Endpoint::handle`], offering the connection's in-order data to `deliver` before its
+    /// receive buffer (see [`Connection::handle_into`]).
+    pub fn handle_into(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        h: &Header,
+        payload: &[u8],
+        deliver: &mut dyn FnMut(ConnectionHandle, &[u8]) -> usize,
+    ) -> Disposition {
         let Some(idx) = self.find(local, remote) else { return Disposition::Unknown };
         let Some(conn) = self.live(idx) else { return Disposition::Unknown };
         let before = *conn.stats();
-        let d = conn.handle(now, h, payload);
+        let d = conn.handle_into(now, h, payload, &mut |data| deliver(ConnectionHandle(idx), data));
         let overdue = conn.unacked_bytes() >= STRETCH_ACK_LIMIT;
         let after = *conn.stats();
         self.acks_overdue |= overdue;

@@ -159,14 +159,26 @@ impl RecvBuffer {
     /// Copy in-order data out; read empty, a ring of at most [`MIN_RING`] bytes stays
     /// allocated (see [`RecvBuffer::release`]), a larger one is freed.
     pub fn read(&mut self, out: &mut [u8]) -> usize {
-        let n = out.len().min(self.readable as usize);
+        let mut at = 0;
+        self.read_with(out.len(), |part| {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        })
+    }
+
+    /// [`RecvBuffer::read`] without a buffer in between: up to `max` bytes of in-order data go
+    /// to `take` where they lie, in one piece or two (the ring's wrap), and are consumed.
+    pub fn read_with(&mut self, max: usize, mut take: impl FnMut(&[u8])) -> usize {
+        let n = max.min(self.readable as usize);
         if n == 0 {
             return 0;
         }
         let head = self.head as usize;
         let first = n.min(self.buf.len() - head);
-        out[..first].copy_from_slice(&self.buf[head..head + first]);
-        out[first..n].copy_from_slice(&self.buf[..n - first]);
+        take(&self.buf[head..head + first]);
+        if first < n {
+            take(&self.buf[..n - first]);
+        }
         self.head = ((head + n) % self.buf.len()) as u32;
         self.readable -= n as u32;
         if self.readable == 0 && self.ranges.is_empty() {
@@ -207,6 +219,25 @@ mod tests {
         assert_eq!(b.heap_bytes(), 8);
         b.release();
         assert_eq!(b.heap_bytes(), 0);
+    }
+
+    #[test]
+    fn read_with_hands_out_wrapped_data_in_two_pieces_up_to_max() {
+        let mut b = RecvBuffer::new(8);
+        assert_eq!(b.write(0, b"abcdef"), Some(6));
+        let mut out = [0u8; 4];
+        assert_eq!(b.read(&mut out), 4);
+        // "efgh" at the ring's end, "ij" wrapped to its front.
+        assert_eq!(b.write(0, b"ghij"), Some(4));
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        assert_eq!(b.read_with(5, |p| pieces.push(p.to_vec())), 5);
+        assert_eq!(pieces, [b"efgh".to_vec(), b"i".to_vec()]);
+        assert_eq!(b.readable(), 1);
+        assert_eq!(b.window(), 7);
+        pieces.clear();
+        assert_eq!(b.read_with(usize::MAX, |p| pieces.push(p.to_vec())), 1);
+        assert_eq!(pieces, [b"j".to_vec()]);
+        assert_eq!(b.read_with(usize::MAX, |_| panic!("nothing to hand out")), 0);
     }
 
     #[test]

@@ -204,9 +204,6 @@ pub struct Glue {
     /// Where this thread's streams queue the connections that have work for the glue.
     waker: Arc<EngineWaker>,
     stats: Arc<QueueStats>,
-    /// Where received bytes pass from the TCP core to a stream (allocated once: zeroing 16 KB
-    /// on the stack for every serviced connection showed in profiles).
-    rx_chunk: Box<[u8]>,
     /// The slots streams have poked, taken from `waker` (kept to reuse its allocation).
     poked: Vec<u32>,
     /// The engine stops: a connection served in turns is closed when it would wait for input.
@@ -251,7 +248,6 @@ impl Glue {
             tasks: Rc::new(Cell::new(0)),
             waker,
             stats,
-            rx_chunk: vec![0u8; 16 * 1024].into_boxed_slice(),
             poked: Vec::new(),
             stopping: false,
             handing_over: false,
@@ -808,17 +804,9 @@ impl Glue {
         // which keeps the advertised window honest. Under memory pressure the cap is small, so
         // windows shrink instead of buffers growing.
         let pressure = self.memory.level() >= Level::Pressure;
-        let rx_cap = if pressure { PRESSURE_RX_CAP } else { STREAM_RX_CAP };
-        let chunk = &mut self.rx_chunk;
-        while st.rx.len() < rx_cap {
-            let want = (rx_cap - st.rx.len()).min(chunk.len());
-            let n = conn.recv(&mut chunk[..want]);
-            if n == 0 {
-                break;
-            }
-            st.rx.extend(&chunk[..n]);
-            st.rx_added += n as u64;
-        }
+        let want = self.rx_cap().saturating_sub(st.rx.len());
+        let n = conn.recv_with(want, |part| st.rx.extend(part));
+        st.rx_added += n as u64;
         st.rx_blocked = conn.has_unread();
         if !st.rx_fin && conn.peer_finished() && !conn.has_unread() {
             st.rx_fin = true;
@@ -853,13 +841,7 @@ impl Glue {
             // The app handed the connection over with a socket: everything it wrote is in the
             // TCP core; what it has not read (in its queue and the core) goes along.
             let mut rx: Vec<u8> = st.rx.drain(..).collect();
-            loop {
-                let n = conn.recv(&mut chunk[..]);
-                if n == 0 {
-                    break;
-                }
-                rx.extend_from_slice(&chunk[..n]);
-            }
+            conn.recv_with(usize::MAX, |part| rx.extend_from_slice(part));
             let carried = Box::new(CarriedConn { fd: st.carried.take().expect("checked"), rx });
             if conn.peer_finished() {
                 // The peer closed meanwhile: half closed, it cannot move; its app is started
@@ -916,6 +898,26 @@ impl Glue {
             Some(app) => self.table.set_app(h.slot(), app),
             None => {}
         }
+    }
+
+    /// How many received bytes a stream's queue may hold: under memory pressure little, so
+    /// windows shrink instead of buffers growing.
+    fn rx_cap(&self) -> usize {
+        if self.memory.level() >= Level::Pressure { PRESSURE_RX_CAP } else { STREAM_RX_CAP }
+    }
+
+    /// In-order data of a connection whose app is running, straight from the segment into its
+    /// stream's queue, as far as the queue's cap ([`Endpoint::handle_into`]): `serve` would
+    /// move it there from the TCP core's receive buffer right after, a second copy of every
+    /// byte. Returns how many bytes were taken; `serve` wakes the reader.
+    pub fn deliver(&mut self, h: ConnectionHandle, data: &[u8]) -> usize {
+        let Some(g) = self.table.get(h.slot()) else { return 0 };
+        let (AppSide::Task(shared) | AppSide::Turn(shared, _)) = &g.app else { return 0 };
+        let mut st = shared.lock();
+        let n = self.rx_cap().saturating_sub(st.rx.len()).min(data.len());
+        st.rx.extend(&data[..n]);
+        st.rx_added += n as u64;
+        n
     }
 
     /// A waiting connection with input (data or the peer's FIN) gets a turn, with fresh stream

@@ -538,7 +538,8 @@ impl QueueDriver {
             bump(&stats.mem_refused);
             return;
         }
-        match self.endpoint.handle(now, rx.local, rx.remote, &hdr, payload) {
+        let glue = &mut self.glue;
+        match self.endpoint.handle_into(now, rx.local, rx.remote, &hdr, payload, &mut |h, data| glue.deliver(h, data)) {
             Disposition::Delivered(h) => {
                 self.glue.set_link(h.slot(), rx.link);
                 if self.glue.is_moved(h.slot()) {

@@ -21,8 +21,17 @@ type StepFn = fn(&mut Connection, Instant, &Header, &[u8]) -> Step;
 impl Connection {
     /// Process one segment for this connection (RFC 9293 3.10.7.4).
     pub fn handle(&mut self, now: Instant, h: &Header, payload: &[u8]) -> Handled {
+        self.handle_into(now, h, payload, &mut |_| 0)
+    }
+
+    /// [`Connection::handle`], offering the segment's in-order data to `deliver` before the
+    /// receive buffer: while nothing older waits unread there, `deliver` takes what its reader
+    /// has room for (returning how many bytes, from the front) and only the rest is buffered.
+    /// For the connection it is as if the data were buffered and read at once; a driver that
+    /// queues received bytes for its application saves a copy of every byte.
+    pub fn handle_into(&mut self, now: Instant, h: &Header, payload: &[u8], deliver: &mut dyn FnMut(&[u8]) -> usize) -> Handled {
         self.stats.segments_received += 1;
-        let steps: [StepFn; 8] = [
+        let steps: [StepFn; 7] = [
             Self::step_closed,
             Self::step_time_wait,
             Self::step_paws,
@@ -30,16 +39,18 @@ impl Connection {
             Self::step_rst,
             Self::step_syn,
             Self::step_ack,
-            Self::step_text_and_fin,
         ];
-        for step in steps {
-            if let Step::Done(d) = step(self, now, h, payload) {
-                self.update_persist(now);
-                return d;
-            }
+        let mut done = steps.into_iter().find_map(|step| match step(self, now, h, payload) {
+            Step::Done(d) => Some(d),
+            Step::Continue => None,
+        });
+        if done.is_none()
+            && let Step::Done(d) = self.step_text_and_fin(now, h, payload, deliver)
+        {
+            done = Some(d);
         }
         self.update_persist(now);
-        Handled::Processed
+        done.unwrap_or(Handled::Processed)
     }
 
     fn step_closed(&mut self, _now: Instant, _h: &Header, _p: &[u8]) -> Step {
@@ -303,7 +314,7 @@ impl Connection {
         }
     }
 
-    fn step_text_and_fin(&mut self, now: Instant, h: &Header, p: &[u8]) -> Step {
+    fn step_text_and_fin(&mut self, now: Instant, h: &Header, p: &[u8], deliver: &mut dyn FnMut(&[u8]) -> usize) -> Step {
         if self.opts.ecn {
             // RFC 3168 6.1.3: CWR ends the echo; a CE mark starts it (on this very segment too)
             // and is answered at once (as Linux's quick ACK on CE).
@@ -335,7 +346,7 @@ impl Connection {
                     self.rcv.on_rtt_sample(Duration::from_millis(ms as u64));
                 }
             }
-            self.receive_data(now, h.seq, p);
+            self.receive_data(now, h.seq, p, deliver);
             if !p.is_empty() {
                 self.tune_recv_buffer(now);
             }
@@ -354,7 +365,7 @@ impl Connection {
         Step::Continue
     }
 
-    fn receive_data(&mut self, now: Instant, seq: SeqNum, p: &[u8]) {
+    fn receive_data(&mut self, now: Instant, seq: SeqNum, p: &[u8], deliver: &mut dyn FnMut(&[u8]) -> usize) {
         if p.is_empty() {
             return;
         }
@@ -398,7 +409,11 @@ impl Connection {
             }
         }
         let had_holes = rcv.buf.has_out_of_order();
-        match rcv.buf.write(offset, data) {
+        // In order with nothing unread before it: the reader takes what it has room for (see
+        // `handle_into`), the rest is buffered behind it.
+        let taken = if offset == 0 && !had_holes && rcv.buf.readable() == 0 { deliver(data).min(data.len()) } else { 0 };
+        let stored = if taken == data.len() { Some(0) } else { rcv.buf.write(offset, &data[taken..]) };
+        match stored.map(|advance| advance + taken as u32) {
             Some(0) => {
                 // RFC 5681 4.2 / RFC 9293 3.10.7.4: out-of-order data gets an immediate ACK.
                 rcv.last_ooo = Some(seq);

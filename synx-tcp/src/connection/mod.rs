@@ -459,7 +459,18 @@ impl Connection {
 
     /// Read in-order received bytes.
     pub fn recv(&mut self, out: &mut [u8]) -> usize {
-        let n = self.rcv.buf.read(out);
+        let mut at = 0;
+        self.recv_with(out.len(), |part| {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        })
+    }
+
+    /// [`Connection::recv`] into the caller's own queue: up to `max` bytes go to `take` in one
+    /// or two pieces, straight from the receive buffer (a driver that queues them for its app
+    /// copies them once, not into a buffer and then into its queue).
+    pub fn recv_with(&mut self, max: usize, take: impl FnMut(&[u8])) -> usize {
+        let n = self.rcv.buf.read_with(max, take);
         if n > 0 && self.state.receives_data() && self.rcv.window_update_due(self.mss()) {
             self.rcv.ack_now = true;
         }

@@ -86,6 +86,63 @@ fn out_of_order_is_acked_at_once_with_sack_and_reassembled() {
 }
 
 #[test]
+fn in_order_data_goes_to_the_reader_first_and_only_the_rest_is_buffered() {
+    let mut c = established();
+    // The reader has room for 3 bytes: it takes them from the segment, the rest is buffered.
+    let mut got = Vec::new();
+    let mut take3 = |d: &[u8]| {
+        let n = d.len().min(3);
+        got.extend_from_slice(&d[..n]);
+        n
+    };
+    c.handle_into(ms(1), &peer(0, 0), b"abcdef", &mut take3);
+    assert_eq!(got, b"abc");
+    assert_eq!(c.readable(), 3);
+    // Unread data waits: later data queues behind it, never offered ahead of it.
+    let mut offered = 0;
+    c.handle_into(ms(2), &peer(6, 0), b"gh", &mut |_| {
+        offered += 1;
+        0
+    });
+    assert_eq!(read_all(&mut c), b"defgh");
+    // Out of order: buffered; in order with a hole beyond it: buffered too (it joins what is
+    // held), and ACKed at once for filling the hole (RFC 5681 4.2).
+    c.handle_into(ms(3), &peer(10, 0), b"kl", &mut |_| {
+        offered += 1;
+        0
+    });
+    none_but_acks(&mut c, ms(3));
+    c.handle_into(ms(4), &peer(8, 0), b"ij", &mut |_| {
+        offered += 1;
+        0
+    });
+    assert_eq!(offered, 0, "only in-order data with nothing unread before it is offered");
+    assert_ack(&one(&mut c, ms(4)), 0, 12);
+    assert_eq!(read_all(&mut c), b"ijkl");
+    // All of it taken: nothing buffered, RCV.NXT past it, the ACK owed as for buffered data
+    // (every second full segment, RFC 5681 4.2: here a delayed one).
+    got.clear();
+    c.handle_into(ms(5), &peer(12, 0), b"mnop", &mut |d| {
+        got.extend_from_slice(d);
+        d.len()
+    });
+    assert_eq!(got, b"mnop");
+    assert_eq!(c.readable(), 0);
+    let acks = run_until(&mut c, ms(1000));
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert_ack(&(acks[0].1, acks[0].2.clone()), 0, 16);
+    assert_eq!(c.stats().bytes_received, 16);
+}
+
+/// Drain what goes out: ACKs only.
+#[track_caller]
+fn none_but_acks(c: &mut Connection, now: Instant) {
+    for (h, p) in out(c, now) {
+        assert!(p.is_empty() && h.flags == Flags::ACK, "{h:?}");
+    }
+}
+
+#[test]
 fn duplicate_and_overlapping_data_is_delivered_once() {
     let mut c = established();
     c.handle(ms(1), &peer(0, 0), b"hello");

@@ -158,7 +158,8 @@ impl Bed {
             ..Default::default()
         };
         c.snd_nxt += data.len() as u32 + u32::from(flags.fin());
-        let d = self.ep.handle(self.now, local(), c.remote, &h, data);
+        let glue = &mut self.glue;
+        let d = self.ep.handle_into(self.now, local(), c.remote, &h, data, &mut |h, data| glue.deliver(h, data));
         if let Disposition::Delivered(h) = d {
             self.glue.service(&mut self.ep, self.now, h);
         }
