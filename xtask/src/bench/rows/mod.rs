@@ -168,13 +168,38 @@ pub fn ring_counters(rig: &Rig, side: Side) -> Option<serde_json::Map<String, se
     Some(stats.as_object()?.iter().filter(|(k, _)| wanted(k)).map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
+/// Every counter of synx's (`synx stats`), for [`counters_moved`]: what a round's failure may
+/// be explained by (resets sent and why, connections closed and how). None for the kernel.
+pub fn all_counters(rig: &Rig, side: Side) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let Side::Synx = side else { return None };
+    let stats = rig.daemon().ok()?.stats().ok()?;
+    Some(stats.as_object()?.iter().filter(|(_, v)| v.is_u64()).map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
 /// How far each counter of `before` (from [`ring_counters`]) has moved since: a round's
 /// per-frame work as the JSON keeps it (wakeups and frames each way, transmits that ran out of
 /// frames, drops). Null for the kernel.
 pub fn counters_moved(rig: &Rig, side: Side, before: Option<serde_json::Map<String, serde_json::Value>>) -> serde_json::Value {
     let (Some(before), Some(after)) = (before, ring_counters(rig, side)) else { return serde_json::Value::Null };
+    moved(&before, &after, false)
+}
+
+/// [`all_counters`]' growth since `before`, only the counters that moved (gauges that fell
+/// read 0 and are left out too).
+pub fn all_counters_moved(rig: &Rig, side: Side, before: Option<serde_json::Map<String, serde_json::Value>>) -> serde_json::Value {
+    let (Some(before), Some(after)) = (before, all_counters(rig, side)) else { return serde_json::Value::Null };
+    moved(&before, &after, true)
+}
+
+fn moved(before: &serde_json::Map<String, serde_json::Value>, after: &serde_json::Map<String, serde_json::Value>, only_moved: bool) -> serde_json::Value {
     let at = |m: &serde_json::Map<String, serde_json::Value>, k: &str| m.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-    after.keys().map(|k| (k.clone(), at(&after, k).saturating_sub(at(&before, k)).into())).collect::<serde_json::Map<_, _>>().into()
+    after
+        .keys()
+        .map(|k| (k.clone(), at(after, k).saturating_sub(at(before, k))))
+        .filter(|&(_, d)| !only_moved || d > 0)
+        .map(|(k, d)| (k, d.into()))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// A row name's suffix for a connection count: 10k, 100k, 1m.
@@ -191,6 +216,15 @@ pub fn count_suffix(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_moved_are_growths_and_a_fallen_gauge_reads_zero() {
+        let map = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let before = map(serde_json::json!({ "resets_sent": 1, "rx": 5, "gauge": 9 }));
+        let after = map(serde_json::json!({ "resets_sent": 8, "rx": 5, "gauge": 2, "new": 3 }));
+        assert_eq!(moved(&before, &after, false), serde_json::json!({ "resets_sent": 7, "rx": 0, "gauge": 0, "new": 3 }));
+        assert_eq!(moved(&before, &after, true), serde_json::json!({ "resets_sent": 7, "new": 3 }));
+    }
 
     #[test]
     fn group_names_are_unique_and_counts_read_short() {

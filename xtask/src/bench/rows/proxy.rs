@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use testbed::Nginx;
 
-use super::{count_suffix, idle, measured};
+use super::{all_counters, all_counters_moved, count_suffix, idle, measured};
 use crate::bench::{
     Collector, Ctx, Outcome, Rig, Side,
     load::wrk,
@@ -143,6 +143,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         );
         for (side, warmup) in crate::bench::schedule(&[Side::Synx, Side::Kernel], plan.rounds, true) {
             let secs = if warmup { plan.warmup_secs.ceil() as u64 } else { plan.http_secs };
+            let before = all_counters(rig, side);
             let r = proxies.nginx_alive().and_then(|()| {
                 measured(rig, side, |rig| {
                     let url = format!("http://{}/", rig.addr(side, PORT));
@@ -154,7 +155,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 Ok(((w, text), cpu)) => Outcome {
                     values: vec![Some(w.rps), Some(w.p99_ms), Some(cpu.server_secs / w.requests.max(1) as f64 * 1e6)],
                     failure: (!w.errors.is_empty()).then(|| format!("wrk: {}", w.errors.join(", "))),
-                    detail: serde_json::json!({ "wrk": text, "cpu": cpu.json() }),
+                    detail: serde_json::json!({ "wrk": text, "cpu": cpu.json(), "synx_counters": all_counters_moved(rig, side, before) }),
                 },
                 Err(e) => Outcome::failed(format!("{e:#}")),
             };
