@@ -459,11 +459,8 @@ impl Connection {
 
     /// Read in-order received bytes.
     pub fn recv(&mut self, out: &mut [u8]) -> usize {
-        let mut at = 0;
-        self.recv_with(out.len(), |part| {
-            out[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        })
+        let n = self.rcv.buf.read(out);
+        self.read_by_app(n)
     }
 
     /// [`Connection::recv`] into the caller's own queue: up to `max` bytes go to `take` in one
@@ -471,6 +468,11 @@ impl Connection {
     /// copies them once, not into a buffer and then into its queue).
     pub fn recv_with(&mut self, max: usize, take: impl FnMut(&[u8])) -> usize {
         let n = self.rcv.buf.read_with(max, take);
+        self.read_by_app(n)
+    }
+
+    /// The app read `n` bytes: the window update is sent now if the window opened enough.
+    fn read_by_app(&mut self, n: usize) -> usize {
         if n > 0 && self.state.receives_data() && self.rcv.window_update_due(self.mss()) {
             self.rcv.ack_now = true;
         }
