@@ -426,15 +426,9 @@ mod tests {
             }
         }
     }
-}
-
-#[cfg(test)]
-mod coarse_tests {
-    use super::*;
 
     #[test]
     fn coarse_deadlines_are_never_early_late_by_under_a_32nd_and_shared_by_neighbours() {
-        let ms = |n: u64| Instant::from_nanos(n * 1_000_000);
         // Under 128 ms: the timer's own 1 ms tick.
         assert_eq!(coarse(ms(1_000), Duration::from_millis(100)), ms(1_000));
         assert_eq!(coarse(Instant::from_nanos(1_000_000_001), Duration::from_millis(100)), ms(1_001));
