@@ -162,18 +162,21 @@ impl Drop for Recorder {
 /// synx's AF_XDP counters (`xsk_*`) and segment counters now; nothing for the kernel, or for a
 /// synx that does not answer.
 pub fn ring_counters(rig: &Rig, side: Side) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let Side::Synx = side else { return None };
-    let stats = rig.daemon().ok()?.stats().ok()?;
-    let wanted = |k: &str| k.starts_with("xsk_") || k == "tcp_rx_segments" || k == "tcp_tx_segments";
-    Some(stats.as_object()?.iter().filter(|(k, _)| wanted(k)).map(|(k, v)| (k.clone(), v.clone())).collect())
+    synx_stats(rig, side, |k, _| k.starts_with("xsk_") || k == "tcp_rx_segments" || k == "tcp_tx_segments")
 }
 
-/// Every counter of synx's (`synx stats`), for [`counters_moved`]: what a round's failure may
-/// be explained by (resets sent and why, connections closed and how). None for the kernel.
+/// Every counter of synx's (`synx stats`), for [`all_counters_moved`]: what a round's failure
+/// may be explained by (resets sent and why, connections closed and how). None for the kernel.
 pub fn all_counters(rig: &Rig, side: Side) -> Option<serde_json::Map<String, serde_json::Value>> {
+    synx_stats(rig, side, |_, v| v.is_u64())
+}
+
+/// The values of `synx stats` that `keep` keeps; None for the kernel, or a synx that does not
+/// answer.
+fn synx_stats(rig: &Rig, side: Side, keep: impl Fn(&str, &serde_json::Value) -> bool) -> Option<serde_json::Map<String, serde_json::Value>> {
     let Side::Synx = side else { return None };
     let stats = rig.daemon().ok()?.stats().ok()?;
-    Some(stats.as_object()?.iter().filter(|(_, v)| v.is_u64()).map(|(k, v)| (k.clone(), v.clone())).collect())
+    Some(stats.as_object()?.iter().filter(|(k, v)| keep(k, v)).map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 /// How far each counter of `before` (from [`ring_counters`]) has moved since: a round's
