@@ -2,7 +2,8 @@
 //! cookie facts (any MSS, window scale up to 14, SACK, timestamps, ECN) on a few tuples of both
 //! families, more of them than the table holds; data in order, out of order, overlapping and
 //! retransmitted; arbitrary flags, ACKs, windows (zero and huge scaled ones), stale
-//! timestamps and SACK blocks; strangers; application reads, writes, shutdowns, closes with
+//! timestamps and SACK blocks; strangers; application reads (also in-order data taken straight
+//! from the segment, as the engine's `deliver` does), writes, shutdowns, closes with
 //! unread data and aborts; time jumping over retransmission, keepalive, FIN_WAIT_2 and
 //! TIME_WAIT deadlines.
 //!
@@ -128,7 +129,24 @@ impl World {
         }
         let t = m.t;
         let now = self.now;
-        match self.ep.handle(now, local, remote, &h, &payload) {
+        // The driver's queue for the app: half the time it takes in-order data straight from
+        // the segment (as much as it has room for), and that is the app's read, checked as one.
+        let room = if input.u8() < 128 { 0 } else { input.u16() as usize };
+        let models = &mut self.models;
+        let mut deliver = |got: ConnectionHandle, data: &[u8]| {
+            let Some(m) = models.iter_mut().find(|m| m.h == got && m.t == t && !m.unindexed && !m.app_done) else { return 0 };
+            let n = data.len().min(room);
+            for (j, &b) in data[..n].iter().enumerate() {
+                assert_eq!(b, stream(m.t, m.read + j as u64), "byte {} of tuple {} delivered wrong", m.read + j as u64, m.t);
+            }
+            m.read += n as u64;
+            assert!(m.read <= m.sent, "delivered {} of {} sent", m.read, m.sent);
+            if let Some(f) = m.fin_at {
+                assert!(m.read <= f, "delivered past the FIN");
+            }
+            n
+        };
+        match self.ep.handle_into(now, local, remote, &h, &payload, &mut deliver) {
             Disposition::Delivered(got) => {
                 assert_eq!(Some(got), self.ep.lookup(local, remote));
                 let i = self.current(t).expect("a segment delivered to a tuple the model does not hold");
