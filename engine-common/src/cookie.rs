@@ -255,8 +255,12 @@ pub fn make(key: &Key, t: &Tuple, client_isn: u32, now_ns: u64, client_mss: u16)
 
 /// How many of a client's first data segments a cookie ACK may be, beyond the first: the
 /// client may send its initial window (10 segments, RFC 6928) with its handshake ACK, and when
-/// the ACK and the first segments are lost (a burst), the first to arrive is a later one.
-pub const LATE_SEGMENTS: u32 = 9;
+/// the ACK and the first segments are lost (a burst), the first to arrive is a later one. When
+/// all of them are lost, the client's tail loss probe comes first: with more data queued it is
+/// a new segment, the 11th, sent past the congestion window (RFC 8985 7.3; Linux's
+/// tcp_send_loss_probe forces it out). Seen in the flood test: a 32 KiB write's whole first
+/// flight lost on the flooded veth, and the probe, 8 ms later, reset.
+pub const LATE_SEGMENTS: u32 = 10;
 /// The least payload of a segment [`check_ack`] looks behind: a client's first segments of a
 /// larger write are full-sized (an MSS is at least 536 bytes, RFC 9293 3.7.1), and an attacker
 /// who wants the search must send this much per try.
@@ -285,7 +289,7 @@ pub fn full_segment(cookie: u32, options_len: u32) -> u32 {
 /// shorter than a full one ([`full_segment`]) also the full length: a short segment may be the
 /// last of a write, the one a client's tail loss probe sends again first when its whole flight
 /// was lost (RFC 8985 7.3), after full-sized ones. Each candidate costs one hash, and a
-/// forger's chance per try grows from 2^-28 to 10 * 2^-28 (19 * 2^-28 for a short segment).
+/// forger's chance per try grows from 2^-28 to 11 * 2^-28 (21 * 2^-28 for a short segment).
 #[inline(always)]
 pub fn check_ack(
     keys: &Keys,
@@ -460,9 +464,10 @@ mod tests {
         assert!(check(&keys, &tuple(), 5, m.isn, 0).is_some());
     }
 
-    /// The client's handshake ACK and first segment were lost: its second (or tenth) full
-    /// segment validates the cookie and names the ISN the cookie was minted for; a short
-    /// segment, an eleventh segment, or a size that does not divide the gap does not.
+    /// The client's handshake ACK and first segment were lost: its second (up to the eleventh,
+    /// its tail loss probe's new segment) full segment validates the cookie and names the ISN
+    /// the cookie was minted for; a short segment, a twelfth segment, or a size that does not
+    /// divide the gap does not.
     #[test]
     fn a_later_first_segment_checks_and_names_the_isn() {
         let now = 5 * (1u64 << PERIOD_SHIFT);
@@ -478,6 +483,8 @@ mod tests {
         for k in 1..=LATE_SEGMENTS {
             assert_eq!(check_ack(&keys(now), &tuple(), at(k), len, opts, cookie, now).map(|(i, _)| i), Some(isn), "segment {k}");
         }
+        // The tail loss probe's new segment after an initial window of 10 (RFC 6928) is the 11th.
+        assert_eq!(LATE_SEGMENTS, 10);
         assert_eq!(check_ack(&keys(now), &tuple(), at(LATE_SEGMENTS + 1), len, opts, cookie, now), None);
         // A segment a byte off the boundaries of full segments: no candidate is the ISN.
         assert_eq!(check_ack(&keys(now), &tuple(), at(1) + 1, len - 1, opts, cookie, now), None);
@@ -510,10 +517,11 @@ mod tests {
             assert_eq!((f.irs, f.iss), (isn, cookie));
             // Counted with other options than it carries, the full size is wrong: refused.
             assert_eq!(check_ack(&keys(now), &tuple(), probe, last, opts + 4, cookie, now), None);
-            // The tenth segment of a flight may be short too; an eleventh may not.
-            let tenth = isn.wrapping_add(1 + LATE_SEGMENTS * full);
-            assert!(check_ack(&keys(now), &tuple(), tenth, 600, opts, cookie, now).is_some());
-            assert_eq!(check_ack(&keys(now), &tuple(), tenth.wrapping_add(full), 600, opts, cookie, now), None);
+            // The probe's new segment after a full initial window may be short too; a twelfth
+            // segment may not.
+            let eleventh = isn.wrapping_add(1 + LATE_SEGMENTS * full);
+            assert!(check_ack(&keys(now), &tuple(), eleventh, 600, opts, cookie, now).is_some());
+            assert_eq!(check_ack(&keys(now), &tuple(), eleventh.wrapping_add(full), 600, opts, cookie, now), None);
             // Short of the least payload searched behind: still refused, as before.
             assert_eq!(check_ack(&keys(now), &tuple(), probe, LATE_MIN_PAYLOAD - 1, opts, cookie, now), None);
         }

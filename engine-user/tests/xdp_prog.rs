@@ -681,8 +681,9 @@ fn cookie_handshakes_reach_userspace() {
 /// which starts the connection with the hole; before, it was reset, and so was the client. So
 /// does a last segment shorter than a full one after two full ones, with timestamps (what a
 /// client's tail loss probe sends again first, RFC 8985 7.3): the full size is the cookie's MSS
-/// less the options the segment carries. A segment past the client's initial window, or too
-/// short to search behind, is still reset.
+/// less the options the segment carries. So does the 11th full segment, the new one a
+/// client's tail loss probe sends past its initial window of 10 when none of them arrived
+/// (RFC 8985 7.3). A segment beyond that, or too short to search behind, is still reset.
 #[test]
 fn a_later_first_segment_of_a_cookie_handshake_reaches_userspace() {
     use counters::{COOKIE_ACK_INVALID, COOKIE_ACK_VALID, REDIRECT_FAILED, RST_SENT, SYN_COOKIE_SENT};
@@ -703,6 +704,13 @@ fn a_later_first_segment_of_a_cookie_handshake_reaches_userspace() {
             ])
             .then(),
             row(format!("SYN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]),
+            row(format!("its 11th segment, a probe's new one (v6={v6})"), data(1001 + 10 * 1400, 1400), XDP_DROP, Out::ToUserspace, &[
+                (COOKIE_ACK_VALID, 1),
+                (REDIRECT_FAILED, 1),
+                (RST_SENT, 0),
+            ])
+            .then(),
+            row(format!("SYN (v6={v6})"), linux_syn(v6), XDP_TX, Out::SynAck(LINUX), &[(SYN_COOKIE_SENT, 1)]),
             row(format!("its short third segment after two full ones (v6={v6})"), probe, XDP_DROP, Out::ToUserspace, &[
                 (COOKIE_ACK_VALID, 1),
                 (REDIRECT_FAILED, 1),
@@ -711,7 +719,7 @@ fn a_later_first_segment_of_a_cookie_handshake_reaches_userspace() {
             .then(),
         ]);
         let past = 1001 + (cookie::LATE_SEGMENTS + 1) * 1400;
-        rows.push(row(format!("its 11th segment (v6={v6})"), data(past, 1400), XDP_TX, Out::Rst { seq: cookie.wrapping_add(1), ack: None }, &[
+        rows.push(row(format!("its 12th segment (v6={v6})"), data(past, 1400), XDP_TX, Out::Rst { seq: cookie.wrapping_add(1), ack: None }, &[
             (COOKIE_ACK_INVALID, 1),
             (RST_SENT, 1),
         ]));
