@@ -50,7 +50,14 @@ counters! {
     DROP_IPV6_EXTENSION = 30, "xdp_drop_ipv6_extension", "IPv6 segments to a served port behind extension headers, dropped.";
     PASS_MALFORMED = 31, "xdp_pass_malformed", "Frames passed to the kernel: malformed before even the TCP ports could be read.";
     CLAIM_EXPIRED = 32, "xdp_claim_expired", "Claims on a tuple (a valid cookie ACK that never reached the engine) found expired and dropped.";
+    COOKIE_MISS_HELD = 33, "xdp_cookie_miss_held", "Segments with data for no flow and a bad cookie dropped rather than reset: new to their tuple and ACK number, or repeated within the hold (a handshake's later segment whose ACK and first segments were lost).";
 }
+
+/// Slots of the `COUNTERS` array: more than [`COUNT`], so that a counter added later leaves
+/// the map's layout as it was and a successor with it still takes the maps over (the array is
+/// kept across takeover). Userspace reads the first [`COUNT`].
+pub const CAPACITY: u32 = 64;
+const _: () = assert!(COUNT <= CAPACITY);
 
 #[cfg(test)]
 mod tests {

@@ -253,6 +253,30 @@ pub struct FlowKey6 {
     pub ports: u32,
 }
 
+/// What XDP remembers of a segment with data, for no flow, whose cookie did not validate (see
+/// [`COOKIE_MISSES4`]): its ACK number and when that was first seen (CLOCK_MONOTONIC, coarse).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct CookieMiss {
+    pub first_ns: u64,
+    pub ack: u32,
+    pub _pad: u32,
+}
+
+/// The LRU hash maps (keys [`FlowKey4`] and [`FlowKey6`], values [`CookieMiss`]) of tuples
+/// whose segments with data failed the cookie check lately. A handshake's later segment whose
+/// ACK and first segments were lost fails it when the cookie's search cannot find the ISN
+/// behind it (segments of unequal or small sizes, a client's initial window above 10); its
+/// client resends the first segment after its RTO, and that one validates. So XDP drops such a
+/// segment rather than reset the connection, and resets only a tuple that sends the same ACK
+/// number again after the hold: a connection no host holds (its client keeps resending what we
+/// never acknowledge). Per host, not kept across takeover: what is lost is one hold's delay.
+pub const COOKIE_MISSES4: &str = "COOKIE_MISSES4";
+pub const COOKIE_MISSES6: &str = "COOKIE_MISSES6";
+/// Their sizes: tuples in a hold at once. An evicted one is only new again (dropped once more).
+pub const COOKIE_MISSES4_LEN: u32 = 4096;
+pub const COOKIE_MISSES6_LEN: u32 = 1024;
+
 /// Read-only globals of the XDP objects: settings fixed for the program's life, set by
 /// userspace when it loads the object (aya's `EbpfLoader::override_global`) and read by the
 /// program as constants (engine-ebpf `settings`, which declares them under these names).
@@ -284,6 +308,9 @@ pub mod globals {
     /// `u32`: log2 of [`super::FLOW_FILTER`]'s bits ([`super::flow_filter_log2`] of the
     /// FLOWS size); 0: no filter, every SYN looks FLOWS up.
     pub const FLOW_FILTER_LOG2: &str = "SYNX_FLOW_FILTER_LOG2";
+    /// `u32`: milliseconds a segment with data, for no flow and with a bad cookie, is dropped
+    /// before its tuple is reset ([`super::COOKIE_MISSES4`]); 0: reset at once.
+    pub const COOKIE_MISS_HOLD_MS: &str = "SYNX_COOKIE_MISS_HOLD_MS";
 }
 
 /// One queue's entry of [`RX_BACKLOG`]. XDP adds to `redirected`; userspace stores `consumed`.

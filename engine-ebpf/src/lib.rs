@@ -7,6 +7,9 @@
 //! - ACK with no flow: the cookie in `ack - 1` is checked; a valid one goes to the AF_XDP socket
 //!   of this RX queue (userspace decodes it again with the same code and creates the
 //!   connection), a bad one gets the RFC 9293 3.10.7.1 reset (rate-limited) or is dropped.
+//!   One with data (or FIN) is dropped while its tuple and ACK number are new or within a
+//!   hold (`engine_common::maps::COOKIE_MISSES4`): it may be a handshake's later segment whose
+//!   ACK and first segments were lost, and the client's resend of its first one validates.
 //! - RST with no flow: dropped (never answer a reset with a reset); this is also where the
 //!   client's RST to the SYN-ACK of a stale SYN ends.
 //! - Any segment of a known flow (FLOWS, written by userspace): to AF_XDP, unexamined: the TCP

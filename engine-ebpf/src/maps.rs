@@ -4,19 +4,19 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, XskMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, XskMap},
 };
 use engine_common::{
     counters::{self, Counter},
     maps::{
-        DEFAULT_MAX_FLOWS, FlowFilterLine, FlowKey4, FlowKey6, LISTEN_PORTS_LEN, ListenerKey, ListenerValue, MAX_QUEUES, PortListeners,
+        COOKIE_MISSES4_LEN, COOKIE_MISSES6_LEN, CookieMiss, DEFAULT_MAX_FLOWS, FlowFilterLine, FlowKey4, FlowKey6, LISTEN_PORTS_LEN, ListenerKey, ListenerValue, MAX_QUEUES, PortListeners,
         RxBacklogEntry, SWITCH_DRAINING, SWITCH_RING_HOPS, SWITCH_RING_NEXT, SWITCHES_LEN,
     },
     secrets::{self, CookieSecrets, Published},
 };
 
 #[map(name = "COUNTERS")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::CAPACITY, 0);
 #[map(name = "LISTEN_PORTS")]
 pub static LISTEN_PORTS: Array<PortListeners> = Array::with_max_entries(LISTEN_PORTS_LEN, 0);
 #[map(name = "LISTENERS")]
@@ -33,6 +33,10 @@ pub static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 pub static COOKIE_SECRETS: Array<CookieSecrets> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map(name = "SWITCHES")]
 pub static SWITCHES: Array<u32> = Array::with_max_entries(SWITCHES_LEN, 0);
+#[map(name = "COOKIE_MISSES4")]
+pub static COOKIE_MISSES4: LruHashMap<FlowKey4, CookieMiss> = LruHashMap::with_max_entries(COOKIE_MISSES4_LEN, 0);
+#[map(name = "COOKIE_MISSES6")]
+pub static COOKIE_MISSES6: LruHashMap<FlowKey6, CookieMiss> = LruHashMap::with_max_entries(COOKIE_MISSES6_LEN, 0);
 #[map(name = "RX_BACKLOG")]
 pub static RX_BACKLOG: Array<RxBacklogEntry> = Array::with_max_entries(MAX_QUEUES, BPF_F_MMAPABLE);
 

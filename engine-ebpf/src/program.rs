@@ -9,14 +9,17 @@ use engine_common::{
     synack::{self, Ours},
     maps::{
         FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, PORT_FLOWS_LEFT, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE,
-        PORT_V6_ANY, PORT_V6_SOME, PortListeners, RX_BACKLOG_CEILING, RX_BACKLOG_LIMIT, SYN_TRICKLE_NS, CLAIM, claim, claim_expired, flow_filter_bit4,
+        PORT_V6_ANY, PORT_V6_SOME, PortListeners, RX_BACKLOG_CEILING, RX_BACKLOG_LIMIT, SYN_TRICKLE_NS, CLAIM, CookieMiss, claim, claim_expired, flow_filter_bit4,
         flow_filter_bit6,
     },
 };
 
 use crate::{
     clock::{Now, coarse_now, precise_mono_ns, precise_shared_ns},
-    maps::{FLOWS4, FLOWS6, LISTEN_PORTS, LISTENERS, RX_BACKLOG, XSKS, count, draining, maybe_flow, published_secrets},
+    maps::{
+        COOKIE_MISSES4, COOKIE_MISSES6, FLOWS4, FLOWS6, LISTEN_PORTS, LISTENERS, RX_BACKLOG, XSKS, count, draining, maybe_flow,
+        published_secrets,
+    },
     options::{fixed_syn_options, walk_syn_options},
     packet::{ACK, FIN, RST, SYN, Seg, Verdict, parse},
     ratelimit::{RST as RST_BUCKET, take_token},
@@ -212,7 +215,56 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
     if !settings::rst_bad_cookie() {
         return Verdict::Done(xdp_action::XDP_DROP);
     }
+    if f & ACK != 0 && (seg.payload_len != 0 || f & FIN != 0) {
+        if let Some(v) = hold_miss(&seg, &key4, &key6) {
+            return v;
+        }
+    }
     reset(ctx, &seg)
+}
+
+/// Whether to drop, rather than reset, a segment with data (or FIN) for no flow whose cookie
+/// did not validate (see `engine_common::maps::COOKIE_MISSES4`). It may be a later segment of
+/// a handshake whose ACK and first segments were lost, in a shape the cookie's search does not
+/// cover (smaller or unequal segments, a larger initial window): the tuple is then in
+/// SYN-RECEIVED, held in the cookie, where RFC 9293 3.10.7.4 takes an in-window segment rather
+/// than reset; we cannot keep it without the ISN, so it is lost to the client, which resends
+/// its first segment after its RTO (RFC 6298 5.4), and that one validates. The first sight of a
+/// tuple and ACK number is dropped, and so is every repeat within the hold; a repeat after it
+/// is reset (`None`): a client of a connection no host holds keeps resending what we never
+/// acknowledge, with the same ACK number. A pure ACK is never a handshake's later segment (the
+/// client's only one is the handshake ACK, whose seq names the ISN): reset at once.
+#[inline(always)]
+fn hold_miss(seg: &Seg, key4: &FlowKey4, key6: &FlowKey6) -> Option<Verdict> {
+    let hold = settings::cookie_miss_hold_ns();
+    if hold == 0 {
+        return None;
+    }
+    let now = coarse_now().mono_ns;
+    let seen = if seg.v6 { COOKIE_MISSES6.get_ptr_mut(key6) } else { COOKIE_MISSES4.get_ptr_mut(key4) };
+    match seen {
+        // SAFETY: a valid value of the map; a racing writer on another CPU (the same tuple on
+        // two queues) can only restart the hold.
+        Some(m) => unsafe {
+            if (*m).ack == seg.ack {
+                if now.wrapping_sub((*m).first_ns) >= hold {
+                    return None;
+                }
+            } else {
+                *m = CookieMiss { first_ns: now, ack: seg.ack, _pad: 0 };
+            }
+        },
+        None => {
+            let m = CookieMiss { first_ns: now, ack: seg.ack, _pad: 0 };
+            // The LRU evicts the least recently used tuple when full: that one is new again.
+            let _ = if seg.v6 {
+                COOKIE_MISSES6.insert(key6, &m, u64::from(BPF_ANY))
+            } else {
+                COOKIE_MISSES4.insert(key4, &m, u64::from(BPF_ANY))
+            };
+        }
+    }
+    Some(Verdict::Drop(counters::COOKIE_MISS_HELD))
 }
 
 /// Whether a listener serves the segment's destination: the port's entry (`port`) first, the

@@ -26,6 +26,8 @@ static SYNX_PEER_SELF: Global<u32> = Global::new(0);
 static SYNX_FORWARD_PER_SEC: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static SYNX_FLOW_FILTER_LOG2: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYNX_COOKIE_MISS_HOLD_MS: Global<u32> = Global::new(0);
 
 /// Our IPv4 MSS, announced in SYN-ACKs (IPv6: `Ours::for_family`; the smaller of it and the
 /// client's goes into the cookie).
@@ -51,6 +53,13 @@ pub fn ecn() -> bool {
 #[inline(always)]
 pub fn rst_bad_cookie() -> bool {
     SYNX_RST_BAD_COOKIE.load() != 0
+}
+
+/// How long a segment with data, for no flow and with a bad cookie, is dropped before its
+/// tuple is reset (`engine_common::maps::COOKIE_MISSES4`), in nanoseconds; 0: reset at once.
+#[inline(always)]
+pub fn cookie_miss_hold_ns() -> u64 {
+    u64::from(SYNX_COOKIE_MISS_HOLD_MS.load()) * 1_000_000
 }
 
 /// RSTs per second per CPU at most.

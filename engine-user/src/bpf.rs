@@ -56,6 +56,11 @@ const BENCH_FLOOD_PROGRAM: &str = "synx_bench_flood";
 pub const OUR_WSCALE: u8 = 7;
 /// RSTs per second per CPU that XDP may send for segments with no connection.
 pub const RST_PER_SEC: u32 = 1000;
+/// The default of [`XdpSettings::cookie_miss_hold_ms`]: longer than what a client sends before
+/// its RTO resends the segment that validates (its tail loss probe, 2 * SRTT and a few ms on
+/// Linux, RFC 8985 7.2) on paths up to about 400 ms of RTT; a client of a connection no host
+/// holds is reset at its first retransmission after it (Linux: at 1.4 s, its third).
+pub const COOKIE_MISS_HOLD_MS: u32 = 1000;
 /// Segments per second per CPU that XDP may forward to other hosts (second chance): each
 /// forwarded segment costs up to one frame on every other host's link, so a flood of
 /// segments for no connection is not multiplied without bound.
@@ -76,6 +81,11 @@ pub struct XdpSettings {
     /// Answer segments with no flow and a bad cookie with an RST (RFC 9293 3.10.7.1) rather
     /// than silence.
     pub rst_bad_cookie: bool,
+    /// How long a segment with data, for no flow and with a bad cookie, is dropped before its
+    /// tuple and ACK number are reset, in milliseconds (`engine_common::maps::COOKIE_MISSES4`:
+    /// it may be a handshake's later segment whose ACK and first segments were lost); 0 resets
+    /// at once, as Linux does with cookies.
+    pub cookie_miss_hold_ms: u32,
     /// RSTs per second per CPU at most.
     pub rst_per_sec: u32,
     /// While draining, hand new SYNs to the kernel (XDP_PASS) instead of leaving them
@@ -93,6 +103,7 @@ impl XdpSettings {
             wscale: OUR_WSCALE,
             ecn: true,
             rst_bad_cookie: true,
+            cookie_miss_hold_ms: COOKIE_MISS_HOLD_MS,
             rst_per_sec: RST_PER_SEC,
             drain_pass: false,
             ring: None,
@@ -304,6 +315,7 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings, pinned: Op
         .override_global(globals::ECN, &ecn, true)
         .override_global(globals::RST_BAD_COOKIE, &rst_bad_cookie, true)
         .override_global(globals::RST_PER_SEC, &settings.rst_per_sec, true)
+        .override_global(globals::COOKIE_MISS_HOLD_MS, &settings.cookie_miss_hold_ms, true)
         .override_global(globals::DRAIN_PASS, &drain_pass, true)
         .override_global(globals::PEER_PORT, &peer_port, true)
         .override_global(globals::PEER_SELF, &peer_self, true)
