@@ -335,3 +335,47 @@ fn ce_marks_shrink_synx_windows_without_loss() {
     // Without ECN synx fills the queue until it drops (not asserted: loss is allowed here).
     assert_eq!((down.ce_marked, c("tcp_ecn_reductions")), (0, 0), "ECN without agreement");
 }
+
+/// The client's handshake ACK and its first small write are lost on the path; its second small
+/// write (TCP_NODELAY) reaches synx first. That segment's SEG.SEQ - 1 is no ISN and it is too
+/// short for the cookie's search behind it, so XDP cannot start the connection from it; it
+/// drops it rather than reset the client (a kernel listener's SYN queue would take it, RFC 9293
+/// 3.10.7.4), and the client's retransmission of its first write validates the cookie. Both
+/// writes come back, in order.
+#[test]
+fn a_later_small_segment_after_a_lost_handshake_ack_is_held_not_reset() {
+    require_root();
+    let bed = PathBed::builder().both(PathSpec { delay: ms(10), ..PathSpec::default() }).xdp_server().start().unwrap();
+    let server = &bed.servers[0];
+    let daemon = Daemon::start(&server.ns, &server.iface, &["--listen", &format!("{}=echo", server.addr(ECHO))]).unwrap();
+    // On the path to the server: the client's 2nd and 3rd segments to the port (after its
+    // SYN), the handshake ACK and the first write. numgen counts what this rule sees.
+    let dev = server.middle_if();
+    bed.middle
+        .nft(&format!(
+            "table netdev lossy {{\n chain tx {{ type filter hook egress device {dev} priority 0; tcp dport {ECHO} numgen inc mod 1000000 1-2 counter drop; }}\n}}\n"
+        ))
+        .unwrap();
+    let addr = server.addr(ECHO);
+    let echoed = bed
+        .client
+        .run(move || -> std::io::Result<Vec<u8>> {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            s.set_nodelay(true)?;
+            s.write_all(&[b'a'; 100])?;
+            s.write_all(&[b'b'; 200])?;
+            let mut back = vec![0u8; 300];
+            s.read_exact(&mut back)?;
+            Ok(back)
+        })
+        .unwrap();
+    let rule = bed.middle.exec("nft", &["list", "table", "netdev", "lossy"]).unwrap();
+    assert!(rule.contains("packets 2 "), "the path did not drop the handshake ACK and the first write: {rule}");
+    let back = echoed.expect("the client was reset, or its data never came back");
+    assert_eq!((&back[..100], &back[100..]), (&[b'a'; 100][..], &[b'b'; 200][..]));
+    let c = |name: &str| daemon.counter(name).unwrap();
+    assert!(c("xdp_cookie_miss_held") >= 1, "the second write never came first: {rule} {:?}", daemon.stats());
+    assert_eq!((c("xdp_rst_sent"), c("tcp_accepted")), (0, 1));
+}

@@ -71,6 +71,14 @@ impl Server {
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::new(self.v4.into(), port)
     }
+
+    /// The middle's end of its veth, where the emulator writes what goes to this server: a
+    /// netdev egress hook there drops frames on the path, unseen by the sender's stack (a
+    /// drop in the sender's own output or egress hooks fails its transmit, and TCP sends the
+    /// segment again at once).
+    pub fn middle_if(&self) -> &str {
+        &self.middle_if
+    }
 }
 
 /// How to build a [`PathBed`].
