@@ -250,6 +250,7 @@ fn five_takeovers_under_load_reset_nothing_lose_nothing_and_keep_every_idle_conn
         let bin = if round == TAKEOVERS - 1 { other_bin.clone() } else { synx_bin() };
         let mut successor_args = args.clone();
         successor_args.push("--takeover");
+        let xdp_frames_before = daemon.counter("xdp_rx_packets").unwrap();
         let started = Instant::now();
         let successor = Daemon::start_binary(&bin, &net.server, &net.server_if, &successor_args).unwrap();
         let status = daemon.wait_exit(Duration::from_secs(60)).unwrap();
@@ -268,6 +269,9 @@ fn five_takeovers_under_load_reset_nothing_lose_nothing_and_keep_every_idle_conn
         daemon.control_socket = std::path::PathBuf::new();
         daemon = successor;
         assert_eq!(daemon.counter("takeovers").unwrap(), round as u64 + 1);
+        // The XDP counters carry on: the successor added its predecessor's counts to its own.
+        let xdp_frames = daemon.counter("xdp_rx_packets").unwrap();
+        assert!(xdp_frames >= xdp_frames_before, "round {round}: xdp_rx_packets {xdp_frames_before} -> {xdp_frames}");
         assert!(daemon.counter("takeover_connections_moved_in").unwrap() >= IDLE as u64, "round {round}");
         // The load carries on after each takeover, served by the successor.
         let before = (load.echoed.load(Ordering::Relaxed), load.connects.load(Ordering::Relaxed), load.proxied_long.load(Ordering::Relaxed));

@@ -53,11 +53,6 @@ counters! {
     COOKIE_MISS_HELD = 33, "xdp_cookie_miss_held", "Segments with data for no flow and a bad cookie dropped rather than reset: new to their tuple and ACK number, or repeated within the hold (a handshake's later segment whose ACK and first segments were lost).";
 }
 
-/// Slots of the `COUNTERS` array: more than [`COUNT`], so that a counter added later leaves
-/// the map's layout as it was and a successor with it still takes the maps over (the array is
-/// kept across takeover). Userspace reads the first [`COUNT`].
-pub const CAPACITY: u32 = 64;
-const _: () = assert!(COUNT <= CAPACITY);
 
 #[cfg(test)]
 mod tests {

@@ -16,7 +16,7 @@ use engine_common::{
 };
 
 #[map(name = "COUNTERS")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::CAPACITY, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
 #[map(name = "LISTEN_PORTS")]
 pub static LISTEN_PORTS: Array<PortListeners> = Array::with_max_entries(LISTEN_PORTS_LEN, 0);
 #[map(name = "LISTENERS")]

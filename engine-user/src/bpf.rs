@@ -302,7 +302,7 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings, pinned: Op
     let filter_log2 = maps::flow_filter_log2(max_flows);
     let mut loader = EbpfLoader::new();
     if let Some(dir) = pinned {
-        for name in takeover::KEPT_MAPS {
+        for name in takeover::SHARED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
     }

@@ -2,10 +2,12 @@
 //! pins the maps that hold state and its XDP attachment (a bpf_link) in a directory on bpffs;
 //! its successor loads its own program on those very maps and replaces the program inside the
 //! link, atomically: no moment without a program on the interface, no flow, listener, counter
-//! or cookie secret lost. aya compares each pinned map with the successor's definition (type,
+//! or cookie secret lost. aya compares each shared map with the successor's definition (type,
 //! key and value size, entries, flags); where they differ the successor stops with an error
 //! that names the map and the property, and nothing has changed: the link, still pinned,
-//! keeps the running program.
+//! keeps the running program. The XDP counters are not shared but copied: the successor counts
+//! in an array of its own, which grows when a version adds a counter, and adds the
+//! predecessor's counts into it once its program runs.
 //!
 //! RX_BACKLOG (counts of the running process's sockets) and XSKS (its sockets) are not kept:
 //! the successor binds sockets of its own, whose counts start at zero.
@@ -13,7 +15,7 @@
 use std::path::Path;
 
 use aya::{
-    maps::{MapData, MapInfo},
+    maps::{Map, MapData, MapInfo, PerCpuArray, PerCpuValues},
     programs::{
         ProgramError,
         links::{FdLink, PinnedLink},
@@ -37,6 +39,19 @@ pub const KEPT_MAPS: [&str; 8] = [
     maps::COOKIE_SECRETS,
     maps::SWITCHES,
 ];
+
+/// The kept maps the successor's program uses as they are (all but the counters, which it
+/// copies: [`XdpProgram::finish_takeover`]).
+pub const SHARED_MAPS: [&str; 7] = [
+    maps::FLOWS4,
+    maps::FLOWS6,
+    maps::FLOW_FILTER,
+    maps::LISTENERS,
+    maps::LISTEN_PORTS,
+    maps::COOKIE_SECRETS,
+    maps::SWITCHES,
+];
+const _: () = assert!(SHARED_MAPS.len() + 1 == KEPT_MAPS.len());
 
 /// The link's pin in the handover directory.
 const LINK_PIN: &str = "link";
@@ -138,14 +153,37 @@ impl XdpProgram {
     }
 
     /// The second half of [`XdpProgram::take_over`]: replace the running program inside the
-    /// pinned attachment by this one, and remove the pins.
+    /// pinned attachment by this one, add the predecessor's XDP counts to this one's counters,
+    /// and remove the pins.
     pub fn finish_takeover(&mut self, dir: &Path) -> Result<(), BpfError> {
         let prog = program(&mut self.ebpf, PROGRAM)?;
         let link = PinnedLink::from_pin(dir.join(LINK_PIN)).map_err(|e| takeover_error(format!("the pinned link: {e}")))?;
         let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| takeover_error(format!("the pinned link: {e}")))?;
         let id = prog.attach_to_link(link).map_err(|e: ProgramError| takeover_error(format!("replacing the program: {e}")))?;
         self.link = Some(id);
+        // After the swap, so that nothing the old program counts is missed. Counts are not
+        // worth failing a handover that has happened: a failure is logged.
+        if let Err(e) = self.add_counts(&dir.join(maps::COUNTERS)) {
+            tracing::warn!("the predecessor's XDP counters were not carried over: {e}");
+        }
         remove_pins(dir);
+        Ok(())
+    }
+
+    /// Add the per-CPU counts of the counters array pinned at `pin` (a predecessor's, as long
+    /// as its version had counters: the first of ours, in the same order) into this program's.
+    /// This program counts meanwhile: a count it makes on a CPU between the read and the write
+    /// of that CPU's slot is lost, nothing of the predecessor's.
+    fn add_counts(&mut self, pin: &Path) -> Result<(), BpfError> {
+        let old: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(MapData::from_pin(pin)?))?;
+        let mut ours: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map_mut(maps::COUNTERS).ok_or(BpfError::MissingMap(maps::COUNTERS))?)?;
+        for i in 0..old.len().min(ours.len()) {
+            let theirs = old.get(&i, 0)?;
+            let mine = ours.get(&i, 0)?;
+            let sum: Vec<u64> = mine.iter().zip(theirs.iter()).map(|(a, b)| a.wrapping_add(*b)).collect();
+            ours.set(i, PerCpuValues::try_from(sum).map_err(|e| takeover_error(format!("counter {i}: {e}")))?, 0)?;
+        }
         Ok(())
     }
 }
