@@ -172,6 +172,8 @@ pub struct RunConfig {
     pub xdp_mode: AttachMode,
     /// How long an engine thread keeps polling after work before it sleeps (0: never).
     pub busy_poll: Duration,
+    /// How long XDP drops a segment with data and a bad cookie before it resets its tuple.
+    pub cookie_miss_hold: Duration,
     /// AF_XDP preferred busy polling with this NAPI budget (0: off).
     pub prefer_busy_poll: u16,
     /// How long SIGTERM lets connections finish before resetting the rest.
@@ -200,6 +202,7 @@ impl RunConfig {
     pub const DEFAULT_MSL: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_CONNS: u32 = 1 << 20;
     pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+    pub const DEFAULT_COOKIE_MISS_HOLD: Duration = Duration::from_millis(crate::bpf::COOKIE_MISS_HOLD_MS as u64);
 
     /// The app that serves `spec`.
     pub fn app_for(&self, spec: &ListenSpec) -> App {
@@ -224,6 +227,7 @@ pub struct FileConfig {
     pub max_conns: Option<u32>,
     pub xdp_mode: Option<String>,
     pub busy_poll: Option<String>,
+    pub cookie_miss_hold: Option<String>,
     pub prefer_busy_poll: Option<u16>,
     pub grace: Option<String>,
     pub app_threads: Option<String>,
@@ -262,6 +266,7 @@ pub struct FlagConfig {
     pub max_conns: Option<u32>,
     pub xdp_mode: Option<AttachMode>,
     pub busy_poll: Option<Duration>,
+    pub cookie_miss_hold: Option<Duration>,
     pub prefer_busy_poll: Option<u16>,
     pub grace: Option<Duration>,
     pub app_threads: Option<AppThreads>,
@@ -327,6 +332,8 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
     let max_conns =
         bounds::MAX_CONNS.check(flags.max_conns.or(file.max_conns).unwrap_or(RunConfig::DEFAULT_MAX_CONNS))?;
     let busy_poll = bounds::BUSY_POLL.check(flags.busy_poll.or(dur(file.busy_poll)?).unwrap_or(Duration::ZERO))?;
+    let cookie_miss_hold = bounds::COOKIE_MISS_HOLD
+        .check(flags.cookie_miss_hold.or(dur(file.cookie_miss_hold)?).unwrap_or(RunConfig::DEFAULT_COOKIE_MISS_HOLD))?;
     let prefer_busy_poll = bounds::PREFER_BUSY_POLL.check(flags.prefer_busy_poll.or(file.prefer_busy_poll).unwrap_or(0))?;
     let grace = bounds::GRACE.check(flags.grace.or(dur(file.grace)?).unwrap_or(RunConfig::DEFAULT_GRACE))?;
     let metrics = match (flags.metrics, file.metrics.as_deref()) {
@@ -381,6 +388,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         max_conns,
         xdp_mode,
         busy_poll,
+        cookie_miss_hold,
         prefer_busy_poll,
         grace,
         app_threads,
@@ -435,6 +443,10 @@ pub mod bounds {
     /// Linux's net.core.busy_poll is typically 50 us; more than a few ms is a spinning thread.
     pub const BUSY_POLL: Bound<Duration> =
         Bound { name: "--busy-poll", range: secs(0)..=ms(10), says: "0 (off) to 10ms" };
+    /// XDP keeps it in whole milliseconds; past a minute a dead connection's client waits
+    /// minutes for its reset.
+    pub const COOKIE_MISS_HOLD: Bound<Duration> =
+        Bound { name: "--cookie-miss-hold", range: secs(0)..=secs(60), says: "0 (reset at once) to 60s" };
     /// SO_BUSY_POLL_BUDGET takes up to 65535; a NAPI poll's usual weight is 64, and a budget
     /// beyond the RX ring's 4096 descriptors polls for frames with nowhere to go.
     pub const PREFER_BUSY_POLL: Bound<u16> =
@@ -495,6 +507,7 @@ mod tests {
             keepalive_probes = 3
             msl = "1s"
             busy_poll = "50us"
+            cookie_miss_hold = "300ms"
             prefer_busy_poll = 64
             app_threads = "worker"
             metrics = "[::1]:9464"
@@ -518,6 +531,7 @@ mod tests {
         assert_eq!(c.msl, Duration::from_secs(1));
         assert_eq!(c.xdp_mode, AttachMode::Skb);
         assert_eq!(c.busy_poll, Duration::from_micros(50));
+        assert_eq!(c.cookie_miss_hold, Duration::from_millis(300));
         assert_eq!(c.prefer_busy_poll, 64);
         assert_eq!(c.app_threads, AppThreads::Worker);
         assert_eq!(c.metrics, Some("[::1]:9464".parse().unwrap()));
@@ -538,6 +552,7 @@ mod tests {
         assert_eq!(d.msl, Duration::from_secs(30));
         assert_eq!(d.app, App::Echo);
         assert_eq!(d.busy_poll, Duration::ZERO);
+        assert_eq!(d.cookie_miss_hold, Duration::from_secs(1));
         assert_eq!(d.prefer_busy_poll, 0);
         assert_eq!(d.app_threads, AppThreads::Engine);
         assert_eq!(d.metrics, None);
@@ -644,6 +659,7 @@ mod tests {
             (FlagConfig { msl: Some(Duration::ZERO), ..base() }, "--msl"),
             (FlagConfig { grace: Some(huge), ..base() }, "--grace"),
             (FlagConfig { busy_poll: Some(Duration::from_secs(5)), ..base() }, "--busy-poll"),
+            (FlagConfig { cookie_miss_hold: Some(Duration::from_secs(61)), ..base() }, "--cookie-miss-hold"),
             (FlagConfig { prefer_busy_poll: Some(4097), ..base() }, "--prefer-busy-poll"),
             (FlagConfig { keepalive_idle: Some(huge), ..base() }, "--keepalive-idle"),
             (FlagConfig { keepalive_idle: Some(Duration::ZERO), ..base() }, "--keepalive-idle"),
@@ -671,6 +687,7 @@ mod tests {
             msl: Some(Duration::from_millis(100)),
             grace: Some(Duration::ZERO),
             busy_poll: Some(Duration::from_millis(10)),
+            cookie_miss_hold: Some(Duration::ZERO),
             keepalive_probes: Some(127),
             max_conns: Some(1 << 24),
             mem_limit: Some(16 << 20),

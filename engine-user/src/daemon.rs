@@ -227,6 +227,8 @@ fn fixed_settings_changed(old: &RunConfig, new: &RunConfig) -> Vec<&'static str>
         // XDP's SYN-ACK reads it as a load-time constant.
         ("ecn", old.ecn != new.ecn),
         ("busy_poll", old.busy_poll != new.busy_poll),
+        // A load-time constant of the XDP program too.
+        ("cookie_miss_hold", old.cookie_miss_hold != new.cookie_miss_hold),
         ("prefer_busy_poll", old.prefer_busy_poll != new.prefer_busy_poll),
         ("app_threads", old.app_threads != new.app_threads),
         ("metrics", old.metrics != new.metrics),
@@ -404,6 +406,7 @@ pub fn run(
         ecn: cfg.ecn,
         max_conns: cfg.max_conns,
         busy_poll: cfg.busy_poll,
+        cookie_miss_hold: cfg.cookie_miss_hold,
         prefer_busy_poll: cfg.prefer_busy_poll,
         memory: cfg.memory,
         cluster: cfg.cluster.clone(),

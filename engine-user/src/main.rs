@@ -112,6 +112,14 @@ struct RunArgs {
     /// that follow each other closely, paid in CPU. Default 0 (off).
     #[arg(long, value_parser = parse_duration)]
     busy_poll: Option<Duration>,
+    /// How long XDP drops a segment with data for no connection whose SYN cookie does not
+    /// check, before it resets the client: such a segment may be the first to arrive of a
+    /// client whose handshake ACK and first data were lost, and its retransmission then
+    /// starts the connection; a client of a connection no host holds is reset at its first
+    /// retransmission after this. 0 resets at once, as Linux does with SYN cookies.
+    /// Default 1s.
+    #[arg(long, value_parser = parse_duration)]
+    cookie_miss_hold: Option<Duration>,
     /// AF_XDP preferred busy polling, N frames per poll (SO_BUSY_POLL_BUDGET; 64 is a NAPI's
     /// usual weight): each engine thread runs its RX queue's NAPI itself at every receive
     /// instead of being woken by the device, and gives the device its notification back
@@ -221,6 +229,7 @@ fn real_main() -> anyhow::Result<()> {
                 max_conns: args.max_conns,
                 xdp_mode: args.xdp_mode,
                 busy_poll: args.busy_poll,
+                cookie_miss_hold: args.cookie_miss_hold,
                 prefer_busy_poll: args.prefer_busy_poll,
                 grace: args.grace,
                 app_threads: args.app_threads,

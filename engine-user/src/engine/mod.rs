@@ -86,6 +86,9 @@ pub struct EngineOptions {
     /// Zero, the default, sleeps at once: least CPU. A few tens of microseconds save a sleep
     /// and a wakeup per request/response turn (lower latency at one connection).
     pub busy_poll: Duration,
+    /// How long XDP drops a segment with data, for no connection and with a bad cookie, before
+    /// it resets its tuple (see `bpf::XdpSettings::cookie_miss_hold_ms`).
+    pub cookie_miss_hold: Duration,
     /// AF_XDP preferred busy polling with this NAPI budget (0: off): each engine thread runs
     /// its RX queue's NAPI itself at every receive instead of being woken by the device (see
     /// `xsk::BusyPoll`).
@@ -111,6 +114,7 @@ impl EngineOptions {
             ecn: true,
             max_conns: Self::DEFAULT_MAX_CONNS,
             busy_poll: Duration::ZERO,
+            cookie_miss_hold: Duration::from_millis(u64::from(crate::bpf::COOKIE_MISS_HOLD_MS)),
             prefer_busy_poll: 0,
             memory: MemoryLimits::default(),
             cluster: ClusterOptions::default(),
@@ -242,7 +246,8 @@ impl Engine {
         );
         let per_queue = options.max_conns / queues;
         let mss = interface_mss(&options.iface);
-        let settings = options.cluster.xdp_settings(XdpSettings { ecn: options.ecn, ..XdpSettings::new(mss) })?;
+        let cookie_miss_hold_ms = u32::try_from(options.cookie_miss_hold.as_millis()).unwrap_or(u32::MAX);
+        let settings = options.cluster.xdp_settings(XdpSettings { ecn: options.ecn, cookie_miss_hold_ms, ..XdpSettings::new(mss) })?;
         let (xdp, handover) = match &mut takeover {
             None => (XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, settings)?, None),
             Some((dir, predecessor)) => {
