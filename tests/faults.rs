@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::TcpStream,
+    net::{SocketAddr, TcpStream},
     os::unix::process::CommandExt as _,
     process::Stdio,
     sync::{
@@ -340,41 +340,23 @@ fn s12_http_request_bodies_cost_no_memory_and_absurd_lengths_are_refused() {
     eprintln!("http bodies: RSS {rss_before} -> {rss_after}");
 }
 
-/// Drop `percent`% of the client's TCP frames in each direction, on its veth (netdev ingress
-/// and egress hooks: on the wire, not inside the client's stack), and move 64 MiB each way.
+/// Lose `percent`% of the frames each way on the path (the path emulator's middle namespace:
+/// a drop in the client's own netdev egress hook fails its transmit, and its TCP sends again at
+/// once, so the client's segments would never be lost to synx), and move 64 MiB each way.
 fn echo_64mib_through_loss(percent: u32) {
+    use testbed::path::{Dir, Loss, PathBed, PathSpec, probe};
     let _shared = CPU_HEAVY.read().unwrap_or_else(|e| e.into_inner());
-    let bed = Bed::start("echo", &[]);
-    let dev = &bed.net.client_if;
-    // Segmentation offload would hand the egress hook 64 KB super-frames: per-frame loss would
-    // then drop dozens of segments at once. Make "percent" mean percent of segments.
-    bed.net.client.exec("ethtool", &["-K", dev, "tso", "off", "gso", "off"]).unwrap();
-    bed.net
-        .client
-        .nft(&format!(
-            "table netdev loss {{\n\
-             chain rx {{ type filter hook ingress device {dev} priority 0; meta l4proto tcp numgen random mod 100 < {percent} counter drop; }}\n\
-             chain tx {{ type filter hook egress device {dev} priority 0; meta l4proto tcp numgen random mod 100 < {percent} counter drop; }}\n\
-             }}\n"
-        ))
-        .unwrap();
-    let len = 64 << 20;
-    let data: Vec<u8> = (0..len as u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
-    let want = digest(&data);
-    let (got, n) = bed.client(false, move |mut s| {
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let back = echo_roundtrip(&mut s, &data);
-        (digest(&back), back.len())
-    });
-    assert_eq!((n, got), (len, want), "64 MiB through {percent}% loss arrived damaged");
-    let rules = bed.net.client.exec("nft", &["list", "table", "netdev", "loss"]).unwrap();
-    let dropped: Vec<u64> = rules
-        .split("packets ")
-        .skip(1)
-        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
-        .collect();
-    assert!(dropped.len() == 2 && dropped.iter().all(|d| *d > 0), "no loss was injected: {rules}");
-    eprintln!("{percent}% loss: dropped {dropped:?} frames (rx, tx); synx {:?}", bed.daemon.stats().unwrap());
+    let spec = PathSpec::default().with_loss(Loss::Random(f64::from(percent) / 100.0));
+    let bed = PathBed::builder().both(spec).xdp_server().seed(u64::from(percent)).start().unwrap();
+    let server = &bed.servers[0];
+    let addr = SocketAddr::new(server.v4.into(), PORT);
+    let daemon = Daemon::start(&server.ns, &server.iface, &["--listen", &format!("{addr}=echo")]).unwrap();
+    // probe::echo checks the length and the hash of what came back.
+    probe::echo(&bed.client, addr, 64 << 20, 9, Some(Duration::from_secs(60)))
+        .unwrap_or_else(|e| panic!("64 MiB through {percent}% loss: {e:#}; synx {:?}", daemon.stats()));
+    let (up, down) = (bed.stats(Dir::Up), bed.stats(Dir::Down));
+    assert!(up.lost > 0 && down.lost > 0, "no loss was injected: up {} down {}", up.lost, down.lost);
+    eprintln!("{percent}% loss: lost {} of {} frames up, {} of {} down; synx {:?}", up.lost, up.impairable, down.lost, down.impairable, daemon.stats().unwrap());
 }
 
 #[test]
