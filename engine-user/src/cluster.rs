@@ -23,7 +23,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -170,7 +170,7 @@ pub struct PeerReport {
 
 /// What [`Cluster::stats`] reports (`synx stats`, `--metrics`), in its order: the first three
 /// always, the peers' with `--peer-hosts`.
-const GAUGES: [Metric; 10] = [
+const GAUGES: [Metric; 11] = [
     gauge("draining", "1 while this host drains: new SYNs are not answered, established connections go on."),
     gauge("cookie_key_shared", "1 when the cookie secrets derive from a key shared with other hosts."),
     gauge("clock_unsynchronized", "1 when the kernel says its clock is not synchronized (the shared key's periods need it)."),
@@ -181,6 +181,7 @@ const GAUGES: [Metric; 10] = [
     gauge("clock_peer_offset_max_ms", "The largest clock difference to a reachable peer host, in milliseconds."),
     gauge("clock_off", "1 when this host's clock differs from most reachable peers'."),
     gauge("cookie_key_differs", "1 when this host's cookie key differs from most reachable peers'."),
+    gauge("peers_in_ring", "Peer hosts second chance forwards to: those that answered lately, and every peer for the first few seconds after start."),
 ];
 
 fn report(peers: &HashMap<SocketAddrV4, PeerSeen>, fingerprint: u64, now: Instant) -> PeerReport {
@@ -205,6 +206,8 @@ fn report(peers: &HashMap<SocketAddrV4, PeerSeen>, fingerprint: u64, now: Instan
 struct Shared {
     report: Mutex<PeerReport>,
     kernel_unsynchronized: AtomicBool,
+    /// The hosts in the second-chance ring besides this one (the XDP program's RING_HOPS).
+    ring_hosts: AtomicU64,
 }
 
 /// A running host's part in the cluster: the secrets' publication, draining and heartbeats.
@@ -256,11 +259,12 @@ impl Cluster {
             }
             None => None,
         };
+        let shared = Shared { ring_hosts: AtomicU64::new(peers.as_ref().map_or(0, |p| p.others.len() as u64)), ..Shared::default() };
         let cluster = Self {
             switches: switches.clone(),
             shared_key,
             peers: peers.is_some(),
-            shared: Arc::new(Shared::default()),
+            shared: Arc::new(shared),
             stop: Arc::new(AtomicBool::new(false)),
             paused: Arc::new(AtomicBool::new(false)),
             thread: Mutex::new(None),
@@ -316,6 +320,7 @@ impl Cluster {
                 r.max_offset_ms,
                 u64::from(r.self_clock_off),
                 u64::from(r.self_key_differs),
+                self.shared.ring_hosts.load(Ordering::Relaxed),
             ]);
         }
         GAUGES.iter().zip(values).collect()
@@ -432,12 +437,15 @@ impl Ticker {
             Err(_) => (None, 0),
         };
         match self.switches.set_ring(next, hops) {
-            Ok(()) => tracing::info!(
-                "second chance: {} other host{} answering; forwarding to {}",
-                hops,
-                if hops == 1 { "" } else { "s" },
-                next.map_or("nobody".to_string(), |n| n.to_string())
-            ),
+            Ok(()) => {
+                self.shared.ring_hosts.store(u64::from(hops), Ordering::Relaxed);
+                tracing::info!(
+                    "second chance: {} other host{} answering; forwarding to {}",
+                    hops,
+                    if hops == 1 { "" } else { "s" },
+                    next.map_or("nobody".to_string(), |n| n.to_string())
+                )
+            }
             Err(e) => tracing::warn!("second chance: updating the ring: {e}"),
         }
     }
