@@ -197,11 +197,13 @@ fn sigterm_answers_no_new_syn_closes_idle_connections_with_a_fin_and_resets_only
 }
 
 /// Issue 17 item 4: after `kill -9` the connections' state is gone. A restarted daemon answers
-/// the next segment of a connection it never knew with the RFC 9293 3.10.7.1 reset, sent by
-/// XDP (the segment's ACK is no cookie): the client learns at once, instead of retransmitting
-/// into silence until its retries run out, and can connect again.
+/// a connection it never knew with the RFC 9293 3.10.7.1 reset, sent by XDP (the segment's ACK
+/// is no cookie): the client's data once it comes again after `--cookie-miss-hold` (1 s; its
+/// first sight might be a new client's segment whose handshake ACK was lost), so the client
+/// learns within its third retransmission, instead of retransmitting into silence until its
+/// retries run out, and can connect again.
 #[test]
-fn after_kill_9_a_restarted_daemon_resets_connections_it_never_knew_at_their_next_segment() {
+fn after_kill_9_a_restarted_daemon_resets_connections_it_never_knew_when_their_data_comes_again() {
     require_root();
     const CLIENTS: usize = 20;
     let net = VethPair::new().unwrap();
