@@ -321,18 +321,22 @@ fn run(rows: Vec<Row>) {
             Out::Rst { seq, ack } => check_rst(&seen, &out, seq, ack, what),
             Out::Forwarded { hops } => check_forwarded(&seen, &out, hops, what),
         }
-        let after = counters_of(e);
-        let mut want = vec![0u64; counters::COUNT as usize];
-        want[counters::RX_PACKETS as usize] = 1;
-        for &(c, n) in &r.counts {
-            want[c as usize] += n;
-        }
-        let moved = |v: Vec<u64>| -> Vec<(&str, u64)> {
-            v.into_iter().enumerate().filter(|(_, n)| *n != 0).map(|(i, n)| (counters::NAMES[i], n)).collect()
-        };
-        let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-        assert_eq!(moved(got), moved(want), "{what}: counters");
+        assert_counted(&before, &counters_of(e), &r.counts, what);
     }
+}
+
+/// The counters moved from `before` to `after` by exactly `counts` for one frame seen.
+fn assert_counted(before: &[u64], after: &[u64], counts: &[(Counter, u64)], what: &str) {
+    let mut want = vec![0u64; counters::COUNT as usize];
+    want[counters::RX_PACKETS as usize] = 1;
+    for &(c, n) in counts {
+        want[c as usize] += n;
+    }
+    let moved = |v: Vec<u64>| -> Vec<(&str, u64)> {
+        v.into_iter().enumerate().filter(|(_, n)| *n != 0).map(|(i, n)| (counters::NAMES[i], n)).collect()
+    };
+    let got: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert_eq!(moved(got), moved(want), "{what}: counters");
 }
 
 /// Where a frame came from and went: (source MAC, destination MAC, source, destination).
@@ -753,14 +757,7 @@ fn a_segment_with_data_and_a_bad_cookie_is_held_before_its_tuple_is_reset() {
             let before = counters_of(&e);
             let (v, out, _) = e.test_run(frame, 1).unwrap();
             assert_eq!(v, verdict, "{what} (v6={v6}): verdict");
-            let after = counters_of(&e);
-            let mut want = vec![0u64; counters::COUNT as usize];
-            want[counters::RX_PACKETS as usize] = 1;
-            for &(c, n) in counts {
-                want[c as usize] += n;
-            }
-            let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-            assert_eq!(got, want, "{what} (v6={v6}): counters");
+            assert_counted(&before, &counters_of(&e), counts, &format!("{what} (v6={v6})"));
             out
         };
         let held = [(COOKIE_ACK_INVALID, 1), (COOKIE_MISS_HELD, 1)];
