@@ -78,6 +78,21 @@ struct Model {
     unindexed: bool,
 }
 
+impl Model {
+    /// The application got `data` (read, or delivered straight from a segment): it must be the
+    /// stream where the app left off, never past what was sent or past the FIN.
+    fn app_got(&mut self, data: &[u8], how: &str) {
+        for (j, &b) in data.iter().enumerate() {
+            assert_eq!(b, stream(self.t, self.read + j as u64), "byte {} of tuple {} {how} wrong", self.read + j as u64, self.t);
+        }
+        self.read += data.len() as u64;
+        assert!(self.read <= self.sent, "{how} {} of {} sent", self.read, self.sent);
+        if let Some(f) = self.fin_at {
+            assert!(self.read <= f, "{how} past the FIN");
+        }
+    }
+}
+
 struct World {
     ep: Endpoint,
     config: Config,
@@ -136,14 +151,7 @@ impl World {
         let mut deliver = |got: ConnectionHandle, data: &[u8]| {
             let Some(m) = models.iter_mut().find(|m| m.h == got && m.t == t && !m.unindexed && !m.app_done) else { return 0 };
             let n = data.len().min(room);
-            for (j, &b) in data[..n].iter().enumerate() {
-                assert_eq!(b, stream(m.t, m.read + j as u64), "byte {} of tuple {} delivered wrong", m.read + j as u64, m.t);
-            }
-            m.read += n as u64;
-            assert!(m.read <= m.sent, "delivered {} of {} sent", m.read, m.sent);
-            if let Some(f) = m.fin_at {
-                assert!(m.read <= f, "delivered past the FIN");
-            }
+            m.app_got(&data[..n], "delivered");
             n
         };
         match self.ep.handle_into(now, local, remote, &h, &payload, &mut deliver) {
@@ -470,15 +478,7 @@ fuzz_target!(|data: &[u8]| {
                 let mut out = vec![0u8; want];
                 let Some(c) = w.ep.connection_mut(h) else { panic!("slot {} held but no connection", h.slot()) };
                 let n = c.recv(&mut out);
-                let m = &mut w.models[i];
-                for (j, &b) in out[..n].iter().enumerate() {
-                    assert_eq!(b, stream(m.t, m.read + j as u64), "byte {} of tuple {} read wrong", m.read + j as u64, m.t);
-                }
-                m.read += n as u64;
-                assert!(m.read <= m.sent, "read {} of {} sent", m.read, m.sent);
-                if let Some(f) = m.fin_at {
-                    assert!(m.read <= f, "read past the FIN");
-                }
+                w.models[i].app_got(&out[..n], "read");
             }
             // The application writes.
             8 => {
