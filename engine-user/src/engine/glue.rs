@@ -240,6 +240,12 @@ pub struct Enforced {
 /// stays in the TCP receive buffer, whose window then shrinks): enough for a request.
 const PRESSURE_RX_CAP: usize = 16 * 1024;
 
+/// How many received bytes a stream's queue may hold: under memory pressure little, so
+/// windows shrink instead of buffers growing.
+fn rx_cap(pressure: bool) -> usize {
+    if pressure { PRESSURE_RX_CAP } else { STREAM_RX_CAP }
+}
+
 impl Glue {
     pub fn new(waker: Arc<EngineWaker>, stats: Arc<QueueStats>, memory: Arc<Memory>) -> Self {
         Self {
@@ -803,8 +809,8 @@ impl Glue {
         // Received data up to the app's queue cap; the rest stays in the TCP receive buffer,
         // which keeps the advertised window honest. Under memory pressure the cap is small, so
         // windows shrink instead of buffers growing.
-        let pressure = self.memory.level() >= Level::Pressure;
-        let want = self.rx_cap().saturating_sub(st.rx.len());
+        let pressure = self.under_pressure();
+        let want = rx_cap(pressure).saturating_sub(st.rx.len());
         let n = conn.recv_with(want, |part| st.rx.extend(part));
         st.rx_added += n as u64;
         st.rx_blocked = conn.has_unread();
@@ -900,10 +906,9 @@ impl Glue {
         }
     }
 
-    /// How many received bytes a stream's queue may hold: under memory pressure little, so
-    /// windows shrink instead of buffers growing.
-    fn rx_cap(&self) -> usize {
-        if self.memory.level() >= Level::Pressure { PRESSURE_RX_CAP } else { STREAM_RX_CAP }
+    /// Whether memory is under pressure: apps' queues are then kept small.
+    fn under_pressure(&self) -> bool {
+        self.memory.level() >= Level::Pressure
     }
 
     /// In-order data of a connection whose app is running, straight from the segment into its
@@ -914,7 +919,7 @@ impl Glue {
         let Some(g) = self.table.get(h.slot()) else { return 0 };
         let (AppSide::Task(shared) | AppSide::Turn(shared, _)) = &g.app else { return 0 };
         let mut st = shared.lock();
-        let n = self.rx_cap().saturating_sub(st.rx.len()).min(data.len());
+        let n = rx_cap(self.under_pressure()).saturating_sub(st.rx.len()).min(data.len());
         st.rx.extend(&data[..n]);
         st.rx_added += n as u64;
         n
