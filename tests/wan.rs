@@ -400,3 +400,99 @@ fn small_writes_behind_a_lost_handshake_ack(extra: &[&str]) -> (std::io::Result<
     assert!(rule.contains("packets 2 "), "the path did not drop the handshake ACK and the first write: {rule}");
     (echoed, bed, daemon)
 }
+
+/// A server that speaks first (an SMTP-style banner from a kernel-TCP backend, through synx's
+/// proxy app) to a client whose handshake ACK the path lost. The client is ESTABLISHED and
+/// waits for the banner; synx never heard of the connection (the cookie holds SYN-RECEIVED).
+/// RFC 9293 3.10.7.2 has SYN-RECEIVED retransmit its SYN-ACK, and so does synx from what XDP
+/// recorded: the client answers the duplicate with an ACK carrying the cookie (RFC 5961 4.2),
+/// the connection starts and the banner comes, about a second late.
+#[test]
+fn a_banner_reaches_a_client_whose_handshake_ack_was_lost() {
+    let (banner, _bed, daemon) = banner_behind_a_lost_handshake_ack(&[], Duration::from_secs(10));
+    let banner = banner.expect("no banner: the connection never started");
+    assert_eq!(banner, BANNER);
+    let c = |name: &str| daemon.counter(name).unwrap();
+    assert!(c("synack_retransmits") >= 1, "{:?}", daemon.stats());
+    assert_eq!((c("tcp_accepted"), c("xdp_syn_recorded")), (1, 1), "{:?}", daemon.stats());
+    // The retransmitter learns of the connection at its next read (every 100 ms) and forgets
+    // the handshake.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while c("synack_pending") != 0 && std::time::Instant::now() < until {
+        std::thread::sleep(ms(50));
+    }
+    assert_eq!((c("synack_pending"), c("synack_given_up")), (0, 0), "{:?}", daemon.stats());
+}
+
+/// With `--synack-retries 0` the same client waits for a banner that never comes (as a client
+/// of a Linux listener under SYN cookies does).
+#[test]
+fn with_no_synack_retries_the_banner_never_comes() {
+    let (banner, _bed, daemon) = banner_behind_a_lost_handshake_ack(&["--synack-retries", "0"], Duration::from_secs(4));
+    let e = banner.expect_err("a banner came with no SYN-ACK retransmission");
+    assert!(matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{e}");
+    let c = |name: &str| daemon.counter(name).unwrap();
+    assert_eq!((c("tcp_accepted"), c("xdp_syn_recorded"), c("synack_retransmits")), (0, 0, 0));
+}
+
+const BANNER: &[u8] = b"220 synx.test ESMTP\r\n";
+
+/// A client on a 20 ms path connects to synx's proxy in front of a backend that greets first,
+/// and reads the greeting within `wait`; the path drops the client's handshake ACK (its 2nd
+/// segment to the port, in the middle's egress hook, where the client's stack does not see
+/// the drop). What the client read, the bed and synx (`extra`: its flags), to be dropped in
+/// that order's reverse.
+fn banner_behind_a_lost_handshake_ack(extra: &[&str], wait: Duration) -> (std::io::Result<Vec<u8>>, PathBed, Daemon) {
+    const SMTP: u16 = 25;
+    require_root();
+    let bed = PathBed::builder().both(PathSpec { delay: ms(10), ..PathSpec::default() }).xdp_server().start().unwrap();
+    let server = &bed.servers[0];
+    // The backend: greets each connection, then waits for the client to close.
+    let backend = server
+        .ns
+        .run(|| {
+            let l = std::net::TcpListener::bind("127.0.0.1:2525").unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write as _;
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < until {
+            match backend.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.write_all(BANNER);
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_secs(15));
+                        drop(s);
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    let listen = format!("{}=proxy=127.0.0.1:2525", server.addr(SMTP));
+    let daemon = Daemon::start(&server.ns, &server.iface, &[&["--listen", listen.as_str()], extra].concat()).unwrap();
+    let dev = server.middle_if();
+    bed.middle
+        .nft(&format!(
+            "table netdev lossy {{\n chain tx {{ type filter hook egress device {dev} priority 0; tcp dport {SMTP} numgen inc mod 1000000 1 counter drop; }}\n}}\n"
+        ))
+        .unwrap();
+    let addr = server.addr(SMTP);
+    let banner = bed
+        .client
+        .run(move || -> std::io::Result<Vec<u8>> {
+            use std::io::Read as _;
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(wait))?;
+            let mut got = vec![0u8; BANNER.len()];
+            s.read_exact(&mut got)?;
+            Ok(got)
+        })
+        .unwrap();
+    let rule = bed.middle.exec("nft", &["list", "table", "netdev", "lossy"]).unwrap();
+    assert!(rule.contains("packets 1 "), "the path did not drop the handshake ACK: {rule}");
+    (banner, bed, daemon)
+}

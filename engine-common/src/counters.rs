@@ -51,6 +51,8 @@ counters! {
     PASS_MALFORMED = 31, "xdp_pass_malformed", "Frames passed to the kernel: malformed before even the TCP ports could be read.";
     CLAIM_EXPIRED = 32, "xdp_claim_expired", "Claims on a tuple (a valid cookie ACK that never reached the engine) found expired and dropped.";
     COOKIE_MISS_HELD = 33, "xdp_cookie_miss_held", "Segments with data for no flow and a bad cookie dropped rather than reset: new to their tuple and ACK number, or repeated within the hold (a handshake's later segment whose ACK and first segments were lost).";
+    SYN_RECORDED = 34, "xdp_syn_recorded", "SYN-ACKs recorded for userspace to retransmit while the handshake is not complete.";
+    SYN_UNRECORDED = 35, "xdp_syn_unrecorded", "SYN-ACKs sent with a cookie only: over the per-CPU recording budget, or the record ring full.";
 }
 
 

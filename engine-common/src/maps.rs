@@ -277,6 +277,61 @@ pub const COOKIE_MISSES6: &str = "COOKIE_MISSES6";
 pub const COOKIE_MISSES4_LEN: u32 = 4096;
 pub const COOKIE_MISSES6_LEN: u32 = 1024;
 
+/// The ring buffer (BPF_MAP_TYPE_RINGBUF) of SYN-ACKs XDP sent with a cookie, one
+/// [`SynRecord`] each, that userspace may retransmit. RFC 9293 3.10.7.2 has SYN-RECEIVED
+/// retransmit its SYN-ACK (RFC 6298 2.1: first after 1 s, then backing off); a cookie keeps no
+/// state to retransmit from, so a client whose final ACK was lost and that waits for the
+/// server to speak first (SMTP, MySQL, FTP banners) would wait forever. XDP records what the
+/// SYN-ACK was made of; userspace resends it, with the same cookie, until the connection is
+/// established or the retries run out. The client, ESTABLISHED, answers the duplicate SYN-ACK
+/// with an ACK (RFC 5961 4.2 challenge ACK) whose ACK number is the cookie: the connection
+/// starts. Recording is budgeted per CPU ([`globals::SYN_RECORD_PER_SEC`]): under a flood,
+/// SYNs over the budget get a cookie only, as Linux's do once its SYN queue is full.
+pub const SYN_RECORDS: &str = "SYN_RECORDS";
+/// Its size in bytes: about 11,900 records (80 bytes and the ring's 8-byte header each), more
+/// than a CPU's budget produces between two reads of userspace (every 100 ms).
+pub const SYN_RECORDS_BYTES: u32 = 1 << 20;
+/// The default budget of [`globals::SYN_RECORD_PER_SEC`].
+pub const SYN_RECORD_PER_SEC: u32 = 20_000;
+/// [`SynRecord::flags`] bits.
+pub const SYN_RECORD_V6: u8 = 1;
+pub const SYN_RECORD_SACK: u8 = 2;
+pub const SYN_RECORD_TS: u8 = 4;
+pub const SYN_RECORD_ECN: u8 = 8;
+pub const SYN_RECORD_WSCALE: u8 = 16;
+
+/// What a SYN-ACK XDP sent was made of ([`SYN_RECORDS`]): userspace mints the same cookie
+/// from it (`mint_ns`, the tuple, the client's ISN and MSS) and builds the same SYN-ACK with a
+/// fresh TSval. Addresses, ports and MACs as XDP loads them (wire bytes in little-endian
+/// words; IPv4 in word 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SynRecord {
+    /// The shared clock (ns) the cookie was minted at.
+    pub mint_ns: u64,
+    /// CLOCK_MONOTONIC (coarse) when XDP sent the SYN-ACK: retransmissions count from it.
+    pub mono_ns: u64,
+    /// The client's address, then ours.
+    pub remote: [u32; 4],
+    pub local: [u32; 4],
+    /// The TCP header's first word: the client's port, then ours.
+    pub ports: u32,
+    /// The frame's first 12 bytes: our MAC, then the client's.
+    pub macs: [u32; 3],
+    /// The client's ISN and, with [`SYN_RECORD_TS`], its TSval.
+    pub isn: u32,
+    pub tsval: u32,
+    /// The client's MSS (or the family's default when it sent none).
+    pub mss: u16,
+    /// Its window-scale shift, with [`SYN_RECORD_WSCALE`].
+    pub wscale: u8,
+    /// [`SYN_RECORD_V6`] and what the SYN offered.
+    pub flags: u8,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SynRecord>() == 80);
+
 /// Read-only globals of the XDP objects: settings fixed for the program's life, set by
 /// userspace when it loads the object (aya's `EbpfLoader::override_global`) and read by the
 /// program as constants (engine-ebpf `settings`, which declares them under these names).
@@ -311,6 +366,9 @@ pub mod globals {
     /// `u32`: milliseconds a segment with data, for no flow and with a bad cookie, is dropped
     /// before its tuple is reset ([`super::COOKIE_MISSES4`]); 0: reset at once.
     pub const COOKIE_MISS_HOLD_MS: &str = "SYNX_COOKIE_MISS_HOLD_MS";
+    /// `u32`: SYN-ACKs per second per CPU that XDP records in [`super::SYN_RECORDS`] for
+    /// userspace to retransmit; 0: none.
+    pub const SYN_RECORD_PER_SEC: &str = "SYNX_SYN_RECORD_PER_SEC";
 }
 
 /// One queue's entry of [`RX_BACKLOG`]. XDP adds to `redirected`; userspace stores `consumed`.

@@ -4,13 +4,13 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, XskMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, XskMap},
 };
 use engine_common::{
     counters::{self, Counter},
     maps::{
         COOKIE_MISSES4_LEN, COOKIE_MISSES6_LEN, CookieMiss, DEFAULT_MAX_FLOWS, FlowFilterLine, FlowKey4, FlowKey6, LISTEN_PORTS_LEN, ListenerKey, ListenerValue, MAX_QUEUES, PortListeners,
-        RxBacklogEntry, SWITCH_DRAINING, SWITCH_RING_HOPS, SWITCH_RING_NEXT, SWITCHES_LEN,
+        RxBacklogEntry, SYN_RECORDS_BYTES, SWITCH_DRAINING, SWITCH_RING_HOPS, SWITCH_RING_NEXT, SWITCHES_LEN,
     },
     secrets::{self, CookieSecrets, Published},
 };
@@ -37,6 +37,8 @@ pub static SWITCHES: Array<u32> = Array::with_max_entries(SWITCHES_LEN, 0);
 pub static COOKIE_MISSES4: LruHashMap<FlowKey4, CookieMiss> = LruHashMap::with_max_entries(COOKIE_MISSES4_LEN, 0);
 #[map(name = "COOKIE_MISSES6")]
 pub static COOKIE_MISSES6: LruHashMap<FlowKey6, CookieMiss> = LruHashMap::with_max_entries(COOKIE_MISSES6_LEN, 0);
+#[map(name = "SYN_RECORDS")]
+pub static SYN_RECORDS: RingBuf = RingBuf::with_byte_size(SYN_RECORDS_BYTES, 0);
 #[map(name = "RX_BACKLOG")]
 pub static RX_BACKLOG: Array<RxBacklogEntry> = Array::with_max_entries(MAX_QUEUES, BPF_F_MMAPABLE);
 

@@ -2,14 +2,14 @@
 //! Generic over where a SYN-ACK's ISN comes from ([`Cookies`]), so the attached program and
 //! the benchmark's kernel-helper baseline are the same code with another cookie.
 
-use aya_ebpf::{bindings::{BPF_ANY, BPF_NOEXIST, xdp_action}, programs::XdpContext};
+use aya_ebpf::{bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_NO_WAKEUP, xdp_action}, programs::XdpContext};
 use engine_common::{
     cookie::{self, Keys},
     counters,
-    synack::{self, Ours},
+    synack::{self, Ours, Syn},
     maps::{
         FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, PORT_FLOWS_LEFT, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE,
-        PORT_V6_ANY, PORT_V6_SOME, PortListeners, RX_BACKLOG_CEILING, RX_BACKLOG_LIMIT, SYN_TRICKLE_NS, CLAIM, CookieMiss, claim, claim_expired, flow_filter_bit4,
+        PORT_V6_ANY, PORT_V6_SOME, PortListeners, RX_BACKLOG_CEILING, RX_BACKLOG_LIMIT, SYN_TRICKLE_NS, CLAIM, CookieMiss, SYN_RECORD_ECN, SYN_RECORD_SACK, SYN_RECORD_TS, SYN_RECORD_V6, SYN_RECORD_WSCALE, SynRecord, claim, claim_expired, flow_filter_bit4,
         flow_filter_bit6,
     },
 };
@@ -17,12 +17,12 @@ use engine_common::{
 use crate::{
     clock::{Now, coarse_now, precise_mono_ns, precise_shared_ns},
     maps::{
-        COOKIE_MISSES4, COOKIE_MISSES6, FLOWS4, FLOWS6, LISTEN_PORTS, LISTENERS, RX_BACKLOG, XSKS, count, draining, maybe_flow,
+        COOKIE_MISSES4, COOKIE_MISSES6, FLOWS4, FLOWS6, LISTEN_PORTS, LISTENERS, RX_BACKLOG, SYN_RECORDS, XSKS, count, draining, maybe_flow,
         published_secrets,
     },
     options::{fixed_syn_options, walk_syn_options},
     packet::{ACK, FIN, RST, SYN, Seg, Verdict, parse},
-    ratelimit::{RST as RST_BUCKET, take_token},
+    ratelimit::{RST as RST_BUCKET, SYN_RECORD as SYN_RECORD_BUCKET, take_token},
     reply::reply,
     second_chance::{self, Received},
     settings,
@@ -33,12 +33,18 @@ pub trait Cookies {
     /// Our ISN for `seg` (mss: the smaller of ours and the client's) and the offset of our
     /// TSval clock, or the verdict when the segment gets no SYN-ACK. `now`: the shared clock.
     fn mint(ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now, mss: u16) -> Result<(u32, u32), Verdict>;
+    /// Whether SYN-ACKs are recorded for retransmission (`engine_common::maps::SYN_RECORDS`):
+    /// only synx's own, whose cookies userspace can mint again; the benchmark's kernel-cookie
+    /// baselines keep no state, as the kernel's XDP synproxy does.
+    const RECORD: bool;
 }
 
 /// synx's own cookies (`engine_common::cookie`), which the ACK path and userspace decode.
 pub struct SynxCookies;
 
 impl Cookies for SynxCookies {
+    const RECORD: bool = true;
+
     #[inline(always)]
     fn mint(_ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now, mss: u16) -> Result<(u32, u32), Verdict> {
         // No secret for this period: userspace has not published for a whole period.
@@ -184,7 +190,7 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
                 b.trickled_ns = tick.mono_ns;
             }
         }
-        return syn_ack::<C>(ctx, &seg, &secrets.keys, tick.shared(&secrets));
+        return syn_ack::<C>(ctx, &seg, &secrets.keys, tick.shared(&secrets), tick.mono_ns);
     }
     // Checking a cookie, the precise clock (see `precise_shared_ns`).
     let now = precise_shared_ns(&secrets);
@@ -331,7 +337,7 @@ fn to_userspace(ctx: &XdpContext) -> Verdict {
 /// RFC 9293 3.10.7.2 with the SYN-RECEIVED state in a cookie: our SYN-ACK, as
 /// `engine_common::synack` decides it for every sender.
 #[inline(always)]
-fn syn_ack<C: Cookies>(ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now) -> Verdict {
+fn syn_ack<C: Cookies>(ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now, mono_ns: u64) -> Verdict {
     let syn = match fixed_syn_options(ctx, seg) {
         Some(o) => o,
         None => {
@@ -359,7 +365,68 @@ fn syn_ack<C: Cookies>(ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now) ->
         return Verdict::Drop(counters::DROP_NO_ROOM);
     }
     count(counters::SYN_COOKIE_SENT);
+    if C::RECORD {
+        record(seg, &syn, now.ns, mono_ns);
+    }
     Verdict::Done(xdp_action::XDP_TX)
+}
+
+/// Record the SYN-ACK just sent for userspace to retransmit until the handshake completes
+/// (`engine_common::maps::SYN_RECORDS`), within this CPU's budget.
+#[inline(always)]
+fn record(seg: &Seg, syn: &Syn, mint_ns: u64, mono_ns: u64) {
+    let rate = settings::syn_record_per_sec();
+    if rate == 0 {
+        return;
+    }
+    // The coarse clock: the bucket refills a tick's worth at a time.
+    if !take_token(SYN_RECORD_BUCKET, mono_ns, rate) {
+        count(counters::SYN_UNRECORDED);
+        return;
+    }
+    let mut flags = 0;
+    if seg.v6 {
+        flags |= SYN_RECORD_V6;
+    }
+    if syn.sack {
+        flags |= SYN_RECORD_SACK;
+    }
+    if syn.ecn {
+        flags |= SYN_RECORD_ECN;
+    }
+    let tsval = match syn.ts {
+        Some(t) => {
+            flags |= SYN_RECORD_TS;
+            t
+        }
+        None => 0,
+    };
+    let wscale = match syn.wscale {
+        Some(w) => {
+            flags |= SYN_RECORD_WSCALE;
+            w
+        }
+        None => 0,
+    };
+    let r = SynRecord {
+        mint_ns,
+        mono_ns,
+        remote: seg.src,
+        local: seg.dst,
+        ports: seg.ports,
+        macs: seg.macs,
+        isn: syn.isn,
+        tsval,
+        mss: syn.mss,
+        wscale,
+        flags,
+        _pad: 0,
+    };
+    // No wakeup: userspace reads the ring on its own schedule.
+    match SYN_RECORDS.output(&r, u64::from(BPF_RB_NO_WAKEUP)) {
+        Ok(()) => count(counters::SYN_RECORDED),
+        Err(_) => count(counters::SYN_UNRECORDED),
+    }
 }
 
 /// RFC 9293 3.10.7.1 reset for a segment with no connection, rate-limited per CPU.

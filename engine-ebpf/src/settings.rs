@@ -28,6 +28,8 @@ static SYNX_FORWARD_PER_SEC: Global<u32> = Global::new(0);
 static SYNX_FLOW_FILTER_LOG2: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static SYNX_COOKIE_MISS_HOLD_MS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYNX_SYN_RECORD_PER_SEC: Global<u32> = Global::new(0);
 
 /// Our IPv4 MSS, announced in SYN-ACKs (IPv6: `Ours::for_family`; the smaller of it and the
 /// client's goes into the cookie).
@@ -60,6 +62,13 @@ pub fn rst_bad_cookie() -> bool {
 #[inline(always)]
 pub fn cookie_miss_hold_ns() -> u64 {
     u64::from(SYNX_COOKIE_MISS_HOLD_MS.load()) * 1_000_000
+}
+
+/// SYN-ACKs per second per CPU recorded for userspace to retransmit
+/// (`engine_common::maps::SYN_RECORDS`); 0: none.
+#[inline(always)]
+pub fn syn_record_per_sec() -> u32 {
+    SYNX_SYN_RECORD_PER_SEC.load()
 }
 
 /// RSTs per second per CPU at most.

@@ -18,7 +18,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, XskMap},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf, XskMap},
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use engine_common::{
@@ -88,6 +88,10 @@ pub struct XdpSettings {
     pub cookie_miss_hold_ms: u32,
     /// RSTs per second per CPU at most.
     pub rst_per_sec: u32,
+    /// SYN-ACKs per second per CPU that XDP records for userspace to retransmit
+    /// (`engine_common::maps::SYN_RECORDS`, [`XdpProgram::take_syn_records`]); 0: none, the
+    /// default here (the engine turns it on with `--synack-retries`).
+    pub syn_record_per_sec: u32,
     /// While draining, hand new SYNs to the kernel (XDP_PASS) instead of leaving them
     /// unanswered.
     pub drain_pass: bool,
@@ -105,6 +109,7 @@ impl XdpSettings {
             rst_bad_cookie: true,
             cookie_miss_hold_ms: COOKIE_MISS_HOLD_MS,
             rst_per_sec: RST_PER_SEC,
+            syn_record_per_sec: 0,
             drain_pass: false,
             ring: None,
         }
@@ -316,6 +321,7 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings, pinned: Op
         .override_global(globals::RST_BAD_COOKIE, &rst_bad_cookie, true)
         .override_global(globals::RST_PER_SEC, &settings.rst_per_sec, true)
         .override_global(globals::COOKIE_MISS_HOLD_MS, &settings.cookie_miss_hold_ms, true)
+        .override_global(globals::SYN_RECORD_PER_SEC, &settings.syn_record_per_sec, true)
         .override_global(globals::DRAIN_PASS, &drain_pass, true)
         .override_global(globals::PEER_PORT, &peer_port, true)
         .override_global(globals::PEER_SELF, &peer_self, true)
@@ -442,6 +448,22 @@ impl CookieChecker {
         let now = p.shared_ns(tai_ns());
         let key = p.keys.of(cookie::period(now))?;
         Some(synack::answer(key, &tuple, syn, now, &self.ours.for_family(local.is_ipv6())))
+    }
+
+    /// The SYN-ACK XDP sent for `syn` with the cookie it minted at `mint_ns` (the shared clock,
+    /// as [`engine_common::maps::SynRecord`] has it), again: the same ISN, a fresh TSval (RFC
+    /// 7323 5.4: our TSval clock only moves forward; the option bits in its low bits are the
+    /// same). For a retransmission (RFC 9293 3.10.7.2 SYN-RECEIVED, RFC 6298 5.4), also while
+    /// draining (the handshake began before). `None` for a tuple of mixed families, or once
+    /// the cookie's period has no published secret: its cookie would no longer validate.
+    pub fn resend(&self, local: SocketAddr, remote: SocketAddr, syn: &Syn, mint_ns: u64) -> Option<SynAck> {
+        let tuple = cookie_tuple(local, remote)?;
+        let p = self.published();
+        let now = p.shared_ns(tai_ns());
+        let key = p.keys.of(cookie::period(mint_ns))?;
+        let ours = self.ours.for_family(local.is_ipv6());
+        let minted = cookie::make(key, &tuple, syn.isn, mint_ns, syn.cookie_mss(ours.mss));
+        Some(synack::build(syn, minted.isn, minted.ts_offset, (now / 1_000_000) as u32, &ours))
     }
 }
 
@@ -980,7 +1002,9 @@ impl XdpProgram {
     /// programs load on first use; it has no `synx_xdp` (see [`XdpProgram::test_run_bench`],
     /// [`XdpProgram::flood`]).
     pub fn load_bench(max_flows: u32, mss: u16) -> Result<Self, BpfError> {
-        Self::open(BENCH_OBJECT, XdpSettings::new(mss), max_flows)
+        // The daemon records SYN-ACKs for retransmission by default (its SYN path pays for it).
+        let settings = XdpSettings { syn_record_per_sec: maps::SYN_RECORD_PER_SEC, ..XdpSettings::new(mss) };
+        Self::open(BENCH_OBJECT, settings, max_flows)
     }
 
     /// Load `object`, take the maps userspace shares and publish fresh secrets.
@@ -1271,6 +1295,12 @@ impl XdpProgram {
             .fold(PortListeners { v4_addr: 0, flags: maps::PORT_FLOWS_LEFT }, |e, &a| port_entry(e, a));
         ports.set(u32::from(addr.port()), &entry, 0)?;
         Ok(())
+    }
+
+    /// The ring of SYN-ACKs XDP recorded for retransmission
+    /// (`engine_common::maps::SYN_RECORDS`), for its one reader; `None` once taken.
+    pub fn take_syn_records(&mut self) -> Option<RingBuf<MapData>> {
+        RingBuf::try_from(self.ebpf.take_map(maps::SYN_RECORDS)?).ok()
     }
 
     /// The per-queue backlog counts XDP consults before answering a SYN.

@@ -174,6 +174,8 @@ pub struct RunConfig {
     pub busy_poll: Duration,
     /// How long XDP drops a segment with data and a bad cookie before it resets its tuple.
     pub cookie_miss_hold: Duration,
+    /// SYN-ACK retransmissions of a cookie handshake whose final ACK has not come (0: none).
+    pub synack_retries: u8,
     /// AF_XDP preferred busy polling with this NAPI budget (0: off).
     pub prefer_busy_poll: u16,
     /// How long SIGTERM lets connections finish before resetting the rest.
@@ -228,6 +230,7 @@ pub struct FileConfig {
     pub xdp_mode: Option<String>,
     pub busy_poll: Option<String>,
     pub cookie_miss_hold: Option<String>,
+    pub synack_retries: Option<u8>,
     pub prefer_busy_poll: Option<u16>,
     pub grace: Option<String>,
     pub app_threads: Option<String>,
@@ -267,6 +270,7 @@ pub struct FlagConfig {
     pub xdp_mode: Option<AttachMode>,
     pub busy_poll: Option<Duration>,
     pub cookie_miss_hold: Option<Duration>,
+    pub synack_retries: Option<u8>,
     pub prefer_busy_poll: Option<u16>,
     pub grace: Option<Duration>,
     pub app_threads: Option<AppThreads>,
@@ -334,6 +338,8 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
     let busy_poll = bounds::BUSY_POLL.check(flags.busy_poll.or(dur(file.busy_poll)?).unwrap_or(Duration::ZERO))?;
     let cookie_miss_hold = bounds::COOKIE_MISS_HOLD
         .check(flags.cookie_miss_hold.or(dur(file.cookie_miss_hold)?).unwrap_or(RunConfig::DEFAULT_COOKIE_MISS_HOLD))?;
+    let synack_retries = bounds::SYNACK_RETRIES
+        .check(flags.synack_retries.or(file.synack_retries).unwrap_or(crate::engine::synack_retry::DEFAULT_RETRIES))?;
     let prefer_busy_poll = bounds::PREFER_BUSY_POLL.check(flags.prefer_busy_poll.or(file.prefer_busy_poll).unwrap_or(0))?;
     let grace = bounds::GRACE.check(flags.grace.or(dur(file.grace)?).unwrap_or(RunConfig::DEFAULT_GRACE))?;
     let metrics = match (flags.metrics, file.metrics.as_deref()) {
@@ -389,6 +395,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         xdp_mode,
         busy_poll,
         cookie_miss_hold,
+        synack_retries,
         prefer_busy_poll,
         grace,
         app_threads,
@@ -447,6 +454,13 @@ pub mod bounds {
     /// minutes for its reset.
     pub const COOKIE_MISS_HOLD: Bound<Duration> =
         Bound { name: "--cookie-miss-hold", range: secs(0)..=secs(60), says: "0 (reset at once) to 60s" };
+    /// The 7th retransmission would come 127 s after the SYN-ACK, when its cookie may no
+    /// longer validate (`engine::synack_retry::MAX_RETRIES`).
+    pub const SYNACK_RETRIES: Bound<u8> = Bound {
+        name: "--synack-retries",
+        range: 0..=crate::engine::synack_retry::MAX_RETRIES,
+        says: "0 (none) to 6",
+    };
     /// SO_BUSY_POLL_BUDGET takes up to 65535; a NAPI poll's usual weight is 64, and a budget
     /// beyond the RX ring's 4096 descriptors polls for frames with nowhere to go.
     pub const PREFER_BUSY_POLL: Bound<u16> =
@@ -508,6 +522,7 @@ mod tests {
             msl = "1s"
             busy_poll = "50us"
             cookie_miss_hold = "300ms"
+            synack_retries = 2
             prefer_busy_poll = 64
             app_threads = "worker"
             metrics = "[::1]:9464"
@@ -532,6 +547,7 @@ mod tests {
         assert_eq!(c.xdp_mode, AttachMode::Skb);
         assert_eq!(c.busy_poll, Duration::from_micros(50));
         assert_eq!(c.cookie_miss_hold, Duration::from_millis(300));
+        assert_eq!(c.synack_retries, 2);
         assert_eq!(c.prefer_busy_poll, 64);
         assert_eq!(c.app_threads, AppThreads::Worker);
         assert_eq!(c.metrics, Some("[::1]:9464".parse().unwrap()));
@@ -553,6 +569,8 @@ mod tests {
         assert_eq!(d.app, App::Echo);
         assert_eq!(d.busy_poll, Duration::ZERO);
         assert_eq!(d.cookie_miss_hold, Duration::from_secs(1));
+        // As Linux's net.ipv4.tcp_synack_retries.
+        assert_eq!(d.synack_retries, 5);
         assert_eq!(d.prefer_busy_poll, 0);
         assert_eq!(d.app_threads, AppThreads::Engine);
         assert_eq!(d.metrics, None);
@@ -660,6 +678,7 @@ mod tests {
             (FlagConfig { grace: Some(huge), ..base() }, "--grace"),
             (FlagConfig { busy_poll: Some(Duration::from_secs(5)), ..base() }, "--busy-poll"),
             (FlagConfig { cookie_miss_hold: Some(Duration::from_secs(61)), ..base() }, "--cookie-miss-hold"),
+            (FlagConfig { synack_retries: Some(7), ..base() }, "--synack-retries"),
             (FlagConfig { prefer_busy_poll: Some(4097), ..base() }, "--prefer-busy-poll"),
             (FlagConfig { keepalive_idle: Some(huge), ..base() }, "--keepalive-idle"),
             (FlagConfig { keepalive_idle: Some(Duration::ZERO), ..base() }, "--keepalive-idle"),
@@ -688,6 +707,7 @@ mod tests {
             grace: Some(Duration::ZERO),
             busy_poll: Some(Duration::from_millis(10)),
             cookie_miss_hold: Some(Duration::ZERO),
+            synack_retries: Some(0),
             keepalive_probes: Some(127),
             max_conns: Some(1 << 24),
             mem_limit: Some(16 << 20),

@@ -229,6 +229,7 @@ fn fixed_settings_changed(old: &RunConfig, new: &RunConfig) -> Vec<&'static str>
         ("busy_poll", old.busy_poll != new.busy_poll),
         // A load-time constant of the XDP program too.
         ("cookie_miss_hold", old.cookie_miss_hold != new.cookie_miss_hold),
+        ("synack_retries", old.synack_retries != new.synack_retries),
         ("prefer_busy_poll", old.prefer_busy_poll != new.prefer_busy_poll),
         ("app_threads", old.app_threads != new.app_threads),
         ("metrics", old.metrics != new.metrics),
@@ -407,6 +408,7 @@ pub fn run(
         max_conns: cfg.max_conns,
         busy_poll: cfg.busy_poll,
         cookie_miss_hold: cfg.cookie_miss_hold,
+        synack_retries: cfg.synack_retries,
         prefer_busy_poll: cfg.prefer_busy_poll,
         memory: cfg.memory,
         cluster: cfg.cluster.clone(),

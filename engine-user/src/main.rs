@@ -120,6 +120,13 @@ struct RunArgs {
     /// Default 1s.
     #[arg(long, value_parser = parse_duration)]
     cookie_miss_hold: Option<Duration>,
+    /// SYN-ACK retransmissions of a handshake XDP answered with a SYN cookie, while its final
+    /// ACK has not come (at 1, 3, 7, 15, 31 s, as Linux's net.ipv4.tcp_synack_retries): a
+    /// client whose ACK was lost and that waits for the server to speak first (SMTP, MySQL
+    /// banners through `proxy`) answers one, and the connection starts. 0..6; 0 sends none.
+    /// Default 5.
+    #[arg(long, value_name = "N")]
+    synack_retries: Option<u8>,
     /// AF_XDP preferred busy polling, N frames per poll (SO_BUSY_POLL_BUDGET; 64 is a NAPI's
     /// usual weight): each engine thread runs its RX queue's NAPI itself at every receive
     /// instead of being woken by the device, and gives the device its notification back
@@ -230,6 +237,7 @@ fn real_main() -> anyhow::Result<()> {
                 xdp_mode: args.xdp_mode,
                 busy_poll: args.busy_poll,
                 cookie_miss_hold: args.cookie_miss_hold,
+                synack_retries: args.synack_retries,
                 prefer_busy_poll: args.prefer_busy_poll,
                 grace: args.grace,
                 app_threads: args.app_threads,

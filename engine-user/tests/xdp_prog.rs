@@ -1338,6 +1338,81 @@ fn userspace_answers_a_syn_as_the_xdp_program_does() {
     }
 }
 
+/// Every SYN-ACK XDP sends with synx's cookie is recorded, within the per-CPU budget, for
+/// userspace to retransmit while the final ACK has not come (RFC 9293 3.10.7.2; the module doc
+/// of `synx::engine::synack_retry`): what it builds from the record is the SYN-ACK XDP sent,
+/// the same cookie and options, only the TSval's clock later.
+#[test]
+fn syn_acks_are_recorded_and_userspace_resends_the_same_one() {
+    use TcpOptionElement::{MaximumSegmentSize as Mss, Noop, SelectiveAcknowledgementPermitted as SackOk, Timestamp as Ts, WindowScale as Ws};
+    use engine_common::maps::SynRecord;
+    use synx::engine::synack_retry::Recorded;
+    let rows: Vec<(&str, Vec<TcpOptionElement>, bool)> = vec![
+        ("Linux", linux_syn_opts(), false),
+        ("Linux, ECN setup", linux_syn_opts(), true),
+        ("window scale 15", vec![Mss(1400), SackOk, Ts(5, 0), Noop, Ws(15)], false),
+        ("MSS only", vec![Mss(1440)], false),
+        ("no options", vec![], false),
+        ("macOS order", vec![Mss(1460), Noop, Ws(6), Noop, Noop, Ts(77, 0), SackOk, Noop, Noop], false),
+    ];
+    for v6 in [false, true] {
+        // One program for the family's rows, each a tuple of its own.
+        let mut e = engine_with(XdpSettings { syn_record_per_sec: 100, ..XdpSettings::new(OUR_MSS) });
+        let mut ring = e.take_syn_records().expect("the record ring");
+        for (i, (what, opts, ecn)) in rows.iter().enumerate() {
+            let what = format!("{what} (v6={v6})");
+            let port = 40000 + i as u16;
+            let syn = frame(v6, port, 1000 + i as u32, opts, |b| if *ecn { b.syn().ece().cwr() } else { b.syn() }, &[]);
+            let before = counters_of(&e);
+            let (action, out, _) = e.test_run(&syn, 1).unwrap();
+            assert_eq!(action, XDP_TX, "{what}");
+            // Not in Linux's layout: the option walk.
+            let walked = u64::from(opts.len() > 1 && !matches!(opts.last(), Some(Ws(_))));
+            let counts = [(counters::SYN_COOKIE_SENT, 1), (counters::SYN_RECORDED, 1), (counters::SYN_GENERIC_OPTIONS, walked)];
+            assert_counted(&before, &counters_of(&e), &counts, &what);
+            let item = ring.next().expect("a record");
+            assert_eq!(item.len(), std::mem::size_of::<SynRecord>(), "{what}");
+            let r = Recorded::from_record(&bytemuck::pod_read_unaligned(&item[..]));
+            drop(item);
+            assert_eq!((r.local, r.remote), (server(v6), client(v6, port)), "{what}");
+            assert_eq!((r.link.local_mac, r.link.remote_mac), (SERVER_MAC, CLIENT_MAC), "{what}");
+            assert_eq!(r.syn.isn, 1000 + i as u32, "{what}");
+            let again = e.cookie_checker().resend(r.local, r.remote, &r.syn, r.mint_ns).expect("the cookie's secret is published");
+            let t = tcp_of(&out);
+            assert_eq!((t.sequence_number(), t.acknowledgment_number(), t.window_size()), (again.seq, again.ack, again.window), "{what}");
+            assert_eq!(out[out.len() - t.slice().len() + 13], again.flags(), "{what}: flags");
+            assert_eq!(again.ece, *ecn, "{what}");
+            let got: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
+            assert!(got.contains(&Mss(again.mss)), "{what}: {got:?}");
+            assert_eq!(got.iter().find_map(|o| if let Ws(w) = o { Some(*w) } else { None }), again.wscale, "{what}");
+            assert_eq!(got.contains(&SackOk), again.sack, "{what}");
+            let ts = got.iter().find_map(|o| if let Ts(v, ecr) = o { Some((*v, *ecr)) } else { None });
+            assert_eq!(ts.map(|(v, ecr)| (v & 63, ecr)), again.ts.map(|(v, ecr)| (v & 63, ecr)), "{what}");
+            // The TSval's clock only moves forward (RFC 7323 5.4).
+            if let (Some((sent, _)), Some((resent, _))) = (ts, again.ts) {
+                assert!(resent.wrapping_sub(sent) as i32 >= 0, "{what}: TSval {sent} then {resent}");
+            }
+        }
+        assert!(ring.next().is_none(), "one record per SYN-ACK at most");
+    }
+    // Over the budget (2 per second per CPU), a SYN gets its cookie only, counted.
+    let mut e = engine_with(XdpSettings { syn_record_per_sec: 2, ..XdpSettings::new(OUR_MSS) });
+    let mut ring = e.take_syn_records().expect("the record ring");
+    for port in 40000..40003 {
+        let before = counters_of(&e);
+        assert_eq!(e.test_run(&frame(false, port, 1000, &linux_syn_opts(), |b| b.syn(), &[]), 1).unwrap().0, XDP_TX);
+        let recorded = if port < 40002 { counters::SYN_RECORDED } else { counters::SYN_UNRECORDED };
+        assert_counted(&before, &counters_of(&e), &[(counters::SYN_COOKIE_SENT, 1), (recorded, 1)], &format!("port {port}"));
+    }
+    let ports: Vec<u16> = std::iter::from_fn(|| ring.next().map(|i| Recorded::from_record(&bytemuck::pod_read_unaligned(&i[..])).remote.port())).collect();
+    assert_eq!(ports, [40000, 40001]);
+    // The daemon's default here: nothing recorded, no ring read.
+    let mut e = engine();
+    let before = counters_of(&e);
+    assert_eq!(e.test_run(&linux_syn(false), 1).unwrap().0, XDP_TX);
+    assert_counted(&before, &counters_of(&e), &[(counters::SYN_COOKIE_SENT, 1)], "recording off");
+}
+
 #[test]
 fn a_removed_listeners_connections_still_reach_userspace_and_its_syns_the_kernel() {
     use counters::{FLOW_SEGMENT, PASS_NOT_LISTENER, REDIRECT_FAILED, SYN_COOKIE_SENT};

@@ -40,6 +40,8 @@ static FLOOD: Array<FloodState> = Array::with_max_entries(1, 0);
 struct KernelCookies;
 
 impl Cookies for KernelCookies {
+    const RECORD: bool = false;
+
     #[inline(always)]
     fn mint(ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now, mss: u16) -> Result<(u32, u32), Verdict> {
         if seg.v6 {
@@ -66,6 +68,8 @@ impl Cookies for KernelCookies {
 struct HelperCookies;
 
 impl Cookies for HelperCookies {
+    const RECORD: bool = false;
+
     #[inline(always)]
     fn mint(ctx: &XdpContext, seg: &Seg, _secrets: &Keys, _now: Now, _mss: u16) -> Result<(u32, u32), Verdict> {
         if seg.v6 || seg.l4 != ETH_HLEN + IPV4_HLEN {

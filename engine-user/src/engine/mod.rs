@@ -55,6 +55,7 @@ mod memory;
 mod queue;
 mod requests;
 mod stats;
+pub mod synack_retry;
 
 use handoff::Handoff;
 use health::Health;
@@ -89,6 +90,10 @@ pub struct EngineOptions {
     /// How long XDP drops a segment with data, for no connection and with a bad cookie, before
     /// it resets its tuple (see `bpf::XdpSettings::cookie_miss_hold_ms`).
     pub cookie_miss_hold: Duration,
+    /// SYN-ACK retransmissions for handshakes XDP answered with a cookie (see
+    /// [`synack_retry`]); 0: none (a cookie handshake whose final ACK is lost waits for the
+    /// client to send).
+    pub synack_retries: u8,
     /// AF_XDP preferred busy polling with this NAPI budget (0: off): each engine thread runs
     /// its RX queue's NAPI itself at every receive instead of being woken by the device (see
     /// `xsk::BusyPoll`).
@@ -115,6 +120,7 @@ impl EngineOptions {
             max_conns: Self::DEFAULT_MAX_CONNS,
             busy_poll: Duration::ZERO,
             cookie_miss_hold: Duration::from_millis(u64::from(crate::bpf::COOKIE_MISS_HOLD_MS)),
+            synack_retries: synack_retry::DEFAULT_RETRIES,
             prefer_busy_poll: 0,
             memory: MemoryLimits::default(),
             cluster: ClusterOptions::default(),
@@ -216,6 +222,8 @@ pub struct Engine {
     cluster: Cluster,
     queues: u32,
     health: Arc<Health>,
+    /// Resends SYN-ACKs of cookie handshakes (`--synack-retries`); stops when dropped.
+    synack_retry: Option<synack_retry::Retransmitter>,
 }
 
 impl Engine {
@@ -247,8 +255,9 @@ impl Engine {
         let per_queue = options.max_conns / queues;
         let mss = interface_mss(&options.iface);
         let cookie_miss_hold_ms = u32::try_from(options.cookie_miss_hold.as_millis()).unwrap_or(u32::MAX);
-        let settings = options.cluster.xdp_settings(XdpSettings { ecn: options.ecn, cookie_miss_hold_ms, ..XdpSettings::new(mss) })?;
-        let (xdp, handover) = match &mut takeover {
+        let syn_record_per_sec = if options.synack_retries > 0 { engine_common::maps::SYN_RECORD_PER_SEC } else { 0 };
+        let settings = options.cluster.xdp_settings(XdpSettings { ecn: options.ecn, cookie_miss_hold_ms, syn_record_per_sec, ..XdpSettings::new(mss) })?;
+        let (mut xdp, handover) = match &mut takeover {
             None => (XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, settings)?, None),
             Some((dir, predecessor)) => {
                 let xdp = match XdpProgram::load_for_takeover(dir, &options.iface, options.max_conns, settings) {
@@ -261,6 +270,13 @@ impl Engine {
                 let handover = predecessor.release().context("taking over: the running synx did not hand over")?;
                 (xdp, Some(handover))
             }
+        };
+        let synack_retry = match xdp.take_syn_records().filter(|_| options.synack_retries > 0) {
+            Some(ring) => Some(
+                synack_retry::Retransmitter::start(ring, xdp.cookie_checker(), &options.iface, options.synack_retries)
+                    .context("starting the SYN-ACK retransmitter")?,
+            ),
+            None => None,
         };
         let takeovers = handover.as_ref().map_or(0, |(h, _)| h.takeovers);
         let mut imports = match handover {
@@ -313,6 +329,7 @@ impl Engine {
                 listeners: listeners.clone(),
                 flows: xdp.flow_table(),
                 cookies: xdp.cookie_checker(),
+                established: synack_retry.as_ref().map(|r| r.established.clone()),
                 rx_backlog: xdp.rx_backlog(),
                 stats: q_stats,
                 stop: stop.clone(),
@@ -373,6 +390,7 @@ impl Engine {
             cluster,
             queues,
             health,
+            synack_retry,
         };
         // On an error here, dropping `engine` stops and joins the threads already started.
         for _ in 0..queues {
@@ -636,6 +654,9 @@ impl Engine {
     /// The gauges of the engine as a whole (neither XDP's nor a queue's).
     fn engine_gauges(&self) -> Vec<(&'static Metric, u64)> {
         let mut all = vec![(&CONNECTIONS_OPEN, self.open_connections()), (&TAKEOVERS, self.takeovers)];
+        // Zeros with retransmission off: the same names whatever the settings.
+        let off = synack_retry::RetryStats::default();
+        all.extend(stats::synack_retry_values(self.synack_retry.as_ref().map_or(&off, |r| &r.stats)));
         all.extend(self.cluster.stats());
         all
     }

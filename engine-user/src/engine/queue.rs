@@ -29,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use engine_common::synack::{self, Syn};
+use engine_common::synack::{self, Syn, SynAck};
 use synx_tcp::{
     self as tcp, Instant,
     endpoint::{Disposition, DropReason, Endpoint, Refusal},
@@ -73,6 +73,9 @@ pub struct QueueContext {
     pub listeners: Arc<Listeners>,
     pub flows: FlowTable,
     pub cookies: CookieChecker,
+    /// Where to report a tuple whose cookie ACK this queue took, while SYN-ACKs are
+    /// retransmitted (`super::synack_retry`).
+    pub established: Option<Arc<super::synack_retry::Established>>,
     pub rx_backlog: RxBacklog,
     pub stats: Arc<QueueStats>,
     pub stop: Arc<AtomicBool>,
@@ -93,6 +96,27 @@ pub struct QueueContext {
 }
 
 /// The engine's clock: CLOCK_MONOTONIC, as XDP's FLOWS claims.
+/// The TCP header of a SYN-ACK from `local` to `remote` as `engine_common::synack` decided it.
+pub(super) fn synack_header(local: SocketAddr, remote: SocketAddr, answer: &SynAck) -> tcp::segment::Header {
+    use tcp::segment::{Flags, Header, Options};
+    Header {
+        src_port: local.port(),
+        dst_port: remote.port(),
+        seq: tcp::SeqNum(answer.seq),
+        ack: tcp::SeqNum(answer.ack),
+        flags: Flags(answer.flags()),
+        window: answer.window,
+        options: Options {
+            mss: Some(answer.mss),
+            window_scale: answer.wscale,
+            sack_permitted: answer.sack,
+            timestamps: answer.ts,
+            ..Options::default()
+        },
+        ..Header::default()
+    }
+}
+
 fn now() -> Instant {
     Instant::from_nanos(monotonic_ns())
 }
@@ -638,7 +662,12 @@ impl QueueDriver {
         let len = payload.len() as u32;
         let cookie = || cookies.check(local, remote, hdr.seq.0, len, options_len, hdr.ack.0, hdr.options.timestamps, now.as_nanos());
         let resets_before = self.endpoint.pending_resets();
-        match self.endpoint.accept_cookie(now, local, remote, hdr, payload, listener, cookie) {
+        let accepted = self.endpoint.accept_cookie(now, local, remote, hdr, payload, listener, cookie);
+        if let (Some(e), Ok(_) | Err(Refusal::Accept(_))) = (&self.ctx.established, &accepted) {
+            // The handshake is over (its SYN-ACK need not be resent, `super::synack_retry`).
+            e.push(local, remote);
+        }
+        match accepted {
             Ok((h, listener)) => {
                 let slot = self.ctx.slot_base + h.slot();
                 let routed = if self.kept.remove(&(local, remote)) {
@@ -723,7 +752,7 @@ impl QueueDriver {
     /// The SYN-ACK XDP sends, built by the same policy (`engine_common::synack`) for a SYN that
     /// reached userspace.
     fn answer_syn(&mut self, link: Link, local: SocketAddr, remote: SocketAddr, syn: &tcp::segment::Header) {
-        use tcp::segment::{Flags, Header, Options};
+        use tcp::segment::Flags;
         let o = &syn.options;
         let offer = Syn {
             isn: syn.seq.0,
@@ -736,22 +765,7 @@ impl QueueDriver {
             ecn: syn.flags.contains(Flags::ECE) && syn.flags.contains(Flags::CWR),
         };
         let Some(answer) = self.ctx.cookies.answer(local, remote, &offer) else { return };
-        let header = Header {
-            src_port: local.port(),
-            dst_port: remote.port(),
-            seq: tcp::SeqNum(answer.seq),
-            ack: tcp::SeqNum(answer.ack),
-            flags: Flags(answer.flags()),
-            window: answer.window,
-            options: Options {
-                mss: Some(answer.mss),
-                window_scale: answer.wscale,
-                sack_permitted: answer.sack,
-                timestamps: answer.ts,
-                ..Options::default()
-            },
-            ..Header::default()
-        };
+        let header = synack_header(local, remote, &answer);
         if self.syn_acks.len() < MAX_PENDING_SYN_ACKS {
             self.syn_acks.push((link, local, remote, header));
         }

@@ -44,6 +44,28 @@ pub const CONNECTIONS_OPEN: Metric =
 pub const TAKEOVERS: Metric =
     gauge("takeovers", "Times the daemon was taken over by a successor process, counted over every process of its line.");
 
+/// The SYN-ACK retransmitter's values (`super::synack_retry`).
+pub const SYNACK_RETRANSMITS: Metric =
+    counter("synack_retransmits", "SYN-ACKs of cookie handshakes resent because the final ACK had not come (RFC 9293 3.10.7.2, at 1, 3, 7, 15, 31 s).");
+pub const SYNACK_PENDING: Metric = gauge("synack_pending", "Cookie handshakes whose SYN-ACK may still be resent: waiting for the final ACK.");
+pub const SYNACK_PENDING_FULL: Metric =
+    counter("synack_pending_full", "SYN-ACKs XDP recorded that were not kept for retransmission: too many handshakes waiting.");
+pub const SYNACK_GIVEN_UP: Metric =
+    counter("synack_given_up", "Cookie handshakes whose SYN-ACK retransmissions ran out (or whose cookie secret was gone) without a final ACK.");
+pub const SYNACK_SEND_FAILED: Metric = counter("synack_send_failed", "SYN-ACK retransmissions the packet socket failed to send.");
+
+/// [`super::synack_retry::RetryStats`] as `synx stats` shows them.
+pub fn synack_retry_values(s: &super::synack_retry::RetryStats) -> Vec<(&'static Metric, u64)> {
+    let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    vec![
+        (&SYNACK_RETRANSMITS, v(&s.retransmits)),
+        (&SYNACK_PENDING, v(&s.pending)),
+        (&SYNACK_PENDING_FULL, v(&s.full)),
+        (&SYNACK_GIVEN_UP, v(&s.given_up)),
+        (&SYNACK_SEND_FAILED, v(&s.send_failed)),
+    ]
+}
+
 /// The `@core` entries are the TCP core's own per-connection counters ([`Stats`] fields of the same
 /// name), added up over the endpoint's connections and published each turn.
 macro_rules! queue_stats {
