@@ -207,9 +207,12 @@ fn s08_syn_flood_from_spoofed_sources_legit_clients_still_served_and_memory_flat
         "a spoofed SYN created a connection: {conns:?}"
     );
     // Stateless SYN-ACKs: tens of thousands and more of them cost no memory. Allow for
-    // allocator noise and the legitimate connections' buffers (100 x 32 KiB passed through),
-    // not for per-SYN state (30,000 SYNs x 72 bytes, less than a kernel request sock, would be
-    // 2.1 MB on top; about 300 KB of growth is seen with 150,000).
+    // allocator noise, the legitimate connections' buffers (100 x 32 KiB passed through) and
+    // what a flood fills to its bounds, whatever its length: the SYN-ACK retransmitter's table
+    // at its cap (2,048 handshakes, about 360 KB) and the pages of XDP's record ring (128 KiB,
+    // mapped twice); not for per-SYN state (30,000 SYNs x 72 bytes, less than a kernel request
+    // sock, would be 2.1 MB on top). Seen: 0.7 MB of growth with 100,000-130,000 SYN-ACKs
+    // without the retransmitter (--synack-retries 0), 1.1-1.3 MB with it.
     let grown = rss_during.saturating_sub(rss_before);
     assert!(grown < 2 << 20, "RSS grew by {grown} bytes during {synacks} SYN-ACKs");
     eprintln!(

@@ -409,7 +409,7 @@ fn small_writes_behind_a_lost_handshake_ack(extra: &[&str]) -> (std::io::Result<
 /// the connection starts and the banner comes, about a second late.
 #[test]
 fn a_banner_reaches_a_client_whose_handshake_ack_was_lost() {
-    let (banner, _bed, daemon) = banner_behind_a_lost_handshake_ack(&[], Duration::from_secs(10));
+    let (banner, _bed, daemon) = banner_behind_a_lost_handshake_ack(&[], read_banner(Duration::from_secs(10)));
     let banner = banner.expect("no banner: the connection never started");
     assert_eq!(banner, BANNER);
     let c = |name: &str| daemon.counter(name).unwrap();
@@ -428,21 +428,59 @@ fn a_banner_reaches_a_client_whose_handshake_ack_was_lost() {
 /// of a Linux listener under SYN cookies does).
 #[test]
 fn with_no_synack_retries_the_banner_never_comes() {
-    let (banner, _bed, daemon) = banner_behind_a_lost_handshake_ack(&["--synack-retries", "0"], Duration::from_secs(4));
+    let (banner, _bed, daemon) = banner_behind_a_lost_handshake_ack(&["--synack-retries", "0"], read_banner(Duration::from_secs(4)));
     let e = banner.expect_err("a banner came with no SYN-ACK retransmission");
     assert!(matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{e}");
     let c = |name: &str| daemon.counter(name).unwrap();
     assert_eq!((c("tcp_accepted"), c("xdp_syn_recorded"), c("synack_retransmits")), (0, 0, 0));
 }
 
+/// The same lost handshake ACK, and the client gives up at once with an RST (SO_LINGER 0; a
+/// half-open scanner's stack answers a SYN-ACK so): RFC 9293 3.10.7.4 ends SYN-RECEIVED on an
+/// RST in its window, as Linux's tcp_check_req does, and synx sends no SYN-ACK again.
+#[test]
+fn a_client_that_resets_the_handshake_gets_no_syn_ack_again() {
+    let abort = |addr| -> std::io::Result<Vec<u8>> {
+        let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+        drop(s);
+        // Past the first retransmission's time.
+        std::thread::sleep(Duration::from_millis(1500));
+        Ok(Vec::new())
+    };
+    let (_, _bed, daemon) = banner_behind_a_lost_handshake_ack(&[], abort);
+    let c = |name: &str| daemon.counter(name).unwrap();
+    assert_eq!(
+        (c("xdp_syn_recorded"), c("xdp_rst_recorded"), c("synack_reset"), c("synack_retransmits"), c("synack_pending")),
+        (1, 1, 1, 0, 0),
+        "{:?}",
+        daemon.stats()
+    );
+}
+
 const BANNER: &[u8] = b"220 synx.test ESMTP\r\n";
 
-/// A client on a 20 ms path connects to synx's proxy in front of a backend that greets first,
-/// and reads the greeting within `wait`; the path drops the client's handshake ACK (its 2nd
+/// A client that reads the banner within `wait`.
+fn read_banner(wait: Duration) -> impl FnOnce(std::net::SocketAddr) -> std::io::Result<Vec<u8>> + Send + 'static {
+    move |addr| {
+        use std::io::Read as _;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(wait))?;
+        let mut got = vec![0u8; BANNER.len()];
+        s.read_exact(&mut got)?;
+        Ok(got)
+    }
+}
+
+/// A client on a 20 ms path (`client`, given the address) connects to synx's proxy in front of
+/// a backend that greets first; the path drops the client's handshake ACK (its 2nd
 /// segment to the port, in the middle's egress hook, where the client's stack does not see
 /// the drop). What the client read, the bed and synx (`extra`: its flags), to be dropped in
 /// that order's reverse.
-fn banner_behind_a_lost_handshake_ack(extra: &[&str], wait: Duration) -> (std::io::Result<Vec<u8>>, PathBed, Daemon) {
+fn banner_behind_a_lost_handshake_ack(
+    extra: &[&str],
+    client: impl FnOnce(std::net::SocketAddr) -> std::io::Result<Vec<u8>> + Send + 'static,
+) -> (std::io::Result<Vec<u8>>, PathBed, Daemon) {
     const SMTP: u16 = 25;
     require_root();
     let bed = PathBed::builder().both(PathSpec { delay: ms(10), ..PathSpec::default() }).xdp_server().start().unwrap();
@@ -481,17 +519,7 @@ fn banner_behind_a_lost_handshake_ack(extra: &[&str], wait: Duration) -> (std::i
         ))
         .unwrap();
     let addr = server.addr(SMTP);
-    let banner = bed
-        .client
-        .run(move || -> std::io::Result<Vec<u8>> {
-            use std::io::Read as _;
-            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            s.set_read_timeout(Some(wait))?;
-            let mut got = vec![0u8; BANNER.len()];
-            s.read_exact(&mut got)?;
-            Ok(got)
-        })
-        .unwrap();
+    let banner = bed.client.run(move || client(addr)).unwrap();
     let rule = bed.middle.exec("nft", &["list", "table", "netdev", "lossy"]).unwrap();
     assert!(rule.contains("packets 1 "), "the path did not drop the handshake ACK: {rule}");
     (banner, bed, daemon)

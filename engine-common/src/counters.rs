@@ -53,6 +53,7 @@ counters! {
     COOKIE_MISS_HELD = 33, "xdp_cookie_miss_held", "Segments with data for no flow and a bad cookie dropped rather than reset: new to their tuple and ACK number, or repeated within the hold (a handshake's later segment whose ACK and first segments were lost).";
     SYN_RECORDED = 34, "xdp_syn_recorded", "SYN-ACKs recorded for userspace to retransmit while the handshake is not complete.";
     SYN_UNRECORDED = 35, "xdp_syn_unrecorded", "SYN-ACKs sent with a cookie only: over the per-CPU recording budget, or the record ring full.";
+    RST_RECORDED = 36, "xdp_rst_recorded", "RSTs for no flow passed to the SYN-ACK retransmitter: one in the window of a SYN-ACK it would resend ends that handshake.";
 }
 
 

@@ -288,17 +288,23 @@ pub const COOKIE_MISSES6_LEN: u32 = 1024;
 /// starts. Recording is budgeted per CPU ([`globals::SYN_RECORD_PER_SEC`]): under a flood,
 /// SYNs over the budget get a cookie only, as Linux's do once its SYN queue is full.
 pub const SYN_RECORDS: &str = "SYN_RECORDS";
-/// Its size in bytes: about 11,900 records (80 bytes and the ring's 8-byte header each), more
-/// than a CPU's budget produces between two reads of userspace (every 100 ms).
-pub const SYN_RECORDS_BYTES: u32 = 1 << 20;
-/// The default budget of [`globals::SYN_RECORD_PER_SEC`].
-pub const SYN_RECORD_PER_SEC: u32 = 20_000;
+/// Its size in bytes: about 1,490 records (80 bytes and the ring's 8-byte header each), what
+/// one CPU's budget produces between two reads of userspace (every 100 ms) and half again;
+/// records that find it full are not kept (counted). Its pages are mapped into the daemon:
+/// small, so a flood grows the daemon's memory by little.
+pub const SYN_RECORDS_BYTES: u32 = 1 << 17;
+/// The default budget of [`globals::SYN_RECORD_PER_SEC`]: a CPU accepting 10,000 connections
+/// a second has each handshake recorded; beyond, and under a flood, SYNs get a cookie only.
+pub const SYN_RECORD_PER_SEC: u32 = 10_000;
 /// [`SynRecord::flags`] bits.
 pub const SYN_RECORD_V6: u8 = 1;
 pub const SYN_RECORD_SACK: u8 = 2;
 pub const SYN_RECORD_TS: u8 = 4;
 pub const SYN_RECORD_ECN: u8 = 8;
 pub const SYN_RECORD_WSCALE: u8 = 16;
+/// Not a SYN-ACK: an RST for no flow (`isn` its SEG.SEQ; no times, no options), which ends
+/// the tuple's handshake if it falls in the SYN-ACK's window (RFC 9293 3.10.7.4 first check).
+pub const SYN_RECORD_RST: u8 = 32;
 
 /// What a SYN-ACK XDP sent was made of ([`SYN_RECORDS`]): userspace mints the same cookie
 /// from it (`mint_ns`, the tuple, the client's ISN and MSS) and builds the same SYN-ACK with a

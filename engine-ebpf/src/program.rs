@@ -9,7 +9,7 @@ use engine_common::{
     synack::{self, Ours, Syn},
     maps::{
         FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, PORT_FLOWS_LEFT, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE,
-        PORT_V6_ANY, PORT_V6_SOME, PortListeners, RX_BACKLOG_CEILING, RX_BACKLOG_LIMIT, SYN_TRICKLE_NS, CLAIM, CookieMiss, SYN_RECORD_ECN, SYN_RECORD_SACK, SYN_RECORD_TS, SYN_RECORD_V6, SYN_RECORD_WSCALE, SynRecord, claim, claim_expired, flow_filter_bit4,
+        PORT_V6_ANY, PORT_V6_SOME, PortListeners, RX_BACKLOG_CEILING, RX_BACKLOG_LIMIT, SYN_TRICKLE_NS, CLAIM, CookieMiss, SYN_RECORD_ECN, SYN_RECORD_RST, SYN_RECORD_SACK, SYN_RECORD_TS, SYN_RECORD_V6, SYN_RECORD_WSCALE, SynRecord, claim, claim_expired, flow_filter_bit4,
         flow_filter_bit6,
     },
 };
@@ -22,7 +22,7 @@ use crate::{
     },
     options::{fixed_syn_options, walk_syn_options},
     packet::{ACK, FIN, RST, SYN, Seg, Verdict, parse},
-    ratelimit::{RST as RST_BUCKET, SYN_RECORD as SYN_RECORD_BUCKET, take_token},
+    ratelimit::{RST as RST_BUCKET, RST_RECORD as RST_RECORD_BUCKET, SYN_RECORD as SYN_RECORD_BUCKET, take_token},
     reply::reply,
     second_chance::{self, Received},
     settings,
@@ -150,6 +150,9 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
         // for no connection is discarded.
         if let Some(v) = second_chance::pass_on(ctx, &seg, hops) {
             return v;
+        }
+        if C::RECORD {
+            record_rst(&seg);
         }
         return Verdict::Drop(counters::DROP_RST_NO_FLOW);
     }
@@ -426,6 +429,31 @@ fn record(seg: &Seg, syn: &Syn, mint_ns: u64, mono_ns: u64) {
     match SYN_RECORDS.output(&r, u64::from(BPF_RB_NO_WAKEUP)) {
         Ok(()) => count(counters::SYN_RECORDED),
         Err(_) => count(counters::SYN_UNRECORDED),
+    }
+}
+
+/// An RST for no flow may answer a SYN-ACK we sent (a half-open scan's client stack, or a
+/// client that gave up): RFC 9293 3.10.7.4 first check, in SYN-RECEIVED (held in the cookie),
+/// an RST in the window ends the handshake, so its SYN-ACK must not be sent again. Passed to
+/// the retransmitter in the same ring, after the SYN-ACK's record, within a budget of its own
+/// (a flood of RSTs takes nothing from the SYNs').
+#[inline(always)]
+fn record_rst(seg: &Seg) {
+    let rate = settings::syn_record_per_sec();
+    if rate == 0 || !take_token(RST_RECORD_BUCKET, coarse_now().mono_ns, rate) {
+        return;
+    }
+    let r = SynRecord {
+        remote: seg.src,
+        local: seg.dst,
+        ports: seg.ports,
+        macs: seg.macs,
+        isn: seg.seq,
+        flags: SYN_RECORD_RST | if seg.v6 { SYN_RECORD_V6 } else { 0 },
+        ..SynRecord::default()
+    };
+    if SYN_RECORDS.output(&r, u64::from(BPF_RB_NO_WAKEUP)).is_ok() {
+        count(counters::RST_RECORDED);
     }
 }
 

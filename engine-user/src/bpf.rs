@@ -468,7 +468,7 @@ impl CookieChecker {
 }
 
 /// An address's wire bytes as little-endian u32 words, as XDP loads them (IPv4 in word 0).
-fn addr_words(ip: IpAddr) -> [u32; 4] {
+pub(crate) fn addr_words(ip: IpAddr) -> [u32; 4] {
     let mut b = [0u8; 16];
     match ip {
         IpAddr::V4(v4) => b[..4].copy_from_slice(&v4.octets()),

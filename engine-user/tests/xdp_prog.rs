@@ -1346,7 +1346,7 @@ fn userspace_answers_a_syn_as_the_xdp_program_does() {
 fn syn_acks_are_recorded_and_userspace_resends_the_same_one() {
     use TcpOptionElement::{MaximumSegmentSize as Mss, Noop, SelectiveAcknowledgementPermitted as SackOk, Timestamp as Ts, WindowScale as Ws};
     use engine_common::maps::SynRecord;
-    use synx::engine::synack_retry::Recorded;
+    use synx::engine::synack_retry::{Record, Recorded};
     let rows: Vec<(&str, Vec<TcpOptionElement>, bool)> = vec![
         ("Linux", linux_syn_opts(), false),
         ("Linux, ECN setup", linux_syn_opts(), true),
@@ -1394,6 +1394,15 @@ fn syn_acks_are_recorded_and_userspace_resends_the_same_one() {
             }
         }
         assert!(ring.next().is_none(), "one record per SYN-ACK at most");
+        // An RST for no flow goes to the retransmitter too (it may end one of those
+        // handshakes), after the records before it.
+        let rst = frame(v6, 40000, 1001, &[], |b| b.rst(), &[]);
+        let before = counters_of(&e);
+        assert_eq!(e.test_run(&rst, 1).unwrap().0, XDP_DROP);
+        assert_counted(&before, &counters_of(&e), &[(counters::DROP_RST_NO_FLOW, 1), (counters::RST_RECORDED, 1)], "RST");
+        let item = ring.next().expect("the RST's record");
+        let want = Record::Rst { local: server(v6), remote: client(v6, 40000), seq: 1001 };
+        assert_eq!(Record::read(&bytemuck::pod_read_unaligned(&item[..])), want);
     }
     // Over the budget (2 per second per CPU), a SYN gets its cookie only, counted.
     let mut e = engine_with(XdpSettings { syn_record_per_sec: 2, ..XdpSettings::new(OUR_MSS) });

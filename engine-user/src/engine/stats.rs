@@ -50,6 +50,8 @@ pub const SYNACK_RETRANSMITS: Metric =
 pub const SYNACK_PENDING: Metric = gauge("synack_pending", "Cookie handshakes whose SYN-ACK may still be resent: waiting for the final ACK.");
 pub const SYNACK_PENDING_FULL: Metric =
     counter("synack_pending_full", "SYN-ACKs XDP recorded that were not kept for retransmission: too many handshakes waiting.");
+pub const SYNACK_RESET: Metric =
+    counter("synack_reset", "Cookie handshakes the client ended with an RST in the SYN-ACK's window: not resent (RFC 9293 3.10.7.4).");
 pub const SYNACK_GIVEN_UP: Metric =
     counter("synack_given_up", "Cookie handshakes whose SYN-ACK retransmissions ran out (or whose cookie secret was gone) without a final ACK.");
 pub const SYNACK_SEND_FAILED: Metric = counter("synack_send_failed", "SYN-ACK retransmissions the packet socket failed to send.");
@@ -61,6 +63,7 @@ pub fn synack_retry_values(s: &super::synack_retry::RetryStats) -> Vec<(&'static
         (&SYNACK_RETRANSMITS, v(&s.retransmits)),
         (&SYNACK_PENDING, v(&s.pending)),
         (&SYNACK_PENDING_FULL, v(&s.full)),
+        (&SYNACK_RESET, v(&s.reset)),
         (&SYNACK_GIVEN_UP, v(&s.given_up)),
         (&SYNACK_SEND_FAILED, v(&s.send_failed)),
     ]
