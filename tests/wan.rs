@@ -431,8 +431,10 @@ fn with_no_synack_retries_the_banner_never_comes() {
     let (banner, _bed, daemon) = banner_behind_a_lost_handshake_ack(&["--synack-retries", "0"], read_banner(Duration::from_secs(4)));
     let e = banner.expect_err("a banner came with no SYN-ACK retransmission");
     assert!(matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{e}");
+    // (The client's close, whose FIN carries the cookie, may start a connection after the
+    // read timed out: too late for a protocol whose server speaks first.)
     let c = |name: &str| daemon.counter(name).unwrap();
-    assert_eq!((c("tcp_accepted"), c("xdp_syn_recorded"), c("synack_retransmits")), (0, 0, 0));
+    assert_eq!((c("xdp_syn_recorded"), c("synack_retransmits")), (0, 0));
 }
 
 /// The same lost handshake ACK, and the client gives up at once with an RST (SO_LINGER 0; a
