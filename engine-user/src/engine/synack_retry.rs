@@ -22,7 +22,7 @@
 //! after, so every record of a told tuple is in the table before the tuple is removed.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
