@@ -296,6 +296,14 @@ pub const SYN_RECORDS_BYTES: u32 = 1 << 17;
 /// The default budget of [`globals::SYN_RECORD_PER_SEC`]: a CPU accepting 10,000 connections
 /// a second has each handshake recorded; beyond, and under a flood, SYNs get a cookie only.
 pub const SYN_RECORD_PER_SEC: u32 = 10_000;
+/// XDP counts its records per window of 2^27 ns (134 ms) of CLOCK_MONOTONIC, a shift of the
+/// clock it has just read, where a rate would take a division per SYN.
+pub const SYN_RECORD_WINDOW_SHIFT: u32 = 27;
+
+/// Records per window for `per_sec` a second (rounded up: a positive rate never becomes 0).
+pub const fn syn_records_per_window(per_sec: u32) -> u32 {
+    ((per_sec as u64 * (1 << SYN_RECORD_WINDOW_SHIFT)).div_ceil(1_000_000_000)) as u32
+}
 /// [`SynRecord::flags`] bits.
 pub const SYN_RECORD_V6: u8 = 1;
 pub const SYN_RECORD_SACK: u8 = 2;
@@ -372,9 +380,10 @@ pub mod globals {
     /// `u32`: milliseconds a segment with data, for no flow and with a bad cookie, is dropped
     /// before its tuple is reset ([`super::COOKIE_MISSES4`]); 0: reset at once.
     pub const COOKIE_MISS_HOLD_MS: &str = "SYNX_COOKIE_MISS_HOLD_MS";
-    /// `u32`: SYN-ACKs per second per CPU that XDP records in [`super::SYN_RECORDS`] for
-    /// userspace to retransmit; 0: none.
-    pub const SYN_RECORD_PER_SEC: &str = "SYNX_SYN_RECORD_PER_SEC";
+    /// `u32`: SYN-ACKs (and, apart, RSTs) that XDP records in [`super::SYN_RECORDS`] for
+    /// userspace per CPU per window of 2^[`super::SYN_RECORD_WINDOW_SHIFT`] ns of
+    /// CLOCK_MONOTONIC ([`super::syn_records_per_window`] of a rate); 0: none.
+    pub const SYN_RECORD_PER_WINDOW: &str = "SYNX_SYN_RECORD_PER_WINDOW";
 }
 
 /// One queue's entry of [`RX_BACKLOG`]. XDP adds to `redirected`; userspace stores `consumed`.
@@ -466,6 +475,15 @@ mod tests {
         // spread as random ones would (1 - e^-0.25 of the bits), far fewer if they cluster.
         let distinct = hit.iter().filter(|&&n| n > 0).count();
         assert!(distinct > 6800, "{distinct} distinct bits");
+    }
+
+    #[test]
+    fn record_budgets_per_window_round_up() {
+        assert_eq!(syn_records_per_window(SYN_RECORD_PER_SEC), 1343);
+        assert_eq!(syn_records_per_window(10), 2);
+        assert_eq!(syn_records_per_window(1), 1);
+        assert_eq!(syn_records_per_window(0), 0);
+        assert_eq!(syn_records_per_window(u32::MAX), 576_460_753);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use aya_ebpf::{
     macros::map,
     maps::PerCpuArray,
 };
-use engine_common::secrets::Published;
+use engine_common::{maps::SYN_RECORD_WINDOW_SHIFT as RECORD_WINDOW_SHIFT, secrets::Published};
 
 #[map(name = "TICK_CLOCK")]
 static TICK_CLOCK: PerCpuArray<TickClock> = PerCpuArray::with_max_entries(1, 0);
@@ -26,6 +26,34 @@ struct TickClock {
     tai_ns: u64,
     /// `tai_ns` in whole milliseconds (wrapping), for TSvals: divided once a tick, not per SYN.
     tai_ms: u64,
+    /// The record window (`mono_ns >> RECORD_WINDOW_SHIFT`) and what this CPU recorded in it:
+    /// SYN-ACKs, RSTs ([`take_record`]).
+    window: u64,
+    recorded: [u32; 2],
+}
+
+/// What [`take_record`] counts.
+pub const RECORD_SYN_ACK: usize = 0;
+pub const RECORD_RST: usize = 1;
+
+/// Whether this CPU may record one more `what` in this window, `budget` a window: counted in
+/// the coarse clock's own slot, which the SYN path has just read (no division, no other map).
+#[inline(always)]
+pub fn take_record(what: usize, budget: u32) -> bool {
+    let Some(c) = TICK_CLOCK.get_ptr_mut(0) else { return false };
+    // SAFETY: this CPU's slot; nothing else on this CPU writes it while we run.
+    let c = unsafe { &mut *c };
+    let window = c.mono_ns >> RECORD_WINDOW_SHIFT;
+    if c.window != window {
+        c.window = window;
+        c.recorded = [0; 2];
+    }
+    let Some(n) = c.recorded.get_mut(what) else { return false };
+    if *n >= budget {
+        return false;
+    }
+    *n += 1;
+    true
 }
 
 /// An instant of the coarse clocks.

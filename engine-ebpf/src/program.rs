@@ -15,14 +15,14 @@ use engine_common::{
 };
 
 use crate::{
-    clock::{Now, coarse_now, precise_mono_ns, precise_shared_ns},
+    clock::{Now, RECORD_RST, RECORD_SYN_ACK, coarse_now, precise_mono_ns, precise_shared_ns, take_record},
     maps::{
         COOKIE_MISSES4, COOKIE_MISSES6, FLOWS4, FLOWS6, LISTEN_PORTS, LISTENERS, RX_BACKLOG, SYN_RECORDS, XSKS, count, draining, maybe_flow,
         published_secrets,
     },
     options::{fixed_syn_options, walk_syn_options},
     packet::{ACK, FIN, RST, SYN, Seg, Verdict, parse},
-    ratelimit::{RST as RST_BUCKET, RST_RECORD as RST_RECORD_BUCKET, SYN_RECORD as SYN_RECORD_BUCKET, take_token},
+    ratelimit::{RST as RST_BUCKET, take_token},
     reply::reply,
     second_chance::{self, Received},
     settings,
@@ -378,12 +378,11 @@ fn syn_ack<C: Cookies>(ctx: &XdpContext, seg: &Seg, secrets: &Keys, now: Now, mo
 /// (`engine_common::maps::SYN_RECORDS`), within this CPU's budget.
 #[inline(always)]
 fn record(seg: &Seg, syn: &Syn, mint_ns: u64, mono_ns: u64) {
-    let rate = settings::syn_record_per_sec();
-    if rate == 0 {
+    let budget = settings::syn_record_per_window();
+    if budget == 0 {
         return;
     }
-    // The coarse clock: the bucket refills a tick's worth at a time.
-    if !take_token(SYN_RECORD_BUCKET, mono_ns, rate) {
+    if !take_record(RECORD_SYN_ACK, budget) {
         count(counters::SYN_UNRECORDED);
         return;
     }
@@ -439,8 +438,13 @@ fn record(seg: &Seg, syn: &Syn, mint_ns: u64, mono_ns: u64) {
 /// (a flood of RSTs takes nothing from the SYNs').
 #[inline(always)]
 fn record_rst(seg: &Seg) {
-    let rate = settings::syn_record_per_sec();
-    if rate == 0 || !take_token(RST_RECORD_BUCKET, coarse_now().mono_ns, rate) {
+    let budget = settings::syn_record_per_window();
+    if budget == 0 {
+        return;
+    }
+    // Refresh the coarse clock, whose slot counts the window.
+    let _ = coarse_now();
+    if !take_record(RECORD_RST, budget) {
         return;
     }
     let r = SynRecord {

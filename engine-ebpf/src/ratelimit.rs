@@ -1,6 +1,5 @@
-//! Per-CPU token buckets: how many RSTs XDP may send for segments with no connection, how
-//! many segments it may forward to other hosts (`crate::second_chance`), and how many SYN-ACKs
-//! (and RSTs that may end their handshakes) it records for userspace to retransmit (`engine_common::maps::SYN_RECORDS`).
+//! Per-CPU token buckets: how many RSTs XDP may send for segments with no connection, and how
+//! many segments it may forward to other hosts (`crate::second_chance`).
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 
@@ -14,11 +13,9 @@ struct TokenBucket {
 /// Which bucket.
 pub const RST: u32 = 0;
 pub const FORWARD: u32 = 1;
-pub const SYN_RECORD: u32 = 2;
-pub const RST_RECORD: u32 = 3;
 
 #[map(name = "BUCKETS")]
-static BUCKETS: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(4, 0);
+static BUCKETS: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(2, 0);
 
 /// Take a token from this CPU's bucket `which`, which refills at `rate` per second up to
 /// `rate`: false when it is empty (or the bucket cannot be read). `now_ns`: CLOCK_MONOTONIC.

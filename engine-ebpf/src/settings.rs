@@ -29,7 +29,7 @@ static SYNX_FLOW_FILTER_LOG2: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static SYNX_COOKIE_MISS_HOLD_MS: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
-static SYNX_SYN_RECORD_PER_SEC: Global<u32> = Global::new(0);
+static SYNX_SYN_RECORD_PER_WINDOW: Global<u32> = Global::new(0);
 
 /// Our IPv4 MSS, announced in SYN-ACKs (IPv6: `Ours::for_family`; the smaller of it and the
 /// client's goes into the cookie).
@@ -64,11 +64,11 @@ pub fn cookie_miss_hold_ns() -> u64 {
     u64::from(SYNX_COOKIE_MISS_HOLD_MS.load()) * 1_000_000
 }
 
-/// SYN-ACKs per second per CPU recorded for userspace to retransmit
-/// (`engine_common::maps::SYN_RECORDS`); 0: none.
+/// SYN-ACKs (and RSTs) per record window (`crate::clock::take_record`) per CPU recorded for
+/// userspace to retransmit (`engine_common::maps::SYN_RECORDS`); 0: none.
 #[inline(always)]
-pub fn syn_record_per_sec() -> u32 {
-    SYNX_SYN_RECORD_PER_SEC.load()
+pub fn syn_record_per_window() -> u32 {
+    SYNX_SYN_RECORD_PER_WINDOW.load()
 }
 
 /// RSTs per second per CPU at most.

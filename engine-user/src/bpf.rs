@@ -321,7 +321,7 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings, pinned: Op
         .override_global(globals::RST_BAD_COOKIE, &rst_bad_cookie, true)
         .override_global(globals::RST_PER_SEC, &settings.rst_per_sec, true)
         .override_global(globals::COOKIE_MISS_HOLD_MS, &settings.cookie_miss_hold_ms, true)
-        .override_global(globals::SYN_RECORD_PER_SEC, &settings.syn_record_per_sec, true)
+        .override_global(globals::SYN_RECORD_PER_WINDOW, &maps::syn_records_per_window(settings.syn_record_per_sec), true)
         .override_global(globals::DRAIN_PASS, &drain_pass, true)
         .override_global(globals::PEER_PORT, &peer_port, true)
         .override_global(globals::PEER_SELF, &peer_self, true)
