@@ -1281,21 +1281,46 @@ fn the_flood_generator_writes_whole_valid_syns_from_its_template() {
     assert_eq!(bench.flood_sample(&frame, dropping).unwrap().0, XDP_DROP);
 }
 
-#[test]
-fn userspace_answers_a_syn_as_the_xdp_program_does() {
-    // One SYN-ACK policy (engine_common::synack) for both senders: userspace answers a SYN on a
-    // tuple it holds in TIME-WAIT (RFC 6191) with what XDP would have sent, so the final ACK
-    // decodes the same wherever it lands.
-    use engine_common::synack::{Syn, default_mss};
+/// SYNs' options as clients send them, for the tests of the SYN-ACK policy: (name, options,
+/// ECN setup).
+fn syn_offer_rows() -> Vec<(&'static str, Vec<TcpOptionElement>, bool)> {
     use TcpOptionElement::{MaximumSegmentSize as Mss, Noop, SelectiveAcknowledgementPermitted as SackOk, Timestamp as Ts, WindowScale as Ws};
-    let rows: Vec<(&str, Vec<TcpOptionElement>, bool)> = vec![
+    vec![
         ("Linux", linux_syn_opts(), false),
         ("Linux, ECN setup", linux_syn_opts(), true),
         ("window scale 15", vec![Mss(1400), SackOk, Ts(5, 0), Noop, Ws(15)], false),
         ("MSS only", vec![Mss(1440)], false),
         ("no options", vec![], false),
         ("macOS order", vec![Mss(1460), Noop, Ws(6), Noop, Noop, Ts(77, 0), SackOk, Noop, Noop], false),
-    ];
+    ]
+}
+
+/// The SYN-ACK in `out` is `want` but for its TSval's clock (the TSval's option bits and the
+/// TSecr are the same): its TSval, if any.
+fn assert_same_synack(out: &[u8], want: &engine_common::synack::SynAck, ecn: bool, what: &str) -> Option<u32> {
+    use TcpOptionElement::{MaximumSegmentSize as Mss, SelectiveAcknowledgementPermitted as SackOk, Timestamp as Ts, WindowScale as Ws};
+    let t = tcp_of(out);
+    assert_eq!((t.sequence_number(), t.acknowledgment_number(), t.window_size()), (want.seq, want.ack, want.window), "{what}");
+    // The flags byte: SYN, ACK and ECE when both agree to ECN.
+    assert_eq!(out[out.len() - t.slice().len() + 13], want.flags(), "{what}: flags");
+    assert_eq!(want.ece, ecn, "{what}");
+    let got: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
+    assert!(got.contains(&Mss(want.mss)), "{what}: {got:?}");
+    assert_eq!(got.iter().find_map(|o| if let Ws(w) = o { Some(*w) } else { None }), want.wscale, "{what}");
+    assert_eq!(got.contains(&SackOk), want.sack, "{what}");
+    let ts = got.iter().find_map(|o| if let Ts(v, ecr) = o { Some((*v, *ecr)) } else { None });
+    assert_eq!(ts.map(|(v, ecr)| (v & 63, ecr)), want.ts.map(|(v, ecr)| (v & 63, ecr)), "{what}");
+    ts.map(|(v, _)| v)
+}
+
+#[test]
+fn userspace_answers_a_syn_as_the_xdp_program_does() {
+    // One SYN-ACK policy (engine_common::synack) for both senders: userspace answers a SYN on a
+    // tuple it holds in TIME-WAIT (RFC 6191) with what XDP would have sent, so the final ACK
+    // decodes the same wherever it lands.
+    use engine_common::synack::{Syn, default_mss};
+    use TcpOptionElement::{MaximumSegmentSize as Mss, SelectiveAcknowledgementPermitted as SackOk, Timestamp as Ts, WindowScale as Ws};
+    let rows = syn_offer_rows();
     for v6 in [false, true] {
         for (what, opts, ecn) in &rows {
             let what = format!("{what} (v6={v6})");
@@ -1322,18 +1347,7 @@ fn userspace_answers_a_syn_as_the_xdp_program_does() {
                     same.then_some((out, answer))
                 })
                 .expect("three tries within one cookie period");
-            let t = tcp_of(&out);
-            assert_eq!((t.sequence_number(), t.acknowledgment_number(), t.window_size()), (theirs.seq, theirs.ack, theirs.window), "{what}");
-            // The flags byte: SYN, ACK and ECE when both agree to ECN.
-            assert_eq!(out[out.len() - t.slice().len() + 13], theirs.flags(), "{what}: flags");
-            assert_eq!(theirs.ece, *ecn, "{what}");
-            let got: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
-            assert!(got.contains(&Mss(theirs.mss)), "{what}: {got:?}");
-            assert_eq!(got.iter().find_map(|o| if let Ws(w) = o { Some(*w) } else { None }), theirs.wscale, "{what}");
-            assert_eq!(got.contains(&SackOk), theirs.sack, "{what}");
-            // The TSval's clock moved between the two; its option bits and the TSecr did not.
-            let ts = got.iter().find_map(|o| if let Ts(v, ecr) = o { Some((*v, *ecr)) } else { None });
-            assert_eq!(ts.map(|(v, ecr)| (v & 63, ecr)), theirs.ts.map(|(v, ecr)| (v & 63, ecr)), "{what}");
+            assert_same_synack(&out, &theirs, *ecn, &what);
         }
     }
 }
@@ -1344,17 +1358,10 @@ fn userspace_answers_a_syn_as_the_xdp_program_does() {
 /// the same cookie and options, only the TSval's clock later.
 #[test]
 fn syn_acks_are_recorded_and_userspace_resends_the_same_one() {
-    use TcpOptionElement::{MaximumSegmentSize as Mss, Noop, SelectiveAcknowledgementPermitted as SackOk, Timestamp as Ts, WindowScale as Ws};
+    use TcpOptionElement::WindowScale as Ws;
     use engine_common::maps::SynRecord;
     use synx::engine::synack_retry::{Record, Recorded};
-    let rows: Vec<(&str, Vec<TcpOptionElement>, bool)> = vec![
-        ("Linux", linux_syn_opts(), false),
-        ("Linux, ECN setup", linux_syn_opts(), true),
-        ("window scale 15", vec![Mss(1400), SackOk, Ts(5, 0), Noop, Ws(15)], false),
-        ("MSS only", vec![Mss(1440)], false),
-        ("no options", vec![], false),
-        ("macOS order", vec![Mss(1460), Noop, Ws(6), Noop, Noop, Ts(77, 0), SackOk, Noop, Noop], false),
-    ];
+    let rows = syn_offer_rows();
     for v6 in [false, true] {
         // One program for the family's rows, each a tuple of its own.
         let mut e = engine_with(XdpSettings { syn_record_per_sec: 100, ..XdpSettings::new(OUR_MSS) });
@@ -1378,18 +1385,9 @@ fn syn_acks_are_recorded_and_userspace_resends_the_same_one() {
             assert_eq!((r.link.local_mac, r.link.remote_mac), (SERVER_MAC, CLIENT_MAC), "{what}");
             assert_eq!(r.syn.isn, 1000 + i as u32, "{what}");
             let again = e.cookie_checker().resend(r.local, r.remote, &r.syn, r.mint_ns).expect("the cookie's secret is published");
-            let t = tcp_of(&out);
-            assert_eq!((t.sequence_number(), t.acknowledgment_number(), t.window_size()), (again.seq, again.ack, again.window), "{what}");
-            assert_eq!(out[out.len() - t.slice().len() + 13], again.flags(), "{what}: flags");
-            assert_eq!(again.ece, *ecn, "{what}");
-            let got: Vec<TcpOptionElement> = t.options_iterator().map(Result::unwrap).collect();
-            assert!(got.contains(&Mss(again.mss)), "{what}: {got:?}");
-            assert_eq!(got.iter().find_map(|o| if let Ws(w) = o { Some(*w) } else { None }), again.wscale, "{what}");
-            assert_eq!(got.contains(&SackOk), again.sack, "{what}");
-            let ts = got.iter().find_map(|o| if let Ts(v, ecr) = o { Some((*v, *ecr)) } else { None });
-            assert_eq!(ts.map(|(v, ecr)| (v & 63, ecr)), again.ts.map(|(v, ecr)| (v & 63, ecr)), "{what}");
+            let sent = assert_same_synack(&out, &again, *ecn, &what);
             // The TSval's clock only moves forward (RFC 7323 5.4).
-            if let (Some((sent, _)), Some((resent, _))) = (ts, again.ts) {
+            if let (Some(sent), Some((resent, _))) = (sent, again.ts) {
                 assert!(resent.wrapping_sub(sent) as i32 >= 0, "{what}: TSval {sent} then {resent}");
             }
         }
