@@ -285,15 +285,16 @@ pub const COOKIE_MISSES6_LEN: u32 = 1024;
 /// SYN-ACK was made of; userspace resends it, with the same cookie, until the connection is
 /// established or the retries run out. The client, ESTABLISHED, answers the duplicate SYN-ACK
 /// with an ACK (RFC 5961 4.2 challenge ACK) whose ACK number is the cookie: the connection
-/// starts. Recording is budgeted per CPU ([`globals::SYN_RECORD_PER_SEC`]): under a flood,
+/// starts. Recording is budgeted per CPU ([`globals::SYN_RECORD_PER_WINDOW`]): under a flood,
 /// SYNs over the budget get a cookie only, as Linux's do once its SYN queue is full.
 pub const SYN_RECORDS: &str = "SYN_RECORDS";
-/// Its size in bytes: about 1,490 records (80 bytes and the ring's 8-byte header each), what
-/// one CPU's budget produces between two reads of userspace (every 100 ms) and half again;
-/// records that find it full are not kept (counted). Its pages are mapped into the daemon:
+/// Its size in bytes: about 1,490 records (80 bytes and the ring's 8-byte header each), more
+/// than one CPU's budget for a window (1,343; userspace reads the ring every 100 ms); records
+/// that find it full are not kept (counted). Its pages are mapped into the daemon:
 /// small, so a flood grows the daemon's memory by little.
 pub const SYN_RECORDS_BYTES: u32 = 1 << 17;
-/// The default budget of [`globals::SYN_RECORD_PER_SEC`]: a CPU accepting 10,000 connections
+/// The default recording budget ([`syn_records_per_window`] of it is
+/// [`globals::SYN_RECORD_PER_WINDOW`]): a CPU accepting 10,000 connections
 /// a second has each handshake recorded; beyond, and under a flood, SYNs get a cookie only.
 pub const SYN_RECORD_PER_SEC: u32 = 10_000;
 /// XDP counts its records per window of 2^27 ns (134 ms) of CLOCK_MONOTONIC, a shift of the
@@ -304,6 +305,7 @@ pub const SYN_RECORD_WINDOW_SHIFT: u32 = 27;
 pub const fn syn_records_per_window(per_sec: u32) -> u32 {
     ((per_sec as u64 * (1 << SYN_RECORD_WINDOW_SHIFT)).div_ceil(1_000_000_000)) as u32
 }
+
 /// [`SynRecord::flags`] bits.
 pub const SYN_RECORD_V6: u8 = 1;
 pub const SYN_RECORD_SACK: u8 = 2;
