@@ -77,6 +77,16 @@ impl Side {
         let n = v.len();
         Some(v[self.pooled.map_or((n - 1) / 2, |q| ((q * n as f64).ceil() as usize).clamp(1, n) - 1)])
     }
+    /// The lowest and highest of the succeeded counted rounds' own values (for a pooled row
+    /// each round's own quantile), when at least two succeeded: how far the rounds behind the
+    /// figure spread.
+    pub fn range(&self) -> Option<(f64, f64)> {
+        let v: Vec<f64> = self.counted().filter(|r| r.ok()).filter_map(|r| r.value).collect();
+        if v.len() < 2 {
+            return None;
+        }
+        Some(v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x))))
+    }
     /// A pooled row's samples of all succeeded counted rounds, in the order they were taken.
     fn pooled_samples(&self) -> Vec<f64> {
         self.counted().filter(|r| r.ok()).flat_map(|r| r.samples.iter().copied()).collect()
@@ -435,6 +445,9 @@ mod tests {
         assert!(err.contains("1 of 3 rounds failed") && err.contains("the server died"), "{err}");
         assert!(rows[0].ratio("synx", "kernel").is_err());
         assert_eq!(rows[0].side("kernel").unwrap().figure(), Ok(5.0));
+        // The spread counts what succeeded, never the warm-up; one round has none.
+        assert_eq!(synx.range(), Some((10.0, 30.0)));
+        assert_eq!(rows[0].side("kernel").unwrap().range(), None);
     }
 
     #[test]
