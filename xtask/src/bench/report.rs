@@ -337,9 +337,11 @@ pub struct Report {
 }
 
 impl Report {
-    /// Several runs as one: the first run's metadata (each run's command, commit and date kept
+    /// Several runs as one: the last run's metadata (each run's command, commit and date kept
     /// under `runs`), rows in order, a row name a later run also measured taken from the later
-    /// run (with its rounds), the runs' times added.
+    /// run (with its rounds), the runs' times added. The last run is the one whose rows win, so
+    /// the machine, tools and configuration shown are those of the run most rows come from when
+    /// the main run is given last.
     pub fn merge(runs: Vec<Report>) -> Report {
         let mut it = runs.into_iter();
         let Some(mut out) = it.next() else {
@@ -358,6 +360,7 @@ impl Report {
             out.rounds.extend(r.rounds);
             out.group_failures.extend(r.group_failures);
             out.secs += r.secs;
+            out.meta = r.meta;
         }
         if all.len() > 1 {
             out.meta["runs"] = serde_json::json!(all);
@@ -554,6 +557,7 @@ mod tests {
         assert_eq!(m.rows[0].side("synx").unwrap().value(), Some(2.0));
         assert_eq!(m.secs, 20.0);
         assert_eq!(m.meta["runs"].as_array().unwrap().len(), 2);
+        assert_eq!(m.meta["command"], "run 2");
     }
 
     #[test]
