@@ -28,13 +28,7 @@ pub const XSKS: &str = "XSKS";
 /// has no connection: XDP answers it without the FLOWS lookup, which under a flood of random
 /// tuples misses the cache (and the TLB) in a table of a million buckets every time: about
 /// 100 ns of a 250 ns SYN path, measured in place with 1M entries against 1024. A set bit
-/// only means "look". A filter larger than 2^[`FLOW_SUMMARY_LOG2`] bits has a summary after
-/// it ([`flow_summary_line`]): one bit per 2^(log2 - `FLOW_SUMMARY_LOG2`) of its bits, set
-/// while any of them may be. XDP reads the summary first: a flood's random tuples probe a
-/// random line of the filter per SYN, which at 512 KiB the flood's own frames keep out of the
-/// caches (about 65 ns of a 316 ns SYN on the bench's VM, measured against a 4 KiB filter);
-/// the 32 KiB summary stops every SYN whose summary bit is clear, which while the table holds
-/// few connections is nearly every one.
+/// only means "look".
 pub const FLOW_FILTER: &str = "FLOW_FILTER";
 /// One-entry `BPF_F_MMAPABLE` array of `crate::secrets::CookieSecrets`: the cookie secrets and
 /// the shared clock's adjustment, which userspace republishes every period through its mapping
@@ -142,32 +136,9 @@ pub const fn flow_filter_log2(max_flows: u32) -> u32 {
     }
 }
 
-/// log2 of the bits of [`FLOW_FILTER`]'s summary (32 KiB); filters of at most this many bits
-/// have none.
-pub const FLOW_SUMMARY_LOG2: u32 = 18;
-
-/// The [`FlowFilterLine`]s of [`FLOW_FILTER`] (its entries) for a filter of 2^`log2` bits:
-/// the filter's, then its summary's, if it has one.
+/// The [`FlowFilterLine`]s of [`FLOW_FILTER`] (its entries) for a filter of 2^`log2` bits.
 pub const fn flow_filter_lines(log2: u32) -> u32 {
-    let filter = 1 << (log2 - 9);
-    if log2 > FLOW_SUMMARY_LOG2 { filter + (1 << (FLOW_SUMMARY_LOG2 - 9)) } else { filter }
-}
-
-/// The filter's log2 from [`FLOW_FILTER`]'s entries (the inverse of [`flow_filter_lines`]).
-pub const fn flow_filter_log2_of_lines(lines: u32) -> u32 {
-    let summary = 1 << (FLOW_SUMMARY_LOG2 - 9);
-    if lines.is_power_of_two() { lines.trailing_zeros() + 9 } else { (lines - summary).trailing_zeros() + 9 }
-}
-
-/// The summary bit of filter bit `bit` in a filter of 2^`log2` bits, and the [`FLOW_FILTER`]
-/// entry that holds it; `None` when the filter has no summary.
-#[inline(always)]
-pub const fn flow_summary_line(bit: u32, log2: u32) -> Option<(u32, u32)> {
-    if log2 <= FLOW_SUMMARY_LOG2 {
-        return None;
-    }
-    let s = bit >> (log2 - FLOW_SUMMARY_LOG2);
-    Some((s, (1 << (log2 - 9)) + (s >> 9)))
+    1 << (log2 - 9)
 }
 
 /// An entry of [`FLOW_FILTER`]: 512 bits, a cache line. Bit `b` of the filter is bit `b % 64`
@@ -486,24 +457,8 @@ mod tests {
     fn the_flow_filter_has_four_bits_per_entry_within_its_bounds() {
         for (flows, log2) in [(1, 15), (4, 15), (8192, 15), (10_000, 16), (100_000, 19), (1 << 20, 22), (u32::MAX, 22)] {
             assert_eq!(flow_filter_log2(flows), log2, "{flows} flows");
-            let summary = if log2 > FLOW_SUMMARY_LOG2 { 1 << FLOW_SUMMARY_LOG2 } else { 0 };
-            assert_eq!(flow_filter_lines(log2) as usize * core::mem::size_of::<FlowFilterLine>() * 8, (1 << log2) + summary);
-            assert_eq!(flow_filter_log2_of_lines(flow_filter_lines(log2)), log2);
+            assert_eq!(flow_filter_lines(log2) as usize * core::mem::size_of::<FlowFilterLine>() * 8, 1 << log2);
         }
-    }
-
-    #[test]
-    fn the_summary_bit_is_the_filter_bits_top_bits_in_lines_after_the_filters() {
-        assert_eq!(flow_summary_line(12345, 18), None);
-        let log2 = 22;
-        for bit in [0, 1, 15, 16, 4095, 1 << 21, (1 << 22) - 1] {
-            let (s, line) = flow_summary_line(bit, log2).unwrap();
-            assert_eq!(s, bit >> 4);
-            assert!(line >= flow_filter_lines(log2) - (1 << (FLOW_SUMMARY_LOG2 - 9)) && line < flow_filter_lines(log2));
-        }
-        // Sixteen neighbouring filter bits share one summary bit; the next sixteen the next one.
-        assert_eq!(flow_summary_line(32, log2).unwrap().0, flow_summary_line(47, log2).unwrap().0);
-        assert_ne!(flow_summary_line(47, log2).unwrap().0, flow_summary_line(48, log2).unwrap().0);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use engine_common::{
     counters::{self, Counter},
     maps::{
         COOKIE_MISSES4_LEN, COOKIE_MISSES6_LEN, CookieMiss, DEFAULT_MAX_FLOWS, FlowFilterLine, FlowKey4, FlowKey6, LISTEN_PORTS_LEN, ListenerKey, ListenerValue, MAX_QUEUES, PortListeners,
-        RxBacklogEntry, SYN_RECORDS_BYTES, SWITCH_DRAINING, SWITCH_RING_HOPS, SWITCH_RING_NEXT, SWITCHES_LEN, flow_summary_line,
+        RxBacklogEntry, SYN_RECORDS_BYTES, SWITCH_DRAINING, SWITCH_RING_HOPS, SWITCH_RING_NEXT, SWITCHES_LEN,
     },
     secrets::{self, CookieSecrets, Published},
 };
@@ -51,20 +51,11 @@ pub fn count(c: Counter) {
     }
 }
 
-/// Whether FLOWS may hold an entry of the tuple whose bit is `bit` in a [`FLOW_FILTER`] of
-/// 2^`log2` bits (see `engine_common::maps::FLOW_FILTER`): false only when the bit, or its
-/// summary bit, is clear.
+/// Whether FLOWS may hold an entry of the tuple whose [`FLOW_FILTER`] bit is `bit` (see
+/// `engine_common::maps::FLOW_FILTER`): false only when the bit is clear.
 #[inline(always)]
-pub fn maybe_flow(bit: u32, log2: u32) -> bool {
-    // A line that is not there (never: the map is sized for the filter) means "look".
-    let set = |line: u32, b: u32| FLOW_FILTER.get(line).is_none_or(|l| (l.words[(b >> 6) as usize & 7] >> (b & 63)) & 1 != 0);
-    // The summary first: small enough to stay cached under a flood (`maps::FLOW_FILTER`).
-    if let Some((s, line)) = flow_summary_line(bit, log2)
-        && !set(line, s)
-    {
-        return false;
-    }
-    set(bit >> 9, bit)
+pub fn maybe_flow(bit: u32) -> bool {
+    FLOW_FILTER.get(bit >> 9).is_none_or(|l| (l.words[(bit >> 6) as usize & 7] >> (bit & 63)) & 1 != 0)
 }
 
 /// The published cookie secrets and clock adjustment, or `None` before userspace published any

@@ -119,7 +119,7 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
     let log2 = settings::flow_filter_log2();
     let unknown_syn = f & (SYN | ACK) == SYN
         && log2 != 0
-        && !maybe_flow(if seg.v6 { flow_filter_bit6(&key6, log2) } else { flow_filter_bit4(&key4, log2) }, log2);
+        && !maybe_flow(if seg.v6 { flow_filter_bit6(&key6, log2) } else { flow_filter_bit4(&key4, log2) });
     // SAFETY: map lookups with keys on our stack.
     let slot = if unknown_syn { None } else { unsafe { if seg.v6 { FLOWS6.get(&key6) } else { FLOWS4.get(&key4) } } };
     // An expired claim (a cookie ACK that never reached userspace) holds nothing: the tuple is

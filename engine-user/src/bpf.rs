@@ -525,38 +525,19 @@ struct FlowMaps {
 /// each process counts only its own entries (the successor those it adopts): one may clear a
 /// bit the other's connection maps to, and until that connection moves, a SYN on its tuple gets
 /// a SYN-ACK from XDP instead of reaching the engine.
-///
-/// A large filter's summary bits (`maps::flow_summary_line`) are counted the same way, each
-/// entry once at its filter bit's summary bit: a summary bit is set before any bit under it
-/// and cleared only once no counted entry maps under it. An entry whose filter count
-/// saturated is never taken off either count.
 struct FlowFilter {
     map: MappedArray,
     log2: u32,
     counts: Vec<u8>,
-    summary: Vec<u16>,
 }
 
 impl FlowFilter {
     /// The map as loaded: its lines tell its size (`maps::flow_filter_lines`).
     fn map(map: MapData) -> Result<Self, BpfError> {
         let lines = map.info()?.max_entries();
-        let log2 = maps::flow_filter_log2_of_lines(lines);
+        let log2 = lines.trailing_zeros() + 9;
         let bytes = lines as usize * std::mem::size_of::<maps::FlowFilterLine>();
-        let summary = if maps::flow_summary_line(0, log2).is_some() { 1 << maps::FLOW_SUMMARY_LOG2 } else { 0 };
-        Ok(Self { map: MappedArray::new(map, bytes, true)?, log2, counts: vec![0; 1 << log2], summary: vec![0; summary] })
-    }
-
-    /// Set or clear bit `b` of the map's line `line`.
-    fn write(&self, line: u32, b: u32, set: bool) {
-        let word = line as usize * 8 + (b as usize / 64) % 8;
-        if let Some(w) = self.map.word(word) {
-            if set {
-                w.fetch_or(1 << (b % 64), std::sync::atomic::Ordering::Release);
-            } else {
-                w.fetch_and(!(1 << (b % 64)), std::sync::atomic::Ordering::Release);
-            }
-        }
+        Ok(Self { map: MappedArray::new(map, bytes, true)?, log2, counts: vec![0; 1 << log2] })
     }
 
     fn bit(&self, key: &FlowKey) -> usize {
@@ -567,23 +548,18 @@ impl FlowFilter {
         b as usize
     }
 
-    /// One more entry at `key`'s bit: set (and its summary bit) before the entry is written to
-    /// FLOWS, so XDP never sees the entry with either clear.
+    /// One more entry at `key`'s bit: set before the entry is written to FLOWS, so XDP never
+    /// sees the entry with its bit clear.
     fn add(&mut self, key: &FlowKey) {
         let b = self.bit(key);
         let Some(c) = self.counts.get_mut(b) else { return };
         *c = c.saturating_add(1);
-        if let Some((sb, line)) = maps::flow_summary_line(b as u32, self.log2)
-            && let Some(n) = self.summary.get_mut(sb as usize)
-        {
-            *n = n.saturating_add(1);
-            self.write(line, sb, true);
+        if let Some(w) = self.map.word(b / 64) {
+            w.fetch_or(1 << (b % 64), std::sync::atomic::Ordering::Release);
         }
-        self.write(b as u32 / 512, b as u32, true);
     }
 
-    /// One entry fewer at `key`'s bit, after it left FLOWS: the bit clears with the last, and
-    /// so does its summary bit with the last entry under it.
+    /// One entry fewer at `key`'s bit, after it left FLOWS: the bit clears with the last.
     fn sub(&mut self, key: &FlowKey) {
         let b = self.bit(key);
         let Some(c) = self.counts.get_mut(b) else { return };
@@ -591,18 +567,10 @@ impl FlowFilter {
             return;
         }
         *c -= 1;
-        if *c == 0 {
-            self.write(b as u32 / 512, b as u32, false);
-        }
-        if let Some((sb, line)) = maps::flow_summary_line(b as u32, self.log2)
-            && let Some(n) = self.summary.get_mut(sb as usize)
-            && *n != 0
-            && *n != u16::MAX
+        if *c == 0
+            && let Some(w) = self.map.word(b / 64)
         {
-            *n -= 1;
-            if *n == 0 {
-                self.write(line, sb, false);
-            }
+            w.fetch_and(!(1 << (b % 64)), std::sync::atomic::Ordering::Release);
         }
     }
 }

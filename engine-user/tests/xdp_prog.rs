@@ -972,69 +972,6 @@ fn syns_look_flows_up_only_where_the_flow_filter_says_one_may_be() {
 }
 
 #[test]
-fn a_large_flow_filters_summary_keeps_every_held_connections_syn_looked_up() {
-    use counters::{FLOW_SEGMENT, REDIRECT_FAILED, SYN_COOKIE_SENT};
-    // The daemon's default table: a 512 KiB filter with a 32 KiB summary in front of it.
-    let max_flows = maps::DEFAULT_MAX_FLOWS;
-    let log2 = maps::flow_filter_log2(max_flows);
-    assert!(maps::flow_summary_line(0, log2).is_some(), "a filter of 2^{log2} bits has a summary");
-    let mut e = configure(XdpProgram::load_with(XdpSettings::new(OUR_MSS), max_flows).expect("load the XDP program"));
-    // Clients from many addresses of 198.18.0.0/16 and a few ports each: one address's
-    // sequential ports, or one port's sequential addresses, spread too evenly under the
-    // multiplicative hash ever to share a summary bit.
-    type Client = (u16, u16);
-    let addr = |(i, port): Client| SocketAddr::new(Ipv4Addr::new(198, 18, (i >> 8) as u8, (i & 0xff) as u8).into(), port);
-    let bit = |c: Client| match flow_key(server(false), addr(c)) {
-        FlowKey::V4(k) => maps::flow_filter_bit4(&k, log2),
-        FlowKey::V6(_) => unreachable!(),
-    };
-    let summary = |c: Client| maps::flow_summary_line(bit(c), log2).unwrap().0;
-    // Two clients under one summary bit, each with a filter bit of its own.
-    let mut under = std::collections::HashMap::new();
-    let (a, b) = (0x0102u16..0xfefe)
-        .filter(|i| !matches!(i & 0xff, 0 | 1 | 255))
-        .flat_map(|i| [40000, 40001, 50000, 61234, 1025].map(|port| (i, port)))
-        .find_map(|c| match under.insert(summary(c), c) {
-            Some(d) if bit(d) != bit(c) => Some((d, c)),
-            _ => None,
-        })
-        .expect("two clients under one summary bit");
-    let syn = |c: Client| {
-        let IpAddr::V4(src) = addr(c).ip() else { unreachable!() };
-        let mut out = Vec::new();
-        PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC).ipv4(src.octets(), SERVER4.octets(), 64).tcp(c.1, PORT, 9, 64240).syn().write(&mut out, &[]).unwrap();
-        out
-    };
-    let outcome = |e: &mut XdpProgram, c: Client| {
-        let before = counters_of(e);
-        let (verdict, _, _) = e.test_run(&syn(c), 1).unwrap();
-        let after = counters_of(e);
-        let moved = |c: Counter| after[c as usize] - before[c as usize];
-        (verdict, moved(FLOW_SEGMENT), moved(REDIRECT_FAILED), moved(SYN_COOKIE_SENT))
-    };
-    let to_userspace = (XDP_DROP, 1, 1, 0);
-    let answered = (XDP_TX, 0, 0, 1);
-    let flows = e.flow_table();
-    assert_eq!(outcome(&mut e, a), answered, "an empty table");
-    flows.insert(server(false), addr(a), 1).unwrap();
-    assert_eq!(outcome(&mut e, a), to_userspace, "a SYN of a held connection");
-    // A claim on b sets no bit: its summary bit is set (by a), its filter bit is not, so its
-    // SYN is answered without a lookup; adopted, it is counted and looked up.
-    flows.insert(server(false), addr(b), maps::claim(monotonic_ns())).unwrap();
-    assert_eq!(outcome(&mut e, b), answered, "a SYN on a claim under a set summary bit");
-    flows.adopt(server(false), addr(b));
-    assert_eq!(outcome(&mut e, b), to_userspace, "a SYN of an adopted connection");
-    // Connections leave one by one: the summary bit stays while any under it is held.
-    flows.remove(server(false), addr(a)).unwrap();
-    assert_eq!(outcome(&mut e, a), answered, "a SYN of the connection that went");
-    assert_eq!(outcome(&mut e, b), to_userspace, "a SYN of the connection that stays");
-    flows.remove(server(false), addr(b)).unwrap();
-    for c in [a, b] {
-        assert_eq!(outcome(&mut e, c), answered, "a SYN once no connection is left");
-    }
-}
-
-#[test]
 fn malformed_frames_are_counted_and_never_modified() {
     use counters::{DROP_BAD_ADDRESS, DROP_BAD_FLAGS, DROP_BAD_HEADER, DROP_BAD_OPTIONS, DROP_FRAGMENT, DROP_TRUNCATED, PASS_MALFORMED};
     let good = frame(false, 40000, 1, &linux_syn_opts(), |b| b.syn(), &[]);
