@@ -68,7 +68,7 @@ impl Side {
     pub fn value(&self) -> Option<f64> {
         let mut v: Vec<f64> = match self.pooled {
             Some(_) => self.pooled_samples(),
-            None => self.counted().filter(|r| r.ok()).filter_map(|r| r.value).collect(),
+            None => self.round_values(),
         };
         if v.is_empty() {
             return None;
@@ -81,11 +81,15 @@ impl Side {
     /// each round's own quantile), when at least two succeeded: how far the rounds behind the
     /// figure spread.
     pub fn range(&self) -> Option<(f64, f64)> {
-        let v: Vec<f64> = self.counted().filter(|r| r.ok()).filter_map(|r| r.value).collect();
+        let v = self.round_values();
         if v.len() < 2 {
             return None;
         }
         Some(v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x))))
+    }
+    /// Each succeeded counted round's own value, in the order they ran.
+    fn round_values(&self) -> Vec<f64> {
+        self.counted().filter(|r| r.ok()).filter_map(|r| r.value).collect()
     }
     /// A pooled row's samples of all succeeded counted rounds, in the order they were taken.
     fn pooled_samples(&self) -> Vec<f64> {
