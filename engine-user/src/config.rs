@@ -9,7 +9,7 @@ use crate::{
     apps::App,
     bpf::AttachMode,
     cluster::{ClusterOptions, DrainSyns},
-    engine::MemoryLimits,
+    engine::{MemoryLimits, coalesce::CoalesceMode},
 };
 
 /// Parse a duration as operators write it: `75s`, `2h`, `500ms`, `1m30s`, or plain seconds.
@@ -178,6 +178,8 @@ pub struct RunConfig {
     pub synack_retries: u8,
     /// AF_XDP preferred busy polling with this NAPI budget (0: off).
     pub prefer_busy_poll: u16,
+    /// The interface's NAPI deferral: adaptive, or left alone.
+    pub coalesce: CoalesceMode,
     /// How long SIGTERM lets connections finish before resetting the rest.
     pub grace: Duration,
     pub app_threads: AppThreads,
@@ -232,6 +234,7 @@ pub struct FileConfig {
     pub cookie_miss_hold: Option<String>,
     pub synack_retries: Option<u8>,
     pub prefer_busy_poll: Option<u16>,
+    pub coalesce: Option<String>,
     pub grace: Option<String>,
     pub app_threads: Option<String>,
     pub metrics: Option<String>,
@@ -272,6 +275,7 @@ pub struct FlagConfig {
     pub cookie_miss_hold: Option<Duration>,
     pub synack_retries: Option<u8>,
     pub prefer_busy_poll: Option<u16>,
+    pub coalesce: Option<CoalesceMode>,
     pub grace: Option<Duration>,
     pub app_threads: Option<AppThreads>,
     pub metrics: Option<SocketAddr>,
@@ -341,6 +345,13 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
     let synack_retries = bounds::SYNACK_RETRIES
         .check(flags.synack_retries.or(file.synack_retries).unwrap_or(crate::engine::synack_retry::DEFAULT_RETRIES))?;
     let prefer_busy_poll = bounds::PREFER_BUSY_POLL.check(flags.prefer_busy_poll.or(file.prefer_busy_poll).unwrap_or(0))?;
+    let coalesce = match (flags.coalesce, file.coalesce.as_deref()) {
+        (Some(c), _) => c,
+        (None, None) => CoalesceMode::default(),
+        (None, Some("auto")) => CoalesceMode::Auto,
+        (None, Some("off")) => CoalesceMode::Off,
+        (None, Some(other)) => return Err(format!("coalesce {other:?}: choose auto or off")),
+    };
     let grace = bounds::GRACE.check(flags.grace.or(dur(file.grace)?).unwrap_or(RunConfig::DEFAULT_GRACE))?;
     let metrics = match (flags.metrics, file.metrics.as_deref()) {
         (Some(a), _) => Some(a),
@@ -397,6 +408,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         cookie_miss_hold,
         synack_retries,
         prefer_busy_poll,
+        coalesce,
         grace,
         app_threads,
         metrics,
@@ -524,6 +536,7 @@ mod tests {
             cookie_miss_hold = "300ms"
             synack_retries = 2
             prefer_busy_poll = 64
+            coalesce = "off"
             app_threads = "worker"
             metrics = "[::1]:9464"
             ecn = false
@@ -549,6 +562,7 @@ mod tests {
         assert_eq!(c.cookie_miss_hold, Duration::from_millis(300));
         assert_eq!(c.synack_retries, 2);
         assert_eq!(c.prefer_busy_poll, 64);
+        assert_eq!(c.coalesce, CoalesceMode::Off);
         assert_eq!(c.app_threads, AppThreads::Worker);
         assert_eq!(c.metrics, Some("[::1]:9464".parse().unwrap()));
         assert!(!c.ecn);
@@ -572,6 +586,7 @@ mod tests {
         // As Linux's net.ipv4.tcp_synack_retries.
         assert_eq!(d.synack_retries, 5);
         assert_eq!(d.prefer_busy_poll, 0);
+        assert_eq!(d.coalesce, CoalesceMode::Auto);
         assert_eq!(d.app_threads, AppThreads::Engine);
         assert_eq!(d.metrics, None);
         // As Linux's net.ipv4.tcp_ecn=2: ECN when the client asks.

@@ -231,6 +231,7 @@ fn fixed_settings_changed(old: &RunConfig, new: &RunConfig) -> Vec<&'static str>
         ("cookie_miss_hold", old.cookie_miss_hold != new.cookie_miss_hold),
         ("synack_retries", old.synack_retries != new.synack_retries),
         ("prefer_busy_poll", old.prefer_busy_poll != new.prefer_busy_poll),
+        ("coalesce", old.coalesce != new.coalesce),
         ("app_threads", old.app_threads != new.app_threads),
         ("metrics", old.metrics != new.metrics),
         ("mem_limit", m.limit != n.limit),
@@ -410,6 +411,7 @@ pub fn run(
         cookie_miss_hold: cfg.cookie_miss_hold,
         synack_retries: cfg.synack_retries,
         prefer_busy_poll: cfg.prefer_busy_poll,
+        coalesce: cfg.coalesce,
         memory: cfg.memory,
         cluster: cfg.cluster.clone(),
     };

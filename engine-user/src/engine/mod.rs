@@ -47,6 +47,7 @@ use crate::{
     xsk::XskConfig,
 };
 
+pub mod coalesce;
 mod glue;
 mod handoff;
 mod health;
@@ -98,6 +99,9 @@ pub struct EngineOptions {
     /// its RX queue's NAPI itself at every receive instead of being woken by the device (see
     /// `xsk::BusyPoll`).
     pub prefer_busy_poll: u16,
+    /// The interface's NAPI deferral: adaptive (on while many clients send at once, see
+    /// [`coalesce`]) or left alone.
+    pub coalesce: coalesce::CoalesceMode,
     /// What connections may hold, in all and per source, and how long they may sit in persist.
     pub memory: MemoryLimits,
     /// Serving with other hosts: the shared cookie key, the peers, draining.
@@ -122,6 +126,7 @@ impl EngineOptions {
             cookie_miss_hold: Duration::from_millis(u64::from(crate::bpf::COOKIE_MISS_HOLD_MS)),
             synack_retries: synack_retry::DEFAULT_RETRIES,
             prefer_busy_poll: 0,
+            coalesce: coalesce::CoalesceMode::Auto,
             memory: MemoryLimits::default(),
             cluster: ClusterOptions::default(),
         }
@@ -224,6 +229,8 @@ pub struct Engine {
     health: Arc<Health>,
     /// Resends SYN-ACKs of cookie handshakes (`--synack-retries`); stops when dropped.
     synack_retry: Option<synack_retry::Retransmitter>,
+    /// The interface's NAPI deferral, when synx manages it (`--coalesce auto`).
+    coalescing: Option<Arc<coalesce::Coalescing>>,
 }
 
 impl Engine {
@@ -312,6 +319,10 @@ impl Engine {
         // With one queue every tuple is its own; the hand-off costs a FLOWS lookup per segment
         // of no connection, paid only where frames can arrive on another queue.
         let handoff = (queues > 1).then(|| Arc::new(Handoff::new(per_queue, wakers.clone())));
+        let coalescing = match options.coalesce {
+            coalesce::CoalesceMode::Auto => coalesce::Coalescing::open("/sys/class/net", &options.iface).map(Arc::new),
+            coalesce::CoalesceMode::Off => None,
+        };
         for ((queue, waker), imports) in (0..queues).zip(wakers).zip(imports) {
             let q_stats = Arc::new(QueueStats::default());
             let (req_tx, req_rx) = mpsc::channel();
@@ -326,6 +337,7 @@ impl Engine {
                 queues,
                 conn_limit: conn_limit.clone(),
                 busy_poll: options.busy_poll,
+                coalescing: coalescing.clone(),
                 listeners: listeners.clone(),
                 flows: xdp.flow_table(),
                 cookies: xdp.cookie_checker(),
@@ -391,6 +403,7 @@ impl Engine {
             queues,
             health,
             synack_retry,
+            coalescing,
         };
         // On an error here, dropping `engine` stops and joins the threads already started.
         for _ in 0..queues {
@@ -720,6 +733,12 @@ impl Engine {
                 Ok(Err(e)) => tracing::warn!("engine thread: {e:#}"),
                 Err(_) => tracing::error!("engine thread panicked"),
             }
+        }
+        // Handed over, the deferral is the successor's to manage.
+        if let Some(c) = &self.coalescing
+            && !self.handed_over.load(Ordering::SeqCst)
+        {
+            c.restore();
         }
         self.cluster.shutdown();
     }

@@ -36,6 +36,7 @@ use synx_tcp::{
 };
 
 use super::{
+    coalesce::{Coalescing, Demand},
     glue::{Glue, Moved},
     handoff::{Handed, Handoff, MAX_HOPS, Owner},
     memory::Memory,
@@ -70,6 +71,8 @@ pub struct QueueContext {
     /// Connections this queue accepts at most now (up to `max_conns`; a reload may lower it).
     pub conn_limit: Arc<AtomicU32>,
     pub busy_poll: Duration,
+    /// The interface's NAPI deferral, when synx manages it: this queue's [`Demand`] asks.
+    pub coalescing: Option<Arc<Coalescing>>,
     pub listeners: Arc<Listeners>,
     pub flows: FlowTable,
     pub cookies: CookieChecker,
@@ -185,6 +188,8 @@ const TX_STALL_SLEEP: Duration = Duration::from_millis(1);
 /// One RX queue's driver: the I/O around its endpoint and glue.
 struct QueueDriver {
     ctx: QueueContext,
+    /// How many clients sent lately: whether this queue asks for the interface's deferral.
+    demand: Demand,
     endpoint: Endpoint,
     glue: Glue,
     /// Frames other queues handed us, taken from our inbox (kept to reuse its allocation).
@@ -326,6 +331,7 @@ async fn serve_queue(
         last_handover: Instant::from_nanos(0),
         handover_reset: false,
         wake_timer: Box::pin(tokio::time::sleep(MAX_SLEEP)),
+        demand: Demand::new(),
         ctx,
     };
     q.import(imports);
@@ -379,6 +385,11 @@ async fn serve_queue(
         q.transmit(&mut xsk, t);
         requests::answer_conns(&q.ctx.conns_requests, &q.endpoint, q.ctx.queue, t);
         q.publish_stats(&xsk, t);
+        if let Some(c) = &q.ctx.coalescing
+            && let Some(wants) = q.demand.tick(t)
+        {
+            c.want(wants);
+        }
         if received > 0 {
             // More frames may be waiting: look again (the apps had their turn above).
             last_work = t;
@@ -538,6 +549,7 @@ impl QueueDriver {
         };
         hdr.ce = rx.ce;
         bump(&stats.rx_segments);
+        self.demand.saw(rx.remote);
         // The TCP options as the wire carries them (XDP's cookie check counts these bytes too).
         let options_len = (rx.tcp.len() - payload.len()).saturating_sub(tcp::segment::HEADER_LEN) as u32;
         let mut payload = payload;
