@@ -471,6 +471,92 @@ fn preferred_busy_polling_serves_connections_and_says_whether_the_kernel_polls()
 }
 
 /// `app_tasks` and `app_waiting` from `synx stats` (None when absent).
+#[test]
+fn coalescing_follows_how_many_clients_send_and_is_given_back_at_stop() {
+    // --coalesce auto (the default): while many clients send at once the engine sets the
+    // interface's NAPI deferral (napi_defer_hard_irqs 2, gro_flush_timeout 20 us); a lone
+    // flow afterwards turns it off again, and a daemon stopped while it is on leaves the
+    // kernel's defaults. Every echo must come back meanwhile.
+    require_root();
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    let dev = format!("/sys/class/net/{}", net.server_if);
+    let setting = || {
+        let read = |f: &str| net.server.exec("cat", &[&format!("{dev}/{f}")]).unwrap().trim().to_string();
+        (read("napi_defer_hard_irqs"), read("gro_flush_timeout"))
+    };
+    let off = ("0".to_string(), "0".to_string());
+    let on = ("2".to_string(), "20000".to_string());
+    assert_eq!(setting(), off, "a fresh veth has the kernel's defaults");
+    let listen = format!("{}:7=echo", net.server_v4);
+    let addr = SocketAddr::new(net.server_v4.into(), 7);
+    // `clients` connections taking turns at one-byte echoes until `stop` is set; true if every
+    // echo came back as sent.
+    let load = |clients: usize, stop: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        net.client.spawn(move || {
+            let mut conns: Vec<std::net::TcpStream> = (0..clients)
+                .map(|_| {
+                    let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    s.set_nodelay(true).unwrap();
+                    s
+                })
+                .collect();
+            let mut ok = true;
+            let mut i = 0u8;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for s in &mut conns {
+                    s.write_all(&[i]).unwrap();
+                }
+                for s in &mut conns {
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b).unwrap();
+                    ok &= b[0] == i;
+                }
+                i = i.wrapping_add(1);
+                if clients == 1 {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+            ok
+        })
+    };
+    let flag = || std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let daemon = Daemon::start(&net.server, &net.server_if, &["--listen", &listen]).unwrap();
+
+    let crowd_stop = flag();
+    let crowd = load(32, crowd_stop.clone());
+    assert!(wait_for(Duration::from_secs(10), || setting() == on), "32 clients echoing: {:?}", setting());
+    assert_eq!(daemon.counter("coalescing_on").unwrap(), 1);
+    crowd_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(crowd.join().unwrap().unwrap(), "an echo came back different while the crowd sent");
+
+    let lone_stop = flag();
+    let lone = load(1, lone_stop.clone());
+    assert!(wait_for(Duration::from_secs(10), || setting() == off), "one client echoing after the crowd: {:?}", setting());
+    lone_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(lone.join().unwrap().unwrap(), "an echo came back different for the lone client");
+    assert_eq!((daemon.counter("coalescing_on").unwrap(), daemon.counter("coalescing_turned_on").unwrap()), (0, 1));
+
+    let crowd_stop = flag();
+    let crowd = load(32, crowd_stop.clone());
+    assert!(wait_for(Duration::from_secs(10), || setting() == on), "the crowd again: {:?}", setting());
+    crowd_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(crowd.join().unwrap().unwrap());
+    assert!(daemon.stop().unwrap().success());
+    assert_eq!(setting(), off, "the daemon stopped with deferral on and left it set");
+
+    // `--coalesce off` leaves the device as it is, crowd or not.
+    let daemon = Daemon::start(&net.server, &net.server_if, &["--listen", &listen, "--coalesce", "off"]).unwrap();
+    let crowd_stop = flag();
+    let crowd = load(32, crowd_stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(setting(), off, "--coalesce off set the deferral");
+    crowd_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(crowd.join().unwrap().unwrap());
+    drop(daemon);
+}
+
 fn app_gauges(daemon: &Daemon) -> (Option<u64>, Option<u64>) {
     let stats = daemon.stats().unwrap();
     (stats["app_tasks"].as_u64(), stats["app_waiting"].as_u64())

@@ -25,7 +25,7 @@ use std::{
     path::PathBuf,
     sync::{
         Mutex,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -153,6 +153,8 @@ pub struct Coalescing {
     wanting: AtomicU32,
     /// What was last written (None: writing failed once, and synx leaves the device alone).
     applied: Mutex<Option<Setting>>,
+    /// Times [`ON`] was written.
+    turned_on: AtomicU64,
 }
 
 impl Coalescing {
@@ -177,7 +179,7 @@ impl Coalescing {
             );
             return None;
         }
-        let c = Self { dir, wanting: AtomicU32::new(0), applied: Mutex::new(Some(found)) };
+        let c = Self { dir, wanting: AtomicU32::new(0), applied: Mutex::new(Some(found)), turned_on: AtomicU64::new(0) };
         // Start from the kernel's defaults (a predecessor's ON goes until a queue asks again).
         c.apply(false);
         Some(c)
@@ -190,6 +192,11 @@ impl Coalescing {
         if (before == 0) != (after == 0) {
             self.apply(after > 0);
         }
+    }
+
+    /// Times deferral was turned on.
+    pub fn turned_on(&self) -> u64 {
+        self.turned_on.load(Ordering::Relaxed)
     }
 
     /// What is set now (None once a write failed).
@@ -228,6 +235,9 @@ impl Coalescing {
             }
         }
         *applied = Some(target);
+        if on {
+            self.turned_on.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -380,6 +390,7 @@ mod tests {
         c.want(false);
         assert_eq!(values(&dir), ("0".into(), "0".into()));
         c.want(true);
+        assert_eq!(c.turned_on(), 2);
         c.restore();
         assert_eq!(values(&dir), ("0".into(), "0".into()));
         assert_eq!(c.applied(), Some(OFF));

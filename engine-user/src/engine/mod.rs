@@ -670,6 +670,7 @@ impl Engine {
         // Zeros with retransmission off: the same names whatever the settings.
         let off = synack_retry::RetryStats::default();
         all.extend(stats::synack_retry_values(self.synack_retry.as_ref().map_or(&off, |r| &r.stats)));
+        all.extend(stats::coalescing_values(self.coalescing.as_deref()));
         all.extend(self.cluster.stats());
         all
     }

@@ -56,6 +56,21 @@ pub const SYNACK_GIVEN_UP: Metric =
     counter("synack_given_up", "Cookie handshakes whose SYN-ACK retransmissions ran out (or whose cookie secret was gone) without a final ACK.");
 pub const SYNACK_SEND_FAILED: Metric = counter("synack_send_failed", "SYN-ACK retransmissions the packet socket failed to send.");
 
+/// Adaptive coalescing's values (`super::coalesce`).
+pub const COALESCING_ON: Metric = gauge(
+    "coalescing_on",
+    "1 while synx has the interface's NAPI deferral on (many clients sending), else 0 (off, or --coalesce off, or left to whoever set it).",
+);
+pub const COALESCING_TURNED_ON: Metric =
+    counter("coalescing_turned_on", "Times synx turned the interface's NAPI deferral on because many clients were sending at once.");
+
+/// [`super::coalesce::Coalescing`] as `synx stats` shows it (zeros when synx does not manage
+/// the interface's deferral).
+pub fn coalescing_values(c: Option<&super::coalesce::Coalescing>) -> Vec<(&'static Metric, u64)> {
+    let on = c.is_some_and(|c| c.applied() == Some(super::coalesce::ON));
+    vec![(&COALESCING_ON, u64::from(on)), (&COALESCING_TURNED_ON, c.map_or(0, super::coalesce::Coalescing::turned_on))]
+}
+
 /// [`super::synack_retry::RetryStats`] as `synx stats` shows them.
 pub fn synack_retry_values(s: &super::synack_retry::RetryStats) -> Vec<(&'static Metric, u64)> {
     let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
