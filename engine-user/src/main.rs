@@ -140,8 +140,10 @@ struct RunArgs {
     /// software interrupt coalescing). `auto` (default): 2 runs of 20 us while a queue hears
     /// from 8 or more clients in 5 ms, for 10 ms running (one wakeup of the NAPI then serves
     /// many connections' frames), back to the kernel's 0, 0 after 100 ms of at most 2 (a lone
-    /// flow's frames would only wait) and when synx stops; an interface whose deferral was
-    /// set to anything else is left alone. `off`: never touch it.
+    /// flow's frames would only wait) and when synx stops, and off for 1 s (doubling up to 64
+    /// s) when the frame rate of its first 20 ms fell over 10%; an interface whose deferral was
+    /// set to anything else, or one with several RX queues, is left alone. `off`: never touch
+    /// it.
     #[arg(long, value_enum)]
     coalesce: Option<synx::engine::coalesce::CoalesceMode>,
     /// Where the apps run: `engine` (default), each connection's app on the engine thread of

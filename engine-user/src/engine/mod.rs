@@ -319,8 +319,18 @@ impl Engine {
         // With one queue every tuple is its own; the hand-off costs a FLOWS lookup per segment
         // of no connection, paid only where frames can arrive on another queue.
         let handoff = (queues > 1).then(|| Arc::new(Handoff::new(per_queue, wakers.clone())));
+        // One setting serves every NAPI of the device, and each queue judges deferral by its
+        // own frames: with several queues one queue's trial would run under another's
+        // deferral and judge nothing (left for later; a NIC with several queues has its own
+        // interrupt moderation).
         let coalescing = match options.coalesce {
-            coalesce::CoalesceMode::Auto => coalesce::Coalescing::open("/sys/class/net", &options.iface).map(Arc::new),
+            coalesce::CoalesceMode::Auto if queues == 1 => {
+                coalesce::Coalescing::open("/sys/class/net", &options.iface).map(Arc::new)
+            }
+            coalesce::CoalesceMode::Auto => {
+                tracing::info!(queues, "adaptive coalescing off: it manages an interface with one RX queue only");
+                None
+            }
             coalesce::CoalesceMode::Off => None,
         };
         for ((queue, waker), imports) in (0..queues).zip(wakers).zip(imports) {

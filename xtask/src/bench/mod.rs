@@ -230,13 +230,20 @@ impl Ctx {
                  (passes everything but frames to the flood's sources; native XDP_TX on veth needs a program there), GRO on; \
                  both ends with a pfifo_fast qdisc (a full ring then stops the queue, as a NIC's does, instead of dropping); \
                  the server veth's NAPI runs threaded at SCHED_FIFO on CPU {}, the client's on CPU {}; \
-                 the server veth's napi_defer_hard_irqs {} and gro_flush_timeout {} ns",
+                 the server veth's napi_defer_hard_irqs {} and gro_flush_timeout {} ns{}",
                 rig.synx_command.join(" "),
                 Cpus::list(&c.server),
                 Cpus::list(&c.server),
                 Cpus::list(&c.client),
                 self.synx_defer.hard_irqs,
-                self.synx_defer.gro_flush_timeout_ns
+                self.synx_defer.gro_flush_timeout_ns,
+                if self.synx_defer == rig::NapiDefer::default() && !rig.synx_command.iter().any(|a| a.starts_with("--coalesce")) {
+                    " as the rig sets them, which synx's adaptive coalescing (--coalesce auto, its default) raises to 2 and 20000 \
+                     while an engine thread hears from 8 or more clients within 5 ms and puts back after 100 ms of at most 2 \
+                     (the rounds' synx counters coalescing_turned_on and coalescing_on say whether it did)"
+                } else {
+                    ""
+                }
             ),
         );
         self.describe_peer(
