@@ -240,7 +240,7 @@ impl Ctx {
                 if self.synx_defer == rig::NapiDefer::default() && !rig.synx_command.iter().any(|a| a.starts_with("--coalesce")) {
                     " as the rig sets them, which synx's adaptive coalescing (--coalesce auto, its default) raises to 2 and 20000 \
                      while an engine thread hears from 8 or more clients within 5 ms and puts back after 100 ms of at most 2 \
-                     (the rounds' synx counters coalescing_turned_on and coalescing_on say whether it did)"
+                     (the synx counters of a conn_rate, http or bulk round say how often it did: coalescing_turned_on)"
                 } else {
                     ""
                 }

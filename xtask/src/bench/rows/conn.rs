@@ -43,10 +43,12 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
 pub fn round(rig: &mut Rig, side: Side, secs: f64, client_cpus: &[usize]) -> Outcome {
     let net = rig.net(side);
     let frames_before = link_packets(&net.client, &net.client_if);
+    let rings = super::ring_counters(rig, side);
     let r = measured(rig, side, |rig| {
         let args = ["conn-rate", "--addr", &rig.addr(side, HTTP).to_string(), "--secs", &secs.to_string(), "--concurrency", &CONCURRENCY.to_string()];
         run_tool(&rig.net(side).client, &rig.tools, client_cpus, &args.map(String::from))
     });
+    let rings = super::counters_moved(rig, side, rings);
     let net = rig.net(side);
     // (received, sent) by the client veth during the round.
     let frames = match (frames_before, link_packets(&net.client, &net.client_if)) {
@@ -74,7 +76,7 @@ pub fn round(rig: &mut Rig, side: Side, secs: f64, client_cpus: &[usize]) -> Out
                     frames.and_then(|f| per_conn(f.1)),
                 ],
                 failure,
-                detail: serde_json::json!({ "generator": v, "cpu": w.json(), "client_veth_frames_rx_tx": frames }),
+                detail: serde_json::json!({ "generator": v, "cpu": w.json(), "client_veth_frames_rx_tx": frames, "synx_counters": rings }),
             }
         }
         Err(e) => Outcome::failed(format!("{e:#}")),

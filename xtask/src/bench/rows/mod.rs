@@ -162,7 +162,7 @@ impl Drop for Recorder {
 /// synx's AF_XDP counters (`xsk_*`) and segment counters now; nothing for the kernel, or for a
 /// synx that does not answer.
 pub fn ring_counters(rig: &Rig, side: Side) -> Option<serde_json::Map<String, serde_json::Value>> {
-    synx_stats(rig, side, |k, _| k.starts_with("xsk_") || k == "tcp_rx_segments" || k == "tcp_tx_segments")
+    synx_stats(rig, side, |k, _| k.starts_with("xsk_") || k == "tcp_rx_segments" || k == "tcp_tx_segments" || k == "coalescing_turned_on")
 }
 
 /// Every counter of synx's (`synx stats`), for [`all_counters_moved`]: what a round's failure
