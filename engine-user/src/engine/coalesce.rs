@@ -248,8 +248,9 @@ impl Coalescing {
 
     /// A queue's wish changed ([`Demand::tick`]).
     pub fn want(&self, yes: bool) {
-        let before = if yes { self.wanting.fetch_add(1, Ordering::AcqRel) } else { self.wanting.fetch_sub(1, Ordering::AcqRel) };
-        let after = if yes { before + 1 } else { before.saturating_sub(1) };
+        let step = |n: u32| Some(if yes { n.saturating_add(1) } else { n.saturating_sub(1) });
+        let before = self.wanting.fetch_update(Ordering::AcqRel, Ordering::Acquire, step).unwrap_or_else(|n| n);
+        let after = step(before).unwrap_or(before);
         if (before == 0) != (after == 0) {
             self.apply(after > 0);
         }
@@ -505,6 +506,11 @@ mod tests {
         assert_eq!(values(&dir), ("0".into(), "0".into()));
         c.want(true);
         assert_eq!(c.turned_on(), 2);
+        c.restore();
+        // A wish withdrawn after the restore counts nothing below zero.
+        c.want(false);
+        c.want(true);
+        assert_eq!(c.applied(), Some(ON));
         c.restore();
         assert_eq!(values(&dir), ("0".into(), "0".into()));
         assert_eq!(c.applied(), Some(OFF));
