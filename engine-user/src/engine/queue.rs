@@ -549,7 +549,10 @@ impl QueueDriver {
         };
         hdr.ce = rx.ce;
         bump(&stats.rx_segments);
-        self.demand.saw(rx.remote);
+        if self.ctx.coalescing.is_some() {
+            // Only a queue whose interface synx manages counts its senders (one hash a frame).
+            self.demand.saw(rx.remote);
+        }
         // The TCP options as the wire carries them (XDP's cookie check counts these bytes too).
         let options_len = (rx.tcp.len() - payload.len()).saturating_sub(tcp::segment::HEADER_LEN) as u32;
         let mut payload = payload;
