@@ -486,7 +486,15 @@ fn coalescing_follows_how_many_clients_send_and_is_given_back_at_stop() {
         (read("napi_defer_hard_irqs"), read("gro_flush_timeout"))
     };
     let off = ("0".to_string(), "0".to_string());
-    let on = ("2".to_string(), "20000".to_string());
+    // Deferral stays on only while its trial finds the frame rate kept up (it may not, for
+    // this lockstep load on a given machine: then it is on for the trial's 20 ms, off for a
+    // backoff of 1 s, 2 s, ...). So watch the device every millisecond for it to be set.
+    let turns_on = || {
+        let until_on = format!(
+            "until [ \"$(cat {dev}/napi_defer_hard_irqs {dev}/gro_flush_timeout | tr '\\n' ' ')\" = '2 20000 ' ]; do sleep 0.001; done"
+        );
+        net.server.exec("timeout", &["10", "sh", "-c", &until_on]).is_ok()
+    };
     assert_eq!(setting(), off, "a fresh veth has the kernel's defaults");
     let listen = format!("{}:7=echo", net.server_v4);
     let addr = SocketAddr::new(net.server_v4.into(), 7);
@@ -526,8 +534,8 @@ fn coalescing_follows_how_many_clients_send_and_is_given_back_at_stop() {
 
     let crowd_stop = flag();
     let crowd = load(32, crowd_stop.clone());
-    assert!(wait_for(Duration::from_secs(10), || setting() == on), "32 clients echoing: {:?}", setting());
-    assert_eq!(daemon.counter("coalescing_on").unwrap(), 1);
+    assert!(turns_on(), "32 clients echoing did not turn deferral on: {:?}", setting());
+    assert!(daemon.counter("coalescing_turned_on").unwrap() >= 1);
     crowd_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(crowd.join().unwrap().unwrap(), "an echo came back different while the crowd sent");
 
@@ -536,13 +544,17 @@ fn coalescing_follows_how_many_clients_send_and_is_given_back_at_stop() {
     assert!(wait_for(Duration::from_secs(10), || setting() == off), "one client echoing after the crowd: {:?}", setting());
     lone_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(lone.join().unwrap().unwrap(), "an echo came back different for the lone client");
-    assert_eq!((daemon.counter("coalescing_on").unwrap(), daemon.counter("coalescing_turned_on").unwrap()), (0, 1));
+    assert_eq!(daemon.counter("coalescing_on").unwrap(), 0);
+    let turned_on = daemon.counter("coalescing_turned_on").unwrap();
+    assert!(turned_on >= 1, "turned on {turned_on} times");
 
     let crowd_stop = flag();
     let crowd = load(32, crowd_stop.clone());
-    assert!(wait_for(Duration::from_secs(10), || setting() == on), "the crowd again: {:?}", setting());
+    assert!(turns_on(), "the crowd again: {:?}", setting());
+    assert!(daemon.counter("coalescing_turned_on").unwrap() > turned_on);
     crowd_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(crowd.join().unwrap().unwrap());
+    // Deferral, if its trial kept it, stays on for about 20 quiet turns after the crowd.
     assert!(daemon.stop().unwrap().success());
     assert_eq!(setting(), off, "the daemon stopped with deferral on and left it set");
 
