@@ -67,6 +67,10 @@ pub const RX_BACKLOG_CEILING: u64 = 2 * RX_BACKLOG_LIMIT;
 pub const SYN_TRICKLE_NS: u64 = 1_000_000;
 /// Entries of [`RX_BACKLOG`] (and of the XSKS map): RX queues served.
 pub const MAX_QUEUES: u32 = 64;
+/// The benchmark's reflector (`synx_bench_reflect`): UDP over IPv4 to this port goes to the
+/// RX queue's AF_XDP socket (XSKS), for the floor under synx's receive-and-transmit path.
+pub const BENCH_REFLECT_PORT: u16 = 9007;
+
 /// One-entry array of [`BenchFrame`]: the frame the micro-benchmark programs put back before
 /// each run (in the benchmark's object only).
 pub const BENCH_FRAME: &str = "BENCH_FRAME";

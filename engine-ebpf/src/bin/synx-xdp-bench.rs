@@ -14,10 +14,11 @@ use aya_ebpf::{
 use engine_common::{
     cookie::{self, Keys},
     counters,
-    maps::{BENCH_FRAME_LEN, BenchFrame, BenchVary, FLOOD_FRAME_LEN, FloodState},
+    maps::{BENCH_FRAME_LEN, BENCH_REFLECT_PORT, BenchFrame, BenchVary, FLOOD_FRAME_LEN, FloodState},
 };
 use engine_ebpf::{
     clock::Now,
+    maps::XSKS,
     packet::{ETH_HLEN, IPV4_HLEN, Seg, Verdict, at, ld32, st32},
     program::{Cookies, SynxCookies, handle},
     reply::fold,
@@ -279,6 +280,33 @@ pub fn synx_bench_sink(ctx: XdpContext) -> u32 {
         unsafe { *c += 1 };
     }
     xdp_action::XDP_DROP
+}
+
+/// The benchmark's reflector on a server veth: IPv4 UDP to [`BENCH_REFLECT_PORT`] is
+/// redirected to the RX queue's AF_XDP socket (XSKS), where `synx-bench xsk-echo` sends each
+/// datagram back; everything else passes. The same receive and transmit path as synx's (this
+/// redirect, the copy into the UMEM, an engine thread's wakeup, copy-mode transmit) with no
+/// TCP and no app: the floor under synx's round trips and its echo throughput.
+#[xdp]
+pub fn synx_bench_reflect(ctx: XdpContext) -> u32 {
+    const UDP: usize = ETH_HLEN + IPV4_HLEN;
+    let Some(p) = at(&ctx, 0, UDP + 8) else { return xdp_action::XDP_PASS };
+    // SAFETY: every byte read lies within the bytes checked above.
+    let (ethertype, vihl, proto, dport) = unsafe {
+        (
+            (p.add(12) as *const u16).read_unaligned(),
+            *p.add(ETH_HLEN),
+            *p.add(ETH_HLEN + 9),
+            (p.add(UDP + 2) as *const u16).read_unaligned(),
+        )
+    };
+    // Options-free IPv4 only: the reflector swaps fixed offsets.
+    if ethertype != 0x0800u16.to_be() || vihl != 0x45 || proto != 17 || dport != BENCH_REFLECT_PORT.to_be() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: reading the queue index from the context.
+    let queue = unsafe { (*ctx.ctx).rx_queue_index };
+    XSKS.redirect(queue, u64::from(xdp_action::XDP_PASS)).unwrap_or(xdp_action::XDP_PASS)
 }
 
 /// Native XDP_TX and redirects on a veth deliver only when the peer veth runs an XDP program

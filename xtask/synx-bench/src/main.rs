@@ -8,6 +8,7 @@ mod clients;
 mod latency;
 mod kernel_server;
 mod rate;
+mod udp_echo;
 mod xdp;
 mod xsk_tx;
 
@@ -29,6 +30,35 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve echo / discard / http over kernel TCP: a thread per CPU, SO_REUSEPORT, epoll.
+    /// The reflector on synx's server veth (synx stopped): UDP to the benchmark's reflect port
+    /// sent back through synx's AF_XDP driver, for SECS. Prints what it echoed.
+    XskEcho {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        secs: f64,
+    },
+    /// The kernel's UDP echo on BIND for SECS (one blocking thread).
+    UdpEcho {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long)]
+        secs: f64,
+    },
+    /// Datagrams of SIZE payload bytes to ADDR, WINDOW in flight, each answer sending the next:
+    /// answers per second and round-trip latency.
+    UdpPing {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+        #[arg(long)]
+        secs: f64,
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+    },
     KernelServer {
         /// ADDR:PORT=APP (echo, discard, http), repeatable.
         #[arg(long = "listen", required = true)]
@@ -247,6 +277,9 @@ fn real_main() -> anyhow::Result<()> {
         Command::XskTx { iface, src_mac, dst_mac, src, dst, len, secs, rate } => {
             print_json(&xsk_tx::run(&xsk_tx::Options { iface, src_mac, dst_mac, src, dst, len, secs, rate })?)
         }
+        Command::XskEcho { iface, secs } => print_json(&udp_echo::xsk_echo(&iface, secs)?),
+        Command::UdpEcho { bind, secs } => print_json(&udp_echo::udp_echo(bind, secs)?),
+        Command::UdpPing { addr, size, window, secs, warmup } => print_json(&udp_echo::udp_ping(addr, size, window, secs, warmup)?),
         Command::XdpSynproxy { iface, listen } => xdp::xdp_synproxy(&iface, listen),
         Command::Sink { iface, net, prefix } => xdp::sink(&iface, net, prefix),
     }
