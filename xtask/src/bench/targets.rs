@@ -110,6 +110,25 @@ fn client_bound(rows: &[Row], mut v: Verdict) -> Verdict {
     v
 }
 
+/// HTTP c1's verdict, saying so when synx's pair cannot carry the kernel's request rate at all:
+/// when a UDP round trip sent back by synx's AF_XDP driver with no TCP and no app
+/// (`path_floor_rtt_per_s`, from the same run) is already slower than a whole HTTP request on
+/// the kernel's pair, no server behind that path meets 1.0x here (its requests take at least
+/// that round trip). The verdict stays what it is: this only says why.
+fn path_bound(rows: &[Row], mut v: Verdict) -> Verdict {
+    let median = |name: &str, peer: &str| row(rows, name).and_then(|r| r.side(peer)).and_then(|s| s.value());
+    let (Some(floor), Some(kernel)) = (median("path_floor_rtt_per_s", SYNX), median("http_rps_c1", KERNEL)) else { return v };
+    if floor >= kernel {
+        return v;
+    }
+    v.figure += &format!(
+        "; path-bound: on synx's pair a UDP round trip with no TCP and no app, sent back by synx's AF_XDP driver, ran {} a second (`path_floor_rtt_per_s`), {:.2}x the kernel's HTTP requests",
+        fmt_num(floor),
+        floor / kernel
+    );
+    v
+}
+
 /// Several verdicts that must all hold.
 fn all(target: &'static str, parts: Vec<Verdict>) -> Verdict {
     let met = if parts.iter().any(|v| v.met == Met::No) {
@@ -145,13 +164,14 @@ pub fn evaluate(rows: &[Row]) -> Vec<Verdict> {
             "c64" => "HTTP req/s >= 1.0x at c64, p99 no worse",
             _ => "HTTP req/s >= 1.0x at c1000, p99 no worse",
         };
-        out.push(all(
+        let v = all(
             target,
             vec![
                 ratio_target(rows, target, &format!("http_rps_{c}"), KERNEL, 1.0, true),
                 ratio_target(rows, target, &format!("http_p99_{c}"), KERNEL, 1.0, false),
             ],
-        ));
+        );
+        out.push(if c == "c1" { path_bound(rows, v) } else { v });
     }
     out.push(all(
         "bulk >= 0.5x each way, against the kernel with its full offloads",
@@ -263,6 +283,26 @@ mod tests {
         // A server-bound rate says nothing of the client.
         let v = evaluate(&rows(&[22_000.0, 36.0], &[18_000.0, 50.0]));
         assert!(!find(&v, "connections per second").figure.contains("client-bound"));
+    }
+
+    #[test]
+    fn http_c1_says_when_synx_s_path_alone_is_slower_than_the_kernel_s_requests() {
+        let run = |floor: f64| {
+            let mut http = Collector::new("http", vec![spec("http_rps_c1", "req/s", true, ""), spec("http_p99_c1", "ms", false, "")]);
+            http.record(SYNX, false, Outcome { values: vec![Some(15_000.0), Some(0.09)], failure: None, detail: serde_json::Value::Null });
+            http.record(KERNEL, false, Outcome { values: vec![Some(17_000.0), Some(0.08)], failure: None, detail: serde_json::Value::Null });
+            let mut path = Collector::new("path_floor", vec![spec("path_floor_rtt_per_s", "round trips/s", true, "")]);
+            path.record(SYNX, false, Outcome { values: vec![Some(floor)], failure: None, detail: serde_json::Value::Null });
+            path.record(KERNEL, false, Outcome { values: vec![Some(18_000.0)], failure: None, detail: serde_json::Value::Null });
+            let mut rows = http.finish();
+            rows.extend(path.finish());
+            find(&evaluate(&rows), "HTTP req/s >= 1.0x at c1").clone()
+        };
+        let t = run(16_000.0);
+        assert_eq!(t.met, Met::No, "the reason does not change the verdict");
+        assert!(t.figure.contains("path-bound") && t.figure.contains("16,000 a second") && t.figure.contains("0.94x"), "{t:?}");
+        // A path that carries more than the kernel's requests says nothing.
+        assert!(!run(17_500.0).figure.contains("path-bound"));
     }
 
     #[test]

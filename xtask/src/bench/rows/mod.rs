@@ -4,6 +4,7 @@
 
 mod bulk;
 mod conn;
+mod floor;
 mod flood;
 mod http;
 mod idle;
@@ -37,6 +38,7 @@ pub const GROUPS: &[Group] = &[
     Group { name: "http", about: "HTTP keep-alive with wrk at c1, c64, c1000: req/s, p50, p99", run: http::closed_loop },
     Group { name: "http_fixed_rate", about: "HTTP at half the kernel's capacity: latency corrected for coordinated omission", run: http::fixed_rate },
     Group { name: "bulk", about: "one connection each way: Gbit/s", run: bulk::run },
+    Group { name: "path_floor", about: "each pair's receive-and-transmit path with no TCP and no app (UDP sent back by synx's AF_XDP driver, or by the kernel): round trips and echo frames per second", run: floor::run },
     Group { name: "multiqueue", about: "2 RX queues on 2 cores: connection rate and SYN flood", run: multiqueue::run },
     Group { name: "proxy", about: "synx's http-proxy against nginx as a reverse proxy, same backend: req/s, p99, CPU per request, memory per idle keep-alive client", run: proxy::run },
     Group { name: "takeover", about: "synx run --takeover with 10k and 100k idle connections: time to the old daemon's exit, longest stall of an echoing connection", run: takeover::run },
