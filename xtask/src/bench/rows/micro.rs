@@ -43,12 +43,17 @@ pub fn xdp(ctx: &mut Ctx) -> anyhow::Result<()> {
 
 /// The core's benchmark (synx-tcp/benches/tcp_core.rs), one line per figure.
 pub fn tcp(ctx: &mut Ctx) -> anyhow::Result<()> {
-    let rows: [(&str, &str, &str); 7] = [
+    let rows: [(&str, &str, &str); 8] = [
         ("tcp_inorder_segment_ns", "in-order data segments", "1448 B segment received and ACKed"),
         ("tcp_ack_ns", "ACK processing", "one ACK, with the data it clocks out"),
         ("timer_wheel_insert_ns", "wheel insert", "1M timers armed"),
         ("timer_wheel_cancel_ns", "wheel cancel", "O(1) cancel"),
         ("timer_wheel_expiry_ns", "wheel expiry", "expiry while polling"),
+        (
+            "tcp_keepalive_probe_ns",
+            "keepalive: a probe and its answer",
+            "the core's share of a keepalive probe among 1M parked connections: unfolded, probe sent, folded; the answer demuxed, unfolded, processed, folded",
+        ),
         ("tcb_idle_bytes", "idle ESTABLISHED connection", "the unfolded TCB; buffers are 0 B when idle"),
         ("tcb_parked_bytes", "folded idle connection", "its endpoint slot, what an idle connection keeps"),
     ];
