@@ -286,7 +286,7 @@ pub fn synx_bench_sink(ctx: XdpContext) -> u32 {
 /// redirected to the RX queue's AF_XDP socket (XSKS), where `synx-bench xsk-echo` sends each
 /// datagram back; everything else passes. The same receive and transmit path as synx's (this
 /// redirect, the copy into the UMEM, an engine thread's wakeup, copy-mode transmit) with no
-/// TCP and no app: the floor under synx's round trips and its echo throughput.
+/// TCP and no app: the floor under synx's round trips (`path_floor`).
 #[xdp]
 pub fn synx_bench_reflect(ctx: XdpContext) -> u32 {
     const UDP: usize = ETH_HLEN + IPV4_HLEN;

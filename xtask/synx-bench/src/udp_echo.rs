@@ -1,10 +1,10 @@
-//! The floor under synx's round trips and echo throughput: the same datagrams sent back by
+//! The floor under synx's round trips: the same datagrams sent back by
 //! synx's own AF_XDP driver on synx's veth pair (`xsk-echo`: the benchmark object's
 //! `synx_bench_reflect` redirects them, synx's `XskSocket` receives and transmits them, with
 //! no TCP and no app) and by the kernel's UDP on the kernel's pair (`udp-echo`: one blocking
 //! thread), measured by one client (`udp-ping`): one datagram in flight for the round-trip
-//! floor (what `http` at c1 pays per request besides TCP and HTTP), a window of them for the
-//! echo throughput floor (what `bulk_tx` pays per frame besides TCP).
+//! floor (what `http` at c1 pays per request besides TCP and HTTP). A window of them measures
+//! throughput, but on the bench's pairs the one client CPU is then the limit, not the path.
 
 use std::{
     net::{SocketAddr, UdpSocket},
