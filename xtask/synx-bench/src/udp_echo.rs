@@ -161,16 +161,7 @@ pub fn udp_ping(addr: SocketAddr, size: usize, window: usize, secs: f64, warmup:
                     libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }
                 })
                 .collect();
-            // SAFETY: zeroed mmsghdr is valid (null name, no control); each points at one iovec.
-            let mut msgs: Vec<libc::mmsghdr> = iov
-                .iter_mut()
-                .map(|v| {
-                    let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                    m.msg_hdr.msg_iov = v;
-                    m.msg_hdr.msg_iovlen = 1;
-                    m
-                })
-                .collect();
+            let mut msgs = headers(&mut iov);
             // SAFETY: n valid headers pointing at live buffers.
             let sent = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), n as u32, 0) };
             if sent < 0 {
@@ -185,16 +176,7 @@ pub fn udp_ping(addr: SocketAddr, size: usize, window: usize, secs: f64, warmup:
             }
         }
         let mut iov: Vec<libc::iovec> = back.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
-        // SAFETY: as above, for receiving.
-        let mut msgs: Vec<libc::mmsghdr> = iov
-            .iter_mut()
-            .map(|v| {
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = v;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
+        let mut msgs = headers(&mut iov);
         // Blocks (up to the read timeout) for the first, then takes what else is there.
         // SAFETY: BATCH valid headers pointing at live buffers.
         let got = unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
@@ -242,4 +224,17 @@ pub fn udp_ping(addr: SocketAddr, size: usize, window: usize, secs: f64, warmup:
         "send_errors": send_errors,
         "latency_ms": lat.summary(),
     }))
+}
+
+/// One message header per buffer, for sendmmsg and recvmmsg.
+fn headers(iov: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+    iov.iter_mut()
+        .map(|v| {
+            // SAFETY: a zeroed mmsghdr is valid (no name, no control data).
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect()
 }
