@@ -10,8 +10,8 @@ use std::{
 
 use etherparse::{PacketBuilder, TcpOptionElement};
 use testbed::{
-    Bed, Daemon, PORT, PacketSocket, VethPair, digest, echo_roundtrip, mac_of, require_root, tcp_of,
-    wait_for,
+    Bed, Daemon, PORT, PacketSocket, VethPair, digest, echo_roundtrip, mac_of, pattern, require_root,
+    tcp_of, wait_for,
 };
 
 #[test]
@@ -69,6 +69,65 @@ fn s03_echo_small_medium_large_with_checksums() {
         let got = bed.client(false, move |mut s| digest(&echo_roundtrip(&mut s, &data)));
         assert_eq!(got, want, "echo of {len} bytes corrupted");
     }
+}
+
+#[test]
+fn s03c_trains_through_the_segmentation_offload_arrive_intact_both_families() {
+    let bed = Bed::start_generic("echo", &[]);
+    let tso = bed.net.server.exec("ethtool", &["-k", &bed.net.server_if]).unwrap();
+    assert!(tso.contains("tcp-segmentation-offload: on"), "the server veth lost TSO:\n{tso}");
+    for (v6, len) in [(false, 64 << 20), (true, 16 << 20), (false, 1), (true, 3000)] {
+        let data = pattern(len, len as u64);
+        let want = digest(&data);
+        let got = bed.client(v6, move |mut s| digest(&echo_roundtrip(&mut s, &data)));
+        assert_eq!(got, want, "echo of {len} bytes (v6 {v6}) corrupted");
+    }
+    let trains = bed.daemon.counter("tcp_tx_gso_trains").unwrap();
+    let segments = bed.daemon.counter("tcp_tx_gso_segments").unwrap();
+    assert!(trains > 100, "{trains} trains: the offload was not used");
+    // 80 MiB echoed back in segments of at most 1448 bytes: most of them rode in trains.
+    assert!(segments > (80 << 20) / 1448 / 2, "{segments} segments in trains");
+    assert!(segments >= 2 * trains);
+    assert_eq!(bed.daemon.counter("tcp_tx_gso_fallbacks").unwrap(), 0);
+    assert_eq!(bed.daemon.counter("tcp_tx_gso_dropped").unwrap(), 0);
+}
+
+#[test]
+fn s03d_trains_of_many_connections_recover_from_lost_trains() {
+    let bed = Bed::start_generic("echo", &[]);
+    // 1 in 50 of what reaches the client from the echo port is dropped: whole trains (the
+    // client's veth takes each as one GSO packet), which SACK recovery and the RTO resend.
+    bed.net
+        .client
+        .nft(&format!("table inet lossy {{\n chain input {{ type filter hook input priority 0; tcp sport {PORT} numgen random mod 50 0 counter drop; }}\n}}\n"))
+        .unwrap();
+    let workers: Vec<_> = (0..6u64)
+        .map(|i| {
+            let addr = bed.addr(i % 2 == 1);
+            bed.net.client.spawn(move || {
+                let data = pattern(6 << 20, 100 + i);
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                digest(&echo_roundtrip(&mut s, &data)) == digest(&data)
+            })
+        })
+        .collect();
+    for (i, w) in workers.into_iter().enumerate() {
+        assert!(w.join().unwrap().unwrap(), "connection {i}: echo corrupted");
+    }
+    let dropped = bed.net.client.exec("nft", &["list", "table", "inet", "lossy"]).unwrap();
+    assert!(!dropped.contains("counter packets 0 "), "nothing was dropped:\n{dropped}");
+    assert!(bed.daemon.counter("tcp_tx_gso_trains").unwrap() > 0);
+    assert!(bed.daemon.counter("tcp_retransmits").unwrap() > 0);
+}
+
+#[test]
+fn s03e_gso_off_sends_frame_by_frame() {
+    let bed = Bed::start_generic("echo", &["--gso", "off"]);
+    let data = pattern(4 << 20, 7);
+    let want = digest(&data);
+    assert_eq!(bed.client(false, move |mut s| digest(&echo_roundtrip(&mut s, &data))), want);
+    assert_eq!(bed.daemon.counter("tcp_tx_gso_trains").unwrap(), 0);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use crate::{
     apps::App,
     bpf::AttachMode,
     cluster::{ClusterOptions, DrainSyns},
-    engine::{MemoryLimits, coalesce::CoalesceMode},
+    engine::{MemoryLimits, coalesce::CoalesceMode, gso::GsoMode},
 };
 
 /// Parse a duration as operators write it: `75s`, `2h`, `500ms`, `1m30s`, or plain seconds.
@@ -180,6 +180,8 @@ pub struct RunConfig {
     pub prefer_busy_poll: u16,
     /// The interface's NAPI deferral: adaptive, or left alone.
     pub coalesce: CoalesceMode,
+    /// Trains of segments through the segmentation offload, or frame by frame.
+    pub gso: GsoMode,
     /// How long SIGTERM lets connections finish before resetting the rest.
     pub grace: Duration,
     pub app_threads: AppThreads,
@@ -235,6 +237,7 @@ pub struct FileConfig {
     pub synack_retries: Option<u8>,
     pub prefer_busy_poll: Option<u16>,
     pub coalesce: Option<String>,
+    pub gso: Option<String>,
     pub grace: Option<String>,
     pub app_threads: Option<String>,
     pub metrics: Option<String>,
@@ -276,6 +279,7 @@ pub struct FlagConfig {
     pub synack_retries: Option<u8>,
     pub prefer_busy_poll: Option<u16>,
     pub coalesce: Option<CoalesceMode>,
+    pub gso: Option<GsoMode>,
     pub grace: Option<Duration>,
     pub app_threads: Option<AppThreads>,
     pub metrics: Option<SocketAddr>,
@@ -352,6 +356,13 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         (None, Some("off")) => CoalesceMode::Off,
         (None, Some(other)) => return Err(format!("coalesce {other:?}: choose auto or off")),
     };
+    let gso = match (flags.gso, file.gso.as_deref()) {
+        (Some(g), _) => g,
+        (None, None) => GsoMode::default(),
+        (None, Some("auto")) => GsoMode::Auto,
+        (None, Some("off")) => GsoMode::Off,
+        (None, Some(other)) => return Err(format!("gso {other:?}: choose auto or off")),
+    };
     let grace = bounds::GRACE.check(flags.grace.or(dur(file.grace)?).unwrap_or(RunConfig::DEFAULT_GRACE))?;
     let metrics = match (flags.metrics, file.metrics.as_deref()) {
         (Some(a), _) => Some(a),
@@ -409,6 +420,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         synack_retries,
         prefer_busy_poll,
         coalesce,
+        gso,
         grace,
         app_threads,
         metrics,
@@ -537,6 +549,7 @@ mod tests {
             synack_retries = 2
             prefer_busy_poll = 64
             coalesce = "off"
+            gso = "off"
             app_threads = "worker"
             metrics = "[::1]:9464"
             ecn = false
@@ -563,6 +576,7 @@ mod tests {
         assert_eq!(c.synack_retries, 2);
         assert_eq!(c.prefer_busy_poll, 64);
         assert_eq!(c.coalesce, CoalesceMode::Off);
+        assert_eq!(c.gso, GsoMode::Off);
         assert_eq!(c.app_threads, AppThreads::Worker);
         assert_eq!(c.metrics, Some("[::1]:9464".parse().unwrap()));
         assert!(!c.ecn);
@@ -587,6 +601,7 @@ mod tests {
         assert_eq!(d.synack_retries, 5);
         assert_eq!(d.prefer_busy_poll, 0);
         assert_eq!(d.coalesce, CoalesceMode::Auto);
+        assert_eq!(d.gso, GsoMode::Auto);
         assert_eq!(d.app_threads, AppThreads::Engine);
         assert_eq!(d.metrics, None);
         // As Linux's net.ipv4.tcp_ecn=2: ECN when the client asks.

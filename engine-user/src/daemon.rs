@@ -232,6 +232,7 @@ fn fixed_settings_changed(old: &RunConfig, new: &RunConfig) -> Vec<&'static str>
         ("synack_retries", old.synack_retries != new.synack_retries),
         ("prefer_busy_poll", old.prefer_busy_poll != new.prefer_busy_poll),
         ("coalesce", old.coalesce != new.coalesce),
+        ("gso", old.gso != new.gso),
         ("app_threads", old.app_threads != new.app_threads),
         ("metrics", old.metrics != new.metrics),
         ("mem_limit", m.limit != n.limit),
@@ -412,6 +413,7 @@ pub fn run(
         synack_retries: cfg.synack_retries,
         prefer_busy_poll: cfg.prefer_busy_poll,
         coalesce: cfg.coalesce,
+        gso: cfg.gso,
         memory: cfg.memory,
         cluster: cfg.cluster.clone(),
     };

@@ -146,6 +146,12 @@ struct RunArgs {
     /// it.
     #[arg(long, value_enum)]
     coalesce: Option<synx::engine::coalesce::CoalesceMode>,
+    /// Segmentation offload: `auto` (default) sends each train of full-sized segments one
+    /// connection sends back to back as one frame through a packet socket with a virtio-net
+    /// header, which the interface's TSO (or the kernel's GSO) cuts into those segments, while
+    /// the interface has TSO on; otherwise, and with `off`, every segment goes through AF_XDP.
+    #[arg(long, value_enum)]
+    gso: Option<synx::engine::gso::GsoMode>,
     /// Where the apps run: `engine` (default), each connection's app on the engine thread of
     /// its RX queue, one wakeup per request/response; `worker`, all apps on one tokio worker
     /// thread beside the engine threads.
@@ -250,6 +256,7 @@ fn real_main() -> anyhow::Result<()> {
                 synack_retries: args.synack_retries,
                 prefer_busy_poll: args.prefer_busy_poll,
                 coalesce: args.coalesce,
+                gso: args.gso,
                 grace: args.grace,
                 app_threads: args.app_threads,
                 metrics: args.metrics,

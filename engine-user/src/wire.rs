@@ -120,6 +120,43 @@ pub fn finish_ecn(
     tcp_len: usize,
     ect: bool,
 ) -> Option<usize> {
+    let (hlen, total) = write_headers(buf, link, local, remote, tcp_len, ect)?;
+    let tcp = &mut buf[hlen..total];
+    tcp[16..18].copy_from_slice(&[0, 0]);
+    let sum = checksum_tcp(local.ip(), remote.ip(), tcp);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    Some(total)
+}
+
+/// [`finish_ecn`] for a frame whose TCP checksum the device (or the kernel's GSO) completes:
+/// the checksum field is seeded with the pseudo-header's sum, not complemented, as Linux's
+/// `tcp_v4_send_check` leaves it for CHECKSUM_PARTIAL (the device adds the sum over the TCP
+/// header and payload from there and stores its complement). The IP header says `tcp_len`,
+/// which may be far beyond one MTU: the segmentation offload cuts it (see `engine::gso`).
+pub fn finish_offloaded(
+    buf: &mut [u8],
+    link: &Link,
+    local: SocketAddr,
+    remote: SocketAddr,
+    tcp_len: usize,
+    ect: bool,
+) -> Option<usize> {
+    let (hlen, total) = write_headers(buf, link, local, remote, tcp_len, ect)?;
+    let seed = !checksum_tcp_pseudo(local.ip(), remote.ip(), tcp_len);
+    buf[hlen + 16..hlen + 18].copy_from_slice(&seed.to_be_bytes());
+    Some(total)
+}
+
+/// Ethernet and IP headers in front of the `tcp_len`-byte segment at `buf[header_len(..)..]`:
+/// (header length, frame length).
+fn write_headers(
+    buf: &mut [u8],
+    link: &Link,
+    local: SocketAddr,
+    remote: SocketAddr,
+    tcp_len: usize,
+    ect: bool,
+) -> Option<(usize, usize)> {
     let ecn = if ect { ECN_ECT0 } else { 0 };
     let v6 = match (local.ip(), remote.ip()) {
         (IpAddr::V4(_), IpAddr::V4(_)) => false,
@@ -144,11 +181,7 @@ pub fn finish_ecn(
         }
         _ => return None,
     }
-    let tcp = &mut buf[hlen..total];
-    tcp[16..18].copy_from_slice(&[0, 0]);
-    let sum = checksum_tcp(local.ip(), remote.ip(), tcp);
-    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
-    Some(total)
+    Some((hlen, total))
 }
 
 fn write_ipv4(h: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, payload: usize, ecn: u8) -> Option<()> {
@@ -224,6 +257,21 @@ fn fold(mut acc: u64) -> u16 {
 /// The TCP checksum over pseudo-header and segment (RFC 9293 3.1, RFC 8200 8.1). Over a
 /// segment whose checksum field is filled in, a correct checksum yields 0.
 pub fn checksum_tcp(src: IpAddr, dst: IpAddr, segment: &[u8]) -> u16 {
+    match pseudo_sum(src, dst, segment.len()) {
+        Some(acc) => fold(sum_bytes(segment, acc)),
+        // Mixed families cannot come from one IP header; make the check fail.
+        None => 0xffff,
+    }
+}
+
+/// [`checksum_tcp`] over the pseudo-header alone, for a segment of `tcp_len` bytes.
+pub fn checksum_tcp_pseudo(src: IpAddr, dst: IpAddr, tcp_len: usize) -> u16 {
+    pseudo_sum(src, dst, tcp_len).map_or(0xffff, fold)
+}
+
+/// The ones'-complement accumulator of the pseudo-header (RFC 9293 3.1, RFC 8200 8.1), or
+/// `None` for addresses of different families.
+fn pseudo_sum(src: IpAddr, dst: IpAddr, tcp_len: usize) -> Option<u64> {
     let mut acc = 0u64;
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -234,11 +282,9 @@ pub fn checksum_tcp(src: IpAddr, dst: IpAddr, segment: &[u8]) -> u16 {
             acc = sum_bytes(&s.octets(), acc);
             acc = sum_bytes(&d.octets(), acc);
         }
-        // Mixed families cannot come from one IP header; make the check fail.
-        _ => return 0xffff,
+        _ => return None,
     }
-    acc += u64::from(PROTO_TCP) + segment.len() as u64;
-    fold(sum_bytes(segment, acc))
+    Some(acc + u64::from(PROTO_TCP) + tcp_len as u64)
 }
 
 #[cfg(test)]

@@ -706,6 +706,21 @@ impl Bed {
         Self { net, daemon }
     }
 
+    /// [`Bed::start`] with synx's program attached in skb (generic) mode and no program on
+    /// the client's end: the server's veth then keeps TSO (veth turns GSO off towards a peer
+    /// with a native XDP program), so what synx sends leaves through its segmentation offload
+    /// (`--gso auto`); native XDP_TX would need the client's program (see `attach_peer_xdp`).
+    pub fn start_generic(app: &str, extra: &[&str]) -> Self {
+        require_root();
+        let net = VethPair::new().unwrap();
+        let v4 = format!("{}:{PORT}={app}", net.server_v4);
+        let v6 = format!("[{}]:{PORT}={app}", net.server_v6);
+        let mut args = vec!["--listen", &v4, "--listen", &v6, "--xdp-mode", "skb"];
+        args.extend_from_slice(extra);
+        let daemon = Daemon::start(&net.server, &net.server_if, &args).unwrap();
+        Self { net, daemon }
+    }
+
     pub fn addr(&self, v6: bool) -> SocketAddr {
         SocketAddr::new(self.net.server_ip(v6), PORT)
     }

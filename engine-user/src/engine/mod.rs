@@ -49,6 +49,7 @@ use crate::{
 
 pub mod coalesce;
 mod glue;
+pub mod gso;
 mod handoff;
 mod health;
 mod listeners;
@@ -102,6 +103,8 @@ pub struct EngineOptions {
     /// The interface's NAPI deferral: adaptive (on while many clients send at once, see
     /// [`coalesce`]) or left alone.
     pub coalesce: coalesce::CoalesceMode,
+    /// Whether trains of segments leave through the segmentation offload ([`gso`]).
+    pub gso: gso::GsoMode,
     /// What connections may hold, in all and per source, and how long they may sit in persist.
     pub memory: MemoryLimits,
     /// Serving with other hosts: the shared cookie key, the peers, draining.
@@ -127,6 +130,7 @@ impl EngineOptions {
             synack_retries: synack_retry::DEFAULT_RETRIES,
             prefer_busy_poll: 0,
             coalesce: coalesce::CoalesceMode::Auto,
+            gso: gso::GsoMode::Auto,
             memory: MemoryLimits::default(),
             cluster: ClusterOptions::default(),
         }
@@ -348,6 +352,7 @@ impl Engine {
                 conn_limit: conn_limit.clone(),
                 busy_poll: options.busy_poll,
                 coalescing: coalescing.clone(),
+                gso: options.gso,
                 listeners: listeners.clone(),
                 flows: xdp.flow_table(),
                 cookies: xdp.cookie_checker(),

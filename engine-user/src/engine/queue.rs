@@ -38,6 +38,7 @@ use synx_tcp::{
 use super::{
     coalesce::{Coalescing, Demand},
     glue::{Glue, Moved},
+    gso::{GsoMode, Offload, Shipped, Written},
     handoff::{Handed, Handoff, MAX_HOPS, Owner},
     memory::Memory,
     listeners::Listeners,
@@ -73,6 +74,8 @@ pub struct QueueContext {
     pub busy_poll: Duration,
     /// The interface's NAPI deferral, when synx manages it: this queue's [`Demand`] asks.
     pub coalescing: Option<Arc<Coalescing>>,
+    /// Whether trains of segments leave through the segmentation offload.
+    pub gso: GsoMode,
     pub listeners: Arc<Listeners>,
     pub flows: FlowTable,
     pub cookies: CookieChecker,
@@ -230,6 +233,8 @@ struct QueueDriver {
     /// earlier deadline if it sleeps that long, and then re-queues the timer (at most one such
     /// wakeup per deadline given up, which at low load is one per MAX_SLEEP).
     wake_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The segmentation offload (`--gso auto`), if the interface's packet socket opened.
+    gso: Option<Offload>,
 }
 
 /// The AF_XDP socket's fd, for readiness through the runtime's epoll (not closed on drop).
@@ -308,6 +313,19 @@ async fn serve_queue(
         .map_err(|e| e.into_parts().1)?;
     ctx.flows.register_xsk(ctx.queue, xsk.fd())?;
     tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), tx_budget = xsk.tx_budget(), busy_poll_budget = xsk_cfg.busy_poll_budget, "AF_XDP socket bound");
+    let gso = match ctx.gso {
+        GsoMode::Auto => match Offload::open(iface, crate::xsk::FRAME_SIZE as usize - wire::header_len(true)) {
+            Ok(o) => {
+                tracing::info!(queue = ctx.queue, tso = o.active(), "segmentation offload ready (used while the interface has TSO on)");
+                Some(o)
+            }
+            Err(e) => {
+                tracing::warn!(queue = ctx.queue, "no segmentation offload ({e}): sending frame by frame");
+                None
+            }
+        },
+        GsoMode::Off => None,
+    };
     let mut ctx = ctx;
     let imports = std::mem::take(&mut ctx.imports);
     let mut q = QueueDriver {
@@ -332,6 +350,7 @@ async fn serve_queue(
         handover_reset: false,
         wake_timer: Box::pin(tokio::time::sleep(MAX_SLEEP)),
         demand: Demand::new(),
+        gso,
         ctx,
     };
     q.import(imports);
@@ -866,6 +885,41 @@ impl QueueDriver {
         // sent.
         let room = wire::header_len(true);
         let (endpoint, glue, stats) = (&mut self.endpoint, &mut self.glue, &self.ctx.stats);
+        if let Some(offload) = self.gso.as_mut().filter(|o| o.active()) {
+            // The core writes each segment at the tail of the train being gathered; the
+            // offload sends full trains through its socket and the rest through AF_XDP.
+            let mut shipped = Shipped::default();
+            loop {
+                if xsk.tx_room() == 0 {
+                    xsk.flush();
+                    if xsk.tx_room() == 0 {
+                        xsk.stats.tx_full += 1;
+                        break;
+                    }
+                }
+                if offload.train().full() {
+                    offload.ship(xsk, &mut shipped);
+                }
+                let Some(out) = endpoint.poll_transmit(now, offload.train().tail()) else { break };
+                // No link: nothing to answer (see `Glue::link_for`); the segment is dropped.
+                let Some(link) = glue.link_for(&out) else { continue };
+                offload.take(&Written::from(&out), link, xsk, &mut shipped);
+            }
+            offload.ship(xsk, &mut shipped);
+            xsk.flush();
+            let add = |c: &AtomicU64, n: u32| {
+                if n > 0 {
+                    c.fetch_add(u64::from(n), Ordering::Relaxed);
+                }
+            };
+            add(&stats.tx_segments, shipped.offloaded + shipped.framed);
+            add(&stats.resets_sent, shipped.resets);
+            add(&stats.gso_trains, shipped.trains);
+            add(&stats.gso_segments, shipped.offloaded);
+            add(&stats.gso_fallbacks, shipped.fell_back);
+            add(&stats.gso_dropped, shipped.dropped);
+            return;
+        }
         loop {
             if xsk.tx_room() == 0 {
                 xsk.flush();
@@ -903,6 +957,10 @@ impl QueueDriver {
         let s = &self.ctx.stats;
         if now.saturating_duration_since(self.last_xsk_stats) >= XSK_STATS_PERIOD {
             self.last_xsk_stats = now;
+            if let Some(o) = &mut self.gso {
+                // The interface's TSO comes and goes (a veth's, with its peer's XDP program).
+                o.refresh();
+            }
             if let Some((dropped, ring_full, fill_empty)) = xsk.kernel_drops() {
                 // Frames the kernel dropped will never be taken: not backlog (published with
                 // the next receive).
