@@ -20,8 +20,8 @@
 //! `--gso auto` (the default) uses it while the interface says TSO is on; a veth whose peer has
 //! a native XDP program says it is off (veth then turns off GSO towards that peer), and synx
 //! sends as before. With TSO off the kernel's software GSO would cut each train before the
-//! device: measured on the bench pair (a program on the peer) that was slower than AF_XDP frame
-//! by frame, 2.6 against 3.5 Gbit/s, hence not used there.
+//! device: on the bench pair (a program on the peer) a quick run forcing trains through it read
+//! bulk_tx 2.6 Gbit/s, below the 3.5 frame by frame of the published runs, hence not used there.
 
 use std::{
     net::SocketAddr,
