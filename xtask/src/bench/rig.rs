@@ -407,6 +407,8 @@ pub struct Rig {
     /// the kernel's only while a flood group runs.
     synx_sink: Option<Sink>,
     kernel_sink: Option<Sink>,
+    /// Whether synx's client end gets its sink when synx starts ([`Rig::synx_client_program`]).
+    synx_sink_wanted: bool,
     pub name: String,
     pub synx_net: VethPair,
     pub kernel_net: VethPair,
@@ -524,6 +526,7 @@ impl Rig {
             kernel,
             synx_sink: None,
             kernel_sink: None,
+            synx_sink_wanted: true,
             tools: tools.to_path_buf(),
             notes,
             napi,
@@ -542,7 +545,7 @@ impl Rig {
         let mut args: Vec<String> = listen_specs(ip).iter().map(|(a, app)| format!("--listen={a}={app}")).collect();
         args.extend(extra.iter().cloned());
         self.synx_command = std::iter::once("synx run".to_string()).chain(args.iter().cloned()).collect();
-        if self.synx_sink.is_none() {
+        if self.synx_sink_wanted && self.synx_sink.is_none() {
             let net = &self.synx_net;
             match Sink::attach(&net.client, &self.tools, &net.client_if, FLOOD_NET, 24) {
                 Ok(s) => self.synx_sink = Some(s),
@@ -566,6 +569,17 @@ impl Rig {
             Ok(d)
         })();
         self.synx = started.map_err(|e| format!("synx did not start: {e:#}"));
+    }
+
+    /// Whether synx's client end runs the sink from the next `start_synx` on (the default).
+    /// Without it synx's server veth keeps TSO (veth turns GSO off towards a peer with a native
+    /// XDP program), but native XDP_TX on veth needs that program (Linux 6.18): synx must then
+    /// run in skb mode.
+    pub fn synx_client_program(&mut self, on: bool) {
+        self.synx_sink_wanted = on;
+        if !on {
+            self.synx_sink = None;
+        }
     }
 
     /// The sink on the kernel's client end, for a flood group (its XDP program makes veth hand

@@ -5,7 +5,7 @@ use testbed::{mac_of, mac_text};
 
 use super::{counters_moved, measured, peer, ring_counters};
 use crate::bench::{
-    Collector, Ctx, Outcome, Side,
+    Collector, Ctx, Outcome, Rig, Side,
     load::run_tool,
     rig::{CpuTimes, DISCARD, ECHO, FLOOD_NET},
     schedule, spec, targets,
@@ -50,10 +50,96 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         rows.extend(c.finish());
     }
     ctx.push(rows, details);
+    if ctx.wants_row("bulk", "bulk_tx_gso") {
+        gso_pair(ctx)?;
+    }
     if ctx.wants_row("bulk", "bulk_tx_xsk_floor") {
         xsk_tx_floor(ctx)?;
     }
     Ok(())
+}
+
+/// synx's bulk_tx where its veth keeps TSO, with and without its segmentation offload
+/// (`--gso`), beside the kernel's bulk_tx. On the standard pair native XDP_TX needs a program
+/// on the client end, which costs the server veth its TSO (veth turns GSO off towards a peer
+/// with a native program): synx's offload then stays off. Here synx's client end runs no
+/// program and synx runs in skb (generic) mode, whose XDP_TX goes through the stack; both synx
+/// peers run so, alternating with the kernel (ABBA), so the pair of synx figures is the
+/// offload's effect alone and the kernel's is the same as in `bulk_tx`.
+fn gso_pair(ctx: &mut Ctx) -> anyhow::Result<()> {
+    const FRAMES: &str = "synx-frames";
+    let (plan, synx_args) = (ctx.plan.clone(), ctx.synx_args.clone());
+    let mib = plan.bulk_bytes >> 20;
+    let note = format!("{mib} MiB through echo over one connection, synx in skb mode on a veth pair whose client end runs no program (TSO kept): `synx` with --gso auto, `{FRAMES}` with --gso off");
+    let mut c = Collector::new(
+        "bulk",
+        vec![
+            spec("bulk_tx_gso", "Gbit/s", true, note),
+            spec("bulk_tx_gso_server_cpu_per_gb", "server CPU s/GB", false, "server CPU busy time per GB of payload in bulk_tx_gso"),
+        ],
+    );
+    let rig = ctx.rig()?;
+    rig.synx_client_program(false);
+    // In skb mode the server veth has no NAPI of its own unless GRO is on (native XDP gave it
+    // one): on, as on the kernel's server veth, so its receive runs in a NAPI thread pinned
+    // like the others'.
+    let net = rig.net(Side::Synx);
+    let gro_was = net.server.exec("ethtool", &["-k", &net.server_if])?.lines().any(|l| l.trim() == "generic-receive-offload: on");
+    net.server.exec("ethtool", &["-K", &net.server_if, "gro", "on"])?;
+    let mut details = vec![];
+    let mut running: Option<&str> = None;
+    for (p, warmup) in schedule(&[targets::SYNX, FRAMES, targets::KERNEL], plan.rounds, true) {
+        let side = if p == targets::KERNEL { Side::Kernel } else { Side::Synx };
+        if side == Side::Synx && running != Some(p) {
+            let mut args = synx_args.clone();
+            args.extend(["--xdp-mode".into(), "skb".into(), "--gso".into(), if p == FRAMES { "off" } else { "auto" }.into()]);
+            rig.start_synx(&args);
+            running = Some(p);
+        }
+        let bytes = if warmup { plan.bulk_bytes / 4 } else { plan.bulk_bytes };
+        let rings = ring_counters(rig, side);
+        let gso_before = gso_counters(rig, side);
+        let r = measured(rig, side, |rig| {
+            let args = vec!["bulk".to_string(), "--addr".into(), rig.addr(side, ECHO).to_string(), "--bytes".into(), bytes.to_string(), "--echo".into()];
+            run_tool(&rig.net(side).client, &rig.tools, &plan.cpus.client, &args)
+        });
+        let rings = counters_moved(rig, side, rings);
+        let gso = gso_counters(rig, side).zip(gso_before).map(|((t1, s1), (t0, s0))| (t1 - t0, s1 - s0));
+        let o = match r {
+            Ok((v, w)) => {
+                // The offload must have been in use for `synx`, and not for `synx-frames`.
+                let failure = match (p, gso) {
+                    (targets::SYNX, Some((0, _))) => Some("the offload sent no train (the server veth without TSO?)".to_string()),
+                    (FRAMES, Some((t, _))) if t > 0 => Some(format!("{t} trains with --gso off")),
+                    _ => None,
+                };
+                Outcome {
+                    values: vec![v["gbit_s"].as_f64(), Some(w.server_secs / (bytes as f64 / 1e9))],
+                    failure,
+                    detail: serde_json::json!({ "generator": v, "cpu": w.json(), "synx_counters": rings, "gso": gso }),
+                }
+            }
+            Err(e) => Outcome::failed(format!("{e:#}")),
+        };
+        details.push(c.record(p, warmup, o));
+    }
+    rig.synx_client_program(true);
+    if !gro_was {
+        let net = rig.net(Side::Synx);
+        net.server.exec("ethtool", &["-K", &net.server_if, "gro", "off"])?;
+    }
+    rig.start_synx(&synx_args);
+    ctx.push(c.finish(), details);
+    Ok(())
+}
+
+/// synx's (trains, segments in trains) so far; `None` for the kernel or when unreadable.
+fn gso_counters(rig: &Rig, side: Side) -> Option<(u64, u64)> {
+    if side != Side::Synx {
+        return None;
+    }
+    let d = rig.daemon().ok()?;
+    Some((d.counter("tcp_tx_gso_trains").ok()?, d.counter("tcp_tx_gso_segments").ok()?))
 }
 
 /// Frames per second offered in the floor's paced run: about the frame rate synx's bulk_tx
