@@ -228,6 +228,9 @@ impl Ctx {
                 "`{}` (defaults otherwise: apps on the engine threads, echo/discard/http in turns), every thread pinned to CPU {}; \
                  its veth pair has synx's XDP program (native) on the server end and, on the client end, the bench's sink \
                  (passes everything but frames to the flood's sources; native XDP_TX on veth needs a program there), GRO on; \
+                 that program turns the server veth's TSO off, so synx's segmentation offload (`--gso auto`, its default) \
+                 sends nothing on this pair (`bulk_tx_gso` runs synx with `--xdp-mode skb` and no program on the client end, \
+                 GRO on the server end for its NAPI, once with `--gso auto` and once with `--gso off`); \
                  both ends with a pfifo_fast qdisc (a full ring then stops the queue, as a NIC's does, instead of dropping); \
                  the server veth's NAPI runs threaded at SCHED_FIFO on CPU {}, the client's on CPU {}; \
                  the server veth's napi_defer_hard_irqs {} and gro_flush_timeout {} ns{}",

@@ -67,7 +67,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
 /// peers run so, alternating with the kernel (ABBA), so the pair of synx figures is the
 /// offload's effect alone and the kernel's is the same as in `bulk_tx`.
 fn gso_pair(ctx: &mut Ctx) -> anyhow::Result<()> {
-    const FRAMES: &str = "synx-frames";
+    const FRAMES: &str = targets::SYNX_FRAMES;
     let (plan, synx_args) = (ctx.plan.clone(), ctx.synx_args.clone());
     let mib = plan.bulk_bytes >> 20;
     let note = format!("{mib} MiB through echo over one connection, synx in skb mode on a veth pair whose client end runs no program (TSO kept): `synx` with --gso auto, `{FRAMES}` with --gso off");
