@@ -389,7 +389,7 @@ impl Offload {
                     self.train.clear();
                     return;
                 }
-                // The socket's buffer is full (the qdisc holds 4 MB): this one goes frame by
+                // The device's ring is full (or the socket's buffer): this one goes frame by
                 // frame; the next train tries again.
                 Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS)) => shipped.fell_back += 1,
                 Some(Err(e)) => {
@@ -474,12 +474,16 @@ impl GsoSocket {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let on: libc::c_int = 1;
         setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &on)?;
-        // Trains wait in the qdisc while the device's ring is full; 4 MB holds 64 of them (the
-        // default 208 KB, three).
+        // Room for 64 trains being copied into skbs at once (the default 208 KB, three).
         let sndbuf: libc::c_int = 4 << 20;
         if setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &sndbuf).is_err() {
             setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &sndbuf)?;
         }
+        // Straight to the device, as AF_XDP's transmit goes: a device whose ring is full then
+        // refuses the train at once (ENOBUFS, and it goes frame by frame through AF_XDP, whose
+        // ring holds it until the device takes it), where a qdisc-less device (veth's default
+        // noqueue) would drop it unseen.
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &on)?;
         // SAFETY: all-zero is a valid sockaddr_ll; protocol 0 binds no receive hook.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;

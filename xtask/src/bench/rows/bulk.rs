@@ -104,19 +104,24 @@ fn gso_pair(ctx: &mut Ctx) -> anyhow::Result<()> {
             run_tool(&rig.net(side).client, &rig.tools, &plan.cpus.client, &args)
         });
         let rings = counters_moved(rig, side, rings);
-        let gso = gso_counters(rig, side).zip(gso_before).map(|((t1, s1), (t0, s0))| (t1 - t0, s1 - s0));
+        let gso = gso_counters(rig, side).zip(gso_before).map(|(a, b)| [a[0] - b[0], a[1] - b[1], a[2] - b[2]]);
         let o = match r {
             Ok((v, w)) => {
                 // The offload must have been in use for `synx`, and not for `synx-frames`.
                 let failure = match (p, gso) {
-                    (targets::SYNX, Some((0, _))) => Some("the offload sent no train (the server veth without TSO?)".to_string()),
-                    (FRAMES, Some((t, _))) if t > 0 => Some(format!("{t} trains with --gso off")),
+                    (targets::SYNX, Some([0, ..])) => Some("the offload sent no train (the server veth without TSO?)".to_string()),
+                    (FRAMES, Some([t, ..])) if t > 0 => Some(format!("{t} trains with --gso off")),
                     _ => None,
                 };
                 Outcome {
                     values: vec![v["gbit_s"].as_f64(), Some(w.server_secs / (bytes as f64 / 1e9))],
                     failure,
-                    detail: serde_json::json!({ "generator": v, "cpu": w.json(), "synx_counters": rings, "gso": gso }),
+                    detail: serde_json::json!({
+                        "generator": v,
+                        "cpu": w.json(),
+                        "synx_counters": rings,
+                        "gso": gso.map(|[trains, segments, fallbacks]| serde_json::json!({ "trains": trains, "segments": segments, "fallbacks": fallbacks })),
+                    }),
                 }
             }
             Err(e) => Outcome::failed(format!("{e:#}")),
@@ -133,13 +138,14 @@ fn gso_pair(ctx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// synx's (trains, segments in trains) so far; `None` for the kernel or when unreadable.
-fn gso_counters(rig: &Rig, side: Side) -> Option<(u64, u64)> {
+/// synx's trains, segments in trains and trains refused so far; `None` for the kernel or when
+/// unreadable.
+fn gso_counters(rig: &Rig, side: Side) -> Option<[u64; 3]> {
     if side != Side::Synx {
         return None;
     }
     let d = rig.daemon().ok()?;
-    Some((d.counter("tcp_tx_gso_trains").ok()?, d.counter("tcp_tx_gso_segments").ok()?))
+    Some([d.counter("tcp_tx_gso_trains").ok()?, d.counter("tcp_tx_gso_segments").ok()?, d.counter("tcp_tx_gso_fallbacks").ok()?])
 }
 
 /// Frames per second offered in the floor's paced run: about the frame rate synx's bulk_tx
