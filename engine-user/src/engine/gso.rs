@@ -177,7 +177,9 @@ impl Train {
     /// Take the segment of `out.len` bytes the core just wrote at [`Train::tail`].
     pub fn offer(&mut self, out: &Written) -> Offer {
         let at = self.at;
-        let Some(seg) = self.buf.get(at..at + out.len) else { return self.single_at(at, out) };
+        let Some(seg) = self.buf.get(at..at + out.len).filter(|_| out.len <= self.segment_room) else {
+            return self.single_at(at, out);
+        };
         let Some(hlen) = header_len(seg) else { return self.single_at(at, out) };
         let payload = out.len - hlen;
         let flags = seg[FLAGS];
@@ -221,10 +223,12 @@ impl Train {
         if self.segs > 0 {
             return Offer::Refused;
         }
+        // The core wrote within the tail it was given; a length beyond it is cut, not trusted.
+        let len = out.len.min(self.segment_room);
         if at != HEAD {
-            self.buf.copy_within(at..at + out.len, HEAD);
+            self.buf.copy_within(at..at + len, HEAD);
         }
-        (self.len, self.hlen, self.size, self.last, self.segs, self.closed) = (out.len, out.len, 0, 0, 1, true);
+        (self.len, self.hlen, self.size, self.last, self.segs, self.closed) = (len, len, 0, 0, 1, true);
         self.owner = Some(Owner { local: out.local, remote: out.remote, ect: out.ect });
         Offer::Single
     }
@@ -235,7 +239,7 @@ impl Train {
         let at = self.at;
         self.clear();
         if at != HEAD {
-            self.buf.copy_within(at..at + out.len, HEAD);
+            self.buf.copy_within(at..at + out.len.min(self.segment_room), HEAD);
         }
         self.at = HEAD;
         self.offer(out)

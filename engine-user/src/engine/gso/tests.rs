@@ -261,3 +261,24 @@ fn a_truncated_or_garbled_segment_rides_alone_without_panicking() {
     });
     assert_eq!(framed, 0);
 }
+
+#[test]
+fn a_length_beyond_the_tail_is_cut_not_trusted() {
+    let (local, remote) = addrs(false);
+    // Alone at the head, and behind a train (where it is refused, then moved to the head).
+    let mut t = Train::new(SEG);
+    t.tail();
+    assert_eq!(t.offer(&Written { local, remote, len: SEG + 500, ect: false, connection: true }), Offer::Single);
+    let mut t = Train::new(SEG);
+    offer(&mut t, &header(1, Flags::ACK), MSS, false);
+    t.tail();
+    let w = Written { local, remote, len: SEG + 500, ect: false, connection: true };
+    assert_eq!(t.offer(&w), Offer::Refused);
+    assert_eq!(t.restart(&w), Offer::Single);
+    let mut framed = 0;
+    t.split(&LINK, |w| {
+        framed += usize::from(w(&mut [0u8; 4096]).is_some());
+        true
+    });
+    assert!(framed <= 1);
+}
