@@ -15,7 +15,8 @@
 //! `tcp_gso_segment` applies (the header's flags as the first segment's, PSH and FIN on the last
 //! one only, CWR on the first only; every segment but the last of the first one's size). A
 //! train of one segment, or one the socket refuses, goes out frame by frame through AF_XDP
-//! ([`Train::split`]), so nothing the core sent is lost to this path.
+//! ([`Train::split`]); one that finds too few AF_XDP frames free waits for a later turn, so
+//! nothing the core sent is lost to this path.
 //!
 //! `--gso auto` (the default) uses it while the interface says TSO is on; a veth whose peer has
 //! a native XDP program says it is off (veth then turns off GSO towards that peer), and synx
@@ -323,7 +324,9 @@ pub struct Shipped {
     pub offloaded: u32,
     /// Segments that left frame by frame through AF_XDP.
     pub framed: u32,
-    /// Segments lost: no AF_XDP frame was free for them (TCP recovers them as any loss).
+    /// Segments lost: no AF_XDP frame was free for them when they could not wait (a train
+    /// refused by the socket while the next segment was already written; TCP recovers them as
+    /// any loss).
     pub dropped: u32,
     /// Trains that went frame by frame because the socket refused them.
     pub fell_back: u32,
@@ -349,7 +352,15 @@ impl Offload {
 
     /// Look at the interface's TSO again (a veth loses it when its peer gets an XDP program).
     pub fn refresh(&mut self) {
-        self.active = !self.failed && self.socket.tso_on();
+        // A train kept for a later turn goes out the way it was gathered for.
+        if self.train.is_empty() {
+            self.active = !self.failed && self.socket.tso_on();
+        }
+    }
+
+    /// Whether the transmit goes through the offload: it is active, or a train waits.
+    pub fn in_use(&self) -> bool {
+        self.active || !self.train.is_empty()
     }
 
     pub fn train(&mut self) -> &mut Train {
@@ -357,32 +368,35 @@ impl Offload {
     }
 
     /// The segment the core just wrote at the train's tail, for `link`: gathered, or sent
-    /// (with the train it did not continue) through `xsk`.
+    /// (with the train it did not continue) through `xsk`, which must have two TX frames free
+    /// (one for a lone segment ahead, one for this one).
     pub fn take(&mut self, w: &Written, link: Link, xsk: &mut XskSocket, shipped: &mut Shipped) {
         match self.train.offer(w) {
             Offer::Started => self.link = link,
             Offer::Joined => {}
             Offer::Single => {
                 self.link = link;
-                self.ship(xsk, shipped);
+                self.ship(xsk, shipped, true);
             }
             Offer::Refused => {
                 // The train goes first; the refused segment's bytes at its tail stay untouched.
-                self.ship(xsk, shipped);
+                self.ship(xsk, shipped, true);
                 self.link = link;
                 if self.train.restart(w) == Offer::Single {
-                    self.ship(xsk, shipped);
+                    self.ship(xsk, shipped, true);
                 }
             }
         }
     }
 
     /// Send the train: through the socket when it has several segments and the offload is
-    /// active, else (or when the socket refuses it) frame by frame through `xsk`.
-    pub fn ship(&mut self, xsk: &mut XskSocket, shipped: &mut Shipped) {
+    /// active, else (or when the socket refuses it) frame by frame through `xsk`. Without
+    /// `force`, a train that needs more AF_XDP frames than are free is kept for a later turn
+    /// (returns false); with it, what finds no frame is dropped and counted (TCP resends it).
+    pub fn ship(&mut self, xsk: &mut XskSocket, shipped: &mut Shipped, force: bool) -> bool {
         let segs = self.train.segments();
         if segs == 0 {
-            return;
+            return true;
         }
         if segs > 1 && self.active {
             let link = self.link;
@@ -391,7 +405,7 @@ impl Offload {
                     shipped.trains += 1;
                     shipped.offloaded += u32::from(segs);
                     self.train.clear();
-                    return;
+                    return true;
                 }
                 // The device's ring is full (or the socket's buffer): this one goes frame by
                 // frame; the next train tries again.
@@ -402,6 +416,12 @@ impl Offload {
                     shipped.fell_back += 1;
                 }
                 None => shipped.fell_back += 1,
+            }
+        }
+        if xsk.tx_room() < usize::from(segs) {
+            xsk.flush();
+            if !force && xsk.tx_room() < usize::from(segs) {
+                return false;
             }
         }
         shipped.resets += u32::from(self.train.rst());
@@ -415,6 +435,7 @@ impl Offload {
         shipped.framed += u32::from(framed);
         shipped.dropped += u32::from(segs - framed);
         self.train.clear();
+        true
     }
 }
 

@@ -885,27 +885,35 @@ impl QueueDriver {
         // sent.
         let room = wire::header_len(true);
         let (endpoint, glue, stats) = (&mut self.endpoint, &mut self.glue, &self.ctx.stats);
-        if let Some(offload) = self.gso.as_mut().filter(|o| o.active()) {
+        if let Some(offload) = self.gso.as_mut().filter(|o| o.in_use()) {
             // The core writes each segment at the tail of the train being gathered; the
-            // offload sends full trains through its socket and the rest through AF_XDP.
+            // offload sends full trains through its socket and the rest through AF_XDP. A
+            // segment is asked for only while AF_XDP could take what `take` may send (two
+            // frames), and a train that has to go frame by frame waits for a later turn while
+            // the frames are in the kernel's hands: nothing the core wrote is dropped for want
+            // of a frame.
             let mut shipped = Shipped::default();
+            let mut kept = false;
             loop {
-                if xsk.tx_room() == 0 {
+                if offload.train().full() && !offload.ship(xsk, &mut shipped, false) {
+                    kept = true;
+                    break;
+                }
+                if xsk.tx_room() < 2 {
                     xsk.flush();
-                    if xsk.tx_room() == 0 {
+                    if xsk.tx_room() < 2 {
                         xsk.stats.tx_full += 1;
                         break;
                     }
-                }
-                if offload.train().full() {
-                    offload.ship(xsk, &mut shipped);
                 }
                 let Some(out) = endpoint.poll_transmit(now, offload.train().tail()) else { break };
                 // No link: nothing to answer (see `Glue::link_for`); the segment is dropped.
                 let Some(link) = glue.link_for(&out) else { continue };
                 offload.take(&Written::from(&out), link, xsk, &mut shipped);
             }
-            offload.ship(xsk, &mut shipped);
+            if !kept && !offload.ship(xsk, &mut shipped, false) {
+                xsk.stats.tx_full += 1;
+            }
             xsk.flush();
             let add = |c: &AtomicU64, n: u32| {
                 if n > 0 {
