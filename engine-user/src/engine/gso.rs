@@ -29,7 +29,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use synx_tcp::endpoint::Transmit;
+use synx_tcp::{endpoint::Transmit, segment::Flags};
 
 use crate::{
     wire::{self, Link},
@@ -64,13 +64,13 @@ const SEQ: std::ops::Range<usize> = 4..8;
 const DATA_OFFSET: usize = 12;
 const FLAGS: usize = 13;
 const CHECKSUM: std::ops::Range<usize> = 16..18;
-const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
-const PSH: u8 = 0x08;
-const ACK: u8 = 0x10;
-const URG: u8 = 0x20;
-const CWR: u8 = 0x80;
+const FIN: u8 = Flags::FIN.0;
+const SYN: u8 = Flags::SYN.0;
+const RST: u8 = Flags::RST.0;
+const PSH: u8 = Flags::PSH.0;
+const ACK: u8 = Flags::ACK.0;
+const URG: u8 = Flags::URG.0;
+const CWR: u8 = Flags::CWR.0;
 
 /// Room in front of the TCP header: the virtio-net header and the longest link and IP headers.
 pub const HEAD: usize = VNET_HDR_LEN + 14 + 40;
