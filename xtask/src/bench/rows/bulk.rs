@@ -64,8 +64,8 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
 /// on the client end, which costs the server veth its TSO (veth turns GSO off towards a peer
 /// with a native program): synx's offload then stays off. Here synx's client end runs no
 /// program and synx runs in skb (generic) mode, whose XDP_TX goes through the stack; both synx
-/// peers run so, alternating with the kernel (ABBA), so the pair of synx figures is the
-/// offload's effect alone and the kernel's is the same as in `bulk_tx`.
+/// peers run so, alternating with the kernel (ABBA) on its own pair as in `bulk_tx`, so the
+/// pair of synx figures is the offload's effect alone.
 fn gso_pair(ctx: &mut Ctx) -> anyhow::Result<()> {
     const FRAMES: &str = targets::SYNX_FRAMES;
     let (plan, synx_args) = (ctx.plan.clone(), ctx.synx_args.clone());
@@ -79,13 +79,13 @@ fn gso_pair(ctx: &mut Ctx) -> anyhow::Result<()> {
         ],
     );
     let rig = ctx.rig()?;
-    rig.synx_client_program(false);
     // In skb mode the server veth has no NAPI of its own unless GRO is on (native XDP gave it
     // one): on, as on the kernel's server veth, so its receive runs in a NAPI thread pinned
     // like the others'.
     let net = rig.net(Side::Synx);
     let gro_was = net.server.exec("ethtool", &["-k", &net.server_if])?.lines().any(|l| l.trim() == "generic-receive-offload: on");
     net.server.exec("ethtool", &["-K", &net.server_if, "gro", "on"])?;
+    rig.synx_client_program(false);
     let mut details = vec![];
     let mut running: Option<&str> = None;
     for (p, warmup) in schedule(&[targets::SYNX, FRAMES, targets::KERNEL], plan.rounds, true) {
@@ -104,7 +104,7 @@ fn gso_pair(ctx: &mut Ctx) -> anyhow::Result<()> {
             run_tool(&rig.net(side).client, &rig.tools, &plan.cpus.client, &args)
         });
         let rings = counters_moved(rig, side, rings);
-        let gso = gso_counters(rig, side).zip(gso_before).map(|(a, b)| [a[0] - b[0], a[1] - b[1], a[2] - b[2]]);
+        let gso = gso_counters(rig, side).zip(gso_before).map(|(a, b)| [0, 1, 2].map(|i| a[i].saturating_sub(b[i])));
         let o = match r {
             Ok((v, w)) => {
                 // The offload must have been in use for `synx`, and not for `synx-frames`.
@@ -129,11 +129,9 @@ fn gso_pair(ctx: &mut Ctx) -> anyhow::Result<()> {
         details.push(c.record(p, warmup, o));
     }
     rig.synx_client_program(true);
-    if !gro_was {
-        let net = rig.net(Side::Synx);
-        net.server.exec("ethtool", &["-K", &net.server_if, "gro", "off"])?;
-    }
+    let gro_back = if gro_was { Ok(String::new()) } else { rig.net(Side::Synx).server.exec("ethtool", &["-K", &rig.net(Side::Synx).server_if, "gro", "off"]) };
     rig.start_synx(&synx_args);
+    gro_back?;
     ctx.push(c.finish(), details);
     Ok(())
 }
