@@ -398,8 +398,10 @@ impl Offload {
         if segs == 0 {
             return true;
         }
+        let mut refused = false;
         if segs > 1 && self.active {
             let link = self.link;
+            refused = true;
             match self.train.frame(&link).map(|f| self.socket.send(f)) {
                 Some(Ok(())) => {
                     shipped.trains += 1;
@@ -409,13 +411,12 @@ impl Offload {
                 }
                 // The device's ring is full (or the socket's buffer): this one goes frame by
                 // frame; the next train tries again.
-                Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS)) => shipped.fell_back += 1,
+                Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS)) => {}
                 Some(Err(e)) => {
                     tracing::warn!("segmentation offload failed ({e}); sending frame by frame from now on");
                     (self.failed, self.active) = (true, false);
-                    shipped.fell_back += 1;
                 }
-                None => shipped.fell_back += 1,
+                None => {}
             }
         }
         if xsk.tx_room() < usize::from(segs) {
@@ -424,6 +425,8 @@ impl Offload {
                 return false;
             }
         }
+        // Counted once it goes frame by frame, not at each refusal of a train kept meanwhile.
+        shipped.fell_back += u32::from(refused);
         shipped.resets += u32::from(self.train.rst());
         let link = self.link;
         let framed = self.train.split(&link, |write| {
