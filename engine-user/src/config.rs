@@ -295,6 +295,20 @@ pub struct FlagConfig {
 }
 
 /// Flags win over the file, the file over defaults.
+/// A setting with named values: the command line's, else the file's `key = "name"` (one of the
+/// names the command line takes), else `default`.
+fn choice<T: clap::ValueEnum>(key: &str, flag: Option<T>, file: Option<&str>, default: T) -> Result<T, String> {
+    match (flag, file) {
+        (Some(v), _) => Ok(v),
+        (None, None) => Ok(default),
+        (None, Some(text)) => T::from_str(text, false).map_err(|_| {
+            let names: Vec<String> =
+                T::value_variants().iter().filter_map(|v| Some(v.to_possible_value()?.get_name().to_string())).collect();
+            format!("{key} {text:?}: choose {}", names.join(" or "))
+        }),
+    }
+}
+
 pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
     let dur = |v: Option<String>| v.as_deref().map(parse_duration).transpose();
     let iface = flags
@@ -326,19 +340,8 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
     bounds::KEEPALIVE_IDLE.check(keepalive.idle)?;
     bounds::KEEPALIVE_INTERVAL.check(keepalive.interval)?;
     bounds::KEEPALIVE_PROBES.check(keepalive.probes)?;
-    let xdp_mode = match (flags.xdp_mode, file.xdp_mode.as_deref()) {
-        (Some(m), _) => m,
-        (None, Some("native")) | (None, None) => AttachMode::Native,
-        (None, Some("skb")) => AttachMode::Skb,
-        (None, Some(other)) => return Err(format!("xdp_mode {other:?}: choose native or skb")),
-    };
-    let app_threads = match (flags.app_threads, file.app_threads.as_deref()) {
-        (Some(t), _) => t,
-        (None, None) => AppThreads::default(),
-        (None, Some("engine")) => AppThreads::Engine,
-        (None, Some("worker")) => AppThreads::Worker,
-        (None, Some(other)) => return Err(format!("app_threads {other:?}: choose engine or worker")),
-    };
+    let xdp_mode = choice("xdp_mode", flags.xdp_mode, file.xdp_mode.as_deref(), AttachMode::Native)?;
+    let app_threads = choice("app_threads", flags.app_threads, file.app_threads.as_deref(), AppThreads::default())?;
     let ecn = !flags.no_ecn && file.ecn.unwrap_or(true);
     let msl = bounds::MSL.check(flags.msl.or(dur(file.msl)?).unwrap_or(RunConfig::DEFAULT_MSL))?;
     let max_conns =
@@ -349,20 +352,8 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
     let synack_retries = bounds::SYNACK_RETRIES
         .check(flags.synack_retries.or(file.synack_retries).unwrap_or(crate::engine::synack_retry::DEFAULT_RETRIES))?;
     let prefer_busy_poll = bounds::PREFER_BUSY_POLL.check(flags.prefer_busy_poll.or(file.prefer_busy_poll).unwrap_or(0))?;
-    let coalesce = match (flags.coalesce, file.coalesce.as_deref()) {
-        (Some(c), _) => c,
-        (None, None) => CoalesceMode::default(),
-        (None, Some("auto")) => CoalesceMode::Auto,
-        (None, Some("off")) => CoalesceMode::Off,
-        (None, Some(other)) => return Err(format!("coalesce {other:?}: choose auto or off")),
-    };
-    let gso = match (flags.gso, file.gso.as_deref()) {
-        (Some(g), _) => g,
-        (None, None) => GsoMode::default(),
-        (None, Some("auto")) => GsoMode::Auto,
-        (None, Some("off")) => GsoMode::Off,
-        (None, Some(other)) => return Err(format!("gso {other:?}: choose auto or off")),
-    };
+    let coalesce = choice("coalesce", flags.coalesce, file.coalesce.as_deref(), CoalesceMode::default())?;
+    let gso = choice("gso", flags.gso, file.gso.as_deref(), GsoMode::default())?;
     let grace = bounds::GRACE.check(flags.grace.or(dur(file.grace)?).unwrap_or(RunConfig::DEFAULT_GRACE))?;
     let metrics = match (flags.metrics, file.metrics.as_deref()) {
         (Some(a), _) => Some(a),
@@ -388,13 +379,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
             return Err(format!("listener {} is given twice: give each ADDR:PORT once", spec.addr));
         }
     }
-    let drain_syns = match (flags.drain_syns, file.drain_syns.as_deref()) {
-        (Some(d), _) => d,
-        (None, None) => DrainSyns::default(),
-        (None, Some("drop")) => DrainSyns::Drop,
-        (None, Some("pass")) => DrainSyns::Pass,
-        (None, Some(other)) => return Err(format!("drain_syns {other:?}: choose drop or pass")),
-    };
+    let drain_syns = choice("drain_syns", flags.drain_syns, file.drain_syns.as_deref(), DrainSyns::default())?;
     let peer_port = flags.peer_port.or(file.peer_port).unwrap_or(ClusterOptions::DEFAULT_PEER_PORT);
     if peer_port == 0 {
         return Err("--peer-port 0 is out of range: allowed 1 to 65535".into());
@@ -691,7 +676,21 @@ mod tests {
         let flags = FlagConfig { iface: Some("x".into()), listen: vec!["198.18.0.1:7".parse().unwrap()], ..Default::default() };
         assert!(merge(flags.clone(), threads).unwrap_err().contains("engine or worker"));
         let metrics: FileConfig = toml::from_str(r#"metrics = "9464""#).unwrap();
-        assert!(merge(flags, metrics).unwrap_err().contains("ADDR:PORT"));
+        assert!(merge(flags.clone(), metrics).unwrap_err().contains("ADDR:PORT"));
+        // Every named setting of the file says its names.
+        for (line, want) in [
+            (r#"xdp_mode = "driver""#, r#"xdp_mode "driver": choose native or skb"#),
+            (r#"app_threads = "many""#, r#"app_threads "many": choose engine or worker"#),
+            (r#"coalesce = "on""#, r#"coalesce "on": choose auto or off"#),
+            (r#"gso = "on""#, r#"gso "on": choose auto or off"#),
+            (r#"drain_syns = "keep""#, r#"drain_syns "keep": choose drop or pass"#),
+        ] {
+            let file: FileConfig = toml::from_str(line).unwrap();
+            assert_eq!(merge(flags.clone(), file).unwrap_err(), want);
+        }
+        let file: FileConfig = toml::from_str("xdp_mode = \"skb\"\ngso = \"off\"\ndrain_syns = \"pass\"").unwrap();
+        let c = merge(flags, file).unwrap();
+        assert_eq!((c.xdp_mode, c.gso, c.cluster.drain_syns), (AttachMode::Skb, GsoMode::Off, DrainSyns::Pass));
     }
 
     #[test]
