@@ -26,7 +26,7 @@
 
 use std::{
     net::SocketAddr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
 };
 
 use synx_tcp::{endpoint::Transmit, segment::Flags};
@@ -484,22 +484,11 @@ pub struct GsoSocket {
 
 impl GsoSocket {
     pub fn open(iface: &str) -> std::io::Result<Self> {
-        let cname = std::ffi::CString::new(iface).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // The name goes into an ifreq for ETHTOOL_GTSO, NUL-terminated.
         if iface.len() >= libc::IFNAMSIZ {
             return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
         }
-        // SAFETY: a valid NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-        if ifindex == 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: plain syscall; the descriptor is owned right after.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let (fd, ifindex) = super::packet_socket::open(iface, libc::SOCK_NONBLOCK)?;
         let on: libc::c_int = 1;
         setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &on)?;
         // Room for 64 trains being copied into skbs at once (the default 208 KB, three).
@@ -515,7 +504,7 @@ impl GsoSocket {
         // SAFETY: all-zero is a valid sockaddr_ll; protocol 0 binds no receive hook.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = ifindex as i32;
+        addr.sll_ifindex = ifindex;
         // SAFETY: `addr` is valid for the length given.
         let r = unsafe {
             libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&addr).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)

@@ -54,6 +54,7 @@ mod handoff;
 mod health;
 mod listeners;
 mod memory;
+mod packet_socket;
 mod queue;
 mod requests;
 mod stats;

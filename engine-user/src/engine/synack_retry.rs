@@ -24,7 +24,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -417,19 +417,8 @@ struct PacketSocket {
 
 impl PacketSocket {
     fn open(iface: &str) -> std::io::Result<Self> {
-        let name = std::ffi::CString::new(iface).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: a valid NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: plain syscall; the descriptor is owned below.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nothing else owns.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) }, ifindex: ifindex as i32 })
+        let (fd, ifindex) = super::packet_socket::open(iface, 0)?;
+        Ok(Self { fd, ifindex })
     }
 
     fn send(&self, frame: &[u8], to: &[u8; 6]) -> std::io::Result<()> {
