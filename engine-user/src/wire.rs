@@ -142,7 +142,8 @@ pub fn finish_offloaded(
     ect: bool,
 ) -> Option<usize> {
     let (hlen, total) = write_headers(buf, link, local, remote, tcp_len, ect)?;
-    let seed = !checksum_tcp_pseudo(local.ip(), remote.ip(), tcp_len);
+    // The folded sum, not complemented: `fold` complements, so undo that.
+    let seed = !fold(pseudo_sum(local.ip(), remote.ip(), tcp_len)?);
     buf[hlen + 16..hlen + 18].copy_from_slice(&seed.to_be_bytes());
     Some(total)
 }
@@ -262,11 +263,6 @@ pub fn checksum_tcp(src: IpAddr, dst: IpAddr, segment: &[u8]) -> u16 {
         // Mixed families cannot come from one IP header; make the check fail.
         None => 0xffff,
     }
-}
-
-/// [`checksum_tcp`] over the pseudo-header alone, for a segment of `tcp_len` bytes.
-pub fn checksum_tcp_pseudo(src: IpAddr, dst: IpAddr, tcp_len: usize) -> u16 {
-    pseudo_sum(src, dst, tcp_len).map_or(0xffff, fold)
 }
 
 /// The ones'-complement accumulator of the pseudo-header (RFC 9293 3.1, RFC 8200 8.1), or
