@@ -3,7 +3,7 @@
 
 use testbed::{mac_of, mac_text};
 
-use super::{counters_moved, measured, peer, ring_counters};
+use super::{CpuWindow, counters_moved, measured, peer, ring_counters};
 use crate::bench::{
     Collector, Ctx, Outcome, Rig, Side,
     load::run_tool,
@@ -28,18 +28,11 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         for (side, warmup) in schedule(&[Side::Synx, Side::Kernel], plan.rounds, true) {
             let bytes = if warmup { plan.bulk_bytes / 4 } else { plan.bulk_bytes };
             let rings = ring_counters(rig, side);
-            let r = measured(rig, side, |rig| {
-                let port = if echo { ECHO } else { DISCARD };
-                let mut args = vec!["bulk".to_string(), "--addr".into(), rig.addr(side, port).to_string(), "--bytes".into(), bytes.to_string()];
-                if echo {
-                    args.push("--echo".into());
-                }
-                run_tool(&rig.net(side).client, &rig.tools, &plan.cpus.client, &args)
-            });
+            let r = transfer(rig, side, bytes, echo, &plan.cpus.client);
             let rings = counters_moved(rig, side, rings);
             let o = match r {
                 Ok((v, w)) => Outcome {
-                    values: vec![v["gbit_s"].as_f64(), Some(w.server_secs / (bytes as f64 / 1e9))],
+                    values: values(&v, &w, bytes),
                     failure: None,
                     detail: serde_json::json!({ "generator": v, "cpu": w.json(), "synx_counters": rings }),
                 },
@@ -99,10 +92,7 @@ fn gso_pair(ctx: &mut Ctx) -> anyhow::Result<()> {
         let bytes = if warmup { plan.bulk_bytes / 4 } else { plan.bulk_bytes };
         let rings = ring_counters(rig, side);
         let gso_before = gso_counters(rig, side);
-        let r = measured(rig, side, |rig| {
-            let args = vec!["bulk".to_string(), "--addr".into(), rig.addr(side, ECHO).to_string(), "--bytes".into(), bytes.to_string(), "--echo".into()];
-            run_tool(&rig.net(side).client, &rig.tools, &plan.cpus.client, &args)
-        });
+        let r = transfer(rig, side, bytes, true, &plan.cpus.client);
         let rings = counters_moved(rig, side, rings);
         let gso = gso_counters(rig, side).zip(gso_before).map(|(a, b)| [0, 1, 2].map(|i| a[i].saturating_sub(b[i])));
         let o = match r {
@@ -114,7 +104,7 @@ fn gso_pair(ctx: &mut Ctx) -> anyhow::Result<()> {
                     _ => None,
                 };
                 Outcome {
-                    values: vec![v["gbit_s"].as_f64(), Some(w.server_secs / (bytes as f64 / 1e9))],
+                    values: values(&v, &w, bytes),
                     failure,
                     detail: serde_json::json!({
                         "generator": v,
@@ -134,6 +124,24 @@ fn gso_pair(ctx: &mut Ctx) -> anyhow::Result<()> {
     gro_back?;
     ctx.push(c.finish(), details);
     Ok(())
+}
+
+/// One transfer of `bytes` over one connection, into discard or through echo (`synx-bench
+/// bulk`), measured: the generator's output and the CPU window.
+fn transfer(rig: &mut Rig, side: Side, bytes: usize, echo: bool, client_cpus: &[usize]) -> anyhow::Result<(serde_json::Value, CpuWindow)> {
+    measured(rig, side, |rig| {
+        let port = if echo { ECHO } else { DISCARD };
+        let mut args = vec!["bulk".to_string(), "--addr".into(), rig.addr(side, port).to_string(), "--bytes".into(), bytes.to_string()];
+        if echo {
+            args.push("--echo".into());
+        }
+        run_tool(&rig.net(side).client, &rig.tools, client_cpus, &args)
+    })
+}
+
+/// A transfer's row values: Gbit/s, and server CPU seconds per GB of payload.
+fn values(v: &serde_json::Value, w: &CpuWindow, bytes: usize) -> Vec<Option<f64>> {
+    vec![v["gbit_s"].as_f64(), Some(w.server_secs / (bytes as f64 / 1e9))]
 }
 
 /// synx's trains, segments in trains and trains refused so far; `None` for the kernel or when
