@@ -372,7 +372,7 @@ fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, k
     let (rss1, slab1) = (rss(&pids)?, slab_active_bytes()?);
     let probes0 = rig.client_counter(side, "from_server")?;
     let drops0 = softnet_drops();
-    let profile = super::profile_server_cpus(rig, side);
+    let profile = super::profile_cpus(rig, side);
     let cpu0 = CpuTimes::now();
     let start = Instant::now();
     let proc0: f64 = pids.iter().filter_map(|&p| testbed::process_cpu_secs(p)).sum();

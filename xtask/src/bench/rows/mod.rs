@@ -90,7 +90,7 @@ impl CpuWindow {
 /// disappears fails the round), reading CPU time around it.
 pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Result<T>) -> anyhow::Result<(T, CpuWindow)> {
     rig.server_pid(side)?;
-    let profile = profile_server_cpus(rig, side);
+    let profile = profile_cpus(rig, side);
     let (t0, c0) = (Instant::now(), CpuTimes::now());
     let out = f(rig);
     let (c1, wall) = (CpuTimes::now(), t0.elapsed().as_secs_f64());
@@ -109,13 +109,15 @@ pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Re
 }
 
 /// With `SYNX_BENCH_PERF=DIR`, call graphs of the server's CPUs (engine or kernel server, and
-/// the server veth's NAPI) through a measured round (an idle round's CPU window), to
-/// `DIR/NNN-SIDE.data` for `perf report`.
-/// The sampling costs the server CPU a few percent: figures of such a run are for reading, not
+/// the server veth's NAPI) and the client's (generator, the client veth's NAPI) through a
+/// measured round (an idle round's CPU window), to `DIR/NNN-SIDE.data` for `perf report`
+/// (`--cpu` picks a side). A side's limit can be on the other side: synx's slow bulk_tx rounds
+/// showed in the client veth's copy of each frame, not on the server.
+/// The sampling costs each CPU a few percent: figures of such a run are for reading, not
 /// publishing.
-pub(super) fn profile_server_cpus(rig: &Rig, side: Side) -> Option<Recorder> {
+pub(super) fn profile_cpus(rig: &Rig, side: Side) -> Option<Recorder> {
     static ROUND: AtomicU64 = AtomicU64::new(0);
-    let cpus = crate::bench::rig::Cpus::list(&rig.cpus.server);
+    let cpus = crate::bench::rig::Cpus::list(&[rig.cpus.server.as_slice(), rig.cpus.client.as_slice()].concat());
     // SIGINT: perf writes its file out and exits.
     Recorder::start("SYNX_BENCH_PERF", &ROUND, side, "data", libc::SIGINT, |file| {
         let mut perf = std::process::Command::new("perf");
