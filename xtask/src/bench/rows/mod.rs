@@ -117,7 +117,11 @@ pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Re
 /// publishing.
 pub(super) fn profile_cpus(rig: &Rig, side: Side) -> Option<Recorder> {
     static ROUND: AtomicU64 = AtomicU64::new(0);
-    let cpus = crate::bench::rig::Cpus::list(&[rig.cpus.server.as_slice(), rig.cpus.client.as_slice()].concat());
+    // The multiqueue rig gives both sides every CPU; perf refuses a list that names one twice.
+    let mut cpus = [rig.cpus.server.as_slice(), rig.cpus.client.as_slice()].concat();
+    cpus.sort_unstable();
+    cpus.dedup();
+    let cpus = crate::bench::rig::Cpus::list(&cpus);
     // SIGINT: perf writes its file out and exits.
     Recorder::start("SYNX_BENCH_PERF", &ROUND, side, "data", libc::SIGINT, |file| {
         let mut perf = std::process::Command::new("perf");
