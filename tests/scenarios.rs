@@ -134,6 +134,30 @@ fn s03e_gso_off_sends_frame_by_frame() {
 }
 
 #[test]
+fn s03f_native_xdp_answers_a_client_end_without_a_program() {
+    // A native XDP_TX frame to a veth peer without a program waits in the peer's ring until
+    // something else runs its NAPI (Linux 6.18): handshakes then completed only through the
+    // SYN-ACK retransmitter, a second later. `--xdp-tx auto` redirects on a veth instead.
+    let bed = Bed::start_gro_client("echo", &[]);
+    let tso = bed.net.server.exec("ethtool", &["-k", &bed.net.server_if]).unwrap();
+    assert!(tso.contains("tcp-segmentation-offload: on"), "the server veth lost TSO:\n{tso}");
+    for i in 0..20u64 {
+        let data = pattern(1000, i);
+        let want = digest(&data);
+        assert_eq!(bed.client(i % 2 == 1, move |mut s| digest(&echo_roundtrip(&mut s, &data))), want, "connection {i}");
+    }
+    // Every SYN-ACK arrived at once: none was resent.
+    assert_eq!(bed.daemon.counter("synack_retransmits").unwrap(), 0);
+    assert!(bed.daemon.counter("xdp_syn_cookie_sent").unwrap() >= 20);
+    // And native mode keeps the offload: a large echo leaves in trains.
+    let data = pattern(16 << 20, 99);
+    let want = digest(&data);
+    assert_eq!(bed.client(false, move |mut s| digest(&echo_roundtrip(&mut s, &data))), want);
+    let trains = bed.daemon.counter("tcp_tx_gso_trains").unwrap();
+    assert!(trains > 10, "{trains} trains: the offload was not used");
+}
+
+#[test]
 fn s03b_a_thousand_concurrent_connections() {
     let bed = Bed::start("echo", &[]);
     let addr = bed.addr(false);

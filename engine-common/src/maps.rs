@@ -390,6 +390,12 @@ pub mod globals {
     /// userspace per CPU per window of 2^[`super::SYN_RECORD_WINDOW_SHIFT`] ns of
     /// CLOCK_MONOTONIC ([`super::syn_records_per_window`] of a rate); 0: none.
     pub const SYN_RECORD_PER_WINDOW: &str = "SYNX_SYN_RECORD_PER_WINDOW";
+    /// `u8`: 1 sends what the program answers (SYN-ACKs, RSTs, forwarded segments) with
+    /// `bpf_redirect` to the device it came in on, 0 with XDP_TX. On a veth (Linux 6.18) an
+    /// XDP_TX frame reaches a peer without an XDP program only at the peer's next NAPI run: the
+    /// flush after XDP_TX wakes the peer only when it runs a program, while a redirect's flush
+    /// (ndo_xdp_xmit with XDP_XMIT_FLUSH) always does.
+    pub const TX_REDIRECT: &str = "SYNX_TX_REDIRECT";
 }
 
 /// One queue's entry of [`RX_BACKLOG`]. XDP adds to `redirected`; userspace stores `consumed`.

@@ -77,6 +77,14 @@ pub fn handle<C: Cookies>(ctx: &XdpContext) -> u32 {
             count(c);
             xdp_action::XDP_DROP
         }
+        // The same device either way: XDP_TX, or a redirect to it (see `settings::tx_redirect`).
+        Verdict::Done(xdp_action::XDP_TX) if settings::tx_redirect() => {
+            // SAFETY: `ctx.ctx` is the kernel's xdp_md for this run of the program.
+            let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+            // SAFETY: a helper call with no pointers; flags 0 is a plain redirect, which
+            // returns XDP_REDIRECT.
+            unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
+        }
         Verdict::Done(action) => action,
     }
 }
@@ -224,10 +232,11 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
     if !settings::rst_bad_cookie() {
         return Verdict::Done(xdp_action::XDP_DROP);
     }
-    if f & ACK != 0 && (seg.payload_len != 0 || f & FIN != 0) {
-        if let Some(v) = hold_miss(&seg, &key4, &key6) {
-            return v;
-        }
+    if f & ACK != 0
+        && (seg.payload_len != 0 || f & FIN != 0)
+        && let Some(v) = hold_miss(&seg, &key4, &key6)
+    {
+        return v;
     }
     reset(ctx, &seg)
 }

@@ -30,6 +30,8 @@ static SYNX_FLOW_FILTER_LOG2: Global<u32> = Global::new(0);
 static SYNX_COOKIE_MISS_HOLD_MS: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static SYNX_SYN_RECORD_PER_WINDOW: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYNX_TX_REDIRECT: Global<u8> = Global::new(0);
 
 /// Our IPv4 MSS, announced in SYN-ACKs (IPv6: `Ours::for_family`; the smaller of it and the
 /// client's goes into the cookie).
@@ -106,4 +108,11 @@ pub fn forward_per_sec() -> u32 {
 #[inline(always)]
 pub fn flow_filter_log2() -> u32 {
     SYNX_FLOW_FILTER_LOG2.load()
+}
+
+/// Whether answers leave by `bpf_redirect` to the ingress device rather than XDP_TX
+/// (`engine_common::maps::globals::TX_REDIRECT`: a veth whose peer runs no XDP program).
+#[inline(always)]
+pub fn tx_redirect() -> bool {
+    SYNX_TX_REDIRECT.load() != 0
 }

@@ -11,7 +11,7 @@
 use std::{
     ffi::CString,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{Arc, Mutex, RwLock, atomic::AtomicU64},
     time::{Duration, Instant},
 };
@@ -97,6 +97,9 @@ pub struct XdpSettings {
     pub drain_pass: bool,
     /// Second-chance forwarding to the other hosts that serve the same addresses.
     pub ring: Option<PeerRing>,
+    /// Answers (SYN-ACKs, RSTs, forwarded segments) leave by a redirect to the device they
+    /// came in on instead of XDP_TX ([`XdpTx`]).
+    pub tx_redirect: bool,
 }
 
 impl XdpSettings {
@@ -112,6 +115,7 @@ impl XdpSettings {
             syn_record_per_sec: 0,
             drain_pass: false,
             ring: None,
+            tx_redirect: false,
         }
     }
 }
@@ -228,6 +232,73 @@ pub enum AttachMode {
     Skb,
 }
 
+/// How the XDP program sends its answers (SYN-ACKs, RSTs, forwarded segments) back out of
+/// the device they came in on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpTx {
+    /// `redirect` on a veth in native mode, `tx` everywhere else.
+    #[default]
+    Auto,
+    /// XDP_TX: the driver's own transmit ring, the fast path on a NIC.
+    Tx,
+    /// `bpf_redirect` to the ingress device. On a veth (Linux 6.18) a native XDP_TX frame
+    /// reaches a peer that runs no XDP program only at the peer's next NAPI run (the flush
+    /// after XDP_TX wakes a peer only when it runs a program, so a handshake waits for a
+    /// retransmission), while a redirect's flush always wakes it. The peer still needs a NAPI
+    /// to take frames: GRO on, or an XDP program.
+    Redirect,
+}
+
+impl XdpTx {
+    /// Whether answers on `iface`, attached in `mode`, go out by redirect.
+    pub fn redirects(self, iface: &str, mode: AttachMode) -> bool {
+        match self {
+            Self::Tx => false,
+            Self::Redirect => true,
+            // In skb mode both go through the stack's transmit path; only native XDP_TX on a
+            // veth strands frames.
+            Self::Auto => mode == AttachMode::Native && driver(iface).is_ok_and(|d| d == "veth"),
+        }
+    }
+}
+
+/// The interface's driver name (ETHTOOL_GDRVINFO): "veth", "mlx5_core", ...
+pub fn driver(iface: &str) -> std::io::Result<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    /// `struct ethtool_drvinfo` (include/uapi/linux/ethtool.h).
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    if iface.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: a plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor this function owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 160] };
+    // SAFETY: all-zero is a valid ifreq.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(iface.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = std::ptr::from_mut(&mut info).cast();
+    // SAFETY: SIOCETHTOOL reads the ifreq (its name NUL-terminated, being shorter than
+    // IFNAMSIZ) and writes `info`, both alive for the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime into a valid timespec.
@@ -305,6 +376,7 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings, pinned: Op
         None => (0, 0),
     };
     let filter_log2 = maps::flow_filter_log2(max_flows);
+    let tx_redirect = u8::from(settings.tx_redirect);
     let mut loader = EbpfLoader::new();
     if let Some(dir) = pinned {
         for name in takeover::SHARED_MAPS {
@@ -327,6 +399,7 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings, pinned: Op
         .override_global(globals::PEER_SELF, &peer_self, true)
         .override_global(globals::FORWARD_PER_SEC, &FORWARD_PER_SEC, true)
         .override_global(globals::FLOW_FILTER_LOG2, &filter_log2, true)
+        .override_global(globals::TX_REDIRECT, &tx_redirect, true)
         .load(object)
         .map_err(|e| match (pinned, e) {
             (Some(_), aya::EbpfError::MapError(e @ aya::maps::MapError::IncompatiblePinnedMap { .. })) => {

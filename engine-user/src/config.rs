@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, de};
 use crate::{
     api::Keepalive,
     apps::App,
-    bpf::AttachMode,
+    bpf::{AttachMode, XdpTx},
     cluster::{ClusterOptions, DrainSyns},
     engine::{MemoryLimits, coalesce::CoalesceMode, gso::GsoMode},
 };
@@ -170,6 +170,8 @@ pub struct RunConfig {
     pub ecn: bool,
     pub max_conns: u32,
     pub xdp_mode: AttachMode,
+    /// How XDP's answers go back out of the interface.
+    pub xdp_tx: XdpTx,
     /// How long an engine thread keeps polling after work before it sleeps (0: never).
     pub busy_poll: Duration,
     /// How long XDP drops a segment with data and a bad cookie before it resets its tuple.
@@ -232,6 +234,7 @@ pub struct FileConfig {
     pub msl: Option<String>,
     pub max_conns: Option<u32>,
     pub xdp_mode: Option<String>,
+    pub xdp_tx: Option<String>,
     pub busy_poll: Option<String>,
     pub cookie_miss_hold: Option<String>,
     pub synack_retries: Option<u8>,
@@ -274,6 +277,7 @@ pub struct FlagConfig {
     pub msl: Option<Duration>,
     pub max_conns: Option<u32>,
     pub xdp_mode: Option<AttachMode>,
+    pub xdp_tx: Option<XdpTx>,
     pub busy_poll: Option<Duration>,
     pub cookie_miss_hold: Option<Duration>,
     pub synack_retries: Option<u8>,
@@ -341,6 +345,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
     bounds::KEEPALIVE_INTERVAL.check(keepalive.interval)?;
     bounds::KEEPALIVE_PROBES.check(keepalive.probes)?;
     let xdp_mode = choice("xdp_mode", flags.xdp_mode, file.xdp_mode.as_deref(), AttachMode::Native)?;
+    let xdp_tx = choice("xdp_tx", flags.xdp_tx, file.xdp_tx.as_deref(), XdpTx::default())?;
     let app_threads = choice("app_threads", flags.app_threads, file.app_threads.as_deref(), AppThreads::default())?;
     let ecn = !flags.no_ecn && file.ecn.unwrap_or(true);
     let msl = bounds::MSL.check(flags.msl.or(dur(file.msl)?).unwrap_or(RunConfig::DEFAULT_MSL))?;
@@ -400,6 +405,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         ecn,
         max_conns,
         xdp_mode,
+        xdp_tx,
         busy_poll,
         cookie_miss_hold,
         synack_retries,
@@ -535,6 +541,7 @@ mod tests {
             prefer_busy_poll = 64
             coalesce = "off"
             gso = "off"
+            xdp_tx = "redirect"
             app_threads = "worker"
             metrics = "[::1]:9464"
             ecn = false
@@ -556,6 +563,7 @@ mod tests {
         assert_eq!(c.keepalive.probes, 5);
         assert_eq!(c.msl, Duration::from_secs(1));
         assert_eq!(c.xdp_mode, AttachMode::Skb);
+        assert_eq!(c.xdp_tx, XdpTx::Redirect);
         assert_eq!(c.busy_poll, Duration::from_micros(50));
         assert_eq!(c.cookie_miss_hold, Duration::from_millis(300));
         assert_eq!(c.synack_retries, 2);
@@ -587,6 +595,7 @@ mod tests {
         assert_eq!(d.prefer_busy_poll, 0);
         assert_eq!(d.coalesce, CoalesceMode::Auto);
         assert_eq!(d.gso, GsoMode::Auto);
+        assert_eq!(d.xdp_tx, XdpTx::Auto);
         assert_eq!(d.app_threads, AppThreads::Engine);
         assert_eq!(d.metrics, None);
         // As Linux's net.ipv4.tcp_ecn=2: ECN when the client asks.
@@ -683,6 +692,7 @@ mod tests {
             (r#"app_threads = "many""#, r#"app_threads "many": choose engine or worker"#),
             (r#"coalesce = "on""#, r#"coalesce "on": choose auto or off"#),
             (r#"gso = "on""#, r#"gso "on": choose auto or off"#),
+            (r#"xdp_tx = "xmit""#, r#"xdp_tx "xmit": choose auto or tx or redirect"#),
             (r#"drain_syns = "keep""#, r#"drain_syns "keep": choose drop or pass"#),
         ] {
             let file: FileConfig = toml::from_str(line).unwrap();

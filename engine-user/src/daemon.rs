@@ -223,6 +223,8 @@ fn fixed_settings_changed(old: &RunConfig, new: &RunConfig) -> Vec<&'static str>
     [
         ("iface", old.iface != new.iface),
         ("xdp_mode", old.xdp_mode != new.xdp_mode),
+        // A load-time constant of the XDP program.
+        ("xdp_tx", old.xdp_tx != new.xdp_tx),
         ("msl", old.msl != new.msl),
         // XDP's SYN-ACK reads it as a load-time constant.
         ("ecn", old.ecn != new.ecn),
@@ -404,6 +406,7 @@ pub fn run(
     let options = EngineOptions {
         iface: cfg.iface.clone(),
         xdp_mode: cfg.xdp_mode,
+        xdp_tx: cfg.xdp_tx,
         keepalive: cfg.keepalive,
         msl: cfg.msl,
         ecn: cfg.ecn,

@@ -108,6 +108,14 @@ struct RunArgs {
     /// native (driver) XDP, or skb (generic) for devices without native XDP.
     #[arg(long, value_enum)]
     xdp_mode: Option<AttachMode>,
+    /// How XDP sends its answers (SYN-ACKs, RSTs) back out: `auto` (default) redirects to the
+    /// interface on a veth in native mode and uses XDP_TX everywhere else; `tx`: XDP_TX, the
+    /// driver's own transmit ring; `redirect`: bpf_redirect to the interface. On a veth
+    /// (Linux 6.18) a native XDP_TX frame to a peer that runs no XDP program waits for the
+    /// peer's next NAPI run, so handshakes stall; a redirect wakes the peer. Either way the
+    /// peer veth needs GRO on or an XDP program to take XDP's frames.
+    #[arg(long, value_enum)]
+    xdp_tx: Option<synx::bpf::XdpTx>,
     /// After work, keep polling for this long before sleeping: can lower latency for requests
     /// that follow each other closely, paid in CPU. Default 0 (off).
     #[arg(long, value_parser = parse_duration)]
@@ -251,6 +259,7 @@ fn real_main() -> anyhow::Result<()> {
                 msl: args.msl,
                 max_conns: args.max_conns,
                 xdp_mode: args.xdp_mode,
+                xdp_tx: args.xdp_tx,
                 busy_poll: args.busy_poll,
                 cookie_miss_hold: args.cookie_miss_hold,
                 synack_retries: args.synack_retries,

@@ -721,6 +721,21 @@ impl Bed {
         Self { net, daemon }
     }
 
+    /// [`Bed::start`] with no program on the client's end but GRO on (a NAPI there to take
+    /// XDP's frames), as a NIC driver has it: synx attaches natively and answers by redirect
+    /// (`--xdp-tx auto` on a veth), and the server's veth keeps TSO.
+    pub fn start_gro_client(app: &str, extra: &[&str]) -> Self {
+        require_root();
+        let net = VethPair::new().unwrap();
+        net.client.exec("ethtool", &["-K", &net.client_if, "gro", "on"]).unwrap();
+        let v4 = format!("{}:{PORT}={app}", net.server_v4);
+        let v6 = format!("[{}]:{PORT}={app}", net.server_v6);
+        let mut args = vec!["--listen", &v4, "--listen", &v6];
+        args.extend_from_slice(extra);
+        let daemon = Daemon::start(&net.server, &net.server_if, &args).unwrap();
+        Self { net, daemon }
+    }
+
     pub fn addr(&self, v6: bool) -> SocketAddr {
         SocketAddr::new(self.net.server_ip(v6), PORT)
     }

@@ -42,7 +42,7 @@ use synx_tcp as tcp;
 
 use crate::{
     api::{EngineWaker, Keepalive, Listener, Stream},
-    bpf::{AttachMode, XdpProgram, XdpSettings},
+    bpf::{AttachMode, XdpProgram, XdpSettings, XdpTx},
     cluster::{Cluster, ClusterOptions},
     xsk::XskConfig,
 };
@@ -75,6 +75,8 @@ pub use stats::{CONNECTIONS_OPEN, TAKEOVERS, Kind, Metric, QueueStats, gauge, su
 pub struct EngineOptions {
     pub iface: String,
     pub xdp_mode: AttachMode,
+    /// How XDP's answers go back out ([`XdpTx`]).
+    pub xdp_tx: XdpTx,
     /// Default keepalive of every listener (each can override it, each stream too).
     pub keepalive: Keepalive,
     /// Maximum segment lifetime; TIME_WAIT lasts 2*MSL.
@@ -122,6 +124,7 @@ impl EngineOptions {
         Self {
             iface: iface.into(),
             xdp_mode: AttachMode::Native,
+            xdp_tx: XdpTx::Auto,
             keepalive: Keepalive::default(),
             msl: Self::DEFAULT_MSL,
             ecn: true,
@@ -268,7 +271,11 @@ impl Engine {
         let mss = interface_mss(&options.iface);
         let cookie_miss_hold_ms = u32::try_from(options.cookie_miss_hold.as_millis()).unwrap_or(u32::MAX);
         let syn_record_per_sec = if options.synack_retries > 0 { engine_common::maps::SYN_RECORD_PER_SEC } else { 0 };
-        let settings = options.cluster.xdp_settings(XdpSettings { ecn: options.ecn, cookie_miss_hold_ms, syn_record_per_sec, ..XdpSettings::new(mss) })?;
+        let tx_redirect = options.xdp_tx.redirects(&options.iface, options.xdp_mode);
+        tracing::info!("XDP answers leave {} by {}", options.iface, if tx_redirect { "redirect" } else { "XDP_TX" });
+        let settings = options
+            .cluster
+            .xdp_settings(XdpSettings { ecn: options.ecn, cookie_miss_hold_ms, syn_record_per_sec, tx_redirect, ..XdpSettings::new(mss) })?;
         let (mut xdp, handover) = match &mut takeover {
             None => (XdpProgram::attach(&options.iface, options.xdp_mode, options.max_conns, settings)?, None),
             Some((dir, predecessor)) => {
