@@ -226,11 +226,12 @@ impl Ctx {
             targets::SYNX,
             format!(
                 "`{}` (defaults otherwise: apps on the engine threads, echo/discard/http in turns), every thread pinned to CPU {}; \
-                 its veth pair has synx's XDP program (native) on the server end and, on the client end, the bench's sink \
-                 (passes everything but frames to the flood's sources; native XDP_TX on veth needs a program there), GRO on; \
-                 that program turns the server veth's TSO off, so synx's segmentation offload (`--gso auto`, its default) \
-                 sends nothing on this pair (`bulk_tx_gso` runs synx with `--xdp-mode skb` and no program on the client end, \
-                 GRO on the server end for its NAPI, once with `--gso auto` and once with `--gso off`); \
+                 its veth pair has synx's XDP program (native) on the server end, answering by redirect to that veth \
+                 (`--xdp-tx auto` on a veth: Linux 6.18's veth wakes a peer without a program for a redirect, not for XDP_TX), \
+                 and no program on the client end but GRO on, so the server veth keeps TSO and synx's segmentation offload \
+                 (`--gso auto`, its default) is in use (`bulk_tx_gso` runs synx once with `--gso auto` and once with `--gso off`); \
+                 during the flood groups both sides' client ends run the bench's sink (counts and drops frames to the flood's sources), \
+                 which turns the server veth's TSO off; \
                  both ends with a pfifo_fast qdisc (a full ring then stops the queue, as a NIC's does, instead of dropping); \
                  the server veth's NAPI runs threaded at SCHED_FIFO on CPU {}, the client's on CPU {}; \
                  the server veth's napi_defer_hard_irqs {} and gro_flush_timeout {} ns{}",

@@ -1,8 +1,10 @@
 //! The bench rig: for each side its own veth pair between a server and a client namespace, so
 //! the kernel's pair carries no XDP program on either end and keeps its default offloads
 //! (veth turns GSO/TSO off on a sender whose peer runs XDP), while synx's pair has synx's
-//! program on the server end and a pass program on the client end, as native XDP on veth
-//! requires. Server and client work is pinned apart: the server process, and the server veth's
+//! program on the server end only: synx answers by redirect on a veth (`--xdp-tx auto`), which
+//! a client end with GRO and no program takes, so its server veth keeps TSO too. Both client
+//! ends run the same program (a sink counting SYN-ACKs) only while a flood group runs. Server
+//! and client work is pinned apart: the server process, and the server veth's
 //! receive work (threaded NAPI, RPS), on the server CPUs; the load and the client veth's receive
 //! on the client CPUs. The server's CPU cost is then read per CPU, whatever thread or softirq
 //! did the work.
@@ -403,12 +405,9 @@ pub struct Rig {
     // Field order is drop order: the servers stop before their namespaces go.
     pub synx: Result<Daemon, String>,
     pub kernel: Result<KernelServer, String>,
-    /// The client ends' XDP programs: synx's always (native XDP_TX on veth needs one there),
-    /// the kernel's only while a flood group runs.
+    /// The client ends' XDP programs, only while a flood group runs ([`Rig::flood_sinks`]).
     synx_sink: Option<Sink>,
     kernel_sink: Option<Sink>,
-    /// Whether synx's client end gets its sink when synx starts ([`Rig::synx_client_program`]).
-    synx_sink_wanted: bool,
     pub name: String,
     pub synx_net: VethPair,
     pub kernel_net: VethPair,
@@ -526,7 +525,6 @@ impl Rig {
             kernel,
             synx_sink: None,
             kernel_sink: None,
-            synx_sink_wanted: true,
             tools: tools.to_path_buf(),
             notes,
             napi,
@@ -545,16 +543,6 @@ impl Rig {
         let mut args: Vec<String> = listen_specs(ip).iter().map(|(a, app)| format!("--listen={a}={app}")).collect();
         args.extend(extra.iter().cloned());
         self.synx_command = std::iter::once("synx run".to_string()).chain(args.iter().cloned()).collect();
-        if self.synx_sink_wanted && self.synx_sink.is_none() {
-            let net = &self.synx_net;
-            match Sink::attach(&net.client, &self.tools, &net.client_if, FLOOD_NET, 24) {
-                Ok(s) => self.synx_sink = Some(s),
-                Err(e) => {
-                    self.synx = Err(format!("the sink on synx's client end did not attach: {e:#}"));
-                    return;
-                }
-            }
-        }
         let net = &self.synx_net;
         let started = (|| -> anyhow::Result<Daemon> {
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -571,29 +559,27 @@ impl Rig {
         self.synx = started.map_err(|e| format!("synx did not start: {e:#}"));
     }
 
-    /// Whether synx's client end runs the sink from the next `start_synx` on (the default).
-    /// Without it synx's server veth keeps TSO (veth turns GSO off towards a peer with a native
-    /// XDP program), but native XDP_TX on veth needs that program (Linux 6.18): synx must then
-    /// run in skb mode.
-    pub fn synx_client_program(&mut self, on: bool) {
-        self.synx_sink_wanted = on;
-        if !on {
-            self.synx_sink = None;
+    /// The sinks on both client ends, for a flood group: they count the SYN-ACKs to the flood's
+    /// sources where they arrive and drop them, and their XDP program makes veth hand each end
+    /// everything through NAPI, threaded and pinned like the others. `false` takes them away
+    /// again (GRO keeps a NAPI on each end; the server veths get TSO back).
+    pub fn flood_sinks(&mut self, on: bool) -> anyhow::Result<()> {
+        self.synx_sink = None;
+        self.kernel_sink = None;
+        if on {
+            for side in [Side::Synx, Side::Kernel] {
+                let net = self.net(side);
+                let sink = Some(Sink::attach(&net.client, &self.tools, &net.client_if, FLOOD_NET, 24)?);
+                match side {
+                    Side::Synx => self.synx_sink = sink,
+                    Side::Kernel => self.kernel_sink = sink,
+                }
+            }
         }
-    }
-
-    /// The sink on the kernel's client end, for a flood group (its XDP program makes veth hand
-    /// that end everything through NAPI, threaded and pinned like the others); `false` takes it
-    /// away again.
-    pub fn kernel_sink(&mut self, on: bool) -> anyhow::Result<()> {
-        if !on {
-            self.kernel_sink = None;
-            // GRO keeps a NAPI on that end without the program: thread and pin it afresh.
-            return self.rethread_kernel_napi(true);
+        for side in [Side::Synx, Side::Kernel] {
+            self.rethread_napi(side, true)?;
         }
-        let net = &self.kernel_net;
-        self.kernel_sink = Some(Sink::attach(&net.client, &self.tools, &net.client_if, FLOOD_NET, 24)?);
-        self.rethread_kernel_napi(true)
+        Ok(())
     }
 
     /// Frames to the flood's sources counted at `side`'s client end so far.
@@ -605,10 +591,13 @@ impl Rig {
         sink.context("no sink on that client end")?.count()
     }
 
-    /// Thread and pin the NAPI of one end of the kernel's pair again (after an XDP program was
+    /// Thread and pin the NAPI of one end of `side`'s pair again (after an XDP program was
     /// attached or detached there, or GRO switched on); `client` picks the end.
-    pub fn rethread_kernel_napi(&mut self, client: bool) -> anyhow::Result<()> {
-        let net = &self.kernel_net;
+    pub fn rethread_napi(&mut self, side: Side, client: bool) -> anyhow::Result<()> {
+        let net = match side {
+            Side::Synx => &self.synx_net,
+            Side::Kernel => &self.kernel_net,
+        };
         let (ns, dev, cpus) = if client { (&net.client, &net.client_if, &self.cpus.client) } else { (&net.server, &net.server_if, &self.cpus.server) };
         let pinned = thread_napi(ns, dev, cpus)?;
         self.napi.insert(dev.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(cpus)));
@@ -678,8 +667,8 @@ impl Rig {
             "name": self.name,
             "cpus": { "server": self.cpus.server, "client": self.cpus.client },
             "pairs": {
-                "synx": pair(&self.synx_net, "synx_xdp (native)", "synx_bench_sink: passes all but frames to the flood's sources (native XDP on veth needs a program on the peer)"),
-                "kernel": pair(&self.kernel_net, "none", "none"),
+                "synx": pair(&self.synx_net, "synx_xdp (native; answers by redirect, --xdp-tx auto on a veth)", "none (synx_bench_sink during flood groups)"),
+                "kernel": pair(&self.kernel_net, "none", "none (synx_bench_sink during flood groups)"),
             },
             "synx_command": self.synx_command,
             "kernel_command": self.kernel.as_ref().map(|k| k.command.clone()).unwrap_or_default(),

@@ -142,14 +142,13 @@ fn path_bound(rows: &[Row], mut v: Verdict) -> Verdict {
     v
 }
 
-/// The bulk verdict, with what synx's echo does where its veth keeps TSO (`bulk_tx_gso`:
-/// skb mode, no program on the client end), with and without its segmentation offload,
-/// against the kernel of that group. The verdict stays the standard pair's.
+/// The bulk verdict, with what synx's echo does with and without its segmentation offload
+/// (`bulk_tx_gso`), against the kernel of that group. The verdict stays `bulk_tx`'s.
 fn where_tso_is_kept(rows: &[Row], mut v: Verdict) -> Verdict {
     let Some(r) = row(rows, "bulk_tx_gso") else { return v };
     let (Some(with), Some(without)) = (r.value_ratio(SYNX, KERNEL), r.value_ratio(SYNX_FRAMES, KERNEL)) else { return v };
     v.figure += &format!(
-        "; where synx's veth keeps TSO (skb mode, no program on the client end; `bulk_tx_gso`) its echo ran {with:.2}x the kernel's with its segmentation offload, {without:.2}x frame by frame"
+        "; in `bulk_tx_gso` synx's echo ran {with:.2}x the kernel's with its segmentation offload, {without:.2}x frame by frame"
     );
     v
 }

@@ -52,18 +52,16 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// synx's bulk_tx where its veth keeps TSO, with and without its segmentation offload
-/// (`--gso`), beside the kernel's bulk_tx. On the standard pair native XDP_TX needs a program
-/// on the client end, which costs the server veth its TSO (veth turns GSO off towards a peer
-/// with a native program): synx's offload then stays off. Here synx's client end runs no
-/// program and synx runs in skb (generic) mode, whose XDP_TX goes through the stack; both synx
-/// peers run so, alternating with the kernel (ABBA) on its own pair as in `bulk_tx`, so the
-/// pair of synx figures is the offload's effect alone.
+/// synx's bulk_tx with and without its segmentation offload (`--gso auto`, synx's default, and
+/// `--gso off`: every segment a frame through AF_XDP), beside the kernel's bulk_tx. synx's
+/// client end runs no program, so its server veth keeps TSO and the offload is in use; the
+/// three alternate (ABBA) as in `bulk_tx`, so the pair of synx figures is the offload's effect
+/// alone.
 fn gso_pair(ctx: &mut Ctx) -> anyhow::Result<()> {
     const FRAMES: &str = targets::SYNX_FRAMES;
     let (plan, synx_args) = (ctx.plan.clone(), ctx.synx_args.clone());
     let mib = plan.bulk_bytes >> 20;
-    let note = format!("{mib} MiB through echo over one connection, synx in skb mode on a veth pair whose client end runs no program (TSO kept): `synx` with --gso auto, `{FRAMES}` with --gso off");
+    let note = format!("{mib} MiB through echo over one connection: `synx` with --gso auto (its default; the server veth has TSO), `{FRAMES}` with --gso off");
     let mut c = Collector::new(
         "bulk",
         vec![
@@ -72,20 +70,13 @@ fn gso_pair(ctx: &mut Ctx) -> anyhow::Result<()> {
         ],
     );
     let rig = ctx.rig()?;
-    // In skb mode the server veth has no NAPI of its own unless GRO is on (native XDP gave it
-    // one): on, as on the kernel's server veth, so its receive runs in a NAPI thread pinned
-    // like the others'.
-    let net = rig.net(Side::Synx);
-    let gro_was = net.server.exec("ethtool", &["-k", &net.server_if])?.lines().any(|l| l.trim() == "generic-receive-offload: on");
-    net.server.exec("ethtool", &["-K", &net.server_if, "gro", "on"])?;
-    rig.synx_client_program(false);
     let mut details = vec![];
     let mut running: Option<&str> = None;
     for (p, warmup) in schedule(&[targets::SYNX, FRAMES, targets::KERNEL], plan.rounds, true) {
         let side = if p == targets::KERNEL { Side::Kernel } else { Side::Synx };
         if side == Side::Synx && running != Some(p) {
             let mut args = synx_args.clone();
-            args.extend(["--xdp-mode".into(), "skb".into(), "--gso".into(), if p == FRAMES { "off" } else { "auto" }.into()]);
+            args.extend(["--gso".into(), if p == FRAMES { "off" } else { "auto" }.into()]);
             rig.start_synx(&args);
             running = Some(p);
         }
@@ -118,10 +109,7 @@ fn gso_pair(ctx: &mut Ctx) -> anyhow::Result<()> {
         };
         details.push(c.record(p, warmup, o));
     }
-    rig.synx_client_program(true);
-    let gro_back = if gro_was { Ok(String::new()) } else { rig.net(Side::Synx).server.exec("ethtool", &["-K", &rig.net(Side::Synx).server_if, "gro", "off"]) };
     rig.start_synx(&synx_args);
-    gro_back?;
     ctx.push(c.finish(), details);
     Ok(())
 }
@@ -160,8 +148,9 @@ const FLOOR_PACED_RATE: f64 = 400_000.0;
 
 /// The floor under `bulk_tx`: what AF_XDP's copy-mode transmit alone costs on synx's veth pair
 /// (`synx-bench xsk-tx`: synx's own AF_XDP driver, no TCP, no app, nothing received), with
-/// synx stopped so the tool can bind its queue. Its frames go to the flood block, whose frames
-/// the client end's sink drops in XDP, so the client side does as little as it can. Each round
+/// synx stopped so the tool can bind its queue. Its frames go to the flood block, an address
+/// the client namespace does not have and does not forward to: its stack drops each at the
+/// route lookup, on the same path (no program on the client end) as bulk_tx's. Each round
 /// runs the tool twice: as fast as the kernel takes the frames (the row: the rate, and the
 /// server CPU per frame, an upper bound as the tool spins while the device pushes back), then
 /// paced at [`FLOOR_PACED_RATE`] in batches of 32 with sleeps between them (kept in the JSON:
@@ -173,7 +162,7 @@ fn xsk_tx_floor(ctx: &mut Ctx) -> anyhow::Result<()> {
     let mut c = Collector::new(
         "bulk",
         vec![
-            spec("bulk_tx_xsk_floor", "frames/s", true, "AF_XDP copy-mode transmit alone, through synx's driver (no TCP, no receive), 1514-byte frames dropped in XDP at the client end, as fast as the kernel takes them (synx stopped meanwhile)"),
+            spec("bulk_tx_xsk_floor", "frames/s", true, "AF_XDP copy-mode transmit alone, through synx's driver (no TCP, no receive), 1514-byte frames dropped at the client's route lookup, as fast as the kernel takes them (synx stopped meanwhile)"),
             spec("bulk_tx_xsk_floor_cpu_ns", "server CPU ns/frame", false, "server CPU busy time per frame sent in bulk_tx_xsk_floor (at most: it includes the tool spinning while the device pushes back)"),
         ],
     );

@@ -84,7 +84,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let client_if = rig.kernel_net.client_if.clone();
     rig.kernel_net.client.exec("ethtool", &["-K", &client_if, "tso", "off"])?;
     rig.note("SYN-flood rows: the kernel's client veth runs with TSO off (legitimate segments share the server's receive ring with the flood); net.ipv4.tcp_syncookies=2 on the kernel's server");
-    rig.kernel_sink(true)?;
+    rig.flood_sinks(true)?;
     rig.note("SYN-flood rows: frames to the flood's sources are counted and dropped by an XDP program on each client end (synx_bench_sink)");
     let peers = [Peer::Synx, Peer::Kernel, Peer::NftSynproxy, Peer::XdpSynproxy];
     let mut c = Collector::new("syn_flood", specs("", plan.flood_secs));
@@ -94,7 +94,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         let o = round(rig, p, secs, &[plan.cpus.client[0]], &plan.cpus.client);
         details.push(c.record(p.name(), warmup, o));
     }
-    let _ = rig.kernel_sink(false);
+    let _ = rig.flood_sinks(false);
     let _ = rig.kernel_net.client.exec("ethtool", &["-K", &client_if, "tso", "on"]);
     let _ = set_sysctl(&rig.kernel_net.server, "net.ipv4.tcp_syncookies", &old_cookies);
     ctx.push(c.finish(), details);
@@ -117,7 +117,7 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
         Peer::XdpSynproxy => {
             let net = &rig.kernel_net;
             let attached = XdpSynproxy::attach(&net.server, &rig.tools, &net.server_if, SocketAddr::new(net.server_v4.into(), ECHO))
-                .and_then(|x| rig.rethread_kernel_napi(false).map(|()| x));
+                .and_then(|x| rig.rethread_napi(Side::Kernel, false).map(|()| x));
             match attached {
                 Ok(x) => Some(x),
                 Err(e) => return Outcome::failed(format!("XDP synproxy: {e:#}")),
@@ -173,7 +173,7 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
     if let Some(x) = xdp {
         // Detached: the server veth's NAPI is rebuilt for GRO; thread and pin it again.
         drop(x);
-        if let Err(e) = rig.rethread_kernel_napi(false) {
+        if let Err(e) = rig.rethread_napi(Side::Kernel, false) {
             return Outcome::failed(format!("after the XDP synproxy: {e:#}"));
         }
     }

@@ -37,14 +37,14 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let old = set_sysctl(&rig.kernel_net.server, "net.ipv4.tcp_syncookies", "2")?;
     let client_if = rig.kernel_net.client_if.clone();
     rig.kernel_net.client.exec("ethtool", &["-K", &client_if, "tso", "off"])?;
-    rig.kernel_sink(true)?;
+    rig.flood_sinks(true)?;
     let mut c = Collector::new("multiqueue", flood::specs("_2q", plan.flood_secs));
     for (p, warmup) in schedule(&[flood::Peer::Synx, flood::Peer::Kernel], plan.rounds, true) {
         let secs = if warmup { plan.warmup_secs } else { plan.flood_secs };
         let o = flood::round(&mut rig, p, secs, &all, &all);
         details.push(c.record(p.name(), warmup, o));
     }
-    let _ = rig.kernel_sink(false);
+    let _ = rig.flood_sinks(false);
     let _ = rig.kernel_net.client.exec("ethtool", &["-K", &client_if, "tso", "on"]);
     let _ = set_sysctl(&rig.kernel_net.server, "net.ipv4.tcp_syncookies", &old);
     let mut flood_rows = c.finish();
