@@ -698,27 +698,16 @@ impl Bed {
         require_root();
         let net = VethPair::new().unwrap();
         net.attach_peer_xdp().unwrap();
-        let v4 = format!("{}:{PORT}={app}", net.server_v4);
-        let v6 = format!("[{}]:{PORT}={app}", net.server_v6);
-        let mut args = vec!["--listen", &v4, "--listen", &v6];
-        args.extend_from_slice(extra);
-        let daemon = Daemon::start(&net.server, &net.server_if, &args).unwrap();
-        Self { net, daemon }
+        Self::serve(net, app, &[], extra)
     }
 
     /// [`Bed::start`] with synx's program attached in skb (generic) mode and no program on
-    /// the client's end: the server's veth then keeps TSO (veth turns GSO off towards a peer
-    /// with a native XDP program), so what synx sends leaves through its segmentation offload
-    /// (`--gso auto`); native XDP_TX would need the client's program (see `attach_peer_xdp`).
+    /// the client's end: the server's veth keeps TSO, so what synx sends leaves through its
+    /// segmentation offload (`--gso auto`), as in [`Bed::start_gro_client`] but through
+    /// generic XDP.
     pub fn start_generic(app: &str, extra: &[&str]) -> Self {
         require_root();
-        let net = VethPair::new().unwrap();
-        let v4 = format!("{}:{PORT}={app}", net.server_v4);
-        let v6 = format!("[{}]:{PORT}={app}", net.server_v6);
-        let mut args = vec!["--listen", &v4, "--listen", &v6, "--xdp-mode", "skb"];
-        args.extend_from_slice(extra);
-        let daemon = Daemon::start(&net.server, &net.server_if, &args).unwrap();
-        Self { net, daemon }
+        Self::serve(VethPair::new().unwrap(), app, &["--xdp-mode", "skb"], extra)
     }
 
     /// [`Bed::start`] with no program on the client's end but GRO on (a NAPI there to take
@@ -728,9 +717,15 @@ impl Bed {
         require_root();
         let net = VethPair::new().unwrap();
         net.client.exec("ethtool", &["-K", &net.client_if, "gro", "on"]).unwrap();
+        Self::serve(net, app, &[], extra)
+    }
+
+    /// synx on `net` serving `app` on both address families, with `mode` and `extra` arguments.
+    fn serve(net: VethPair, app: &str, mode: &[&str], extra: &[&str]) -> Self {
         let v4 = format!("{}:{PORT}={app}", net.server_v4);
         let v6 = format!("[{}]:{PORT}={app}", net.server_v6);
         let mut args = vec!["--listen", &v4, "--listen", &v6];
+        args.extend_from_slice(mode);
         args.extend_from_slice(extra);
         let daemon = Daemon::start(&net.server, &net.server_if, &args).unwrap();
         Self { net, daemon }

@@ -594,10 +594,7 @@ impl Rig {
     /// Thread and pin the NAPI of one end of `side`'s pair again (after an XDP program was
     /// attached or detached there, or GRO switched on); `client` picks the end.
     pub fn rethread_napi(&mut self, side: Side, client: bool) -> anyhow::Result<()> {
-        let net = match side {
-            Side::Synx => &self.synx_net,
-            Side::Kernel => &self.kernel_net,
-        };
+        let net = self.net(side);
         let (ns, dev, cpus) = if client { (&net.client, &net.client_if, &self.cpus.client) } else { (&net.server, &net.server_if, &self.cpus.server) };
         let pinned = thread_napi(ns, dev, cpus)?;
         self.napi.insert(dev.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(cpus)));
