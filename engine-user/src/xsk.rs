@@ -348,6 +348,13 @@ impl XskSocket {
         true
     }
 
+    /// Whether frames queued for TX wait still: here, not yet on the ring, or (copy mode) left
+    /// on the ring by a device that pushed back ([`XskSocket::tx_stalled`]). With zero copy
+    /// the driver takes the ring by itself once woken.
+    pub fn tx_waiting(&self) -> bool {
+        !self.pending_tx.is_empty() || self.tx_stalled()
+    }
+
     /// Frames that can be queued right now without waiting for completions.
     pub fn tx_room(&self) -> usize {
         self.free_tx.len()

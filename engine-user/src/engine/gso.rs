@@ -389,10 +389,11 @@ impl Offload {
         }
     }
 
-    /// Send the train: through the socket when it has several segments and the offload is
-    /// active, else (or when the socket refuses it) frame by frame through `xsk`. Without
-    /// `force`, a train that needs more AF_XDP frames than are free is kept for a later turn
-    /// (returns false); with it, what finds no frame is dropped and counted (TCP resends it).
+    /// Send the train: through the socket when it has several segments, the offload is active
+    /// and no frame queued for `xsk` waits ahead of it, else (or when the socket refuses it)
+    /// frame by frame through `xsk`. Without `force`, a train that needs more AF_XDP frames
+    /// than are free is kept for a later turn (returns false); with it, what finds no frame is
+    /// dropped and counted (TCP resends it).
     pub fn ship(&mut self, xsk: &mut XskSocket, shipped: &mut Shipped, force: bool) -> bool {
         let segs = self.train.segments();
         if segs == 0 {
@@ -400,23 +401,33 @@ impl Offload {
         }
         let mut refused = false;
         if segs > 1 && self.active {
-            let link = self.link;
             refused = true;
-            match self.train.frame(&link).map(|f| self.socket.send(f)) {
-                Some(Ok(())) => {
-                    shipped.trains += 1;
-                    shipped.offloaded += u32::from(segs);
-                    self.train.clear();
-                    return true;
+            // The socket hands the train to the device at once, ahead of anything still queued
+            // for AF_XDP: a lone segment, ACK or FIN its connection wrote before it would then
+            // arrive after it, and three segments past a hole read as a loss to the peer
+            // (RFC 5681 section 3.2). Those frames go first; if the device keeps some of them
+            // back (copy mode, its queue stopped) the train queues behind them frame by frame.
+            if xsk.tx_waiting() {
+                xsk.flush();
+            }
+            if !xsk.tx_waiting() {
+                let link = self.link;
+                match self.train.frame(&link).map(|f| self.socket.send(f)) {
+                    Some(Ok(())) => {
+                        shipped.trains += 1;
+                        shipped.offloaded += u32::from(segs);
+                        self.train.clear();
+                        return true;
+                    }
+                    // The device's ring is full (or the socket's buffer): this one goes frame
+                    // by frame; the next train tries again.
+                    Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!("segmentation offload failed ({e}); sending frame by frame from now on");
+                        (self.failed, self.active) = (true, false);
+                    }
+                    None => {}
                 }
-                // The device's ring is full (or the socket's buffer): this one goes frame by
-                // frame; the next train tries again.
-                Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS)) => {}
-                Some(Err(e)) => {
-                    tracing::warn!("segmentation offload failed ({e}); sending frame by frame from now on");
-                    (self.failed, self.active) = (true, false);
-                }
-                None => {}
             }
         }
         if xsk.tx_room() < usize::from(segs) {

@@ -173,7 +173,7 @@ queue_stats! {
         "Trains of full-sized segments one connection sent back to back that left as one frame through the segmentation offload (--gso), cut by the device's TSO or the kernel's GSO.";
     gso_segments: Counter "tcp_tx_gso_segments" "Segments that left in those trains (counted in tcp_tx_segments too).";
     gso_fallbacks: Counter "tcp_tx_gso_fallbacks"
-        "Trains the offload's socket refused (the device's ring full, or the offload failed), sent frame by frame through AF_XDP instead.";
+        "Trains sent frame by frame through AF_XDP instead of the offload's socket: it refused them (the device's ring full, or the offload failed), or frames queued for AF_XDP before them were still waiting.";
     gso_dropped: Counter "tcp_tx_gso_dropped"
         "Segments of a train sent frame by frame that found no free AF_XDP TX frame and were lost (TCP recovers them as any loss).";
     xsk_fill_wakeups: Counter "xsk_fill_wakeups"
