@@ -182,6 +182,41 @@ fn thread_napi(ns: &Netns, dev: &str, cpus: &[usize]) -> anyhow::Result<Vec<u32>
     Ok(fresh)
 }
 
+/// The NAPI threads the rig made, by device: their process ids and what the JSON says of them.
+#[derive(Default)]
+struct NapiThreads(BTreeMap<String, (Vec<u32>, String)>);
+
+impl NapiThreads {
+    /// Thread and pin `dev`'s NAPI ([`thread_napi`]) and remember its threads.
+    fn thread(&mut self, ns: &Netns, dev: &str, cpus: &[usize]) -> anyhow::Result<()> {
+        let pinned = thread_napi(ns, dev, cpus)?;
+        let text = format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(cpus));
+        self.0.insert(dev.to_string(), (pinned, text));
+        Ok(())
+    }
+
+    fn describe(&self, dev: &str) -> String {
+        self.0.get(dev).map_or_else(|| "not threaded".into(), |(_, text)| text.clone())
+    }
+
+    fn pids(&self, dev: &str) -> &[u32] {
+        self.0.get(dev).map_or(&[], |(pids, _)| pids)
+    }
+}
+
+/// Time a task has run on a CPU so far (`/proc/PID/task/TID/schedstat`, its first field, in
+/// nanoseconds, as the scheduler accounts it), or `None` once it is gone.
+fn task_runtime_ns(pid: u32, tid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// Time all of a process's threads have run so far, in nanoseconds (threads that ended before
+/// the call are not counted), or `None` once it is gone.
+pub fn process_runtime_ns(pid: u32) -> Option<u64> {
+    let tids = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(tids.filter_map(Result::ok).filter_map(|t| t.file_name().to_str()?.parse().ok()).filter_map(|tid| task_runtime_ns(pid, tid)).sum())
+}
+
 /// SCHED_FIFO priority of the NAPI threads (the kernel's default for threaded IRQ handlers).
 const NAPI_PRIORITY: &str = "50";
 
@@ -415,7 +450,7 @@ pub struct Rig {
     pub synx_command: Vec<String>,
     pub tools: PathBuf,
     notes: Vec<String>,
-    napi: BTreeMap<String, String>,
+    napi: NapiThreads,
     synx_defer: NapiDefer,
     _housekeeping: Housekeeping,
 }
@@ -506,10 +541,9 @@ impl Rig {
         }
         o.kernel_defer.apply(&kernel_net.server, &kernel_net.server_if)?;
         o.synx_defer.apply(&synx_net.server, &synx_net.server_if)?;
-        let mut napi = BTreeMap::new();
+        let mut napi = NapiThreads::default();
         for (ns, dev, cpus) in [(&kernel_net.server, &kernel_net.server_if, &o.cpus.server), (&kernel_net.client, &kernel_net.client_if, &o.cpus.client)] {
-            let pinned = thread_napi(ns, dev, cpus)?;
-            napi.insert(dev.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(cpus)));
+            napi.thread(ns, dev, cpus)?;
         }
         let (housekeeping, moved) = Housekeeping::off(&o.cpus.server, &o.cpus.client);
         notes.extend(moved);
@@ -551,8 +585,7 @@ impl Rig {
             // Again after XDP rebuilt the device's NAPIs.
             self.synx_defer.apply(&net.server, &net.server_if)?;
             for (ns, dev, cpus) in [(&net.server, &net.server_if, &self.cpus.server), (&net.client, &net.client_if, &self.cpus.client)] {
-                let pinned = thread_napi(ns, dev, cpus)?;
-                self.napi.insert(dev.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(cpus)));
+                self.napi.thread(ns, dev, cpus)?;
             }
             Ok(d)
         })();
@@ -594,11 +627,23 @@ impl Rig {
     /// Thread and pin the NAPI of one end of `side`'s pair again (after an XDP program was
     /// attached or detached there, or GRO switched on); `client` picks the end.
     pub fn rethread_napi(&mut self, side: Side, client: bool) -> anyhow::Result<()> {
-        let net = self.net(side);
+        // The pair by its field, not `net()`: `self.napi` is written meanwhile.
+        let net = match side {
+            Side::Synx => &self.synx_net,
+            Side::Kernel => &self.kernel_net,
+        };
         let (ns, dev, cpus) = if client { (&net.client, &net.client_if, &self.cpus.client) } else { (&net.server, &net.server_if, &self.cpus.server) };
-        let pinned = thread_napi(ns, dev, cpus)?;
-        self.napi.insert(dev.clone(), format!("threads {pinned:?}, SCHED_FIFO {NAPI_PRIORITY}, on CPUs {}", Cpus::list(cpus)));
-        Ok(())
+        self.napi.thread(ns, dev, cpus)
+    }
+
+    /// Time the NAPI threads of `side`'s server veth have run so far, in nanoseconds (`None`
+    /// if it has none, or one is gone).
+    pub fn server_napi_runtime_ns(&self, side: Side) -> Option<u64> {
+        let pids = self.napi.pids(&self.net(side).server_if);
+        if pids.is_empty() {
+            return None;
+        }
+        pids.iter().map(|&p| task_runtime_ns(p, p)).sum()
     }
 
     pub fn net(&self, side: Side) -> &VethPair {
@@ -651,7 +696,7 @@ impl Rig {
     /// The rig as the JSON records it: devices, offloads, NAPI threads, RPS, sysctls.
     pub fn describe(&self) -> serde_json::Value {
         let pair = |net: &VethPair, server_xdp: &str, client_xdp: &str| {
-            let napi = |dev: &str| self.napi.get(dev).cloned().unwrap_or_else(|| "not threaded".into());
+            let napi = |dev: &str| self.napi.describe(dev);
             serde_json::json!({
                 "devices": [
                     describe_device(&net.server, "server end", &net.server_if, server_xdp, &napi(&net.server_if)),

@@ -24,12 +24,21 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             continue;
         }
         let mut c = Collector::new("bulk", vec![spec(name, "Gbit/s", true, note), spec(if echo { "bulk_tx_server_cpu_per_gb" } else { "bulk_rx_server_cpu_per_gb" }, "server CPU s/GB", false, "server CPU busy time per GB of payload")]);
+        let napi_row = if echo { "bulk_tx_napi_ns_per_frame" } else { "bulk_rx_napi_ns_per_frame" };
+        let mut napi = Collector::new("bulk", vec![spec(napi_row, "server CPU ns/frame", false, format!("synx's side of {name}: what its server veth's NAPI thread ran per frame synx received (veth's copy of the client's skb, the XDP program, the copy into the UMEM), before synx's engine sees the frame"))]);
         let rig = ctx.rig()?;
         for (side, warmup) in schedule(&[Side::Synx, Side::Kernel], plan.rounds, true) {
             let bytes = if warmup { plan.bulk_bytes / 4 } else { plan.bulk_bytes };
             let rings = ring_counters(rig, side);
             let r = transfer(rig, side, bytes, echo, &plan.cpus.client);
             let rings = counters_moved(rig, side, rings);
+            if side == Side::Synx {
+                let o = match &r {
+                    Ok((_, w)) => napi_per_frame(w, &rings),
+                    Err(e) => Outcome::failed(format!("{e:#}")),
+                };
+                napi.record(peer(side), warmup, o);
+            }
             let o = match r {
                 Ok((v, w)) => Outcome {
                     values: values(&v, &w, bytes),
@@ -41,6 +50,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             details.push(c.record(peer(side), warmup, o));
         }
         rows.extend(c.finish());
+        rows.extend(napi.finish());
     }
     ctx.push(rows, details);
     if ctx.wants_row("bulk", "bulk_tx_gso") {
@@ -125,6 +135,17 @@ fn transfer(rig: &mut Rig, side: Side, bytes: usize, echo: bool, client_cpus: &[
         }
         run_tool(&rig.net(side).client, &rig.tools, client_cpus, &args)
     })
+}
+
+/// synx's server veth NAPI time per frame it handed to synx in a round (`xsk_rx_frames`); the
+/// figures are in the round's detail (`cpu.server_napi_s`, `synx_counters`).
+fn napi_per_frame(w: &CpuWindow, rings: &serde_json::Value) -> Outcome {
+    let frames = rings["xsk_rx_frames"].as_u64().unwrap_or(0);
+    match w.server_napi_secs {
+        Some(s) if frames > 0 => Outcome { values: vec![Some(s * 1e9 / frames as f64)], failure: None, detail: serde_json::Value::Null },
+        Some(_) => Outcome::failed("synx received no frame"),
+        None => Outcome::failed("the server veth's NAPI threads were not readable"),
+    }
 }
 
 /// A transfer's row values: Gbit/s, and server CPU seconds per GB of payload.

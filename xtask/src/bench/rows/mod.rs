@@ -21,7 +21,11 @@ use std::{
     time::Instant,
 };
 
-use super::{Ctx, Rig, Side, rig::CpuTimes, targets};
+use super::{
+    Ctx, Rig, Side,
+    rig::{CpuTimes, process_runtime_ns},
+    targets,
+};
 
 pub struct Group {
     /// What `--only` matches (by prefix).
@@ -71,6 +75,12 @@ pub struct CpuWindow {
     pub client_secs: f64,
     pub per_cpu_busy: Vec<f64>,
     pub wall_secs: f64,
+    /// What the server veth's NAPI threads ran (the receive work veth does in them: XDP, its
+    /// copies), from the scheduler's accounting; `None` where it has none.
+    pub server_napi_secs: Option<f64>,
+    /// What the server process's threads ran (synx, or the kernel's server; its system calls
+    /// included, softirq work that ran on its time too).
+    pub server_process_secs: Option<f64>,
 }
 
 impl CpuWindow {
@@ -82,6 +92,8 @@ impl CpuWindow {
             "client_cpu_s": self.client_secs,
             "per_cpu_busy": self.per_cpu_busy,
             "wall_s": self.wall_secs,
+            "server_napi_s": self.server_napi_secs,
+            "server_process_s": self.server_process_secs,
         })
     }
 }
@@ -89,14 +101,17 @@ impl CpuWindow {
 /// Run the load `f` with the server on `side` checked alive before and after (a server that
 /// disappears fails the round), reading CPU time around it.
 pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Result<T>) -> anyhow::Result<(T, CpuWindow)> {
-    rig.server_pid(side)?;
+    let pid = rig.server_pid(side)?;
     let profile = profile_cpus(rig, side);
+    let (napi0, process0) = (rig.server_napi_runtime_ns(side), process_runtime_ns(pid));
     let (t0, c0) = (Instant::now(), CpuTimes::now());
     let out = f(rig);
     let (c1, wall) = (CpuTimes::now(), t0.elapsed().as_secs_f64());
+    let (napi1, process1) = (rig.server_napi_runtime_ns(side), process_runtime_ns(pid));
     drop(profile);
     rig.server_pid(side)?;
     let out = out?;
+    let ran = |a: Option<u64>, b: Option<u64>| Some(b?.checked_sub(a?)? as f64 / 1e9);
     let w = CpuWindow {
         server_secs: c1.busy_secs_since(&c0, &rig.cpus.server),
         server_secs_sampled: c1.sampled_busy_secs_since(&c0, &rig.cpus.server),
@@ -104,6 +119,8 @@ pub fn measured<T>(rig: &mut Rig, side: Side, f: impl FnOnce(&Rig) -> anyhow::Re
         client_secs: c1.busy_secs_since(&c0, &rig.cpus.client),
         per_cpu_busy: c1.per_cpu_busy_since(&c0),
         wall_secs: wall,
+        server_napi_secs: ran(napi0, napi1),
+        server_process_secs: ran(process0, process1),
     };
     Ok((out, w))
 }
