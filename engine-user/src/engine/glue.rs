@@ -219,6 +219,8 @@ pub struct Glue {
     /// The engine's memory account, and what this thread's connections hold of it.
     memory: Arc<Memory>,
     held: u64,
+    /// The turn `serve` started (its handler and stream), for `service` to run after it.
+    fresh_turn: Option<(u32, Arc<StreamShared>)>,
     /// Slots whose connection holds buffer memory (few, unless memory is the problem).
     holders: HashSet<u32>,
     /// When each connection stuck behind a zero window with data to send was first seen so.
@@ -261,6 +263,7 @@ impl Glue {
             stranger_links: VecDeque::new(),
             memory,
             held: 0,
+            fresh_turn: None,
             holders: HashSet::new(),
             persisting_since: HashMap::new(),
             over_sources: HashSet::new(),
@@ -319,25 +322,29 @@ impl Glue {
         let Some(conn) = ep.connection_mut(h) else { return };
         conn.set_keepalive(listener.keepalive);
         let shared = StreamShared::new(h.slot(), conn.local(), conn.remote(), self.waker.clone());
-        let app = match &listener.accept {
-            Accept::Turns(handler) => AppSide::Turn(shared.clone(), self.turn_handler_id(handler)),
-            Accept::Channel(_) | Accept::Local(_) => AppSide::Task(shared.clone()),
+        let turn = match &listener.accept {
+            Accept::Turns(handler) => Some(self.turn_handler_id(handler)),
+            Accept::Channel(_) | Accept::Local(_) => None,
+        };
+        let app = match turn {
+            Some(id) => AppSide::Turn(shared.clone(), id),
+            None => AppSide::Task(shared.clone()),
         };
         // Whatever an earlier holder of the slot held is out of the account first.
         self.set_held(h.slot(), 0);
         self.table.insert(h.slot(), SlotGlue { link, app, held: 0 });
         bump(&self.stats.accepted);
-        let stream = Stream::new(shared);
         let refused = match &listener.accept {
-            Accept::Channel(tx) => tx.send(stream).is_err(),
+            Accept::Channel(tx) => tx.send(Stream::new(shared)).is_err(),
             Accept::Local(handler) => {
-                spawn_app(&self.tasks, handler(stream));
+                spawn_app(&self.tasks, handler(Stream::new(shared)));
                 false
             }
-            Accept::Turns(handler) => {
+            Accept::Turns(_) => {
                 // The first turn runs at accept, input or not: a server may speak first, and a
-                // quiet client costs one turn that finds nothing to read.
-                self.spawn_turn(handler, stream);
+                // quiet client costs one turn that finds nothing to read. It runs once
+                // `service` below has given the stream the data the handshake's ACK carried.
+                self.fresh_turn = turn.map(|id| (id, shared));
                 false
             }
         };
@@ -361,13 +368,38 @@ impl Glue {
 
     /// Run one turn of `handler` on `stream`: the stream comes back to the glue if the turn
     /// returns it.
+    ///
+    /// Its first step runs here, and only a turn that then waits (for input it has not got, for
+    /// room to write, for a backend) becomes a task of this thread's runtime. A turn given its
+    /// input (a request read and answered, an echo) mostly ends in that step, and a task would
+    /// cost it an allocation, a trip through the runtime's queue and a pass of the loop's
+    /// `yield_to_apps`, per request. The turn touches nothing of the glue's but its stream
+    /// (shared state, whose lock the callers do not hold) and the engine's waker, so running it
+    /// inside the glue's call is safe; what it wrote is served when the loop serves the poked
+    /// streams, as a task's would be. A turn that panics ends as a task's panic does on this
+    /// runtime: the turn is dropped (and with it its stream), and the thread goes on.
     fn spawn_turn(&self, handler: &TurnHandler, stream: Stream) {
-        let turn = handler(stream);
-        spawn_app(&self.tasks, async move {
-            if let Some(stream) = turn.await {
-                stream.hand_back();
+        let mut turn = handler(stream);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // The no-op waker is never relied on: a turn still pending is spawned next, and the
+        // task's first poll (which the runtime makes unasked) registers the task's own waker
+        // with what the turn waits for.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| turn.as_mut().poll(&mut cx))) {
+            Ok(std::task::Poll::Ready(stream)) => {
+                if let Some(stream) = stream {
+                    stream.hand_back();
+                }
             }
-        });
+            Ok(std::task::Poll::Pending) => spawn_app(&self.tasks, async move {
+                if let Some(stream) = turn.await {
+                    stream.hand_back();
+                }
+            }),
+            Err(_) => {
+                bump(&self.stats.app_panics);
+                drop(turn);
+            }
+        }
     }
 
     /// Run a turn of handler `id` with `shared` (whose lock the caller does not hold: the
@@ -659,6 +691,12 @@ impl Glue {
     pub fn service(&mut self, ep: &mut Endpoint, now: Instant, h: ConnectionHandle) {
         self.serve(ep, now, h);
         self.account(ep, h);
+        // A turn started here (at accept, or for a waiting connection's input) runs now that
+        // its stream holds the input: run before, it would find none and end, and a second
+        // turn would be needed for what came.
+        if let Some((id, shared)) = self.fresh_turn.take() {
+            self.run_turn(id, &shared);
+        }
     }
 
     /// Count the buffer memory connection `h` holds now: the TCP core's buffers, and the
@@ -933,10 +971,12 @@ impl Glue {
         if !conn.has_unread() && !conn.peer_finished() {
             return false;
         }
-        let shared = StreamShared::new(h.slot(), conn.local(), conn.remote(), self.waker.clone());
-        if !self.run_turn(id, &shared) {
+        if self.turn_handlers.get(id as usize).is_none() {
             return false;
         }
+        let shared = StreamShared::new(h.slot(), conn.local(), conn.remote(), self.waker.clone());
+        // Run by `service` once `serve` has given the stream its input.
+        self.fresh_turn = Some((id, shared.clone()));
         self.table.set_app(h.slot(), AppSide::Turn(shared, id));
         true
     }

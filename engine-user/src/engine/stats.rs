@@ -127,6 +127,7 @@ queue_stats! {
     rx_segments: Counter "tcp_rx_segments" "TCP segments received and handed to the TCP core.";
     tx_segments: Counter "tcp_tx_segments" "TCP segments sent (data, ACKs, FINs, resets and SYN-ACKs).";
     accepted: Counter "tcp_accepted" "Connections created from a valid SYN-cookie ACK.";
+    app_panics: Counter "app_turn_panics" "Application turns that panicked in their first step on the engine thread (the turn is dropped with its stream; the thread goes on).";
     closed: Counter "tcp_closed" "Connections released (active closes after TIME_WAIT).";
     closed_reset: Counter "tcp_closed_reset" "Connections ended by the peer's reset.";
     closed_timeout: Counter "tcp_closed_timeout" "Connections ended because retransmission or keepalive gave up.";

@@ -53,6 +53,15 @@ fn echo_turns() -> ListenerEntry {
     turns(|s| async move { apps::echo_turn(s).await.unwrap_or(None) })
 }
 
+/// An echo whose every turn waits once before it reads (as a turn waiting for a backend
+/// does): its turns run as tasks.
+fn waiting_echo_turns() -> ListenerEntry {
+    turns(|s| async move {
+        tokio::task::yield_now().await;
+        apps::echo_turn(s).await.unwrap_or(None)
+    })
+}
+
 /// An echo served by a task for the connection's life ([`Accept::Local`]).
 fn echo_task() -> LocalHandler {
     Arc::new(|mut s: Stream| {
@@ -237,12 +246,16 @@ fn a_turn_runs_at_accept_and_per_input_and_between_them_the_connection_holds_not
         let listener = Arc::new(echo_turns());
         let mut c = bed.connect(&listener, 40001, &[]);
         assert_eq!(bed.count("tcp_accepted"), 1);
-        assert_eq!(bed.glue.tasks(), 1, "the first turn runs at accept, input or not");
+        // The first turn runs at accept, input or not; with nothing to read it ends in its
+        // first step, run inside the glue's call: no task.
+        assert_eq!(bed.glue.tasks(), 0, "a turn that does not wait is no task");
         bed.settle(&mut c).await;
         assert_eq!((bed.glue.tasks(), bed.glue.waiting()), (0, 1), "no input: waiting, no task");
         for msg in [&b"ping"[..], b"pong", b"once more"] {
+            let before = c.received.len();
             bed.send(&mut c, Flags::PSH, msg);
-            assert_eq!(bed.glue.tasks(), 1, "input starts a turn");
+            assert_eq!(bed.glue.tasks(), 0, "input starts a turn, which echoes it and ends at once");
+            assert_eq!(c.received.len(), before, "its answer leaves with the loop's output");
             bed.settle(&mut c).await;
             assert!(c.received.ends_with(msg), "echoed {:?}", String::from_utf8_lossy(&c.received));
             assert_eq!((bed.glue.tasks(), bed.glue.waiting()), (0, 1));
@@ -340,6 +353,45 @@ fn data_arriving_after_the_apps_close_resets() {
         bed.send(&mut c, Flags::PSH, b"too late");
         bed.settle(&mut c).await;
         bed.assert_aborted(&c);
+    });
+}
+
+#[test]
+fn a_turn_that_waits_goes_on_as_a_task_and_ends_as_one() {
+    run(async {
+        let mut bed = Bed::new();
+        let mut c = bed.connect(&Arc::new(waiting_echo_turns()), 40020, &[]);
+        assert_eq!(bed.glue.tasks(), 1, "the first turn waited: a task");
+        bed.settle(&mut c).await;
+        assert_eq!((bed.glue.tasks(), bed.glue.waiting()), (0, 1));
+        for msg in [&b"ping"[..], b"pong"] {
+            bed.send(&mut c, Flags::PSH, msg);
+            assert_eq!(bed.glue.tasks(), 1, "input starts a turn, which waits");
+            bed.settle(&mut c).await;
+            assert!(c.received.ends_with(msg), "echoed {:?}", String::from_utf8_lossy(&c.received));
+            assert_eq!((bed.glue.tasks(), bed.glue.waiting()), (0, 1));
+        }
+        assert!(!c.fin && !c.rst);
+    });
+}
+
+#[test]
+fn a_turn_that_panics_is_counted_and_its_connection_closed_while_the_others_are_served() {
+    run(async {
+        let mut bed = Bed::new();
+        let panics = turns(|s| async move {
+            let _s = s;
+            panic!("an app's bug");
+        });
+        let mut bad = bed.connect(&Arc::new(panics), 40021, b"request");
+        assert_eq!(bed.count("app_turn_panics"), 1);
+        bed.settle(&mut bad).await;
+        // Its stream dropped with unread input: the connection is reset (RFC 9293 3.10.4).
+        assert!(bad.rst, "the peer learns the connection is gone");
+        let mut good = bed.connect(&Arc::new(echo_turns()), 40022, b"still here");
+        bed.settle(&mut good).await;
+        assert_eq!(good.received, b"still here");
+        assert_eq!(bed.count("app_turn_panics"), 1);
     });
 }
 
@@ -462,7 +514,7 @@ fn stopping_closes_a_waiting_connection_with_a_fin() {
 fn stopping_lets_a_running_turn_finish_and_closes_when_it_would_wait() {
     run(async {
         let mut bed = Bed::new();
-        let mut c = bed.connect(&Arc::new(echo_turns()), 40013, &[]);
+        let mut c = bed.connect(&Arc::new(waiting_echo_turns()), 40013, &[]);
         bed.settle(&mut c).await;
         bed.send(&mut c, Flags::PSH, b"last request");
         assert_eq!(bed.glue.tasks(), 1, "a turn runs");
