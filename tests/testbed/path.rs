@@ -389,6 +389,7 @@ pub struct DirStats {
     recv_errors: AtomicU64,
     socket_drops: AtomicU64,
     no_timestamp: AtomicU64,
+    late_reads: AtomicU64,
     lateness: [AtomicU64; BUCKETS],
     lateness_max_ns: AtomicU64,
     read_delay: [AtomicU64; BUCKETS],
@@ -431,6 +432,9 @@ pub struct Snapshot {
     pub socket_drops: u64,
     /// Frames without a usable kernel receive timestamp (read time used instead).
     pub no_timestamp: u64,
+    /// Frames that arrived before a frame the link had already taken (read from another
+    /// socket in an earlier batch), offered at that frame's arrival instead of their own.
+    pub late_reads: u64,
     /// How late frames left after their due time: histogram of log2 microsecond buckets.
     pub lateness: [u64; BUCKETS],
     /// The latest departure. Over an interval ([`Snapshot::since`]) exact when the interval
@@ -471,6 +475,7 @@ impl DirStats {
             recv_errors: g(&self.recv_errors),
             socket_drops: g(&self.socket_drops),
             no_timestamp: g(&self.no_timestamp),
+            late_reads: g(&self.late_reads),
             lateness: std::array::from_fn(|i| g(&self.lateness[i])),
             lateness_max: Duration::from_nanos(g(&self.lateness_max_ns)),
             read_delay: std::array::from_fn(|i| g(&self.read_delay[i])),
@@ -503,6 +508,7 @@ impl Snapshot {
             recv_errors: d(self.recv_errors, earlier.recv_errors),
             socket_drops: d(self.socket_drops, earlier.socket_drops),
             no_timestamp: d(self.no_timestamp, earlier.no_timestamp),
+            late_reads: d(self.late_reads, earlier.late_reads),
             lateness_max: if self.lateness_max > earlier.lateness_max {
                 self.lateness_max
             } else {
@@ -676,6 +682,18 @@ struct Forwarder {
     stop: Arc<AtomicBool>,
     heap: BinaryHeap<Pending>,
     seq: u64,
+    /// The latest arrival the link has been offered: the link's clock, which never goes back.
+    latest: Nanos,
+}
+
+/// A frame read from an ingress socket, not yet offered to the link.
+struct Arrival {
+    /// The kernel's receive time (or the read time, without one).
+    at: Nanos,
+    truncated: bool,
+    hdr: frame::VnetHdr,
+    /// The frame without its virtio-net header.
+    data: Vec<u8>,
 }
 
 /// Frames read per ingress socket before due frames are sent again: bounds how long a burst
@@ -695,7 +713,7 @@ impl Forwarder {
         realtime: bool,
     ) -> anyhow::Result<JoinHandle<()>> {
         let flows = flows::Flows::new(link.seed());
-        let mut f = Forwarder { ingress, egress, route, link, flows, dir, stop, heap: BinaryHeap::new(), seq: 0 };
+        let mut f = Forwarder { ingress, egress, route, link, flows, dir, stop, heap: BinaryHeap::new(), seq: 0, latest: 0 };
         Ok(std::thread::Builder::new().name(name.into()).spawn(move || {
             // SAFETY: prctl/sched_setscheduler on the calling thread with valid arguments;
             // failure leaves the defaults (then the lateness figures show it).
@@ -737,15 +755,24 @@ impl Forwarder {
             if !self.wait_readable(wait) {
                 continue;
             }
-            for i in 0..self.ingress.len() {
+            // Every port's frames, offered to the link in the order they arrived: a queue
+            // judges a frame by the backlog at its arrival, so a frame offered after frames
+            // that came later would see their bytes ahead of it (port by port, the second
+            // server's frames would lose to the first's at a shared bottleneck).
+            let mut batch = Vec::new();
+            for port in &self.ingress {
                 for _ in 0..READ_BATCH {
-                    let port = self.ingress[i].clone();
                     match port.recv(&mut buf) {
-                        Ok(Some(r)) => self.arrive(r, &buf),
+                        Ok(Some(r)) => batch.push(self.read(r, &buf)),
                         Ok(None) => break,
                         Err(_) => self.dir.stats.add(&self.dir.stats.recv_errors, 1),
                     }
                 }
+            }
+            // Stable: one socket's frames keep their order.
+            batch.sort_by_key(|a| a.at);
+            for a in batch {
+                self.arrive(a);
             }
         }
         for p in &self.ingress {
@@ -783,26 +810,42 @@ impl Forwarder {
         }
     }
 
-    fn arrive(&mut self, r: Received, buf: &[u8]) {
-        let dir = self.dir.clone();
-        let s = &dir.stats;
+    /// A frame just read into `buf`, counted and stamped with its arrival.
+    fn read(&self, r: Received, buf: &[u8]) -> Arrival {
+        let s = &self.dir.stats;
         s.add(&s.frames_in, 1);
         s.add(&s.bytes_in, r.len as u64);
         let t = now();
-        let arrival = match r.timestamp {
+        let at = match r.timestamp {
             Some(ts) if ts <= t && t - ts < 1_000_000_000 => ts,
             _ => {
                 s.add(&s.no_timestamp, 1);
                 t
             }
         };
-        s.add(&s.read_delay[bucket(t - arrival)], 1);
-        if r.truncated {
+        s.add(&s.read_delay[bucket(t - at)], 1);
+        let hdr = frame::VnetHdr::parse(buf[..frame::VNET_HDR_LEN].try_into().expect("10 bytes"));
+        let data = if r.truncated { Vec::new() } else { buf[frame::VNET_HDR_LEN..frame::VNET_HDR_LEN + r.len].to_vec() };
+        Arrival { at, truncated: r.truncated, hdr, data }
+    }
+
+    fn arrive(&mut self, a: Arrival) {
+        let dir = self.dir.clone();
+        let s = &dir.stats;
+        // A frame read in a later batch than one that arrived after it (read between two
+        // sockets' reads): taken as arriving now, as if it had been held up on its way.
+        let arrival = if a.at < self.latest {
+            s.add(&s.late_reads, 1);
+            self.latest
+        } else {
+            a.at
+        };
+        self.latest = arrival;
+        if a.truncated {
             s.add(&s.unfit, 1);
             return;
         }
-        let hdr = frame::VnetHdr::parse(buf[..frame::VNET_HDR_LEN].try_into().expect("10 bytes"));
-        let data = buf[frame::VNET_HDR_LEN..frame::VNET_HDR_LEN + r.len].to_vec();
+        let Arrival { hdr, data, .. } = a;
         if hdr.gso_type != 0 {
             s.add(&s.super_frames, 1);
         }

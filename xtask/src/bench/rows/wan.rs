@@ -293,7 +293,7 @@ fn kernel_counters(ns: &Netns) -> anyhow::Result<std::collections::BTreeMap<Stri
 fn path_json(s: &Snapshot) -> serde_json::Value {
     json!({
         "segments": s.segments, "super_frames": s.super_frames, "impairable": s.impairable, "keyed": s.keyed, "lost": s.lost,
-        "tail_drops": s.tail_drops, "ce_marked": s.ce_marked, "reordered": s.reordered, "duplicated": s.duplicated,
+        "tail_drops": s.tail_drops, "ce_marked": s.ce_marked, "reordered": s.reordered, "duplicated": s.duplicated, "late_reads": s.late_reads,
         "delivered_bytes": s.delivered_bytes, "faults": s.faults(), "realtime": s.realtime,
         "lateness_p50_us": s.lateness_quantile(0.5).as_micros(), "lateness_p99_us": s.lateness_quantile(0.99).as_micros(),
         "lateness_max_us": s.lateness_max.as_micros(),
