@@ -378,3 +378,23 @@ fn a_hole_its_late_original_filled_shows_the_path_reorders() {
     c.handle(ms(13), &ack(8, (0, 0), 1000), &[]);
     assert_eq!((c.stats().fast_recoveries, c.stats().retransmits), (1, 1));
 }
+
+#[test]
+fn blocks_newly_sacked_by_one_ack_are_not_reordering_whatever_their_order() {
+    // A receiver lists the block it changed last first (RFC 2018 4), so one ACK covering two
+    // new arrivals (a compressed or lost ACK before it) lists the higher block first. Taken in
+    // that order, the lower block's segments would look delivered below the highest delivered
+    // (RFC 8985 6.2 step 3) and the path would be taken to reorder, every later loss waiting
+    // out min_RTT/4 more. Within one ACK delivery has no order: blocks are taken in sequence
+    // order, as Linux's tcp_sacktag_write_queue sorts them.
+    let mut c = grown(10);
+    // Segments 10 to 19 leave at 100 ms (min_RTT and SRTT 10 ms); 10 and 15 are lost.
+    assert_eq!(index(&out(&mut c, ms(100))), (10..20).collect::<Vec<_>>());
+    c.handle(ms(110), &sack_ack(10, &[(11, 13)]), &[]);
+    // 13, 14, 16 and 17 arrived; one ACK reports them, the block with 16 and 17 first.
+    c.handle(ms(111), &sack_ack(10, &[(16, 18), (11, 15)]), &[]);
+    // DupThresh SACKed and no reordering: both holes are lost at once and resent.
+    let resent = index(&out(&mut c, ms(111)));
+    assert_eq!(&resent[..2], &[10, 15], "{resent:?}");
+    assert_eq!((c.stats().rack_losses, c.stats().fast_recoveries), (2, 1));
+}

@@ -15,6 +15,7 @@ use super::stats::Stats;
 use crate::congestion::{AckTrain, Congestion};
 use crate::rtt::RttEstimator;
 use crate::seq::SeqNum;
+use crate::segment::MAX_SACK_BLOCKS;
 use crate::{Config, Instant};
 
 mod rack;
@@ -351,9 +352,19 @@ impl Recovery {
                 *n = n.saturating_sub(1);
             }
         }
+        // Within one ACK delivery has no order, but a receiver lists the block it changed last
+        // first (RFC 2018 4): taken as listed, an ACK covering two new arrivals would show
+        // RFC 8985 6.2 step 3 the lower block's segments delivered below the higher's, a
+        // reordering the path never did. In sequence order, as Linux's
+        // tcp_sacktag_write_queue sorts them.
+        let mut in_order = [(s.una, s.una); MAX_SACK_BLOCKS];
+        let n = blocks.len().min(MAX_SACK_BLOCKS);
+        in_order[..n].copy_from_slice(&blocks[..n]);
+        let blocks = &mut in_order[..n];
+        blocks.sort_unstable_by_key(|&(l, _)| l.0.wrapping_sub(s.una.0));
         let mut sacked = 0u32;
         let (sent, rack) = (&mut self.sent, &mut self.rack);
-        for &(l, r) in blocks {
+        for &(l, r) in &*blocks {
             sent.sack(l, r, |seg| {
                 sacked += seg.len as u32;
                 rack.on_delivered(seg, now);
