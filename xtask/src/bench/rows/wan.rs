@@ -717,8 +717,9 @@ const FAIR_JITTER: Duration = Duration::from_micros(500);
 /// Floyd and Jacobson, "On Traffic Phase Effects in Packet-Switched Gateways", 1992). synx
 /// answers an ACK some microseconds after the kernel does (measured at the emulator: its first
 /// segment after an ACK 20-60 us later, the kernel's 20-40), so there its flows find the queue
-/// full more often and lose more (see the method text). A path whose delays vary by more than a frame's time at the bottleneck (any
-/// real one) has no such order; the second pair of rows is that path.
+/// full more often and lose more (see the method text). A path whose delays vary by more than
+/// a frame's time at the bottleneck (any real one) has no such order; the second pair of rows
+/// is that path.
 pub fn fairness(ctx: &mut Ctx) -> anyhow::Result<()> {
     let rig = WanRig::start(ctx)?;
     fairness_on(ctx, &rig, Duration::ZERO, "")?;
