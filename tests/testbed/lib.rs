@@ -71,6 +71,24 @@ pub fn sweep_stale() {
     }
 }
 
+/// Remove this process's own namespaces at once, killing what runs inside them first (a
+/// namespace outlives its deletion while a process holds it, and with it its veths and XDP
+/// attachments): for a process that is exiting without unwinding (a signal), whose guards'
+/// `Drop` will not run. Returns how many it removed.
+pub fn remove_own_namespaces() -> usize {
+    let Ok(list) = sh("ip", &["netns", "list"]) else { return 0 };
+    let mine = format!("{PREFIX}{}x", std::process::id());
+    let names: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with(&mine)).collect();
+    for name in &names {
+        for pid in sh("ip", &["netns", "pids", name]).unwrap_or_default().split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            // SAFETY: a signal to a process inside a namespace this process created.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = sh("ip", &["netns", "del", name]);
+    }
+    names.len()
+}
+
 /// A network namespace that is deleted on drop (with everything inside it).
 pub struct Netns {
     name: String,

@@ -7,9 +7,11 @@
 //! Layout: [`rig`] (namespaces, veth pairs, pinning, offloads), [`peers`] (the kernel peer and
 //! the flood peers), [`load`] (generators), [`rows`] (the row groups, one module each, and the
 //! registry of them), [`report`] (rounds, sides, rows, JSON), [`targets`], [`doc`]
-//! (BENCHMARKS.md), [`meta`] (what makes a run reproducible).
+//! (BENCHMARKS.md), [`meta`] (what makes a run reproducible), [`interrupt`] (a bench stopped by a
+//! signal cleans up all the same).
 
 mod doc;
+mod interrupt;
 mod load;
 mod meta;
 mod peers;
@@ -291,6 +293,15 @@ impl BenchArgs {
 }
 
 pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
+    // Before any thread starts: they inherit the blocked signals.
+    interrupt::install()?;
+    let r = run(args, synx_bin);
+    // Interrupted, the signal path exits (with 128 + the signal), not this thread.
+    interrupt::checkpoint();
+    r
+}
+
+fn run(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
     let start = Instant::now();
     let plan = Plan::new(&args)?;
     let tools = build_tools()?;
@@ -320,6 +331,7 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
         ctx.report.meta["synx_bin"] = serde_json::json!(synx_bin.display().to_string());
     }
     for g in rows::GROUPS.iter().filter(|g| want(g.name)) {
+        interrupt::checkpoint();
         println!("bench: {} ({})", g.name, g.about);
         let before = ctx.report.rows.len();
         if let Err(e) = (g.run)(&mut ctx) {
@@ -333,6 +345,7 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
         }
     }
     ctx.drop_rig();
+    interrupt::checkpoint();
     ctx.report.secs = start.elapsed().as_secs_f64();
     println!("\nbench: targets");
     for v in targets::evaluate(&ctx.report.rows) {
@@ -370,6 +383,8 @@ pub fn bench_report(args: ReportArgs) -> anyhow::Result<()> {
 }
 
 fn write_json(r: &Report, path: &Path) -> anyhow::Result<()> {
+    // Not the rows of a round a signal cut short.
+    interrupt::checkpoint();
     std::fs::write(path, serde_json::to_string_pretty(r)?).with_context(|| format!("writing {}", path.display()))
 }
 

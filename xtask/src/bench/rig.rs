@@ -384,7 +384,7 @@ pub struct RigOptions {
 ///   grew with the connections on both sides.
 ///
 /// Per-CPU kernel threads cannot move and stay, as they would on any server.
-pub struct Housekeeping(Vec<(u32, libc::cpu_set_t)>);
+pub struct Housekeeping(Vec<(u32, libc::cpu_set_t, super::interrupt::Registered)>);
 
 impl Housekeeping {
     /// Process names (prefixes), and what they are.
@@ -411,7 +411,7 @@ impl Housekeeping {
                 }
                 match set_affinity(tid, &client) {
                     Ok(old) => {
-                        moved.push((tid, old));
+                        moved.push((tid, old, super::interrupt::register(super::interrupt::Undo::Affinity { tid, old })));
                         n += 1;
                     }
                     Err(e) => failed = Some(e),
@@ -430,7 +430,7 @@ impl Housekeeping {
 
 impl Drop for Housekeeping {
     fn drop(&mut self) {
-        for (pid, old) in &self.0 {
+        for (pid, old, _) in &self.0 {
             restore_affinity(*pid, old);
         }
     }
@@ -457,6 +457,7 @@ pub struct Rig {
 
 impl Rig {
     pub fn start(o: &RigOptions, tools: &Path) -> anyhow::Result<Self> {
+        super::interrupt::checkpoint();
         let synx_net = VethPair::with_queues(o.queues)?;
         let kernel_net = VethPair::with_queues(o.queues)?;
         // The test bed turns transmit checksumming off on every client veth (XDP on the server

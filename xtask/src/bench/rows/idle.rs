@@ -267,7 +267,7 @@ fn default_probe_pct(per_probe_s: f64, n: usize) -> f64 {
 /// 0.40 probes per connection against synx's 1.00 (whose frames come through XDP and NAPI,
 /// paced by veth's ring) while sending as many. A client that drops what the server sent
 /// measures the client.
-struct Backlog(Option<String>);
+struct Backlog(Option<(String, crate::bench::interrupt::Registered)>);
 
 impl Backlog {
     const KEY: &str = "/proc/sys/net/core/netdev_max_backlog";
@@ -277,14 +277,15 @@ impl Backlog {
         if old.parse::<usize>().is_ok_and(|o| o >= n) {
             return Ok(Self(None));
         }
+        let undo = crate::bench::interrupt::register(crate::bench::interrupt::Undo::Write { path: Self::KEY, old: old.clone() });
         std::fs::write(Self::KEY, n.to_string()).context("raising netdev_max_backlog")?;
-        Ok(Self(Some(old)))
+        Ok(Self(Some((old, undo))))
     }
 }
 
 impl Drop for Backlog {
     fn drop(&mut self) {
-        if let Some(old) = &self.0 {
+        if let Some((old, _)) = &self.0 {
             let _ = std::fs::write(Self::KEY, old);
         }
     }

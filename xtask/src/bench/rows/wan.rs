@@ -104,6 +104,7 @@ impl WanRig {
     fn start(ctx: &mut Ctx) -> anyhow::Result<Self> {
         // The 1-queue rig's daemons would share the CPUs: stopped for the wan rows.
         ctx.drop_rig();
+        crate::bench::interrupt::checkpoint();
         let bed = PathBed::builder().both(wan(100 * MBIT)).xdp_server().kernel_server().kernel_server().start()?;
         // The BBR server's listeners take the namespace's default when KernelApps opens them.
         bed.servers[BulkPeer::Bbr.server()].ns.exec("sysctl", &["-qw", "net.ipv4.tcp_congestion_control=bbr"])?;
