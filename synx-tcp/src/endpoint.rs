@@ -365,15 +365,19 @@ impl Endpoint {
 
     /// The live connection of slot `idx`, unfolded if it was parked.
     fn live(&mut self, idx: u32) -> Option<&mut Connection> {
-        let slot = self.slots.get_mut(idx as usize)?;
-        if let Tcb::Parked(p) = &slot.tcb {
-            let keepalive = self.keepalives.get(p.keepalive as usize).copied().unwrap_or(self.config.keepalive);
-            let tuple = p.tuple(&self.locals);
-            let conn = Connection::unpark(&p.tcb, self.config.clone(), tuple.local(), tuple.remote(), keepalive);
-            slot.tcb = Tcb::Live(Box::new(conn));
+        if let Some(Slot { tcb: Tcb::Parked(p) }) = self.slots.get(idx as usize) {
+            let conn = self.unfold(p);
+            self.slots[idx as usize].tcb = Tcb::Live(Box::new(conn));
             self.parked -= 1;
         }
-        slot.live()
+        self.slots.get_mut(idx as usize)?.live()
+    }
+
+    /// The connection a parked slot holds, unfolded (the slot keeps its folded form).
+    fn unfold(&self, p: &ParkedSlot) -> Connection {
+        let keepalive = self.keepalives.get(p.keepalive as usize).copied().unwrap_or(self.config.keepalive);
+        let tuple = p.tuple(&self.locals);
+        Connection::unpark(&p.tcb, self.config.clone(), tuple.local(), tuple.remote(), keepalive)
     }
 
     /// Fold slot `idx` if its connection is quiescent (its wheel entry, its one deadline:
@@ -506,15 +510,49 @@ impl Endpoint {
         deliver: &mut dyn FnMut(ConnectionHandle, &[u8]) -> usize,
     ) -> Disposition {
         let Some(idx) = self.find(local, remote) else { return Disposition::Unknown };
-        let Some(conn) = self.live(idx) else { return Disposition::Unknown };
-        let before = *conn.stats();
-        let d = conn.handle_into(now, h, payload, &mut |data| deliver(ConnectionHandle(idx), data));
-        let overdue = conn.unacked_bytes() >= STRETCH_ACK_LIMIT;
-        let after = *conn.stats();
-        self.acks_overdue |= overdue;
-        self.time_wait_fin_reacked += u64::from(after.time_wait_fin_reacks - before.time_wait_fin_reacks);
-        self.totals.add_change(&before, &after);
-        self.mark(idx);
+        let handle = ConnectionHandle(idx);
+        let d = match self.slots.get(idx as usize) {
+            Some(Slot { tcb: Tcb::Parked(p) }) if self.park_idle => {
+                // A segment for a parked connection is taken without boxing it: unfolded here,
+                // processed, and folded straight back when it leaves the connection quiescent
+                // (a keepalive probe's answer, a duplicate ACK). That is what `live`, then
+                // `poll_transmit` (nothing to send) and `retire` would do, without the
+                // allocation, the visit and the `Parked` event: to the caller the connection
+                // never left its slot. A quiescent connection owes no segment and holds no
+                // event (`Connection::is_quiescent`). Anything else (an ACK or data owed, an
+                // event, a close) leaves it unfolded and queued, as `live` would.
+                let keepalive = p.keepalive;
+                let mut conn = self.unfold(p);
+                let before = *conn.stats();
+                let d = conn.handle_into(now, h, payload, &mut |data| deliver(handle, data));
+                self.account_change(&before, conn.stats(), conn.unacked_bytes() >= STRETCH_ACK_LIMIT);
+                let same_keepalive = self.keepalives.get(keepalive as usize) == Some(&conn.keepalive());
+                match conn.park().filter(|_| same_keepalive) {
+                    Some(tcb) => {
+                        if let Some(Slot { tcb: Tcb::Parked(p) }) = self.slots.get_mut(idx as usize) {
+                            p.tcb = tcb;
+                        }
+                        self.arm(now, idx, conn.next_timer());
+                    }
+                    None => {
+                        self.slots[idx as usize].tcb = Tcb::Live(Box::new(conn));
+                        self.parked -= 1;
+                        self.mark(idx);
+                    }
+                }
+                d
+            }
+            _ => {
+                let Some(conn) = self.live(idx) else { return Disposition::Unknown };
+                let before = *conn.stats();
+                let d = conn.handle_into(now, h, payload, &mut |data| deliver(handle, data));
+                let conn = &*conn;
+                let (after, overdue) = (*conn.stats(), conn.unacked_bytes() >= STRETCH_ACK_LIMIT);
+                self.account_change(&before, &after, overdue);
+                self.mark(idx);
+                d
+            }
+        };
         match d {
             Handled::Processed => Disposition::Delivered(ConnectionHandle(idx)),
             Handled::Dropped(DropReason::TimeWaitReuse) => {
@@ -524,6 +562,14 @@ impl Endpoint {
             }
             Handled::Dropped(r) => Disposition::Dropped(r),
         }
+    }
+
+    /// Add what one segment changed in a connection (its counters `before` and `after`, and
+    /// whether it now owes an overdue ACK) to the endpoint's.
+    fn account_change(&mut self, before: &Stats, after: &Stats, ack_overdue: bool) {
+        self.acks_overdue |= ack_overdue;
+        self.time_wait_fin_reacked += u64::from(after.time_wait_fin_reacks - before.time_wait_fin_reacks);
+        self.totals.add_change(before, after);
     }
 
     /// Whether some connection has received [`STRETCH_ACK_LIMIT`] bytes or more since its last
@@ -714,15 +760,21 @@ impl Endpoint {
             self.events.push_back((h, Event::Released { local, remote }));
             return;
         }
-        match conn.next_timer() {
+        let next = conn.next_timer();
+        self.arm(now, idx, next);
+        if self.park_idle {
+            self.try_park(idx);
+        }
+    }
+
+    /// Slot `idx`'s wheel entry for its connection's next deadline.
+    fn arm(&mut self, now: Instant, idx: u32, next: Option<(TimerKind, Instant)>) {
+        match next {
             // A keepalive deadline shares a coarse tick with its neighbours' (never early; see
             // `coarse`): probes go out, and their answers come back, in batches.
             Some((TimerKind::Keepalive, at)) => self.wheel.insert(idx, coarse(at, at.saturating_duration_since(now))),
             Some((_, at)) => self.wheel.insert(idx, at),
             None => self.wheel.remove(idx),
-        }
-        if self.park_idle {
-            self.try_park(idx);
         }
     }
 }

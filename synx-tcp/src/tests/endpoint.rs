@@ -392,17 +392,25 @@ fn idle_connections_park_and_unfold_on_traffic_calls_and_timers() {
     let probes = drain(&mut ep, t);
     assert_eq!(probes.len(), 10);
     assert!(probes.iter().all(|(_, h, p)| p.is_empty() && h.flags == Flags::ACK));
+    assert!(all_events(&mut ep).iter().all(|(_, e)| *e == Event::Parked), "unfolded for the probe, folded after it");
     for (tx, probe, _) in &probes {
         let off = if tx.remote == client(3) { 4 } else { 0 };
         let mut answer = peer(off, off);
         answer.src_port = tx.remote.port();
         answer.dst_port = tx.local.port();
         assert_eq!(answer.ack, probe.seq + 1);
-        ep.handle(t, tx.local, tx.remote, &answer, &[]);
+        let h = ep.lookup(tx.local, tx.remote).unwrap();
+        assert_eq!(ep.handle(t, tx.local, tx.remote, &answer, &[]), Disposition::Delivered(h));
+        assert!(ep.is_parked(h), "an answer is taken in the parked slot: never unfolded for it");
     }
-    drain(&mut ep, t);
+    assert!(drain(&mut ep, t).is_empty(), "an answer is owed nothing");
+    assert!(all_events(&mut ep).is_empty(), "and the connections never left their slots");
     assert_eq!(ep.parked(), 10);
     assert!(ep.infos().all(|(_, i)| i.keepalive_probes_sent == 0));
+    // Heard from at t: the next probes are an idle time (7200 s) later, coarse, none early.
+    let (when, again) = next_sent(&mut ep, t, t + Duration::from_secs(2 * 7200));
+    assert!(when >= t + Duration::from_secs(7200) && when <= t + Duration::from_secs(7200 + 225), "{when:?}");
+    assert_eq!(again.len(), 10);
 }
 
 #[test]
@@ -576,4 +584,124 @@ fn a_busy_connection_keeps_its_emptied_buffers_and_parks_without_them() {
     drain(&mut ep, ms(30));
     assert!(ep.is_parked(h), "quiescent: folded");
     assert_eq!(ep.connection_mut(h).expect("unfolded on demand").heap_bytes(), 0, "parked: its buffers went with the TCB");
+}
+
+/// A segment for a parked connection is processed in its slot, and when it leaves the
+/// connection quiescent (a keepalive probe's answer, a duplicate ACK) the connection is folded
+/// straight back without ever leaving the slot. That must change nothing a peer or the
+/// application can see: seeded traffic from a few clients (ACKs of everything, old and future
+/// ACKs, windows that move, timestamps behind, at and ahead of TS.Recent, stale and future
+/// sequence numbers, data, FINs and RSTs), timers and application reads and writes, fed to an
+/// endpoint that parks and one that never does; every segment sent, every disposition, every
+/// event but `Parked`, every connection's info and the next deadline must be the same.
+#[test]
+fn segments_taken_in_a_parked_slot_change_nothing_a_peer_or_the_application_can_see() {
+    use super::simulator::Rng;
+    const CLIENTS: u32 = 4;
+    let keepalive = Keepalive { enabled: true, idle: Duration::from_secs(5), interval: Duration::from_secs(1), probes: 3 };
+    let cfg = Config { keepalive, challenge_acks_per_sec: 1000, ..config() };
+    let facts = HandshakeFacts { flags: FACT_SACK | FACT_TS | FACT_WSCALE, snd_wscale: 7, rcv_wscale: 7, ..facts() };
+    let mut taken_in_slot = 0;
+    for seed in 1..=100u64 {
+        let mut rng = Rng(seed);
+        let mut eps = [Endpoint::new(cfg.clone(), 16), Endpoint::new(cfg.clone(), 16)];
+        eps[1].set_parking(false);
+        // Per client: the next sequence number it sends, what of ours it has seen (SND.NXT as
+        // the server last sent it), its clock, and the server's last TSval.
+        let (mut seq, mut ours, mut clock, mut echo) = ([IRS + 1; CLIENTS as usize], [ISS + 1; CLIENTS as usize], [100u32; CLIENTS as usize], [0u32; CLIENTS as usize]);
+        let mut handles = Vec::new();
+        for i in 0..CLIENTS {
+            let mut h = ack_from(i);
+            h.options.timestamps = Some((clock[i as usize], 0));
+            let got: Vec<_> = eps.iter_mut().map(|ep| ep.accept(ms(0), facts, local(), client(i), &h, &[]).unwrap()).collect();
+            assert_eq!(got[0], got[1]);
+            handles.push(got[0]);
+        }
+        let mut now = ms(0);
+        for step in 0..400 {
+            now = now
+                + match rng.next() % 5 {
+                    0 => Duration::ZERO,
+                    1 => Duration::from_millis(rng.next() % 50),
+                    2 => Duration::from_millis(rng.next() % 1500),
+                    _ => Duration::from_millis(rng.next() % 7000),
+                };
+            let i = (rng.next() % u64::from(CLIENTS)) as usize;
+            let h = handles[i];
+            match rng.next() % 10 {
+                0..=5 => {
+                    // A segment from client i.
+                    clock[i] = clock[i].wrapping_add((rng.next() % 100) as u32);
+                    let mut s = ack_from(i as u32);
+                    s.seq = SeqNum(seq[i]);
+                    s.ack = SeqNum(ours[i]);
+                    s.window = 65535;
+                    let mut tsval = clock[i];
+                    let mut payload = Vec::new();
+                    match rng.next() % 16 {
+                        0 => s.ack = s.ack - (1 + (rng.next() % 3000) as u32),
+                        1 => s.ack += 1 + (rng.next() % 3000) as u32,
+                        2 => s.seq = s.seq - 1,
+                        3 => s.seq += 1 + (rng.next() % 70_000) as u32,
+                        4 => s.window = (rng.next() % 65536) as u16,
+                        5 => tsval = tsval.wrapping_sub(1 + (rng.next() % 2000) as u32),
+                        6 => tsval = tsval.wrapping_add(0x8000_0000),
+                        7 => payload = vec![b'd'; 1 + (rng.next() % 3000) as usize],
+                        8 if rng.chance(300) => s.flags = Flags::ACK | Flags::FIN,
+                        9 if rng.chance(200) => s.flags = Flags::RST,
+                        10 if rng.chance(200) => s.flags = Flags::SYN,
+                        _ => {}
+                    }
+                    s.options.timestamps = (!rng.chance(30)).then_some((tsval, echo[i]));
+                    if s.seq == SeqNum(seq[i]) {
+                        seq[i] = seq[i].wrapping_add(s.seg_len(payload.len()));
+                    }
+                    let parked = eps[0].is_parked(h);
+                    let d: Vec<_> = eps.iter_mut().map(|ep| ep.handle(now, local(), client(i as u32), &s, &payload)).collect();
+                    assert_eq!(d[0], d[1], "seed {seed} step {step}: {s:?}");
+                    taken_in_slot += usize::from(parked && eps[0].is_parked(h));
+                }
+                6 => {
+                    for ep in &mut eps {
+                        ep.handle_timeout(now);
+                    }
+                }
+                7 => {
+                    let n = 1 + (rng.next() % 2000) as usize;
+                    for ep in &mut eps {
+                        if let Some(c) = ep.connection_mut(h) {
+                            c.send(&vec![b's'; n]);
+                        }
+                    }
+                }
+                _ => {
+                    for ep in &mut eps {
+                        if let Some(c) = ep.connection_mut(h) {
+                            let mut buf = vec![0u8; 4096];
+                            while c.recv(&mut buf) > 0 {}
+                        }
+                    }
+                }
+            }
+            let out: Vec<_> = eps.iter_mut().map(|ep| drain(ep, now)).collect();
+            assert_eq!(out[0], out[1], "seed {seed} step {step}: segments");
+            for (t, sh, p) in &out[0] {
+                let Some(c) = (0..CLIENTS as usize).find(|&c| client(c as u32) == t.remote) else { continue };
+                // The client takes what comes in order (lost otherwise: the server retransmits).
+                if sh.seq == SeqNum(ours[c]) || sh.seq.lt(SeqNum(ours[c])) {
+                    ours[c] = ours[c].max(sh.seq.0.wrapping_add(sh.seg_len(p.len())));
+                }
+                if let Some((tsval, _)) = sh.options.timestamps {
+                    echo[c] = tsval;
+                }
+            }
+            let events: Vec<Vec<_>> = eps.iter_mut().map(|ep| all_events(ep).into_iter().filter(|(_, e)| *e != Event::Parked).collect()).collect();
+            assert_eq!(events[0], events[1], "seed {seed} step {step}: events");
+            let infos: Vec<Vec<_>> = eps.iter().map(|ep| ep.infos().collect()).collect();
+            assert_eq!(infos[0], infos[1], "seed {seed} step {step}: infos");
+            let next: Vec<_> = eps.iter_mut().map(|ep| ep.poll_timeout()).collect();
+            assert_eq!(next[0], next[1], "seed {seed} step {step}: next deadline");
+        }
+    }
+    assert!(taken_in_slot > 2000, "only {taken_in_slot} segments were taken in a parked slot");
 }
