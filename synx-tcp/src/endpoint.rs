@@ -257,6 +257,11 @@ pub struct Endpoint {
     /// so a slot waits here once however often it comes due meanwhile.
     due: VecDeque<u32>,
     due_bits: Bits,
+    /// Due slots that were parked when `handle_timeouts` took them: served in `poll_transmit`,
+    /// where what their deadline sends (a keepalive probe) can be written straight into the
+    /// caller's buffer and the connection folded back (`serve_parked_due`). Their `due_bits`
+    /// stay set until then.
+    parked_due: VecDeque<u32>,
     /// Connections to visit in `poll_transmit` (and whose events `poll_event` collects).
     work: VecDeque<u32>,
     resets: VecDeque<(SocketAddr, SocketAddr, Header)>,
@@ -288,6 +293,7 @@ impl Endpoint {
             acks_overdue: false,
             due: VecDeque::new(),
             due_bits: Bits::default(),
+            parked_due: VecDeque::new(),
             work: VecDeque::new(),
             resets: VecDeque::new(),
             events: VecDeque::new(),
@@ -671,20 +677,65 @@ impl Endpoint {
         });
         for _ in 0..budget {
             let Some(idx) = self.due.pop_front() else { break };
+            if self.park_idle && matches!(self.slots.get(idx as usize), Some(Slot { tcb: Tcb::Parked(_) })) {
+                self.parked_due.push_back(idx);
+                continue;
+            }
             self.due_bits.set(idx, false);
-            // A slot that was freed, handed over or taken by a new connection meanwhile: the
-            // connection's own timers say whether anything is due (nothing, for a new one).
-            let Some(conn) = self.live(idx) else { continue };
-            let before = *conn.stats();
-            conn.handle_timeout(now);
-            let after = *conn.stats();
-            self.totals.add_change(&before, &after);
-            self.mark(idx);
+            self.serve_live_due(now, idx);
         }
         self.due.len()
     }
 
-    /// Connections whose timers are due and wait for [`Endpoint::handle_timeouts`].
+    fn serve_live_due(&mut self, now: Instant, idx: u32) {
+        // A slot that was freed, handed over or taken by a new connection meanwhile: the
+        // connection's own timers say whether anything is due (nothing, for a new one).
+        let Some(conn) = self.live(idx) else { return };
+        let before = *conn.stats();
+        conn.handle_timeout(now);
+        let after = *conn.stats();
+        self.totals.add_change(&before, &after);
+        self.mark(idx);
+    }
+
+    /// Serve the deadline of a slot `handle_timeouts` found parked, writing what it sends into
+    /// `buf`: a parked connection's one timer is keepalive (a probe) or the end of TIME_WAIT
+    /// (nothing to send; it closes). As for a segment (`handle_into`): unfolded on the stack,
+    /// and folded straight back if quiescent after its one segment (a probe is owed nothing),
+    /// which is what `live`, the `work` visit and `retire` would do, without the allocation
+    /// and the `Parked` event; otherwise boxed and queued as `live` would.
+    fn serve_parked_due(&mut self, now: Instant, idx: u32, buf: &mut [u8]) -> Option<Transmit> {
+        let Some(Slot { tcb: Tcb::Parked(p) }) = self.slots.get(idx as usize) else {
+            // Unfolded meanwhile (an application call): served as any live connection.
+            self.serve_live_due(now, idx);
+            return None;
+        };
+        let keepalive = p.keepalive;
+        let mut conn = self.unfold(p);
+        let before = *conn.stats();
+        conn.handle_timeout(now);
+        let sent = conn.poll_transmit(now, buf);
+        self.totals.add_change(&before, conn.stats());
+        let transmit = sent.map(|len| Transmit { handle: Some(ConnectionHandle(idx)), local: conn.local(), remote: conn.remote(), len, ect: conn.ect() });
+        let same_keepalive = self.keepalives.get(keepalive as usize) == Some(&conn.keepalive());
+        match conn.park().filter(|_| same_keepalive) {
+            Some(tcb) => {
+                if let Some(Slot { tcb: Tcb::Parked(p) }) = self.slots.get_mut(idx as usize) {
+                    p.tcb = tcb;
+                }
+                self.arm(now, idx, conn.next_timer());
+            }
+            None => {
+                self.slots[idx as usize].tcb = Tcb::Live(Box::new(conn));
+                self.parked -= 1;
+                self.mark(idx);
+            }
+        }
+        transmit
+    }
+
+    /// Connections whose timers are due and wait for [`Endpoint::handle_timeouts`] (not
+    /// counting parked ones it has taken, which the next `poll_transmit` serves).
     pub fn timers_waiting(&self) -> usize {
         self.due.len()
     }
@@ -692,7 +743,7 @@ impl Endpoint {
     /// When `handle_timeout` (or `poll_transmit`, when connections have pending work) is next
     /// needed; possibly early, never late.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        if !self.work.is_empty() || !self.resets.is_empty() || !self.due.is_empty() {
+        if !self.work.is_empty() || !self.resets.is_empty() || !self.due.is_empty() || !self.parked_due.is_empty() {
             return Some(Instant::ZERO);
         }
         self.wheel.next_deadline()
@@ -722,6 +773,12 @@ impl Endpoint {
         if let Some((local, remote, h)) = self.resets.pop_front() {
             let len = segment::write(&h, &[], buf).ok()?;
             return Some(Transmit { handle: None, local, remote, len, ect: false });
+        }
+        while let Some(idx) = self.parked_due.pop_front() {
+            self.due_bits.set(idx, false);
+            if let Some(t) = self.serve_parked_due(now, idx, buf) {
+                return Some(t);
+            }
         }
         while let Some(&idx) = self.work.front() {
             let slot = &mut self.slots[idx as usize];
