@@ -216,7 +216,8 @@ impl WanRig {
         let drops0 = self.bed.device_drops().unwrap_or(0);
         let synx0 = if side == Side::Synx { self.synx.stats().ok() } else { None };
         let kernel_ns = &self.bed.servers[BulkPeer::Cubic.server()].ns;
-        let kernel0 = if side == Side::Kernel { kernel_counters(kernel_ns).ok() } else { None };
+        // On synx's rounds too: in the fairness rows they are mixed, kernel flows beside synx's.
+        let kernel0 = kernel_counters(kernel_ns).ok();
         let client0 = kernel_counters(&self.bed.client).ok();
         let capture = self.capture(side);
         let r = f();
