@@ -532,20 +532,7 @@ impl Endpoint {
                 let before = *conn.stats();
                 let d = conn.handle_into(now, h, payload, &mut |data| deliver(handle, data));
                 self.account_change(&before, conn.stats(), conn.unacked_bytes() >= STRETCH_ACK_LIMIT);
-                let same_keepalive = self.keepalives.get(keepalive as usize) == Some(&conn.keepalive());
-                match conn.park().filter(|_| same_keepalive) {
-                    Some(tcb) => {
-                        if let Some(Slot { tcb: Tcb::Parked(p) }) = self.slots.get_mut(idx as usize) {
-                            p.tcb = tcb;
-                        }
-                        self.arm(now, idx, conn.next_timer());
-                    }
-                    None => {
-                        self.slots[idx as usize].tcb = Tcb::Live(Box::new(conn));
-                        self.parked -= 1;
-                        self.mark(idx);
-                    }
-                }
+                self.refold(now, idx, keepalive, conn);
                 d
             }
             _ => {
@@ -717,6 +704,14 @@ impl Endpoint {
         let sent = conn.poll_transmit(now, buf);
         self.totals.add_change(&before, conn.stats());
         let transmit = sent.map(|len| Transmit { handle: Some(ConnectionHandle(idx)), local: conn.local(), remote: conn.remote(), len, ect: conn.ect() });
+        self.refold(now, idx, keepalive, conn);
+        transmit
+    }
+
+    /// Put back the connection unfolded from parked slot `idx` (whose keepalive settings were
+    /// `keepalive`): folded into the slot, its deadline re-armed as `retire` would, if it is
+    /// quiescent with the same settings; otherwise boxed and queued, as `live` would have.
+    fn refold(&mut self, now: Instant, idx: u32, keepalive: u8, conn: Connection) {
         let same_keepalive = self.keepalives.get(keepalive as usize) == Some(&conn.keepalive());
         match conn.park().filter(|_| same_keepalive) {
             Some(tcb) => {
@@ -731,7 +726,6 @@ impl Endpoint {
                 self.mark(idx);
             }
         }
-        transmit
     }
 
     /// Connections whose timers are due and wait for [`Endpoint::handle_timeouts`] (not
