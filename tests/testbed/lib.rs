@@ -59,8 +59,8 @@ fn pid_alive(pid: u32) -> bool {
 /// Remove namespaces (and with them their veths and XDP attachments) left by test or demo
 /// processes that no longer exist.
 pub fn sweep_stale() {
-    let Ok(list) = sh("ip", &["netns", "list"]) else { return };
-    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+    for name in netns_names() {
+        let name = name.as_str();
         let Some(rest) = name.strip_prefix(PREFIX) else { continue };
         let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
@@ -76,9 +76,8 @@ pub fn sweep_stale() {
 /// attachments): for a process that is exiting without unwinding (a signal), whose guards'
 /// `Drop` will not run. Returns how many it removed.
 pub fn remove_own_namespaces() -> usize {
-    let Ok(list) = sh("ip", &["netns", "list"]) else { return 0 };
     let mine = format!("{PREFIX}{}x", std::process::id());
-    let names: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with(&mine)).collect();
+    let names: Vec<String> = netns_names().into_iter().filter(|n| n.starts_with(&mine)).collect();
     for name in &names {
         for pid in sh("ip", &["netns", "pids", name]).unwrap_or_default().split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
             // SAFETY: a signal to a process inside a namespace this process created.
@@ -87,6 +86,12 @@ pub fn remove_own_namespaces() -> usize {
         let _ = sh("ip", &["netns", "del", name]);
     }
     names.len()
+}
+
+/// The names of the machine's named network namespaces (`ip netns list`; none if it fails).
+fn netns_names() -> Vec<String> {
+    let list = sh("ip", &["netns", "list"]).unwrap_or_default();
+    list.lines().filter_map(|l| Some(l.split_whitespace().next()?.to_string())).collect()
 }
 
 /// A network namespace that is deleted on drop (with everything inside it).
