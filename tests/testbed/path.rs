@@ -27,6 +27,7 @@ pub mod frame;
 mod kernel_apps;
 pub mod link;
 pub mod probe;
+pub mod trains;
 
 use std::{
     collections::BinaryHeap,
@@ -394,6 +395,48 @@ pub struct DirStats {
     lateness_max_ns: AtomicU64,
     read_delay: [AtomicU64; BUCKETS],
     realtime: AtomicBool,
+    ports: [PortStats; PORTS],
+}
+
+/// Ingress ports a direction counts apart (a bed has at most 5 servers, the up direction 1
+/// port); a port past them counts with the last.
+pub const PORTS: usize = 5;
+
+/// One ingress port's TCP data segments at the bottleneck (see [`trains`]).
+#[derive(Default)]
+struct PortStats {
+    segments: [AtomicU64; trains::BUCKETS],
+    tail_drops: [AtomicU64; trains::BUCKETS],
+    backlog_bytes: AtomicU64,
+}
+
+/// One ingress port's TCP data segments (payload > 0) offered to the bottleneck.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PortSnapshot {
+    /// By their position in their flow's train ([`trains::bucket`]).
+    pub segments: [u64; trains::BUCKETS],
+    /// Those the full queue dropped, by the same positions.
+    pub tail_drops: [u64; trains::BUCKETS],
+    /// The queue's backlog each met on arrival, summed (bytes).
+    pub backlog_bytes: u64,
+}
+
+impl PortSnapshot {
+    pub fn total(&self) -> u64 {
+        self.segments.iter().sum()
+    }
+
+    pub fn total_tail_drops(&self) -> u64 {
+        self.tail_drops.iter().sum()
+    }
+
+    fn since(&self, e: &PortSnapshot) -> PortSnapshot {
+        PortSnapshot {
+            segments: std::array::from_fn(|i| self.segments[i].saturating_sub(e.segments[i])),
+            tail_drops: std::array::from_fn(|i| self.tail_drops[i].saturating_sub(e.tail_drops[i])),
+            backlog_bytes: self.backlog_bytes.saturating_sub(e.backlog_bytes),
+        }
+    }
 }
 
 fn bucket(ns: u64) -> usize {
@@ -446,6 +489,8 @@ pub struct Snapshot {
     pub read_delay: [u64; BUCKETS],
     /// The forwarding thread runs under SCHED_FIFO.
     pub realtime: bool,
+    /// Per ingress port (in the down direction: per server, in the bed's order).
+    pub ports: [PortSnapshot; PORTS],
 }
 
 impl DirStats {
@@ -480,6 +525,14 @@ impl DirStats {
             lateness_max: Duration::from_nanos(g(&self.lateness_max_ns)),
             read_delay: std::array::from_fn(|i| g(&self.read_delay[i])),
             realtime: self.realtime.load(Ordering::Relaxed),
+            ports: std::array::from_fn(|p| {
+                let s = &self.ports[p];
+                PortSnapshot {
+                    segments: std::array::from_fn(|i| g(&s.segments[i])),
+                    tail_drops: std::array::from_fn(|i| g(&s.tail_drops[i])),
+                    backlog_bytes: g(&s.backlog_bytes),
+                }
+            }),
         }
     }
 }
@@ -517,6 +570,7 @@ impl Snapshot {
             lateness,
             read_delay: std::array::from_fn(|i| d(self.read_delay[i], earlier.read_delay[i])),
             realtime: self.realtime,
+            ports: std::array::from_fn(|p| self.ports[p].since(&earlier.ports[p])),
         }
     }
 
@@ -678,6 +732,8 @@ struct Forwarder {
     link: link::Link,
     /// Random loss's draws per TCP segment ([`flows`]).
     flows: flows::Flows,
+    /// Each flow's place in its train of data segments ([`trains`]).
+    trains: trains::Trains,
     dir: Arc<Direction>,
     stop: Arc<AtomicBool>,
     heap: BinaryHeap<Pending>,
@@ -690,6 +746,8 @@ struct Forwarder {
 struct Arrival {
     /// The kernel's receive time (or the read time, without one).
     at: Nanos,
+    /// The ingress port it came in on.
+    port: usize,
     truncated: bool,
     hdr: frame::VnetHdr,
     /// The frame without its virtio-net header.
@@ -713,7 +771,19 @@ impl Forwarder {
         realtime: bool,
     ) -> anyhow::Result<JoinHandle<()>> {
         let flows = flows::Flows::new(link.seed());
-        let mut f = Forwarder { ingress, egress, route, link, flows, dir, stop, heap: BinaryHeap::new(), seq: 0, latest: 0 };
+        let mut f = Forwarder {
+            ingress,
+            egress,
+            route,
+            link,
+            flows,
+            trains: trains::Trains::default(),
+            dir,
+            stop,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            latest: 0,
+        };
         Ok(std::thread::Builder::new().name(name.into()).spawn(move || {
             // SAFETY: prctl/sched_setscheduler on the calling thread with valid arguments;
             // failure leaves the defaults (then the lateness figures show it).
@@ -760,10 +830,10 @@ impl Forwarder {
             // that came later would see their bytes ahead of it (port by port, the second
             // server's frames would lose to the first's at a shared bottleneck).
             let mut batch = Vec::new();
-            for port in &self.ingress {
+            for (i, port) in self.ingress.iter().enumerate() {
                 for _ in 0..READ_BATCH {
                     match port.recv(&mut buf) {
-                        Ok(Some(r)) => batch.push(self.read(r, &buf)),
+                        Ok(Some(r)) => batch.push(self.read(i, r, &buf)),
                         Ok(None) => break,
                         Err(_) => self.dir.stats.add(&self.dir.stats.recv_errors, 1),
                     }
@@ -811,7 +881,7 @@ impl Forwarder {
     }
 
     /// A frame just read into `buf`, counted and stamped with its arrival.
-    fn read(&self, r: Received, buf: &[u8]) -> Arrival {
+    fn read(&self, port: usize, r: Received, buf: &[u8]) -> Arrival {
         let s = &self.dir.stats;
         s.add(&s.frames_in, 1);
         s.add(&s.bytes_in, r.len as u64);
@@ -826,7 +896,7 @@ impl Forwarder {
         s.add(&s.read_delay[bucket(t - at)], 1);
         let hdr = frame::VnetHdr::parse(buf[..frame::VNET_HDR_LEN].try_into().expect("10 bytes"));
         let data = if r.truncated { Vec::new() } else { buf[frame::VNET_HDR_LEN..frame::VNET_HDR_LEN + r.len].to_vec() };
-        Arrival { at, truncated: r.truncated, hdr, data }
+        Arrival { at, port, truncated: r.truncated, hdr, data }
     }
 
     fn arrive(&mut self, a: Arrival) {
@@ -845,7 +915,8 @@ impl Forwarder {
             s.add(&s.unfit, 1);
             return;
         }
-        let Arrival { hdr, data, .. } = a;
+        let Arrival { hdr, data, port: from, .. } = a;
+        let port_stats = &s.ports[from.min(PORTS - 1)];
         if hdr.gso_type != 0 {
             s.add(&s.super_frames, 1);
         }
@@ -857,13 +928,27 @@ impl Forwarder {
             s.add(&s.segments, 1);
             let impair = frame::impairable(&f);
             s.add(&s.impairable, u64::from(impair));
-            // Only random loss reads a draw: other paths skip the parse and the flow table.
+            let seg = frame::tcp_seg(&f);
+            // Only random loss reads a draw: other paths skip the flow table.
             let keyed = matches!(self.link.spec().loss, Loss::Random(_));
-            let draw = keyed.then(|| frame::tcp_seg(&f)).flatten().and_then(|seg| self.flows.draw(&seg));
+            let draw = keyed.then_some(seg.as_ref()).flatten().and_then(|seg| self.flows.draw(seg));
             s.add(&s.keyed, u64::from(draw.is_some()));
+            // A data segment's place in its flow's train, and the queue it meets.
+            let train = seg.filter(|seg| seg.payload > 0).map(|seg| {
+                let gap = self.link.frame_time().unwrap_or(0);
+                let b = trains::bucket(self.trains.position(seg.tuple, arrival, gap));
+                s.add(&port_stats.segments[b], 1);
+                s.add(&port_stats.backlog_bytes, self.link.backlog(arrival) as u64);
+                b
+            });
             match self.link.offer_drawn(arrival, f.len(), impair, frame::ecn_capable(&f), draw) {
                 link::Fate::Lost => s.add(&s.lost, 1),
-                link::Fate::TailDrop => s.add(&s.tail_drops, 1),
+                link::Fate::TailDrop => {
+                    s.add(&s.tail_drops, 1);
+                    if let Some(b) = train {
+                        s.add(&port_stats.tail_drops[b], 1);
+                    }
+                }
                 link::Fate::Deliver { at, ce, copy_at, reordered } => {
                     if ce {
                         frame::mark_ce(&mut f);

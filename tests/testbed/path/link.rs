@@ -234,6 +234,11 @@ impl Link {
         self.bad = false;
     }
 
+    /// A full-size frame's time at the bottleneck rate; `None` without a rate.
+    pub fn frame_time(&self) -> Option<Nanos> {
+        self.spec.rate_bps.filter(|&r| r > 0).map(|rate| (FULL_FRAME as u128 * 8 * 1_000_000_000 / rate as u128).max(1) as Nanos)
+    }
+
     /// Bytes waiting at the bottleneck at `now` (the frame being serialized included).
     pub fn backlog(&self, now: Nanos) -> usize {
         match self.spec.rate_bps {
@@ -302,13 +307,7 @@ impl Link {
     fn chain_steps(&mut self, now: Nanos) -> u64 {
         let idle = now.saturating_sub(self.chain_at);
         self.chain_at = self.chain_at.max(now);
-        match self.spec.rate_bps {
-            Some(rate) if rate > 0 => {
-                let slot = (FULL_FRAME as u128 * 8 * 1_000_000_000 / rate as u128).max(1) as u64;
-                (idle / slot).max(1)
-            }
-            _ => 1,
-        }
+        self.frame_time().map_or(1, |slot| (idle / slot).max(1))
     }
 
     /// Through the bottleneck and the propagation delay: the delivery time, and whether to mark

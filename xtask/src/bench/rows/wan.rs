@@ -31,7 +31,7 @@ use anyhow::Context as _;
 use serde_json::json;
 use testbed::{
     Daemon, Netns,
-    path::{Dir, KernelApp, KernelApps, Loss, PathBed, PathSpec, Snapshot, bdp_bytes, probe},
+    path::{Dir, KernelApp, KernelApps, Loss, PathBed, PathSpec, PortSnapshot, Snapshot, bdp_bytes, probe, trains},
 };
 
 use crate::bench::{
@@ -753,10 +753,24 @@ fn fairness_on(ctx: &mut Ctx, rig: &WanRig, jitter: Duration, suffix: &str) -> a
             Side::Kernel => vec![Side::Kernel; 16],
         };
         let mut bytes = vec![];
-        let o = rig.round(kind, || {
-            bytes = shared_bottleneck(rig, &sides, secs)?;
+        let mut window = None;
+        let mut o = rig.round(kind, || {
+            let (b, w) = shared_bottleneck(rig, &sides, secs)?;
+            (bytes, window) = (b, Some(w));
             Ok(vec![Some(jain_index(&bytes))])
         });
+        // How each server's segments met the bottleneck over the measured window: in what
+        // trains, at what backlog, and which the full queue dropped.
+        if let Some(w) = &window {
+            let server = |side: Side| if side == Side::Synx { 0 } else { BulkPeer::Cubic.server() };
+            let mut present: Vec<Side> = vec![];
+            for &side in &sides {
+                if !present.contains(&side) {
+                    present.push(side);
+                }
+            }
+            o.detail["bottleneck"] = present.iter().map(|&side| (peer(side).to_string(), bottleneck_json(&w.ports[server(side)]))).collect::<serde_json::Map<_, _>>().into();
+        }
         let failure = o.failure.clone();
         let side_share = |side: Side| {
             let total: u64 = bytes.iter().sum();
@@ -770,7 +784,6 @@ fn fairness_on(ctx: &mut Ctx, rig: &WanRig, jitter: Duration, suffix: &str) -> a
                 details.push(share.record(peer(side), warmup, o));
             }
         }
-        let mut o = o;
         o.detail["flow_bytes"] = json!(bytes);
         details.push(jain.record(peer(kind), warmup, o));
     }
@@ -787,9 +800,33 @@ fn jain_index(x: &[u64]) -> f64 {
     if sq == 0.0 { 0.0 } else { sum * sum / (x.len() as f64 * sq) }
 }
 
+/// One server's data segments at the bottleneck over a window (see testbed::path::trains):
+/// how many, in what trains, how many the full queue dropped, the backlog they met.
+fn bottleneck_json(p: &PortSnapshot) -> serde_json::Value {
+    let (n, drops) = (p.total(), p.total_tail_drops());
+    let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+    let positions: Vec<String> = (0..trains::BUCKETS)
+        .map(|b| {
+            let first = trains::bucket_first(b);
+            if b + 1 == trains::BUCKETS { format!("{first}+") } else if trains::bucket_first(b + 1) == first + 1 { first.to_string() } else { format!("{first}-{}", trains::bucket_first(b + 1) - 1) }
+        })
+        .collect();
+    json!({
+        "segments": n,
+        "tail_drops": drops,
+        "tail_drop_pct": pct(drops, n),
+        "mean_backlog_bytes": if n == 0 { 0 } else { p.backlog_bytes / n },
+        "train_positions": positions,
+        "segments_by_train_position": p.segments,
+        "tail_drops_by_train_position": p.tail_drops,
+        "tail_drop_pct_by_train_position": (0..trains::BUCKETS).map(|b| pct(p.tail_drops[b], p.segments[b])).collect::<Vec<_>>(),
+    })
+}
+
 /// One download per entry of `sides`, all at once, for `secs`: the bytes each received over
-/// the last two thirds of the time (after slow start).
-fn shared_bottleneck(rig: &WanRig, sides: &[Side], secs: u64) -> anyhow::Result<Vec<u64>> {
+/// the last two thirds of the time (after slow start), and what the path did meanwhile
+/// (downstream).
+fn shared_bottleneck(rig: &WanRig, sides: &[Side], secs: u64) -> anyhow::Result<(Vec<u64>, Snapshot)> {
     let stop = Arc::new(AtomicBool::new(false));
     let counters: Vec<Arc<AtomicU64>> = sides.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
     let flows: Vec<_> = sides
@@ -813,13 +850,15 @@ fn shared_bottleneck(rig: &WanRig, sides: &[Side], secs: u64) -> anyhow::Result<
         .collect();
     std::thread::sleep(Duration::from_secs(secs / 3));
     let start: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let path0 = rig.bed.stats(Dir::Down);
     std::thread::sleep(Duration::from_secs(secs - secs / 3));
     let end: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let window = rig.bed.stats(Dir::Down).since(&path0);
     stop.store(true, Ordering::Relaxed);
     for f in flows {
         f.join().map_err(|_| anyhow::anyhow!("client thread panicked"))???;
     }
-    Ok(end.iter().zip(&start).map(|(e, s)| e - s).collect())
+    Ok((end.iter().zip(&start).map(|(e, s)| e - s).collect(), window))
 }
 
 #[cfg(test)]
