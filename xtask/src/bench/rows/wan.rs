@@ -815,7 +815,7 @@ fn bottleneck_json(p: &PortSnapshot) -> serde_json::Value {
         "segments": n,
         "tail_drops": drops,
         "tail_drop_pct": pct(drops, n),
-        "mean_backlog_bytes": if n == 0 { 0 } else { p.backlog_bytes / n },
+        "mean_backlog_bytes": p.backlog_bytes.checked_div(n).unwrap_or(0),
         "train_positions": positions,
         "segments_by_train_position": p.segments,
         "tail_drops_by_train_position": p.tail_drops,
