@@ -752,11 +752,11 @@ fn fairness_on(ctx: &mut Ctx, rig: &WanRig, jitter: Duration, suffix: &str) -> a
             Side::Synx => [Side::Synx, Side::Kernel].repeat(8),
             Side::Kernel => vec![Side::Kernel; 16],
         };
-        let mut bytes = vec![];
+        let (mut bytes, mut early) = (vec![], vec![]);
         let mut window = None;
         let mut o = rig.round(kind, || {
-            let (b, w) = shared_bottleneck(rig, &sides, secs)?;
-            (bytes, window) = (b, Some(w));
+            let (e, b, w) = shared_bottleneck(rig, &sides, secs)?;
+            (early, bytes, window) = (e, b, Some(w));
             Ok(vec![Some(jain_index(&bytes))])
         });
         // How each server's segments met the bottleneck over the measured window: in what
@@ -785,6 +785,8 @@ fn fairness_on(ctx: &mut Ctx, rig: &WanRig, jitter: Duration, suffix: &str) -> a
             }
         }
         o.detail["flow_bytes"] = json!(bytes);
+        // Before the window: slow start and the first congestion events, not counted.
+        o.detail["flow_bytes_before_window"] = json!(early);
         details.push(jain.record(peer(kind), warmup, o));
     }
     let mut rows = share.finish();
@@ -823,10 +825,10 @@ fn bottleneck_json(p: &PortSnapshot) -> serde_json::Value {
     })
 }
 
-/// One download per entry of `sides`, all at once, for `secs`: the bytes each received over
-/// the last two thirds of the time (after slow start), and what the path did meanwhile
-/// (downstream).
-fn shared_bottleneck(rig: &WanRig, sides: &[Side], secs: u64) -> anyhow::Result<(Vec<u64>, Snapshot)> {
+/// One download per entry of `sides`, all at once, for `secs`: the bytes each received in the
+/// first third of the time and over the last two thirds (after slow start; the figure), and
+/// what the path did over those two thirds (downstream).
+fn shared_bottleneck(rig: &WanRig, sides: &[Side], secs: u64) -> anyhow::Result<(Vec<u64>, Vec<u64>, Snapshot)> {
     let stop = Arc::new(AtomicBool::new(false));
     let counters: Vec<Arc<AtomicU64>> = sides.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
     let flows: Vec<_> = sides
@@ -858,7 +860,7 @@ fn shared_bottleneck(rig: &WanRig, sides: &[Side], secs: u64) -> anyhow::Result<
     for f in flows {
         f.join().map_err(|_| anyhow::anyhow!("client thread panicked"))???;
     }
-    Ok((end.iter().zip(&start).map(|(e, s)| e - s).collect(), window))
+    Ok((start.clone(), end.iter().zip(&start).map(|(e, s)| e - s).collect(), window))
 }
 
 #[cfg(test)]
