@@ -1240,7 +1240,12 @@ impl XdpProgram {
             attrs: TestRunAttrs::new().xdp_live_frames(64),
             ..TestRunOptions::new()
         };
-        prog.test_run(opts).map_err(|e| BpfError::Unexpected(format!("BPF_PROG_TEST_RUN in live-frame mode on {iface}: {e}")))?;
+        prog.test_run(opts).map_err(|e| {
+            // aya's message names the call; the errno is its source (EPERM where the kernel
+            // refuses live frames).
+            let errno = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            BpfError::Unexpected(format!("BPF_PROG_TEST_RUN in live-frame mode on {iface}: {e}{errno}"))
+        })?;
         let map: Array<_, FloodState> =
             Array::try_from(self.ebpf.map(maps::FLOOD).ok_or(BpfError::MissingMap(maps::FLOOD))?)?;
         Ok(map.get(&0, 0)?.next.wrapping_sub(before))
