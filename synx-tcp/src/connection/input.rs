@@ -164,6 +164,16 @@ impl Connection {
         // A zero window still takes ACKs, URGs and RSTs (RFC 9293 3.10.7.4).
         let zero_window_ack = wnd == 0 && h.seq == nxt;
         if !acceptable && !zero_window_ack {
+            if h.flags.rst() && h.seq == nxt - 1 && matches!(self.state, State::CloseWait | State::LastAck | State::Closing) {
+                // Linux's tcp_reset_check: once the peer's FIN is in, a RST at that FIN's own
+                // sequence number resets, where RFC 5961 3.2 alone would drop it. A peer that
+                // closes and then resets sends exactly that: macOS on ^C, and Linux when our data
+                // reaches its socket after its close (its RST takes our segment's ACK, sent
+                // before our ACK of the FIN reached it). Dropped, the connection went on
+                // sending into a closed socket until a RST answering a later segment came back.
+                self.close_with(CloseReason::Reset);
+                return Step::Done(Handled::Processed);
+            }
             if !h.flags.rst() && !p.is_empty() && (h.seq + seg_len).le(nxt) {
                 // Data that arrived twice, all of it below RCV.NXT.
                 self.ack_duplicate(h.seq, h.seq + p.len() as u32);

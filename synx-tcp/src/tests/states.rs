@@ -99,6 +99,8 @@ enum Seg {
     RstInWindow,
     /// RST far outside the window.
     RstOutOfWindow,
+    /// RST at RCV.NXT - 1: after the peer's FIN, that FIN's own sequence number.
+    RstAtFin,
     /// SYN inside the window, above RCV.NXT (RFC 5961 4.2; in TIME_WAIT, RFC 6191).
     SynInWindow,
     /// SYN below RCV.NXT.
@@ -128,6 +130,7 @@ impl Seg {
             Seg::RstExact => (with(peer(o.rcv, 0), Flags::RST), vec![]),
             Seg::RstInWindow => (with(peer(o.rcv + 1, 0), Flags::RST), vec![]),
             Seg::RstOutOfWindow => (with(peer(o.rcv + far, 0), Flags::RST), vec![]),
+            Seg::RstAtFin => (with(peer(o.rcv - 1, 0), Flags::RST), vec![]),
             Seg::SynInWindow => (Header { flags: Flags::SYN, ..peer(o.rcv + 3, 0) }, vec![]),
             Seg::SynOld => (Header { flags: Flags::SYN, ..peer(o.rcv.wrapping_sub(100), 0) }, vec![]),
             Seg::NoAck => (Header { flags: Flags(0), ..peer(o.rcv, o.una) }, x),
@@ -207,6 +210,16 @@ const TABLE: &[(State, Seg, Reply, State, Handled, Count)] = &[
     (FinWait1,    RstOutOfWindow, NoReply, FinWait1,    Handled::Dropped(D::Unacceptable), Count::Nothing),
     (FinWait2,    RstOutOfWindow, NoReply, FinWait2,    Handled::Dropped(D::Unacceptable), Count::Nothing),
     (Closing,     RstOutOfWindow, NoReply, Closing,     Handled::Dropped(D::Unacceptable), Count::Nothing),
+    // Linux's tcp_reset_check: once the peer's FIN is in (CLOSE-WAIT, LAST-ACK, CLOSING), a RST
+    // at the FIN's own sequence number (RCV.NXT - 1) resets, which RFC 5961 3.2 alone would
+    // drop as outside the window; in any other state it is an old RST, dropped unanswered.
+    (CloseWait,   RstAtFin,       NoReply, Closed,      Handled::Processed, Count::Nothing),
+    (LastAck,     RstAtFin,       NoReply, Closed,      Handled::Processed, Count::Nothing),
+    (Closing,     RstAtFin,       NoReply, Closed,      Handled::Processed, Count::Nothing),
+    (Established, RstAtFin,       NoReply, Established, Handled::Dropped(D::Unacceptable), Count::Nothing),
+    (FinWait1,    RstAtFin,       NoReply, FinWait1,    Handled::Dropped(D::Unacceptable), Count::Nothing),
+    (FinWait2,    RstAtFin,       NoReply, FinWait2,    Handled::Dropped(D::Unacceptable), Count::Nothing),
+    (TimeWait,    RstAtFin,       NoReply, TimeWait,    Handled::Dropped(D::RstNotExact), Count::Nothing),
     // TIME-WAIT keeps its 2*MSL unless the RST is exact (no challenge: nothing to resynchronize).
     (TimeWait,    RstInWindow,    NoReply, TimeWait,    Handled::Dropped(D::RstNotExact), Count::Nothing),
     (TimeWait,    RstOutOfWindow, NoReply, TimeWait,    Handled::Dropped(D::RstNotExact), Count::Nothing),
