@@ -526,3 +526,61 @@ fn banner_behind_a_lost_handshake_ack(
     assert!(rule.contains("packets 1 "), "the path did not drop the handshake ACK: {rule}");
     (banner, bed, daemon)
 }
+
+/// A Linux client that closes while synx's data is still on its way, with nothing unread at
+/// its close (so it sends a FIN), answers every later segment with a RST whose sequence number
+/// is that segment's ACK: the FIN's own sequence number, for what synx sent before the FIN
+/// reached it. Once the FIN is in (CLOSE_WAIT), synx takes such a RST as a reset, as Linux's
+/// tcp_reset_check does, and the connection ends; dropped as outside the window (RFC 5961 3.2
+/// alone), it left synx in CLOSE_WAIT sending to nobody until its retransmissions gave up.
+/// A 10 Mbit/s path: a frame about every 1.2 ms, so the client's drain-then-close rarely races
+/// an arrival (which would make its close a RST at RCV.NXT, valid either way).
+#[test]
+fn a_client_that_closes_with_data_in_flight_ends_the_connection_at_its_reset() {
+    use std::io::{Read as _, Write as _};
+    require_root();
+    let bed = PathBed::builder().both(PathSpec::wan(ms(40), 10_000_000)).xdp_server().start().unwrap();
+    let server = &bed.servers[0];
+    let listen = format!("{}=http", server.addr(HTTP));
+    let daemon = Daemon::start(&server.ns, &server.iface, &["--listen", &listen]).unwrap();
+    let counter = |name: &str| daemon.stats().unwrap().get(name).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("no counter {name}"));
+    let (resets0, unacceptable0) = (counter("tcp_closed_reset"), counter("tcp_drop_unacceptable"));
+    let addr = server.addr(HTTP);
+    let fin_sent = bed
+        .client
+        .spawn(move || -> anyhow::Result<bool> {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET /bytes/1073741824 HTTP/1.1\r\nHost: wan\r\nConnection: close\r\n\r\n")?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0;
+            while got < 1 << 20 {
+                let n = s.read(&mut buf)?;
+                anyhow::ensure!(n > 0, "the server closed early");
+                got += n;
+            }
+            // Everything that has arrived, read: the close below sends a FIN, not a RST.
+            s.set_nonblocking(true)?;
+            let drained = loop {
+                match s.read(&mut buf) {
+                    Ok(0) => anyhow::bail!("the server closed early"),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break true,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            Ok(drained)
+        })
+        .join()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(fin_sent);
+    // The data in flight meets the closed socket a round trip later, and its RSTs come back.
+    let ended = testbed::wait_for(Duration::from_secs(10), || daemon.conns().unwrap().is_empty());
+    let (resets, unacceptable) = (counter("tcp_closed_reset") - resets0, counter("tcp_drop_unacceptable") - unacceptable0);
+    println!("connections ended by a reset: {resets}; segments dropped as unacceptable: {unacceptable}");
+    assert!(ended, "the connection outlived its client: {:?}", daemon.conns().unwrap());
+    assert_eq!(resets, 1);
+    assert_eq!(bed.stats(Dir::Up).faults() + bed.stats(Dir::Down).faults(), 0);
+}
