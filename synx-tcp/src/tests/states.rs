@@ -130,7 +130,7 @@ impl Seg {
             Seg::RstExact => (with(peer(o.rcv, 0), Flags::RST), vec![]),
             Seg::RstInWindow => (with(peer(o.rcv + 1, 0), Flags::RST), vec![]),
             Seg::RstOutOfWindow => (with(peer(o.rcv + far, 0), Flags::RST), vec![]),
-            Seg::RstAtFin => (with(peer(o.rcv - 1, 0), Flags::RST), vec![]),
+            Seg::RstAtFin => (with(peer(o.rcv.wrapping_sub(1), 0), Flags::RST), vec![]),
             Seg::SynInWindow => (Header { flags: Flags::SYN, ..peer(o.rcv + 3, 0) }, vec![]),
             Seg::SynOld => (Header { flags: Flags::SYN, ..peer(o.rcv.wrapping_sub(100), 0) }, vec![]),
             Seg::NoAck => (Header { flags: Flags(0), ..peer(o.rcv, o.una) }, x),
