@@ -353,7 +353,7 @@ impl HeadBuf {
     /// At least [`READ_ROOM`] bytes free: a spare buffer if none is held yet, else grown.
     fn make_room(&mut self) {
         if self.0.capacity() == 0
-            && let Some(spare) = SPARE_HEADS.try_with(|s| s.borrow_mut().pop()).ok().flatten()
+            && let Some(spare) = super::take_spare(&SPARE_HEADS)
         {
             self.0 = spare;
         }
@@ -369,13 +369,7 @@ impl HeadBuf {
         }
         let buf = std::mem::take(&mut self.0);
         if buf.capacity() == HEAD_BUF {
-            // On a thread that is exiting, it is simply freed.
-            let _ = SPARE_HEADS.try_with(|s| {
-                let mut s = s.borrow_mut();
-                if s.len() < HEAD_SPARES {
-                    s.push(buf);
-                }
-            });
+            super::give_back_spare(&SPARE_HEADS, buf, HEAD_SPARES);
         }
     }
 }

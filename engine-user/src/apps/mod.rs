@@ -278,19 +278,13 @@ impl LazyBuf {
     }
 
     fn take_big() -> Vec<u8> {
-        SPARE_BIG.try_with(|s| s.borrow_mut().pop()).ok().flatten().unwrap_or_else(|| vec![0u8; Self::BIG])
+        take_spare(&SPARE_BIG).unwrap_or_else(|| vec![0u8; Self::BIG])
     }
 
     fn give_back_big(&mut self) {
         let big = std::mem::take(&mut self.big);
         if big.len() == Self::BIG {
-            // On a thread that is exiting, it is simply freed.
-            let _ = SPARE_BIG.try_with(|s| {
-                let mut s = s.borrow_mut();
-                if s.len() < Self::SPARES {
-                    s.push(big);
-                }
-            });
+            give_back_spare(&SPARE_BIG, big, Self::SPARES);
         }
     }
 
@@ -313,6 +307,22 @@ impl LazyBuf {
         }
         Ok(&self.big[..n])
     }
+}
+
+/// A buffer from one of this thread's spare lists, if it holds one.
+pub(super) fn take_spare(spares: &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<u8>>>>) -> Option<Vec<u8>> {
+    spares.try_with(|s| s.borrow_mut().pop()).ok().flatten()
+}
+
+/// Keep `buf` in one of this thread's spare lists if it holds fewer than `keep`; else it is
+/// freed (as on a thread that is exiting).
+pub(super) fn give_back_spare(spares: &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<u8>>>>, buf: Vec<u8>, keep: usize) {
+    let _ = spares.try_with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < keep {
+            s.push(buf);
+        }
+    });
 }
 
 impl Drop for LazyBuf {
