@@ -22,9 +22,21 @@ pub fn bucket(position: u32) -> usize {
     ((u32::BITS - position.saturating_sub(1).leading_zeros()) as usize).min(BUCKETS - 1)
 }
 
-/// The lower edge of a bucket's positions, for labels.
-pub fn bucket_first(b: usize) -> u32 {
+/// The lower edge of a bucket's positions.
+fn bucket_first(b: usize) -> u32 {
     if b == 0 { 1 } else { (1 << (b - 1)) + 1 }
+}
+
+/// A bucket's positions as a label: `1`, `2`, `3-4`, ..., `17+`.
+pub fn bucket_label(b: usize) -> String {
+    let first = bucket_first(b);
+    if b + 1 >= BUCKETS {
+        format!("{first}+")
+    } else if bucket_first(b + 1) == first + 1 {
+        first.to_string()
+    } else {
+        format!("{first}-{}", bucket_first(b + 1) - 1)
+    }
 }
 
 /// Flows kept at most; past it the table starts over (a bench opens far fewer at once).
@@ -82,5 +94,6 @@ mod tests {
         for b in 0..BUCKETS {
             assert_eq!(bucket(bucket_first(b)), b);
         }
+        assert_eq!((0..BUCKETS).map(bucket_label).collect::<Vec<_>>(), ["1", "2", "3-4", "5-8", "9-16", "17+"]);
     }
 }

@@ -185,11 +185,16 @@ impl WanRig {
     }
 
     fn addr(&self, side: Side, port: u16) -> SocketAddr {
-        self.bed.servers[match side {
-            Side::Synx => 0,
-            Side::Kernel => 1,
-        }]
-        .addr(port)
+        self.bed.servers[Self::server(side)].addr(port)
+    }
+
+    /// The bed's server (and the down direction's ingress port) of a side: synx's, or the
+    /// kernel's CUBIC server.
+    fn server(side: Side) -> usize {
+        match side {
+            Side::Synx => BulkPeer::Synx.server(),
+            Side::Kernel => BulkPeer::Cubic.server(),
+        }
     }
 
     /// With `SYNX_BENCH_CAPTURE=DIR`, a round's frames as the client sees them (headers only),
@@ -762,14 +767,8 @@ fn fairness_on(ctx: &mut Ctx, rig: &WanRig, jitter: Duration, suffix: &str) -> a
         // How each server's segments met the bottleneck over the measured window: in what
         // trains, at what backlog, and which the full queue dropped.
         if let Some(w) = &window {
-            let server = |side: Side| if side == Side::Synx { 0 } else { BulkPeer::Cubic.server() };
-            let mut present: Vec<Side> = vec![];
-            for &side in &sides {
-                if !present.contains(&side) {
-                    present.push(side);
-                }
-            }
-            o.detail["bottleneck"] = present.iter().map(|&side| (peer(side).to_string(), bottleneck_json(&w.ports[server(side)]))).collect::<serde_json::Map<_, _>>().into();
+            let present = [Side::Synx, Side::Kernel].into_iter().filter(|s| sides.contains(s));
+            o.detail["bottleneck"] = present.map(|side| (peer(side).to_string(), bottleneck_json(&w.ports[WanRig::server(side)]))).collect::<serde_json::Map<_, _>>().into();
         }
         let failure = o.failure.clone();
         let side_share = |side: Side| {
@@ -807,12 +806,7 @@ fn jain_index(x: &[u64]) -> f64 {
 fn bottleneck_json(p: &PortSnapshot) -> serde_json::Value {
     let (n, drops) = (p.total(), p.total_tail_drops());
     let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
-    let positions: Vec<String> = (0..trains::BUCKETS)
-        .map(|b| {
-            let first = trains::bucket_first(b);
-            if b + 1 == trains::BUCKETS { format!("{first}+") } else if trains::bucket_first(b + 1) == first + 1 { first.to_string() } else { format!("{first}-{}", trains::bucket_first(b + 1) - 1) }
-        })
-        .collect();
+    let positions: Vec<String> = (0..trains::BUCKETS).map(trains::bucket_label).collect();
     json!({
         "segments": n,
         "tail_drops": drops,
@@ -860,7 +854,8 @@ fn shared_bottleneck(rig: &WanRig, sides: &[Side], secs: u64) -> anyhow::Result<
     for f in flows {
         f.join().map_err(|_| anyhow::anyhow!("client thread panicked"))???;
     }
-    Ok((start.clone(), end.iter().zip(&start).map(|(e, s)| e - s).collect(), window))
+    let counted = end.iter().zip(&start).map(|(e, s)| e - s).collect();
+    Ok((start, counted, window))
 }
 
 #[cfg(test)]
