@@ -2,8 +2,12 @@
 //! 7.6.1), `Forwarded` (RFC 7239) and `X-Forwarded-For` in, and the response head written back
 //! to the client with the framing this hop uses.
 
-use std::net::SocketAddr;
+use std::{
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
 
+use bytes::Bytes;
 use hyper::{
     HeaderMap, StatusCode,
     header::{self, HeaderName, HeaderValue},
@@ -47,11 +51,44 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 
 /// A node of a Forwarded element (RFC 7239 6): an IPv4 address bare, with a port or an IPv6
 /// address as a quoted string (":" and "[" are not token characters).
-fn node(addr: SocketAddr) -> String {
+fn node(out: &mut Vec<u8>, addr: SocketAddr) {
+    out.push(b'"');
     match addr {
-        SocketAddr::V4(a) => format!("\"{}:{}\"", a.ip(), a.port()),
-        SocketAddr::V6(a) => format!("\"[{}]:{}\"", a.ip(), a.port()),
+        SocketAddr::V4(a) => ipv4(out, *a.ip()),
+        SocketAddr::V6(a) => {
+            // Written through fmt: rare enough here not to matter.
+            let _ = write!(out, "[{}]", a.ip());
+        }
     }
+    out.push(b':');
+    decimal(out, u32::from(addr.port()));
+    out.push(b'"');
+}
+
+/// An IPv4 address in dotted decimal, as `Ipv4Addr`'s Display writes it, without fmt's
+/// machinery (this runs for every proxied request).
+fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        decimal(out, u32::from(octet));
+    }
+}
+
+fn decimal(out: &mut Vec<u8>, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// RFC 9110 5.6.2 token characters.
@@ -60,28 +97,49 @@ fn is_token(s: &str) -> bool {
 }
 
 /// Add this hop to `Forwarded` (RFC 7239 4: a proxy appends its element to the list, so the
-/// backend sees every hop) and to `X-Forwarded-For` (the de facto form: addresses only).
+/// backend sees every hop) and to `X-Forwarded-For` (the de facto form: addresses only). Each
+/// value is built in one buffer that the header then owns (no copy, no fmt per request).
 pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, server: SocketAddr) {
-    let mut element = format!("for={};by={}", node(client), node(server));
-    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let mut element = Vec::with_capacity(96 + host.map_or(0, str::len));
+    element.extend_from_slice(b"for=");
+    node(&mut element, client);
+    element.extend_from_slice(b";by=");
+    node(&mut element, server);
+    if let Some(host) = host {
         // RFC 7239 5.3: the Host the client asked for, quoted unless it is a token (a port's
         // ":" is not); a value with a quote or backslash in it is not a host: left out.
         if is_token(host) {
-            element.push_str(&format!(";host={host}"));
+            element.extend_from_slice(b";host=");
+            element.extend_from_slice(host.as_bytes());
         } else if !host.contains(['"', '\\']) {
-            element.push_str(&format!(";host=\"{host}\""));
+            element.extend_from_slice(b";host=\"");
+            element.extend_from_slice(host.as_bytes());
+            element.push(b'"');
         }
     }
-    element.push_str(";proto=http");
-    append(headers, header::FORWARDED, &element);
-    append(headers, HeaderName::from_static("x-forwarded-for"), &client.ip().to_string());
+    element.extend_from_slice(b";proto=http");
+    append(headers, header::FORWARDED, element);
+    let mut address = Vec::with_capacity(40);
+    match client.ip() {
+        IpAddr::V4(ip) => ipv4(&mut address, ip),
+        IpAddr::V6(ip) => {
+            let _ = write!(address, "{ip}");
+        }
+    }
+    append(headers, HeaderName::from_static("x-forwarded-for"), address);
 }
 
 /// Append `value` to a list-valued field, joining what the client sent into one line.
-fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let mut joined: Vec<&[u8]> = headers.get_all(&name).iter().map(HeaderValue::as_bytes).collect();
-    joined.push(value.as_bytes());
-    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b", "[..])) {
+fn append(headers: &mut HeaderMap, name: HeaderName, value: Vec<u8>) {
+    let value = if headers.contains_key(&name) {
+        let mut joined: Vec<&[u8]> = headers.get_all(&name).iter().map(HeaderValue::as_bytes).collect();
+        joined.push(&value);
+        joined.join(&b", "[..])
+    } else {
+        value
+    };
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(name, v);
     }
 }
@@ -120,7 +178,11 @@ impl Framing {
 /// framing, and `Connection: close` when the connection ends after it.
 pub fn response_head(status: StatusCode, headers: &HeaderMap, framing: Framing, close: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or("")).as_bytes());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
         if framing == Framing::Chunked && name == header::CONTENT_LENGTH {
             continue;
@@ -201,6 +263,20 @@ mod tests {
     }
 
     #[test]
+    fn nodes_are_written_as_display_writes_them() {
+        for addr in ["0.0.0.0:0", "255.255.255.255:65535", "10.0.100.9:80", "198.18.0.2:41000", "[::]:0", "[fd00:5eed::2]:5"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let mut out = Vec::new();
+            node(&mut out, addr);
+            let expected = match addr {
+                SocketAddr::V4(a) => format!("\"{}:{}\"", a.ip(), a.port()),
+                SocketAddr::V6(a) => format!("\"[{}]:{}\"", a.ip(), a.port()),
+            };
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+    }
+
+    #[test]
     fn framing_follows_the_status_the_method_and_the_client() {
         let len = map(&[("content-length", "5")]);
         let none = HeaderMap::new();
@@ -212,5 +288,7 @@ mod tests {
         assert_eq!(Framing::choose(StatusCode::OK, false, &none, true), Framing::UntilClose);
         let head = String::from_utf8(response_head(StatusCode::OK, &len, Framing::Chunked, true)).unwrap();
         assert_eq!(head, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+        let head = String::from_utf8(response_head(StatusCode::from_u16(599).unwrap(), &len, Framing::Length(5), false)).unwrap();
+        assert_eq!(head, "HTTP/1.1 599 \r\ncontent-length: 5\r\n\r\n");
     }
 }
