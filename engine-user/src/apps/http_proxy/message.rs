@@ -8,8 +8,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use hyper::{
-    HeaderMap, StatusCode,
+use http::{
+    HeaderMap, Method, StatusCode, Uri,
     header::{self, HeaderName, HeaderValue},
 };
 
@@ -61,7 +61,7 @@ fn node(out: &mut Vec<u8>, addr: SocketAddr) {
         }
     }
     out.push(b':');
-    decimal(out, u32::from(addr.port()));
+    decimal(out, u64::from(addr.port()));
     out.push(b'"');
 }
 
@@ -72,23 +72,8 @@ fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
         if i > 0 {
             out.push(b'.');
         }
-        decimal(out, u32::from(octet));
+        decimal(out, u64::from(octet));
     }
-}
-
-fn decimal(out: &mut Vec<u8>, n: u32) {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// RFC 9110 5.6.2 token characters.
@@ -145,6 +130,54 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: Vec<u8>) {
     }
 }
 
+/// The request head for the backend: the method, the target in origin form, the fields as
+/// [`super::parse_head`] and [`add_forwarded`] left them, and `Transfer-Encoding: chunked`
+/// when the client's body has no declared length (it goes on re-chunked; a declared length
+/// goes on in the client's own Content-Length field). Always HTTP/1.1: the pool's connections
+/// stay alive whatever the client spoke.
+pub fn request_head(method: &Method, uri: &Uri, headers: &HeaderMap, chunked: bool) -> Vec<u8> {
+    let fields: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let mut out = Vec::with_capacity(method.as_str().len() + uri.path().len() + 64 + fields);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    match uri.path_and_query() {
+        Some(target) => out.extend_from_slice(target.as_str().as_bytes()),
+        None => out.push(b'/'),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// What the response must fit on the client's side: its request's method, its version, whether
+/// it asked to close, whether it asked to switch protocols.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub head_request: bool,
+    pub http10: bool,
+    pub close: bool,
+    pub upgrade: bool,
+}
+
+/// How the backend delimits its response body (RFC 9112 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyIn {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the backend closes: the connection carries nothing after it.
+    UntilClose,
+}
+
 /// How the response body reaches the client on this hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -158,49 +191,198 @@ pub enum Framing {
     UntilClose,
 }
 
-impl Framing {
-    pub fn choose(status: StatusCode, head_request: bool, headers: &HeaderMap, client_http10: bool) -> Framing {
-        if head_request || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            return Framing::None;
-        }
-        let length = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        match (length, client_http10) {
-            (Some(n), _) => Framing::Length(n),
-            (None, false) => Framing::Chunked,
-            (None, true) => Framing::UntilClose,
-        }
-    }
+/// A backend's response head, read and rewritten for the client.
+#[derive(Debug)]
+pub struct Answer {
+    /// The head's length in the backend's bytes.
+    pub len: usize,
+    pub status: StatusCode,
+    pub from: BodyIn,
+    pub to: Framing,
+    /// The head to write to the client: the status, the end-to-end fields, this hop's framing
+    /// and connection fields.
+    pub head: Vec<u8>,
+    /// The client's connection ends after this response.
+    pub close: bool,
+    /// The backend keeps its connection open after this response (HTTP/1.1 without `close`,
+    /// HTTP/1.0 with `keep-alive`, and a body that does not run to the close).
+    pub reusable: bool,
 }
 
-/// The response head for the client: the backend's status and end-to-end fields, this hop's
-/// framing, and `Connection: close` when the connection ends after it.
-pub fn response_head(status: StatusCode, headers: &HeaderMap, framing: Framing, close: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        if framing == Framing::Chunked && name == header::CONTENT_LENGTH {
+/// What [`parse_response`] makes of the bytes a backend sent so far.
+#[derive(Debug)]
+pub enum Response {
+    Partial,
+    /// An interim response (1xx but 101) of this length: skipped, the final one follows.
+    Interim(usize),
+    Complete(Answer),
+    /// Not a response this proxy can forward (malformed, an unparseable or conflicting length,
+    /// a switch of protocols the client did not ask for): RFC 9112 6.3 item 5, a 502.
+    Invalid,
+}
+
+/// Fields that only this hop's framing and connection may carry; the client gets its own.
+const NOT_FORWARDED: [&str; 8] =
+    ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "trailer", "content-length"];
+
+/// Read a backend's response head from `buf` and write the client's (RFC 9112 6.3 for the
+/// body's framing on both sides). Field names are written in lower case, as HTTP/2 and hyper
+/// write them.
+pub fn parse_response(buf: &[u8], client: Client) -> Response {
+    let mut fields = [httparse::EMPTY_HEADER; 100];
+    let mut res = httparse::Response::new(&mut fields);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Response::Partial,
+        Err(_) => return Response::Invalid,
+    };
+    let (Some(code), Some(version)) = (res.code, res.version) else { return Response::Invalid };
+    let Ok(status) = StatusCode::from_u16(code) else { return Response::Invalid };
+    let switch = status == StatusCode::SWITCHING_PROTOCOLS;
+    if status.is_informational() && !switch {
+        // RFC 9110 15.2: 100 Continue (the proxy answered the client's Expect itself) and 103
+        // Early Hints are for this hop; the final response follows.
+        return Response::Interim(len);
+    }
+    if switch && !client.upgrade {
+        return Response::Invalid;
+    }
+    // RFC 9112 9.3: HTTP/1.1 stays open unless `close`; HTTP/1.0 only with `keep-alive`, and
+    // `close` wins wherever it stands.
+    let (mut close_token, mut keep_alive_token) = (false, false);
+    // Fields the Connection field names are this hop's too (RFC 9110 7.6.1).
+    let mut named: Vec<&str> = Vec::new();
+    let (mut te, mut chunked, mut length, mut lengths_differ) = (false, false, None::<u64>, false);
+    let mut protocol: Option<&[u8]> = None;
+    for f in res.headers.iter() {
+        if f.name.eq_ignore_ascii_case("connection") {
+            for token in std::str::from_utf8(f.value).unwrap_or("").split(',').map(str::trim) {
+                close_token |= token.eq_ignore_ascii_case("close");
+                keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
+                named.push(token);
+            }
+        } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            // RFC 9112 6.3 item 4: chunked only as the final coding frames the body.
+            te = true;
+            let last = std::str::from_utf8(f.value).unwrap_or("").rsplit(',').next().unwrap_or("");
+            chunked = last.trim().eq_ignore_ascii_case("chunked");
+        } else if f.name.eq_ignore_ascii_case("content-length") {
+            // RFC 9112 6.3 item 5: a list of one repeated value is that value; any other
+            // disagreement or non-digit is an unrecoverable error.
+            for v in f.value.split(|&b| b == b',') {
+                let v = v.trim_ascii();
+                let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
+                    .then(|| v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+                match (n, length) {
+                    (None, _) => lengths_differ = true,
+                    (Some(n), Some(l)) if n != l => lengths_differ = true,
+                    (Some(n), _) => length = Some(n),
+                }
+            }
+        } else if f.name.eq_ignore_ascii_case("upgrade") {
+            protocol = Some(f.value);
+        }
+    }
+    let from = if client.head_request || status.is_informational() || code == 204 || code == 304 {
+        BodyIn::None
+    } else if te {
+        // RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing.
+        if version == 0 {
+            return Response::Invalid;
+        }
+        // RFC 9112 6.3 item 3: Transfer-Encoding overrides Content-Length, which is dropped.
+        if chunked { BodyIn::Chunked } else { BodyIn::UntilClose }
+    } else if lengths_differ {
+        return Response::Invalid;
+    } else if let Some(n) = length {
+        BodyIn::Length(n)
+    } else {
+        BodyIn::UntilClose
+    };
+    let to = match from {
+        BodyIn::None => Framing::None,
+        BodyIn::Length(n) => Framing::Length(n),
+        BodyIn::Chunked | BodyIn::UntilClose if client.http10 => Framing::UntilClose,
+        BodyIn::Chunked | BodyIn::UntilClose => Framing::Chunked,
+    };
+    let close = !switch && (client.close || to == Framing::UntilClose);
+    let mut head = Vec::with_capacity(len + 64);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for f in res.headers.iter() {
+        let name = f.name;
+        // A HEAD or 304 answer's Content-Length describes the body it does not carry: kept.
+        let ours = NOT_FORWARDED.iter().any(|n| n.eq_ignore_ascii_case(name))
+            && !(from == BodyIn::None && name.eq_ignore_ascii_case("content-length"));
+        if ours || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        head.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(f.value);
+        head.extend_from_slice(b"\r\n");
     }
-    if framing == Framing::Chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    match to {
+        Framing::Length(n) => {
+            head.extend_from_slice(b"content-length: ");
+            decimal(&mut head, n);
+            head.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::UntilClose => {}
     }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
+    if switch {
+        // The switch itself: the two fields this hop keeps (RFC 9110 7.8).
+        if let Some(p) = protocol {
+            head.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
+            head.extend_from_slice(p);
+            head.extend_from_slice(b"\r\n");
+        }
+    } else if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    } else if client.http10 {
+        // RFC 9112 9.3: an HTTP/1.0 client keeps the connection only if the answer says so.
+        head.extend_from_slice(b"connection: keep-alive\r\n");
     }
+    head.extend_from_slice(b"\r\n");
+    let backend_close = close_token || (version == 0 && !keep_alive_token);
+    let reusable = !switch && !backend_close && from != BodyIn::UntilClose;
+    Response::Complete(Answer { len, status, from, to, head, close, reusable })
+}
+
+/// A chunk's size line (RFC 9112 7.1): the length in hex, CRLF.
+pub fn chunk_size(out: &mut Vec<u8>, len: usize) {
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut n = len;
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
     out.extend_from_slice(b"\r\n");
-    out
+}
+
+fn decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// A response the proxy makes itself (an error), closing the connection after it.
@@ -277,19 +459,180 @@ mod tests {
         }
     }
 
+    const GET11: Client = Client { head_request: false, http10: false, close: false, upgrade: false };
+
+    fn answer(response: &str, client: Client) -> Answer {
+        match parse_response(response.as_bytes(), client) {
+            Response::Complete(a) => {
+                assert_eq!(a.len, response.find("\r\n\r\n").unwrap() + 4);
+                a
+            }
+            other => panic!("{response:?}: {other:?}"),
+        }
+    }
+
+    fn head(a: &Answer) -> &str {
+        std::str::from_utf8(&a.head).unwrap()
+    }
+
     #[test]
-    fn framing_follows_the_status_the_method_and_the_client() {
-        let len = map(&[("content-length", "5")]);
-        let none = HeaderMap::new();
-        assert_eq!(Framing::choose(StatusCode::OK, false, &len, false), Framing::Length(5));
-        assert_eq!(Framing::choose(StatusCode::OK, true, &len, false), Framing::None);
-        assert_eq!(Framing::choose(StatusCode::NO_CONTENT, false, &none, false), Framing::None);
-        assert_eq!(Framing::choose(StatusCode::NOT_MODIFIED, false, &len, false), Framing::None);
-        assert_eq!(Framing::choose(StatusCode::OK, false, &none, false), Framing::Chunked);
-        assert_eq!(Framing::choose(StatusCode::OK, false, &none, true), Framing::UntilClose);
-        let head = String::from_utf8(response_head(StatusCode::OK, &len, Framing::Chunked, true)).unwrap();
-        assert_eq!(head, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n");
-        let head = String::from_utf8(response_head(StatusCode::from_u16(599).unwrap(), &len, Framing::Length(5), false)).unwrap();
-        assert_eq!(head, "HTTP/1.1 599 \r\ncontent-length: 5\r\n\r\n");
+    fn the_response_framing_follows_rfc_9112_on_both_sides() {
+        // A declared length goes on as it is, once, whatever the backend repeated.
+        let a = answer("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nX-Up: 1\r\n\r\nhello", GET11);
+        assert_eq!((a.from, a.to, a.close, a.reusable), (BodyIn::Length(5), Framing::Length(5), false, true));
+        assert_eq!(head(&a), "HTTP/1.1 200 OK\r\nx-up: 1\r\ncontent-length: 5\r\n\r\n");
+        // Transfer-Encoding overrides Content-Length (item 3), which goes; HTTP/1.1 clients get
+        // chunks, HTTP/1.0 clients the body to the close.
+        let r = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        let a = answer(r, GET11);
+        assert_eq!((a.from, a.to, a.close), (BodyIn::Chunked, Framing::Chunked, false));
+        assert_eq!(head(&a), "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+        let a = answer(r, Client { http10: true, ..GET11 });
+        assert_eq!((a.to, a.close), (Framing::UntilClose, true));
+        assert_eq!(head(&a), "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+        // A final coding other than chunked, or no length at all: the body runs to the close,
+        // and the connection carries nothing after it (item 4, item 7).
+        for r in ["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", "HTTP/1.1 200 OK\r\n\r\n"] {
+            let a = answer(r, GET11);
+            assert_eq!((a.from, a.to, a.reusable), (BodyIn::UntilClose, Framing::Chunked, false), "{r}");
+        }
+        // No body: HEAD, 204, 304 (item 1); a HEAD answer keeps the length it describes.
+        let a = answer("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", Client { head_request: true, ..GET11 });
+        assert_eq!((a.from, a.to), (BodyIn::None, Framing::None));
+        assert_eq!(head(&a), "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n");
+        for code in [204, 304] {
+            let a = answer(&format!("HTTP/1.1 {code} X\r\n\r\n"), GET11);
+            assert_eq!((a.from, a.to, a.reusable), (BodyIn::None, Framing::None, true));
+        }
+        // Lengths that disagree or are no number, and chunked in HTTP/1.0: a 502 (item 5, 6.1).
+        for r in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert!(matches!(parse_response(r.as_bytes(), GET11), Response::Invalid), "{r}");
+        }
+        assert!(matches!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", GET11), Response::Partial));
+    }
+
+    #[test]
+    fn connection_fields_interim_responses_and_switches_are_this_hops() {
+        // The backend's connection fields, and those it names, stay here (RFC 9110 7.6.1); its
+        // close means the connection cannot be reused, HTTP/1.0 stays only with keep-alive.
+        let a = answer("HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nContent-Length: 0\r\n\r\n", GET11);
+        assert!(!a.reusable && !a.close);
+        assert_eq!(head(&a), "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        assert!(!answer("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", GET11).reusable);
+        assert!(answer("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n", GET11).reusable);
+        // An HTTP/1.0 client that may keep its connection is told so; one that asked to close,
+        // that it closes.
+        let a = answer("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Client { http10: true, ..GET11 });
+        assert_eq!(head(&a), "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n");
+        let a = answer("HTTP/1.1 599 Whatever\r\nContent-Length: 0\r\n\r\n", Client { close: true, ..GET11 });
+        assert_eq!(head(&a), "HTTP/1.1 599 \r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        // 100 and 103 are skipped by their length; the final answer follows.
+        let r = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n";
+        assert!(matches!(parse_response(r, GET11), Response::Interim(n) if n == r.len() - 17));
+        // A switch the client asked for keeps its two fields; one it did not ask for is a 502.
+        let r = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\nX-A: 1\r\n\r\n";
+        let a = answer(r, Client { upgrade: true, ..GET11 });
+        assert_eq!(head(&a), "HTTP/1.1 101 Switching Protocols\r\nx-a: 1\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n");
+        assert!(matches!(parse_response(r.as_bytes(), GET11), Response::Invalid));
+    }
+
+    #[test]
+    fn request_heads_and_chunk_sizes_are_written_as_http_1_1() {
+        let headers = map(&[("host", "example"), ("content-length", "3"), ("x-a", "1"), ("x-a", "2")]);
+        let head = request_head(&Method::POST, &"/p?q=1".parse().unwrap(), &headers, false);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nhost: example\r\ncontent-length: 3\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
+        );
+        let head = request_head(&Method::OPTIONS, &"*".parse().unwrap(), &map(&[("host", "h")]), true);
+        assert_eq!(String::from_utf8(head).unwrap(), "OPTIONS * HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n");
+        for n in [0usize, 1, 15, 16, 255, 4096, 0x7fff_ffff] {
+            let mut out = Vec::new();
+            chunk_size(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{n:x}\r\n"));
+        }
+    }
+
+    /// Fields a generated response may carry: the framing and connection fields in the forms
+    /// backends send (and some they should not), and end-to-end ones.
+    const FIELDS: [(&str, &str); 14] = [
+        ("Content-Length", "5"),
+        ("content-length", "5, 5"),
+        ("Content-Length", "7"),
+        ("Content-Length", "x"),
+        ("Transfer-Encoding", "chunked"),
+        ("transfer-encoding", "gzip"),
+        ("Transfer-Encoding", "gzip, chunked"),
+        ("Connection", "close"),
+        ("Connection", "keep-alive, X-Hop"),
+        ("X-Hop", "1"),
+        ("Keep-Alive", "timeout=5"),
+        ("Upgrade", "echo"),
+        ("Trailer", "X-T"),
+        ("X-End", "kept"),
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse_response(&data, GET11);
+        }
+
+        /// Whatever the backend's framing fields, the client's head frames the body one way
+        /// only, as `to` says (two framings in one message are how responses get smuggled),
+        /// carries no connection field of the backend's, and parses as the response it is.
+        #[test]
+        fn the_client_head_frames_the_body_one_way(
+            version in 0u8..2,
+            code in proptest::sample::select(vec![101u16, 200, 204, 304, 404, 500]),
+            fields in proptest::collection::vec(0..FIELDS.len(), 0..6),
+            head_request: bool,
+            http10: bool,
+            close: bool,
+            upgrade: bool,
+        ) {
+            let mut r = format!("HTTP/1.{version} {code} X\r\n");
+            for &f in &fields {
+                r += &format!("{}: {}\r\n", FIELDS[f].0, FIELDS[f].1);
+            }
+            r += "\r\n";
+            let client = Client { head_request, http10, close, upgrade };
+            let Response::Complete(a) = parse_response(r.as_bytes(), client) else { return Ok(()) };
+            let mut parsed = [httparse::EMPTY_HEADER; 32];
+            let mut res = httparse::Response::new(&mut parsed);
+            proptest::prop_assert_eq!(res.parse(&a.head), Ok(httparse::Status::Complete(a.head.len())));
+            proptest::prop_assert_eq!(res.code, Some(code));
+            let values = |name: &str| res.headers.iter().filter(|h| h.name == name).map(|h| h.value.to_vec()).collect::<Vec<_>>();
+            let (lengths, codings, connection) = (values("content-length"), values("transfer-encoding"), values("connection"));
+            match a.to {
+                Framing::Length(n) => {
+                    proptest::prop_assert_eq!(lengths, vec![n.to_string().into_bytes()]);
+                    proptest::prop_assert!(codings.is_empty());
+                }
+                Framing::Chunked => {
+                    proptest::prop_assert!(lengths.is_empty());
+                    proptest::prop_assert_eq!(codings, vec![b"chunked".to_vec()]);
+                }
+                Framing::UntilClose => {
+                    proptest::prop_assert!(lengths.is_empty() && codings.is_empty());
+                    proptest::prop_assert_eq!(&connection, &vec![b"close".to_vec()]);
+                }
+                Framing::None => proptest::prop_assert!(codings.is_empty()),
+            }
+            for hop in ["keep-alive", "x-hop", "trailer", "proxy-connection", "te"] {
+                proptest::prop_assert!(values(hop).is_empty() || (hop == "x-hop" && !r.contains("X-Hop\r\n")), "{} in {:?}", hop, String::from_utf8_lossy(&a.head));
+            }
+            proptest::prop_assert!(connection.len() <= 1);
+            // Reused only where the backend keeps the connection and the body has an end.
+            proptest::prop_assert!(!a.reusable || (a.from != BodyIn::UntilClose && !r.contains("Connection: close")));
+        }
     }
 }

@@ -1,9 +1,16 @@
 //! `--app http-proxy=HOST:PORT`: an HTTP/1.1 reverse proxy. Requests are read from the client
 //! with the same framing rules as `--app http`, forwarded over a bounded pool of keep-alive
-//! connections to the backend (hyper's client side, [`pool`]), with `Forwarded` and
-//! `X-Forwarded-For` added; bodies stream both ways a piece at a time (never a whole body in
-//! memory); an Upgrade (WebSocket) is spliced; a backend that refuses or breaks gives 502, one
-//! that does not answer within the timeout 504.
+//! connections to the backend ([`pool`]), with `Forwarded` and `X-Forwarded-For` added; bodies
+//! stream both ways a piece at a time (never a whole body in memory); an Upgrade (WebSocket) is
+//! spliced; a backend that refuses or breaks gives 502, one that does not answer within the
+//! timeout 504.
+//!
+//! Both sides' HTTP/1.1 is this module's own, on httparse, in the task that serves the client:
+//! the request head is written straight from the parsed fields and the response head parsed
+//! and rewritten in one pass ([`message`]). (hyper's client drives each connection from a task
+//! of its own, fed through a channel, with a oneshot for the response and a channel for its
+//! body: wakeups and allocations per request that a proxy in front of a busy backend pays on
+//! every request.)
 //!
 //! The client side is served in turns: between requests a connection holds no task and no
 //! buffer, as an idle echo connection, so a million keep-alive clients cost what the engine
@@ -22,18 +29,14 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf as _, Bytes, BytesMut};
-use hyper::{
-    Method, Request, Response, StatusCode, Uri, Version,
-    body::{Body as _, Frame, Incoming, SizeHint},
+use bytes::{Buf as _, BytesMut};
+use http::{
+    Method, Request, StatusCode, Uri, Version,
     header::{self, HeaderMap, HeaderName, HeaderValue},
 };
-use message::Framing;
+use message::{Client, Framing};
 pub use pool::{Pool, PoolStats, Pools};
-use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    sync::mpsc,
-};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::{
     AppStream, Served, WhenQuiet,
@@ -67,58 +70,11 @@ impl HttpProxyOptions {
     }
 }
 
-/// Pieces of a request body in flight between the client's reader and the backend connection:
-/// with pieces of at most [`BODY_READ`] bytes, at most this many times that per request.
-const BODY_QUEUE: usize = 4;
-/// The most a request-body read takes from the client at once.
+/// The most a body read takes at once.
 const BODY_READ: usize = 32 * 1024;
-
-/// A request body on its way to the backend: pieces from the client's reader, as they come.
-pub struct RequestBody {
-    pieces: Option<mpsc::Receiver<io::Result<Bytes>>>,
-    /// Bytes still to come, when the client declared a length.
-    left: Option<u64>,
-}
-
-impl RequestBody {
-    fn empty() -> Self {
-        Self { pieces: None, left: Some(0) }
-    }
-}
-
-impl hyper::body::Body for RequestBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
-        let Some(pieces) = &mut self.pieces else { return Poll::Ready(None) };
-        match pieces.poll_recv(cx) {
-            Poll::Ready(Some(Ok(piece))) => {
-                if let Some(left) = &mut self.left {
-                    *left = left.saturating_sub(piece.len() as u64);
-                }
-                Poll::Ready(Some(Ok(Frame::data(piece))))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => {
-                self.pieces = None;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.pieces.is_none() || self.left == Some(0)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.left {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
-        }
-    }
-}
+/// Response-body pieces up to this size join the pending write to the client (the head, or the
+/// pieces before) instead of going on their own.
+const SMALL_WRITE: usize = 4096;
 
 /// A request head read from the client, ready to forward.
 struct Head {
@@ -322,6 +278,29 @@ enum Next {
     Abort,
 }
 
+/// How the backend side of an exchange ended.
+enum Outcome {
+    /// The response went to the client: what the client's connection does next, and whether
+    /// the backend connection can carry another request.
+    Done { next: Next, reusable: bool },
+    /// The backend closed or failed before a byte of a response: nothing reached the client.
+    Unanswered,
+    /// No response head within the timeout: nothing reached the client.
+    TimedOut,
+    /// The backend's answer cannot be forwarded: nothing reached the client.
+    Invalid,
+    /// The backend switched protocols; its 101 went to the client.
+    Upgrade,
+}
+
+/// Whether a request may be sent again when a reused connection dropped it unanswered: RFC 9110
+/// 9.2.2's idempotent methods, without a body (a body read from the client cannot be read
+/// again). nginx's proxy_next_upstream retries the same set.
+fn retryable(method: &Method, body: Body) -> bool {
+    body == Body::Length(0)
+        && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
 /// Forward one request and its body, and the response back.
 async fn exchange<S: AppStream>(pool: &Pool, s: &mut S, buf: &mut BytesMut, head: Head) -> io::Result<Next> {
     let Head { request, body, close, http10, expect_continue, upgrade, .. } = head;
@@ -329,209 +308,352 @@ async fn exchange<S: AppStream>(pool: &Pool, s: &mut S, buf: &mut BytesMut, head
     if let Some((client, server)) = s.addresses() {
         message::add_forwarded(&mut parts.headers, client, server);
     }
-    let head_request = parts.method == Method::HEAD;
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol.clone());
     }
-    let client = Client { head_request, http10, close, upgrade: upgrade.is_some() };
-    let has_body = body != Body::Length(0);
-    if !has_body {
-        let request = Request::from_parts(parts, RequestBody::empty());
-        return match respond(pool, s, request, client).await? {
-            Responded::Upgrade(upgrade, lease) => splice_upgraded(s, buf, upgrade, lease).await,
-            Responded::Next(next) => Ok(next),
-        };
-    }
-    if expect_continue {
-        s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-    }
-    let (tx, rx) = mpsc::channel(BODY_QUEUE);
-    let left = match body {
-        Body::Length(n) => Some(n),
-        Body::Chunked => None,
-    };
-    let request = Request::from_parts(parts, RequestBody { pieces: Some(rx), left });
-    // The client's body goes up while the response comes down: a backend may answer before it
-    // has read the whole body, and one that streams (an echo) would stall if either waited.
-    let (mut read, mut write) = tokio::io::split(&mut *s);
-    let (pumped, responded) =
-        tokio::join!(pump(&mut read, buf, body, tx, pool.options.timeout), respond(pool, &mut write, request, client));
-    drop((read, write));
-    match responded? {
-        // The backend switched protocols on a request with a body: what it read of the body is
-        // its business; the rest of the connection is the new protocol's.
-        Responded::Upgrade(upgrade, lease) => splice_upgraded(s, buf, upgrade, lease).await,
-        Responded::Next(Next::KeepAlive) if pumped != Pumped::Complete => {
-            // The request's body was not read to its end: the next request's first byte is
-            // unknown, so the connection ends here.
-            Ok(Next::Close)
-        }
-        Responded::Next(next) => Ok(next),
-    }
-}
-
-/// What the response must fit on the client's side: its request's method, its version, whether
-/// it asked to close, whether it asked to switch protocols.
-#[derive(Debug, Clone, Copy)]
-struct Client {
-    head_request: bool,
-    http10: bool,
-    close: bool,
-    upgrade: bool,
-}
-
-/// How [`respond`] ended: the connection's next step, or a switch of protocols to splice.
-enum Responded {
-    Next(Next),
-    Upgrade(hyper::upgrade::OnUpgrade, pool::Lease),
-}
-
-/// Send `request` over a pooled connection and write the response to the client. Failures
-/// before the response head become 502 or 504; after it, a reset.
-async fn respond<W: AsyncWrite + Unpin>(
-    pool: &Pool,
-    w: &mut W,
-    request: Request<RequestBody>,
-    client: Client,
-) -> io::Result<Responded> {
-    let (lease, mut response) = match send(pool, request).await {
-        Ok(sent) => sent,
-        Err(status) => {
-            w.write_all(&message::own_response(status)).await?;
-            return Ok(Responded::Next(Next::Close));
-        }
-    };
-    let status = response.status();
-    if status == StatusCode::SWITCHING_PROTOCOLS && client.upgrade {
-        let mut headers = response.headers().clone();
-        let protocol = headers.get(header::UPGRADE).cloned();
-        message::strip_hop_by_hop(&mut headers);
-        let mut head = message::response_head(status, &headers, Framing::None, false);
-        if let Some(p) = protocol {
-            // The switch itself: the two fields this hop keeps (RFC 9110 7.8).
-            let extra = format!("connection: upgrade\r\nupgrade: {}\r\n\r\n", String::from_utf8_lossy(p.as_bytes()));
-            head.truncate(head.len() - 2);
-            head.extend_from_slice(extra.as_bytes());
-        }
-        w.write_all(&head).await?;
-        // The connection leaves the pool with the upgrade; its permit goes with the lease, once
-        // the upgrade has been taken.
-        return Ok(Responded::Upgrade(hyper::upgrade::on(&mut response), lease));
-    }
-    let framing = Framing::choose(status, client.head_request, response.headers(), client.http10);
-    let close = client.close || framing == Framing::UntilClose;
-    let mut headers = std::mem::take(response.headers_mut());
-    message::strip_hop_by_hop(&mut headers);
-    let mut head = message::response_head(status, &headers, framing, close);
-    if client.http10 && !close {
-        // RFC 9112 9.3: an HTTP/1.0 client keeps the connection only if the answer says so.
-        head.truncate(head.len() - 2);
-        head.extend_from_slice(b"connection: keep-alive\r\n\r\n");
-    }
-    let body = response.into_body();
-    match stream_response(pool, w, head, body, framing).await? {
-        true => {
-            pool.release(lease);
-            Ok(Responded::Next(if close { Next::Close } else { Next::KeepAlive }))
-        }
-        false => Ok(Responded::Next(Next::Abort)),
-    }
-}
-
-/// A pooled connection and the backend's response head, or the status that tells the client
-/// why there is none.
-async fn send(pool: &Pool, request: Request<RequestBody>) -> Result<(pool::Lease, Response<Incoming>), StatusCode> {
-    let checkout_failed = |e: pool::CheckoutError| match e {
-        pool::CheckoutError::TimedOut => StatusCode::GATEWAY_TIMEOUT,
-        pool::CheckoutError::Connect(e) => {
-            tracing::debug!("http-proxy: connecting to {}: {e}", pool.backend());
-            StatusCode::BAD_GATEWAY
-        }
-    };
-    let mut lease = pool.checkout().await.map_err(checkout_failed)?;
-    let mut request = request;
-    for attempt in 0..2 {
-        let sent = tokio::time::timeout(pool.options.timeout, lease.sender.try_send_request(request)).await;
-        match sent {
-            Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
-            Ok(Ok(response)) => return Ok((lease, response)),
-            Ok(Err(mut e)) => match e.take_message() {
-                // Not sent: the pooled connection had closed under it (the backend's keep-alive
-                // timeout racing our reuse). Once more on a fresh connection.
-                Some(unsent) if attempt == 0 => {
-                    request = unsent;
-                    lease = pool.reconnect(lease).await.map_err(checkout_failed)?;
+    let client = Client { head_request: parts.method == Method::HEAD, http10, close, upgrade: upgrade.is_some() };
+    let request_head = message::request_head(&parts.method, &parts.uri, &parts.headers, body == Body::Chunked);
+    let mut lease = match pool.checkout().await {
+        Ok(lease) => lease,
+        Err(e) => {
+            let status = match e {
+                pool::CheckoutError::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+                pool::CheckoutError::Connect(e) => {
+                    tracing::debug!("http-proxy: connecting to {}: {e}", pool.backend());
+                    StatusCode::BAD_GATEWAY
                 }
-                _ => {
-                    tracing::debug!("http-proxy: request to {}: {}", pool.backend(), e.error());
-                    return Err(StatusCode::BAD_GATEWAY);
-                }
-            },
-        }
-    }
-    Err(StatusCode::BAD_GATEWAY)
-}
-
-/// Write the response head and body to the client with `framing`; whether it all went out (an
-/// error reading the backend, or its silence past the timeout, leaves the response cut short).
-async fn stream_response<W: AsyncWrite + Unpin>(
-    pool: &Pool,
-    w: &mut W,
-    head: Vec<u8>,
-    mut body: Incoming,
-    framing: Framing,
-) -> io::Result<bool> {
-    let mut pending = head;
-    let mut sent: u64 = 0;
-    if framing != Framing::None {
-        loop {
-            let frame = match tokio::time::timeout(pool.options.timeout, std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))).await {
-                Err(_) => {
-                    w.write_all(&pending).await?;
-                    return Ok(false);
-                }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    tracing::debug!("http-proxy: response body from {}: {e}", pool.backend());
-                    w.write_all(&pending).await?;
-                    return Ok(false);
-                }
-                Ok(Some(Ok(frame))) => frame,
             };
-            // Trailers are dropped: this hop's chunked encoding ends without them.
-            let Ok(data) = frame.into_data() else { continue };
-            if data.is_empty() {
+            s.write_all(&message::own_response(status)).await?;
+            return Ok(Next::Close);
+        }
+    };
+    let outcome = if body == Body::Length(0) {
+        let mut retried = false;
+        loop {
+            let outcome = match lease.conn.tcp.write_all(&request_head).await {
+                Ok(()) => respond(pool, &mut lease.conn.tcp, &mut lease.conn.buf, s, client).await?,
+                Err(_) => Outcome::Unanswered,
+            };
+            if matches!(outcome, Outcome::Unanswered) && lease.reused && !retried && retryable(&parts.method, body) {
+                retried = true;
+                lease = match pool.reconnect(lease).await {
+                    Ok(lease) => lease,
+                    Err(_) => {
+                        s.write_all(&message::own_response(StatusCode::BAD_GATEWAY)).await?;
+                        return Ok(Next::Close);
+                    }
+                };
                 continue;
             }
-            sent += data.len() as u64;
-            if framing == Framing::Chunked {
-                pending.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            }
-            // Small pieces join the head (or the previous piece) in one write; large ones go as
-            // they are, with no copy.
-            if data.len() <= 4096 {
-                pending.extend_from_slice(&data);
-            } else {
-                w.write_all(&pending).await?;
-                pending.clear();
-                w.write_all(&data).await?;
-            }
-            if framing == Framing::Chunked {
-                pending.extend_from_slice(b"\r\n");
-            }
-            if pending.len() >= 4096 {
-                w.write_all(&pending).await?;
-                pending.clear();
+            break outcome;
+        }
+    } else {
+        if expect_continue {
+            s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
+        match exchange_with_body(pool, s, buf, &mut lease, &request_head, body, client).await? {
+            Ok(outcome) => outcome,
+            Err(refused) => {
+                // The client broke its body off: the backend connection carries the pieces of
+                // a request that will not end, and goes.
+                if let Some(status) = refused {
+                    s.write_all(&message::own_response(status)).await?;
+                    return Ok(Next::Close);
+                }
+                return Ok(Next::Abort);
             }
         }
-        if framing == Framing::Chunked {
-            pending.extend_from_slice(b"0\r\n\r\n");
+    };
+    let status = match outcome {
+        Outcome::Done { next, reusable } => {
+            if reusable {
+                pool.release(lease);
+            }
+            return Ok(next);
+        }
+        Outcome::Upgrade => return splice_upgraded(s, buf, lease.into_conn()).await,
+        Outcome::Unanswered | Outcome::Invalid => {
+            tracing::debug!("http-proxy: no usable response from {}", pool.backend());
+            StatusCode::BAD_GATEWAY
+        }
+        Outcome::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+    };
+    s.write_all(&message::own_response(status)).await?;
+    Ok(Next::Close)
+}
+
+/// The body's half of [`exchange`]: the client's body goes up while the response comes down (a
+/// backend may answer before it has read the whole body, and one that streams, an echo, would
+/// stall if either waited). Err when the client broke its body off: the status to answer with,
+/// if the response had not begun (else the client is reset).
+async fn exchange_with_body<S: AppStream>(
+    pool: &Pool,
+    s: &mut S,
+    buf: &mut BytesMut,
+    lease: &mut pool::Lease,
+    request_head: &[u8],
+    body: Body,
+    client: Client,
+) -> io::Result<Result<Outcome, Option<StatusCode>>> {
+    let pool::Conn { tcp, buf: backend_buf } = &mut lease.conn;
+    let (mut backend_r, mut backend_w) = tcp.split();
+    if backend_w.write_all(request_head).await.is_err() {
+        return Ok(Ok(Outcome::Unanswered));
+    }
+    let began = std::sync::atomic::AtomicBool::new(false);
+    let (mut read, mut write) = tokio::io::split(&mut *s);
+    let pumping = pump(&mut read, buf, body, &mut backend_w, pool.options.timeout);
+    let mut write = Began { w: &mut write, began: &began };
+    let responding = respond(pool, &mut backend_r, backend_buf, &mut write, client);
+    tokio::pin!(pumping, responding);
+    let mut pumped = None;
+    let outcome = loop {
+        tokio::select! {
+            p = &mut pumping, if pumped.is_none() => {
+                if let Pumped::Broken(status) = p {
+                    let began = began.load(std::sync::atomic::Ordering::Relaxed);
+                    return Ok(Err(if began { None } else { status }));
+                }
+                pumped = Some(p);
+            }
+            outcome = &mut responding => break outcome?,
+        }
+    };
+    Ok(Ok(match outcome {
+        // The backend switched protocols: what it read of the body is its business, the rest of
+        // the client's bytes are the new protocol's (the pump stops at the body's end).
+        Outcome::Upgrade if pumped.is_none() => match (&mut pumping).await {
+            Pumped::Broken(_) => Outcome::Done { next: Next::Abort, reusable: false },
+            _ => Outcome::Upgrade,
+        },
+        Outcome::Done { next, reusable } if pumped != Some(Pumped::Complete) => {
+            // The body was not read to its end: the next request's first byte is unknown, so
+            // the client's connection ends here, and the backend's, which has part of it.
+            let next = if matches!(next, Next::KeepAlive) { Next::Close } else { next };
+            let _ = reusable;
+            Outcome::Done { next, reusable: false }
+        }
+        outcome => outcome,
+    }))
+}
+
+/// A client writer that notes whether anything was written to it.
+struct Began<'a, W> {
+    w: &'a mut W,
+    began: &'a std::sync::atomic::AtomicBool,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Began<'_, W> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        self.began.store(true, std::sync::atomic::Ordering::Relaxed);
+        Pin::new(&mut *self.w).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.w).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.w).poll_shutdown(cx)
+    }
+}
+
+/// Read the backend's response (after any interim ones) and write it to the client. Err only
+/// for the client's side; what went wrong on the backend's is in the [`Outcome`].
+async fn respond<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    pool: &Pool,
+    backend: &mut R,
+    inbuf: &mut BytesMut,
+    w: &mut W,
+    client: Client,
+) -> io::Result<Outcome> {
+    let timeout = pool.options.timeout;
+    let mut heard = false;
+    let answer = loop {
+        match message::parse_response(inbuf, client) {
+            message::Response::Complete(answer) => break answer,
+            message::Response::Interim(len) => {
+                heard = true;
+                inbuf.advance(len);
+                continue;
+            }
+            message::Response::Invalid => return Ok(Outcome::Invalid),
+            message::Response::Partial if inbuf.len() > MAX_HEADER => return Ok(Outcome::Invalid),
+            message::Response::Partial => {}
+        }
+        if inbuf.capacity() - inbuf.len() < 1024 {
+            inbuf.reserve(4096);
+        }
+        match tokio::time::timeout(timeout, backend.read_buf(inbuf)).await {
+            Err(_) => return Ok(Outcome::TimedOut),
+            Ok(Ok(n)) if n > 0 => {}
+            // RFC 9112 9.3.1: a connection that closes before any response leaves the request
+            // unanswered (a reused one may be retried); one that closes within a head is broken.
+            Ok(_) if inbuf.is_empty() && !heard => return Ok(Outcome::Unanswered),
+            Ok(_) => return Ok(Outcome::Invalid),
+        }
+    };
+    inbuf.advance(answer.len);
+    if answer.status == StatusCode::SWITCHING_PROTOCOLS {
+        w.write_all(&answer.head).await?;
+        return Ok(Outcome::Upgrade);
+    }
+    let mut out = ToClient { pending: answer.head, framing: answer.to };
+    let whole = match answer.from {
+        message::BodyIn::None => true,
+        message::BodyIn::Length(mut left) => loop {
+            let n = left.min(inbuf.len() as u64) as usize;
+            if n > 0 {
+                out.piece(w, &inbuf[..n]).await?;
+                inbuf.advance(n);
+                left -= n as u64;
+            }
+            if left == 0 {
+                break true;
+            }
+            if read_more(backend, inbuf, timeout, &mut out, w).await? != Read::More {
+                break false;
+            }
+        },
+        message::BodyIn::Chunked => {
+            let mut chunked = Chunked::START;
+            loop {
+                let Ok(n) = chunked.decode(inbuf, |d| out.append(d)) else { break false };
+                inbuf.advance(n);
+                out.flush_if_full(w).await?;
+                if chunked == Chunked::Done {
+                    break true;
+                }
+                if read_more(backend, inbuf, timeout, &mut out, w).await? != Read::More {
+                    break false;
+                }
+            }
+        }
+        message::BodyIn::UntilClose => loop {
+            if !inbuf.is_empty() {
+                out.piece(w, inbuf).await?;
+                inbuf.clear();
+            }
+            match read_more(backend, inbuf, timeout, &mut out, w).await? {
+                Read::More => {}
+                // RFC 9112 6.3 item 8: the close ends this body.
+                Read::Closed => break true,
+                Read::Failed => break false,
+            }
+        },
+    };
+    out.finish(w, whole).await?;
+    if !whole {
+        return Ok(Outcome::Done { next: Next::Abort, reusable: false });
+    }
+    let next = if answer.close { Next::Close } else { Next::KeepAlive };
+    // Bytes after the response are no answer to anything of ours: the connection goes.
+    Ok(Outcome::Done { next, reusable: answer.reusable && inbuf.is_empty() })
+}
+
+/// What a read of a response body brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    More,
+    /// The backend closed its side.
+    Closed,
+    /// A read error, or silence past the timeout.
+    Failed,
+}
+
+/// Read more of a response body; what is pending goes to the client before any wait (it is
+/// part of a response that may stream).
+async fn read_more<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    backend: &mut R,
+    inbuf: &mut BytesMut,
+    timeout: Duration,
+    out: &mut ToClient,
+    w: &mut W,
+) -> io::Result<Read> {
+    if inbuf.capacity() - inbuf.len() < BODY_READ / 2 {
+        inbuf.reserve(BODY_READ);
+    }
+    let read = match ready_now(backend.read_buf(inbuf)).await {
+        Some(read) => Ok(read),
+        None => {
+            out.flush(w).await?;
+            tokio::time::timeout(timeout, backend.read_buf(inbuf)).await
+        }
+    };
+    Ok(match read {
+        Ok(Ok(n)) if n > 0 => Read::More,
+        Ok(Ok(_)) => Read::Closed,
+        Ok(Err(e)) => {
+            tracing::debug!("http-proxy: response body from the backend: {e}");
+            Read::Failed
+        }
+        Err(_) => Read::Failed,
+    })
+}
+
+/// `fut`'s output if it is ready at its first poll.
+async fn ready_now<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| Poll::Ready(match fut.as_mut().poll(cx) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }))
+    .await
+}
+
+/// The response on its way to the client, in this hop's framing: small pieces gather behind the
+/// head (or one another) for one write, large ones go as they are.
+struct ToClient {
+    pending: Vec<u8>,
+    framing: Framing,
+}
+
+impl ToClient {
+    /// A piece of body, framed (synchronously, into the pending write).
+    fn append(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if self.framing == Framing::Chunked {
+            message::chunk_size(&mut self.pending, data.len());
+        }
+        self.pending.extend_from_slice(data);
+        if self.framing == Framing::Chunked {
+            self.pending.extend_from_slice(b"\r\n");
         }
     }
-    w.write_all(&pending).await?;
-    // hyper ends a Content-Length body at its length; fewer bytes would have been an error.
-    Ok(!matches!(framing, Framing::Length(n) if n != sent))
+
+    async fn piece<W: AsyncWrite + Unpin>(&mut self, w: &mut W, data: &[u8]) -> io::Result<()> {
+        if data.len() <= SMALL_WRITE || self.framing == Framing::Chunked {
+            self.append(data);
+            return self.flush_if_full(w).await;
+        }
+        self.flush(w).await?;
+        w.write_all(data).await
+    }
+
+    async fn flush_if_full<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
+        if self.pending.len() >= SMALL_WRITE { self.flush(w).await } else { Ok(()) }
+    }
+
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            w.write_all(&self.pending).await?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// What is pending, and the chunked body's end if the body is whole (a cut-short body gets
+    /// no end: the client is reset after it).
+    async fn finish<W: AsyncWrite + Unpin>(mut self, w: &mut W, whole: bool) -> io::Result<()> {
+        if whole && self.framing == Framing::Chunked {
+            // Trailers are dropped: this hop's chunked encoding ends without them.
+            self.pending.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.flush(w).await
+    }
 }
 
 /// How the client's request body went.
@@ -539,20 +661,22 @@ async fn stream_response<W: AsyncWrite + Unpin>(
 enum Pumped {
     /// Read to its end and handed on.
     Complete,
-    /// The backend side stopped taking it (answered, or failed, before the end).
+    /// The backend stopped taking it (it closed, or failed, before the end).
     Abandoned,
-    /// The client broke off or sent a malformed body.
-    Broken,
+    /// The client broke off (the status to answer with, if any: 400 for a malformed body, 408
+    /// for a client gone silent within it).
+    Broken(Option<StatusCode>),
 }
 
-/// Read the request body from the client (first what is already in `buf`) and hand it on in
-/// pieces; whatever follows the body (a pipelined request) stays in `buf`. A client silent for
-/// `timeout` within its body breaks it (nginx's client_body_timeout).
-async fn pump<R: AsyncRead + Unpin>(
+/// Read the request body from the client (first what is already in `buf`) and write it to the
+/// backend, re-chunked if it came chunked; whatever follows the body (a pipelined request)
+/// stays in `buf`. A client silent for `timeout` within its body breaks it (nginx's
+/// client_body_timeout).
+async fn pump<R: AsyncRead + Unpin, B: AsyncWrite + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
     body: Body,
-    tx: mpsc::Sender<io::Result<Bytes>>,
+    backend: &mut B,
     timeout: Duration,
 ) -> Pumped {
     let mut left = match body {
@@ -560,27 +684,33 @@ async fn pump<R: AsyncRead + Unpin>(
         Body::Chunked => u64::MAX,
     };
     let mut chunked = Chunked::START;
+    let mut framed = Vec::new();
     loop {
         if !buf.is_empty() {
-            let piece = match body {
+            let sent = match body {
                 Body::Length(_) => {
                     let n = left.min(buf.len() as u64) as usize;
                     left -= n as u64;
-                    buf.split_to(n).freeze()
+                    let sent = backend.write_all(&buf[..n]).await;
+                    buf.advance(n);
+                    sent
                 }
                 Body::Chunked => {
-                    let mut data = BytesMut::new();
-                    match chunked.decode(buf, |d| data.extend_from_slice(d)) {
-                        Ok(n) => buf.advance(n),
-                        Err(()) => {
-                            let _ = tx.send(Err(io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body"))).await;
-                            return Pumped::Broken;
-                        }
+                    framed.clear();
+                    let decoded = chunked.decode(buf, |d| {
+                        message::chunk_size(&mut framed, d.len());
+                        framed.extend_from_slice(d);
+                        framed.extend_from_slice(b"\r\n");
+                    });
+                    let Ok(n) = decoded else { return Pumped::Broken(Some(StatusCode::BAD_REQUEST)) };
+                    buf.advance(n);
+                    if chunked == Chunked::Done {
+                        framed.extend_from_slice(b"0\r\n\r\n");
                     }
-                    data.freeze()
+                    backend.write_all(&framed).await
                 }
             };
-            if !piece.is_empty() && tx.send(Ok(piece)).await.is_err() {
+            if sent.is_err() {
                 return Pumped::Abandoned;
             }
         }
@@ -594,50 +724,29 @@ async fn pump<R: AsyncRead + Unpin>(
         if buf.capacity() - buf.len() < BODY_READ / 2 {
             buf.reserve(BODY_READ);
         }
-        let read = tokio::select! {
-            // The backend side dropped the body (it failed, or answered without it): stop.
-            _ = tx.closed() => return Pumped::Abandoned,
-            read = tokio::time::timeout(timeout, r.read_buf(buf)) => {
-                read.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "the client went silent within its body")))
-            }
-        };
-        match read {
-            Ok(0) => {
-                let _ = tx.send(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the client closed within the body"))).await;
-                return Pumped::Broken;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return Pumped::Broken;
-            }
+        match tokio::time::timeout(timeout, r.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Pumped::Broken(None),
+            Err(_) => return Pumped::Broken(Some(StatusCode::REQUEST_TIMEOUT)),
         }
     }
 }
 
-/// After a 101: splice the client with the upgraded backend connection until both close.
-async fn splice_upgraded<S: AppStream>(
-    s: &mut S,
-    buf: &mut BytesMut,
-    upgrade: hyper::upgrade::OnUpgrade,
-    lease: pool::Lease,
-) -> io::Result<Next> {
-    let upgraded = upgrade.await;
-    drop(lease);
-    let upgraded = match upgraded {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::debug!("http-proxy: upgrade: {e}");
+/// After a 101: splice the client with the backend connection until both close.
+async fn splice_upgraded<S: AppStream>(s: &mut S, buf: &mut BytesMut, mut backend: pool::Conn) -> io::Result<Next> {
+    // What the backend sent after its 101, and what the client sent after its request, belong
+    // to the new protocol.
+    if !backend.buf.is_empty() {
+        s.write_all(&backend.buf).await?;
+        backend.buf.clear();
+    }
+    if !buf.is_empty() {
+        if backend.tcp.write_all(buf).await.is_err() {
             return Ok(Next::Abort);
         }
-    };
-    let mut backend = hyper_util::rt::TokioIo::new(upgraded);
-    // What the client sent after its upgrade request belongs to the new protocol.
-    if !buf.is_empty() {
-        backend.write_all(buf).await?;
         buf.clear();
     }
-    match tokio::io::copy_bidirectional(s, &mut backend).await {
+    match tokio::io::copy_bidirectional(s, &mut backend.tcp).await {
         Ok(_) => Ok(Next::Close),
         Err(_) => Ok(Next::Abort),
     }

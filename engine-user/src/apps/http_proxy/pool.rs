@@ -1,5 +1,7 @@
 //! The backend side of the http proxy: a bounded pool of keep-alive HTTP/1.1 connections per
-//! engine thread, each a hyper client connection driven by a task on that thread's runtime.
+//! engine thread. A connection is a plain TCP stream and its read buffer, driven by the client's
+//! own task while it is lent (no task, channel or timer of its own: the request goes out and
+//! the response comes back in the task that serves the client).
 //!
 //! At most `pool` connections of a thread are open at once: a request takes a permit, then
 //! the most recently used idle connection (or opens one when none is idle), and gives both back
@@ -19,11 +21,13 @@ use std::{
     thread::ThreadId,
 };
 
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use bytes::BytesMut;
+use tokio::{
+    net::TcpStream,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 
-use super::{HttpProxyOptions, RequestBody};
+use super::HttpProxyOptions;
 
 /// One pool per thread that serves the listener (each engine thread has its own runtime, and a
 /// connection is driven by the thread that opened it).
@@ -69,9 +73,16 @@ pub struct PoolStats {
     pub in_use: u64,
 }
 
+/// A connection to the backend: the stream, and what was read from it beyond the last
+/// response (empty between exchanges).
+pub struct Conn {
+    pub tcp: TcpStream,
+    pub buf: BytesMut,
+}
+
 pub struct Pool {
     pub(super) options: HttpProxyOptions,
-    idle: Mutex<Vec<SendRequest<RequestBody>>>,
+    idle: Mutex<Vec<Conn>>,
     permits: Arc<Semaphore>,
     opened: AtomicU64,
     reused: AtomicU64,
@@ -87,10 +98,19 @@ pub enum CheckoutError {
 }
 
 /// A connection lent to one request, with its permit. Dropped, the connection closes (its
-/// response was not read to the end, so it cannot carry another); [`Lease::release`] returns it.
+/// exchange did not end cleanly, so it cannot carry another); [`Pool::release`] returns it.
 pub struct Lease {
-    pub sender: SendRequest<RequestBody>,
-    _permit: OwnedSemaphorePermit,
+    pub conn: Conn,
+    /// The connection carried a request before: the backend may have closed it meanwhile.
+    pub reused: bool,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Lease {
+    /// The connection, out of the pool for good (a switch of protocols); the permit goes back.
+    pub fn into_conn(self) -> Conn {
+        self.conn
+    }
 }
 
 impl Pool {
@@ -123,48 +143,44 @@ impl Pool {
             .map_err(|_| CheckoutError::TimedOut)?
             .expect("the pool's semaphore is never closed");
         loop {
-            let Some(mut sender) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() else { break };
-            // An idle connection the backend closed reports it here; a live one is ready at once.
-            if !sender.is_closed() && sender.ready().await.is_ok() {
+            let Some(conn) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() else { break };
+            // A connection the backend closed while idle reads its end (or a reset) here; a live
+            // one has nothing to say between exchanges (anything it sent is not a response to
+            // a request of ours: the connection goes).
+            let mut probe = [0u8; 1];
+            if matches!(conn.tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
                 self.reused.fetch_add(1, Ordering::Relaxed);
-                return Ok(Lease { sender, _permit: permit });
+                return Ok(Lease { conn, reused: true, permit });
             }
         }
-        let sender = tokio::time::timeout(timeout, self.connect()).await.map_err(|_| CheckoutError::TimedOut)?;
-        Ok(Lease { sender: sender.map_err(CheckoutError::Connect)?, _permit: permit })
+        let conn = tokio::time::timeout(timeout, self.connect()).await.map_err(|_| CheckoutError::TimedOut)?;
+        Ok(Lease { conn: conn.map_err(CheckoutError::Connect)?, reused: false, permit })
     }
 
-    /// A fresh connection, bypassing the idle ones (to retry a request an idle connection
-    /// refused because the backend had just closed it).
+    /// A fresh connection in place of the lease's (to retry a request a reused connection
+    /// dropped unanswered: the backend's keep-alive timeout racing our reuse).
     pub async fn reconnect(&self, lease: Lease) -> Result<Lease, CheckoutError> {
-        let Lease { sender, _permit: permit } = lease;
-        drop(sender);
-        let sender = tokio::time::timeout(self.options.timeout, self.connect()).await.map_err(|_| CheckoutError::TimedOut)?;
-        Ok(Lease { sender: sender.map_err(CheckoutError::Connect)?, _permit: permit })
+        let Lease { conn, permit, .. } = lease;
+        drop(conn);
+        let conn = tokio::time::timeout(self.options.timeout, self.connect()).await.map_err(|_| CheckoutError::TimedOut)?;
+        Ok(Lease { conn: conn.map_err(CheckoutError::Connect)?, reused: false, permit })
     }
 
-    async fn connect(&self) -> io::Result<SendRequest<RequestBody>> {
-        let tcp = tokio::net::TcpStream::connect(self.options.backend).await?;
+    async fn connect(&self) -> io::Result<Conn> {
+        let tcp = TcpStream::connect(self.options.backend).await?;
         tcp.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(io::Error::other)?;
         self.opened.fetch_add(1, Ordering::Relaxed);
-        let backend = self.options.backend;
-        // On this thread's runtime: the engine thread's, whose loop polls it with the apps.
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!("http-proxy backend connection to {backend}: {e}");
-            }
-        });
-        Ok(sender)
+        Ok(Conn { tcp, buf: BytesMut::new() })
     }
 
-    /// Give back a connection whose exchange ended cleanly.
+    /// Give back a connection whose exchange ended cleanly, with nothing left unread.
     pub fn release(&self, lease: Lease) {
-        let Lease { sender, _permit } = lease;
-        if !sender.is_closed() {
-            self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(sender);
+        let Lease { conn, permit, .. } = lease;
+        if conn.buf.is_empty() {
+            self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
         }
         // The permit goes after the connection is back, so the next request finds it idle.
+        drop(permit);
     }
 
     pub fn backend(&self) -> SocketAddr {

@@ -11,7 +11,8 @@ use std::{
 
 use http_body_util::{BodyExt as _, Full};
 use std::future::Future;
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use bytes::Bytes;
+use hyper::{Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -154,7 +155,7 @@ async fn raw_backend(response: &'static [u8], after: After) -> SocketAddr {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
                 // Requests without bodies, one after the other.
-                loop {
+                for served in 0.. {
                     let mut head = Vec::new();
                     let mut b = [0u8; 1];
                     while !head.ends_with(b"\r\n\r\n") {
@@ -162,6 +163,10 @@ async fn raw_backend(response: &'static [u8], after: After) -> SocketAddr {
                             Ok(0) | Err(_) => return,
                             Ok(_) => head.push(b[0]),
                         }
+                    }
+                    if after == After::CloseOnSecond && served == 1 {
+                        // As a backend whose keep-alive timeout ends as the request arrives.
+                        return;
                     }
                     if after == After::Silence {
                         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -182,6 +187,8 @@ async fn raw_backend(response: &'static [u8], after: After) -> SocketAddr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum After {
     Stay,
+    /// Answer a connection's first request, close it unanswered at the second.
+    CloseOnSecond,
     Reset,
     Silence,
 }
@@ -392,4 +399,87 @@ async fn a_client_that_stops_within_a_head_or_a_body_is_not_waited_for() {
     let end = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got)).await.unwrap();
     let text = String::from_utf8_lossy(&got);
     assert!(end.is_err() || !text.contains("200 OK"), "a request missing its body was answered as whole: {text}");
+}
+
+#[tokio::test]
+async fn an_idempotent_request_a_reused_connection_drops_unanswered_goes_again_and_others_get_502() {
+    let backend = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", After::CloseOnSecond).await;
+    let proxy = front(options(backend)).await;
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        // Each GET after the first finds the pooled connection, which the backend then drops:
+        // the proxy sends it again on a fresh one and the client sees nothing of it.
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut b = vec![0u8; 256];
+        while !got.ends_with(b"ok") {
+            let n = c.read(&mut b).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&b[..n]);
+        }
+        got.clear();
+    }
+    // A request with a body cannot be read from the client again: 502.
+    c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut rest)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped_and_an_unframeable_answer_gives_502() {
+    let hints = raw_backend(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        After::Stay,
+    )
+    .await;
+    let got = exchange_raw(front(options(hints)).await, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\nok") && got.matches("HTTP/1.1").count() == 1, "{got}");
+    let smuggle = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\nok", After::Stay).await;
+    let got = exchange_raw(front(options(smuggle)).await, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n") && !got.contains("ok"), "{got}");
+}
+
+#[tokio::test]
+async fn a_response_reaches_the_client_as_it_comes_not_when_it_ends() {
+    // The backend sends the head and part of the body, then waits until the client has seen
+    // that part: a proxy that held the response back would wait forever. Chunked, and to the
+    // close (the client gets chunks either way).
+    for (first, rest) in [
+        (&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"[..], &b"5\r\nlater\r\n0\r\n\r\n"[..]),
+        (b"HTTP/1.1 200 OK\r\n\r\nfirst", b"later"),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = listener.local_addr().unwrap();
+        let (seen, wait_seen) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut b).await.unwrap();
+                head.push(b[0]);
+            }
+            s.write_all(first).await.unwrap();
+            wait_seen.await.unwrap();
+            s.write_all(rest).await.unwrap();
+        });
+        let proxy = front(options(backend)).await;
+        let mut c = TcpStream::connect(proxy).await.unwrap();
+        c.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 256];
+        while !got.ends_with(b"first\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut b)).await.expect("the first piece held back").unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&b[..n]);
+        }
+        seen.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got)).await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&got);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("transfer-encoding: chunked"), "{text}");
+        assert_eq!(dechunk(body), "firstlater");
+    }
 }
