@@ -1,52 +1,28 @@
-//! What the http proxy changes in the messages it forwards: hop-by-hop headers out (RFC 9110
+//! What the http proxy changes in the messages it forwards: hop-by-hop fields out (RFC 9110
 //! 7.6.1), `Forwarded` (RFC 7239) and `X-Forwarded-For` in, and the response head written back
-//! to the client with the framing this hop uses.
+//! to the client with the framing this hop uses. Heads are read with httparse and written as
+//! bytes, field by field, with no map of fields in between.
 
 use std::{
     io::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
-use bytes::Bytes;
-use http::{
-    HeaderMap, Method, StatusCode, Uri,
-    header::{self, HeaderName, HeaderValue},
-};
+use http::StatusCode;
 
 /// Fields that describe one connection, not the message (RFC 9110 7.6.1), plus the obsolete
 /// Proxy-Connection and Keep-Alive that clients still send.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::TRAILER,
-];
+const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "trailer"];
 
-/// Remove the hop-by-hop fields, and the fields the Connection field names (RFC 9110 7.6.1).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
-        headers.remove(name);
-    }
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
-/// Whether a Connection field lists `token` (case-insensitive, RFC 9110 7.6.1).
-pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+/// A byte of a request target that any URI parser reads the same way: RFC 3986's unreserved
+/// and sub-delims characters, and ":", "@", "/", "?", "%". (A fragment, a quote, a space or a
+/// non-ASCII byte is not one: such a target is parsed as a URI before it goes on.)
+pub fn is_plain_uri_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
 }
 
 /// A node of a Forwarded element (RFC 7239 6): an IPv4 address bare, with a port or an IPv6
@@ -81,81 +57,74 @@ fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Add this hop to `Forwarded` (RFC 7239 4: a proxy appends its element to the list, so the
-/// backend sees every hop) and to `X-Forwarded-For` (the de facto form: addresses only). Each
-/// value is built in one buffer that the header then keeps without a copy (Bytes adds a small
-/// shared header for the buffer's spare capacity), with no fmt for IPv4 addresses.
-pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, server: SocketAddr) {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let mut element = Vec::with_capacity(96 + host.map_or(0, str::len));
-    element.extend_from_slice(b"for=");
-    node(&mut element, client);
-    element.extend_from_slice(b";by=");
-    node(&mut element, server);
-    if let Some(host) = host {
-        // RFC 7239 5.3: the Host the client asked for, quoted unless it is a token (a port's
-        // ":" is not); a value with a quote or backslash in it is not a host: left out.
-        if is_token(host) {
-            element.extend_from_slice(b";host=");
-            element.extend_from_slice(host.as_bytes());
-        } else if !host.contains(['"', '\\']) {
-            element.extend_from_slice(b";host=\"");
-            element.extend_from_slice(host.as_bytes());
-            element.push(b'"');
-        }
-    }
-    element.extend_from_slice(b";proto=http");
-    append(headers, header::FORWARDED, element);
-    let mut address = Vec::with_capacity(40);
-    match client.ip() {
-        IpAddr::V4(ip) => ipv4(&mut address, ip),
-        IpAddr::V6(ip) => {
-            let _ = write!(address, "{ip}");
-        }
-    }
-    append(headers, HeaderName::from_static("x-forwarded-for"), address);
-}
+/// The values of a list-valued field the client sent, in order (RFC 9110 5.3: several fields
+/// of one name are one list).
+#[derive(Default)]
+pub struct ListField<'a>(Vec<&'a [u8]>);
 
-/// Append `value` to a list-valued field, joining what the client sent into one line.
-fn append(headers: &mut HeaderMap, name: HeaderName, value: Vec<u8>) {
-    let value = if headers.contains_key(&name) {
-        let mut joined: Vec<&[u8]> = headers.get_all(&name).iter().map(HeaderValue::as_bytes).collect();
-        joined.push(&value);
-        joined.join(&b", "[..])
-    } else {
-        value
-    };
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-        headers.insert(name, v);
+impl<'a> ListField<'a> {
+    pub fn push(&mut self, value: &'a [u8]) {
+        self.0.push(value);
     }
-}
 
-/// The request head for the backend: the method, the target in origin form, the fields as
-/// [`super::parse_head`] and [`add_forwarded`] left them, and `Transfer-Encoding: chunked`
-/// when the client's body has no declared length (it goes on re-chunked; a declared length
-/// goes on in the client's own Content-Length field). Always HTTP/1.1: the pool's connections
-/// stay alive whatever the client spoke.
-pub fn request_head(method: &Method, uri: &Uri, headers: &HeaderMap, chunked: bool) -> Vec<u8> {
-    let fields: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    let mut out = Vec::with_capacity(method.as_str().len() + uri.path().len() + 64 + fields);
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    match uri.path_and_query() {
-        Some(target) => out.extend_from_slice(target.as_str().as_bytes()),
-        None => out.push(b'/'),
-    }
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
+    /// `name: ` and the client's values, each followed by ", ", for one more to follow.
+    fn open(&self, out: &mut Vec<u8>, name: &[u8]) {
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        for v in &self.0 {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
+        }
     }
-    if chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+
+    /// The client's list as one field, nothing added (nothing at all for an empty list).
+    pub fn write(&self, out: &mut Vec<u8>, name: &[u8]) {
+        if !self.0.is_empty() {
+            self.open(out, name);
+            out.truncate(out.len() - 2);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// Add this hop to `Forwarded` (RFC 7239 4: a proxy appends its element to the list, so the
+/// backend sees every hop) and to `X-Forwarded-For` (the de facto form: addresses only), each
+/// written as one field after what the client sent in it, with no fmt for IPv4 addresses (this
+/// runs for every proxied request). `host` is the Host the backend gets.
+pub fn write_forwarded(
+    out: &mut Vec<u8>,
+    forwarded: &ListField<'_>,
+    forwarded_for: &ListField<'_>,
+    client: SocketAddr,
+    server: SocketAddr,
+    host: &[u8],
+) {
+    forwarded.open(out, b"forwarded");
+    out.extend_from_slice(b"for=");
+    node(out, client);
+    out.extend_from_slice(b";by=");
+    node(out, server);
+    // RFC 7239 5.3: the Host the client asked for, quoted unless it is a token (a port's ":" is
+    // not); a value with a quote or backslash in it, or not text, is not a host: left out.
+    if let Ok(host) = std::str::from_utf8(host) {
+        if is_token(host) {
+            out.extend_from_slice(b";host=");
+            out.extend_from_slice(host.as_bytes());
+        } else if !host.contains(['"', '\\']) {
+            out.extend_from_slice(b";host=\"");
+            out.extend_from_slice(host.as_bytes());
+            out.push(b'"');
+        }
+    }
+    out.extend_from_slice(b";proto=http\r\n");
+    forwarded_for.open(out, b"x-forwarded-for");
+    match client.ip() {
+        IpAddr::V4(ip) => ipv4(out, ip),
+        IpAddr::V6(ip) => {
+            let _ = write!(out, "{ip}");
+        }
     }
     out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// What the response must fit on the client's side: its request's method, its version, whether
@@ -370,7 +339,7 @@ pub fn chunk_size(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn decimal(out: &mut Vec<u8>, n: u64) {
+pub fn decimal(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut n = n;
@@ -400,50 +369,6 @@ pub fn own_response(status: StatusCode) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn hop_by_hop_fields_and_those_connection_names_go() {
-        let mut h = map(&[
-            ("connection", "keep-alive, X-Secret"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret", "1"),
-            ("te", "trailers"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("proxy-connection", "keep-alive"),
-            ("host", "example"),
-            ("x-kept", "yes"),
-        ]);
-        strip_hop_by_hop(&mut h);
-        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["host", "x-kept"]);
-    }
-
-    #[test]
-    fn forwarded_elements_follow_rfc_7239() {
-        let mut h = map(&[("host", "example.com:8080")]);
-        add_forwarded(&mut h, "198.18.0.2:41000".parse().unwrap(), "198.18.0.1:80".parse().unwrap());
-        assert_eq!(h["forwarded"], "for=\"198.18.0.2:41000\";by=\"198.18.0.1:80\";host=\"example.com:8080\";proto=http");
-        assert_eq!(h["x-forwarded-for"], "198.18.0.2");
-        // A second hop appends to what the first wrote.
-        let mut h = map(&[("forwarded", "for=192.0.2.43"), ("x-forwarded-for", "192.0.2.43"), ("host", "example")]);
-        add_forwarded(&mut h, "[fd00:5eed::2]:5".parse().unwrap(), "[fd00:5eed::1]:80".parse().unwrap());
-        assert_eq!(h["forwarded"], "for=192.0.2.43, for=\"[fd00:5eed::2]:5\";by=\"[fd00:5eed::1]:80\";host=example;proto=http");
-        assert_eq!(h["x-forwarded-for"], "192.0.2.43, fd00:5eed::2");
-        // A Host that could break out of the quoted string is left out.
-        let mut h = map(&[("host", "a\"b")]);
-        add_forwarded(&mut h, "198.18.0.2:1".parse().unwrap(), "198.18.0.1:80".parse().unwrap());
-        assert!(!h["forwarded"].to_str().unwrap().contains("host="), "{:?}", h["forwarded"]);
-    }
 
     #[test]
     fn nodes_are_written_as_display_writes_them() {
@@ -545,15 +470,7 @@ mod tests {
     }
 
     #[test]
-    fn request_heads_and_chunk_sizes_are_written_as_http_1_1() {
-        let headers = map(&[("host", "example"), ("content-length", "3"), ("x-a", "1"), ("x-a", "2")]);
-        let head = request_head(&Method::POST, &"/p?q=1".parse().unwrap(), &headers, false);
-        assert_eq!(
-            String::from_utf8(head).unwrap(),
-            "POST /p?q=1 HTTP/1.1\r\nhost: example\r\ncontent-length: 3\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
-        );
-        let head = request_head(&Method::OPTIONS, &"*".parse().unwrap(), &map(&[("host", "h")]), true);
-        assert_eq!(String::from_utf8(head).unwrap(), "OPTIONS * HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n");
+    fn chunk_sizes_are_lower_case_hex() {
         for n in [0usize, 1, 15, 16, 255, 4096, 0x7fff_ffff] {
             let mut out = Vec::new();
             chunk_size(&mut out, n);

@@ -22,6 +22,7 @@ mod message;
 mod pool;
 
 use std::{
+    borrow::Cow,
     io,
     net::SocketAddr,
     pin::Pin,
@@ -30,10 +31,7 @@ use std::{
 };
 
 use bytes::{Buf as _, BytesMut};
-use http::{
-    Method, Request, StatusCode, Uri, Version,
-    header::{self, HeaderMap, HeaderName, HeaderValue},
-};
+use http::{StatusCode, Uri};
 use message::{Client, Framing};
 pub use pool::{Pool, PoolStats, Pools};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -79,15 +77,19 @@ const SMALL_WRITE: usize = 4096;
 /// A request head read from the client, ready to forward.
 struct Head {
     len: usize,
-    request: Request<()>,
+    /// The head for the backend, written in full ([`parse_head`]).
+    forward: Vec<u8>,
     body: Body,
     /// The client asked to close after this exchange (or speaks HTTP/1.0 without keep-alive).
     close: bool,
     http10: bool,
+    head_request: bool,
+    /// An idempotent method (RFC 9110 9.2.2), which may be sent again.
+    idempotent: bool,
     /// The client sent `Expect: 100-continue` and waits for a go-ahead before its body.
     expect_continue: bool,
-    /// The client asks to switch protocols (RFC 9110 7.8): `Upgrade` to forward.
-    upgrade: Option<HeaderValue>,
+    /// The client asks to switch protocols (RFC 9110 7.8); the backend is asked to.
+    upgrade: bool,
 }
 
 enum Parsed {
@@ -97,9 +99,14 @@ enum Parsed {
     Refuse(StatusCode),
 }
 
-/// One request head from `buf`, converted for the backend. A plain function: httparse's header
-/// array lives on the stack for the parse only.
-fn parse_head(buf: &[u8], backend: SocketAddr) -> Parsed {
+/// Where a request came from and in at, for the fields that say so to the backend.
+type Hop = Option<(SocketAddr, SocketAddr)>;
+
+/// One request head from `buf`, and the head the backend gets for it, written straight from
+/// httparse's fields (no map of them is built): the method, the target in origin form, the
+/// end-to-end fields (names in lower case), this hop's Host, framing, Upgrade and `Forwarded`
+/// fields. A plain function: httparse's field array lives on the stack for the parse only.
+fn parse_head(buf: &[u8], backend: SocketAddr, hop: Hop) -> Parsed {
     let mut fields = [httparse::EMPTY_HEADER; 100];
     let mut req = httparse::Request::new(&mut fields);
     let len = match req.parse(buf) {
@@ -111,58 +118,142 @@ fn parse_head(buf: &[u8], backend: SocketAddr) -> Parsed {
     let version = req.version.unwrap_or(1);
     let Some((body, close)) = framing(version, req.headers) else { return Parsed::Refuse(StatusCode::BAD_REQUEST) };
     let (Some(method), Some(target)) = (req.method, req.path) else { return Parsed::Refuse(StatusCode::BAD_REQUEST) };
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Refuse(StatusCode::BAD_REQUEST) };
-    if method == Method::CONNECT {
+    if method == "CONNECT" {
         // A reverse proxy does not open tunnels to where clients ask.
         return Parsed::Refuse(StatusCode::METHOD_NOT_ALLOWED);
     }
-    let Ok(uri) = target.parse::<Uri>() else { return Parsed::Refuse(StatusCode::BAD_REQUEST) };
-    let mut headers = HeaderMap::with_capacity(req.headers.len() + 2);
-    for f in req.headers.iter() {
-        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value)) else {
-            return Parsed::Refuse(StatusCode::BAD_REQUEST);
-        };
-        headers.append(name, value);
-    }
     // RFC 9112 3.2.2: a request in absolute form names its host in the target, which replaces
-    // any Host field; the backend gets the origin form.
-    let uri = match uri.authority() {
-        Some(authority) => {
-            let Ok(host) = HeaderValue::from_str(authority.as_str()) else { return Parsed::Refuse(StatusCode::BAD_REQUEST) };
-            headers.insert(header::HOST, host);
-            let path = uri.path_and_query().map_or("/", |p| p.as_str());
-            path.parse().unwrap_or_else(|_| Uri::from_static("/"))
-        }
-        None => uri,
+    // any Host field; the backend gets the origin form. A target of plain URI characters in
+    // origin form goes on as it came; anything else is read (and checked) as a URI.
+    let parsed_uri;
+    let (path, authority): (Cow<'_, str>, Option<&str>) = if target.starts_with('/') && target.bytes().all(message::is_plain_uri_byte) {
+        (Cow::Borrowed(target), None)
+    } else {
+        let Ok(uri) = target.parse::<Uri>() else { return Parsed::Refuse(StatusCode::BAD_REQUEST) };
+        parsed_uri = uri;
+        // RFC 9112 3.2.1: an empty path goes as "/" (before any query); "*" as it is.
+        let path = match parsed_uri.path_and_query().map(|p| p.as_str()) {
+            None | Some("") => Cow::Borrowed("/"),
+            Some(p) if p.starts_with('/') || p == "*" => Cow::Borrowed(p),
+            Some(p) => Cow::Owned(format!("/{p}")),
+        };
+        (path, parsed_uri.authority().map(|a| a.as_str()))
     };
-    match headers.get_all(header::HOST).iter().count() {
-        // RFC 9112 3.2: an HTTP/1.1 request without exactly one Host is refused.
-        0 if version == 1 => return Parsed::Refuse(StatusCode::BAD_REQUEST),
-        0 => {
-            // HTTP/1.0 may leave it out; the backend, spoken to in HTTP/1.1, needs one.
-            headers.insert(header::HOST, HeaderValue::from_str(&backend.to_string()).expect("an address is a valid value"));
+    let mut host = None;
+    let mut hosts = 0;
+    let (mut expect, mut upgrade_asked, mut protocol, mut had_length) = (None, false, None, false);
+    let mut named: Vec<&str> = Vec::new();
+    for f in req.headers.iter() {
+        // What the http crate refuses in a value (obs-text is allowed): a control character.
+        if f.value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Parsed::Refuse(StatusCode::BAD_REQUEST);
         }
-        1 => {}
-        _ => return Parsed::Refuse(StatusCode::BAD_REQUEST),
+        if f.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            host = Some(f.value);
+        } else if f.name.eq_ignore_ascii_case("connection") {
+            for token in std::str::from_utf8(f.value).unwrap_or("").split(',').map(str::trim) {
+                upgrade_asked |= token.eq_ignore_ascii_case("upgrade");
+                named.push(token);
+            }
+        } else if f.name.eq_ignore_ascii_case("expect") && expect.is_none() {
+            expect = Some(f.value);
+        } else if f.name.eq_ignore_ascii_case("upgrade") && protocol.is_none() {
+            protocol = Some(f.value);
+        } else if f.name.eq_ignore_ascii_case("content-length") {
+            had_length = true;
+        }
     }
-    let expect_continue = version == 1
-        && headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let upgrade = match (version, message::connection_has(&headers, "upgrade")) {
-        (1, true) => headers.get(header::UPGRADE).cloned(),
+    let expect_continue = version == 1 && expect.is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    let fallback;
+    let host: &[u8] = match (authority, hosts) {
+        (Some(authority), _) => authority.as_bytes(),
+        // RFC 9112 3.2: an HTTP/1.1 request without exactly one Host is refused.
+        (None, 1) => host.unwrap_or_default(),
+        (None, 0) if version == 0 => {
+            // HTTP/1.0 may leave it out; the backend, spoken to in HTTP/1.1, needs one.
+            fallback = backend.to_string();
+            fallback.as_bytes()
+        }
+        _ => return Parsed::Refuse(StatusCode::BAD_REQUEST),
+    };
+    // An HTTP/1.0 client cannot switch protocols (RFC 9110 7.8: Upgrade is HTTP/1.1's).
+    let upgrade = match protocol {
+        Some(p) if version == 1 && upgrade_asked => Some(p),
         _ => None,
     };
-    message::strip_hop_by_hop(&mut headers);
-    if expect_continue {
-        // The proxy answers it itself (as nginx does) and the backend gets the body at once.
-        headers.remove(header::EXPECT);
-    }
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
+    let mut out = Vec::with_capacity(len + 160);
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
     // HTTP/1.1 to the backend whatever the client spoke: the pool's connections stay alive.
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = headers;
-    Parsed::Complete(Box::new(Head { len, request, body, close, http10: version == 0, expect_continue, upgrade }))
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n");
+    let mut forwarded = message::ListField::default();
+    let mut forwarded_for = message::ListField::default();
+    for f in req.headers.iter() {
+        let name = f.name;
+        // The framing is this hop's to write (below), whatever Connection names: a body the
+        // backend framed differently from the proxy is a smuggled request.
+        if name.eq_ignore_ascii_case("host")
+            || name.eq_ignore_ascii_case("content-length")
+            || message::is_hop_by_hop(name)
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+            // The proxy answers Expect itself (as nginx does): the backend gets the body at once.
+            || (expect_continue && name.eq_ignore_ascii_case("expect"))
+        {
+            continue;
+        }
+        // RFC 7239 4: Forwarded (and its de facto forerunner) gather into one list, with this
+        // hop at its end.
+        if name.eq_ignore_ascii_case("forwarded") {
+            forwarded.push(f.value);
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            forwarded_for.push(f.value);
+            continue;
+        }
+        out.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(f.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    match body {
+        // A body of unknown length goes on re-chunked.
+        Body::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Body::Length(n) if n > 0 || had_length => {
+            out.extend_from_slice(b"content-length: ");
+            message::decimal(&mut out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Body::Length(_) => {}
+    }
+    if let Some(protocol) = upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
+        out.extend_from_slice(protocol);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some((client, server)) = hop {
+        message::write_forwarded(&mut out, &forwarded, &forwarded_for, client, server, host);
+    } else {
+        forwarded.write(&mut out, b"forwarded");
+        forwarded_for.write(&mut out, b"x-forwarded-for");
+    }
+    out.extend_from_slice(b"\r\n");
+    let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE");
+    Parsed::Complete(Box::new(Head {
+        len,
+        forward: out,
+        body,
+        close,
+        http10: version == 0,
+        head_request: method == "HEAD",
+        idempotent,
+        expect_continue,
+        upgrade: upgrade.is_some(),
+    }))
 }
 
 /// What [`parse_head`] makes of a client's bytes, in plain types, for the fuzz targets.
@@ -185,24 +276,32 @@ pub enum HeadSummary {
     },
 }
 
-/// [`parse_head`] for the fuzz targets.
+/// [`parse_head`] for the fuzz targets, with a hop to add to `Forwarded`; the fields as the
+/// backend reads them from the head it gets.
 #[cfg(fuzzing)]
 pub fn summarize_head(buf: &[u8]) -> HeadSummary {
     let backend = SocketAddr::from(([127, 0, 0, 1], 8080));
-    match parse_head(buf, backend) {
+    let hop = Some((SocketAddr::from(([198, 18, 0, 2], 40000)), SocketAddr::from(([198, 18, 0, 1], 80))));
+    match parse_head(buf, backend, hop) {
         Parsed::Partial => HeadSummary::Partial,
         Parsed::Refuse(status) => HeadSummary::Refuse(status.as_u16()),
-        Parsed::Complete(head) => HeadSummary::Complete {
-            len: head.len,
-            method: head.request.method().to_string(),
-            uri: head.request.uri().to_string(),
-            headers: head.request.headers().iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
-            body: head.body,
-            close: head.close,
-            http10: head.http10,
-            expect_continue: head.expect_continue,
-            upgrade: head.upgrade.is_some(),
-        },
+        Parsed::Complete(head) => {
+            let mut fields = [httparse::EMPTY_HEADER; 128];
+            let mut req = httparse::Request::new(&mut fields);
+            let parsed = req.parse(&head.forward);
+            assert_eq!(parsed, Ok(httparse::Status::Complete(head.forward.len())), "the forwarded head {:?}", String::from_utf8_lossy(&head.forward));
+            HeadSummary::Complete {
+                len: head.len,
+                method: req.method.unwrap_or_default().to_string(),
+                uri: req.path.unwrap_or_default().to_string(),
+                headers: req.headers.iter().map(|f| (f.name.to_string(), f.value.to_vec())).collect(),
+                body: head.body,
+                close: head.close,
+                http10: head.http10,
+                expect_continue: head.expect_continue,
+                upgrade: head.upgrade,
+            }
+        }
     }
 }
 
@@ -212,7 +311,7 @@ pub(super) async fn serve<S: AppStream>(pool: &Pool, s: &mut S, when_quiet: When
     let mut buf = BytesMut::new(); // allocated by the first read, not while idle
     loop {
         let head = loop {
-            match parse_head(&buf, pool.backend()) {
+            match parse_head(&buf, pool.backend(), s.addresses()) {
                 Parsed::Complete(head) => break head,
                 Parsed::Partial => {
                     if buf.len() > MAX_HEADER {
@@ -293,27 +392,11 @@ enum Outcome {
     Upgrade,
 }
 
-/// Whether a request may be sent again when a reused connection dropped it unanswered: RFC 9110
-/// 9.2.2's idempotent methods, without a body (a body read from the client cannot be read
-/// again). nginx's proxy_next_upstream retries the same set.
-fn retryable(method: &Method, body: Body) -> bool {
-    body == Body::Length(0)
-        && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
-}
-
 /// Forward one request and its body, and the response back.
 async fn exchange<S: AppStream>(pool: &Pool, s: &mut S, buf: &mut BytesMut, head: Head) -> io::Result<Next> {
-    let Head { request, body, close, http10, expect_continue, upgrade, .. } = head;
-    let (mut parts, ()) = request.into_parts();
-    if let Some((client, server)) = s.addresses() {
-        message::add_forwarded(&mut parts.headers, client, server);
-    }
-    if let Some(protocol) = &upgrade {
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, protocol.clone());
-    }
-    let client = Client { head_request: parts.method == Method::HEAD, http10, close, upgrade: upgrade.is_some() };
-    let request_head = message::request_head(&parts.method, &parts.uri, &parts.headers, body == Body::Chunked);
+    let Head { forward, body, close, http10, head_request, idempotent, expect_continue, upgrade, .. } = head;
+    let client = Client { head_request, http10, close, upgrade };
+    let request_head = forward;
     let mut lease = match pool.checkout().await {
         Ok(lease) => lease,
         Err(e) => {
@@ -329,13 +412,17 @@ async fn exchange<S: AppStream>(pool: &Pool, s: &mut S, buf: &mut BytesMut, head
         }
     };
     let outcome = if body == Body::Length(0) {
+        // A request sent again when a reused connection dropped it unanswered (the backend's
+        // keep-alive timeout racing ours): only one of RFC 9110 9.2.2's idempotent methods, and
+        // only without a body (one read from the client cannot be read again), as nginx's
+        // proxy_next_upstream does.
         let mut retried = false;
         loop {
             let outcome = match lease.conn.tcp.write_all(&request_head).await {
                 Ok(()) => respond(pool, &mut lease.conn.tcp, &mut lease.conn.buf, s, client).await?,
                 Err(_) => Outcome::Unanswered,
             };
-            if matches!(outcome, Outcome::Unanswered) && lease.reused && !retried && retryable(&parts.method, body) {
+            if matches!(outcome, Outcome::Unanswered) && lease.reused && !retried && idempotent {
                 retried = true;
                 lease = match pool.reconnect(lease).await {
                     Ok(lease) => lease,

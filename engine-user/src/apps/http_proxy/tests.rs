@@ -12,7 +12,13 @@ use std::{
 use http_body_util::{BodyExt as _, Full};
 use std::future::Future;
 use bytes::Bytes;
-use hyper::{Response, body::Incoming, server::conn::http1, service::service_fn};
+use hyper::{
+    Request, Response,
+    body::Incoming,
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -481,5 +487,78 @@ async fn a_response_reaches_the_client_as_it_comes_not_when_it_ends() {
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("transfer-encoding: chunked"), "{text}");
         assert_eq!(dechunk(body), "firstlater");
+    }
+}
+
+/// The head the backend gets for `request`, from a client at 198.18.0.2:41000 to 198.18.0.1:80.
+fn forwarded_head(request: &str) -> String {
+    let hop = Some(("198.18.0.2:41000".parse().unwrap(), "198.18.0.1:80".parse().unwrap()));
+    match parse_head(request.as_bytes(), "127.0.0.1:8080".parse().unwrap(), hop) {
+        Parsed::Complete(head) => {
+            assert_eq!(head.len, request.find("\r\n\r\n").unwrap() + 4);
+            String::from_utf8(head.forward).unwrap()
+        }
+        Parsed::Partial => panic!("{request:?}: partial"),
+        Parsed::Refuse(status) => panic!("{request:?}: {status}"),
+    }
+}
+
+#[test]
+fn hop_by_hop_fields_and_those_connection_names_go_and_this_hops_framing_is_written() {
+    let head = forwarded_head(
+        "POST /p?q=1 HTTP/1.1\r\nHost: example\r\nConnection: keep-alive, X-Secret, Content-Length, Host\r\nKeep-Alive: timeout=5\r\n\
+         X-Secret: 1\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nTrailer: X-T\r\nContent-Length: 3\r\nX-Kept: yes\r\nX-Kept: again\r\n\r\n",
+    );
+    // The framing survives a Connection that names it (a body the backend framed otherwise
+    // would be a smuggled request), and so does the Host.
+    assert_eq!(
+        head,
+        "POST /p?q=1 HTTP/1.1\r\nhost: example\r\nx-kept: yes\r\nx-kept: again\r\ncontent-length: 3\r\n\
+         forwarded: for=\"198.18.0.2:41000\";by=\"198.18.0.1:80\";host=example;proto=http\r\nx-forwarded-for: 198.18.0.2\r\n\r\n"
+    );
+    // A chunked body goes on chunked; an Expect the proxy answers itself does not go on.
+    let head = forwarded_head("PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert!(head.contains("\r\ntransfer-encoding: chunked\r\n") && !head.to_ascii_lowercase().contains("expect"), "{head}");
+    // An upgrade is asked for in this hop's own fields.
+    let head = forwarded_head("GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    assert!(head.contains("\r\nconnection: upgrade\r\nupgrade: websocket\r\n"), "{head}");
+    assert_eq!(head.matches("upgrade").count(), 2, "{head}");
+}
+
+#[test]
+fn forwarded_elements_follow_rfc_7239_and_join_what_the_client_sent() {
+    let head = forwarded_head("GET / HTTP/1.1\r\nHost: example.com:8080\r\n\r\n");
+    assert!(head.contains("\r\nforwarded: for=\"198.18.0.2:41000\";by=\"198.18.0.1:80\";host=\"example.com:8080\";proto=http\r\n"), "{head}");
+    // A second hop appends to what the first wrote, in one field each.
+    let head = forwarded_head(
+        "GET / HTTP/1.1\r\nForwarded: for=192.0.2.43\r\nX-Forwarded-For: 192.0.2.43\r\nHost: example\r\nforwarded: for=192.0.2.44\r\n\r\n",
+    );
+    assert!(head.contains("\r\nforwarded: for=192.0.2.43, for=192.0.2.44, for=\"198.18.0.2:41000\";by=\"198.18.0.1:80\";host=example;proto=http\r\n"), "{head}");
+    assert!(head.contains("\r\nx-forwarded-for: 192.0.2.43, 198.18.0.2\r\n"), "{head}");
+    assert_eq!((head.matches("\nforwarded: ").count(), head.matches("\nx-forwarded-for: ").count()), (1, 1), "{head}");
+    // IPv6 nodes are quoted in brackets; a Host that could break out of the quotes is left out.
+    let hop = Some(("[fd00:5eed::2]:5".parse().unwrap(), "[fd00:5eed::1]:80".parse().unwrap()));
+    let Parsed::Complete(head) = parse_head(b"GET / HTTP/1.1\r\nHost: a\"b\r\n\r\n", "127.0.0.1:8080".parse().unwrap(), hop) else { panic!() };
+    let head = String::from_utf8(head.forward).unwrap();
+    assert!(head.contains("\r\nforwarded: for=\"[fd00:5eed::2]:5\";by=\"[fd00:5eed::1]:80\";proto=http\r\nx-forwarded-for: fd00:5eed::2\r\n"), "{head}");
+}
+
+#[test]
+fn targets_go_on_in_origin_form_with_the_host_they_name() {
+    // Absolute form: the authority becomes the Host, the path the target.
+    let head = forwarded_head("GET http://example.org/p?x HTTP/1.1\r\nHost: other\r\n\r\n");
+    assert!(head.starts_with("GET /p?x HTTP/1.1\r\nhost: example.org\r\n") && !head.contains("other"), "{head}");
+    let head = forwarded_head("GET http://example.org HTTP/1.1\r\nHost: other\r\n\r\n");
+    assert!(head.starts_with("GET / HTTP/1.1\r\nhost: example.org\r\n"), "{head}");
+    // An empty path goes as "/", before the query (RFC 9112 3.2.1).
+    assert!(forwarded_head("GET HPN://h:? HTTP/1.1\r\nHost: h\r\n\r\n").starts_with("GET /? HTTP/1.1\r\nhost: h:\r\n"));
+    // A fragment is not sent; the asterisk form is OPTIONS's.
+    assert!(forwarded_head("GET /a#frag HTTP/1.1\r\nHost: h\r\n\r\n").starts_with("GET /a HTTP/1.1\r\n"));
+    assert!(forwarded_head("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n").starts_with("OPTIONS * HTTP/1.1\r\n"));
+    // HTTP/1.0 without a Host: the backend's address; HTTP/1.1 without exactly one: refused.
+    assert!(forwarded_head("GET / HTTP/1.0\r\n\r\n").starts_with("GET / HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n"));
+    let backend = "127.0.0.1:8080".parse().unwrap();
+    for request in ["GET / HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n"] {
+        assert!(matches!(parse_head(request.as_bytes(), backend, None), Parsed::Refuse(StatusCode::BAD_REQUEST)), "{request:?}");
     }
 }
