@@ -396,7 +396,6 @@ enum Outcome {
 async fn exchange<S: AppStream>(pool: &Pool, s: &mut S, buf: &mut BytesMut, head: Head) -> io::Result<Next> {
     let Head { forward, body, close, http10, head_request, idempotent, expect_continue, upgrade, .. } = head;
     let client = Client { head_request, http10, close, upgrade };
-    let request_head = forward;
     let mut lease = match pool.checkout().await {
         Ok(lease) => lease,
         Err(e) => {
@@ -418,7 +417,7 @@ async fn exchange<S: AppStream>(pool: &Pool, s: &mut S, buf: &mut BytesMut, head
         // proxy_next_upstream does.
         let mut retried = false;
         loop {
-            let outcome = match lease.conn.tcp.write_all(&request_head).await {
+            let outcome = match lease.conn.tcp.write_all(&forward).await {
                 Ok(()) => respond(pool, &mut lease.conn.tcp, &mut lease.conn.buf, s, client).await?,
                 Err(_) => Outcome::Unanswered,
             };
@@ -439,7 +438,7 @@ async fn exchange<S: AppStream>(pool: &Pool, s: &mut S, buf: &mut BytesMut, head
         if expect_continue {
             s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
-        match exchange_with_body(pool, s, buf, &mut lease, &request_head, body, client).await? {
+        match exchange_with_body(pool, s, buf, &mut lease, &forward, body, client).await? {
             Ok(outcome) => outcome,
             Err(refused) => {
                 // The client broke its body off: the backend connection carries the pieces of
@@ -514,11 +513,10 @@ async fn exchange_with_body<S: AppStream>(
             Pumped::Broken(_) => Outcome::Done { next: Next::Abort, reusable: false },
             _ => Outcome::Upgrade,
         },
-        Outcome::Done { next, reusable } if pumped != Some(Pumped::Complete) => {
+        Outcome::Done { next, .. } if pumped != Some(Pumped::Complete) => {
             // The body was not read to its end: the next request's first byte is unknown, so
             // the client's connection ends here, and the backend's, which has part of it.
             let next = if matches!(next, Next::KeepAlive) { Next::Close } else { next };
-            let _ = reusable;
             Outcome::Done { next, reusable: false }
         }
         outcome => outcome,
