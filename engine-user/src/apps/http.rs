@@ -72,7 +72,7 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
 pub(super) fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Option<(Body, bool)> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
-    let mut close = version == 0;
+    let (mut close, mut keep_alive) = (false, false);
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
             // RFC 9112 6.3 item 5: an invalid length, or several that differ, is an
@@ -85,22 +85,21 @@ pub(super) fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Option<(
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             // RFC 9112 6.3 item 4: chunked must be the final coding, or the length is
             // unknown; other codings are not ours to undo.
-            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-            if v.trim() != "chunked" || chunked {
+            if !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") || chunked {
                 return None;
             }
             chunked = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
-            // RFC 9112 9.3: close ends the connection after this exchange; an HTTP/1.0
-            // client keeps it only if it says keep-alive.
-            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-            if v.contains("close") {
-                close = true;
-            } else if v.contains("keep-alive") {
-                close = false;
+            // RFC 9112 9.3: the close option ends the connection after this exchange, wherever
+            // it stands; an HTTP/1.0 client keeps it only if it says keep-alive. Options are
+            // tokens (RFC 9110 7.6.1), compared whole.
+            for option in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                close |= option.eq_ignore_ascii_case(b"close");
+                keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
             }
         }
     }
+    let close = close || (version == 0 && !keep_alive);
     match (chunked, length) {
         // RFC 9112 6.3 item 3: both framings at once is a smuggling attempt; refuse.
         (true, Some(_)) => None,
@@ -401,6 +400,21 @@ mod tests {
 
     use super::*;
     use crate::apps::http_turn;
+
+    #[test]
+    fn connection_options_are_whole_tokens_and_close_wins() {
+        let close = |head: &str| match parse_request(head.as_bytes()) {
+            Parsed::Complete { close, .. } => close,
+            other => panic!("{head:?}: {other:?}"),
+        };
+        assert!(close("GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n"));
+        assert!(!close("GET / HTTP/1.1\r\nConnection: X-Close-Later\r\n\r\n"), "an option that only contains the word");
+        assert!(!close("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(close("GET / HTTP/1.0\r\nConnection: keep-alive-ish\r\n\r\n"));
+        assert!(close("GET / HTTP/1.0\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n"), "close, wherever it stands");
+        let chunked = parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding:  Chunked \r\n\r\n");
+        assert!(matches!(chunked, Parsed::Complete { body: Body::Chunked, .. }), "{chunked:?}");
+    }
 
     #[tokio::test]
     async fn http_bytes_n_answers_with_a_body_of_n_bytes() {
