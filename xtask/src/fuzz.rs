@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use crate::{run, target_dir, workspace_root};
 
 /// The targets, as `fuzz/Cargo.toml` names them.
-pub const TARGETS: [&str; 6] = ["tcp_segments", "endpoint", "cookie", "wire_parse", "http_request", "http_proxy_head"];
+pub const TARGETS: [&str; 7] = ["tcp_segments", "endpoint", "cookie", "wire_parse", "http_request", "http_proxy_head", "http_proxy_response"];
 
 #[derive(clap::Args)]
 pub struct FuzzArgs {

@@ -32,7 +32,12 @@ use std::{
 
 use bytes::{Buf as _, BytesMut};
 use http::{StatusCode, Uri};
+#[cfg(fuzzing)]
+pub use message::{Client, Framing};
+#[cfg(not(fuzzing))]
 use message::{Client, Framing};
+#[cfg(fuzzing)]
+pub use message::{BodyIn, Response, parse_response};
 pub use pool::{Pool, PoolStats, Pools};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
