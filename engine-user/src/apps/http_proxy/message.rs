@@ -195,8 +195,7 @@ const NOT_FORWARDED: [&str; 8] =
     ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "trailer", "content-length"];
 
 /// Read a backend's response head from `buf` and write the client's (RFC 9112 6.3 for the
-/// body's framing on both sides). Field names are written in lower case, as HTTP/2 and hyper
-/// write them.
+/// body's framing on both sides).
 pub fn parse_response(buf: &[u8], client: Client) -> Response {
     let mut fields = [httparse::EMPTY_HEADER; 100];
     let mut res = httparse::Response::new(&mut fields);
@@ -289,10 +288,7 @@ pub fn parse_response(buf: &[u8], client: Client) -> Response {
         if ours || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             continue;
         }
-        head.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(f.value);
-        head.extend_from_slice(b"\r\n");
+        field(&mut head, name, f.value);
     }
     match to {
         Framing::Length(n) => {
@@ -324,34 +320,36 @@ pub fn parse_response(buf: &[u8], client: Client) -> Response {
 
 /// A chunk's size line (RFC 9112 7.1): the length in hex, CRLF.
 pub fn chunk_size(out: &mut Vec<u8>, len: usize) {
-    let mut digits = [0u8; 16];
-    let mut at = digits.len();
-    let mut n = len;
-    loop {
-        at -= 1;
-        digits[at] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    digits(out, len as u64, 16);
     out.extend_from_slice(b"\r\n");
 }
 
 pub fn decimal(out: &mut Vec<u8>, n: u64) {
+    digits(out, n, 10);
+}
+
+/// `n` in base `radix` (at most 16), lower case, without fmt's machinery.
+fn digits(out: &mut Vec<u8>, n: u64, radix: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut n = n;
     loop {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
+        digits[at] = b"0123456789abcdef"[(n % radix) as usize];
+        n /= radix;
         if n == 0 {
             break;
         }
     }
     out.extend_from_slice(&digits[at..]);
+}
+
+/// One field line, its name in lower case (as HTTP/2 and hyper write names).
+pub fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A response the proxy makes itself (an error), closing the connection after it.

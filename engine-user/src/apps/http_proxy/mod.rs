@@ -220,10 +220,7 @@ fn parse_head(buf: &[u8], backend: SocketAddr, hop: Hop) -> Parsed {
             forwarded_for.push(f.value);
             continue;
         }
-        out.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(f.value);
-        out.extend_from_slice(b"\r\n");
+        message::field(&mut out, name, f.value);
     }
     match body {
         // A body of unknown length goes on re-chunked.

@@ -106,6 +106,29 @@ async fn exchange_raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// Read from `c` into `got` until it ends with `end`, within 10 s.
+async fn read_until(c: &mut TcpStream, got: &mut Vec<u8>, end: &[u8]) {
+    let mut b = [0u8; 256];
+    while !got.ends_with(end) {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut b)).await.expect("nothing within 10 s").unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(got));
+        got.extend_from_slice(&b[..n]);
+    }
+}
+
+/// A message head, a byte at a time (nothing after it is taken); None if the peer closes first.
+async fn read_head<R: AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match r.read(&mut b).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => head.push(b[0]),
+        }
+    }
+    Some(head)
+}
+
 fn options(backend: SocketAddr) -> HttpProxyOptions {
     HttpProxyOptions { backend, pool: 2, timeout: Duration::from_secs(5) }
 }
@@ -162,13 +185,8 @@ async fn raw_backend(response: &'static [u8], after: After) -> SocketAddr {
             tokio::spawn(async move {
                 // Requests without bodies, one after the other.
                 for served in 0.. {
-                    let mut head = Vec::new();
-                    let mut b = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match s.read(&mut b).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => head.push(b[0]),
-                        }
+                    if read_head(&mut s).await.is_none() {
+                        return;
                     }
                     if after == After::CloseOnSecond && served == 1 {
                         // As a backend whose keep-alive timeout ends as the request arrives.
@@ -308,13 +326,7 @@ async fn a_large_body_streams_both_ways_through_an_echoing_backend() {
         }
     };
     let recv = async {
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            r.read_exact(&mut b).await.unwrap();
-            head.push(b[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
+        let head = String::from_utf8(read_head(&mut r).await.unwrap()).unwrap();
         // hyper's echo declares the request's length for its response.
         assert!(head.starts_with("HTTP/1.1 200 OK") && head.contains(&format!("content-length: {LEN}")), "{head}");
         let mut body = vec![0u8; LEN];
@@ -353,12 +365,7 @@ async fn an_upgrade_is_spliced_to_the_backend() {
     // The first bytes of the new protocol ride with the request.
     c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly").await.unwrap();
     let mut got = Vec::new();
-    let mut b = [0u8; 256];
-    while !got.ends_with(b"early") {
-        let n = c.read(&mut b).await.unwrap();
-        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&b[..n]);
-    }
+    read_until(&mut c, &mut got, b"early").await;
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{text}");
     assert!(text.contains("connection: upgrade\r\nupgrade: echo\r\n\r\n"), "{text}");
@@ -417,12 +424,7 @@ async fn an_idempotent_request_a_reused_connection_drops_unanswered_goes_again_a
         // Each GET after the first finds the pooled connection, which the backend then drops:
         // the proxy sends it again on a fresh one and the client sees nothing of it.
         c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-        let mut b = vec![0u8; 256];
-        while !got.ends_with(b"ok") {
-            let n = c.read(&mut b).await.unwrap();
-            assert!(n > 0, "{}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&b[..n]);
-        }
+        read_until(&mut c, &mut got, b"ok").await;
         got.clear();
     }
     // A request with a body cannot be read from the client again: 502.
@@ -461,12 +463,7 @@ async fn a_response_reaches_the_client_as_it_comes_not_when_it_ends() {
         let (seen, wait_seen) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                s.read_exact(&mut b).await.unwrap();
-                head.push(b[0]);
-            }
+            read_head(&mut s).await.unwrap();
             s.write_all(first).await.unwrap();
             wait_seen.await.unwrap();
             s.write_all(rest).await.unwrap();
@@ -475,12 +472,8 @@ async fn a_response_reaches_the_client_as_it_comes_not_when_it_ends() {
         let mut c = TcpStream::connect(proxy).await.unwrap();
         c.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
         let mut got = Vec::new();
-        let mut b = [0u8; 256];
-        while !got.ends_with(b"first\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut b)).await.expect("the first piece held back").unwrap();
-            assert!(n > 0, "{}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&b[..n]);
-        }
+        // A proxy that held the first piece back would time out here.
+        read_until(&mut c, &mut got, b"first\r\n").await;
         seen.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got)).await.unwrap().unwrap();
         let text = String::from_utf8_lossy(&got);
