@@ -19,6 +19,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     thread::ThreadId,
+    time::Duration,
 };
 
 use bytes::BytesMut;
@@ -44,7 +45,7 @@ impl Pools {
     /// The calling thread's pool.
     pub fn here(&self) -> Arc<Pool> {
         let mut map = self.by_thread.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(std::thread::current().id()).or_insert_with(|| Arc::new(Pool::new(self.options))).clone()
+        map.entry(std::thread::current().id()).or_insert_with(|| Pool::start(self.options)).clone()
     }
 
     /// Counters summed over the threads' pools.
@@ -113,7 +114,37 @@ impl Lease {
     }
 }
 
+/// How often a thread's pool looks for idle connections the backend has closed.
+const SWEEP: Duration = Duration::from_secs(1);
+
+/// Whether a connection between exchanges is still open and silent: a closed one reads its end
+/// (or a reset), and anything a backend sends unasked is no answer to a request of ours.
+/// Readiness comes from the runtime's last look at the socket, so a silent one costs no syscall.
+fn open_and_silent(tcp: &TcpStream) -> bool {
+    matches!(tcp.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
 impl Pool {
+    /// A pool, and on this thread's runtime a task that closes idle connections the backend
+    /// has closed (so they do not wait in CLOSE_WAIT for the next request), ending with the
+    /// pool.
+    fn start(options: HttpProxyOptions) -> Arc<Self> {
+        let pool = Arc::new(Self::new(options));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pool = Arc::downgrade(&pool);
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(pool) = pool.upgrade() else { return };
+                    pool.idle.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| open_and_silent(&c.tcp));
+                }
+            });
+        }
+        pool
+    }
+
     fn new(options: HttpProxyOptions) -> Self {
         Self {
             options,
@@ -144,11 +175,7 @@ impl Pool {
             .expect("the pool's semaphore is never closed");
         loop {
             let Some(conn) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() else { break };
-            // A connection the backend closed while idle reads its end (or a reset) here; a live
-            // one has nothing to say between exchanges (anything it sent is not a response to
-            // a request of ours: the connection goes).
-            let mut probe = [0u8; 1];
-            if matches!(conn.tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            if open_and_silent(&conn.tcp) {
                 self.reused.fetch_add(1, Ordering::Relaxed);
                 return Ok(Lease { conn, reused: true, permit });
             }

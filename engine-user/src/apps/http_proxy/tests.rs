@@ -555,3 +555,44 @@ fn targets_go_on_in_origin_form_with_the_host_they_name() {
         assert!(matches!(parse_head(request.as_bytes(), backend, None), Parsed::Refuse(StatusCode::BAD_REQUEST)), "{request:?}");
     }
 }
+
+#[tokio::test]
+async fn an_idle_connection_the_backend_closes_leaves_the_pool_without_waiting_for_a_request() {
+    // A backend that answers one request, then closes the connection 100 ms later (its
+    // keep-alive timeout), while the proxy holds it idle.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                read_head(&mut s).await.unwrap();
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            });
+        }
+    });
+    let pools = Arc::new(Pools::new(options(backend)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let serving = pools.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let pool = serving.here();
+        let _ = serve(&pool, &mut s, WhenQuiet::Wait).await;
+    });
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    read_until(&mut c, &mut got, b"ok").await;
+    assert_eq!(pools.stats().idle, 1, "the connection went back to the pool");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pools.stats().idle > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the closed connection stayed in the pool");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The client's next request goes on a fresh connection.
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    got.clear();
+    read_until(&mut c, &mut got, b"ok").await;
+    assert_eq!(pools.stats().opened, 2);
+}
