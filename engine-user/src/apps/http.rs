@@ -38,6 +38,12 @@ pub enum Parsed {
     TooLarge,
 }
 
+/// The items of a list-valued field (RFC 9110 5.6.1: comma-separated, optional whitespace
+/// around each), as bytes: Connection options, transfer codings, repeated lengths.
+pub(super) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
 /// RFC 9110 8.6: Content-Length = 1*DIGIT; anything else (signs, spaces inside, overflow) is
 /// not a length.
 fn content_length(v: &[u8]) -> Option<u64> {
@@ -93,7 +99,7 @@ pub(super) fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Option<(
             // RFC 9112 9.3: the close option ends the connection after this exchange, wherever
             // it stands; an HTTP/1.0 client keeps it only if it says keep-alive. Options are
             // tokens (RFC 9110 7.6.1), compared whole.
-            for option in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            for option in list_items(h.value) {
                 close |= option.eq_ignore_ascii_case(b"close");
                 keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
             }

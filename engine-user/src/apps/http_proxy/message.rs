@@ -10,6 +10,8 @@ use std::{
 
 use http::StatusCode;
 
+use super::super::http::list_items;
+
 /// Fields that describe one connection, not the message (RFC 9110 7.6.1), plus the obsolete
 /// Proxy-Connection and Keep-Alive that clients still send.
 const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "trailer"];
@@ -190,10 +192,6 @@ pub enum Response {
     Invalid,
 }
 
-/// Fields that only this hop's framing and connection may carry; the client gets its own.
-const NOT_FORWARDED: [&str; 8] =
-    ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "trailer", "content-length"];
-
 /// Read a backend's response head from `buf` and write the client's (RFC 9112 6.3 for the
 /// body's framing on both sides).
 pub fn parse_response(buf: &[u8], client: Client) -> Response {
@@ -219,26 +217,24 @@ pub fn parse_response(buf: &[u8], client: Client) -> Response {
     // `close` wins wherever it stands.
     let (mut close_token, mut keep_alive_token) = (false, false);
     // Fields the Connection field names are this hop's too (RFC 9110 7.6.1).
-    let mut named: Vec<&str> = Vec::new();
+    let mut named: Vec<&[u8]> = Vec::new();
     let (mut te, mut chunked, mut length, mut lengths_differ) = (false, false, None::<u64>, false);
     let mut protocol: Option<&[u8]> = None;
     for f in res.headers.iter() {
         if f.name.eq_ignore_ascii_case("connection") {
-            for token in std::str::from_utf8(f.value).unwrap_or("").split(',').map(str::trim) {
-                close_token |= token.eq_ignore_ascii_case("close");
-                keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
+            for token in list_items(f.value) {
+                close_token |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
                 named.push(token);
             }
         } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
             // RFC 9112 6.3 item 4: chunked only as the final coding frames the body.
             te = true;
-            let last = std::str::from_utf8(f.value).unwrap_or("").rsplit(',').next().unwrap_or("");
-            chunked = last.trim().eq_ignore_ascii_case("chunked");
+            chunked = list_items(f.value).last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
         } else if f.name.eq_ignore_ascii_case("content-length") {
             // RFC 9112 6.3 item 5: a list of one repeated value is that value; any other
             // disagreement or non-digit is an unrecoverable error.
-            for v in f.value.split(|&b| b == b',') {
-                let v = v.trim_ascii();
+            for v in list_items(f.value) {
                 let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
                     .then(|| v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
                 match (n, length) {
@@ -282,29 +278,23 @@ pub fn parse_response(buf: &[u8], client: Client) -> Response {
     head.extend_from_slice(b"\r\n");
     for f in res.headers.iter() {
         let name = f.name;
-        // A HEAD or 304 answer's Content-Length describes the body it does not carry: kept.
-        let ours = NOT_FORWARDED.iter().any(|n| n.eq_ignore_ascii_case(name))
-            && !(from == BodyIn::None && name.eq_ignore_ascii_case("content-length"));
-        if ours || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        // The framing is this hop's to write (below), but a HEAD or 304 answer's Content-Length
+        // describes the body it does not carry: kept.
+        let length = name.eq_ignore_ascii_case("content-length");
+        if (length && from != BodyIn::None) || is_hop_by_hop(name) || is_named(&named, name) {
             continue;
         }
         field(&mut head, name, f.value);
     }
     match to {
-        Framing::Length(n) => {
-            head.extend_from_slice(b"content-length: ");
-            decimal(&mut head, n);
-            head.extend_from_slice(b"\r\n");
-        }
-        Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Length(n) => length_field(&mut head, n),
+        Framing::Chunked => head.extend_from_slice(CHUNKED_FIELD),
         Framing::None | Framing::UntilClose => {}
     }
     if switch {
         // The switch itself: the two fields this hop keeps (RFC 9110 7.8).
         if let Some(p) = protocol {
-            head.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
-            head.extend_from_slice(p);
-            head.extend_from_slice(b"\r\n");
+            switch_fields(&mut head, p);
         }
     } else if close {
         head.extend_from_slice(b"connection: close\r\n");
@@ -318,9 +308,40 @@ pub fn parse_response(buf: &[u8], client: Client) -> Response {
     Response::Complete(Answer { len, status, from, to, head, close, reusable })
 }
 
-/// A chunk's size line (RFC 9112 7.1): the length in hex, CRLF.
-pub fn chunk_size(out: &mut Vec<u8>, len: usize) {
-    digits(out, len as u64, 16);
+/// Whether a field is one the Connection field names (RFC 9110 7.6.1): this hop's.
+pub fn is_named(named: &[&[u8]], name: &str) -> bool {
+    named.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// `Transfer-Encoding: chunked`, this hop's framing for a body of unknown length.
+pub const CHUNKED_FIELD: &[u8] = b"transfer-encoding: chunked\r\n";
+
+/// The end of a chunked body (RFC 9112 7.1): the last chunk, no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// `Content-Length: n`, this hop's framing for a body of known length.
+pub fn length_field(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    decimal(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The two fields of a switch of protocols (RFC 9110 7.8), asked for or agreed to.
+pub fn switch_fields(out: &mut Vec<u8>, protocol: &[u8]) {
+    out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
+    out.extend_from_slice(protocol);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One chunk of a chunked body (RFC 9112 7.1): its size in hex, the data, CRLF. Nothing for
+/// empty data, which would end the body.
+pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    digits(out, data.len() as u64, 16);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -469,11 +490,20 @@ mod tests {
 
     #[test]
     fn chunk_sizes_are_lower_case_hex() {
-        for n in [0usize, 1, 15, 16, 255, 4096, 0x7fff_ffff] {
-            let mut out = Vec::new();
-            chunk_size(&mut out, n);
-            assert_eq!(String::from_utf8(out).unwrap(), format!("{n:x}\r\n"));
+        for n in [0u64, 1, 15, 16, 255, 4096, 0x7fff_ffff, u64::MAX] {
+            let (mut hex, mut dec) = (Vec::new(), Vec::new());
+            digits(&mut hex, n, 16);
+            digits(&mut dec, n, 10);
+            assert_eq!((String::from_utf8(hex).unwrap(), String::from_utf8(dec).unwrap()), (format!("{n:x}"), n.to_string()));
         }
+        for n in [1usize, 15, 16, 255, 4096, 0x1_0000] {
+            let mut out = Vec::new();
+            chunk(&mut out, &vec![b'x'; n]);
+            assert_eq!(out, [format!("{n:x}\r\n").as_bytes(), &vec![b'x'; n], b"\r\n"].concat());
+        }
+        let mut out = Vec::new();
+        chunk(&mut out, b"");
+        assert!(out.is_empty(), "an empty chunk would end the body");
     }
 
     /// Fields a generated response may carry: the framing and connection fields in the forms

@@ -43,7 +43,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::{
     AppStream, Served, WhenQuiet,
-    http::{Body, Chunked, MAX_HEADER, framing},
+    http::{Body, Chunked, MAX_HEADER, framing, list_items},
 };
 use crate::config::bounds::Bound;
 
@@ -147,18 +147,15 @@ fn parse_head(buf: &[u8], backend: SocketAddr, hop: Hop) -> Parsed {
     let mut host = None;
     let mut hosts = 0;
     let (mut expect, mut upgrade_asked, mut protocol, mut had_length) = (None, false, None, false);
-    let mut named: Vec<&str> = Vec::new();
+    let mut named: Vec<&[u8]> = Vec::new();
+    // httparse has refused control characters in values already (it allows HTAB and obs-text).
     for f in req.headers.iter() {
-        // What the http crate refuses in a value (obs-text is allowed): a control character.
-        if f.value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Parsed::Refuse(StatusCode::BAD_REQUEST);
-        }
         if f.name.eq_ignore_ascii_case("host") {
             hosts += 1;
             host = Some(f.value);
         } else if f.name.eq_ignore_ascii_case("connection") {
-            for token in std::str::from_utf8(f.value).unwrap_or("").split(',').map(str::trim) {
-                upgrade_asked |= token.eq_ignore_ascii_case("upgrade");
+            for token in list_items(f.value) {
+                upgrade_asked |= token.eq_ignore_ascii_case(b"upgrade");
                 named.push(token);
             }
         } else if f.name.eq_ignore_ascii_case("expect") && expect.is_none() {
@@ -204,7 +201,7 @@ fn parse_head(buf: &[u8], backend: SocketAddr, hop: Hop) -> Parsed {
         if name.eq_ignore_ascii_case("host")
             || name.eq_ignore_ascii_case("content-length")
             || message::is_hop_by_hop(name)
-            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || message::is_named(&named, name)
             // The proxy answers Expect itself (as nginx does): the backend gets the body at once.
             || (expect_continue && name.eq_ignore_ascii_case("expect"))
         {
@@ -224,18 +221,12 @@ fn parse_head(buf: &[u8], backend: SocketAddr, hop: Hop) -> Parsed {
     }
     match body {
         // A body of unknown length goes on re-chunked.
-        Body::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Body::Length(n) if n > 0 || had_length => {
-            out.extend_from_slice(b"content-length: ");
-            message::decimal(&mut out, n);
-            out.extend_from_slice(b"\r\n");
-        }
+        Body::Chunked => out.extend_from_slice(message::CHUNKED_FIELD),
+        Body::Length(n) if n > 0 || had_length => message::length_field(&mut out, n),
         Body::Length(_) => {}
     }
     if let Some(protocol) = upgrade {
-        out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
-        out.extend_from_slice(protocol);
-        out.extend_from_slice(b"\r\n");
+        message::switch_fields(&mut out, protocol);
     }
     if let Some((client, server)) = hop {
         message::write_forwarded(&mut out, &forwarded, &forwarded_for, client, server, host);
@@ -699,15 +690,10 @@ struct ToClient {
 impl ToClient {
     /// A piece of body, framed (synchronously, into the pending write).
     fn append(&mut self, data: &[u8]) {
-        if data.is_empty() {
-            return;
-        }
         if self.framing == Framing::Chunked {
-            message::chunk_size(&mut self.pending, data.len());
-        }
-        self.pending.extend_from_slice(data);
-        if self.framing == Framing::Chunked {
-            self.pending.extend_from_slice(b"\r\n");
+            message::chunk(&mut self.pending, data);
+        } else {
+            self.pending.extend_from_slice(data);
         }
     }
 
@@ -737,7 +723,7 @@ impl ToClient {
     async fn finish<W: AsyncWrite + Unpin>(mut self, w: &mut W, whole: bool) -> io::Result<()> {
         if whole && self.framing == Framing::Chunked {
             // Trailers are dropped: this hop's chunked encoding ends without them.
-            self.pending.extend_from_slice(b"0\r\n\r\n");
+            self.pending.extend_from_slice(message::LAST_CHUNK);
         }
         self.flush(w).await
     }
@@ -784,15 +770,11 @@ async fn pump<R: AsyncRead + Unpin, B: AsyncWrite + Unpin>(
                 }
                 Body::Chunked => {
                     framed.clear();
-                    let decoded = chunked.decode(buf, |d| {
-                        message::chunk_size(&mut framed, d.len());
-                        framed.extend_from_slice(d);
-                        framed.extend_from_slice(b"\r\n");
-                    });
+                    let decoded = chunked.decode(buf, |d| message::chunk(&mut framed, d));
                     let Ok(n) = decoded else { return Pumped::Broken(Some(StatusCode::BAD_REQUEST)) };
                     buf.advance(n);
                     if chunked == Chunked::Done {
-                        framed.extend_from_slice(b"0\r\n\r\n");
+                        framed.extend_from_slice(message::LAST_CHUNK);
                     }
                     backend.write_all(&framed).await
                 }

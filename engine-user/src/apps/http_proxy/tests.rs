@@ -551,7 +551,7 @@ fn targets_go_on_in_origin_form_with_the_host_they_name() {
     // HTTP/1.0 without a Host: the backend's address; HTTP/1.1 without exactly one: refused.
     assert!(forwarded_head("GET / HTTP/1.0\r\n\r\n").starts_with("GET / HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n"));
     let backend = "127.0.0.1:8080".parse().unwrap();
-    for request in ["GET / HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n"] {
+    for request in ["GET / HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n"] {
         assert!(matches!(parse_head(request.as_bytes(), backend, None), Parsed::Refuse(StatusCode::BAD_REQUEST)), "{request:?}");
     }
 }
