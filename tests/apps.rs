@@ -569,6 +569,65 @@ fn coalescing_follows_how_many_clients_send_and_is_given_back_at_stop() {
     drop(daemon);
 }
 
+/// `--napi-threads batch`: the server veth's NAPI thread, threaded after the daemon started and
+/// set to SCHED_FIFO as the bench rig sets it, is found by the daemon's rescan and moved to
+/// SCHED_BATCH while connections are served; stopping the daemon puts it back at SCHED_FIFO.
+#[test]
+fn napi_threads_batch_keeps_the_interfaces_napi_threads_at_sched_batch_and_gives_them_back() {
+    require_root();
+    let net = VethPair::new().unwrap();
+    net.attach_peer_xdp().unwrap();
+    // GRO keeps the veth's NAPI (and its thread) when the daemon's XDP program detaches at
+    // stop, as a NIC's NAPIs outlive any program: otherwise nothing would be left to restore.
+    net.server.exec("ethtool", &["-K", &net.server_if, "gro", "on"]).unwrap();
+    let listen = format!("{}:7=echo", net.server_v4);
+    let daemon = Daemon::start(&net.server, &net.server_if, &["--napi-threads", "batch", "--listen", &listen]).unwrap();
+    // Threaded after the start: the daemon finds threads that appear later. Named
+    // "napi/IFACE-ID", cut to 15 bytes.
+    let napi_pids = || -> Vec<u32> {
+        let prefix: String = format!("napi/{}-", net.server_if).chars().take(15).collect();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with(&prefix)))
+            .collect()
+    };
+    let before = napi_pids();
+    let threaded = format!("/sys/class/net/{}/threaded", net.server_if);
+    net.server.exec("sh", &["-c", &format!("echo 1 > {threaded}")]).unwrap();
+    let pids: Vec<u32> = napi_pids().into_iter().filter(|p| !before.contains(p)).collect();
+    assert_eq!(pids.len(), 1, "one RX queue, one NAPI thread: {pids:?}");
+    let pid = pids[0].to_string();
+    testbed::sh("chrt", &["-f", "-p", "50", &pid]).unwrap();
+    let class = || testbed::sh("chrt", &["-p", &pid]).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || class().contains("SCHED_BATCH")),
+        "the NAPI thread was not set to SCHED_BATCH: {}",
+        class()
+    );
+    assert!(daemon.counter("napi_threads_batched").unwrap() >= 1);
+    // Served meanwhile: an echo through the batch-class NAPI.
+    let addr = SocketAddr::new(net.server_v4.into(), 7);
+    let echoed = net
+        .client
+        .spawn(move || {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"batch").unwrap();
+            let mut b = [0u8; 5];
+            s.read_exact(&mut b).unwrap();
+            b
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"batch");
+    assert!(daemon.stop().unwrap().success());
+    let after = class();
+    assert!(after.contains("SCHED_FIFO") && after.contains("priority: 50"), "the stopped daemon left the NAPI thread as: {after}");
+    net.server.exec("sh", &["-c", &format!("echo 0 > {threaded}")]).unwrap();
+}
+
 fn app_gauges(daemon: &Daemon) -> (Option<u64>, Option<u64>) {
     let stats = daemon.stats().unwrap();
     (stats["app_tasks"].as_u64(), stats["app_waiting"].as_u64())

@@ -9,7 +9,7 @@ use crate::{
     apps::App,
     bpf::{AttachMode, XdpTx},
     cluster::{ClusterOptions, DrainSyns},
-    engine::{MemoryLimits, coalesce::CoalesceMode, gso::GsoMode},
+    engine::{MemoryLimits, coalesce::CoalesceMode, gso::GsoMode, napi_sched::NapiThreadsMode},
 };
 
 /// Parse a duration as operators write it: `75s`, `2h`, `500ms`, `1m30s`, or plain seconds.
@@ -182,6 +182,8 @@ pub struct RunConfig {
     pub prefer_busy_poll: u16,
     /// The interface's NAPI deferral: adaptive, or left alone.
     pub coalesce: CoalesceMode,
+    /// The interface's NAPI threads: left alone, or kept at SCHED_BATCH.
+    pub napi_threads: NapiThreadsMode,
     /// Trains of segments through the segmentation offload, or frame by frame.
     pub gso: GsoMode,
     /// How long SIGTERM lets connections finish before resetting the rest.
@@ -240,6 +242,7 @@ pub struct FileConfig {
     pub synack_retries: Option<u8>,
     pub prefer_busy_poll: Option<u16>,
     pub coalesce: Option<String>,
+    pub napi_threads: Option<String>,
     pub gso: Option<String>,
     pub grace: Option<String>,
     pub app_threads: Option<String>,
@@ -283,6 +286,7 @@ pub struct FlagConfig {
     pub synack_retries: Option<u8>,
     pub prefer_busy_poll: Option<u16>,
     pub coalesce: Option<CoalesceMode>,
+    pub napi_threads: Option<NapiThreadsMode>,
     pub gso: Option<GsoMode>,
     pub grace: Option<Duration>,
     pub app_threads: Option<AppThreads>,
@@ -358,6 +362,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         .check(flags.synack_retries.or(file.synack_retries).unwrap_or(crate::engine::synack_retry::DEFAULT_RETRIES))?;
     let prefer_busy_poll = bounds::PREFER_BUSY_POLL.check(flags.prefer_busy_poll.or(file.prefer_busy_poll).unwrap_or(0))?;
     let coalesce = choice("coalesce", flags.coalesce, file.coalesce.as_deref(), CoalesceMode::default())?;
+    let napi_threads = choice("napi_threads", flags.napi_threads, file.napi_threads.as_deref(), NapiThreadsMode::default())?;
     let gso = choice("gso", flags.gso, file.gso.as_deref(), GsoMode::default())?;
     let grace = bounds::GRACE.check(flags.grace.or(dur(file.grace)?).unwrap_or(RunConfig::DEFAULT_GRACE))?;
     let metrics = match (flags.metrics, file.metrics.as_deref()) {
@@ -411,6 +416,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         synack_retries,
         prefer_busy_poll,
         coalesce,
+        napi_threads,
         gso,
         grace,
         app_threads,
@@ -540,6 +546,7 @@ mod tests {
             synack_retries = 2
             prefer_busy_poll = 64
             coalesce = "off"
+            napi_threads = "batch"
             gso = "off"
             xdp_tx = "redirect"
             app_threads = "worker"
@@ -569,6 +576,7 @@ mod tests {
         assert_eq!(c.synack_retries, 2);
         assert_eq!(c.prefer_busy_poll, 64);
         assert_eq!(c.coalesce, CoalesceMode::Off);
+        assert_eq!(c.napi_threads, NapiThreadsMode::Batch);
         assert_eq!(c.gso, GsoMode::Off);
         assert_eq!(c.app_threads, AppThreads::Worker);
         assert_eq!(c.metrics, Some("[::1]:9464".parse().unwrap()));
@@ -594,6 +602,7 @@ mod tests {
         assert_eq!(d.synack_retries, 5);
         assert_eq!(d.prefer_busy_poll, 0);
         assert_eq!(d.coalesce, CoalesceMode::Auto);
+        assert_eq!(d.napi_threads, NapiThreadsMode::Keep);
         assert_eq!(d.gso, GsoMode::Auto);
         assert_eq!(d.xdp_tx, XdpTx::Auto);
         assert_eq!(d.app_threads, AppThreads::Engine);

@@ -154,6 +154,14 @@ struct RunArgs {
     /// it.
     #[arg(long, value_enum)]
     coalesce: Option<synx::engine::coalesce::CoalesceMode>,
+    /// The interface's NAPI threads, where it runs its NAPI threaded (/sys/class/net/IFACE/
+    /// threaded): `keep` (default) leaves them as they are; `batch` keeps them at SCHED_BATCH
+    /// while synx runs (looked up every second), so a NAPI thread woken by frames does not
+    /// preempt the engine thread on its CPU mid-batch but runs when the engine sleeps, at the
+    /// cost of a wait of up to the rest of the engine's turn; the threads synx changed go back
+    /// to their class when it stops.
+    #[arg(long, value_enum)]
+    napi_threads: Option<synx::engine::napi_sched::NapiThreadsMode>,
     /// Segmentation offload: `auto` (default) sends each train of full-sized segments one
     /// connection sends back to back as one frame through a packet socket with a virtio-net
     /// header, which the interface's TSO (or the kernel's GSO) cuts into those segments, while
@@ -265,6 +273,7 @@ fn real_main() -> anyhow::Result<()> {
                 synack_retries: args.synack_retries,
                 prefer_busy_poll: args.prefer_busy_poll,
                 coalesce: args.coalesce,
+                napi_threads: args.napi_threads,
                 gso: args.gso,
                 grace: args.grace,
                 app_threads: args.app_threads,

@@ -54,6 +54,7 @@ mod handoff;
 mod health;
 mod listeners;
 mod memory;
+pub mod napi_sched;
 mod packet_socket;
 mod queue;
 mod requests;
@@ -106,6 +107,8 @@ pub struct EngineOptions {
     /// The interface's NAPI deferral: adaptive (on while many clients send at once, see
     /// [`coalesce`]) or left alone.
     pub coalesce: coalesce::CoalesceMode,
+    /// The interface's NAPI threads: left alone, or kept at SCHED_BATCH ([`napi_sched`]).
+    pub napi_threads: napi_sched::NapiThreadsMode,
     /// Whether trains of segments leave through the segmentation offload ([`gso`]).
     pub gso: gso::GsoMode,
     /// What connections may hold, in all and per source, and how long they may sit in persist.
@@ -134,6 +137,7 @@ impl EngineOptions {
             synack_retries: synack_retry::DEFAULT_RETRIES,
             prefer_busy_poll: 0,
             coalesce: coalesce::CoalesceMode::Auto,
+            napi_threads: napi_sched::NapiThreadsMode::Keep,
             gso: gso::GsoMode::Auto,
             memory: MemoryLimits::default(),
             cluster: ClusterOptions::default(),
@@ -239,6 +243,8 @@ pub struct Engine {
     synack_retry: Option<synack_retry::Retransmitter>,
     /// The interface's NAPI deferral, when synx manages it (`--coalesce auto`).
     coalescing: Option<Arc<coalesce::Coalescing>>,
+    /// What keeps the interface's NAPI threads at SCHED_BATCH (`--napi-threads batch`).
+    napi_threads: Mutex<Option<napi_sched::NapiThreads>>,
 }
 
 impl Engine {
@@ -427,10 +433,15 @@ impl Engine {
             health,
             synack_retry,
             coalescing,
+            napi_threads: Mutex::new(None),
         };
         // On an error here, dropping `engine` stops and joins the threads already started.
         for _ in 0..queues {
             ready_rx.recv().context("engine thread died during start-up")??;
+        }
+        // After XDP made the device's NAPIs; threads that come later are found by rescans.
+        if engine.options.napi_threads == napi_sched::NapiThreadsMode::Batch {
+            *engine.napi_threads.lock().unwrap_or_else(|e| e.into_inner()) = napi_sched::NapiThreads::start(&engine.options.iface);
         }
         Ok(engine)
     }
@@ -694,6 +705,8 @@ impl Engine {
         let off = synack_retry::RetryStats::default();
         all.extend(stats::synack_retry_values(self.synack_retry.as_ref().map_or(&off, |r| &r.stats)));
         all.extend(stats::coalescing_values(self.coalescing.as_deref()));
+        let napi = self.napi_threads.lock().unwrap_or_else(|e| e.into_inner());
+        all.push((&stats::NAPI_THREADS_BATCHED, napi.as_ref().map_or(0, napi_sched::NapiThreads::batched)));
         all.extend(self.cluster.stats());
         all
     }
@@ -763,6 +776,10 @@ impl Engine {
             && !self.handed_over.load(Ordering::SeqCst)
         {
             c.restore();
+        }
+        // The same for the NAPI threads' class.
+        if let Some(mut n) = self.napi_threads.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            n.stop(!self.handed_over.load(Ordering::SeqCst));
         }
         self.cluster.shutdown();
     }

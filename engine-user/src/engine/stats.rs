@@ -64,6 +64,12 @@ pub const COALESCING_ON: Metric = gauge(
 pub const COALESCING_TURNED_ON: Metric =
     counter("coalescing_turned_on", "Times synx turned the interface's NAPI deferral on because many clients were sending at once.");
 
+/// `--napi-threads batch` (`super::napi_sched`).
+pub const NAPI_THREADS_BATCHED: Metric = counter(
+    "napi_threads_batched",
+    "Times synx set one of the interface's NAPI threads to SCHED_BATCH (--napi-threads batch), so that its wakeups do not preempt the engine threads.",
+);
+
 /// [`super::coalesce::Coalescing`] as `synx stats` shows it (zeros when synx does not manage
 /// the interface's deferral).
 pub fn coalescing_values(c: Option<&super::coalesce::Coalescing>) -> Vec<(&'static Metric, u64)> {
