@@ -235,11 +235,17 @@ impl Ctx {
                  during the flood groups both sides' client ends run the bench's sink (counts and drops frames to the flood's sources), \
                  which turns the server veth's TSO off; \
                  both ends with a pfifo_fast qdisc (a full ring then stops the queue, as a NIC's does, instead of dropping); \
-                 the server veth's NAPI runs threaded at SCHED_FIFO on CPU {}, the client's on CPU {}; \
+                 the server veth's NAPI runs threaded on CPU {} at SCHED_FIFO as the rig sets it{}, the client's on CPU {}; \
                  the server veth's napi_defer_hard_irqs {} and gro_flush_timeout {} ns{}",
                 rig.synx_command.join(" "),
                 Cpus::list(&c.server),
                 Cpus::list(&c.server),
+                if rig::synx_batches_napi(&rig.synx_command) {
+                    ", which synx (--napi-threads batch) sets to SCHED_BATCH: a NAPI thread woken by frames then runs when \
+                     the engine thread sleeps or its slice ends instead of preempting it in the middle of a batch"
+                } else {
+                    ""
+                },
                 Cpus::list(&c.client),
                 self.synx_defer.hard_irqs,
                 self.synx_defer.gro_flush_timeout_ns,
@@ -301,6 +307,14 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
     r
 }
 
+/// The arguments of every `synx run` of the bench: `--napi-threads=batch` (the NAPI thread
+/// of synx's server veth, which the rig runs at SCHED_FIFO like a NIC's softirq, then does not
+/// preempt the engine on each wakeup), unless `--synx-arg` says otherwise, then `--synx-arg`'s.
+fn synx_args(extra: &[String]) -> Vec<String> {
+    let given = extra.iter().any(|a| a == "--napi-threads" || a.starts_with("--napi-threads="));
+    (!given).then(|| "--napi-threads=batch".to_string()).into_iter().chain(extra.iter().cloned()).collect()
+}
+
 fn run(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
     let start = Instant::now();
     let plan = Plan::new(&args)?;
@@ -317,7 +331,7 @@ fn run(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
     let mut ctx = Ctx {
         plan,
         tools,
-        synx_args: args.synx_arg.clone(),
+        synx_args: synx_args(&args.synx_arg),
         synx_defer: args.synx_napi_defer,
         kernel_defer: args.kernel_napi_defer,
         only: args.only.clone(),
@@ -406,4 +420,17 @@ fn build_tools() -> anyhow::Result<PathBuf> {
     c.args(["build", "--release", "--package", "synx-bench"]);
     crate::run(c)?;
     Ok(crate::target_dir().join("release").join("synx-bench"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn synx_runs_with_napi_threads_batch_unless_told_otherwise() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(super::synx_args(&[]), v(&["--napi-threads=batch"]));
+        assert_eq!(super::synx_args(&v(&["--gso=off"])), v(&["--napi-threads=batch", "--gso=off"]));
+        // Given once only: synx refuses an option twice.
+        assert_eq!(super::synx_args(&v(&["--napi-threads=keep"])), v(&["--napi-threads=keep"]));
+        assert_eq!(super::synx_args(&v(&["--napi-threads", "keep"])), v(&["--napi-threads", "keep"]));
+    }
 }

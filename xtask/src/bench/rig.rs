@@ -195,6 +195,20 @@ impl NapiThreads {
         Ok(())
     }
 
+    /// Wait (up to 5 s) until every NAPI thread of `dev` runs at SCHED_BATCH, which synx sets
+    /// with `--napi-threads batch` at its next look (once a second), and say so in the device's
+    /// description.
+    fn await_batch(&mut self, dev: &str) -> anyhow::Result<()> {
+        let Some((pids, text)) = self.0.get_mut(dev) else { return Ok(()) };
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while !pids.iter().all(|&p| sched_policy(p) == Some(libc::SCHED_BATCH)) {
+            ensure!(Instant::now() < deadline, "synx (--napi-threads batch) did not set {dev}'s NAPI threads {pids:?} to SCHED_BATCH in 5 s");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        *text = text.replace(&format!("SCHED_FIFO {NAPI_PRIORITY}"), &format!("SCHED_FIFO {NAPI_PRIORITY} as set by the rig, SCHED_BATCH as synx then set (--napi-threads batch)"));
+        Ok(())
+    }
+
     fn describe(&self, dev: &str) -> String {
         self.0.get(dev).map_or_else(|| "not threaded".into(), |(_, text)| text.clone())
     }
@@ -202,6 +216,14 @@ impl NapiThreads {
     fn pids(&self, dev: &str) -> &[u32] {
         self.0.get(dev).map_or(&[], |(pids, _)| pids)
     }
+}
+
+/// A task's scheduling policy (`/proc/PID/stat`'s 41st field), or `None` once it is gone.
+fn sched_policy(pid: u32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command, which is in parentheses and may hold spaces: the third
+    // field is the first after it.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(41 - 3).and_then(|f| f.parse().ok())
 }
 
 /// Time a task has run on a CPU so far (`/proc/PID/task/TID/schedstat`, its first field, in
@@ -215,6 +237,19 @@ fn task_runtime_ns(pid: u32, tid: u32) -> Option<u64> {
 pub fn process_runtime_ns(pid: u32) -> Option<u64> {
     let tids = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     Some(tids.filter_map(Result::ok).filter_map(|t| t.file_name().to_str()?.parse().ok()).filter_map(|tid| task_runtime_ns(pid, tid)).sum())
+}
+
+/// Whether synx runs with `--napi-threads batch` (or `=batch`).
+pub fn synx_batches_napi(args: &[String]) -> bool {
+    let mut value = None;
+    for (i, a) in args.iter().enumerate() {
+        if let Some(v) = a.strip_prefix("--napi-threads=") {
+            value = Some(v);
+        } else if a == "--napi-threads" {
+            value = args.get(i + 1).map(String::as_str);
+        }
+    }
+    value == Some("batch")
 }
 
 /// SCHED_FIFO priority of the NAPI threads (the kernel's default for threaded IRQ handlers).
@@ -588,6 +623,9 @@ impl Rig {
             for (ns, dev, cpus) in [(&net.server, &net.server_if, &self.cpus.server), (&net.client, &net.client_if, &self.cpus.client)] {
                 self.napi.thread(ns, dev, cpus)?;
             }
+            if synx_batches_napi(&args) {
+                self.napi.await_batch(&net.server_if)?;
+            }
             Ok(d)
         })();
         self.synx = started.map_err(|e| format!("synx did not start: {e:#}"));
@@ -626,7 +664,8 @@ impl Rig {
     }
 
     /// Thread and pin the NAPI of one end of `side`'s pair again (after an XDP program was
-    /// attached or detached there, or GRO switched on); `client` picks the end.
+    /// attached or detached there, or GRO switched on); `client` picks the end. Fresh threads
+    /// of synx's server veth go to SCHED_BATCH again if synx was asked to keep them there.
     pub fn rethread_napi(&mut self, side: Side, client: bool) -> anyhow::Result<()> {
         // The pair by its field, not `net()`: `self.napi` is written meanwhile.
         let net = match side {
@@ -634,7 +673,11 @@ impl Rig {
             Side::Kernel => &self.kernel_net,
         };
         let (ns, dev, cpus) = if client { (&net.client, &net.client_if, &self.cpus.client) } else { (&net.server, &net.server_if, &self.cpus.server) };
-        self.napi.thread(ns, dev, cpus)
+        self.napi.thread(ns, dev, cpus)?;
+        if side == Side::Synx && !client && self.synx.is_ok() && synx_batches_napi(&self.synx_command) {
+            self.napi.await_batch(dev)?;
+        }
+        Ok(())
     }
 
     /// Time the NAPI threads of `side`'s server veth have run so far, in nanoseconds (`None`
@@ -761,6 +804,19 @@ pub fn slab_active_bytes() -> anyhow::Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn napi_batch_is_read_from_synx_arguments_either_way_written() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(synx_batches_napi(&args(&["--listen=x", "--napi-threads=batch"])));
+        assert!(synx_batches_napi(&args(&["--napi-threads", "batch", "--gso=off"])));
+        assert!(!synx_batches_napi(&args(&["--napi-threads=keep"])));
+        assert!(!synx_batches_napi(&args(&["--napi-threads"])));
+        assert!(!synx_batches_napi(&args(&["--listen=x"])));
+        // The process's own policy reads as /proc says (a test thread runs SCHED_OTHER, 0).
+        assert_eq!(sched_policy(std::process::id()), Some(libc::SCHED_OTHER));
+        assert_eq!(sched_policy(u32::MAX), None);
+    }
 
     #[test]
     fn per_cpu_busy_time_is_wall_time_less_idle_time() {

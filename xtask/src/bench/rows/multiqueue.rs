@@ -2,7 +2,7 @@
 //! thread per CPU with SO_REUSEPORT, and a flood generator runs on each CPU (veth picks the
 //! receive queue of an XDP frame by the sending CPU). With two cores, servers and clients share
 //! both CPUs: no CPU is the server's alone, so these rows give rates (and machine CPU per unit),
-//! not server CPU.
+//! not server CPU. `--only multiqueue_conn` or `--only multiqueue_flood` runs one half.
 
 use super::{conn, flood, peer};
 use crate::bench::{Collector, Ctx, Rig, RigOptions, Side, rig::set_sysctl, schedule, spec};
@@ -17,7 +17,18 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     rig.note("2 RX queues; servers, clients and generators share both CPUs");
     let mut rows = vec![];
     let mut details = vec![];
+    if ctx.wants_row("multiqueue", "multiqueue_conn") {
+        conn_rows(&mut rig, &plan, &all, &mut rows, &mut details);
+    }
+    if ctx.wants_row("multiqueue", "multiqueue_flood") {
+        flood_rows(&mut rig, &plan, &all, &mut rows, &mut details)?;
+    }
+    ctx.keep_rig_description(&rig);
+    ctx.push(rows, details);
+    Ok(())
+}
 
+fn conn_rows(rig: &mut Rig, plan: &crate::bench::Plan, all: &[usize], rows: &mut Vec<crate::bench::Row>, details: &mut Vec<crate::bench::report::RoundDetail>) {
     let mut c = Collector::new(
         "multiqueue",
         vec![
@@ -27,13 +38,15 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     );
     for (side, warmup) in schedule(&[Side::Synx, Side::Kernel], plan.rounds, true) {
         let secs = if warmup { plan.warmup_secs } else { plan.conn_secs };
-        let mut o = conn::round(&mut rig, side, secs, &all);
+        let mut o = conn::round(rig, side, secs, all);
         // Server and client share the CPUs here: the "server" figure is the machine's.
         o.values.truncate(2);
         details.push(c.record(peer(side), warmup, o));
     }
     rows.extend(c.finish());
+}
 
+fn flood_rows(rig: &mut Rig, plan: &crate::bench::Plan, all: &[usize], rows: &mut Vec<crate::bench::Row>, details: &mut Vec<crate::bench::report::RoundDetail>) -> anyhow::Result<()> {
     let old = set_sysctl(&rig.kernel_net.server, "net.ipv4.tcp_syncookies", "2")?;
     let client_if = rig.kernel_net.client_if.clone();
     rig.kernel_net.client.exec("ethtool", &["-K", &client_if, "tso", "off"])?;
@@ -41,7 +54,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let mut c = Collector::new("multiqueue", flood::specs("_2q", plan.flood_secs));
     for (p, warmup) in schedule(&[flood::Peer::Synx, flood::Peer::Kernel], plan.rounds, true) {
         let secs = if warmup { plan.warmup_secs } else { plan.flood_secs };
-        let o = flood::round(&mut rig, p, secs, &all, &all);
+        let o = flood::round(rig, p, secs, all, all);
         details.push(c.record(p.name(), warmup, o));
     }
     let _ = rig.flood_sinks(false);
@@ -57,7 +70,5 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         }
     }
     rows.extend(flood_rows);
-    ctx.keep_rig_description(&rig);
-    ctx.push(rows, details);
     Ok(())
 }
