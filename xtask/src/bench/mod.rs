@@ -311,7 +311,7 @@ pub fn bench(args: BenchArgs, synx_bin: &Path) -> anyhow::Result<()> {
 /// of synx's server veth, which the rig runs at SCHED_FIFO like a NIC's softirq, then does not
 /// preempt the engine on each wakeup), unless `--synx-arg` says otherwise, then `--synx-arg`'s.
 fn synx_args(extra: &[String]) -> Vec<String> {
-    let given = extra.iter().any(|a| a == "--napi-threads" || a.starts_with("--napi-threads="));
+    let given = rig::napi_threads_arg(extra).is_some();
     (!given).then(|| "--napi-threads=batch".to_string()).into_iter().chain(extra.iter().cloned()).collect()
 }
 

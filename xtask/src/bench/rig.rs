@@ -239,17 +239,23 @@ pub fn process_runtime_ns(pid: u32) -> Option<u64> {
     Some(tids.filter_map(Result::ok).filter_map(|t| t.file_name().to_str()?.parse().ok()).filter_map(|tid| task_runtime_ns(pid, tid)).sum())
 }
 
-/// Whether synx runs with `--napi-threads batch` (or `=batch`).
-pub fn synx_batches_napi(args: &[String]) -> bool {
+/// The value `--napi-threads` is given in synx's arguments (`--napi-threads V` or
+/// `--napi-threads=V`; "" for the option with nothing after it), `None` if it is not.
+pub fn napi_threads_arg(args: &[String]) -> Option<&str> {
     let mut value = None;
     for (i, a) in args.iter().enumerate() {
         if let Some(v) = a.strip_prefix("--napi-threads=") {
             value = Some(v);
         } else if a == "--napi-threads" {
-            value = args.get(i + 1).map(String::as_str);
+            value = Some(args.get(i + 1).map_or("", String::as_str));
         }
     }
-    value == Some("batch")
+    value
+}
+
+/// Whether synx runs with `--napi-threads batch` (or `=batch`).
+pub fn synx_batches_napi(args: &[String]) -> bool {
+    napi_threads_arg(args) == Some("batch")
 }
 
 /// SCHED_FIFO priority of the NAPI threads (the kernel's default for threaded IRQ handlers).
