@@ -613,15 +613,12 @@ fn napi_threads_batch_keeps_the_interfaces_napi_threads_at_sched_batch_and_gives
         .spawn(move || {
             let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(b"batch").unwrap();
-            let mut b = [0u8; 5];
-            s.read_exact(&mut b).unwrap();
-            b
+            testbed::echo_roundtrip(&mut s, b"batch")
         })
         .join()
         .unwrap()
         .unwrap();
-    assert_eq!(&echoed, b"batch");
+    assert_eq!(echoed, b"batch");
     assert!(daemon.stop().unwrap().success());
     let after = class();
     assert!(after.contains("SCHED_FIFO") && after.contains("priority: 50"), "the stopped daemon left the NAPI thread as: {after}");
