@@ -83,13 +83,23 @@ pub struct Transmit {
 }
 
 /// A 4-tuple (IPv4 addresses as v4-mapped IPv6): the key of the tuple index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Tuple {
     local: [u8; 16],
     remote: [u8; 16],
     local_port: u16,
     remote_port: u16,
     v4: bool,
+}
+
+/// Three words into the hasher, every field in one of them (as `Eq` compares them), instead of
+/// the derived seven writes with two length prefixes.
+impl std::hash::Hash for Tuple {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u128(u128::from_ne_bytes(self.local));
+        h.write_u128(u128::from_ne_bytes(self.remote));
+        h.write_u64(u64::from(self.local_port) << 32 | u64::from(self.remote_port) << 1 | u64::from(self.v4));
+    }
 }
 
 impl Tuple {
@@ -238,7 +248,11 @@ pub struct Endpoint {
     handed_over: usize,
     /// Slot numbers, hashed by the tuple their slot holds.
     by_tuple: HashTable<u32>,
-    hasher: std::hash::RandomState,
+    /// Keyed with a random seed per endpoint, as Linux keys its established-connection hash
+    /// with a random secret (`inet_ehashfn`, jhash): a client cannot aim tuples at one bucket
+    /// chain without knowing it. Entries exist only for handshakes that returned a valid SYN
+    /// cookie, so the tuples are ones a client could complete from its own addresses.
+    hasher: foldhash::quality::RandomState,
     keepalives: Vec<super::Keepalive>,
     /// Our addresses that parked slots name, and their indices.
     locals: Vec<[u8; 16]>,
@@ -282,7 +296,7 @@ impl Endpoint {
             releasing: 0,
             handed_over: 0,
             by_tuple: HashTable::new(),
-            hasher: std::hash::RandomState::new(),
+            hasher: foldhash::quality::RandomState::default(),
             keepalives: Vec::new(),
             locals: Vec::new(),
             local_index: std::collections::HashMap::new(),

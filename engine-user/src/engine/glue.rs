@@ -221,10 +221,11 @@ pub struct Glue {
     held: u64,
     /// The turn `serve` started (its handler and stream), for `service` to run after it.
     fresh_turn: Option<(u32, Arc<StreamShared>)>,
-    /// Slots whose connection holds buffer memory (few, unless memory is the problem).
-    holders: HashSet<u32>,
+    /// Slots whose connection holds buffer memory (few, unless memory is the problem). Slot
+    /// numbers are ours, not a client's choice: foldhash's fast variant.
+    holders: HashSet<u32, foldhash::fast::RandomState>,
     /// When each connection stuck behind a zero window with data to send was first seen so.
-    persisting_since: HashMap<u32, Instant>,
+    persisting_since: HashMap<u32, Instant, foldhash::fast::RandomState>,
     /// Sources over their memory limit at the last [`Glue::enforce`]: their new data is refused.
     over_sources: HashSet<IpAddr>,
 }
@@ -264,8 +265,8 @@ impl Glue {
             memory,
             held: 0,
             fresh_turn: None,
-            holders: HashSet::new(),
-            persisting_since: HashMap::new(),
+            holders: HashSet::default(),
+            persisting_since: HashMap::default(),
             over_sources: HashSet::new(),
         }
     }

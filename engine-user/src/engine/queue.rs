@@ -203,7 +203,8 @@ struct QueueDriver {
     /// incarnation, and since when (oldest first; a tuple a new connection took stays in the
     /// queue, not in the set). Keeping it saves a delete and an insert per reused tuple (a
     /// client cycling its ports meets TIME_WAIT on every connection).
-    kept: HashSet<(SocketAddr, SocketAddr)>,
+    /// (Seeded foldhash, as the endpoint's tuple index: looked up on every cookie ACK.)
+    kept: HashSet<(SocketAddr, SocketAddr), foldhash::quality::RandomState>,
     kept_since: VecDeque<(Instant, SocketAddr, SocketAddr)>,
     /// Frames taken from the socket, frames the kernel dropped, and their sum as XDP last saw
     /// it ([`QueueDriver::publish_rx_progress`]).
@@ -333,7 +334,7 @@ async fn serve_queue(
         glue: Glue::new(ctx.waker.clone(), ctx.stats.clone(), ctx.memory.clone()),
         handed: std::collections::VecDeque::new(),
         syn_acks: Vec::new(),
-        kept: HashSet::new(),
+        kept: HashSet::default(),
         kept_since: VecDeque::new(),
         consumed: 0,
         kernel_dropped: 0,
