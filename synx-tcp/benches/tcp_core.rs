@@ -1,6 +1,6 @@
 //! Throughput of the sans-IO TCP core on one core: in-order data segments, an echo served
-//! segment by segment, ACK processing, the timing wheel with 1M armed timers, a keepalive round
-//! over 1M parked connections, and memory per idle connection.
+//! segment by segment, ACK processing, the timing wheel with 1M armed timers, demux among 100k
+//! connections, a keepalive round over 1M parked connections, and memory per idle connection.
 //! `cargo bench -p synx-tcp --bench tcp_core`.
 
 use std::hint::black_box;
@@ -218,6 +218,38 @@ fn keepalive_round() {
     report("keepalive: a probe and its answer", N as u64, sent + answered, "probes");
 }
 
+/// Demux alone: the tuple index's lookup (hash, probe, compare against the slot's connection)
+/// among 100k connections, live (boxed) or parked (folded in their slots), in a scattered order.
+fn demux() {
+    const N: u32 = 100_000;
+    let local: std::net::SocketAddr = "10.0.0.1:80".parse().unwrap();
+    let remote = |i: u32| std::net::SocketAddr::new(std::net::Ipv4Addr::from(0x0b00_0000 + (i >> 14)).into(), 1024 + (i & 0x3fff) as u16);
+    for park in [false, true] {
+        let mut ep = Endpoint::new(Config::default(), N);
+        ep.set_parking(park);
+        let mut out = [0u8; 2048];
+        for i in 0..N {
+            ep.accept(Instant::ZERO, facts(), local, remote(i), &header(IRS + 1, ISS + 1), &[]).unwrap();
+            while ep.poll_transmit(Instant::ZERO, &mut out).is_some() {}
+        }
+        while ep.poll_event().is_some() {}
+        assert_eq!(ep.parked(), if park { N as usize } else { 0 });
+        // 7919 is prime to N: i * 7919 mod N visits every connection once a pass.
+        let order: Vec<_> = (0..N).map(|i| remote((i as u64 * 7919 % N as u64) as u32)).collect();
+        let (passes, mut found) = (10, 0u64);
+        let start = WallClock::now();
+        for _ in 0..passes {
+            for r in &order {
+                found += u64::from(black_box(ep.lookup(local, *r)).is_some());
+            }
+        }
+        let e = start.elapsed();
+        assert_eq!(found, u64::from(N) * passes, "every lookup finds its connection");
+        let name = if park { "demux: lookup among 100k parked" } else { "demux: lookup among 100k live" };
+        report(name, found, e, "lookups");
+    }
+}
+
 fn memory() {
     let config = Arc::new(Config::default());
     let c = conn(&config);
@@ -242,5 +274,6 @@ fn main() {
     echo_per_segment();
     ack_processing();
     wheel();
+    demux();
     keepalive_round();
 }

@@ -102,6 +102,25 @@ impl std::hash::Hash for Tuple {
     }
 }
 
+/// The tuple index's hash (see [`Endpoint::by_tuple`]). Tests can have every tuple hash
+/// alike, so that each lookup compares against every entry.
+#[derive(Default)]
+struct TupleHasher {
+    seeded: foldhash::quality::RandomState,
+    #[cfg(test)]
+    collide: bool,
+}
+
+impl TupleHasher {
+    fn hash_one(&self, t: Tuple) -> u64 {
+        #[cfg(test)]
+        if self.collide {
+            return 0;
+        }
+        self.seeded.hash_one(t)
+    }
+}
+
 impl Tuple {
     fn new(local: SocketAddr, remote: SocketAddr) -> Self {
         let octets = |ip: IpAddr| match ip {
@@ -167,8 +186,17 @@ impl ParkedSlot {
 #[allow(clippy::large_enum_variant)]
 enum Tcb {
     Free,
-    Live(Box<Connection>),
+    /// With its tuple inline (room the parked form takes anyway): demux compares the slot,
+    /// not the box behind it, a cache miss less per lookup.
+    Live(Box<Connection>, Tuple),
     Parked(ParkedSlot),
+}
+
+impl Tcb {
+    fn boxed(conn: Connection) -> Self {
+        let tuple = Tuple::new(conn.local(), conn.remote());
+        Tcb::Live(Box::new(conn), tuple)
+    }
 }
 
 struct Slot {
@@ -188,7 +216,7 @@ impl Slot {
 
     fn live(&mut self) -> Option<&mut Connection> {
         match &mut self.tcb {
-            Tcb::Live(c) => Some(c),
+            Tcb::Live(c, _) => Some(c),
             _ => None,
         }
     }
@@ -196,8 +224,24 @@ impl Slot {
     fn tuple(&self, locals: &[[u8; 16]]) -> Option<Tuple> {
         match &self.tcb {
             Tcb::Free => None,
-            Tcb::Live(c) => Some(Tuple::new(c.local(), c.remote())),
+            Tcb::Live(_, t) => Some(*t),
             Tcb::Parked(p) => Some(p.tuple(locals)),
+        }
+    }
+
+    /// Whether the slot's connection has the tuple `key`: what `tuple() == Some(key)` says,
+    /// without building a parked slot's tuple.
+    fn holds(&self, key: &Tuple, locals: &[[u8; 16]]) -> bool {
+        match &self.tcb {
+            Tcb::Free => false,
+            Tcb::Live(_, t) => t == key,
+            Tcb::Parked(p) => {
+                p.remote_port == key.remote_port
+                    && p.local_port == key.local_port
+                    && p.v4 == key.v4
+                    && p.remote == key.remote
+                    && locals[p.local as usize] == key.local
+            }
         }
     }
 }
@@ -252,7 +296,7 @@ pub struct Endpoint {
     /// with a random secret (`inet_ehashfn`, jhash): a client cannot aim tuples at one bucket
     /// chain without knowing it. Entries exist only for handshakes that returned a valid SYN
     /// cookie, so the tuples are ones a client could complete from its own addresses.
-    hasher: foldhash::quality::RandomState,
+    hasher: TupleHasher,
     keepalives: Vec<super::Keepalive>,
     /// Our addresses that parked slots name, and their indices.
     locals: Vec<[u8; 16]>,
@@ -296,7 +340,7 @@ impl Endpoint {
             releasing: 0,
             handed_over: 0,
             by_tuple: HashTable::new(),
-            hasher: foldhash::quality::RandomState::default(),
+            hasher: TupleHasher::default(),
             keepalives: Vec::new(),
             locals: Vec::new(),
             local_index: std::collections::HashMap::new(),
@@ -341,6 +385,13 @@ impl Endpoint {
         std::mem::size_of::<Slot>()
     }
 
+    /// Hash every tuple alike from now on (tests of the index's comparisons).
+    #[cfg(test)]
+    pub(crate) fn collide_tuple_hashes(&mut self) {
+        assert!(self.by_tuple.is_empty());
+        self.hasher.collide = true;
+    }
+
     /// Connections parked (folded while idle).
     pub fn parked(&self) -> usize {
         self.parked
@@ -366,7 +417,7 @@ impl Endpoint {
     fn find(&self, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
         let key = Tuple::new(local, remote);
         let (slots, locals) = (&self.slots, &self.locals);
-        self.by_tuple.find(self.hasher.hash_one(key), |&i| slots[i as usize].tuple(locals) == Some(key)).copied()
+        self.by_tuple.find(self.hasher.hash_one(key), |&i| slots[i as usize].holds(&key, locals)).copied()
     }
 
     /// Forget the index entry of `(local, remote)` if it names slot `idx`.
@@ -387,7 +438,7 @@ impl Endpoint {
     fn live(&mut self, idx: u32) -> Option<&mut Connection> {
         if let Some(Slot { tcb: Tcb::Parked(p) }) = self.slots.get(idx as usize) {
             let conn = self.unfold(p);
-            self.slots[idx as usize].tcb = Tcb::Live(Box::new(conn));
+            self.slots[idx as usize].tcb = Tcb::boxed(conn);
             self.parked -= 1;
         }
         self.slots.get_mut(idx as usize)?.live()
@@ -403,7 +454,7 @@ impl Endpoint {
     /// Fold slot `idx` if its connection is quiescent (its wheel entry, its one deadline:
     /// keepalive or the end of TIME_WAIT, stays as it is).
     fn try_park(&mut self, idx: u32) {
-        let Some(Slot { tcb: Tcb::Live(conn) }) = self.slots.get(idx as usize) else { return };
+        let Some(Slot { tcb: Tcb::Live(conn, _) }) = self.slots.get(idx as usize) else { return };
         let Some(tcb) = conn.park() else { return };
         let (local, remote, keepalive) = (conn.local(), conn.remote(), conn.keepalive());
         let Ok(parked) = self.parked_slot(tcb, local, remote, keepalive) else { return };
@@ -475,7 +526,7 @@ impl Endpoint {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.slots[idx as usize] = Slot { tcb: Tcb::Live(Box::new(conn)) };
+        self.slots[idx as usize] = Slot { tcb: Tcb::boxed(conn) };
         self.index(local, remote, idx);
         self.mark(idx);
         Ok(ConnectionHandle(idx))
@@ -612,7 +663,7 @@ impl Endpoint {
     /// The connection if it is unfolded (not parked).
     pub fn connection(&self, h: ConnectionHandle) -> Option<&Connection> {
         match &self.slots.get(h.0 as usize)?.tcb {
-            Tcb::Live(c) => Some(c),
+            Tcb::Live(c, _) => Some(c),
             _ => None,
         }
     }
@@ -635,7 +686,7 @@ impl Endpoint {
         self.slots.iter().enumerate().filter_map(|(i, s)| {
             let info = match &s.tcb {
                 Tcb::Free => return None,
-                Tcb::Live(c) => c.info(),
+                Tcb::Live(c, _) => c.info(),
                 Tcb::Parked(p) => {
                     let t = p.tuple(&self.locals);
                     p.tcb.info(&self.config, t.local(), t.remote())
@@ -648,7 +699,7 @@ impl Endpoint {
     /// The unfolded connections.
     pub fn live_connections(&self) -> impl Iterator<Item = (ConnectionHandle, &Connection)> {
         self.slots.iter().enumerate().filter_map(|(i, s)| match &s.tcb {
-            Tcb::Live(c) => Some((ConnectionHandle(i as u32), &**c)),
+            Tcb::Live(c, _) => Some((ConnectionHandle(i as u32), &**c)),
             _ => None,
         })
     }
@@ -735,7 +786,7 @@ impl Endpoint {
                 self.arm(now, idx, conn.next_timer());
             }
             None => {
-                self.slots[idx as usize].tcb = Tcb::Live(Box::new(conn));
+                self.slots[idx as usize].tcb = Tcb::boxed(conn);
                 self.parked -= 1;
                 self.mark(idx);
             }

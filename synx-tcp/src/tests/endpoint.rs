@@ -720,3 +720,49 @@ fn segments_taken_in_a_parked_slot_change_nothing_a_peer_or_the_application_can_
     }
     assert!(taken_in_slot > 2000, "only {taken_in_slot} segments were taken in a parked slot");
 }
+
+#[test]
+fn demux_tells_apart_tuples_that_differ_in_one_field_live_or_parked() {
+    // Each tuple differs from the first in one field: our address, our port, the peer's
+    // address, the peer's port, the family (the same IPv4 addresses, v4-mapped in IPv6).
+    let v4 = |a: [u8; 4], p: u16| SocketAddr::new(a.into(), p);
+    let mapped = |a: [u8; 4], p: u16| SocketAddr::new(std::net::Ipv4Addr::from(a).to_ipv6_mapped().into(), p);
+    let tuples = [
+        (v4([10, 0, 0, 1], 80), v4([10, 9, 0, 1], 40000)),
+        (v4([10, 0, 0, 2], 80), v4([10, 9, 0, 1], 40000)),
+        (v4([10, 0, 0, 1], 81), v4([10, 9, 0, 1], 40000)),
+        (v4([10, 0, 0, 1], 80), v4([10, 9, 0, 2], 40000)),
+        (v4([10, 0, 0, 1], 80), v4([10, 9, 0, 1], 40001)),
+        (mapped([10, 0, 0, 1], 80), mapped([10, 9, 0, 1], 40000)),
+    ];
+    let strangers = [
+        (v4([10, 0, 0, 3], 80), v4([10, 9, 0, 1], 40000)),
+        (v4([10, 0, 0, 1], 82), v4([10, 9, 0, 1], 40000)),
+        (v4([10, 0, 0, 1], 80), v4([10, 9, 0, 3], 40000)),
+        (v4([10, 0, 0, 1], 80), v4([10, 9, 0, 1], 40002)),
+        (mapped([10, 0, 0, 2], 80), mapped([10, 9, 0, 1], 40000)),
+    ];
+    // Every tuple hashed alike: each lookup compares against every entry.
+    for park in [false, true] {
+        let mut ep = Endpoint::new(config(), tuples.len() as u32);
+        ep.collide_tuple_hashes();
+        ep.set_parking(park);
+        let handles: Vec<_> = tuples
+            .iter()
+            .map(|&(l, r)| {
+                let mut h = peer(0, 0);
+                h.src_port = r.port();
+                h.dst_port = l.port();
+                ep.accept(ms(0), facts(), l, r, &h, &[]).unwrap()
+            })
+            .collect();
+        drain(&mut ep, ms(0));
+        assert_eq!(ep.parked(), if park { tuples.len() } else { 0 });
+        for (&(l, r), &h) in tuples.iter().zip(&handles) {
+            assert_eq!(ep.lookup(l, r), Some(h), "{l} {r}, parked {park}");
+        }
+        for &(l, r) in &strangers {
+            assert_eq!(ep.lookup(l, r), None, "{l} {r}, parked {park}");
+        }
+    }
+}
