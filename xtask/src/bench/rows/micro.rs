@@ -43,7 +43,7 @@ pub fn xdp(ctx: &mut Ctx) -> anyhow::Result<()> {
 
 /// The core's benchmark (synx-tcp/benches/tcp_core.rs), one line per figure.
 pub fn tcp(ctx: &mut Ctx) -> anyhow::Result<()> {
-    let rows: [(&str, &str, &str); 8] = [
+    let rows: [(&str, &str, &str); 10] = [
         ("tcp_inorder_segment_ns", "in-order data segments", "1448 B segment received and ACKed"),
         ("tcp_ack_ns", "ACK processing", "one ACK, with the data it clocks out"),
         ("timer_wheel_insert_ns", "wheel insert", "1M timers armed"),
@@ -54,6 +54,8 @@ pub fn tcp(ctx: &mut Ctx) -> anyhow::Result<()> {
             "keepalive: a probe and its answer",
             "the core's share of a keepalive probe among 1M parked connections: unfolded, probe sent, folded; the answer demuxed, unfolded, processed, folded",
         ),
+        ("tcp_demux_live_ns", "demux: lookup among 100k live", "a segment's tuple to its connection among 100k unfolded ones, in a scattered order"),
+        ("tcp_demux_parked_ns", "demux: lookup among 100k parked", "a segment's tuple to its connection among 100k parked ones, in a scattered order"),
         ("tcb_idle_bytes", "idle ESTABLISHED connection", "the unfolded TCB; buffers are 0 B when idle"),
         ("tcb_parked_bytes", "folded idle connection", "its endpoint slot, what an idle connection keeps"),
     ];
