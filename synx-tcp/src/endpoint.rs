@@ -102,13 +102,27 @@ impl std::hash::Hash for Tuple {
     }
 }
 
-/// The tuple index's hash (see [`Endpoint::by_tuple`]). Tests can have every tuple hash
-/// alike, so that each lookup compares against every entry.
-#[derive(Default)]
+/// The tuple index's hash (see [`Endpoint::by_tuple`]): foldhash, its per-index seed drawn
+/// from the operating system's randomness (std's `RandomState` keys come from getrandom; one
+/// hash of nothing under them is a u64 no client can guess; foldhash's own default seed mixes
+/// addresses and the time). Tests can have every tuple hash alike, so that each lookup
+/// compares against every entry.
 struct TupleHasher {
-    seeded: foldhash::quality::RandomState,
+    seeded: foldhash::quality::SeedableRandomState,
     #[cfg(test)]
     collide: bool,
+}
+
+impl Default for TupleHasher {
+    fn default() -> Self {
+        use std::hash::Hasher;
+        let secret = std::hash::RandomState::new().build_hasher().finish();
+        TupleHasher {
+            seeded: foldhash::quality::SeedableRandomState::with_seed(secret, foldhash::SharedSeed::global_random()),
+            #[cfg(test)]
+            collide: false,
+        }
+    }
 }
 
 impl TupleHasher {
@@ -292,9 +306,9 @@ pub struct Endpoint {
     handed_over: usize,
     /// Slot numbers, hashed by the tuple their slot holds.
     by_tuple: HashTable<u32>,
-    /// Keyed with a random seed per endpoint, as Linux keys its established-connection hash
-    /// with a random secret (`inet_ehashfn`, jhash): a client cannot aim tuples at one bucket
-    /// chain without knowing it. Entries exist only for handshakes that returned a valid SYN
+    /// Keyed with a random secret per endpoint, as Linux keys its established-connection hash
+    /// (`inet_ehashfn`: jhash with a random secret): a client cannot aim tuples at one probe
+    /// sequence without knowing it. Entries exist only for handshakes that returned a valid SYN
     /// cookie, so the tuples are ones a client could complete from its own addresses.
     hasher: TupleHasher,
     keepalives: Vec<super::Keepalive>,
