@@ -102,11 +102,18 @@ impl std::hash::Hash for Tuple {
     }
 }
 
-/// The tuple index's hash (see [`Endpoint::by_tuple`]): foldhash, its per-index seed drawn
-/// from the operating system's randomness (std's `RandomState` keys come from getrandom; one
-/// hash of nothing under them is a u64 no client can guess; foldhash's own default seed mixes
-/// addresses and the time). Tests can have every tuple hash alike, so that each lookup
-/// compares against every entry.
+/// A hasher for keys a client chooses (its addresses and ports): foldhash, keyed with a secret
+/// drawn from the operating system's randomness (std's `RandomState` keys come from getrandom;
+/// one hash of nothing under them is a u64 no client can guess; foldhash's own default seed
+/// mixes addresses and the time), as Linux keys `inet_ehashfn`. Each call draws a new secret.
+pub fn keyed_hasher() -> foldhash::quality::SeedableRandomState {
+    use std::hash::Hasher;
+    let secret = std::hash::RandomState::new().build_hasher().finish();
+    foldhash::quality::SeedableRandomState::with_seed(secret, foldhash::SharedSeed::global_random())
+}
+
+/// The tuple index's hash (see [`Endpoint::by_tuple`]): [`keyed_hasher`]. Tests can have every
+/// tuple hash alike, so that each lookup compares against every entry.
 struct TupleHasher {
     seeded: foldhash::quality::SeedableRandomState,
     #[cfg(test)]
@@ -115,10 +122,8 @@ struct TupleHasher {
 
 impl Default for TupleHasher {
     fn default() -> Self {
-        use std::hash::Hasher;
-        let secret = std::hash::RandomState::new().build_hasher().finish();
         TupleHasher {
-            seeded: foldhash::quality::SeedableRandomState::with_seed(secret, foldhash::SharedSeed::global_random()),
+            seeded: keyed_hasher(),
             #[cfg(test)]
             collide: false,
         }

@@ -203,8 +203,9 @@ struct QueueDriver {
     /// incarnation, and since when (oldest first; a tuple a new connection took stays in the
     /// queue, not in the set). Keeping it saves a delete and an insert per reused tuple (a
     /// client cycling its ports meets TIME_WAIT on every connection).
-    /// (Seeded foldhash, as the endpoint's tuple index: looked up on every cookie ACK.)
-    kept: HashSet<(SocketAddr, SocketAddr), foldhash::quality::RandomState>,
+    /// (Keyed as the endpoint's tuple index, `keyed_hasher`: clients choose these tuples, and
+    /// the set is looked up on every cookie ACK.)
+    kept: HashSet<(SocketAddr, SocketAddr), foldhash::quality::SeedableRandomState>,
     kept_since: VecDeque<(Instant, SocketAddr, SocketAddr)>,
     /// Frames taken from the socket, frames the kernel dropped, and their sum as XDP last saw
     /// it ([`QueueDriver::publish_rx_progress`]).
@@ -334,7 +335,7 @@ async fn serve_queue(
         glue: Glue::new(ctx.waker.clone(), ctx.stats.clone(), ctx.memory.clone()),
         handed: std::collections::VecDeque::new(),
         syn_acks: Vec::new(),
-        kept: HashSet::default(),
+        kept: HashSet::with_hasher(tcp::endpoint::keyed_hasher()),
         kept_since: VecDeque::new(),
         consumed: 0,
         kernel_dropped: 0,
