@@ -180,6 +180,11 @@ fn curl_keeps_alive_against_app_http_and_connection_close_makes_the_server_close
     let (completed, rx, tx, wakeups) = (c("xsk_tx_completed"), c("xsk_rx_frames"), c("xsk_tx_frames"), c("xsk_tx_wakeups"));
     assert!(rx >= 3 && tx >= 2, "xsk_rx_frames {rx}, xsk_tx_frames {tx}");
     assert!(completed <= tx && wakeups >= 1, "xsk_tx_completed {completed}, xsk_tx_wakeups {wakeups} of {tx} frames");
+    // The requests' segments came with the slot XDP's FLOWS named in front of them (RxMeta,
+    // which copy mode carries into the UMEM) and found their connection there; the handshake's
+    // last ACK, a claim, came without one.
+    let (segments, hinted) = (c("tcp_rx_segments"), c("tcp_rx_demux_by_hint"));
+    assert!(hinted >= 2 && hinted < segments, "tcp_rx_demux_by_hint {hinted} of {segments} segments");
 
     // `Connection: close`: the server answers, then closes first and holds TIME_WAIT
     // (RFC 9293 3.6, the active closer) while the client's side is simply gone.

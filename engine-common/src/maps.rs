@@ -88,6 +88,28 @@ pub const FLOOD: &str = "FLOOD";
 /// Length of the generator's frame: Ethernet, IPv4, TCP with the MSS option.
 pub const FLOOD_FRAME_LEN: usize = 58;
 
+/// What XDP puts in front of every frame it sends to AF_XDP (`bpf_xdp_adjust_head`, 8 bytes
+/// before the Ethernet header, which copy mode carries into the UMEM with the frame): the FLOWS
+/// value it found for the segment's tuple, so the engine can go straight to that slot instead
+/// of looking the tuple up again (the kernel's early demux hands a socket along the same way).
+/// Not the metadata area (`bpf_xdp_adjust_meta`), which this machine's kernel refuses to XDP
+/// programs ("program of this type cannot use helper"). A hint only: the engine checks that the
+/// slot holds the tuple, and takes a frame without the mark as a plain Ethernet frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct RxMeta {
+    /// [`RX_META_MAGIC`].
+    pub magic: [u8; 4],
+    /// The tuple's FLOWS value (little-endian, as BPF and x86 store it): a connection's slot,
+    /// or XDP's claim ([`CLAIM`]) for a cookie ACK (only those two kinds of frames go to
+    /// AF_XDP).
+    pub flow: u32,
+}
+
+/// [`RxMeta::magic`]: its first byte has the group bit set, so no Ethernet frame to this
+/// host's (unicast) address starts with it.
+pub const RX_META_MAGIC: [u8; 4] = [0xff, b's', b'x', 1];
+
 /// FLOWS values with this bit are claims, not slots: XDP claims the tuple when a cookie ACK
 /// validates, before userspace has created the connection, so that later segments of the
 /// flow (data, FIN) go to userspace too instead of failing the cookie check, which only the

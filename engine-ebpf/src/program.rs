@@ -9,7 +9,7 @@ use engine_common::{
     synack::{self, Ours, Syn},
     maps::{
         FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, PORT_FLOWS_LEFT, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE,
-        PORT_V6_ANY, PORT_V6_SOME, PortListeners, RX_BACKLOG_CEILING, RX_BACKLOG_LIMIT, SYN_TRICKLE_NS, CLAIM, CookieMiss, SYN_RECORD_ECN, SYN_RECORD_RST, SYN_RECORD_SACK, SYN_RECORD_TS, SYN_RECORD_V6, SYN_RECORD_WSCALE, SynRecord, claim, claim_expired, flow_filter_bit4,
+        PORT_V6_ANY, PORT_V6_SOME, PortListeners, RX_BACKLOG_CEILING, RX_BACKLOG_LIMIT, SYN_TRICKLE_NS, CLAIM, CookieMiss, SYN_RECORD_ECN, SYN_RECORD_RST, SYN_RECORD_SACK, SYN_RECORD_TS, SYN_RECORD_V6, SYN_RECORD_WSCALE, SynRecord, claim, claim_expired, flow_filter_bit4, RxMeta, RX_META_MAGIC,
         flow_filter_bit6,
     },
 };
@@ -140,7 +140,7 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
         // (A connection's slot needs no clock read; only a claim has an age.)
         if slot & CLAIM == 0 || !claim_expired(slot, coarse_now().mono_ns) {
             count(counters::FLOW_SEGMENT);
-            return to_userspace(ctx);
+            return to_userspace(ctx, slot);
         }
         count(counters::CLAIM_EXPIRED);
         claim_flags = u64::from(BPF_ANY);
@@ -217,7 +217,7 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
             // refuses the connection, and counts it.
             let c = claim(coarse_now().mono_ns);
             let _ = if seg.v6 { FLOWS6.insert(&key6, &c, claim_flags) } else { FLOWS4.insert(&key4, &c, claim_flags) };
-            return to_userspace(ctx);
+            return to_userspace(ctx, c);
         }
         count(counters::COOKIE_ACK_INVALID);
         // A segment of a connection another host may hold (the router rehashed its flow).
@@ -327,8 +327,11 @@ fn bad_source(seg: &Seg) -> bool {
     }
 }
 
+/// To this RX queue's AF_XDP socket, with `flow`, the tuple's FLOWS value, in front of the
+/// frame ([`RxMeta`]: the engine's hint of the connection's slot).
 #[inline(always)]
-fn to_userspace(ctx: &XdpContext) -> Verdict {
+fn to_userspace(ctx: &XdpContext, flow: u32) -> Verdict {
+    write_meta(ctx, flow);
     // SAFETY: reading the queue index from the context.
     let queue = unsafe { (*ctx.ctx).rx_queue_index };
     match XSKS.redirect(queue, u64::from(xdp_action::XDP_DROP)) {
@@ -344,6 +347,23 @@ fn to_userspace(ctx: &XdpContext) -> Verdict {
         }
         Err(_) => Verdict::Drop(counters::REDIRECT_FAILED),
     }
+}
+
+/// Put [`RxMeta`] in front of the frame. A device without headroom for it leaves the frame as
+/// it came: the engine then looks the tuple up, as it does for a hint that is wrong.
+#[inline(always)]
+fn write_meta(ctx: &XdpContext, flow: u32) {
+    const LEN: usize = core::mem::size_of::<RxMeta>();
+    // SAFETY: a helper call on this run's context; a negative delta grows the frame at its head.
+    if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, -(LEN as i32)) } != 0 {
+        return;
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + LEN > end {
+        return;
+    }
+    // SAFETY: `data..data + LEN` lies within the frame, checked above as the verifier requires.
+    unsafe { core::ptr::write_unaligned(data as *mut RxMeta, RxMeta { magic: RX_META_MAGIC, flow }) };
 }
 
 /// RFC 9293 3.10.7.2 with the SYN-RECEIVED state in a cookie: our SYN-ACK, as

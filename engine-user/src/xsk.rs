@@ -7,6 +7,7 @@
 //! driver has it, copy mode otherwise (veth).
 
 use std::{ffi::CString, num::NonZeroU32, os::fd::RawFd, ptr::NonNull};
+use engine_common::maps::{RX_META_MAGIC, RxMeta};
 
 use xdpilone::{
     DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, xdp::XdpDesc,
@@ -79,6 +80,19 @@ impl Area {
         // SAFETY: in bounds of the mapping; the kernel handed this frame to us via RX and will
         // not touch it until we return it to the fill ring.
         Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(start), len as usize) })
+    }
+}
+
+/// A received frame without the [`RxMeta`] XDP put in front of it, and the FLOWS value it
+/// carried; a frame without its mark is taken whole, with no hint.
+pub fn split_meta(frame: &[u8]) -> (&[u8], Option<u32>) {
+    const LEN: usize = std::mem::size_of::<RxMeta>();
+    match frame.split_at_checked(LEN) {
+        Some((head, rest)) if head[..4] == RX_META_MAGIC => {
+            let m: RxMeta = bytemuck::pod_read_unaligned(head);
+            (rest, Some(u32::from_le(m.flow)))
+        }
+        _ => (frame, None),
     }
 }
 
@@ -266,9 +280,10 @@ impl XskSocket {
         Some((s.rx_dropped, s.rx_ring_full, s.rx_fill_ring_empty_descs))
     }
 
-    /// Hand up to `max` received frames to `f`, then return their buffers to the fill ring;
-    /// stops early after a frame for which `f` returns true.
-    pub fn recv(&mut self, max: u32, mut f: impl FnMut(&[u8]) -> bool) -> u32 {
+    /// Hand up to `max` received frames to `f`, each with the FLOWS value XDP put in front of
+    /// it if any ([`split_meta`]), then return their buffers to the fill ring; stops early
+    /// after a frame for which `f` returns true.
+    pub fn recv(&mut self, max: u32, mut f: impl FnMut(&[u8], Option<u32>) -> bool) -> u32 {
         let chunk_mask = !(u64::from(FRAME_SIZE) - 1);
         if let Some(b) = &mut self.busy_poll {
             b.poll(self.fd);
@@ -282,7 +297,8 @@ impl XskSocket {
                 while !stop && let Some(desc) = reader.read() {
                     n += 1;
                     if let Some(frame) = self.area.frame(desc.addr, desc.len) {
-                        stop = f(frame);
+                        let (frame, flow) = split_meta(frame);
+                        stop = f(frame, flow);
                     }
                     self.pending_fill.push(desc.addr & chunk_mask);
                 }
@@ -528,5 +544,24 @@ impl XskSocket {
             unsafe { libc::recvfrom(self.fd, std::ptr::null_mut(), 0, libc::MSG_DONTWAIT, std::ptr::null_mut(), std::ptr::null_mut()) };
         }
         self.stats.busy_poll_rearms += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mark_xdp_puts_in_front_of_a_frame_is_split_off_and_nothing_else_is() {
+        let eth = [0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00, 0x45];
+        let mut marked = RX_META_MAGIC.to_vec();
+        marked.extend(0x8000_0007u32.to_le_bytes());
+        marked.extend(eth);
+        assert_eq!(split_meta(&marked), (&eth[..], Some(0x8000_0007)));
+        // A plain frame (to a unicast address), one too short to hold the mark, a broadcast.
+        assert_eq!(split_meta(&eth), (&eth[..], None));
+        assert_eq!(split_meta(&marked[..7]), (&marked[..7], None));
+        let broadcast = [0xff; 20];
+        assert_eq!(split_meta(&broadcast), (&broadcast[..], None));
     }
 }

@@ -20,6 +20,7 @@ use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, Transp
 use synx::{
     bpf::{FlowKey, PeerRing, XdpProgram, XdpSettings, clock_adjust_ns, cookie_tuple, flow_key, kernel_clock, monotonic_ns, tai_ns},
     wire,
+    xsk::split_meta,
 };
 
 const XDP_DROP: u32 = 1;
@@ -207,9 +208,13 @@ enum Start {
 enum Out {
     /// The frame as it came (passed, dropped).
     Untouched,
-    /// Untouched, redirected to the queue's AF_XDP socket. No socket is bound in a test run,
-    /// so the redirect falls back to a drop, counted (xdp_redirect_failed).
+    /// Redirected to the queue's AF_XDP socket, with the tuple's FLOWS value in front of it
+    /// (`RxMeta`), and otherwise untouched (unwrapped, if another host forwarded it). No
+    /// socket is bound in a test run, so the redirect falls back to a drop, counted
+    /// (xdp_redirect_failed).
     ToUserspace,
+    /// A frame another host forwarded, unwrapped and then dropped.
+    Unwrapped,
     /// Our SYN-ACK to the SYN, what its options should earn.
     SynAck(Expect),
     /// RFC 9293 3.10.7.1: <SEQ=seq><CTL=RST>, or <SEQ=seq><ACK=ack><CTL=RST,ACK>.
@@ -316,7 +321,16 @@ fn run(rows: Vec<Row>) {
         let seen = unwrapped(&r.frame).unwrap_or_else(|| r.frame.clone());
         match r.out {
             Out::Untouched => assert_eq!(out, r.frame, "{what}: frame modified"),
-            Out::ToUserspace => assert_eq!(out, seen, "{what}: a redirected frame is what came, unwrapped"),
+            Out::Unwrapped => assert_eq!(out, seen, "{what}: the frame unwrapped"),
+            Out::ToUserspace => {
+                // In front of it, the tuple's FLOWS value: the connection's slot, or the claim
+                // a cookie ACK just made (the engine's hint, `synx::xsk::split_meta`).
+                let (frame, flow) = split_meta(&out);
+                assert_eq!(frame, &seen[..], "{what}: a redirected frame is what came, unwrapped");
+                let rx = wire::parse(frame).unwrap_or_else(|err| panic!("{what}: {err:?}"));
+                let value = e.flow_table().get(rx.local, rx.remote);
+                assert!(flow.is_some() && flow == value, "{what}: hint {flow:?}, FLOWS {value:?}");
+            }
             Out::SynAck(want) => check_synack(e, &seen, &out, &want, what),
             Out::Rst { seq, ack } => check_rst(&seen, &out, seq, ack, what),
             Out::Forwarded { hops } => check_forwarded(&seen, &out, hops, what),
@@ -1574,7 +1588,7 @@ fn segments_no_host_holds_go_round_the_ring_once() {
             ])
             .then(),
             // A forwarded SYN is nonsense (every host answers its own).
-            row(format!("forwarded SYN (v6={v6})"), wrapped(&frame(v6, 40003, 1000, &linux_syn_opts(), |b| b.syn(), &[]), 2), XDP_DROP, Out::ToUserspace, &[
+            row(format!("forwarded SYN (v6={v6})"), wrapped(&frame(v6, 40003, 1000, &linux_syn_opts(), |b| b.syn(), &[]), 2), XDP_DROP, Out::Unwrapped, &[
                 (SECOND_CHANCE_RECEIVED, 1),
                 (DROP_BAD_SECOND_CHANCE, 1),
             ])
@@ -1585,7 +1599,7 @@ fn segments_no_host_holds_go_round_the_ring_once() {
     let heartbeat = wrapped_to(&ack, 0, HOST_A, engine_common::second_chance::KIND_TIME_ASK);
     rows.extend([
         row("no hops left in the header", wrapped(&ack, 0), XDP_DROP, Out::Untouched, &[(DROP_BAD_SECOND_CHANCE, 1)]).with(a()),
-        row("forwarded to a port nobody serves", wrapped(&syn_to("198.18.0.1:22"), 2), XDP_DROP, Out::ToUserspace, &[
+        row("forwarded to a port nobody serves", wrapped(&syn_to("198.18.0.1:22"), 2), XDP_DROP, Out::Unwrapped, &[
             (SECOND_CHANCE_RECEIVED, 1),
             (DROP_BAD_SECOND_CHANCE, 1),
         ])

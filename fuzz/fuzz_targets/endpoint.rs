@@ -144,6 +144,15 @@ impl World {
         }
         let t = m.t;
         let now = self.now;
+        // The slot a flow table in front of the endpoint might name (XDP's FLOWS): none, this
+        // incarnation's (stale once a new SYN took its tuple), another connection's, or any
+        // number. The endpoint must answer as it would without one.
+        let hint = match (offset as usize ^ len) % 4 {
+            0 => None,
+            1 => Some(self.models[i].h.slot()),
+            2 => Some(self.models[offset as usize % self.models.len()].h.slot()),
+            _ => Some(offset as u32 ^ 0x5a5a),
+        };
         // The driver's queue for the app: half the time it takes in-order data straight from
         // the segment (as much as it has room for), and that is the app's read, checked as one.
         let room = if input.u8() < 128 { 0 } else { input.u16() as usize };
@@ -154,7 +163,15 @@ impl World {
             m.app_got(&data[..n], "delivered");
             n
         };
-        match self.ep.handle_into(now, local, remote, &h, &payload, &mut deliver) {
+        // Whatever the hint, the connection the segment meets is the one the index names.
+        let known = self.ep.lookup(local, remote);
+        let d = self.ep.handle_hinted(now, local, remote, hint, &h, &payload, &mut deliver);
+        match d {
+            Disposition::Unknown => assert_eq!(known, None, "hint {hint:?}"),
+            Disposition::Delivered(got) => assert_eq!(known, Some(got), "hint {hint:?}"),
+            Disposition::Dropped(_) => assert!(known.is_some(), "dropped by no connection (hint {hint:?})"),
+        }
+        match d {
             Disposition::Delivered(got) => {
                 assert_eq!(Some(got), self.ep.lookup(local, remote));
                 let i = self.current(t).expect("a segment delivered to a tuple the model does not hold");

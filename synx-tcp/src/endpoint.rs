@@ -206,15 +206,18 @@ impl ParkedSlot {
 enum Tcb {
     Free,
     /// With its tuple inline (room the parked form takes anyway): demux compares the slot,
-    /// not the box behind it, a cache miss less per lookup.
-    Live(Box<Connection>, Tuple),
+    /// not the box behind it, a cache miss less per lookup. `None` once the index no longer
+    /// names the slot (a TIME_WAIT ended by a new SYN, until it is released): a slot holds a
+    /// tuple only while the index finds the tuple there, so a caller's hint (see
+    /// [`Endpoint::handle_hinted`]) is checked by the slot alone.
+    Live(Box<Connection>, Option<Tuple>),
     Parked(ParkedSlot),
 }
 
 impl Tcb {
     fn boxed(conn: Connection) -> Self {
         let tuple = Tuple::new(conn.local(), conn.remote());
-        Tcb::Live(Box::new(conn), tuple)
+        Tcb::Live(Box::new(conn), Some(tuple))
     }
 }
 
@@ -243,7 +246,7 @@ impl Slot {
     fn tuple(&self, locals: &[[u8; 16]]) -> Option<Tuple> {
         match &self.tcb {
             Tcb::Free => None,
-            Tcb::Live(_, t) => Some(*t),
+            Tcb::Live(_, t) => *t,
             Tcb::Parked(p) => Some(p.tuple(locals)),
         }
     }
@@ -253,7 +256,7 @@ impl Slot {
     fn holds(&self, key: &Tuple, locals: &[[u8; 16]]) -> bool {
         match &self.tcb {
             Tcb::Free => false,
-            Tcb::Live(_, t) => t == key,
+            Tcb::Live(_, t) => t.as_ref() == Some(key),
             Tcb::Parked(p) => {
                 p.remote_port == key.remote_port
                     && p.local_port == key.local_port
@@ -345,6 +348,9 @@ pub struct Endpoint {
     events: VecDeque<(ConnectionHandle, Event)>,
     /// Retransmitted FINs answered from TIME_WAIT (our last ACK was lost).
     pub time_wait_fin_reacked: u64,
+    /// Segments whose connection was in the slot the caller's hint named
+    /// ([`Endpoint::handle_hinted`]): no lookup in the tuple index.
+    pub demux_hinted: u64,
     /// Every connection's counters added up, released ones included.
     totals: Stats,
 }
@@ -375,6 +381,7 @@ impl Endpoint {
             resets: VecDeque::new(),
             events: VecDeque::new(),
             time_wait_fin_reacked: 0,
+            demux_hinted: 0,
             totals: Stats::default(),
         }
     }
@@ -434,16 +441,34 @@ impl Endpoint {
     }
 
     fn find(&self, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+        self.find_hinted(local, remote, None)
+    }
+
+    /// [`Endpoint::find`], trying slot `hint` first: a slot holds a tuple only while the index
+    /// names it for that tuple (see [`Tcb::Live`]), so a slot that holds it is the answer the
+    /// index would give, without the index's two cache misses (its control bytes and its
+    /// bucket) when it is large. Any other hint (stale, another queue's, out of range) costs
+    /// the look at one slot, then the index as without one.
+    fn find_hinted(&self, local: SocketAddr, remote: SocketAddr, hint: Option<u32>) -> Option<u32> {
         let key = Tuple::new(local, remote);
         let (slots, locals) = (&self.slots, &self.locals);
+        if let Some(i) = hint
+            && slots.get(i as usize).is_some_and(|s| s.holds(&key, locals))
+        {
+            return Some(i);
+        }
         self.by_tuple.find(self.hasher.hash_one(key), |&i| slots[i as usize].holds(&key, locals)).copied()
     }
 
-    /// Forget the index entry of `(local, remote)` if it names slot `idx`.
+    /// Forget the index entry of `(local, remote)` if it names slot `idx`; a live slot then
+    /// stops holding the tuple (see [`Tcb::Live`]).
     fn unindex(&mut self, local: SocketAddr, remote: SocketAddr, idx: u32) {
         let hash = self.hasher.hash_one(Tuple::new(local, remote));
         if let Ok(entry) = self.by_tuple.find_entry(hash, |&i| i == idx) {
             entry.remove();
+        }
+        if let Some(Slot { tcb: Tcb::Live(_, t) }) = self.slots.get_mut(idx as usize) {
+            *t = None;
         }
     }
 
@@ -473,7 +498,9 @@ impl Endpoint {
     /// Fold slot `idx` if its connection is quiescent (its wheel entry, its one deadline:
     /// keepalive or the end of TIME_WAIT, stays as it is).
     fn try_park(&mut self, idx: u32) {
-        let Some(Slot { tcb: Tcb::Live(conn, _) }) = self.slots.get(idx as usize) else { return };
+        // Not one the index no longer names (it could not be found, nor told from its tuple's
+        // new incarnation, once folded).
+        let Some(Slot { tcb: Tcb::Live(conn, Some(_)) }) = self.slots.get(idx as usize) else { return };
         let Some(tcb) = conn.park() else { return };
         let (local, remote, keepalive) = (conn.local(), conn.remote(), conn.keepalive());
         let Ok(parked) = self.parked_slot(tcb, local, remote, keepalive) else { return };
@@ -517,6 +544,11 @@ impl Endpoint {
 
     pub fn lookup(&self, local: SocketAddr, remote: SocketAddr) -> Option<ConnectionHandle> {
         self.find(local, remote).map(ConnectionHandle)
+    }
+
+    /// [`Endpoint::lookup`], trying slot `hint` first (see [`Endpoint::handle_hinted`]).
+    pub fn lookup_hinted(&self, local: SocketAddr, remote: SocketAddr, hint: Option<u32>) -> Option<ConnectionHandle> {
+        self.find_hinted(local, remote, hint).map(ConnectionHandle)
     }
 
     /// Create a connection from a validated SYN-cookie ACK (the caller checked the cookie and
@@ -588,8 +620,7 @@ impl Endpoint {
         self.handle_into(now, local, remote, h, payload, &mut |_, _| 0)
     }
 
-    /// [`Endpoint::handle`], offering the connection's in-order data to `deliver` before its
-    /// receive buffer (see [`Connection::handle_into`]).
+    /// [`Endpoint::handle_into`] with no hint.
     pub fn handle_into(
         &mut self,
         now: Instant,
@@ -599,7 +630,27 @@ impl Endpoint {
         payload: &[u8],
         deliver: &mut dyn FnMut(ConnectionHandle, &[u8]) -> usize,
     ) -> Disposition {
-        let Some(idx) = self.find(local, remote) else { return Disposition::Unknown };
+        self.handle_hinted(now, local, remote, None, h, payload, deliver)
+    }
+
+    /// [`Endpoint::handle`], offering the connection's in-order data to `deliver` before its
+    /// receive buffer (see [`Connection::handle_into`]). `hint`: the slot the caller believes
+    /// holds the connection (what a flow table in front of the endpoint named, as
+    /// [`ConnectionHandle::slot`]); checked against the slot's tuple, it only spares the
+    /// tuple index's lookup, and a wrong one changes nothing but that.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_hinted(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        hint: Option<u32>,
+        h: &Header,
+        payload: &[u8],
+        deliver: &mut dyn FnMut(ConnectionHandle, &[u8]) -> usize,
+    ) -> Disposition {
+        let Some(idx) = self.find_hinted(local, remote, hint) else { return Disposition::Unknown };
+        self.demux_hinted += u64::from(hint == Some(idx));
         let handle = ConnectionHandle(idx);
         let d = match self.slots.get(idx as usize) {
             Some(Slot { tcb: Tcb::Parked(p) }) if self.park_idle => {

@@ -29,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use engine_common::synack::{self, Syn, SynAck};
+use engine_common::{maps, synack::{self, Syn, SynAck}};
 use synx_tcp::{
     self as tcp, Instant,
     endpoint::{Disposition, DropReason, Endpoint, Refusal},
@@ -506,8 +506,9 @@ impl QueueDriver {
     fn receive(&mut self, xsk: &mut XskSocket) -> u32 {
         let mut received = 0;
         while received < RX_BATCH {
-            let n = xsk.recv(RX_BATCH - received, |frame| {
-                self.on_frame(now(), frame, 0);
+            let n = xsk.recv(RX_BATCH - received, |frame, flow| {
+                let hint = flow.and_then(|f| self.slot_of(f));
+                self.on_frame(now(), frame, 0, hint);
                 self.endpoint.acks_overdue()
             });
             received += n;
@@ -533,7 +534,7 @@ impl QueueDriver {
         handoff.take(self.ctx.queue, &mut handed);
         let n = handed.len() as u32;
         for h in handed.drain(..) {
-            self.on_frame(now(), &h.frame, h.hops);
+            self.on_frame(now(), &h.frame, h.hops, None);
         }
         self.handed = handed;
         n
@@ -551,8 +552,18 @@ impl QueueDriver {
         }
     }
 
-    /// One frame, from our socket or (`hops` > 0) handed on by another queue.
-    fn on_frame(&mut self, now: Instant, frame: &[u8], hops: u8) {
+    /// Our endpoint's slot a FLOWS value names: none for a claim, no entry, or another
+    /// queue's range (the endpoint checks the rest, see `Endpoint::handle_hinted`).
+    fn slot_of(&self, flow: u32) -> Option<u32> {
+        if flow & maps::CLAIM != 0 {
+            return None;
+        }
+        flow.checked_sub(self.ctx.slot_base)
+    }
+
+    /// One frame, from our socket or (`hops` > 0) handed on by another queue; `hint`: the slot
+    /// XDP's FLOWS named for it, if any.
+    fn on_frame(&mut self, now: Instant, frame: &[u8], hops: u8, hint: Option<u32>) {
         let stats = &self.ctx.stats;
         let rx = match wire::parse(frame) {
             Ok(rx) => rx,
@@ -579,7 +590,7 @@ impl QueueDriver {
         let mut payload = payload;
         if self.glue.handing_over()
             && (!payload.is_empty() || hdr.flags.fin())
-            && let Some(h) = self.endpoint.lookup(rx.local, rx.remote)
+            && let Some(h) = self.endpoint.lookup_hinted(rx.local, rx.remote, hint)
             && self.glue.holds_input_back(h.slot())
         {
             // Handing over: the connection waits between turns; its new input goes to the
@@ -591,7 +602,7 @@ impl QueueDriver {
         }
         if !payload.is_empty()
             && self.glue.may_refuse_data()
-            && let Some(h) = self.endpoint.lookup(rx.local, rx.remote)
+            && let Some(h) = self.endpoint.lookup_hinted(rx.local, rx.remote, hint)
             && self.glue.refuses_data(h, rx.remote.ip())
         {
             // No memory for more of this connection's data: the peer sends it again later.
@@ -599,7 +610,7 @@ impl QueueDriver {
             return;
         }
         let glue = &mut self.glue;
-        match self.endpoint.handle_into(now, rx.local, rx.remote, &hdr, payload, &mut |h, data| glue.deliver(h, data)) {
+        match self.endpoint.handle_hinted(now, rx.local, rx.remote, hint, &hdr, payload, &mut |h, data| glue.deliver(h, data)) {
             Disposition::Delivered(h) => {
                 self.glue.set_link(h.slot(), rx.link);
                 if self.glue.is_moved(h.slot()) {
@@ -994,6 +1005,7 @@ impl QueueDriver {
             counter.store(v, Ordering::Relaxed);
         }
         s.time_wait_fin_reacked.store(self.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
+        s.rx_demux_by_hint.store(self.endpoint.demux_hinted, Ordering::Relaxed);
         s.connections.store(self.endpoint.len() as u64, Ordering::Relaxed);
         s.parked.store(self.endpoint.parked() as u64, Ordering::Relaxed);
         s.timers_waiting.store(self.endpoint.timers_waiting() as u64, Ordering::Relaxed);

@@ -131,6 +131,8 @@ macro_rules! queue_stats {
 
 queue_stats! {
     rx_segments: Counter "tcp_rx_segments" "TCP segments received and handed to the TCP core.";
+    rx_demux_by_hint: Counter "tcp_rx_demux_by_hint"
+        "Received segments whose connection was in the slot XDP's FLOWS named with the frame: no lookup in the tuple index.";
     tx_segments: Counter "tcp_tx_segments" "TCP segments sent (data, ACKs, FINs, resets and SYN-ACKs).";
     accepted: Counter "tcp_accepted" "Connections created from a valid SYN-cookie ACK.";
     app_panics: Counter "app_turn_panics" "Application turns that panicked in their first step on the engine thread (the turn is dropped with its stream; the thread goes on).";

@@ -155,6 +155,61 @@ fn time_wait_through_the_wheel_and_syn_reuse() {
 }
 
 #[test]
+fn a_slot_hint_is_taken_only_where_the_slot_holds_the_tuple() {
+    // What XDP's flow table names with a segment (see `Endpoint::handle_hinted`): right, another
+    // connection's slot, a free or missing one, or none. The answer is the index's every time.
+    let n = 6u32;
+    for park in [false, true] {
+        let mut ep = Endpoint::new(config(), n + 2);
+        ep.set_parking(park);
+        let handles: Vec<_> = (0..n).map(|i| ep.accept(ms(0), facts(), local(), client(i), &ack_from(i), &[]).unwrap()).collect();
+        drain(&mut ep, ms(0));
+        assert_eq!(ep.parked(), if park { n as usize } else { 0 });
+        let hints = [None, Some(0), Some(n - 1), Some(n), Some(n + 100), Some(u32::MAX)];
+        for (i, &h) in handles.iter().enumerate() {
+            let hinted = ep.demux_hinted;
+            for hint in hints.into_iter().chain([Some(h.slot())]) {
+                let d = ep.handle_hinted(ms(1), local(), client(i as u32), hint, &ack_from(i as u32), &[], &mut |_, _| 0);
+                assert_eq!(d, Disposition::Delivered(h), "connection {i}, hint {hint:?}, parked {park}");
+            }
+            let right = 1 + hints.iter().filter(|&&x| x == Some(h.slot())).count() as u64;
+            assert_eq!(ep.demux_hinted - hinted, right, "connection {i}: only a right hint is taken");
+            drain(&mut ep, ms(1));
+        }
+        for hint in hints.into_iter().chain(handles.iter().map(|h| Some(h.slot()))) {
+            let d = ep.handle_hinted(ms(1), local(), client(n + 7), hint, &ack_from(n + 7), &[], &mut |_, _| 0);
+            assert_eq!(d, Disposition::Unknown, "a stranger, hint {hint:?}");
+        }
+    }
+    // A TIME_WAIT a new SYN ended: its slot lives on until released, its tuple is free at once.
+    // A hint naming that slot (XDP's entry for the tuple stays, kept for the new incarnation)
+    // finds nothing, as the index does; before, the slot still held the tuple.
+    let mut ep = Endpoint::new(config(), 4);
+    let h = ep.accept(ms(0), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
+    ep.connection_mut(h).unwrap().shutdown(ms(0));
+    drain(&mut ep, ms(0));
+    let mut fin = with(ack_from(1), Flags::FIN);
+    fin.ack = SeqNum(ISS + 2);
+    ep.handle(ms(1), local(), client(1), &fin, &[]);
+    assert_eq!(ep.connection(h).unwrap().state(), State::TimeWait);
+    let mut syn = ack_from(1);
+    syn.flags = Flags::SYN;
+    syn.seq = SeqNum(IRS + 1_000_000);
+    let reuse = ep.handle_hinted(ms(2), local(), client(1), Some(h.slot()), &syn, &[], &mut |_, _| 0);
+    assert_eq!(reuse, Disposition::Dropped(DropReason::TimeWaitReuse));
+    assert!(ep.connection(h).is_some(), "the old incarnation is not released yet");
+    assert_eq!(ep.handle_hinted(ms(2), local(), client(1), Some(h.slot()), &syn, &[], &mut |_, _| 0), Disposition::Unknown);
+    assert_eq!(ep.lookup(local(), client(1)), None);
+    // The new incarnation, in another slot, is found by its own hint and by a stale one.
+    let h2 = ep.accept(ms(3), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
+    assert_ne!(h2, h);
+    for hint in [Some(h.slot()), Some(h2.slot()), None] {
+        let d = ep.handle_hinted(ms(3), local(), client(1), hint, &ack_from(1), &[], &mut |_, _| 0);
+        assert_eq!(d, Disposition::Delivered(h2), "hint {hint:?}");
+    }
+}
+
+#[test]
 fn idle_connections_cost_one_wheel_entry_and_only_quiet_peers_are_probed() {
     let n = 2000u32;
     let mut ep = Endpoint::new(config(), n);

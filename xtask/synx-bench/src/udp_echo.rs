@@ -48,7 +48,7 @@ pub fn xsk_echo(iface: &str, secs: f64) -> anyhow::Result<serde_json::Value> {
     let mut batch: Vec<Vec<u8>> = Vec::new();
     let mut spare: Vec<Vec<u8>> = Vec::new();
     while start.elapsed().as_secs_f64() < secs {
-        let got = xsk.recv(64, |frame| {
+        let got = xsk.recv(64, |frame, _| {
             let mut b = spare.pop().unwrap_or_default();
             b.clear();
             b.extend_from_slice(frame);

@@ -43,7 +43,7 @@ pub fn xdp(ctx: &mut Ctx) -> anyhow::Result<()> {
 
 /// The core's benchmark (synx-tcp/benches/tcp_core.rs), one line per figure.
 pub fn tcp(ctx: &mut Ctx) -> anyhow::Result<()> {
-    let rows: [(&str, &str, &str); 10] = [
+    let rows: [(&str, &str, &str); 12] = [
         ("tcp_inorder_segment_ns", "in-order data segments", "1448 B segment received and ACKed"),
         ("tcp_ack_ns", "ACK processing", "one ACK, with the data it clocks out"),
         ("timer_wheel_insert_ns", "wheel insert", "1M timers armed"),
@@ -56,6 +56,12 @@ pub fn tcp(ctx: &mut Ctx) -> anyhow::Result<()> {
         ),
         ("tcp_demux_live_ns", "demux: lookup among 100k live", "a segment's tuple to its connection among 100k unfolded ones, in a scattered order"),
         ("tcp_demux_parked_ns", "demux: lookup among 100k parked", "a segment's tuple to its connection among 100k parked ones, in a scattered order"),
+        (
+            "tcp_demux_hinted_live_ns",
+            "demux: slot hint among 100k live",
+            "the same lookups with the slot XDP's FLOWS names as a hint (checked against the slot's tuple, no index)",
+        ),
+        ("tcp_demux_hinted_parked_ns", "demux: slot hint among 100k parked", "the same among parked ones, with the slot as a hint"),
         ("tcb_idle_bytes", "idle ESTABLISHED connection", "the unfolded TCB; buffers are 0 B when idle"),
         ("tcb_parked_bytes", "folded idle connection", "its endpoint slot, what an idle connection keeps"),
     ];
