@@ -52,7 +52,7 @@ pub fn tcp(ctx: &mut Ctx) -> anyhow::Result<()> {
         (
             "tcp_keepalive_probe_ns",
             "keepalive: a probe and its answer",
-            "the core's share of a keepalive probe among 1M parked connections: unfolded, probe sent, folded; the answer demuxed, unfolded, processed, folded",
+            "the core's share of a keepalive probe among 1M parked connections: unfolded, probe sent, folded; the answer demuxed (by its slot hint, as the engine gets it from XDP), unfolded, processed, folded",
         ),
         ("tcp_demux_live_ns", "demux: lookup among 100k live", "a segment's tuple to its connection among 100k unfolded ones, in a scattered order"),
         ("tcp_demux_parked_ns", "demux: lookup among 100k parked", "a segment's tuple to its connection among 100k parked ones, in a scattered order"),
