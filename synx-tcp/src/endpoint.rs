@@ -620,7 +620,9 @@ impl Endpoint {
         self.handle_into(now, local, remote, h, payload, &mut |_, _| 0)
     }
 
-    /// [`Endpoint::handle_into`] with no hint.
+    /// [`Endpoint::handle`], offering the connection's in-order data to `deliver` before its
+    /// receive buffer (see [`Connection::handle_into`]): [`Endpoint::handle_hinted`] with no
+    /// hint.
     pub fn handle_into(
         &mut self,
         now: Instant,
@@ -633,11 +635,10 @@ impl Endpoint {
         self.handle_hinted(now, local, remote, None, h, payload, deliver)
     }
 
-    /// [`Endpoint::handle`], offering the connection's in-order data to `deliver` before its
-    /// receive buffer (see [`Connection::handle_into`]). `hint`: the slot the caller believes
-    /// holds the connection (what a flow table in front of the endpoint named, as
-    /// [`ConnectionHandle::slot`]); checked against the slot's tuple, it only spares the
-    /// tuple index's lookup, and a wrong one changes nothing but that.
+    /// [`Endpoint::handle_into`] with `hint`, the slot the caller believes holds the connection
+    /// (what a flow table in front of the endpoint named, as [`ConnectionHandle::slot`]):
+    /// checked against the slot's tuple, it only spares the tuple index's lookup, and a wrong
+    /// one changes nothing but that.
     #[allow(clippy::too_many_arguments)]
     pub fn handle_hinted(
         &mut self,

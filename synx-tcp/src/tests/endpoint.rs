@@ -138,20 +138,33 @@ fn time_wait_through_the_wheel_and_syn_reuse() {
     assert!(ev.contains(&(h, Event::Closed(CloseReason::Normal))), "{ev:?}");
     assert!(ev.iter().any(|e| matches!(e.1, Event::Released { .. })));
     // A reused tuple in TIME_WAIT: the new SYN frees it at once.
-    let h = ep.accept(secs(100), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
-    ep.connection_mut(h).unwrap().shutdown(secs(100));
-    drain(&mut ep, secs(100));
-    let mut fin = with(ack_from(1), Flags::FIN);
-    fin.ack = SeqNum(ISS + 2);
-    ep.handle(secs(100), local(), client(1), &fin, &[]);
-    let mut syn = ack_from(1);
-    syn.flags = Flags::SYN;
-    syn.seq = SeqNum(IRS + 1_000_000);
+    time_wait_by_our_close(&mut ep, secs(100));
+    let syn = newer_syn();
     assert_eq!(ep.handle(secs(101), local(), client(1), &syn, &[]), Disposition::Dropped(DropReason::TimeWaitReuse));
     assert_eq!(ep.handle(secs(101), local(), client(1), &syn, &[]), Disposition::Unknown);
     drain(&mut ep, secs(101));
     assert!(all_events(&mut ep).iter().any(|e| matches!(e.1, Event::Released { .. })));
     assert!(ep.is_empty());
+}
+
+/// Client 1's connection, closed by us first and then by its FIN: in TIME_WAIT.
+fn time_wait_by_our_close(ep: &mut Endpoint, now: Instant) -> ConnectionHandle {
+    let h = ep.accept(now, facts(), local(), client(1), &ack_from(1), &[]).unwrap();
+    ep.connection_mut(h).unwrap().shutdown(now);
+    drain(ep, now);
+    let mut fin = with(ack_from(1), Flags::FIN);
+    fin.ack = SeqNum(ISS + 2);
+    ep.handle(now, local(), client(1), &fin, &[]);
+    h
+}
+
+/// Client 1's SYN for a new incarnation of its tuple (RFC 6191: its sequence number is past
+/// the old one's).
+fn newer_syn() -> Header {
+    let mut syn = ack_from(1);
+    syn.flags = Flags::SYN;
+    syn.seq = SeqNum(IRS + 1_000_000);
+    syn
 }
 
 #[test]
@@ -185,16 +198,9 @@ fn a_slot_hint_is_taken_only_where_the_slot_holds_the_tuple() {
     // A hint naming that slot (XDP's entry for the tuple stays, kept for the new incarnation)
     // finds nothing, as the index does; before, the slot still held the tuple.
     let mut ep = Endpoint::new(config(), 4);
-    let h = ep.accept(ms(0), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
-    ep.connection_mut(h).unwrap().shutdown(ms(0));
-    drain(&mut ep, ms(0));
-    let mut fin = with(ack_from(1), Flags::FIN);
-    fin.ack = SeqNum(ISS + 2);
-    ep.handle(ms(1), local(), client(1), &fin, &[]);
+    let h = time_wait_by_our_close(&mut ep, ms(1));
     assert_eq!(ep.connection(h).unwrap().state(), State::TimeWait);
-    let mut syn = ack_from(1);
-    syn.flags = Flags::SYN;
-    syn.seq = SeqNum(IRS + 1_000_000);
+    let syn = newer_syn();
     let reuse = ep.handle_hinted(ms(2), local(), client(1), Some(h.slot()), &syn, &[], &mut |_, _| 0);
     assert_eq!(reuse, Disposition::Dropped(DropReason::TimeWaitReuse));
     assert!(ep.connection(h).is_some(), "the old incarnation is not released yet");
