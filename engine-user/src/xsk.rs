@@ -7,8 +7,8 @@
 //! driver has it, copy mode otherwise (veth).
 
 use std::{ffi::CString, num::NonZeroU32, os::fd::RawFd, ptr::NonNull};
-use engine_common::maps::{RX_META_MAGIC, RxMeta};
 
+use engine_common::maps::{RX_META_MAGIC, RxMeta};
 use xdpilone::{
     DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, xdp::XdpDesc,
 };
