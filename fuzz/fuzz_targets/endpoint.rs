@@ -165,29 +165,26 @@ impl World {
         };
         // Whatever the hint, the connection the segment meets is the one the index names.
         let known = self.ep.lookup(local, remote);
-        let d = self.ep.handle_hinted(now, local, remote, hint, &h, &payload, &mut deliver);
-        match d {
-            Disposition::Unknown => assert_eq!(known, None, "hint {hint:?}"),
-            Disposition::Delivered(got) => assert_eq!(known, Some(got), "hint {hint:?}"),
-            Disposition::Dropped(_) => assert!(known.is_some(), "dropped by no connection (hint {hint:?})"),
-        }
-        match d {
+        match self.ep.handle_hinted(now, local, remote, hint, &h, &payload, &mut deliver) {
             Disposition::Delivered(got) => {
+                assert_eq!(known, Some(got), "hint {hint:?}");
                 assert_eq!(Some(got), self.ep.lookup(local, remote));
                 let i = self.current(t).expect("a segment delivered to a tuple the model does not hold");
                 assert_eq!(self.models[i].h, got, "delivered to another slot than the tuple's");
             }
             Disposition::Unknown => {
+                assert_eq!(known, None, "hint {hint:?}");
                 assert_eq!(self.ep.lookup(local, remote), None);
                 self.ep.reset_unknown(local, remote, &h, payload.len());
             }
             Disposition::Dropped(synx_tcp::endpoint::DropReason::TimeWaitReuse) => {
+                assert!(known.is_some(), "dropped by no connection (hint {hint:?})");
                 if let Some(i) = self.current(t) {
                     self.models[i].unindexed = true;
                 }
                 assert_eq!(self.ep.lookup(local, remote), None, "TIME_WAIT reuse leaves the tuple free");
             }
-            Disposition::Dropped(_) => {}
+            Disposition::Dropped(_) => assert!(known.is_some(), "dropped by no connection (hint {hint:?})"),
         }
     }
 

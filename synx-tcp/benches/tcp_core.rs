@@ -245,8 +245,8 @@ fn demux() {
             let start = WallClock::now();
             for _ in 0..passes {
                 for &(r, slot) in &order {
-                    let hint = if hinted { Some(slot) } else { None };
-                    found += u64::from(black_box(ep.lookup_hinted(local, r, black_box(hint))).map(|h| h.slot()) == Some(slot));
+                    let hint = black_box(hinted.then_some(slot));
+                    found += u64::from(black_box(ep.lookup_hinted(local, r, hint)).map(|h| h.slot()) == Some(slot));
                 }
             }
             let e = start.elapsed();
