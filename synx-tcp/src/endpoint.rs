@@ -23,6 +23,7 @@ pub use takeover::{Exported, ImportError};
 mod takeover;
 use super::connection::{Connection, ConnectionInfo, Event, Handled, Parked, Stats};
 use super::segment::{self, Header};
+use super::seq::SeqNum;
 use super::timer::{TimerKind, TimingWheel, coarse};
 use super::{Config, Instant, reset_for};
 
@@ -80,6 +81,40 @@ pub struct Transmit {
     pub len: usize,
     /// Send it ECN-capable, ECT(0) (RFC 3168; see `Connection::ect`).
     pub ect: bool,
+    /// For a keepalive probe: what its answer will look like (see [`ProbeAnswers`]).
+    pub probe_answer: Option<ProbeAnswer>,
+}
+
+/// The answer a keepalive probe asks for, as the peer will send it if it is idle as we are
+/// (RFC 1122 4.2.3.6; RFC 9293 3.10.7.4: a segment below the window is answered with
+/// <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>): SEG.SEQ our RCV.NXT, SEG.ACK our SND.NXT, the window
+/// field as the peer last sent it, and the timestamps option if the connection has it (no
+/// other option, no data, no other flag).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeAnswer {
+    pub seq: SeqNum,
+    pub ack: SeqNum,
+    pub window: u16,
+    pub timestamps: bool,
+}
+
+/// When a driver took a keepalive probe's answer on the way in, and its TSval (see
+/// [`ProbeAnswers`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TakenAnswer {
+    pub at: Instant,
+    pub tsval: Option<u32>,
+}
+
+/// A driver that takes the answers to keepalive probes before they reach the endpoint
+/// (synx's XDP program matches each against the [`Transmit::probe_answer`] of its probe and
+/// drops it) tells the endpoint here, by slot ([`ConnectionHandle::slot`]). The endpoint asks
+/// when a connection with a probe out comes due, before it would probe again or give up, and
+/// the connection counts the peer as heard from when the answer came
+/// ([`Connection::probe_answered`]).
+pub trait ProbeAnswers: Send {
+    /// The answer taken for the connection in `slot` since the last call, if any.
+    fn take(&mut self, slot: u32) -> Option<TakenAnswer>;
 }
 
 /// A 4-tuple (IPv4 addresses as v4-mapped IPv6): the key of the tuple index.
@@ -351,6 +386,11 @@ pub struct Endpoint {
     /// Segments whose connection was in the slot the caller's hint named
     /// ([`Endpoint::handle_hinted`]): no lookup in the tuple index.
     pub demux_hinted: u64,
+    /// Where answers to keepalive probes taken before the endpoint come from (see
+    /// [`ProbeAnswers`]).
+    answers: Option<Box<dyn ProbeAnswers>>,
+    /// Keepalive probes' answers the driver took and a connection counted.
+    pub probe_answers_taken: u64,
     /// Every connection's counters added up, released ones included.
     totals: Stats,
 }
@@ -382,6 +422,8 @@ impl Endpoint {
             events: VecDeque::new(),
             time_wait_fin_reacked: 0,
             demux_hinted: 0,
+            answers: None,
+            probe_answers_taken: 0,
             totals: Stats::default(),
         }
     }
@@ -421,6 +463,11 @@ impl Endpoint {
     /// Connections parked (folded while idle).
     pub fn parked(&self) -> usize {
         self.parked
+    }
+
+    /// Take keepalive probes' answers from `answers` (see [`ProbeAnswers`]).
+    pub fn set_probe_answers(&mut self, answers: Box<dyn ProbeAnswers>) {
+        self.answers = Some(answers);
     }
 
     /// Park quiescent connections (the default) or keep every TCB unfolded.
@@ -813,11 +860,18 @@ impl Endpoint {
     fn serve_live_due(&mut self, now: Instant, idx: u32) {
         // A slot that was freed, handed over or taken by a new connection meanwhile: the
         // connection's own timers say whether anything is due (nothing, for a new one).
-        let Some(conn) = self.live(idx) else { return };
+        let mut answers = self.answers.take();
+        let Some(conn) = self.live(idx) else {
+            self.answers = answers;
+            return;
+        };
+        let taken = take_answer(&mut answers, now, idx, conn);
         let before = *conn.stats();
         conn.handle_timeout(now);
         let after = *conn.stats();
         self.totals.add_change(&before, &after);
+        self.answers = answers;
+        self.probe_answers_taken += u64::from(taken);
         self.mark(idx);
     }
 
@@ -835,11 +889,12 @@ impl Endpoint {
         };
         let keepalive = p.keepalive;
         let mut conn = self.unfold(p);
+        self.probe_answers_taken += u64::from(take_answer(&mut self.answers, now, idx, &mut conn));
         let before = *conn.stats();
         conn.handle_timeout(now);
         let sent = conn.poll_transmit(now, buf);
         self.totals.add_change(&before, conn.stats());
-        let transmit = sent.map(|len| Transmit { handle: Some(ConnectionHandle(idx)), local: conn.local(), remote: conn.remote(), len, ect: conn.ect() });
+        let transmit = sent.map(|len| transmit(idx, &conn, &before, len));
         self.refold(now, idx, keepalive, conn);
         transmit
     }
@@ -902,7 +957,7 @@ impl Endpoint {
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if let Some((local, remote, h)) = self.resets.pop_front() {
             let len = segment::write(&h, &[], buf).ok()?;
-            return Some(Transmit { handle: None, local, remote, len, ect: false });
+            return Some(Transmit { handle: None, local, remote, len, ect: false, probe_answer: None });
         }
         while let Some(idx) = self.parked_due.pop_front() {
             self.due_bits.set(idx, false);
@@ -921,7 +976,7 @@ impl Endpoint {
             let sent = conn.poll_transmit(now, buf);
             self.totals.add_change(&before, conn.stats());
             if let Some(len) = sent {
-                return Some(Transmit { handle: Some(ConnectionHandle(idx)), local: conn.local(), remote: conn.remote(), len, ect: conn.ect() });
+                return Some(transmit(idx, conn, &before, len));
             }
             // Nothing more to send: collect events, register the deadline, maybe release.
             self.work.pop_front();
@@ -963,5 +1018,31 @@ impl Endpoint {
             Some((_, at)) => self.wheel.insert(idx, at),
             None => self.wheel.remove(idx),
         }
+    }
+}
+
+/// The segment connection `idx` just wrote (`len` bytes; its counters were `before`), with the
+/// answer it asks for when it is a keepalive probe.
+fn transmit(idx: u32, conn: &Connection, before: &Stats, len: usize) -> Transmit {
+    let probe = conn.stats().keepalive_probes != before.keepalive_probes;
+    Transmit {
+        handle: Some(ConnectionHandle(idx)),
+        local: conn.local(),
+        remote: conn.remote(),
+        len,
+        ect: conn.ect(),
+        probe_answer: probe.then(|| conn.probe_answer()),
+    }
+}
+
+/// Before connection `idx`'s deadline is served: the answer to its keepalive probe, if one is
+/// out and the driver took it (see [`ProbeAnswers`]). Whether the connection counted it.
+fn take_answer(answers: &mut Option<Box<dyn ProbeAnswers>>, now: Instant, idx: u32, conn: &mut Connection) -> bool {
+    if conn.keepalive_probes_out() == 0 {
+        return false;
+    }
+    match answers.as_mut().and_then(|a| a.take(idx)) {
+        Some(a) => conn.probe_answered(now, a.at, a.tsval),
+        None => false,
     }
 }

@@ -33,7 +33,7 @@ mod tests;
 pub use config::{BufferBudget, Config, Keepalive};
 pub use congestion::CongestionAlgorithm;
 pub use connection::{CloseReason, Connection, ConnectionInfo, Event, Handled, State, TimeoutKind};
-pub use endpoint::{ConnectionHandle, Disposition, Endpoint};
+pub use endpoint::{ConnectionHandle, Disposition, Endpoint, ProbeAnswer, ProbeAnswers, TakenAnswer};
 pub use instant::Instant;
 pub use reset::reset_for;
 pub use segment::{Flags, Header, Options};

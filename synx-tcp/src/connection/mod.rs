@@ -397,6 +397,47 @@ impl Connection {
         self.probes.keepalive
     }
 
+    /// Keepalive probes sent since the peer was last heard from.
+    pub fn keepalive_probes_out(&self) -> u32 {
+        self.probes.keepalive_probes_out
+    }
+
+    /// What the answer to the keepalive probe this connection sends will look like (see
+    /// [`crate::endpoint::ProbeAnswer`]). The window is the field the peer last sent: the
+    /// scaled window shifted back (RFC 7323 2.3), exact since it was that field shifted.
+    pub fn probe_answer(&self) -> crate::endpoint::ProbeAnswer {
+        crate::endpoint::ProbeAnswer {
+            seq: self.rcv.nxt,
+            ack: self.snd.nxt,
+            window: u16::try_from(self.snd.wnd >> self.opts.snd_wscale).unwrap_or(u16::MAX),
+            timestamps: self.opts.ts_enabled,
+        }
+    }
+
+    /// The answer to this connection's keepalive probe, which its driver took on the way in at
+    /// `at` (see [`crate::endpoint::ProbeAnswers`]), with its TSval: the peer is heard from
+    /// then, as when the connection reads the answer itself (RFC 1122 4.2.3.6), and the TSval
+    /// is taken for TS.Recent as RFC 7323 4.3 takes it (the answer's SEG.SEQ is RCV.NXT).
+    /// Ignored when no probe is out, when the peer was heard from since (`at` is older than
+    /// what the connection last read: also an answer meant for a connection the slot held
+    /// before), or in TIME_WAIT and CLOSED, where no probe goes. `at` counts no later than
+    /// `now`. Whether it counted.
+    pub fn probe_answered(&mut self, now: Instant, at: Instant, tsval: Option<u32>) -> bool {
+        let at = at.min(now);
+        if self.probes.keepalive_probes_out == 0
+            || at < self.probes.last_activity
+            || matches!(self.state, State::TimeWait | State::Closed)
+        {
+            return false;
+        }
+        self.probes.heard(at);
+        if let Some(tsval) = tsval {
+            self.opts.update_ts_recent_to(at, tsval, self.rcv.nxt, self.rcv.last_ack_sent);
+        }
+        self.arm_keepalive();
+        true
+    }
+
     /// Received data not yet read by the application.
     pub fn has_unread(&self) -> bool {
         self.rcv.buf.readable() > 0

@@ -82,10 +82,14 @@ impl Negotiated {
 
     /// RFC 7323 4.3: TS.Recent = SEG.TSval if SEG.TSval >= TS.Recent and SEG.SEQ =< Last.ACK.sent.
     pub fn update_ts_recent(&mut self, now: Instant, h: &Header, last_ack_sent: SeqNum) {
-        if let (true, Some((tsval, _))) = (self.ts_enabled, h.options.timestamps)
-            && (tsval.wrapping_sub(self.ts_recent) as i32) >= 0
-            && h.seq.le(last_ack_sent)
-        {
+        if let Some((tsval, _)) = h.options.timestamps {
+            self.update_ts_recent_to(now, tsval, h.seq, last_ack_sent);
+        }
+    }
+
+    /// [`Negotiated::update_ts_recent`] for a segment at `seq` with `tsval`.
+    pub fn update_ts_recent_to(&mut self, now: Instant, tsval: u32, seq: SeqNum, last_ack_sent: SeqNum) {
+        if self.ts_enabled && (tsval.wrapping_sub(self.ts_recent) as i32) >= 0 && seq.le(last_ack_sent) {
             self.ts_recent = tsval;
             self.ts_recent_age = now;
         }

@@ -4,7 +4,7 @@
 use core::time::Duration;
 use std::net::SocketAddr;
 
-use super::super::endpoint::{AcceptError, Disposition, DropReason, Endpoint, Exported, ImportError, Transmit};
+use super::super::endpoint::{AcceptError, Disposition, DropReason, Endpoint, Exported, ImportError, ProbeAnswer, ProbeAnswers, TakenAnswer, Transmit};
 use super::*;
 
 fn client(i: u32) -> SocketAddr {
@@ -825,5 +825,93 @@ fn demux_tells_apart_tuples_that_differ_in_one_field_live_or_parked() {
         for &(l, r) in &strangers {
             assert_eq!(ep.lookup(l, r), None, "{l} {r}, parked {park}");
         }
+    }
+}
+
+/// Answers a driver took (see `ProbeAnswers`), by slot, shared with the test.
+#[derive(Clone, Default)]
+struct TakenAnswers(Arc<std::sync::Mutex<std::collections::HashMap<u32, TakenAnswer>>>);
+
+impl ProbeAnswers for TakenAnswers {
+    fn take(&mut self, slot: u32) -> Option<TakenAnswer> {
+        self.0.lock().unwrap().remove(&slot)
+    }
+}
+
+/// Every wake a driver makes from `now` until `limit`: what each sent, with when.
+fn sent_until(ep: &mut Endpoint, mut now: Instant, limit: Instant) -> Vec<(Instant, Transmit, Header)> {
+    let mut v = Vec::new();
+    while let Some(t) = ep.poll_timeout()
+        && t.max(now) <= limit
+    {
+        now = t.max(now);
+        ep.handle_timeout(now);
+        v.extend(drain(ep, now).into_iter().map(|(tx, h, _)| (now, tx, h)));
+    }
+    v
+}
+
+#[test]
+fn keepalive_answers_a_driver_took_count_as_heard_when_they_came() {
+    use engine_common::handshake::{FACT_TS, FACT_WSCALE};
+    let (idle, interval) = (Duration::from_secs(10), Duration::from_secs(5));
+    let keepalive = Keepalive { idle, interval, probes: 3, ..Keepalive::default() };
+    for park in [true, false] {
+        let mut ep = Endpoint::new(Config { keepalive, ..config() }, 8);
+        ep.set_parking(park);
+        let taken = TakenAnswers::default();
+        ep.set_probe_answers(Box::new(taken.clone()));
+        let f = HandshakeFacts { flags: FACT_TS | FACT_WSCALE, snd_wscale: 7, rcv_wscale: 7, ts_recent: 100, ..facts() };
+        let with_ts = |i: u32, tsval: u32| {
+            let mut a = ack_from(i);
+            a.options.timestamps = Some((tsval, 1));
+            a
+        };
+        let hs: Vec<_> = (0..4).map(|i| ep.accept(secs(1), f, local(), client(i), &with_ts(i, 100), &[]).unwrap()).collect();
+        drain(&mut ep, secs(1));
+        // First probes, 10 s after each peer was heard from: each with the answer it asks for,
+        // the peer's idle ACK (RCV.NXT, SND.NXT, the window field as the peer sent it, 65535
+        // with a scale of 7, and timestamps).
+        let (t, probes) = next_sent(&mut ep, secs(1), secs(12));
+        assert_eq!(probes.len(), 4, "parked {park}");
+        for (tx, h, p) in &probes {
+            assert!(p.is_empty() && h.seq == SeqNum(ISS), "{h:?}");
+            let want = ProbeAnswer { seq: SeqNum(IRS + 1), ack: h.seq + 1, window: 65535, timestamps: true };
+            assert_eq!(tx.probe_answer, Some(want));
+        }
+        // 20 ms later the driver takes the answers of peers 0 and 1 (TSvals 500 and 600); peer
+        // 3's reaches the endpoint as a segment; peer 2 is silent. A stale answer is offered for
+        // peer 2, one that came before it was last heard from (what a slot's previous connection
+        // could leave): not counted.
+        let came = t + Duration::from_millis(20);
+        {
+            let mut m = taken.0.lock().unwrap();
+            m.insert(hs[0].slot(), TakenAnswer { at: came, tsval: Some(500) });
+            m.insert(hs[1].slot(), TakenAnswer { at: came, tsval: Some(600) });
+            m.insert(hs[2].slot(), TakenAnswer { at: ms(500), tsval: Some(900) });
+        }
+        assert_eq!(ep.handle(came, local(), client(3), &with_ts(3, 700), &[]), Disposition::Delivered(hs[3]));
+        assert!(drain(&mut ep, came).is_empty());
+        // Over the next 20 s: peer 2 is probed every interval (asked about each time, nothing
+        // found) and reset after its third; the others are next probed one idle time after
+        // their answer came (not after the deadline that found it, an interval after the
+        // probe), each probe echoing the answer's TSval (TS.Recent, RFC 7323 4.3).
+        let sent = sent_until(&mut ep, came, came + Duration::from_secs(20));
+        let of = |i: usize| sent.iter().filter(|(_, tx, _)| tx.handle == Some(hs[i])).collect::<Vec<_>>();
+        let silent = of(2);
+        assert_eq!(silent.len(), 3, "two more probes, then the reset: {silent:?}");
+        assert!(silent[..2].iter().all(|(_, tx, h)| tx.probe_answer.is_some() && !h.flags.rst()));
+        assert!(silent[2].2.flags.rst() && silent[2].1.probe_answer.is_none());
+        for (i, tsval) in [(0, 500), (1, 600), (3, 700)] {
+            let next = of(i);
+            let (at, tx, h) = next[0];
+            // (Unanswered, that probe is followed by the next an interval later.)
+            assert!(next[1..].iter().all(|(t, _, _)| *t >= *at + interval), "peer {i}: {next:?}");
+            assert!(*at >= came + idle && *at <= came + idle + idle / 32, "peer {i} probed at {at:?}, answered at {came:?}");
+            assert!(tx.probe_answer.is_some());
+            assert_eq!(h.options.timestamps.map(|(_, ecr)| ecr), Some(tsval), "peer {i}");
+        }
+        assert_eq!(ep.probe_answers_taken, 2, "parked {park}");
+        assert!(taken.0.lock().unwrap().is_empty(), "the stale answer was asked for, and dropped");
     }
 }
