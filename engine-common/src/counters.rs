@@ -54,6 +54,7 @@ counters! {
     SYN_RECORDED = 34, "xdp_syn_recorded", "SYN-ACKs recorded for userspace to retransmit while the handshake is not complete.";
     SYN_UNRECORDED = 35, "xdp_syn_unrecorded", "SYN-ACKs sent with a cookie only: over the per-CPU recording budget, or the record ring full.";
     RST_RECORDED = 36, "xdp_rst_recorded", "RSTs for no flow passed to the SYN-ACK retransmitter: one in the window of a SYN-ACK it would resend ends that handshake.";
+    PROBE_ANSWER_TAKEN = 37, "xdp_probe_answer_taken", "Answers to keepalive probes that matched what the engine expected exactly, noted for it and dropped (PROBE_ANSWERS).";
 }
 
 

@@ -52,6 +52,21 @@ pub const SWITCHES_LEN: u32 = 3;
 /// than [`RX_BACKLOG_LIMIT`] are outstanding, XDP answers new SYNs only at a trickle, so
 /// handshakes cannot outrun the engine that must take their final ACKs.
 pub const RX_BACKLOG: &str = "RX_BACKLOG";
+/// `BPF_F_MMAPABLE` array of [`ProbeAnswer`], one per connection slot (a FLOWS value): the
+/// answer the engine expects to the keepalive probe it just sent on that slot's connection.
+/// XDP takes a segment that matches it exactly (a pure ACK, no data, the expected SEQ, ACK and
+/// window, the timestamps option where the connection has one) off the wire, notes when it came
+/// and its TSval, and drops it; the engine hands that to the TCP core at the probe's next
+/// deadline, which counts the peer as heard from then (RFC 1122 4.2.3.6). Anything else goes
+/// to the engine as before.
+pub const PROBE_ANSWERS: &str = "PROBE_ANSWERS";
+/// [`ProbeAnswer::state`]: nothing expected.
+pub const PROBE_IDLE: u8 = 0;
+/// [`ProbeAnswer::state`]: a probe is out; its answer is described.
+pub const PROBE_ARMED: u8 = 1;
+/// [`ProbeAnswer::state`]: XDP took the answer (`tsval`, `at_ns` written).
+pub const PROBE_ANSWERED: u8 = 2;
+
 /// Outstanding frames of a queue above which XDP answers new SYNs only at a trickle (one per
 /// [`SYN_TRICKLE_NS`]): a quarter of the socket's receive frames, the rest left for the final
 /// ACKs in flight and established flows.
@@ -429,6 +444,26 @@ pub struct RxBacklogEntry {
     pub redirected: u64,
     pub consumed: u64,
     pub trickled_ns: u64,
+}
+
+/// One slot's entry of [`PROBE_ANSWERS`], 24 bytes in three 8-byte words (userspace reads
+/// and writes it a whole word at a time). The engine writes words 1 then 0 (`state` last) when
+/// it sends a probe; XDP, on a match, writes words 1's `tsval` and 2, then `state`; the engine
+/// reads `state` first and clears it when it takes the answer. `seq`, `ack`: the answer's
+/// SEG.SEQ and SEG.ACK (our RCV.NXT and SND.NXT), host order; `window`: its window field as
+/// sent (unscaled); `ts`: 1 when the answer carries the timestamps option (then `tsval` is
+/// its TSval), 0 when it carries no option. `at_ns`: XDP's coarse CLOCK_MONOTONIC when it
+/// took the answer, the engine's clock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ProbeAnswer {
+    pub state: u8,
+    pub ts: u8,
+    pub window: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub tsval: u32,
+    pub at_ns: u64,
 }
 
 /// The frame of [`BENCH_FRAME`]: its first [`BENCH_FRAME_LEN`] bytes, as the wire has them.

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use engine_common::{
     counters::{self, Counter},
     maps::{
-        COOKIE_MISSES4_LEN, COOKIE_MISSES6_LEN, CookieMiss, DEFAULT_MAX_FLOWS, FlowFilterLine, FlowKey4, FlowKey6, LISTEN_PORTS_LEN, ListenerKey, ListenerValue, MAX_QUEUES, PortListeners,
+        COOKIE_MISSES4_LEN, COOKIE_MISSES6_LEN, CookieMiss, DEFAULT_MAX_FLOWS, FlowFilterLine, FlowKey4, FlowKey6, LISTEN_PORTS_LEN, ListenerKey, ListenerValue, MAX_QUEUES, PortListeners, ProbeAnswer,
         RxBacklogEntry, SYN_RECORDS_BYTES, SWITCH_DRAINING, SWITCH_RING_HOPS, SWITCH_RING_NEXT, SWITCHES_LEN,
     },
     secrets::{self, CookieSecrets, Published},
@@ -41,6 +41,8 @@ pub static COOKIE_MISSES6: LruHashMap<FlowKey6, CookieMiss> = LruHashMap::with_m
 pub static SYN_RECORDS: RingBuf = RingBuf::with_byte_size(SYN_RECORDS_BYTES, 0);
 #[map(name = "RX_BACKLOG")]
 pub static RX_BACKLOG: Array<RxBacklogEntry> = Array::with_max_entries(MAX_QUEUES, BPF_F_MMAPABLE);
+#[map(name = "PROBE_ANSWERS")]
+pub static PROBE_ANSWERS: Array<ProbeAnswer> = Array::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_MMAPABLE);
 
 /// Count one `c` on this CPU.
 #[inline(always)]

@@ -9,7 +9,7 @@ use engine_common::{
     synack::{self, Ours, Syn},
     maps::{
         FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, PORT_FLOWS_LEFT, PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE,
-        PORT_V6_ANY, PORT_V6_SOME, PortListeners, RX_BACKLOG_CEILING, RX_BACKLOG_LIMIT, SYN_TRICKLE_NS, CLAIM, CookieMiss, SYN_RECORD_ECN, SYN_RECORD_RST, SYN_RECORD_SACK, SYN_RECORD_TS, SYN_RECORD_V6, SYN_RECORD_WSCALE, SynRecord, claim, claim_expired, flow_filter_bit4, RxMeta, RX_META_MAGIC,
+        PORT_V6_ANY, PORT_V6_SOME, PortListeners, RX_BACKLOG_CEILING, RX_BACKLOG_LIMIT, SYN_TRICKLE_NS, CLAIM, CookieMiss, SYN_RECORD_ECN, SYN_RECORD_RST, SYN_RECORD_SACK, SYN_RECORD_TS, SYN_RECORD_V6, SYN_RECORD_WSCALE, SynRecord, claim, claim_expired, flow_filter_bit4, RxMeta, RX_META_MAGIC, PROBE_ANSWERED, PROBE_ARMED,
         flow_filter_bit6,
     },
 };
@@ -17,11 +17,11 @@ use engine_common::{
 use crate::{
     clock::{Now, RECORD_RST, RECORD_SYN_ACK, coarse_now, precise_mono_ns, precise_shared_ns, take_record},
     maps::{
-        COOKIE_MISSES4, COOKIE_MISSES6, FLOWS4, FLOWS6, LISTEN_PORTS, LISTENERS, RX_BACKLOG, SYN_RECORDS, XSKS, count, draining, maybe_flow,
+        COOKIE_MISSES4, COOKIE_MISSES6, FLOWS4, FLOWS6, LISTEN_PORTS, LISTENERS, PROBE_ANSWERS, RX_BACKLOG, SYN_RECORDS, XSKS, count, draining, maybe_flow,
         published_secrets,
     },
     options::{fixed_syn_options, walk_syn_options},
-    packet::{ACK, FIN, RST, SYN, Seg, Verdict, parse},
+    packet::{ACK, FIN, RST, SYN, Seg, Verdict, at, ld32, parse, wire},
     ratelimit::{RST as RST_BUCKET, take_token},
     reply::reply,
     second_chance::{self, Received},
@@ -139,6 +139,9 @@ fn decide<C: Cookies>(ctx: &XdpContext, hops: u8) -> Verdict {
         // let a blind sender who knows the tuple keep a dead peer's connection alive.
         // (A connection's slot needs no clock read; only a claim has an age.)
         if slot & CLAIM == 0 || !claim_expired(slot, coarse_now().mono_ns) {
+            if slot & CLAIM == 0 && f == ACK && seg.payload_len == 0 && take_probe_answer(ctx, &seg, slot) {
+                return Verdict::Drop(counters::PROBE_ANSWER_TAKEN);
+            }
             count(counters::FLOW_SEGMENT);
             return to_userspace(ctx, slot);
         }
@@ -347,6 +350,63 @@ fn to_userspace(ctx: &XdpContext, flow: u32) -> Verdict {
         }
         Err(_) => Verdict::Drop(counters::REDIRECT_FAILED),
     }
+}
+
+/// Whether `seg`, a pure ACK of the connection in `slot`, is exactly the answer the engine
+/// expects to the keepalive probe it sent (RFC 1122 4.2.3.6; see
+/// `engine_common::maps::PROBE_ANSWERS`): then noted there, its TSval and when it came, for
+/// the engine to hand to the TCP core at the probe's next deadline. Exact: SEG.SEQ and SEG.ACK
+/// equal to the connection's RCV.NXT and SND.NXT (64 bits a blind sender who knows the tuple
+/// cannot guess, where RFC 5961 asks a window), the window as the peer last sent it, and the
+/// options the connection's segments carry (Linux's NOP, NOP, timestamps, or none). Anything
+/// else (data, another flag, a window update, SACK blocks) goes to the engine as before.
+#[inline(always)]
+fn take_probe_answer(ctx: &XdpContext, seg: &Seg, slot: u32) -> bool {
+    let Some(e) = PROBE_ANSWERS.get_ptr_mut(slot) else { return false };
+    // The entry is shared with the engine, which writes it while we run: every field is read
+    // and written once, with volatile accesses in the order `ProbeAnswer` gives (its `state`
+    // written last; x86-64 keeps stores in order).
+    // SAFETY: a valid array slot of the program's map, live for its run.
+    let (state, seq, ack, window, ts) = unsafe {
+        (
+            core::ptr::addr_of!((*e).state).read_volatile(),
+            core::ptr::addr_of!((*e).seq).read_volatile(),
+            core::ptr::addr_of!((*e).ack).read_volatile(),
+            core::ptr::addr_of!((*e).window).read_volatile(),
+            core::ptr::addr_of!((*e).ts).read_volatile(),
+        )
+    };
+    if state != PROBE_ARMED || seq != seg.seq || ack != seg.ack {
+        return false;
+    }
+    let tsval = match (ts, seg.doff) {
+        (0, 20) => {
+            let Some(tcp) = at(ctx, seg.l4, 20) else { return false };
+            // SAFETY: 20 bytes checked; the window is bytes 14-15 of word 3.
+            let w3 = unsafe { ld32(tcp, 12) };
+            if u16::from_be((w3 >> 16) as u16) != window {
+                return false;
+            }
+            0
+        }
+        (1, 32) => {
+            let Some(tcp) = at(ctx, seg.l4, 32) else { return false };
+            // SAFETY: 32 bytes checked.
+            let (w3, w5, tsval) = unsafe { (ld32(tcp, 12), ld32(tcp, 20), ld32(tcp, 24)) };
+            if u16::from_be((w3 >> 16) as u16) != window || w5 != wire([1, 1, 8, 10]) {
+                return false;
+            }
+            u32::from_be(tsval)
+        }
+        _ => return false,
+    };
+    // SAFETY: as above.
+    unsafe {
+        core::ptr::addr_of_mut!((*e).tsval).write_volatile(tsval);
+        core::ptr::addr_of_mut!((*e).at_ns).write_volatile(coarse_now().mono_ns);
+        core::ptr::addr_of_mut!((*e).state).write_volatile(PROBE_ANSWERED);
+    }
+    true
 }
 
 /// Put [`RxMeta`] in front of the frame. A device without headroom for it leaves the frame as

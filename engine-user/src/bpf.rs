@@ -26,7 +26,7 @@ use engine_common::{
     counters,
     handshake::{FACT_TS, HandshakeFacts},
     maps::{
-        self, BenchFrame, FloodState, RxBacklogEntry, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, ListenerValue,
+        self, BenchFrame, FloodState, ProbeAnswer, RxBacklogEntry, FAMILY_V4, FAMILY_V6, FlowKey4, FlowKey6, ListenerKey, ListenerValue,
         PORT_V4_ANY, PORT_V4_MORE, PORT_V4_ONE, PORT_V6_ANY, PORT_V6_SOME, PortListeners, globals,
     },
     secrets::{self, CookieSecrets, Published},
@@ -386,6 +386,7 @@ fn load_object(object: &[u8], max_flows: u32, settings: &XdpSettings, pinned: Op
     loader
         .map_max_entries(maps::FLOWS4, max_flows)
         .map_max_entries(maps::FLOWS6, max_flows)
+        .map_max_entries(maps::PROBE_ANSWERS, max_flows)
         .map_max_entries(maps::FLOW_FILTER, maps::flow_filter_lines(filter_log2))
         .override_global(globals::MSS, &settings.mss, true)
         .override_global(globals::WSCALE, &settings.wscale, true)
@@ -884,6 +885,90 @@ impl RxBacklog {
     }
 }
 
+/// PROBE_ANSWERS mapped writable (see `engine_common::maps::PROBE_ANSWERS`): a queue arms a
+/// connection's entry as it sends the connection a keepalive probe, and takes what XDP noted
+/// there when the probe's next deadline comes. Indexed by FLOWS value (a queue's slot plus its
+/// base). Only the queue that owns a slot writes its entry, a whole 8-byte word at a time.
+#[derive(Clone)]
+pub struct ProbeAnswerTable {
+    inner: Arc<MappedArray>,
+}
+
+/// A keepalive probe's answer XDP took (see [`ProbeAnswerTable::take`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TakenProbeAnswer {
+    /// XDP's coarse CLOCK_MONOTONIC when it came (the engine's clock).
+    pub at_ns: u64,
+    /// Its TSval, if the connection has timestamps.
+    pub tsval: Option<u32>,
+}
+
+impl ProbeAnswerTable {
+    const WORDS: usize = std::mem::size_of::<ProbeAnswer>() / 8;
+
+    fn map(map: MapData) -> Result<Self, BpfError> {
+        let entries = map.info()?.max_entries() as usize;
+        Ok(Self { inner: Arc::new(MappedArray::new(map, entries * std::mem::size_of::<ProbeAnswer>(), true)?) })
+    }
+
+    /// `entries` entries in memory of our own, no XDP program behind them (tests).
+    #[cfg(test)]
+    pub fn anonymous(entries: usize) -> Self {
+        Self { inner: Arc::new(MappedArray::anonymous(entries * std::mem::size_of::<ProbeAnswer>())) }
+    }
+
+    /// Entry `slot`'s words 0 (state, ts, window, seq) and 1 (ack, tsval) and 2 (at_ns).
+    fn words(&self, slot: u32) -> Option<[&AtomicU64; 3]> {
+        let i = slot as usize * Self::WORDS;
+        Some([self.inner.word(i)?, self.inner.word(i + 1)?, self.inner.word(i + 2)?])
+    }
+
+    /// Expect `answer` to the keepalive probe just sent to the connection in `slot`: word 1
+    /// (SEG.ACK) first, then word 0 with the state, so XDP never matches half an expectation
+    /// of this probe (the half of an earlier one is the same connection's, idle as now).
+    pub fn arm(&self, slot: u32, answer: &synx_tcp::ProbeAnswer) {
+        let Some([w0, w1, _]) = self.words(slot) else { return };
+        w1.store(u64::from(answer.ack.0), std::sync::atomic::Ordering::Relaxed);
+        let w = u64::from(maps::PROBE_ARMED)
+            | u64::from(answer.timestamps) << 8
+            | u64::from(answer.window) << 16
+            | u64::from(answer.seq.0) << 32;
+        w0.store(w, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The answer XDP took for the connection in `slot` since it was armed, if any; the entry
+    /// is left idle either way it was answered.
+    pub fn take(&self, slot: u32) -> Option<TakenProbeAnswer> {
+        let [w0, w1, w2] = self.words(slot)?;
+        let v0 = w0.load(std::sync::atomic::Ordering::Acquire);
+        if v0 & 0xff != u64::from(maps::PROBE_ANSWERED) {
+            return None;
+        }
+        let (tsval, at_ns) = ((w1.load(std::sync::atomic::Ordering::Relaxed) >> 32) as u32, w2.load(std::sync::atomic::Ordering::Relaxed));
+        w0.store(u64::from(maps::PROBE_IDLE), std::sync::atomic::Ordering::Relaxed);
+        Some(TakenProbeAnswer { at_ns, tsval: ((v0 >> 8) & 0xff != 0).then_some(tsval) })
+    }
+
+    /// Write entry `slot` as XDP does when it takes an answer, field by field of
+    /// `ProbeAnswer` (tests of what reads it).
+    #[cfg(test)]
+    pub fn answer_as_xdp(&self, slot: u32, tsval: u32, at_ns: u64) {
+        let e = ProbeAnswer { tsval, at_ns, state: maps::PROBE_ANSWERED, ..self.entry(slot) };
+        let words: [u64; 3] = bytemuck::cast(e);
+        for (w, v) in self.words(slot).unwrap().into_iter().zip(words) {
+            w.store(v, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Entry `slot` as the map holds it.
+    #[cfg(test)]
+    fn entry(&self, slot: u32) -> ProbeAnswer {
+        let [w0, w1, w2] = self.words(slot).unwrap();
+        let words = [w0, w1, w2].map(|w| w.load(std::sync::atomic::Ordering::Relaxed));
+        bytemuck::cast(words)
+    }
+}
+
 /// COOKIE_SECRETS mapped writable, and what this process last published there (see
 /// `engine_common::secrets`).
 struct SecretsMap {
@@ -1053,6 +1138,7 @@ pub struct XdpProgram {
     switches: Switches,
     flows: FlowTable,
     rx_backlog: RxBacklog,
+    probe_answers: ProbeAnswerTable,
     /// The attachment, while this process holds it (see [`takeover`]).
     link: Option<XdpLinkId>,
 }
@@ -1106,6 +1192,10 @@ impl XdpProgram {
             Map::Array(data) => RxBacklog::map(data)?,
             _ => return Err(BpfError::MissingMap(maps::RX_BACKLOG)),
         };
+        let probe_answers = match take(&mut ebpf, maps::PROBE_ANSWERS)? {
+            Map::Array(data) => ProbeAnswerTable::map(data)?,
+            _ => return Err(BpfError::MissingMap(maps::PROBE_ANSWERS)),
+        };
         let secrets = match take(&mut ebpf, maps::COOKIE_SECRETS)? {
             Map::Array(data) => SecretsPublisher::map(data)?,
             _ => return Err(BpfError::MissingMap(maps::COOKIE_SECRETS)),
@@ -1125,6 +1215,7 @@ impl XdpProgram {
             switches,
             flows: FlowTable { flows: Arc::new(Mutex::new(flows)), xsks: Arc::new(Mutex::new(xsks)) },
             rx_backlog,
+            probe_answers,
             link: None,
         })
     }
@@ -1386,6 +1477,11 @@ impl XdpProgram {
         self.rx_backlog.clone()
     }
 
+    /// Where queues arm and take keepalive probes' answers (see [`ProbeAnswerTable`]).
+    pub fn probe_answers(&self) -> ProbeAnswerTable {
+        self.probe_answers.clone()
+    }
+
     pub fn flow_table(&self) -> FlowTable {
         self.flows.clone()
     }
@@ -1497,6 +1593,29 @@ mod tests {
     /// The wire bytes of a key's words, as XDP loads them from a packet.
     fn bytes(words: &[u32]) -> Vec<u8> {
         words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn probe_answer_entries_are_armed_and_taken_in_the_layout_xdp_reads() {
+        use synx_tcp::{ProbeAnswer as Expected, SeqNum};
+        let t = ProbeAnswerTable::anonymous(8);
+        let want = Expected { seq: SeqNum(0x1122_3344), ack: SeqNum(0x5566_7788), window: 0xabcd, timestamps: true };
+        t.arm(5, &want);
+        let armed = ProbeAnswer { state: maps::PROBE_ARMED, ts: 1, window: 0xabcd, seq: 0x1122_3344, ack: 0x5566_7788, tsval: 0, at_ns: 0 };
+        assert_eq!(t.entry(5), armed);
+        assert_eq!(t.take(5), None, "armed, not answered");
+        assert_eq!(t.entry(5), armed, "still armed");
+        t.answer_as_xdp(5, 777, 123_456);
+        assert_eq!(t.take(5), Some(TakenProbeAnswer { at_ns: 123_456, tsval: Some(777) }));
+        assert_eq!(t.entry(5).state, maps::PROBE_IDLE);
+        assert_eq!(t.take(5), None, "taken once");
+        // Without timestamps the answer has no TSval; slots out of range are left alone.
+        t.arm(7, &Expected { timestamps: false, ..want });
+        t.answer_as_xdp(7, 9, 1);
+        assert_eq!(t.take(7), Some(TakenProbeAnswer { at_ns: 1, tsval: None }));
+        t.arm(u32::MAX, &want);
+        assert_eq!(t.take(u32::MAX), None);
+        assert_eq!(t.entry(4), ProbeAnswer::default());
     }
 
     #[test]

@@ -934,6 +934,70 @@ fn known_flows_go_to_userspace_unexamined() {
 }
 
 #[test]
+fn keepalive_answers_that_match_exactly_are_taken_and_nothing_else() {
+    use counters::{FLOW_SEGMENT, PROBE_ANSWER_TAKEN, REDIRECT_FAILED};
+    use synx_tcp::{ProbeAnswer, SeqNum};
+    use TcpOptionElement::{Noop, SelectiveAcknowledgement, Timestamp};
+    let mut e = engine();
+    let (port, slot) = (40002u16, 5u32);
+    let answers = e.probe_answers();
+    for v6 in [false, true] {
+        e.flow_table().insert(server(v6), client(v6, port), slot).unwrap();
+        let ts = [Noop, Noop, Timestamp(4242, 99)];
+        let answer = |seq: u32, ack: u32, opts: &[TcpOptionElement], payload: &[u8]| frame(v6, port, seq, opts, |b| b.ack(ack), payload);
+        let outcome = |e: &mut XdpProgram, f: &[u8]| {
+            let before = counters_of(e);
+            let (verdict, _, _) = e.test_run(f, 1).unwrap();
+            let after = counters_of(e);
+            let moved = |c: Counter| after[c as usize] - before[c as usize];
+            (verdict, moved(PROBE_ANSWER_TAKEN), moved(FLOW_SEGMENT), moved(REDIRECT_FAILED))
+        };
+        // Dropped and noted, or handed to the engine (no socket bound here: a failed redirect).
+        let (taken, to_engine) = ((XDP_DROP, 1, 0, 0), (XDP_DROP, 0, 1, 1));
+        // The peer's idle ACK (frame's window is 64240), with Linux's timestamps layout.
+        let expect = ProbeAnswer { seq: SeqNum(9), ack: SeqNum(77), window: 64240, timestamps: true };
+        assert_eq!(outcome(&mut e, &answer(9, 77, &ts, &[])), to_engine, "no probe out (v6 {v6})");
+        answers.arm(slot, &expect);
+        let sack = [Noop, Noop, Timestamp(4242, 99), Noop, Noop, SelectiveAcknowledgement((1, 2), [None; 3])];
+        let near_misses = [
+            ("another SEQ", answer(10, 77, &ts, &[])),
+            ("another ACK", answer(9, 78, &ts, &[])),
+            ("data", answer(9, 77, &ts, b"x")),
+            ("no timestamps", answer(9, 77, &[], &[])),
+            ("SACK blocks", answer(9, 77, &sack, &[])),
+            ("timestamps laid out otherwise", answer(9, 77, &[Timestamp(4242, 99), Noop, Noop], &[])),
+            ("a FIN", frame(v6, port, 9, &ts, |b| b.ack(77).fin(), &[])),
+            ("a PSH", frame(v6, port, 9, &ts, |b| b.ack(77).psh(), &[])),
+        ];
+        for (what, f) in &near_misses {
+            assert_eq!(outcome(&mut e, f), to_engine, "{what} (v6 {v6})");
+            assert_eq!(answers.take(slot), None, "{what}: nothing taken");
+        }
+        answers.arm(slot, &ProbeAnswer { window: 1000, ..expect });
+        assert_eq!(outcome(&mut e, &answer(9, 77, &ts, &[])), to_engine, "another window (v6 {v6})");
+        // The answer itself: taken once, with its TSval and when it came (XDP's coarse clock,
+        // a tick behind at most); its duplicate goes to the engine.
+        answers.arm(slot, &expect);
+        let before = monotonic_ns();
+        assert_eq!(outcome(&mut e, &answer(9, 77, &ts, &[])), taken, "the answer (v6 {v6})");
+        assert_eq!(outcome(&mut e, &answer(9, 77, &ts, &[])), to_engine, "its duplicate (v6 {v6})");
+        let got = answers.take(slot).expect("the answer is noted");
+        assert_eq!(got.tsval, Some(4242));
+        assert!(got.at_ns <= monotonic_ns() && got.at_ns + 50_000_000 >= before, "at {} against {before}", got.at_ns);
+        assert_eq!(answers.take(slot), None, "taken once");
+        // A connection without timestamps: its answer carries no option.
+        answers.arm(slot, &ProbeAnswer { timestamps: false, ..expect });
+        assert_eq!(outcome(&mut e, &answer(9, 77, &ts, &[])), to_engine, "timestamps where none were agreed (v6 {v6})");
+        assert_eq!(outcome(&mut e, &answer(9, 77, &[], &[])), taken, "the bare answer (v6 {v6})");
+        assert_eq!(answers.take(slot).map(|a| a.tsval), Some(None));
+        e.flow_table().remove(server(v6), client(v6, port)).unwrap();
+    }
+    // A slot FLOWS names past the table's end: to the engine.
+    e.flow_table().insert(server(false), client(false, port), 1 << 30).unwrap();
+    assert_eq!(e.test_run(&frame(false, port, 9, &[], |b| b.ack(77), &[]), 1).unwrap().0, XDP_DROP);
+}
+
+#[test]
 fn syns_look_flows_up_only_where_the_flow_filter_says_one_may_be() {
     use counters::{FLOW_SEGMENT, REDIRECT_FAILED, SYN_COOKIE_SENT};
     let mut e = engine();

@@ -372,6 +372,7 @@ impl Engine {
                 cookies: xdp.cookie_checker(),
                 established: synack_retry.as_ref().map(|r| r.established.clone()),
                 rx_backlog: xdp.rx_backlog(),
+                probe_answers: xdp.probe_answers(),
                 stats: q_stats,
                 stop: stop.clone(),
                 abort_all: abort_all.clone(),

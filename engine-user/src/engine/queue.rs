@@ -47,7 +47,7 @@ use super::{
 };
 use crate::{
     api::EngineWaker,
-    bpf::{CookieChecker, FlowTable, RxBacklog, monotonic_ns},
+    bpf::{CookieChecker, FlowTable, ProbeAnswerTable, RxBacklog, monotonic_ns},
     wire::{self, Link},
     xsk::{XskConfig, XskSocket},
 };
@@ -83,6 +83,8 @@ pub struct QueueContext {
     /// retransmitted (`super::synack_retry`).
     pub established: Option<Arc<super::synack_retry::Established>>,
     pub rx_backlog: RxBacklog,
+    /// Where XDP takes the answers to this queue's keepalive probes (see [`XdpAnswers`]).
+    pub probe_answers: ProbeAnswerTable,
     pub stats: Arc<QueueStats>,
     pub stop: Arc<AtomicBool>,
     /// Set when SIGTERM's grace period ends: reset what is left.
@@ -99,6 +101,29 @@ pub struct QueueContext {
     pub waker: Arc<EngineWaker>,
     #[cfg(feature = "fault-injection")]
     pub health: Arc<super::health::Health>,
+}
+
+/// Where the core finds the answers XDP took to this queue's keepalive probes
+/// (`engine_common::maps::PROBE_ANSWERS`): the entries of its slots, from `slot_base` on.
+struct XdpAnswers {
+    table: ProbeAnswerTable,
+    slot_base: u32,
+}
+
+impl tcp::ProbeAnswers for XdpAnswers {
+    fn take(&mut self, slot: u32) -> Option<tcp::TakenAnswer> {
+        let a = self.table.take(self.slot_base.checked_add(slot)?)?;
+        Some(tcp::TakenAnswer { at: Instant::from_nanos(a.at_ns), tsval: a.tsval })
+    }
+}
+
+/// A keepalive probe about to leave: XDP may take its answer (see [`XdpAnswers`]).
+fn expect_answer(answers: &ProbeAnswerTable, slot_base: u32, out: &tcp::endpoint::Transmit) {
+    if let (Some(answer), Some(h)) = (&out.probe_answer, out.handle)
+        && let Some(slot) = slot_base.checked_add(h.slot())
+    {
+        answers.arm(slot, answer);
+    }
 }
 
 /// The engine's clock: CLOCK_MONOTONIC, as XDP's FLOWS claims.
@@ -330,8 +355,10 @@ async fn serve_queue(
     };
     let mut ctx = ctx;
     let imports = std::mem::take(&mut ctx.imports);
+    let mut endpoint = Endpoint::new(ctx.tcp.clone(), ctx.max_conns);
+    endpoint.set_probe_answers(Box::new(XdpAnswers { table: ctx.probe_answers.clone(), slot_base: ctx.slot_base }));
     let mut q = QueueDriver {
-        endpoint: Endpoint::new(ctx.tcp.clone(), ctx.max_conns),
+        endpoint,
         glue: Glue::new(ctx.waker.clone(), ctx.stats.clone(), ctx.memory.clone()),
         handed: std::collections::VecDeque::new(),
         syn_acks: Vec::new(),
@@ -898,6 +925,7 @@ impl QueueDriver {
         // sent.
         let room = wire::header_len(true);
         let (endpoint, glue, stats) = (&mut self.endpoint, &mut self.glue, &self.ctx.stats);
+        let (answers, slot_base) = (&self.ctx.probe_answers, self.ctx.slot_base);
         if let Some(offload) = self.gso.as_mut().filter(|o| o.in_use()) {
             // The core writes each segment at the tail of the train being gathered; the
             // offload sends full trains through its socket and the rest through AF_XDP. A
@@ -920,6 +948,7 @@ impl QueueDriver {
                     }
                 }
                 let Some(out) = endpoint.poll_transmit(now, offload.train().tail()) else { break };
+                expect_answer(answers, slot_base, &out);
                 // No link: nothing to answer (see `Glue::link_for`); the segment is dropped.
                 let Some(link) = glue.link_for(&out) else { continue };
                 offload.take(&Written::from(&out), link, xsk, &mut shipped);
@@ -955,6 +984,7 @@ impl QueueDriver {
                     drained = true;
                     return None;
                 };
+                expect_answer(answers, slot_base, &out);
                 // No link: nothing to answer (see `Glue::link_for`); the segment is dropped.
                 let link = glue.link_for(&out)?;
                 let start = room - wire::header_len(out.local.is_ipv6());
@@ -1006,6 +1036,7 @@ impl QueueDriver {
         }
         s.time_wait_fin_reacked.store(self.endpoint.time_wait_fin_reacked, Ordering::Relaxed);
         s.rx_demux_by_hint.store(self.endpoint.demux_hinted, Ordering::Relaxed);
+        s.probe_answers_taken.store(self.endpoint.probe_answers_taken, Ordering::Relaxed);
         s.connections.store(self.endpoint.len() as u64, Ordering::Relaxed);
         s.parked.store(self.endpoint.parked() as u64, Ordering::Relaxed);
         s.timers_waiting.store(self.endpoint.timers_waiting() as u64, Ordering::Relaxed);

@@ -133,6 +133,8 @@ queue_stats! {
     rx_segments: Counter "tcp_rx_segments" "TCP segments received and handed to the TCP core.";
     rx_demux_by_hint: Counter "tcp_rx_demux_by_hint"
         "Received segments whose connection was in the slot XDP's FLOWS named with the frame: no lookup in the tuple index.";
+    probe_answers_taken: Counter "tcp_probe_answers_taken"
+        "Answers to keepalive probes XDP took off the wire (xdp_probe_answer_taken) that their connection counted: the peer heard from when each came.";
     tx_segments: Counter "tcp_tx_segments" "TCP segments sent (data, ACKs, FINs, resets and SYN-ACKs).";
     accepted: Counter "tcp_accepted" "Connections created from a valid SYN-cookie ACK.";
     app_panics: Counter "app_turn_panics" "Application turns that panicked in their first step on the engine thread (the turn is dropped with its stream; the thread goes on).";
