@@ -936,6 +936,14 @@ impl ProbeAnswerTable {
         w0.store(w, std::sync::atomic::Ordering::Release);
     }
 
+    /// Expect no answer for the connection in `slot` (it sent something else since its probe):
+    /// one XDP took meanwhile is forgotten, and the connection probes again if it must.
+    pub fn disarm(&self, slot: u32) {
+        if let Some([w0, _, _]) = self.words(slot) {
+            w0.store(u64::from(maps::PROBE_IDLE), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The answer XDP took for the connection in `slot` since it was armed, if any; the entry
     /// is left idle either way it was answered.
     pub fn take(&self, slot: u32) -> Option<TakenProbeAnswer> {
@@ -1613,7 +1621,12 @@ mod tests {
         t.arm(7, &Expected { timestamps: false, ..want });
         t.answer_as_xdp(7, 9, 1);
         assert_eq!(t.take(7), Some(TakenProbeAnswer { at_ns: 1, tsval: None }));
+        // Withdrawn: nothing expected, nothing taken.
+        t.arm(6, &want);
+        t.disarm(6);
+        assert_eq!(t.entry(6).state, maps::PROBE_IDLE);
         t.arm(u32::MAX, &want);
+        t.disarm(u32::MAX);
         assert_eq!(t.take(u32::MAX), None);
         assert_eq!(t.entry(4), ProbeAnswer::default());
     }

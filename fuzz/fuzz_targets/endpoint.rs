@@ -5,7 +5,8 @@
 //! timestamps and SACK blocks; strangers; application reads (also in-order data taken straight
 //! from the segment, as the engine's `deliver` does), writes, shutdowns, closes with
 //! unread data and aborts; time jumping over retransmission, keepalive, FIN_WAIT_2 and
-//! TIME_WAIT deadlines.
+//! TIME_WAIT deadlines; keepalive answers a driver in front says it took, for any slot, at any
+//! time, with any TSval.
 //!
 //! Every peer sends its slice of one fixed byte stream (byte k of tuple t is `stream(t, k)`),
 //! so whatever the core accepts can be checked, and after every step:
@@ -18,7 +19,9 @@
 //!   the connections the model does, each found by its tuple (no connection without a slot,
 //!   no slot without a connection), at most `max_conns`;
 //! - a live connection's buffers stay within the configured sizes (with the doubling slack of
-//!   a growing `Vec`).
+//!   a growing `Vec`);
+//! - a keepalive probe asks for the answer its own header implies, and only a slot whose last
+//!   segment was a probe withdraws one.
 #![no_main]
 
 use std::{net::SocketAddr, time::Duration};
@@ -27,9 +30,20 @@ use engine_common::handshake::{FACT_ECN, FACT_SACK, FACT_TS, FACT_WSCALE, Handsh
 use libfuzzer_sys::fuzz_target;
 use synx_fuzz::Input;
 use synx_tcp::{
-    CloseReason, Config, ConnectionHandle, config::BufferBudget, Disposition, Endpoint, Event, Flags, Header, Instant, Keepalive, SeqNum,
-    State, endpoint::AcceptError, segment,
+    CloseReason, Config, ConnectionHandle, config::BufferBudget, Disposition, Endpoint, Event, Flags, Header, Instant, Keepalive, ProbeAnswer,
+    ProbeAnswers, SeqNum, State, TakenAnswer, endpoint::AcceptError, segment,
 };
+
+/// The answers a driver in front of the endpoint took (see `ProbeAnswers`), by slot: here
+/// whatever the input says, true or not.
+#[derive(Clone, Default)]
+struct Taken(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u32, TakenAnswer>>>);
+
+impl ProbeAnswers for Taken {
+    fn take(&mut self, slot: u32) -> Option<TakenAnswer> {
+        self.0.lock().unwrap().remove(&slot)
+    }
+}
 
 const TUPLES: usize = 6;
 
@@ -100,6 +114,10 @@ struct World {
     models: Vec<Model>,
     now: Instant,
     buf: Vec<u8>,
+    /// Answers the driver took, for the endpoint to find.
+    taken: Taken,
+    /// The answers the endpoint's probes asked for, by slot (until withdrawn).
+    awaited: std::collections::HashMap<u32, ProbeAnswer>,
 }
 
 impl World {
@@ -207,6 +225,16 @@ impl World {
                 .find(|m| m.h == handle)
                 .unwrap_or_else(|| panic!("a segment from slot {} that holds no connection", handle.slot()));
             assert_eq!((tx.local, tx.remote), tuple(m.t), "slot {} sent on another tuple", handle.slot());
+            if let Some(a) = tx.probe_answer {
+                // RFC 1122 4.2.3.6: a probe is a bare ACK at SND.NXT - 1; the answer it asks for
+                // is the peer's ACK of SND.NXT at our RCV.NXT.
+                assert!(payload.is_empty() && h.flags == Flags::ACK && !tx.answer_withdrawn, "a probe: {h:?}");
+                assert_eq!((a.seq, a.ack), (h.ack, h.seq + 1), "the answer a probe asks for: {h:?}");
+                self.awaited.insert(handle.slot(), a);
+            } else if tx.answer_withdrawn {
+                // The slot's last segment was a probe (perhaps its previous connection's).
+                assert!(self.awaited.remove(&handle.slot()).is_some(), "slot {} withdrew an answer no probe asked for", handle.slot());
+            }
             assert!(!h.flags.syn(), "a SYN from an accepted connection: {h:?}");
             let end = h.seq.0.wrapping_sub(m.facts.iss.wrapping_add(1)).wrapping_add(h.seg_len(payload.len()));
             if !h.flags.rst() && (end as i32) > (m.server_nxt as i32) {
@@ -333,13 +361,18 @@ fuzz_target!(|data: &[u8]| {
         ..Config::default()
     };
     let max_conns = 1 + u32::from(input.u8() % 4);
+    let taken = Taken::default();
+    let mut ep = Endpoint::new(config.clone(), max_conns);
+    ep.set_probe_answers(Box::new(taken.clone()));
     let mut w = World {
-        ep: Endpoint::new(config.clone(), max_conns),
+        ep,
         config,
         max_conns,
         models: Vec::new(),
         now: Instant::ZERO,
         buf: vec![0u8; 60 + 1460],
+        taken,
+        awaited: std::collections::HashMap::new(),
     };
     let mut steps = 0;
     while !input.is_empty() && steps < 2000 {
@@ -526,6 +559,19 @@ fuzz_target!(|data: &[u8]| {
                 };
                 w.now = w.now + Duration::from_millis(step);
                 w.ep.handle_timeout(w.now);
+            }
+            // The driver took an answer for the tuple's slot (or any slot): when the peer's
+            // idle ACK came, which may be before anything the connection heard, or ahead of
+            // now, with any TSval. Only its time and TSval reach the connection.
+            12 => {
+                let slot = w.models.iter().rev().find(|m| m.t == t).map_or(u32::from(input.u8()) % (max_conns + 1), |m| m.h.slot());
+                let off = u64::from(input.u16()) * 1_000_000;
+                let at = match input.u8() & 1 {
+                    0 => Instant::from_nanos(w.now.as_nanos().saturating_sub(off)),
+                    _ => w.now + Duration::from_nanos(off),
+                };
+                let tsval = (input.u8() & 1 == 0).then(|| input.u32());
+                w.taken.0.lock().unwrap().insert(slot, TakenAnswer { at, tsval });
             }
             // Per-connection keepalive settings.
             13 => {

@@ -83,6 +83,10 @@ pub struct Transmit {
     pub ect: bool,
     /// For a keepalive probe: what its answer will look like (see [`ProbeAnswers`]).
     pub probe_answer: Option<ProbeAnswer>,
+    /// The first other segment of a connection since its last probe: the driver stops waiting
+    /// for that probe's answer (with data in flight the peer's duplicate ACKs could look just
+    /// like it).
+    pub answer_withdrawn: bool,
 }
 
 /// The answer a keepalive probe asks for, as the peer will send it if it is idle as we are
@@ -389,6 +393,8 @@ pub struct Endpoint {
     /// Where answers to keepalive probes taken before the endpoint come from (see
     /// [`ProbeAnswers`]).
     answers: Option<Box<dyn ProbeAnswers>>,
+    /// Slots whose last segment out was a keepalive probe, whose answer the driver may wait for.
+    answer_awaited: Bits,
     /// Keepalive probes' answers the driver took and a connection counted.
     pub probe_answers_taken: u64,
     /// Every connection's counters added up, released ones included.
@@ -423,6 +429,7 @@ impl Endpoint {
             time_wait_fin_reacked: 0,
             demux_hinted: 0,
             answers: None,
+            answer_awaited: Bits::default(),
             probe_answers_taken: 0,
             totals: Stats::default(),
         }
@@ -860,17 +867,18 @@ impl Endpoint {
     fn serve_live_due(&mut self, now: Instant, idx: u32) {
         // A slot that was freed, handed over or taken by a new connection meanwhile: the
         // connection's own timers say whether anything is due (nothing, for a new one).
-        let mut answers = self.answers.take();
+        // (Taken out of `self` while the connection borrows it, put back below.)
+        let (mut answers, mut awaited) = (self.answers.take(), std::mem::take(&mut self.answer_awaited));
         let Some(conn) = self.live(idx) else {
-            self.answers = answers;
+            (self.answers, self.answer_awaited) = (answers, awaited);
             return;
         };
-        let taken = take_answer(&mut answers, now, idx, conn);
+        let taken = take_answer(&mut answers, &mut awaited, now, idx, conn);
         let before = *conn.stats();
         conn.handle_timeout(now);
         let after = *conn.stats();
         self.totals.add_change(&before, &after);
-        self.answers = answers;
+        (self.answers, self.answer_awaited) = (answers, awaited);
         self.probe_answers_taken += u64::from(taken);
         self.mark(idx);
     }
@@ -889,12 +897,12 @@ impl Endpoint {
         };
         let keepalive = p.keepalive;
         let mut conn = self.unfold(p);
-        self.probe_answers_taken += u64::from(take_answer(&mut self.answers, now, idx, &mut conn));
+        self.probe_answers_taken += u64::from(take_answer(&mut self.answers, &mut self.answer_awaited, now, idx, &mut conn));
         let before = *conn.stats();
         conn.handle_timeout(now);
         let sent = conn.poll_transmit(now, buf);
         self.totals.add_change(&before, conn.stats());
-        let transmit = sent.map(|len| transmit(idx, &conn, &before, len));
+        let transmit = sent.map(|len| transmit(&mut self.answer_awaited, idx, &conn, &before, len));
         self.refold(now, idx, keepalive, conn);
         transmit
     }
@@ -957,7 +965,7 @@ impl Endpoint {
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if let Some((local, remote, h)) = self.resets.pop_front() {
             let len = segment::write(&h, &[], buf).ok()?;
-            return Some(Transmit { handle: None, local, remote, len, ect: false, probe_answer: None });
+            return Some(Transmit { handle: None, local, remote, len, ect: false, probe_answer: None, answer_withdrawn: false });
         }
         while let Some(idx) = self.parked_due.pop_front() {
             self.due_bits.set(idx, false);
@@ -976,7 +984,7 @@ impl Endpoint {
             let sent = conn.poll_transmit(now, buf);
             self.totals.add_change(&before, conn.stats());
             if let Some(len) = sent {
-                return Some(transmit(idx, conn, &before, len));
+                return Some(transmit(&mut self.answer_awaited, idx, conn, &before, len));
             }
             // Nothing more to send: collect events, register the deadline, maybe release.
             self.work.pop_front();
@@ -1022,9 +1030,14 @@ impl Endpoint {
 }
 
 /// The segment connection `idx` just wrote (`len` bytes; its counters were `before`), with the
-/// answer it asks for when it is a keepalive probe.
-fn transmit(idx: u32, conn: &Connection, before: &Stats, len: usize) -> Transmit {
+/// answer it asks for when it is a keepalive probe, or the withdrawal of the last probe's
+/// (`awaited`: the slots whose last segment was a probe).
+fn transmit(awaited: &mut Bits, idx: u32, conn: &Connection, before: &Stats, len: usize) -> Transmit {
     let probe = conn.stats().keepalive_probes != before.keepalive_probes;
+    let withdrawn = !probe && awaited.get(idx);
+    if probe || withdrawn {
+        awaited.set(idx, probe);
+    }
     Transmit {
         handle: Some(ConnectionHandle(idx)),
         local: conn.local(),
@@ -1032,17 +1045,21 @@ fn transmit(idx: u32, conn: &Connection, before: &Stats, len: usize) -> Transmit
         len,
         ect: conn.ect(),
         probe_answer: probe.then(|| conn.probe_answer()),
+        answer_withdrawn: withdrawn,
     }
 }
 
 /// Before connection `idx`'s deadline is served: the answer to its keepalive probe, if one is
 /// out and the driver took it (see [`ProbeAnswers`]). Whether the connection counted it.
-fn take_answer(answers: &mut Option<Box<dyn ProbeAnswers>>, now: Instant, idx: u32, conn: &mut Connection) -> bool {
+fn take_answer(answers: &mut Option<Box<dyn ProbeAnswers>>, awaited: &mut Bits, now: Instant, idx: u32, conn: &mut Connection) -> bool {
     if conn.keepalive_probes_out() == 0 {
         return false;
     }
     match answers.as_mut().and_then(|a| a.take(idx)) {
-        Some(a) => conn.probe_answered(now, a.at, a.tsval),
+        Some(a) => {
+            awaited.set(idx, false);
+            conn.probe_answered(now, a.at, a.tsval)
+        }
         None => false,
     }
 }

@@ -117,12 +117,14 @@ impl tcp::ProbeAnswers for XdpAnswers {
     }
 }
 
-/// A keepalive probe about to leave: XDP may take its answer (see [`XdpAnswers`]).
+/// A keepalive probe about to leave: XDP may take its answer (see [`XdpAnswers`]); or the
+/// first other segment of its connection since: XDP takes it no more.
 fn expect_answer(answers: &ProbeAnswerTable, slot_base: u32, out: &tcp::endpoint::Transmit) {
-    if let (Some(answer), Some(h)) = (&out.probe_answer, out.handle)
-        && let Some(slot) = slot_base.checked_add(h.slot())
-    {
+    let Some(slot) = out.handle.and_then(|h| slot_base.checked_add(h.slot())) else { return };
+    if let Some(answer) = &out.probe_answer {
         answers.arm(slot, answer);
+    } else if out.answer_withdrawn {
+        answers.disarm(slot);
     }
 }
 

@@ -915,3 +915,41 @@ fn keepalive_answers_a_driver_took_count_as_heard_when_they_came() {
         assert!(taken.0.lock().unwrap().is_empty(), "the stale answer was asked for, and dropped");
     }
 }
+
+#[test]
+fn the_first_other_segment_after_a_probe_withdraws_its_answer() {
+    let keepalive = Keepalive { idle: Duration::from_secs(10), interval: Duration::from_secs(5), ..Keepalive::default() };
+    let mut ep = Endpoint::new(Config { keepalive, nagle: false, ..config() }, 4);
+    let h = ep.accept(secs(1), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
+    drain(&mut ep, secs(1));
+    let (t, probes) = next_sent(&mut ep, secs(1), secs(12));
+    assert_eq!(probes.len(), 1);
+    assert!(probes[0].0.probe_answer.is_some() && !probes[0].0.answer_withdrawn);
+    // Data goes out before any answer: with it in flight the peer's duplicate ACKs would look
+    // like the probe's answer, so this segment withdraws it, and only this one.
+    assert_eq!(ep.connection_mut(h).unwrap().send(b"news"), 4);
+    let out = drain(&mut ep, t);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].0.answer_withdrawn && out[0].0.probe_answer.is_none() && out[0].2 == b"news");
+    assert_eq!(ep.connection_mut(h).unwrap().send(b"more"), 4);
+    let out = drain(&mut ep, t);
+    assert!(out.len() == 1 && !out[0].0.answer_withdrawn && out[0].0.probe_answer.is_none(), "{out:?}");
+    // A driver that took the answer: nothing is left to withdraw.
+    let taken = TakenAnswers::default();
+    ep.set_probe_answers(Box::new(taken.clone()));
+    let mut ack = ack_from(1);
+    ack.ack = SeqNum(ISS + 9);
+    ep.handle(t, local(), client(1), &ack, &[]);
+    drain(&mut ep, t);
+    let (t2, probes) = next_sent(&mut ep, t, t + Duration::from_secs(11));
+    assert!(probes.len() == 1 && probes[0].0.probe_answer.is_some());
+    taken.0.lock().unwrap().insert(h.slot(), TakenAnswer { at: t2 + Duration::from_millis(1), tsval: None });
+    // (The probe's next deadline: an interval on, rounded up to a coarse tick.)
+    let due = t2 + Duration::from_secs(6);
+    ep.handle_timeout(due);
+    assert!(drain(&mut ep, due).is_empty(), "answered: no second probe");
+    assert_eq!(ep.probe_answers_taken, 1);
+    assert_eq!(ep.connection_mut(h).unwrap().send(b"x"), 1);
+    let out = drain(&mut ep, due);
+    assert!(out.len() == 1 && !out[0].0.answer_withdrawn);
+}

@@ -114,7 +114,7 @@ fn await_held(rig: &Rig, side: Side, want: u64, limit: Duration) -> anyhow::Resu
 }
 
 /// BPF map memory per connection slot: the kernel's memlock accounting of every map sized by
-/// the connection limit (FLOWS4, FLOWS6, and FLOW_FILTER, an array of 64-byte lines, the only
+/// the connection limit (FLOWS4, FLOWS6, PROBE_ANSWERS, and FLOW_FILTER, an array of 64-byte lines, the only
 /// one), divided by that limit; and the limit.
 pub fn bpf_bytes_per_slot(pid: u32) -> anyhow::Result<(f64, u32)> {
     const BPF_MAP_TYPE_HASH: u32 = 1;
@@ -372,6 +372,9 @@ fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, k
     std::thread::sleep(Duration::from_secs(2));
     let (rss1, slab1) = (rss(&pids)?, slab_active_bytes()?);
     let probes0 = rig.client_counter(side, "from_server")?;
+    // synx's counters over the window (read outside it): what its probes and their answers
+    // cost in frames, wakes and XDP's work.
+    let counters0 = super::all_counters(rig, side);
     let drops0 = softnet_drops();
     let profile = super::profile_cpus(rig, side);
     let cpu0 = CpuTimes::now();
@@ -397,6 +400,7 @@ fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, k
     let drops = softnet_drops() - drops0;
     let proc1: f64 = pids.iter().filter_map(|&p| testbed::process_cpu_secs(p)).sum();
     let probes = rig.client_counter(side, "from_server")? - probes0;
+    let counters = super::all_counters_moved(rig, side, counters0);
     for &p in &pids {
         ensure!(super::super::peers::pid_alive(p), "server process {p} is gone");
     }
@@ -450,6 +454,9 @@ fn round(rig: &mut Rig, side: Side, n: usize, per_process: usize, nofile: u64, k
         detail["fit"] = serde_json::json!({ "no_probe_busy_pct": base * 100.0, "busy_us_per_probe": per_probe * 1e6 });
     }
     detail["softnet_drops_in_window"] = drops.into();
+    if !counters.is_null() {
+        detail["synx_counters"] = counters;
+    }
     detail["open_secs"] = open_secs.into();
     detail["left_open_after_reset"] = (left - base.min(left)).into();
     detail["keepalive"] = serde_json::json!({ "idle_s": keepalive.0, "interval_s": keepalive.1, "probes": keepalive.2 });
