@@ -446,10 +446,10 @@ pub struct RxBacklogEntry {
     pub trickled_ns: u64,
 }
 
-/// One slot's entry of [`PROBE_ANSWERS`], 24 bytes in three 8-byte words (userspace reads
-/// and writes it a whole word at a time). The engine writes words 1 then 0 (`state` last) when
-/// it sends a probe; XDP, on a match, writes words 1's `tsval` and 2, then `state`; the engine
-/// reads `state` first and clears it when it takes the answer. `seq`, `ack`: the answer's
+/// One slot's entry of [`PROBE_ANSWERS`], 24 bytes in three 8-byte words. The engine writes
+/// `ack`, then word 0 whole (`state` with it) when it sends a probe; XDP, on a match, writes
+/// `tsval` and `at_ns`, then `state`; the engine reads word 0 first and clears it when it takes
+/// the answer. Neither writes a field the other does but `state`. `seq`, `ack`: the answer's
 /// SEG.SEQ and SEG.ACK (our RCV.NXT and SND.NXT), host order; `window`: its window field as
 /// sent (unscaled); `ts`: 1 when the answer carries the timestamps option (then `tsval` is
 /// its TSval), 0 when it carries no option. `at_ns`: XDP's coarse CLOCK_MONOTONIC when it

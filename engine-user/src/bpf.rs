@@ -803,6 +803,16 @@ impl MappedArray {
         self.ptr
     }
 
+    /// The low half of the `i`th 8-byte word (the 4 bytes at `8 * i`, little-endian), if mapped.
+    fn low_half(&self, i: usize) -> Option<&std::sync::atomic::AtomicU32> {
+        if (i + 1) * 8 > self.len {
+            return None;
+        }
+        // SAFETY: in bounds, 4-byte aligned; shared only atomically (the word's other half, by
+        // whoever owns it).
+        Some(unsafe { std::sync::atomic::AtomicU32::from_ptr(self.ptr.add(i).cast()) })
+    }
+
     /// The `i`th 8-byte word, if mapped.
     fn word(&self, i: usize) -> Option<&std::sync::atomic::AtomicU64> {
         if (i + 1) * 8 > self.len {
@@ -923,12 +933,15 @@ impl ProbeAnswerTable {
         Some([self.inner.word(i)?, self.inner.word(i + 1)?, self.inner.word(i + 2)?])
     }
 
-    /// Expect `answer` to the keepalive probe just sent to the connection in `slot`: word 1
-    /// (SEG.ACK) first, then word 0 with the state, so XDP never matches half an expectation
-    /// of this probe (the half of an earlier one is the same connection's, idle as now).
+    /// Expect `answer` to the keepalive probe just sent to the connection in `slot`: SEG.ACK
+    /// first (word 1's low half: its high half, `tsval`, is XDP's, which may be writing an
+    /// earlier probe's answer right now), then word 0 with the state, so XDP never matches
+    /// half an expectation of this probe (the half of an earlier one is the same connection's,
+    /// idle as now).
     pub fn arm(&self, slot: u32, answer: &synx_tcp::ProbeAnswer) {
-        let Some([w0, w1, _]) = self.words(slot) else { return };
-        w1.store(u64::from(answer.ack.0), std::sync::atomic::Ordering::Relaxed);
+        let Some([w0, _, _]) = self.words(slot) else { return };
+        let Some(ack) = self.inner.low_half(slot as usize * Self::WORDS + 1) else { return };
+        ack.store(answer.ack.0, std::sync::atomic::Ordering::Relaxed);
         let w = u64::from(maps::PROBE_ARMED)
             | u64::from(answer.timestamps) << 8
             | u64::from(answer.window) << 16
@@ -1613,6 +1626,10 @@ mod tests {
         assert_eq!(t.entry(5), armed);
         assert_eq!(t.take(5), None, "armed, not answered");
         assert_eq!(t.entry(5), armed, "still armed");
+        t.answer_as_xdp(5, 777, 123_456);
+        // Armed again while XDP wrote: the TSval XDP wrote stays.
+        t.arm(5, &want);
+        assert_eq!(t.entry(5).tsval, 777);
         t.answer_as_xdp(5, 777, 123_456);
         assert_eq!(t.take(5), Some(TakenProbeAnswer { at_ns: 123_456, tsval: Some(777) }));
         assert_eq!(t.entry(5).state, maps::PROBE_IDLE);
