@@ -209,10 +209,8 @@ const MAX_KEPT_FLOWS: usize = 4096;
 /// The longest sleep: stop requests and conns queries are noticed within it.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
-/// How long the loop keeps coming back, without sleeping, to a TX ring whose frames the device
-/// does not take (see [`XskSocket::tx_stalled`]); after that it sleeps at most
-/// [`TX_STALL_SLEEP`] between tries.
-const TX_STALL_SPIN: Duration = Duration::from_millis(10);
+/// The longest sleep while the device holds back what we send (see [`QueueDriver::sleep`]):
+/// the socket turning writable wakes us sooner.
 const TX_STALL_SLEEP: Duration = Duration::from_millis(1);
 
 /// One RX queue's driver: the I/O around its endpoint and glue.
@@ -336,10 +334,13 @@ async fn serve_queue(
         xsk = XskSocket::open(iface, ctx.queue, xsk_cfg);
     }
     let mut xsk = xsk?;
-    // Edge-triggered readiness: cleared when the loop wakes, set again by the next frame.
+    // Edge-triggered readiness: cleared when the loop wakes, set again by the next frame (read)
+    // or by the kernel freeing sent frames (write: see `QueueDriver::sleep`).
     // SAFETY: `xsk` owns the fd and outlives `xsk_ready` (declared after it, dropped before).
-    let xsk_ready = unsafe { tokio::io::unix::AsyncFd::register_with_interest(XskFd(xsk.fd()), tokio::io::Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)?;
+    let xsk_ready = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(XskFd(xsk.fd()), tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE)
+    }
+    .map_err(|e| e.into_parts().1)?;
     ctx.flows.register_xsk(ctx.queue, xsk.fd())?;
     tracing::info!(queue = ctx.queue, zero_copy = xsk.zero_copy(), tx_budget = xsk.tx_budget(), busy_poll_budget = xsk_cfg.busy_poll_budget, "AF_XDP socket bound");
     let gso = match ctx.gso {
@@ -388,8 +389,6 @@ async fn serve_queue(
     let _ = ready.send(Ok(q.ctx.queue));
     let mut last_work = now();
     let mut stop_checked = Instant::from_nanos(0);
-    // Frames the kernel had sent when the TX ring was last seen stalled, and since when.
-    let (mut tx_seen, mut tx_stall_since) = (0, Instant::from_nanos(0));
     loop {
         if q.ctx.stop.load(Ordering::Relaxed) {
             let t = now();
@@ -455,22 +454,8 @@ async fn serve_queue(
             tokio::task::yield_now().await;
             continue;
         }
-        if xsk.tx_stalled() {
-            // The device pushed back with frames left in the TX ring, and nothing wakes us
-            // when it drains: come back after the others had the CPU, for as long as the
-            // transmit keeps moving (a device stopped for good must not hold the CPU).
-            let moved = xsk.stats.tx_completed != tx_seen;
-            if moved || t.saturating_duration_since(tx_stall_since) < TX_STALL_SPIN {
-                if moved {
-                    (tx_seen, tx_stall_since) = (xsk.stats.tx_completed, t);
-                }
-                std::thread::yield_now();
-                tokio::task::yield_now().await;
-                continue;
-            }
-        }
         xsk.before_sleep();
-        q.sleep(&xsk_ready, xsk.tx_stalled()).await;
+        q.sleep(&xsk_ready, xsk.tx_stalled() || xsk.tx_room() == 0).await;
     }
 }
 
@@ -1051,12 +1036,22 @@ impl QueueDriver {
     /// Sleep until a frame arrives, an app pokes us, or the next timer is due (at most
     /// [`MAX_SLEEP`], or [`TX_STALL_SLEEP`] with frames waiting in the TX ring). This thread's
     /// apps run meanwhile.
-    async fn sleep(&mut self, xsk: &tokio::io::unix::AsyncFd<XskFd>, tx_stalled: bool) {
+    async fn sleep(&mut self, xsk: &tokio::io::unix::AsyncFd<XskFd>, tx_blocked: bool) {
         let t = now();
-        let longest = if tx_stalled { TX_STALL_SLEEP } else { MAX_SLEEP };
-        let timeout = match self.endpoint.poll_timeout() {
-            Some(at) => at.saturating_duration_since(t).min(longest),
-            None => longest,
+        let timeout = if tx_blocked {
+            // What we could send waits for the device: frames it left in the TX ring, or every
+            // TX frame in flight. Due timers would only queue more behind them, so they wait
+            // too; the kernel says when sent frames are freed (the socket turns writable, and
+            // its poll pushes the ring on in copy mode), or we look again after
+            // TX_STALL_SLEEP. Spinning here instead, while a burst of a million connections'
+            // keepalive probes drained at the client's pace, kicked the device 250,000 times
+            // a second for a frame or two each and kept the engine thread 60% busy.
+            TX_STALL_SLEEP
+        } else {
+            match self.endpoint.poll_timeout() {
+                Some(at) => at.saturating_duration_since(t).min(MAX_SLEEP),
+                None => MAX_SLEEP,
+            }
         };
         if timeout.is_zero() {
             return;
@@ -1070,6 +1065,11 @@ impl QueueDriver {
             r = xsk.readable() => {
                 if let Ok(mut guard) = r {
                     // The next turn drains the ring; a frame arriving later sets it again.
+                    guard.clear_ready();
+                }
+            }
+            r = xsk.writable(), if tx_blocked => {
+                if let Ok(mut guard) = r {
                     guard.clear_ready();
                 }
             }
