@@ -701,10 +701,14 @@ impl QueueDriver {
             bump(&self.ctx.stats.held_back);
             return;
         }
-        if hdr.flags.syn() && !hdr.flags.ack() && listener.is_some() && self.kept.contains(&(local, remote)) {
-            // RFC 6191: a SYN for a tuple whose TIME_WAIT a SYN ended (the client's
-            // retransmission: our SYN-ACK was lost). The entry kept for the new incarnation
-            // brought it here; without it XDP would have answered, so answer as XDP would.
+        if hdr.flags.syn() && !hdr.flags.ack() && listener.is_some() {
+            // RFC 9293 3.10.7.2: a SYN for a listener and no connection gets a SYN-ACK, as XDP
+            // answers it (statelessly, no admission: that waits for the cookie ACK). Only a
+            // FLOWS entry brought it here: one kept for a new incarnation (RFC 6191: the
+            // client's retransmission, our SYN-ACK lost), XDP's claim, or the entry of a
+            // connection released a moment ago and not yet forgotten, whose client reuses
+            // the port at once (a reset here refused the connect of such a client in s35's
+            // CI, right after the memory limit reset thousands of connections).
             self.answer_syn(link, local, remote, hdr);
             return;
         }
