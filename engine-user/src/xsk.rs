@@ -371,6 +371,12 @@ impl XskSocket {
         !self.pending_tx.is_empty() || self.tx_stalled()
     }
 
+    /// Whether what we could send waits for the device: frames it left on the TX ring
+    /// ([`XskSocket::tx_stalled`]), or no TX frame free to write (every one in flight).
+    pub fn tx_blocked(&self) -> bool {
+        self.tx_stalled() || self.tx_room() == 0
+    }
+
     /// Frames that can be queued right now without waiting for completions.
     pub fn tx_room(&self) -> usize {
         self.free_tx.len()

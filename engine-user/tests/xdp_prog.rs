@@ -992,9 +992,13 @@ fn keepalive_answers_that_match_exactly_are_taken_and_nothing_else() {
         assert_eq!(answers.take(slot).map(|a| a.tsval), Some(None));
         e.flow_table().remove(server(v6), client(v6, port)).unwrap();
     }
-    // A slot FLOWS names past the table's end: to the engine.
+    // A slot FLOWS names past the table's end: no entry to match, to the engine.
     e.flow_table().insert(server(false), client(false, port), 1 << 30).unwrap();
+    let before = counters_of(&e);
     assert_eq!(e.test_run(&frame(false, port, 9, &[], |b| b.ack(77), &[]), 1).unwrap().0, XDP_DROP);
+    let after = counters_of(&e);
+    let moved = |c: Counter| after[c as usize] - before[c as usize];
+    assert_eq!((moved(PROBE_ANSWER_TAKEN), moved(FLOW_SEGMENT), moved(REDIRECT_FAILED)), (0, 1, 1));
 }
 
 #[test]

@@ -455,7 +455,7 @@ async fn serve_queue(
             continue;
         }
         xsk.before_sleep();
-        q.sleep(&xsk_ready, xsk.tx_stalled() || xsk.tx_room() == 0).await;
+        q.sleep(&xsk_ready, xsk.tx_blocked()).await;
     }
 }
 
@@ -1038,8 +1038,8 @@ impl QueueDriver {
     }
 
     /// Sleep until a frame arrives, an app pokes us, or the next timer is due (at most
-    /// [`MAX_SLEEP`], or [`TX_STALL_SLEEP`] with frames waiting in the TX ring). This thread's
-    /// apps run meanwhile.
+    /// [`MAX_SLEEP`]); with the TX blocked ([`XskSocket::tx_blocked`]) until the socket turns
+    /// writable, at most [`TX_STALL_SLEEP`]. This thread's apps run meanwhile.
     async fn sleep(&mut self, xsk: &tokio::io::unix::AsyncFd<XskFd>, tx_blocked: bool) {
         let t = now();
         let timeout = if tx_blocked {
