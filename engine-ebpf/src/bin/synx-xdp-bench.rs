@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_tcp_raw_gen_syncookie_ipv4,
+    helpers::{bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_head},
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
@@ -14,7 +14,7 @@ use aya_ebpf::{
 use engine_common::{
     cookie::{self, Keys},
     counters,
-    maps::{BENCH_FRAME_LEN, BENCH_REFLECT_PORT, BenchFrame, BenchVary, FLOOD_FRAME_LEN, FloodState},
+    maps::{BENCH_FRAME_LEN, BENCH_REFLECT_PORT, BenchFrame, BenchVary, FLOOD_FRAME_LEN, FloodState, RxMeta},
 };
 use engine_ebpf::{
     clock::Now,
@@ -163,6 +163,15 @@ fn restore_then_handle<C: Cookies>(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn restore_bench_frame(ctx: &XdpContext) -> bool {
     let Some(saved) = BENCH_FRAME.get(0) else { return false };
+    // A repeat that went to AF_XDP left the frame with the slot hint in front of it (`RxMeta`,
+    // put there by the program before its redirect): take it off again.
+    const META: usize = core::mem::size_of::<RxMeta>();
+    if ctx.data_end() - ctx.data() == BENCH_FRAME_LEN + META {
+        // SAFETY: a helper call on this run's context; a positive delta shrinks the head.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, META as i32) } != 0 {
+            return false;
+        }
+    }
     if ctx.data_end() - ctx.data() != BENCH_FRAME_LEN {
         return false;
     }
