@@ -218,7 +218,7 @@ pub enum BpfError {
     Mmap(std::io::Error),
     #[error("SYN-cookie secrets: {0}")]
     Secrets(#[from] KeyError),
-    #[error("micro-benchmark: {0}")]
+    #[error("benchmark object: {0}")]
     Unexpected(String),
     #[error("takeover: {0}")]
     Takeover(String),

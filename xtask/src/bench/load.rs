@@ -145,12 +145,28 @@ pub fn spawn_flood(net: &VethPair, tools: &Path, cpu: usize, dst: SocketAddrV4, 
     Ok(child)
 }
 
-/// How many SYNs a finished generator sent.
-pub fn flood_frames(child: Child) -> anyhow::Result<u64> {
+/// What a finished generator reported: the SYNs it sent and the whole report (which generator
+/// ran: BPF_PROG_TEST_RUN's live frames, or AF_PACKET where the kernel refuses them).
+pub fn flood_frames(child: Child) -> anyhow::Result<(u64, serde_json::Value)> {
     let out = child.wait_with_output()?;
     ensure!(out.status.success(), "the flood generator failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    v["frames"].as_u64().context("the flood generator printed no frame count")
+    let frames = v["frames"].as_u64().context("the flood generator printed no frame count")?;
+    Ok((frames, v))
+}
+
+/// The rig note for a generator's report.
+pub fn flood_generator_note(report: &serde_json::Value) -> String {
+    match report["generator"].as_str() {
+        Some("af_packet") => format!(
+            "SYN-flood rows: the generator sent through AF_PACKET (PACKET_QDISC_BYPASS, sendmmsg of 64 frames){}: each SYN is an skb the receiving veth copies into a page with XDP headroom on the server's NAPI before any XDP program runs (live frames arrive as XDP frames), a cost every XDP peer pays alike",
+            match report["live_frames_refused"].as_str() {
+                Some(e) => format!(", as this kernel refuses BPF_PROG_TEST_RUN's live-frame mode ({e})"),
+                None => String::new(),
+            }
+        ),
+        _ => "SYN-flood rows: the generator sent through BPF_PROG_TEST_RUN's live-frame mode (XDP frames out of the client veth)".to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 mod clients;
 mod latency;
+mod packet_flood;
 mod kernel_server;
 mod rate;
 mod udp_echo;
@@ -126,7 +127,8 @@ enum Command {
     },
     /// Send a SYN flood from spoofed IPv4 sources (SRC_BASE+1 ..= SRC_BASE+SOURCES, source ports
     /// 1024..61024) out of IFACE for SECS seconds, open loop, through BPF_PROG_TEST_RUN's
-    /// live-frame mode. Prints the frames sent.
+    /// live-frame mode, or an AF_PACKET socket where the kernel refuses that mode
+    /// (`--generator auto`) or when asked. Prints the frames sent and the generator used.
     Flood {
         #[arg(long)]
         iface: String,
@@ -142,6 +144,8 @@ enum Command {
         sources: u32,
         #[arg(long)]
         secs: f64,
+        #[arg(long, value_enum, default_value_t = xdp::Generator::Auto)]
+        generator: xdp::Generator,
     },
     /// AF_XDP transmit alone through synx's driver, on queue 0 of IFACE: UDP frames of LEN
     /// bytes from SRC to DST as fast as the kernel takes them, for SECS seconds. Prints the
@@ -270,8 +274,8 @@ fn real_main() -> anyhow::Result<()> {
         )?),
         Command::Bulk { addr, bytes, echo } => print_json(&clients::bulk(addr, bytes, echo)?),
         Command::IdleClients { addr, src, count, http } => clients::idle_clients(addr, src, count, http),
-        Command::Flood { iface, src_mac, dst_mac, dst, src_base, sources, secs } => {
-            print_json(&xdp::flood(&iface, src_mac, dst_mac, dst, src_base, sources, secs)?)
+        Command::Flood { iface, src_mac, dst_mac, dst, src_base, sources, secs, generator } => {
+            print_json(&xdp::flood(&iface, src_mac, dst_mac, dst, src_base, sources, secs, generator)?)
         }
         Command::XdpMicro { calls, flows } => print_json(&xdp::micro(calls, flows)?),
         Command::XskTx { iface, src_mac, dst_mac, src, dst, len, secs, rate } => {

@@ -13,22 +13,56 @@ use synx::bpf::{
     BENCH_RESTORE_PROGRAM, BENCH_SYN_KERNEL_PROGRAM, BENCH_SYN_PROGRAM, XdpProgram, flood_template,
 };
 
+/// Which SYN-flood generator runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generator {
+    /// Live frames, or AF_PACKET if the kernel refuses live-frame mode.
+    Auto,
+    /// BPF_PROG_TEST_RUN's live-frame mode only.
+    Live,
+    /// AF_PACKET only (`crate::packet_flood`).
+    AfPacket,
+}
+
 /// Spoofed SYNs out of `iface` for `secs` through BPF_PROG_TEST_RUN's live-frame mode (each
 /// frame the program returns XDP_TX for leaves as an XDP frame: no socket, no skb), as fast as
-/// the CPU makes them: open loop. Prints the frames sent.
-pub fn flood(iface: &str, src_mac: [u8; 6], dst_mac: [u8; 6], dst: SocketAddrV4, src_base: Ipv4Addr, sources: u32, secs: f64) -> anyhow::Result<serde_json::Value> {
+/// the CPU makes them: open loop. Where the kernel refuses that mode (its first call fails) and
+/// `generator` allows, the same frames go through AF_PACKET instead. Prints the frames sent
+/// and the generator that sent them.
+#[allow(clippy::too_many_arguments)]
+pub fn flood(
+    iface: &str,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    dst: SocketAddrV4,
+    src_base: Ipv4Addr,
+    sources: u32,
+    secs: f64,
+    generator: Generator,
+) -> anyhow::Result<serde_json::Value> {
     let (frame, state) = flood_template(src_mac, dst_mac, dst, src_base, sources, false)?;
+    if generator == Generator::AfPacket {
+        return crate::packet_flood::flood(iface, &frame, src_base, sources, secs);
+    }
     let mut state = Some(state);
     let mut engine = XdpProgram::load_bench(1024, 1460)?;
     const PER_CALL: u32 = 1 << 16;
     let start = Instant::now();
     let mut frames = 0u64;
     while start.elapsed().as_secs_f64() < secs {
-        let made = engine.flood(iface, &frame, state.take(), PER_CALL)?;
+        let made = match engine.flood(iface, &frame, state.take(), PER_CALL) {
+            Ok(made) => made,
+            Err(e) if frames == 0 && generator == Generator::Auto => {
+                let mut v = crate::packet_flood::flood(iface, &frame, src_base, sources, secs)?;
+                v["live_frames_refused"] = format!("{e:#}").into();
+                return Ok(v);
+            }
+            Err(e) => return Err(e.into()),
+        };
         ensure!(made == PER_CALL, "the flood program made {made} of {PER_CALL} frames");
         frames += u64::from(made);
     }
-    Ok(serde_json::json!({ "frames": frames, "secs": start.elapsed().as_secs_f64() }))
+    Ok(serde_json::json!({ "generator": "xdp_live_frames", "frames": frames, "secs": start.elapsed().as_secs_f64() }))
 }
 
 /// The XDP synproxy peer (the benchmark object's `synx_bench_xdp_synproxy`) attached to

@@ -13,7 +13,7 @@ use std::{
 use super::{CpuWindow, measured};
 use crate::bench::{
     Collector, Ctx, Outcome, Rig, Side,
-    load::{FLOOD_DISTINCT_TUPLES, flood_frames, spawn_flood, spawn_tool, tool_json},
+    load::{FLOOD_DISTINCT_TUPLES, flood_frames, flood_generator_note, spawn_flood, spawn_tool, tool_json},
     peers::{NftSynproxy, XdpSynproxy},
     rig::{ECHO, moved, nic_stats, set_sysctl},
     schedule, spec, targets,
@@ -145,21 +145,23 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
         };
         Ok([nic_stats(&net.client, &net.client_if)?, nic_stats(&net.server, &net.server_if)?, engine])
     };
-    let r = (|| -> anyhow::Result<(u64, u64, serde_json::Value, CpuWindow, Option<u64>, serde_json::Value)> {
+    let r = (|| -> anyhow::Result<(u64, u64, serde_json::Value, CpuWindow, Option<u64>, serde_json::Value, Vec<serde_json::Value>)> {
         let dst = SocketAddrV4::new(rig.net(side).server_v4, ECHO);
         let counted_before = counters(rig)?;
         let before = rig.flood_arrivals(side)?;
         let sent_before = sent_counter(rig);
-        let ((frames, legit), cpu) = measured(rig, side, |rig| {
+        let ((frames, legit, generators), cpu) = measured(rig, side, |rig| {
             let net = rig.net(side);
             let floods = gen_cpus.iter().map(|&cpu| spawn_flood(net, &rig.tools, cpu, dst, secs)).collect::<anyhow::Result<Vec<_>>>()?;
             let legit_args = ["connect-probe", "--addr", &dst.to_string(), "--rate", &LEGIT_RATE.to_string(), "--secs", &secs.to_string(), "--timeout", &LEGIT_TIMEOUT_SECS.to_string()].map(String::from);
             let legit = spawn_tool(&net.client, &rig.tools, client_cpus, &legit_args)?;
-            let mut frames = 0;
+            let (mut frames, mut generators) = (0, vec![]);
             for f in floods {
-                frames += flood_frames(f)?;
+                let (n, report) = flood_frames(f)?;
+                frames += n;
+                generators.push(report);
             }
-            Ok((frames, legit))
+            Ok((frames, legit, generators))
         })?;
         // The legitimate clients' last connects may still be retrying; the flood is over.
         let legit = tool_json(legit)?;
@@ -168,7 +170,7 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
         let counted = counters(rig)?;
         let [client, server, engine] = [0, 1, 2].map(|i| moved(&counted_before[i], &counted[i]));
         let paths = serde_json::json!({"client_veth": client, "server_veth": server, "synx": engine});
-        Ok((frames, synacks, legit, cpu, sent, paths))
+        Ok((frames, synacks, legit, cpu, sent, paths, generators))
     })();
     if let Some(x) = xdp {
         // Detached: the server veth's NAPI is rebuilt for GRO; thread and pin it again.
@@ -178,7 +180,10 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
         }
     }
     match r {
-        Ok((frames, synacks, legit, cpu, sent, paths)) => {
+        Ok((frames, synacks, legit, cpu, sent, paths, generators)) => {
+            for g in &generators {
+                rig.note(flood_generator_note(g));
+            }
             let failure = (synacks == 0).then(|| format!("no SYN-ACK arrived ({frames} SYNs offered)"));
             let pct = cpu.server_secs / cpu.wall_secs / rig.cpus.server.len() as f64 * 100.0;
             Outcome {
@@ -201,6 +206,7 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
                     "legit": legit,
                     "cpu": cpu.json(),
                     "counters_moved": paths,
+                    "generators": generators,
                 }),
             }
         }
