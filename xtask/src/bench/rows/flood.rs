@@ -145,7 +145,10 @@ pub fn round(rig: &mut Rig, p: Peer, secs: f64, gen_cpus: &[usize], client_cpus:
         };
         Ok([nic_stats(&net.client, &net.client_if)?, nic_stats(&net.server, &net.server_if)?, engine])
     };
-    let r = (|| -> anyhow::Result<(u64, u64, serde_json::Value, CpuWindow, Option<u64>, serde_json::Value, Vec<serde_json::Value>)> {
+    // Offered, arrived, the legitimate clients' report, the CPU window, the server's own count,
+    // the counters moved, the generators' reports.
+    type Round = (u64, u64, serde_json::Value, CpuWindow, Option<u64>, serde_json::Value, Vec<serde_json::Value>);
+    let r = (|| -> anyhow::Result<Round> {
         let dst = SocketAddrV4::new(rig.net(side).server_v4, ECHO);
         let counted_before = counters(rig)?;
         let before = rig.flood_arrivals(side)?;
