@@ -5,11 +5,16 @@
 //! An idle connection holds its socket and a 16-byte slot, nothing else: no task, no future, no
 //! buffer (a connection gets a heap part only while it has unsent output or half a request).
 //! TCP_NODELAY and the keepalive options are set once on the listener; Linux copies them into
-//! every accepted socket (tested below), so an accept costs no further system call.
+//! every accepted socket (tested below), so an accept costs no further system call. The last
+//! response before a close goes out with MSG_MORE, so the FIN the close adds leaves in the same
+//! segment as the response's tail (tcp_send_fin puts it on the last unsent segment), as synx
+//! sends them: one segment fewer each way per `Connection: close` request (the client's ACK of
+//! the data and of the FIN become one).
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::SocketAddr,
+    os::fd::AsRawFd as _,
     time::Duration,
 };
 
@@ -248,7 +253,7 @@ impl Worker {
         let token = Token(slot + self.listeners.len());
         // Unsent output first: until it is gone, nothing more is read.
         if let Some(extra) = conn.extra.as_mut().filter(|e| !e.out.is_empty()) {
-            match flush(&mut conn.stream, &mut extra.out) {
+            match flush(&mut conn.stream, &mut extra.out, extra.close_after_out) {
                 Ok(true) => {
                     if extra.close_after_out {
                         return Next::Close;
@@ -280,7 +285,7 @@ impl Worker {
             };
             if !self.out.is_empty() {
                 let mut rest = std::mem::take(&mut self.out);
-                let sent = flush(&mut conn.stream, &mut rest);
+                let sent = flush(&mut conn.stream, &mut rest, close);
                 let done = match sent {
                     Ok(done) => done,
                     Err(_) => return Next::Close,
@@ -308,15 +313,25 @@ impl Worker {
 }
 
 /// Write as much of `out` as the socket takes; whether all of it went (what went is removed).
-fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result<bool> {
+/// `last`: the connection closes once it has gone, so the tail waits (MSG_MORE) for the FIN.
+fn flush(stream: &mut TcpStream, out: &mut Vec<u8>, last: bool) -> std::io::Result<bool> {
+    let flags = libc::MSG_NOSIGNAL | if last { libc::MSG_MORE } else { 0 };
     let mut at = 0;
     while at < out.len() {
-        match stream.write(&out[at..]) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => at += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        let rest = &out[at..];
+        // SAFETY: a send from a live buffer on this thread's socket.
+        let n = unsafe { libc::send(stream.as_raw_fd(), rest.as_ptr().cast(), rest.len(), flags) };
+        match n {
+            0 => return Err(ErrorKind::WriteZero.into()),
+            n if n > 0 => at += n as usize,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    ErrorKind::WouldBlock => break,
+                    ErrorKind::Interrupted => {}
+                    _ => return Err(e),
+                }
+            }
         }
     }
     out.drain(..at);
