@@ -263,7 +263,8 @@ impl Ctx {
             format!(
                 "`{}`: the same apps (same HTTP parser and bytes) over kernel TCP; one thread per server CPU pinned there, each with \
                  its own epoll and SO_REUSEPORT listener per port, edge-triggered, an idle connection holding its socket and a \
-                 16-byte slot; TCP_NODELAY (and keepalive, where a row sets it) inherited from the listener; backlog 65535. \
+                 16-byte slot; TCP_NODELAY (and keepalive, where a row sets it) inherited from the listener; the last response \
+                 before a close sent with MSG_MORE, so the close's FIN leaves in the same segment (as synx sends them); backlog 65535. \
                  Its veth pair has no XDP program and the default offloads (TSO, GSO, checksums on), GRO on both ends \
                  (the client's as on synx's pair), both ends with a pfifo_fast qdisc as on synx's pair; \
                  client segments reach the server CPU through RPS, flood frames through the server veth's NAPI, threaded at SCHED_FIFO on CPU {}, \
