@@ -69,7 +69,10 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     if let Some(note) = m["note"].as_str() {
-        let _ = writeln!(out, "**{note}**\n");
+        // Each paragraph in bold on its own (Markdown's bold does not span a blank line).
+        for p in note.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
+            let _ = writeln!(out, "**{p}**\n");
+        }
     }
     let mitigations: Vec<String> = m["machine"]["mitigations"]
         .as_object()

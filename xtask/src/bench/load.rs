@@ -160,9 +160,11 @@ pub fn flood_generator_note(report: &serde_json::Value) -> String {
     match report["generator"].as_str() {
         Some("af_packet") => format!(
             "SYN-flood rows: the generator sent through AF_PACKET (PACKET_QDISC_BYPASS, sendmmsg of 64 frames){}: each SYN is an skb the receiving veth copies into a page with XDP headroom on the server's NAPI before any XDP program runs (live frames arrive as XDP frames), a cost every XDP peer pays alike",
-            match report["live_frames_refused"].as_str() {
-                Some(e) => format!(", as this kernel refuses BPF_PROG_TEST_RUN's live-frame mode ({e})"),
-                None => String::new(),
+            // One note for every round: the error (in each round's detail) names a device.
+            if report["live_frames_refused"].is_string() {
+                ", as this kernel refuses BPF_PROG_TEST_RUN's live-frame mode (each round's detail has the error)"
+            } else {
+                ""
             }
         ),
         _ => "SYN-flood rows: the generator sent through BPF_PROG_TEST_RUN's live-frame mode (XDP frames out of the client veth)".to_string(),
