@@ -44,11 +44,14 @@ pub fn round(rig: &mut Rig, side: Side, secs: f64, client_cpus: &[usize]) -> Out
     let net = rig.net(side);
     let frames_before = link_packets(&net.client, &net.client_if);
     let rings = super::ring_counters(rig, side);
+    // Every counter too, for the round that fails: which of synx's paths a lost connection took.
+    let all = super::all_counters(rig, side);
     let r = measured(rig, side, |rig| {
         let args = ["conn-rate", "--addr", &rig.addr(side, HTTP).to_string(), "--secs", &secs.to_string(), "--concurrency", &CONCURRENCY.to_string()];
         run_tool(&rig.net(side).client, &rig.tools, client_cpus, &args.map(String::from))
     });
     let rings = super::counters_moved(rig, side, rings);
+    let all = super::all_counters_moved(rig, side, all);
     let net = rig.net(side);
     // (received, sent) by the client veth during the round.
     let frames = match (frames_before, link_packets(&net.client, &net.client_if)) {
@@ -76,7 +79,7 @@ pub fn round(rig: &mut Rig, side: Side, secs: f64, client_cpus: &[usize]) -> Out
                     frames.and_then(|f| per_conn(f.1)),
                 ],
                 failure,
-                detail: serde_json::json!({ "generator": v, "cpu": w.json(), "client_veth_frames_rx_tx": frames, "synx_counters": rings }),
+                detail: serde_json::json!({ "generator": v, "cpu": w.json(), "client_veth_frames_rx_tx": frames, "synx_counters": rings, "synx_counters_moved": all }),
             }
         }
         Err(e) => Outcome::failed(format!("{e:#}")),
