@@ -43,15 +43,14 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
 pub fn round(rig: &mut Rig, side: Side, secs: f64, client_cpus: &[usize]) -> Outcome {
     let net = rig.net(side);
     let frames_before = link_packets(&net.client, &net.client_if);
-    let rings = super::ring_counters(rig, side);
-    // Every counter too, for the round that fails: which of synx's paths a lost connection took.
-    let all = super::all_counters(rig, side);
+    // Every counter, the ring counters for the round's per-frame work and all that moved for the
+    // round that fails: which of synx's paths a lost connection took.
+    let before = super::all_counters(rig, side);
     let r = measured(rig, side, |rig| {
         let args = ["conn-rate", "--addr", &rig.addr(side, HTTP).to_string(), "--secs", &secs.to_string(), "--concurrency", &CONCURRENCY.to_string()];
         run_tool(&rig.net(side).client, &rig.tools, client_cpus, &args.map(String::from))
     });
-    let rings = super::counters_moved(rig, side, rings);
-    let all = super::all_counters_moved(rig, side, all);
+    let (rings, all) = super::ring_and_all_counters_moved(rig, side, before);
     let net = rig.net(side);
     // (received, sent) by the client veth during the round.
     let frames = match (frames_before, link_packets(&net.client, &net.client_if)) {

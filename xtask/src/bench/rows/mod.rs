@@ -187,7 +187,12 @@ impl Drop for Recorder {
 /// synx's AF_XDP counters (`xsk_*`) and segment counters now; nothing for the kernel, or for a
 /// synx that does not answer.
 pub fn ring_counters(rig: &Rig, side: Side) -> Option<serde_json::Map<String, serde_json::Value>> {
-    synx_stats(rig, side, |k, _| k.starts_with("xsk_") || k == "tcp_rx_segments" || k == "tcp_tx_segments" || k == "coalescing_turned_on")
+    synx_stats(rig, side, |k, _| is_ring_counter(k))
+}
+
+/// The counters [`ring_counters`] keeps.
+fn is_ring_counter(k: &str) -> bool {
+    k.starts_with("xsk_") || k == "tcp_rx_segments" || k == "tcp_tx_segments" || k == "coalescing_turned_on"
 }
 
 /// Every counter of synx's (`synx stats`), for [`all_counters_moved`]: what a round's failure
@@ -217,6 +222,16 @@ pub fn counters_moved(rig: &Rig, side: Side, before: Option<serde_json::Map<Stri
 pub fn all_counters_moved(rig: &Rig, side: Side, before: Option<serde_json::Map<String, serde_json::Value>>) -> serde_json::Value {
     let (Some(before), Some(after)) = (before, all_counters(rig, side)) else { return serde_json::Value::Null };
     moved(&before, &after, true)
+}
+
+/// [`counters_moved`] and [`all_counters_moved`] together from one read of `synx stats` after
+/// the round, `before` being [`all_counters`]' (nulls for the kernel).
+pub fn ring_and_all_counters_moved(rig: &Rig, side: Side, before: Option<serde_json::Map<String, serde_json::Value>>) -> (serde_json::Value, serde_json::Value) {
+    let (Some(before), Some(after)) = (before, all_counters(rig, side)) else { return (serde_json::Value::Null, serde_json::Value::Null) };
+    let rings = |m: &serde_json::Map<String, serde_json::Value>| -> serde_json::Map<String, serde_json::Value> {
+        m.iter().filter(|(k, _)| is_ring_counter(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    (moved(&rings(&before), &rings(&after), false), moved(&before, &after, true))
 }
 
 fn moved(before: &serde_json::Map<String, serde_json::Value>, after: &serde_json::Map<String, serde_json::Value>, only_moved: bool) -> serde_json::Value {
