@@ -197,9 +197,14 @@ fn write_ipv4(h: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, payload: usize, ecn: u
     h[10..12].copy_from_slice(&[0, 0]);
     h[12..16].copy_from_slice(&src.octets());
     h[16..20].copy_from_slice(&dst.octets());
-    let sum = fold(sum_bytes(&h[..IPV4_HLEN], 0));
+    let sum = checksum_ipv4_header(&h[..IPV4_HLEN]);
     h[10..12].copy_from_slice(&sum.to_be_bytes());
     Some(())
+}
+
+/// The IPv4 header checksum (RFC 791 3.1) over `header`, whose checksum field is zero.
+pub fn checksum_ipv4_header(header: &[u8]) -> u16 {
+    fold(sum_bytes(header, 0))
 }
 
 fn write_ipv6(h: &mut [u8], src: Ipv6Addr, dst: Ipv6Addr, payload: usize, ecn: u8) -> Option<()> {

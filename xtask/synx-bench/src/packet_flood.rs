@@ -30,11 +30,8 @@ pub fn frame(template: &[u8; FLOOD_FRAME_LEN], n: u32, src_base: Ipv4Addr, sourc
     out[TCP..TCP + 2].copy_from_slice(&((1024 + n % 60000) as u16).to_be_bytes());
     out[TCP + 4..TCP + 8].copy_from_slice(&n.wrapping_mul(2_654_435_761).to_be_bytes());
     out[IP + 10..IP + 12].fill(0);
-    let mut sum: u32 = out[IP..TCP].as_chunks::<2>().0.iter().map(|w| u32::from(u16::from_be_bytes(*w))).sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    out[IP + 10..IP + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let sum = synx::wire::checksum_ipv4_header(&out[IP..TCP]);
+    out[IP + 10..IP + 12].copy_from_slice(&sum.to_be_bytes());
     let dst = Ipv4Addr::new(out[IP + 16], out[IP + 17], out[IP + 18], out[IP + 19]);
     out[TCP + 16..TCP + 18].fill(0);
     let c = synx::wire::checksum_tcp(IpAddr::V4(src), IpAddr::V4(dst), &out[TCP..]);
