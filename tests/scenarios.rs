@@ -446,8 +446,10 @@ fn s05b_new_connection_on_a_tuple_in_time_wait_is_answered_at_once() {
         tcp_of(f).is_some_and(|t| t.syn() && !t.ack() && t.source_port() == first.port())
     });
     assert_eq!(syns.len(), 1, "the client had to retransmit its SYN");
-    // The tuple's FLOWS entry went from the old incarnation to the new one, not deleted.
+    // The tuple's FLOWS entry went from the old incarnation to the new one, not deleted, and
+    // the new one took the old one's slot, which the entry named already (nothing written).
     assert_eq!(bed.daemon.counter("tcp_time_wait_flows_kept").unwrap(), 1);
+    assert_eq!(bed.daemon.counter("tcp_time_wait_slots_reused").unwrap(), 1);
 }
 
 #[test]

@@ -340,6 +340,10 @@ const MAX_LOCALS: usize = 1 << 16;
 /// grow memory).
 const MAX_PENDING_RESETS: usize = 1024;
 
+/// Slots held for new incarnations of their tuples ([`Endpoint::reserved`]), at most this many:
+/// the oldest goes back to the free list first.
+const MAX_RESERVED: usize = 4096;
+
 pub struct Endpoint {
     config: Arc<Config>,
     max_conns: u32,
@@ -351,6 +355,18 @@ pub struct Endpoint {
     /// Slots handed over to another process ([`Endpoint::hand_over`]): never reused, since
     /// XDP's FLOWS names them for the other process's connections.
     handed_over: usize,
+    /// Slots of TIME_WAIT connections a new incarnation's SYN ended (RFC 6191), once released:
+    /// held for that incarnation, whose accept takes the same slot rather than the free list's
+    /// next. A flow table in front of the endpoint that names slots (XDP's FLOWS) then names
+    /// the new connection's already: nothing to rewrite per connection when clients reuse
+    /// their ports (a system call each for synx's daemon). A hint, never a promise: the
+    /// oldest of more than [`MAX_RESERVED`] goes back to the free list, as does one an import
+    /// needs.
+    reserved: std::collections::HashMap<Tuple, u32, foldhash::fast::RandomState>,
+    /// Reserved tuples, oldest first (a tuple whose slot was taken may stay in here a while).
+    reserved_order: VecDeque<Tuple>,
+    /// Slots whose connection a new incarnation ended, not yet released: reserved when they are.
+    reserve_on_release: Vec<u32>,
     /// Slot numbers, hashed by the tuple their slot holds.
     by_tuple: HashTable<u32>,
     /// Keyed with a random secret per endpoint, as Linux keys its established-connection hash
@@ -410,6 +426,9 @@ impl Endpoint {
             free: Vec::new(),
             releasing: 0,
             handed_over: 0,
+            reserved: Default::default(),
+            reserved_order: VecDeque::new(),
+            reserve_on_release: Vec::new(),
             by_tuple: HashTable::new(),
             hasher: TupleHasher::default(),
             keepalives: Vec::new(),
@@ -447,7 +466,7 @@ impl Endpoint {
 
     /// Connections in the slab (until released).
     pub fn len(&self) -> usize {
-        self.slots.len() - self.free.len() - self.releasing - self.handed_over
+        self.slots.len() - self.free.len() - self.releasing - self.handed_over - self.reserved.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -624,7 +643,8 @@ impl Endpoint {
         }
         let conn = Connection::accept(now, self.config.clone(), &facts, local, remote, ack, payload)?;
         self.totals.add_change(&Stats::default(), conn.stats());
-        let idx = match self.free.pop() {
+        let reserved = self.reserved.remove(&Tuple::new(local, remote));
+        let idx = match reserved.or_else(|| self.free.pop()) {
             Some(i) => i,
             None => {
                 self.slots.push(Slot::default());
@@ -739,8 +759,10 @@ impl Endpoint {
         match d {
             Handled::Processed => Disposition::Delivered(ConnectionHandle(idx)),
             Handled::Dropped(DropReason::TimeWaitReuse) => {
-                // The tuple is free for the new incarnation at once.
+                // The tuple is free for the new incarnation at once; its slot, once released,
+                // waits for that incarnation (see `reserved`).
                 self.unindex(local, remote, idx);
+                self.reserve_on_release.push(idx);
                 Disposition::Dropped(DropReason::TimeWaitReuse)
             }
             Handled::Dropped(r) => Disposition::Dropped(r),
@@ -953,11 +975,43 @@ impl Endpoint {
             }
         }
         let ev = self.events.pop_front();
-        if let Some((h, Event::Released { .. })) = ev {
+        if let Some((h, Event::Released { local, remote })) = ev {
             self.releasing -= 1;
-            self.free.push(h.0);
+            match self.reserve_on_release.iter().position(|&i| i == h.0) {
+                Some(at) => {
+                    self.reserve_on_release.swap_remove(at);
+                    self.reserve(Tuple::new(local, remote), h.0);
+                }
+                None => self.free.push(h.0),
+            }
         }
         ev
+    }
+
+    /// Hold free slot `idx` for the next connection of `tuple` (see [`Endpoint::reserved`]).
+    fn reserve(&mut self, tuple: Tuple, idx: u32) {
+        while self.reserved_order.len() >= MAX_RESERVED {
+            if let Some(old) = self.reserved_order.pop_front()
+                && let Some(i) = self.reserved.remove(&old)
+            {
+                self.free.push(i);
+            }
+        }
+        if let Some(i) = self.reserved.insert(tuple, idx) {
+            self.free.push(i);
+        }
+        self.reserved_order.push_back(tuple);
+    }
+
+    /// Whether a connection a new incarnation of its tuple ended waits for its `Released` event
+    /// to be polled, its slot then held for that incarnation ([`Endpoint::reserved`]).
+    pub fn reserving(&self) -> bool {
+        !self.reserve_on_release.is_empty()
+    }
+
+    /// Slots held for new incarnations of their tuples, not yet taken ([`Endpoint::reserved`]).
+    pub fn reserved_slots(&self) -> usize {
+        self.reserved.len()
     }
 
     /// The next segment to send, written into `buf` (which must hold 60 bytes of header plus

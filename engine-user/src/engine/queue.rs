@@ -432,6 +432,13 @@ async fn serve_queue(
         q.enforce_limits(t);
         q.handle_events(t);
         q.transmit(&mut xsk, t);
+        if q.endpoint.reserving() {
+            // A TIME_WAIT a new SYN ended was released by this transmit (the SYN-ACK went
+            // out): let it go now, before the next receive, which can hold the new
+            // incarnation's ACK: its slot is held for that incarnation only from then on
+            // (`Endpoint::reserved`).
+            q.handle_events(t);
+        }
         requests::answer_conns(&q.ctx.conns_requests, &q.endpoint, q.ctx.queue, t);
         q.publish_stats(&xsk, t);
         if let Some(c) = &q.ctx.coalescing
@@ -638,7 +645,7 @@ impl QueueDriver {
             Disposition::Unknown => match self.owner(hops, rx.local, rx.remote) {
                 Some(Owner::Queue(q)) => self.hand(q, frame, hops),
                 owner => {
-                    self.on_unknown(now, rx.link, rx.local, rx.remote, &hdr, payload, options_len);
+                    self.on_unknown(now, rx.link, rx.local, rx.remote, &hdr, payload, options_len, hint);
                     if let (Some(Owner::Me), Some(handoff)) = (owner, &self.ctx.handoff) {
                         // FLOWS names the owner now (or no one): our claim can go.
                         handoff.release(rx.local, rx.remote);
@@ -677,7 +684,7 @@ impl QueueDriver {
 
     /// A segment for no connection: the core accepts a cookie ACK for a listener or refuses it
     /// with a reset ([`Endpoint::accept_cookie`]). `options_len`: its TCP options' bytes on
-    /// the wire (see `cookie::check_ack`).
+    /// the wire (see `cookie::check_ack`); `hint`: the slot XDP's FLOWS named for it.
     #[allow(clippy::too_many_arguments)]
     fn on_unknown(
         &mut self,
@@ -688,6 +695,7 @@ impl QueueDriver {
         hdr: &tcp::segment::Header,
         payload: &[u8],
         options_len: u32,
+        hint: Option<u32>,
     ) {
         self.endpoint.set_max_conns(self.ctx.conn_limit.load(Ordering::Relaxed));
         // Also while stopping: the ACK completes a handshake XDP answered before the stop, and
@@ -736,7 +744,16 @@ impl QueueDriver {
             Ok((h, listener)) => {
                 let slot = self.ctx.slot_base + h.slot();
                 let routed = if self.kept.remove(&(local, remote)) {
-                    self.ctx.flows.replace(local, remote, slot)
+                    if hint == Some(h.slot()) {
+                        // The entry kept for this incarnation names its slot already: the
+                        // core gave it its old incarnation's (`Endpoint::reserved`), and XDP
+                        // read that from FLOWS for this very ACK. Only this queue writes a
+                        // kept entry (XDP claims only tuples with none), so it still does.
+                        bump(&self.ctx.stats.time_wait_slots_reused);
+                        Ok(())
+                    } else {
+                        self.ctx.flows.replace(local, remote, slot)
+                    }
                 } else {
                     self.ctx.flows.insert(local, remote, slot)
                 };

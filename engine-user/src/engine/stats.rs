@@ -147,6 +147,8 @@ queue_stats! {
         "FINs retransmitted by peers that lost our last ACK, acknowledged again from TIME_WAIT.";
     time_wait_flows_kept: Counter "tcp_time_wait_flows_kept"
         "FLOWS entries kept for a new incarnation when a SYN ended the tuple's TIME_WAIT (RFC 6191), instead of deleted and inserted again.";
+    time_wait_slots_reused: Counter "tcp_time_wait_slots_reused"
+        "New incarnations (RFC 6191) that took their old incarnation's slot, which the FLOWS entry kept for them named already: no FLOWS update for the connection.";
     closed_at_stop: Counter "tcp_closed_at_stop"
         "Connections served in turns closed with a FIN between two turns because the engine stopped.";
     moved_out: Counter "takeover_connections_moved_out"

@@ -82,6 +82,11 @@ impl Endpoint {
         let parked = self.parked_slot(e.tcb, e.local, e.remote, e.keepalive)?;
         let idx = e.slot;
         if (idx as usize) < self.slots.len() {
+            // A slot held for a new incarnation of its tuple is free: the import takes it.
+            if let Some(t) = self.reserved.iter().find_map(|(t, &i)| (i == idx).then_some(*t)) {
+                self.reserved.remove(&t);
+                self.free.push(idx);
+            }
             let Some(at) = self.free.iter().position(|&i| i == idx) else { return Err(ImportError::SlotTaken(idx)) };
             self.free.swap_remove(at);
         } else {

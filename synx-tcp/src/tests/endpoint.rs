@@ -168,6 +168,83 @@ fn newer_syn() -> Header {
 }
 
 #[test]
+fn a_new_incarnation_takes_the_slot_its_time_wait_left_and_no_other_connection_does() {
+    // RFC 6191 reuse: the TIME_WAIT a new SYN ended leaves its slot, once released, to the
+    // tuple's next connection, so that a flow table naming slots (XDP's FLOWS) names the new
+    // connection already. Meanwhile the slot counts as no connection and other tuples take
+    // other slots.
+    let mut ep = Endpoint::new(config(), 3);
+    let old = time_wait_by_our_close(&mut ep, ms(1));
+    drain(&mut ep, ms(1));
+    assert_eq!(ep.handle(ms(2), local(), client(1), &newer_syn(), &[]), Disposition::Dropped(DropReason::TimeWaitReuse));
+    drain(&mut ep, ms(2));
+    assert!(all_events(&mut ep).iter().any(|&(h, ref e)| h == old && matches!(e, Event::Released { .. })));
+    assert_eq!((ep.len(), ep.reserved_slots()), (0, 1));
+    let stranger = ep.accept(ms(3), facts(), local(), client(2), &ack_from(2), &[]).unwrap();
+    assert_ne!(stranger.slot(), old.slot(), "another tuple took the held slot");
+    let again = ep.accept(ms(3), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
+    assert_eq!(again.slot(), old.slot());
+    assert_eq!((ep.len(), ep.reserved_slots()), (2, 0));
+    // The new incarnation is found by its slot and by the index, and counts against the limit.
+    let d = ep.handle_hinted(ms(4), local(), client(1), Some(old.slot()), &ack_from(1), &[], &mut |_, _| 0);
+    assert_eq!(d, Disposition::Delivered(again));
+    assert_eq!(ep.demux_hinted, 1);
+    ep.accept(ms(4), facts(), local(), client(3), &ack_from(3), &[]).unwrap();
+    assert_eq!(ep.accept(ms(4), facts(), local(), client(4), &ack_from(4), &[]), Err(AcceptError::Full));
+
+    // A slot held so is still one an import may need (a takeover names slots): it takes it.
+    let mut new = Endpoint::new(config(), 3);
+    let held = time_wait_by_our_close(&mut new, ms(1));
+    drain(&mut new, ms(1));
+    new.handle(ms(2), local(), client(1), &newer_syn(), &[]);
+    drain(&mut new, ms(2));
+    all_events(&mut new);
+    assert_eq!(new.reserved_slots(), 1);
+    let mut other = Endpoint::new(config(), 3);
+    let moving = other.accept(ms(0), facts(), local(), client(7), &ack_from(7), &[]).unwrap();
+    drain(&mut other, ms(0));
+    let e = other.export(moving).unwrap();
+    assert_eq!(e.slot, held.slot());
+    assert_eq!(new.import(&e).unwrap().slot(), held.slot());
+    assert_eq!((new.len(), new.reserved_slots()), (1, 0));
+    // The tuple's next connection then takes a free slot like any other.
+    let next = new.accept(ms(3), facts(), local(), client(1), &ack_from(1), &[]).unwrap();
+    assert_ne!(next.slot(), held.slot());
+}
+
+#[test]
+fn slots_held_for_new_incarnations_are_bounded_and_the_oldest_go_back_first() {
+    // A churn of reused tuples whose new incarnations never complete (their clients gave up)
+    // holds at most MAX_RESERVED slots; the slab grows no further than that.
+    let n = 4096 + 10;
+    let mut ep = Endpoint::new(config(), n + 1);
+    let mut held = Vec::new();
+    for i in 0..n {
+        let h = ep.accept(ms(0), facts(), local(), client(i), &ack_from(i), &[]).unwrap();
+        ep.connection_mut(h).unwrap().shutdown(ms(0));
+        drain(&mut ep, ms(0));
+        let mut fin = with(ack_from(i), Flags::FIN);
+        fin.ack = SeqNum(ISS + 2);
+        ep.handle(ms(0), local(), client(i), &fin, &[]);
+        drain(&mut ep, ms(0));
+        let mut syn = newer_syn();
+        syn.src_port = client(i).port();
+        assert_eq!(ep.handle(ms(1), local(), client(i), &syn, &[]), Disposition::Dropped(DropReason::TimeWaitReuse));
+        drain(&mut ep, ms(1));
+        all_events(&mut ep);
+        held.push(h.slot());
+    }
+    assert_eq!((ep.len(), ep.reserved_slots()), (0, 4096));
+    // The ten oldest went back to the free list: a stranger takes one of them (LIFO: the last
+    // freed), the first client's next connection no longer finds its own.
+    let stranger = ep.accept(ms(2), facts(), local(), client(n + 1), &ack_from(n + 1), &[]).unwrap();
+    assert!(held[..10].contains(&stranger.slot()), "{}", stranger.slot());
+    let last = ep.accept(ms(2), facts(), local(), client(n - 1), &ack_from(n - 1), &[]).unwrap();
+    assert_eq!(last.slot(), held[n as usize - 1], "the newest hold is kept");
+    assert_eq!(ep.reserved_slots(), 4095);
+}
+
+#[test]
 fn a_slot_hint_is_taken_only_where_the_slot_holds_the_tuple() {
     // What XDP's flow table names with a segment (see `Endpoint::handle_hinted`): right, another
     // connection's slot, a free or missing one, or none. The answer is the index's every time.
