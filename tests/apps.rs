@@ -180,6 +180,8 @@ fn curl_keeps_alive_against_app_http_and_connection_close_makes_the_server_close
     let (completed, rx, tx, wakeups) = (c("xsk_tx_completed"), c("xsk_rx_frames"), c("xsk_tx_frames"), c("xsk_tx_wakeups"));
     assert!(rx >= 3 && tx >= 2, "xsk_rx_frames {rx}, xsk_tx_frames {tx}");
     assert!(completed <= tx && wakeups >= 1, "xsk_tx_completed {completed}, xsk_tx_wakeups {wakeups} of {tx} frames");
+    // One connection: its frames went at once, never held for others' (--tx-coalesce).
+    assert_eq!(c("xsk_tx_held"), 0);
     // The requests' segments came with the slot XDP's FLOWS named in front of them (RxMeta,
     // which copy mode carries into the UMEM) and found their connection there; the handshake's
     // last ACK, a claim, came without one.

@@ -189,6 +189,52 @@ fn s03b_a_thousand_concurrent_connections() {
 }
 
 #[test]
+fn s03g_answers_to_many_connections_leave_in_one_wakeup_and_a_lone_connection_s_at_once() {
+    // --tx-coalesce (20 us by default): a turn whose frames come from several connections
+    // holds them on the TX ring for more, then one wakeup (system call) sends them all. Here
+    // 32 requests wait in the RX ring while the engine is stopped, and its first turn after
+    // answers all of them: 32 answers, a few wakeups, every byte right.
+    let bed = Bed::start("echo", &[]);
+    let addr = bed.addr(false);
+    let mut streams = bed
+        .net
+        .client
+        .run(move || {
+            (0..32u8)
+                .map(|i| {
+                    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    s.set_nodelay(true).unwrap();
+                    assert_eq!(echo_roundtrip(&mut s, &[i]), [i], "connection {i}");
+                    s
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    // One connection at a time so far: each answer went at once.
+    let c = |name: &str| bed.daemon.counter(name).unwrap();
+    assert_eq!(c("xsk_tx_held"), 0, "a lone connection's answer waited");
+    let (held, wakeups) = (c("xsk_tx_held"), c("xsk_tx_wakeups"));
+    let pid = bed.daemon.pid().to_string();
+    testbed::sh("kill", &["-STOP", &pid]).unwrap();
+    for (i, s) in streams.iter_mut().enumerate() {
+        s.write_all(&[100 + i as u8]).unwrap();
+    }
+    // Well within the clients' first retransmission timeout (200 ms).
+    std::thread::sleep(Duration::from_millis(50));
+    testbed::sh("kill", &["-CONT", &pid]).unwrap();
+    for (i, s) in streams.iter_mut().enumerate() {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(b[0], 100 + i as u8, "connection {i}");
+    }
+    let (held, wakeups) = (c("xsk_tx_held") - held, c("xsk_tx_wakeups") - wakeups);
+    assert!(held >= 1, "32 connections' answers were not held for more");
+    assert!(wakeups < 8, "32 answers took {wakeups} wakeups");
+    assert_eq!(c("tcp_retransmits"), 0);
+}
+
+#[test]
 fn s04_passive_close_server_still_sends_in_close_wait() {
     // A kernel backend in the server namespace that answers only after the client's FIN:
     // while it waits, synx's side of the proxied connection sits in CLOSE_WAIT.

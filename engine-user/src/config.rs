@@ -174,6 +174,9 @@ pub struct RunConfig {
     pub xdp_tx: XdpTx,
     /// How long an engine thread keeps polling after work before it sleeps (0: never).
     pub busy_poll: Duration,
+    /// How long a turn's frames from several connections may wait for more on the TX ring
+    /// (0: never).
+    pub tx_coalesce: Duration,
     /// How long XDP drops a segment with data and a bad cookie before it resets its tuple.
     pub cookie_miss_hold: Duration,
     /// SYN-ACK retransmissions of a cookie handshake whose final ACK has not come (0: none).
@@ -212,6 +215,7 @@ impl RunConfig {
     pub const DEFAULT_MSL: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_CONNS: u32 = 1 << 20;
     pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+    pub const DEFAULT_TX_COALESCE: Duration = crate::engine::EngineOptions::DEFAULT_TX_COALESCE;
     pub const DEFAULT_COOKIE_MISS_HOLD: Duration = Duration::from_millis(crate::bpf::COOKIE_MISS_HOLD_MS as u64);
 
     /// The app that serves `spec`.
@@ -238,6 +242,7 @@ pub struct FileConfig {
     pub xdp_mode: Option<String>,
     pub xdp_tx: Option<String>,
     pub busy_poll: Option<String>,
+    pub tx_coalesce: Option<String>,
     pub cookie_miss_hold: Option<String>,
     pub synack_retries: Option<u8>,
     pub prefer_busy_poll: Option<u16>,
@@ -282,6 +287,7 @@ pub struct FlagConfig {
     pub xdp_mode: Option<AttachMode>,
     pub xdp_tx: Option<XdpTx>,
     pub busy_poll: Option<Duration>,
+    pub tx_coalesce: Option<Duration>,
     pub cookie_miss_hold: Option<Duration>,
     pub synack_retries: Option<u8>,
     pub prefer_busy_poll: Option<u16>,
@@ -356,6 +362,8 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
     let max_conns =
         bounds::MAX_CONNS.check(flags.max_conns.or(file.max_conns).unwrap_or(RunConfig::DEFAULT_MAX_CONNS))?;
     let busy_poll = bounds::BUSY_POLL.check(flags.busy_poll.or(dur(file.busy_poll)?).unwrap_or(Duration::ZERO))?;
+    let tx_coalesce = bounds::TX_COALESCE
+        .check(flags.tx_coalesce.or(dur(file.tx_coalesce)?).unwrap_or(RunConfig::DEFAULT_TX_COALESCE))?;
     let cookie_miss_hold = bounds::COOKIE_MISS_HOLD
         .check(flags.cookie_miss_hold.or(dur(file.cookie_miss_hold)?).unwrap_or(RunConfig::DEFAULT_COOKIE_MISS_HOLD))?;
     let synack_retries = bounds::SYNACK_RETRIES
@@ -412,6 +420,7 @@ pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<RunConfig, String> {
         xdp_mode,
         xdp_tx,
         busy_poll,
+        tx_coalesce,
         cookie_miss_hold,
         synack_retries,
         prefer_busy_poll,
@@ -471,6 +480,10 @@ pub mod bounds {
     /// Linux's net.core.busy_poll is typically 50 us; more than a few ms is a spinning thread.
     pub const BUSY_POLL: Bound<Duration> =
         Bound { name: "--busy-poll", range: secs(0)..=ms(10), says: "0 (off) to 10ms" };
+    /// A NIC's TX interrupt coalescing is tens of microseconds; a millisecond is already a
+    /// delay a request's latency shows.
+    pub const TX_COALESCE: Bound<Duration> =
+        Bound { name: "--tx-coalesce", range: secs(0)..=ms(1), says: "0 (off) to 1ms" };
     /// XDP keeps it in whole milliseconds; past a minute a dead connection's client waits
     /// minutes for its reset.
     pub const COOKIE_MISS_HOLD: Bound<Duration> =
@@ -542,6 +555,7 @@ mod tests {
             keepalive_probes = 3
             msl = "1s"
             busy_poll = "50us"
+            tx_coalesce = "0s"
             cookie_miss_hold = "300ms"
             synack_retries = 2
             prefer_busy_poll = 64
@@ -572,6 +586,7 @@ mod tests {
         assert_eq!(c.xdp_mode, AttachMode::Skb);
         assert_eq!(c.xdp_tx, XdpTx::Redirect);
         assert_eq!(c.busy_poll, Duration::from_micros(50));
+        assert_eq!(c.tx_coalesce, Duration::ZERO);
         assert_eq!(c.cookie_miss_hold, Duration::from_millis(300));
         assert_eq!(c.synack_retries, 2);
         assert_eq!(c.prefer_busy_poll, 64);
@@ -597,6 +612,7 @@ mod tests {
         assert_eq!(d.msl, Duration::from_secs(30));
         assert_eq!(d.app, App::Echo);
         assert_eq!(d.busy_poll, Duration::ZERO);
+        assert_eq!(d.tx_coalesce, Duration::from_micros(20));
         assert_eq!(d.cookie_miss_hold, Duration::from_secs(1));
         // As Linux's net.ipv4.tcp_synack_retries.
         assert_eq!(d.synack_retries, 5);
@@ -725,6 +741,7 @@ mod tests {
             (FlagConfig { msl: Some(Duration::ZERO), ..base() }, "--msl"),
             (FlagConfig { grace: Some(huge), ..base() }, "--grace"),
             (FlagConfig { busy_poll: Some(Duration::from_secs(5)), ..base() }, "--busy-poll"),
+            (FlagConfig { tx_coalesce: Some(Duration::from_micros(1001)), ..base() }, "--tx-coalesce"),
             (FlagConfig { cookie_miss_hold: Some(Duration::from_secs(61)), ..base() }, "--cookie-miss-hold"),
             (FlagConfig { synack_retries: Some(7), ..base() }, "--synack-retries"),
             (FlagConfig { prefer_busy_poll: Some(4097), ..base() }, "--prefer-busy-poll"),
@@ -754,6 +771,7 @@ mod tests {
             msl: Some(Duration::from_millis(100)),
             grace: Some(Duration::ZERO),
             busy_poll: Some(Duration::from_millis(10)),
+            tx_coalesce: Some(Duration::from_millis(1)),
             cookie_miss_hold: Some(Duration::ZERO),
             synack_retries: Some(0),
             keepalive_probes: Some(127),

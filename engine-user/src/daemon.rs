@@ -229,6 +229,7 @@ fn fixed_settings_changed(old: &RunConfig, new: &RunConfig) -> Vec<&'static str>
         // XDP's SYN-ACK reads it as a load-time constant.
         ("ecn", old.ecn != new.ecn),
         ("busy_poll", old.busy_poll != new.busy_poll),
+        ("tx_coalesce", old.tx_coalesce != new.tx_coalesce),
         // A load-time constant of the XDP program too.
         ("cookie_miss_hold", old.cookie_miss_hold != new.cookie_miss_hold),
         ("synack_retries", old.synack_retries != new.synack_retries),
@@ -413,6 +414,7 @@ pub fn run(
         ecn: cfg.ecn,
         max_conns: cfg.max_conns,
         busy_poll: cfg.busy_poll,
+        tx_coalesce: cfg.tx_coalesce,
         cookie_miss_hold: cfg.cookie_miss_hold,
         synack_retries: cfg.synack_retries,
         prefer_busy_poll: cfg.prefer_busy_poll,

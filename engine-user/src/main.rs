@@ -120,6 +120,13 @@ struct RunArgs {
     /// that follow each other closely, paid in CPU. Default 0 (off).
     #[arg(long, value_parser = parse_duration)]
     busy_poll: Option<Duration>,
+    /// When a turn's frames come from several connections, hold them on the TX ring up to
+    /// this long for more before waking the kernel to send them (64 go at once): one system
+    /// call, and one wakeup of the CPU that receives them, for many connections' segments, as
+    /// a NIC coalesces its interrupts. The engine thread sleeps meanwhile. A lone
+    /// connection's segments go at once. 0 sends every turn's frames at once. Default 20us.
+    #[arg(long, value_parser = parse_duration)]
+    tx_coalesce: Option<Duration>,
     /// How long XDP drops a segment with data for no connection whose SYN cookie does not
     /// check, before it resets the client: such a segment may be the first to arrive of a
     /// client whose handshake ACK and first data were lost, and its retransmission then
@@ -269,6 +276,7 @@ fn real_main() -> anyhow::Result<()> {
                 xdp_mode: args.xdp_mode,
                 xdp_tx: args.xdp_tx,
                 busy_poll: args.busy_poll,
+                tx_coalesce: args.tx_coalesce,
                 cookie_miss_hold: args.cookie_miss_hold,
                 synack_retries: args.synack_retries,
                 prefer_busy_poll: args.prefer_busy_poll,

@@ -93,6 +93,10 @@ pub struct EngineOptions {
     /// Zero, the default, sleeps at once: least CPU. A few tens of microseconds save a sleep
     /// and a wakeup per request/response turn (lower latency at one connection).
     pub busy_poll: Duration,
+    /// When a turn's frames come from several connections, they may wait on the TX ring this
+    /// long for more before one wakeup sends them all (see `queue::QueueDriver::transmit`);
+    /// zero sends each turn's frames at once.
+    pub tx_coalesce: Duration,
     /// How long XDP drops a segment with data, for no connection and with a bad cookie, before
     /// it resets its tuple (see `bpf::XdpSettings::cookie_miss_hold_ms`).
     pub cookie_miss_hold: Duration,
@@ -120,6 +124,7 @@ pub struct EngineOptions {
 impl EngineOptions {
     pub const DEFAULT_MSL: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_CONNS: u32 = 1 << 20;
+    pub const DEFAULT_TX_COALESCE: Duration = Duration::from_micros(20);
 
     /// Native XDP, keepalive 2 h idle / 75 s interval / 10 probes, MSL 30 s, ECN when the
     /// client asks, 1M connections.
@@ -133,6 +138,7 @@ impl EngineOptions {
             ecn: true,
             max_conns: Self::DEFAULT_MAX_CONNS,
             busy_poll: Duration::ZERO,
+            tx_coalesce: Self::DEFAULT_TX_COALESCE,
             cookie_miss_hold: Duration::from_millis(u64::from(crate::bpf::COOKIE_MISS_HOLD_MS)),
             synack_retries: synack_retry::DEFAULT_RETRIES,
             prefer_busy_poll: 0,
@@ -365,6 +371,7 @@ impl Engine {
                 queues,
                 conn_limit: conn_limit.clone(),
                 busy_poll: options.busy_poll,
+                tx_coalesce: options.tx_coalesce,
                 coalescing: coalescing.clone(),
                 gso: options.gso,
                 listeners: listeners.clone(),

@@ -182,6 +182,8 @@ queue_stats! {
         "Transmits that stopped, leaving segments for a later turn, because every AF_XDP TX frame was in the kernel's hands.";
     xsk_tx_wakeups: Counter "xsk_tx_wakeups"
         "System calls that woke the kernel to send the AF_XDP TX ring (copy mode sends only when woken).";
+    xsk_tx_held: Counter "xsk_tx_held"
+        "Transmits whose frames, from several connections, waited on the AF_XDP TX ring for more before one wakeup sent them (--tx-coalesce).";
     gso_trains: Counter "tcp_tx_gso_trains"
         "Trains of full-sized segments one connection sent back to back that left as one frame through the segmentation offload (--gso), cut by the device's TSO or the kernel's GSO.";
     gso_segments: Counter "tcp_tx_gso_segments" "Segments that left in those trains (counted in tcp_tx_segments too).";
