@@ -646,10 +646,15 @@ impl Endpoint {
         let reserved = self.reserved.remove(&Tuple::new(local, remote));
         let idx = match reserved.or_else(|| self.free.pop()) {
             Some(i) => i,
-            None => {
-                self.slots.push(Slot::default());
-                (self.slots.len() - 1) as u32
-            }
+            // The slab does not grow past the limit while slots are held for other tuples: the
+            // driver's tables (FLOWS values, a queue's range of slots) end there.
+            None => match (self.slots.len() >= self.max_conns as usize).then(|| self.unreserve_oldest()).flatten() {
+                Some(i) => i,
+                None => {
+                    self.slots.push(Slot::default());
+                    (self.slots.len() - 1) as u32
+                }
+            },
         };
         self.slots[idx as usize] = Slot { tcb: Tcb::boxed(conn) };
         self.index(local, remote, idx);
@@ -1001,6 +1006,16 @@ impl Endpoint {
             self.free.push(i);
         }
         self.reserved_order.push_back(tuple);
+    }
+
+    /// The oldest slot held for a new incarnation, no longer held.
+    fn unreserve_oldest(&mut self) -> Option<u32> {
+        while let Some(old) = self.reserved_order.pop_front() {
+            if let Some(i) = self.reserved.remove(&old) {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// Whether a connection a new incarnation of its tuple ended waits for its `Released` event

@@ -213,6 +213,26 @@ fn a_new_incarnation_takes_the_slot_its_time_wait_left_and_no_other_connection_d
 }
 
 #[test]
+fn a_full_table_takes_a_held_slot_rather_than_grow_past_its_limit() {
+    // Slots held for new incarnations count as no connection; a table at its limit with none
+    // free takes the oldest held one rather than a slot past the limit (the driver's tables,
+    // a queue's range of FLOWS values, end there).
+    let mut ep = Endpoint::new(config(), 2);
+    let old = time_wait_by_our_close(&mut ep, ms(1));
+    drain(&mut ep, ms(1));
+    ep.handle(ms(2), local(), client(1), &newer_syn(), &[]);
+    drain(&mut ep, ms(2));
+    all_events(&mut ep);
+    assert_eq!((ep.len(), ep.reserved_slots()), (0, 1));
+    let b = ep.accept(ms(3), facts(), local(), client(2), &ack_from(2), &[]).unwrap();
+    assert_ne!(b.slot(), old.slot());
+    let c = ep.accept(ms(3), facts(), local(), client(3), &ack_from(3), &[]).unwrap();
+    assert_eq!(c.slot(), old.slot(), "a slot past the limit");
+    assert_eq!((ep.len(), ep.reserved_slots()), (2, 0));
+    assert_eq!(ep.accept(ms(3), facts(), local(), client(1), &ack_from(1), &[]), Err(AcceptError::Full));
+}
+
+#[test]
 fn slots_held_for_new_incarnations_are_bounded_and_the_oldest_go_back_first() {
     // A churn of reused tuples whose new incarnations never complete (their clients gave up)
     // holds at most MAX_RESERVED slots; the slab grows no further than that.
