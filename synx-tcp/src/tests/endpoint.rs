@@ -158,6 +158,17 @@ fn time_wait_by_our_close(ep: &mut Endpoint, now: Instant) -> ConnectionHandle {
     h
 }
 
+/// Client 1's connection in TIME_WAIT (at 1 ms, folded), ended at 2 ms by the SYN of a new
+/// incarnation (RFC 6191) and released, its `Released` event polled: its slot is held.
+fn time_wait_ended_by_a_new_syn(ep: &mut Endpoint) -> ConnectionHandle {
+    let old = time_wait_by_our_close(ep, ms(1));
+    drain(ep, ms(1));
+    assert_eq!(ep.handle(ms(2), local(), client(1), &newer_syn(), &[]), Disposition::Dropped(DropReason::TimeWaitReuse));
+    drain(ep, ms(2));
+    assert!(all_events(ep).iter().any(|&(h, ref e)| h == old && matches!(e, Event::Released { .. })));
+    old
+}
+
 /// Client 1's SYN for a new incarnation of its tuple (RFC 6191: its sequence number is past
 /// the old one's).
 fn newer_syn() -> Header {
@@ -174,11 +185,7 @@ fn a_new_incarnation_takes_the_slot_its_time_wait_left_and_no_other_connection_d
     // connection already. Meanwhile the slot counts as no connection and other tuples take
     // other slots.
     let mut ep = Endpoint::new(config(), 3);
-    let old = time_wait_by_our_close(&mut ep, ms(1));
-    drain(&mut ep, ms(1));
-    assert_eq!(ep.handle(ms(2), local(), client(1), &newer_syn(), &[]), Disposition::Dropped(DropReason::TimeWaitReuse));
-    drain(&mut ep, ms(2));
-    assert!(all_events(&mut ep).iter().any(|&(h, ref e)| h == old && matches!(e, Event::Released { .. })));
+    let old = time_wait_ended_by_a_new_syn(&mut ep);
     assert_eq!((ep.len(), ep.reserved_slots()), (0, 1));
     let stranger = ep.accept(ms(3), facts(), local(), client(2), &ack_from(2), &[]).unwrap();
     assert_ne!(stranger.slot(), old.slot(), "another tuple took the held slot");
@@ -194,11 +201,7 @@ fn a_new_incarnation_takes_the_slot_its_time_wait_left_and_no_other_connection_d
 
     // A slot held so is still one an import may need (a takeover names slots): it takes it.
     let mut new = Endpoint::new(config(), 3);
-    let held = time_wait_by_our_close(&mut new, ms(1));
-    drain(&mut new, ms(1));
-    new.handle(ms(2), local(), client(1), &newer_syn(), &[]);
-    drain(&mut new, ms(2));
-    all_events(&mut new);
+    let held = time_wait_ended_by_a_new_syn(&mut new);
     assert_eq!(new.reserved_slots(), 1);
     let mut other = Endpoint::new(config(), 3);
     let moving = other.accept(ms(0), facts(), local(), client(7), &ack_from(7), &[]).unwrap();
@@ -218,11 +221,7 @@ fn a_full_table_takes_a_held_slot_rather_than_grow_past_its_limit() {
     // free takes the oldest held one rather than a slot past the limit (the driver's tables,
     // a queue's range of FLOWS values, end there).
     let mut ep = Endpoint::new(config(), 2);
-    let old = time_wait_by_our_close(&mut ep, ms(1));
-    drain(&mut ep, ms(1));
-    ep.handle(ms(2), local(), client(1), &newer_syn(), &[]);
-    drain(&mut ep, ms(2));
-    all_events(&mut ep);
+    let old = time_wait_ended_by_a_new_syn(&mut ep);
     assert_eq!((ep.len(), ep.reserved_slots()), (0, 1));
     let b = ep.accept(ms(3), facts(), local(), client(2), &ack_from(2), &[]).unwrap();
     assert_ne!(b.slot(), old.slot());
