@@ -420,12 +420,7 @@ impl XskSocket {
         self.reap_completions();
     }
 
-    /// Frames wait on the TX ring for more ([`XskSocket::flush_held`]).
-    pub fn tx_held(&self) -> bool {
-        self.held_since.is_some()
-    }
-
-    /// Since when frames wait on the TX ring for more, if they do.
+    /// Since when frames wait on the TX ring for more, if they do ([`XskSocket::flush_held`]).
     pub fn tx_held_since(&self) -> Option<u64> {
         self.held_since
     }

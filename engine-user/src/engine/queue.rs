@@ -1080,7 +1080,7 @@ impl QueueDriver {
     /// everything goes now.
     fn flush(&self, xsk: &mut XskSocket, now: Instant, coalesce: bool, several: bool) {
         let limit = self.ctx.tx_coalesce;
-        if coalesce && !limit.is_zero() && (several || xsk.tx_held()) {
+        if coalesce && !limit.is_zero() && (several || xsk.tx_held_since().is_some()) {
             xsk.flush_held(now.as_nanos(), limit.as_nanos() as u64);
         } else {
             xsk.flush();

@@ -85,10 +85,10 @@ impl Endpoint {
             // A slot held for a new incarnation of its tuple is free: the import takes it.
             if let Some(t) = self.reserved.iter().find_map(|(t, &i)| (i == idx).then_some(*t)) {
                 self.reserved.remove(&t);
-                self.free.push(idx);
+            } else {
+                let Some(at) = self.free.iter().position(|&i| i == idx) else { return Err(ImportError::SlotTaken(idx)) };
+                self.free.swap_remove(at);
             }
-            let Some(at) = self.free.iter().position(|&i| i == idx) else { return Err(ImportError::SlotTaken(idx)) };
-            self.free.swap_remove(at);
         } else {
             // The slots in between stay free for connections of this process.
             let first = self.slots.len() as u32;
